@@ -1,0 +1,106 @@
+"""Shared CLI plumbing: exit codes, the --config option, JSON output and error reporting.
+
+Exit codes (documented in the README for schedulers):
+
+====  =====================================================================
+0     success (also ``completed-warnings``)
+1     unexpected internal error (a bug: please report it with the traceback)
+2     usage or configuration error (the message names the key and the file)
+3     the run completed with per-object errors (``completed-*-errors``)
+4     a step stopped (``stopped-*``: threshold, error limit, authentication, server down ...)
+5     another mvsync process holds the agent or metaverse lock (see ``--wait``)
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+__all__ = [
+    "EXIT_COMPLETED_ERRORS",
+    "EXIT_CONFIG",
+    "EXIT_INTERNAL",
+    "EXIT_LOCKED",
+    "EXIT_STOPPED",
+    "EXIT_SUCCESS",
+    "ConfigOption",
+    "JsonOption",
+    "console",
+    "err_console",
+    "exit_code_for_status",
+    "fail",
+    "handle_errors",
+    "print_json",
+]
+
+EXIT_SUCCESS = 0
+EXIT_INTERNAL = 1
+EXIT_CONFIG = 2
+EXIT_COMPLETED_ERRORS = 3
+EXIT_STOPPED = 4
+EXIT_LOCKED = 5
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="Configuration file.", envvar="MVSYNC_CONFIG", show_default=True),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+DEFAULT_CONFIG = Path("mvsync.toml")
+
+
+def exit_code_for_status(status: str) -> int:
+    """Map a MIM-style run or step status to the documented exit code."""
+    if status in ("success", "completed-warnings", "completed-no-objects", "in-progress"):
+        return EXIT_SUCCESS
+    if status.startswith("completed-"):
+        return EXIT_COMPLETED_ERRORS
+    if status.startswith("stopped-"):
+        return EXIT_STOPPED
+    return EXIT_INTERNAL
+
+
+def print_json(obj: Any) -> None:
+    """One JSON document on stdout (no rich markup, no wrapping)."""
+    sys.stdout.write(json.dumps(obj, default=str, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    """Print ``message`` to stderr and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn known errors into their exit codes with a one-line message instead of a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from connector.config import ConfigError
+        from connector.sdk import ConfigurationError
+        from connector.store import LockHeldError
+
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, ConfigurationError) as exc:
+            raise fail(str(exc), EXIT_CONFIG) from None
+        except LockHeldError as exc:
+            raise fail(str(exc), EXIT_LOCKED) from None
+
+    return wrapper

@@ -1,0 +1,149 @@
+"""Changes to connector-space objects (MIM's CSEntryChange), flowing in on import and out on export.
+
+PSMA could only send whole objects (or a delete). Here a change is one of:
+
+* ``ADD`` / ``REPLACE``: the whole object; attributes absent from ``attributes`` do not exist.
+* ``UPDATE``: attribute-level changes (``AttributeChange``) against what the engine already holds.
+* ``DELETE``: the object is gone.
+
+On import, a change may instead carry an ``error`` (PSMA's ``[ErrorName]``/``[ErrorDetail]``): the
+engine records it against the object and the run goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+__all__ = [
+    "AttributeChange",
+    "AttributeModificationType",
+    "CSEntryChange",
+    "ImportEntryError",
+    "ObjectModificationType",
+    "Value",
+    "Values",
+]
+
+Value: TypeAlias = str | int | bool | bytes | _dt.datetime
+"""One attribute value as a connector sees it."""
+
+Values: TypeAlias = Value | list[Value]
+"""A single value, or a list for multi-valued attributes."""
+
+
+class ObjectModificationType(StrEnum):
+    ADD = "add"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+class AttributeModificationType(StrEnum):
+    """What an ``AttributeChange`` does to one attribute.
+
+    ``ADD`` adds values (multi-valued attributes; for single-valued it sets the value),
+    ``REPLACE`` sets the attribute to exactly ``values`` (no values clears it),
+    ``DELETE`` removes the listed values, or the whole attribute when ``values`` is empty.
+    """
+
+    ADD = "add"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeChange:
+    name: str
+    modification: AttributeModificationType
+    values: tuple[Value, ...] = ()
+
+    @classmethod
+    def replace(cls, name: str, *values: Value) -> AttributeChange:
+        return cls(name, AttributeModificationType.REPLACE, tuple(values))
+
+    @classmethod
+    def add(cls, name: str, *values: Value) -> AttributeChange:
+        return cls(name, AttributeModificationType.ADD, tuple(values))
+
+    @classmethod
+    def delete(cls, name: str, *values: Value) -> AttributeChange:
+        return cls(name, AttributeModificationType.DELETE, tuple(values))
+
+
+@dataclass(frozen=True, slots=True)
+class ImportEntryError:
+    """A per-object import error (PSMA ``[ErrorName]`` / ``[ErrorDetail]``)."""
+
+    name: str
+    detail: str = "No error details provided"
+
+
+@dataclass(slots=True)
+class CSEntryChange:
+    """One change to one connector-space object.
+
+    ``identifier`` is set by the engine on exports (the connector-space object id) so that each
+    ``ExportResult`` can be matched to its change; importers leave it empty.
+    ``previous`` (exports only) holds the engine's current view of the changed attributes, so a
+    connector can refuse no-op writes without reading the target first.
+    """
+
+    object_class: str
+    anchor: str
+    modification: ObjectModificationType
+    attributes: dict[str, Values] = field(default_factory=dict)
+    changes: list[AttributeChange] = field(default_factory=list)
+    dn: str | None = None
+    error: ImportEntryError | None = None
+    identifier: str = ""
+    previous: dict[str, Values] = field(default_factory=dict)
+
+    # -- constructors, named after what a connector author means ------------------------------
+    @classmethod
+    def add(
+        cls, object_class: str, anchor: str, attributes: Mapping[str, Values | None], *, dn: str | None = None
+    ) -> CSEntryChange:
+        """A whole object that is new (or, on import, is sent whole: treated like PSMA's Add)."""
+        return cls(object_class, str(anchor), ObjectModificationType.ADD, _drop_nulls(attributes), dn=dn)
+
+    @classmethod
+    def replace(
+        cls, object_class: str, anchor: str, attributes: Mapping[str, Values | None], *, dn: str | None = None
+    ) -> CSEntryChange:
+        """A whole object replacing what the engine holds; absent attributes are cleared."""
+        return cls(object_class, str(anchor), ObjectModificationType.REPLACE, _drop_nulls(attributes), dn=dn)
+
+    @classmethod
+    def update(
+        cls, object_class: str, anchor: str, changes: Iterable[AttributeChange], *, dn: str | None = None
+    ) -> CSEntryChange:
+        """Attribute-level changes to an existing object."""
+        return cls(object_class, str(anchor), ObjectModificationType.UPDATE, changes=list(changes), dn=dn)
+
+    @classmethod
+    def delete(cls, object_class: str, anchor: str, *, dn: str | None = None) -> CSEntryChange:
+        return cls(object_class, str(anchor), ObjectModificationType.DELETE, dn=dn)
+
+    @classmethod
+    def import_error(
+        cls, anchor: str, name: str, detail: str = "No error details provided", *, object_class: str = ""
+    ) -> CSEntryChange:
+        """An object that could not be read; recorded per object, the run goes on."""
+        return cls(
+            object_class, str(anchor), ObjectModificationType.ADD, error=ImportEntryError(name, detail)
+        )
+
+    def changed_attribute_names(self) -> list[str]:
+        """Names this change touches (PSMA's ``[ChangedAttributeNames]``)."""
+        if self.modification == ObjectModificationType.UPDATE:
+            return list(dict.fromkeys(c.name for c in self.changes))
+        return list(self.attributes)
+
+
+def _drop_nulls(attributes: Mapping[str, Any]) -> dict[str, Values]:
+    # PSMA skips null values; an empty list is "no values" too.
+    return {k: v for k, v in attributes.items() if v is not None and not (isinstance(v, list) and not v)}

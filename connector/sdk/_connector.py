@@ -1,0 +1,130 @@
+"""The connector contract: a few explicit methods, the way PSMA had a few scripts.
+
+A connector (a management agent's code) declares ``settings_model`` and ``capabilities`` and
+implements ``get_schema`` and ``import_page``; ``export`` is optional. The engine owns all state
+(connector space, watermarks, pending exports): a connector never writes the store, and the engine
+never talks to a connected directory except through these methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from connector.sdk._changes import CSEntryChange
+from connector.sdk._exports import ExportResult
+from connector.sdk._imports import ImportPage, ImportRequest
+from connector.sdk._schema import Schema
+
+__all__ = [
+    "Capabilities",
+    "CheckResult",
+    "Connector",
+    "ConnectorContext",
+    "ConnectorSettings",
+]
+
+
+class ConnectorSettings(BaseModel):
+    """Base for a connector's settings. Unknown keys are errors (they are usually typos).
+
+    Declare secrets as ``pydantic.SecretStr``: the configuration loader then accepts them only as
+    ``{ env = "NAME" }`` or ``{ file = "/path" }`` references, never as literals.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the connector can do (MIM's MA capabilities, reduced to what the engine uses)."""
+
+    full_import: bool = True
+    delta_import: bool = False
+    export: bool = False
+    #: The connector assigns anchors on add (the engine then waits for ``ExportResult.anchor``).
+    server_generated_anchor: bool = False
+    #: Largest page or batch the connector accepts.
+    max_page_size: int = 10_000
+    max_batch_size: int = 9_999
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class ConnectorContext:
+    """What the engine tells a connector about the run it takes part in.
+
+    ``export_attributes`` lists, per object class, the attributes some export flow names: a
+    connector must refuse to modify anything else (the scope guard). ``reauthorize_command`` is the
+    exact command a user runs to fix an authentication stop, for error messages.
+    """
+
+    agent: str
+    data_dir: Path
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mvsync.agent"))
+    config_file: Path | None = None
+    dry_run: bool = False
+    export_attributes: dict[str, frozenset[str]] = field(default_factory=dict)
+    reauthorize_command: str = ""
+    metrics: Any = None
+    run_options: dict[str, Any] = field(default_factory=dict)
+
+
+SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
+
+
+class Connector(abc.ABC, Generic[SettingsT]):
+    """Base class of every management agent's code.
+
+    Lifecycle per run step: ``open()``, then ``import_page`` calls (until ``more_to_import`` is
+    false) or ``export`` calls (one per batch), then ``close()`` (always, also after errors).
+    """
+
+    settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    description: ClassVar[str] = ""
+
+    def __init__(self, settings: SettingsT, context: ConnectorContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    def open(self) -> None:
+        """Connect. Called once per run step before any import or export."""
+
+    def close(self) -> None:
+        """Release connections. Called once per run step, also after failures."""
+
+    def check(self) -> CheckResult:
+        """Cheap reachability and credential check for ``mvsync doctor``."""
+        return CheckResult(True, "no check implemented")
+
+    @abc.abstractmethod
+    def get_schema(self) -> Schema:
+        """The object classes and attributes this connector handles."""
+
+    @abc.abstractmethod
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        """Return one page of changes. Raise ``StopRunError`` only when the whole step must stop."""
+
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        """Apply a batch of changes; return exactly one result per change, matched by identifier."""
+        msg = f"{type(self).__name__} does not support export"
+        raise NotImplementedError(msg)
+
+    def __enter__(self) -> Connector[SettingsT]:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""Errors a connector raises, and what the engine makes of them.
+
+The tree, most general first::
+
+    ConnectorError                      any failure a connector reports on purpose
+    ├── ConfigurationError              settings are wrong; names the key (and the file when known)
+    ├── StopRunError                    the whole step must stop; carries a MIM-style status
+    │   ├── AuthenticationError         -> stopped-authentication (names the command that re-authorizes)
+    │   ├── ServerDownError             -> stopped-server-down
+    │   └── ScopeViolationError         -> stopped-scope-violation (an export left its configured scope)
+    └── EntryError                      one object failed; the run goes on (an import or export error)
+
+Per-object problems should normally be *returned* (``CSEntryChange.import_error`` on import, an
+``ExportResult`` with a status on export) rather than raised; ``EntryError`` exists for helpers
+deep in a connector that find it easier to raise, and the engine converts it per object.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectorError",
+    "EntryError",
+    "ScopeViolationError",
+    "ServerDownError",
+    "StopRunError",
+]
+
+
+class ConnectorError(Exception):
+    """Base class of every error a connector raises deliberately."""
+
+
+class ConfigurationError(ConnectorError):
+    """A setting is missing or wrong. The message names the key, and the file when known."""
+
+    def __init__(self, message: str, *, key: str | None = None, file: str | None = None) -> None:
+        where = ""
+        if key and file:
+            where = f"{file}: {key}: "
+        elif key:
+            where = f"{key}: "
+        elif file:
+            where = f"{file}: "
+        super().__init__(f"{where}{message}")
+        self.key = key
+        self.file = file
+
+
+class StopRunError(ConnectorError):
+    """Stops the current run step. ``status`` is the MIM-style step status recorded in history."""
+
+    status: str = "stopped-connector-error"
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class AuthenticationError(StopRunError):
+    """Credentials were refused or expired; the message must say how to re-authorize."""
+
+    status = "stopped-authentication"
+
+
+class ServerDownError(StopRunError):
+    """The connected directory cannot be reached after retries."""
+
+    status = "stopped-server-down"
+
+
+class ScopeViolationError(StopRunError):
+    """An export would touch an object or attribute outside the configured scope."""
+
+    status = "stopped-scope-violation"
+
+
+class EntryError(ConnectorError):
+    """One object failed. ``name`` is a MIM-style error name such as ``cd-missing-object``."""
+
+    def __init__(self, name: str, detail: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{name}: {detail}")
+        self.name = name
+        self.detail = detail
+        self.retryable = retryable

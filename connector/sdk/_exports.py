@@ -1,0 +1,47 @@
+"""Export results: exactly one per change handed to ``Connector.export``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from connector.sdk._changes import Values
+
+__all__ = ["ExportResult", "ExportStatus"]
+
+
+class ExportStatus(StrEnum):
+    """``SUCCESS``; ``RETRY`` (transient: stays pending, retried next export); ``FAILED`` (permanent)."""
+
+    SUCCESS = "success"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class ExportResult:
+    """The outcome of one exported change, matched by ``identifier`` (the change's identifier).
+
+    ``error_name`` follows MIM's export error names (``cd-missing-object``, ``permission-issue``,
+    ``constraint-violation``, ``cd-error`` ...). ``anchor`` is a server-generated anchor after an add;
+    ``attributes`` are values the server assigned that the engine should record.
+    """
+
+    identifier: str
+    status: ExportStatus = ExportStatus.SUCCESS
+    error_name: str = ""
+    error_detail: str = ""
+    anchor: str | None = None
+    attributes: dict[str, Values] = field(default_factory=dict)
+
+    @classmethod
+    def success(cls, identifier: str, *, anchor: str | None = None) -> ExportResult:
+        return cls(identifier, ExportStatus.SUCCESS, anchor=anchor)
+
+    @classmethod
+    def retry(cls, identifier: str, error_name: str, detail: str) -> ExportResult:
+        return cls(identifier, ExportStatus.RETRY, error_name, detail)
+
+    @classmethod
+    def failed(cls, identifier: str, error_name: str, detail: str) -> ExportResult:
+        return cls(identifier, ExportStatus.FAILED, error_name, detail)

@@ -1,0 +1,70 @@
+"""Paged import, equivalent to PSMA's Import.ps1 contract.
+
+PSMA passes ``$OperationType``, ``$PageSize``, ``$ImportPageNumber``, ``$global:PageToken`` and
+``$global:RunStepCustomData`` (the watermark, blanked on full imports) and reads back objects,
+``$global:MoreToImport``, the page token and the new watermark. ``ImportRequest`` and ``ImportPage``
+carry exactly that. The engine saves the watermark only when the step closes normally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from connector.sdk._changes import CSEntryChange
+
+__all__ = ["ImportMode", "ImportPage", "ImportRequest", "paginate_list"]
+
+
+class ImportMode(StrEnum):
+    FULL = "full"
+    DELTA = "delta"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRequest:
+    """One call for one page. ``watermark`` is always None on a full import."""
+
+    mode: ImportMode
+    page_size: int = 500
+    page_number: int = 1
+    page_token: str | None = None
+    watermark: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ImportPage:
+    """What one page returns. ``watermark`` is the value to hand to the next delta import."""
+
+    entries: list[CSEntryChange]
+    more_to_import: bool = False
+    page_token: str | None = None
+    watermark: str | None = None
+
+
+_T = TypeVar("_T")
+
+
+def paginate_list(
+    items: Sequence[_T],
+    request: ImportRequest,
+    to_entry: Callable[[_T], CSEntryChange],
+    *,
+    watermark: str | None = None,
+) -> ImportPage:
+    """Serve an in-memory sequence page by page, the page token being the next offset.
+
+    Handy for connectors whose source is small enough to list at once (a folder, a file).
+    """
+    start = int(request.page_token or 0)
+    end = min(start + request.page_size, len(items))
+    more = end < len(items)
+    return ImportPage(
+        entries=[to_entry(item) for item in items[start:end]],
+        more_to_import=more,
+        page_token=str(end) if more else None,
+        watermark=watermark,
+    )
