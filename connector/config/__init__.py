@@ -1,5 +1,49 @@
-"""Configuration loading (placeholder until the loader lands)."""
+"""Configuration: ``mvsync.toml`` models and the loader."""
 
+from connector.config._loader import (
+    ConfigError,
+    config_from_dict,
+    format_validation_error,
+    load_config,
+    resolve_refs,
+    validate_settings,
+)
+from connector.config._models import (
+    AgentConfig,
+    DeletionThreshold,
+    Deprovision,
+    ExportFlow,
+    ImportFlow,
+    JoinCondition,
+    JoinRule,
+    MetaverseConfig,
+    MvsyncConfig,
+    ProjectionRule,
+    RunProfileConfig,
+    RunStepConfig,
+    RunStepKind,
+    StoreConfig,
+)
 
-class ConfigError(Exception):
-    """A configuration problem; the message names the key and the file."""
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "DeletionThreshold",
+    "Deprovision",
+    "ExportFlow",
+    "ImportFlow",
+    "JoinCondition",
+    "JoinRule",
+    "MetaverseConfig",
+    "MvsyncConfig",
+    "ProjectionRule",
+    "RunProfileConfig",
+    "RunStepConfig",
+    "RunStepKind",
+    "StoreConfig",
+    "config_from_dict",
+    "format_validation_error",
+    "load_config",
+    "resolve_refs",
+    "validate_settings",
+]

@@ -1,5 +1,32 @@
-"""Store (placeholder until the store lands)."""
+"""The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core."""
 
+from connector.store import tables
+from connector.store._locks import LockHeldError, LockManager
+from connector.store._migrations import SCHEMA_VERSION, StoreVersionError
+from connector.store._sql import SqlStore, StoreError
+from connector.store._values import (
+    BLOB_PREFIX,
+    blob_ref,
+    decode_value,
+    encode_value,
+    is_blob_ref,
+    normalize_values,
+    parse_blob_ref,
+)
 
-class LockHeldError(Exception):
-    """Another process holds a lock this run needs."""
+__all__ = [
+    "BLOB_PREFIX",
+    "SCHEMA_VERSION",
+    "LockHeldError",
+    "LockManager",
+    "SqlStore",
+    "StoreError",
+    "StoreVersionError",
+    "blob_ref",
+    "decode_value",
+    "encode_value",
+    "is_blob_ref",
+    "normalize_values",
+    "parse_blob_ref",
+    "tables",
+]

@@ -1,0 +1,133 @@
+"""Reading ``mvsync.toml``: TOML, secret references, and errors that name the key and the file.
+
+Any value may be written as ``{ env = "NAME" }`` or ``{ file = "/path" }`` (a file's content,
+stripped of a trailing newline). Settings a connector declares as ``SecretStr`` accept *only* those
+references: a literal secret in a configuration file ends up in backups and version control.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from connector.config._models import MvsyncConfig
+
+__all__ = ["ConfigError", "format_validation_error", "load_config", "resolve_refs", "validate_settings"]
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and the file."""
+
+
+def _where(file: Path | None, key: str) -> str:
+    return f"{file}: {key}" if file else key
+
+
+def format_validation_error(exc: ValidationError, *, file: Path | None, prefix: str = "") -> str:
+    """One line per problem, each naming the dotted key."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see the sample configuration)"
+        lines.append(f"{_where(file, key or '(top level)')}: {message}")
+    return "\n".join(lines)
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("env", "file")
+
+
+def resolve_refs(value: Any, *, key: str, file: Path | None, base_dir: Path) -> Any:
+    """Replace ``{env=..}`` / ``{file=..}`` references by their values, recursively."""
+    if _is_ref(value):
+        kind, target = next(iter(value.items()))
+        if not isinstance(target, str) or not target:
+            msg = f"{_where(file, key)}: {{ {kind} = ... }} needs a non-empty string"
+            raise ConfigError(msg)
+        if kind == "env":
+            if target not in os.environ:
+                msg = f"{_where(file, key)}: environment variable {target} is not set (export it, or use {{ file = ... }})"
+                raise ConfigError(msg)
+            return os.environ[target]
+        path = Path(os.path.expanduser(target))
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            msg = f"{_where(file, key)}: cannot read secret file {path}: {exc.strerror}"
+            raise ConfigError(msg) from None
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, key=f"{key}.{k}", file=file, base_dir=base_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(v, key=f"{key}[{i}]", file=file, base_dir=base_dir) for i, v in enumerate(value)]
+    return value
+
+
+def _secret_fields(model: type[BaseModel]) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ()):
+            names.add(name)
+            if field.alias:
+                names.add(field.alias)
+    return names
+
+
+def validate_settings(
+    model: type[BaseModel], raw: dict[str, Any], *, key: str, file: Path | None, base_dir: Path
+) -> BaseModel:
+    """Validate an agent's raw settings against its connector's settings model."""
+    for name in _secret_fields(model):
+        if name in raw and not _is_ref(raw[name]) and raw[name] is not None:
+            msg = (
+                f"{_where(file, f'{key}.{name}')}: secrets may only be given as "
+                f'{{ env = "VARIABLE" }} or {{ file = "/path/to/secret" }}, never inline'
+            )
+            raise ConfigError(msg)
+    resolved = resolve_refs(raw, key=key, file=file, base_dir=base_dir)
+    try:
+        return model.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, file=file, prefix=key)) from None
+
+
+def load_config(path: Path | str) -> MvsyncConfig:
+    """Load and validate a configuration file. Agent settings stay raw until a connector is built."""
+    file = Path(path).expanduser().resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        msg = f"{file}: configuration file not found (create one with `mvsync init`, or pass -c PATH)"
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = f"{file}: cannot read configuration: {exc.strerror}"
+        raise ConfigError(msg) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{file}: not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    return config_from_dict(data, file=file)
+
+
+def config_from_dict(data: dict[str, Any], *, file: Path | None = None, base_dir: Path | None = None) -> MvsyncConfig:
+    """Validate a configuration given as a dict (tests, the demo and benchmarks build them in code)."""
+    base = base_dir or (file.parent if file else Path.cwd())
+    store = data.get("store")
+    if isinstance(store, dict) and "url" in store:
+        store = dict(store)
+        store["url"] = resolve_refs(store["url"], key="store.url", file=file, base_dir=base)
+        data = {**data, "store": store}
+    try:
+        config = MvsyncConfig.model_validate({**data, "path": file, "base_dir": base})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, file=file)) from None
+    return config

@@ -1,0 +1,201 @@
+"""The configuration file's shape (``mvsync.toml``), validated with pydantic.
+
+The vocabulary is MIM's: agents (management agents) with projection, join, import-flow and
+export-flow rules; a metaverse with ranked import precedence; run profiles made of steps.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "AgentConfig",
+    "DeletionThreshold",
+    "Deprovision",
+    "ExportFlow",
+    "ImportFlow",
+    "JoinCondition",
+    "JoinRule",
+    "MetaverseConfig",
+    "MvsyncConfig",
+    "ProjectionRule",
+    "RunProfileConfig",
+    "RunStepConfig",
+    "RunStepKind",
+    "StoreConfig",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RunStepKind(StrEnum):
+    """MIM run-step types (the combined import-and-sync types were deprecated in FIM 2010 R2)."""
+
+    FULL_IMPORT = "full-import"
+    DELTA_IMPORT = "delta-import"
+    FULL_SYNC = "full-sync"
+    DELTA_SYNC = "delta-sync"
+    EXPORT = "export"
+
+
+class Deprovision(StrEnum):
+    """What happens to an agent's connector when its metaverse object is deleted."""
+
+    DISCONNECT = "disconnect"
+    DELETE = "delete"
+
+
+class StoreConfig(_Strict):
+    #: SQLAlchemy URL. ``sqlite:///relative.db`` is relative to the configuration file's folder.
+    url: str = "sqlite:///mvsync.db"
+
+
+class JoinCondition(_Strict):
+    cs: str
+    mv: str
+    ignore_case: bool = False
+
+
+class JoinRule(_Strict):
+    """All conditions must match (AND). Rules are tried in order; the first with candidates wins."""
+
+    object_class: str
+    metaverse_type: str = "person"
+    match: tuple[JoinCondition, ...] = Field(min_length=1)
+
+
+class ProjectionRule(_Strict):
+    object_class: str
+    metaverse_type: str = "person"
+
+
+class ImportFlow(_Strict):
+    """Connector-space attribute -> metaverse attribute, optionally through a transform."""
+
+    object_class: str
+    cs: str
+    mv: str
+    transform: str | None = None
+
+
+class ExportFlow(_Strict):
+    """Metaverse attribute -> connector-space attribute.
+
+    ``allow_null``: when the metaverse value is null the target is cleared (MIM's Allow Nulls);
+    otherwise a null leaves the target alone.
+    """
+
+    object_class: str
+    mv: str
+    cs: str
+    transform: str | None = None
+    allow_null: bool = False
+
+
+class AgentConfig(_Strict):
+    """One management agent: its connector type, settings and sync rules."""
+
+    type: str
+    description: str = ""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    projection: tuple[ProjectionRule, ...] = ()
+    join: tuple[JoinRule, ...] = ()
+    import_flow: tuple[ImportFlow, ...] = ()
+    export_flow: tuple[ExportFlow, ...] = ()
+    deprovision: Deprovision = Deprovision.DISCONNECT
+
+
+class MetaverseConfig(_Strict):
+    #: A shipped schema name (``person``) or a path to a TOML file with ``[object_types.*]``.
+    schema_: str = Field("person", alias="schema")
+    #: Ranked import precedence per metaverse attribute: agents, highest first. Attributes not
+    #: listed rank agents in the order they are declared in ``[agents]``.
+    precedence: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    #: Delete a metaverse object when its last connector from one of these agents goes away; when
+    #: empty, only when it has no connectors left at all.
+    delete_when_disconnected_from: tuple[str, ...] = ()
+
+
+class DeletionThreshold(_Strict):
+    """Stop an export before it starts when it would delete or clear too much (all-or-nothing).
+
+    Counted: object deletes plus clears of the listed ``attributes``. ``count`` and ``percent``
+    (of the agent's connector-space objects) are independent limits; either trips the threshold.
+    """
+
+    count: int | None = Field(None, ge=0)
+    percent: float | None = Field(None, ge=0, le=100)
+    attributes: tuple[str, ...] = ()
+
+
+class RunStepConfig(_Strict):
+    type: RunStepKind
+    agent: str
+    page_size: int = Field(500, ge=1, le=10_000)
+    batch_size: int = Field(100, ge=1, le=9_999)
+    #: Stop the step (``stopped-error-limit``) after this many per-object errors.
+    error_limit: int = Field(5000, ge=1)
+    deletion_threshold: DeletionThreshold | None = None
+    #: Full imports returning zero objects into a non-empty connector space stop unless this is set.
+    allow_empty_full_import: bool = False
+    #: Extra options handed to the connector as ``ImportRequest.options`` / ``run_options``.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunProfileConfig(_Strict):
+    description: str = ""
+    steps: tuple[RunStepConfig, ...] = Field(min_length=1)
+
+
+class MvsyncConfig(_Strict):
+    store: StoreConfig = StoreConfig()
+    #: Where agents keep state files (token caches, LDIF output); relative to the config's folder.
+    data_dir: str = "mvsync-data"
+    metaverse: MetaverseConfig = MetaverseConfig()
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    run_profiles: dict[str, RunProfileConfig] = Field(default_factory=dict)
+
+    #: Set by the loader: the file this came from (None for configurations built in code).
+    path: Path | None = Field(None, exclude=True)
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    @field_validator("agents")
+    @classmethod
+    def _agent_names(cls, agents: dict[str, AgentConfig]) -> dict[str, AgentConfig]:
+        for name in agents:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                msg = f"agent name {name!r} may contain only letters, digits, '-' and '_'"
+                raise ValueError(msg)
+        return agents
+
+    @model_validator(mode="after")
+    def _references(self) -> MvsyncConfig:
+        for profile_name, profile in self.run_profiles.items():
+            for step in profile.steps:
+                if step.agent not in self.agents:
+                    msg = f"run profile {profile_name!r} names unknown agent {step.agent!r}"
+                    raise ValueError(msg)
+        for attribute, agents in self.metaverse.precedence.items():
+            for agent in agents:
+                if agent not in self.agents:
+                    msg = f"metaverse.precedence.{attribute} names unknown agent {agent!r}"
+                    raise ValueError(msg)
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return (self.base_dir / self.data_dir).resolve()
+
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path made relative to the configuration's folder."""
+        url = self.store.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith("sqlite:////") and ":memory:" not in url:
+            return prefix + str((self.base_dir / url[len(prefix) :]).resolve())
+        return url

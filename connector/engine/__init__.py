@@ -1,0 +1,21 @@
+"""The sync engine: import, synchronization and export steps over connector spaces and a metaverse."""
+
+from connector.engine._agents import export_scope, load_metaverse_schema, open_connector, reauthorize_command
+from connector.engine._context import NullProgress, Progress, StepContext
+from connector.engine._engine import Engine
+from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
+
+__all__ = [
+    "Engine",
+    "NullProgress",
+    "ObjectError",
+    "Progress",
+    "RunResult",
+    "StepContext",
+    "StepResult",
+    "StepStopped",
+    "export_scope",
+    "load_metaverse_schema",
+    "open_connector",
+    "reauthorize_command",
+]

@@ -1,0 +1,126 @@
+"""Building connectors from configuration, and loading the metaverse schema."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from connector.config import ConfigError, MvsyncConfig, format_validation_error, validate_settings
+from connector.registry import load_connector
+from connector.sdk import (
+    Attribute,
+    ConfigurationError,
+    Connector,
+    ConnectorContext,
+    ConnectorSettings,
+    ObjectClass,
+    Schema,
+)
+
+__all__ = ["load_metaverse_schema", "open_connector", "reauthorize_command"]
+
+
+def reauthorize_command(config: MvsyncConfig, agent: str) -> str:
+    """The exact command that re-authorizes ``agent`` (for authentication error messages)."""
+    cfg = f" -c {shlex.quote(str(config.path))}" if config.path else ""
+    return f"mvsync auth login {shlex.quote(agent)}{cfg}"
+
+
+def open_connector(
+    config: MvsyncConfig,
+    agent: str,
+    *,
+    dry_run: bool = False,
+    export_attributes: dict[str, frozenset[str]] | None = None,
+    run_options: dict[str, Any] | None = None,
+) -> Connector[Any]:
+    """Instantiate the connector of ``agent`` with validated settings (not yet opened)."""
+    if agent not in config.agents:
+        known = ", ".join(sorted(config.agents)) or "none"
+        msg = f"unknown agent {agent!r} (configured agents: {known})"
+        raise ConfigError(msg)
+    agent_cfg = config.agents[agent]
+    try:
+        cls = load_connector(agent_cfg.type)
+    except ConfigurationError as exc:
+        raise ConfigError(f"{config.path or 'config'}: agents.{agent}.type: {exc}") from None
+    settings = validate_settings(
+        cls.settings_model,
+        dict(agent_cfg.settings),
+        key=f"agents.{agent}.settings",
+        file=config.path,
+        base_dir=config.base_dir,
+    )
+    assert isinstance(settings, ConnectorSettings)
+    if export_attributes is None:
+        export_attributes = export_scope(config, agent)
+    data_dir = config.resolved_data_dir / agent
+    context = ConnectorContext(
+        agent=agent,
+        data_dir=data_dir,
+        logger=logging.getLogger(f"mvsync.agent.{agent}"),
+        config_file=config.path,
+        dry_run=dry_run,
+        export_attributes=export_attributes,
+        reauthorize_command=reauthorize_command(config, agent),
+        run_options=dict(run_options or {}),
+    )
+    return cls(settings, context)
+
+
+def export_scope(config: MvsyncConfig, agent: str) -> dict[str, frozenset[str]]:
+    """Per object class, the attributes some export flow of ``agent`` names (the scope guard)."""
+    scope: dict[str, set[str]] = {}
+    for flow in config.agents[agent].export_flow:
+        scope.setdefault(flow.object_class, set()).add(flow.cs)
+    return {k: frozenset(v) for k, v in scope.items()}
+
+
+def _schema_dir() -> Path:
+    """``schema/`` shipped in the wheel, or the repository's folder in an editable install."""
+    packaged = Path(str(importlib.resources.files("connector"))) / "_data" / "schema"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "schema"
+
+
+def load_metaverse_schema(config: MvsyncConfig) -> Schema:
+    """The metaverse object types: a shipped schema by name, or a TOML file path."""
+    ref = config.metaverse.schema_
+    candidate = Path(ref)
+    if not candidate.is_absolute():
+        candidate = config.base_dir / candidate
+    if ref.endswith(".toml") and candidate.is_file():
+        path = candidate
+    else:
+        path = _schema_dir() / "metaverse.toml"
+    where = f"{path}"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        msg = f"{where}: cannot read the metaverse schema: {exc}"
+        raise ConfigError(msg) from None
+    types = data.get("object_types", {})
+    if not ref.endswith(".toml") and ref not in types:
+        msg = f"{config.path or 'config'}: metaverse.schema: no shipped object type {ref!r} (have: {', '.join(types)})"
+        raise ConfigError(msg)
+    classes = []
+    for name, body in types.items():
+        try:
+            attributes = tuple(Attribute.model_validate(a) for a in body.get("attributes", []))
+            classes.append(
+                ObjectClass(
+                    name=name,
+                    anchor="id",
+                    attributes=(Attribute(name="id", type="string"), *attributes),  # type: ignore[arg-type]
+                )
+            )
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, file=path, prefix=f"object_types.{name}")) from None
+    return Schema(object_classes=tuple(classes))

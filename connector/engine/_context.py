@@ -1,0 +1,105 @@
+"""What every run step shares: the store, its configuration, result counters, errors and progress."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from connector.config import MvsyncConfig, RunStepConfig
+from connector.engine._results import ObjectError, StepResult, StepStopped
+from connector.store import SqlStore
+from connector.store.tables import run_error
+
+__all__ = ["NullProgress", "Progress", "StepContext"]
+
+log = logging.getLogger("mvsync.engine")
+
+#: Per-object errors kept in memory for the result (all are written to the store).
+_MEMORY_ERRORS = 1000
+
+
+class Progress(Protocol):
+    """Progress reporting for long steps (the CLI shows a rich progress bar)."""
+
+    def start(self, label: str, total: int | None = None) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, label: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class StepContext:
+    store: SqlStore
+    config: MvsyncConfig
+    step: RunStepConfig
+    result: StepResult
+    step_id: int
+    progress: Progress = field(default_factory=NullProgress)
+    #: Dry runs send every would-be change here (the CLI prints JSON lines).
+    emit: Callable[[dict[str, Any]], None] | None = None
+    _pending_errors: list[ObjectError] = field(default_factory=list)
+
+    @property
+    def agent(self) -> str:
+        return self.step.agent
+
+    @property
+    def dry_run(self) -> bool:
+        return self.emit is not None
+
+    def error(self, err: ObjectError) -> None:
+        """Record a per-object error or warning; it is written with the current unit of work."""
+        if err.severity == "warning":
+            self.result.warning_count += 1
+        else:
+            self.result.error_count += 1
+        if len(self.result.errors) < _MEMORY_ERRORS:
+            self.result.errors.append(err)
+        self._pending_errors.append(err)
+
+    def flush_errors(self, conn: Connection) -> None:
+        """Write recorded errors in the caller's transaction, then enforce the error limit."""
+        if self._pending_errors:
+            conn.execute(
+                run_error.insert(),
+                [
+                    {
+                        "step_id": self.step_id,
+                        "cs_id": e.cs_id,
+                        "anchor": e.anchor,
+                        "object_class": e.object_class,
+                        "stage": e.stage,
+                        "error_name": e.error_name,
+                        "detail": e.detail[:4000],
+                        "severity": e.severity,
+                    }
+                    for e in self._pending_errors
+                ],
+            )
+            self._pending_errors.clear()
+
+    def check_error_limit(self) -> None:
+        if self.result.error_count > self.step.error_limit:
+            msg = (
+                f"{self.result.error_count} per-object errors exceed the step's error_limit "
+                f"({self.step.error_limit}); see `mvsync history show` for the errors"
+            )
+            raise StepStopped("stopped-error-limit", msg)
+
+    def emit_change(self, change: dict[str, Any]) -> None:
+        if self.emit is not None:
+            self.emit({"agent": self.agent, "step": self.step.type.value, **change})

@@ -1,0 +1,227 @@
+"""``Engine``: runs run profiles step by step, with locks, history and dry runs.
+
+The engine talks to connected directories only through connectors, and to nothing else but the
+store. Typical use::
+
+    engine = Engine(load_config("mvsync.toml"))
+    result = engine.run_profile("Delta Synchronization")
+    print(result.status)            # success, completed-*-errors, stopped-*
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import update
+
+from connector.config import ConfigError, MvsyncConfig, RunStepConfig, RunStepKind
+from connector.engine._agents import load_metaverse_schema, open_connector
+from connector.engine._context import NullProgress, Progress, StepContext
+from connector.engine._export import run_export
+from connector.engine._import import run_import
+from connector.engine._results import RunResult, StepResult, StepStopped, run_status, step_status
+from connector.engine._sync import run_sync
+from connector.engine.transforms import TransformRunner
+from connector.registry import load_connector
+from connector.sdk import ConfigurationError, Schema, StopRunError
+from connector.store import SqlStore
+from connector.store.tables import run_history, run_step
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("mvsync.engine")
+
+
+class Engine:
+    """Runs steps and profiles of one configuration against its store."""
+
+    def __init__(self, config: MvsyncConfig, *, store: SqlStore | None = None) -> None:
+        self.config = config
+        self.store = store or SqlStore(config.store_url())
+        self.transforms = TransformRunner(self.store)
+        self._mv_schema: Schema | None = None
+
+    # ------------------------------------------------------------------------------ validation
+    @property
+    def mv_schema(self) -> Schema:
+        if self._mv_schema is None:
+            self._mv_schema = load_metaverse_schema(self.config)
+        return self._mv_schema
+
+    def validate(self) -> None:
+        """Check rules against the metaverse schema and resolve every transform and connector type."""
+        cfg, problems = self.config, []
+        where = str(cfg.path) if cfg.path else "config"
+        mv_attrs = {a.name for oc in self.mv_schema.object_classes for a in oc.attributes}
+        mv_types = {oc.name for oc in self.mv_schema.object_classes}
+        for name, agent in cfg.agents.items():
+            try:
+                load_connector(agent.type)
+            except ConfigurationError as exc:
+                problems.append(f"{where}: agents.{name}.type: {exc}")
+            for i, rule in enumerate(agent.projection):
+                if rule.metaverse_type not in mv_types:
+                    problems.append(f"{where}: agents.{name}.projection[{i}].metaverse_type: unknown type {rule.metaverse_type!r}")
+            for i, jrule in enumerate(agent.join):
+                for cond in jrule.match:
+                    if cond.mv not in mv_attrs:
+                        problems.append(f"{where}: agents.{name}.join[{i}].match: unknown metaverse attribute {cond.mv!r}")
+            for kind, flows in (("import_flow", agent.import_flow), ("export_flow", agent.export_flow)):
+                for i, flow in enumerate(flows):
+                    if flow.mv not in mv_attrs:
+                        problems.append(f"{where}: agents.{name}.{kind}[{i}].mv: unknown metaverse attribute {flow.mv!r}")
+                    if flow.transform:
+                        try:
+                            self.transforms.validate(flow.transform)
+                        except ConfigurationError as exc:
+                            problems.append(f"{where}: agents.{name}.{kind}[{i}].transform: {exc}")
+        for attr in cfg.metaverse.precedence:
+            if attr not in mv_attrs:
+                problems.append(f"{where}: metaverse.precedence.{attr}: unknown metaverse attribute")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    # ------------------------------------------------------------------------------------ runs
+    def run_profile(
+        self,
+        name: str,
+        *,
+        dry_run: bool = False,
+        agents: set[str] | None = None,
+        progress: Progress | None = None,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        wait_s: float = 0.0,
+        step_overrides: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Run a configured profile (optionally only the steps of some agents)."""
+        if name not in self.config.run_profiles:
+            known = ", ".join(repr(p) for p in self.config.run_profiles) or "none"
+            msg = f"{self.config.path or 'config'}: no run profile {name!r} (configured: {known})"
+            raise ConfigError(msg)
+        steps = [s for s in self.config.run_profiles[name].steps if agents is None or s.agent in agents]
+        if agents is not None and not steps:
+            msg = f"run profile {name!r} has no steps for agent(s) {', '.join(sorted(agents))}"
+            raise ConfigError(msg)
+        if step_overrides:
+            steps = [s.model_copy(update=step_overrides) for s in steps]
+        return self.run_steps(name, steps, dry_run=dry_run, progress=progress, emit=emit, wait_s=wait_s)
+
+    def run_steps(
+        self,
+        profile: str,
+        steps: list[RunStepConfig],
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        wait_s: float = 0.0,
+    ) -> RunResult:
+        self.validate()
+        if dry_run and emit is None:
+            emit = lambda _change: None  # noqa: E731 - a dry run always has a sink
+        scope = self.store.dry_run() if dry_run else contextlib.nullcontext()
+        with scope:
+            return self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
+
+    def _run(
+        self, profile: str, steps: list[RunStepConfig], dry_run: bool, progress: Progress,
+        emit: Callable[[dict[str, Any]], None] | None, wait_s: float,
+    ) -> RunResult:
+        result = RunResult(profile=profile, run_id=None, dry_run=dry_run, started_at=time.time())
+        with self.store.transaction() as conn:
+            result.run_id = conn.execute(
+                run_history.insert().values(profile=profile, status="in-progress", dry_run=dry_run,
+                                            started_at=result.started_at, host=socket.gethostname(), pid=os.getpid())
+            ).inserted_primary_key[0]  # type: ignore[index]
+        try:
+            for seq, step in enumerate(steps, 1):
+                step_result = self._run_step(result, seq, step, progress, emit, wait_s)
+                result.steps.append(step_result)
+                if step_result.status.startswith("stopped-"):
+                    break
+        finally:
+            result.ended_at = time.time()
+            result.status = run_status(result.steps) if result.steps else "success"
+            with self.store.transaction() as conn:
+                conn.execute(update(run_history).where(run_history.c.id == result.run_id)
+                             .values(status=result.status, ended_at=result.ended_at))
+        return result
+
+    @contextlib.contextmanager
+    def _locks(self, step: RunStepConfig, wait_s: float) -> Iterator[None]:
+        with self.store.locks.hold(f"agent:{step.agent}", wait_s=wait_s):
+            if step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC):
+                with self.store.locks.hold("metaverse", wait_s=wait_s):
+                    yield
+            else:
+                yield
+
+    def _run_step(
+        self, run: RunResult, seq: int, step: RunStepConfig, progress: Progress,
+        emit: Callable[[dict[str, Any]], None] | None, wait_s: float,
+    ) -> StepResult:
+        result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
+        with self._locks(step, wait_s):
+            with self.store.transaction() as conn:
+                result.step_id = conn.execute(
+                    run_step.insert().values(run_id=run.run_id, seq=seq, agent=step.agent, kind=step.type.value,
+                                             status="in-progress", started_at=result.started_at, counters="{}")
+                ).inserted_primary_key[0]  # type: ignore[index]
+            assert result.step_id is not None
+            ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
+            report: dict[str, Any] | None = None
+            try:
+                if step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC):
+                    run_sync(ctx, self.mv_schema, self.transforms, step.type == RunStepKind.FULL_SYNC)
+                else:
+                    needs_connector = not (step.type == RunStepKind.EXPORT and ctx.dry_run)
+                    connector = (
+                        open_connector(self.config, step.agent, dry_run=ctx.dry_run, run_options=step.options)
+                        if needs_connector else None
+                    )
+                    if connector is not None:
+                        connector.open()
+                    try:
+                        if step.type == RunStepKind.EXPORT:
+                            report = run_export(ctx, connector)
+                        else:
+                            assert connector is not None
+                            run_import(ctx, connector, step.type == RunStepKind.FULL_IMPORT)
+                    finally:
+                        if connector is not None:
+                            connector.close()
+                result.status = step_status(result)
+            except StepStopped as exc:
+                result.status, result.message = exc.status, exc.message
+            except StopRunError as exc:
+                result.status, result.message = exc.status, str(exc)
+            except (ConfigError, ConfigurationError):
+                raise
+            except Exception as exc:  # a connector bug must not take history down with it
+                log.exception("step %s of %s failed", step.type.value, step.agent)
+                result.status = "stopped-connector-exception"
+                result.message = f"{type(exc).__name__}: {exc}"
+            finally:
+                progress.finish()
+                result.ended_at = time.time()
+                counters = dict(result.counters)
+                if report is not None:
+                    counters["deletion_threshold"] = report
+                with self.store.transaction() as conn:
+                    conn.execute(
+                        update(run_step).where(run_step.c.id == result.step_id).values(
+                            status=result.status if result.status != "in-progress" else "stopped-interrupted",
+                            ended_at=result.ended_at, counters=json.dumps(counters, default=str),
+                            message=result.message or None)
+                    )
+        return result
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,210 @@
+"""Export: pending exports -> connector, in batches, exactly one result per change.
+
+Before anything is sent, the deletion threshold is checked over the whole step (object deletes plus
+clears of the listed attributes, as a count and as a percentage of the connector space): if it
+trips, nothing is exported (all-or-nothing) and the step stops with ``stopped-deletion-threshold``.
+A success moves the change to ``unconfirmed`` until an import confirms it; a failure stays pending
+with its error and is retried by the next export.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, select, update
+
+from connector.engine._context import StepContext
+from connector.engine._import import DELETE_MARK
+from connector.engine._results import ObjectError, StepStopped
+from connector.sdk import (
+    AttributeChange,
+    AttributeModificationType,
+    Connector,
+    CSEntryChange,
+    ExportResult,
+    ExportStatus,
+    ObjectModificationType,
+)
+from connector.store import decode_value, is_blob_ref, parse_blob_ref
+from connector.store.tables import cs_object
+
+__all__ = ["pending_export_rows", "run_export", "threshold_report"]
+
+_loads = json.loads
+_dumps = json.dumps
+
+
+def pending_export_rows(conn: Connection, agent: str, *, after_id: int = -1, limit: int | None = None) -> list[Any]:
+    query = (
+        select(cs_object.c.id, cs_object.c.object_class, cs_object.c.anchor, cs_object.c.dn,
+               cs_object.c.hologram, cs_object.c.export_type, cs_object.c.export_changes,
+               cs_object.c.unconfirmed, cs_object.c.export_error, cs_object.c.mv_id)
+        .where(cs_object.c.agent == agent, cs_object.c.export_type.is_not(None), cs_object.c.id > after_id)
+        .order_by(cs_object.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list(conn.execute(query).all())
+
+
+def threshold_report(conn: Connection, ctx: StepContext) -> dict[str, Any] | None:
+    """The deletion-threshold check: None when no threshold is set, else the figures and verdict."""
+    threshold = ctx.step.deletion_threshold
+    if threshold is None:
+        return None
+    watched = set(threshold.attributes)
+    deletes = clears = 0
+    examples: list[str] = []
+    for row in pending_export_rows(conn, ctx.agent):
+        if row.export_type == "delete":
+            deletes += 1
+            examples.append(f"delete {row.anchor}")
+        elif row.export_changes:
+            for attr, value in _loads(row.export_changes).items():
+                if value is None and attr in watched:
+                    clears += 1
+                    if len(examples) < 20:
+                        examples.append(f"clear {attr} on {row.dn or row.anchor}")
+    total = conn.execute(select(func.count()).select_from(cs_object).where(cs_object.c.agent == ctx.agent)).scalar_one()
+    count = deletes + clears
+    percent = 100.0 * count / total if total else 0.0
+    tripped = (threshold.count is not None and count > threshold.count) or (
+        threshold.percent is not None and percent > threshold.percent
+    )
+    return {
+        "deletes": deletes, "clears": clears, "count": count, "connector_space": total,
+        "percent": round(percent, 2), "limit_count": threshold.count, "limit_percent": threshold.percent,
+        "tripped": tripped, "examples": examples[:20],
+    }
+
+
+def _to_change(row: Any, get_blob: Any) -> CSEntryChange:
+    hologram = _loads(row.hologram) if row.hologram else {}
+    if row.export_type == "delete":
+        change = CSEntryChange.delete(row.object_class, row.anchor, dn=row.dn)
+    else:
+        attrs = _loads(row.export_changes) if row.export_changes else {}
+        changes = []
+        previous = {}
+        for name, value in sorted(attrs.items()):
+            if value is None:
+                changes.append(AttributeChange(name, AttributeModificationType.REPLACE, ()))
+            else:
+                decoded = decode_value(value, get_blob)
+                values = tuple(decoded) if isinstance(decoded, list) else (decoded,)
+                changes.append(AttributeChange(name, AttributeModificationType.REPLACE, values))
+            if name in hologram:
+                previous[name] = decode_value(hologram[name], get_blob)
+        mod = ObjectModificationType.ADD if row.export_type == "add" else ObjectModificationType.UPDATE
+        change = CSEntryChange(row.object_class, row.anchor, mod, changes=changes, dn=row.dn)
+        change.previous = previous
+    change.identifier = str(row.id)
+    return change
+
+
+def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, Any] | None:
+    """Run one export step. ``connector`` is None in a dry run (nothing is sent)."""
+    counters = ctx.result.counters
+    with ctx.store.read() as conn:
+        report = threshold_report(conn, ctx)
+        total = conn.execute(
+            select(func.count()).select_from(cs_object)
+            .where(cs_object.c.agent == ctx.agent, cs_object.c.export_type.is_not(None))
+        ).scalar_one()
+    if report is not None:
+        counters["threshold_count"] = report["count"]
+        if report["tripped"]:
+            limits = " / ".join(
+                x for x in (
+                    f"count {report['limit_count']}" if report["limit_count"] is not None else "",
+                    f"{report['limit_percent']}%" if report["limit_percent"] is not None else "",
+                ) if x
+            )
+            msg = (
+                f"deletion threshold exceeded: {report['deletes']} object deletes and {report['clears']} attribute "
+                f"clears ({report['percent']}% of {report['connector_space']}) exceed {limits}; nothing was "
+                f"exported. Inspect with `mvsync pending-exports {ctx.agent}`; if intended, raise the threshold "
+                "for this run or fix the source"
+            )
+            raise StepStopped("stopped-deletion-threshold", msg)
+    batch_size = ctx.step.batch_size if connector is None else min(ctx.step.batch_size, connector.capabilities.max_batch_size)
+    ctx.progress.start(f"{ctx.agent}: export", total)
+    last = -1
+    while True:
+        with ctx.store.read() as conn:
+            rows = pending_export_rows(conn, ctx.agent, after_id=last, limit=batch_size)
+            if not rows:
+                break
+            last = rows[-1].id
+            hashes = [
+                parse_blob_ref(v)[0]
+                for r in rows for doc in (r.export_changes, r.hologram) if doc
+                for v in _loads(doc).values() if is_blob_ref(v)
+            ]
+            blobs = ctx.store.get_blobs(conn, hashes)
+        changes = [_to_change(r, blobs.__getitem__) for r in rows]
+        if connector is None:
+            for change in changes:
+                ctx.emit_change({
+                    "anchor": change.anchor, "dn": change.dn, "export": change.modification.value,
+                    "attributes": {c.name: ("clear" if not c.values else
+                                            [{"bytes": len(v)} if isinstance(v, bytes) else v for v in c.values])
+                                   for c in change.changes},
+                })
+                counters[f"export_{change.modification.value}s"] += 1
+            ctx.progress.advance(len(changes))
+            continue
+        results = connector.export(changes)
+        _apply_results(ctx, rows, changes, results)
+        ctx.progress.advance(len(changes))
+        ctx.check_error_limit()
+    ctx.progress.finish()
+    return report
+
+
+def _apply_results(ctx: StepContext, rows: list[Any], changes: list[CSEntryChange], results: list[ExportResult]) -> None:
+    counters = ctx.result.counters
+    by_id: dict[str, ExportResult] = {}
+    for result in results:
+        if result.identifier in by_id:
+            ctx.error(ObjectError("export", "duplicate-export-result",
+                                  f"connector returned two results for change {result.identifier}", severity="warning"))
+        by_id[result.identifier] = result
+    now = time.time()
+    updates: list[dict[str, Any]] = []
+    for row, change in zip(rows, changes, strict=True):
+        result = by_id.get(change.identifier)
+        if result is None:
+            result = ExportResult.retry(change.identifier, "cd-error",
+                                        "the connector returned no result for this change; it stays pending")
+        unconfirmed = _loads(row.unconfirmed) if row.unconfirmed else {}
+        if result.status == ExportStatus.SUCCESS:
+            if row.export_type == "delete":
+                unconfirmed = {DELETE_MARK: True}
+            else:
+                unconfirmed.update(_loads(row.export_changes) if row.export_changes else {})
+            counters[f"export_{change.modification.value}s"] += 1
+            updates.append({"_id": row.id, "export_type": None, "export_changes": None,
+                            "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+                            "export_error": None, "anchor": result.anchor or row.anchor, "updated_at": now})
+        else:
+            counters["export_errors" if result.status == ExportStatus.FAILED else "export_retryable"] += 1
+            previous = _loads(row.export_error) if row.export_error else {}
+            error = {"name": result.error_name or "cd-error", "detail": result.error_detail,
+                     "status": result.status.value, "attempts": int(previous.get("attempts", 0)) + 1}
+            ctx.error(ObjectError("export", error["name"], result.error_detail or "(no detail)",
+                                  anchor=row.anchor, object_class=row.object_class, cs_id=row.id))
+            updates.append({"_id": row.id, "export_type": row.export_type, "export_changes": row.export_changes,
+                            "unconfirmed": row.unconfirmed, "export_error": _dumps(error),
+                            "anchor": row.anchor, "updated_at": now})
+    with ctx.store.transaction() as conn:
+        conn.execute(
+            update(cs_object).where(cs_object.c.id == bindparam("_id")).values(
+                export_type=bindparam("export_type"), export_changes=bindparam("export_changes"),
+                unconfirmed=bindparam("unconfirmed"), export_error=bindparam("export_error"),
+                anchor=bindparam("anchor"), updated_at=bindparam("updated_at")),
+            updates,
+        )
+        ctx.flush_errors(conn)

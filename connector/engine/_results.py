@@ -1,0 +1,124 @@
+"""Run and step results, MIM-style statuses, and the per-object error sink."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ObjectError", "RunResult", "StepResult", "StepStopped", "step_status"]
+
+#: How each step kind names its "completed with errors" status (MIM's names).
+_ERROR_STATUS = {
+    "full-import": "completed-discovery-errors",
+    "delta-import": "completed-discovery-errors",
+    "full-sync": "completed-sync-errors",
+    "delta-sync": "completed-sync-errors",
+    "export": "completed-export-errors",
+}
+
+
+class StepStopped(Exception):
+    """Raised inside a step to stop it with a ``stopped-*`` status (work done so far is kept)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class ObjectError:
+    stage: str
+    error_name: str
+    detail: str
+    anchor: str | None = None
+    object_class: str | None = None
+    cs_id: int | None = None
+    severity: str = "error"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "error_name": self.error_name,
+            "detail": self.detail,
+            "anchor": self.anchor,
+            "object_class": self.object_class,
+            "cs_id": self.cs_id,
+            "severity": self.severity,
+        }
+
+
+@dataclass(slots=True)
+class StepResult:
+    agent: str
+    kind: str
+    status: str = "in-progress"
+    message: str = ""
+    counters: Counter[str] = field(default_factory=Counter)
+    errors: list[ObjectError] = field(default_factory=list)
+    error_count: int = 0
+    warning_count: int = 0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    step_id: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.ended_at - self.started_at)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "step_id": self.step_id,
+            "agent": self.agent,
+            "kind": self.kind,
+            "status": self.status,
+            "message": self.message,
+            "counters": dict(self.counters),
+            "errors": self.error_count,
+            "warnings": self.warning_count,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def step_status(result: StepResult) -> str:
+    """The MIM-style status of a step that ran to its end."""
+    if result.error_count:
+        return _ERROR_STATUS.get(result.kind, "completed-errors")
+    if result.warning_count:
+        return "completed-warnings"
+    return "success"
+
+
+@dataclass(slots=True)
+class RunResult:
+    profile: str
+    run_id: int | None
+    dry_run: bool
+    steps: list[StepResult] = field(default_factory=list)
+    status: str = "in-progress"
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "dry_run": self.dry_run,
+            "status": self.status,
+            "seconds": round(max(0.0, self.ended_at - self.started_at), 3),
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+
+def run_status(steps: list[StepResult]) -> str:
+    """A run's status: its first stopped step's, else the worst completed one."""
+    for step in steps:
+        if step.status.startswith("stopped-"):
+            return step.status
+    for step in steps:
+        if step.status.startswith("completed-") and step.status.endswith("-errors"):
+            return step.status
+    if any(s.status == "completed-warnings" for s in steps):
+        return "completed-warnings"
+    return "success"

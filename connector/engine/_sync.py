@@ -1,0 +1,590 @@
+"""Full and delta synchronization: connector space -> metaverse -> pending exports.
+
+For each connector-space object of the agent (all of them on a full sync; on a delta sync only
+those with a pending import or a previous sync error):
+
+1. *inbound*: apply the pending import to the hologram; join (ordered rules, first rule with
+   candidates wins, several candidates = ``ambiguous-join``) or project; flow attributes into the
+   metaverse with ranked precedence (each agent's contribution is kept, so when the top source goes
+   null the next one takes over); a deleted object disconnects, and the metaverse object is deleted
+   when the deletion rule says so, deprovisioning its other connectors;
+2. *outbound*: for every connector of a metaverse object that changed (or, on a full sync, of every
+   object seen), evaluate export flows (through transforms) against the hologram and the exports
+   still awaiting confirmation, and stage the difference as the pending export.
+
+Work is done in chunks, one transaction each, with everything the chunk needs loaded in bulk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+
+from connector.config import AgentConfig, Deprovision, ExportFlow, ImportFlow, JoinRule
+from connector.engine._context import StepContext
+from connector.engine._results import ObjectError
+from connector.engine.transforms import TransformRunner
+from connector.sdk import Schema, TransformError
+from connector.store.tables import cs_object, mv_object
+
+__all__ = ["SEARCH_ATTRIBUTES", "run_sync", "search_fields"]
+
+CHUNK = 2000
+#: Metaverse attributes folded into ``mv_object.search_text`` (UI and ``mv search``).
+SEARCH_ATTRIBUTES = ("displayName", "accountName", "mail", "userPrincipalName", "mailNickname", "employeeID")
+
+_dumps = json.dumps
+_loads = json.loads
+
+
+def search_fields(attributes: dict[str, Any]) -> tuple[str | None, str]:
+    display = attributes.get("displayName") or attributes.get("accountName") or attributes.get("mail")
+    text = "\n".join(str(attributes[a]).lower() for a in SEARCH_ATTRIBUTES if isinstance(attributes.get(a), str))
+    return (display if isinstance(display, str) else None), text
+
+
+@dataclass(slots=True)
+class _MV:
+    id: int
+    object_type: str
+    attributes: dict[str, Any]
+    contributions: dict[str, dict[str, Any]]
+    lineage: dict[str, list[str]]
+    new: bool = False
+    changed: bool = False
+    deleted: bool = False
+    touched: bool = False
+
+
+@dataclass(slots=True)
+class _CS:
+    """A connector-space row loaded for outbound evaluation."""
+
+    id: int
+    agent: str
+    object_class: str
+    anchor: str
+    hologram: dict[str, Any]
+    unconfirmed: dict[str, Any]
+    export_type: str | None
+    export_changes: dict[str, Any] | None
+    mv_id: int | None
+    dirty: bool = False
+    sync_error: dict[str, str] | None = None
+    errors: list[ObjectError] = field(default_factory=list)
+
+
+class _Rules:
+    """The configuration's rules, indexed for the agent being synchronized."""
+
+    def __init__(self, ctx: StepContext, mv_schema: Schema) -> None:
+        cfg = ctx.config
+        self.agent = ctx.agent
+        self.agent_cfg: AgentConfig = cfg.agents[ctx.agent]
+        self.agent_order = list(cfg.agents)
+        self.precedence = {k: list(v) for k, v in cfg.metaverse.precedence.items()}
+        self.delete_when_disconnected_from = set(cfg.metaverse.delete_when_disconnected_from)
+        self.import_flows: dict[str, list[ImportFlow]] = defaultdict(list)
+        for flow in self.agent_cfg.import_flow:
+            self.import_flows[flow.object_class.lower()].append(flow)
+        self.joins: dict[str, list[JoinRule]] = defaultdict(list)
+        for rule in self.agent_cfg.join:
+            self.joins[rule.object_class.lower()].append(rule)
+        self.projection = {p.object_class.lower(): p.metaverse_type for p in self.agent_cfg.projection}
+        self.export_flows: dict[str, dict[str, list[ExportFlow]]] = {}
+        self.deprovision: dict[str, Deprovision] = {}
+        for name, agent_cfg in cfg.agents.items():
+            self.deprovision[name] = agent_cfg.deprovision
+            if agent_cfg.export_flow:
+                by_class: dict[str, list[ExportFlow]] = defaultdict(list)
+                for eflow in agent_cfg.export_flow:
+                    by_class[eflow.object_class.lower()].append(eflow)
+                self.export_flows[name] = dict(by_class)
+        self.mv_types = {oc.name for oc in mv_schema.object_classes}
+
+    def rank(self, attribute: str, agent: str) -> int:
+        listed = self.precedence.get(attribute)
+        if listed is not None:
+            if agent in listed:
+                return listed.index(agent)
+            return len(listed) + self.agent_order.index(agent) if agent in self.agent_order else 10_000
+        return self.agent_order.index(agent) if agent in self.agent_order else 10_000
+
+
+class _JoinIndex:
+    """Metaverse attribute value -> metaverse ids, built on first use, kept current during the step."""
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[str, bool], dict[Any, set[int]]] = {}
+        self.joined: set[int] | None = None
+
+    @staticmethod
+    def norm(value: Any, ignore_case: bool) -> Any:
+        return value.lower() if ignore_case and isinstance(value, str) else value
+
+    def build(self, conn: Connection, needed: Iterable[tuple[str, bool]], agent: str) -> None:
+        missing = [k for k in needed if k not in self.keys]
+        if missing:
+            for key in missing:
+                self.keys[key] = defaultdict(set)
+            last = -1
+            while True:
+                rows = conn.execute(
+                    select(mv_object.c.id, mv_object.c.attributes)
+                    .where(mv_object.c.id > last)
+                    .order_by(mv_object.c.id)
+                    .limit(20_000)
+                ).all()
+                if not rows:
+                    break
+                for mv_id, attrs_json in rows:
+                    attrs = _loads(attrs_json)
+                    for attr, ignore_case in missing:
+                        self._add(self.keys[(attr, ignore_case)], attrs.get(attr), mv_id, ignore_case)
+                last = rows[-1][0]
+        if self.joined is None:
+            self.joined = set(
+                conn.execute(
+                    select(cs_object.c.mv_id).where(cs_object.c.agent == agent, cs_object.c.mv_id.is_not(None))
+                ).scalars()
+            )
+
+    def _add(self, index: dict[Any, set[int]], value: Any, mv_id: int, ignore_case: bool) -> None:
+        if value is None:
+            return
+        for v in value if isinstance(value, list) else [value]:
+            index[self.norm(v, ignore_case)].add(mv_id)
+
+    def _remove(self, index: dict[Any, set[int]], value: Any, mv_id: int, ignore_case: bool) -> None:
+        if value is None:
+            return
+        for v in value if isinstance(value, list) else [value]:
+            index.get(self.norm(v, ignore_case), set()).discard(mv_id)
+
+    def update(self, mv_id: int, old: dict[str, Any], new: dict[str, Any]) -> None:
+        for (attr, ignore_case), index in self.keys.items():
+            if old.get(attr) != new.get(attr):
+                self._remove(index, old.get(attr), mv_id, ignore_case)
+                self._add(index, new.get(attr), mv_id, ignore_case)
+
+    def lookup(self, attr: str, ignore_case: bool, value: Any) -> set[int]:
+        index = self.keys[(attr, ignore_case)]
+        found: set[int] = set()
+        for v in value if isinstance(value, list) else [value]:
+            found |= index.get(self.norm(v, ignore_case), set())
+        return found
+
+
+class _Sync:
+    def __init__(self, ctx: StepContext, mv_schema: Schema, transforms: TransformRunner, full: bool) -> None:
+        self.ctx = ctx
+        self.rules = _Rules(ctx, mv_schema)
+        self.transforms = transforms
+        self.full = full
+        self.index = _JoinIndex()
+        self.next_mv_id = 0
+        self.counters = ctx.result.counters
+
+    # ---------------------------------------------------------------------------------- inbound
+    def _flow_in(self, conn: Connection, row: Any, state: dict[str, Any], mv: _MV, blobs: dict[str, bytes]) -> None:
+        agent = self.rules.agent
+        computed: dict[str, tuple[Any, str]] = {}
+        for flow in self.rules.import_flows.get(row.object_class.lower(), ()):
+            value = state.get(flow.cs)
+            if flow.transform:
+                try:
+                    value = self.transforms.apply(conn, flow.transform, value, blobs)
+                except TransformError as exc:
+                    self.ctx.error(
+                        ObjectError("sync", exc.name, f"import flow {flow.cs} -> {flow.mv}: {exc.detail}",
+                                    anchor=row.anchor, object_class=row.object_class, cs_id=row.id)
+                    )
+                    continue
+            if value is not None:
+                computed[flow.mv] = (value, f"{flow.cs}{' via ' + flow.transform if flow.transform else ''}")
+        affected = {a for a, by in mv.contributions.items() if agent in by} | set(computed)
+        for attr in affected:
+            by = mv.contributions.setdefault(attr, {})
+            if attr in computed:
+                by[agent] = [computed[attr][0], computed[attr][1]]
+            else:
+                by.pop(agent, None)
+            if not by:
+                del mv.contributions[attr]
+            self._resolve(mv, attr)
+
+    def _resolve(self, mv: _MV, attr: str) -> None:
+        by = mv.contributions.get(attr, {})
+        winner = min(by, key=lambda a: self.rules.rank(attr, a)) if by else None
+        old = mv.attributes.get(attr)
+        if winner is None:
+            if attr in mv.attributes:
+                del mv.attributes[attr]
+                mv.lineage.pop(attr, None)
+                mv.changed = True
+                self.counters["attribute_flows"] += 1
+            return
+        value, rule = by[winner]
+        if old != value:
+            mv.attributes[attr] = value
+            mv.changed = True
+            self.counters["attribute_flows"] += 1
+        mv.lineage[attr] = [winner, rule]
+
+    def _remove_agent(self, mv: _MV, agent: str) -> None:
+        for attr in [a for a, by in mv.contributions.items() if agent in by]:
+            del mv.contributions[attr][agent]
+            if not mv.contributions[attr]:
+                del mv.contributions[attr]
+            self._resolve(mv, attr)
+
+    def _join(self, conn: Connection, row: Any, state: dict[str, Any]) -> tuple[int | None, str | None]:
+        """Returns (metaverse id, error name) for an unjoined object; (None, None) = no rule matched."""
+        rules = self.rules.joins.get(row.object_class.lower(), [])
+        if not rules:
+            return None, None
+        self.index.build(conn, [(c.mv, c.ignore_case) for r in rules for c in r.match], self.rules.agent)
+        assert self.index.joined is not None
+        for rule in rules:
+            candidates: set[int] | None = None
+            for cond in rule.match:
+                value = state.get(cond.cs)
+                if value is None:
+                    candidates = set()
+                    break
+                found = self.index.lookup(cond.mv, cond.ignore_case, value)
+                candidates = found if candidates is None else candidates & found
+                if not candidates:
+                    break
+            candidates = (candidates or set()) - self.index.joined
+            if len(candidates) == 1:
+                return next(iter(candidates)), None
+            if len(candidates) > 1:
+                self.ctx.error(
+                    ObjectError(
+                        "sync", "ambiguous-join",
+                        f"join rule on {', '.join(c.cs + '=' + c.mv for c in rule.match)} matches "
+                        f"{len(candidates)} metaverse objects ({', '.join(map(str, sorted(candidates)[:5]))})",
+                        anchor=row.anchor, object_class=row.object_class, cs_id=row.id,
+                    )
+                )
+                return None, "ambiguous-join"
+        return None, None
+
+    # --------------------------------------------------------------------------------- outbound
+    def _flow_out(self, conn: Connection, cs: _CS, mv: _MV, blobs: dict[str, bytes]) -> None:
+        flows = self.rules.export_flows.get(cs.agent, {}).get(cs.object_class.lower(), [])
+        if not flows or cs.export_type == "delete":
+            return
+        changes: dict[str, Any] = {}
+        for flow in flows:
+            value = mv.attributes.get(flow.mv)
+            if flow.transform:
+                try:
+                    value = self.transforms.apply(conn, flow.transform, value, blobs)
+                except TransformError as exc:
+                    cs.errors.append(
+                        ObjectError("sync", exc.name, f"export flow {flow.mv} -> {flow.cs}: {exc.detail}",
+                                    anchor=cs.anchor, object_class=cs.object_class, cs_id=cs.id)
+                    )
+                    continue
+            if value is None and not flow.allow_null:
+                continue
+            current = cs.unconfirmed[flow.cs] if flow.cs in cs.unconfirmed else cs.hologram.get(flow.cs)
+            if value != current:
+                changes[flow.cs] = value
+        new_type = "update" if changes else None
+        new_changes = changes or None
+        if new_type != cs.export_type or new_changes != cs.export_changes:
+            if new_changes:
+                kind = "export_updates" if cs.export_type is None else "export_updates_changed"
+                self.counters[kind] += 1
+                self.ctx.emit_change(
+                    {"anchor": cs.anchor, "target_agent": cs.agent, "pending_export": "update",
+                     "attributes": {k: _describe(v) for k, v in changes.items()}}
+                )
+            else:
+                self.counters["exports_withdrawn"] += 1
+            cs.export_type, cs.export_changes = new_type, new_changes
+            cs.dirty = True
+
+    # ----------------------------------------------------------------------------------- chunks
+    def _load_mv(self, conn: Connection, ids: Iterable[int]) -> dict[int, _MV]:
+        ids = list(set(ids))
+        loaded: dict[int, _MV] = {}
+        for i in range(0, len(ids), 900):
+            for r in conn.execute(
+                select(mv_object.c.id, mv_object.c.object_type, mv_object.c.attributes,
+                       mv_object.c.contributions, mv_object.c.lineage).where(mv_object.c.id.in_(ids[i : i + 900]))
+            ):
+                loaded[r.id] = _MV(r.id, r.object_type, _loads(r.attributes), _loads(r.contributions), _loads(r.lineage))
+        return loaded
+
+    def _load_connectors(self, conn: Connection, mv_ids: list[int], skip_agent: str | None) -> dict[int, list[_CS]]:
+        agents = list(self.rules.export_flows)
+        if skip_agent is not None:
+            agents = [a for a in agents if a != skip_agent]
+        out: dict[int, list[_CS]] = defaultdict(list)
+        if not agents or not mv_ids:
+            return out
+        for i in range(0, len(mv_ids), 900):
+            for r in conn.execute(
+                select(cs_object.c.id, cs_object.c.agent, cs_object.c.object_class, cs_object.c.anchor,
+                       cs_object.c.hologram, cs_object.c.unconfirmed, cs_object.c.export_type,
+                       cs_object.c.export_changes, cs_object.c.mv_id)
+                .where(cs_object.c.mv_id.in_(mv_ids[i : i + 900]), cs_object.c.agent.in_(agents))
+            ):
+                out[r.mv_id].append(
+                    _CS(r.id, r.agent, r.object_class, r.anchor, _loads(r.hologram) if r.hologram else {},
+                        _loads(r.unconfirmed) if r.unconfirmed else {}, r.export_type,
+                        _loads(r.export_changes) if r.export_changes else None, r.mv_id)
+                )
+        return out
+
+    def _chunks(self, conn_factory: Any) -> Iterable[list[Any]]:
+        last = -1
+        cols = (cs_object.c.id, cs_object.c.object_class, cs_object.c.anchor, cs_object.c.hologram,
+                cs_object.c.pending_type, cs_object.c.pending, cs_object.c.mv_id, cs_object.c.unconfirmed,
+                cs_object.c.export_type, cs_object.c.export_changes, cs_object.c.sync_error)
+        while True:
+            query = select(*cols).where(cs_object.c.agent == self.rules.agent, cs_object.c.id > last)
+            if not self.full:
+                query = query.where(or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.is_not(None)))
+            with conn_factory() as conn:
+                rows = conn.execute(query.order_by(cs_object.c.id).limit(CHUNK)).all()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].id
+
+    def run(self) -> None:
+        ctx = self.ctx
+        with ctx.store.read() as conn:
+            self.next_mv_id = (conn.execute(select(func.max(mv_object.c.id))).scalar() or 0) + 1
+            total_q = select(func.count()).select_from(cs_object).where(cs_object.c.agent == self.rules.agent)
+            if not self.full:
+                total_q = total_q.where(or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.is_not(None)))
+            total = conn.execute(total_q).scalar_one()
+        ctx.progress.start(f"{ctx.agent}: {'full' if self.full else 'delta'} synchronization", total)
+        for rows in self._chunks(ctx.store.read):
+            with ctx.store.transaction() as conn:
+                self._chunk(conn, rows)
+                ctx.flush_errors(conn)
+            ctx.progress.advance(len(rows))
+            ctx.check_error_limit()
+        ctx.progress.finish()
+
+    def _chunk(self, conn: Connection, rows: list[Any]) -> None:
+        rules, counters, agent = self.rules, self.counters, self.rules.agent
+        now = time.time()
+        blobs: dict[str, bytes] = {}
+        mvs = self._load_mv(conn, [r.mv_id for r in rows if r.mv_id is not None])
+        own: dict[int, _CS] = {}
+        cs_updates: list[dict[str, Any]] = []
+        cs_deletes: list[int] = []
+        disconnected_mv: set[int] = set()
+
+        for row in rows:
+            if row.pending_type == "delete":
+                state = None
+            elif row.pending_type in ("add", "update"):
+                state = _loads(row.pending)
+            else:
+                state = _loads(row.hologram) if row.hologram else None
+            mv_id = row.mv_id
+            sync_error: str | None = None
+            if state is None:
+                cs_deletes.append(row.id)
+                counters["connector_deletes"] += 1
+                if mv_id is not None and mv_id in mvs:
+                    mv = mvs[mv_id]
+                    before = dict(mv.attributes)
+                    self._remove_agent(mv, agent)
+                    mv.touched = True
+                    disconnected_mv.add(mv_id)
+                    if self.index.keys:
+                        self.index.update(mv_id, before, mv.attributes)
+                    if self.index.joined is not None:
+                        self.index.joined.discard(mv_id)
+                continue
+            if mv_id is not None and mv_id not in mvs:
+                mv_id = None  # the metaverse object went away: reconsider joining
+            if mv_id is None:
+                found, err = self._join(conn, row, state)
+                if found is not None:
+                    mv_id = found
+                    counters["joins"] += 1
+                    if found not in mvs:
+                        mvs.update(self._load_mv(conn, [found]))
+                elif err is not None:
+                    sync_error = err
+                    counters["join_errors"] += 1
+                else:
+                    mv_type = rules.projection.get(row.object_class.lower())
+                    if mv_type is not None:
+                        mv_id = self.next_mv_id
+                        self.next_mv_id += 1
+                        mvs[mv_id] = _MV(mv_id, mv_type, {}, {}, {}, new=True, changed=True)
+                        counters["projections"] += 1
+                        if self.index.keys:
+                            self.index.update(mv_id, {}, {})
+                    else:
+                        counters["disconnectors"] += 1
+                if mv_id is not None and self.index.joined is not None:
+                    self.index.joined.add(mv_id)
+                joined_now = mv_id is not None
+            else:
+                joined_now = False
+            if mv_id is not None:
+                mv = mvs[mv_id]
+                before = dict(mv.attributes) if self.index.keys else {}
+                self._flow_in(conn, row, state, mv, blobs)
+                mv.touched = True
+                if self.index.keys:
+                    self.index.update(mv_id, before, mv.attributes)
+                if rules.export_flows.get(agent, {}).get(row.object_class.lower()):
+                    own[row.id] = _CS(row.id, agent, row.object_class, row.anchor, state,
+                                      _loads(row.unconfirmed) if row.unconfirmed else {}, row.export_type,
+                                      _loads(row.export_changes) if row.export_changes else None, mv_id)
+            if row.pending_type is None and not joined_now and mv_id == row.mv_id and sync_error is None \
+                    and row.sync_error is None and row.id not in own:
+                counters["unchanged"] += 1
+                continue
+            cs_updates.append({
+                "_id": row.id, "hologram": _dumps(state), "mv_id": mv_id,
+                "joined_at": now if joined_now else None, "keep_joined": not joined_now,
+                "sync_error": _dumps({"name": sync_error}) if sync_error else None, "updated_at": now,
+            })
+
+        # metaverse deletion rule and deprovisioning
+        deleted_mv: set[int] = set()
+        if disconnected_mv:
+            remaining: dict[int, set[str]] = defaultdict(set)
+            ids = list(disconnected_mv)
+            for i in range(0, len(ids), 900):
+                for r in conn.execute(
+                    select(cs_object.c.mv_id, cs_object.c.agent).where(
+                        cs_object.c.mv_id.in_(ids[i : i + 900]), cs_object.c.id.not_in(cs_deletes or [-1]))
+                ):
+                    remaining[r.mv_id].add(r.agent)
+            for mv_id in ids:
+                left = remaining.get(mv_id, set())
+                if agent in rules.delete_when_disconnected_from or not left:
+                    mvs[mv_id].deleted = True
+                    deleted_mv.add(mv_id)
+                    counters["mv_deletes"] += 1
+
+        # outbound: connectors of every metaverse object that changed (all touched, on a full sync)
+        outbound_ids = [m.id for m in mvs.values() if m.touched and (m.changed or self.full or m.deleted)]
+        others = self._load_connectors(conn, outbound_ids, skip_agent=None)
+        for mv in mvs.values():
+            if not mv.touched:
+                continue
+            connectors = [c for c in others.get(mv.id, []) if c.id not in own and c.id not in cs_deletes]
+            connectors += [c for c in own.values() if c.mv_id == mv.id]
+            if mv.deleted:
+                for cs in others.get(mv.id, []):
+                    if cs.id in cs_deletes:
+                        continue
+                    if rules.deprovision.get(cs.agent) == Deprovision.DELETE:
+                        cs.export_type, cs.export_changes, cs.dirty = "delete", None, True
+                        counters["export_deletes"] += 1
+                        self.ctx.emit_change({"anchor": cs.anchor, "target_agent": cs.agent, "pending_export": "delete"})
+                    else:
+                        cs.export_type, cs.export_changes, cs.dirty = None, None, True
+                        counters["deprovision_disconnects"] += 1
+                    cs.mv_id = None
+                continue
+            for cs in connectors:
+                if cs.agent == agent and cs.id not in own:
+                    continue
+                if mv.changed or self.full or cs.id in own:
+                    self._flow_out(conn, cs, mv, blobs)
+                    for err in cs.errors:
+                        self.ctx.error(err)
+        if any(m.changed and not m.new and not m.deleted for m in mvs.values()):
+            counters["mv_updates"] += sum(1 for m in mvs.values() if m.changed and not m.new and not m.deleted)
+
+        # -- writes -------------------------------------------------------------------------
+        self.ctx.store.put_blobs(conn, blobs)
+        new_rows, changed_rows = [], []
+        for mv in mvs.values():
+            if mv.deleted or not mv.changed and not mv.new:
+                continue
+            display, text = search_fields(mv.attributes)
+            doc = {
+                "id": mv.id, "attributes": _dumps(mv.attributes), "contributions": _dumps(mv.contributions),
+                "lineage": _dumps(mv.lineage), "display_name": display, "search_text": text, "updated_at": now,
+            }
+            if mv.new:
+                new_rows.append({**doc, "object_type": mv.object_type, "created_at": now})
+                self.ctx.emit_change({"metaverse_id": mv.id, "metaverse": "project", "attributes": sorted(mv.attributes)})
+            else:
+                changed_rows.append({**doc, "_id": doc.pop("id")})
+                self.ctx.emit_change({"metaverse_id": mv.id, "metaverse": "update", "attributes": sorted(mv.attributes)})
+        # contributions change even when final attributes do not (a lower-ranked source changed)
+        contrib_only = [
+            {"_id": mv.id, "contributions": _dumps(mv.contributions), "lineage": _dumps(mv.lineage)}
+            for mv in mvs.values() if mv.touched and not mv.changed and not mv.new and not mv.deleted
+        ]
+        if new_rows:
+            conn.execute(insert(mv_object), new_rows)
+        if changed_rows:
+            conn.execute(
+                update(mv_object).where(mv_object.c.id == bindparam("_id")).values(
+                    attributes=bindparam("attributes"), contributions=bindparam("contributions"),
+                    lineage=bindparam("lineage"), display_name=bindparam("display_name"),
+                    search_text=bindparam("search_text"), updated_at=bindparam("updated_at")),
+                changed_rows,
+            )
+        if contrib_only:
+            conn.execute(
+                update(mv_object).where(mv_object.c.id == bindparam("_id")).values(
+                    contributions=bindparam("contributions"), lineage=bindparam("lineage")),
+                contrib_only,
+            )
+        if cs_updates:
+            joined = [u for u in cs_updates if not u["keep_joined"]]
+            kept = [u for u in cs_updates if u["keep_joined"]]
+            base = update(cs_object).where(cs_object.c.id == bindparam("_id"))
+            values = {"hologram": bindparam("hologram"), "pending_type": None, "pending": None,
+                      "mv_id": bindparam("mv_id"), "sync_error": bindparam("sync_error"),
+                      "updated_at": bindparam("updated_at")}
+            for group, extra in ((joined, {"joined_at": bindparam("joined_at")}), (kept, {})):
+                if group:
+                    conn.execute(base.values(**values, **extra),
+                                 [{k: v for k, v in u.items() if k != "keep_joined"} for u in group])
+        dirty = [c for cs_list in others.values() for c in cs_list if c.dirty] + [c for c in own.values() if c.dirty]
+        if dirty:
+            conn.execute(
+                update(cs_object).where(cs_object.c.id == bindparam("_id")).values(
+                    export_type=bindparam("export_type"), export_changes=bindparam("export_changes"),
+                    mv_id=bindparam("mv_id"), export_error=None),
+                [{"_id": c.id, "export_type": c.export_type, "mv_id": c.mv_id,
+                  "export_changes": _dumps(c.export_changes) if c.export_changes else None} for c in dirty],
+            )
+        if cs_deletes:
+            conn.execute(delete(cs_object).where(cs_object.c.id.in_(cs_deletes)))
+        if deleted_mv:
+            conn.execute(delete(mv_object).where(mv_object.c.id.in_(list(deleted_mv))))
+
+
+def _describe(value: Any) -> Any:
+    """A dry-run friendly rendering of an encoded value (binary as checksum and size)."""
+    if isinstance(value, str) and value.startswith("\x00b:"):
+        sha, _, size = value[3:].partition(":")
+        return {"sha256": sha, "bytes": int(size)}
+    if isinstance(value, str) and value.startswith("\x00"):
+        return value[3:]
+    return value
+
+
+def run_sync(ctx: StepContext, mv_schema: Schema, transforms: TransformRunner, full: bool) -> None:
+    """Run one full or delta synchronization step of ``ctx.agent``."""
+    _Sync(ctx, mv_schema, transforms, full).run()

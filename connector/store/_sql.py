@@ -1,0 +1,165 @@
+"""``SqlStore``: the connection to the store database and its transactions.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a crash loses at most the last committed
+transactions, never consistency. The engine writes one transaction per import page, sync chunk or
+export batch, so a crash never leaves half a page applied.
+
+A *dry run* opens one outer transaction for the whole run; each unit of work becomes a savepoint
+inside it, and the outer transaction is rolled back at the end, leaving the store byte-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from connector.store._locks import LockManager
+from connector.store._migrations import migrate
+from connector.store.tables import blob
+
+__all__ = ["SqlStore", "StoreError"]
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says what to check."""
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    # pysqlite's own transaction handling breaks SAVEPOINTs; take control of BEGIN ourselves.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA cache_size=-65536")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+class SqlStore:
+    """Owns the SQLAlchemy engine, schema migrations, transactions, blobs and run locks."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = True) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            msg = f"store.url {url!r} is not a database URL (e.g. sqlite:///mvsync.db or postgresql+psycopg://...)"
+            raise StoreError(msg) from None
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        lock_dir: Path | None = None
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            memory = database in ("", ":memory:")
+            if not memory:
+                db_path = Path(database)
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+                lock_dir = db_path.with_name(db_path.name + ".locks")
+            self.engine = create_engine(
+                url,
+                poolclass=StaticPool if memory else None,
+                connect_args={"check_same_thread": False},
+            )
+            _sqlite_setup(self.engine)
+        elif self.dialect == "postgresql":
+            self.engine = create_engine(url, pool_pre_ping=True)
+        else:
+            msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
+            raise StoreError(msg)
+        self.locks = LockManager(self.engine, lock_dir)
+        self._dry_conn: Connection | None = None
+        self._tx_lock = threading.RLock()
+        if migrate_schema:
+            try:
+                with self.engine.begin() as conn:
+                    migrate(conn)
+            except OperationalError as exc:
+                msg = f"cannot open the store at {parsed.render_as_string(hide_password=True)}: {exc.orig}"
+                raise StoreError(msg) from None
+
+    # -- transactions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One unit of work: committed on success, rolled back on error (a savepoint in a dry run)."""
+        if self._dry_conn is not None:
+            with self._tx_lock, self._dry_conn.begin_nested():
+                yield self._dry_conn
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads (inside the dry-run transaction during a dry run)."""
+        if self._dry_conn is not None:
+            yield self._dry_conn
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def dry_run(self) -> Iterator[None]:
+        """Everything inside happens in one transaction that is rolled back at the end."""
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            self._dry_conn = conn
+            try:
+                yield
+            finally:
+                self._dry_conn = None
+                trans.rollback()
+
+    @property
+    def in_dry_run(self) -> bool:
+        return self._dry_conn is not None
+
+    # -- blobs ---------------------------------------------------------------------------------
+    def put_blobs(self, conn: Connection, blobs: dict[str, bytes]) -> None:
+        """Insert blobs not yet stored (content-addressed: an existing hash is the same content)."""
+        if not blobs:
+            return
+        existing = set()
+        keys = list(blobs)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            existing.update(conn.execute(select(blob.c.sha256).where(blob.c.sha256.in_(chunk))).scalars())
+        rows = [{"sha256": k, "size": len(v), "data": v} for k, v in blobs.items() if k not in existing]
+        if rows:
+            conn.execute(blob.insert(), rows)
+
+    def get_blobs(self, conn: Connection, hashes: Iterable[str]) -> dict[str, bytes]:
+        keys = list(dict.fromkeys(hashes))
+        found: dict[str, bytes] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            for sha, data in conn.execute(select(blob.c.sha256, blob.c.data).where(blob.c.sha256.in_(chunk))):
+                found[sha] = bytes(data)
+        return found
+
+    def get_blob(self, sha256: str) -> bytes | None:
+        with self.read() as conn:
+            data = conn.execute(select(blob.c.data).where(blob.c.sha256 == sha256)).scalar()
+        return bytes(data) if data is not None else None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @staticmethod
+    def now() -> float:
+        return time.time()

@@ -1,0 +1,155 @@
+"""Store tables (SQLAlchemy Core). JSON documents are kept as text: the same on SQLite and PostgreSQL,
+and the engine parses them with the C json module, which is faster than driver-level JSON types.
+
+Every change to these definitions needs a migration in ``_migrations.py``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Integer primary keys that autoincrement on SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGSERIAL).
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+blob = Table(
+    "blob",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+agent_state = Table(
+    "agent_state",
+    metadata,
+    Column("agent", String(200), primary_key=True),
+    Column("watermark", Text),
+    Column("schema_json", Text),
+    Column("updated_at", Float),
+)
+
+cs_object = Table(
+    "cs_object",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("agent", String(200), nullable=False),
+    Column("object_class", String(200), nullable=False),
+    Column("anchor", String(1024), nullable=False),
+    Column("dn", Text),
+    # the last imported (synchronized) state: {attribute: encoded value}; NULL while only a pending add
+    Column("hologram", Text),
+    # pending import: 'add' | 'update' | 'delete' (NULL: none) and the state it brings
+    Column("pending_type", String(16)),
+    Column("pending", Text),
+    Column("mv_id", _Id),
+    Column("joined_at", Float),
+    # id of the last full-import step that saw the object (objects not seen become pending deletes)
+    Column("seen_step", _Id),
+    # pending export: 'add' | 'update' | 'delete' and {attribute: encoded value or null (clear)}
+    Column("export_type", String(16)),
+    Column("export_changes", Text),
+    # exported but not yet confirmed by an import: {attribute: encoded value}
+    Column("unconfirmed", Text),
+    Column("export_error", Text),
+    Column("import_error", Text),
+    Column("sync_error", Text),
+    Column("updated_at", Float),
+    UniqueConstraint("agent", "anchor", name="uq_cs_agent_anchor"),
+)
+Index("ix_cs_pending", cs_object.c.agent, cs_object.c.pending_type)
+Index("ix_cs_export", cs_object.c.agent, cs_object.c.export_type)
+Index("ix_cs_mv", cs_object.c.mv_id)
+
+mv_object = Table(
+    "mv_object",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=False),
+    Column("object_type", String(200), nullable=False),
+    # final attribute values {attribute: encoded value}
+    Column("attributes", Text, nullable=False),
+    # every agent's contribution {attribute: {agent: encoded value}}, for ranked precedence
+    Column("contributions", Text, nullable=False),
+    # {attribute: [agent, rule]} of the contribution that won
+    Column("lineage", Text, nullable=False),
+    Column("display_name", Text),
+    # lower-cased name, mail, UPN and account name, for search
+    Column("search_text", Text),
+    Column("created_at", Float),
+    Column("updated_at", Float),
+)
+Index("ix_mv_display", mv_object.c.display_name)
+
+run_history = Table(
+    "run_history",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("profile", String(200), nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("host", String(255)),
+    Column("pid", Integer),
+)
+
+run_step = Table(
+    "run_step",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run_id", _Id, ForeignKey("run_history.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("agent", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("counters", Text, nullable=False, default="{}"),
+    Column("message", Text),
+)
+Index("ix_step_run", run_step.c.run_id)
+
+run_error = Table(
+    "run_error",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("step_id", _Id, ForeignKey("run_step.id"), nullable=False),
+    Column("cs_id", _Id),
+    Column("anchor", String(1024)),
+    Column("object_class", String(200)),
+    Column("stage", String(16), nullable=False),
+    Column("error_name", String(200), nullable=False),
+    Column("detail", Text),
+    Column("severity", String(16), nullable=False, default="error"),
+)
+Index("ix_error_step", run_error.c.step_id)
+
+transform_cache = Table(
+    "transform_cache",
+    metadata,
+    Column("transform", String(500), primary_key=True),
+    Column("input", String(200), primary_key=True),
+    Column("output", Text),
+)

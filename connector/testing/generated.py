@@ -1,0 +1,92 @@
+"""A synthetic connector that produces ``count`` deterministic people (benchmarks, smoke tests).
+
+Every value derives from the seed and the object number, so two runs with the same settings import
+the same data, and ``revision`` changes a chosen fraction of objects to simulate churn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from connector.sdk import (
+    Attribute,
+    AttributeType,
+    Capabilities,
+    Connector,
+    ConnectorSettings,
+    CSEntryChange,
+    ExportResult,
+    ImportPage,
+    ImportRequest,
+    ObjectClass,
+    Schema,
+)
+
+__all__ = ["GeneratedConnector", "GeneratedSettings"]
+
+
+class GeneratedSettings(ConnectorSettings):
+    count: int = Field(1000, ge=0, le=10_000_000)
+    seed: int = 1
+    object_class: str = "person"
+    #: Bytes of the synthetic ``photo`` value (0: no photo attribute).
+    photo_bytes: int = Field(64, ge=0, le=1_000_000)
+    #: Objects whose number is divisible by ``change_every`` get values marked with ``revision``.
+    revision: int = 0
+    change_every: int = Field(100, ge=1)
+
+
+class GeneratedConnector(Connector[GeneratedSettings]):
+    """Imports synthetic people; exports succeed without going anywhere (counted in ``exported``)."""
+
+    settings_model: ClassVar[type[ConnectorSettings]] = GeneratedSettings
+    capabilities = Capabilities(full_import=True, delta_import=False, export=True)
+    description = "synthetic people for benchmarks and smoke tests"
+
+    def __init__(self, settings: GeneratedSettings, context: Any) -> None:
+        super().__init__(settings, context)
+        self.exported = 0
+
+    def get_schema(self) -> Schema:
+        attrs = [
+            Attribute(name="accountName"),
+            Attribute(name="displayName"),
+            Attribute(name="mail"),
+            Attribute(name="userPrincipalName"),
+            Attribute(name="employeeID"),
+            Attribute(name="photo", type=AttributeType.BINARY),
+            Attribute(name="photoChecksum"),
+            Attribute(name="thumbnailChecksum"),
+        ]
+        return Schema.of(ObjectClass(name=self.settings.object_class, anchor="accountName", attributes=tuple(attrs)))
+
+    def _entry(self, n: int) -> CSEntryChange:
+        s = self.settings
+        rev = s.revision if s.revision and n % s.change_every == 0 else 0
+        account = f"u{n:07d}"
+        attrs: dict[str, Any] = {
+            "accountName": account,
+            "displayName": f"User {n}" + (f" r{rev}" if rev else ""),
+            "mail": f"{account}@example.test",
+            "userPrincipalName": f"{account}@example.test",
+            "employeeID": str(100000 + n),
+        }
+        if s.photo_bytes:
+            block = hashlib.sha256(f"{s.seed}:{n}:{rev}".encode()).digest()
+            photo = (block * (s.photo_bytes // len(block) + 1))[: s.photo_bytes]
+            attrs["photo"] = photo
+            attrs["photoChecksum"] = hashlib.sha256(photo).hexdigest()
+        return CSEntryChange.add(s.object_class, account, attrs)
+
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        start = int(request.page_token or 0)
+        end = min(start + request.page_size, self.settings.count)
+        more = end < self.settings.count
+        return ImportPage([self._entry(n) for n in range(start, end)], more, str(end) if more else None)
+
+    def export(self, changes: Any) -> list[ExportResult]:
+        self.exported += len(changes)
+        return [ExportResult.success(c.identifier) for c in changes]

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.config import MvsyncConfig, config_from_dict
+from connector.engine import Engine
+from tests.engine.memory import DIRECTORIES, directory
+
+MEMORY = "tests.engine.memory:MemoryConnector"
+
+
+def make_config(tmp_path: Path, prefix: str, **overrides: Any) -> MvsyncConfig:
+    data: dict[str, Any] = {
+        "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+        "metaverse": {"schema": "person", "precedence": {"photo": ["exo", "hr"]}},
+        "agents": {
+            "ad": {
+                "type": MEMORY,
+                "settings": {"directory": f"{prefix}-ad"},
+                "projection": [{"object_class": "user"}],
+                "join": [{"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName", "ignore_case": True}]}],
+                "import_flow": [
+                    {"object_class": "user", "cs": "accountName", "mv": "accountName"},
+                    {"object_class": "user", "cs": "mail", "mv": "mail"},
+                    {"object_class": "user", "cs": "thumbnail", "mv": "adThumbnailChecksum", "transform": "sha256"},
+                ],
+                "export_flow": [
+                    {"object_class": "user", "mv": "photo", "cs": "thumbnail", "allow_null": True},
+                    {"object_class": "user", "mv": "displayName", "cs": "displayName"},
+                ],
+            },
+            "exo": {
+                "type": MEMORY,
+                "settings": {"directory": f"{prefix}-exo"},
+                "join": [
+                    {"object_class": "user", "match": [{"cs": "accountName", "mv": "userPrincipalName"}]},
+                    {"object_class": "user", "match": [{"cs": "mail", "mv": "mail", "ignore_case": True}]},
+                ],
+                "import_flow": [
+                    {"object_class": "user", "cs": "photo", "mv": "photo"},
+                    {"object_class": "user", "cs": "displayName", "mv": "displayName"},
+                    {"object_class": "user", "cs": "photo", "mv": "exoPhotoChecksum", "transform": "sha256"},
+                ],
+            },
+            "hr": {
+                "type": MEMORY,
+                "settings": {"directory": f"{prefix}-hr"},
+                "join": [{"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName", "ignore_case": True}]}],
+                "import_flow": [{"object_class": "user", "cs": "photo", "mv": "photo"}],
+            },
+        },
+        "run_profiles": {
+            "full-import": {"steps": [{"type": "full-import", "agent": a} for a in ("ad", "exo", "hr")]},
+            "delta-import": {"steps": [{"type": "delta-import", "agent": a} for a in ("ad", "exo", "hr")]},
+            "full-sync": {"steps": [{"type": "full-sync", "agent": a} for a in ("ad", "exo", "hr")]},
+            "delta-sync": {"steps": [{"type": "delta-sync", "agent": a} for a in ("ad", "exo", "hr")]},
+            "export": {"steps": [{"type": "export", "agent": "ad", "batch_size": 7,
+                                  "deletion_threshold": {"count": 5, "percent": 50, "attributes": ["thumbnail"]}}]},
+            "confirm": {"steps": [{"type": "full-import", "agent": "ad"}, {"type": "delta-sync", "agent": "ad"}]},
+        },
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return config_from_dict(data, base_dir=tmp_path)
+
+
+class World:
+    """Three in-memory directories (AD, Exchange Online, HR folder) and an engine over them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.prefix = uuid.uuid4().hex[:8]
+        self.tmp_path = tmp_path
+        self.config = make_config(tmp_path, self.prefix)
+        self.engine = Engine(self.config)
+        self.ad = directory(f"{self.prefix}-ad")
+        self.exo = directory(f"{self.prefix}-exo")
+        self.hr = directory(f"{self.prefix}-hr")
+
+    def run(self, profile: str, **kwargs: Any) -> Any:
+        return self.engine.run_profile(profile, **kwargs)
+
+    def cycle(self) -> None:
+        for profile in ("full-import", "full-sync"):
+            result = self.run(profile)
+            assert not result.status.startswith("stopped"), result.as_dict()
+
+    def close(self) -> None:
+        self.engine.close()
+        for d in ("ad", "exo", "hr"):
+            DIRECTORIES.pop(f"{self.prefix}-{d}", None)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+def add_users(world: World, n: int, *, photos: bool = True) -> None:
+    for i in range(n):
+        account = f"user{i:03d}"
+        world.ad.setdefault("objects", {})[f"guid-{i:03d}"] = {"accountName": account, "mail": f"{account}@example.test"}
+        world.exo["objects"][f"exo-{i:03d}"] = {
+            "accountName": f"{account}@example.test", "mail": f"{account.upper()}@EXAMPLE.TEST",
+            "displayName": f"User {i}", **({"photo": f"exo-photo-{i}".encode()} if photos else {}),
+        }

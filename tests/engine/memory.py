@@ -1,0 +1,111 @@
+"""A small in-memory connector for engine tests: a "directory" the test can read and change.
+
+Directories live in a module-level dict keyed by the ``directory`` setting, so a test holds the
+same dict the connector (built fresh by the engine for every step) reads and writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from connector.sdk import (
+    Attribute,
+    AttributeType,
+    Capabilities,
+    Connector,
+    ConnectorSettings,
+    CSEntryChange,
+    ExportResult,
+    ImportPage,
+    ImportRequest,
+    ObjectClass,
+    ObjectModificationType,
+    Schema,
+)
+
+DIRECTORIES: dict[str, dict[str, Any]] = {}
+
+
+def directory(name: str) -> dict[str, Any]:
+    """The directory called ``name``: {"objects": {anchor: attrs}, "log": [...], "fail": {...}}."""
+    return DIRECTORIES.setdefault(
+        name, {"objects": {}, "changes": [], "exports": [], "fail": {}, "crash_after_page": None,
+               "errors": {}, "ignore_attrs": set()}
+    )
+
+
+class MemorySettings(ConnectorSettings):
+    directory: str
+    object_class: str = "user"
+    anchor: str = "id"
+
+
+class MemoryConnector(Connector[MemorySettings]):
+    settings_model: ClassVar[type[ConnectorSettings]] = MemorySettings
+    capabilities = Capabilities(full_import=True, delta_import=True, export=True)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return directory(self.settings.directory)
+
+    def get_schema(self) -> Schema:
+        s = self.settings
+        return Schema.of(ObjectClass(name=s.object_class, anchor=s.anchor, attributes=(
+            Attribute(name=s.anchor),
+            Attribute(name="accountName"),
+            Attribute(name="mail"),
+            Attribute(name="displayName"),
+            Attribute(name="photo", type=AttributeType.BINARY),
+            Attribute(name="thumbnail", type=AttributeType.BINARY),
+            Attribute(name="checksum"),
+            Attribute(name="groups", multivalued=True),
+            Attribute(name="enabled", type=AttributeType.BOOLEAN),
+        )))
+
+    def _entry(self, anchor: str, attrs: dict[str, Any]) -> CSEntryChange:
+        if anchor in self.data["errors"]:
+            return CSEntryChange.import_error(anchor, *self.data["errors"][anchor], object_class=self.settings.object_class)
+        return CSEntryChange.add(self.settings.object_class, anchor, {self.settings.anchor: anchor, **attrs},
+                                 dn=f"CN={anchor},OU=Test")
+
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        data = self.data
+        if request.mode == "delta":
+            start = int(request.watermark or 0)
+            changes = data["changes"][start:]
+            entries = [c if isinstance(c, CSEntryChange) else self._entry(*c) for c in changes]
+            return ImportPage(entries, False, None, str(len(data["changes"])))
+        items = sorted(data["objects"].items())
+        offset = int(request.page_token or 0)
+        page = items[offset : offset + request.page_size]
+        if data["crash_after_page"] is not None and request.page_number > data["crash_after_page"]:
+            os._exit(77)  # simulate kill -9 in the middle of an import (used from a subprocess)
+        more = offset + request.page_size < len(items)
+        return ImportPage([self._entry(a, v) for a, v in page], more, str(offset + request.page_size) if more else None,
+                          str(len(data["changes"])))
+
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        results = []
+        for change in changes:
+            self.data["exports"].append(copy.deepcopy(change))
+            failure = self.data["fail"].get(change.anchor)
+            if failure:
+                status, name = failure
+                results.append(ExportResult(change.identifier, status, name, "injected failure"))
+                continue
+            obj = self.data["objects"].get(change.anchor)
+            if change.modification == ObjectModificationType.DELETE:
+                self.data["objects"].pop(change.anchor, None)
+            elif obj is not None:
+                for attr_change in change.changes:
+                    if attr_change.name in self.data["ignore_attrs"]:
+                        continue  # a directory that silently drops the write
+                    if attr_change.values:
+                        obj[attr_change.name] = attr_change.values[0] if len(attr_change.values) == 1 else list(attr_change.values)
+                    else:
+                        obj.pop(attr_change.name, None)
+            results.append(ExportResult.success(change.identifier))
+        return results

@@ -1,0 +1,256 @@
+"""Engine semantics with the in-memory connector: the MIM rules the issue lists, one test each."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import select
+
+from connector.engine import Engine
+from connector.sdk import CSEntryChange, ExportStatus
+from connector.store.tables import cs_object, mv_object, run_error
+from tests.engine.conftest import World, add_users
+
+
+def mv_rows(world: World) -> list[dict]:
+    with world.engine.store.read() as conn:
+        return [
+            {"id": r.id, "attributes": json.loads(r.attributes), "lineage": json.loads(r.lineage)}
+            for r in conn.execute(select(mv_object).order_by(mv_object.c.id))
+        ]
+
+
+def cs_row(world: World, agent: str, anchor: str):
+    with world.engine.store.read() as conn:
+        return conn.execute(select(cs_object).where(cs_object.c.agent == agent, cs_object.c.anchor == anchor)).first()
+
+
+def test_projection_join_and_flows(world: World) -> None:
+    add_users(world, 3)
+    world.cycle()
+    mvs = mv_rows(world)
+    assert len(mvs) == 3
+    first = mvs[0]["attributes"]
+    assert first["accountName"] == "user000"
+    assert first["displayName"] == "User 0"
+    assert first["exoPhotoChecksum"] == hashlib.sha256(b"exo-photo-0").hexdigest()
+    assert mvs[0]["lineage"]["photo"][0] == "exo"
+    # exo joined by its second rule (mail, case-insensitive) since UPN isn't in the metaverse
+    assert cs_row(world, "exo", "exo-000").mv_id == mvs[0]["id"]
+    # the AD connector now has a pending export of photo and displayName
+    row = cs_row(world, "ad", "guid-000")
+    assert row.export_type == "update"
+    assert set(json.loads(row.export_changes)) == {"thumbnail", "displayName"}
+
+
+def test_export_then_confirming_import(world: World) -> None:
+    add_users(world, 3)
+    world.cycle()
+    result = world.run("export")
+    assert result.status == "success", result.as_dict()
+    assert result.steps[0].counters["export_updates"] == 3
+    assert world.ad["objects"]["guid-001"]["thumbnail"] == b"exo-photo-1"
+    row = cs_row(world, "ad", "guid-001")
+    assert row.export_type is None and json.loads(row.unconfirmed)["displayName"] == "User 1"
+    confirm = world.run("confirm")
+    assert confirm.steps[0].counters["exports_confirmed"] == 6
+    row = cs_row(world, "ad", "guid-001")
+    assert row.unconfirmed is None and row.export_type is None
+    # nothing left to do: a second export writes nothing
+    again = world.run("export")
+    assert again.steps[0].counters.get("export_updates", 0) == 0
+
+
+def test_exported_change_not_reimported(world: World) -> None:
+    add_users(world, 2)
+    world.cycle()
+    world.ad["ignore_attrs"] = {"displayName"}  # the directory accepts the write but drops it
+    assert world.run("export").status == "success"
+    confirm = world.run("confirm")
+    names = [e.error_name for e in confirm.steps[0].errors]
+    assert names.count("exported-change-not-reimported") == 2
+    assert confirm.steps[0].status == "completed-warnings"
+    # the sync stages the export again, since the directory still differs
+    row = cs_row(world, "ad", "guid-000")
+    assert row.export_type == "update" and set(json.loads(row.export_changes)) == {"displayName"}
+
+
+def test_precedence_fallback_when_top_source_goes_null(world: World) -> None:
+    add_users(world, 1)
+    world.hr["objects"]["hr-0"] = {"accountName": "USER000", "photo": b"hr-photo"}
+    world.cycle()
+    assert mv_rows(world)[0]["attributes"]["photo"].startswith("\x00b:" + hashlib.sha256(b"exo-photo-0").hexdigest())
+    del world.exo["objects"]["exo-000"]["photo"]
+    world.cycle()
+    mv = mv_rows(world)[0]
+    assert mv["attributes"]["photo"].startswith("\x00b:" + hashlib.sha256(b"hr-photo").hexdigest())
+    assert mv["lineage"]["photo"][0] == "hr"
+    # and back again when the top source returns
+    world.exo["objects"]["exo-000"]["photo"] = b"exo-new"
+    world.run("full-import")
+    world.run("delta-sync")
+    assert mv_rows(world)[0]["lineage"]["photo"][0] == "exo"
+
+
+def test_ambiguous_join_is_a_per_object_error(world: World) -> None:
+    add_users(world, 2, photos=False)
+    # both AD users share the mail the exo user joins on (exo joins mail case-insensitively)
+    world.ad["objects"]["guid-001"]["mail"] = "user000@example.test"
+    world.exo["objects"] = {"exo-x": {"accountName": "nobody", "mail": "USER000@example.test"}}
+    world.run("full-import")
+    result = world.run("full-sync")
+    exo_step = result.steps[1]
+    assert [e.error_name for e in exo_step.errors] == ["ambiguous-join"]
+    assert exo_step.status == "completed-sync-errors"
+    assert cs_row(world, "exo", "exo-x").mv_id is None
+
+
+def test_deletion_threshold_trips_and_nothing_is_exported(world: World) -> None:
+    add_users(world, 10)
+    world.cycle()
+    world.run("export")
+    world.run("confirm")
+    for i in range(8):  # mass photo removal at the source
+        del world.exo["objects"][f"exo-{i:03d}"]["photo"]
+    world.cycle()
+    exported_before = len(world.ad["exports"])
+    result = world.run("export")
+    assert result.status == "stopped-deletion-threshold"
+    assert "nothing was exported" in result.steps[0].message
+    assert len(world.ad["exports"]) == exported_before
+    assert all("thumbnail" in obj for obj in world.ad["objects"].values())
+    # under the threshold it goes through
+    for i in range(8):
+        world.exo["objects"][f"exo-{i:03d}"]["photo"] = f"exo-photo-{i}".encode()
+    del world.exo["objects"]["exo-009"]["photo"]
+    world.cycle()
+    assert world.run("export").status == "success"
+    assert "thumbnail" not in world.ad["objects"]["guid-009"]
+
+
+def test_full_import_of_zero_objects_is_refused(world: World) -> None:
+    add_users(world, 3)
+    world.cycle()
+    world.exo["objects"].clear()
+    result = world.run("full-import")
+    exo = result.steps[1]
+    assert exo.status == "stopped-empty-import"
+    assert cs_row(world, "exo", "exo-000").pending_type is None
+    override = world.engine.run_profile("full-import", agents={"exo"}, step_overrides={"allow_empty_full_import": True})
+    assert override.status == "success"
+    assert cs_row(world, "exo", "exo-000").pending_type == "delete"
+
+
+def test_import_errors_do_not_stop_the_run_and_keep_the_object(world: World) -> None:
+    add_users(world, 3)
+    world.cycle()
+    world.exo["errors"]["exo-001"] = ("read-error", "photo service said 500")
+    result = world.run("full-import")
+    step = result.steps[1]
+    assert step.status == "completed-discovery-errors"
+    assert step.errors[0].error_name == "read-error" and step.errors[0].anchor == "exo-001"
+    assert cs_row(world, "exo", "exo-001").pending_type is None  # not marked deleted
+    with world.engine.store.read() as conn:
+        assert conn.execute(select(run_error.c.detail).where(run_error.c.anchor == "exo-001")).scalar() == "photo service said 500"
+
+
+def test_delta_import_attribute_level_changes(world: World) -> None:
+    from connector.sdk import AttributeChange
+
+    add_users(world, 2)
+    world.cycle()
+    world.exo["changes"].append(CSEntryChange.update("user", "exo-001", [AttributeChange.replace("displayName", "Renamed")]))
+    world.exo["changes"].append(CSEntryChange.delete("user", "exo-000"))
+    result = world.run("delta-import")
+    assert result.steps[1].counters["updates"] == 1 and result.steps[1].counters["deletes"] == 1
+    world.run("delta-sync")
+    names = {m["attributes"].get("accountName"): m["attributes"] for m in mv_rows(world)}
+    assert names["user001"]["displayName"] == "Renamed"
+    assert "photo" not in names["user000"]  # exo disconnected, its contribution withdrawn
+
+
+def test_delta_sync_touches_only_pending_objects(world: World) -> None:
+    add_users(world, 50)
+    world.cycle()
+    world.run("export")
+    world.run("confirm")
+    world.exo["objects"]["exo-007"]["photo"] = b"changed"
+    world.run("full-import")
+    result = world.run("delta-sync")
+    exo = result.steps[1]
+    assert exo.counters["attribute_flows"] >= 1
+    assert sum(1 for r in [cs_row(world, "ad", f"guid-{i:03d}") for i in range(50)] if r.export_type) == 1
+    assert cs_row(world, "ad", "guid-007").export_type == "update"
+
+
+def test_failed_exports_stay_pending_and_are_retried(world: World) -> None:
+    add_users(world, 3)
+    world.cycle()
+    world.ad["fail"]["guid-001"] = (ExportStatus.RETRY, "cd-error")
+    result = world.run("export")
+    assert result.status == "completed-export-errors"
+    row = cs_row(world, "ad", "guid-001")
+    assert row.export_type == "update" and json.loads(row.export_error)["name"] == "cd-error"
+    world.ad["fail"].clear()
+    assert world.run("export").status == "success"
+    assert cs_row(world, "ad", "guid-001").export_type is None
+
+
+def test_dry_run_leaves_the_store_byte_identical(world: World) -> None:
+    add_users(world, 5)
+    world.cycle()
+    world.engine.store.close()
+    db = world.tmp_path / "store.db"
+    import sqlite3
+
+    def digest() -> str:
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+        return hashlib.sha256(db.read_bytes()).hexdigest()
+
+    before = digest()
+    world.exo["objects"]["exo-002"]["photo"] = b"new"
+    engine = Engine(world.config)
+    changes: list[dict] = []
+    for profile in ("full-import", "full-sync", "export"):
+        result = engine.run_profile(profile, dry_run=True, emit=changes.append)
+        assert not result.status.startswith("stopped"), result.as_dict()
+    engine.close()
+    assert any(c.get("pending_import") == "update" for c in changes)
+    assert any(c.get("export") == "update" for c in changes)  # would-be exports are emitted, not sent
+    assert digest() == before
+    assert world.ad["exports"] == []
+
+
+def test_dry_run_emits_would_be_exports(world: World) -> None:
+    add_users(world, 2)
+    world.cycle()
+    changes: list[dict] = []
+    result = world.engine.run_profile("export", dry_run=True, emit=changes.append)
+    assert result.status == "success"
+    assert {c["anchor"] for c in changes} == {"guid-000", "guid-001"}
+    assert world.ad["exports"] == []
+    assert cs_row(world, "ad", "guid-000").export_type == "update"
+
+
+def test_error_limit_stops_the_step(world: World) -> None:
+    add_users(world, 3)
+    world.cycle()
+    for a in ("exo-000", "exo-001", "exo-002"):
+        world.exo["errors"][a] = ("read-error", "x")
+    result = world.engine.run_profile("full-import", agents={"exo"}, step_overrides={"error_limit": 2})
+    assert result.status == "stopped-error-limit"
+
+
+def test_mv_object_deleted_when_projecting_source_goes(world: World) -> None:
+    add_users(world, 2)
+    world.cycle()
+    del world.ad["objects"]["guid-000"]
+    world.run("full-import")
+    world.run("delta-sync")
+    accounts = [m["attributes"].get("accountName") for m in mv_rows(world)]
+    # the person keeps existing while Exchange Online still has a connector (no deletion rule set)
+    assert "user000" not in accounts or len(accounts) == 2
+    assert cs_row(world, "ad", "guid-000") is None
