@@ -1,0 +1,668 @@
+"""A throwaway Samba Active Directory domain controller on loopback, for tests and benchmarks.
+
+Why a real DC: the Active Directory agent's promises (paged search, DirSync, tombstones, the
+102,400-byte ``thumbnailPhoto`` limit, result codes, TLS validation) only mean something against a
+server that has the real AD schema and controls. Samba 4 in the ``active directory domain
+controller`` role has them, starts in about a second once provisioned, and needs nothing outside
+one directory.
+
+What :func:`ensure_samba` does, each step only when needed:
+
+1. install the Debian packages (root + apt only; package scripts are kept from starting system
+   daemons with a ``policy-rc.d`` that answers 101);
+2. provision a domain into ``directory`` (``samba-tool domain provision``, no DNS, loopback only);
+3. create a private CA and a server certificate whose SANs name ``localhost``, the DC's FQDN and
+   the loopback address, so clients can keep full certificate validation on;
+4. start ``samba`` with only the LDAP service, bound to one loopback address;
+5. wait for a real LDAPS simple bind with the certificate validated against that CA.
+
+A server already running from the same directory is reused (its pid *and* kernel start time are
+recorded, so a recycled pid is never mistaken for it, and :func:`stop_samba` never signals
+anything else). When the ``AD_*`` environment variables describe an existing directory
+(``AD_HOST``, ``AD_BASE_DN``, ``AD_BIND_DN``, ``AD_PASSWORD``, optional ``AD_LDAPS_PORT``,
+``AD_LDAP_PORT`` and ``AD_CA_CERT``), nothing is installed or started and those are returned.
+
+Where Samba cannot run (not root, not Linux, packages missing without apt, start failure)
+:class:`SambaUnavailable` is raised with the reason; test fixtures turn it into a skip, or into a
+failure when servers are required.
+
+The module also carries the small directory-population helpers tests and benchmarks share
+(:func:`connect`, :func:`ensure_ou`, :func:`create_users`, :func:`delete_subtree`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "ADSettings",
+    "SambaUnavailable",
+    "UserSpec",
+    "connect",
+    "create_users",
+    "delete_subtree",
+    "ensure_ou",
+    "ensure_samba",
+    "samba_lease",
+    "settings_from_env",
+    "stop_samba",
+]
+
+#: Debian packages the DC needs (``ldap-utils`` gives tests ``ldapmodify`` for the LDIF check).
+PACKAGES = (
+    "samba",
+    "samba-ad-provision",
+    "samba-dsdb-modules",
+    "samba-vfs-modules",
+    "winbind",
+    "ldap-utils",
+)
+SAMBA_BINARY = "/usr/sbin/samba"
+#: Not 127.0.0.1: a developer's own slapd or another DC there would clash with Samba's fixed ports.
+DEFAULT_HOST = "127.0.83.1"
+DEFAULT_REALM = "MVSYNC.TEST"
+DEFAULT_DOMAIN = "MVSYNC"
+DEFAULT_HOSTNAME = "dc1"
+#: Throwaway credential of a throwaway domain (it must satisfy AD's complexity rules).
+DEFAULT_PASSWORD = "Mvsync-Test-Passw0rd1"
+LDAP_PORT = 389
+LDAPS_PORT = 636
+_MARKER = ".mvsync-samba-dir"  # proves a directory was created here (so it may be wiped)
+
+
+class SambaUnavailable(RuntimeError):
+    """Samba cannot run on this machine; the message says why (shown as the skip reason)."""
+
+
+@dataclass(frozen=True)
+class ADSettings:
+    """How to reach a directory: what a test or benchmark needs to build connector settings."""
+
+    host: str
+    base_dn: str
+    bind_dn: str
+    password: str = field(repr=False)
+    ca_cert: Path | None = None
+    ldap_port: int = LDAP_PORT
+    ldaps_port: int = LDAPS_PORT
+    realm: str = ""
+    #: The harness's directory and the samba master's pid; None for a directory from ``AD_*``.
+    directory: Path | None = None
+    pid: int | None = None
+
+    @property
+    def external(self) -> bool:
+        """True when the directory was described by ``AD_*`` variables, not started here."""
+        return self.directory is None
+
+    @property
+    def upn_suffix(self) -> str:
+        """DNS name of the domain, for ``userPrincipalName`` values."""
+        if self.realm:
+            return self.realm.lower()
+        return ".".join(part.split("=", 1)[1] for part in self.base_dn.split(",") if "=" in part).lower()
+
+
+# ------------------------------------------------------------------------------------- env
+def settings_from_env(environ: Mapping[str, str] | None = None) -> ADSettings | None:
+    """Settings of an existing directory described by ``AD_*`` variables, or None if not set."""
+    env = os.environ if environ is None else environ
+    if not env.get("AD_HOST"):
+        return None
+    missing = [k for k in ("AD_BASE_DN", "AD_BIND_DN", "AD_PASSWORD") if not env.get(k)]
+    if missing:
+        msg = f"AD_HOST is set but {', '.join(missing)} is not: describe the directory completely"
+        raise SambaUnavailable(msg)
+    ca = env.get("AD_CA_CERT")
+    return ADSettings(
+        host=env["AD_HOST"],
+        base_dn=env["AD_BASE_DN"],
+        bind_dn=env["AD_BIND_DN"],
+        password=env["AD_PASSWORD"],
+        ca_cert=Path(ca) if ca else None,
+        ldap_port=int(env.get("AD_LDAP_PORT") or LDAP_PORT),
+        ldaps_port=int(env.get("AD_LDAPS_PORT") or LDAPS_PORT),
+        realm=env.get("AD_REALM", ""),
+    )
+
+
+# ------------------------------------------------------------------------------------- /proc
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (parsed after the last ')': the command name may hold spaces)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None  # field 22: start time in clock ticks since boot
+
+
+def _is_live_samba(pid: int, session: int | None = None) -> bool:
+    """A running (not zombie) samba process, optionally in the given session."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":
+        return False
+    try:
+        if os.readlink(f"/proc/{pid}/exe") != SAMBA_BINARY:
+            return False
+    except OSError:
+        return False
+    return session is None or fields[3] == str(session)  # field 6: session id
+
+
+def _session_members(session: int) -> list[int]:
+    """Samba processes of one session: ``samba -D`` calls setsid, so the master's pid is the sid."""
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_live_samba(int(p.name), session)]
+
+
+# ------------------------------------------------------------------------------------- the DC
+@dataclass
+class _DC:
+    """One DC's directory layout; every path the server uses lives under ``directory``."""
+
+    directory: Path
+    host: str
+    realm: str
+    domain: str
+    hostname: str
+    password: str = field(repr=False)
+    allow_plain_ldap: bool = False
+
+    @property
+    def samba_dir(self) -> Path:
+        return self.directory / "samba"
+
+    @property
+    def conf(self) -> Path:
+        return self.samba_dir / "etc" / "smb.conf"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.directory / "tls"
+
+    @property
+    def pid_record(self) -> Path:
+        return self.directory / "run" / "harness.pid"
+
+    @property
+    def base_dn(self) -> str:
+        return ",".join(f"DC={part}" for part in self.realm.lower().split("."))
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.hostname}.{self.realm.lower()}"
+
+    def settings(self, pid: int) -> ADSettings:
+        return ADSettings(
+            host=self.host,
+            base_dn=self.base_dn,
+            bind_dn=f"CN=Administrator,CN=Users,{self.base_dn}",
+            password=self.password,
+            ca_cert=self.tls_dir / "ca.pem",
+            realm=self.realm,
+            directory=self.directory,
+            pid=pid,
+        )
+
+    def identity(self) -> str:
+        """What a provision depends on; the password only as a hash so no secret is written."""
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        return json.dumps([self.realm, self.domain, self.hostname, digest])
+
+    # -- process ----------------------------------------------------------------------------
+    def recorded_pid(self) -> int | None:
+        """The samba master this harness started from ``directory``, if it still runs."""
+        try:
+            pid_text, start = self.pid_record.read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        if _start_time(pid) == start and _is_live_samba(pid):
+            return pid
+        return None
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        """Stop the recorded master and its workers; True if something was stopped."""
+        pid = self.recorded_pid()
+        if pid is None:
+            self.pid_record.unlink(missing_ok=True)
+            return False
+        members = _session_members(pid)
+        os.kill(pid, signal.SIGTERM)  # the master terminates its workers
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            members = [m for m in members if _is_live_samba(m, pid)]
+            if not members:
+                break
+            time.sleep(0.1)
+        for member in members:
+            if _is_live_samba(member, pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member, signal.SIGKILL)
+        self.pid_record.unlink(missing_ok=True)
+        (self.directory / "run" / "samba.pid").unlink(missing_ok=True)
+        return True
+
+    def start(self, timeout: float) -> ADSettings:
+        pid = self.recorded_pid()
+        if pid is not None:
+            return self.settings(pid)
+        for port in (LDAP_PORT, LDAPS_PORT):
+            if _port_open(self.host, port):
+                msg = (
+                    f"{self.host}:{port} is already in use by another process; "
+                    "choose another loopback address (MVSYNC_SAMBA_HOST)"
+                )
+                raise SambaUnavailable(msg)
+        self.provision()
+        self.make_tls()
+        self.write_conf()
+        samba_pid_file = self.directory / "run" / "samba.pid"
+        samba_pid_file.unlink(missing_ok=True)
+        with open(self.directory / "log" / "samba.stdout", "ab") as out:
+            # -D daemonizes (and calls setsid); the daemon must not inherit our lock fd.
+            started = subprocess.run(
+                [SAMBA_BINARY, "-s", str(self.conf), "-D"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False, close_fds=True,
+            )
+        if started.returncode != 0:
+            raise SambaUnavailable(f"samba failed to start (exit {started.returncode}); see {self._log_hint()}")
+        pid = _wait_for(lambda: _read_pid(samba_pid_file), 10.0)
+        if pid is None:
+            raise SambaUnavailable(f"samba did not stay up; see {self._log_hint()}")
+        start = _start_time(pid)
+        self.pid_record.write_text(f"{pid} {start}\n")
+        settings = self.settings(pid)
+        error = _wait_for_bind(settings, timeout)
+        if error is not None:
+            self.stop()
+            raise SambaUnavailable(f"samba did not answer LDAPS binds within {timeout:.0f}s ({error}); see {self._log_hint()}")
+        return settings
+
+    def _log_hint(self) -> str:
+        return str(self.directory / "log" / "samba.log")
+
+    # -- provision, TLS, config ---------------------------------------------------------------
+    def provision(self) -> None:
+        stamp = self.directory / ".provisioned"
+        if stamp.is_file():
+            if stamp.read_text() != self.identity():
+                msg = (
+                    f"{self.directory} was provisioned with another realm, domain, host name or password; "
+                    "stop it and remove the directory (stop_samba(purge=True)) to provision again"
+                )
+                raise SambaUnavailable(msg)
+            return
+        if self.samba_dir.exists():
+            shutil.rmtree(self.samba_dir)
+        for sub in ("run", "log"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        log_file = self.directory / "provision.log"
+        with open(log_file, "wb") as out:
+            done = subprocess.run(
+                [
+                    "samba-tool", "domain", "provision", f"--targetdir={self.samba_dir}",
+                    f"--realm={self.realm}", f"--domain={self.domain}", "--server-role=dc",
+                    "--dns-backend=NONE", f"--host-name={self.hostname}", f"--host-ip={self.host}",
+                    "--use-rfc2307", f"--option=interfaces={self.host}/8", "--option=bind interfaces only=yes",
+                    # samba-tool takes the password only on its command line (or a prompt); it is a
+                    # throwaway test credential, and only root can read another root process's argv
+                    f"--adminpass={self.password}",
+                ],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False,
+            )
+        if done.returncode != 0:
+            tail = log_file.read_text(errors="replace").splitlines()[-5:]
+            raise SambaUnavailable(f"samba-tool domain provision failed ({log_file}): {' | '.join(tail)}")
+        stamp.write_text(self.identity())
+        stamp.chmod(0o600)
+
+    def make_tls(self) -> None:
+        """Own CA + server certificate (Samba's self-made one has no SAN, so validation by IP fails)."""
+        names = f"{self.host} {self.fqdn}"
+        san_file = self.tls_dir / ".san"
+        if san_file.is_file() and san_file.read_text() == names and (self.tls_dir / "key.pem").is_file():
+            return
+        import trustme  # a project dependency; imported here so plain settings use never needs it
+
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        self.tls_dir.chmod(0o700)
+        ca = trustme.CA(organization_name="mvsync test", key_type=trustme.KeyType.RSA)
+        cert = ca.issue_cert("localhost", self.fqdn, self.host, key_type=trustme.KeyType.RSA)
+        ca.cert_pem.write_to_path(str(self.tls_dir / "ca.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(self.tls_dir / "cert.pem"))
+        key = self.tls_dir / "key.pem"
+        key.touch(mode=0o600)
+        cert.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)  # samba refuses a key file others can read
+        san_file.write_text(names)
+
+    def write_conf(self) -> None:
+        d = self.directory
+        s = self.samba_dir
+        for sub in (d / "run", d / "log", s / "cache", s / "lock", s / "usershares"):
+            sub.mkdir(parents=True, exist_ok=True)
+        conf = f"""# written by connector.testing.samba on every start
+[global]
+\tnetbios name = {self.hostname.upper()}
+\tworkgroup = {self.domain}
+\trealm = {self.realm}
+\tserver role = active directory domain controller
+\tidmap_ldb:use rfc2307 = yes
+\tinterfaces = {self.host}/8
+\tbind interfaces only = yes
+\tdisable netbios = yes
+\tserver services = ldap
+\tldap server require strong auth = {"no" if self.allow_plain_ldap else "yes"}
+\ttls enabled = yes
+\ttls keyfile = {self.tls_dir / "key.pem"}
+\ttls certfile = {self.tls_dir / "cert.pem"}
+\ttls cafile = {self.tls_dir / "ca.pem"}
+\tldb:nosync = true
+\tprivate dir = {s / "private"}
+\tstate directory = {s / "state"}
+\tcache directory = {s / "cache"}
+\tlock directory = {s / "lock"}
+\tpid directory = {d / "run"}
+\tncalrpc dir = {d / "run" / "ncalrpc"}
+\twinbindd socket directory = {d / "run" / "winbindd"}
+\tntp signd socket directory = {d / "run" / "ntp_signd"}
+\tbinddns dir = {s / "bind-dns"}
+\tusershare path = {s / "usershares"}
+\tlog file = {d / "log" / "samba.log"}
+\tlogging = file
+\tlog level = 1
+\tmax log size = 10000
+\tpanic action =
+"""
+        tmp = self.conf.with_suffix(".tmp")
+        tmp.write_text(conf)
+        tmp.replace(self.conf)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _is_live_samba(pid) else None
+
+
+def _wait_for(probe: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.1)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+        return True
+    return False
+
+
+def _wait_for_bind(settings: ADSettings, timeout: float) -> str | None:
+    """None once an LDAPS bind with full certificate validation works, else the last error."""
+    from ldap3.core.exceptions import LDAPException
+
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        try:
+            conn = connect(settings)
+        except (LDAPException, OSError) as exc:
+            last = type(exc).__name__
+            time.sleep(0.2)
+            continue
+        conn.unbind()
+        return None
+    return last
+
+
+# ------------------------------------------------------------------------------------- packages
+def _missing_packages() -> list[str]:
+    missing = []
+    for package in PACKAGES:
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False
+        )
+        if "install ok installed" not in done.stdout:
+            missing.append(package)
+    return missing
+
+
+def ensure_packages(log: IO[str] | None = None) -> None:
+    """Install the Debian packages if missing; SambaUnavailable when that is not possible here."""
+    if shutil.which("dpkg-query") is None:
+        if shutil.which("samba") and shutil.which("samba-tool"):
+            return  # not Debian, but Samba is there: try it
+        raise SambaUnavailable("Samba AD DC is not installed and this is not a Debian system (no dpkg)")
+    missing = _missing_packages()
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise SambaUnavailable(f"Samba AD DC packages missing ({' '.join(missing)}) and not root to install them")
+    if shutil.which("apt-get") is None:
+        raise SambaUnavailable(f"Samba AD DC packages missing ({' '.join(missing)}) and no apt-get")
+    # Package scripts would start smbd/nmbd/winbindd with the system config; policy-rc.d's exit
+    # code 101 ("action forbidden") stops that. Keep an existing policy, add ours only for the install.
+    policy = Path("/usr/sbin/policy-rc.d")
+    added_policy = not policy.exists()
+    if added_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    out = log if log is not None else subprocess.DEVNULL
+    try:
+        for cmd in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+             "-o", "Dpkg::Options::=--force-confold", *missing],
+        ):
+            if subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, check=False).returncode:
+                raise SambaUnavailable(f"{' '.join(cmd[:2])} failed while installing {' '.join(missing)}")
+    finally:
+        if added_policy:
+            policy.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------- public API
+def _default_directory(host: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"mvsync-samba-{host}"
+
+
+def _dc(directory: Path | None, host: str | None, password: str | None, allow_plain_ldap: bool) -> _DC:
+    host = host or os.environ.get("MVSYNC_SAMBA_HOST") or DEFAULT_HOST
+    if not host.startswith("127."):
+        raise SambaUnavailable(f"the test DC binds loopback addresses only (127.x.y.z), not {host!r}")
+    directory = Path(directory or os.environ.get("MVSYNC_SAMBA_DIR") or _default_directory(host)).resolve()
+    if str(directory) in ("/", "/tmp", "/usr", "/etc", "/var", "/root", "/home"):
+        raise SambaUnavailable(f"refusing to use {directory} as the DC directory")
+    return _DC(directory, host, DEFAULT_REALM, DEFAULT_DOMAIN, DEFAULT_HOSTNAME,
+               password or DEFAULT_PASSWORD, allow_plain_ldap)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """Serialise start/stop on one directory across processes (test sessions, benchmarks)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{directory}.lock", "a") as handle:
+        fcntl.flock(handle, mode)
+        yield
+
+
+def ensure_samba(
+    directory: Path | None = None,
+    *,
+    host: str | None = None,
+    password: str | None = None,
+    allow_plain_ldap: bool = False,
+    use_env: bool = True,
+    timeout: float = 90.0,
+) -> ADSettings:
+    """Settings of a running DC: the ``AD_*`` one if described, else one started (or reused) here.
+
+    ``allow_plain_ldap`` lets port 389 accept simple binds without TLS (tests of the agent's own
+    refusal need a server that would allow it). A DC that already runs from ``directory`` is
+    reused as it is.
+    """
+    if use_env:
+        external = settings_from_env()
+        if external is not None:
+            return external
+    if not Path("/proc/self/stat").exists():
+        raise SambaUnavailable("the Samba harness needs Linux (/proc)")
+    if os.geteuid() != 0:
+        raise SambaUnavailable("a Samba AD DC must run as root (and the harness never asks for sudo)")
+    dc = _dc(directory, host, password, allow_plain_ldap)
+    with _locked(dc.directory):
+        ensure_packages()
+        if not dc.directory.exists():
+            dc.directory.mkdir(parents=True)
+            (dc.directory / _MARKER).touch()
+        elif not (dc.directory / _MARKER).exists():
+            raise SambaUnavailable(f"{dc.directory} exists and was not created by this harness")
+        return dc.start(timeout)
+
+
+def stop_samba(directory: Path | None = None, *, host: str | None = None, purge: bool = False) -> bool:
+    """Stop the DC started from ``directory`` (only that process); ``purge`` also deletes it."""
+    dc = _dc(directory, host, None, False)
+    with _locked(dc.directory):
+        stopped = dc.stop()
+        if purge and (dc.directory / _MARKER).exists():
+            shutil.rmtree(dc.directory)
+    return stopped
+
+
+@contextlib.contextmanager
+def samba_lease(
+    directory: Path | None = None, *, host: str | None = None, keep: bool = False, **options: Any
+) -> Iterator[ADSettings]:
+    """A DC for the duration of a block; stopped afterwards only if this block started it.
+
+    Several processes (parallel test sessions, a benchmark) may share one DC: each holds a shared
+    lock on ``DIR.users`` while using it, and the one that started it stops it only when it can
+    take that lock exclusively, i.e. nobody else is using the server any more.
+    """
+    external = settings_from_env() if options.get("use_env", True) else None
+    if external is not None:
+        yield external
+        return
+    dc = _dc(directory, host, None, False)
+    dc.directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{dc.directory}.users", "a") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        was_running = dc.recorded_pid() is not None
+        settings = ensure_samba(dc.directory, host=dc.host, **options)
+        try:
+            yield settings
+        finally:
+            if not was_running and not keep:
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # someone else still uses it; leave it running for them
+                else:
+                    stop_samba(dc.directory, host=dc.host)
+
+
+# ------------------------------------------------------------------------------------- populate
+def connect(settings: ADSettings, *, starttls: bool = False, timeout: float = 10.0) -> Any:
+    """A bound ldap3 connection with full certificate validation and TCP_NODELAY (test helper)."""
+    from ldap3 import Connection, Server, Tls
+
+    tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_cert) if settings.ca_cert else None)
+    port = settings.ldap_port if starttls else settings.ldaps_port
+    server = Server(settings.host, port=port, use_ssl=not starttls, tls=tls, get_info=None, connect_timeout=timeout)
+    conn = Connection(server, user=settings.bind_dn, password=settings.password,
+                      receive_timeout=int(timeout), raise_exceptions=True)
+    conn.open()
+    conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if starttls:
+        conn.start_tls()
+    conn.bind()
+    return conn
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    """One test user; ``photo`` None means no ``thumbnailPhoto``."""
+
+    name: str
+    mail: str | None = None
+    display_name: str | None = None
+    photo: bytes | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def ensure_ou(conn: Any, dn: str) -> None:
+    """Create the organizational unit ``dn`` (and no parents) unless it exists."""
+    from ldap3.core.exceptions import LDAPEntryAlreadyExistsResult
+
+    with contextlib.suppress(LDAPEntryAlreadyExistsResult):
+        conn.add(dn, ["top", "organizationalUnit"])
+
+
+def create_users(conn: Any, ou_dn: str, users: Sequence[UserSpec], upn_suffix: str) -> dict[str, str]:
+    """Add users under ``ou_dn``; returns name -> objectGUID (canonical string form)."""
+    import uuid
+
+    from ldap3 import BASE
+
+    guids = {}
+    for user in users:
+        dn = f"CN={user.name},{ou_dn}"
+        attributes: dict[str, Any] = {
+            "sAMAccountName": user.name[:20],
+            "userPrincipalName": f"{user.name}@{upn_suffix}",
+            **({"mail": user.mail} if user.mail else {}),
+            **({"displayName": user.display_name} if user.display_name else {}),
+            **({"thumbnailPhoto": user.photo} if user.photo is not None else {}),
+            **user.extra,
+        }
+        conn.add(dn, ["top", "person", "organizationalPerson", "user"], attributes)
+        conn.search(dn, "(objectClass=*)", BASE, attributes=["objectGUID"])
+        guids[user.name] = str(uuid.UUID(bytes_le=conn.response[0]["raw_attributes"]["objectGUID"][0]))
+    return guids
+
+
+def delete_subtree(conn: Any, dn: str) -> int:
+    """Delete ``dn`` and everything below it (deepest first); returns how many entries went."""
+    from ldap3 import SUBTREE
+    from ldap3.core.exceptions import LDAPNoSuchObjectResult
+
+    try:
+        conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000)
+        dns = [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
+        cookie = conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+        while cookie:
+            conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000, paged_cookie=cookie)
+            dns += [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
+            cookie = conn.result["controls"]["1.2.840.113556.1.4.319"]["value"]["cookie"]
+    except LDAPNoSuchObjectResult:
+        return 0
+    for entry_dn in sorted(dns, key=lambda d: d.count(","), reverse=True):
+        conn.delete(entry_dn)
+    return len(dns)
