@@ -171,7 +171,11 @@ def _is_live_samba(pid: int, session: int | None = None) -> bool:
 
 def _session_members(session: int) -> list[int]:
     """Samba processes of one session: ``samba -D`` calls setsid, so the master's pid is the sid."""
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_live_samba(int(p.name), session)]
+    return [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _is_live_samba(int(p.name), session)
+    ]
 
 
 # ------------------------------------------------------------------------------------- the DC
@@ -282,10 +286,16 @@ class _DC:
             # -D daemonizes (and calls setsid); the daemon must not inherit our lock fd.
             started = subprocess.run(
                 [SAMBA_BINARY, "-s", str(self.conf), "-D"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False, close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                close_fds=True,
             )
         if started.returncode != 0:
-            raise SambaUnavailable(f"samba failed to start (exit {started.returncode}); see {self._log_hint()}")
+            raise SambaUnavailable(
+                f"samba failed to start (exit {started.returncode}); see {self._log_hint()}"
+            )
         pid = _wait_for(lambda: _read_pid(samba_pid_file), 10.0)
         if pid is None:
             raise SambaUnavailable(f"samba did not stay up; see {self._log_hint()}")
@@ -295,7 +305,9 @@ class _DC:
         error = _wait_for_bind(settings, timeout)
         if error is not None:
             self.stop()
-            raise SambaUnavailable(f"samba did not answer LDAPS binds within {timeout:.0f}s ({error}); see {self._log_hint()}")
+            raise SambaUnavailable(
+                f"samba did not answer LDAPS binds within {timeout:.0f}s ({error}); see {self._log_hint()}"
+            )
         return settings
 
     def _log_hint(self) -> str:
@@ -320,15 +332,27 @@ class _DC:
         with open(log_file, "wb") as out:
             done = subprocess.run(
                 [
-                    "samba-tool", "domain", "provision", f"--targetdir={self.samba_dir}",
-                    f"--realm={self.realm}", f"--domain={self.domain}", "--server-role=dc",
-                    "--dns-backend=NONE", f"--host-name={self.hostname}", f"--host-ip={self.host}",
-                    "--use-rfc2307", f"--option=interfaces={self.host}/8", "--option=bind interfaces only=yes",
+                    "samba-tool",
+                    "domain",
+                    "provision",
+                    f"--targetdir={self.samba_dir}",
+                    f"--realm={self.realm}",
+                    f"--domain={self.domain}",
+                    "--server-role=dc",
+                    "--dns-backend=NONE",
+                    f"--host-name={self.hostname}",
+                    f"--host-ip={self.host}",
+                    "--use-rfc2307",
+                    f"--option=interfaces={self.host}/8",
+                    "--option=bind interfaces only=yes",
                     # samba-tool takes the password only on its command line (or a prompt); it is a
                     # throwaway test credential, and only root can read another root process's argv
                     f"--adminpass={self.password}",
                 ],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
         if done.returncode != 0:
             tail = log_file.read_text(errors="replace").splitlines()[-5:]
@@ -462,7 +486,9 @@ def ensure_packages(log: IO[str] | None = None) -> None:
     if not missing:
         return
     if os.geteuid() != 0:
-        raise SambaUnavailable(f"Samba AD DC packages missing ({' '.join(missing)}) and not root to install them")
+        raise SambaUnavailable(
+            f"Samba AD DC packages missing ({' '.join(missing)}) and not root to install them"
+        )
     if shutil.which("apt-get") is None:
         raise SambaUnavailable(f"Samba AD DC packages missing ({' '.join(missing)}) and no apt-get")
     # Package scripts would start smbd/nmbd/winbindd with the system config; policy-rc.d's exit
@@ -477,10 +503,20 @@ def ensure_packages(log: IO[str] | None = None) -> None:
     try:
         for cmd in (
             ["apt-get", "update", "-q"],
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-             "-o", "Dpkg::Options::=--force-confold", *missing],
+            [
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                *missing,
+            ],
         ):
-            if subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, check=False).returncode:
+            if subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, check=False
+            ).returncode:
                 raise SambaUnavailable(f"{' '.join(cmd[:2])} failed while installing {' '.join(missing)}")
     finally:
         if added_policy:
@@ -499,8 +535,15 @@ def _dc(directory: Path | None, host: str | None, password: str | None, allow_pl
     directory = Path(directory or os.environ.get("MVSYNC_SAMBA_DIR") or _default_directory(host)).resolve()
     if str(directory) in ("/", "/tmp", "/usr", "/etc", "/var", "/root", "/home"):
         raise SambaUnavailable(f"refusing to use {directory} as the DC directory")
-    return _DC(directory, host, DEFAULT_REALM, DEFAULT_DOMAIN, DEFAULT_HOSTNAME,
-               password or DEFAULT_PASSWORD, allow_plain_ldap)
+    return _DC(
+        directory,
+        host,
+        DEFAULT_REALM,
+        DEFAULT_DOMAIN,
+        DEFAULT_HOSTNAME,
+        password or DEFAULT_PASSWORD,
+        allow_plain_ldap,
+    )
 
 
 @contextlib.contextmanager
@@ -595,9 +638,16 @@ def connect(settings: ADSettings, *, starttls: bool = False, timeout: float = 10
 
     tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_cert) if settings.ca_cert else None)
     port = settings.ldap_port if starttls else settings.ldaps_port
-    server = Server(settings.host, port=port, use_ssl=not starttls, tls=tls, get_info=None, connect_timeout=timeout)
-    conn = Connection(server, user=settings.bind_dn, password=settings.password,
-                      receive_timeout=int(timeout), raise_exceptions=True)
+    server = Server(
+        settings.host, port=port, use_ssl=not starttls, tls=tls, get_info=None, connect_timeout=timeout
+    )
+    conn = Connection(
+        server,
+        user=settings.bind_dn,
+        password=settings.password,
+        receive_timeout=int(timeout),
+        raise_exceptions=True,
+    )
     conn.open()
     conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if starttls:
@@ -656,9 +706,13 @@ def delete_subtree(conn: Any, dn: str) -> int:
     try:
         conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000)
         dns = [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
-        cookie = conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+        cookie = (
+            conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+        )
         while cookie:
-            conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000, paged_cookie=cookie)
+            conn.search(
+                dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000, paged_cookie=cookie
+            )
             dns += [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
             cookie = conn.result["controls"]["1.2.840.113556.1.4.319"]["value"]["cookie"]
     except LDAPNoSuchObjectResult:

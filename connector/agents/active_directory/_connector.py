@@ -1,0 +1,186 @@
+"""``ActiveDirectoryConnector``: the ``active-directory`` agent type.
+
+It reads users (full and delta import) and writes attributes of existing users, above all
+``thumbnailPhoto``, over ldap3. The pieces live next to this file: settings, connections, import,
+export and LDIF; this class only wires them to the SDK's lifecycle (``open`` → pages or batches →
+``close``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from connector.agents.active_directory._connection import Link, LinkPool
+from connector.agents.active_directory._export import Exporter, ExportStats
+from connector.agents.active_directory._import import Importer
+from connector.agents.active_directory._ldap import normalize_dn
+from connector.agents.active_directory._ldif import LdifWriter
+from connector.agents.active_directory._schema import OBJECT_CLASS, build_schema
+from connector.agents.active_directory._settings import ActiveDirectorySettings
+from connector.sdk import (
+    Capabilities,
+    CheckResult,
+    Connector,
+    ConnectorContext,
+    ConnectorError,
+    CSEntryChange,
+    ExportResult,
+    ImportPage,
+    ImportRequest,
+    Schema,
+)
+
+__all__ = ["ActiveDirectoryConnector"]
+
+
+class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
+    """Users of an Active Directory domain over LDAPS/StartTLS: import, delta import, attribute export."""
+
+    settings_model: ClassVar[type[ActiveDirectorySettings]] = ActiveDirectorySettings
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        full_import=True,
+        delta_import=True,
+        export=True,
+        max_page_size=1000,
+        max_batch_size=500,
+    )
+    description: ClassVar[str] = (
+        "Active Directory users over ldap3 (thumbnailPhoto write-back, DirSync/USN delta)"
+    )
+
+    def __init__(self, settings: ActiveDirectorySettings, context: ConnectorContext) -> None:
+        super().__init__(settings, context)
+        self._schema = build_schema(settings.extra_attributes)
+        self._link: Link | None = None
+        self._importer: Importer | None = None
+        self._pool: LinkPool | None = None
+        self._exporter: Exporter | None = None
+        self._ldif: LdifWriter | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Bind once, so bad credentials, certificates or addresses stop the step before any work."""
+        s = self.settings
+        log = self.context.logger
+        if s.security == "plain":
+            log.warning(
+                "agent %s binds to %s over plain LDAP (allow_plain_ldap = true): the password and all data "
+                "cross the network unencrypted; use security = 'ldaps' or 'starttls'",
+                self.context.agent,
+                s.host,
+            )
+        elif not s.tls_validate:
+            log.warning(
+                "agent %s does not validate the certificate of %s (tls_validate = false): anyone on the path "
+                "can impersonate the domain controller",
+                self.context.agent,
+                s.host,
+            )
+        self._link = Link(s, log)
+        self._link.connect()
+
+    def close(self) -> None:
+        if self._exporter is not None:
+            self._exporter.close()
+            stats = self._exporter.stats
+            if stats.changes:
+                self.context.logger.info(
+                    "export: %d changes, %d writes, %d no-ops skipped, %d LDIF records, %d failed, %d retry",
+                    stats.changes,
+                    stats.writes,
+                    stats.noops,
+                    stats.ldif_records,
+                    stats.failed,
+                    stats.retry,
+                )
+        if self._pool is not None:
+            self._pool.close()
+        if self._ldif is not None:
+            self._ldif.close()
+        if self._link is not None:
+            self._link.close()
+        self._link = self._importer = self._pool = self._exporter = self._ldif = None
+
+    def check(self) -> CheckResult:
+        link = Link(self.settings, self.context.logger)
+        try:
+            importer = Importer(self.settings, link, self._schema, self.context)
+            dc = importer.identity()
+        except ConnectorError as exc:
+            return CheckResult(False, str(exc))
+        finally:
+            link.close()
+        return CheckResult(True, f"bound to {self.settings.host} as {self.settings.bind_dn}; DC {dc.service}")
+
+    # -- SDK methods ------------------------------------------------------------------------------
+    def get_schema(self) -> Schema:
+        return self._schema
+
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        if self._importer is None:
+            self._importer = Importer(self.settings, self._require_link(), self._schema, self.context)
+        return self._importer.page(request)
+
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        return self._require_exporter().export(changes)
+
+    @property
+    def export_stats(self) -> ExportStats:
+        """Counts of this step's exports (LDAP writes, skipped no-ops, failures)."""
+        return self._require_exporter().stats
+
+    # -- wiring -----------------------------------------------------------------------------------
+    def _require_link(self) -> Link:
+        if self._link is None:
+            self.open()
+        assert self._link is not None
+        return self._link
+
+    def _require_exporter(self) -> Exporter:
+        if self._exporter is None:
+            s = self.settings
+            first = self._require_link()
+            created = [False]
+
+            def factory() -> Link:
+                # the bound import link is the pool's first member: no second bind for small steps
+                if not created[0]:
+                    created[0] = True
+                    return first
+                return Link(s, self.context.logger)
+
+            self._pool = LinkPool(factory, s.export_connections)
+            if s.ldif_output is not None:
+                self._ldif = LdifWriter(_ldif_path(s))
+            object_class = self._schema.object_class(OBJECT_CLASS)
+            assert object_class is not None
+            allowed = next(
+                (
+                    names
+                    for cls, names in self.context.export_attributes.items()
+                    if cls.lower() == OBJECT_CLASS
+                ),
+                frozenset(),
+            )
+            self._exporter = Exporter(
+                pool=self._pool,
+                object_class=object_class,
+                allowed=allowed,
+                bases=s.base_dns,
+                normalized_bases=[normalize_dn(b) for b in s.base_dns],
+                write_rate=s.write_rate,
+                threads=s.export_connections,
+                ldif=self._ldif,
+                dry_run=self.context.dry_run,
+                log=self.context.logger,
+            )
+        return self._exporter
+
+
+def _ldif_path(settings: ActiveDirectorySettings) -> Path:
+    """The step's LDIF file: ``{timestamp}`` in the setting gives each export step its own file."""
+    assert settings.ldif_output is not None
+    return Path(str(settings.ldif_output).replace("{timestamp}", time.strftime("%Y%m%dT%H%M%S")))

@@ -1,0 +1,430 @@
+"""Export to Active Directory: plan, guard, resolve, then write (or write LDIF).
+
+A batch goes through four stages, and nothing is sent before the first three are done for all of
+it, so a refused batch has no partial effects:
+
+1. **Plan** each change into LDAP operations. A value equal to ``change.previous`` (the engine's
+   current view) is dropped: writing it would succeed but still cost a round trip and, on Windows
+   AD, may replicate. A change left with nothing to do succeeds without a write. Photos over
+   102,400 bytes (``thumbnailPhoto``'s ``rangeUpper``) fail here as ``constraint-violation``.
+2. **Scope guard, attributes**: an attribute that no export flow names
+   (``context.export_attributes[object_class]``), or one AD computes (import-only), means the
+   request is wrong, not the object: the whole batch is refused with ``ScopeViolationError``.
+   Creating or deleting objects is never done by this agent (per-object ``cd-error``).
+3. **Scope guard, objects**: the anchors (objectGUIDs) are looked up under the base DNs, in
+   batches, which also yields each object's current DN (it may have been renamed since the last
+   import). An object that exists elsewhere is refused (``scope-violation``); one that does not
+   exist is ``cd-missing-object``.
+4. **Write** with ``MODIFY_REPLACE`` (``[]`` clears, and is idempotent even when the attribute is
+   absent) through a small pool of connections in threads, paced by the write-rate cap. Result
+   codes map to MIM error names; transport failures and busy/unavailable answers are ``RETRY``.
+
+In LDIF mode stage 4 appends change records to a file instead of writing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, SUBTREE, Connection
+
+from connector.agents.active_directory._connection import LinkPool, ServerUnreachable, search_entries
+from connector.agents.active_directory._ldap import (
+    dn_in_scope,
+    encode_values,
+    guid_bytes,
+    guid_filter,
+    guid_text,
+)
+from connector.agents.active_directory._ldif import LdifWriter, modify_record
+from connector.agents.active_directory._schema import ANCHOR, PHOTO_MAX_BYTES
+from connector.sdk import (
+    Attribute,
+    AttributeModificationType,
+    CSEntryChange,
+    ExportResult,
+    ExportStatus,
+    ObjectClass,
+    ObjectModificationType,
+    ScopeViolationError,
+    Value,
+    Values,
+)
+
+__all__ = ["ExportStats", "Exporter", "Operation", "RateLimiter", "classify_result", "plan_change"]
+
+#: (LDIF/LDAP verb, attribute, values). ``replace`` with no values clears the attribute.
+Operation = tuple[str, str, list[bytes | str]]
+
+_LDAP_VERBS = {"replace": MODIFY_REPLACE, "add": MODIFY_ADD, "delete": MODIFY_DELETE}
+_RESOLVE_CHUNK = 200
+#: Answers that mean "try again later": timeLimitExceeded, busy, unavailable.
+_TRANSIENT = {3: "cd-server-busy", 51: "cd-server-busy", 52: "cd-server-busy"}
+_NAMED = {
+    19: "constraint-violation",
+    21: "constraint-violation",
+    32: "cd-missing-object",
+    50: "permission-issue",
+}
+
+
+def classify_result(code: int) -> tuple[ExportStatus, str]:
+    """An LDAP result code as (status, MIM-style error name); code 0 is success."""
+    if code == 0:
+        return ExportStatus.SUCCESS, ""
+    if code in _TRANSIENT:
+        return ExportStatus.RETRY, _TRANSIENT[code]
+    return ExportStatus.FAILED, _NAMED.get(code, "cd-error")
+
+
+class RateLimiter:
+    """Paces calls to at most ``rate`` per second across threads (no bursts); None: no pacing."""
+
+    def __init__(
+        self,
+        rate: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
+@dataclass
+class ExportStats:
+    """What the export calls of one run step did (the benchmark and the logs read it)."""
+
+    changes: int = 0
+    writes: int = 0
+    noops: int = 0
+    ldif_records: int = 0
+    failed: int = 0
+    retry: int = 0
+
+    def count(self, results: Sequence[ExportResult]) -> None:
+        self.changes += len(results)
+        self.failed += sum(r.status == ExportStatus.FAILED for r in results)
+        self.retry += sum(r.status == ExportStatus.RETRY for r in results)
+
+
+# ------------------------------------------------------------------------------------- planning
+def _as_list(values: Values | None) -> list[Value]:
+    if values is None:
+        return []
+    return list(values) if isinstance(values, list) else [values]
+
+
+def _comparable(values: Sequence[Value]) -> list[bytes]:
+    return sorted(v if isinstance(v, bytes) else v.encode("utf-8") for v in encode_values(values))
+
+
+def plan_change(
+    change: CSEntryChange, object_class: ObjectClass, allowed: frozenset[str]
+) -> list[Operation] | ExportResult:
+    """The LDAP operations ``change`` needs (empty: nothing to write), or a per-object failure.
+
+    Raises ScopeViolationError for an attribute outside ``allowed`` (lower-case names) or one the
+    directory computes. Values equal to ``change.previous`` are left out.
+    """
+    identifier = change.identifier
+    if change.modification in (ObjectModificationType.ADD, ObjectModificationType.DELETE):
+        what = "create" if change.modification == ObjectModificationType.ADD else "delete"
+        return ExportResult.failed(
+            identifier,
+            "cd-error",
+            f"the active-directory agent does not {what} objects (it only updates existing users)",
+        )
+    index = {a.name.lower(): a for a in object_class.attributes}
+    requested: list[tuple[AttributeModificationType, str, list[Value]]] = []
+    if change.modification == ObjectModificationType.REPLACE:
+        # the whole exportable object: what it does not name is cleared
+        for name in sorted(allowed):
+            attribute = index.get(name)
+            if attribute is not None and attribute.exportable:
+                value = next((v for k, v in change.attributes.items() if k.lower() == name), None)
+                requested.append((AttributeModificationType.REPLACE, attribute.name, _as_list(value)))
+        extra = sorted(k for k in change.attributes if k.lower() not in allowed)
+        if extra:
+            _refuse(change, extra[0], allowed)
+    else:
+        requested = [(c.modification, c.name, list(c.values)) for c in change.changes]
+    previous = {k.lower(): _as_list(v) for k, v in change.previous.items()}
+
+    operations: list[Operation] = []
+    for modification, name, values in requested:
+        attribute = index.get(name.lower())
+        if name.lower() not in allowed:
+            _refuse(change, name, allowed)
+        if attribute is not None and not attribute.exportable:
+            raise ScopeViolationError(f"refusing to export {name!r}: the directory computes it (import-only)")
+        failure = _check_values(identifier, attribute, name, values)
+        if failure is not None:
+            return failure
+        operation = _operation(modification, attribute, name, values, previous.get(name.lower(), []))
+        if operation is not None:
+            operations.append(operation)
+    return operations
+
+
+def _refuse(change: CSEntryChange, name: str, allowed: frozenset[str]) -> None:
+    named = ", ".join(sorted(allowed)) or "none"
+    msg = (
+        f"refusing to export attribute {name!r} of {change.object_class} {change.anchor}: "
+        "no export flow names it "
+        f"(attributes export flows name: {named}); nothing in this batch was written"
+    )
+    raise ScopeViolationError(msg)
+
+
+def _check_values(
+    identifier: str, attribute: Attribute | None, name: str, values: list[Value]
+) -> ExportResult | None:
+    if attribute is not None and not attribute.multivalued and len(values) > 1:
+        return ExportResult.failed(
+            identifier, "constraint-violation", f"{name} is single-valued; got {len(values)} values"
+        )
+    if name.lower() == "thumbnailphoto":
+        for value in values:
+            size = len(value) if isinstance(value, (bytes, str)) else 0
+            if size > PHOTO_MAX_BYTES:
+                return ExportResult.failed(
+                    identifier,
+                    "constraint-violation",
+                    f"thumbnailPhoto is {size:,} bytes; AD accepts at most {PHOTO_MAX_BYTES:,} (not sent)",
+                )
+    return None
+
+
+def _operation(
+    modification: AttributeModificationType,
+    attribute: Attribute | None,
+    name: str,
+    values: list[Value],
+    previous: list[Value],
+) -> Operation | None:
+    """One attribute change as an operation, or None when it would not change anything."""
+    single = attribute is None or not attribute.multivalued
+    if modification == AttributeModificationType.REPLACE or (
+        single and modification == AttributeModificationType.ADD
+    ):
+        target = values
+    elif modification == AttributeModificationType.DELETE and not values:
+        target = []
+    elif modification == AttributeModificationType.ADD:  # multi-valued: only values not there yet
+        have = set(_comparable(previous))
+        new = [v for v in values if _comparable([v])[0] not in have]
+        return ("add", name, encode_values(new)) if new else None
+    else:  # delete listed values: only those present
+        have = set(_comparable(previous))
+        gone = [v for v in values if _comparable([v])[0] in have]
+        return ("delete", name, encode_values(gone)) if gone else None
+    if _comparable(target) == _comparable(previous):
+        return None
+    return ("replace", name, encode_values(target))
+
+
+# ------------------------------------------------------------------------------------- exporter
+@dataclass
+class _Planned:
+    position: int
+    change: CSEntryChange
+    operations: list[Operation]
+    dn: str = ""
+    result: ExportResult | None = field(default=None)
+
+
+class Exporter:
+    """Runs the four stages for each batch ``Connector.export`` receives."""
+
+    def __init__(
+        self,
+        *,
+        pool: LinkPool,
+        object_class: ObjectClass,
+        allowed: frozenset[str],
+        bases: Sequence[str],
+        normalized_bases: Sequence[str],
+        write_rate: float | None,
+        threads: int,
+        ldif: LdifWriter | None,
+        dry_run: bool,
+        log: Any,
+    ) -> None:
+        self.pool = pool
+        self.object_class = object_class
+        self.allowed = frozenset(a.lower() for a in allowed)
+        self.bases = list(bases)
+        self.normalized_bases = list(normalized_bases)
+        self.limiter = RateLimiter(write_rate)
+        self.ldif = ldif
+        self.dry_run = dry_run
+        self.log = log
+        self.stats = ExportStats()
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._down = threading.Event()
+        self._stats_lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        planned: list[_Planned] = []
+        results: dict[int, ExportResult] = {}
+        for position, change in enumerate(changes):  # stages 1 and 2 for the whole batch first
+            outcome = plan_change(change, self.object_class, self.allowed)
+            if isinstance(outcome, ExportResult):
+                results[position] = outcome
+            elif not outcome:
+                results[position] = ExportResult.success(change.identifier)
+                self.stats.noops += 1
+            elif change.dn and not dn_in_scope(change.dn, self.normalized_bases):
+                results[position] = self._out_of_scope(change, change.dn)
+            else:
+                planned.append(_Planned(position, change, outcome))
+        self._resolve(planned)  # stage 3
+        ready = [p for p in planned if p.result is None]
+        if self.dry_run:
+            for p in ready:
+                self.log.info("dry run: would modify %s (%s)", p.dn, ", ".join(op[1] for op in p.operations))
+                p.result = ExportResult.success(p.change.identifier)
+        elif self.ldif is not None:
+            self.ldif.write([modify_record(p.dn, p.operations) for p in ready])
+            self.stats.ldif_records += len(ready)
+            for p in ready:
+                p.result = ExportResult.success(p.change.identifier)
+        else:
+            self._write_all(ready)  # stage 4
+        for p in planned:
+            assert p.result is not None
+            results[p.position] = p.result
+        ordered = [results[i] for i in range(len(changes))]
+        self.stats.count(ordered)
+        return ordered
+
+    # -- stage 3 ------------------------------------------------------------------------------------
+    def _out_of_scope(self, change: CSEntryChange, dn: str) -> ExportResult:
+        return ExportResult.failed(
+            change.identifier,
+            "scope-violation",
+            f"refusing to modify {dn}: it is not under the configured base DNs ({'; '.join(self.bases)})",
+        )
+
+    def _resolve(self, planned: list[_Planned]) -> None:
+        """Current DN of each object if it lies under a base DN; failures set ``result``."""
+        valid: dict[str, list[_Planned]] = {}
+        for p in planned:
+            try:
+                key = guid_text(guid_bytes(p.change.anchor))
+            except ValueError:
+                p.result = ExportResult.failed(
+                    p.change.identifier, "cd-error", f"anchor {p.change.anchor!r} is not an objectGUID"
+                )
+                continue
+            valid.setdefault(key, []).append(p)
+        anchors = list(valid)
+        found: dict[str, str] = {}
+        with self.pool.lease() as link:
+            try:
+                for start in range(0, len(anchors), _RESOLVE_CHUNK):
+                    search_filter = guid_filter(anchors[start : start + _RESOLVE_CHUNK])
+                    for base in self.bases:
+                        for entry in link.run(_searcher(base, search_filter, SUBTREE)):
+                            found[guid_text(entry["raw_attributes"][ANCHOR][0])] = entry["dn"]
+                missing = [a for a in anchors if a not in found]
+                elsewhere = {a: dn for a in missing for dn in self._locate(link, a)}
+            except ServerUnreachable as exc:
+                for group in valid.values():
+                    for p in group:
+                        p.result = ExportResult.retry(p.change.identifier, "cd-server-down", str(exc))
+                return
+        for anchor, group in valid.items():
+            for p in group:
+                if anchor in found:
+                    p.dn = found[anchor]
+                elif anchor in elsewhere:
+                    p.result = self._out_of_scope(p.change, elsewhere[anchor])
+                else:
+                    p.result = ExportResult.failed(
+                        p.change.identifier,
+                        "cd-missing-object",
+                        f"no object with objectGUID {anchor} exists in the directory",
+                    )
+
+    @staticmethod
+    def _locate(link: Any, anchor: str) -> list[str]:
+        """Where an object not found under the base DNs is, if anywhere (for the error message)."""
+        return [e["dn"] for e in link.run(_searcher(f"<GUID={uuid.UUID(anchor)}>", "(objectClass=*)", BASE))]
+
+    # -- stage 4 ------------------------------------------------------------------------------------
+    def _write_all(self, ready: list[_Planned]) -> None:
+        self._down.clear()
+        if self._threads <= 1 or len(ready) <= 1:
+            for p in ready:
+                p.result = self._write_one(p)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="ad-export")
+        for p, result in zip(ready, self._executor.map(self._write_one, ready), strict=True):
+            p.result = result
+
+    def _write_one(self, p: _Planned) -> ExportResult:
+        identifier = p.change.identifier
+        if self._down.is_set():  # one unreachable verdict per batch, not one timeout per change
+            return ExportResult.retry(identifier, "cd-server-down", "the domain controller is unreachable")
+        changes: dict[str, list[tuple[str, list[bytes | str]]]] = {}
+        for verb, attribute, values in p.operations:
+            changes.setdefault(attribute, []).append((_LDAP_VERBS[verb], values))
+        self.limiter.wait()
+        with self.pool.lease() as link:
+            try:
+                result: dict[str, Any] = link.run(lambda conn: _modify(conn, p.dn, changes))
+            except ServerUnreachable as exc:
+                self._down.set()
+                return ExportResult.retry(identifier, "cd-server-down", str(exc))
+        status, name = classify_result(int(result.get("result", 80)))
+        if status == ExportStatus.SUCCESS:
+            with self._stats_lock:
+                self.stats.writes += 1
+            return ExportResult.success(identifier)
+        detail = (
+            f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
+        )
+        return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
+
+
+def _searcher(base: str, search_filter: str, scope: str) -> Callable[[Connection], list[dict[str, Any]]]:
+    def operation(conn: Connection) -> list[dict[str, Any]]:
+        conn.search(base, search_filter, scope, attributes=[ANCHOR])
+        return search_entries(conn)
+
+    return operation
+
+
+def _modify(
+    conn: Connection, dn: str, changes: dict[str, list[tuple[str, list[bytes | str]]]]
+) -> dict[str, Any]:
+    conn.modify(dn, changes)
+    result: dict[str, Any] = conn.result
+    return result

@@ -1,0 +1,527 @@
+"""Full and delta import from Active Directory.
+
+**Full import** is a simple-paged search (one LDAP page per ``import_page`` call) under each base
+DN with the configured filter. Before it starts, the DC's position is recorded as the watermark:
+its ``invocationId`` and ``highestCommittedUSN``, plus a DirSync cookie when the account may use
+DirSync. A change made while the full import runs is then seen again by the next delta (harmless:
+the engine compares against what it holds).
+
+**Delta import** uses one of two methods, chosen at full import (``delta_method = "auto"`` tries
+DirSync first):
+
+* *DirSync* (control 1.2.840.113556.1.4.841, searched at the naming-context root as AD requires):
+  it names the objects whose requested attributes changed, tombstones included. Samba (and AD for
+  cleared values) does not reliably say which attributes were *removed*, so the changed objects are
+  read again in batches by GUID under the base DNs with the configured filter: the engine receives
+  whole objects, and an object that is no longer under a base DN or no longer matches the filter is
+  reported deleted.
+* *uSNChanged* watermark: objects with ``lo < uSNChanged <= hi`` under the base DNs (``hi`` read
+  when the delta starts, so the next delta starts exactly where this one stopped), then the same
+  USN range at the naming-context root with the show-deleted control, which finds tombstones, moves
+  out of scope and objects that stopped matching the filter: every changed user not returned by the
+  first search is reported deleted. (Deletes of objects the engine never held are ignored by it.)
+
+**Another DC, or a restored one.** USNs and DirSync cookies only mean something on the DC that
+issued them; a restored DC gets a new ``invocationId``. When the DC's invocationId differs from the
+watermark's (or its highest USN went backwards) the delta import *stops* with a ``StopRunError``
+whose message tells the user to run a full import. Returning a partial delta instead would silently
+miss deletions; stopping is the only answer that cannot lose data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ldap3 import BASE, SUBTREE, Connection
+from ldap3.protocol.microsoft import dir_sync_control, show_deleted_control
+
+from connector.agents.active_directory._connection import Link, search_entries
+from connector.agents.active_directory._ldap import (
+    and_filter,
+    decode_values,
+    dn_in_scope,
+    equals_filter,
+    guid_filter,
+    guid_text,
+    normalize_dn,
+)
+from connector.agents.active_directory._schema import ANCHOR, OBJECT_CLASS
+from connector.agents.active_directory._settings import ActiveDirectorySettings
+from connector.sdk import (
+    Attribute,
+    ConfigurationError,
+    ConnectorContext,
+    CSEntryChange,
+    ImportMode,
+    ImportPage,
+    ImportRequest,
+    ObjectModificationType,
+    Schema,
+    StopRunError,
+    Values,
+)
+
+__all__ = ["DcIdentity", "Importer", "Watermark"]
+
+_PAGED_OID = "1.2.840.113556.1.4.319"
+_DIRSYNC_OID = "1.2.840.113556.1.4.841"
+_DIRSYNC_MAX_BYTES = 1 << 20
+#: Matches nothing: a DirSync round with it yields a cookie for "now" without reading the domain.
+_NOTHING = "(&(objectClass=user)(!(objectClass=user)))"
+#: DirSync filter. Not objectCategory: tombstones lose it, so deletions would be missed.
+_DIRSYNC_FILTER = "(objectClass=user)"
+_REREAD_CHUNK = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DcIdentity:
+    """Who answers: the DC's replica identity and how far its change numbers have come."""
+
+    invocation_id: str
+    highest_usn: int
+    service: str
+    naming_contexts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """Where the last import left off, bound to the DC (``invocation_id``) that issued it."""
+
+    invocation_id: str
+    usn: int
+    dirsync: bytes | None = None
+    object_security: bool = False
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "v": 1,
+                "invocation_id": self.invocation_id,
+                "usn": self.usn,
+                "dirsync": base64.b64encode(self.dirsync).decode() if self.dirsync is not None else None,
+                "object_security": self.object_security,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def loads(cls, text: str) -> Watermark:
+        try:
+            data = json.loads(text)
+            cookie = data.get("dirsync")
+            return cls(
+                str(data["invocation_id"]),
+                int(data["usn"]),
+                base64.b64decode(cookie) if cookie else None,
+                bool(data.get("object_security", False)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            msg = "the saved delta-import watermark is not one this agent wrote; run a full import"
+            raise StopRunError(msg) from None
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode() if data else None
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return base64.b64decode(text) if text else None
+
+
+class Importer:
+    """Serves ``import_page`` for one run step; keeps per-step state (the delta's seen anchors)."""
+
+    def __init__(
+        self, settings: ActiveDirectorySettings, link: Link, schema: Schema, context: ConnectorContext
+    ) -> None:
+        self.settings = settings
+        self.link = link
+        self.context = context
+        object_class = schema.object_classes[0]
+        self._attributes: dict[str, Attribute] = {a.name.lower(): a for a in object_class.attributes}
+        self._requested = [a.name for a in object_class.attributes if a.importable]
+        self._bases = list(settings.base_dns)
+        self._normalized_bases = [normalize_dn(b) for b in self._bases]
+        self._filter = equals_filter(settings.filter, settings.filter_equals)
+        self._nonce = secrets.token_hex(6)
+        self._seen: set[str] = set()
+
+    # -- entry point ------------------------------------------------------------------------------
+    def page(self, request: ImportRequest) -> ImportPage:
+        if request.mode == ImportMode.FULL:
+            return self._full(request)
+        return self._delta(request)
+
+    # -- full ---------------------------------------------------------------------------------------
+    def _full(self, request: ImportRequest) -> ImportPage:
+        if request.page_token:
+            token = json.loads(request.page_token)
+        else:
+            token = {"b": 0, "c": None, "w": self.start_watermark().dumps()}
+        index = int(token["b"])
+        entries, cookie = self._paged(
+            self._bases[index], self._filter, self._page_size(request), _unb64(token["c"])
+        )
+        page = [self._entry(e, ObjectModificationType.ADD) for e in entries]
+        if not cookie:
+            index += 1
+        more = index < len(self._bases)
+        next_token = json.dumps({"b": index, "c": _b64(cookie), "w": token["w"]}) if more else None
+        return ImportPage(page, more_to_import=more, page_token=next_token, watermark=token["w"])
+
+    def start_watermark(self) -> Watermark:
+        """The DC's position now, with a DirSync cookie when the account may use DirSync."""
+        dc = self.identity()
+        cookie, object_security = self._initial_dirsync(dc)
+        return Watermark(dc.invocation_id, dc.highest_usn, cookie, object_security)
+
+    # -- delta --------------------------------------------------------------------------------------
+    def _delta(self, request: ImportRequest) -> ImportPage:
+        if request.page_token:
+            token: dict[str, Any] = json.loads(request.page_token)
+            if token.get("n") != self._nonce:
+                msg = "a delta-import page token from another run step came back; run the delta import again"
+                raise StopRunError(msg)
+        else:
+            if request.watermark is None:
+                msg = (
+                    f"agent {self.context.agent!r} has no delta-import watermark yet: "
+                    "run a full import first (it records where the delta starts)"
+                )
+                raise StopRunError(msg)
+            watermark = Watermark.loads(request.watermark)
+            dc = self.identity()
+            self._check_same_dc(watermark, dc)
+            self._seen = set()
+            token = {
+                "n": self._nonce,
+                "inv": dc.invocation_id,
+                "hi": dc.highest_usn,
+                "lo": watermark.usn,
+                "os": watermark.object_security,
+            }
+            if watermark.dirsync is not None:
+                token.update(m="dirsync", c=_b64(watermark.dirsync))
+            else:
+                token.update(m="usn", p="a", b=0, c=None)
+        if token["m"] == "dirsync":
+            return self._dirsync_page(token)
+        return self._usn_page(token, self._page_size(request))
+
+    def _check_same_dc(self, watermark: Watermark, dc: DcIdentity) -> None:
+        if dc.invocation_id == watermark.invocation_id and dc.highest_usn >= watermark.usn:
+            return
+        why = (
+            f"its invocationId is {dc.invocation_id}, the watermark's {watermark.invocation_id}"
+            if dc.invocation_id != watermark.invocation_id
+            else f"its highest USN {dc.highest_usn} is below the watermark's {watermark.usn}"
+        )
+        msg = (
+            f"delta import refused: {self.settings.host} is not the directory state the last import "
+            "came from "
+            f"({why}: another domain controller, or this one restored from a backup). Change numbers and "
+            "DirSync cookies only mean something on the DC that issued them, so a delta could miss changes "
+            f"and deletions. Run a full import of agent {self.context.agent!r}; "
+            "delta imports continue from there."
+        )
+        raise StopRunError(msg)
+
+    def _usn_page(self, token: dict[str, Any], size: int) -> ImportPage:
+        lo, hi = int(token["lo"]), int(token["hi"])
+        usn_range = f"(uSNChanged>={lo + 1})(uSNChanged<={hi})"
+        page: list[CSEntryChange] = []
+        index = int(token["b"])
+        if lo >= hi:
+            token["p"], index = "done", 0
+        elif token["p"] == "a":  # changed objects in scope that match the filter
+            entries, cookie = self._paged(
+                self._bases[index], f"(&{self._filter}{usn_range})", size, _unb64(token["c"])
+            )
+            for raw in entries:
+                entry = self._entry(raw, ObjectModificationType.REPLACE)
+                self._seen.add(entry.anchor)
+                page.append(entry)
+            index, token["c"] = (index, _b64(cookie)) if cookie else (index + 1, None)
+            if index >= len(self._bases):
+                token["p"], index = "d", 0
+        else:  # every changed user anywhere, tombstones included: the ones not seen above are gone
+            roots = self._naming_context_roots()
+            entries, cookie = self._paged(
+                roots[index],
+                f"(&(objectClass=user){usn_range})",
+                size,
+                _unb64(token["c"]),
+                attributes=[ANCHOR],
+                controls=[show_deleted_control(criticality=True)],
+            )
+            for raw in entries:
+                anchor = guid_text(raw["raw_attributes"][ANCHOR][0])
+                if anchor not in self._seen:
+                    self._seen.add(anchor)
+                    page.append(CSEntryChange.delete(OBJECT_CLASS, anchor, dn=raw["dn"]))
+            index, token["c"] = (index, _b64(cookie)) if cookie else (index + 1, None)
+            if index >= len(roots):
+                token["p"] = "done"
+        token["b"] = index
+        if token["p"] == "done":
+            watermark = Watermark(token["inv"], hi).dumps()
+            return ImportPage(page, more_to_import=False, watermark=watermark)
+        return ImportPage(page, more_to_import=True, page_token=json.dumps(token))
+
+    def _dirsync_page(self, token: dict[str, Any]) -> ImportPage:
+        root = self._single_root()
+        if root is None:
+            msg = "the base DNs span several naming contexts, where DirSync cannot follow; run a full import"
+            raise StopRunError(msg)
+        result, entries = self._dirsync(
+            root, _DIRSYNC_FILTER, [*self._requested, "isDeleted"], _unb64(token["c"]), bool(token["os"])
+        )
+        if result["result"] != 0:
+            msg = (
+                f"DirSync failed: {result['result']} {result['description']} (was the account's permission "
+                f"withdrawn?). Run a full import of agent {self.context.agent!r}; "
+                "it falls back to uSNChanged "
+                "when DirSync is not permitted"
+            )
+            raise StopRunError(msg)
+        page: list[CSEntryChange] = []
+        changed: list[str] = []
+        for raw in entries:
+            anchor = guid_text(raw["raw_attributes"][ANCHOR][0])
+            deleted = [v.upper() for v in raw["raw_attributes"].get("isDeleted", [])] == [b"TRUE"]
+            if deleted or "\\0ADEL:" in raw["dn"]:
+                page.append(CSEntryChange.delete(OBJECT_CLASS, anchor, dn=raw["dn"]))
+            else:
+                changed.append(anchor)
+        page.extend(self.read_by_anchor(changed))
+        control = result["controls"][_DIRSYNC_OID]["value"]
+        cookie: bytes = control["cookie"]
+        if control["more_results"]:
+            token["c"] = _b64(cookie)
+            return ImportPage(page, more_to_import=True, page_token=json.dumps(token))
+        watermark = Watermark(token["inv"], int(token["hi"]), cookie, bool(token["os"])).dumps()
+        return ImportPage(page, more_to_import=False, watermark=watermark)
+
+    def read_by_anchor(self, anchors: Sequence[str]) -> list[CSEntryChange]:
+        """Current state of the given objects: REPLACE when in scope and matching, else DELETE."""
+        found: dict[str, CSEntryChange] = {}
+        for start in range(0, len(anchors), _REREAD_CHUNK):
+            chunk = anchors[start : start + _REREAD_CHUNK]
+            for base in self._bases:
+                for raw in self._search(base, and_filter(self._filter, guid_filter(chunk)), self._requested):
+                    entry = self._entry(raw, ObjectModificationType.REPLACE)
+                    found[entry.anchor] = entry
+        return [found.get(a) or CSEntryChange.delete(OBJECT_CLASS, a) for a in dict.fromkeys(anchors)]
+
+    # -- DC facts -----------------------------------------------------------------------------------
+    def identity(self) -> DcIdentity:
+        """invocationId, highestCommittedUSN and naming contexts, from the rootDSE."""
+        root = self._search(
+            "", "(objectClass=*)", ["highestCommittedUSN", "dsServiceName", "namingContexts"], scope=BASE
+        )
+        if not root:
+            raise StopRunError(f"{self.settings.host} returned no rootDSE; is it an Active Directory DC?")
+        attrs = root[0]["raw_attributes"]
+        try:
+            service = attrs["dsServiceName"][0].decode()
+            usn = int(attrs["highestCommittedUSN"][0])
+        except (KeyError, IndexError, ValueError):
+            msg = f"{self.settings.host} does not publish dsServiceName/highestCommittedUSN: not an AD DC?"
+            raise StopRunError(msg) from None
+        ntds = self._search(service, "(objectClass=*)", ["invocationId"], scope=BASE)
+        if not ntds or not ntds[0]["raw_attributes"].get("invocationId"):
+            raise StopRunError(f"cannot read the invocationId of {service}")
+        return DcIdentity(
+            guid_text(ntds[0]["raw_attributes"]["invocationId"][0]),
+            usn,
+            service,
+            tuple(v.decode() for v in attrs.get("namingContexts", [])),
+        )
+
+    def _naming_context_roots(self) -> list[str]:
+        """The naming context of each base DN (deduplicated); the base itself if none is known."""
+        contexts = self._contexts()
+        roots: list[str] = []
+        for base, normalized in zip(self._bases, self._normalized_bases, strict=True):
+            matches = [
+                nc
+                for nc in contexts
+                if normalized == normalize_dn(nc) or normalized.endswith("," + normalize_dn(nc))
+            ]
+            root = max(matches, key=len) if matches else base
+            if root not in roots:
+                roots.append(root)
+        return roots
+
+    def _single_root(self) -> str | None:
+        roots = self._naming_context_roots()
+        return roots[0] if len(roots) == 1 else None
+
+    def _contexts(self) -> tuple[str, ...]:
+        cached: tuple[str, ...] | None = getattr(self, "_cached_contexts", None)
+        if cached is None:
+            cached = self.identity().naming_contexts
+            self._cached_contexts = cached
+        return cached
+
+    def _initial_dirsync(self, dc: DcIdentity) -> tuple[bytes | None, bool]:
+        """A DirSync cookie for "now", or (None, False) when the agent must use uSNChanged."""
+        method = self.settings.delta_method
+        if method == "usn":
+            return None, False
+        root = self._single_root()
+        if root is None:
+            if method == "dirsync":
+                msg = "DirSync needs all base DNs in one naming context; use delta_method = 'usn'"
+                raise ConfigurationError(msg, key="delta_method")
+            return None, False
+        flags = [self.settings.dirsync_object_security]
+        if method == "auto" and not self.settings.dirsync_object_security:
+            flags.append(True)  # accounts without replication rights may still use OBJECT_SECURITY
+        last: dict[str, Any] = {}
+        for object_security in flags:
+            cookie: bytes | None = None
+            while True:
+                result, _ = self._dirsync(root, _NOTHING, [ANCHOR], cookie, object_security)
+                if result["result"] != 0:
+                    last = result
+                    break
+                control = result["controls"][_DIRSYNC_OID]["value"]
+                cookie = control["cookie"]
+                if not control["more_results"]:
+                    return cookie, object_security
+        if method == "dirsync":
+            msg = (
+                f"the account may not use DirSync ({last.get('result')} {last.get('description')}): grant it "
+                "'Replicating Directory Changes', set dirsync_object_security = true, "
+                "or use delta_method = 'usn'"
+            )
+            raise ConfigurationError(msg, key="delta_method")
+        self.context.logger.info(
+            "DirSync is not permitted for this account; delta imports will use uSNChanged"
+        )
+        return None, False
+
+    # -- searching ----------------------------------------------------------------------------------
+    def _page_size(self, request: ImportRequest) -> int:
+        return max(1, min(request.page_size, self.settings.page_size))
+
+    def _paged(
+        self,
+        base: str,
+        search_filter: str,
+        size: int,
+        cookie: bytes | None,
+        *,
+        attributes: list[str] | None = None,
+        controls: list[Any] | None = None,
+    ) -> tuple[list[dict[str, Any]], bytes | None]:
+        """One page of a simple-paged search; returns the entries and the next cookie (None: done)."""
+
+        def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            conn.search(
+                base,
+                search_filter,
+                SUBTREE,
+                attributes=attributes or self._requested,
+                paged_size=size,
+                paged_cookie=cookie,
+                controls=controls,
+            )
+            return conn.result, search_entries(conn)
+
+        result, entries = self.link.run(operation)
+        self._raise_for(result, base)
+        value = result.get("controls", {}).get(_PAGED_OID, {}).get("value", {})
+        return entries, value.get("cookie") or None
+
+    def _search(
+        self, base: str, search_filter: str, attributes: list[str], *, scope: str = SUBTREE
+    ) -> list[dict[str, Any]]:
+        def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            conn.search(base, search_filter, scope, attributes=attributes)
+            return conn.result, search_entries(conn)
+
+        result, entries = self.link.run(operation)
+        self._raise_for(result, base)
+        return entries
+
+    def _dirsync(
+        self,
+        root: str,
+        search_filter: str,
+        attributes: list[str],
+        cookie: bytes | None,
+        object_security: bool,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        control = dir_sync_control(
+            criticality=True,
+            object_security=object_security,
+            ancestors_first=False,
+            public_data_only=False,
+            incremental_values=False,
+            max_length=_DIRSYNC_MAX_BYTES,
+            cookie=cookie,
+        )
+
+        def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            conn.search(
+                root,
+                search_filter,
+                SUBTREE,
+                attributes=attributes,
+                controls=[control, show_deleted_control(criticality=False)],
+            )
+            return conn.result, search_entries(conn)
+
+        return self.link.run(operation)
+
+    def _raise_for(self, result: dict[str, Any], base: str) -> None:
+        code = result.get("result")
+        if code == 0:
+            return
+        if code == 32:
+            msg = (
+                f"the base DN {base!r} does not exist on {self.settings.host} (noSuchObject); check base_dns"
+            )
+            raise ConfigurationError(msg, key="base_dns")
+        raise StopRunError(
+            f"search under {base!r} failed: {code} {result.get('description')} {result.get('message', '')}"
+        )
+
+    # -- entries ------------------------------------------------------------------------------------
+    def _entry(self, raw: dict[str, Any], modification: ObjectModificationType) -> CSEntryChange:
+        """One search entry as a whole-object change (values decoded by schema type)."""
+        dn: str = raw["dn"]
+        raw_attributes: dict[str, list[bytes]] = raw["raw_attributes"]
+        guid = raw_attributes.get(ANCHOR) or raw_attributes.get(ANCHOR.lower())
+        if not guid:
+            return CSEntryChange.import_error(
+                dn, "missing-anchor-value", "entry has no objectGUID", object_class=OBJECT_CLASS
+            )
+        anchor = guid_text(guid[0])
+        values: dict[str, Values] = {}
+        for name, raw_values in raw_attributes.items():
+            attribute = self._attributes.get(name.lower())
+            if attribute is None or not raw_values:
+                continue
+            try:
+                decoded = decode_values(attribute.name, attribute.type, raw_values)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return CSEntryChange.import_error(
+                    anchor,
+                    "cd-invalid-value",
+                    f"{attribute.name}: {type(exc).__name__}: cannot decode as {attribute.type.value}",
+                    object_class=OBJECT_CLASS,
+                )
+            values[attribute.name] = decoded if attribute.multivalued else decoded[0]
+        values["distinguishedName"] = dn
+        return CSEntryChange(OBJECT_CLASS, anchor, modification, values, dn=dn)
+
+    def in_scope(self, dn: str) -> bool:
+        return dn_in_scope(dn, self._normalized_bases)
