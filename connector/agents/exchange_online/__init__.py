@@ -1,0 +1,11 @@
+"""The ``exchange-online-photos`` agent: Exchange Online mailbox users and photos over Microsoft Graph.
+
+Registered under the ``mvsync.connectors`` entry point. See ``_connector`` for the import design,
+``_auth`` for MSAL refresh-token authentication and ``_state`` for the per-user photo state file.
+"""
+
+from connector.agents.exchange_online._auth import GraphAuth
+from connector.agents.exchange_online._connector import OBJECT_CLASS, SCHEMA, ExchangeOnlinePhotosConnector
+from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+
+__all__ = ["OBJECT_CLASS", "SCHEMA", "ExchangeOnlinePhotosConnector", "ExchangeOnlineSettings", "GraphAuth"]

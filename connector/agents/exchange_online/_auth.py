@@ -1,0 +1,282 @@
+"""Getting Graph access tokens with MSAL: delegated refresh token (the classic MA way) or app-only.
+
+Delegated: an admin consents once (``mvsync auth login`` runs the device-code flow, or imports an
+existing refresh.token); from then on ``acquire_token_silent`` refreshes the access token whenever
+it is close to expiry or Graph says it has expired, and MSAL rotates the refresh token inside the
+cache, which we persist (encrypted, atomically) right after every MSAL call.
+
+An ``invalid_grant`` (expired, revoked, consent withdrawn, MFA now required ...) cannot be fixed by
+retrying: it becomes ``AuthenticationError`` (step status ``stopped-authentication``) whose message
+names the exact command that re-authorizes. Token values never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msal
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME, EncryptedTokenCache, load_key
+from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
+
+__all__ = ["AccessToken", "AuthStatus", "GraphAuth", "make_session"]
+
+log = logging.getLogger("mvsync.agent.exchange_online.auth")
+
+APP_SCOPES = ("https://graph.microsoft.com/.default",)
+#: Refresh a little before the server's expiry so a request never leaves with a dying token.
+_EXPIRY_SKEW_S = 60.0
+
+
+def make_session(settings: ExchangeOnlineSettings) -> requests.Session:
+    """A requests session that trusts ``ca_bundle``.
+
+    ``trust_env`` is off when a CA bundle is configured: otherwise REQUESTS_CA_BUNDLE /
+    CURL_CA_BUNDLE in the environment silently override ``Session.verify`` (psf/requests#3829).
+    """
+    session = requests.Session()
+    if settings.ca_bundle is not None:
+        session.verify = str(settings.ca_bundle)
+        session.trust_env = False
+    return session
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: str
+    expires_at: float
+
+    def __repr__(self) -> str:  # never print the token itself
+        return f"AccessToken(expires_at={self.expires_at:.0f})"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStatus:
+    mode: str
+    cache_file: Path
+    cache_exists: bool
+    accounts: tuple[str, ...]
+    token_ok: bool
+    detail: str
+
+
+def _aadsts(result: dict[str, Any]) -> str:
+    """``invalid_grant (AADSTS700082: The refresh token has expired ...)``: first line only, no ids."""
+    description = str(result.get("error_description", "")).split("\r\n")[0].split("\n")[0].strip()
+    error = str(result.get("error", "error"))
+    return f"{error} ({description})" if description else error
+
+
+class GraphAuth:
+    """Thread-safe source of Graph access tokens for one agent."""
+
+    def __init__(
+        self,
+        settings: ExchangeOnlineSettings,
+        data_dir: Path,
+        reauthorize_command: str,
+        *,
+        session_factory: Callable[[], requests.Session] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.reauthorize_command = reauthorize_command or "mvsync auth login <agent>"
+        self.cache_path = data_dir / CACHE_FILE_NAME
+        key = load_key(settings.token_cache_key_env, settings.token_cache_key_file)
+        self.token_cache = EncryptedTokenCache(self.cache_path, key)
+        self._session_factory = session_factory or (lambda: make_session(settings))
+        self._lock = threading.Lock()
+        self._token: AccessToken | None = None
+        self._app: msal.ClientApplication | None = None
+        self.refresh_count = 0
+
+    # -- the MSAL application -------------------------------------------------------------------
+    @property
+    def delegated(self) -> bool:
+        return self.settings.auth_mode == "delegated"
+
+    def _credential(self) -> Any:
+        s = self.settings
+        if s.client_secret is not None:
+            return s.client_secret.get_secret_value()
+        if s.client_certificate is not None:
+            return _certificate_credential(s.client_certificate, s.client_certificate_password)
+        return None
+
+    def app(self) -> msal.ClientApplication:
+        """The MSAL app (built once: it holds MSAL's HTTP throttle cache and discovery)."""
+        if self._app is None:
+            s = self.settings
+            common: dict[str, Any] = {
+                "authority": s.resolved_authority,
+                "token_cache": self.token_cache.cache,
+                "http_client": self._session_factory(),
+                "http_cache": {},
+            }
+            if not s.instance_discovery:
+                common["instance_discovery"] = False
+            credential = self._credential()
+            try:
+                if credential is None:
+                    self._app = msal.PublicClientApplication(s.client_id, **common)
+                else:
+                    self._app = msal.ConfidentialClientApplication(
+                        s.client_id, client_credential=credential, **common
+                    )
+            except ValueError as exc:  # bad authority URL, failed OIDC discovery
+                msg = f"cannot use authority {s.resolved_authority}: {exc}"
+                raise ConfigurationError(msg, key="authority") from None
+            except requests.RequestException as exc:
+                msg = f"cannot reach the authority {s.resolved_authority}: {type(exc).__name__}"
+                raise AuthenticationError(msg, status="stopped-server-down") from None
+        return self._app
+
+    @property
+    def scopes(self) -> list[str]:
+        return list(APP_SCOPES if not self.delegated else self.settings.scopes)
+
+    def _persist(self) -> None:
+        if self.token_cache.persist_if_changed():
+            log.debug("token cache written to %s", self.cache_path)
+
+    def _stop(self, why: str) -> AuthenticationError:
+        return AuthenticationError(
+            f"Exchange Online authentication failed: {why}. Re-authorize with: {self.reauthorize_command}"
+        )
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def _account(self) -> dict[str, Any] | None:
+        accounts = self.app().get_accounts(username=self.settings.username)
+        return accounts[0] if accounts else None
+
+    def _acquire(self, *, force: bool) -> AccessToken:
+        app = self.app()
+        if not self.delegated:
+            assert isinstance(app, msal.ConfidentialClientApplication)
+            result = app.acquire_token_for_client(self.scopes)
+        else:
+            account = self._account()
+            if account is None and self.settings.refresh_token is not None:
+                # first run: seed the cache from the configured refresh token (classic refresh.token)
+                result = app.acquire_token_by_refresh_token(
+                    self.settings.refresh_token.get_secret_value(), scopes=self.scopes
+                )
+                self._persist()
+                if "access_token" not in result:
+                    raise self._stop(_aadsts(result))
+                account = self._account()
+            if account is None:
+                raise self._stop(f"no signed-in account in the token cache {self.cache_path}")
+            result = app.acquire_token_silent_with_error(self.scopes, account, force_refresh=force)
+        self._persist()
+        if not result or "access_token" not in result:
+            raise self._stop(_aadsts(result) if result else "the token cache holds no usable token")
+        self.refresh_count += 1
+        expires_in = float(result.get("expires_in", 300))
+        skew = min(_EXPIRY_SKEW_S, expires_in / 10)
+        return AccessToken(str(result["access_token"]), time.monotonic() + expires_in - skew)
+
+    def token(self) -> str:
+        """A valid access token; refreshes (and persists a rotated refresh token) when needed."""
+        current = self._token
+        if current is not None and time.monotonic() < current.expires_at:
+            return current.value
+        with self._lock:
+            current = self._token
+            if current is None or time.monotonic() >= current.expires_at:
+                # MSAL itself serves a cached AT until 5 minutes before expiry; our own clock covers
+                # short-lived tokens and lets concurrent workers share one refresh.
+                self._token = current = self._acquire(force=current is not None)
+            return current.value
+
+    def invalidate(self, rejected: str) -> None:
+        """Graph answered 401 for ``rejected``: the next ``token()`` fetches a new one (once)."""
+        with self._lock:
+            if self._token is not None and self._token.value == rejected:
+                self._token = AccessToken(self._token.value, 0.0)
+
+    # -- sign-in (``mvsync auth login``) --------------------------------------------------------
+    def login_with_refresh_token(self, refresh_token: str) -> str:
+        """Import an existing refresh token: redeem it once and keep the (rotated) result."""
+        if not self.delegated:
+            msg = "auth_mode is 'app': there is nothing to sign in (client credentials are used)"
+            raise ConfigurationError(msg, key="auth_mode")
+        self.token_cache.clear()
+        result = self.app().acquire_token_by_refresh_token(refresh_token.strip(), scopes=self.scopes)
+        self._persist()
+        if "access_token" not in result:
+            raise ConnectorError(f"the refresh token was refused: {_aadsts(result)}")
+        return _username(result)
+
+    def login_device_code(self, prompt: Callable[[str], None], *, timeout_s: float | None = None) -> str:
+        """Run the device-code flow; ``prompt`` shows the user the code and URL."""
+        app = self.app()
+        if not isinstance(app, msal.PublicClientApplication):
+            msg = "the device-code flow needs a public client (no client_secret); use --refresh-token-file"
+            raise ConfigurationError(msg, key="client_secret")
+        flow = app.initiate_device_flow(scopes=self.scopes)
+        if "user_code" not in flow:
+            raise ConnectorError(f"the device-code flow could not start: {_aadsts(flow)}")
+        prompt(str(flow.get("message") or f"Open {flow['verification_uri']} and enter {flow['user_code']}"))
+        if timeout_s is not None:
+            flow["expires_at"] = min(
+                float(flow.get("expires_at", time.time() + timeout_s)), time.time() + timeout_s
+            )
+        self.token_cache.clear()
+        result = app.acquire_token_by_device_flow(flow)
+        self._persist()
+        if "access_token" not in result:
+            raise ConnectorError(f"sign-in did not complete: {_aadsts(result)}")
+        return _username(result)
+
+    def status(self) -> AuthStatus:
+        """What ``mvsync auth status`` shows: the cache, its accounts, and whether a token comes."""
+        exists = self.cache_path.exists()
+        try:
+            accounts = (
+                tuple(str(a.get("username", "?")) for a in self.app().get_accounts())
+                if self.delegated
+                else ()
+            )
+            self.token()
+            return AuthStatus(self.settings.auth_mode, self.cache_path, exists, accounts, True, "ok")
+        except ConnectorError as exc:
+            return AuthStatus(self.settings.auth_mode, self.cache_path, exists, (), False, str(exc))
+
+
+def _username(result: dict[str, Any]) -> str:
+    claims = result.get("id_token_claims") or {}
+    return str(claims.get("preferred_username") or claims.get("oid") or "signed in")
+
+
+def _certificate_credential(path: Path, password: Any) -> dict[str, str]:
+    """MSAL's certificate credential from one PEM holding the key and the certificate."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}", key="client_certificate") from None
+    secret = password.get_secret_value().encode() if password is not None else None
+    try:
+        key = serialization.load_pem_private_key(pem, password=secret)
+        cert = x509.load_pem_x509_certificate(pem)
+    except (ValueError, TypeError) as exc:
+        msg = f"{path} must hold a PEM private key and certificate ({type(exc).__name__})"
+        raise ConfigurationError(msg, key="client_certificate") from None
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return {
+        "private_key": key_pem,
+        "thumbprint": hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+    }

@@ -1,0 +1,658 @@
+"""``exchange-online-photos``: mailbox users and their photos from Microsoft Graph.
+
+Full import walks ``users/delta`` from scratch. That initial delta round *is* a complete listing
+of the users (with the selected properties), and it ends with a delta link taken at the same
+moment, so the next delta import misses nothing that changed while the full import ran (a
+``/users`` listing followed by a separate delta walk would leave a gap). Mailbox users are those
+with ``mail``; the others are skipped. Every mailbox user's photo metadata is probed and the photo
+downloaded (see ``_photos``), in ``$batch`` requests of up to 20.
+
+Delta import first follows the delta link (user adds, changes, deletes), then probes the photo
+metadata of users whose re-check window expired, because photo changes never appear in
+``users/delta``; a photo is downloaded only when its ETag is new or changed (or it is picked for
+rolling re-verification, which compares checksums). The per-user state that needs (ETag, checksum,
+last probe, last error) lives in a file under the agent's data folder; see ``_state`` for why and
+for how it stays consistent with the engine's watermark.
+
+``EXOPhotoLastChecked`` is when the connector last fetched photo bytes that differed from what it
+held (UTC): re-downloads of the same picture keep it, so an unchanged tenant imports as a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import queue
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import requests
+
+from connector.agents.exchange_online._auth import GraphAuth, make_session
+from connector.agents.exchange_online._graph import GraphClient, GraphResponse, RetryableError
+from connector.agents.exchange_online._photos import PhotoOutcome, PhotoTask, is_no_photo
+from connector.agents.exchange_online._pipeline import Fatal, Pipeline, SourceDone
+from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+from connector.agents.exchange_online._state import (
+    IN_CS_NO,
+    IN_CS_YES,
+    STATE_FILE_NAME,
+    PhotoState,
+    UserState,
+    Watermark,
+)
+from connector.sdk import (
+    Attribute,
+    AttributeAccess,
+    AttributeChange,
+    AttributeModificationType,
+    AttributeType,
+    Capabilities,
+    CheckResult,
+    Connector,
+    ConnectorContext,
+    ConnectorError,
+    CSEntryChange,
+    ExportResult,
+    ImportMode,
+    ImportPage,
+    ImportRequest,
+    ObjectClass,
+    ObjectModificationType,
+    Schema,
+    ScopeViolationError,
+    ServerDownError,
+    StopRunError,
+)
+
+__all__ = ["OBJECT_CLASS", "ExchangeOnlinePhotosConnector"]
+
+log = logging.getLogger("mvsync.agent.exchange_online")
+
+OBJECT_CLASS = "EXOUser"
+#: Directory properties we import (Graph names = connector-space names), tracked by users/delta.
+DIRECTORY_ATTRIBUTES = ("userPrincipalName", "mail", "mailNickname", "displayName", "accountEnabled")
+_SELECT = ",".join(("id", *DIRECTORY_ATTRIBUTES))
+PHOTO_ATTRIBUTES = ("EXOPhoto", "EXOPhotoChecksum", "EXOPhotoETag", "EXOPhotoSize", "EXOPhotoLastChecked")
+_EXPIRED_DELTA_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
+
+_IMPORT_ONLY = AttributeAccess.IMPORT_ONLY
+SCHEMA = Schema.of(
+    ObjectClass(
+        name=OBJECT_CLASS,
+        anchor="id",
+        attributes=(
+            Attribute(name="id", access=_IMPORT_ONLY, description="Entra object id"),
+            Attribute(name="userPrincipalName", access=_IMPORT_ONLY),
+            Attribute(name="mail", access=_IMPORT_ONLY),
+            Attribute(name="mailNickname", access=_IMPORT_ONLY),
+            Attribute(name="displayName", access=_IMPORT_ONLY),
+            Attribute(name="accountEnabled", type=AttributeType.BOOLEAN, access=_IMPORT_ONLY),
+            Attribute(name="EXOPhoto", type=AttributeType.BINARY, description="photo at photo_size (JPEG)"),
+            Attribute(name="EXOPhotoChecksum", access=_IMPORT_ONLY, description="SHA-256 hex of EXOPhoto"),
+            Attribute(name="EXOPhotoETag", access=_IMPORT_ONLY, description="@odata.mediaEtag, unquoted"),
+            Attribute(
+                name="EXOPhotoSize", type=AttributeType.INTEGER, access=_IMPORT_ONLY, description="bytes"
+            ),
+            Attribute(name="EXOPhotoLastChecked", type=AttributeType.DATETIME, access=_IMPORT_ONLY),
+        ),
+    )
+)
+
+
+@dataclass(slots=True)
+class _UserSeen:
+    user: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Removed:
+    user_id: str
+
+
+@dataclass(slots=True)
+class _Due:
+    row: UserState
+    reverify: bool
+
+
+@dataclass(slots=True)
+class _Ctx:
+    attrs: dict[str, Any]
+    row: UserState | None
+
+
+def _dir_attrs(user: dict[str, Any]) -> dict[str, Any]:
+    return {name: user[name] for name in DIRECTORY_ATTRIBUTES if user.get(name) is not None}
+
+
+def _reverify_bucket(user_id: str, buckets: int) -> int:
+    return int(hashlib.sha256(user_id.encode()).hexdigest()[:8], 16) % buckets
+
+
+class _Run:
+    """One import step's moving parts (pipeline, stages, state), owned by the engine's thread."""
+
+    def __init__(
+        self, conn: ExchangeOnlinePhotosConnector, mode: ImportMode, watermark: Watermark | None
+    ) -> None:
+        self.conn = conn
+        self.settings = conn.settings
+        self.state = conn.state
+        self.full = mode == ImportMode.FULL
+        self.gen = self.state.begin_run(None if self.full else watermark)
+        self.started = time.time()
+        self.pipeline = Pipeline(conn.graph, max_ahead=conn.max_ahead)
+        self.seen: set[str] = set()
+        self.open_chains = 0
+        self.source_done = False
+        self.source_result: Any = None
+        self.stages: list[Callable[[Callable[[Any], None]], Any]] = []
+        self.delta_link: str | None = None
+        self.finished = False
+        self.fatal: BaseException | None = None
+        self.carry: list[CSEntryChange] = []
+        self.counters = conn.counters
+        if self.full:
+            self.stages = [lambda emit: self.conn.walk_delta("users/delta?$select=" + _SELECT, emit)]
+        else:
+            assert watermark is not None
+            link = watermark.delta_link
+            self.stages = [lambda emit: self.conn.walk_delta(link, emit), self._scan_due]
+        self._next_stage()
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _next_stage(self) -> None:
+        stage = self.stages.pop(0)
+        self.source_done = False
+        self.pipeline.run_source(stage, "listing" if self.stages else "final")
+
+    def _stage_finished(self) -> None:
+        if self.source_result is not None:
+            self.delta_link = str(self.source_result)
+        self.state.commit()  # the next stage reads the file through its own connection
+        if self.stages:
+            self._next_stage()
+            return
+        if self.full:
+            self.counters["state_forgotten"] += self.state.forget_unseen()
+        self.finished = True
+
+    def _scan_due(self, emit: Callable[[Any], None]) -> None:
+        """Stage 2 of a delta: users whose photo re-check (or error re-check) window has passed."""
+        s = self.settings
+        now = time.time()
+        cut_ok = min(self.started, now - s.photo_recheck_hours * 3600)
+        cut_err = min(self.started, now - s.photo_error_recheck_hours * 3600)
+        buckets = max(1, round(1 / s.reverify_fraction)) if s.reverify_fraction > 0 else 0
+        for row in self.state.scan():
+            if row.id in self.seen:
+                continue
+            reverify = (
+                bool(buckets)
+                and row.checksum is not None
+                and _reverify_bucket(row.id, buckets) == self.gen % buckets
+            )
+            late = (row.error_at or 0.0) < cut_err if row.error is not None else row.checked_at < cut_ok
+            if reverify or late or not row.trusted:
+                emit(_Due(row, reverify))
+
+    # -- events ---------------------------------------------------------------------------------
+    def _schedule(self, user_id: str, attrs: dict[str, Any], row: UserState | None, baseline: Any) -> None:
+        self.open_chains += 1
+        self.counters["probes"] += 1
+        self.pipeline.submit(PhotoTask(user_id, "probe", baseline=baseline, context=_Ctx(attrs, row)))
+
+    def handle(self, event: Any) -> list[CSEntryChange]:
+        if isinstance(event, PhotoOutcome):
+            self.open_chains -= 1
+            self.pipeline.release()
+            out = self._on_outcome(event)
+        elif isinstance(event, _UserSeen):
+            out = self._on_user(event.user)
+        elif isinstance(event, _Removed):
+            self.pipeline.release()
+            self.seen.add(event.user_id)
+            out = [] if self.full else self._remove(event.user_id)
+        elif isinstance(event, _Due):
+            out = self._on_due(event)
+        elif isinstance(event, SourceDone):
+            self.source_done = True
+            self.source_result = event.result
+            out = []
+        elif isinstance(event, Fatal):
+            self.fatal = event.error
+            out = []
+        else:  # pragma: no cover - a programming error
+            raise TypeError(f"unexpected pipeline event {event!r}")
+        if self.source_done and self.open_chains == 0 and not self.finished and self.fatal is None:
+            self._stage_finished()
+        return out
+
+    def _remove(self, user_id: str) -> list[CSEntryChange]:
+        self.state.delete(user_id)
+        self.counters["deletes"] += 1
+        return [CSEntryChange.delete(OBJECT_CLASS, user_id)]
+
+    def _on_user(self, user: dict[str, Any]) -> list[CSEntryChange]:
+        user_id = str(user["id"])
+        attrs = _dir_attrs(user)
+        if user_id in self.seen:  # a replay within one round
+            self.pipeline.release()
+            return []
+        self.seen.add(user_id)
+        row = self.state.get(user_id)
+        if not attrs.get("mail"):  # not (or no longer) a mailbox user
+            self.pipeline.release()
+            return [] if self.full or row is None else self._remove(user_id)
+        self.counters["users"] += 1
+        if self.full or row is None or not row.trusted or row.in_cs != IN_CS_YES:
+            self._schedule(user_id, attrs, row, None)
+            return []
+        self.pipeline.release()
+        if attrs == row.attrs:
+            return []
+        changes = [
+            AttributeChange.replace(name, attrs[name]) if name in attrs else AttributeChange.delete(name)
+            for name in DIRECTORY_ATTRIBUTES
+            if attrs.get(name) != row.attrs.get(name)
+        ]
+        row.attrs, row.gen = attrs, self.gen
+        self.state.put(row)
+        self.counters["directory_updates"] += 1
+        return [CSEntryChange.update(OBJECT_CLASS, user_id, changes)]
+
+    def _on_due(self, due: _Due) -> list[CSEntryChange]:
+        row = due.row
+        known = row.trusted and row.in_cs == IN_CS_YES and not due.reverify
+        baseline = (row.checksum is not None, row.etag) if known else None
+        if due.reverify:
+            self.counters["reverified"] += 1
+        self._schedule(row.id, row.attrs, row, baseline)
+        return []
+
+    def _on_outcome(self, outcome: PhotoOutcome) -> list[CSEntryChange]:
+        ctx: _Ctx = outcome.task.context
+        row, attrs = ctx.row, ctx.attrs
+        user_id = outcome.task.user_id
+        now = time.time()
+        kind = outcome.kind
+        if kind == "unchanged":
+            self.counters["unchanged"] += 1
+            self.state.checked(user_id, now)
+            return []
+        if kind == "gone":  # deleted between listing and probe: the next delta reports it too
+            self.state.delete(user_id)
+            return [] if self.full or row is None else [CSEntryChange.delete(OBJECT_CLASS, user_id)]
+        if kind == "error":
+            self.counters["errors"] += 1
+            failed = row or UserState(user_id, attrs, in_cs=IN_CS_NO, gen=self.gen)
+            failed.attrs, failed.error, failed.error_at = attrs, outcome.error, now
+            if self.full:
+                failed.gen = self.gen  # seen by this full import: keep it
+            self.state.put(failed)
+            return [
+                CSEntryChange.import_error(user_id, outcome.error, outcome.detail, object_class=OBJECT_CLASS)
+            ]
+        photo = kind == "photo"
+        if photo:
+            self.counters["photo_downloads"] += 1
+        checksum = outcome.checksum or None
+        same_bytes = row is not None and row.checksum == checksum
+        if (
+            not self.full
+            and row is not None
+            and row.trusted
+            and row.in_cs == IN_CS_YES
+            and same_bytes
+            and attrs == row.attrs
+        ):
+            # a new ETag for the same picture, or a re-verification that matched: nothing to stage
+            row.etag, row.checked_at, row.error, row.error_at = outcome.etag, now, None, None
+            self.state.put(row)
+            self.counters["verified_same"] += 1
+            return []
+        verified = row.verified_at if (same_bytes and row is not None and row.verified_at) else now
+        size = len(outcome.data) if outcome.data is not None else None
+        self.state.put(
+            UserState(
+                user_id,
+                attrs,
+                outcome.etag if photo else None,
+                checksum,
+                size,
+                IN_CS_YES,
+                now,
+                verified,
+                None,
+                None,
+                self.gen,
+            )
+        )
+        if not self.full:
+            self.counters["photo_changes"] += 1
+        values: dict[str, Any] = {"id": user_id, **attrs}
+        if photo and outcome.data is not None:
+            values.update(
+                EXOPhoto=outcome.data,
+                EXOPhotoChecksum=checksum,
+                EXOPhotoETag=outcome.etag,
+                EXOPhotoSize=size,
+                EXOPhotoLastChecked=_dt.datetime.fromtimestamp(verified or now, _dt.UTC),
+            )
+        return [CSEntryChange.add(OBJECT_CLASS, user_id, values)]
+
+    # -- paging ---------------------------------------------------------------------------------
+    def next_events(self, want: int) -> list[CSEntryChange]:
+        """Block until ``want`` entries are ready, the run finished, or a fatal error arrived."""
+        entries = self.carry[:want]
+        self.carry = self.carry[want:]
+        results = self.pipeline.results
+        while len(entries) < want and not self.finished and self.fatal is None:
+            try:
+                event = results.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            entries.extend(self.handle(event))
+        # Keep the workers fed while the engine writes this page: schedule what is already listed.
+        while self.fatal is None:
+            try:
+                event = results.get_nowait()
+            except queue.Empty:
+                break
+            self.carry.extend(self.handle(event))
+        if len(entries) > want:
+            self.carry[:0] = entries[want:]
+            del entries[want:]
+        return entries
+
+    @property
+    def done(self) -> bool:
+        return self.finished and not self.carry
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+
+class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
+    """Exchange Online mailbox users and photos over Microsoft Graph (the PowerShell MA's successor)."""
+
+    settings_model = ExchangeOnlineSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        full_import=True, delta_import=True, export=True, max_page_size=5000, max_batch_size=500
+    )
+    description = "Exchange Online mailbox users and their photos, over Microsoft Graph"
+
+    def __init__(self, settings: ExchangeOnlineSettings, context: ConnectorContext) -> None:
+        super().__init__(settings, context)
+        self._auth: GraphAuth | None = None
+        self._graph: GraphClient | None = None
+        self._state: PhotoState | None = None
+        self._run: _Run | None = None
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "users",
+                "probes",
+                "photo_downloads",
+                "unchanged",
+                "errors",
+                "deletes",
+                "directory_updates",
+                "photo_changes",
+                "verified_same",
+                "reverified",
+                "state_forgotten",
+            ),
+            0,
+        )
+        #: Listed users allowed between the lister and the engine (bounds memory; see _pipeline).
+        self.max_ahead = 1000
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _session(self) -> requests.Session:
+        return make_session(self.settings)
+
+    @property
+    def auth(self) -> GraphAuth:
+        if self._auth is None:
+            self._auth = GraphAuth(
+                self.settings,
+                self.context.data_dir,
+                self.context.reauthorize_command,
+                session_factory=self._session,
+            )
+        return self._auth
+
+    @property
+    def graph(self) -> GraphClient:
+        if self._graph is None:
+            self._graph = GraphClient(self.settings, self.auth, session_factory=self._session)
+        return self._graph
+
+    @property
+    def state(self) -> PhotoState:
+        if self._state is None:
+            self._state = PhotoState(self.context.data_dir / STATE_FILE_NAME)
+        return self._state
+
+    def open(self) -> None:
+        self.context.data_dir.mkdir(parents=True, exist_ok=True)
+        self.auth.token()  # fail fast (stopped-authentication) before any work starts
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.stop()
+            self._run = None
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+        if self._graph is not None:
+            self.context.logger.info("graph: %s; import: %s", self._graph.stats.as_dict(), self.counters)
+            self._graph.close()
+        if self._auth is not None:
+            self._auth.token_cache.persist_if_changed()
+
+    def check(self) -> CheckResult:
+        try:
+            resp = self.graph.get_json("users?$top=1&$select=id")
+        except (ConnectorError, RetryableError) as exc:
+            return CheckResult(False, str(exc))
+        return CheckResult(resp.ok, "Graph reachable, token valid" if resp.ok else resp.describe())
+
+    def get_schema(self) -> Schema:
+        return SCHEMA
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Counters of the current (or last) step, for run history and the benchmark."""
+        graph = self._graph.stats.as_dict() if self._graph is not None else {}
+        return {
+            **self.counters,
+            **graph,
+            "retry_budget_spent": self._graph.budget.spent if self._graph else 0,
+        }
+
+    # -- import ---------------------------------------------------------------------------------
+    def walk_delta(self, url: str, emit: Callable[[Any], None]) -> str:
+        """Follow ``users/delta`` pages from ``url`` to the delta link (runs on the source thread)."""
+        headers = {"Prefer": f"odata.maxpagesize={min(999, max(100, self.max_ahead))}"}
+        while True:
+            resp = self.graph.get_json(url, headers=headers)
+            if not resp.ok or not isinstance(resp.json_body, dict):
+                raise self._listing_error(resp)
+            for user in resp.json_body.get("value", []):
+                if "@removed" in user:
+                    emit(_Removed(str(user["id"])))
+                else:
+                    emit(_UserSeen(user))
+            next_link = resp.json_body.get("@odata.nextLink")
+            if next_link:
+                url = str(next_link)
+                continue
+            delta_link = resp.json_body.get("@odata.deltaLink")
+            if not delta_link:
+                raise StopRunError("users/delta ended without @odata.deltaLink")
+            return str(delta_link)
+
+    def _listing_error(self, resp: GraphResponse) -> StopRunError:
+        if resp.status == 410 or resp.error_code in _EXPIRED_DELTA_CODES:
+            return StopRunError(
+                f"the users/delta link is no longer valid ({resp.describe()}); run a full import"
+            )
+        if resp.status >= 500 or resp.status == 429:
+            return ServerDownError(f"Graph did not answer the user listing after retries: {resp.describe()}")
+        return StopRunError(f"Graph refused the user listing: {resp.describe()}")
+
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        if self._run is None or request.page_token is None:
+            if self._run is not None:
+                self._run.stop()
+            self._run = self._start(request)
+        run = self._run
+        try:
+            entries = run.next_events(request.page_size)
+        except RetryableError as exc:
+            raise ServerDownError(f"Graph unreachable: {exc}") from None
+        if run.fatal is not None and not entries:
+            error = run.fatal
+            if isinstance(error, RetryableError):
+                raise ServerDownError(f"Graph unreachable: {error}") from None
+            raise error
+        self.state.commit()
+        done = run.done and run.fatal is None
+        watermark = None
+        if done:
+            assert run.delta_link is not None
+            watermark = Watermark(run.delta_link, run.gen, self.state.store_id).dumps()
+        return ImportPage(
+            entries, more_to_import=not done, page_token=str(request.page_number), watermark=watermark
+        )
+
+    def _start(self, request: ImportRequest) -> _Run:
+        previous: Watermark | None = None
+        if request.mode == ImportMode.DELTA:
+            previous = Watermark.loads(request.watermark)
+            if previous is None or not self.state.matches(previous):
+                msg = (
+                    "no usable delta state for this agent (no watermark, or the photo state file "
+                    f"{self.context.data_dir / STATE_FILE_NAME} was replaced); run a full import"
+                )
+                raise StopRunError(msg)
+        self.max_ahead = min(4000, max(200, 2 * request.page_size))
+        return _Run(self, request.mode, previous)
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        """PUT (normalized JPEG) or DELETE each user's photo; one result per change, in order."""
+        allowed = self.context.export_attributes.get(OBJECT_CLASS, frozenset())
+        for change in changes:
+            outside = set(change.changed_attribute_names()) - set(allowed) - {"id"}
+            if (
+                change.modification in (ObjectModificationType.UPDATE, ObjectModificationType.REPLACE)
+                and outside
+            ):
+                msg = (
+                    f"export of {change.anchor!r} would change {', '.join(sorted(outside))}, outside the "
+                    f"attributes the export flows of agent {self.context.agent!r} name"
+                )
+                raise ScopeViolationError(msg)
+        workers = max(1, min(8, self.settings.concurrency))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exo-export") as pool:
+            return list(pool.map(self._export_one, changes))
+
+    def _export_one(self, change: CSEntryChange) -> ExportResult:
+        ident = change.identifier or change.anchor
+        if change.modification in (ObjectModificationType.ADD, ObjectModificationType.DELETE):
+            return ExportResult.failed(
+                ident,
+                "export-not-supported",
+                "this agent changes photos of existing users; it never creates or deletes users",
+            )
+        try:
+            photo = _exported_photo(change)
+        except ValueError as exc:
+            return ExportResult.failed(ident, "constraint-violation", str(exc))
+        if photo is _UNTOUCHED:
+            return ExportResult.success(ident)
+        if self.context.dry_run:
+            return ExportResult.success(ident)
+        user = quote(change.anchor, safe="@")
+        try:
+            if photo is None:
+                resp = self.graph.request("DELETE", f"users/{user}/photo/$value")
+                if resp.ok or is_no_photo(resp):
+                    return ExportResult.success(ident)
+            else:
+                assert isinstance(photo, bytes)
+                try:
+                    data = _normalize_upload(photo)
+                except ValueError as exc:
+                    return ExportResult.failed(ident, "invalid-photo", str(exc))
+                resp = self.graph.request(
+                    "PUT", f"users/{user}/photo/$value", headers={"Content-Type": "image/jpeg"}, body=data
+                )
+                if resp.ok:
+                    return ExportResult.success(ident)
+        except RetryableError as exc:
+            return ExportResult.retry(ident, "cd-error", str(exc))
+        return _export_failure(ident, resp)
+
+
+_UNTOUCHED = object()
+
+
+def _exported_photo(change: CSEntryChange) -> Any:
+    """The photo an UPDATE/REPLACE asks for: bytes, None (remove it), or _UNTOUCHED."""
+    if change.modification == ObjectModificationType.REPLACE:
+        value = change.attributes.get("EXOPhoto")
+    else:
+        ours = [c for c in change.changes if c.name == "EXOPhoto"]
+        if not ours:
+            return _UNTOUCHED
+        last = ours[-1]
+        value = (
+            None
+            if last.modification == AttributeModificationType.DELETE or not last.values
+            else last.values[-1]
+        )
+    if isinstance(value, list):
+        if len(value) > 1:
+            raise ValueError("EXOPhoto is single-valued")
+        value = value[0] if value else None
+    if value is not None and not isinstance(value, bytes | bytearray | memoryview):
+        raise ValueError(f"EXOPhoto must be binary, got {type(value).__name__}")
+    return bytes(value) if value is not None else None
+
+
+def _normalize_upload(data: bytes) -> bytes:
+    """A JPEG of at most 648x648 and under 4 MB, as Exchange Online accepts (connector.imaging)."""
+    from connector.imaging import (
+        EXCHANGE_PHOTO_MAX_BYTES,
+        EXCHANGE_PHOTO_SIZE,
+        ImageError,
+        PhotoSpec,
+        normalize,
+    )
+
+    try:
+        return normalize(data, PhotoSpec(size=EXCHANGE_PHOTO_SIZE, max_bytes=EXCHANGE_PHOTO_MAX_BYTES)).data
+    except ImageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _export_failure(ident: str, resp: GraphResponse) -> ExportResult:
+    detail = resp.describe()
+    if resp.status == 404:
+        return ExportResult.failed(ident, "cd-missing-object", detail)
+    if resp.status in (401, 403):
+        return ExportResult.failed(ident, "permission-issue", detail)
+    if resp.status == 413:
+        return ExportResult.failed(ident, "constraint-violation", detail)
+    if resp.status == 429 or resp.status >= 500:
+        return ExportResult.retry(ident, "cd-error", detail)
+    return ExportResult.failed(ident, "cd-error", detail)

@@ -1,0 +1,170 @@
+"""Photo requests and how to read Graph's answers: photo, "no photo", or a per-user error.
+
+Every documented way of saying "this user has no photo" means exactly that, never an error:
+404 ``ImageNotFound`` (both exception texts), ``ErrorEntityNotFound``, ``ErrorItemNotFound``,
+``GetUserPhoto``, and the legacy 200 with a 1x1 GIF (metadata ``id`` "1x1", empty mediaEtag).
+
+One flow for full and delta imports: first the photo *metadata* (``GET /users/{id}/photo``: a
+small JSON with ``@odata.mediaEtag`` and the largest size), then, only when needed, the bytes at
+the configured size or, when the original is smaller (Graph then has no such size and would say
+404 like "no photo"), at the largest HD size that exists. This costs one request per user without
+a photo and two per user with one, never downloads an unbounded original, and gives every photo a
+comparable ETag for the next delta's probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from connector.agents.exchange_online._graph import RETRYABLE_STATUS, BatchItem, GraphResponse
+from connector.agents.exchange_online._settings import HD_PHOTO_SIZES
+
+__all__ = [
+    "NO_PHOTO_CODES",
+    "PhotoOutcome",
+    "PhotoTask",
+    "is_no_photo",
+    "normalize_etag",
+    "pick_size",
+    "read_response",
+    "task_request",
+]
+
+#: ``error.code`` values meaning "no photo" (compared case-insensitively).
+NO_PHOTO_CODES = frozenset({"imagenotfound", "errorentitynotfound", "erroritemnotfound", "getuserphoto"})
+
+OutcomeKind = Literal["photo", "none", "unchanged", "error", "gone"]
+
+
+@dataclass(slots=True)
+class PhotoTask:
+    """One request for one user; ``context`` travels untouched to the outcome.
+
+    ``baseline`` is what we already hold, ``(has_photo, etag)``, when a matching probe means
+    "unchanged"; None makes the task download whatever is there (full import, re-verification).
+    """
+
+    user_id: str
+    kind: Literal["probe", "get"] = "probe"
+    size: str | None = None
+    etag: str | None = None
+    baseline: tuple[bool, str | None] | None = None
+    context: Any = None
+    attempt: int = 1
+    ready_at: float = 0.0
+
+
+@dataclass(slots=True)
+class PhotoOutcome:
+    task: PhotoTask
+    kind: OutcomeKind
+    data: bytes | None = None
+    etag: str | None = None
+    error: str = ""
+    detail: str = ""
+    checksum: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.data is not None and not self.checksum:
+            self.checksum = hashlib.sha256(self.data).hexdigest()
+
+
+def normalize_etag(value: object) -> str | None:
+    """``W/"abc"`` and ``"abc"`` are the same version; empty means none (the legacy no-photo)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text[:2] in ("W/", "w/"):
+        text = text[2:]
+    text = text.strip('"').strip()
+    return text or None
+
+
+def pick_size(configured: str, width: int, height: int) -> str | None:
+    """The largest HD size not above ``configured`` that exists for a ``width`` x ``height`` original.
+
+    None when the original is below the smallest HD size: then ``/photo/$value`` is the original,
+    which is tiny by definition.
+    """
+    limit = min(int(configured.split("x")[0]), width, height)
+    fitting = [s for s in HD_PHOTO_SIZES if int(s.split("x")[0]) <= limit]
+    return fitting[-1] if fitting else None
+
+
+def task_request(task: PhotoTask) -> BatchItem:
+    user = task.user_id
+    if task.kind == "probe":
+        return BatchItem("GET", f"/users/{user}/photo")
+    if task.size is None:
+        return BatchItem("GET", f"/users/{user}/photo/$value")
+    return BatchItem("GET", f"/users/{user}/photos/{task.size}/$value")
+
+
+def is_no_photo(resp: GraphResponse) -> bool:
+    return resp.status == 404 and (resp.error_code.lower() in NO_PHOTO_CODES or not resp.error_code)
+
+
+def _legacy_metadata(body: dict[str, Any]) -> bool:
+    return (
+        str(body.get("id", "")).lower() == "1x1"
+        or normalize_etag(body.get("@odata.mediaEtag")) is None
+        or int(body.get("width") or 0) <= 1
+    )
+
+
+def _legacy_gif(resp: GraphResponse) -> bool:
+    """The legacy no-photo body: a 1x1 GIF (GIF header: width and height at bytes 6..9)."""
+    data = resp.body
+    if not data.startswith((b"GIF87a", b"GIF89a")) or len(data) < 10:
+        return False
+    return int.from_bytes(data[6:8], "little") <= 1 and int.from_bytes(data[8:10], "little") <= 1
+
+
+def _error_name(resp: GraphResponse) -> str:
+    """MIM-style per-object error names for what Graph can say about one user's photo."""
+    code = resp.error_code
+    if code == "MailboxNotHostedInExchangeOnline":
+        return "mailbox-not-in-exchange-online"
+    if resp.status == 400 and code == "AuthenticationError":
+        return "no-exchange-mailbox"
+    if resp.status == 403:
+        return "permission-issue"
+    if resp.status == 429:
+        return "graph-throttled"
+    if resp.status in RETRYABLE_STATUS:
+        return "graph-unavailable"
+    return f"graph-http-{resp.status}"
+
+
+def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) -> PhotoTask | PhotoOutcome:
+    """What ``resp`` means for ``task``: a follow-up request (probe -> get) or a final outcome.
+
+    Retryable statuses are the caller's business (it owns the retry budget); here they are final.
+    """
+    if resp.status == 404 and resp.error_code == "Request_ResourceNotFound":
+        return PhotoOutcome(task, "gone")
+    if is_no_photo(resp):
+        if task.baseline is not None and not task.baseline[0]:
+            return PhotoOutcome(task, "unchanged")
+        return PhotoOutcome(task, "none")
+    if not resp.ok:
+        return PhotoOutcome(task, "error", error=_error_name(resp), detail=resp.describe())
+    if task.kind == "probe":
+        body = resp.json_body if isinstance(resp.json_body, dict) else {}
+        if _legacy_metadata(body):
+            if task.baseline is not None and not task.baseline[0]:
+                return PhotoOutcome(task, "unchanged")
+            return PhotoOutcome(task, "none")
+        etag = normalize_etag(body.get("@odata.mediaEtag"))
+        if task.baseline is not None and task.baseline == (True, etag):
+            return PhotoOutcome(task, "unchanged", etag=etag)
+        width, height = int(body.get("width") or 0), int(body.get("height") or 0)
+        return PhotoTask(
+            task.user_id, "get", pick_size(configured_size, width, height), etag, task.baseline, task.context
+        )
+    if _legacy_gif(resp):
+        return PhotoOutcome(task, "none")
+    etag = task.etag or normalize_etag(resp.headers.get("etag"))
+    return PhotoOutcome(task, "photo", data=resp.body, etag=etag)

@@ -1,0 +1,125 @@
+"""Settings of the ``exchange-online-photos`` agent.
+
+Secrets (client secret, certificate password, a seed refresh token) are ``SecretStr`` so the
+configuration loader accepts them only as ``{ env = ".." }`` / ``{ file = ".." }`` references.
+Every knob that changes how hard we lean on Graph has a conservative, documented default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from connector.sdk import ConnectorSettings
+
+__all__ = ["HD_PHOTO_SIZES", "ExchangeOnlineSettings"]
+
+#: The HD sizes Exchange Online serves (profilephoto-get). Anything else would be an unbounded original.
+HD_PHOTO_SIZES = ("48x48", "64x64", "96x96", "120x120", "240x240", "360x360", "432x432", "504x504", "648x648")
+
+GRAPH_DEFAULT = "https://graph.microsoft.com/v1.0"
+
+
+class ExchangeOnlineSettings(ConnectorSettings):
+    """How to reach Graph, how to authenticate, and how politely to fetch photos."""
+
+    # -- where ---------------------------------------------------------------------------------
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    #: Full authority URL; default ``https://login.microsoftonline.com/<tenant_id>``.
+    authority: str | None = None
+    graph_url: str = GRAPH_DEFAULT
+    #: MSAL instance discovery calls login.microsoftonline.com; switch off for private clouds/emulators.
+    instance_discovery: bool = True
+    #: CA bundle to trust for the authority and Graph (a private CA, e.g. the emulator's).
+    ca_bundle: Path | None = None
+
+    # -- how we authenticate -------------------------------------------------------------------
+    #: ``delegated``: an admin consents once (``mvsync auth login``), the stored refresh token then
+    #: runs unattended, like the classic MA. ``app``: client credentials (secret or certificate).
+    auth_mode: Literal["delegated", "app"] = "delegated"
+    #: Confidential client secret (app mode, or a web-app registration in delegated mode).
+    client_secret: SecretStr | None = None
+    #: PEM file holding the certificate and its private key (app mode alternative to a secret).
+    client_certificate: Path | None = None
+    client_certificate_password: SecretStr | None = None
+    #: Seeds the token cache when it holds no account yet (e.g. the classic MA's refresh.token).
+    refresh_token: SecretStr | None = None
+    #: Delegated scopes; app mode always uses ``https://graph.microsoft.com/.default``.
+    scopes: tuple[str, ...] = (
+        "https://graph.microsoft.com/User.Read.All",
+        "https://graph.microsoft.com/ProfilePhoto.ReadWrite.All",
+    )
+    #: Which cached account to use when the cache holds several (default: the only one).
+    username: str | None = None
+    #: Environment variable holding the Fernet key that encrypts the token cache at rest.
+    token_cache_key_env: str = "MVSYNC_TOKEN_CACHE_KEY"
+    #: Or a file holding that key (created with mode 0600 by ``mvsync auth login`` when missing).
+    token_cache_key_file: Path | None = None
+
+    # -- what we fetch -------------------------------------------------------------------------
+    photo_size: str = "648x648"
+    #: ``$filter`` selecting mailbox users (needs the advanced-query header, which we send).
+    user_filter: str = "mail ne null"
+    #: Fetch a photo whose original is smaller than ``photo_size`` (Graph then has no such size and
+    #: answers 404 like "no photo"): costs one extra request per user without a photo.
+    small_photo_fallback: bool = True
+
+    # -- manners -------------------------------------------------------------------------------
+    #: Requests in flight toward Graph, counting ``$batch`` items the way Graph does (4 per batch).
+    concurrency: int = Field(48, ge=1, le=200)
+    batch_size: int = Field(20, ge=1, le=20)
+    #: Never more than this many requests for one mailbox at once (Outlook allows 4).
+    per_mailbox_concurrency: int = Field(1, ge=1, le=4)
+    max_attempts: int = Field(6, ge=1, le=20)
+    #: Retries (of requests and of batch items) allowed in one run step before failures stick.
+    retry_budget: int = Field(2000, ge=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    #: The longest Retry-After we honour as-is; longer waits are capped (and still count).
+    retry_after_max_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    #: Send ``x-ms-throttle-priority: low`` (a background sync should be shed first).
+    low_priority: bool = True
+
+    # -- delta ---------------------------------------------------------------------------------
+    #: Probe a user's photo metadata (ETag) at most this often (SharePoint's UserPhotoExpiration).
+    photo_recheck_hours: float = Field(24.0, ge=0)
+    #: Retry users whose photo read failed after this long (SharePoint's UserPhotoErrorExpiration).
+    photo_error_recheck_hours: float = Field(1.0, ge=0)
+    #: Share of photo holders re-downloaded and checksum-compared per delta run (0 = off; 1/30
+    #: re-verifies everybody about monthly with daily runs), a safety net under the ETag.
+    reverify_fraction: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("photo_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        lowered = value.lower()
+        if lowered not in HD_PHOTO_SIZES:
+            msg = f"must be one of {', '.join(HD_PHOTO_SIZES)} (never the unbounded original)"
+            raise ValueError(msg)
+        return lowered
+
+    @field_validator("graph_url", "authority")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            msg = "must be an https:// URL"
+            raise ValueError(msg)
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ExchangeOnlineSettings:
+        if self.auth_mode == "app" and self.client_secret is None and self.client_certificate is None:
+            msg = "auth_mode 'app' needs client_secret or client_certificate"
+            raise ValueError(msg)
+        if self.client_secret is not None and self.client_certificate is not None:
+            msg = "give client_secret or client_certificate, not both"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def resolved_authority(self) -> str:
+        return self.authority or f"https://login.microsoftonline.com/{self.tenant_id}"

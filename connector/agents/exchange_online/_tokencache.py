@@ -1,0 +1,133 @@
+"""The MSAL token cache, encrypted at rest.
+
+The cache holds the refresh token, which is as good as the admin's consent: anyone holding it can
+read every mailbox photo for up to 90 days. So it is Fernet-encrypted (AES-128-CBC + HMAC) with a
+key kept apart from the file (an environment variable or a key file), written with mode 0600, and
+replaced atomically (temp file, fsync, rename) so a crash during a refresh-token rotation can never
+leave a half-written cache and lose the only valid refresh token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import threading
+from pathlib import Path
+
+import msal
+from cryptography.fernet import Fernet, InvalidToken
+
+from connector.sdk import ConfigurationError
+
+__all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "generate_key_file", "load_key"]
+
+CACHE_FILE_NAME = "token-cache.bin"
+
+_KEY_HELP = (
+    "create a key with: python -c "
+    '"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+)
+
+
+def load_key(env_name: str, key_file: Path | None) -> bytes:
+    """The Fernet key: the environment variable wins, then the key file. Never logged."""
+    raw = os.environ.get(env_name, "").strip()
+    if not raw and key_file is not None:
+        try:
+            raw = key_file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            msg = f"token cache key file {key_file} does not exist (`mvsync auth login` creates it)"
+            raise ConfigurationError(msg, key="token_cache_key_file") from None
+        except OSError as exc:
+            msg = f"cannot read token cache key file {key_file}: {exc.strerror}"
+            raise ConfigurationError(msg, key="token_cache_key_file") from None
+    if not raw:
+        msg = (
+            f"no token cache key: set the environment variable {env_name} "
+            f"or token_cache_key_file ({_KEY_HELP})"
+        )
+        raise ConfigurationError(msg, key="token_cache_key_env")
+    try:
+        Fernet(raw.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        msg = f"the token cache key is not a valid Fernet key ({_KEY_HELP})"
+        raise ConfigurationError(msg, key="token_cache_key_env") from None
+    return raw.encode("ascii")
+
+
+def generate_key_file(path: Path) -> None:
+    """Create a new key file (mode 0600) unless one exists; the caller decides whether to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(Fernet.generate_key() + b"\n")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` so readers see the old or the new file, never a mix; mode 0600 from the start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class EncryptedTokenCache:
+    """An ``msal.SerializableTokenCache`` persisted encrypted in one file.
+
+    MSAL rotates the refresh token inside the cache on every refresh; ``persist_if_changed`` is
+    called after every MSAL call so the rotated token reaches the disk before it is used again.
+    """
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        self.path = path
+        self._fernet = Fernet(key)
+        self._lock = threading.Lock()
+        self.cache = msal.SerializableTokenCache()
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            text = self._fernet.decrypt(blob).decode("utf-8")
+        except InvalidToken:
+            msg = (
+                f"the token cache {self.path} cannot be decrypted with the configured key "
+                "(wrong key, or the file was damaged); re-authorize to create a new one"
+            )
+            raise ConfigurationError(msg, key="token_cache_key_env") from None
+        self.cache.deserialize(text)
+
+    def persist_if_changed(self) -> bool:
+        """Write the cache if MSAL changed it (a new or rotated token). Returns whether it wrote."""
+        with self._lock:
+            if not self.cache.has_state_changed:
+                return False
+            data = self._fernet.encrypt(self.cache.serialize().encode("utf-8"))
+            _atomic_write(self.path, data)
+            self.cache.has_state_changed = False
+            return True
+
+    def clear(self) -> None:
+        """Forget every token (before importing a new refresh token)."""
+        with self._lock:
+            self.cache.deserialize("{}")
+            self.cache.has_state_changed = True
