@@ -1,0 +1,30 @@
+"""A faithful Microsoft Graph + Entra ID emulator for tests, benchmarks and the demo.
+
+    from connector.emulator import GraphEmulator, EmulatorConfig
+    with GraphEmulator(EmulatorConfig(users=200, seed=1)) as emu:
+        emu.info["graph_url"], emu.admin.set_photo(upn, jpeg_bytes), emu.admin.stats()
+
+Behaviour follows Microsoft's documentation (photo routes, users/delta, $batch, throttling, the v2.0
+token endpoint); see ``docs`` in each module for the choices made where the docs are silent.
+"""
+
+from __future__ import annotations
+
+from connector.emulator._config import NO_PHOTO_VARIANTS, EmulatorConfig
+from connector.emulator._faults import PROFILES, FaultProfile, parse_faults
+from connector.emulator._photos import HD_SIZES
+from connector.emulator._server import Admin, GraphEmulator
+from connector.emulator._tenant import MAILBOX_KINDS, make_sam_account_name
+
+__all__ = [
+    "HD_SIZES",
+    "MAILBOX_KINDS",
+    "NO_PHOTO_VARIANTS",
+    "PROFILES",
+    "Admin",
+    "EmulatorConfig",
+    "FaultProfile",
+    "GraphEmulator",
+    "make_sam_account_name",
+    "parse_faults",
+]

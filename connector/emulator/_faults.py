@@ -1,0 +1,145 @@
+"""Fault profiles: injected 429/503/504, extra latency, connection resets and truncated bodies.
+
+A decision depends only on (seed, method, URL, how many times that URL was tried), never on the
+order in which concurrent requests arrive, so a run with the same seed sees the same faults and a
+retry of a faulted URL gets a fresh draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+__all__ = ["PROFILES", "FaultDecision", "FaultInjector", "FaultProfile", "parse_faults"]
+
+FaultKind = Literal["429", "503", "504", "reset", "truncate"]
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """Rates are probabilities per Graph request (0..1); a $batch item can get 429/503/504 only."""
+
+    name: str = "custom"
+    rate_429: float = 0.0
+    rate_503: float = 0.0
+    rate_504: float = 0.0
+    rate_reset: float = 0.0
+    rate_truncate: float = 0.0
+    rate_latency: float = 0.0
+    extra_latency_ms: float = 0.0
+    #: Retry-After sent with injected 429/503 (seconds); None sends no header.
+    retry_after_s: float | None = 1.0
+    retry_after_decimal: bool = False
+
+    def __post_init__(self) -> None:
+        total = self.rate_429 + self.rate_503 + self.rate_504 + self.rate_reset + self.rate_truncate
+        rates = (self.rate_429, self.rate_503, self.rate_504, self.rate_reset, self.rate_truncate)
+        if min(rates) < 0 or total > 1.0 or not 0.0 <= self.rate_latency <= 1.0:
+            raise ValueError(f"fault profile {self.name!r}: rates must be >= 0 and sum to at most 1")
+
+    @property
+    def active(self) -> bool:
+        return any((self.rate_429, self.rate_503, self.rate_504, self.rate_reset, self.rate_truncate,
+                    self.rate_latency))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES: dict[str, FaultProfile] = {
+    "none": FaultProfile(name="none"),
+    "light": FaultProfile(name="light", rate_429=0.02, rate_503=0.005, rate_latency=0.05, extra_latency_ms=50),
+    # The resilience mix of the issue: 10 % 429 with Retry-After, 2 % 503, 1 % resets, 1 % truncated bodies.
+    "resilience": FaultProfile(name="resilience", rate_429=0.10, rate_503=0.02, rate_reset=0.01,
+                               rate_truncate=0.01, retry_after_s=1.0),
+    "storm": FaultProfile(name="storm", rate_429=0.30, rate_503=0.05, rate_504=0.05, rate_reset=0.02,
+                          rate_truncate=0.02, rate_latency=0.2, extra_latency_ms=200, retry_after_s=2.128,
+                          retry_after_decimal=True),
+}
+
+# Short keys accepted in a JSON spec: {"429": 0.1, "503": 0.02, "reset": 0.01, "base": "light"}.
+_ALIASES = {"429": "rate_429", "503": "rate_503", "504": "rate_504", "reset": "rate_reset",
+            "truncate": "rate_truncate", "latency": "rate_latency", "latency_ms": "extra_latency_ms",
+            "retry_after": "retry_after_s"}
+
+
+def parse_faults(spec: FaultProfile | str | dict[str, Any] | None) -> FaultProfile:
+    """A profile from a name (``storm``), JSON text, a dict, or None (no faults)."""
+    if spec is None:
+        return PROFILES["none"]
+    if isinstance(spec, FaultProfile):
+        return spec
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.startswith("{"):
+            return parse_faults(json.loads(text))
+        if text not in PROFILES:
+            raise ValueError(f"unknown fault profile {text!r}; known: {', '.join(PROFILES)} or a JSON object")
+        return PROFILES[text]
+    values = dict(spec)
+    base = PROFILES[str(values.pop("base", "none"))]
+    known = {f.name for f in fields(FaultProfile)}
+    changes: dict[str, Any] = {"name": str(values.pop("name", "custom"))}
+    for key, value in values.items():
+        name = _ALIASES.get(key, key)
+        if name not in known:
+            raise ValueError(f"unknown fault setting {key!r}")
+        changes[name] = value
+    return replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class FaultDecision:
+    kind: FaultKind | None
+    extra_latency_s: float
+
+
+_NO_FAULT = FaultDecision(None, 0.0)
+
+
+class FaultInjector:
+    """Draws faults for one emulator; not thread-safe (runs on the server loop)."""
+
+    def __init__(self, profile: FaultProfile, seed: int) -> None:
+        self.profile = profile
+        self._seed = seed
+        self._attempts: dict[str, int] = {}
+
+    def _uniform(self, key: str, salt: str) -> float:
+        digest = hashlib.blake2b(f"{self._seed}|{salt}|{key}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+    def draw(self, method: str, url: str, *, in_batch: bool = False) -> FaultDecision:
+        """The fault (if any) for this attempt at ``method url``."""
+        p = self.profile
+        if not p.active:
+            return _NO_FAULT
+        key = f"{method} {url}"
+        attempt = self._attempts.get(key, 0)
+        self._attempts[key] = attempt + 1
+        key = f"{key}#{attempt}"
+        u = self._uniform(key, "kind")
+        kind: FaultKind | None = None
+        edge = 0.0
+        choices: tuple[tuple[FaultKind, float], ...] = (
+            ("429", p.rate_429), ("503", p.rate_503), ("504", p.rate_504),
+            ("reset", p.rate_reset), ("truncate", p.rate_truncate))
+        for name, rate in choices:
+            edge += rate
+            if u < edge:
+                kind = name
+                break
+        if in_batch and kind in ("reset", "truncate"):
+            kind = None  # a batch item cannot break the outer connection
+        latency = p.extra_latency_ms / 1000.0 if self._uniform(key, "latency") < p.rate_latency else 0.0
+        return FaultDecision(kind, latency)
+
+    def retry_after(self) -> str | None:
+        value = self.profile.retry_after_s
+        if value is None:
+            return None
+        if self.profile.retry_after_decimal:
+            return f"{value:.3f}"
+        return str(max(1, round(value)))
