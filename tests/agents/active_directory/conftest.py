@@ -1,0 +1,113 @@
+"""Fixtures for the Active Directory agent's tests: an OU per test on the session's Samba DC, users
+with photos, and a factory for connectors pointed at that OU."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ldap3 import BASE
+
+from connector.agents.active_directory import ActiveDirectoryConnector, ActiveDirectorySettings
+from connector.sdk import ConnectorContext
+from connector.testing.samba import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
+
+
+def jpeg(seed: int, size: int = 96) -> bytes:
+    """A real, deterministic JPEG (noise, so every seed gives different bytes)."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", (size, size), bytes(rng.getrandbits(8) for _ in range(size * size * 3)))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+@dataclass
+class ADTestEnv:
+    """One test's corner of the directory: its OU, an admin connection, and helpers."""
+
+    ad: ADSettings
+    ou: str
+    admin: Any
+    tmp_path: Path
+    tag: str = ""
+    guids: dict[str, str] = field(default_factory=dict)
+    connectors: list[ActiveDirectoryConnector] = field(default_factory=list)
+
+    def specs(self, count: int, prefix: str = "u", photos: bool = True) -> list[UserSpec]:
+        """Users named ``<tag><prefix><i>``: sAMAccountName is unique domain-wide, so every test tags its own."""
+        return [
+            UserSpec(f"{self.tag}{prefix}{i}", mail=f"{self.tag}{prefix}{i}@mvsync.test",
+                     display_name=f"User {prefix}{i}", photo=jpeg(i) if photos else None)
+            for i in range(count)
+        ]
+
+    def add_users(self, users: list[UserSpec], ou: str | None = None) -> dict[str, str]:
+        created = create_users(self.admin, ou or self.ou, users, self.ad.upn_suffix)
+        self.guids.update(created)
+        return created
+
+    def sub_ou(self, name: str) -> str:
+        dn = f"OU={name},{self.ou}"
+        ensure_ou(self.admin, dn)
+        return dn
+
+    def read(self, name: str, attribute: str, ou: str | None = None) -> list[bytes]:
+        self.admin.search(f"CN={name},{ou or self.ou}", "(objectClass=*)", BASE, attributes=[attribute, "uSNChanged"])
+        return list(self.admin.response[0]["raw_attributes"].get(attribute, []))
+
+    def usn(self, name: str, ou: str | None = None) -> int:
+        return int(self.read(name, "uSNChanged", ou)[0])
+
+    def settings(self, **overrides: Any) -> ActiveDirectorySettings:
+        values: dict[str, Any] = {
+            "host": self.ad.host,
+            "port": self.ad.ldaps_port,
+            "ca_file": str(self.ad.ca_cert) if self.ad.ca_cert else None,
+            "bind_dn": self.ad.bind_dn,
+            "password": self.ad.password,
+            "base_dns": [self.ou],
+            "max_writes_per_second": None,
+        }
+        values.update(overrides)
+        return ActiveDirectorySettings.model_validate(values)
+
+    def connector(
+        self, *, export_attributes: tuple[str, ...] = ("thumbnailPhoto",), dry_run: bool = False,
+        logger: logging.Logger | None = None, open: bool = True, **overrides: Any,
+    ) -> ActiveDirectoryConnector:
+        context = ConnectorContext(
+            agent="ad", data_dir=self.tmp_path, dry_run=dry_run,
+            export_attributes={"user": frozenset(export_attributes)},
+            **({"logger": logger} if logger is not None else {}),
+        )
+        connector = ActiveDirectoryConnector(self.settings(**overrides), context)
+        self.connectors.append(connector)
+        if open:
+            connector.open()
+        return connector
+
+
+@pytest.fixture
+def ad_env(samba_ad: ADSettings, tmp_path: Path) -> Iterator[ADTestEnv]:
+    admin = connect(samba_ad)
+    tag = uuid.uuid4().hex[:8]
+    ou = f"OU=t-{tag},{samba_ad.base_dn}"
+    ensure_ou(admin, ou)
+    env = ADTestEnv(samba_ad, ou, admin, tmp_path, tag=tag)
+    try:
+        yield env
+    finally:
+        for connector in env.connectors:
+            connector.close()
+        delete_subtree(admin, ou)
+        admin.unbind()

@@ -1,0 +1,250 @@
+"""Pure logic of the active-directory agent: no server needed."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from connector.agents.active_directory import ActiveDirectorySettings, Watermark, classify_result
+from connector.agents.active_directory._connection import ServerUnreachable
+from connector.agents.active_directory._export import Exporter, RateLimiter, plan_change
+from connector.agents.active_directory._ldap import (
+    decode_values,
+    equality_filter,
+    equals_filter,
+    guid_bytes,
+    guid_filter,
+    guid_text,
+    validate_filter,
+)
+from connector.agents.active_directory._ldif import ldif_line, modify_record
+from connector.agents.active_directory._schema import build_schema
+from connector.sdk import (
+    AttributeChange,
+    AttributeType,
+    CSEntryChange,
+    ExportStatus,
+    ScopeViolationError,
+    StopRunError,
+)
+
+USER = build_schema(["employeeID", "proxyAddresses|string[]"]).object_classes[0]
+ALLOWED = frozenset({"thumbnailphoto", "mail", "proxyaddresses"})
+GUID = "39ac58b0-af17-4fb5-bb5a-01c20c9444c8"
+BASE_SETTINGS: dict[str, Any] = {
+    "host": "dc.example.test", "bind_dn": "CN=svc,DC=example,DC=test", "password": "s3cret-Value",
+    "base_dns": ["OU=People,DC=example,DC=test"],
+}
+
+
+# ------------------------------------------------------------------------------------- filters
+def test_filter_values_are_escaped() -> None:
+    assert equality_filter("department", "R&D (EMEA)*\\x") == r"(department=R&D \28EMEA\29\2a\5cx)"
+    assert equals_filter("(objectClass=user)", {"sn": "a*", "co": "(x)"}) == r"(&(objectClass=user)(co=\28x\29)(sn=a\2a))"
+    assert equals_filter("(objectClass=user)", {}) == "(objectClass=user)"
+    with pytest.raises(ValueError, match="attribute name"):
+        equality_filter("sn)(cn=*", "x")
+
+
+def test_binary_guid_filter_escapes_every_byte() -> None:
+    assert guid_text(guid_bytes(GUID)) == GUID
+    assert guid_bytes(GUID) == uuid.UUID(GUID).bytes_le
+    text = guid_filter([GUID])
+    assert text.startswith("(|(objectGUID=\\b0\\58\\ac\\39")
+    assert len(text) == len("(|(objectGUID=)") + 16 * 3 + 1
+
+
+@pytest.mark.parametrize("bad", ["objectClass=user", "(&(objectClass=user)", "(&(a=b))(", ""])
+def test_bad_filters_are_rejected(bad: str) -> None:
+    with pytest.raises(ValueError):
+        validate_filter(bad)
+
+
+def test_values_decode_by_schema_type() -> None:
+    assert decode_values("uSNChanged", AttributeType.INTEGER, [b"42"]) == [42]
+    when = decode_values("whenChanged", AttributeType.DATETIME, [b"20240131120000.0Z"])[0]
+    assert (when.year, when.hour, when.utcoffset()) == (2024, 12, when.utcoffset())
+    assert when.tzinfo is not None
+    assert decode_values("objectGUID", AttributeType.STRING, [uuid.UUID(GUID).bytes_le]) == [GUID]
+    assert decode_values("thumbnailPhoto", AttributeType.BINARY, [b"\xff\xd8"]) == [b"\xff\xd8"]
+
+
+# ------------------------------------------------------------------------------------- settings
+def test_plain_ldap_needs_explicit_opt_in() -> None:
+    with pytest.raises(ValidationError, match="allow_plain_ldap"):
+        ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "security": "plain"})
+    ok = ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "security": "plain", "allow_plain_ldap": True})
+    assert ok.effective_port == 389
+
+
+def test_settings_reject_overlapping_bases_and_bad_filters_and_hide_the_password() -> None:
+    with pytest.raises(ValidationError, match="inside"):
+        ActiveDirectorySettings.model_validate(
+            {**BASE_SETTINGS, "base_dns": ["OU=People,DC=example,DC=test", "ou=x, ou=people,dc=example,dc=test"]}
+        )
+    with pytest.raises(ValidationError, match="filter"):
+        ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "filter": "(objectClass=user"})
+    settings = ActiveDirectorySettings.model_validate(BASE_SETTINGS)
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
+    assert settings.effective_port == 636 and settings.write_rate == 50.0
+    assert ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "max_writes_per_second": 0}).write_rate is None
+
+
+# ------------------------------------------------------------------------------------- LDIF
+def test_ldif_lines_base64_what_is_not_safe_and_fold_at_76() -> None:
+    assert ldif_line("mail", "a@b.test") == "mail: a@b.test\n"
+    for unsafe in (" lead", ":colon", "<lt", "trail ", "Jürgen", "two\nlines"):
+        line = ldif_line("cn", unsafe)
+        assert line.startswith("cn:: ") and base64.b64decode(line[5:]).decode() == unsafe
+    photo = bytes(range(256)) * 4
+    folded = ldif_line("thumbnailPhoto", photo)
+    lines = folded.rstrip("\n").split("\n")
+    assert all(len(line) <= 76 for line in lines) and all(line.startswith(" ") for line in lines[1:])
+    unfolded = lines[0] + "".join(line[1:] for line in lines[1:])
+    assert base64.b64decode(unfolded.split(":: ", 1)[1]) == photo
+
+
+def test_ldif_modify_record_replace_and_clear() -> None:
+    record = modify_record("CN=Ann,OU=People,DC=example,DC=test",
+                           [("replace", "thumbnailPhoto", [b"\xff\xd8\xff"]), ("replace", "mail", [])])
+    assert record == (
+        "dn: CN=Ann,OU=People,DC=example,DC=test\nchangetype: modify\n"
+        "replace: thumbnailPhoto\nthumbnailPhoto:: /9j/\n-\nreplace: mail\n-\n\n"
+    )
+
+
+# ------------------------------------------------------------------------------------- results
+@pytest.mark.parametrize(
+    ("code", "status", "name"),
+    [
+        (0, ExportStatus.SUCCESS, ""),
+        (19, ExportStatus.FAILED, "constraint-violation"),
+        (21, ExportStatus.FAILED, "constraint-violation"),
+        (32, ExportStatus.FAILED, "cd-missing-object"),
+        (50, ExportStatus.FAILED, "permission-issue"),
+        (51, ExportStatus.RETRY, "cd-server-busy"),
+        (52, ExportStatus.RETRY, "cd-server-busy"),
+        (53, ExportStatus.FAILED, "cd-error"),
+        (80, ExportStatus.FAILED, "cd-error"),
+    ],
+)
+def test_result_codes_map_to_mim_error_names(code: int, status: ExportStatus, name: str) -> None:
+    assert classify_result(code) == (status, name)
+
+
+# ------------------------------------------------------------------------------------- planning
+def _update(*changes: AttributeChange, previous: dict[str, Any] | None = None) -> CSEntryChange:
+    change = CSEntryChange.update("user", GUID, changes)
+    change.identifier = "7"
+    change.previous = previous or {}
+    return change
+
+
+def test_plan_skips_values_equal_to_previous() -> None:
+    photo = b"\xff\xd8photo"
+    assert plan_change(_update(AttributeChange.replace("thumbnailPhoto", photo),
+                               previous={"thumbnailPhoto": photo}), USER, ALLOWED) == []
+    assert plan_change(_update(AttributeChange.replace("thumbnailPhoto", photo)), USER, ALLOWED) == [
+        ("replace", "thumbnailPhoto", [photo])
+    ]
+    # a clear of something the engine holds is a MODIFY_REPLACE with no values; of nothing, a no-op
+    assert plan_change(_update(AttributeChange.replace("mail"), previous={"mail": "a@b"}), USER, ALLOWED) == [
+        ("replace", "mail", [])
+    ]
+    assert plan_change(_update(AttributeChange.delete("mail")), USER, ALLOWED) == []
+    # multi-valued add/delete only send what changes
+    ops = plan_change(_update(AttributeChange.add("proxyAddresses", "smtp:a", "smtp:b"),
+                              previous={"proxyAddresses": ["smtp:a"]}), USER, ALLOWED)
+    assert ops == [("add", "proxyAddresses", ["smtp:b"])]
+
+
+def test_plan_refuses_oversize_photos_and_multiple_values() -> None:
+    big = _update(AttributeChange.replace("thumbnailPhoto", b"x" * 102_401))
+    result = plan_change(big, USER, ALLOWED)
+    assert not isinstance(result, list)
+    assert (result.status, result.error_name, result.identifier) == (ExportStatus.FAILED, "constraint-violation", "7")
+    assert plan_change(_update(AttributeChange.replace("thumbnailPhoto", b"x" * 102_400)), USER, ALLOWED)
+    two = plan_change(_update(AttributeChange.replace("mail", "a", "b")), USER, ALLOWED)
+    assert not isinstance(two, list) and two.error_name == "constraint-violation"
+
+
+def test_plan_scope_guard_and_unsupported_operations() -> None:
+    with pytest.raises(ScopeViolationError, match="displayName"):
+        plan_change(_update(AttributeChange.replace("displayName", "x")), USER, ALLOWED)
+    with pytest.raises(ScopeViolationError, match="import-only"):
+        plan_change(_update(AttributeChange.replace("uSNChanged", 1)), USER, ALLOWED | {"usnchanged"})
+    for change in (CSEntryChange.delete("user", GUID), CSEntryChange.add("user", GUID, {"mail": "a"})):
+        result = plan_change(change, USER, ALLOWED)
+        assert not isinstance(result, list) and result.error_name == "cd-error"
+
+
+def test_plan_whole_object_replace_clears_what_it_does_not_name() -> None:
+    change = CSEntryChange.replace("user", GUID, {"mail": "new@b"})
+    change.previous = {"mail": "old@b", "thumbnailPhoto": b"p"}
+    assert plan_change(change, USER, ALLOWED) == [("replace", "mail", ["new@b"]), ("replace", "thumbnailPhoto", [])]
+
+
+# ------------------------------------------------------------------------------------- pacing, watermark
+def test_rate_limiter_paces_without_bursts() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(50, clock=lambda: now[0], sleep=sleep)
+    for _ in range(51):
+        limiter.wait()
+    assert now[0] == pytest.approx(101.0)  # 51 calls at 50/s: the last one a second after the first
+    unlimited = RateLimiter(None, clock=lambda: now[0], sleep=sleep)
+    count = len(slept)
+    unlimited.wait()
+    assert len(slept) == count
+
+
+def test_watermark_round_trip_and_garbage() -> None:
+    mark = Watermark(GUID, 1234, b"\x00cookie", True)
+    assert Watermark.loads(mark.dumps()) == mark
+    with pytest.raises(StopRunError, match="full import"):
+        Watermark.loads("12345")
+
+
+# ------------------------------------------------------------------------------------- transient errors
+class _DownLink:
+    def run(self, operation: Any) -> Any:
+        raise ServerUnreachable("the connection keeps failing")
+
+
+class _DownPool:
+    def __init__(self) -> None:
+        self.leases = 0
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[_DownLink]:
+        self.leases += 1
+        yield _DownLink()
+
+
+def test_unreachable_server_gives_retry_results_once_per_batch() -> None:
+    pool = _DownPool()
+    exporter = Exporter(
+        pool=pool, object_class=USER, allowed=ALLOWED, bases=["OU=People,DC=example,DC=test"],  # type: ignore[arg-type]
+        normalized_bases=["ou=people,dc=example,dc=test"], write_rate=None, threads=4, ldif=None,
+        dry_run=False, log=None,
+    )
+    changes = []
+    for i in range(3):
+        change = CSEntryChange.update("user", str(uuid.uuid4()), [AttributeChange.replace("mail", f"{i}@x")])
+        change.identifier = str(i)
+        changes.append(change)
+    results = exporter.export(changes)
+    assert [r.identifier for r in results] == ["0", "1", "2"]
+    assert {(r.status, r.error_name) for r in results} == {(ExportStatus.RETRY, "cd-server-down")}
+    assert pool.leases == 1  # resolution failed once; no per-change timeouts
