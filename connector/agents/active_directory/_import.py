@@ -46,6 +46,7 @@ from connector.agents.active_directory._ldap import (
     decode_values,
     dn_in_scope,
     equals_filter,
+    filter_attributes,
     guid_filter,
     guid_text,
     normalize_dn,
@@ -278,9 +279,10 @@ class Importer:
         if root is None:
             msg = "the base DNs span several naming contexts, where DirSync cannot follow; run a full import"
             raise StopRunError(msg)
-        result, entries = self._dirsync(
-            root, _DIRSYNC_FILTER, [*self._requested, "isDeleted"], _unb64(token["c"]), bool(token["os"])
-        )
+        # a change DirSync must report: any imported attribute, a deletion, a rename or move (AD records
+        # both as a change of ``name``), or a change of an attribute the filter tests
+        watched = list(dict.fromkeys([*self._requested, "isDeleted", "name", *filter_attributes(self._filter)]))
+        result, entries = self._dirsync(root, _DIRSYNC_FILTER, watched, _unb64(token["c"]), bool(token["os"]))
         if result["result"] != 0:
             msg = (
                 f"DirSync failed: {result['result']} {result['description']} (was the account's permission "

@@ -26,6 +26,7 @@ __all__ = [
     "dn_in_scope",
     "encode_values",
     "equality_filter",
+    "filter_attributes",
     "guid_bytes",
     "guid_filter",
     "guid_text",
@@ -69,6 +70,14 @@ def validate_filter(search_filter: str) -> str:
         msg = f"invalid LDAP filter {search_filter!r}: {exc}"
         raise ValueError(msg) from None
     return text
+
+
+_FILTER_ATTRIBUTE = re.compile(r"\(\s*([A-Za-z][A-Za-z0-9-]*|\d+(?:\.\d+)+)(?:;[^=~<>:]*)?(?::[^=]*)?[~<>]?=")
+
+
+def filter_attributes(search_filter: str) -> list[str]:
+    """Attribute names a filter tests (so a change-tracking read can ask for them too)."""
+    return list(dict.fromkeys(m.group(1) for m in _FILTER_ATTRIBUTE.finditer(search_filter)))
 
 
 def equality_filter(attribute: str, value: str | bytes) -> str:

@@ -1,0 +1,86 @@
+"""Connecting to the real (Samba) DC: TLS validation, plain-LDAP refusal, credentials, NODELAY."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+import trustme
+
+from connector.agents.active_directory._connection import Link
+from connector.sdk import AuthenticationError, ServerDownError, StopRunError
+from tests.agents.active_directory.conftest import ADTestEnv
+
+pytestmark = pytest.mark.samba
+
+
+def test_ldaps_and_starttls_validate_the_certificate(ad_env: ADTestEnv) -> None:
+    for security, port in (("ldaps", ad_env.ad.ldaps_port), ("starttls", ad_env.ad.ldap_port)):
+        connector = ad_env.connector(security=security, port=port, open=False)
+        assert connector.check().ok, security
+        connector.open()
+        assert connector._link is not None
+        conn = connector._link.connect()
+        assert conn.tls_started or conn.server.ssl
+        # ldap3 leaves Nagle on; the agent must switch it off (40 ms stalls on writes > 16 KB)
+        assert conn.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_a_certificate_from_another_ca_is_refused(ad_env: ADTestEnv) -> None:
+    other = ad_env.tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    for security, port in (("ldaps", ad_env.ad.ldaps_port), ("starttls", ad_env.ad.ldap_port)):
+        connector = ad_env.connector(security=security, port=port, ca_file=str(other), open=False)
+        with pytest.raises(StopRunError, match="TLS") as caught:
+            connector.open()
+        assert not isinstance(caught.value, ServerDownError)
+        assert "certificate" in str(caught.value).lower()
+
+
+def test_validation_off_works_but_warns_every_run(ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture) -> None:
+    other = ad_env.tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            connector = ad_env.connector(tls_validate=False, ca_file=str(other), open=False)
+            connector.open()
+            connector.close()
+    assert sum("does not validate the certificate" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_plain_ldap_needs_opt_in_and_is_warned_about(ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError, match="allow_plain_ldap"):
+        ad_env.settings(security="plain", port=ad_env.ad.ldap_port)
+    # opted in: the agent warns; this DC (like AD by default) still requires transport encryption
+    with caplog.at_level(logging.WARNING), pytest.raises(StopRunError, match="strongerAuthRequired"):
+        ad_env.connector(security="plain", port=ad_env.ad.ldap_port, allow_plain_ldap=True)
+    assert any("plain LDAP" in r.getMessage() for r in caplog.records)
+
+
+def test_wrong_password_is_an_authentication_error_without_the_secret(ad_env: ADTestEnv) -> None:
+    connector = ad_env.connector(password="Wr0ng-Secret-Value", open=False)
+    with pytest.raises(AuthenticationError) as caught:
+        connector.open()
+    assert "Wr0ng-Secret-Value" not in str(caught.value)
+    assert not connector.check().ok
+
+
+def test_unreachable_server_is_server_down(ad_env: ADTestEnv) -> None:
+    connector = ad_env.connector(host="127.0.83.254", reconnect_attempts=1, connect_timeout=1, open=False)
+    with pytest.raises(ServerDownError, match=r"127\.0\.83\.254"):
+        connector.open()
+
+
+def test_link_reconnects_after_the_transport_breaks(ad_env: ADTestEnv) -> None:
+    link = Link(ad_env.settings(), logging.getLogger("test"))
+    first = link.connect()
+    first.socket.shutdown(socket.SHUT_RDWR)  # the server side goes away mid-session
+
+    def whoami(conn: object) -> str:
+        conn.search("", "(objectClass=*)", "BASE", attributes=["highestCommittedUSN"])  # type: ignore[attr-defined]
+        return str(conn.result["description"])  # type: ignore[attr-defined]
+
+    assert link.run(whoami) == "success"
+    assert link.connect() is not first
+    link.close()
