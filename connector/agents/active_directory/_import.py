@@ -281,7 +281,9 @@ class Importer:
             raise StopRunError(msg)
         # a change DirSync must report: any imported attribute, a deletion, a rename or move (AD records
         # both as a change of ``name``), or a change of an attribute the filter tests
-        watched = list(dict.fromkeys([*self._requested, "isDeleted", "name", *filter_attributes(self._filter)]))
+        watched = list(
+            dict.fromkeys([*self._requested, "isDeleted", "name", *filter_attributes(self._filter)])
+        )
         result, entries = self._dirsync(root, _DIRSYNC_FILTER, watched, _unb64(token["c"]), bool(token["os"]))
         if result["result"] != 0:
             msg = (

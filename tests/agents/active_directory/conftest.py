@@ -44,10 +44,14 @@ class ADTestEnv:
     connectors: list[ActiveDirectoryConnector] = field(default_factory=list)
 
     def specs(self, count: int, prefix: str = "u", photos: bool = True) -> list[UserSpec]:
-        """Users named ``<tag><prefix><i>``: sAMAccountName is unique domain-wide, so every test tags its own."""
+        """Users named ``<tag><prefix><i>`` (sAMAccountName is unique domain-wide: each test tags its own)."""
         return [
-            UserSpec(f"{self.tag}{prefix}{i}", mail=f"{self.tag}{prefix}{i}@mvsync.test",
-                     display_name=f"User {prefix}{i}", photo=jpeg(i) if photos else None)
+            UserSpec(
+                f"{self.tag}{prefix}{i}",
+                mail=f"{self.tag}{prefix}{i}@mvsync.test",
+                display_name=f"User {prefix}{i}",
+                photo=jpeg(i) if photos else None,
+            )
             for i in range(count)
         ]
 
@@ -62,7 +66,9 @@ class ADTestEnv:
         return dn
 
     def read(self, name: str, attribute: str, ou: str | None = None) -> list[bytes]:
-        self.admin.search(f"CN={name},{ou or self.ou}", "(objectClass=*)", BASE, attributes=[attribute, "uSNChanged"])
+        self.admin.search(
+            f"CN={name},{ou or self.ou}", "(objectClass=*)", BASE, attributes=[attribute, "uSNChanged"]
+        )
         return list(self.admin.response[0]["raw_attributes"].get(attribute, []))
 
     def usn(self, name: str, ou: str | None = None) -> int:
@@ -82,13 +88,20 @@ class ADTestEnv:
         return ActiveDirectorySettings.model_validate(values)
 
     def connector(
-        self, *, export_attributes: tuple[str, ...] = ("thumbnailPhoto",), dry_run: bool = False,
-        logger: logging.Logger | None = None, open: bool = True, **overrides: Any,
+        self,
+        *,
+        export_attributes: tuple[str, ...] = ("thumbnailPhoto",),
+        dry_run: bool = False,
+        logger: logging.Logger | None = None,
+        open: bool = True,
+        **overrides: Any,
     ) -> ActiveDirectoryConnector:
         context = ConnectorContext(
-            agent="ad", data_dir=self.tmp_path, dry_run=dry_run,
+            agent="ad",
+            data_dir=self.tmp_path,
+            dry_run=dry_run,
             export_attributes={"user": frozenset(export_attributes)},
-            **({"logger": logger} if logger is not None else {}),
+            logger=logger or logging.getLogger("mvsync.agent.ad"),
         )
         connector = ActiveDirectoryConnector(self.settings(**overrides), context)
         self.connectors.append(connector)

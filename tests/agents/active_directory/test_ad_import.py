@@ -26,8 +26,9 @@ def run_import(
     pages = 0
     while True:
         pages += 1
-        page = connector.import_page(ImportRequest(mode, page_size=page_size, page_number=pages,
-                                                   page_token=token, watermark=watermark))
+        page = connector.import_page(
+            ImportRequest(mode, page_size=page_size, page_number=pages, page_token=token, watermark=watermark)
+        )
         entries.extend(page.entries)
         if page.watermark is not None:
             new_watermark = page.watermark
@@ -60,10 +61,12 @@ def test_paged_full_import_reads_every_user_with_typed_values(ad_env: ADTestEnv)
 
 def test_filter_equals_values_are_taken_literally(ad_env: ADTestEnv) -> None:
     tricky = "R&D (EMEA)*"
-    ad_env.add_users([
-        UserSpec(f"{ad_env.tag}lit", extra={"department": tricky}),
-        UserSpec(f"{ad_env.tag}other", extra={"department": "R&D (EMEA) West"}),
-    ])
+    ad_env.add_users(
+        [
+            UserSpec(f"{ad_env.tag}lit", extra={"department": tricky}),
+            UserSpec(f"{ad_env.tag}other", extra={"department": "R&D (EMEA) West"}),
+        ]
+    )
     connector = ad_env.connector(filter_equals={"department": tricky})
     entries, _, _ = run_import(connector, ImportMode.FULL)
     assert [e.attributes["sAMAccountName"] for e in entries] == [f"{ad_env.tag}lit"]
@@ -90,18 +93,25 @@ def _delta_scenario(ad_env: ADTestEnv, method: str) -> None:
         admin.modify(f"CN={names[3]},{ad_env.ou}", {"description": [(MODIFY_REPLACE, ["hidden"])]})
         added = ad_env.add_users([UserSpec(f"{ad_env.tag}new", mail="new@mvsync.test")])
 
-        delta, watermark2, _ = run_import(ad_env.connector(delta_method=method, filter=hidden), ImportMode.DELTA, watermark)
+        delta, watermark2, _ = run_import(
+            ad_env.connector(delta_method=method, filter=hidden), ImportMode.DELTA, watermark
+        )
         by_anchor = {e.anchor: e for e in delta}
         changed = by_anchor[guids[names[0]]]
         assert changed.modification == ObjectModificationType.REPLACE
         assert changed.attributes["thumbnailPhoto"] == jpeg(1000)
         assert by_anchor[added[f"{ad_env.tag}new"]].attributes["mail"] == "new@mvsync.test"
         for gone in (names[1], names[2], names[3]):
-            assert guids[gone] in by_anchor and by_anchor[guids[gone]].modification == ObjectModificationType.DELETE, (gone, names)
+            assert (
+                guids[gone] in by_anchor
+                and by_anchor[guids[gone]].modification == ObjectModificationType.DELETE
+            ), (gone, names)
         assert guids[names[4]] not in by_anchor and guids[names[5]] not in by_anchor
         assert watermark2 is not None and watermark2 != watermark
 
-        again, watermark3, _ = run_import(ad_env.connector(delta_method=method, filter=hidden), ImportMode.DELTA, watermark2)
+        again, watermark3, _ = run_import(
+            ad_env.connector(delta_method=method, filter=hidden), ImportMode.DELTA, watermark2
+        )
         assert [e for e in again if e.anchor in set(guids.values()) | set(added.values())] == []
         assert watermark3 is not None
     finally:

@@ -1,0 +1,279 @@
+"""Export against the real (Samba) DC: replace, clear, no-op, limits, scope guard, errors, pacing, LDIF."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import pytest
+from ldap3 import MODIFY_REPLACE
+
+from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ScopeViolationError
+from connector.testing.samba import UserSpec
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+
+pytestmark = pytest.mark.samba
+
+
+def update(
+    anchor: str,
+    *changes: AttributeChange,
+    identifier: str = "",
+    previous: dict[str, Any] | None = None,
+    dn: str | None = None,
+) -> CSEntryChange:
+    """A change as the engine hands it over (identifier, and previous = its view of the attributes)."""
+    change = CSEntryChange.update("user", anchor, changes, dn=dn)
+    change.identifier = identifier or anchor
+    change.previous = previous or {}
+    return change
+
+
+def test_replace_clear_and_no_op(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(3))
+    names = list(guids)
+    connector = ad_env.connector()
+    new = jpeg(500)
+    usn_before = ad_env.usn(names[2])
+    results = connector.export(
+        [
+            update(
+                guids[names[0]],
+                AttributeChange.replace("thumbnailPhoto", new),
+                identifier="a",
+                previous={"thumbnailPhoto": jpeg(0)},
+            ),
+            update(
+                guids[names[1]],
+                AttributeChange.replace("thumbnailPhoto"),
+                identifier="b",
+                previous={"thumbnailPhoto": jpeg(1)},
+            ),
+            # the engine says the directory already holds this photo: nothing may be sent
+            update(
+                guids[names[2]],
+                AttributeChange.replace("thumbnailPhoto", jpeg(2)),
+                identifier="c",
+                previous={"thumbnailPhoto": jpeg(2)},
+            ),
+        ]
+    )
+    assert [(r.identifier, r.status) for r in results] == [
+        ("a", ExportStatus.SUCCESS),
+        ("b", ExportStatus.SUCCESS),
+        ("c", ExportStatus.SUCCESS),
+    ]
+    assert ad_env.read(names[0], "thumbnailPhoto") == [new]
+    assert ad_env.read(names[1], "thumbnailPhoto") == []
+    assert ad_env.usn(names[2]) == usn_before
+    stats = connector.export_stats
+    assert (stats.writes, stats.noops) == (2, 1)
+
+    # clearing an attribute that is already gone is idempotent (MODIFY_REPLACE of no values)
+    again = connector.export(
+        [
+            update(
+                guids[names[1]],
+                AttributeChange.replace("thumbnailPhoto"),
+                previous={"thumbnailPhoto": b"stale view"},
+            )
+        ]
+    )
+    assert again[0].status == ExportStatus.SUCCESS
+
+
+def test_photo_size_limit_is_enforced_before_sending(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(2))
+    names = list(guids)
+    connector = ad_env.connector()
+    exact = b"\xff\xd8" + b"\x00" * (102_400 - 4) + b"\xff\xd9"
+    results = connector.export(
+        [
+            update(
+                guids[names[0]], AttributeChange.replace("thumbnailPhoto", exact + b"!"), identifier="big"
+            ),
+            update(guids[names[1]], AttributeChange.replace("thumbnailPhoto", exact), identifier="exact"),
+        ]
+    )
+    assert (results[0].status, results[0].error_name) == (ExportStatus.FAILED, "constraint-violation")
+    assert results[1].status == ExportStatus.SUCCESS
+    assert connector.export_stats.writes == 1  # the oversize photo never went on the wire
+    assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(0)]
+    assert ad_env.read(names[1], "thumbnailPhoto") == [exact]
+
+
+def test_server_constraint_answers_map_to_constraint_violation(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(1))
+    connector = ad_env.connector(export_attributes=("displayName",))
+    result = connector.export(
+        [update(next(iter(guids.values())), AttributeChange.replace("displayName", "x" * 300))]
+    )
+    assert (result[0].status, result[0].error_name) == (ExportStatus.FAILED, "constraint-violation")
+    assert result[0].error_detail.startswith("modify CN=")
+
+
+def test_scope_guard_attributes_refuse_the_whole_batch(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(2))
+    names = list(guids)
+    connector = ad_env.connector(export_attributes=("thumbnailPhoto",))
+    with pytest.raises(ScopeViolationError, match="mail"):
+        connector.export(
+            [
+                update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", jpeg(77))),
+                update(guids[names[1]], AttributeChange.replace("mail", "evil@example.test")),
+            ]
+        )
+    assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(0)]  # nothing of the batch was written
+    assert ad_env.read(names[1], "mail") == [f"{names[1]}@mvsync.test".encode()]
+
+
+def test_scope_guard_objects_outside_the_base_dns_are_refused(ad_env: ADTestEnv) -> None:
+    inside = ad_env.sub_ou("in")
+    outside = ad_env.sub_ou("out")
+    guids = ad_env.add_users([UserSpec(f"{ad_env.tag}in", photo=jpeg(1))], ou=inside)
+    guids |= ad_env.add_users([UserSpec(f"{ad_env.tag}out", photo=jpeg(2))], ou=outside)
+    connector = ad_env.connector(base_dns=[inside])
+    results = connector.export(
+        [
+            update(
+                guids[f"{ad_env.tag}in"], AttributeChange.replace("thumbnailPhoto", jpeg(11)), identifier="in"
+            ),
+            # the engine's DN says inside, but the object lives outside: the directory decides
+            update(
+                guids[f"{ad_env.tag}out"],
+                AttributeChange.replace("thumbnailPhoto", jpeg(12)),
+                identifier="out",
+                dn=f"CN={ad_env.tag}out,{inside}",
+            ),
+            update(
+                str(uuid.uuid4()),
+                AttributeChange.replace("thumbnailPhoto", jpeg(13)),
+                identifier="dn-outside",
+                dn=f"CN=x,{outside}",
+            ),
+        ]
+    )
+    by_id = {r.identifier: r for r in results}
+    assert by_id["in"].status == ExportStatus.SUCCESS
+    assert (by_id["out"].status, by_id["out"].error_name) == (ExportStatus.FAILED, "scope-violation")
+    assert by_id["dn-outside"].error_name == "scope-violation"
+    assert ad_env.read(f"{ad_env.tag}out", "thumbnailPhoto", ou=outside) == [jpeg(2)]
+    assert ad_env.read(f"{ad_env.tag}in", "thumbnailPhoto", ou=inside) == [jpeg(11)]
+
+
+def test_missing_object_and_bad_anchor(ad_env: ADTestEnv) -> None:
+    connector = ad_env.connector()
+    results = connector.export(
+        [
+            update(str(uuid.uuid4()), AttributeChange.replace("thumbnailPhoto", jpeg(1)), identifier="gone"),
+            update("not-a-guid", AttributeChange.replace("thumbnailPhoto", jpeg(1)), identifier="bad"),
+        ]
+    )
+    assert [(r.identifier, r.error_name) for r in results] == [
+        ("gone", "cd-missing-object"),
+        ("bad", "cd-error"),
+    ]
+
+
+def test_account_without_rights_gets_permission_issue(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(1))
+    weak = f"{ad_env.tag}weak"
+    ad_env.add_users([UserSpec(weak)])
+    weak_dn = f"CN={weak},{ad_env.ou}"
+    password = "Weak-Passw0rd-" + ad_env.tag
+    assert ad_env.admin.extend.microsoft.modify_password(weak_dn, password)
+    ad_env.admin.modify(weak_dn, {"userAccountControl": [(MODIFY_REPLACE, ["512"])]})
+    connector = ad_env.connector(bind_dn=weak_dn, password=password, delta_method="usn")
+    result = connector.export(
+        [update(next(iter(guids.values())), AttributeChange.replace("thumbnailPhoto", jpeg(9)))]
+    )
+    assert (result[0].status, result[0].error_name) == (ExportStatus.FAILED, "permission-issue")
+
+
+def test_write_rate_cap(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(12, photos=False))
+    changes = [
+        update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())
+    ]
+    capped = ad_env.connector(max_writes_per_second=20)
+    started = time.monotonic()
+    assert all(r.status == ExportStatus.SUCCESS for r in capped.export(changes))
+    assert time.monotonic() - started >= 11 / 20 * 0.95  # 12 writes at 20/s: >= 0.55 s
+    uncapped = ad_env.connector(max_writes_per_second=0)
+    started = time.monotonic()
+    uncapped.export(
+        [
+            update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i + 50)))
+            for i, g in enumerate(guids.values())
+        ]
+    )
+    assert time.monotonic() - started < 0.5
+    assert uncapped.export_stats.writes == 12
+
+
+def test_dry_run_writes_nothing(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(1))
+    connector = ad_env.connector(dry_run=True)
+    result = connector.export(
+        [update(next(iter(guids.values())), AttributeChange.replace("thumbnailPhoto", jpeg(5)))]
+    )
+    assert result[0].status == ExportStatus.SUCCESS
+    assert ad_env.read(next(iter(guids)), "thumbnailPhoto") == [jpeg(0)]
+
+
+@pytest.mark.skipif(shutil.which("ldapmodify") is None, reason="ldap-utils (ldapmodify) is not installed")
+def test_ldif_mode_writes_a_file_that_ldapmodify_applies(ad_env: ADTestEnv) -> None:
+    guids = ad_env.add_users(ad_env.specs(3))
+    names = list(guids)
+    out = ad_env.tmp_path / "exports" / "ad-{timestamp}.ldif"
+    connector = ad_env.connector(ldif_output=str(out), export_attributes=("thumbnailPhoto", "displayName"))
+    results = connector.export(
+        [
+            update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", jpeg(300))),
+            update(
+                guids[names[1]],
+                AttributeChange.replace("thumbnailPhoto"),
+                previous={"thumbnailPhoto": jpeg(1)},
+            ),
+            update(guids[names[2]], AttributeChange.replace("displayName", " Jürgen Ünicode ")),
+        ]
+    )
+    assert all(r.status == ExportStatus.SUCCESS for r in results)
+    assert connector.export_stats.writes == 0  # nothing went to the directory
+    assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(0)]
+    connector.close()
+    files = list(out.parent.glob("ad-*.ldif"))
+    assert len(files) == 1
+    text = files[0].read_text()
+    assert text.startswith("version: 1\n") and "thumbnailPhoto:: /9j/" in text and "displayName:: " in text
+
+    secret = ad_env.tmp_path / "bindpw"
+    secret.write_text(ad_env.ad.password)
+    env = {**os.environ, "LDAPTLS_CACERT": str(ad_env.ad.ca_cert), "LDAPTLS_REQCERT": "demand"}
+    done = subprocess.run(
+        [
+            "ldapmodify",
+            "-H",
+            f"ldaps://{ad_env.ad.host}:{ad_env.ad.ldaps_port}",
+            "-x",
+            "-D",
+            ad_env.ad.bind_dn,
+            "-y",
+            str(secret),
+            "-f",
+            str(files[0]),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(300)]
+    assert ad_env.read(names[1], "thumbnailPhoto") == []
+    assert ad_env.read(names[2], "displayName") == [" Jürgen Ünicode ".encode()]
