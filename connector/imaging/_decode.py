@@ -90,7 +90,8 @@ class ImageInfo:
 class Decoded:
     """An upright 8-bit image (``RGB`` or ``L``) plus how it relates to the source.
 
-    ``scale`` is decoded pixels per upright source pixel (below 1 after draft mode).
+    ``scale`` is decoded pixels per upright source pixel: 1/2, 1/4 or 1/8 after draft mode (the
+    decoded size is rounded up, so the last row and column may cover fewer source pixels).
     """
 
     image: Image.Image
@@ -131,14 +132,14 @@ def decode(data: bytes | bytearray | memoryview, limits: InputLimits, *, min_sid
         if info.animated:
             notes.append("animated image: used the first frame")
             im.seek(0)
-        _draft(im, min_side)
+        reduction = _draft(im, min_side)
         im.load()
         orientation = _orientation(im)
         image = _to_8bit(im, notes)
     if orientation in _TRANSPOSE:
         image = image.transpose(_TRANSPOSE[orientation])
     upright = (info.height, info.width) if orientation in (5, 6, 7, 8) else (info.width, info.height)
-    return Decoded(image, info, upright, image.width / upright[0], notes)
+    return Decoded(image, info, upright, 1 / reduction, notes)
 
 
 def _as_bytes(data: bytes | bytearray | memoryview, limits: InputLimits) -> bytes:
@@ -220,17 +221,18 @@ def _guard(notes: list[str]) -> Iterator[None]:
             notes.append(note)
 
 
-def _draft(im: Image.Image, min_side: int) -> None:
-    """Ask the JPEG decoder for the largest DCT reduction that keeps ``min_side`` pixels."""
+def _draft(im: Image.Image, min_side: int) -> int:
+    """Ask the JPEG decoder for the largest DCT reduction keeping ``min_side`` pixels; returns it."""
     if im.format not in ("JPEG", "MPO"):
-        return
+        return 1
     width, height = im.size
     shorter = min(width, height)
-    for scale in (8, 4, 2):
-        if math.ceil(shorter / scale) >= min_side:
-            # draft() divides by this request and rounds down, which lands exactly on ``scale``.
-            im.draft(im.mode, (width // scale, height // scale))
-            return
+    for reduction in (8, 4, 2):
+        if shorter // reduction >= min_side:
+            # draft() divides by this request and rounds down, which lands exactly on ``reduction``.
+            im.draft(im.mode, (width // reduction, height // reduction))
+            return reduction
+    return 1
 
 
 def _orientation(im: Image.Image) -> int:

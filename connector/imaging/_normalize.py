@@ -146,6 +146,7 @@ def encode_jpeg(image: Image.Image, spec: PhotoSpec) -> tuple[bytes, int]:
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
-    # Explicit settings, so output bytes do not depend on Pillow's defaults; no exif/icc: stripped.
-    image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=False, subsampling=2)
+    # Explicit settings, so output bytes do not depend on Pillow's defaults. No metadata: Pillow would
+    # copy a source comment from image.info, so an empty one is passed; exif and ICC are never passed.
+    image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=False, subsampling=2, comment=b"")
     return buffer.getvalue()
