@@ -6,11 +6,12 @@ Images are generated, not committed, so each test says exactly what its input is
 from __future__ import annotations
 
 import io
-import random
 import struct
 import zlib
 
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from PIL import Image
+
+from connector.bench.thumbnails import synthetic_photo
 
 RED = (220, 30, 30)
 BLUE = (30, 30, 220)
@@ -24,38 +25,8 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
 
 
 def photo(seed: int = 0, size: int = 648, *, noise: float = 4.0, quality: int = 88) -> bytes:
-    """A photo-like JPEG: blurred shapes on a gradient with sensor-like noise (about 70 KB at 648)."""
-    rng = random.Random(seed)
-    small = max(8, size // 4)
-    base = Image.linear_gradient("L").resize((small, small)).rotate(rng.uniform(0, 360))
-    image = Image.merge(
-        "RGB",
-        [base.point(lambda v, a=rng.uniform(0.3, 1), b=rng.randint(0, 80): int(v * a + b)) for _ in range(3)],
-    )
-    draw = ImageDraw.Draw(image)
-    for _ in range(rng.randint(4, 10)):
-        x, y = rng.randint(-small // 6, small), rng.randint(-small // 6, small)
-        draw.ellipse(
-            (
-                x,
-                y,
-                x + rng.randint(small // 10, small * 2 // 3),
-                y + rng.randint(small // 10, small * 2 // 3),
-            ),
-            fill=(rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255)),
-        )
-    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2))).resize(
-        (size, size), Image.Resampling.BICUBIC
-    )
-    if noise:
-        image = ImageChops.add(image, seeded_noise(rng, (size, size), noise).convert("RGB"), offset=-128)
-    return encode(image, "JPEG", quality=quality)
-
-
-def seeded_noise(rng: random.Random, size: tuple[int, int], amplitude: float) -> Image.Image:
-    """Grey noise centred on 128, reproducible from ``rng`` (Pillow's effect_noise is not seedable)."""
-    raw = Image.frombytes("L", size, rng.randbytes(size[0] * size[1]))
-    return raw.point(lambda v: 128 + (v - 128) * amplitude / 64)
+    """A reproducible photo-like JPEG (the benchmark's generator): about 70-110 KB at 648x648."""
+    return synthetic_photo(seed, size, noise=noise, quality=quality)
 
 
 def halves(
