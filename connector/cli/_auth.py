@@ -1,9 +1,123 @@
-"""Placeholder: this area registers no commands yet."""
+"""``mvsync auth login AGENT`` / ``mvsync auth status AGENT``: the one-time admin consent.
+
+Like the classic Exchange Online MA, an agent runs unattended on a delegated refresh token: an
+admin signs in once (the device-code flow, which works on a headless sync server), or imports a
+refresh token obtained elsewhere (``--refresh-token-file``, e.g. the old MA's refresh.token). The
+token lands in the agent's encrypted token cache; it is never printed. The exact command is what
+``stopped-authentication`` messages tell the operator to run.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from connector.cli._common import (
+    DEFAULT_CONFIG,
+    EXIT_CONFIG,
+    EXIT_STOPPED,
+    ConfigOption,
+    JsonOption,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+    print_json,
+)
+
+auth_app = typer.Typer(
+    help="Sign agents in (delegated refresh tokens) and check their tokens.", no_args_is_help=True
+)
+
+
+def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
+    """The agent's ``GraphAuth`` (only agents that sign in have one)."""
+    from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
+    from connector.agents.exchange_online._tokencache import generate_key_file
+    from connector.config import load_config
+    from connector.engine import open_connector
+
+    cfg = load_config(config)
+    connector = open_connector(cfg, agent)
+    if not isinstance(connector, ExchangeOnlinePhotosConnector):
+        raise fail(
+            f"agent {agent!r} (type {cfg.agents[agent].type}) does not sign in to anything", EXIT_CONFIG
+        )
+    settings = connector.settings
+    key_file = settings.token_cache_key_file
+    if create_key and key_file is not None and not key_file.exists():
+        import os
+
+        if not os.environ.get(settings.token_cache_key_env):
+            generate_key_file(key_file)
+            err_console.print(f"created the token cache key file {key_file} (mode 0600): back it up")
+    connector.context.data_dir.mkdir(parents=True, exist_ok=True)
+    return connector.auth
+
+
+@auth_app.command("login")
+@handle_errors
+def login(
+    agent: Annotated[str, typer.Argument(help="The agent to sign in (its [agents.NAME] section).")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    refresh_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--refresh-token-file",
+            help="Import this refresh token instead of signing in.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Give up the device-code sign-in after seconds.")
+    ] = 900,
+) -> None:
+    """Sign AGENT in: the device-code flow, or import an existing refresh token."""
+    from connector.sdk import ConnectorError
+
+    auth = _agent_auth(config, agent, create_key=True)
+    try:
+        if refresh_token_file is not None:
+            who = auth.login_with_refresh_token(refresh_token_file.read_text(encoding="utf-8"))
+        else:
+            who = auth.login_device_code(lambda message: err_console.print(message), timeout_s=timeout)
+    except ConnectorError as exc:
+        raise fail(str(exc), EXIT_STOPPED) from None
+    console.print(f"{agent}: signed in as {who}; token cache {auth.cache_path} (encrypted, mode 0600)")
+
+
+@auth_app.command("status")
+@handle_errors
+def status(
+    agent: Annotated[str, typer.Argument(help="The agent to check.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    json_out: JsonOption = False,
+) -> None:
+    """Whether AGENT's token cache exists and yields an access token (refreshing it if needed)."""
+    auth = _agent_auth(config, agent, create_key=False)
+    result = auth.status()
+    data = {
+        "agent": agent,
+        "mode": result.mode,
+        "token_cache": str(result.cache_file),
+        "token_cache_exists": result.cache_exists,
+        "accounts": list(result.accounts),
+        "ok": result.token_ok,
+        "detail": result.detail,
+    }
+    if json_out:
+        print_json(data)
+    else:
+        for key, value in data.items():
+            console.print(f"{key}: {value}", highlight=False)
+    if not result.token_ok:
+        raise typer.Exit(EXIT_STOPPED)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to ``app``."""
+    """Add ``mvsync auth``."""
+    app.add_typer(auth_app, name="auth")

@@ -1,0 +1,329 @@
+"""The Exchange Online agent against the Graph + Entra emulator (real HTTPS, real MSAL)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.agents.exchange_online._state import STATE_FILE_NAME
+from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
+from connector.sdk import AuthenticationError, ImportMode, ObjectModificationType
+from tests.agents.exchange_online.conftest import REAUTH, make_connector, run_import
+
+pytestmark = pytest.mark.usefixtures("cache_key")
+
+
+def _by_anchor(entries: list[Any]) -> dict[str, Any]:
+    return {e.anchor: e for e in entries}
+
+
+def _mailbox_users(emu: Any) -> list[dict[str, Any]]:
+    return [u for u in emu.admin.users() if u.get("mail")]
+
+
+def test_full_import_matches_the_tenant(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=60)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        entries, watermark = run_import(conn, ImportMode.FULL)
+    finally:
+        conn.close()
+    assert watermark is not None
+    got = _by_anchor(entries)
+    users = _mailbox_users(emu)
+    assert set(got) == {u["id"] for u in users}
+    for user in users:
+        entry = got[user["id"]]
+        if user["mailbox"] == "on-premises":
+            assert entry.error is not None and entry.error.name == "mailbox-not-in-exchange-online"
+            continue
+        assert entry.error is None
+        assert entry.attributes["userPrincipalName"] == user["userPrincipalName"]
+        if user["hasPhoto"]:
+            data = entry.attributes["EXOPhoto"]
+            assert entry.attributes["EXOPhotoChecksum"] == hashlib.sha256(data).hexdigest()
+            assert entry.attributes["EXOPhotoSize"] == len(data)
+            # never the unbounded original: at most the configured 648x648
+            side = min(user["photo"]["width"], user["photo"]["height"])
+            expected = max(s for s in (48, 64, 96, 120, 240, 360, 432, 504, 648) if s <= min(648, side))
+            assert data == emu.admin.get_photo(user["id"], size=expected if expected != side else None) or \
+                data == emu.admin.get_photo(user["id"], size=expected)
+        else:
+            assert "EXOPhoto" not in entry.attributes
+
+
+def test_delta_finds_photo_and_user_changes_and_downloads_only_those(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=50)
+    conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
+    conn.open()
+    _, watermark = run_import(conn, ImportMode.FULL)
+    conn.close()
+
+    # nothing changed: every photo probed, nothing downloaded, nothing staged
+    conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
+    conn.open()
+    entries, watermark = run_import(conn, ImportMode.DELTA, watermark)
+    assert entries == [] or all(e.error is not None for e in entries)
+    assert conn.counters["photo_downloads"] == 0 and conn.counters["probes"] > 0
+    conn.close()
+
+    users = [u for u in _mailbox_users(emu) if u["mailbox"] == "cloud"]
+    with_photo = next(u for u in users if u["hasPhoto"])
+    without = next(u for u in users if not u["hasPhoto"])
+    renamed = next(u for u in users if u["id"] not in (with_photo["id"], without["id"]))
+    gone = next(u for u in users if u["id"] not in (with_photo["id"], without["id"], renamed["id"]))
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    emu.admin.set_photo(without["id"], jpeg)
+    emu.admin.delete_photo(with_photo["id"])
+    emu.admin.update_user(renamed["id"], displayName="Renamed Person")
+    emu.admin.delete_user(gone["id"])
+    added = emu.admin.add_user(givenName="Newt", surname="Comer", mailbox="cloud", photo=jpeg)
+
+    conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
+    conn.open()
+    entries, watermark = run_import(conn, ImportMode.DELTA, watermark)
+    conn.close()
+    got = _by_anchor([e for e in entries if e.error is None])
+    assert got[without["id"]].attributes["EXOPhoto"]
+    assert "EXOPhoto" not in got[with_photo["id"]].attributes
+    assert got[renamed["id"]].modification == ObjectModificationType.UPDATE
+    assert got[gone["id"]].modification == ObjectModificationType.DELETE
+    assert got[added["id"]].attributes["EXOPhoto"]
+    assert conn.counters["photo_downloads"] == 2  # the changed photo and the new user's
+    assert watermark is not None
+
+
+def test_recheck_window_bounds_probes(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=30)
+    conn = make_connector(emu, tmp_path)  # default: re-check photos every 24 h
+    conn.open()
+    _, watermark = run_import(conn, ImportMode.FULL)
+    conn.close()
+    conn = make_connector(emu, tmp_path, reverify_fraction=1.0)
+    conn.open()
+    entries, _ = run_import(conn, ImportMode.DELTA, watermark)
+    conn.close()
+    assert conn.counters["reverified"] > 0 and conn.counters["photo_changes"] == 0
+    assert [e for e in entries if e.error is None] == []
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    run_import(conn, ImportMode.DELTA, watermark)
+    conn.close()
+    assert conn.counters["probes"] == 0  # inside the window nobody is probed
+
+
+@pytest.mark.parametrize("variant", ["ImageNotFound", "ImageNotFoundPeople", "ErrorEntityNotFound",
+                                     "ErrorItemNotFound", "legacy-1x1"])
+def test_every_no_photo_variant_means_no_photo(make_emulator: Any, tmp_path: Path, variant: str) -> None:
+    emu = make_emulator(users=20, no_photo_variant=variant)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    entries, _ = run_import(conn, ImportMode.FULL)
+    conn.close()
+    got = _by_anchor(entries)
+    for user in _mailbox_users(emu):
+        if user["mailbox"] == "cloud" and not user["hasPhoto"]:
+            assert got[user["id"]].error is None
+            assert "EXOPhoto" not in got[user["id"]].attributes
+
+
+def test_unknown_user_and_user_without_mailbox(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=20, no_mailbox_photo="error")
+    nobox = emu.admin.add_user(givenName="No", surname="Box", mailbox="none", mail="no.box@contoso.example")
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        # an unknown user on a photo URL is 404 ImageNotFound in Graph: "no photo", not an error
+        from connector.agents.exchange_online._photos import PhotoTask, read_response
+
+        resp = conn.graph.batch([__import__("connector.agents.exchange_online._photos", fromlist=["x"])
+                                 .task_request(PhotoTask("00000000-0000-0000-0000-000000000000"))])[0]
+        assert read_response(PhotoTask("x"), resp, "648x648").kind == "none"
+        entries, _ = run_import(conn, ImportMode.FULL)
+    finally:
+        conn.close()
+    entry = _by_anchor(entries)[nobox["id"]]
+    assert entry.error is not None and entry.error.name == "no-exchange-mailbox"
+
+
+def test_access_token_expiry_mid_run_is_refreshed_silently(make_emulator: Any, tmp_path: Path) -> None:
+    from connector.sdk import ImportRequest
+
+    emu = make_emulator(users=60, latency_ms=20)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    entries: list[Any] = []
+    try:
+        page, token = 1, None
+        while True:
+            result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token))
+            entries += result.entries
+            if page == 1:
+                emu.admin.expire_access_tokens()  # Graph now answers 401 for the token in use
+            if not result.more_to_import:
+                break
+            page, token = page + 1, result.page_token
+    finally:
+        conn.close()
+    assert result.watermark is not None
+    assert all(e.error is None or e.error.name == "mailbox-not-in-exchange-online" for e in entries)
+    assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
+    assert conn.metrics["token_refreshes_on_401"] >= 1
+    assert conn.auth.refresh_count >= 2  # a new access token (and a rotated refresh token) mid-run
+
+
+def test_throttling_storm_completes_without_errors(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=30, faults="storm")
+    conn = make_connector(emu, tmp_path, retry_after_max_s=0.2, max_attempts=12)
+    conn.open()
+    try:
+        entries, watermark = run_import(conn, ImportMode.FULL)
+    finally:
+        conn.close()
+    assert watermark is not None
+    assert conn.metrics["throttled"] > 0 and conn.metrics["retries"] > 0
+    names = {e.error.name for e in entries if e.error is not None}
+    assert names <= {"mailbox-not-in-exchange-online"}
+    assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
+
+
+def test_retry_budget_turns_failures_into_object_errors(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=30, faults={"429": 0.5, "retry_after_s": 0.01})
+    conn = make_connector(emu, tmp_path, retry_budget=0, max_attempts=1)
+    conn.open()
+    try:
+        entries, _ = run_import(conn, ImportMode.FULL)
+    except Exception as exc:  # the listing itself may be what got throttled: then the step stops
+        assert "Graph" in str(exc)
+        return
+    finally:
+        conn.close()
+    assert any(e.error is not None and e.error.name == "graph-throttled" for e in entries)
+
+
+def test_revoked_refresh_token_stops_mid_run_with_the_reauthorize_command(make_emulator: Any, tmp_path: Path) -> None:
+    from connector.sdk import ImportRequest
+
+    emu = make_emulator(users=400, latency_ms=30)  # the pipeline runs at most ~200 users ahead
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    first = conn.import_page(ImportRequest(ImportMode.FULL, page_size=5))
+    assert first.entries and first.more_to_import
+    emu.admin.revoke_refresh_tokens()
+    emu.admin.expire_access_tokens()
+    with pytest.raises(AuthenticationError) as caught:
+        run_import_rest(conn, first.page_token)
+    conn.close()
+    assert caught.value.status == "stopped-authentication"
+    assert REAUTH in str(caught.value)
+    assert "AADSTS" in str(caught.value)
+    assert emu.info["refresh_token"] not in str(caught.value)
+
+
+def run_import_rest(conn: Any, token: str | None) -> None:
+    from connector.sdk import ImportRequest
+
+    page = 2
+    while True:
+        result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=5, page_number=page, page_token=token))
+        if not result.more_to_import:
+            return
+        page, token = page + 1, result.page_token
+
+
+def test_engine_step_stops_authentication_and_keeps_earlier_imports(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.config import config_from_dict
+    from connector.engine import Engine
+
+    emu = make_emulator(users=20)
+    info = emu.info
+    monkeypatch.setenv("EXO_RT", info["refresh_token"])
+    settings = {"tenant_id": info["tenant_id"], "client_id": info["client_id"], "authority": info["authority"],
+                "graph_url": info["graph_url"], "instance_discovery": False, "ca_bundle": info["ca_cert"],
+                "refresh_token": {"env": "EXO_RT"}}
+    cfg_file = tmp_path / "mvsync.toml"
+    config = config_from_dict({
+        "store": {"url": f"sqlite:///{tmp_path / 'mv.db'}"}, "data_dir": str(tmp_path / "data"),
+        "agents": {"exo": {"type": "exchange-online-photos", "settings": settings}},
+        "run_profiles": {"full": {"steps": [{"type": "full-import", "agent": "exo", "page_size": 5}]}},
+    }, file=cfg_file)
+    engine = Engine(config)
+    try:
+        first = engine.run_profile("full")
+        assert first.status.startswith("completed") or first.status == "success", first
+        emu.admin.revoke_refresh_tokens()
+        emu.admin.expire_access_tokens()
+        second = engine.run_profile("full")
+    finally:
+        engine.close()
+    step = second.steps[0]
+    assert step.status == "stopped-authentication"
+    assert f"mvsync auth login exo -c {cfg_file}" in (step.message or "")
+    assert info["refresh_token"] not in (step.message or "")
+
+
+def test_token_cache_is_encrypted_0600_and_rotated(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=5, access_token_lifetime_s=1)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    first = (tmp_path / CACHE_FILE_NAME).read_bytes()
+    import time
+
+    time.sleep(1.1)
+    conn.auth.token()  # expired: refreshed, the rotated refresh token persisted
+    conn.close()
+    path = tmp_path / CACHE_FILE_NAME
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    blob = path.read_bytes()
+    assert blob != first
+    assert b"refresh_token" not in blob.lower() and b"secret" not in blob.lower()
+    assert emu.info["refresh_token"].encode() not in blob
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_export_puts_and_deletes_photos(make_emulator: Any, tmp_path: Path) -> None:
+    from connector.sdk import AttributeChange, CSEntryChange, ExportStatus
+
+    emu = make_emulator(users=10)
+    users = [u for u in _mailbox_users(emu) if u["mailbox"] == "cloud"]
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    put = CSEntryChange.update("EXOUser", users[0]["id"], [AttributeChange.replace("EXOPhoto", jpeg)])
+    put.identifier = "1"
+    remove = CSEntryChange.update("EXOUser", users[1]["id"], [AttributeChange.delete("EXOPhoto")])
+    remove.identifier = "2"
+    missing = CSEntryChange.update("EXOUser", "00000000-0000-0000-0000-00000000dead",
+                                   [AttributeChange.replace("EXOPhoto", jpeg)])
+    missing.identifier = "3"
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        results = conn.export([put, remove, missing])
+    finally:
+        conn.close()
+    assert [r.identifier for r in results] == ["1", "2", "3"]
+    assert results[0].status == ExportStatus.SUCCESS and results[1].status == ExportStatus.SUCCESS
+    assert results[2].status == ExportStatus.FAILED
+    stored = emu.admin.get_photo(users[0]["id"])
+    assert stored is not None and len(stored) < 4_000_000
+    from PIL import Image
+    import io
+
+    assert max(Image.open(io.BytesIO(stored)).size) <= 648
+    assert emu.admin.get_photo(users[1]["id"]) is None
+
+
+def test_state_file_lives_in_data_dir(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=5)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    run_import(conn, ImportMode.FULL)
+    conn.close()
+    assert (tmp_path / STATE_FILE_NAME).is_file()
