@@ -1,0 +1,287 @@
+"""``mvsync bench export-ad``: thumbnailPhoto export throughput against a real AD DC.
+
+It starts the Samba AD DC the way the tests do (``connector.testing.samba``), or uses the
+directory the ``AD_*`` variables describe, creates ``--users`` users in its own OU and measures, in
+one run, over the same connection settings (LDAPS, certificate validation, TCP_NODELAY):
+
+* ``raw_ldap3_writes_per_s``: a plain ldap3 loop, one ``MODIFY_REPLACE`` per user, one connection;
+* ``writes_per_s``: the agent's export with the rate cap off. With ``--driver engine`` (the default)
+  the export runs through ``connector.engine.Engine``: a synthetic source agent supplies the photos,
+  sync joins them to the AD users, and the timed step is the engine's AD export step;
+  ``--driver direct`` hands the agent batches of updates itself;
+* ``second_run_writes``: LDAP writes of a second export with unchanged photos. Through the engine
+  this follows a confirming import and sync, exactly like production; directly, the changes carry
+  ``previous`` as the engine would fill it after that import. Either way the target is 0.
+
+It prints one JSON object. Targets: ``writes_per_s`` >= 300 and >= 70% of the raw rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from ldap3 import MODIFY_REPLACE
+
+from connector.agents.active_directory import ActiveDirectoryConnector, ExportStats
+from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
+from connector.testing.samba import (
+    ADSettings,
+    UserSpec,
+    connect,
+    create_users,
+    delete_subtree,
+    ensure_ou,
+    samba_lease,
+)
+
+__all__ = ["CountingActiveDirectoryConnector", "register", "run"]
+
+_PASSWORD_ENV = "MVSYNC_BENCH_AD_PASSWORD"
+#: Export statistics of every CountingActiveDirectoryConnector closed in this process, in order.
+_CLOSED_STATS: list[ExportStats] = []
+
+
+class CountingActiveDirectoryConnector(ActiveDirectoryConnector):
+    """The real agent, recording its export statistics on close so the benchmark can count writes."""
+
+    def close(self) -> None:
+        if self._exporter is not None:
+            _CLOSED_STATS.append(self._exporter.stats)
+        super().close()
+
+
+def _photo(n: int, size: int, revision: int = 0) -> bytes:
+    """Deterministic photo bytes (the same recipe as the synthetic ``generated`` agent)."""
+    block = hashlib.sha256(f"1:{n}:{revision}".encode()).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _account(n: int) -> str:
+    return f"u{n:07d}"
+
+
+def _agent_settings(ad: ADSettings, ou: str, password: Any) -> dict[str, Any]:
+    return {
+        "host": ad.host,
+        "port": ad.ldaps_port,
+        "ca_file": str(ad.ca_cert) if ad.ca_cert else None,
+        "bind_dn": ad.bind_dn,
+        "password": password,
+        "base_dns": [ou],
+        "max_writes_per_second": 0,
+        "delta_method": "usn",
+    }
+
+
+def _raw_ldap3(ad: ADSettings, dns: list[str], photo: Callable[[int], bytes]) -> float:
+    """Writes per second of a plain ldap3 loop over one connection (LDAPS, validated, NODELAY)."""
+    conn = connect(ad)
+    try:
+        started = time.perf_counter()
+        for n, dn in enumerate(dns):
+            conn.modify(dn, {"thumbnailPhoto": [(MODIFY_REPLACE, [photo(n)])]})
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.unbind()
+    return len(dns) / elapsed
+
+
+def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tmp: Path) -> dict[str, Any]:
+    """Export straight through the agent: updates first, then the same values with ``previous`` set."""
+    from connector.agents.active_directory import ActiveDirectorySettings
+
+    settings = ActiveDirectorySettings.model_validate(_agent_settings(ad, ou, ad.password))
+    context = ConnectorContext(
+        agent="ad", data_dir=tmp, export_attributes={"user": frozenset({"thumbnailPhoto"})}
+    )
+
+    def changes(with_previous: bool) -> list[CSEntryChange]:
+        out = []
+        for n, guid in enumerate(guids):
+            photo = _photo(n, size, revision=1)
+            change = CSEntryChange.update("user", guid, [AttributeChange.replace("thumbnailPhoto", photo)])
+            change.identifier = str(n)
+            change.previous = (
+                {"thumbnailPhoto": photo} if with_previous else {"thumbnailPhoto": _photo(n, size)}
+            )
+            out.append(change)
+        return out
+
+    figures: dict[str, Any] = {}
+    for run_name, with_previous in (("first", False), ("second", True)):
+        connector = ActiveDirectoryConnector(settings, context)
+        todo = changes(with_previous)
+        connector.open()
+        try:
+            started = time.perf_counter()
+            for start in range(0, len(todo), batch):
+                connector.export(todo[start : start + batch])
+            elapsed = time.perf_counter() - started
+            stats = connector.export_stats
+        finally:
+            connector.close()
+        figures[run_name] = (stats.writes, elapsed)
+    writes, elapsed = figures["first"]
+    return {
+        "writes_per_s": writes / elapsed,
+        "first_run_writes": writes,
+        "second_run_writes": figures["second"][0],
+    }
+
+
+def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Path) -> dict[str, Any]:
+    """Export through the engine: source photos -> metaverse -> AD, then a confirming round."""
+    from connector.config import config_from_dict
+    from connector.engine import Engine
+
+    os.environ[_PASSWORD_ENV] = ad.password
+    data: dict[str, Any] = {
+        "store": {"url": f"sqlite:///{tmp / 'bench.db'}"},
+        "metaverse": {"schema": "person"},
+        "agents": {
+            "src": {
+                "type": "generated",
+                "settings": {
+                    "count": users,
+                    "object_class": "user",
+                    "photo_bytes": size,
+                    "revision": 1,
+                    "change_every": 1,
+                },
+                "projection": [{"object_class": "user"}],
+                "join": [{"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName"}]}],
+                "import_flow": [
+                    {"object_class": "user", "cs": "accountName", "mv": "accountName"},
+                    {"object_class": "user", "cs": "photo", "mv": "photo"},
+                ],
+            },
+            "ad": {
+                "type": f"{__name__}:CountingActiveDirectoryConnector",
+                "settings": _agent_settings(ad, ou, {"env": _PASSWORD_ENV}),
+                "join": [{"object_class": "user", "match": [{"cs": "sAMAccountName", "mv": "accountName"}]}],
+                "import_flow": [{"object_class": "user", "cs": "objectGUID", "mv": "adObjectGUID"}],
+                "export_flow": [
+                    {"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto", "allow_null": True}
+                ],
+            },
+        },
+        "run_profiles": {
+            "prepare": {
+                "steps": [
+                    {"type": "full-import", "agent": "ad"},
+                    {"type": "full-import", "agent": "src"},
+                    {"type": "full-sync", "agent": "src"},
+                    {"type": "full-sync", "agent": "ad"},
+                ]
+            },
+            "export": {"steps": [{"type": "export", "agent": "ad", "batch_size": batch}]},
+            "confirm": {
+                "steps": [{"type": "full-import", "agent": "ad"}, {"type": "delta-sync", "agent": "ad"}]
+            },
+        },
+    }
+    engine = Engine(config_from_dict(data, base_dir=tmp))
+    try:
+
+        def run(profile: str) -> float:
+            started = time.perf_counter()
+            result = engine.run_profile(profile)
+            elapsed = time.perf_counter() - started
+            if not str(result.status).startswith("success"):
+                msg = f"engine profile {profile!r} ended {result.status}"
+                raise RuntimeError(msg)
+            return elapsed
+
+        run("prepare")
+        before = len(_CLOSED_STATS)
+        elapsed = run("export")
+        first = _CLOSED_STATS[before:]
+        run("confirm")
+        before = len(_CLOSED_STATS)
+        run("export")
+        second = _CLOSED_STATS[before:]
+    finally:
+        engine.close()
+    writes = sum(s.writes for s in first)
+    return {
+        "writes_per_s": writes / elapsed,
+        "first_run_writes": writes,
+        "second_run_writes": sum(s.writes for s in second),
+    }
+
+
+def run(
+    users: int = 2000,
+    photo_bytes: int = 5000,
+    batch: int = 500,
+    driver: Literal["engine", "direct"] = "engine",
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Run the benchmark and return its figures (see the module docstring)."""
+    with samba_lease(keep=keep) as ad, tempfile.TemporaryDirectory(prefix="mvsync-bench-ad-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        admin = connect(ad)
+        ou = f"OU=mvsync-bench-{uuid.uuid4().hex[:6]},{ad.base_dn}"
+        try:
+            ensure_ou(admin, ou)
+            started = time.perf_counter()
+            specs = [UserSpec(_account(n), mail=f"{_account(n)}@example.test") for n in range(users)]
+            guids = create_users(admin, ou, specs, ad.upn_suffix)
+            setup_s = time.perf_counter() - started
+            dns = [f"CN={_account(n)},{ou}" for n in range(users)]
+            raw = _raw_ldap3(ad, dns, lambda n: _photo(n, photo_bytes))
+            anchors = [guids[_account(n)] for n in range(users)]
+            if driver == "engine":
+                figures = _engine(ad, ou, users, photo_bytes, batch, tmp)
+            else:
+                figures = _direct(ad, ou, anchors, photo_bytes, batch, tmp)
+        finally:
+            delete_subtree(admin, ou)
+            admin.unbind()
+    writes_per_s = figures["writes_per_s"]
+    return {
+        "benchmark": "export-ad",
+        "driver": driver,
+        "users": users,
+        "photo_bytes": photo_bytes,
+        "directory": "external (AD_*)" if ad.external else f"samba on {ad.host}",
+        "writes_per_s": round(writes_per_s, 1),
+        "raw_ldap3_writes_per_s": round(raw, 1),
+        "ratio_to_raw": round(writes_per_s / raw, 3),
+        "first_run_writes": figures["first_run_writes"],
+        "second_run_writes": figures["second_run_writes"],
+        "user_setup_s": round(setup_s, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "targets_met": writes_per_s >= 300
+        and writes_per_s >= 0.7 * raw
+        and figures["second_run_writes"] == 0,
+    }
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("export-ad")
+    def export_ad(
+        users: int = typer.Option(2000, help="users to create and write"),
+        photo_bytes: int = typer.Option(5000, help="bytes per photo (a 96x96 JPEG is 3-6 KB)"),
+        batch: int = typer.Option(500, help="changes per export batch"),
+        driver: str = typer.Option(
+            "engine", help="engine: through connector.engine.Engine; direct: the agent only"
+        ),
+        keep: bool = typer.Option(False, help="leave a DC this run started running"),
+        as_json: bool = typer.Option(True, "--json/--no-json", help="print one JSON object (the default)"),
+    ) -> None:
+        """Export thumbnailPhoto to a real AD DC (Samba started on loopback, or AD_*)."""
+        if driver not in ("engine", "direct"):
+            raise typer.BadParameter("driver must be 'engine' or 'direct'")
+        result = run(users, photo_bytes, batch, "engine" if driver == "engine" else "direct", keep)
+        typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
