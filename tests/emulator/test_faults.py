@@ -1,0 +1,106 @@
+"""Fault profiles: named and custom, deterministic from the seed, resets and truncated bodies on the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import requests
+
+from connector.emulator import PROFILES, GraphEmulator, parse_faults
+from tests.emulator.conftest import make_api
+
+
+def test_parse_profiles() -> None:
+    assert parse_faults(None).active is False
+    assert parse_faults("resilience") == PROFILES["resilience"]
+    res = PROFILES["resilience"]
+    assert (res.rate_429, res.rate_503, res.rate_reset, res.rate_truncate) == (0.10, 0.02, 0.01, 0.01)
+    custom = parse_faults('{"429": 0.5, "retry_after": 2.5, "retry_after_decimal": true, "base": "light"}')
+    assert custom.rate_429 == 0.5 and custom.rate_503 == PROFILES["light"].rate_503
+    assert parse_faults({"reset": 0.2}).rate_reset == 0.2
+    for bad in ("nope", {"bogus": 1}, {"429": 0.9, "503": 0.5}):
+        with pytest.raises(ValueError):
+            parse_faults(bad)
+
+
+def _outcomes(emu: GraphEmulator, paths: list[str]) -> list[str]:
+    api = make_api(emu)
+    out: list[str] = []
+    for path in paths:
+        try:
+            resp = api.get(path)
+            out.append(f"{resp.status_code}:{resp.headers.get('Retry-After', '')}")
+        except requests.exceptions.ChunkedEncodingError:
+            out.append("truncated")
+        except requests.exceptions.ConnectionError:
+            out.append("reset")
+            api.http.close()
+    return out
+
+
+def test_faults_are_deterministic_and_on_the_wire(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+    storm = {"base": "storm", "latency": 0.0}  # the storm mix without its extra latency (fast test)
+    a = graph_emulator_factory(seed=5, faults=storm, users=10)
+    b = graph_emulator_factory(seed=5, faults=storm, users=10)
+    ids = [u["id"] for u in a.admin.users()]
+    paths = [f"/users/{ids[i % len(ids)]}/photo" for i in range(150)]
+    first, second = _outcomes(a, paths), _outcomes(b, paths)
+    assert first == second
+    kinds = {o.split(":")[0] for o in first}
+    assert {"429", "503", "504", "reset", "truncated"} <= kinds
+    assert "429:2.128" in first  # storm sends decimal Retry-After
+    stats = a.admin.stats()
+    assert stats["faults_injected"] == sum(stats["faults"].get(k, 0) for k in ("429", "503", "504", "reset",
+                                                                                 "truncate"))
+    c = graph_emulator_factory(seed=6, faults=storm, users=10)
+    assert _outcomes(c, paths) != first
+
+
+def test_resilience_mix_rates(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+    emu = graph_emulator_factory(seed=1, faults="resilience", users=5)
+    api = make_api(emu)
+    codes = []
+    for i in range(400):
+        try:
+            codes.append(api.get(f"/users?$top=1&n={i}").status_code)
+        except requests.exceptions.RequestException:
+            codes.append(0)
+            api.http.close()
+    assert 20 <= codes.count(429) <= 65 and codes.count(503) <= 20 and codes.count(0) <= 20
+
+
+def test_set_faults_mid_run_and_batch_items(api_factory_emu: GraphEmulator) -> None:
+    api = make_api(api_factory_emu)
+    assert api.get("/users?$top=1").status_code == 200
+    api.emu.admin.set_faults({"429": 1.0, "retry_after": 3})
+    resp = api.get("/users?$top=1")
+    assert resp.status_code == 429 and resp.headers["Retry-After"] == "3"
+    api.emu.admin.set_faults({"reset": 1.0})
+    with pytest.raises(requests.exceptions.ConnectionError):
+        api.get("/users?$top=1")
+    api.http.close()
+    api.emu.admin.set_faults(None)
+    assert api.get("/users?$top=1").status_code == 200
+    assert api.emu.admin.stats()["faults"] == {"429": 1, "reset": 1}
+
+
+@pytest.fixture
+def api_factory_emu(graph_emulator_factory: Callable[..., GraphEmulator]) -> GraphEmulator:
+    return graph_emulator_factory(users=5)
+
+
+def test_batch_item_faults(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+    emu = graph_emulator_factory(users=5, seed=3)
+    api = make_api(emu)
+    emu.admin.set_faults({"503": 0.5, "reset": 0.0})
+    seen: set[int] = set()
+    for n in range(5):
+        try:
+            resp = api.batch([{"id": str(i), "method": "GET", "url": f"/users?$top=1&n={n}-{i}"} for i in range(10)])
+        except requests.exceptions.RequestException:
+            api.http.close()
+            continue
+        if resp.status_code == 200:
+            seen |= {r["status"] for r in resp.json()["responses"]}
+    assert {200, 503} <= seen
