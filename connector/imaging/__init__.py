@@ -21,6 +21,7 @@ from connector.imaging._errors import (
     UnsupportedImageError,
 )
 from connector.imaging._face import FaceBox, FaceFinder, face_finder
+from connector.imaging._files import PHOTO_EXTENSIONS, is_photo_name, write_atomic
 from connector.imaging._normalize import NormalizedPhoto, encode_jpeg, normalize
 from connector.imaging._spec import (
     AD_THUMBNAIL_MAX_BYTES,
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "EXCHANGE_PHOTO_MAX_BYTES",
     "EXCHANGE_PHOTO_SIZE",
+    "PHOTO_EXTENSIONS",
     "CorruptImageError",
     "CropMode",
     "EmptyImageError",
@@ -62,8 +64,10 @@ __all__ = [
     "UnsupportedImageError",
     "encode_jpeg",
     "face_finder",
+    "is_photo_name",
     "normalize",
     "parse_byte_size",
     "probe",
     "verify",
+    "write_atomic",
 ]

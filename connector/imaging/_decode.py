@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -1,0 +1,42 @@
+"""Photo files on disk: which names count as photos, and writing output without half-written files.
+
+Shared by ``mvsync photo convert`` and the ``photo-folder`` agent, which both read folders of
+photos and write JPEGs that other programs (or the next import) may read at any moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["PHOTO_EXTENSIONS", "is_photo_name", "write_atomic"]
+
+#: File extensions (lower case) taken as photos when scanning folders.
+PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".gif", ".png", ".bmp", ".tif", ".tiff"})
+
+
+def is_photo_name(name: str) -> bool:
+    """A visible file whose extension is a photo extension, in any case (``JDOE.JPG``)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in PHOTO_EXTENSIONS
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one.
+
+    A hidden temporary file in the same folder (so ``os.replace`` is a rename on one file system)
+    is flushed to disk before the rename. Photo-folder scans skip hidden files, so a crash leaves
+    at most an ignored temporary behind. The file is created 0600 (photos are personal data).
+    """
+    fd, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
