@@ -45,29 +45,46 @@ def settings_for(emu: Any, **overrides: Any) -> ExchangeOnlineSettings:
     """Settings pointing at the emulator; the refresh token passes like a resolved ``{env=..}`` ref."""
     info = emu.info
     values: dict[str, Any] = {
-        "tenant_id": info["tenant_id"], "client_id": info["client_id"], "authority": info["authority"],
-        "graph_url": info["graph_url"], "instance_discovery": False, "ca_bundle": info["ca_cert"],
-        "refresh_token": info["refresh_token"], "backoff_initial_s": 0.05, "concurrency": 16,
+        "tenant_id": info["tenant_id"],
+        "client_id": info["client_id"],
+        "authority": info["authority"],
+        "graph_url": info["graph_url"],
+        "instance_discovery": False,
+        "ca_bundle": info["ca_cert"],
+        "refresh_token": info["refresh_token"],
+        "backoff_initial_s": 0.05,
+        "concurrency": 16,
     }
     values.update(overrides)
     return ExchangeOnlineSettings.model_validate(values)
 
 
 def make_connector(emu: Any, data_dir: Path, **overrides: Any) -> ExchangeOnlinePhotosConnector:
-    context = ConnectorContext(agent="exo", data_dir=data_dir, reauthorize_command=REAUTH,
-                               export_attributes={"EXOUser": frozenset({"EXOPhoto"})})
+    context = ConnectorContext(
+        agent="exo",
+        data_dir=data_dir,
+        reauthorize_command=REAUTH,
+        export_attributes={"EXOUser": frozenset({"EXOPhoto"})},
+    )
     return ExchangeOnlinePhotosConnector(settings_for(emu, **overrides), context)
 
 
-def run_import(connector: ExchangeOnlinePhotosConnector, mode: ImportMode, watermark: str | None = None,
-               page_size: int = 25) -> tuple[list[CSEntryChange], str | None]:
+def run_import(
+    connector: ExchangeOnlinePhotosConnector,
+    mode: ImportMode,
+    watermark: str | None = None,
+    page_size: int = 25,
+) -> tuple[list[CSEntryChange], str | None]:
     """Drive ``import_page`` the way the engine does; returns all entries and the final watermark."""
     entries: list[CSEntryChange] = []
     token: str | None = None
     page = 1
     while True:
-        result = connector.import_page(ImportRequest(mode=mode, page_size=page_size, page_number=page,
-                                                     page_token=token, watermark=watermark))
+        result = connector.import_page(
+            ImportRequest(
+                mode=mode, page_size=page_size, page_number=page, page_token=token, watermark=watermark
+            )
+        )
         assert len(result.entries) <= page_size
         entries.extend(result.entries)
         if not result.more_to_import:

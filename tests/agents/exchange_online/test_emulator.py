@@ -52,13 +52,16 @@ def test_full_import_matches_the_tenant(make_emulator: Any, tmp_path: Path) -> N
             # never the unbounded original: at most the configured 648x648
             side = min(user["photo"]["width"], user["photo"]["height"])
             expected = max(s for s in (48, 64, 96, 120, 240, 360, 432, 504, 648) if s <= min(648, side))
-            assert data == emu.admin.get_photo(user["id"], size=expected if expected != side else None) or \
-                data == emu.admin.get_photo(user["id"], size=expected)
+            assert data == emu.admin.get_photo(
+                user["id"], size=expected if expected != side else None
+            ) or data == emu.admin.get_photo(user["id"], size=expected)
         else:
             assert "EXOPhoto" not in entry.attributes
 
 
-def test_delta_finds_photo_and_user_changes_and_downloads_only_those(make_emulator: Any, tmp_path: Path) -> None:
+def test_delta_finds_photo_and_user_changes_and_downloads_only_those(
+    make_emulator: Any, tmp_path: Path
+) -> None:
     emu = make_emulator(users=50)
     conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
     conn.open()
@@ -118,8 +121,10 @@ def test_recheck_window_bounds_probes(make_emulator: Any, tmp_path: Path) -> Non
     assert conn.counters["probes"] == 0  # inside the window nobody is probed
 
 
-@pytest.mark.parametrize("variant", ["ImageNotFound", "ImageNotFoundPeople", "ErrorEntityNotFound",
-                                     "ErrorItemNotFound", "legacy-1x1"])
+@pytest.mark.parametrize(
+    "variant",
+    ["ImageNotFound", "ImageNotFoundPeople", "ErrorEntityNotFound", "ErrorItemNotFound", "legacy-1x1"],
+)
 def test_every_no_photo_variant_means_no_photo(make_emulator: Any, tmp_path: Path, variant: str) -> None:
     emu = make_emulator(users=20, no_photo_variant=variant)
     conn = make_connector(emu, tmp_path)
@@ -142,8 +147,13 @@ def test_unknown_user_and_user_without_mailbox(make_emulator: Any, tmp_path: Pat
         # an unknown user on a photo URL is 404 ImageNotFound in Graph: "no photo", not an error
         from connector.agents.exchange_online._photos import PhotoTask, read_response
 
-        resp = conn.graph.batch([__import__("connector.agents.exchange_online._photos", fromlist=["x"])
-                                 .task_request(PhotoTask("00000000-0000-0000-0000-000000000000"))])[0]
+        resp = conn.graph.batch(
+            [
+                __import__("connector.agents.exchange_online._photos", fromlist=["x"]).task_request(
+                    PhotoTask("00000000-0000-0000-0000-000000000000")
+                )
+            ]
+        )[0]
         assert read_response(PhotoTask("x"), resp, "648x648").kind == "none"
         entries, _ = run_import(conn, ImportMode.FULL)
     finally:
@@ -162,7 +172,9 @@ def test_access_token_expiry_mid_run_is_refreshed_silently(make_emulator: Any, t
     try:
         page, token = 1, None
         while True:
-            result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token))
+            result = conn.import_page(
+                ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token)
+            )
             entries += result.entries
             if page == 1:
                 emu.admin.expire_access_tokens()  # Graph now answers 401 for the token in use
@@ -207,7 +219,9 @@ def test_retry_budget_turns_failures_into_object_errors(make_emulator: Any, tmp_
     assert any(e.error is not None and e.error.name == "graph-throttled" for e in entries)
 
 
-def test_revoked_refresh_token_stops_mid_run_with_the_reauthorize_command(make_emulator: Any, tmp_path: Path) -> None:
+def test_revoked_refresh_token_stops_mid_run_with_the_reauthorize_command(
+    make_emulator: Any, tmp_path: Path
+) -> None:
     from connector.sdk import ImportRequest
 
     emu = make_emulator(users=400, latency_ms=30)  # the pipeline runs at most ~200 users ahead
@@ -231,7 +245,9 @@ def run_import_rest(conn: Any, token: str | None) -> None:
 
     page = 2
     while True:
-        result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=5, page_number=page, page_token=token))
+        result = conn.import_page(
+            ImportRequest(ImportMode.FULL, page_size=5, page_number=page, page_token=token)
+        )
         if not result.more_to_import:
             return
         page, token = page + 1, result.page_token
@@ -246,15 +262,25 @@ def test_engine_step_stops_authentication_and_keeps_earlier_imports(
     emu = make_emulator(users=20)
     info = emu.info
     monkeypatch.setenv("EXO_RT", info["refresh_token"])
-    settings = {"tenant_id": info["tenant_id"], "client_id": info["client_id"], "authority": info["authority"],
-                "graph_url": info["graph_url"], "instance_discovery": False, "ca_bundle": info["ca_cert"],
-                "refresh_token": {"env": "EXO_RT"}}
+    settings = {
+        "tenant_id": info["tenant_id"],
+        "client_id": info["client_id"],
+        "authority": info["authority"],
+        "graph_url": info["graph_url"],
+        "instance_discovery": False,
+        "ca_bundle": info["ca_cert"],
+        "refresh_token": {"env": "EXO_RT"},
+    }
     cfg_file = tmp_path / "mvsync.toml"
-    config = config_from_dict({
-        "store": {"url": f"sqlite:///{tmp_path / 'mv.db'}"}, "data_dir": str(tmp_path / "data"),
-        "agents": {"exo": {"type": "exchange-online-photos", "settings": settings}},
-        "run_profiles": {"full": {"steps": [{"type": "full-import", "agent": "exo", "page_size": 5}]}},
-    }, file=cfg_file)
+    config = config_from_dict(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'mv.db'}"},
+            "data_dir": str(tmp_path / "data"),
+            "agents": {"exo": {"type": "exchange-online-photos", "settings": settings}},
+            "run_profiles": {"full": {"steps": [{"type": "full-import", "agent": "exo", "page_size": 5}]}},
+        },
+        file=cfg_file,
+    )
     engine = Engine(config)
     try:
         first = engine.run_profile("full")
@@ -299,8 +325,9 @@ def test_export_puts_and_deletes_photos(make_emulator: Any, tmp_path: Path) -> N
     put.identifier = "1"
     remove = CSEntryChange.update("EXOUser", users[1]["id"], [AttributeChange.delete("EXOPhoto")])
     remove.identifier = "2"
-    missing = CSEntryChange.update("EXOUser", "00000000-0000-0000-0000-00000000dead",
-                                   [AttributeChange.replace("EXOPhoto", jpeg)])
+    missing = CSEntryChange.update(
+        "EXOUser", "00000000-0000-0000-0000-00000000dead", [AttributeChange.replace("EXOPhoto", jpeg)]
+    )
     missing.identifier = "3"
     conn = make_connector(emu, tmp_path)
     conn.open()
@@ -313,8 +340,9 @@ def test_export_puts_and_deletes_photos(make_emulator: Any, tmp_path: Path) -> N
     assert results[2].status == ExportStatus.FAILED
     stored = emu.admin.get_photo(users[0]["id"])
     assert stored is not None and len(stored) < 4_000_000
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert max(Image.open(io.BytesIO(stored)).size) <= 648
     assert emu.admin.get_photo(users[1]["id"]) is None

@@ -1,0 +1,193 @@
+"""Unit tests: Graph wire shapes replayed from doc-authored cassettes, retry maths, token cache."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import msal
+import pytest
+import vcr
+from cryptography.fernet import Fernet
+
+from connector.agents.exchange_online import ExchangeOnlineSettings
+from connector.agents.exchange_online._graph import (
+    BatchItem,
+    GraphClient,
+    GraphResponse,
+    backoff_seconds,
+    parse_retry_after,
+)
+from connector.agents.exchange_online._photos import (
+    PhotoOutcome,
+    PhotoTask,
+    normalize_etag,
+    pick_size,
+    read_response,
+)
+from connector.agents.exchange_online._tokencache import EncryptedTokenCache, load_key
+from connector.sdk import ConfigurationError
+
+CASSETTES = Path(__file__).parent / "cassettes"
+
+SETTINGS = ExchangeOnlineSettings(
+    tenant_id="contoso", client_id="app", backoff_initial_s=0.5, backoff_max_s=8
+)
+
+
+class _StubAuth:
+    """Stands in for MSAL: the cassettes carry no token traffic (and no secrets)."""
+
+    def token(self) -> str:
+        return "stub"
+
+    def invalidate(self, rejected: str) -> None:
+        pass
+
+
+def _path_matcher(r1: Any, r2: Any) -> None:
+    assert r1.method == r2.method and r1.path.rsplit("/v1.0/", 1)[-1] == r2.path.rsplit("/v1.0/", 1)[-1]
+
+
+def _vcr() -> vcr.VCR:
+    v = vcr.VCR(cassette_library_dir=str(CASSETTES), record_mode="none", match_on=["graph_path"])
+    v.register_matcher("graph_path", _path_matcher)
+    return v
+
+
+def _client() -> GraphClient:
+    import requests
+
+    return GraphClient(SETTINGS, _StubAuth(), session_factory=requests.Session)  # type: ignore[arg-type]
+
+
+def test_users_delta_page_from_the_docs() -> None:
+    with _vcr().use_cassette("graph_photo_batch.yaml"):
+        resp = _client().get_json(
+            "users/delta?$select=id,userPrincipalName,mail,mailNickname,displayName,accountEnabled"
+        )
+    assert resp.ok
+    values = resp.json_body["value"]
+    assert [v.get("@removed") is not None for v in values] == [False, False, True]
+    assert "$deltatoken=" in resp.json_body["@odata.deltaLink"]
+
+
+def test_batch_items_from_the_docs() -> None:
+    items = [
+        BatchItem("GET", "/users/a/photo"),
+        BatchItem("GET", "/users/b/photo"),
+        BatchItem("GET", "/users/c/photo"),
+        BatchItem("GET", "/users/d/photos/240x240/$value"),
+    ]
+    client = _client()
+    with _vcr().use_cassette("graph_photo_batch.yaml"):
+        meta, missing, throttled, binary = client.batch(items)  # answered out of order, matched by id
+    follow = read_response(PhotoTask("a"), meta, "648x648")
+    assert isinstance(follow, PhotoTask) and follow.kind == "get"
+    assert follow.size == "240x240" and follow.etag == "BA09D118"  # never asks above the original
+    assert isinstance(read_response(PhotoTask("b"), missing, "648x648"), PhotoOutcome)
+    assert read_response(PhotoTask("b"), missing, "648x648").kind == "none"  # type: ignore[union-attr]
+    assert throttled.status == 429 and throttled.retry_after == pytest.approx(2.128)
+    assert client.item_retry(1, throttled) == pytest.approx(2.128)
+    assert client.stats.throttled == 1 and client.stats.batch_items == 4
+    got = read_response(PhotoTask("d", "get", "240x240", "BA09D118"), binary, "648x648")
+    assert isinstance(got, PhotoOutcome) and got.kind == "photo"
+    assert got.data is not None and got.data.startswith(b"\xff\xd8") and got.etag == "BA09D118"
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("10", 10.0), ("2.128", 2.128), (" 0 ", 0.0), ("soon", None), (None, None)]
+)
+def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_backoff_honours_retry_after_and_jitters_otherwise() -> None:
+    assert backoff_seconds(3, 2.128, SETTINGS) == pytest.approx(2.128)
+    assert backoff_seconds(1, 999.0, SETTINGS) == SETTINGS.retry_after_max_s
+    waits = [backoff_seconds(4, None, SETTINGS) for _ in range(50)]
+    assert all(2.0 <= w <= 4.0 for w in waits) and len(set(waits)) > 1  # 0.5 * 2**3 = 4, equal jitter
+    assert all(backoff_seconds(20, None, SETTINGS) <= SETTINGS.backoff_max_s for _ in range(10))
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind"),
+    [
+        ("ImageNotFound", 404, "none"),
+        ("ErrorEntityNotFound", 404, "none"),
+        ("ErrorItemNotFound", 404, "none"),
+        ("GetUserPhoto", 404, "none"),
+        ("Request_ResourceNotFound", 404, "gone"),
+        ("MailboxNotHostedInExchangeOnline", 404, "error"),
+        ("AuthenticationError", 400, "error"),
+        ("ErrorInsufficientPermissionsInAccessToken", 403, "error"),
+    ],
+)
+def test_error_bodies(code: str, status: int, kind: str) -> None:
+    resp = GraphResponse(status, {}, b"", {"error": {"code": code, "message": "m"}})
+    out = read_response(PhotoTask("u"), resp, "648x648")
+    assert isinstance(out, PhotoOutcome) and out.kind == kind
+
+
+def test_legacy_no_photo_and_unchanged() -> None:
+    legacy = GraphResponse(200, {}, b"", {"@odata.mediaEtag": "", "id": "1x1", "width": 1, "height": 1})
+    assert read_response(PhotoTask("u"), legacy, "648x648").kind == "none"  # type: ignore[union-attr]
+    gif = GraphResponse(200, {"content-type": "image/gif"}, b"GIF89a\x01\x00\x01\x00rest")
+    assert read_response(PhotoTask("u", "get"), gif, "648x648").kind == "none"  # type: ignore[union-attr]
+    meta = GraphResponse(200, {}, b"", {"@odata.mediaEtag": '"AB12"', "width": 648, "height": 648})
+    same = read_response(PhotoTask("u", baseline=(True, "AB12")), meta, "648x648")
+    assert isinstance(same, PhotoOutcome) and same.kind == "unchanged"
+    changed = read_response(PhotoTask("u", baseline=(True, "OLD")), meta, "96x96")
+    assert isinstance(changed, PhotoTask) and changed.size == "96x96"
+
+
+def test_sizes_and_etags() -> None:
+    assert pick_size("648x648", 2000, 1500) == "648x648"
+    assert pick_size("648x648", 800, 600) == "504x504"
+    assert pick_size("648x648", 30, 30) is None
+    assert normalize_etag('W/"abc"') == normalize_etag('"abc"') == "abc"
+    assert normalize_etag('""') is None
+
+
+def test_settings_refuse_unbounded_sizes_and_plain_http() -> None:
+    with pytest.raises(ValueError):
+        ExchangeOnlineSettings(tenant_id="t", client_id="c", photo_size="1024x1024")
+    with pytest.raises(ValueError):
+        ExchangeOnlineSettings(tenant_id="t", client_id="c", graph_url="http://graph")
+    with pytest.raises(ValueError):
+        ExchangeOnlineSettings(tenant_id="t", client_id="c", auth_mode="app")
+
+
+def test_token_cache_encrypted_atomic_0600(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = Fernet.generate_key()
+    monkeypatch.setenv("K", key.decode())
+    assert load_key("K", None) == key
+    cache = EncryptedTokenCache(tmp_path / "c.bin", key)
+    cache.cache.add(
+        {
+            "client_id": "app",
+            "scope": ["s"],
+            "token_endpoint": "https://login.example/t/oauth2/v2.0/token",
+            "response": {
+                "access_token": "AT-SECRET",
+                "refresh_token": "RT-SECRET",
+                "expires_in": 3600,
+                "token_type": "Bearer",
+            },
+        }
+    )
+    assert cache.persist_if_changed() and not cache.persist_if_changed()
+    blob = (tmp_path / "c.bin").read_bytes()
+    assert b"RT-SECRET" not in blob and b"AT-SECRET" not in blob
+    assert stat.S_IMODE(os.stat(tmp_path / "c.bin").st_mode) == 0o600
+    again = EncryptedTokenCache(tmp_path / "c.bin", key)
+    refresh = next(iter(again.cache.search(msal.TokenCache.CredentialType.REFRESH_TOKEN)))
+    assert refresh["secret"] == "RT-SECRET"
+    with pytest.raises(ConfigurationError):
+        EncryptedTokenCache(tmp_path / "c.bin", Fernet.generate_key())
+    monkeypatch.delenv("K")
+    with pytest.raises(ConfigurationError) as missing:
+        load_key("K", None)
+    assert "K" in str(missing.value)
