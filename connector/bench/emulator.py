@@ -24,12 +24,25 @@ from connector.emulator import EmulatorConfig, GraphEmulator
 __all__ = ["register", "run"]
 
 
-def run(seconds: float = 5.0, concurrency: int = 16, users: int = 1000, photo_ratio: float = 0.5,
-        size: str | None = None) -> dict[str, Any]:
+def run(
+    seconds: float = 5.0,
+    concurrency: int = 16,
+    users: int = 1000,
+    photo_ratio: float = 0.5,
+    size: str | None = None,
+) -> dict[str, Any]:
     """Start an emulator, drive it from a client process, return the measured rates."""
-    config = EmulatorConfig(users=users, photo_ratio=photo_ratio, seed=1, latency_ms=0.0, app_rate_per_s=None,
-                            app_concurrency=None, mailbox_concurrency=None, mailbox_requests_per_10min=None,
-                            directory_ru_per_10s=None)
+    config = EmulatorConfig(
+        users=users,
+        photo_ratio=photo_ratio,
+        seed=1,
+        latency_ms=0.0,
+        app_rate_per_s=None,
+        app_concurrency=None,
+        mailbox_concurrency=None,
+        mailbox_requests_per_10min=None,
+        directory_ru_per_10s=None,
+    )
     with GraphEmulator(config) as emu:
         templates = emu.tenant.templates
         used = {u.photo.template for u in emu.tenant.live_users() if u.photo and u.photo.template is not None}
@@ -38,12 +51,23 @@ def run(seconds: float = 5.0, concurrency: int = 16, users: int = 1000, photo_ra
         info = emu.info
         suffix = f"/photos/{size}/$value" if size else "/photo/$value"
         paths = [f"/v1.0/users/{u['id']}{suffix}" for u in emu.admin.users()]
-        job = {"port": info["port"], "ca_cert": info["ca_cert"], "token": emu.admin.issue_app_token(),
-               "paths": paths, "seconds": seconds, "concurrency": concurrency}
+        job = {
+            "port": info["port"],
+            "ca_cert": info["ca_cert"],
+            "token": emu.admin.issue_app_token(),
+            "paths": paths,
+            "seconds": seconds,
+            "concurrency": concurrency,
+        }
         emu.admin.reset_stats()
-        proc = subprocess.run([sys.executable, "-m", "connector.bench.emulator", "--client"],
-                              input=json.dumps(job), capture_output=True, text=True, timeout=seconds + 60,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "connector.bench.emulator", "--client"],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark client failed: {proc.stderr.strip()[-2000:]}")
         client = json.loads(proc.stdout)
@@ -67,11 +91,18 @@ def run(seconds: float = 5.0, concurrency: int = 16, users: int = 1000, photo_ra
 
 
 # --- client process --------------------------------------------------------------------------------
-async def _worker(job: dict[str, Any], ctx: ssl.SSLContext, offset: int, stop_at: float,
-                  by_status: Counter[str], totals: Counter[str]) -> None:
+async def _worker(
+    job: dict[str, Any],
+    ctx: ssl.SSLContext,
+    offset: int,
+    stop_at: float,
+    by_status: Counter[str],
+    totals: Counter[str],
+) -> None:
     port, token, paths = job["port"], job["token"], job["paths"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1",
-                                                   limit=1 << 20)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1", limit=1 << 20
+    )
     head_tpl = f" HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nAccept: */*\r\n\r\n"
     index = offset
     try:
@@ -100,11 +131,18 @@ async def _client(job: dict[str, Any]) -> dict[str, Any]:
     totals: Counter[str] = Counter()
     start = time.monotonic()
     stop_at = start + float(job["seconds"])
-    await asyncio.gather(*(_worker(job, ctx, i, stop_at, by_status, totals) for i in range(job["concurrency"])))
+    await asyncio.gather(
+        *(_worker(job, ctx, i, stop_at, by_status, totals) for i in range(job["concurrency"]))
+    )
     elapsed = time.monotonic() - start
     errors = {k: v for k, v in totals.items() if k.startswith("error:")}
-    return {"responses": sum(by_status.values()), "bytes": totals["bytes"], "by_status": dict(by_status),
-            "errors": errors, "elapsed_s": elapsed}
+    return {
+        "responses": sum(by_status.values()),
+        "bytes": totals["bytes"],
+        "by_status": dict(by_status),
+        "errors": errors,
+        "elapsed_s": elapsed,
+    }
 
 
 def _client_main() -> None:
@@ -120,8 +158,9 @@ def register(bench_app: typer.Typer) -> None:
         seconds: Annotated[float, typer.Option("--seconds", help="How long the client drives load.")] = 5.0,
         concurrency: Annotated[int, typer.Option("--concurrency", help="Keep-alive connections.")] = 16,
         users: Annotated[int, typer.Option("--users", help="Tenant size.")] = 1000,
-        size: Annotated[str | None, typer.Option("--size", help="Photo size, e.g. 96x96 (default: the original).")
-                        ] = None,
+        size: Annotated[
+            str | None, typer.Option("--size", help="Photo size, e.g. 96x96 (default: the original).")
+        ] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Photo requests/s the emulator serves (no latency, no throttling) to a separate client process."""
@@ -131,8 +170,10 @@ def register(bench_app: typer.Typer) -> None:
         if json_out:
             print_json(result)
         else:
-            typer.echo(f"{result['photo_requests_per_s']} photo requests/s "
-                       f"({result['responses']} in {result['elapsed_s']} s, {concurrency} connections)")
+            typer.echo(
+                f"{result['photo_requests_per_s']} photo requests/s "
+                f"({result['responses']} in {result['elapsed_s']} s, {concurrency} connections)"
+            )
 
 
 if __name__ == "__main__":

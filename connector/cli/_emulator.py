@@ -17,8 +17,9 @@ import typer
 
 from connector.cli._common import EXIT_CONFIG, JsonOption, console, fail, print_json
 
-emulator_app = typer.Typer(help="The Microsoft Graph + Entra ID emulator (tests, benchmarks, demo).",
-                           no_args_is_help=True)
+emulator_app = typer.Typer(
+    help="The Microsoft Graph + Entra ID emulator (tests, benchmarks, demo).", no_args_is_help=True
+)
 
 
 @emulator_app.command("serve")
@@ -27,8 +28,9 @@ def serve(
     photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Seed for users, photos and faults.")] = 1,
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Added latency per Graph request.")] = 0.0,
-    faults: Annotated[str, typer.Option("--faults", help="none, light, resilience, storm, or a JSON object.")
-                      ] = "none",
+    faults: Annotated[
+        str, typer.Option("--faults", help="none, light, resilience, storm, or a JSON object.")
+    ] = "none",
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
     json_out: JsonOption = False,
 ) -> None:
@@ -37,8 +39,9 @@ def serve(
 
     try:
         profile = parse_faults(faults)
-        config = EmulatorConfig(users=users, photo_ratio=photo_ratio, seed=seed, latency_ms=latency_ms,
-                                faults=profile, port=port)
+        config = EmulatorConfig(
+            users=users, photo_ratio=photo_ratio, seed=seed, latency_ms=latency_ms, faults=profile, port=port
+        )
     except ValueError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
     stop = threading.Event()

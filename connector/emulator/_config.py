@@ -10,7 +10,13 @@ from connector.emulator._faults import FaultProfile
 __all__ = ["NO_PHOTO_VARIANTS", "EmulatorConfig", "FaultSpec"]
 
 #: How a tenant answers for a user without a photo (the spec's variants seen in the wild, §1.5).
-NO_PHOTO_VARIANTS = ("ImageNotFound", "ImageNotFoundPeople", "ErrorEntityNotFound", "ErrorItemNotFound", "legacy-1x1")
+NO_PHOTO_VARIANTS = (
+    "ImageNotFound",
+    "ImageNotFoundPeople",
+    "ErrorEntityNotFound",
+    "ErrorItemNotFound",
+    "legacy-1x1",
+)
 
 FaultSpec = FaultProfile | str | dict[str, Any] | None
 
@@ -37,7 +43,7 @@ class EmulatorConfig:
     mailbox_requests_per_10min: int | None = 10_000
     #: "mailbox": the 4-concurrent limit is per app+mailbox (older docs); "app": per app (current docs).
     mailbox_concurrency_scope: Literal["mailbox", "app"] = "mailbox"
-    #: Directory resource units per 10 s per app (S/M/L tenants: 3,500/5,000/8,000); 0 picks by size, None = off.
+    #: Directory resource units per 10 s per app (S/M/L: 3,500/5,000/8,000); 0 = by size, None = off.
     directory_ru_per_10s: int | None = 0
     #: "integer" ("Retry-After: 3") or "decimal" ("Retry-After: 2.128") for throttling 429s.
     retry_after_format: Literal["integer", "decimal"] = "integer"

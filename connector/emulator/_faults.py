@@ -41,8 +41,16 @@ class FaultProfile:
 
     @property
     def active(self) -> bool:
-        return any((self.rate_429, self.rate_503, self.rate_504, self.rate_reset, self.rate_truncate,
-                    self.rate_latency))
+        return any(
+            (
+                self.rate_429,
+                self.rate_503,
+                self.rate_504,
+                self.rate_reset,
+                self.rate_truncate,
+                self.rate_latency,
+            )
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,19 +58,43 @@ class FaultProfile:
 
 PROFILES: dict[str, FaultProfile] = {
     "none": FaultProfile(name="none"),
-    "light": FaultProfile(name="light", rate_429=0.02, rate_503=0.005, rate_latency=0.05, extra_latency_ms=50),
+    "light": FaultProfile(
+        name="light", rate_429=0.02, rate_503=0.005, rate_latency=0.05, extra_latency_ms=50
+    ),
     # The resilience mix of the issue: 10 % 429 with Retry-After, 2 % 503, 1 % resets, 1 % truncated bodies.
-    "resilience": FaultProfile(name="resilience", rate_429=0.10, rate_503=0.02, rate_reset=0.01,
-                               rate_truncate=0.01, retry_after_s=1.0),
-    "storm": FaultProfile(name="storm", rate_429=0.30, rate_503=0.05, rate_504=0.05, rate_reset=0.02,
-                          rate_truncate=0.02, rate_latency=0.2, extra_latency_ms=200, retry_after_s=2.128,
-                          retry_after_decimal=True),
+    "resilience": FaultProfile(
+        name="resilience",
+        rate_429=0.10,
+        rate_503=0.02,
+        rate_reset=0.01,
+        rate_truncate=0.01,
+        retry_after_s=1.0,
+    ),
+    "storm": FaultProfile(
+        name="storm",
+        rate_429=0.30,
+        rate_503=0.05,
+        rate_504=0.05,
+        rate_reset=0.02,
+        rate_truncate=0.02,
+        rate_latency=0.2,
+        extra_latency_ms=200,
+        retry_after_s=2.128,
+        retry_after_decimal=True,
+    ),
 }
 
 # Short keys accepted in a JSON spec: {"429": 0.1, "503": 0.02, "reset": 0.01, "base": "light"}.
-_ALIASES = {"429": "rate_429", "503": "rate_503", "504": "rate_504", "reset": "rate_reset",
-            "truncate": "rate_truncate", "latency": "rate_latency", "latency_ms": "extra_latency_ms",
-            "retry_after": "retry_after_s"}
+_ALIASES = {
+    "429": "rate_429",
+    "503": "rate_503",
+    "504": "rate_504",
+    "reset": "rate_reset",
+    "truncate": "rate_truncate",
+    "latency": "rate_latency",
+    "latency_ms": "extra_latency_ms",
+    "retry_after": "retry_after_s",
+}
 
 
 def parse_faults(spec: FaultProfile | str | dict[str, Any] | None) -> FaultProfile:
@@ -124,8 +156,12 @@ class FaultInjector:
         kind: FaultKind | None = None
         edge = 0.0
         choices: tuple[tuple[FaultKind, float], ...] = (
-            ("429", p.rate_429), ("503", p.rate_503), ("504", p.rate_504),
-            ("reset", p.rate_reset), ("truncate", p.rate_truncate))
+            ("429", p.rate_429),
+            ("503", p.rate_503),
+            ("504", p.rate_504),
+            ("reset", p.rate_reset),
+            ("truncate", p.rate_truncate),
+        )
         for name, rate in choices:
             edge += rate
             if u < edge:

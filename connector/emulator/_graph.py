@@ -36,32 +36,61 @@ MAX_UPLOAD = 4 * 1024 * 1024
 MAX_BATCH = 20
 DELTA_TOKEN_MAX_AGE_S = 7 * 86400
 
-_PHOTO_READ = frozenset({"profilephoto.read.all", "profilephoto.readwrite.all", "user.readbasic.all",
-                         "user.read.all", "user.readwrite.all"})
+_PHOTO_READ = frozenset(
+    {
+        "profilephoto.read.all",
+        "profilephoto.readwrite.all",
+        "user.readbasic.all",
+        "user.read.all",
+        "user.readwrite.all",
+    }
+)
 _PHOTO_WRITE = frozenset({"profilephoto.readwrite.all", "user.readwrite.all"})
 _SELF = frozenset({"user.read", "user.readwrite"})
-_DIRECTORY_READ = frozenset({"user.readbasic.all", "user.read.all", "user.readwrite.all", "directory.read.all",
-                             "directory.readwrite.all"})
+_DIRECTORY_READ = frozenset(
+    {
+        "user.readbasic.all",
+        "user.read.all",
+        "user.readwrite.all",
+        "directory.read.all",
+        "directory.readwrite.all",
+    }
+)
 _DELTA_READ = _DIRECTORY_READ - {"user.readbasic.all"}
 _NOT_IN_COLLECTION = frozenset({"aboutMe"})
 _NO_PHOTO = {
-    "ImageNotFound": ("ImageNotFound",
-                      "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown."),
-    "ImageNotFoundPeople": ("ImageNotFound", "Exception of type "
-                            "'Microsoft.People.Image.Common.Exceptions.ImageNotFoundException' was thrown."),
-    "ErrorEntityNotFound": ("ErrorEntityNotFound",
-                            "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was "
-                            "thrown."),
+    "ImageNotFound": (
+        "ImageNotFound",
+        "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown.",
+    ),
+    "ImageNotFoundPeople": (
+        "ImageNotFound",
+        "Exception of type 'Microsoft.People.Image.Common.Exceptions.ImageNotFoundException' was thrown.",
+    ),
+    "ErrorEntityNotFound": (
+        "ErrorEntityNotFound",
+        "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown.",
+    ),
     "ErrorItemNotFound": ("ErrorItemNotFound", "The photo wasn't found."),
-    "legacy-1x1": ("ImageNotFound",
-                   "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown."),
+    "legacy-1x1": (
+        "ImageNotFound",
+        "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown.",
+    ),
 }
-_DELTA_ID_FILTER = re.compile(r"^\s*id\s+eq\s+'([^']*)'\s*((?:\s+or\s+id\s+eq\s+'[^']*'\s*)*)$", re.IGNORECASE)
+_DELTA_ID_FILTER = re.compile(
+    r"^\s*id\s+eq\s+'([^']*)'\s*((?:\s+or\s+id\s+eq\s+'[^']*'\s*)*)$", re.IGNORECASE
+)
 
 
 class GraphError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None,
-                 inner: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: list[tuple[str, str]] | None = None,
+        inner: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or []
@@ -87,8 +116,17 @@ def _b64decode_any(text: str) -> bytes:
 class GraphService:
     """Graph routes for one emulator (event loop only)."""
 
-    def __init__(self, *, config: EmulatorConfig, tenant: Tenant, identity: Identity, throttle: Throttle,
-                 faults: FaultInjector, stats: Stats, base_url: str) -> None:
+    def __init__(
+        self,
+        *,
+        config: EmulatorConfig,
+        tenant: Tenant,
+        identity: Identity,
+        throttle: Throttle,
+        faults: FaultInjector,
+        stats: Stats,
+        base_url: str,
+    ) -> None:
         self.config = config
         self.tenant = tenant
         self.identity = identity
@@ -102,17 +140,30 @@ class GraphService:
 
     # --- responses -------------------------------------------------------------------------------
     def _headers(self, req: Request, rid: str) -> list[tuple[str, str]]:
-        return [("request-id", rid), ("client-request-id", req.headers.get("client-request-id", rid)),
-                ("Cache-Control", "no-cache")]
+        return [
+            ("request-id", rid),
+            ("client-request-id", req.headers.get("client-request-id", rid)),
+            ("Cache-Control", "no-cache"),
+        ]
 
-    def _json(self, req: Request, rid: str, status: int, obj: Any, extra: list[tuple[str, str]] | None = None
-              ) -> Response:
-        headers = [*self._headers(req, rid), ("Content-Type", JSON_CT), ("OData-Version", "4.0"), *(extra or [])]
+    def _json(
+        self, req: Request, rid: str, status: int, obj: Any, extra: list[tuple[str, str]] | None = None
+    ) -> Response:
+        headers = [
+            *self._headers(req, rid),
+            ("Content-Type", JSON_CT),
+            ("OData-Version", "4.0"),
+            *(extra or []),
+        ]
         return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
 
     def _error(self, req: Request, rid: str, err: GraphError) -> Response:
-        inner = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "request-id": rid,
-                 "client-request-id": req.headers.get("client-request-id", rid), **err.inner}
+        inner = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            "request-id": rid,
+            "client-request-id": req.headers.get("client-request-id", rid),
+            **err.inner,
+        }
         body = {"error": {"code": err.code, "message": err.message, "innerError": inner}}
         headers = [*self._headers(req, rid), ("Content-Type", "application/json"), *err.headers]
         return Response(err.status, json.dumps(body, separators=(",", ":")).encode(), headers)
@@ -126,11 +177,20 @@ class GraphService:
         retry = self.faults.retry_after()
         headers = [("Retry-After", retry)] if retry else []
         if kind == "429":
-            return GraphError(429, "TooManyRequests", "Please retry again later.", headers,
-                              {"code": "429", "message": "Please retry after", "status": "429"})
+            return GraphError(
+                429,
+                "TooManyRequests",
+                "Please retry again later.",
+                headers,
+                {"code": "429", "message": "Please retry after", "status": "429"},
+            )
         if kind == "503":
-            return GraphError(503, "serviceNotAvailable",
-                              "The service is temporarily unavailable. Please retry after a delay.", headers)
+            return GraphError(
+                503,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable. Please retry after a delay.",
+                headers,
+            )
         return GraphError(504, "UnknownError", "Gateway timeout.", [])
 
     # --- entry point -----------------------------------------------------------------------------
@@ -156,10 +216,15 @@ class GraphService:
         if claims is None:
             self.stats.count("graph_requests")
             self.stats.by_status["401"] += 1
-            challenge = (f'Bearer realm="", authorization_uri="{self.base_url}/common/oauth2/authorize", '
-                         'client_id="00000003-0000-0000-c000-000000000000"')
-            return self._error(req, rid, GraphError(401, "InvalidAuthenticationToken", why,
-                                                    [("WWW-Authenticate", challenge)]))
+            challenge = (
+                f'Bearer realm="", authorization_uri="{self.base_url}/common/oauth2/authorize", '
+                'client_id="00000003-0000-0000-c000-000000000000"'
+            )
+            return self._error(
+                req,
+                rid,
+                GraphError(401, "InvalidAuthenticationToken", why, [("WWW-Authenticate", challenge)]),
+            )
         if req.path.rstrip("/") == "/v1.0/$batch":
             response = await self._batch(req, rid, claims)
         else:
@@ -187,11 +252,19 @@ class GraphService:
                 self.stats.count("throttled")
                 self.stats.throttled_by_scope[refusal.scope] += 1
                 headers = [("Retry-After", self._retry_after(refusal.wait_s))]
-                inner = {"code": "429", "message": "Please retry after", "status": "429"} \
-                    if refusal.code == "TooManyRequests" else {}
+                inner = (
+                    {"code": "429", "message": "Please retry after", "status": "429"}
+                    if refusal.code == "TooManyRequests"
+                    else {}
+                )
                 if route.resource_units:
-                    headers += [("x-ms-throttle-scope", f"{refusal.scope}/{claims.client_id}/{self.tenant.tenant_id}"),
-                                ("x-ms-throttle-information", "ResourceUnitLimitExceeded")]
+                    headers += [
+                        (
+                            "x-ms-throttle-scope",
+                            f"{refusal.scope}/{claims.client_id}/{self.tenant.tenant_id}",
+                        ),
+                        ("x-ms-throttle-information", "ResourceUnitLimitExceeded"),
+                    ]
                 raise GraphError(429, refusal.code, refusal.message, headers, inner)
             self.throttle.enter(claims.client_id, route.mailbox)
             try:
@@ -214,50 +287,82 @@ class GraphService:
             raise GraphError(400, "BadRequest", "Invalid request.")
         if segments[0] == "me":
             if claims.user_id is None:
-                raise GraphError(400, "BadRequest", "/me request is only valid with delegated authentication flow.")
+                raise GraphError(
+                    400, "BadRequest", "/me request is only valid with delegated authentication flow."
+                )
             segments = ["users", claims.user_id, *segments[1:]]
         if segments[0] != "users":
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segments[0]}'.")
         method = req.method
         if len(segments) == 1 or segments[1] in ("$count", "delta"):
             if method != "GET":
-                raise GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri.")
+                raise GraphError(
+                    405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri."
+                )
             kind = segments[1] if len(segments) > 1 else "list"
             allowed = _DELTA_READ if kind == "delta" else _DIRECTORY_READ
-            self._require(claims, allowed, None, "Authorization_RequestDenied",
-                          "Insufficient privileges to complete the operation.")
+            self._require(
+                claims,
+                allowed,
+                None,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
             handlers = {"list": self._list_users, "$count": self._count_users, "delta": self._delta}
             query = req.query
-            units = max(1, 2 - ("$select" in query) - (query.get("$top", "100").isdigit() and
-                                                       int(query.get("$top", "100")) < 20))
+            units = max(
+                1,
+                2
+                - ("$select" in query)
+                - (query.get("$top", "100").isdigit() and int(query.get("$top", "100")) < 20),
+            )
             return _Route(lambda: handlers[kind](req, rid), resource_units=units)
         key = segments[1]
         rest = segments[2:]
         if not rest:
             if method != "GET":
-                raise GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri.")
+                raise GraphError(
+                    405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri."
+                )
             user = self.tenant.find(key)
-            self._require(claims, _DIRECTORY_READ, user, "Authorization_RequestDenied",
-                          "Insufficient privileges to complete the operation.")
+            self._require(
+                claims,
+                _DIRECTORY_READ,
+                user,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
             query = req.query
-            return _Route(lambda: self._get_user(req, rid, key, user), resource_units=1 if "$select" in query else 2)
+            return _Route(
+                lambda: self._get_user(req, rid, key, user), resource_units=1 if "$select" in query else 2
+            )
         if rest[0] not in ("photo", "photos"):
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{rest[0]}'.")
         user = self.tenant.find(key)
         write = method in ("PUT", "PATCH", "DELETE")
-        self._require(claims, _PHOTO_WRITE if write else _PHOTO_READ, user,
-                      "ErrorInsufficientPermissionsInAccessToken",
-                      "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ProfileAccessDeniedException' was "
-                      "thrown.")
+        self._require(
+            claims,
+            _PHOTO_WRITE if write else _PHOTO_READ,
+            user,
+            "ErrorInsufficientPermissionsInAccessToken",
+            "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ProfileAccessDeniedException' was "
+            "thrown.",
+        )
         mailbox = user.id if user else key.lower()
         return _Route(lambda: self._photo(req, rid, user, rest), mailbox=mailbox, photo=True)
 
     @staticmethod
-    def _require(claims: AccessClaims, allowed: frozenset[str], target: User | None, code: str, message: str) -> None:
+    def _require(
+        claims: AccessClaims, allowed: frozenset[str], target: User | None, code: str, message: str
+    ) -> None:
         if claims.permissions & allowed:
             return
-        if claims.user_id is not None and target is not None and target.id == claims.user_id and \
-                claims.permissions & _SELF:
+        if (
+            claims.user_id is not None
+            and target is not None
+            and target.id == claims.user_id
+            and claims.permissions & _SELF
+        ):
             return
         raise GraphError(403, code, message)
 
@@ -270,8 +375,11 @@ class GraphService:
         names = tuple(n.strip() for n in raw.split(",") if n.strip())
         for name in names:
             if name not in USER_PROPERTIES:
-                raise GraphError(400, "Request_BadRequest",
-                                 f"Could not find a property named '{name}' on type 'microsoft.graph.user'.")
+                raise GraphError(
+                    400,
+                    "Request_BadRequest",
+                    f"Could not find a property named '{name}' on type 'microsoft.graph.user'.",
+                )
             if collection and name in _NOT_IN_COLLECTION:
                 raise GraphError(501, "NotImplemented", "This operation target is not yet supported.")
         return names
@@ -282,9 +390,12 @@ class GraphService:
     async def _get_user(self, req: Request, rid: str, key: str, user: User | None) -> Response:
         select = self._select(req.query, collection=False)
         if user is None:
-            raise GraphError(404, "Request_ResourceNotFound",
-                             f"Resource '{key}' does not exist or one of its queried reference-property objects are "
-                             "not present.")
+            raise GraphError(
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{key}' does not exist or one of its queried reference-property objects are "
+                "not present.",
+            )
         body = {"@odata.context": self._context(select, "/$entity"), **user.graph(select)}
         return self._json(req, rid, 200, body)
 
@@ -296,9 +407,12 @@ class GraphService:
         users = self.tenant.live_users()
         if "$search" in query:
             if not eventual:
-                raise GraphError(400, "Request_UnsupportedQuery",
-                                 "Request with $search query parameter only works through MSGraph with a special "
-                                 "request header: 'ConsistencyLevel: eventual'")
+                raise GraphError(
+                    400,
+                    "Request_UnsupportedQuery",
+                    "Request with $search query parameter only works through MSGraph with a special "
+                    "request header: 'ConsistencyLevel: eventual'",
+                )
             users = [u for u in users if _search_match(u, query["$search"])]
         if query.get("$filter"):
             try:
@@ -308,10 +422,13 @@ class GraphService:
                 raise GraphError(400, code, str(exc)) from None
             if flt.advanced and not advanced:
                 op = sorted(flt.advanced)[0]
-                raise GraphError(400, "Request_UnsupportedQuery",
-                                 f"Operator '{op}' is not supported because the required parameters might be "
-                                 "missing. Try adding $count=true query parameter and ConsistencyLevel:eventual "
-                                 "header. Refer to https://aka.ms/graph-docs/advanced-queries for more information")
+                raise GraphError(
+                    400,
+                    "Request_UnsupportedQuery",
+                    f"Operator '{op}' is not supported because the required parameters might be "
+                    "missing. Try adding $count=true query parameter and ConsistencyLevel:eventual "
+                    "header. Refer to https://aka.ms/graph-docs/advanced-queries for more information",
+                )
             users = [u for u in users if flt.predicate(u.props)]
         return users, advanced
 
@@ -328,17 +445,25 @@ class GraphService:
             raise GraphError(400, "Request_BadRequest", "'$skip' is not supported by the service.")
         top_text = query.get("$top", "100")
         if not top_text.isdigit() or not 1 <= int(top_text) <= 999:
-            raise GraphError(400, "Request_UnsupportedQuery",
-                             f"Invalid page size specified: '{top_text}'. Must be between 1 and 999 inclusive.")
+            raise GraphError(
+                400,
+                "Request_UnsupportedQuery",
+                f"Invalid page size specified: '{top_text}'. Must be between 1 and 999 inclusive.",
+            )
         top = int(top_text)
         select = self._select(query, collection=True)
         users, advanced = self._filtered(req)
         order_prop, descending = "id", False
         if query.get("$orderby"):
             parts = query["$orderby"].split()
-            if parts[0] not in ("displayName", "userPrincipalName", "id") or len(parts) > 2 or \
-                    (len(parts) == 2 and parts[1].lower() not in ("asc", "desc")):
-                raise GraphError(400, "Request_UnsupportedQuery", f"Order by '{query['$orderby']}' not supported.")
+            if (
+                parts[0] not in ("displayName", "userPrincipalName", "id")
+                or len(parts) > 2
+                or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc"))
+            ):
+                raise GraphError(
+                    400, "Request_UnsupportedQuery", f"Order by '{query['$orderby']}' not supported."
+                )
             if query.get("$filter") and not advanced:
                 raise GraphError(400, "Request_UnsupportedQuery", "Sorting not supported for current query.")
             order_prop, descending = parts[0], len(parts) == 2 and parts[1].lower() == "desc"
@@ -350,10 +475,13 @@ class GraphService:
             try:
                 after = tuple(json.loads(b64url_decode(query["$skiptoken"]))["k"])
             except (ValueError, KeyError, TypeError):
-                raise GraphError(400, "Request_BadRequest", "The specified page token value is not valid.") from None
-            start = next((i for i, (k, _) in enumerate(keyed) if (k < after if descending else k > after)),
-                         len(keyed))
-        page = keyed[start:start + top]
+                raise GraphError(
+                    400, "Request_BadRequest", "The specified page token value is not valid."
+                ) from None
+            start = next(
+                (i for i, (k, _) in enumerate(keyed) if (k < after if descending else k > after)), len(keyed)
+            )
+        page = keyed[start : start + top]
         body: dict[str, Any] = {"@odata.context": self._context(select)}
         if advanced and "$skiptoken" not in query:
             body["@odata.count"] = len(users)
@@ -372,32 +500,55 @@ class GraphService:
         minimal = "return=minimal" in prefer
         size_match = re.search(r"odata\.maxpagesize=(\d+)", prefer)
         page_size = min(999, max(1, int(size_match.group(1)))) if size_match else 100
-        applied = [p for p, on in (("return=minimal", minimal), (f"odata.maxpagesize={page_size}",
-                                                                 bool(size_match))) if on]
+        applied = [
+            p
+            for p, on in (("return=minimal", minimal), (f"odata.maxpagesize={page_size}", bool(size_match)))
+            if on
+        ]
         extra = [("Preference-Applied", ", ".join(applied))] if applied else []
         now = time.time()
         if "$deltatoken" in query or "$skiptoken" in query:
             raw = query.get("$deltatoken") or query.get("$skiptoken", "")
             if raw == "latest":
                 state: dict[str, Any] = {"b": self.tenant.version, "t": now, "s": None, "f": None}
-                return self._json(req, rid, 200, {"@odata.context": self._context(None),
-                                                  "@odata.deltaLink": self._delta_link("$deltatoken", state),
-                                                  "value": []}, extra)
+                return self._json(
+                    req,
+                    rid,
+                    200,
+                    {
+                        "@odata.context": self._context(None),
+                        "@odata.deltaLink": self._delta_link("$deltatoken", state),
+                        "value": [],
+                    },
+                    extra,
+                )
             try:
                 state = json.loads(b64url_decode(raw))
                 assert isinstance(state, dict)
             except (ValueError, AssertionError, binascii.Error):
                 raise GraphError(400, "Request_BadRequest", "The delta token is not valid.") from None
-            if now - float(state.get("t", 0)) > DELTA_TOKEN_MAX_AGE_S or int(state.get("b", 0)) < self.delta_floor:
-                raise GraphError(410, "resyncRequired",
-                                 "The delta token has expired. Start a new round without a delta token.")
+            if (
+                now - float(state.get("t", 0)) > DELTA_TOKEN_MAX_AGE_S
+                or int(state.get("b", 0)) < self.delta_floor
+            ):
+                raise GraphError(
+                    410,
+                    "resyncRequired",
+                    "The delta token has expired. Start a new round without a delta token.",
+                )
             if "$deltatoken" in query:  # a new round of changes since state["b"]
                 state = {**state, "p": "c", "e": self.tenant.version, "a": ""}
         else:
             select = self._select(query, collection=True)
             ids = _delta_ids(query.get("$filter"))
-            state = {"p": "i", "b": self.tenant.version, "t": now, "s": list(select) if select else None,
-                     "f": ids, "a": ""}
+            state = {
+                "p": "i",
+                "b": self.tenant.version,
+                "t": now,
+                "s": list(select) if select else None,
+                "f": ids,
+                "a": "",
+            }
         select = tuple(state["s"]) if state.get("s") else None
         tracked = select or DEFAULT_PROPERTIES
         wanted = set(state["f"]) if state.get("f") else None
@@ -420,8 +571,11 @@ class GraphService:
                 elif not user.deleted:
                     changed = [p for p in tracked if user.versions.get(p, 0) > since]
                     if changed:
-                        props = {"id": uid, **{p: user.props.get(p) for p in changed}} if minimal else \
-                            {k: v for k, v in user.graph(tracked).items() if v is not None}
+                        props = (
+                            {"id": uid, **{p: user.props.get(p) for p in changed}}
+                            if minimal
+                            else {k: v for k, v in user.graph(tracked).items() if v is not None}
+                        )
                         items.append((uid, props))
                 if len(items) > page_size:
                     break
@@ -432,7 +586,8 @@ class GraphService:
         else:
             next_base = state["b"] if state["p"] == "i" else state["e"]
             body["@odata.deltaLink"] = self._delta_link(
-                "$deltatoken", {"b": next_base, "t": now, "s": state.get("s"), "f": state.get("f")})
+                "$deltatoken", {"b": next_base, "t": now, "s": state.get("s"), "f": state.get("f")}
+            )
         body["value"] = [props for _, props in items]
         return self._json(req, rid, 200, body, extra)
 
@@ -446,11 +601,26 @@ class GraphService:
         return GraphError(404, code, message)
 
     def _photo_entries(self, user: User, photo: Photo) -> list[dict[str, Any]]:
-        entries = [{"@odata.mediaContentType": "image/jpeg", "@odata.mediaEtag": photo.media_etag,
-                    "id": f"{s}x{s}", "height": s, "width": s} for s in available_sizes(photo.width, photo.height)]
+        entries = [
+            {
+                "@odata.mediaContentType": "image/jpeg",
+                "@odata.mediaEtag": photo.media_etag,
+                "id": f"{s}x{s}",
+                "height": s,
+                "width": s,
+            }
+            for s in available_sizes(photo.width, photo.height)
+        ]
         if not (photo.width == photo.height and photo.width in available_sizes(photo.width, photo.height)):
-            entries.append({"@odata.mediaContentType": photo.content_type, "@odata.mediaEtag": photo.media_etag,
-                            "id": f"{photo.width}x{photo.height}", "height": photo.height, "width": photo.width})
+            entries.append(
+                {
+                    "@odata.mediaContentType": photo.content_type,
+                    "@odata.mediaEtag": photo.media_etag,
+                    "id": f"{photo.width}x{photo.height}",
+                    "height": photo.height,
+                    "width": photo.width,
+                }
+            )
         else:
             entries[-1]["@odata.mediaContentType"] = photo.content_type
         return entries
@@ -460,8 +630,11 @@ class GraphService:
         if user is None:
             raise self._no_photo()  # an unknown user on a photo URL is "no photo" in Graph
         if user.mailbox == "on-premises":
-            raise GraphError(404, "MailboxNotHostedInExchangeOnline",
-                             "Mailbox is hosted by an on-premise or non-Exchange server, which is not supported.")
+            raise GraphError(
+                404,
+                "MailboxNotHostedInExchangeOnline",
+                "Mailbox is hosted by an on-premise or non-Exchange server, which is not supported.",
+            )
         if user.mailbox == "none" and self.config.no_mailbox_photo == "error":
             raise GraphError(400, "AuthenticationError", "Error authenticating with resource")
         if rest == ["photo", "$value"] and method in ("PUT", "PATCH"):
@@ -476,16 +649,24 @@ class GraphService:
         photo = user.photo
         if photo is None:
             if self.config.no_photo_variant == "legacy-1x1" and rest in (["photo"], ["photos"]):
-                entry = {"@odata.mediaContentType": "image/gif", "@odata.mediaEtag": "", "id": "1x1",
-                         "width": 1, "height": 1}
-                body = {"value": [entry]} if rest == ["photos"] else entry
+                legacy: dict[str, Any] = {
+                    "@odata.mediaContentType": "image/gif",
+                    "@odata.mediaEtag": "",
+                    "id": "1x1",
+                    "width": 1,
+                    "height": 1,
+                }
+                body = {"value": [legacy]} if rest == ["photos"] else legacy
                 return self._json(req, rid, 200, {"@odata.context": self._photo_context(user, rest), **body})
             raise self._no_photo()
-        entries = self._photo_entries(user, photo)
+        entries: list[dict[str, Any]] = self._photo_entries(user, photo)
         if rest == ["photos"]:
-            return self._json(req, rid, 200, {"@odata.context": self._photo_context(user, rest), "value": entries})
+            return self._json(
+                req, rid, 200, {"@odata.context": self._photo_context(user, rest), "value": entries}
+            )
         if rest[0] == "photos" and len(rest) in (2, 3):
-            entry = next((e for e in entries if e["id"] == rest[1].lower()), None)
+            found = [e for e in entries if e["id"] == rest[1].lower()]
+            entry = found[0] if found else None
             if entry is None or (len(rest) == 3 and rest[2] != "$value"):
                 raise self._no_photo()
         elif rest in (["photo"], ["photo", "$value"]):
@@ -498,12 +679,17 @@ class GraphService:
         size = None if entry is entries[-1] else int(entry["width"])
         data = await self._photo_bytes(user, photo, size)
         self.stats.count("photo_bytes", len(data))
-        headers = [*self._headers(req, rid), ("Content-Type", str(entry["@odata.mediaContentType"])),
-                   ("ETag", photo.http_etag)]
+        headers = [
+            *self._headers(req, rid),
+            ("Content-Type", str(entry["@odata.mediaContentType"])),
+            ("ETag", photo.http_etag),
+        ]
         return Response(200, data, headers)
 
     def _photo_context(self, user: User, rest: list[str]) -> str:
-        suffix = "/photo/$entity" if rest[0] == "photo" else ("/photos" if len(rest) == 1 else "/photos/$entity")
+        suffix = (
+            "/photo/$entity" if rest[0] == "photo" else ("/photos" if len(rest) == 1 else "/photos/$entity")
+        )
         return f"{self.graph_url}/$metadata#users('{user.id}'){suffix}"
 
     def _photo_bytes_cached(self, user: User, photo: Photo, size: int | None) -> bytes | None:
@@ -512,8 +698,11 @@ class GraphService:
             return photo.data if size is None else photo.variants.get(size)
         assert photo.template is not None
         templates = self.tenant.templates
-        data = templates.cached_original(photo.template) if size is None else \
-            templates.cached_variant(photo.template, size)
+        data = (
+            templates.cached_original(photo.template)
+            if size is None
+            else templates.cached_variant(photo.template, size)
+        )
         return None if data is None else splice_marker(data, self.tenant.marker(user))
 
     def photo_bytes_blocking(self, user: User, photo: Photo, size: int | None) -> bytes:
@@ -534,7 +723,8 @@ class GraphService:
         data = self._photo_bytes_cached(user, photo, size)
         if data is None:
             data = await asyncio.get_running_loop().run_in_executor(
-                None, self.photo_bytes_blocking, user, photo, size)
+                None, self.photo_bytes_blocking, user, photo, size
+            )
         return data
 
     async def _upload(self, req: Request, rid: str, user: User) -> Response:
@@ -542,8 +732,11 @@ class GraphService:
         if content_type not in ("image/jpeg", "image/jpg", "image/pjpeg", "image/png"):
             raise GraphError(415, "ErrorInvalidRequest", f"Unsupported media type '{content_type}'.")
         if len(req.body) > MAX_UPLOAD:
-            raise GraphError(413, "ErrorRequestEntityTooLarge",
-                             "The photo is larger than the 4 MB limit on the size of a request.")
+            raise GraphError(
+                413,
+                "ErrorRequestEntityTooLarge",
+                "The photo is larger than the 4 MB limit on the size of a request.",
+            )
         if not req.body:
             raise GraphError(400, "ErrorInvalidRequest", "The request body is empty.")
         loop = asyncio.get_running_loop()
@@ -583,9 +776,16 @@ class GraphService:
                 await done[dep].wait()
             if any(status[d] >= 400 for d in deps):
                 result: dict[str, Any] = {
-                    "id": item_id, "status": 424, "headers": {"Content-Type": "application/json"},
-                    "body": {"error": {"code": "FailedDependency",
-                                       "message": "Request failed due to a failed dependency."}}}
+                    "id": item_id,
+                    "status": 424,
+                    "headers": {"Content-Type": "application/json"},
+                    "body": {
+                        "error": {
+                            "code": "FailedDependency",
+                            "message": "Request failed due to a failed dependency.",
+                        }
+                    },
+                }
                 self.stats.by_status["424"] += 1
             else:
                 async with gate:
@@ -600,26 +800,38 @@ class GraphService:
     @staticmethod
     def _validate_batch(items: list[dict[str, Any]]) -> None:
         if len(items) > MAX_BATCH:
-            raise GraphError(400, "BadRequest", f"The batch request contains {len(items)} requests; "
-                             f"the limit is {MAX_BATCH}.")
+            raise GraphError(
+                400,
+                "BadRequest",
+                f"The batch request contains {len(items)} requests; the limit is {MAX_BATCH}.",
+            )
         seen: set[str] = set()
         for item in items:
             if not all(isinstance(item.get(k), str) and item.get(k) for k in ("id", "method", "url")):
-                raise GraphError(400, "BadRequest", "Invalid batch payload format: each request needs id, method "
-                                 "and url.")
+                raise GraphError(
+                    400, "BadRequest", "Invalid batch payload format: each request needs id, method and url."
+                )
             key = item["id"].lower()
             if key in seen:
-                raise GraphError(400, "BadRequest", f"Batch request contains duplicate request id '{item['id']}'.")
+                raise GraphError(
+                    400, "BadRequest", f"Batch request contains duplicate request id '{item['id']}'."
+                )
             seen.add(key)
             if "body" in item and not any(k.lower() == "content-type" for k in (item.get("headers") or {})):
-                raise GraphError(400, "BadRequest",
-                                 f"Write request id : {item['id']} does not contain Content-Type header or body.")
+                raise GraphError(
+                    400,
+                    "BadRequest",
+                    f"Write request id : {item['id']} does not contain Content-Type header or body.",
+                )
         ids = {i["id"].lower() for i in items}
         for item in items:
             deps = item.get("dependsOn") or []
-            if not isinstance(deps, list) or any(str(d).lower() not in ids or str(d).lower() == item["id"].lower()
-                                                 for d in deps):
-                raise GraphError(400, "BadRequest", f"Request '{item['id']}' depends on an unknown request id.")
+            if not isinstance(deps, list) or any(
+                str(d).lower() not in ids or str(d).lower() == item["id"].lower() for d in deps
+            ):
+                raise GraphError(
+                    400, "BadRequest", f"Request '{item['id']}' depends on an unknown request id."
+                )
         # A dependency cycle would hang the batch; the service rejects it.
         graph = {i["id"].lower(): [str(d).lower() for d in i.get("dependsOn") or []] for i in items}
         state: dict[str, int] = {}
@@ -644,12 +856,15 @@ class GraphService:
         url = item["url"]
         try:
             if "://" in url or url.lstrip("/").lower().startswith(("v1.0/", "beta/")):
-                raise GraphError(400, "BadRequest", "Invalid request URL: use a URL relative to the version, "
-                                 "e.g. /users.")
+                raise GraphError(
+                    400, "BadRequest", "Invalid request URL: use a URL relative to the version, e.g. /users."
+                )
             body = b""
             if "body" in item:
                 raw = item["body"]
-                if headers.get("content-type", "").lower().startswith("application/json") or not isinstance(raw, str):
+                if headers.get("content-type", "").lower().startswith("application/json") or not isinstance(
+                    raw, str
+                ):
                     body = json.dumps(raw).encode()
                 else:
                     try:
@@ -657,13 +872,21 @@ class GraphService:
                     except (binascii.Error, ValueError):
                         raise GraphError(400, "BadRequest", "The request body is not valid base64.") from None
             path, _, raw_query = url.lstrip("/").partition("?")
-            inner = Request(item["method"].upper(), f"/v1.0/{path}" + (f"?{raw_query}" if raw_query else ""),
-                            "/v1.0/" + unquote(path), raw_query, headers, body)
+            inner = Request(
+                item["method"].upper(),
+                f"/v1.0/{path}" + (f"?{raw_query}" if raw_query else ""),
+                "/v1.0/" + unquote(path),
+                raw_query,
+                headers,
+                body,
+            )
             response = await self.execute(inner, rid, claims, in_batch=True)
         except GraphError as err:
             self.stats.by_status[str(err.status)] += 1
             response = self._error(outer, rid, err)
-        out_headers = {k: v for k, v in response.headers if k.lower() not in ("request-id", "client-request-id")}
+        out_headers = {
+            k: v for k, v in response.headers if k.lower() not in ("request-id", "client-request-id")
+        }
         result: dict[str, Any] = {"id": item["id"], "status": response.status, "headers": out_headers}
         if response.body:
             ctype = (response.header("content-type") or "").lower()
@@ -691,8 +914,9 @@ def _search_match(user: User, search: str) -> bool:
     for clause in clauses:
         prop, _, text = clause.partition(":")
         value = str(user.props.get(prop) or "").lower()
-        if any(word.startswith(text.lower()) for word in re.split(r"[\s.@_-]+", value)) or \
-                value.startswith(text.lower()):
+        if any(word.startswith(text.lower()) for word in re.split(r"[\s.@_-]+", value)) or value.startswith(
+            text.lower()
+        ):
             return True
     return False
 
@@ -702,8 +926,11 @@ def _delta_ids(text: str | None) -> list[str] | None:
     if not text:
         return None
     if not _DELTA_ID_FILTER.match(text):
-        raise GraphError(400, "Request_UnsupportedQuery",
-                         "Unsupported query: users/delta supports only $filter=id eq '{id}' (or-ed).")
+        raise GraphError(
+            400,
+            "Request_UnsupportedQuery",
+            "Unsupported query: users/delta supports only $filter=id eq '{id}' (or-ed).",
+        )
     ids = [i.lower() for i in re.findall(r"'([^']*)'", text)]
     if len(ids) > 50:
         raise GraphError(400, "Request_UnsupportedQuery", "At most 50 ids can be filtered in a delta query.")

@@ -108,8 +108,14 @@ class HttpServer:
 
     async def start(self, port: int) -> int:
         self._server = await asyncio.start_server(
-            self._serve, host="127.0.0.1", port=port, ssl=self._ssl, limit=MAX_HEADER_BYTES,
-            backlog=512, ssl_handshake_timeout=10)
+            self._serve,
+            host="127.0.0.1",
+            port=port,
+            ssl=self._ssl,
+            limit=MAX_HEADER_BYTES,
+            backlog=512,
+            ssl_handshake_timeout=10,
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
@@ -130,15 +136,22 @@ class HttpServer:
         self._writers.add(writer)
         try:
             await self._loop(reader, writer, sock)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError,
-                TimeoutError, ValueError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            ssl.SSLError,
+            TimeoutError,
+            ValueError,
+        ):
             pass
         finally:
             self._writers.discard(writer)
             writer.transport.abort() if writer.transport.is_closing() else writer.close()
 
-    async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    sock: socket.socket | None) -> None:
+    async def _loop(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sock: socket.socket | None
+    ) -> None:
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")

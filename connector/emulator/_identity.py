@@ -34,10 +34,24 @@ __all__ = ["GRAPH_APP_ID", "GRAPH_RESOURCE", "AccessClaims", "App", "ClientCerti
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
-KNOWN_PERMISSIONS = frozenset(p.lower() for p in (
-    "User.Read", "User.ReadBasic.All", "User.Read.All", "User.ReadWrite", "User.ReadWrite.All",
-    "ProfilePhoto.Read.All", "ProfilePhoto.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All",
-    "Mail.Read", "Group.Read.All", "GroupMember.Read.All", ".default"))
+KNOWN_PERMISSIONS = frozenset(
+    p.lower()
+    for p in (
+        "User.Read",
+        "User.ReadBasic.All",
+        "User.Read.All",
+        "User.ReadWrite",
+        "User.ReadWrite.All",
+        "ProfilePhoto.Read.All",
+        "ProfilePhoto.ReadWrite.All",
+        "Directory.Read.All",
+        "Directory.ReadWrite.All",
+        "Mail.Read",
+        "Group.Read.All",
+        "GroupMember.Read.All",
+        ".default",
+    )
+)
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -69,15 +83,26 @@ class ClientCertificate:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = datetime.now(UTC)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now)
-                .not_valid_after(now.replace(year=now.year + 2)).sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now.replace(year=now.year + 2))
+            .sign(key, hashes.SHA256())
+        )
         der = cert.public_bytes(serialization.Encoding.DER)
-        return cls(cert.public_bytes(serialization.Encoding.PEM),
-                   key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()),
-                   hashlib.sha1(der).hexdigest().upper(), hashlib.sha256(der).hexdigest().upper(),
-                   key.public_key())
+        return cls(
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            hashlib.sha1(der).hexdigest().upper(),
+            hashlib.sha256(der).hexdigest().upper(),
+            key.public_key(),
+        )
 
 
 _CERT_CACHE: dict[str, ClientCertificate] = {}
@@ -143,8 +168,9 @@ class _TokenError(Exception):
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def aad_error_body(error: str, code: int, description: str, correlation_id: str | None = None,
-                   suberror: str | None = None) -> dict[str, Any]:
+def aad_error_body(
+    error: str, code: int, description: str, correlation_id: str | None = None, suberror: str | None = None
+) -> dict[str, Any]:
     """Entra's token-endpoint error envelope, with its literal ``\\r\\n`` separators."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     trace = str(uuid.uuid4())
@@ -152,8 +178,11 @@ def aad_error_body(error: str, code: int, description: str, correlation_id: str 
     body: dict[str, Any] = {
         "error": error,
         "error_description": f"AADSTS{code}: {description}\r\nTrace ID: {trace}\r\n"
-                             f"Correlation ID: {correlation}\r\nTimestamp: {stamp}",
-        "error_codes": [code], "timestamp": stamp, "trace_id": trace, "correlation_id": correlation,
+        f"Correlation ID: {correlation}\r\nTimestamp: {stamp}",
+        "error_codes": [code],
+        "timestamp": stamp,
+        "trace_id": trace,
+        "correlation_id": correlation,
         "error_uri": f"https://login.microsoftonline.com/error?code={code}",
     }
     if suberror:
@@ -162,18 +191,35 @@ def aad_error_body(error: str, code: int, description: str, correlation_id: str 
 
 
 def _json(status: int, obj: dict[str, Any], extra: list[tuple[str, str]] | None = None) -> Response:
-    headers = [("Content-Type", "application/json; charset=utf-8"), ("Cache-Control", "no-store, no-cache"),
-               ("Pragma", "no-cache"), *(extra or [])]
+    headers = [
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("Cache-Control", "no-store, no-cache"),
+        ("Pragma", "no-cache"),
+        *(extra or []),
+    ]
     return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
 
 
 class Identity:
     """Token issuing and validation for one tenant (runs on the emulator loop)."""
 
-    def __init__(self, *, tenant_id: str, domain: str, base_url: str, app: App, seed: int,
-                 access_token_lifetime_s: int, refresh_token_lifetime_s: int, strict_rotation: bool,
-                 expired_code: int, device_interval_s: int, device_auto_approve: bool,
-                 default_user: Any, user_lookup: Any) -> None:
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        domain: str,
+        base_url: str,
+        app: App,
+        seed: int,
+        access_token_lifetime_s: int,
+        refresh_token_lifetime_s: int,
+        strict_rotation: bool,
+        expired_code: int,
+        device_interval_s: int,
+        device_auto_approve: bool,
+        default_user: Any,
+        user_lookup: Any,
+    ) -> None:
         self.tenant_id = tenant_id
         self.domain = domain
         self.base_url = base_url
@@ -202,8 +248,11 @@ class Identity:
         issuer_tenant = self.tenant_id if tenant.lower() not in ("common", "organizations") else "{tenantid}"
         return {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt",
-                                                      "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
+            ],
             "jwks_uri": f"{base}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
@@ -215,13 +264,31 @@ class Identity:
             "userinfo_endpoint": f"{self.base_url}/oidc/userinfo",
             "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
             "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
-            "http_logout_supported": True, "frontchannel_logout_supported": True,
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
             "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr", "nonce",
-                                 "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "acr",
+                "nonce",
+                "preferred_username",
+                "name",
+                "tid",
+                "ver",
+                "at_hash",
+                "c_hash",
+                "email",
+            ],
             "kerberos_endpoint": f"{base}/kerberos",
-            "tenant_region_scope": "EU", "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net", "msgraph_host": "graph.microsoft.com",
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
             "rbac_url": "https://pas.windows.net",
         }
 
@@ -233,8 +300,10 @@ class Identity:
         if not parts or not self.known_tenant(parts[0]):
             if len(parts) >= 2 and parts[1] in ("v2.0", "oauth2"):
                 code = 90002
-                msg = (f"Tenant '{parts[0]}' not found. Check to make sure you have the correct tenant ID and "
-                       "are signing into the correct cloud.")
+                msg = (
+                    f"Tenant '{parts[0]}' not found. Check to make sure you have the correct tenant ID and "
+                    "are signing into the correct cloud."
+                )
                 error = "invalid_tenant" if parts[1] == "v2.0" else "invalid_request"
                 return _json(400, aad_error_body(error, code, msg, correlation))
             return _json(404, {"error": "not_found", "error_description": f"No route for {req.path}"})
@@ -252,15 +321,22 @@ class Identity:
                 return self._device_authorization(req)
             except _TokenError as exc:
                 return _json(exc.status, aad_error_body(exc.error, exc.code, exc.description, correlation))
-        return _json(404, {"error": "not_found", "error_description": f"No route for {req.method} {req.path}"})
+        return _json(
+            404, {"error": "not_found", "error_description": f"No route for {req.method} {req.path}"}
+        )
 
     def _instance_discovery(self) -> Response:
         host = self.base_url.split("://", 1)[1]
-        return _json(200, {
-            "tenant_discovery_endpoint": f"{self.base_url}/{self.tenant_id}/v2.0/.well-known/openid-configuration",
-            "api-version": "1.1",
-            "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
-        })
+        return _json(
+            200,
+            {
+                "tenant_discovery_endpoint": (
+                    f"{self.base_url}/{self.tenant_id}/v2.0/.well-known/openid-configuration"
+                ),
+                "api-version": "1.1",
+                "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+            },
+        )
 
     # --- token endpoint ----------------------------------------------------------------------------
     def _token(self, tenant: str, req: Request) -> Response:
@@ -272,8 +348,12 @@ class Identity:
             form.setdefault("client_secret", secret)
         grant = form.get("grant_type", "")
         if not grant:
-            raise _TokenError(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: 'grant_type'.")
+            raise _TokenError(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'grant_type'.",
+            )
         app = self._app(form.get("client_id", ""), tenant)
         if grant == "client_credentials":
             return self._client_credentials(app, form, tenant)
@@ -283,46 +363,65 @@ class Identity:
         if grant == DEVICE_CODE_GRANT:
             self._authenticate(app, form, tenant, public_ok=True)
             return self._device_token(app, form)
-        raise _TokenError(400, "unsupported_grant_type", 70003,
-                          f"The app requested an unsupported grant type '{grant}'.")
+        raise _TokenError(
+            400, "unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant}'."
+        )
 
     def _app(self, client_id: str, tenant: str) -> App:
         if not client_id:
-            raise _TokenError(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: 'client_id'.")
+            raise _TokenError(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'client_id'.",
+            )
         app = self.apps.get(client_id.lower())
         if app is None:
-            raise _TokenError(400, "unauthorized_client", 700016,
-                              f"Application with identifier '{client_id}' was not found in the directory "
-                              f"'{tenant}'. This can happen if the application has not been installed by the "
-                              "administrator of the tenant or consented to by any user in the tenant. You may "
-                              "have sent your authentication request to the wrong tenant.")
+            raise _TokenError(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory "
+                f"'{tenant}'. This can happen if the application has not been installed by the "
+                "administrator of the tenant or consented to by any user in the tenant. You may "
+                "have sent your authentication request to the wrong tenant.",
+            )
         return app
 
     def _authenticate(self, app: App, form: dict[str, str], tenant: str, *, public_ok: bool) -> None:
         """Check a client secret or certificate assertion; public-client flows may send neither."""
         if "client_secret" in form:
             if not hmac.compare_digest(form["client_secret"], app.secret):
-                raise _TokenError(401, "invalid_client", 7000215,
-                                  "Invalid client secret provided. Ensure the secret being sent in the request "
-                                  "is the client secret value, not the client secret ID, for a secret added to "
-                                  f"app '{app.client_id}'.")
+                raise _TokenError(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request "
+                    "is the client secret value, not the client secret ID, for a secret added to "
+                    f"app '{app.client_id}'.",
+                )
             return
         if "client_assertion" in form:
             if form.get("client_assertion_type") != JWT_BEARER:
-                raise _TokenError(400, "invalid_request", 50027,
-                                  "Invalid client_assertion_type; expected "
-                                  f"'{JWT_BEARER}'.")
+                raise _TokenError(
+                    400, "invalid_request", 50027, f"Invalid client_assertion_type; expected '{JWT_BEARER}'."
+                )
             self._check_assertion(app, form["client_assertion"], tenant)
             return
         if not (public_ok and app.allow_public_client):
-            raise _TokenError(401, "invalid_client", 7000218,
-                              "The request body must contain the following parameter: 'client_assertion' or "
-                              "'client_secret'.")
+            raise _TokenError(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or "
+                "'client_secret'.",
+            )
 
     def _check_assertion(self, app: App, assertion: str, tenant: str) -> None:
         def fail(why: str) -> _TokenError:
-            return _TokenError(401, "invalid_client", 700027, f"Client assertion failed signature validation. {why}")
+            return _TokenError(
+                401, "invalid_client", 700027, f"Client assertion failed signature validation. {why}"
+            )
 
         try:
             head_b64, payload_b64, sig_b64 = assertion.split(".")
@@ -338,14 +437,19 @@ class Identity:
         else:
             known = bool(thumb_1) and b64url_decode(thumb_1).hex().upper() == cert.sha1_thumbprint
         if not known:
-            raise _TokenError(401, "invalid_client", 700027,
-                              f"Client assertion contains an invalid signature. [Reason - The key was not found., "
-                              f"Thumbprint of key used by client: '{thumb_256 or thumb_1}']")
+            raise _TokenError(
+                401,
+                "invalid_client",
+                700027,
+                f"Client assertion contains an invalid signature. [Reason - The key was not found., "
+                f"Thumbprint of key used by client: '{thumb_256 or thumb_1}']",
+            )
         signed = f"{head_b64}.{payload_b64}".encode()
         try:
             if header.get("alg") == "PS256":
-                cert.public_key.verify(signature, signed, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
-                                       hashes.SHA256())
+                cert.public_key.verify(
+                    signature, signed, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256()
+                )
             elif header.get("alg") == "RS256":
                 cert.public_key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
             else:
@@ -354,29 +458,50 @@ class Identity:
             raise fail("The signature does not match.") from None
         now = time.time()
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
-            raise _TokenError(401, "invalid_client", 700023, "Client assertion audience/issuer claim mismatch.")
+            raise _TokenError(
+                401, "invalid_client", 700023, "Client assertion audience/issuer claim mismatch."
+            )
         if not str(claims.get("aud", "")).startswith(f"{self.base_url}/"):
-            raise _TokenError(401, "invalid_client", 700021, "Client assertion audience claim does not match.")
+            raise _TokenError(
+                401, "invalid_client", 700021, "Client assertion audience claim does not match."
+            )
         if float(claims.get("exp", 0)) < now - 300:
-            raise _TokenError(401, "invalid_client", 700024, "Client assertion is not within its valid time range.")
+            raise _TokenError(
+                401, "invalid_client", 700024, "Client assertion is not within its valid time range."
+            )
 
     def _client_credentials(self, app: App, form: dict[str, str], tenant: str) -> Response:
         self._authenticate(app, form, tenant, public_ok=False)
         scopes = form.get("scope", "").split()
         if len(scopes) != 1 or not scopes[0].endswith("/.default"):
             shown = " ".join(scopes)
-            raise _TokenError(400, "invalid_scope", 1002012,
-                              f"The provided value for scope {shown} is not valid. Client credential flows must "
-                              "have a scope value with /.default suffixed to the resource identifier "
-                              "(application ID URI).")
+            raise _TokenError(
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {shown} is not valid. Client credential flows must "
+                "have a scope value with /.default suffixed to the resource identifier "
+                "(application ID URI).",
+            )
         resource = scopes[0][: -len("/.default")]
         if resource.rstrip("/") not in (GRAPH_RESOURCE, GRAPH_APP_ID):
-            raise _TokenError(400, "invalid_resource", 500011,
-                              f"The resource principal named {resource} was not found in the tenant named "
-                              f"{self.tenant_id}.")
+            raise _TokenError(
+                400,
+                "invalid_resource",
+                500011,
+                f"The resource principal named {resource} was not found in the tenant named "
+                f"{self.tenant_id}.",
+            )
         token, lifetime = self.issue_access_token(app.client_id, None, sorted(app.roles))
-        return _json(200, {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
-                           "access_token": token})
+        return _json(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": token,
+            },
+        )
 
     def _resolve_scopes(self, app: App, scope: str, fallback: tuple[str, ...]) -> tuple[list[str], set[str]]:
         """Graph permission names granted for ``scope`` and the OIDC scopes asked for."""
@@ -389,18 +514,26 @@ class Identity:
             name = item
             for prefix in (GRAPH_RESOURCE + "/", GRAPH_APP_ID + "/"):
                 if item.lower().startswith(prefix):
-                    name = item[len(prefix):]
+                    name = item[len(prefix) :]
                     break
             else:
                 if "/" in item:
                     resource = item.rsplit("/", 1)[0]
-                    raise _TokenError(400, "invalid_resource", 500011,
-                                      f"The resource principal named {resource} was not found in the tenant named "
-                                      f"{self.tenant_id}.")
+                    raise _TokenError(
+                        400,
+                        "invalid_resource",
+                        500011,
+                        f"The resource principal named {resource} was not found in the tenant named "
+                        f"{self.tenant_id}.",
+                    )
             if name.lower() not in KNOWN_PERMISSIONS:
-                raise _TokenError(400, "invalid_scope", 70011,
-                                  f"The provided value for the input parameter 'scope' is not valid. The scope "
-                                  f"{item} is not valid.")
+                raise _TokenError(
+                    400,
+                    "invalid_scope",
+                    70011,
+                    f"The provided value for the input parameter 'scope' is not valid. The scope "
+                    f"{item} is not valid.",
+                )
             wanted.append(name)
         consented = {s.lower(): s for s in app.delegated_scopes}
         if not wanted:
@@ -413,53 +546,81 @@ class Identity:
                 if consented[name.lower()] not in granted:
                     granted.append(consented[name.lower()])
             else:
-                raise _TokenError(400, "invalid_grant", 65001,
-                                  f"The user or administrator has not consented to use the application with ID "
-                                  f"'{app.client_id}' named '{app.display_name}'. Send an interactive "
-                                  "authorization request for this user and resource.", suberror="consent_required")
+                raise _TokenError(
+                    400,
+                    "invalid_grant",
+                    65001,
+                    f"The user or administrator has not consented to use the application with ID "
+                    f"'{app.client_id}' named '{app.display_name}'. Send an interactive "
+                    "authorization request for this user and resource.",
+                    suberror="consent_required",
+                )
         return granted, oidc
 
     def _refresh(self, app: App, form: dict[str, str]) -> Response:
         presented = form.get("refresh_token", "")
         record = self.refresh_tokens.get(presented)
         if not presented:
-            raise _TokenError(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: 'refresh_token'.")
+            raise _TokenError(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'refresh_token'.",
+            )
         if record is None:
-            raise _TokenError(400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid.")
+            raise _TokenError(
+                400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."
+            )
         if record.client_id != app.client_id:
-            raise _TokenError(400, "invalid_grant", 70000,
-                              "Provided grant is invalid or malformed. The refresh token was issued to a "
-                              "different client.")
+            raise _TokenError(
+                400,
+                "invalid_grant",
+                70000,
+                "Provided grant is invalid or malformed. The refresh token was issued to a different client.",
+            )
         if record.revoked:
-            raise _TokenError(400, "invalid_grant", 50173,
-                              "The provided grant has expired due to it being revoked, a fresh auth token is "
-                              "needed. The user might have changed or reset their password.",
-                              suberror="bad_token")
+            raise _TokenError(
+                400,
+                "invalid_grant",
+                50173,
+                "The provided grant has expired due to it being revoked, a fresh auth token is "
+                "needed. The user might have changed or reset their password.",
+                suberror="bad_token",
+            )
         now = time.time()
         if record.expires_at <= now:
             issued = datetime.fromtimestamp(record.issued_at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             days = self.refresh_token_lifetime_s // 86400
-            text = ("The refresh token has expired due to inactivity. The token was issued on "
-                    f"{issued} and was inactive for {days}.00:00:00.")
+            text = (
+                "The refresh token has expired due to inactivity. The token was issued on "
+                f"{issued} and was inactive for {days}.00:00:00."
+            )
             raise _TokenError(400, "invalid_grant", self.expired_code, text, suberror="bad_token")
         user = self._user_lookup(record.user_id)
         if user is None or not user.get("accountEnabled", True):
-            raise _TokenError(400, "invalid_grant", 50057 if user else 50034,
-                              "The user account is disabled." if user else
-                              "The user account does not exist in the directory.")
+            raise _TokenError(
+                400,
+                "invalid_grant",
+                50057 if user else 50034,
+                "The user account is disabled."
+                if user
+                else "The user account does not exist in the directory.",
+            )
         granted, oidc = self._resolve_scopes(app, form.get("scope", ""), record.scopes)
         if self.strict_rotation:
             record.revoked = True
         return self._delegated_response(app, record.user_id, granted, oidc, form)
 
-    def _delegated_response(self, app: App, user_id: str, granted: list[str], oidc: set[str],
-                            form: dict[str, str]) -> Response:
+    def _delegated_response(
+        self, app: App, user_id: str, granted: list[str], oidc: set[str], form: dict[str, str]
+    ) -> Response:
         token, lifetime = self.issue_access_token(app.client_id, user_id, granted)
         body: dict[str, Any] = {
             "token_type": "Bearer",
             "scope": " ".join([f"{GRAPH_RESOURCE}/{s}" for s in granted] + sorted(oidc - {"offline_access"})),
-            "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token,
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": token,
         }
         if "offline_access" in oidc:
             body["refresh_token"] = self.issue_refresh_token(app.client_id, user_id, tuple(granted))
@@ -473,11 +634,18 @@ class Identity:
     def _id_token(self, app: App, user_id: str, user: dict[str, Any]) -> str:
         now = int(time.time())
         claims = {
-            "aud": app.client_id, "iss": f"{self.base_url}/{self.tenant_id}/v2.0", "iat": now, "nbf": now,
-            "exp": now + 3600, "name": user.get("displayName"), "oid": user_id,
+            "aud": app.client_id,
+            "iss": f"{self.base_url}/{self.tenant_id}/v2.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "name": user.get("displayName"),
+            "oid": user_id,
             "preferred_username": user.get("userPrincipalName"),
             "sub": b64url(hashlib.sha256(f"{app.client_id}:{user_id}".encode()).digest()[:24]),
-            "tid": self.tenant_id, "ver": "2.0", "uti": b64url(secrets.token_bytes(16)),
+            "tid": self.tenant_id,
+            "ver": "2.0",
+            "uti": b64url(secrets.token_bytes(16)),
         }
         # MSAL only decodes the payload; an unsigned token is honest about not being verifiable.
         return f"{_json_b64({'typ': 'JWT', 'alg': 'none'})}.{_json_b64(claims)}."
@@ -494,23 +662,38 @@ class Identity:
             record.state, record.user_id = "approved", self._default_user()
         self.device_codes[device_code] = record
         uri = f"{self.base_url}/devicelogin"
-        return _json(200, {
-            "user_code": user_code, "device_code": device_code, "verification_uri": uri, "expires_in": 900,
-            "interval": self.device_interval_s,
-            "message": f"To sign in, use a web browser to open the page {uri} and enter the code {user_code} "
-                       "to authenticate.",
-        })
+        return _json(
+            200,
+            {
+                "user_code": user_code,
+                "device_code": device_code,
+                "verification_uri": uri,
+                "expires_in": 900,
+                "interval": self.device_interval_s,
+                "message": f"To sign in, use a web browser to open the page {uri} and enter the code "
+                f"{user_code} "
+                "to authenticate.",
+            },
+        )
 
     def _device_token(self, app: App, form: dict[str, str]) -> Response:
         record = self.device_codes.get(form.get("device_code", ""))
         if record is None or record.client_id != app.client_id or record.state == "redeemed":
-            raise _TokenError(400, "invalid_grant", 70000,
-                              "The provided value for the input parameter 'device_code' is not valid.")
+            raise _TokenError(
+                400,
+                "invalid_grant",
+                70000,
+                "The provided value for the input parameter 'device_code' is not valid.",
+            )
         if record.expires_at <= time.time():
             raise _TokenError(400, "expired_token", 70019, "Verification code expired.")
         if record.state == "pending":
-            raise _TokenError(400, "authorization_pending", 70016,
-                              "OAuth 2.0 device flow error. Authorization is pending. Continue polling.")
+            raise _TokenError(
+                400,
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            )
         if record.state == "declined":
             raise _TokenError(400, "authorization_declined", 70000, "The user declined the sign-in request.")
         record.state = "redeemed"
@@ -530,17 +713,28 @@ class Identity:
     def issue_refresh_token(self, client_id: str, user_id: str, scopes: tuple[str, ...]) -> str:
         token = "1.AXkA" + secrets.token_urlsafe(120)
         now = time.time()
-        self.refresh_tokens[token] = RefreshToken(user_id, client_id, scopes, now,
-                                                  now + self.refresh_token_lifetime_s)
+        self.refresh_tokens[token] = RefreshToken(
+            user_id, client_id, scopes, now, now + self.refresh_token_lifetime_s
+        )
         return token
 
-    def issue_access_token(self, client_id: str, user_id: str | None, permissions: list[str]) -> tuple[str, int]:
+    def issue_access_token(
+        self, client_id: str, user_id: str | None, permissions: list[str]
+    ) -> tuple[str, int]:
         now = time.time()
         lifetime = int(self.access_token_lifetime_s)
         claims: dict[str, Any] = {
-            "aud": GRAPH_RESOURCE, "iss": f"https://sts.windows.net/{self.tenant_id}/", "iat": int(now),
-            "nbf": int(now), "exp": int(now) + lifetime, "exp_ms": now + lifetime, "iat_ms": now,
-            "appid": client_id, "tid": self.tenant_id, "uti": b64url(secrets.token_bytes(16)), "ver": "1.0",
+            "aud": GRAPH_RESOURCE,
+            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(now) + lifetime,
+            "exp_ms": now + lifetime,
+            "iat_ms": now,
+            "appid": client_id,
+            "tid": self.tenant_id,
+            "uti": b64url(secrets.token_bytes(16)),
+            "ver": "1.0",
         }
         if user_id is None:
             claims["roles"] = permissions
@@ -561,10 +755,12 @@ class Identity:
         if claims is None:
             parts = token.split(".")
             if len(parts) != 3:
-                return None, ("IDX14100: JWT is not well formed, there are no dots (.).\nThe token needs to be in "
-                              "JWS or JWE Compact Serialization Format. (JWS): 'EncodedHeader.EndcodedPayload."
-                              "EncodedSignature'. (JWE): 'EncodedProtectedHeader.EncodedEncryptedKey.EncodedInitiali"
-                              "zationVector.EncodedCiphertext.EncodedAuthenticationTag'.")
+                return None, (
+                    "IDX14100: JWT is not well formed, there are no dots (.).\nThe token needs to be in "
+                    "JWS or JWE Compact Serialization Format. (JWS): 'EncodedHeader.EndcodedPayload."
+                    "EncodedSignature'. (JWE): 'EncodedProtectedHeader.EncodedEncryptedKey.EncodedInitiali"
+                    "zationVector.EncodedCiphertext.EncodedAuthenticationTag'."
+                )
             expected = b64url(hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest())
             if not hmac.compare_digest(expected, parts[2]):
                 return None, "Access token validation failure. Invalid audience."
@@ -572,8 +768,12 @@ class Identity:
             if payload.get("iat_ms", 0) < self.not_before:
                 return None, "Access token has expired or is not yet valid."
             perms = payload.get("roles") or payload.get("scp", "").split()
-            claims = AccessClaims(payload["appid"], payload.get("oid"), frozenset(p.lower() for p in perms),
-                                  float(payload["exp_ms"]))
+            claims = AccessClaims(
+                payload["appid"],
+                payload.get("oid"),
+                frozenset(p.lower() for p in perms),
+                float(payload["exp_ms"]),
+            )
             if len(self._claims_cache) > 10_000:
                 self._claims_cache.clear()
             self._claims_cache[token] = claims

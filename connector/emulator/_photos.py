@@ -94,8 +94,10 @@ def _render(spec: TemplateSpec) -> bytes:
     top = tuple(rng.randrange(40, 230) for _ in range(3))
     bottom = tuple(rng.randrange(10, 200) for _ in range(3))
     grad = Image.linear_gradient("L").resize((w, h))
-    image = Image.merge("RGB", [grad.point(lambda v, a=a, b=b: a + (b - a) * v // 255)
-                                for a, b in zip(top, bottom, strict=True)])
+    image = Image.merge(
+        "RGB",
+        [grad.point(lambda v, a=a, b=b: a + (b - a) * v // 255) for a, b in zip(top, bottom, strict=True)],
+    )
     draw = ImageDraw.Draw(image)
     skin = (rng.randrange(120, 250), rng.randrange(90, 200), rng.randrange(60, 170))
     cloth = tuple(rng.randrange(0, 255) for _ in range(3))

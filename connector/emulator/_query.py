@@ -13,14 +13,35 @@ from typing import Any
 
 __all__ = ["ADVANCED_OPERATORS", "FILTERABLE", "Filter", "FilterError", "parse_filter"]
 
-FILTERABLE = frozenset({"id", "userPrincipalName", "mail", "mailNickname", "displayName", "givenName", "surname",
-                        "accountEnabled", "jobTitle", "department", "employeeId", "userType", "companyName",
-                        "usageLocation", "createdDateTime", "officeLocation", "preferredLanguage", "mobilePhone"})
+FILTERABLE = frozenset(
+    {
+        "id",
+        "userPrincipalName",
+        "mail",
+        "mailNickname",
+        "displayName",
+        "givenName",
+        "surname",
+        "accountEnabled",
+        "jobTitle",
+        "department",
+        "employeeId",
+        "userType",
+        "companyName",
+        "usageLocation",
+        "createdDateTime",
+        "officeLocation",
+        "preferredLanguage",
+        "mobilePhone",
+    }
+)
 #: Operators that need ``ConsistencyLevel: eventual`` and ``$count=true`` (aad-advanced-queries.md).
 ADVANCED_OPERATORS = frozenset({"ne", "not", "endswith"})
 
-_TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][\w.]*)|"
-                    r"(?P<punct>[(),]))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][\w.]*)|"
+    r"(?P<punct>[(),]))"
+)
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -90,7 +111,9 @@ class _Parser:
     def take(self) -> tuple[str, Any, int]:
         token = self.peek()
         if token is None:
-            raise FilterError(f"Invalid filter clause: Syntax error at position {len(self.text)} in '{self.text}'.")
+            raise FilterError(
+                f"Invalid filter clause: Syntax error at position {len(self.text)} in '{self.text}'."
+            )
         self.i += 1
         return token
 
@@ -109,23 +132,23 @@ class _Parser:
     def parse(self) -> Predicate:
         pred = self.or_expr()
         if self.peek() is not None:
-            raise FilterError(f"Invalid filter clause: Syntax error at position {self.peek()[2]} "  # type: ignore[index]
-                              f"in '{self.text}'.")
+            raise FilterError(
+                f"Invalid filter clause: Syntax error at position {self.peek()[2]} "  # type: ignore[index]
+                f"in '{self.text}'."
+            )
         return pred
 
     def or_expr(self) -> Predicate:
-        left = self.and_expr()
+        terms = [self.and_expr()]
         while self.keyword("or"):
-            right, prev = self.and_expr(), left
-            left = lambda u, a=prev, b=right: a(u) or b(u)  # noqa: E731
-        return left
+            terms.append(self.and_expr())
+        return terms[0] if len(terms) == 1 else (lambda u: any(t(u) for t in terms))
 
     def and_expr(self) -> Predicate:
-        left = self.unary()
+        terms = [self.unary()]
         while self.keyword("and"):
-            right, prev = self.unary(), left
-            left = lambda u, a=prev, b=right: a(u) and b(u)  # noqa: E731
-        return left
+            terms.append(self.unary())
+        return terms[0] if len(terms) == 1 else (lambda u: all(t(u) for t in terms))
 
     def unary(self) -> Predicate:
         if self.keyword("not"):
@@ -145,8 +168,11 @@ class _Parser:
         if kind != "name":
             raise FilterError(f"Invalid filter clause: Syntax error at position {pos} in '{self.text}'.")
         if value not in FILTERABLE:
-            raise FilterError(f"Unsupported or invalid query filter clause specified for property '{value}' of "
-                              "resource 'User'.", prop=str(value))
+            raise FilterError(
+                f"Unsupported or invalid query filter clause specified for property '{value}' of "
+                "resource 'User'.",
+                prop=str(value),
+            )
         return str(value)
 
     def literal(self) -> Any:

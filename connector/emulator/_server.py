@@ -63,10 +63,15 @@ class Admin:
     # users
     def users(self, include_deleted: bool = False) -> list[dict[str, Any]]:
         """All users with their mailbox kind and photo facts (a copy)."""
+
         def run() -> list[dict[str, Any]]:
             tenant = self._emu.tenant
-            return [tenant.users[i].admin() for i in tenant.sorted_ids
-                    if include_deleted or not tenant.users[i].deleted]
+            return [
+                tenant.users[i].admin()
+                for i in tenant.sorted_ids
+                if include_deleted or not tenant.users[i].deleted
+            ]
+
         return self._call(run)
 
     def get_user(self, id_or_upn: str) -> dict[str, Any]:
@@ -82,6 +87,7 @@ class Admin:
             user = self._user(id_or_upn)
             self._emu.tenant.update_user(user, fields)
             return user.admin()
+
         return self._call(run)
 
     def delete_user(self, id_or_upn: str, permanent: bool = False) -> None:
@@ -90,10 +96,12 @@ class Admin:
     # photos
     def set_photo(self, id_or_upn: str, data: bytes) -> dict[str, Any]:
         """Store ``data`` as the user's photo, as is (no re-encode), with a new ETag."""
+
         def run() -> dict[str, Any]:
             user = self._user(id_or_upn)
             self._emu.tenant.set_photo(user, data, reencode=False)
             return user.admin()
+
         return self._call(run)
 
     def delete_photo(self, id_or_upn: str) -> bool:
@@ -101,18 +109,22 @@ class Admin:
 
     def get_photo(self, id_or_upn: str, size: int | None = None) -> bytes | None:
         """The exact bytes Graph serves for ``/photo/$value`` (or ``/photos/{size}x{size}/$value``)."""
+
         def run() -> bytes | None:
             user = self._user(id_or_upn)
             photo = user.photo
             return None if photo is None else self._emu.graph.photo_bytes_blocking(user, photo, size)
+
         return self._call(run)
 
     # tokens
     def revoke_refresh_tokens(self, id_or_upn: str | None = None) -> int:
         """Revoke refresh tokens (all, or one user's): the next refresh gets invalid_grant AADSTS50173."""
+
         def run() -> int:
             uid = self._user(id_or_upn).id if id_or_upn else None
             return self._emu.identity.revoke_refresh_tokens(uid)
+
         return self._call(run)
 
     def expire_refresh_tokens(self) -> int:
@@ -121,8 +133,10 @@ class Admin:
 
     def set_access_token_lifetime(self, seconds: int) -> None:
         """Lifetime of access tokens issued from now on (MSAL refreshes below 300 s left)."""
+
         def run() -> None:
             self._emu.identity.access_token_lifetime_s = int(seconds)
+
         self._call(run)
 
     def expire_access_tokens(self) -> None:
@@ -131,41 +145,53 @@ class Admin:
 
     def issue_refresh_token(self, id_or_upn: str | None = None) -> str:
         """A new consented delegated refresh token for a user (default: the tenant's first user)."""
+
         def run() -> str:
             user = self._user(id_or_upn) if id_or_upn else self._emu.tenant.default_user
             app = self._emu.app
-            return self._emu.identity.issue_refresh_token(app.client_id, user.id, tuple(sorted(app.delegated_scopes)))
+            return self._emu.identity.issue_refresh_token(
+                app.client_id, user.id, tuple(sorted(app.delegated_scopes))
+            )
+
         return self._call(run)
 
     def issue_app_token(self) -> str:
         """An app-only access token without a round trip (benchmarks)."""
+
         def run() -> str:
             app = self._emu.app
             return self._emu.identity.issue_access_token(app.client_id, None, sorted(app.roles))[0]
+
         return self._call(run)
 
     def set_app_roles(self, roles: list[str]) -> None:
         """Application permissions granted to the app (e.g. drop ProfilePhoto.ReadWrite.All to test 403)."""
+
         def run() -> None:
             self._emu.app.roles = set(roles)
+
         self._call(run)
 
     def set_delegated_scopes(self, scopes: list[str]) -> None:
         def run() -> None:
             self._emu.app.delegated_scopes = set(scopes)
+
         self._call(run)
 
     def approve_device_code(self, user_code: str, id_or_upn: str | None = None, approve: bool = True) -> None:
         def run() -> None:
             uid = self._user(id_or_upn).id if id_or_upn else None
             self._emu.identity.decide_device_code(user_code, uid, approve)
+
         self._call(run)
 
     def expire_delta_tokens(self) -> None:
         """Delta tokens issued so far get 410 resyncRequired."""
+
         def run() -> None:
             self._emu.graph.delta_floor = self._emu.tenant.version + 1
             self._emu.tenant.version += 1
+
         self._call(run)
 
     # throttling and faults
@@ -176,20 +202,29 @@ class Admin:
         def run() -> dict[str, Any]:
             self._emu.faults.profile = parsed
             return parsed.to_dict()
+
         return self._call(run)
 
-    def set_limits(self, *, app_rate_per_s: float | None = None, app_concurrency: int | None = None,
-                   mailbox_concurrency: int | None = 4, mailbox_requests_per_10min: int | None = 10_000) -> None:
+    def set_limits(
+        self,
+        *,
+        app_rate_per_s: float | None = None,
+        app_concurrency: int | None = None,
+        mailbox_concurrency: int | None = 4,
+        mailbox_requests_per_10min: int | None = 10_000,
+    ) -> None:
         def run() -> None:
             throttle = self._emu.throttle
             throttle.set_limits(app_rate_per_s=app_rate_per_s, app_concurrency=app_concurrency)
             throttle.mailbox_concurrency = mailbox_concurrency
             throttle.mailbox_per_10min = mailbox_requests_per_10min
+
         self._call(run)
 
     def set_latency(self, latency_ms: float) -> None:
         def run() -> None:
             self._emu.graph.latency_s = latency_ms / 1000.0
+
         self._call(run)
 
     def stats(self) -> dict[str, Any]:
@@ -209,18 +244,26 @@ class GraphEmulator:
         seed_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"mvsync-emulator:{cfg.seed}")
         self.tenant_id = (cfg.tenant_id or str(seed_uuid)).lower()
         client_id = (cfg.client_id or str(uuid.uuid5(seed_uuid, "client"))).lower()
-        self.app = App(client_id=client_id, secret=f"emu~{uuid.uuid5(seed_uuid, 'secret').hex}",
-                       certificate=shared_certificate(), roles=set(cfg.app_roles),
-                       delegated_scopes=set(cfg.delegated_scopes))
-        self.tenant = Tenant(tenant_id=self.tenant_id, domain=cfg.domain, seed=cfg.seed,
-                             photo_templates=cfg.photo_templates)
+        self.app = App(
+            client_id=client_id,
+            secret=f"emu~{uuid.uuid5(seed_uuid, 'secret').hex}",
+            certificate=shared_certificate(),
+            roles=set(cfg.app_roles),
+            delegated_scopes=set(cfg.delegated_scopes),
+        )
+        self.tenant = Tenant(
+            tenant_id=self.tenant_id, domain=cfg.domain, seed=cfg.seed, photo_templates=cfg.photo_templates
+        )
         self.tenant.generate(cfg.users, cfg.photo_ratio, cfg.naming)
         self.stats = Stats()
-        self.throttle = Throttle(app_rate_per_s=cfg.app_rate_per_s, app_concurrency=cfg.app_concurrency,
-                                 mailbox_concurrency=cfg.mailbox_concurrency,
-                                 mailbox_per_10min=cfg.mailbox_requests_per_10min,
-                                 mailbox_scope=cfg.mailbox_concurrency_scope,
-                                 directory_ru_per_10s=_directory_units(cfg))
+        self.throttle = Throttle(
+            app_rate_per_s=cfg.app_rate_per_s,
+            app_concurrency=cfg.app_concurrency,
+            mailbox_concurrency=cfg.mailbox_concurrency,
+            mailbox_per_10min=cfg.mailbox_requests_per_10min,
+            mailbox_scope=cfg.mailbox_concurrency_scope,
+            directory_ru_per_10s=_directory_units(cfg),
+        )
         self.faults = FaultInjector(parse_faults(cfg.faults), cfg.seed)
         self.admin = Admin(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -261,15 +304,29 @@ class GraphEmulator:
             raise
         base = f"https://127.0.0.1:{port}"
         self.identity = Identity(
-            tenant_id=self.tenant_id, domain=self.config.domain, base_url=base, app=self.app, seed=self.config.seed,
+            tenant_id=self.tenant_id,
+            domain=self.config.domain,
+            base_url=base,
+            app=self.app,
+            seed=self.config.seed,
             access_token_lifetime_s=self.config.access_token_lifetime_s,
             refresh_token_lifetime_s=self.config.refresh_token_lifetime_s,
-            strict_rotation=self.config.strict_rotation, expired_code=self.config.expired_refresh_token_code,
+            strict_rotation=self.config.strict_rotation,
+            expired_code=self.config.expired_refresh_token_code,
             device_interval_s=self.config.device_code_interval_s,
             device_auto_approve=self.config.device_code_auto_approve,
-            default_user=lambda: self.tenant.default_user.id, user_lookup=self._user_props)
-        self.graph = GraphService(config=self.config, tenant=self.tenant, identity=self.identity,
-                                  throttle=self.throttle, faults=self.faults, stats=self.stats, base_url=base)
+            default_user=lambda: self.tenant.default_user.id,
+            user_lookup=self._user_props,
+        )
+        self.graph = GraphService(
+            config=self.config,
+            tenant=self.tenant,
+            identity=self.identity,
+            throttle=self.throttle,
+            faults=self.faults,
+            stats=self.stats,
+            base_url=base,
+        )
         assert self._tmp is not None
         self._info = {
             "authority": f"{base}/{self.tenant_id}",
@@ -313,13 +370,14 @@ class GraphEmulator:
     def __enter__(self) -> GraphEmulator:
         return self if self._thread is not None else self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
     def info(self) -> dict[str, Any]:
-        """authority, graph_url, ca_cert, tenant_id, client_id, client_secret, refresh_token, admin_url, ..."""
+        """authority, graph_url, ca_cert, tenant_id, client_id, client_secret, refresh_token, admin_url..."""
         if self._info is None:
             raise RuntimeError("start() the emulator first")
         return dict(self._info)
@@ -345,6 +403,7 @@ class GraphEmulator:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
+
         loop.call_soon_threadsafe(run)
         return future.result(30)
 
@@ -366,8 +425,11 @@ class GraphEmulator:
                 response = self.identity.handle(req)
         except Exception:  # a bug must show as a 500, not a dropped connection
             log.exception("emulator: unhandled error for %s %s", req.method, req.path)
-            response = Response(500, b'{"error":{"code":"InternalServerError","message":"emulator bug"}}',
-                                [("Content-Type", "application/json")])
+            response = Response(
+                500,
+                b'{"error":{"code":"InternalServerError","message":"emulator bug"}}',
+                [("Content-Type", "application/json")],
+            )
         if response.fault != "reset":
             self.stats.http_by_status[str(response.status)] += 1
         return response
@@ -376,7 +438,7 @@ class GraphEmulator:
         """The admin API over HTTP (loopback only, like the whole server): same operations as ``Admin``."""
         parts = [p for p in req.path.split("/") if p][1:]
         try:
-            body: Any = json.loads(req.body) if req.body and not parts[-1:] == ["photo"] else {}
+            body: Any = json.loads(req.body) if req.body and parts[-1:] != ["photo"] else {}
         except ValueError:
             return _admin_json(400, {"error": "body is not JSON"})
         admin, m = self.admin, req.method
@@ -417,11 +479,14 @@ class GraphEmulator:
             elif parts == ["tokens", "refresh-token"] and m == "POST":
                 result = {"refresh_token": admin.issue_refresh_token(body.get("user"))}
             elif parts == ["device", "approve"] and m == "POST":
-                admin.approve_device_code(body["user_code"], body.get("user"), bool(body.get("approve", True)))
+                admin.approve_device_code(
+                    body["user_code"], body.get("user"), bool(body.get("approve", True))
+                )
                 result = {}
             elif parts == ["faults"] and m in ("PUT", "POST"):
-                result = admin.set_faults(body.get("profile") if isinstance(body, dict) and "profile" in body
-                                          else (body or None))
+                result = admin.set_faults(
+                    body.get("profile") if isinstance(body, dict) and "profile" in body else (body or None)
+                )
             elif parts == ["faults"] and m == "GET":
                 result = self.faults.profile.to_dict()
             elif parts == ["latency"] and m in ("PUT", "POST"):

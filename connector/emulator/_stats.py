@@ -25,9 +25,21 @@ class Stats:
         self.__init__()  # type: ignore[misc]
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: self.counters.get(name, 0) for name in (
-            "requests", "graph_requests", "photo_requests", "photo_bytes", "batch_requests", "batch_items",
-            "token_requests", "admin_requests", "throttled", "faults_injected")}
+        out: dict[str, Any] = {
+            name: self.counters.get(name, 0)
+            for name in (
+                "requests",
+                "graph_requests",
+                "photo_requests",
+                "photo_bytes",
+                "batch_requests",
+                "batch_items",
+                "token_requests",
+                "admin_requests",
+                "throttled",
+                "faults_injected",
+            )
+        }
         out.update({k: v for k, v in self.counters.items() if k not in out})
         out["by_status"] = dict(self.by_status)
         out["http_by_status"] = dict(self.http_by_status)

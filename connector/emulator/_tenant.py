@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from connector.emulator._photos import PhotoTemplates, image_dimensions, reencode_jpeg, splice_marker
+from connector.emulator._photos import PhotoTemplates, image_dimensions, reencode_jpeg
 
 __all__ = ["MAILBOX_KINDS", "Photo", "Tenant", "User", "make_sam_account_name"]
 
@@ -32,29 +32,149 @@ MAILBOX_KINDS: tuple[MailboxKind, ...] = ("cloud", "on-premises", "none")
 
 #: Properties of a user as Graph serves them (subset of microsoft.graph.user), in Graph's order.
 USER_PROPERTIES = (
-    "id", "businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone", "officeLocation",
-    "preferredLanguage", "surname", "userPrincipalName", "accountEnabled", "mailNickname", "department",
-    "companyName", "employeeId", "createdDateTime", "userType", "usageLocation", "proxyAddresses", "aboutMe",
+    "id",
+    "businessPhones",
+    "displayName",
+    "givenName",
+    "jobTitle",
+    "mail",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "surname",
+    "userPrincipalName",
+    "accountEnabled",
+    "mailNickname",
+    "department",
+    "companyName",
+    "employeeId",
+    "createdDateTime",
+    "userType",
+    "usageLocation",
+    "proxyAddresses",
+    "aboutMe",
 )
-DEFAULT_PROPERTIES = ("businessPhones", "displayName", "givenName", "id", "jobTitle", "mail", "mobilePhone",
-                      "officeLocation", "preferredLanguage", "surname", "userPrincipalName")
+DEFAULT_PROPERTIES = (
+    "businessPhones",
+    "displayName",
+    "givenName",
+    "id",
+    "jobTitle",
+    "mail",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "surname",
+    "userPrincipalName",
+)
 
-_GIVEN = ("Adele", "Alex", "Anna", "Ben", "Björn", "Carla", "Chloé", "Daniel", "Diego", "Eva", "Fatima", "Femi",
-          "Grace", "Hannah", "Ivan", "Jean-Luc", "Jens", "Joanna", "José", "Karin", "Kenji", "Lars", "Lea",
-          "Łukasz", "Maria", "Mei", "Miriam", "Noah", "Nora", "Olga", "Omar", "Paula", "Pierre", "Priya",
-          "Rahul", "Rosa", "Sami", "Sara", "Søren", "Tomás", "Uma", "Victor", "Wei", "Yusuf", "Zoë")
-_SURNAMES = ("Andersen", "Baker", "Becker", "Chen", "Costa", "Dubois", "Fischer", "García", "Gonzalez", "Hansen",
-             "Ivanova", "Jansen", "Kowalski", "Larsen", "Lee", "Martin", "Meyer", "Müller", "Nakamura", "Nguyen",
-             "Novak", "O'Brien", "Okafor", "Patel", "Petrov", "Rossi", "Santos", "Schmidt", "Silva", "Singh",
-             "Smith", "Sørensen", "Tanaka", "Van der Berg", "Wagner", "Weber", "Williams", "Yılmaz", "Zhang")
-_JOBS = ("Engineer", "Accountant", "Designer", "Sales Manager", "Nurse", "Technician", "Analyst", "Consultant")
+_GIVEN = (
+    "Adele",
+    "Alex",
+    "Anna",
+    "Ben",
+    "Björn",
+    "Carla",
+    "Chloé",
+    "Daniel",
+    "Diego",
+    "Eva",
+    "Fatima",
+    "Femi",
+    "Grace",
+    "Hannah",
+    "Ivan",
+    "Jean-Luc",
+    "Jens",
+    "Joanna",
+    "José",
+    "Karin",
+    "Kenji",
+    "Lars",
+    "Lea",
+    "Łukasz",
+    "Maria",
+    "Mei",
+    "Miriam",
+    "Noah",
+    "Nora",
+    "Olga",
+    "Omar",
+    "Paula",
+    "Pierre",
+    "Priya",
+    "Rahul",
+    "Rosa",
+    "Sami",
+    "Sara",
+    "Søren",
+    "Tomás",
+    "Uma",
+    "Victor",
+    "Wei",
+    "Yusuf",
+    "Zoë",
+)
+_SURNAMES = (
+    "Andersen",
+    "Baker",
+    "Becker",
+    "Chen",
+    "Costa",
+    "Dubois",
+    "Fischer",
+    "García",
+    "Gonzalez",
+    "Hansen",
+    "Ivanova",
+    "Jansen",
+    "Kowalski",
+    "Larsen",
+    "Lee",
+    "Martin",
+    "Meyer",
+    "Müller",
+    "Nakamura",
+    "Nguyen",
+    "Novak",
+    "O'Brien",
+    "Okafor",
+    "Patel",
+    "Petrov",
+    "Rossi",
+    "Santos",
+    "Schmidt",
+    "Silva",
+    "Singh",
+    "Smith",
+    "Sørensen",
+    "Tanaka",
+    "Van der Berg",
+    "Wagner",
+    "Weber",
+    "Williams",
+    "Y\u0131lmaz",
+    "Zhang",
+)
+_JOBS = (
+    "Engineer",
+    "Accountant",
+    "Designer",
+    "Sales Manager",
+    "Nurse",
+    "Technician",
+    "Analyst",
+    "Consultant",
+)
 _DEPARTMENTS = ("Engineering", "Finance", "Marketing", "Sales", "Operations", "HR", "Support", "Legal")
 _CITIES = ("Amsterdam", "Berlin", "Lisbon", "London", "Oslo", "Paris", "Seattle", "Tokyo")
 
 
 def _ascii(text: str) -> str:
-    folded = unicodedata.normalize("NFKD", text.replace("ł", "l").replace("Ł", "L").replace("ø", "o")
-                                   .replace("Ø", "O").replace("ı", "i"))
+    folded = unicodedata.normalize(
+        "NFKD",
+        text.replace("ł", "l").replace("Ł", "L").replace("ø", "o").replace("Ø", "O").replace("\u0131", "i"),
+    )
     return re.sub(r"[^A-Za-z0-9]", "", folded.encode("ascii", "ignore").decode())
 
 
@@ -115,8 +235,12 @@ class User:
         out["hasPhoto"] = self.photo is not None
         out["deleted"] = self.deleted
         if self.photo:
-            out["photo"] = {"width": self.photo.width, "height": self.photo.height,
-                            "contentType": self.photo.content_type, "mediaEtag": self.photo.media_etag}
+            out["photo"] = {
+                "width": self.photo.width,
+                "height": self.photo.height,
+                "contentType": self.photo.content_type,
+                "mediaEtag": self.photo.media_etag,
+            }
         return out
 
 
@@ -158,8 +282,16 @@ class Tenant:
                 etag = hashlib.sha256(f"{self.seed}:{index}:{template}".encode()).hexdigest()
                 user.photo = Photo(spec.width, spec.height, spec.content_type, etag, template=template)
 
-    def _new_user(self, rng: random.Random, given: str, surname: str, mailbox: MailboxKind, enabled: bool,
-                  nickname: str | None, index: int) -> User:
+    def _new_user(
+        self,
+        rng: random.Random,
+        given: str,
+        surname: str,
+        mailbox: MailboxKind,
+        enabled: bool,
+        nickname: str | None,
+        index: int,
+    ) -> User:
         user_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         nickname = nickname or make_sam_account_name(given, surname, self._nicknames)
         self._nicknames.add(nickname.lower())
@@ -170,14 +302,27 @@ class Tenant:
         mail = f"{mail_local}@{self.domain}" if mailbox != "none" else None
         created = datetime.fromtimestamp(1_600_000_000 + index * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         props: dict[str, Any] = {
-            "id": user_id, "businessPhones": [f"+1 425 555 {rng.randrange(10000):04d}"],
-            "displayName": f"{given} {surname}", "givenName": given, "jobTitle": rng.choice(_JOBS),
-            "mail": mail, "mobilePhone": None, "officeLocation": rng.choice(_CITIES),
-            "preferredLanguage": "en-US", "surname": surname, "userPrincipalName": upn,
-            "accountEnabled": enabled, "mailNickname": nickname, "department": rng.choice(_DEPARTMENTS),
-            "companyName": "Contoso", "employeeId": f"E{index + 1:06d}", "createdDateTime": created,
-            "userType": "Member", "usageLocation": "US",
-            "proxyAddresses": [f"SMTP:{mail}"] if mail else [], "aboutMe": None,
+            "id": user_id,
+            "businessPhones": [f"+1 425 555 {rng.randrange(10000):04d}"],
+            "displayName": f"{given} {surname}",
+            "givenName": given,
+            "jobTitle": rng.choice(_JOBS),
+            "mail": mail,
+            "mobilePhone": None,
+            "officeLocation": rng.choice(_CITIES),
+            "preferredLanguage": "en-US",
+            "surname": surname,
+            "userPrincipalName": upn,
+            "accountEnabled": enabled,
+            "mailNickname": nickname,
+            "department": rng.choice(_DEPARTMENTS),
+            "companyName": "Contoso",
+            "employeeId": f"E{index + 1:06d}",
+            "createdDateTime": created,
+            "userType": "Member",
+            "usageLocation": "US",
+            "proxyAddresses": [f"SMTP:{mail}"] if mail else [],
+            "aboutMe": None,
         }
         return User(props=props, mailbox=mailbox)
 
@@ -222,8 +367,15 @@ class Tenant:
         nickname = fields.pop("mailNickname", None)
         if nickname and nickname.lower() in self._nicknames:
             raise ValueError(f"mailNickname {nickname!r} is taken")
-        user = self._new_user(self._rng, given, surname, mailbox, bool(fields.pop("accountEnabled", True)),
-                              nickname, len(self.users))
+        user = self._new_user(
+            self._rng,
+            given,
+            surname,
+            mailbox,
+            bool(fields.pop("accountEnabled", True)),
+            nickname,
+            len(self.users),
+        )
         unknown = set(fields) - set(USER_PROPERTIES)
         if unknown:
             raise ValueError(f"unknown user properties: {', '.join(sorted(unknown))}")

@@ -56,9 +56,16 @@ class Admission:
 class Throttle:
     """All limits of one emulator; not thread-safe (event loop only)."""
 
-    def __init__(self, *, app_rate_per_s: float | None, app_concurrency: int | None,
-                 mailbox_concurrency: int | None, mailbox_per_10min: int | None, mailbox_scope: str,
-                 directory_ru_per_10s: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        app_rate_per_s: float | None,
+        app_concurrency: int | None,
+        mailbox_concurrency: int | None,
+        mailbox_per_10min: int | None,
+        mailbox_scope: str,
+        directory_ru_per_10s: int | None,
+    ) -> None:
         self.app_rate_per_s = app_rate_per_s
         self.app_concurrency = app_concurrency
         self.mailbox_concurrency = mailbox_concurrency
@@ -89,10 +96,16 @@ class Throttle:
                 return Admission("TooManyRequests", "Please retry again later.", wait, "Application/Rate")
         if mailbox is not None:
             key = (app, mailbox if self.mailbox_scope == "mailbox" else "*")
-            if self.mailbox_concurrency is not None and \
-                    self._mailbox_inflight.get(key, 0) >= self.mailbox_concurrency:
-                return Admission("ApplicationThrottled", "Application is over its MailboxConcurrency limit.",
-                                 1.0, "Mailbox/Concurrency")
+            if (
+                self.mailbox_concurrency is not None
+                and self._mailbox_inflight.get(key, 0) >= self.mailbox_concurrency
+            ):
+                return Admission(
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    1.0,
+                    "Mailbox/Concurrency",
+                )
             if self.mailbox_per_10min is not None:
                 mbucket = self._mailbox_buckets.get((app, mailbox))
                 if mbucket is None:
@@ -100,8 +113,12 @@ class Throttle:
                     mbucket = self._mailbox_buckets[(app, mailbox)] = TokenBucket(limit, limit / 600.0)
                 wait = mbucket.take()
                 if wait:
-                    return Admission("ApplicationThrottled", "Application is over its MailboxRequests limit.",
-                                     wait, "Mailbox/Requests")
+                    return Admission(
+                        "ApplicationThrottled",
+                        "Application is over its MailboxRequests limit.",
+                        wait,
+                        "Mailbox/Requests",
+                    )
         if resource_units and self.directory_ru_per_10s:
             rbucket = self._ru_buckets.get(app)
             if rbucket is None:
@@ -109,8 +126,9 @@ class Throttle:
                 rbucket = self._ru_buckets[app] = TokenBucket(limit, limit / 10.0)
             wait = rbucket.take(resource_units)
             if wait:
-                return Admission("TooManyRequests", "Please retry again later.", wait,
-                                 "Tenant_Application/ReadWrite")
+                return Admission(
+                    "TooManyRequests", "Please retry again later.", wait, "Tenant_Application/ReadWrite"
+                )
         return None
 
     def enter(self, app: str, mailbox: str | None) -> None:

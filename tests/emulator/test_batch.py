@@ -22,20 +22,27 @@ def _jpeg(color: str = "red", size: int = 200) -> bytes:
 def test_mixed_batch_with_binary_bodies(api: Api) -> None:
     with_photo = api.user(lambda u: u["hasPhoto"] and u["mailbox"] == "cloud")
     without = api.user(lambda u: not u["hasPhoto"] and u["mailbox"] == "cloud")
-    resp = api.batch([
-        {"id": "1", "method": "GET", "url": f"/users/{with_photo['id']}/photo/$value"},
-        {"id": "2", "method": "GET", "url": f"users/{with_photo['id']}/photo"},
-        {"id": "3", "method": "GET", "url": f"/users/{without['id']}/photo/$value"},
-        {"id": "4", "method": "GET", "url": "/users?$select=id,mail&$filter=mail ne null&$count=true&$top=3",
-         "headers": {"ConsistencyLevel": "eventual"}},
-        {"id": "5", "method": "GET", "url": "/users/$count", "headers": {"ConsistencyLevel": "eventual"}},
-    ])
+    resp = api.batch(
+        [
+            {"id": "1", "method": "GET", "url": f"/users/{with_photo['id']}/photo/$value"},
+            {"id": "2", "method": "GET", "url": f"users/{with_photo['id']}/photo"},
+            {"id": "3", "method": "GET", "url": f"/users/{without['id']}/photo/$value"},
+            {
+                "id": "4",
+                "method": "GET",
+                "url": "/users?$select=id,mail&$filter=mail ne null&$count=true&$top=3",
+                "headers": {"ConsistencyLevel": "eventual"},
+            },
+            {"id": "5", "method": "GET", "url": "/users/$count", "headers": {"ConsistencyLevel": "eventual"}},
+        ]
+    )
     assert resp.status_code == 200
     items = {r["id"]: r for r in resp.json()["responses"]}
     assert items["1"]["status"] == 200 and items["1"]["headers"]["Content-Type"].startswith("image/")
     assert base64.b64decode(items["1"]["body"], validate=True) == api.emu.admin.get_photo(with_photo["id"])
     assert items["2"]["body"]["@odata.mediaEtag"] and items["2"]["headers"]["Content-Type"].startswith(
-        "application/json")
+        "application/json"
+    )
     assert items["3"]["status"] == 404 and items["3"]["body"]["error"]["code"] == "ImageNotFound"
     assert items["4"]["status"] == 200 and items["4"]["body"]["@odata.count"] > 0
     assert items["5"]["body"] == "20"
@@ -46,14 +53,32 @@ def test_mixed_batch_with_binary_bodies(api: Api) -> None:
 def test_put_photo_in_batch_with_base64_bodies(api: Api) -> None:
     users = [u for u in api.emu.admin.users() if u["mailbox"] == "cloud"][:2]
     red, blue = _jpeg("red"), _jpeg("blue", 300)
-    resp = api.batch([
-        {"id": "a", "method": "PUT", "url": f"/users/{users[0]['id']}/photo/$value",
-         "headers": {"Content-Type": "image/jpeg"}, "body": base64.b64encode(red).decode()},
-        {"id": "b", "method": "PUT", "url": f"/users/{users[1]['id']}/photo/$value",
-         "headers": {"Content-Type": "image/jpeg"}, "body": base64.urlsafe_b64encode(blue).decode().rstrip("=")},
-        {"id": "c", "method": "PUT", "url": f"/users/{users[1]['id']}/photo/$value",
-         "headers": {"Content-Type": "image/jpeg"}, "body": "***not base64***", "dependsOn": ["b"]},
-    ])
+    resp = api.batch(
+        [
+            {
+                "id": "a",
+                "method": "PUT",
+                "url": f"/users/{users[0]['id']}/photo/$value",
+                "headers": {"Content-Type": "image/jpeg"},
+                "body": base64.b64encode(red).decode(),
+            },
+            {
+                "id": "b",
+                "method": "PUT",
+                "url": f"/users/{users[1]['id']}/photo/$value",
+                "headers": {"Content-Type": "image/jpeg"},
+                "body": base64.urlsafe_b64encode(blue).decode().rstrip("="),
+            },
+            {
+                "id": "c",
+                "method": "PUT",
+                "url": f"/users/{users[1]['id']}/photo/$value",
+                "headers": {"Content-Type": "image/jpeg"},
+                "body": "***not base64***",
+                "dependsOn": ["b"],
+            },
+        ]
+    )
     items = {r["id"]: r for r in resp.json()["responses"]}
     assert items["a"]["status"] == 200 and items["b"]["status"] == 200 and items["c"]["status"] == 400
     assert api.emu.admin.get_user(users[1]["id"])["photo"]["width"] == 300
@@ -72,21 +97,27 @@ def test_batch_validation(api: Api) -> None:
     assert api.batch([{"id": "1", "dependsOn": ["9"], **item}]).status_code == 400
     cycle = api.batch([{"id": "1", "dependsOn": ["2"], **item}, {"id": "2", "dependsOn": ["1"], **item}])
     assert cycle.status_code == 400
-    assert api.request("POST", "/$batch", data=b"{nope", headers={"Content-Type": "application/json"}
-                       ).status_code == 400
+    assert (
+        api.request(
+            "POST", "/$batch", data=b"{nope", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
     absolute = api.batch([{"id": "1", "method": "GET", "url": "https://graph.microsoft.com/v1.0/users"}])
     assert absolute.status_code == 200 and absolute.json()["responses"][0]["status"] == 400
 
 
 def test_depends_on_failure_gives_424(api: Api) -> None:
     ok = api.user(lambda u: u["mailbox"] == "cloud")
-    resp = api.batch([
-        {"id": "1", "method": "GET", "url": "/users/ghost@contoso.example"},
-        {"id": "2", "method": "GET", "url": f"/users/{ok['id']}", "dependsOn": ["1"]},
-        {"id": "3", "method": "GET", "url": f"/users/{ok['id']}", "dependsOn": ["2"]},
-        {"id": "4", "method": "GET", "url": f"/users/{ok['id']}"},
-        {"id": "5", "method": "GET", "url": f"/users/{ok['id']}", "dependsOn": ["4"]},
-    ])
+    resp = api.batch(
+        [
+            {"id": "1", "method": "GET", "url": "/users/ghost@contoso.example"},
+            {"id": "2", "method": "GET", "url": f"/users/{ok['id']}", "dependsOn": ["1"]},
+            {"id": "3", "method": "GET", "url": f"/users/{ok['id']}", "dependsOn": ["2"]},
+            {"id": "4", "method": "GET", "url": f"/users/{ok['id']}"},
+            {"id": "5", "method": "GET", "url": f"/users/{ok['id']}", "dependsOn": ["4"]},
+        ]
+    )
     status = {r["id"]: r["status"] for r in resp.json()["responses"]}
     assert status == {"1": 404, "2": 424, "3": 424, "4": 200, "5": 200}
 

@@ -39,7 +39,9 @@ def _outcomes(emu: GraphEmulator, paths: list[str]) -> list[str]:
     return out
 
 
-def test_faults_are_deterministic_and_on_the_wire(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+def test_faults_are_deterministic_and_on_the_wire(
+    graph_emulator_factory: Callable[..., GraphEmulator],
+) -> None:
     storm = {"base": "storm", "latency": 0.0}  # the storm mix without its extra latency (fast test)
     a = graph_emulator_factory(seed=5, faults=storm, users=10)
     b = graph_emulator_factory(seed=5, faults=storm, users=10)
@@ -51,8 +53,9 @@ def test_faults_are_deterministic_and_on_the_wire(graph_emulator_factory: Callab
     assert {"429", "503", "504", "reset", "truncated"} <= kinds
     assert "429:2.128" in first  # storm sends decimal Retry-After
     stats = a.admin.stats()
-    assert stats["faults_injected"] == sum(stats["faults"].get(k, 0) for k in ("429", "503", "504", "reset",
-                                                                                 "truncate"))
+    assert stats["faults_injected"] == sum(
+        stats["faults"].get(k, 0) for k in ("429", "503", "504", "reset", "truncate")
+    )
     c = graph_emulator_factory(seed=6, faults=storm, users=10)
     assert _outcomes(c, paths) != first
 
@@ -97,7 +100,9 @@ def test_batch_item_faults(graph_emulator_factory: Callable[..., GraphEmulator])
     seen: set[int] = set()
     for n in range(5):
         try:
-            resp = api.batch([{"id": str(i), "method": "GET", "url": f"/users?$top=1&n={n}-{i}"} for i in range(10)])
+            resp = api.batch(
+                [{"id": str(i), "method": "GET", "url": f"/users?$top=1&n={n}-{i}"} for i in range(10)]
+            )
         except requests.exceptions.RequestException:
             api.http.close()
             continue

@@ -63,8 +63,10 @@ def test_bytes_are_per_user(session_api: Api) -> None:
     users = [u for u in session_api.emu.admin.users() if u["hasPhoto"] and u["mailbox"] == "cloud"][:30]
     blobs = {session_api.get(f"/users/{u['id']}/photo/$value").content for u in users}
     assert len(blobs) == len(users)
-    assert session_api.emu.admin.get_photo(users[0]["id"]) == \
-        session_api.get(f"/users/{users[0]['id']}/photo/$value").content
+    assert (
+        session_api.emu.admin.get_photo(users[0]["id"])
+        == session_api.get(f"/users/{users[0]['id']}/photo/$value").content
+    )
 
 
 def test_no_photo_unknown_user_and_onprem(session_api: Api) -> None:
@@ -83,14 +85,21 @@ def test_no_photo_unknown_user_and_onprem(session_api: Api) -> None:
     assert session_api.get(f"/users/{nobox['id']}/photo/$value").status_code == 200  # Entra-stored photo
 
 
-@pytest.mark.parametrize(("variant", "code", "message"), [
-    ("ErrorItemNotFound", "ErrorItemNotFound", "The photo wasn't found."),
-    ("ErrorEntityNotFound", "ErrorEntityNotFound", FAST_PROFILE),
-    ("ImageNotFoundPeople", "ImageNotFound",
-     "Exception of type 'Microsoft.People.Image.Common.Exceptions.ImageNotFoundException' was thrown."),
-])
-def test_no_photo_variants(graph_emulator_factory: Callable[..., GraphEmulator], variant: str, code: str,
-                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("variant", "code", "message"),
+    [
+        ("ErrorItemNotFound", "ErrorItemNotFound", "The photo wasn't found."),
+        ("ErrorEntityNotFound", "ErrorEntityNotFound", FAST_PROFILE),
+        (
+            "ImageNotFoundPeople",
+            "ImageNotFound",
+            "Exception of type 'Microsoft.People.Image.Common.Exceptions.ImageNotFoundException' was thrown.",
+        ),
+    ],
+)
+def test_no_photo_variants(
+    graph_emulator_factory: Callable[..., GraphEmulator], variant: str, code: str, message: str
+) -> None:
     api = make_api(graph_emulator_factory(photo_ratio=0.0, no_photo_variant=variant))
     user = api.emu.admin.users()[0]
     error = api.get(f"/users/{user['id']}/photo/$value").json()["error"]
@@ -98,8 +107,11 @@ def test_no_photo_variants(graph_emulator_factory: Callable[..., GraphEmulator],
 
 
 def test_legacy_1x1_and_no_mailbox_error(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
-    api = make_api(graph_emulator_factory(users=60, photo_ratio=0.0, no_photo_variant="legacy-1x1",
-                                         no_mailbox_photo="error"))
+    api = make_api(
+        graph_emulator_factory(
+            users=60, photo_ratio=0.0, no_photo_variant="legacy-1x1", no_mailbox_photo="error"
+        )
+    )
     user = api.emu.admin.users()[0]
     meta = api.get(f"/users/{user['id']}/photo").json()
     assert (meta["id"], meta["@odata.mediaContentType"], meta["@odata.mediaEtag"]) == ("1x1", "image/gif", "")
@@ -113,13 +125,17 @@ def test_upload_reencodes_and_changes_etag(api: Api) -> None:
     user = api.user(lambda u: u["mailbox"] == "cloud" and u["hasPhoto"])
     before = api.get(f"/users/{user['id']}/photo/$value").headers["ETag"]
     png = _jpeg(700, "blue", "PNG")
-    put = api.request("PUT", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"})
+    put = api.request(
+        "PUT", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"}
+    )
     assert put.status_code == 200 and put.content == b""
     after = api.get(f"/users/{user['id']}/photo/$value")
     assert after.headers["Content-Type"] == "image/jpeg" and after.content != png
     assert _image(after.content).size == (700, 700)
     assert after.headers["ETag"] != before
-    again = api.request("PATCH", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"})
+    again = api.request(
+        "PATCH", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"}
+    )
     assert again.status_code == 200
     assert api.get(f"/users/{user['id']}/photo/$value").headers["ETag"] != after.headers["ETag"]  # same bytes
     sizes = [e["id"] for e in api.get(f"/users/{user['id']}/photos").json()["value"]]
@@ -130,13 +146,16 @@ def test_upload_errors(api: Api) -> None:
     user = api.user(lambda u: u["mailbox"] == "cloud")
     url = f"/users/{user['id']}/photo/$value"
     assert api.request("PUT", url, data=b"GIF89a", headers={"Content-Type": "image/gif"}).status_code == 415
-    big = api.request("PUT", url, data=b"\xff" * (4 * 1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"})
+    big = api.request(
+        "PUT", url, data=b"\xff" * (4 * 1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"}
+    )
     assert big.status_code == 413
     junk = api.request("PUT", url, data=b"not an image", headers={"Content-Type": "image/jpeg"})
     assert junk.status_code == 400
     onprem = api.user(lambda u: u["mailbox"] == "on-premises")
-    resp = api.request("PUT", f"/users/{onprem['id']}/photo/$value", data=_jpeg(),
-                       headers={"Content-Type": "image/jpeg"})
+    resp = api.request(
+        "PUT", f"/users/{onprem['id']}/photo/$value", data=_jpeg(), headers={"Content-Type": "image/jpeg"}
+    )
     assert resp.json()["error"]["code"] == "MailboxNotHostedInExchangeOnline"
 
 

@@ -38,8 +38,9 @@ def test_names_follow_the_sam_account_name_convention() -> None:
 
 def test_numbered_naming() -> None:
     emu = GraphEmulator(EmulatorConfig(users=3, naming="numbered"))
-    assert [u["mailNickname"] for u in emu.admin.users()] == ["u00001", "u00002", "u00003"] or \
-        sorted(u["mailNickname"] for u in emu.admin.users()) == ["u00001", "u00002", "u00003"]
+    assert [u["mailNickname"] for u in emu.admin.users()] == ["u00001", "u00002", "u00003"] or sorted(
+        u["mailNickname"] for u in emu.admin.users()
+    ) == ["u00001", "u00002", "u00003"]
 
 
 def test_sam_account_name_folding_and_suffix() -> None:

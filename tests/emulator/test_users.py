@@ -12,9 +12,19 @@ EVENTUAL = {"ConsistencyLevel": "eventual"}
 def test_default_properties_and_select(session_api: Api) -> None:
     body = session_api.get("/users?$top=2").json()
     assert body["@odata.context"].endswith("/$metadata#users")
-    assert set(body["value"][0]) == {"businessPhones", "displayName", "givenName", "id", "jobTitle", "mail",
-                                     "mobilePhone", "officeLocation", "preferredLanguage", "surname",
-                                     "userPrincipalName"}
+    assert set(body["value"][0]) == {
+        "businessPhones",
+        "displayName",
+        "givenName",
+        "id",
+        "jobTitle",
+        "mail",
+        "mobilePhone",
+        "officeLocation",
+        "preferredLanguage",
+        "surname",
+        "userPrincipalName",
+    }
     sel = session_api.get("/users?$select=id,mailNickname,accountEnabled&$top=2")
     assert sel.headers["Content-Type"].startswith("application/json;odata.metadata=minimal")
     assert sel.json()["@odata.context"].endswith("#users(id,mailNickname,accountEnabled)")
@@ -84,14 +94,19 @@ def test_mail_ne_null_needs_advanced_query(session_api: Api) -> None:
 def test_basic_filters(session_api: Api) -> None:
     users = session_api.emu.admin.users()
     target = users[3]
-    one = session_api.get("/users?$filter=" + quote(f"userPrincipalName eq '{target['userPrincipalName'].upper()}'"))
+    one = session_api.get(
+        "/users?$filter=" + quote(f"userPrincipalName eq '{target['userPrincipalName'].upper()}'")
+    )
     assert [u["id"] for u in one.json()["value"]] == [target["id"]]
-    disabled = session_api.get("/users?$top=999&$select=id,accountEnabled&$filter=accountEnabled eq false").json()
+    disabled = session_api.get(
+        "/users?$top=999&$select=id,accountEnabled&$filter=accountEnabled eq false"
+    ).json()
     assert {u["id"] for u in disabled["value"]} == {u["id"] for u in users if not u["accountEnabled"]}
     prefix = target["displayName"][:3]
     starts = session_api.get("/users?$top=999&$filter=" + quote(f"startswith(displayName,'{prefix}')")).json()
-    assert {u["id"] for u in starts["value"]} == {u["id"] for u in users
-                                                  if u["displayName"].lower().startswith(prefix.lower())}
+    assert {u["id"] for u in starts["value"]} == {
+        u["id"] for u in users if u["displayName"].lower().startswith(prefix.lower())
+    }
     ids = f"'{users[0]['id']}','{users[1]['id']}'"
     assert len(session_api.get("/users?$filter=" + quote(f"id in ({ids})")).json()["value"]) == 2
     ends = session_api.get("/users?$filter=" + quote("endswith(mail,'@contoso.example')"))
@@ -104,7 +119,9 @@ def test_basic_filters(session_api: Api) -> None:
 
 def test_count_search_and_orderby(session_api: Api) -> None:
     plain = session_api.get("/users/$count")
-    assert plain.status_code == 400 and plain.json()["error"]["message"] == "$count is not currently supported."
+    assert (
+        plain.status_code == 400 and plain.json()["error"]["message"] == "$count is not currently supported."
+    )
     count = session_api.get("/users/$count", headers=EVENTUAL)
     assert count.status_code == 200 and count.text == "200"
     assert "@odata.count" not in session_api.get("/users?$count=true").json()  # silently ignored
@@ -130,8 +147,10 @@ def test_get_user_by_id_and_upn(session_api: Api) -> None:
     assert missing.status_code == 404
     error = missing.json()["error"]
     assert error["code"] == "Request_ResourceNotFound"
-    assert error["message"] == ("Resource 'nobody@contoso.example' does not exist or one of its queried "
-                                "reference-property objects are not present.")
+    assert error["message"] == (
+        "Resource 'nobody@contoso.example' does not exist or one of its queried "
+        "reference-property objects are not present."
+    )
     assert set(error["innerError"]) >= {"date", "request-id", "client-request-id"}
     assert missing.headers["request-id"] == error["innerError"]["request-id"]
     echoed = session_api.get("/users/nobody", headers={"client-request-id": "abc-123"})
@@ -151,12 +170,19 @@ def test_permissions(api: Api) -> None:
     assert users.status_code == 403 and users.json()["error"]["code"] == "Authorization_RequestDenied"
     user = api.user(lambda u: u["hasPhoto"] and u["mailbox"] == "cloud")
     photo = api.get(f"/users/{user['id']}/photo/$value", headers=headers)
-    assert photo.status_code == 403 and photo.json()["error"]["code"] == "ErrorInsufficientPermissionsInAccessToken"
+    assert (
+        photo.status_code == 403
+        and photo.json()["error"]["code"] == "ErrorInsufficientPermissionsInAccessToken"
+    )
     api.emu.admin.set_app_roles(["ProfilePhoto.Read.All"])
     headers = {"Authorization": f"Bearer {api.emu.admin.issue_app_token()}"}
     assert api.get(f"/users/{user['id']}/photo/$value", headers=headers).status_code == 200
-    put = api.request("PUT", f"/users/{user['id']}/photo/$value", data=b"x",
-                      headers={**headers, "Content-Type": "image/jpeg"})
+    put = api.request(
+        "PUT",
+        f"/users/{user['id']}/photo/$value",
+        data=b"x",
+        headers={**headers, "Content-Type": "image/jpeg"},
+    )
     assert put.status_code == 403
 
 

@@ -19,7 +19,13 @@ import requests
 
 from connector.emulator import EmulatorConfig, GraphEmulator
 
-__all__ = ["app_headers", "emulator_http", "graph_emulator", "graph_emulator_factory", "graph_emulator_session"]
+__all__ = [
+    "app_headers",
+    "emulator_http",
+    "graph_emulator",
+    "graph_emulator_factory",
+    "graph_emulator_session",
+]
 
 
 def emulator_http(emu: GraphEmulator) -> requests.Session:
