@@ -355,3 +355,47 @@ def test_state_file_lives_in_data_dir(make_emulator: Any, tmp_path: Path) -> Non
     run_import(conn, ImportMode.FULL)
     conn.close()
     assert (tmp_path / STATE_FILE_NAME).is_file()
+
+
+def test_cli_auth_login_and_status(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from connector.cli._app import app
+
+    emu = make_emulator(users=5)
+    info = emu.info
+    monkeypatch.delenv("MVSYNC_TOKEN_CACHE_KEY")
+    (tmp_path / "rt.txt").write_text(info["refresh_token"])
+    cfg = tmp_path / "mvsync.toml"
+    cfg.write_text(
+        f'data_dir = "data"\n[agents.exo]\ntype = "exchange-online-photos"\n[agents.exo.settings]\n'
+        f'tenant_id = "{info["tenant_id"]}"\nclient_id = "{info["client_id"]}"\n'
+        f'authority = "{info["authority"]}"\n'
+        f'graph_url = "{info["graph_url"]}"\ninstance_discovery = false\nca_bundle = "{info["ca_cert"]}"\n'
+        f'token_cache_key_file = "{tmp_path / "cache.key"}"\n'
+    )
+    runner = CliRunner()
+    before = runner.invoke(app, ["auth", "status", "exo", "-c", str(cfg)])
+    assert before.exit_code == 2
+    login = runner.invoke(
+        app, ["auth", "login", "exo", "-c", str(cfg), "--refresh-token-file", str(tmp_path / "rt.txt")]
+    )
+    assert login.exit_code == 0, login.output
+    status = runner.invoke(app, ["auth", "status", "exo", "-c", str(cfg), "--json"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["ok"] is True
+    assert info["refresh_token"] not in login.output + status.output
+    assert stat.S_IMODE(os.stat(tmp_path / "cache.key").st_mode) == 0o600
+
+
+def test_device_code_sign_in(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=5)  # the emulator approves device codes at once
+    conn = make_connector(emu, tmp_path, refresh_token=None)
+    shown: list[str] = []
+    who = conn.auth.login_device_code(shown.append, timeout_s=30)
+    assert shown and "@" in who
+    conn.open()  # the cache now holds the account: no seed token needed
+    conn.close()
