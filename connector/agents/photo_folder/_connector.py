@@ -1,0 +1,376 @@
+"""The ``photo-folder`` agent: a folder of ``<account>[ <anything>].<ext>`` photos as a connected directory.
+
+Import reads the folder (full, or delta against the watermark: only new and changed files are
+read); export writes metaverse photos into ``export_path`` as ``<account> 648x648.jpg``, a backup
+that this agent can import again. Everything that is wrong with one file (duplicates for one
+account, links, broken images, odd names) is a per-object error, never a stopped run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from connector.agents.photo_folder._scan import (
+    PhotoFile,
+    ReadError,
+    display,
+    read_photo,
+    scan_folder,
+)
+from connector.agents.photo_folder._settings import PhotoFolderSettings
+from connector.agents.photo_folder._watermark import AccountState, FileState, FolderState
+from connector.imaging import (
+    EXCHANGE_PHOTO_MAX_BYTES,
+    ImageError,
+    InputLimits,
+    PhotoSpec,
+    normalize,
+    probe,
+    verify,
+    write_atomic,
+)
+from connector.sdk import (
+    Attribute,
+    AttributeAccess,
+    AttributeModificationType,
+    AttributeType,
+    Capabilities,
+    CheckResult,
+    ConfigurationError,
+    Connector,
+    CSEntryChange,
+    ExportResult,
+    ImportMode,
+    ImportPage,
+    ImportRequest,
+    ObjectClass,
+    ObjectModificationType,
+    Schema,
+    ScopeViolationError,
+    StopRunError,
+    Values,
+)
+
+__all__ = ["OBJECT_CLASS", "PhotoFolderConnector"]
+
+OBJECT_CLASS = "photoFile"
+ANCHOR = "accountName"
+PHOTO = "photo"
+
+_SCHEMA = Schema.of(
+    ObjectClass(
+        name=OBJECT_CLASS,
+        anchor=ANCHOR,
+        attributes=(
+            Attribute(name=ANCHOR, description="The file name up to the first space."),
+            Attribute(name=PHOTO, type=AttributeType.BINARY, description="The file's bytes, unchanged."),
+            Attribute(name="photoChecksum", access=AttributeAccess.IMPORT_ONLY, description="sha256, hex."),
+            Attribute(name="path", access=AttributeAccess.IMPORT_ONLY, description="Relative to the folder."),
+            Attribute(name="modified", type=AttributeType.DATETIME, access=AttributeAccess.IMPORT_ONLY),
+        ),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Error:
+    anchor: str
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A file to read: emitted as an add/replace unless its content turns out unchanged."""
+
+    file: PhotoFile
+    previous: AccountState | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Delete:
+    anchor: str
+
+
+_Item = _Error | _Read | _Delete
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One import step: the work items (in anchor order) and the watermark being built."""
+
+    items: list[_Item]
+    state: FolderState
+    delta: bool
+
+
+class PhotoFolderConnector(Connector[PhotoFolderSettings]):
+    """Photos in a folder, one file per account."""
+
+    settings_model: ClassVar[type[PhotoFolderSettings]] = PhotoFolderSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(full_import=True, delta_import=True, export=True)
+    description: ClassVar[str] = "A folder of photo files named after accounts (bulk import, backup export)."
+
+    _plan: _Plan | None = None
+
+    def get_schema(self) -> Schema:
+        return _SCHEMA
+
+    def check(self) -> CheckResult:
+        folder = self.settings.path
+        if not folder.is_dir():
+            return CheckResult(False, f"path: {folder} is not a folder")
+        if not os.access(folder, os.R_OK | os.X_OK):
+            return CheckResult(False, f"path: {folder} is not readable")
+        export = self.settings.export_path
+        if export is not None and not (export.is_dir() and os.access(export, os.W_OK | os.X_OK)):
+            return CheckResult(False, f"export_path: {export} is not a writable folder")
+        return CheckResult(True, f"{folder} is readable")
+
+    # -- import ------------------------------------------------------------------------------
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        if request.page_token is None:
+            self._plan = self._make_plan(request)
+        plan = self._plan
+        if plan is None:
+            msg = "an import page was requested with a page token but no import is in progress"
+            raise StopRunError(msg)
+        index = int(request.page_token or 0)
+        entries: list[CSEntryChange] = []
+        while index < len(plan.items) and len(entries) < request.page_size:
+            entry = self._run(plan.items[index], plan)
+            index += 1
+            if entry is not None:
+                entries.append(entry)
+        more = index < len(plan.items)
+        if not more:
+            self._plan = None
+        return ImportPage(
+            entries=entries,
+            more_to_import=more,
+            page_token=str(index) if more else None,
+            watermark=None if more else plan.state.dumps(),  # complete only after the last page
+        )
+
+    def _folder(self) -> Path:
+        folder = self.settings.path
+        if not folder.is_dir():
+            msg = f"{folder} is not a folder (or cannot be read)"
+            raise ConfigurationError(msg, key="path")
+        return folder
+
+    def _make_plan(self, request: ImportRequest) -> _Plan:
+        folder = self._folder()
+        real = os.path.realpath(folder)
+        delta = request.mode == ImportMode.DELTA and request.watermark is not None
+        old = (
+            FolderState.loads(request.watermark, folder=real, recursive=self.settings.recursive)
+            if delta and request.watermark is not None
+            else FolderState(real, self.settings.recursive)
+        )
+        try:
+            files = scan_folder(
+                folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes
+            )
+        except OSError as exc:
+            msg = f"cannot list {folder}: {exc.strerror}"
+            raise StopRunError(msg) from None
+        groups: dict[str, list[PhotoFile]] = {}
+        for file in files:
+            groups.setdefault(file.key, []).append(file)
+
+        new = FolderState(real, self.settings.recursive)
+        items: list[tuple[str, _Item]] = []
+        for key, group in groups.items():
+            previous = old.accounts.get(key)
+            item = self._plan_account(group, previous, old, new)
+            if item is not None:
+                items.append((key, item))
+            if previous is not None and previous.anchor != group[0].account and delta:
+                items.append((key, _Delete(previous.anchor)))  # renamed in case only: a new anchor
+            if previous is not None and key not in new.accounts and not isinstance(item, _Read):
+                new.accounts[key] = previous  # an error keeps the object the engine already holds
+        if delta:
+            items.extend(
+                (key, _Delete(gone.anchor)) for key, gone in old.accounts.items() if key not in groups
+            )
+        items.sort(key=lambda pair: (pair[0], isinstance(pair[1], _Delete)))
+        return _Plan([item for _, item in items], new, delta)
+
+    def _plan_account(
+        self, group: list[PhotoFile], previous: AccountState | None, old: FolderState, new: FolderState
+    ) -> _Item | None:
+        """Decide, from names and stat data only, what one account needs. Records carried-over state."""
+        if len(group) > 1:
+            for file in group:
+                new.files[file.relpath] = FileState(file.mtime_ns, file.size)
+            names = ", ".join(repr(display(f.relpath)) for f in group)
+            detail = (
+                f"{len(group)} files are named for account {display(group[0].account)!r}: {names}; keep one"
+            )
+            return _Error(group[0].account, "duplicate-account", detail)
+        file = group[0]
+        if file.problem:
+            new.files[file.relpath] = FileState(file.mtime_ns, file.size, error=file.problem)
+            return _Error(file.account, *file.problem)
+        before = old.files.get(file.relpath)
+        if before is None or (before.mtime_ns, before.size) != (file.mtime_ns, file.size):
+            return _Read(file, previous)
+        if before.error is not None:  # unchanged broken file: report again without reading it
+            new.files[file.relpath] = before
+            return _Error(file.account, *before.error)
+        if previous is None or previous != AccountState(file.account, file.relpath, before.sha256 or ""):
+            return _Read(file, previous)
+        new.files[file.relpath] = before  # unchanged: not even opened
+        new.accounts[file.key] = previous
+        return None
+
+    def _run(self, item: _Item, plan: _Plan) -> CSEntryChange | None:
+        if isinstance(item, _Delete):
+            return CSEntryChange.delete(OBJECT_CLASS, item.anchor)
+        if isinstance(item, _Error):
+            return CSEntryChange.import_error(item.anchor, item.name, item.detail, object_class=OBJECT_CLASS)
+        file, previous = item.file, item.previous
+        try:
+            data, mtime_ns, size = read_photo(self.settings.path, file, self.settings.max_file_bytes)
+            if self.settings.verify_images:
+                verify(data, InputLimits(self.settings.max_file_bytes, self.settings.max_pixels))
+        except (ReadError, ImageError) as exc:
+            plan.state.files[file.relpath] = FileState(file.mtime_ns, file.size, error=(exc.name, exc.detail))
+            if previous is not None:
+                plan.state.accounts[file.key] = previous
+            detail = f"{display(file.relpath)}: {exc.detail}" if isinstance(exc, ImageError) else exc.detail
+            return CSEntryChange.import_error(file.account, exc.name, detail, object_class=OBJECT_CLASS)
+        checksum = hashlib.sha256(data).hexdigest()
+        plan.state.files[file.relpath] = FileState(mtime_ns, size, checksum)
+        current = AccountState(file.account, file.relpath, checksum)
+        plan.state.accounts[file.key] = current
+        if plan.delta and previous == current:
+            return None  # touched, not changed: nothing to tell the engine
+        attributes: dict[str, Values] = {
+            ANCHOR: file.account,
+            PHOTO: data,
+            "photoChecksum": checksum,
+            "path": file.relpath,
+            "modified": dt.datetime.fromtimestamp(mtime_ns / 1e9, tz=dt.UTC),
+        }
+        if previous is None:
+            return CSEntryChange.add(OBJECT_CLASS, file.account, attributes)
+        return CSEntryChange.replace(OBJECT_CLASS, file.account, attributes)
+
+    # -- export ------------------------------------------------------------------------------
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        """Write (or remove) ``<account> <size>x<size>.jpg`` in ``export_path``, one result per change."""
+        target = self.settings.export_path
+        if target is None:
+            msg = "export needs a folder to write to; set export_path"
+            raise ConfigurationError(msg, key="export_path")
+        self._check_scope(changes)  # before any write: a scope violation must not half-apply a batch
+        if not self.context.dry_run:
+            target.mkdir(parents=True, exist_ok=True)
+        return [self._export_one(target, change) for change in changes]
+
+    def _check_scope(self, changes: Sequence[CSEntryChange]) -> None:
+        scopes = self.context.export_attributes
+        if not scopes:
+            return  # no flows were described to us: the schema alone limits exports to the photo
+        allowed = next((v for k, v in scopes.items() if k.lower() == OBJECT_CLASS.lower()), frozenset())
+        for change in changes:
+            touched = (
+                {PHOTO}
+                if change.modification == ObjectModificationType.DELETE
+                else set(change.changed_attribute_names())
+            )
+            outside = sorted(touched - allowed - {ANCHOR})
+            if outside:
+                msg = (
+                    f"export of {change.anchor!r} would modify {', '.join(outside)}, which no export flow of "
+                    f"{OBJECT_CLASS} names (allowed: {', '.join(sorted(allowed)) or 'nothing'})"
+                )
+                raise ScopeViolationError(msg)
+
+    def _export_one(self, folder: Path, change: CSEntryChange) -> ExportResult:
+        ident = change.identifier
+        if change.object_class and change.object_class.lower() != OBJECT_CLASS.lower():
+            return ExportResult.failed(
+                ident, "invalid-objecttype", f"only {OBJECT_CLASS} objects are exported"
+            )
+        problem = _file_name_problem(change.anchor)
+        if problem:
+            return ExportResult.failed(ident, "invalid-anchor", f"{display(change.anchor)!r} {problem}")
+        size = self.settings.export_size
+        path = folder / f"{change.anchor} {size}x{size}.jpg"
+        photo, extra = _photo_of(change)
+        if extra:
+            return ExportResult.failed(ident, "attribute-not-exportable", f"cannot export {', '.join(extra)}")
+        try:
+            if photo is None:
+                if not self.context.dry_run:
+                    path.unlink(missing_ok=True)
+                return ExportResult.success(ident)
+            data = self._backup_bytes(photo)
+            if not self.context.dry_run:
+                write_atomic(path, data)
+        except ImageError as exc:
+            return ExportResult.failed(ident, "invalid-image", f"{exc.name}: {exc.detail}")
+        except PermissionError as exc:
+            return ExportResult.failed(ident, "permission-issue", f"{path}: {exc.strerror}")
+        except OSError as exc:
+            return ExportResult.retry(ident, "cd-error", f"{path}: {exc.strerror or exc}")
+        return ExportResult.success(ident)
+
+    def _backup_bytes(self, photo: bytes) -> bytes:
+        """The photo as is when it already is a square JPEG within the export size, else normalized.
+
+        Keeping conforming photos byte for byte makes the backup lossless for Exchange's 648x648.
+        """
+        size = self.settings.export_size
+        limits = InputLimits(self.settings.max_file_bytes, self.settings.max_pixels)
+        info = probe(photo, limits)
+        if info.format == "JPEG" and info.width == info.height <= size:
+            verify(photo, limits)
+            return photo
+        spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
+        return normalize(photo, spec).data
+
+
+def _photo_of(change: CSEntryChange) -> tuple[bytes | None, list[str]]:
+    """The photo value a change leaves (None: no photo) and any attributes it cannot export."""
+    if change.modification == ObjectModificationType.DELETE:
+        return None, []
+    if change.modification == ObjectModificationType.UPDATE:
+        extra = sorted({c.name for c in change.changes} - {PHOTO, ANCHOR})
+        photo: bytes | None = None
+        for attribute_change in change.changes:
+            if attribute_change.name != PHOTO:
+                continue
+            clears = attribute_change.modification == AttributeModificationType.DELETE
+            values = [v for v in attribute_change.values if isinstance(v, bytes)]
+            photo = None if clears or not values else values[-1]
+        return photo, extra
+    extra = sorted(set(change.attributes) - {PHOTO, ANCHOR})
+    value = change.attributes.get(PHOTO)
+    if isinstance(value, list):
+        value = value[-1] if value else None
+    return (value if isinstance(value, bytes) else None), extra
+
+
+def _file_name_problem(anchor: str) -> str:
+    """Why ``anchor`` cannot name a backup file that this agent would import as the same account."""
+    if not anchor or anchor in (".", ".."):
+        return "is empty or a path component"
+    if anchor.startswith("."):
+        return "starts with a dot (hidden files are not imported)"
+    if any(c in anchor for c in "/\\\x00") or display(anchor) != anchor:
+        return "contains a path separator or control characters"
+    if any(c.isspace() for c in anchor):
+        return "contains white space (the account name ends at the first space)"
+    if len(anchor.encode("utf-8")) > 200:
+        return "is too long for a file name"
+    return ""

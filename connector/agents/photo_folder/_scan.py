@@ -1,0 +1,148 @@
+"""Listing a photo folder and reading its files without ever leaving it.
+
+The scan looks at names and ``lstat`` only; files are read later, and only when needed (new or
+changed since the watermark). Symbolic links are never followed: a link could point anywhere on
+the machine (``/etc/shadow`` named ``jdoe.jpg``), so a linked photo is an import error, and a
+linked folder is skipped. Reads re-check, with ``O_NOFOLLOW`` and the resolved path, that the file
+is still a regular file inside the folder, since it may have been swapped since the scan.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from connector.imaging import is_photo_name
+
+__all__ = ["PhotoFile", "ReadError", "account_key", "display", "read_photo", "scan_folder"]
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoFile:
+    """One photo-named entry of the folder. ``problem`` is set when the scan already refuses it."""
+
+    relpath: str
+    account: str
+    mtime_ns: int
+    size: int
+    problem: tuple[str, str] | None = None
+
+    @property
+    def key(self) -> str:
+        return account_key(self.account)
+
+
+class ReadError(Exception):
+    """A file that cannot be read as a photo; ``name`` is the import error name."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}")
+        self.name = name
+        self.detail = detail
+
+
+def account_key(account: str) -> str:
+    """Accounts are case-insensitive (as sAMAccountName is): ``JDoe.jpg`` and ``jdoe 2.png`` clash."""
+    return account.lower()
+
+
+def display(text: str) -> str:
+    """``text`` with control characters and undecodable bytes escaped, safe to show and to store."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not valid UTF-8 (os.fsdecode surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif not char.isprintable() and char != " ":
+            out.append(f"\\u{code:04x}" if code > 0xFF else f"\\x{code:02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def parse_account(name: str) -> tuple[str, str | None]:
+    """``"JDoe 2024 badge.JPG"`` -> (``"JDoe"``, None); a name that cannot be an account gives a reason.
+
+    The account is the file name up to the first space (or the extension), in Unicode NFC form,
+    so a name copied from macOS (NFD) gives the same account as one typed on Windows.
+    """
+    stem = os.path.splitext(name)[0]
+    account = unicodedata.normalize("NFC", stem.split(" ", 1)[0])
+    if display(account) != account:
+        return display(account) or display(name), "the file name has control characters or invalid bytes"
+    if not account:
+        return display(name), "the file name does not start with an account name"
+    return account, None
+
+
+def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[PhotoFile]:
+    """Every photo-named entry under ``root`` (sorted by path), with scan-time problems marked."""
+    found: list[PhotoFile] = []
+    pending = [""]
+    while pending:
+        relative_dir = pending.pop()
+        with os.scandir(root / relative_dir if relative_dir else root) as entries:
+            for entry in entries:
+                relpath = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive and not entry.name.startswith("."):
+                        pending.append(relpath)
+                    continue
+                if not is_photo_name(entry.name):
+                    continue
+                found.append(_classify(entry, relpath, max_file_bytes))
+    return sorted(found, key=lambda f: f.relpath)
+
+
+def _classify(entry: os.DirEntry[str], relpath: str, max_file_bytes: int) -> PhotoFile:
+    info = entry.stat(follow_symlinks=False)
+    account, name_problem = parse_account(entry.name)
+    shown = display(relpath)
+    problem: tuple[str, str] | None = None
+    if name_problem:
+        problem = ("invalid-file-name", f"{shown}: {name_problem}")
+    elif stat.S_ISLNK(info.st_mode):
+        problem = (
+            "symlink-refused",
+            f"{shown} is a symbolic link; links are not followed (copy the photo in)",
+        )
+    elif not stat.S_ISREG(info.st_mode):
+        problem = ("not-a-regular-file", f"{shown} is not a regular file")
+    elif info.st_size > max_file_bytes:
+        problem = (
+            "file-too-large",
+            f"{shown} is {info.st_size:,} bytes, over max_file_bytes={max_file_bytes:,}",
+        )
+    return PhotoFile(relpath, account, info.st_mtime_ns, info.st_size, problem)
+
+
+def read_photo(root: Path, photo: PhotoFile, max_file_bytes: int) -> tuple[bytes, int, int]:
+    """The bytes, mtime_ns and size of ``photo``, refusing links, non-files and escapes from ``root``."""
+    path = root / photo.relpath
+    shown = display(photo.relpath)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise ReadError("path-outside-folder", f"{shown} resolves outside the folder {display(str(root))}")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReadError(
+                "symlink-refused", f"{shown} became a symbolic link; links are not followed"
+            ) from None
+        if exc.errno == errno.ENOENT:
+            raise ReadError("file-vanished", f"{shown} was removed during the import") from None
+        raise ReadError("file-unreadable", f"{shown}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ReadError("not-a-regular-file", f"{shown} is not a regular file")
+        data = handle.read(max_file_bytes + 1)
+    if len(data) > max_file_bytes:
+        raise ReadError("file-too-large", f"{shown} is over max_file_bytes={max_file_bytes:,}")
+    return data, info.st_mtime_ns, info.st_size
