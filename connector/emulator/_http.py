@@ -36,8 +36,8 @@ class Request:
 
     @property
     def query(self) -> dict[str, str]:
-        """Query options (last one wins); ``+`` is not a space in OData URLs, so keep it."""
-        return dict(parse_qsl(self.raw_query.replace("+", "%2B"), keep_blank_values=True))
+        """Query options (last one wins); ``+`` is a space, as ASP.NET and requests' ``params=`` have it."""
+        return dict(parse_qsl(self.raw_query, keep_blank_values=True))
 
 
 @dataclass

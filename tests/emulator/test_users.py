@@ -197,3 +197,15 @@ def test_resource_units_and_directory_throttle(graph_emulator_factory) -> None: 
     assert throttled.status_code == 429
     assert throttled.headers["x-ms-throttle-information"] == "ResourceUnitLimitExceeded"
     assert int(throttled.headers["Retry-After"]) >= 1
+
+
+def test_requests_params_encoding(session_api: Api) -> None:
+    """requests' ``params=`` encodes spaces as ``+``; Graph reads them as spaces."""
+    resp = session_api.http.get(
+        session_api.graph + "/users",
+        params={"$filter": "mail ne null", "$count": "true", "$select": "id,mail", "$top": "5"},
+        headers={**session_api.headers, **EVENTUAL},
+        timeout=10,
+    )
+    assert "+" in resp.request.url  # type: ignore[operator]
+    assert resp.status_code == 200 and len(resp.json()["value"]) == 5
