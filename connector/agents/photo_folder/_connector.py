@@ -192,7 +192,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             item = self._plan_account(group, previous, old, new)
             if item is not None:
                 items.append((key, item))
-            if previous is not None and previous.anchor != group[0].account and delta:
+            if isinstance(item, _Read) and previous is not None and previous.anchor != item.file.account:
                 items.append((key, _Delete(previous.anchor)))  # renamed in case only: a new anchor
             if previous is not None and key not in new.accounts and not isinstance(item, _Read):
                 new.accounts[key] = previous  # an error keeps the object the engine already holds
@@ -206,7 +206,12 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
     def _plan_account(
         self, group: list[PhotoFile], previous: AccountState | None, old: FolderState, new: FolderState
     ) -> _Item | None:
-        """Decide, from names and stat data only, what one account needs. Records carried-over state."""
+        """Decide, from names and stat data only, what one account needs. Records carried-over state.
+
+        Errors go to the anchor the engine already holds for the account, if any, so they attach to
+        that object instead of creating a new, differently cased one.
+        """
+        anchor = previous.anchor if previous is not None else group[0].account
         if len(group) > 1:
             for file in group:
                 new.files[file.relpath] = FileState(file.mtime_ns, file.size)
@@ -214,17 +219,17 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             detail = (
                 f"{len(group)} files are named for account {display(group[0].account)!r}: {names}; keep one"
             )
-            return _Error(group[0].account, "duplicate-account", detail)
+            return _Error(anchor, "duplicate-account", detail)
         file = group[0]
         if file.problem:
             new.files[file.relpath] = FileState(file.mtime_ns, file.size, error=file.problem)
-            return _Error(file.account, *file.problem)
+            return _Error(anchor, *file.problem)
         before = old.files.get(file.relpath)
         if before is None or (before.mtime_ns, before.size) != (file.mtime_ns, file.size):
             return _Read(file, previous)
         if before.error is not None:  # unchanged broken file: report again without reading it
             new.files[file.relpath] = before
-            return _Error(file.account, *before.error)
+            return _Error(anchor, *before.error)
         if previous is None or previous != AccountState(file.account, file.relpath, before.sha256 or ""):
             return _Read(file, previous)
         new.files[file.relpath] = before  # unchanged: not even opened
@@ -242,11 +247,12 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             if self.settings.verify_images:
                 verify(data, InputLimits(self.settings.max_file_bytes, self.settings.max_pixels))
         except (ReadError, ImageError) as exc:
-            plan.state.files[file.relpath] = FileState(file.mtime_ns, file.size, error=(exc.name, exc.detail))
+            detail = f"{display(file.relpath)}: {exc.detail}" if isinstance(exc, ImageError) else exc.detail
+            plan.state.files[file.relpath] = FileState(file.mtime_ns, file.size, error=(exc.name, detail))
             if previous is not None:
                 plan.state.accounts[file.key] = previous
-            detail = f"{display(file.relpath)}: {exc.detail}" if isinstance(exc, ImageError) else exc.detail
-            return CSEntryChange.import_error(file.account, exc.name, detail, object_class=OBJECT_CLASS)
+            anchor = previous.anchor if previous is not None else file.account
+            return CSEntryChange.import_error(anchor, exc.name, detail, object_class=OBJECT_CLASS)
         checksum = hashlib.sha256(data).hexdigest()
         plan.state.files[file.relpath] = FileState(mtime_ns, size, checksum)
         current = AccountState(file.account, file.relpath, checksum)
@@ -365,10 +371,10 @@ def _file_name_problem(anchor: str) -> str:
     """Why ``anchor`` cannot name a backup file that this agent would import as the same account."""
     if not anchor or anchor in (".", ".."):
         return "is empty or a path component"
-    if anchor.startswith("."):
-        return "starts with a dot (hidden files are not imported)"
     if any(c in anchor for c in "/\\\x00") or display(anchor) != anchor:
         return "contains a path separator or control characters"
+    if anchor.startswith("."):
+        return "starts with a dot (hidden files are not imported)"
     if any(c.isspace() for c in anchor):
         return "contains white space (the account name ends at the first space)"
     if len(anchor.encode("utf-8")) > 200:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 
@@ -20,16 +21,20 @@ class PhotoFolderSettings(ConnectorSettings):
     every export flow later.
     """
 
-    path: Path = Field(description="Folder of photos named '<account>[ <anything>].<ext>'.")
-    recursive: bool = Field(
-        False, description="Also read photos in sub-folders (hidden folders are skipped)."
+    path: Annotated[Path, Field(description="Folder of photos named '<account>[ <anything>].<ext>'.")]
+    recursive: Annotated[bool, Field(description="Also read sub-folders (hidden ones are skipped).")] = False
+    export_path: Annotated[
+        Path | None, Field(description="Folder that export writes '<account> 648x648.jpg' into.")
+    ] = None
+    export_size: Annotated[int, Field(ge=16, le=2048, description="Square size of exported photos.")] = (
+        EXCHANGE_PHOTO_SIZE
     )
-    export_path: Path | None = Field(
-        None, description="Folder that export writes '<account> 648x648.jpg' into."
+    max_file_bytes: Annotated[int, Field(ge=1, description="Larger files are import errors.")] = (
+        DEFAULT_MAX_INPUT_BYTES
     )
-    export_size: int = Field(
-        EXCHANGE_PHOTO_SIZE, ge=16, le=2048, description="Square size of exported photos."
+    max_pixels: Annotated[int, Field(ge=1, le=150_000_000, description="Pixel-bomb limit.")] = (
+        DEFAULT_MAX_PIXELS
     )
-    max_file_bytes: int = Field(DEFAULT_MAX_INPUT_BYTES, ge=1, description="Larger files are import errors.")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, le=150_000_000, description="Pixel-bomb limit.")
-    verify_images: bool = Field(True, description="Decode new and changed files to catch broken ones.")
+    verify_images: Annotated[
+        bool, Field(description="Decode new and changed files to catch broken ones.")
+    ] = True

@@ -1,0 +1,170 @@
+"""photo-folder export: metaverse photos backed up as '<account> 648x648.jpg', one result per change."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from connector.agents.photo_folder import PhotoFolderConnector, PhotoFolderSettings
+from connector.sdk import (
+    AttributeChange,
+    ConfigurationError,
+    ConnectorContext,
+    CSEntryChange,
+    ExportStatus,
+    ScopeViolationError,
+)
+from tests.agents.photo_folder.helpers import by_anchor, run_import
+from tests.imaging.images import encode, photo
+
+SCOPE = {"photoFile": frozenset({"photo"})}
+
+
+def _agent(
+    tmp_path: Path,
+    *,
+    scope: dict[str, frozenset[str]] | None = None,
+    dry_run: bool = False,
+    export: bool = True,
+) -> PhotoFolderConnector:
+    context = ConnectorContext(
+        agent="backup",
+        data_dir=tmp_path / "data",
+        dry_run=dry_run,
+        export_attributes=SCOPE if scope is None else scope,
+    )
+    settings = PhotoFolderSettings(path=tmp_path, export_path=tmp_path / "backup" if export else None)
+    return PhotoFolderConnector(settings, context)
+
+
+def _change(change: CSEntryChange, identifier: str) -> CSEntryChange:
+    change.identifier = identifier
+    return change
+
+
+def test_writes_exchange_photos_as_is_and_normalizes_others(tmp_path: Path) -> None:
+    exchange = photo(1)  # a 648x648 JPEG, as Exchange serves it
+    big_png = encode(Image.open(io.BytesIO(photo(2, size=1000))), "PNG")
+    changes = [
+        _change(CSEntryChange.add("photoFile", "jdoe", {"accountName": "jdoe", "photo": exchange}), "1"),
+        _change(CSEntryChange.replace("photoFile", "asmith", {"photo": big_png}), "2"),
+    ]
+    results = _agent(tmp_path).export(changes)
+    assert [(r.identifier, r.status) for r in results] == [
+        ("1", ExportStatus.SUCCESS),
+        ("2", ExportStatus.SUCCESS),
+    ]
+    backup = tmp_path / "backup"
+    assert (backup / "jdoe 648x648.jpg").read_bytes() == exchange  # lossless backup
+    converted = Image.open(backup / "asmith 648x648.jpg")
+    assert converted.format == "JPEG" and converted.size == (648, 648)
+    assert sorted(p.name for p in backup.iterdir()) == [
+        "asmith 648x648.jpg",
+        "jdoe 648x648.jpg",
+    ]  # no temp files
+
+
+def test_updates_and_deletes_remove_or_replace(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    agent.export([_change(CSEntryChange.add("photoFile", "jdoe", {"photo": photo(1)}), "a")])
+    target = tmp_path / "backup" / "jdoe 648x648.jpg"
+    new = photo(3)
+    results = agent.export(
+        [_change(CSEntryChange.update("photoFile", "jdoe", [AttributeChange.replace("photo", new)]), "b")]
+    )
+    assert results[0].status == ExportStatus.SUCCESS and target.read_bytes() == new
+    agent.export([_change(CSEntryChange.update("photoFile", "jdoe", [AttributeChange.delete("photo")]), "c")])
+    assert not target.exists()
+    agent.export([_change(CSEntryChange.add("photoFile", "jdoe", {"photo": new}), "d")])
+    results = agent.export(
+        [
+            _change(CSEntryChange.delete("photoFile", "jdoe"), "e"),
+            _change(CSEntryChange.delete("photoFile", "never-there"), "f"),
+        ]
+    )
+    assert [r.status for r in results] == [ExportStatus.SUCCESS, ExportStatus.SUCCESS]
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("anchor", "problem"),
+    [
+        ("../escape", "path separator"),
+        ("a/b", "path separator"),
+        (".hidden", "dot"),
+        ("two words", "white space"),
+        ("", "empty"),
+        ("ctl\x07", "control"),
+    ],
+)
+def test_unsafe_anchors_fail_per_object(tmp_path: Path, anchor: str, problem: str) -> None:
+    changes = [
+        _change(CSEntryChange.add("photoFile", anchor, {"photo": photo(1)}), "bad"),
+        _change(CSEntryChange.add("photoFile", "ok", {"photo": photo(1)}), "good"),
+    ]
+    bad, good = _agent(tmp_path).export(changes)
+    assert (
+        bad.status == ExportStatus.FAILED
+        and bad.error_name == "invalid-anchor"
+        and problem in bad.error_detail
+    )
+    assert good.status == ExportStatus.SUCCESS
+    assert [p.name for p in (tmp_path / "backup").iterdir()] == ["ok 648x648.jpg"]
+    assert not (tmp_path / "escape 648x648.jpg").exists()
+
+
+def test_bad_photo_fails_per_object(tmp_path: Path) -> None:
+    (result,) = _agent(tmp_path).export(
+        [_change(CSEntryChange.add("photoFile", "jdoe", {"photo": b"junk"}), "x")]
+    )
+    assert result.status == ExportStatus.FAILED and result.error_name == "invalid-image"
+    assert "not-an-image" in result.error_detail
+
+
+def test_scope_guard_stops_before_writing(tmp_path: Path) -> None:
+    changes = [
+        _change(CSEntryChange.add("photoFile", "jdoe", {"photo": photo(1)}), "1"),
+        _change(CSEntryChange.update("photoFile", "asmith", [AttributeChange.replace("path", "x.jpg")]), "2"),
+    ]
+    with pytest.raises(ScopeViolationError, match="path"):
+        _agent(tmp_path).export(changes)
+    assert not (tmp_path / "backup" / "jdoe 648x648.jpg").exists()
+    with pytest.raises(ScopeViolationError, match="allowed: nothing"):
+        _agent(tmp_path, scope={"user": frozenset({"photo"})}).export(changes[:1])
+
+
+def test_unscoped_context_still_refuses_import_only_attributes(tmp_path: Path) -> None:
+    change = _change(CSEntryChange.add("photoFile", "jdoe", {"photo": photo(1), "photoChecksum": "abc"}), "1")
+    (result,) = _agent(tmp_path, scope={}).export([change])
+    assert result.status == ExportStatus.FAILED and result.error_name == "attribute-not-exportable"
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    results = _agent(tmp_path, dry_run=True).export(
+        [_change(CSEntryChange.add("photoFile", "jdoe", {"photo": photo(1)}), "1")]
+    )
+    assert results[0].status == ExportStatus.SUCCESS
+    assert not (tmp_path / "backup").exists()
+
+
+def test_export_needs_an_export_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="export_path"):
+        _agent(tmp_path, export=False).export([])
+
+
+def test_backup_imports_back_as_the_same_accounts(tmp_path: Path) -> None:
+    _agent(tmp_path).export(
+        [
+            _change(CSEntryChange.add("photoFile", account, {"photo": photo(i)}), str(i))
+            for i, account in enumerate(["jdoe", "Zoë", "asmith"])
+        ]
+    )
+    reader = PhotoFolderConnector(
+        PhotoFolderSettings(path=tmp_path / "backup"), ConnectorContext(agent="r", data_dir=tmp_path)
+    )
+    found = by_anchor(run_import(reader)[0])
+    assert sorted(found) == ["Zoë", "asmith", "jdoe"]
+    assert found["jdoe"].attributes["photo"] == photo(0)
