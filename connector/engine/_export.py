@@ -9,11 +9,10 @@ with its error and is retried by the next export.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, func, select
 
 from connector.engine._context import StepContext
 from connector.engine._import import DELETE_MARK
@@ -27,13 +26,13 @@ from connector.sdk import (
     ExportStatus,
     ObjectModificationType,
 )
-from connector.store import decode_value, is_blob_ref, parse_blob_ref
+from connector.store import decode_value, dumps, is_blob_ref, loads, parse_blob_ref, run_many
 from connector.store.tables import cs_object
 
 __all__ = ["pending_export_rows", "run_export", "threshold_report"]
 
-_loads = json.loads
-_dumps = json.dumps
+_loads = loads
+_dumps = dumps
 
 
 def pending_export_rows(conn: Connection, agent: str, *, after_id: int = -1, limit: int | None = None) -> list[Any]:
@@ -200,11 +199,7 @@ def _apply_results(ctx: StepContext, rows: list[Any], changes: list[CSEntryChang
                             "unconfirmed": row.unconfirmed, "export_error": _dumps(error),
                             "anchor": row.anchor, "updated_at": now})
     with ctx.store.transaction() as conn:
-        conn.execute(
-            update(cs_object).where(cs_object.c.id == bindparam("_id")).values(
-                export_type=bindparam("export_type"), export_changes=bindparam("export_changes"),
-                unconfirmed=bindparam("unconfirmed"), export_error=bindparam("export_error"),
-                anchor=bindparam("anchor"), updated_at=bindparam("updated_at")),
-            updates,
-        )
+        run_many(conn, "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
+                       "unconfirmed = :unconfirmed, export_error = :export_error, anchor = :anchor, "
+                       "updated_at = :updated_at WHERE id = :_id", updates)
         ctx.flush_errors(conn)

@@ -10,11 +10,10 @@ The watermark is saved only when the step closes normally.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
 
 from connector.engine._context import StepContext
 from connector.engine._results import ObjectError, StepStopped
@@ -28,7 +27,7 @@ from connector.sdk import (
     ObjectModificationType,
     Schema,
 )
-from connector.store import encode_value, normalize_values
+from connector.store import dumps, encode_value, loads, normalize_values, run_many
 from connector.store.tables import agent_state, cs_object
 
 __all__ = ["DELETE_MARK", "run_import"]
@@ -36,8 +35,8 @@ __all__ = ["DELETE_MARK", "run_import"]
 #: Key in ``unconfirmed`` meaning "an object delete was exported and awaits confirmation".
 DELETE_MARK = "\x00delete"
 
-_dumps = json.dumps
-_loads = json.loads
+_dumps = dumps
+_loads = loads
 
 
 def _apply_changes(base: dict[str, Any], entry: CSEntryChange, put: Any, oc: ObjectClass) -> dict[str, Any]:
@@ -139,6 +138,7 @@ class _PageApplier:
         blobs: dict[str, bytes] = {}
         put = blobs.__setitem__
         valid: list[tuple[CSEntryChange, str]] = []
+        page_anchors = [str(e.anchor) for e in entries if e.anchor]
         for entry in entries:
             self.entries_seen += 1
             anchor = str(entry.anchor)
@@ -300,24 +300,17 @@ class _PageApplier:
             )
 
         ctx.store.put_blobs(conn, blobs)
-        if inserts:
-            conn.execute(cs_object.insert(), inserts)
-        if updates:
-            conn.execute(
-                update(cs_object)
-                .where(cs_object.c.id == bindparam("_id"))
-                .values(
-                    object_class=bindparam("object_class"), dn=bindparam("dn"),
-                    pending_type=bindparam("pending_type"), pending=bindparam("pending"),
-                    unconfirmed=bindparam("unconfirmed"), seen_step=bindparam("seen_step"),
-                    import_error=None, updated_at=bindparam("updated_at"),
-                ),
-                updates,
-            )
+        run_many(conn, "INSERT INTO cs_object (agent, object_class, anchor, dn, hologram, pending_type, pending, "
+                       "seen_step, updated_at) VALUES (:agent, :object_class, :anchor, :dn, :hologram, :pending_type, "
+                       ":pending, :seen_step, :updated_at)", inserts)
+        run_many(conn, "UPDATE cs_object SET object_class = :object_class, dn = :dn, pending_type = :pending_type, "
+                       "pending = :pending, unconfirmed = :unconfirmed, seen_step = :seen_step, import_error = NULL, "
+                       "updated_at = :updated_at WHERE id = :_id", updates)
         if removals:
             conn.execute(delete(cs_object).where(cs_object.c.id.in_(removals)))
         # seen-but-failed objects keep their place (a full import must not delete them)
-        failed_seen = [a for a in self.seen if a not in existing and a not in {e.anchor for e, _ in valid}]
+        valid_anchors = {e.anchor for e, _ in valid}
+        failed_seen = [a for a in page_anchors if a in self.seen and a not in valid_anchors]
         if self.full and failed_seen:
             for i in range(0, len(failed_seen), 500):
                 conn.execute(

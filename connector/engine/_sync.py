@@ -17,20 +17,20 @@ Work is done in chunks, one transaction each, with everything the chunk needs lo
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, or_, select
 
 from connector.config import AgentConfig, Deprovision, ExportFlow, ImportFlow, JoinRule
 from connector.engine._context import StepContext
 from connector.engine._results import ObjectError
 from connector.engine.transforms import TransformRunner
 from connector.sdk import Schema, TransformError
+from connector.store import dumps, loads, run_many
 from connector.store.tables import cs_object, mv_object
 
 __all__ = ["SEARCH_ATTRIBUTES", "run_sync", "search_fields"]
@@ -39,8 +39,8 @@ CHUNK = 2000
 #: Metaverse attributes folded into ``mv_object.search_text`` (UI and ``mv search``).
 SEARCH_ATTRIBUTES = ("displayName", "accountName", "mail", "userPrincipalName", "mailNickname", "employeeID")
 
-_dumps = json.dumps
-_loads = json.loads
+_dumps = dumps
+_loads = loads
 
 
 def search_fields(attributes: dict[str, Any]) -> tuple[str | None, str]:
@@ -49,17 +49,37 @@ def search_fields(attributes: dict[str, Any]) -> tuple[str | None, str]:
     return (display if isinstance(display, str) else None), text
 
 
-@dataclass(slots=True)
 class _MV:
-    id: int
-    object_type: str
-    attributes: dict[str, Any]
-    contributions: dict[str, dict[str, Any]]
-    lineage: dict[str, list[str]]
-    new: bool = False
-    changed: bool = False
-    deleted: bool = False
-    touched: bool = False
+    """A metaverse object being synchronized. Contributions and lineage are parsed on first use:
+    most objects in a full synchronization change nothing, and parsing is the dominant cost."""
+
+    __slots__ = ("_contributions", "_lineage", "attributes", "changed", "contributions_changed", "deleted", "id",
+                 "new", "object_type", "touched")
+
+    def __init__(self, id: int, object_type: str, attributes: dict[str, Any], contributions: Any, lineage: Any,
+                 *, new: bool = False, changed: bool = False) -> None:
+        self.id = id
+        self.object_type = object_type
+        self.attributes = attributes
+        self._contributions = contributions
+        self._lineage = lineage
+        self.new = new
+        self.changed = changed
+        self.deleted = False
+        self.touched = False
+        self.contributions_changed = False
+
+    @property
+    def contributions(self) -> dict[str, dict[str, Any]]:
+        if isinstance(self._contributions, str):
+            self._contributions = _loads(self._contributions)
+        return self._contributions  # type: ignore[no-any-return]
+
+    @property
+    def lineage(self) -> dict[str, list[str]]:
+        if isinstance(self._lineage, str):
+            self._lineage = _loads(self._lineage)
+        return self._lineage  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -107,6 +127,15 @@ class _Rules:
                     by_class[eflow.object_class.lower()].append(eflow)
                 self.export_flows[name] = dict(by_class)
         self.mv_types = {oc.name for oc in mv_schema.object_classes}
+        self._ranks: dict[str, dict[str, int]] = {}
+
+    def ranks(self, attribute: str) -> dict[str, int]:
+        """Agent -> rank (0 is highest) for one metaverse attribute, computed once per attribute."""
+        cached = self._ranks.get(attribute)
+        if cached is None:
+            cached = {a: self.rank(attribute, a) for a in self.agent_order}
+            self._ranks[attribute] = cached
+        return cached
 
     def rank(self, attribute: str, agent: str) -> int:
         listed = self.precedence.get(attribute)
@@ -181,6 +210,20 @@ class _JoinIndex:
         return found
 
 
+class _LazyMV:
+    """Join candidates of a chunk, loaded in one query when the chunk starts."""
+
+    def __init__(self, sync: _Sync, conn: Connection, ids: list[int]) -> None:
+        self._loaded = sync._load_mv(conn, ids) if ids else {}
+        self._sync, self._conn = sync, conn
+
+    def __getitem__(self, mv_id: int) -> _MV:
+        found = self._loaded.get(mv_id)
+        if found is None:  # projected earlier in this step, after the chunk was prepared
+            found = self._sync._load_mv(self._conn, [mv_id])[mv_id]
+        return found
+
+
 class _Sync:
     def __init__(self, ctx: StepContext, mv_schema: Schema, transforms: TransformRunner, full: bool) -> None:
         self.ctx = ctx
@@ -208,20 +251,36 @@ class _Sync:
                     continue
             if value is not None:
                 computed[flow.mv] = (value, f"{flow.cs}{' via ' + flow.transform if flow.transform else ''}")
-        affected = {a for a, by in mv.contributions.items() if agent in by} | set(computed)
+        if not computed and not self.rules.import_flows:
+            return
+        contributions = mv.contributions
+        affected = [a for a, by in contributions.items() if agent in by and a not in computed]
+        for attr, (value, rule) in computed.items():
+            by = contributions.get(attr)
+            if by is None:
+                contributions[attr] = by = {}
+            old = by.get(agent)
+            if old is None or old[0] != value or old[1] != rule:
+                by[agent] = [value, rule]
+                mv.contributions_changed = True
+                self._resolve(mv, attr)
         for attr in affected:
-            by = mv.contributions.setdefault(attr, {})
-            if attr in computed:
-                by[agent] = [computed[attr][0], computed[attr][1]]
-            else:
-                by.pop(agent, None)
+            by = contributions[attr]
+            del by[agent]
+            mv.contributions_changed = True
             if not by:
-                del mv.contributions[attr]
+                del contributions[attr]
             self._resolve(mv, attr)
 
     def _resolve(self, mv: _MV, attr: str) -> None:
         by = mv.contributions.get(attr, {})
-        winner = min(by, key=lambda a: self.rules.rank(attr, a)) if by else None
+        if len(by) == 1:
+            winner: str | None = next(iter(by))
+        elif by:
+            ranks = self.rules.ranks(attr)
+            winner = min(by, key=lambda a: ranks.get(a, 10_000))
+        else:
+            winner = None
         old = mv.attributes.get(attr)
         if winner is None:
             if attr in mv.attributes:
@@ -240,6 +299,7 @@ class _Sync:
     def _remove_agent(self, mv: _MV, agent: str) -> None:
         for attr in [a for a, by in mv.contributions.items() if agent in by]:
             del mv.contributions[attr][agent]
+            mv.contributions_changed = True
             if not mv.contributions[attr]:
                 del mv.contributions[attr]
             self._resolve(mv, attr)
@@ -323,7 +383,7 @@ class _Sync:
                 select(mv_object.c.id, mv_object.c.object_type, mv_object.c.attributes,
                        mv_object.c.contributions, mv_object.c.lineage).where(mv_object.c.id.in_(ids[i : i + 900]))
             ):
-                loaded[r.id] = _MV(r.id, r.object_type, _loads(r.attributes), _loads(r.contributions), _loads(r.lineage))
+                loaded[r.id] = _MV(r.id, r.object_type, _loads(r.attributes), r.contributions, r.lineage)
         return loaded
 
     def _load_connectors(self, conn: Connection, mv_ids: list[int], skip_agent: str | None) -> dict[int, list[_CS]]:
@@ -363,6 +423,41 @@ class _Sync:
             yield rows
             last = rows[-1].id
 
+    def _join_candidates(self, conn: Connection, rows: list[Any]) -> list[int]:
+        """Metaverse ids the unjoined rows of a chunk may join, to load them in one query."""
+        if not any(r.mv_id is None and r.pending_type != "delete" for r in rows):
+            return []
+        ids: set[int] = set()
+        for row in rows:
+            if row.mv_id is not None or row.pending_type == "delete":
+                continue
+            rules = self.rules.joins.get(row.object_class.lower(), [])
+            if not rules:
+                continue
+            state = _loads(row.pending if row.pending_type in ("add", "update") else row.hologram or "{}")
+            self.index.build(conn, [(c.mv, c.ignore_case) for r in rules for c in r.match], self.rules.agent)
+            for rule in rules:
+                for cond in rule.match:
+                    value = state.get(cond.cs)
+                    if value is not None:
+                        ids |= self.index.lookup(cond.mv, cond.ignore_case, value)
+        return list(ids)
+
+    def _prefetch_transforms(self, conn: Connection, rows: list[Any], mvs: dict[int, _MV]) -> None:
+        pairs: list[tuple[str, Any]] = []
+        for row in rows:
+            flows = self.rules.import_flows.get(row.object_class.lower(), ())
+            if not any(f.transform for f in flows):
+                continue
+            state = _loads(row.pending if row.pending_type in ("add", "update") else row.hologram or "{}")
+            pairs.extend((f.transform, state.get(f.cs)) for f in flows if f.transform)
+        for by_class in self.rules.export_flows.values():
+            for flows in by_class.values():
+                for flow in flows:
+                    if flow.transform:
+                        pairs.extend((flow.transform, mv.attributes.get(flow.mv)) for mv in mvs.values())
+        self.transforms.prefetch(conn, pairs)
+
     def run(self) -> None:
         ctx = self.ctx
         with ctx.store.read() as conn:
@@ -385,11 +480,14 @@ class _Sync:
         now = time.time()
         blobs: dict[str, bytes] = {}
         mvs = self._load_mv(conn, [r.mv_id for r in rows if r.mv_id is not None])
+        joined_mvs = _LazyMV(self, conn, self._join_candidates(conn, rows))
         own: dict[int, _CS] = {}
         cs_updates: list[dict[str, Any]] = []
         cs_deletes: list[int] = []
+        deleted_ids: set[int] = set()
         disconnected_mv: set[int] = set()
 
+        self._prefetch_transforms(conn, rows, {})
         for row in rows:
             if row.pending_type == "delete":
                 state = None
@@ -401,6 +499,7 @@ class _Sync:
             sync_error: str | None = None
             if state is None:
                 cs_deletes.append(row.id)
+                deleted_ids.add(row.id)
                 counters["connector_deletes"] += 1
                 if mv_id is not None and mv_id in mvs:
                     mv = mvs[mv_id]
@@ -421,7 +520,7 @@ class _Sync:
                     mv_id = found
                     counters["joins"] += 1
                     if found not in mvs:
-                        mvs.update(self._load_mv(conn, [found]))
+                        mvs[found] = joined_mvs[found]
                 elif err is not None:
                     sync_error = err
                     counters["join_errors"] += 1
@@ -453,7 +552,7 @@ class _Sync:
                                       _loads(row.unconfirmed) if row.unconfirmed else {}, row.export_type,
                                       _loads(row.export_changes) if row.export_changes else None, mv_id)
             if row.pending_type is None and not joined_now and mv_id == row.mv_id and sync_error is None \
-                    and row.sync_error is None and row.id not in own:
+                    and row.sync_error is None:
                 counters["unchanged"] += 1
                 continue
             cs_updates.append({
@@ -481,16 +580,21 @@ class _Sync:
                     counters["mv_deletes"] += 1
 
         # outbound: connectors of every metaverse object that changed (all touched, on a full sync)
+        self._prefetch_transforms(conn, [], mvs)
         outbound_ids = [m.id for m in mvs.values() if m.touched and (m.changed or self.full or m.deleted)]
         others = self._load_connectors(conn, outbound_ids, skip_agent=None)
+        own_by_mv: dict[int, list[_CS]] = defaultdict(list)
+        for c in own.values():
+            if c.mv_id is not None:
+                own_by_mv[c.mv_id].append(c)
         for mv in mvs.values():
             if not mv.touched:
                 continue
-            connectors = [c for c in others.get(mv.id, []) if c.id not in own and c.id not in cs_deletes]
-            connectors += [c for c in own.values() if c.mv_id == mv.id]
+            connectors = [c for c in others.get(mv.id, []) if c.id not in own and c.id not in deleted_ids]
+            connectors += own_by_mv.get(mv.id, [])
             if mv.deleted:
                 for cs in others.get(mv.id, []):
-                    if cs.id in cs_deletes:
+                    if cs.id in deleted_ids:
                         continue
                     if rules.deprovision.get(cs.agent) == Deprovision.DELETE:
                         cs.export_type, cs.export_changes, cs.dirty = "delete", None, True
@@ -513,9 +617,10 @@ class _Sync:
 
         # -- writes -------------------------------------------------------------------------
         self.ctx.store.put_blobs(conn, blobs)
+        self.transforms.flush(conn)
         new_rows, changed_rows = [], []
         for mv in mvs.values():
-            if mv.deleted or not mv.changed and not mv.new:
+            if mv.deleted or (not mv.changed and not mv.new):
                 continue
             display, text = search_fields(mv.attributes)
             doc = {
@@ -531,44 +636,27 @@ class _Sync:
         # contributions change even when final attributes do not (a lower-ranked source changed)
         contrib_only = [
             {"_id": mv.id, "contributions": _dumps(mv.contributions), "lineage": _dumps(mv.lineage)}
-            for mv in mvs.values() if mv.touched and not mv.changed and not mv.new and not mv.deleted
+            for mv in mvs.values()
+            if mv.touched and mv.contributions_changed and not mv.changed and not mv.new and not mv.deleted
         ]
-        if new_rows:
-            conn.execute(insert(mv_object), new_rows)
-        if changed_rows:
-            conn.execute(
-                update(mv_object).where(mv_object.c.id == bindparam("_id")).values(
-                    attributes=bindparam("attributes"), contributions=bindparam("contributions"),
-                    lineage=bindparam("lineage"), display_name=bindparam("display_name"),
-                    search_text=bindparam("search_text"), updated_at=bindparam("updated_at")),
-                changed_rows,
-            )
-        if contrib_only:
-            conn.execute(
-                update(mv_object).where(mv_object.c.id == bindparam("_id")).values(
-                    contributions=bindparam("contributions"), lineage=bindparam("lineage")),
-                contrib_only,
-            )
-        if cs_updates:
-            joined = [u for u in cs_updates if not u["keep_joined"]]
-            kept = [u for u in cs_updates if u["keep_joined"]]
-            base = update(cs_object).where(cs_object.c.id == bindparam("_id"))
-            values = {"hologram": bindparam("hologram"), "pending_type": None, "pending": None,
-                      "mv_id": bindparam("mv_id"), "sync_error": bindparam("sync_error"),
-                      "updated_at": bindparam("updated_at")}
-            for group, extra in ((joined, {"joined_at": bindparam("joined_at")}), (kept, {})):
-                if group:
-                    conn.execute(base.values(**values, **extra),
-                                 [{k: v for k, v in u.items() if k != "keep_joined"} for u in group])
+        run_many(conn, "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
+                       "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
+                       ":lineage, :display_name, :search_text, :created_at, :updated_at)", new_rows)
+        run_many(conn, "UPDATE mv_object SET attributes = :attributes, contributions = :contributions, "
+                       "lineage = :lineage, display_name = :display_name, search_text = :search_text, "
+                       "updated_at = :updated_at WHERE id = :_id", changed_rows)
+        run_many(conn, "UPDATE mv_object SET contributions = :contributions, lineage = :lineage WHERE id = :_id",
+                 contrib_only)
+        for u in cs_updates:
+            u.pop("keep_joined")
+        run_many(conn, "UPDATE cs_object SET hologram = :hologram, pending_type = NULL, pending = NULL, "
+                       "mv_id = :mv_id, joined_at = COALESCE(:joined_at, joined_at), sync_error = :sync_error, "
+                       "updated_at = :updated_at WHERE id = :_id", cs_updates)
         dirty = [c for cs_list in others.values() for c in cs_list if c.dirty] + [c for c in own.values() if c.dirty]
-        if dirty:
-            conn.execute(
-                update(cs_object).where(cs_object.c.id == bindparam("_id")).values(
-                    export_type=bindparam("export_type"), export_changes=bindparam("export_changes"),
-                    mv_id=bindparam("mv_id"), export_error=None),
-                [{"_id": c.id, "export_type": c.export_type, "mv_id": c.mv_id,
-                  "export_changes": _dumps(c.export_changes) if c.export_changes else None} for c in dirty],
-            )
+        run_many(conn, "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
+                       "mv_id = :mv_id, export_error = NULL WHERE id = :_id",
+                 [{"_id": c.id, "export_type": c.export_type, "mv_id": c.mv_id,
+                   "export_changes": _dumps(c.export_changes) if c.export_changes else None} for c in dirty])
         if cs_deletes:
             conn.execute(delete(cs_object).where(cs_object.c.id.in_(cs_deletes)))
         if deleted_mv:

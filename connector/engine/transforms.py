@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy import Connection, select
 
 from connector.registry import TRANSFORM_GROUP, load_object
 from connector.sdk import ConfigurationError, TransformError, TransformFunction, Value
-from connector.store import SqlStore, decode_value, encode_value, is_blob_ref
+from connector.store import SqlStore, decode_value, dumps, encode_value, is_blob_ref, loads, parse_blob_ref
 from connector.store.tables import transform_cache
 
 __all__ = [
@@ -118,6 +117,9 @@ class TransformRunner:
         self._store = store
         self._functions: dict[str, TransformFunction] = {}
         self._memo: dict[tuple[str, Any], Any] = {}
+        self._new_rows: list[dict[str, Any]] = []
+        self._blob_cache: dict[str, bytes] = {}
+        self._known_misses: set[tuple[str, Any]] = set()
 
     def function(self, spec: str) -> TransformFunction:
         fn = self._functions.get(spec)
@@ -136,6 +138,35 @@ class TransformRunner:
         """Resolve a transform now so configuration mistakes surface before a run starts."""
         self.function(spec)
 
+    def prefetch(self, conn: Connection, pairs: list[tuple[str, Any]]) -> None:
+        """Load cached results (and the input blobs of misses) for many values in a few queries."""
+        wanted: dict[str, set[str]] = {}
+        for spec, encoded in pairs:
+            values = encoded if isinstance(encoded, list) else [encoded]
+            for value in values:
+                if is_blob_ref(value) and (spec, value) not in self._memo and (spec, value) not in self._known_misses:
+                    wanted.setdefault(spec, set()).add(value)
+        for spec, inputs in wanted.items():
+            keys = list(inputs)
+            for i in range(0, len(keys), 500):
+                for inp, out in conn.execute(
+                    select(transform_cache.c.input, transform_cache.c.output).where(
+                        transform_cache.c.transform == spec, transform_cache.c.input.in_(keys[i : i + 500])
+                    )
+                ):
+                    self._memo[(spec, inp)] = loads(out)
+            misses = [k for k in keys if (spec, k) not in self._memo]
+            self._known_misses.update((spec, k) for k in misses)
+            self._blob_cache.update(self._store.get_blobs(conn, [parse_blob_ref(k)[0] for k in misses]))
+
+    def flush(self, conn: Connection) -> None:
+        """Write the results computed since the last flush into the cache table (caller's transaction)."""
+        if self._new_rows:
+            conn.execute(transform_cache.insert(), self._new_rows)
+            self._new_rows.clear()
+        self._blob_cache.clear()
+        self._known_misses.clear()
+
     def apply(self, conn: Connection, spec: str, encoded: Any, new_blobs: dict[str, bytes]) -> Any:
         """Transform an encoded value (or list); returns the encoded result.
 
@@ -151,31 +182,27 @@ class TransformRunner:
         if key in self._memo:
             return self._memo[key]
         cacheable = is_blob_ref(encoded)
-        if cacheable:
-            row = conn.execute(
-                select(transform_cache.c.output).where(
-                    transform_cache.c.transform == spec, transform_cache.c.input == encoded
-                )
-            ).first()
-            if row is not None:
-                result = json.loads(row[0])
-                self._memo[key] = result
-                return result
+        if cacheable and not self._prefetched(conn, spec, encoded):
+            return self._memo[key]
         value = decode_value(encoded, lambda sha: self._load_blob(conn, sha))
         result = self._encode(self.function(spec)(value), new_blobs)
         if cacheable:
-            conn.execute(
-                transform_cache.delete().where(
-                    transform_cache.c.transform == spec, transform_cache.c.input == encoded
-                )
-            )
-            conn.execute(transform_cache.insert().values(transform=spec, input=encoded, output=json.dumps(result)))
+            self._new_rows.append({"transform": spec, "input": encoded, "output": dumps(result)})
         if len(self._memo) > 50_000:
             self._memo.clear()
         self._memo[key] = result
         return result
 
+    def _prefetched(self, conn: Connection, spec: str, encoded: str) -> bool:
+        """True when the value still has to be computed (not cached in memory or in the store)."""
+        if (spec, encoded) not in self._memo and (spec, encoded) not in self._known_misses:
+            self.prefetch(conn, [(spec, encoded)])
+        return (spec, encoded) not in self._memo
+
     def _load_blob(self, conn: Connection, sha: str) -> bytes:
+        data = self._blob_cache.get(sha)
+        if data is not None:
+            return data
         data = self._store.get_blobs(conn, [sha]).get(sha)
         if data is None:
             raise TransformError("missing-blob", f"stored value {sha} is missing from the store (run mvsync doctor)")

@@ -1,6 +1,7 @@
 """The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core."""
 
 from connector.store import tables
+from connector.store._fast import dumps, loads, run_many
 from connector.store._locks import LockHeldError, LockManager
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError
 from connector.store._sql import SqlStore, StoreError
@@ -24,9 +25,12 @@ __all__ = [
     "StoreVersionError",
     "blob_ref",
     "decode_value",
+    "dumps",
     "encode_value",
     "is_blob_ref",
+    "loads",
     "normalize_values",
     "parse_blob_ref",
+    "run_many",
     "tables",
 ]

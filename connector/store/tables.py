@@ -79,6 +79,7 @@ cs_object = Table(
     Column("updated_at", Float),
     UniqueConstraint("agent", "anchor", name="uq_cs_agent_anchor"),
 )
+Index("ix_cs_agent_id", cs_object.c.agent, cs_object.c.id)
 Index("ix_cs_pending", cs_object.c.agent, cs_object.c.pending_type)
 Index("ix_cs_export", cs_object.c.agent, cs_object.c.export_type)
 Index("ix_cs_mv", cs_object.c.mv_id)
