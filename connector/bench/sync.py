@@ -24,9 +24,15 @@ __all__ = ["register", "run"]
 
 
 def bench_config(objects: int, store_url: str, base: Path) -> dict[str, Any]:
-    people = [("accountName", "accountName"), ("displayName", "displayName"), ("mail", "mail"),
-              ("userPrincipalName", "userPrincipalName"), ("employeeID", "employeeID"), ("photo", "photo"),
-              ("photoChecksum", "photoChecksum")]
+    people = [
+        ("accountName", "accountName"),
+        ("displayName", "displayName"),
+        ("mail", "mail"),
+        ("userPrincipalName", "userPrincipalName"),
+        ("employeeID", "employeeID"),
+        ("photo", "photo"),
+        ("photoChecksum", "photoChecksum"),
+    ]
     return {
         "store": {"url": store_url},
         "data_dir": str(base / "data"),
@@ -106,8 +112,10 @@ def register(bench_app: typer.Typer) -> None:
     @bench_app.command("sync")
     def sync_command(
         objects: Annotated[int, typer.Option(help="People per agent.")] = 100_000,
-        store: Annotated[str | None, typer.Option(help="Store URL (default: a temporary SQLite file). "
-                                                       "A server store is emptied first.")] = None,
+        store: Annotated[
+            str | None,
+            typer.Option(help="Store URL (default: a temporary SQLite file). A server store is emptied first."),
+        ] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
     ) -> None:
         """Full and no-change delta synchronization throughput on synthetic agents."""

@@ -30,7 +30,7 @@ from connector.store.tables import cs_object, mv_object, run_error, run_history,
 
 __all__ = ["register"]
 
-STARTER_CONFIG = '''# mvsync configuration. Run `mvsync run "Full Import (Stage Only)"` and friends with -c this file.
+STARTER_CONFIG = """# mvsync configuration. Run `mvsync run "Full Import (Stage Only)"` and friends with -c this file.
 # Secrets are never written here: use { env = "NAME" } or { file = "/path" } references.
 # A complete photo-sync example with comments is in the project's samples/mvsync.toml.
 
@@ -62,7 +62,7 @@ steps = [{ type = "full-sync", agent = "hr" }]
 
 [run_profiles."Delta Synchronization"]
 steps = [{ type = "delta-sync", agent = "hr" }]
-'''
+"""
 
 
 def _config(path: Path) -> MvsyncConfig:
@@ -92,7 +92,7 @@ def _short(value: Any) -> str:
     return str(rendered)
 
 
-def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the commands
+def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def init(
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         if path.exists() and not force:
             raise fail(f"{path} already exists; pass --force to overwrite it", EXIT_CONFIG)
         path.write_text(STARTER_CONFIG, encoding="utf-8")
-        console.print(f"wrote {path}; next: mvsync run \"Full Import (Stage Only)\" -c {path}")
+        console.print(f'wrote {path}; next: mvsync run "Full Import (Stage Only)" -c {path}')
 
     connectors = typer.Typer(help="Connector types registered through the mvsync.connectors entry points.")
     app.add_typer(connectors, name="connectors")
@@ -148,10 +148,21 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
     def run(
         profile: Annotated[str, typer.Argument(help='Run profile name, e.g. "Delta Synchronization".')],
         config: ConfigOption = DEFAULT_CONFIG,
-        agent: Annotated[list[str] | None, typer.Option("--agent", "-a", help="Only the steps of this agent (repeatable).")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute everything, write nothing; print would-be changes as JSON lines.")] = False,
-        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for a lock held by another run (default: fail at once).")] = 0.0,
-        allow_empty_import: Annotated[bool, typer.Option("--allow-empty-import", help="Let full imports that return nothing mark everything deleted.")] = False,
+        agent: Annotated[
+            list[str] | None, typer.Option("--agent", "-a", help="Only the steps of this agent (repeatable).")
+        ] = None,
+        dry_run: Annotated[
+            bool,
+            typer.Option("--dry-run", help="Compute everything, write nothing; print would-be changes as JSON lines."),
+        ] = False,
+        wait: Annotated[
+            float,
+            typer.Option("--wait", help="Seconds to wait for a lock held by another run (default: fail at once)."),
+        ] = 0.0,
+        allow_empty_import: Annotated[
+            bool,
+            typer.Option("--allow-empty-import", help="Let full imports that return nothing mark everything deleted."),
+        ] = False,
         json_out: JsonOption = False,
     ) -> None:
         """Run a run profile. Exit code: 0 success, 3 completed with errors, 4 stopped (see README)."""
@@ -168,8 +179,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         overrides = {"allow_empty_full_import": True} if allow_empty_import else None
         try:
             result = engine.run_profile(
-                profile, dry_run=dry_run, agents=set(agent) if agent else None, progress=progress,
-                emit=emit if dry_run else None, wait_s=wait, step_overrides=overrides,
+                profile,
+                dry_run=dry_run,
+                agents=set(agent) if agent else None,
+                progress=progress,
+                emit=emit if dry_run else None,
+                wait_s=wait,
+                step_overrides=overrides,
             )
         finally:
             if progress is not None:
@@ -179,8 +195,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             print_json(result.as_dict())
         else:
             out = err_console if dry_run else console
-            table = Table("#", "agent", "step", "status", "counters", "seconds", title=f"{profile}: {result.status}"
-                          + (" (dry run: nothing was written)" if dry_run else ""))
+            table = Table(
+                "#",
+                "agent",
+                "step",
+                "status",
+                "counters",
+                "seconds",
+                title=f"{profile}: {result.status}" + (" (dry run: nothing was written)" if dry_run else ""),
+            )
             for i, step in enumerate(result.steps, 1):
                 counters = ", ".join(f"{k}={v}" for k, v in sorted(step.counters.items()) if not isinstance(v, dict))
                 table.add_row(str(i), step.agent, step.kind, step.status, counters, f"{step.seconds:.2f}")
@@ -209,8 +232,14 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         with store.read() as conn:
             runs = conn.execute(select(run_history).order_by(desc(run_history.c.id)).limit(limit)).all()
         rows = [
-            {"run_id": r.id, "profile": r.profile, "status": r.status, "dry_run": bool(r.dry_run),
-             "started_at": r.started_at, "seconds": round((r.ended_at or r.started_at) - r.started_at, 3)}
+            {
+                "run_id": r.id,
+                "profile": r.profile,
+                "status": r.status,
+                "dry_run": bool(r.dry_run),
+                "started_at": r.started_at,
+                "seconds": round((r.ended_at or r.started_at) - r.started_at, 3),
+            }
             for r in runs
         ]
         if json_out:
@@ -241,15 +270,34 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             steps = conn.execute(select(run_step).where(run_step.c.run_id == run_id).order_by(run_step.c.seq)).all()
             doc: dict[str, Any] = {"run_id": run_id, "profile": run_row.profile, "status": run_row.status, "steps": []}
             for s in steps:
-                errs = conn.execute(select(run_error).where(run_error.c.step_id == s.id).order_by(run_error.c.id).limit(errors)).all()
-                total = conn.execute(select(func.count()).select_from(run_error).where(run_error.c.step_id == s.id)).scalar_one()
-                doc["steps"].append({
-                    "step_id": s.id, "agent": s.agent, "kind": s.kind, "status": s.status, "message": s.message,
-                    "seconds": round((s.ended_at or s.started_at) - s.started_at, 3), "counters": loads(s.counters),
-                    "error_count": total,
-                    "errors": [{"anchor": e.anchor, "stage": e.stage, "error_name": e.error_name, "detail": e.detail,
-                                "severity": e.severity} for e in errs],
-                })
+                errs = conn.execute(
+                    select(run_error).where(run_error.c.step_id == s.id).order_by(run_error.c.id).limit(errors)
+                ).all()
+                total = conn.execute(
+                    select(func.count()).select_from(run_error).where(run_error.c.step_id == s.id)
+                ).scalar_one()
+                doc["steps"].append(
+                    {
+                        "step_id": s.id,
+                        "agent": s.agent,
+                        "kind": s.kind,
+                        "status": s.status,
+                        "message": s.message,
+                        "seconds": round((s.ended_at or s.started_at) - s.started_at, 3),
+                        "counters": loads(s.counters),
+                        "error_count": total,
+                        "errors": [
+                            {
+                                "anchor": e.anchor,
+                                "stage": e.stage,
+                                "error_name": e.error_name,
+                                "detail": e.detail,
+                                "severity": e.severity,
+                            }
+                            for e in errs
+                        ],
+                    }
+                )
         if json_out:
             print_json(doc)
             return
@@ -258,9 +306,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']} in {s['seconds']} s", highlight=False)
             if s["message"]:
                 console.print(f"  {s['message']}", highlight=False)
-            console.print("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict)))
+            console.print(
+                "  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict))
+            )
             for e in s["errors"]:
-                console.print(f"  [{e['severity']}] {e['error_name']} {e['anchor'] or ''}: {e['detail']}", highlight=False)
+                console.print(
+                    f"  [{e['severity']}] {e['error_name']} {e['anchor'] or ''}: {e['detail']}", highlight=False
+                )
 
     cs = typer.Typer(help="Connector-space objects of an agent.")
     app.add_typer(cs, name="cs")
@@ -270,10 +322,18 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             return {k: _render(v) for k, v in loads(text).items()} if text else None
 
         return {
-            "id": row.id, "agent": row.agent, "object_class": row.object_class, "anchor": row.anchor, "dn": row.dn,
-            "metaverse_id": row.mv_id, "hologram": doc(row.hologram), "pending_import": row.pending_type,
-            "pending_import_state": doc(row.pending), "pending_export": row.export_type,
-            "pending_export_changes": doc(row.export_changes), "unconfirmed_export": doc(row.unconfirmed),
+            "id": row.id,
+            "agent": row.agent,
+            "object_class": row.object_class,
+            "anchor": row.anchor,
+            "dn": row.dn,
+            "metaverse_id": row.mv_id,
+            "hologram": doc(row.hologram),
+            "pending_import": row.pending_type,
+            "pending_import_state": doc(row.pending),
+            "pending_export": row.export_type,
+            "pending_export_changes": doc(row.export_changes),
+            "unconfirmed_export": doc(row.unconfirmed),
             "export_error": loads(row.export_error) if row.export_error else None,
             "sync_error": loads(row.sync_error) if row.sync_error else None,
         }
@@ -312,8 +372,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             return
         table = Table("id", "anchor", "dn", "mv", "pending import", "pending export", "error")
         for r in rows:
-            error = (loads(r.export_error)["name"] if r.export_error else "") or (loads(r.sync_error)["name"] if r.sync_error else "")
-            table.add_row(str(r.id), r.anchor, r.dn or "", str(r.mv_id or ""), r.pending_type or "", r.export_type or "", error)
+            error = (loads(r.export_error)["name"] if r.export_error else "") or (
+                loads(r.sync_error)["name"] if r.sync_error else ""
+            )
+            table.add_row(
+                str(r.id), r.anchor, r.dn or "", str(r.mv_id or ""), r.pending_type or "", r.export_type or "", error
+            )
         console.print(table)
 
     @cs.command("show")
@@ -327,19 +391,28 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         """One connector-space object: hologram, pending import and export, errors."""
         store = _store(_config(config))
         with store.read() as conn:
-            row = conn.execute(select(cs_object).where(cs_object.c.agent == agent, cs_object.c.anchor == anchor)).first()
+            row = conn.execute(
+                select(cs_object).where(cs_object.c.agent == agent, cs_object.c.anchor == anchor)
+            ).first()
         if row is None:
             raise fail(f"no object {anchor!r} in the connector space of {agent!r} (try `mvsync cs search {agent}`)")
         doc = _cs_doc(row)
         if json_out:
             print_json(doc)
             return
-        console.print(f"[bold]{agent}[/] {row.object_class} {anchor}  dn={row.dn}  metaverse={row.mv_id}", highlight=False)
+        console.print(
+            f"[bold]{agent}[/] {row.object_class} {anchor}  dn={row.dn}  metaverse={row.mv_id}", highlight=False
+        )
         for key in ("hologram", "pending_import_state", "pending_export_changes", "unconfirmed_export"):
             if doc[key]:
                 table = Table("attribute", "value", title=key.replace("_", " "))
                 for k, v in sorted(doc[key].items()):
-                    table.add_row(k, _short(v) if not isinstance(v, dict) else f"<binary {v['bytes']} bytes, sha256 {v['sha256'][:12]}…>")
+                    table.add_row(
+                        k,
+                        _short(v)
+                        if not isinstance(v, dict)
+                        else f"<binary {v['bytes']} bytes, sha256 {v['sha256'][:12]}…>",
+                    )
                 console.print(table)
         for key in ("pending_import", "pending_export", "export_error", "sync_error"):
             if doc[key]:
@@ -366,15 +439,28 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         docs = []
         for r in rows:
             attrs = loads(r.attributes)
-            docs.append({"id": r.id, "type": r.object_type, "displayName": r.display_name,
-                         "accountName": attrs.get("accountName"), "mail": attrs.get("mail"),
-                         "has_photo": "photo" in attrs})
+            docs.append(
+                {
+                    "id": r.id,
+                    "type": r.object_type,
+                    "displayName": r.display_name,
+                    "accountName": attrs.get("accountName"),
+                    "mail": attrs.get("mail"),
+                    "has_photo": "photo" in attrs,
+                }
+            )
         if json_out:
             print_json(docs)
             return
         table = Table("id", "displayName", "accountName", "mail", "photo")
         for d in docs:
-            table.add_row(str(d["id"]), d["displayName"] or "", d["accountName"] or "", d["mail"] or "", "yes" if d["has_photo"] else "")
+            table.add_row(
+                str(d["id"]),
+                d["displayName"] or "",
+                d["accountName"] or "",
+                d["mail"] or "",
+                "yes" if d["has_photo"] else "",
+            )
         console.print(table)
 
     @mv.command("show")
@@ -399,16 +485,29 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             if row is None:
                 raise fail(f"no metaverse object {ident!r} (try `mvsync mv search`)")
             connectors = conn.execute(
-                select(cs_object.c.agent, cs_object.c.anchor, cs_object.c.dn, cs_object.c.joined_at, cs_object.c.export_type)
-                .where(cs_object.c.mv_id == row.id)
+                select(
+                    cs_object.c.agent,
+                    cs_object.c.anchor,
+                    cs_object.c.dn,
+                    cs_object.c.joined_at,
+                    cs_object.c.export_type,
+                ).where(cs_object.c.mv_id == row.id)
             ).all()
         attrs, lineage = loads(row.attributes), loads(row.lineage)
         doc = {
-            "id": row.id, "type": row.object_type,
-            "attributes": {k: {"value": _render(v), "agent": lineage.get(k, [None, None])[0],
-                               "rule": lineage.get(k, [None, None])[1]} for k, v in sorted(attrs.items())},
-            "connectors": [{"agent": c.agent, "anchor": c.anchor, "dn": c.dn, "pending_export": c.export_type}
-                           for c in connectors],
+            "id": row.id,
+            "type": row.object_type,
+            "attributes": {
+                k: {
+                    "value": _render(v),
+                    "agent": lineage.get(k, [None, None])[0],
+                    "rule": lineage.get(k, [None, None])[1],
+                }
+                for k, v in sorted(attrs.items())
+            },
+            "connectors": [
+                {"agent": c.agent, "anchor": c.anchor, "dn": c.dn, "pending_export": c.export_type} for c in connectors
+            ],
         }
         if json_out:
             print_json(doc)
@@ -427,7 +526,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
     def pending_exports(
         agent: Annotated[str, typer.Argument()],
         config: ConfigOption = DEFAULT_CONFIG,
-        output_format: Annotated[str, typer.Option("--format", help="json (one object per line), csv, or table.")] = "table",
+        output_format: Annotated[
+            str, typer.Option("--format", help="json (one object per line), csv, or table.")
+        ] = "table",
         json_out: JsonOption = False,
     ) -> None:
         """What the next export of AGENT will do (mvsync's csexport), with OMODT/AMODT columns."""
@@ -445,27 +546,59 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             hologram = loads(r.hologram) if r.hologram else {}
             error = loads(r.export_error) if r.export_error else None
             if r.export_type == "delete":
-                records.append({"anchor": r.anchor, "dn": r.dn, "omodt": "delete", "attribute": "", "amodt": "",
-                                "before": "", "after": "", "last_error": error["name"] if error else ""})
+                records.append(
+                    {
+                        "anchor": r.anchor,
+                        "dn": r.dn,
+                        "omodt": "delete",
+                        "attribute": "",
+                        "amodt": "",
+                        "before": "",
+                        "after": "",
+                        "last_error": error["name"] if error else "",
+                    }
+                )
             for attr, value in sorted(changes.items()):
-                records.append({
-                    "anchor": r.anchor, "dn": r.dn, "omodt": r.export_type, "attribute": attr,
-                    "amodt": "delete" if value is None else ("add" if attr not in hologram else "replace"),
-                    "before": _short(hologram.get(attr)) if attr in hologram else "",
-                    "after": "" if value is None else _short(value), "last_error": error["name"] if error else "",
-                })
+                records.append(
+                    {
+                        "anchor": r.anchor,
+                        "dn": r.dn,
+                        "omodt": r.export_type,
+                        "attribute": attr,
+                        "amodt": "delete" if value is None else ("add" if attr not in hologram else "replace"),
+                        "before": _short(hologram.get(attr)) if attr in hologram else "",
+                        "after": "" if value is None else _short(value),
+                        "last_error": error["name"] if error else "",
+                    }
+                )
         if fmt == "json":
             for rec in records:
                 print_json(rec)
         elif fmt == "csv":
             buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=["anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error"])
+            writer = csv.DictWriter(
+                buf, fieldnames=["anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error"]
+            )
             writer.writeheader()
             writer.writerows(records)
             sys.stdout.write(buf.getvalue())
         else:
-            table = Table("anchor", "dn", "OMODT", "attribute", "AMODT", "before", "after", "last error",
-                          title=f"{agent}: {len(rows)} pending exports")
+            table = Table(
+                "anchor",
+                "dn",
+                "OMODT",
+                "attribute",
+                "AMODT",
+                "before",
+                "after",
+                "last error",
+                title=f"{agent}: {len(rows)} pending exports",
+            )
             for rec in records:
-                table.add_row(*(str(rec[k] or "") for k in ("anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error")))
+                table.add_row(
+                    *(
+                        str(rec[k] or "")
+                        for k in ("anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error")
+                    )
+                )
             console.print(table)

@@ -52,7 +52,10 @@ def resolve_refs(value: Any, *, key: str, file: Path | None, base_dir: Path) -> 
             raise ConfigError(msg)
         if kind == "env":
             if target not in os.environ:
-                msg = f"{_where(file, key)}: environment variable {target} is not set (export it, or use {{ file = ... }})"
+                msg = (
+                    f"{_where(file, key)}: environment variable {target} is not set "
+                    "(export it, or use { file = ... })"
+                )
                 raise ConfigError(msg)
             return os.environ[target]
         path = Path(os.path.expanduser(target))

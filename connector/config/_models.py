@@ -157,7 +157,7 @@ class MvsyncConfig(_Strict):
     store: StoreConfig = StoreConfig()
     #: Where agents keep state files (token caches, LDIF output); relative to the config's folder.
     data_dir: str = "mvsync-data"
-    metaverse: MetaverseConfig = MetaverseConfig()
+    metaverse: MetaverseConfig = Field(default_factory=lambda: MetaverseConfig(schema="person"))
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     run_profiles: dict[str, RunProfileConfig] = Field(default_factory=dict)
 

@@ -96,10 +96,7 @@ def load_metaverse_schema(config: MvsyncConfig) -> Schema:
     candidate = Path(ref)
     if not candidate.is_absolute():
         candidate = config.base_dir / candidate
-    if ref.endswith(".toml") and candidate.is_file():
-        path = candidate
-    else:
-        path = _schema_dir() / "metaverse.toml"
+    path = candidate if ref.endswith(".toml") and candidate.is_file() else _schema_dir() / "metaverse.toml"
     where = f"{path}"
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

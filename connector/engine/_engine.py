@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from connector.config import ConfigError, MvsyncConfig, RunStepConfig, RunStepKind
+from connector.config import ConfigError, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
 from connector.engine._agents import load_metaverse_schema, open_connector
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._export import run_export
@@ -68,15 +68,25 @@ class Engine:
                 problems.append(f"{where}: agents.{name}.type: {exc}")
             for i, rule in enumerate(agent.projection):
                 if rule.metaverse_type not in mv_types:
-                    problems.append(f"{where}: agents.{name}.projection[{i}].metaverse_type: unknown type {rule.metaverse_type!r}")
+                    problems.append(
+                        f"{where}: agents.{name}.projection[{i}].metaverse_type: unknown type {rule.metaverse_type!r}"
+                    )
             for i, jrule in enumerate(agent.join):
                 for cond in jrule.match:
                     if cond.mv not in mv_attrs:
-                        problems.append(f"{where}: agents.{name}.join[{i}].match: unknown metaverse attribute {cond.mv!r}")
-            for kind, flows in (("import_flow", agent.import_flow), ("export_flow", agent.export_flow)):
+                        problems.append(
+                            f"{where}: agents.{name}.join[{i}].match: unknown metaverse attribute {cond.mv!r}"
+                        )
+            flow_sets: tuple[tuple[str, tuple[ImportFlow | ExportFlow, ...]], ...] = (
+                ("import_flow", agent.import_flow),
+                ("export_flow", agent.export_flow),
+            )
+            for kind, flows in flow_sets:
                 for i, flow in enumerate(flows):
                     if flow.mv not in mv_attrs:
-                        problems.append(f"{where}: agents.{name}.{kind}[{i}].mv: unknown metaverse attribute {flow.mv!r}")
+                        problems.append(
+                            f"{where}: agents.{name}.{kind}[{i}].mv: unknown metaverse attribute {flow.mv!r}"
+                        )
                     if flow.transform:
                         try:
                             self.transforms.validate(flow.transform)
@@ -131,14 +141,25 @@ class Engine:
             return self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
 
     def _run(
-        self, profile: str, steps: list[RunStepConfig], dry_run: bool, progress: Progress,
-        emit: Callable[[dict[str, Any]], None] | None, wait_s: float,
+        self,
+        profile: str,
+        steps: list[RunStepConfig],
+        dry_run: bool,
+        progress: Progress,
+        emit: Callable[[dict[str, Any]], None] | None,
+        wait_s: float,
     ) -> RunResult:
         result = RunResult(profile=profile, run_id=None, dry_run=dry_run, started_at=time.time())
         with self.store.transaction() as conn:
             result.run_id = conn.execute(
-                run_history.insert().values(profile=profile, status="in-progress", dry_run=dry_run,
-                                            started_at=result.started_at, host=socket.gethostname(), pid=os.getpid())
+                run_history.insert().values(
+                    profile=profile,
+                    status="in-progress",
+                    dry_run=dry_run,
+                    started_at=result.started_at,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
             ).inserted_primary_key[0]  # type: ignore[index]
         try:
             for seq, step in enumerate(steps, 1):
@@ -150,8 +171,11 @@ class Engine:
             result.ended_at = time.time()
             result.status = run_status(result.steps) if result.steps else "success"
             with self.store.transaction() as conn:
-                conn.execute(update(run_history).where(run_history.c.id == result.run_id)
-                             .values(status=result.status, ended_at=result.ended_at))
+                conn.execute(
+                    update(run_history)
+                    .where(run_history.c.id == result.run_id)
+                    .values(status=result.status, ended_at=result.ended_at)
+                )
         return result
 
     @contextlib.contextmanager
@@ -164,15 +188,27 @@ class Engine:
                 yield
 
     def _run_step(
-        self, run: RunResult, seq: int, step: RunStepConfig, progress: Progress,
-        emit: Callable[[dict[str, Any]], None] | None, wait_s: float,
+        self,
+        run: RunResult,
+        seq: int,
+        step: RunStepConfig,
+        progress: Progress,
+        emit: Callable[[dict[str, Any]], None] | None,
+        wait_s: float,
     ) -> StepResult:
         result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
         with self._locks(step, wait_s):
             with self.store.transaction() as conn:
                 result.step_id = conn.execute(
-                    run_step.insert().values(run_id=run.run_id, seq=seq, agent=step.agent, kind=step.type.value,
-                                             status="in-progress", started_at=result.started_at, counters="{}")
+                    run_step.insert().values(
+                        run_id=run.run_id,
+                        seq=seq,
+                        agent=step.agent,
+                        kind=step.type.value,
+                        status="in-progress",
+                        started_at=result.started_at,
+                        counters="{}",
+                    )
                 ).inserted_primary_key[0]  # type: ignore[index]
             assert result.step_id is not None
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
@@ -184,7 +220,8 @@ class Engine:
                     needs_connector = not (step.type == RunStepKind.EXPORT and ctx.dry_run)
                     connector = (
                         open_connector(self.config, step.agent, dry_run=ctx.dry_run, run_options=step.options)
-                        if needs_connector else None
+                        if needs_connector
+                        else None
                     )
                     if connector is not None:
                         connector.open()
@@ -211,15 +248,19 @@ class Engine:
             finally:
                 progress.finish()
                 result.ended_at = time.time()
-                counters = dict(result.counters)
+                counters: dict[str, Any] = dict(result.counters)
                 if report is not None:
                     counters["deletion_threshold"] = report
                 with self.store.transaction() as conn:
                     conn.execute(
-                        update(run_step).where(run_step.c.id == result.step_id).values(
+                        update(run_step)
+                        .where(run_step.c.id == result.step_id)
+                        .values(
                             status=result.status if result.status != "in-progress" else "stopped-interrupted",
-                            ended_at=result.ended_at, counters=json.dumps(counters, default=str),
-                            message=result.message or None)
+                            ended_at=result.ended_at,
+                            counters=json.dumps(counters, default=str),
+                            message=result.message or None,
+                        )
                     )
         return result
 

@@ -37,9 +37,18 @@ _dumps = dumps
 
 def pending_export_rows(conn: Connection, agent: str, *, after_id: int = -1, limit: int | None = None) -> list[Any]:
     query = (
-        select(cs_object.c.id, cs_object.c.object_class, cs_object.c.anchor, cs_object.c.dn,
-               cs_object.c.hologram, cs_object.c.export_type, cs_object.c.export_changes,
-               cs_object.c.unconfirmed, cs_object.c.export_error, cs_object.c.mv_id)
+        select(
+            cs_object.c.id,
+            cs_object.c.object_class,
+            cs_object.c.anchor,
+            cs_object.c.dn,
+            cs_object.c.hologram,
+            cs_object.c.export_type,
+            cs_object.c.export_changes,
+            cs_object.c.unconfirmed,
+            cs_object.c.export_error,
+            cs_object.c.mv_id,
+        )
         .where(cs_object.c.agent == agent, cs_object.c.export_type.is_not(None), cs_object.c.id > after_id)
         .order_by(cs_object.c.id)
     )
@@ -73,9 +82,15 @@ def threshold_report(conn: Connection, ctx: StepContext) -> dict[str, Any] | Non
         threshold.percent is not None and percent > threshold.percent
     )
     return {
-        "deletes": deletes, "clears": clears, "count": count, "connector_space": total,
-        "percent": round(percent, 2), "limit_count": threshold.count, "limit_percent": threshold.percent,
-        "tripped": tripped, "examples": examples[:20],
+        "deletes": deletes,
+        "clears": clears,
+        "count": count,
+        "connector_space": total,
+        "percent": round(percent, 2),
+        "limit_count": threshold.count,
+        "limit_percent": threshold.percent,
+        "tripped": tripped,
+        "examples": examples[:20],
     }
 
 
@@ -109,17 +124,20 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     with ctx.store.read() as conn:
         report = threshold_report(conn, ctx)
         total = conn.execute(
-            select(func.count()).select_from(cs_object)
+            select(func.count())
+            .select_from(cs_object)
             .where(cs_object.c.agent == ctx.agent, cs_object.c.export_type.is_not(None))
         ).scalar_one()
     if report is not None:
         counters["threshold_count"] = report["count"]
         if report["tripped"]:
             limits = " / ".join(
-                x for x in (
+                x
+                for x in (
                     f"count {report['limit_count']}" if report["limit_count"] is not None else "",
                     f"{report['limit_percent']}%" if report["limit_percent"] is not None else "",
-                ) if x
+                )
+                if x
             )
             msg = (
                 f"deletion threshold exceeded: {report['deletes']} object deletes and {report['clears']} attribute "
@@ -128,7 +146,9 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
                 "for this run or fix the source"
             )
             raise StepStopped("stopped-deletion-threshold", msg)
-    batch_size = ctx.step.batch_size if connector is None else min(ctx.step.batch_size, connector.capabilities.max_batch_size)
+    batch_size = (
+        ctx.step.batch_size if connector is None else min(ctx.step.batch_size, connector.capabilities.max_batch_size)
+    )
     ctx.progress.start(f"{ctx.agent}: export", total)
     last = -1
     while True:
@@ -139,19 +159,31 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
             last = rows[-1].id
             hashes = [
                 parse_blob_ref(v)[0]
-                for r in rows for doc in (r.export_changes, r.hologram) if doc
-                for v in _loads(doc).values() if is_blob_ref(v)
+                for r in rows
+                for doc in (r.export_changes, r.hologram)
+                if doc
+                for v in _loads(doc).values()
+                if is_blob_ref(v)
             ]
             blobs = ctx.store.get_blobs(conn, hashes)
         changes = [_to_change(r, blobs.__getitem__) for r in rows]
         if connector is None:
             for change in changes:
-                ctx.emit_change({
-                    "anchor": change.anchor, "dn": change.dn, "export": change.modification.value,
-                    "attributes": {c.name: ("clear" if not c.values else
-                                            [{"bytes": len(v)} if isinstance(v, bytes) else v for v in c.values])
-                                   for c in change.changes},
-                })
+                ctx.emit_change(
+                    {
+                        "anchor": change.anchor,
+                        "dn": change.dn,
+                        "export": change.modification.value,
+                        "attributes": {
+                            c.name: (
+                                "clear"
+                                if not c.values
+                                else [{"bytes": len(v)} if isinstance(v, bytes) else v for v in c.values]
+                            )
+                            for c in change.changes
+                        },
+                    }
+                )
                 counters[f"export_{change.modification.value}s"] += 1
             ctx.progress.advance(len(changes))
             continue
@@ -163,21 +195,30 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     return report
 
 
-def _apply_results(ctx: StepContext, rows: list[Any], changes: list[CSEntryChange], results: list[ExportResult]) -> None:
+def _apply_results(
+    ctx: StepContext, rows: list[Any], changes: list[CSEntryChange], results: list[ExportResult]
+) -> None:
     counters = ctx.result.counters
     by_id: dict[str, ExportResult] = {}
-    for result in results:
-        if result.identifier in by_id:
-            ctx.error(ObjectError("export", "duplicate-export-result",
-                                  f"connector returned two results for change {result.identifier}", severity="warning"))
-        by_id[result.identifier] = result
+    for returned in results:
+        if returned.identifier in by_id:
+            ctx.error(
+                ObjectError(
+                    "export",
+                    "duplicate-export-result",
+                    f"connector returned two results for change {returned.identifier}",
+                    severity="warning",
+                )
+            )
+        by_id[returned.identifier] = returned
     now = time.time()
     updates: list[dict[str, Any]] = []
     for row, change in zip(rows, changes, strict=True):
-        result = by_id.get(change.identifier)
+        result: ExportResult | None = by_id.get(change.identifier)
         if result is None:
-            result = ExportResult.retry(change.identifier, "cd-error",
-                                        "the connector returned no result for this change; it stays pending")
+            result = ExportResult.retry(
+                change.identifier, "cd-error", "the connector returned no result for this change; it stays pending"
+            )
         unconfirmed = _loads(row.unconfirmed) if row.unconfirmed else {}
         if result.status == ExportStatus.SUCCESS:
             if row.export_type == "delete":
@@ -185,21 +226,53 @@ def _apply_results(ctx: StepContext, rows: list[Any], changes: list[CSEntryChang
             else:
                 unconfirmed.update(_loads(row.export_changes) if row.export_changes else {})
             counters[f"export_{change.modification.value}s"] += 1
-            updates.append({"_id": row.id, "export_type": None, "export_changes": None,
-                            "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
-                            "export_error": None, "anchor": result.anchor or row.anchor, "updated_at": now})
+            updates.append(
+                {
+                    "_id": row.id,
+                    "export_type": None,
+                    "export_changes": None,
+                    "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+                    "export_error": None,
+                    "anchor": result.anchor or row.anchor,
+                    "updated_at": now,
+                }
+            )
         else:
             counters["export_errors" if result.status == ExportStatus.FAILED else "export_retryable"] += 1
             previous = _loads(row.export_error) if row.export_error else {}
-            error = {"name": result.error_name or "cd-error", "detail": result.error_detail,
-                     "status": result.status.value, "attempts": int(previous.get("attempts", 0)) + 1}
-            ctx.error(ObjectError("export", error["name"], result.error_detail or "(no detail)",
-                                  anchor=row.anchor, object_class=row.object_class, cs_id=row.id))
-            updates.append({"_id": row.id, "export_type": row.export_type, "export_changes": row.export_changes,
-                            "unconfirmed": row.unconfirmed, "export_error": _dumps(error),
-                            "anchor": row.anchor, "updated_at": now})
+            error = {
+                "name": result.error_name or "cd-error",
+                "detail": result.error_detail,
+                "status": result.status.value,
+                "attempts": int(previous.get("attempts", 0)) + 1,
+            }
+            ctx.error(
+                ObjectError(
+                    "export",
+                    str(error["name"]),
+                    result.error_detail or "(no detail)",
+                    anchor=row.anchor,
+                    object_class=row.object_class,
+                    cs_id=row.id,
+                )
+            )
+            updates.append(
+                {
+                    "_id": row.id,
+                    "export_type": row.export_type,
+                    "export_changes": row.export_changes,
+                    "unconfirmed": row.unconfirmed,
+                    "export_error": _dumps(error),
+                    "anchor": row.anchor,
+                    "updated_at": now,
+                }
+            )
     with ctx.store.transaction() as conn:
-        run_many(conn, "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
-                       "unconfirmed = :unconfirmed, export_error = :export_error, anchor = :anchor, "
-                       "updated_at = :updated_at WHERE id = :_id", updates)
+        run_many(
+            conn,
+            "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
+            "unconfirmed = :unconfirmed, export_error = :export_error, anchor = :anchor, "
+            "updated_at = :updated_at WHERE id = :_id",
+            updates,
+        )
         ctx.flush_errors(conn)

@@ -77,7 +77,9 @@ class _PageApplier:
         """Returns (object class name, encoded attributes or None for update/delete) or an error."""
         err = ObjectError
         if not entry.anchor:
-            return err("import", "missing-anchor-value", "the entry has no anchor value", object_class=entry.object_class)
+            return err(
+                "import", "missing-anchor-value", "the entry has no anchor value", object_class=entry.object_class
+            )
         if entry.modification == ObjectModificationType.DELETE and not entry.object_class:
             return "", None
         oc = self.schema.object_class(entry.object_class) if entry.object_class else None
@@ -147,7 +149,10 @@ class _PageApplier:
                     self.seen.add(anchor)
                 ctx.error(
                     ObjectError(
-                        "import", entry.error.name, entry.error.detail, anchor=anchor or None,
+                        "import",
+                        entry.error.name,
+                        entry.error.detail,
+                        anchor=anchor or None,
                         object_class=entry.object_class or None,
                     )
                 )
@@ -163,8 +168,10 @@ class _PageApplier:
             if anchor in self.seen and entry.modification != ObjectModificationType.DELETE:
                 ctx.error(
                     ObjectError(
-                        "import", "duplicate-object",
-                        f"anchor {anchor!r} was returned more than once in this import", anchor=anchor,
+                        "import",
+                        "duplicate-object",
+                        f"anchor {anchor!r} was returned more than once in this import",
+                        anchor=anchor,
                         object_class=checked[0],
                     )
                 )
@@ -177,12 +184,18 @@ class _PageApplier:
         for i in range(0, len(anchors), 500):
             rows = conn.execute(
                 select(
-                    cs_object.c.id, cs_object.c.anchor, cs_object.c.hologram, cs_object.c.pending_type,
-                    cs_object.c.pending, cs_object.c.unconfirmed, cs_object.c.dn, cs_object.c.import_error,
+                    cs_object.c.id,
+                    cs_object.c.anchor,
+                    cs_object.c.hologram,
+                    cs_object.c.pending_type,
+                    cs_object.c.pending,
+                    cs_object.c.unconfirmed,
+                    cs_object.c.dn,
+                    cs_object.c.import_error,
                 ).where(cs_object.c.agent == ctx.agent, cs_object.c.anchor.in_(anchors[i : i + 500]))
             )
-            for row in rows:
-                existing[row.anchor] = row
+            for found in rows:
+                existing[found.anchor] = found
 
         now = time.time()
         updates: list[dict[str, Any]] = []
@@ -205,9 +218,12 @@ class _PageApplier:
                 if base is None:
                     ctx.error(
                         ObjectError(
-                            "import", "need-full-object",
+                            "import",
+                            "need-full-object",
                             "an attribute update arrived for an object the connector space does not hold; "
-                            "run a full import", anchor=entry.anchor, object_class=object_class,
+                            "run a full import",
+                            anchor=entry.anchor,
+                            object_class=object_class,
                         )
                     )
                     continue
@@ -246,11 +262,14 @@ class _PageApplier:
                         counters["exports_not_reimported"] += 1
                         ctx.error(
                             ObjectError(
-                                "import", "exported-change-not-reimported",
+                                "import",
+                                "exported-change-not-reimported",
                                 f"{attr if attr != DELETE_MARK else 'object delete'} was exported but the "
                                 "import shows a different value; it will be exported again after sync",
-                                anchor=entry.anchor, object_class=object_class,
-                                cs_id=row.id if row is not None else None, severity="warning",
+                                anchor=entry.anchor,
+                                object_class=object_class,
+                                cs_id=row.id if row is not None else None,
+                                severity="warning",
                             )
                         )
 
@@ -260,9 +279,15 @@ class _PageApplier:
                 counters["adds"] += 1
                 inserts.append(
                     {
-                        "agent": ctx.agent, "object_class": object_class, "anchor": entry.anchor, "dn": entry.dn,
-                        "hologram": None, "pending_type": "add", "pending": _dumps(new_state),
-                        "seen_step": ctx.step_id, "updated_at": now,
+                        "agent": ctx.agent,
+                        "object_class": object_class,
+                        "anchor": entry.anchor,
+                        "dn": entry.dn,
+                        "hologram": None,
+                        "pending_type": "add",
+                        "pending": _dumps(new_state),
+                        "seen_step": ctx.step_id,
+                        "updated_at": now,
                     }
                 )
                 ctx.emit_change({"anchor": entry.anchor, "pending_import": "add", "attributes": sorted(new_state)})
@@ -287,25 +312,40 @@ class _PageApplier:
                 counters["unchanged"] += 1  # already staged by an earlier import
             else:
                 counters[{"add": "adds", "update": "updates", "delete": "deletes"}[pending_type]] += 1
-                changed = sorted(k for k in set(new_state or {}) | set(hologram or {})
-                                 if (new_state or {}).get(k) != (hologram or {}).get(k))
+                changed = sorted(
+                    k
+                    for k in set(new_state or {}) | set(hologram or {})
+                    if (new_state or {}).get(k) != (hologram or {}).get(k)
+                )
                 ctx.emit_change({"anchor": entry.anchor, "pending_import": pending_type, "attributes": changed})
             updates.append(
                 {
-                    "_id": row.id, "object_class": object_class, "dn": entry.dn if entry.dn is not None else row.dn,
-                    "pending_type": pending_type, "pending": pending,
+                    "_id": row.id,
+                    "object_class": object_class,
+                    "dn": entry.dn if entry.dn is not None else row.dn,
+                    "pending_type": pending_type,
+                    "pending": pending,
                     "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
-                    "seen_step": ctx.step_id, "updated_at": now,
+                    "seen_step": ctx.step_id,
+                    "updated_at": now,
                 }
             )
 
         ctx.store.put_blobs(conn, blobs)
-        run_many(conn, "INSERT INTO cs_object (agent, object_class, anchor, dn, hologram, pending_type, pending, "
-                       "seen_step, updated_at) VALUES (:agent, :object_class, :anchor, :dn, :hologram, :pending_type, "
-                       ":pending, :seen_step, :updated_at)", inserts)
-        run_many(conn, "UPDATE cs_object SET object_class = :object_class, dn = :dn, pending_type = :pending_type, "
-                       "pending = :pending, unconfirmed = :unconfirmed, seen_step = :seen_step, import_error = NULL, "
-                       "updated_at = :updated_at WHERE id = :_id", updates)
+        run_many(
+            conn,
+            "INSERT INTO cs_object (agent, object_class, anchor, dn, hologram, pending_type, pending, "
+            "seen_step, updated_at) VALUES (:agent, :object_class, :anchor, :dn, :hologram, :pending_type, "
+            ":pending, :seen_step, :updated_at)",
+            inserts,
+        )
+        run_many(
+            conn,
+            "UPDATE cs_object SET object_class = :object_class, dn = :dn, pending_type = :pending_type, "
+            "pending = :pending, unconfirmed = :unconfirmed, seen_step = :seen_step, import_error = NULL, "
+            "updated_at = :updated_at WHERE id = :_id",
+            updates,
+        )
         if removals:
             conn.execute(delete(cs_object).where(cs_object.c.id.in_(removals)))
         # seen-but-failed objects keep their place (a full import must not delete them)
@@ -388,26 +428,32 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
                         "allow_empty_full_import = true on this step (or run with --allow-empty-import)"
                     )
                     raise StepStopped("stopped-empty-import", msg)
-            gone = conn.execute(
-                select(cs_object.c.anchor).where(
-                    cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_not(None),
-                    or_(cs_object.c.pending_type.is_(None), cs_object.c.pending_type != "delete"),
+            gone = (
+                conn.execute(
+                    select(cs_object.c.anchor).where(
+                        cs_object.c.agent == ctx.agent,
+                        not_seen,
+                        cs_object.c.hologram.is_not(None),
+                        or_(cs_object.c.pending_type.is_(None), cs_object.c.pending_type != "delete"),
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             for anchor in gone:
                 ctx.emit_change({"anchor": anchor, "pending_import": "delete", "attributes": []})
             ctx.result.counters["deletes"] += len(gone)
             conn.execute(
                 update(cs_object)
                 .where(
-                    cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_not(None),
+                    cs_object.c.agent == ctx.agent,
+                    not_seen,
+                    cs_object.c.hologram.is_not(None),
                 )
                 .values(pending_type="delete", pending=None, updated_at=time.time())
             )
             conn.execute(
-                delete(cs_object).where(
-                    and_(cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_(None))
-                )
+                delete(cs_object).where(and_(cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_(None)))
             )
         _save_agent_state(conn, ctx.agent, {"watermark": new_watermark, "updated_at": time.time()})
         ctx.flush_errors(conn)

@@ -53,11 +53,30 @@ class _MV:
     """A metaverse object being synchronized. Contributions and lineage are parsed on first use:
     most objects in a full synchronization change nothing, and parsing is the dominant cost."""
 
-    __slots__ = ("_contributions", "_lineage", "attributes", "changed", "contributions_changed", "deleted", "id",
-                 "new", "object_type", "touched")
+    __slots__ = (
+        "_contributions",
+        "_lineage",
+        "attributes",
+        "changed",
+        "contributions_changed",
+        "deleted",
+        "id",
+        "new",
+        "object_type",
+        "touched",
+    )
 
-    def __init__(self, id: int, object_type: str, attributes: dict[str, Any], contributions: Any, lineage: Any,
-                 *, new: bool = False, changed: bool = False) -> None:
+    def __init__(
+        self,
+        id: int,
+        object_type: str,
+        attributes: dict[str, Any],
+        contributions: Any,
+        lineage: Any,
+        *,
+        new: bool = False,
+        changed: bool = False,
+    ) -> None:
         self.id = id
         self.object_type = object_type
         self.attributes = attributes
@@ -245,8 +264,14 @@ class _Sync:
                     value = self.transforms.apply(conn, flow.transform, value, blobs)
                 except TransformError as exc:
                     self.ctx.error(
-                        ObjectError("sync", exc.name, f"import flow {flow.cs} -> {flow.mv}: {exc.detail}",
-                                    anchor=row.anchor, object_class=row.object_class, cs_id=row.id)
+                        ObjectError(
+                            "sync",
+                            exc.name,
+                            f"import flow {flow.cs} -> {flow.mv}: {exc.detail}",
+                            anchor=row.anchor,
+                            object_class=row.object_class,
+                            cs_id=row.id,
+                        )
                     )
                     continue
             if value is not None:
@@ -328,10 +353,13 @@ class _Sync:
             if len(candidates) > 1:
                 self.ctx.error(
                     ObjectError(
-                        "sync", "ambiguous-join",
+                        "sync",
+                        "ambiguous-join",
                         f"join rule on {', '.join(c.cs + '=' + c.mv for c in rule.match)} matches "
                         f"{len(candidates)} metaverse objects ({', '.join(map(str, sorted(candidates)[:5]))})",
-                        anchor=row.anchor, object_class=row.object_class, cs_id=row.id,
+                        anchor=row.anchor,
+                        object_class=row.object_class,
+                        cs_id=row.id,
                     )
                 )
                 return None, "ambiguous-join"
@@ -350,8 +378,14 @@ class _Sync:
                     value = self.transforms.apply(conn, flow.transform, value, blobs)
                 except TransformError as exc:
                     cs.errors.append(
-                        ObjectError("sync", exc.name, f"export flow {flow.mv} -> {flow.cs}: {exc.detail}",
-                                    anchor=cs.anchor, object_class=cs.object_class, cs_id=cs.id)
+                        ObjectError(
+                            "sync",
+                            exc.name,
+                            f"export flow {flow.mv} -> {flow.cs}: {exc.detail}",
+                            anchor=cs.anchor,
+                            object_class=cs.object_class,
+                            cs_id=cs.id,
+                        )
                     )
                     continue
             if value is None and not flow.allow_null:
@@ -366,8 +400,12 @@ class _Sync:
                 kind = "export_updates" if cs.export_type is None else "export_updates_changed"
                 self.counters[kind] += 1
                 self.ctx.emit_change(
-                    {"anchor": cs.anchor, "target_agent": cs.agent, "pending_export": "update",
-                     "attributes": {k: _describe(v) for k, v in changes.items()}}
+                    {
+                        "anchor": cs.anchor,
+                        "target_agent": cs.agent,
+                        "pending_export": "update",
+                        "attributes": {k: _describe(v) for k, v in changes.items()},
+                    }
                 )
             else:
                 self.counters["exports_withdrawn"] += 1
@@ -380,8 +418,13 @@ class _Sync:
         loaded: dict[int, _MV] = {}
         for i in range(0, len(ids), 900):
             for r in conn.execute(
-                select(mv_object.c.id, mv_object.c.object_type, mv_object.c.attributes,
-                       mv_object.c.contributions, mv_object.c.lineage).where(mv_object.c.id.in_(ids[i : i + 900]))
+                select(
+                    mv_object.c.id,
+                    mv_object.c.object_type,
+                    mv_object.c.attributes,
+                    mv_object.c.contributions,
+                    mv_object.c.lineage,
+                ).where(mv_object.c.id.in_(ids[i : i + 900]))
             ):
                 loaded[r.id] = _MV(r.id, r.object_type, _loads(r.attributes), r.contributions, r.lineage)
         return loaded
@@ -395,23 +438,48 @@ class _Sync:
             return out
         for i in range(0, len(mv_ids), 900):
             for r in conn.execute(
-                select(cs_object.c.id, cs_object.c.agent, cs_object.c.object_class, cs_object.c.anchor,
-                       cs_object.c.hologram, cs_object.c.unconfirmed, cs_object.c.export_type,
-                       cs_object.c.export_changes, cs_object.c.mv_id)
-                .where(cs_object.c.mv_id.in_(mv_ids[i : i + 900]), cs_object.c.agent.in_(agents))
+                select(
+                    cs_object.c.id,
+                    cs_object.c.agent,
+                    cs_object.c.object_class,
+                    cs_object.c.anchor,
+                    cs_object.c.hologram,
+                    cs_object.c.unconfirmed,
+                    cs_object.c.export_type,
+                    cs_object.c.export_changes,
+                    cs_object.c.mv_id,
+                ).where(cs_object.c.mv_id.in_(mv_ids[i : i + 900]), cs_object.c.agent.in_(agents))
             ):
                 out[r.mv_id].append(
-                    _CS(r.id, r.agent, r.object_class, r.anchor, _loads(r.hologram) if r.hologram else {},
-                        _loads(r.unconfirmed) if r.unconfirmed else {}, r.export_type,
-                        _loads(r.export_changes) if r.export_changes else None, r.mv_id)
+                    _CS(
+                        r.id,
+                        r.agent,
+                        r.object_class,
+                        r.anchor,
+                        _loads(r.hologram) if r.hologram else {},
+                        _loads(r.unconfirmed) if r.unconfirmed else {},
+                        r.export_type,
+                        _loads(r.export_changes) if r.export_changes else None,
+                        r.mv_id,
+                    )
                 )
         return out
 
     def _chunks(self, conn_factory: Any) -> Iterable[list[Any]]:
         last = -1
-        cols = (cs_object.c.id, cs_object.c.object_class, cs_object.c.anchor, cs_object.c.hologram,
-                cs_object.c.pending_type, cs_object.c.pending, cs_object.c.mv_id, cs_object.c.unconfirmed,
-                cs_object.c.export_type, cs_object.c.export_changes, cs_object.c.sync_error)
+        cols = (
+            cs_object.c.id,
+            cs_object.c.object_class,
+            cs_object.c.anchor,
+            cs_object.c.hologram,
+            cs_object.c.pending_type,
+            cs_object.c.pending,
+            cs_object.c.mv_id,
+            cs_object.c.unconfirmed,
+            cs_object.c.export_type,
+            cs_object.c.export_changes,
+            cs_object.c.sync_error,
+        )
         while True:
             query = select(*cols).where(cs_object.c.agent == self.rules.agent, cs_object.c.id > last)
             if not self.full:
@@ -446,16 +514,16 @@ class _Sync:
     def _prefetch_transforms(self, conn: Connection, rows: list[Any], mvs: dict[int, _MV]) -> None:
         pairs: list[tuple[str, Any]] = []
         for row in rows:
-            flows = self.rules.import_flows.get(row.object_class.lower(), ())
-            if not any(f.transform for f in flows):
+            iflows = self.rules.import_flows.get(row.object_class.lower(), ())
+            if not any(f.transform for f in iflows):
                 continue
             state = _loads(row.pending if row.pending_type in ("add", "update") else row.hologram or "{}")
-            pairs.extend((f.transform, state.get(f.cs)) for f in flows if f.transform)
+            pairs.extend((f.transform, state.get(f.cs)) for f in iflows if f.transform)
         for by_class in self.rules.export_flows.values():
             for flows in by_class.values():
-                for flow in flows:
-                    if flow.transform:
-                        pairs.extend((flow.transform, mv.attributes.get(flow.mv)) for mv in mvs.values())
+                for eflow in flows:
+                    if eflow.transform:
+                        pairs.extend((eflow.transform, mv.attributes.get(eflow.mv)) for mv in mvs.values())
         self.transforms.prefetch(conn, pairs)
 
     def run(self) -> None:
@@ -548,18 +616,37 @@ class _Sync:
                 if self.index.keys:
                     self.index.update(mv_id, before, mv.attributes)
                 if rules.export_flows.get(agent, {}).get(row.object_class.lower()):
-                    own[row.id] = _CS(row.id, agent, row.object_class, row.anchor, state,
-                                      _loads(row.unconfirmed) if row.unconfirmed else {}, row.export_type,
-                                      _loads(row.export_changes) if row.export_changes else None, mv_id)
-            if row.pending_type is None and not joined_now and mv_id == row.mv_id and sync_error is None \
-                    and row.sync_error is None:
+                    own[row.id] = _CS(
+                        row.id,
+                        agent,
+                        row.object_class,
+                        row.anchor,
+                        state,
+                        _loads(row.unconfirmed) if row.unconfirmed else {},
+                        row.export_type,
+                        _loads(row.export_changes) if row.export_changes else None,
+                        mv_id,
+                    )
+            if (
+                row.pending_type is None
+                and not joined_now
+                and mv_id == row.mv_id
+                and sync_error is None
+                and row.sync_error is None
+            ):
                 counters["unchanged"] += 1
                 continue
-            cs_updates.append({
-                "_id": row.id, "hologram": _dumps(state), "mv_id": mv_id,
-                "joined_at": now if joined_now else None, "keep_joined": not joined_now,
-                "sync_error": _dumps({"name": sync_error}) if sync_error else None, "updated_at": now,
-            })
+            cs_updates.append(
+                {
+                    "_id": row.id,
+                    "hologram": _dumps(state),
+                    "mv_id": mv_id,
+                    "joined_at": now if joined_now else None,
+                    "keep_joined": not joined_now,
+                    "sync_error": _dumps({"name": sync_error}) if sync_error else None,
+                    "updated_at": now,
+                }
+            )
 
         # metaverse deletion rule and deprovisioning
         deleted_mv: set[int] = set()
@@ -569,7 +656,8 @@ class _Sync:
             for i in range(0, len(ids), 900):
                 for r in conn.execute(
                     select(cs_object.c.mv_id, cs_object.c.agent).where(
-                        cs_object.c.mv_id.in_(ids[i : i + 900]), cs_object.c.id.not_in(cs_deletes or [-1]))
+                        cs_object.c.mv_id.in_(ids[i : i + 900]), cs_object.c.id.not_in(cs_deletes or [-1])
+                    )
                 ):
                     remaining[r.mv_id].add(r.agent)
             for mv_id in ids:
@@ -599,7 +687,9 @@ class _Sync:
                     if rules.deprovision.get(cs.agent) == Deprovision.DELETE:
                         cs.export_type, cs.export_changes, cs.dirty = "delete", None, True
                         counters["export_deletes"] += 1
-                        self.ctx.emit_change({"anchor": cs.anchor, "target_agent": cs.agent, "pending_export": "delete"})
+                        self.ctx.emit_change(
+                            {"anchor": cs.anchor, "target_agent": cs.agent, "pending_export": "delete"}
+                        )
                     else:
                         cs.export_type, cs.export_changes, cs.dirty = None, None, True
                         counters["deprovision_disconnects"] += 1
@@ -610,8 +700,8 @@ class _Sync:
                     continue
                 if mv.changed or self.full or cs.id in own:
                     self._flow_out(conn, cs, mv, blobs)
-                    for err in cs.errors:
-                        self.ctx.error(err)
+                    for flow_error in cs.errors:
+                        self.ctx.error(flow_error)
         if any(m.changed and not m.new and not m.deleted for m in mvs.values()):
             counters["mv_updates"] += sum(1 for m in mvs.values() if m.changed and not m.new and not m.deleted)
 
@@ -624,39 +714,73 @@ class _Sync:
                 continue
             display, text = search_fields(mv.attributes)
             doc = {
-                "id": mv.id, "attributes": _dumps(mv.attributes), "contributions": _dumps(mv.contributions),
-                "lineage": _dumps(mv.lineage), "display_name": display, "search_text": text, "updated_at": now,
+                "id": mv.id,
+                "attributes": _dumps(mv.attributes),
+                "contributions": _dumps(mv.contributions),
+                "lineage": _dumps(mv.lineage),
+                "display_name": display,
+                "search_text": text,
+                "updated_at": now,
             }
             if mv.new:
                 new_rows.append({**doc, "object_type": mv.object_type, "created_at": now})
-                self.ctx.emit_change({"metaverse_id": mv.id, "metaverse": "project", "attributes": sorted(mv.attributes)})
+                self.ctx.emit_change(
+                    {"metaverse_id": mv.id, "metaverse": "project", "attributes": sorted(mv.attributes)}
+                )
             else:
                 changed_rows.append({**doc, "_id": doc.pop("id")})
-                self.ctx.emit_change({"metaverse_id": mv.id, "metaverse": "update", "attributes": sorted(mv.attributes)})
+                self.ctx.emit_change(
+                    {"metaverse_id": mv.id, "metaverse": "update", "attributes": sorted(mv.attributes)}
+                )
         # contributions change even when final attributes do not (a lower-ranked source changed)
         contrib_only = [
             {"_id": mv.id, "contributions": _dumps(mv.contributions), "lineage": _dumps(mv.lineage)}
             for mv in mvs.values()
             if mv.touched and mv.contributions_changed and not mv.changed and not mv.new and not mv.deleted
         ]
-        run_many(conn, "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
-                       "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
-                       ":lineage, :display_name, :search_text, :created_at, :updated_at)", new_rows)
-        run_many(conn, "UPDATE mv_object SET attributes = :attributes, contributions = :contributions, "
-                       "lineage = :lineage, display_name = :display_name, search_text = :search_text, "
-                       "updated_at = :updated_at WHERE id = :_id", changed_rows)
-        run_many(conn, "UPDATE mv_object SET contributions = :contributions, lineage = :lineage WHERE id = :_id",
-                 contrib_only)
+        run_many(
+            conn,
+            "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
+            "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
+            ":lineage, :display_name, :search_text, :created_at, :updated_at)",
+            new_rows,
+        )
+        run_many(
+            conn,
+            "UPDATE mv_object SET attributes = :attributes, contributions = :contributions, "
+            "lineage = :lineage, display_name = :display_name, search_text = :search_text, "
+            "updated_at = :updated_at WHERE id = :_id",
+            changed_rows,
+        )
+        run_many(
+            conn,
+            "UPDATE mv_object SET contributions = :contributions, lineage = :lineage WHERE id = :_id",
+            contrib_only,
+        )
         for u in cs_updates:
             u.pop("keep_joined")
-        run_many(conn, "UPDATE cs_object SET hologram = :hologram, pending_type = NULL, pending = NULL, "
-                       "mv_id = :mv_id, joined_at = COALESCE(:joined_at, joined_at), sync_error = :sync_error, "
-                       "updated_at = :updated_at WHERE id = :_id", cs_updates)
+        run_many(
+            conn,
+            "UPDATE cs_object SET hologram = :hologram, pending_type = NULL, pending = NULL, "
+            "mv_id = :mv_id, joined_at = COALESCE(:joined_at, joined_at), sync_error = :sync_error, "
+            "updated_at = :updated_at WHERE id = :_id",
+            cs_updates,
+        )
         dirty = [c for cs_list in others.values() for c in cs_list if c.dirty] + [c for c in own.values() if c.dirty]
-        run_many(conn, "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
-                       "mv_id = :mv_id, export_error = NULL WHERE id = :_id",
-                 [{"_id": c.id, "export_type": c.export_type, "mv_id": c.mv_id,
-                   "export_changes": _dumps(c.export_changes) if c.export_changes else None} for c in dirty])
+        run_many(
+            conn,
+            "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
+            "mv_id = :mv_id, export_error = NULL WHERE id = :_id",
+            [
+                {
+                    "_id": c.id,
+                    "export_type": c.export_type,
+                    "mv_id": c.mv_id,
+                    "export_changes": _dumps(c.export_changes) if c.export_changes else None,
+                }
+                for c in dirty
+            ],
+        )
         if cs_deletes:
             conn.execute(delete(cs_object).where(cs_object.c.id.in_(cs_deletes)))
         if deleted_mv:

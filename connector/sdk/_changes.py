@@ -133,9 +133,7 @@ class CSEntryChange:
         cls, anchor: str, name: str, detail: str = "No error details provided", *, object_class: str = ""
     ) -> CSEntryChange:
         """An object that could not be read; recorded per object, the run goes on."""
-        return cls(
-            object_class, str(anchor), ObjectModificationType.ADD, error=ImportEntryError(name, detail)
-        )
+        return cls(object_class, str(anchor), ObjectModificationType.ADD, error=ImportEntryError(name, detail))
 
     def changed_attribute_names(self) -> list[str]:
         """Names this change touches (PSMA's ``[ChangedAttributeNames]``)."""

@@ -201,9 +201,7 @@ def parse_psma_schema(types: Mapping[str, Iterable[str]]) -> Schema:
             if is_anchor:
                 anchors.append(attribute.name)
         if len(anchors) != 1:
-            msg = (
-                f"object type {type_name!r}: exactly one Anchor- attribute is required, found {len(anchors)}"
-            )
+            msg = f"object type {type_name!r}: exactly one Anchor- attribute is required, found {len(anchors)}"
             raise ValueError(msg)
         classes.append(ObjectClass(name=type_name, anchor=anchors[0], attributes=tuple(attributes)))
     return Schema(object_classes=tuple(classes))

@@ -48,7 +48,5 @@ def migrate(conn: Connection) -> int:
         if version == 1:
             conn.execute(store_meta.insert().values(key="schema_version", value="1"))
         else:
-            conn.execute(
-                store_meta.update().where(store_meta.c.key == "schema_version").values(value=str(version))
-            )
+            conn.execute(store_meta.update().where(store_meta.c.key == "schema_version").values(value=str(version)))
     return found

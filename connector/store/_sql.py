@@ -134,7 +134,7 @@ class SqlStore:
         """Insert blobs not yet stored (content-addressed: an existing hash is the same content)."""
         if not blobs:
             return
-        existing = set()
+        existing: set[str] = set()
         keys = list(blobs)
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]

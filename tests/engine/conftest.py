@@ -23,7 +23,9 @@ def make_config(tmp_path: Path, prefix: str, **overrides: Any) -> MvsyncConfig:
                 "type": MEMORY,
                 "settings": {"directory": f"{prefix}-ad"},
                 "projection": [{"object_class": "user"}],
-                "join": [{"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName", "ignore_case": True}]}],
+                "join": [
+                    {"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName", "ignore_case": True}]}
+                ],
                 "import_flow": [
                     {"object_class": "user", "cs": "accountName", "mv": "accountName"},
                     {"object_class": "user", "cs": "mail", "mv": "mail"},
@@ -50,7 +52,9 @@ def make_config(tmp_path: Path, prefix: str, **overrides: Any) -> MvsyncConfig:
             "hr": {
                 "type": MEMORY,
                 "settings": {"directory": f"{prefix}-hr"},
-                "join": [{"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName", "ignore_case": True}]}],
+                "join": [
+                    {"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName", "ignore_case": True}]}
+                ],
                 "import_flow": [{"object_class": "user", "cs": "photo", "mv": "photo"}],
             },
         },
@@ -59,8 +63,16 @@ def make_config(tmp_path: Path, prefix: str, **overrides: Any) -> MvsyncConfig:
             "delta-import": {"steps": [{"type": "delta-import", "agent": a} for a in ("ad", "exo", "hr")]},
             "full-sync": {"steps": [{"type": "full-sync", "agent": a} for a in ("ad", "exo", "hr")]},
             "delta-sync": {"steps": [{"type": "delta-sync", "agent": a} for a in ("ad", "exo", "hr")]},
-            "export": {"steps": [{"type": "export", "agent": "ad", "batch_size": 7,
-                                  "deletion_threshold": {"count": 5, "percent": 50, "attributes": ["thumbnail"]}}]},
+            "export": {
+                "steps": [
+                    {
+                        "type": "export",
+                        "agent": "ad",
+                        "batch_size": 7,
+                        "deletion_threshold": {"count": 5, "percent": 50, "attributes": ["thumbnail"]},
+                    }
+                ]
+            },
             "confirm": {"steps": [{"type": "full-import", "agent": "ad"}, {"type": "delta-sync", "agent": "ad"}]},
         },
     }
@@ -105,8 +117,13 @@ def world(tmp_path: Path) -> Iterator[World]:
 def add_users(world: World, n: int, *, photos: bool = True) -> None:
     for i in range(n):
         account = f"user{i:03d}"
-        world.ad.setdefault("objects", {})[f"guid-{i:03d}"] = {"accountName": account, "mail": f"{account}@example.test"}
+        world.ad.setdefault("objects", {})[f"guid-{i:03d}"] = {
+            "accountName": account,
+            "mail": f"{account}@example.test",
+        }
         world.exo["objects"][f"exo-{i:03d}"] = {
-            "accountName": f"{account}@example.test", "mail": f"{account.upper()}@EXAMPLE.TEST",
-            "displayName": f"User {i}", **({"photo": f"exo-photo-{i}".encode()} if photos else {}),
+            "accountName": f"{account}@example.test",
+            "mail": f"{account.upper()}@EXAMPLE.TEST",
+            "displayName": f"User {i}",
+            **({"photo": f"exo-photo-{i}".encode()} if photos else {}),
         }

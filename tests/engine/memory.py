@@ -32,8 +32,16 @@ DIRECTORIES: dict[str, dict[str, Any]] = {}
 def directory(name: str) -> dict[str, Any]:
     """The directory called ``name``: {"objects": {anchor: attrs}, "log": [...], "fail": {...}}."""
     return DIRECTORIES.setdefault(
-        name, {"objects": {}, "changes": [], "exports": [], "fail": {}, "crash_after_page": None,
-               "errors": {}, "ignore_attrs": set()}
+        name,
+        {
+            "objects": {},
+            "changes": [],
+            "exports": [],
+            "fail": {},
+            "crash_after_page": None,
+            "errors": {},
+            "ignore_attrs": set(),
+        },
     )
 
 
@@ -53,23 +61,32 @@ class MemoryConnector(Connector[MemorySettings]):
 
     def get_schema(self) -> Schema:
         s = self.settings
-        return Schema.of(ObjectClass(name=s.object_class, anchor=s.anchor, attributes=(
-            Attribute(name=s.anchor),
-            Attribute(name="accountName"),
-            Attribute(name="mail"),
-            Attribute(name="displayName"),
-            Attribute(name="photo", type=AttributeType.BINARY),
-            Attribute(name="thumbnail", type=AttributeType.BINARY),
-            Attribute(name="checksum"),
-            Attribute(name="groups", multivalued=True),
-            Attribute(name="enabled", type=AttributeType.BOOLEAN),
-        )))
+        return Schema.of(
+            ObjectClass(
+                name=s.object_class,
+                anchor=s.anchor,
+                attributes=(
+                    Attribute(name=s.anchor),
+                    Attribute(name="accountName"),
+                    Attribute(name="mail"),
+                    Attribute(name="displayName"),
+                    Attribute(name="photo", type=AttributeType.BINARY),
+                    Attribute(name="thumbnail", type=AttributeType.BINARY),
+                    Attribute(name="checksum"),
+                    Attribute(name="groups", multivalued=True),
+                    Attribute(name="enabled", type=AttributeType.BOOLEAN),
+                ),
+            )
+        )
 
     def _entry(self, anchor: str, attrs: dict[str, Any]) -> CSEntryChange:
         if anchor in self.data["errors"]:
-            return CSEntryChange.import_error(anchor, *self.data["errors"][anchor], object_class=self.settings.object_class)
-        return CSEntryChange.add(self.settings.object_class, anchor, {self.settings.anchor: anchor, **attrs},
-                                 dn=f"CN={anchor},OU=Test")
+            return CSEntryChange.import_error(
+                anchor, *self.data["errors"][anchor], object_class=self.settings.object_class
+            )
+        return CSEntryChange.add(
+            self.settings.object_class, anchor, {self.settings.anchor: anchor, **attrs}, dn=f"CN={anchor},OU=Test"
+        )
 
     def import_page(self, request: ImportRequest) -> ImportPage:
         data = self.data
@@ -84,8 +101,12 @@ class MemoryConnector(Connector[MemorySettings]):
         if data["crash_after_page"] is not None and request.page_number > data["crash_after_page"]:
             os._exit(77)  # simulate kill -9 in the middle of an import (used from a subprocess)
         more = offset + request.page_size < len(items)
-        return ImportPage([self._entry(a, v) for a, v in page], more, str(offset + request.page_size) if more else None,
-                          str(len(data["changes"])))
+        return ImportPage(
+            [self._entry(a, v) for a, v in page],
+            more,
+            str(offset + request.page_size) if more else None,
+            str(len(data["changes"])),
+        )
 
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
         results = []
@@ -104,7 +125,9 @@ class MemoryConnector(Connector[MemorySettings]):
                     if attr_change.name in self.data["ignore_attrs"]:
                         continue  # a directory that silently drops the write
                     if attr_change.values:
-                        obj[attr_change.name] = attr_change.values[0] if len(attr_change.values) == 1 else list(attr_change.values)
+                        obj[attr_change.name] = (
+                            attr_change.values[0] if len(attr_change.values) == 1 else list(attr_change.values)
+                        )
                     else:
                         obj.pop(attr_change.name, None)
             results.append(ExportResult.success(change.identifier))

@@ -152,7 +152,10 @@ def test_import_errors_do_not_stop_the_run_and_keep_the_object(world: World) -> 
     assert step.errors[0].error_name == "read-error" and step.errors[0].anchor == "exo-001"
     assert cs_row(world, "exo", "exo-001").pending_type is None  # not marked deleted
     with world.engine.store.read() as conn:
-        assert conn.execute(select(run_error.c.detail).where(run_error.c.anchor == "exo-001")).scalar() == "photo service said 500"
+        assert (
+            conn.execute(select(run_error.c.detail).where(run_error.c.anchor == "exo-001")).scalar()
+            == "photo service said 500"
+        )
 
 
 def test_delta_import_attribute_level_changes(world: World) -> None:
@@ -160,7 +163,9 @@ def test_delta_import_attribute_level_changes(world: World) -> None:
 
     add_users(world, 2)
     world.cycle()
-    world.exo["changes"].append(CSEntryChange.update("user", "exo-001", [AttributeChange.replace("displayName", "Renamed")]))
+    world.exo["changes"].append(
+        CSEntryChange.update("user", "exo-001", [AttributeChange.replace("displayName", "Renamed")])
+    )
     world.exo["changes"].append(CSEntryChange.delete("user", "exo-000"))
     result = world.run("delta-import")
     assert result.steps[1].counters["updates"] == 1 and result.steps[1].counters["deletes"] == 1

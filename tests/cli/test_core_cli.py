@@ -1,0 +1,115 @@
+"""The everyday commands through the real CLI app: exit codes, --json, dry runs, error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from connector.cli import app
+
+CONFIG = """
+[store]
+url = "sqlite:///store.db"
+[agents.src]
+type = "generated"
+settings = { count = 30, photo_bytes = 16 }
+projection = [{ object_class = "person" }]
+import_flow = [
+  { object_class = "person", cs = "accountName", mv = "accountName" },
+  { object_class = "person", cs = "displayName", mv = "displayName" },
+  { object_class = "person", cs = "photo", mv = "photo" },
+]
+[agents.tgt]
+type = "generated"
+settings = { count = 30, seed = 3, photo_bytes = 0 }
+join = [{ object_class = "person", match = [{ cs = "accountName", mv = "accountName" }] }]
+export_flow = [{ object_class = "person", mv = "photo", cs = "thumbnailChecksum", transform = "sha256" }]
+[run_profiles.cycle]
+steps = [
+  { type = "full-import", agent = "src" }, { type = "full-import", agent = "tgt" },
+  { type = "full-sync", agent = "src" }, { type = "full-sync", agent = "tgt" },
+]
+[run_profiles.export]
+steps = [{ type = "export", agent = "tgt", deletion_threshold = { count = 0, attributes = ["thumbnailChecksum"] } }]
+"""
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "mvsync.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout
+
+
+def test_run_json_history_and_lineage(config: Path) -> None:
+    code, out = invoke("run", "cycle", "-c", str(config), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["status"] == "success" and [s["kind"] for s in doc["steps"]][-1] == "full-sync"
+    code, out = invoke("history", "list", "-c", str(config), "--json")
+    assert code == 0 and json.loads(out)[0]["profile"] == "cycle"
+    code, out = invoke("history", "show", str(doc["run_id"]), "-c", str(config), "--json")
+    assert json.loads(out)["steps"][2]["counters"]["projections"] == 30
+    code, out = invoke("mv", "show", "u0000007", "-c", str(config), "--json")
+    shown = json.loads(out)
+    assert shown["attributes"]["displayName"] == {"value": "User 7", "agent": "src", "rule": "displayName"}
+    assert {c["agent"] for c in shown["connectors"]} == {"src", "tgt"}
+    code, out = invoke("mv", "search", "user 1", "-c", str(config), "--json")
+    assert code == 0 and len(json.loads(out)) >= 1
+    code, out = invoke("cs", "show", "tgt", "u0000007", "-c", str(config), "--json")
+    assert json.loads(out)["pending_export"] == "update"
+
+
+def test_dry_run_prints_json_lines_and_writes_nothing(config: Path) -> None:
+    invoke("run", "cycle", "-c", str(config))
+    code, out = invoke("run", "export", "-c", str(config), "--dry-run")
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert code == 0 and len(lines) == 30 and all(line["dry_run"] for line in lines)
+    code, out = invoke("pending-exports", "tgt", "-c", str(config), "--format", "csv")
+    assert out.splitlines()[0].startswith("anchor,dn,omodt,attribute,amodt") and len(out.splitlines()) == 31
+
+
+def test_exit_codes_for_stopped_and_config_errors(config: Path, tmp_path: Path) -> None:
+    invoke("run", "cycle", "-c", str(config))
+    # the source suddenly returns nothing: the full import refuses to mark 30 objects deleted
+    config.write_text(CONFIG.replace("count = 30, photo_bytes = 16", "count = 0, photo_bytes = 16"))
+    code, out = invoke("run", "cycle", "-c", str(config), "--json")
+    assert code == 4 and json.loads(out)["status"] == "stopped-empty-import"
+    code, out = invoke("run", "cycle", "-c", str(config), "--json", "--allow-empty-import")
+    assert code == 0
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        CONFIG.replace(
+            'type = "generated"\nsettings = { count = 30, photo_bytes = 16 }',
+            'type = "generated"\nsettings = { count = 30, colour = "red" }',
+        )
+    )
+    result = runner.invoke(app, ["run", "cycle", "-c", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}: agents.src.settings.colour: unknown key" in result.stderr
+    code, _ = invoke("run", "cycle", "-c", str(tmp_path / "missing.toml"))
+    assert code == 2
+
+
+def test_init_writes_a_valid_starter(tmp_path: Path) -> None:
+    target = tmp_path / "new.toml"
+    code, _ = invoke("init", str(target))
+    assert code == 0 and target.exists()
+    from connector.config import load_config
+    from connector.engine import Engine
+
+    (tmp_path / "photos").mkdir()
+    Engine(load_config(target)).validate()
+    code, _ = invoke("init", str(target))
+    assert code == 2  # refuses to overwrite without --force
