@@ -1,0 +1,1 @@
+"""Test and benchmark helpers shipped with mvsync (synthetic connectors, server harnesses)."""
