@@ -6,6 +6,8 @@ Every change to these definitions needs a migration in ``_migrations.py``.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,10 +21,37 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 
 metadata = MetaData()
+
+
+class NulSafeString(TypeDecorator[str]):
+    """A string column that may hold NUL characters (encoded values such as ``"\\x00b:<sha>:<size>"``).
+
+    SQLite stores NUL as is; PostgreSQL text cannot hold it at all, so there the value is escaped
+    reversibly (``\\`` -> ``\\\\``, NUL -> ``\\0``). Only bound parameters and results of SQLAlchemy
+    statements pass through here: code that writes such a column through ``run_many`` must not.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return value.replace("\\", "\\\\").replace("\x00", "\\0")
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or dialect.name != "postgresql" or "\\" not in value:
+            return value
+        return _UNESCAPE.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), value)
+
+
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 # Integer primary keys that autoincrement on SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGSERIAL).
 _Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -151,6 +180,6 @@ transform_cache = Table(
     "transform_cache",
     metadata,
     Column("transform", String(500), primary_key=True),
-    Column("input", String(200), primary_key=True),
+    Column("input", NulSafeString(200), primary_key=True),
     Column("output", Text),
 )

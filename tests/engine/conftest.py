@@ -14,9 +14,9 @@ from tests.engine.memory import DIRECTORIES, directory
 MEMORY = "tests.engine.memory:MemoryConnector"
 
 
-def make_config(tmp_path: Path, prefix: str, **overrides: Any) -> MvsyncConfig:
+def make_config(tmp_path: Path, prefix: str, store_url: str | None = None, **overrides: Any) -> MvsyncConfig:
     data: dict[str, Any] = {
-        "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+        "store": {"url": store_url or f"sqlite:///{tmp_path / 'store.db'}"},
         "metaverse": {"schema": "person", "precedence": {"photo": ["exo", "hr"]}},
         "agents": {
             "ad": {
@@ -84,10 +84,11 @@ def make_config(tmp_path: Path, prefix: str, **overrides: Any) -> MvsyncConfig:
 class World:
     """Three in-memory directories (AD, Exchange Online, HR folder) and an engine over them."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store_url: str | None = None) -> None:
         self.prefix = uuid.uuid4().hex[:8]
         self.tmp_path = tmp_path
-        self.config = make_config(tmp_path, self.prefix)
+        self.config = make_config(tmp_path, self.prefix, store_url)
+        self.backend = self.config.store_url().split(":", 1)[0].split("+", 1)[0]
         self.engine = Engine(self.config)
         self.ad = directory(f"{self.prefix}-ad")
         self.exo = directory(f"{self.prefix}-exo")
@@ -107,9 +108,17 @@ class World:
             DIRECTORIES.pop(f"{self.prefix}-{d}", None)
 
 
+#: Tests that inspect the SQLite file itself; tests/store covers the same promise on PostgreSQL.
+_SQLITE_FILE_TESTS = {"test_dry_run_leaves_the_store_byte_identical": "tests/store/test_dry_run.py"}
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
+def world(request: pytest.FixtureRequest, tmp_path: Path, store_url: str) -> Iterator[World]:
+    """The world on each store backend (``store_url`` is parametrized: SQLite and PostgreSQL)."""
+    covered_by = _SQLITE_FILE_TESTS.get(request.node.originalname)
+    if covered_by and not store_url.startswith("sqlite"):
+        pytest.skip(f"reads the SQLite store file; the PostgreSQL equivalent is {covered_by}")
+    w = World(tmp_path, store_url if not store_url.startswith("sqlite") else None)
     yield w
     w.close()
 
