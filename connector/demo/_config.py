@@ -1,0 +1,179 @@
+"""Configurations derived from ``samples/mvsync.toml``: the demo, the end-to-end test and benchmark.
+
+They all run *the sample's* rules and run profiles (joins, precedence, flows, thresholds) and change
+only what differs per site: where the tenant and the directory are and how to authenticate. That
+way the sample is exercised end to end instead of a look-alike drifting away from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+
+from connector.config import ConfigError
+
+__all__ = [
+    "AD_SNAPSHOT_TYPE",
+    "derive_config",
+    "dump_toml",
+    "emulator_exo_settings",
+    "load_sample",
+    "sample_path",
+    "write_secret",
+]
+
+#: The ``type`` of the demo's AD stand-in (a ``module:Class`` reference, see ``_directory``).
+AD_SNAPSHOT_TYPE = "connector.demo:DirectorySnapshotConnector"
+
+
+def sample_path() -> Path:
+    """``samples/mvsync.toml`` of this source tree (the demo runs from a checkout or sdist)."""
+    return Path(__file__).resolve().parents[2] / "samples" / "mvsync.toml"
+
+
+def load_sample(path: Path | None = None) -> dict[str, Any]:
+    """The sample configuration as a dict (references such as ``{env = ..}`` left unresolved)."""
+    path = path or sample_path()
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        msg = f"{path}: the sample configuration is missing (the demo needs the source tree's samples/ folder)"
+        raise ConfigError(msg) from None
+
+
+def write_secret(path: Path, value: str) -> Path:
+    """Write a secret file readable by its owner only (0600 from creation, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def emulator_exo_settings(
+    sample: Mapping[str, Any], info: Mapping[str, Any], secrets: Path, **overrides: Any
+) -> dict[str, Any]:
+    """The sample's exo settings pointed at a running emulator.
+
+    The emulator's refresh token seeds the token cache (as the classic MA's ``refresh.token``
+    file did), through a ``{ file = .. }`` reference; the cache is encrypted with a key file.
+    Both files are created 0600 under ``secrets``.
+    """
+    settings = dict(sample["agents"]["exo"]["settings"])
+    rt = write_secret(secrets / "exo-refresh-token", str(info["refresh_token"]))
+    key = secrets / "token-cache.key"
+    if not key.exists():
+        write_secret(key, Fernet.generate_key().decode())
+    settings.update(
+        {
+            "tenant_id": info["tenant_id"],
+            "client_id": info["client_id"],
+            "authority": info["authority"],
+            "graph_url": info["graph_url"],
+            "instance_discovery": False,
+            "ca_bundle": str(info["ca_cert"]),
+            "refresh_token": {"file": str(rt)},
+            "token_cache_key_file": str(key),
+        }
+    )
+    settings.pop("token_cache_key_env", None)
+    settings.update(overrides)
+    return settings
+
+
+def derive_config(
+    sample: Mapping[str, Any],
+    *,
+    store_url: str,
+    data_dir: str,
+    exo: dict[str, Any],
+    hr: dict[str, Any],
+    ad_type: str,
+    ad: dict[str, Any],
+) -> dict[str, Any]:
+    """A copy of the sample with its site settings replaced (rules and run profiles untouched)."""
+    data = copy.deepcopy(dict(sample))
+    data["store"] = {**data.get("store", {}), "url": store_url}
+    data["data_dir"] = data_dir
+    agents = data["agents"]
+    agents["exo"]["settings"] = exo
+    agents["hr"]["settings"] = {**agents["hr"]["settings"], **hr}
+    agents["ad"]["type"] = ad_type
+    agents["ad"]["settings"] = ad if ad_type == AD_SNAPSHOT_TYPE else {**agents["ad"]["settings"], **ad}
+    return data
+
+
+# ------------------------------------------------------------------------------------- TOML out
+_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(name: str) -> str:
+    return name if _BARE.match(name) else json.dumps(name)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # JSON escapes are valid TOML basic-string escapes
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    msg = f"cannot write {type(value).__name__} as TOML"
+    raise TypeError(msg)
+
+
+def dump_toml(data: Mapping[str, Any], header: str = "") -> str:
+    """TOML for a configuration dict: tables as ``[a.b]``, lists of tables as ``[[a.b]]``.
+
+    (The standard library reads TOML but does not write it; configurations need only this much.)
+    """
+    out: list[str] = [header] if header else []
+
+    def table(path: list[str], body: Mapping[str, Any], *, array: bool = False) -> None:
+        # Near the top everything structured is a section; deeper, short values stay inline.
+        def inline(value: Any) -> bool:
+            if not (_is_table(value) or _is_table_list(value)):
+                return True
+            return len(path) >= 2 and len(_value(value)) <= 100
+
+        if path:
+            name = ".".join(_key(p) for p in path)
+            out.append(f"\n[[{name}]]" if array else f"\n[{name}]")
+        out.extend(f"{_key(k)} = {_value(v)}" for k, v in body.items() if v is not None and inline(v))
+        for k, v in body.items():
+            if v is None or inline(v):
+                continue
+            if _is_table(v):
+                table([*path, k], v)
+            else:
+                for item in v:
+                    table([*path, k], item, array=True)
+
+    table([], data)
+    return "\n".join(out) + "\n"
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, Mapping) and not _is_ref(value)
+
+
+def _is_table_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in ("env", "file")

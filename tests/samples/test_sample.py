@@ -1,0 +1,74 @@
+"""The shipped sample configuration loads, validates against the metaverse schema, and builds every agent."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from connector.config import ConfigError, load_config
+from connector.demo import dump_toml, load_sample, sample_path
+from connector.engine import Engine, open_connector
+
+SITE_ENV = {
+    "MVSYNC_EXO_TENANT_ID": "contoso.onmicrosoft.com",
+    "MVSYNC_EXO_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
+    "MVSYNC_AD_HOST": "dc1.contoso.example",
+    "MVSYNC_AD_CA_FILE": "/etc/ssl/certs/ca-certificates.crt",
+    "MVSYNC_AD_BIND_DN": "svc-mvsync@contoso.example",
+    "MVSYNC_AD_PASSWORD": "not-a-real-password",
+    "MVSYNC_AD_BASE_DN": "OU=Staff,DC=contoso,DC=example",
+}
+
+MIM_PROFILES = (
+    "Full Import (Stage Only)",
+    "Delta Import (Stage Only)",
+    "Full Synchronization",
+    "Delta Synchronization",
+    "Export",
+)
+
+
+@pytest.fixture
+def site_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in SITE_ENV.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "hr").mkdir()
+    monkeypatch.setenv("MVSYNC_HR_PHOTO_DIR", str(tmp_path / "hr"))
+
+
+def test_sample_validates_and_builds_every_agent(site_env: None, tmp_path: Path) -> None:
+    config = load_config(sample_path())
+    engine = Engine(config.model_copy(update={"store": config.store.model_copy(update={"url": "sqlite://"})}))
+    try:
+        engine.validate()
+        for agent in ("exo", "ad", "hr"):
+            connector = open_connector(config, agent)  # resolves env refs and validates the settings
+            assert connector.get_schema().object_classes
+    finally:
+        engine.close()
+    assert set(MIM_PROFILES) <= set(config.run_profiles)
+    cycle = config.run_profiles["Delta Cycle"].steps
+    kinds = [(s.type.value, s.agent) for s in cycle]
+    assert kinds[-3:] == [("export", "ad"), ("delta-import", "ad"), ("delta-sync", "ad")]
+    for profile in ("Export", "Delta Cycle", "Full Cycle"):
+        export = next(s for s in config.run_profiles[profile].steps if s.type.value == "export")
+        assert export.deletion_threshold is not None
+        assert "thumbnailPhoto" in export.deletion_threshold.attributes
+    flow = config.agents["ad"].export_flow[0]
+    assert (flow.mv, flow.cs, flow.allow_null) == ("photo", "thumbnailPhoto", True)
+    assert flow.transform == "thumbnail(size=96, max_bytes=10240)"
+    assert config.metaverse.precedence["photo"] == ("exo", "hr")
+
+
+def test_sample_secrets_come_from_the_environment(site_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MVSYNC_AD_PASSWORD")
+    config = load_config(sample_path())
+    with pytest.raises(ConfigError, match="MVSYNC_AD_PASSWORD"):
+        open_connector(config, "ad")
+
+
+def test_demo_writer_round_trips_the_sample() -> None:
+    sample = load_sample()
+    assert tomllib.loads(dump_toml(sample)) == sample
