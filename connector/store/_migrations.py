@@ -23,7 +23,19 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1,)
+def _v2_search_index(conn: Connection) -> None:
+    """Index ``mv_object(search_text, id)`` for the console's person search (``mvsync ui``).
+
+    A substring search cannot seek in a b-tree, but it can scan this index instead of the table:
+    the index holds only the short search text, while table rows carry every person's JSON
+    documents, so a search that matches nobody reads a few MB instead of hundreds. The index is
+    also in name order (search text starts with the display name), so a page of results stops
+    after fifty matches, and keyset pages seek straight to their cursor.
+    """
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_mv_search ON mv_object (search_text, id)")
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_search_index)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
