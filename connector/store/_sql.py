@@ -29,6 +29,10 @@ from connector.store.tables import blob
 __all__ = ["SqlStore", "StoreError"]
 
 
+#: Upper bound of blob bytes fetched by one query (see ``SqlStore.get_blobs``).
+BLOB_QUERY_BYTES = 16 * 1024 * 1024
+
+
 class StoreError(Exception):
     """The store cannot be opened or used; the message says what to check."""
 
@@ -144,12 +148,31 @@ class SqlStore:
             conn.execute(blob.insert(), rows)
 
     def get_blobs(self, conn: Connection, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The stored bytes of ``hashes`` (missing ones are absent from the result).
+
+        Sizes are read first, then the data in queries of at most ``BLOB_QUERY_BYTES`` each: the
+        drivers buffer a whole result set, so one query over hundreds of HD photos would hold them
+        twice. Callers bound the total by asking for one batch or page at a time.
+        """
         keys = list(dict.fromkeys(hashes))
-        found: dict[str, bytes] = {}
+        sized: list[tuple[str, int]] = []
         for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            for sha, data in conn.execute(select(blob.c.sha256, blob.c.data).where(blob.c.sha256.in_(chunk))):
-                found[sha] = bytes(data)
+            sized.extend(
+                (sha, int(size))
+                for sha, size in conn.execute(
+                    select(blob.c.sha256, blob.c.size).where(blob.c.sha256.in_(keys[i : i + 500]))
+                )
+            )
+        found: dict[str, bytes] = {}
+        group: list[str] = []
+        budget = 0
+        for sha, size in [*sized, ("", BLOB_QUERY_BYTES)]:  # the sentinel flushes the last group
+            if group and (budget + size > BLOB_QUERY_BYTES or len(group) >= 500):
+                for got, data in conn.execute(select(blob.c.sha256, blob.c.data).where(blob.c.sha256.in_(group))):
+                    found[got] = bytes(data)
+                group, budget = [], 0
+            group.append(sha)
+            budget += size
         return found
 
     def get_blob(self, sha256: str) -> bytes | None:
