@@ -1,9 +1,53 @@
-"""Placeholder: this area registers no commands yet."""
+"""``mvsync ui``: serve the read-only web console (extra ``[web]``)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from connector.cli._common import DEFAULT_CONFIG, EXIT_CONFIG, ConfigOption, err_console, fail, handle_errors
+
+__all__ = ["register"]
+
+WEB_EXTRA_HINT = "the web console needs the [web] extra: pip install 'mvsync[web]' (FastAPI, Jinja2, uvicorn)"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to ``app``."""
+    @app.command()
+    @handle_errors
+    def ui(
+        config: ConfigOption = DEFAULT_CONFIG,
+        host: Annotated[
+            str, typer.Option(help="Address to listen on. Anything but loopback needs MVSYNC_UI_TOKEN or basic auth.")
+        ] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8765,
+    ) -> None:
+        """Serve the read-only web console: operations, metaverse search, persons, pending exports, coverage.
+
+        Listens on 127.0.0.1 by default. On any other address set MVSYNC_UI_TOKEN (open the console
+        once with ?token=..., or send 'Authorization: Bearer ...') or MVSYNC_UI_USER and
+        MVSYNC_UI_PASSWORD (basic authentication; put TLS in front of it).
+        """
+        try:
+            import uvicorn
+
+            from connector.web import AccessPolicy, InsecureBindError, create_app
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in ("fastapi", "jinja2", "uvicorn", "starlette"):
+                raise fail(f"{WEB_EXTRA_HINT} (missing module {exc.name!r})", EXIT_CONFIG) from None
+            raise
+        from connector.config import load_config
+        from connector.store import SqlStore
+
+        try:
+            policy = AccessPolicy.from_env(bind_host=host)
+            policy.check_bind(host)
+        except InsecureBindError as exc:
+            raise fail(str(exc), EXIT_CONFIG) from None
+        cfg = load_config(config)
+        application = create_app(cfg, store=SqlStore(cfg.store_url()), policy=policy)
+        shown = f"[{host}]" if ":" in host else host
+        how = "token" if policy.token else ("basic authentication" if policy.user else "loopback only, no sign-in")
+        err_console.print(f"mvsync console on http://{shown}:{port}/ ({how}); Ctrl+C stops it", highlight=False)
+        uvicorn.run(application, host=host, port=port, log_level="warning", server_header=False, proxy_headers=False)

@@ -1,0 +1,11 @@
+"""``mvsync ui``: a read-only web console over the store (extra ``[web]``: FastAPI, Jinja2, uvicorn).
+
+MIM's Synchronization Service Manager views for the photo sync: operations history, metaverse
+search, a person's attributes with lineage and photos per source, pending exports as before/after
+photos, and coverage. Nothing in here writes to the store.
+"""
+
+from connector.web._app import create_app
+from connector.web._security import AccessPolicy, InsecureBindError, is_loopback
+
+__all__ = ["AccessPolicy", "InsecureBindError", "create_app", "is_loopback"]

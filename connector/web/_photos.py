@@ -1,0 +1,80 @@
+"""Photo bytes from the blob table: what type they are, and their pixel size from the header only.
+
+The console serves blobs to browsers, so it decides the content type itself from the magic bytes
+(never from a stored name or attribute) and serves nothing that is not a JPEG, PNG or GIF: a blob
+may hold any binary attribute, and only images belong in an ``<img>``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy import Connection, func, select
+
+from connector.store.tables import blob
+
+__all__ = ["HEADER_BYTES", "PhotoInfo", "photo_infos", "sniff_image_type"]
+
+#: Enough for a JPEG's frame header behind ordinary EXIF/ICC segments (Pillow reads only headers).
+HEADER_BYTES = 131_072
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """The image content type for these leading bytes, or None when they are not a JPEG/PNG/GIF."""
+    for magic, content_type in _MAGIC:
+        if head.startswith(magic):
+            return content_type
+    return None
+
+
+@dataclass(frozen=True)
+class PhotoInfo:
+    """What the console tells about one stored photo."""
+
+    sha256: str
+    size: int
+    content_type: str | None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.content_type is not None
+
+    @property
+    def pixels(self) -> str:
+        return f"{self.width}\u00d7{self.height}" if self.width and self.height else "?"
+
+
+def _probe(sha256: str, size: int, head: bytes) -> PhotoInfo:
+    content_type = sniff_image_type(head)
+    if content_type is None:
+        return PhotoInfo(sha256, size, None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we never decode the pixels
+            with Image.open(io.BytesIO(head)) as image:
+                width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return PhotoInfo(sha256, size, content_type)
+    return PhotoInfo(sha256, size, content_type, width, height)
+
+
+def photo_infos(conn: Connection, hashes: list[str]) -> dict[str, PhotoInfo]:
+    """Type and pixel size of these blobs, reading only the first ``HEADER_BYTES`` of each."""
+    keys = list(dict.fromkeys(hashes))
+    if not keys:
+        return {}
+    head = func.substr(blob.c.data, 1, HEADER_BYTES)
+    rows = conn.execute(select(blob.c.sha256, blob.c.size, head).where(blob.c.sha256.in_(keys))).all()
+    return {sha: _probe(sha, size, bytes(data)) for sha, size, data in rows}

@@ -1,0 +1,643 @@
+"""The console's reads. Every query is bounded (a page, an indexed lookup or one aggregate), so a
+page costs the same with 1,000 or 100,000 persons; see ``connector/bench/ui.py`` for the figures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, case, desc, func, literal, or_, select, tuple_
+
+from connector.config import MvsyncConfig, RunStepConfig, RunStepKind
+from connector.engine import StepContext, StepResult, load_metaverse_schema
+from connector.engine._export import pending_export_rows, threshold_report
+from connector.sdk import AttributeType
+from connector.store import SqlStore, loads
+from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
+from connector.web._photos import PhotoInfo, photo_infos
+from connector.web._values import BinaryRef, Shown, binary_refs, format_time, show_value
+
+__all__ = [
+    "AgentCoverage",
+    "Console",
+    "PendingRow",
+    "PersonHit",
+    "PhotoCard",
+    "RunView",
+    "SearchPage",
+    "StepView",
+    "status_class",
+]
+
+PAGE = 50
+#: Search counts stop here: "10,000+ match" is as useful as the exact figure and stays cheap.
+COUNT_CAP = 10_000
+#: How a binary value looks inside a stored JSON document (orjson escapes the NUL).
+_BLOB_MARK = '"\\u0000b:'
+
+#: Friendly names of the shipped agent types, in the order photos are shown side by side.
+SOURCE_LABELS = {
+    "exchange-online-photos": "Exchange Online",
+    "photo-folder": "Folder",
+    "active-directory": "AD thumbnail",
+}
+
+
+def status_class(status: str) -> str:
+    """CSS class for a MIM-style status: ok, warn, error or running."""
+    if status in ("success", "completed-no-objects"):
+        return "ok"
+    if status == "in-progress":
+        return "running"
+    if status == "completed-warnings":
+        return "warn"
+    return "error" if status.startswith(("stopped-", "completed-")) else "warn"
+
+
+@dataclass
+class StepView:
+    id: int
+    run_id: int
+    seq: int
+    agent: str
+    kind: str
+    status: str
+    started: str
+    seconds: float
+    message: str | None
+    counters: list[tuple[str, Any]]
+    error_count: int = 0
+
+    @property
+    def css(self) -> str:
+        return status_class(self.status)
+
+
+@dataclass
+class RunView:
+    id: int
+    profile: str
+    status: str
+    dry_run: bool
+    started: str
+    seconds: float
+    host: str | None
+    steps: list[StepView] = field(default_factory=list)
+
+    @property
+    def css(self) -> str:
+        return status_class(self.status)
+
+
+@dataclass
+class PersonHit:
+    id: int
+    display_name: str
+    account: str
+    mail: str
+    upn: str
+    photo: BinaryRef | None
+
+
+@dataclass
+class SearchPage:
+    query: str
+    hits: list[PersonHit]
+    total: int
+    capped: bool
+    next_after: int | None
+    prev_before: int | None
+
+
+@dataclass
+class PhotoCard:
+    """One source's photo of a person, or its absence."""
+
+    agent: str
+    source: str
+    attribute: str
+    ref: BinaryRef | None
+    info: PhotoInfo | None
+    last_checked: str
+    cs_id: int
+    anchor: str
+    #: what the next export writes here: a ref, "clear", or None for nothing pending
+    export_after: BinaryRef | str | None = None
+
+
+@dataclass
+class PendingRow:
+    cs_id: int
+    anchor: str
+    dn: str | None
+    export_type: str
+    person: str
+    mv_id: int | None
+    before: BinaryRef | None
+    after: BinaryRef | None
+    clears: bool
+    others: list[tuple[str, str]]
+    error: str | None
+
+
+@dataclass
+class AgentCoverage:
+    agent: str
+    source: str
+    objects: int
+    joined: int
+    with_photo: int
+    pending_exports: int
+    object_errors: int
+    #: binary export flows: attribute -> (writes pending, clears pending)
+    differing: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _counters(text: str) -> list[tuple[str, Any]]:
+    """Scalar counters first, nested ones flattened as ``outer.inner``."""
+    flat: list[tuple[str, Any]] = []
+    for key, value in sorted(loads(text or "{}").items()):
+        if isinstance(value, dict):
+            flat.extend((f"{key}.{k}", v) for k, v in sorted(value.items()))
+        else:
+            flat.append((key, value))
+    return flat
+
+
+def _step_view(row: Any, errors: int = 0) -> StepView:
+    return StepView(
+        row.id,
+        row.run_id,
+        row.seq,
+        row.agent,
+        row.kind,
+        row.status,
+        format_time(row.started_at),
+        round((row.ended_at or row.started_at) - row.started_at, 3),
+        row.message,
+        _counters(row.counters),
+        errors,
+    )
+
+
+def _first_binary(doc: dict[str, Any], prefer: str) -> BinaryRef | None:
+    refs = binary_refs(doc.get(prefer))
+    if refs:
+        return refs[0]
+    for value in doc.values():
+        refs = binary_refs(value)
+        if refs:
+            return refs[0]
+    return None
+
+
+class Console:
+    """Read-only views over one store and its configuration."""
+
+    def __init__(self, config: MvsyncConfig, store: SqlStore) -> None:
+        self.config = config
+        self.store = store
+        self._binary_mv: set[str] | None = None
+
+    # ------------------------------------------------------------------------------- helpers
+    def source_label(self, agent: str) -> str:
+        cfg = self.config.agents.get(agent)
+        return SOURCE_LABELS.get(cfg.type, cfg.type) if cfg else agent
+
+    def source_order(self, agent: str) -> tuple[int, str]:
+        cfg = self.config.agents.get(agent)
+        kinds = list(SOURCE_LABELS)
+        return (kinds.index(cfg.type) if cfg and cfg.type in kinds else len(kinds), agent)
+
+    def binary_mv_attributes(self) -> set[str]:
+        """Metaverse attributes of binary type (photos), from the configured metaverse schema."""
+        if self._binary_mv is None:
+            schema = load_metaverse_schema(self.config)
+            self._binary_mv = {
+                a.name for oc in schema.object_classes for a in oc.attributes if a.type == AttributeType.BINARY
+            }
+        return self._binary_mv
+
+    def binary_export_attributes(self, agent: str) -> list[str]:
+        """The connector attributes this agent's export flows write from a binary metaverse attribute."""
+        cfg = self.config.agents.get(agent)
+        if cfg is None:
+            return []
+        binary = self.binary_mv_attributes()
+        return sorted({f.cs for f in cfg.export_flow if f.mv in binary})
+
+    def _instr(self, column: Any, needle: str) -> ColumnElement[Any]:
+        """Position of ``needle`` in a text column (instr on SQLite, strpos on PostgreSQL)."""
+        name = "strpos" if self.store.dialect == "postgresql" else "instr"
+        return getattr(func, name)(column, literal(needle))  # type: ignore[no-any-return]
+
+    # ---------------------------------------------------------------------------- operations
+    def runs(self, conn: Connection, before: int | None = None, limit: int = PAGE) -> tuple[list[RunView], int | None]:
+        """A page of runs, newest first, with their steps; and the cursor of the next page."""
+        query = select(run_history).order_by(desc(run_history.c.id)).limit(limit + 1)
+        if before is not None:
+            query = query.where(run_history.c.id < before)
+        rows = conn.execute(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        views = {
+            r.id: RunView(
+                r.id,
+                r.profile,
+                r.status,
+                bool(r.dry_run),
+                format_time(r.started_at),
+                round((r.ended_at or r.started_at) - r.started_at, 3),
+                r.host,
+            )
+            for r in rows
+        }
+        if views:
+            steps = conn.execute(
+                select(run_step).where(run_step.c.run_id.in_(list(views))).order_by(run_step.c.run_id, run_step.c.seq)
+            ).all()
+            errors = self._error_counts(conn, [s.id for s in steps])
+            for s in steps:
+                views[s.run_id].steps.append(_step_view(s, errors.get(s.id, 0)))
+        ordered = [views[r.id] for r in rows]
+        return ordered, (rows[-1].id if more else None)
+
+    def _error_counts(self, conn: Connection, step_ids: list[int]) -> dict[int, int]:
+        if not step_ids:
+            return {}
+        query = (
+            select(run_error.c.step_id, func.count())
+            .where(run_error.c.step_id.in_(step_ids))
+            .group_by(run_error.c.step_id)
+        )
+        return {step_id: count for step_id, count in conn.execute(query)}
+
+    def run(self, conn: Connection, run_id: int) -> RunView | None:
+        row = conn.execute(select(run_history.c.id).where(run_history.c.id == run_id)).first()
+        if row is None:
+            return None
+        views, _ = self.runs(conn, before=run_id + 1, limit=1)
+        return views[0] if views else None
+
+    def step(
+        self, conn: Connection, step_id: int, after: int | None = None, limit: int = PAGE
+    ) -> tuple[StepView, list[Any], dict[str, int], int | None] | None:
+        """A step, a page of its per-object errors, its error count per name, and the next cursor."""
+        row = conn.execute(select(run_step).where(run_step.c.id == step_id)).first()
+        if row is None:
+            return None
+        by_name: dict[str, int] = dict(
+            conn.execute(
+                select(run_error.c.error_name, func.count())
+                .where(run_error.c.step_id == step_id)
+                .group_by(run_error.c.error_name)
+                .order_by(desc(func.count()))
+            ).all()
+        )
+        query = select(run_error).where(run_error.c.step_id == step_id).order_by(run_error.c.id).limit(limit + 1)
+        if after is not None:
+            query = query.where(run_error.c.id > after)
+        errors = list(conn.execute(query).all())
+        more = len(errors) > limit
+        errors = errors[:limit]
+        view = _step_view(row, sum(by_name.values()))
+        return view, errors, by_name, (errors[-1].id if more else None)
+
+    # -------------------------------------------------------------------------------- search
+    def search(
+        self, conn: Connection, text: str, after: int | None = None, before: int | None = None, limit: int = PAGE
+    ) -> SearchPage:
+        """Persons whose name, mail, UPN or account contains ``text``, in name order, a page at a time.
+
+        Walks the ``(search_text, id)`` index (migration 2) in order and stops after a page: the
+        index holds only the short search text, so even a match-nothing query scans a few MB instead
+        of every person's JSON documents. Pages are keyset cursors (the id of a page's first or last
+        person), so page 2,000 costs what page 1 costs.
+        """
+        needle = text.strip().lower()
+        key = tuple_(mv_object.c.search_text, mv_object.c.id)
+        cond: list[ColumnElement[bool]] = [mv_object.c.search_text.is_not(None)]
+        if needle:
+            cond.append(mv_object.c.search_text.contains(needle, autoescape=True))
+        cursor_id = after if after is not None else before
+        if cursor_id is not None:
+            anchor = conn.execute(select(mv_object.c.search_text).where(mv_object.c.id == cursor_id)).scalar()
+            if anchor is not None:
+                bound = tuple_(literal(anchor), literal(cursor_id))
+                cond.append(key > bound if after is not None else key < bound)
+        backwards = before is not None and after is None
+        order = (
+            (desc(mv_object.c.search_text), desc(mv_object.c.id))
+            if backwards
+            else (mv_object.c.search_text, mv_object.c.id)
+        )
+        ids = list(conn.execute(select(mv_object.c.id).where(and_(*cond)).order_by(*order).limit(limit + 1)).scalars())
+        more = len(ids) > limit
+        ids = ids[:limit]
+        if backwards:
+            ids.reverse()
+        hits = self._hits(conn, ids)
+        if needle:
+            inner = (
+                select(literal(1))
+                .where(mv_object.c.search_text.contains(needle, autoescape=True))
+                .limit(COUNT_CAP + 1)
+                .subquery()
+            )
+            total = conn.execute(select(func.count()).select_from(inner)).scalar_one()
+        else:
+            total = conn.execute(select(func.count()).select_from(mv_object)).scalar_one()
+        has_next = more if not backwards else True
+        has_prev = (more if backwards else cursor_id is not None) and bool(ids)
+        return SearchPage(
+            text,
+            hits,
+            min(total, COUNT_CAP),
+            total > COUNT_CAP,
+            ids[-1] if has_next and ids else None,
+            ids[0] if has_prev else None,
+        )
+
+    def _hits(self, conn: Connection, ids: list[int]) -> list[PersonHit]:
+        if not ids:
+            return []
+        rows = {
+            r.id: r
+            for r in conn.execute(
+                select(mv_object.c.id, mv_object.c.display_name, mv_object.c.attributes).where(mv_object.c.id.in_(ids))
+            )
+        }
+        hits = []
+        for mv_id in ids:
+            row = rows[mv_id]
+            attrs = loads(row.attributes)
+
+            def text(name: str, attrs: dict[str, Any] = attrs) -> str:
+                value = attrs.get(name)
+                return value if isinstance(value, str) and not value.startswith("\x00") else ""
+
+            hits.append(
+                PersonHit(
+                    mv_id,
+                    row.display_name or text("accountName") or f"person {mv_id}",
+                    text("accountName"),
+                    text("mail"),
+                    text("userPrincipalName"),
+                    _first_binary(attrs, "photo"),
+                )
+            )
+        return hits
+
+    # -------------------------------------------------------------------------------- person
+    def person(self, conn: Connection, mv_id: int) -> dict[str, Any] | None:
+        """A person: attributes with lineage and every contribution, photos per source, connectors."""
+        row = conn.execute(select(mv_object).where(mv_object.c.id == mv_id)).first()
+        if row is None:
+            return None
+        attrs, lineage, contributions = loads(row.attributes), loads(row.lineage), loads(row.contributions)
+        attributes = []
+        for name in sorted(attrs, key=str.lower):
+            agent, rule = (lineage.get(name) or [None, None])[:2]
+            others = [
+                (other, show_value(value_rule[0]), value_rule[1])
+                for other, value_rule in sorted(contributions.get(name, {}).items())
+                if other != agent
+            ]
+            attributes.append(
+                {"name": name, "value": show_value(attrs[name]), "agent": agent, "rule": rule, "others": others}
+            )
+        connectors = list(
+            conn.execute(select(cs_object).where(cs_object.c.mv_id == mv_id).order_by(cs_object.c.id)).all()
+        )
+        cards = self._photo_cards(connectors)
+        refs = [c.ref for c in cards if c.ref]
+        refs += [c.export_after for c in cards if isinstance(c.export_after, BinaryRef)]
+        mv_photo = _first_binary(attrs, "photo")
+        if mv_photo:
+            refs.append(mv_photo)
+        infos = photo_infos(conn, [r.sha256 for r in refs])
+        for card in cards:
+            card.info = infos.get(card.ref.sha256) if card.ref else None
+        cs_views = [
+            {
+                "id": c.id,
+                "agent": c.agent,
+                "source": self.source_label(c.agent),
+                "object_class": c.object_class,
+                "anchor": c.anchor,
+                "dn": c.dn,
+                "joined": format_time(c.joined_at),
+                "updated": format_time(c.updated_at),
+                "pending_import": c.pending_type,
+                "pending_export": c.export_type,
+                "export_error": loads(c.export_error) if c.export_error else None,
+                "sync_error": loads(c.sync_error) if c.sync_error else None,
+                "hologram": [(k, show_value(v)) for k, v in sorted(loads(c.hologram or "{}").items())],
+                "export_changes": [
+                    (k, show_value(v) if v is not None else Shown("(clear)"))
+                    for k, v in sorted(loads(c.export_changes or "{}").items())
+                ],
+            }
+            for c in connectors
+        ]
+        return {
+            "id": row.id,
+            "type": row.object_type,
+            "display_name": row.display_name or f"person {row.id}",
+            "created": format_time(row.created_at),
+            "updated": format_time(row.updated_at),
+            "attributes": attributes,
+            "photo": mv_photo,
+            "photo_info": infos.get(mv_photo.sha256) if mv_photo else None,
+            "cards": cards,
+            "infos": infos,
+            "connectors": cs_views,
+        }
+
+    def _photo_cards(self, connectors: list[Any]) -> list[PhotoCard]:
+        cards: list[PhotoCard] = []
+        for c in sorted(connectors, key=lambda c: self.source_order(c.agent)):
+            hologram = loads(c.hologram or "{}")
+            changes = loads(c.export_changes or "{}") if c.export_type else {}
+            # photos it holds, and the photo attributes its export flows write (even when still empty)
+            binary_attrs = sorted(
+                {k for k, v in hologram.items() if binary_refs(v)}
+                | {k for k, v in changes.items() if binary_refs(v)}
+                | set(self.binary_export_attributes(c.agent))
+            )
+            checked = self._last_checked(hologram, c.updated_at)
+            for attr in binary_attrs:
+                refs = binary_refs(hologram.get(attr))
+                after: BinaryRef | str | None = None
+                if attr in changes:
+                    pending = binary_refs(changes[attr])
+                    after = pending[0] if pending else "clear"
+                cards.append(
+                    PhotoCard(
+                        c.agent,
+                        self.source_label(c.agent),
+                        attr,
+                        refs[0] if refs else None,
+                        None,
+                        checked,
+                        c.id,
+                        c.anchor,
+                        after,
+                    )
+                )
+        return cards
+
+    @staticmethod
+    def _last_checked(hologram: dict[str, Any], updated_at: float | None) -> str:
+        """The source's own "last checked" time when it has one (EXOPhotoLastChecked), else the last import."""
+        for name, value in hologram.items():
+            if name.lower().endswith("lastchecked") and value is not None:
+                return show_value(value).text
+        return format_time(updated_at)
+
+    # ------------------------------------------------------------------------ pending exports
+    def pending_counts(self, conn: Connection) -> dict[str, int]:
+        rows = conn.execute(
+            select(cs_object.c.agent, func.count())
+            .where(cs_object.c.export_type.is_not(None))
+            .group_by(cs_object.c.agent)
+        ).all()
+        counts = {agent: 0 for agent in self.config.agents}
+        counts.update({agent: n for agent, n in rows})
+        return counts
+
+    def pending(
+        self, conn: Connection, agent: str, after: int = -1, limit: int = 48
+    ) -> tuple[list[PendingRow], int | None, dict[str, PhotoInfo]]:
+        """A page of the agent's pending exports as before/after photos, and the next cursor."""
+        rows = pending_export_rows(conn, agent, after_id=after, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        names = {}
+        mv_ids = [r.mv_id for r in rows if r.mv_id is not None]
+        if mv_ids:
+            names = dict(
+                conn.execute(select(mv_object.c.id, mv_object.c.display_name).where(mv_object.c.id.in_(mv_ids))).all()
+            )
+        binary_targets = set(self.binary_export_attributes(agent))
+        views = []
+        for r in rows:
+            hologram = loads(r.hologram) if r.hologram else {}
+            changes = loads(r.export_changes) if r.export_changes else {}
+            photo_attrs = [k for k, v in changes.items() if k in binary_targets or binary_refs(v)]
+            attr = photo_attrs[0] if photo_attrs else next(iter(binary_targets), None)
+            before_refs = binary_refs(hologram.get(attr)) if attr else ()
+            after_refs = binary_refs(changes.get(attr)) if attr else ()
+            error = loads(r.export_error) if r.export_error else None
+            views.append(
+                PendingRow(
+                    r.id,
+                    r.anchor,
+                    r.dn,
+                    r.export_type,
+                    names.get(r.mv_id) or r.anchor,
+                    r.mv_id,
+                    before_refs[0] if before_refs else None,
+                    after_refs[0] if after_refs else None,
+                    attr in changes and changes[attr] is None,
+                    [
+                        (k, "(clear)" if v is None else show_value(v).text)
+                        for k, v in sorted(changes.items())
+                        if k not in photo_attrs
+                    ],
+                    f"{error.get('name')}: {error.get('detail') or ''}" if error else None,
+                )
+            )
+        refs = [ref.sha256 for v in views for ref in (v.before, v.after) if ref]
+        return views, (rows[-1].id if more else None), photo_infos(conn, refs)
+
+    def thresholds(self, conn: Connection, agent: str) -> list[tuple[str, dict[str, Any]]]:
+        """The deletion-threshold verdict of every export step of ``agent`` that sets one.
+
+        Computed by the engine's own ``threshold_report``, so the console shows exactly what the
+        next export would decide.
+        """
+        reports = []
+        for name, profile in self.config.run_profiles.items():
+            for step in profile.steps:
+                if step.agent == agent and step.type == RunStepKind.EXPORT and step.deletion_threshold:
+                    report = threshold_report(conn, self._context(step))
+                    if report is not None:
+                        reports.append((name, report))
+        return reports
+
+    def _context(self, step: RunStepConfig) -> StepContext:
+        return StepContext(self.store, self.config, step, StepResult(step.agent, step.type.value), step_id=0)
+
+    # ------------------------------------------------------------------------------ coverage
+    def coverage(self, conn: Connection) -> tuple[list[AgentCoverage], list[tuple[str, str, str, int]], int]:
+        """Photos per source, exports that would change a photo, and current errors per kind.
+
+        One aggregate pass over the connector spaces: a binary value is recognized in the stored
+        JSON text itself (``instr``), so no document is parsed.
+        """
+        has_photo = self._instr(cs_object.c.hologram, _BLOB_MARK) > 0
+        error = or_(
+            cs_object.c.import_error.is_not(None),
+            cs_object.c.sync_error.is_not(None),
+            cs_object.c.export_error.is_not(None),
+        )
+
+        def count_if(cond: ColumnElement[bool]) -> Any:
+            return func.sum(case((cond, 1), else_=0))
+
+        columns: list[Any] = [
+            cs_object.c.agent,
+            func.count(),
+            count_if(cs_object.c.mv_id.is_not(None)),
+            count_if(and_(cs_object.c.mv_id.is_not(None), has_photo)),
+            count_if(cs_object.c.export_type.is_not(None)),
+            count_if(error),
+        ]
+        rows = conn.execute(select(*columns).group_by(cs_object.c.agent)).all()
+        found = {r[0]: r for r in rows}
+        result = []
+        for agent in sorted(set(self.config.agents) | set(found), key=self.source_order):
+            r = found.get(agent)
+            cov = AgentCoverage(
+                agent, self.source_label(agent), *((int(x or 0) for x in r[1:]) if r else (0, 0, 0, 0, 0))
+            )
+            for attr in self.binary_export_attributes(agent):
+                cov.differing[attr] = self._differing(conn, agent, attr)
+            result.append(cov)
+        kinds: Counter[tuple[str, str, str]] = Counter()
+        for agent, sync_error, export_error, import_error in conn.execute(
+            select(cs_object.c.agent, cs_object.c.sync_error, cs_object.c.export_error, cs_object.c.import_error).where(
+                error
+            )
+        ):
+            for stage, doc in (("sync", sync_error), ("export", export_error), ("import", import_error)):
+                if doc:
+                    kinds[(agent, stage, str(loads(doc).get("name", "?")))] += 1
+        persons = conn.execute(select(func.count()).select_from(mv_object)).scalar_one()
+        return result, [(a, s, n, c) for (a, s, n), c in kinds.most_common()], persons
+
+    def _differing(self, conn: Connection, agent: str, attr: str) -> tuple[int, int]:
+        """(writes, clears) the next export makes to ``attr``: where the target differs from its source."""
+        key = f'"{attr}":'
+        changes = cs_object.c.export_changes
+        writes = func.sum(case((self._instr(changes, key + '"') > 0, 1), else_=0))
+        clears = func.sum(case((self._instr(changes, key + "null") > 0, 1), else_=0))
+        row = conn.execute(
+            select(writes, clears).where(cs_object.c.agent == agent, cs_object.c.export_type.is_not(None))
+        ).one()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def last_run_errors(self, conn: Connection) -> list[tuple[str, str, str, int]]:
+        """Per-object errors of each agent's most recent step of each kind, per error name."""
+        latest = select(func.max(run_step.c.id).label("id")).group_by(run_step.c.agent, run_step.c.kind).subquery()
+        rows = conn.execute(
+            select(run_step.c.agent, run_step.c.kind, run_error.c.error_name, func.count())
+            .join(run_error, run_error.c.step_id == run_step.c.id)
+            .where(run_step.c.id.in_(select(latest.c.id)))
+            .group_by(run_step.c.agent, run_step.c.kind, run_error.c.error_name)
+            .order_by(desc(func.count()))
+        ).all()
+        return [(a, k, n, c) for a, k, n, c in rows]
