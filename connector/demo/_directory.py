@@ -82,7 +82,7 @@ def read_ldif(path: Path) -> list[Entry]:
                 entries.append(entry)
             entry = {}
             continue
-        if line.startswith("#") or line.startswith("version:"):
+        if line.startswith(("#", "version:")):
             continue
         name, _, rest = line.partition(":")
         value: Any
@@ -145,8 +145,14 @@ class DirectorySnapshotConnector(Connector[DirectorySnapshotSettings]):
     def get_schema(self) -> Schema:
         return self._schema
 
+    def _path(self, path: Path) -> Path:
+        """Relative paths are relative to the configuration file, like the store's."""
+        if path.is_absolute() or self.context.config_file is None:
+            return path
+        return self.context.config_file.parent / path
+
     def check(self) -> CheckResult:
-        path = self.settings.snapshot
+        path = self._path(self.settings.snapshot)
         return CheckResult(path.is_file(), f"snapshot {path}" if path.is_file() else f"{path} does not exist")
 
     def close(self) -> None:
@@ -156,7 +162,7 @@ class DirectorySnapshotConnector(Connector[DirectorySnapshotSettings]):
 
     def _load(self) -> list[Entry]:
         if self._entries is None:
-            self._entries = read_ldif(self.settings.snapshot)
+            self._entries = read_ldif(self._path(self.settings.snapshot))
         return self._entries
 
     # -- import ---------------------------------------------------------------------------------
@@ -208,8 +214,8 @@ class DirectorySnapshotConnector(Connector[DirectorySnapshotSettings]):
             results.append(ExportResult.success(change.identifier))
         if records and not self.context.dry_run:
             if self._ldif is None:
-                self._ldif = LdifWriter(self.settings.ldif_output)
+                self._ldif = LdifWriter(self._path(self.settings.ldif_output))
             self._ldif.write(records)  # the change file first: it is what a real DC would be given
-            write_ldif(self.settings.snapshot, entries)
+            write_ldif(self._path(self.settings.snapshot), entries)
             self.records_written += len(records)
         return results

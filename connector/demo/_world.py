@@ -1,0 +1,118 @@
+"""The demo's world around the emulated tenant: the on-premises users and the HR photo folder.
+
+Shared by ``mvsync demo``, the end-to-end test and ``mvsync bench e2e`` so all three build the
+same situation from an emulator's user list:
+
+* on-premises, every tenant user exists in AD (``sAMAccountName`` = ``mailNickname``, the
+  emulator's naming rule, and the same ``userPrincipalName``), except every 20th, who is
+  cloud-only; plus two service accounts that exist only on-premises. So some people join, some
+  Exchange Online users stay disconnectors, some AD users never get a photo;
+* the HR folder holds photos for a few AD users who have no Exchange Online photo (the folder is
+  their fallback) and one for someone who does (Exchange Online wins by precedence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connector.demo._directory import write_ldif
+
+__all__ = ["CLOUD_ONLY_EVERY", "DirectoryUser", "directory_users", "write_hr_folder", "write_snapshot"]
+
+CLOUD_ONLY_EVERY = 20
+_SERVICE_ACCOUNTS = ("svc.backup", "svc.scanner")
+
+
+@dataclass(frozen=True)
+class DirectoryUser:
+    """An on-premises user as the demo's AD holds it."""
+
+    sam: str
+    upn: str
+    mail: str | None
+    display_name: str
+    #: Whether the tenant has a photo for this person (None: not in the tenant).
+    exo_photo: bool | None
+
+    @property
+    def guid(self) -> str:
+        """A stable objectGUID for the snapshot (a real DC assigns its own)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"mvsync-demo:{self.sam}"))
+
+
+def directory_users(tenant_users: Iterable[dict[str, Any]], domain: str) -> list[DirectoryUser]:
+    """The AD side of the demo from the emulator's users (``admin.users()``)."""
+    out = []
+    for n, user in enumerate(u for u in tenant_users if not u.get("deleted")):
+        if n % CLOUD_ONLY_EVERY == CLOUD_ONLY_EVERY - 1:
+            continue  # cloud-only: no on-premises account
+        out.append(
+            DirectoryUser(
+                sam=str(user["mailNickname"]),
+                upn=str(user["userPrincipalName"]),
+                mail=user.get("mail"),
+                display_name=str(user.get("displayName") or user["mailNickname"]),
+                exo_photo=bool(user.get("hasPhoto")),
+            )
+        )
+    for sam in _SERVICE_ACCOUNTS:
+        out.append(DirectoryUser(sam, f"{sam}@{domain}", None, sam, None))
+    return out
+
+
+def write_snapshot(path: Path, users: Sequence[DirectoryUser], base_dn: str) -> None:
+    """The LDIF snapshot the demo's AD stand-in reads (see ``_directory``)."""
+    entries = []
+    for n, user in enumerate(users, 1):
+        entry: dict[str, Any] = {
+            "dn": f"CN={user.sam},{base_dn}",
+            "objectClass": "user",
+            "objectGUID": user.guid,
+            "sAMAccountName": user.sam,
+            "userPrincipalName": user.upn,
+            "displayName": user.display_name,
+            "uSNChanged": str(n),
+        }
+        if user.mail:
+            entry["mail"] = user.mail
+        entries.append(entry)
+    write_ldif(path, entries)
+
+
+def _portrait(name: str, size: int = 400) -> bytes:
+    """A simple, deterministic head-and-shoulders JPEG in a colour derived from ``name``."""
+    from PIL import Image, ImageDraw
+
+    digest = hashlib.sha256(name.encode()).digest()
+    background = (digest[0] // 2 + 100, digest[1] // 2 + 100, digest[2] // 2 + 100)
+    figure = (digest[3] // 3, digest[4] // 3, digest[5] // 3)
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    s = size
+    draw.ellipse((s * 0.32, s * 0.14, s * 0.68, s * 0.56), fill=figure)
+    draw.ellipse((s * 0.12, s * 0.6, s * 0.88, s * 1.3), fill=figure)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def write_hr_folder(path: Path, users: Sequence[DirectoryUser], fallbacks: int = 4) -> dict[str, list[str]]:
+    """HR photos: ``fallbacks`` people without an Exchange Online photo, one person with one.
+
+    Returns the account names by role: ``fallback`` (their AD thumbnail comes from here) and
+    ``shadowed`` (Exchange Online's photo wins).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    without = [u for u in users if u.exo_photo is False][:fallbacks]
+    with_photo = [u for u in users if u.exo_photo][:1]
+    for user in without:
+        (path / f"{user.sam}.jpg").write_bytes(_portrait(user.sam))
+    for user in with_photo:
+        (path / f"{user.sam} HR 2019.jpg").write_bytes(_portrait(user.sam + "-hr"))
+    return {"fallback": [u.sam for u in without], "shadowed": [u.sam for u in with_photo]}
