@@ -74,11 +74,7 @@ class LockManager:
                         holder = None
                         with contextlib.suppress(OSError, ValueError):
                             holder = json.loads(path.read_text() or "null")
-                        msg = (
-                            f"{name} is locked by {_describe(holder)}; wait for it to finish, "
-                            "or rerun with --wait SECONDS"
-                        )
-                        raise LockHeldError(msg) from None
+                        raise LockHeldError(_refusal(name, _describe(holder))) from None
                     time.sleep(0.2)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(_holder_info(name)).encode(), 0)
@@ -89,6 +85,12 @@ class LockManager:
     # -- PostgreSQL: advisory locks ---------------------------------------------------------------
     @contextlib.contextmanager
     def _pg_lock(self, name: str, wait_s: float) -> Iterator[None]:
+        """A session advisory lock on a connection held for the ``with``.
+
+        The server releases it when the session ends, including when the holding process is killed.
+        The session's ``application_name`` carries the holder (pid, host, start time) so a refused
+        run can name it: other sessions see it in ``pg_stat_activity``.
+        """
         key = int.from_bytes(hashlib.sha256(f"mvsync:{name}".encode()).digest()[:8], "big", signed=True)
         with self._engine.connect() as conn:
             deadline = time.monotonic() + wait_s
@@ -96,20 +98,41 @@ class LockManager:
                 if time.monotonic() >= deadline:
                     holder = conn.execute(
                         text(
-                            "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l "
-                            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                            "AND l.objid = (:k & 4294967295) LIMIT 1"
+                            "SELECT a.pid, a.application_name, a.client_addr FROM pg_locks l "
+                            "JOIN pg_stat_activity a ON a.pid = l.pid "
+                            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                            "AND l.classid = ((:k >> 32) & 4294967295)::oid AND l.objid = (:k & 4294967295)::oid "
+                            "LIMIT 1"
                         ),
                         {"k": key},
                     ).first()
-                    who = f"PostgreSQL backend pid {holder[0]}" if holder else "another mvsync process"
-                    msg = f"{name} is locked by {who}; wait for it to finish, or rerun with --wait SECONDS"
-                    raise LockHeldError(msg)
+                    conn.rollback()
+                    raise LockHeldError(_refusal(name, _pg_holder(holder)))
                 conn.rollback()
                 time.sleep(0.2)
+            info = _holder_info(name)
+            label = f"mvsync {name} pid={info['pid']} host={info['host']} since={int(info['since'])}"
+            conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": label[:63]})
             conn.commit()
             try:
                 yield
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.execute(text("SELECT set_config('application_name', '', false)"))
                 conn.commit()
+
+
+def _pg_holder(row: Any) -> str:
+    """Describe the backend holding an advisory lock (from its mvsync application_name if set)."""
+    if row is None:
+        return "another mvsync process"
+    pid, app, addr = row
+    fields = dict(part.split("=", 1) for part in str(app or "").split() if "=" in part)
+    if "pid" in fields and "host" in fields:
+        return _describe({"pid": fields["pid"], "host": fields["host"], "since": fields.get("since", 0)})
+    return f"PostgreSQL backend pid {pid}" + (f" from {addr}" if addr else "")
+
+
+def _refusal(name: str, who: str) -> str:
+    return f"{name} is locked by {who}; wait for it to finish, or rerun with --wait SECONDS"

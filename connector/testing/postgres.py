@@ -202,7 +202,7 @@ def _run(cmd: list[str], run_as: str | None, *, check: bool = True) -> subproces
         cmd = ["runuser", "-u", run_as, "--", *cmd]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120, cwd="/")
     if check and done.returncode != 0:
-        msg = f"{Path(cmd[-1] if run_as else cmd[0]).name}: {' '.join(cmd)} failed: {(done.stderr or done.stdout)[-800:]}"
+        msg = f"{' '.join(cmd)} failed: {(done.stderr or done.stdout)[-800:]}"
         raise PostgresUnavailable(msg)
     return done
 

@@ -130,9 +130,9 @@ def test_transform_cache_keys_may_hold_nul(store_url: str) -> None:
             conn.execute(transform_cache.insert(), [{"transform": "t", "input": k, "output": "1"} for k in keys])
         with store.read() as conn:
             got = conn.execute(
-                select(transform_cache.c.input).where(transform_cache.c.input.in_(keys)).order_by(
-                    transform_cache.c.input
-                )
+                select(transform_cache.c.input)
+                .where(transform_cache.c.input.in_(keys))
+                .order_by(transform_cache.c.input)
             ).scalars()
             assert sorted(got) == sorted(keys)
     finally:
