@@ -278,6 +278,13 @@ class _Sync:
                 computed[flow.mv] = (value, f"{flow.cs}{' via ' + flow.transform if flow.transform else ''}")
         if not computed and not self.rules.import_flows:
             return
+        if mv.new and not mv.attributes:  # projected just now: this agent is the only contributor
+            mv._contributions = {attr: {agent: [value, rule]} for attr, (value, rule) in computed.items()}
+            mv._lineage = {attr: [agent, rule] for attr, (_value, rule) in computed.items()}
+            mv.attributes = {attr: value for attr, (value, _rule) in computed.items()}
+            mv.contributions_changed = mv.changed = True
+            self.counters["attribute_flows"] += len(computed)
+            return
         contributions = mv.contributions
         affected = [a for a, by in contributions.items() if agent in by and a not in computed]
         for attr, (value, rule) in computed.items():
@@ -436,6 +443,7 @@ class _Sync:
         out: dict[int, list[_CS]] = defaultdict(list)
         if not agents or not mv_ids:
             return out
+        wanted = set(agents)
         for i in range(0, len(mv_ids), 900):
             for r in conn.execute(
                 select(
@@ -448,8 +456,12 @@ class _Sync:
                     cs_object.c.export_type,
                     cs_object.c.export_changes,
                     cs_object.c.mv_id,
-                ).where(cs_object.c.mv_id.in_(mv_ids[i : i + 900]), cs_object.c.agent.in_(agents))
+                ).where(cs_object.c.mv_id.in_(mv_ids[i : i + 900]))
+                # agents are filtered here, not in SQL: with "agent IN (...)" SQLite picks the agent
+                # index and scans the whole connector space once per chunk
             ):
+                if r.agent not in wanted:
+                    continue
                 out[r.mv_id].append(
                     _CS(
                         r.id,
@@ -668,13 +680,14 @@ class _Sync:
                     counters["mv_deletes"] += 1
 
         # outbound: connectors of every metaverse object that changed (all touched, on a full sync)
-        self._prefetch_transforms(conn, [], mvs)
         outbound_ids = [m.id for m in mvs.values() if m.touched and (m.changed or self.full or m.deleted)]
         others = self._load_connectors(conn, outbound_ids, skip_agent=None)
         own_by_mv: dict[int, list[_CS]] = defaultdict(list)
         for c in own.values():
             if c.mv_id is not None:
                 own_by_mv[c.mv_id].append(c)
+        # only objects that have a connector to export to need their export transforms
+        self._prefetch_transforms(conn, [], {i: mvs[i] for i in set(others) | set(own_by_mv) if i in mvs})
         for mv in mvs.values():
             if not mv.touched:
                 continue

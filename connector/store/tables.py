@@ -109,8 +109,12 @@ cs_object = Table(
     UniqueConstraint("agent", "anchor", name="uq_cs_agent_anchor"),
 )
 Index("ix_cs_agent_id", cs_object.c.agent, cs_object.c.id)
-Index("ix_cs_pending", cs_object.c.agent, cs_object.c.pending_type)
-Index("ix_cs_export", cs_object.c.agent, cs_object.c.export_type)
+# partial indexes: only objects with something pending are indexed, so clearing a pending import
+# or export (the common case in a synchronization) removes an entry instead of rewriting one
+_pending = cs_object.c.pending_type.is_not(None)
+_export = cs_object.c.export_type.is_not(None)
+Index("ix_cs_pending", cs_object.c.agent, cs_object.c.id, sqlite_where=_pending, postgresql_where=_pending)
+Index("ix_cs_export", cs_object.c.agent, cs_object.c.id, sqlite_where=_export, postgresql_where=_export)
 Index("ix_cs_mv", cs_object.c.mv_id)
 
 mv_object = Table(
