@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from connector import metrics
 from connector.config import ConfigError, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
 from connector.engine._agents import load_metaverse_schema, open_connector
 from connector.engine._context import NullProgress, Progress, StepContext
@@ -262,6 +263,14 @@ class Engine:
                             message=result.message or None,
                         )
                     )
+                metrics.step(
+                    step.agent,
+                    step.type.value,
+                    result.status if result.status != "in-progress" else "stopped-interrupted",
+                    result.ended_at - result.started_at,
+                    counters,
+                    result.error_count,
+                )
         return result
 
     def close(self) -> None:

@@ -1,0 +1,119 @@
+"""Logging set-up for the CLI and services: human or JSON lines, with secrets scrubbed.
+
+Why a filter on every handler rather than care at each call site: connectors log exceptions from
+HTTP and LDAP libraries whose messages can embed request headers, URLs with query strings, or
+connection strings. :class:`RedactingFilter` rewrites every record (message, arguments and the
+formatted traceback) before any handler sees it, so a bearer token, refresh token, client secret or
+password never reaches a log file, whatever logged it.
+
+``setup_logging(level, json_format=True)`` emits one JSON object per line (``ts``, ``level``,
+``logger``, ``message``, ``exc`` and any ``extra=`` fields) for log shippers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+__all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "redact", "setup_logging"]
+
+REDACTED = "***"
+
+_SECRET_KEYS = (
+    r"password|passwd|pwd|secret|client_secret|access_token|refresh_token|id_token|token|api_key|apikey"
+    r"|authorization|private_key|bindpw|credentials?"
+)
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization: Bearer <token> / Basic <b64>
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + REDACTED),
+    # key=value, key: value, "key": "value" (JSON), key='value'
+    (
+        re.compile(rf"""(?i)(["']?\b(?:{_SECRET_KEYS})\b["']?\s*[:=]\s*)(["']?)([^"'\s,;&}}]+)\2"""),
+        r"\1\2" + REDACTED + r"\2",
+    ),
+    # user:password@host in URLs (database and LDAP URLs)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@]+):[^@/\s]+@"), r"\1:" + REDACTED + "@"),
+    # JSON Web Tokens anywhere (three base64url parts, the first starting with '{"' = 'eyJ')
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"), REDACTED),
+    # Microsoft refresh tokens and similar opaque tokens ("0.A..." / "M.R3_..." prefixes, long)
+    (re.compile(r"\b(?:0\.A[A-Za-z0-9_\-]{40,}|M\.[A-Z0-9]{2,}_[A-Za-z0-9!*_\-.$]{40,})[A-Za-z0-9_\-.!*$]*"), REDACTED),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential replaced by ``***``."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs secrets from a record's message, arguments and exception text (attach to handlers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = str(record.msg)
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+            record.exc_info = None  # the scrubbed text is what formatters print
+        return True
+
+
+#: LogRecord attributes that are not ``extra=`` fields.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC ISO 8601), ``level``, ``logger``, ``message`` ..."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                doc[key] = value if isinstance(value, str | int | float | bool | None) else redact(str(value))
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def setup_logging(
+    level: int | str = "INFO", json_format: bool = False, stream: TextIO | None = None
+) -> logging.Handler:
+    """Configure the ``mvsync`` logger (and warnings from libraries) on one redacting handler.
+
+    Replaces a handler installed by an earlier call, so calling it twice does not double lines.
+    Returns the handler.
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(
+        JsonFormatter() if json_format else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    handler._mvsync = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_mvsync", False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        msg = f"unknown log level {level!r}"
+        raise ValueError(msg)
+    logging.getLogger("mvsync").setLevel(numeric)
+    root.setLevel(min(numeric, logging.WARNING))
+    return handler

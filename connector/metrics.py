@@ -1,0 +1,173 @@
+"""Prometheus metrics for runs, steps and the agents' traffic.
+
+A site already monitors its services with Prometheus; mvsync fits in two ways:
+
+* a scheduled ``mvsync run`` (cron, systemd timer) writes a *textfile* at the end
+  (``--metrics-textfile PATH``) for node_exporter's textfile collector, atomically, so the
+  collector never reads half a file;
+* a long-lived process (``--metrics-port PORT``) serves ``/metrics`` over HTTP.
+
+Either way the CLI calls :func:`configure` once, and :func:`write_textfile` when it finishes. The
+engine records every step (:func:`step`); agents record their traffic with the one-line helpers
+:func:`graph_request`, :func:`graph_throttle`, :func:`graph_retry`, :func:`ldap_write` and
+:func:`photo`. Recording is cheap (no I/O), so the helpers are safe on hot paths and a no-op cost
+when nothing is configured.
+
+Metrics live in their own registry (not prometheus-client's global one), so the textfile holds
+mvsync's figures only, not the Python process collectors that mean nothing for a finished cron job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, write_to_textfile
+
+__all__ = [
+    "REGISTRY",
+    "configure",
+    "graph_request",
+    "graph_retry",
+    "graph_throttle",
+    "ldap_write",
+    "photo",
+    "step",
+    "write_textfile",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_STEP_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+STEPS = Counter(
+    "mvsync_steps",
+    "Run-profile steps finished, by agent, step kind and MIM-style status.",
+    ("agent", "kind", "status"),
+    registry=REGISTRY,
+)
+STEP_SECONDS = Histogram(
+    "mvsync_step_duration_seconds",
+    "Wall-clock duration of run-profile steps.",
+    ("agent", "kind"),
+    buckets=_STEP_BUCKETS,
+    registry=REGISTRY,
+)
+STEP_OBJECTS = Counter(
+    "mvsync_step_objects",
+    "Objects counted by steps (adds, updates, deletes, unchanged, joins, exports ...), by counter name.",
+    ("agent", "kind", "counter"),
+    registry=REGISTRY,
+)
+STEP_ERRORS = Counter(
+    "mvsync_step_object_errors",
+    "Per-object errors recorded by steps.",
+    ("agent", "kind"),
+    registry=REGISTRY,
+)
+LAST_STEP_END = Gauge(
+    "mvsync_step_last_end_timestamp_seconds",
+    "Unix time the last step of this agent and kind ended (alert when a schedule stops running).",
+    ("agent", "kind", "status"),
+    registry=REGISTRY,
+)
+GRAPH_REQUESTS = Counter(
+    "mvsync_graph_requests",
+    "Microsoft Graph HTTP requests, by response status code (or 'error' for no response).",
+    ("status",),
+    registry=REGISTRY,
+)
+GRAPH_THROTTLES = Counter(
+    "mvsync_graph_throttles",
+    "Graph responses that asked us to slow down (429 / 503 with Retry-After).",
+    registry=REGISTRY,
+)
+GRAPH_RETRIES = Counter(
+    "mvsync_graph_retries",
+    "Graph requests retried (after throttling, timeouts or 5xx).",
+    registry=REGISTRY,
+)
+LDAP_WRITES = Counter(
+    "mvsync_ldap_writes",
+    "LDAP modify/add/delete operations sent to a directory, by result.",
+    ("result",),
+    registry=REGISTRY,
+)
+PHOTOS = Counter(
+    "mvsync_photos",
+    "Photos handled, by outcome (e.g. exported, unchanged, cleared, too-large, invalid, failed).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+
+_textfile: Path | None = None
+_http_port: int | None = None
+
+
+def step(agent: str, kind: str, status: str, seconds: float, counters: dict[str, object], errors: int) -> None:
+    """Record one finished step (the engine calls this for every step, dry runs included)."""
+    STEPS.labels(agent, kind, status).inc()
+    STEP_SECONDS.labels(agent, kind).observe(max(seconds, 0.0))
+    for name, value in counters.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            STEP_OBJECTS.labels(agent, kind, name).inc(value)
+    if errors:
+        STEP_ERRORS.labels(agent, kind).inc(errors)
+    LAST_STEP_END.labels(agent, kind, status).set_to_current_time()
+
+
+def graph_request(status: int | str) -> None:
+    """One Graph HTTP request finished with ``status`` (an HTTP code, or a word such as ``"timeout"``)."""
+    GRAPH_REQUESTS.labels(str(status)).inc()
+
+
+def graph_throttle() -> None:
+    """Graph throttled a request (429, or 503 with Retry-After)."""
+    GRAPH_THROTTLES.inc()
+
+
+def graph_retry() -> None:
+    """A Graph request is being retried."""
+    GRAPH_RETRIES.inc()
+
+
+def ldap_write(result: str = "success") -> None:
+    """One LDAP write operation finished (``result``: ``success`` or the LDAP result name)."""
+    LDAP_WRITES.labels(result).inc()
+
+
+def photo(outcome: str) -> None:
+    """One photo reached ``outcome`` (exported, unchanged, cleared, too-large, invalid, failed ...)."""
+    PHOTOS.labels(outcome).inc()
+
+
+def configure(*, textfile: Path | str | None = None, port: int | None = None, addr: str = "127.0.0.1") -> None:
+    """Set up the CLI's outputs: a textfile written by :func:`write_textfile`, and/or an HTTP exporter.
+
+    The exporter binds to loopback by default; expose it deliberately (``addr``) if Prometheus
+    scrapes from another host. Calling again with the same port does not start a second server.
+    """
+    global _textfile, _http_port
+    if textfile is not None:
+        path = Path(textfile)
+        if not path.parent.is_dir():
+            msg = f"--metrics-textfile: directory {path.parent} does not exist"
+            raise ValueError(msg)
+        _textfile = path
+    if port is not None and port != _http_port:
+        start_http_server(port, addr=addr, registry=REGISTRY)
+        _http_port = port
+
+
+def write_textfile(path: Path | str | None = None) -> Path | None:
+    """Write the metrics in the text exposition format, atomically (temp file + rename).
+
+    Writes to ``path`` or the configured textfile; returns the path written, or None when neither.
+    """
+    target = Path(path) if path is not None else _textfile
+    if target is None:
+        return None
+    # prometheus_client writes next to the target and renames; keep the mode readable by the collector
+    write_to_textfile(str(target), REGISTRY)
+    os.chmod(target, 0o644)
+    return target

@@ -1,0 +1,135 @@
+"""Prometheus metrics (engine steps, agent helpers, textfile and HTTP exporter) and JSON logs with
+secrets redacted."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from connector import metrics
+from connector.logging import RedactingFilter, redact, setup_logging
+from tests.engine.conftest import World, add_users
+
+
+def value(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_engine_steps_are_counted_and_timed(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    try:
+        add_users(world, 4)
+        before = value("mvsync_steps_total", agent="exo", kind="full-import", status="success")
+        adds = value("mvsync_step_objects_total", agent="exo", kind="full-import", counter="adds")
+        timed = value("mvsync_step_duration_seconds_count", agent="exo", kind="full-import")
+        world.cycle()
+        assert value("mvsync_steps_total", agent="exo", kind="full-import", status="success") == before + 1
+        assert value("mvsync_step_objects_total", agent="exo", kind="full-import", counter="adds") == adds + 4
+        assert value("mvsync_step_duration_seconds_count", agent="exo", kind="full-import") == timed + 1
+        assert value("mvsync_step_last_end_timestamp_seconds", agent="ad", kind="full-sync", status="success") > 0
+    finally:
+        world.close()
+
+
+def test_agent_helpers() -> None:
+    before = (
+        value("mvsync_graph_requests_total", status="429"),
+        value("mvsync_graph_throttles_total"),
+        value("mvsync_graph_retries_total"),
+        value("mvsync_ldap_writes_total", result="success"),
+        value("mvsync_photos_total", outcome="too-large"),
+    )
+    metrics.graph_request(429)
+    metrics.graph_throttle()
+    metrics.graph_retry()
+    metrics.ldap_write()
+    metrics.photo("too-large")
+    after = (
+        value("mvsync_graph_requests_total", status="429"),
+        value("mvsync_graph_throttles_total"),
+        value("mvsync_graph_retries_total"),
+        value("mvsync_ldap_writes_total", result="success"),
+        value("mvsync_photos_total", outcome="too-large"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1, 1]
+
+
+def test_textfile_is_written_atomically_for_the_collector(tmp_path: Path) -> None:
+    target = tmp_path / "mvsync.prom"
+    metrics.configure(textfile=target)
+    metrics.photo("exported")
+    assert metrics.write_textfile() == target
+    text = target.read_text()
+    assert "# TYPE mvsync_photos_total counter" in text or "# TYPE mvsync_photos counter" in text
+    assert 'mvsync_photos_total{outcome="exported"}' in text
+    assert "python_gc" not in text  # our registry only
+    assert [p.name for p in tmp_path.iterdir()] == ["mvsync.prom"]  # no temp file left behind
+    with pytest.raises(ValueError, match="does not exist"):
+        metrics.configure(textfile=tmp_path / "missing" / "x.prom")
+
+
+def test_http_exporter_serves_metrics_on_loopback() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics.configure(port=port)
+    metrics.configure(port=port)  # idempotent: no second server on the same port
+    metrics.graph_request(200)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        body = resp.read().decode()
+    assert 'mvsync_graph_requests_total{status="200"}' in body
+
+
+SECRETS = [
+    ("Authorization: Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.eyJhdWQiOiJodHRwczovL2dyYXBo.c2lnbmF0dXJl", "eyJ0eXAi"),
+    ("refresh_token=0.AXoAabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123&x=1", "0.AXoA"),
+    ('{"client_secret": "s3cr3t-Value~1", "user": "bob"}', "s3cr3t"),
+    ("bind failed for cn=admin password='hunter2!' on ldaps://dc1", "hunter2"),
+    ("postgresql+psycopg://mvsync:p4ssw0rd@127.0.0.1:5432/db", "p4ssw0rd"),
+    ("token: abc.def.ghi", "abc.def"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret"), SECRETS)
+def test_redact(text: str, secret: str) -> None:
+    assert secret not in redact(text)
+    assert "***" in redact(text)
+
+
+def test_redact_leaves_ordinary_text_alone() -> None:
+    text = "exported 12 photos to cn=Jane Doe,ou=People (passwords are never logged)"
+    assert redact(text) == text
+
+
+def test_json_logs_carry_fields_and_never_secrets() -> None:
+    out = io.StringIO()
+    handler = setup_logging("debug", json_format=True, stream=out)
+    try:
+        log = logging.getLogger("mvsync.test")
+        log.info("token refresh with refresh_token=%s", "0.AXoA" + "x" * 60, extra={"agent": "exo"})
+        try:
+            raise RuntimeError("LDAP bind password=hunter2 rejected")
+        except RuntimeError:
+            log.exception("export failed")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert lines[0]["level"] == "info" and lines[0]["logger"] == "mvsync.test" and lines[0]["agent"] == "exo"
+    assert "0.AXoA" not in out.getvalue() and "hunter2" not in out.getvalue()
+    assert "RuntimeError" in lines[1]["exc"]
+
+
+def test_setup_logging_twice_keeps_one_handler() -> None:
+    first = setup_logging("info")
+    second = setup_logging("warning", json_format=True)
+    try:
+        assert first not in logging.getLogger().handlers
+        assert sum(isinstance(f, RedactingFilter) for h in logging.getLogger().handlers for f in h.filters) == 1
+    finally:
+        logging.getLogger().removeHandler(second)
