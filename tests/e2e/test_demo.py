@@ -1,0 +1,79 @@
+"""``mvsync demo --json`` as a user runs it: a real subprocess, the emulator over HTTPS, no AD."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.config import ConfigError
+from connector.demo import prepare_dir
+
+pytestmark = pytest.mark.slow
+
+MVSYNC = [sys.executable, "-c", "from connector.cli import main; main()"]
+
+
+def _demo(data_dir: Path, users: int = 30) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AD_")}  # the LDIF stand-in
+    proc = subprocess.run(
+        [*MVSYNC, "demo", "--users", str(users), "--data-dir", str(data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # one JSON object, nothing else on stdout
+    return json.loads(lines[0])
+
+
+def test_demo_json_and_everything_under_the_folder(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    report = _demo(data_dir)
+    assert report["status"] == "success"
+    assert report["seconds"] < 60
+    assert report["tenant"]["users"] == 30
+    assert report["photos_exported"] > 0
+    assert report["delta_cycle"]["status"] == "success"
+    assert report["delta_cycle"]["work_done"] == 0
+    assert report["delta_exports"] == 0
+    assert report["ad"]["mode"] == "ldif-snapshot"
+    kinds = [(s["agent"], s["step"]) for s in report["full_cycle"]["steps"]]
+    assert ("ad", "export") in kinds and kinds[-2:] == [("ad", "delta-import"), ("ad", "delta-sync")]
+    for key in ("config", "store", "ldif"):
+        path = Path(report[key])
+        assert path.is_file() and path.is_relative_to(data_dir), key
+    ldif = Path(report["ldif"]).read_text()
+    assert ldif.startswith("version: 1") and ldif.count("changetype: modify") == report["photos_exported"]
+    for secret in (data_dir / "secrets").iterdir():
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert "{ file = " in (data_dir / "mvsync.toml").read_text()
+
+    # the folder works with the other commands afterwards
+    history = subprocess.run(
+        [*MVSYNC, "history", "list", "-c", report["config"], "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Full Cycle" in history.stdout and "Delta Cycle" in history.stdout
+
+    # running it again starts afresh in the same folder
+    again = _demo(data_dir)
+    assert again["full_cycle"]["run_id"] == 1
+    assert again["photos_exported"] == report["photos_exported"]
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not made by `mvsync demo`"):
+        prepare_dir(tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
