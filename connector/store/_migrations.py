@@ -12,7 +12,14 @@ from sqlalchemy import Connection, select
 
 from connector.store.tables import metadata, store_meta
 
-__all__ = ["SCHEMA_VERSION", "StoreVersionError", "migrate"]
+__all__ = [
+    "DISCONNECTED_PREDICATE",
+    "ERROR_PREDICATE",
+    "SCHEMA_VERSION",
+    "StoreVersionError",
+    "migrate",
+    "photo_predicate",
+]
 
 
 class StoreVersionError(Exception):
@@ -23,19 +30,42 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-def _v2_search_index(conn: Connection) -> None:
-    """Index ``mv_object(search_text, id)`` for the console's person search (``mvsync ui``).
+#: Partial-index predicates of migration 2. Queries that want these indexes must use the very same
+#: SQL text (SQLite matches a partial index's WHERE against the query's terms, and never against a
+#: bound parameter), so the console imports them from here.
+ERROR_PREDICATE = "import_error IS NOT NULL OR sync_error IS NOT NULL OR export_error IS NOT NULL"
+DISCONNECTED_PREDICATE = "mv_id IS NULL"
 
-    A substring search cannot seek in a b-tree, but it can scan this index instead of the table:
-    the index holds only the short search text, while table rows carry every person's JSON
-    documents, so a search that matches nobody reads a few MB instead of hundreds. The index is
-    also in name order (search text starts with the display name), so a page of results stops
-    after fifty matches, and keyset pages seek straight to their cursor.
+
+def photo_predicate(dialect: str) -> str:
+    """Joined objects whose hologram holds a binary value (``"\\u0000b:`` in the stored JSON text)."""
+    position = "strpos" if dialect == "postgresql" else "instr"
+    return f"mv_id IS NOT NULL AND {position}(hologram, '\"\\u0000b:') > 0"
+
+
+def _v2_console_indexes(conn: Connection) -> None:
+    """Indexes for the web console (``mvsync ui``), so its pages stay fast on 100,000 persons.
+
+    * ``ix_mv_search (search_text, id)``: a substring search cannot seek in a b-tree, but it can
+      scan this index instead of the table, which carries every person's JSON documents (a few MB
+      instead of hundreds); the index is in name order (search text starts with the display name),
+      so a page stops after fifty matches and keyset pages seek straight to their cursor.
+    * partial indexes holding only the objects the coverage page counts (with a photo, in error,
+      not joined): the page reads those entries instead of every connector-space document, and the
+      engine pays only for rows in those states.
     """
+    dialect = conn.dialect.name
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_mv_search ON mv_object (search_text, id)")
+    conn.exec_driver_sql(
+        f"CREATE INDEX IF NOT EXISTS ix_cs_photo ON cs_object (agent) WHERE {photo_predicate(dialect)}"
+    )
+    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_cs_error ON cs_object (agent) WHERE {ERROR_PREDICATE}")
+    conn.exec_driver_sql(
+        f"CREATE INDEX IF NOT EXISTS ix_cs_disconnected ON cs_object (agent) WHERE {DISCONNECTED_PREDICATE}"
+    )
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_search_index)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

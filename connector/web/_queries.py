@@ -8,13 +8,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, desc, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, and_, case, desc, func, literal, select, tuple_
+from sqlalchemy import text as sql_text
 
 from connector.config import MvsyncConfig, RunStepConfig, RunStepKind
 from connector.engine import StepContext, StepResult, load_metaverse_schema
 from connector.engine._export import pending_export_rows, threshold_report
 from connector.sdk import AttributeType
 from connector.store import SqlStore, loads
+from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 from connector.web._photos import PhotoInfo, photo_infos
 from connector.web._values import BinaryRef, Shown, binary_refs, format_time, show_value
@@ -34,8 +36,6 @@ __all__ = [
 PAGE = 50
 #: Search counts stop here: "10,000+ match" is as useful as the exact figure and stays cheap.
 COUNT_CAP = 10_000
-#: How a binary value looks inside a stored JSON document (orjson escapes the NUL).
-_BLOB_MARK = '"\\u0000b:'
 
 #: Friendly names of the shipped agent types, in the order photos are shown side by side.
 SOURCE_LABELS = {
@@ -575,47 +575,48 @@ class Console:
     def coverage(self, conn: Connection) -> tuple[list[AgentCoverage], list[tuple[str, str, str, int]], int]:
         """Photos per source, exports that would change a photo, and current errors per kind.
 
-        One aggregate pass over the connector spaces: a binary value is recognized in the stored
-        JSON text itself (``instr``), so no document is parsed.
+        Each count reads one index: per agent from ``ix_cs_agent_id``, and the objects with a photo,
+        in error or not joined from migration 2's partial indexes (their predicates are used
+        verbatim, which is how the planners recognize them), so no JSON document is read.
         """
-        has_photo = self._instr(cs_object.c.hologram, _BLOB_MARK) > 0
-        error = or_(
-            cs_object.c.import_error.is_not(None),
-            cs_object.c.sync_error.is_not(None),
-            cs_object.c.export_error.is_not(None),
-        )
 
-        def count_if(cond: ColumnElement[bool]) -> Any:
-            return func.sum(case((cond, 1), else_=0))
+        def per_agent(where: str | None) -> dict[str, int]:
+            query = select(cs_object.c.agent, func.count()).group_by(cs_object.c.agent)
+            if where is not None:
+                query = query.where(sql_text(where))
+            return {agent: int(n) for agent, n in conn.execute(query)}
 
-        columns: list[Any] = [
-            cs_object.c.agent,
-            func.count(),
-            count_if(cs_object.c.mv_id.is_not(None)),
-            count_if(and_(cs_object.c.mv_id.is_not(None), has_photo)),
-            count_if(cs_object.c.export_type.is_not(None)),
-            count_if(error),
-        ]
-        rows = conn.execute(select(*columns).group_by(cs_object.c.agent)).all()
-        found = {r[0]: r for r in rows}
+        totals = per_agent(None)
+        disconnected = per_agent(DISCONNECTED_PREDICATE)
+        photos = per_agent(photo_predicate(self.store.dialect))
+        pending = self.pending_counts(conn)
+        error_rows = conn.execute(
+            select(cs_object.c.agent, cs_object.c.sync_error, cs_object.c.export_error, cs_object.c.import_error).where(
+                sql_text(ERROR_PREDICATE)
+            )
+        ).all()
+        kinds: Counter[tuple[str, str, str]] = Counter()
+        in_error: Counter[str] = Counter()
+        for agent, sync_error, export_error, import_error in error_rows:
+            in_error[agent] += 1
+            for stage, doc in (("sync", sync_error), ("export", export_error), ("import", import_error)):
+                if doc:
+                    kinds[(agent, stage, str(loads(doc).get("name", "?")))] += 1
         result = []
-        for agent in sorted(set(self.config.agents) | set(found), key=self.source_order):
-            r = found.get(agent)
+        for agent in sorted(set(self.config.agents) | set(totals), key=self.source_order):
+            total = totals.get(agent, 0)
             cov = AgentCoverage(
-                agent, self.source_label(agent), *((int(x or 0) for x in r[1:]) if r else (0, 0, 0, 0, 0))
+                agent,
+                self.source_label(agent),
+                total,
+                total - disconnected.get(agent, 0),
+                photos.get(agent, 0),
+                pending.get(agent, 0),
+                in_error[agent],
             )
             for attr in self.binary_export_attributes(agent):
                 cov.differing[attr] = self._differing(conn, agent, attr)
             result.append(cov)
-        kinds: Counter[tuple[str, str, str]] = Counter()
-        for agent, sync_error, export_error, import_error in conn.execute(
-            select(cs_object.c.agent, cs_object.c.sync_error, cs_object.c.export_error, cs_object.c.import_error).where(
-                error
-            )
-        ):
-            for stage, doc in (("sync", sync_error), ("export", export_error), ("import", import_error)):
-                if doc:
-                    kinds[(agent, stage, str(loads(doc).get("name", "?")))] += 1
         persons = conn.execute(select(func.count()).select_from(mv_object)).scalar_one()
         return result, [(a, s, n, c) for (a, s, n), c in kinds.most_common()], persons
 

@@ -1,0 +1,472 @@
+"""``mvsync bench ui``: every console page timed against a store of 100,000 persons.
+
+The store is filled directly with bulk inserts (rows shaped like the engine writes them: metaverse
+documents with contributions and lineage, three connector spaces, photo blobs, run history with a
+step of 5,000 errors), so filling takes seconds rather than a full synchronization. The console is
+then served by a real uvicorn on loopback and each page is requested ``--requests`` times over one
+keep-alive connection; the figures are p50 / p95 / max milliseconds per page.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import random
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from connector.bench._util import peak_rss_mb
+from connector.cli._common import print_json
+from connector.config import MvsyncConfig, config_from_dict
+from connector.engine._sync import search_fields
+from connector.store import SqlStore, blob_ref, dumps, run_many
+
+__all__ = ["TARGET_MS", "fill_store", "register", "run"]
+
+TARGET_MS = 300.0
+_GIVEN = (
+    "Anna",
+    "Ben",
+    "Chloé",
+    "David",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Karin",
+    "Liam",
+    "Maria",
+    "Noah",
+    "Olga",
+    "Pedro",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wen",
+    "Yusuf",
+    "Zoë",
+)
+_FAMILY = (
+    "Smith",
+    "Müller",
+    "Garcia",
+    "Nguyen",
+    "Okafor",
+    "Rossi",
+    "Kowalski",
+    "Jensen",
+    "Dubois",
+    "Silva",
+    "Tanaka",
+    "Novak",
+    "Ivanova",
+    "Haddad",
+    "O'Brien",
+    "Schmidt",
+    "Larsen",
+    "Moreau",
+    "Costa",
+    "Khan",
+)
+_DOMAIN = "contoso.example"
+_EXO_RULE, _HR_RULE, _AD_RULE = "EXOPhoto", "photo", "sAMAccountName"
+
+
+def bench_config(store_url: str, base: Path) -> dict[str, Any]:
+    """Three agents as the photo sync configures them; settings carry a secret reference."""
+    return {
+        "store": {"url": store_url},
+        "data_dir": str(base / "data"),
+        "metaverse": {"schema": "person", "precedence": {"photo": ["exo", "hr"]}},
+        "agents": {
+            "exo": {
+                "type": "exchange-online-photos",
+                "settings": {"tenant_id": "t", "client_id": "c", "client_secret": {"env": "EXO_SECRET"}},
+                "projection": [{"object_class": "EXOUser"}],
+                "import_flow": [
+                    {"object_class": "EXOUser", "cs": "EXOPhoto", "mv": "photo"},
+                    {"object_class": "EXOUser", "cs": "displayName", "mv": "displayName"},
+                ],
+            },
+            "hr": {
+                "type": "photo-folder",
+                "settings": {"path": str(base / "photos")},
+                "join": [{"object_class": "photoFile", "match": [{"cs": "accountName", "mv": "accountName"}]}],
+                "import_flow": [{"object_class": "photoFile", "cs": "photo", "mv": "photo"}],
+            },
+            "ad": {
+                "type": "active-directory",
+                "settings": {"server": "ldaps://dc.example", "password": {"env": "AD_PASSWORD"}},
+                "join": [{"object_class": "user", "match": [{"cs": "sAMAccountName", "mv": "accountName"}]}],
+                "import_flow": [{"object_class": "user", "cs": "sAMAccountName", "mv": "accountName"}],
+                "export_flow": [
+                    {"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto", "transform": "thumbnail"}
+                ],
+            },
+        },
+        "run_profiles": {
+            "Export AD": {
+                "steps": [
+                    {
+                        "type": "export",
+                        "agent": "ad",
+                        "deletion_threshold": {"count": 500, "percent": 5, "attributes": ["thumbnailPhoto"]},
+                    }
+                ]
+            }
+        },
+    }
+
+
+def _jpeg(seed: int, size: int) -> bytes:
+    from PIL import Image
+
+    rnd = random.Random(seed)
+    image = Image.new("RGB", (size, size), (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def fill_store(store: SqlStore, persons: int, *, seed: int = 1) -> dict[str, Any]:
+    """Bulk-insert ``persons`` persons with their connector-space objects, photos and run history."""
+    rnd = random.Random(seed)
+    now = time.time()
+    photos = [_jpeg(i, 240) for i in range(200)]
+    thumbs = [_jpeg(10_000 + i, 96) for i in range(200)]
+    import hashlib
+
+    refs: list[str] = []
+    thumb_refs: list[str] = []
+    with store.transaction() as conn:
+        blobs = {}
+        for data, out in [(p, refs) for p in photos] + [(t, thumb_refs) for t in thumbs]:
+            sha = hashlib.sha256(data).hexdigest()
+            blobs[sha] = data
+            out.append(blob_ref(sha, len(data)))
+        store.put_blobs(conn, blobs)
+    mv_rows: list[dict[str, Any]] = []
+    cs_rows: list[dict[str, Any]] = []
+    cs_id = 0
+    sample: dict[str, Any] = {}
+    checked = "\x00d:" + time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now - 3600))
+
+    def flush() -> None:
+        with store.transaction() as conn:
+            run_many(
+                conn,
+                "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
+                "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
+                ":lineage, :display_name, :search_text, :created_at, :updated_at)",
+                mv_rows,
+            )
+            run_many(
+                conn,
+                "INSERT INTO cs_object (id, agent, object_class, anchor, dn, hologram, mv_id, joined_at, "
+                "export_type, export_changes, export_error, sync_error, updated_at) VALUES (:id, :agent, "
+                ":object_class, :anchor, :dn, :hologram, :mv_id, :joined_at, :export_type, :export_changes, "
+                ":export_error, :sync_error, :updated_at)",
+                cs_rows,
+            )
+        mv_rows.clear()
+        cs_rows.clear()
+
+    def cs(agent: str, cls: str, anchor: str, mv_id: int, hologram: dict[str, Any], **extra: Any) -> None:
+        nonlocal cs_id
+        cs_id += 1
+        cs_rows.append(
+            {
+                "id": cs_id,
+                "agent": agent,
+                "object_class": cls,
+                "anchor": anchor,
+                "dn": extra.pop("dn", None),
+                "hologram": dumps(hologram),
+                "mv_id": mv_id,
+                "joined_at": now,
+                "export_type": extra.get("export_type"),
+                "export_changes": dumps(extra["export_changes"]) if "export_changes" in extra else None,
+                "export_error": dumps(extra["export_error"]) if "export_error" in extra else None,
+                "sync_error": dumps(extra["sync_error"]) if "sync_error" in extra else None,
+                "updated_at": now,
+            }
+        )
+
+    for mv_id in range(1, persons + 1):
+        given, family = rnd.choice(_GIVEN), rnd.choice(_FAMILY)
+        account = f"{given[0]}{family}{mv_id}".lower().replace("'", "")
+        mail = f"{given}.{family}.{mv_id}@{_DOMAIN}".lower().replace("'", "")
+        guid = f"{mv_id:08x}-0000-4000-8000-{mv_id:012x}"
+        exo_photo = refs[mv_id % len(refs)] if mv_id % 10 < 7 else None
+        hr_photo = refs[(mv_id * 7) % len(refs)] if mv_id % 5 < 2 else None
+        photo = exo_photo or hr_photo
+        ad_thumb = thumb_refs[mv_id % len(thumb_refs)] if mv_id % 2 == 0 else None
+        attrs: dict[str, Any] = {
+            "accountName": account,
+            "userPrincipalName": mail,
+            "mail": mail,
+            "mailNickname": account,
+            "displayName": f"{given} {family}",
+            "employeeID": f"E{mv_id:07d}",
+            "accountEnabled": True,
+            "cloudId": guid,
+            "adObjectGUID": guid,
+            "adDistinguishedName": f"CN={given} {family},OU=People,DC=contoso,DC=example",
+        }
+        lineage = {k: ["exo", k] for k in attrs}
+        lineage["accountName"] = ["ad", _AD_RULE]
+        if photo:
+            attrs["photo"] = photo
+            attrs["photoLastChecked"] = checked
+            lineage["photo"] = ["exo", _EXO_RULE] if exo_photo else ["hr", _HR_RULE]
+            lineage["photoLastChecked"] = ["exo", "EXOPhotoLastChecked"]
+        contributions = {k: {a: [attrs[k], r]} for k, (a, r) in lineage.items()}
+        if exo_photo and hr_photo:
+            contributions["photo"]["hr"] = [hr_photo, _HR_RULE]
+        display, text = search_fields(attrs)
+        mv_rows.append(
+            {
+                "id": mv_id,
+                "object_type": "person",
+                "attributes": dumps(attrs),
+                "contributions": dumps(contributions),
+                "lineage": dumps(lineage),
+                "display_name": display,
+                "search_text": text,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        exo_holo = {k: attrs[k] for k in ("userPrincipalName", "mail", "mailNickname", "displayName")}
+        exo_holo["id"] = guid
+        if exo_photo:
+            exo_holo.update(EXOPhoto=exo_photo, EXOPhotoChecksum="x" * 64, EXOPhotoLastChecked=checked)
+        cs("exo", "EXOUser", guid, mv_id, exo_holo)
+        if hr_photo:
+            cs("hr", "photoFile", account, mv_id, {"accountName": account, "photo": hr_photo, "path": f"{account}.jpg"})
+        ad_holo = {"objectGUID": guid, "sAMAccountName": account, "mail": mail}
+        if ad_thumb:
+            ad_holo["thumbnailPhoto"] = ad_thumb
+        extra: dict[str, Any] = {"dn": attrs["adDistinguishedName"]}
+        if mv_id % 20 == 1:  # 5 %: the next export writes a new thumbnail (or clears one)
+            value = thumb_refs[(mv_id + 1) % len(thumb_refs)] if photo else None
+            extra.update(export_type="update", export_changes={"thumbnailPhoto": value})
+            if mv_id % 200 == 1:
+                extra["export_error"] = {"name": "constraint-violation", "detail": "size limit", "attempts": 1}
+        if mv_id % 500 == 7:
+            extra["sync_error"] = {"name": "ambiguous-join"}
+        cs("ad", "user", guid, mv_id, ad_holo, **extra)
+        if mv_id == persons // 2:
+            sample = {"mv_id": mv_id, "mail": mail, "family": family.lower()}
+        if len(mv_rows) >= 5000:
+            flush()
+    flush()
+    _fill_history(store, now, rnd)
+    return sample
+
+
+def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> None:
+    runs, steps, errors = [], [], []
+    step_id = 0
+    for run_id in range(1, 301):
+        started = now - (301 - run_id) * 3600
+        runs.append(
+            {
+                "id": run_id,
+                "profile": "Delta Import and Sync",
+                "status": "success",
+                "dry_run": False,
+                "started_at": started,
+                "ended_at": started + 42,
+                "host": "sync01",
+                "pid": 1000 + run_id,
+            }
+        )
+        for seq, (agent, kind) in enumerate((("exo", "delta-import"), ("exo", "delta-sync"), ("ad", "export"))):
+            step_id += 1
+            counters = {"adds": rnd.randrange(50), "updates": rnd.randrange(500), "photo_downloads": rnd.randrange(80)}
+            steps.append(
+                {
+                    "id": step_id,
+                    "run_id": run_id,
+                    "seq": seq + 1,
+                    "agent": agent,
+                    "kind": kind,
+                    "status": "success",
+                    "started_at": started + seq * 14,
+                    "ended_at": started + seq * 14 + 13,
+                    "counters": dumps(counters),
+                    "message": None,
+                }
+            )
+    runs[-1]["status"] = steps[-1]["status"] = "completed-export-errors"
+    for i in range(5000):
+        errors.append(
+            {
+                "step_id": step_id,
+                "cs_id": None,
+                "anchor": f"guid-{i}",
+                "object_class": "user",
+                "stage": "export",
+                "error_name": "constraint-violation" if i % 3 else "insufficient-access-rights",
+                "detail": "thumbnailPhoto: value exceeds the attribute's range-upper (102400 bytes)",
+                "severity": "error",
+            }
+        )
+    with store.transaction() as conn:
+        run_many(
+            conn,
+            "INSERT INTO run_history (id, profile, status, dry_run, started_at, ended_at, host, pid) "
+            "VALUES (:id, :profile, :status, :dry_run, :started_at, :ended_at, :host, :pid)",
+            runs,
+        )
+        run_many(
+            conn,
+            "INSERT INTO run_step (id, run_id, seq, agent, kind, status, started_at, ended_at, counters, message) "
+            "VALUES (:id, :run_id, :seq, :agent, :kind, :status, :started_at, :ended_at, :counters, :message)",
+            steps,
+        )
+        run_many(
+            conn,
+            "INSERT INTO run_error (step_id, cs_id, anchor, object_class, stage, error_name, detail, severity) "
+            "VALUES (:step_id, :cs_id, :anchor, :object_class, :stage, :error_name, :detail, :severity)",
+            errors,
+        )
+    if store.dialect == "sqlite":
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(config: MvsyncConfig, store: SqlStore) -> tuple[Any, threading.Thread, int]:
+    import uvicorn
+
+    from connector.web import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config, store=store), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            msg = "uvicorn did not start"
+            raise RuntimeError(msg)
+        time.sleep(0.02)
+    return server, thread, port
+
+
+def _time_pages(port: int, pages: dict[str, str], requests: int) -> dict[str, dict[str, float]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    figures: dict[str, dict[str, float]] = {}
+    for name, path in pages.items():
+        samples = []
+        for i in range(requests + 2):  # two warm-up requests (template compilation, page cache)
+            t0 = time.perf_counter()
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            elapsed = (time.perf_counter() - t0) * 1000
+            if response.status != 200:
+                msg = f"{path}: HTTP {response.status}: {body[:200]!r}"
+                raise RuntimeError(msg)
+            if i >= 2:
+                samples.append(elapsed)
+        samples.sort()
+        figures[name] = {
+            "p50_ms": round(statistics.median(samples), 1),
+            "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 1),
+            "max_ms": round(samples[-1], 1),
+            "bytes": len(body),
+        }
+    conn.close()
+    return figures
+
+
+def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="mvsync-bench-ui-") as tmp:
+        base = Path(tmp)
+        url = store_url or f"sqlite:///{base / 'ui.db'}"
+        config = config_from_dict(bench_config(url, base), base_dir=base)
+        store = SqlStore(config.store_url())
+        t0 = time.perf_counter()
+        sample = fill_store(store, persons)
+        fill_s = time.perf_counter() - t0
+        from sqlalchemy import select
+
+        from connector.store.tables import blob, run_step
+
+        with store.read() as conn:
+            photo = conn.execute(select(blob.c.sha256).limit(1)).scalar_one()
+            busy_step = conn.execute(select(run_step.c.id).order_by(run_step.c.id.desc()).limit(1)).scalar_one()
+        pages = {
+            "operations": "/",
+            "operations_older": "/?before=150",
+            "run": "/runs/300",
+            "step_5000_errors": f"/steps/{busy_step}",
+            "search_all": "/search",
+            "search_common_name": f"/search?q={sample['family']}",
+            "search_mail_one_hit": f"/search?q={sample['mail']}",
+            "search_no_hit": "/search?q=zzqx-nobody",
+            "search_page_after": f"/search?q=a&after={sample['mv_id']}",
+            "person": f"/persons/{sample['mv_id']}",
+            "pending_agents": "/pending",
+            "pending_ad": "/pending/ad",
+            "coverage": "/coverage",
+            "agents": "/agents",
+            "photo": f"/photo/{photo}",
+        }
+        server, thread, port = _serve(config, store)
+        try:
+            figures = _time_pages(port, pages, requests)
+        finally:
+            server.should_exit = True
+            thread.join(10)
+            store.close()
+        worst = max(f["p95_ms"] for f in figures.values())
+        return {
+            "benchmark": "ui",
+            "store": store.dialect,
+            "persons": persons,
+            "connector_space_objects": persons * 2 + sum(1 for i in range(1, persons + 1) if i % 5 < 2),
+            "fill_s": round(fill_s, 1),
+            "requests_per_page": requests,
+            "target_ms": TARGET_MS,
+            "pages": figures,
+            "worst_p95_ms": worst,
+            "all_under_target": worst < TARGET_MS,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("ui")
+    def ui_command(
+        persons: Annotated[int, typer.Option(help="Persons in the metaverse.")] = 100_000,
+        requests: Annotated[int, typer.Option(help="Timed requests per page (after two warm-ups).")] = 20,
+        store: Annotated[
+            str | None, typer.Option(help="Store URL (default: a temporary SQLite file); must be empty.")
+        ] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
+    ) -> None:
+        """Time every console page (p50/p95/max ms) on a store of PERSONS persons."""
+        print_json(run(persons, requests, store))
