@@ -6,6 +6,7 @@ runs plain routes in its thread pool, so a slow query never stalls the event loo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -141,12 +142,16 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
             last_run = console.last_run_errors(conn)
         return page(request, "coverage.html", agents=agents, kinds=kinds, persons=persons, last_run=last_run)
 
-    @app.get("/agents", response_class=HTMLResponse)
-    def agents(request: Request) -> HTMLResponse:
-        shown = [
+    @functools.cache
+    def agents_shown() -> list[tuple[str, str, Any, list[tuple[str, str]]]]:
+        # the configuration is immutable; finding each connector's secret fields loads its class
+        return [
             (name, console.source_label(name), cfg, masked_settings(cfg)) for name, cfg in sorted(config.agents.items())
         ]
-        return page(request, "agents.html", agents=shown, profiles=config.run_profiles)
+
+    @app.get("/agents", response_class=HTMLResponse)
+    def agents(request: Request) -> HTMLResponse:
+        return page(request, "agents.html", agents=agents_shown(), profiles=config.run_profiles)
 
     @app.get("/photo/{sha256}")
     def photo(request: Request, sha256: str) -> Response:

@@ -1,0 +1,338 @@
+"""Every console page over a store filled by the engine (in-memory connector, real photos)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from sqlalchemy import select
+
+from connector.store.tables import blob, cs_object, mv_object, run_history, run_step
+from connector.web._queries import Console
+from tests.web.conftest import PEOPLE, PhotoWorld
+from tests.web.images import image_bytes
+
+
+def _mv_id(world: PhotoWorld, account: str) -> int:
+    with world.engine.store.read() as conn:
+        rows = conn.execute(select(mv_object.c.id, mv_object.c.attributes)).all()
+    return next(r.id for r in rows if f'"accountName":"{account}"' in r.attributes)
+
+
+def test_operations_lists_runs_with_statuses_and_steps(client: Any, photo_world: PhotoWorld) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    with photo_world.engine.store.read() as conn:
+        runs = conn.execute(select(run_history)).all()
+    for r in runs:
+        assert f'href="/runs/{r.id}"' in page.text
+    assert 'class="status error">completed-export-errors' in page.text
+    assert 'class="status ok">success' in page.text
+    assert "ad export (1 errors)" in page.text
+
+
+def test_run_and_step_pages_show_counters_and_per_object_errors(client: Any, photo_world: PhotoWorld) -> None:
+    with photo_world.engine.store.read() as conn:
+        export_step = conn.execute(select(run_step).where(run_step.c.kind == "export")).first()
+    assert export_step is not None
+    run_page = client.get(f"/runs/{export_step.run_id}")
+    assert run_page.status_code == 200
+    assert "export_updates" in run_page.text and f'href="/steps/{export_step.id}"' in run_page.text
+    step_page = client.get(f"/steps/{export_step.id}")
+    assert step_page.status_code == 200
+    assert photo_world.failed_anchor in step_page.text
+    assert "constraint-violation" in step_page.text and "injected failure" in step_page.text
+    assert f'href="/runs/{export_step.run_id}"' in step_page.text
+
+
+def test_step_errors_are_paged(photo_world: PhotoWorld) -> None:
+    console = Console(photo_world.config, photo_world.engine.store)
+    with photo_world.engine.store.read() as conn:
+        step_id = conn.execute(select(run_step.c.id).where(run_step.c.kind == "export")).scalar_one()
+        found = console.step(conn, step_id, limit=1)
+        assert found is not None
+        view, errors, by_name, next_after = found
+        assert view.error_count == 1 and len(errors) == 1 and next_after is None
+        assert by_name == {"constraint-violation": 1}
+
+
+def test_missing_things_are_404_pages(client: Any) -> None:
+    for url in ("/runs/999999", "/steps/999999", "/persons/999999", "/pending/nobody"):
+        page = client.get(url)
+        assert page.status_code == 404, url
+        assert "<h1>" in page.text
+    assert client.get("/persons/not-a-number").status_code == 422
+
+
+def test_search_by_name_mail_upn_and_account(client: Any, photo_world: PhotoWorld) -> None:
+    mv_id = _mv_id(photo_world, "user007")
+    for query in ("Person 07", "person 07 example", "USER007@example.test", "user007", "007@EXAMPLE"):
+        page = client.get("/search", params={"q": query})
+        assert page.status_code == 200
+        assert f'href="/persons/{mv_id}"' in page.text, query
+        assert "1 person match" in page.text, query
+    assert "0 persons match" in client.get("/search", params={"q": "nobody-at-all"}).text
+    # LIKE wildcards are literal characters, not patterns
+    assert "0 persons match" in client.get("/search", params={"q": "%"}).text
+    assert "0 persons match" in client.get("/search", params={"q": "user_07"}).text
+
+
+def test_search_shows_thumbnails_and_pages_forward_and_back(client: Any) -> None:
+    first = client.get("/search")
+    assert f"{PEOPLE} persons" in first.text
+    hits = re.findall(r'href="/persons/(\d+)"', first.text)
+    assert len(hits) == 50
+    assert re.search(r'<img class="photo" src="/photo/[0-9a-f]{64}" width="48"', first.text)
+    assert 'rel="prev"' not in first.text
+    nxt = re.search(r'rel="next" href="([^"]+)"', first.text)
+    assert nxt is not None
+    second = client.get(nxt.group(1).replace("&amp;", "&"))
+    more = re.findall(r'href="/persons/(\d+)"', second.text)
+    assert len(more) == PEOPLE - 50 and not set(more) & set(hits)
+    assert 'rel="next"' not in second.text
+    prev = re.search(r'rel="prev" href="([^"]+)"', second.text)
+    assert prev is not None
+    back = client.get(prev.group(1).replace("&amp;", "&"))
+    assert re.findall(r'href="/persons/(\d+)"', back.text) == hits
+
+
+def test_search_pages_are_keyset_cursors_in_name_order(photo_world: PhotoWorld) -> None:
+    console = Console(photo_world.config, photo_world.engine.store)
+    with photo_world.engine.store.read() as conn:
+        seen: list[str] = []
+        after = None
+        while True:
+            page = console.search(conn, "example", after=after, limit=7)
+            seen.extend(h.display_name for h in page.hits)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert len(seen) == PEOPLE and seen == sorted(seen, key=str.lower)
+        assert page.total == PEOPLE and not page.capped
+
+
+def test_person_page_shows_lineage_photos_per_source_and_connectors(client: Any, photo_world: PhotoWorld) -> None:
+    mv_id = _mv_id(photo_world, "user000")  # photos in Exchange Online, HR (PNG) and AD
+    page = client.get(f"/persons/{mv_id}")
+    assert page.status_code == 200
+    text = page.text
+    # lineage: the agent and the rule of each attribute, and the losing contribution
+    assert re.search(r"<th>displayName</th><td>Person 00 Example</td><td>exo</td><td><code>displayName</code>", text)
+    assert re.search(r"<th>exoPhotoChecksum</th>.*?<td>exo</td><td><code>photo via sha256</code>", text)
+    assert "<b>hr</b>" in text  # hr's photo lost to exo by precedence
+    exo = hashlib.sha256(image_bytes(0, 96)).hexdigest()
+    hr = hashlib.sha256(image_bytes(500, 64, "PNG")).hexdigest()
+    assert f'src="/photo/{exo}"' in text and f'src="/photo/{hr}"' in text
+    assert "96\u00d796 jpeg" in text and "64\u00d764 png" in text
+    assert f"{len(image_bytes(0, 96)):,}" in text
+    assert "last checked" in text
+    for agent in ("ad", "exo", "hr"):
+        assert f"({agent}) user" in text
+    assert "CN=guid-000,OU=Test" in text
+
+
+def test_person_page_says_what_the_next_export_writes_or_clears(client: Any, photo_world: PhotoWorld) -> None:
+    changed = client.get(f"/persons/{_mv_id(photo_world, 'user004')}").text
+    new = hashlib.sha256(image_bytes(2004, 96)).hexdigest()
+    assert "next export writes" in changed and f'src="/photo/{new}"' in changed
+    cleared = client.get(f"/persons/{_mv_id(photo_world, 'user020')}").text
+    assert "next export clears it" in cleared
+
+
+def test_pending_exports_grid_and_threshold(client: Any, photo_world: PhotoWorld) -> None:
+    overview = client.get("/pending")
+    assert overview.status_code == 200 and 'href="/pending/ad"' in overview.text
+    page = client.get("/pending/ad")
+    assert page.status_code == 200
+    text = page.text
+    assert "5 objects will change" in text
+    new = hashlib.sha256(image_bytes(2004, 96)).hexdigest()
+    old = hashlib.sha256(image_bytes(4, 96)).hexdigest()
+    assert f'src="/photo/{old}"' in text and f'src="/photo/{new}"' in text  # before and after
+    assert "cleared" in text  # user020's thumbnail goes
+    assert "within limits" in text and "clear thumbnail on CN=guid-020,OU=Test" in text
+    assert "constraint-violation: injected failure" in text  # the last attempt's error
+    assert "Nothing pending" in client.get("/pending/exo").text
+
+
+def test_pending_exports_page_by_cursor(photo_world: PhotoWorld) -> None:
+    console = Console(photo_world.config, photo_world.engine.store)
+    with photo_world.engine.store.read() as conn:
+        first, cursor, _ = console.pending(conn, "ad", limit=3)
+        assert len(first) == 3 and cursor is not None
+        rest, end, _ = console.pending(conn, "ad", after=cursor, limit=3)
+        assert len(rest) == 2 and end is None
+        assert {r.cs_id for r in first}.isdisjoint({r.cs_id for r in rest})
+
+
+def test_threshold_tripped_is_shown(photo_world: PhotoWorld) -> None:
+    from connector.config import config_from_dict
+    from connector.web import create_app
+    from tests.web.conftest import TestClient
+
+    data = photo_world.config.model_dump(by_alias=True, exclude={"path", "base_dir"})
+    data["run_profiles"]["export"]["steps"][0]["deletion_threshold"] = {"count": 0, "attributes": ["thumbnail"]}
+    config = config_from_dict(data, base_dir=photo_world.config.base_dir)
+    with TestClient(create_app(config, store=photo_world.engine.store), base_url="http://127.0.0.1") as c:
+        text = c.get("/pending/ad").text
+    assert "TRIPPED" in text and 'class="threshold error"' in text
+
+
+def test_coverage_counts_photos_differences_and_errors(client: Any, photo_world: PhotoWorld) -> None:
+    page = client.get("/coverage")
+    assert page.status_code == 200
+    console = Console(photo_world.config, photo_world.engine.store)
+    with photo_world.engine.store.read() as conn:
+        agents, kinds, persons = console.coverage(conn)
+        holograms = conn.execute(select(cs_object.c.agent, cs_object.c.hologram, cs_object.c.mv_id)).all()
+    by_agent = {a.agent: a for a in agents}
+    assert persons == PEOPLE
+    for name in ("ad", "exo", "hr"):
+        expected = sum(1 for a, h, mv in holograms if a == name and mv is not None and "\\u0000b:" in (h or ""))
+        assert by_agent[name].with_photo == expected, name
+        assert f"{expected} <small>" in page.text
+    assert by_agent["exo"].with_photo == sum(1 for i in range(PEOPLE) if i % 4 != 3 and i != 20)
+    assert by_agent["hr"].objects == len([i for i in range(PEOPLE) if i % 3 == 0])
+    assert by_agent["ad"].differing == {"thumbnail": (4, 1)}
+    assert by_agent["ad"].object_errors == 1
+    assert ("ad", "export", "constraint-violation", 1) in kinds
+    assert 'class="fill w' in page.text and "constraint-violation" in page.text
+
+
+def test_agents_page_never_shows_a_secret(photo_world: PhotoWorld) -> None:
+    from connector.config import config_from_dict
+    from connector.web import create_app
+    from tests.web.conftest import TestClient
+
+    data = photo_world.config.model_dump(by_alias=True, exclude={"path", "base_dir"})
+    data["agents"]["exo2"] = {
+        "type": "exchange-online-photos",
+        "settings": {
+            "tenant_id": "tenant-1",
+            "client_id": "client-1",
+            "client_secret": {"env": "EXO_SECRET"},
+            "refresh_token": {"file": "/etc/mvsync/refresh.token"},
+        },
+    }
+    data["agents"]["ad"]["settings"] = {
+        **data["agents"]["ad"]["settings"],
+        "bind_password": "hunter2-literal",
+        "api_key": "k-123",
+        "nested": {"token": "t-456", "host": "dc1"},
+    }
+    config = config_from_dict(data, base_dir=photo_world.config.base_dir)
+    with TestClient(create_app(config, store=photo_world.engine.store), base_url="http://127.0.0.1") as c:
+        page = c.get("/agents")
+    assert page.status_code == 200
+    for secret in ("hunter2-literal", "k-123", "t-456", "EXO_SECRET", "refresh.token"):
+        assert secret not in page.text
+    assert "tenant-1" in page.text and "dc1" in page.text
+    assert page.text.count("(hidden)") >= 5
+
+
+def test_photos_are_served_with_type_etag_and_cache_headers(client: Any, photo_world: PhotoWorld) -> None:
+    jpeg, png = image_bytes(0, 96), image_bytes(500, 64, "PNG")
+    for data, content_type in ((jpeg, "image/jpeg"), (png, "image/png")):
+        sha = hashlib.sha256(data).hexdigest()
+        got = client.get(f"/photo/{sha}")
+        assert got.status_code == 200 and got.content == data
+        assert got.headers["content-type"] == content_type
+        assert got.headers["etag"] == f'"{sha}"'
+        assert "immutable" in got.headers["cache-control"]
+        assert got.headers["x-content-type-options"] == "nosniff"
+        again = client.get(f"/photo/{sha}", headers={"If-None-Match": f'"{sha}"'})
+        assert again.status_code == 304 and again.content == b""
+
+
+def test_only_images_are_served_from_the_blob_table(client: Any, photo_world: PhotoWorld) -> None:
+    html = b"<html><script>alert(1)</script></html>"
+    gif = b"GIF89a" + b"\x01\x00\x01\x00\x80\x00\x00" + b"\x00" * 20
+    with photo_world.engine.store.transaction() as conn:
+        photo_world.engine.store.put_blobs(
+            conn, {hashlib.sha256(html).hexdigest(): html, hashlib.sha256(gif).hexdigest(): gif}
+        )
+    refused = client.get(f"/photo/{hashlib.sha256(html).hexdigest()}")
+    assert refused.status_code == 404 and refused.headers["content-type"].startswith("text/plain")
+    assert client.get(f"/photo/{hashlib.sha256(gif).hexdigest()}").headers["content-type"] == "image/gif"
+    assert client.get("/photo/" + "0" * 64).status_code == 404
+    assert client.get("/photo/../../etc/passwd").status_code == 404
+    assert client.get("/photo/ABC").status_code == 404
+    with photo_world.engine.store.read() as conn:
+        assert conn.execute(select(blob.c.sha256).where(blob.c.sha256 == "0" * 64)).first() is None
+
+
+def test_every_page_has_security_headers_and_no_script(client: Any, photo_world: PhotoWorld) -> None:
+    mv_id = _mv_id(photo_world, "user000")
+    for url in (
+        "/",
+        "/runs/1",
+        "/steps/1",
+        "/search?q=x",
+        f"/persons/{mv_id}",
+        "/pending",
+        "/pending/ad",
+        "/coverage",
+        "/agents",
+        "/persons/0",
+        "/static/ui.css",
+    ):
+        page = client.get(url)
+        headers = page.headers
+        assert headers["x-content-type-options"] == "nosniff", url
+        csp = headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src" not in csp and "frame-ancestors 'none'" in csp
+        assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
+        if url != "/static/ui.css":
+            assert headers["cache-control"] == "no-store", url
+            assert "<script" not in page.text and " style=" not in page.text and "onclick" not in page.text.lower()
+
+
+def test_values_are_escaped(photo_world: PhotoWorld) -> None:
+    from connector.web import create_app
+    from tests.web.conftest import TestClient
+
+    evil = '<script>alert("x")</script>'
+    photo_world.directories["exo"]["objects"]["exo-001"]["displayName"] = evil
+    photo_world.engine.run_profile("full-import")
+    photo_world.engine.run_profile("full-sync")
+    try:
+        with TestClient(
+            create_app(photo_world.config, store=photo_world.engine.store), base_url="http://127.0.0.1"
+        ) as c:
+            for url in (f"/persons/{_mv_id(photo_world, 'user001')}", "/search?q=alert", "/pending/ad"):
+                text = c.get(url).text
+                assert evil not in text and "&lt;script&gt;" in text, url
+    finally:
+        photo_world.directories["exo"]["objects"]["exo-001"]["displayName"] = "Person 01 Example"
+        photo_world.engine.run_profile("full-import")
+        photo_world.engine.run_profile("full-sync")
+
+
+def test_stylesheet_is_cached_by_etag(client: Any) -> None:
+    css = client.get("/static/ui.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert client.get("/static/ui.css", headers={"If-None-Match": css.headers["etag"]}).status_code == 304
+
+
+def test_threshold_report_is_recomputed_when_pending_exports_change(photo_world: PhotoWorld) -> None:
+    from sqlalchemy import update
+
+    console = Console(photo_world.config, photo_world.engine.store)
+    store = photo_world.engine.store
+    with store.read() as conn:
+        first = console.thresholds(conn, "ad")
+        assert console.thresholds(conn, "ad")[0][1] is first[0][1]  # unchanged: kept
+        row = conn.execute(
+            select(cs_object.c.id, cs_object.c.updated_at).where(cs_object.c.export_type.is_not(None))
+        ).first()
+    assert row is not None
+    with store.transaction() as conn:
+        conn.execute(update(cs_object).where(cs_object.c.id == row.id).values(updated_at=row.updated_at + 1))
+    try:
+        with store.read() as conn:
+            again = console.thresholds(conn, "ad")
+        assert again[0][1] is not first[0][1] and again[0][1] == first[0][1]
+    finally:
+        with store.transaction() as conn:
+            conn.execute(update(cs_object).where(cs_object.c.id == row.id).values(updated_at=row.updated_at))
