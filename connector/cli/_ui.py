@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from connector.cli._common import DEFAULT_CONFIG, EXIT_CONFIG, ConfigOption, err_console, fail, handle_errors
 
@@ -35,7 +36,7 @@ def register(app: typer.Typer) -> None:
             from connector.web import AccessPolicy, InsecureBindError, create_app
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("fastapi", "jinja2", "uvicorn", "starlette"):
-                raise fail(f"{WEB_EXTRA_HINT} (missing module {exc.name!r})", EXIT_CONFIG) from None
+                raise fail(escape(f"{WEB_EXTRA_HINT} (missing module {exc.name!r})"), EXIT_CONFIG) from None
             raise
         from connector.config import load_config
         from connector.store import SqlStore
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
             policy = AccessPolicy.from_env(bind_host=host)
             policy.check_bind(host)
         except InsecureBindError as exc:
-            raise fail(str(exc), EXIT_CONFIG) from None
+            raise fail(escape(str(exc)), EXIT_CONFIG) from None
         cfg = load_config(config)
         application = create_app(cfg, store=SqlStore(cfg.store_url()), policy=policy)
         shown = f"[{host}]" if ":" in host else host
