@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from ldap3 import SUBTREE
 
 from connector.config import ConfigError
-from connector.demo import prepare_dir
+from connector.demo import prepare_dir, run_demo
+from connector.testing.samba import ADSettings, connect, delete_subtree
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +79,35 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not made by `mvsync demo`"):
         prepare_dir(tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.samba
+def test_demo_writes_to_the_directory_the_ad_variables_name(
+    samba_ad: ADSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With AD_* set the demo creates its users in its own OU of that directory and exports there."""
+    env = {"AD_HOST": samba_ad.host, "AD_BASE_DN": samba_ad.base_dn, "AD_BIND_DN": samba_ad.bind_dn}
+    env |= {"AD_PASSWORD": samba_ad.password, "AD_LDAPS_PORT": str(samba_ad.ldaps_port)}
+    if samba_ad.ca_cert:
+        env["AD_CA_CERT"] = str(samba_ad.ca_cert)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ou = f"OU=mvsync-demo,{samba_ad.base_dn}"
+    try:
+        report = run_demo(25, tmp_path / "demo")
+        assert report["status"] == "success"
+        assert report["ad"]["mode"] == "directory" and report["ldif"] is None
+        assert report["delta_cycle"]["work_done"] == 0
+        conn = connect(samba_ad)
+        try:
+            conn.search(ou, "(thumbnailPhoto=*)", SUBTREE, attributes=["sAMAccountName"])
+            written = [e for e in conn.response if e.get("type") == "searchResEntry"]
+        finally:
+            conn.unbind()
+        assert len(written) == report["photos_exported"] > 0
+    finally:
+        conn = connect(samba_ad)
+        try:
+            delete_subtree(conn, ou)
+        finally:
+            conn.unbind()
