@@ -1,0 +1,375 @@
+"""``mvsync doctor``: is the store intact and can the configured agents work?
+
+Why: a store is the only memory of what was exported and confirmed; a missing blob or a dangling
+join silently turns into wrong exports (a photo cleared, an object re-provisioned). The engine
+never writes such states, but disks fill, people restore backups of one table, and bugs happen.
+The doctor finds them before a scheduled run acts on them, and the configuration checks find an
+expired certificate or an unreadable token cache before 3 a.m.
+
+Store checks (read-only, in bounded pages, so they run on a production-size store):
+
+* ``schema``: the store's schema version is the one this mvsync writes;
+* ``blobs``: every blob referenced by a hologram, pending import, pending or unconfirmed export, a
+  metaverse object or the transform cache exists, with the size the reference records, and its
+  bytes hash to its name;
+* ``links``: no connector-space object joined to a metaverse object that does not exist, and no
+  two objects of one agent joined to the same metaverse object;
+* ``pending-exports``: no pending export on an object that has no hologram (nothing was ever
+  imported for it, so there is nothing to update or delete).
+
+Configuration checks: the rules validate; each agent's connector instantiates with its settings;
+certificate files named by settings (``*ca_file*``, ``*cert*``) are readable, parse, and have not
+expired; the agent's token cache (where it has one) is readable; and ``connector.check()``
+reaches the directory (skipped with ``connect=False``).
+
+Exit codes (``mvsync doctor``): 0 nothing wrong (warnings allowed), :data:`EXIT_PROBLEMS` (6)
+when any check found an error, and the CLI's usual 2 when the configuration cannot even be loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Connection, func, select
+
+from connector.config import ConfigError, MvsyncConfig
+from connector.sdk import ConfigurationError
+from connector.store import BLOB_PREFIX, SCHEMA_VERSION, SqlStore, StoreError, StoreVersionError, loads
+from connector.store._migrations import current_version
+from connector.store.tables import blob, cs_object, mv_object, transform_cache
+
+__all__ = ["EXIT_PROBLEMS", "Finding", "Report", "check_config", "check_store", "run_doctor"]
+
+#: ``mvsync doctor`` exit code when a check found an error (0: all good; 2: unusable configuration).
+EXIT_PROBLEMS = 6
+
+#: Examples kept per problem kind (counts are always complete).
+_EXAMPLES = 10
+_PAGE = 2000
+#: How an encoded binary value's prefix appears inside stored JSON text.
+_BLOB_IN_JSON = "\\u0000b:"
+
+Severity = Literal["error", "warning", "ok"]
+
+
+@dataclass
+class Finding:
+    """One check's verdict: ``ok``, a ``warning`` or an ``error``, with a count and examples."""
+
+    area: Literal["store", "config"]
+    check: str
+    severity: Severity
+    message: str
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else EXIT_PROBLEMS
+
+    def add(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "findings": [asdict(f) for f in self.findings]}
+
+
+# ------------------------------------------------------------------------------------------- store
+def _blob_refs(doc: Any) -> Iterator[tuple[str, int]]:
+    """(sha256, size) of every encoded binary value anywhere in a parsed JSON document."""
+    if isinstance(doc, str):
+        if doc.startswith(BLOB_PREFIX):
+            sha, _, size = doc[len(BLOB_PREFIX) :].partition(":")
+            yield sha, int(size) if size.isdigit() else -1
+    elif isinstance(doc, dict):
+        for value in doc.values():
+            yield from _blob_refs(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from _blob_refs(value)
+
+
+def _pages(conn: Connection, table: Any, columns: list[Any], key: Any) -> Iterator[list[Any]]:
+    last: Any = None
+    while True:
+        query = select(key, *columns).order_by(key).limit(_PAGE)
+        if last is not None:
+            query = query.where(key > last)
+        rows = conn.execute(query).all()
+        if not rows:
+            return
+        yield list(rows)
+        last = rows[-1][0]
+
+
+def _referenced_blobs(conn: Connection) -> dict[str, tuple[int, str]]:
+    """sha256 -> (size recorded by the reference, where one reference is) over every document."""
+    refs: dict[str, tuple[int, str]] = {}
+    docs = [
+        (
+            cs_object,
+            "cs",
+            [cs_object.c.hologram, cs_object.c.pending, cs_object.c.export_changes, cs_object.c.unconfirmed],
+        ),
+        (mv_object, "mv", [mv_object.c.attributes, mv_object.c.contributions]),
+    ]
+    for table, label, columns in docs:
+        for rows in _pages(conn, table, columns, table.c.id):
+            for row in rows:
+                for column, text in zip(columns, row[1:], strict=True):
+                    if text and _BLOB_IN_JSON in text:  # skip parsing documents without binaries
+                        for sha, size in _blob_refs(loads(text)):
+                            refs.setdefault(sha, (size, f"{label} {row[0]} {column.name}"))
+    for rows in _pages(conn, transform_cache, [transform_cache.c.output], transform_cache.c.input):
+        for inp, output in rows:
+            for sha, size in [*_blob_refs(inp), *(_blob_refs(loads(output)) if output else [])]:
+                refs.setdefault(sha, (size, "transform cache"))
+    return refs
+
+
+def check_store(store: SqlStore) -> list[Finding]:
+    """Integrity of the store (see the module docstring); read-only."""
+    found: list[Finding] = []
+    with store.read() as conn:
+        version = current_version(conn)
+        if version == SCHEMA_VERSION:
+            found.append(Finding("store", "schema", "ok", f"schema version {version} is current"))
+        else:
+            found.append(
+                Finding(
+                    "store",
+                    "schema",
+                    "error",
+                    f"schema version {version}, this mvsync writes {SCHEMA_VERSION}: "
+                    + (
+                        "upgrade mvsync"
+                        if version > SCHEMA_VERSION
+                        else "any mvsync command that opens the store migrates it"
+                    ),
+                )
+            )
+            return found  # the other checks assume the current tables
+
+        # blobs: references -> existence and recorded size; stored bytes -> their hash
+        refs = _referenced_blobs(conn)
+        missing: list[str] = []
+        wrong_size: list[str] = []
+        keys = sorted(refs)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            sizes = dict(conn.execute(select(blob.c.sha256, blob.c.size).where(blob.c.sha256.in_(chunk))).all())
+            for sha in chunk:
+                size, where = refs[sha]
+                if sha not in sizes:
+                    missing.append(f"{sha[:16]}… ({where})")
+                elif size != sizes[sha]:
+                    wrong_size.append(f"{sha[:16]}… referenced as {size} bytes, stored {sizes[sha]} ({where})")
+        corrupt: list[str] = []
+        stored = 0
+        for rows in _pages(conn, blob, [blob.c.size], blob.c.sha256):
+            stored += len(rows)
+            hashes = [r[0] for r in rows]
+            data = store.get_blobs(conn, hashes)  # bounded queries (BLOB_QUERY_BYTES)
+            for sha, size in rows:
+                content = data.get(sha)
+                if content is None or hashlib.sha256(content).hexdigest() != sha or len(content) != size:
+                    corrupt.append(f"{sha[:16]}…")
+        for name, problems, what in (
+            ("blobs-missing", missing, "referenced blobs are missing"),
+            ("blobs-size", wrong_size, "blob references record a different size than the stored blob"),
+            ("blobs-corrupt", corrupt, "stored blobs do not match their SHA-256"),
+        ):
+            if problems:
+                found.append(
+                    Finding("store", name, "error", f"{len(problems)} {what}", len(problems), problems[:_EXAMPLES])
+                )
+        if not (missing or wrong_size or corrupt):
+            found.append(
+                Finding("store", "blobs", "ok", f"{len(refs)} referenced blobs present; {stored} stored blobs verified")
+            )
+
+        # links between connector space and metaverse
+        dangling = conn.execute(
+            select(cs_object.c.agent, cs_object.c.anchor, cs_object.c.mv_id)
+            .select_from(cs_object.outerjoin(mv_object, mv_object.c.id == cs_object.c.mv_id))
+            .where(cs_object.c.mv_id.is_not(None), mv_object.c.id.is_(None))
+            .order_by(cs_object.c.id)
+        ).all()
+        doubles = conn.execute(
+            select(cs_object.c.agent, cs_object.c.mv_id, func.count())
+            .where(cs_object.c.mv_id.is_not(None))
+            .group_by(cs_object.c.agent, cs_object.c.mv_id)
+            .having(func.count() > 1)
+        ).all()
+        if dangling:
+            found.append(
+                Finding(
+                    "store",
+                    "links-dangling",
+                    "error",
+                    f"{len(dangling)} connector-space objects are joined to metaverse objects that do not exist",
+                    len(dangling),
+                    [f"{a} {anchor} -> mv {mv}" for a, anchor, mv in dangling[:_EXAMPLES]],
+                )
+            )
+        if doubles:
+            found.append(
+                Finding(
+                    "store",
+                    "links-duplicate",
+                    "error",
+                    f"{len(doubles)} metaverse objects have more than one connector of the same agent",
+                    len(doubles),
+                    [f"mv {mv}: {n} objects of {a}" for a, mv, n in doubles[:_EXAMPLES]],
+                )
+            )
+        if not dangling and not doubles:
+            found.append(Finding("store", "links", "ok", "connector-space and metaverse links agree"))
+
+        orphans = conn.execute(
+            select(cs_object.c.agent, cs_object.c.anchor, cs_object.c.export_type)
+            .where(cs_object.c.export_type.is_not(None), cs_object.c.hologram.is_(None))
+            .order_by(cs_object.c.id)
+        ).all()
+        if orphans:
+            found.append(
+                Finding(
+                    "store",
+                    "pending-exports-orphan",
+                    "error",
+                    f"{len(orphans)} pending exports are on objects with no hologram (never imported)",
+                    len(orphans),
+                    [f"{a} {anchor}: {kind}" for a, anchor, kind in orphans[:_EXAMPLES]],
+                )
+            )
+        else:
+            found.append(Finding("store", "pending-exports", "ok", "every pending export has a hologram"))
+    return found
+
+
+# ------------------------------------------------------------------------------------------ config
+def _certificate_problems(path: Path) -> str | None:
+    """Why a PEM certificate file is unusable (unreadable, not PEM, expired), or None."""
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return f"{path} holds no PEM certificate"
+    now = _dt.datetime.now(_dt.UTC)
+    expired = [c for c in certs if c.not_valid_after_utc < now]
+    if expired:
+        subject = expired[0].subject.rfc4514_string()
+        return f"{path}: certificate {subject} expired on {expired[0].not_valid_after_utc:%Y-%m-%d}"
+    return None
+
+
+def _setting_files(settings: Any) -> Iterator[tuple[str, Path]]:
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if isinstance(value, Path):
+            yield name, value
+
+
+def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]:
+    """Rules, connectors, TLS material, token caches and reachability of every agent."""
+    from connector.engine import Engine
+    from connector.engine._agents import open_connector
+
+    found: list[Finding] = []
+    try:
+        Engine(config, store=_NoStore()).validate()  # type: ignore[arg-type]
+        found.append(Finding("config", "rules", "ok", "rules, transforms and connector types resolve"))
+    except (ConfigError, ConfigurationError) as exc:
+        found.append(Finding("config", "rules", "error", str(exc)))
+    for name in config.agents:
+        where = f"agents.{name}"
+        try:
+            connector = open_connector(config, name, dry_run=True)
+        except (ConfigError, ConfigurationError) as exc:
+            found.append(Finding("config", f"{where}.connector", "error", str(exc)))
+            continue
+        for field_name, path in _setting_files(connector.settings):
+            lowered = field_name.lower()
+            if "ca" in lowered.split("_") or "cert" in lowered:
+                problem = _certificate_problems(path)
+                if problem:
+                    found.append(Finding("config", f"{where}.settings.{field_name}", "error", problem))
+                else:
+                    found.append(Finding("config", f"{where}.settings.{field_name}", "ok", f"{path} is valid"))
+            elif "key" in lowered and not path.is_file():
+                found.append(Finding("config", f"{where}.settings.{field_name}", "error", f"{path} is not readable"))
+        auth = getattr(connector, "auth", None)
+        status = getattr(auth, "status", None)
+        if connect and callable(status):  # agents with a token cache expose it through .auth.status()
+            try:
+                st = status()
+                ok = bool(getattr(st, "ok", True))
+                detail = str(getattr(st, "detail", ""))
+                found.append(
+                    Finding("config", f"{where}.token-cache", "ok" if ok else "error", detail or "token cache readable")
+                )
+            except Exception as exc:
+                found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
+        if connect:
+            try:
+                result = connector.check()
+                found.append(
+                    Finding(
+                        "config", f"{where}.reachable", "ok" if result.ok else "error", result.detail or "reachable"
+                    )
+                )
+            except Exception as exc:
+                found.append(Finding("config", f"{where}.reachable", "error", f"{type(exc).__name__}: {exc}"))
+            finally:
+                try:
+                    connector.close()
+                except Exception:  # closing a connector that never opened must not hide the verdict
+                    pass
+    return found
+
+
+class _NoStore:
+    """Stands in for the store when only the rules are validated (no database is opened)."""
+
+    def close(self) -> None:
+        pass
+
+
+def run_doctor(config: MvsyncConfig, *, store: bool = True, connect: bool = True) -> Report:
+    """Every check; the report says what is wrong and ``report.exit_code`` what to exit with."""
+    report = Report()
+    for finding in check_config(config, connect=connect):
+        report.add(finding)
+    if store:
+        try:
+            opened = SqlStore(config.store_url(), migrate_schema=False)
+        except StoreError as exc:
+            report.add(Finding("store", "open", "error", str(exc)))
+            return report
+        try:
+            for finding in check_store(opened):
+                report.add(finding)
+        except (StoreVersionError, StoreError) as exc:
+            report.add(Finding("store", "open", "error", str(exc)))
+        finally:
+            opened.close()
+    return report

@@ -1,0 +1,176 @@
+"""``mvsync doctor`` on both backends: a healthy store passes; each kind of corruption is found."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, select, update
+
+from connector.doctor import EXIT_PROBLEMS, _certificate_problems, run_doctor
+from connector.store import SCHEMA_VERSION
+from connector.store.tables import blob, cs_object, store_meta
+from tests.engine.conftest import World, add_users
+
+
+@pytest.fixture
+def healthy(tmp_path: Path, store_url: str) -> Iterator[World]:
+    world = World(tmp_path, store_url)
+    add_users(world, 6)
+    world.cycle()
+    world.ad["fail"].clear()
+    assert world.run("export").status == "success"
+    yield world
+    world.close()
+
+
+def _errors(world: World) -> dict[str, int]:
+    report = run_doctor(world.config)
+    return {f.check: f.count for f in report.findings if f.severity == "error"}
+
+
+def test_a_healthy_store_passes(healthy: World) -> None:
+    report = run_doctor(healthy.config)
+    assert report.ok, report.as_dict()
+    assert report.exit_code == 0
+    checks = {f.check for f in report.findings}
+    assert {"schema", "blobs", "links", "pending-exports", "rules", "agents.ad.reachable"} <= checks
+
+
+def _first_blob(conn: Connection) -> str:
+    return str(conn.execute(select(blob.c.sha256).order_by(blob.c.sha256).limit(1)).scalar_one())
+
+
+def _delete_blob(conn: Connection) -> None:
+    conn.execute(blob.delete().where(blob.c.sha256 == _first_blob(conn)))
+
+
+def _corrupt_blob(conn: Connection) -> None:
+    conn.execute(update(blob).where(blob.c.sha256 == _first_blob(conn)).values(data=b"bitrot"))
+
+
+def _dangling_join(conn: Connection) -> None:
+    conn.execute(update(cs_object).where(cs_object.c.anchor == "guid-001").values(mv_id=987654))
+
+
+def _double_join(conn: Connection) -> None:
+    mv_id = conn.execute(select(cs_object.c.mv_id).where(cs_object.c.anchor == "guid-001")).scalar_one()
+    conn.execute(update(cs_object).where(cs_object.c.anchor == "guid-002").values(mv_id=mv_id))
+
+
+def _orphan_export(conn: Connection) -> None:
+    conn.execute(
+        cs_object.insert().values(
+            agent="ad", object_class="user", anchor="ghost", pending_type="add", pending="{}", export_type="update"
+        )
+    )
+
+
+def _newer_schema(conn: Connection) -> None:
+    conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "check"),
+    [
+        (_delete_blob, "blobs-missing"),
+        (_corrupt_blob, "blobs-corrupt"),
+        (_dangling_join, "links-dangling"),
+        (_double_join, "links-duplicate"),
+        (_orphan_export, "pending-exports-orphan"),
+        (_newer_schema, "schema"),
+    ],
+)
+def test_corruption_is_found(healthy: World, corrupt: Callable[[Connection], None], check: str) -> None:
+    with healthy.engine.store.transaction() as conn:
+        corrupt(conn)
+    report = run_doctor(healthy.config)
+    assert not report.ok and report.exit_code == EXIT_PROBLEMS
+    errors = {f.check: f for f in report.findings if f.severity == "error"}
+    assert set(errors) == {check}, report.as_dict()
+    assert errors[check].message
+
+
+def test_config_problems_are_reported(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    try:
+        world.config.agents["hr"].settings["directory"] = 42  # not a string: the connector cannot start
+        report = run_doctor(world.config, store=False)
+        errors = [f for f in report.findings if f.severity == "error"]
+        assert [f.check for f in errors] == ["agents.hr.connector"]
+        assert "agents.hr.settings" in errors[0].message
+    finally:
+        world.close()
+
+
+def _self_signed(path: Path, not_after: dt.datetime) -> Path:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old ca")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(not_after - dt.timedelta(days=30))
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_certificate_checks(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    assert _certificate_problems(_self_signed(tmp_path / "good.pem", now + dt.timedelta(days=90))) is None
+    expired = _certificate_problems(_self_signed(tmp_path / "old.pem", now - dt.timedelta(days=1)))
+    assert expired is not None and "expired" in expired
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    assert "no PEM certificate" in (_certificate_problems(tmp_path / "junk.pem") or "")
+    assert "cannot read" in (_certificate_problems(tmp_path / "missing.pem") or "")
+
+
+def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [store]
+            url = {json.dumps(store_url)}
+
+            [agents.people]
+            type = "generated"
+            settings = {{ count = 3, seed = 1, photo_bytes = 16 }}
+            projection = [{{ object_class = "person" }}]
+            import_flow = [{{ object_class = "person", cs = "photo", mv = "photo" }}]
+
+            [run_profiles.cycle]
+            steps = [{{ type = "full-import", agent = "people" }}, {{ type = "full-sync", agent = "people" }}]
+            """
+        )
+    )
+    mvsync = str(Path(sys.executable).with_name("mvsync"))
+    subprocess.run([mvsync, "run", "cycle", "-c", str(config), "--json"], check=True, capture_output=True, timeout=120)
+    ok = subprocess.run([mvsync, "doctor", "-c", str(config), "--json"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["ok"] is True
+    from connector.store import SqlStore
+
+    store = SqlStore(store_url)
+    with store.transaction() as conn:
+        conn.execute(blob.delete())
+    store.close()
+    bad = subprocess.run([mvsync, "doctor", "-c", str(config)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == EXIT_PROBLEMS, bad.stdout + bad.stderr
+    assert "blobs-missing" in bad.stdout and "problems found" in bad.stdout
