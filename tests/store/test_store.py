@@ -149,3 +149,67 @@ def test_rolled_back_transaction_leaves_nothing(store_url: str) -> None:
             assert conn.execute(select(func.count()).select_from(cs_object)).scalar_one() == 0
     finally:
         store.close()
+
+
+def test_run_many_batches_keep_row_by_row_semantics(store_url: str) -> None:
+    """PostgreSQL runs these as one ``unnest`` statement; the result must equal row-by-row execution."""
+    store = SqlStore(store_url)
+    try:
+        with store.transaction() as conn:
+            run_many(
+                conn,
+                "INSERT INTO cs_object (agent, object_class, anchor, dn, joined_at, seen_step) "
+                "VALUES (:agent, :object_class, :anchor, :dn, :joined_at, :seen_step)",
+                [
+                    {"agent": "a", "object_class": "u", "anchor": str(i), "dn": None, "joined_at": 5, "seen_step": i}
+                    for i in range(4)
+                ],
+            )
+            ids = dict(conn.execute(select(cs_object.c.anchor, cs_object.c.id)).all())
+            # COALESCE over the row's own column, an all-NULL parameter, ints and floats mixed
+            run_many(
+                conn,
+                "UPDATE cs_object SET joined_at = COALESCE(:joined_at, joined_at), dn = :dn, "
+                "updated_at = :t WHERE id = :_id",
+                [
+                    {"_id": ids["0"], "joined_at": None, "dn": None, "t": 1},
+                    {"_id": ids["1"], "joined_at": 7.5, "dn": None, "t": 2.5},
+                ],
+            )
+            # the same row twice: the later values win, as when executed one by one
+            run_many(
+                conn,
+                "UPDATE cs_object SET dn = :dn WHERE id = :_id",
+                [{"_id": ids["2"], "dn": "first"}, {"_id": ids["2"], "dn": "second"}, {"_id": ids["3"], "dn": "x"}],
+            )
+        with store.read() as conn:
+            got = {
+                r.anchor: (r.joined_at, r.dn, r.updated_at)
+                for r in conn.execute(
+                    select(cs_object.c.anchor, cs_object.c.joined_at, cs_object.c.dn, cs_object.c.updated_at)
+                )
+            }
+        assert got == {
+            "0": (5, None, 1),
+            "1": (7.5, None, 2.5),
+            "2": (5, "second", None),
+            "3": (5, "x", None),
+        }
+    finally:
+        store.close()
+
+
+def test_pg_batch_rewrite() -> None:
+    from connector.store._fast import _pg_batch
+
+    sql, params = _pg_batch(
+        "UPDATE cs_object SET a = :a, b = COALESCE(:b, b) WHERE id = :_id",
+        [{"a": "x", "b": None, "_id": 1}, {"a": "y", "b": None, "_id": 2}],
+    ) or ("", {})
+    assert sql == (
+        "UPDATE cs_object SET a = v._p_a, b = COALESCE(NULL, b) FROM unnest(%(_p_a)b::text[], %(_p__id)b::bigint[]) "
+        "AS v(_p_a, _p__id) WHERE id = v._p__id"
+    )
+    assert params == {"_p_a": ["x", "y"], "_p__id": [1, 2]}
+    assert _pg_batch("DELETE FROM x WHERE id = :i", [{"i": 1}, {"i": 2}]) is None
+    assert _pg_batch("UPDATE t SET a = :a WHERE id = :i", [{"a": 1, "i": 1}, {"a": "s", "i": 2}]) is None
