@@ -252,6 +252,7 @@ class _Sync:
         self.index = _JoinIndex()
         self.next_mv_id = 0
         self.counters = ctx.result.counters
+        self._candidates: dict[int, list[tuple[JoinRule, set[int]]]] = {}
 
     # ---------------------------------------------------------------------------------- inbound
     def _flow_in(self, conn: Connection, row: Any, state: dict[str, Any], mv: _MV, blobs: dict[str, bytes]) -> None:
@@ -336,13 +337,13 @@ class _Sync:
                 del mv.contributions[attr]
             self._resolve(mv, attr)
 
-    def _join(self, conn: Connection, row: Any, state: dict[str, Any]) -> tuple[int | None, str | None]:
-        """Returns (metaverse id, error name) for an unjoined object; (None, None) = no rule matched."""
+    def _rule_candidates(self, conn: Connection, row: Any, state: dict[str, Any]) -> list[tuple[JoinRule, set[int]]]:
+        """Per join rule, the metaverse objects all its conditions match (joined ones included)."""
         rules = self.rules.joins.get(row.object_class.lower(), [])
         if not rules:
-            return None, None
+            return []
         self.index.build(conn, [(c.mv, c.ignore_case) for r in rules for c in r.match], self.rules.agent)
-        assert self.index.joined is not None
+        out = []
         for rule in rules:
             candidates: set[int] | None = None
             for cond in rule.match:
@@ -354,7 +355,19 @@ class _Sync:
                 candidates = found if candidates is None else candidates & found
                 if not candidates:
                     break
-            candidates = (candidates or set()) - self.index.joined
+            out.append((rule, candidates or set()))
+        return out
+
+    def _join(self, conn: Connection, row: Any, state: dict[str, Any]) -> tuple[int | None, str | None]:
+        """Returns (metaverse id, error name) for an unjoined object; (None, None) = no rule matched."""
+        per_rule = self._candidates.pop(row.id, None)
+        if per_rule is None:
+            per_rule = self._rule_candidates(conn, row, state)
+        if not per_rule:
+            return None, None
+        assert self.index.joined is not None
+        for rule, found in per_rule:
+            candidates = found - self.index.joined
             if len(candidates) == 1:
                 return next(iter(candidates)), None
             if len(candidates) > 1:
@@ -504,23 +517,21 @@ class _Sync:
             last = rows[-1].id
 
     def _join_candidates(self, conn: Connection, rows: list[Any]) -> list[int]:
-        """Metaverse ids the unjoined rows of a chunk may join, to load them in one query."""
-        if not any(r.mv_id is None and r.pending_type != "delete" for r in rows):
-            return []
+        """Metaverse ids the unjoined rows of a chunk may join, to load them in one query.
+
+        The per-rule candidates are kept for ``_join`` so each lookup happens once."""
+        self._candidates = {}
         ids: set[int] = set()
         for row in rows:
             if row.mv_id is not None or row.pending_type == "delete":
                 continue
-            rules = self.rules.joins.get(row.object_class.lower(), [])
-            if not rules:
+            if not self.rules.joins.get(row.object_class.lower()):
                 continue
             state = _loads(row.pending if row.pending_type in ("add", "update") else row.hologram or "{}")
-            self.index.build(conn, [(c.mv, c.ignore_case) for r in rules for c in r.match], self.rules.agent)
-            for rule in rules:
-                for cond in rule.match:
-                    value = state.get(cond.cs)
-                    if value is not None:
-                        ids |= self.index.lookup(cond.mv, cond.ignore_case, value)
+            per_rule = self._rule_candidates(conn, row, state)
+            self._candidates[row.id] = per_rule
+            for _rule, found in per_rule:
+                ids |= found
         return list(ids)
 
     def _prefetch_transforms(self, conn: Connection, rows: list[Any], mvs: dict[int, _MV]) -> None:
