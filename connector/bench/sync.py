@@ -116,7 +116,20 @@ def register(bench_app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Store URL (default: a temporary SQLite file). A server store is emptied first."),
         ] = None,
+        postgres: Annotated[
+            bool,
+            typer.Option(
+                "--postgres",
+                help="Start a throwaway PostgreSQL on loopback (connector.testing.postgres) and use it as the store.",
+            ),
+        ] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
     ) -> None:
         """Full and no-change delta synchronization throughput on synthetic agents."""
-        print_json(run(objects, store))
+        if not postgres:
+            print_json(run(objects, store))
+            return
+        from connector.testing.postgres import postgres_server
+
+        with postgres_server(durable=True) as server:  # durable: default fsync, as a production server
+            print_json(run(objects, server.create_database()))

@@ -10,6 +10,7 @@ with its error and is retried by the next export.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -57,6 +58,14 @@ def pending_export_rows(conn: Connection, agent: str, *, after_id: int = -1, lim
     return list(conn.execute(query).all())
 
 
+def _all_pending(conn: Connection, agent: str, page: int = 5000) -> Iterator[Any]:
+    """Every pending export of ``agent``, read in keyset pages so memory stays bounded."""
+    last = -1
+    while rows := pending_export_rows(conn, agent, after_id=last, limit=page):
+        yield from rows
+        last = rows[-1].id
+
+
 def threshold_report(conn: Connection, ctx: StepContext) -> dict[str, Any] | None:
     """The deletion-threshold check: None when no threshold is set, else the figures and verdict."""
     threshold = ctx.step.deletion_threshold
@@ -65,7 +74,7 @@ def threshold_report(conn: Connection, ctx: StepContext) -> dict[str, Any] | Non
     watched = set(threshold.attributes)
     deletes = clears = 0
     examples: list[str] = []
-    for row in pending_export_rows(conn, ctx.agent):
+    for row in _all_pending(conn, ctx.agent):
         if row.export_type == "delete":
             deletes += 1
             examples.append(f"delete {row.anchor}")
