@@ -35,7 +35,10 @@ AD_SNAPSHOT_TYPE = "connector.demo:DirectorySnapshotConnector"
 
 
 def sample_path() -> Path:
-    """``samples/mvsync.toml`` of this source tree (the demo runs from a checkout or sdist)."""
+    """``samples/mvsync.toml``: the copy shipped in the wheel, else the source tree's (editable installs)."""
+    shipped = Path(__file__).resolve().parents[1] / "_data" / "samples" / "mvsync.toml"
+    if shipped.is_file():
+        return shipped
     return Path(__file__).resolve().parents[2] / "samples" / "mvsync.toml"
 
 
