@@ -84,6 +84,15 @@ def _secret_fields(model: type[BaseModel]) -> set[str]:
     return names
 
 
+def _path_fields(model: type[BaseModel]) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if annotation is not None and (annotation is Path or Path in getattr(annotation, "__args__", ())):
+            names.add(field.alias or name)
+    return names
+
+
 def validate_settings(
     model: type[BaseModel], raw: dict[str, Any], *, key: str, file: Path | None, base_dir: Path
 ) -> BaseModel:
@@ -96,6 +105,11 @@ def validate_settings(
             )
             raise ConfigError(msg)
     resolved = resolve_refs(raw, key=key, file=file, base_dir=base_dir)
+    for name in _path_fields(model):
+        value = resolved.get(name)
+        if isinstance(value, str) and value and not Path(os.path.expanduser(value)).is_absolute():
+            # relative paths mean "next to the configuration file", not "wherever mvsync was started"
+            resolved[name] = str(base_dir / value)
     try:
         return model.model_validate(resolved)
     except ValidationError as exc:

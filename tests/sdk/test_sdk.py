@@ -144,3 +144,17 @@ def test_value_encoding_round_trips_and_cannot_be_spoofed() -> None:
     assert decode_value(encode_value(when, blobs.__setitem__), blobs.__getitem__) == when
     assert encode_value(["b", "a", "b"], blobs.__setitem__) == ["a", "b"]
     assert decode_value(photo, blobs.__getitem__) == b"\xff\xd8jpeg"
+
+
+class _PathSettings(ConnectorSettings):
+    folder: Path
+    ca_file: Path | None = None
+
+
+def test_relative_setting_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "conf" / "mvsync.toml"
+    got = validate_settings(
+        _PathSettings, {"folder": "photos", "ca_file": "/etc/ssl/ca.pem"}, key="k", file=cfg, base_dir=cfg.parent
+    )
+    assert got.folder == cfg.parent / "photos"  # type: ignore[attr-defined]
+    assert got.ca_file == Path("/etc/ssl/ca.pem")  # type: ignore[attr-defined]
