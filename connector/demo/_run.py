@@ -104,15 +104,18 @@ def prepare_scenario(
     ad_ou: str = DEMO_OU,
     exo_overrides: dict[str, Any] | None = None,
     fallbacks: int = 4,
+    account_prefix: str = "",
 ) -> Scenario:
     """Write the directory (or populate the real one), HR folder, secrets and ``root/mvsync.toml``.
 
     ``ad`` is a ``connector.testing.samba.ADSettings`` for a real directory, or None for the LDIF
-    snapshot stand-in.
+    snapshot stand-in. ``account_prefix`` prefixes every ``sAMAccountName`` (see ``directory_users``).
     """
     sample = load_sample()
     secrets = root / "secrets"
-    users = directory_users(tenant_users, str(emulator_info.get("domain", "contoso.example")))
+    users = directory_users(
+        tenant_users, str(emulator_info.get("domain", "contoso.example")), account_prefix=account_prefix
+    )
     hr_dir = root / "hr-photos"
     hr = write_hr_folder(hr_dir, users, fallbacks=fallbacks)
     exo = emulator_exo_settings(sample, emulator_info, secrets, **(exo_overrides or {}))

@@ -46,22 +46,29 @@ class DirectoryUser:
         return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"mvsync-demo:{self.sam}"))
 
 
-def directory_users(tenant_users: Iterable[dict[str, Any]], domain: str) -> list[DirectoryUser]:
-    """The AD side of the demo from the emulator's users (``admin.users()``)."""
+def directory_users(
+    tenant_users: Iterable[dict[str, Any]], domain: str, *, account_prefix: str = ""
+) -> list[DirectoryUser]:
+    """The AD side of the demo from the emulator's users (``admin.users()``).
+
+    ``account_prefix`` goes before every ``sAMAccountName`` (service accounts included): the name
+    must be unique in the whole domain, so two scenarios sharing one DC need different prefixes.
+    """
     out = []
     for n, user in enumerate(u for u in tenant_users if not u.get("deleted")):
         if n % CLOUD_ONLY_EVERY == CLOUD_ONLY_EVERY - 1:
             continue  # cloud-only: no on-premises account
         out.append(
             DirectoryUser(
-                sam=str(user["mailNickname"]),
+                sam=account_prefix + str(user["mailNickname"]),
                 upn=str(user["userPrincipalName"]),
                 mail=user.get("mail"),
                 display_name=str(user.get("displayName") or user["mailNickname"]),
                 exo_photo=bool(user.get("hasPhoto")),
             )
         )
-    for sam in _SERVICE_ACCOUNTS:
+    for service in _SERVICE_ACCOUNTS:
+        sam = account_prefix + service
         out.append(DirectoryUser(sam, f"{sam}@{domain}", None, sam, None))
     return out
 

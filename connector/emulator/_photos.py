@@ -13,6 +13,7 @@ import random
 import struct
 import zlib
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from PIL import Image, ImageDraw
 
@@ -87,6 +88,17 @@ def image_dimensions(data: bytes) -> tuple[int, int, str]:
     return w, h, content_type
 
 
+def _noise(rng: random.Random, size: tuple[int, int], sigma: float) -> Image.Image:
+    """Gaussian grey noise drawn from ``rng``.
+
+    Not ``Image.effect_noise``: that draws from the C library's ``rand()``, so two renders of one
+    spec differed, and a photo served twice (a retry, a second emulator) changed its bytes.
+    """
+    dist = NormalDist(128, sigma)
+    table = [max(0, min(255, round(dist.inv_cdf((u + 0.5) / 256)))) for u in range(256)]
+    return Image.frombytes("L", size, rng.randbytes(size[0] * size[1])).point(table)
+
+
 def _render(spec: TemplateSpec) -> bytes:
     rng = random.Random(spec.seed)
     w, h = spec.width, spec.height
@@ -109,7 +121,7 @@ def _render(spec: TemplateSpec) -> bytes:
         draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(255) for _ in range(3)))
     if spec.fmt == "JPEG":
         # Low-resolution noise, scaled up: texture like a camera's, at a realistic file size.
-        noise = Image.effect_noise((max(1, w // 3), max(1, h // 3)), rng.uniform(12, 30)).resize((w, h))
+        noise = _noise(rng, (max(1, w // 3), max(1, h // 3)), rng.uniform(12, 30)).resize((w, h))
         image = Image.blend(image, Image.merge("RGB", [noise] * 3), 0.12)
     out = io.BytesIO()
     if spec.fmt == "PNG":

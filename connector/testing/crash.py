@@ -58,6 +58,8 @@ __all__ = [
     "TrialResult",
     "WorldState",
     "install_from_env",
+    "lab_emulator_config",
+    "lab_tag",
     "mvsync_command",
     "run_cli",
     "write_shim",
@@ -383,6 +385,25 @@ class CrashSummary:
         }
 
 
+def lab_tag() -> str:
+    """Per process: names a lab's OU, account prefix and tenant domain.
+
+    A DC enforces unique ``sAMAccountName`` and ``userPrincipalName`` across the domain, and other
+    test sessions (or a leftover OU of a killed one) may hold the same tenant's names.
+    """
+    return f"r{os.getpid() % 100000}"
+
+
+def lab_emulator_config(users: int = 24, seed: int = 5, **fields: Any) -> Any:
+    """The tenant crash trials and fault tests use: small, numbered users, a domain of its own."""
+    from connector.demo._run import DEMO_SCOPES
+    from connector.emulator import EmulatorConfig
+
+    fields.setdefault("delegated_scopes", DEMO_SCOPES)
+    fields.setdefault("domain", f"{lab_tag()}.resilience.example")
+    return EmulatorConfig(users=users, photo_ratio=0.6, seed=seed, naming="numbered", **fields)
+
+
 class CrashLab:
     """Builds identical worlds (tenant, directory, HR folder, store) and runs crash trials in them.
 
@@ -398,7 +419,7 @@ class CrashLab:
         self.root = root
         self.emulator = emulator
         self.ad = ad
-        self.tag = f"r{os.getpid() % 10000}"
+        self.tag = lab_tag()
         self.ou = ou or f"OU=mvsync-crash-{self.tag}"
         self.shim = write_shim(root / "shim")
         self.users = emulator.admin.users()
