@@ -166,7 +166,7 @@ def install_from_env() -> None:
         hooks.fire("ldap-write")
         return result
 
-    ldap3.Connection.modify = counted_modify  # type: ignore[method-assign]
+    ldap3.Connection.modify = counted_modify
 
     from connector.engine import _engine
 
@@ -575,14 +575,17 @@ class CrashLab:
         ) + sum(
             1
             for name, attrs in reference.metaverse.items()
-            if attrs.get("photoChecksum") and state.metaverse.get(name, {}).get("photoChecksum") != attrs["photoChecksum"]
+            if attrs.get("photoChecksum")
+            and state.metaverse.get(name, {}).get("photoChecksum") != attrs["photoChecksum"]
         )
         sent, status = self.noop_cycle(scenario)
         after = self.state(scenario)
         rewritten = sum(1 for sam, usn in after.usn.items() if state.usn.get(sam) != usn)
         if sent or rewritten or after.pending_exports:
-            problems.append(f"no-op cycle ({status}): {sent} exports, {rewritten} objects written, "
-                            f"{after.pending_exports} pending exports")
+            problems.append(
+                f"no-op cycle ({status}): {sent} exports, {rewritten} objects written, "
+                f"{after.pending_exports} pending exports"
+            )
         return TrialResult(
             index=index,
             point=point.spec(),

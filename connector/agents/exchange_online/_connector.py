@@ -485,11 +485,17 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             resp = self.graph.get_json(url, headers=headers)
             if not resp.ok or not isinstance(resp.json_body, dict):
                 raise self._listing_error(resp)
+            junk = 0
             for user in resp.json_body.get("value", []):
+                if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
+                    junk += 1
+                    continue
                 if "@removed" in user:
                     emit(_Removed(str(user["id"])))
                 else:
                     emit(_UserSeen(user))
+            if junk:
+                log.warning("users/delta page held %d entries that are not users with an id; skipped", junk)
             next_link = resp.json_body.get("@odata.nextLink")
             if next_link:
                 url = str(next_link)

@@ -152,7 +152,13 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
     if not resp.ok:
         return PhotoOutcome(task, "error", error=_error_name(resp), detail=resp.describe())
     if task.kind == "probe":
-        body = resp.json_body if isinstance(resp.json_body, dict) else {}
+        if not isinstance(resp.json_body, dict):
+            # A 200 whose metadata is not a JSON object (damaged in transit, a proxy's error page)
+            # says nothing about the photo: "no photo" here would clear it downstream.
+            return PhotoOutcome(
+                task, "error", error="graph-malformed-response", detail="photo metadata is not a JSON object"
+            )
+        body = resp.json_body
         if _legacy_metadata(body):
             if task.baseline is not None and not task.baseline[0]:
                 return PhotoOutcome(task, "unchanged")
