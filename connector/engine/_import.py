@@ -346,6 +346,7 @@ class _PageApplier:
             "updated_at = :updated_at WHERE id = :_id",
             updates,
         )
+        ctx.store.note_inserts(conn, "cs_object", len(inserts))
         if removals:
             conn.execute(delete(cs_object).where(cs_object.c.id.in_(removals)))
         # seen-but-failed objects keep their place (a full import must not delete them)

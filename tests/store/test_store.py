@@ -213,3 +213,24 @@ def test_pg_batch_rewrite() -> None:
     assert params == {"_p_a": ["x", "y"], "_p__id": [1, 2]}
     assert _pg_batch("DELETE FROM x WHERE id = :i", [{"i": 1}, {"i": 2}]) is None
     assert _pg_batch("UPDATE t SET a = :a WHERE id = :i", [{"a": 1, "i": 1}, {"a": "s", "i": 2}]) is None
+
+
+def test_growing_tables_get_fresh_planner_statistics(store_url: str) -> None:
+    """On PostgreSQL, ANALYZE runs as a table doubles, so anchor lookups keep using the right index."""
+    store = SqlStore(store_url)
+    try:
+        with store.transaction() as conn:
+            run_many(
+                conn,
+                "INSERT INTO cs_object (agent, object_class, anchor) VALUES (:agent, :object_class, :anchor)",
+                [{"agent": "a", "object_class": "u", "anchor": str(i)} for i in range(1500)],
+            )
+            store.note_inserts(conn, "cs_object", 1500)
+        with pytest.raises(ValueError, match="unknown store table"):
+            store.note_inserts(conn, "pg_class; DROP TABLE blob", 5000)
+        if store.dialect == "postgresql":
+            with store.read() as conn:
+                tuples = conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'cs_object'")).scalar_one()
+            assert tuples == 1500
+    finally:
+        store.close()
