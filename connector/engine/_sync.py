@@ -45,7 +45,8 @@ _loads = loads
 
 def search_fields(attributes: dict[str, Any]) -> tuple[str | None, str]:
     display = attributes.get("displayName") or attributes.get("accountName") or attributes.get("mail")
-    text = "\n".join(str(attributes[a]).lower() for a in SEARCH_ATTRIBUTES if isinstance(attributes.get(a), str))
+    values = [attributes.get(a) for a in SEARCH_ATTRIBUTES]
+    text = "\n".join([v.lower() for v in values if isinstance(v, str)])
     return (display if isinstance(display, str) else None), text
 
 
@@ -253,6 +254,10 @@ class _Sync:
         self.next_mv_id = 0
         self.counters = ctx.result.counters
         self._candidates: dict[int, list[tuple[JoinRule, set[int]]]] = {}
+        #: states of the chunk's unjoined rows, parsed once for the join lookups and reused after
+        self._states: dict[int, dict[str, Any]] = {}
+        #: object classes whose join keys are in ``index`` (built once per step, then kept current)
+        self._index_ready: set[str] = set()
 
     # ---------------------------------------------------------------------------------- inbound
     def _flow_in(self, conn: Connection, row: Any, state: dict[str, Any], mv: _MV, blobs: dict[str, bytes]) -> None:
@@ -280,9 +285,15 @@ class _Sync:
         if not computed and not self.rules.import_flows:
             return
         if mv.new and not mv.attributes:  # projected just now: this agent is the only contributor
-            mv._contributions = {attr: {agent: [value, rule]} for attr, (value, rule) in computed.items()}
-            mv._lineage = {attr: [agent, rule] for attr, (_value, rule) in computed.items()}
-            mv.attributes = {attr: value for attr, (value, _rule) in computed.items()}
+            # one pass, and tuples (stored as JSON arrays like lists): this runs for every projection
+            contributions: dict[str, Any] = {}
+            lineage: dict[str, Any] = {}
+            attributes: dict[str, Any] = {}
+            for attr, (value, rule) in computed.items():
+                contributions[attr] = {agent: (value, rule)}
+                lineage[attr] = (agent, rule)
+                attributes[attr] = value
+            mv._contributions, mv._lineage, mv.attributes = contributions, lineage, attributes
             mv.contributions_changed = mv.changed = True
             self.counters["attribute_flows"] += len(computed)
             return
@@ -339,10 +350,13 @@ class _Sync:
 
     def _rule_candidates(self, conn: Connection, row: Any, state: dict[str, Any]) -> list[tuple[JoinRule, set[int]]]:
         """Per join rule, the metaverse objects all its conditions match (joined ones included)."""
-        rules = self.rules.joins.get(row.object_class.lower(), [])
+        object_class = row.object_class.lower()
+        rules = self.rules.joins.get(object_class, [])
         if not rules:
             return []
-        self.index.build(conn, [(c.mv, c.ignore_case) for r in rules for c in r.match], self.rules.agent)
+        if self.index.joined is None or object_class not in self._index_ready:
+            self.index.build(conn, [(c.mv, c.ignore_case) for r in rules for c in r.match], self.rules.agent)
+            self._index_ready.add(object_class)
         out = []
         for rule in rules:
             candidates: set[int] | None = None
@@ -520,7 +534,7 @@ class _Sync:
         """Metaverse ids the unjoined rows of a chunk may join, to load them in one query.
 
         The per-rule candidates are kept for ``_join`` so each lookup happens once."""
-        self._candidates = {}
+        self._candidates, self._states = {}, {}
         ids: set[int] = set()
         for row in rows:
             if row.mv_id is not None or row.pending_type == "delete":
@@ -528,6 +542,8 @@ class _Sync:
             if not self.rules.joins.get(row.object_class.lower()):
                 continue
             state = _loads(row.pending if row.pending_type in ("add", "update") else row.hologram or "{}")
+            if row.pending_type in ("add", "update") or row.hologram:
+                self._states[row.id] = state
             per_rule = self._rule_candidates(conn, row, state)
             self._candidates[row.id] = per_rule
             for _rule, found in per_rule:
@@ -582,6 +598,8 @@ class _Sync:
         for row in rows:
             if row.pending_type == "delete":
                 state = None
+            elif row.id in self._states:
+                state = self._states.pop(row.id)
             elif row.pending_type in ("add", "update"):
                 state = _loads(row.pending)
             else:
@@ -662,10 +680,10 @@ class _Sync:
             cs_updates.append(
                 {
                     "_id": row.id,
-                    "hologram": _dumps(state),
+                    # the stored JSON text of ``state`` as it is: no need to encode it again
+                    "hologram": row.pending if row.pending_type in ("add", "update") else row.hologram,
                     "mv_id": mv_id,
                     "joined_at": now if joined_now else None,
-                    "keep_joined": not joined_now,
                     "sync_error": _dumps({"name": sync_error}) if sync_error else None,
                     "updated_at": now,
                 }
@@ -691,7 +709,8 @@ class _Sync:
                     counters["mv_deletes"] += 1
 
         # outbound: connectors of every metaverse object that changed (all touched, on a full sync)
-        outbound_ids = [m.id for m in mvs.values() if m.touched and (m.changed or self.full or m.deleted)]
+        # (an object projected in this chunk has no stored connector yet: nothing to look up)
+        outbound_ids = [m.id for m in mvs.values() if m.touched and not m.new and (m.changed or self.full or m.deleted)]
         others = self._load_connectors(conn, outbound_ids, skip_agent=None)
         own_by_mv: dict[int, list[_CS]] = defaultdict(list)
         for c in own.values():
@@ -781,34 +800,49 @@ class _Sync:
             "UPDATE mv_object SET contributions = :contributions, lineage = :lineage WHERE id = :_id",
             contrib_only,
         )
-        for u in cs_updates:
-            u.pop("keep_joined")
-        run_many(
-            conn,
-            "UPDATE cs_object SET hologram = :hologram, pending_type = NULL, pending = NULL, "
-            "mv_id = :mv_id, joined_at = COALESCE(:joined_at, joined_at), sync_error = :sync_error, "
-            "updated_at = :updated_at WHERE id = :_id",
-            cs_updates,
-        )
+        # A row whose import was applied and whose export changed is written once, not twice: a
+        # joining object (every one of them on a first synchronization) is both.
         dirty = [c for cs_list in others.values() for c in cs_list if c.dirty] + [c for c in own.values() if c.dirty]
+        # (the last state of a row listed twice wins, as it did when each was written in turn)
+        exports = {
+            c.id: {
+                "_id": c.id,
+                "mv_id": c.mv_id,
+                "export_type": c.export_type,
+                "export_changes": _dumps(c.export_changes) if c.export_changes else None,
+            }
+            for c in dirty
+        }
+        plain, with_export = [], []
+        for u in cs_updates:
+            export = exports.get(u["_id"])
+            if export is not None and export["mv_id"] == u["mv_id"]:
+                del exports[u["_id"]]
+                u["export_type"], u["export_changes"] = export["export_type"], export["export_changes"]
+                with_export.append(u)
+            else:
+                plain.append(u)
+        run_many(conn, _CS_UPDATE.format(export=""), plain)
+        run_many(conn, _CS_UPDATE.format(export=_CS_EXPORT_SET), with_export)
         run_many(
             conn,
             "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
             "mv_id = :mv_id, export_error = NULL WHERE id = :_id",
-            [
-                {
-                    "_id": c.id,
-                    "export_type": c.export_type,
-                    "mv_id": c.mv_id,
-                    "export_changes": _dumps(c.export_changes) if c.export_changes else None,
-                }
-                for c in dirty
-            ],
+            list(exports.values()),
         )
         if cs_deletes:
             conn.execute(delete(cs_object).where(cs_object.c.id.in_(cs_deletes)))
         if deleted_mv:
             conn.execute(delete(mv_object).where(mv_object.c.id.in_(list(deleted_mv))))
+
+
+#: An applied import (``export`` is empty, or ``_CS_EXPORT_SET`` to stage the export in the same write).
+_CS_UPDATE = (
+    "UPDATE cs_object SET hologram = :hologram, pending_type = NULL, pending = NULL, "
+    "mv_id = :mv_id, joined_at = COALESCE(:joined_at, joined_at), sync_error = :sync_error, "
+    "updated_at = :updated_at{export} WHERE id = :_id"
+)
+_CS_EXPORT_SET = ", export_type = :export_type, export_changes = :export_changes, export_error = NULL"
 
 
 def _describe(value: Any) -> Any:
