@@ -57,8 +57,8 @@ def synthetic_photo(seed: int, size: int = 648, *, noise: float = 4.0, quality: 
     return buffer.getvalue()
 
 
-def run(images: int = 200, passes: int = 3, size: int = 96, max_bytes: int = 10_240) -> dict[str, Any]:
-    """Normalize ``images`` distinct sources ``passes`` times; figures are the median pass."""
+def run(images: int = 200, passes: int = 5, size: int = 96, max_bytes: int = 10_240) -> dict[str, Any]:
+    """Normalize ``images`` distinct sources ``passes`` times; figures are the fastest pass."""
     sources = [synthetic_photo(seed) for seed in range(images)]
     spec = PhotoSpec(size=size, max_bytes=max_bytes)
     for data in sources[:10]:  # warm-up: plugin imports, allocator, caches
@@ -75,8 +75,10 @@ def run(images: int = 200, passes: int = 3, size: int = 96, max_bytes: int = 10_
             qualities.append(result.quality)
         cpu_times.append(time.process_time() - cpu)
         wall_times.append(time.perf_counter() - wall)
-    cpu_s, wall_s = statistics.median(cpu_times), statistics.median(wall_times)
-    floor_s = statistics.median(_decode_only(sources) for _ in range(passes))
+    # As timeit does: noise on a shared machine only ever adds time, so the fastest pass is the best
+    # estimate of what the pipeline costs; the median pass is reported beside it.
+    cpu_s, wall_s = min(cpu_times), min(wall_times)
+    floor_s = min(_decode_only(sources) for _ in range(passes))
     source_sizes = sorted(len(s) for s in sources)
     return {
         "benchmark": "thumbnails",
@@ -87,6 +89,7 @@ def run(images: int = 200, passes: int = 3, size: int = 96, max_bytes: int = 10_
                    "min_bytes": source_sizes[0], "max_bytes": source_sizes[-1]},
         "output": {"size": size, "max_bytes": max_bytes},
         "images_per_s_per_core": round(images / cpu_s, 1),
+        "median_pass_images_per_s_per_core": round(images / statistics.median(cpu_times), 1),
         "images_per_s_wall": round(images / wall_s, 1),
         "ms_per_image": round(cpu_s / images * 1000, 3),
         # The floor: entropy-decoding the JPEG at the same draft scale, nothing else. The pipeline
@@ -115,7 +118,7 @@ def register(bench_app: typer.Typer) -> None:
     @bench_app.command("thumbnails")
     def thumbnails_command(
         images: Annotated[int, typer.Option(min=10, help="Distinct 648x648 source photos.")] = 200,
-        passes: Annotated[int, typer.Option(min=1, help="Timed passes (the median is reported).")] = 3,
+        passes: Annotated[int, typer.Option(min=1, help="Timed passes (the fastest is reported, and the median).")] = 5,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
     ) -> None:
         """Thumbnail pipeline throughput: 648x648 JPEG -> 96x96 JPEG of at most 10 KB, per CPU core."""
