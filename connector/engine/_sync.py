@@ -17,9 +17,11 @@ Work is done in chunks, one transaction each, with everything the chunk needs lo
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -574,12 +576,14 @@ class _Sync:
                 total_q = total_q.where(or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.is_not(None)))
             total = conn.execute(total_q).scalar_one()
         ctx.progress.start(f"{ctx.agent}: {'full' if self.full else 'delta'} synchronization", total)
-        for rows in self._chunks(ctx.store.read):
-            with ctx.store.transaction() as conn:
-                self._chunk(conn, rows)
-                ctx.flush_errors(conn)
-            ctx.progress.advance(len(rows))
-            ctx.check_error_limit()
+        with _chunked_gc() as chunk_done:
+            for rows in self._chunks(ctx.store.read):
+                with ctx.store.transaction() as conn:
+                    self._chunk(conn, rows)
+                    ctx.flush_errors(conn)
+                chunk_done()
+                ctx.progress.advance(len(rows))
+                ctx.check_error_limit()
         ctx.progress.finish()
 
     def _chunk(self, conn: Connection, rows: list[Any]) -> None:
@@ -853,6 +857,25 @@ def _describe(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("\x00"):
         return value[3:]
     return value
+
+
+@contextmanager
+def _chunked_gc() -> Iterator[Any]:
+    """Cyclic garbage collection once per chunk instead of every 700 allocations.
+
+    A synchronization allocates millions of small acyclic objects (states, contributions, rows)
+    while it holds large long-lived ones (the join index, the chunk's metaverse objects). CPython's
+    collector, triggered by allocation counts, kept rescanning those: 13% of a full
+    synchronization's CPU in profiles. Collecting the youngest generation after each chunk still
+    frees any reference cycle a chunk made, so memory stays bounded by the chunk size.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield lambda: gc.collect(0)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def run_sync(ctx: StepContext, mv_schema: Schema, transforms: TransformRunner, full: bool) -> None:
