@@ -116,19 +116,22 @@ def step(agent: str, kind: str, status: str, seconds: float, counters: dict[str,
     LAST_STEP_END.labels(agent, kind, status).set_to_current_time()
 
 
-def graph_request(status: int | str) -> None:
-    """One Graph HTTP request finished with ``status`` (an HTTP code, or a word such as ``"timeout"``)."""
-    GRAPH_REQUESTS.labels(str(status)).inc()
+def graph_request(status: int | str, count: int = 1) -> None:
+    """``count`` Graph requests finished with ``status`` (an HTTP code, or a word such as ``"timeout"``).
+
+    Requests are counted as Graph counts them: each item of a ``$batch``, not its envelope.
+    """
+    GRAPH_REQUESTS.labels(str(status)).inc(count)
 
 
-def graph_throttle() -> None:
-    """Graph throttled a request (429, or 503 with Retry-After)."""
-    GRAPH_THROTTLES.inc()
+def graph_throttle(count: int = 1) -> None:
+    """Graph throttled ``count`` requests (429; items of a ``$batch`` count one by one)."""
+    GRAPH_THROTTLES.inc(count)
 
 
-def graph_retry() -> None:
-    """A Graph request is being retried."""
-    GRAPH_RETRIES.inc()
+def graph_retry(count: int = 1) -> None:
+    """``count`` Graph requests (or batch items) are being retried."""
+    GRAPH_RETRIES.inc(count)
 
 
 def ldap_write(result: str = "success") -> None:

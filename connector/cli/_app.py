@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib
+from enum import StrEnum
+from pathlib import Path
 
 import typer
 
+from connector import metrics
 from connector._version import __version__
+from connector.cli._common import fail
+from connector.logging import setup_logging
 
 app = typer.Typer(
     name="mvsync",
@@ -29,6 +34,11 @@ _COMMAND_MODULES = (
 )
 
 
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"mvsync {__version__}")
@@ -37,11 +47,48 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
     ),
+    log_level: str = typer.Option(
+        "WARNING", "--log-level", envvar="MVSYNC_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR (to stderr)."
+    ),
+    log_format: LogFormat = typer.Option(
+        LogFormat.TEXT,
+        "--log-format",
+        envvar="MVSYNC_LOG_FORMAT",
+        help="text, or json: one JSON object per line for log shippers. Secrets are redacted either way.",
+    ),
+    metrics_textfile: Path | None = typer.Option(
+        None,
+        "--metrics-textfile",
+        envvar="MVSYNC_METRICS_TEXTFILE",
+        help="Write Prometheus metrics to this file when the command ends (node_exporter's textfile collector).",
+    ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        envvar="MVSYNC_METRICS_PORT",
+        min=1,
+        max=65535,
+        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics while the command runs (long-lived processes).",
+    ),
 ) -> None:
     """MIM-style identity sync for user photos: Exchange Online, Active Directory and photo folders."""
+    try:
+        setup_logging(log_level, json_format=log_format == LogFormat.JSON)
+    except ValueError as exc:
+        raise fail(f"--log-level: {exc}; use DEBUG, INFO, WARNING or ERROR") from None
+    try:
+        metrics.configure(textfile=metrics_textfile, port=metrics_port)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"--metrics-port {metrics_port}: cannot listen ({exc.strerror}); choose a free port") from None
+    if metrics_textfile is not None:
+        # also after a failed or stopped run: the scheduler's alert reads these figures
+        ctx.call_on_close(metrics.write_textfile)
 
 
 for _name in _COMMAND_MODULES:

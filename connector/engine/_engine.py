@@ -263,13 +263,28 @@ class Engine:
                             message=result.message or None,
                         )
                     )
-                metrics.step(
+                final = result.status if result.status != "in-progress" else "stopped-interrupted"
+                seconds = result.ended_at - result.started_at
+                metrics.step(step.agent, step.type.value, final, seconds, counters, result.error_count)
+                # one line per step, with the figures as fields for JSON log shippers (--log-format json)
+                log.log(
+                    logging.WARNING if final.startswith("stopped") else logging.INFO,
+                    "%s %s: %s in %.2f s (%d errors)%s",
                     step.agent,
                     step.type.value,
-                    result.status if result.status != "in-progress" else "stopped-interrupted",
-                    result.ended_at - result.started_at,
-                    counters,
+                    final,
+                    seconds,
                     result.error_count,
+                    f": {result.message}" if result.message else "",
+                    extra={
+                        "run_id": run.run_id,
+                        "agent": step.agent,
+                        "step": step.type.value,
+                        "status": final,
+                        "seconds": round(seconds, 3),
+                        "errors": result.error_count,
+                        "counters": json.dumps(counters, default=str),
+                    },
                 )
         return result
 

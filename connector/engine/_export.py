@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from connector import metrics
 from connector.engine._context import StepContext
 from connector.engine._import import DELETE_MARK
 from connector.engine._results import ObjectError, StepStopped
@@ -127,6 +128,24 @@ def _to_change(row: Any, get_blob: Any) -> CSEntryChange:
     return change
 
 
+def photo_outcomes(change: CSEntryChange, result: ExportResult) -> list[str]:
+    """What happened to each binary (photo) value ``change`` carries, for the photo metrics.
+
+    ``exported`` or ``cleared`` when the connector succeeded, otherwise the error name
+    (``constraint-violation`` for a photo the directory finds too large, ``cd-server-down`` ...).
+    """
+    outcomes = []
+    for attribute in change.changes:
+        if any(isinstance(v, bytes) for v in attribute.values):
+            done = "exported"
+        elif not attribute.values and isinstance(change.previous.get(attribute.name), bytes):
+            done = "cleared"
+        else:
+            continue
+        outcomes.append(done if result.status == ExportStatus.SUCCESS else result.error_name or "failed")
+    return outcomes
+
+
 def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, Any] | None:
     """Run one export step. ``connector`` is None in a dry run (nothing is sent)."""
     counters = ctx.result.counters
@@ -228,6 +247,8 @@ def _apply_results(
             result = ExportResult.retry(
                 change.identifier, "cd-error", "the connector returned no result for this change; it stays pending"
             )
+        for outcome in photo_outcomes(change, result):
+            metrics.photo(outcome)
         unconfirmed = _loads(row.unconfirmed) if row.unconfirmed else {}
         if result.status == ExportStatus.SUCCESS:
             if row.export_type == "delete":

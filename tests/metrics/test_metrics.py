@@ -133,3 +133,87 @@ def test_setup_logging_twice_keeps_one_handler() -> None:
         assert sum(isinstance(f, RedactingFilter) for h in logging.getLogger().handlers for f in h.filters) == 1
     finally:
         logging.getLogger().removeHandler(second)
+
+
+def test_photo_outcomes_of_an_export() -> None:
+    from connector.engine._export import photo_outcomes
+    from connector.sdk import AttributeChange, CSEntryChange, ExportResult
+
+    def change(*changes: AttributeChange, previous: dict[str, object] | None = None) -> CSEntryChange:
+        c = CSEntryChange.update("user", "a", changes)
+        c.previous = previous or {}
+        return c
+
+    photo = AttributeChange.replace("thumbnailPhoto", b"\xff\xd8jpeg")
+    clear = AttributeChange.replace("thumbnailPhoto")
+    text = AttributeChange.replace("mail", "a@example.test")
+    assert photo_outcomes(change(photo, text), ExportResult.success("a")) == ["exported"]
+    assert photo_outcomes(change(clear, previous={"thumbnailPhoto": b"old"}), ExportResult.success("a")) == ["cleared"]
+    assert photo_outcomes(change(clear, previous={"mail": "x"}), ExportResult.success("a")) == []
+    failed = ExportResult.failed("a", "constraint-violation", "too large")
+    assert photo_outcomes(change(photo), failed) == ["constraint-violation"]
+
+
+CLI_CONFIG = """
+[store]
+url = "sqlite:///store.db"
+[agents.src]
+type = "generated"
+settings = { count = 12, photo_bytes = 16 }
+projection = [{ object_class = "person" }]
+import_flow = [{ object_class = "person", cs = "accountName", mv = "accountName" }]
+[run_profiles.cycle]
+steps = [{ type = "full-import", agent = "src" }, { type = "full-sync", agent = "src" }]
+"""
+
+
+def test_cli_writes_the_metrics_textfile_and_json_logs(tmp_path: Path) -> None:
+    """What a cron job gets: a .prom file for node_exporter, and log lines a shipper can parse."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "mvsync.toml"
+    config.write_text(CLI_CONFIG)
+    prom = tmp_path / "mvsync.prom"
+    mvsync = Path(sys.executable).with_name("mvsync")
+    proc = subprocess.run(
+        [
+            str(mvsync),
+            "--metrics-textfile",
+            str(prom),
+            "--log-format",
+            "json",
+            "--log-level",
+            "INFO",
+            "run",
+            "cycle",
+            "-c",
+            str(config),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "MVSYNC_METRICS_TEXTFILE": "", "MVSYNC_LOG_FORMAT": ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "success"
+    text = prom.read_text()
+    assert 'mvsync_steps_total{agent="src",kind="full-import",status="success"} 1.0' in text
+    assert 'mvsync_step_objects_total{agent="src",counter="projections",kind="full-sync"} 12.0' in text
+    log_lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert log_lines, "INFO level should log the run"
+    for line in log_lines:
+        doc = json.loads(line)  # every line is one JSON object
+        assert {"ts", "level", "logger", "message"} <= set(doc)
+
+    bad = subprocess.run([str(mvsync), "--log-level", "LOUD", "connectors", "list"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--log-level" in bad.stderr
+    missing = subprocess.run(
+        [str(mvsync), "--metrics-textfile", str(tmp_path / "no" / "x.prom"), "connectors", "list"],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -34,6 +34,7 @@ from typing import Any
 
 from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, SUBTREE, Connection
 
+from connector import metrics
 from connector.agents.active_directory._connection import LinkPool, ServerUnreachable, search_entries
 from connector.agents.active_directory._ldap import (
     dn_in_scope,
@@ -402,8 +403,10 @@ class Exporter:
                 result: dict[str, Any] = link.run(lambda conn: _modify(conn, p.dn, changes))
             except ServerUnreachable as exc:
                 self._down.set()
+                metrics.ldap_write("cd-server-down")
                 return ExportResult.retry(identifier, "cd-server-down", str(exc))
         status, name = classify_result(int(result.get("result", 80)))
+        metrics.ldap_write("success" if status == ExportStatus.SUCCESS else name)
         if status == ExportStatus.SUCCESS:
             with self._stats_lock:
                 self.stats.writes += 1

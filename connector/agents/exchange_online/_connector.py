@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 import requests
 
+from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth, make_session
 from connector.agents.exchange_online._graph import GraphClient, GraphResponse, RetryableError
 from connector.agents.exchange_online._photos import PhotoOutcome, PhotoTask, is_no_photo
@@ -76,6 +77,14 @@ log = logging.getLogger("mvsync.agent.exchange_online")
 
 OBJECT_CLASS = "EXOUser"
 #: Directory properties we import (Graph names = connector-space names), tracked by users/delta.
+#: Photo metrics per import outcome (``mvsync_photos_total{outcome=...}``).
+_IMPORT_OUTCOMES = {
+    "photo": "downloaded",
+    "none": "no-photo",
+    "unchanged": "unchanged",
+    "error": "import-error",
+    "gone": "user-gone",
+}
 DIRECTORY_ATTRIBUTES = ("userPrincipalName", "mail", "mailNickname", "displayName", "accountEnabled")
 _SELECT = ",".join(("id", *DIRECTORY_ATTRIBUTES))
 PHOTO_ATTRIBUTES = ("EXOPhoto", "EXOPhotoChecksum", "EXOPhotoETag", "EXOPhotoSize", "EXOPhotoLastChecked")
@@ -282,6 +291,7 @@ class _Run:
         user_id = outcome.task.user_id
         now = time.time()
         kind = outcome.kind
+        metrics.photo(_IMPORT_OUTCOMES[kind])
         if kind == "unchanged":
             self.counters["unchanged"] += 1
             self.state.checked(user_id, now)

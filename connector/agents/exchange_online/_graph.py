@@ -28,6 +28,7 @@ from typing import Any
 import requests
 import tenacity
 
+from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
 
@@ -160,6 +161,11 @@ class GraphStats:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
+        # the same events, for Prometheus (a long-lived process or the run's textfile)
+        if counts.get("throttled"):
+            metrics.graph_throttle(counts["throttled"])
+        if counts.get("retries"):
+            metrics.graph_retry(counts["retries"])
 
     @property
     def graph_requests(self) -> int:
@@ -303,6 +309,7 @@ class GraphClient:
         body: bytes | None,
         json_body: Any,
         weight: int,
+        envelope: bool = False,
     ) -> GraphResponse:
         token = self.auth.token()
         all_headers = {"Authorization": f"Bearer {token}", "client-request-id": str(uuid.uuid4())}
@@ -324,10 +331,13 @@ class GraphClient:
                 content = resp.content  # reads the whole body: a truncated one raises here
             except requests.RequestException as exc:
                 self.stats.add(connection_errors=1)
+                metrics.graph_request("connection-error")
                 raise RetryableError(f"{type(exc).__name__} talking to Graph") from None
         finally:
             self.slots.release(taken)
         self.stats.add(bytes_received=len(content))
+        if not envelope:  # a batch's items are counted one by one, as Graph counts them
+            metrics.graph_request(resp.status_code)
         out = GraphResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, content)
         if resp.headers.get("content-type", "").startswith("application/json") and content:
             try:
@@ -370,6 +380,7 @@ class GraphClient:
         body: bytes | None = None,
         json_body: Any = None,
         weight: int = 1,
+        envelope: bool = False,
     ) -> GraphResponse:
         """Send with retries. Returns the final response; a retryable one if retries ran out.
 
@@ -382,7 +393,7 @@ class GraphClient:
             reraise=True,
         )
         try:
-            return retrying(self._send_once, method, url, headers, body, json_body, weight)
+            return retrying(self._send_once, method, url, headers, body, json_body, weight, envelope)
         except RetryableError as exc:
             if exc.response is not None:
                 return exc.response
@@ -399,11 +410,16 @@ class GraphClient:
         if not items:
             return []
         resp = self.request(
-            "POST", "$batch", json_body=_batch_payload(items), weight=min(len(items), BATCH_PARALLELISM)
+            "POST",
+            "$batch",
+            json_body=_batch_payload(items),
+            weight=min(len(items), BATCH_PARALLELISM),
+            envelope=True,
         )
         self.stats.add(batch_requests=1)
         if not resp.ok or not isinstance(resp.json_body, dict):
             # the whole batch failed: every item shares its fate
+            metrics.graph_request(resp.status, len(items))
             return [resp for _ in items]
         self.stats.add(batch_items=len(items))
         by_id = {str(r.get("id")): r for r in resp.json_body.get("responses", []) if isinstance(r, dict)}
@@ -415,6 +431,7 @@ class GraphClient:
                 out.append(GraphResponse(503, {}, b"", {"error": {"code": "MissingBatchItem"}}))
                 continue
             item = _item_response(raw)
+            metrics.graph_request(item.status)
             if item.status == 429:
                 throttled += 1
             elif item.status >= 500:

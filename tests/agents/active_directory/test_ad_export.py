@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from ldap3 import MODIFY_REPLACE
 
+from connector import metrics
 from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ScopeViolationError
 from connector.testing.samba import UserSpec
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
@@ -39,6 +40,7 @@ def test_replace_clear_and_no_op(ad_env: ADTestEnv) -> None:
     connector = ad_env.connector()
     new = jpeg(500)
     usn_before = ad_env.usn(names[2])
+    writes_before = metrics.REGISTRY.get_sample_value("mvsync_ldap_writes_total", {"result": "success"}) or 0.0
     results = connector.export(
         [
             update(
@@ -72,6 +74,8 @@ def test_replace_clear_and_no_op(ad_env: ADTestEnv) -> None:
     assert ad_env.usn(names[2]) == usn_before
     stats = connector.export_stats
     assert (stats.writes, stats.noops) == (2, 1)
+    # Prometheus counts the LDAP writes actually sent (the no-op was not)
+    assert metrics.REGISTRY.get_sample_value("mvsync_ldap_writes_total", {"result": "success"}) == writes_before + 2
 
     # clearing an attribute that is already gone is idempotent (MODIFY_REPLACE of no values)
     again = connector.export(
@@ -93,9 +97,7 @@ def test_photo_size_limit_is_enforced_before_sending(ad_env: ADTestEnv) -> None:
     exact = b"\xff\xd8" + b"\x00" * (102_400 - 4) + b"\xff\xd9"
     results = connector.export(
         [
-            update(
-                guids[names[0]], AttributeChange.replace("thumbnailPhoto", exact + b"!"), identifier="big"
-            ),
+            update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", exact + b"!"), identifier="big"),
             update(guids[names[1]], AttributeChange.replace("thumbnailPhoto", exact), identifier="exact"),
         ]
     )
@@ -109,9 +111,7 @@ def test_photo_size_limit_is_enforced_before_sending(ad_env: ADTestEnv) -> None:
 def test_server_constraint_answers_map_to_constraint_violation(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(1))
     connector = ad_env.connector(export_attributes=("displayName",))
-    result = connector.export(
-        [update(next(iter(guids.values())), AttributeChange.replace("displayName", "x" * 300))]
-    )
+    result = connector.export([update(next(iter(guids.values())), AttributeChange.replace("displayName", "x" * 300))])
     assert (result[0].status, result[0].error_name) == (ExportStatus.FAILED, "constraint-violation")
     assert result[0].error_detail.startswith("modify CN=")
 
@@ -139,9 +139,7 @@ def test_scope_guard_objects_outside_the_base_dns_are_refused(ad_env: ADTestEnv)
     connector = ad_env.connector(base_dns=[inside])
     results = connector.export(
         [
-            update(
-                guids[f"{ad_env.tag}in"], AttributeChange.replace("thumbnailPhoto", jpeg(11)), identifier="in"
-            ),
+            update(guids[f"{ad_env.tag}in"], AttributeChange.replace("thumbnailPhoto", jpeg(11)), identifier="in"),
             # the engine's DN says inside, but the object lives outside: the directory decides
             update(
                 guids[f"{ad_env.tag}out"],
@@ -188,17 +186,13 @@ def test_account_without_rights_gets_permission_issue(ad_env: ADTestEnv) -> None
     assert ad_env.admin.extend.microsoft.modify_password(weak_dn, password)
     ad_env.admin.modify(weak_dn, {"userAccountControl": [(MODIFY_REPLACE, ["512"])]})
     connector = ad_env.connector(bind_dn=weak_dn, password=password, delta_method="usn")
-    result = connector.export(
-        [update(next(iter(guids.values())), AttributeChange.replace("thumbnailPhoto", jpeg(9)))]
-    )
+    result = connector.export([update(next(iter(guids.values())), AttributeChange.replace("thumbnailPhoto", jpeg(9)))])
     assert (result[0].status, result[0].error_name) == (ExportStatus.FAILED, "permission-issue")
 
 
 def test_write_rate_cap(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(12, photos=False))
-    changes = [
-        update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())
-    ]
+    changes = [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())]
     capped = ad_env.connector(max_writes_per_second=20)
     started = time.monotonic()
     assert all(r.status == ExportStatus.SUCCESS for r in capped.export(changes))
@@ -206,10 +200,7 @@ def test_write_rate_cap(ad_env: ADTestEnv) -> None:
     uncapped = ad_env.connector(max_writes_per_second=0)
     started = time.monotonic()
     uncapped.export(
-        [
-            update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i + 50)))
-            for i, g in enumerate(guids.values())
-        ]
+        [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i + 50))) for i, g in enumerate(guids.values())]
     )
     assert time.monotonic() - started < 0.5
     assert uncapped.export_stats.writes == 12
@@ -218,9 +209,7 @@ def test_write_rate_cap(ad_env: ADTestEnv) -> None:
 def test_dry_run_writes_nothing(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(1))
     connector = ad_env.connector(dry_run=True)
-    result = connector.export(
-        [update(next(iter(guids.values())), AttributeChange.replace("thumbnailPhoto", jpeg(5)))]
-    )
+    result = connector.export([update(next(iter(guids.values())), AttributeChange.replace("thumbnailPhoto", jpeg(5)))])
     assert result[0].status == ExportStatus.SUCCESS
     assert ad_env.read(next(iter(guids)), "thumbnailPhoto") == [jpeg(0)]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from connector import metrics
 from connector.agents.exchange_online._state import STATE_FILE_NAME
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
 from connector.sdk import AuthenticationError, ImportMode, ObjectModificationType
@@ -59,9 +60,7 @@ def test_full_import_matches_the_tenant(make_emulator: Any, tmp_path: Path) -> N
             assert "EXOPhoto" not in entry.attributes
 
 
-def test_delta_finds_photo_and_user_changes_and_downloads_only_those(
-    make_emulator: Any, tmp_path: Path
-) -> None:
+def test_delta_finds_photo_and_user_changes_and_downloads_only_those(make_emulator: Any, tmp_path: Path) -> None:
     emu = make_emulator(users=50)
     conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
     conn.open()
@@ -172,9 +171,7 @@ def test_access_token_expiry_mid_run_is_refreshed_silently(make_emulator: Any, t
     try:
         page, token = 1, None
         while True:
-            result = conn.import_page(
-                ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token)
-            )
+            result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token))
             entries += result.entries
             if page == 1:
                 emu.admin.expire_access_tokens()  # Graph now answers 401 for the token in use
@@ -190,9 +187,22 @@ def test_access_token_expiry_mid_run_is_refreshed_silently(make_emulator: Any, t
     assert conn.auth.refresh_count >= 2  # a new access token (and a rotated refresh token) mid-run
 
 
+def _prometheus(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_throttling_storm_completes_without_errors(make_emulator: Any, tmp_path: Path) -> None:
     emu = make_emulator(users=30, faults="storm")
     conn = make_connector(emu, tmp_path, retry_after_max_s=0.2, max_attempts=12)
+    before = {
+        name: _prometheus(name, **labels)
+        for name, labels in (
+            ("mvsync_graph_throttles_total", {}),
+            ("mvsync_graph_retries_total", {}),
+            ("mvsync_graph_requests_total", {"status": "429"}),
+            ("mvsync_graph_requests_total", {"status": "200"}),
+        )
+    }
     conn.open()
     try:
         entries, watermark = run_import(conn, ImportMode.FULL)
@@ -200,6 +210,14 @@ def test_throttling_storm_completes_without_errors(make_emulator: Any, tmp_path:
         conn.close()
     assert watermark is not None
     assert conn.metrics["throttled"] > 0 and conn.metrics["retries"] > 0
+    # the same events reach Prometheus: throttles and retries, requests by status
+    assert (
+        _prometheus("mvsync_graph_throttles_total") - before["mvsync_graph_throttles_total"]
+        == conn.metrics["throttled"]
+    )
+    assert _prometheus("mvsync_graph_retries_total") - before["mvsync_graph_retries_total"] == conn.metrics["retries"]
+    assert _prometheus("mvsync_graph_requests_total", status="429") > before["mvsync_graph_requests_total"]
+    assert _prometheus("mvsync_graph_requests_total", status="200") > before["mvsync_graph_requests_total"]
     names = {e.error.name for e in entries if e.error is not None}
     assert names <= {"mailbox-not-in-exchange-online"}
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
@@ -219,9 +237,7 @@ def test_retry_budget_turns_failures_into_object_errors(make_emulator: Any, tmp_
     assert any(e.error is not None and e.error.name == "graph-throttled" for e in entries)
 
 
-def test_revoked_refresh_token_stops_mid_run_with_the_reauthorize_command(
-    make_emulator: Any, tmp_path: Path
-) -> None:
+def test_revoked_refresh_token_stops_mid_run_with_the_reauthorize_command(make_emulator: Any, tmp_path: Path) -> None:
     from connector.sdk import ImportRequest
 
     emu = make_emulator(users=400, latency_ms=30)  # the pipeline runs at most ~200 users ahead
@@ -245,9 +261,7 @@ def run_import_rest(conn: Any, token: str | None) -> None:
 
     page = 2
     while True:
-        result = conn.import_page(
-            ImportRequest(ImportMode.FULL, page_size=5, page_number=page, page_token=token)
-        )
+        result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=5, page_number=page, page_token=token))
         if not result.more_to_import:
             return
         page, token = page + 1, result.page_token
@@ -357,9 +371,7 @@ def test_state_file_lives_in_data_dir(make_emulator: Any, tmp_path: Path) -> Non
     assert (tmp_path / STATE_FILE_NAME).is_file()
 
 
-def test_cli_auth_login_and_status(
-    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_auth_login_and_status(make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     from typer.testing import CliRunner
