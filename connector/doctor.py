@@ -322,7 +322,7 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
         if connect and callable(status):  # agents with a token cache expose it through .auth.status()
             try:
                 st = status()
-                ok = bool(getattr(st, "ok", True))
+                ok = bool(getattr(st, "token_ok", getattr(st, "ok", False)))
                 detail = str(getattr(st, "detail", ""))
                 found.append(
                     Finding("config", f"{where}.token-cache", "ok" if ok else "error", detail or "token cache readable")

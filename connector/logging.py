@@ -88,7 +88,8 @@ class JsonFormatter(logging.Formatter):
             doc["exc"] = record.exc_text
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                doc[key] = value if isinstance(value, str | int | float | bool | None) else redact(str(value))
+                # strings are redacted too: an extra= field may carry a URL, a header or a detail text
+                doc[key] = value if isinstance(value, int | float | bool | None) else redact(str(value))
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 

@@ -443,6 +443,7 @@ def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None
             thread.join(10)
             store.close()
         worst = max(f["p95_ms"] for f in figures.values())
+        slowest = max(f["max_ms"] for f in figures.values())
         return {
             "benchmark": "ui",
             "store": store.dialect,
@@ -453,7 +454,9 @@ def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None
             "target_ms": TARGET_MS,
             "pages": figures,
             "worst_p95_ms": worst,
-            "all_under_target": worst < TARGET_MS,
+            "slowest_request_ms": slowest,
+            # every request, not only 95 % of them, must answer under the target
+            "all_under_target": slowest < TARGET_MS,
             "peak_rss_mb": peak_rss_mb(),
         }
 

@@ -60,7 +60,7 @@ def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
 @auth_app.command("login")
 @handle_errors
 def login(
-    agent: Annotated[str, typer.Argument(help="The agent to sign in (its [agents.NAME] section).")],
+    agent: Annotated[str, typer.Argument(help="The agent to sign in (its \\[agents.NAME] section).")],
     config: ConfigOption = DEFAULT_CONFIG,
     refresh_token_file: Annotated[
         Path | None,

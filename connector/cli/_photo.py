@@ -98,7 +98,7 @@ def convert_command(
     max_bytes: Annotated[
         str, typer.Option(help="Largest output, e.g. 10240 or '10 KB' (AD allows at most 102,400).")
     ] = "10240",
-    crop: Annotated[str, typer.Option(help="center, or face (needs the [face] extra).")] = "center",
+    crop: Annotated[str, typer.Option(help="center, or face (needs the \\[face] extra).")] = "center",
     margin: Annotated[
         int, typer.Option(help="Face crop: space around the face, percent of its size (1-50).")
     ] = 40,

@@ -32,7 +32,7 @@ from connector.engine._sync import run_sync
 from connector.engine.transforms import TransformRunner
 from connector.registry import load_connector
 from connector.sdk import ConfigurationError, Schema, StopRunError
-from connector.store import SqlStore
+from connector.store import LockHeldError, SqlStore
 from connector.store.tables import run_history, run_step
 
 __all__ = ["Engine"]
@@ -162,15 +162,22 @@ class Engine:
                     pid=os.getpid(),
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
+        aborted: str | None = None
         try:
             for seq, step in enumerate(steps, 1):
                 step_result = self._run_step(result, seq, step, progress, emit, wait_s)
                 result.steps.append(step_result)
                 if step_result.status.startswith("stopped-"):
                     break
+        except LockHeldError:
+            aborted = "stopped-locked"  # another process holds an agent or the metaverse: nothing ran
+            raise
+        except BaseException:
+            aborted = "stopped-interrupted"  # Ctrl-C, a signal, or a bug: history must not say success
+            raise
         finally:
             result.ended_at = time.time()
-            result.status = run_status(result.steps) if result.steps else "success"
+            result.status = aborted or (run_status(result.steps) if result.steps else "success")
             with self.store.transaction() as conn:
                 conn.execute(
                     update(run_history)

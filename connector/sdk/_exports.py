@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-
-from connector.sdk._changes import Values
 
 __all__ = ["ExportResult", "ExportStatus"]
 
@@ -23,8 +21,9 @@ class ExportResult:
     """The outcome of one exported change, matched by ``identifier`` (the change's identifier).
 
     ``error_name`` follows MIM's export error names (``cd-missing-object``, ``permission-issue``,
-    ``constraint-violation``, ``cd-error`` ...). ``anchor`` is a server-generated anchor after an add;
-    ``attributes`` are values the server assigned that the engine should record.
+    ``constraint-violation``, ``cd-error`` ...). ``anchor`` is a server-generated anchor after an add
+    (the engine re-anchors the connector-space object). Values the server computes on its own are
+    not reported here: the confirming import reads them like any other change.
     """
 
     identifier: str
@@ -32,7 +31,6 @@ class ExportResult:
     error_name: str = ""
     error_detail: str = ""
     anchor: str | None = None
-    attributes: dict[str, Values] = field(default_factory=dict)
 
     @classmethod
     def success(cls, identifier: str, *, anchor: str | None = None) -> ExportResult:

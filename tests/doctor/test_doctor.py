@@ -9,14 +9,17 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, select, update
 
-from connector.doctor import EXIT_PROBLEMS, _certificate_problems, run_doctor
+from connector.config import config_from_dict
+from connector.doctor import EXIT_PROBLEMS, _certificate_problems, check_config, run_doctor
 from connector.store import SCHEMA_VERSION
 from connector.store.tables import blob, cs_object, store_meta
 from tests.engine.conftest import World, add_users
+from tests.engine.memory import MemoryConnector
 
 
 @pytest.fixture
@@ -174,3 +177,35 @@ def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
     bad = subprocess.run([mvsync, "doctor", "-c", str(config)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == EXIT_PROBLEMS, bad.stdout + bad.stderr
     assert "blobs-missing" in bad.stdout and "problems found" in bad.stdout
+
+
+class _ExpiredCacheAuth:
+    """What the Exchange Online agent's auth says when its token cache holds no usable account."""
+
+    def status(self) -> Any:
+        from connector.agents.exchange_online._auth import AuthStatus
+
+        return AuthStatus(
+            "delegated", Path("cache.bin"), True, (), False, "no signed-in account; run mvsync auth login"
+        )
+
+
+class TokenCacheConnector(MemoryConnector):
+    """A connector with a token cache, as the doctor sees it (``.auth.status()``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.auth = _ExpiredCacheAuth()
+
+
+def test_a_token_cache_without_a_usable_account_is_an_error(tmp_path: Path) -> None:
+    config = config_from_dict(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "agents": {"exo": {"type": "tests.doctor.test_doctor:TokenCacheConnector", "settings": {"directory": "x"}}},
+        },
+        base_dir=tmp_path,
+    )
+    findings = {f.check: f for f in check_config(config)}
+    token = findings["agents.exo.token-cache"]
+    assert token.severity == "error" and "mvsync auth login" in token.message

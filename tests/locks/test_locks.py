@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from connector.engine import Engine
 from connector.store import LockHeldError
+from connector.store.tables import run_history
 from tests.engine.conftest import make_config
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -103,6 +105,10 @@ def test_same_agent_is_refused_naming_the_holder(tmp_path: Path, store_url: str,
         assert "agent:ad is locked by" in message
         assert f"pid {holders[0].pid}" in message and socket.gethostname() in message
         assert "--wait" in message
+        # the refused run is in the history as such, not as a success
+        with engine.store.read() as conn:
+            statuses = [r.status for r in conn.execute(select(run_history.c.status).order_by(run_history.c.id))]
+        assert statuses[-1] == "stopped-locked"
         # another agent's import is not held up
         assert engine.run_profile("full-import", agents={"exo"}).status == "success"
     finally:

@@ -117,12 +117,16 @@ def test_json_logs_carry_fields_and_never_secrets() -> None:
             raise RuntimeError("LDAP bind password=hunter2 rejected")
         except RuntimeError:
             log.exception("export failed")
+        # string fields given through extra= are redacted like the message
+        log.warning("store", extra={"detail": "password=sw0rdfish", "url": "postgresql://mv:pg-s3cret@db/mv"})
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
     finally:
         logging.getLogger().removeHandler(handler)
     assert lines[0]["level"] == "info" and lines[0]["logger"] == "mvsync.test" and lines[0]["agent"] == "exo"
-    assert "0.AXoA" not in out.getvalue() and "hunter2" not in out.getvalue()
+    for secret in ("0.AXoA", "hunter2", "sw0rdfish", "pg-s3cret"):
+        assert secret not in out.getvalue()
     assert "RuntimeError" in lines[1]["exc"]
+    assert lines[2]["url"].startswith("postgresql://mv:")
 
 
 def test_setup_logging_twice_keeps_one_handler() -> None:

@@ -60,12 +60,9 @@ class ExchangeOnlineSettings(ConnectorSettings):
     token_cache_key_file: Path | None = None
 
     # -- what we fetch -------------------------------------------------------------------------
+    #: The HD size downloaded. A photo whose original is smaller comes at the largest HD size it has
+    #: (the metadata probe says which), never as an unbounded original.
     photo_size: str = "648x648"
-    #: ``$filter`` selecting mailbox users (needs the advanced-query header, which we send).
-    user_filter: str = "mail ne null"
-    #: Fetch a photo whose original is smaller than ``photo_size`` (Graph then has no such size and
-    #: answers 404 like "no photo"): costs one extra request per user without a photo.
-    small_photo_fallback: bool = True
 
     # -- manners -------------------------------------------------------------------------------
     #: Requests in flight toward Graph, counting ``$batch`` items the way Graph does (4 per batch).

@@ -312,9 +312,11 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return ExportResult.failed(ident, "invalid-anchor", f"{display(change.anchor)!r} {problem}")
         size = self.settings.export_size
         path = folder / f"{change.anchor} {size}x{size}.jpg"
-        photo, extra = _photo_of(change)
+        touched, photo, extra = _photo_of(change)
         if extra:
             return ExportResult.failed(ident, "attribute-not-exportable", f"cannot export {', '.join(extra)}")
+        if not touched:  # an update that does not name the photo leaves the backup as it is
+            return ExportResult.success(ident)
         try:
             if photo is None:
                 if not self.context.dry_run:
@@ -346,25 +348,27 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         return normalize(photo, spec).data
 
 
-def _photo_of(change: CSEntryChange) -> tuple[bytes | None, list[str]]:
-    """The photo value a change leaves (None: no photo) and any attributes it cannot export."""
+def _photo_of(change: CSEntryChange) -> tuple[bool, bytes | None, list[str]]:
+    """Whether a change names the photo, the photo it leaves (None: no photo), and any attributes it
+    cannot export. A whole object (add, replace) and a delete always decide the photo; an update
+    only when it has a change of the photo attribute."""
     if change.modification == ObjectModificationType.DELETE:
-        return None, []
+        return True, None, []
     if change.modification == ObjectModificationType.UPDATE:
         extra = sorted({c.name for c in change.changes} - {PHOTO, ANCHOR})
-        photo: bytes | None = None
+        touched, photo = False, None
         for attribute_change in change.changes:
             if attribute_change.name != PHOTO:
                 continue
             clears = attribute_change.modification == AttributeModificationType.DELETE
             values = [v for v in attribute_change.values if isinstance(v, bytes)]
-            photo = None if clears or not values else values[-1]
-        return photo, extra
+            touched, photo = True, (None if clears or not values else values[-1])
+        return touched, photo, extra
     extra = sorted(set(change.attributes) - {PHOTO, ANCHOR})
     value = change.attributes.get(PHOTO)
     if isinstance(value, list):
         value = value[-1] if value else None
-    return (value if isinstance(value, bytes) else None), extra
+    return True, (value if isinstance(value, bytes) else None), extra
 
 
 def _file_name_problem(anchor: str) -> str:

@@ -16,6 +16,7 @@ from connector import metrics
 from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ScopeViolationError
 from connector.testing.samba import UserSpec
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.conftest import require_or_skip
 
 pytestmark = pytest.mark.samba
 
@@ -214,8 +215,9 @@ def test_dry_run_writes_nothing(ad_env: ADTestEnv) -> None:
     assert ad_env.read(next(iter(guids)), "thumbnailPhoto") == [jpeg(0)]
 
 
-@pytest.mark.skipif(shutil.which("ldapmodify") is None, reason="ldap-utils (ldapmodify) is not installed")
 def test_ldif_mode_writes_a_file_that_ldapmodify_applies(ad_env: ADTestEnv) -> None:
+    if shutil.which("ldapmodify") is None:
+        require_or_skip("ldap-utils (ldapmodify) is not installed (apt-get install ldap-utils)")
     guids = ad_env.add_users(ad_env.specs(3))
     names = list(guids)
     out = ad_env.tmp_path / "exports" / "ad-{timestamp}.ldif"

@@ -76,6 +76,12 @@ def test_updates_and_deletes_remove_or_replace(tmp_path: Path) -> None:
         [_change(CSEntryChange.update("photoFile", "jdoe", [AttributeChange.replace("photo", new)]), "b")]
     )
     assert results[0].status == ExportStatus.SUCCESS and target.read_bytes() == new
+    # an update that does not name the photo (only the account name) leaves the backup alone
+    scoped = _agent(tmp_path, scope={"photoFile": frozenset({"photo", "accountName"})})
+    untouched = scoped.export(
+        [_change(CSEntryChange.update("photoFile", "jdoe", [AttributeChange.replace("accountName", "jdoe")]), "u")]
+    )
+    assert untouched[0].status == ExportStatus.SUCCESS and target.read_bytes() == new
     agent.export([_change(CSEntryChange.update("photoFile", "jdoe", [AttributeChange.delete("photo")]), "c")])
     assert not target.exists()
     agent.export([_change(CSEntryChange.add("photoFile", "jdoe", {"photo": new}), "d")])
