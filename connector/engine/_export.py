@@ -128,6 +128,30 @@ def _to_change(row: Any, get_blob: Any) -> CSEntryChange:
     return change
 
 
+def _keep_restaged_exports(conn: Connection, rows: list[Any], updates: list[dict[str, Any]]) -> None:
+    """Keep a pending export that a synchronization staged while this batch was being exported.
+
+    An export holds only its agent's lock, so another agent's synchronization may stage newer values
+    on these rows while the connector writes. Recording the result must not wipe them: the values
+    just written become unconfirmed as usual, and the newer pending export stays for the next export.
+    The rows are read again inside the recording transaction (locked on PostgreSQL).
+    """
+    sent = {r.id: (r.export_type, r.export_changes) for r in rows}
+    ids = list(sent)
+    current: dict[int, tuple[Any, Any]] = {}
+    for i in range(0, len(ids), 900):
+        query = (
+            select(cs_object.c.id, cs_object.c.export_type, cs_object.c.export_changes)
+            .where(cs_object.c.id.in_(ids[i : i + 900]))
+            .with_for_update()
+        )
+        current.update({r.id: (r.export_type, r.export_changes) for r in conn.execute(query)})
+    for entry in updates:
+        now = current.get(entry["_id"])
+        if now is not None and now != sent[entry["_id"]]:
+            entry["export_type"], entry["export_changes"] = now
+
+
 def photo_outcomes(change: CSEntryChange, result: ExportResult) -> list[str]:
     """What happened to each binary (photo) value ``change`` carries, for the photo metrics.
 
@@ -298,6 +322,7 @@ def _apply_results(
                 }
             )
     with ctx.store.transaction() as conn:
+        _keep_restaged_exports(conn, rows, updates)
         run_many(
             conn,
             "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.config import MvsyncConfig
 from connector.store import SqlStore
-from connector.web._photos import sniff_image_type
+from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
 from connector.web._security import AccessPolicy
 from connector.web._settings_view import masked_settings
@@ -166,6 +166,10 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
         if data is None:
             raise HTTPException(404, "no such photo")
         content_type = sniff_image_type(data[:16])
+        if content_type is None and sniff_image_type(data[:16], previewed=True) is not None:
+            preview = jpeg_preview(data)  # BMP, TIFF, WebP from a folder: shown as a JPEG
+            if preview is not None:
+                return Response(preview, media_type="image/jpeg", headers=cache)
         if content_type is None:
             raise HTTPException(404, "not an image")
         return Response(data, media_type=content_type, headers=cache)

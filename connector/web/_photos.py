@@ -2,7 +2,9 @@
 
 The console serves blobs to browsers, so it decides the content type itself from the magic bytes
 (never from a stored name or attribute) and serves nothing that is not a JPEG, PNG or GIF: a blob
-may hold any binary attribute, and only images belong in an ``<img>``.
+may hold any binary attribute, and only images belong in an ``<img>``. Photos a folder may hold in
+other formats (BMP, TIFF, WebP) are shown as a JPEG preview made by the imaging pipeline, which
+decodes untrusted bytes within its limits.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy import Connection, func, select
 
 from connector.store.tables import blob
 
-__all__ = ["HEADER_BYTES", "PhotoInfo", "photo_infos", "sniff_image_type"]
+__all__ = ["HEADER_BYTES", "PREVIEW_SIZE", "PhotoInfo", "jpeg_preview", "photo_infos", "sniff_image_type"]
 
 #: Enough for a JPEG's frame header behind ordinary EXIF/ICC segments (Pillow reads only headers).
 HEADER_BYTES = 131_072
@@ -29,12 +31,39 @@ _MAGIC = (
 )
 
 
-def sniff_image_type(head: bytes) -> str | None:
-    """The image content type for these leading bytes, or None when they are not a JPEG/PNG/GIF."""
+#: Formats browsers do not all show: served as a JPEG preview.
+_PREVIEWED = (
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+#: Pixels of the preview's side (the largest photo Exchange Online keeps).
+PREVIEW_SIZE = 648
+
+
+def sniff_image_type(head: bytes, *, previewed: bool = False) -> str | None:
+    """The image content type for these leading bytes, or None when they are not a JPEG/PNG/GIF
+    (with ``previewed``, also BMP, TIFF and WebP: formats shown through :func:`jpeg_preview`)."""
     for magic, content_type in _MAGIC:
         if head.startswith(magic):
             return content_type
+    if previewed:
+        for magic, content_type in _PREVIEWED:
+            if head.startswith(magic):
+                return content_type
+        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+            return "image/webp"
     return None
+
+
+def jpeg_preview(data: bytes) -> bytes | None:
+    """A square JPEG preview of a photo in a format browsers may not show; None if it does not decode."""
+    from connector.imaging import ImageError, PhotoSpec, normalize
+
+    try:
+        return normalize(data, PhotoSpec(size=PREVIEW_SIZE, max_bytes=102_400, max_quality=90)).data
+    except ImageError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -57,7 +86,7 @@ class PhotoInfo:
 
 
 def _probe(sha256: str, size: int, head: bytes) -> PhotoInfo:
-    content_type = sniff_image_type(head)
+    content_type = sniff_image_type(head, previewed=True)
     if content_type is None:
         return PhotoInfo(sha256, size, None)
     try:

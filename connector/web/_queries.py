@@ -42,6 +42,8 @@ SOURCE_LABELS = {
     "exchange-online-photos": "Exchange Online",
     "photo-folder": "Folder",
     "active-directory": "AD thumbnail",
+    # mvsync demo's directory stand-in (an LDIF snapshot) plays the same part
+    "connector.demo:DirectorySnapshotConnector": "AD thumbnail",
 }
 
 

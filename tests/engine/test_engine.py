@@ -259,3 +259,33 @@ def test_mv_object_deleted_when_projecting_source_goes(world: World) -> None:
     # the person keeps existing while Exchange Online still has a connector (no deletion rule set)
     assert "user000" not in accounts or len(accounts) == 2
     assert cs_row(world, "ad", "guid-000") is None
+
+
+def test_a_sync_staging_newer_values_during_an_export_is_not_lost(world: World) -> None:
+    """An export holds only its agent's lock: another agent's synchronization may stage newer values on
+    the rows being exported. Recording the export's results must keep that newer pending export."""
+    add_users(world, 2)
+    world.cycle()
+    other = Engine(world.config)  # a second process, as far as the store is concerned
+
+    def concurrent_sync() -> None:
+        world.exo["objects"]["exo-001"]["photo"] = b"exo-photo-1-new"
+        world.ad["during_export"] = None
+        for profile in ("delta-import", "delta-sync"):
+            assert other.run_profile(profile, agents={"exo"}).status == "success"
+
+    world.exo["changes"].append(("exo-001", dict(world.exo["objects"]["exo-001"], photo=b"exo-photo-1-new")))
+    world.ad["during_export"] = concurrent_sync
+    try:
+        result = world.run("export")
+    finally:
+        other.close()
+    assert result.status == "success", result.as_dict()
+    assert world.ad["objects"]["guid-001"]["thumbnail"] == b"exo-photo-1"  # what this export sent
+    row = cs_row(world, "ad", "guid-001")
+    assert row.export_type == "update"  # the newer photo still waits for the next export
+    assert json.loads(row.unconfirmed)["displayName"] == "User 1"
+    assert world.run("export").status == "success"
+    assert world.ad["objects"]["guid-001"]["thumbnail"] == b"exo-photo-1-new"
+    untouched = cs_row(world, "ad", "guid-000")
+    assert untouched.export_type is None

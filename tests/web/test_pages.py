@@ -336,3 +336,35 @@ def test_threshold_report_is_recomputed_when_pending_exports_change(photo_world:
     finally:
         with store.transaction() as conn:
             conn.execute(update(cs_object).where(cs_object.c.id == row.id).values(updated_at=row.updated_at))
+
+
+def test_bmp_and_tiff_folder_photos_are_shown_as_jpeg_previews(client: Any, photo_world: PhotoWorld) -> None:
+    """A folder may hold BMP or TIFF photos: browsers get a JPEG preview, never the raw file."""
+    import io
+
+    from PIL import Image
+
+    from connector.web._photos import photo_infos
+
+    source = Image.open(io.BytesIO(image_bytes(7, 300))).convert("RGB")
+    blobs = {}
+    for fmt in ("BMP", "TIFF"):
+        out = io.BytesIO()
+        source.save(out, fmt)
+        blobs[hashlib.sha256(out.getvalue()).hexdigest()] = out.getvalue()
+    broken = b"BM" + b"\x00" * 40  # starts like a BMP, decodes to nothing
+    blobs[hashlib.sha256(broken).hexdigest()] = broken
+    with photo_world.engine.store.transaction() as conn:
+        photo_world.engine.store.put_blobs(conn, blobs)
+    for sha, data in blobs.items():
+        got = client.get(f"/photo/{sha}")
+        if data is broken:
+            assert got.status_code == 404
+            continue
+        assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+        assert got.headers["x-content-type-options"] == "nosniff"
+        preview = Image.open(io.BytesIO(got.content))
+        assert preview.format == "JPEG" and preview.size == (300, 300)
+    with photo_world.engine.store.read() as conn:
+        infos = photo_infos(conn, list(blobs))
+    assert {i.content_type for i in infos.values() if i.width} == {"image/bmp", "image/tiff"}
