@@ -30,7 +30,9 @@ def _secrets_found(text: str | bytes, secrets: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.samba
-def test_secrets_never_appear_anywhere(samba_ad: ADSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_never_appear_anywhere(
+    samba_ad: ADSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.DEBUG)
     with GraphEmulator(lab_emulator_config(users=12, seed=4)) as emu:
         lab = CrashLab(tmp_path, emu, ad=samba_ad, ou=f"OU=mvsync-security-{lab_tag()}")
@@ -42,8 +44,12 @@ def test_secrets_never_appear_anywhere(samba_ad: ADSettings, tmp_path: Path, cap
                 "token cache key": (scenario.root / "secrets" / "token-cache.key").read_text().strip(),
                 "client secret": str(emu.info["client_secret"]),
             }
+            # the most talkative logs there are: debug level, JSON lines with every extra= field
+            monkeypatch.setenv("MVSYNC_LOG_LEVEL", "DEBUG")
+            monkeypatch.setenv("MVSYNC_LOG_FORMAT", "json")
             cli = lab.run(scenario, "Full Cycle")
             assert cli.returncode in (0, 3), cli.stderr
+            assert '"level": "debug"' in cli.stderr or '"level": "info"' in cli.stderr  # logs were written
             engine = Engine(load_config(scenario.config_path))
             try:
                 engine.run_profile("Delta Cycle")

@@ -54,6 +54,8 @@ def test_filter_values_are_escaped() -> None:
         == r"(&(objectClass=user)(co=\28x\29)(sn=a\2a))"
     )
     assert equals_filter("(objectClass=user)", {}) == "(objectClass=user)"
+    # NUL cannot end the value early or reach the server raw (RFC 4515: \00)
+    assert equality_filter("description", "a\x00b*") == r"(description=a\00b\2a)"
     with pytest.raises(ValueError, match="attribute name"):
         equality_filter("sn)(cn=*", "x")
 
