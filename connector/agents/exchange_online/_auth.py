@@ -150,6 +150,12 @@ class GraphAuth:
             log.debug("token cache written to %s", self.cache_path)
 
     def _stop(self, why: str) -> AuthenticationError:
+        if not self.delegated:  # nobody signs in (`mvsync auth login` refuses app mode): the credential is at fault
+            key = "client_certificate" if self.settings.client_certificate is not None else "client_secret"
+            return AuthenticationError(
+                f"Exchange Online authentication failed: {why}. auth_mode is 'app': check {key} against the "
+                "credentials and application permissions of the app registration in Entra ID"
+            )
         return AuthenticationError(
             f"Exchange Online authentication failed: {why}. Re-authorize with: {self.reauthorize_command}"
         )

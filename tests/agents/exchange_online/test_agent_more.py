@@ -1,0 +1,425 @@
+"""More of the Exchange Online agent: certificate credentials, a refresh token revoked inside an
+engine step, an expired delta link, and the photo work queue's manners."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from connector.agents.exchange_online._photos import PhotoTask
+from connector.agents.exchange_online._pipeline import WorkQueue
+from connector.sdk import AuthenticationError, ConfigurationError, ImportMode, ServerDownError, StopRunError
+from tests.agents.exchange_online.conftest import make_connector, run_import
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _by_anchor(entries: list[Any]) -> dict[str, Any]:
+    return {e.anchor: e for e in entries}
+
+
+def _mailbox_users(emu: Any) -> list[dict[str, Any]]:
+    return [u for u in emu.admin.users() if u.get("mail")]
+
+
+def _cloud_mailbox_ids(emu: Any) -> set[str]:
+    """Users the agent stages in the connector space (on-premises mailboxes are per-object errors)."""
+    return {u["id"] for u in _mailbox_users(emu) if u["mailbox"] == "cloud"}
+
+
+def _engine_config(emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_size: int) -> Any:
+    """A configuration file's worth: the exo agent on the emulator, a full and a delta import profile."""
+    from connector.config import config_from_dict
+
+    info = emu.info
+    monkeypatch.setenv("EXO_RT", info["refresh_token"])
+    settings = {
+        "tenant_id": info["tenant_id"],
+        "client_id": info["client_id"],
+        "authority": info["authority"],
+        "graph_url": info["graph_url"],
+        "instance_discovery": False,
+        "ca_bundle": info["ca_cert"],
+        "refresh_token": {"env": "EXO_RT"},
+        "backoff_initial_s": 0.05,
+    }
+    return config_from_dict(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'mv.db'}"},
+            "data_dir": str(tmp_path / "data"),
+            "agents": {"exo": {"type": "exchange-online-photos", "settings": settings}},
+            "run_profiles": {
+                "full": {"steps": [{"type": "full-import", "agent": "exo", "page_size": page_size}]},
+                "delta": {"steps": [{"type": "delta-import", "agent": "exo", "page_size": page_size}]},
+            },
+        },
+        file=tmp_path / "mvsync.toml",
+    )
+
+
+def _cs_rows(engine: Any, agent: str = "exo") -> dict[str, Any]:
+    from connector.store.tables import cs_object
+
+    with engine.store.read() as conn:
+        rows = conn.execute(
+            select(cs_object.c.anchor, cs_object.c.pending_type, cs_object.c.pending).where(cs_object.c.agent == agent)
+        ).all()
+    return {row.anchor: row for row in rows}
+
+
+def _watermark(engine: Any, agent: str = "exo") -> str | None:
+    from connector.engine._import import load_watermark
+
+    with engine.store.read() as conn:
+        return load_watermark(conn, agent)
+
+
+# ------------------------------------------------------------------ 1. app-only with a certificate
+
+
+def _app_certificate_pem(emu: Any, folder: Path) -> Path:
+    """What an operator does: read the app's certificate and key off the emulator's admin API
+    (``GET /_emulator/info``: the emulator issues the app registration's certificate), and put both
+    into the one PEM file ``client_certificate`` names."""
+    info = emu.info
+    with requests.Session() as http:
+        http.verify = info["ca_cert"]
+        http.trust_env = False
+        published = http.get(f"{info['admin_url']}/info", timeout=10).json()
+    pem = folder / "exo.pem"
+    pem.write_bytes(Path(published["client_cert"]).read_bytes() + Path(published["client_key"]).read_bytes())
+    pem.chmod(0o600)
+    return pem
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_app_only_with_a_client_certificate_imports_everything(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=30)
+    pem = _app_certificate_pem(emu, tmp_path)
+    conn = make_connector(emu, tmp_path / "data", auth_mode="app", client_certificate=pem, refresh_token=None)
+    conn.open()
+    try:
+        entries, watermark = run_import(conn, ImportMode.FULL, page_size=7)
+    finally:
+        conn.close()
+    assert watermark is not None
+    got = _by_anchor(entries)
+    assert set(got) == {u["id"] for u in _mailbox_users(emu)}
+    for user in _mailbox_users(emu):
+        entry = got[user["id"]]
+        if user["mailbox"] == "on-premises":
+            assert entry.error is not None and entry.error.name == "mailbox-not-in-exchange-online"
+            continue
+        assert entry.error is None, entry.error
+        assert entry.attributes["userPrincipalName"] == user["userPrincipalName"]
+        assert ("EXOPhoto" in entry.attributes) == bool(user["hasPhoto"])
+    # client credentials, not a refresh token: no account was signed in, no refresh token used
+    assert conn.auth.app().get_accounts() == []
+    assert not conn.auth.delegated
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_unknown_client_certificate_stops_with_authentication_error(make_emulator: Any, tmp_path: Path) -> None:
+    from connector.emulator._identity import ClientCertificate
+
+    emu = make_emulator(users=5)
+    rogue = ClientCertificate.generate("not registered with the app")
+    pem = tmp_path / "rogue.pem"
+    pem.write_bytes(rogue.cert_pem + rogue.key_pem)
+    before = emu.admin.stats()
+    conn = make_connector(emu, tmp_path / "data", auth_mode="app", client_certificate=pem, refresh_token=None)
+    with pytest.raises(AuthenticationError) as caught:
+        conn.open()
+    conn.close()
+    error = caught.value
+    message = str(error)
+    assert error.status == "stopped-authentication"
+    assert "invalid_client" in message and "AADSTS700027" in message  # the key was not found
+    assert "Trace ID" not in message and "\r" not in message  # only the first line of Entra's text
+    assert "PRIVATE KEY" not in message and rogue.key_pem.decode().splitlines()[1] not in message
+    # app mode signs nobody in: the message must not send the operator to `mvsync auth login`, which
+    # refuses app mode; it points at the configured credential instead
+    assert "auth login" not in message
+    assert "client_certificate" in message
+    with pytest.raises(ConfigurationError, match="nothing to sign in"):
+        conn.auth.login_with_refresh_token("anything")  # what `mvsync auth login` would have done
+    # refused at the token endpoint: Graph never saw a request
+    assert emu.admin.stats()["graph_requests"] == before["graph_requests"]
+
+
+# ------------------------------------------------- 2. refresh token revoked inside an engine step
+
+
+class _RevokeAfterFirstPage:
+    """A ``Progress`` sink: the engine calls ``advance`` once per applied page, on its own thread."""
+
+    def __init__(self, emu: Any) -> None:
+        self.emu = emu
+        self.pages = 0
+        self.revoked = 0
+
+    def start(self, label: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        self.pages += 1
+        if self.pages == 1:
+            self.revoked = self.emu.admin.revoke_refresh_tokens()  # an admin revokes sessions
+            self.emu.admin.expire_access_tokens()  # ... and the token in use dies with them
+
+    def finish(self) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_refresh_token_revoked_mid_engine_step_stops_and_keeps_earlier_imports(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.engine import Engine
+
+    # enough users that the pipeline (at most ~200 users ahead of the engine) still has photo requests
+    # to send when page 1 is applied; latency keeps them in flight
+    emu = make_emulator(users=300, latency_ms=20)
+    config = _engine_config(emu, tmp_path, monkeypatch, page_size=5)
+    engine = Engine(config)
+    try:
+        first = engine.run_profile("full")
+        assert not first.status.startswith("stopped-"), first.steps[0].message
+        before = _cs_rows(engine)
+        watermark = _watermark(engine)
+        assert set(before) == _cloud_mailbox_ids(emu)
+        assert watermark is not None
+
+        hook = _RevokeAfterFirstPage(emu)
+        second = engine.run_profile("full", progress=hook)
+        after = _cs_rows(engine)
+        watermark_after = _watermark(engine)
+    finally:
+        engine.close()
+
+    step = second.steps[0]
+    assert hook.revoked >= 1 and hook.pages >= 1
+    assert step.status == "stopped-authentication", (step.status, step.message)
+    assert second.status == "stopped-authentication"
+    message = step.message or ""
+    assert f"mvsync auth login exo -c {tmp_path / 'mvsync.toml'}" in message
+    assert "invalid_grant" in message and "AADSTS50173" in message  # revoked, in Entra's words
+    assert emu.info["refresh_token"] not in message
+    # it stopped in the middle: not every user was imported again
+    assert step.counters["pages"] < len(before) // 5
+    # nothing the earlier run imported is lost or marked deleted, and the watermark is untouched
+    assert set(after) == set(before)
+    assert all(row.pending_type == "add" and row.pending for row in after.values())
+    assert {a: r.pending for a, r in after.items()} == {a: r.pending for a, r in before.items()}
+    assert watermark_after == watermark
+
+
+# ------------------------------------------------------------------------- 3. expired delta link
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_expired_delta_link_stops_and_asks_for_a_full_import(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=30)
+    data = tmp_path / "data"
+    conn = make_connector(emu, data)
+    conn.open()
+    _, watermark = run_import(conn, ImportMode.FULL)
+    conn.close()
+    assert watermark is not None
+
+    emu.admin.expire_delta_tokens()  # Graph now answers 410 resyncRequired for the stored link
+
+    conn = make_connector(emu, data)
+    conn.open()
+    try:
+        with pytest.raises(StopRunError) as caught:
+            run_import(conn, ImportMode.DELTA, watermark)
+    finally:
+        conn.close()
+    error = caught.value
+    # documented in _connector._listing_error: the step stops (not a server-down, not an auth problem)
+    assert type(error) is StopRunError
+    assert not isinstance(error, AuthenticationError | ServerDownError)
+    assert error.status == "stopped-connector-error"
+    assert "users/delta link is no longer valid" in str(error)
+    assert "410" in str(error) and "resyncRequired" in str(error)
+    assert str(error).endswith("run a full import")
+
+    # doing what the message says recovers: a full import, then delta imports work again
+    emu.admin.update_user(_mailbox_users(emu)[0]["id"], displayName="After The Resync")
+    conn = make_connector(emu, data)
+    conn.open()
+    try:
+        full, watermark = run_import(conn, ImportMode.FULL)
+        assert watermark is not None
+        delta, watermark = run_import(conn, ImportMode.DELTA, watermark)
+    finally:
+        conn.close()
+    assert {e.anchor for e in full} == {u["id"] for u in _mailbox_users(emu)}
+    assert [e for e in delta if e.error is None] == []  # nothing changed since the full import
+    assert watermark is not None
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_engine_delta_step_with_expired_link_stops_and_full_import_recovers(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.engine import Engine
+
+    emu = make_emulator(users=25)
+    engine = Engine(_engine_config(emu, tmp_path, monkeypatch, page_size=10))
+    try:
+        assert not engine.run_profile("full").status.startswith("stopped-")
+        rows = _cs_rows(engine)
+        watermark = _watermark(engine)
+        emu.admin.expire_delta_tokens()
+        delta = engine.run_profile("delta")
+        step = delta.steps[0]
+        assert step.status == "stopped-connector-error", (step.status, step.message)
+        assert "run a full import" in (step.message or "")
+        assert "resyncRequired" in (step.message or "")
+        # the stopped delta neither lost objects nor replaced the watermark
+        assert set(_cs_rows(engine)) == set(rows)
+        assert _watermark(engine) == watermark
+        # the remedy the message names
+        again = engine.run_profile("full")
+        assert not again.status.startswith("stopped-"), again.steps[0].message
+        assert _watermark(engine) not in (None, watermark)
+        after = engine.run_profile("delta")
+        assert not after.status.startswith("stopped-"), after.steps[0].message
+    finally:
+        engine.close()
+
+
+# ---------------------------------------------------------------------------------- 4. WorkQueue
+
+
+def _take_in_thread(q: WorkQueue, n: int) -> tuple[threading.Thread, list[Any]]:
+    got: list[Any] = []
+
+    def run() -> None:
+        got.append(q.take(n))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_work_queue_never_exceeds_per_mailbox_for_one_user() -> None:
+    q = WorkQueue(per_mailbox=1)
+    a1, a2, a3, b1 = PhotoTask("a"), PhotoTask("a", "get"), PhotoTask("a"), PhotoTask("b")
+    for task in (a1, a2, a3, b1):
+        q.put(task)
+    first = q.take(10)
+    assert first == [a1, b1]  # one task for "a" although three are ready; "b" is not held up
+    # everything left is for the busy mailbox: a second worker waits instead of doubling up
+    thread, got = _take_in_thread(q, 10)
+    thread.join(0.3)
+    assert thread.is_alive() and got == []
+    q.done([b1])  # another mailbox finishing frees nothing for "a"
+    thread.join(0.3)
+    assert thread.is_alive() and got == []
+    q.done([a1])
+    thread.join(5)
+    assert got == [[a2]]  # the skipped tasks kept their order
+    q.done([a2])
+    assert q.take(10) == [a3]
+    q.close()
+
+    two = WorkQueue(per_mailbox=2)
+    for task in (PhotoTask("a"), PhotoTask("a"), PhotoTask("a"), PhotoTask("b")):
+        two.put(task)
+    assert [t.user_id for t in two.take(10) or []] == ["a", "a", "b"]
+    two.close()
+
+
+def test_work_queue_per_mailbox_holds_under_concurrent_workers() -> None:
+    per_mailbox = 2
+    q = WorkQueue(per_mailbox=per_mailbox)
+    users = [f"user-{i}" for i in range(3)]
+    total = 90
+    for i in range(total):
+        q.put(PhotoTask(users[i % len(users)]))
+    lock = threading.Lock()
+    in_flight: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    handled: list[str] = []
+
+    def worker() -> None:
+        while True:
+            tasks = q.take(4)
+            if tasks is None:
+                return
+            with lock:
+                for task in tasks:
+                    in_flight[task.user_id] += 1
+                    peak[task.user_id] = max(peak[task.user_id], in_flight[task.user_id])
+            time.sleep(0.002)
+            with lock:
+                for task in tasks:
+                    in_flight[task.user_id] -= 1
+                    handled.append(task.user_id)
+                finished = len(handled) == total
+            q.done(tasks)
+            if finished:
+                q.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert len(handled) == total and Counter(handled) == Counter({u: total // len(users) for u in users})
+    assert max(peak.values()) == per_mailbox  # reached, never exceeded
+
+
+def test_work_queue_hands_out_retries_only_after_ready_at() -> None:
+    q = WorkQueue(per_mailbox=4)
+    delay = 0.4
+    retry = PhotoTask("late", attempt=2, ready_at=time.monotonic() + delay)
+    q.put(retry)
+    fresh = PhotoTask("early")
+    q.put(fresh)
+    assert q.take(10) == [fresh]  # the fresh task goes first, the retry waits
+    q.done([fresh])
+
+    started = time.monotonic()
+    thread, got = _take_in_thread(q, 10)
+    thread.join(delay / 2)
+    assert thread.is_alive() and got == []  # not before its not-before time
+    thread.join(5)
+    assert got == [[retry]]
+    assert time.monotonic() >= retry.ready_at
+    assert time.monotonic() - started >= delay / 2
+
+    # a retry whose time has already come is handed out at once, ahead of fresh work put after it
+    past = PhotoTask("past", attempt=3, ready_at=time.monotonic() - 1)
+    q.put(past)
+    q.put(PhotoTask("new"))
+    assert [t.user_id for t in q.take(1) or []] == ["past"]
+    q.close()
+
+
+def test_work_queue_take_returns_none_after_close() -> None:
+    q = WorkQueue(per_mailbox=1)
+    # a worker blocked on an empty queue wakes up with None when the queue closes
+    thread, got = _take_in_thread(q, 5)
+    thread.join(0.2)
+    assert thread.is_alive()
+    q.close()
+    thread.join(5)
+    assert not thread.is_alive() and got == [None]
+    # and once closed, take() answers None at once, even with tasks (ready or delayed) still queued
+    q.put(PhotoTask("a"))
+    q.put(PhotoTask("b", ready_at=time.monotonic() + 60))
+    started = time.monotonic()
+    assert q.take(5) is None
+    assert time.monotonic() - started < 1
