@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import desc, func, or_, select
 
@@ -210,9 +211,9 @@ def register(app: typer.Typer) -> None:
             out.print(table)
             for step in result.steps:
                 if step.message:
-                    out.print(f"[bold]{step.agent} {step.kind}:[/] {step.message}", highlight=False)
+                    out.print(f"[bold]{step.agent} {step.kind}:[/] {escape(step.message)}", highlight=False)
                 for err in step.errors[:10]:
-                    out.print(f"  {err.error_name} {err.anchor or ''}: {err.detail}", highlight=False)
+                    out.print(f"  {err.error_name} {err.anchor or ''}: {err.detail}", highlight=False, markup=False)
                 if step.error_count > 10:
                     out.print(f"  … {step.error_count - 10} more: mvsync history show {result.run_id} -c {config}")
         raise typer.Exit(exit_code_for_status(result.status))
@@ -301,17 +302,19 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(doc)
             return
-        console.print(f"[bold]run {run_id}[/] {doc['profile']}: {doc['status']}")
+        console.print(f"[bold]run {run_id}[/] {escape(doc['profile'])}: {doc['status']}")
         for s in doc["steps"]:
             console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']} in {s['seconds']} s", highlight=False)
             if s["message"]:
-                console.print(f"  {s['message']}", highlight=False)
+                console.print(f"  {s['message']}", highlight=False, markup=False)
             console.print(
                 "  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict))
             )
             for e in s["errors"]:
                 console.print(
-                    f"  [{e['severity']}] {e['error_name']} {e['anchor'] or ''}: {e['detail']}", highlight=False
+                    f"  [{e['severity']}] {e['error_name']} {e['anchor'] or ''}: {e['detail']}",
+                    highlight=False,
+                    markup=False,
                 )
 
     cs = typer.Typer(help="Connector-space objects of an agent.")

@@ -1,0 +1,330 @@
+"""More engine rules with the in-memory connector: object-level replace, multi-valued attribute
+changes, permanent export failures, Allow Nulls, deletion thresholds, third-party transforms."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from connector.config import ConfigError, DeletionThreshold, config_from_dict
+from connector.engine import Engine
+from connector.sdk import AttributeChange, CSEntryChange, ExportStatus
+from connector.store.tables import cs_object, mv_object, run_error, run_step
+from tests.engine.conftest import World, add_users
+
+
+def reconfigure(world: World, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rebuild the world's configuration (and engine) from its own, changed by ``change``."""
+    data = world.config.model_dump(mode="json", by_alias=True)
+    change(data)
+    world.engine.close()
+    world.config = config_from_dict(data, base_dir=world.tmp_path)
+    world.engine = Engine(world.config)
+
+
+def mv_by_account(world: World) -> dict[str, dict[str, Any]]:
+    with world.engine.store.read() as conn:
+        docs = [json.loads(a) for a in conn.execute(select(mv_object.c.attributes)).scalars()]
+    return {d["accountName"]: d for d in docs}
+
+
+def cs_row(world: World, agent: str, anchor: str) -> Any:
+    with world.engine.store.read() as conn:
+        return conn.execute(select(cs_object).where(cs_object.c.agent == agent, cs_object.c.anchor == anchor)).first()
+
+
+def export_and_confirm(world: World) -> None:
+    assert world.run("export").status == "success"
+    assert world.run("confirm").status == "success"
+
+
+# ---------------------------------------------------------------------------------- imports
+def test_import_of_an_object_level_replace_clears_attributes_it_does_not_name(world: World) -> None:
+    add_users(world, 2)
+    world.cycle()
+    before = mv_by_account(world)["user001"]
+    assert before["displayName"] == "User 1" and "photo" in before and "exoPhotoChecksum" in before
+
+    # the whole object again, without displayName and photo: both are gone at the source
+    world.exo["changes"].append(
+        CSEntryChange.replace(
+            "user", "exo-001", {"id": "exo-001", "accountName": "user001@example.test", "mail": "USER001@EXAMPLE.TEST"}
+        )
+    )
+    imported = world.run("delta-import")
+    assert imported.steps[1].counters["updates"] == 1
+    row = cs_row(world, "exo", "exo-001")
+    assert row.pending_type == "update"
+    assert set(json.loads(row.pending)) == {"id", "accountName", "mail"}
+
+    assert world.run("delta-sync").status == "success"
+    row = cs_row(world, "exo", "exo-001")
+    assert row.pending_type is None and set(json.loads(row.hologram)) == {"id", "accountName", "mail"}
+    after = mv_by_account(world)
+    assert "displayName" not in after["user001"]
+    assert "photo" not in after["user001"] and "exoPhotoChecksum" not in after["user001"]
+    assert after["user001"]["mail"] == "user001@example.test"  # AD's contribution stays
+    assert after["user000"]["displayName"] == "User 0"  # the other person is untouched
+    # AD never received those values, so the exports staged for them are withdrawn, not turned into clears
+    assert cs_row(world, "ad", "guid-001").export_type is None
+    assert cs_row(world, "ad", "guid-000").export_type == "update"
+
+
+_MV_SCHEMA_WITH_GROUPS = """
+[object_types.person]
+attributes = [
+  { name = "accountName", type = "string" },
+  { name = "userPrincipalName", type = "string" },
+  { name = "mail", type = "string" },
+  { name = "displayName", type = "string" },
+  { name = "photo", type = "binary" },
+  { name = "adThumbnailChecksum", type = "string" },
+  { name = "exoPhotoChecksum", type = "string" },
+  { name = "groups", type = "string", multivalued = true },
+]
+"""
+
+
+def test_attribute_level_add_and_delete_on_a_multivalued_attribute(world: World) -> None:
+    schema = world.tmp_path / "metaverse-groups.toml"
+    schema.write_text(_MV_SCHEMA_WITH_GROUPS)
+
+    def groups_flow(data: dict[str, Any]) -> None:
+        data["metaverse"]["schema"] = str(schema)
+        data["agents"]["exo"]["import_flow"].append({"object_class": "user", "cs": "groups", "mv": "groups"})
+
+    reconfigure(world, groups_flow)
+    add_users(world, 2)
+    world.exo["objects"]["exo-001"]["groups"] = ["staff", "sales"]
+    world.cycle()
+    assert mv_by_account(world)["user001"]["groups"] == ["sales", "staff"]
+    assert "groups" not in mv_by_account(world)["user000"]
+
+    def delta(*changes: CSEntryChange) -> None:
+        world.exo["changes"].extend(changes)
+        for profile in ("delta-import", "delta-sync"):
+            result = world.run(profile)
+            assert result.status == "success", result.as_dict()
+
+    # ADD: new values join the existing ones (a value already there is not doubled)
+    delta(CSEntryChange.update("user", "exo-001", [AttributeChange.add("groups", "admins", "staff")]))
+    assert json.loads(cs_row(world, "exo", "exo-001").hologram)["groups"] == ["admins", "sales", "staff"]
+    assert mv_by_account(world)["user001"]["groups"] == ["admins", "sales", "staff"]
+
+    # DELETE of one value removes only that value; ADD to an object without the attribute creates it
+    delta(
+        CSEntryChange.update("user", "exo-001", [AttributeChange.delete("groups", "sales")]),
+        CSEntryChange.update("user", "exo-000", [AttributeChange.add("groups", "new")]),
+    )
+    people = mv_by_account(world)
+    assert people["user001"]["groups"] == ["admins", "staff"]
+    assert people["user000"]["groups"] == ["new"]
+
+    # DELETE without values removes the whole attribute; deleting the last value does too
+    delta(
+        CSEntryChange.update("user", "exo-001", [AttributeChange.delete("groups")]),
+        CSEntryChange.update("user", "exo-000", [AttributeChange.delete("groups", "new")]),
+    )
+    people = mv_by_account(world)
+    assert "groups" not in people["user001"] and "groups" not in people["user000"]
+    assert "groups" not in json.loads(cs_row(world, "exo", "exo-001").hologram)
+    assert people["user001"]["displayName"] == "User 1"  # attributes the changes do not name are kept
+
+
+# ---------------------------------------------------------------------------------- exports
+def test_permanent_export_failure_stays_pending_with_its_error(world: World) -> None:
+    add_users(world, 3)
+    world.cycle()
+    world.ad["fail"]["guid-001"] = (ExportStatus.FAILED, "permission-issue")
+    result = world.run("export")
+    step = result.steps[0]
+    assert result.status == "completed-export-errors" and step.status == "completed-export-errors"
+    assert step.counters["export_errors"] == 1 and step.counters["export_retryable"] == 0
+    assert step.counters["export_updates"] == 2
+    assert [(e.error_name, e.anchor) for e in step.errors] == [("permission-issue", "guid-001")]
+
+    row = cs_row(world, "ad", "guid-001")
+    assert row.export_type == "update" and set(json.loads(row.export_changes)) == {"thumbnail", "displayName"}
+    assert row.unconfirmed is None
+    assert json.loads(row.export_error) == {
+        "name": "permission-issue",
+        "detail": "injected failure",
+        "status": "failed",
+        "attempts": 1,
+    }
+    assert "thumbnail" not in world.ad["objects"]["guid-001"]
+    assert world.ad["objects"]["guid-002"]["thumbnail"] == b"exo-photo-2"  # the rest of the batch went through
+    with world.engine.store.read() as conn:
+        recorded = conn.execute(
+            select(run_error.c.error_name, run_error.c.anchor).where(run_error.c.step_id == step.step_id)
+        ).all()
+    assert [tuple(r) for r in recorded] == [("permission-issue", "guid-001")]
+
+    # it stays pending: the next export sends it again and counts the attempt
+    again = world.run("export")
+    assert again.steps[0].counters["export_errors"] == 1 and again.steps[0].counters["export_updates"] == 0
+    assert json.loads(cs_row(world, "ad", "guid-001").export_error)["attempts"] == 2
+
+
+def test_export_flow_allow_null(world: World) -> None:
+    """photo -> thumbnail has allow_null = true; displayName -> displayName has the default (false)."""
+    add_users(world, 3)
+    world.cycle()
+    export_and_confirm(world)
+    assert world.ad["objects"]["guid-001"]["thumbnail"] == b"exo-photo-1"
+    assert world.ad["objects"]["guid-001"]["displayName"] == "User 1"
+
+    del world.exo["objects"]["exo-001"]["photo"]
+    del world.exo["objects"]["exo-001"]["displayName"]
+    world.cycle()
+    person = mv_by_account(world)["user001"]
+    assert "photo" not in person and "displayName" not in person
+    row = cs_row(world, "ad", "guid-001")
+    assert row.export_type == "update" and json.loads(row.export_changes) == {"thumbnail": None}
+
+    result = world.run("export")
+    assert result.status == "success", result.as_dict()
+    target = world.ad["objects"]["guid-001"]
+    assert "thumbnail" not in target  # allow_null = true: the null cleared it
+    assert target["displayName"] == "User 1"  # allow_null = false: the null left it alone
+    cleared = world.ad["exports"][-1]
+    assert cleared.anchor == "guid-001" and [(c.name, c.values) for c in cleared.changes] == [("thumbnail", ())]
+
+    # the confirming import agrees, and nothing is staged again for the untouched displayName
+    confirm = world.run("confirm")
+    assert confirm.status == "success" and confirm.steps[0].counters["exports_confirmed"] == 1
+    assert cs_row(world, "ad", "guid-001").export_type is None
+
+
+def _stored_step(world: World, step_id: int | None) -> Any:
+    with world.engine.store.read() as conn:
+        return conn.execute(select(run_step).where(run_step.c.id == step_id)).first()
+
+
+def test_deletion_threshold_trips_on_percent_alone(world: World) -> None:
+    add_users(world, 10)
+    world.cycle()
+    export_and_confirm(world)
+    for i in range(3):  # 3 thumbnail clears: 30 % of the 10 AD objects
+        del world.exo["objects"][f"exo-{i:03d}"]["photo"]
+    world.cycle()
+    exported_before = len(world.ad["exports"])
+
+    percent_only = DeletionThreshold(count=None, percent=25, attributes=("thumbnail",))
+    result = world.engine.run_profile("export", step_overrides={"deletion_threshold": percent_only})
+    step = result.steps[0]
+    assert result.status == "stopped-deletion-threshold"
+    assert step.counters["threshold_count"] == 3
+    assert "0 object deletes and 3 attribute clears (30.0% of 10) exceed 25.0%;" in step.message
+    assert len(world.ad["exports"]) == exported_before
+    assert all("thumbnail" in obj for obj in world.ad["objects"].values())
+    stored = _stored_step(world, step.step_id)
+    assert stored.status == "stopped-deletion-threshold" and "exceed 25.0%" in stored.message
+    assert cs_row(world, "ad", "guid-000").export_type == "update"  # still staged for a later run
+
+    # a count of 5 alone lets the same three clears through (the profile's own: count 5, 50 %)
+    passed = world.run("export")
+    assert passed.status == "success"
+    assert json.loads(_stored_step(world, passed.steps[0].step_id).counters)["deletion_threshold"]["percent"] == 30.0
+    assert sorted(a for a, obj in world.ad["objects"].items() if "thumbnail" not in obj) == [
+        "guid-000",
+        "guid-001",
+        "guid-002",
+    ]
+
+
+def test_deletion_threshold_counts_object_deletes_from_deprovisioning(world: World) -> None:
+    def deprovision_ad(data: dict[str, Any]) -> None:
+        data["agents"]["ad"]["deprovision"] = "delete"
+        data["metaverse"]["delete_when_disconnected_from"] = ["exo"]
+
+    reconfigure(world, deprovision_ad)
+    add_users(world, 10)
+    world.cycle()
+    export_and_confirm(world)
+    for i in range(4):  # four people leave Exchange Online: their persons go, and their AD accounts with them
+        del world.exo["objects"][f"exo-{i:03d}"]
+    world.cycle()
+    assert len(mv_by_account(world)) == 6
+    rows = [cs_row(world, "ad", f"guid-{i:03d}") for i in range(10)]
+    assert [r.export_type for r in rows] == ["delete"] * 4 + [None] * 6
+    assert all(r.mv_id is None for r in rows[:4])
+    exported_before = len(world.ad["exports"])
+
+    deletes_only = DeletionThreshold(count=3, percent=None)  # no attributes listed: only object deletes count
+    result = world.engine.run_profile("export", step_overrides={"deletion_threshold": deletes_only})
+    assert result.status == "stopped-deletion-threshold"
+    assert "4 object deletes and 0 attribute clears (40.0% of 10) exceed count 3;" in result.steps[0].message
+    assert len(world.ad["exports"]) == exported_before
+    assert len(world.ad["objects"]) == 10
+
+    # raised for one run, the deletes go through
+    raised = world.engine.run_profile(
+        "export", step_overrides={"deletion_threshold": DeletionThreshold(count=4, percent=None)}
+    )
+    assert raised.status == "success", raised.as_dict()
+    assert raised.steps[0].counters["export_deletes"] == 4
+    assert sorted(world.ad["objects"]) == [f"guid-{i:03d}" for i in range(4, 10)]
+    assert all(cs_row(world, "ad", f"guid-{i:03d}").export_type is None for i in range(10))
+
+
+# ------------------------------------------------------------------------------- transforms
+_THIRD_PARTY_MODULE = "mvsync_thirdparty_shout"
+
+
+@pytest.fixture
+def third_party_transform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """Returns ``install()``: puts a distribution that registers ``shout`` under ``mvsync.transforms``
+    on sys.path, the way ``pip install`` of a third-party package would (a module and its dist-info)."""
+    site = tmp_path / "site-packages"
+
+    def install() -> None:
+        site.mkdir()
+        (site / f"{_THIRD_PARTY_MODULE}.py").write_text(
+            "def shout_transform(suffix='!'):\n"
+            "    def apply(value):\n"
+            "        return None if value is None else str(value).upper() + suffix\n"
+            "    return apply\n"
+        )
+        info = site / f"{_THIRD_PARTY_MODULE}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mvsync-thirdparty-shout\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[mvsync.transforms]\nshout = {_THIRD_PARTY_MODULE}:shout_transform\n")
+        monkeypatch.syspath_prepend(str(site))
+
+    yield install
+    sys.modules.pop(_THIRD_PARTY_MODULE, None)
+
+
+def test_third_party_transform_registered_as_an_entry_point(
+    world: World, third_party_transform: Callable[[], None]
+) -> None:
+    def shout_flow(data: dict[str, Any]) -> None:
+        data["agents"]["ad"]["export_flow"].append(
+            {"object_class": "user", "mv": "displayName", "cs": "checksum", "transform": "shout(suffix='!')"}
+        )
+
+    reconfigure(world, shout_flow)
+    add_users(world, 2)
+    # not installed yet: the configuration is refused before anything runs
+    with pytest.raises(ConfigError, match=r"agents\.ad\.export_flow\[2\]\.transform: unknown name 'shout'"):
+        world.run("full-import")
+    assert cs_row(world, "ad", "guid-000") is None
+
+    third_party_transform()
+    world.cycle()
+    row = cs_row(world, "ad", "guid-001")
+    assert json.loads(row.export_changes)["checksum"] == "USER 1!"
+    assert world.run("export").status == "success"
+    assert world.ad["objects"]["guid-001"]["checksum"] == "USER 1!"
+    assert world.ad["objects"]["guid-000"]["checksum"] == "USER 0!"
+    # the transformed value is what the confirming import finds: confirmed, nothing staged again
+    confirm = world.run("confirm")
+    assert confirm.status == "success" and confirm.steps[0].counters["exports_not_reimported"] == 0
+    assert cs_row(world, "ad", "guid-001").export_type is None
