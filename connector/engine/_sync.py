@@ -465,12 +465,17 @@ class _Sync:
                 loaded[r.id] = _MV(r.id, r.object_type, _loads(r.attributes), r.contributions, r.lineage)
         return loaded
 
-    def _load_connectors(self, conn: Connection, mv_ids: list[int], skip_agent: str | None) -> dict[int, list[_CS]]:
+    def _load_connectors(
+        self, conn: Connection, mv_ids: list[int], skip_agent: str | None, every_agent: set[int] | None = None
+    ) -> dict[int, list[_CS]]:
+        """Connectors of these metaverse objects in agents with export flows (the ones outbound flow
+        can change); for the ids in ``every_agent`` (deleted objects, to deprovision), of all agents."""
         agents = list(self.rules.export_flows)
         if skip_agent is not None:
             agents = [a for a in agents if a != skip_agent]
         out: dict[int, list[_CS]] = defaultdict(list)
-        if not agents or not mv_ids:
+        every_agent = every_agent or set()
+        if (not agents and not every_agent) or not mv_ids:
             return out
         wanted = set(agents)
         for i in range(0, len(mv_ids), 900):
@@ -489,7 +494,7 @@ class _Sync:
                 # agents are filtered here, not in SQL: with "agent IN (...)" SQLite picks the agent
                 # index and scans the whole connector space once per chunk
             ):
-                if r.agent not in wanted:
+                if r.agent not in wanted and r.mv_id not in every_agent:
                     continue
                 out[r.mv_id].append(
                     _CS(
@@ -715,7 +720,7 @@ class _Sync:
         # outbound: connectors of every metaverse object that changed (all touched, on a full sync)
         # (an object projected in this chunk has no stored connector yet: nothing to look up)
         outbound_ids = [m.id for m in mvs.values() if m.touched and not m.new and (m.changed or self.full or m.deleted)]
-        others = self._load_connectors(conn, outbound_ids, skip_agent=None)
+        others = self._load_connectors(conn, outbound_ids, skip_agent=None, every_agent=deleted_mv)
         own_by_mv: dict[int, list[_CS]] = defaultdict(list)
         for c in own.values():
             if c.mv_id is not None:

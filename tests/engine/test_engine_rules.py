@@ -328,3 +328,32 @@ def test_third_party_transform_registered_as_an_entry_point(
     confirm = world.run("confirm")
     assert confirm.status == "success" and confirm.steps[0].counters["exports_not_reimported"] == 0
     assert cs_row(world, "ad", "guid-001").export_type is None
+
+
+def test_a_deleted_person_releases_the_connectors_of_every_agent(world: World) -> None:
+    """When the deletion rule removes a person, the connectors it had in agents WITHOUT export flows
+    (Exchange Online, the folder here) are disconnected too, or staged for deletion when their agent
+    says ``deprovision = "delete"``: no connector-space object is left linked to a person that is gone."""
+    from connector.doctor import run_doctor
+
+    def rules(data: dict[str, Any]) -> None:
+        data["metaverse"]["delete_when_disconnected_from"] = ["ad"]
+        data["agents"]["hr"]["deprovision"] = "delete"
+
+    reconfigure(world, rules)
+    add_users(world, 3)
+    for i in range(3):
+        world.hr["objects"][f"user{i:03d}"] = {"accountName": f"user{i:03d}", "photo": f"hr-{i}".encode()}
+    world.cycle()
+    joined = cs_row(world, "exo", "exo-001").mv_id
+    assert joined is not None and cs_row(world, "hr", "user001").mv_id == joined
+    del world.ad["objects"]["guid-001"]
+    world.cycle()
+    assert "user001" not in mv_by_account(world)
+    exo = cs_row(world, "exo", "exo-001")
+    assert exo.mv_id is None and exo.export_type is None  # disconnected (the default)
+    hr = cs_row(world, "hr", "user001")
+    assert hr.mv_id is None and hr.export_type == "delete"  # its agent deprovisions by deleting
+    assert cs_row(world, "exo", "exo-000").mv_id is not None  # the others keep their person
+    report = run_doctor(world.config, connect=False)
+    assert report.ok, report.as_dict()

@@ -96,6 +96,15 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                     stats.failed,
                     stats.retry,
                 )
+        if self._ldif is not None and self._ldif.records:
+            # the operator's only pointer to the file (the engine's step shows the export counts alone)
+            self.context.logger.info(
+                "agent %s: %d LDIF change records written to %s (nothing was written to the directory); "
+                "review the file, then apply it with `ldapmodify -f` or `ldifde -i`",
+                self.context.agent,
+                self._ldif.records,
+                self._ldif.path,
+            )
         if self._pool is not None:
             self._pool.close()
         if self._ldif is not None:

@@ -384,9 +384,9 @@ class Importer:
                 msg = "DirSync needs all base DNs in one naming context; use delta_method = 'usn'"
                 raise ConfigurationError(msg, key="delta_method")
             return None, False
+        # "auto" does not fall back to OBJECT_SECURITY on its own: that is dirsync_object_security's
+        # job (README: auto uses DirSync with 'Replicating Directory Changes', uSNChanged otherwise)
         flags = [self.settings.dirsync_object_security]
-        if method == "auto" and not self.settings.dirsync_object_security:
-            flags.append(True)  # accounts without replication rights may still use OBJECT_SECURITY
         last: dict[str, Any] = {}
         for object_security in flags:
             cookie: bytes | None = None
@@ -407,7 +407,8 @@ class Importer:
             )
             raise ConfigurationError(msg, key="delta_method")
         self.context.logger.info(
-            "DirSync is not permitted for this account; delta imports will use uSNChanged"
+            "DirSync is not permitted for this account; delta imports will use uSNChanged "
+            "(grant it 'Replicating Directory Changes' or set dirsync_object_security = true for DirSync)"
         )
         return None, False
 

@@ -1,0 +1,227 @@
+"""The benchmarks stay runnable and keep their promises: tiny runs, every reported key present and sane.
+
+Figures are not asserted (a loaded machine would make that flaky); what a run must achieve
+regardless of speed is: a no-change delta downloads and writes nothing, exports are confirmed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from connector.testing.samba import ADSettings
+
+_NOT_STOPPED = ("success", "completed-warnings", "completed-discovery-errors")
+
+#: What each benchmark promises to report.
+_SYNC_KEYS = {
+    "benchmark",
+    "store",
+    "objects_per_agent",
+    "connector_space_objects",
+    "import_s",
+    "import_objects_per_s",
+    "full_sync_s",
+    "full_sync_objects_per_s",
+    "full_sync_cpu_s",
+    "projections",
+    "joins",
+    "pending_exports_staged",
+    "delta_sync_no_change_s",
+    "statuses",
+    "peak_rss_mb",
+}
+
+_IMPORT_KEYS = {
+    "users",
+    "photo_ratio",
+    "latency_ms",
+    "driver",
+    "full_import_status",
+    "full_import_s",
+    "full_import_photos",
+    "full_import_photos_per_s",
+    "full_import_users_per_s",
+    "full_import_graph_requests",
+    "delta_status",
+    "delta_no_change_s",
+    "delta_photo_downloads",
+    "delta_probes",
+    "delta_recheck_window_hours",
+    "throttled_ratio",
+    "server_throttled",
+    "server_graph_requests",
+    "retries",
+    "peak_rss_mb",
+    "peak_rss_scope",
+    "naive_photos_per_s",
+    "naive_users_looked_up",
+    "naive_users_total",
+    "naive_seconds",
+    "naive_extrapolated",
+    "naive_note",
+}
+
+_EXPORT_AD_KEYS = {
+    "benchmark",
+    "driver",
+    "users",
+    "photo_bytes",
+    "directory",
+    "writes_per_s",
+    "raw_ldap3_writes_per_s",
+    "ratio_to_raw",
+    "first_run_writes",
+    "second_run_writes",
+    "user_setup_s",
+    "peak_rss_mb",
+    "targets_met",
+}
+
+_E2E_KEYS = {
+    "benchmark",
+    "users",
+    "photo_ratio",
+    "latency_ms",
+    "tenant_photos",
+    "directory_users",
+    "ad",
+    "full_cycle_status",
+    "full_cycle_s",
+    "full_cycle_cpu_s",
+    "full_cycle_steps",
+    "photos_exported",
+    "exports_confirmed",
+    "exo_import_errors",
+    "delta_cycle_status",
+    "delta_cycle_no_change_s",
+    "delta_cycle_cpu_s",
+    "delta_cycle_work_done",
+    "setup_s",
+    "peak_rss_mb",
+    "peak_rss_scope",
+    "target_full_cycle_s",
+    "target_met",
+}
+
+
+def _missing(result: dict[str, Any], promised: set[str]) -> list[str]:
+    """The promised keys the result lacks."""
+    return sorted(promised - set(result))
+
+
+def _positive(result: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert isinstance(result[key], int | float) and result[key] > 0, (key, result[key])
+
+
+def _non_negative(result: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert isinstance(result[key], int | float) and result[key] >= 0, (key, result[key])
+
+
+def _restore_env_after(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """The benchmark sets these in ``os.environ``; put them back as they were when the test ends."""
+    for name in names:
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # records the original (or its absence)
+
+
+def test_bench_sync_small() -> None:
+    from connector.bench.sync import run
+
+    result = run(objects=300)
+    assert _missing(result, _SYNC_KEYS) == []
+    assert (result["benchmark"], result["store"]) == ("sync", "sqlite")
+    assert (result["objects_per_agent"], result["connector_space_objects"]) == (300, 600)
+    assert result["statuses"] == ["success", "success", "success"]
+    # every source person is projected, every target person joins and gets its export flows staged
+    assert result["projections"] == result["joins"] == result["pending_exports_staged"] == 300
+    _positive(result, "import_objects_per_s", "full_sync_objects_per_s", "peak_rss_mb")
+    _non_negative(result, "import_s", "full_sync_s", "full_sync_cpu_s", "delta_sync_no_change_s")
+
+
+def test_bench_import_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.bench.import_ import run
+
+    _restore_env_after(monkeypatch, "MVSYNC_TOKEN_CACHE_KEY", "MVSYNC_BENCH_EXO_RT")
+    result = run(users=60, latency_ms=0, naive_seconds=1)
+    assert _missing(result, _IMPORT_KEYS) == []
+    assert result["users"] == 60 and result["latency_ms"] == 0
+    # users with an on-premises mailbox have no Graph photo: per-object discovery errors, by design
+    assert result["full_import_status"] in _NOT_STOPPED
+    assert 0 < result["full_import_photos"] <= 60
+    _positive(
+        result,
+        "full_import_photos_per_s",
+        "full_import_users_per_s",
+        "full_import_graph_requests",
+        "server_graph_requests",
+        "naive_photos_per_s",
+        "naive_users_total",
+        "peak_rss_mb",
+    )
+    # a no-change delta probes every photo (recheck window 0) but downloads none
+    assert result["delta_status"] == "success"
+    assert result["delta_photo_downloads"] == 0
+    assert result["delta_recheck_window_hours"] == 0 and result["delta_probes"] > 0
+    assert 0.0 <= result["throttled_ratio"] <= 1.0
+    _non_negative(result, "full_import_s", "delta_no_change_s", "retries", "server_throttled", "naive_seconds")
+    assert 0 < result["naive_users_looked_up"] <= result["naive_users_total"]
+    assert isinstance(result["naive_extrapolated"], bool)
+
+
+def _check_e2e(result: dict[str, Any], users: int) -> None:
+    assert _missing(result, _E2E_KEYS) == []
+    assert result["benchmark"] == "e2e" and result["users"] == users == result["directory_users"]
+    assert result["full_cycle_status"] in _NOT_STOPPED
+    steps = result["full_cycle_steps"]
+    assert all(s["status"] in _NOT_STOPPED for s in steps), steps
+    assert {(s["agent"], s["step"]) for s in steps} >= {("ad", "full-import"), ("exo", "full-import"), ("ad", "export")}
+    assert 0 < result["tenant_photos"] <= users
+    # every exported thumbnail is confirmed by the import that follows the export
+    assert 0 < result["photos_exported"] <= users
+    assert result["exports_confirmed"] == result["photos_exported"]
+    assert 0 <= result["exo_import_errors"] < users
+    # a delta cycle with nothing changed does nothing
+    assert result["delta_cycle_status"] == "success"
+    assert result["delta_cycle_work_done"] == 0
+    _positive(result, "peak_rss_mb", "target_full_cycle_s")
+    _non_negative(result, "full_cycle_s", "full_cycle_cpu_s", "delta_cycle_no_change_s", "delta_cycle_cpu_s", "setup_s")
+    assert isinstance(result["target_met"], bool)
+
+
+def test_bench_e2e_small_with_the_ldif_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.bench.e2e import run
+
+    monkeypatch.delenv("AD_HOST", raising=False)  # AD_* would switch the benchmark to a real directory
+    result = run(users=40, latency_ms=0)
+    assert result["ad"] == "ldif-snapshot"
+    _check_e2e(result, 40)
+
+
+@pytest.mark.samba
+def test_bench_e2e_small_against_samba(samba_ad: ADSettings) -> None:
+    from connector.bench.e2e import run
+
+    result = run(users=40, latency_ms=0, samba=True)
+    assert result["ad"] == "directory"
+    _check_e2e(result, 40)
+
+
+@pytest.mark.samba
+@pytest.mark.parametrize("driver", ["engine", "direct"])
+def test_bench_export_ad_small(samba_ad: ADSettings, driver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.bench.export_ad import run
+
+    _restore_env_after(monkeypatch, "MVSYNC_BENCH_AD_PASSWORD")
+    result = run(users=20, photo_bytes=2000, batch=8, driver="engine" if driver == "engine" else "direct")
+    assert _missing(result, _EXPORT_AD_KEYS) == []
+    assert (result["benchmark"], result["driver"], result["users"]) == ("export-ad", driver, 20)
+    # every user's photo written once; the second export with unchanged photos writes nothing
+    assert result["first_run_writes"] == 20
+    assert result["second_run_writes"] == 0
+    _positive(result, "writes_per_s", "raw_ldap3_writes_per_s", "ratio_to_raw", "peak_rss_mb")
+    _non_negative(result, "user_setup_s")
+    assert isinstance(result["targets_met"], bool)
