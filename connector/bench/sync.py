@@ -1,6 +1,6 @@
 """``mvsync bench sync``: full and no-change delta synchronization over synthetic agents.
 
-Two generated agents of ``--objects`` people each: ``source`` projects persons and flows five
+Two generated agents of ``--objects`` people each: ``source`` projects persons and flows six
 strings and a photo; ``target`` joins on the account name and gets export flows (photo checksum and
 display name). The imports are set-up (timed separately); the figures are the full synchronization
 of both agents (objects/s over both connector spaces) and a delta synchronization with no changes.

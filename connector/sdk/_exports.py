@@ -9,7 +9,10 @@ __all__ = ["ExportResult", "ExportStatus"]
 
 
 class ExportStatus(StrEnum):
-    """``SUCCESS``; ``RETRY`` (transient: stays pending, retried next export); ``FAILED`` (permanent)."""
+    """``SUCCESS``; ``RETRY`` (transient: the target was busy or down); ``FAILED`` (the change itself was
+    refused: constraint, permission, missing object). Either way the change stays pending with its error
+    and is sent again at the next export, as in MIM; the step counts the two apart (``export_retryable``
+    / ``export_errors``)."""
 
     SUCCESS = "success"
     RETRY = "retry"
