@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -67,6 +68,37 @@ def test_demo_json_and_everything_under_the_folder(tmp_path: Path) -> None:
         check=True,
     )
     assert "Full Cycle" in history.stdout and "Delta Cycle" in history.stdout
+    # mv show (the README's next step) and pending-exports read the folder's store and agents
+    store = sqlite3.connect(report["store"])
+    try:
+        account = store.execute(
+            "SELECT json_extract(attributes, '$.accountName') FROM mv_object "
+            "WHERE json_extract(attributes, '$.photo') IS NOT NULL LIMIT 1"
+        ).fetchone()[0]
+    finally:
+        store.close()
+    shown = subprocess.run(
+        [*MVSYNC, "mv", "show", account, "-c", report["config"], "--json"], capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert account in shown.stdout and "photo" in shown.stdout
+    pending = subprocess.run(
+        [*MVSYNC, "pending-exports", "ad", "-c", report["config"], "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert pending.returncode == 0 and pending.stdout.strip() == ""  # the delta cycle left nothing to export
+    # and the console serves its pages over the same folder
+    from fastapi.testclient import TestClient
+
+    from connector.config import load_config
+    from connector.web import create_app
+
+    with TestClient(create_app(load_config(Path(report["config"]))), base_url="http://127.0.0.1") as console:
+        assert console.get("/").status_code == 200
+        found = console.get("/search", params={"q": account})
+        assert found.status_code == 200 and account in found.text
+        assert "AD thumbnail" in console.get("/persons/1").text
 
     # running it again starts afresh in the same folder
     again = _demo(data_dir)
