@@ -96,8 +96,13 @@ def convert_command(
         int, typer.Option(help="Square output size in pixels (96 for AD, 648 for Exchange).")
     ] = 96,
     max_bytes: Annotated[
-        str, typer.Option(help="Largest output, e.g. 10240 or '10 KB' (AD allows at most 102,400).")
-    ] = "10240",
+        str | None,
+        typer.Option(
+            help="Largest output, e.g. 10240 or '10 KB' (AD allows at most 102,400). "
+            "Default: 10240 up to 96x96 (Microsoft's guidance for thumbnailPhoto), 102400 above.",
+            show_default=False,
+        ),
+    ] = None,
     crop: Annotated[str, typer.Option(help="center, or face (needs the \\[face] extra).")] = "center",
     margin: Annotated[
         int, typer.Option(help="Face crop: space around the face, percent of its size (1-50).")
@@ -108,6 +113,9 @@ def convert_command(
     json_out: JsonOption = False,
 ) -> None:
     """Convert photos to square JPEGs named '<name> <size>x<size>.jpg'."""
+    if max_bytes is None:
+        # a 648x648 photo does not fit AD's 10 KB thumbnail guidance: larger sizes get AD's hard limit
+        max_bytes = "10240" if size <= 96 else str(AD_THUMBNAIL_MAX_BYTES)
     try:
         spec = PhotoSpec.from_params({"size": size, "max_bytes": max_bytes, "crop": crop, "margin": margin})
     except InvalidSpecError as exc:

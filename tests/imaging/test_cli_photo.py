@@ -79,3 +79,16 @@ def test_progress_for_many_files(tmp_path: Path) -> None:
     result = runner.invoke(_app.app, ["photo", "convert", str(folder), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "12 converted, 0 failed" in result.stdout
+
+
+def test_the_default_byte_budget_follows_the_size(tmp_path: Path) -> None:
+    """10 KB (AD's thumbnail guidance) for 96x96; a 648x648 Exchange photo gets AD's hard 100 KB limit."""
+    source = tmp_path / "jdoe.jpg"
+    source.write_bytes(photo(9, size=900))
+    result = runner.invoke(_app.app, ["photo", "convert", str(source), "--out", str(tmp_path / "hd"), "--size", "648"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "hd" / "jdoe 648x648.jpg"
+    assert Image.open(written).size == (648, 648) and 10_240 < written.stat().st_size <= 102_400
+    small = runner.invoke(_app.app, ["photo", "convert", str(source), "--out", str(tmp_path / "ad"), "--json"])
+    assert small.exit_code == 0, small.output
+    assert json.loads(small.stdout)["bytes"] <= 10_240
