@@ -31,6 +31,7 @@ from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
 from connector.bench._util import peak_rss_mb
+from connector.emulator._agent import exo_agent_settings
 
 __all__ = ["BenchConnector", "register", "run"]
 
@@ -134,16 +135,9 @@ def run(
             base = Path(tmp)
             os.environ["MVSYNC_TOKEN_CACHE_KEY"] = Fernet.generate_key().decode()
             os.environ["MVSYNC_BENCH_EXO_RT"] = info["refresh_token"]
-            settings = {
-                "tenant_id": info["tenant_id"],
-                "client_id": info["client_id"],
-                "authority": info["authority"],
-                "graph_url": info["graph_url"],
-                "instance_discovery": False,
-                "ca_bundle": info["ca_cert"],
-                "refresh_token": {"env": "MVSYNC_BENCH_EXO_RT"},
-                "photo_recheck_hours": 0,
-            }
+            settings = exo_agent_settings(
+                info, refresh_token={"env": "MVSYNC_BENCH_EXO_RT"}, photo_recheck_hours=0
+            )
             step = {"agent": "exo", "page_size": page_size, "error_limit": users + 1}
             config = config_from_dict(
                 {

@@ -19,6 +19,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from connector.config import ConfigError
+from connector.emulator._agent import exo_agent_settings
 
 __all__ = [
     "AD_SNAPSHOT_TYPE",
@@ -78,16 +79,7 @@ def emulator_exo_settings(
     if not key.exists():
         write_secret(key, Fernet.generate_key().decode())
     settings.update(
-        {
-            "tenant_id": info["tenant_id"],
-            "client_id": info["client_id"],
-            "authority": info["authority"],
-            "graph_url": info["graph_url"],
-            "instance_discovery": False,
-            "ca_bundle": str(info["ca_cert"]),
-            "refresh_token": {"file": str(rt)},
-            "token_cache_key_file": str(key),
-        }
+        exo_agent_settings(info, refresh_token={"file": str(rt)}, token_cache_key_file=str(key))
     )
     settings.pop("token_cache_key_env", None)
     settings.update(overrides)

@@ -10,6 +10,7 @@ token endpoint); see ``docs`` in each module for the choices made where the docs
 
 from __future__ import annotations
 
+from connector.emulator._agent import exo_agent_settings
 from connector.emulator._config import NO_PHOTO_VARIANTS, EmulatorConfig
 from connector.emulator._faults import PROFILES, FaultProfile, parse_faults
 from connector.emulator._photos import HD_SIZES
@@ -25,6 +26,7 @@ __all__ = [
     "EmulatorConfig",
     "FaultProfile",
     "GraphEmulator",
+    "exo_agent_settings",
     "make_sam_account_name",
     "parse_faults",
 ]

@@ -23,7 +23,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from connector.config import config_from_dict
-from connector.emulator import EmulatorConfig, GraphEmulator
+from connector.emulator import EmulatorConfig, GraphEmulator, exo_agent_settings
 from connector.engine import Engine
 from connector.sdk import ExportStatus
 from connector.web import create_app
@@ -52,17 +52,12 @@ def _config(emu: GraphEmulator, tmp: Path, ad_directory: str) -> dict[str, Any]:
         "agents": {
             "exo": {
                 "type": "exchange-online-photos",
-                "settings": {
-                    "tenant_id": info["tenant_id"],
-                    "client_id": info["client_id"],
-                    "authority": info["authority"],
-                    "graph_url": info["graph_url"],
-                    "instance_discovery": False,
-                    "ca_bundle": info["ca_cert"],
-                    "refresh_token": {"env": "MVSYNC_TEST_EXO_REFRESH_TOKEN"},
-                    "backoff_initial_s": 0.05,
-                    "photo_size": "240x240",
-                },
+                "settings": exo_agent_settings(
+                    info,
+                    refresh_token={"env": "MVSYNC_TEST_EXO_REFRESH_TOKEN"},
+                    backoff_initial_s=0.05,
+                    photo_size="240x240",
+                ),
                 "projection": [{"object_class": "EXOUser"}],
                 "import_flow": [
                     {"object_class": "EXOUser", "cs": "mailNickname", "mv": "accountName"},

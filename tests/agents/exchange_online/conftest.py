@@ -10,6 +10,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, ExchangeOnlineSettings
+from connector.emulator import exo_agent_settings
 from connector.sdk import ConnectorContext, CSEntryChange, ImportMode, ImportRequest
 
 REAUTH = "mvsync auth login exo -c /etc/mvsync/mvsync.toml"
@@ -44,17 +45,9 @@ def make_emulator() -> Iterator[Callable[..., Any]]:
 def settings_for(emu: Any, **overrides: Any) -> ExchangeOnlineSettings:
     """Settings pointing at the emulator; the refresh token passes like a resolved ``{env=..}`` ref."""
     info = emu.info
-    values: dict[str, Any] = {
-        "tenant_id": info["tenant_id"],
-        "client_id": info["client_id"],
-        "authority": info["authority"],
-        "graph_url": info["graph_url"],
-        "instance_discovery": False,
-        "ca_bundle": info["ca_cert"],
-        "refresh_token": info["refresh_token"],
-        "backoff_initial_s": 0.05,
-        "concurrency": 16,
-    }
+    values: dict[str, Any] = exo_agent_settings(
+        info, refresh_token=info["refresh_token"], backoff_initial_s=0.05, concurrency=16
+    )
     values.update(overrides)
     return ExchangeOnlineSettings.model_validate(values)
 

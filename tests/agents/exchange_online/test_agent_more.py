@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from connector.agents.exchange_online._photos import PhotoTask
 from connector.agents.exchange_online._pipeline import WorkQueue
+from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ConfigurationError, ImportMode, ServerDownError, StopRunError
 from tests.agents.exchange_online.conftest import make_connector, run_import
 
@@ -40,16 +41,7 @@ def _engine_config(emu: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pa
 
     info = emu.info
     monkeypatch.setenv("EXO_RT", info["refresh_token"])
-    settings = {
-        "tenant_id": info["tenant_id"],
-        "client_id": info["client_id"],
-        "authority": info["authority"],
-        "graph_url": info["graph_url"],
-        "instance_discovery": False,
-        "ca_bundle": info["ca_cert"],
-        "refresh_token": {"env": "EXO_RT"},
-        "backoff_initial_s": 0.05,
-    }
+    settings = exo_agent_settings(info, refresh_token={"env": "EXO_RT"}, backoff_initial_s=0.05)
     return config_from_dict(
         {
             "store": {"url": f"sqlite:///{tmp_path / 'mv.db'}"},

@@ -13,6 +13,7 @@ import pytest
 from connector import metrics
 from connector.agents.exchange_online._state import STATE_FILE_NAME
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
+from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ImportMode, ObjectModificationType
 from tests.agents.exchange_online.conftest import REAUTH, make_connector, run_import
 
@@ -272,15 +273,7 @@ def test_engine_step_stops_authentication_and_keeps_earlier_imports(
     emu = make_emulator(users=20)
     info = emu.info
     monkeypatch.setenv("EXO_RT", info["refresh_token"])
-    settings = {
-        "tenant_id": info["tenant_id"],
-        "client_id": info["client_id"],
-        "authority": info["authority"],
-        "graph_url": info["graph_url"],
-        "instance_discovery": False,
-        "ca_bundle": info["ca_cert"],
-        "refresh_token": {"env": "EXO_RT"},
-    }
+    settings = exo_agent_settings(info, refresh_token={"env": "EXO_RT"})
     cfg_file = tmp_path / "mvsync.toml"
     config = config_from_dict(
         {
