@@ -16,38 +16,20 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
+from tests.cli._configs import generated_pair
 from tests.engine.memory import DIRECTORIES, directory
 
-CONFIG = """
-[store]
-url = "sqlite:///store.db"
-[agents.src]
-type = "generated"
-settings = { count = 5, photo_bytes = 16 }
-projection = [{ object_class = "person" }]
-import_flow = [
-  { object_class = "person", cs = "accountName", mv = "accountName" },
-  { object_class = "person", cs = "displayName", mv = "displayName" },
-  { object_class = "person", cs = "photo", mv = "photo" },
-]
-[agents.tgt]
-type = "generated"
-settings = { count = 5, seed = 3, photo_bytes = 0 }
-join = [{ object_class = "person", match = [{ cs = "accountName", mv = "accountName" }] }]
-export_flow = [{ object_class = "person", mv = "photo", cs = "thumbnailChecksum", transform = "sha256" }]
-[agents.mem]
+CONFIG = (
+    generated_pair(5)
+    + """[agents.mem]
 type = "tests.engine.memory:MemoryConnector"
 settings = { directory = "DIRECTORY" }
-[run_profiles.cycle]
-steps = [
-  { type = "full-import", agent = "src" }, { type = "full-import", agent = "tgt" },
-  { type = "full-sync", agent = "src" }, { type = "full-sync", agent = "tgt" },
-]
 [run_profiles.export]
 steps = [{ type = "export", agent = "tgt" }]
 [run_profiles.mem-import]
 steps = [{ type = "full-import", agent = "mem" }]
 """
+)
 
 ANCHORS = [f"u{n:07d}" for n in range(5)]
 BUILT_IN = {"active-directory", "exchange-online-photos", "photo-folder", "generated"}

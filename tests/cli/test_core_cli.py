@@ -9,32 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
+from tests.cli._configs import generated_pair
 
-CONFIG = """
-[store]
-url = "sqlite:///store.db"
-[agents.src]
-type = "generated"
-settings = { count = 30, photo_bytes = 16 }
-projection = [{ object_class = "person" }]
-import_flow = [
-  { object_class = "person", cs = "accountName", mv = "accountName" },
-  { object_class = "person", cs = "displayName", mv = "displayName" },
-  { object_class = "person", cs = "photo", mv = "photo" },
-]
-[agents.tgt]
-type = "generated"
-settings = { count = 30, seed = 3, photo_bytes = 0 }
-join = [{ object_class = "person", match = [{ cs = "accountName", mv = "accountName" }] }]
-export_flow = [{ object_class = "person", mv = "photo", cs = "thumbnailChecksum", transform = "sha256" }]
-[run_profiles.cycle]
-steps = [
-  { type = "full-import", agent = "src" }, { type = "full-import", agent = "tgt" },
-  { type = "full-sync", agent = "src" }, { type = "full-sync", agent = "tgt" },
-]
-[run_profiles.export]
+CONFIG = (
+    generated_pair(30)
+    + """[run_profiles.export]
 steps = [{ type = "export", agent = "tgt", deletion_threshold = { count = 0, attributes = ["thumbnailChecksum"] } }]
 """
+)
 
 runner = CliRunner()
 

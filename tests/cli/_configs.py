@@ -1,0 +1,31 @@
+"""Configurations the CLI tests share: two generated agents, one projecting, one joining and exporting."""
+
+from __future__ import annotations
+
+
+def generated_pair(count: int) -> str:
+    """``src`` projects ``count`` people with a photo; ``tgt`` joins them and exports the photo's
+    checksum; the ``cycle`` profile imports and synchronizes both. Add agents and profiles after it."""
+    return f"""
+[store]
+url = "sqlite:///store.db"
+[agents.src]
+type = "generated"
+settings = {{ count = {count}, photo_bytes = 16 }}
+projection = [{{ object_class = "person" }}]
+import_flow = [
+  {{ object_class = "person", cs = "accountName", mv = "accountName" }},
+  {{ object_class = "person", cs = "displayName", mv = "displayName" }},
+  {{ object_class = "person", cs = "photo", mv = "photo" }},
+]
+[agents.tgt]
+type = "generated"
+settings = {{ count = {count}, seed = 3, photo_bytes = 0 }}
+join = [{{ object_class = "person", match = [{{ cs = "accountName", mv = "accountName" }}] }}]
+export_flow = [{{ object_class = "person", mv = "photo", cs = "thumbnailChecksum", transform = "sha256" }}]
+[run_profiles.cycle]
+steps = [
+  {{ type = "full-import", agent = "src" }}, {{ type = "full-import", agent = "tgt" }},
+  {{ type = "full-sync", agent = "src" }}, {{ type = "full-sync", agent = "tgt" }},
+]
+"""
