@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
@@ -240,9 +240,17 @@ def check_store(store: SqlStore) -> list[Finding]:
         if not dangling and not doubles:
             found.append(Finding("store", "links", "ok", "connector-space and metaverse links agree"))
 
+        # an export needs an imported object; an update's values come from its person (a delete may
+        # outlive the person: deprovisioning stages it as the person goes)
         orphans = conn.execute(
-            select(cs_object.c.agent, cs_object.c.anchor, cs_object.c.export_type)
-            .where(cs_object.c.export_type.is_not(None), cs_object.c.hologram.is_(None))
+            select(cs_object.c.agent, cs_object.c.anchor, cs_object.c.export_type, cs_object.c.hologram)
+            .where(
+                cs_object.c.export_type.is_not(None),
+                or_(
+                    cs_object.c.hologram.is_(None),
+                    and_(cs_object.c.export_type != "delete", cs_object.c.mv_id.is_(None)),
+                ),
+            )
             .order_by(cs_object.c.id)
         ).all()
         if orphans:
@@ -251,13 +259,18 @@ def check_store(store: SqlStore) -> list[Finding]:
                     "store",
                     "pending-exports-orphan",
                     "error",
-                    f"{len(orphans)} pending exports are on objects with no hologram (never imported)",
+                    f"{len(orphans)} pending exports are on objects never imported, or not joined to a person",
                     len(orphans),
-                    [f"{a} {anchor}: {kind}" for a, anchor, kind in orphans[:_EXAMPLES]],
+                    [
+                        f"{a} {anchor}: {kind} ({'never imported' if hologram is None else 'not joined'})"
+                        for a, anchor, kind, hologram in orphans[:_EXAMPLES]
+                    ],
                 )
             )
         else:
-            found.append(Finding("store", "pending-exports", "ok", "every pending export has a hologram"))
+            found.append(
+                Finding("store", "pending-exports", "ok", "every pending export is on an imported, joined object")
+            )
     return found
 
 

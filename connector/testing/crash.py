@@ -555,7 +555,13 @@ class CrashLab:
         if not kinds:
             return CrashPoint(phase, "begin", 1)
         kind = rng.choice(kinds)
-        return CrashPoint(phase, kind, rng.randint(1, counts[f"{phase}:{kind}"]))
+        count = counts[f"{phase}:{kind}"]
+        if kind == "http":
+            # how many HTTP requests an import makes depends on how the photo workers happen to batch
+            # (timing), so a run may make fewer than the reference did: points are drawn from the
+            # first half, which every run reaches
+            count = max(1, count // 2)
+        return CrashPoint(phase, kind, rng.randint(1, count))
 
     def trial(self, index: int, point: CrashPoint, reference: WorldState) -> TrialResult:
         started = time.monotonic()

@@ -75,6 +75,15 @@ def _orphan_export(conn: Connection) -> None:
     )
 
 
+def _unjoined_export(conn: Connection) -> None:
+    # an update staged on an object that no longer belongs to any person
+    conn.execute(
+        update(cs_object)
+        .where(cs_object.c.agent == "ad", cs_object.c.anchor == "guid-001")
+        .values(mv_id=None, export_type="update", export_changes='{"displayName": "stale"}')
+    )
+
+
 def _newer_schema(conn: Connection) -> None:
     conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
 
@@ -87,6 +96,7 @@ def _newer_schema(conn: Connection) -> None:
         (_dangling_join, "links-dangling"),
         (_double_join, "links-duplicate"),
         (_orphan_export, "pending-exports-orphan"),
+        (_unjoined_export, "pending-exports-orphan"),
         (_newer_schema, "schema"),
     ],
 )
