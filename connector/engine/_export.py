@@ -183,6 +183,8 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     if report is not None:
         counters["threshold_count"] = report["count"]
         if report["tripped"]:
+            # the figures go to history with the stop, not only into the message text
+            counters["deletion_threshold"] = report
             limits = " / ".join(
                 x
                 for x in (

@@ -226,6 +226,8 @@ def test_deletion_threshold_trips_on_percent_alone(world: World) -> None:
     assert all("thumbnail" in obj for obj in world.ad["objects"].values())
     stored = _stored_step(world, step.step_id)
     assert stored.status == "stopped-deletion-threshold" and "exceed 25.0%" in stored.message
+    tripped = json.loads(stored.counters)["deletion_threshold"]  # the figures are in history, not only in text
+    assert tripped["tripped"] and tripped["clears"] == 3 and tripped["percent"] == 30.0
     assert cs_row(world, "ad", "guid-000").export_type == "update"  # still staged for a later run
 
     # a count of 5 alone lets the same three clears through (the profile's own: count 5, 50 %)
