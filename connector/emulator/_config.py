@@ -41,6 +41,8 @@ class EmulatorConfig:
     #: Outlook (photo) limits: concurrent requests and requests per 10 minutes per mailbox.
     mailbox_concurrency: int | None = 4
     mailbox_requests_per_10min: int | None = 10_000
+    #: Outlook upload limit: bytes of PUT/PATCH/POST bodies per app and mailbox per 5 minutes (150 MB).
+    mailbox_upload_bytes_per_5min: int | None = 150 * 1024 * 1024
     #: "mailbox": the 4-concurrent limit is per app+mailbox (older docs); "app": per app (current docs).
     mailbox_concurrency_scope: Literal["mailbox", "app"] = "mailbox"
     #: Directory resource units per 10 s per app (S/M/L: 3,500/5,000/8,000); 0 = by size, None = off.

@@ -248,6 +248,8 @@ class GraphService:
             if route.photo:
                 self.stats.count("photo_requests")
             refusal = self.throttle.admit(claims.client_id, route.mailbox, route.resource_units)
+            if refusal is None and route.mailbox is not None and req.method in ("PUT", "PATCH", "POST"):
+                refusal = self.throttle.admit_upload(claims.client_id, route.mailbox, len(req.body or b""))
             if refusal is not None:
                 self.stats.count("throttled")
                 self.stats.throttled_by_scope[refusal.scope] += 1

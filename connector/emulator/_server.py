@@ -261,6 +261,7 @@ class GraphEmulator:
             app_concurrency=cfg.app_concurrency,
             mailbox_concurrency=cfg.mailbox_concurrency,
             mailbox_per_10min=cfg.mailbox_requests_per_10min,
+            mailbox_upload_per_5min=cfg.mailbox_upload_bytes_per_5min,
             mailbox_scope=cfg.mailbox_concurrency_scope,
             directory_ru_per_10s=_directory_units(cfg),
         )

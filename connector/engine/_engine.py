@@ -245,6 +245,7 @@ class Engine:
                 result.status = step_status(result)
             except StepStopped as exc:
                 result.status, result.message = exc.status, exc.message
+                report = exc.report if exc.report is not None else report
             except StopRunError as exc:
                 result.status, result.message = exc.status, str(exc)
             except (ConfigError, ConfigurationError):

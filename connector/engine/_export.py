@@ -183,8 +183,6 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     if report is not None:
         counters["threshold_count"] = report["count"]
         if report["tripped"]:
-            # the figures go to history with the stop, not only into the message text
-            counters["deletion_threshold"] = report
             limits = " / ".join(
                 x
                 for x in (
@@ -199,7 +197,7 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
                 f"exported. Inspect with `mvsync pending-exports {ctx.agent}`; if intended, raise the threshold "
                 "for this run or fix the source"
             )
-            raise StepStopped("stopped-deletion-threshold", msg)
+            raise StepStopped("stopped-deletion-threshold", msg, report)  # figures to history, not only text
     batch_size = (
         ctx.step.batch_size if connector is None else min(ctx.step.batch_size, connector.capabilities.max_batch_size)
     )

@@ -21,10 +21,12 @@ _ERROR_STATUS = {
 class StepStopped(Exception):
     """Raised inside a step to stop it with a ``stopped-*`` status (work done so far is kept)."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        #: figures that explain the stop, kept in the step's history (e.g. the deletion threshold's)
+        self.report = report
 
 
 @dataclass(slots=True)

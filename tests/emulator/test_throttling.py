@@ -104,3 +104,26 @@ def test_limits_can_be_changed_mid_run(api: Api) -> None:
     assert [api.get("/users?$top=1").status_code for _ in range(3)].count(429) >= 1
     api.emu.admin.set_limits(app_rate_per_s=None, app_concurrency=None)
     assert all(api.get("/users?$top=1").status_code == 200 for _ in range(5))
+
+
+def test_mailbox_upload_budget(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+    """Outlook's upload limit: bytes of PUT bodies per app and mailbox per 5 minutes (150 MB by default)."""
+    import io
+
+    from PIL import Image
+
+    noisy = Image.effect_noise((400, 400), 80).convert("RGB")
+    buffer = io.BytesIO()
+    noisy.save(buffer, "JPEG", quality=95)
+    photo = buffer.getvalue()
+    api = make_api(graph_emulator_factory(mailbox_upload_bytes_per_5min=int(len(photo) * 1.5)))
+    user = api.user(lambda u: u["mailbox"] == "cloud")
+    url = f"/users/{user['id']}/photo/$value"
+    headers = {"Content-Type": "image/jpeg"}
+    assert api.request("PUT", url, data=photo, headers=headers).status_code == 200
+    refused = api.request("PUT", url, data=photo, headers=headers)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "ApplicationThrottled"
+    assert "Upload" in refused.json()["error"]["message"] and float(refused.headers["Retry-After"]) > 0
+    assert api.get(url).status_code == 200  # reads are not uploads
+    other = api.user(lambda u: u["mailbox"] == "cloud" and u["id"] != user["id"])
+    assert api.request("PUT", f"/users/{other['id']}/photo/$value", data=photo, headers=headers).status_code == 200
