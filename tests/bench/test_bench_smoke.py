@@ -62,6 +62,17 @@ _IMPORT_KEYS = {
     "naive_seconds",
     "naive_extrapolated",
     "naive_note",
+    "full_import_users",
+    "graph_requests_per_user",
+    "model_ceiling_requests_per_s",
+    "full_import_ceiling_photos_per_s",
+    "full_import_share_of_ceiling",
+    "ceiling_note",
+    "one_request_bound_photos_per_s",
+    "one_request_bound_photos",
+    "one_request_bound_s",
+    "one_request_bound_throttled",
+    "one_request_bound_note",
 }
 
 _EXPORT_AD_KEYS = {
@@ -170,6 +181,23 @@ def test_bench_import_small(monkeypatch: pytest.MonkeyPatch) -> None:
     _non_negative(result, "full_import_s", "delta_no_change_s", "retries", "server_throttled", "naive_seconds")
     assert 0 < result["naive_users_looked_up"] <= result["naive_users_total"]
     assert isinstance(result["naive_extrapolated"], bool)
+    # the one-request bound reads the same tenant: the same photos, found with one request per user
+    assert result["one_request_bound_photos"] == result["full_import_photos"]
+    assert result["full_import_users"] == result["naive_users_total"]
+    assert result["graph_requests_per_user"] >= 1.0
+    # without latency the in-flight model sets no ceiling
+    assert result["model_ceiling_requests_per_s"] is None and result["full_import_ceiling_photos_per_s"] is None
+
+
+def test_bench_import_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.bench.import_ import run
+
+    _restore_env_after(monkeypatch, "MVSYNC_TOKEN_CACHE_KEY", "MVSYNC_BENCH_EXO_RT")
+    result = run(users=40, latency_ms=20, naive_seconds=0.2)
+    assert result["model_ceiling_requests_per_s"] == 2500.0  # 50 in flight / 20 ms
+    photos, items = result["full_import_photos"], result["full_import_graph_requests"]
+    assert result["full_import_ceiling_photos_per_s"] == pytest.approx(photos * 2500 / items, abs=0.1)
+    assert 0 < result["full_import_share_of_ceiling"] <= 1.0
 
 
 def _check_e2e(result: dict[str, Any], users: int) -> None:
