@@ -105,9 +105,7 @@ SCHEMA = Schema.of(
             Attribute(name="EXOPhoto", type=AttributeType.BINARY, description="photo at photo_size (JPEG)"),
             Attribute(name="EXOPhotoChecksum", access=_IMPORT_ONLY, description="SHA-256 hex of EXOPhoto"),
             Attribute(name="EXOPhotoETag", access=_IMPORT_ONLY, description="@odata.mediaEtag, unquoted"),
-            Attribute(
-                name="EXOPhotoSize", type=AttributeType.INTEGER, access=_IMPORT_ONLY, description="bytes"
-            ),
+            Attribute(name="EXOPhotoSize", type=AttributeType.INTEGER, access=_IMPORT_ONLY, description="bytes"),
             Attribute(name="EXOPhotoLastChecked", type=AttributeType.DATETIME, access=_IMPORT_ONLY),
         ),
     )
@@ -147,9 +145,7 @@ def _reverify_bucket(user_id: str, buckets: int) -> int:
 class _Run:
     """One import step's moving parts (pipeline, stages, state), owned by the engine's thread."""
 
-    def __init__(
-        self, conn: ExchangeOnlinePhotosConnector, mode: ImportMode, watermark: Watermark | None
-    ) -> None:
+    def __init__(self, conn: ExchangeOnlinePhotosConnector, mode: ImportMode, watermark: Watermark | None) -> None:
         self.conn = conn
         self.settings = conn.settings
         self.state = conn.state
@@ -203,9 +199,7 @@ class _Run:
             if row.id in self.seen:
                 continue
             reverify = (
-                bool(buckets)
-                and row.checksum is not None
-                and _reverify_bucket(row.id, buckets) == self.gen % buckets
+                bool(buckets) and row.checksum is not None and _reverify_bucket(row.id, buckets) == self.gen % buckets
             )
             late = (row.error_at or 0.0) < cut_err if row.error is not None else row.checked_at < cut_ok
             if reverify or late or not row.trusted:
@@ -306,9 +300,7 @@ class _Run:
             if self.full:
                 failed.gen = self.gen  # seen by this full import: keep it
             self.state.put(failed)
-            return [
-                CSEntryChange.import_error(user_id, outcome.error, outcome.detail, object_class=OBJECT_CLASS)
-            ]
+            return [CSEntryChange.import_error(user_id, outcome.error, outcome.detail, object_class=OBJECT_CLASS)]
         photo = kind == "photo"
         if photo:
             self.counters["photo_downloads"] += 1
@@ -370,7 +362,10 @@ class _Run:
                 continue
             entries.extend(self.handle(event))
         # Keep the workers fed while the engine writes this page: schedule what is already listed.
-        while self.fatal is None:
+        # Stop at one page of finished entries: each handled outcome frees a pipeline permit, so
+        # draining without a bound would let a fast tenant pile photos up here faster than the
+        # store takes them, and memory would grow with the tenant.
+        while self.fatal is None and len(self.carry) < want:
             try:
                 event = results.get_nowait()
             except queue.Empty:
@@ -517,9 +512,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     def _listing_error(self, resp: GraphResponse) -> StopRunError:
         if resp.status == 410 or resp.error_code in _EXPIRED_DELTA_CODES:
-            return StopRunError(
-                f"the users/delta link is no longer valid ({resp.describe()}); run a full import"
-            )
+            return StopRunError(f"the users/delta link is no longer valid ({resp.describe()}); run a full import")
         if resp.status >= 500 or resp.status == 429:
             return ServerDownError(f"Graph did not answer the user listing after retries: {resp.describe()}")
         return StopRunError(f"Graph refused the user listing: {resp.describe()}")
@@ -545,9 +538,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         if done:
             assert run.delta_link is not None
             watermark = Watermark(run.delta_link, run.gen, self.state.store_id).dumps()
-        return ImportPage(
-            entries, more_to_import=not done, page_token=str(request.page_number), watermark=watermark
-        )
+        return ImportPage(entries, more_to_import=not done, page_token=str(request.page_number), watermark=watermark)
 
     def _start(self, request: ImportRequest) -> _Run:
         previous: Watermark | None = None
@@ -568,10 +559,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         allowed = self.context.export_attributes.get(OBJECT_CLASS, frozenset())
         for change in changes:
             outside = set(change.changed_attribute_names()) - set(allowed) - {"id"}
-            if (
-                change.modification in (ObjectModificationType.UPDATE, ObjectModificationType.REPLACE)
-                and outside
-            ):
+            if change.modification in (ObjectModificationType.UPDATE, ObjectModificationType.REPLACE) and outside:
                 msg = (
                     f"export of {change.anchor!r} would change {', '.join(sorted(outside))}, outside the "
                     f"attributes the export flows of agent {self.context.agent!r} name"
@@ -631,11 +619,7 @@ def _exported_photo(change: CSEntryChange) -> Any:
         if not ours:
             return _UNTOUCHED
         last = ours[-1]
-        value = (
-            None
-            if last.modification == AttributeModificationType.DELETE or not last.values
-            else last.values[-1]
-        )
+        value = None if last.modification == AttributeModificationType.DELETE or not last.values else last.values[-1]
     if isinstance(value, list):
         if len(value) > 1:
             raise ValueError("EXOPhoto is single-valued")

@@ -400,3 +400,33 @@ def test_device_code_sign_in(make_emulator: Any, tmp_path: Path) -> None:
     assert shown and "@" in who
     conn.open()  # the cache now holds the account: no seed token needed
     conn.close()
+
+
+def test_a_slow_store_bounds_what_the_agent_holds(make_emulator: Any, tmp_path: Path) -> None:
+    """Memory does not grow with the tenant: photos wait in Graph, not in the agent, when the store is slow."""
+    import time
+
+    from connector.sdk import ImportRequest
+
+    emu = make_emulator(users=600)  # no latency: Graph outruns the store
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    entries: list[Any] = []
+    try:
+        token, page, more = None, 1, True
+        while more:
+            result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token))
+            entries += result.entries
+            more, token, page = result.more_to_import, result.page_token, page + 1
+            if page <= 5:
+                time.sleep(1.0)  # the engine writing a slow page; the workers run on meanwhile
+                run = conn._run
+                assert run is not None
+                # one page of finished entries at most, plus what the pipeline's permits allow
+                assert len(run.carry) <= 10, len(run.carry)
+                assert run.pipeline.results.qsize() <= conn.max_ahead == 200
+    finally:
+        conn.close()
+    # nothing lost to the back-pressure
+    assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
+    assert len(entries) == len(_mailbox_users(emu))
