@@ -49,14 +49,21 @@ def _change_one_and_add_one(ad_env: ADTestEnv, people: str, name: str) -> str:
     return added[f"{ad_env.tag}late"]
 
 
+def _low_privilege_people(
+    ad_env: ADTestEnv, users: int, **settings: Any
+) -> tuple[str, dict[str, str], list[str], dict[str, Any]]:
+    """An OU with ``users`` users, and the settings of a least-privilege account scoped to it."""
+    people = ad_env.sub_ou("people")
+    guids = ad_env.add_users(ad_env.specs(users), ou=people)
+    bind_dn, password = low_privilege_account(ad_env)
+    account: dict[str, Any] = {"bind_dn": bind_dn, "password": password, "base_dns": [people], **settings}
+    return people, guids, list(guids), account
+
+
 def test_auto_without_replication_rights_imports_deltas_by_usn(
     ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
-    people = ad_env.sub_ou("people")
-    guids = ad_env.add_users(ad_env.specs(3), ou=people)
-    names = list(guids)
-    bind_dn, password = low_privilege_account(ad_env)
-    account: dict[str, Any] = {"bind_dn": bind_dn, "password": password, "base_dns": [people]}
+    people, guids, names, account = _low_privilege_people(ad_env, 3)
 
     with caplog.at_level(logging.INFO, logger=_AGENT_LOGGER):
         connector = ad_env.connector(**account)
@@ -86,17 +93,7 @@ def test_auto_without_replication_rights_imports_deltas_by_usn(
 
 @pytest.mark.parametrize("method", ["auto", "dirsync"])
 def test_dirsync_object_security_without_replication_rights(ad_env: ADTestEnv, method: str) -> None:
-    people = ad_env.sub_ou("people")
-    guids = ad_env.add_users(ad_env.specs(3), ou=people)
-    names = list(guids)
-    bind_dn, password = low_privilege_account(ad_env)
-    account: dict[str, Any] = {
-        "bind_dn": bind_dn,
-        "password": password,
-        "base_dns": [people],
-        "delta_method": method,
-        "dirsync_object_security": True,
-    }
+    people, guids, names, account = _low_privilege_people(ad_env, 3, delta_method=method, dirsync_object_security=True)
     full, watermark, _ = run_import(ad_env.connector(**account), ImportMode.FULL)
     assert sorted(e.anchor for e in full) == sorted(guids.values())
     mark = Watermark.loads(watermark or "")
@@ -136,16 +133,7 @@ def test_dirsync_without_replication_rights_or_object_security_names_the_fixes(a
 )
 @pytest.mark.parametrize("object_security", [False, True], ids=["usn", "dirsync-object-security"])
 def test_low_privilege_delta_reports_deletions(ad_env: ADTestEnv, object_security: bool) -> None:
-    people = ad_env.sub_ou("people")
-    guids = ad_env.add_users(ad_env.specs(2), ou=people)
-    names = list(guids)
-    bind_dn, password = low_privilege_account(ad_env)
-    account: dict[str, Any] = {
-        "bind_dn": bind_dn,
-        "password": password,
-        "base_dns": [people],
-        "dirsync_object_security": object_security,
-    }
+    people, guids, names, account = _low_privilege_people(ad_env, 2, dirsync_object_security=object_security)
     _, watermark, _ = run_import(ad_env.connector(**account), ImportMode.FULL)
     ad_env.admin.delete(f"CN={names[0]},{people}")
     delta, _, _ = run_import(ad_env.connector(**account), ImportMode.DELTA, watermark)

@@ -165,10 +165,10 @@ def test_unknown_user_and_user_without_mailbox(make_emulator: Any, tmp_path: Pat
 def test_access_token_expiry_mid_run_is_refreshed_silently(make_emulator: Any, tmp_path: Path) -> None:
     from connector.sdk import ImportRequest
 
-    # latency high enough that photo requests are still to come when page 1 returns, even on a busy
-    # machine (the pipeline works ahead of the pages)
-    emu = make_emulator(users=60, latency_ms=150)
-    conn = make_connector(emu, tmp_path)
+    # one batch at a time, so that most photo requests are still to come when page 1 returns, even
+    # on a busy machine (the pipeline works ahead of the pages): 3 probe batches of 5 latencies each
+    emu = make_emulator(users=60, latency_ms=100)
+    conn = make_connector(emu, tmp_path, concurrency=4)
     conn.open()
     entries: list[Any] = []
     try:
