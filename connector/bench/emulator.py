@@ -131,9 +131,7 @@ async def _client(job: dict[str, Any]) -> dict[str, Any]:
     totals: Counter[str] = Counter()
     start = time.monotonic()
     stop_at = start + float(job["seconds"])
-    await asyncio.gather(
-        *(_worker(job, ctx, i, stop_at, by_status, totals) for i in range(job["concurrency"]))
-    )
+    await asyncio.gather(*(_worker(job, ctx, i, stop_at, by_status, totals) for i in range(job["concurrency"])))
     elapsed = time.monotonic() - start
     errors = {k: v for k, v in totals.items() if k.startswith("error:")}
     return {

@@ -101,9 +101,7 @@ def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tm
     from connector.agents.active_directory import ActiveDirectorySettings
 
     settings = ActiveDirectorySettings.model_validate(_agent_settings(ad, ou, ad.password))
-    context = ConnectorContext(
-        agent="ad", data_dir=tmp, export_attributes={"user": frozenset({"thumbnailPhoto"})}
-    )
+    context = ConnectorContext(agent="ad", data_dir=tmp, export_attributes={"user": frozenset({"thumbnailPhoto"})})
 
     def changes(with_previous: bool) -> list[CSEntryChange]:
         out = []
@@ -111,9 +109,7 @@ def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tm
             photo = _photo(n, size, revision=1)
             change = CSEntryChange.update("user", guid, [AttributeChange.replace("thumbnailPhoto", photo)])
             change.identifier = str(n)
-            change.previous = (
-                {"thumbnailPhoto": photo} if with_previous else {"thumbnailPhoto": _photo(n, size)}
-            )
+            change.previous = {"thumbnailPhoto": photo} if with_previous else {"thumbnailPhoto": _photo(n, size)}
             out.append(change)
         return out
 
@@ -170,9 +166,7 @@ def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Pat
                 "settings": _agent_settings(ad, ou, {"env": _PASSWORD_ENV}),
                 "join": [{"object_class": "user", "match": [{"cs": "sAMAccountName", "mv": "accountName"}]}],
                 "import_flow": [{"object_class": "user", "cs": "objectGUID", "mv": "adObjectGUID"}],
-                "export_flow": [
-                    {"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto", "allow_null": True}
-                ],
+                "export_flow": [{"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto", "allow_null": True}],
             },
         },
         "run_profiles": {
@@ -185,9 +179,7 @@ def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Pat
                 ]
             },
             "export": {"steps": [{"type": "export", "agent": "ad", "batch_size": batch}]},
-            "confirm": {
-                "steps": [{"type": "full-import", "agent": "ad"}, {"type": "delta-sync", "agent": "ad"}]
-            },
+            "confirm": {"steps": [{"type": "full-import", "agent": "ad"}, {"type": "delta-sync", "agent": "ad"}]},
         },
     }
     engine = Engine(config_from_dict(data, base_dir=tmp))
@@ -262,9 +254,7 @@ def run(
         "second_run_writes": figures["second_run_writes"],
         "user_setup_s": round(setup_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "targets_met": writes_per_s >= 300
-        and writes_per_s >= 0.7 * raw
-        and figures["second_run_writes"] == 0,
+        "targets_met": writes_per_s >= 300 and writes_per_s >= 0.7 * raw and figures["second_run_writes"] == 0,
     }
 
 
@@ -274,9 +264,7 @@ def register(bench_app: typer.Typer) -> None:
         users: int = typer.Option(2000, help="users to create and write"),
         photo_bytes: int = typer.Option(5000, help="bytes per photo (a 96x96 JPEG is 3-6 KB)"),
         batch: int = typer.Option(500, help="changes per export batch"),
-        driver: str = typer.Option(
-            "engine", help="engine: through connector.engine.Engine; direct: the agent only"
-        ),
+        driver: str = typer.Option("engine", help="engine: through connector.engine.Engine; direct: the agent only"),
         keep: bool = typer.Option(False, help="leave a DC this run started running"),
         as_json: bool = typer.Option(True, "--json/--no-json", help="print one JSON object (the default)"),
     ) -> None:

@@ -27,9 +27,7 @@ from connector.cli._common import (
     print_json,
 )
 
-auth_app = typer.Typer(
-    help="Sign agents in (delegated refresh tokens) and check their tokens.", no_args_is_help=True
-)
+auth_app = typer.Typer(help="Sign agents in (delegated refresh tokens) and check their tokens.", no_args_is_help=True)
 
 
 def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
@@ -42,9 +40,7 @@ def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
     cfg = load_config(config)
     connector = open_connector(cfg, agent)
     if not isinstance(connector, ExchangeOnlinePhotosConnector):
-        raise fail(
-            f"agent {agent!r} (type {cfg.agents[agent].type}) does not sign in to anything", EXIT_CONFIG
-        )
+        raise fail(f"agent {agent!r} (type {cfg.agents[agent].type}) does not sign in to anything", EXIT_CONFIG)
     settings = connector.settings
     key_file = settings.token_cache_key_file
     if create_key and key_file is not None and not key_file.exists():
@@ -72,9 +68,7 @@ def login(
             readable=True,
         ),
     ] = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="Give up the device-code sign-in after seconds.")
-    ] = 900,
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up the device-code sign-in after seconds.")] = 900,
 ) -> None:
     """Sign AGENT in: the device-code flow, or import an existing refresh token."""
     from connector.sdk import ConnectorError

@@ -28,9 +28,7 @@ def serve(
     photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Seed for users, photos and faults.")] = 1,
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Added latency per Graph request.")] = 0.0,
-    faults: Annotated[
-        str, typer.Option("--faults", help="none, light, resilience, storm, or a JSON object.")
-    ] = "none",
+    faults: Annotated[str, typer.Option("--faults", help="none, light, resilience, storm, or a JSON object.")] = "none",
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
     json_out: JsonOption = False,
 ) -> None:

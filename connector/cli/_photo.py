@@ -86,15 +86,9 @@ def register(app: typer.Typer) -> None:
 
 @photo_app.command("convert")
 def convert_command(
-    inputs: Annotated[
-        list[Path], typer.Argument(help="Photo files, or folders of photos.", show_default=False)
-    ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for the converted JPEGs (created if needed).")
-    ],
-    size: Annotated[
-        int, typer.Option(help="Square output size in pixels (96 for AD, 648 for Exchange).")
-    ] = 96,
+    inputs: Annotated[list[Path], typer.Argument(help="Photo files, or folders of photos.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the converted JPEGs (created if needed).")],
+    size: Annotated[int, typer.Option(help="Square output size in pixels (96 for AD, 648 for Exchange).")] = 96,
     max_bytes: Annotated[
         str | None,
         typer.Option(
@@ -104,12 +98,8 @@ def convert_command(
         ),
     ] = None,
     crop: Annotated[str, typer.Option(help="center, or face (needs the \\[face] extra).")] = "center",
-    margin: Annotated[
-        int, typer.Option(help="Face crop: space around the face, percent of its size (1-50).")
-    ] = 40,
-    recursive: Annotated[
-        bool, typer.Option(help="Also convert photos in sub-folders of folder inputs.")
-    ] = False,
+    margin: Annotated[int, typer.Option(help="Face crop: space around the face, percent of its size (1-50).")] = 40,
+    recursive: Annotated[bool, typer.Option(help="Also convert photos in sub-folders of folder inputs.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Convert photos to square JPEGs named '<name> <size>x<size>.jpg'."""
@@ -121,9 +111,7 @@ def convert_command(
     except InvalidSpecError as exc:
         raise fail(f"--{exc.key.replace('_', '-')}: {exc.message}", EXIT_CONFIG) from None
     if spec.max_bytes > AD_THUMBNAIL_MAX_BYTES:
-        raise fail(
-            f"--max-bytes: {spec.max_bytes:,} is over AD's limit of {AD_THUMBNAIL_MAX_BYTES:,}", EXIT_CONFIG
-        )
+        raise fail(f"--max-bytes: {spec.max_bytes:,} is over AD's limit of {AD_THUMBNAIL_MAX_BYTES:,}", EXIT_CONFIG)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -138,9 +126,7 @@ def convert_command(
     raise typer.Exit(EXIT_COMPLETED_ERRORS if failed else EXIT_SUCCESS)
 
 
-def convert_files(
-    files: list[Path], out: Path, spec: PhotoSpec, *, json_out: bool = False
-) -> list[FileResult]:
+def convert_files(files: list[Path], out: Path, spec: PhotoSpec, *, json_out: bool = False) -> list[FileResult]:
     """Convert each file, printing its result line as it completes; returns all results."""
     results: list[FileResult] = []
     written: dict[Path, Path] = {}
@@ -185,9 +171,7 @@ def convert_file(path: Path, out: Path, spec: PhotoSpec, written: dict[Path, Pat
             return result
         if path.stat().st_size > spec.limits.max_input_bytes:  # do not read a huge file just to refuse it
             result.error = "image-input-too-large"
-            result.detail = (
-                f"{path.stat().st_size:,} bytes is over the limit of {spec.limits.max_input_bytes:,}"
-            )
+            result.detail = f"{path.stat().st_size:,} bytes is over the limit of {spec.limits.max_input_bytes:,}"
             return result
         photo = normalize(path.read_bytes(), spec)
         write_atomic(target, photo.data)

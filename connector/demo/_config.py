@@ -78,9 +78,7 @@ def emulator_exo_settings(
     key = secrets / "token-cache.key"
     if not key.exists():
         write_secret(key, Fernet.generate_key().decode())
-    settings.update(
-        exo_agent_settings(info, refresh_token={"file": str(rt)}, token_cache_key_file=str(key))
-    )
+    settings.update(exo_agent_settings(info, refresh_token={"file": str(rt)}, token_cache_key_file=str(key)))
     settings.pop("token_cache_key_env", None)
     settings.update(overrides)
     return settings

@@ -58,9 +58,7 @@ class FaultProfile:
 
 PROFILES: dict[str, FaultProfile] = {
     "none": FaultProfile(name="none"),
-    "light": FaultProfile(
-        name="light", rate_429=0.02, rate_503=0.005, rate_latency=0.05, extra_latency_ms=50
-    ),
+    "light": FaultProfile(name="light", rate_429=0.02, rate_503=0.005, rate_latency=0.05, extra_latency_ms=50),
     # The resilience mix of the issue: 10 % 429 with Retry-After, 2 % 503, 1 % resets, 1 % truncated bodies.
     "resilience": FaultProfile(
         name="resilience",

@@ -77,9 +77,7 @@ _NO_PHOTO = {
         "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown.",
     ),
 }
-_DELTA_ID_FILTER = re.compile(
-    r"^\s*id\s+eq\s+'([^']*)'\s*((?:\s+or\s+id\s+eq\s+'[^']*'\s*)*)$", re.IGNORECASE
-)
+_DELTA_ID_FILTER = re.compile(r"^\s*id\s+eq\s+'([^']*)'\s*((?:\s+or\s+id\s+eq\s+'[^']*'\s*)*)$", re.IGNORECASE)
 
 
 class GraphError(Exception):
@@ -289,18 +287,14 @@ class GraphService:
             raise GraphError(400, "BadRequest", "Invalid request.")
         if segments[0] == "me":
             if claims.user_id is None:
-                raise GraphError(
-                    400, "BadRequest", "/me request is only valid with delegated authentication flow."
-                )
+                raise GraphError(400, "BadRequest", "/me request is only valid with delegated authentication flow.")
             segments = ["users", claims.user_id, *segments[1:]]
         if segments[0] != "users":
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segments[0]}'.")
         method = req.method
         if len(segments) == 1 or segments[1] in ("$count", "delta"):
             if method != "GET":
-                raise GraphError(
-                    405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri."
-                )
+                raise GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri.")
             kind = segments[1] if len(segments) > 1 else "list"
             allowed = _DELTA_READ if kind == "delta" else _DIRECTORY_READ
             self._require(
@@ -314,18 +308,14 @@ class GraphService:
             query = req.query
             units = max(
                 1,
-                2
-                - ("$select" in query)
-                - (query.get("$top", "100").isdigit() and int(query.get("$top", "100")) < 20),
+                2 - ("$select" in query) - (query.get("$top", "100").isdigit() and int(query.get("$top", "100")) < 20),
             )
             return _Route(lambda: handlers[kind](req, rid), resource_units=units)
         key = segments[1]
         rest = segments[2:]
         if not rest:
             if method != "GET":
-                raise GraphError(
-                    405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri."
-                )
+                raise GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri.")
             user = self.tenant.find(key)
             self._require(
                 claims,
@@ -335,9 +325,7 @@ class GraphService:
                 "Insufficient privileges to complete the operation.",
             )
             query = req.query
-            return _Route(
-                lambda: self._get_user(req, rid, key, user), resource_units=1 if "$select" in query else 2
-            )
+            return _Route(lambda: self._get_user(req, rid, key, user), resource_units=1 if "$select" in query else 2)
         if rest[0] not in ("photo", "photos"):
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{rest[0]}'.")
         user = self.tenant.find(key)
@@ -347,16 +335,13 @@ class GraphService:
             _PHOTO_WRITE if write else _PHOTO_READ,
             user,
             "ErrorInsufficientPermissionsInAccessToken",
-            "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ProfileAccessDeniedException' was "
-            "thrown.",
+            "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ProfileAccessDeniedException' was thrown.",
         )
         mailbox = user.id if user else key.lower()
         return _Route(lambda: self._photo(req, rid, user, rest), mailbox=mailbox, photo=True)
 
     @staticmethod
-    def _require(
-        claims: AccessClaims, allowed: frozenset[str], target: User | None, code: str, message: str
-    ) -> None:
+    def _require(claims: AccessClaims, allowed: frozenset[str], target: User | None, code: str, message: str) -> None:
         if claims.permissions & allowed:
             return
         if (
@@ -395,8 +380,7 @@ class GraphService:
             raise GraphError(
                 404,
                 "Request_ResourceNotFound",
-                f"Resource '{key}' does not exist or one of its queried reference-property objects are "
-                "not present.",
+                f"Resource '{key}' does not exist or one of its queried reference-property objects are not present.",
             )
         body = {"@odata.context": self._context(select, "/$entity"), **user.graph(select)}
         return self._json(req, rid, 200, body)
@@ -463,9 +447,7 @@ class GraphService:
                 or len(parts) > 2
                 or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc"))
             ):
-                raise GraphError(
-                    400, "Request_UnsupportedQuery", f"Order by '{query['$orderby']}' not supported."
-                )
+                raise GraphError(400, "Request_UnsupportedQuery", f"Order by '{query['$orderby']}' not supported.")
             if query.get("$filter") and not advanced:
                 raise GraphError(400, "Request_UnsupportedQuery", "Sorting not supported for current query.")
             order_prop, descending = parts[0], len(parts) == 2 and parts[1].lower() == "desc"
@@ -477,12 +459,8 @@ class GraphService:
             try:
                 after = tuple(json.loads(b64url_decode(query["$skiptoken"]))["k"])
             except (ValueError, KeyError, TypeError):
-                raise GraphError(
-                    400, "Request_BadRequest", "The specified page token value is not valid."
-                ) from None
-            start = next(
-                (i for i, (k, _) in enumerate(keyed) if (k < after if descending else k > after)), len(keyed)
-            )
+                raise GraphError(400, "Request_BadRequest", "The specified page token value is not valid.") from None
+            start = next((i for i, (k, _) in enumerate(keyed) if (k < after if descending else k > after)), len(keyed))
         page = keyed[start : start + top]
         body: dict[str, Any] = {"@odata.context": self._context(select)}
         if advanced and "$skiptoken" not in query:
@@ -503,9 +481,7 @@ class GraphService:
         size_match = re.search(r"odata\.maxpagesize=(\d+)", prefer)
         page_size = min(999, max(1, int(size_match.group(1)))) if size_match else 100
         applied = [
-            p
-            for p, on in (("return=minimal", minimal), (f"odata.maxpagesize={page_size}", bool(size_match)))
-            if on
+            p for p, on in (("return=minimal", minimal), (f"odata.maxpagesize={page_size}", bool(size_match))) if on
         ]
         extra = [("Preference-Applied", ", ".join(applied))] if applied else []
         now = time.time()
@@ -529,10 +505,7 @@ class GraphService:
                 assert isinstance(state, dict)
             except (ValueError, AssertionError, binascii.Error):
                 raise GraphError(400, "Request_BadRequest", "The delta token is not valid.") from None
-            if (
-                now - float(state.get("t", 0)) > DELTA_TOKEN_MAX_AGE_S
-                or int(state.get("b", 0)) < self.delta_floor
-            ):
+            if now - float(state.get("t", 0)) > DELTA_TOKEN_MAX_AGE_S or int(state.get("b", 0)) < self.delta_floor:
                 raise GraphError(
                     410,
                     "resyncRequired",
@@ -663,9 +636,7 @@ class GraphService:
             raise self._no_photo()
         entries: list[dict[str, Any]] = self._photo_entries(user, photo)
         if rest == ["photos"]:
-            return self._json(
-                req, rid, 200, {"@odata.context": self._photo_context(user, rest), "value": entries}
-            )
+            return self._json(req, rid, 200, {"@odata.context": self._photo_context(user, rest), "value": entries})
         if rest[0] == "photos" and len(rest) in (2, 3):
             found = [e for e in entries if e["id"] == rest[1].lower()]
             entry = found[0] if found else None
@@ -689,9 +660,7 @@ class GraphService:
         return Response(200, data, headers)
 
     def _photo_context(self, user: User, rest: list[str]) -> str:
-        suffix = (
-            "/photo/$entity" if rest[0] == "photo" else ("/photos" if len(rest) == 1 else "/photos/$entity")
-        )
+        suffix = "/photo/$entity" if rest[0] == "photo" else ("/photos" if len(rest) == 1 else "/photos/$entity")
         return f"{self.graph_url}/$metadata#users('{user.id}'){suffix}"
 
     def _photo_bytes_cached(self, user: User, photo: Photo, size: int | None) -> bytes | None:
@@ -724,9 +693,7 @@ class GraphService:
     async def _photo_bytes(self, user: User, photo: Photo, size: int | None) -> bytes:
         data = self._photo_bytes_cached(user, photo, size)
         if data is None:
-            data = await asyncio.get_running_loop().run_in_executor(
-                None, self.photo_bytes_blocking, user, photo, size
-            )
+            data = await asyncio.get_running_loop().run_in_executor(None, self.photo_bytes_blocking, user, photo, size)
         return data
 
     async def _upload(self, req: Request, rid: str, user: User) -> Response:
@@ -817,9 +784,7 @@ class GraphService:
                 )
             key = item["id"].lower()
             if key in seen:
-                raise GraphError(
-                    400, "BadRequest", f"Batch request contains duplicate request id '{item['id']}'."
-                )
+                raise GraphError(400, "BadRequest", f"Batch request contains duplicate request id '{item['id']}'.")
             seen.add(key)
             if "body" in item and not any(k.lower() == "content-type" for k in (item.get("headers") or {})):
                 raise GraphError(
@@ -833,9 +798,7 @@ class GraphService:
             if not isinstance(deps, list) or any(
                 str(d).lower() not in ids or str(d).lower() == item["id"].lower() for d in deps
             ):
-                raise GraphError(
-                    400, "BadRequest", f"Request '{item['id']}' depends on an unknown request id."
-                )
+                raise GraphError(400, "BadRequest", f"Request '{item['id']}' depends on an unknown request id.")
         # A dependency cycle would hang the batch; the service rejects it.
         graph = {i["id"].lower(): [str(d).lower() for d in i.get("dependsOn") or []] for i in items}
         state: dict[str, int] = {}
@@ -866,9 +829,7 @@ class GraphService:
             body = b""
             if "body" in item:
                 raw = item["body"]
-                if headers.get("content-type", "").lower().startswith("application/json") or not isinstance(
-                    raw, str
-                ):
+                if headers.get("content-type", "").lower().startswith("application/json") or not isinstance(raw, str):
                     body = json.dumps(raw).encode()
                 else:
                     try:
@@ -888,9 +849,7 @@ class GraphService:
         except GraphError as err:
             self.stats.by_status[str(err.status)] += 1
             response = self._error(outer, rid, err)
-        out_headers = {
-            k: v for k, v in response.headers if k.lower() not in ("request-id", "client-request-id")
-        }
+        out_headers = {k: v for k, v in response.headers if k.lower() not in ("request-id", "client-request-id")}
         result: dict[str, Any] = {"id": item["id"], "status": response.status, "headers": out_headers}
         if response.body:
             ctype = (response.header("content-type") or "").lower()

@@ -321,9 +321,7 @@ class Identity:
                 return self._device_authorization(req)
             except _TokenError as exc:
                 return _json(exc.status, aad_error_body(exc.error, exc.code, exc.description, correlation))
-        return _json(
-            404, {"error": "not_found", "error_description": f"No route for {req.method} {req.path}"}
-        )
+        return _json(404, {"error": "not_found", "error_description": f"No route for {req.method} {req.path}"})
 
     def _instance_discovery(self) -> Response:
         host = self.base_url.split("://", 1)[1]
@@ -413,15 +411,12 @@ class Identity:
                 401,
                 "invalid_client",
                 7000218,
-                "The request body must contain the following parameter: 'client_assertion' or "
-                "'client_secret'.",
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             )
 
     def _check_assertion(self, app: App, assertion: str, tenant: str) -> None:
         def fail(why: str) -> _TokenError:
-            return _TokenError(
-                401, "invalid_client", 700027, f"Client assertion failed signature validation. {why}"
-            )
+            return _TokenError(401, "invalid_client", 700027, f"Client assertion failed signature validation. {why}")
 
         try:
             head_b64, payload_b64, sig_b64 = assertion.split(".")
@@ -458,17 +453,11 @@ class Identity:
             raise fail("The signature does not match.") from None
         now = time.time()
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
-            raise _TokenError(
-                401, "invalid_client", 700023, "Client assertion audience/issuer claim mismatch."
-            )
+            raise _TokenError(401, "invalid_client", 700023, "Client assertion audience/issuer claim mismatch.")
         if not str(claims.get("aud", "")).startswith(f"{self.base_url}/"):
-            raise _TokenError(
-                401, "invalid_client", 700021, "Client assertion audience claim does not match."
-            )
+            raise _TokenError(401, "invalid_client", 700021, "Client assertion audience claim does not match.")
         if float(claims.get("exp", 0)) < now - 300:
-            raise _TokenError(
-                401, "invalid_client", 700024, "Client assertion is not within its valid time range."
-            )
+            raise _TokenError(401, "invalid_client", 700024, "Client assertion is not within its valid time range.")
 
     def _client_credentials(self, app: App, form: dict[str, str], tenant: str) -> Response:
         self._authenticate(app, form, tenant, public_ok=False)
@@ -489,8 +478,7 @@ class Identity:
                 400,
                 "invalid_resource",
                 500011,
-                f"The resource principal named {resource} was not found in the tenant named "
-                f"{self.tenant_id}.",
+                f"The resource principal named {resource} was not found in the tenant named {self.tenant_id}.",
             )
         token, lifetime = self.issue_access_token(app.client_id, None, sorted(app.roles))
         return _json(
@@ -523,16 +511,14 @@ class Identity:
                         400,
                         "invalid_resource",
                         500011,
-                        f"The resource principal named {resource} was not found in the tenant named "
-                        f"{self.tenant_id}.",
+                        f"The resource principal named {resource} was not found in the tenant named {self.tenant_id}.",
                     )
             if name.lower() not in KNOWN_PERMISSIONS:
                 raise _TokenError(
                     400,
                     "invalid_scope",
                     70011,
-                    f"The provided value for the input parameter 'scope' is not valid. The scope "
-                    f"{item} is not valid.",
+                    f"The provided value for the input parameter 'scope' is not valid. The scope {item} is not valid.",
                 )
             wanted.append(name)
         consented = {s.lower(): s for s in app.delegated_scopes}
@@ -568,9 +554,7 @@ class Identity:
                 "The request body must contain the following parameter: 'refresh_token'.",
             )
         if record is None:
-            raise _TokenError(
-                400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."
-            )
+            raise _TokenError(400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid.")
         if record.client_id != app.client_id:
             raise _TokenError(
                 400,
@@ -602,9 +586,7 @@ class Identity:
                 400,
                 "invalid_grant",
                 50057 if user else 50034,
-                "The user account is disabled."
-                if user
-                else "The user account does not exist in the directory.",
+                "The user account is disabled." if user else "The user account does not exist in the directory.",
             )
         granted, oidc = self._resolve_scopes(app, form.get("scope", ""), record.scopes)
         if self.strict_rotation:
@@ -713,14 +695,10 @@ class Identity:
     def issue_refresh_token(self, client_id: str, user_id: str, scopes: tuple[str, ...]) -> str:
         token = "1.AXkA" + secrets.token_urlsafe(120)
         now = time.time()
-        self.refresh_tokens[token] = RefreshToken(
-            user_id, client_id, scopes, now, now + self.refresh_token_lifetime_s
-        )
+        self.refresh_tokens[token] = RefreshToken(user_id, client_id, scopes, now, now + self.refresh_token_lifetime_s)
         return token
 
-    def issue_access_token(
-        self, client_id: str, user_id: str | None, permissions: list[str]
-    ) -> tuple[str, int]:
+    def issue_access_token(self, client_id: str, user_id: str | None, permissions: list[str]) -> tuple[str, int]:
         now = time.time()
         lifetime = int(self.access_token_lifetime_s)
         claims: dict[str, Any] = {

@@ -111,9 +111,7 @@ class _Parser:
     def take(self) -> tuple[str, Any, int]:
         token = self.peek()
         if token is None:
-            raise FilterError(
-                f"Invalid filter clause: Syntax error at position {len(self.text)} in '{self.text}'."
-            )
+            raise FilterError(f"Invalid filter clause: Syntax error at position {len(self.text)} in '{self.text}'.")
         self.i += 1
         return token
 
@@ -169,8 +167,7 @@ class _Parser:
             raise FilterError(f"Invalid filter clause: Syntax error at position {pos} in '{self.text}'.")
         if value not in FILTERABLE:
             raise FilterError(
-                f"Unsupported or invalid query filter clause specified for property '{value}' of "
-                "resource 'User'.",
+                f"Unsupported or invalid query filter clause specified for property '{value}' of resource 'User'.",
                 prop=str(value),
             )
         return str(value)

@@ -67,9 +67,7 @@ class Admin:
         def run() -> list[dict[str, Any]]:
             tenant = self._emu.tenant
             return [
-                tenant.users[i].admin()
-                for i in tenant.sorted_ids
-                if include_deleted or not tenant.users[i].deleted
+                tenant.users[i].admin() for i in tenant.sorted_ids if include_deleted or not tenant.users[i].deleted
             ]
 
         return self._call(run)
@@ -149,9 +147,7 @@ class Admin:
         def run() -> str:
             user = self._user(id_or_upn) if id_or_upn else self._emu.tenant.default_user
             app = self._emu.app
-            return self._emu.identity.issue_refresh_token(
-                app.client_id, user.id, tuple(sorted(app.delegated_scopes))
-            )
+            return self._emu.identity.issue_refresh_token(app.client_id, user.id, tuple(sorted(app.delegated_scopes)))
 
         return self._call(run)
 
@@ -480,9 +476,7 @@ class GraphEmulator:
             elif parts == ["tokens", "refresh-token"] and m == "POST":
                 result = {"refresh_token": admin.issue_refresh_token(body.get("user"))}
             elif parts == ["device", "approve"] and m == "POST":
-                admin.approve_device_code(
-                    body["user_code"], body.get("user"), bool(body.get("approve", True))
-                )
+                admin.approve_device_code(body["user_code"], body.get("user"), bool(body.get("approve", True)))
                 result = {}
             elif parts == ["faults"] and m in ("PUT", "POST"):
                 result = admin.set_faults(

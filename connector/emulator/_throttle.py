@@ -99,10 +99,7 @@ class Throttle:
                 return Admission("TooManyRequests", "Please retry again later.", wait, "Application/Rate")
         if mailbox is not None:
             key = (app, mailbox if self.mailbox_scope == "mailbox" else "*")
-            if (
-                self.mailbox_concurrency is not None
-                and self._mailbox_inflight.get(key, 0) >= self.mailbox_concurrency
-            ):
+            if self.mailbox_concurrency is not None and self._mailbox_inflight.get(key, 0) >= self.mailbox_concurrency:
                 return Admission(
                     "ApplicationThrottled",
                     "Application is over its MailboxConcurrency limit.",
@@ -129,9 +126,7 @@ class Throttle:
                 rbucket = self._ru_buckets[app] = TokenBucket(limit, limit / 10.0)
             wait = rbucket.take(resource_units)
             if wait:
-                return Admission(
-                    "TooManyRequests", "Please retry again later.", wait, "Tenant_Application/ReadWrite"
-                )
+                return Admission("TooManyRequests", "Please retry again later.", wait, "Tenant_Application/ReadWrite")
         return None
 
     def admit_upload(self, app: str, mailbox: str, size: int) -> Admission | None:

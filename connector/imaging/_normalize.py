@@ -100,9 +100,7 @@ def normalize(data: bytes | bytearray | memoryview, spec: PhotoSpec | None = Non
     )
 
 
-def _crop_square(
-    size: tuple[int, int], face: FaceBox | None, margin: int, least: int
-) -> tuple[float, float, float]:
+def _crop_square(size: tuple[int, int], face: FaceBox | None, margin: int, least: int) -> tuple[float, float, float]:
     """(left, top, side) of the square to keep, in upright source pixels (at least ``least`` wide)."""
     width, height = size
     shorter = min(width, height)

@@ -47,9 +47,7 @@ def hd_photo_transform(**params: Any) -> TransformFunction:
     )
 
 
-def photo_transform(
-    name: str, params: dict[str, Any], *, byte_ceiling: int, **defaults: Any
-) -> TransformFunction:
+def photo_transform(name: str, params: dict[str, Any], *, byte_ceiling: int, **defaults: Any) -> TransformFunction:
     """Build a normalizing transform from flow parameters over ``defaults``.
 
     ``byte_ceiling`` is the destination's hard size limit, which no configuration may exceed.

@@ -171,11 +171,7 @@ def _is_live_samba(pid: int, session: int | None = None) -> bool:
 
 def _session_members(session: int) -> list[int]:
     """Samba processes of one session: ``samba -D`` calls setsid, so the master's pid is the sid."""
-    return [
-        int(p.name)
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit() and _is_live_samba(int(p.name), session)
-    ]
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_live_samba(int(p.name), session)]
 
 
 # ------------------------------------------------------------------------------------- the DC
@@ -293,9 +289,7 @@ class _DC:
                 close_fds=True,
             )
         if started.returncode != 0:
-            raise SambaUnavailable(
-                f"samba failed to start (exit {started.returncode}); see {self._log_hint()}"
-            )
+            raise SambaUnavailable(f"samba failed to start (exit {started.returncode}); see {self._log_hint()}")
         pid = _wait_for(lambda: _read_pid(samba_pid_file), 10.0)
         if pid is None:
             raise SambaUnavailable(f"samba did not stay up; see {self._log_hint()}")
@@ -486,9 +480,7 @@ def ensure_packages(log: IO[str] | None = None) -> None:
     if not missing:
         return
     if os.geteuid() != 0:
-        raise SambaUnavailable(
-            f"Samba AD DC packages missing ({' '.join(missing)}) and not root to install them"
-        )
+        raise SambaUnavailable(f"Samba AD DC packages missing ({' '.join(missing)}) and not root to install them")
     if shutil.which("apt-get") is None:
         raise SambaUnavailable(f"Samba AD DC packages missing ({' '.join(missing)}) and no apt-get")
     # Package scripts would start smbd/nmbd/winbindd with the system config; policy-rc.d's exit
@@ -514,9 +506,7 @@ def ensure_packages(log: IO[str] | None = None) -> None:
                 *missing,
             ],
         ):
-            if subprocess.run(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, check=False
-            ).returncode:
+            if subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, check=False).returncode:
                 raise SambaUnavailable(f"{' '.join(cmd[:2])} failed while installing {' '.join(missing)}")
     finally:
         if added_policy:
@@ -638,9 +628,7 @@ def connect(settings: ADSettings, *, starttls: bool = False, timeout: float = 10
 
     tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_cert) if settings.ca_cert else None)
     port = settings.ldap_port if starttls else settings.ldaps_port
-    server = Server(
-        settings.host, port=port, use_ssl=not starttls, tls=tls, get_info=None, connect_timeout=timeout
-    )
+    server = Server(settings.host, port=port, use_ssl=not starttls, tls=tls, get_info=None, connect_timeout=timeout)
     conn = Connection(
         server,
         user=settings.bind_dn,
@@ -706,13 +694,9 @@ def delete_subtree(conn: Any, dn: str) -> int:
     try:
         conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000)
         dns = [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
-        cookie = (
-            conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
-        )
+        cookie = conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
         while cookie:
-            conn.search(
-                dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000, paged_cookie=cookie
-            )
+            conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000, paged_cookie=cookie)
             dns += [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
             cookie = conn.result["controls"]["1.2.840.113556.1.4.319"]["value"]["cookie"]
     except LDAPNoSuchObjectResult:

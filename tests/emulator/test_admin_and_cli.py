@@ -43,17 +43,10 @@ def test_admin_http_api(graph_emulator: GraphEmulator) -> None:
     assert set(call("GET", "/info").json()) >= INFO_KEYS
     users = call("GET", "/users").json()
     assert len(users) == 20 and {"mailbox", "hasPhoto", "mailNickname"} <= set(users[0])
-    added = call(
-        "POST", "/users", json={"givenName": "Ada", "surname": "Lovelace", "mailbox": "cloud"}
-    ).json()
-    assert (
-        added["mailNickname"] == "ada.lovelace"
-        and added["userPrincipalName"] == "ada.lovelace@contoso.example"
-    )
+    added = call("POST", "/users", json={"givenName": "Ada", "surname": "Lovelace", "mailbox": "cloud"}).json()
+    assert added["mailNickname"] == "ada.lovelace" and added["userPrincipalName"] == "ada.lovelace@contoso.example"
     assert call("GET", f"/users/{added['userPrincipalName']}").json()["id"] == added["id"]
-    assert (
-        call("PATCH", f"/users/{added['id']}", json={"jobTitle": "Analyst"}).json()["jobTitle"] == "Analyst"
-    )
+    assert call("PATCH", f"/users/{added['id']}", json={"jobTitle": "Analyst"}).json()["jobTitle"] == "Analyst"
     out = io.BytesIO()
     Image.new("RGB", (64, 64), "purple").save(out, "JPEG")
     assert call("PUT", f"/users/{added['id']}/photo", data=out.getvalue()).json()["hasPhoto"] is True

@@ -98,10 +98,7 @@ def test_batch_validation(api: Api) -> None:
     cycle = api.batch([{"id": "1", "dependsOn": ["2"], **item}, {"id": "2", "dependsOn": ["1"], **item}])
     assert cycle.status_code == 400
     assert (
-        api.request(
-            "POST", "/$batch", data=b"{nope", headers={"Content-Type": "application/json"}
-        ).status_code
-        == 400
+        api.request("POST", "/$batch", data=b"{nope", headers={"Content-Type": "application/json"}).status_code == 400
     )
     absolute = api.batch([{"id": "1", "method": "GET", "url": "https://graph.microsoft.com/v1.0/users"}])
     assert absolute.status_code == 200 and absolute.json()["responses"][0]["status"] == 400

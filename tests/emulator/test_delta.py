@@ -7,9 +7,7 @@ from typing import Any
 from tests.emulator.conftest import Api
 
 
-def _round(
-    api: Api, url: str, headers: dict[str, str] | None = None
-) -> tuple[list[dict[str, Any]], str, int]:
+def _round(api: Api, url: str, headers: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str, int]:
     items: list[dict[str, Any]] = []
     pages = 0
     while pages < 50:
@@ -23,15 +21,11 @@ def _round(
 
 
 def test_initial_round_pages_then_delta_link(api: Api) -> None:
-    items, link, pages = _round(
-        api, "/users/delta?$select=displayName,mail", {"Prefer": "odata.maxpagesize=6"}
-    )
+    items, link, pages = _round(api, "/users/delta?$select=displayName,mail", {"Prefer": "odata.maxpagesize=6"})
     assert pages == 4 and len(items) == 20 and "$deltatoken=" in link
     assert all(set(i) <= {"id", "displayName", "mail"} for i in items)
     assert all(
-        "mail" not in i
-        for i in items
-        if i["id"] in {u["id"] for u in api.emu.admin.users() if u["mail"] is None}
+        "mail" not in i for i in items if i["id"] in {u["id"] for u in api.emu.admin.users() if u["mail"] is None}
     )  # never-set values are left out
     nothing, link2, _ = _round(api, link)
     assert nothing == [] and link2

@@ -100,9 +100,7 @@ def test_batch_item_faults(graph_emulator_factory: Callable[..., GraphEmulator])
     seen: set[int] = set()
     for n in range(5):
         try:
-            resp = api.batch(
-                [{"id": str(i), "method": "GET", "url": f"/users?$top=1&n={n}-{i}"} for i in range(10)]
-            )
+            resp = api.batch([{"id": str(i), "method": "GET", "url": f"/users?$top=1&n={n}-{i}"} for i in range(10)])
         except requests.exceptions.RequestException:
             api.http.close()
             continue

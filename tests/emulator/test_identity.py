@@ -83,10 +83,7 @@ def test_msal_client_credentials_with_secret(graph_emulator: GraphEmulator) -> N
     )
     result = app.acquire_token_for_client(scopes=["https://graph.microsoft.com/.default"])
     assert result["token_type"] == "Bearer" and result["token_source"] == "identity_provider"
-    assert (
-        app.acquire_token_for_client(scopes=["https://graph.microsoft.com/.default"])["token_source"]
-        == "cache"
-    )
+    assert app.acquire_token_for_client(scopes=["https://graph.microsoft.com/.default"])["token_source"] == "cache"
     resp = http.get(
         f"{info['graph_url']}/users?$top=1",
         headers={"Authorization": f"Bearer {result['access_token']}"},
@@ -96,9 +93,7 @@ def test_msal_client_credentials_with_secret(graph_emulator: GraphEmulator) -> N
 
 
 @pytest.mark.parametrize("with_public_cert", [True, False], ids=["PS256-x5t#S256", "RS256-x5t"])
-def test_msal_client_credentials_with_certificate(
-    graph_emulator: GraphEmulator, with_public_cert: bool
-) -> None:
+def test_msal_client_credentials_with_certificate(graph_emulator: GraphEmulator, with_public_cert: bool) -> None:
     http = emulator_http(graph_emulator)
     info = graph_emulator.info
     credential: dict[str, str] = {
@@ -126,9 +121,7 @@ def test_forged_client_assertion_is_rejected(graph_emulator: GraphEmulator) -> N
 
     other = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        .private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         .decode()
     )
     app = msal.ConfidentialClientApplication(
@@ -247,9 +240,7 @@ def test_token_endpoint_errors(graph_emulator: GraphEmulator) -> None:
     emu, http = graph_emulator, emulator_http(graph_emulator)
     cid = emu.info["client_id"]
     default = "https://graph.microsoft.com/.default"
-    bad_secret = _token(
-        emu, http, client_id=cid, client_secret="wrong", grant_type="client_credentials", scope=default
-    )
+    bad_secret = _token(emu, http, client_id=cid, client_secret="wrong", grant_type="client_credentials", scope=default)
     body = _assert_aad_error(bad_secret, 401, "invalid_client", 7000215)
     assert "wrong" not in body["error_description"]
     _assert_aad_error(
@@ -296,9 +287,7 @@ def test_token_endpoint_errors(graph_emulator: GraphEmulator) -> None:
         "unauthorized_client",
         700016,
     )
-    _assert_aad_error(
-        _token(emu, http, client_id=cid, grant_type="password"), 400, "unsupported_grant_type", 70003
-    )
+    _assert_aad_error(_token(emu, http, client_id=cid, grant_type="password"), 400, "unsupported_grant_type", 70003)
     _assert_aad_error(
         _token(emu, http, client_id=cid, grant_type="refresh_token", refresh_token="garbage"),
         400,

@@ -108,9 +108,7 @@ def test_no_photo_variants(
 
 def test_legacy_1x1_and_no_mailbox_error(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
     api = make_api(
-        graph_emulator_factory(
-            users=60, photo_ratio=0.0, no_photo_variant="legacy-1x1", no_mailbox_photo="error"
-        )
+        graph_emulator_factory(users=60, photo_ratio=0.0, no_photo_variant="legacy-1x1", no_mailbox_photo="error")
     )
     user = api.emu.admin.users()[0]
     meta = api.get(f"/users/{user['id']}/photo").json()
@@ -125,17 +123,13 @@ def test_upload_reencodes_and_changes_etag(api: Api) -> None:
     user = api.user(lambda u: u["mailbox"] == "cloud" and u["hasPhoto"])
     before = api.get(f"/users/{user['id']}/photo/$value").headers["ETag"]
     png = _jpeg(700, "blue", "PNG")
-    put = api.request(
-        "PUT", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"}
-    )
+    put = api.request("PUT", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"})
     assert put.status_code == 200 and put.content == b""
     after = api.get(f"/users/{user['id']}/photo/$value")
     assert after.headers["Content-Type"] == "image/jpeg" and after.content != png
     assert _image(after.content).size == (700, 700)
     assert after.headers["ETag"] != before
-    again = api.request(
-        "PATCH", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"}
-    )
+    again = api.request("PATCH", f"/users/{user['id']}/photo/$value", data=png, headers={"Content-Type": "image/png"})
     assert again.status_code == 200
     assert api.get(f"/users/{user['id']}/photo/$value").headers["ETag"] != after.headers["ETag"]  # same bytes
     sizes = [e["id"] for e in api.get(f"/users/{user['id']}/photos").json()["value"]]
@@ -146,9 +140,7 @@ def test_upload_errors(api: Api) -> None:
     user = api.user(lambda u: u["mailbox"] == "cloud")
     url = f"/users/{user['id']}/photo/$value"
     assert api.request("PUT", url, data=b"GIF89a", headers={"Content-Type": "image/gif"}).status_code == 415
-    big = api.request(
-        "PUT", url, data=b"\xff" * (4 * 1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"}
-    )
+    big = api.request("PUT", url, data=b"\xff" * (4 * 1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"})
     assert big.status_code == 413
     junk = api.request("PUT", url, data=b"not an image", headers={"Content-Type": "image/jpeg"})
     assert junk.status_code == 400

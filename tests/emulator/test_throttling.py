@@ -33,9 +33,7 @@ def _parallel(api: Api, paths: list[str]) -> list[requests.Response]:
 
 
 def _codes(responses: list[requests.Response]) -> list[Any]:
-    return sorted(
-        (r.status_code, r.json()["error"]["code"] if r.status_code >= 400 else "") for r in responses
-    )
+    return sorted((r.status_code, r.json()["error"]["code"] if r.status_code >= 400 else "") for r in responses)
 
 
 def test_mailbox_allows_four_concurrent(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
@@ -48,9 +46,7 @@ def test_mailbox_allows_four_concurrent(graph_emulator_factory: Callable[..., Gr
     assert throttled[0].headers["Retry-After"] == "1"
     # different mailboxes are independent in the default (per app+mailbox) scope
     others = [u for u in api.emu.admin.users() if u["mailbox"] == "cloud"][:6]
-    assert all(
-        r.status_code in (200, 404) for r in _parallel(api, [f"/users/{u['id']}/photo" for u in others])
-    )
+    assert all(r.status_code in (200, 404) for r in _parallel(api, [f"/users/{u['id']}/photo" for u in others]))
 
 
 def test_mailbox_concurrency_per_app_scope(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:

@@ -94,13 +94,9 @@ def test_mail_ne_null_needs_advanced_query(session_api: Api) -> None:
 def test_basic_filters(session_api: Api) -> None:
     users = session_api.emu.admin.users()
     target = users[3]
-    one = session_api.get(
-        "/users?$filter=" + quote(f"userPrincipalName eq '{target['userPrincipalName'].upper()}'")
-    )
+    one = session_api.get("/users?$filter=" + quote(f"userPrincipalName eq '{target['userPrincipalName'].upper()}'"))
     assert [u["id"] for u in one.json()["value"]] == [target["id"]]
-    disabled = session_api.get(
-        "/users?$top=999&$select=id,accountEnabled&$filter=accountEnabled eq false"
-    ).json()
+    disabled = session_api.get("/users?$top=999&$select=id,accountEnabled&$filter=accountEnabled eq false").json()
     assert {u["id"] for u in disabled["value"]} == {u["id"] for u in users if not u["accountEnabled"]}
     prefix = target["displayName"][:3]
     starts = session_api.get("/users?$top=999&$filter=" + quote(f"startswith(displayName,'{prefix}')")).json()
@@ -119,9 +115,7 @@ def test_basic_filters(session_api: Api) -> None:
 
 def test_count_search_and_orderby(session_api: Api) -> None:
     plain = session_api.get("/users/$count")
-    assert (
-        plain.status_code == 400 and plain.json()["error"]["message"] == "$count is not currently supported."
-    )
+    assert plain.status_code == 400 and plain.json()["error"]["message"] == "$count is not currently supported."
     count = session_api.get("/users/$count", headers=EVENTUAL)
     assert count.status_code == 200 and count.text == "200"
     assert "@odata.count" not in session_api.get("/users?$count=true").json()  # silently ignored
@@ -170,10 +164,7 @@ def test_permissions(api: Api) -> None:
     assert users.status_code == 403 and users.json()["error"]["code"] == "Authorization_RequestDenied"
     user = api.user(lambda u: u["hasPhoto"] and u["mailbox"] == "cloud")
     photo = api.get(f"/users/{user['id']}/photo/$value", headers=headers)
-    assert (
-        photo.status_code == 403
-        and photo.json()["error"]["code"] == "ErrorInsufficientPermissionsInAccessToken"
-    )
+    assert photo.status_code == 403 and photo.json()["error"]["code"] == "ErrorInsufficientPermissionsInAccessToken"
     api.emu.admin.set_app_roles(["ProfilePhoto.Read.All"])
     headers = {"Authorization": f"Bearer {api.emu.admin.issue_app_token()}"}
     assert api.get(f"/users/{user['id']}/photo/$value", headers=headers).status_code == 200

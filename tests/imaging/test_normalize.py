@@ -214,9 +214,7 @@ def test_exchange_photo() -> None:
     fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF"]),
     size=st.sampled_from([16, 48, 96, 120]),
 )
-def test_any_image_gives_a_square_jpeg_within_bounds(
-    width: int, height: int, mode: str, fmt: str, size: int
-) -> None:
+def test_any_image_gives_a_square_jpeg_within_bounds(width: int, height: int, mode: str, fmt: str, size: int) -> None:
     image = Image.effect_noise((width, height), 50).convert(mode)
     try:
         source = encode(image, fmt)

@@ -42,9 +42,7 @@ def test_from_params_coerces_strings() -> None:
             "max_input_bytes": "5 MB",
         }
     )
-    assert spec == PhotoSpec(
-        size=120, max_bytes=20480, crop=CropMode.FACE, margin=25, upscale=True, limits=spec.limits
-    )
+    assert spec == PhotoSpec(size=120, max_bytes=20480, crop=CropMode.FACE, margin=25, upscale=True, limits=spec.limits)
     assert spec.limits.max_input_bytes == 5 * 1024 * 1024
 
 

@@ -184,9 +184,7 @@ class Link:
                 return operation(conn)
             except TRANSPORT_ERRORS as exc:
                 last = exc
-                self.logger.info(
-                    "connection to %s broke (%s); reconnecting", self._where(), type(exc).__name__
-                )
+                self.logger.info("connection to %s broke (%s); reconnecting", self._where(), type(exc).__name__)
                 self.close()
                 if attempt + 1 < attempts:
                     time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])

@@ -47,9 +47,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         max_page_size=1000,
         max_batch_size=500,
     )
-    description: ClassVar[str] = (
-        "Active Directory users over ldap3 (thumbnailPhoto write-back, DirSync/USN delta)"
-    )
+    description: ClassVar[str] = "Active Directory users over ldap3 (thumbnailPhoto write-back, DirSync/USN delta)"
 
     def __init__(self, settings: ActiveDirectorySettings, context: ConnectorContext) -> None:
         super().__init__(settings, context)
@@ -167,11 +165,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
             object_class = self._schema.object_class(OBJECT_CLASS)
             assert object_class is not None
             allowed = next(
-                (
-                    names
-                    for cls, names in self.context.export_attributes.items()
-                    if cls.lower() == OBJECT_CLASS
-                ),
+                (names for cls, names in self.context.export_attributes.items() if cls.lower() == OBJECT_CLASS),
                 frozenset(),
             )
             self._exporter = Exporter(

@@ -196,9 +196,7 @@ def _refuse(change: CSEntryChange, name: str, allowed: frozenset[str]) -> None:
     raise ScopeViolationError(msg)
 
 
-def _check_values(
-    identifier: str, attribute: Attribute | None, name: str, values: list[Value]
-) -> ExportResult | None:
+def _check_values(identifier: str, attribute: Attribute | None, name: str, values: list[Value]) -> ExportResult | None:
     if attribute is not None and not attribute.multivalued and len(values) > 1:
         return ExportResult.failed(
             identifier, "constraint-violation", f"{name} is single-valued; got {len(values)} values"
@@ -224,9 +222,7 @@ def _operation(
 ) -> Operation | None:
     """One attribute change as an operation, or None when it would not change anything."""
     single = attribute is None or not attribute.multivalued
-    if modification == AttributeModificationType.REPLACE or (
-        single and modification == AttributeModificationType.ADD
-    ):
+    if modification == AttributeModificationType.REPLACE or (single and modification == AttributeModificationType.ADD):
         target = values
     elif modification == AttributeModificationType.DELETE and not values:
         target = []
@@ -411,9 +407,7 @@ class Exporter:
             with self._stats_lock:
                 self.stats.writes += 1
             return ExportResult.success(identifier)
-        detail = (
-            f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
-        )
+        detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
 
 
@@ -425,9 +419,7 @@ def _searcher(base: str, search_filter: str, scope: str) -> Callable[[Connection
     return operation
 
 
-def _modify(
-    conn: Connection, dn: str, changes: dict[str, list[tuple[str, list[bytes | str]]]]
-) -> dict[str, Any]:
+def _modify(conn: Connection, dn: str, changes: dict[str, list[tuple[str, list[bytes | str]]]]) -> dict[str, Any]:
     conn.modify(dn, changes)
     result: dict[str, Any] = conn.result
     return result

@@ -165,9 +165,7 @@ class Importer:
         else:
             token = {"b": 0, "c": None, "w": self.start_watermark().dumps()}
         index = int(token["b"])
-        entries, cookie = self._paged(
-            self._bases[index], self._filter, self._page_size(request), _unb64(token["c"])
-        )
+        entries, cookie = self._paged(self._bases[index], self._filter, self._page_size(request), _unb64(token["c"]))
         page = [self._entry(e, ObjectModificationType.ADD) for e in entries]
         if not cookie:
             index += 1
@@ -240,9 +238,7 @@ class Importer:
         if lo >= hi:
             token["p"], index = "done", 0
         elif token["p"] == "a":  # changed objects in scope that match the filter
-            entries, cookie = self._paged(
-                self._bases[index], f"(&{self._filter}{usn_range})", size, _unb64(token["c"])
-            )
+            entries, cookie = self._paged(self._bases[index], f"(&{self._filter}{usn_range})", size, _unb64(token["c"]))
             for raw in entries:
                 entry = self._entry(raw, ObjectModificationType.REPLACE)
                 self._seen.add(entry.anchor)
@@ -281,9 +277,7 @@ class Importer:
             raise StopRunError(msg)
         # a change DirSync must report: any imported attribute, a deletion, a rename or move (AD records
         # both as a change of ``name``), or a change of an attribute the filter tests
-        watched = list(
-            dict.fromkeys([*self._requested, "isDeleted", "name", *filter_attributes(self._filter)])
-        )
+        watched = list(dict.fromkeys([*self._requested, "isDeleted", "name", *filter_attributes(self._filter)]))
         result, entries = self._dirsync(root, _DIRSYNC_FILTER, watched, _unb64(token["c"]), bool(token["os"]))
         if result["result"] != 0:
             msg = (
@@ -353,9 +347,7 @@ class Importer:
         roots: list[str] = []
         for base, normalized in zip(self._bases, self._normalized_bases, strict=True):
             matches = [
-                nc
-                for nc in contexts
-                if normalized == normalize_dn(nc) or normalized.endswith("," + normalize_dn(nc))
+                nc for nc in contexts if normalized == normalize_dn(nc) or normalized.endswith("," + normalize_dn(nc))
             ]
             root = max(matches, key=len) if matches else base
             if root not in roots:
@@ -491,9 +483,7 @@ class Importer:
         if code == 0:
             return
         if code == 32:
-            msg = (
-                f"the base DN {base!r} does not exist on {self.settings.host} (noSuchObject); check base_dns"
-            )
+            msg = f"the base DN {base!r} does not exist on {self.settings.host} (noSuchObject); check base_dns"
             raise ConfigurationError(msg, key="base_dns")
         raise StopRunError(
             f"search under {base!r} failed: {code} {result.get('description')} {result.get('message', '')}"

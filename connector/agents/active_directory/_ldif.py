@@ -31,11 +31,7 @@ def _is_safe(value: bytes) -> bool:
 def ldif_line(name: str, value: bytes | str) -> str:
     """``name: value`` or ``name:: base64``, folded into lines of at most 76 characters."""
     raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    line = (
-        f"{name}: {raw.decode('ascii')}"
-        if _is_safe(raw)
-        else f"{name}:: {base64.b64encode(raw).decode('ascii')}"
-    )
+    line = f"{name}: {raw.decode('ascii')}" if _is_safe(raw) else f"{name}:: {base64.b64encode(raw).decode('ascii')}"
     if len(line) <= _FOLD:
         return line + "\n"
     parts = [line[:_FOLD]]

@@ -32,9 +32,7 @@ class ActiveDirectorySettings(ConnectorSettings):
     ca_file: Path | None = Field(None, description="PEM CA bundle; default: the system's trust store")
     bind_dn: str = Field(min_length=1, description="DN, UPN or DOMAIN\\user of the account")
     password: SecretStr
-    base_dns: list[str] = Field(
-        min_length=1, description="containers whose users are imported and may be written"
-    )
+    base_dns: list[str] = Field(min_length=1, description="containers whose users are imported and may be written")
     filter: str = "(&(objectCategory=person)(objectClass=user))"
     filter_equals: dict[str, str] = Field(
         default_factory=dict,
@@ -53,9 +51,7 @@ class ActiveDirectorySettings(ConnectorSettings):
     connect_timeout: float = Field(10.0, gt=0)
     receive_timeout: int = Field(60, ge=1, description="seconds to wait for any single answer")
     reconnect_attempts: int = Field(3, ge=0, le=10)
-    export_connections: int = Field(
-        4, ge=1, le=16, description="connections (and threads) writing in parallel"
-    )
+    export_connections: int = Field(4, ge=1, le=16, description="connections (and threads) writing in parallel")
     max_writes_per_second: float | None = Field(
         50.0, ge=0, description="cap on LDAP writes per second across all connections; 0 or null: no cap"
     )

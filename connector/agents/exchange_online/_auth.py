@@ -130,9 +130,7 @@ class GraphAuth:
                 if credential is None:
                     self._app = msal.PublicClientApplication(s.client_id, **common)
                 else:
-                    self._app = msal.ConfidentialClientApplication(
-                        s.client_id, client_credential=credential, **common
-                    )
+                    self._app = msal.ConfidentialClientApplication(s.client_id, client_credential=credential, **common)
             except ValueError as exc:  # bad authority URL, failed OIDC discovery
                 msg = f"cannot use authority {s.resolved_authority}: {exc}"
                 raise ConfigurationError(msg, key="authority") from None
@@ -235,9 +233,7 @@ class GraphAuth:
             raise ConnectorError(f"the device-code flow could not start: {_aadsts(flow)}")
         prompt(str(flow.get("message") or f"Open {flow['verification_uri']} and enter {flow['user_code']}"))
         if timeout_s is not None:
-            flow["expires_at"] = min(
-                float(flow.get("expires_at", time.time() + timeout_s)), time.time() + timeout_s
-            )
+            flow["expires_at"] = min(float(flow.get("expires_at", time.time() + timeout_s)), time.time() + timeout_s)
         self.token_cache.clear()
         result = app.acquire_token_by_device_flow(flow)
         self._persist()
@@ -249,11 +245,7 @@ class GraphAuth:
         """What ``mvsync auth status`` shows: the cache, its accounts, and whether a token comes."""
         exists = self.cache_path.exists()
         try:
-            accounts = (
-                tuple(str(a.get("username", "?")) for a in self.app().get_accounts())
-                if self.delegated
-                else ()
-            )
+            accounts = tuple(str(a.get("username", "?")) for a in self.app().get_accounts()) if self.delegated else ()
             self.token()
             return AuthStatus(self.settings.auth_mode, self.cache_path, exists, accounts, True, "ok")
         except ConnectorError as exc:

@@ -114,9 +114,7 @@ class GraphResponse:
 class RetryableError(Exception):
     """A failure worth retrying (throttled, server error, connection trouble)."""
 
-    def __init__(
-        self, detail: str, *, retry_after: float | None = None, response: GraphResponse | None = None
-    ):
+    def __init__(self, detail: str, *, retry_after: float | None = None, response: GraphResponse | None = None):
         super().__init__(detail)
         self.retry_after = retry_after
         self.response = response

@@ -168,9 +168,7 @@ class Pipeline:
                 try:
                     responses = client.batch([task_request(t) for t in tasks])
                 except RetryableError as exc:  # connection trouble outlasted the retries
-                    failed = GraphResponse(
-                        503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}}
-                    )
+                    failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
                     responses = [failed for _ in tasks]
             except BaseException as exc:
                 self.queue.done(tasks)

@@ -26,8 +26,7 @@ __all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "generate_key_file", "load_
 CACHE_FILE_NAME = "token-cache.bin"
 
 _KEY_HELP = (
-    "create a key with: python -c "
-    '"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+    'create a key with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
 )
 
 
@@ -44,10 +43,7 @@ def load_key(env_name: str, key_file: Path | None) -> bytes:
             msg = f"cannot read token cache key file {key_file}: {exc.strerror}"
             raise ConfigurationError(msg, key="token_cache_key_file") from None
     if not raw:
-        msg = (
-            f"no token cache key: set the environment variable {env_name} "
-            f"or token_cache_key_file ({_KEY_HELP})"
-        )
+        msg = f"no token cache key: set the environment variable {env_name} or token_cache_key_file ({_KEY_HELP})"
         raise ConfigurationError(msg, key="token_cache_key_env")
     try:
         Fernet(raw.encode("ascii"))

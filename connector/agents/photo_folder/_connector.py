@@ -175,9 +175,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             else FolderState(real, self.settings.recursive)
         )
         try:
-            files = scan_folder(
-                folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes
-            )
+            files = scan_folder(folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes)
         except OSError as exc:
             msg = f"cannot list {folder}: {exc.strerror}"
             raise StopRunError(msg) from None
@@ -197,9 +195,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             if previous is not None and key not in new.accounts and not isinstance(item, _Read):
                 new.accounts[key] = previous  # an error keeps the object the engine already holds
         if delta:
-            items.extend(
-                (key, _Delete(gone.anchor)) for key, gone in old.accounts.items() if key not in groups
-            )
+            items.extend((key, _Delete(gone.anchor)) for key, gone in old.accounts.items() if key not in groups)
         items.sort(key=lambda pair: (pair[0], isinstance(pair[1], _Delete)))
         return _Plan([item for _, item in items], new, delta)
 
@@ -216,9 +212,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             for file in group:
                 new.files[file.relpath] = FileState(file.mtime_ns, file.size)
             names = ", ".join(repr(display(f.relpath)) for f in group)
-            detail = (
-                f"{len(group)} files are named for account {display(group[0].account)!r}: {names}; keep one"
-            )
+            detail = f"{len(group)} files are named for account {display(group[0].account)!r}: {names}; keep one"
             return _Error(anchor, "duplicate-account", detail)
         file = group[0]
         if file.problem:
@@ -304,9 +298,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
     def _export_one(self, folder: Path, change: CSEntryChange) -> ExportResult:
         ident = change.identifier
         if change.object_class and change.object_class.lower() != OBJECT_CLASS.lower():
-            return ExportResult.failed(
-                ident, "invalid-objecttype", f"only {OBJECT_CLASS} objects are exported"
-            )
+            return ExportResult.failed(ident, "invalid-objecttype", f"only {OBJECT_CLASS} objects are exported")
         problem = _file_name_problem(change.anchor)
         if problem:
             return ExportResult.failed(ident, "invalid-anchor", f"{display(change.anchor)!r} {problem}")

@@ -132,9 +132,7 @@ def read_photo(root: Path, photo: PhotoFile, max_file_bytes: int) -> tuple[bytes
         fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ReadError(
-                "symlink-refused", f"{shown} became a symbolic link; links are not followed"
-            ) from None
+            raise ReadError("symlink-refused", f"{shown} became a symbolic link; links are not followed") from None
         if exc.errno == errno.ENOENT:
             raise ReadError("file-vanished", f"{shown} was removed during the import") from None
         raise ReadError("file-unreadable", f"{shown}: {exc.strerror}") from None

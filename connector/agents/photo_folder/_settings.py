@@ -29,12 +29,6 @@ class PhotoFolderSettings(ConnectorSettings):
     export_size: Annotated[int, Field(ge=16, le=2048, description="Square size of exported photos.")] = (
         EXCHANGE_PHOTO_SIZE
     )
-    max_file_bytes: Annotated[int, Field(ge=1, description="Larger files are import errors.")] = (
-        DEFAULT_MAX_INPUT_BYTES
-    )
-    max_pixels: Annotated[int, Field(ge=1, le=150_000_000, description="Pixel-bomb limit.")] = (
-        DEFAULT_MAX_PIXELS
-    )
-    verify_images: Annotated[
-        bool, Field(description="Decode new and changed files to catch broken ones.")
-    ] = True
+    max_file_bytes: Annotated[int, Field(ge=1, description="Larger files are import errors.")] = DEFAULT_MAX_INPUT_BYTES
+    max_pixels: Annotated[int, Field(ge=1, le=150_000_000, description="Pixel-bomb limit.")] = DEFAULT_MAX_PIXELS
+    verify_images: Annotated[bool, Field(description="Decode new and changed files to catch broken ones.")] = True

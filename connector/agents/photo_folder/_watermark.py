@@ -72,9 +72,7 @@ class FolderState:
                     str(p): FileState(int(m), int(s), h, (str(e[0]), str(e[1])) if e else None)
                     for p, (m, s, h, e) in raw["files"].items()
                 },
-                accounts={
-                    str(k): AccountState(str(a), str(p), str(h)) for k, (a, p, h) in raw["accounts"].items()
-                },
+                accounts={str(k): AccountState(str(a), str(p), str(h)) for k, (a, p, h) in raw["accounts"].items()},
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             msg = f"the delta watermark cannot be read ({exc}); run a full import"

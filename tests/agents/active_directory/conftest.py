@@ -66,9 +66,7 @@ class ADTestEnv:
         return dn
 
     def read(self, name: str, attribute: str, ou: str | None = None) -> list[bytes]:
-        self.admin.search(
-            f"CN={name},{ou or self.ou}", "(objectClass=*)", BASE, attributes=[attribute, "uSNChanged"]
-        )
+        self.admin.search(f"CN={name},{ou or self.ou}", "(objectClass=*)", BASE, attributes=[attribute, "uSNChanged"])
         return list(self.admin.response[0]["raw_attributes"].get(attribute, []))
 
     def usn(self, name: str, ou: str | None = None) -> int:

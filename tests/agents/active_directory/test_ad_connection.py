@@ -38,9 +38,7 @@ def test_a_certificate_from_another_ca_is_refused(ad_env: ADTestEnv) -> None:
         assert "certificate" in str(caught.value).lower()
 
 
-def test_validation_off_works_but_warns_every_run(
-    ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_validation_off_works_but_warns_every_run(ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture) -> None:
     other = ad_env.tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     with caplog.at_level(logging.WARNING):
@@ -51,9 +49,7 @@ def test_validation_off_works_but_warns_every_run(
     assert sum("does not validate the certificate" in r.getMessage() for r in caplog.records) == 2
 
 
-def test_plain_ldap_needs_opt_in_and_is_warned_about(
-    ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_plain_ldap_needs_opt_in_and_is_warned_about(ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError, match="allow_plain_ldap"):
         ad_env.settings(security="plain", port=ad_env.ad.ldap_port)
     # opted in: the agent warns; this DC (like AD by default) still requires transport encryption

@@ -102,10 +102,10 @@ def _delta_scenario(ad_env: ADTestEnv, method: str) -> None:
         assert changed.attributes["thumbnailPhoto"] == jpeg(1000)
         assert by_anchor[added[f"{ad_env.tag}new"]].attributes["mail"] == "new@mvsync.test"
         for gone in (names[1], names[2], names[3]):
-            assert (
-                guids[gone] in by_anchor
-                and by_anchor[guids[gone]].modification == ObjectModificationType.DELETE
-            ), (gone, names)
+            assert guids[gone] in by_anchor and by_anchor[guids[gone]].modification == ObjectModificationType.DELETE, (
+                gone,
+                names,
+            )
         assert guids[names[4]] not in by_anchor and guids[names[5]] not in by_anchor
         assert watermark2 is not None and watermark2 != watermark
 

@@ -50,8 +50,7 @@ BASE_SETTINGS: dict[str, Any] = {
 def test_filter_values_are_escaped() -> None:
     assert equality_filter("department", "R&D (EMEA)*\\x") == r"(department=R&D \28EMEA\29\2a\5cx)"
     assert (
-        equals_filter("(objectClass=user)", {"sn": "a*", "co": "(x)"})
-        == r"(&(objectClass=user)(co=\28x\29)(sn=a\2a))"
+        equals_filter("(objectClass=user)", {"sn": "a*", "co": "(x)"}) == r"(&(objectClass=user)(co=\28x\29)(sn=a\2a))"
     )
     assert equals_filter("(objectClass=user)", {}) == "(objectClass=user)"
     # NUL cannot end the value early or reach the server raw (RFC 4515: \00)
@@ -86,9 +85,7 @@ def test_values_decode_by_schema_type() -> None:
 def test_plain_ldap_needs_explicit_opt_in() -> None:
     with pytest.raises(ValidationError, match="allow_plain_ldap"):
         ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "security": "plain"})
-    ok = ActiveDirectorySettings.model_validate(
-        {**BASE_SETTINGS, "security": "plain", "allow_plain_ldap": True}
-    )
+    ok = ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "security": "plain", "allow_plain_ldap": True})
     assert ok.effective_port == 389
 
 
@@ -105,10 +102,7 @@ def test_settings_reject_overlapping_bases_and_bad_filters_and_hide_the_password
     settings = ActiveDirectorySettings.model_validate(BASE_SETTINGS)
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
     assert settings.effective_port == 636 and settings.write_rate == 50.0
-    assert (
-        ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "max_writes_per_second": 0}).write_rate
-        is None
-    )
+    assert ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "max_writes_per_second": 0}).write_rate is None
 
 
 # ------------------------------------------------------------------------------------- LDIF
@@ -183,9 +177,7 @@ def test_plan_skips_values_equal_to_previous() -> None:
     assert plan_change(_update(AttributeChange.delete("mail")), USER, ALLOWED) == []
     # multi-valued add/delete only send what changes
     ops = plan_change(
-        _update(
-            AttributeChange.add("proxyAddresses", "smtp:a", "smtp:b"), previous={"proxyAddresses": ["smtp:a"]}
-        ),
+        _update(AttributeChange.add("proxyAddresses", "smtp:a", "smtp:b"), previous={"proxyAddresses": ["smtp:a"]}),
         USER,
         ALLOWED,
     )

@@ -74,9 +74,7 @@ def run_import(
     page = 1
     while True:
         result = connector.import_page(
-            ImportRequest(
-                mode=mode, page_size=page_size, page_number=page, page_token=token, watermark=watermark
-            )
+            ImportRequest(mode=mode, page_size=page_size, page_number=page, page_token=token, watermark=watermark)
         )
         assert len(result.entries) <= page_size
         entries.extend(result.entries)

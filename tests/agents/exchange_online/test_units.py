@@ -32,9 +32,7 @@ from connector.sdk import ConfigurationError
 
 CASSETTES = Path(__file__).parent / "cassettes"
 
-SETTINGS = ExchangeOnlineSettings(
-    tenant_id="contoso", client_id="app", backoff_initial_s=0.5, backoff_max_s=8
-)
+SETTINGS = ExchangeOnlineSettings(tenant_id="contoso", client_id="app", backoff_initial_s=0.5, backoff_max_s=8)
 
 
 class _StubAuth:

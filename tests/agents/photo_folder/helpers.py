@@ -25,9 +25,7 @@ def run_import(
     while True:
         pages += 1
         page = agent.import_page(
-            ImportRequest(
-                mode=mode, page_size=page_size, page_number=pages, page_token=token, watermark=watermark
-            )
+            ImportRequest(mode=mode, page_size=page_size, page_number=pages, page_token=token, watermark=watermark)
         )
         assert len(page.entries) <= page_size
         entries.extend(page.entries)

@@ -112,20 +112,14 @@ def test_unsafe_anchors_fail_per_object(tmp_path: Path, anchor: str, problem: st
         _change(CSEntryChange.add("photoFile", "ok", {"photo": photo(1)}), "good"),
     ]
     bad, good = _agent(tmp_path).export(changes)
-    assert (
-        bad.status == ExportStatus.FAILED
-        and bad.error_name == "invalid-anchor"
-        and problem in bad.error_detail
-    )
+    assert bad.status == ExportStatus.FAILED and bad.error_name == "invalid-anchor" and problem in bad.error_detail
     assert good.status == ExportStatus.SUCCESS
     assert [p.name for p in (tmp_path / "backup").iterdir()] == ["ok 648x648.jpg"]
     assert not (tmp_path / "escape 648x648.jpg").exists()
 
 
 def test_bad_photo_fails_per_object(tmp_path: Path) -> None:
-    (result,) = _agent(tmp_path).export(
-        [_change(CSEntryChange.add("photoFile", "jdoe", {"photo": b"junk"}), "x")]
-    )
+    (result,) = _agent(tmp_path).export([_change(CSEntryChange.add("photoFile", "jdoe", {"photo": b"junk"}), "x")])
     assert result.status == ExportStatus.FAILED and result.error_name == "invalid-image"
     assert "not-an-image" in result.error_detail
 

@@ -99,9 +99,7 @@ def test_pages_respect_page_size(tmp_path: Path) -> None:
     assert [e.anchor for e in entries] == sorted(e.anchor for e in entries)
 
 
-def test_delta_without_changes_reads_nothing(
-    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_delta_without_changes_reads_nothing(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, watermark, _ = run_import(connector(tmp_path, folder))
     opened = _read_counter(monkeypatch)
     entries, again, _ = run_import(connector(tmp_path, folder), watermark=watermark)
@@ -109,9 +107,7 @@ def test_delta_without_changes_reads_nothing(
     assert again == watermark
 
 
-def test_delta_changes_adds_deletes_and_touches(
-    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_delta_changes_adds_deletes_and_touches(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, watermark, _ = run_import(connector(tmp_path, folder))
     (folder / "jdoe.jpg").write_bytes(photo(10, size=120))  # changed content
     os.utime(folder / "asmith 2024 badge.PNG", ns=(1, 1_000_000_000))  # touched only
