@@ -62,6 +62,27 @@ def test_malformed_photo_metadata_is_an_error_not_no_photo() -> None:
     assert listed.kind == "error"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"id": "0", "status": "two hundred", "body": "x"},
+        {"id": "0", "status": None},
+        {"id": "0"},
+        {"id": "0", "status": 7000, "headers": "not a map"},
+        {"id": "0", "status": 200, "headers": ["Content-Type", "image/jpeg"], "body": "AAAA"},
+    ],
+)
+def test_a_malformed_batch_item_is_that_users_error(raw: dict[str, Any]) -> None:
+    """An item Graph could not describe fails one user (retryable), never the worker or the step."""
+    item = _item_response(raw)
+    if item.status == 200:  # headers that are not a map are ignored; the body is still read
+        assert item.body == b"\x00\x00\x00"
+        return
+    assert item.status == 502 and item.error_code == "MalformedBatchItem"
+    outcome = read_response(PhotoTask("u1"), item, "648x648")
+    assert outcome.kind == "error" and outcome.error == "graph-unavailable"
+
+
 def test_a_huge_junk_filled_delta_page_imports_the_real_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with GraphEmulator(lab_emulator_config(users=30, seed=3)) as emu:
         config = _exo_only_config(tmp_path, emu.info)

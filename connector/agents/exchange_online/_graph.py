@@ -236,8 +236,16 @@ def _batch_payload(items: Sequence[BatchItem]) -> dict[str, Any]:
 
 def _item_response(raw: dict[str, Any]) -> GraphResponse:
     """A batch item as a GraphResponse: JSON bodies stay JSON, binary bodies are base64 strings."""
-    headers = {str(k).lower(): str(v) for k, v in (raw.get("headers") or {}).items()}
-    status = int(raw.get("status", 0))
+    raw_headers = raw.get("headers")
+    headers = {str(k).lower(): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, dict) else {}
+    try:
+        status = int(raw.get("status", 0))
+    except (TypeError, ValueError):
+        status = 0
+    if not 100 <= status <= 599:
+        # An item Graph could not describe is this user's problem (a retryable 502), not the run's.
+        detail = f"batch item with status {raw.get('status')!r}"
+        return GraphResponse(502, {}, b"", {"error": {"code": "MalformedBatchItem", "message": detail}})
     body = raw.get("body")
     content_type = headers.get("content-type", "")
     if isinstance(body, str) and not content_type.startswith("application/json"):
@@ -420,7 +428,8 @@ class GraphClient:
             metrics.graph_request(resp.status, len(items))
             return [resp for _ in items]
         self.stats.add(batch_items=len(items))
-        by_id = {str(r.get("id")): r for r in resp.json_body.get("responses", []) if isinstance(r, dict)}
+        listed = resp.json_body.get("responses")
+        by_id = {str(r.get("id")): r for r in listed if isinstance(r, dict)} if isinstance(listed, list) else {}
         out: list[GraphResponse] = []
         throttled = 0
         for i in range(len(items)):

@@ -189,3 +189,17 @@ def test_token_cache_encrypted_atomic_0600(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ConfigurationError) as missing:
         load_key("K", None)
     assert "K" in str(missing.value)
+
+
+@pytest.mark.parametrize("listed", [None, {"0": {"status": 200}}, "responses", [None, 3, {"id": "1", "status": 404}]])
+def test_a_batch_envelope_without_a_usable_responses_list_fails_its_items_not_the_run(
+    listed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.agents.exchange_online._graph import BatchItem, GraphResponse
+
+    client = _client()
+    monkeypatch.setattr(client, "request", lambda *a, **k: GraphResponse(200, {}, b"", {"responses": listed}))
+    out = client.batch([BatchItem("GET", "/users/a/photo"), BatchItem("GET", "/users/b/photo")])
+    # item 0 is missing everywhere: a retryable per-item failure; item 1 is read when it is there
+    assert out[0].status == 503 and out[0].error_code == "MissingBatchItem"
+    assert out[1].status == (404 if isinstance(listed, list) else 503)
