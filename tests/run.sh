@@ -42,6 +42,7 @@ if [ "${CI:-}" = true ]; then export MVSYNC_REQUIRE_SERVERS=1; fi
 
 echo "== ruff" >&2
 .venv/bin/ruff check connector tests
+.venv/bin/ruff format --check connector tests
 echo "== mypy" >&2
 .venv/bin/mypy
 echo "== pytest" >&2
