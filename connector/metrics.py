@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 __all__ = [
     "REGISTRY",
+    "concurrency_limit",
     "configure",
     "graph_request",
     "graph_retry",
@@ -33,6 +34,7 @@ __all__ = [
     "ldap_write",
     "photo",
     "step",
+    "throttle_pause",
     "write_textfile",
 ]
 
@@ -87,6 +89,25 @@ GRAPH_RETRIES = Counter(
     "Graph requests retried (after throttling, timeouts or 5xx).",
     registry=REGISTRY,
 )
+CONCURRENCY_LIMIT = Gauge(
+    "mvsync_concurrency_limit",
+    "The adaptive in-flight limit a client has found for a throttled service (units: requests as the "
+    "service counts them).",
+    ("limiter",),
+    registry=REGISTRY,
+)
+THROTTLE_PAUSES = Counter(
+    "mvsync_throttle_pauses",
+    "Client-wide pauses of new sends after a service pushed back (Retry-After or backoff).",
+    ("limiter",),
+    registry=REGISTRY,
+)
+THROTTLE_PAUSE_SECONDS = Counter(
+    "mvsync_throttle_pause_seconds",
+    "Seconds during which new sends were paused because the service pushed back.",
+    ("limiter",),
+    registry=REGISTRY,
+)
 LDAP_WRITES = Counter(
     "mvsync_ldap_writes",
     "LDAP modify/add/delete operations sent to a directory, by result.",
@@ -132,6 +153,17 @@ def graph_throttle(count: int = 1) -> None:
 def graph_retry(count: int = 1) -> None:
     """``count`` Graph requests (or batch items) are being retried."""
     GRAPH_RETRIES.inc(count)
+
+
+def concurrency_limit(limiter: str, limit: int) -> None:
+    """The adaptive limit of ``limiter`` is now ``limit``."""
+    CONCURRENCY_LIMIT.labels(limiter).set(limit)
+
+
+def throttle_pause(limiter: str, seconds: float) -> None:
+    """``limiter`` paused new sends for ``seconds`` more (a Retry-After or a backoff)."""
+    THROTTLE_PAUSES.labels(limiter).inc()
+    THROTTLE_PAUSE_SECONDS.labels(limiter).inc(max(seconds, 0.0))
 
 
 def ldap_write(result: str = "success") -> None:

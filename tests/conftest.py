@@ -23,3 +23,11 @@ def require_or_skip(reason: str) -> None:
     if servers_required():
         pytest.fail(f"required server unavailable (MVSYNC_REQUIRE_SERVERS=1): {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared_limiters() -> None:
+    """Each test learns its own emulator's limits: an emulator may reuse an earlier one's port and ids."""
+    from connector.throttling import forget_shared_limiters
+
+    forget_shared_limiters()

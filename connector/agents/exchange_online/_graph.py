@@ -1,15 +1,23 @@
-"""A small Microsoft Graph client: retries that honour Retry-After, ``$batch``, and a request budget.
+"""A small Microsoft Graph client: adaptive concurrency, free retries for throttling, ``$batch``.
 
 Why not the Graph SDK: we need exactly four things it does not give together: per-item retries
-inside ``$batch`` (SDKs do not retry throttled batch items), a per-run retry budget, a cap on
-requests in flight that counts batch items the way Graph does, and access-token refresh on 401
-mid-run. Everything here is synchronous and thread-safe; the import pipeline runs it on threads.
+inside ``$batch`` (SDKs do not retry throttled batch items), a run-wide budget for *failures*, an
+in-flight limit that counts batch items the way Graph does and adapts to the tenant, and
+access-token refresh on 401 mid-run. Everything here is synchronous and thread-safe; the import
+pipeline runs it on threads.
 
-Retry policy (one function, ``backoff_seconds``, used for whole requests through tenacity and for
-batch items): a ``Retry-After`` (integer or decimal seconds) is honoured as given (capped at
-``retry_after_max_s``); otherwise exponential backoff with jitter. 429, 500, 502, 503, 504,
-connection resets and truncated bodies are retried; every retry spends one unit of the run's budget,
-and an empty budget turns failures into per-object errors instead of endless waiting.
+Two kinds of retry, on purpose:
+
+* **Throttling** (429, or 503 with ``Retry-After``) is Graph saying "not now", not a failure. The
+  request waits its turn and is sent again, as often as it takes, without spending anything: the
+  shared :class:`~connector.throttling.AdaptiveLimiter` lowers the in-flight limit and pauses new
+  sends from every thread for the ``Retry-After``. Only a run that makes *no* progress for
+  ``max_throttled_wait_minutes`` stops (``stopped-throttled``), keeping what it imported.
+* **Failures** (500, 502, 503 and 504 without ``Retry-After``, connection resets, truncated
+  bodies, 401 before a token refresh) are retried with exponential backoff, at most
+  ``max_attempts`` times per request, and each retry spends one unit of the step's
+  ``retry_budget``; an empty budget turns failures into per-object errors instead of endless
+  waiting.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
@@ -31,6 +40,9 @@ import tenacity
 from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+from connector.net import describe_request_error
+from connector.sdk import StopRunError
+from connector.throttling import AdaptiveLimiter, Signal, Ticket, parse_retry_after, shared_limiter
 
 __all__ = [
     "BatchItem",
@@ -39,6 +51,8 @@ __all__ = [
     "GraphStats",
     "RetryBudget",
     "RetryableError",
+    "ThrottledError",
+    "ThrottledTooLongError",
     "backoff_seconds",
     "parse_retry_after",
 ]
@@ -50,25 +64,8 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 BATCH_PARALLELISM = 4
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: ``10`` and ``2.128`` both occur (HTTP dates too)."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            seconds = float(parsedate_to_datetime(text).timestamp()) - time.time()
-        except (TypeError, ValueError):
-            return None
-    return max(0.0, seconds)
-
-
 def backoff_seconds(attempt: int, retry_after: float | None, settings: ExchangeOnlineSettings) -> float:
-    """How long to wait before retry number ``attempt`` (1-based).
+    """How long to wait before retry number ``attempt`` (1-based) of a *failed* request.
 
     The server's Retry-After wins (Graph says exactly when capacity returns; waiting less only earns
     another 429); without one, exponential backoff with "equal jitter" spreads the workers out.
@@ -77,6 +74,11 @@ def backoff_seconds(attempt: int, retry_after: float | None, settings: ExchangeO
         return min(retry_after, settings.retry_after_max_s)
     ceiling = min(settings.backoff_max_s, settings.backoff_initial_s * 2.0 ** (attempt - 1))
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+def is_pushback(status: int, retry_after: float | None) -> bool:
+    """Graph asking us to slow down: 429 always, 503 when it says when to come back."""
+    return status == 429 or (status == 503 and retry_after is not None)
 
 
 @dataclass(slots=True)
@@ -112,12 +114,22 @@ class GraphResponse:
 
 
 class RetryableError(Exception):
-    """A failure worth retrying (throttled, server error, connection trouble)."""
+    """A failure worth retrying (server error, connection trouble); see :class:`ThrottledError`."""
 
     def __init__(self, detail: str, *, retry_after: float | None = None, response: GraphResponse | None = None):
         super().__init__(detail)
         self.retry_after = retry_after
         self.response = response
+
+
+class ThrottledError(RetryableError):
+    """Graph pushed back (429, or 503 with Retry-After): wait and resend, spending no budget."""
+
+
+class ThrottledTooLongError(StopRunError):
+    """Graph throttled every request for longer than ``max_throttled_wait_minutes``."""
+
+    status = "stopped-throttled"
 
 
 class RetryBudget:
@@ -190,28 +202,6 @@ class GraphStats:
         }
 
 
-class _Slots:
-    """A weighted semaphore: requests in flight as Graph counts them (a batch holds up to 4)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._used = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, n: int) -> int:
-        n = min(n, self.capacity)
-        with self._cond:
-            while self._used + n > self.capacity:
-                self._cond.wait()
-            self._used += n
-        return n
-
-    def release(self, n: int) -> None:
-        with self._cond:
-            self._used -= n
-            self._cond.notify_all()
-
-
 @dataclass(slots=True)
 class BatchItem:
     """One request inside ``$batch``: a URL relative to the Graph version root."""
@@ -265,7 +255,7 @@ def _item_response(raw: dict[str, Any]) -> GraphResponse:
 
 
 class GraphClient:
-    """Thread-safe Graph access for one run step."""
+    """Thread-safe Graph access for one run step; its in-flight limit is shared process-wide."""
 
     def __init__(
         self,
@@ -274,6 +264,7 @@ class GraphClient:
         *,
         session_factory: Callable[[], requests.Session],
         budget: RetryBudget | None = None,
+        limiter: AdaptiveLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.auth = auth
@@ -284,7 +275,18 @@ class GraphClient:
         self._sessions_lock = threading.Lock()
         self.budget = budget or RetryBudget(settings.retry_budget)
         self.stats = GraphStats()
-        self.slots = _Slots(settings.concurrency)
+        # Graph counts requests per app and tenant: every client of that identity shares one limiter.
+        host = urlsplit(self.base).netloc
+        self.limiter = limiter or shared_limiter(
+            f"graph:{host}:{settings.tenant_id}:{settings.client_id}",
+            ceiling=settings.concurrency,
+            pause_initial_s=settings.backoff_initial_s,
+            pause_max_s=settings.retry_after_max_s,
+        )
+        self.closed = threading.Event()
+        self._progress_lock = threading.Lock()
+        self._last_progress = time.monotonic()
+        self.throttled_waits = 0
 
     # -- plumbing -------------------------------------------------------------------------------
     def _session(self) -> requests.Session:
@@ -297,6 +299,7 @@ class GraphClient:
         return session
 
     def close(self) -> None:
+        self.closed.set()
         with self._sessions_lock:
             for session in self._sessions:
                 session.close()
@@ -307,6 +310,46 @@ class GraphClient:
             return path_or_url
         return f"{self.base}/{path_or_url.lstrip('/')}"
 
+    # -- progress -------------------------------------------------------------------------------
+    def _progressed(self) -> None:
+        with self._progress_lock:
+            self._last_progress = time.monotonic()
+
+    def check_throttled_wait(self, more_s: float = 0.0) -> None:
+        """Stop the step if Graph has answered nothing but push-back for too long.
+
+        Called whenever a throttled request is about to wait again: ``more_s`` is that wait, so a
+        Retry-After that would outlast the limit stops the step now instead of sleeping first.
+        """
+        limit_s = self.settings.max_throttled_wait_minutes * 60.0
+        with self._progress_lock:
+            stalled = time.monotonic() + more_s - self._last_progress
+        if stalled > limit_s:
+            msg = (
+                f"Microsoft Graph ({urlsplit(self.base).netloc}) has throttled every request for "
+                f"{stalled / 60:.1f} minutes (max_throttled_wait_minutes = "
+                f"{self.settings.max_throttled_wait_minutes:g}); everything imported so far is kept. "
+                "Run the step again later (a full import resumes from its last committed page), or raise "
+                "max_throttled_wait_minutes in the agent's settings"
+            )
+            raise ThrottledTooLongError(msg)
+
+    def _learn(self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None) -> None:
+        """Tell the limiter what an answer says about Graph's capacity."""
+        if pushback is not None:
+            self.limiter.release(ticket, Signal.THROTTLED, retry_after=pushback.retry_after)
+            return
+        self.limiter.release(ticket, Signal.OK if resp.status < 500 else Signal.FAILED)
+        if resp.status < 500:
+            self._progressed()
+        percentage = resp.headers.get("x-ms-throttle-limit-percentage")
+        if percentage:
+            try:
+                self.limiter.hint(ticket, float(percentage))
+            except ValueError:
+                pass
+
+    # -- one exchange ---------------------------------------------------------------------------
     def _send_once(
         self,
         method: str,
@@ -315,59 +358,70 @@ class GraphClient:
         body: bytes | None,
         json_body: Any,
         weight: int,
-        envelope: bool = False,
+        envelope: bool,
+        tickets: list[Ticket],
     ) -> GraphResponse:
         token = self.auth.token()
         all_headers = {"Authorization": f"Bearer {token}", "client-request-id": str(uuid.uuid4())}
         if self.settings.low_priority:
             all_headers["x-ms-throttle-priority"] = "low"
         all_headers.update(headers or {})
-        taken = self.slots.acquire(weight)
+        ticket = tickets.pop() if tickets else self.limiter.acquire(weight, cancel=self.closed)
+        full_url = self.url(url)
         try:
             self.stats.add(http_requests=1)
-            try:
-                resp = self._session().request(
-                    method,
-                    self.url(url),
-                    headers=all_headers,
-                    data=body,
-                    json=json_body,
-                    timeout=self.settings.timeout_s,
-                )
-                content = resp.content  # reads the whole body: a truncated one raises here
-            except requests.RequestException as exc:
-                self.stats.add(connection_errors=1)
-                metrics.graph_request("connection-error")
-                raise RetryableError(f"{type(exc).__name__} talking to Graph") from None
-        finally:
-            self.slots.release(taken)
+            resp = self._session().request(
+                method, full_url, headers=all_headers, data=body, json=json_body, timeout=self.settings.timeout_s
+            )
+            content = resp.content  # reads the whole body: a truncated one raises here
+        except requests.RequestException as exc:
+            self.limiter.release(ticket, Signal.FAILED)
+            self.stats.add(connection_errors=1)
+            metrics.graph_request("connection-error")
+            raise RetryableError(describe_request_error(exc, full_url, "Graph")) from None
         self.stats.add(bytes_received=len(content))
         if not envelope:  # a batch's items are counted one by one, as Graph counts them
             metrics.graph_request(resp.status_code)
         out = GraphResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, content)
-        if resp.headers.get("content-type", "").startswith("application/json") and content:
-            try:
-                out.json_body = json.loads(content)
-            except ValueError:
-                if out.ok:
-                    self.stats.add(connection_errors=1)
-                    raise RetryableError("truncated JSON body from Graph") from None
+        is_json = out.headers.get("content-type", "").startswith("application/json") and bool(content)
+        if is_json or envelope:
+            out.json_body = _json_or_none(content)
+        if is_json and out.ok and out.json_body is None:
+            self.limiter.release(ticket, Signal.FAILED)
+            self.stats.add(connection_errors=1)
+            raise RetryableError("truncated JSON body from Graph")
+        pushback = out if is_pushback(out.status, out.retry_after) else None
+        if envelope and pushback is None and out.ok:
+            pushback = _worst_item_pushback(out.json_body)
+        self._learn(ticket, out, pushback)
         if out.status == 401:
             self.stats.add(token_refreshes_on_401=1)
             self.auth.invalidate(token)
             raise RetryableError("access token rejected (401); refreshing", retry_after=0.0, response=out)
+        if is_pushback(out.status, out.retry_after):
+            self.stats.add(throttled=1)
+            raise ThrottledError(out.describe(), retry_after=out.retry_after, response=out)
         if out.status in RETRYABLE_STATUS:
-            if out.status == 429:
-                self.stats.add(throttled=1)
-            else:
-                self.stats.add(server_errors=1)
+            self.stats.add(server_errors=1)
             raise RetryableError(out.describe(), retry_after=out.retry_after, response=out)
         return out
 
+    # -- retries --------------------------------------------------------------------------------
+    def _send_answered(self, *args: Any) -> GraphResponse:
+        """``_send_once`` until Graph answers with something other than push-back.
+
+        Throttling is never a failure: the shared limiter holds every sender until the Retry-After
+        has passed, so this loop only has to watch for a run that makes no progress at all.
+        """
+        while True:
+            try:
+                return self._send_once(*args)
+            except ThrottledError:
+                self.check_throttled_wait(self.limiter.paused_for())
+                self.throttled_waits += 1
+
     def _stop(self, state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number >= self.settings.max_attempts:
-            return True
-        if not self.budget.take():
+        if state.attempt_number >= self.settings.max_attempts or not self.budget.take():
             return True
         self.stats.add(retries=1)
         return False
@@ -387,11 +441,16 @@ class GraphClient:
         json_body: Any = None,
         weight: int = 1,
         envelope: bool = False,
+        ticket: Ticket | None = None,
     ) -> GraphResponse:
-        """Send with retries. Returns the final response; a retryable one if retries ran out.
+        """Send with retries. Returns the final response; a failed one if the retries ran out.
 
-        Raises ``RetryableError`` only for connection trouble that outlasted the retries.
+        ``ticket`` is a share of the limit the caller already holds (used for the first attempt).
+        Raises ``RetryableError`` only for connection trouble that outlasted the retries, and
+        ``ThrottledTooLongError`` when throttling left no progress for too long. Only failures
+        count as attempts and spend the budget (``_stop``); throttling is waited out inside.
         """
+        tickets = [ticket] if ticket is not None else []
         retrying = tenacity.Retrying(
             stop=self._stop,
             wait=self._wait,
@@ -399,7 +458,7 @@ class GraphClient:
             reraise=True,
         )
         try:
-            return retrying(self._send_once, method, url, headers, body, json_body, weight, envelope)
+            return retrying(self._send_answered, method, url, headers, body, json_body, weight, envelope, tickets)
         except RetryableError as exc:
             if exc.response is not None:
                 return exc.response
@@ -408,10 +467,10 @@ class GraphClient:
     def get_json(self, url: str, *, headers: dict[str, str] | None = None) -> GraphResponse:
         return self.request("GET", url, headers=headers)
 
-    def batch(self, items: Sequence[BatchItem]) -> list[GraphResponse]:
+    def batch(self, items: Sequence[BatchItem], *, ticket: Ticket | None = None) -> list[GraphResponse]:
         """One ``$batch`` round trip (the envelope retried as a whole); one response per item, in order.
 
-        Items are *not* retried here: callers re-queue throttled items after their own Retry-After.
+        Items are *not* retried here: callers re-queue throttled items (see :meth:`item_retry`).
         """
         if not items:
             return []
@@ -421,6 +480,7 @@ class GraphClient:
             json_body=_batch_payload(items),
             weight=min(len(items), BATCH_PARALLELISM),
             envelope=True,
+            ticket=ticket,
         )
         self.stats.add(batch_requests=1)
         if not resp.ok or not isinstance(resp.json_body, dict):
@@ -439,20 +499,53 @@ class GraphClient:
                 continue
             item = _item_response(raw)
             metrics.graph_request(item.status)
-            if item.status == 429:
+            if is_pushback(item.status, item.retry_after):
                 throttled += 1
             elif item.status >= 500:
                 self.stats.add(server_errors=1)
+            else:
+                self._progressed()
             out.append(item)
         if throttled:
             self.stats.add(throttled=throttled)
         return out
 
     def item_retry(self, attempt: int, response: GraphResponse) -> float | None:
-        """Seconds until a failed batch item may be resent, or None when it must not be retried."""
+        """Seconds until a failed batch item may be resent, or None when it must not be retried.
+
+        A throttled item always comes back (after its Retry-After; the limiter pauses everybody
+        meanwhile) and spends nothing; other failures spend the budget and count as attempts.
+        """
+        if is_pushback(response.status, response.retry_after):
+            wait = min(response.retry_after or 0.0, self.settings.retry_after_max_s)
+            self.check_throttled_wait(max(wait, self.limiter.paused_for()))
+            self.throttled_waits += 1
+            return wait
         if response.status not in RETRYABLE_STATUS and response.status != 401:
             return None
         if attempt >= self.settings.max_attempts or not self.budget.take():
             return None
         self.stats.add(retries=1)
         return backoff_seconds(attempt, response.retry_after, self.settings)
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content) if content else None
+    except ValueError:
+        return None
+
+
+def _worst_item_pushback(envelope: Any) -> GraphResponse | None:
+    """The batch item pushing back hardest (longest Retry-After), for the limiter; None if none did."""
+    listed = envelope.get("responses") if isinstance(envelope, dict) else None
+    worst: GraphResponse | None = None
+    for raw in listed if isinstance(listed, list) else []:
+        if not isinstance(raw, dict):
+            continue
+        item = _item_response(raw)
+        if is_pushback(item.status, item.retry_after) and (
+            worst is None or (item.retry_after or 0.0) > (worst.retry_after or 0.0)
+        ):
+            worst = item
+    return worst

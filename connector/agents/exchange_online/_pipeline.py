@@ -3,17 +3,22 @@
 Why a pipeline: the engine asks for one page at a time, and a page of photos fetched strictly
 page by page leaves Graph idle while the last batches of a page finish and while the engine
 writes. Here a *source* thread walks the directory (``users/delta`` pages, or the state file)
-and emits events; *workers* send ``$batch`` requests (up to 20 items; as many batches in flight as
-keep ``concurrency`` requests busy, counted the way Graph counts them); the engine's thread, in
+and emits events; *workers* send ``$batch`` requests (up to 20 items); the engine's thread, in
 ``import_page``, turns events into photo tasks and finished tasks into connector-space changes.
+
+How many requests are in flight is not decided here: each worker takes its tasks, then asks the
+client's shared :class:`~connector.throttling.AdaptiveLimiter` for a share of the limit (four units
+for a batch, as Graph runs four items of a batch at a time), and sends as many items as it was
+granted. There are enough workers to reach ``concurrency`` (the ceiling); the limiter decides how
+many of them send at once.
 
 Memory stays flat: the source blocks once ``max_ahead`` users are between listing and the engine
 (so photo bytes held at once are bounded by ``max_ahead``, whatever the tenant's size).
 
 Manners: a user's requests never overlap beyond ``per_mailbox_concurrency`` (the queue will not
-hand out a second task for a busy mailbox); throttled or failed batch items go back into the
-queue with their own ``Retry-After`` (or backoff) as a not-before time, spending the run's retry
-budget; other work proceeds meanwhile.
+hand out a second task for a busy mailbox); throttled batch items go back into the queue with their
+``Retry-After`` as a not-before time and spend nothing; failed ones (5xx, resets) come back after a
+backoff and spend the run's retry budget; other work proceeds meanwhile.
 """
 
 from __future__ import annotations
@@ -28,8 +33,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from connector.agents.exchange_online._graph import GraphClient, GraphResponse, RetryableError
+from connector.agents.exchange_online._graph import (
+    BATCH_PARALLELISM,
+    GraphClient,
+    GraphResponse,
+    RetryableError,
+    is_pushback,
+)
 from connector.agents.exchange_online._photos import PhotoTask, read_response, task_request
+from connector.throttling import Cancelled
 
 __all__ = ["Fatal", "Pipeline", "SourceDone", "WorkQueue"]
 
@@ -92,6 +104,16 @@ class WorkQueue:
                 timeout = self._delayed[0][0] - now if self._delayed else None
                 self._cond.wait(timeout)
 
+    def give_back(self, tasks: list[PhotoTask]) -> None:
+        """Tasks taken but not sent (the limiter granted fewer units): first in line again."""
+        with self._cond:
+            for task in tasks:
+                self._busy[task.user_id] -= 1
+                if self._busy[task.user_id] <= 0:
+                    del self._busy[task.user_id]
+            self._fresh.extendleft(reversed(tasks))
+            self._cond.notify_all()
+
     def done(self, tasks: list[PhotoTask]) -> None:
         with self._cond:
             for task in tasks:
@@ -117,7 +139,8 @@ class Pipeline:
         self.ahead = threading.Semaphore(max_ahead)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        workers = max(1, self.settings.concurrency // 4)
+        # one more than the ceiling needs in whole batches, for the smaller batch that fills the rest
+        workers = self.settings.concurrency // BATCH_PARALLELISM + 1
         for i in range(workers):
             self._spawn(self._worker, f"exo-photos-{i}")
 
@@ -159,31 +182,50 @@ class Pipeline:
         self.queue.put(task)
 
     def _worker(self) -> None:
-        client = self.client
         while not self._stop.is_set():
             tasks = self.queue.take(self.settings.batch_size)
             if tasks is None:
                 return
             try:
-                try:
-                    responses = client.batch([task_request(t) for t in tasks])
-                except RetryableError as exc:  # connection trouble outlasted the retries
-                    failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
-                    responses = [failed for _ in tasks]
-            except BaseException as exc:
-                self.queue.done(tasks)
+                sent = self._send(tasks)
+                for task, resp in sent:
+                    self._settle(task, resp)
+            except Cancelled:
+                return
+            except BaseException as exc:  # handed to the engine's thread, which stops the step
                 self.results.put(Fatal(exc))
                 self._stop.set()
                 self.queue.close()
                 return
+
+    def _send(self, tasks: list[PhotoTask]) -> list[tuple[PhotoTask, GraphResponse]]:
+        """One ``$batch`` of as many of ``tasks`` as the limiter has room for; the rest go back."""
+        client = self.client
+        # Take the tasks first, then the units: a worker holding units while it waits for tasks
+        # would starve the lister that makes them.
+        wanted = min(len(tasks), BATCH_PARALLELISM)
+        try:
+            ticket = client.limiter.acquire(wanted, at_least=1, cancel=self._stop)
+        except BaseException:
             self.queue.done(tasks)
-            for task, resp in zip(tasks, responses, strict=True):
-                self._settle(task, resp)
+            raise
+        if ticket.weight < wanted:  # room for a smaller batch only: send what fits
+            self.queue.give_back(tasks[ticket.weight :])
+            tasks = tasks[: ticket.weight]
+        try:
+            responses = client.batch([task_request(t) for t in tasks], ticket=ticket)
+        except RetryableError as exc:  # connection trouble outlasted the retries
+            failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
+            responses = [failed for _ in tasks]
+        finally:
+            self.queue.done(tasks)
+        return list(zip(tasks, responses, strict=True))
 
     def _settle(self, task: PhotoTask, resp: GraphResponse) -> None:
         wait = self.client.item_retry(task.attempt, resp) if not resp.ok and resp.status != 404 else None
         if wait is not None:
-            task.attempt += 1
+            if not is_pushback(resp.status, resp.retry_after):
+                task.attempt += 1  # throttling is not an attempt: only failures count toward max_attempts
             task.ready_at = time.monotonic() + wait
             self.queue.put(task)
             return
@@ -197,8 +239,9 @@ class Pipeline:
     def stop(self) -> None:
         self._stop.set()
         self.queue.close()
+        deadline = time.monotonic() + 10.0
         for thread in self._threads:
-            thread.join(timeout=10)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
 

@@ -65,14 +65,20 @@ class ExchangeOnlineSettings(ConnectorSettings):
     photo_size: str = "648x648"
 
     # -- manners -------------------------------------------------------------------------------
-    #: Requests in flight toward Graph, counting ``$batch`` items the way Graph does (4 per batch).
-    concurrency: int = Field(48, ge=1, le=200)
+    #: The most requests in flight toward Graph, counting ``$batch`` items the way Graph does (4 per
+    #: batch). A ceiling, not a guess: the client starts low and finds the tenant's real limit itself
+    #: (connector.throttling), so this only caps how far it may go.
+    concurrency: int = Field(64, ge=1, le=400)
     batch_size: int = Field(20, ge=1, le=20)
     #: Never more than this many requests for one mailbox at once (Outlook allows 4).
     per_mailbox_concurrency: int = Field(1, ge=1, le=4)
     max_attempts: int = Field(6, ge=1, le=20)
-    #: Retries (of requests and of batch items) allowed in one run step before failures stick.
+    #: Retries of *failures* (5xx, resets, truncated bodies) allowed in one run step before they
+    #: stick as per-object errors. Throttling (429, 503 with Retry-After) never spends it.
     retry_budget: int = Field(2000, ge=0)
+    #: Stop the step (``stopped-throttled``, keeping what was imported) when Graph has answered
+    #: nothing but throttling for this long. A full import stopped so resumes on its next run.
+    max_throttled_wait_minutes: float = Field(30.0, gt=0)
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
     #: The longest Retry-After we honour as-is; longer waits are capped (and still count).

@@ -221,17 +221,33 @@ def test_throttling_storm_completes_without_errors(make_emulator: Any, tmp_path:
 
 
 def test_retry_budget_turns_failures_into_object_errors(make_emulator: Any, tmp_path: Path) -> None:
-    emu = make_emulator(users=30, faults={"429": 0.5, "retry_after_s": 0.01})
+    emu = make_emulator(users=30, faults={"504": 0.5})
     conn = make_connector(emu, tmp_path, retry_budget=0, max_attempts=1)
     conn.open()
     try:
         entries, _ = run_import(conn, ImportMode.FULL)
-    except Exception as exc:  # the listing itself may be what got throttled: then the step stops
+    except Exception as exc:  # the listing itself may be what failed: then the step stops, naming Graph
         assert "Graph" in str(exc)
         return
     finally:
         conn.close()
-    assert any(e.error is not None and e.error.name == "graph-throttled" for e in entries)
+    assert any(e.error is not None and e.error.name == "graph-unavailable" for e in entries)
+
+
+def test_throttling_never_spends_the_retry_budget_nor_fails_a_user(make_emulator: Any, tmp_path: Path) -> None:
+    """Half of all requests answered 429 and no failure budget at all: everybody is still imported."""
+    emu = make_emulator(users=30, faults={"429": 0.5, "retry_after_s": 0.01})
+    conn = make_connector(emu, tmp_path, retry_budget=0, max_attempts=1)
+    conn.open()
+    try:
+        entries, watermark = run_import(conn, ImportMode.FULL)
+    finally:
+        conn.close()
+    assert watermark is not None
+    assert conn.metrics["throttled"] > 0 and conn.metrics["retry_budget_spent"] == 0
+    names = {e.error.name for e in entries if e.error is not None}
+    assert names <= {"mailbox-not-in-exchange-online"}
+    assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
 
 
 def test_revoked_refresh_token_stops_mid_run_with_the_reauthorize_command(make_emulator: Any, tmp_path: Path) -> None:

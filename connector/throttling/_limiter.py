@@ -1,0 +1,415 @@
+"""An adaptive in-flight limit for a throttled service (Microsoft Graph, Exchange's EWS).
+
+Why adaptive: Microsoft documents the limits that govern photo requests loosely and has changed
+them (Outlook's "4 concurrent requests" per app and mailbox, then per app; Entra ID's resource-unit
+buckets now that photos live there; a global per-app rate). A fixed concurrency is right for one
+guess only. The limiter finds the ceiling from the service's answers instead, the way TCP finds a
+path's capacity (RFC 5681 for slow start and AIMD; RFC 8312 for remembering where the last loss
+happened; BBR's delivery rate for telling a limit from noise):
+
+* **Slow start.** The limit starts small and grows by one unit per unit answered (it doubles per
+  round trip) until the first push-back (HTTP 429, or 503 with Retry-After).
+* **Multiplicative decrease and a client-wide pause, once per window.** A push-back multiplies the
+  limit by ``backoff`` (0.7, as CUBIC) and stops *new* sends from every thread of the client until
+  its ``Retry-After`` has passed (Graph keeps counting requests it throttles, so sending into a
+  throttle only extends it; without Retry-After, an exponential backoff). Requests sent before
+  that decrease went into the same overload, so their push-backs neither decrease nor pause again
+  (the ``epoch`` on each ticket says which window a request belongs to); each of them just waits
+  its own Retry-After (the caller re-sends it).
+* **Additive increase.** Afterwards the limit grows by about one unit per round trip (``weight /
+  limit`` per unit answered), and only while the limit is in use (Netflix's AIMDLimit rule: at
+  least half of it in flight when the request was sent), so an idle client does not talk itself
+  into a limit it never tested. A window with a push-back does not grow.
+* **Remembered ceiling, rare probes.** The in-flight level of the last decrease is remembered; the
+  limit stays one unit below it until a probe is due. A probe that is pushed back doubles the time
+  to the next one (up to ``probe_max_s``); a probe that holds for a full window means the service's
+  limit rose (or the model changed), and the memory is dropped. Against a stable limit the number
+  of push-backs grows with the logarithm of the run's length, not with it.
+* **Was it about us?** Not every 429 is caused by this client's load: a tenant budget spent by
+  other apps, or noise, throttles a share of requests whatever we do, and a client that shrank and
+  stopped for each of those would crawl without helping anybody. The answer is in the delivery
+  rate (OK answers per second): over a real limit, a decrease costs nothing (the service was
+  delivering its maximum anyway); with endemic throttling, it costs what it took (the rate falls to
+  about ``backoff`` of what it was); when the service's own capacity fell, the rate falls much
+  further. So after each decrease the first full window after the pause is compared with the
+  window before it. If the rate fell by about the decrease while push-back went on, it is undone and push-back
+  is *endemic* for a while (``endemic_min_s``, doubling while it stays so): then only a window
+  whose pushed-back share rises clearly above the endemic share (three standard deviations, at
+  least ``min_window`` answers) counts as this client's overload.
+* **Early hint.** Graph's identity APIs send ``x-ms-throttle-limit-percentage`` (0.8 to 1.8) once
+  an app has used more than 80 % of its budget. At or above ``hint_hold`` the limit stops growing;
+  above 1.0 it is decreased gently (``hint_backoff``, once per window) before a 429 is needed.
+
+Units: one unit is one request as the service counts it; a ``$batch`` whose items the service runs
+four at a time weighs four. The limiter is thread-safe and does no I/O; callers acquire a
+:class:`Ticket` before sending and release it with the :class:`Signal` the answer carried.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["AdaptiveLimiter", "Cancelled", "LimiterStats", "Signal", "Ticket"]
+
+
+class Signal(enum.Enum):
+    """What an answer says about the service's capacity."""
+
+    #: Answered (whatever the status, as long as it was not push-back): the capacity was there.
+    OK = "ok"
+    #: Pushed back: 429, or 503 with Retry-After.
+    THROTTLED = "throttled"
+    #: Failed without saying anything about capacity (connection reset, 500, 502): neutral.
+    FAILED = "failed"
+
+
+class Cancelled(Exception):
+    """``acquire`` gave up because the caller's cancel event was set (the step is stopping)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One request's share of the limit; hand it back to :meth:`AdaptiveLimiter.release`."""
+
+    weight: int
+    #: The decrease window the request was sent in.
+    epoch: int
+    #: Units in flight (this request's included) when it was sent.
+    level: int
+    sent_at: float
+
+
+@dataclass(slots=True)
+class LimiterStats:
+    """Counters for history, the benchmark and Prometheus."""
+
+    limit: int = 0
+    in_flight: int = 0
+    peak_limit: int = 0
+    decreases: int = 0
+    #: Decreases undone because the push-back turned out to be endemic (not about our load).
+    undone: int = 0
+    #: Push-backs that neither decreased nor paused (answered already, or endemic).
+    isolated: int = 0
+    probes_failed: int = 0
+    pauses: int = 0
+    pause_seconds: float = 0.0
+    #: Time threads spent blocked in ``acquire`` while a pause was in force.
+    throttle_wait_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "limit": self.limit,
+            "in_flight": self.in_flight,
+            "peak_limit": self.peak_limit,
+            "decreases": self.decreases,
+            "undone": self.undone,
+            "isolated": self.isolated,
+            "probes_failed": self.probes_failed,
+            "pauses": self.pauses,
+            "pause_seconds": round(self.pause_seconds, 3),
+            "throttle_wait_seconds": round(self.throttle_wait_seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Window:
+    """Answers since ``started``; one limit's worth (at least ``min_window``) makes a window."""
+
+    started: float
+    answers: int = 0
+    delivered: int = 0
+    pushed_back: int = 0
+    #: The window's hardest push-back: (ticket, Retry-After), judged when the window closes.
+    worst: tuple[Ticket, float | None] | None = None
+    hold: bool = False
+
+
+@dataclass(slots=True)
+class _Trial:
+    """A decrease on probation: the delivery rate before it, and the limit to restore."""
+
+    rate_before: float
+    limit_before: float
+    judge_after: float
+
+
+class AdaptiveLimiter:
+    """The in-flight limit of one client identity against one service (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        ceiling: int,
+        initial: int = 4,
+        floor: int = 1,
+        backoff: float = 0.7,
+        hint_hold: float = 0.9,
+        hint_backoff: float = 0.9,
+        min_window: int = 20,
+        probe_min_s: float = 5.0,
+        probe_rtts: float = 20.0,
+        probe_max_s: float = 300.0,
+        endemic_min_s: float = 10.0,
+        endemic_max_s: float = 600.0,
+        pause_initial_s: float = 1.0,
+        pause_max_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= floor <= ceiling:
+            raise ValueError("need 1 <= floor <= ceiling")
+        if not 0.0 < backoff < 1.0:
+            raise ValueError("backoff must be between 0 and 1")
+        self.name = name
+        self.ceiling = ceiling
+        self.floor = floor
+        self.backoff = backoff
+        self.hint_hold = hint_hold
+        self.hint_backoff = hint_backoff
+        self.min_window = min_window
+        self.probe_min_s = probe_min_s
+        self.probe_rtts = probe_rtts
+        self.probe_max_s = probe_max_s
+        self.endemic_min_s = endemic_min_s
+        self.endemic_max_s = endemic_max_s
+        self.pause_initial_s = pause_initial_s
+        self.pause_max_s = pause_max_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._limit = float(max(floor, min(initial, ceiling)))
+        self._in_flight = 0
+        self._epoch = 0
+        self._slow_start = True
+        #: In-flight level of the last decrease, and when growing past it may be tried again.
+        self._bad_level: int | None = None
+        self._probe_interval = probe_min_s
+        self._probe_at = 0.0
+        self._probe_started: float | None = None
+        self._paused_until = 0.0
+        self._consecutive_pushbacks = 0
+        #: Smoothed round trip of answered requests (RFC 6298's SRTT), for the probe interval.
+        self._srtt: float | None = None
+        self._window = _Window(clock())
+        self._last_rate: float | None = None
+        self._trial: _Trial | None = None
+        self._endemic_until = 0.0
+        self._endemic_share = 0.0
+        self._endemic_hold = endemic_min_s
+        self.stats = LimiterStats(limit=int(self._limit), peak_limit=int(self._limit))
+        self._listeners: list[Callable[[AdaptiveLimiter], None]] = []
+
+    # -- reading --------------------------------------------------------------------------------
+    @property
+    def limit(self) -> int:
+        """The current limit in whole units (never below ``floor``)."""
+        return max(self.floor, int(self._limit))
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def paused_for(self) -> float:
+        """Seconds until new sends may start again (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def on_change(self, listener: Callable[[AdaptiveLimiter], None]) -> None:
+        """Call ``listener(self)`` after the limit or a pause changes (metrics gauges)."""
+        self._listeners.append(listener)
+
+    # -- sending --------------------------------------------------------------------------------
+    def acquire(self, weight: int = 1, *, at_least: int | None = None, cancel: threading.Event | None = None) -> Ticket:
+        """Block until ``weight`` units (or, with ``at_least``, as many as fit, not fewer) may be sent.
+
+        The granted weight is ``ticket.weight``; a caller that asked for a range sizes its request
+        to it (a ``$batch`` of fewer items). A request heavier than the whole limit is let through
+        alone, so a limit below a batch's weight slows the client down instead of wedging it.
+        """
+        want = max(1, weight)
+        least = max(1, min(at_least if at_least is not None else want, want))
+        with self._cond:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled
+                now = self._clock()
+                if self._paused_until > now:
+                    self._cond.wait(min(self._paused_until - now, 0.5))
+                    self.stats.throttle_wait_seconds += self._clock() - now
+                    continue
+                room = self.limit - self._in_flight
+                granted = min(want, room) if room >= least else (want if self._in_flight == 0 else 0)
+                if granted > 0:
+                    break
+                self._cond.wait(0.5)
+            self._in_flight += granted
+            self.stats.in_flight = self._in_flight
+            return Ticket(granted, self._epoch, self._in_flight, now)
+
+    def release(self, ticket: Ticket, signal: Signal, *, retry_after: float | None = None) -> None:
+        """Hand the units back and learn from the answer."""
+        with self._cond:
+            now = self._clock()
+            self._in_flight -= ticket.weight
+            self.stats.in_flight = self._in_flight
+            if signal is Signal.OK:
+                self._on_ok(ticket, now)
+            elif signal is Signal.THROTTLED:
+                self._on_pushback(ticket, now, retry_after)
+            self._publish()
+            self._cond.notify_all()
+
+    def hint(self, ticket: Ticket, limit_percentage: float) -> None:
+        """Graph's ``x-ms-throttle-limit-percentage`` on an answer: slow down before a 429."""
+        with self._cond:
+            if limit_percentage >= self.hint_hold:
+                self._window.hold = True
+                self._slow_start = False
+                self._bad_level = min(self._bad_level or ticket.level + 1, ticket.level + 1)
+                self._probe_at = max(self._probe_at, self._clock() + self._probe_interval)
+            if limit_percentage > 1.0 and ticket.epoch == self._epoch:
+                self._epoch += 1
+                self._limit = max(float(self.floor), self._limit * self.hint_backoff)
+                self.stats.decreases += 1
+            self._publish()
+
+    def pause(self, seconds: float) -> None:
+        """Stop new sends for ``seconds`` (a service-wide back-off request, e.g. EWS's BackOffMilliseconds)."""
+        with self._cond:
+            self._pause_locked(self._clock(), seconds)
+            self._publish()
+
+    # -- learning -------------------------------------------------------------------------------
+    def _on_ok(self, ticket: Ticket, now: float) -> None:
+        self._consecutive_pushbacks = 0
+        rtt = max(0.0, now - ticket.sent_at)
+        self._srtt = rtt if self._srtt is None else 0.875 * self._srtt + 0.125 * rtt
+        held = self._window.hold
+        self._tally(ticket, now, None)
+        if held or ticket.level * 2 < self._limit:
+            return  # pushed back in this window, or the limit was not in use: no reason to grow
+        # slow start: one unit per unit answered (doubling per round trip); then about one per round trip
+        step = ticket.weight if self._slow_start else ticket.weight / max(self._limit, 1.0)
+        cap = float(self.ceiling)
+        if self._bad_level is not None:
+            if now < self._probe_at:
+                cap = min(cap, float(self._bad_level - 1))
+            elif self._probe_started is None:
+                self._probe_started = now
+            elif ticket.level >= self._bad_level and now - self._probe_started > self._rtt():
+                # a full window above the old push-back level with no push-back: the ceiling rose
+                self._bad_level = None
+                self._probe_started = None
+                self._probe_interval = self.probe_min_s
+        self._limit = max(self._limit, min(self._limit + step, cap))
+
+    def _on_pushback(self, ticket: Ticket, now: float, retry_after: float | None) -> None:
+        self._window.hold = True
+        if ticket.epoch == self._epoch and now >= self._endemic_until and self._trial is None:
+            self._decrease(ticket, now, retry_after)
+        else:
+            # answered by a decrease already (whose trial window will judge what follows), or endemic
+            self.stats.isolated += 1
+        self._tally(ticket, now, (ticket, retry_after))
+
+    def _tally(self, ticket: Ticket, now: float, pushback: tuple[Ticket, float | None] | None) -> None:
+        """Count an answer into the window; judge the window when it is complete."""
+        window = self._window
+        window.answers += ticket.weight
+        if pushback is None:
+            window.delivered += ticket.weight
+        else:
+            window.pushed_back += ticket.weight
+            worst = window.worst
+            if worst is None or (pushback[1] or 0.0) >= (worst[1] or 0.0):
+                window.worst = pushback
+        if window.answers < max(self.limit, self.min_window):
+            return
+        rate = window.delivered / max(now - window.started, 1e-6)
+        share = window.pushed_back / window.answers
+        self._last_rate = rate
+        if self._trial is not None and window.started >= self._trial.judge_after:
+            self._judge_trial(rate, share, now, window.worst)
+        elif now < self._endemic_until and window.worst is not None:
+            self._endemic_share += 0.25 * (share - self._endemic_share)
+            noise = 3.0 * math.sqrt(max(self._endemic_share * (1 - self._endemic_share), 0.01) / window.answers)
+            if share >= self._endemic_share + noise and window.worst[0].epoch == self._epoch:
+                self._decrease(window.worst[0], now, window.worst[1], trial=False)  # ours on top of the noise
+        self._window = _Window(now)
+
+    def _judge_trial(self, rate: float, share: float, now: float, worst: tuple[Ticket, float | None] | None) -> None:
+        """After a decrease: did it cost delivery (endemic push-back) or nothing (we were over a limit)?
+
+        Still pushed back and not endemic: over the limit still, so the next decrease follows now.
+        """
+        trial = self._trial
+        assert trial is not None
+        self._trial = None
+        ratio = rate / trial.rate_before if trial.rate_before > 0 else 1.0
+        # Endemic push-back costs what the decrease took (ratio near ``backoff``); a limit we were
+        # over costs nothing (near 1); a service whose capacity fell costs far more (near 0).
+        lost = ratio < (1.0 + self.backoff) / 2
+        if lost and share > 0 and ratio >= self.backoff**2:
+            self._limit = max(self._limit, trial.limit_before)
+            self._bad_level = None
+            self._endemic_share = share
+            self._endemic_until = now + self._endemic_hold
+            self._endemic_hold = min(self.endemic_max_s, self._endemic_hold * 2.0)
+            self.stats.undone += 1
+            return
+        if not lost:
+            self._endemic_hold = self.endemic_min_s
+        if worst is not None:
+            self._decrease(worst[0], now, worst[1])
+
+    def _decrease(self, ticket: Ticket, now: float, retry_after: float | None, *, trial: bool = True) -> None:
+        """This client is over a limit: decrease once for the window, remember where, pause everybody.
+
+        Unless ``trial`` is False, the decrease is on probation until a window after the pause shows
+        what it cost (``_judge_trial``); meanwhile further push-backs only wait their own turn.
+        """
+        self._consecutive_pushbacks += 1
+        if retry_after is None:
+            retry_after = self.pause_initial_s * 2.0 ** min(self._consecutive_pushbacks - 1, 8)
+            retry_after *= random.uniform(0.5, 1.0)
+        self._pause_locked(now, retry_after)
+        if trial:
+            before = self._last_rate
+            if before is None and self._window.delivered and now > self._window.started:
+                before = self._window.delivered / (now - self._window.started)
+            self._trial = _Trial(before or 0.0, self._limit, self._paused_until)
+        self._epoch += 1
+        if self._probe_started is not None:
+            self.stats.probes_failed += 1
+            self._probe_interval = min(self.probe_max_s, self._probe_interval * 2.0)
+        self._probe_started = None
+        # the load that was pushed back: what was in flight then (answers can come back in any order)
+        load = max(ticket.level, self._in_flight + ticket.weight)
+        self._bad_level = max(self.floor + 1, min(load, int(self._limit) + 1))
+        self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt())
+        self._slow_start = False
+        self._limit = max(float(self.floor), min(self._limit, float(load)) * self.backoff)
+        self.stats.decreases += 1
+
+    def _pause_locked(self, now: float, seconds: float) -> None:
+        seconds = min(max(0.0, seconds), self.pause_max_s)
+        until = now + seconds
+        if until > self._paused_until:
+            self.stats.pauses += 1
+            self.stats.pause_seconds += until - max(now, self._paused_until)
+            self._paused_until = until
+            self._cond.notify_all()
+
+    def _rtt(self) -> float:
+        return self._srtt if self._srtt is not None else 1.0
+
+    def _publish(self) -> None:
+        self.stats.limit = self.limit
+        self.stats.peak_limit = max(self.stats.peak_limit, self.limit)
+        for listener in self._listeners:
+            listener(self)
