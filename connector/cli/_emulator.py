@@ -29,16 +29,25 @@ def serve(
     seed: Annotated[int, typer.Option("--seed", help="Seed for users, photos and faults.")] = 1,
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Added latency per Graph request.")] = 0.0,
     faults: Annotated[str, typer.Option("--faults", help="none, light, resilience, storm, or a JSON object.")] = "none",
+    throttle: Annotated[
+        str,
+        typer.Option(
+            "--throttle",
+            help="Throttling model: default, outlook-per-app, in-flight-12, rate-150, or a JSON object of limits "
+            '(e.g. \'{"base": "default", "app_concurrency": 8}\').',
+        ),
+    ] = "default",
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
     json_out: JsonOption = False,
 ) -> None:
     """Serve Graph v1.0 and the identity platform on https://127.0.0.1:PORT until Ctrl-C."""
-    from connector.emulator import EmulatorConfig, GraphEmulator, parse_faults
+    from connector.emulator import EmulatorConfig, GraphEmulator, parse_faults, parse_throttle
 
     try:
         profile = parse_faults(faults)
+        limits = parse_throttle(throttle)
         config = EmulatorConfig(
-            users=users, photo_ratio=photo_ratio, seed=seed, latency_ms=latency_ms, faults=profile, port=port
+            users=users, photo_ratio=photo_ratio, seed=seed, latency_ms=latency_ms, faults=profile, port=port, **limits
         )
     except ValueError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
@@ -56,9 +65,11 @@ def serve(
     try:
         info = emulator.info
         if json_out:
-            print_json(info)
+            print_json({**info, "throttle": limits})
         else:
-            console.print(f"Graph emulator: {info['graph_url']}  ({users} users, faults={profile.name})")
+            console.print(
+                f"Graph emulator: {info['graph_url']}  ({users} users, faults={profile.name}, throttle={throttle})"
+            )
             console.print(f"  authority {info['authority']}")
             console.print(f"  CA cert   {info['ca_cert']}")
             console.print(f"  admin     {info['admin_url']}")

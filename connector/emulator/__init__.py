@@ -16,17 +16,21 @@ from connector.emulator._faults import PROFILES, FaultProfile, parse_faults
 from connector.emulator._photos import HD_SIZES
 from connector.emulator._server import Admin, GraphEmulator
 from connector.emulator._tenant import MAILBOX_KINDS, make_sam_account_name
+from connector.emulator._throttle import THROTTLE_MODELS, ceiling_requests_per_s, parse_throttle
 
 __all__ = [
     "HD_SIZES",
     "MAILBOX_KINDS",
     "NO_PHOTO_VARIANTS",
     "PROFILES",
+    "THROTTLE_MODELS",
     "Admin",
     "EmulatorConfig",
     "FaultProfile",
     "GraphEmulator",
+    "ceiling_requests_per_s",
     "exo_agent_settings",
     "make_sam_account_name",
     "parse_faults",
+    "parse_throttle",
 ]

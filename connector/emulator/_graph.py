@@ -275,6 +275,9 @@ class GraphService:
                 self.throttle.leave(claims.client_id, route.mailbox)
             if route.resource_units:
                 response.headers.append(("x-ms-resource-unit", str(route.resource_units)))
+                used = self.throttle.ru_used(claims.client_id)
+                if used is not None and used > 0.8:  # "returned only when ... more than 0.8 of its limit"
+                    response.headers.append(("x-ms-throttle-limit-percentage", f"{used:.2f}"))
         except GraphError as err:
             response = self._error(req, rid, err)
         self.stats.by_status[str(response.status)] += 1

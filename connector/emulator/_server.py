@@ -30,7 +30,7 @@ from connector.emulator._http import HttpServer, Request, Response
 from connector.emulator._identity import App, Identity, shared_certificate
 from connector.emulator._stats import Stats
 from connector.emulator._tenant import Tenant, User
-from connector.emulator._throttle import Throttle
+from connector.emulator._throttle import Throttle, parse_throttle
 
 __all__ = ["Admin", "GraphEmulator"]
 
@@ -216,6 +216,19 @@ class Admin:
             throttle.mailbox_per_10min = mailbox_requests_per_10min
 
         self._call(run)
+
+    def set_throttle(self, model: str | dict[str, Any] | None) -> dict[str, Any]:
+        """Switch the throttling model (a name from THROTTLE_MODELS, JSON text or a dict) mid-run."""
+        limits = parse_throttle(model)
+
+        def run() -> dict[str, Any]:
+            config = self._emu.config
+            for name, value in limits.items():
+                setattr(config, name, value)
+            self._emu.throttle.apply(limits, _directory_units(config))
+            return limits
+
+        return self._call(run)
 
     def set_latency(self, latency_ms: float) -> None:
         def run() -> None:

@@ -3,15 +3,154 @@
 Each limit answers "admit or wait N seconds"; the Graph layer turns a wait into a 429 with the
 documented body and ``Retry-After``. Buckets refill continuously, so a client that honours
 Retry-After gets through on its next attempt.
+
+Which limits govern photo requests is not clearly documented, so the emulator offers *named
+models*, one per plausible reading, chosen with ``mvsync emulator serve --throttle NAME`` (or a
+JSON object of limits, optionally ``{"base": NAME, ...}``) and ``Admin.set_throttle`` mid-run.
+A client must do well under every one of them (see ``THROTTLE_MODELS`` for what each models and
+its source). The numbers that no Microsoft page gives (50 in flight, 2,000 requests/s, 12, 150)
+are assumptions of this emulator, stated as such.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Admission", "Throttle", "TokenBucket", "format_retry_after"]
+__all__ = [
+    "THROTTLE_FIELDS",
+    "THROTTLE_MODELS",
+    "Admission",
+    "Throttle",
+    "ThrottleModel",
+    "TokenBucket",
+    "ceiling_requests_per_s",
+    "format_retry_after",
+    "parse_throttle",
+]
+
+_LIMITS_PAGE = "https://learn.microsoft.com/graph/throttling-limits"
+
+#: The EmulatorConfig fields a throttling model sets (the rest of the tenant is not its business).
+THROTTLE_FIELDS = (
+    "app_rate_per_s",
+    "app_concurrency",
+    "mailbox_concurrency",
+    "mailbox_requests_per_10min",
+    "mailbox_upload_bytes_per_5min",
+    "mailbox_concurrency_scope",
+    "directory_ru_per_10s",
+    "retry_after_format",
+)
+
+
+@dataclass(frozen=True)
+class ThrottleModel:
+    """A named set of limits: what it stands for, and where that reading comes from."""
+
+    name: str
+    models: str
+    source: str
+    limits: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: The defaults every model starts from (EmulatorConfig's defaults).
+DEFAULT_LIMITS: Mapping[str, Any] = {
+    "app_rate_per_s": 2000.0,
+    "app_concurrency": 50,
+    "mailbox_concurrency": 4,
+    "mailbox_requests_per_10min": 10_000,
+    "mailbox_upload_bytes_per_5min": 150 * 1024 * 1024,
+    "mailbox_concurrency_scope": "mailbox",
+    "directory_ru_per_10s": 0,
+    "retry_after_format": "integer",
+}
+
+THROTTLE_MODELS: dict[str, ThrottleModel] = {
+    model.name: model
+    for model in (
+        ThrottleModel(
+            "default",
+            "Outlook's limits per app and mailbox (4 concurrent, 10,000 requests per 10 minutes, 150 MB "
+            "upload per 5 minutes), Entra ID resource units by tenant size, and per app 50 requests in "
+            "flight and 2,000 requests/s (the last two are this emulator's assumptions: Graph documents "
+            "only a global 130,000 requests per 10 s per app)",
+            f"{_LIMITS_PAGE} (Outlook service limits; identity and access service limits; global limits)",
+        ),
+        ThrottleModel(
+            "outlook-per-app",
+            "the current page's reading of Outlook's '4 concurrent requests' as per app, across all "
+            "mailboxes: at most 4 photo requests in flight for the whole app",
+            f"{_LIMITS_PAGE} (Outlook service limits, current text)",
+            {"mailbox_concurrency_scope": "app"},
+        ),
+        ThrottleModel(
+            "in-flight-12",
+            "a stricter, undocumented per-app concurrency limit of 12 requests in flight (an assumption: "
+            "stands for any limit tighter than the client's configured ceiling)",
+            "assumption of this emulator; Graph documents no per-app concurrency limit",
+            {"app_concurrency": 12},
+        ),
+        ThrottleModel(
+            "rate-150",
+            "a per-app rate of 150 requests/s (token bucket, 1 s burst), for a service that limits by rate "
+            "rather than by concurrency (an assumption)",
+            "assumption of this emulator; Graph's documented rates are per 10 s or 10 minutes",
+            {"app_rate_per_s": 150.0},
+        ),
+    )
+}
+
+
+def parse_throttle(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every throttling field's value for a model name, JSON text, or mapping (``base`` picks a model).
+
+    Unknown names and fields are errors that list what is known.
+    """
+    if spec is None:
+        spec = "default"
+    if isinstance(spec, str):
+        text = spec.strip()
+        if not text.startswith("{"):
+            model = THROTTLE_MODELS.get(text)
+            if model is None:
+                known = ", ".join(THROTTLE_MODELS)
+                raise ValueError(f"unknown throttling model {text!r}; known: {known}, or a JSON object of limits")
+            return {**DEFAULT_LIMITS, **model.limits}
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"throttling model is not valid JSON: {exc}") from None
+        if not isinstance(spec, dict):
+            raise ValueError("a throttling model in JSON must be an object of limits")
+    values = dict(spec)
+    limits = parse_throttle(str(values.pop("base", "default")))
+    for key, value in values.items():
+        if key not in THROTTLE_FIELDS:
+            raise ValueError(f"unknown throttling limit {key!r}; known: {', '.join(THROTTLE_FIELDS)}")
+        limits[key] = value
+    return limits
+
+
+def ceiling_requests_per_s(limits: Mapping[str, Any], latency_s: float) -> float | None:
+    """Graph requests per second the model's tightest limit allows (None: no finite ceiling).
+
+    A concurrency limit allows ``limit / latency`` (Little's law); a rate limit its rate. Outlook's
+    per-mailbox limits bind a whole client only when scoped to the app. Listing requests are a
+    fraction of a percent of a photo import's, so the photo limits stand for all of them.
+    """
+    candidates: list[float] = []
+    if limits.get("app_rate_per_s"):
+        candidates.append(float(limits["app_rate_per_s"]))
+    if latency_s > 0 and limits.get("app_concurrency"):
+        candidates.append(float(limits["app_concurrency"]) / latency_s)
+    if latency_s > 0 and limits.get("mailbox_concurrency") and limits.get("mailbox_concurrency_scope") == "app":
+        candidates.append(float(limits["mailbox_concurrency"]) / latency_s)
+    return min(candidates) if candidates else None
 
 
 class TokenBucket:
@@ -85,6 +224,26 @@ class Throttle:
         self.app_rate_per_s = app_rate_per_s
         self.app_concurrency = app_concurrency
         self._app_buckets.clear()
+
+    def apply(self, limits: Mapping[str, Any], directory_ru_per_10s: int | None) -> None:
+        """Switch to another model's limits mid-run (requests in flight keep their place)."""
+        self.set_limits(app_rate_per_s=limits["app_rate_per_s"], app_concurrency=limits["app_concurrency"])
+        self.mailbox_concurrency = limits["mailbox_concurrency"]
+        self.mailbox_per_10min = limits["mailbox_requests_per_10min"]
+        self.mailbox_upload_per_5min = limits["mailbox_upload_bytes_per_5min"]
+        self.mailbox_scope = limits["mailbox_concurrency_scope"]
+        self.directory_ru_per_10s = directory_ru_per_10s
+        self._mailbox_buckets.clear()
+        self._upload_buckets.clear()
+        self._ru_buckets.clear()
+
+    def ru_used(self, app: str) -> float | None:
+        """Share of the app's directory resource-unit budget in use (for ``x-ms-throttle-limit-percentage``)."""
+        bucket = self._ru_buckets.get(app)
+        if bucket is None or not bucket.capacity:
+            return None
+        level = min(bucket.capacity, bucket.level + (time.monotonic() - bucket.stamp) * bucket.rate)
+        return 1.0 - level / bucket.capacity
 
     def admit(self, app: str, mailbox: str | None, resource_units: int) -> Admission | None:
         """Admit one Graph request (a $batch item counts as one) or say why not."""

@@ -124,10 +124,12 @@ class _Window:
 
     started: float
     answers: int = 0
-    delivered: int = 0
-    pushed_back: int = 0
-    #: The window's hardest push-back: (ticket, Retry-After), judged when the window closes.
-    worst: tuple[Ticket, float | None] | None = None
+    delivered: float = 0.0
+    pushed_back: float = 0.0
+    #: The window's push-back sent at the lowest level (the best estimate of where the limit is),
+    #: and the longest Retry-After any push-back asked for; judged when the window closes.
+    lowest: Ticket | None = None
+    retry_after: float | None = None
     hold: bool = False
 
 
@@ -151,11 +153,12 @@ class AdaptiveLimiter:
         initial: int = 4,
         floor: int = 1,
         backoff: float = 0.7,
+        endemic_max_share: float = 0.35,
         hint_hold: float = 0.9,
         hint_backoff: float = 0.9,
         min_window: int = 20,
-        probe_min_s: float = 5.0,
-        probe_rtts: float = 20.0,
+        probe_min_s: float = 10.0,
+        probe_rtts: float = 40.0,
         probe_max_s: float = 300.0,
         endemic_min_s: float = 10.0,
         endemic_max_s: float = 600.0,
@@ -171,6 +174,7 @@ class AdaptiveLimiter:
         self.ceiling = ceiling
         self.floor = floor
         self.backoff = backoff
+        self.endemic_max_share = endemic_max_share
         self.hint_hold = hint_hold
         self.hint_backoff = hint_backoff
         self.min_window = min_window
@@ -192,6 +196,7 @@ class AdaptiveLimiter:
         self._probe_interval = probe_min_s
         self._probe_at = 0.0
         self._probe_started: float | None = None
+        self._probe_units = 0
         self._paused_until = 0.0
         self._consecutive_pushbacks = 0
         #: Smoothed round trip of answered requests (RFC 6298's SRTT), for the probe interval.
@@ -251,8 +256,12 @@ class AdaptiveLimiter:
             self.stats.in_flight = self._in_flight
             return Ticket(granted, self._epoch, self._in_flight, now)
 
-    def release(self, ticket: Ticket, signal: Signal, *, retry_after: float | None = None) -> None:
-        """Hand the units back and learn from the answer."""
+    def release(self, ticket: Ticket, signal: Signal, *, retry_after: float | None = None, share: float = 1.0) -> None:
+        """Hand the units back and learn from the answer.
+
+        ``share`` is the part of a THROTTLED request's weight that was pushed back (a ``$batch`` with
+        3 of 20 items throttled pushed back 3/20 of its weight; the rest was delivered).
+        """
         with self._cond:
             now = self._clock()
             self._in_flight -= ticket.weight
@@ -260,7 +269,7 @@ class AdaptiveLimiter:
             if signal is Signal.OK:
                 self._on_ok(ticket, now)
             elif signal is Signal.THROTTLED:
-                self._on_pushback(ticket, now, retry_after)
+                self._on_pushback(ticket, now, retry_after, min(1.0, max(0.0, share)))
             self._publish()
             self._cond.notify_all()
 
@@ -290,59 +299,70 @@ class AdaptiveLimiter:
         rtt = max(0.0, now - ticket.sent_at)
         self._srtt = rtt if self._srtt is None else 0.875 * self._srtt + 0.125 * rtt
         held = self._window.hold
-        self._tally(ticket, now, None)
+        self._tally(ticket, now, None, 0.0)
         if held or ticket.level * 2 < self._limit:
             return  # pushed back in this window, or the limit was not in use: no reason to grow
-        # slow start: one unit per unit answered (doubling per round trip); then about one per round trip
-        step = ticket.weight if self._slow_start else ticket.weight / max(self._limit, 1.0)
+        # slow start: one unit per unit answered (doubling per round trip); then about one per round trip,
+        # or, below a remembered ceiling, half the way back to it per round trip (BIC's binary search)
+        per_rtt = 1.0
+        if self._bad_level is not None and self._limit < self._bad_level - 1:
+            per_rtt = max(1.0, (self._bad_level - 1 - self._limit) / 2)
+        step = ticket.weight if self._slow_start else per_rtt * ticket.weight / max(self._limit, 1.0)
         cap = float(self.ceiling)
         if self._bad_level is not None:
             if now < self._probe_at:
                 cap = min(cap, float(self._bad_level - 1))
             elif self._probe_started is None:
                 self._probe_started = now
-            elif ticket.level >= self._bad_level and now - self._probe_started > self._rtt():
-                # a full window above the old push-back level with no push-back: the ceiling rose
-                self._bad_level = None
-                self._probe_started = None
-                self._probe_interval = self.probe_min_s
+                self._probe_units = 0
+            elif ticket.level >= self._bad_level:
+                self._probe_units += ticket.weight
+                if self._probe_units >= max(self.min_window, 4 * self._bad_level):
+                    # several windows' worth sent at or above the old push-back level and answered: the
+                    # ceiling rose (one lucky answer proves little: requests finish at different times)
+                    self._bad_level = None
+                    self._probe_started = None
+                    self._probe_interval = self.probe_min_s
         self._limit = max(self._limit, min(self._limit + step, cap))
 
-    def _on_pushback(self, ticket: Ticket, now: float, retry_after: float | None) -> None:
+    def _on_pushback(self, ticket: Ticket, now: float, retry_after: float | None, share: float) -> None:
         self._window.hold = True
         if ticket.epoch == self._epoch and now >= self._endemic_until and self._trial is None:
             self._decrease(ticket, now, retry_after)
         else:
             # answered by a decrease already (whose trial window will judge what follows), or endemic
             self.stats.isolated += 1
-        self._tally(ticket, now, (ticket, retry_after))
+            if ticket.epoch < self._epoch and self._bad_level is not None and ticket.level < self._bad_level:
+                # sent into the same overload at a lower level: the limit is lower than the first answer said
+                self._bad_level = max(self.floor + 1, ticket.level)
+        self._tally(ticket, now, (ticket, retry_after), share)
 
-    def _tally(self, ticket: Ticket, now: float, pushback: tuple[Ticket, float | None] | None) -> None:
+    def _tally(self, ticket: Ticket, now: float, pushback: tuple[Ticket, float | None] | None, share: float) -> None:
         """Count an answer into the window; judge the window when it is complete."""
         window = self._window
         window.answers += ticket.weight
-        if pushback is None:
-            window.delivered += ticket.weight
-        else:
-            window.pushed_back += ticket.weight
-            worst = window.worst
-            if worst is None or (pushback[1] or 0.0) >= (worst[1] or 0.0):
-                window.worst = pushback
+        window.delivered += ticket.weight * (1.0 - share)
+        if pushback is not None:
+            window.pushed_back += ticket.weight * share
+            if window.lowest is None or ticket.level < window.lowest.level:
+                window.lowest = ticket
+            if pushback[1] is not None:
+                window.retry_after = max(window.retry_after or 0.0, pushback[1])
         if window.answers < max(self.limit, self.min_window):
             return
         rate = window.delivered / max(now - window.started, 1e-6)
         share = window.pushed_back / window.answers
         self._last_rate = rate
         if self._trial is not None and window.started >= self._trial.judge_after:
-            self._judge_trial(rate, share, now, window.worst)
-        elif now < self._endemic_until and window.worst is not None:
+            self._judge_trial(rate, share, now, window)
+        elif now < self._endemic_until and window.lowest is not None:
             self._endemic_share += 0.25 * (share - self._endemic_share)
             noise = 3.0 * math.sqrt(max(self._endemic_share * (1 - self._endemic_share), 0.01) / window.answers)
-            if share >= self._endemic_share + noise and window.worst[0].epoch == self._epoch:
-                self._decrease(window.worst[0], now, window.worst[1], trial=False)  # ours on top of the noise
+            if share >= self._endemic_share + noise and window.lowest.epoch == self._epoch:
+                self._decrease(window.lowest, now, window.retry_after, trial=False)  # ours on top of the noise
         self._window = _Window(now)
 
-    def _judge_trial(self, rate: float, share: float, now: float, worst: tuple[Ticket, float | None] | None) -> None:
+    def _judge_trial(self, rate: float, share: float, now: float, window: _Window) -> None:
         """After a decrease: did it cost delivery (endemic push-back) or nothing (we were over a limit)?
 
         Still pushed back and not endemic: over the limit still, so the next decrease follows now.
@@ -354,7 +374,8 @@ class AdaptiveLimiter:
         # Endemic push-back costs what the decrease took (ratio near ``backoff``); a limit we were
         # over costs nothing (near 1); a service whose capacity fell costs far more (near 0).
         lost = ratio < (1.0 + self.backoff) / 2
-        if lost and share > 0 and ratio >= self.backoff**2:
+        # (more than ``endemic_max_share`` pushed back is never waved through as somebody else's)
+        if lost and 0 < share <= self.endemic_max_share and ratio >= self.backoff**2:
             self._limit = max(self._limit, trial.limit_before)
             self._bad_level = None
             self._endemic_share = share
@@ -364,8 +385,8 @@ class AdaptiveLimiter:
             return
         if not lost:
             self._endemic_hold = self.endemic_min_s
-        if worst is not None:
-            self._decrease(worst[0], now, worst[1])
+        if window.lowest is not None:
+            self._decrease(window.lowest, now, window.retry_after)
 
     def _decrease(self, ticket: Ticket, now: float, retry_after: float | None, *, trial: bool = True) -> None:
         """This client is over a limit: decrease once for the window, remember where, pause everybody.
@@ -390,10 +411,18 @@ class AdaptiveLimiter:
         self._probe_started = None
         # the load that was pushed back: what was in flight then (answers can come back in any order)
         load = max(ticket.level, self._in_flight + ticket.weight)
-        self._bad_level = max(self.floor + 1, min(load, int(self._limit) + 1))
+        known_edge = self._bad_level is not None and load >= self._bad_level
+        if known_edge:
+            # a probe at (or just past) the remembered ceiling: it still holds, so go back just below
+            # it; the pause drains the overload, and a multiplicative cut would only lose throughput
+            self._limit = max(float(self.floor), min(self._limit, float(self._bad_level or 1) - 1.0))
+        else:
+            # where the limit is: the level this push-back was sent at (the service counted about as
+            # many requests as were in flight then); how far to back off: from what is in flight now
+            self._bad_level = max(self.floor + 1, min(ticket.level, int(self._limit) + 1))
+            self._limit = max(float(self.floor), min(self._limit, float(load)) * self.backoff)
         self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt())
         self._slow_start = False
-        self._limit = max(float(self.floor), min(self._limit, float(load)) * self.backoff)
         self.stats.decreases += 1
 
     def _pause_locked(self, now: float, seconds: float) -> None:

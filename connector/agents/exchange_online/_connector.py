@@ -480,6 +480,8 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             **self.counters,
             **graph,
             "retry_budget_spent": self._graph.budget.spent if self._graph else 0,
+            "throttled_waits": self._graph.throttled_waits if self._graph else 0,
+            "limiter": self._graph.limiter.stats.as_dict() if self._graph else {},
         }
 
     # -- import ---------------------------------------------------------------------------------

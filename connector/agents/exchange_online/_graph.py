@@ -280,6 +280,8 @@ class GraphClient:
         self.limiter = limiter or shared_limiter(
             f"graph:{host}:{settings.tenant_id}:{settings.client_id}",
             ceiling=settings.concurrency,
+            # TCP's initial window is ten segments (RFC 6928); a quarter of the ceiling is as modest
+            initial=max(BATCH_PARALLELISM, settings.concurrency // 4),
             pause_initial_s=settings.backoff_initial_s,
             pause_max_s=settings.retry_after_max_s,
         )
@@ -334,10 +336,10 @@ class GraphClient:
             )
             raise ThrottledTooLongError(msg)
 
-    def _learn(self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None) -> None:
+    def _learn(self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None, share: float) -> None:
         """Tell the limiter what an answer says about Graph's capacity."""
         if pushback is not None:
-            self.limiter.release(ticket, Signal.THROTTLED, retry_after=pushback.retry_after)
+            self.limiter.release(ticket, Signal.THROTTLED, retry_after=pushback.retry_after, share=share)
             return
         self.limiter.release(ticket, Signal.OK if resp.status < 500 else Signal.FAILED)
         if resp.status < 500:
@@ -390,10 +392,10 @@ class GraphClient:
             self.limiter.release(ticket, Signal.FAILED)
             self.stats.add(connection_errors=1)
             raise RetryableError("truncated JSON body from Graph")
-        pushback = out if is_pushback(out.status, out.retry_after) else None
+        pushback, share = (out, 1.0) if is_pushback(out.status, out.retry_after) else (None, 0.0)
         if envelope and pushback is None and out.ok:
-            pushback = _worst_item_pushback(out.json_body)
-        self._learn(ticket, out, pushback)
+            pushback, share = _worst_item_pushback(out.json_body)
+        self._learn(ticket, out, pushback, share)
         if out.status == 401:
             self.stats.add(token_refreshes_on_401=1)
             self.auth.invalidate(token)
@@ -536,16 +538,12 @@ def _json_or_none(content: bytes) -> Any:
         return None
 
 
-def _worst_item_pushback(envelope: Any) -> GraphResponse | None:
-    """The batch item pushing back hardest (longest Retry-After), for the limiter; None if none did."""
+def _worst_item_pushback(envelope: Any) -> tuple[GraphResponse | None, float]:
+    """The batch item pushing back hardest (longest Retry-After), and the share of items pushed back."""
     listed = envelope.get("responses") if isinstance(envelope, dict) else None
-    worst: GraphResponse | None = None
-    for raw in listed if isinstance(listed, list) else []:
-        if not isinstance(raw, dict):
-            continue
-        item = _item_response(raw)
-        if is_pushback(item.status, item.retry_after) and (
-            worst is None or (item.retry_after or 0.0) > (worst.retry_after or 0.0)
-        ):
-            worst = item
-    return worst
+    items = [_item_response(raw) for raw in listed if isinstance(raw, dict)] if isinstance(listed, list) else []
+    pushed = [item for item in items if is_pushback(item.status, item.retry_after)]
+    if not pushed:
+        return None, 0.0
+    worst = max(pushed, key=lambda item: item.retry_after or 0.0)
+    return worst, len(pushed) / len(items)
