@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from connector import metrics
+from connector.agents.exchange_online._photos import PhotoTask, read_response, task_request
 from connector.agents.exchange_online._state import STATE_FILE_NAME
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
 from connector.emulator import exo_agent_settings
@@ -144,17 +145,11 @@ def test_unknown_user_and_user_without_mailbox(make_emulator: Any, tmp_path: Pat
     conn = make_connector(emu, tmp_path)
     conn.open()
     try:
-        # an unknown user on a photo URL is 404 ImageNotFound in Graph: "no photo", not an error
-        from connector.agents.exchange_online._photos import PhotoTask, read_response
-
-        resp = conn.graph.batch(
-            [
-                __import__("connector.agents.exchange_online._photos", fromlist=["x"]).task_request(
-                    PhotoTask("00000000-0000-0000-0000-000000000000")
-                )
-            ]
-        )[0]
-        assert read_response(PhotoTask("x"), resp, "648x648").kind == "none"
+        # an unknown user on a photo URL is 404 Request_ResourceNotFound in Graph: the user is gone
+        ghost = PhotoTask("00000000-0000-0000-0000-000000000000")
+        resp = conn.graph.batch([task_request(ghost)])[0]
+        assert (resp.status, resp.error_code) == (404, "Request_ResourceNotFound")
+        assert read_response(ghost, resp, "648x648").kind == "gone"
         entries, _ = run_import(conn, ImportMode.FULL)
     finally:
         conn.close()
