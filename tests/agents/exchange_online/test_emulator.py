@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from connector import metrics
+from connector.agents.exchange_online._graph import GraphClient
 from connector.agents.exchange_online._photos import PhotoTask, read_response, task_request
 from connector.agents.exchange_online._state import STATE_FILE_NAME
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
@@ -425,3 +426,40 @@ def test_a_slow_store_bounds_what_the_agent_holds(make_emulator: Any, tmp_path: 
     # nothing lost to the back-pressure
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
     assert len(entries) == len(_mailbox_users(emu))
+
+
+def test_user_deleted_between_listing_and_photo_probe_is_gone_not_photo_less(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full import lists a user; the user is deleted before the photo probe reaches Graph.
+
+    Graph answers the probe 404 Request_ResourceNotFound (the user does not resolve), which the agent
+    reads as "gone": the user leaves the import (the engine's full-import rule then deletes it), never
+    "no photo" (which would clear the photo downstream). The deletion happens at the moment the
+    probe's batch is sent, so the race is deterministic.
+    """
+    emu = make_emulator(users=20)
+    victim = next(u for u in _mailbox_users(emu) if u["hasPhoto"] and u["mailbox"] == "cloud")
+    send = GraphClient.batch
+    answers: list[tuple[int, str]] = []
+
+    def delete_first(client: GraphClient, items: Any) -> Any:
+        probes = [i for i, item in enumerate(items) if item.url == f"/users/{victim['id']}/photo"]
+        if probes and not answers:
+            emu.admin.delete_user(victim["id"])
+        responses = send(client, items)
+        answers.extend((responses[i].status, responses[i].error_code) for i in probes)
+        return responses
+
+    monkeypatch.setattr(GraphClient, "batch", delete_first)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        entries, _ = run_import(conn, ImportMode.FULL)
+    finally:
+        conn.close()
+    assert answers == [(404, "Request_ResourceNotFound")]
+    got = _by_anchor(entries)
+    assert victim["id"] not in got  # gone: neither a photo-less entry nor an error
+    others = {u["id"] for u in _mailbox_users(emu)}  # live users only
+    assert set(got) == others
