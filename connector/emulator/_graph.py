@@ -12,14 +12,19 @@ What the emulator does and where that comes from (held to ``msgraph-sdk``, ``azu
   the namespace-qualified ``microsoft.graph.delta()`` (OData v4 URL conventions, bound functions).
   Next and delta links use ``users/delta?$skiptoken=`` / ``?$deltatoken=`` as in Learn's examples.
 * ``$batch`` item URLs: relative to the version, with or without a leading ``/`` (Learn "Combine
-  multiple HTTP requests using JSON batching"). An absolute URL, or one that still carries the
-  version, fails *that item* with 400. This is what Graph does, and it is what msgraph-core's
-  ``BatchRequestItem`` sends today: it keeps ``RequestInformation.url`` whole (``https://<base>/v1.0/...``)
-  whatever the base URL, and ``set_url`` only strips a ``//v1.0/`` that never occurs
-  (microsoftgraph/msgraph-sdk-python#1015, "BatchRequestItem use absolute url ... causing 400";
-  microsoftgraph/msgraph-sdk-python-core#1116 and its fix, PR #1118, still open). The emulator does
-  not accept those URLs, because Graph does not: accepting them would hide that SDK bug until
-  production. A client makes the item URL relative (the workaround in #1015) and then both agree.
+  multiple HTTP requests using JSON batching"). msgraph-core's ``BatchRequestItem`` sends
+  ``RequestInformation.url`` as it is (msgraph-core 1.5.2, ``requests/batch_request_item.py``). For a
+  request made by the SDK's request builders that URL is relative (``/users/{id}/photo/$value``)
+  against graph.microsoft.com and against a custom base URL alike, because ``GraphServiceClient``
+  stores its base under ``path_parameters["base_url"]`` while the templates read ``{+baseurl}``
+  (msgraph-sdk 1.65.0, ``generated/base_graph_service_client.py``); the base is only added when the
+  request itself is sent. The emulator takes those. A ``RequestInformation`` that holds a full URL
+  (``with_url(nextLink)``, ``create_with_urllib_request``) stays absolute, and ``set_url`` leaves
+  ``/v1.0/...`` (its regex only matches ``//v1.0/``): microsoftgraph/msgraph-sdk-python#1015 and
+  microsoftgraph/msgraph-sdk-python-core#1116 (fix in PR #1118, open) report that Graph answers such
+  items 400, and microsoft-graph-docs-contrib#8576 the same for absolute URLs. So the emulator fails
+  *that item* with 400 BadRequest and serves the rest of the batch; accepting it would hide, until
+  production, a request Graph refuses.
 * Photo upload ``PUT /users/{id}/photo/$value``: Learn "Update profilePhoto" asks for
   ``Content-Type: image/jpeg``, yet the SDKs send ``application/octet-stream`` (msgraph-sdk-dotnet#237;
   kiota's ``photo.content.put(bytes)`` does the same) and the service decides by the bytes

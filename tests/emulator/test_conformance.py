@@ -13,7 +13,9 @@ The sources for each behaviour are in the docstrings of ``connector/emulator/_gr
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,6 +25,7 @@ import httpx
 import jwt
 import msal
 import pytest
+import requests
 from azure.identity import ClientSecretCredential
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
@@ -64,13 +67,16 @@ def _credential(emu: GraphEmulator) -> ClientSecretCredential:
 class Clients:
     """One event loop per test and the SDK clients made on it, closed on it at the end.
 
-    The SDK's httpx client keeps its connections on the loop it first used; closing it on that loop
-    (rather than leaving it to the garbage collector) keeps the interpreter's state clean.
+    The SDK's httpx client keeps its connections on the loop it first used, so everything is closed
+    on that loop. Left to the garbage collector, an unclosed socket's ResourceWarning is formatted by
+    pytest's unraisable hook, whose traceback code calls ``ast.parse`` re-entrantly and trips
+    CPython 3.11's AST recursion check (python/cpython#106905): a SystemError at the end of the run.
     """
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._http: list[httpx.AsyncClient] = []
+        self._http: list[httpx.AsyncClient | httpx.AsyncHTTPTransport] = []
+        self._credentials: list[ClientSecretCredential] = []
 
     def run(self, call: Awaitable[T]) -> T:
         async def wrapped() -> T:
@@ -80,10 +86,16 @@ class Clients:
 
     def graph(self, emu: GraphEmulator, credential: ClientSecretCredential | None = None) -> GraphServiceClient:
         """GraphServiceClient on the emulator's base URL, trusting its CA, with the SDK's default middleware."""
-        auth = AzureIdentityAuthenticationProvider(credential or _credential(emu), scopes=[GRAPH_DEFAULT])
+        if credential is None:
+            credential = _credential(emu)
+            self._credentials.append(credential)
+        auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_DEFAULT])
         trust = ssl.create_default_context(cafile=str(emu.info["ca_cert"]))
-        http = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(verify=trust))
-        self._http.append(http)
+        # Our own transport, closed by us: the SDK wraps the client's transport in its middleware
+        # pipeline, and closing the client does not reach the connections underneath.
+        transport = httpx.AsyncHTTPTransport(verify=trust)
+        http = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(transport=transport))
+        self._http += [http, transport]
         adapter = GraphRequestAdapter(auth, client=http)
         adapter.base_url = str(emu.info["graph_url"])
         return GraphServiceClient(request_adapter=adapter)
@@ -91,6 +103,8 @@ class Clients:
     def close(self) -> None:
         for http in self._http:
             self.run(http.aclose())
+        for credential in self._credentials:
+            credential.close()
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 
@@ -118,8 +132,9 @@ def tenant() -> Iterator[GraphEmulator]:
 
 
 @pytest.fixture(scope="module")
-def credential(tenant: GraphEmulator) -> ClientSecretCredential:
-    return _credential(tenant)
+def credential(tenant: GraphEmulator) -> Iterator[ClientSecretCredential]:
+    with _credential(tenant) as made:
+        yield made
 
 
 @pytest.fixture
@@ -268,8 +283,8 @@ def test_batch_item_with_an_absolute_url_fails_as_in_graph(
 ) -> None:
     """An item whose RequestInformation holds a full URL (a nextLink) keeps it: Graph refuses that item.
 
-    msgraph-sdk-python#1015 / msgraph-sdk-python-core#1116: the SDK does not strip the base URL; the
-    emulator answers that one item with 400, like Graph, and the rest of the batch is served.
+    msgraph-sdk-python#1015 / msgraph-sdk-python-core#1116: BatchRequestItem does not strip the base
+    URL; the emulator answers that one item with 400, as Graph does, and serves the rest of the batch.
     """
     user = _user(tenant, lambda u: u["hasPhoto"] and u["mailbox"] == "cloud")
     absolute = sdk.users.with_url(f"{tenant.info['graph_url']}/users?$top=1").to_get_request_information()
@@ -308,50 +323,60 @@ def test_429_is_honoured_by_the_sdk_retry_handler(
 def test_client_secret_credential_tokens_live_60_to_90_minutes(tenant: GraphEmulator) -> None:
     lifetimes = set()
     for _ in range(3):
-        token = _credential(tenant).get_token(GRAPH_DEFAULT)
+        with _credential(tenant) as credential:  # a fresh credential: no token cache between rounds
+            token = credential.get_token(GRAPH_DEFAULT)
         lifetimes.add(round(token.expires_on - time.time()))
     assert all(3590 <= s <= 5400 for s in lifetimes) and len(lifetimes) > 1  # varied per token
-    cae = _credential(tenant).get_token(GRAPH_DEFAULT, enable_cae=True)  # declares xms_cc cp1
+    with _credential(tenant) as credential:
+        cae = credential.get_token(GRAPH_DEFAULT, enable_cae=True)  # declares the xms_cc cp1 capability
     assert 20 * 3600 - 10 <= cae.expires_on - time.time() <= 28 * 3600
 
 
-def _msal_app(emu: GraphEmulator) -> msal.ConfidentialClientApplication:
-    info = emu.info
+@pytest.fixture
+def http(tenant: GraphEmulator) -> Iterator[requests.Session]:
+    with emulator_http(tenant) as session:
+        yield session
+
+
+@pytest.fixture
+def msal_app(tenant: GraphEmulator, http: requests.Session) -> msal.ConfidentialClientApplication:
+    info = tenant.info
     return msal.ConfidentialClientApplication(
         info["client_id"],
         client_credential=info["client_secret"],
         authority=info["authority"],
-        http_client=emulator_http(emu),
+        http_client=http,
         instance_discovery=False,
     )
 
 
-def test_refresh_token_with_msal_rotates(tenant: GraphEmulator) -> None:
-    app = _msal_app(tenant)
+def test_refresh_token_with_msal_rotates(tenant: GraphEmulator, msal_app: msal.ConfidentialClientApplication) -> None:
     old = str(tenant.info["refresh_token"])
-    first = app.acquire_token_by_refresh_token(old, scopes=["https://graph.microsoft.com/User.Read.All"])
+    first = msal_app.acquire_token_by_refresh_token(old, scopes=["https://graph.microsoft.com/User.Read.All"])
     assert "access_token" in first, first.get("error_description")
     assert first["refresh_token"] != old and 3600 <= first["expires_in"] <= 5400
-    again = app.acquire_token_by_refresh_token(old, scopes=["https://graph.microsoft.com/User.Read.All"])
+    again = msal_app.acquire_token_by_refresh_token(old, scopes=["https://graph.microsoft.com/User.Read.All"])
     assert "access_token" in again  # Entra keeps the used refresh token valid
     assert first["id_token_claims"]["tid"] == tenant.info["tenant_id"]
 
 
-def test_id_token_validates_against_jwks_uri(tenant: GraphEmulator) -> None:
-    result = _msal_app(tenant).acquire_token_by_refresh_token(
+def test_id_token_validates_against_jwks_uri(
+    tenant: GraphEmulator, http: requests.Session, msal_app: msal.ConfidentialClientApplication
+) -> None:
+    result = msal_app.acquire_token_by_refresh_token(
         str(tenant.info["refresh_token"]), scopes=["https://graph.microsoft.com/User.Read.All"]
     )
     id_token = result["id_token"]
-    http = emulator_http(tenant)
     v2 = http.get(f"{tenant.info['authority']}/v2.0/.well-known/openid-configuration", timeout=10).json()
     v1 = http.get(f"{tenant.info['authority']}/.well-known/openid-configuration", timeout=10).json()
     assert v2["id_token_signing_alg_values_supported"] == ["RS256"] and v1["issuer"].startswith("https://sts.")
-    context = ssl.create_default_context(cafile=str(tenant.info["ca_cert"]))
-    key = jwt.PyJWKClient(v2["jwks_uri"], ssl_context=context).get_signing_key_from_jwt(id_token)
-    claims = jwt.decode(id_token, key.key, algorithms=["RS256"], audience=tenant.info["client_id"], issuer=v2["issuer"])
+    trust = ssl.create_default_context(cafile=str(tenant.info["ca_cert"]))
+    key = jwt.PyJWKClient(v2["jwks_uri"], ssl_context=trust).get_signing_key_from_jwt(id_token)
+    expected = {"algorithms": ["RS256"], "audience": tenant.info["client_id"], "issuer": v2["issuer"]}
+    claims = jwt.decode(id_token, key.key, **expected)
     assert claims["tid"] == tenant.info["tenant_id"] and claims["oid"]
-    v1_keys = http.get(v1["jwks_uri"], timeout=10).json()["keys"]
-    assert key.key_id in {k["kid"] for k in v1_keys}
-    tampered = id_token[:-4] + ("AAAA" if not id_token.endswith("AAAA") else "BBBB")
+    assert key.key_id in {k["kid"] for k in http.get(v1["jwks_uri"], timeout=10).json()["keys"]}
+    header, _, signature = id_token.split(".")
+    forged = base64.urlsafe_b64encode(json.dumps({**claims, "oid": "someone-else"}).encode()).rstrip(b"=")
     with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(tampered, key.key, algorithms=["RS256"], audience=tenant.info["client_id"], issuer=v2["issuer"])
+        jwt.decode(f"{header}.{forged.decode()}.{signature}", key.key, **expected)
