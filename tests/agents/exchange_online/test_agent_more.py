@@ -290,6 +290,48 @@ def test_engine_delta_step_with_expired_link_stops_and_full_import_recovers(
         engine.close()
 
 
+@pytest.mark.usefixtures("cache_key")
+def test_engine_drops_a_user_gone_before_its_photo_probe(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "User gone" through the engine: listed by the full import, deleted before its photo probe.
+
+    The emulator answers that probe 404 Request_ResourceNotFound (as Graph does for a user that does
+    not resolve); the agent leaves the user out of the import, so the engine's full-import rule stages
+    a delete. Read as "no photo", it would have staged an update clearing EXOPhoto instead.
+    """
+    from connector.agents.exchange_online._graph import GraphClient
+    from connector.engine import Engine
+
+    emu = make_emulator(users=20)
+    victim = next(u for u in _mailbox_users(emu) if u["hasPhoto"] and u["mailbox"] == "cloud")
+    engine = Engine(_engine_config(emu, tmp_path, monkeypatch, page_size=10))
+    try:
+        assert not engine.run_profile("full").status.startswith("stopped-")
+        before = _cs_rows(engine)
+        assert before[victim["id"]].pending_type == "add"
+        send = GraphClient.batch
+        answers: list[tuple[int, str]] = []
+
+        def delete_at_probe(client: GraphClient, items: Any) -> Any:
+            probes = [i for i, item in enumerate(items) if item.url == f"/users/{victim['id']}/photo"]
+            if probes and not answers:
+                emu.admin.delete_user(victim["id"])  # after the listing, before the probe reaches Graph
+            responses = send(client, items)
+            answers.extend((responses[i].status, responses[i].error_code) for i in probes)
+            return responses
+
+        monkeypatch.setattr(GraphClient, "batch", delete_at_probe)
+        second = engine.run_profile("full")
+        assert not second.status.startswith("stopped-"), second.steps[0].message
+        rows = _cs_rows(engine)
+    finally:
+        engine.close()
+    assert answers == [(404, "Request_ResourceNotFound")]
+    assert victim["id"] not in rows
+    assert set(rows) == set(before) - {victim["id"]}  # everyone else is still there
+
+
 # ---------------------------------------------------------------------------------- 4. WorkQueue
 
 
