@@ -107,6 +107,17 @@ def test_no_photo_variants(
     assert (error["code"], error["message"]) == (code, message)
 
 
+def test_deleted_user_photo_is_resource_not_found(api: Api) -> None:
+    user = api.user(lambda u: u["mailbox"] == "cloud" and u["hasPhoto"])
+    api.emu.admin.delete_user(user["id"])
+    for suffix in ("/photo", "/photo/$value", "/photos/48x48/$value"):
+        error = api.get(f"/users/{user['id']}{suffix}").json()["error"]
+        assert error["code"] == "Request_ResourceNotFound" and user["id"] in error["message"]
+    batch = api.batch([{"id": "1", "method": "GET", "url": f"/users/{user['id']}/photo"}]).json()
+    assert batch["responses"][0]["status"] == 404
+    assert batch["responses"][0]["body"]["error"]["code"] == "Request_ResourceNotFound"
+
+
 def test_unknown_user_photo_as_image_not_found(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
     """The other reading of the sources (module docstring of connector/emulator/_graph.py) stays available."""
     api = make_api(graph_emulator_factory(users=5, unknown_user_photo="ImageNotFound"))
