@@ -254,6 +254,16 @@ def _json(status: int, obj: dict[str, Any], extra: list[tuple[str, str]] | None 
     return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
 
 
+#: The cloud a discovery document describes (both versions end with these).
+_CLOUD_FACTS = {
+    "tenant_region_scope": "EU",
+    "cloud_instance_name": "microsoftonline.com",
+    "cloud_graph_host_name": "graph.windows.net",
+    "msgraph_host": "graph.microsoft.com",
+    "rbac_url": "https://pas.windows.net",
+}
+
+
 def _cae_capable(form: dict[str, str]) -> bool:
     """The client declared ``xms_cc: cp1`` (MSAL ``client_capabilities=["CP1"]``) in ``claims``."""
     try:
@@ -322,9 +332,13 @@ class Identity:
     def known_tenant(self, name: str) -> bool:
         return name.lower() in (self.tenant_id, self.domain.lower(), "common", "organizations")
 
+    def _issuer_tenant(self, tenant: str) -> str:
+        """The tenant an issuer names: the GUID, or the ``{tenantid}`` placeholder of multi-tenant documents."""
+        return self.tenant_id if tenant.lower() not in ("common", "organizations") else "{tenantid}"
+
     def openid_configuration(self, tenant: str) -> dict[str, Any]:
         base = f"{self.base_url}/{tenant}"
-        issuer_tenant = self.tenant_id if tenant.lower() not in ("common", "organizations") else "{tenantid}"
+        issuer_tenant = self._issuer_tenant(tenant)
         return {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
             "token_endpoint_auth_methods_supported": [
@@ -364,17 +378,13 @@ class Identity:
                 "email",
             ],
             "kerberos_endpoint": f"{base}/kerberos",
-            "tenant_region_scope": "EU",
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-            "rbac_url": "https://pas.windows.net",
+            **_CLOUD_FACTS,
         }
 
     def openid_configuration_v1(self, tenant: str) -> dict[str, Any]:
         """The v1 document: v1 endpoints and the ``sts.windows.net`` issuer."""
         base = f"{self.base_url}/{tenant}"
-        issuer_tenant = self.tenant_id if tenant.lower() not in ("common", "organizations") else "{tenantid}"
+        issuer_tenant = self._issuer_tenant(tenant)
         return {
             "token_endpoint": f"{base}/oauth2/token",
             "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
@@ -413,11 +423,7 @@ class Identity:
             "check_session_iframe": f"{base}/oauth2/checksession",
             "userinfo_endpoint": f"{base}/openid/userinfo",
             "kerberos_endpoint": f"{base}/kerberos",
-            "tenant_region_scope": "EU",
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-            "rbac_url": "https://pas.windows.net",
+            **_CLOUD_FACTS,
         }
 
     def handle(self, req: Request) -> Response:

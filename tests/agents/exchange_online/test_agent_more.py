@@ -17,7 +17,7 @@ from connector.agents.exchange_online._photos import PhotoTask
 from connector.agents.exchange_online._pipeline import WorkQueue
 from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ConfigurationError, ImportMode, ServerDownError, StopRunError
-from tests.agents.exchange_online.conftest import make_connector, run_import
+from tests.agents.exchange_online.conftest import delete_user_at_photo_probe, make_connector, run_import
 
 # --------------------------------------------------------------------------------------- helpers
 
@@ -300,7 +300,6 @@ def test_engine_drops_a_user_gone_before_its_photo_probe(
     not resolve); the agent leaves the user out of the import, so the engine's full-import rule stages
     a delete. Read as "no photo", it would have staged an update clearing EXOPhoto instead.
     """
-    from connector.agents.exchange_online._graph import GraphClient
     from connector.engine import Engine
 
     emu = make_emulator(users=20)
@@ -310,18 +309,7 @@ def test_engine_drops_a_user_gone_before_its_photo_probe(
         assert not engine.run_profile("full").status.startswith("stopped-")
         before = _cs_rows(engine)
         assert before[victim["id"]].pending_type == "add"
-        send = GraphClient.batch
-        answers: list[tuple[int, str]] = []
-
-        def delete_at_probe(client: GraphClient, items: Any) -> Any:
-            probes = [i for i, item in enumerate(items) if item.url == f"/users/{victim['id']}/photo"]
-            if probes and not answers:
-                emu.admin.delete_user(victim["id"])  # after the listing, before the probe reaches Graph
-            responses = send(client, items)
-            answers.extend((responses[i].status, responses[i].error_code) for i in probes)
-            return responses
-
-        monkeypatch.setattr(GraphClient, "batch", delete_at_probe)
+        answers = delete_user_at_photo_probe(monkeypatch, emu, victim["id"])
         second = engine.run_profile("full")
         assert not second.status.startswith("stopped-"), second.steps[0].message
         rows = _cs_rows(engine)

@@ -11,13 +11,18 @@ from typing import Any
 import pytest
 
 from connector import metrics
-from connector.agents.exchange_online._graph import GraphClient
 from connector.agents.exchange_online._photos import PhotoTask, read_response, task_request
 from connector.agents.exchange_online._state import STATE_FILE_NAME
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
 from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ImportMode, ObjectModificationType
-from tests.agents.exchange_online.conftest import REAUTH, make_connector, run_import
+from tests.agents.exchange_online.conftest import (
+    REAUTH,
+    delete_user_at_photo_probe,
+    full_import,
+    make_connector,
+    run_import,
+)
 
 pytestmark = pytest.mark.usefixtures("cache_key")
 
@@ -32,12 +37,7 @@ def _mailbox_users(emu: Any) -> list[dict[str, Any]]:
 
 def test_full_import_matches_the_tenant(make_emulator: Any, tmp_path: Path) -> None:
     emu = make_emulator(users=60)
-    conn = make_connector(emu, tmp_path)
-    conn.open()
-    try:
-        entries, watermark = run_import(conn, ImportMode.FULL)
-    finally:
-        conn.close()
+    entries, watermark = full_import(emu, tmp_path)
     assert watermark is not None
     got = _by_anchor(entries)
     users = _mailbox_users(emu)
@@ -440,24 +440,8 @@ def test_user_deleted_between_listing_and_photo_probe_is_gone_not_photo_less(
     """
     emu = make_emulator(users=20)
     victim = next(u for u in _mailbox_users(emu) if u["hasPhoto"] and u["mailbox"] == "cloud")
-    send = GraphClient.batch
-    answers: list[tuple[int, str]] = []
-
-    def delete_first(client: GraphClient, items: Any) -> Any:
-        probes = [i for i, item in enumerate(items) if item.url == f"/users/{victim['id']}/photo"]
-        if probes and not answers:
-            emu.admin.delete_user(victim["id"])
-        responses = send(client, items)
-        answers.extend((responses[i].status, responses[i].error_code) for i in probes)
-        return responses
-
-    monkeypatch.setattr(GraphClient, "batch", delete_first)
-    conn = make_connector(emu, tmp_path)
-    conn.open()
-    try:
-        entries, _ = run_import(conn, ImportMode.FULL)
-    finally:
-        conn.close()
+    answers = delete_user_at_photo_probe(monkeypatch, emu, victim["id"])
+    entries, _ = full_import(emu, tmp_path)
     assert answers == [(404, "Request_ResourceNotFound")]
     got = _by_anchor(entries)
     assert victim["id"] not in got  # gone: neither a photo-less entry nor an error
