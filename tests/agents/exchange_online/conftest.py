@@ -105,11 +105,11 @@ def delete_user_at_photo_probe(monkeypatch: pytest.MonkeyPatch, emu: Any, user_i
     send = GraphClient.batch
     answers: list[tuple[int, str]] = []
 
-    def deleting(client: GraphClient, items: Any) -> Any:
+    def deleting(client: GraphClient, items: Any, **options: Any) -> Any:
         probes = [i for i, item in enumerate(items) if item.url == f"/users/{user_id}/photo"]
         if probes and not answers:
             emu.admin.delete_user(user_id)
-        responses = send(client, items)
+        responses = send(client, items, **options)
         answers.extend((responses[i].status, responses[i].error_code) for i in probes)
         return responses
 
