@@ -27,8 +27,10 @@ What the emulator does and where that comes from (held to ``msgraph-sdk``, ``azu
   production, a request Graph refuses.
 * Photo upload ``PUT /users/{id}/photo/$value``: Learn "Update profilePhoto" asks for
   ``Content-Type: image/jpeg``, yet the SDKs send ``application/octet-stream`` (msgraph-sdk-dotnet#237;
-  kiota's ``photo.content.put(bytes)`` does the same) and the service decides by the bytes
-  ("The file you chose isn't an image", microsoft-graph-docs-contrib#6395). So JPEG, PNG and
+  msgraph-sdk-python 1.65.0 ``users/item/photo/value/content_request_builder.py``
+  ``to_put_request_information``: ``set_stream_content(body, "application/octet-stream")``); the
+  service decides by the bytes ("The file you chose isn't an image", microsoft-graph-docs-contrib#6395).
+  So JPEG, PNG and
   ``application/octet-stream`` are taken and the bytes are validated; other declared types get 415
   (an emulator choice: no source shows what Graph says to, say, ``image/gif``).
 * A photo URL for a user that does not exist (never did, or deleted): 404
