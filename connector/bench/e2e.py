@@ -84,6 +84,7 @@ def run(
     from connector.config import load_config
     from connector.demo import prepare_scenario, work_done
     from connector.demo._run import DEMO_SCOPES
+    from connector.emulator import EmulatorConfig, model_assumptions
     from connector.engine import Engine
     from connector.testing.samba import connect, delete_subtree, samba_lease, settings_from_env
 
@@ -132,6 +133,7 @@ def run(
         "users": users,
         "photo_ratio": photo_ratio,
         "latency_ms": latency_ms,
+        "emulator_assumptions": model_assumptions(latency_ms, EmulatorConfig().batch_parallelism),
         "tenant_photos": sum(1 for u in tenant if u.get("hasPhoto")),
         "directory_users": len(scenario.users),
         "ad": scenario.ad_mode,

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from connector.emulator import EmulatorConfig, GraphEmulator
+from connector.emulator import EmulatorConfig, GraphEmulator, model_assumptions
 
 __all__ = ["register", "run"]
 
@@ -87,6 +87,7 @@ def run(
         "path": suffix,
         "server_photo_requests": server["photo_requests"],
         "transport": "HTTPS/1.1 keep-alive, separate client process",
+        "emulator_assumptions": model_assumptions(config.latency_ms, config.batch_parallelism),
     }
 
 

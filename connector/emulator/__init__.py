@@ -5,7 +5,9 @@
         emu.info["graph_url"], emu.admin.set_photo(upn, jpeg_bytes), emu.admin.stats()
 
 Behaviour follows Microsoft's documentation (photo routes, users/delta, $batch, throttling, the v2.0
-token endpoint); see ``docs`` in each module for the choices made where the docs are silent.
+token endpoint), each choice cited in the docstrings of ``_graph`` and ``_identity``. Where the docs
+are silent the emulator assumes (latency, a batch's timing): ``model_assumptions`` states those, and
+the benchmarks print them with their figures.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from connector.emulator._agent import exo_agent_settings
 from connector.emulator._config import NO_PHOTO_VARIANTS, EmulatorConfig
 from connector.emulator._faults import PROFILES, FaultProfile, parse_faults
+from connector.emulator._graph import model_assumptions
 from connector.emulator._photos import HD_SIZES
 from connector.emulator._server import Admin, GraphEmulator
 from connector.emulator._tenant import MAILBOX_KINDS, make_sam_account_name
@@ -31,6 +34,7 @@ __all__ = [
     "ceiling_requests_per_s",
     "exo_agent_settings",
     "make_sam_account_name",
+    "model_assumptions",
     "parse_faults",
     "parse_throttle",
 ]

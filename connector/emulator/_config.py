@@ -28,6 +28,7 @@ class EmulatorConfig:
     users: int = 200
     photo_ratio: float = 0.5
     seed: int = 1
+    #: ASSUMPTION: added to every Graph call; Microsoft publishes no latency, so 0 measures the client.
     latency_ms: float = 0.0
     faults: FaultSpec = None
     port: int = 0
@@ -71,6 +72,13 @@ class EmulatorConfig:
     #: Distinct rendered photo images; users share pixels but every user's bytes are unique.
     photo_templates: int = 48
     extra: dict[str, Any] = field(default_factory=dict)
+    # --- held to Microsoft's clients (issue #17; sources in the _graph and _identity docstrings) ---
+    #: A photo URL for a user that does not exist: Graph's "users/{id} does not resolve" answer
+    #: (404 Request_ResourceNotFound), or "no photo" (404 ImageNotFound) as one Microsoft Q&A reads it.
+    unknown_user_photo: Literal["Request_ResourceNotFound", "ImageNotFound"] = "Request_ResourceNotFound"
+    #: Entra gives each access token a random lifetime of 60-90 min; ``access_token_lifetime_s`` is
+    #: the shortest, and each token lives up to this factor longer (0 = exactly that lifetime).
+    access_token_lifetime_spread: float = 0.5
 
     def __post_init__(self) -> None:
         if self.users < 0:

@@ -2,6 +2,59 @@
 
 One code path serves a plain request and a ``$batch`` item (``execute``), so throttling, latency,
 permissions and error bodies cannot drift between the two.
+
+What the emulator does and where that comes from (held to ``msgraph-sdk``, ``azure-identity`` and
+``msal`` by ``tests/emulator/test_conformance.py``):
+
+* ``users/delta``: served under the three names Graph has for the function: ``delta`` (the docs'
+  form, Learn "user: delta"), ``delta()`` (what ``GraphServiceClient.users.delta.get()`` sends: the
+  URL template of msgraph-sdk-python ``msgraph/generated/users/delta/delta_request_builder.py``) and
+  the namespace-qualified ``microsoft.graph.delta()`` (OData v4 URL conventions, bound functions).
+  Next and delta links use ``users/delta?$skiptoken=`` / ``?$deltatoken=`` as in Learn's examples.
+* ``$batch`` item URLs: relative to the version, with or without a leading ``/`` (Learn "Combine
+  multiple HTTP requests using JSON batching"). msgraph-core's ``BatchRequestItem`` sends
+  ``RequestInformation.url`` as it is (msgraph-core 1.5.2, ``requests/batch_request_item.py``). For a
+  request made by the SDK's request builders that URL is relative (``/users/{id}/photo/$value``)
+  against graph.microsoft.com and against a custom base URL alike, because ``GraphServiceClient``
+  stores its base under ``path_parameters["base_url"]`` while the templates read ``{+baseurl}``
+  (msgraph-sdk 1.65.0, ``generated/base_graph_service_client.py``); the base is only added when the
+  request itself is sent. The emulator takes those. A ``RequestInformation`` that holds a full URL
+  (``with_url(nextLink)``, ``create_with_urllib_request``) stays absolute, and ``set_url`` leaves
+  ``/v1.0/...`` (its regex only matches ``//v1.0/``): microsoftgraph/msgraph-sdk-python#1015 and
+  microsoftgraph/msgraph-sdk-python-core#1116 (fix in PR #1118, open) report that Graph answers such
+  items 400, and microsoft-graph-docs-contrib#8576 the same for absolute URLs. So the emulator fails
+  *that item* with 400 BadRequest and serves the rest of the batch; accepting it would hide, until
+  production, a request Graph refuses.
+* Photo upload ``PUT /users/{id}/photo/$value``: Learn "Update profilePhoto" asks for
+  ``Content-Type: image/jpeg``, yet the SDKs send ``application/octet-stream`` (msgraph-sdk-dotnet#237;
+  msgraph-sdk-python 1.65.0 ``users/item/photo/value/content_request_builder.py``
+  ``to_put_request_information``: ``set_stream_content(body, "application/octet-stream")``); the
+  service decides by the bytes ("The file you chose isn't an image", microsoft-graph-docs-contrib#6395).
+  So JPEG, PNG and
+  ``application/octet-stream`` are taken and the bytes are validated; other declared types get 415
+  (an emulator choice: no source shows what Graph says to, say, ``image/gif``).
+* A photo URL for a user that does not exist (never did, or deleted): 404
+  ``Request_ResourceNotFound`` by default, the answer Graph gives when the ``users/{id}`` segment
+  does not resolve (microsoft-graph-docs#6059, #18714). The sources disagree for photo URLs: a
+  Microsoft Q&A answer (learn.microsoft.com/answers/questions/2079017) says ``ImageNotFound`` also
+  covers a user that does not exist, so ``EmulatorConfig.unknown_user_photo = "ImageNotFound"`` keeps
+  that reading available.
+* Photo versions: the metadata's ``@odata.mediaEtag`` is a short quoted hex (``"BA09D118"``, Learn
+  "Get profilePhoto" example); the ``ETag`` header of the photo responses is a different, weak,
+  64-hex value (``W/"f7ff..."``) that changes on every upload even of the same bytes
+  (goodworkaround.com, 2026-01-24, "The problem of synchronizing pictures from HR to Entra ID").
+  The two are not comparable, so a client compares mediaEtag with mediaEtag.
+* Throttling: 429 with ``Retry-After`` (Learn "Microsoft Graph throttling guidance"), per item
+  inside a batch (Learn "JSON batching"); the SDK's RetryHandler honours it (msgraph-core
+  ``middleware`` / kiota-http ``RetryHandler``).
+
+Assumptions, not Graph's documented behaviour (say so wherever a figure depends on them):
+
+* Latency: ``EmulatorConfig.latency_ms`` (default 0 ms) is added to every call. Microsoft publishes
+  no latency figure; 0 ms measures the client, not the service.
+* ``$batch`` timing: the envelope adds no latency of its own and items run ``batch_parallelism`` at a
+  time (4: the documented Outlook figure, Learn "throttling-limits", "Outlook service limits for JSON
+  batching"); how long Graph takes for a batch is not documented.
 """
 
 from __future__ import annotations
@@ -29,7 +82,7 @@ from connector.emulator._stats import Stats
 from connector.emulator._tenant import DEFAULT_PROPERTIES, USER_PROPERTIES, Photo, Tenant, User
 from connector.emulator._throttle import Throttle, format_retry_after
 
-__all__ = ["GraphService"]
+__all__ = ["GraphService", "model_assumptions"]
 
 JSON_CT = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 MAX_UPLOAD = 4 * 1024 * 1024
@@ -57,6 +110,8 @@ _DIRECTORY_READ = frozenset(
     }
 )
 _DELTA_READ = _DIRECTORY_READ - {"user.readbasic.all"}
+#: Declared types a photo upload may carry; the bytes decide (see the module docstring).
+_UPLOAD_TYPES = frozenset({"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "application/octet-stream"})
 _NOT_IN_COLLECTION = frozenset({"aboutMe"})
 _NO_PHOTO = {
     "ImageNotFound": (
@@ -77,7 +132,23 @@ _NO_PHOTO = {
         "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown.",
     ),
 }
+#: The names Graph answers ``users/delta`` under (see the module docstring).
+_DELTA_FORMS = frozenset({"delta", "delta()", "microsoft.graph.delta()"})
 _DELTA_ID_FILTER = re.compile(r"^\s*id\s+eq\s+'([^']*)'\s*((?:\s+or\s+id\s+eq\s+'[^']*'\s*)*)$", re.IGNORECASE)
+
+
+def model_assumptions(latency_ms: float, batch_parallelism: int) -> dict[str, str]:
+    """The modelling choices Microsoft does not document, as a benchmark should print them.
+
+    A figure measured against the emulator depends on these; they are not Graph's behaviour.
+    """
+    return {
+        "latency": f"{latency_ms:g} ms added to every Graph call: an assumption (Microsoft publishes no latency)",
+        "batch_timing": (
+            f"a $batch adds no latency of its own and runs {batch_parallelism} items at a time: an assumption "
+            "(Graph does not document a batch's timing; 4 is the documented Outlook batch parallelism)"
+        ),
+    }
 
 
 class GraphError(Exception):
@@ -295,10 +366,10 @@ class GraphService:
         if segments[0] != "users":
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segments[0]}'.")
         method = req.method
-        if len(segments) == 1 or segments[1] in ("$count", "delta"):
+        if len(segments) == 1 or segments[1] == "$count" or segments[1].lower() in _DELTA_FORMS:
             if method != "GET":
                 raise GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri.")
-            kind = segments[1] if len(segments) > 1 else "list"
+            kind = "list" if len(segments) == 1 else ("$count" if segments[1] == "$count" else "delta")
             allowed = _DELTA_READ if kind == "delta" else _DIRECTORY_READ
             self._require(
                 claims,
@@ -341,7 +412,7 @@ class GraphService:
             "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ProfileAccessDeniedException' was thrown.",
         )
         mailbox = user.id if user else key.lower()
-        return _Route(lambda: self._photo(req, rid, user, rest), mailbox=mailbox, photo=True)
+        return _Route(lambda: self._photo(req, rid, key, user, rest), mailbox=mailbox, photo=True)
 
     @staticmethod
     def _require(claims: AccessClaims, allowed: frozenset[str], target: User | None, code: str, message: str) -> None:
@@ -380,11 +451,7 @@ class GraphService:
     async def _get_user(self, req: Request, rid: str, key: str, user: User | None) -> Response:
         select = self._select(req.query, collection=False)
         if user is None:
-            raise GraphError(
-                404,
-                "Request_ResourceNotFound",
-                f"Resource '{key}' does not exist or one of its queried reference-property objects are not present.",
-            )
+            raise _user_not_found(key)
         body = {"@odata.context": self._context(select, "/$entity"), **user.graph(select)}
         return self._json(req, rid, 200, body)
 
@@ -578,6 +645,12 @@ class GraphService:
         code, message = _NO_PHOTO[self.config.no_photo_variant]
         return GraphError(404, code, message)
 
+    def _unknown_user_photo(self, key: str) -> GraphError:
+        """A photo URL whose user does not resolve (see the module docstring for the sources)."""
+        if self.config.unknown_user_photo == "ImageNotFound":
+            return self._no_photo()
+        return _user_not_found(key)
+
     def _photo_entries(self, user: User, photo: Photo) -> list[dict[str, Any]]:
         entries = [
             {
@@ -603,10 +676,10 @@ class GraphService:
             entries[-1]["@odata.mediaContentType"] = photo.content_type
         return entries
 
-    async def _photo(self, req: Request, rid: str, user: User | None, rest: list[str]) -> Response:
+    async def _photo(self, req: Request, rid: str, key: str, user: User | None, rest: list[str]) -> Response:
         method = req.method
         if user is None:
-            raise self._no_photo()  # an unknown user on a photo URL is "no photo" in Graph
+            raise self._unknown_user_photo(key)
         if user.mailbox == "on-premises":
             raise GraphError(
                 404,
@@ -701,7 +774,7 @@ class GraphService:
 
     async def _upload(self, req: Request, rid: str, user: User) -> Response:
         content_type = req.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in ("image/jpeg", "image/jpg", "image/pjpeg", "image/png"):
+        if content_type not in _UPLOAD_TYPES:
             raise GraphError(415, "ErrorInvalidRequest", f"Unsupported media type '{content_type}'.")
         if len(req.body) > MAX_UPLOAD:
             raise GraphError(
@@ -715,7 +788,9 @@ class GraphService:
         try:
             await loop.run_in_executor(None, reencode_jpeg, req.body)  # validate off-loop
         except Exception:
-            raise GraphError(400, "ErrorInvalidImage", "The photo is not a valid image.") from None
+            raise GraphError(
+                400, "ErrorInvalidImage", "The file you chose isn't an image. Please choose a different file."
+            ) from None
         self.tenant.set_photo(user, req.body, reencode=True)
         return Response(200, b"", self._headers(req, rid))
 
@@ -734,7 +809,8 @@ class GraphService:
         except GraphError as err:
             return self._error(req, rid, err)
         self.stats.count("batch_items", len(items))
-        # No latency of its own: the client's round trip overlaps the first items, so a batch of 20
+        # ASSUMPTION (Graph does not document a batch's timing): no latency of its own; the client's
+        # round trip overlaps the first items, so a batch of 20
         # takes about ceil(20 / batch_parallelism) item latencies (5 for Outlook), as a direct
         # request takes one. (Charging the envelope a latency too made a one-item batch twice as slow
         # as the request it wraps, and capped batched reads at 5/6 of the in-flight limit.)
@@ -826,6 +902,7 @@ class GraphService:
         url = item["url"]
         try:
             if "://" in url or url.lstrip("/").lower().startswith(("v1.0/", "beta/")):
+                # What msgraph-core's BatchRequestItem sends today; Graph refuses it (module docstring).
                 raise GraphError(
                     400, "BadRequest", "Invalid request URL: use a URL relative to the version, e.g. /users."
                 )
@@ -863,6 +940,15 @@ class GraphService:
             else:  # binary in a JSON envelope: standard base64 (what .NET's FromBase64String accepts)
                 result["body"] = base64.b64encode(response.body).decode()
         return result
+
+
+def _user_not_found(key: str) -> GraphError:
+    """Graph's answer when ``users/{key}`` does not resolve (microsoft-graph-docs#6059, #18714)."""
+    return GraphError(
+        404,
+        "Request_ResourceNotFound",
+        f"Resource '{key}' does not exist or one of its queried reference-property objects are not present.",
+    )
 
 
 def _bearer(req: Request) -> str:

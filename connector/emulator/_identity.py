@@ -1,10 +1,34 @@
-"""Microsoft identity platform (Entra ID v2.0) as MSAL Python sees it.
+"""Microsoft identity platform (Entra ID v1 and v2.0 endpoints) as MSAL and azure-identity see it.
 
-OIDC discovery, the token endpoint (refresh_token, client_credentials with a secret or a certificate
-assertion, device code) and the device authorization endpoint, with error bodies in Entra's format
-(``AADSTSnnnn: ...\\r\\nTrace ID: ...``). Access tokens are JWTs signed with a per-emulator HMAC key,
-so Graph can check them without a token table; refresh tokens are opaque and kept in a table so
-they can be revoked, expired and rotated.
+OIDC discovery (v2.0 and v1), the signing keys, the token endpoint (refresh_token,
+client_credentials with a secret or a certificate assertion, device code) and the device
+authorization endpoint, with error bodies in Entra's format (``AADSTSnnnn: ...\\r\\nTrace ID: ...``).
+
+Where each behaviour comes from:
+
+* Discovery: ``/{tenant}/v2.0/.well-known/openid-configuration`` (Learn "OpenID Connect on the
+  Microsoft identity platform", "Find your app's OpenID configuration document URI") and the v1
+  document ``/{tenant}/.well-known/openid-configuration`` (same page; issuer
+  ``https://sts.windows.net/{tid}/``). Both name a ``jwks_uri`` that serves the signing keys as a JWK
+  set with ``kid``, ``x5t``, ``n``, ``e`` and ``x5c`` (Learn "Access tokens", "Validate tokens":
+  "the signing keys are at the jwks_uri"); v2.0 at ``/{tenant}/discovery/v2.0/keys``, v1 at
+  ``/{tenant}/discovery/keys``.
+* ID tokens are RS256 JWTs whose header ``kid`` names a key of that set, as
+  ``id_token_signing_alg_values_supported: ["RS256"]`` promises (Learn "ID tokens"), so a client can
+  validate them against ``jwks_uri`` (the conformance tests do, with ``cryptography``).
+* Access tokens for Graph are signed with a per-emulator HMAC key that is not published: Graph
+  tokens are not for clients to validate (Learn "Access tokens": "don't attempt to validate or
+  read tokens for any API you don't own"); the emulator's Graph checks them without a token table.
+* Access-token lifetime: "a random value ranging between 60-90 minutes (75 minutes on average)"
+  (Learn "Configurable token lifetimes", "Access tokens" / "Token lifetime"): each token gets
+  ``access_token_lifetime_s`` times a seeded random factor in [1, 1 + spread] (3,600-5,400 s by
+  default). A client that declares the CAE capability (``xms_cc`` ``cp1`` in the ``claims`` parameter:
+  MSAL ``client_capabilities=["CP1"]``, azure-identity ``enable_cae=True``) gets a long-lived token,
+  "up to 28 hours" (Learn "Continuous access evaluation"); the emulator draws 20-28 h (the lower
+  bound is an assumption).
+* Refresh tokens are opaque and kept in a table so they can be revoked, expired and rotated: "Refresh
+  tokens replace themselves with a fresh token upon every use" and the old one stays valid
+  (Learn "Refresh tokens").
 """
 
 from __future__ import annotations
@@ -13,6 +37,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import secrets
 import time
 import uuid
@@ -108,11 +133,40 @@ class ClientCertificate:
 _CERT_CACHE: dict[str, ClientCertificate] = {}
 
 
-def shared_certificate() -> ClientCertificate:
-    """RSA key generation costs ~0.1 s; one certificate per process is enough for emulated apps."""
-    if "app" not in _CERT_CACHE:
-        _CERT_CACHE["app"] = ClientCertificate.generate("mvsync emulator app")
-    return _CERT_CACHE["app"]
+def shared_certificate(role: str = "app") -> ClientCertificate:
+    """RSA key generation costs ~0.1 s; one certificate per role and process is enough.
+
+    ``"app"`` is the emulated app's client credential, ``"signing"`` the tenant's token-signing key.
+    """
+    if role not in _CERT_CACHE:
+        _CERT_CACHE[role] = ClientCertificate.generate(f"mvsync emulator {role}")
+    return _CERT_CACHE[role]
+
+
+class SigningKey:
+    """The RS256 key ID tokens are signed with, and the JWK set ``jwks_uri`` serves for it."""
+
+    def __init__(self, cert: ClientCertificate) -> None:
+        key = serialization.load_pem_private_key(cert.key_pem, password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        self._key = key
+        der = x509.load_pem_x509_certificate(cert.cert_pem).public_bytes(serialization.Encoding.DER)
+        numbers = cert.public_key.public_numbers()
+        self.kid = b64url(bytes.fromhex(cert.sha1_thumbprint))
+        self.jwk = {
+            "kty": "RSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x5t": self.kid,
+            "n": b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+            "e": b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
+            "x5c": [base64.b64encode(der).decode()],
+        }
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        signed = f"{_json_b64({'typ': 'JWT', 'alg': 'RS256', 'kid': self.kid})}.{_json_b64(claims)}"
+        signature = self._key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signed}.{b64url(signature)}"
 
 
 @dataclass
@@ -200,6 +254,26 @@ def _json(status: int, obj: dict[str, Any], extra: list[tuple[str, str]] | None 
     return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
 
 
+#: The cloud a discovery document describes (both versions end with these).
+_CLOUD_FACTS = {
+    "tenant_region_scope": "EU",
+    "cloud_instance_name": "microsoftonline.com",
+    "cloud_graph_host_name": "graph.windows.net",
+    "msgraph_host": "graph.microsoft.com",
+    "rbac_url": "https://pas.windows.net",
+}
+
+
+def _cae_capable(form: dict[str, str]) -> bool:
+    """The client declared ``xms_cc: cp1`` (MSAL ``client_capabilities=["CP1"]``) in ``claims``."""
+    try:
+        claims = json.loads(form.get("claims") or "{}")
+        values = claims.get("access_token", {}).get("xms_cc", {}).get("values", [])
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(values, list) and any(str(v).lower() == "cp1" for v in values)
+
+
 class Identity:
     """Token issuing and validation for one tenant (runs on the emulator loop)."""
 
@@ -213,6 +287,7 @@ class Identity:
         seed: int,
         access_token_lifetime_s: int,
         refresh_token_lifetime_s: int,
+        access_token_lifetime_spread: float = 0.5,
         strict_rotation: bool,
         expired_code: int,
         device_interval_s: int,
@@ -224,7 +299,10 @@ class Identity:
         self.domain = domain
         self.base_url = base_url
         self.apps = {app.client_id: app}
-        self.access_token_lifetime_s = access_token_lifetime_s
+        self._lifetime_s = access_token_lifetime_s
+        self.access_token_lifetime_spread = access_token_lifetime_spread
+        self._lifetimes = random.Random(seed)  # seeded: the same run draws the same lifetimes
+        self.signing = SigningKey(shared_certificate("signing"))
         self.refresh_token_lifetime_s = refresh_token_lifetime_s
         self.strict_rotation = strict_rotation
         self.expired_code = expired_code
@@ -239,13 +317,28 @@ class Identity:
         self.not_before = 0.0
         self._claims_cache: dict[str, AccessClaims] = {}
 
+    @property
+    def access_token_lifetime_s(self) -> int:
+        """The shortest access-token lifetime (each token gets up to ``1 + spread`` times it)."""
+        return self._lifetime_s
+
+    @access_token_lifetime_s.setter
+    def access_token_lifetime_s(self, seconds: int) -> None:
+        """An explicit lifetime (the admin API's) is exact: a test that sets 60 s means 60 s."""
+        self._lifetime_s = int(seconds)
+        self.access_token_lifetime_spread = 0.0
+
     # --- tenants and discovery -------------------------------------------------------------------
     def known_tenant(self, name: str) -> bool:
         return name.lower() in (self.tenant_id, self.domain.lower(), "common", "organizations")
 
+    def _issuer_tenant(self, tenant: str) -> str:
+        """The tenant an issuer names: the GUID, or the ``{tenantid}`` placeholder of multi-tenant documents."""
+        return self.tenant_id if tenant.lower() not in ("common", "organizations") else "{tenantid}"
+
     def openid_configuration(self, tenant: str) -> dict[str, Any]:
         base = f"{self.base_url}/{tenant}"
-        issuer_tenant = self.tenant_id if tenant.lower() not in ("common", "organizations") else "{tenantid}"
+        issuer_tenant = self._issuer_tenant(tenant)
         return {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
             "token_endpoint_auth_methods_supported": [
@@ -285,11 +378,52 @@ class Identity:
                 "email",
             ],
             "kerberos_endpoint": f"{base}/kerberos",
-            "tenant_region_scope": "EU",
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-            "rbac_url": "https://pas.windows.net",
+            **_CLOUD_FACTS,
+        }
+
+    def openid_configuration_v1(self, tenant: str) -> dict[str, Any]:
+        """The v1 document: v1 endpoints and the ``sts.windows.net`` issuer."""
+        base = f"{self.base_url}/{tenant}"
+        issuer_tenant = self._issuer_tenant(tenant)
+        return {
+            "token_endpoint": f"{base}/oauth2/token",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": f"{base}/discovery/keys",
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+            "scopes_supported": ["openid"],
+            "issuer": f"https://sts.windows.net/{issuer_tenant}/",
+            "microsoft_multi_refresh_token": True,
+            "authorization_endpoint": f"{base}/oauth2/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/devicecode",
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
+            "end_session_endpoint": f"{base}/oauth2/logout",
+            "claims_supported": [
+                "sub",
+                "iss",
+                "cloud_instance_name",
+                "cloud_instance_host_name",
+                "cloud_graph_host_name",
+                "msgraph_host",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "acr",
+                "amr",
+                "nonce",
+                "email",
+                "given_name",
+                "family_name",
+                "nickname",
+            ],
+            "check_session_iframe": f"{base}/oauth2/checksession",
+            "userinfo_endpoint": f"{base}/openid/userinfo",
+            "kerberos_endpoint": f"{base}/kerberos",
+            **_CLOUD_FACTS,
         }
 
     def handle(self, req: Request) -> Response:
@@ -308,8 +442,13 @@ class Identity:
                 return _json(400, aad_error_body(error, code, msg, correlation))
             return _json(404, {"error": "not_found", "error_description": f"No route for {req.path}"})
         tenant, rest = parts[0], parts[1:]
-        if rest == ["v2.0", ".well-known", "openid-configuration"] and req.method == "GET":
-            return _json(200, self.openid_configuration(tenant))
+        if req.method == "GET":
+            if rest == ["v2.0", ".well-known", "openid-configuration"]:
+                return _json(200, self.openid_configuration(tenant))
+            if rest == [".well-known", "openid-configuration"]:
+                return _json(200, self.openid_configuration_v1(tenant))
+            if rest in (["discovery", "v2.0", "keys"], ["discovery", "keys"]):
+                return _json(200, {"keys": [self.signing.jwk]})
         if rest == ["oauth2", "v2.0", "token"] and req.method == "POST":
             try:
                 return self._token(tenant, req)
@@ -480,7 +619,7 @@ class Identity:
                 500011,
                 f"The resource principal named {resource} was not found in the tenant named {self.tenant_id}.",
             )
-        token, lifetime = self.issue_access_token(app.client_id, None, sorted(app.roles))
+        token, lifetime = self.issue_access_token(app.client_id, None, sorted(app.roles), cae=_cae_capable(form))
         return _json(
             200,
             {
@@ -596,7 +735,7 @@ class Identity:
     def _delegated_response(
         self, app: App, user_id: str, granted: list[str], oidc: set[str], form: dict[str, str]
     ) -> Response:
-        token, lifetime = self.issue_access_token(app.client_id, user_id, granted)
+        token, lifetime = self.issue_access_token(app.client_id, user_id, granted, cae=_cae_capable(form))
         body: dict[str, Any] = {
             "token_type": "Bearer",
             "scope": " ".join([f"{GRAPH_RESOURCE}/{s}" for s in granted] + sorted(oidc - {"offline_access"})),
@@ -629,8 +768,7 @@ class Identity:
             "ver": "2.0",
             "uti": b64url(secrets.token_bytes(16)),
         }
-        # MSAL only decodes the payload; an unsigned token is honest about not being verifiable.
-        return f"{_json_b64({'typ': 'JWT', 'alg': 'none'})}.{_json_b64(claims)}."
+        return self.signing.sign(claims)
 
     # --- device code -------------------------------------------------------------------------------
     def _device_authorization(self, req: Request) -> Response:
@@ -698,9 +836,17 @@ class Identity:
         self.refresh_tokens[token] = RefreshToken(user_id, client_id, scopes, now, now + self.refresh_token_lifetime_s)
         return token
 
-    def issue_access_token(self, client_id: str, user_id: str | None, permissions: list[str]) -> tuple[str, int]:
+    def access_token_lifetime(self, *, cae: bool = False) -> int:
+        """Seconds the next access token lives: Entra's random 60-90 min (module docstring)."""
+        if cae:
+            return self._lifetimes.randint(20 * 3600, 28 * 3600)
+        return int(self._lifetime_s * self._lifetimes.uniform(1.0, 1.0 + max(0.0, self.access_token_lifetime_spread)))
+
+    def issue_access_token(
+        self, client_id: str, user_id: str | None, permissions: list[str], *, cae: bool = False
+    ) -> tuple[str, int]:
         now = time.time()
-        lifetime = int(self.access_token_lifetime_s)
+        lifetime = self.access_token_lifetime(cae=cae)
         claims: dict[str, Any] = {
             "aud": GRAPH_RESOURCE,
             "iss": f"https://sts.windows.net/{self.tenant_id}/",

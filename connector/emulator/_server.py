@@ -321,6 +321,7 @@ class GraphEmulator:
             seed=self.config.seed,
             access_token_lifetime_s=self.config.access_token_lifetime_s,
             refresh_token_lifetime_s=self.config.refresh_token_lifetime_s,
+            access_token_lifetime_spread=self.config.access_token_lifetime_spread,
             strict_rotation=self.config.strict_rotation,
             expired_code=self.config.expired_refresh_token_code,
             device_interval_s=self.config.device_code_interval_s,

@@ -203,6 +203,10 @@ def test_bench_import_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
 def _check_e2e(result: dict[str, Any], users: int) -> None:
     assert _missing(result, _E2E_KEYS) == []
     assert result["benchmark"] == "e2e" and result["users"] == users == result["directory_users"]
+    # the modelling choices Microsoft does not document travel with the figures (issue #17)
+    assumptions = result["emulator_assumptions"]
+    assert set(assumptions) == {"latency", "batch_timing"}
+    assert all("an assumption" in text for text in assumptions.values())
     assert result["full_cycle_status"] in _NOT_STOPPED
     steps = result["full_cycle_steps"]
     assert all(s["status"] in _NOT_STOPPED for s in steps), steps

@@ -132,6 +132,7 @@ def test_bench_runs_from_a_separate_process() -> None:
     result = run_bench(seconds=0.5, concurrency=4, users=30)
     assert result["photo_requests_per_s"] > 50
     assert result["errors"] == {} and result["server_photo_requests"] == result["responses"]
+    assert result["emulator_assumptions"]["latency"].startswith("0 ms added to every Graph call: an assumption")
     bench_app = typer.Typer()
     register_bench(bench_app)
     assert [c.name for c in bench_app.registered_commands] == ["emulator"]

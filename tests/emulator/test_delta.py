@@ -31,6 +31,16 @@ def test_initial_round_pages_then_delta_link(api: Api) -> None:
     assert nothing == [] and link2
 
 
+def test_delta_function_forms(api: Api) -> None:
+    """``delta`` (the docs), ``delta()`` (msgraph-sdk's URL template) and ``microsoft.graph.delta()`` (OData)."""
+    rounds = [
+        _round(api, f"/users/{form}?$select=displayName") for form in ("delta", "delta()", "microsoft.graph.delta()")
+    ]
+    assert all(sorted(i["id"] for i in items) == sorted(i["id"] for i in rounds[0][0]) for items, _, _ in rounds)
+    assert all("/users/delta?$deltatoken=" in link for _, link, _ in rounds)
+    assert api.get("/users/deltas()").json()["error"]["code"] == "Request_ResourceNotFound"  # a user key, as in Graph
+
+
 def test_changes_deletions_and_no_photo_changes(api: Api) -> None:
     _, link, _ = _round(api, "/users/delta?$select=displayName,jobTitle")
     users = api.emu.admin.users()

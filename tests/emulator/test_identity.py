@@ -334,7 +334,7 @@ def test_token_endpoint_errors(graph_emulator: GraphEmulator) -> None:
         data={"grant_type": "client_credentials", "scope": default},
         timeout=10,
     )
-    assert basic.status_code == 200 and basic.json()["expires_in"] == 3600
+    assert basic.status_code == 200 and 3600 <= basic.json()["expires_in"] <= 5400  # Entra: 60-90 min
 
 
 def test_refresh_response_shape(graph_emulator: GraphEmulator) -> None:
@@ -430,6 +430,30 @@ def test_graph_401_for_missing_bad_and_expired_tokens(graph_emulator: GraphEmula
     assert resp.json()["error"]["message"] == "Access token has expired or is not yet valid."
     inner = resp.json()["error"]["innerError"]
     assert set(inner) >= {"date", "request-id", "client-request-id"}
+
+
+def test_access_token_lifetimes_vary_like_entra_unless_fixed(
+    graph_emulator_factory: Callable[..., GraphEmulator],
+) -> None:
+    """60-90 min per token, drawn from the seed (the same run, the same lifetimes); spread 0 is exact."""
+
+    def lifetimes(**config: Any) -> list[int]:
+        emu = graph_emulator_factory(users=2, seed=4, **config)
+        form = {
+            "client_id": emu.info["client_id"],
+            "client_secret": emu.info["client_secret"],
+            "grant_type": "client_credentials",
+            "scope": "https://graph.microsoft.com/.default",
+        }
+        with emulator_http(emu) as http:
+            return [
+                int(http.post(emu.info["token_url"], data=form, timeout=10).json()["expires_in"]) for _ in range(20)
+            ]
+
+    varied = lifetimes()
+    assert all(3600 <= s <= 5400 for s in varied) and len(set(varied)) > 10
+    assert lifetimes() == varied  # deterministic for a seed
+    assert set(lifetimes(access_token_lifetime_spread=0.0)) == {3600}
 
 
 def test_short_lived_token_expires_mid_run(graph_emulator: GraphEmulator) -> None:

@@ -76,8 +76,9 @@ def test_no_photo_unknown_user_and_onprem(session_api: Api) -> None:
         assert resp.status_code == 404
         assert resp.json()["error"]["code"] == "ImageNotFound"
         assert resp.json()["error"]["message"] == FAST_PROFILE
-    unknown = session_api.get("/users/ghost@contoso.example/photo/$value")
-    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "ImageNotFound"
+    unknown = session_api.get("/users/ghost@contoso.example/photo/$value")  # the user is gone, not photo-less
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "Request_ResourceNotFound"
+    assert unknown.json()["error"]["message"].startswith("Resource 'ghost@contoso.example' does not exist")
     onprem = session_api.user(lambda u: u["mailbox"] == "on-premises")
     resp = session_api.get(f"/users/{onprem['id']}/photo/$value")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "MailboxNotHostedInExchangeOnline"
@@ -104,6 +105,26 @@ def test_no_photo_variants(
     user = api.emu.admin.users()[0]
     error = api.get(f"/users/{user['id']}/photo/$value").json()["error"]
     assert (error["code"], error["message"]) == (code, message)
+
+
+def test_deleted_user_photo_is_resource_not_found(api: Api) -> None:
+    user = api.user(lambda u: u["mailbox"] == "cloud" and u["hasPhoto"])
+    api.emu.admin.delete_user(user["id"])
+    for suffix in ("/photo", "/photo/$value", "/photos/48x48/$value"):
+        error = api.get(f"/users/{user['id']}{suffix}").json()["error"]
+        assert error["code"] == "Request_ResourceNotFound" and user["id"] in error["message"]
+    batch = api.batch([{"id": "1", "method": "GET", "url": f"/users/{user['id']}/photo"}]).json()
+    assert batch["responses"][0]["status"] == 404
+    assert batch["responses"][0]["body"]["error"]["code"] == "Request_ResourceNotFound"
+
+
+def test_unknown_user_photo_as_image_not_found(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+    """The other reading of the sources (module docstring of connector/emulator/_graph.py) stays available."""
+    api = make_api(graph_emulator_factory(users=5, unknown_user_photo="ImageNotFound"))
+    user = api.emu.admin.users()[0]
+    api.emu.admin.delete_user(user["id"])
+    for url in ("/users/ghost@contoso.example/photo", f"/users/{user['id']}/photo/$value"):
+        assert api.get(url).json()["error"]["code"] == "ImageNotFound"
 
 
 def test_legacy_1x1_and_no_mailbox_error(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
@@ -140,6 +161,12 @@ def test_upload_errors(api: Api) -> None:
     user = api.user(lambda u: u["mailbox"] == "cloud")
     url = f"/users/{user['id']}/photo/$value"
     assert api.request("PUT", url, data=b"GIF89a", headers={"Content-Type": "image/gif"}).status_code == 415
+    # what the SDKs send (application/octet-stream): the bytes decide, as in Graph
+    assert (
+        api.request("PUT", url, data=_jpeg(), headers={"Content-Type": "application/octet-stream"}).status_code == 200
+    )
+    octet_junk = api.request("PUT", url, data=b"not an image", headers={"Content-Type": "application/octet-stream"})
+    assert octet_junk.status_code == 400 and octet_junk.json()["error"]["code"] == "ErrorInvalidImage"
     big = api.request("PUT", url, data=b"\xff" * (4 * 1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"})
     assert big.status_code == 413
     junk = api.request("PUT", url, data=b"not an image", headers={"Content-Type": "image/jpeg"})

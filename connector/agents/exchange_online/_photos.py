@@ -9,7 +9,11 @@ small JSON with ``@odata.mediaEtag`` and the largest size), then, only when need
 the configured size or, when the original is smaller (Graph then has no such size and would say
 404 like "no photo"), at the largest HD size that exists. This costs one request per user without
 a photo and two per user with one, never downloads an unbounded original, and gives every photo a
-comparable ETag for the next delta's probe.
+comparable ETag for the next delta's probe: the metadata's ``@odata.mediaEtag``, never the bytes'
+``ETag`` header (a different value in Graph).
+
+A photo URL for a user that no longer exists answers 404 ``Request_ResourceNotFound``: the user is
+gone (deleted since the listing), which is not "no photo" and must not clear a photo downstream.
 """
 
 from __future__ import annotations
@@ -172,5 +176,7 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
         )
     if _legacy_gif(resp):
         return PhotoOutcome(task, "none")
-    etag = task.etag or normalize_etag(resp.headers.get("etag"))
-    return PhotoOutcome(task, "photo", data=resp.body, etag=etag)
+    # The version is the metadata's mediaEtag, the value the next probe compares against. The bytes'
+    # ETag header is another value altogether in Graph (W/"<64 hex>", new on every upload; see
+    # connector/emulator/_graph.py), so falling back to it would never match and force a download.
+    return PhotoOutcome(task, "photo", data=resp.body, etag=task.etag)

@@ -81,3 +81,37 @@ def run_import(
         if not result.more_to_import:
             return entries, result.watermark
         token, page = result.page_token, page + 1
+
+
+def full_import(emu: Any, data_dir: Path, **overrides: Any) -> tuple[list[CSEntryChange], str | None]:
+    """Open a connector on the emulator, run one full import the way the engine does, close it."""
+    conn = make_connector(emu, data_dir, **overrides)
+    conn.open()
+    try:
+        return run_import(conn, ImportMode.FULL)
+    finally:
+        conn.close()
+
+
+def delete_user_at_photo_probe(monkeypatch: pytest.MonkeyPatch, emu: Any, user_id: str) -> list[tuple[int, str]]:
+    """Delete ``user_id`` in the tenant the moment the agent sends that user's photo probe.
+
+    The race "listed, then deleted before the probe" made deterministic: the deletion happens on
+    the batch that carries the probe, before it reaches the emulator. Returns the (status, error
+    code) the probe got, filled in as the agent runs.
+    """
+    from connector.agents.exchange_online._graph import GraphClient
+
+    send = GraphClient.batch
+    answers: list[tuple[int, str]] = []
+
+    def deleting(client: GraphClient, items: Any, **options: Any) -> Any:
+        probes = [i for i, item in enumerate(items) if item.url == f"/users/{user_id}/photo"]
+        if probes and not answers:
+            emu.admin.delete_user(user_id)
+        responses = send(client, items, **options)
+        answers.extend((responses[i].status, responses[i].error_code) for i in probes)
+        return responses
+
+    monkeypatch.setattr(GraphClient, "batch", deleting)
+    return answers

@@ -17,7 +17,7 @@ from connector.agents.exchange_online._photos import PhotoTask
 from connector.agents.exchange_online._pipeline import WorkQueue
 from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ConfigurationError, ImportMode, ServerDownError, StopRunError
-from tests.agents.exchange_online.conftest import make_connector, run_import
+from tests.agents.exchange_online.conftest import delete_user_at_photo_probe, make_connector, run_import
 
 # --------------------------------------------------------------------------------------- helpers
 
@@ -288,6 +288,36 @@ def test_engine_delta_step_with_expired_link_stops_and_full_import_recovers(
         assert not after.status.startswith("stopped-"), after.steps[0].message
     finally:
         engine.close()
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_engine_drops_a_user_gone_before_its_photo_probe(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "User gone" through the engine: listed by the full import, deleted before its photo probe.
+
+    The emulator answers that probe 404 Request_ResourceNotFound (as Graph does for a user that does
+    not resolve); the agent leaves the user out of the import, so the engine's full-import rule stages
+    a delete. Read as "no photo", it would have staged an update clearing EXOPhoto instead.
+    """
+    from connector.engine import Engine
+
+    emu = make_emulator(users=20)
+    victim = next(u for u in _mailbox_users(emu) if u["hasPhoto"] and u["mailbox"] == "cloud")
+    engine = Engine(_engine_config(emu, tmp_path, monkeypatch, page_size=10))
+    try:
+        assert not engine.run_profile("full").status.startswith("stopped-")
+        before = _cs_rows(engine)
+        assert before[victim["id"]].pending_type == "add"
+        answers = delete_user_at_photo_probe(monkeypatch, emu, victim["id"])
+        second = engine.run_profile("full")
+        assert not second.status.startswith("stopped-"), second.steps[0].message
+        rows = _cs_rows(engine)
+    finally:
+        engine.close()
+    assert answers == [(404, "Request_ResourceNotFound")]
+    assert victim["id"] not in rows
+    assert set(rows) == set(before) - {victim["id"]}  # everyone else is still there
 
 
 # ---------------------------------------------------------------------------------- 4. WorkQueue

@@ -11,11 +11,18 @@ from typing import Any
 import pytest
 
 from connector import metrics
+from connector.agents.exchange_online._photos import PhotoTask, read_response, task_request
 from connector.agents.exchange_online._state import STATE_FILE_NAME
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
 from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ImportMode, ObjectModificationType
-from tests.agents.exchange_online.conftest import REAUTH, make_connector, run_import
+from tests.agents.exchange_online.conftest import (
+    REAUTH,
+    delete_user_at_photo_probe,
+    full_import,
+    make_connector,
+    run_import,
+)
 
 pytestmark = pytest.mark.usefixtures("cache_key")
 
@@ -30,12 +37,7 @@ def _mailbox_users(emu: Any) -> list[dict[str, Any]]:
 
 def test_full_import_matches_the_tenant(make_emulator: Any, tmp_path: Path) -> None:
     emu = make_emulator(users=60)
-    conn = make_connector(emu, tmp_path)
-    conn.open()
-    try:
-        entries, watermark = run_import(conn, ImportMode.FULL)
-    finally:
-        conn.close()
+    entries, watermark = full_import(emu, tmp_path)
     assert watermark is not None
     got = _by_anchor(entries)
     users = _mailbox_users(emu)
@@ -144,17 +146,11 @@ def test_unknown_user_and_user_without_mailbox(make_emulator: Any, tmp_path: Pat
     conn = make_connector(emu, tmp_path)
     conn.open()
     try:
-        # an unknown user on a photo URL is 404 ImageNotFound in Graph: "no photo", not an error
-        from connector.agents.exchange_online._photos import PhotoTask, read_response
-
-        resp = conn.graph.batch(
-            [
-                __import__("connector.agents.exchange_online._photos", fromlist=["x"]).task_request(
-                    PhotoTask("00000000-0000-0000-0000-000000000000")
-                )
-            ]
-        )[0]
-        assert read_response(PhotoTask("x"), resp, "648x648").kind == "none"
+        # an unknown user on a photo URL is 404 Request_ResourceNotFound in Graph: the user is gone
+        ghost = PhotoTask("00000000-0000-0000-0000-000000000000")
+        resp = conn.graph.batch([task_request(ghost)])[0]
+        assert (resp.status, resp.error_code) == (404, "Request_ResourceNotFound")
+        assert read_response(ghost, resp, "648x648").kind == "gone"
         entries, _ = run_import(conn, ImportMode.FULL)
     finally:
         conn.close()
@@ -446,3 +442,24 @@ def test_a_slow_store_bounds_what_the_agent_holds(make_emulator: Any, tmp_path: 
     # nothing lost to the back-pressure
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
     assert len(entries) == len(_mailbox_users(emu))
+
+
+def test_user_deleted_between_listing_and_photo_probe_is_gone_not_photo_less(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full import lists a user; the user is deleted before the photo probe reaches Graph.
+
+    Graph answers the probe 404 Request_ResourceNotFound (the user does not resolve), which the agent
+    reads as "gone": the user leaves the import (the engine's full-import rule then deletes it), never
+    "no photo" (which would clear the photo downstream). The deletion happens at the moment the
+    probe's batch is sent, so the race is deterministic.
+    """
+    emu = make_emulator(users=20)
+    victim = next(u for u in _mailbox_users(emu) if u["hasPhoto"] and u["mailbox"] == "cloud")
+    answers = delete_user_at_photo_probe(monkeypatch, emu, victim["id"])
+    entries, _ = full_import(emu, tmp_path)
+    assert answers == [(404, "Request_ResourceNotFound")]
+    got = _by_anchor(entries)
+    assert victim["id"] not in got  # gone: neither a photo-less entry nor an error
+    others = {u["id"] for u in _mailbox_users(emu)}  # live users only
+    assert set(got) == others

@@ -93,6 +93,10 @@ def test_batch_items_from_the_docs() -> None:
     got = read_response(PhotoTask("d", "get", "240x240", "BA09D118"), binary, "648x648")
     assert isinstance(got, PhotoOutcome) and got.kind == "photo"
     assert got.data is not None and got.data.startswith(b"\xff\xd8") and got.etag == "BA09D118"
+    # the bytes' ETag header (W/"f7ff...", 64 hex) is not a mediaEtag: never taken as the version
+    assert binary.headers["etag"].startswith('W/"f7ff')
+    unversioned = read_response(PhotoTask("d", "get", "240x240"), binary, "648x648")
+    assert isinstance(unversioned, PhotoOutcome) and unversioned.kind == "photo" and unversioned.etag is None
 
 
 @pytest.mark.parametrize(
