@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import tempfile
 import time
 import uuid
@@ -33,6 +32,7 @@ import typer
 from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, ExportStats
+from connector.bench._util import peak_rss_mb
 from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
 from connector.testing.samba import (
     ADSettings,
@@ -253,7 +253,7 @@ def run(
         "first_run_writes": figures["first_run_writes"],
         "second_run_writes": figures["second_run_writes"],
         "user_setup_s": round(setup_s, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "targets_met": writes_per_s >= 300 and writes_per_s >= 0.7 * raw and figures["second_run_writes"] == 0,
     }
 
