@@ -12,9 +12,11 @@ def peak_rss_mb() -> float | None:
     ``resource`` module: psutil's peak working set (``peak_wset``, from GetProcessMemoryInfo) is the
     same figure there; psutil is a dependency on Windows only.
     """
+    if sys.platform == "win32":
+        return _peak_rss_psutil()
     try:
         import resource
-    except ImportError:
+    except ImportError:  # a Python built without it
         return _peak_rss_psutil()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)

@@ -1,8 +1,9 @@
 """Reading ``mvsync.toml``: TOML, secret references, and errors that name the key and the file.
 
 Any value may be written as ``{ env = "NAME" }`` or ``{ file = "/path" }`` (a file's content, in
-UTF-8 or UTF-16 with or without a BOM, stripped of trailing newlines: see ``connector.secrets``). Settings a connector declares as ``SecretStr`` accept *only* those
-references: a literal secret in a configuration file ends up in backups and version control.
+UTF-8 with or without a BOM or UTF-16 with one, trailing newlines stripped: ``connector.secrets``).
+Settings a connector declares as ``SecretStr`` accept *only* those references: a literal secret in a
+configuration file ends up in backups and version control.
 """
 
 from __future__ import annotations
