@@ -44,7 +44,8 @@ SITECUSTOMIZE = textwrap.dedent(
     class _PosixOnlyBlocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in _BLOCKED:
-                raise ModuleNotFoundError(f"No module named {{name!r}} (POSIX-only: removed for the Windows lane)", name=name)
+                why = "POSIX-only: removed for the Windows lane"
+                raise ModuleNotFoundError(f"No module named {{name!r}} ({{why}})", name=name)
             return None
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
 from connector.agents.exchange_online._tokencache import generate_key_file, load_key
 from connector.config import ConfigError, validate_settings
 from connector.files import atomic_write, write_private_file
 from connector.sdk import ConfigurationError, ConnectorSettings
 from connector.secrets import SecretFileError, decode_secret, read_secret_file, seal, seal_text, unseal, unseal_text
-from pydantic import SecretStr
 
 SECRET = "Pässwörd-€-1"
 
