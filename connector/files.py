@@ -24,13 +24,14 @@ class OwnerOnlyError(OSError):
     """A file or folder could not be limited to the current account (the message says which and why)."""
 
 
-def atomic_write(path: Path, data: bytes, *, private: bool = False) -> None:
+def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:
     """Write ``data`` so readers see the old or the new file, never a mix (temp file, fsync, ``os.replace``).
 
     ``private`` limits the temporary file to the owner *before* the data goes in, so a secret is
-    never readable by others, not even for a moment. On POSIX the directory is fsynced after the
-    rename so the new name survives a power cut; Windows cannot open a directory for that (NTFS
-    journals the rename itself).
+    never readable by others, not even for a moment. ``durable`` flushes the data, and on POSIX the
+    directory after the rename, so the new content survives a power cut (Windows cannot open a
+    directory for that; NTFS journals the rename itself); records that only matter while a process
+    lives (a lock's holder) skip it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: 0600 on POSIX
@@ -39,14 +40,16 @@ def atomic_write(path: Path, data: bytes, *, private: bool = False) -> None:
             if private:
                 restrict_to_owner(Path(tmp))
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:

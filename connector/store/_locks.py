@@ -68,7 +68,7 @@ class LockManager:
         self._lock_dir.mkdir(parents=True, exist_ok=True)
         path = self._lock_dir / (name.replace(":", "-").replace("/", "_") + ".lock")
         holder_path = path.with_name(path.name + ".holder")
-        # thread_local=False: the engine may release on another thread than the one that acquired;
+        # thread_local=False: the lock belongs to the run, not to the thread that happened to take it;
         # is_singleton=False: a second hold() in this process must be refused like another process.
         # fallback_to_soft=False: a "soft" lock (a file that exists) would wedge every later run after a crash.
         lock = FileLock(path, thread_local=False, is_singleton=False, fallback_to_soft=False)
@@ -80,7 +80,10 @@ class LockManager:
                 holder = json.loads(holder_path.read_text(encoding="utf-8") or "null")
             raise LockHeldError(_refusal(name, _describe(holder))) from None
         try:
-            atomic_write(holder_path, json.dumps(_holder_info(name)).encode())
+            # Advisory only: on Windows a refused run reading the old record at this instant makes the
+            # replace fail, and that must not fail the run that holds the lock.
+            with contextlib.suppress(OSError):
+                atomic_write(holder_path, json.dumps(_holder_info(name)).encode(), durable=False)
             yield
         finally:
             lock.release()
