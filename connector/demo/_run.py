@@ -9,7 +9,7 @@ What it does, all under one folder (``DIR``, default ``./mvsync-demo``):
    written to ``DIR/ad/changes.ldif`` for ``ldapmodify`` and applied to the snapshot as a DC would;
    with ``AD_*`` variables, the real directory, where the demo (re)creates its users in its own
    ``OU=mvsync-demo`` under ``AD_BASE_DN`` and writes only there;
-3. writes the HR photo folder, the secrets (0600 files) and ``DIR/mvsync.toml``, derived from
+3. writes the HR photo folder, the secrets (owner-only files) and ``DIR/mvsync.toml``, derived from
    ``samples/mvsync.toml`` (same rules and run profiles, site settings pointing at the above);
 4. runs "Full Cycle" on an empty SQLite store, then "Delta Cycle" to show that with nothing
    changed, nothing is done.
@@ -155,7 +155,7 @@ def prepare_scenario(
     )
     header = (
         f"# Written by `mvsync demo` from {sample_path()}: the sample's rules and run profiles, with site\n"
-        "# settings pointing at the demo's emulated tenant and directory. Secrets are 0600 files in secrets/.\n"
+        "# settings pointing at the demo's emulated tenant and directory. Secrets are owner-only files in secrets/.\n"
         "# The emulator stopped with the demo, so `mvsync run` against this file needs a new demo run;\n"
         "# history, mv, cs and pending-exports work offline.\n"
     )
