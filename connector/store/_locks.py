@@ -15,17 +15,25 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 from filelock import FileLock, Timeout
 from sqlalchemy import Engine, text
 
 from connector.files import atomic_write
 
 __all__ = ["LockHeldError", "LockManager"]
+
+
+#: Locks the OS drops when the holder dies: ``LockFileEx`` on Windows, ``flock`` elsewhere. Without
+#: either (a Python built without ``fcntl``) filelock falls back to a lock *file*, which a killed run
+#: leaves behind; a refusal then says how to clear it.
+_OS_FILE_LOCKS = sys.platform == "win32" or filelock.has_fcntl
 
 
 class LockHeldError(Exception):
@@ -78,7 +86,10 @@ class LockManager:
             holder = None
             with contextlib.suppress(OSError, ValueError):
                 holder = json.loads(holder_path.read_text(encoding="utf-8") or "null")
-            raise LockHeldError(_refusal(name, _describe(holder))) from None
+            message = _refusal(name, _describe(holder))
+            if not _OS_FILE_LOCKS:
+                message += f" (this Python has no OS file locks: if no mvsync runs, delete {path})"
+            raise LockHeldError(message) from None
         try:
             # Advisory only: on Windows a refused run reading the old record at this instant makes the
             # replace fail, and that must not fail the run that holds the lock.

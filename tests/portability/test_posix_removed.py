@@ -188,9 +188,30 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(
         assert refused.returncode == 5, refused.stderr
         message = " ".join(refused.stderr.split())
         assert f"agent:hr is locked by pid {holder.pid}" in message
+        # without fcntl filelock falls back to a lock file here (not on Windows): the refusal says so
+        assert "this Python has no OS file locks" in message
     finally:
         out, err = holder.communicate(input="", timeout=60)  # closing stdin releases the lock
     assert holder.returncode == 0 and "released" in out, err
     again = _run([MVSYNC, "run", "Full Cycle", "-c", str(folder_config)], lane_env, tmp_path)
     _no_traceback(again)
     assert again.returncode == 0, again.stderr[-4000:]
+
+
+def test_an_undecodable_secret_file_is_a_message_and_exit_2(
+    lane_env: dict[str, str], tmp_path: Path, folder_config: Path
+) -> None:
+    secret = tmp_path / "ad-password"
+    secret.write_bytes(b"\xff\xfe\x00\xd8")  # UTF-16 LE BOM, then a lone surrogate
+    with folder_config.open("a", encoding="utf-8") as handle:
+        handle.write(
+            '\n[agents.ad]\ntype = "active-directory"\n[agents.ad.settings]\nhost = "127.0.0.1"\n'
+            'bind_dn = "CN=svc,DC=example"\npassword = { file = "ad-password" }\nbase_dns = ["DC=example"]\n'
+            '\n[run_profiles."AD Import"]\nsteps = [{ type = "full-import", agent = "ad" }]\n'
+        )
+    done = _run([MVSYNC, "run", "AD Import", "-c", str(folder_config)], lane_env, tmp_path)
+    _no_traceback(done)
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())
+    assert "agents.ad.settings.password: secret file" in message and str(secret) in message
+    assert "cannot be decoded" in message

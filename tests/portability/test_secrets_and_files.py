@@ -158,3 +158,59 @@ def test_sealing_is_a_no_op_off_windows_and_sealed_data_is_refused_there() -> No
         unseal(b"mvsync-dpapi:AAAA")
     with pytest.raises(ValueError, match="damaged"):
         unseal_text("mvsync-dpapi:not base64!")
+
+
+@pytest.fixture
+def fake_dpapi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Windows branch of connector.secrets with a stand-in for crypt32 (the framing is what is tested).
+
+    The stand-in reverses and tags the bytes and refuses blobs it did not make, as DPAPI refuses a
+    blob sealed by another account; the real CryptProtectData call only runs on Windows.
+    """
+    import connector.secrets as secrets_module
+
+    def dpapi(data: bytes, *, protect: bool) -> bytes:
+        if protect:
+            return b"DP" + data[::-1]
+        if not data.startswith(b"DP"):
+            raise OSError("The parameter is incorrect")
+        return data[2:][::-1]
+
+    monkeypatch.setattr(secrets_module, "DPAPI_AVAILABLE", True)
+    monkeypatch.setattr(secrets_module, "_dpapi", dpapi)
+
+
+@pytest.mark.usefixtures("fake_dpapi")
+def test_windows_key_file_and_token_cache_are_sealed_and_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.agents.exchange_online._tokencache import EncryptedTokenCache
+
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    key_file = tmp_path / "cache.key"
+    generate_key_file(key_file)
+    assert key_file.read_text(encoding="ascii").startswith("mvsync-dpapi:")
+    key = load_key("NO_SUCH_KEY_VAR", key_file)
+    Fernet(key)  # the unsealed key is a Fernet key again
+    cache = EncryptedTokenCache(tmp_path / "token-cache.bin", key)
+    cache.cache.deserialize('{"RefreshToken": {}}')
+    cache.cache.has_state_changed = True
+    assert cache.persist_if_changed()
+    assert (tmp_path / "token-cache.bin").read_bytes().startswith(b"mvsync-dpapi:DP")
+    EncryptedTokenCache(tmp_path / "token-cache.bin", key)  # reads it back
+
+
+@pytest.mark.usefixtures("fake_dpapi")
+def test_a_file_sealed_by_another_account_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.agents.exchange_online._tokencache import EncryptedTokenCache
+
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    key_file = tmp_path / "cache.key"
+    key_file.write_text("mvsync-dpapi:" + "QUJD" + "\n", encoding="ascii")  # a blob this account did not seal
+    with pytest.raises(ConfigurationError, match="sealed by another account or on another machine"):
+        load_key("NO_SUCH_KEY_VAR", key_file)
+    (tmp_path / "c.bin").write_bytes(b"mvsync-dpapi:XYZ")
+    with pytest.raises(ConfigurationError) as info:
+        EncryptedTokenCache(tmp_path / "c.bin", Fernet.generate_key())
+    assert f"the token cache {tmp_path / 'c.bin'} cannot be read" in str(info.value)
+    assert "re-authorize" in str(info.value)
