@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-import resource
 import sys
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (ru_maxrss is KiB on Linux)."""
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, in MB; None where no source exists.
+
+    POSIX: ``getrusage`` (``ru_maxrss`` is KiB on Linux, bytes on macOS). Windows has no
+    ``resource`` module: psutil's peak working set (``peak_wset``, from GetProcessMemoryInfo) is the
+    same figure there; psutil is a dependency on Windows only.
+    """
+    if sys.platform == "win32":
+        return _peak_rss_psutil()
+    try:
+        import resource
+    except ImportError:  # a Python built without it
+        return _peak_rss_psutil()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _peak_rss_psutil() -> float | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    peak = getattr(psutil.Process().memory_info(), "peak_wset", None)  # Windows only
+    return None if peak is None else round(float(peak) / (1024 * 1024), 1)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -73,8 +72,7 @@ def _emulator(**config: Any) -> Iterator[tuple[dict[str, Any], list[dict[str, An
 
 
 def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return time.process_time()  # user + system CPU of this process, on POSIX and Windows alike
 
 
 def run(
@@ -83,10 +81,10 @@ def run(
     """Run the benchmark and return its figures (see the module docstring)."""
     from connector.config import load_config
     from connector.demo import prepare_scenario, work_done
+    from connector.demo._ad import connect, delete_subtree, settings_from_env
     from connector.demo._run import DEMO_SCOPES
     from connector.emulator import EmulatorConfig, model_assumptions
     from connector.engine import Engine
-    from connector.testing.samba import connect, delete_subtree, samba_lease, settings_from_env
 
     use_directory = samba or settings_from_env() is not None
     emulator_config = {
@@ -97,7 +95,7 @@ def run(
         "delegated_scopes": list(DEMO_SCOPES),
     }
     with contextlib.ExitStack() as stack:
-        ad = stack.enter_context(samba_lease()) if use_directory else None
+        ad = stack.enter_context(_samba_lease()) if use_directory else None
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mvsync-bench-e2e-")))
         info, tenant = stack.enter_context(_emulator(**emulator_config))
         ou = f"OU=mvsync-bench-e2e-{uuid.uuid4().hex[:6]}"
@@ -158,8 +156,18 @@ def run(
     }
 
 
+def _samba_lease() -> Any:
+    """The harness's DC (or the ``AD_*`` directory): test machinery, from a source checkout only."""
+    from connector.bench._harness import harness
+
+    return harness("samba_dc", benchmark="e2e --samba").samba_lease()
+
+
 def register(bench_app: typer.Typer) -> None:
+    from connector.cli._common import handle_errors
+
     @bench_app.command("e2e")
+    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
     def e2e(
         users: Annotated[int, typer.Option("--users", help="Users in the emulated tenant.")] = 2200,
         photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,

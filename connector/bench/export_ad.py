@@ -1,6 +1,6 @@
 """``mvsync bench export-ad``: thumbnailPhoto export throughput against a real AD DC.
 
-It starts the Samba AD DC the way the tests do (``connector.testing.samba``), or uses the
+It starts the Samba AD DC the way the tests do (``tests/harness/samba_dc.py``, from a source checkout), or uses the
 directory the ``AD_*`` variables describe, creates ``--users`` users in its own OU and measures, in
 one run, over the same connection settings (LDAPS, certificate validation, TCP_NODELAY):
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import tempfile
 import time
 import uuid
@@ -33,16 +32,10 @@ import typer
 from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, ExportStats
+from connector.bench._harness import harness
+from connector.bench._util import peak_rss_mb
+from connector.demo._ad import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
-from connector.testing.samba import (
-    ADSettings,
-    UserSpec,
-    connect,
-    create_users,
-    delete_subtree,
-    ensure_ou,
-    samba_lease,
-)
 
 __all__ = ["CountingActiveDirectoryConnector", "register", "run"]
 
@@ -220,6 +213,7 @@ def run(
     keep: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the module docstring)."""
+    samba_lease = harness("samba_dc", benchmark="export-ad").samba_lease
     with samba_lease(keep=keep) as ad, tempfile.TemporaryDirectory(prefix="mvsync-bench-ad-") as tmp_dir:
         tmp = Path(tmp_dir)
         admin = connect(ad)
@@ -253,13 +247,16 @@ def run(
         "first_run_writes": figures["first_run_writes"],
         "second_run_writes": figures["second_run_writes"],
         "user_setup_s": round(setup_s, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "targets_met": writes_per_s >= 300 and writes_per_s >= 0.7 * raw and figures["second_run_writes"] == 0,
     }
 
 
 def register(bench_app: typer.Typer) -> None:
+    from connector.cli._common import handle_errors
+
     @bench_app.command("export-ad")
+    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
     def export_ad(
         users: int = typer.Option(2000, help="users to create and write"),
         photo_bytes: int = typer.Option(5000, help="bytes per photo (a 96x96 JPEG is 3-6 KB)"),

@@ -12,7 +12,7 @@ with more trials.
 * :func:`export_across_dc_restart`: the AD export in batches, with the domain controller stopped
   after the first batch and started again (the Samba harness): what was not written stays pending,
   the next export finishes it, and what was written is not written again.
-* :func:`crash_trials`: ``connector.testing.crash`` (kill -9 of the real CLI at seeded points).
+* :func:`crash_trials`: ``tests/harness/crash.py`` (kill -9 of the real CLI at seeded points).
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def exo_import_under_faults(
     """
     from connector.emulator import GraphEmulator
     from connector.engine import Engine
-    from connector.testing.crash import lab_emulator_config
+
+    lab_emulator_config = _crash().lab_emulator_config
 
     started = time.monotonic()
     cfg = lab_emulator_config(users=users, seed=seed)
@@ -177,7 +178,14 @@ def export_across_dc_restart(
     from connector.demo import prepare_scenario
     from connector.emulator import GraphEmulator
     from connector.engine import Engine
-    from connector.testing.crash import CrashLab, lab_emulator_config, lab_tag, metaverse_state
+
+    crash = _crash()
+    CrashLab, lab_emulator_config, lab_tag, metaverse_state = (
+        crash.CrashLab,
+        crash.lab_emulator_config,
+        crash.lab_tag,
+        crash.metaverse_state,
+    )
 
     started = time.monotonic()
     with GraphEmulator(lab_emulator_config(users=users, seed=seed)) as emu:
@@ -584,12 +592,14 @@ def hostile_inputs(root: Path) -> dict[str, Any]:
 def crash_trials(root: Path, *, trials: int, seed: int, ad: Any = None, users: int = 24) -> dict[str, Any]:
     """``trials`` kill -9 trials (phases in turn) against a fresh tenant; the summary figures."""
     from connector.emulator import GraphEmulator
-    from connector.testing.crash import CrashLab, lab_emulator_config
 
-    with GraphEmulator(lab_emulator_config(users=users, seed=seed)) as emu:
-        lab = CrashLab(root, emu, ad=ad)
+    crash = _crash()
+
+    with GraphEmulator(crash.lab_emulator_config(users=users, seed=seed)) as emu:
+        lab = crash.CrashLab(root, emu, ad=ad)
         try:
-            return lab.run_trials(trials, seed).as_dict()
+            summary: dict[str, Any] = lab.run_trials(trials, seed).as_dict()
+            return summary
         finally:
             lab.cleanup()
 
@@ -609,22 +619,17 @@ class RestartableDC:
         self.directory = directory
 
     def stop(self) -> None:
-        from connector.testing.samba import stop_samba
-
-        stop_samba(self.directory, host=RESTART_HOST)
+        _samba().stop_samba(self.directory, host=RESTART_HOST)
 
     def start(self) -> None:
-        from connector.testing.samba import ensure_samba
-
-        ensure_samba(self.directory, host=RESTART_HOST, use_env=False)
+        _samba().ensure_samba(self.directory, host=RESTART_HOST, use_env=False)
 
 
 @contextlib.contextmanager
 def restartable_dc() -> Iterator[RestartableDC]:
     """Lease the restartable DC (raises ``SambaUnavailable`` where Samba cannot run); left running-
     or-stopped as it was found."""
-    from connector.testing.samba import samba_lease
-
+    samba_lease = _samba().samba_lease
     directory = Path(tempfile.gettempdir()) / f"mvsync-samba-{RESTART_HOST}"
     with samba_lease(directory, host=RESTART_HOST, use_env=False) as settings:
         dc = RestartableDC(settings, directory)
@@ -636,18 +641,17 @@ def restartable_dc() -> Iterator[RestartableDC]:
 
 def run(trials: int = 20, seed: int = 1, *, samba: bool = True) -> dict[str, Any]:
     """Everything, with one JSON-able result (``mvsync bench resilience``)."""
-    from connector.testing.samba import SambaUnavailable, samba_lease
-
+    dc_harness = _samba() if samba else None
     started = time.monotonic()
     out: dict[str, Any] = {"benchmark": "resilience", "trials_requested": trials, "seed": seed}
     with tempfile.TemporaryDirectory(prefix="mvsync-bench-resilience-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         ad: Any = None
-        if samba:
+        if dc_harness is not None:
             try:
-                ad = stack.enter_context(samba_lease())
+                ad = stack.enter_context(dc_harness.samba_lease())
                 out["directory"] = "samba" + (" (AD_* directory)" if ad.external else " (harness DC)")
-            except SambaUnavailable as exc:
+            except dc_harness.SambaUnavailable as exc:
                 out["directory"] = f"ldif-snapshot stand-in: Samba unavailable ({exc})"
         else:
             out["directory"] = "ldif-snapshot stand-in (--no-samba)"
@@ -681,8 +685,25 @@ def run(trials: int = 20, seed: int = 1, *, samba: bool = True) -> dict[str, Any
     return out
 
 
+def _crash() -> Any:
+    """The kill -9 harness (``tests/harness/crash.py``): test machinery, from a source checkout only."""
+    from connector.bench._harness import harness
+
+    return harness("crash", benchmark="resilience")
+
+
+def _samba() -> Any:
+    """The Samba DC harness (``tests/harness/samba_dc.py``): test machinery, from a source checkout only."""
+    from connector.bench._harness import harness
+
+    return harness("samba_dc", benchmark="resilience")
+
+
 def register(bench_app: typer.Typer) -> None:
+    from connector.cli._common import handle_errors
+
     @bench_app.command("resilience")
+    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
     def resilience(
         trials: Annotated[int, typer.Option(help="kill -9 trials (phases import, sync, export in turn)")] = 20,
         seed: Annotated[int, typer.Option(help="seed of the kill points, tenant and faults")] = 1,

@@ -112,7 +112,10 @@ def _reset(engine: Engine) -> None:
 
 
 def register(bench_app: typer.Typer) -> None:
+    from connector.cli._common import handle_errors
+
     @bench_app.command("sync")
+    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
     def sync_command(
         objects: Annotated[int, typer.Option(help="People per agent.")] = 100_000,
         store: Annotated[
@@ -123,7 +126,10 @@ def register(bench_app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--postgres",
-                help="Start a throwaway PostgreSQL on loopback (connector.testing.postgres) and use it as the store.",
+                help=(
+                    "Start a throwaway PostgreSQL on loopback (tests/harness/postgres_server.py, from a source "
+                    "checkout) and use it as the store."
+                ),
             ),
         ] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
@@ -132,7 +138,8 @@ def register(bench_app: typer.Typer) -> None:
         if not postgres:
             print_json(run(objects, store))
             return
-        from connector.testing.postgres import postgres_server
+        from connector.bench._harness import harness
 
+        postgres_server = harness("postgres_server", benchmark="sync --postgres").postgres_server
         with postgres_server(durable=True) as server:  # durable: default fsync, as a production server
             print_json(run(objects, server.create_database()))

@@ -48,7 +48,7 @@ def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
 
         if not os.environ.get(settings.token_cache_key_env):
             generate_key_file(key_file)
-            err_console.print(f"created the token cache key file {key_file} (mode 0600): back it up")
+            err_console.print(f"created the token cache key file {key_file} (owner only): back it up")
     connector.context.data_dir.mkdir(parents=True, exist_ok=True)
     return connector.auth
 
@@ -76,12 +76,12 @@ def login(
     auth = _agent_auth(config, agent, create_key=True)
     try:
         if refresh_token_file is not None:
-            who = auth.login_with_refresh_token(refresh_token_file.read_text(encoding="utf-8"))
+            who = auth.login_with_refresh_token(_read_refresh_token(refresh_token_file))
         else:
             who = auth.login_device_code(lambda message: err_console.print(message), timeout_s=timeout)
     except ConnectorError as exc:
         raise fail(str(exc), EXIT_STOPPED) from None
-    console.print(f"{agent}: signed in as {who}; token cache {auth.cache_path} (encrypted, mode 0600)")
+    console.print(f"{agent}: signed in as {who}; token cache {auth.cache_path} (encrypted, owner only)")
 
 
 @auth_app.command("status")
@@ -115,3 +115,13 @@ def status(
 def register(app: typer.Typer) -> None:
     """Add ``mvsync auth``."""
     app.add_typer(auth_app, name="auth")
+
+
+def _read_refresh_token(path: Path) -> str:
+    """The refresh token to import, in any encoding a Windows admin saves it in (``connector.secrets``)."""
+    from connector.secrets import SecretFileError, read_secret_file
+
+    try:
+        return read_secret_file(path, key="--refresh-token-file")
+    except SecretFileError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None

@@ -1,8 +1,9 @@
 """Reading ``mvsync.toml``: TOML, secret references, and errors that name the key and the file.
 
-Any value may be written as ``{ env = "NAME" }`` or ``{ file = "/path" }`` (a file's content,
-stripped of a trailing newline). Settings a connector declares as ``SecretStr`` accept *only* those
-references: a literal secret in a configuration file ends up in backups and version control.
+Any value may be written as ``{ env = "NAME" }`` or ``{ file = "/path" }`` (a file's content, in
+UTF-8 with or without a BOM or UTF-16 with one, trailing newlines stripped: ``connector.secrets``).
+Settings a connector declares as ``SecretStr`` accept *only* those references: a literal secret in a
+configuration file ends up in backups and version control.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connector.config._models import MvsyncConfig
+from connector.secrets import SecretFileError, read_secret_file
 
 __all__ = ["ConfigError", "format_validation_error", "load_config", "resolve_refs", "validate_settings"]
 
@@ -62,10 +64,9 @@ def resolve_refs(value: Any, *, key: str, file: Path | None, base_dir: Path) -> 
         if not path.is_absolute():
             path = base_dir / path
         try:
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            msg = f"{_where(file, key)}: cannot read secret file {path}: {exc.strerror}"
-            raise ConfigError(msg) from None
+            return read_secret_file(path, key=_where(file, key))
+        except SecretFileError as exc:
+            raise ConfigError(str(exc)) from None
     if isinstance(value, dict):
         return {k: resolve_refs(v, key=f"{key}.{k}", file=file, base_dir=base_dir) for k, v in value.items()}
     if isinstance(value, list):

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
-
+from connector.agents.exchange_online._tokencache import generate_key_file
 from connector.config import ConfigError
 from connector.emulator._agent import exo_agent_settings
+from connector.files import make_private_dir, write_private_file
 
 __all__ = [
     "AD_SNAPSHOT_TYPE",
@@ -54,13 +53,9 @@ def load_sample(path: Path | None = None) -> dict[str, Any]:
 
 
 def write_secret(path: Path, value: str) -> Path:
-    """Write a secret file readable by its owner only (0600 from creation, never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")
-    path.chmod(0o600)
+    """Write a secret file for the owner only (0600 in a 0700 folder; an owner-only ACL on Windows)."""
+    make_private_dir(path.parent)
+    write_private_file(path, (value + "\n").encode("utf-8"))
     return path
 
 
@@ -71,13 +66,13 @@ def emulator_exo_settings(
 
     The emulator's refresh token seeds the token cache (as the classic MA's ``refresh.token``
     file did), through a ``{ file = .. }`` reference; the cache is encrypted with a key file.
-    Both files are created 0600 under ``secrets``.
+    Both files are created for the owner only under ``secrets``.
     """
     settings = dict(sample["agents"]["exo"]["settings"])
     rt = write_secret(secrets / "exo-refresh-token", str(info["refresh_token"]))
     key = secrets / "token-cache.key"
     if not key.exists():
-        write_secret(key, Fernet.generate_key().decode())
+        generate_key_file(key)  # as `mvsync auth login` does: owner only, DPAPI-sealed on Windows
     settings.update(exo_agent_settings(info, refresh_token={"file": str(rt)}, token_cache_key_file=str(key)))
     settings.pop("token_cache_key_env", None)
     settings.update(overrides)

@@ -9,7 +9,7 @@ What it does, all under one folder (``DIR``, default ``./mvsync-demo``):
    written to ``DIR/ad/changes.ldif`` for ``ldapmodify`` and applied to the snapshot as a DC would;
    with ``AD_*`` variables, the real directory, where the demo (re)creates its users in its own
    ``OU=mvsync-demo`` under ``AD_BASE_DN`` and writes only there;
-3. writes the HR photo folder, the secrets (0600 files) and ``DIR/mvsync.toml``, derived from
+3. writes the HR photo folder, the secrets (owner-only files) and ``DIR/mvsync.toml``, derived from
    ``samples/mvsync.toml`` (same rules and run profiles, site settings pointing at the above);
 4. runs "Full Cycle" on an empty SQLite store, then "Delta Cycle" to show that with nothing
    changed, nothing is done.
@@ -108,7 +108,7 @@ def prepare_scenario(
 ) -> Scenario:
     """Write the directory (or populate the real one), HR folder, secrets and ``root/mvsync.toml``.
 
-    ``ad`` is a ``connector.testing.samba.ADSettings`` for a real directory, or None for the LDIF
+    ``ad`` is a ``connector.demo._ad.ADSettings`` for a real directory, or None for the LDIF
     snapshot stand-in. ``account_prefix`` prefixes every ``sAMAccountName`` (see ``directory_users``).
     """
     sample = load_sample()
@@ -155,7 +155,7 @@ def prepare_scenario(
     )
     header = (
         f"# Written by `mvsync demo` from {sample_path()}: the sample's rules and run profiles, with site\n"
-        "# settings pointing at the demo's emulated tenant and directory. Secrets are 0600 files in secrets/.\n"
+        "# settings pointing at the demo's emulated tenant and directory. Secrets are owner-only files in secrets/.\n"
         "# The emulator stopped with the demo, so `mvsync run` against this file needs a new demo run;\n"
         "# history, mv, cs and pending-exports work offline.\n"
     )
@@ -165,7 +165,7 @@ def prepare_scenario(
 
 def _populate_directory(ad: Any, ou: str, users: Sequence[DirectoryUser]) -> None:
     """(Re)create the demo's users in their own OU of a real directory, and nowhere else."""
-    from connector.testing.samba import UserSpec, connect, create_users, delete_subtree, ensure_ou
+    from connector.demo._ad import UserSpec, connect, create_users, delete_subtree, ensure_ou
 
     conn = connect(ad)
     try:
@@ -226,8 +226,8 @@ def run_demo(
     say: Say | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo and return its report (the ``--json`` object)."""
+    from connector.demo._ad import settings_from_env
     from connector.emulator import EmulatorConfig, GraphEmulator
-    from connector.testing.samba import settings_from_env
 
     say = say or (lambda _m: None)
     started = time.monotonic()

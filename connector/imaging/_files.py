@@ -6,10 +6,10 @@ photos and write JPEGs that other programs (or the next import) may read at any 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
+
+from connector.files import atomic_write
 
 __all__ = ["PHOTO_EXTENSIONS", "is_photo_name", "write_atomic"]
 
@@ -25,18 +25,9 @@ def is_photo_name(name: str) -> bool:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one.
 
-    A hidden temporary file in the same folder (so ``os.replace`` is a rename on one file system)
-    is flushed to disk before the rename. Photo-folder scans skip hidden files, so a crash leaves
-    at most an ignored temporary behind. The file is created 0600 (photos are personal data).
+    ``connector.files.atomic_write``: a hidden temporary file in the same folder (so ``os.replace``
+    is a rename on one file system) is flushed to disk before the rename. Photo-folder scans skip
+    hidden files, so a crash leaves at most an ignored temporary behind. The file is created 0600
+    on POSIX (photos are personal data).
     """
-    fd, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    atomic_write(path, data)

@@ -1,26 +1,39 @@
 """Run locks: one run per agent at a time, and one synchronization at a time (the metaverse lock).
 
-SQLite stores use ``fcntl`` lock files beside the database (the kernel drops them when a process
-dies, so a crashed run never leaves a stale lock); PostgreSQL stores use session advisory locks on
-a dedicated connection. Both record who holds a lock so a refused run can name the holder.
+SQLite stores use OS file locks beside the database, through ``filelock`` (``flock`` on POSIX,
+``LockFileEx`` via ``msvcrt.locking`` on Windows): the operating system drops them when a process
+dies, so a crashed or killed run never leaves a stale lock. PostgreSQL stores use session advisory
+locks on a dedicated connection. Both record who holds a lock so a refused run can name the holder;
+for lock files that record is a separate ``.holder`` file, since Windows forbids reading the
+locked bytes of the lock file itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
+from filelock import FileLock, Timeout
 from sqlalchemy import Engine, text
 
+from connector.files import atomic_write
+
 __all__ = ["LockHeldError", "LockManager"]
+
+
+#: Locks the OS drops when the holder dies: ``LockFileEx`` on Windows, ``flock`` elsewhere. Without
+#: either (a Python built without ``fcntl``) filelock falls back to a lock *file*, which a killed run
+#: leaves behind; a refusal then says how to clear it.
+_OS_FILE_LOCKS = sys.platform == "win32" or filelock.has_fcntl
 
 
 class LockHeldError(Exception):
@@ -62,25 +75,29 @@ class LockManager:
             return
         self._lock_dir.mkdir(parents=True, exist_ok=True)
         path = self._lock_dir / (name.replace(":", "-").replace("/", "_") + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        holder_path = path.with_name(path.name + ".holder")
+        # thread_local=False: the lock belongs to the run, not to the thread that happened to take it;
+        # is_singleton=False: a second hold() in this process must be refused like another process.
+        # fallback_to_soft=False: a "soft" lock (a file that exists) would wedge every later run after a crash.
+        lock = FileLock(path, thread_local=False, is_singleton=False, fallback_to_soft=False)
         try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = None
-                        with contextlib.suppress(OSError, ValueError):
-                            holder = json.loads(path.read_text() or "null")
-                        raise LockHeldError(_refusal(name, _describe(holder))) from None
-                    time.sleep(0.2)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(_holder_info(name)).encode(), 0)
+            lock.acquire(timeout=wait_s, poll_interval=0.2)
+        except Timeout:
+            holder = None
+            with contextlib.suppress(OSError, ValueError):
+                holder = json.loads(holder_path.read_text(encoding="utf-8") or "null")
+            message = _refusal(name, _describe(holder))
+            if not _OS_FILE_LOCKS:
+                message += f" (this Python has no OS file locks: if no mvsync runs, delete {path})"
+            raise LockHeldError(message) from None
+        try:
+            # Advisory only: on Windows a refused run reading the old record at this instant makes the
+            # replace fail, and that must not fail the run that holds the lock.
+            with contextlib.suppress(OSError):
+                atomic_write(holder_path, json.dumps(_holder_info(name)).encode(), durable=False)
             yield
         finally:
-            os.close(fd)  # closing releases the flock
+            lock.release()
 
     # -- PostgreSQL: advisory locks ---------------------------------------------------------------
     @contextlib.contextmanager

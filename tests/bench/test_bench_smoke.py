@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from connector.testing.samba import ADSettings
+from tests.harness.samba_dc import ADSettings
 
 _NOT_STOPPED = ("success", "completed-warnings", "completed-discovery-errors")
 

@@ -76,13 +76,13 @@ def test_connectors_list_table_and_json() -> None:
     assert code == 0
     for name in BUILT_IN:
         assert name in out
-    assert "mvsync" in line_with(out, "connector.testing.generated:GeneratedConnector")
+    assert "mvsync" in line_with(out, "connector.bench.generated:GeneratedConnector")
 
     code, out = invoke("connectors", "list", "--json")
     assert code == 0
     infos = {i["name"]: i for i in json.loads(out)}
     assert set(infos) >= BUILT_IN
-    assert infos["generated"]["target"] == "connector.testing.generated:GeneratedConnector"
+    assert infos["generated"]["target"] == "connector.bench.generated:GeneratedConnector"
     assert infos["photo-folder"]["distribution"] == "mvsync" and infos["photo-folder"]["version"] not in ("", "?")
 
 

@@ -15,7 +15,7 @@ from ldap3 import SUBTREE
 
 from connector.config import ConfigError
 from connector.demo import prepare_dir, run_demo
-from connector.testing.samba import ADSettings, connect, delete_subtree
+from tests.harness.samba_dc import ADSettings, connect, delete_subtree
 
 pytestmark = pytest.mark.slow
 

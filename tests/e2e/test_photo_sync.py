@@ -23,7 +23,7 @@ from connector.demo._run import DEMO_SCOPES
 from connector.demo._world import _portrait
 from connector.emulator import EmulatorConfig, GraphEmulator
 from connector.engine import Engine, RunResult
-from connector.testing.samba import ADSettings, connect, delete_subtree
+from tests.harness.samba_dc import ADSettings, connect, delete_subtree
 
 pytestmark = [pytest.mark.samba, pytest.mark.slow]
 

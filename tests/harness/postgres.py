@@ -1,10 +1,11 @@
 """``postgres_server`` / ``postgres_url`` / ``postgres_db``: a real PostgreSQL for store and engine tests.
 
-The harness itself lives in ``connector.testing.postgres`` because the sync benchmark starts the
-server the same way. One throwaway cluster serves the whole session (``initdb`` + start take about
-two seconds); each test that writes gets its own database from ``postgres_db`` (creating one takes
-~0.1 s), so tests never see each other's rows or advisory locks. ``MVSYNC_TEST_POSTGRES_URL`` points
-the suite at an existing server instead (the role must be allowed to create databases).
+The server itself is started by ``tests.harness.postgres_server`` (free of pytest, because ``mvsync
+bench sync --postgres`` starts it the same way from a source checkout). One throwaway cluster serves
+the whole session (``initdb`` + start take about two seconds); each test that writes gets its own
+database from ``postgres_db`` (creating one takes ~0.1 s), so tests never see each other's rows or
+advisory locks. ``MVSYNC_TEST_POSTGRES_URL`` points the suite at an existing server instead (the
+role must be allowed to create databases).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from connector.testing.postgres import PostgresServer, PostgresUnavailable, start_postgres
 from tests.conftest import require_or_skip
+from tests.harness.postgres_server import PostgresServer, PostgresUnavailable, start_postgres
 
 
 @pytest.fixture(scope="session")

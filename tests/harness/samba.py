@@ -1,10 +1,10 @@
 """``samba_ad``: a session-wide Samba AD domain controller on loopback (or the one ``AD_*`` describes).
 
-The harness itself lives in ``connector.testing.samba`` because the ``export-ad`` benchmark starts
-the DC the same way. The DC is shared by every test of the session (provisioning takes seconds),
-so tests work in their own organizational units. It is stopped at the end of the session if this
-session started it and no other process still uses it; ``MVSYNC_SAMBA_KEEP=1`` leaves it running
-for the next session (then start-up takes ~0.1 s).
+The DC itself is started by ``tests.harness.samba_dc`` (free of pytest, because the ``export-ad``
+benchmark starts it the same way from a source checkout). The DC is shared by every test of the
+session (provisioning takes seconds), so tests work in their own organizational units. It is stopped
+at the end of the session if this session started it and no other process still uses it;
+``MVSYNC_SAMBA_KEEP=1`` leaves it running for the next session (then start-up takes ~0.1 s).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from connector.testing.samba import ADSettings, SambaUnavailable, samba_lease
 from tests.conftest import require_or_skip
+from tests.harness.samba_dc import ADSettings, SambaUnavailable, samba_lease
 
 
 @pytest.fixture(scope="session")

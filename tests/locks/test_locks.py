@@ -149,11 +149,10 @@ def test_a_killed_holder_releases_its_locks(tmp_path: Path, store_url: str, hold
     try:
         with pytest.raises(LockHeldError):
             engine.run_profile("full-sync", agents={"ad"})
-        holder.kill()  # kill -9: no chance to unlock
-        t0 = time.monotonic()
-        result = engine.run_profile("full-sync", agents={"ad"}, wait_s=30)
+        holder.kill()  # kill -9: no chance to unlock; kill() returns once the process is gone
+        # the OS released the lock with the process: the next run gets it at once, without --wait
+        result = engine.run_profile("full-sync", agents={"ad"}, wait_s=0)
         assert result.status == "success"
-        assert time.monotonic() - t0 < 10
     finally:
         engine.close()
 

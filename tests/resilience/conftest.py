@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from connector.bench.resilience import RestartableDC, restartable_dc
-from connector.testing.samba import ADSettings, SambaUnavailable
 from tests.conftest import require_or_skip
+from tests.harness.samba_dc import ADSettings, SambaUnavailable
 
 
 @pytest.fixture(scope="session")

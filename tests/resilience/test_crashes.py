@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from connector.bench.resilience import crash_trials
-from connector.testing.crash import PHASES, CrashLab, CrashPoint
-from connector.testing.samba import ADSettings
+from tests.harness.crash import PHASES, CrashLab, CrashPoint
+from tests.harness.samba_dc import ADSettings
 
 SEED = 20261122
 

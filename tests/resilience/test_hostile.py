@@ -26,8 +26,8 @@ from connector.bench.resilience import (
 from connector.config import config_from_dict
 from connector.emulator import GraphEmulator
 from connector.engine import Engine
-from connector.testing.crash import lab_emulator_config, lab_tag
-from connector.testing.samba import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
+from tests.harness.crash import lab_emulator_config, lab_tag
+from tests.harness.samba_dc import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 
 
 def test_odd_images_through_the_export_transform(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from connector.emulator import GraphEmulator
 from connector.engine import Engine
 from connector.engine._agents import open_connector
 from connector.sdk import CSEntryChange, ScopeViolationError
-from connector.testing.crash import CrashLab, lab_emulator_config, lab_tag, run_cli
-from connector.testing.samba import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
+from tests.harness.crash import CrashLab, lab_emulator_config, lab_tag, run_cli
+from tests.harness.samba_dc import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 
 
 def _secrets_found(text: str | bytes, secrets: dict[str, str]) -> list[str]:

@@ -2,24 +2,26 @@
 
 The cache holds the refresh token, which is as good as the admin's consent: anyone holding it can
 read every mailbox photo for up to 90 days. So it is Fernet-encrypted (AES-128-CBC + HMAC) with a
-key kept apart from the file (an environment variable or a key file), written with mode 0600, and
-replaced atomically (temp file, fsync, rename) so a crash during a refresh-token rotation can never
-leave a half-written cache and lose the only valid refresh token.
+key kept apart from the file (an environment variable or a key file), limited to the account that
+runs mvsync (mode 0600 on POSIX, an owner-only ACL on Windows), and replaced atomically (temp file,
+fsync, rename) so a crash during a refresh-token rotation can never leave a half-written cache and
+lose the only valid refresh token. On Windows the cache file and the key file mvsync creates are
+also sealed with DPAPI for that account (``connector.secrets``), as msal-extensions does for MSAL
+caches: a copy of both files is useless to another account or on another machine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
-import tempfile
 import threading
 from pathlib import Path
 
 import msal
 from cryptography.fernet import Fernet, InvalidToken
 
+from connector.files import OwnerOnlyError, atomic_write, write_private_file
 from connector.sdk import ConfigurationError
+from connector.secrets import SecretFileError, read_secret_file, seal, seal_text, unseal
 
 __all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "generate_key_file", "load_key"]
 
@@ -34,14 +36,13 @@ def load_key(env_name: str, key_file: Path | None) -> bytes:
     """The Fernet key: the environment variable wins, then the key file. Never logged."""
     raw = os.environ.get(env_name, "").strip()
     if not raw and key_file is not None:
-        try:
-            raw = key_file.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
+        if not key_file.exists():
             msg = f"token cache key file {key_file} does not exist (`mvsync auth login` creates it)"
-            raise ConfigurationError(msg, key="token_cache_key_file") from None
-        except OSError as exc:
-            msg = f"cannot read token cache key file {key_file}: {exc.strerror}"
-            raise ConfigurationError(msg, key="token_cache_key_file") from None
+            raise ConfigurationError(msg, key="token_cache_key_file")
+        try:
+            raw = read_secret_file(key_file, key="token_cache_key_file").strip()
+        except SecretFileError as exc:
+            raise ConfigurationError(str(exc), key="token_cache_key_file") from None
     if not raw:
         msg = f"no token cache key: set the environment variable {env_name} or token_cache_key_file ({_KEY_HELP})"
         raise ConfigurationError(msg, key="token_cache_key_env")
@@ -54,33 +55,12 @@ def load_key(env_name: str, key_file: Path | None) -> bytes:
 
 
 def generate_key_file(path: Path) -> None:
-    """Create a new key file (mode 0600) unless one exists; the caller decides whether to."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(Fernet.generate_key() + b"\n")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` so readers see the old or the new file, never a mix; mode 0600 from the start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Create a new key file (owner only; DPAPI-sealed on Windows) unless one exists; the caller decides whether to."""
+    key = seal_text(Fernet.generate_key().decode("ascii"))
     try:
-        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_private_file(path, (key + "\n").encode("ascii"), exclusive=True)
+    except OwnerOnlyError as exc:
+        raise ConfigurationError(str(exc), key="token_cache_key_file") from None
 
 
 class EncryptedTokenCache:
@@ -103,12 +83,15 @@ class EncryptedTokenCache:
         except FileNotFoundError:
             return
         try:
-            text = self._fernet.decrypt(blob).decode("utf-8")
+            text = self._fernet.decrypt(unseal(blob)).decode("utf-8")
         except InvalidToken:
             msg = (
                 f"the token cache {self.path} cannot be decrypted with the configured key "
                 "(wrong key, or the file was damaged); re-authorize to create a new one"
             )
+            raise ConfigurationError(msg, key="token_cache_key_env") from None
+        except ValueError as exc:  # sealed with DPAPI by another account or machine
+            msg = f"the token cache {self.path} cannot be read: {exc}; re-authorize to create a new one"
             raise ConfigurationError(msg, key="token_cache_key_env") from None
         self.cache.deserialize(text)
 
@@ -118,7 +101,7 @@ class EncryptedTokenCache:
             if not self.cache.has_state_changed:
                 return False
             data = self._fernet.encrypt(self.cache.serialize().encode("utf-8"))
-            _atomic_write(self.path, data)
+            atomic_write(self.path, seal(data), private=True)
             self.cache.has_state_changed = False
             return True
 

@@ -3,8 +3,10 @@
 The scan looks at names and ``lstat`` only; files are read later, and only when needed (new or
 changed since the watermark). Symbolic links are never followed: a link could point anywhere on
 the machine (``/etc/shadow`` named ``jdoe.jpg``), so a linked photo is an import error, and a
-linked folder is skipped. Reads re-check, with ``O_NOFOLLOW`` and the resolved path, that the file
-is still a regular file inside the folder, since it may have been swapped since the scan.
+linked folder is skipped. Reads re-check, with ``lstat`` before and after the open, the identity of
+the opened file (device and inode) and the resolved path, that the file is still a regular file
+inside the folder, since it may have been swapped since the scan. That works the same on Windows,
+which has no ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -127,20 +129,58 @@ def read_photo(root: Path, photo: PhotoFile, max_file_bytes: int) -> tuple[bytes
     real_root = os.path.realpath(root)
     if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
         raise ReadError("path-outside-folder", f"{shown} resolves outside the folder {display(str(root))}")
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        before = os.lstat(path)
+        if stat.S_ISLNK(before.st_mode):
+            raise ReadError("symlink-refused", f"{shown} became a symbolic link; links are not followed")
+        if not stat.S_ISREG(before.st_mode):
+            raise ReadError("not-a-regular-file", f"{shown} is not a regular file")
+        fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ReadError("symlink-refused", f"{shown} became a symbolic link; links are not followed") from None
-        if exc.errno == errno.ENOENT:
-            raise ReadError("file-vanished", f"{shown} was removed during the import") from None
-        raise ReadError("file-unreadable", f"{shown}: {exc.strerror}") from None
+        raise _open_error(exc, shown) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ReadError("not-a-regular-file", f"{shown} is not a regular file")
+        _same_file_or_refuse(path, before, info, shown)
         data = handle.read(max_file_bytes + 1)
     if len(data) > max_file_bytes:
         raise ReadError("file-too-large", f"{shown} is over max_file_bytes={max_file_bytes:,}")
     return data, info.st_mtime_ns, info.st_size
+
+
+#: Read-only, binary; where the platform has them, no following a final link, no blocking on a FIFO
+#: and no inheriting by children. Windows has none of the three: the ``lstat`` checks around the
+#: open in :func:`read_photo` are what refuse a link there (and also on POSIX, a second time).
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _open_error(exc: OSError, shown: str) -> ReadError:
+    if exc.errno == errno.ELOOP:
+        return ReadError("symlink-refused", f"{shown} became a symbolic link; links are not followed")
+    if exc.errno == errno.ENOENT:
+        return ReadError("file-vanished", f"{shown} was removed during the import")
+    return ReadError("file-unreadable", f"{shown}: {exc.strerror}")
+
+
+def _same_file_or_refuse(path: Path, before: os.stat_result, opened: os.stat_result, shown: str) -> None:
+    """Refuse a file swapped for a link (or another file) between the ``lstat`` and the open.
+
+    What was opened must be the very file ``lstat`` saw (same device and inode / file index), still
+    a regular file, and the name must still not be a link *after* the open: a link put in place
+    before the open makes the open reach another file (a different inode), one put in place after
+    it shows in the second ``lstat``. Either way the bytes read are not trusted.
+    """
+    if not stat.S_ISREG(opened.st_mode):
+        raise ReadError("not-a-regular-file", f"{shown} is not a regular file")
+    try:
+        after = os.lstat(path)
+    except OSError as exc:
+        raise _open_error(exc, shown) from None
+    same = (before.st_dev, before.st_ino) == (opened.st_dev, opened.st_ino) == (after.st_dev, after.st_ino)
+    if stat.S_ISLNK(after.st_mode) or not same:
+        raise ReadError("symlink-refused", f"{shown} was replaced during the import; links are not followed")

@@ -17,7 +17,7 @@ from ldap3 import BASE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, ActiveDirectorySettings
 from connector.sdk import ConnectorContext
-from connector.testing.samba import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
+from tests.harness.samba_dc import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 
 
 def jpeg(seed: int, size: int = 96) -> bytes:

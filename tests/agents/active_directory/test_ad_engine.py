@@ -18,9 +18,9 @@ from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.sdk import ConfigurationError, ImportMode, ObjectModificationType
 from connector.store.tables import run_history, run_step
-from connector.testing.samba import UserSpec
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_import import run_import
+from tests.harness.samba_dc import UserSpec
 
 pytestmark = pytest.mark.samba
 

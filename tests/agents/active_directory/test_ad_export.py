@@ -14,9 +14,9 @@ from ldap3 import MODIFY_REPLACE
 
 from connector import metrics
 from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ScopeViolationError
-from connector.testing.samba import UserSpec
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.conftest import require_or_skip
+from tests.harness.samba_dc import UserSpec
 
 pytestmark = pytest.mark.samba
 

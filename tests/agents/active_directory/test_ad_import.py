@@ -10,8 +10,8 @@ from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, Watermark
 from connector.sdk import CSEntryChange, ImportMode, ImportRequest, ObjectModificationType, StopRunError
-from connector.testing.samba import UserSpec
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.harness.samba_dc import UserSpec
 
 pytestmark = pytest.mark.samba
 

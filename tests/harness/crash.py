@@ -1,6 +1,7 @@
 """Kill -9 a real ``mvsync run`` at chosen points, rerun it, and check that nothing was lost.
 
-Used by ``tests/resilience/test_crashes.py`` and ``mvsync bench resilience``.
+Used by ``tests/resilience/test_crashes.py`` and ``mvsync bench resilience`` (from a source checkout:
+this is POSIX-only test machinery, SIGSTOP and SIGKILL, kept out of the installed package).
 
 Why kill points are *events*, not timers: a kill after a random delay lands wherever two busy
 shared cores happened to be; a kill at "the 7th store commit of the export phase" or "right after
@@ -182,11 +183,13 @@ def install_from_env() -> None:
     _engine.run_export = phased("export", _engine.run_export)  # type: ignore[attr-defined]
 
 
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
 _SHIM = """\
-# Written by connector.testing.crash: crash-test hooks for mvsync child processes.
+# Written by tests.harness.crash: crash-test hooks for mvsync child processes.
 import os
 if os.environ.get({plan!r}):
-    from connector.testing.crash import install_from_env
+    from tests.harness.crash import install_from_env
 
     install_from_env()
 """
@@ -266,7 +269,9 @@ def run_cli(
     workdir.mkdir(parents=True, exist_ok=True)
     report = workdir / f"crash-report-{time.monotonic_ns()}.json"
     child_env = dict(env if env is not None else os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), child_env.get("PYTHONPATH", "")) if p)
+    # the shim imports tests.harness.crash, so the source checkout goes on the path too
+    paths = (str(shim), str(_SOURCE_ROOT), child_env.get("PYTHONPATH", ""))
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     child_env.pop(ENV_PLAN, None)
     if plan is not None:
         child_env[ENV_PLAN] = plan.spec() if isinstance(plan, CrashPoint) else plan
@@ -407,7 +412,7 @@ def lab_emulator_config(users: int = 24, seed: int = 5, **fields: Any) -> Any:
 class CrashLab:
     """Builds identical worlds (tenant, directory, HR folder, store) and runs crash trials in them.
 
-    ``ad`` is a ``connector.testing.samba.ADSettings`` (a real DC: every world is the same OU,
+    ``ad`` is a ``tests.harness.samba_dc.ADSettings`` (a real DC: every world is the same OU,
     recreated) or None (the demo's LDIF snapshot stand-in). Account names get a per-process prefix
     so a shared DC never sees two test sessions create the same ``sAMAccountName``.
     """
@@ -451,7 +456,7 @@ class CrashLab:
         """Remove the OU from a real directory (worlds on disk go with ``root``)."""
         if self.ad is None:
             return
-        from connector.testing.samba import connect, delete_subtree
+        from tests.harness.samba_dc import connect, delete_subtree
 
         conn = connect(self.ad)
         try:
@@ -477,7 +482,7 @@ class CrashLab:
             return photos, usns
         from ldap3 import SUBTREE
 
-        from connector.testing.samba import connect
+        from tests.harness.samba_dc import connect
 
         conn = connect(self.ad)
         try:

@@ -26,8 +26,11 @@ Where Samba cannot run (not root, not Linux, packages missing without apt, start
 :class:`SambaUnavailable` is raised with the reason; test fixtures turn it into a skip, or into a
 failure when servers are required.
 
-The module also carries the small directory-population helpers tests and benchmarks share
-(:func:`connect`, :func:`ensure_ou`, :func:`create_users`, :func:`delete_subtree`).
+It lives under ``tests/`` because it is test-only and POSIX-only (root, apt, ``fcntl``, signals,
+``/proc``); the benchmarks that start a DC load it from a source checkout
+(``connector.bench._harness``). The directory-population helpers it re-exports (:func:`connect`,
+:func:`ensure_ou`, :func:`create_users`, :func:`delete_subtree`, :class:`ADSettings`) are portable
+and live in the package (``connector.demo._ad``), since ``mvsync demo`` uses them too.
 """
 
 from __future__ import annotations
@@ -40,14 +43,26 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from connector.config import ConfigError
+from connector.demo._ad import (
+    LDAP_PORT,
+    LDAPS_PORT,
+    ADSettings,
+    UserSpec,
+    connect,
+    create_users,
+    delete_subtree,
+    ensure_ou,
+    settings_from_env,
+)
 
 __all__ = [
     "ADSettings",
@@ -80,65 +95,11 @@ DEFAULT_DOMAIN = "MVSYNC"
 DEFAULT_HOSTNAME = "dc1"
 #: Throwaway credential of a throwaway domain (it must satisfy AD's complexity rules).
 DEFAULT_PASSWORD = "Mvsync-Test-Passw0rd1"
-LDAP_PORT = 389
-LDAPS_PORT = 636
 _MARKER = ".mvsync-samba-dir"  # proves a directory was created here (so it may be wiped)
 
 
 class SambaUnavailable(RuntimeError):
     """Samba cannot run on this machine; the message says why (shown as the skip reason)."""
-
-
-@dataclass(frozen=True)
-class ADSettings:
-    """How to reach a directory: what a test or benchmark needs to build connector settings."""
-
-    host: str
-    base_dn: str
-    bind_dn: str
-    password: str = field(repr=False)
-    ca_cert: Path | None = None
-    ldap_port: int = LDAP_PORT
-    ldaps_port: int = LDAPS_PORT
-    realm: str = ""
-    #: The harness's directory and the samba master's pid; None for a directory from ``AD_*``.
-    directory: Path | None = None
-    pid: int | None = None
-
-    @property
-    def external(self) -> bool:
-        """True when the directory was described by ``AD_*`` variables, not started here."""
-        return self.directory is None
-
-    @property
-    def upn_suffix(self) -> str:
-        """DNS name of the domain, for ``userPrincipalName`` values."""
-        if self.realm:
-            return self.realm.lower()
-        return ".".join(part.split("=", 1)[1] for part in self.base_dn.split(",") if "=" in part).lower()
-
-
-# ------------------------------------------------------------------------------------- env
-def settings_from_env(environ: Mapping[str, str] | None = None) -> ADSettings | None:
-    """Settings of an existing directory described by ``AD_*`` variables, or None if not set."""
-    env = os.environ if environ is None else environ
-    if not env.get("AD_HOST"):
-        return None
-    missing = [k for k in ("AD_BASE_DN", "AD_BIND_DN", "AD_PASSWORD") if not env.get(k)]
-    if missing:
-        msg = f"AD_HOST is set but {', '.join(missing)} is not: describe the directory completely"
-        raise SambaUnavailable(msg)
-    ca = env.get("AD_CA_CERT")
-    return ADSettings(
-        host=env["AD_HOST"],
-        base_dn=env["AD_BASE_DN"],
-        bind_dn=env["AD_BIND_DN"],
-        password=env["AD_PASSWORD"],
-        ca_cert=Path(ca) if ca else None,
-        ldap_port=int(env.get("AD_LDAP_PORT") or LDAP_PORT),
-        ldaps_port=int(env.get("AD_LDAPS_PORT") or LDAPS_PORT),
-        realm=env.get("AD_REALM", ""),
-    )
 
 
 # ------------------------------------------------------------------------------------- /proc
@@ -379,7 +340,7 @@ class _DC:
         s = self.samba_dir
         for sub in (d / "run", d / "log", s / "cache", s / "lock", s / "usershares"):
             sub.mkdir(parents=True, exist_ok=True)
-        conf = f"""# written by connector.testing.samba on every start
+        conf = f"""# written by tests.harness.samba_dc on every start
 [global]
 \tnetbios name = {self.hostname.upper()}
 \tworkgroup = {self.domain}
@@ -599,7 +560,10 @@ def samba_lease(
     lock on ``DIR.users`` while using it, and the one that started it stops it only when it can
     take that lock exclusively, i.e. nobody else is using the server any more.
     """
-    external = settings_from_env() if options.get("use_env", True) else None
+    try:
+        external = settings_from_env() if options.get("use_env", True) else None
+    except ConfigError as exc:
+        raise SambaUnavailable(str(exc)) from None
     if external is not None:
         yield external
         return
@@ -619,88 +583,3 @@ def samba_lease(
                     pass  # someone else still uses it; leave it running for them
                 else:
                     stop_samba(dc.directory, host=dc.host)
-
-
-# ------------------------------------------------------------------------------------- populate
-def connect(settings: ADSettings, *, starttls: bool = False, timeout: float = 10.0) -> Any:
-    """A bound ldap3 connection with full certificate validation and TCP_NODELAY (test helper)."""
-    from ldap3 import Connection, Server, Tls
-
-    tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_cert) if settings.ca_cert else None)
-    port = settings.ldap_port if starttls else settings.ldaps_port
-    server = Server(settings.host, port=port, use_ssl=not starttls, tls=tls, get_info=None, connect_timeout=timeout)
-    conn = Connection(
-        server,
-        user=settings.bind_dn,
-        password=settings.password,
-        receive_timeout=int(timeout),
-        raise_exceptions=True,
-    )
-    conn.open()
-    conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if starttls:
-        conn.start_tls()
-    conn.bind()
-    return conn
-
-
-@dataclass(frozen=True)
-class UserSpec:
-    """One test user; ``photo`` None means no ``thumbnailPhoto``."""
-
-    name: str
-    mail: str | None = None
-    display_name: str | None = None
-    photo: bytes | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-def ensure_ou(conn: Any, dn: str) -> None:
-    """Create the organizational unit ``dn`` (and no parents) unless it exists."""
-    from ldap3.core.exceptions import LDAPEntryAlreadyExistsResult
-
-    with contextlib.suppress(LDAPEntryAlreadyExistsResult):
-        conn.add(dn, ["top", "organizationalUnit"])
-
-
-def create_users(conn: Any, ou_dn: str, users: Sequence[UserSpec], upn_suffix: str) -> dict[str, str]:
-    """Add users under ``ou_dn``; returns name -> objectGUID (canonical string form)."""
-    import uuid
-
-    from ldap3 import BASE
-
-    guids = {}
-    for user in users:
-        dn = f"CN={user.name},{ou_dn}"
-        attributes: dict[str, Any] = {
-            "sAMAccountName": user.name[:20],
-            "userPrincipalName": f"{user.name}@{upn_suffix}",
-            **({"mail": user.mail} if user.mail else {}),
-            **({"displayName": user.display_name} if user.display_name else {}),
-            **({"thumbnailPhoto": user.photo} if user.photo is not None else {}),
-            **user.extra,
-        }
-        conn.add(dn, ["top", "person", "organizationalPerson", "user"], attributes)
-        conn.search(dn, "(objectClass=*)", BASE, attributes=["objectGUID"])
-        guids[user.name] = str(uuid.UUID(bytes_le=conn.response[0]["raw_attributes"]["objectGUID"][0]))
-    return guids
-
-
-def delete_subtree(conn: Any, dn: str) -> int:
-    """Delete ``dn`` and everything below it (deepest first); returns how many entries went."""
-    from ldap3 import SUBTREE
-    from ldap3.core.exceptions import LDAPNoSuchObjectResult
-
-    try:
-        conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000)
-        dns = [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
-        cookie = conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
-        while cookie:
-            conn.search(dn, "(objectClass=*)", SUBTREE, attributes=["1.1"], paged_size=1000, paged_cookie=cookie)
-            dns += [e["dn"] for e in conn.response if e.get("type") == "searchResEntry"]
-            cookie = conn.result["controls"]["1.2.840.113556.1.4.319"]["value"]["cookie"]
-    except LDAPNoSuchObjectResult:
-        return 0
-    for entry_dn in sorted(dns, key=lambda d: d.count(","), reverse=True):
-        conn.delete(entry_dn)
-    return len(dns)

@@ -1,0 +1,129 @@
+"""Writing files the same way on Linux and Windows: atomically, and (for secrets) for the owner only.
+
+Why one module: the token cache, its key, the demo's secret files and the run-lock holder records
+all need "readers see the old or the new content, never a mix" and, for secrets, "nobody but the
+account that runs mvsync can read it". The POSIX tools for that (``fchmod``, mode ``0600``, an
+``fsync`` of the directory) do nothing or fail on Windows, where the equivalent is an ACL that
+grants the current account alone; keeping both behind these functions keeps POSIX-only calls out
+of the rest of the package (``mypy --platform win32`` and the POSIX-removed test lane check that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["OwnerOnlyError", "atomic_write", "make_private_dir", "restrict_to_owner", "write_private_file"]
+
+
+class OwnerOnlyError(OSError):
+    """A file or folder could not be limited to the current account (the message says which and why)."""
+
+
+def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:
+    """Write ``data`` so readers see the old or the new file, never a mix (temp file, fsync, ``os.replace``).
+
+    ``private`` limits the temporary file to the owner *before* the data goes in, so a secret is
+    never readable by others, not even for a moment. ``durable`` flushes the data, and on POSIX the
+    directory after the rename, so the new content survives a power cut (Windows cannot open a
+    directory for that; NTFS journals the rename itself); records that only matter while a process
+    lives (a lock's holder) skip it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: 0600 on POSIX
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if private:
+                restrict_to_owner(Path(tmp))
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Create (or, unless ``exclusive``, replace) a secret file readable by its owner only.
+
+    ``exclusive`` refuses to overwrite an existing file (``FileExistsError``), for keys that must
+    never be replaced behind the back of the cache they protect: the file is created with
+    ``O_EXCL`` and limited to the owner while still empty, before the secret goes in.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not exclusive:
+        atomic_write(path, data, private=True)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        restrict_to_owner(path)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and limit it to the owner, so files created inside inherit that."""
+    path.mkdir(parents=True, exist_ok=True)
+    restrict_to_owner(path)
+
+
+def restrict_to_owner(path: Path) -> None:
+    """Limit ``path`` to the current account: mode 0600/0700 on POSIX, an owner-only ACL on Windows.
+
+    On Windows ``chmod`` only toggles the read-only flag, so the ACL is replaced with ``icacls``
+    (shipped with every Windows Server): inheritance removed, full control for the current account's
+    SID alone, inherited by files created later when ``path`` is a folder. This is what keeps a
+    secret under ``%ProgramData%`` (readable by all users by default) to the service account.
+    """
+    if sys.platform == "win32":
+        _restrict_windows(path)
+    else:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if sys.platform == "win32":
+        return
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _restrict_windows(path: Path) -> None:
+    grant = f"*{_current_sid()}:(OI)(CI)F" if path.is_dir() else f"*{_current_sid()}:F"
+    _run_tool(["icacls", str(path), "/inheritance:r", "/grant:r", grant, "/q"], path)
+
+
+def _current_sid() -> str:
+    """The SID of the account running mvsync (a gMSA or service account under Task Scheduler)."""
+    out = _run_tool(["whoami", "/user", "/fo", "csv", "/nh"], None)
+    # one CSV line: "DOMAIN\account","S-1-5-21-..."
+    sid = out.strip().rsplit(",", 1)[-1].strip().strip('"')
+    if not sid.startswith("S-1-"):
+        raise OwnerOnlyError(f"cannot tell the current account's SID from `whoami /user`: {out.strip()!r}")
+    return sid
+
+
+def _run_tool(argv: list[str], path: Path | None) -> str:
+    target = f" on {path}" if path is not None else ""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OwnerOnlyError(f"cannot run {argv[0]}{target}: {exc}") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        msg = f"{argv[0]} failed{target} (exit {done.returncode}): {detail}; the file is not limited to its owner"
+        raise OwnerOnlyError(msg)
+    return done.stdout

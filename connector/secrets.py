@@ -1,0 +1,175 @@
+"""Reading secret files as a Windows or Linux admin writes them, and protecting secrets at rest.
+
+Every secret mvsync reads from a file (a ``{ file = ... }`` reference in ``mvsync.toml``, the token
+cache key file, an imported refresh token) goes through :func:`read_secret_file`, so they all accept
+the same encodings and fail the same way. Windows tools write text in several encodings: PowerShell
+5.1's ``>`` and ``Out-File`` write UTF-16 LE with a byte-order mark, ``Set-Content -Encoding utf8``
+writes UTF-8 *with* a BOM, Notepad may write UTF-16 BE. A BOM left inside a password, or a
+``UnicodeDecodeError`` that names neither the file nor the key, costs an admin an afternoon.
+
+On Windows the token cache and its key are additionally sealed with DPAPI (the per-user data
+protection API, what msal-extensions' ``FilePersistenceWithDataProtection`` uses for MSAL caches):
+only the same account on the same machine can unseal them, whatever the file's ACL.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import sys
+from pathlib import Path
+
+__all__ = [
+    "DPAPI_AVAILABLE",
+    "SecretFileError",
+    "decode_secret",
+    "read_secret_file",
+    "seal",
+    "seal_text",
+    "unseal",
+    "unseal_text",
+]
+
+#: Whether :func:`seal` protects with DPAPI here (Windows) or leaves data as it is (POSIX).
+DPAPI_AVAILABLE = sys.platform == "win32"
+
+_SEALED = b"mvsync-dpapi:"  # prefix of DPAPI-sealed data, so a sealed file is recognised on reading
+_ENTROPY = b"mvsync secret at rest"
+
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_ENCODINGS_HELP = "UTF-8 (with or without a BOM) or UTF-16 with a BOM"
+
+
+class SecretFileError(Exception):
+    """A secret file that cannot be used; the message names the key and the file, never the content."""
+
+
+def decode_secret(data: bytes) -> str:
+    """The text of a secret file: BOM-aware (UTF-8, UTF-16 LE/BE), trailing newlines stripped.
+
+    Raises ``ValueError`` (with no secret content in it) when the bytes are not such text.
+    """
+    encoding, body = "utf-8", data
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            encoding, body = name, data[len(bom) :]
+            break
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        msg = f"byte {exc.start + len(data) - len(body)} is not valid {encoding}; save the file as {_ENCODINGS_HELP}"
+        raise ValueError(msg) from None
+    if "\x00" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL after every ASCII letter
+        raise ValueError(f"it contains NUL characters (UTF-16 without a BOM?); save it as {_ENCODINGS_HELP}")
+    return text.rstrip("\r\n")
+
+
+def read_secret_file(path: Path, *, key: str) -> str:
+    """The secret in ``path``, decoded (see :func:`decode_secret`) and unsealed if mvsync sealed it.
+
+    ``key`` is what the secret configures (``mvsync.toml: agents.ad.settings.password``); errors name
+    it and the file, so an admin knows which setting and which file to fix.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SecretFileError(f"{key}: secret file {path} does not exist") from None
+    except OSError as exc:
+        raise SecretFileError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
+    try:
+        return unseal_text(decode_secret(data))
+    except ValueError as exc:
+        raise SecretFileError(f"{key}: secret file {path} cannot be decoded: {exc}") from None
+
+
+def seal(data: bytes) -> bytes:
+    """``data`` protected for the current account with DPAPI on Windows; unchanged elsewhere.
+
+    On POSIX the protection of secrets at rest is the file mode (0600) and, for the token cache,
+    the Fernet key kept apart from it; there is no per-user sealing service on a headless server.
+    """
+    if not DPAPI_AVAILABLE:
+        return data
+    return _SEALED + _dpapi(data, protect=True)
+
+
+def unseal(data: bytes) -> bytes:
+    """The inverse of :func:`seal`: data without the sealed prefix is returned as it is.
+
+    Raises ``ValueError`` when the data is sealed but cannot be unsealed here (another account,
+    another machine, or not Windows).
+    """
+    if not data.startswith(_SEALED):
+        return data
+    if not DPAPI_AVAILABLE:
+        raise ValueError("it is sealed with Windows DPAPI and can only be read by the same account on Windows")
+    try:
+        return _dpapi(data[len(_SEALED) :], protect=False)
+    except OSError as exc:
+        msg = f"Windows DPAPI cannot unseal it ({exc}); it was sealed by another account or on another machine"
+        raise ValueError(msg) from None
+
+
+def seal_text(text: str) -> str:
+    """A text secret sealed for a text file (``mvsync-dpapi:<base64>``) on Windows; unchanged elsewhere."""
+    if not DPAPI_AVAILABLE:
+        return text
+    sealed = seal(text.encode("utf-8"))
+    return (_SEALED + base64.b64encode(sealed[len(_SEALED) :])).decode("ascii")
+
+
+def unseal_text(text: str) -> str:
+    """The inverse of :func:`seal_text` (text that was not sealed comes back unchanged)."""
+    if not text.startswith(_SEALED.decode("ascii")):
+        return text
+    try:
+        blob = base64.b64decode(text[len(_SEALED) :].strip(), validate=True)
+    except ValueError:
+        raise ValueError("its sealed (mvsync-dpapi:) content is damaged") from None
+    return unseal(_SEALED + blob).decode("utf-8")
+
+
+if sys.platform == "win32":
+    import ctypes
+    from ctypes import wintypes
+
+    class _Blob(ctypes.Structure):
+        _fields_ = [("cbData", wintypes.DWORD), ("pbData", ctypes.POINTER(ctypes.c_char))]
+
+    _CRYPTPROTECT_UI_FORBIDDEN = 0x01
+
+    def _blob(data: bytes) -> tuple[_Blob, ctypes.Array[ctypes.c_char]]:
+        buffer = ctypes.create_string_buffer(data, len(data))
+        return _Blob(len(data), ctypes.cast(buffer, ctypes.POINTER(ctypes.c_char))), buffer
+
+    def _dpapi(data: bytes, *, protect: bool) -> bytes:
+        """``CryptProtectData`` / ``CryptUnprotectData`` through ctypes (as msal-extensions does: no pywin32)."""
+        crypt32 = ctypes.windll.crypt32
+        blob_in, _keep_in = _blob(data)
+        entropy, _keep_entropy = _blob(_ENTROPY)
+        blob_out = _Blob()
+        func = crypt32.CryptProtectData if protect else crypt32.CryptUnprotectData
+        ok = func(
+            ctypes.byref(blob_in),
+            None,
+            ctypes.byref(entropy),
+            None,
+            None,
+            _CRYPTPROTECT_UI_FORBIDDEN,
+            ctypes.byref(blob_out),
+        )
+        if not ok:
+            raise ctypes.WinError()
+        try:
+            return ctypes.string_at(blob_out.pbData, blob_out.cbData)
+        finally:
+            ctypes.windll.kernel32.LocalFree(blob_out.pbData)
+
+else:
+
+    def _dpapi(data: bytes, *, protect: bool) -> bytes:
+        raise OSError("DPAPI exists only on Windows")

@@ -1,1 +1,0 @@
-"""Test and benchmark helpers shipped with mvsync (synthetic connectors, server harnesses)."""

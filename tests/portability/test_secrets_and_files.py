@@ -1,0 +1,216 @@
+"""Secret files in every encoding a Windows admin produces, through every place mvsync reads one, and
+owner-only atomic writes (``connector.secrets``, ``connector.files``)."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+
+from connector.agents.exchange_online._tokencache import generate_key_file, load_key
+from connector.config import ConfigError, validate_settings
+from connector.files import atomic_write, write_private_file
+from connector.sdk import ConfigurationError, ConnectorSettings
+from connector.secrets import SecretFileError, decode_secret, read_secret_file, seal, seal_text, unseal, unseal_text
+
+SECRET = "Pässwörd-€-1"
+
+#: What Windows tools write: PowerShell 5.1 ``>``/``Out-File`` (UTF-16 LE + BOM, CRLF),
+#: ``Set-Content -Encoding utf8`` (UTF-8 + BOM), Notepad "UTF-16 BE", a Linux ``echo`` (UTF-8, LF).
+ENCODINGS = {
+    "utf-8": lambda text: text.encode("utf-8"),
+    "utf-8-bom": lambda text: codecs.BOM_UTF8 + text.encode("utf-8"),
+    "utf-16-le-bom": lambda text: codecs.BOM_UTF16_LE + text.encode("utf-16-le"),
+    "utf-16-be-bom": lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n", "\r\n\r\n"])
+def test_every_windows_encoding_gives_the_same_secret(tmp_path: Path, encoding: str, ending: str) -> None:
+    path = tmp_path / "password.txt"
+    path.write_bytes(ENCODINGS[encoding](SECRET + ending))
+    assert read_secret_file(path, key="agents.ad.settings.password") == SECRET
+
+
+def test_inner_whitespace_and_leading_spaces_are_kept() -> None:
+    # only trailing newlines go: a password may end in a space or start with one
+    assert decode_secret(b" pass word \n") == " pass word "
+
+
+class _AdSettings(ConnectorSettings):
+    password: SecretStr
+
+
+def test_a_powershell_utf16_file_reference_in_mvsync_toml(tmp_path: Path) -> None:
+    (tmp_path / "ad-password").write_bytes(ENCODINGS["utf-16-le-bom"](SECRET + "\r\n"))
+    settings = validate_settings(
+        _AdSettings,
+        {"password": {"file": "ad-password"}},
+        key="agents.ad.settings",
+        file=tmp_path / "mvsync.toml",
+        base_dir=tmp_path,
+    )
+    assert settings.password.get_secret_value() == SECRET  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"\xff\xfe\x00\xd8", "not valid utf-16-le"),  # a lone high surrogate after a UTF-16 LE BOM
+        (b"caf\xe9\n", "byte 3 is not valid utf-8"),  # Latin-1 (Windows-1252) text
+        ("secret".encode("utf-16-le"), "NUL characters"),  # UTF-16 without its BOM
+    ],
+)
+def test_an_undecodable_file_names_the_key_and_the_file_and_not_the_content(
+    tmp_path: Path, content: bytes, why: str
+) -> None:
+    path = tmp_path / "ad-password"
+    path.write_bytes(content)
+    cfg = tmp_path / "mvsync.toml"
+    with pytest.raises(ConfigError) as info:
+        validate_settings(
+            _AdSettings, {"password": {"file": str(path)}}, key="agents.ad.settings", file=cfg, base_dir=tmp_path
+        )
+    message = str(info.value)
+    assert message.startswith(f"{cfg}: agents.ad.settings.password: secret file {path} cannot be decoded: ")
+    assert why in message and "UTF-16 with a BOM" in message
+    assert "caf" not in message and "secret" not in message.split("cannot be decoded")[1]
+
+
+def test_a_missing_secret_file_names_the_key_and_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SecretFileError, match=r"^k: secret file .*/nope does not exist$"):
+        read_secret_file(tmp_path / "nope", key="k")
+
+
+def test_token_cache_key_file_in_utf16_and_a_broken_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    key = Fernet.generate_key()
+    key_file = tmp_path / "cache.key"
+    key_file.write_bytes(ENCODINGS["utf-16-le-bom"](key.decode() + "\r\n"))
+    assert load_key("NO_SUCH_KEY_VAR", key_file) == key
+    key_file.write_bytes(b"\xff\xfe\x00\xd8")
+    with pytest.raises(ConfigurationError) as info:
+        load_key("NO_SUCH_KEY_VAR", key_file)
+    assert f"token_cache_key_file: secret file {key_file} cannot be decoded" in str(info.value)
+
+
+def test_generated_key_file_is_owner_only_and_never_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    key_file = tmp_path / "keys" / "cache.key"
+    generate_key_file(key_file)
+    key = load_key("NO_SUCH_KEY_VAR", key_file)
+    if sys.platform != "win32":
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        generate_key_file(key_file)
+    assert load_key("NO_SUCH_KEY_VAR", key_file) == key
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+def test_private_atomic_write_is_0600_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "cache.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o644)
+    atomic_write(target, b"new", private=True)
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["cache.bin"]
+
+
+def test_readers_see_the_old_or_the_new_content_never_a_mix(tmp_path: Path) -> None:
+    target = tmp_path / "holder.json"
+    old, new = b"a" * 200_000, b"b" * 200_000
+    write_private_file(target, old)
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add(target.read_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(20):
+            atomic_write(target, new)
+            atomic_write(target, old)
+    finally:
+        stop.set()
+        reader.join()
+    assert seen <= {old, new}
+
+
+def test_sealing_is_a_no_op_off_windows_and_sealed_data_is_refused_there() -> None:
+    if sys.platform == "win32":
+        assert unseal(seal(b"rt")) == b"rt" and seal(b"rt") != b"rt"
+        assert unseal_text(seal_text("key")) == "key"
+        return
+    assert seal(b"rt") == b"rt" and seal_text("key") == "key"
+    with pytest.raises(ValueError, match="sealed with Windows DPAPI"):
+        unseal(b"mvsync-dpapi:AAAA")
+    with pytest.raises(ValueError, match="damaged"):
+        unseal_text("mvsync-dpapi:not base64!")
+
+
+@pytest.fixture
+def fake_dpapi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Windows branch of connector.secrets with a stand-in for crypt32 (the framing is what is tested).
+
+    The stand-in reverses and tags the bytes and refuses blobs it did not make, as DPAPI refuses a
+    blob sealed by another account; the real CryptProtectData call only runs on Windows.
+    """
+    import connector.secrets as secrets_module
+
+    def dpapi(data: bytes, *, protect: bool) -> bytes:
+        if protect:
+            return b"DP" + data[::-1]
+        if not data.startswith(b"DP"):
+            raise OSError("The parameter is incorrect")
+        return data[2:][::-1]
+
+    monkeypatch.setattr(secrets_module, "DPAPI_AVAILABLE", True)
+    monkeypatch.setattr(secrets_module, "_dpapi", dpapi)
+
+
+@pytest.mark.usefixtures("fake_dpapi")
+def test_windows_key_file_and_token_cache_are_sealed_and_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.agents.exchange_online._tokencache import EncryptedTokenCache
+
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    key_file = tmp_path / "cache.key"
+    generate_key_file(key_file)
+    assert key_file.read_text(encoding="ascii").startswith("mvsync-dpapi:")
+    key = load_key("NO_SUCH_KEY_VAR", key_file)
+    Fernet(key)  # the unsealed key is a Fernet key again
+    cache = EncryptedTokenCache(tmp_path / "token-cache.bin", key)
+    cache.cache.deserialize('{"RefreshToken": {}}')
+    cache.cache.has_state_changed = True
+    assert cache.persist_if_changed()
+    assert (tmp_path / "token-cache.bin").read_bytes().startswith(b"mvsync-dpapi:DP")
+    EncryptedTokenCache(tmp_path / "token-cache.bin", key)  # reads it back
+
+
+@pytest.mark.usefixtures("fake_dpapi")
+def test_a_file_sealed_by_another_account_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.agents.exchange_online._tokencache import EncryptedTokenCache
+
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    key_file = tmp_path / "cache.key"
+    key_file.write_text("mvsync-dpapi:" + "QUJD" + "\n", encoding="ascii")  # a blob this account did not seal
+    with pytest.raises(ConfigurationError, match="sealed by another account or on another machine"):
+        load_key("NO_SUCH_KEY_VAR", key_file)
+    (tmp_path / "c.bin").write_bytes(b"mvsync-dpapi:XYZ")
+    with pytest.raises(ConfigurationError) as info:
+        EncryptedTokenCache(tmp_path / "c.bin", Fernet.generate_key())
+    assert f"the token cache {tmp_path / 'c.bin'} cannot be read" in str(info.value)
+    assert "re-authorize" in str(info.value)
