@@ -36,7 +36,7 @@ from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
 from connector.bench._util import peak_rss_mb
-from connector.emulator import ceiling_requests_per_s
+from connector.emulator import EmulatorConfig, ceiling_requests_per_s, model_assumptions
 from connector.emulator._agent import exo_agent_settings
 
 __all__ = ["BenchConnector", "register", "run"]
@@ -250,12 +250,14 @@ def run(
         "full_import_photos_per_s": round(photos / full_s, 1),
         "full_import_users_per_s": round(full_metrics.get("users", 0) / full_s, 1),
         "full_import_graph_requests": full_items,
+        "full_import_throttled": full_metrics.get("throttled", 0),
         "full_import_users": listed,
         "graph_requests_per_user": round(full_items / listed, 3) if listed else None,
         "model_ceiling_requests_per_s": ceiling_items_per_s,
         "full_import_ceiling_photos_per_s": round(ceiling_photos, 1) if ceiling_photos else None,
         "full_import_share_of_model_ceiling": share,
         "full_import_share_of_ceiling": share,
+        "emulator_assumptions": model_assumptions(latency_ms, EmulatorConfig().batch_parallelism),
         "ceiling_note": "photos/s if the model's tightest limit were used all the time by the requests the job "
         "needed (one metadata probe per user, one sized download per photo; throttled attempts not counted)",
         "limiter": full_metrics.get("limiter", {}),

@@ -144,6 +144,9 @@ class RunStepConfig(_Strict):
     deletion_threshold: DeletionThreshold | None = None
     #: Full imports returning zero objects into a non-empty connector space stop unless this is set.
     allow_empty_full_import: bool = False
+    #: A full import resumes from the last committed page of an interrupted one (when its agent
+    #: supports it); false starts every full import from the beginning.
+    resume_interrupted: bool = True
     #: Extra options handed to the connector as ``ImportRequest.options`` / ``run_options``.
     options: dict[str, Any] = Field(default_factory=dict)
 

@@ -337,13 +337,13 @@ class GraphService:
                         ("x-ms-throttle-information", "ResourceUnitLimitExceeded"),
                     ]
                 raise GraphError(429, refusal.code, refusal.message, headers, inner)
-            self.throttle.enter(claims.client_id, route.mailbox)
+            entered = self.throttle.enter(claims.client_id, route.mailbox)
             try:
                 if self.latency_s:
                     await asyncio.sleep(self.latency_s)
                 response = await route.handler()
             finally:
-                self.throttle.leave(claims.client_id, route.mailbox)
+                self.throttle.leave(entered)
             if route.resource_units:
                 response.headers.append(("x-ms-resource-unit", str(route.resource_units)))
                 used = self.throttle.ru_used(claims.client_id)

@@ -307,14 +307,17 @@ class Throttle:
             )
         return None
 
-    def enter(self, app: str, mailbox: str | None) -> None:
+    def enter(self, app: str, mailbox: str | None) -> tuple[str, tuple[str, str] | None]:
+        """Count a request in flight; hand the result to ``leave`` (the model may change meanwhile)."""
         self._app_inflight[app] = self._app_inflight.get(app, 0) + 1
+        key = None
         if mailbox is not None:
             key = (app, mailbox if self.mailbox_scope == "mailbox" else "*")
             self._mailbox_inflight[key] = self._mailbox_inflight.get(key, 0) + 1
+        return app, key
 
-    def leave(self, app: str, mailbox: str | None) -> None:
+    def leave(self, entered: tuple[str, tuple[str, str] | None]) -> None:
+        app, key = entered
         self._app_inflight[app] -= 1
-        if mailbox is not None:
-            key = (app, mailbox if self.mailbox_scope == "mailbox" else "*")
+        if key is not None:
             self._mailbox_inflight[key] -= 1

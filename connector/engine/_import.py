@@ -6,11 +6,22 @@ converges. Exported values waiting for confirmation are confirmed (or reported a
 ``exported-change-not-reimported``) here. A full import marks objects it did not see as pending
 deletes, unless it saw nothing at all while the connector space is not empty (then it stops).
 The watermark is saved only when the step closes normally.
+
+A full import resumes: each page's ``checkpoint`` (when the connector gives one) is saved with the
+page, in the same transaction, so a full import stopped by a crash, Ctrl-C, a reboot or
+``stopped-throttled`` starts its next run from its last committed page instead of from scratch.
+The objects the interrupted step already saw are adopted by the new step (their ``seen_step``
+moves to it), so the deletion rule at the end judges the whole listing, not only its second half.
+The next import step of the agent consumes the checkpoint: a full import resumes from it, a delta
+import discards it (the delta's own changes would otherwise confuse that rule).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
@@ -25,12 +36,15 @@ from connector.sdk import (
     ImportRequest,
     ObjectClass,
     ObjectModificationType,
+    ResumeRefusedError,
     Schema,
 )
 from connector.store import dumps, encode_value, loads, normalize_values, run_many
 from connector.store.tables import agent_state, cs_object
 
 __all__ = ["DELETE_MARK", "run_import"]
+
+log = logging.getLogger("mvsync.engine")
 
 #: Key in ``unconfirmed`` meaning "an object delete was exported and awaits confirmation".
 DELETE_MARK = "\x00delete"
@@ -374,21 +388,76 @@ def load_watermark(conn: Connection, agent: str) -> str | None:
     return conn.execute(select(agent_state.c.watermark).where(agent_state.c.agent == agent)).scalar()
 
 
-def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
-    """Run one full or delta import step to its end (or raise ``StepStopped``)."""
-    if not full and not connector.capabilities.delta_import:
-        msg = f"agent {ctx.agent!r} does not support delta import; use a full-import step"
-        raise StepStopped("stopped-configuration", msg)
-    schema = connector.get_schema()
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """Where an interrupted full import stands: its step, its last committed page, what it had seen."""
+
+    step_id: int
+    checkpoint: str
+    pages: int
+    entries: int
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"step_id": self.step_id, "checkpoint": self.checkpoint, "pages": self.pages, "entries": self.entries}
+        )
+
+    @classmethod
+    def loads(cls, text: str | None) -> _Checkpoint | None:
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(int(data["step_id"]), str(data["checkpoint"]), int(data["pages"]), int(data["entries"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def _take_checkpoint(conn: Connection, ctx: StepContext, full: bool) -> _Checkpoint | None:
+    """The checkpoint a full import resumes from; a delta import (or a dry run) leaves none behind."""
+    text = conn.execute(select(agent_state.c.import_checkpoint).where(agent_state.c.agent == ctx.agent)).scalar()
+    found = _Checkpoint.loads(text)
+    if found is None or ctx.dry_run:
+        return None  # a dry run neither resumes nor discards anything
+    if not full or not ctx.step.resume_interrupted:
+        log.warning(
+            "%s: the full import interrupted in step %d is not resumed (%s); the next full import starts over",
+            ctx.agent,
+            found.step_id,
+            "a delta import ran" if not full else "resume_interrupted = false",
+        )
+        _save_agent_state(conn, ctx.agent, {"import_checkpoint": None})
+        return None
+    return found
+
+
+def _adopt(conn: Connection, ctx: StepContext, resumed: _Checkpoint) -> None:
+    """The resumed step's objects count as seen by this one (the deletion rule needs the whole listing)."""
+    conn.execute(
+        update(cs_object)
+        .where(cs_object.c.agent == ctx.agent, cs_object.c.seen_step == resumed.step_id)
+        .values(seen_step=ctx.step_id)
+    )
+    counters = ctx.result.counters
+    counters["resumed_from_step"] = resumed.step_id
+    counters["resumed_after_page"] = resumed.pages
+    counters["resumed_entries"] = resumed.entries
+    ctx.result.message = (
+        f"resumed the full import interrupted in step {resumed.step_id} after page {resumed.pages} "
+        f"({resumed.entries} entries were already committed)"
+    )
+
+
+def _import_pages(
+    ctx: StepContext, connector: Connector[Any], applier: _PageApplier, full: bool, watermark: str | None
+) -> tuple[int, str | None, int]:
+    """Pull pages until the connector has no more; returns (pages, new watermark, entries resumed)."""
     with ctx.store.transaction() as conn:
-        _save_agent_state(conn, ctx.agent, {"schema_json": schema.model_dump_json(), "updated_at": time.time()})
-        watermark = None if full else load_watermark(conn, ctx.agent)
-    applier = _PageApplier(ctx, schema, full)
+        resume = _take_checkpoint(conn, ctx, full)
     page_size = min(ctx.step.page_size, connector.capabilities.max_page_size)
     token: str | None = None
     page_number = 1
     new_watermark: str | None = watermark
-    ctx.progress.start(f"{ctx.agent}: {'full' if full else 'delta'} import")
     while True:
         request = ImportRequest(
             mode=ImportMode.FULL if full else ImportMode.DELTA,
@@ -397,10 +466,29 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
             page_token=token,
             watermark=watermark,
             options=dict(ctx.step.options),
+            resume_from=resume.checkpoint if resume is not None and page_number == 1 else None,
         )
-        page = connector.import_page(request)
+        try:
+            page = connector.import_page(request)
+        except ResumeRefusedError as exc:
+            if request.resume_from is None:
+                raise StepStopped("stopped-connector-error", f"the connector refused to resume: {exc}") from None
+            log.warning("%s: the interrupted full import cannot be resumed (%s); starting over", ctx.agent, exc)
+            ctx.result.message = f"could not resume the interrupted full import ({exc}); started over"
+            resume = None
+            continue
         with ctx.store.transaction() as conn:
+            if resume is not None and page_number == 1:
+                _adopt(conn, ctx, resume)
             applier.apply(conn, page.entries)
+            if full and page.checkpoint is not None and not ctx.dry_run:
+                done = _Checkpoint(
+                    ctx.step_id,
+                    page.checkpoint,
+                    page_number + (resume.pages if resume else 0),
+                    applier.entries_seen + (resume.entries if resume else 0),
+                )
+                _save_agent_state(conn, ctx.agent, {"import_checkpoint": done.dumps()})
         ctx.progress.advance(len(page.entries))
         ctx.check_error_limit()
         if page.watermark is not None:
@@ -413,12 +501,27 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
         token = page.page_token
         page_number += 1
         ctx.result.counters["pages"] = page_number
+    return page_number, new_watermark, resume.entries if resume is not None else 0
+
+
+def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
+    """Run one full or delta import step to its end (or raise ``StepStopped``)."""
+    if not full and not connector.capabilities.delta_import:
+        msg = f"agent {ctx.agent!r} does not support delta import; use a full-import step"
+        raise StepStopped("stopped-configuration", msg)
+    schema = connector.get_schema()
+    with ctx.store.transaction() as conn:
+        _save_agent_state(conn, ctx.agent, {"schema_json": schema.model_dump_json(), "updated_at": time.time()})
+        watermark = None if full else load_watermark(conn, ctx.agent)
+    applier = _PageApplier(ctx, schema, full)
+    ctx.progress.start(f"{ctx.agent}: {'full' if full else 'delta'} import")
+    page_number, new_watermark, resumed_entries = _import_pages(ctx, connector, applier, full, watermark)
 
     ctx.result.counters["pages"] = page_number
     with ctx.store.transaction() as conn:
         if full:
             not_seen = or_(cs_object.c.seen_step.is_(None), cs_object.c.seen_step != ctx.step_id)
-            if applier.entries_seen == 0:
+            if applier.entries_seen + resumed_entries == 0:
                 held = conn.execute(
                     select(func.count()).select_from(cs_object).where(cs_object.c.agent == ctx.agent)
                 ).scalar_one()
@@ -456,6 +559,9 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
             conn.execute(
                 delete(cs_object).where(and_(cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_(None)))
             )
-        _save_agent_state(conn, ctx.agent, {"watermark": new_watermark, "updated_at": time.time()})
+        values: dict[str, Any] = {"watermark": new_watermark, "updated_at": time.time()}
+        if full:
+            values["import_checkpoint"] = None  # finished: nothing to resume
+        _save_agent_state(conn, ctx.agent, values)
         ctx.flush_errors(conn)
     ctx.progress.finish()

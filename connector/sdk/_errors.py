@@ -8,6 +8,7 @@ The tree, most general first::
     │   ├── AuthenticationError         -> stopped-authentication (names the command that re-authorizes)
     │   ├── ServerDownError             -> stopped-server-down
     │   └── ScopeViolationError         -> stopped-scope-violation (an export left its configured scope)
+    ├── ResumeRefusedError              a full import cannot resume from the checkpoint it was given
     └── EntryError                      one object failed; the run goes on (an import or export error)
 
 Per-object problems should normally be *returned* (``CSEntryChange.import_error`` on import, an
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectorError",
     "EntryError",
+    "ResumeRefusedError",
     "ScopeViolationError",
     "ServerDownError",
     "StopRunError",
@@ -75,6 +77,10 @@ class ScopeViolationError(StopRunError):
     """An export would touch an object or attribute outside the configured scope."""
 
     status = "stopped-scope-violation"
+
+
+class ResumeRefusedError(ConnectorError):
+    """The checkpoint handed to a full import's first page is no longer usable; the engine starts over."""
 
 
 class EntryError(ConnectorError):

@@ -4,6 +4,14 @@ PSMA passes ``$OperationType``, ``$PageSize``, ``$ImportPageNumber``, ``$global:
 ``$global:RunStepCustomData`` (the watermark, blanked on full imports) and reads back objects,
 ``$global:MoreToImport``, the page token and the new watermark. ``ImportRequest`` and ``ImportPage``
 carry exactly that. The engine saves the watermark only when the step closes normally.
+
+A full import of a big directory can also *resume* (MIM cannot): a connector that can start again
+from a point returns a ``checkpoint`` with each page, an opaque text that must still mean something
+to a new process after a crash or a reboot. The engine stores it in the same transaction as the
+page's entries, so it never names a page that was not committed, and hands the last one back as
+``ImportRequest.resume_from`` on the first page of the next full import of that agent. A connector
+that can no longer resume from it (the token expired, the source was rebuilt) raises
+``ResumeRefusedError`` on that first page, and the engine starts over.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class ImportRequest:
     page_token: str | None = None
     watermark: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: On the first page of a full import resuming an interrupted one: its last committed checkpoint.
+    resume_from: str | None = None
 
 
 @dataclass(slots=True)
@@ -43,6 +53,9 @@ class ImportPage:
     more_to_import: bool = False
     page_token: str | None = None
     watermark: str | None = None
+    #: Full imports: where to resume once this page (and every earlier one) is committed; None if
+    #: the connector cannot resume from here. Opaque to the engine; must survive a process restart.
+    checkpoint: str | None = None
 
 
 _T = TypeVar("_T")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, inspect, select
 
 from connector.store.tables import metadata, store_meta
 
@@ -65,7 +65,18 @@ def _v2_console_indexes(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes)
+def _v3_import_checkpoint(conn: Connection) -> None:
+    """``agent_state.import_checkpoint``: where an interrupted full import resumes.
+
+    A store created by this version's ``_v1`` already has the column (``create_all`` builds the
+    current table), so it is added only where it is missing.
+    """
+    columns = {c["name"] for c in inspect(conn).get_columns("agent_state")}
+    if "import_checkpoint" not in columns:
+        conn.exec_driver_sql("ALTER TABLE agent_state ADD COLUMN import_checkpoint TEXT")
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes, _v3_import_checkpoint)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -78,6 +78,8 @@ agent_state = Table(
     Column("watermark", Text),
     Column("schema_json", Text),
     Column("updated_at", Float),
+    #: JSON: where an interrupted full import can resume (migration 3; see engine._import).
+    Column("import_checkpoint", Text),
 )
 
 cs_object = Table(

@@ -138,6 +138,7 @@ class _Trial:
     """A decrease on probation: the delivery rate before it, and the limit to restore."""
 
     rate_before: float
+    share_before: float
     limit_before: float
     judge_after: float
 
@@ -374,8 +375,10 @@ class AdaptiveLimiter:
         # Endemic push-back costs what the decrease took (ratio near ``backoff``); a limit we were
         # over costs nothing (near 1); a service whose capacity fell costs far more (near 0).
         lost = ratio < (1.0 + self.backoff) / 2
-        # (more than ``endemic_max_share`` pushed back is never waved through as somebody else's)
-        if lost and 0 < share <= self.endemic_max_share and ratio >= self.backoff**2:
+        # (more than ``endemic_max_share`` pushed back, before or after, is never waved through as
+        # somebody else's)
+        modest = max(share, trial.share_before) <= self.endemic_max_share
+        if lost and share > 0 and modest and ratio >= self.backoff**2:
             self._limit = max(self._limit, trial.limit_before)
             self._bad_level = None
             self._endemic_share = share
@@ -403,7 +406,9 @@ class AdaptiveLimiter:
             before = self._last_rate
             if before is None and self._window.delivered and now > self._window.started:
                 before = self._window.delivered / (now - self._window.started)
-            self._trial = _Trial(before or 0.0, self._limit, self._paused_until)
+            window = self._window
+            share_now = window.pushed_back / window.answers if window.answers else 1.0
+            self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
         self._epoch += 1
         if self._probe_started is not None:
             self.stats.probes_failed += 1

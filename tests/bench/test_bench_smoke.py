@@ -185,19 +185,42 @@ def test_bench_import_small(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result["one_request_bound_photos"] == result["full_import_photos"]
     assert result["full_import_users"] == result["naive_users_total"]
     assert result["graph_requests_per_user"] >= 1.0
-    # without latency the in-flight model sets no ceiling
-    assert result["model_ceiling_requests_per_s"] is None and result["full_import_ceiling_photos_per_s"] is None
+    # without latency the in-flight limit sets no ceiling: the default model's rate does (2,000 requests/s)
+    assert result["model_ceiling_requests_per_s"] == 2000.0
+    # throttling never becomes a per-object error; the names are counted for the report
+    assert "graph-throttled" not in result["full_import_error_names"]
+    assert set(result["emulator_assumptions"]) == {"latency", "batch_timing"}
 
 
 def test_bench_import_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     from connector.bench.import_ import run
 
     _restore_env_after(monkeypatch, "MVSYNC_TOKEN_CACHE_KEY", "MVSYNC_BENCH_EXO_RT")
-    result = run(users=40, latency_ms=20, naive_seconds=0.2)
-    assert result["model_ceiling_requests_per_s"] == 2500.0  # 50 in flight / 20 ms
+    result = run(users=40, latency_ms=20, naive_seconds=0.2, throttle="in-flight-12")
+    assert result["throttle_model"] == "in-flight-12" and result["throttle_limits"]["app_concurrency"] == 12
+    assert result["model_ceiling_requests_per_s"] == 600.0  # 12 in flight / 20 ms, below the 2,000/s rate
     photos, items = result["full_import_photos"], result["full_import_graph_requests"]
-    assert result["full_import_ceiling_photos_per_s"] == pytest.approx(photos * 2500 / items, abs=0.1)
-    assert 0 < result["full_import_share_of_ceiling"] <= 1.0
+    # the ceiling counts the requests the job needed: the answered ones, not throttled attempts
+    needed = items - result["full_import_throttled"]
+    assert result["full_import_ceiling_photos_per_s"] == pytest.approx(photos * 600 / needed, abs=0.1)
+    share = result["full_import_share_of_model_ceiling"]
+    assert share == result["full_import_share_of_ceiling"] and share > 0
+
+
+def test_throttle_models_and_their_ceilings() -> None:
+    from connector.emulator import THROTTLE_MODELS, ceiling_requests_per_s, parse_throttle
+
+    assert set(THROTTLE_MODELS) >= {"default", "outlook-per-app", "in-flight-12", "rate-150"}
+    assert ceiling_requests_per_s(parse_throttle("default"), 0.1) == 500.0
+    assert ceiling_requests_per_s(parse_throttle("outlook-per-app"), 0.1) == 40.0
+    assert ceiling_requests_per_s(parse_throttle("in-flight-12"), 0.1) == 120.0
+    assert ceiling_requests_per_s(parse_throttle("rate-150"), 0.1) == 150.0
+    custom = parse_throttle('{"base": "rate-150", "app_concurrency": 5}')
+    assert custom["app_rate_per_s"] == 150.0 and ceiling_requests_per_s(custom, 0.1) == 50.0
+    with pytest.raises(ValueError, match="unknown throttling model 'nope'"):
+        parse_throttle("nope")
+    with pytest.raises(ValueError, match="unknown throttling limit 'speed'"):
+        parse_throttle({"speed": 3})
 
 
 def _check_e2e(result: dict[str, Any], users: int) -> None:

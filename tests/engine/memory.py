@@ -23,7 +23,9 @@ from connector.sdk import (
     ImportRequest,
     ObjectClass,
     ObjectModificationType,
+    ResumeRefusedError,
     Schema,
+    StopRunError,
 )
 
 DIRECTORIES: dict[str, dict[str, Any]] = {}
@@ -39,6 +41,9 @@ def directory(name: str) -> dict[str, Any]:
             "exports": [],
             "fail": {},
             "crash_after_page": None,
+            "stop_after_page": None,
+            "refuse_resume": False,
+            "requests": [],
             "errors": {},
             "ignore_attrs": set(),
         },
@@ -96,16 +101,23 @@ class MemoryConnector(Connector[MemorySettings]):
             entries = [c if isinstance(c, CSEntryChange) else self._entry(*c) for c in changes]
             return ImportPage(entries, False, None, str(len(data["changes"])))
         items = sorted(data["objects"].items())
-        offset = int(request.page_token or 0)
+        if request.resume_from is not None and data["refuse_resume"]:
+            raise ResumeRefusedError("the directory was rebuilt")
+        offset = int(request.resume_from or request.page_token or 0)
+        data["requests"].append(offset)
         page = items[offset : offset + request.page_size]
         if data["crash_after_page"] is not None and request.page_number > data["crash_after_page"]:
             os._exit(77)  # simulate kill -9 in the middle of an import (used from a subprocess)
+        if data["stop_after_page"] is not None and request.page_number > data["stop_after_page"]:
+            data["stop_after_page"] = None
+            raise StopRunError("stopped on purpose", status="stopped-throttled")
         more = offset + request.page_size < len(items)
         return ImportPage(
             [self._entry(a, v) for a, v in page],
             more,
             str(offset + request.page_size) if more else None,
             str(len(data["changes"])),
+            checkpoint=str(offset + request.page_size),  # an offset into the sorted objects: resumable
         )
 
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:

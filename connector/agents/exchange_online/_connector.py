@@ -16,20 +16,30 @@ for how it stays consistent with the engine's watermark.
 
 ``EXOPhotoLastChecked`` is when the connector last fetched photo bytes that differed from what it
 held (UTC): re-downloads of the same picture keep it, so an unchanged tenant imports as a no-op.
+
+A full import resumes (see ``connector.engine._import``): each page carries a checkpoint naming
+the ``users/delta`` page from which listing must start again so that every user listed before it
+has already been handed to the engine, plus the photo state's generation, which the resumed run
+keeps (so the users imported before the interruption are not forgotten at its end). Users of later
+pages that were already committed are probed again, at most ``max_ahead`` of them. A checkpoint
+that Graph no longer honours (an expired skip token) makes the engine start over.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
+import json
 import logging
 import queue
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -65,6 +75,7 @@ from connector.sdk import (
     ImportRequest,
     ObjectClass,
     ObjectModificationType,
+    ResumeRefusedError,
     Schema,
     ScopeViolationError,
     ServerDownError,
@@ -115,6 +126,36 @@ SCHEMA = Schema.of(
 @dataclass(slots=True)
 class _UserSeen:
     user: dict[str, Any]
+    page: int = 0
+
+
+@dataclass(slots=True)
+class _Listed:
+    """A ``users/delta`` page is about to be emitted: its index, its URL and the next page's."""
+
+    page: int
+    url: str
+    next_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """What a full import's checkpoint holds (JSON): where listing restarts, and the run's generation."""
+
+    link: str
+    gen: int
+    store: str
+
+    def dumps(self) -> str:
+        return json.dumps({"v": 1, "link": self.link, "gen": self.gen, "store": self.store})
+
+    @classmethod
+    def loads(cls, text: str) -> _Resume | None:
+        try:
+            data = json.loads(text)
+            return cls(str(data["link"]), int(data["gen"]), str(data["store"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 @dataclass(slots=True)
@@ -145,12 +186,18 @@ def _reverify_bucket(user_id: str, buckets: int) -> int:
 class _Run:
     """One import step's moving parts (pipeline, stages, state), owned by the engine's thread."""
 
-    def __init__(self, conn: ExchangeOnlinePhotosConnector, mode: ImportMode, watermark: Watermark | None) -> None:
+    def __init__(
+        self,
+        conn: ExchangeOnlinePhotosConnector,
+        mode: ImportMode,
+        watermark: Watermark | None,
+        resume: _Resume | None = None,
+    ) -> None:
         self.conn = conn
         self.settings = conn.settings
         self.state = conn.state
         self.full = mode == ImportMode.FULL
-        self.gen = self.state.begin_run(None if self.full else watermark)
+        self.gen = self.state.resume_run(resume.gen) if resume else self.state.begin_run(watermark)
         self.started = time.time()
         self.pipeline = Pipeline(conn.graph, max_ahead=conn.max_ahead)
         self.seen: set[str] = set()
@@ -163,8 +210,14 @@ class _Run:
         self.fatal: BaseException | None = None
         self.carry: list[CSEntryChange] = []
         self.counters = conn.counters
+        # listing pages not yet wholly handed to the engine (for the checkpoint): page -> users pending
+        self.pages: dict[int, _Listed] = {}
+        self.pending: Counter[int] = Counter()
+        self.page_of: dict[str, int] = {}
+        self._scheduled: str | None = None
         if self.full:
-            self.stages = [lambda emit: self.conn.walk_delta("users/delta?$select=" + _SELECT, emit)]
+            first = resume.link if resume else "users/delta?$select=" + _SELECT
+            self.stages = [lambda emit: self.conn.walk_delta(first, emit, resumed=resume is not None)]
         else:
             assert watermark is not None
             link = watermark.delta_link
@@ -207,17 +260,28 @@ class _Run:
 
     # -- events ---------------------------------------------------------------------------------
     def _schedule(self, user_id: str, attrs: dict[str, Any], row: UserState | None, baseline: Any) -> None:
+        self._scheduled = user_id
         self.open_chains += 1
         self.counters["probes"] += 1
         self.pipeline.submit(PhotoTask(user_id, "probe", baseline=baseline, context=_Ctx(attrs, row)))
 
     def handle(self, event: Any) -> list[CSEntryChange]:
+        self._scheduled = None
         if isinstance(event, PhotoOutcome):
             self.open_chains -= 1
             self.pipeline.release()
             out = self._on_outcome(event)
+            if not out:  # nothing to commit for this user (gone, unchanged): its page need not wait
+                self.handed_over([CSEntryChange.delete(OBJECT_CLASS, event.task.user_id)])
         elif isinstance(event, _UserSeen):
             out = self._on_user(event.user)
+            user_id = str(event.user["id"])
+            if out or self.open_chain_for(user_id):
+                self.pending[event.page] += 1
+                self.page_of.setdefault(user_id, event.page)
+        elif isinstance(event, _Listed):
+            self.pages[event.page] = event
+            out = []
         elif isinstance(event, _Removed):
             self.pipeline.release()
             self.seen.add(event.user_id)
@@ -349,6 +413,36 @@ class _Run:
             )
         return [CSEntryChange.add(OBJECT_CLASS, user_id, values)]
 
+    def open_chain_for(self, user_id: str) -> bool:
+        """Whether a photo chain was just scheduled for ``user_id`` (its entry comes later)."""
+        return self._scheduled == user_id
+
+    def handed_over(self, entries: list[CSEntryChange]) -> None:
+        """``entries`` go to the engine now: their users no longer hold their listing page back."""
+        for entry in entries:
+            page = self.page_of.pop(str(entry.anchor), None)
+            if page is not None:
+                self.pending[page] -= 1
+                if self.pending[page] <= 0:
+                    del self.pending[page]
+
+    def checkpoint(self) -> str | None:
+        """Where a resumed full import restarts listing: the first page with users not yet handed over.
+
+        None when nothing can be said yet (no page listed) or outside full imports.
+        """
+        if not self.full or not self.pages:
+            return None
+        waiting = min(self.pending) if self.pending else None
+        if waiting is not None:
+            link = self.pages[waiting].url
+        else:  # every listed user is handed over: restart at the page after the last one listed
+            last = self.pages[max(self.pages)]
+            if last.next_url is None:
+                return None
+            link = last.next_url
+        return _Resume(link, self.gen, self.state.store_id).dumps()
+
     # -- paging ---------------------------------------------------------------------------------
     def next_events(self, want: int) -> list[CSEntryChange]:
         """Block until ``want`` entries are ready, the run finished, or a fatal error arrived."""
@@ -374,6 +468,7 @@ class _Run:
         if len(entries) > want:
             self.carry[:0] = entries[want:]
             del entries[want:]
+        self.handed_over(entries)
         return entries
 
     @property
@@ -485,13 +580,23 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         }
 
     # -- import ---------------------------------------------------------------------------------
-    def walk_delta(self, url: str, emit: Callable[[Any], None]) -> str:
-        """Follow ``users/delta`` pages from ``url`` to the delta link (runs on the source thread)."""
+    def walk_delta(self, url: str, emit: Callable[[Any], None], *, resumed: bool = False) -> str:
+        """Follow ``users/delta`` pages from ``url`` to the delta link (runs on the source thread).
+
+        ``resumed``: ``url`` comes from a checkpoint; if Graph no longer honours it, the engine is told
+        to start over (``ResumeRefusedError``) instead of the step failing.
+        """
         headers = {"Prefer": f"odata.maxpagesize={min(999, max(100, self.max_ahead))}"}
+        page = 0
         while True:
             resp = self.graph.get_json(url, headers=headers)
             if not resp.ok or not isinstance(resp.json_body, dict):
+                if resumed and page == 0 and resp.status in (400, 404, 410):
+                    raise ResumeRefusedError(f"Graph no longer accepts the saved users/delta page ({resp.describe()})")
                 raise self._listing_error(resp)
+            page += 1
+            next_link = resp.json_body.get("@odata.nextLink")
+            emit(_Listed(page, url, str(next_link) if next_link else None))
             junk = 0
             for user in resp.json_body.get("value", []):
                 if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
@@ -500,10 +605,9 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                 if "@removed" in user:
                     emit(_Removed(str(user["id"])))
                 else:
-                    emit(_UserSeen(user))
+                    emit(_UserSeen(user, page))
             if junk:
                 log.warning("users/delta page held %d entries that are not users with an id; skipped", junk)
-            next_link = resp.json_body.get("@odata.nextLink")
             if next_link:
                 url = str(next_link)
                 continue
@@ -540,7 +644,13 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         if done:
             assert run.delta_link is not None
             watermark = Watermark(run.delta_link, run.gen, self.state.store_id).dumps()
-        return ImportPage(entries, more_to_import=not done, page_token=str(request.page_number), watermark=watermark)
+        return ImportPage(
+            entries,
+            more_to_import=not done,
+            page_token=str(request.page_number),
+            watermark=watermark,
+            checkpoint=None if done else run.checkpoint(),
+        )
 
     def _start(self, request: ImportRequest) -> _Run:
         previous: Watermark | None = None
@@ -552,8 +662,33 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                     f"{self.context.data_dir / STATE_FILE_NAME} was replaced); run a full import"
                 )
                 raise StopRunError(msg)
+            if not self._on_graph_host(previous.delta_link):
+                log.warning(
+                    "the saved users/delta link points at %s, not at graph_url %s: it is discarded and this "
+                    "delta starts a new round (users deleted meanwhile show up at the next full import)",
+                    urlsplit(previous.delta_link).netloc,
+                    urlsplit(self.settings.graph_url).netloc,
+                )
+                previous = dataclasses.replace(previous, delta_link="users/delta?$select=" + _SELECT)
         self.max_ahead = min(4000, max(200, 2 * request.page_size))
-        return _Run(self, request.mode, previous)
+        return _Run(self, request.mode, previous, self._resume(request.resume_from))
+
+    def _on_graph_host(self, link: str) -> bool:
+        """Whether a saved link (absolute, from Graph) belongs to the configured ``graph_url``."""
+        return not link.startswith("https://") or urlsplit(link).netloc == urlsplit(self.settings.graph_url).netloc
+
+    def _resume(self, checkpoint: str | None) -> _Resume | None:
+        """The checkpoint of an interrupted full import, if this agent can still resume from it."""
+        if checkpoint is None:
+            return None
+        resume = _Resume.loads(checkpoint)
+        if resume is None:
+            raise ResumeRefusedError("the checkpoint is not one this agent wrote")
+        if resume.store != self.state.store_id or resume.gen > self.state.gen:
+            raise ResumeRefusedError(f"the photo state file {self.context.data_dir / STATE_FILE_NAME} was replaced")
+        if not self._on_graph_host(resume.link):
+            raise ResumeRefusedError("graph_url changed since the interrupted import")
+        return resume
 
     # -- export ---------------------------------------------------------------------------------
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:

@@ -327,9 +327,10 @@ class GraphClient:
         with self._progress_lock:
             stalled = time.monotonic() + more_s - self._last_progress
         if stalled > limit_s:
+            took = f"{stalled:.0f} s" if stalled < 120 else f"{stalled / 60:.1f} minutes"
             msg = (
                 f"Microsoft Graph ({urlsplit(self.base).netloc}) has throttled every request for "
-                f"{stalled / 60:.1f} minutes (max_throttled_wait_minutes = "
+                f"{took} (max_throttled_wait_minutes = "
                 f"{self.settings.max_throttled_wait_minutes:g}); everything imported so far is kept. "
                 "Run the step again later (a full import resumes from its last committed page), or raise "
                 "max_throttled_wait_minutes in the agent's settings"

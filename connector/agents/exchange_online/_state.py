@@ -154,10 +154,15 @@ class PhotoState:
                 "WHERE gen > ?",
                 (IN_CS_UNKNOWN, previous.gen),
             )
-        self.gen += 1
+        self.gen = max(self.gen, int(self._meta("max_gen") or 0)) + 1  # never reused, even after a resume
         self._set_meta("max_gen", str(self.gen))
         self.commit()
         return self.gen
+
+    def resume_run(self, gen: int) -> int:
+        """Go on with an interrupted full import's generation (its rows must survive ``forget_unseen``)."""
+        self.gen = gen
+        return gen
 
     def matches(self, watermark: Watermark) -> bool:
         """Whether ``watermark`` was produced with this very file (not a copy, not a fresh one)."""

@@ -1,0 +1,160 @@
+"""The Exchange Online agent under every throttling model, a model that changes mid-run, and a
+full import stopped by throttling that resumes on its next run (real HTTPS to the emulator, real
+engine and store).
+
+Outcomes are asserted, not speed: who is imported, which errors, what history says. The figures
+(share of the model's ceiling, throttled ratio) come from ``mvsync bench import --throttle``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from sqlalchemy import func, select
+
+from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
+from connector.config import config_from_dict
+from connector.demo._config import emulator_exo_settings, load_sample
+from connector.emulator import THROTTLE_MODELS, EmulatorConfig, GraphEmulator, parse_throttle
+from connector.engine import Engine
+from connector.sdk import ImportMode, ImportPage, ImportRequest
+from connector.store import SqlStore
+from connector.store.tables import agent_state, cs_object
+from tests.agents.exchange_online.conftest import make_connector, run_import
+from tests.harness.crash import lab_emulator_config
+
+
+def _mailbox_ids(emu: GraphEmulator) -> set[str]:
+    return {u["id"] for u in emu.admin.users() if u.get("mail")}
+
+
+@pytest.mark.parametrize("model", sorted(THROTTLE_MODELS))
+def test_every_named_model_imports_everybody_and_fails_nobody_for_throttling(
+    model: str, tmp_path: Path, cache_key: str
+) -> None:
+    with GraphEmulator(EmulatorConfig(users=120, seed=5, latency_ms=20, **parse_throttle(model))) as emu:
+        conn = make_connector(emu, tmp_path, retry_budget=0)  # no failure budget: throttling must not need it
+        conn.open()
+        try:
+            entries, watermark = run_import(conn, ImportMode.FULL, page_size=40)
+        finally:
+            conn.close()
+        assert watermark is not None
+        assert {e.anchor for e in entries} == _mailbox_ids(emu)
+        assert {e.error.name for e in entries if e.error is not None} <= {"mailbox-not-in-exchange-online"}
+        assert conn.metrics["retry_budget_spent"] == 0
+        limiter = conn.metrics["limiter"]
+        assert limiter["limit"] >= 1 and limiter["peak_limit"] <= conn.settings.concurrency
+
+
+def test_a_model_that_tightens_mid_run_is_followed_down(tmp_path: Path, cache_key: str) -> None:
+    """Default limits for the first page, then Outlook's 4 per app: the limiter follows, nobody fails."""
+    # the agent runs at most max_ahead (200 here) users ahead of the engine: with 1,000 users most of
+    # the photo requests are still to come when the model changes after the first page
+    with GraphEmulator(EmulatorConfig(users=1000, seed=6, latency_ms=5)) as emu:
+        conn = make_connector(emu, tmp_path, retry_budget=0)
+        conn.open()
+        try:
+            first = conn.import_page(ImportRequest(mode=ImportMode.FULL, page_size=50, page_number=1))
+            peak_before = conn.graph.limiter.limit
+            emu.admin.set_throttle("outlook-per-app")
+            entries = list(first.entries)
+            page, token = 2, first.page_token
+            while True:
+                result = conn.import_page(
+                    ImportRequest(mode=ImportMode.FULL, page_size=50, page_number=page, page_token=token)
+                )
+                entries += result.entries
+                if not result.more_to_import:
+                    break
+                page, token = page + 1, result.page_token
+        finally:
+            conn.close()
+        assert {e.anchor for e in entries} == _mailbox_ids(emu)
+        assert {e.error.name for e in entries if e.error is not None} <= {"mailbox-not-in-exchange-online"}
+        limiter = conn.graph.limiter
+        assert limiter.stats.decreases >= 1 and limiter.limit < peak_before
+        assert emu.admin.stats()["throttled"] > 0  # the tighter model did push back, and was honoured
+
+
+class _ThrottledAfterSixPages(ExchangeOnlinePhotosConnector):
+    """The real agent; after six committed pages the tenant starts refusing every request.
+
+    Six pages of 50 are 300 users: more than the first ``users/delta`` page (200 at this page
+    size), so the checkpoint points past the first listing page.
+    """
+
+    emulator: ClassVar[GraphEmulator | None] = None
+    pages: ClassVar[int] = 0
+
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        type(self).pages += 1
+        if type(self).pages == 7 and self.emulator is not None:
+            self.emulator.admin.set_throttle({"app_concurrency": 0})  # nothing is admitted any more
+        return super().import_page(request)
+
+
+def _store_figures(config: Any) -> dict[str, Any]:
+    store = SqlStore(config.store_url())
+    try:
+        with store.read() as conn:
+            held = conn.execute(select(func.count()).select_from(cs_object).where(cs_object.c.agent == "exo"))
+            deletes = conn.execute(
+                select(func.count())
+                .select_from(cs_object)
+                .where(cs_object.c.agent == "exo", cs_object.c.pending_type == "delete")
+            )
+            checkpoint = conn.execute(select(agent_state.c.import_checkpoint).where(agent_state.c.agent == "exo"))
+            return {"held": held.scalar_one(), "deletes": deletes.scalar_one(), "checkpoint": checkpoint.scalar()}
+    finally:
+        store.close()
+
+
+def test_a_full_import_stopped_by_throttling_keeps_its_pages_and_resumes(tmp_path: Path) -> None:
+    # 1,000 users: the agent runs at most 200 users ahead of the engine, so when the tenant starts
+    # refusing (engine page 7, 300 users handed over) most of the work is still to do
+    with GraphEmulator(lab_emulator_config(users=1000, seed=8, latency_ms=5)) as emu:
+        exo = emulator_exo_settings(load_sample(), emu.info, tmp_path / "secrets", max_throttled_wait_minutes=0.03)
+        config = config_from_dict(
+            {
+                "store": {"url": "sqlite:///mvsync.db"},
+                "data_dir": "data",
+                "agents": {"exo": {"type": f"{__name__}:_ThrottledAfterSixPages", "settings": exo}},
+                "run_profiles": {"Full Import": {"steps": [{"type": "full-import", "agent": "exo", "page_size": 50}]}},
+            },
+            base_dir=tmp_path,
+        )
+        _ThrottledAfterSixPages.emulator, _ThrottledAfterSixPages.pages = emu, 0
+        engine = Engine(config)
+        try:
+            stopped = engine.run_profile("Full Import")
+            step = stopped.steps[0]
+            assert stopped.status == "stopped-throttled", stopped.as_dict()
+            assert "max_throttled_wait_minutes" in step.message and "resumes" in step.message
+            # throttling failed nobody (people with an on-premises mailbox are per-object errors, by design)
+            assert {e.error_name for e in step.errors} <= {"mailbox-not-in-exchange-online"}, [
+                (e.error_name, e.detail) for e in step.errors if e.error_name != "mailbox-not-in-exchange-online"
+            ]
+            kept = _store_figures(config)
+            assert kept["held"] >= 300 and kept["checkpoint"] is not None  # six pages committed, resumable
+
+            emu.admin.set_throttle("default")
+            emu.admin.reset_stats()
+            _ThrottledAfterSixPages.emulator = None
+            resumed = engine.run_profile("Full Import")
+        finally:
+            engine.close()
+            _ThrottledAfterSixPages.emulator = None
+        again = resumed.steps[0]
+        assert resumed.status in ("success", "completed-discovery-errors"), resumed.as_dict()
+        assert again.counters["resumed_from_step"] == step.step_id
+        assert again.message.startswith("resumed the full import interrupted in step")
+        figures = _store_figures(config)
+        mailbox_users = _mailbox_ids(emu)
+        assert figures["held"] + again.error_count >= len(mailbox_users) - step.error_count
+        assert figures["deletes"] == 0 and figures["checkpoint"] is None
+        # the resumed run did not probe the users of the listing page already handed over (a fresh
+        # full import makes at least one photo request per mailbox user)
+        assert emu.admin.stats()["photo_requests"] < len(mailbox_users)
