@@ -38,18 +38,84 @@ from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
 from connector.bench._util import peak_rss_mb
 from connector.emulator import EmulatorConfig, ceiling_requests_per_s, model_assumptions
 from connector.emulator._agent import exo_agent_settings
+from connector.sdk import ImportPage, ImportRequest, StopRunError
 
 __all__ = ["BenchConnector", "register", "run"]
 
 
 class BenchConnector(ExchangeOnlinePhotosConnector):
-    """The real connector, keeping each step's metrics where the benchmark can read them."""
+    """The real connector, keeping each step's metrics where the benchmark can read them.
+
+    ``stop_at_page`` interrupts a full import there (as Ctrl-C or a reboot would, after the
+    earlier pages were committed), once, to measure a resumed full import.
+    """
 
     last_metrics: ClassVar[dict[str, Any]] = {}
+    stop_at_page: ClassVar[int | None] = None
+
+    def import_page(self, request: ImportRequest) -> ImportPage:
+        if request.page_number == BenchConnector.stop_at_page:
+            BenchConnector.stop_at_page = None
+            raise StopRunError("interrupted by the benchmark", status="stopped-interrupted")
+        return super().import_page(request)
 
     def close(self) -> None:
         BenchConnector.last_metrics = self.metrics
         super().close()
+
+
+def _bench_config(base: Path, info: dict[str, Any], page_size: int, users: int) -> Any:
+    """The exo agent against the emulator, with full and delta import profiles, in ``base``."""
+    from connector.config import config_from_dict
+
+    settings = exo_agent_settings(info, refresh_token={"env": "MVSYNC_BENCH_EXO_RT"}, photo_recheck_hours=0)
+    step = {"agent": "exo", "page_size": page_size, "error_limit": users + 1}
+    return config_from_dict(
+        {
+            "store": {"url": f"sqlite:///{base / 'bench.db'}"},
+            "data_dir": str(base / "data"),
+            "agents": {"exo": {"type": f"{__name__}:BenchConnector", "settings": settings}},
+            "run_profiles": {
+                "full": {"steps": [{"type": "full-import", **step}]},
+                "delta": {"steps": [{"type": "delta-import", **step}]},
+            },
+        },
+        base_dir=base,
+    )
+
+
+def _resumed(info: dict[str, Any], page_size: int, users: int, after_pages: int) -> dict[str, Any]:
+    """A full import interrupted after ``after_pages`` committed pages, then the run that resumes it."""
+    from connector.engine import Engine
+
+    with tempfile.TemporaryDirectory(prefix="mvsync-bench-resume-") as tmp:
+        engine = Engine(_bench_config(Path(tmp), info, page_size, users))
+        try:
+            BenchConnector.stop_at_page = after_pages + 1
+            t0 = time.monotonic()
+            first = engine.run_profile("full")
+            first_s = time.monotonic() - t0
+            first_users = BenchConnector.last_metrics.get("users", 0)
+            t0 = time.monotonic()
+            second = engine.run_profile("full")
+            second_s = time.monotonic() - t0
+            second_users = BenchConnector.last_metrics.get("users", 0)
+        finally:
+            BenchConnector.stop_at_page = None
+            engine.close()
+    step = second.steps[0]
+    return {
+        "resume_interrupted_status": first.status,
+        "resume_interrupted_after_page": after_pages,
+        "resume_interrupted_s": round(first_s, 2),
+        "resume_interrupted_users_listed": first_users,
+        "resumed_status": second.status,
+        "resumed_message": step.message,
+        "resumed_from_page": step.counters.get("resumed_after_page"),
+        "resumed_entries_already_committed": step.counters.get("resumed_entries"),
+        "resumed_s": round(second_s, 2),
+        "resumed_users_listed": second_users,
+    }
 
 
 def _start_emulator(
@@ -179,8 +245,8 @@ def run(
     page_size: int = 500,
     naive_seconds: float = 20.0,
     throttle: str = "default",
+    interrupt_after_pages: int = 0,
 ) -> dict[str, Any]:
-    from connector.config import config_from_dict
     from connector.engine import Engine
 
     proc, info = _start_emulator(users, photo_ratio, latency_ms, seed, throttle)
@@ -189,21 +255,7 @@ def run(
             base = Path(tmp)
             os.environ["MVSYNC_TOKEN_CACHE_KEY"] = Fernet.generate_key().decode()
             os.environ["MVSYNC_BENCH_EXO_RT"] = info["refresh_token"]
-            settings = exo_agent_settings(info, refresh_token={"env": "MVSYNC_BENCH_EXO_RT"}, photo_recheck_hours=0)
-            step = {"agent": "exo", "page_size": page_size, "error_limit": users + 1}
-            config = config_from_dict(
-                {
-                    "store": {"url": f"sqlite:///{base / 'bench.db'}"},
-                    "data_dir": str(base / "data"),
-                    "agents": {"exo": {"type": f"{__name__}:BenchConnector", "settings": settings}},
-                    "run_profiles": {
-                        "full": {"steps": [{"type": "full-import", **step}]},
-                        "delta": {"steps": [{"type": "delta-import", **step}]},
-                    },
-                },
-                base_dir=base,
-            )
-            engine = Engine(config)
+            engine = Engine(_bench_config(base, info, page_size, users))
             try:
                 t0 = time.monotonic()
                 full = engine.run_profile("full")
@@ -218,6 +270,7 @@ def run(
                 engine.close()
         rss = peak_rss_mb()
         server = _session(info["ca_cert"]).get(f"{info['admin_url']}/stats").json()
+        resumed = _resumed(info, page_size, users, interrupt_after_pages) if interrupt_after_pages else {}
         naive = _naive(info, naive_seconds)
         # 12 batches of 4 items in flight: 48 requests, just inside the default model's 50 (the bound
         # sends no retries, so it is measured only where it is not throttled)
@@ -272,6 +325,7 @@ def run(
         "retries": full_metrics.get("retries", 0) + delta_metrics.get("retries", 0),
         "peak_rss_mb": rss,
         "peak_rss_scope": "client process (engine + connector); emulator runs separately",
+        **resumed,
         **naive,
         "naive_note": f"sequential GET /photo/$value per user, time-boxed to {naive_seconds:g} s; rate extrapolated",
         **bound,
@@ -293,10 +347,17 @@ def register(bench_app: typer.Typer) -> None:
             str,
             typer.Option("--throttle", help="The emulator's throttling model (a name or a JSON object of limits)."),
         ] = "default",
+        interrupt_after_pages: Annotated[
+            int,
+            typer.Option(
+                "--interrupt-after-pages",
+                help="Also measure a full import interrupted after N committed pages and the run that resumes it.",
+            ),
+        ] = 0,
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Full and no-change delta photo import against the Graph emulator, plus a naive baseline."""
-        result = run(users, photo_ratio, latency_ms, seed, page_size, naive_seconds, throttle)
+        result = run(users, photo_ratio, latency_ms, seed, page_size, naive_seconds, throttle, interrupt_after_pages)
         if json_out:
             sys.stdout.write(json.dumps(result) + "\n")
         else:
