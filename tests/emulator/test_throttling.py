@@ -123,3 +123,32 @@ def test_mailbox_upload_budget(graph_emulator_factory: Callable[..., GraphEmulat
     assert api.get(url).status_code == 200  # reads are not uploads
     other = api.user(lambda u: u["mailbox"] == "cloud" and u["id"] != user["id"])
     assert api.request("PUT", f"/users/{other['id']}/photo/$value", data=photo, headers=headers).status_code == 200
+
+
+def test_the_limit_percentage_header_warns_before_the_resource_unit_budget_runs_out(
+    graph_emulator_factory: Callable[..., GraphEmulator],
+) -> None:
+    """Identity APIs send x-ms-throttle-limit-percentage once more than 0.8 of the budget is used."""
+    api = make_api(graph_emulator_factory(directory_ru_per_10s=40))
+    seen: list[float] = []
+    for _ in range(60):  # GET /users?$top=1 costs 1 resource unit (the docs: $top below 20 takes one off)
+        resp = api.get("/users?$top=1")
+        if resp.status_code == 429:
+            break
+        header = resp.headers.get("x-ms-throttle-limit-percentage")
+        if header is not None:
+            seen.append(float(header))
+    assert seen, "no early warning before the 429"
+    assert all(0.8 < value <= 1.0 for value in seen)
+    assert resp.status_code == 429 and resp.headers.get("x-ms-throttle-information") == "ResourceUnitLimitExceeded"
+
+
+def test_a_named_model_can_be_switched_mid_run(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+    emu = graph_emulator_factory(latency_ms=300)
+    api = make_api(emu)
+    users = [u["id"] for u in emu.admin.users()][:6]
+    assert all(r.status_code != 429 for r in _parallel(api, [f"/users/{u}/photo" for u in users]))
+    limits = emu.admin.set_throttle("outlook-per-app")
+    assert limits["mailbox_concurrency_scope"] == "app"
+    statuses = [r.status_code for r in _parallel(api, [f"/users/{u}/photo" for u in users])]
+    assert statuses.count(429) == 2  # six different mailboxes, but only 4 photo requests per app now

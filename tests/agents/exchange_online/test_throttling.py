@@ -19,6 +19,7 @@ from connector.config import config_from_dict
 from connector.demo._config import emulator_exo_settings, load_sample
 from connector.emulator import THROTTLE_MODELS, EmulatorConfig, GraphEmulator, parse_throttle
 from connector.engine import Engine
+from connector.metrics import REGISTRY
 from connector.sdk import ImportMode, ImportPage, ImportRequest
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
@@ -48,6 +49,9 @@ def test_every_named_model_imports_everybody_and_fails_nobody_for_throttling(
         assert conn.metrics["retry_budget_spent"] == 0
         limiter = conn.metrics["limiter"]
         assert limiter["limit"] >= 1 and limiter["peak_limit"] <= conn.settings.concurrency
+        # the limit it found is a Prometheus series, for a dashboard next to the throttles
+        series = REGISTRY.get_sample_value("mvsync_concurrency_limit", {"limiter": conn.graph.limiter.name})
+        assert series == limiter["limit"]
 
 
 def test_a_model_that_tightens_mid_run_is_followed_down(tmp_path: Path, cache_key: str) -> None:
