@@ -1,0 +1,83 @@
+"""Network failures toward Graph name the host, the port and the kind of failure; a changed
+``graph_url`` is noticed instead of delta imports silently following the old host's link."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from connector.agents.exchange_online._state import Watermark
+from connector.net import describe_request_error
+from connector.sdk import ImportMode, ImportRequest, ServerDownError
+from tests.agents.exchange_online.conftest import make_connector, run_import
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_graph_url_names_host_port_and_kind(make_emulator: Any, tmp_path: Path, cache_key: str) -> None:
+    emu = make_emulator(users=5)
+    port = _closed_port()
+    conn = make_connector(emu, tmp_path, graph_url=f"https://127.0.0.1:{port}/v1.0", max_attempts=2)
+    conn.open()  # the token comes from the (reachable) authority
+    try:
+        with pytest.raises(ServerDownError) as caught:
+            conn.import_page(ImportRequest(mode=ImportMode.FULL, page_size=10))
+    finally:
+        conn.close()
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message and "connection refused" in message
+    assert "Bearer" not in message
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (requests.exceptions.ConnectTimeout("x"), "timed out while connecting"),
+        (requests.exceptions.ReadTimeout("x"), "no answer within the timeout"),
+        (requests.exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"), "certificate not trusted"),
+        (requests.exceptions.ConnectionError("Name or service not known"), "DNS lookup failed"),
+        (requests.exceptions.ConnectionError("Connection reset by peer"), "connection reset"),
+    ],
+)
+def test_each_kind_of_network_failure_is_named(exc: requests.RequestException, kind: str) -> None:
+    text = describe_request_error(exc, "https://graph.example.com/v1.0/users", "Graph")
+    assert text.startswith("Graph at graph.example.com:443: ") and kind in text
+
+
+def test_a_delta_link_of_another_graph_host_is_discarded_with_a_warning(
+    make_emulator: Any, tmp_path: Path, cache_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    emu = make_emulator(users=30)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        _, watermark = run_import(conn, ImportMode.FULL)
+    finally:
+        conn.close()
+    assert watermark is not None
+    saved = Watermark.loads(watermark)
+    assert saved is not None
+    moved = json.loads(watermark)
+    moved["delta"] = saved.delta_link.replace(emu.info["graph_url"].split("/v1.0")[0], "https://old-graph.example")
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        with caplog.at_level(logging.WARNING, logger="mvsync.agent.exchange_online"):
+            delta, new_watermark = run_import(conn, ImportMode.DELTA, watermark=json.dumps(moved))
+    finally:
+        conn.close()
+    assert any("old-graph.example" in r.getMessage() and "discarded" in r.getMessage() for r in caplog.records)
+    assert new_watermark is not None and "old-graph.example" not in new_watermark
+    # a new round over the same tenant: nothing changed, nothing staged (the users Graph cannot serve a
+    # photo for, on-premises mailboxes, are reported again as they are on every run)
+    assert [e for e in delta if e.error is None] == []
