@@ -334,8 +334,10 @@ class AdaptiveLimiter:
             # answered by a decrease already (whose trial window will judge what follows), or endemic
             self.stats.isolated += 1
             if ticket.epoch < self._epoch and self._bad_level is not None and ticket.level < self._bad_level:
-                # sent into the same overload at a lower level: the limit is lower than the first answer said
-                self._bad_level = max(self.floor + 1, ticket.level)
+                # sent into the same overload at a lower level: the limit may be lower than the first
+                # answer said. Only a hint (requests sent later shared the service with it), so it may
+                # lower the remembered level, never below the limit the decrease already chose.
+                self._bad_level = max(self.floor + 1, ticket.level, int(self._limit) + 1)
         self._tally(ticket, now, (ticket, retry_after), share)
 
     def _tally(self, ticket: Ticket, now: float, pushback: tuple[Ticket, float | None] | None, share: float) -> None:
