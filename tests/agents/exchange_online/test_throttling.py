@@ -20,7 +20,7 @@ from connector.demo._config import emulator_exo_settings, load_sample
 from connector.emulator import THROTTLE_MODELS, EmulatorConfig, GraphEmulator, parse_throttle
 from connector.engine import Engine
 from connector.metrics import REGISTRY
-from connector.sdk import ImportMode, ImportPage, ImportRequest
+from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ImportMode, ImportPage, ImportRequest
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
 from connector.throttling import forget_shared_limiters
@@ -166,3 +166,27 @@ def test_a_full_import_stopped_by_throttling_keeps_its_pages_and_resumes(tmp_pat
         assert figures["deletes"] == 0 and figures["checkpoint"] is None
         # the resumed run listed (and probed) only the users from the checkpoint's page on
         assert _ThrottledOnceResumable.last_metrics["users"] <= len(mailbox_users) - 150
+
+
+def test_photo_exports_share_the_limiter_and_wait_out_throttling(tmp_path: Path, cache_key: str) -> None:
+    """PUT and DELETE go through the same limiter as the import; half of them throttled, none fails."""
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    with GraphEmulator(EmulatorConfig(users=30, seed=9, faults={"429": 0.5, "retry_after_s": 0.05})) as emu:
+        users = [u for u in emu.admin.users() if u.get("mailbox") == "cloud"][:12]
+        changes = []
+        for n, user in enumerate(users):
+            change = AttributeChange.replace("EXOPhoto", jpeg) if n % 2 else AttributeChange.delete("EXOPhoto")
+            entry = CSEntryChange.update("EXOUser", user["id"], [change])
+            entry.identifier = str(n)
+            changes.append(entry)
+        conn = make_connector(emu, tmp_path, retry_budget=0)
+        conn.open()
+        try:
+            importer_limiter = conn.graph.limiter
+            results = conn.export(changes)
+        finally:
+            conn.close()
+        assert [r.status for r in results] == [ExportStatus.SUCCESS] * len(changes), results
+        assert conn.metrics["throttled"] > 0 and conn.metrics["retry_budget_spent"] == 0
+        again = make_connector(emu, tmp_path / "again")
+        assert again.graph.limiter is importer_limiter  # one limiter for every caller of this app and tenant
