@@ -107,20 +107,20 @@ class WorkQueue:
     def give_back(self, tasks: list[PhotoTask]) -> None:
         """Tasks taken but not sent (the limiter granted fewer units): first in line again."""
         with self._cond:
-            for task in tasks:
-                self._busy[task.user_id] -= 1
-                if self._busy[task.user_id] <= 0:
-                    del self._busy[task.user_id]
             self._fresh.extendleft(reversed(tasks))
-            self._cond.notify_all()
+            self._release(tasks)
 
     def done(self, tasks: list[PhotoTask]) -> None:
         with self._cond:
-            for task in tasks:
-                self._busy[task.user_id] -= 1
-                if self._busy[task.user_id] <= 0:
-                    del self._busy[task.user_id]
-            self._cond.notify_all()
+            self._release(tasks)
+
+    def _release(self, tasks: list[PhotoTask]) -> None:
+        """Their mailboxes are free again (called holding the lock)."""
+        for task in tasks:
+            self._busy[task.user_id] -= 1
+            if self._busy[task.user_id] <= 0:
+                del self._busy[task.user_id]
+        self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

@@ -83,14 +83,20 @@ def run_import(
         token, page = result.page_token, page + 1
 
 
-def full_import(emu: Any, data_dir: Path, **overrides: Any) -> tuple[list[CSEntryChange], str | None]:
-    """Open a connector on the emulator, run one full import the way the engine does, close it."""
-    conn = make_connector(emu, data_dir, **overrides)
+def imported(
+    conn: ExchangeOnlinePhotosConnector, mode: ImportMode = ImportMode.FULL, **options: Any
+) -> tuple[list[CSEntryChange], str | None]:
+    """Open ``conn``, run one import the way the engine does (``run_import`` options), close it."""
     conn.open()
     try:
-        return run_import(conn, ImportMode.FULL)
+        return run_import(conn, mode, **options)
     finally:
         conn.close()
+
+
+def full_import(emu: Any, data_dir: Path, **overrides: Any) -> tuple[list[CSEntryChange], str | None]:
+    """Open a connector on the emulator, run one full import the way the engine does, close it."""
+    return imported(make_connector(emu, data_dir, **overrides))
 
 
 def delete_user_at_photo_probe(monkeypatch: pytest.MonkeyPatch, emu: Any, user_id: str) -> list[tuple[int, str]]:

@@ -20,6 +20,7 @@ from tests.agents.exchange_online.conftest import (
     REAUTH,
     delete_user_at_photo_probe,
     full_import,
+    imported,
     make_connector,
     run_import,
 )
@@ -234,11 +235,7 @@ def test_throttling_never_spends_the_retry_budget_nor_fails_a_user(make_emulator
     """Half of all requests answered 429 and no failure budget at all: everybody is still imported."""
     emu = make_emulator(users=30, faults={"429": 0.5, "retry_after_s": 0.01})
     conn = make_connector(emu, tmp_path, retry_budget=0, max_attempts=1)
-    conn.open()
-    try:
-        entries, watermark = run_import(conn, ImportMode.FULL)
-    finally:
-        conn.close()
+    entries, watermark = imported(conn)
     assert watermark is not None
     assert conn.metrics["throttled"] > 0 and conn.metrics["retry_budget_spent"] == 0
     names = {e.error.name for e in entries if e.error is not None}

@@ -15,7 +15,7 @@ import requests
 from connector.agents.exchange_online._state import Watermark
 from connector.net import describe_request_error
 from connector.sdk import ImportMode, ImportRequest, ServerDownError
-from tests.agents.exchange_online.conftest import make_connector, run_import
+from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 
 
 def _closed_port() -> int:
@@ -59,11 +59,7 @@ def test_a_delta_link_of_another_graph_host_is_discarded_with_a_warning(
 ) -> None:
     emu = make_emulator(users=30)
     conn = make_connector(emu, tmp_path)
-    conn.open()
-    try:
-        _, watermark = run_import(conn, ImportMode.FULL)
-    finally:
-        conn.close()
+    _, watermark = imported(conn, ImportMode.FULL)
     assert watermark is not None
     saved = Watermark.loads(watermark)
     assert saved is not None

@@ -24,7 +24,7 @@ from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ImportMo
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
 from connector.throttling import forget_shared_limiters
-from tests.agents.exchange_online.conftest import make_connector, run_import
+from tests.agents.exchange_online.conftest import imported, make_connector
 from tests.harness.crash import lab_emulator_config
 
 
@@ -38,11 +38,7 @@ def test_every_named_model_imports_everybody_and_fails_nobody_for_throttling(
 ) -> None:
     with GraphEmulator(EmulatorConfig(users=120, seed=5, latency_ms=20, **parse_throttle(model))) as emu:
         conn = make_connector(emu, tmp_path, retry_budget=0)  # no failure budget: throttling must not need it
-        conn.open()
-        try:
-            entries, watermark = run_import(conn, ImportMode.FULL, page_size=40)
-        finally:
-            conn.close()
+        entries, watermark = imported(conn, page_size=40)
         assert watermark is not None
         assert {e.anchor for e in entries} == _mailbox_ids(emu)
         assert {e.error.name for e in entries if e.error is not None} <= {"mailbox-not-in-exchange-online"}
