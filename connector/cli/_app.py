@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "_emulator",  # emulator serve
     "_demo",  # demo
     "_doctor",  # doctor
+    "_store",  # store backup
     "_ui",  # ui
     "_bench",  # bench ...
 )

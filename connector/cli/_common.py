@@ -8,7 +8,8 @@ Exit codes (documented in the README for schedulers):
 2     usage or configuration error (the message names the key and the file)
 3     the run completed with per-object errors (``completed-*-errors``)
 4     a step stopped (``stopped-*``: threshold, error limit, authentication, server down ...)
-5     another mvsync process holds the agent or metaverse lock (see ``--wait``)
+5     another mvsync process holds the agent or metaverse lock, or another process the store (see ``--wait``)
+6     ``mvsync doctor`` found a problem (the report names each check)
 ====  =====================================================================
 """
 
@@ -64,6 +65,10 @@ def exit_code_for_status(status: str) -> int:
     """Map a MIM-style run or step status to the documented exit code."""
     if status in ("success", "completed-warnings", "completed-no-objects", "in-progress"):
         return EXIT_SUCCESS
+    if status == "stopped-configuration":
+        return EXIT_CONFIG
+    if status == "stopped-locked":
+        return EXIT_LOCKED
     if status.startswith("completed-"):
         return EXIT_COMPLETED_ERRORS
     if status.startswith("stopped-"):
@@ -94,12 +99,14 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from connector.config import ConfigError
         from connector.sdk import ConfigurationError
-        from connector.store import LockHeldError
+        from connector.store import LockHeldError, StoreError
 
         try:
             return func(*args, **kwargs)
         except (ConfigError, ConfigurationError) as exc:
             raise fail(str(exc), EXIT_CONFIG) from None
+        except StoreError as exc:  # read-only, damaged, busy (5, a lock) or missing (2); never a traceback
+            raise fail(str(exc), exc.exit_code) from None
         except LockHeldError as exc:
             raise fail(str(exc), EXIT_LOCKED) from None
 

@@ -71,7 +71,9 @@ def _config(path: Path) -> MvsyncConfig:
 
 
 def _store(config: MvsyncConfig) -> SqlStore:
-    return SqlStore(config.store_url())
+    """The store for a read-only command: it never creates one where none is (a typo in store.url
+    must not look like an empty history)."""
+    return SqlStore(config.store_url(), create=False)
 
 
 def _render(value: Any) -> Any:

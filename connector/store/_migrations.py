@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, inspect, select
 
 from connector.store.tables import metadata, store_meta
 
@@ -65,7 +65,16 @@ def _v2_console_indexes(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes)
+def _v3_run_message(conn: Connection) -> None:
+    """``run_history.message``: why a run ended before any step ran (a configuration error, a store
+    fault), which no step's message can carry. Stores created at version 1 by this mvsync already
+    have the column (``create_all`` writes today's tables)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("run_history")}
+    if "message" not in columns:
+        conn.exec_driver_sql("ALTER TABLE run_history ADD COLUMN message TEXT")
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes, _v3_run_message)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

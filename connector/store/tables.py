@@ -147,6 +147,8 @@ run_history = Table(
     Column("ended_at", Float),
     Column("host", String(255)),
     Column("pid", Integer),
+    # why a run ended before its first step (a configuration error, a store fault); migration 3
+    Column("message", Text),
 )
 
 run_step = Table(
