@@ -16,6 +16,7 @@ Exit codes (documented in the README for schedulers):
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -38,6 +39,7 @@ __all__ = [
     "err_console",
     "exit_code_for_status",
     "fail",
+    "fit_consoles",
     "handle_errors",
     "print_json",
 ]
@@ -59,6 +61,22 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 DEFAULT_CONFIG = Path("mvsync.toml")
+
+#: Width of output that goes to a file or pipe: rich's 80-column default would cut tables short in
+#: cron mail and logs, so off a terminal nothing is folded (``COLUMNS`` still wins when set).
+UNBOUNDED_WIDTH = 100_000
+
+
+def fit_consoles() -> None:
+    """Give each console the width of where it writes: the terminal's, ``COLUMNS``, or unbounded.
+
+    Called at the start of every command (the streams are only known then: tests and wrappers
+    replace ``sys.stdout``).
+    """
+    columns = os.environ.get("COLUMNS", "")
+    for out, stream in ((console, sys.stdout), (err_console, sys.stderr)):
+        if not (hasattr(stream, "isatty") and stream.isatty()):
+            out.size = (int(columns) if columns.isdigit() else UNBOUNDED_WIDTH, 25)
 
 
 def exit_code_for_status(status: str) -> int:

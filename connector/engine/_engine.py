@@ -170,9 +170,15 @@ class Engine:
         if dry_run and emit is None:
             emit = lambda _change: None  # noqa: E731 - a dry run always has a sink
         self.store.wait_writable(wait_s, on_wait=log.warning)
-        scope = self.store.dry_run() if dry_run else contextlib.nullcontext()
-        with scope:
+        if not dry_run:
             return self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
+        with self.store.dry_run():
+            result = self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
+        # the dry run's history rows were rolled back with everything else: its ids name nothing
+        result.run_id = None
+        for step in result.steps:
+            step.step_id = None
+        return result
 
     def _record_refused(self, profile: str, status: str, message: str) -> None:
         """A run that ended before its first step, in history with its status and the message."""
@@ -193,7 +199,7 @@ class Engine:
                 )
         except StoreError as exc:  # the refusal is what to report; the store's trouble is logged
             log.warning("run of %r not recorded in history: %s", profile, exc)
-        metrics.step("", "run", status, 0.0, {}, 0)
+        metrics.run_refused(profile, status)
 
     def _record(self, what: str, failing: bool, write: Callable[[Connection], Any]) -> None:
         """Write a history record. When the run is already failing, a store fault here is logged

@@ -65,16 +65,17 @@ def _v2_console_indexes(conn: Connection) -> None:
     )
 
 
-def _v3_run_message(conn: Connection) -> None:
+def _v3_history_messages(conn: Connection) -> None:
     """``run_history.message``: why a run ended before any step ran (a configuration error, a store
-    fault), which no step's message can carry. Stores created at version 1 by this mvsync already
-    have the column (``create_all`` writes today's tables)."""
-    columns = {c["name"] for c in inspect(conn).get_columns("run_history")}
-    if "message" not in columns:
-        conn.exec_driver_sql("ALTER TABLE run_history ADD COLUMN message TEXT")
+    fault), which no step's message can carry; ``run_error.display``: who an error is about (display
+    name with UPN or account name). Stores created at version 1 by this mvsync already have both
+    columns (``create_all`` writes today's tables)."""
+    for table, column in (("run_history", "message"), ("run_error", "display")):
+        if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes, _v3_run_message)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes, _v3_history_messages)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

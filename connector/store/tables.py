@@ -179,6 +179,8 @@ run_error = Table(
     Column("error_name", String(200), nullable=False),
     Column("detail", Text),
     Column("severity", String(16), nullable=False, default="error"),
+    # who the object is: display name with UPN or account name, when the error was recorded; migration 3
+    Column("display", Text),
 )
 Index("ix_error_step", run_error.c.step_id)
 
