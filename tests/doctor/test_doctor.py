@@ -44,7 +44,16 @@ def test_a_healthy_store_passes(healthy: World) -> None:
     assert report.ok, report.as_dict()
     assert report.exit_code == 0
     checks = {f.check for f in report.findings}
-    assert {"schema", "blobs", "links", "pending-exports", "rules", "agents.ad.reachable"} <= checks
+    assert {
+        "integrity",
+        "writable",
+        "schema",
+        "blobs",
+        "links",
+        "pending-exports",
+        "rules",
+        "agents.ad.reachable",
+    } <= checks
 
 
 def _first_blob(conn: Connection) -> str:
