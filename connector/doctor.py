@@ -348,6 +348,7 @@ def check_store(store: SqlStore) -> list[Finding]:
 # ------------------------------------------------------------------------------------------ config
 def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]:
     """Rules, connectors, TLS material, token caches and reachability of every agent."""
+    from connector.demo._config import uses_stopped_emulator
     from connector.engine import Engine
     from connector.engine._agents import open_connector, setting_paths
 
@@ -371,34 +372,50 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
                 if problem
                 else Finding("config", check, "ok", f"{path} is valid")
             )
-        auth = getattr(connector, "auth", None)
-        status = getattr(auth, "status", None)
-        if connect and callable(status):  # agents with a token cache expose it through .auth.status()
-            try:
-                st = status()
-                ok = bool(getattr(st, "token_ok", getattr(st, "ok", False)))
-                detail = str(getattr(st, "detail", ""))
-                found.append(
-                    Finding("config", f"{where}.token-cache", "ok" if ok else "error", detail or "token cache readable")
-                )
-            except Exception as exc:
-                found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
         if connect:
-            try:
-                result = connector.check()
-                found.append(
-                    Finding(
-                        "config", f"{where}.reachable", "ok" if result.ok else "error", result.detail or "reachable"
-                    )
-                )
-            except Exception as exc:
-                found.append(Finding("config", f"{where}.reachable", "error", f"{type(exc).__name__}: {exc}"))
-            finally:
-                try:
-                    connector.close()
-                except Exception:  # closing a connector that never opened must not hide the verdict
-                    pass
+            offline = uses_stopped_emulator(config.base_dir, config.agents[name].settings)
+            found.extend(_demo_aware(_connect_findings(connector, where), offline))
     return found
+
+
+def _connect_findings(connector: Any, where: str) -> list[Finding]:
+    """The token cache (where the agent has one: ``.auth.status()``) and ``connector.check()``."""
+    found: list[Finding] = []
+    status = getattr(getattr(connector, "auth", None), "status", None)
+    if callable(status):
+        try:
+            st = status()
+            ok = bool(getattr(st, "token_ok", getattr(st, "ok", False)))
+            detail = str(getattr(st, "detail", ""))
+            found.append(
+                Finding("config", f"{where}.token-cache", "ok" if ok else "error", detail or "token cache readable")
+            )
+        except Exception as exc:
+            found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
+    try:
+        result = connector.check()
+        severity: Severity = "ok" if result.ok else "error"
+        found.append(Finding("config", f"{where}.reachable", severity, result.detail or "reachable"))
+    except Exception as exc:
+        found.append(Finding("config", f"{where}.reachable", "error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        try:
+            connector.close()
+        except Exception:  # closing a connector that never opened must not hide the verdict
+            pass
+    return found
+
+
+def _demo_aware(findings: list[Finding], offline: bool) -> list[Finding]:
+    """In a demo folder, an agent of the stopped emulator is expected to be unreachable: a warning."""
+    from connector.demo._config import EMULATOR_DOWN
+
+    if not offline:
+        return findings
+    return [
+        Finding(f.area, f.check, "warning", f"{EMULATOR_DOWN} ({f.message})") if f.severity == "error" else f
+        for f in findings
+    ]
 
 
 class _NoStore:

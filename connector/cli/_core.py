@@ -105,6 +105,18 @@ def _error_line(e: dict[str, Any]) -> str:
     return f"{e['error_name']} {e['anchor'] or ''}{who}: {e['detail']}"
 
 
+def _demo_hint(config: MvsyncConfig, result: Any) -> None:
+    """After ``mvsync demo`` its emulator is gone: say so when that is why a step could not connect."""
+    from connector.demo._config import EMULATOR_DOWN, uses_stopped_emulator
+
+    for step in result.steps:
+        if step.status == "stopped-server-down" and uses_stopped_emulator(
+            config.base_dir, config.agents[step.agent].settings
+        ):
+            err_console.print(f"hint: {EMULATOR_DOWN}", highlight=False, markup=False)
+            return
+
+
 def _render(value: Any) -> Any:
     """Connector-facing rendering of an encoded value for tables and JSON."""
     if isinstance(value, list):
@@ -252,6 +264,7 @@ def register(app: typer.Typer) -> None:
                         else f"mvsync history show {result.run_id} -c {config}"
                     )
                     out.print(f"  … {step.error_count - 10} more: {where}")
+        _demo_hint(cfg, result)
         raise typer.Exit(exit_code_for_status(result.status))
 
     history = typer.Typer(help="Run history (MIM's operations view).")
