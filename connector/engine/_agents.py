@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.resources
 import logging
+import os
 import shlex
 import tomllib
 from collections.abc import Iterator
@@ -102,7 +103,7 @@ def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
     Why: a run checks these before its first step (and ``mvsync doctor`` reports them), so a
     missing CA file or folder stops the run before any step has run instead of halfway through.
     Certificates (``*ca*``, ``*cert*``) must parse and be current; key files must exist; any other
-    path, or for a file still to be written its folder, must exist.
+    path must be readable, or creatable if it does not exist yet.
     """
     for name in type(settings).model_fields:
         path = getattr(settings, name, None)
@@ -113,10 +114,19 @@ def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
             yield name, path, _certificate_problem(path)
         elif "key" in lowered:
             yield name, path, None if path.is_file() else f"{path} is not readable"
-        elif not path.exists() and not path.parent.is_dir():
-            yield name, path, f"{path}: neither it nor its folder {path.parent} exists"
         else:
-            yield name, path, None
+            yield name, path, _path_problem(path)
+
+
+def _path_problem(path: Path) -> str | None:
+    """A path that exists must be readable; one still to be created (an output the agent makes,
+    with its folders) must have a folder, not a file, as its nearest existing ancestor."""
+    if path.exists():
+        return None if os.access(path, os.R_OK) else f"{path} is not readable"
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        return f"{path} cannot be created: {ancestor} is a file, not a folder"
+    return None
 
 
 def export_scope(config: MvsyncConfig, agent: str) -> dict[str, frozenset[str]]:
