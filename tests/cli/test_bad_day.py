@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
-from tests.cli._configs import generated_pair
-from tests.engine.memory import DIRECTORIES, directory
+from tests.cli._configs import generated_pair, with_directory
 
 runner = CliRunner()
 
@@ -41,18 +38,8 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str
 
 
 @pytest.fixture
-def mem() -> Iterator[dict[str, Any]]:
-    name = f"bad-{uuid.uuid4().hex[:8]}"
-    yield directory(name)
-    DIRECTORIES.pop(name, None)
-
-
-@pytest.fixture
 def config(tmp_path: Path, mem: dict[str, Any]) -> Path:
-    name = next(k for k, v in DIRECTORIES.items() if v is mem)
-    path = tmp_path / "mvsync.toml"
-    path.write_text(generated_pair(5) + MEM.replace("DIRECTORY", name))
-    return path
+    return with_directory(tmp_path, mem, generated_pair(5) + MEM)
 
 
 # ------------------------------------------------------------------- configuration before the first step
