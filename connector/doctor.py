@@ -43,6 +43,7 @@ from connector.store import (
     BLOB_PREFIX,
     SCHEMA_VERSION,
     SqlStore,
+    StoreCorruptError,
     StoreError,
     StoreMissingError,
     StoreVersionError,
@@ -418,6 +419,12 @@ def _demo_aware(findings: list[Finding], offline: bool) -> list[Finding]:
     ]
 
 
+def _fault_check(exc: Exception) -> str:
+    """The check a store fault is reported under: damage (a truncated, empty or overwritten file)
+    is what the integrity check is about; anything else kept the store from opening."""
+    return "integrity" if isinstance(exc, StoreCorruptError) else "open"
+
+
 class _NoStore:
     """Stands in for the store when only the rules are validated (no database is opened)."""
 
@@ -437,14 +444,14 @@ def run_doctor(config: MvsyncConfig, *, store: bool = True, connect: bool = True
             report.add(Finding("store", "open", "warning", str(exc)))
             return report
         except StoreError as exc:
-            report.add(Finding("store", "open", "error", str(exc)))
+            report.add(Finding("store", _fault_check(exc), "error", str(exc)))
             return report
         try:
             report.add(check_writable(opened))
             for finding in check_store(opened):
                 report.add(finding)
         except (StoreVersionError, StoreError) as exc:
-            report.add(Finding("store", "open", "error", str(exc)))
+            report.add(Finding("store", _fault_check(exc), "error", str(exc)))
         finally:
             opened.close()
     return report

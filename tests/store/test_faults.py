@@ -83,8 +83,9 @@ def test_a_truncated_store_stops_every_command_with_exit_4_and_doctor_with_6(con
         assert code == 4, (args, err)
         assert f"the store {db} is damaged" in err and "Backup and restore" in err
     code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
-    assert code == 6
-    assert any(f["severity"] == "error" and "damaged" in f["message"] for f in json.loads(out)["findings"])
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 6 and findings["integrity"]["severity"] == "error"
+    assert f"the store {db} is damaged" in findings["integrity"]["message"]
 
 
 def test_doctor_runs_the_integrity_check(config: Path) -> None:
