@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -235,3 +236,20 @@ def test_engine_stays_usable_after_a_refused_busy_start(
         assert timeout == int(_sql.BUSY_TIMEOUT_S * 1000)
     finally:
         engine.close()
+
+
+def test_an_unreachable_postgresql_store_is_named_without_its_password(tmp_path: Path) -> None:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        generated_pair(3).replace(
+            'url = "sqlite:///store.db"', f'url = "postgresql+psycopg://mvsync:pw-never-shown@127.0.0.1:{port}/mvsync"'
+        )
+    )
+    for args in (("run", "cycle"), ("history", "list")):
+        code, _, err = invoke(*args, "-c", str(config))
+        assert code == 4, err
+        assert f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync" in err
+        assert "Connection refused" in err and "pw-never-shown" not in err and "Traceback" not in err
