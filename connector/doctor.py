@@ -28,20 +28,30 @@ when any check found an error, and the CLI's usual 2 when the configuration cann
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
-from connector.store import BLOB_PREFIX, SCHEMA_VERSION, SqlStore, StoreError, StoreVersionError, loads
+from connector.store import (
+    BLOB_PREFIX,
+    SCHEMA_VERSION,
+    SqlStore,
+    StoreCorruptError,
+    StoreError,
+    StoreMissingError,
+    StoreVersionError,
+    loads,
+)
+from connector.store._faults import RESTORE_HINT
 from connector.store._migrations import current_version
-from connector.store.tables import blob, cs_object, mv_object, transform_cache
+from connector.store.tables import blob, cs_object, metadata, mv_object, transform_cache
 
 __all__ = ["EXIT_PROBLEMS", "Finding", "Report", "check_config", "check_store", "run_doctor"]
 
@@ -141,11 +151,73 @@ def _referenced_blobs(conn: Connection) -> dict[str, tuple[int, str]]:
     return refs
 
 
+#: What the integrity check is called on each database.
+_INTEGRITY = {"sqlite": "SQLite's integrity_check", "postgresql": "reading every table and index"}
+
+
+def _integrity_problems(conn: Connection) -> list[str]:
+    """What the database's own consistency check reports (empty: intact).
+
+    SQLite: ``PRAGMA integrity_check`` (every page, index and constraint). PostgreSQL has no
+    built-in equivalent without the ``amcheck`` extension; with it, every mvsync b-tree index is
+    verified (``bt_index_check``), and every table is read in full either way, which makes a page
+    whose checksum fails an error here rather than in the middle of a run.
+    """
+    if conn.dialect.name == "sqlite":
+        rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check").all()]
+        return [] if rows == ["ok"] else rows
+    problems: list[str] = []
+    amcheck = conn.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'amcheck'").first() is not None
+    for table in metadata.sorted_tables:
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"SELECT count(*) FROM (SELECT * FROM {table.name}) AS t").all()
+                if amcheck:
+                    for index in table.indexes:
+                        conn.exec_driver_sql(f"SELECT bt_index_check('{index.name}'::regclass)")
+        except DBAPIError as exc:
+            problems.append(f"{table.name}: {str(exc.orig).strip()}")
+    return problems
+
+
+def check_writable(store: SqlStore) -> Finding:
+    """Whether runs can write the store: a read-only file or folder (mode, ``chattr +i``, a read-only
+    mount) reads fine, so every other check passes, and the next run fails at its first write."""
+    if store.path is None:
+        return Finding("store", "writable", "ok", "the database server grants writes per session")
+    blocked = [p for p in (store.path, store.path.parent) if not os.access(p, os.W_OK)]
+    if blocked:
+        return Finding(
+            "store",
+            "writable",
+            "error",
+            f"runs cannot write {blocked[0]}: check its permissions (ls -l, lsattr for chattr +i) and the mount",
+        )
+    return Finding("store", "writable", "ok", f"{store.path} and its folder are writable")
+
+
 def check_store(store: SqlStore) -> list[Finding]:
     """Integrity of the store (see the module docstring); read-only."""
     found: list[Finding] = []
     with store.read() as conn:
+        damage = _integrity_problems(conn)
+        if damage:
+            found.append(
+                Finding(
+                    "store",
+                    "integrity",
+                    "error",
+                    f"the store {store.where} is damaged: {RESTORE_HINT}",
+                    len(damage),
+                    damage[:_EXAMPLES],
+                )
+            )
+            return found  # the other checks would read damaged pages
+        found.append(Finding("store", "integrity", "ok", f"{_INTEGRITY[conn.dialect.name]} found no damage"))
         version = current_version(conn)
+        if version == 0:
+            found.append(Finding("store", "schema", "error", f"the store {store.where} holds no mvsync tables"))
+            return found
         if version == SCHEMA_VERSION:
             found.append(Finding("store", "schema", "ok", f"schema version {version} is current"))
         else:
@@ -275,37 +347,11 @@ def check_store(store: SqlStore) -> list[Finding]:
 
 
 # ------------------------------------------------------------------------------------------ config
-def _certificate_problems(path: Path) -> str | None:
-    """Why a PEM certificate file is unusable (unreadable, not PEM, expired), or None."""
-    from cryptography import x509
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror}"
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        return f"{path} holds no PEM certificate"
-    now = _dt.datetime.now(_dt.UTC)
-    expired = [c for c in certs if c.not_valid_after_utc < now]
-    if expired:
-        subject = expired[0].subject.rfc4514_string()
-        return f"{path}: certificate {subject} expired on {expired[0].not_valid_after_utc:%Y-%m-%d}"
-    return None
-
-
-def _setting_files(settings: Any) -> Iterator[tuple[str, Path]]:
-    for name in type(settings).model_fields:
-        value = getattr(settings, name, None)
-        if isinstance(value, Path):
-            yield name, value
-
-
 def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]:
     """Rules, connectors, TLS material, token caches and reachability of every agent."""
+    from connector.demo._config import uses_stopped_emulator
     from connector.engine import Engine
-    from connector.engine._agents import open_connector
+    from connector.engine._agents import open_connector, setting_paths
 
     found: list[Finding] = []
     try:
@@ -320,44 +366,63 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
         except (ConfigError, ConfigurationError) as exc:
             found.append(Finding("config", f"{where}.connector", "error", str(exc)))
             continue
-        for field_name, path in _setting_files(connector.settings):
-            lowered = field_name.lower()
-            if "ca" in lowered.split("_") or "cert" in lowered:
-                problem = _certificate_problems(path)
-                if problem:
-                    found.append(Finding("config", f"{where}.settings.{field_name}", "error", problem))
-                else:
-                    found.append(Finding("config", f"{where}.settings.{field_name}", "ok", f"{path} is valid"))
-            elif "key" in lowered and not path.is_file():
-                found.append(Finding("config", f"{where}.settings.{field_name}", "error", f"{path} is not readable"))
-        auth = getattr(connector, "auth", None)
-        status = getattr(auth, "status", None)
-        if connect and callable(status):  # agents with a token cache expose it through .auth.status()
-            try:
-                st = status()
-                ok = bool(getattr(st, "token_ok", getattr(st, "ok", False)))
-                detail = str(getattr(st, "detail", ""))
-                found.append(
-                    Finding("config", f"{where}.token-cache", "ok" if ok else "error", detail or "token cache readable")
-                )
-            except Exception as exc:
-                found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
+        for field_name, path, problem in setting_paths(connector.settings):
+            check = f"{where}.settings.{field_name}"
+            found.append(
+                Finding("config", check, "error", problem)
+                if problem
+                else Finding("config", check, "ok", f"{path} is valid")
+            )
         if connect:
-            try:
-                result = connector.check()
-                found.append(
-                    Finding(
-                        "config", f"{where}.reachable", "ok" if result.ok else "error", result.detail or "reachable"
-                    )
-                )
-            except Exception as exc:
-                found.append(Finding("config", f"{where}.reachable", "error", f"{type(exc).__name__}: {exc}"))
-            finally:
-                try:
-                    connector.close()
-                except Exception:  # closing a connector that never opened must not hide the verdict
-                    pass
+            offline = uses_stopped_emulator(config.base_dir, config.agents[name].settings)
+            found.extend(_demo_aware(_connect_findings(connector, where), offline))
     return found
+
+
+def _connect_findings(connector: Any, where: str) -> list[Finding]:
+    """The token cache (where the agent has one: ``.auth.status()``) and ``connector.check()``."""
+    found: list[Finding] = []
+    status = getattr(getattr(connector, "auth", None), "status", None)
+    if callable(status):
+        try:
+            st = status()
+            ok = bool(getattr(st, "token_ok", getattr(st, "ok", False)))
+            detail = str(getattr(st, "detail", ""))
+            found.append(
+                Finding("config", f"{where}.token-cache", "ok" if ok else "error", detail or "token cache readable")
+            )
+        except Exception as exc:
+            found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
+    try:
+        result = connector.check()
+        severity: Severity = "ok" if result.ok else "error"
+        found.append(Finding("config", f"{where}.reachable", severity, result.detail or "reachable"))
+    except Exception as exc:
+        found.append(Finding("config", f"{where}.reachable", "error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        try:
+            connector.close()
+        except Exception:  # closing a connector that never opened must not hide the verdict
+            pass
+    return found
+
+
+def _demo_aware(findings: list[Finding], offline: bool) -> list[Finding]:
+    """In a demo folder, an agent of the stopped emulator is expected to be unreachable: a warning."""
+    from connector.demo._config import EMULATOR_DOWN
+
+    if not offline:
+        return findings
+    return [
+        Finding(f.area, f.check, "warning", f"{EMULATOR_DOWN} ({f.message})") if f.severity == "error" else f
+        for f in findings
+    ]
+
+
+def _fault_check(exc: Exception) -> str:
+    """The check a store fault is reported under: damage (a truncated, empty or overwritten file)
+    is what the integrity check is about; anything else kept the store from opening."""
+    return "integrity" if isinstance(exc, StoreCorruptError) else "open"
 
 
 class _NoStore:
@@ -374,15 +439,19 @@ def run_doctor(config: MvsyncConfig, *, store: bool = True, connect: bool = True
         report.add(finding)
     if store:
         try:
-            opened = SqlStore(config.store_url(), migrate_schema=False)
+            opened = SqlStore(config.store_url(), migrate_schema=False, create=False)
+        except StoreMissingError as exc:  # not created here: the first run creates it
+            report.add(Finding("store", "open", "warning", str(exc)))
+            return report
         except StoreError as exc:
-            report.add(Finding("store", "open", "error", str(exc)))
+            report.add(Finding("store", _fault_check(exc), "error", str(exc)))
             return report
         try:
+            report.add(check_writable(opened))
             for finding in check_store(opened):
                 report.add(finding)
         except (StoreVersionError, StoreError) as exc:
-            report.add(Finding("store", "open", "error", str(exc)))
+            report.add(Finding("store", _fault_check(exc), "error", str(exc)))
         finally:
             opened.close()
     return report

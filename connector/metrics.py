@@ -73,6 +73,12 @@ LAST_STEP_END = Gauge(
     ("agent", "kind", "status"),
     registry=REGISTRY,
 )
+RUNS_REFUSED = Counter(
+    "mvsync_runs_refused",
+    "Runs that ended before their first step, by status (stopped-configuration: a configuration error).",
+    ("profile", "status"),
+    registry=REGISTRY,
+)
 GRAPH_REQUESTS = Counter(
     "mvsync_graph_requests",
     "Microsoft Graph HTTP requests, by response status code (or 'error' for no response).",
@@ -135,6 +141,11 @@ def step(agent: str, kind: str, status: str, seconds: float, counters: dict[str,
     if errors:
         STEP_ERRORS.labels(agent, kind).inc(errors)
     LAST_STEP_END.labels(agent, kind, status).set_to_current_time()
+
+
+def run_refused(profile: str, status: str) -> None:
+    """A run refused before its first step: no step ran, so no step metric says it."""
+    RUNS_REFUSED.labels(profile, status).inc()
 
 
 def graph_request(status: int | str, count: int = 1) -> None:

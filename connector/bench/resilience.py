@@ -628,10 +628,14 @@ class RestartableDC:
 @contextlib.contextmanager
 def restartable_dc() -> Iterator[RestartableDC]:
     """Lease the restartable DC (raises ``SambaUnavailable`` where Samba cannot run); left running-
-    or-stopped as it was found."""
+    or-stopped as it was found.
+
+    The lease is exclusive: the DC is per machine, and two sessions stopping and starting it at the
+    same time (two test runs in two checkouts) pull it from under each other's export.
+    """
     samba_lease = _samba().samba_lease
     directory = Path(tempfile.gettempdir()) / f"mvsync-samba-{RESTART_HOST}"
-    with samba_lease(directory, host=RESTART_HOST, use_env=False) as settings:
+    with samba_lease(directory, host=RESTART_HOST, use_env=False, exclusive=True) as settings:
         dc = RestartableDC(settings, directory)
         try:
             yield dc

@@ -10,7 +10,7 @@ import typer
 
 from connector import metrics
 from connector._version import __version__
-from connector.cli._common import fail
+from connector.cli._common import fail, fit_consoles
 from connector.logging import setup_logging
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "_emulator",  # emulator serve
     "_demo",  # demo
     "_doctor",  # doctor
+    "_store",  # store backup
     "_ui",  # ui
     "_bench",  # bench ...
 )
@@ -76,6 +77,7 @@ def _root(
     ),
 ) -> None:
     """MIM-style identity sync for user photos: Exchange Online, Active Directory and photo folders."""
+    fit_consoles()
     try:
         setup_logging(log_level, json_format=log_format == LogFormat.JSON)
     except ValueError as exc:

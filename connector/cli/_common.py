@@ -8,13 +8,15 @@ Exit codes (documented in the README for schedulers):
 2     usage or configuration error (the message names the key and the file)
 3     the run completed with per-object errors (``completed-*-errors``)
 4     a step stopped (``stopped-*``: threshold, error limit, authentication, server down ...)
-5     another mvsync process holds the agent or metaverse lock (see ``--wait``)
+5     another mvsync process holds the agent or metaverse lock, or another process the store (see ``--wait``)
+6     ``mvsync doctor`` found a problem (the report names each check)
 ====  =====================================================================
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -37,6 +39,7 @@ __all__ = [
     "err_console",
     "exit_code_for_status",
     "fail",
+    "fit_consoles",
     "handle_errors",
     "print_json",
 ]
@@ -59,11 +62,31 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 DEFAULT_CONFIG = Path("mvsync.toml")
 
+#: Width of output that goes to a file or pipe: rich's 80-column default would cut tables short in
+#: cron mail and logs, so off a terminal nothing is folded (``COLUMNS`` still wins when set).
+UNBOUNDED_WIDTH = 100_000
+
+
+def fit_consoles() -> None:
+    """Give each console the width of where it writes: the terminal's, ``COLUMNS``, or unbounded.
+
+    Called at the start of every command (the streams are only known then: tests and wrappers
+    replace ``sys.stdout``).
+    """
+    columns = os.environ.get("COLUMNS", "")
+    for out, stream in ((console, sys.stdout), (err_console, sys.stderr)):
+        if not (hasattr(stream, "isatty") and stream.isatty()):
+            out.size = (int(columns) if columns.isdigit() else UNBOUNDED_WIDTH, 25)
+
 
 def exit_code_for_status(status: str) -> int:
     """Map a MIM-style run or step status to the documented exit code."""
     if status in ("success", "completed-warnings", "completed-no-objects", "in-progress"):
         return EXIT_SUCCESS
+    if status == "stopped-configuration":
+        return EXIT_CONFIG
+    if status == "stopped-locked":
+        return EXIT_LOCKED
     if status.startswith("completed-"):
         return EXIT_COMPLETED_ERRORS
     if status.startswith("stopped-"):
@@ -94,12 +117,14 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from connector.config import ConfigError
         from connector.sdk import ConfigurationError
-        from connector.store import LockHeldError
+        from connector.store import LockHeldError, StoreError
 
         try:
             return func(*args, **kwargs)
         except (ConfigError, ConfigurationError) as exc:
             raise fail(str(exc), EXIT_CONFIG) from None
+        except StoreError as exc:  # read-only, damaged, busy (5, a lock) or missing (2); never a traceback
+            raise fail(str(exc), exc.exit_code) from None
         except LockHeldError as exc:
             raise fail(str(exc), EXIT_LOCKED) from None
 

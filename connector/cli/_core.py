@@ -25,8 +25,9 @@ from connector.cli._common import (
     handle_errors,
     print_json,
 )
-from connector.config import MvsyncConfig, load_config
+from connector.config import ConfigError, MvsyncConfig, load_config
 from connector.store import SqlStore, is_blob_ref, loads, parse_blob_ref
+from connector.store._people import Person, import_failures, people
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 
 __all__ = ["register"]
@@ -71,7 +72,49 @@ def _config(path: Path) -> MvsyncConfig:
 
 
 def _store(config: MvsyncConfig) -> SqlStore:
-    return SqlStore(config.store_url())
+    """The store for a read-only command: it never creates one where none is (a typo in store.url
+    must not look like an empty history)."""
+    return SqlStore(config.store_url(), create=False)
+
+
+def _known_agent(config: MvsyncConfig, agent: str) -> str:
+    """``agent`` if the configuration has it; otherwise a configuration error (exit 2), never an
+    empty answer that reads like "nothing pending" for a typo."""
+    if agent not in config.agents:
+        known = ", ".join(sorted(config.agents)) or "none"
+        raise ConfigError(f"{config.path or 'config'}: unknown agent {agent!r} (configured agents: {known})")
+    return agent
+
+
+def _error_doc(e: Any, person: Person | None) -> dict[str, Any]:
+    """A per-object error as history shows it, with who it is about and where that person is."""
+    return {
+        "anchor": e.anchor,
+        "display": e.display or (person.display if person else None),
+        "metaverse_id": person.mv_id if person else None,
+        "stage": e.stage,
+        "error_name": e.error_name,
+        "detail": e.detail,
+        "severity": e.severity,
+    }
+
+
+def _error_line(e: dict[str, Any]) -> str:
+    """``name anchor (who): detail`` for the text outputs."""
+    who = f" ({e['display']})" if e.get("display") else ""
+    return f"{e['error_name']} {e['anchor'] or ''}{who}: {e['detail']}"
+
+
+def _demo_hint(config: MvsyncConfig, result: Any) -> None:
+    """After ``mvsync demo`` its emulator is gone: say so when that is why a step could not connect."""
+    from connector.demo._config import EMULATOR_DOWN, uses_stopped_emulator
+
+    for step in result.steps:
+        if step.status == "stopped-server-down" and uses_stopped_emulator(
+            config.base_dir, config.agents[step.agent].settings
+        ):
+            err_console.print(f"hint: {EMULATOR_DOWN}", highlight=False, markup=False)
+            return
 
 
 def _render(value: Any) -> Any:
@@ -213,9 +256,15 @@ def register(app: typer.Typer) -> None:
                 if step.message:
                     out.print(f"[bold]{step.agent} {step.kind}:[/] {escape(step.message)}", highlight=False)
                 for err in step.errors[:10]:
-                    out.print(f"  {err.error_name} {err.anchor or ''}: {err.detail}", highlight=False, markup=False)
+                    out.print(f"  {_error_line(err.as_dict())}", highlight=False, markup=False)
                 if step.error_count > 10:
-                    out.print(f"  … {step.error_count - 10} more: mvsync history show {result.run_id} -c {config}")
+                    where = (
+                        "a dry run keeps no history"
+                        if result.run_id is None
+                        else f"mvsync history show {result.run_id} -c {config}"
+                    )
+                    out.print(f"  … {step.error_count - 10} more: {where}")
+        _demo_hint(cfg, result)
         raise typer.Exit(exit_code_for_status(result.status))
 
     history = typer.Typer(help="Run history (MIM's operations view).")
@@ -240,6 +289,7 @@ def register(app: typer.Typer) -> None:
                 "dry_run": bool(r.dry_run),
                 "started_at": r.started_at,
                 "seconds": round((r.ended_at or r.started_at) - r.started_at, 3),
+                "message": r.message,
             }
             for r in runs
         ]
@@ -269,7 +319,13 @@ def register(app: typer.Typer) -> None:
             if run_row is None:
                 raise fail(f"no run {run_id} in the store (see `mvsync history list`)", EXIT_CONFIG)
             steps = conn.execute(select(run_step).where(run_step.c.run_id == run_id).order_by(run_step.c.seq)).all()
-            doc: dict[str, Any] = {"run_id": run_id, "profile": run_row.profile, "status": run_row.status, "steps": []}
+            doc: dict[str, Any] = {
+                "run_id": run_id,
+                "profile": run_row.profile,
+                "status": run_row.status,
+                "message": run_row.message,
+                "steps": [],
+            }
             for s in steps:
                 errs = conn.execute(
                     select(run_error).where(run_error.c.step_id == s.id).order_by(run_error.c.id).limit(errors)
@@ -277,6 +333,7 @@ def register(app: typer.Typer) -> None:
                 total = conn.execute(
                     select(func.count()).select_from(run_error).where(run_error.c.step_id == s.id)
                 ).scalar_one()
+                found = people(conn, s.agent, (e.anchor for e in errs))
                 doc["steps"].append(
                     {
                         "step_id": s.id,
@@ -287,22 +344,15 @@ def register(app: typer.Typer) -> None:
                         "seconds": round((s.ended_at or s.started_at) - s.started_at, 3),
                         "counters": loads(s.counters),
                         "error_count": total,
-                        "errors": [
-                            {
-                                "anchor": e.anchor,
-                                "stage": e.stage,
-                                "error_name": e.error_name,
-                                "detail": e.detail,
-                                "severity": e.severity,
-                            }
-                            for e in errs
-                        ],
+                        "errors": [_error_doc(e, found.get(e.anchor or "")) for e in errs],
                     }
                 )
         if json_out:
             print_json(doc)
             return
         console.print(f"[bold]run {run_id}[/] {escape(doc['profile'])}: {doc['status']}")
+        if doc["message"]:
+            console.print(f"  {doc['message']}", highlight=False, markup=False)
         for s in doc["steps"]:
             console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']} in {s['seconds']} s", highlight=False)
             if s["message"]:
@@ -311,11 +361,7 @@ def register(app: typer.Typer) -> None:
                 "  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict))
             )
             for e in s["errors"]:
-                console.print(
-                    f"  [{e['severity']}] {e['error_name']} {e['anchor'] or ''}: {e['detail']}",
-                    highlight=False,
-                    markup=False,
-                )
+                console.print(f"  [{e['severity']}] {_error_line(e)}", highlight=False, markup=False)
 
     cs = typer.Typer(help="Connector-space objects of an agent.")
     app.add_typer(cs, name="cs")
@@ -339,6 +385,23 @@ def register(app: typer.Typer) -> None:
             "unconfirmed_export": doc(row.unconfirmed),
             "export_error": loads(row.export_error) if row.export_error else None,
             "sync_error": loads(row.sync_error) if row.sync_error else None,
+            "import_error": loads(row.import_error) if row.import_error else None,
+        }
+
+    def _unstaged_doc(agent: str, e: Any) -> dict[str, Any]:
+        """An object an import could not read, as a search result: named by the error, not staged."""
+        return {
+            "id": None,
+            "agent": agent,
+            "object_class": e.object_class,
+            "anchor": e.anchor,
+            "display": e.display,
+            "dn": None,
+            "metaverse_id": None,
+            "in_connector_space": False,
+            "pending_import": None,
+            "pending_export": None,
+            "import_error": {"name": e.error_name, "detail": e.detail, "run_id": e.run_id, "step_id": e.step_id},
         }
 
     @cs.command("search")
@@ -355,7 +418,9 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOption = False,
     ) -> None:
         """Search an agent's connector space (MIM's CS search scopes)."""
-        store = _store(_config(config))
+        cfg = _config(config)
+        _known_agent(cfg, agent)
+        store = _store(cfg)
         query = select(cs_object).where(cs_object.c.agent == agent)
         if anchor:
             like = f"%{anchor}%"
@@ -367,19 +432,35 @@ def register(app: typer.Typer) -> None:
         if disconnectors:
             query = query.where(cs_object.c.mv_id.is_(None))
         if errors:
-            query = query.where(or_(cs_object.c.export_error.is_not(None), cs_object.c.sync_error.is_not(None)))
+            query = query.where(
+                or_(
+                    cs_object.c.export_error.is_not(None),
+                    cs_object.c.sync_error.is_not(None),
+                    cs_object.c.import_error.is_not(None),
+                )
+            )
         with store.read() as conn:
             rows = conn.execute(query.order_by(cs_object.c.id).limit(limit)).all()
+            found = people(conn, agent, (r.anchor for r in rows))
+            # objects the last import could not read: in history by anchor, not in the connector space
+            failed = import_failures(conn, agent, limit=limit) if errors and not anchor else []
+        docs = [{**_cs_doc(r), "display": found[r.anchor].display if r.anchor in found else None} for r in rows]
+        docs += [_unstaged_doc(agent, e) for e in failed]
         if json_out:
-            print_json([_cs_doc(r) for r in rows])
+            print_json(docs)
             return
-        table = Table("id", "anchor", "dn", "mv", "pending import", "pending export", "error")
-        for r in rows:
-            error = (loads(r.export_error)["name"] if r.export_error else "") or (
-                loads(r.sync_error)["name"] if r.sync_error else ""
-            )
+        table = Table("id", "anchor", "person", "dn", "mv", "pending import", "pending export", "error")
+        for d in docs:
+            error = next((d[k]["name"] for k in ("export_error", "sync_error", "import_error") if d.get(k)), "")
             table.add_row(
-                str(r.id), r.anchor, r.dn or "", str(r.mv_id or ""), r.pending_type or "", r.export_type or "", error
+                str(d["id"] or "not staged"),
+                d["anchor"],
+                d["display"] or "",
+                d["dn"] or "",
+                str(d["metaverse_id"] or ""),
+                d["pending_import"] or "",
+                d["pending_export"] or "",
+                error,
             )
         console.print(table)
 
@@ -392,19 +473,39 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOption = False,
     ) -> None:
         """One connector-space object: hologram, pending import and export, errors."""
-        store = _store(_config(config))
+        cfg = _config(config)
+        _known_agent(cfg, agent)
+        store = _store(cfg)
         with store.read() as conn:
             row = conn.execute(
                 select(cs_object).where(cs_object.c.agent == agent, cs_object.c.anchor == anchor)
             ).first()
+            failed = import_failures(conn, agent, anchor=anchor) if row is None else []
+            person = people(conn, agent, [anchor]).get(anchor)
+        if row is None and failed:
+            doc = _unstaged_doc(agent, failed[0])
+            if json_out:
+                print_json(doc)
+                return
+            error = doc["import_error"]
+            console.print(
+                f"{agent} {anchor} ({doc['display'] or 'no name recorded'}) is not in the connector space: "
+                f"the import could not read it.\nlast import error, run {error['run_id']}: "
+                f"{error['name']}: {error['detail']}",
+                highlight=False,
+                markup=False,
+            )
+            return
         if row is None:
             raise fail(f"no object {anchor!r} in the connector space of {agent!r} (try `mvsync cs search {agent}`)")
-        doc = _cs_doc(row)
+        doc = {**_cs_doc(row), "display": person.display if person else None}
         if json_out:
             print_json(doc)
             return
+        who = f" ({doc['display']})" if doc["display"] else ""
         console.print(
-            f"[bold]{agent}[/] {row.object_class} {anchor}  dn={row.dn}  metaverse={row.mv_id}", highlight=False
+            f"[bold]{agent}[/] {row.object_class} {escape(anchor)}{escape(who)}  dn={row.dn}  metaverse={row.mv_id}",
+            highlight=False,
         )
         for key in ("hologram", "pending_import_state", "pending_export_changes", "unconfirmed_export"):
             if doc[key]:
@@ -417,7 +518,7 @@ def register(app: typer.Typer) -> None:
                         else f"<binary {v['bytes']} bytes, sha256 {v['sha256'][:12]}…>",
                     )
                 console.print(table)
-        for key in ("pending_import", "pending_export", "export_error", "sync_error"):
+        for key in ("pending_import", "pending_export", "export_error", "sync_error", "import_error"):
             if doc[key]:
                 console.print(f"{key.replace('_', ' ')}: {doc[key]}", highlight=False)
 
@@ -529,9 +630,7 @@ def register(app: typer.Typer) -> None:
     def pending_exports(
         agent: Annotated[str, typer.Argument()],
         config: ConfigOption = DEFAULT_CONFIG,
-        output_format: Annotated[
-            str, typer.Option("--format", help="json (one object per line), csv, or table.")
-        ] = "table",
+        output_format: Annotated[str, typer.Option("--format", help="json (one list), csv, or table.")] = "table",
         json_out: JsonOption = False,
     ) -> None:
         """What the next export of AGENT will do (mvsync's csexport), with OMODT/AMODT columns."""
@@ -540,7 +639,9 @@ def register(app: typer.Typer) -> None:
         fmt = "json" if json_out else output_format
         if fmt not in ("json", "csv", "table"):
             raise fail("--format must be json, csv or table", EXIT_CONFIG)
-        store = _store(_config(config))
+        cfg = _config(config)
+        _known_agent(cfg, agent)
+        store = _store(cfg)
         with store.read() as conn:
             rows = pending_export_rows(conn, agent)
         records = []
@@ -575,8 +676,7 @@ def register(app: typer.Typer) -> None:
                     }
                 )
         if fmt == "json":
-            for rec in records:
-                print_json(rec)
+            print_json(records)  # one document: `[]` when nothing is pending, never nothing at all
         elif fmt == "csv":
             buf = io.StringIO()
             writer = csv.DictWriter(

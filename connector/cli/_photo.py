@@ -31,7 +31,6 @@ from connector.imaging import (
     ImageError,
     InvalidSpecError,
     PhotoSpec,
-    is_photo_name,
     normalize,
     write_atomic,
 )
@@ -181,6 +180,9 @@ def convert_file(path: Path, out: Path, spec: PhotoSpec, written: dict[Path, Pat
     except OSError as exc:
         result.error, result.detail = "io-error", f"{exc.strerror or exc}"
         return result
+    except Exception as exc:  # anything a decoder does on hostile input is this file's error, not the run's
+        result.error, result.detail = "image-undecodable", f"{type(exc).__name__}: {exc}"
+        return result
     written[target] = path
     result.output, result.width, result.height = target, photo.width, photo.height
     result.size, result.quality, result.crop, result.notes = (
@@ -193,14 +195,20 @@ def convert_file(path: Path, out: Path, spec: PhotoSpec, written: dict[Path, Pat
 
 
 def _expand(inputs: list[Path], recursive: bool) -> Iterator[Path]:
-    """Files as given (whatever their extension); photo files found in folders, in name order."""
+    """Files as given; every visible file of a folder, in name order, whatever its extension.
+
+    Each of them gets a result line: a ``.psd`` or ``.txt`` in the folder is refused by name
+    ("Photoshop (PSD) files are not supported") rather than skipped in silence, and a format on
+    the accepted list (``connector.imaging.PHOTO_FORMATS``, WebP included) is converted.
+    Hidden files (``.DS_Store``, the temporaries of ``write_atomic``) are not photos anyone put there.
+    """
     for item in inputs:
         if not item.is_dir():
             yield item
             continue
         for root, dirs, names in os.walk(item):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-            yield from (Path(root) / name for name in sorted(names) if is_photo_name(name))
+            yield from (Path(root) / name for name in sorted(names) if not name.startswith("."))
 
 
 def _line(result: FileResult) -> str:

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         except InsecureBindError as exc:
             raise fail(escape(str(exc)), EXIT_CONFIG) from None
         cfg = load_config(config)
-        application = create_app(cfg, store=SqlStore(cfg.store_url()), policy=policy)
+        application = create_app(cfg, store=SqlStore(cfg.store_url(), create=False), policy=policy)
         shown = f"[{host}]" if ":" in host else host
         how = "token" if policy.token else ("basic authentication" if policy.user else "loopback only, no sign-in")
         err_console.print(f"mvsync console on http://{shown}:{port}/ ({how}); Ctrl+C stops it", highlight=False)

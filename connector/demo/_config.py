@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,24 @@ def write_secret(path: Path, value: str) -> Path:
     return path
 
 
+#: The file that marks a folder as made by ``mvsync demo`` (the next demo run may empty it).
+MARKER = ".mvsync-demo"
+#: What doctor and ``run`` say when a demo folder's agent cannot reach the emulator.
+EMULATOR_DOWN = "the demo's emulator is not running; run `mvsync demo` again"
+
+
+def uses_stopped_emulator(base_dir: Path, settings: Mapping[str, Any]) -> bool:
+    """Whether an agent of a demo folder talks to the demo's loopback emulator (gone with the demo).
+
+    Why: after ``mvsync demo`` the folder's configuration points at an emulator that stopped with
+    it; that is expected, and doctor says so instead of failing the demo's own folder.
+    """
+    if not (base_dir / MARKER).is_file():
+        return False
+    url = str(settings.get("graph_url") or "")
+    return url.startswith(("https://127.0.0.1:", "https://localhost:", "https://[::1]:"))
+
+
 def emulator_exo_settings(
     sample: Mapping[str, Any], info: Mapping[str, Any], secrets: Path, **overrides: Any
 ) -> dict[str, Any]:
@@ -75,6 +94,13 @@ def emulator_exo_settings(
         generate_key_file(key)  # as `mvsync auth login` does: owner only, DPAPI-sealed on Windows
     settings.update(exo_agent_settings(info, refresh_token={"file": str(rt)}, token_cache_key_file=str(key)))
     settings.pop("token_cache_key_env", None)
+    if settings.get("ca_bundle"):
+        # the emulator's CA lives in a temporary folder that goes with it; a copy beside the
+        # secrets keeps the written configuration valid (doctor, a dry run) after the demo ends
+        ca = secrets / "emulator-ca.pem"
+        shutil.copyfile(settings["ca_bundle"], ca)
+        ca.chmod(0o600)  # the folder's files are private to the operator, like the secrets beside it
+        settings["ca_bundle"] = str(ca)
     settings.update(overrides)
     return settings
 

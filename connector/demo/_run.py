@@ -30,6 +30,7 @@ from typing import Any
 from connector.config import ConfigError, load_config
 from connector.demo._config import (
     AD_SNAPSHOT_TYPE,
+    MARKER,
     derive_config,
     dump_toml,
     emulator_exo_settings,
@@ -51,7 +52,6 @@ __all__ = [
     "work_done",
 ]
 
-MARKER = ".mvsync-demo"
 SNAPSHOT_BASE_DN = "OU=Staff,DC=contoso,DC=example"
 DEMO_OU = "OU=mvsync-demo"
 #: Delegated permissions the emulated administrator consented to (the sample's scopes).

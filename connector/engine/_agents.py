@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import importlib.resources
 import logging
+import os
 import shlex
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from connector.sdk import (
     Schema,
 )
 
-__all__ = ["load_metaverse_schema", "open_connector", "reauthorize_command"]
+__all__ = ["load_metaverse_schema", "open_connector", "reauthorize_command", "setting_paths"]
 
 
 def reauthorize_command(config: MvsyncConfig, agent: str) -> str:
@@ -72,6 +75,58 @@ def open_connector(
         run_options=dict(run_options or {}),
     )
     return cls(settings, context)
+
+
+def _certificate_problem(path: Path) -> str | None:
+    """Why a PEM certificate file is unusable (unreadable, not PEM, expired), or None."""
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return f"{path} holds no PEM certificate"
+    now = _dt.datetime.now(_dt.UTC)
+    expired = [c for c in certs if c.not_valid_after_utc < now]
+    if expired:
+        subject = expired[0].subject.rfc4514_string()
+        return f"{path}: certificate {subject} expired on {expired[0].not_valid_after_utc:%Y-%m-%d}"
+    return None
+
+
+def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
+    """Every path an agent's settings name: (field, path, what is wrong with it or None).
+
+    Why: a run checks these before its first step (and ``mvsync doctor`` reports them), so a
+    missing CA file or folder stops the run before any step has run instead of halfway through.
+    Certificates (``*ca*``, ``*cert*``) must parse and be current; key files must exist; any other
+    path must be readable, or creatable if it does not exist yet.
+    """
+    for name in type(settings).model_fields:
+        path = getattr(settings, name, None)
+        if not isinstance(path, Path):
+            continue
+        lowered = name.lower()
+        if "ca" in lowered.split("_") or "cert" in lowered:
+            yield name, path, _certificate_problem(path)
+        elif "key" in lowered:
+            yield name, path, None if path.is_file() else f"{path} is not readable"
+        else:
+            yield name, path, _path_problem(path)
+
+
+def _path_problem(path: Path) -> str | None:
+    """A path that exists must be readable; one still to be created (an output the agent makes,
+    with its folders) must have a folder, not a file, as its nearest existing ancestor."""
+    if path.exists():
+        return None if os.access(path, os.R_OK) else f"{path} is not readable"
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        return f"{path} cannot be created: {ancestor} is a file, not a folder"
+    return None
 
 
 def export_scope(config: MvsyncConfig, agent: str) -> dict[str, frozenset[str]]:

@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from connector.config import MvsyncConfig, RunStepConfig
 from connector.engine._results import ObjectError, StepResult, StepStopped
 from connector.store import SqlStore
+from connector.store._people import people
 from connector.store.tables import run_error
 
 __all__ = ["NullProgress", "Progress", "StepContext"]
@@ -74,6 +75,7 @@ class StepContext:
     def flush_errors(self, conn: Connection) -> None:
         """Write recorded errors in the caller's transaction, then enforce the error limit."""
         if self._pending_errors:
+            self._name_people(conn, self._pending_errors)
             conn.execute(
                 run_error.insert(),
                 [
@@ -86,11 +88,26 @@ class StepContext:
                         "error_name": e.error_name,
                         "detail": e.detail[:4000],
                         "severity": e.severity,
+                        "display": e.display,
                     }
                     for e in self._pending_errors
                 ],
             )
             self._pending_errors.clear()
+
+    def _name_people(self, conn: Connection, errors: list[ObjectError]) -> None:
+        """Fill in who each error is about from its connector-space object, where the error does
+        not say (sync and export errors; import errors of objects already in the connector space)."""
+        unnamed = [e for e in errors if e.display is None and e.anchor]
+        if not unnamed:
+            return
+        found = people(conn, self.agent, (e.anchor for e in unnamed))
+        for err in unnamed:
+            person = found.get(err.anchor or "")
+            if person is not None:
+                err.display = person.display
+                if err.cs_id is None:
+                    err.cs_id = person.cs_id
 
     def check_error_limit(self) -> None:
         if self.result.error_count > self.step.error_limit:

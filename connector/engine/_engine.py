@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
 from connector import metrics
 from connector.config import ConfigError, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
-from connector.engine._agents import load_metaverse_schema, open_connector
+from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._export import run_export
 from connector.engine._import import run_import
@@ -32,10 +32,13 @@ from connector.engine._sync import run_sync
 from connector.engine.transforms import TransformRunner
 from connector.registry import load_connector
 from connector.sdk import ConfigurationError, Schema, StopRunError
-from connector.store import LockHeldError, SqlStore
+from connector.store import LockHeldError, SqlStore, StoreError
 from connector.store.tables import run_history, run_step
 
-__all__ = ["Engine"]
+__all__ = ["CONFIGURATION_STATUS", "Engine"]
+
+#: The run status of a run refused before its first step because of its configuration (exit 2).
+CONFIGURATION_STATUS = "stopped-configuration"
 
 log = logging.getLogger("mvsync.engine")
 
@@ -124,6 +127,30 @@ class Engine:
             steps = [s.model_copy(update=step_overrides) for s in steps]
         return self.run_steps(name, steps, dry_run=dry_run, progress=progress, emit=emit, wait_s=wait_s)
 
+    def check_run(self, steps: list[RunStepConfig]) -> None:
+        """Everything a run of ``steps`` needs from the configuration, checked before its first step.
+
+        Why: a secret's variable unset for the third step's agent used to surface after the first
+        two steps had run, as an interrupted step with no message. Here the rules and transforms
+        validate, every agent of the run gets its connector built (settings validated, every secret
+        reference resolved) and every path its settings name is checked; the first problem of each
+        kind is reported together.
+        """
+        self.validate()
+        problems: list[str] = []
+        where = str(self.config.path) if self.config.path else "config"
+        for agent in dict.fromkeys(step.agent for step in steps):
+            try:
+                connector = open_connector(self.config, agent, dry_run=True)
+            except (ConfigError, ConfigurationError) as exc:
+                problems.append(str(exc))
+                continue
+            for field, _path, problem in setting_paths(connector.settings):
+                if problem:
+                    problems.append(f"{where}: agents.{agent}.settings.{field}: {problem}")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
     def run_steps(
         self,
         profile: str,
@@ -134,12 +161,56 @@ class Engine:
         emit: Callable[[dict[str, Any]], None] | None = None,
         wait_s: float = 0.0,
     ) -> RunResult:
-        self.validate()
+        try:
+            self.check_run(steps)
+        except (ConfigError, ConfigurationError) as exc:
+            if not dry_run:  # a dry run leaves no history (its id would name nothing)
+                self._record_refused(profile, CONFIGURATION_STATUS, str(exc))
+            raise
         if dry_run and emit is None:
             emit = lambda _change: None  # noqa: E731 - a dry run always has a sink
-        scope = self.store.dry_run() if dry_run else contextlib.nullcontext()
-        with scope:
+        self.store.wait_writable(wait_s, on_wait=log.warning)
+        if not dry_run:
             return self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
+        with self.store.dry_run():
+            result = self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
+        # the dry run's history rows were rolled back with everything else: its ids name nothing
+        result.run_id = None
+        for step in result.steps:
+            step.step_id = None
+        return result
+
+    def _record_refused(self, profile: str, status: str, message: str) -> None:
+        """A run that ended before its first step, in history with its status and the message."""
+        now = time.time()
+        try:
+            with self.store.transaction() as conn:
+                conn.execute(
+                    run_history.insert().values(
+                        profile=profile,
+                        status=status,
+                        dry_run=False,
+                        started_at=now,
+                        ended_at=now,
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                        message=message,
+                    )
+                )
+        except StoreError as exc:  # the refusal is what to report; the store's trouble is logged
+            log.warning("run of %r not recorded in history: %s", profile, exc)
+        metrics.run_refused(profile, status)
+
+    def _record(self, what: str, failing: bool, write: Callable[[Connection], Any]) -> None:
+        """Write a history record. When the run is already failing, a store fault here is logged
+        rather than raised: the first error is the one the operator must see."""
+        try:
+            with self.store.transaction() as conn:
+                write(conn)
+        except StoreError as exc:
+            if not failing:
+                raise
+            log.warning("%s not recorded in history: %s", what, exc)
 
     def _run(
         self,
@@ -163,14 +234,18 @@ class Engine:
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
         aborted: str | None = None
+        message: str | None = None
         try:
             for seq, step in enumerate(steps, 1):
                 step_result = self._run_step(result, seq, step, progress, emit, wait_s)
                 result.steps.append(step_result)
                 if step_result.status.startswith("stopped-"):
                     break
-        except LockHeldError:
-            aborted = "stopped-locked"  # another process holds an agent or the metaverse: nothing ran
+        except StoreError as exc:  # read-only, damaged or busy (stopped-locked): recorded if it can be
+            aborted, message = exc.status, str(exc)
+            raise
+        except LockHeldError as exc:
+            aborted, message = "stopped-locked", str(exc)  # another process holds an agent or the metaverse
             raise
         except BaseException:
             aborted = "stopped-interrupted"  # Ctrl-C, a signal, or a bug: history must not say success
@@ -178,12 +253,15 @@ class Engine:
         finally:
             result.ended_at = time.time()
             result.status = aborted or (run_status(result.steps) if result.steps else "success")
-            with self.store.transaction() as conn:
-                conn.execute(
+            self._record(
+                f"the end of run {result.run_id}",
+                aborted is not None,
+                lambda conn: conn.execute(
                     update(run_history)
                     .where(run_history.c.id == result.run_id)
-                    .values(status=result.status, ended_at=result.ended_at)
-                )
+                    .values(status=result.status, ended_at=result.ended_at, message=message)
+                ),
+            )
         return result
 
     @contextlib.contextmanager
@@ -221,6 +299,7 @@ class Engine:
             assert result.step_id is not None
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
             report: dict[str, Any] | None = None
+            failing = False
             try:
                 if step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC):
                     run_sync(ctx, self.mv_schema, self.transforms, step.type == RunStepKind.FULL_SYNC)
@@ -248,30 +327,41 @@ class Engine:
                 report = exc.report if exc.report is not None else report
             except StopRunError as exc:
                 result.status, result.message = exc.status, str(exc)
+            except StoreError as exc:  # the store failed under the step: the run cannot go on
+                failing = True
+                result.status, result.message = exc.status, str(exc)
+                raise
             except (ConfigError, ConfigurationError):
+                failing = True
                 raise
             except Exception as exc:  # a connector bug must not take history down with it
                 log.exception("step %s of %s failed", step.type.value, step.agent)
                 result.status = "stopped-connector-exception"
                 result.message = f"{type(exc).__name__}: {exc}"
+            except BaseException:  # Ctrl-C, a signal: recorded as stopped-interrupted below
+                failing = True
+                raise
             finally:
                 progress.finish()
                 result.ended_at = time.time()
                 counters: dict[str, Any] = dict(result.counters)
                 if report is not None:
                     counters["deletion_threshold"] = report
-                with self.store.transaction() as conn:
-                    conn.execute(
+                final = result.status if result.status != "in-progress" else "stopped-interrupted"
+                self._record(
+                    f"the end of step {result.step_id}",
+                    failing,
+                    lambda conn: conn.execute(
                         update(run_step)
                         .where(run_step.c.id == result.step_id)
                         .values(
-                            status=result.status if result.status != "in-progress" else "stopped-interrupted",
+                            status=final,
                             ended_at=result.ended_at,
                             counters=json.dumps(counters, default=str),
                             message=result.message or None,
                         )
-                    )
-                final = result.status if result.status != "in-progress" else "stopped-interrupted"
+                    ),
+                )
                 seconds = result.ended_at - result.started_at
                 metrics.step(step.agent, step.type.value, final, seconds, counters, result.error_count)
                 # one line per step, with the figures as fields for JSON log shippers (--log-format json)

@@ -168,6 +168,7 @@ class _PageApplier:
                         entry.error.detail,
                         anchor=anchor or None,
                         object_class=entry.object_class or None,
+                        display=entry.error.display,
                     )
                 )
                 ctx.result.counters["import_errors"] += 1

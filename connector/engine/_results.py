@@ -38,9 +38,12 @@ class ObjectError:
     object_class: str | None = None
     cs_id: int | None = None
     severity: str = "error"
+    #: who the object is (display name with UPN or account name); the engine fills it in if unset
+    display: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "display": self.display,
             "stage": self.stage,
             "error_name": self.error_name,
             "detail": self.detail,

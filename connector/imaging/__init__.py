@@ -7,7 +7,7 @@ check a file without producing output. Bad input raises an ``ImageError`` subcla
 
 from __future__ import annotations
 
-from connector.imaging._decode import ALLOWED_FORMATS, ImageInfo, probe, verify
+from connector.imaging._decode import ImageInfo, probe, verify
 from connector.imaging._errors import (
     CorruptImageError,
     EmptyImageError,
@@ -21,7 +21,15 @@ from connector.imaging._errors import (
     UnsupportedImageError,
 )
 from connector.imaging._face import FaceBox, FaceFinder, face_finder
-from connector.imaging._files import PHOTO_EXTENSIONS, is_photo_name, write_atomic
+from connector.imaging._files import is_photo_name, write_atomic
+from connector.imaging._formats import (
+    ACCEPTED_FORMATS_TEXT,
+    ALLOWED_FORMATS,
+    PHOTO_EXTENSIONS,
+    PHOTO_FORMATS,
+    PhotoFormat,
+    sniff_format,
+)
 from connector.imaging._normalize import NormalizedPhoto, encode_jpeg, normalize
 from connector.imaging._spec import (
     AD_THUMBNAIL_MAX_BYTES,
@@ -37,6 +45,7 @@ from connector.imaging._spec import (
 )
 
 __all__ = [
+    "ACCEPTED_FORMATS_TEXT",
     "AD_THUMBNAIL_MAX_BYTES",
     "AD_THUMBNAIL_SIZE",
     "ALLOWED_FORMATS",
@@ -45,6 +54,7 @@ __all__ = [
     "EXCHANGE_PHOTO_MAX_BYTES",
     "EXCHANGE_PHOTO_SIZE",
     "PHOTO_EXTENSIONS",
+    "PHOTO_FORMATS",
     "CorruptImageError",
     "CropMode",
     "EmptyImageError",
@@ -58,6 +68,7 @@ __all__ = [
     "InvalidSpecError",
     "NormalizedPhoto",
     "NotAnImageError",
+    "PhotoFormat",
     "PhotoSpec",
     "TooManyPixelsError",
     "TruncatedImageError",
@@ -68,6 +79,7 @@ __all__ = [
     "normalize",
     "parse_byte_size",
     "probe",
+    "sniff_format",
     "verify",
     "write_atomic",
 ]

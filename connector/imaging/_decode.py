@@ -28,14 +28,13 @@ from connector.imaging._errors import (
     TruncatedImageError,
     UnsupportedImageError,
 )
+from connector.imaging._formats import ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, sniff_format
 from connector.imaging._spec import InputLimits
 
 __all__ = ["Decoded", "ImageInfo", "decode", "probe", "verify"]
 
-#: Formats we let Pillow decode. Everything else (EPS runs Ghostscript, PSD, ICO, PCX, ...) is
-#: refused: photos come in these formats, and each extra decoder is extra attack surface.
-#: (Camera JPEGs with multi-picture data open as JPEG and report the format MPO.)
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+# Pillow decodes only ALLOWED_FORMATS (connector/imaging/_formats.py: the one list of accepted
+# formats); everything else (EPS runs Ghostscript, PSD, ICO, PCX, ...) is refused.
 Image.init()  # register every plugin once, so ``formats=`` can name TIFF and WebP
 
 _TRANSPOSE = {
@@ -49,15 +48,6 @@ _TRANSPOSE = {
 }
 _EXIF_ORIENTATION = 0x0112
 
-_SUPPORTED_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
 _UNSUPPORTED_MAGIC = (
     (b"8BPS", "Photoshop (PSD)"),
     (b"%PDF", "PDF"),
@@ -176,18 +166,16 @@ def _unidentified(data: bytes) -> ImageError:
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         kind = "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIC/HEIF"
         return UnsupportedImageError(f"{kind} images are not supported; convert the photo to JPEG or PNG")
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return TruncatedImageError("the WebP file is truncated or corrupt")
     for magic, name in _UNSUPPORTED_MAGIC:
         if head.startswith(magic):
             return UnsupportedImageError(f"{name} files are not supported; convert the photo to JPEG or PNG")
     stripped = head.lstrip()
     if stripped.startswith((b"<svg", b"<?xml")):
         return UnsupportedImageError("SVG/XML files are not supported; convert the photo to JPEG or PNG")
-    for magic, name in _SUPPORTED_MAGIC:
-        if head.startswith(magic):
-            return TruncatedImageError(f"the file starts like a {name} but is truncated or corrupt")
-    return NotAnImageError("the data is not a recognised image (JPEG, PNG, GIF, BMP, TIFF or WebP)")
+    known = sniff_format(head)
+    if known is not None:
+        return TruncatedImageError(f"the file starts like a {known.label} but is truncated or corrupt")
+    return NotAnImageError(f"the data is not a recognised image ({ACCEPTED_FORMATS_TEXT})")
 
 
 @contextmanager

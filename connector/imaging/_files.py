@@ -6,20 +6,17 @@ photos and write JPEGs that other programs (or the next import) may read at any 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from connector.files import atomic_write
+from connector.imaging._formats import PHOTO_EXTENSIONS, has_photo_extension
 
 __all__ = ["PHOTO_EXTENSIONS", "is_photo_name", "write_atomic"]
 
-#: File extensions (lower case) taken as photos when scanning folders.
-PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".gif", ".png", ".bmp", ".tif", ".tiff"})
-
 
 def is_photo_name(name: str) -> bool:
-    """A visible file whose extension is a photo extension, in any case (``JDOE.JPG``)."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in PHOTO_EXTENSIONS
+    """A visible file whose extension is an accepted photo format's, in any case (``JDOE.JPG``)."""
+    return not name.startswith(".") and has_photo_extension(name)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -8,6 +8,7 @@ from connector.sdk._changes import (
     ObjectModificationType,
     Value,
     Values,
+    person_display,
 )
 from connector.sdk._connector import (
     Capabilities,
@@ -76,4 +77,5 @@ __all__ = [
     "paginate_list",
     "parse_psma_attribute",
     "parse_psma_schema",
+    "person_display",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "ObjectModificationType",
     "Value",
     "Values",
+    "person_display",
 ]
 
 Value: TypeAlias = str | int | bool | bytes | _dt.datetime
@@ -80,6 +81,8 @@ class ImportEntryError:
 
     name: str
     detail: str = "No error details provided"
+    #: Who the object is (``person_display`` of what the connector read), so the error names a person.
+    display: str | None = None
 
 
 @dataclass(slots=True)
@@ -130,16 +133,55 @@ class CSEntryChange:
 
     @classmethod
     def import_error(
-        cls, anchor: str, name: str, detail: str = "No error details provided", *, object_class: str = ""
+        cls,
+        anchor: str,
+        name: str,
+        detail: str = "No error details provided",
+        *,
+        object_class: str = "",
+        attributes: Mapping[str, Any] | None = None,
     ) -> CSEntryChange:
-        """An object that could not be read; recorded per object, the run goes on."""
-        return cls(object_class, str(anchor), ObjectModificationType.ADD, error=ImportEntryError(name, detail))
+        """An object that could not be read; recorded per object, the run goes on.
+
+        Pass the ``attributes`` that could be read (display name, UPN, account name ...): the
+        error then names the person (``person_display``), not only an anchor such as a GUID.
+        """
+        error = ImportEntryError(name, detail, person_display(attributes or {}))
+        return cls(object_class, str(anchor), ObjectModificationType.ADD, error=error)
 
     def changed_attribute_names(self) -> list[str]:
         """Names this change touches (PSMA's ``[ChangedAttributeNames]``)."""
         if self.modification == ObjectModificationType.UPDATE:
             return list(dict.fromkeys(c.name for c in self.changes))
         return list(self.attributes)
+
+
+#: Attributes that name a person, best first, and those that identify one (UPN, account, mail).
+NAME_ATTRIBUTES = ("displayName", "cn", "name")
+ID_ATTRIBUTES = ("userPrincipalName", "sAMAccountName", "accountName", "mailNickname", "mail")
+
+
+def _first_text(attributes: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = attributes.get(name)
+        if isinstance(value, list | tuple):
+            value = value[0] if value else None
+        if isinstance(value, str) and value and not value.startswith("\x00b:"):
+            return value.removeprefix("\x00s:")
+    return None
+
+
+def person_display(attributes: Mapping[str, Any]) -> str | None:
+    """How an operator recognizes an object: ``"Ada Lovelace (ada@contoso.com)"``, or either part.
+
+    Why: per-object errors named by a Graph object id or a GUID cannot be traced to a person at
+    03:00; the display name with the UPN or account name can.
+    """
+    name = _first_text(attributes, NAME_ATTRIBUTES)
+    ident = _first_text(attributes, ID_ATTRIBUTES)
+    if name and ident and ident != name:
+        return f"{name} ({ident})"
+    return name or ident
 
 
 def _drop_nulls(attributes: Mapping[str, Any]) -> dict[str, Values]:

@@ -2,9 +2,16 @@
 
 from connector.store import tables
 from connector.store._fast import dumps, loads, run_many
+from connector.store._faults import (
+    StoreBusyError,
+    StoreCorruptError,
+    StoreError,
+    StoreMissingError,
+    StoreReadOnlyError,
+)
 from connector.store._locks import LockHeldError, LockManager
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError
-from connector.store._sql import SqlStore, StoreError
+from connector.store._sql import SqlStore
 from connector.store._values import (
     BLOB_PREFIX,
     blob_ref,
@@ -21,7 +28,11 @@ __all__ = [
     "LockHeldError",
     "LockManager",
     "SqlStore",
+    "StoreBusyError",
+    "StoreCorruptError",
     "StoreError",
+    "StoreMissingError",
+    "StoreReadOnlyError",
     "StoreVersionError",
     "blob_ref",
     "decode_value",

@@ -65,18 +65,32 @@ def _v2_console_indexes(conn: Connection) -> None:
     )
 
 
-def _v3_import_checkpoint(conn: Connection) -> None:
-    """``agent_state.import_checkpoint``: where an interrupted full import resumes.
-
-    A store created by this version's ``_v1`` already has the column (``create_all`` builds the
-    current table), so it is added only where it is missing.
-    """
-    columns = {c["name"] for c in inspect(conn).get_columns("agent_state")}
-    if "import_checkpoint" not in columns:
-        conn.exec_driver_sql("ALTER TABLE agent_state ADD COLUMN import_checkpoint TEXT")
+def _add_missing_columns(conn: Connection, columns: tuple[tuple[str, str], ...]) -> None:
+    """Add TEXT columns where they are missing: stores created at version 1 by a later mvsync
+    already have them (``_v1``'s ``create_all`` writes today's tables)."""
+    for table, column in columns:
+        if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2_console_indexes, _v3_import_checkpoint)
+def _v3_history_messages(conn: Connection) -> None:
+    """``run_history.message``: why a run ended before any step ran (a configuration error, a store
+    fault), which no step's message can carry; ``run_error.display``: who an error is about (display
+    name with UPN or account name)."""
+    _add_missing_columns(conn, (("run_history", "message"), ("run_error", "display")))
+
+
+def _v4_import_checkpoint(conn: Connection) -> None:
+    """``agent_state.import_checkpoint``: where an interrupted full import resumes."""
+    _add_missing_columns(conn, (("agent_state", "import_checkpoint"),))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
+    _v1,
+    _v2_console_indexes,
+    _v3_history_messages,
+    _v4_import_checkpoint,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

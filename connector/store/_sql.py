@@ -11,17 +11,27 @@ inside it, and the outer transaction is rolled back at the end, leaving the stor
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
+from connector.store._faults import (
+    EXIT_STORE_CONFIG,
+    RESTORE_HINT,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreError,
+    StoreMissingError,
+    store_faults,
+)
 from connector.store._locks import LockManager
 from connector.store._migrations import migrate
 from connector.store.tables import blob, metadata
@@ -33,10 +43,12 @@ __all__ = ["SqlStore", "StoreError"]
 ANALYZE_MIN_ROWS = 1000
 #: Upper bound of blob bytes fetched by one query (see ``SqlStore.get_blobs``).
 BLOB_QUERY_BYTES = 16 * 1024 * 1024
-
-
-class StoreError(Exception):
-    """The store cannot be opened or used; the message says what to check."""
+#: How long a write waits for another process's database lock before it fails as busy (SQLite).
+#: Other mvsync runs hold it for one page, chunk or batch; longer means someone else holds the file.
+BUSY_TIMEOUT_S = 30.0
+#: How long a run's start waits for the database lock before saying it waits (SQLite): enough for
+#: another mvsync run's unit of work, too short to be a backup agent or antivirus scan.
+BUSY_GRACE_S = 5.0
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -48,7 +60,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cur.execute("PRAGMA cache_size=-65536")
         cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
@@ -61,21 +73,29 @@ def _sqlite_setup(engine: Engine) -> None:
 class SqlStore:
     """Owns the SQLAlchemy engine, schema migrations, transactions, blobs and run locks."""
 
-    def __init__(self, url: str, *, migrate_schema: bool = True) -> None:
+    def __init__(self, url: str, *, migrate_schema: bool = True, create: bool = True) -> None:
+        """Open the store at ``url``; ``create=False`` (read-only commands) refuses a missing one."""
         try:
             parsed = make_url(url)
         except ArgumentError:
             msg = f"store.url {url!r} is not a database URL (e.g. sqlite:///mvsync.db or postgresql+psycopg://...)"
-            raise StoreError(msg) from None
+            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG) from None
         self.url = url
         self.dialect = parsed.get_backend_name()
+        #: How messages name the store: the file for SQLite, the URL without password otherwise.
+        self.where = parsed.render_as_string(hide_password=True)
+        #: The SQLite database file (None in memory and on PostgreSQL).
+        self.path: Path | None = None
         lock_dir: Path | None = None
         if self.dialect == "sqlite":
             database = parsed.database or ""
             memory = database in ("", ":memory:")
             if not memory:
                 db_path = Path(database)
-                db_path.parent.mkdir(parents=True, exist_ok=True)
+                self.path, self.where = db_path, str(db_path)
+                _check_sqlite_file(db_path, create=create)
+                if create:
+                    db_path.parent.mkdir(parents=True, exist_ok=True)
                 lock_dir = db_path.with_name(db_path.name + ".locks")
             self.engine = create_engine(
                 url,
@@ -87,29 +107,65 @@ class SqlStore:
             self.engine = create_engine(url, pool_pre_ping=True)
         else:
             msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
-            raise StoreError(msg)
+            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
         self.locks = LockManager(self.engine, lock_dir)
         self._dry_conn: Connection | None = None
         self._tx_lock = threading.RLock()
         self._inserted: dict[str, int] = {}
         self._counted: dict[str, int] = {}
         if migrate_schema:
-            try:
-                with self.engine.begin() as conn:
-                    migrate(conn)
-            except OperationalError as exc:
-                msg = f"cannot open the store at {parsed.render_as_string(hide_password=True)}: {exc.orig}"
-                raise StoreError(msg) from None
+            with self.faults(), self.engine.begin() as conn:
+                migrate(conn)
+
+    def faults(self) -> contextlib.AbstractContextManager[None]:
+        """Database errors inside become store faults naming this store (see ``_faults``)."""
+        return store_faults(self.where)
+
+    def wait_writable(self, wait_s: float, on_wait: Callable[[str], None] | None = None) -> None:
+        """Return once this process could write the store; a busy store waits up to ``wait_s``.
+
+        Why: a run's first write otherwise waits ``BUSY_TIMEOUT_S`` in silence behind a process that
+        holds the database (a backup agent, antivirus, a ``BEGIN EXCLUSIVE``), then fails. Here the
+        run waits the grace another mvsync run's unit of work needs, says that it waits (``on_wait``),
+        waits the rest of ``--wait``, and ends like any lock (:class:`StoreBusyError`, exit 5).
+        """
+        if self.dialect != "sqlite" or self.path is None or self._dry_conn is not None:
+            return
+        budget = [BUSY_GRACE_S, max(0.0, wait_s - BUSY_GRACE_S)]
+        for attempt, seconds in enumerate(budget):
+            if attempt and seconds <= 0:
+                break
+            if attempt and on_wait is not None:
+                on_wait(f"the store {self.where} is busy (another process holds it); waiting up to {wait_s:g} s")
+            with self.faults(), self.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                raw.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                    raw.execute("ROLLBACK")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                        raise StoreError(f"cannot use the store {self.where}: {exc}") from None
+                finally:
+                    raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+        msg = (
+            f"the store {self.where} is busy: another process holds its database lock{waited} (a backup or "
+            "antivirus scan, or a tool with the file open); let it finish, or rerun with --wait SECONDS"
+        )
+        raise StoreBusyError(msg)
 
     # -- transactions --------------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One unit of work: committed on success, rolled back on error (a savepoint in a dry run)."""
         if self._dry_conn is not None:
-            with self._tx_lock, self._dry_conn.begin_nested():
+            with self.faults(), self._tx_lock, self._dry_conn.begin_nested():
                 yield self._dry_conn
             return
-        with self.engine.begin() as conn:
+        with self.faults(), self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
@@ -118,13 +174,13 @@ class SqlStore:
         if self._dry_conn is not None:
             yield self._dry_conn
             return
-        with self.engine.connect() as conn:
+        with self.faults(), self.engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def dry_run(self) -> Iterator[None]:
         """Everything inside happens in one transaction that is rolled back at the end."""
-        with self.engine.connect() as conn:
+        with self.faults(), self.engine.connect() as conn:
             trans = conn.begin()
             self._dry_conn = conn
             try:
@@ -207,9 +263,67 @@ class SqlStore:
             data = conn.execute(select(blob.c.data).where(blob.c.sha256 == sha256)).scalar()
         return bytes(data) if data is not None else None
 
+    def backup(self, target: Path) -> int:
+        """Copy the SQLite store to ``target`` with SQLite's online backup API; returns its bytes.
+
+        Why this and not ``cp``: a copy of the file while a run writes it (or with its ``-wal`` file
+        left behind) can be torn; the backup API copies one consistent snapshot while runs go on
+        (WAL readers do not block writers). PostgreSQL stores are backed up with ``pg_dump``.
+        """
+        if self.path is None:
+            msg = f"the store {self.where} is not a SQLite file: back it up with pg_dump (README: Backup and restore)"
+            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+        if target.exists():
+            msg = f"{target} already exists: choose a new file, so an older backup is never overwritten"
+            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with self.faults(), self.engine.connect() as conn:
+                source = conn.connection.dbapi_connection
+                assert isinstance(source, sqlite3.Connection)
+                copy = sqlite3.connect(partial)
+                try:
+                    source.backup(copy)  # all pages in one step: one snapshot
+                    copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+                finally:
+                    copy.close()
+            partial.replace(target)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the backup {target}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot write the backup {target}: {exc.strerror}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return target.stat().st_size
+
     def close(self) -> None:
         self.engine.dispose()
 
     @staticmethod
     def now() -> float:
         return time.time()
+
+
+def _check_sqlite_file(path: Path, *, create: bool) -> None:
+    """Refuse a missing store (unless creating one) and an empty one (always).
+
+    SQLite treats a 0-byte file as a new, empty database, so a store truncated to nothing (disk
+    full, an interrupted copy) would be rebuilt empty without a word, and the next run would
+    re-provision everything. A store mvsync wrote is never empty.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if create:
+            return
+        msg = (
+            f"there is no store at {path}: nothing has run with this configuration yet (a run creates it), "
+            "or store.url points elsewhere; check store.url in the configuration"
+        )
+        raise StoreMissingError(msg) from None
+    except OSError as exc:
+        raise StoreError(f"cannot use the store {path}: {exc.strerror}") from None
+    wal = path.with_name(path.name + "-wal")
+    if size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
+        msg = f"the store {path} is empty (0 bytes): it was truncated (a full disk, a failed copy); {RESTORE_HINT}"
+        raise StoreCorruptError(msg)

@@ -149,6 +149,8 @@ run_history = Table(
     Column("ended_at", Float),
     Column("host", String(255)),
     Column("pid", Integer),
+    # why a run ended before its first step (a configuration error, a store fault); migration 3
+    Column("message", Text),
 )
 
 run_step = Table(
@@ -179,6 +181,8 @@ run_error = Table(
     Column("error_name", String(200), nullable=False),
     Column("detail", Text),
     Column("severity", String(16), nullable=False, default="error"),
+    # who the object is: display name with UPN or account name, when the error was recorded; migration 3
+    Column("display", Text),
 )
 Index("ix_error_step", run_error.c.step_id)
 

@@ -42,7 +42,7 @@ class _Css:
 
 def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: AccessPolicy | None = None) -> FastAPI:
     """The console for ``config``'s store. ``policy`` defaults to loopback-only without credentials."""
-    store = store or SqlStore(config.store_url())
+    store = store or SqlStore(config.store_url(), create=False)  # a read-only console never creates a store
     console = Console(config, store)
     access = policy or AccessPolicy()
     app = FastAPI(title="mvsync", docs_url=None, redoc_url=None, openapi_url=None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import Connection, func, select
 
+from connector.imaging import sniff_format
 from connector.store.tables import blob
 
 __all__ = ["HEADER_BYTES", "PREVIEW_SIZE", "PhotoInfo", "jpeg_preview", "photo_infos", "sniff_image_type"]
@@ -23,37 +24,18 @@ __all__ = ["HEADER_BYTES", "PREVIEW_SIZE", "PhotoInfo", "jpeg_preview", "photo_i
 #: Enough for a JPEG's frame header behind ordinary EXIF/ICC segments (Pillow reads only headers).
 HEADER_BYTES = 131_072
 
-_MAGIC = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
-
-
-#: Formats browsers do not all show: served as a JPEG preview.
-_PREVIEWED = (
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-)
 #: Pixels of the preview's side (the largest photo Exchange Online keeps).
 PREVIEW_SIZE = 648
 
 
 def sniff_image_type(head: bytes, *, previewed: bool = False) -> str | None:
     """The image content type for these leading bytes, or None when they are not a JPEG/PNG/GIF
-    (with ``previewed``, also BMP, TIFF and WebP: formats shown through :func:`jpeg_preview`)."""
-    for magic, content_type in _MAGIC:
-        if head.startswith(magic):
-            return content_type
-    if previewed:
-        for magic, content_type in _PREVIEWED:
-            if head.startswith(magic):
-                return content_type
-        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-            return "image/webp"
-    return None
+    (with ``previewed``, also the other accepted formats (BMP, TIFF, WebP), shown through
+    :func:`jpeg_preview`). The formats are the one list in ``connector.imaging``."""
+    found = sniff_format(head)
+    if found is None or not (found.browser_native or previewed):
+        return None
+    return found.content_type
 
 
 def jpeg_preview(data: bytes) -> bytes | None:

@@ -17,6 +17,7 @@ from connector.engine._export import pending_export_rows, threshold_report
 from connector.sdk import AttributeType
 from connector.store import SqlStore, loads
 from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
+from connector.store._people import people
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 from connector.web._photos import PhotoInfo, photo_infos
 from connector.web._values import BinaryRef, Shown, binary_refs, format_time, show_value
@@ -87,10 +88,32 @@ class RunView:
     seconds: float
     host: str | None
     steps: list[StepView] = field(default_factory=list)
+    #: why the run ended before its first step (a configuration error, a store fault)
+    message: str | None = None
 
     @property
     def css(self) -> str:
         return status_class(self.status)
+
+
+@dataclass
+class ErrorView:
+    """A per-object error with the person it is about (linked when joined to one)."""
+
+    id: int
+    anchor: str | None
+    object_class: str | None
+    stage: str
+    error_name: str
+    severity: str
+    detail: str | None
+    display: str | None
+    mv_id: int | None
+
+    @property
+    def search_text(self) -> str:
+        """What finds the person when the object is not joined: the name, else the anchor."""
+        return (self.display or self.anchor or "").split(" (", 1)[0]
 
 
 @dataclass
@@ -254,6 +277,7 @@ class Console:
                 format_time(r.started_at),
                 round((r.ended_at or r.started_at) - r.started_at, 3),
                 r.host,
+                message=r.message,
             )
             for r in rows
         }
@@ -286,7 +310,7 @@ class Console:
 
     def step(
         self, conn: Connection, step_id: int, after: int | None = None, limit: int = PAGE
-    ) -> tuple[StepView, list[Any], dict[str, int], int | None] | None:
+    ) -> tuple[StepView, list[ErrorView], dict[str, int], int | None] | None:
         """A step, a page of its per-object errors, its error count per name, and the next cursor."""
         row = conn.execute(select(run_step).where(run_step.c.id == step_id)).first()
         if row is None:
@@ -302,11 +326,20 @@ class Console:
         query = select(run_error).where(run_error.c.step_id == step_id).order_by(run_error.c.id).limit(limit + 1)
         if after is not None:
             query = query.where(run_error.c.id > after)
-        errors = list(conn.execute(query).all())
-        more = len(errors) > limit
-        errors = errors[:limit]
+        rows = list(conn.execute(query).all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        found = people(conn, row.agent, (e.anchor for e in rows))
+        errors = []
+        for e in rows:
+            person = found.get(e.anchor or "")
+            display = e.display or (person.display if person else None)
+            mv_id = person.mv_id if person else None
+            errors.append(
+                ErrorView(e.id, e.anchor, e.object_class, e.stage, e.error_name, e.severity, e.detail, display, mv_id)
+            )
         view = _step_view(row, sum(by_name.values()))
-        return view, errors, by_name, (errors[-1].id if more else None)
+        return view, errors, by_name, (rows[-1].id if more else None)
 
     # -------------------------------------------------------------------------------- search
     def search(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from tests.engine.memory import DIRECTORIES
+
 
 def generated_pair(count: int) -> str:
     """``src`` projects ``count`` people with a photo; ``tgt`` joins them and exports the photo's
@@ -29,3 +34,11 @@ steps = [
   {{ type = "full-sync", agent = "src" }}, {{ type = "full-sync", agent = "tgt" }},
 ]
 """
+
+
+def with_directory(tmp_path: Path, mem: dict[str, Any], text: str) -> Path:
+    """``tmp_path/mvsync.toml`` holding ``text``, with ``DIRECTORY`` naming the in-memory directory ``mem``."""
+    name = next(k for k, v in DIRECTORIES.items() if v is mem)
+    path = tmp_path / "mvsync.toml"
+    path.write_text(text.replace("DIRECTORY", name))
+    return path

@@ -7,8 +7,6 @@ import csv
 import hashlib
 import io
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
-from tests.cli._configs import generated_pair
-from tests.engine.memory import DIRECTORIES, directory
+from tests.cli._configs import generated_pair, with_directory
 
 CONFIG = (
     generated_pair(5)
@@ -38,19 +35,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def mem() -> Iterator[dict[str, Any]]:
-    """The in-memory directory behind agent ``mem`` (the CLI runs in this process)."""
-    name = f"cli-{uuid.uuid4().hex[:8]}"
-    yield directory(name)
-    DIRECTORIES.pop(name, None)
-
-
-@pytest.fixture
 def config(tmp_path: Path, mem: dict[str, Any]) -> Path:
-    name = next(k for k, v in DIRECTORIES.items() if v is mem)
-    path = tmp_path / "mvsync.toml"
-    path.write_text(CONFIG.replace("DIRECTORY", name))
-    return path
+    return with_directory(tmp_path, mem, CONFIG)
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -136,7 +122,7 @@ def test_pending_exports_json_and_csv(config: Path) -> None:
     assert invoke("run", "cycle", "-c", str(config))[0] == 0
     code, out = invoke("pending-exports", "tgt", "-c", str(config), "--format", "json")
     assert code == 0
-    records = [json.loads(line) for line in out.splitlines()]
+    records = json.loads(out)
     assert [r["anchor"] for r in records] == ANCHORS
     assert records[4] == {
         "anchor": "u0000004",
@@ -154,11 +140,11 @@ def test_pending_exports_json_and_csv(config: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(out)))
     assert rows == [{k: "" if v is None else str(v) for k, v in r.items()} for r in records]
 
-    # nothing pending after the export: csv is just the header, json nothing at all
+    # nothing pending after the export: csv is just the header, json an empty list
     assert invoke("run", "export", "-c", str(config))[0] == 0
     code, out = invoke("pending-exports", "tgt", "-c", str(config), "--format", "csv")
     assert code == 0 and out.splitlines() == ["anchor,dn,omodt,attribute,amodt,before,after,last_error"]
-    assert invoke("pending-exports", "tgt", "-c", str(config), "--format", "json") == (0, "")
+    assert invoke("pending-exports", "tgt", "-c", str(config), "--format", "json") == (0, "[]\n")
     assert invoke("pending-exports", "tgt", "-c", str(config), "--format", "xml")[0] == 2
 
 
@@ -197,7 +183,7 @@ def test_run_exits_3_when_a_step_completes_with_per_object_errors(config: Path, 
     code, out = invoke("run", "mem-import", "-c", str(config))
     assert code == 3
     assert "mem-import: completed-discovery-errors" in out
-    assert "read-error m2: photo service said 500" in out
+    assert "read-error m2 (a2): photo service said 500" in out
 
     code, out = invoke("run", "mem-import", "-c", str(config), "--json")
     doc = json.loads(out)
@@ -220,13 +206,13 @@ def test_error_details_print_verbatim(config: Path, mem: dict[str, Any]) -> None
 
     code, out = invoke("run", "mem-import", "-c", str(config))
     assert code == 3, out
-    assert "referral m1: 0000202B: RefErr [ref 1: 'dc2.example.test']" in out
-    assert "read-error m2: path [/photos] is not readable" in out
+    assert "referral m1 (a1): 0000202B: RefErr [ref 1: 'dc2.example.test']" in out
+    assert "read-error m2 (a2): path [/photos] is not readable" in out
 
     code, out = invoke("history", "list", "-c", str(config), "--limit", "1")
     run_id = line_with(out, "mem-import").split()[1]
     code, out = invoke("history", "show", run_id, "-c", str(config))
     assert code == 0, out
     assert "mem full-import: completed-discovery-errors" in out
-    assert "[error] referral m1: 0000202B: RefErr [ref 1: 'dc2.example.test']" in out
-    assert "[error] read-error m2: path [/photos] is not readable" in out
+    assert "[error] referral m1 (a1): 0000202B: RefErr [ref 1: 'dc2.example.test']" in out
+    assert "[error] read-error m2 (a2): path [/photos] is not readable" in out

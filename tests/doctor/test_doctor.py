@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import Connection, select, update
 
 from connector.config import config_from_dict
-from connector.doctor import EXIT_PROBLEMS, _certificate_problems, check_config, run_doctor
+from connector.doctor import EXIT_PROBLEMS, check_config, run_doctor
+from connector.engine._agents import _certificate_problem as _certificate_problems
 from connector.store import SCHEMA_VERSION
 from connector.store.tables import blob, cs_object, store_meta
 from tests.engine.conftest import World, add_users
@@ -43,7 +44,16 @@ def test_a_healthy_store_passes(healthy: World) -> None:
     assert report.ok, report.as_dict()
     assert report.exit_code == 0
     checks = {f.check for f in report.findings}
-    assert {"schema", "blobs", "links", "pending-exports", "rules", "agents.ad.reachable"} <= checks
+    assert {
+        "integrity",
+        "writable",
+        "schema",
+        "blobs",
+        "links",
+        "pending-exports",
+        "rules",
+        "agents.ad.reachable",
+    } <= checks
 
 
 def _first_blob(conn: Connection) -> str:

@@ -87,7 +87,7 @@ def test_demo_json_and_everything_under_the_folder(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert pending.returncode == 0 and pending.stdout.strip() == ""  # the delta cycle left nothing to export
+    assert pending.returncode == 0 and pending.stdout.strip() == "[]"  # the delta cycle left nothing to export
     # and the console serves its pages over the same folder
     from fastapi.testclient import TestClient
 
@@ -99,6 +99,24 @@ def test_demo_json_and_everything_under_the_folder(tmp_path: Path) -> None:
         found = console.get("/search", params={"q": account})
         assert found.status_code == 200 and account in found.text
         assert "AD thumbnail" in console.get("/persons/1").text
+
+    # issue 16: the folder the demo leaves is one doctor and the README's dry run handle cleanly
+    doctor = subprocess.run(
+        [*MVSYNC, "doctor", "-c", report["config"], "--json"], capture_output=True, text=True, check=False
+    )
+    assert doctor.returncode == 0, doctor.stdout
+    warned = {f["check"]: f["message"] for f in json.loads(doctor.stdout)["findings"] if f["severity"] == "warning"}
+    assert warned and all(
+        m.startswith("the demo's emulator is not running; run `mvsync demo` again") for m in warned.values()
+    )
+    dry = subprocess.run(
+        [*MVSYNC, "run", "Delta Cycle", "--dry-run", "-c", report["config"]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert dry.returncode == 4 and "Traceback" not in dry.stderr
+    assert "hint: the demo's emulator is not running; run `mvsync demo` again" in dry.stderr
 
     # running it again starts afresh in the same folder
     again = _demo(data_dir)

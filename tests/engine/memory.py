@@ -87,7 +87,7 @@ class MemoryConnector(Connector[MemorySettings]):
     def _entry(self, anchor: str, attrs: dict[str, Any]) -> CSEntryChange:
         if anchor in self.data["errors"]:
             return CSEntryChange.import_error(
-                anchor, *self.data["errors"][anchor], object_class=self.settings.object_class
+                anchor, *self.data["errors"][anchor], object_class=self.settings.object_class, attributes=attrs
             )
         return CSEntryChange.add(
             self.settings.object_class, anchor, {self.settings.anchor: anchor, **attrs}, dn=f"CN={anchor},OU=Test"

@@ -21,6 +21,12 @@ so nothing runs on after the point); the parent then sends SIGKILL from outside:
 handler, ``finally`` or ``atexit`` runs. With ``MVSYNC_CRASH_PLAN=count`` nothing is killed and the
 counts are written at exit; a reference run uses that to choose points that exist.
 
+Some counts depend on timing (how many HTTP requests an import makes depends on how its photo
+workers happen to batch), so a run may make fewer events than the reference did. A point therefore
+also names the *entry* into its phase (the n-th step in that phase) in which the reference saw the
+last event of its kind; a run that leaves that entry before the planned event is stopped there,
+after its last event of that kind. Every trial is killed in the part of the run it planned for.
+
 A trial (:class:`CrashLab`): a fresh directory OU (Samba) or LDIF snapshot, store and agent data;
 "Full Cycle" killed at the trial's point; the same profile rerun as an operator would; then the
 state is compared with an uninterrupted run (metaverse, directory photos), and one more
@@ -82,14 +88,17 @@ class CrashPoint:
     phase: str
     kind: str
     n: int
+    #: the entry into ``phase`` (1-based) at whose end to stop if the n-th event has not come (0: none)
+    entry: int = 0
 
     def spec(self) -> str:
-        return f"{self.phase}:{self.kind}:{self.n}"
+        base = f"{self.phase}:{self.kind}:{self.n}"
+        return f"{base}:{self.entry}" if self.entry else base
 
     @classmethod
     def parse(cls, spec: str) -> CrashPoint:
-        phase, kind, n = spec.split(":")
-        return cls(phase, kind, int(n))
+        phase, kind, n, *entry = spec.split(":")
+        return cls(phase, kind, int(n), int(entry[0]) if entry else 0)
 
 
 # ------------------------------------------------------------------------------------- child side
@@ -101,35 +110,47 @@ class _Hooks:
         self.report = report
         self.phase = "other"
         self.counts: Counter[str] = Counter()
+        #: entries into each phase so far, and per phase:kind the entry of its last event
+        self.entries: Counter[str] = Counter()
+        self.last_entry: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def fire(self, kind: str) -> None:
         with self._lock:
             key = f"{self.phase}:{kind}"
             self.counts[key] += 1
+            self.last_entry[key] = self.entries[self.phase]
             hit = self.plan is not None and (self.plan.phase, self.plan.kind, self.plan.n) == (
                 self.phase,
                 kind,
                 self.counts[key],
             )
-            if not hit:
-                return
-            self.report.write_text(json.dumps({"fired": key, "n": self.counts[key], "pid": os.getpid()}))
-            # Freeze every thread now; the parent's SIGKILL follows. (The lock stays held: nothing
-            # in this process may run on past the point.)
-            os.kill(os.getpid(), signal.SIGSTOP)
-            time.sleep(3600)  # not reached unless someone sends SIGCONT
+            if hit:
+                self._stop_here(key, late=False)
+
+    def _stop_here(self, key: str, *, late: bool) -> None:
+        self.report.write_text(json.dumps({"fired": key, "n": self.counts[key], "late": late, "pid": os.getpid()}))
+        # Freeze every thread now; the parent's SIGKILL follows. (The lock stays held: nothing
+        # in this process may run on past the point.)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        time.sleep(3600)  # not reached unless someone sends SIGCONT
 
     def write_counts(self) -> None:
-        self.report.write_text(json.dumps({"counts": dict(self.counts)}))
+        self.report.write_text(json.dumps({"counts": dict(self.counts), "entries": self.last_entry}))
 
     @contextlib.contextmanager
     def in_phase(self, phase: str) -> Iterator[None]:
         previous, self.phase = self.phase, phase
+        self.entries[phase] += 1
+        entry = self.entries[phase]
         try:
             yield
         finally:
             self.phase = previous
+            plan = self.plan
+            if plan is not None and (plan.phase, plan.entry) == (phase, entry):
+                with self._lock:  # the planned event did not come in time: stop after the last one
+                    self._stop_here(f"{plan.phase}:{plan.kind}", late=True)
 
 
 def install_from_env() -> None:
@@ -225,6 +246,8 @@ class CliRun:
     seconds: float
     stdout: str
     stderr: str
+    #: per phase:kind, the entry into that phase of its last event (a ``count`` run's)
+    entries: dict[str, int] = field(default_factory=dict)
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -300,6 +323,7 @@ def run_cli(
         seconds=time.monotonic() - started,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
+        entries=dict(info.get("entries", {})),
     )
 
 
@@ -542,31 +566,31 @@ class CrashLab:
         return f"failed (exit {done.returncode}): {(done.stdout or done.stderr)[-600:]}"
 
     # -- trials -------------------------------------------------------------------------------------
-    def reference(self) -> tuple[WorldState, dict[str, int]]:
+    def reference(self) -> tuple[WorldState, dict[str, int], dict[str, int]]:
         """An uninterrupted "Full Cycle" (its events counted): the state every trial must reach."""
         scenario = self.prepare("reference")
         run = self.run(scenario, self.PROFILE, plan="count")
         if run.returncode not in (0, 3):
             msg = f"the reference run failed (exit {run.returncode}): {run.stderr[-2000:]}"
             raise RuntimeError(msg)
-        return self.state(scenario), run.counts
+        return self.state(scenario), run.counts, run.entries
 
     @staticmethod
-    def choose(index: int, seed: int, counts: dict[str, int]) -> CrashPoint:
-        """The trial's kill point: phases in turn; kind and position drawn from the seed."""
+    def choose(index: int, seed: int, counts: dict[str, int], entries: dict[str, int] | None = None) -> CrashPoint:
+        """The trial's kill point: phases in turn; kind and position drawn from the seed.
+
+        ``entries`` (the reference's entry of each kind's last event) makes the point certain to be
+        reached: a run that makes fewer events of that kind than the reference (HTTP requests
+        depend on how the photo workers happen to batch) stops after its last one instead.
+        """
         rng = random.Random(f"mvsync-crash:{seed}:{index}")
         phase = PHASES[index % len(PHASES)]
         kinds = sorted(k.split(":", 1)[1] for k, n in counts.items() if k.startswith(f"{phase}:") and n > 0)
         if not kinds:
             return CrashPoint(phase, "begin", 1)
         kind = rng.choice(kinds)
-        count = counts[f"{phase}:{kind}"]
-        if kind == "http":
-            # how many HTTP requests an import makes depends on how the photo workers happen to batch
-            # (timing), so a run may make fewer than the reference did: points are drawn from the
-            # first half, which every run reaches
-            count = max(1, count // 2)
-        return CrashPoint(phase, kind, rng.randint(1, count))
+        key = f"{phase}:{kind}"
+        return CrashPoint(phase, kind, rng.randint(1, counts[key]), (entries or {}).get(key, 0))
 
     def trial(self, index: int, point: CrashPoint, reference: WorldState) -> TrialResult:
         started = time.monotonic()
@@ -616,10 +640,10 @@ class CrashLab:
 
     def run_trials(self, trials: int, seed: int, *, say: Callable[[str], None] | None = None) -> CrashSummary:
         started = time.monotonic()
-        reference, counts = self.reference()
+        reference, counts, entries = self.reference()
         results = []
         for index in range(trials):
-            point = self.choose(index, seed, counts)
+            point = self.choose(index, seed, counts, entries)
             result = self.trial(index, point, reference)
             if say is not None:
                 say(f"trial {index}: {point.spec()} killed={result.killed} converged={result.converged}")

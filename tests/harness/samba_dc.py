@@ -552,13 +552,20 @@ def stop_samba(directory: Path | None = None, *, host: str | None = None, purge:
 
 @contextlib.contextmanager
 def samba_lease(
-    directory: Path | None = None, *, host: str | None = None, keep: bool = False, **options: Any
+    directory: Path | None = None,
+    *,
+    host: str | None = None,
+    keep: bool = False,
+    exclusive: bool = False,
+    **options: Any,
 ) -> Iterator[ADSettings]:
     """A DC for the duration of a block; stopped afterwards only if this block started it.
 
     Several processes (parallel test sessions, a benchmark) may share one DC: each holds a shared
     lock on ``DIR.users`` while using it, and the one that started it stops it only when it can
-    take that lock exclusively, i.e. nobody else is using the server any more.
+    take that lock exclusively, i.e. nobody else is using the server any more. ``exclusive`` holds
+    it exclusively for the whole block (waiting for the others): for a caller that stops and
+    restarts the DC, which would pull it from under another session's test.
     """
     try:
         external = settings_from_env() if options.get("use_env", True) else None
@@ -570,7 +577,7 @@ def samba_lease(
     dc = _dc(directory, host, None, False)
     dc.directory.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{dc.directory}.users", "a") as users:
-        fcntl.flock(users, fcntl.LOCK_SH)
+        fcntl.flock(users, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         was_running = dc.recorded_pid() is not None
         settings = ensure_samba(dc.directory, host=dc.host, **options)
         try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from connector.cli import _app
+from connector.cli import _app, _photo
+from connector.imaging import NormalizedPhoto, PhotoSpec
 from tests.imaging.images import photo
 
 runner = CliRunner()
@@ -20,7 +23,7 @@ def _folder(tmp_path: Path, count: int) -> Path:
     folder.mkdir()
     for i in range(count):
         (folder / f"user{i}.JPG").write_bytes(photo(i))
-    (folder / "notes.txt").write_text("not a photo, not picked up from a folder")
+    (folder / "notes.txt").write_text("not a photo: refused by name, like every file of the folder that is not one")
     return folder
 
 
@@ -31,8 +34,9 @@ def test_converts_a_folder_and_reports_json_lines(tmp_path: Path) -> None:
     result = runner.invoke(_app.app, ["photo", "convert", str(folder), "--out", str(out), "--json"])
     assert result.exit_code == 3, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(lines) == 4
+    assert len(lines) == 5  # every file of the folder has a result
     by_name = {Path(line["input"]).name: line for line in lines}
+    assert by_name["notes.txt"]["status"] == "error" and by_name["notes.txt"]["error"] == "not-an-image"
     assert by_name["broken.png"]["status"] == "error" and by_name["broken.png"]["error"] == "truncated-image"
     assert sorted(p.name for p in out.iterdir()) == ["user0 96x96.jpg", "user1 96x96.jpg", "user2 96x96.jpg"]
     for p in out.iterdir():
@@ -92,3 +96,65 @@ def test_the_default_byte_budget_follows_the_size(tmp_path: Path) -> None:
     small = runner.invoke(_app.app, ["photo", "convert", str(source), "--out", str(tmp_path / "ad"), "--json"])
     assert small.exit_code == 0, small.output
     assert json.loads(small.stdout)["bytes"] <= 10_240
+
+
+def _webp(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo(seed, size=120))).save(buffer, "WEBP", quality=80)
+    return buffer.getvalue()
+
+
+def test_a_folder_of_mixed_formats_gives_every_file_a_result(tmp_path: Path) -> None:
+    """Issue 16: WebP converts, PSD/HEIC/text are refused by name, none is skipped in silence."""
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    (folder / "ada.webp").write_bytes(_webp(1))
+    (folder / "alan.JPG").write_bytes(photo(2))
+    (folder / "grace.psd").write_bytes(b"8BPS\x00\x01" + b"\x00" * 64)
+    (folder / "linus.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+    (folder / "index.txt").write_text("who is who")
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")  # hidden: not a photo anyone put there
+    out = tmp_path / "out"
+    result = runner.invoke(_app.app, ["photo", "convert", str(folder), "--out", str(out), "--json"])
+    assert result.exit_code == 3, result.output
+    by_name = {Path(d["input"]).name: d for d in map(json.loads, result.stdout.splitlines())}
+    assert sorted(by_name) == ["ada.webp", "alan.JPG", "grace.psd", "index.txt", "linus.heic"]
+    assert by_name["ada.webp"]["status"] == "ok" and by_name["alan.JPG"]["status"] == "ok"
+    assert by_name["grace.psd"]["error"] == "unsupported-image-format"
+    assert "Photoshop (PSD)" in by_name["grace.psd"]["detail"]
+    assert "HEIC" in by_name["linus.heic"]["detail"] and by_name["index.txt"]["error"] == "not-an-image"
+    assert sorted(p.name for p in out.iterdir()) == ["ada 96x96.jpg", "alan 96x96.jpg"]
+
+    text = runner.invoke(_app.app, ["photo", "convert", str(folder), "--out", str(tmp_path / "again")])
+    assert "2 converted, 3 failed" in text.stdout
+
+
+def test_one_list_of_accepted_formats_serves_convert_the_folder_agent_and_the_console() -> None:
+    from connector.imaging import ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, PHOTO_EXTENSIONS, is_photo_name
+    from connector.web._photos import sniff_image_type
+
+    assert ALLOWED_FORMATS == ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+    assert ACCEPTED_FORMATS_TEXT == "JPEG, PNG, GIF, BMP, TIFF or WebP"
+    assert ".webp" in PHOTO_EXTENSIONS and is_photo_name("jdoe badge.WEBP")  # the photo-folder agent's test
+    head = _webp(3)[:16]
+    assert sniff_image_type(head) is None  # not served as is to browsers ...
+    assert sniff_image_type(head, previewed=True) == "image/webp"  # ... but previewed as JPEG
+
+
+def test_an_unexpected_decoder_failure_is_that_files_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever a decoder raises on hostile input ends as a per-file result, and the next file converts."""
+    real = _photo.normalize
+
+    def struct_error_on_marked_input(data: bytes, spec: PhotoSpec) -> NormalizedPhoto:
+        if data.endswith(b"boom"):
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return real(data, spec)
+
+    monkeypatch.setattr(_photo, "normalize", struct_error_on_marked_input)
+    (tmp_path / "a.jpg").write_bytes(photo(1) + b"boom")
+    (tmp_path / "b.jpg").write_bytes(photo(2))
+    args = [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), "-o", str(tmp_path / "o")]
+    result = runner.invoke(_app.app, ["photo", "convert", *args])
+    assert result.exit_code == 3
+    assert "image-undecodable" in result.stdout and "struct.error" not in result.stdout
+    assert "1 converted, 1 failed" in result.stdout

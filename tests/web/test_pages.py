@@ -368,3 +368,24 @@ def test_bmp_and_tiff_folder_photos_are_shown_as_jpeg_previews(client: Any, phot
     with photo_world.engine.store.read() as conn:
         infos = photo_infos(conn, list(blobs))
     assert {i.content_type for i in infos.values() if i.width} == {"image/bmp", "image/tiff"}
+
+
+def test_step_errors_link_to_the_person_they_are_about(client: Any, photo_world: PhotoWorld) -> None:
+    """Issue 16: an error names the person (display name with UPN or account) and links to them."""
+    with photo_world.engine.store.read() as conn:
+        export_step = conn.execute(select(run_step).where(run_step.c.kind == "export")).first()
+        person = conn.execute(
+            select(cs_object.c.mv_id).where(cs_object.c.agent == "ad", cs_object.c.anchor == photo_world.failed_anchor)
+        ).scalar_one()
+    assert export_step is not None
+    page = client.get(f"/steps/{export_step.id}").text
+    assert f'<a href="/persons/{person}">Person 01 Example (user001)</a>' in page
+
+
+def test_a_run_refused_for_its_configuration_shows_why(client: Any, photo_world: PhotoWorld) -> None:
+    engine = photo_world.engine
+    engine._record_refused("Delta Cycle", "stopped-configuration", "mvsync.toml: agents.exo: variable X is not set")
+    with engine.store.read() as conn:
+        run_id = conn.exec_driver_sql("SELECT max(id) FROM run_history").scalar_one()
+    page = client.get(f"/runs/{run_id}").text
+    assert "stopped-configuration" in page and "agents.exo: variable X is not set" in page

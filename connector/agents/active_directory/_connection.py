@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import socket
 import ssl
@@ -42,7 +43,7 @@ from ldap3.core.exceptions import (
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError, StopRunError
 
-__all__ = ["TRANSPORT_ERRORS", "Link", "LinkPool", "ServerUnreachable"]
+__all__ = ["TRANSPORT_ERRORS", "Link", "LinkPool", "ServerUnreachable", "describe_failure"]
 
 T = TypeVar("T")
 
@@ -55,15 +56,61 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
+class _Unreachable(OSError):
+    """A connect attempt failed in a way a retry may fix; the message says where and how."""
+
+
 class ServerUnreachable(Exception):
     """The transport failed and reconnecting did not help (exports turn this into RETRY results)."""
 
 
-def _is_tls_failure(exc: BaseException) -> bool:
-    if isinstance(exc, (LDAPCertificateError, LDAPStartTLSError, ssl.SSLError)):
+def _is_certificate_failure(exc: BaseException) -> bool:
+    if isinstance(exc, (LDAPCertificateError, ssl.SSLCertVerificationError)):
         return True
     text = str(exc).lower()
-    return "certificate" in text or "ssl" in text or "tls" in text
+    return "certificate" in text or "hostname mismatch" in text or "doesn't match" in text
+
+
+def describe_failure(
+    exc: BaseException, where: str, settings: ActiveDirectorySettings, *, starting_tls: bool = False
+) -> str:
+    """What went wrong talking to ``where`` (host:port), by kind: DNS, refused, a timeout during
+    the connect, the TLS handshake or a read, a TLS or certificate failure, or a lost connection.
+
+    Why: "timed out" alone cannot tell a firewall dropping packets (connect) from a hung DC that
+    accepts connections and never answers (TLS handshake) or a slow search (read), and each
+    needs a different fix. ldap3 wraps socket and ssl errors in classes that also derive from
+    the original type, and prefixes the phase ("socket ssl wrapping error" is the handshake).
+    """
+    text = str(exc)
+    lowered = text.lower()
+    tls_phase = (
+        starting_tls or "ssl wrapping" in lowered or "handshake" in lowered or isinstance(exc, LDAPStartTLSError)
+    )
+    if isinstance(exc, socket.gaierror) or "getaddrinfo" in lowered or "name or service not known" in lowered:
+        return f"DNS: cannot resolve {settings.host} ({text}); check host"
+    if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
+        return f"{where} refused the connection: nothing listens on port {settings.effective_port} (check host, port)"
+    if isinstance(exc, (TimeoutError, socket.timeout, LDAPResponseTimeoutError)) or "timed out" in lowered:
+        if tls_phase:
+            return (
+                f"timeout during the TLS handshake with {where} after {settings.connect_timeout:g} s: the server "
+                "accepted the connection and never answered (a hung DC, or a proxy or firewall holding the traffic)"
+            )
+        if "while opening" in lowered:
+            return (
+                f"timeout during connect to {where} after {settings.connect_timeout:g} s: no answer at all "
+                "(a firewall dropping packets, or the wrong address)"
+            )
+        return f"timeout during read from {where}: no answer within receive_timeout ({settings.receive_timeout} s)"
+    if _is_certificate_failure(exc):
+        return (
+            f"certificate: TLS with {where} failed: {text}. The server certificate must chain to "
+            "ca_file (or the system trust store) and name the configured host"
+        )
+    if tls_phase or isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {where} failed: {text} (does the port speak {settings.security}?)"
+    return f"connection to {where} lost: {text}"
 
 
 class Link:
@@ -102,31 +149,36 @@ class Link:
 
     def _open_once(self) -> Connection:
         s = self.settings
+        # ldap3 applies receive_timeout to the TLS handshake; until TLS is up, connect_timeout rules,
+        # so a DC that accepts connections and never answers is given up on as quickly as one that
+        # does not accept them
+        handshake_s = max(1, math.ceil(s.connect_timeout))
         conn = Connection(
             self._server(),
             user=s.bind_dn,
             password=s.password.get_secret_value(),
             authentication=SIMPLE,
-            receive_timeout=s.receive_timeout,
+            receive_timeout=handshake_s,
             raise_exceptions=False,
             auto_referrals=False,
             return_empty_attributes=False,
         )
+        starting_tls = False
         try:
             conn.open()
             conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if s.security == "starttls":
+                starting_tls = True
                 conn.start_tls()
+            conn.receive_timeout = s.receive_timeout
+            conn.socket.settimeout(s.receive_timeout)
         except (LDAPException, OSError) as exc:  # ldap3 may re-raise ssl's own (OSError) errors
             with contextlib.suppress(Exception):
                 conn.unbind()
-            if _is_tls_failure(exc):
-                msg = (
-                    f"TLS with {self._where()} failed: {exc}. The server certificate must chain to "
-                    "ca_file (or the system trust store) and name the configured host"
-                )
-                raise StopRunError(msg) from None
-            raise
+            described = describe_failure(exc, self._where(), s, starting_tls=starting_tls)
+            if described.startswith(("certificate:", "TLS handshake with")):  # retrying cannot fix these
+                raise StopRunError(described) from None
+            raise _Unreachable(described) from None
         if not conn.bind():
             code = conn.result.get("result")
             description = conn.result.get("description", "")
@@ -158,7 +210,9 @@ class Link:
                 last = exc
                 if attempt + 1 < attempts:
                     time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-        msg = f"cannot reach the domain controller at {self._where()} after {attempts} attempt(s): {last}"
+        assert last is not None
+        reason = last if isinstance(last, _Unreachable) else describe_failure(last, self._where(), self.settings)
+        msg = f"cannot reach the domain controller at {self._where()} after {attempts} attempt(s): {reason}"
         raise ServerDownError(msg)
 
     def close(self) -> None:
@@ -188,7 +242,9 @@ class Link:
                 self.close()
                 if attempt + 1 < attempts:
                     time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-        raise ServerUnreachable(f"the connection to {self._where()} keeps failing: {last}")
+        assert last is not None
+        reason = describe_failure(last, self._where(), self.settings)
+        raise ServerUnreachable(f"the connection to {self._where()} keeps failing: {reason}")
 
 
 class LinkPool:

@@ -48,7 +48,9 @@ class ActiveDirectorySettings(ConnectorSettings):
         False,
         description="DirSync OBJECT_SECURITY flag: for accounts without 'Replicating Directory Changes'",
     )
-    connect_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(
+        10.0, gt=0, description="seconds for the TCP connect, and again for the TLS handshake (LDAPS or StartTLS)"
+    )
     receive_timeout: int = Field(60, ge=1, description="seconds to wait for any single answer")
     reconnect_attempts: int = Field(3, ge=0, le=10)
     export_connections: int = Field(4, ge=1, le=16, description="connections (and threads) writing in parallel")

@@ -364,7 +364,10 @@ class _Run:
             if self.full:
                 failed.gen = self.gen  # seen by this full import: keep it
             self.state.put(failed)
-            return [CSEntryChange.import_error(user_id, outcome.error, outcome.detail, object_class=OBJECT_CLASS)]
+            error = CSEntryChange.import_error(
+                user_id, outcome.error, outcome.detail, object_class=OBJECT_CLASS, attributes=attrs
+            )
+            return [error]
         photo = kind == "photo"
         if photo:
             self.counters["photo_downloads"] += 1

@@ -1,0 +1,44 @@
+"""``mvsync store backup PATH``: a consistent copy of the store, taken while runs go on.
+
+Restoring is copying the backup back in place of the store while no mvsync runs (README:
+Backup and restore); ``mvsync doctor`` then checks the restored copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from connector.cli._common import DEFAULT_CONFIG, ConfigOption, JsonOption, console, handle_errors, print_json
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``mvsync store ...`` to ``app``."""
+    store_app = typer.Typer(help="The store: backups.")
+    app.add_typer(store_app, name="store")
+
+    @store_app.command("backup")
+    @handle_errors
+    def backup(
+        path: Annotated[Path, typer.Argument(help="The backup file to write (must not exist yet).")],
+        config: ConfigOption = DEFAULT_CONFIG,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Back up the SQLite store with SQLite's online backup API (consistent while a run is going).
+
+        For a PostgreSQL store use pg_dump (README: Backup and restore).
+        """
+        from connector.config import load_config
+        from connector.store import SqlStore
+
+        store = SqlStore(load_config(config).store_url(), create=False)
+        try:
+            size = store.backup(path.expanduser().resolve())
+        finally:
+            store.close()
+        if json_out:
+            print_json({"store": store.where, "backup": str(path), "bytes": size})
+        else:
+            console.print(f"backed up {store.where} to {path} ({size} bytes); check it with `mvsync doctor`")

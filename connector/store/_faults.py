@@ -1,0 +1,120 @@
+"""Store faults an operator can act on: read-only, corrupt, busy, missing or empty.
+
+Why: at 03:00 a SQLAlchemy traceback ("attempt to write a readonly database") tells the operator
+neither which file nor what to do, and exit code 1 says "a bug" to the scheduler. Every database
+error that reaches the store's boundary is turned into one of these, naming the file and the
+remedy, with the documented exit code it ends with:
+
+* :class:`StoreBusyError` (5, like any lock): another process holds the database (a backup agent,
+  antivirus, a ``BEGIN EXCLUSIVE``); it is a :class:`LockHeldError` so the engine records the run
+  as ``stopped-locked``;
+* :class:`StoreReadOnlyError` and :class:`StoreCorruptError` (4, a stop): the run cannot go on;
+* :class:`StoreMissingError` (2): a read-only command pointed at a store that does not exist (it
+  never creates one: a typo in ``store.url`` must not look like an empty history).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy.exc import DBAPIError
+
+from connector.store._locks import LockHeldError
+
+__all__ = [
+    "EXIT_STORE_CONFIG",
+    "EXIT_STORE_LOCKED",
+    "EXIT_STORE_STOPPED",
+    "StoreBusyError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreMissingError",
+    "StoreReadOnlyError",
+    "store_faults",
+]
+
+#: The CLI's documented exit codes (connector/cli/_common.py), repeated here so the store does not
+#: import the CLI: configuration (2), a stop (4), a lock (5).
+EXIT_STORE_CONFIG = 2
+EXIT_STORE_STOPPED = 4
+EXIT_STORE_LOCKED = 5
+
+#: Where to read about restoring a store (the README section's title).
+RESTORE_HINT = (
+    "restore it from a backup (README: Backup and restore), or move it aside to start afresh with a full cycle"
+)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says what to check."""
+
+    #: The exit code the CLI ends with (see the module docstring).
+    exit_code = EXIT_STORE_STOPPED
+    #: The run status history records for it, where the store can still be written.
+    status = "stopped-store-error"
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class StoreReadOnlyError(StoreError):
+    """The store (or its folder) cannot be written: file mode, ``chattr +i``, a read-only mount."""
+
+
+class StoreCorruptError(StoreError):
+    """The store file is damaged: truncated, overwritten, or not a database at all."""
+
+    status = "stopped-store-corrupt"
+
+
+class StoreMissingError(StoreError):
+    """A read-only command found no store where the configuration points."""
+
+    exit_code = EXIT_STORE_CONFIG
+
+
+class StoreBusyError(StoreError, LockHeldError):
+    """Another process holds the store's database lock longer than this run may wait."""
+
+    exit_code = EXIT_STORE_LOCKED
+    status = "stopped-locked"
+
+
+def classify(exc: DBAPIError, where: str) -> StoreError | None:
+    """The store fault ``exc`` stands for (None: not one the operator can act on: a bug)."""
+    orig = exc.orig
+    name = str(getattr(orig, "sqlite_errorname", "") or "")
+    text = str(orig)
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return StoreReadOnlyError(
+            f"the store {where} is read-only ({text}): check the file's and its folder's permissions "
+            "(ls -l, lsattr for chattr +i) and that the file system is mounted read-write"
+        )
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+        return StoreCorruptError(f"the store {where} is damaged ({text}): {RESTORE_HINT}; `mvsync doctor` checks it")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+        return StoreBusyError(
+            f"the store {where} is busy: another process holds its database lock ({text}), such as a backup "
+            "or antivirus scan, or a tool with the file open; let it finish, or rerun with --wait SECONDS"
+        )
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_PERM")):
+        return StoreError(f"cannot use the store {where} ({text}): check the disk, the path and its permissions")
+    if not name and (exc.connection_invalidated or type(orig).__name__ == "OperationalError"):
+        # PostgreSQL: the server is down, refuses the login, or dropped the connection
+        return StoreError(f"cannot use the store {where}: {text.strip()}")
+    return None
+
+
+@contextlib.contextmanager
+def store_faults(where: str) -> Iterator[None]:
+    """Turn database errors inside the ``with`` into the store fault they stand for."""
+    try:
+        yield
+    except DBAPIError as exc:
+        fault = classify(exc, where)
+        if fault is None:
+            raise
+        raise fault from None

@@ -1,0 +1,220 @@
+"""Issue 16 through the real CLI: a configuration error is recorded before any step runs, per-object
+errors name the person and lead to the object, and the small traps (unknown names, empty JSON,
+dry-run ids, 80-column tables) are gone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from connector.cli import app
+from tests.cli._configs import generated_pair, with_directory
+
+runner = CliRunner()
+
+MEM = """
+[agents.mem]
+type = "tests.engine.memory:MemoryConnector"
+settings = { directory = "DIRECTORY" }
+projection = [{ object_class = "user" }]
+import_flow = [
+  { object_class = "user", cs = "accountName", mv = "accountName" },
+  { object_class = "user", cs = "displayName", mv = "displayName" },
+]
+[run_profiles.mem-cycle]
+steps = [{ type = "full-import", agent = "mem" }, { type = "full-sync", agent = "mem" }]
+"""
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "250", **(env or {})})
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def config(tmp_path: Path, mem: dict[str, Any]) -> Path:
+    return with_directory(tmp_path, mem, generated_pair(5) + MEM)
+
+
+# ------------------------------------------------------------------- configuration before the first step
+def test_a_configuration_error_is_recorded_before_any_step_runs_and_exits_2(tmp_path: Path) -> None:
+    """The third step's agent needs an unset variable: nothing runs, the run is in history with a
+    configuration status and the very message the CLI printed, and Prometheus counts a refusal."""
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        generated_pair(5).replace(
+            "settings = { count = 5, seed = 3, photo_bytes = 0 }",
+            'settings = { count = { env = "MVSYNC_TEST_NEVER_SET" }, seed = 3, photo_bytes = 0 }',
+        )
+    )
+    prom = tmp_path / "mvsync.prom"
+    code, _, err = invoke("--metrics-textfile", str(prom), "run", "cycle", "-c", str(config))
+    assert code == 2
+    printed = err.removeprefix("error: ").strip()
+    assert "agents.tgt.settings.count: environment variable MVSYNC_TEST_NEVER_SET is not set" in printed
+
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    [run] = json.loads(out)
+    assert run["status"] == "stopped-configuration" and run["message"] == printed
+    code, out, _ = invoke("history", "show", str(run["run_id"]), "-c", str(config), "--json")
+    shown = json.loads(out)
+    assert shown["steps"] == [] and shown["message"] == printed  # no step ran, not even src's import
+    metrics = prom.read_text()
+    assert 'mvsync_runs_refused_total{profile="cycle",status="stopped-configuration"} 1.0' in metrics
+    assert "stopped-interrupted" not in metrics
+
+
+def test_every_path_an_agent_names_is_checked_before_the_first_step(tmp_path: Path) -> None:
+    config = tmp_path / "mvsync.toml"
+    missing = tmp_path / "nowhere" / "ca.pem"
+    config.write_text(
+        generated_pair(3)
+        + f"""
+[agents.ad]
+type = "active-directory"
+[agents.ad.settings]
+host = "dc.invalid"
+base_dns = ["DC=x"]
+bind_dn = "CN=a"
+password = {{ env = "HOME" }}
+ca_file = "{missing}"
+[run_profiles.with-ad]
+steps = [{{ type = "full-import", agent = "src" }}, {{ type = "full-import", agent = "ad" }}]
+"""
+    )
+    code, _, err = invoke("run", "with-ad", "-c", str(config))
+    assert code == 2 and f"agents.ad.settings.ca_file: cannot read {missing}" in err
+    code, out, _ = invoke("history", "show", "1", "-c", str(config), "--json")
+    assert json.loads(out)["steps"] == []
+
+
+def test_a_dry_run_with_a_configuration_error_leaves_no_history(tmp_path: Path) -> None:
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(3).replace("count = 3, seed", 'count = { env = "MVSYNC_TEST_NEVER_SET" }, seed'))
+    assert invoke("run", "cycle", "-c", str(config), "--dry-run")[0] == 2
+    assert invoke("history", "list", "-c", str(config), "--json")[:2] == (0, "[]\n")
+
+
+# ------------------------------------------------------------------------ errors carry the person
+def test_per_object_errors_carry_the_person_in_history_table_and_cs(config: Path, mem: dict[str, Any]) -> None:
+    mem["objects"].update(
+        {
+            "0a1b-graph-id": {"accountName": "ada@contoso.test", "displayName": "Ada Lovelace"},
+            "ok-id": {"accountName": "alan@contoso.test", "displayName": "Alan Turing"},
+        }
+    )
+    mem["errors"]["0a1b-graph-id"] = ("mailbox-not-in-exchange-online", "404 MailboxNotHostedInExchangeOnline")
+    code, out, _ = invoke("run", "mem-cycle", "-c", str(config))
+    assert code == 3
+    assert "mailbox-not-in-exchange-online 0a1b-graph-id (Ada Lovelace (ada@contoso.test))" in out
+
+    code, out, _ = invoke("history", "show", "1", "-c", str(config), "--json")
+    [error] = json.loads(out)["steps"][0]["errors"]
+    assert error["anchor"] == "0a1b-graph-id" and error["display"] == "Ada Lovelace (ada@contoso.test)"
+    code, out, _ = invoke("history", "show", "1", "-c", str(config))
+    assert "[error] mailbox-not-in-exchange-online 0a1b-graph-id (Ada Lovelace (ada@contoso.test))" in out
+
+    # the id the error names leads to the object: cs show and cs search --errors
+    code, out, _ = invoke("cs", "show", "mem", "0a1b-graph-id", "-c", str(config))
+    assert code == 0, out
+    assert "Ada Lovelace" in out and "mailbox-not-in-exchange-online" in out and "not in the connector space" in out
+    code, out, _ = invoke("cs", "show", "mem", "0a1b-graph-id", "-c", str(config), "--json")
+    assert json.loads(out)["import_error"]["name"] == "mailbox-not-in-exchange-online"
+    code, out, _ = invoke("cs", "search", "mem", "--errors", "-c", str(config), "--json")
+    assert [(d["anchor"], d["display"]) for d in json.loads(out)] == [
+        ("0a1b-graph-id", "Ada Lovelace (ada@contoso.test)")
+    ]
+    code, out, _ = invoke("cs", "search", "mem", "-c", str(config))
+    assert "Alan Turing (alan@contoso.test)" in out  # staged objects show the person too
+
+    # once the object can be read, it is staged and no longer listed as failing
+    mem["errors"].clear()
+    assert invoke("run", "mem-cycle", "-c", str(config))[0] == 0
+    code, out, _ = invoke("cs", "search", "mem", "--errors", "-c", str(config), "--json")
+    assert json.loads(out) == []
+    code, out, _ = invoke("cs", "show", "mem", "0a1b-graph-id", "-c", str(config), "--json")
+    assert json.loads(out)["display"] == "Ada Lovelace (ada@contoso.test)"
+
+
+def test_export_errors_name_the_person_from_the_connector_space(tmp_path: Path) -> None:
+    from connector.sdk import ExportStatus
+    from tests.engine.conftest import World, add_users
+
+    world = World(tmp_path)
+    try:
+        add_users(world, 3)
+        world.cycle()
+        world.ad["fail"]["guid-001"] = (ExportStatus.FAILED, "permission-issue")
+        result = world.run("export")
+        assert result.status == "completed-export-errors"
+        [error] = result.steps[0].errors
+        assert error.anchor == "guid-001" and error.display == "User 1 (user001)"
+        with world.engine.store.read() as conn:
+            stored = conn.exec_driver_sql("SELECT display, cs_id FROM run_error").one()
+        assert stored.display == "User 1 (user001)" and stored.cs_id is not None
+    finally:
+        world.close()
+
+
+# -------------------------------------------------------------------------------- small traps
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pending-exports", "nosuch"),
+        ("cs", "search", "nosuch"),
+        ("cs", "show", "nosuch", "x"),
+        ("schema", "nosuch"),
+        ("auth", "status", "nosuch"),
+        ("run", "nosuch"),
+        ("run", "cycle", "--agent", "nosuch"),
+    ],
+)
+def test_unknown_agent_or_profile_exits_2_everywhere(config: Path, args: tuple[str, ...]) -> None:
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    code, out, err = invoke(*args, "-c", str(config))
+    assert code == 2, (args, out, err)
+    assert "nosuch" in err and "0 pending" not in out
+
+
+def test_empty_json_lists_print_brackets(config: Path) -> None:
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    for args in (
+        ("pending-exports", "src", "--format", "json"),
+        ("pending-exports", "src", "--json"),
+        ("cs", "search", "src", "--errors", "--json"),
+        ("mv", "search", "nobody-is-called-this", "--json"),
+    ):
+        code, out, _ = invoke(*args, "-c", str(config))
+        assert (code, out) == (0, "[]\n"), args
+
+
+def test_dry_run_ids_are_absent_not_invented(config: Path) -> None:
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    code, out, _ = invoke("run", "cycle", "-c", str(config), "--dry-run", "--json")
+    doc = json.loads(out.splitlines()[-1])
+    assert code == 0 and doc["dry_run"] is True
+    assert doc["run_id"] is None and all(s["step_id"] is None for s in doc["steps"])
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    assert [r["run_id"] for r in json.loads(out)] == [1]
+
+
+def test_tables_off_a_terminal_are_full_width(config: Path) -> None:
+    """Through a pipe, as from cron: nothing is folded or cut at 80 columns."""
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    done = subprocess.run(
+        [sys.executable, "-c", "from connector.cli import main; main()", "cs", "search", "src", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},  # no COLUMNS, no terminal
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "u0000001" in line]
+    assert len(rows) == 1 and "…" not in rows[0]  # one row, not folded or truncated
+    assert max(len(line) for line in done.stdout.splitlines()) > 80

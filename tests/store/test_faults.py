@@ -1,0 +1,255 @@
+"""A bad day at the store (issue 16): read-only, damaged, busy, empty and missing stores end with a
+message naming the file and what to do, and the documented exit code, through the real CLI on a
+real SQLite file; ``mvsync store backup`` makes a copy that ``doctor`` passes once restored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from connector.cli import app
+from connector.engine import Engine
+from connector.store import _faults, _sql
+from tests.cli._configs import generated_pair
+from tests.engine.conftest import World, add_users
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "250"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A configuration whose store holds one finished run (``store.db`` beside it)."""
+    path = tmp_path / "mvsync.toml"
+    path.write_text(generated_pair(5))
+    assert invoke("run", "cycle", "-c", str(path))[0] == 0
+    return path
+
+
+def _store(config: Path) -> Path:
+    return config.parent / "store.db"
+
+
+def _checkpoint(db: Path) -> None:
+    """Fold the WAL into the main file, so damaging the file damages the data."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@pytest.fixture
+def immutable(config: Path) -> Iterator[Path]:
+    """The store with ``chattr +i`` (root on a file system with attributes), removed afterwards."""
+    db = _store(config)
+    _checkpoint(db)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)], check=False).returncode:
+        pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
+    try:
+        yield db
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+
+
+def test_a_read_only_store_is_named_exits_4_and_doctor_flags_it(config: Path, immutable: Path) -> None:
+    code, _, err = invoke("run", "cycle", "-c", str(config))
+    assert code == 4
+    assert f"the store {immutable} is read-only" in err and "chattr" in err
+    assert "Traceback" not in err
+    assert invoke("history", "list", "-c", str(config), "--json")[0] == 0  # reading still works
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 6 and findings["writable"]["severity"] == "error"
+    assert str(immutable) in findings["writable"]["message"]
+
+
+def test_a_truncated_store_stops_every_command_with_exit_4_and_doctor_with_6(config: Path) -> None:
+    db = _store(config)
+    _checkpoint(db)
+    with db.open("r+b") as f:
+        f.truncate(db.stat().st_size // 2)
+    for args in (("run", "cycle"), ("history", "list"), ("cs", "search", "src")):
+        code, _, err = invoke(*args, "-c", str(config))
+        assert code == 4, (args, err)
+        assert f"the store {db} is damaged" in err and "Backup and restore" in err
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 6 and findings["integrity"]["severity"] == "error"
+    assert f"the store {db} is damaged" in findings["integrity"]["message"]
+
+
+def test_doctor_runs_the_integrity_check(config: Path) -> None:
+    """Damage that a run may never read (a page of an index) is found by PRAGMA integrity_check."""
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 0 and findings["integrity"]["severity"] == "ok"
+    db = _store(config)
+    _checkpoint(db)
+    with sqlite3.connect(db) as conn:  # the root page of one index, then scribble over that page
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'ix_mv_search'").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with db.open("r+b") as f:
+        f.seek((root - 1) * page_size + 8)
+        f.write(b"\xff" * 64)
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 6
+    assert findings["integrity"]["severity"] == "error" and "damaged" in findings["integrity"]["message"]
+    assert any("ix_mv_search" in e or "index" in e for e in findings["integrity"]["examples"])
+
+
+def test_an_empty_store_is_refused_not_rebuilt(config: Path) -> None:
+    db = _store(config)
+    _checkpoint(db)
+    db.write_bytes(b"")
+    code, _, err = invoke("run", "cycle", "-c", str(config))
+    assert code == 4 and f"the store {db} is empty (0 bytes)" in err
+    assert db.stat().st_size == 0  # not silently rebuilt
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    assert code == 6 and "empty (0 bytes)" in out
+
+
+def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(3))
+    db = tmp_path / "store.db"
+    for args in (("history", "list"), ("cs", "search", "src"), ("pending-exports", "tgt"), ("mv", "search")):
+        code, _, err = invoke(*args, "-c", str(config))
+        assert code == 2 and f"there is no store at {db}" in err, (args, err)
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    assert code == 0  # nothing wrong with a configuration that has not run yet: a warning
+    assert any(f["severity"] == "warning" and "no store" in f["message"] for f in json.loads(out)["findings"])
+    assert invoke("schema", "src", "-c", str(config))[0] == 0
+    assert not db.exists() and not (tmp_path / "store.db.locks").exists()
+
+
+@pytest.fixture
+def holder(config: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's view of the store (a backup agent, an admin's sqlite3 shell)."""
+    conn = sqlite3.connect(_store(config), isolation_level=None, check_same_thread=False)
+    yield conn
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.close()
+
+
+def test_a_busy_store_waits_for_wait_then_exits_5(
+    config: Path, holder: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_sql, "BUSY_GRACE_S", 0.2)
+    holder.execute("BEGIN EXCLUSIVE")
+    code, _, err = invoke("run", "cycle", "-c", str(config), "--wait", "0.6")
+    assert code == 5
+    assert f"the store {_store(config)} is busy" in err and "after waiting 0.6 s" in err and "--wait" in err
+    assert "is busy (another process holds it); waiting up to 0.6 s" in caplog.text  # not silence
+    holder.execute("ROLLBACK")
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    assert code == 0 and len(json.loads(out)) == 1  # nothing ran, nothing pretends it did
+
+
+def test_a_store_busy_in_the_middle_of_a_run_is_in_history_as_stopped_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is taken during an export and let go as soon as the engine has seen the fault, so
+    the store can be written again and the run must be in history with that status and message."""
+    monkeypatch.setattr(_sql, "BUSY_TIMEOUT_S", 0.3)
+    world = World(tmp_path)
+    try:
+        add_users(world, 4)
+        world.cycle()
+        other = sqlite3.connect(tmp_path / "store.db", isolation_level=None, check_same_thread=False)
+        world.ad["during_export"] = lambda: other.execute("BEGIN EXCLUSIVE")
+        real_classify = _faults.classify
+
+        def classify_then_release(exc: Any, where: str) -> Any:
+            if other.in_transaction:
+                other.execute("ROLLBACK")
+            return real_classify(exc, where)
+
+        monkeypatch.setattr(_faults, "classify", classify_then_release)
+        with pytest.raises(_faults.StoreBusyError, match="is busy"):
+            world.run("export")
+        other.close()
+        runs = world.engine.store
+        with runs.read() as conn:
+            row = conn.exec_driver_sql("SELECT status, message FROM run_history ORDER BY id DESC LIMIT 1").one()
+            step = conn.exec_driver_sql("SELECT status, message FROM run_step ORDER BY id DESC LIMIT 1").one()
+        assert row.status == "stopped-locked" and "is busy" in row.message
+        assert step.status == "stopped-locked" and "is busy" in step.message
+    finally:
+        world.close()
+
+
+def test_store_backup_while_a_run_writes_and_doctor_passes_on_the_restored_copy(
+    config: Path, holder: sqlite3.Connection, tmp_path: Path
+) -> None:
+    # another writer is in the middle of a transaction: the backup holds what was committed
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO run_history (profile, status, dry_run, started_at) VALUES ('x', 'in-progress', 0, 1)")
+    backup = tmp_path / "backups" / "mvsync-1.db"
+    backup.parent.mkdir()
+    code, out, err = invoke("store", "backup", str(backup), "-c", str(config), "--json")
+    assert code == 0, err
+    assert json.loads(out)["bytes"] == backup.stat().st_size > 0
+    holder.execute("COMMIT")
+    assert invoke("store", "backup", str(backup), "-c", str(config))[0] == 2  # never overwrites a backup
+
+    # README, Backup and restore: with no run going, copy the backup over the store, then doctor
+    db = _store(config)
+    for leftover in (db, db.with_name("store.db-wal"), db.with_name("store.db-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    assert code == 0, out
+    assert {f["check"] for f in json.loads(out)["findings"]} >= {"integrity", "schema", "blobs", "links"}
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    assert [r["profile"] for r in json.loads(out)] == ["cycle"]  # the uncommitted run is not in it
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0  # and runs carry on from it
+
+
+def test_engine_stays_usable_after_a_refused_busy_start(
+    config: Path, holder: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait_writable`` restores the normal busy timeout on the connection it borrowed."""
+    from connector.config import load_config
+
+    monkeypatch.setattr(_sql, "BUSY_GRACE_S", 0.1)
+    engine = Engine(load_config(config))
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(_faults.StoreBusyError):
+            engine.store.wait_writable(0.0)
+        holder.execute("ROLLBACK")
+        with engine.store.read() as conn:
+            timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        assert timeout == int(_sql.BUSY_TIMEOUT_S * 1000)
+    finally:
+        engine.close()
+
+
+def test_an_unreachable_postgresql_store_is_named_without_its_password(tmp_path: Path) -> None:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        generated_pair(3).replace(
+            'url = "sqlite:///store.db"', f'url = "postgresql+psycopg://mvsync:pw-never-shown@127.0.0.1:{port}/mvsync"'
+        )
+    )
+    for args in (("run", "cycle"), ("history", "list")):
+        code, _, err = invoke(*args, "-c", str(config))
+        assert code == 4, err
+        assert f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync" in err
+        assert "Connection refused" in err and "pw-never-shown" not in err and "Traceback" not in err
