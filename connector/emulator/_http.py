@@ -33,6 +33,8 @@ class Request:
     raw_query: str
     headers: dict[str, str]  # lower-case names
     body: bytes = b""
+    #: State that lives as long as the TCP connection (connection-based auth such as NTLM keeps it here).
+    conn: dict[str, object] = field(default_factory=dict)
 
     @property
     def query(self) -> dict[str, str]:
@@ -135,7 +137,7 @@ class HttpServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writers.add(writer)
         try:
-            await self._loop(reader, writer, sock)
+            await self._loop(reader, writer, sock, {})
         except (
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
@@ -150,7 +152,11 @@ class HttpServer:
             writer.transport.abort() if writer.transport.is_closing() else writer.close()
 
     async def _loop(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sock: socket.socket | None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        sock: socket.socket | None,
+        conn: dict[str, object],
     ) -> None:
         while True:
             try:
@@ -169,7 +175,7 @@ class HttpServer:
                 return
             body = await reader.readexactly(length) if length else b""
             path, _, raw_query = target.partition("?")
-            request = Request(method, target, unquote(path), raw_query, headers, body)
+            request = Request(method, target, unquote(path), raw_query, headers, body, conn)
             response = await self._handler(request)
             keep_alive = headers.get("connection", "").lower() != "close"
             if response.fault == "reset":
