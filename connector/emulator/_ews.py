@@ -385,7 +385,8 @@ class EwsService:
     # -- authentication -----------------------------------------------------------------------
     def _challenge(self, extra: str | None = None) -> Response:
         offers = {"ntlm": "NTLM", "basic": 'Basic realm="mail.contoso.example"', "bearer": "Bearer"}
-        headers = [("WWW-Authenticate", extra)] if extra else [("WWW-Authenticate", offers[s]) for s in self.config.auth]
+        schemes = [extra] if extra else [offers[s] for s in self.config.auth]
+        headers = [("WWW-Authenticate", scheme) for scheme in schemes]
         return Response(401, b"401 - Unauthorized: Access is denied due to invalid credentials.", headers)
 
     def _authenticate(self, req: Request) -> Response | None:

@@ -25,19 +25,17 @@ from connector.sdk import AuthenticationError, ConfigurationError
 __all__ = ["make_auth", "make_session"]
 
 
-def make_session(settings: ExchangeServerSettings, pool: int) -> requests.Session:
-    """A session verifying TLS (against ``ca_bundle`` when given) with a connection per worker.
+def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.Session:
+    """A session verifying TLS (against ``ca_bundle`` when given), for one thread.
 
     ``trust_env`` is off with a CA bundle: REQUESTS_CA_BUNDLE would silently override it
     (psf/requests#3829).
     """
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool))
-    session.mount("https://", adapter)
     if settings.ca_bundle is not None:
         session.verify = str(settings.ca_bundle)
         session.trust_env = False
-    session.auth = make_auth(settings)
+    session.auth = auth
     return session
 
 
@@ -85,12 +83,15 @@ class OAuthBearer(AuthBase):
         with self._lock:
             if self._app is None:
                 assert s.client_secret is not None
+                http = requests.Session()
+                if s.ca_bundle is not None:  # (REQUESTS_CA_BUNDLE would override it otherwise)
+                    http.verify, http.trust_env = str(s.ca_bundle), False
                 self._app = msal.ConfidentialClientApplication(
                     s.client_id,
                     client_credential=s.client_secret.get_secret_value(),
                     authority=s.authority or f"https://login.microsoftonline.com/{s.tenant_id}",
                     instance_discovery=s.instance_discovery,
-                    verify=str(s.ca_bundle) if s.ca_bundle else True,
+                    http_client=http,
                 )
             result = self._app.acquire_token_for_client(scopes=[s.oauth_scope or f"{s.origin}/.default"])
         token = result.get("access_token") if isinstance(result, dict) else None

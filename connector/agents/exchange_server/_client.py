@@ -19,7 +19,7 @@ import io
 import random
 import re
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,21 +69,48 @@ def _max_side(data: bytes) -> int:
 
 
 class PhotoClient:
-    """Fetches photos for one agent step; thread-safe (a requests session per the pool's connections)."""
+    """Fetches photos for one agent step; thread-safe.
+
+    Each thread has its own session: NTLM authenticates a *connection* (three legs on one socket),
+    and requests-ntlm sends the later legs through the session's pool, which under several threads
+    may hand it another socket, so a shared session fails handshakes at random.
+    """
 
     def __init__(
         self,
         settings: ExchangeServerSettings,
-        session: requests.Session,
+        session_factory: Callable[[], requests.Session],
         limiter: AdaptiveLimiter,
         cancel: threading.Event,
     ) -> None:
         self.settings = settings
-        self.session = session
+        self._session_factory = session_factory
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
         self.limiter = limiter
         self.cancel = cancel
         self.url = settings.ews_url + "/s/GetUserPhoto"
         self.counters = {"requests": 0, "throttled": 0, "retries": 0, "backoff_ms_honoured": 0}
+
+    @property
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._session_factory()
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
 
     def fetch(self, email: str, etag: str | None) -> Fetched:
         """The mailbox's photo at the configured size; ``etag`` makes it conditional."""
@@ -106,7 +133,7 @@ class PhotoClient:
         last = ""
         while True:
             ticket = self.limiter.acquire(cancel=self.cancel)
-            self.counters["requests"] += 1
+            self.count("requests")
             try:
                 resp = self.session.get(
                     self.url, params={"email": email, "size": size}, headers=headers, timeout=s.timeout_s
@@ -117,9 +144,9 @@ class PhotoClient:
             else:
                 is_throttled, wait = throttle_signal(resp)
                 if is_throttled:
-                    self.counters["throttled"] += 1
+                    self.count("throttled")
                     if wait is not None:
-                        self.counters["backoff_ms_honoured"] += int(wait * 1000)
+                        self.count("backoff_ms_honoured", int(wait * 1000))
                         self.limiter.pause(wait)
                     self.limiter.release(ticket, Signal.THROTTLED, retry_after=wait)
                     throttled += 1
@@ -135,7 +162,7 @@ class PhotoClient:
             if failures >= s.max_attempts:
                 hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if "HTTP 500" in last else ""
                 return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{hint}")
-            self.counters["retries"] += 1
+            self.count("retries")
             delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
             if self.cancel.wait(delay):
                 return Fetched("error", error="ews-error", detail="the step stopped")

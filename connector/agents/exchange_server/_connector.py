@@ -31,8 +31,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import requests
+
 from connector.agents.exchange_online._state import IN_CS_NO, IN_CS_YES, PhotoState, UserState, Watermark
-from connector.agents.exchange_server._auth import make_session
+from connector.agents.exchange_server._auth import make_auth, make_session
 from connector.agents.exchange_server._client import Fetched, PhotoClient
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.sdk import (
@@ -116,20 +118,20 @@ class _Run:
         """Keep up to two pages of requests in flight; return up to ``want`` finished entries."""
         entries, self.carry = self.carry[:want], self.carry[want:]
         while len(entries) < want and (self.pending or self.in_flight):
-            while self.pending and len(self.in_flight) < 2 * want:
-                task = self.pending.popleft()
-                baseline = task.row.etag if _trusted_etag(task.row, self.full) else None
-                task.future = self.conn.pool.submit(self.conn.client.fetch, task.email, baseline)
-                self.in_flight.append(task)
+            self._submit(2 * want)
             task = self.in_flight.popleft()
             assert task.future is not None
             entries.extend(self._outcome(task, task.future.result()))
-        while self.pending and len(self.in_flight) < 2 * want:  # keep EWS busy while the engine writes
-            task = self.pending.popleft()
-            baseline = task.row.etag if _trusted_etag(task.row, self.full) else None
-            task.future = self.conn.pool.submit(self.conn.client.fetch, task.email, baseline)
-            self.in_flight.append(task)
+        self._submit(2 * want)  # keep EWS busy while the engine writes this page
         return entries
+
+    def _submit(self, limit: int) -> None:
+        while self.pending and len(self.in_flight) < limit:
+            task = self.pending.popleft()
+            row = task.row
+            etag = row.etag if row is not None and _trusted_etag(row, self.full) else None
+            task.future = self.conn.pool.submit(self.conn.client.fetch, task.email, etag)
+            self.in_flight.append(task)
 
     @property
     def done(self) -> bool:
@@ -172,16 +174,16 @@ class _Run:
 
 
 def _due(row: UserState, cut_ok: float, cut_err: float) -> bool:
-    if not row.trusted or row.in_cs != IN_CS_YES:
+    if not row.trusted:
         return True
     if row.error is not None:
         return (row.error_at or 0.0) < cut_err
-    return row.checked_at < cut_ok
+    return row.in_cs != IN_CS_YES or row.checked_at < cut_ok
 
 
-def _trusted_etag(row: UserState | None, full: bool) -> bool:
+def _trusted_etag(row: UserState, full: bool) -> bool:
     """Whether a conditional GET may skip the body: the connector space holds what the ETag names."""
-    return not full and row is not None and row.trusted and row.in_cs == IN_CS_YES and row.error is None
+    return not full and row.trusted and row.in_cs == IN_CS_YES and row.error is None
 
 
 class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
@@ -198,6 +200,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         self._pool: ThreadPoolExecutor | None = None
         self._run: _Run | None = None
         self._cancel = threading.Event()
+        self._http_counters: dict[str, int] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("mailboxes", "photo", "none", "unchanged", "error", "deletes", "photo_changes"), 0
         )
@@ -219,7 +222,13 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
     def client(self) -> PhotoClient:
         if self._client is None:
             self._cancel.clear()
-            session = make_session(self.settings, self.settings.concurrency)
+            # connection-based schemes keep per-handshake state: one auth object per thread's session;
+            # an OAuth token is shared by all of them
+            shared = make_auth(self.settings) if self.settings.auth == "oauth" else None
+
+            def session() -> requests.Session:
+                return make_session(self.settings, shared or make_auth(self.settings))
+
             self._client = PhotoClient(self.settings, session, self.limiter, self._cancel)
         return self._client
 
@@ -239,8 +248,9 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             self._pool = None
         self._run = None
         if self._client is not None:
-            self.context.logger.info("ews: %s; import: %s", self._client.counters, self.counters)
-            self._client.session.close()
+            self._http_counters = dict(self._client.counters)
+            self.context.logger.info("ews: %s; import: %s", self._http_counters, self.counters)
+            self._client.close()
             self._client = None
         if self._state is not None:
             self._state.close()
@@ -263,7 +273,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
     @property
     def metrics(self) -> dict[str, Any]:
         """Counters of the current (or last) step, for run history and the benchmark."""
-        ews = self._client.counters if self._client is not None else {}
+        ews = self._client.counters if self._client is not None else self._http_counters
         return {**self.counters, **ews, "limiter": self.limiter.stats.as_dict()}
 
     # -- mailboxes ------------------------------------------------------------------------------
@@ -275,7 +285,8 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             try:
                 lines += path.read_text(encoding="utf-8-sig").splitlines()
             except OSError as exc:
-                msg = f"cannot read the mailbox list {path}: {exc.strerror or exc}; fix the path or the file's permissions"
+                reason = exc.strerror or exc
+                msg = f"cannot read the mailbox list {path}: {reason}; fix the path or the file's permissions"
                 raise ConfigurationError(msg, key="mailbox_file") from None
         out: dict[str, None] = {}
         for number, line in enumerate(lines, 1):
