@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import requests
 import typer
 
-from connector.bench._util import peak_rss_mb
+from connector.bench._util import peak_rss_mb, stop_child
 
 __all__ = ["register", "run"]
 
@@ -64,13 +64,7 @@ def _emulator(**config: Any) -> Iterator[tuple[dict[str, Any], list[dict[str, An
             users = http.get(f"{info['admin_url']}/users", timeout=60).json()
         yield info, users
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
 
 
 def _cpu_s() -> float:

@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar
 import typer
 
 from connector.agents.exchange_server import ExchangeServerPhotosConnector
-from connector.bench._util import peak_rss_mb
+from connector.bench._util import peak_rss_mb, stop_child
 
 __all__ = ["BenchEwsConnector", "register", "run"]
 
@@ -135,13 +135,7 @@ def run(
         proc.stdin.close()
         stats = json.loads(proc.stdout.readline() or "{}")
     finally:
-        if not proc.stdin.closed:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
     ceiling_rps = concurrency / (latency_ms / 1000.0) if latency_ms > 0 else None
     # answered requests (thumbnail checks included); throttled attempts are counted apart
     answered = full_metrics.get("requests", 0) - full_metrics.get("throttled", 0)

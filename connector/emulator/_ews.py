@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import os
 import re
@@ -73,7 +72,7 @@ import trustme
 
 from connector.emulator._config import FaultSpec
 from connector.emulator._faults import FaultInjector, parse_faults
-from connector.emulator._http import HttpServer, Request, Response
+from connector.emulator._http import HttpServer, Request, Response, stop_server_thread
 from connector.emulator._photos import HD_SIZES, PhotoTemplates, image_dimensions, reencode_jpeg, splice_marker
 from connector.emulator._stats import Stats
 
@@ -481,15 +480,7 @@ class EwsEmulator:
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            if self._server is not None:
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(self._server.close(), loop).result(5)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(5)
-        if loop is not None and not loop.is_running():
-            loop.close()
+        stop_server_thread(self._loop, self._thread, self._server)
         self._loop = self._thread = self._server = None
         if self._tmp is not None:
             if self._saved_user_file is None:

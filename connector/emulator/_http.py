@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
-__all__ = ["HttpServer", "Request", "Response"]
+__all__ = ["HttpServer", "Request", "Response", "stop_server_thread"]
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -195,3 +196,23 @@ class HttpServer:
             await writer.drain()
             if not keep_alive:
                 return
+
+
+def stop_server_thread(
+    loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None, server: HttpServer | None
+) -> None:
+    """Close ``server``'s connections, stop the loop running it in ``thread`` and close the loop.
+
+    The emulators run their server on a loop of their own thread; both stop it this way (idempotent).
+    """
+    if loop is not None and thread is not None and thread.is_alive():
+        if server is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    if loop is not None and not loop.is_running():
+        executor = getattr(loop, "_default_executor", None)
+        loop.close()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
