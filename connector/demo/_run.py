@@ -261,6 +261,7 @@ def run_demo(
         ews = start_ews(tenant)
         say("writing the directory, HR folder, secrets and mvsync.toml")
         scenario = prepare_scenario(root, emulator.info, tenant, ad=ad, ews_info=ews.info)
+        scenario.extra["ews_mailboxes"] = ews.mailboxes()
         engine = Engine(load_config(scenario.config_path))
         try:
             say('running "Full Cycle" (full import, full sync, export to AD, confirming import)')
@@ -298,8 +299,8 @@ def _report(
         "ad": {"mode": scenario.ad_mode, "where": scenario.ad_where, "note": ad_note},
         "tenant": {"users": users, "photos": photos, "note": "the bundled Graph emulator; stopped when the demo ended"},
         "exchange_server": {
-            "mailboxes": sum(1 for u in scenario.users if u.onprem_mailbox),
-            "photos": sum(1 for u in scenario.users if u.exs_photo),
+            "mailboxes": len(scenario.extra.get("ews_mailboxes", [])),
+            "photos": sum(1 for m in scenario.extra.get("ews_mailboxes", []) if m["hasPhoto"]),
             "note": "on-premises mailboxes (hybrid) served by the bundled EWS emulator; the exs agent reads them",
         },
         "directory_users": len(scenario.users),
