@@ -7,11 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from pydantic import ValidationError
 
 from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
+from connector.agents.exchange_server._client import throttle_signal
+from connector.config import ConfigError, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
-from connector.emulator._ews import EwsConfig, EwsEmulator
+from connector.emulator._ews import EwsConfig, EwsEmulator, soap_fault
+from connector.engine import open_connector
 from connector.sdk import (
     AuthenticationError,
     ConfigurationError,
@@ -220,3 +224,39 @@ def test_entries_are_whole_objects_of_the_schema(ews: EwsEmulator, tmp_path: Pat
     for entry in entries.values():
         assert isinstance(entry, CSEntryChange) and entry.object_class == OBJECT_CLASS
         assert set(entry.attributes) <= names
+
+
+def _answer(status: int, body: bytes = b"", **headers: str) -> requests.Response:
+    resp = requests.Response()
+    resp.status_code, resp._content = status, body
+    resp.headers.update(headers)
+    return resp
+
+
+def test_throttle_signals_from_ews_answers() -> None:
+    busy = soap_fault("ErrorServerBusy", "busy", 2500)
+    assert throttle_signal(_answer(500, busy, **{"Content-Type": "text/xml"})) == (True, 2.5)
+    too_many = soap_fault("ErrorExceededConnectionCount", "too many")
+    assert throttle_signal(_answer(500, too_many)) == (True, None)
+    assert throttle_signal(_answer(503, b"", **{"Retry-After": "3"})) == (True, 3.0)
+    assert throttle_signal(_answer(500, b"")) == (False, None)  # an unknown address: a failure, not push-back
+    assert throttle_signal(_answer(200, b"\xff\xd8", **{"Content-Type": "image/jpeg"})) == (False, None)
+
+
+def test_the_password_is_accepted_only_as_a_reference(ews: EwsEmulator, tmp_path: Path) -> None:
+    info = ews.info
+    config = tmp_path / "mvsync.toml"
+    base = (
+        'data_dir = "data"\n[store]\nurl = "sqlite:///x.db"\n[metaverse]\nschema = "person"\n'
+        '[agents.exs]\ntype = "exchange-server-photos"\n[agents.exs.settings]\n'
+        f'ews_url = "{info["ews_url"]}"\nusername = "svc"\nmailboxes = ["{PHOTO}"]\n'
+    )
+    config.write_text(base + 'password = "literal-secret"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        open_connector(load_config(config), "exs")
+    assert "password" in str(caught.value) and "literal-secret" not in str(caught.value)
+    (tmp_path / "pw").write_text(info["password"], encoding="utf-8")
+    config.write_text(base + f'password = {{ file = "{tmp_path / "pw"}" }}\n', encoding="utf-8")
+    agent = open_connector(load_config(config), "exs")
+    assert isinstance(agent, ExchangeServerPhotosConnector)
+    assert agent.settings.password is not None and agent.settings.password.get_secret_value() == info["password"]
