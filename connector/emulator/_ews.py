@@ -31,6 +31,8 @@ the account's budget spent             500 SOAP fault ``ErrorServerBusy`` with `
 (``budget_per_s``/``burst``)           ``MessageXml`` (ews-throttling-in-exchange; the budget is
                                        modelled as a token bucket: ASSUMPTION, the real
                                        EwsMaxBurst/EwsRechargeRate accounting is in CPU time)
+NTLM without channel binding while     401 (``extended_protection=True``: the EWS virtual directory's
+Extended Protection is required        Extended Protection; RFC 5929 ``tls-server-end-point`` binding)
 no or wrong credentials                401 with ``WWW-Authenticate: NTLM`` / ``Negotiate`` / ``Basic``
                                        (authentication-and-ews-in-exchange: NTLM on-premises, Basic no
                                        longer recommended; OAuth in hybrid modern authentication)
@@ -127,6 +129,8 @@ class EwsConfig:
     netbios_domain: str = "CONTOSO"
     password: str = field(default_factory=lambda: "Emu-" + secrets.token_urlsafe(12))
     unknown_mailbox: Literal["500", "404"] = "500"
+    #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
+    extended_protection: bool = False
     photo_templates: int = 24
     port: int = 0
 
@@ -211,6 +215,8 @@ class EwsService:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.bearer_validator = bearer_validator
+        #: ``tls-server-end-point`` channel bindings of the server certificate (set by the emulator).
+        self.channel_bindings: Any = None
         self._generate()
 
     def _generate(self) -> None:
@@ -419,7 +425,7 @@ class EwsService:
             raw = base64.b64decode(token)
             context = req.conn.get("ntlm")
             if context is None or raw[8:12] == b"\x01\x00\x00\x00":  # a NEGOTIATE message starts afresh
-                context = req.conn["ntlm"] = spnego.server(protocol="ntlm")
+                context = req.conn["ntlm"] = spnego.server(protocol="ntlm", channel_bindings=self.channel_bindings)
             assert isinstance(context, spnego.ContextProxy)
             answer = context.step(raw)
         except Exception:  # pyspnego raises several types for a wrong password or a garbled token
@@ -430,6 +436,21 @@ class EwsService:
         req.conn["user"] = context.client_principal or "?"
         req.conn.pop("ntlm", None)
         return None
+
+
+def _channel_bindings(cert_pem: bytes) -> Any:
+    """RFC 5929 ``tls-server-end-point``: the certificate hashed with its signature hash (SHA-256 for MD5/SHA-1)."""
+    import spnego.channel_bindings
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None or algorithm.name in ("md5", "sha1"):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(cert.public_bytes(serialization.Encoding.DER))
+    return spnego.channel_bindings.GssChannelBindings(application_data=b"tls-server-end-point:" + digest.finalize())
 
 
 class EwsEmulator:
@@ -452,8 +473,11 @@ class EwsEmulator:
         ca = trustme.CA(organization_name="mvsync EWS emulator CA")
         ca.cert_pem.write_to_path(str(self._tmp / "ca.pem"))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        server_cert = ca.issue_cert("127.0.0.1", "localhost")
+        server_cert.configure_cert(context)
         cfg = self.config
+        if cfg.extended_protection:
+            self.service.channel_bindings = _channel_bindings(server_cert.cert_chain_pems[0].bytes())
         users = self._tmp / "ntlm-users"
         users.write_text(f"{cfg.netbios_domain}:{cfg.username}:{cfg.password}\n", encoding="utf-8")
         users.chmod(0o600)

@@ -178,3 +178,13 @@ def test_faults_reuse_the_graph_profiles(ews: EwsEmulator) -> None:
     ews.set_faults({"429": 1.0, "retry_after": 2.5})  # EWS has no 429: ErrorServerBusy instead
     busy = _get(_session(ews), ews, MAIL)
     assert busy.status_code == 500 and b'Name="BackOffMilliseconds">2500<' in busy.content
+
+
+def test_extended_protection_needs_the_channel_binding() -> None:
+    with EwsEmulator(EwsConfig(extended_protection=True)) as emu:
+        emu.add_mailbox(MAIL, photo=photo(1))
+        info = emu.info
+        bound = _session(emu, HttpNtlmAuth(info["username"], info["password"]))  # requests-ntlm binds by default
+        assert _get(bound, emu, MAIL).status_code == 200
+        unbound = _session(emu, HttpNtlmAuth(info["username"], info["password"], send_cbt=False))
+        assert _get(unbound, emu, MAIL).status_code == 401

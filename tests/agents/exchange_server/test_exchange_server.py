@@ -33,7 +33,7 @@ PHOTO, PLAIN, THUMB = "photo@contoso.example", "plain@contoso.example", "thumb@c
 
 @pytest.fixture
 def ews() -> Iterator[EwsEmulator]:
-    with EwsEmulator(EwsConfig()) as emu:
+    with EwsEmulator(EwsConfig(extended_protection=True)) as emu:  # the agent's NTLM binds to the TLS channel
         emu.add_mailbox(PHOTO, photo=photo(1))
         emu.add_mailbox(PLAIN)
         emu.add_mailbox(THUMB, thumbnail=_thumbnail())
