@@ -113,6 +113,7 @@ def prepare_scenario(
     fallbacks: int = 4,
     account_prefix: str = "",
     ews_info: dict[str, Any] | None = None,
+    exs_overrides: dict[str, Any] | None = None,
 ) -> Scenario:
     """Write the directory (or populate the real one), HR folder, secrets and ``root/mvsync.toml``.
 
@@ -162,6 +163,7 @@ def prepare_scenario(
             "username": ews_info["username"],
             "password": {"file": str(write_secret(secrets / "ews-password", str(ews_info["password"])))},
             "mailbox_file": str(write_mailbox_file(root / "exchange-server" / "mailboxes.txt", tenant_users)),
+            **(exs_overrides or {}),
         }
     data = derive_config(
         sample,
