@@ -260,3 +260,12 @@ def test_the_password_is_accepted_only_as_a_reference(ews: EwsEmulator, tmp_path
     agent = open_connector(load_config(config), "exs")
     assert isinstance(agent, ExchangeServerPhotosConnector)
     assert agent.settings.password is not None and agent.settings.password.get_secret_value() == info["password"]
+
+
+def test_check_for_doctor(ews: EwsEmulator, tmp_path: Path) -> None:
+    with _agent(ews, tmp_path) as agent:
+        result = agent.check()
+    assert result.ok and PHOTO in result.detail
+    with _agent(ews, tmp_path / "bad", auth="basic", password="nope") as agent:
+        result = agent.check()
+    assert not result.ok and "HTTP 401" in result.detail and "nope" not in result.detail
