@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 
@@ -29,3 +30,14 @@ def _peak_rss_psutil() -> float | None:
         return None
     peak = getattr(psutil.Process().memory_info(), "peak_wset", None)  # Windows only
     return None if peak is None else round(float(peak) / (1024 * 1024), 1)
+
+
+def stop_child(proc: subprocess.Popen[str]) -> None:
+    """End a server child that serves until its stdin closes: close it, wait, kill if it hangs."""
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -7,6 +7,8 @@ nothing changed, against:
 
 * the Graph emulator in its own process (so it shares neither the GIL nor the memory figure),
   with ``--latency-ms`` added to every request and its default throttling model;
+* the EWS emulator (in this process) for the tenant's on-premises mailboxes, with the same latency:
+  the hybrid people, whose photos the ``exs`` agent reads from Exchange Server;
 * AD as the demo's LDIF directory stand-in (``connector.demo``), or a real directory: the one
   ``AD_*`` describes, or with ``--samba`` the harness's Samba DC; there the users are created in
   a throwaway OU first (not timed) and deleted afterwards.
@@ -31,7 +33,7 @@ from typing import Annotated, Any
 import requests
 import typer
 
-from connector.bench._util import peak_rss_mb
+from connector.bench._util import peak_rss_mb, stop_child
 
 __all__ = ["register", "run"]
 
@@ -62,13 +64,7 @@ def _emulator(**config: Any) -> Iterator[tuple[dict[str, Any], list[dict[str, An
             users = http.get(f"{info['admin_url']}/users", timeout=60).json()
         yield info, users
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
 
 
 def _cpu_s() -> float:
@@ -83,6 +79,7 @@ def run(
     from connector.demo import prepare_scenario, work_done
     from connector.demo._ad import connect, delete_subtree, settings_from_env
     from connector.demo._run import DEMO_SCOPES
+    from connector.demo._world import start_ews
     from connector.emulator import EmulatorConfig, model_assumptions
     from connector.engine import Engine
 
@@ -100,7 +97,9 @@ def run(
         info, tenant = stack.enter_context(_emulator(**emulator_config))
         ou = f"OU=mvsync-bench-e2e-{uuid.uuid4().hex[:6]}"
         setup_started = time.perf_counter()
-        scenario = prepare_scenario(tmp, info, tenant, ad=ad, ad_ou=ou)
+        ews = start_ews(tenant, latency_ms=latency_ms)
+        stack.callback(ews.stop)
+        scenario = prepare_scenario(tmp, info, tenant, ad=ad, ad_ou=ou, ews_info=ews.info)
         setup_s = time.perf_counter() - setup_started
         if ad is not None:
 
@@ -134,6 +133,12 @@ def run(
         "emulator_assumptions": model_assumptions(latency_ms, EmulatorConfig().batch_parallelism),
         "tenant_photos": sum(1 for u in tenant if u.get("hasPhoto")),
         "directory_users": len(scenario.users),
+        # people on-premises with a photo in Exchange Online, Exchange Server or the HR folder
+        "directory_users_with_source_photo": sum(
+            1
+            for u in scenario.users
+            if u.exo_photo or u.exs_photo or u.sam in {*scenario.hr["fallback"], *scenario.hr["shadowed"]}
+        ),
         "ad": scenario.ad_mode,
         "full_cycle_status": full.status,
         "full_cycle_s": round(full_s, 2),
@@ -144,6 +149,7 @@ def run(
         "photos_exported": count(full, "export", "export_updates", "ad"),
         "exports_confirmed": count(full, "delta-import", "exports_confirmed", "ad"),
         "exo_import_errors": count(full, "full-import", "import_errors", "exo"),
+        "exs_import_errors": count(full, "full-import", "import_errors", "exs"),
         "delta_cycle_status": delta.status,
         "delta_cycle_no_change_s": round(delta_s, 2),
         "delta_cycle_cpu_s": round(delta_cpu, 2),

@@ -13,7 +13,7 @@ import typer
 bench_app = typer.Typer(help="Benchmarks (each prints one JSON object).", no_args_is_help=True)
 
 # Benchmark modules register their own command on bench_app: connector.bench.<name>.register(bench_app)
-_BENCHMARKS = ("sync", "emulator", "thumbnails", "import_", "export_ad", "e2e", "resilience", "ui")
+_BENCHMARKS = ("sync", "emulator", "thumbnails", "import_", "import_ews", "export_ad", "e2e", "resilience", "ui")
 
 
 def register(app: typer.Typer) -> None:

@@ -34,8 +34,10 @@ def _print_report(report: dict[str, Any]) -> None:
     )
     console.print(
         f"Tenant: {report['tenant']['users']} emulated users, {report['tenant']['photos']} with photos "
-        f"({report['tenant']['note']}). Users with an on-premises mailbox show as per-object "
-        "'mailbox-not-in-exchange-online' import errors: Graph cannot serve their photos, and the run goes on.",
+        f"({report['tenant']['note']}). Graph cannot serve the photos of the "
+        f"{report['exchange_server']['mailboxes']} users with an on-premises mailbox (exo reports them as "
+        "'mailbox-not-in-exchange-online'); the exs agent reads their "
+        f"{report['exchange_server']['photos']} photos from Exchange Server over EWS instead.",
         highlight=False,
     )
     console.print(f"AD: {report['ad']['note']}", highlight=False)

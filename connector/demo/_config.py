@@ -114,8 +114,13 @@ def derive_config(
     hr: dict[str, Any],
     ad_type: str,
     ad: dict[str, Any],
+    exs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A copy of the sample with its site settings replaced (rules and run profiles untouched)."""
+    """A copy of the sample with its site settings replaced (rules and run profiles untouched).
+
+    Without ``exs`` settings the site has no on-premises Exchange: the ``exs`` agent, its run-profile
+    steps and its place in the precedence go, as the sample's header tells a site to do.
+    """
     data = copy.deepcopy(dict(sample))
     data["store"] = {**data.get("store", {}), "url": store_url}
     data["data_dir"] = data_dir
@@ -124,7 +129,20 @@ def derive_config(
     agents["hr"]["settings"] = {**agents["hr"]["settings"], **hr}
     agents["ad"]["type"] = ad_type
     agents["ad"]["settings"] = ad if ad_type == AD_SNAPSHOT_TYPE else {**agents["ad"]["settings"], **ad}
+    if exs is not None:
+        agents["exs"]["settings"] = {**agents["exs"]["settings"], **exs}
+    else:
+        _drop_agent(data, "exs")
     return data
+
+
+def _drop_agent(data: dict[str, Any], name: str) -> None:
+    data["agents"].pop(name, None)
+    for profile in data.get("run_profiles", {}).values():
+        profile["steps"] = [step for step in profile["steps"] if step.get("agent") != name]
+    precedence = data.get("metaverse", {}).get("precedence", {})
+    for attribute, ranked in precedence.items():
+        precedence[attribute] = [agent for agent in ranked if agent != name]
 
 
 # ------------------------------------------------------------------------------------- TOML out

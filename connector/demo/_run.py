@@ -38,7 +38,14 @@ from connector.demo._config import (
     sample_path,
     write_secret,
 )
-from connector.demo._world import DirectoryUser, directory_users, write_hr_folder, write_snapshot
+from connector.demo._world import (
+    DirectoryUser,
+    directory_users,
+    start_ews,
+    write_hr_folder,
+    write_mailbox_file,
+    write_snapshot,
+)
 from connector.engine import Engine, RunResult, StepResult
 
 __all__ = [
@@ -105,11 +112,15 @@ def prepare_scenario(
     exo_overrides: dict[str, Any] | None = None,
     fallbacks: int = 4,
     account_prefix: str = "",
+    ews_info: dict[str, Any] | None = None,
+    exs_overrides: dict[str, Any] | None = None,
 ) -> Scenario:
     """Write the directory (or populate the real one), HR folder, secrets and ``root/mvsync.toml``.
 
     ``ad`` is a ``connector.demo._ad.ADSettings`` for a real directory, or None for the LDIF
     snapshot stand-in. ``account_prefix`` prefixes every ``sAMAccountName`` (see ``directory_users``).
+    ``ews_info`` is a running EWS emulator's ``info`` (``start_ews``): the hybrid part, the ``exs``
+    agent reading the on-premises mailboxes' photos; without it the configuration has no ``exs``.
     """
     sample = load_sample()
     secrets = root / "secrets"
@@ -144,6 +155,16 @@ def prepare_scenario(
         if ad.ca_cert is None:
             ad_settings.pop("ca_file")
         scenario.ad_mode, scenario.ad_where = "directory", f"ldaps://{ad.host}:{ad.ldaps_port}/{ou}"
+    exs = None
+    if ews_info is not None:
+        exs = {
+            "ews_url": ews_info["ews_url"],
+            "ca_bundle": ews_info["ca_cert"],
+            "username": ews_info["username"],
+            "password": {"file": str(write_secret(secrets / "ews-password", str(ews_info["password"])))},
+            "mailbox_file": str(write_mailbox_file(root / "exchange-server" / "mailboxes.txt", tenant_users)),
+            **(exs_overrides or {}),
+        }
     data = derive_config(
         sample,
         store_url="sqlite:///mvsync.db",
@@ -152,6 +173,7 @@ def prepare_scenario(
         hr={"path": str(hr_dir)},
         ad_type=ad_type,
         ad={k: v for k, v in ad_settings.items() if v is not None},
+        exs=exs,
     )
     header = (
         f"# Written by `mvsync demo` from {sample_path()}: the sample's rules and run profiles, with site\n"
@@ -237,8 +259,11 @@ def run_demo(
     config = EmulatorConfig(users=users, photo_ratio=photo_ratio, seed=seed, delegated_scopes=DEMO_SCOPES)
     with GraphEmulator(config) as emulator:
         tenant = emulator.admin.users()
+        say("starting the emulated Exchange Server (EWS) for the on-premises mailboxes")
+        ews = start_ews(tenant)
         say("writing the directory, HR folder, secrets and mvsync.toml")
-        scenario = prepare_scenario(root, emulator.info, tenant, ad=ad)
+        scenario = prepare_scenario(root, emulator.info, tenant, ad=ad, ews_info=ews.info)
+        scenario.extra["ews_mailboxes"] = ews.mailboxes()
         engine = Engine(load_config(scenario.config_path))
         try:
             say('running "Full Cycle" (full import, full sync, export to AD, confirming import)')
@@ -247,6 +272,7 @@ def run_demo(
             delta = engine.run_profile("Delta Cycle")
         finally:
             engine.close()
+            ews.stop()
     return _report(scenario, full, delta, users, sum(1 for u in tenant if u.get("hasPhoto")), started)
 
 
@@ -274,6 +300,11 @@ def _report(
         "ldif": str(scenario.ldif) if scenario.ldif else None,
         "ad": {"mode": scenario.ad_mode, "where": scenario.ad_where, "note": ad_note},
         "tenant": {"users": users, "photos": photos, "note": "the bundled Graph emulator; stopped when the demo ended"},
+        "exchange_server": {
+            "mailboxes": len(scenario.extra.get("ews_mailboxes", [])),
+            "photos": sum(1 for m in scenario.extra.get("ews_mailboxes", []) if m["hasPhoto"]),
+            "note": "on-premises mailboxes (hybrid) served by the bundled EWS emulator; the exs agent reads them",
+        },
         "directory_users": len(scenario.users),
         "hr_folder": {"path": str(root / "hr-photos"), **scenario.hr},
         "full_cycle": {

@@ -8,7 +8,10 @@ same situation from an emulator's user list:
   cloud-only; plus two service accounts that exist only on-premises. So some people join, some
   Exchange Online users stay disconnectors, some AD users never get a photo;
 * the HR folder holds photos for a few AD users who have no Exchange Online photo (the folder is
-  their fallback) and one for someone who does (Exchange Online wins by precedence).
+  their fallback) and one for someone who does (Exchange Online wins by precedence);
+* hybrid: the tenant's users with an on-premises mailbox (about 8 %) keep their photo in Exchange
+  Server, which Graph cannot read; ``start_ews`` serves those photos from an EWS emulator and
+  ``write_mailbox_file`` lists the mailboxes for the ``exs`` agent, as ``Get-Mailbox`` would.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from typing import Any
 
 from connector.demo._directory import write_ldif
 
-__all__ = ["CLOUD_ONLY_EVERY", "DirectoryUser", "directory_users", "write_hr_folder", "write_snapshot"]
+__all__ = [
+    "CLOUD_ONLY_EVERY",
+    "DirectoryUser",
+    "directory_users",
+    "start_ews",
+    "write_hr_folder",
+    "write_mailbox_file",
+    "write_snapshot",
+]
 
 CLOUD_ONLY_EVERY = 20
 _SERVICE_ACCOUNTS = ("svc.backup", "svc.scanner")
@@ -37,8 +48,11 @@ class DirectoryUser:
     upn: str
     mail: str | None
     display_name: str
-    #: Whether the tenant has a photo for this person (None: not in the tenant).
+    #: Whether Exchange Online has a photo for this person (None: not in the tenant).
     exo_photo: bool | None
+    #: The mailbox is on Exchange Server (hybrid), and whether it holds a photo.
+    onprem_mailbox: bool = False
+    exs_photo: bool = False
 
     @property
     def guid(self) -> str:
@@ -64,7 +78,9 @@ def directory_users(
                 upn=str(user["userPrincipalName"]),
                 mail=user.get("mail"),
                 display_name=str(user.get("displayName") or user["mailNickname"]),
-                exo_photo=bool(user.get("hasPhoto")),
+                exo_photo=bool(user.get("hasPhoto")) and user.get("mailbox") == "cloud",
+                onprem_mailbox=user.get("mailbox") == "on-premises" and bool(user.get("mail")),
+                exs_photo=bool(user.get("hasPhoto")) and user.get("mailbox") == "on-premises",
             )
         )
     for service in _SERVICE_ACCOUNTS:
@@ -90,6 +106,29 @@ def write_snapshot(path: Path, users: Sequence[DirectoryUser], base_dn: str) -> 
             entry["mail"] = user.mail
         entries.append(entry)
     write_ldif(path, entries)
+
+
+def _onprem_mailboxes(tenant_users: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [u for u in tenant_users if u.get("mailbox") == "on-premises" and u.get("mail") and not u.get("deleted")]
+
+
+def write_mailbox_file(path: Path, tenant_users: Iterable[dict[str, Any]]) -> Path:
+    """The on-premises mailboxes, one address a line (what ``Get-Mailbox ... | % PrimarySmtpAddress`` prints)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"{u['mail']}\n" for u in _onprem_mailboxes(tenant_users))
+    path.write_text("# on-premises mailboxes (Exchange Server)\n" + lines, encoding="utf-8")
+    return path
+
+
+def start_ews(tenant_users: Iterable[dict[str, Any]], **config: Any) -> Any:
+    """A running EWS emulator with the tenant's on-premises mailboxes, a 648x648 photo for those with one."""
+    from connector.emulator._ews import EwsConfig, EwsEmulator
+
+    emulator = EwsEmulator(EwsConfig(**config)).start()
+    for user in _onprem_mailboxes(tenant_users):
+        mail = str(user["mail"])
+        emulator.add_mailbox(mail, photo=_portrait(mail, 648) if user.get("hasPhoto") else None)
+    return emulator
 
 
 def _portrait(name: str, size: int = 400) -> bytes:

@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
-__all__ = ["HttpServer", "Request", "Response"]
+__all__ = ["HttpServer", "Request", "Response", "stop_server_thread"]
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -33,6 +34,8 @@ class Request:
     raw_query: str
     headers: dict[str, str]  # lower-case names
     body: bytes = b""
+    #: State that lives as long as the TCP connection (connection-based auth such as NTLM keeps it here).
+    conn: dict[str, object] = field(default_factory=dict)
 
     @property
     def query(self) -> dict[str, str]:
@@ -135,7 +138,7 @@ class HttpServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writers.add(writer)
         try:
-            await self._loop(reader, writer, sock)
+            await self._loop(reader, writer, sock, {})
         except (
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
@@ -150,7 +153,11 @@ class HttpServer:
             writer.transport.abort() if writer.transport.is_closing() else writer.close()
 
     async def _loop(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sock: socket.socket | None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        sock: socket.socket | None,
+        conn: dict[str, object],
     ) -> None:
         while True:
             try:
@@ -169,7 +176,7 @@ class HttpServer:
                 return
             body = await reader.readexactly(length) if length else b""
             path, _, raw_query = target.partition("?")
-            request = Request(method, target, unquote(path), raw_query, headers, body)
+            request = Request(method, target, unquote(path), raw_query, headers, body, conn)
             response = await self._handler(request)
             keep_alive = headers.get("connection", "").lower() != "close"
             if response.fault == "reset":
@@ -189,3 +196,23 @@ class HttpServer:
             await writer.drain()
             if not keep_alive:
                 return
+
+
+def stop_server_thread(
+    loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None, server: HttpServer | None
+) -> None:
+    """Close ``server``'s connections, stop the loop running it in ``thread`` and close the loop.
+
+    The emulators run their server on a loop of their own thread; both stop it this way (idempotent).
+    """
+    if loop is not None and thread is not None and thread.is_alive():
+        if server is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    if loop is not None and not loop.is_running():
+        executor = getattr(loop, "_default_executor", None)
+        loop.close()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import logging
 import shutil
@@ -26,7 +25,7 @@ import trustme
 from connector.emulator._config import EmulatorConfig, FaultSpec
 from connector.emulator._faults import FaultInjector, FaultProfile, parse_faults
 from connector.emulator._graph import GraphService
-from connector.emulator._http import HttpServer, Request, Response
+from connector.emulator._http import HttpServer, Request, Response, stop_server_thread
 from connector.emulator._identity import App, Identity, shared_certificate
 from connector.emulator._stats import Stats
 from connector.emulator._tenant import Tenant, User
@@ -361,18 +360,7 @@ class GraphEmulator:
 
     def stop(self) -> None:
         """Close every connection and the server thread; idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            if self._server is not None:
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(self._server.close(), loop).result(5)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(5)
-        if loop is not None and not loop.is_running():
-            executor = getattr(loop, "_default_executor", None)
-            loop.close()
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+        stop_server_thread(self._loop, self._thread, self._server)
         self._loop = self._thread = self._server = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

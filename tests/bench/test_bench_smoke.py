@@ -223,6 +223,27 @@ def test_throttle_models_and_their_ceilings() -> None:
         parse_throttle({"speed": 3})
 
 
+def test_bench_import_ews_small() -> None:
+    from connector.bench.import_ews import run
+
+    result = run(mailboxes=60, latency_ms=20, concurrency=8)
+    assert result["full_import_status"] == result["delta_import_status"] == "success"
+    assert result["import_errors"] == 0 and result["photos"] > 0
+    assert result["ceiling_requests_per_s"] == 400.0  # 8 in flight / 20 ms
+    assert 0 < result["full_import_share_of_ceiling"] <= 1.0
+    assert result["emulator_peak_in_flight"] <= 8 < 27 == result["ews_max_concurrency"]
+    # the worst-case delta re-checks every photo by ETag: 304s, no bodies
+    assert result["delta_not_modified"] >= result["photos"]
+
+
+def test_bench_import_ews_honours_server_busy() -> None:
+    from connector.bench.import_ews import run
+
+    result = run(mailboxes=120, latency_ms=0, concurrency=8, budget_per_s=20)
+    assert result["emulator_throttled"] > 0 and result["backoff_ms_honoured"] > 0
+    assert result["import_errors"] == 0 and result["full_import_limiter"]["pauses"] > 0
+
+
 def _check_e2e(result: dict[str, Any], users: int) -> None:
     assert _missing(result, _E2E_KEYS) == []
     assert result["benchmark"] == "e2e" and result["users"] == users == result["directory_users"]
@@ -239,6 +260,9 @@ def _check_e2e(result: dict[str, Any], users: int) -> None:
     assert 0 < result["photos_exported"] <= users
     assert result["exports_confirmed"] == result["photos_exported"]
     assert 0 <= result["exo_import_errors"] < users
+    # hybrid (issue #19): everyone with a photo in Exchange Online, Exchange Server or HR gets a thumbnail
+    assert result["exs_import_errors"] == 0
+    assert result["directory_users_with_source_photo"] == result["photos_exported"]
     # a delta cycle with nothing changed does nothing
     assert result["delta_cycle_status"] == "success"
     assert result["delta_cycle_work_done"] == 0

@@ -51,6 +51,9 @@ def test_demo_json_and_everything_under_the_folder(tmp_path: Path) -> None:
     assert report["ad"]["mode"] == "ldif-snapshot"
     kinds = [(s["agent"], s["step"]) for s in report["full_cycle"]["steps"]]
     assert ("ad", "export") in kinds and kinds[-2:] == [("ad", "delta-import"), ("ad", "delta-sync")]
+    # hybrid (issue #19): the on-premises mailboxes' photos come from Exchange Server over EWS
+    exs = next(s for s in report["full_cycle"]["steps"] if (s["agent"], s["step"]) == ("exs", "full-import"))
+    assert exs["status"] == "success" and report["exchange_server"]["mailboxes"] == exs["counters"].get("adds", 0)
     for key in ("config", "store", "ldif"):
         path = Path(report[key])
         assert path.is_file() and path.is_relative_to(data_dir), key

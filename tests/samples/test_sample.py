@@ -19,6 +19,9 @@ SITE_ENV = {
     "MVSYNC_AD_BIND_DN": "svc-mvsync@contoso.example",
     "MVSYNC_AD_PASSWORD": "not-a-real-password",
     "MVSYNC_AD_BASE_DN": "OU=Staff,DC=contoso,DC=example",
+    "MVSYNC_EWS_URL": "https://mail.contoso.example/EWS/Exchange.asmx",
+    "MVSYNC_EWS_USERNAME": "CONTOSO\\svc-mvsync",
+    "MVSYNC_EWS_PASSWORD": "not-a-real-password",
 }
 
 MIM_PROFILES = (
@@ -36,6 +39,7 @@ def site_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(name, value)
     (tmp_path / "hr").mkdir()
     monkeypatch.setenv("MVSYNC_HR_PHOTO_DIR", str(tmp_path / "hr"))
+    monkeypatch.setenv("MVSYNC_EWS_MAILBOX_FILE", str(tmp_path / "mailboxes.txt"))
 
 
 def test_sample_validates_and_builds_every_agent(site_env: None, tmp_path: Path) -> None:
@@ -43,7 +47,7 @@ def test_sample_validates_and_builds_every_agent(site_env: None, tmp_path: Path)
     engine = Engine(config.model_copy(update={"store": config.store.model_copy(update={"url": "sqlite://"})}))
     try:
         engine.validate()
-        for agent in ("exo", "ad", "hr"):
+        for agent in ("exo", "exs", "ad", "hr"):
             connector = open_connector(config, agent)  # resolves env refs and validates the settings
             assert connector.get_schema().object_classes
     finally:
@@ -59,7 +63,7 @@ def test_sample_validates_and_builds_every_agent(site_env: None, tmp_path: Path)
     flow = config.agents["ad"].export_flow[0]
     assert (flow.mv, flow.cs, flow.allow_null) == ("photo", "thumbnailPhoto", True)
     assert flow.transform == "thumbnail(size=96, max_bytes=10240)"
-    assert config.metaverse.precedence["photo"] == ("exo", "hr")
+    assert config.metaverse.precedence["photo"] == ("exo", "exs", "hr")
 
 
 def test_sample_secrets_come_from_the_environment(site_env: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.agents.photo_folder import PhotoFolderConnector, PhotoFolderSettings
-from connector.sdk import ConnectorContext, CSEntryChange, ImportMode, ImportRequest
+from connector.sdk import Connector, ConnectorContext, CSEntryChange, ImportMode, ImportRequest
 
 
 def connector(tmp_path: Path, folder: Path, **settings: Any) -> PhotoFolderConnector:
@@ -15,7 +15,7 @@ def connector(tmp_path: Path, folder: Path, **settings: Any) -> PhotoFolderConne
 
 
 def run_import(
-    agent: PhotoFolderConnector, *, watermark: str | None = None, page_size: int = 500
+    agent: Connector[Any], *, watermark: str | None = None, page_size: int = 500
 ) -> tuple[list[CSEntryChange], str, int]:
     """All entries of one import (delta when a watermark is given), the new watermark, and page count."""
     mode = ImportMode.DELTA if watermark is not None else ImportMode.FULL

@@ -1,0 +1,190 @@
+"""One photo from EWS: the REST ``GetUserPhoto`` with retries, under the shared throttling limiter.
+
+The REST form (``/EWS/Exchange.asmx/s/GetUserPhoto?email=..&size=HR648x648``) and its answers are
+documented in MS-OXWSPHOTO §3.1.5.1.1 and Microsoft's how-to "Get user photos by using EWS"
+(field-notes-2.md §1.1): 200 with the JPEG and an ETag, 304 when ``If-None-Match`` still holds, 404
+when there is no picture. It is used rather than SOAP because it answers "unchanged" without a
+body and exchangelib has no GetUserPhoto (§1.9).
+
+Throttling (field-notes-2.md §1.8, "EWS throttling in Exchange"): ``ErrorServerBusy`` carries
+``BackOffMilliseconds``, a server-wide request to stop, so it pauses every sender of the shared
+limiter (``limiter.pause``) and counts as push-back; ``ErrorExceededConnectionCount`` (over
+EWSMaxConcurrency) and 503 (IIS's queue) count as push-back too, and the limiter decreases
+(§5, AIMD on in-flight requests). Waiting out throttling never spends the failure attempts.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import requests
+
+from connector.agents.exchange_server._settings import ExchangeServerSettings
+from connector.sdk import AuthenticationError
+from connector.throttling import AdaptiveLimiter, Signal, parse_retry_after
+
+__all__ = ["Fetched", "PhotoClient", "throttle_signal"]
+
+_BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d+)\s*<')
+_THROTTLE_CODES = (b"ErrorServerBusy", b"ErrorExceededConnectionCount", b"ErrorTooManyObjectsOpened")
+
+
+@dataclass(slots=True)
+class Fetched:
+    """What one mailbox's photo request came to."""
+
+    kind: Literal["photo", "none", "unchanged", "error"]
+    data: bytes | None = None
+    etag: str | None = None
+    error: str = ""
+    detail: str = ""
+
+
+def throttle_signal(resp: requests.Response) -> tuple[bool, float | None]:
+    """(throttled?, seconds to wait) for an EWS answer (see the module docstring)."""
+    if resp.status_code == 503:
+        return True, parse_retry_after(resp.headers.get("Retry-After"))
+    if resp.status_code >= 500 or "xml" in resp.headers.get("Content-Type", ""):
+        body = resp.content[:8192]
+        if any(code in body for code in _THROTTLE_CODES):
+            match = _BACKOFF.search(body)
+            return True, (int(match[1]) / 1000.0 if match else None)
+    return False, None
+
+
+def _max_side(data: bytes) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return max(image.size)
+    except Exception:  # not an image: certainly not the AD thumbnail
+        return 10_000
+
+
+class PhotoClient:
+    """Fetches photos for one agent step; thread-safe.
+
+    Each thread has its own session: NTLM authenticates a *connection* (three legs on one socket),
+    and requests-ntlm sends the later legs through the session's pool, which under several threads
+    may hand it another socket, so a shared session fails handshakes at random.
+    """
+
+    def __init__(
+        self,
+        settings: ExchangeServerSettings,
+        session_factory: Callable[[], requests.Session],
+        limiter: AdaptiveLimiter,
+        cancel: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self._session_factory = session_factory
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self.limiter = limiter
+        self.cancel = cancel
+        self.url = settings.ews_url + "/s/GetUserPhoto"
+        self.counters = {"requests": 0, "throttled": 0, "retries": 0, "backoff_ms_honoured": 0}
+
+    @property
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._session_factory()
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    def fetch(self, email: str, etag: str | None) -> Fetched:
+        """The mailbox's photo at the configured size; ``etag`` makes it conditional."""
+        got = self._get(email, self.settings.photo_size, etag)
+        if got.kind != "photo" or self.settings.accept_ad_thumbnail or got.data is None:
+            return got
+        if _max_side(got.data) > 96:  # AD thumbnails are 96x96 at most by convention
+            return got
+        # Exchange serves the AD thumbnail when the mailbox has no photo, and always at HR48x48; the
+        # same bytes at both sizes mean it is the thumbnail (MS-OXWSPHOTO, field-notes-2.md §1.1).
+        small = self._get(email, "HR48x48", None)
+        if small.kind == "photo" and small.data == got.data:
+            return Fetched("none", etag=got.etag)
+        return got
+
+    def _get(self, email: str, size: str, etag: str | None) -> Fetched:
+        s = self.settings
+        headers = {"If-None-Match": etag} if etag else {}
+        failures = throttled = 0
+        last = ""
+        while True:
+            ticket = self.limiter.acquire(cancel=self.cancel)
+            self.count("requests")
+            try:
+                resp = self.session.get(
+                    self.url, params={"email": email, "size": size}, headers=headers, timeout=s.timeout_s
+                )
+            except requests.RequestException as exc:
+                self.limiter.release(ticket, Signal.FAILED)
+                last = f"{type(exc).__name__} talking to {s.origin}"
+            else:
+                is_throttled, wait = throttle_signal(resp)
+                if is_throttled:
+                    self.count("throttled")
+                    if wait is not None:
+                        self.count("backoff_ms_honoured", int(wait * 1000))
+                        self.limiter.pause(wait)
+                    self.limiter.release(ticket, Signal.THROTTLED, retry_after=wait)
+                    throttled += 1
+                    if throttled >= s.max_throttled_retries:
+                        return Fetched("error", error="throttled", detail=f"EWS kept throttling {email}")
+                    continue
+                self.limiter.release(ticket, Signal.OK if resp.status_code < 500 else Signal.FAILED)
+                outcome = self._answer(email, resp)
+                if outcome is not None:
+                    return outcome
+                last = f"HTTP {resp.status_code} from {s.origin}"
+            failures += 1
+            if failures >= s.max_attempts:
+                hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if "HTTP 500" in last else ""
+                return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{hint}")
+            self.count("retries")
+            delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+            if self.cancel.wait(delay):
+                return Fetched("error", error="ews-error", detail="the step stopped")
+
+    def _answer(self, email: str, resp: requests.Response) -> Fetched | None:
+        """The outcome of a non-throttled answer; None for one worth retrying."""
+        status, etag = resp.status_code, resp.headers.get("ETag")
+        if status == 200:
+            return Fetched("photo", data=resp.content, etag=etag)
+        if status == 304:
+            return Fetched("unchanged", etag=etag)
+        if status == 404:
+            return Fetched("none")
+        if status == 401:
+            who = self.settings.username or self.settings.client_id or "the service account"
+            msg = (
+                f"EWS at {self.settings.origin} refused {who} (HTTP 401, auth = '{self.settings.auth}'); "
+                "check the account, its password reference and the EWS virtual directory's authentication methods"
+            )
+            raise AuthenticationError(msg)
+        if status == 403:
+            return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
+        if status >= 500:
+            return None
+        return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: HTTP {status}")

@@ -1,0 +1,134 @@
+"""Settings of the ``exchange-server-photos`` agent.
+
+Which mailboxes: a configured list (``mailboxes``, and/or ``mailbox_file`` with one address a line,
+re-read on every import). Not the AD agent's users with ``msExchRecipientTypeDetails`` / ``homeMDB``:
+in today's connector contract a connector never reads another agent's connector space (the engine
+owns all state, ``connector.sdk._connector``), and querying AD a second time here would duplicate
+the AD agent. The file is what ``Get-Mailbox -RecipientTypeDetails UserMailbox -ResultSize
+Unlimited | ForEach-Object PrimarySmtpAddress`` prints, so a site refreshes it on the Exchange side
+with one scheduled line. Once the engine can hand an agent the addresses it should read (issue #18),
+the AD agent's on-premises mailbox users can feed it instead.
+
+Secrets (the password, the OAuth client secret) are ``SecretStr``: the configuration loader accepts
+them only as ``{ env = ".." }`` / ``{ file = ".." }`` references. TLS is always verified (against
+``ca_bundle`` when given); Basic authentication is refused on anything but ``https://``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from connector.sdk import ConnectorSettings
+
+__all__ = ["EWS_DEFAULT_MAX_CONCURRENCY", "EWS_SIZE_CODES", "ExchangeServerSettings"]
+
+#: SizeRequested codes (Exchange 2013+; field-notes-2.md §1.1).
+EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in (48, 64, 96, 120, 240, 360, 432, 504, 648))
+#: EWSMaxConcurrency's default since Exchange 2013 (field-notes-2.md §1.8).
+EWS_DEFAULT_MAX_CONCURRENCY = 27
+
+
+class ExchangeServerSettings(ConnectorSettings):
+    """Where EWS is, how to authenticate, which mailboxes, and how politely to ask."""
+
+    # -- where ---------------------------------------------------------------------------------
+    #: ``https://mail.contoso.com/EWS/Exchange.asmx`` (a bare ``https://host`` gets that path).
+    ews_url: str = Field(min_length=1)
+    #: CA bundle for the server's certificate (an internal CA). Verification is never switched off.
+    ca_bundle: Path | None = None
+
+    # -- how we authenticate -------------------------------------------------------------------
+    #: ``ntlm`` (on-premises default), ``negotiate`` (Kerberos: the ticket cache, or SSPI's logon
+    #: session on Windows; ``pip install 'mvsync[kerberos]'``), ``basic`` (only where a site still
+    #: allows it), ``oauth`` (hybrid modern authentication: an Entra app's client credentials).
+    auth: Literal["ntlm", "negotiate", "basic", "oauth"] = "ntlm"
+    #: ``DOMAIN\\user`` or ``user@domain`` (ntlm, basic).
+    username: str | None = None
+    password: SecretStr | None = None
+    #: Hybrid modern authentication (auth = "oauth").
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    #: Default ``https://login.microsoftonline.com/<tenant_id>``.
+    authority: str | None = None
+    #: Default ``https://<EWS host>/.default`` (the token audience is the EWS external host name).
+    oauth_scope: str | None = None
+    #: MSAL instance discovery calls login.microsoftonline.com; off for private clouds and emulators.
+    instance_discovery: bool = True
+
+    # -- which mailboxes -----------------------------------------------------------------------
+    mailboxes: tuple[str, ...] = ()
+    #: One SMTP address a line; blank lines and ``#`` comments are ignored. Re-read on every import.
+    mailbox_file: Path | None = None
+
+    # -- what we fetch -------------------------------------------------------------------------
+    photo_size: str = "HR648x648"
+    #: Exchange answers with the AD ``thumbnailPhoto`` when a mailbox holds no photo. That picture
+    #: usually came from this very sync (the AD export), so by default it counts as "no photo";
+    #: ``true`` takes it as the mailbox's photo.
+    accept_ad_thumbnail: bool = False
+
+    # -- manners -------------------------------------------------------------------------------
+    #: EWSMaxConcurrency of the service account's throttling policy (27 unless an admin changed it).
+    ews_max_concurrency: int = Field(EWS_DEFAULT_MAX_CONCURRENCY, ge=2, le=1000)
+    #: Most requests in flight. The adaptive limiter starts low and grows to this ceiling, which must
+    #: stay below ``ews_max_concurrency``: Outlook and other clients of the account count there too.
+    concurrency: int = Field(16, ge=1)
+    #: Attempts for one photo on failures (5xx without ErrorServerBusy, resets); throttling is waited
+    #: out without spending them, up to ``max_throttled_retries``.
+    max_attempts: int = Field(3, ge=1, le=20)
+    max_throttled_retries: int = Field(30, ge=1)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+
+    # -- delta (as the Exchange Online agent; SharePoint 2013's UserPhotoExpiration and -ErrorExpiration)
+    photo_recheck_hours: float = Field(24.0, ge=0)
+    photo_error_recheck_hours: float = Field(1.0, ge=0)
+
+    @field_validator("ews_url")
+    @classmethod
+    def _ews_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            msg = "must be an https:// URL (EWS credentials never travel unencrypted)"
+            raise ValueError(msg)
+        path = parts.path.rstrip("/")
+        return f"https://{parts.netloc}{path or '/EWS/Exchange.asmx'}"
+
+    @field_validator("photo_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        for code in EWS_SIZE_CODES:
+            if code.lower() == value.lower():
+                return code
+        msg = f"must be one of {', '.join(EWS_SIZE_CODES)}"
+        raise ValueError(msg)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExchangeServerSettings:
+        if self.concurrency >= self.ews_max_concurrency:
+            msg = (
+                f"concurrency ({self.concurrency}) must stay below ews_max_concurrency ({self.ews_max_concurrency}), "
+                "the account's EWSMaxConcurrency, which other clients of the account share"
+            )
+            raise ValueError(msg)
+        if self.auth in ("ntlm", "basic") and (not self.username or self.password is None):
+            msg = f"auth '{self.auth}' needs username and password"
+            raise ValueError(msg)
+        if self.auth == "oauth" and not (self.tenant_id and self.client_id and self.client_secret):
+            msg = "auth 'oauth' needs tenant_id, client_id and client_secret"
+            raise ValueError(msg)
+        if not self.mailboxes and self.mailbox_file is None:
+            msg = "give mailboxes or mailbox_file: the on-premises mailboxes whose photos to read"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.ews_url)
+        return f"https://{parts.netloc}"

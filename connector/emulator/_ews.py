@@ -1,0 +1,592 @@
+"""An Exchange Server (on-premises) EWS emulator: mailbox photos over ``GetUserPhoto``.
+
+Hybrid organisations keep the HD photos of on-premises mailboxes in those mailboxes, where Graph
+cannot read them; Exchange 2013 and later serve them over EWS. This emulator serves them the way
+the documentation describes, for the ``exchange-server-photos`` agent's tests, the demo and
+``mvsync bench import-ews``. Sources are in ``/work/shared/reference/field-notes-2.md`` §1 (quoted
+with the Microsoft page each fact comes from); "ASSUMPTION" marks what no source settles.
+
+=====================================  =================================================================
+Request / situation                    Answer (source)
+=====================================  =================================================================
+``GET /EWS/Exchange.asmx/s/            200 ``image/jpeg``, ``ETag`` (MS-OXWSPHOTO §3.1.5.1.1; how-to "Get
+GetUserPhoto?email=&size=HRnnxnn``     user photos by using EWS", Table 2). Path matching ignores case,
+                                       as IIS does.
+``If-None-Match`` = current ETag       304 with the ETag, no body (how-to, "Caching user photos")
+no photo at all                        404 (how-to Table 2)
+size larger than the photo             the largest size the photo has (MS-OXWSPHOTO; SizeRequested)
+no HD photo, AD thumbnail exists       the AD ``thumbnailPhoto`` bytes as they are, "not necessarily
+                                       square" (MS-OXWSPHOTO)
+``HR48x48``                            the AD thumbnail whenever one exists (MS-OXWSPHOTO)
+size code not in HR48x48..HR648x648    400 (ASSUMPTION: undocumented)
+unknown address                        500 (the SOAP operation page says so; the REST form is
+                                       undocumented, ASSUMPTION: the same; ``unknown_mailbox="404"``
+                                       switches to 404)
+``POST /EWS/Exchange.asmx`` SOAP       ``GetUserPhotoResponse`` with ``HasChanged`` and base64
+``GetUserPhoto``                       ``PictureData`` (getuserphoto-operation; MS-OXWSCONT §3.1.4.7.3.2);
+                                       ``HasChanged`` false (no data) when ``If-None-Match`` matches
+more than ``EWSMaxConcurrency`` (27)   500 SOAP fault ``ErrorExceededConnectionCount`` (ews-throttling-
+requests of one account in flight      in-exchange: default 27 since Exchange 2013)
+the account's budget spent             500 SOAP fault ``ErrorServerBusy`` with ``BackOffMilliseconds`` in
+(``budget_per_s``/``burst``)           ``MessageXml`` (ews-throttling-in-exchange; the budget is
+                                       modelled as a token bucket: ASSUMPTION, the real
+                                       EwsMaxBurst/EwsRechargeRate accounting is in CPU time)
+NTLM without channel binding while     401 (``extended_protection=True``: the EWS virtual directory's
+Extended Protection is required        Extended Protection; RFC 5929 ``tls-server-end-point`` binding)
+no or wrong credentials                401 with ``WWW-Authenticate: NTLM`` / ``Negotiate`` / ``Basic``
+                                       (authentication-and-ews-in-exchange: NTLM on-premises, Basic no
+                                       longer recommended; OAuth in hybrid modern authentication)
+=====================================  =================================================================
+
+NTLM is connection-based, as IIS does it: the three-leg handshake runs on one TCP connection, which
+then stays authenticated for later requests (no new handshake per photo). The NTLM acceptor is
+pyspnego's (the library requests-ntlm uses on the client side); it reads the account from the file
+named by ``NTLM_USER_FILE``, which the emulator writes and points the variable at while it runs.
+Negotiate/Kerberos needs a KDC and is not emulated. Bearer tokens are accepted when the
+``bearer_validator`` given to the emulator accepts them (tests use the Graph emulator's identity).
+
+Faults reuse the Graph emulator's profiles (``_faults``): "429" becomes ``ErrorServerBusy`` (EWS has
+no 429), 503 is IIS's queue-full answer, and resets, truncated bodies and extra latency as there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+from xml.etree import ElementTree
+
+import trustme
+
+from connector.emulator._config import FaultSpec
+from connector.emulator._faults import FaultInjector, parse_faults
+from connector.emulator._http import HttpServer, Request, Response, stop_server_thread
+from connector.emulator._photos import HD_SIZES, PhotoTemplates, image_dimensions, reencode_jpeg, splice_marker
+from connector.emulator._stats import Stats
+
+__all__ = ["EWS_SIZE_CODES", "EwsConfig", "EwsEmulator", "size_code"]
+
+T = TypeVar("T")
+
+#: The SizeRequested codes (sizerequested reference page: "introduced in Exchange Server 2013").
+EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in HD_SIZES)
+PHOTO_PATH = "/ews/exchange.asmx/s/getuserphoto"
+SOAP_PATH = "/ews/exchange.asmx"
+_NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+_NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
+_NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
+_NS_E = "http://schemas.microsoft.com/exchange/services/2006/errors"
+
+
+def size_code(pixels: int) -> str:
+    """``HR648x648`` for 648."""
+    return f"HR{pixels}x{pixels}"
+
+
+def _pixels(code: str) -> int | None:
+    match = re.fullmatch(r"HR(\d+)x(\d+)", code, re.IGNORECASE)
+    if match is None or match[1] != match[2] or int(match[1]) not in HD_SIZES:
+        return None
+    return int(match[1])
+
+
+@dataclass
+class EwsConfig:
+    """One emulated Exchange organisation. Defaults follow Exchange 2013+'s documented defaults."""
+
+    #: Generated mailboxes ``user00001@<domain>``...; tests and the demo add their own with the admin API.
+    mailboxes: int = 0
+    photo_ratio: float = 0.5
+    #: Share of generated mailboxes *without* an HD photo whose AD account has a ``thumbnailPhoto``.
+    thumbnail_ratio: float = 0.2
+    seed: int = 1
+    domain: str = "contoso.example"
+    #: ASSUMPTION: added to every EWS call (no published figure).
+    latency_ms: float = 0.0
+    #: EWSMaxConcurrency of the service account's throttling policy (27 by default since Exchange 2013).
+    max_concurrency: int | None = 27
+    #: The account's budget as requests per second with ``burst`` in reserve; None: no budget limit.
+    budget_per_s: float | None = None
+    burst: int = 300
+    faults: FaultSpec = None
+    #: Authentication schemes the EWS virtual directory offers, in the order of its WWW-Authenticate.
+    auth: tuple[Literal["ntlm", "basic", "bearer"], ...] = ("ntlm", "basic")
+    username: str = "svc-mvsync"
+    netbios_domain: str = "CONTOSO"
+    password: str = field(default_factory=lambda: "Emu-" + secrets.token_urlsafe(12))
+    unknown_mailbox: Literal["500", "404"] = "500"
+    #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
+    extended_protection: bool = False
+    photo_templates: int = 24
+    port: int = 0
+
+
+@dataclass
+class Mailbox:
+    """One mailbox's photo facts. ``photo`` is the uploaded original; generated ones use a template."""
+
+    email: str
+    photo: bytes | None = None
+    template: int | None = None
+    thumbnail: bytes | None = None
+    version: int = 1
+    #: Original dimensions (width, height) of the HD photo.
+    dims: tuple[int, int] | None = None
+    variants: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def has_photo(self) -> bool:
+        return self.photo is not None or self.template is not None
+
+    def admin(self) -> dict[str, Any]:
+        return {
+            "email": self.email,
+            "hasPhoto": self.has_photo,
+            "hasThumbnail": self.thumbnail is not None,
+            "version": self.version,
+        }
+
+
+class _Budget:
+    """A token bucket standing in for the account's EWS budget (see the module docstring)."""
+
+    def __init__(self, rate: float | None, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> float:
+        """0 when the request may run, else milliseconds until the budget recovers (BackOffMilliseconds)."""
+        if self.rate is None:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return max(1.0, (1.0 - self.tokens) / self.rate * 1000.0)
+
+
+def soap_fault(code: str, message: str, backoff_ms: float | None = None) -> bytes:
+    """The SOAP fault EWS sends for a throttled request (``MessageXml`` carries BackOffMilliseconds)."""
+    extra = ""
+    if backoff_ms is not None:
+        extra = (
+            f'<t:MessageXml xmlns:t="{_NS_T}"><t:Value Name="BackOffMilliseconds">{int(backoff_ms)}</t:Value>'
+            "</t:MessageXml>"
+        )
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}"><s:Body><s:Fault>'
+        f'<faultcode xmlns:a="{_NS_T}">a:{code}</faultcode><faultstring xml:lang="en-US">{message}</faultstring>'
+        f'<detail><e:ResponseCode xmlns:e="{_NS_E}">{code}</e:ResponseCode>'
+        f'<e:Message xmlns:e="{_NS_E}">{message}</e:Message>{extra}</detail></s:Fault></s:Body></s:Envelope>'
+    ).encode()
+
+
+_XML = [("Content-Type", "text/xml; charset=utf-8")]
+
+
+class EwsService:
+    """The mailboxes and the request handling; runs on the emulator's event loop only."""
+
+    def __init__(self, config: EwsConfig, bearer_validator: Callable[[str], bool] | None) -> None:
+        self.config = config
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.templates = PhotoTemplates(config.seed, config.photo_templates)
+        self.stats = Stats()
+        self.faults = FaultInjector(parse_faults(config.faults), config.seed)
+        self.budget = _Budget(config.budget_per_s, config.burst)
+        self.latency_s = config.latency_ms / 1000.0
+        self.max_concurrency = config.max_concurrency
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.bearer_validator = bearer_validator
+        #: ``tls-server-end-point`` channel bindings of the server certificate (set by the emulator).
+        self.channel_bindings: Any = None
+        self._generate()
+
+    def _generate(self) -> None:
+        import random
+
+        rng = random.Random(f"ews:{self.config.seed}")
+        for n in range(1, self.config.mailboxes + 1):
+            box = Mailbox(f"user{n:05d}@{self.config.domain}")
+            if rng.random() < self.config.photo_ratio:
+                box.template = rng.randrange(len(self.templates.specs))
+                spec = self.templates.specs[box.template]
+                box.dims = (spec.width, spec.height)
+            elif rng.random() < self.config.thumbnail_ratio:
+                box.thumbnail = splice_marker(self.templates.variant(0, 96), f"ad-thumb {box.email}".encode())
+            self.mailboxes[box.email] = box
+
+    # -- admin (on the loop) ------------------------------------------------------------------
+    def add_mailbox(self, email: str, photo: bytes | None, thumbnail: bytes | None) -> Mailbox:
+        key = email.lower()
+        if key in self.mailboxes:
+            raise ValueError(f"mailbox {email!r} exists")
+        box = self.mailboxes[key] = Mailbox(email)
+        self.set_photo(box, photo)
+        box.thumbnail = thumbnail
+        return box
+
+    def set_photo(self, box: Mailbox, photo: bytes | None) -> None:
+        """Set-UserPhoto: a new picture (or none), a new version and so a new ETag."""
+        if photo is not None:
+            width, height, _ = image_dimensions(photo)
+            box.dims = (width, height)
+        box.photo, box.template, box.variants = photo, None, {}
+        box.version += 1
+
+    def find(self, email: str) -> Mailbox:
+        box = self.mailboxes.get(email.lower())
+        if box is None:
+            raise KeyError(f"no such mailbox: {email!r}")
+        return box
+
+    # -- photos -------------------------------------------------------------------------------
+    def _choose(self, box: Mailbox, pixels: int) -> tuple[str, int] | None:
+        """Which picture answers a request: ("thumbnail", 0), ("photo", served size) or None (404)."""
+        if box.thumbnail is not None and (pixels == HD_SIZES[0] or not box.has_photo):
+            return "thumbnail", 0
+        if not box.has_photo or box.dims is None:
+            return None
+        available = [s for s in HD_SIZES if s <= min(box.dims)] or [HD_SIZES[0]]
+        fitting = [s for s in available if s <= pixels]
+        return "photo", (fitting[-1] if fitting else available[0])
+
+    def etag(self, box: Mailbox, choice: tuple[str, int]) -> str:
+        digest = hashlib.sha256(f"{box.email}|{box.version}|{choice[0]}|{choice[1]}".encode()).hexdigest()
+        return f'"{digest[:20]}"'
+
+    async def _bytes(self, box: Mailbox, choice: tuple[str, int]) -> bytes:
+        kind, size = choice
+        if kind == "thumbnail":
+            assert box.thumbnail is not None
+            return box.thumbnail
+        cached = box.variants.get(size)
+        if cached is not None:
+            return cached
+        loop = asyncio.get_running_loop()
+        if box.template is not None:
+            variant = await loop.run_in_executor(None, self.templates.variant, box.template, size)
+            data = splice_marker(variant, f"ews {box.email} v{box.version}".encode())
+        else:
+            assert box.photo is not None
+            data = (await loop.run_in_executor(None, reencode_jpeg, box.photo, size))[0]
+        box.variants[size] = data
+        return data
+
+    # -- requests -----------------------------------------------------------------------------
+    async def handle(self, req: Request) -> Response:
+        self.stats.count("requests")
+        path = req.path.lower().rstrip("/")
+        if path not in (PHOTO_PATH, SOAP_PATH):
+            return Response(404, b"Not Found")
+        denied = self._authenticate(req)
+        if denied is not None:
+            self.stats.count("unauthorized")
+            return denied
+        if self.max_concurrency is not None and self.in_flight >= self.max_concurrency:
+            self.stats.count("throttled")
+            self.stats.faults["ErrorExceededConnectionCount"] += 1
+            message = "You have exceeded the maximum number of objects that can be returned for the find operation."
+            return Response(500, soap_fault("ErrorExceededConnectionCount", message), list(_XML))
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._serve(req, path)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, req: Request, path: str) -> Response:
+        fault = self.faults.draw(req.method, req.target)
+        delay = self.latency_s + fault.extra_latency_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        backoff = self.budget.take()
+        if fault.kind == "429" or backoff:
+            backoff = backoff or (self.faults.profile.retry_after_s or 1.0) * 1000.0
+            self.stats.count("throttled")
+            self.stats.faults["ErrorServerBusy"] += 1
+            message = "The server cannot service this request right now. Try again later."
+            return Response(500, soap_fault("ErrorServerBusy", message, backoff), list(_XML))
+        if fault.kind in ("503", "504"):
+            self.stats.faults[fault.kind] += 1
+            return Response(int(fault.kind), b"Service Unavailable")
+        if path == SOAP_PATH:
+            response = await self._soap(req)
+        else:
+            response = await self._rest(req)
+        if fault.kind in ("reset", "truncate"):
+            self.stats.faults[fault.kind] += 1
+            response.fault = fault.kind
+        self.stats.by_status[str(response.status)] += 1
+        return response
+
+    async def _rest(self, req: Request) -> Response:
+        if req.method != "GET":
+            return Response(405, b"Method Not Allowed", [("Allow", "GET")])
+        query = req.query
+        email, pixels = query.get("email", ""), _pixels(query.get("size", "HR648x648"))
+        if pixels is None:
+            return Response(400, b"Bad Request: unknown size code")
+        box = self.mailboxes.get(email.lower())
+        if box is None:
+            return Response(404 if self.config.unknown_mailbox == "404" else 500, b"")
+        self.stats.count("photo_requests")
+        choice = self._choose(box, pixels)
+        if choice is None:
+            return Response(404, b"")
+        etag = self.etag(box, choice)
+        if req.headers.get("if-none-match") == etag:
+            self.stats.count("not_modified")
+            return Response(304, b"", [("ETag", etag)])
+        data = await self._bytes(box, choice)
+        self.stats.count("photo_bytes", len(data))
+        return Response(200, data, [("Content-Type", "image/jpeg"), ("ETag", etag)])
+
+    async def _soap(self, req: Request) -> Response:
+        """SOAP GetUserPhoto: ``HasChanged`` and ``PictureData`` instead of 304 and a body."""
+        try:
+            root = ElementTree.fromstring(req.body)
+            email = root.findtext(f".//{{{_NS_M}}}GetUserPhoto/{{{_NS_M}}}Email") or ""
+            code = root.findtext(f".//{{{_NS_M}}}GetUserPhoto/{{{_NS_M}}}SizeRequested") or ""
+        except ElementTree.ParseError:
+            return Response(400, soap_fault("ErrorSchemaValidation", "The request failed schema validation."), _XML)
+        pixels = _pixels(code)
+        box = self.mailboxes.get(email.lower())
+        if pixels is None or box is None:  # the operation page: "A 500 HTTP status code will be returned"
+            return Response(500, soap_fault("ErrorInvalidRequest", "The request is invalid."), list(_XML))
+        self.stats.count("photo_requests")
+        choice = self._choose(box, pixels)
+        if choice is None:
+            return Response(404, b"")
+        etag = self.etag(box, choice)
+        changed = req.headers.get("if-none-match") != etag
+        data = await self._bytes(box, choice) if changed else b""
+        body = (
+            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}"><s:Body>'
+            f'<GetUserPhotoResponse ResponseClass="Success" xmlns="{_NS_M}"><ResponseCode>NoError</ResponseCode>'
+            f"<HasChanged>{'true' if changed else 'false'}</HasChanged>"
+            f"<PictureData>{base64.b64encode(data).decode()}</PictureData><ContentType>image/jpeg</ContentType>"
+            "</GetUserPhotoResponse></s:Body></s:Envelope>"
+        )
+        return Response(200, body.encode(), [*_XML, ("ETag", etag)])
+
+    # -- authentication -----------------------------------------------------------------------
+    def _challenge(self, extra: str | None = None) -> Response:
+        offers = {"ntlm": "NTLM", "basic": 'Basic realm="mail.contoso.example"', "bearer": "Bearer"}
+        schemes = [extra] if extra else [offers[s] for s in self.config.auth]
+        headers = [("WWW-Authenticate", scheme) for scheme in schemes]
+        return Response(401, b"401 - Unauthorized: Access is denied due to invalid credentials.", headers)
+
+    def _authenticate(self, req: Request) -> Response | None:
+        """None when the request may proceed; else the 401 to send (a challenge or a refusal)."""
+        if req.conn.get("user"):
+            return None  # an NTLM-authenticated connection (IIS keeps it authenticated)
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        scheme = scheme.lower()
+        if scheme not in self.config.auth and not (scheme == "negotiate" and "ntlm" in self.config.auth):
+            return self._challenge()
+        if scheme == "basic":
+            return None if self._basic_ok(token) else self._challenge()
+        if scheme == "bearer":
+            ok = self.bearer_validator is not None and self.bearer_validator(token.strip())
+            return None if ok else self._challenge('Bearer error="invalid_token"')
+        return self._ntlm(req, scheme, token.strip())
+
+    def _basic_ok(self, token: str) -> bool:
+        try:
+            user, _, password = base64.b64decode(token.strip()).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        name = user.rpartition("\\")[2].partition("@")[0].lower()
+        return name == self.config.username.lower() and secrets.compare_digest(password, self.config.password)
+
+    def _ntlm(self, req: Request, scheme: str, token: str) -> Response | None:
+        import spnego
+
+        label = "Negotiate" if scheme == "negotiate" else "NTLM"
+        try:
+            raw = base64.b64decode(token)
+            context = req.conn.get("ntlm")
+            if context is None or raw[8:12] == b"\x01\x00\x00\x00":  # a NEGOTIATE message starts afresh
+                context = req.conn["ntlm"] = spnego.server(protocol="ntlm", channel_bindings=self.channel_bindings)
+            assert isinstance(context, spnego.ContextProxy)
+            answer = context.step(raw)
+        except Exception:  # pyspnego raises several types for a wrong password or a garbled token
+            req.conn.pop("ntlm", None)
+            return self._challenge()
+        if not context.complete:
+            return self._challenge(f"{label} {base64.b64encode(answer or b'').decode()}")
+        req.conn["user"] = context.client_principal or "?"
+        req.conn.pop("ntlm", None)
+        return None
+
+
+def _channel_bindings(cert_pem: bytes) -> Any:
+    """RFC 5929 ``tls-server-end-point``: the certificate hashed with its signature hash (SHA-256 for MD5/SHA-1)."""
+    import spnego.channel_bindings
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None or algorithm.name in ("md5", "sha1"):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(cert.public_bytes(serialization.Encoding.DER))
+    return spnego.channel_bindings.GssChannelBindings(application_data=b"tls-server-end-point:" + digest.finalize())
+
+
+class EwsEmulator:
+    """Exchange Server's EWS photo endpoints on ``https://127.0.0.1:PORT`` (see the module docstring)."""
+
+    def __init__(
+        self, config: EwsConfig | None = None, *, bearer_validator: Callable[[str], bool] | None = None
+    ) -> None:
+        self.config = config or EwsConfig()
+        self.service = EwsService(self.config, bearer_validator)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: HttpServer | None = None
+        self._tmp: Path | None = None
+        self._saved_user_file: str | None = None
+        self._info: dict[str, Any] = {}
+
+    def start(self) -> EwsEmulator:
+        self._tmp = Path(tempfile.mkdtemp(prefix="mvsync-ews-"))
+        ca = trustme.CA(organization_name="mvsync EWS emulator CA")
+        ca.cert_pem.write_to_path(str(self._tmp / "ca.pem"))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_cert = ca.issue_cert("127.0.0.1", "localhost")
+        server_cert.configure_cert(context)
+        cfg = self.config
+        if cfg.extended_protection:
+            self.service.channel_bindings = _channel_bindings(server_cert.cert_chain_pems[0].bytes())
+        users = self._tmp / "ntlm-users"
+        users.write_text(f"{cfg.netbios_domain}:{cfg.username}:{cfg.password}\n", encoding="utf-8")
+        users.chmod(0o600)
+        self._saved_user_file = os.environ.get("NTLM_USER_FILE")
+        os.environ["NTLM_USER_FILE"] = str(users)
+        self._loop = asyncio.new_event_loop()
+        self._server = HttpServer(self.service.handle, context)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ews-emulator", daemon=True)
+        self._thread.start()
+        try:
+            port = asyncio.run_coroutine_threadsafe(self._server.start(cfg.port), self._loop).result(30)
+        except BaseException:
+            self.stop()
+            raise
+        base = f"https://127.0.0.1:{port}"
+        self._info = {
+            "ews_url": f"{base}/EWS/Exchange.asmx",
+            "ca_cert": str(self._tmp / "ca.pem"),
+            "username": f"{cfg.netbios_domain}\\{cfg.username}",
+            "password": cfg.password,
+            "port": port,
+            "max_concurrency": cfg.max_concurrency,
+        }
+        return self
+
+    def stop(self) -> None:
+        stop_server_thread(self._loop, self._thread, self._server)
+        self._loop = self._thread = self._server = None
+        if self._tmp is not None:
+            if self._saved_user_file is None:
+                os.environ.pop("NTLM_USER_FILE", None)
+            else:
+                os.environ["NTLM_USER_FILE"] = self._saved_user_file
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> EwsEmulator:
+        return self if self._thread is not None else self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """ews_url, ca_cert, username (DOMAIN\\user), password, port, max_concurrency."""
+        if not self._info:
+            raise RuntimeError("start() the EWS emulator first")
+        return dict(self._info)
+
+    # -- admin (any thread) ---------------------------------------------------------------------
+    def _call(self, fn: Callable[[], T]) -> T:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or threading.current_thread() is thread:
+            return fn()
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(30)
+
+    def add_mailbox(self, email: str, *, photo: bytes | None = None, thumbnail: bytes | None = None) -> dict[str, Any]:
+        """An on-premises mailbox with an HD photo and/or an AD ``thumbnailPhoto`` (either may be None)."""
+        return self._call(lambda: self.service.add_mailbox(email, photo, thumbnail).admin())
+
+    def set_photo(self, email: str, photo: bytes | None) -> dict[str, Any]:
+        """``Set-UserPhoto`` (or ``Remove-UserPhoto`` with None): the ETag changes."""
+
+        def run() -> dict[str, Any]:
+            box = self.service.find(email)
+            self.service.set_photo(box, photo)
+            return box.admin()
+
+        return self._call(run)
+
+    def set_thumbnail(self, email: str, thumbnail: bytes | None) -> None:
+        def run() -> None:
+            self.service.find(email).thumbnail = thumbnail
+
+        self._call(run)
+
+    def remove_mailbox(self, email: str) -> None:
+        self._call(lambda: self.service.mailboxes.pop(email.lower(), None))
+
+    def mailboxes(self) -> list[dict[str, Any]]:
+        return self._call(lambda: [box.admin() for box in self.service.mailboxes.values()])
+
+    def set_faults(self, profile: FaultSpec) -> None:
+        parsed = parse_faults(profile)
+
+        def run() -> None:
+            self.service.faults.profile = parsed
+
+        self._call(run)
+
+    def set_limits(
+        self, *, max_concurrency: int | None = 27, budget_per_s: float | None = None, burst: int = 300
+    ) -> None:
+        """EWSMaxConcurrency and the budget (Set-ThrottlingPolicy), mid-run."""
+
+        def run() -> None:
+            self.service.max_concurrency = max_concurrency
+            self.service.budget = _Budget(budget_per_s, burst)
+
+        self._call(run)
+
+    def stats(self) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            out = self.service.stats.snapshot()
+            out["peak_in_flight"] = self.service.peak_in_flight
+            return out
+
+        return self._call(run)

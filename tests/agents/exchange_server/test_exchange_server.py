@@ -1,0 +1,271 @@
+"""exchange-server-photos against the EWS emulator over real HTTPS (NTLM, Basic, OAuth)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pydantic import ValidationError
+
+from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
+from connector.agents.exchange_server._client import throttle_signal
+from connector.config import ConfigError, load_config
+from connector.emulator import EmulatorConfig, GraphEmulator
+from connector.emulator._ews import EwsConfig, EwsEmulator, soap_fault
+from connector.engine import open_connector
+from connector.sdk import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectorContext,
+    CSEntryChange,
+    ObjectModificationType,
+    StopRunError,
+)
+from tests.agents.photo_folder.helpers import by_anchor, run_import
+from tests.emulator.test_ews import _thumbnail
+from tests.imaging.images import photo
+
+PHOTO, PLAIN, THUMB = "photo@contoso.example", "plain@contoso.example", "thumb@contoso.example"
+
+
+@pytest.fixture
+def ews() -> Iterator[EwsEmulator]:
+    with EwsEmulator(EwsConfig(extended_protection=True)) as emu:  # the agent's NTLM binds to the TLS channel
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        emu.add_mailbox(PLAIN)
+        emu.add_mailbox(THUMB, thumbnail=_thumbnail())
+        yield emu
+
+
+def _settings(emu: EwsEmulator, tmp_path: Path, **overrides: Any) -> ExchangeServerSettings:
+    info = emu.info
+    listing = tmp_path / "mailboxes.txt"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if not listing.exists():
+        listing.write_text(f"# Get-Mailbox output\n{PHOTO}\n{PLAIN.upper()}\n\n{THUMB}\n", encoding="utf-8")
+    values: dict[str, Any] = {
+        "ews_url": info["ews_url"],
+        "ca_bundle": info["ca_cert"],
+        "username": info["username"],
+        "password": info["password"],
+        "mailbox_file": listing,
+        "backoff_initial_s": 0.01,
+        **overrides,
+    }
+    return ExchangeServerSettings.model_validate(values)
+
+
+def _agent(emu: EwsEmulator, tmp_path: Path, **overrides: Any) -> ExchangeServerPhotosConnector:
+    context = ConnectorContext(agent="exs", data_dir=tmp_path / "data")
+    return ExchangeServerPhotosConnector(_settings(emu, tmp_path, **overrides), context)
+
+
+def _imported(agent: ExchangeServerPhotosConnector, watermark: str | None = None) -> tuple[dict[str, Any], str]:
+    with agent:
+        entries, mark, _pages = run_import(agent, watermark=watermark, page_size=2)
+    return by_anchor(entries), mark
+
+
+def test_full_import_photos_no_photo_and_the_ad_thumbnail(ews: EwsEmulator, tmp_path: Path) -> None:
+    entries, watermark = _imported(_agent(ews, tmp_path, auth="ntlm"))
+    assert set(entries) == {PHOTO, PLAIN, THUMB}
+    got = entries[PHOTO].attributes
+    assert got["EXSPhoto"][:2] == b"\xff\xd8" and got["EXSPhotoETag"].startswith('"')
+    assert got["EXSPhotoSize"] == len(got["EXSPhoto"])
+    # no photo, and the AD thumbnail Exchange falls back to (usually this sync's own export): no photo
+    assert entries[PLAIN].attributes == {"mail": PLAIN}
+    assert entries[THUMB].attributes == {"mail": THUMB}
+    accepted, _ = _imported(_agent(ews, tmp_path / "b", accept_ad_thumbnail=True))
+    assert accepted[THUMB].attributes["EXSPhoto"] == _thumbnail()
+    assert watermark
+
+
+def test_delta_within_the_window_sends_nothing(ews: EwsEmulator, tmp_path: Path) -> None:
+    _entries, watermark = _imported(_agent(ews, tmp_path))
+    before = ews.stats()["requests"]
+    entries, _ = _imported(_agent(ews, tmp_path), watermark)
+    assert entries == {} and ews.stats()["requests"] == before
+
+
+def test_delta_rechecks_by_etag_and_follows_the_list(ews: EwsEmulator, tmp_path: Path) -> None:
+    _entries, watermark = _imported(_agent(ews, tmp_path))
+    ews.set_photo(PLAIN, photo(7))  # a photo appears
+    ews.add_mailbox("new@contoso.example", photo=photo(8))
+    (tmp_path / "mailboxes.txt").write_text(f"{PHOTO}\n{PLAIN}\nnew@contoso.example\n", encoding="utf-8")
+    ews.service.stats.reset()
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0)
+    entries, watermark = _imported(agent, watermark)
+    assert entries[THUMB].modification == ObjectModificationType.DELETE
+    assert entries[PLAIN].attributes["EXSPhotoChecksum"] and "new@contoso.example" in entries
+    assert PHOTO not in entries  # 304: unchanged
+    assert ews.stats()["not_modified"] == 1 and agent.counters["unchanged"] == 1
+    ews.set_photo(PLAIN, None)  # Remove-UserPhoto
+    entries, _ = _imported(_agent(ews, tmp_path, photo_recheck_hours=0), watermark)
+    assert entries[PLAIN].attributes == {"mail": PLAIN}
+    assert set(entries) == {PLAIN}
+
+
+def test_per_object_errors_and_their_recheck_window(ews: EwsEmulator, tmp_path: Path) -> None:
+    (tmp_path / "mailboxes.txt").write_text(f"{PHOTO}\nmoved@contoso.example\n", encoding="utf-8")
+    entries, watermark = _imported(_agent(ews, tmp_path, max_attempts=2))
+    error = entries["moved@contoso.example"].error
+    assert error is not None and error.name == "ews-error" and "moved@contoso.example" in error.detail
+    assert "on-premises mailbox" in error.detail
+    assert entries[PHOTO].error is None
+    again, _ = _imported(_agent(ews, tmp_path, max_attempts=2), watermark)
+    assert again == {}  # inside photo_error_recheck_hours: not asked again
+    ews.add_mailbox("moved@contoso.example", photo=photo(4))
+    fixed, _ = _imported(_agent(ews, tmp_path, photo_error_recheck_hours=0), watermark)
+    assert fixed["moved@contoso.example"].attributes["EXSPhoto"]
+
+
+def test_server_busy_pauses_the_shared_limiter(ews: EwsEmulator, tmp_path: Path) -> None:
+    for n in range(20):
+        ews.add_mailbox(f"m{n}@contoso.example", photo=photo(10 + n, size=120))
+    (tmp_path / "mailboxes.txt").write_text("".join(f"m{n}@contoso.example\n" for n in range(20)), encoding="utf-8")
+    # ErrorServerBusy for a deterministic half of the attempts (the draw depends on URL and attempt only)
+    ews.set_faults({"429": 0.5, "retry_after": 0.05})
+    agent = _agent(ews, tmp_path, concurrency=8)
+    entries, _ = _imported(agent)
+    assert len(entries) == 20 and all(e.error is None for e in entries.values())
+    assert ews.stats()["faults"].get("ErrorServerBusy", 0) >= 1
+    metrics = agent.metrics
+    assert metrics["throttled"] >= 1 and metrics["backoff_ms_honoured"] > 0
+    assert metrics["limiter"]["pauses"] >= 1 and metrics["limiter"]["peak_limit"] <= 8
+
+
+def test_wrong_password_stops_the_step(ews: EwsEmulator, tmp_path: Path) -> None:
+    agent = _agent(ews, tmp_path, auth="basic", password="not-it")
+    with pytest.raises(AuthenticationError) as caught:
+        _imported(agent)
+    assert "HTTP 401" in str(caught.value) and "not-it" not in str(caught.value)
+    assert caught.value.status == "stopped-authentication"
+
+
+def test_oauth_hybrid_modern_authentication(tmp_path: Path) -> None:
+    graph = GraphEmulator(EmulatorConfig(users=3)).start()
+    try:
+
+        def validate(token: str) -> bool:
+            return graph.identity.validate(token)[0] is not None
+
+        with EwsEmulator(EwsConfig(auth=("bearer",)), bearer_validator=validate) as emu:
+            emu.add_mailbox(PHOTO, photo=photo(1))
+            bundle = tmp_path / "cas.pem"
+            bundle.write_bytes(Path(graph.info["ca_cert"]).read_bytes() + Path(emu.info["ca_cert"]).read_bytes())
+            (tmp_path / "mailboxes.txt").write_text(PHOTO + "\n", encoding="utf-8")
+            info = graph.info
+            agent = _agent(
+                emu,
+                tmp_path,
+                auth="oauth",
+                username=None,
+                password=None,
+                ca_bundle=bundle,
+                tenant_id=info["tenant_id"],
+                client_id=info["client_id"],
+                client_secret=info["client_secret"],
+                authority=info["authority"],
+                instance_discovery=False,
+                oauth_scope="https://graph.microsoft.com/.default",
+            )
+            entries, _ = _imported(agent)
+            assert entries[PHOTO].attributes["EXSPhoto"]
+    finally:
+        graph.stop()
+
+
+def test_delta_without_state_asks_for_a_full_import(ews: EwsEmulator, tmp_path: Path) -> None:
+    with pytest.raises(StopRunError, match="run a full import"):
+        _imported(_agent(ews, tmp_path), watermark='{"v": 1, "delta": "", "gen": 1, "store": "other"}')
+
+
+def test_settings_are_checked(ews: EwsEmulator, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="below ews_max_concurrency"):
+        _settings(ews, tmp_path, concurrency=27)
+    with pytest.raises(ValidationError, match="https://"):
+        _settings(ews, tmp_path, ews_url="http://mail.contoso.example/EWS/Exchange.asmx")
+    with pytest.raises(ValidationError, match="needs username and password"):
+        _settings(ews, tmp_path, password=None)
+    with pytest.raises(ValidationError, match="mailboxes or mailbox_file"):
+        _settings(ews, tmp_path, mailbox_file=None)
+    assert _settings(ews, tmp_path, ews_url="https://mail.contoso.example/").ews_url.endswith("/EWS/Exchange.asmx")
+    assert _settings(ews, tmp_path, photo_size="hr96x96").photo_size == "HR96x96"
+
+
+def test_a_bad_mailbox_list_names_the_file_and_line(ews: EwsEmulator, tmp_path: Path) -> None:
+    (tmp_path / "mailboxes.txt").write_text(f"{PHOTO}\nnot an address\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"mailboxes.txt, line 2"):
+        _imported(_agent(ews, tmp_path))
+    agent = _agent(ews, tmp_path, mailbox_file=tmp_path / "missing.txt")
+    with pytest.raises(ConfigurationError, match=r"missing\.txt"):
+        _imported(agent)
+
+
+def test_negotiate_without_the_kerberos_extra_says_what_to_install(ews: EwsEmulator, tmp_path: Path) -> None:
+    pytest.importorskip("requests_ntlm")
+    try:
+        import requests_gssapi  # noqa: F401
+    except ImportError:
+        agent = _agent(ews, tmp_path, auth="negotiate", username=None, password=None)
+        with pytest.raises(ConfigurationError, match=r"mvsync\[kerberos\]"):
+            _imported(agent)
+    else:
+        pytest.skip("requests-gssapi is installed here")
+
+
+def test_entries_are_whole_objects_of_the_schema(ews: EwsEmulator, tmp_path: Path) -> None:
+    agent = _agent(ews, tmp_path)
+    entries, _ = _imported(agent)
+    names = {a.name for a in agent.get_schema().object_class(OBJECT_CLASS).attributes}
+    for entry in entries.values():
+        assert isinstance(entry, CSEntryChange) and entry.object_class == OBJECT_CLASS
+        assert set(entry.attributes) <= names
+
+
+def _answer(status: int, body: bytes = b"", **headers: str) -> requests.Response:
+    resp = requests.Response()
+    resp.status_code, resp._content = status, body
+    resp.headers.update(headers)
+    return resp
+
+
+def test_throttle_signals_from_ews_answers() -> None:
+    busy = soap_fault("ErrorServerBusy", "busy", 2500)
+    assert throttle_signal(_answer(500, busy, **{"Content-Type": "text/xml"})) == (True, 2.5)
+    too_many = soap_fault("ErrorExceededConnectionCount", "too many")
+    assert throttle_signal(_answer(500, too_many)) == (True, None)
+    assert throttle_signal(_answer(503, b"", **{"Retry-After": "3"})) == (True, 3.0)
+    assert throttle_signal(_answer(500, b"")) == (False, None)  # an unknown address: a failure, not push-back
+    assert throttle_signal(_answer(200, b"\xff\xd8", **{"Content-Type": "image/jpeg"})) == (False, None)
+
+
+def test_the_password_is_accepted_only_as_a_reference(ews: EwsEmulator, tmp_path: Path) -> None:
+    info = ews.info
+    config = tmp_path / "mvsync.toml"
+    base = (
+        'data_dir = "data"\n[store]\nurl = "sqlite:///x.db"\n[metaverse]\nschema = "person"\n'
+        '[agents.exs]\ntype = "exchange-server-photos"\n[agents.exs.settings]\n'
+        f'ews_url = "{info["ews_url"]}"\nusername = "svc"\nmailboxes = ["{PHOTO}"]\n'
+    )
+    config.write_text(base + 'password = "literal-secret"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        open_connector(load_config(config), "exs")
+    assert "password" in str(caught.value) and "literal-secret" not in str(caught.value)
+    (tmp_path / "pw").write_text(info["password"], encoding="utf-8")
+    config.write_text(base + f'password = {{ file = "{tmp_path / "pw"}" }}\n', encoding="utf-8")
+    agent = open_connector(load_config(config), "exs")
+    assert isinstance(agent, ExchangeServerPhotosConnector)
+    assert agent.settings.password is not None and agent.settings.password.get_secret_value() == info["password"]
+
+
+def test_check_for_doctor(ews: EwsEmulator, tmp_path: Path) -> None:
+    with _agent(ews, tmp_path) as agent:
+        result = agent.check()
+    assert result.ok and PHOTO in result.detail
+    with _agent(ews, tmp_path / "bad", auth="basic", password="nope") as agent:
+        result = agent.check()
+    assert not result.ok and "HTTP 401" in result.detail and "nope" not in result.detail
