@@ -68,8 +68,8 @@ def test_a_configuration_error_is_recorded_before_any_step_runs_and_exits_2(tmp_
     metrics = prom.read_text()
     assert 'mvsync_runs_refused_total{profile="cycle",status="stopped-configuration"} 1.0' in metrics
     # (the registry is the process's: other tests' agents may have series of their own)
-    assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="s' in line]
-    assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="t' in line]
+    assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="src"' in line]
+    assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="tgt"' in line]
 
 
 def test_every_path_an_agent_names_is_checked_before_the_first_step(tmp_path: Path) -> None:
