@@ -74,8 +74,20 @@ def uses_stopped_emulator(base_dir: Path, settings: Mapping[str, Any]) -> bool:
     """
     if not (base_dir / MARKER).is_file():
         return False
-    url = str(settings.get("graph_url") or "")
+    url = str(settings.get("graph_url") or settings.get("ews_url") or "")
     return url.startswith(("https://127.0.0.1:", "https://localhost:", "https://[::1]:"))
+
+
+def keep_ca(ca_bundle: str, secrets: Path, name: str) -> str:
+    """A copy of an emulator's CA beside the secrets; its path, for the written configuration.
+
+    The emulator's CA lives in a temporary folder that goes with it; the copy keeps the written
+    configuration valid (doctor, a dry run) after the demo ends.
+    """
+    ca = secrets / name
+    shutil.copyfile(ca_bundle, ca)
+    ca.chmod(0o600)  # the folder's files are private to the operator, like the secrets beside it
+    return str(ca)
 
 
 def emulator_exo_settings(
@@ -95,12 +107,7 @@ def emulator_exo_settings(
     settings.update(exo_agent_settings(info, refresh_token={"file": str(rt)}, token_cache_key_file=str(key)))
     settings.pop("token_cache_key_env", None)
     if settings.get("ca_bundle"):
-        # the emulator's CA lives in a temporary folder that goes with it; a copy beside the
-        # secrets keeps the written configuration valid (doctor, a dry run) after the demo ends
-        ca = secrets / "emulator-ca.pem"
-        shutil.copyfile(settings["ca_bundle"], ca)
-        ca.chmod(0o600)  # the folder's files are private to the operator, like the secrets beside it
-        settings["ca_bundle"] = str(ca)
+        settings["ca_bundle"] = keep_ca(settings["ca_bundle"], secrets, "emulator-ca.pem")
     settings.update(overrides)
     return settings
 

@@ -34,6 +34,7 @@ from connector.demo._config import (
     derive_config,
     dump_toml,
     emulator_exo_settings,
+    keep_ca,
     load_sample,
     sample_path,
     write_secret,
@@ -159,7 +160,7 @@ def prepare_scenario(
     if ews_info is not None:
         exs = {
             "ews_url": ews_info["ews_url"],
-            "ca_bundle": ews_info["ca_cert"],
+            "ca_bundle": keep_ca(ews_info["ca_cert"], secrets, "ews-emulator-ca.pem"),
             "username": ews_info["username"],
             "password": {"file": str(write_secret(secrets / "ews-password", str(ews_info["password"])))},
             "mailbox_file": str(write_mailbox_file(root / "exchange-server" / "mailboxes.txt", tenant_users)),

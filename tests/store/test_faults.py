@@ -106,8 +106,6 @@ def test_doctor_runs_the_integrity_check(config: Path) -> None:
     findings = {f["check"]: f for f in json.loads(out)["findings"]}
     assert code == 6
     assert findings["integrity"]["severity"] == "error" and "damaged" in findings["integrity"]["message"]
-    # what SQLite reports depends on the page scribbled over (a missing index row, a malformed page)
-    assert findings["integrity"]["examples"]
 
 
 def test_an_empty_store_is_refused_not_rebuilt(config: Path) -> None:
