@@ -364,14 +364,14 @@ class GraphClient:
         envelope: bool,
         tickets: list[Ticket],
     ) -> GraphResponse:
-        token = self.auth.token()
-        all_headers = {"Authorization": f"Bearer {token}", "client-request-id": str(uuid.uuid4())}
-        if self.settings.low_priority:
-            all_headers["x-ms-throttle-priority"] = "low"
-        all_headers.update(headers or {})
         ticket = tickets.pop() if tickets else self.limiter.acquire(weight, cancel=self.closed)
         full_url = self.url(url)
         try:
+            token = self.auth.token()
+            all_headers = {"Authorization": f"Bearer {token}", "client-request-id": str(uuid.uuid4())}
+            if self.settings.low_priority:
+                all_headers["x-ms-throttle-priority"] = "low"
+            all_headers.update(headers or {})
             self.stats.add(http_requests=1)
             resp = self._session().request(
                 method, full_url, headers=all_headers, data=body, json=json_body, timeout=self.settings.timeout_s
@@ -382,6 +382,11 @@ class GraphClient:
             self.stats.add(connection_errors=1)
             metrics.graph_request("connection-error")
             raise RetryableError(describe_request_error(exc, full_url, "Graph")) from None
+        except BaseException:
+            # the limiter is shared by the whole process: a share never handed back would shrink it
+            # for every later step (an authentication stop, a bug, Ctrl-C)
+            self.limiter.release(ticket, Signal.FAILED)
+            raise
         self.stats.add(bytes_received=len(content))
         if not envelope:  # a batch's items are counted one by one, as Graph counts them
             metrics.graph_request(resp.status_code)

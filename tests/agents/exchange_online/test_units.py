@@ -207,3 +207,22 @@ def test_a_batch_envelope_without_a_usable_responses_list_fails_its_items_not_th
     # item 0 is missing everywhere: a retryable per-item failure; item 1 is read when it is there
     assert out[0].status == 503 and out[0].error_code == "MissingBatchItem"
     assert out[1].status == (404 if isinstance(listed, list) else 503)
+
+
+def test_a_request_that_fails_before_sending_hands_its_share_of_the_limit_back() -> None:
+    """The limiter is shared by the process: an authentication stop must not shrink it for later steps."""
+    import requests
+
+    from connector.sdk import AuthenticationError
+
+    class _RevokedAuth(_StubAuth):
+        def token(self) -> str:
+            raise AuthenticationError("refresh token revoked; run mvsync auth login")
+
+    client = GraphClient(SETTINGS, _RevokedAuth(), session_factory=requests.Session)  # type: ignore[arg-type]
+    ticket = client.limiter.acquire(4)
+    with pytest.raises(AuthenticationError):
+        client.batch([BatchItem("GET", "/users/a/photo")], ticket=ticket)
+    with pytest.raises(AuthenticationError):
+        client.get_json("users")
+    assert client.limiter.in_flight == 0
