@@ -333,11 +333,6 @@ class AdaptiveLimiter:
         else:
             # answered by a decrease already (whose trial window will judge what follows), or endemic
             self.stats.isolated += 1
-            if ticket.epoch < self._epoch and self._bad_level is not None and ticket.level < self._bad_level:
-                # sent into the same overload at a lower level: the limit may be lower than the first
-                # answer said. Only a hint (requests sent later shared the service with it), so it may
-                # lower the remembered level, never below the limit the decrease already chose.
-                self._bad_level = max(self.floor + 1, ticket.level, int(self._limit) + 1)
         self._tally(ticket, now, (ticket, retry_after), share)
 
     def _tally(self, ticket: Ticket, now: float, pushback: tuple[Ticket, float | None] | None, share: float) -> None:
@@ -424,9 +419,10 @@ class AdaptiveLimiter:
             # it; the pause drains the overload, and a multiplicative cut would only lose throughput
             self._limit = max(float(self.floor), min(self._limit, float(self._bad_level or 1) - 1.0))
         else:
-            # where the limit is: the level this push-back was sent at (the service counted about as
-            # many requests as were in flight then); how far to back off: from what is in flight now
-            self._bad_level = max(self.floor + 1, min(ticket.level, int(self._limit) + 1))
+            # where the limit is: the load that was pushed back. (Not the level the request was sent
+            # at: a $batch runs its items in rounds, so requests sent after it share the service with
+            # its later items, and a batch sent at a low level is refused for the load that followed.)
+            self._bad_level = max(self.floor + 1, min(load, int(self._limit) + 1))
             self._limit = max(float(self.floor), min(self._limit, float(load)) * self.backoff)
         self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt())
         self._slow_start = False
