@@ -73,6 +73,7 @@ from connector.demo._ad import (
 
 __all__ = [
     "ADSettings",
+    "KerberosAccount",
     "SambaUnavailable",
     "UserSpec",
     "connect",
@@ -80,7 +81,6 @@ __all__ = [
     "delete_subtree",
     "ensure_ou",
     "ensure_samba",
-    "KerberosAccount",
     "grant_write",
     "kdc_running",
     "kerberos_account",

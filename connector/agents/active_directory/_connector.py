@@ -120,7 +120,8 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
             return CheckResult(False, str(exc))
         finally:
             link.close()
-        return CheckResult(True, f"bound to {self.settings.host} as {self.settings.bind_dn}; DC {dc.service}")
+        how = "Kerberos" if self.settings.auth == "kerberos" else "simple bind"
+        return CheckResult(True, f"bound to {self.settings.host} as {self.settings.account} ({how}); DC {dc.service}")
 
     # -- SDK methods ------------------------------------------------------------------------------
     def get_schema(self) -> Schema:
