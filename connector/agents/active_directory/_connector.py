@@ -18,6 +18,7 @@ from connector.agents.active_directory._export import Exporter, ExportStats
 from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import normalize_dn
 from connector.agents.active_directory._ldif import LdifWriter
+from connector.agents.active_directory._permissions import account_label
 from connector.agents.active_directory._schema import OBJECT_CLASS, build_schema
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import (
@@ -180,6 +181,8 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 ldif=self._ldif,
                 dry_run=self.context.dry_run,
                 log=self.context.logger,
+                check_rights=s.check_permissions,
+                account_label=lambda link: account_label(link, s, _domain_root(s.base_dns[0])),
             )
         return self._exporter
 
@@ -188,3 +191,9 @@ def _ldif_path(settings: ActiveDirectorySettings) -> Path:
     """The step's LDIF file: ``{timestamp}`` in the setting gives each export step its own file."""
     assert settings.ldif_output is not None
     return Path(str(settings.ldif_output).replace("{timestamp}", time.strftime("%Y%m%dT%H%M%S")))
+
+
+def _domain_root(dn: str) -> str:
+    """The ``DC=...`` suffix of a DN: the domain's naming context."""
+    parts = [p.strip() for p in dn.split(",")]
+    return ",".join(p for p in parts if p.lower().startswith("dc="))

@@ -1,0 +1,103 @@
+"""Write rights read up front (``allowedAttributesEffective``): a missing right stops the export step
+before anything is written, and names the account, attribute, OU and the ``dsacls`` grant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.config import config_from_dict
+from connector.engine import Engine
+from connector.sdk import AttributeChange, ExportStatus, StopRunError
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.test_ad_export import update
+from tests.agents.active_directory.test_ad_kerberos import _engine_config, kerberos_settings
+from tests.harness.samba_dc import KerberosAccount, grant_write
+
+pytestmark = pytest.mark.samba
+
+
+def _two_ous(ad_env: ADTestEnv, account: KerberosAccount) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """``people`` (thumbnailPhoto delegated to the account) and ``other`` (nothing delegated)."""
+    people = ad_env.sub_ou("people")
+    other = ad_env.sub_ou("other")
+    grant_write(ad_env.ad, account, people, "thumbnailPhoto")
+    good = ad_env.add_users(ad_env.specs(3, photos=False), ou=people)
+    bad = ad_env.add_users(ad_env.specs(2, prefix="x", photos=False), ou=other)
+    return people, other, good, bad
+
+
+def test_rights_are_read_in_the_resolve_search_without_extra_round_trips(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount
+) -> None:
+    people, _other, good, _bad = _two_ous(ad_env, samba_kerberos)
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people]))
+    results = connector.export(
+        [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(good.values())]
+    )
+    assert [r.status for r in results] == [ExportStatus.SUCCESS] * 3
+    stats = connector.export_stats
+    assert (stats.rights_checked, stats.rights_reads, stats.writes) == (3, 0, 3)
+
+
+def test_missing_right_stops_the_step_before_any_write(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> None:
+    people, other, good, bad = _two_ous(ad_env, samba_kerberos)
+    usn_before = {n: ad_env.usn(n, people) for n in good} | {n: ad_env.usn(n, other) for n in bad}
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people, other]))
+    changes = [
+        update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i)))
+        for i, g in enumerate([*good.values(), *bad.values()])
+    ]
+    with pytest.raises(StopRunError) as caught:
+        connector.export(changes)
+    x0, x1 = (f"CN={n},{other}" for n in bad)
+    assert caught.value.status == "stopped-permission-issue"
+    assert str(caught.value) == (
+        "the export stopped before writing anything (allowedAttributesEffective, read up front): "
+        f"MVSYNC\\svc-mvsync may not write thumbnailPhoto on 2 object(s) in {other} ({x0}; {x1}); "
+        f'grant it with: dsacls "{other}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"'
+    )
+    # nothing was written, not even to the objects the account may write
+    assert {n: ad_env.usn(n, people) for n in good} | {n: ad_env.usn(n, other) for n in bad} == usn_before
+    assert connector.export_stats.writes == 0
+
+
+def test_attribute_not_delegated_is_named(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> None:
+    people, _other, good, _bad = _two_ous(ad_env, samba_kerberos)
+    connector = ad_env.connector(
+        **kerberos_settings(samba_kerberos, base_dns=[people]), export_attributes=("thumbnailPhoto", "telephoneNumber")
+    )
+    guid = next(iter(good.values()))
+    name = next(iter(good))
+    change = update(
+        guid, AttributeChange.replace("thumbnailPhoto", jpeg(1)), AttributeChange.replace("telephoneNumber", "+1 555")
+    )
+    with pytest.raises(StopRunError, match=r"may not write telephoneNumber on 1 object\(s\)") as caught:
+        connector.export([change])
+    assert "thumbnailPhoto" not in str(caught.value).split("grant it with")[0]
+    assert ad_env.read(name, "thumbnailPhoto", people) == []  # the permitted attribute was not written either
+
+
+def test_engine_export_step_stops_with_permission_issue(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path
+) -> None:
+    people, other, good, bad = _two_ous(ad_env, samba_kerberos)
+    photos = tmp_path / "hr"
+    photos.mkdir()
+    for i, name in enumerate([*good, *bad]):
+        (photos / f"{name}.jpg").write_bytes(jpeg(800 + i))
+    config = _engine_config(ad_env, samba_kerberos, people, photos)
+    config["agents"]["ad"]["settings"]["base_dns"] = [people, other]
+    engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
+    try:
+        run = engine.run_profile("Cycle")
+    finally:
+        engine.close()
+    export = next(s for s in run.steps if s.kind == "export")
+    assert export.status == "stopped-permission-issue", export.as_dict()
+    assert f'dsacls "{other}"' in export.message and "MVSYNC\\svc-mvsync" in export.message
+    for name in good:
+        assert ad_env.read(name, "thumbnailPhoto", people) == []
+    for name in bad:
+        assert ad_env.read(name, "thumbnailPhoto", other) == []
