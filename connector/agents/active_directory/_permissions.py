@@ -35,6 +35,8 @@ __all__ = [
     "STATUS",
     "Gap",
     "account_label",
+    "container_of",
+    "dsacls_line",
     "effective_of",
     "find_gaps",
     "read_effective",

@@ -101,3 +101,28 @@ def test_engine_export_step_stops_with_permission_issue(
         assert ad_env.read(name, "thumbnailPhoto", people) == []
     for name in bad:
         assert ad_env.read(name, "thumbnailPhoto", other) == []
+
+
+def test_doctor_checks_a_sample_object_per_base_dn(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path
+) -> None:
+    from connector.doctor import run_doctor
+
+    people, other, good, bad = _two_ous(ad_env, samba_kerberos)
+    empty = ad_env.sub_ou("empty")
+    config = _engine_config(ad_env, samba_kerberos, people, tmp_path)
+    config["agents"]["ad"]["settings"]["base_dns"] = [people, other, empty]
+    report = run_doctor(config_from_dict(config, base_dir=ad_env.tmp_path), store=False)
+    verdicts = [(f.severity, f.message) for f in report.findings if f.check == "agents.ad.write-permissions"]
+    assert [severity for severity, _ in verdicts] == ["ok", "error", "warning"]
+    (_, fine), (_, refused), (_, nothing) = verdicts
+    sample_good = fine.split(" on ", 1)[1].split(" (sample", 1)[0]
+    sample_bad = refused.split(" on ", 1)[1].split(" (sample", 1)[0]
+    assert sample_good in {f"CN={n},{people}" for n in good} and sample_bad in {f"CN={n},{other}" for n in bad}
+    assert fine == f"MVSYNC\\svc-mvsync may write thumbnailPhoto on {sample_good} (sample of {people})"
+    assert refused == (
+        f"MVSYNC\\svc-mvsync may not write thumbnailPhoto on {sample_bad} (sample of {other}); grant it with: "
+        f'dsacls "{other}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"'
+    )
+    assert nothing == f"no user under {empty} to check write rights on"
+    assert not report.ok and report.exit_code == 6
