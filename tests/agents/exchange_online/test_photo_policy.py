@@ -20,6 +20,8 @@ _SCOPES = (
     "https://graph.microsoft.com/ProfilePhoto.ReadWrite.All",
     "https://graph.microsoft.com/PeopleSettings.Read.All",
 )
+#: Delegated permissions the admin consented to, PeopleSettings.Read.All included.
+_CONSENTED = ["User.Read", "User.Read.All", "ProfilePhoto.ReadWrite.All", "PeopleSettings.Read.All"]
 _JPEG = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
 
 
