@@ -20,6 +20,7 @@ from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.test_ad_engine import _ldif_config
 from tests.harness.samba_dc import KerberosAccount, grant_write
 
 pytestmark = pytest.mark.samba
@@ -84,52 +85,16 @@ def test_starttls_kerberos_bind(ad_env: ADTestEnv, samba_kerberos: KerberosAccou
 
 
 def _engine_config(ad_env: ADTestEnv, account: KerberosAccount, people: str, photos: Path) -> dict[str, Any]:
-    return {
-        "store": {"url": f"sqlite:///{ad_env.tmp_path / 'mvsync.db'}"},
-        "data_dir": str(ad_env.tmp_path / "data"),
-        "metaverse": {"schema": "person"},
-        "agents": {
-            "ad": {
-                "type": "active-directory",
-                "settings": {
-                    "host": ad_env.ad.host,
-                    "port": ad_env.ad.ldaps_port,
-                    "ca_file": str(ad_env.ad.ca_cert),
-                    "auth": "kerberos",
-                    "keytab": str(account.keytab),
-                    "principal": account.principal,
-                    "kerberos_host": account.spn_host,
-                    "base_dns": [people],
-                    "max_writes_per_second": 0,
-                },
-                "projection": [{"object_class": "user", "metaverse_type": "person"}],
-                "import_flow": [
-                    {"object_class": "user", "cs": "sAMAccountName", "mv": "accountName"},
-                    {"object_class": "user", "cs": "objectGUID", "mv": "adObjectGUID"},
-                ],
-                "export_flow": [{"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto"}],
-            },
-            "hr": {
-                "type": "photo-folder",
-                "settings": {"path": str(photos)},
-                "join": [{"object_class": "photoFile", "match": [{"cs": "accountName", "mv": "accountName"}]}],
-                "import_flow": [{"object_class": "photoFile", "cs": "photo", "mv": "photo"}],
-            },
-        },
-        "run_profiles": {
-            "Cycle": {
-                "steps": [
-                    {"type": "full-import", "agent": "ad"},
-                    {"type": "full-import", "agent": "hr"},
-                    {"type": "full-sync", "agent": "ad"},
-                    {"type": "full-sync", "agent": "hr"},
-                    {"type": "export", "agent": "ad"},
-                    {"type": "delta-import", "agent": "ad"},
-                    {"type": "delta-sync", "agent": "ad"},
-                ]
-            },
-        },
-    }
+    """The LDIF test's configuration, bound with the keytab, writing to the directory, with a full cycle."""
+    config = _ldif_config(ad_env, people, photos, "")
+    settings = config["agents"]["ad"]["settings"]
+    for key in ("bind_dn", "password", "ldif_output"):
+        del settings[key]
+    settings.update({k: v for k, v in kerberos_settings(account).items() if v is not None})
+    prepare = config["run_profiles"]["Prepare"]["steps"]
+    confirm = [{"type": kind, "agent": "ad"} for kind in ("export", "delta-import", "delta-sync")]
+    config["run_profiles"] = {"Cycle": {"steps": [*prepare, *confirm]}}
+    return config
 
 
 def test_engine_full_import_and_export_with_a_keytab(
