@@ -126,3 +126,21 @@ def test_doctor_checks_a_sample_object_per_base_dn(
     )
     assert nothing == f"no user under {empty} to check write rights on"
     assert not report.ok and report.exit_code == 6
+
+
+def test_account_without_any_right_is_read_object_by_object_and_named_by_its_dn(ad_env: ADTestEnv) -> None:
+    from tests.agents.active_directory.test_ad_engine import low_privilege_account
+
+    guids = ad_env.add_users(ad_env.specs(2, photos=False))
+    bind_dn, password = low_privilege_account(ad_env)
+    weak = bind_dn.split(",", 1)[0].split("=", 1)[1]
+    connector = ad_env.connector(bind_dn=bind_dn, password=password, delta_method="usn")
+    changes = [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())]
+    with pytest.raises(StopRunError) as caught:
+        connector.export(changes)
+    # the DC returns no allowedAttributesEffective at all for such an account: each object was asked alone
+    assert connector.export_stats.rights_reads == 2 and connector.export_stats.writes == 0
+    assert f"MVSYNC\\{weak} may not write thumbnailPhoto on 2 object(s) in {ad_env.ou}" in str(caught.value)
+    assert f'dsacls "{ad_env.ou}" /I:S /G "MVSYNC\\{weak}:RPWP;thumbnailPhoto;user"' in str(caught.value)
+    for name in guids:
+        assert ad_env.read(name, "thumbnailPhoto") == []
