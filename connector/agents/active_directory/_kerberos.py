@@ -35,7 +35,7 @@ __all__ = ["bind_arguments", "check_keytab", "explain", "rebind_after", "signing
 
 #: First bytes of a keytab file (format version 0x0502; 0x0501 is the obsolete one).
 _KEYTAB_MAGIC = (b"\x05\x02", b"\x05\x01")
-#: Rebind this long before the ticket expires, at most; never later than 80 % of its lifetime.
+#: Rebind at least this long before the ticket expires (and at 80 % of its lifetime at the latest).
 _RENEW_MARGIN_S = 300.0
 #: How long to keep a Kerberos-bound connection when the ticket lifetime cannot be read (SSPI).
 _DEFAULT_REBIND_S = 3600.0
@@ -113,7 +113,8 @@ def rebind_after(settings: ActiveDirectorySettings) -> float:
     lifetime = None if sys.platform == "win32" else _lifetime(settings)
     if lifetime is None:
         return _DEFAULT_REBIND_S
-    return max(1.0, min(lifetime - _RENEW_MARGIN_S, lifetime * 0.8))
+    # at 80 % of the lifetime or 5 minutes before the end, whichever is first, but not before half of it
+    return max(1.0, min(lifetime * 0.8, max(lifetime - _RENEW_MARGIN_S, lifetime / 2)))
 
 
 def _lifetime(settings: ActiveDirectorySettings) -> float | None:
