@@ -149,6 +149,8 @@ class ActiveDirectorySettings(ConnectorSettings):
             return self.principal
         if self.keytab is not None:
             return f"the principal of keytab {self.keytab}"
+        if self.ccache:
+            return f"the principal of credential cache {self.ccache}"
         return "the Kerberos identity of this process"
 
     @property

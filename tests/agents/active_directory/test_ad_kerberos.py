@@ -238,3 +238,25 @@ def test_kerberos_settings_refuse_passwords_and_plain_ldap(ad_env: ADTestEnv) ->
         ActiveDirectorySettings.model_validate({**base, "security": "plain", "allow_plain_ldap": True})
     with pytest.raises(ValueError, match="needs bind_dn and password"):
         ActiveDirectorySettings.model_validate({**base, "auth": "simple"})
+
+
+def test_existing_credential_cache_without_a_keytab(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, delegated: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A cache something else keeps fresh (kinit -k, k5start, SSSD): the agent only reads it."""
+    people, guids = delegated
+    cache = f"FILE:{tmp_path / 'krb5cc'}"
+    env = {**os.environ, "KRB5CCNAME": cache}
+    subprocess.run(
+        ["kinit", "-k", "-t", str(samba_kerberos.keytab), samba_kerberos.principal], env=env, check=True, timeout=30
+    )
+    connector = ad_env.connector(
+        **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=cache, base_dns=[people])
+    )
+    name = next(iter(guids))
+    assert effective_attributes(connector._require_link(), f"CN={name},{people}") == {"thumbnailPhoto"}
+    empty = f"FILE:{tmp_path / 'empty-cc'}"
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=empty))
+    assert isinstance(error, AuthenticationError)
+    assert str(error).startswith("no Kerberos ticket for the Kerberos identity of this process (")
+    assert str(error).endswith(f"set keytab, or keep the credential cache {empty} filled (kinit -k, k5start)")
