@@ -258,5 +258,5 @@ def test_existing_credential_cache_without_a_keytab(
     empty = f"FILE:{tmp_path / 'empty-cc'}"
     error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=empty))
     assert isinstance(error, AuthenticationError)
-    assert str(error).startswith("no Kerberos ticket for the Kerberos identity of this process (")
+    assert str(error).startswith(f"no Kerberos ticket for the principal of credential cache {empty} (")
     assert str(error).endswith(f"set keytab, or keep the credential cache {empty} filled (kinit -k, k5start)")
