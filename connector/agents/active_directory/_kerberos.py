@@ -192,9 +192,9 @@ def explain(exc: BaseException, settings: ActiveDirectorySettings) -> ConnectorE
 def signing_required(where: str, detail: str) -> StopRunError:
     """The DC wants a signed or sealed SASL session, which ldap3 cannot provide."""
     msg = (
-        f"{where} refused the Kerberos bind ({detail}): the DC requires LDAP signing or sealing, which "
-        "this client cannot do; TLS satisfies that requirement: keep security = 'ldaps' or 'starttls' "
-        "(on Windows Server 2025 the signing default is met by TLS; on Samba set "
-        "`ldap server require strong auth = allow_sasl_over_tls`)"
+        f"{where} refused the Kerberos bind ({detail}): the DC demands LDAP signing or sealing even over TLS, "
+        "and this client can only rely on TLS for that. A Windows DC accepts TLS as meeting its signing "
+        "requirement (Windows Server 2025's default included): keep security = 'ldaps' or 'starttls'. "
+        "On Samba set `ldap server require strong auth = allow_sasl_over_tls`"
     )
     return StopRunError(msg)
