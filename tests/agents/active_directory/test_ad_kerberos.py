@@ -21,6 +21,7 @@ from connector.engine import Engine
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_engine import _ldif_config
+from tests.conftest import require_or_skip
 from tests.harness.samba_dc import KerberosAccount, grant_write
 
 pytestmark = pytest.mark.samba
@@ -203,8 +204,9 @@ def test_kdc_unreachable(
     )
 
 
-@pytest.mark.skipif(not _FAKETIME.is_file(), reason="libfaketime (apt: faketime) is not installed")
 def test_clock_skew(ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path) -> None:
+    if not _FAKETIME.is_file():
+        require_or_skip("libfaketime is not installed (apt: faketime; tests/run.sh installs it)")
     # MIT krb5 corrects the skew it learns from the KDC unless kdc_timesync is off, so switch it off
     conf = tmp_path / "krb5.conf"
     conf.write_text(samba_kerberos.krb5_conf.read_text().replace("[libdefaults]", "[libdefaults]\n  kdc_timesync = 0"))
