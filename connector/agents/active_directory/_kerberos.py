@@ -23,6 +23,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -75,7 +76,10 @@ def _store(settings: ActiveDirectorySettings) -> dict[bytes | str, bytes | str]:
     store: dict[bytes | str, bytes | str] = {}
     if settings.keytab is not None:
         store["client_keytab"] = f"FILE:{settings.keytab}"
-        store["ccache"] = settings.ccache or f"MEMORY:mvsync-{os.getpid()}-{id(settings)}"
+        # one in-memory cache per (principal, keytab): agents with the same identity share tickets,
+        # different identities never see each other's
+        identity = hashlib.sha256(f"{settings.principal}|{settings.keytab}".encode()).hexdigest()[:16]
+        store["ccache"] = settings.ccache or f"MEMORY:mvsync-{identity}"
     elif settings.ccache:
         store["ccache"] = settings.ccache
     return store
@@ -172,6 +176,12 @@ def explain(exc: BaseException, settings: ActiveDirectorySettings) -> ConnectorE
         msg = (
             f"the KDC refused the key of {who} ({detail}): the account's password changed after the keytab "
             "was exported; export the keytab again (a gMSA's keytab must follow each password rotation)"
+        )
+        return AuthenticationError(msg)
+    if "does not match desired name" in lowered:
+        msg = (
+            f"the credential cache {settings.ccache} holds tickets of another principal than {who} ({detail}): "
+            "fill it for this principal (kinit -k), or remove the principal setting"
         )
         return AuthenticationError(msg)
     if "no credentials cache found" in lowered or "no credentials were supplied" in lowered:
