@@ -399,6 +399,8 @@ def _connect_findings(connector: Any, where: str) -> list[Finding]:
         found.append(Finding("config", f"{where}.reachable", severity, result.detail or "reachable"))
     except Exception as exc:
         found.append(Finding("config", f"{where}.reachable", "error", f"{type(exc).__name__}: {exc}"))
+    else:
+        found.extend(_agent_checks(connector, where))
     finally:
         try:
             connector.close()
@@ -423,6 +425,21 @@ def _fault_check(exc: Exception) -> str:
     """The check a store fault is reported under: damage (a truncated, empty or overwritten file)
     is what the integrity check is about; anything else kept the store from opening."""
     return "integrity" if isinstance(exc, StoreCorruptError) else "open"
+
+
+def _agent_checks(connector: Any, where: str) -> list[Finding]:
+    """An agent's own checks (``doctor_checks() -> [(check, severity, message)]``), e.g. AD write rights.
+
+    Why a hook: what "can this agent do its job" means is the agent's knowledge (the AD agent reads
+    its write rights on a sample object per OU, the Exchange Online agent the tenant's photo policy).
+    """
+    checks = getattr(connector, "doctor_checks", None)
+    if not callable(checks):
+        return []
+    try:
+        return [Finding("config", f"{where}.{name}", severity, message) for name, severity, message in checks()]
+    except Exception as exc:
+        return [Finding("config", f"{where}.agent-checks", "error", f"{type(exc).__name__}: {exc}")]
 
 
 class _NoStore:

@@ -9,6 +9,10 @@ one run, over the same connection settings (LDAPS, certificate validation, TCP_N
   the export runs through ``connector.engine.Engine``: a synthetic source agent supplies the photos,
   sync joins them to the AD users, and the timed step is the engine's AD export step;
   ``--driver direct`` hands the agent batches of updates itself;
+* ``--auth kerberos``: the agent binds with a keytab as a least-privilege account the harness
+  makes (thumbnailPhoto delegated on the benchmark's OU) instead of the administrator's password;
+* ``--no-check-permissions``: skip reading ``allowedAttributesEffective`` before writing
+  (``rights_checked`` / ``rights_base_reads`` count that work when it is on);
 * ``second_run_writes``: LDAP writes of a second export with unchanged photos. Through the engine
   this follows a confirming import and sync, exactly like production; directly, the changes carry
   ``previous`` as the engine would fill it after that import. Either way the target is 0.
@@ -25,6 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,16 +68,37 @@ def _account(n: int) -> str:
     return f"u{n:07d}"
 
 
-def _agent_settings(ad: ADSettings, ou: str, password: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Bind:
+    """How the agent binds in this run: simple (the DC's administrator) or a least-privilege keytab."""
+
+    kerberos: Any = None  # tests.harness.samba_dc.KerberosAccount
+    check_permissions: bool = True
+
+    @property
+    def auth(self) -> str:
+        return "kerberos" if self.kerberos is not None else "simple"
+
+
+def _agent_settings(ad: ADSettings, ou: str, password: Any, bind: _Bind = _Bind()) -> dict[str, Any]:
+    who: dict[str, Any] = {"bind_dn": ad.bind_dn, "password": password}
+    if bind.kerberos is not None:
+        account = bind.kerberos
+        who = {
+            "auth": "kerberos",
+            "keytab": str(account.keytab),
+            "principal": account.principal,
+            "kerberos_host": account.spn_host,
+        }
     return {
         "host": ad.host,
         "port": ad.ldaps_port,
         "ca_file": str(ad.ca_cert) if ad.ca_cert else None,
-        "bind_dn": ad.bind_dn,
-        "password": password,
+        **who,
         "base_dns": [ou],
         "max_writes_per_second": 0,
         "delta_method": "usn",
+        "check_permissions": bind.check_permissions,
     }
 
 
@@ -89,11 +115,13 @@ def _raw_ldap3(ad: ADSettings, dns: list[str], photo: Callable[[int], bytes]) ->
     return len(dns) / elapsed
 
 
-def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tmp: Path) -> dict[str, Any]:
+def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tmp: Path, bind: _Bind) -> dict[str, Any]:
     """Export straight through the agent: updates first, then the same values with ``previous`` set."""
     from connector.agents.active_directory import ActiveDirectorySettings
 
-    settings = ActiveDirectorySettings.model_validate(_agent_settings(ad, ou, ad.password))
+    settings = ActiveDirectorySettings.model_validate(
+        _agent_settings(ad, ou, None if bind.kerberos else ad.password, bind)
+    )
     context = ConnectorContext(agent="ad", data_dir=tmp, export_attributes={"user": frozenset({"thumbnailPhoto"})})
 
     def changes(with_previous: bool) -> list[CSEntryChange]:
@@ -119,16 +147,19 @@ def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tm
             stats = connector.export_stats
         finally:
             connector.close()
-        figures[run_name] = (stats.writes, elapsed)
-    writes, elapsed = figures["first"]
+        figures[run_name] = (stats, elapsed)
+    first, elapsed = figures["first"]
     return {
-        "writes_per_s": writes / elapsed,
-        "first_run_writes": writes,
-        "second_run_writes": figures["second"][0],
+        "writes_per_s": first.writes / elapsed,
+        "export_s": elapsed,
+        "first_run_writes": first.writes,
+        "second_run_writes": figures["second"][0].writes,
+        "rights_checked": first.rights_checked,
+        "rights_base_reads": first.rights_reads,
     }
 
 
-def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Path) -> dict[str, Any]:
+def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Path, bind: _Bind) -> dict[str, Any]:
     """Export through the engine: source photos -> metaverse -> AD, then a confirming round."""
     from connector.config import config_from_dict
     from connector.engine import Engine
@@ -156,7 +187,7 @@ def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Pat
             },
             "ad": {
                 "type": f"{__name__}:CountingActiveDirectoryConnector",
-                "settings": _agent_settings(ad, ou, {"env": _PASSWORD_ENV}),
+                "settings": _agent_settings(ad, ou, None if bind.kerberos else {"env": _PASSWORD_ENV}, bind),
                 "join": [{"object_class": "user", "match": [{"cs": "sAMAccountName", "mv": "accountName"}]}],
                 "import_flow": [{"object_class": "user", "cs": "objectGUID", "mv": "adObjectGUID"}],
                 "export_flow": [{"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto", "allow_null": True}],
@@ -200,8 +231,11 @@ def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Pat
     writes = sum(s.writes for s in first)
     return {
         "writes_per_s": writes / elapsed,
+        "export_s": elapsed,
         "first_run_writes": writes,
         "second_run_writes": sum(s.writes for s in second),
+        "rights_checked": sum(s.rights_checked for s in first),
+        "rights_base_reads": sum(s.rights_reads for s in first),
     }
 
 
@@ -211,15 +245,22 @@ def run(
     batch: int = 500,
     driver: Literal["engine", "direct"] = "engine",
     keep: bool = False,
+    auth: Literal["simple", "kerberos"] = "simple",
+    check_permissions: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the module docstring)."""
-    samba_lease = harness("samba_dc", benchmark="export-ad").samba_lease
-    with samba_lease(keep=keep) as ad, tempfile.TemporaryDirectory(prefix="mvsync-bench-ad-") as tmp_dir:
+    dc = harness("samba_dc", benchmark="export-ad")
+    with dc.samba_lease(keep=keep) as ad, tempfile.TemporaryDirectory(prefix="mvsync-bench-ad-") as tmp_dir:
         tmp = Path(tmp_dir)
         admin = connect(ad)
         ou = f"OU=mvsync-bench-{uuid.uuid4().hex[:6]},{ad.base_dn}"
         try:
             ensure_ou(admin, ou)
+            bind = _Bind(check_permissions=check_permissions)
+            if auth == "kerberos":  # a least-privilege keytab account, thumbnailPhoto delegated on the OU
+                bind = _Bind(dc.kerberos_account(ad), check_permissions)
+                dc.grant_write(ad, bind.kerberos, ou, "thumbnailPhoto")
+                os.environ["KRB5_CONFIG"] = str(bind.kerberos.krb5_conf)
             started = time.perf_counter()
             specs = [UserSpec(_account(n), mail=f"{_account(n)}@example.test") for n in range(users)]
             guids = create_users(admin, ou, specs, ad.upn_suffix)
@@ -228,9 +269,9 @@ def run(
             raw = _raw_ldap3(ad, dns, lambda n: _photo(n, photo_bytes))
             anchors = [guids[_account(n)] for n in range(users)]
             if driver == "engine":
-                figures = _engine(ad, ou, users, photo_bytes, batch, tmp)
+                figures = _engine(ad, ou, users, photo_bytes, batch, tmp, bind)
             else:
-                figures = _direct(ad, ou, anchors, photo_bytes, batch, tmp)
+                figures = _direct(ad, ou, anchors, photo_bytes, batch, tmp, bind)
         finally:
             delete_subtree(admin, ou)
             admin.unbind()
@@ -238,6 +279,8 @@ def run(
     return {
         "benchmark": "export-ad",
         "driver": driver,
+        "auth": auth,
+        "check_permissions": check_permissions,
         "users": users,
         "photo_bytes": photo_bytes,
         "directory": "external (AD_*)" if ad.external else f"samba on {ad.host}",
@@ -246,6 +289,9 @@ def run(
         "ratio_to_raw": round(writes_per_s / raw, 3),
         "first_run_writes": figures["first_run_writes"],
         "second_run_writes": figures["second_run_writes"],
+        "export_s": round(figures["export_s"], 2),
+        "rights_checked": figures["rights_checked"],
+        "rights_base_reads": figures["rights_base_reads"],
         "user_setup_s": round(setup_s, 1),
         "peak_rss_mb": peak_rss_mb(),
         "targets_met": writes_per_s >= 300 and writes_per_s >= 0.7 * raw and figures["second_run_writes"] == 0,
@@ -263,10 +309,24 @@ def register(bench_app: typer.Typer) -> None:
         batch: int = typer.Option(500, help="changes per export batch"),
         driver: str = typer.Option("engine", help="engine: through connector.engine.Engine; direct: the agent only"),
         keep: bool = typer.Option(False, help="leave a DC this run started running"),
+        auth: str = typer.Option("simple", help="simple: the administrator's password; kerberos: a keytab account"),
+        check_permissions: bool = typer.Option(
+            True, "--check-permissions/--no-check-permissions", help="read write rights before writing"
+        ),
         as_json: bool = typer.Option(True, "--json/--no-json", help="print one JSON object (the default)"),
     ) -> None:
         """Export thumbnailPhoto to a real AD DC (Samba started on loopback, or AD_*)."""
         if driver not in ("engine", "direct"):
             raise typer.BadParameter("driver must be 'engine' or 'direct'")
-        result = run(users, photo_bytes, batch, "engine" if driver == "engine" else "direct", keep)
+        if auth not in ("simple", "kerberos"):
+            raise typer.BadParameter("auth must be 'simple' or 'kerberos'")
+        result = run(
+            users,
+            photo_bytes,
+            batch,
+            "engine" if driver == "engine" else "direct",
+            keep,
+            "kerberos" if auth == "kerberos" else "simple",
+            check_permissions,
+        )
         typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))

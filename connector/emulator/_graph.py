@@ -110,6 +110,8 @@ _DIRECTORY_READ = frozenset(
     }
 )
 _DELTA_READ = _DIRECTORY_READ - {"user.readbasic.all"}
+_PEOPLE_SETTINGS_WRITE = frozenset({"peoplesettings.readwrite.all"})
+_PEOPLE_SETTINGS_READ = _PEOPLE_SETTINGS_WRITE | {"peoplesettings.read.all"}
 #: Declared types a photo upload may carry; the bytes decide (see the module docstring).
 _UPLOAD_TYPES = frozenset({"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "application/octet-stream"})
 _NOT_IN_COLLECTION = frozenset({"aboutMe"})
@@ -363,6 +365,8 @@ class GraphService:
             if claims.user_id is None:
                 raise GraphError(400, "BadRequest", "/me request is only valid with delegated authentication flow.")
             segments = ["users", claims.user_id, *segments[1:]]
+        if segments[0] == "admin" and req.path.startswith("/beta/"):
+            return self._people_admin(req, rid, claims, segments[1:])
         if segments[0] != "users":
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segments[0]}'.")
         method = req.method
@@ -413,6 +417,44 @@ class GraphService:
         )
         mailbox = user.id if user else key.lower()
         return _Route(lambda: self._photo(req, rid, key, user, rest), mailbox=mailbox, photo=True)
+
+    def _people_admin(self, req: Request, rid: str, claims: AccessClaims, rest: list[str]) -> _Route:
+        """``/beta/admin/people/photoUpdateSettings``: the tenant's photo policy (GET, PATCH, DELETE).
+
+        Microsoft Learn, photoupdatesettings (beta): ``source`` is ``cloud`` or ``onPremises``
+        (on-premises photos only: cloud updates by admins and users are off), ``allowedRoles`` the
+        role template ids that may edit photos in the cloud; reading needs PeopleSettings.Read.All,
+        writing PeopleSettings.ReadWrite.All.
+        """
+        if rest != ["people", "photoUpdateSettings"]:
+            raise GraphError(400, "BadRequest", f"Resource not found for the segment '{'/'.join(rest)}'.")
+        write = req.method in ("PATCH", "DELETE")
+        if req.method not in ("GET", "PATCH", "DELETE"):
+            raise GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request uri.")
+        allowed = _PEOPLE_SETTINGS_WRITE if write else _PEOPLE_SETTINGS_READ
+        self._require(claims, allowed, None, "Authorization_RequestDenied", "Insufficient privileges.")
+
+        async def handle() -> Response:
+            tenant = self.tenant
+            if req.method == "DELETE":
+                tenant.photo_update_settings = None
+                return Response(204, b"", self._headers(req, rid))
+            if req.method == "PATCH":
+                body = json.loads(req.body or b"{}")
+                if body.get("source", "cloud") not in ("cloud", "onPremises"):
+                    raise GraphError(400, "BadRequest", f"Invalid value for 'source': {body.get('source')!r}.")
+                current = tenant.photo_update_settings or {"source": "cloud", "allowedRoles": []}
+                tenant.photo_update_settings = {
+                    **current,
+                    **{k: body[k] for k in ("source", "allowedRoles") if k in body},
+                }
+            if tenant.photo_update_settings is None:
+                raise GraphError(404, "ResourceNotFound", "photoUpdateSettings not found.")
+            context = f"{self.base_url}/beta/$metadata#admin/people/photoUpdateSettings/$entity"
+            entity = {"@odata.context": context, "id": tenant.tenant_id, **tenant.photo_update_settings}
+            return self._json(req, rid, 200, entity)
+
+        return _Route(handle, resource_units=1)
 
     @staticmethod
     def _require(claims: AccessClaims, allowed: frozenset[str], target: User | None, code: str, message: str) -> None:

@@ -74,6 +74,8 @@ KNOWN_PERMISSIONS = frozenset(
         "Mail.Read",
         "Group.Read.All",
         "GroupMember.Read.All",
+        "PeopleSettings.Read.All",
+        "PeopleSettings.ReadWrite.All",
         ".default",
     )
 )

@@ -167,6 +167,15 @@ class Admin:
 
         self._call(run)
 
+    def set_photo_update_settings(self, settings: dict[str, Any] | None) -> None:
+        """The tenant's photo policy (``{"source": "onPremises"}``), or None as if deleted."""
+
+        def run() -> None:
+            current = self._emu.tenant.photo_update_settings or {"source": "cloud", "allowedRoles": []}
+            self._emu.tenant.photo_update_settings = None if settings is None else {**current, **settings}
+
+        self._call(run)
+
     def set_delegated_scopes(self, scopes: list[str]) -> None:
         def run() -> None:
             self._emu.app.delegated_scopes = set(scopes)
@@ -414,7 +423,7 @@ class GraphEmulator:
     async def _dispatch(self, req: Request) -> Response:
         self.stats.count("requests")
         try:
-            if req.path.startswith("/v1.0/") or req.path == "/v1.0":
+            if req.path.startswith(("/v1.0/", "/beta/")) or req.path == "/v1.0":
                 response = await self.graph.handle(req)
             elif req.path.startswith("/_emulator"):
                 self.stats.count("admin_requests")
@@ -489,6 +498,9 @@ class GraphEmulator:
             elif parts == ["latency"] and m in ("PUT", "POST"):
                 admin.set_latency(float(body["latency_ms"]))
                 result = {"latency_ms": float(body["latency_ms"])}
+            elif parts == ["photo-update-settings"] and m in ("PUT", "POST", "DELETE"):
+                admin.set_photo_update_settings(None if m == "DELETE" else dict(body))
+                result = {}
             elif parts == ["delta", "expire"] and m == "POST":
                 admin.expire_delta_tokens()
                 result = {}

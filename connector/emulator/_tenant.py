@@ -260,6 +260,9 @@ class Tenant:
         self.tombstones: list[tuple[int, str, str]] = []
         self._nicknames: set[str] = set()
         self._rng = random.Random(f"tenant:{seed}")
+        #: ``/beta/admin/people/photoUpdateSettings``: who masters photos (``cloud`` | ``onPremises``);
+        #: None when an administrator deleted the settings.
+        self.photo_update_settings: dict[str, Any] | None = {"source": "cloud", "allowedRoles": []}
 
     # --- generation --------------------------------------------------------------------------
     def generate(self, count: int, photo_ratio: float, naming: str) -> None:

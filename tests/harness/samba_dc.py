@@ -13,8 +13,14 @@ What :func:`ensure_samba` does, each step only when needed:
 2. provision a domain into ``directory`` (``samba-tool domain provision``, no DNS, loopback only);
 3. create a private CA and a server certificate whose SANs name ``localhost``, the DC's FQDN and
    the loopback address, so clients can keep full certificate validation on;
-4. start ``samba`` with only the LDAP service, bound to one loopback address;
+4. start ``samba`` with the LDAP and KDC services, bound to one loopback address, allowing SASL
+   (Kerberos) binds over TLS (``allow_sasl_over_tls``: ldap3 cannot sign or seal, and a Windows
+   DC's signing requirement is met by TLS too), and write a ``krb5.conf`` that points at that KDC;
 5. wait for a real LDAPS simple bind with the certificate validated against that CA.
+
+:func:`kerberos_account` then makes a least-privilege service account with a keytab, as an
+administrator would for mvsync (``samba-tool domain exportkeytab`` here, ``ktpass`` or a gMSA's
+keytab on a real domain).
 
 A server already running from the same directory is reused (its pid *and* kernel start time are
 recorded, so a recycled pid is never mistaken for it, and :func:`stop_samba` never signals
@@ -46,6 +52,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +73,7 @@ from connector.demo._ad import (
 
 __all__ = [
     "ADSettings",
+    "KerberosAccount",
     "SambaUnavailable",
     "UserSpec",
     "connect",
@@ -73,6 +81,9 @@ __all__ = [
     "delete_subtree",
     "ensure_ou",
     "ensure_samba",
+    "grant_write",
+    "kdc_running",
+    "kerberos_account",
     "samba_lease",
     "settings_from_env",
     "stop_samba",
@@ -96,6 +107,9 @@ DEFAULT_HOSTNAME = "dc1"
 #: Throwaway credential of a throwaway domain (it must satisfy AD's complexity rules).
 DEFAULT_PASSWORD = "Mvsync-Test-Passw0rd1"
 _MARKER = ".mvsync-samba-dir"  # proves a directory was created here (so it may be wiped)
+KDC_PORT = 88
+#: schemaIDGUID of the ``user`` class: delegations name it so they apply to user objects only.
+USER_CLASS_GUID = "bf967aba-0de6-11d0-a285-00aa003049e2"
 
 
 class SambaUnavailable(RuntimeError):
@@ -227,7 +241,7 @@ class _DC:
         pid = self.recorded_pid()
         if pid is not None:
             return self.settings(pid)
-        for port in (LDAP_PORT, LDAPS_PORT):
+        for port in (LDAP_PORT, LDAPS_PORT, KDC_PORT):
             if _port_open(self.host, port):
                 msg = (
                     f"{self.host}:{port} is already in use by another process; "
@@ -350,8 +364,8 @@ class _DC:
 \tinterfaces = {self.host}/8
 \tbind interfaces only = yes
 \tdisable netbios = yes
-\tserver services = ldap
-\tldap server require strong auth = {"no" if self.allow_plain_ldap else "yes"}
+\tserver services = ldap, kdc
+\tldap server require strong auth = {"no" if self.allow_plain_ldap else "allow_sasl_over_tls"}
 \ttls enabled = yes
 \ttls keyfile = {self.tls_dir / "key.pem"}
 \ttls certfile = {self.tls_dir / "cert.pem"}
@@ -376,6 +390,18 @@ class _DC:
         tmp = self.conf.with_suffix(".tmp")
         tmp.write_text(conf)
         tmp.replace(self.conf)
+        self.write_krb5_conf()
+
+    @property
+    def krb5_conf(self) -> Path:
+        return self.directory / "kerberos" / "krb5.conf"
+
+    def write_krb5_conf(self, path: Path | None = None, *, kdc_port: int = KDC_PORT) -> Path:
+        """A client krb5.conf for this realm: the KDC by address, no DNS (everything is on loopback)."""
+        target = path or self.krb5_conf
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(krb5_conf_text(self.realm, self.host, kdc_port))
+        return target
 
 
 def _read_pid(path: Path) -> int | None:
@@ -417,6 +443,140 @@ def _wait_for_bind(settings: ADSettings, timeout: float) -> str | None:
         conn.unbind()
         return None
     return last
+
+
+def krb5_conf_text(realm: str, host: str, kdc_port: int = KDC_PORT) -> str:
+    """krb5.conf naming the KDC by address: no DNS, no reverse lookups, TCP (loopback has no MTU issue)."""
+    domain = realm.lower()
+    return f"""[libdefaults]
+  default_realm = {realm}
+  dns_lookup_kdc = false
+  dns_lookup_realm = false
+  dns_canonicalize_hostname = false
+  rdns = false
+  udp_preference_limit = 1
+[realms]
+  {realm} = {{
+    kdc = {host}:{kdc_port}
+  }}
+[domain_realm]
+  .{domain} = {realm}
+  {domain} = {realm}
+"""
+
+
+# ------------------------------------------------------------------------------------- Kerberos
+@dataclass(frozen=True)
+class KerberosAccount:
+    """A service account that binds with a keytab: what the agent's ``auth = "kerberos"`` needs."""
+
+    name: str
+    principal: str
+    dn: str
+    sid: str
+    keytab: Path
+    krb5_conf: Path
+    #: The DC's FQDN, i.e. the host part of its ``ldap/<fqdn>`` SPN (the agent's ``kerberos_host``).
+    spn_host: str
+    netbios_domain: str
+
+
+def _dc_of(settings: ADSettings) -> _DC:
+    if settings.directory is None:
+        msg = "an external directory (AD_*): create the service account and its keytab there yourself"
+        raise SambaUnavailable(msg)
+    return _DC(
+        settings.directory,
+        settings.host,
+        settings.realm or DEFAULT_REALM,
+        DEFAULT_DOMAIN,
+        DEFAULT_HOSTNAME,
+        settings.password,
+    )
+
+
+def _samba_tool(dc: _DC, *args: str, database: bool = True) -> subprocess.CompletedProcess[str]:
+    """samba-tool against the DC's own database (works while samba runs: ldb locks it)."""
+    where = ["-H", str(dc.samba_dir / "private" / "sam.ldb")] if database else []
+    return subprocess.run(
+        ["samba-tool", *args, "-s", str(dc.conf), *where],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _require(done: subprocess.CompletedProcess[str], what: str) -> None:
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise SambaUnavailable(f"{what} failed: {tail}")
+
+
+def format_sid(raw: bytes) -> str:
+    """A binary SID in its ``S-1-5-21-...`` text form (the form SDDL and dsacls use)."""
+    from ldap3.protocol.formatters.formatters import format_sid as _format
+
+    return str(_format(raw))
+
+
+def kerberos_account(settings: ADSettings, name: str = "svc-mvsync") -> KerberosAccount:
+    """A plain user ``name`` (no rights beyond Authenticated Users' read) with a fresh keytab.
+
+    Also gives the DC the ``ldap/<fqdn>`` SPN real DCs register (samba's spnupdate never runs here,
+    and without it the KDC answers "Server not found in Kerberos database"). Idempotent.
+    """
+    dc = _dc_of(settings)
+    keytab = dc.directory / "kerberos" / f"{name}.keytab"
+    with _locked(dc.directory):
+        if _samba_tool(dc, "user", "show", name).returncode != 0:
+            _require(_samba_tool(dc, "user", "create", name, "--random-password"), f"samba-tool user create {name}")
+        spn = f"ldap/{dc.fqdn}"
+        if spn not in _samba_tool(dc, "spn", "list", f"{dc.hostname.upper()}$").stdout:
+            _require(_samba_tool(dc, "spn", "add", spn, f"{dc.hostname.upper()}$"), f"samba-tool spn add {spn}")
+        keytab.parent.mkdir(parents=True, exist_ok=True)
+        keytab.unlink(missing_ok=True)  # exportkeytab appends; a stale key would linger
+        principal = f"{name}@{dc.realm}"
+        _require(
+            _samba_tool(dc, "domain", "exportkeytab", str(keytab), f"--principal={principal}", database=False),
+            "samba-tool domain exportkeytab",
+        )
+        keytab.chmod(0o600)
+        dc.write_krb5_conf()
+    conn = connect(settings)
+    try:
+        conn.search(settings.base_dn, f"(sAMAccountName={name})", attributes=["objectSid"])
+        entry = conn.response[0]
+        dn, sid = entry["dn"], format_sid(entry["raw_attributes"]["objectSid"][0])
+    finally:
+        conn.unbind()
+    return KerberosAccount(name, principal, dn, sid, keytab, dc.krb5_conf, dc.fqdn, dc.domain)
+
+
+def grant_write(settings: ADSettings, account: KerberosAccount, ou_dn: str, attribute: str) -> None:
+    """Delegate "write ``attribute`` of user objects below ``ou_dn``" to ``account``.
+
+    The same grant as ``dsacls OU /I:S /G "DOMAIN\\account:WP;attribute;user"``, as an inherit-only
+    object ACE on the OU; Samba propagates it to the users below.
+    """
+    conn = connect(settings)
+    try:
+        conn.search(
+            f"CN=Schema,CN=Configuration,{settings.base_dn}",
+            f"(lDAPDisplayName={attribute})",
+            attributes=["schemaIDGUID"],
+        )
+        guid = str(uuid.UUID(bytes_le=conn.response[0]["raw_attributes"]["schemaIDGUID"][0]))
+    finally:
+        conn.unbind()
+    dc = _dc_of(settings)
+    sddl = f"(OA;CIIO;WP;{guid};{USER_CLASS_GUID};{account.sid})"
+    _require(_samba_tool(dc, "dsacl", "set", f"--objectdn={ou_dn}", f"--sddl={sddl}"), f"samba-tool dsacl set {sddl}")
+
+
+def kdc_running(settings: ADSettings) -> bool:
+    """Whether the DC answers on the Kerberos port (a DC started by an older harness had no KDC)."""
+    return _port_open(settings.host, KDC_PORT)
 
 
 # ------------------------------------------------------------------------------------- packages

@@ -15,7 +15,8 @@ Why each choice:
   repeat after a lost answer is safe.
 
 Secrets: the password goes to ldap3 only; no message here includes it (ldap3's own exception
-texts do not contain it either).
+texts do not contain it either). With ``auth = "kerberos"`` there is no password at all
+(``_kerberos``), and a Kerberos-bound connection binds again before its ticket runs out.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ldap3.core.exceptions import (
     LDAPStartTLSError,
 )
 
+from connector.agents.active_directory import _kerberos
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError, StopRunError
 
@@ -119,10 +121,20 @@ class Link:
     Not thread-safe: each export thread leases its own ``Link`` from a ``LinkPool``.
     """
 
-    def __init__(self, settings: ActiveDirectorySettings, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        settings: ActiveDirectorySettings,
+        logger: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.logger = logger
         self._conn: Connection | None = None
+        self._clock = clock
+        #: When a Kerberos-bound connection must bind again (its ticket runs out); None: never.
+        self._rebind_at: float | None = None
+        #: Successful binds so far (a rebind for a new ticket counts too).
+        self.binds = 0
 
     # -- connecting -----------------------------------------------------------------------------
     def _server(self) -> Server:
@@ -147,6 +159,13 @@ class Link:
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.effective_port} ({self.settings.security})"
 
+    def _credentials(self) -> dict[str, Any]:
+        s = self.settings
+        if s.auth == "kerberos":
+            return _kerberos.bind_arguments(s)
+        assert s.password is not None  # the settings' validator guarantees it for simple binds
+        return {"user": s.bind_dn, "password": s.password.get_secret_value(), "authentication": SIMPLE}
+
     def _open_once(self) -> Connection:
         s = self.settings
         # ldap3 applies receive_timeout to the TLS handshake; until TLS is up, connect_timeout rules,
@@ -155,9 +174,7 @@ class Link:
         handshake_s = max(1, math.ceil(s.connect_timeout))
         conn = Connection(
             self._server(),
-            user=s.bind_dn,
-            password=s.password.get_secret_value(),
-            authentication=SIMPLE,
+            **self._credentials(),
             receive_timeout=handshake_s,
             raise_exceptions=False,
             auto_referrals=False,
@@ -179,27 +196,54 @@ class Link:
             if described.startswith(("certificate:", "TLS handshake with")):  # retrying cannot fix these
                 raise StopRunError(described) from None
             raise _Unreachable(described) from None
-        if not conn.bind():
+        if not self._bind(conn):
             code = conn.result.get("result")
             description = conn.result.get("description", "")
+            message = conn.result.get("message", "")
             with contextlib.suppress(Exception):
                 conn.unbind()
             if code == 49:
-                msg = (
-                    f"{self._where()} refused the bind of {s.bind_dn!r} (invalidCredentials): "
-                    "check bind_dn and the password setting"
-                )
+                what = "check bind_dn and the password setting" if s.auth == "simple" else "check principal"
+                msg = f"{self._where()} refused the bind of {s.account!r} (invalidCredentials): {what}"
                 raise AuthenticationError(msg)
+            if code == 8 and s.auth == "kerberos":
+                raise _kerberos.signing_required(self._where(), f"strongerAuthRequired: {message}".strip(": "))
             if code == 8:
                 msg = f"{self._where()} requires an encrypted connection (strongerAuthRequired): use TLS"
                 raise StopRunError(msg)
-            raise StopRunError(f"bind to {self._where()} failed: {code} {description}")
+            raise StopRunError(f"bind to {self._where()} failed: {code} {description} {message}".strip())
+        self.binds += 1
+        if s.auth == "kerberos":
+            self._rebind_at = self._clock() + _kerberos.rebind_after(s)
         return conn
+
+    def _bind(self, conn: Connection) -> bool:
+        """ldap3's bind; Kerberos failures (raised, not returned) become errors that say what to do."""
+        if self.settings.auth != "kerberos":
+            return bool(conn.bind())
+        try:
+            return bool(conn.bind())
+        except LDAPCommunicationError as exc:
+            if "security layer" in str(exc):  # the DC insists on signing/sealing
+                with contextlib.suppress(Exception):
+                    conn.unbind()
+                raise _kerberos.signing_required(self._where(), str(exc)) from None
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("gssapi", "winkerberos")):
+                with contextlib.suppress(Exception):
+                    conn.unbind()
+                raise _kerberos.explain(exc, self.settings) from None
+            raise
 
     def connect(self) -> Connection:
         """The open connection, (re)connecting with a short backoff; ServerDownError if impossible."""
         if self._conn is not None and not self._conn.closed:
-            return self._conn
+            if self._rebind_at is None or self._clock() < self._rebind_at:
+                return self._conn
+            # the bind's ticket runs out soon: bind again (krb5 fetches a new ticket from the keytab)
+            self.logger.info("Kerberos ticket of %s expires soon: binding again", self.settings.account)
+            self.close()
         attempts = self.settings.reconnect_attempts + 1
         last: BaseException | None = None
         for attempt in range(attempts):

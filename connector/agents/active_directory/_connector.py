@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from connector.agents.active_directory._connection import Link, LinkPool
+from connector.agents.active_directory._connection import Link, LinkPool, ServerUnreachable
 from connector.agents.active_directory._export import Exporter, ExportStats
 from connector.agents.active_directory._import import Importer
-from connector.agents.active_directory._ldap import normalize_dn
+from connector.agents.active_directory._ldap import equals_filter, normalize_dn
 from connector.agents.active_directory._ldif import LdifWriter
+from connector.agents.active_directory._permissions import account_label, container_of, dsacls_line, sample_gaps
 from connector.agents.active_directory._schema import OBJECT_CLASS, build_schema
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import (
@@ -120,7 +121,30 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
             return CheckResult(False, str(exc))
         finally:
             link.close()
-        return CheckResult(True, f"bound to {self.settings.host} as {self.settings.bind_dn}; DC {dc.service}")
+        how = "Kerberos" if self.settings.auth == "kerberos" else "simple bind"
+        return CheckResult(True, f"bound to {self.settings.host} as {self.settings.account} ({how}); DC {dc.service}")
+
+    def doctor_checks(self) -> list[tuple[str, str, str]]:
+        """``mvsync doctor``: may the account write what the export flows write, on a sample user per base DN?"""
+        s = self.settings
+        wanted = sorted(self._export_attributes())
+        if not wanted:
+            return [("write-permissions", "ok", "no export flow writes to this agent")]
+        link = Link(s, self.context.logger)
+        try:
+            samples = sample_gaps(link, s.base_dns, equals_filter(s.filter, s.filter_equals), wanted)
+            label = account_label(link, s, _domain_root(s.base_dns[0]))
+        except (ConnectorError, ServerUnreachable) as exc:
+            return [("write-permissions", "error", str(exc))]
+        finally:
+            link.close()
+        return [_permission_finding(base, dn, missing, wanted, label) for base, (dn, missing) in samples.items()]
+
+    def _export_attributes(self) -> frozenset[str]:
+        return next(
+            (names for cls, names in self.context.export_attributes.items() if cls.lower() == OBJECT_CLASS),
+            frozenset(),
+        )
 
     # -- SDK methods ------------------------------------------------------------------------------
     def get_schema(self) -> Schema:
@@ -164,10 +188,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 self._ldif = LdifWriter(_ldif_path(s))
             object_class = self._schema.object_class(OBJECT_CLASS)
             assert object_class is not None
-            allowed = next(
-                (names for cls, names in self.context.export_attributes.items() if cls.lower() == OBJECT_CLASS),
-                frozenset(),
-            )
+            allowed = self._export_attributes()
             self._exporter = Exporter(
                 pool=self._pool,
                 object_class=object_class,
@@ -179,6 +200,8 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 ldif=self._ldif,
                 dry_run=self.context.dry_run,
                 log=self.context.logger,
+                check_rights=s.check_permissions,
+                account_label=lambda link: account_label(link, s, _domain_root(s.base_dns[0])),
             )
         return self._exporter
 
@@ -187,3 +210,23 @@ def _ldif_path(settings: ActiveDirectorySettings) -> Path:
     """The step's LDIF file: ``{timestamp}`` in the setting gives each export step its own file."""
     assert settings.ldif_output is not None
     return Path(str(settings.ldif_output).replace("{timestamp}", time.strftime("%Y%m%dT%H%M%S")))
+
+
+def _domain_root(dn: str) -> str:
+    """The ``DC=...`` suffix of a DN: the domain's naming context."""
+    parts = [p.strip() for p in dn.split(",")]
+    return ",".join(p for p in parts if p.lower().startswith("dc="))
+
+
+def _permission_finding(
+    base: str, dn: str | None, missing: list[str], wanted: list[str], account: str
+) -> tuple[str, str, str]:
+    """One doctor verdict for one base DN's sample object."""
+    if dn is None:
+        return ("write-permissions", "warning", f"no user under {base} to check write rights on")
+    if not missing:
+        return ("write-permissions", "ok", f"{account} may write {', '.join(wanted)} on {dn} (sample of {base})")
+    container = container_of(dn)
+    grants = "; ".join(dsacls_line(container, account, attribute, OBJECT_CLASS) for attribute in missing)
+    msg = f"{account} may not write {', '.join(missing)} on {dn} (sample of {base}); grant it with: {grants}"
+    return ("write-permissions", "error", msg)

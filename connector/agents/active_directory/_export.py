@@ -14,7 +14,10 @@ it, so a refused batch has no partial effects:
 3. **Scope guard, objects**: the anchors (objectGUIDs) are looked up under the base DNs, in
    batches, which also yields each object's current DN (it may have been renamed since the last
    import). An object that exists elsewhere is refused (``scope-violation``); one that does not
-   exist is ``cd-missing-object``.
+   exist is ``cd-missing-object``. The same search reads ``allowedAttributesEffective``: if the
+   account may not write an attribute of an object, the step stops here, before any write
+   (``stopped-permission-issue``, naming the account, attribute, OU and the ``dsacls`` grant; see
+   ``_permissions``). ``check_permissions = false`` turns that off.
 4. **Write** with ``MODIFY_REPLACE`` (``[]`` clears, and is idempotent even when the attribute is
    absent) through a small pool of connections in threads, paced by the write-rate cap. Result
    codes map to MIM error names; transport failures and busy/unavailable answers are ``RETRY``.
@@ -44,6 +47,7 @@ from connector.agents.active_directory._ldap import (
     guid_text,
 )
 from connector.agents.active_directory._ldif import LdifWriter, modify_record
+from connector.agents.active_directory._permissions import EFFECTIVE, effective_of, find_gaps, read_effective, refusal
 from connector.agents.active_directory._schema import ANCHOR, PHOTO_MAX_BYTES
 from connector.sdk import (
     Attribute,
@@ -120,6 +124,9 @@ class ExportStats:
     ldif_records: int = 0
     failed: int = 0
     retry: int = 0
+    #: Objects whose write rights were checked before writing, and extra BASE reads that took.
+    rights_checked: int = 0
+    rights_reads: int = 0
 
     def count(self, results: Sequence[ExportResult]) -> None:
         self.changes += len(results)
@@ -247,6 +254,8 @@ class _Planned:
     operations: list[Operation]
     dn: str = ""
     result: ExportResult | None = field(default=None)
+    #: Attributes the account may write here (lower case); None until read.
+    writable: frozenset[str] | None = None
 
 
 class Exporter:
@@ -265,6 +274,8 @@ class Exporter:
         ldif: LdifWriter | None,
         dry_run: bool,
         log: Any,
+        check_rights: bool = False,
+        account_label: Callable[[Any], str] | None = None,
     ) -> None:
         self.pool = pool
         self.object_class = object_class
@@ -276,6 +287,8 @@ class Exporter:
         self.dry_run = dry_run
         self.log = log
         self.stats = ExportStats()
+        self.check_rights = check_rights
+        self._account_label = account_label or (lambda _link: "the bound account")
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._down = threading.Event()
@@ -302,6 +315,9 @@ class Exporter:
                 planned.append(_Planned(position, change, outcome))
         self._resolve(planned)  # stage 3
         ready = [p for p in planned if p.result is None]
+        if self.check_rights and self.ldif is None:
+            self._check_rights(ready)  # raises (stops the step) before any write
+            ready = [p for p in ready if p.result is None]
         if self.dry_run:
             for p in ready:
                 self.log.info("dry run: would modify %s (%s)", p.dn, ", ".join(op[1] for op in p.operations))
@@ -342,13 +358,17 @@ class Exporter:
             valid.setdefault(key, []).append(p)
         anchors = list(valid)
         found: dict[str, str] = {}
+        writable: dict[str, frozenset[str] | None] = {}
+        attributes = [ANCHOR, EFFECTIVE] if self.check_rights else [ANCHOR]
         with self.pool.lease() as link:
             try:
                 for start in range(0, len(anchors), _RESOLVE_CHUNK):
                     search_filter = guid_filter(anchors[start : start + _RESOLVE_CHUNK])
                     for base in self.bases:
-                        for entry in link.run(_searcher(base, search_filter, SUBTREE)):
-                            found[guid_text(entry["raw_attributes"][ANCHOR][0])] = entry["dn"]
+                        for entry in link.run(_searcher(base, search_filter, SUBTREE, attributes)):
+                            anchor = guid_text(entry["raw_attributes"][ANCHOR][0])
+                            found[anchor] = entry["dn"]
+                            writable[anchor] = effective_of(entry)
                 missing = [a for a in anchors if a not in found]
                 elsewhere = {a: dn for a in missing for dn in self._locate(link, a)}
             except ServerUnreachable as exc:
@@ -360,6 +380,7 @@ class Exporter:
             for p in group:
                 if anchor in found:
                     p.dn = found[anchor]
+                    p.writable = writable.get(anchor)
                 elif anchor in elsewhere:
                     p.result = self._out_of_scope(p.change, elsewhere[anchor])
                 else:
@@ -373,6 +394,23 @@ class Exporter:
     def _locate(link: Any, anchor: str) -> list[str]:
         """Where an object not found under the base DNs is, if anywhere (for the error message)."""
         return [e["dn"] for e in link.run(_searcher(f"<GUID={uuid.UUID(anchor)}>", "(objectClass=*)", BASE))]
+
+    def _check_rights(self, ready: list[_Planned]) -> None:
+        """Stop the step (StopRunError) if the account may not write what ``ready`` needs."""
+        with self.pool.lease() as link:
+            try:
+                for p in ready:
+                    if p.writable is None:  # not in the resolve search's answer: ask for this object alone
+                        p.writable = read_effective(link, p.dn)
+                        self.stats.rights_reads += 1
+            except ServerUnreachable as exc:
+                for p in ready:
+                    p.result = ExportResult.retry(p.change.identifier, "cd-server-down", str(exc))
+                return
+            self.stats.rights_checked += len(ready)
+            gaps = find_gaps((p.dn, [op[1] for op in p.operations], p.writable or frozenset()) for p in ready)
+            if gaps:
+                raise refusal(gaps, self._account_label(link), self.object_class.name)
 
     # -- stage 4 ------------------------------------------------------------------------------------
     def _write_all(self, ready: list[_Planned]) -> None:
@@ -411,9 +449,11 @@ class Exporter:
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
 
 
-def _searcher(base: str, search_filter: str, scope: str) -> Callable[[Connection], list[dict[str, Any]]]:
+def _searcher(
+    base: str, search_filter: str, scope: str, attributes: Sequence[str] = (ANCHOR,)
+) -> Callable[[Connection], list[dict[str, Any]]]:
     def operation(conn: Connection) -> list[dict[str, Any]]:
-        conn.search(base, search_filter, scope, attributes=[ANCHOR])
+        conn.search(base, search_filter, scope, attributes=list(attributes))
         return search_entries(conn)
 
     return operation

@@ -8,6 +8,7 @@ extra attributes in an unknown shorthand.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -30,8 +31,28 @@ class ActiveDirectorySettings(ConnectorSettings):
     )
     tls_validate: bool = Field(True, description="verify the server certificate and host name")
     ca_file: Path | None = Field(None, description="PEM CA bundle; default: the system's trust store")
-    bind_dn: str = Field(min_length=1, description="DN, UPN or DOMAIN\\user of the account")
-    password: SecretStr
+    auth: Literal["simple", "kerberos"] = Field(
+        "simple", description="'simple': bind_dn + password; 'kerberos': a keytab or credential cache, no password"
+    )
+    bind_dn: str | None = Field(None, min_length=1, description="DN, UPN or DOMAIN\\user of the account (simple)")
+    password: SecretStr | None = None
+    keytab: Path | None = Field(None, description="kerberos: keytab of the service account (Linux)")
+    ccache: str | None = Field(
+        None,
+        description="kerberos: credential cache, e.g. FILE:/var/lib/mvsync/krb5cc, kept fresh by k5start or SSSD; "
+        "with keytab, where tickets are cached (default: in memory)",
+    )
+    principal: str | None = Field(
+        None, description="kerberos: the account's principal (user@REALM); default: the keytab's or cache's"
+    )
+    kerberos_host: str | None = Field(
+        None, description="kerberos: the DC's name in its SPN ldap/<name> (default: host)"
+    )
+    check_permissions: bool = Field(
+        True,
+        description="before an export step writes, read allowedAttributesEffective of the objects it changes "
+        "and stop the step, writing nothing, if a right is missing",
+    )
     base_dns: list[str] = Field(min_length=1, description="containers whose users are imported and may be written")
     filter: str = "(&(objectCategory=person)(objectClass=user))"
     filter_equals: dict[str, str] = Field(
@@ -95,6 +116,44 @@ class ActiveDirectorySettings(ConnectorSettings):
             )
             raise ValueError(msg)
         return self
+
+    @model_validator(mode="after")
+    def _credentials_match_auth(self) -> ActiveDirectorySettings:
+        if self.auth == "simple":
+            if not self.bind_dn or self.password is None:
+                raise ValueError("auth = 'simple' needs bind_dn and password (or use auth = 'kerberos' with a keytab)")
+            if self.keytab or self.ccache or self.principal:
+                raise ValueError("keytab, ccache and principal apply to auth = 'kerberos' only")
+            return self
+        if self.password is not None:
+            msg = "auth = 'kerberos' takes no password: remove it (the key comes from keytab or the credential cache)"
+            raise ValueError(msg)
+        if self.security == "plain":
+            msg = (
+                "auth = 'kerberos' needs TLS (security = 'ldaps' or 'starttls'): the LDAP client cannot sign "
+                "or seal a Kerberos session, and TLS is what satisfies a DC's signing requirement"
+            )
+            raise ValueError(msg)
+        if sys.platform == "win32" and (self.keytab or self.ccache or self.principal):
+            msg = (
+                "on Windows, auth = 'kerberos' binds as the account mvsync runs as (SSPI): remove keytab, ccache "
+                "and principal, and run the task or service as the gMSA"
+            )
+            raise ValueError(msg)
+        return self
+
+    @property
+    def account(self) -> str:
+        """Who binds, as messages name it: bind_dn, or the Kerberos principal (or its source)."""
+        if self.auth == "simple":
+            return str(self.bind_dn)
+        if self.principal:
+            return self.principal
+        if self.keytab is not None:
+            return f"the principal of keytab {self.keytab}"
+        if self.ccache:
+            return f"the principal of credential cache {self.ccache}"
+        return "the Kerberos identity of this process"
 
     @property
     def effective_port(self) -> int:

@@ -46,6 +46,8 @@ import requests
 from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth, make_session
 from connector.agents.exchange_online._graph import GraphClient, GraphResponse, RetryableError
+from connector.agents.exchange_online._photo_policy import doctor_checks as photo_policy_checks
+from connector.agents.exchange_online._photo_policy import guard_photo_export
 from connector.agents.exchange_online._photos import PhotoOutcome, PhotoTask, is_no_photo
 from connector.agents.exchange_online._pipeline import Fatal, Pipeline, SourceDone
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
@@ -515,6 +517,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         )
         #: Listed users allowed between the lister and the engine (bounds memory; see _pipeline).
         self.max_ahead = 1000
+        self._photo_policy_read = False  # once per step, before the first photo write (_photo_policy)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _session(self) -> requests.Session:
@@ -566,6 +569,11 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         except (ConnectorError, RetryableError) as exc:
             return CheckResult(False, str(exc))
         return CheckResult(resp.ok, "Graph reachable, token valid" if resp.ok else resp.describe())
+
+    def doctor_checks(self) -> list[tuple[str, str, str]]:
+        """``mvsync doctor``: the tenant's photo policy against this agent's export flows."""
+        writes = "EXOPhoto" in self.context.export_attributes.get(OBJECT_CLASS, frozenset())
+        return photo_policy_checks(self.graph, self.settings, writes)
 
     def get_schema(self) -> Schema:
         return SCHEMA
@@ -705,6 +713,9 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                     f"attributes the export flows of agent {self.context.agent!r} name"
                 )
                 raise ScopeViolationError(msg)
+        if not self._photo_policy_read and not self.context.dry_run:
+            self._photo_policy_read = True
+            guard_photo_export(self.graph, self.settings, self.context.agent, self.context.logger)
         workers = max(1, min(8, self.settings.concurrency))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exo-export") as pool:
             return list(pool.map(self._export_one, changes))

@@ -96,6 +96,12 @@ class ExchangeOnlineSettings(ConnectorSettings):
     #: re-verifies everybody about monthly with daily runs), a safety net under the ETag.
     reverify_fraction: float = Field(0.0, ge=0, le=1)
 
+    # -- export --------------------------------------------------------------------------------
+    #: When the tenant masters photos on-premises (photoUpdateSettings ``source = onPremises``):
+    #: ``refuse`` stops an export step before it writes a photo, ``warn`` logs and writes,
+    #: ``ignore`` does not read the policy (see ``_photo_policy``; reading needs PeopleSettings.Read.All).
+    on_premises_photo_policy: Literal["refuse", "warn", "ignore"] = "refuse"
+
     @field_validator("photo_size")
     @classmethod
     def _size(cls, value: str) -> str:

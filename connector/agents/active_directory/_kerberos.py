@@ -1,0 +1,210 @@
+"""Kerberos (SASL GSSAPI) binds: a keytab or a credential cache instead of a stored password.
+
+Why this shape:
+
+* **Where the key comes from.** MIM's AD MA runs as a Windows identity; a Linux service has a
+  keytab (``ktpass``, ``samba-tool domain exportkeytab``, or a gMSA's keys fetched by a tool such as
+  gMSAd) or a credential cache something else keeps fresh (``k5start``, SSSD). With a keytab the
+  agent asks MIT krb5 for tickets itself (GSSAPI ``client_keytab`` credential store) into a
+  per-process in-memory cache, so nothing is written to disk and nothing needs ``kinit``.
+* **Renewal.** Tickets from a keytab are re-acquired by krb5 whenever the cached ones are about to
+  run out; the agent rebinds its connections before the bind's ticket expires (:func:`rebind_after`)
+  so a run longer than a ticket's lifetime never works on a connection whose authentication lapsed.
+* **TLS.** ldap3 cannot sign or seal a SASL session, so Kerberos binds run only over LDAPS or
+  StartTLS. A Windows DC's "require signing" is met by TLS; Samba needs ``ldap server require strong
+  auth = allow_sasl_over_tls``. ldap3 sends the TLS channel binding token with every GSSAPI bind.
+* **Windows.** ldap3 uses ``winkerberos`` (SSPI) there, which takes the identity of the process: run
+  mvsync as the gMSA / service account. Keytabs, caches and principals do not apply and are refused
+  when the settings load.
+* **Errors.** MIT's texts are accurate but name no remedy ("No credentials cache found" for a
+  keytab without the principal). :func:`explain` turns the usual ones (clock skew, SPN unknown,
+  keytab unusable, KDC unreachable, stale key) into messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from connector.agents.active_directory._settings import ActiveDirectorySettings
+from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, StopRunError
+
+__all__ = ["bind_arguments", "check_keytab", "explain", "rebind_after", "signing_required", "target_host"]
+
+#: First bytes of a keytab file (format version 0x0502; 0x0501 is the obsolete one).
+_KEYTAB_MAGIC = (b"\x05\x02", b"\x05\x01")
+#: Rebind at least this long before the ticket expires (and at 80 % of its lifetime at the latest).
+_RENEW_MARGIN_S = 300.0
+#: How long to keep a Kerberos-bound connection when the ticket lifetime cannot be read (SSPI).
+_DEFAULT_REBIND_S = 3600.0
+
+
+def target_host(settings: ActiveDirectorySettings) -> str:
+    """The host part of the DC's SPN ``ldap/<host>``."""
+    return settings.kerberos_host or settings.host
+
+
+def check_keytab(path: Path) -> None:
+    """Fail early and clearly for a keytab that cannot work (MIT says "No credentials cache found")."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except FileNotFoundError:
+        msg = f"{path} does not exist: export it (ktpass, samba-tool domain exportkeytab) or fix the path"
+        raise ConfigurationError(msg, key="keytab") from None
+    except OSError as exc:
+        msg = (
+            f"{path} is not readable by this account (uid {_uid()}): {exc.strerror}; "
+            "give the service account read access (chown it, chmod 600)"
+        )
+        raise ConfigurationError(msg, key="keytab") from None
+    if head not in _KEYTAB_MAGIC:
+        msg = f"{path} is not a keytab (it lacks the 0x0502 header): export the keytab again"
+        raise ConfigurationError(msg, key="keytab")
+
+
+def _uid() -> str:
+    getuid = getattr(os, "getuid", None)  # POSIX only
+    return str(getuid()) if getuid is not None else "n/a"
+
+
+def _store(settings: ActiveDirectorySettings) -> dict[bytes | str, bytes | str]:
+    """The GSSAPI credential store: keytab → tickets in a per-agent in-memory cache."""
+    store: dict[bytes | str, bytes | str] = {}
+    if settings.keytab is not None:
+        store["client_keytab"] = f"FILE:{settings.keytab}"
+        # one in-memory cache per (principal, keytab): agents with the same identity share tickets,
+        # different identities never see each other's
+        identity = hashlib.sha256(f"{settings.principal}|{settings.keytab}".encode()).hexdigest()[:16]
+        store["ccache"] = settings.ccache or f"MEMORY:mvsync-{identity}"
+    elif settings.ccache:
+        store["ccache"] = settings.ccache
+    return store
+
+
+def bind_arguments(settings: ActiveDirectorySettings) -> dict[str, Any]:
+    """ldap3 ``Connection`` keyword arguments for a Kerberos bind (credentials acquired here)."""
+    from ldap3 import KERBEROS, SASL
+
+    if sys.platform == "win32":
+        # SSPI: the identity of the process (the gMSA the task or service runs as)
+        return {"authentication": SASL, "sasl_mechanism": KERBEROS, "sasl_credentials": (target_host(settings),)}
+    if settings.keytab is not None:
+        check_keytab(settings.keytab)
+    return {
+        "authentication": SASL,
+        "sasl_mechanism": KERBEROS,
+        "sasl_credentials": (target_host(settings), None, _credentials(settings)),
+    }
+
+
+def _credentials(settings: ActiveDirectorySettings) -> Any:
+    import gssapi
+    from gssapi.raw.misc import GSSError
+
+    name = gssapi.Name(settings.principal, gssapi.NameType.kerberos_principal) if settings.principal else None
+    try:
+        return gssapi.Credentials(name=name, usage="initiate", store=_store(settings) or None)
+    except GSSError as exc:
+        raise explain(exc, settings) from None
+
+
+def rebind_after(settings: ActiveDirectorySettings) -> float:
+    """Seconds a fresh Kerberos bind may be used before the connection binds again."""
+    lifetime = None if sys.platform == "win32" else _lifetime(settings)
+    if lifetime is None:
+        return _DEFAULT_REBIND_S
+    # at 80 % of the lifetime or 5 minutes before the end, whichever is first, but not before half of it
+    return max(1.0, min(lifetime * 0.8, max(lifetime - _RENEW_MARGIN_S, lifetime / 2)))
+
+
+def _lifetime(settings: ActiveDirectorySettings) -> float | None:
+    """Seconds left on the ticket-granting ticket the last bind used (None: unknown)."""
+    import gssapi
+    from gssapi.raw.misc import GSSError
+
+    name = gssapi.Name(settings.principal, gssapi.NameType.kerberos_principal) if settings.principal else None
+    try:
+        left = gssapi.Credentials(name=name, usage="initiate", store=_store_for_lifetime(settings)).lifetime
+    except GSSError:
+        return None
+    return float(left) if left is not None else None
+
+
+def _store_for_lifetime(settings: ActiveDirectorySettings) -> dict[bytes | str, bytes | str] | None:
+    """The same cache as the bind used (reading it must not fetch new tickets from the keytab)."""
+    store = _store(settings)
+    store.pop("client_keytab", None)
+    return store or None
+
+
+def explain(exc: BaseException, settings: ActiveDirectorySettings) -> ConnectorError:
+    """A GSSAPI failure as an error that says what to do (the library's text stays in brackets)."""
+    text = str(exc)
+    detail = text.rsplit("Minor (", 1)[-1].split("): ", 1)[-1] if "Minor (" in text else text
+    who = settings.account
+    spn = f"ldap/{target_host(settings)}"
+    lowered = detail.lower()
+    if "clock skew" in lowered:
+        msg = (
+            f"Kerberos bind as {who} failed ({detail}): this host's clock and the KDC's differ by more than "
+            "the allowed skew (5 minutes by default); synchronise the time with the domain "
+            "(chrony or systemd-timesyncd against a DC; w32time on Windows)"
+        )
+        return StopRunError(msg)
+    if "server not found in kerberos database" in lowered:
+        msg = (
+            f"the KDC knows no service principal {spn} ({detail}): set kerberos_host to the DC's name as "
+            f"its SPN spells it (`setspn -L <DC>$` lists them), or register it (`setspn -S {spn} <DC>$`)"
+        )
+        return StopRunError(msg)
+    if "cannot contact any kdc" in lowered or "cannot find kdc" in lowered or "cannot resolve" in lowered:
+        config = os.environ.get("KRB5_CONFIG", "/etc/krb5.conf")
+        msg = (
+            f"no KDC answered for the Kerberos bind as {who} ({detail}): check the realm's kdc entries in "
+            f"{config} (KRB5_CONFIG) or the DNS SRV records _kerberos._tcp.<realm>, and that port 88 "
+            "of the domain controllers is reachable from this host"
+        )
+        return ServerDownError(msg)
+    if "client" in lowered and "not found in kerberos database" in lowered:
+        msg = f"the KDC does not know {who} ({detail}): check the principal setting (user@REALM, realm in capitals)"
+        return AuthenticationError(msg)
+    if "preauthentication failed" in lowered or "integrity check" in lowered or "password" in lowered:
+        msg = (
+            f"the KDC refused the key of {who} ({detail}): the account's password changed after the keytab "
+            "was exported; export the keytab again (a gMSA's keytab must follow each password rotation)"
+        )
+        return AuthenticationError(msg)
+    if "does not match desired name" in lowered:
+        msg = (
+            f"the credential cache {settings.ccache} holds tickets of another principal than {who} ({detail}): "
+            "fill it for this principal (kinit -k), or remove the principal setting"
+        )
+        return AuthenticationError(msg)
+    if "no credentials cache found" in lowered or "no credentials were supplied" in lowered:
+        if settings.keytab is not None:
+            msg = (
+                f"keytab {settings.keytab} has no usable key for {who} ({detail}): `klist -k {settings.keytab}` "
+                "lists its principals; set principal to one of them, or export the keytab again"
+            )
+        else:
+            msg = (
+                f"no Kerberos ticket for {who} ({detail}): set keytab, or keep the credential cache "
+                f"{settings.ccache or '(KRB5CCNAME)'} filled (kinit -k, k5start)"
+            )
+        return AuthenticationError(msg)
+    return StopRunError(f"Kerberos bind as {who} to {spn} failed: {detail}")
+
+
+def signing_required(where: str, detail: str) -> StopRunError:
+    """The DC wants a signed or sealed SASL session, which ldap3 cannot provide."""
+    msg = (
+        f"{where} refused the Kerberos bind ({detail}): the DC demands LDAP signing or sealing even over TLS, "
+        "and this client can only rely on TLS for that. A Windows DC accepts TLS as meeting its signing "
+        "requirement (Windows Server 2025's default included): keep security = 'ldaps' or 'starttls'. "
+        "On Samba set `ldap server require strong auth = allow_sasl_over_tls`"
+    )
+    return StopRunError(msg)

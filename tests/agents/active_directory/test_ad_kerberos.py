@@ -1,0 +1,265 @@
+"""Kerberos binds with a keytab, as a least-privilege service account, against the harness's Samba DC
+(which runs a KDC and allows SASL over TLS): identity, engine runs, ticket renewal and the errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ldap3 import BASE
+
+from connector.agents.active_directory import ActiveDirectorySettings
+from connector.agents.active_directory._connection import Link
+from connector.config import config_from_dict
+from connector.engine import Engine
+from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, StopRunError
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.test_ad_engine import _ldif_config
+from tests.conftest import require_or_skip
+from tests.harness.samba_dc import KerberosAccount, grant_write
+
+pytestmark = pytest.mark.samba
+
+_FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def kerberos_settings(account: KerberosAccount, **overrides: Any) -> dict[str, Any]:
+    """Agent settings without any password: the keytab, the principal and the DC's SPN name."""
+    return {
+        "auth": "kerberos",
+        "bind_dn": None,
+        "password": None,
+        "keytab": str(account.keytab),
+        "principal": account.principal,
+        "kerberos_host": account.spn_host,
+        **overrides,
+    }
+
+
+def effective_attributes(link: Link, dn: str) -> set[str]:
+    """allowedAttributesEffective of ``dn`` as the link's bound account sees it."""
+
+    def read(conn: Any) -> set[str]:
+        conn.search(dn, "(objectClass=*)", BASE, attributes=["allowedAttributesEffective"])
+        values = conn.response[0]["raw_attributes"].get("allowedAttributesEffective", [])
+        return {bytes(v).decode() for v in values}
+
+    return link.run(read)
+
+
+@pytest.fixture
+def delegated(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> tuple[str, dict[str, str]]:
+    """An OU whose users' thumbnailPhoto the service account may write (granted before the users exist)."""
+    people = ad_env.sub_ou("people")
+    grant_write(ad_env.ad, samba_kerberos, people, "thumbnailPhoto")
+    return people, ad_env.add_users(ad_env.specs(3, photos=False), ou=people)
+
+
+def test_keytab_bind_runs_as_the_service_account(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, delegated: tuple[str, dict[str, str]]
+) -> None:
+    people, guids = delegated
+    other = ad_env.sub_ou("other")
+    ad_env.add_users(ad_env.specs(1, prefix="o", photos=False), ou=other)
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people]))
+    assert connector.settings.password is None
+    link = connector._require_link()
+    # Samba has no Who-am-I; the rights prove the identity: the administrator may write hundreds of
+    # attributes of any user, the service account exactly the one delegated to it, and nothing elsewhere
+    assert effective_attributes(link, f"CN={next(iter(guids))},{people}") == {"thumbnailPhoto"}
+    assert effective_attributes(link, f"CN={ad_env.tag}o0,{other}") == set()
+    check = connector.check()
+    assert check.ok and "(Kerberos)" in check.detail and samba_kerberos.principal in check.detail
+
+
+def test_starttls_kerberos_bind(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> None:
+    connector = ad_env.connector(
+        **kerberos_settings(samba_kerberos, security="starttls", port=ad_env.ad.ldap_port), open=False
+    )
+    assert connector.check().ok
+
+
+def _engine_config(ad_env: ADTestEnv, account: KerberosAccount, people: str, photos: Path) -> dict[str, Any]:
+    """The LDIF test's configuration, bound with the keytab, writing to the directory, with a full cycle."""
+    config = _ldif_config(ad_env, people, photos, "")
+    settings = config["agents"]["ad"]["settings"]
+    for key in ("bind_dn", "password", "ldif_output"):
+        del settings[key]
+    settings.update({k: v for k, v in kerberos_settings(account).items() if v is not None})
+    prepare = config["run_profiles"]["Prepare"]["steps"]
+    confirm = [{"type": kind, "agent": "ad"} for kind in ("export", "delta-import", "delta-sync")]
+    config["run_profiles"] = {"Cycle": {"steps": [*prepare, *confirm]}}
+    return config
+
+
+def test_engine_full_import_and_export_with_a_keytab(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, delegated: tuple[str, dict[str, str]]
+) -> None:
+    people, guids = delegated
+    names = list(guids)
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    for i, name in enumerate(names):
+        (photos / f"{name}.jpg").write_bytes(jpeg(500 + i))
+    config_dict = _engine_config(ad_env, samba_kerberos, people, photos)
+    assert "password" not in json.dumps(config_dict)
+    engine = Engine(config_from_dict(config_dict, base_dir=ad_env.tmp_path))
+    try:
+        run = engine.run_profile("Cycle")
+    finally:
+        engine.close()
+    steps = {(s.agent, s.kind): s for s in run.steps}
+    assert run.status == "success", [s.as_dict() for s in run.steps]
+    assert steps[("ad", "full-import")].counters.get("adds") == len(names)
+    assert steps[("ad", "export")].counters.get("export_updates") == len(names)
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(500 + i)]
+
+
+def test_connection_binds_again_before_the_ticket_runs_out(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    settings = ActiveDirectorySettings.model_validate(
+        {**ad_env.settings().model_dump(), **kerberos_settings(samba_kerberos)}
+    )
+    link = Link(settings, logging.getLogger("mvsync.agent.ad"), clock=lambda: now[0])
+    first = link.connect()
+    assert link.binds == 1
+    assert link.connect() is first  # well inside the ticket's lifetime: the same connection
+    now[0] += 10 * 3600  # Samba's default ticket lifetime is 10 h
+    with caplog.at_level(logging.INFO, logger="mvsync.agent.ad"):
+        second = link.connect()
+    assert second is not first and link.binds == 2
+    assert "expires soon: binding again" in caplog.text
+    assert effective_attributes(link, samba_kerberos.dn)  # the new bind works
+    link.close()
+
+
+# ------------------------------------------------------------------------------------- errors
+def _bind_error(ad_env: ADTestEnv, **settings: Any) -> ConnectorError:
+    connector = ad_env.connector(**settings, open=False)
+    with pytest.raises(ConnectorError) as caught:
+        connector.open()
+    return caught.value
+
+
+def test_spn_not_found(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> None:
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, kerberos_host="dc9.mvsync.test"))
+    assert isinstance(error, StopRunError)
+    assert str(error) == (
+        "the KDC knows no service principal ldap/dc9.mvsync.test (Server not found in Kerberos database): "
+        "set kerberos_host to the DC's name as its SPN spells it (`setspn -L <DC>$` lists them), or register it "
+        "(`setspn -S ldap/dc9.mvsync.test <DC>$`)"
+    )
+
+
+def test_keytab_missing_unusable_or_without_the_principal(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.keytab"
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=str(missing)))
+    assert isinstance(error, ConfigurationError)
+    assert str(error) == (
+        f"keytab: {missing} does not exist: export it (ktpass, samba-tool domain exportkeytab) or fix the path"
+    )
+
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=str(tmp_path)))
+    assert isinstance(error, ConfigurationError)
+    assert str(error).startswith(f"keytab: {tmp_path} is not readable by this account (uid {os.getuid()}): ")
+
+    garbage = tmp_path / "garbage.keytab"
+    garbage.write_bytes(b"not a keytab")
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=str(garbage)))
+    assert str(error) == f"keytab: {garbage} is not a keytab (it lacks the 0x0502 header): export the keytab again"
+
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, principal="nobody@MVSYNC.TEST"))
+    assert isinstance(error, AuthenticationError)
+    assert str(error) == (
+        f"keytab {samba_kerberos.keytab} has no usable key for nobody@MVSYNC.TEST (No credentials cache found): "
+        f"`klist -k {samba_kerberos.keytab}` lists its principals; set principal to one of them, "
+        "or export the keytab again"
+    )
+
+
+def test_kdc_unreachable(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(samba_kerberos.krb5_conf.read_text().replace(":88", ":1"))  # nothing listens on port 1
+    monkeypatch.setenv("KRB5_CONFIG", str(conf))
+    # a cache of its own: tickets the process already holds would (rightly) keep working without the KDC
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, ccache=f"MEMORY:{tmp_path.name}"))
+    assert isinstance(error, ServerDownError)
+    assert str(error) == (
+        f"no KDC answered for the Kerberos bind as {samba_kerberos.principal} "
+        "(Cannot contact any KDC for realm 'MVSYNC.TEST'): check the realm's kdc entries in "
+        f"{conf} (KRB5_CONFIG) or the DNS SRV records _kerberos._tcp.<realm>, and that port 88 of the domain "
+        "controllers is reachable from this host"
+    )
+
+
+def test_clock_skew(ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path) -> None:
+    if not _FAKETIME.is_file():
+        require_or_skip("libfaketime is not installed (apt: faketime; tests/run.sh installs it)")
+    # MIT krb5 corrects the skew it learns from the KDC unless kdc_timesync is off, so switch it off
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(samba_kerberos.krb5_conf.read_text().replace("[libdefaults]", "[libdefaults]\n  kdc_timesync = 0"))
+    settings = ad_env.settings(**kerberos_settings(samba_kerberos)).model_dump(mode="json")
+    settings["password"] = None
+    script = (
+        "import json, logging, sys\n"
+        "from connector.agents.active_directory import ActiveDirectorySettings\n"
+        "from connector.agents.active_directory._connection import Link\n"
+        "from connector.sdk import ConnectorError\n"
+        "link = Link(ActiveDirectorySettings.model_validate(json.loads(sys.argv[1])), logging.getLogger())\n"
+        "try:\n    link.connect()\nexcept ConnectorError as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "KRB5_CONFIG": str(conf), "LD_PRELOAD": str(_FAKETIME), "FAKETIME": "+1h"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(settings)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == (
+        f"StopRunError Kerberos bind as {samba_kerberos.principal} failed (Clock skew too great): this host's clock "
+        "and the KDC's differ by more than the allowed skew (5 minutes by default); synchronise the time with the "
+        "domain (chrony or systemd-timesyncd against a DC; w32time on Windows)"
+    ), done.stderr
+
+
+def test_kerberos_settings_refuse_passwords_and_plain_ldap(ad_env: ADTestEnv) -> None:
+    base = {"host": "dc1.example.test", "base_dns": ["DC=example,DC=test"], "auth": "kerberos"}
+    ActiveDirectorySettings.model_validate({**base, "keytab": "/etc/mvsync/svc.keytab"})
+    with pytest.raises(ValueError, match="takes no password"):
+        ActiveDirectorySettings.model_validate({**base, "password": "x"})
+    with pytest.raises(ValueError, match="needs TLS"):
+        ActiveDirectorySettings.model_validate({**base, "security": "plain", "allow_plain_ldap": True})
+    with pytest.raises(ValueError, match="needs bind_dn and password"):
+        ActiveDirectorySettings.model_validate({**base, "auth": "simple"})
+
+
+def test_existing_credential_cache_without_a_keytab(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, delegated: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A cache something else keeps fresh (kinit -k, k5start, SSSD): the agent only reads it."""
+    people, guids = delegated
+    cache = f"FILE:{tmp_path / 'krb5cc'}"
+    env = {**os.environ, "KRB5CCNAME": cache}
+    subprocess.run(
+        ["kinit", "-k", "-t", str(samba_kerberos.keytab), samba_kerberos.principal], env=env, check=True, timeout=30
+    )
+    connector = ad_env.connector(
+        **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=cache, base_dns=[people])
+    )
+    name = next(iter(guids))
+    assert effective_attributes(connector._require_link(), f"CN={name},{people}") == {"thumbnailPhoto"}
+    empty = f"FILE:{tmp_path / 'empty-cc'}"
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=empty))
+    assert isinstance(error, AuthenticationError)
+    assert str(error).startswith(f"no Kerberos ticket for the principal of credential cache {empty} (")
+    assert str(error).endswith(f"set keytab, or keep the credential cache {empty} filled (kinit -k, k5start)")

@@ -1,0 +1,91 @@
+"""Pure logic of the Kerberos bind and the rights check (no server): error texts, rebind timing, gaps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from connector.agents.active_directory import ActiveDirectorySettings
+from connector.agents.active_directory import _kerberos as kerberos
+from connector.agents.active_directory._permissions import container_of, find_gaps, refusal
+from connector.sdk import AuthenticationError, StopRunError
+
+
+def _settings(**overrides: Any) -> ActiveDirectorySettings:
+    values: dict[str, Any] = {
+        "host": "10.0.0.5",
+        "base_dns": ["OU=Staff,DC=contoso,DC=com"],
+        "auth": "kerberos",
+        "keytab": "/etc/mvsync/svc.keytab",
+        "principal": "svc-mvsync@CONTOSO.COM",
+        "kerberos_host": "dc1.contoso.com",
+    }
+    values.update(overrides)
+    return ActiveDirectorySettings.model_validate(values)
+
+
+def test_signing_requirement_says_tls_satisfies_it() -> None:
+    error = kerberos.signing_required(
+        "dc1:389 (starttls)", "strongerAuthRequired: SASL:[GSSAPI]: Sign or Seal are required."
+    )
+    assert isinstance(error, StopRunError)
+    assert "keep security = 'ldaps' or 'starttls'" in str(error)
+    assert "allow_sasl_over_tls" in str(error) and "Sign or Seal are required" in str(error)
+
+
+def test_stale_key_and_unknown_principal() -> None:
+    stale = kerberos.explain(
+        RuntimeError("Major (851968): ..., Minor (2529638936): Preauthentication failed"), _settings()
+    )
+    assert isinstance(stale, AuthenticationError) and "export the keytab again" in str(stale)
+    unknown = kerberos.explain(
+        RuntimeError("Major (851968): ..., Minor (2529638918): Client 'x@CONTOSO.COM' not found in Kerberos database"),
+        _settings(),
+    )
+    assert isinstance(unknown, AuthenticationError) and "check the principal setting" in str(unknown)
+    other = kerberos.explain(RuntimeError("Major (1): odd, Minor (2): Something new"), _settings())
+    assert str(other) == "Kerberos bind as svc-mvsync@CONTOSO.COM to ldap/dc1.contoso.com failed: Something new"
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "after"), [(36000.0, 28800.0), (1200.0, 900.0), (600.0, 300.0), (100.0, 50.0), (None, 3600.0)]
+)
+def test_rebind_before_the_ticket_expires(
+    monkeypatch: pytest.MonkeyPatch, lifetime: float | None, after: float
+) -> None:
+    monkeypatch.setattr(kerberos, "_lifetime", lambda _settings: lifetime)
+    assert kerberos.rebind_after(_settings()) == after
+
+
+def test_spn_host_defaults_to_host() -> None:
+    assert kerberos.target_host(_settings(kerberos_host=None)) == "10.0.0.5"
+
+
+def test_gaps_group_by_attribute_and_container() -> None:
+    a, b, c = "CN=A,OU=Staff,DC=x", "CN=B,OU=Staff,DC=x", "CN=C\\, Jr,OU=Sales,DC=x"
+    assert container_of(c) == "OU=Sales,DC=x"
+    gaps = find_gaps(
+        [
+            (a, ["thumbnailPhoto"], frozenset({"thumbnailphoto"})),
+            (b, ["thumbnailPhoto", "mail"], frozenset()),
+            (c, ["thumbnailPhoto"], frozenset({"mail"})),
+        ]
+    )
+    assert [(g.attribute, g.container, g.dns) for g in gaps] == [
+        ("thumbnailPhoto", "OU=Staff,DC=x", [b]),
+        ("mail", "OU=Staff,DC=x", [b]),
+        ("thumbnailPhoto", "OU=Sales,DC=x", [c]),
+    ]
+    error = refusal(gaps, "X\\svc", "user")
+    assert error.status == "stopped-permission-issue"
+    assert str(error).count("grant it with: dsacls") == 3
+
+
+def test_windows_refuses_keytabs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import connector.agents.active_directory._settings as settings_module
+
+    monkeypatch.setattr(settings_module.sys, "platform", "win32")
+    with pytest.raises(ValueError, match="binds as the account mvsync runs as"):
+        _settings()
+    assert _settings(keytab=None, principal=None).auth == "kerberos"

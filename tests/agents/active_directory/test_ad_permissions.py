@@ -1,0 +1,146 @@
+"""Write rights read up front (``allowedAttributesEffective``): a missing right stops the export step
+before anything is written, and names the account, attribute, OU and the ``dsacls`` grant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.config import config_from_dict
+from connector.engine import Engine
+from connector.sdk import AttributeChange, ExportStatus, StopRunError
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.test_ad_export import update
+from tests.agents.active_directory.test_ad_kerberos import _engine_config, kerberos_settings
+from tests.harness.samba_dc import KerberosAccount, grant_write
+
+pytestmark = pytest.mark.samba
+
+
+def _two_ous(ad_env: ADTestEnv, account: KerberosAccount) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """``people`` (thumbnailPhoto delegated to the account) and ``other`` (nothing delegated)."""
+    people = ad_env.sub_ou("people")
+    other = ad_env.sub_ou("other")
+    grant_write(ad_env.ad, account, people, "thumbnailPhoto")
+    good = ad_env.add_users(ad_env.specs(3, photos=False), ou=people)
+    bad = ad_env.add_users(ad_env.specs(2, prefix="x", photos=False), ou=other)
+    return people, other, good, bad
+
+
+def test_rights_are_read_in_the_resolve_search_without_extra_round_trips(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount
+) -> None:
+    people, _other, good, _bad = _two_ous(ad_env, samba_kerberos)
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people]))
+    results = connector.export(
+        [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(good.values())]
+    )
+    assert [r.status for r in results] == [ExportStatus.SUCCESS] * 3
+    stats = connector.export_stats
+    assert (stats.rights_checked, stats.rights_reads, stats.writes) == (3, 0, 3)
+
+
+def test_missing_right_stops_the_step_before_any_write(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> None:
+    people, other, good, bad = _two_ous(ad_env, samba_kerberos)
+    usn_before = {n: ad_env.usn(n, people) for n in good} | {n: ad_env.usn(n, other) for n in bad}
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people, other]))
+    changes = [
+        update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i)))
+        for i, g in enumerate([*good.values(), *bad.values()])
+    ]
+    with pytest.raises(StopRunError) as caught:
+        connector.export(changes)
+    x0, x1 = (f"CN={n},{other}" for n in bad)
+    assert caught.value.status == "stopped-permission-issue"
+    assert str(caught.value) == (
+        "the export stopped before writing anything (allowedAttributesEffective, read up front): "
+        f"MVSYNC\\svc-mvsync may not write thumbnailPhoto on 2 object(s) in {other} ({x0}; {x1}); "
+        f'grant it with: dsacls "{other}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"'
+    )
+    # nothing was written, not even to the objects the account may write
+    assert {n: ad_env.usn(n, people) for n in good} | {n: ad_env.usn(n, other) for n in bad} == usn_before
+    assert connector.export_stats.writes == 0
+
+
+def test_attribute_not_delegated_is_named(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> None:
+    people, _other, good, _bad = _two_ous(ad_env, samba_kerberos)
+    connector = ad_env.connector(
+        **kerberos_settings(samba_kerberos, base_dns=[people]), export_attributes=("thumbnailPhoto", "telephoneNumber")
+    )
+    guid = next(iter(good.values()))
+    name = next(iter(good))
+    change = update(
+        guid, AttributeChange.replace("thumbnailPhoto", jpeg(1)), AttributeChange.replace("telephoneNumber", "+1 555")
+    )
+    with pytest.raises(StopRunError, match=r"may not write telephoneNumber on 1 object\(s\)") as caught:
+        connector.export([change])
+    assert "thumbnailPhoto" not in str(caught.value).split("grant it with")[0]
+    assert ad_env.read(name, "thumbnailPhoto", people) == []  # the permitted attribute was not written either
+
+
+def test_engine_export_step_stops_with_permission_issue(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path
+) -> None:
+    people, other, good, bad = _two_ous(ad_env, samba_kerberos)
+    photos = tmp_path / "hr"
+    photos.mkdir()
+    for i, name in enumerate([*good, *bad]):
+        (photos / f"{name}.jpg").write_bytes(jpeg(800 + i))
+    config = _engine_config(ad_env, samba_kerberos, people, photos)
+    config["agents"]["ad"]["settings"]["base_dns"] = [people, other]
+    engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
+    try:
+        run = engine.run_profile("Cycle")
+    finally:
+        engine.close()
+    export = next(s for s in run.steps if s.kind == "export")
+    assert export.status == "stopped-permission-issue", export.as_dict()
+    assert f'dsacls "{other}"' in export.message and "MVSYNC\\svc-mvsync" in export.message
+    for name in good:
+        assert ad_env.read(name, "thumbnailPhoto", people) == []
+    for name in bad:
+        assert ad_env.read(name, "thumbnailPhoto", other) == []
+
+
+def test_doctor_checks_a_sample_object_per_base_dn(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path
+) -> None:
+    from connector.doctor import run_doctor
+
+    people, other, good, bad = _two_ous(ad_env, samba_kerberos)
+    empty = ad_env.sub_ou("empty")
+    config = _engine_config(ad_env, samba_kerberos, people, tmp_path)
+    config["agents"]["ad"]["settings"]["base_dns"] = [people, other, empty]
+    report = run_doctor(config_from_dict(config, base_dir=ad_env.tmp_path), store=False)
+    verdicts = [(f.severity, f.message) for f in report.findings if f.check == "agents.ad.write-permissions"]
+    assert [severity for severity, _ in verdicts] == ["ok", "error", "warning"]
+    (_, fine), (_, refused), (_, nothing) = verdicts
+    sample_good = fine.split(" on ", 1)[1].split(" (sample", 1)[0]
+    sample_bad = refused.split(" on ", 1)[1].split(" (sample", 1)[0]
+    assert sample_good in {f"CN={n},{people}" for n in good} and sample_bad in {f"CN={n},{other}" for n in bad}
+    assert fine == f"MVSYNC\\svc-mvsync may write thumbnailPhoto on {sample_good} (sample of {people})"
+    assert refused == (
+        f"MVSYNC\\svc-mvsync may not write thumbnailPhoto on {sample_bad} (sample of {other}); grant it with: "
+        f'dsacls "{other}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"'
+    )
+    assert nothing == f"no user under {empty} to check write rights on"
+    assert not report.ok and report.exit_code == 6
+
+
+def test_account_without_any_right_is_read_object_by_object_and_named_by_its_dn(ad_env: ADTestEnv) -> None:
+    from tests.agents.active_directory.test_ad_engine import low_privilege_account
+
+    guids = ad_env.add_users(ad_env.specs(2, photos=False))
+    bind_dn, password = low_privilege_account(ad_env)
+    weak = bind_dn.split(",", 1)[0].split("=", 1)[1]
+    connector = ad_env.connector(bind_dn=bind_dn, password=password, delta_method="usn")
+    changes = [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())]
+    with pytest.raises(StopRunError) as caught:
+        connector.export(changes)
+    # the DC returns no allowedAttributesEffective at all for such an account: each object was asked alone
+    assert connector.export_stats.rights_reads == 2 and connector.export_stats.writes == 0
+    assert f"MVSYNC\\{weak} may not write thumbnailPhoto on 2 object(s) in {ad_env.ou}" in str(caught.value)
+    assert f'dsacls "{ad_env.ou}" /I:S /G "MVSYNC\\{weak}:RPWP;thumbnailPhoto;user"' in str(caught.value)
+    for name in guids:
+        assert ad_env.read(name, "thumbnailPhoto") == []
