@@ -416,7 +416,7 @@ def _demo_aware(findings: list[Finding], offline: bool) -> list[Finding]:
     if not offline:
         return findings
     return [
-        Finding(f.area, f.check, "warning", f"{EMULATOR_DOWN} ({f.message})") if f.severity == "error" else f
+        Finding(f.area, f.check, "warning", f"{EMULATOR_DOWN} ({f.message})") if f.severity != "ok" else f
         for f in findings
     ]
 
