@@ -274,7 +274,7 @@ class _Run:
             self.pipeline.release()
             out = self._on_outcome(event)
             if not out:  # nothing to commit for this user (gone, unchanged): its page need not wait
-                self.handed_over([CSEntryChange.delete(OBJECT_CLASS, event.task.user_id)])
+                self._done_with(event.task.user_id)
         elif isinstance(event, _UserSeen):
             out = self._on_user(event.user)
             user_id = str(event.user["id"])
@@ -425,11 +425,14 @@ class _Run:
     def handed_over(self, entries: list[CSEntryChange]) -> None:
         """``entries`` go to the engine now: their users no longer hold their listing page back."""
         for entry in entries:
-            page = self.page_of.pop(str(entry.anchor), None)
-            if page is not None:
-                self.pending[page] -= 1
-                if self.pending[page] <= 0:
-                    del self.pending[page]
+            self._done_with(str(entry.anchor))
+
+    def _done_with(self, user_id: str) -> None:
+        page = self.page_of.pop(user_id, None)
+        if page is not None:
+            self.pending[page] -= 1
+            if self.pending[page] <= 0:
+                del self.pending[page]
 
     def checkpoint(self) -> str | None:
         """Where a resumed full import restarts listing: the first page with users not yet handed over.
