@@ -342,8 +342,9 @@ class AdaptiveLimiter:
         window.delivered += ticket.weight * (1.0 - share)
         if pushback is not None:
             window.pushed_back += ticket.weight * share
-            if window.lowest is None or ticket.level < window.lowest.level:
-                window.lowest = ticket
+            lowest = window.lowest
+            if lowest is None or (ticket.epoch, -ticket.level) > (lowest.epoch, -lowest.level):
+                window.lowest = ticket  # the newest window's push-back sent at the lowest level
             if pushback[1] is not None:
                 window.retry_after = max(window.retry_after or 0.0, pushback[1])
         if window.answers < max(self.limit, self.min_window):
@@ -385,7 +386,8 @@ class AdaptiveLimiter:
             return
         if not lost:
             self._endemic_hold = self.endemic_min_s
-        if window.lowest is not None:
+        if window.lowest is not None and window.lowest.epoch == self._epoch:
+            # pushed back since the decrease (an answer to a request sent before it says nothing new)
             self._decrease(window.lowest, now, window.retry_after)
 
     def _decrease(self, ticket: Ticket, now: float, retry_after: float | None, *, trial: bool = True) -> None:
