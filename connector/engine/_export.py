@@ -170,6 +170,32 @@ def photo_outcomes(change: CSEntryChange, result: ExportResult) -> list[str]:
     return outcomes
 
 
+def _prepare(ctx: StepContext, connector: Connector[Any]) -> None:
+    """Show the connector the whole step before its first write (``Connector.prepare_export``).
+
+    In keyset pages, values left out (binary values empty): what is checked up front is which
+    objects and attributes the step will touch, not their bytes.
+    """
+    if type(connector).prepare_export is Connector.prepare_export:
+        return  # nothing to look at: skip the extra pass over the pending exports
+    last = -1
+    while True:
+        with ctx.store.read() as conn:
+            rows = pending_export_rows(conn, ctx.agent, after_id=last, limit=_PREPARE_PAGE)
+        if not rows:
+            return
+        last = rows[-1].id
+        connector.prepare_export([_to_change(r, _no_bytes) for r in rows])
+
+
+def _no_bytes(_sha256: str) -> bytes:
+    return b""
+
+
+#: Pending exports shown to ``prepare_export`` at a time (bounded memory, whatever the step's size).
+_PREPARE_PAGE = 5000
+
+
 def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, Any] | None:
     """Run one export step. ``connector`` is None in a dry run (nothing is sent)."""
     counters = ctx.result.counters
@@ -201,6 +227,8 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     batch_size = (
         ctx.step.batch_size if connector is None else min(ctx.step.batch_size, connector.capabilities.max_batch_size)
     )
+    if connector is not None:
+        _prepare(ctx, connector)
     ctx.progress.start(f"{ctx.agent}: export", total)
     last = -1
     while True:

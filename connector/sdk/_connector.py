@@ -117,6 +117,15 @@ class Connector(abc.ABC, Generic[SettingsT]):
     def import_page(self, request: ImportRequest) -> ImportPage:
         """Return one page of changes. Raise ``StopRunError`` only when the whole step must stop."""
 
+    def prepare_export(self, changes: Sequence[CSEntryChange]) -> None:
+        """Look at every change an export step will send before its first batch is written.
+
+        Called in chunks, in order, only by steps that write (not dry runs). The changes carry their
+        object, DN and attribute names but no values (binary values are left empty): enough to
+        check, say, write permissions up front. Raise ``StopRunError`` to stop the step before
+        anything is written. The default does nothing (and the engine then skips the pass).
+        """
+
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
         """Apply a batch of changes; return exactly one result per change, matched by identifier."""
         msg = f"{type(self).__name__} does not support export"

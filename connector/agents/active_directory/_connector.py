@@ -155,6 +155,10 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
             self._importer = Importer(self.settings, self._require_link(), self._schema, self.context)
         return self._importer.page(request)
 
+    def prepare_export(self, changes: Sequence[CSEntryChange]) -> None:
+        """The write rights for the whole step, read before its first batch (see ``Exporter.prepare``)."""
+        self._require_exporter().prepare(changes)
+
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
         return self._require_exporter().export(changes)
 

@@ -293,29 +293,49 @@ class Exporter:
         self._executor: ThreadPoolExecutor | None = None
         self._down = threading.Event()
         self._stats_lock = threading.Lock()
+        #: The engine handed the whole step to ``prepare`` and its rights were checked there.
+        self._prechecked = False
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+    def _plan(self, changes: Sequence[CSEntryChange]) -> tuple[list[_Planned], dict[int, ExportResult]]:
+        """Stages 1 and 2 for a whole batch: what to write per object, or its result already."""
         planned: list[_Planned] = []
         results: dict[int, ExportResult] = {}
-        for position, change in enumerate(changes):  # stages 1 and 2 for the whole batch first
+        for position, change in enumerate(changes):
             outcome = plan_change(change, self.object_class, self.allowed)
             if isinstance(outcome, ExportResult):
                 results[position] = outcome
             elif not outcome:
                 results[position] = ExportResult.success(change.identifier)
-                self.stats.noops += 1
             elif change.dn and not dn_in_scope(change.dn, self.normalized_bases):
                 results[position] = self._out_of_scope(change, change.dn)
             else:
                 planned.append(_Planned(position, change, outcome))
+        return planned, results
+
+    def prepare(self, changes: Sequence[CSEntryChange]) -> None:
+        """Check the rights for the step's changes before its first batch is written (raises to stop).
+
+        The engine calls this for every pending change of the step (in chunks, values left out), so
+        a right missing in the last batch stops the step before the first batch is written.
+        """
+        if not self.check_rights or self.ldif is not None or self.dry_run:
+            return
+        planned, _ = self._plan(changes)
+        self._resolve(planned)
+        self._check_rights([p for p in planned if p.result is None])
+        self._prechecked = True
+
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        planned, results = self._plan(changes)  # stages 1 and 2 for the whole batch first
+        self.stats.noops += sum(1 for r in results.values() if r.status == ExportStatus.SUCCESS)
         self._resolve(planned)  # stage 3
         ready = [p for p in planned if p.result is None]
-        if self.check_rights and self.ldif is None:
+        if self.check_rights and self.ldif is None and not self._prechecked:
             self._check_rights(ready)  # raises (stops the step) before any write
             ready = [p for p in ready if p.result is None]
         if self.dry_run:

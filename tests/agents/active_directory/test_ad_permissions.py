@@ -79,9 +79,11 @@ def test_attribute_not_delegated_is_named(ad_env: ADTestEnv, samba_kerberos: Ker
     assert ad_env.read(name, "thumbnailPhoto", people) == []  # the permitted attribute was not written either
 
 
+@pytest.mark.parametrize("batch_size", [100, 1])
 def test_engine_export_step_stops_with_permission_issue(
-    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path, batch_size: int
 ) -> None:
+    """With one object per batch too: the whole step's rights are read before its first write."""
     people, other, good, bad = _two_ous(ad_env, samba_kerberos)
     photos = tmp_path / "hr"
     photos.mkdir()
@@ -89,6 +91,9 @@ def test_engine_export_step_stops_with_permission_issue(
         (photos / f"{name}.jpg").write_bytes(jpeg(800 + i))
     config = _engine_config(ad_env, samba_kerberos, people, photos)
     config["agents"]["ad"]["settings"]["base_dns"] = [people, other]
+    for step in config["run_profiles"]["Cycle"]["steps"]:
+        if step["type"] == "export":
+            step["batch_size"] = batch_size
     engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
     try:
         run = engine.run_profile("Cycle")
