@@ -3,8 +3,9 @@
 Hybrid organisations keep the HD photos of on-premises mailboxes in those mailboxes, where Graph
 cannot read them; Exchange 2013 and later serve them over EWS. This emulator serves them the way
 the documentation describes, for the ``exchange-server-photos`` agent's tests, the demo and
-``mvsync bench import-ews``. Sources are in ``/work/shared/reference/field-notes-2.md`` §1 (quoted
-with the Microsoft page each fact comes from); "ASSUMPTION" marks what no source settles.
+``mvsync bench import-ews``. Each row names its Microsoft source (the MS-OXWSPHOTO and MS-OXWSCONT
+protocol specifications, and the EWS "Get user photos", GetUserPhoto operation, authentication and
+throttling pages on learn.microsoft.com); "ASSUMPTION" marks what no source settles.
 
 =====================================  =================================================================
 Request / situation                    Answer (source)
