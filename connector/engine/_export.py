@@ -178,14 +178,33 @@ def _prepare(ctx: StepContext, connector: Connector[Any]) -> None:
     """
     if type(connector).prepare_export is Connector.prepare_export:
         return  # nothing to look at: skip the extra pass over the pending exports
+    for rows, _ in _pending_pages(ctx, _PREPARE_PAGE, with_blobs=False):
+        connector.prepare_export([_to_change(r, _no_bytes) for r in rows])
+
+
+def _pending_pages(ctx: StepContext, limit: int, *, with_blobs: bool) -> Iterator[tuple[list[Any], dict[str, bytes]]]:
+    """The step's pending exports in keyset pages of ``limit``, with the photos they name if asked.
+
+    Each page is read in a transaction of its own that is closed before the caller exports it: no
+    read stays open while a directory is written.
+    """
     last = -1
     while True:
         with ctx.store.read() as conn:
-            rows = pending_export_rows(conn, ctx.agent, after_id=last, limit=_PREPARE_PAGE)
-        if not rows:
-            return
-        last = rows[-1].id
-        connector.prepare_export([_to_change(r, _no_bytes) for r in rows])
+            rows = pending_export_rows(conn, ctx.agent, after_id=last, limit=limit)
+            if not rows:
+                return
+            last = rows[-1].id
+            hashes = [
+                parse_blob_ref(v)[0]
+                for r in rows
+                for doc in (r.export_changes, r.hologram)
+                if doc and with_blobs
+                for v in _loads(doc).values()
+                if is_blob_ref(v)
+            ]
+            blobs = ctx.store.get_blobs(conn, hashes) if hashes else {}
+        yield rows, blobs
 
 
 def _no_bytes(_sha256: str) -> bytes:
@@ -230,22 +249,7 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     if connector is not None:
         _prepare(ctx, connector)
     ctx.progress.start(f"{ctx.agent}: export", total)
-    last = -1
-    while True:
-        with ctx.store.read() as conn:
-            rows = pending_export_rows(conn, ctx.agent, after_id=last, limit=batch_size)
-            if not rows:
-                break
-            last = rows[-1].id
-            hashes = [
-                parse_blob_ref(v)[0]
-                for r in rows
-                for doc in (r.export_changes, r.hologram)
-                if doc
-                for v in _loads(doc).values()
-                if is_blob_ref(v)
-            ]
-            blobs = ctx.store.get_blobs(conn, hashes)
+    for rows, blobs in _pending_pages(ctx, batch_size, with_blobs=True):
         changes = [_to_change(r, blobs.__getitem__) for r in rows]
         if connector is None:
             for change in changes:
