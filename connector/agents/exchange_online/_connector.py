@@ -28,7 +28,6 @@ that Graph no longer honours (an expired skip token) makes the engine start over
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from connector import metrics
+from connector.agents._mailbox_photo import photo_attributes, photo_values
 from connector.agents.exchange_online._auth import GraphAuth, make_session
 from connector.agents.exchange_online._graph import GraphClient, GraphResponse, RetryableError
 from connector.agents.exchange_online._photo_policy import doctor_checks as photo_policy_checks
@@ -115,11 +115,13 @@ SCHEMA = Schema.of(
             Attribute(name="mailNickname", access=_IMPORT_ONLY),
             Attribute(name="displayName", access=_IMPORT_ONLY),
             Attribute(name="accountEnabled", type=AttributeType.BOOLEAN, access=_IMPORT_ONLY),
-            Attribute(name="EXOPhoto", type=AttributeType.BINARY, description="photo at photo_size (JPEG)"),
-            Attribute(name="EXOPhotoChecksum", access=_IMPORT_ONLY, description="SHA-256 hex of EXOPhoto"),
-            Attribute(name="EXOPhotoETag", access=_IMPORT_ONLY, description="@odata.mediaEtag, unquoted"),
-            Attribute(name="EXOPhotoSize", type=AttributeType.INTEGER, access=_IMPORT_ONLY, description="bytes"),
-            Attribute(name="EXOPhotoLastChecked", type=AttributeType.DATETIME, access=_IMPORT_ONLY),
+            # the photo is exportable (a folder -> Exchange Online flow may write it)
+            *photo_attributes(
+                "EXO",
+                photo="photo at photo_size (JPEG)",
+                etag="@odata.mediaEtag, unquoted",
+                photo_access=AttributeAccess.IMPORT_EXPORT,
+            ),
         ),
     )
 )
@@ -409,13 +411,7 @@ class _Run:
             self.counters["photo_changes"] += 1
         values: dict[str, Any] = {"id": user_id, **attrs}
         if photo and outcome.data is not None:
-            values.update(
-                EXOPhoto=outcome.data,
-                EXOPhotoChecksum=checksum,
-                EXOPhotoETag=outcome.etag,
-                EXOPhotoSize=size,
-                EXOPhotoLastChecked=_dt.datetime.fromtimestamp(verified or now, _dt.UTC),
-            )
+            values.update(photo_values("EXO", outcome.data, checksum, outcome.etag, verified or now))
         return [CSEntryChange.add(OBJECT_CLASS, user_id, values)]
 
     def open_chain_for(self, user_id: str) -> bool:

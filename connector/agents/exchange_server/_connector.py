@@ -22,7 +22,6 @@ requests go through the process-wide limiter of this EWS host and account
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 
 import requests
 
+from connector.agents._mailbox_photo import photo_attributes, photo_values
 from connector.agents.exchange_online._state import IN_CS_NO, IN_CS_YES, PhotoState, UserState, Watermark
 from connector.agents.exchange_server._auth import make_auth, make_session
 from connector.agents.exchange_server._client import Fetched, PhotoClient
@@ -40,7 +40,6 @@ from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.sdk import (
     Attribute,
     AttributeAccess,
-    AttributeType,
     Capabilities,
     CheckResult,
     ConfigurationError,
@@ -69,11 +68,7 @@ SCHEMA = Schema.of(
         anchor="mail",
         attributes=(
             Attribute(name="mail", access=_IMPORT_ONLY, description="primary SMTP address, lower case"),
-            Attribute(name="EXSPhoto", type=AttributeType.BINARY, access=_IMPORT_ONLY, description="JPEG"),
-            Attribute(name="EXSPhotoChecksum", access=_IMPORT_ONLY, description="SHA-256 hex of EXSPhoto"),
-            Attribute(name="EXSPhotoETag", access=_IMPORT_ONLY, description="the ETag EWS sent"),
-            Attribute(name="EXSPhotoSize", type=AttributeType.INTEGER, access=_IMPORT_ONLY, description="bytes"),
-            Attribute(name="EXSPhotoLastChecked", type=AttributeType.DATETIME, access=_IMPORT_ONLY),
+            *photo_attributes("EXS", photo="JPEG", etag="the ETag EWS sent"),
         ),
     )
 )
@@ -163,13 +158,7 @@ class _Run:
         values: dict[str, Any] = {"mail": email}
         if data is not None:
             self.counters["photo_changes"] += 1
-            values.update(
-                EXSPhoto=data,
-                EXSPhotoChecksum=checksum,
-                EXSPhotoETag=got.etag,
-                EXSPhotoSize=size,
-                EXSPhotoLastChecked=_dt.datetime.fromtimestamp(verified, _dt.UTC),
-            )
+            values.update(photo_values("EXS", data, checksum, got.etag, verified))
         return [CSEntryChange.add(OBJECT_CLASS, email, values)]
 
 
