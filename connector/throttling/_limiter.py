@@ -16,6 +16,13 @@ happened; BBR's delivery rate for telling a limit from noise):
   that decrease went into the same overload, so their push-backs neither decrease nor pause again
   (the ``epoch`` on each ticket says which window a request belongs to); each of them just waits
   its own Retry-After (the caller re-sends it).
+* **A census, not a guess.** Everything in flight when the service pushed back met the same
+  overload, so what became of those requests measures the service: the units it accepted of that
+  load are what it carries at once (against a cap on requests in flight, exactly the cap; against a
+  rate, about the rate times the round trip). When the last of them is answered, the limit restarts
+  there and the remembered ceiling sits one unit above, instead of at a fixed fraction of the load
+  with regrowth into the same wall, each wall costing every thread a whole Retry-After pause.
+  (Nothing accepted, as when a whole window is refused, keeps the multiplicative decrease.)
 * **Additive increase.** Afterwards the limit grows by about one unit per round trip (``weight /
   limit`` per unit answered), and only while the limit is in use (Netflix's AIMDLimit rule: at
   least half of it in flight when the request was sent), so an idle client does not talk itself
@@ -134,6 +141,21 @@ class _Window:
 
 
 @dataclass(slots=True)
+class _Census:
+    """What became of the requests in flight when a decrease was made: the service's measure.
+
+    Everything in flight then met the same overload. The part the service accepted is how much it
+    carries at once (for a cap on requests in flight, exactly the cap; for a rate, the rate times the
+    round trip), which is a far better restart point than a fixed fraction of the load.
+    """
+
+    epoch: int
+    expected: float
+    accepted: float = 0.0
+    refused: float = 0.0
+
+
+@dataclass(slots=True)
 class _Trial:
     """A decrease on probation: the delivery rate before it, and the limit to restore."""
 
@@ -205,6 +227,9 @@ class AdaptiveLimiter:
         self._window = _Window(clock())
         self._last_rate: float | None = None
         self._trial: _Trial | None = None
+        self._census: _Census | None = None
+        #: Weight of the ticket being released (already out of ``_in_flight``), for a census.
+        self._releasing = 0
         self._endemic_until = 0.0
         self._endemic_share = 0.0
         self._endemic_hold = endemic_min_s
@@ -267,10 +292,14 @@ class AdaptiveLimiter:
             now = self._clock()
             self._in_flight -= ticket.weight
             self.stats.in_flight = self._in_flight
+            share = min(1.0, max(0.0, share)) if signal is Signal.THROTTLED else 0.0
+            self._releasing = ticket.weight
             if signal is Signal.OK:
                 self._on_ok(ticket, now)
             elif signal is Signal.THROTTLED:
-                self._on_pushback(ticket, now, retry_after, min(1.0, max(0.0, share)))
+                self._on_pushback(ticket, now, retry_after, share)
+            self._releasing = 0
+            self._count_census(ticket, signal, share, now)
             self._publish()
             self._cond.notify_all()
 
@@ -408,6 +437,7 @@ class AdaptiveLimiter:
             window = self._window
             share_now = window.pushed_back / window.answers if window.answers else 1.0
             self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
+        self._census = _Census(self._epoch, float(self._in_flight + self._releasing))
         self._epoch += 1
         if self._probe_started is not None:
             self.stats.probes_failed += 1
@@ -429,6 +459,34 @@ class AdaptiveLimiter:
         self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt())
         self._slow_start = False
         self.stats.decreases += 1
+
+    def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
+        """Count an answer to a request sent before the last decrease; when all are in, restart there.
+
+        The decrease guessed (a fixed fraction of the load); the census measures: the units the
+        service accepted out of what was in flight when it pushed back. The limit restarts at that
+        level and the remembered ceiling sits just above it, so regrowth does not walk back into the
+        same wall (each wall costs a whole ``Retry-After`` pause of every thread). A decrease since
+        undone as endemic keeps its own verdict.
+        """
+        census = self._census
+        if census is None or ticket.epoch > census.epoch:
+            return
+        if signal is Signal.OK:
+            census.accepted += ticket.weight
+        elif signal is Signal.THROTTLED:
+            census.accepted += ticket.weight * (1.0 - share)
+            census.refused += ticket.weight * share
+        else:
+            census.expected -= ticket.weight
+        if census.accepted + census.refused < census.expected:
+            return
+        self._census = None
+        if census.epoch != self._epoch - 1 or now < self._endemic_until or census.accepted < 1.0:
+            return
+        carried = max(self.floor, min(int(census.accepted), self.ceiling))
+        self._bad_level = max(self.floor + 1, carried + 1)
+        self._limit = float(carried)
 
     def _pause_locked(self, now: float, seconds: float) -> None:
         seconds = min(max(0.0, seconds), self.pause_max_s)

@@ -188,6 +188,37 @@ def test_a_burst_of_429s_from_one_window_decreases_once_and_pauses_everybody() -
     assert limiter.paused_for() == 0
 
 
+def test_the_first_push_back_measures_the_cap_so_a_cold_start_pays_one_pause() -> None:
+    """Slow start overshoots a cap of 50; what the service accepted of that load is the cap.
+
+    A fixed cut (to 70 % of the load) would regrow into the same wall and pay a second Retry-After
+    pause of every thread within seconds; the census lands on the cap and stays there.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("cold", ceiling=64, initial=32, clock=clock)
+    figures = simulate(limiter, clock, Concurrency(lambda t: 50), seconds=10, latency=0.5, weight=4)
+    assert (limiter.stats.decreases, limiter.stats.pauses) == (1, 1), limiter.stats
+    assert 44 <= limiter.limit <= 50, limiter.stats  # 12 batches of four units fit under 50
+    assert figures.answered / (50 / 0.5 * 10) >= 0.8, limiter.stats
+
+
+def test_a_census_completes_when_a_request_of_it_fails_for_another_reason() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("census", ceiling=64, initial=20, clock=clock)
+    tickets = [limiter.acquire() for _ in range(20)]
+    limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0)  # the decrease: 20 in flight
+    assert limiter.limit == 14  # a guess until the census is in
+    limiter.release(tickets[1], Signal.THROTTLED, retry_after=1.0)
+    limiter.release(tickets[2], Signal.FAILED)  # a reset says nothing about capacity
+    for ticket in tickets[3:-1]:
+        limiter.release(ticket, Signal.OK)
+    assert limiter.limit == 14  # one answer still out
+    limiter.release(tickets[-1], Signal.OK)
+    assert limiter.limit == 17  # seventeen of the twenty were carried: the service's measure
+    clock.now += 1.0
+    assert sum(limiter.acquire().weight for _ in range(17)) == limiter.in_flight == 17
+
+
 def test_backs_off_when_the_cap_drops_mid_run_and_recovers_when_it_rises() -> None:
     clock = FakeClock()
     limiter = _limiter(clock)

@@ -280,8 +280,11 @@ class GraphClient:
         self.limiter = limiter or shared_limiter(
             f"graph:{host}:{settings.tenant_id}:{settings.client_id}",
             ceiling=settings.concurrency,
-            # TCP's initial window is ten segments (RFC 6928); a quarter of the ceiling is as modest
-            initial=max(BATCH_PARALLELISM, settings.concurrency // 4),
+            # half the ceiling: slow start doubles once per round trip, and a $batch's round trip is
+            # five of Graph's; an overshoot costs one Retry-After pause, after which the limiter's
+            # census of what Graph accepted lands on the limit (a strict service refuses the first
+            # burst once per process, a small share of any real run)
+            initial=max(BATCH_PARALLELISM, settings.concurrency // 2),
             pause_initial_s=settings.backoff_initial_s,
             pause_max_s=settings.retry_after_max_s,
         )
