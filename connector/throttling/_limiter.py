@@ -16,20 +16,24 @@ happened; BBR's delivery rate for telling a limit from noise):
   that decrease went into the same overload, so their push-backs neither decrease nor pause again
   (the ``epoch`` on each ticket says which window a request belongs to); each of them just waits
   its own Retry-After (the caller re-sends it).
-* **A census, not a guess.** Everything in flight when the service pushed back met the same
-  overload, so what became of those requests measures the service: the units it accepted of that
-  load are what it carries at once (against a cap on requests in flight, exactly the cap; against a
-  rate, about the rate times the round trip). When the last of them is answered, the limit restarts
-  there and the remembered ceiling sits one unit above, instead of at a fixed fraction of the load
-  with regrowth into the same wall, each wall costing every thread a whole Retry-After pause.
-  (Nothing accepted, as when a whole window is refused, keeps the multiplicative decrease.)
+* **A census, not a guess, of where the wall is.** Everything in flight when the service pushed
+  back met the same overload, so what became of those requests measures the service: the units it
+  accepted of that load are what it carries at once (against a cap on requests in flight, exactly
+  the cap; against a rate, about the rate times the round trip). When the last of them is answered,
+  the remembered ceiling is set one unit above that count (never above the load pushed back), and
+  the limit is lowered to it if the cut left it higher. Regrowth then stops below the wall instead of
+  walking into it again, each wall costing every thread a whole Retry-After pause. The cut itself
+  stays multiplicative: only a cut of known size lets the delivery rate after it tell endemic
+  push-back from a limit (below). Nothing accepted (a whole window refused) says nothing.
 * **Additive increase.** Afterwards the limit grows by about one unit per round trip (``weight /
   limit`` per unit answered), and only while the limit is in use (Netflix's AIMDLimit rule: at
   least half of it in flight when the request was sent), so an idle client does not talk itself
   into a limit it never tested. A window with a push-back does not grow.
 * **Remembered ceiling, rare probes.** The in-flight level of the last decrease is remembered; the
-  limit stays one unit below it until a probe is due. A probe that is pushed back doubles the time
-  to the next one (up to ``probe_max_s``); a probe that holds for a full window means the service's
+  limit stays one unit below it until a probe is due: no sooner than ``probe_min_s``, 40 round
+  trips, and 30 times the pause the last push-back cost (a refused probe stops every thread for a
+  Retry-After, so this keeps probing near 3 % of the run). A probe that is pushed back doubles the
+  time to the next one (up to ``probe_max_s``); a probe that holds for a full window means the service's
   limit rose (or the model changed), and the memory is dropped. Against a stable limit the number
   of push-backs grows with the logarithm of the run's length, not with it.
 * **Was it about us?** Not every 429 is caused by this client's load: a tenant budget spent by
@@ -182,6 +186,7 @@ class AdaptiveLimiter:
         min_window: int = 20,
         probe_min_s: float = 10.0,
         probe_rtts: float = 40.0,
+        probe_pauses: float = 30.0,
         probe_max_s: float = 300.0,
         endemic_min_s: float = 10.0,
         endemic_max_s: float = 600.0,
@@ -203,6 +208,7 @@ class AdaptiveLimiter:
         self.min_window = min_window
         self.probe_min_s = probe_min_s
         self.probe_rtts = probe_rtts
+        self.probe_pauses = probe_pauses
         self.probe_max_s = probe_max_s
         self.endemic_min_s = endemic_min_s
         self.endemic_max_s = endemic_max_s
@@ -456,18 +462,19 @@ class AdaptiveLimiter:
             # its later items, and a batch sent at a low level is refused for the load that followed.)
             self._bad_level = max(self.floor + 1, min(load, int(self._limit) + 1))
             self._limit = max(float(self.floor), min(self._limit, float(load)) * self.backoff)
-        self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt())
+        # a refused probe costs every thread a pause: probing no sooner than ``probe_pauses`` of
+        # them later keeps that cost near 1/probe_pauses of the run (3 %) whatever Retry-After says
+        pause = self._paused_until - now
+        self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt(), self.probe_pauses * pause)
         self._slow_start = False
         self.stats.decreases += 1
 
     def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
-        """Count an answer to a request sent before the last decrease; when all are in, restart there.
+        """Count an answer to a request sent before the last decrease; when all are in, place the wall.
 
-        The decrease guessed (a fixed fraction of the load); the census measures: the units the
-        service accepted out of what was in flight when it pushed back. The limit restarts at that
-        level and the remembered ceiling sits just above it, so regrowth does not walk back into the
-        same wall (each wall costs a whole ``Retry-After`` pause of every thread). A decrease since
-        undone as endemic keeps its own verdict.
+        The units the service accepted out of what was in flight when it pushed back are what it
+        carries (see the module docstring): the remembered ceiling goes just above them. A decrease
+        since undone as endemic keeps its own verdict.
         """
         census = self._census
         if census is None or ticket.epoch > census.epoch:
@@ -486,7 +493,7 @@ class AdaptiveLimiter:
             return
         carried = max(self.floor, min(int(census.accepted), self.ceiling))
         self._bad_level = max(self.floor + 1, carried + 1)
-        self._limit = float(carried)
+        self._limit = min(self._limit, float(carried))
 
     def _pause_locked(self, now: float, seconds: float) -> None:
         seconds = min(max(0.0, seconds), self.pause_max_s)

@@ -191,8 +191,8 @@ def test_a_burst_of_429s_from_one_window_decreases_once_and_pauses_everybody() -
 def test_the_first_push_back_measures_the_cap_so_a_cold_start_pays_one_pause() -> None:
     """Slow start overshoots a cap of 50; what the service accepted of that load is the cap.
 
-    A fixed cut (to 70 % of the load) would regrow into the same wall and pay a second Retry-After
-    pause of every thread within seconds; the census lands on the cap and stays there.
+    Regrowth aimed at the overshoot (the load pushed back) would walk into the same wall and pay a
+    second Retry-After pause of every thread within seconds; aimed at the census it stops below it.
     """
     clock = FakeClock()
     limiter = AdaptiveLimiter("cold", ceiling=64, initial=32, clock=clock)
@@ -214,9 +214,22 @@ def test_a_census_completes_when_a_request_of_it_fails_for_another_reason() -> N
         limiter.release(ticket, Signal.OK)
     assert limiter.limit == 14  # one answer still out
     limiter.release(tickets[-1], Signal.OK)
-    assert limiter.limit == 17  # seventeen of the twenty were carried: the service's measure
+    # seventeen of the twenty were carried: the service's measure, where regrowth now stops (the cut
+    # itself stays, so the delivery rate after it can still tell endemic push-back from a limit)
+    assert limiter.limit == 14
     clock.now += 1.0
-    assert sum(limiter.acquire().weight for _ in range(17)) == limiter.in_flight == 17
+    grown = 0
+    while limiter.limit < 17 and grown < 500:
+        ticket = limiter.acquire(limiter.limit)
+        clock.now += 0.1
+        limiter.release(ticket, Signal.OK)
+        grown += 1
+    assert limiter.limit == 17
+    for _ in range(100):  # ten seconds at the measured level: no growth past it before a probe is due
+        ticket = limiter.acquire(limiter.limit)
+        clock.now += 0.1
+        limiter.release(ticket, Signal.OK)
+    assert limiter.limit == 17
 
 
 def test_backs_off_when_the_cap_drops_mid_run_and_recovers_when_it_rises() -> None:
@@ -238,9 +251,12 @@ def test_throttling_that_is_not_about_our_load_does_not_collapse_the_limit() -> 
     """10 % of requests throttled whatever we do: only those requests wait; the limit stays high."""
     clock = FakeClock()
     limiter = AdaptiveLimiter("noise", ceiling=64, clock=clock)
-    simulate(limiter, clock, Noise(0.10), seconds=200, latency=0.1)
+    figures = simulate(limiter, clock, Noise(0.10), seconds=200, latency=0.1)
     assert limiter.limit >= 32, limiter.stats
     assert limiter.stats.isolated > limiter.stats.decreases
+    # each decrease pauses every thread: a client that paused for each of those would crawl
+    assert limiter.stats.pauses <= 20, limiter.stats
+    assert figures.answered / 200 >= 0.7 * 64 / 0.1, limiter.stats
 
 
 def test_an_idle_client_does_not_grow_its_limit() -> None:
