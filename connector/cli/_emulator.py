@@ -38,6 +38,14 @@ def serve(
         ),
     ] = "default",
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
+    warm_sizes: Annotated[
+        str,
+        typer.Option(
+            "--warm-sizes",
+            help="Comma-separated HD sizes (e.g. 648) to render for every photo before serving, as the "
+            "benchmarks do: otherwise the first downloads wait for rendering, which Graph's stored photos never do.",
+        ),
+    ] = "",
     json_out: JsonOption = False,
 ) -> None:
     """Serve Graph v1.0 and the identity platform on https://127.0.0.1:PORT until Ctrl-C."""
@@ -49,6 +57,7 @@ def serve(
         config = EmulatorConfig(
             users=users, photo_ratio=photo_ratio, seed=seed, latency_ms=latency_ms, faults=profile, port=port, **limits
         )
+        sizes = _warm_sizes(warm_sizes)
     except ValueError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
     stop = threading.Event()
@@ -63,6 +72,7 @@ def serve(
     except OSError as exc:
         raise fail(f"cannot listen on 127.0.0.1:{port}: {exc}", EXIT_CONFIG) from None
     try:
+        emulator.tenant.templates.warm(sizes)
         info = emulator.info
         if json_out:
             print_json({**info, "throttle": limits})
@@ -86,3 +96,14 @@ def serve(
 def register(app: typer.Typer) -> None:
     """Add ``mvsync emulator ...``."""
     app.add_typer(emulator_app, name="emulator")
+
+
+def _warm_sizes(text: str) -> list[int]:
+    from connector.emulator import HD_SIZES
+
+    sizes = [size.strip() for size in text.split(",") if size.strip()]
+    bad = [size for size in sizes if not size.isdigit() or int(size) not in HD_SIZES]
+    if bad:
+        listed = ", ".join(str(size) for size in HD_SIZES)
+        raise ValueError(f"--warm-sizes takes Graph's HD photo sizes ({listed}), comma-separated; not {', '.join(bad)}")
+    return [int(size) for size in sizes]

@@ -12,6 +12,7 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -175,6 +176,20 @@ class PhotoTemplates:
         if data is None:
             data = _ORIGINALS[spec] = _render(spec)
         return data
+
+    def warm(self, sizes: Iterable[int]) -> int:
+        """Render every original and its ``sizes`` variants now; return how many images were made.
+
+        Graph serves stored photos; this pool renders on first use, several seconds of CPU on the
+        machine the client under test shares. A benchmark warms the pool before it measures.
+        """
+        wanted = sorted(set(sizes))
+        made = 0
+        for index, spec in enumerate(self.specs):
+            for size in (s for s in wanted if s in available_sizes(spec.width, spec.height)):
+                made += (spec, size) not in _VARIANTS
+                self.variant(index, size)
+        return made
 
     def variant(self, index: int, size: int) -> bytes:
         key = (self.specs[index], size)

@@ -197,3 +197,25 @@ def test_admin_photo_changes_are_visible_at_once(api: Api) -> None:
     assert api.get(f"/users/{user['id']}/photo/$value").status_code == 404
     with pytest.raises(ValueError):
         api.emu.admin.set_photo(user["id"], b"junk")
+
+
+def test_warming_renders_each_template_once_at_the_sizes_it_has() -> None:
+    """A benchmark warms the pool so its clock never waits for rendering (Graph's photos are stored)."""
+    from connector.emulator._photos import PhotoTemplates, available_sizes
+
+    templates = PhotoTemplates(seed=99_001, count=6)
+    expected = sum(648 in available_sizes(s.width, s.height) for s in templates.specs)
+    assert templates.warm([648]) == expected
+    assert templates.warm([648]) == 0  # cached: nothing left to render
+    for index, spec in enumerate(templates.specs):
+        if 648 in available_sizes(spec.width, spec.height):
+            assert templates.cached_variant(index, 648) is not None
+
+
+def test_cli_serve_rejects_bad_warm_sizes() -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "from connector.cli import main; main()", "emulator", "serve", "--warm-sizes", "big"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "HD photo sizes" in proc.stderr and "not big" in proc.stderr
