@@ -101,7 +101,7 @@ def _spnego_auth() -> Any:
     import requests_gssapi
     from gssapi.raw.misc import GSSError
 
-    logging.getLogger("requests_gssapi").addFilter(_no_traceback)
+    logging.getLogger("requests_gssapi.gssapi_").addFilter(_no_traceback)  # its module logger
 
     class MutualCheckedAuth(requests_gssapi.HTTPSPNEGOAuth):  # type: ignore[misc]
         def authenticate_server(self, response: requests.Response) -> bool:

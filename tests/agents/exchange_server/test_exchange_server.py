@@ -275,3 +275,17 @@ def test_check_for_doctor(ews: EwsEmulator, tmp_path: Path) -> None:
     with _agent(ews, tmp_path / "bad", auth="basic", password="nope") as agent:
         result = agent.check()
     assert not result.ok and "HTTP 401" in result.detail and "nope" not in result.detail
+
+
+def test_the_kerberos_library_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """requests-gssapi logs its failures with ``log.exception``; a user must see one line, not a traceback."""
+    gssapi_module = pytest.importorskip("requests_gssapi.gssapi_")
+    from connector.agents.exchange_server._auth import _spnego_auth
+
+    _spnego_auth()
+    try:
+        raise RuntimeError("GSSAPI step failed")
+    except RuntimeError:
+        gssapi_module.log.exception("generate_request_header(): initiating context failed:")
+    record = next(r for r in caplog.records if r.name == "requests_gssapi.gssapi_")
+    assert record.exc_info is None and "Traceback" not in caplog.text
