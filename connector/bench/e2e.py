@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -150,6 +151,9 @@ def run(
         "exports_confirmed": count(full, "delta-import", "exports_confirmed", "ad"),
         "exo_import_errors": count(full, "full-import", "import_errors", "exo"),
         "exs_import_errors": count(full, "full-import", "import_errors", "exs"),
+        # per-object errors of the full cycle by name: people with an on-premises mailbox are not among
+        # them (the exo agent imports them as a known state, EXOMailboxLocation = on-premises)
+        "full_cycle_error_names": dict(Counter(e.error_name for s in full.steps for e in s.errors)),
         "delta_cycle_status": delta.status,
         "delta_cycle_no_change_s": round(delta_s, 2),
         "delta_cycle_cpu_s": round(delta_cpu, 2),

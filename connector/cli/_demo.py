@@ -35,8 +35,8 @@ def _print_report(report: dict[str, Any]) -> None:
     console.print(
         f"Tenant: {report['tenant']['users']} emulated users, {report['tenant']['photos']} with photos "
         f"({report['tenant']['note']}). Graph cannot serve the photos of the "
-        f"{report['exchange_server']['mailboxes']} users with an on-premises mailbox (exo reports them as "
-        "'mailbox-not-in-exchange-online'); the exs agent reads their "
+        f"{report['exchange_server']['mailboxes']} users with an on-premises mailbox (exo imports them "
+        "with EXOMailboxLocation = on-premises, a known state, not an error); the exs agent reads their "
         f"{report['exchange_server']['photos']} photos from Exchange Server over EWS instead.",
         highlight=False,
     )

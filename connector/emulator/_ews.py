@@ -37,14 +37,26 @@ Extended Protection is required        Extended Protection; RFC 5929 ``tls-serve
 no or wrong credentials                401 with ``WWW-Authenticate: NTLM`` / ``Negotiate`` / ``Basic``
                                        (authentication-and-ews-in-exchange: NTLM on-premises, Basic no
                                        longer recommended; OAuth in hybrid modern authentication)
+``Authorization: Negotiate`` with a    accepted with the keytab of ``HTTP/<host>``; the answer carries
+Kerberos ticket (SPNEGO)               ``WWW-Authenticate: Negotiate <token>``, the mutual-authentication
+                                       token (RFC 4559 §5); the connection then stays authenticated (IIS
+                                       ``windowsAuthentication``: a Kerberos client is authenticated once
+                                       per connection by default, WindowsAuthenticationSection reference)
+a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 4559 §5)
+(another service's, a stale key)
 =====================================  =================================================================
 
 NTLM is connection-based, as IIS does it: the three-leg handshake runs on one TCP connection, which
 then stays authenticated for later requests (no new handshake per photo). The NTLM acceptor is
 pyspnego's (the library requests-ntlm uses on the client side); it reads the account from the file
 named by ``NTLM_USER_FILE``, which the emulator writes and points the variable at while it runs.
-Negotiate/Kerberos needs a KDC and is not emulated. Bearer tokens are accepted when the
-``bearer_validator`` given to the emulator accepts them (tests use the Graph emulator's identity).
+Negotiate/Kerberos is real Kerberos: with ``"negotiate"`` in ``auth`` the emulator accepts tickets
+with MIT krb5 (python-gssapi) and ``kerberos_keytab``, the keys of an ``HTTP/<host>`` service
+principal registered in a real KDC (the tests use the harness's Samba AD DC); a Negotiate header
+that carries NTLM (``NTLMSSP``) still goes to the NTLM acceptor when ``"ntlm"`` is offered too.
+With ``extended_protection`` the Kerberos acceptor also demands the TLS channel binding. Bearer
+tokens are accepted when the ``bearer_validator`` given to the emulator accepts them (tests use the
+Graph emulator's identity).
 
 Faults reuse the Graph emulator's profiles (``_faults``): "429" becomes ``ErrorServerBusy`` (EWS has
 no 429), 503 is IIS's queue-full answer, and resets, truncated bodies and extra latency as there.
@@ -125,7 +137,9 @@ class EwsConfig:
     burst: int = 300
     faults: FaultSpec = None
     #: Authentication schemes the EWS virtual directory offers, in the order of its WWW-Authenticate.
-    auth: tuple[Literal["ntlm", "basic", "bearer"], ...] = ("ntlm", "basic")
+    auth: tuple[Literal["negotiate", "ntlm", "basic", "bearer"], ...] = ("ntlm", "basic")
+    #: Keytab with the keys of EWS's ``HTTP/<host>`` service principal (needed with "negotiate").
+    kerberos_keytab: Path | None = None
     username: str = "svc-mvsync"
     netbios_domain: str = "CONTOSO"
     password: str = field(default_factory=lambda: "Emu-" + secrets.token_urlsafe(12))
@@ -218,6 +232,9 @@ class EwsService:
         self.bearer_validator = bearer_validator
         #: ``tls-server-end-point`` channel bindings of the server certificate (set by the emulator).
         self.channel_bindings: Any = None
+        #: Kerberos principals authenticated so far (tests check who the agent was).
+        self.kerberos_clients: set[str] = set()
+        self._acceptor: Any = None
         self._generate()
 
     def _generate(self) -> None:
@@ -301,6 +318,13 @@ class EwsService:
         if denied is not None:
             self.stats.count("unauthorized")
             return denied
+        mutual = req.conn.pop("negotiate_reply", None)
+        response = await self._admitted(req, path)
+        if mutual is not None:  # the mutual-authentication token goes with the answer (RFC 4559 §5)
+            response.headers.append(("WWW-Authenticate", f"Negotiate {mutual}"))
+        return response
+
+    async def _admitted(self, req: Request, path: str) -> Response:
         if self.max_concurrency is not None and self.in_flight >= self.max_concurrency:
             self.stats.count("throttled")
             self.stats.faults["ErrorExceededConnectionCount"] += 1
@@ -390,7 +414,12 @@ class EwsService:
 
     # -- authentication -----------------------------------------------------------------------
     def _challenge(self, extra: str | None = None) -> Response:
-        offers = {"ntlm": "NTLM", "basic": 'Basic realm="mail.contoso.example"', "bearer": "Bearer"}
+        offers = {
+            "negotiate": "Negotiate",
+            "ntlm": "NTLM",
+            "basic": 'Basic realm="mail.contoso.example"',
+            "bearer": "Bearer",
+        }
         schemes = [extra] if extra else [offers[s] for s in self.config.auth]
         headers = [("WWW-Authenticate", scheme) for scheme in schemes]
         return Response(401, b"401 - Unauthorized: Access is denied due to invalid credentials.", headers)
@@ -401,6 +430,8 @@ class EwsService:
             return None  # an NTLM-authenticated connection (IIS keeps it authenticated)
         scheme, _, token = req.headers.get("authorization", "").partition(" ")
         scheme = scheme.lower()
+        if scheme == "negotiate" and "negotiate" in self.config.auth and not _is_ntlm(token):
+            return self._kerberos(req, token.strip())
         if scheme not in self.config.auth and not (scheme == "negotiate" and "ntlm" in self.config.auth):
             return self._challenge()
         if scheme == "basic":
@@ -409,6 +440,35 @@ class EwsService:
             ok = self.bearer_validator is not None and self.bearer_validator(token.strip())
             return None if ok else self._challenge('Bearer error="invalid_token"')
         return self._ntlm(req, scheme, token.strip())
+
+    def _kerberos(self, req: Request, token: str) -> Response | None:
+        """Accept a Kerberos ticket (SPNEGO) with the service keytab; one leg, as Kerberos needs."""
+        import gssapi
+        from gssapi.raw.misc import GSSError
+
+        try:
+            if self._acceptor is None:
+                keytab = f"FILE:{self.config.kerberos_keytab}"
+                self._acceptor = gssapi.Credentials(usage="accept", store={"keytab": keytab})
+            bindings = self.channel_bindings
+            gss_bindings = (
+                gssapi.raw.ChannelBindings(application_data=bindings.application_data) if bindings is not None else None
+            )
+            context = gssapi.SecurityContext(creds=self._acceptor, usage="accept", channel_bindings=gss_bindings)
+            answer = context.step(base64.b64decode(token))
+            # a failed step may return the KRB-ERROR token and raise only here (python-gssapi keeps it)
+            complete, principal = context.complete, str(context.initiator_name)
+        except (GSSError, binascii.Error):
+            self.stats.count("negotiate_refused")
+            return self._challenge("Negotiate")
+        if not complete:  # Kerberos completes in one leg; nothing else is offered under SPNEGO
+            return self._challenge("Negotiate")
+        self.kerberos_clients.add(principal)
+        self.stats.count("negotiate_ok")
+        req.conn["user"] = principal
+        if answer:
+            req.conn["negotiate_reply"] = base64.b64encode(answer).decode()
+        return None
 
     def _basic_ok(self, token: str) -> bool:
         try:
@@ -437,6 +497,14 @@ class EwsService:
         req.conn["user"] = context.client_principal or "?"
         req.conn.pop("ntlm", None)
         return None
+
+
+def _is_ntlm(token: str) -> bool:
+    """Whether a Negotiate header carries raw NTLM (what Windows clients send when Kerberos is out)."""
+    try:
+        return base64.b64decode(token.strip()).startswith(b"NTLMSSP\x00")
+    except binascii.Error:
+        return False
 
 
 def _channel_bindings(cert_pem: bytes) -> Any:
@@ -477,6 +545,9 @@ class EwsEmulator:
         server_cert = ca.issue_cert("127.0.0.1", "localhost")
         server_cert.configure_cert(context)
         cfg = self.config
+        if "negotiate" in cfg.auth and cfg.kerberos_keytab is None:
+            self.stop()
+            raise ValueError("EwsConfig: auth offers negotiate, so kerberos_keytab (the HTTP/<host> keys) is needed")
         if cfg.extended_protection:
             self.service.channel_bindings = _channel_bindings(server_cert.cert_chain_pems[0].bytes())
         users = self._tmp / "ntlm-users"
@@ -588,6 +659,7 @@ class EwsEmulator:
         def run() -> dict[str, Any]:
             out = self.service.stats.snapshot()
             out["peak_in_flight"] = self.service.peak_in_flight
+            out["kerberos_clients"] = sorted(self.service.kerberos_clients)
             return out
 
         return self._call(run)

@@ -106,6 +106,7 @@ _E2E_KEYS = {
     "photos_exported",
     "exports_confirmed",
     "exo_import_errors",
+    "full_cycle_error_names",
     "delta_cycle_status",
     "delta_cycle_no_change_s",
     "delta_cycle_cpu_s",
@@ -259,7 +260,9 @@ def _check_e2e(result: dict[str, Any], users: int) -> None:
     # every exported thumbnail is confirmed by the import that follows the export
     assert 0 < result["photos_exported"] <= users
     assert result["exports_confirmed"] == result["photos_exported"]
-    assert 0 <= result["exo_import_errors"] < users
+    # people with an on-premises mailbox are a known state of the exo agent, not per-object errors
+    assert result["exo_import_errors"] == 0 and result["full_cycle_error_names"] == {}
+    assert result["full_cycle_status"] == "success"
     # hybrid (issue #19): everyone with a photo in Exchange Online, Exchange Server or HR gets a thumbnail
     assert result["exs_import_errors"] == 0
     assert result["directory_users_with_source_photo"] == result["photos_exported"]

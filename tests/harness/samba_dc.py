@@ -75,6 +75,7 @@ __all__ = [
     "ADSettings",
     "KerberosAccount",
     "SambaUnavailable",
+    "ServicePrincipal",
     "UserSpec",
     "connect",
     "create_users",
@@ -85,6 +86,7 @@ __all__ = [
     "kdc_running",
     "kerberos_account",
     "samba_lease",
+    "service_principal",
     "settings_from_env",
     "stop_samba",
 ]
@@ -551,6 +553,49 @@ def kerberos_account(settings: ADSettings, name: str = "svc-mvsync") -> Kerberos
     finally:
         conn.unbind()
     return KerberosAccount(name, principal, dn, sid, keytab, dc.krb5_conf, dc.fqdn, dc.domain)
+
+
+@dataclass(frozen=True)
+class ServicePrincipal:
+    """A web service's Kerberos identity: ``HTTP/<host>`` on an account, and the service's keytab."""
+
+    account: str
+    #: ``HTTP/<host>``: what a client asks the KDC a ticket for.
+    spn: str
+    host: str
+    #: The keys of ``spn`` only (what the service accepts tickets with; no client can use it).
+    keytab: Path
+    krb5_conf: Path
+
+
+def service_principal(
+    settings: ADSettings, host: str, account: str = "ews-http", service: str = "HTTP"
+) -> ServicePrincipal:
+    """Register ``<service>/<host>`` on a fresh ``account`` and export that SPN's keys, as for an IIS site.
+
+    What an Exchange administrator does for Kerberos to a load-balanced EWS namespace (an
+    alternate service account holding ``HTTP/mail.contoso.com``): ``samba-tool user add`` +
+    ``spn add`` + ``domain exportkeytab --principal=<spn>`` here, ``setspn -S`` + ``ktpass`` on
+    Windows. Idempotent; the keytab is written afresh each time.
+    """
+    dc = _dc_of(settings)
+    spn = f"{service}/{host}"
+    keytab = dc.directory / "kerberos" / f"{account}.keytab"
+    with _locked(dc.directory):
+        if _samba_tool(dc, "user", "show", account).returncode != 0:
+            created = _samba_tool(dc, "user", "create", account, "--random-password")
+            _require(created, f"samba-tool user create {account}")
+        if spn not in _samba_tool(dc, "spn", "list", account).stdout:
+            _require(_samba_tool(dc, "spn", "add", spn, account), f"samba-tool spn add {spn}")
+        keytab.parent.mkdir(parents=True, exist_ok=True)
+        keytab.unlink(missing_ok=True)  # exportkeytab appends; a stale key would linger
+        _require(
+            _samba_tool(dc, "domain", "exportkeytab", str(keytab), f"--principal={spn}@{dc.realm}", database=False),
+            f"samba-tool domain exportkeytab --principal={spn}",
+        )
+        keytab.chmod(0o600)
+        dc.write_krb5_conf()
+    return ServicePrincipal(account, spn, host, keytab, dc.krb5_conf)
 
 
 def grant_write(settings: ADSettings, account: KerberosAccount, ou_dn: str, attribute: str) -> None:

@@ -46,6 +46,7 @@ from connector import metrics
 from connector.agents._mailbox_photo import photo_attributes, photo_values
 from connector.agents.exchange_online._auth import GraphAuth, make_session
 from connector.agents.exchange_online._graph import GraphClient, GraphResponse, RetryableError
+from connector.agents.exchange_online._hybrid import location_attribute, mailbox_location_values, same_mailbox_location
 from connector.agents.exchange_online._photo_policy import doctor_checks as photo_policy_checks
 from connector.agents.exchange_online._photo_policy import guard_photo_export
 from connector.agents.exchange_online._photos import PhotoOutcome, PhotoTask, is_no_photo
@@ -122,6 +123,7 @@ SCHEMA = Schema.of(
                 etag="@odata.mediaEtag, unquoted",
                 photo_access=AttributeAccess.IMPORT_EXPORT,
             ),
+            location_attribute(),
         ),
     )
 )
@@ -376,7 +378,7 @@ class _Run:
         if photo:
             self.counters["photo_downloads"] += 1
         checksum = outcome.checksum or None
-        same_bytes = row is not None and row.checksum == checksum
+        same_bytes = row is not None and row.checksum == checksum and same_mailbox_location(row.etag, outcome.etag)
         if (
             not self.full
             and row is not None
@@ -396,7 +398,7 @@ class _Run:
             UserState(
                 user_id,
                 attrs,
-                outcome.etag if photo else None,
+                outcome.etag,  # a photo's version, the on-premises marker (_hybrid), or None
                 checksum,
                 size,
                 IN_CS_YES,
@@ -409,7 +411,7 @@ class _Run:
         )
         if not self.full:
             self.counters["photo_changes"] += 1
-        values: dict[str, Any] = {"id": user_id, **attrs}
+        values: dict[str, Any] = {"id": user_id, **attrs, **mailbox_location_values(outcome.etag, self.counters)}
         if photo and outcome.data is not None:
             values.update(photo_values("EXO", outcome.data, checksum, outcome.etag, verified or now))
         return [CSEntryChange.add(OBJECT_CLASS, user_id, values)]
@@ -511,6 +513,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                 "verified_same",
                 "reverified",
                 "state_forgotten",
+                "mailbox_on_premises",
             ),
             0,
         )

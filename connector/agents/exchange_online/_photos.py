@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from connector.agents.exchange_online._graph import RETRYABLE_STATUS, BatchItem, GraphResponse
+from connector.agents.exchange_online._hybrid import MAILBOX_NOT_FOUND_CODES, ON_PREMISES_ETAG, mailbox_on_premises
 from connector.agents.exchange_online._settings import HD_PHOTO_SIZES
 
 __all__ = [
@@ -129,8 +130,8 @@ def _legacy_gif(resp: GraphResponse) -> bool:
 def _error_name(resp: GraphResponse) -> str:
     """MIM-style per-object error names for what Graph can say about one user's photo."""
     code = resp.error_code
-    if code == "MailboxNotHostedInExchangeOnline":
-        return "mailbox-not-in-exchange-online"
+    if code.lower() in MAILBOX_NOT_FOUND_CODES:
+        return "mailbox-not-found"
     if resp.status == 400 and code == "AuthenticationError":
         return "no-exchange-mailbox"
     if resp.status == 403:
@@ -142,6 +143,18 @@ def _error_name(resp: GraphResponse) -> str:
     return f"graph-http-{resp.status}"
 
 
+def _held_no_photo(task: PhotoTask) -> bool:
+    """Whether the connector space already holds "no photo" for the user, with the mailbox in Exchange Online."""
+    return task.baseline == (False, None)
+
+
+def on_premises_outcome(task: PhotoTask) -> PhotoOutcome:
+    """A mailbox Graph says is on-premises (``_hybrid``): no photo here, versioned by the on-premises marker."""
+    if task.baseline == (False, ON_PREMISES_ETAG):
+        return PhotoOutcome(task, "unchanged", etag=ON_PREMISES_ETAG)
+    return PhotoOutcome(task, "none", etag=ON_PREMISES_ETAG)
+
+
 def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) -> PhotoTask | PhotoOutcome:
     """What ``resp`` means for ``task``: a follow-up request (probe -> get) or a final outcome.
 
@@ -150,9 +163,9 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
     if resp.status == 404 and resp.error_code == "Request_ResourceNotFound":
         return PhotoOutcome(task, "gone")
     if is_no_photo(resp):
-        if task.baseline is not None and not task.baseline[0]:
-            return PhotoOutcome(task, "unchanged")
-        return PhotoOutcome(task, "none")
+        return PhotoOutcome(task, "unchanged" if _held_no_photo(task) else "none")
+    if mailbox_on_premises(resp):
+        return on_premises_outcome(task)
     if not resp.ok:
         return PhotoOutcome(task, "error", error=_error_name(resp), detail=resp.describe())
     if task.kind == "probe":
@@ -164,9 +177,7 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
             )
         body = resp.json_body
         if _legacy_metadata(body):
-            if task.baseline is not None and not task.baseline[0]:
-                return PhotoOutcome(task, "unchanged")
-            return PhotoOutcome(task, "none")
+            return PhotoOutcome(task, "unchanged" if _held_no_photo(task) else "none")
         etag = normalize_etag(body.get("@odata.mediaEtag"))
         if task.baseline is not None and task.baseline == (True, etag):
             return PhotoOutcome(task, "unchanged", etag=etag)

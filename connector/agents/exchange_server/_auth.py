@@ -8,21 +8,31 @@ service's own logon, no password anywhere); OAuth through MSAL's client-credenti
 hybrid modern authentication (Exchange 2019 CU13 and later per a Microsoft Q&A answer; the audience
 is the EWS host). Secrets are read from the settings' ``SecretStr`` only when a request needs them
 and never appear in messages.
+
+Kerberos holds no secret of mvsync's at all: the ticket comes from a credential cache that ``kinit
+-k`` (or k5start, SSSD) keeps filled from a keytab, named by ``ccache`` or ``KRB5CCNAME``. The
+service principal is ``HTTP/<host>``, the host of ``ews_url`` unless ``kerberos_host`` names the one
+the SPN spells (a load-balanced namespace, or a URL by address). Every Kerberos failure is turned
+into a step error naming the EWS host and the remedy (:func:`kerberos_error`, :func:`refused`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import sys
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.sdk import AuthenticationError, ConfigurationError
+from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
-__all__ = ["make_auth", "make_session"]
+__all__ = ["kerberos_error", "make_auth", "make_session", "refused", "spn"]
 
 
 def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.Session:
@@ -48,24 +58,142 @@ def make_auth(settings: ExchangeServerSettings) -> AuthBase:
     if settings.auth == "basic":
         return HTTPBasicAuth(settings.username or "", secret)
     if settings.auth == "negotiate":
-        return _negotiate()
+        return _negotiate(settings)
     return OAuthBearer(settings)
 
 
-def _negotiate() -> AuthBase:
+def _negotiate(settings: ExchangeServerSettings) -> AuthBase:
     hint = "auth = 'negotiate' needs the kerberos extra: pip install 'mvsync[kerberos]'"
     try:
         if sys.platform == "win32":
             from requests_negotiate_sspi import HttpNegotiateAuth
 
-            return HttpNegotiateAuth()  # type: ignore[no-any-return]
+            # SSPI: the logon session of the account mvsync runs as (a gMSA); no cache, no keytab
+            return HttpNegotiateAuth(host=settings.kerberos_host)  # type: ignore[no-any-return]
+        import gssapi  # noqa: F401  (the kerberos extra: both or neither)
         import requests_gssapi
-
-        return requests_gssapi.HTTPSPNEGOAuth(  # type: ignore[no-any-return]
-            mutual_authentication=requests_gssapi.OPTIONAL
-        )
     except ImportError as exc:
         raise ConfigurationError(f"{hint} ({exc.name} is not installed)", key="auth") from None
+    creds, target = _kerberos_ready(settings)
+    return _spnego_auth()(  # type: ignore[no-any-return]
+        # IIS answers the authenticated request with its mutual-authentication token, and then keeps
+        # the connection authenticated (later answers carry none): "optional" checks it where sent
+        mutual_authentication=requests_gssapi.OPTIONAL,
+        target_name=target,
+        creds=creds,
+        # the ticket is bound to this TLS channel (RFC 5929), which Extended Protection requires
+        channel_bindings="tls-server-end-point",
+        sanitize_mutual_error_response=False,
+    )
+
+
+@functools.cache
+def _spnego_auth() -> Any:
+    """requests-gssapi's ``HTTPSPNEGOAuth``, made to refuse a mutual-authentication token that does not verify.
+
+    python-gssapi defers a failed step that produced an error token (SPNEGO's "reject") and raises
+    only on the next use of the context, while requests-gssapi's ``authenticate_server`` looks at
+    the step alone: a forged or broken token from the server passed as verified (shown by
+    tests/agents/exchange_server/test_exchange_server_kerberos.py). Asking whether the context is
+    complete surfaces the deferred error. The library's own tracebacks (``log.exception``) are
+    turned into one-line records: a failure here ends as a step error that says what to do.
+    """
+    import requests_gssapi
+    from gssapi.raw.misc import GSSError
+
+    logging.getLogger("requests_gssapi.gssapi_").addFilter(_no_traceback)  # its module logger
+
+    class MutualCheckedAuth(requests_gssapi.HTTPSPNEGOAuth):  # type: ignore[misc]
+        def authenticate_server(self, response: requests.Response) -> bool:
+            if not super().authenticate_server(response):
+                return False
+            try:
+                return bool(self.context[urlsplit(response.url).hostname].complete)
+            except GSSError:
+                return False
+
+    return MutualCheckedAuth
+
+
+def _no_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+def spn(settings: ExchangeServerSettings) -> str:
+    """``HTTP/<host>``: the service principal EWS answers Kerberos for (the URL's host unless ``kerberos_host``)."""
+    return f"HTTP/{settings.kerberos_host or urlsplit(settings.ews_url).hostname}"
+
+
+def _kerberos_ready(settings: ExchangeServerSettings) -> tuple[Any, Any]:
+    """The client's credentials and the EWS service name, after proving a ticket for it can be had.
+
+    requests-gssapi swallows GSSAPI failures (it logs them with a traceback and hands back the
+    401), which would end the step as "EWS refused the account" with the real cause lost. So the
+    ticket-granting ticket is read and a service ticket obtained here, once per session, and a
+    failure becomes an error that names the host and what to do (:func:`kerberos_error`).
+    """
+    import gssapi
+    from gssapi.raw.misc import GSSError
+
+    name = gssapi.Name(spn(settings).replace("/", "@", 1), gssapi.NameType.hostbased_service)
+    try:
+        store: dict[bytes | str, bytes | str] | None = {"ccache": settings.ccache} if settings.ccache else None
+        creds = gssapi.Credentials(usage="initiate", store=store)
+        gssapi.SecurityContext(name=name, creds=creds, usage="initiate").step()  # fetches the service ticket
+    except GSSError as exc:
+        raise kerberos_error(exc, settings) from None
+    return creds, name
+
+
+def kerberos_error(exc: BaseException, settings: ExchangeServerSettings) -> ConnectorError:
+    """A GSSAPI failure on the way to EWS as an error that names the host and says what to do."""
+    text = str(exc)
+    detail = text.rsplit("Minor (", 1)[-1].split("): ", 1)[-1] if "Minor (" in text else text
+    where, principal = settings.origin, spn(settings)
+    cache = settings.ccache or os.environ.get("KRB5CCNAME") or "the default credential cache"
+    lowered = detail.lower()
+    if "server not found in kerberos database" in lowered:
+        return AuthenticationError(
+            f"the KDC knows no service principal {principal} for EWS at {where} ({detail}): set kerberos_host to "
+            "the name in the EWS virtual directory's SPN, or register it on the account the EWS application pool "
+            f"runs as (the alternate service account behind a load balancer): `setspn -S {principal} <account>`"
+        )
+    if "cannot contact any kdc" in lowered or "cannot find kdc" in lowered or "cannot resolve" in lowered:
+        config = os.environ.get("KRB5_CONFIG", "/etc/krb5.conf")
+        return ServerDownError(
+            f"no KDC answered while getting a ticket for {principal} (EWS at {where}; {detail}): check the "
+            f"realm's kdc entries in {config} (KRB5_CONFIG) and that port 88 of the domain controllers is reachable"
+        )
+    if "clock skew" in lowered:
+        return AuthenticationError(
+            f"Kerberos to EWS at {where} failed ({detail}): this host's clock and the KDC's differ by more than "
+            "5 minutes; synchronise the time with the domain (chrony, systemd-timesyncd)"
+        )
+    if "credential" in lowered or "expired" in lowered or "no kerberos" in lowered:
+        return AuthenticationError(
+            f"no usable Kerberos ticket for EWS at {where} in {cache} ({detail}): get one as the account mvsync "
+            "runs as (`kinit -k -t <keytab> <principal>`, or keep it fresh with k5start or SSSD), or point the "
+            "ccache setting (or KRB5CCNAME) at a credential cache that holds one"
+        )
+    return AuthenticationError(f"Kerberos to EWS at {where} ({principal}) failed: {detail}")
+
+
+def refused(settings: ExchangeServerSettings) -> AuthenticationError:
+    """EWS answered 401 to a request that carried credentials: what was refused and what to check."""
+    s = settings
+    if s.auth == "negotiate":
+        return AuthenticationError(
+            f"EWS at {s.origin} refused the Kerberos ticket for {spn(s)} (HTTP 401): the SPN must belong to the "
+            "account EWS runs as (or the alternate service account of a load-balanced namespace), so that EWS "
+            "can read the ticket; check `setspn -Q " + spn(s) + "` and that the EWS virtual directory offers "
+            "Windows authentication with the Negotiate provider"
+        )
+    who = s.username or s.client_id or "the service account"
+    return AuthenticationError(
+        f"EWS at {s.origin} refused {who} (HTTP 401, auth = '{s.auth}'); "
+        "check the account, its password reference and the EWS virtual directory's authentication methods"
+    )
 
 
 class OAuthBearer(AuthBase):

@@ -25,8 +25,8 @@ from typing import Literal
 
 import requests
 
+from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.sdk import AuthenticationError
 from connector.throttling import AdaptiveLimiter, Signal, parse_retry_after
 
 __all__ = ["Fetched", "PhotoClient", "throttle_signal"]
@@ -177,12 +177,7 @@ class PhotoClient:
         if status == 404:
             return Fetched("none")
         if status == 401:
-            who = self.settings.username or self.settings.client_id or "the service account"
-            msg = (
-                f"EWS at {self.settings.origin} refused {who} (HTTP 401, auth = '{self.settings.auth}'); "
-                "check the account, its password reference and the EWS virtual directory's authentication methods"
-            )
-            raise AuthenticationError(msg)
+            raise refused(self.settings)
         if status == 403:
             return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
         if status >= 500:

@@ -1,7 +1,8 @@
 """``exchange-server-photos``: the photos of on-premises Exchange mailboxes, over EWS.
 
 In a hybrid organisation the HD photo of a mailbox still on Exchange Server lives in that mailbox,
-and Graph cannot read it (the Exchange Online agent reports ``mailbox-not-in-exchange-online``).
+and Graph cannot read it (the Exchange Online agent imports such a person with ``EXOMailboxLocation =
+"on-premises"`` and no photo).
 This agent reads it with EWS's ``GetUserPhoto`` (field-notes-2.md §1; see ``_client``), one object
 per configured mailbox (see ``_settings`` for why a configured list).
 

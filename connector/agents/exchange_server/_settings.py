@@ -46,6 +46,12 @@ class ExchangeServerSettings(ConnectorSettings):
     #: session on Windows; ``pip install 'mvsync[kerberos]'``), ``basic`` (only where a site still
     #: allows it), ``oauth`` (hybrid modern authentication: an Entra app's client credentials).
     auth: Literal["ntlm", "negotiate", "basic", "oauth"] = "ntlm"
+    #: negotiate: the host part of EWS's service principal ``HTTP/<host>`` when it is not the URL's host
+    #: (a load-balanced namespace whose SPN sits on an alternate service account, or a URL by address).
+    kerberos_host: str | None = None
+    #: negotiate: the credential cache holding the ticket (``FILE:/var/lib/mvsync/krb5cc``, kept filled
+    #: by ``kinit -k`` or k5start); default: ``KRB5CCNAME``, else the system's default cache.
+    ccache: str | None = None
     #: ``DOMAIN\\user`` or ``user@domain`` (ntlm, basic).
     username: str | None = None
     password: SecretStr | None = None
@@ -119,6 +125,9 @@ class ExchangeServerSettings(ConnectorSettings):
             raise ValueError(msg)
         if self.auth in ("ntlm", "basic") and (not self.username or self.password is None):
             msg = f"auth '{self.auth}' needs username and password"
+            raise ValueError(msg)
+        if self.auth != "negotiate" and (self.kerberos_host or self.ccache):
+            msg = f"kerberos_host and ccache apply to auth 'negotiate' only, not '{self.auth}'"
             raise ValueError(msg)
         if self.auth == "oauth" and not (self.tenant_id and self.client_id and self.client_secret):
             msg = "auth 'oauth' needs tenant_id, client_id and client_secret"

@@ -46,7 +46,9 @@ def test_full_import_matches_the_tenant(make_emulator: Any, tmp_path: Path) -> N
     for user in users:
         entry = got[user["id"]]
         if user["mailbox"] == "on-premises":
-            assert entry.error is not None and entry.error.name == "mailbox-not-in-exchange-online"
+            # a known state in a hybrid organisation, not an error (exchange_online._hybrid)
+            assert entry.error is None and entry.attributes["EXOMailboxLocation"] == "on-premises"
+            assert "EXOPhoto" not in entry.attributes
             continue
         assert entry.error is None
         assert entry.attributes["userPrincipalName"] == user["userPrincipalName"]
@@ -181,7 +183,7 @@ def test_access_token_expiry_mid_run_is_refreshed_silently(make_emulator: Any, t
     finally:
         conn.close()
     assert result.watermark is not None
-    assert all(e.error is None or e.error.name == "mailbox-not-in-exchange-online" for e in entries)
+    assert all(e.error is None for e in entries)
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
     assert conn.metrics["token_refreshes_on_401"] >= 1
     assert conn.auth.refresh_count >= 2  # a new access token (and a rotated refresh token) mid-run
@@ -213,7 +215,7 @@ def test_throttling_storm_completes_without_errors(make_emulator: Any, tmp_path:
     assert _prometheus("mvsync_graph_requests_total", status="429") > before["429"]
     assert _prometheus("mvsync_graph_requests_total", status="200") > before["200"]
     names = {e.error.name for e in entries if e.error is not None}
-    assert names <= {"mailbox-not-in-exchange-online"}
+    assert names == set()
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
 
 
@@ -239,7 +241,7 @@ def test_throttling_never_spends_the_retry_budget_nor_fails_a_user(make_emulator
     assert watermark is not None
     assert conn.metrics["throttled"] > 0 and conn.metrics["retry_budget_spent"] == 0
     names = {e.error.name for e in entries if e.error is not None}
-    assert names <= {"mailbox-not-in-exchange-online"}
+    assert names == set()
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
 
 
@@ -460,3 +462,49 @@ def test_user_deleted_between_listing_and_photo_probe_is_gone_not_photo_less(
     assert victim["id"] not in got  # gone: neither a photo-less entry nor an error
     others = {u["id"] for u in _mailbox_users(emu)}  # live users only
     assert set(got) == others
+
+
+def test_on_premises_mailbox_is_a_known_state_that_follows_a_move(make_emulator: Any, tmp_path: Path) -> None:
+    """Hybrid: an on-premises mailbox is imported with its location, re-staged only when it moves."""
+    emu = make_emulator(users=40)
+    onprem = [u for u in _mailbox_users(emu) if u["mailbox"] == "on-premises"]
+    cloud_photo = next(u for u in _mailbox_users(emu) if u["mailbox"] == "cloud" and u["hasPhoto"])
+    emu.admin.update_user(cloud_photo["id"], mailbox="on-premises")  # now hidden from Graph, photo or not
+    stays, moves = onprem[0], onprem[1]
+    conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
+    entries, watermark = imported(conn)
+    got = _by_anchor(entries)
+    for user in (stays, moves, cloud_photo):
+        entry = got[user["id"]]
+        assert entry.error is None and entry.attributes["EXOMailboxLocation"] == "on-premises"
+        assert "EXOPhoto" not in entry.attributes
+    assert conn.counters["mailbox_on_premises"] == len(onprem) + 1 and conn.counters["errors"] == 0
+
+    # nothing moved: the re-check finds them on-premises again and stages nothing
+    conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
+    entries, watermark = imported(conn, ImportMode.DELTA, watermark=watermark)
+    assert entries == [] and conn.counters["unchanged"] >= len(onprem) + 1
+
+    # two mailboxes move to Exchange Online, one without a photo, one with: both entries lose the location
+    if moves["hasPhoto"]:
+        emu.admin.delete_photo(moves["id"])  # the move Graph answers "no photo" for (ImageNotFound)
+    emu.admin.update_user(moves["id"], mailbox="cloud")
+    emu.admin.update_user(cloud_photo["id"], mailbox="cloud")
+    conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
+    entries, _ = imported(conn, ImportMode.DELTA, watermark=watermark)
+    got = _by_anchor(entries)
+    assert set(got) == {moves["id"], cloud_photo["id"]}
+    assert "EXOMailboxLocation" not in got[moves["id"]].attributes
+    assert "EXOPhoto" not in got[moves["id"]].attributes
+    assert "EXOMailboxLocation" not in got[cloud_photo["id"]].attributes
+    assert got[cloud_photo["id"]].attributes["EXOPhoto"][:2] == b"\xff\xd8"
+
+
+def test_a_mailbox_that_cannot_be_found_stays_an_error() -> None:
+    from connector.agents.exchange_online._graph import GraphResponse
+
+    body = {
+        "error": {"code": "ErrorNonExistentMailbox", "message": "The SMTP address has no mailbox associated with it."}
+    }
+    out = read_response(PhotoTask("u"), GraphResponse(404, {}, b"", body), "648x648")
+    assert out.kind == "error" and out.error == "mailbox-not-found"  # type: ignore[union-attr]

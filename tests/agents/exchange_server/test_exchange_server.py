@@ -11,6 +11,7 @@ import requests
 from pydantic import ValidationError
 
 from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
+from connector.agents.exchange_server._auth import spn
 from connector.agents.exchange_server._client import throttle_signal
 from connector.config import ConfigError, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
@@ -194,6 +195,11 @@ def test_settings_are_checked(ews: EwsEmulator, tmp_path: Path) -> None:
         _settings(ews, tmp_path, mailbox_file=None)
     assert _settings(ews, tmp_path, ews_url="https://mail.contoso.example/").ews_url.endswith("/EWS/Exchange.asmx")
     assert _settings(ews, tmp_path, photo_size="hr96x96").photo_size == "HR96x96"
+    with pytest.raises(ValidationError, match="apply to auth 'negotiate' only"):
+        _settings(ews, tmp_path, kerberos_host="mail.contoso.example")
+    negotiate = _settings(ews, tmp_path, auth="negotiate", username=None, password=None)
+    assert spn(negotiate) == "HTTP/127.0.0.1"  # the URL's host, unless kerberos_host names the SPN's
+    assert spn(negotiate.model_copy(update={"kerberos_host": "mail.contoso.example"})) == "HTTP/mail.contoso.example"
 
 
 def test_a_bad_mailbox_list_names_the_file_and_line(ews: EwsEmulator, tmp_path: Path) -> None:
@@ -269,3 +275,17 @@ def test_check_for_doctor(ews: EwsEmulator, tmp_path: Path) -> None:
     with _agent(ews, tmp_path / "bad", auth="basic", password="nope") as agent:
         result = agent.check()
     assert not result.ok and "HTTP 401" in result.detail and "nope" not in result.detail
+
+
+def test_the_kerberos_library_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """requests-gssapi logs its failures with ``log.exception``; a user must see one line, not a traceback."""
+    gssapi_module = pytest.importorskip("requests_gssapi.gssapi_")
+    from connector.agents.exchange_server._auth import _spnego_auth
+
+    _spnego_auth()
+    try:
+        raise RuntimeError("GSSAPI step failed")
+    except RuntimeError:
+        gssapi_module.log.exception("generate_request_header(): initiating context failed:")
+    record = next(r for r in caplog.records if r.name == "requests_gssapi.gssapi_")
+    assert record.exc_info is None and "Traceback" not in caplog.text
