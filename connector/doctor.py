@@ -349,7 +349,7 @@ def check_store(store: SqlStore) -> list[Finding]:
 # ------------------------------------------------------------------------------------------ config
 def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]:
     """Rules, connectors, TLS material, token caches and reachability of every agent."""
-    from connector.demo._config import uses_stopped_emulator
+    from connector.demo import uses_stopped_emulator
     from connector.engine import Engine
     from connector.engine._agents import open_connector, setting_paths
 
@@ -411,7 +411,7 @@ def _connect_findings(connector: Any, where: str) -> list[Finding]:
 
 def _demo_aware(findings: list[Finding], offline: bool) -> list[Finding]:
     """In a demo folder, an agent of the stopped emulator is expected to be unreachable: a warning."""
-    from connector.demo._config import EMULATOR_DOWN
+    from connector.demo import EMULATOR_DOWN
 
     if not offline:
         return findings

@@ -76,10 +76,15 @@ def run(
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the module docstring)."""
     from connector.config import load_config
-    from connector.demo import prepare_scenario, work_done
-    from connector.demo._ad import connect, delete_subtree, settings_from_env
-    from connector.demo._run import DEMO_SCOPES
-    from connector.demo._world import start_ews
+    from connector.demo import (
+        DEMO_SCOPES,
+        connect,
+        delete_subtree,
+        prepare_scenario,
+        settings_from_env,
+        start_ews,
+        work_done,
+    )
     from connector.emulator import EmulatorConfig, model_assumptions
     from connector.engine import Engine
 

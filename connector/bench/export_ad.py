@@ -37,9 +37,10 @@ import typer
 from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, ExportStats
+from connector.bench import generated
 from connector.bench._harness import harness
 from connector.bench._util import peak_rss_mb
-from connector.demo._ad import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
+from connector.demo import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
 
 __all__ = ["CountingActiveDirectoryConnector", "register", "run"]
@@ -206,6 +207,7 @@ def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Pat
             "confirm": {"steps": [{"type": "full-import", "agent": "ad"}, {"type": "delta-sync", "agent": "ad"}]},
         },
     }
+    generated.register()
     engine = Engine(config_from_dict(data, base_dir=tmp))
     try:
 

@@ -36,8 +36,7 @@ from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
 from connector.bench._util import peak_rss_mb
-from connector.emulator import EmulatorConfig, ceiling_requests_per_s, model_assumptions
-from connector.emulator._agent import exo_agent_settings
+from connector.emulator import EmulatorConfig, ceiling_requests_per_s, exo_agent_settings, model_assumptions
 from connector.sdk import ImportPage, ImportRequest, StopRunError
 
 __all__ = ["BenchConnector", "register", "run"]

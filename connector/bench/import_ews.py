@@ -35,7 +35,7 @@ __all__ = ["BenchEwsConnector", "register", "run"]
 
 _SERVE = """
 import json, sys
-from connector.emulator._ews import EwsConfig, EwsEmulator
+from connector.emulator import EwsConfig, EwsEmulator
 emu = EwsEmulator(EwsConfig(**json.loads(sys.argv[1]))).start()
 print(json.dumps({**emu.info, "mailboxes": [m["email"] for m in emu.mailboxes()]}), flush=True)
 sys.stdin.read()  # serve until the benchmark closes our stdin
@@ -55,8 +55,7 @@ class BenchEwsConnector(ExchangeServerPhotosConnector):
 
 
 def _config(tmp: Path, info: dict[str, Any], concurrency: int, ews_max: int) -> Path:
-    from connector.demo import dump_toml
-    from connector.demo._config import write_secret
+    from connector.demo import dump_toml, write_secret
 
     listing = tmp / "mailboxes.txt"
     listing.write_text("\n".join(info["mailboxes"]) + "\n", encoding="utf-8")

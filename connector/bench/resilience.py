@@ -47,7 +47,7 @@ SCALED_TOKEN_LIFETIME_S = 2
 def _exo_only_config(root: Path, info: dict[str, Any], **exo_overrides: Any) -> Any:
     """A configuration with only the exo agent and one full-import profile (sample settings)."""
     from connector.config import config_from_dict
-    from connector.demo._config import emulator_exo_settings, load_sample
+    from connector.demo import emulator_exo_settings, load_sample
 
     exo = emulator_exo_settings(load_sample(), info, root / "secrets", **exo_overrides)
     return config_from_dict(
@@ -306,8 +306,7 @@ def odd_images() -> dict[str, bytes]:
 def _hostile_world(root: Path, photos: dict[str, bytes]) -> tuple[Any, Path]:
     """HR folder photos (undecoded) -> metaverse -> the LDIF directory stand-in's thumbnailPhoto."""
     from connector.config import config_from_dict
-    from connector.demo._config import AD_SNAPSHOT_TYPE
-    from connector.demo._directory import write_ldif
+    from connector.demo import AD_SNAPSHOT_TYPE, write_ldif
 
     folder = root / "photos"
     folder.mkdir(parents=True)
@@ -385,7 +384,7 @@ def hostile_images(root: Path) -> dict[str, Any]:
 
     from PIL import Image
 
-    from connector.demo._directory import read_ldif
+    from connector.demo import read_ldif
     from connector.engine import Engine
 
     images = odd_images()
@@ -499,7 +498,7 @@ def hostile_file_names(root: Path) -> dict[str, Any]:
 def hostile_configs(root: Path) -> dict[str, Any]:
     """Configuration files with unknown keys and wrong types: each a ConfigError naming key and file."""
     from connector.config import ConfigError, load_config
-    from connector.demo._config import dump_toml
+    from connector.demo import dump_toml
     from connector.engine import Engine
 
     base: dict[str, Any] = {

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from connector.bench import generated
 from connector.bench._util import peak_rss_mb
 from connector.cli._common import print_json
 from connector.config import config_from_dict
@@ -66,6 +67,7 @@ def run(objects: int = 100_000, store: str | None = None) -> dict[str, Any]:
         base = Path(tmp)
         url = store or f"sqlite:///{base / 'bench.db'}"
         config = config_from_dict(bench_config(objects, url, base), base_dir=base)
+        generated.register()
         engine = Engine(config)
         if store:
             _reset(engine)

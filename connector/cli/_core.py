@@ -107,7 +107,7 @@ def _error_line(e: dict[str, Any]) -> str:
 
 def _demo_hint(config: MvsyncConfig, result: Any) -> None:
     """After ``mvsync demo`` its emulator is gone: say so when that is why a step could not connect."""
-    from connector.demo._config import EMULATOR_DOWN, uses_stopped_emulator
+    from connector.demo import EMULATOR_DOWN, uses_stopped_emulator
 
     for step in result.steps:
         if step.status == "stopped-server-down" and uses_stopped_emulator(

@@ -1,21 +1,73 @@
-"""``mvsync demo``: the photo solution end to end on a machine with no tenant and no AD."""
+"""``mvsync demo``: the photo solution end to end on a machine with no tenant and no AD.
 
-from connector.demo._config import derive_config, dump_toml, emulator_exo_settings, load_sample, sample_path
-from connector.demo._directory import DirectorySnapshotConnector, DirectorySnapshotSettings
-from connector.demo._run import Scenario, prepare_dir, prepare_scenario, run_demo, step_summary, work_done
+Besides the demo itself this publishes what the benchmarks and the test harness build their worlds
+with: the sample configuration and its secrets, the LDIF directory snapshot, the EWS emulator with the
+tenant's on-premises mailboxes, and the helpers that populate a real directory (``AD_*``, Samba).
+"""
+
+from connector.demo._ad import (
+    LDAP_PORT,
+    LDAPS_PORT,
+    ADSettings,
+    UserSpec,
+    connect,
+    create_users,
+    delete_subtree,
+    ensure_ou,
+    settings_from_env,
+)
+from connector.demo._config import (
+    AD_SNAPSHOT_TYPE,
+    EMULATOR_DOWN,
+    derive_config,
+    dump_toml,
+    emulator_exo_settings,
+    load_sample,
+    sample_path,
+    uses_stopped_emulator,
+    write_secret,
+)
+from connector.demo._directory import DirectorySnapshotConnector, DirectorySnapshotSettings, read_ldif, write_ldif
+from connector.demo._run import (
+    DEMO_SCOPES,
+    Scenario,
+    prepare_dir,
+    prepare_scenario,
+    run_demo,
+    step_summary,
+    work_done,
+)
+from connector.demo._world import start_ews
 
 __all__ = [
+    "AD_SNAPSHOT_TYPE",
+    "DEMO_SCOPES",
+    "EMULATOR_DOWN",
+    "LDAPS_PORT",
+    "LDAP_PORT",
+    "ADSettings",
     "DirectorySnapshotConnector",
     "DirectorySnapshotSettings",
     "Scenario",
+    "UserSpec",
+    "connect",
+    "create_users",
+    "delete_subtree",
     "derive_config",
     "dump_toml",
     "emulator_exo_settings",
+    "ensure_ou",
     "load_sample",
     "prepare_dir",
     "prepare_scenario",
+    "read_ldif",
     "run_demo",
     "sample_path",
+    "settings_from_env",
+    "start_ews",
     "step_summary",
+    "uses_stopped_emulator",
     "work_done",
+    "write_ldif",
+    "write_secret",
 ]

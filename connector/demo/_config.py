@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from connector.agents.exchange_online._tokencache import generate_key_file
+from connector.agents.exchange_online import generate_key_file
 from connector.config import ConfigError
-from connector.emulator._agent import exo_agent_settings
+from connector.emulator import exo_agent_settings
 from connector.files import make_private_dir, write_private_file
 
 __all__ = [
@@ -31,8 +31,8 @@ __all__ = [
     "write_secret",
 ]
 
-#: The ``type`` of the demo's AD stand-in (a ``module:Class`` reference, see ``_directory``).
-AD_SNAPSHOT_TYPE = "connector.demo:DirectorySnapshotConnector"
+#: The ``type`` of the demo's AD stand-in (an installed entry point, see ``_directory``).
+AD_SNAPSHOT_TYPE = "active-directory-snapshot"
 
 
 def sample_path() -> Path:

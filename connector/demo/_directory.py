@@ -28,9 +28,16 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from connector.agents.active_directory._export import Operation, plan_change
-from connector.agents.active_directory._ldif import LdifWriter, ldif_line, modify_record
-from connector.agents.active_directory._schema import ANCHOR, OBJECT_CLASS, build_schema
+from connector.agents.active_directory import (
+    ANCHOR,
+    OBJECT_CLASS,
+    LdifWriter,
+    Operation,
+    build_schema,
+    ldif_line,
+    modify_record,
+    plan_change,
+)
 from connector.sdk import (
     Capabilities,
     CheckResult,

@@ -12,15 +12,12 @@ import json
 import logging
 import shutil
 import ssl
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-
-import trustme
 
 from connector.emulator._config import EmulatorConfig, FaultSpec
 from connector.emulator._faults import FaultInjector, FaultProfile, parse_faults
@@ -30,6 +27,7 @@ from connector.emulator._identity import App, Identity, shared_certificate
 from connector.emulator._stats import Stats
 from connector.emulator._tenant import Tenant, User
 from connector.emulator._throttle import Throttle, parse_throttle
+from connector.emulator._tls import server_tls
 
 __all__ = ["Admin", "GraphEmulator"]
 
@@ -294,16 +292,12 @@ class GraphEmulator:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext:
-        ca = trustme.CA(organization_name="mvsync emulator CA")
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        self._tmp = Path(tempfile.mkdtemp(prefix="mvsync-emulator-"))
-        ca.cert_pem.write_to_path(str(self._tmp / "ca.pem"))
+        tls = server_tls("mvsync-emulator-", "mvsync emulator CA")
+        self._tmp = tls.folder
         (self._tmp / "client-cert.pem").write_bytes(self.app.certificate.cert_pem)
         (self._tmp / "client-key.pem").write_bytes(self.app.certificate.key_pem)
         (self._tmp / "client-key.pem").chmod(0o600)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        return context
+        return tls.context
 
     def start(self) -> GraphEmulator:
         """Listen on 127.0.0.1 and return once connections are accepted."""

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from connector.config import ConfigError
-from connector.demo._ad import (
+from connector.demo import (
     LDAP_PORT,
     LDAPS_PORT,
     ADSettings,

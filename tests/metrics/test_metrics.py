@@ -162,7 +162,7 @@ CLI_CONFIG = """
 [store]
 url = "sqlite:///store.db"
 [agents.src]
-type = "generated"
+type = "connector.bench.generated:GeneratedConnector"
 settings = { count = 12, photo_bytes = 16 }
 projection = [{ object_class = "person" }]
 import_flow = [{ object_class = "person", cs = "accountName", mv = "accountName" }]
