@@ -41,16 +41,16 @@ from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
 from connector.store import (
     BLOB_PREFIX,
+    RESTORE_HINT,
     SCHEMA_VERSION,
     SqlStore,
     StoreCorruptError,
     StoreError,
     StoreMissingError,
     StoreVersionError,
+    current_version,
     loads,
 )
-from connector.store._faults import RESTORE_HINT
-from connector.store._migrations import current_version
 from connector.store.tables import blob, cs_object, metadata, mv_object, transform_cache
 
 __all__ = ["EXIT_PROBLEMS", "Finding", "Report", "check_config", "check_store", "run_doctor"]
@@ -350,8 +350,7 @@ def check_store(store: SqlStore) -> list[Finding]:
 def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]:
     """Rules, connectors, TLS material, token caches and reachability of every agent."""
     from connector.demo import uses_stopped_emulator
-    from connector.engine import Engine
-    from connector.engine._agents import open_connector, setting_paths
+    from connector.engine import Engine, open_connector, setting_paths
 
     found: list[Finding] = []
     try:

@@ -175,7 +175,7 @@ def _samba_lease() -> Any:
 
 
 def register(bench_app: typer.Typer) -> None:
-    from connector.cli._common import handle_errors
+    from connector.cli import handle_errors
 
     @bench_app.command("e2e")
     @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback

@@ -163,7 +163,7 @@ def register(bench_app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Photo requests/s the emulator serves (no latency, no throttling) to a separate client process."""
-        from connector.cli._common import print_json
+        from connector.cli import print_json
 
         result = run(seconds=seconds, concurrency=concurrency, users=users, size=size)
         if json_out:

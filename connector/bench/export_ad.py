@@ -301,7 +301,7 @@ def run(
 
 
 def register(bench_app: typer.Typer) -> None:
-    from connector.cli._common import handle_errors
+    from connector.cli import handle_errors
 
     @bench_app.command("export-ad")
     @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback

@@ -17,7 +17,7 @@ import typer
 
 from connector.bench import generated
 from connector.bench._util import peak_rss_mb
-from connector.cli._common import print_json
+from connector.cli import print_json
 from connector.config import config_from_dict
 from connector.engine import Engine
 
@@ -114,7 +114,7 @@ def _reset(engine: Engine) -> None:
 
 
 def register(bench_app: typer.Typer) -> None:
-    from connector.cli._common import handle_errors
+    from connector.cli import handle_errors
 
     @bench_app.command("sync")
     @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback

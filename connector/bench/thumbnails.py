@@ -19,7 +19,7 @@ import PIL
 import typer
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from connector.cli._common import print_json
+from connector.cli import print_json
 from connector.imaging import PhotoSpec, normalize
 
 __all__ = ["register", "run", "synthetic_photo"]

@@ -23,9 +23,9 @@ from typing import Annotated, Any
 import typer
 
 from connector.bench._util import peak_rss_mb
-from connector.cli._common import print_json
+from connector.cli import print_json
 from connector.config import MvsyncConfig, config_from_dict
-from connector.engine._sync import search_fields
+from connector.engine import search_fields
 from connector.store import SqlStore, blob_ref, dumps, run_many
 
 __all__ = ["TARGET_MS", "fill_store", "register", "run"]

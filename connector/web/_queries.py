@@ -12,13 +12,10 @@ from sqlalchemy import ColumnElement, Connection, and_, case, desc, func, litera
 from sqlalchemy import text as sql_text
 
 from connector.config import MvsyncConfig, RunStepConfig, RunStepKind
-from connector.engine import StepContext, StepResult, load_metaverse_schema
-from connector.engine._export import pending_export_rows, threshold_report
+from connector.engine import StepContext, StepResult, load_metaverse_schema, pending_export_rows, threshold_report
 from connector.registry import connector_name
 from connector.sdk import AttributeType
-from connector.store import SqlStore, loads
-from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
-from connector.store._people import people
+from connector.store import DISCONNECTED_PREDICATE, ERROR_PREDICATE, SqlStore, loads, people, photo_predicate
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 from connector.web._photos import PhotoInfo, photo_infos
 from connector.web._values import BinaryRef, Shown, binary_refs, format_time, show_value
