@@ -30,7 +30,7 @@ from connector.imaging._formats import (
     PhotoFormat,
     sniff_format,
 )
-from connector.imaging._normalize import NormalizedPhoto, encode_jpeg, normalize
+from connector.imaging._normalize import NormalizedPhoto, encode_jpeg, meets_spec, normalize
 from connector.imaging._spec import (
     AD_THUMBNAIL_MAX_BYTES,
     AD_THUMBNAIL_SIZE,
@@ -76,6 +76,7 @@ __all__ = [
     "encode_jpeg",
     "face_finder",
     "is_photo_name",
+    "meets_spec",
     "normalize",
     "parse_byte_size",
     "probe",
