@@ -35,7 +35,7 @@ from connector.demo._config import (
     dump_toml,
     emulator_exo_settings,
     keep_ca,
-    load_sample,
+    load_sample_document,
     sample_path,
     write_secret,
 )
@@ -123,7 +123,7 @@ def prepare_scenario(
     ``ews_info`` is a running EWS emulator's ``info`` (``start_ews``): the hybrid part, the ``exs``
     agent reading the on-premises mailboxes' photos; without it the configuration has no ``exs``.
     """
-    sample = load_sample()
+    sample = load_sample_document()  # the written configuration keeps the sample's comments
     secrets = root / "secrets"
     users = directory_users(
         tenant_users, str(emulator_info.get("domain", "contoso.example")), account_prefix=account_prefix
