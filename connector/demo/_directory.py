@@ -20,8 +20,6 @@ layer would hide what really happens, so instead this connector is an honest, ti
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +36,7 @@ from connector.agents.active_directory import (
     modify_record,
     plan_change,
 )
+from connector.files import atomic_write
 from connector.sdk import (
     Capabilities,
     CheckResult,
@@ -112,13 +111,7 @@ def write_ldif(path: Path, entries: Iterable[Entry]) -> None:
         out.append(ldif_line("dn", entry["dn"]))
         out.extend(ldif_line(k, v) for k, v in entry.items() if k != "dn" and v is not None)
         out.append("\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="ascii", newline="\n") as handle:
-        handle.writelines(out)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "".join(out).encode("ascii"))
 
 
 def _apply(entry: Entry, operations: Sequence[Operation]) -> None:

@@ -21,7 +21,7 @@ from connector.imaging._errors import (
     UnsupportedImageError,
 )
 from connector.imaging._face import FaceBox, FaceFinder, face_finder
-from connector.imaging._files import is_photo_name, write_atomic
+from connector.imaging._files import is_photo_name
 from connector.imaging._formats import (
     ACCEPTED_FORMATS_TEXT,
     ALLOWED_FORMATS,
@@ -82,5 +82,4 @@ __all__ = [
     "probe",
     "sniff_format",
     "verify",
-    "write_atomic",
 ]
