@@ -80,6 +80,9 @@ def test_admin_http_api(graph_emulator: GraphEmulator) -> None:
     assert stats["admin_requests"] >= 10 and stats["by_status"]["401"] == 1
     assert call("POST", "/stats/reset").status_code == 200
     assert call("GET", "/nope").status_code == 404
+    assert call("GET", "/tokens/revoke").json() == {"error": "no admin route GET /tokens/revoke"}  # POST only
+    assert call("GET", "/users/x/unknown").status_code == 404
+    assert call("DELETE", "/photo-update-settings").json() == {}  # an operation with no result
 
 
 def test_cli_serve_prints_info_and_stops_on_sigterm() -> None:
