@@ -78,13 +78,11 @@ def run(
     from connector.config import load_config
     from connector.demo import (
         DEMO_SCOPES,
-        connect,
-        delete_subtree,
         prepare_scenario,
-        settings_from_env,
         start_ews,
         work_done,
     )
+    from connector.demo.ad import connect, delete_subtree, settings_from_env
     from connector.emulator import EmulatorConfig, model_assumptions
     from connector.engine import Engine
 

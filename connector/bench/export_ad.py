@@ -41,7 +41,7 @@ from connector.agents.active_directory import ActiveDirectoryConnector, ExportSt
 from connector.bench import generated
 from connector.bench._harness import harness
 from connector.bench._util import peak_rss_mb
-from connector.demo import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
+from connector.demo.ad import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
 
 __all__ = ["CountingActiveDirectoryConnector", "register", "run"]

@@ -1,21 +1,10 @@
 """``mvsync demo``: the photo solution end to end on a machine with no tenant and no AD.
 
 Besides the demo itself this publishes what the benchmarks and the test harness build their worlds
-with: the sample configuration and its secrets, the LDIF directory snapshot, the EWS emulator with the
-tenant's on-premises mailboxes, and the helpers that populate a real directory (``AD_*``, Samba).
+with: the sample configuration and its secrets, the LDIF directory snapshot and the EWS emulator with
+the tenant's on-premises mailboxes. ``connector.demo.ad`` populates a real directory (``AD_*``, Samba).
 """
 
-from connector.demo._ad import (
-    LDAP_PORT,
-    LDAPS_PORT,
-    ADSettings,
-    UserSpec,
-    connect,
-    create_users,
-    delete_subtree,
-    ensure_ou,
-    settings_from_env,
-)
 from connector.demo._config import (
     AD_SNAPSHOT_TYPE,
     EMULATOR_DOWN,
@@ -44,20 +33,12 @@ __all__ = [
     "AD_SNAPSHOT_TYPE",
     "DEMO_SCOPES",
     "EMULATOR_DOWN",
-    "LDAPS_PORT",
-    "LDAP_PORT",
-    "ADSettings",
     "DirectorySnapshotConnector",
     "DirectorySnapshotSettings",
     "Scenario",
-    "UserSpec",
-    "connect",
-    "create_users",
-    "delete_subtree",
     "derive_config",
     "dump_toml",
     "emulator_exo_settings",
-    "ensure_ou",
     "load_sample",
     "load_sample_document",
     "prepare_dir",
@@ -65,7 +46,6 @@ __all__ = [
     "read_ldif",
     "run_demo",
     "sample_path",
-    "settings_from_env",
     "start_ews",
     "step_summary",
     "uses_stopped_emulator",
