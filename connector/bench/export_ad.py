@@ -24,7 +24,6 @@ It prints one JSON object. Targets: ``writes_per_s`` >= 300 and >= 70% of the ra
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -34,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import typer
 from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, ExportStats
@@ -44,7 +42,7 @@ from connector.bench._util import peak_rss_mb
 from connector.demo.ad import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
 
-__all__ = ["CountingActiveDirectoryConnector", "register", "run"]
+__all__ = ["CountingActiveDirectoryConnector", "run"]
 
 _PASSWORD_ENV = "MVSYNC_BENCH_AD_PASSWORD"
 #: Export statistics of every CountingActiveDirectoryConnector closed in this process, in order.
@@ -299,37 +297,3 @@ def run(
         "peak_rss_mb": peak_rss_mb(),
         "targets_met": writes_per_s >= 300 and writes_per_s >= 0.7 * raw and figures["second_run_writes"] == 0,
     }
-
-
-def register(bench_app: typer.Typer) -> None:
-    from connector.cli import handle_errors
-
-    @bench_app.command("export-ad")
-    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
-    def export_ad(
-        users: int = typer.Option(2000, help="users to create and write"),
-        photo_bytes: int = typer.Option(5000, help="bytes per photo (a 96x96 JPEG is 3-6 KB)"),
-        batch: int = typer.Option(500, help="changes per export batch"),
-        driver: str = typer.Option("engine", help="engine: through connector.engine.Engine; direct: the agent only"),
-        keep: bool = typer.Option(False, help="leave a DC this run started running"),
-        auth: str = typer.Option("simple", help="simple: the administrator's password; kerberos: a keytab account"),
-        check_permissions: bool = typer.Option(
-            True, "--check-permissions/--no-check-permissions", help="read write rights before writing"
-        ),
-        as_json: bool = typer.Option(True, "--json/--no-json", help="print one JSON object (the default)"),
-    ) -> None:
-        """Export thumbnailPhoto to a real AD DC (Samba started on loopback, or AD_*)."""
-        if driver not in ("engine", "direct"):
-            raise typer.BadParameter("driver must be 'engine' or 'direct'")
-        if auth not in ("simple", "kerberos"):
-            raise typer.BadParameter("auth must be 'simple' or 'kerberos'")
-        result = run(
-            users,
-            photo_bytes,
-            batch,
-            "engine" if driver == "engine" else "direct",
-            keep,
-            "kerberos" if auth == "kerberos" else "simple",
-            check_permissions,
-        )
-        typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))

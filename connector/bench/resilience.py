@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 __all__ = [
     "crash_trials",
@@ -35,7 +32,6 @@ __all__ = [
     "exo_photo_checksums",
     "export_across_dc_restart",
     "hostile_inputs",
-    "register",
     "restartable_dc",
     "run",
 ]
@@ -700,19 +696,3 @@ def _samba() -> Any:
     from connector.bench._harness import harness
 
     return harness("samba_dc", benchmark="resilience")
-
-
-def register(bench_app: typer.Typer) -> None:
-    from connector.cli import handle_errors
-
-    @bench_app.command("resilience")
-    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
-    def resilience(
-        trials: Annotated[int, typer.Option(help="kill -9 trials (phases import, sync, export in turn)")] = 20,
-        seed: Annotated[int, typer.Option(help="seed of the kill points, tenant and faults")] = 1,
-        samba: Annotated[bool, typer.Option(help="use the Samba AD harness when it can run")] = True,
-        as_json: Annotated[bool, typer.Option("--json/--no-json", help="one JSON object (the default)")] = True,
-    ) -> None:
-        """Fault, crash and hostile-input suites against the emulator and Samba AD: the figures."""
-        result = run(trials, seed, samba=samba)
-        typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))

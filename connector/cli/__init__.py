@@ -1,17 +1,15 @@
 """Command-line interface (typer + rich).
 
-The app is built lazily so that the modules that add commands of their own (the benchmarks, each a
-``register(bench_app)``) can use the commands' helpers, ``handle_errors`` and ``print_json``, without
-building the whole command tree first.
+The app is built lazily: ``import connector.cli`` (the ``mvsync`` entry point) costs nothing until a
+command runs. The CLI sits on top of the package: nothing else imports it (``connector.bench`` holds
+the benchmarks' ``run`` functions, and ``mvsync bench`` their commands, in ``_bench``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from connector.cli._common import handle_errors, print_json
-
-__all__ = ["app", "handle_errors", "main", "print_json"]
+__all__ = ["app", "main"]
 
 
 def main() -> None:
