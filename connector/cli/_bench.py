@@ -19,6 +19,14 @@ __all__ = ["register"]
 
 bench_app = typer.Typer(help="Benchmarks (each prints one JSON object).", no_args_is_help=True)
 
+# Options that mean the same in every benchmark (each command sets its own default).
+UsersOption = Annotated[int, typer.Option("--users", help="Users in the emulated tenant.")]
+PhotoRatioOption = Annotated[float, typer.Option("--photo-ratio", help="Share of users (or mailboxes) with a photo.")]
+LatencyOption = Annotated[float, typer.Option("--latency-ms", help="Latency added to each request to the emulator.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the tenant, its photos and faults.")]
+OneJsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+AlwaysJsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (always on).")]
+
 
 def _report(result: dict[str, Any], json_out: bool) -> None:
     """One JSON line, or one ``key: value`` line per figure."""
@@ -47,7 +55,7 @@ def sync_command(
             ),
         ),
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
+    json_out: AlwaysJsonOption = True,
 ) -> None:
     """Full and no-change delta synchronization throughput on synthetic agents."""
     from connector.bench import sync
@@ -60,9 +68,9 @@ def sync_command(
 def emulator_command(
     seconds: Annotated[float, typer.Option("--seconds", help="How long the client drives load.")] = 5.0,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Keep-alive connections.")] = 16,
-    users: Annotated[int, typer.Option("--users", help="Tenant size.")] = 1000,
+    users: UsersOption = 1000,
     size: Annotated[str | None, typer.Option("--size", help="Photo size, e.g. 96x96 (default: the original).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: OneJsonOption = False,
 ) -> None:
     """Photo requests/s the emulator serves (no latency, no throttling) to a separate client process."""
     from connector.bench import emulator
@@ -81,7 +89,7 @@ def emulator_command(
 def thumbnails_command(
     images: Annotated[int, typer.Option(min=10, help="Distinct 648x648 source photos.")] = 200,
     passes: Annotated[int, typer.Option(min=1, help="Timed passes (the fastest is reported, and the median).")] = 5,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
+    json_out: AlwaysJsonOption = True,
 ) -> None:
     """Thumbnail pipeline throughput: 648x648 JPEG -> 96x96 JPEG of at most 10 KB, per CPU core."""
     from connector.bench import thumbnails
@@ -92,10 +100,10 @@ def thumbnails_command(
 @bench_app.command("import")
 @handle_errors
 def import_command(
-    users: Annotated[int, typer.Option("--users", help="Users in the emulated tenant.")] = 10_000,
-    photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,
-    latency_ms: Annotated[float, typer.Option("--latency-ms", help="Graph latency per request.")] = 100.0,
-    seed: Annotated[int, typer.Option("--seed")] = 1,
+    users: UsersOption = 10_000,
+    photo_ratio: PhotoRatioOption = 0.5,
+    latency_ms: LatencyOption = 100.0,
+    seed: SeedOption = 1,
     page_size: Annotated[int, typer.Option("--page-size", help="Import page size.")] = 500,
     naive_seconds: Annotated[float, typer.Option("--naive-seconds", help="Time box of the naive client.")] = 20.0,
     throttle: Annotated[
@@ -109,7 +117,7 @@ def import_command(
             help="Also measure a full import interrupted after N committed pages and the run that resumes it.",
         ),
     ] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: OneJsonOption = False,
 ) -> None:
     """Full and no-change delta photo import against the Graph emulator, plus a naive baseline."""
     from connector.bench import import_
@@ -124,18 +132,18 @@ def import_command(
 @handle_errors
 def import_ews_command(
     mailboxes: Annotated[int, typer.Option("--mailboxes", help="On-premises mailboxes.")] = 2000,
-    photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share with a photo.")] = 0.5,
-    latency_ms: Annotated[float, typer.Option("--latency-ms", help="Latency added to each EWS request.")] = 100.0,
+    photo_ratio: PhotoRatioOption = 0.5,
+    latency_ms: LatencyOption = 100.0,
     concurrency: Annotated[int, typer.Option("--concurrency", help="The agent's ceiling.")] = 16,
     ews_max_concurrency: Annotated[
         int, typer.Option("--ews-max-concurrency", help="The account's EWSMaxConcurrency.")
     ] = 27,
-    seed: Annotated[int, typer.Option("--seed")] = 1,
+    seed: SeedOption = 1,
     budget_per_s: Annotated[
         float | None,
         typer.Option("--budget-per-s", help="The account's EWS budget (requests/s, burst 50): ErrorServerBusy."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: OneJsonOption = False,
 ) -> None:
     """Photos/s from Exchange Server's EWS (emulated, NTLM) through the engine, full and re-check delta."""
     from connector.bench import import_ews
@@ -180,12 +188,12 @@ def export_ad_command(
 @bench_app.command("e2e")
 @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
 def e2e_command(
-    users: Annotated[int, typer.Option("--users", help="Users in the emulated tenant.")] = 2200,
-    photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,
-    latency_ms: Annotated[float, typer.Option("--latency-ms", help="Latency added to each Graph request.")] = 100.0,
-    seed: Annotated[int, typer.Option("--seed")] = 1,
+    users: UsersOption = 2200,
+    photo_ratio: PhotoRatioOption = 0.5,
+    latency_ms: LatencyOption = 100.0,
+    seed: SeedOption = 1,
     samba: Annotated[bool, typer.Option("--samba", help="Export to the harness's Samba AD DC, not LDIF.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: OneJsonOption = False,
 ) -> None:
     """Full cycle from an empty store to AD (LDIF, Samba, or AD_*), then a no-change delta cycle."""
     from connector.bench import e2e
@@ -215,7 +223,7 @@ def ui_command(
     store: Annotated[
         str | None, typer.Option(help="Store URL (default: a temporary SQLite file); must be empty.")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
+    json_out: AlwaysJsonOption = True,
 ) -> None:
     """Time every console page (p50/p95/max ms) on a store of PERSONS persons."""
     from connector.bench import ui
