@@ -9,9 +9,9 @@ layer would hide what really happens, so instead this connector is an honest, ti
 * it has the real agent's schema (object class ``user``, anchored on ``objectGUID``), so the
   connector space, join and flow rules are exactly the sample's;
 * export plans each change with the real agent's planner (``plan_change``: scope guard, the
-  102,400-byte ``thumbnailPhoto`` limit; the engine has left out no-op changes already), appends the resulting ``changetype:
-  modify`` records to ``ldif_output`` -- a file ``ldapmodify -f`` applies to a real DC -- and then
-  applies them to the snapshot, as a DC would;
+  102,400-byte ``thumbnailPhoto`` limit; the engine has left out no-op changes already), appends
+  the resulting ``changetype: modify`` records to ``ldif_output`` -- a file ``ldapmodify -f``
+  applies to a real DC -- and then applies them to the snapshot, as a DC would;
 * each applied change bumps the entry's ``uSNChanged``, and delta import returns the entries
   above the watermark, which is how the real agent's USN delta works; the confirming import after
   an export therefore sees exactly the bytes that were exported.
