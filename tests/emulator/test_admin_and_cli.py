@@ -10,10 +10,8 @@ import subprocess
 import sys
 
 import requests
-import typer
 from PIL import Image
 
-from connector.bench.emulator import register as register_bench
 from connector.bench.emulator import run as run_bench
 from connector.emulator import GraphEmulator
 from tests.emulator.conftest import make_api
@@ -136,6 +134,6 @@ def test_bench_runs_from_a_separate_process() -> None:
     assert result["photo_requests_per_s"] > 50
     assert result["errors"] == {} and result["server_photo_requests"] == result["responses"]
     assert result["emulator_assumptions"]["latency"].startswith("0 ms added to every Graph call: an assumption")
-    bench_app = typer.Typer()
-    register_bench(bench_app)
-    assert [c.name for c in bench_app.registered_commands] == ["emulator"]
+    from connector.cli._bench import bench_app  # the CLI holds the command; the benchmark is a library
+
+    assert "emulator" in [c.name for c in bench_app.registered_commands]
