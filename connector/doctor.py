@@ -41,16 +41,16 @@ from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
 from connector.store import (
     BLOB_PREFIX,
+    RESTORE_HINT,
     SCHEMA_VERSION,
     SqlStore,
     StoreCorruptError,
     StoreError,
     StoreMissingError,
     StoreVersionError,
+    current_version,
     loads,
 )
-from connector.store._faults import RESTORE_HINT
-from connector.store._migrations import current_version
 from connector.store.tables import blob, cs_object, metadata, mv_object, transform_cache
 
 __all__ = ["EXIT_PROBLEMS", "Finding", "Report", "check_config", "check_store", "run_doctor"]
@@ -349,9 +349,8 @@ def check_store(store: SqlStore) -> list[Finding]:
 # ------------------------------------------------------------------------------------------ config
 def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]:
     """Rules, connectors, TLS material, token caches and reachability of every agent."""
-    from connector.demo._config import uses_stopped_emulator
-    from connector.engine import Engine
-    from connector.engine._agents import open_connector, setting_paths
+    from connector.demo import uses_stopped_emulator
+    from connector.engine import Engine, open_connector, setting_paths
 
     found: list[Finding] = []
     try:
@@ -411,7 +410,7 @@ def _connect_findings(connector: Any, where: str) -> list[Finding]:
 
 def _demo_aware(findings: list[Finding], offline: bool) -> list[Finding]:
     """In a demo folder, an agent of the stopped emulator is expected to be unreachable: a warning."""
-    from connector.demo._config import EMULATOR_DOWN
+    from connector.demo import EMULATOR_DOWN
 
     if not offline:
         return findings

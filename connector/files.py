@@ -27,6 +27,10 @@ class OwnerOnlyError(OSError):
 def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:
     """Write ``data`` so readers see the old or the new file, never a mix (temp file, fsync, ``os.replace``).
 
+    The temporary file is hidden (``.name.xxxx``) and in the same folder, so the rename stays on one
+    file system and folder scans that skip hidden files (photo folders) never pick up a partial
+    file, even after a crash. It is created 0600 on POSIX (photos and LDIF are personal data too).
+
     ``private`` limits the temporary file to the owner *before* the data goes in, so a secret is
     never readable by others, not even for a moment. ``durable`` flushes the data, and on POSIX the
     directory after the rename, so the new content survives a power cut (Windows cannot open a

@@ -3,9 +3,9 @@
 # needs and runs it:
 #   * as root with apt: Samba AD DC packages, ldap-utils, PostgreSQL and Chromium (for the real-server
 #     and browser tests; the harness starts the servers itself, on loopback, in temporary directories);
-#   * a virtualenv in .venv with mvsync and its test, postgres, web, face and kerberos extras
+#   * a virtualenv in .venv with mvsync and its test, postgres, web, face, kerberos and emulator extras
 #     (gssapi builds from source against libkrb5-dev);
-#   * ruff, mypy and pytest.
+#   * ruff, import-linter (the layering contracts), mypy and pytest.
 # Extra arguments go to pytest, e.g.  bash tests/run.sh -k engine -x
 # With CI=true (or MVSYNC_REQUIRE_SERVERS=1) a test that would skip for lack of Samba, PostgreSQL or
 # Chromium fails instead.
@@ -36,7 +36,7 @@ fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
-.venv/bin/python -m pip install -q -e '.[test,postgres,web,face,kerberos]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q -e '.[test,postgres,web,face,kerberos,emulator]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c 'import connector, pytest' # fail loudly if the install did not work
 
 if [ "${CI:-}" = true ]; then export MVSYNC_REQUIRE_SERVERS=1; fi
@@ -44,6 +44,8 @@ if [ "${CI:-}" = true ]; then export MVSYNC_REQUIRE_SERVERS=1; fi
 echo "== ruff" >&2
 .venv/bin/ruff check connector tests
 .venv/bin/ruff format --check connector tests
+echo "== lint-imports (the layering contracts in pyproject.toml)" >&2
+.venv/bin/lint-imports --no-cache --no-logo
 echo "== mypy" >&2
 .venv/bin/mypy
 echo "== mypy --platform win32 (no POSIX-only call in what the package runs on Windows)" >&2

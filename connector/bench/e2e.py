@@ -29,14 +29,13 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import requests
-import typer
 
 from connector.bench._util import peak_rss_mb, stop_child
 
-__all__ = ["register", "run"]
+__all__ = ["run"]
 
 _SERVE = """
 import json, sys
@@ -77,10 +76,13 @@ def run(
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the module docstring)."""
     from connector.config import load_config
-    from connector.demo import prepare_scenario, work_done
-    from connector.demo._ad import connect, delete_subtree, settings_from_env
-    from connector.demo._run import DEMO_SCOPES
-    from connector.demo._world import start_ews
+    from connector.demo import (
+        DEMO_SCOPES,
+        prepare_scenario,
+        start_ews,
+        work_done,
+    )
+    from connector.demo.ad import connect, delete_subtree, settings_from_env
     from connector.emulator import EmulatorConfig, model_assumptions
     from connector.engine import Engine
 
@@ -171,25 +173,3 @@ def _samba_lease() -> Any:
     from connector.bench._harness import harness
 
     return harness("samba_dc", benchmark="e2e --samba").samba_lease()
-
-
-def register(bench_app: typer.Typer) -> None:
-    from connector.cli._common import handle_errors
-
-    @bench_app.command("e2e")
-    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
-    def e2e(
-        users: Annotated[int, typer.Option("--users", help="Users in the emulated tenant.")] = 2200,
-        photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,
-        latency_ms: Annotated[float, typer.Option("--latency-ms", help="Latency added to each Graph request.")] = 100.0,
-        seed: Annotated[int, typer.Option("--seed")] = 1,
-        samba: Annotated[bool, typer.Option("--samba", help="Export to the harness's Samba AD DC, not LDIF.")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    ) -> None:
-        """Full cycle from an empty store to AD (LDIF, Samba, or AD_*), then a no-change delta cycle."""
-        result = run(users, photo_ratio, latency_ms, seed, samba)
-        if json_out:
-            sys.stdout.write(json.dumps(result) + "\n")
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key}: {value}")

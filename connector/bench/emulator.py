@@ -15,13 +15,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from connector.emulator import EmulatorConfig, GraphEmulator, model_assumptions
 
-__all__ = ["register", "run"]
+__all__ = ["run"]
 
 
 def run(
@@ -147,32 +145,6 @@ async def _client(job: dict[str, Any]) -> dict[str, Any]:
 def _client_main() -> None:
     job = json.loads(sys.stdin.read())
     sys.stdout.write(json.dumps(asyncio.run(_client(job))) + "\n")
-
-
-def register(bench_app: typer.Typer) -> None:
-    """Add ``mvsync bench emulator``."""
-
-    @bench_app.command("emulator")
-    def emulator_bench(
-        seconds: Annotated[float, typer.Option("--seconds", help="How long the client drives load.")] = 5.0,
-        concurrency: Annotated[int, typer.Option("--concurrency", help="Keep-alive connections.")] = 16,
-        users: Annotated[int, typer.Option("--users", help="Tenant size.")] = 1000,
-        size: Annotated[
-            str | None, typer.Option("--size", help="Photo size, e.g. 96x96 (default: the original).")
-        ] = None,
-        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    ) -> None:
-        """Photo requests/s the emulator serves (no latency, no throttling) to a separate client process."""
-        from connector.cli._common import print_json
-
-        result = run(seconds=seconds, concurrency=concurrency, users=users, size=size)
-        if json_out:
-            print_json(result)
-        else:
-            typer.echo(
-                f"{result['photo_requests_per_s']} photo requests/s "
-                f"({result['responses']} in {result['elapsed_s']} s, {concurrency} connections)"
-            )
 
 
 if __name__ == "__main__":

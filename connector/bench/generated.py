@@ -1,5 +1,9 @@
 """A synthetic connector that produces ``count`` deterministic people (benchmarks, smoke tests).
 
+It is not an installed entry point: a production installation has no use for an agent type that
+invents people. The benchmarks register it for their own process (``register``) under ``generated``;
+other configurations name it by reference, ``connector.bench.generated:GeneratedConnector``.
+
 Every value derives from the seed and the object number, so two runs with the same settings import
 the same data, and ``revision`` changes a chosen fraction of objects to simulate churn.
 """
@@ -11,6 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from connector.registry import register_connector
 from connector.sdk import (
     Attribute,
     AttributeType,
@@ -25,7 +30,12 @@ from connector.sdk import (
     Schema,
 )
 
-__all__ = ["GeneratedConnector", "GeneratedSettings"]
+__all__ = ["NAME", "REFERENCE", "GeneratedConnector", "GeneratedSettings", "register"]
+
+#: The agent ``type`` the benchmarks' configurations use once ``register`` ran.
+NAME = "generated"
+#: The same connector by reference, which works in any process (tests, hand-written configurations).
+REFERENCE = "connector.bench.generated:GeneratedConnector"
 
 
 class GeneratedSettings(ConnectorSettings):
@@ -90,3 +100,8 @@ class GeneratedConnector(Connector[GeneratedSettings]):
     def export(self, changes: Any) -> list[ExportResult]:
         self.exported += len(changes)
         return [ExportResult.success(c.identifier) for c in changes]
+
+
+def register() -> None:
+    """Register the synthetic connector as ``generated`` in this process (the benchmarks' agent type)."""
+    register_connector(NAME, GeneratedConnector)

@@ -28,19 +28,17 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 import requests
-import typer
 from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
 from connector.bench._util import peak_rss_mb
-from connector.emulator import EmulatorConfig, ceiling_requests_per_s, model_assumptions
-from connector.emulator._agent import exo_agent_settings
+from connector.emulator import EmulatorConfig, ceiling_requests_per_s, exo_agent_settings, model_assumptions
 from connector.sdk import ImportPage, ImportRequest, StopRunError
 
-__all__ = ["BenchConnector", "register", "run"]
+__all__ = ["BenchConnector", "run"]
 
 
 class BenchConnector(ExchangeOnlinePhotosConnector):
@@ -335,34 +333,3 @@ def run(
         "one_request_bound_note": "batched GET /photo/$value, one request per user, same lanes, no store: "
         "unbounded originals and no sized fallback, so not a correct client; the fastest any client can go",
     }
-
-
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("import")
-    def import_bench(
-        users: Annotated[int, typer.Option("--users", help="Users in the emulated tenant.")] = 10_000,
-        photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,
-        latency_ms: Annotated[float, typer.Option("--latency-ms", help="Graph latency per request.")] = 100.0,
-        seed: Annotated[int, typer.Option("--seed")] = 1,
-        page_size: Annotated[int, typer.Option("--page-size", help="Import page size.")] = 500,
-        naive_seconds: Annotated[float, typer.Option("--naive-seconds", help="Time box of the naive client.")] = 20.0,
-        throttle: Annotated[
-            str,
-            typer.Option("--throttle", help="The emulator's throttling model (a name or a JSON object of limits)."),
-        ] = "default",
-        interrupt_after_pages: Annotated[
-            int,
-            typer.Option(
-                "--interrupt-after-pages",
-                help="Also measure a full import interrupted after N committed pages and the run that resumes it.",
-            ),
-        ] = 0,
-        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    ) -> None:
-        """Full and no-change delta photo import against the Graph emulator, plus a naive baseline."""
-        result = run(users, photo_ratio, latency_ms, seed, page_size, naive_seconds, throttle, interrupt_after_pages)
-        if json_out:
-            sys.stdout.write(json.dumps(result) + "\n")
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key}: {value}")

@@ -24,18 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
-
-import typer
+from typing import Any, ClassVar
 
 from connector.agents.exchange_server import ExchangeServerPhotosConnector
 from connector.bench._util import peak_rss_mb, stop_child
 
-__all__ = ["BenchEwsConnector", "register", "run"]
+__all__ = ["BenchEwsConnector", "run"]
 
 _SERVE = """
 import json, sys
-from connector.emulator._ews import EwsConfig, EwsEmulator
+from connector.emulator import EwsConfig, EwsEmulator
 emu = EwsEmulator(EwsConfig(**json.loads(sys.argv[1]))).start()
 print(json.dumps({**emu.info, "mailboxes": [m["email"] for m in emu.mailboxes()]}), flush=True)
 sys.stdin.read()  # serve until the benchmark closes our stdin
@@ -55,8 +53,7 @@ class BenchEwsConnector(ExchangeServerPhotosConnector):
 
 
 def _config(tmp: Path, info: dict[str, Any], concurrency: int, ews_max: int) -> Path:
-    from connector.demo import dump_toml
-    from connector.demo._config import write_secret
+    from connector.demo import dump_toml, write_secret
 
     listing = tmp / "mailboxes.txt"
     listing.write_text("\n".join(info["mailboxes"]) + "\n", encoding="utf-8")
@@ -173,29 +170,3 @@ def run(
         "assumptions": "latency is the emulator's added delay per request (Microsoft publishes none); "
         "photos are 24 rendered templates served at HR648x648 or their largest size",
     }
-
-
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("import-ews")
-    def import_ews(
-        mailboxes: Annotated[int, typer.Option("--mailboxes", help="On-premises mailboxes.")] = 2000,
-        photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share with a photo.")] = 0.5,
-        latency_ms: Annotated[float, typer.Option("--latency-ms", help="Latency added to each EWS request.")] = 100.0,
-        concurrency: Annotated[int, typer.Option("--concurrency", help="The agent's ceiling.")] = 16,
-        ews_max_concurrency: Annotated[
-            int, typer.Option("--ews-max-concurrency", help="The account's EWSMaxConcurrency.")
-        ] = 27,
-        seed: Annotated[int, typer.Option("--seed")] = 1,
-        budget_per_s: Annotated[
-            float | None,
-            typer.Option("--budget-per-s", help="The account's EWS budget (requests/s, burst 50): ErrorServerBusy."),
-        ] = None,
-        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    ) -> None:
-        """Photos/s from Exchange Server's EWS (emulated, NTLM) through the engine, full and re-check delta."""
-        result = run(mailboxes, photo_ratio, latency_ms, concurrency, ews_max_concurrency, seed, budget_per_s)
-        if json_out:
-            sys.stdout.write(json.dumps(result) + "\n")
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key}: {value}")

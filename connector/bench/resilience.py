@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 __all__ = [
     "crash_trials",
@@ -35,7 +32,6 @@ __all__ = [
     "exo_photo_checksums",
     "export_across_dc_restart",
     "hostile_inputs",
-    "register",
     "restartable_dc",
     "run",
 ]
@@ -47,7 +43,7 @@ SCALED_TOKEN_LIFETIME_S = 2
 def _exo_only_config(root: Path, info: dict[str, Any], **exo_overrides: Any) -> Any:
     """A configuration with only the exo agent and one full-import profile (sample settings)."""
     from connector.config import config_from_dict
-    from connector.demo._config import emulator_exo_settings, load_sample
+    from connector.demo import emulator_exo_settings, load_sample
 
     exo = emulator_exo_settings(load_sample(), info, root / "secrets", **exo_overrides)
     return config_from_dict(
@@ -306,8 +302,7 @@ def odd_images() -> dict[str, bytes]:
 def _hostile_world(root: Path, photos: dict[str, bytes]) -> tuple[Any, Path]:
     """HR folder photos (undecoded) -> metaverse -> the LDIF directory stand-in's thumbnailPhoto."""
     from connector.config import config_from_dict
-    from connector.demo._config import AD_SNAPSHOT_TYPE
-    from connector.demo._directory import write_ldif
+    from connector.demo import AD_SNAPSHOT_TYPE, write_ldif
 
     folder = root / "photos"
     folder.mkdir(parents=True)
@@ -385,7 +380,7 @@ def hostile_images(root: Path) -> dict[str, Any]:
 
     from PIL import Image
 
-    from connector.demo._directory import read_ldif
+    from connector.demo import read_ldif
     from connector.engine import Engine
 
     images = odd_images()
@@ -499,7 +494,7 @@ def hostile_file_names(root: Path) -> dict[str, Any]:
 def hostile_configs(root: Path) -> dict[str, Any]:
     """Configuration files with unknown keys and wrong types: each a ConfigError naming key and file."""
     from connector.config import ConfigError, load_config
-    from connector.demo._config import dump_toml
+    from connector.demo import dump_toml
     from connector.engine import Engine
 
     base: dict[str, Any] = {
@@ -701,19 +696,3 @@ def _samba() -> Any:
     from connector.bench._harness import harness
 
     return harness("samba_dc", benchmark="resilience")
-
-
-def register(bench_app: typer.Typer) -> None:
-    from connector.cli._common import handle_errors
-
-    @bench_app.command("resilience")
-    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
-    def resilience(
-        trials: Annotated[int, typer.Option(help="kill -9 trials (phases import, sync, export in turn)")] = 20,
-        seed: Annotated[int, typer.Option(help="seed of the kill points, tenant and faults")] = 1,
-        samba: Annotated[bool, typer.Option(help="use the Samba AD harness when it can run")] = True,
-        as_json: Annotated[bool, typer.Option("--json/--no-json", help="one JSON object (the default)")] = True,
-    ) -> None:
-        """Fault, crash and hostile-input suites against the emulator and Samba AD: the figures."""
-        result = run(trials, seed, samba=samba)
-        typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))

@@ -11,16 +11,14 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
+from connector.bench import generated
 from connector.bench._util import peak_rss_mb
-from connector.cli._common import print_json
 from connector.config import config_from_dict
 from connector.engine import Engine
 
-__all__ = ["register", "run"]
+__all__ = ["run", "run_on_postgres"]
 
 
 def bench_config(objects: int, store_url: str, base: Path) -> dict[str, Any]:
@@ -66,6 +64,7 @@ def run(objects: int = 100_000, store: str | None = None) -> dict[str, Any]:
         base = Path(tmp)
         url = store or f"sqlite:///{base / 'bench.db'}"
         config = config_from_dict(bench_config(objects, url, base), base_dir=base)
+        generated.register()
         engine = Engine(config)
         if store:
             _reset(engine)
@@ -101,6 +100,15 @@ def run(objects: int = 100_000, store: str | None = None) -> dict[str, Any]:
         }
 
 
+def run_on_postgres(objects: int = 100_000) -> dict[str, Any]:
+    """``run`` on a throwaway PostgreSQL cluster that the test harness starts (from a source checkout)."""
+    from connector.bench._harness import harness
+
+    postgres_server = harness("postgres_server", benchmark="sync --postgres").postgres_server
+    with postgres_server(durable=True) as server:  # durable: default fsync, as a production server
+        return run(objects, server.create_database())
+
+
 def _reset(engine: Engine) -> None:
     """Empty a server store before a benchmark run (PostgreSQL benchmarks reuse one database)."""
     from connector.store.tables import metadata
@@ -109,37 +117,3 @@ def _reset(engine: Engine) -> None:
         for table in reversed(metadata.sorted_tables):
             if table.name != "store_meta":
                 conn.execute(table.delete())
-
-
-def register(bench_app: typer.Typer) -> None:
-    from connector.cli._common import handle_errors
-
-    @bench_app.command("sync")
-    @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
-    def sync_command(
-        objects: Annotated[int, typer.Option(help="People per agent.")] = 100_000,
-        store: Annotated[
-            str | None,
-            typer.Option(help="Store URL (default: a temporary SQLite file). A server store is emptied first."),
-        ] = None,
-        postgres: Annotated[
-            bool,
-            typer.Option(
-                "--postgres",
-                help=(
-                    "Start a throwaway PostgreSQL on loopback (tests/harness/postgres_server.py, from a source "
-                    "checkout) and use it as the store."
-                ),
-            ),
-        ] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
-    ) -> None:
-        """Full and no-change delta synchronization throughput on synthetic agents."""
-        if not postgres:
-            print_json(run(objects, store))
-            return
-        from connector.bench._harness import harness
-
-        postgres_server = harness("postgres_server", benchmark="sync --postgres").postgres_server
-        with postgres_server(durable=True) as server:  # durable: default fsync, as a production server
-            print_json(run(objects, server.create_database()))

@@ -13,16 +13,14 @@ import platform
 import random
 import statistics
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import PIL
-import typer
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from connector.cli._common import print_json
 from connector.imaging import PhotoSpec, normalize
 
-__all__ = ["register", "run", "synthetic_photo"]
+__all__ = ["run", "synthetic_photo"]
 
 
 def synthetic_photo(seed: int, size: int = 648, *, noise: float = 4.0, quality: int | None = None) -> bytes:
@@ -117,14 +115,3 @@ def _decode_only(sources: list[bytes]) -> float:
         image.draft("RGB", (image.width // 4, image.height // 4))
         image.load()
     return time.process_time() - cpu
-
-
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("thumbnails")
-    def thumbnails_command(
-        images: Annotated[int, typer.Option(min=10, help="Distinct 648x648 source photos.")] = 200,
-        passes: Annotated[int, typer.Option(min=1, help="Timed passes (the fastest is reported, and the median).")] = 5,
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
-    ) -> None:
-        """Thumbnail pipeline throughput: 648x648 JPEG -> 96x96 JPEG of at most 10 KB, per CPU core."""
-        print_json(run(images, passes))

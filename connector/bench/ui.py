@@ -18,17 +18,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from connector.bench._util import peak_rss_mb
-from connector.cli._common import print_json
 from connector.config import MvsyncConfig, config_from_dict
-from connector.engine._sync import search_fields
+from connector.engine import search_fields
 from connector.store import SqlStore, blob_ref, dumps, run_many
 
-__all__ = ["TARGET_MS", "fill_store", "register", "run"]
+__all__ = ["TARGET_MS", "fill_store", "run"]
 
 TARGET_MS = 300.0
 _GIVEN = (
@@ -459,17 +456,3 @@ def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None
             "all_under_target": slowest < TARGET_MS,
             "peak_rss_mb": peak_rss_mb(),
         }
-
-
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("ui")
-    def ui_command(
-        persons: Annotated[int, typer.Option(help="Persons in the metaverse.")] = 100_000,
-        requests: Annotated[int, typer.Option(help="Timed requests per page (after two warm-ups).")] = 20,
-        store: Annotated[
-            str | None, typer.Option(help="Store URL (default: a temporary SQLite file); must be empty.")
-        ] = None,
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON (always on).")] = True,
-    ) -> None:
-        """Time every console page (p50/p95/max ms) on a store of PERSONS persons."""
-        print_json(run(persons, requests, store))

@@ -1,7 +1,8 @@
 """Command-line interface (typer + rich).
 
-The app is built lazily so that modules the commands use (benchmarks, for example) can import
-``connector.cli._common`` without building the whole command tree first.
+The app is built lazily: ``import connector.cli`` (the ``mvsync`` entry point) costs nothing until a
+command runs. The CLI sits on top of the package: nothing else imports it (``connector.bench`` holds
+the benchmarks' ``run`` functions, and ``mvsync bench`` their commands, in ``_bench``).
 """
 
 from __future__ import annotations

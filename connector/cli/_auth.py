@@ -32,8 +32,7 @@ auth_app = typer.Typer(help="Sign agents in (delegated refresh tokens) and check
 
 def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
     """The agent's ``GraphAuth`` (only agents that sign in have one)."""
-    from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
-    from connector.agents.exchange_online._tokencache import generate_key_file
+    from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, generate_key_file
     from connector.config import load_config
     from connector.engine import open_connector
 

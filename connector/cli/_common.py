@@ -25,6 +25,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = [
     "EXIT_COMPLETED_ERRORS",
@@ -121,11 +122,12 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
         try:
             return func(*args, **kwargs)
+        # an error's text is text, not rich markup: "pip install 'mvsync[emulator]'" must arrive whole
         except (ConfigError, ConfigurationError) as exc:
-            raise fail(str(exc), EXIT_CONFIG) from None
+            raise fail(escape(str(exc)), EXIT_CONFIG) from None
         except StoreError as exc:  # read-only, damaged, busy (5, a lock) or missing (2); never a traceback
-            raise fail(str(exc), exc.exit_code) from None
+            raise fail(escape(str(exc)), exc.exit_code) from None
         except LockHeldError as exc:
-            raise fail(str(exc), EXIT_LOCKED) from None
+            raise fail(escape(str(exc)), EXIT_LOCKED) from None
 
     return wrapper

@@ -26,8 +26,7 @@ from connector.cli._common import (
     print_json,
 )
 from connector.config import ConfigError, MvsyncConfig, load_config
-from connector.store import SqlStore, is_blob_ref, loads, parse_blob_ref
-from connector.store._people import Person, import_failures, people
+from connector.store import Person, SqlStore, import_failures, is_blob_ref, loads, parse_blob_ref, people
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 
 __all__ = ["register"]
@@ -107,7 +106,7 @@ def _error_line(e: dict[str, Any]) -> str:
 
 def _demo_hint(config: MvsyncConfig, result: Any) -> None:
     """After ``mvsync demo`` its emulator is gone: say so when that is why a step could not connect."""
-    from connector.demo._config import EMULATOR_DOWN, uses_stopped_emulator
+    from connector.demo import EMULATOR_DOWN, uses_stopped_emulator
 
     for step in result.steps:
         if step.status == "stopped-server-down" and uses_stopped_emulator(
@@ -634,7 +633,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOption = False,
     ) -> None:
         """What the next export of AGENT will do (mvsync's csexport), with OMODT/AMODT columns."""
-        from connector.engine._export import pending_export_rows
+        from connector.engine import pending_export_rows
 
         fmt = "json" if json_out else output_format
         if fmt not in ("json", "csv", "table"):

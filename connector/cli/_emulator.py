@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from connector.cli._common import EXIT_CONFIG, JsonOption, console, fail, print_json
+from connector.cli._common import EXIT_CONFIG, JsonOption, console, fail, handle_errors, print_json
 
 emulator_app = typer.Typer(
     help="The Microsoft Graph + Entra ID emulator (tests, benchmarks, demo).", no_args_is_help=True
@@ -23,6 +23,7 @@ emulator_app = typer.Typer(
 
 
 @emulator_app.command("serve")
+@handle_errors
 def serve(
     users: Annotated[int, typer.Option("--users", help="Users in the tenant.")] = 200,
     photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,

@@ -26,13 +26,13 @@ from connector.cli._common import (
     fail,
     print_json,
 )
+from connector.files import atomic_write
 from connector.imaging import (
     AD_THUMBNAIL_MAX_BYTES,
     ImageError,
     InvalidSpecError,
     PhotoSpec,
     normalize,
-    write_atomic,
 )
 
 __all__ = ["register"]
@@ -173,7 +173,7 @@ def convert_file(path: Path, out: Path, spec: PhotoSpec, written: dict[Path, Pat
             result.detail = f"{path.stat().st_size:,} bytes is over the limit of {spec.limits.max_input_bytes:,}"
             return result
         photo = normalize(path.read_bytes(), spec)
-        write_atomic(target, photo.data)
+        atomic_write(target, photo.data)
     except ImageError as exc:
         result.error, result.detail = exc.name, exc.detail
         return result
@@ -200,7 +200,7 @@ def _expand(inputs: list[Path], recursive: bool) -> Iterator[Path]:
     Each of them gets a result line: a ``.psd`` or ``.txt`` in the folder is refused by name
     ("Photoshop (PSD) files are not supported") rather than skipped in silence, and a format on
     the accepted list (``connector.imaging.PHOTO_FORMATS``, WebP included) is converted.
-    Hidden files (``.DS_Store``, the temporaries of ``write_atomic``) are not photos anyone put there.
+    Hidden files (``.DS_Store``, the temporaries of ``atomic_write``) are not photos anyone put there.
     """
     for item in inputs:
         if not item.is_dir():

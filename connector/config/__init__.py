@@ -6,6 +6,7 @@ from connector.config._loader import (
     format_validation_error,
     load_config,
     resolve_refs,
+    secret_fields,
     validate_settings,
 )
 from connector.config._models import (
@@ -45,5 +46,6 @@ __all__ = [
     "format_validation_error",
     "load_config",
     "resolve_refs",
+    "secret_fields",
     "validate_settings",
 ]

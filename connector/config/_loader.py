@@ -18,7 +18,14 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from connector.config._models import MvsyncConfig
 from connector.secrets import SecretFileError, read_secret_file
 
-__all__ = ["ConfigError", "format_validation_error", "load_config", "resolve_refs", "validate_settings"]
+__all__ = [
+    "ConfigError",
+    "format_validation_error",
+    "load_config",
+    "resolve_refs",
+    "secret_fields",
+    "validate_settings",
+]
 
 
 class ConfigError(Exception):
@@ -74,7 +81,9 @@ def resolve_refs(value: Any, *, key: str, file: Path | None, base_dir: Path) -> 
     return value
 
 
-def _secret_fields(model: type[BaseModel]) -> set[str]:
+def secret_fields(model: type[BaseModel]) -> set[str]:
+    """The settings (names and aliases) of ``model`` that hold secrets: the loader accepts only
+    ``{ env = .. }`` / ``{ file = .. }`` for them, and the console masks them."""
     names = set()
     for name, field in model.model_fields.items():
         annotation = field.annotation
@@ -98,7 +107,7 @@ def validate_settings(
     model: type[BaseModel], raw: dict[str, Any], *, key: str, file: Path | None, base_dir: Path
 ) -> BaseModel:
     """Validate an agent's raw settings against its connector's settings model."""
-    for name in _secret_fields(model):
+    for name in secret_fields(model):
         if name in raw and not _is_ref(raw[name]) and raw[name] is not None:
             msg = (
                 f"{_where(file, f'{key}.{name}')}: secrets may only be given as "

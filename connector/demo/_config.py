@@ -8,17 +8,16 @@ way the sample is exercised end to end instead of a look-alike drifting away fro
 from __future__ import annotations
 
 import copy
-import json
-import re
 import shutil
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from connector.agents.exchange_online._tokencache import generate_key_file
+import tomlkit
+
+from connector.agents.exchange_online import generate_key_file
 from connector.config import ConfigError
-from connector.emulator._agent import exo_agent_settings
+from connector.emulator import exo_agent_settings
 from connector.files import make_private_dir, write_private_file
 
 __all__ = [
@@ -27,12 +26,13 @@ __all__ = [
     "dump_toml",
     "emulator_exo_settings",
     "load_sample",
+    "load_sample_document",
     "sample_path",
     "write_secret",
 ]
 
-#: The ``type`` of the demo's AD stand-in (a ``module:Class`` reference, see ``_directory``).
-AD_SNAPSHOT_TYPE = "connector.demo:DirectorySnapshotConnector"
+#: The ``type`` of the demo's AD stand-in (an installed entry point, see ``_directory``).
+AD_SNAPSHOT_TYPE = "active-directory-snapshot"
 
 
 def sample_path() -> Path:
@@ -44,10 +44,16 @@ def sample_path() -> Path:
 
 
 def load_sample(path: Path | None = None) -> dict[str, Any]:
-    """The sample configuration as a dict (references such as ``{env = ..}`` left unresolved)."""
+    """The sample configuration as plain values (references such as ``{env = ..}`` left unresolved)."""
+    return load_sample_document(path).unwrap()
+
+
+def load_sample_document(path: Path | None = None) -> tomlkit.TOMLDocument:
+    """The sample configuration as a TOML document: a dict that keeps the sample's comments, so the
+    configuration derived from it (``derive_config``, ``dump_toml``) still explains itself."""
     path = path or sample_path()
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomlkit.parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         msg = f"{path}: the sample configuration is missing (the demo needs the source tree's samples/ folder)"
         raise ConfigError(msg) from None
@@ -105,7 +111,6 @@ def emulator_exo_settings(
     if not key.exists():
         generate_key_file(key)  # as `mvsync auth login` does: owner only, DPAPI-sealed on Windows
     settings.update(exo_agent_settings(info, refresh_token={"file": str(rt)}, token_cache_key_file=str(key)))
-    settings.pop("token_cache_key_env", None)
     if settings.get("ca_bundle"):
         settings["ca_bundle"] = keep_ca(settings["ca_bundle"], secrets, "emulator-ca.pem")
     settings.update(overrides)
@@ -113,7 +118,7 @@ def emulator_exo_settings(
 
 
 def derive_config(
-    sample: Mapping[str, Any],
+    sample: MutableMapping[str, Any],
     *,
     store_url: str,
     data_dir: str,
@@ -122,97 +127,82 @@ def derive_config(
     ad_type: str,
     ad: dict[str, Any],
     exs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> MutableMapping[str, Any]:
     """A copy of the sample with its site settings replaced (rules and run profiles untouched).
 
+    A ``load_sample_document`` sample keeps its comments: settings are changed key by key, so the
+    explanation beside each setting the site keeps stays with it. The AD snapshot stand-in has
+    settings of its own, so the directory's settings (and their comments) give way to them.
     Without ``exs`` settings the site has no on-premises Exchange: the ``exs`` agent, its run-profile
     steps and its place in the precedence go, as the sample's header tells a site to do.
     """
-    data = copy.deepcopy(dict(sample))
-    data["store"] = {**data.get("store", {}), "url": store_url}
+    data = copy.deepcopy(sample)
+    _update_table(data["store"], {"url": store_url})
     data["data_dir"] = data_dir
     agents = data["agents"]
-    agents["exo"]["settings"] = exo
-    agents["hr"]["settings"] = {**agents["hr"]["settings"], **hr}
+    _update_table(agents["exo"]["settings"], exo, exactly=True)
+    _update_table(agents["hr"]["settings"], hr)
     agents["ad"]["type"] = ad_type
-    agents["ad"]["settings"] = ad if ad_type == AD_SNAPSHOT_TYPE else {**agents["ad"]["settings"], **ad}
+    if ad_type == AD_SNAPSHOT_TYPE:
+        agents["ad"]["settings"] = ad
+    else:
+        _update_table(agents["ad"]["settings"], ad)
     if exs is not None:
-        agents["exs"]["settings"] = {**agents["exs"]["settings"], **exs}
+        _update_table(agents["exs"]["settings"], exs)
     else:
         _drop_agent(data, "exs")
     return data
 
 
-def _drop_agent(data: dict[str, Any], name: str) -> None:
+def _drop_agent(data: MutableMapping[str, Any], name: str) -> None:
+    """Remove agent ``name``, its run-profile steps and its precedence ranks, in place (lists keep
+    their layout in a document)."""
     data["agents"].pop(name, None)
     for profile in data.get("run_profiles", {}).values():
-        profile["steps"] = [step for step in profile["steps"] if step.get("agent") != name]
-    precedence = data.get("metaverse", {}).get("precedence", {})
-    for attribute, ranked in precedence.items():
-        precedence[attribute] = [agent for agent in ranked if agent != name]
+        _remove_where(profile["steps"], lambda step: step.get("agent") == name)
+    for ranked in data.get("metaverse", {}).get("precedence", {}).values():
+        _remove_where(ranked, lambda agent: agent == name)
+
+
+def _remove_where(items: list[Any], unwanted: Callable[[Any], bool]) -> None:
+    for index in reversed(range(len(items))):
+        if unwanted(items[index]):
+            del items[index]
 
 
 # ------------------------------------------------------------------------------------- TOML out
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(name: str) -> str:
-    return name if _BARE.match(name) else json.dumps(name)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))  # JSON escapes are valid TOML basic-string escapes
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None) + " }"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    msg = f"cannot write {type(value).__name__} as TOML"
-    raise TypeError(msg)
-
-
 def dump_toml(data: Mapping[str, Any], header: str = "") -> str:
-    """TOML for a configuration dict: tables as ``[a.b]``, lists of tables as ``[[a.b]]``.
-
-    (The standard library reads TOML but does not write it; configurations need only this much.)
-    """
-    out: list[str] = [header] if header else []
-
-    def table(path: list[str], body: Mapping[str, Any], *, array: bool = False) -> None:
-        # Near the top everything structured is a section; deeper, short values stay inline.
-        def inline(value: Any) -> bool:
-            if not (_is_table(value) or _is_table_list(value)):
-                return True
-            return len(path) >= 2 and len(_value(value)) <= 100
-
-        if path:
-            name = ".".join(_key(p) for p in path)
-            out.append(f"\n[[{name}]]" if array else f"\n[{name}]")
-        out.extend(f"{_key(k)} = {_value(v)}" for k, v in body.items() if v is not None and inline(v))
-        for k, v in body.items():
-            if v is None or inline(v):
-                continue
-            if _is_table(v):
-                table([*path, k], v)
-            else:
-                for item in v:
-                    table([*path, k], item, array=True)
-
-    table([], data)
-    return "\n".join(out) + "\n"
+    """TOML for a configuration: a document from ``load_sample_document`` keeps the sample's comments
+    and layout; a plain dict is laid out by tomlkit. ``None`` values are left out (TOML has none)."""
+    document = data if isinstance(data, tomlkit.TOMLDocument) else _without_none(data)
+    return header + tomlkit.dumps(document)
 
 
-def _is_table(value: Any) -> bool:
-    return isinstance(value, Mapping) and not _is_ref(value)
+def _without_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_none(v) for v in value]
+    return value
 
 
-def _is_table_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+def _toml_value(value: Any) -> Any:
+    """``value`` as the sample writes settings: a mapping (``{ file = .. }``) inline, not a new table."""
+    if isinstance(value, Mapping):
+        table = tomlkit.inline_table()
+        table.update({k: _toml_value(v) for k, v in value.items() if v is not None})
+        return table
+    if isinstance(value, list | tuple):
+        return [_toml_value(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
-def _is_ref(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in ("env", "file")
+def _update_table(table: MutableMapping[str, Any], values: Mapping[str, Any], *, exactly: bool = False) -> None:
+    """Set ``values`` in ``table`` key by key, so the comments and order of the keys kept stay as they
+    are; with ``exactly``, keys ``values`` does not name go."""
+    if exactly:
+        for key in [k for k in table if k not in values]:
+            del table[key]
+    for key, value in values.items():
+        if table.get(key) != value:
+            table[key] = _toml_value(value)

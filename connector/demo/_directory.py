@@ -8,10 +8,10 @@ layer would hide what really happens, so instead this connector is an honest, ti
   ``ldapsearch -LLL`` dumps) holding one entry per user with the attributes the real agent reads;
 * it has the real agent's schema (object class ``user``, anchored on ``objectGUID``), so the
   connector space, join and flow rules are exactly the sample's;
-* export plans each change with the real agent's planner (``plan_change``: scope guard, no-op
-  detection, the 102,400-byte ``thumbnailPhoto`` limit), appends the resulting ``changetype:
-  modify`` records to ``ldif_output`` -- a file ``ldapmodify -f`` applies to a real DC -- and then
-  applies them to the snapshot, as a DC would;
+* export plans each change with the real agent's planner (``plan_change``: scope guard, the
+  102,400-byte ``thumbnailPhoto`` limit; the engine has left out no-op changes already), appends
+  the resulting ``changetype: modify`` records to ``ldif_output`` -- a file ``ldapmodify -f``
+  applies to a real DC -- and then applies them to the snapshot, as a DC would;
 * each applied change bumps the entry's ``uSNChanged``, and delta import returns the entries
   above the watermark, which is how the real agent's USN delta works; the confirming import after
   an export therefore sees exactly the bytes that were exported.
@@ -20,17 +20,23 @@ layer would hide what really happens, so instead this connector is an honest, ti
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from connector.agents.active_directory._export import Operation, plan_change
-from connector.agents.active_directory._ldif import LdifWriter, ldif_line, modify_record
-from connector.agents.active_directory._schema import ANCHOR, OBJECT_CLASS, build_schema
+from connector.agents.active_directory import (
+    ANCHOR,
+    OBJECT_CLASS,
+    LdifWriter,
+    Operation,
+    build_schema,
+    ldif_line,
+    modify_record,
+    plan_change,
+)
+from connector.files import atomic_write
 from connector.sdk import (
     Capabilities,
     CheckResult,
@@ -105,13 +111,7 @@ def write_ldif(path: Path, entries: Iterable[Entry]) -> None:
         out.append(ldif_line("dn", entry["dn"]))
         out.extend(ldif_line(k, v) for k, v in entry.items() if k != "dn" and v is not None)
         out.append("\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="ascii", newline="\n") as handle:
-        handle.writelines(out)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "".join(out).encode("ascii"))
 
 
 def _apply(entry: Entry, operations: Sequence[Operation]) -> None:

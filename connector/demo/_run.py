@@ -35,7 +35,7 @@ from connector.demo._config import (
     dump_toml,
     emulator_exo_settings,
     keep_ca,
-    load_sample,
+    load_sample_document,
     sample_path,
     write_secret,
 )
@@ -118,12 +118,12 @@ def prepare_scenario(
 ) -> Scenario:
     """Write the directory (or populate the real one), HR folder, secrets and ``root/mvsync.toml``.
 
-    ``ad`` is a ``connector.demo._ad.ADSettings`` for a real directory, or None for the LDIF
+    ``ad`` is a ``connector.demo.ad.ADSettings`` for a real directory, or None for the LDIF
     snapshot stand-in. ``account_prefix`` prefixes every ``sAMAccountName`` (see ``directory_users``).
     ``ews_info`` is a running EWS emulator's ``info`` (``start_ews``): the hybrid part, the ``exs``
     agent reading the on-premises mailboxes' photos; without it the configuration has no ``exs``.
     """
-    sample = load_sample()
+    sample = load_sample_document()  # the written configuration keeps the sample's comments
     secrets = root / "secrets"
     users = directory_users(
         tenant_users, str(emulator_info.get("domain", "contoso.example")), account_prefix=account_prefix
@@ -188,7 +188,7 @@ def prepare_scenario(
 
 def _populate_directory(ad: Any, ou: str, users: Sequence[DirectoryUser]) -> None:
     """(Re)create the demo's users in their own OU of a real directory, and nowhere else."""
-    from connector.demo._ad import UserSpec, connect, create_users, delete_subtree, ensure_ou
+    from connector.demo.ad import UserSpec, connect, create_users, delete_subtree, ensure_ou
 
     conn = connect(ad)
     try:
@@ -249,7 +249,7 @@ def run_demo(
     say: Say | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo and return its report (the ``--json`` object)."""
-    from connector.demo._ad import settings_from_env
+    from connector.demo.ad import settings_from_env
     from connector.emulator import EmulatorConfig, GraphEmulator
 
     say = say or (lambda _m: None)

@@ -122,7 +122,7 @@ def write_mailbox_file(path: Path, tenant_users: Iterable[dict[str, Any]]) -> Pa
 
 def start_ews(tenant_users: Iterable[dict[str, Any]], **config: Any) -> Any:
     """A running EWS emulator with the tenant's on-premises mailboxes, a 648x648 photo for those with one."""
-    from connector.emulator._ews import EwsConfig, EwsEmulator
+    from connector.emulator import EwsConfig, EwsEmulator
 
     emulator = EwsEmulator(EwsConfig(**config)).start()
     for user in _onprem_mailboxes(tenant_users):

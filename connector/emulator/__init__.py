@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from connector.emulator._agent import exo_agent_settings
 from connector.emulator._config import NO_PHOTO_VARIANTS, EmulatorConfig
+from connector.emulator._ews import EwsConfig, EwsEmulator
 from connector.emulator._faults import PROFILES, FaultProfile, parse_faults
 from connector.emulator._graph import model_assumptions
 from connector.emulator._photos import HD_SIZES
@@ -29,6 +30,8 @@ __all__ = [
     "THROTTLE_MODELS",
     "Admin",
     "EmulatorConfig",
+    "EwsConfig",
+    "EwsEmulator",
     "FaultProfile",
     "GraphEmulator",
     "ceiling_requests_per_s",

@@ -72,8 +72,6 @@ import os
 import re
 import secrets
 import shutil
-import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -83,13 +81,12 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 from xml.etree import ElementTree
 
-import trustme
-
 from connector.emulator._config import FaultSpec
 from connector.emulator._faults import FaultInjector, parse_faults
 from connector.emulator._http import HttpServer, Request, Response, stop_server_thread
 from connector.emulator._photos import HD_SIZES, PhotoTemplates, image_dimensions, reencode_jpeg, splice_marker
 from connector.emulator._stats import Stats
+from connector.emulator._tls import server_tls
 
 __all__ = ["EWS_SIZE_CODES", "EwsConfig", "EwsEmulator", "size_code"]
 
@@ -538,18 +535,15 @@ class EwsEmulator:
         self._info: dict[str, Any] = {}
 
     def start(self) -> EwsEmulator:
-        self._tmp = Path(tempfile.mkdtemp(prefix="mvsync-ews-"))
-        ca = trustme.CA(organization_name="mvsync EWS emulator CA")
-        ca.cert_pem.write_to_path(str(self._tmp / "ca.pem"))
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_cert = ca.issue_cert("127.0.0.1", "localhost")
-        server_cert.configure_cert(context)
+        tls = server_tls("mvsync-ews-", "mvsync EWS emulator CA")
+        self._tmp = tls.folder
+        context = tls.context
         cfg = self.config
         if "negotiate" in cfg.auth and cfg.kerberos_keytab is None:
             self.stop()
             raise ValueError("EwsConfig: auth offers negotiate, so kerberos_keytab (the HTTP/<host> keys) is needed")
         if cfg.extended_protection:
-            self.service.channel_bindings = _channel_bindings(server_cert.cert_chain_pems[0].bytes())
+            self.service.channel_bindings = _channel_bindings(tls.certificate_pem)
         users = self._tmp / "ntlm-users"
         users.write_text(f"{cfg.netbios_domain}:{cfg.username}:{cfg.password}\n", encoding="utf-8")
         users.chmod(0o600)

@@ -12,15 +12,13 @@ import json
 import logging
 import shutil
 import ssl
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-
-import trustme
 
 from connector.emulator._config import EmulatorConfig, FaultSpec
 from connector.emulator._faults import FaultInjector, FaultProfile, parse_faults
@@ -30,6 +28,7 @@ from connector.emulator._identity import App, Identity, shared_certificate
 from connector.emulator._stats import Stats
 from connector.emulator._tenant import Tenant, User
 from connector.emulator._throttle import Throttle, parse_throttle
+from connector.emulator._tls import server_tls
 
 __all__ = ["Admin", "GraphEmulator"]
 
@@ -294,16 +293,12 @@ class GraphEmulator:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext:
-        ca = trustme.CA(organization_name="mvsync emulator CA")
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        self._tmp = Path(tempfile.mkdtemp(prefix="mvsync-emulator-"))
-        ca.cert_pem.write_to_path(str(self._tmp / "ca.pem"))
+        tls = server_tls("mvsync-emulator-", "mvsync emulator CA")
+        self._tmp = tls.folder
         (self._tmp / "client-cert.pem").write_bytes(self.app.certificate.cert_pem)
         (self._tmp / "client-key.pem").write_bytes(self.app.certificate.key_pem)
         (self._tmp / "client-key.pem").chmod(0o600)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        return context
+        return tls.context
 
     def start(self) -> GraphEmulator:
         """Listen on 127.0.0.1 and return once connections are accepted."""
@@ -443,74 +438,97 @@ class GraphEmulator:
         return response
 
     async def _admin_http(self, req: Request) -> Response:
-        """The admin API over HTTP (loopback only, like the whole server): same operations as ``Admin``."""
+        """The admin API over HTTP (loopback only, like the whole server): same operations as ``Admin``,
+        routed by ``_ADMIN_ROUTES``."""
         parts = [p for p in req.path.split("/") if p][1:]
         try:
             body: Any = json.loads(req.body) if req.body and parts[-1:] != ["photo"] else {}
         except ValueError:
             return _admin_json(400, {"error": "body is not JSON"})
-        admin, m = self.admin, req.method
+        user = parts[1] if parts[:1] == ["users"] and len(parts) > 1 else ""
+        route = "/".join(["users", "{id}", *parts[2:]] if user else parts)
+        handler = _ADMIN_ROUTES.get((req.method, route))
+        if handler is None:
+            return _admin_json(404, {"error": f"no admin route {req.method} /{'/'.join(parts)}"})
         try:
-            result: Any
-            if parts == ["info"] and m == "GET":
-                result = self.info
-            elif parts == ["stats"] and m == "GET":
-                result = admin.stats()
-            elif parts == ["stats", "reset"] and m == "POST":
-                admin.reset_stats()
-                result = {}
-            elif parts == ["users"] and m == "GET":
-                result = admin.users(include_deleted=req.query.get("deleted") == "true")
-            elif parts == ["users"] and m == "POST":
-                result = admin.add_user(**body)
-            elif len(parts) == 2 and parts[0] == "users" and m == "GET":
-                result = admin.get_user(parts[1])
-            elif len(parts) == 2 and parts[0] == "users" and m == "PATCH":
-                result = admin.update_user(parts[1], **body)
-            elif len(parts) == 2 and parts[0] == "users" and m == "DELETE":
-                admin.delete_user(parts[1], permanent=req.query.get("permanent") == "true")
-                result = {}
-            elif len(parts) == 3 and parts[0] == "users" and parts[2] == "photo" and m == "PUT":
-                result = admin.set_photo(parts[1], req.body)
-            elif len(parts) == 3 and parts[0] == "users" and parts[2] == "photo" and m == "DELETE":
-                result = {"deleted": admin.delete_photo(parts[1])}
-            elif parts == ["tokens", "revoke"] and m == "POST":
-                result = {"revoked": admin.revoke_refresh_tokens(body.get("user"))}
-            elif parts == ["tokens", "expire-refresh"] and m == "POST":
-                result = {"expired": admin.expire_refresh_tokens()}
-            elif parts == ["tokens", "expire-access"] and m == "POST":
-                admin.expire_access_tokens()
-                result = {}
-            elif parts == ["tokens", "lifetime"] and m in ("PUT", "POST"):
-                admin.set_access_token_lifetime(int(body["seconds"]))
-                result = {"seconds": int(body["seconds"])}
-            elif parts == ["tokens", "refresh-token"] and m == "POST":
-                result = {"refresh_token": admin.issue_refresh_token(body.get("user"))}
-            elif parts == ["device", "approve"] and m == "POST":
-                admin.approve_device_code(body["user_code"], body.get("user"), bool(body.get("approve", True)))
-                result = {}
-            elif parts == ["faults"] and m in ("PUT", "POST"):
-                result = admin.set_faults(
-                    body.get("profile") if isinstance(body, dict) and "profile" in body else (body or None)
-                )
-            elif parts == ["faults"] and m == "GET":
-                result = self.faults.profile.to_dict()
-            elif parts == ["latency"] and m in ("PUT", "POST"):
-                admin.set_latency(float(body["latency_ms"]))
-                result = {"latency_ms": float(body["latency_ms"])}
-            elif parts == ["photo-update-settings"] and m in ("PUT", "POST", "DELETE"):
-                admin.set_photo_update_settings(None if m == "DELETE" else dict(body))
-                result = {}
-            elif parts == ["delta", "expire"] and m == "POST":
-                admin.expire_delta_tokens()
-                result = {}
-            else:
-                return _admin_json(404, {"error": f"no admin route {m} /{'/'.join(parts)}"})
+            result = handler(_AdminCall(self, req, user, body))
         except KeyError as exc:
             return _admin_json(404, {"error": str(exc)})
         except (ValueError, TypeError) as exc:
             return _admin_json(400, {"error": str(exc)})
-        return _admin_json(200, result)
+        return _admin_json(200, {} if result is None else result)  # an operation with no result answers {}
+
+
+@dataclass(frozen=True)
+class _AdminCall:
+    """One admin HTTP request: the emulator, the request, the user id of a ``users/{id}`` route, the JSON body."""
+
+    emulator: GraphEmulator
+    request: Request
+    user: str
+    body: Any
+
+    @property
+    def admin(self) -> Admin:
+        return self.emulator.admin
+
+    def flag(self, name: str) -> bool:
+        return self.request.query.get(name) == "true"
+
+
+def _set_faults(call: _AdminCall) -> Any:
+    body = call.body
+    return call.admin.set_faults(
+        body.get("profile") if isinstance(body, dict) and "profile" in body else (body or None)
+    )
+
+
+def _set_token_lifetime(call: _AdminCall) -> dict[str, Any]:
+    call.admin.set_access_token_lifetime(int(call.body["seconds"]))
+    return {"seconds": int(call.body["seconds"])}
+
+
+def _set_latency(call: _AdminCall) -> dict[str, Any]:
+    call.admin.set_latency(float(call.body["latency_ms"]))
+    return {"latency_ms": float(call.body["latency_ms"])}
+
+
+def _approve_device(call: _AdminCall) -> None:
+    body = call.body
+    call.admin.approve_device_code(body["user_code"], body.get("user"), bool(body.get("approve", True)))
+
+
+_AdminHandler = Callable[[_AdminCall], Any]
+
+#: The admin API: (method, route) -> handler. ``{id}`` stands for the user id (or UPN) in the path.
+_ADMIN_ROUTES: dict[tuple[str, str], _AdminHandler] = {
+    ("GET", "info"): lambda c: c.emulator.info,
+    ("GET", "stats"): lambda c: c.admin.stats(),
+    ("POST", "stats/reset"): lambda c: c.admin.reset_stats(),
+    ("GET", "users"): lambda c: c.admin.users(include_deleted=c.flag("deleted")),
+    ("POST", "users"): lambda c: c.admin.add_user(**c.body),
+    ("GET", "users/{id}"): lambda c: c.admin.get_user(c.user),
+    ("PATCH", "users/{id}"): lambda c: c.admin.update_user(c.user, **c.body),
+    ("DELETE", "users/{id}"): lambda c: c.admin.delete_user(c.user, permanent=c.flag("permanent")),
+    ("PUT", "users/{id}/photo"): lambda c: c.admin.set_photo(c.user, c.request.body),
+    ("DELETE", "users/{id}/photo"): lambda c: {"deleted": c.admin.delete_photo(c.user)},
+    ("POST", "tokens/revoke"): lambda c: {"revoked": c.admin.revoke_refresh_tokens(c.body.get("user"))},
+    ("POST", "tokens/expire-refresh"): lambda c: {"expired": c.admin.expire_refresh_tokens()},
+    ("POST", "tokens/expire-access"): lambda c: c.admin.expire_access_tokens(),
+    ("PUT", "tokens/lifetime"): _set_token_lifetime,
+    ("POST", "tokens/lifetime"): _set_token_lifetime,
+    ("POST", "tokens/refresh-token"): lambda c: {"refresh_token": c.admin.issue_refresh_token(c.body.get("user"))},
+    ("POST", "device/approve"): _approve_device,
+    ("PUT", "faults"): _set_faults,
+    ("POST", "faults"): _set_faults,
+    ("GET", "faults"): lambda c: c.emulator.faults.profile.to_dict(),
+    ("PUT", "latency"): _set_latency,
+    ("POST", "latency"): _set_latency,
+    ("PUT", "photo-update-settings"): lambda c: c.admin.set_photo_update_settings(dict(c.body)),
+    ("POST", "photo-update-settings"): lambda c: c.admin.set_photo_update_settings(dict(c.body)),
+    ("DELETE", "photo-update-settings"): lambda c: c.admin.set_photo_update_settings(None),
+    ("POST", "delta/expire"): lambda c: c.admin.expire_delta_tokens(),
+}
 
 
 def _admin_json(status: int, obj: Any) -> Response:

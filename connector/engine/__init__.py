@@ -1,9 +1,17 @@
 """The sync engine: import, synchronization and export steps over connector spaces and a metaverse."""
 
-from connector.engine._agents import export_scope, load_metaverse_schema, open_connector, reauthorize_command
+from connector.engine._agents import (
+    export_scope,
+    load_metaverse_schema,
+    open_connector,
+    reauthorize_command,
+    setting_paths,
+)
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
+from connector.engine._export import pending_export_rows, threshold_report
 from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
+from connector.engine._sync import search_fields
 
 __all__ = [
     "Engine",
@@ -17,5 +25,9 @@ __all__ = [
     "export_scope",
     "load_metaverse_schema",
     "open_connector",
+    "pending_export_rows",
     "reauthorize_command",
+    "search_fields",
+    "setting_paths",
+    "threshold_report",
 ]

@@ -11,8 +11,7 @@ from sqlalchemy import Connection
 
 from connector.config import MvsyncConfig, RunStepConfig
 from connector.engine._results import ObjectError, StepResult, StepStopped
-from connector.store import SqlStore
-from connector.store._people import people
+from connector.store import SqlStore, people
 from connector.store.tables import run_error
 
 __all__ = ["NullProgress", "Progress", "StepContext"]

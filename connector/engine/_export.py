@@ -119,7 +119,8 @@ def _to_change(row: Any, get_blob: Any) -> CSEntryChange:
                 decoded = decode_value(value, get_blob)
                 values = tuple(decoded) if isinstance(decoded, list) else (decoded,)
                 changes.append(AttributeChange(name, AttributeModificationType.REPLACE, values))
-            if name in hologram:
+            if name in hologram and not _holds_blob(hologram[name]):
+                # a photo's old bytes are not loaded: the change was staged because the value differs
                 previous[name] = decode_value(hologram[name], get_blob)
         mod = ObjectModificationType.ADD if row.export_type == "add" else ObjectModificationType.UPDATE
         change = CSEntryChange(row.object_class, row.anchor, mod, changes=changes, dn=row.dn)
@@ -152,17 +153,22 @@ def _keep_restaged_exports(conn: Connection, rows: list[Any], updates: list[dict
             entry["export_type"], entry["export_changes"] = now
 
 
-def photo_outcomes(change: CSEntryChange, result: ExportResult) -> list[str]:
+def _holds_blob(value: Any) -> bool:
+    return any(is_blob_ref(v) for v in value) if isinstance(value, list) else is_blob_ref(value)
+
+
+def photo_outcomes(change: CSEntryChange, result: ExportResult, hologram: str | None) -> list[str]:
     """What happened to each binary (photo) value ``change`` carries, for the photo metrics.
 
-    ``exported`` or ``cleared`` when the connector succeeded, otherwise the error name
-    (``constraint-violation`` for a photo the directory finds too large, ``cd-server-down`` ...).
+    ``exported`` or ``cleared`` (the object's ``hologram`` held a photo there) when the connector
+    succeeded, otherwise the error name (``constraint-violation`` for a photo the directory finds
+    too large, ``cd-server-down`` ...).
     """
     outcomes = []
     for attribute in change.changes:
         if any(isinstance(v, bytes) for v in attribute.values):
             done = "exported"
-        elif not attribute.values and isinstance(change.previous.get(attribute.name), bytes):
+        elif not attribute.values and hologram and _holds_blob(_loads(hologram).get(attribute.name)):
             done = "cleared"
         else:
             continue
@@ -195,12 +201,11 @@ def _pending_pages(ctx: StepContext, limit: int, *, with_blobs: bool) -> Iterato
             if not rows:
                 return
             last = rows[-1].id
-            hashes = [
+            hashes = [  # the values to write; the old ones (hologram) are not needed
                 parse_blob_ref(v)[0]
                 for r in rows
-                for doc in (r.export_changes, r.hologram)
-                if doc and with_blobs
-                for v in _loads(doc).values()
+                if r.export_changes and with_blobs
+                for v in _loads(r.export_changes).values()
                 if is_blob_ref(v)
             ]
             blobs = ctx.store.get_blobs(conn, hashes) if hashes else {}
@@ -303,7 +308,7 @@ def _apply_results(
             result = ExportResult.retry(
                 change.identifier, "cd-error", "the connector returned no result for this change; it stays pending"
             )
-        for outcome in photo_outcomes(change, result):
+        for outcome in photo_outcomes(change, result, row.hologram):
             metrics.photo(outcome)
         unconfirmed = _loads(row.unconfirmed) if row.unconfirmed else {}
         if result.status == ExportStatus.SUCCESS:

@@ -21,7 +21,7 @@ from connector.imaging._errors import (
     UnsupportedImageError,
 )
 from connector.imaging._face import FaceBox, FaceFinder, face_finder
-from connector.imaging._files import is_photo_name, write_atomic
+from connector.imaging._files import is_photo_name
 from connector.imaging._formats import (
     ACCEPTED_FORMATS_TEXT,
     ALLOWED_FORMATS,
@@ -30,7 +30,7 @@ from connector.imaging._formats import (
     PhotoFormat,
     sniff_format,
 )
-from connector.imaging._normalize import NormalizedPhoto, encode_jpeg, normalize
+from connector.imaging._normalize import NormalizedPhoto, encode_jpeg, meets_spec, normalize
 from connector.imaging._spec import (
     AD_THUMBNAIL_MAX_BYTES,
     AD_THUMBNAIL_SIZE,
@@ -76,10 +76,10 @@ __all__ = [
     "encode_jpeg",
     "face_finder",
     "is_photo_name",
+    "meets_spec",
     "normalize",
     "parse_byte_size",
     "probe",
     "sniff_format",
     "verify",
-    "write_atomic",
 ]

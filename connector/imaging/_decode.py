@@ -31,7 +31,7 @@ from connector.imaging._errors import (
 from connector.imaging._formats import ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, sniff_format
 from connector.imaging._spec import InputLimits
 
-__all__ = ["Decoded", "ImageInfo", "decode", "probe", "verify"]
+__all__ = ["Decoded", "ImageInfo", "decode", "open_image", "probe", "verify"]
 
 # Pillow decodes only ALLOWED_FORMATS (connector/imaging/_formats.py: the one list of accepted
 # formats); everything else (EPS runs Ghostscript, PSD, ICO, PCX, ...) is refused.
@@ -96,9 +96,13 @@ def probe(data: bytes | bytearray | memoryview, limits: InputLimits | None = Non
     Cheap enough to call on every file of a folder; raises the same typed errors as ``decode``
     for empty, oversized, unsupported and unrecognisable input and for pixel bombs.
     """
-    limits = limits or InputLimits()
+    return open_image(data, limits or InputLimits())[1]
+
+
+def open_image(data: bytes | bytearray | memoryview, limits: InputLimits) -> tuple[Image.Image, ImageInfo]:
+    """The opened image (header read, pixels not decoded) and its ``ImageInfo``; typed errors as ``probe``."""
     with _guard([]):
-        return _open(_as_bytes(data, limits), limits)[1]
+        return _open(_as_bytes(data, limits), limits)
 
 
 def verify(data: bytes | bytearray | memoryview, limits: InputLimits | None = None) -> ImageInfo:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from connector.imaging._decode import ImageInfo, decode
-from connector.imaging._errors import ImageDoesNotFitError
+from connector.imaging._decode import ImageInfo, decode, open_image
+from connector.imaging._errors import ImageDoesNotFitError, ImageError
 from connector.imaging._face import FaceBox, face_finder
 from connector.imaging._spec import CropMode, PhotoSpec
 
-__all__ = ["NormalizedPhoto", "encode_jpeg", "normalize"]
+__all__ = ["NormalizedPhoto", "encode_jpeg", "meets_spec", "normalize"]
 
 #: For face crops, decode at least this many times the output size before looking for the face,
 #: so that the crop around a face that fills a third of the picture still has enough pixels.
@@ -97,6 +97,31 @@ def normalize(data: bytes | bytearray | memoryview, spec: PhotoSpec | None = Non
         face=face,
         notes=tuple(notes),
         fallback=fallback,
+    )
+
+
+def meets_spec(data: bytes | bytearray | memoryview, spec: PhotoSpec) -> bool:
+    """Whether ``data`` is already what ``normalize`` makes for ``spec``: a square JPEG of at most
+    ``size`` pixels a side in ``max_bytes``, 8-bit RGB or grey, with no metadata (no EXIF, so no
+    rotation and no location; no ICC profile, XMP or comment). Read from the header alone.
+
+    A destination that must receive such a photo (Exchange Online's 648x648 in 4 MB) sends one that
+    meets it as is: it usually comes from the ``hd_photo`` transform, and encoding it again would
+    cost a second encode and lose quality for nothing.
+    """
+    if len(data) > spec.max_bytes:
+        return False
+    try:
+        image, info = open_image(data, spec.limits)
+    except ImageError:
+        return False
+    metadata = [marker for marker, _ in getattr(image, "applist", ()) if marker != "APP0"]  # APP0: JFIF header
+    return (
+        info.format == "JPEG"
+        and info.width == info.height <= spec.size
+        and info.mode in ("RGB", "L")
+        and not metadata
+        and not image.info.get("comment")
     )
 
 

@@ -12,12 +12,10 @@ from sqlalchemy import ColumnElement, Connection, and_, case, desc, func, litera
 from sqlalchemy import text as sql_text
 
 from connector.config import MvsyncConfig, RunStepConfig, RunStepKind
-from connector.engine import StepContext, StepResult, load_metaverse_schema
-from connector.engine._export import pending_export_rows, threshold_report
+from connector.engine import StepContext, StepResult, load_metaverse_schema, pending_export_rows, threshold_report
+from connector.registry import connector_name
 from connector.sdk import AttributeType
-from connector.store import SqlStore, loads
-from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
-from connector.store._people import people
+from connector.store import DISCONNECTED_PREDICATE, ERROR_PREDICATE, SqlStore, loads, people, photo_predicate
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 from connector.web._photos import PhotoInfo, photo_infos
 from connector.web._values import BinaryRef, Shown, binary_refs, format_time, show_value
@@ -44,7 +42,7 @@ SOURCE_LABELS = {
     "photo-folder": "Folder",
     "active-directory": "AD thumbnail",
     # mvsync demo's directory stand-in (an LDIF snapshot) plays the same part
-    "connector.demo:DirectorySnapshotConnector": "AD thumbnail",
+    "active-directory-snapshot": "AD thumbnail",
 }
 
 
@@ -230,12 +228,13 @@ class Console:
     # ------------------------------------------------------------------------------- helpers
     def source_label(self, agent: str) -> str:
         cfg = self.config.agents.get(agent)
-        return SOURCE_LABELS.get(cfg.type, cfg.type) if cfg else agent
+        return SOURCE_LABELS.get(connector_name(cfg.type), cfg.type) if cfg else agent
 
     def source_order(self, agent: str) -> tuple[int, str]:
         cfg = self.config.agents.get(agent)
         kinds = list(SOURCE_LABELS)
-        return (kinds.index(cfg.type) if cfg and cfg.type in kinds else len(kinds), agent)
+        kind = connector_name(cfg.type) if cfg else ""
+        return (kinds.index(kind) if kind in kinds else len(kinds), agent)
 
     def binary_mv_attributes(self) -> set[str]:
         """Metaverse attributes of binary type (photos), from the configured metaverse schema."""

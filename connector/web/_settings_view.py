@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from connector.config import AgentConfig
-from connector.config._loader import _secret_fields
+from connector.config import AgentConfig, secret_fields
 from connector.registry import load_connector
 from connector.sdk import ConfigurationError
 
@@ -23,7 +22,7 @@ _SECRET_NAME = re.compile(r"secret|passw|token|credential|private|api_?key|(^|_)
 
 def _declared_secrets(agent: AgentConfig) -> set[str]:
     try:
-        return _secret_fields(load_connector(agent.type).settings_model)
+        return secret_fields(load_connector(agent.type).settings_model)
     except (ConfigurationError, ImportError):
         return set()
 

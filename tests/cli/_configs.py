@@ -15,7 +15,7 @@ def generated_pair(count: int) -> str:
 [store]
 url = "sqlite:///store.db"
 [agents.src]
-type = "generated"
+type = "connector.bench.generated:GeneratedConnector"
 settings = {{ count = {count}, photo_bytes = 16 }}
 projection = [{{ object_class = "person" }}]
 import_flow = [
@@ -24,7 +24,7 @@ import_flow = [
   {{ object_class = "person", cs = "photo", mv = "photo" }},
 ]
 [agents.tgt]
-type = "generated"
+type = "connector.bench.generated:GeneratedConnector"
 settings = {{ count = {count}, seed = 3, photo_bytes = 0 }}
 join = [{{ object_class = "person", match = [{{ cs = "accountName", mv = "accountName" }}] }}]
 export_flow = [{{ object_class = "person", mv = "photo", cs = "thumbnailChecksum", transform = "sha256" }}]

@@ -73,8 +73,8 @@ def test_exit_codes_for_stopped_and_config_errors(config: Path, tmp_path: Path) 
     bad = tmp_path / "bad.toml"
     bad.write_text(
         CONFIG.replace(
-            'type = "generated"\nsettings = { count = 30, photo_bytes = 16 }',
-            'type = "generated"\nsettings = { count = 30, colour = "red" }',
+            'type = "connector.bench.generated:GeneratedConnector"\nsettings = { count = 30, photo_bytes = 16 }',
+            'type = "connector.bench.generated:GeneratedConnector"\nsettings = { count = 30, colour = "red" }',
         )
     )
     result = runner.invoke(app, ["run", "cycle", "-c", str(bad)])

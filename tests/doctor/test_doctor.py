@@ -173,7 +173,7 @@ def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
             url = {json.dumps(store_url)}
 
             [agents.people]
-            type = "generated"
+            type = "connector.bench.generated:GeneratedConnector"
             settings = {{ count = 3, seed = 1, photo_bytes = 16 }}
             projection = [{{ object_class = "person" }}]
             import_flow = [{{ object_class = "person", cs = "photo", mv = "photo" }}]

@@ -15,10 +15,8 @@ import pytest
 from PIL import Image
 
 from connector.config import load_config
-from connector.demo import prepare_scenario
-from connector.demo._directory import read_ldif
-from connector.demo._run import DEMO_SCOPES
-from connector.demo._world import _portrait, start_ews
+from connector.demo import DEMO_SCOPES, prepare_scenario, read_ldif, start_ews
+from connector.demo._world import _portrait
 from connector.emulator import EmulatorConfig, GraphEmulator
 from connector.engine import Engine
 

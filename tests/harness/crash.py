@@ -425,7 +425,7 @@ def lab_tag() -> str:
 
 def lab_emulator_config(users: int = 24, seed: int = 5, **fields: Any) -> Any:
     """The tenant crash trials and fault tests use: small, numbered users, a domain of its own."""
-    from connector.demo._run import DEMO_SCOPES
+    from connector.demo import DEMO_SCOPES
     from connector.emulator import EmulatorConfig
 
     fields.setdefault("delegated_scopes", DEMO_SCOPES)
@@ -497,7 +497,7 @@ class CrashLab:
         photos: dict[str, str | None] = {}
         usns: dict[str, int] = {}
         if self.ad is None:
-            from connector.demo._directory import read_ldif
+            from connector.demo import read_ldif
 
             for entry in read_ldif(scenario.snapshot):
                 sam = str(entry["sAMAccountName"])

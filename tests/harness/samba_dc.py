@@ -36,7 +36,7 @@ It lives under ``tests/`` because it is test-only and POSIX-only (root, apt, ``f
 ``/proc``); the benchmarks that start a DC load it from a source checkout
 (``connector.bench._harness``). The directory-population helpers it re-exports (:func:`connect`,
 :func:`ensure_ou`, :func:`create_users`, :func:`delete_subtree`, :class:`ADSettings`) are portable
-and live in the package (``connector.demo._ad``), since ``mvsync demo`` uses them too.
+and live in the package (``connector.demo.ad``), since ``mvsync demo`` uses them too.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from connector.config import ConfigError
-from connector.demo._ad import (
+from connector.demo.ad import (
     LDAP_PORT,
     LDAPS_PORT,
     ADSettings,

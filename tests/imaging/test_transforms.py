@@ -96,3 +96,36 @@ def test_registered_as_entry_points() -> None:
     group = {ep.name: ep for ep in entry_points(group="mvsync.transforms")}
     assert group["thumbnail"].load() is thumbnail_transform
     assert group["hd_photo"].load() is hd_photo_transform
+
+
+def test_meets_spec_accepts_only_what_normalize_makes() -> None:
+    """What a destination may send without encoding again: normalize's own output, not a photo that
+    carries metadata (EXIF: rotation, location), is too large, not square or not a JPEG."""
+    import io
+
+    from PIL import Image
+
+    from connector.imaging import PhotoSpec, meets_spec, normalize
+
+    spec = PhotoSpec(size=96, max_bytes=10_240)
+    with Image.effect_noise((200, 120), 60).convert("RGB") as source:  # noise: a JPEG well over 1 KB
+        buffer = io.BytesIO()
+        source.save(buffer, "JPEG")
+        wide = buffer.getvalue()
+        buffer = io.BytesIO()
+        source.save(buffer, "PNG")
+        png = buffer.getvalue()
+    made = normalize(wide, spec).data
+    assert meets_spec(made, spec)
+    assert not meets_spec(made, PhotoSpec(size=64, max_bytes=10_240))  # larger than that size
+    assert len(made) > 1025
+    assert not meets_spec(made, PhotoSpec(size=96, max_bytes=len(made) - 1))  # more bytes than allowed
+    assert not meets_spec(wide, spec)  # not square
+    assert not meets_spec(png, spec)
+    with Image.open(io.BytesIO(made)) as square:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation: rotate 90 when shown
+        buffer = io.BytesIO()
+        square.save(buffer, "JPEG", exif=exif)
+    assert not meets_spec(buffer.getvalue(), spec)
+    assert not meets_spec(b"not an image", spec)

@@ -168,7 +168,7 @@ def test_cli_run_exits_5_naming_the_holder_and_waits_with_wait(
             url = {json.dumps(store_url)}
 
             [agents.people]
-            type = "generated"
+            type = "connector.bench.generated:GeneratedConnector"
             settings = {{ count = 3, seed = 1, photo_bytes = 0 }}
             projection = [{{ object_class = "person" }}]
 

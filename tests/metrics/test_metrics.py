@@ -142,27 +142,28 @@ def test_setup_logging_twice_keeps_one_handler() -> None:
 def test_photo_outcomes_of_an_export() -> None:
     from connector.engine._export import photo_outcomes
     from connector.sdk import AttributeChange, CSEntryChange, ExportResult
+    from connector.store import blob_ref, dumps
 
-    def change(*changes: AttributeChange, previous: dict[str, object] | None = None) -> CSEntryChange:
-        c = CSEntryChange.update("user", "a", changes)
-        c.previous = previous or {}
-        return c
+    def change(*changes: AttributeChange) -> CSEntryChange:
+        return CSEntryChange.update("user", "a", changes)
 
     photo = AttributeChange.replace("thumbnailPhoto", b"\xff\xd8jpeg")
     clear = AttributeChange.replace("thumbnailPhoto")
     text = AttributeChange.replace("mail", "a@example.test")
-    assert photo_outcomes(change(photo, text), ExportResult.success("a")) == ["exported"]
-    assert photo_outcomes(change(clear, previous={"thumbnailPhoto": b"old"}), ExportResult.success("a")) == ["cleared"]
-    assert photo_outcomes(change(clear, previous={"mail": "x"}), ExportResult.success("a")) == []
+    # a clear counts when the object held a photo (its hologram names a blob; the bytes are not loaded)
+    held = dumps({"thumbnailPhoto": blob_ref("ab" * 32, 3), "mail": "x"})
+    assert photo_outcomes(change(photo, text), ExportResult.success("a"), None) == ["exported"]
+    assert photo_outcomes(change(clear), ExportResult.success("a"), held) == ["cleared"]
+    assert photo_outcomes(change(clear), ExportResult.success("a"), dumps({"mail": "x"})) == []
     failed = ExportResult.failed("a", "constraint-violation", "too large")
-    assert photo_outcomes(change(photo), failed) == ["constraint-violation"]
+    assert photo_outcomes(change(photo), failed, held) == ["constraint-violation"]
 
 
 CLI_CONFIG = """
 [store]
 url = "sqlite:///store.db"
 [agents.src]
-type = "generated"
+type = "connector.bench.generated:GeneratedConnector"
 settings = { count = 12, photo_bytes = 16 }
 projection = [{ object_class = "person" }]
 import_flow = [{ object_class = "person", cs = "accountName", mv = "accountName" }]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from connector.config import ConfigError, load_config
-from connector.demo import dump_toml, load_sample, sample_path
+from connector.demo import AD_SNAPSHOT_TYPE, derive_config, dump_toml, load_sample, load_sample_document, sample_path
 from connector.engine import Engine, open_connector
 
 SITE_ENV = {
@@ -76,3 +77,32 @@ def test_sample_secrets_come_from_the_environment(site_env: None, monkeypatch: p
 def test_demo_writer_round_trips_the_sample() -> None:
     sample = load_sample()
     assert tomllib.loads(dump_toml(sample)) == sample
+
+
+def test_the_demo_configuration_keeps_the_sample_comments(tmp_path: Path) -> None:
+    """`mvsync demo` writes the sample with its site settings changed; the explanations stay with the
+    settings and rules they explain, and the values are those of the plain-dict derivation."""
+    site: dict[str, Any] = {
+        "store_url": "sqlite:///mvsync.db",
+        "data_dir": "data",
+        "exo": {**load_sample()["agents"]["exo"]["settings"], "graph_url": "https://127.0.0.1:8443/v1.0"},
+        "hr": {"path": str(tmp_path / "hr")},
+        "ad_type": AD_SNAPSHOT_TYPE,
+        "ad": {"snapshot": "ad/directory.ldif", "ldif_output": "ad/changes.ldif"},
+    }
+    written = dump_toml(derive_config(load_sample_document(), **site), header="# by the demo\n")
+
+    assert tomllib.loads(written) == derive_config(load_sample(), **site)
+    sample_text = sample_path().read_text(encoding="utf-8")
+    kept = [
+        "# Photo changes never show in users/delta: each user's photo ETag is probed at most this often.",
+        "# Ranked import precedence: highest first. Attributes not listed rank agents in [agents] order.",
+    ]
+    for comment in kept:
+        assert comment in sample_text and comment in written
+    assert written.startswith("# by the demo\n")
+    config = tomllib.loads(written)
+    assert config["agents"]["exo"]["settings"]["graph_url"] == "https://127.0.0.1:8443/v1.0"
+    assert "exs" not in config["agents"]  # no on-premises Exchange: its agent and steps go
+    assert all(step["agent"] != "exs" for p in config["run_profiles"].values() for step in p["steps"])
+    assert '  { type = "full-import", agent = "hr", page_size = 500 },\n' in written  # the steps keep their layout

@@ -95,8 +95,8 @@ def test_paginate_list_pages_like_psma() -> None:
 
 def test_builtin_connectors_register_by_entry_point() -> None:
     names = {c.name for c in available_connectors()}
-    assert {"exchange-online-photos", "active-directory", "photo-folder", "generated"} <= names
-    assert load_connector("generated").__name__ == "GeneratedConnector"
+    assert {"exchange-online-photos", "active-directory", "photo-folder", "active-directory-snapshot"} <= names
+    assert "generated" not in names  # the benchmarks' synthetic agent is no production entry point
     assert load_connector("tests.engine.memory:MemoryConnector").__name__ == "MemoryConnector"
     with pytest.raises(ConfigurationError, match="unknown name 'nope'"):
         load_connector("nope")

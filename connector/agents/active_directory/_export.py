@@ -3,10 +3,13 @@
 A batch goes through four stages, and nothing is sent before the first three are done for all of
 it, so a refused batch has no partial effects:
 
-1. **Plan** each change into LDAP operations. A value equal to ``change.previous`` (the engine's
-   current view) is dropped: writing it would succeed but still cost a round trip and, on Windows
-   AD, may replicate. A change left with nothing to do succeeds without a write. Photos over
-   102,400 bytes (``thumbnailPhoto``'s ``rangeUpper``) fail here as ``constraint-violation``.
+1. **Plan** each change into LDAP operations. A replaced value is written as the engine staged it:
+   the engine stages an export only for a value that differs from what it expects the directory to
+   hold (its last import, or a write not yet confirmed), so comparing again here would repeat that
+   check against an older baseline (the hologram alone) and needs the old photo's bytes loaded.
+   Only multi-valued adds and deletes read ``change.previous``, to send just the values that change.
+   A change left with nothing to do succeeds without a write. Photos over 102,400 bytes
+   (``thumbnailPhoto``'s ``rangeUpper``) fail here as ``constraint-violation``.
 2. **Scope guard, attributes**: an attribute that no export flow names
    (``context.export_attributes[object_class]``), or one AD computes (import-only), means the
    request is wrong, not the object: the whole batch is refused with ``ScopeViolationError``.
@@ -151,7 +154,8 @@ def plan_change(
     """The LDAP operations ``change`` needs (empty: nothing to write), or a per-object failure.
 
     Raises ScopeViolationError for an attribute outside ``allowed`` (lower-case names) or one the
-    directory computes. Values equal to ``change.previous`` are left out.
+    directory computes. Replacements are taken as staged (the engine made the no-op check); only
+    multi-valued adds and deletes leave out values ``change.previous`` already has or lacks.
     """
     identifier = change.identifier
     if change.modification in (ObjectModificationType.ADD, ObjectModificationType.DELETE):
@@ -227,23 +231,23 @@ def _operation(
     values: list[Value],
     previous: list[Value],
 ) -> Operation | None:
-    """One attribute change as an operation, or None when it would not change anything."""
+    """One attribute change as an operation, or None when a multi-valued add or delete changes nothing.
+
+    A replacement (and a single-valued add, or a delete of every value) is a ``replace``: the
+    engine staged it because the value differs from what it expects, and ``MODIFY_REPLACE`` is
+    idempotent, a clear of an absent attribute included.
+    """
     single = attribute is None or not attribute.multivalued
     if modification == AttributeModificationType.REPLACE or (single and modification == AttributeModificationType.ADD):
-        target = values
-    elif modification == AttributeModificationType.DELETE and not values:
-        target = []
-    elif modification == AttributeModificationType.ADD:  # multi-valued: only values not there yet
-        have = set(_comparable(previous))
+        return ("replace", name, encode_values(values))
+    if modification == AttributeModificationType.DELETE and not values:
+        return ("replace", name, [])
+    have = set(_comparable(previous))
+    if modification == AttributeModificationType.ADD:  # multi-valued: only values not there yet
         new = [v for v in values if _comparable([v])[0] not in have]
         return ("add", name, encode_values(new)) if new else None
-    else:  # delete listed values: only those present
-        have = set(_comparable(previous))
-        gone = [v for v in values if _comparable([v])[0] in have]
-        return ("delete", name, encode_values(gone)) if gone else None
-    if _comparable(target) == _comparable(previous):
-        return None
-    return ("replace", name, encode_values(target))
+    gone = [v for v in values if _comparable([v])[0] in have]  # delete listed values: only those present
+    return ("delete", name, encode_values(gone)) if gone else None
 
 
 # ------------------------------------------------------------------------------------- exporter

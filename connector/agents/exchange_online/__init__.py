@@ -7,5 +7,13 @@ Registered under the ``mvsync.connectors`` entry point. See ``_connector`` for t
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._connector import OBJECT_CLASS, SCHEMA, ExchangeOnlinePhotosConnector
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+from connector.agents.exchange_online._tokencache import generate_key_file
 
-__all__ = ["OBJECT_CLASS", "SCHEMA", "ExchangeOnlinePhotosConnector", "ExchangeOnlineSettings", "GraphAuth"]
+__all__ = [
+    "OBJECT_CLASS",
+    "SCHEMA",
+    "ExchangeOnlinePhotosConnector",
+    "ExchangeOnlineSettings",
+    "GraphAuth",
+    "generate_key_file",
+]

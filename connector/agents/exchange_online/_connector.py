@@ -783,17 +783,22 @@ def _exported_photo(change: CSEntryChange) -> Any:
 
 
 def _normalize_upload(data: bytes) -> bytes:
-    """A JPEG of at most 648x648 and under 4 MB, as Exchange Online accepts (connector.imaging)."""
+    """A JPEG of at most 648x648 and under 4 MB, as Exchange Online accepts (connector.imaging).
+    One that already is (the ``hd_photo`` transform's output) is sent as is: one encode per photo."""
     from connector.imaging import (
         EXCHANGE_PHOTO_MAX_BYTES,
         EXCHANGE_PHOTO_SIZE,
         ImageError,
         PhotoSpec,
+        meets_spec,
         normalize,
     )
 
+    spec = PhotoSpec(size=EXCHANGE_PHOTO_SIZE, max_bytes=EXCHANGE_PHOTO_MAX_BYTES)
+    if meets_spec(data, spec):
+        return data
     try:
-        return normalize(data, PhotoSpec(size=EXCHANGE_PHOTO_SIZE, max_bytes=EXCHANGE_PHOTO_MAX_BYTES)).data
+        return normalize(data, spec).data
     except ImageError as exc:
         raise ValueError(str(exc)) from None
 

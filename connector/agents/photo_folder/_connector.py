@@ -25,6 +25,7 @@ from connector.agents.photo_folder._scan import (
 )
 from connector.agents.photo_folder._settings import PhotoFolderSettings
 from connector.agents.photo_folder._watermark import AccountState, FileState, FolderState
+from connector.files import atomic_write
 from connector.imaging import (
     EXCHANGE_PHOTO_MAX_BYTES,
     ImageError,
@@ -33,7 +34,6 @@ from connector.imaging import (
     normalize,
     probe,
     verify,
-    write_atomic,
 )
 from connector.sdk import (
     Attribute,
@@ -316,7 +316,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
                 return ExportResult.success(ident)
             data = self._backup_bytes(photo)
             if not self.context.dry_run:
-                write_atomic(path, data)
+                atomic_write(path, data)
         except ImageError as exc:
             return ExportResult.failed(ident, "invalid-image", f"{exc.name}: {exc.detail}")
         except PermissionError as exc:

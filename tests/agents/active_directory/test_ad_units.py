@@ -157,24 +157,24 @@ def _update(*changes: AttributeChange, previous: dict[str, Any] | None = None) -
     return change
 
 
-def test_plan_skips_values_equal_to_previous() -> None:
+def test_plan_writes_a_replacement_as_the_engine_staged_it() -> None:
+    """The engine stages an export only for a value that differs from what it expects the directory to
+    hold (hologram, or an unconfirmed write); the agent does not check again against the hologram."""
     photo = b"\xff\xd8photo"
-    assert (
-        plan_change(
-            _update(AttributeChange.replace("thumbnailPhoto", photo), previous={"thumbnailPhoto": photo}),
-            USER,
-            ALLOWED,
-        )
-        == []
-    )
+    # hologram A, unconfirmed B (written, not yet imported), staged A again: A must be written
+    assert plan_change(
+        _update(AttributeChange.replace("thumbnailPhoto", photo), previous={"thumbnailPhoto": photo}),
+        USER,
+        ALLOWED,
+    ) == [("replace", "thumbnailPhoto", [photo])]
     assert plan_change(_update(AttributeChange.replace("thumbnailPhoto", photo)), USER, ALLOWED) == [
         ("replace", "thumbnailPhoto", [photo])
     ]
-    # a clear of something the engine holds is a MODIFY_REPLACE with no values; of nothing, a no-op
+    # a clear is a MODIFY_REPLACE with no values, idempotent whether or not the attribute is there
     assert plan_change(_update(AttributeChange.replace("mail"), previous={"mail": "a@b"}), USER, ALLOWED) == [
         ("replace", "mail", [])
     ]
-    assert plan_change(_update(AttributeChange.delete("mail")), USER, ALLOWED) == []
+    assert plan_change(_update(AttributeChange.delete("mail")), USER, ALLOWED) == [("replace", "mail", [])]
     # multi-valued add/delete only send what changes
     ops = plan_change(
         _update(AttributeChange.add("proxyAddresses", "smtp:a", "smtp:b"), previous={"proxyAddresses": ["smtp:a"]}),
@@ -213,6 +213,7 @@ def test_plan_whole_object_replace_clears_what_it_does_not_name() -> None:
     change.previous = {"mail": "old@b", "thumbnailPhoto": b"p"}
     assert plan_change(change, USER, ALLOWED) == [
         ("replace", "mail", ["new@b"]),
+        ("replace", "proxyAddresses", []),
         ("replace", "thumbnailPhoto", []),
     ]
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
 from connector.config import config_from_dict
-from connector.demo._config import emulator_exo_settings, load_sample
+from connector.demo import emulator_exo_settings, load_sample
 from connector.emulator import THROTTLE_MODELS, EmulatorConfig, GraphEmulator, parse_throttle
 from connector.engine import Engine
 from connector.metrics import REGISTRY
