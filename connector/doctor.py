@@ -40,13 +40,13 @@ from sqlalchemy.exc import DBAPIError
 from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
 from connector.store import (
-    BLOB_PREFIX,
     SCHEMA_VERSION,
     SqlStore,
     StoreCorruptError,
     StoreError,
     StoreMissingError,
     StoreVersionError,
+    blob_refs,
     loads,
 )
 from connector.store._faults import RESTORE_HINT
@@ -99,20 +99,6 @@ class Report:
 
 
 # ------------------------------------------------------------------------------------------- store
-def _blob_refs(doc: Any) -> Iterator[tuple[str, int]]:
-    """(sha256, size) of every encoded binary value anywhere in a parsed JSON document."""
-    if isinstance(doc, str):
-        if doc.startswith(BLOB_PREFIX):
-            sha, _, size = doc[len(BLOB_PREFIX) :].partition(":")
-            yield sha, int(size) if size.isdigit() else -1
-    elif isinstance(doc, dict):
-        for value in doc.values():
-            yield from _blob_refs(value)
-    elif isinstance(doc, list):
-        for value in doc:
-            yield from _blob_refs(value)
-
-
 def _pages(conn: Connection, table: Any, columns: list[Any], key: Any) -> Iterator[list[Any]]:
     last: Any = None
     while True:
@@ -142,12 +128,12 @@ def _referenced_blobs(conn: Connection) -> dict[str, tuple[int, str]]:
             for row in rows:
                 for column, text in zip(columns, row[1:], strict=True):
                     if text and _BLOB_IN_JSON in text:  # skip parsing documents without binaries
-                        for sha, size in _blob_refs(loads(text)):
-                            refs.setdefault(sha, (size, f"{label} {row[0]} {column.name}"))
+                        for ref in blob_refs(loads(text)):
+                            refs.setdefault(ref.sha256, (ref.size, f"{label} {row[0]} {column.name}"))
     for rows in _pages(conn, transform_cache, [transform_cache.c.output], transform_cache.c.input):
         for inp, output in rows:
-            for sha, size in [*_blob_refs(inp), *(_blob_refs(loads(output)) if output else [])]:
-                refs.setdefault(sha, (size, "transform cache"))
+            for ref in [*blob_refs(inp), *(blob_refs(loads(output)) if output else [])]:
+                refs.setdefault(ref.sha256, (ref.size, "transform cache"))
     return refs
 
 

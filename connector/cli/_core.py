@@ -26,7 +26,7 @@ from connector.cli._common import (
     print_json,
 )
 from connector.config import ConfigError, MvsyncConfig, load_config
-from connector.store import SqlStore, is_blob_ref, loads, parse_blob_ref
+from connector.store import SqlStore, loads, plain_value
 from connector.store._people import Person, import_failures, people
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 
@@ -117,20 +117,8 @@ def _demo_hint(config: MvsyncConfig, result: Any) -> None:
             return
 
 
-def _render(value: Any) -> Any:
-    """Connector-facing rendering of an encoded value for tables and JSON."""
-    if isinstance(value, list):
-        return [_render(v) for v in value]
-    if is_blob_ref(value):
-        sha, size = parse_blob_ref(value)
-        return {"sha256": sha, "bytes": size}
-    if isinstance(value, str) and value.startswith("\x00"):
-        return value[3:]
-    return value
-
-
 def _short(value: Any) -> str:
-    rendered = _render(value)
+    rendered = plain_value(value)
     if isinstance(rendered, dict) and "sha256" in rendered:
         return f"<binary {rendered['bytes']} bytes, sha256 {rendered['sha256'][:12]}…>"
     return str(rendered)
@@ -368,7 +356,7 @@ def register(app: typer.Typer) -> None:
 
     def _cs_doc(row: Any) -> dict[str, Any]:
         def doc(text: str | None) -> Any:
-            return {k: _render(v) for k, v in loads(text).items()} if text else None
+            return {k: plain_value(v) for k, v in loads(text).items()} if text else None
 
         return {
             "id": row.id,
@@ -603,7 +591,7 @@ def register(app: typer.Typer) -> None:
             "type": row.object_type,
             "attributes": {
                 k: {
-                    "value": _render(v),
+                    "value": plain_value(v),
                     "agent": lineage.get(k, [None, None])[0],
                     "rule": lineage.get(k, [None, None])[1],
                 }

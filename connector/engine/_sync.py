@@ -32,7 +32,7 @@ from connector.engine._context import StepContext
 from connector.engine._results import ObjectError
 from connector.engine.transforms import TransformRunner
 from connector.sdk import Schema, TransformError
-from connector.store import dumps, loads, run_many
+from connector.store import dumps, loads, plain_value, run_many
 from connector.store.tables import cs_object, mv_object
 
 __all__ = ["SEARCH_ATTRIBUTES", "run_sync", "search_fields"]
@@ -440,7 +440,7 @@ class _Sync:
                         "anchor": cs.anchor,
                         "target_agent": cs.agent,
                         "pending_export": "update",
-                        "attributes": {k: _describe(v) for k, v in changes.items()},
+                        "attributes": {k: plain_value(v) for k, v in changes.items()},
                     }
                 )
             else:
@@ -852,16 +852,6 @@ _CS_UPDATE = (
     "updated_at = :updated_at{export} WHERE id = :_id"
 )
 _CS_EXPORT_SET = ", export_type = :export_type, export_changes = :export_changes, export_error = NULL"
-
-
-def _describe(value: Any) -> Any:
-    """A dry-run friendly rendering of an encoded value (binary as checksum and size)."""
-    if isinstance(value, str) and value.startswith("\x00b:"):
-        sha, _, size = value[3:].partition(":")
-        return {"sha256": sha, "bytes": int(size)}
-    if isinstance(value, str) and value.startswith("\x00"):
-        return value[3:]
-    return value
 
 
 @contextmanager

@@ -14,17 +14,21 @@ from connector.store._migrations import SCHEMA_VERSION, StoreVersionError
 from connector.store._sql import SqlStore
 from connector.store._values import (
     BLOB_PREFIX,
+    BlobRef,
     blob_ref,
+    blob_refs,
     decode_value,
     encode_value,
     is_blob_ref,
     normalize_values,
     parse_blob_ref,
+    plain_value,
 )
 
 __all__ = [
     "BLOB_PREFIX",
     "SCHEMA_VERSION",
+    "BlobRef",
     "LockHeldError",
     "LockManager",
     "SqlStore",
@@ -35,6 +39,7 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreVersionError",
     "blob_ref",
+    "blob_refs",
     "decode_value",
     "dumps",
     "encode_value",
@@ -42,6 +47,7 @@ __all__ = [
     "loads",
     "normalize_values",
     "parse_blob_ref",
+    "plain_value",
     "run_many",
     "tables",
 ]

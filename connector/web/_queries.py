@@ -15,7 +15,7 @@ from connector.config import MvsyncConfig, RunStepConfig, RunStepKind
 from connector.engine import StepContext, StepResult, load_metaverse_schema
 from connector.engine._export import pending_export_rows, threshold_report
 from connector.sdk import AttributeType
-from connector.store import SqlStore, loads
+from connector.store import SqlStore, decode_value, loads
 from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
 from connector.store._people import people
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
@@ -413,8 +413,8 @@ class Console:
             attrs = loads(row.attributes)
 
             def text(name: str, attrs: dict[str, Any] = attrs) -> str:
-                value = attrs.get(name)
-                return value if isinstance(value, str) and not value.startswith("\x00") else ""
+                value = decode_value(attrs.get(name))
+                return value if isinstance(value, str) else ""
 
             hits.append(
                 PersonHit(
