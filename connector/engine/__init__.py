@@ -3,6 +3,7 @@
 from connector.engine._agents import export_scope, load_metaverse_schema, open_connector, reauthorize_command
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
+from connector.engine._export import threshold_report
 from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "load_metaverse_schema",
     "open_connector",
     "reauthorize_command",
+    "threshold_report",
 ]

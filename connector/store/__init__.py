@@ -1,6 +1,21 @@
-"""The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core."""
+"""The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core.
+
+Code outside this package reads and writes through the repositories (``ConnectorSpace``,
+``Metaverse``, ``RunHistory``, ``TransformCache``, blobs on ``SqlStore``), each built on the
+connection of one transaction (``StoreConnection``, from ``SqlStore.transaction()``/``read()``):
+it never imports ``tables`` or SQLAlchemy, nor writes SQL.
+"""
 
 from connector.store import tables
+from connector.store._connector_space import (
+    ConnectorRow,
+    ConnectorSpace,
+    CsObject,
+    CsSearch,
+    ExportState,
+    PendingExportRow,
+    SyncRow,
+)
 from connector.store._fast import dumps, loads, run_many
 from connector.store._faults import (
     StoreBusyError,
@@ -9,9 +24,13 @@ from connector.store._faults import (
     StoreMissingError,
     StoreReadOnlyError,
 )
+from connector.store._history import ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
 from connector.store._locks import LockHeldError, LockManager
+from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError
-from connector.store._sql import SqlStore
+from connector.store._people import Person, import_failures, people
+from connector.store._sql import SqlStore, StoreConnection
+from connector.store._transform_cache import TransformCache
 from connector.store._values import (
     BLOB_PREFIX,
     BlobRef,
@@ -29,24 +48,44 @@ __all__ = [
     "BLOB_PREFIX",
     "SCHEMA_VERSION",
     "BlobRef",
+    "ConnectorRow",
+    "ConnectorSpace",
+    "CsObject",
+    "CsSearch",
+    "ErrorRecord",
+    "ErrorRow",
+    "ExportState",
     "LockHeldError",
     "LockManager",
+    "Metaverse",
+    "MetaverseRow",
+    "MvObject",
+    "PendingExportRow",
+    "Person",
+    "RunHistory",
+    "RunRow",
     "SqlStore",
+    "StepRow",
     "StoreBusyError",
+    "StoreConnection",
     "StoreCorruptError",
     "StoreError",
     "StoreMissingError",
     "StoreReadOnlyError",
     "StoreVersionError",
+    "SyncRow",
+    "TransformCache",
     "blob_ref",
     "blob_refs",
     "decode_value",
     "dumps",
     "encode_value",
+    "import_failures",
     "is_blob_ref",
     "loads",
     "normalize_values",
     "parse_blob_ref",
+    "people",
     "plain_value",
     "run_many",
     "tables",

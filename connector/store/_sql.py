@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
@@ -36,7 +36,11 @@ from connector.store._locks import LockManager
 from connector.store._migrations import migrate
 from connector.store.tables import blob, metadata
 
-__all__ = ["SqlStore", "StoreError"]
+__all__ = ["SqlStore", "StoreConnection", "StoreError"]
+
+#: The connection of one store transaction: what callers hand to the repositories. Callers use it
+#: as an opaque handle; only code inside ``connector.store`` runs statements on it.
+StoreConnection: TypeAlias = Connection
 
 
 #: Rows a table gains before the first ``ANALYZE`` on PostgreSQL (see ``SqlStore.note_inserts``).

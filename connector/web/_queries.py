@@ -11,11 +11,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, case, desc, func, literal, select, tuple_
 from sqlalchemy import text as sql_text
 
-from connector.config import MvsyncConfig, RunStepConfig, RunStepKind
-from connector.engine import StepContext, StepResult, load_metaverse_schema
-from connector.engine._export import pending_export_rows, threshold_report
+from connector.config import MvsyncConfig, RunStepKind
+from connector.engine import load_metaverse_schema, threshold_report
 from connector.sdk import AttributeType
-from connector.store import SqlStore, decode_value, loads
+from connector.store import ConnectorSpace, SqlStore, decode_value, loads
 from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
 from connector.store._people import people
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
@@ -550,7 +549,7 @@ class Console:
         self, conn: Connection, agent: str, after: int = -1, limit: int = 48
     ) -> tuple[list[PendingRow], int | None, dict[str, PhotoInfo]]:
         """A page of the agent's pending exports as before/after photos, and the next cursor."""
-        rows = pending_export_rows(conn, agent, after_id=after, limit=limit + 1)
+        rows = ConnectorSpace(conn).pending_exports(agent, after_id=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         names = {}
@@ -597,14 +596,10 @@ class Console:
         Computed by the engine's own ``threshold_report``, so the console shows exactly what the
         next export would decide. The report reads every pending export of the agent (seconds-old
         figures on 5,000 pending photos cost ~100 ms), so it is kept until the pending set changes:
-        every engine write sets ``updated_at``, and the fingerprint below is read from the
-        ``ix_cs_export`` partial index plus the agent's object count (the percentage's base).
+        every engine write sets ``updated_at``, and ``ConnectorSpace.pending_export_fingerprint``
+        reads it from the ``ix_cs_export`` partial index plus the agent's object count.
         """
-        pending_set = select(func.count(), func.sum(cs_object.c.id), func.max(cs_object.c.updated_at)).where(
-            cs_object.c.agent == agent, cs_object.c.export_type.is_not(None)
-        )
-        total = select(func.count()).select_from(cs_object).where(cs_object.c.agent == agent)
-        fingerprint = (*conn.execute(pending_set).one(), conn.execute(total).scalar_one())
+        fingerprint = ConnectorSpace(conn).pending_export_fingerprint(agent)
         reports = []
         for name, profile in self.config.run_profiles.items():
             for index, step in enumerate(profile.steps):
@@ -612,16 +607,13 @@ class Console:
                     key = (name, index)
                     cached = self._threshold_cache.get(key)
                     if cached is None or cached[0] != fingerprint:
-                        report = threshold_report(conn, self._context(step))
+                        report = threshold_report(conn, agent, step.deletion_threshold)
                         if report is None:
                             continue
                         cached = (fingerprint, report)
                         self._threshold_cache[key] = cached
                     reports.append((name, cached[1]))
         return reports
-
-    def _context(self, step: RunStepConfig) -> StepContext:
-        return StepContext(self.store, self.config, step, StepResult(step.agent, step.type.value), step_id=0)
 
     # ------------------------------------------------------------------------------ coverage
     def coverage(self, conn: Connection) -> tuple[list[AgentCoverage], list[tuple[str, str, str, int]], int]:

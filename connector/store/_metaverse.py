@@ -1,0 +1,118 @@
+"""The metaverse as a repository: the reads and writes a synchronization makes on ``mv_object``.
+
+Documents (attributes, contributions, lineage) stay JSON text in the rows: a full synchronization
+parses contributions and lineage only for the objects whose flows changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, delete, func, select
+
+from connector.store._fast import run_many
+from connector.store.tables import mv_object
+
+__all__ = ["Metaverse", "MetaverseRow", "MvObject"]
+
+_IN_BATCH = 900
+_INSERT = (
+    "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
+    "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
+    ":lineage, :display_name, :search_text, :created_at, :updated_at)"
+)
+_UPDATE = (
+    "UPDATE mv_object SET attributes = :attributes, contributions = :contributions, "
+    "lineage = :lineage, display_name = :display_name, search_text = :search_text, "
+    "updated_at = :updated_at WHERE id = :_id"
+)
+_UPDATE_CONTRIBUTIONS = "UPDATE mv_object SET contributions = :contributions, lineage = :lineage WHERE id = :_id"
+
+
+class MetaverseRow(NamedTuple):
+    """A metaverse object with its documents as stored (JSON text)."""
+
+    id: int
+    object_type: str
+    attributes: str
+    contributions: str
+    lineage: str
+
+
+class MvObject(NamedTuple):
+    """A whole metaverse object (columns in table order; documents as JSON text)."""
+
+    id: int
+    object_type: str
+    attributes: str
+    contributions: str
+    lineage: str
+    display_name: str | None
+    search_text: str | None
+    created_at: float | None
+    updated_at: float | None
+
+
+class Metaverse:
+    """The metaverse, read and written inside one store transaction (``conn``)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def next_id(self) -> int:
+        """The id the next projected object gets (ids are assigned by the one synchronizing run)."""
+        return int(self._conn.execute(select(func.max(mv_object.c.id))).scalar() or 0) + 1
+
+    def attribute_pages(self, page: int = 20_000) -> Iterator[list[tuple[int, str]]]:
+        """``(id, attributes JSON)`` of every object, in keyset pages (to build a join index)."""
+        last = -1
+        while True:
+            query = select(mv_object.c.id, mv_object.c.attributes).where(mv_object.c.id > last)
+            rows = [(row[0], row[1]) for row in self._conn.execute(query.order_by(mv_object.c.id).limit(page))]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def load(self, ids: Sequence[int]) -> Iterator[MetaverseRow]:
+        """The objects of ``ids`` that exist."""
+        columns = (
+            mv_object.c.id,
+            mv_object.c.object_type,
+            mv_object.c.attributes,
+            mv_object.c.contributions,
+            mv_object.c.lineage,
+        )
+        for i in range(0, len(ids), _IN_BATCH):
+            for row in self._conn.execute(select(*columns).where(mv_object.c.id.in_(ids[i : i + _IN_BATCH]))):
+                yield MetaverseRow._make(row)
+
+    def get(self, mv_id: int) -> MvObject | None:
+        found = self._conn.execute(select(mv_object).where(mv_object.c.id == mv_id)).first()
+        return None if found is None else MvObject._make(found)
+
+    def search(self, text: str, limit: int) -> list[MvObject]:
+        """Objects whose name, mail, UPN or account name contains ``text`` (any case), by display name."""
+        query = select(mv_object)
+        if text:
+            query = query.where(mv_object.c.search_text.like(f"%{text.lower()}%"))
+        query = query.order_by(mv_object.c.display_name, mv_object.c.id).limit(limit)
+        return [MvObject._make(row) for row in self._conn.execute(query)]
+
+    def write(
+        self, new: list[dict[str, Any]], changed: list[dict[str, Any]], contributions_only: list[dict[str, Any]]
+    ) -> None:
+        """Insert projected objects and update changed ones, each kind as one batch.
+
+        ``new`` rows carry every column; ``changed`` rows ``_id`` and the documents, display name,
+        search text and ``updated_at``; ``contributions_only`` rows ``_id``, ``contributions`` and
+        ``lineage`` (a lower-ranked source changed, the final values did not).
+        """
+        run_many(self._conn, _INSERT, new)
+        run_many(self._conn, _UPDATE, changed)
+        run_many(self._conn, _UPDATE_CONTRIBUTIONS, contributions_only)
+
+    def delete(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._conn.execute(delete(mv_object).where(mv_object.c.id.in_(list(ids))))
