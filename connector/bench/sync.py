@@ -68,7 +68,7 @@ def run(objects: int = 100_000, store: str | None = None) -> dict[str, Any]:
         config = config_from_dict(bench_config(objects, url, base), base_dir=base)
         engine = Engine(config)
         if store:
-            _reset(engine)
+            engine.store.clear()  # PostgreSQL benchmarks reuse one database
         t0 = time.perf_counter()
         imported = engine.run_profile("import")
         import_s = time.perf_counter() - t0
@@ -99,16 +99,6 @@ def run(objects: int = 100_000, store: str | None = None) -> dict[str, Any]:
             "statuses": [imported.status, full.status, delta.status],
             "peak_rss_mb": peak_rss_mb(),
         }
-
-
-def _reset(engine: Engine) -> None:
-    """Empty a server store before a benchmark run (PostgreSQL benchmarks reuse one database)."""
-    from connector.store.tables import metadata
-
-    with engine.store.transaction() as conn:
-        for table in reversed(metadata.sorted_tables):
-            if table.name != "store_meta":
-                conn.execute(table.delete())
 
 
 def register(bench_app: typer.Typer) -> None:

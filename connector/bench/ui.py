@@ -25,8 +25,8 @@ import typer
 from connector.bench._util import peak_rss_mb
 from connector.cli._common import print_json
 from connector.config import MvsyncConfig, config_from_dict
-from connector.engine._sync import search_fields
-from connector.store import SqlStore, blob_ref, dumps, run_many
+from connector.engine import search_fields
+from connector.store import SqlStore, blob_ref, bulk_insert, dumps, parse_blob_ref
 
 __all__ = ["TARGET_MS", "fill_store", "register", "run"]
 
@@ -165,21 +165,8 @@ def fill_store(store: SqlStore, persons: int, *, seed: int = 1) -> dict[str, Any
 
     def flush() -> None:
         with store.transaction() as conn:
-            run_many(
-                conn,
-                "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
-                "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
-                ":lineage, :display_name, :search_text, :created_at, :updated_at)",
-                mv_rows,
-            )
-            run_many(
-                conn,
-                "INSERT INTO cs_object (id, agent, object_class, anchor, dn, hologram, mv_id, joined_at, "
-                "export_type, export_changes, export_error, sync_error, updated_at) VALUES (:id, :agent, "
-                ":object_class, :anchor, :dn, :hologram, :mv_id, :joined_at, :export_type, :export_changes, "
-                ":export_error, :sync_error, :updated_at)",
-                cs_rows,
-            )
+            bulk_insert(conn, "mv_object", mv_rows)
+            bulk_insert(conn, "cs_object", cs_rows)
         mv_rows.clear()
         cs_rows.clear()
 
@@ -273,11 +260,13 @@ def fill_store(store: SqlStore, persons: int, *, seed: int = 1) -> dict[str, Any
         if len(mv_rows) >= 5000:
             flush()
     flush()
-    _fill_history(store, now, rnd)
+    sample["busy_step"] = _fill_history(store, now, rnd)
+    sample["photo"] = parse_blob_ref(refs[0])[0]
     return sample
 
 
-def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> None:
+def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> int:
+    """Run history of 300 runs, the last step with 5,000 errors; returns that step's id."""
     runs, steps, errors = [], [], []
     step_id = 0
     for run_id in range(1, 301):
@@ -326,27 +315,12 @@ def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> None:
             }
         )
     with store.transaction() as conn:
-        run_many(
-            conn,
-            "INSERT INTO run_history (id, profile, status, dry_run, started_at, ended_at, host, pid) "
-            "VALUES (:id, :profile, :status, :dry_run, :started_at, :ended_at, :host, :pid)",
-            runs,
-        )
-        run_many(
-            conn,
-            "INSERT INTO run_step (id, run_id, seq, agent, kind, status, started_at, ended_at, counters, message) "
-            "VALUES (:id, :run_id, :seq, :agent, :kind, :status, :started_at, :ended_at, :counters, :message)",
-            steps,
-        )
-        run_many(
-            conn,
-            "INSERT INTO run_error (step_id, cs_id, anchor, object_class, stage, error_name, detail, severity) "
-            "VALUES (:step_id, :cs_id, :anchor, :object_class, :stage, :error_name, :detail, :severity)",
-            errors,
-        )
+        bulk_insert(conn, "run_history", runs)
+        bulk_insert(conn, "run_step", steps)
+        bulk_insert(conn, "run_error", errors)
     if store.dialect == "sqlite":
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
+        store.analyze()
+    return step_id
 
 
 def _free_port() -> int:
@@ -411,13 +385,7 @@ def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None
         t0 = time.perf_counter()
         sample = fill_store(store, persons)
         fill_s = time.perf_counter() - t0
-        from sqlalchemy import select
-
-        from connector.store.tables import blob, run_step
-
-        with store.read() as conn:
-            photo = conn.execute(select(blob.c.sha256).limit(1)).scalar_one()
-            busy_step = conn.execute(select(run_step.c.id).order_by(run_step.c.id.desc()).limit(1)).scalar_one()
+        photo, busy_step = sample["photo"], sample["busy_step"]
         pages = {
             "operations": "/",
             "operations_older": "/?before=150",

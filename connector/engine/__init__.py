@@ -5,6 +5,7 @@ from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
 from connector.engine._export import threshold_report
 from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
+from connector.engine._sync import search_fields
 
 __all__ = [
     "Engine",
@@ -19,5 +20,6 @@ __all__ = [
     "load_metaverse_schema",
     "open_connector",
     "reauthorize_command",
+    "search_fields",
     "threshold_report",
 ]

@@ -7,17 +7,22 @@ it never imports ``tables`` or SQLAlchemy, nor writes SQL.
 """
 
 from connector.store import tables
+from connector.store._audit import DanglingLink, DuplicateLink, OrphanExport, StoreAudit
+from connector.store._blobs import Blobs
+from connector.store._bulk import bulk_insert
 from connector.store._connector_space import (
     ConnectorRow,
     ConnectorSpace,
     CsObject,
     CsSearch,
+    ErrorDocs,
     ExportState,
     PendingExportRow,
     SyncRow,
 )
 from connector.store._fast import dumps, loads, run_many
 from connector.store._faults import (
+    RESTORE_HINT,
     StoreBusyError,
     StoreCorruptError,
     StoreError,
@@ -27,7 +32,7 @@ from connector.store._faults import (
 from connector.store._history import ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
 from connector.store._locks import LockHeldError, LockManager
 from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
-from connector.store._migrations import SCHEMA_VERSION, StoreVersionError
+from connector.store._migrations import SCHEMA_VERSION, StoreVersionError, current_version
 from connector.store._people import Person, import_failures, people
 from connector.store._sql import SqlStore, StoreConnection
 from connector.store._transform_cache import TransformCache
@@ -46,12 +51,17 @@ from connector.store._values import (
 
 __all__ = [
     "BLOB_PREFIX",
+    "RESTORE_HINT",
     "SCHEMA_VERSION",
     "BlobRef",
+    "Blobs",
     "ConnectorRow",
     "ConnectorSpace",
     "CsObject",
     "CsSearch",
+    "DanglingLink",
+    "DuplicateLink",
+    "ErrorDocs",
     "ErrorRecord",
     "ErrorRow",
     "ExportState",
@@ -60,12 +70,14 @@ __all__ = [
     "Metaverse",
     "MetaverseRow",
     "MvObject",
+    "OrphanExport",
     "PendingExportRow",
     "Person",
     "RunHistory",
     "RunRow",
     "SqlStore",
     "StepRow",
+    "StoreAudit",
     "StoreBusyError",
     "StoreConnection",
     "StoreCorruptError",
@@ -77,6 +89,8 @@ __all__ = [
     "TransformCache",
     "blob_ref",
     "blob_refs",
+    "bulk_insert",
+    "current_version",
     "decode_value",
     "dumps",
     "encode_value",

@@ -16,12 +16,23 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, func, or_, select
+from sqlalchemy import ColumnElement, Connection, case, delete, func, literal, or_, select
+from sqlalchemy import text as sql_text
 
 from connector.store._fast import run_many
+from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
 from connector.store.tables import cs_object
 
-__all__ = ["ConnectorRow", "ConnectorSpace", "CsObject", "CsSearch", "ExportState", "PendingExportRow", "SyncRow"]
+__all__ = [
+    "ConnectorRow",
+    "ConnectorSpace",
+    "CsObject",
+    "CsSearch",
+    "ErrorDocs",
+    "ExportState",
+    "PendingExportRow",
+    "SyncRow",
+]
 
 #: Ids per ``IN (...)`` list: below SQLite's default limit of host parameters, few round trips.
 _IN_BATCH = 900
@@ -107,6 +118,15 @@ class CsSearch(NamedTuple):
     disconnectors: bool = False
     #: with an import, sync or export error
     errors: bool = False
+
+
+class ErrorDocs(NamedTuple):
+    """An object in error: its agent and its error documents (JSON text, None where none)."""
+
+    agent: str
+    sync_error: str | None
+    export_error: str | None
+    import_error: str | None
 
 
 class ExportState(NamedTuple):
@@ -216,6 +236,17 @@ class ConnectorSpace:
                 )
             )
         return [CsObject._make(row) for row in self._conn.execute(query.order_by(cs_object.c.id).limit(limit))]
+
+    def objects(self, agent: str, page: int = 5000) -> Iterator[CsObject]:
+        """Every object of ``agent`` in id order, read in keyset pages so memory stays bounded."""
+        last = -1
+        while True:
+            query = select(cs_object).where(cs_object.c.agent == agent, cs_object.c.id > last)
+            rows = [CsObject._make(row) for row in self._conn.execute(query.order_by(cs_object.c.id).limit(page))]
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].id
 
     def joined_to(self, mv_id: int) -> list[CsObject]:
         """The connectors of one metaverse object."""
@@ -327,3 +358,47 @@ class ConnectorSpace:
             cs_object.c.agent == agent, cs_object.c.export_type.is_not(None)
         )
         return (*self._conn.execute(pending).one(), self.count(agent))
+
+    # ------------------------------------------------------------- console figures (indexed)
+    def counts_per_agent(self, *, only: str | None = None) -> dict[str, int]:
+        """Objects per agent; ``only``: ``"disconnected"``, ``"with-photo"`` or ``"pending-export"``.
+
+        Each count reads one index: ``ix_cs_agent_id``, or migration 2's partial indexes, whose
+        predicates are used verbatim (that is how the planners recognize them), so no JSON
+        document is read.
+        """
+        query = select(cs_object.c.agent, func.count()).group_by(cs_object.c.agent)
+        if only == "disconnected":
+            query = query.where(sql_text(DISCONNECTED_PREDICATE))
+        elif only == "with-photo":
+            query = query.where(sql_text(photo_predicate(self._conn.dialect.name)))
+        elif only == "pending-export":
+            query = query.where(cs_object.c.export_type.is_not(None))
+        elif only is not None:
+            msg = f"unknown connector-space count {only!r}"
+            raise ValueError(msg)
+        return {agent: int(n) for agent, n in self._conn.execute(query)}
+
+    def objects_in_error(self) -> list[ErrorDocs]:
+        """Every object with an import, sync or export error (read from the ``ix_cs_error`` index)."""
+        query = select(
+            cs_object.c.agent, cs_object.c.sync_error, cs_object.c.export_error, cs_object.c.import_error
+        ).where(sql_text(ERROR_PREDICATE))
+        return [ErrorDocs._make(row) for row in self._conn.execute(query)]
+
+    def export_writes_and_clears(self, agent: str, attribute: str) -> tuple[int, int]:
+        """(writes, clears) of ``attribute`` among the agent's pending exports, from the JSON text
+        (a value after ``"attribute":`` is a write, ``null`` a clear) without parsing documents."""
+        key = f'"{attribute}":'
+        changes = cs_object.c.export_changes
+        writes = func.sum(case((self._position(changes, key + '"') > 0, 1), else_=0))
+        clears = func.sum(case((self._position(changes, key + "null") > 0, 1), else_=0))
+        row = self._conn.execute(
+            select(writes, clears).where(cs_object.c.agent == agent, cs_object.c.export_type.is_not(None))
+        ).one()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def _position(self, column: Any, needle: str) -> ColumnElement[Any]:
+        """Position of ``needle`` in a text column (instr on SQLite, strpos on PostgreSQL)."""
+        name = "strpos" if self._conn.dialect.name == "postgresql" else "instr"
+        return getattr(func, name)(column, literal(needle))  # type: ignore[no-any-return]

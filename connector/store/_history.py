@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from sqlalchemy import Connection, desc, func, select, update
@@ -173,9 +173,11 @@ class RunHistory:
             self._conn.execute(run_error.insert(), rows)
 
     # ------------------------------------------------------------------------------- reads
-    def recent_runs(self, limit: int) -> list[RunRow]:
-        """The latest ``limit`` runs, newest first."""
+    def recent_runs(self, limit: int, *, before: int | None = None) -> list[RunRow]:
+        """The latest ``limit`` runs (older than run ``before``), newest first."""
         query = select(run_history).order_by(desc(run_history.c.id)).limit(limit)
+        if before is not None:
+            query = query.where(run_history.c.id < before)
         return [RunRow._make(row) for row in self._conn.execute(query)]
 
     def run(self, run_id: int) -> RunRow | None:
@@ -183,13 +185,58 @@ class RunHistory:
         return None if found is None else RunRow._make(found)
 
     def steps(self, run_id: int) -> list[StepRow]:
-        query = select(run_step).where(run_step.c.run_id == run_id).order_by(run_step.c.seq)
+        return self.steps_of([run_id])
+
+    def steps_of(self, run_ids: Sequence[int]) -> list[StepRow]:
+        """The steps of these runs, by run and then in order."""
+        if not run_ids:
+            return []
+        query = select(run_step).where(run_step.c.run_id.in_(list(run_ids))).order_by(run_step.c.run_id, run_step.c.seq)
         return [StepRow._make(row) for row in self._conn.execute(query)]
 
-    def errors(self, step_id: int, limit: int) -> list[ErrorRow]:
-        """The first ``limit`` errors of a step, in the order they were recorded."""
+    def step(self, step_id: int) -> StepRow | None:
+        found = self._conn.execute(select(run_step).where(run_step.c.id == step_id)).first()
+        return None if found is None else StepRow._make(found)
+
+    def errors(self, step_id: int, limit: int, *, after: int | None = None) -> list[ErrorRow]:
+        """The first ``limit`` errors of a step (after error ``after``), in the order they were recorded."""
         query = select(run_error).where(run_error.c.step_id == step_id).order_by(run_error.c.id).limit(limit)
+        if after is not None:
+            query = query.where(run_error.c.id > after)
         return [ErrorRow._make(row) for row in self._conn.execute(query)]
+
+    def error_counts(self, step_ids: Sequence[int]) -> dict[int, int]:
+        """Step id -> its number of per-object errors (steps without any are absent)."""
+        if not step_ids:
+            return {}
+        query = (
+            select(run_error.c.step_id, func.count())
+            .where(run_error.c.step_id.in_(list(step_ids)))
+            .group_by(run_error.c.step_id)
+        )
+        return {int(step_id): int(count) for step_id, count in self._conn.execute(query)}
+
+    def error_names(self, step_id: int) -> dict[str, int]:
+        """Error name -> count for one step, most frequent first."""
+        query = (
+            select(run_error.c.error_name, func.count())
+            .where(run_error.c.step_id == step_id)
+            .group_by(run_error.c.error_name)
+            .order_by(desc(func.count()))
+        )
+        return {str(name): int(count) for name, count in self._conn.execute(query)}
+
+    def latest_step_errors(self) -> list[tuple[str, str, str, int]]:
+        """``(agent, step kind, error name, count)`` of each agent's most recent step of each kind."""
+        latest = select(func.max(run_step.c.id).label("id")).group_by(run_step.c.agent, run_step.c.kind).subquery()
+        query = (
+            select(run_step.c.agent, run_step.c.kind, run_error.c.error_name, func.count())
+            .join(run_error, run_error.c.step_id == run_step.c.id)
+            .where(run_step.c.id.in_(select(latest.c.id)))
+            .group_by(run_step.c.agent, run_step.c.kind, run_error.c.error_name)
+            .order_by(desc(func.count()))
+        )
+        return [(a, k, n, int(c)) for a, k, n, c in self._conn.execute(query)]
 
     def error_count(self, step_id: int) -> int:
         query = select(func.count()).select_from(run_error).where(run_error.c.step_id == step_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import ColumnElement, Connection, and_, delete, desc, func, literal, select, tuple_
 
 from connector.store._fast import run_many
 from connector.store.tables import mv_object
@@ -99,6 +99,63 @@ class Metaverse:
             query = query.where(mv_object.c.search_text.like(f"%{text.lower()}%"))
         query = query.order_by(mv_object.c.display_name, mv_object.c.id).limit(limit)
         return [MvObject._make(row) for row in self._conn.execute(query)]
+
+    def count(self) -> int:
+        return int(self._conn.execute(select(func.count()).select_from(mv_object)).scalar_one())
+
+    def display_names(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """Metaverse id -> display name, for the ids that exist."""
+        found: dict[int, str | None] = {}
+        for i in range(0, len(ids), _IN_BATCH):
+            query = select(mv_object.c.id, mv_object.c.display_name).where(mv_object.c.id.in_(ids[i : i + _IN_BATCH]))
+            found.update({row[0]: row[1] for row in self._conn.execute(query)})
+        return found
+
+    def objects(self, ids: Sequence[int]) -> dict[int, MvObject]:
+        """The whole objects of ``ids`` that exist, by id."""
+        found: dict[int, MvObject] = {}
+        for i in range(0, len(ids), _IN_BATCH):
+            for row in self._conn.execute(select(mv_object).where(mv_object.c.id.in_(ids[i : i + _IN_BATCH]))):
+                found[row.id] = MvObject._make(row)
+        return found
+
+    def search_page(self, needle: str, *, after: int | None, before: int | None, limit: int) -> list[int]:
+        """Ids of up to ``limit`` objects whose search text contains ``needle``, in search-text order,
+        after (or before) the object of that id: a keyset page.
+
+        Walks the ``(search_text, id)`` index (migration 2) in order and stops after a page: the
+        index holds only the short search text, so even a match-nothing query scans a few MB instead
+        of every object's JSON documents, and page 2,000 costs what page 1 costs. A page read
+        ``before`` comes back in descending order.
+        """
+        key = tuple_(mv_object.c.search_text, mv_object.c.id)
+        cond: list[ColumnElement[bool]] = [mv_object.c.search_text.is_not(None)]
+        if needle:
+            cond.append(mv_object.c.search_text.contains(needle, autoescape=True))
+        cursor_id = after if after is not None else before
+        if cursor_id is not None:
+            anchor = self._conn.execute(select(mv_object.c.search_text).where(mv_object.c.id == cursor_id)).scalar()
+            if anchor is not None:
+                bound = tuple_(literal(anchor), literal(cursor_id))
+                cond.append(key > bound if after is not None else key < bound)
+        backwards = before is not None and after is None
+        order = (
+            (desc(mv_object.c.search_text), desc(mv_object.c.id))
+            if backwards
+            else (mv_object.c.search_text, mv_object.c.id)
+        )
+        query = select(mv_object.c.id).where(and_(*cond)).order_by(*order).limit(limit)
+        return [int(i) for i in self._conn.execute(query).scalars()]
+
+    def count_matching(self, needle: str, cap: int) -> int:
+        """How many objects' search text contains ``needle``, counting at most ``cap + 1``."""
+        inner = (
+            select(literal(1))
+            .where(mv_object.c.search_text.contains(needle, autoescape=True))
+            .limit(cap + 1)
+            .subquery()
+        )
+        return int(self._conn.execute(select(func.count()).select_from(inner)).scalar_one())
 
     def write(
         self, new: list[dict[str, Any]], changed: list[dict[str, Any]], contributions_only: list[dict[str, Any]]
