@@ -8,6 +8,7 @@ it never imports ``tables`` or SQLAlchemy, nor writes SQL.
 
 from connector.store import tables
 from connector.store._audit import DanglingLink, DuplicateLink, OrphanExport, StoreAudit
+from connector.store._batch import BatchInsert, BatchUpdate
 from connector.store._blobs import Blobs
 from connector.store._bulk import bulk_insert
 from connector.store._connector_space import (
@@ -20,7 +21,6 @@ from connector.store._connector_space import (
     PendingExportRow,
     SyncRow,
 )
-from connector.store._fast import dumps, loads, run_many
 from connector.store._faults import (
     RESTORE_HINT,
     StoreBusyError,
@@ -30,6 +30,7 @@ from connector.store._faults import (
     StoreReadOnlyError,
 )
 from connector.store._history import ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
+from connector.store._json import dumps, loads
 from connector.store._locks import LockHeldError, LockManager
 from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError, current_version
@@ -53,6 +54,8 @@ __all__ = [
     "BLOB_PREFIX",
     "RESTORE_HINT",
     "SCHEMA_VERSION",
+    "BatchInsert",
+    "BatchUpdate",
     "BlobRef",
     "Blobs",
     "ConnectorRow",
@@ -101,6 +104,5 @@ __all__ = [
     "parse_blob_ref",
     "people",
     "plain_value",
-    "run_many",
     "tables",
 ]

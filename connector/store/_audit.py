@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
-from connector.store._fast import loads
+from connector.store._json import loads
 from connector.store._migrations import current_version
 from connector.store._sql import SqlStore
 from connector.store._values import blob_refs

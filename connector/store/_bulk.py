@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from connector.store._fast import run_many
+from connector.store._batch import BatchInsert
 from connector.store.tables import metadata
 
 __all__ = ["bulk_insert"]
@@ -25,6 +25,4 @@ def bulk_insert(conn: Connection, table: str, rows: list[dict[str, Any]]) -> Non
     if known is None or any(c not in known.c for c in columns):
         msg = f"bulk_insert: {table!r} is not a store table with the columns {columns}"
         raise ValueError(msg)
-    names = ", ".join(columns)
-    values = ", ".join(f":{c}" for c in columns)
-    run_many(conn, f"INSERT INTO {table} ({names}) VALUES ({values})", rows)
+    BatchInsert(known, tuple(columns)).run(conn, rows)

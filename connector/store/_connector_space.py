@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Connection, case, delete, func, literal, or_, select
 from sqlalchemy import text as sql_text
 
-from connector.store._fast import run_many
+from connector.store._batch import BatchInsert, BatchUpdate
 from connector.store._migrations import DISCONNECTED_PREDICATE, ERROR_PREDICATE, photo_predicate
 from connector.store.tables import cs_object
 
@@ -175,21 +175,32 @@ _PENDING_EXPORT_COLUMNS = (
 #: Objects a delta synchronization visits: a pending import, or an error to retry.
 _NEEDS_SYNC = or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.is_not(None))
 
-#: An applied import (``export`` is empty, or ``_CS_EXPORT_SET`` to stage the export in the same write).
-_CS_UPDATE = (
-    "UPDATE cs_object SET hologram = :hologram, pending_type = NULL, pending = NULL, "
-    "mv_id = :mv_id, joined_at = COALESCE(:joined_at, joined_at), sync_error = :sync_error, "
-    "updated_at = :updated_at{export} WHERE id = :_id"
+#: An applied import, and the same staging the export the synchronization computed for the row.
+_APPLY_IMPORT = BatchUpdate(
+    cs_object,
+    ("hologram", "mv_id", "joined_at", "sync_error", "updated_at"),
+    nulls=("pending_type", "pending"),
+    keep_when_null=frozenset({"joined_at"}),
 )
-_CS_EXPORT_SET = ", export_type = :export_type, export_changes = :export_changes, export_error = NULL"
-_STAGE_EXPORT = (
-    "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
-    "mv_id = :mv_id, export_error = NULL WHERE id = :_id"
+_APPLY_IMPORT_AND_EXPORT = BatchUpdate(
+    cs_object,
+    ("hologram", "mv_id", "joined_at", "sync_error", "updated_at", "export_type", "export_changes"),
+    nulls=("pending_type", "pending", "export_error"),
+    keep_when_null=frozenset({"joined_at"}),
 )
-_RECORD_EXPORT = (
-    "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
-    "unconfirmed = :unconfirmed, export_error = :export_error, anchor = :anchor, "
-    "updated_at = :updated_at WHERE id = :_id"
+_STAGE_EXPORT = BatchUpdate(cs_object, ("export_type", "export_changes", "mv_id"), nulls=("export_error",))
+_RECORD_EXPORT = BatchUpdate(
+    cs_object, ("export_type", "export_changes", "unconfirmed", "export_error", "anchor", "updated_at")
+)
+#: What an import stages: new objects, and the pending import of known ones.
+_ADD_STAGED = BatchInsert(
+    cs_object,
+    ("agent", "object_class", "anchor", "dn", "hologram", "pending_type", "pending", "seen_step", "updated_at"),
+)
+_UPDATE_STAGED = BatchUpdate(
+    cs_object,
+    ("object_class", "dn", "pending_type", "pending", "unconfirmed", "seen_step", "updated_at"),
+    nulls=("import_error",),
 )
 
 
@@ -304,9 +315,9 @@ class ConnectorSpace:
         staged exports of other rows (``_id``, ``mv_id``, ``export_type``, ``export_changes``);
         ``deletes``: ids of objects whose pending delete was applied.
         """
-        run_many(self._conn, _CS_UPDATE.format(export=""), imports)
-        run_many(self._conn, _CS_UPDATE.format(export=_CS_EXPORT_SET), imports_with_export)
-        run_many(self._conn, _STAGE_EXPORT, exports)
+        _APPLY_IMPORT.run(self._conn, imports)
+        _APPLY_IMPORT_AND_EXPORT.run(self._conn, imports_with_export)
+        _STAGE_EXPORT.run(self._conn, exports)
         if deletes:
             self._conn.execute(delete(cs_object).where(cs_object.c.id.in_(deletes)))
 
@@ -346,7 +357,16 @@ class ConnectorSpace:
     def record_exports(self, updates: list[dict[str, Any]]) -> None:
         """Write export results: ``_id``, ``export_type``, ``export_changes``, ``unconfirmed``,
         ``export_error``, ``anchor`` (a connector may rename) and ``updated_at`` of each object."""
-        run_many(self._conn, _RECORD_EXPORT, updates)
+        _RECORD_EXPORT.run(self._conn, updates)
+
+    # ---------------------------------------------------------------------------- imports
+    def stage_imports(self, added: list[dict[str, Any]], updated: list[dict[str, Any]]) -> None:
+        """Write an import page: ``added`` objects (``agent``, ``object_class``, ``anchor``, ``dn``,
+        ``hologram``, ``pending_type``, ``pending``, ``seen_step``, ``updated_at``) and the pending
+        import of ``updated`` ones (``_id``, ``object_class``, ``dn``, ``pending_type``, ``pending``,
+        ``unconfirmed``, ``seen_step``, ``updated_at``; their import error is cleared)."""
+        _ADD_STAGED.run(self._conn, added)
+        _UPDATE_STAGED.run(self._conn, updated)
 
     def pending_export_fingerprint(self, agent: str) -> tuple[Any, ...]:
         """What changes whenever the agent's pending exports or its object count change.

@@ -11,23 +11,30 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, desc, func, literal, select, tuple_
 
-from connector.store._fast import run_many
+from connector.store._batch import BatchInsert, BatchUpdate
 from connector.store.tables import mv_object
 
 __all__ = ["Metaverse", "MetaverseRow", "MvObject"]
 
 _IN_BATCH = 900
-_INSERT = (
-    "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
-    "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
-    ":lineage, :display_name, :search_text, :created_at, :updated_at)"
+_INSERT = BatchInsert(
+    mv_object,
+    (
+        "id",
+        "object_type",
+        "attributes",
+        "contributions",
+        "lineage",
+        "display_name",
+        "search_text",
+        "created_at",
+        "updated_at",
+    ),
 )
-_UPDATE = (
-    "UPDATE mv_object SET attributes = :attributes, contributions = :contributions, "
-    "lineage = :lineage, display_name = :display_name, search_text = :search_text, "
-    "updated_at = :updated_at WHERE id = :_id"
+_UPDATE = BatchUpdate(
+    mv_object, ("attributes", "contributions", "lineage", "display_name", "search_text", "updated_at")
 )
-_UPDATE_CONTRIBUTIONS = "UPDATE mv_object SET contributions = :contributions, lineage = :lineage WHERE id = :_id"
+_UPDATE_CONTRIBUTIONS = BatchUpdate(mv_object, ("contributions", "lineage"))
 
 
 class MetaverseRow(NamedTuple):
@@ -166,9 +173,9 @@ class Metaverse:
         search text and ``updated_at``; ``contributions_only`` rows ``_id``, ``contributions`` and
         ``lineage`` (a lower-ranked source changed, the final values did not).
         """
-        run_many(self._conn, _INSERT, new)
-        run_many(self._conn, _UPDATE, changed)
-        run_many(self._conn, _UPDATE_CONTRIBUTIONS, contributions_only)
+        _INSERT.run(self._conn, new)
+        _UPDATE.run(self._conn, changed)
+        _UPDATE_CONTRIBUTIONS.run(self._conn, contributions_only)
 
     def delete(self, ids: Sequence[int]) -> None:
         if ids:
