@@ -1,9 +1,11 @@
 """The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core.
 
 Code outside this package reads and writes through the repositories (``ConnectorSpace``,
-``Metaverse``, ``RunHistory``, ``TransformCache``, blobs on ``SqlStore``), each built on the
-connection of one transaction (``StoreConnection``, from ``SqlStore.transaction()``/``read()``):
-it never imports ``tables`` or SQLAlchemy, nor writes SQL.
+``Metaverse``, ``RunHistory``, ``TransformCache``, ``Blobs``, and ``StoreAudit`` for ``doctor``;
+whole blobs through ``SqlStore.put_blobs``/``get_blobs``), each built on the connection of one
+transaction (``StoreConnection``, from ``SqlStore.transaction()``/``read()``) and returning typed
+rows: it never imports ``tables`` or SQLAlchemy, nor writes SQL. Encoded values are read with the
+one decoder, ``decode_value``/``plain_value``. Batched writes are ``BatchInsert``/``BatchUpdate``.
 """
 
 from connector.store import tables
