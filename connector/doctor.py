@@ -28,30 +28,22 @@ when any check found an error, and the CLI's usual 2 when the configuration cann
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
-
-from sqlalchemy import Connection, and_, func, or_, select
-from sqlalchemy.exc import DBAPIError
 
 from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
 from connector.store import (
-    BLOB_PREFIX,
     RESTORE_HINT,
     SCHEMA_VERSION,
     SqlStore,
+    StoreAudit,
     StoreCorruptError,
     StoreError,
     StoreMissingError,
     StoreVersionError,
-    current_version,
-    loads,
 )
-from connector.store.tables import blob, cs_object, metadata, mv_object, transform_cache
 
 __all__ = ["EXIT_PROBLEMS", "Finding", "Report", "check_config", "check_store", "run_doctor"]
 
@@ -60,9 +52,6 @@ EXIT_PROBLEMS = 6
 
 #: Examples kept per problem kind (counts are always complete).
 _EXAMPLES = 10
-_PAGE = 2000
-#: How an encoded binary value's prefix appears inside stored JSON text.
-_BLOB_IN_JSON = "\\u0000b:"
 
 Severity = Literal["error", "warning", "ok"]
 
@@ -99,87 +88,6 @@ class Report:
 
 
 # ------------------------------------------------------------------------------------------- store
-def _blob_refs(doc: Any) -> Iterator[tuple[str, int]]:
-    """(sha256, size) of every encoded binary value anywhere in a parsed JSON document."""
-    if isinstance(doc, str):
-        if doc.startswith(BLOB_PREFIX):
-            sha, _, size = doc[len(BLOB_PREFIX) :].partition(":")
-            yield sha, int(size) if size.isdigit() else -1
-    elif isinstance(doc, dict):
-        for value in doc.values():
-            yield from _blob_refs(value)
-    elif isinstance(doc, list):
-        for value in doc:
-            yield from _blob_refs(value)
-
-
-def _pages(conn: Connection, table: Any, columns: list[Any], key: Any) -> Iterator[list[Any]]:
-    last: Any = None
-    while True:
-        query = select(key, *columns).order_by(key).limit(_PAGE)
-        if last is not None:
-            query = query.where(key > last)
-        rows = conn.execute(query).all()
-        if not rows:
-            return
-        yield list(rows)
-        last = rows[-1][0]
-
-
-def _referenced_blobs(conn: Connection) -> dict[str, tuple[int, str]]:
-    """sha256 -> (size recorded by the reference, where one reference is) over every document."""
-    refs: dict[str, tuple[int, str]] = {}
-    docs = [
-        (
-            cs_object,
-            "cs",
-            [cs_object.c.hologram, cs_object.c.pending, cs_object.c.export_changes, cs_object.c.unconfirmed],
-        ),
-        (mv_object, "mv", [mv_object.c.attributes, mv_object.c.contributions]),
-    ]
-    for table, label, columns in docs:
-        for rows in _pages(conn, table, columns, table.c.id):
-            for row in rows:
-                for column, text in zip(columns, row[1:], strict=True):
-                    if text and _BLOB_IN_JSON in text:  # skip parsing documents without binaries
-                        for sha, size in _blob_refs(loads(text)):
-                            refs.setdefault(sha, (size, f"{label} {row[0]} {column.name}"))
-    for rows in _pages(conn, transform_cache, [transform_cache.c.output], transform_cache.c.input):
-        for inp, output in rows:
-            for sha, size in [*_blob_refs(inp), *(_blob_refs(loads(output)) if output else [])]:
-                refs.setdefault(sha, (size, "transform cache"))
-    return refs
-
-
-#: What the integrity check is called on each database.
-_INTEGRITY = {"sqlite": "SQLite's integrity_check", "postgresql": "reading every table and index"}
-
-
-def _integrity_problems(conn: Connection) -> list[str]:
-    """What the database's own consistency check reports (empty: intact).
-
-    SQLite: ``PRAGMA integrity_check`` (every page, index and constraint). PostgreSQL has no
-    built-in equivalent without the ``amcheck`` extension; with it, every mvsync b-tree index is
-    verified (``bt_index_check``), and every table is read in full either way, which makes a page
-    whose checksum fails an error here rather than in the middle of a run.
-    """
-    if conn.dialect.name == "sqlite":
-        rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check").all()]
-        return [] if rows == ["ok"] else rows
-    problems: list[str] = []
-    amcheck = conn.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'amcheck'").first() is not None
-    for table in metadata.sorted_tables:
-        try:
-            with conn.begin_nested():
-                conn.exec_driver_sql(f"SELECT count(*) FROM (SELECT * FROM {table.name}) AS t").all()
-                if amcheck:
-                    for index in table.indexes:
-                        conn.exec_driver_sql(f"SELECT bt_index_check('{index.name}'::regclass)")
-        except DBAPIError as exc:
-            problems.append(f"{table.name}: {str(exc.orig).strip()}")
-    return problems
-
-
 def check_writable(store: SqlStore) -> Finding:
     """Whether runs can write the store: a read-only file or folder (mode, ``chattr +i``, a read-only
     mount) reads fine, so every other check passes, and the next run fails at its first write."""
@@ -200,7 +108,8 @@ def check_store(store: SqlStore) -> list[Finding]:
     """Integrity of the store (see the module docstring); read-only."""
     found: list[Finding] = []
     with store.read() as conn:
-        damage = _integrity_problems(conn)
+        audit = StoreAudit(store, conn)
+        damage = audit.integrity_problems()
         if damage:
             found.append(
                 Finding(
@@ -213,137 +122,106 @@ def check_store(store: SqlStore) -> list[Finding]:
                 )
             )
             return found  # the other checks would read damaged pages
-        found.append(Finding("store", "integrity", "ok", f"{_INTEGRITY[conn.dialect.name]} found no damage"))
-        version = current_version(conn)
-        if version == 0:
-            found.append(Finding("store", "schema", "error", f"the store {store.where} holds no mvsync tables"))
-            return found
-        if version == SCHEMA_VERSION:
-            found.append(Finding("store", "schema", "ok", f"schema version {version} is current"))
-        else:
-            found.append(
-                Finding(
-                    "store",
-                    "schema",
-                    "error",
-                    f"schema version {version}, this mvsync writes {SCHEMA_VERSION}: "
-                    + (
-                        "upgrade mvsync"
-                        if version > SCHEMA_VERSION
-                        else "any mvsync command that opens the store migrates it"
-                    ),
-                )
-            )
+        found.append(Finding("store", "integrity", "ok", f"{audit.integrity_check_name} found no damage"))
+        schema = _check_schema(store, audit.schema_version())
+        found.append(schema)
+        if schema.severity == "error":
             return found  # the other checks assume the current tables
+        found += _check_blobs(audit)
+        found += _check_links(audit)
+        found.append(_check_pending_exports(audit))
+    return found
 
-        # blobs: references -> existence and recorded size; stored bytes -> their hash
-        refs = _referenced_blobs(conn)
-        missing: list[str] = []
-        wrong_size: list[str] = []
-        keys = sorted(refs)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            sizes = dict(conn.execute(select(blob.c.sha256, blob.c.size).where(blob.c.sha256.in_(chunk))).all())
-            for sha in chunk:
-                size, where = refs[sha]
-                if sha not in sizes:
-                    missing.append(f"{sha[:16]}… ({where})")
-                elif size != sizes[sha]:
-                    wrong_size.append(f"{sha[:16]}… referenced as {size} bytes, stored {sizes[sha]} ({where})")
-        corrupt: list[str] = []
-        stored = 0
-        for rows in _pages(conn, blob, [blob.c.size], blob.c.sha256):
-            stored += len(rows)
-            hashes = [r[0] for r in rows]
-            data = store.get_blobs(conn, hashes)  # bounded queries (BLOB_QUERY_BYTES)
-            for sha, size in rows:
-                content = data.get(sha)
-                if content is None or hashlib.sha256(content).hexdigest() != sha or len(content) != size:
-                    corrupt.append(f"{sha[:16]}…")
+
+def _check_schema(store: SqlStore, version: int) -> Finding:
+    if version == 0:
+        return Finding("store", "schema", "error", f"the store {store.where} holds no mvsync tables")
+    if version == SCHEMA_VERSION:
+        return Finding("store", "schema", "ok", f"schema version {version} is current")
+    advice = "upgrade mvsync" if version > SCHEMA_VERSION else "any mvsync command that opens the store migrates it"
+    return Finding(
+        "store", "schema", "error", f"schema version {version}, this mvsync writes {SCHEMA_VERSION}: {advice}"
+    )
+
+
+def _check_blobs(audit: StoreAudit) -> list[Finding]:
+    """References -> existence and recorded size; stored bytes -> their hash."""
+    refs = audit.referenced_blobs()
+    missing: list[str] = []
+    wrong_size: list[str] = []
+    sizes = audit.blob_sizes(sorted(refs))
+    for sha in sorted(refs):
+        size, where = refs[sha]
+        if sha not in sizes:
+            missing.append(f"{sha[:16]}… ({where})")
+        elif size != sizes[sha]:
+            wrong_size.append(f"{sha[:16]}… referenced as {size} bytes, stored {sizes[sha]} ({where})")
+    stored, corrupt_hashes = audit.corrupt_blobs()
+    corrupt = [f"{sha[:16]}…" for sha in corrupt_hashes]
+    found = [
+        Finding("store", name, "error", f"{len(problems)} {what}", len(problems), problems[:_EXAMPLES])
         for name, problems, what in (
             ("blobs-missing", missing, "referenced blobs are missing"),
             ("blobs-size", wrong_size, "blob references record a different size than the stored blob"),
             ("blobs-corrupt", corrupt, "stored blobs do not match their SHA-256"),
-        ):
-            if problems:
-                found.append(
-                    Finding("store", name, "error", f"{len(problems)} {what}", len(problems), problems[:_EXAMPLES])
-                )
-        if not (missing or wrong_size or corrupt):
-            found.append(
-                Finding("store", "blobs", "ok", f"{len(refs)} referenced blobs present; {stored} stored blobs verified")
-            )
-
-        # links between connector space and metaverse
-        dangling = conn.execute(
-            select(cs_object.c.agent, cs_object.c.anchor, cs_object.c.mv_id)
-            .select_from(cs_object.outerjoin(mv_object, mv_object.c.id == cs_object.c.mv_id))
-            .where(cs_object.c.mv_id.is_not(None), mv_object.c.id.is_(None))
-            .order_by(cs_object.c.id)
-        ).all()
-        doubles = conn.execute(
-            select(cs_object.c.agent, cs_object.c.mv_id, func.count())
-            .where(cs_object.c.mv_id.is_not(None))
-            .group_by(cs_object.c.agent, cs_object.c.mv_id)
-            .having(func.count() > 1)
-        ).all()
-        if dangling:
-            found.append(
-                Finding(
-                    "store",
-                    "links-dangling",
-                    "error",
-                    f"{len(dangling)} connector-space objects are joined to metaverse objects that do not exist",
-                    len(dangling),
-                    [f"{a} {anchor} -> mv {mv}" for a, anchor, mv in dangling[:_EXAMPLES]],
-                )
-            )
-        if doubles:
-            found.append(
-                Finding(
-                    "store",
-                    "links-duplicate",
-                    "error",
-                    f"{len(doubles)} metaverse objects have more than one connector of the same agent",
-                    len(doubles),
-                    [f"mv {mv}: {n} objects of {a}" for a, mv, n in doubles[:_EXAMPLES]],
-                )
-            )
-        if not dangling and not doubles:
-            found.append(Finding("store", "links", "ok", "connector-space and metaverse links agree"))
-
-        # an export needs an imported object; an update's values come from its person (a delete may
-        # outlive the person: deprovisioning stages it as the person goes)
-        orphans = conn.execute(
-            select(cs_object.c.agent, cs_object.c.anchor, cs_object.c.export_type, cs_object.c.hologram)
-            .where(
-                cs_object.c.export_type.is_not(None),
-                or_(
-                    cs_object.c.hologram.is_(None),
-                    and_(cs_object.c.export_type != "delete", cs_object.c.mv_id.is_(None)),
-                ),
-            )
-            .order_by(cs_object.c.id)
-        ).all()
-        if orphans:
-            found.append(
-                Finding(
-                    "store",
-                    "pending-exports-orphan",
-                    "error",
-                    f"{len(orphans)} pending exports are on objects never imported, or not joined to a person",
-                    len(orphans),
-                    [
-                        f"{a} {anchor}: {kind} ({'never imported' if hologram is None else 'not joined'})"
-                        for a, anchor, kind, hologram in orphans[:_EXAMPLES]
-                    ],
-                )
-            )
-        else:
-            found.append(
-                Finding("store", "pending-exports", "ok", "every pending export is on an imported, joined object")
-            )
+        )
+        if problems
+    ]
+    if not found:
+        found.append(
+            Finding("store", "blobs", "ok", f"{len(refs)} referenced blobs present; {stored} stored blobs verified")
+        )
     return found
+
+
+def _check_links(audit: StoreAudit) -> list[Finding]:
+    """Links between connector space and metaverse."""
+    dangling = audit.dangling_links()
+    doubles = audit.duplicate_links()
+    found: list[Finding] = []
+    if dangling:
+        found.append(
+            Finding(
+                "store",
+                "links-dangling",
+                "error",
+                f"{len(dangling)} connector-space objects are joined to metaverse objects that do not exist",
+                len(dangling),
+                [f"{a} {anchor} -> mv {mv}" for a, anchor, mv in dangling[:_EXAMPLES]],
+            )
+        )
+    if doubles:
+        found.append(
+            Finding(
+                "store",
+                "links-duplicate",
+                "error",
+                f"{len(doubles)} metaverse objects have more than one connector of the same agent",
+                len(doubles),
+                [f"mv {mv}: {n} objects of {a}" for a, mv, n in doubles[:_EXAMPLES]],
+            )
+        )
+    if not found:
+        found.append(Finding("store", "links", "ok", "connector-space and metaverse links agree"))
+    return found
+
+
+def _check_pending_exports(audit: StoreAudit) -> Finding:
+    """An export needs an imported object; an update's values come from its person."""
+    orphans = audit.orphan_exports()
+    if not orphans:
+        return Finding("store", "pending-exports", "ok", "every pending export is on an imported, joined object")
+    return Finding(
+        "store",
+        "pending-exports-orphan",
+        "error",
+        f"{len(orphans)} pending exports are on objects never imported, or not joined to a person",
+        len(orphans),
+        [
+            f"{a} {anchor}: {kind} ({'never imported' if hologram is None else 'not joined'})"
+            for a, anchor, kind, hologram in orphans[:_EXAMPLES]
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------ config

@@ -59,17 +59,12 @@ def _exo_only_config(root: Path, info: dict[str, Any], **exo_overrides: Any) -> 
 
 def exo_photo_checksums(config: Any) -> dict[str, str | None]:
     """Connector-space anchor -> staged ``EXOPhotoChecksum`` (None: the user has no photo)."""
-    from sqlalchemy import select
-
-    from connector.store import SqlStore, loads
-    from connector.store.tables import cs_object
+    from connector.store import ConnectorSpace, SqlStore, loads
 
     store = SqlStore(config.store_url())
     try:
         with store.read() as conn:
-            rows = conn.execute(
-                select(cs_object.c.anchor, cs_object.c.pending, cs_object.c.hologram).where(cs_object.c.agent == "exo")
-            ).all()
+            rows = list(ConnectorSpace(conn).objects("exo"))
     finally:
         store.close()
     out: dict[str, str | None] = {}
@@ -467,12 +462,10 @@ def hostile_file_names(root: Path) -> dict[str, Any]:
     engine = Engine(config)
     try:
         result = engine.run_profile("Import")
-        from sqlalchemy import select
-
-        from connector.store.tables import cs_object
+        from connector.store import ConnectorSpace
 
         with engine.store.read() as conn:
-            staged = [loads(r.pending) for r in conn.execute(select(cs_object.c.pending))]
+            staged = [loads(r.pending) for r in ConnectorSpace(conn).objects("hr") if r.pending is not None]
     finally:
         engine.close()
     step = result.steps[0]

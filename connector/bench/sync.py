@@ -67,7 +67,7 @@ def run(objects: int = 100_000, store: str | None = None) -> dict[str, Any]:
         generated.register()
         engine = Engine(config)
         if store:
-            _reset(engine)
+            engine.store.clear()  # PostgreSQL benchmarks reuse one database
         t0 = time.perf_counter()
         imported = engine.run_profile("import")
         import_s = time.perf_counter() - t0
@@ -107,13 +107,3 @@ def run_on_postgres(objects: int = 100_000) -> dict[str, Any]:
     postgres_server = harness("postgres_server", benchmark="sync --postgres").postgres_server
     with postgres_server(durable=True) as server:  # durable: default fsync, as a production server
         return run(objects, server.create_database())
-
-
-def _reset(engine: Engine) -> None:
-    """Empty a server store before a benchmark run (PostgreSQL benchmarks reuse one database)."""
-    from connector.store.tables import metadata
-
-    with engine.store.transaction() as conn:
-        for table in reversed(metadata.sorted_tables):
-            if table.name != "store_meta":
-                conn.execute(table.delete())

@@ -23,7 +23,7 @@ from typing import Any
 from connector.bench._util import peak_rss_mb
 from connector.config import MvsyncConfig, config_from_dict
 from connector.engine import search_fields
-from connector.store import SqlStore, blob_ref, dumps, run_many
+from connector.store import SqlStore, blob_ref, bulk_insert, dumps, parse_blob_ref
 
 __all__ = ["TARGET_MS", "fill_store", "run"]
 
@@ -141,75 +141,82 @@ def fill_store(store: SqlStore, persons: int, *, seed: int = 1) -> dict[str, Any
     """Bulk-insert ``persons`` persons with their connector-space objects, photos and run history."""
     rnd = random.Random(seed)
     now = time.time()
-    photos = [_jpeg(i, 240) for i in range(200)]
-    thumbs = [_jpeg(10_000 + i, 96) for i in range(200)]
-    import hashlib
+    filler = _Filler(store, now)
+    sample: dict[str, Any] = {}
+    for mv_id in range(1, persons + 1):
+        mail, family = filler.person(mv_id, rnd)
+        if mv_id == persons // 2:
+            sample = {"mv_id": mv_id, "mail": mail, "family": family.lower()}
+        if len(filler.mv_rows) >= 5000:
+            filler.flush()
+    filler.flush()
+    sample["busy_step"] = _fill_history(store, now, rnd)
+    sample["photo"] = parse_blob_ref(filler.refs[0])[0]
+    return sample
 
-    refs: list[str] = []
-    thumb_refs: list[str] = []
-    with store.transaction() as conn:
+
+class _Filler:
+    """Builds the synthetic store's rows a person at a time and writes them in batches."""
+
+    def __init__(self, store: SqlStore, now: float) -> None:
+        self.store, self.now = store, now
+        self.mv_rows: list[dict[str, Any]] = []
+        self.cs_rows: list[dict[str, Any]] = []
+        self.cs_id = 0
+        self.checked = "\x00d:" + time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now - 3600))
+        self.refs, self.thumb_refs = self._photos()
+
+    def _photos(self) -> tuple[list[str], list[str]]:
+        """200 photos and 200 thumbnails in the blob table; their encoded references."""
+        import hashlib
+
+        refs: list[str] = []
+        thumb_refs: list[str] = []
         blobs = {}
-        for data, out in [(p, refs) for p in photos] + [(t, thumb_refs) for t in thumbs]:
+        photos = [(_jpeg(i, 240), refs) for i in range(200)] + [(_jpeg(10_000 + i, 96), thumb_refs) for i in range(200)]
+        for data, out in photos:
             sha = hashlib.sha256(data).hexdigest()
             blobs[sha] = data
             out.append(blob_ref(sha, len(data)))
-        store.put_blobs(conn, blobs)
-    mv_rows: list[dict[str, Any]] = []
-    cs_rows: list[dict[str, Any]] = []
-    cs_id = 0
-    sample: dict[str, Any] = {}
-    checked = "\x00d:" + time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now - 3600))
+        with self.store.transaction() as conn:
+            self.store.put_blobs(conn, blobs)
+        return refs, thumb_refs
 
-    def flush() -> None:
-        with store.transaction() as conn:
-            run_many(
-                conn,
-                "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
-                "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
-                ":lineage, :display_name, :search_text, :created_at, :updated_at)",
-                mv_rows,
-            )
-            run_many(
-                conn,
-                "INSERT INTO cs_object (id, agent, object_class, anchor, dn, hologram, mv_id, joined_at, "
-                "export_type, export_changes, export_error, sync_error, updated_at) VALUES (:id, :agent, "
-                ":object_class, :anchor, :dn, :hologram, :mv_id, :joined_at, :export_type, :export_changes, "
-                ":export_error, :sync_error, :updated_at)",
-                cs_rows,
-            )
-        mv_rows.clear()
-        cs_rows.clear()
+    def flush(self) -> None:
+        with self.store.transaction() as conn:
+            bulk_insert(conn, "mv_object", self.mv_rows)
+            bulk_insert(conn, "cs_object", self.cs_rows)
+        self.mv_rows.clear()
+        self.cs_rows.clear()
 
-    def cs(agent: str, cls: str, anchor: str, mv_id: int, hologram: dict[str, Any], **extra: Any) -> None:
-        nonlocal cs_id
-        cs_id += 1
-        cs_rows.append(
+    def cs(self, agent: str, cls: str, anchor: str, mv_id: int, hologram: dict[str, Any], **extra: Any) -> None:
+        self.cs_id += 1
+        self.cs_rows.append(
             {
-                "id": cs_id,
+                "id": self.cs_id,
                 "agent": agent,
                 "object_class": cls,
                 "anchor": anchor,
                 "dn": extra.pop("dn", None),
                 "hologram": dumps(hologram),
                 "mv_id": mv_id,
-                "joined_at": now,
+                "joined_at": self.now,
                 "export_type": extra.get("export_type"),
                 "export_changes": dumps(extra["export_changes"]) if "export_changes" in extra else None,
                 "export_error": dumps(extra["export_error"]) if "export_error" in extra else None,
                 "sync_error": dumps(extra["sync_error"]) if "sync_error" in extra else None,
-                "updated_at": now,
+                "updated_at": self.now,
             }
         )
 
-    for mv_id in range(1, persons + 1):
+    def person(self, mv_id: int, rnd: random.Random) -> tuple[str, str]:
+        """One person and its connectors (exo always, hr for 40 %, ad always); its mail and family name."""
         given, family = rnd.choice(_GIVEN), rnd.choice(_FAMILY)
         account = f"{given[0]}{family}{mv_id}".lower().replace("'", "")
         mail = f"{given}.{family}.{mv_id}@{_DOMAIN}".lower().replace("'", "")
         guid = f"{mv_id:08x}-0000-4000-8000-{mv_id:012x}"
-        exo_photo = refs[mv_id % len(refs)] if mv_id % 10 < 7 else None
-        hr_photo = refs[(mv_id * 7) % len(refs)] if mv_id % 5 < 2 else None
-        photo = exo_photo or hr_photo
-        ad_thumb = thumb_refs[mv_id % len(thumb_refs)] if mv_id % 2 == 0 else None
+        exo_photo = self.refs[mv_id % len(self.refs)] if mv_id % 10 < 7 else None
+        hr_photo = self.refs[(mv_id * 7) % len(self.refs)] if mv_id % 5 < 2 else None
         attrs: dict[str, Any] = {
             "accountName": account,
             "userPrincipalName": mail,
@@ -222,18 +229,33 @@ def fill_store(store: SqlStore, persons: int, *, seed: int = 1) -> dict[str, Any
             "adObjectGUID": guid,
             "adDistinguishedName": f"CN={given} {family},OU=People,DC=contoso,DC=example",
         }
+        self._metaverse_row(mv_id, attrs, exo_photo, hr_photo)
+        exo_holo = {k: attrs[k] for k in ("userPrincipalName", "mail", "mailNickname", "displayName")}
+        exo_holo["id"] = guid
+        if exo_photo:
+            exo_holo.update(EXOPhoto=exo_photo, EXOPhotoChecksum="x" * 64, EXOPhotoLastChecked=self.checked)
+        self.cs("exo", "EXOUser", guid, mv_id, exo_holo)
+        if hr_photo:
+            hr_holo = {"accountName": account, "photo": hr_photo, "path": f"{account}.jpg"}
+            self.cs("hr", "photoFile", account, mv_id, hr_holo)
+        self._ad_object(mv_id, guid, attrs, photo=exo_photo or hr_photo)
+        return mail, family
+
+    def _metaverse_row(self, mv_id: int, attrs: dict[str, Any], exo_photo: str | None, hr_photo: str | None) -> None:
+        """The person's row: ``attrs`` plus its photo, lineage and every source's contribution."""
+        photo = exo_photo or hr_photo
         lineage = {k: ["exo", k] for k in attrs}
         lineage["accountName"] = ["ad", _AD_RULE]
         if photo:
             attrs["photo"] = photo
-            attrs["photoLastChecked"] = checked
+            attrs["photoLastChecked"] = self.checked
             lineage["photo"] = ["exo", _EXO_RULE] if exo_photo else ["hr", _HR_RULE]
             lineage["photoLastChecked"] = ["exo", "EXOPhotoLastChecked"]
         contributions = {k: {a: [attrs[k], r]} for k, (a, r) in lineage.items()}
         if exo_photo and hr_photo:
             contributions["photo"]["hr"] = [hr_photo, _HR_RULE]
         display, text = search_fields(attrs)
-        mv_rows.append(
+        self.mv_rows.append(
             {
                 "id": mv_id,
                 "object_type": "person",
@@ -242,39 +264,30 @@ def fill_store(store: SqlStore, persons: int, *, seed: int = 1) -> dict[str, Any
                 "lineage": dumps(lineage),
                 "display_name": display,
                 "search_text": text,
-                "created_at": now,
-                "updated_at": now,
+                "created_at": self.now,
+                "updated_at": self.now,
             }
         )
-        exo_holo = {k: attrs[k] for k in ("userPrincipalName", "mail", "mailNickname", "displayName")}
-        exo_holo["id"] = guid
-        if exo_photo:
-            exo_holo.update(EXOPhoto=exo_photo, EXOPhotoChecksum="x" * 64, EXOPhotoLastChecked=checked)
-        cs("exo", "EXOUser", guid, mv_id, exo_holo)
-        if hr_photo:
-            cs("hr", "photoFile", account, mv_id, {"accountName": account, "photo": hr_photo, "path": f"{account}.jpg"})
-        ad_holo = {"objectGUID": guid, "sAMAccountName": account, "mail": mail}
+
+    def _ad_object(self, mv_id: int, guid: str, attrs: dict[str, Any], photo: str | None) -> None:
+        """The AD user: half hold a thumbnail; 5 % have a pending thumbnail export, some in error."""
+        ad_thumb = self.thumb_refs[mv_id % len(self.thumb_refs)] if mv_id % 2 == 0 else None
+        ad_holo = {"objectGUID": guid, "sAMAccountName": attrs["accountName"], "mail": attrs["mail"]}
         if ad_thumb:
             ad_holo["thumbnailPhoto"] = ad_thumb
         extra: dict[str, Any] = {"dn": attrs["adDistinguishedName"]}
         if mv_id % 20 == 1:  # 5 %: the next export writes a new thumbnail (or clears one)
-            value = thumb_refs[(mv_id + 1) % len(thumb_refs)] if photo else None
+            value = self.thumb_refs[(mv_id + 1) % len(self.thumb_refs)] if photo else None
             extra.update(export_type="update", export_changes={"thumbnailPhoto": value})
             if mv_id % 200 == 1:
                 extra["export_error"] = {"name": "constraint-violation", "detail": "size limit", "attempts": 1}
         if mv_id % 500 == 7:
             extra["sync_error"] = {"name": "ambiguous-join"}
-        cs("ad", "user", guid, mv_id, ad_holo, **extra)
-        if mv_id == persons // 2:
-            sample = {"mv_id": mv_id, "mail": mail, "family": family.lower()}
-        if len(mv_rows) >= 5000:
-            flush()
-    flush()
-    _fill_history(store, now, rnd)
-    return sample
+        self.cs("ad", "user", guid, mv_id, ad_holo, **extra)
 
 
-def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> None:
+def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> int:
+    """Run history of 300 runs, the last step with 5,000 errors; returns that step's id."""
     runs, steps, errors = [], [], []
     step_id = 0
     for run_id in range(1, 301):
@@ -323,27 +336,12 @@ def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> None:
             }
         )
     with store.transaction() as conn:
-        run_many(
-            conn,
-            "INSERT INTO run_history (id, profile, status, dry_run, started_at, ended_at, host, pid) "
-            "VALUES (:id, :profile, :status, :dry_run, :started_at, :ended_at, :host, :pid)",
-            runs,
-        )
-        run_many(
-            conn,
-            "INSERT INTO run_step (id, run_id, seq, agent, kind, status, started_at, ended_at, counters, message) "
-            "VALUES (:id, :run_id, :seq, :agent, :kind, :status, :started_at, :ended_at, :counters, :message)",
-            steps,
-        )
-        run_many(
-            conn,
-            "INSERT INTO run_error (step_id, cs_id, anchor, object_class, stage, error_name, detail, severity) "
-            "VALUES (:step_id, :cs_id, :anchor, :object_class, :stage, :error_name, :detail, :severity)",
-            errors,
-        )
+        bulk_insert(conn, "run_history", runs)
+        bulk_insert(conn, "run_step", steps)
+        bulk_insert(conn, "run_error", errors)
     if store.dialect == "sqlite":
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
+        store.analyze()
+    return step_id
 
 
 def _free_port() -> int:
@@ -408,13 +406,7 @@ def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None
         t0 = time.perf_counter()
         sample = fill_store(store, persons)
         fill_s = time.perf_counter() - t0
-        from sqlalchemy import select
-
-        from connector.store.tables import blob, run_step
-
-        with store.read() as conn:
-            photo = conn.execute(select(blob.c.sha256).limit(1)).scalar_one()
-            busy_step = conn.execute(select(run_step.c.id).order_by(run_step.c.id.desc()).limit(1)).scalar_one()
+        photo, busy_step = sample["photo"], sample["busy_step"]
         pages = {
             "operations": "/",
             "operations_older": "/?before=150",

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import desc, func, or_, select
 
 from connector.cli._common import (
     DEFAULT_CONFIG,
@@ -26,8 +25,19 @@ from connector.cli._common import (
     print_json,
 )
 from connector.config import ConfigError, MvsyncConfig, load_config
-from connector.store import Person, SqlStore, import_failures, is_blob_ref, loads, parse_blob_ref, people
-from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
+from connector.store import (
+    ConnectorSpace,
+    CsObject,
+    CsSearch,
+    Metaverse,
+    Person,
+    RunHistory,
+    SqlStore,
+    import_failures,
+    loads,
+    people,
+    plain_value,
+)
 
 __all__ = ["register"]
 
@@ -116,591 +126,552 @@ def _demo_hint(config: MvsyncConfig, result: Any) -> None:
             return
 
 
-def _render(value: Any) -> Any:
-    """Connector-facing rendering of an encoded value for tables and JSON."""
-    if isinstance(value, list):
-        return [_render(v) for v in value]
-    if is_blob_ref(value):
-        sha, size = parse_blob_ref(value)
-        return {"sha256": sha, "bytes": size}
-    if isinstance(value, str) and value.startswith("\x00"):
-        return value[3:]
-    return value
-
-
 def _short(value: Any) -> str:
-    rendered = _render(value)
+    rendered = plain_value(value)
     if isinstance(rendered, dict) and "sha256" in rendered:
         return f"<binary {rendered['bytes']} bytes, sha256 {rendered['sha256'][:12]}…>"
     return str(rendered)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    @handle_errors
-    def init(
-        path: Annotated[Path, typer.Argument(help="Where to write the starter configuration.")] = DEFAULT_CONFIG,
-        force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
-    ) -> None:
-        """Write a starter configuration (a photo folder feeding the metaverse)."""
-        if path.exists() and not force:
-            raise fail(f"{path} already exists; pass --force to overwrite it", EXIT_CONFIG)
-        path.write_text(STARTER_CONFIG, encoding="utf-8")
-        console.print(f'wrote {path}; next: mvsync run "Full Import (Stage Only)" -c {path}')
+@handle_errors
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the starter configuration.")] = DEFAULT_CONFIG,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a starter configuration (a photo folder feeding the metaverse)."""
+    if path.exists() and not force:
+        raise fail(f"{path} already exists; pass --force to overwrite it", EXIT_CONFIG)
+    path.write_text(STARTER_CONFIG, encoding="utf-8")
+    console.print(f'wrote {path}; next: mvsync run "Full Import (Stage Only)" -c {path}')
 
+
+def connectors_list(json_out: JsonOption = False) -> None:
+    """List the connector types this installation can run."""
+    from connector.registry import available_connectors
+
+    infos = available_connectors()
+    if json_out:
+        print_json([info.__dict__ for info in infos])
+        return
+    table = Table("type", "implementation", "distribution")
+    for info in infos:
+        table.add_row(info.name, info.target, f"{info.distribution} {info.version}")
+    console.print(table)
+
+
+@handle_errors
+def schema(
+    agent: Annotated[str, typer.Argument(help="Agent name from the configuration.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    json_out: JsonOption = False,
+) -> None:
+    """Show an agent's connector schema (object classes, anchors, attributes)."""
+    from connector.engine import open_connector
+
+    conn = open_connector(_config(config), agent)
+    result = conn.get_schema()
+    if json_out:
+        print_json(result.model_dump(mode="json"))
+        return
+    for oc in result.object_classes:
+        table = Table("attribute", "type", "multi-valued", "access", title=f"{oc.name} (anchor {oc.anchor})")
+        for attr in oc.attributes:
+            table.add_row(attr.name, attr.type.value, "yes" if attr.multivalued else "", attr.access.value)
+        console.print(table)
+
+
+@handle_errors
+def run(
+    profile: Annotated[str, typer.Argument(help='Run profile name, e.g. "Delta Synchronization".')],
+    config: ConfigOption = DEFAULT_CONFIG,
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", "-a", help="Only the steps of this agent (repeatable).")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Compute everything, write nothing; print would-be changes as JSON lines."),
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", help="Seconds to wait for a lock held by another run (default: fail at once)."),
+    ] = 0.0,
+    allow_empty_import: Annotated[
+        bool,
+        typer.Option("--allow-empty-import", help="Let full imports that return nothing mark everything deleted."),
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a run profile. Exit code: 0 success, 3 completed with errors, 4 stopped (see README)."""
+    from connector.cli._progress import RichProgress
+    from connector.engine import Engine
+
+    cfg = _config(config)
+    engine = Engine(cfg)
+    progress = None if json_out or dry_run or not sys.stderr.isatty() else RichProgress(err_console)
+
+    def emit(change: dict[str, Any]) -> None:
+        print_json({"dry_run": True, **change})
+
+    overrides = {"allow_empty_full_import": True} if allow_empty_import else None
+    try:
+        result = engine.run_profile(
+            profile,
+            dry_run=dry_run,
+            agents=set(agent) if agent else None,
+            progress=progress,
+            emit=emit if dry_run else None,
+            wait_s=wait,
+            step_overrides=overrides,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+        engine.close()
+    if json_out:
+        print_json(result.as_dict())
+    else:
+        out = err_console if dry_run else console
+        table = Table(
+            "#",
+            "agent",
+            "step",
+            "status",
+            "counters",
+            "seconds",
+            title=f"{profile}: {result.status}" + (" (dry run: nothing was written)" if dry_run else ""),
+        )
+        for i, step in enumerate(result.steps, 1):
+            counters = ", ".join(f"{k}={v}" for k, v in sorted(step.counters.items()) if not isinstance(v, dict))
+            table.add_row(str(i), step.agent, step.kind, step.status, counters, f"{step.seconds:.2f}")
+        out.print(table)
+        for step in result.steps:
+            if step.message:
+                out.print(f"[bold]{step.agent} {step.kind}:[/] {escape(step.message)}", highlight=False)
+            for err in step.errors[:10]:
+                out.print(f"  {_error_line(err.as_dict())}", highlight=False, markup=False)
+            if step.error_count > 10:
+                where = (
+                    "a dry run keeps no history"
+                    if result.run_id is None
+                    else f"mvsync history show {result.run_id} -c {config}"
+                )
+                out.print(f"  … {step.error_count - 10} more: {where}")
+    _demo_hint(cfg, result)
+    raise typer.Exit(exit_code_for_status(result.status))
+
+
+@handle_errors
+def history_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    json_out: JsonOption = False,
+) -> None:
+    """Recent runs with their status."""
+    store = _store(_config(config))
+    with store.read() as conn:
+        runs = RunHistory(conn).recent_runs(limit)
+    rows: list[dict[str, Any]] = [
+        {
+            "run_id": r.id,
+            "profile": r.profile,
+            "status": r.status,
+            "dry_run": bool(r.dry_run),
+            "started_at": r.started_at,
+            "seconds": round((r.ended_at or r.started_at) - r.started_at, 3),
+            "message": r.message,
+        }
+        for r in runs
+    ]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("run", "profile", "status", "started", "seconds")
+    import datetime as dt
+
+    for r in rows:
+        started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(r["run_id"]), r["profile"], r["status"], started, str(r["seconds"]))
+    console.print(table)
+
+
+@handle_errors
+def history_show(
+    run_id: Annotated[int, typer.Argument(help="Run id from `mvsync history list`.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    errors: Annotated[int, typer.Option(help="Per-object errors to show per step.")] = 50,
+    json_out: JsonOption = False,
+) -> None:
+    """One run: its steps, counters and per-object errors."""
+    store = _store(_config(config))
+    with store.read() as conn:
+        history = RunHistory(conn)
+        run_row = history.run(run_id)
+        if run_row is None:
+            raise fail(f"no run {run_id} in the store (see `mvsync history list`)", EXIT_CONFIG)
+        steps = history.steps(run_id)
+        doc: dict[str, Any] = {
+            "run_id": run_id,
+            "profile": run_row.profile,
+            "status": run_row.status,
+            "message": run_row.message,
+            "steps": [],
+        }
+        for s in steps:
+            errs = history.errors(s.id, errors)
+            total = history.error_count(s.id)
+            found = people(conn, s.agent, (e.anchor for e in errs))
+            doc["steps"].append(
+                {
+                    "step_id": s.id,
+                    "agent": s.agent,
+                    "kind": s.kind,
+                    "status": s.status,
+                    "message": s.message,
+                    "seconds": round((s.ended_at or s.started_at) - s.started_at, 3),
+                    "counters": loads(s.counters),
+                    "error_count": total,
+                    "errors": [_error_doc(e, found.get(e.anchor or "")) for e in errs],
+                }
+            )
+    if json_out:
+        print_json(doc)
+        return
+    console.print(f"[bold]run {run_id}[/] {escape(doc['profile'])}: {doc['status']}")
+    if doc["message"]:
+        console.print(f"  {doc['message']}", highlight=False, markup=False)
+    for s in doc["steps"]:
+        console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']} in {s['seconds']} s", highlight=False)
+        if s["message"]:
+            console.print(f"  {s['message']}", highlight=False, markup=False)
+        console.print("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict)))
+        for e in s["errors"]:
+            console.print(f"  [{e['severity']}] {_error_line(e)}", highlight=False, markup=False)
+
+
+def _cs_doc(row: CsObject) -> dict[str, Any]:
+    def doc(text: str | None) -> Any:
+        return {k: plain_value(v) for k, v in loads(text).items()} if text else None
+
+    return {
+        "id": row.id,
+        "agent": row.agent,
+        "object_class": row.object_class,
+        "anchor": row.anchor,
+        "dn": row.dn,
+        "metaverse_id": row.mv_id,
+        "hologram": doc(row.hologram),
+        "pending_import": row.pending_type,
+        "pending_import_state": doc(row.pending),
+        "pending_export": row.export_type,
+        "pending_export_changes": doc(row.export_changes),
+        "unconfirmed_export": doc(row.unconfirmed),
+        "export_error": loads(row.export_error) if row.export_error else None,
+        "sync_error": loads(row.sync_error) if row.sync_error else None,
+        "import_error": loads(row.import_error) if row.import_error else None,
+    }
+
+
+def _unstaged_doc(agent: str, e: Any) -> dict[str, Any]:
+    """An object an import could not read, as a search result: named by the error, not staged."""
+    return {
+        "id": None,
+        "agent": agent,
+        "object_class": e.object_class,
+        "anchor": e.anchor,
+        "display": e.display,
+        "dn": None,
+        "metaverse_id": None,
+        "in_connector_space": False,
+        "pending_import": None,
+        "pending_export": None,
+        "import_error": {"name": e.error_name, "detail": e.detail, "run_id": e.run_id, "step_id": e.step_id},
+    }
+
+
+@handle_errors
+def cs_search(
+    agent: Annotated[str, typer.Argument()],
+    config: ConfigOption = DEFAULT_CONFIG,
+    anchor: Annotated[str | None, typer.Option(help="Anchor or DN substring.")] = None,
+    pending_import: Annotated[bool, typer.Option(help="Only objects with a pending import.")] = False,
+    pending_export: Annotated[bool, typer.Option(help="Only objects with a pending export.")] = False,
+    disconnectors: Annotated[bool, typer.Option(help="Only objects joined to no metaverse object.")] = False,
+    errors: Annotated[bool, typer.Option(help="Only objects with an export or sync error.")] = False,
+    limit: int = 50,
+    json_out: JsonOption = False,
+) -> None:
+    """Search an agent's connector space (MIM's CS search scopes)."""
+    cfg = _config(config)
+    _known_agent(cfg, agent)
+    store = _store(cfg)
+    scope = CsSearch(anchor, pending_import, pending_export, disconnectors, errors)
+    with store.read() as conn:
+        rows = ConnectorSpace(conn).search(agent, scope, limit)
+        found = people(conn, agent, (r.anchor for r in rows))
+        # objects the last import could not read: in history by anchor, not in the connector space
+        failed = import_failures(conn, agent, limit=limit) if errors and not anchor else []
+    docs = [{**_cs_doc(r), "display": found[r.anchor].display if r.anchor in found else None} for r in rows]
+    docs += [_unstaged_doc(agent, e) for e in failed]
+    if json_out:
+        print_json(docs)
+        return
+    table = Table("id", "anchor", "person", "dn", "mv", "pending import", "pending export", "error")
+    for d in docs:
+        error = next((d[k]["name"] for k in ("export_error", "sync_error", "import_error") if d.get(k)), "")
+        table.add_row(
+            str(d["id"] or "not staged"),
+            d["anchor"],
+            d["display"] or "",
+            d["dn"] or "",
+            str(d["metaverse_id"] or ""),
+            d["pending_import"] or "",
+            d["pending_export"] or "",
+            error,
+        )
+    console.print(table)
+
+
+@handle_errors
+def cs_show(
+    agent: Annotated[str, typer.Argument()],
+    anchor: Annotated[str, typer.Argument(help="The object's anchor.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    json_out: JsonOption = False,
+) -> None:
+    """One connector-space object: hologram, pending import and export, errors."""
+    cfg = _config(config)
+    _known_agent(cfg, agent)
+    store = _store(cfg)
+    with store.read() as conn:
+        row = ConnectorSpace(conn).get(agent, anchor)
+        failed = import_failures(conn, agent, anchor=anchor) if row is None else []
+        person = people(conn, agent, [anchor]).get(anchor)
+    if row is None and failed:
+        doc = _unstaged_doc(agent, failed[0])
+        if json_out:
+            print_json(doc)
+            return
+        error = doc["import_error"]
+        console.print(
+            f"{agent} {anchor} ({doc['display'] or 'no name recorded'}) is not in the connector space: "
+            f"the import could not read it.\nlast import error, run {error['run_id']}: "
+            f"{error['name']}: {error['detail']}",
+            highlight=False,
+            markup=False,
+        )
+        return
+    if row is None:
+        raise fail(f"no object {anchor!r} in the connector space of {agent!r} (try `mvsync cs search {agent}`)")
+    doc = {**_cs_doc(row), "display": person.display if person else None}
+    if json_out:
+        print_json(doc)
+        return
+    who = f" ({doc['display']})" if doc["display"] else ""
+    console.print(
+        f"[bold]{agent}[/] {row.object_class} {escape(anchor)}{escape(who)}  dn={row.dn}  metaverse={row.mv_id}",
+        highlight=False,
+    )
+    for key in ("hologram", "pending_import_state", "pending_export_changes", "unconfirmed_export"):
+        if doc[key]:
+            table = Table("attribute", "value", title=key.replace("_", " "))
+            for k, v in sorted(doc[key].items()):
+                table.add_row(
+                    k,
+                    _short(v)
+                    if not isinstance(v, dict)
+                    else f"<binary {v['bytes']} bytes, sha256 {v['sha256'][:12]}…>",
+                )
+            console.print(table)
+    for key in ("pending_import", "pending_export", "export_error", "sync_error", "import_error"):
+        if doc[key]:
+            console.print(f"{key.replace('_', ' ')}: {doc[key]}", highlight=False)
+
+
+@handle_errors
+def mv_search(
+    text: Annotated[str, typer.Argument(help="Part of a name, mail, UPN or account name.")] = "",
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: int = 50,
+    json_out: JsonOption = False,
+) -> None:
+    """Find persons by name, mail, UPN or account name."""
+    store = _store(_config(config))
+    with store.read() as conn:
+        rows = Metaverse(conn).search(text, limit)
+    docs = []
+    for r in rows:
+        attrs = loads(r.attributes)
+        docs.append(
+            {
+                "id": r.id,
+                "type": r.object_type,
+                "displayName": r.display_name,
+                "accountName": attrs.get("accountName"),
+                "mail": attrs.get("mail"),
+                "has_photo": "photo" in attrs,
+            }
+        )
+    if json_out:
+        print_json(docs)
+        return
+    table = Table("id", "displayName", "accountName", "mail", "photo")
+    for d in docs:
+        table.add_row(
+            str(d["id"]),
+            d["displayName"] or "",
+            d["accountName"] or "",
+            d["mail"] or "",
+            "yes" if d["has_photo"] else "",
+        )
+    console.print(table)
+
+
+@handle_errors
+def mv_show(
+    ident: Annotated[str, typer.Argument(help="Metaverse id, or an account name / mail / UPN.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    json_out: JsonOption = False,
+) -> None:
+    """One metaverse object: every attribute with the agent and rule that contributed it, and its connectors."""
+    store = _store(_config(config))
+    with store.read() as conn:
+        metaverse = Metaverse(conn)
+        if ident.isdigit():
+            row = metaverse.get(int(ident))
+        else:
+            matches = metaverse.search(ident, limit=2)
+            if len(matches) > 1:
+                raise fail(f"{ident!r} matches several persons; use `mvsync mv search {ident}` and pass an id")
+            row = matches[0] if matches else None
+        if row is None:
+            raise fail(f"no metaverse object {ident!r} (try `mvsync mv search`)")
+        connectors = ConnectorSpace(conn).joined_to(row.id)
+    attrs, lineage = loads(row.attributes), loads(row.lineage)
+    doc: dict[str, Any] = {
+        "id": row.id,
+        "type": row.object_type,
+        "attributes": {
+            k: {
+                "value": plain_value(v),
+                "agent": lineage.get(k, [None, None])[0],
+                "rule": lineage.get(k, [None, None])[1],
+            }
+            for k, v in sorted(attrs.items())
+        },
+        "connectors": [
+            {"agent": c.agent, "anchor": c.anchor, "dn": c.dn, "pending_export": c.export_type} for c in connectors
+        ],
+    }
+    if json_out:
+        print_json(doc)
+        return
+    table = Table("attribute", "value", "agent", "rule", title=f"person {row.id}")
+    for k, v in doc["attributes"].items():
+        table.add_row(k, _short(attrs[k]), v["agent"] or "", v["rule"] or "")
+    console.print(table)
+    ctable = Table("agent", "anchor", "dn", "pending export", title="connectors")
+    for c in doc["connectors"]:
+        ctable.add_row(c["agent"], c["anchor"], c["dn"] or "", c["pending_export"] or "")
+    console.print(ctable)
+
+
+@handle_errors
+def pending_exports(
+    agent: Annotated[str, typer.Argument()],
+    config: ConfigOption = DEFAULT_CONFIG,
+    output_format: Annotated[str, typer.Option("--format", help="json (one list), csv, or table.")] = "table",
+    json_out: JsonOption = False,
+) -> None:
+    """What the next export of AGENT will do (mvsync's csexport), with OMODT/AMODT columns."""
+    fmt = "json" if json_out else output_format
+    if fmt not in ("json", "csv", "table"):
+        raise fail("--format must be json, csv or table", EXIT_CONFIG)
+    cfg = _config(config)
+    _known_agent(cfg, agent)
+    store = _store(cfg)
+    with store.read() as conn:
+        rows = list(ConnectorSpace(conn).all_pending_exports(agent))
+    records = []
+    for r in rows:
+        changes = loads(r.export_changes) if r.export_changes else {}
+        hologram = loads(r.hologram) if r.hologram else {}
+        error = loads(r.export_error) if r.export_error else None
+        if r.export_type == "delete":
+            records.append(
+                {
+                    "anchor": r.anchor,
+                    "dn": r.dn,
+                    "omodt": "delete",
+                    "attribute": "",
+                    "amodt": "",
+                    "before": "",
+                    "after": "",
+                    "last_error": error["name"] if error else "",
+                }
+            )
+        for attr, value in sorted(changes.items()):
+            records.append(
+                {
+                    "anchor": r.anchor,
+                    "dn": r.dn,
+                    "omodt": r.export_type,
+                    "attribute": attr,
+                    "amodt": "delete" if value is None else ("add" if attr not in hologram else "replace"),
+                    "before": _short(hologram.get(attr)) if attr in hologram else "",
+                    "after": "" if value is None else _short(value),
+                    "last_error": error["name"] if error else "",
+                }
+            )
+    if fmt == "json":
+        print_json(records)  # one document: `[]` when nothing is pending, never nothing at all
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(
+            buf, fieldnames=["anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error"]
+        )
+        writer.writeheader()
+        writer.writerows(records)
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(
+            "anchor",
+            "dn",
+            "OMODT",
+            "attribute",
+            "AMODT",
+            "before",
+            "after",
+            "last error",
+            title=f"{agent}: {len(rows)} pending exports",
+        )
+        for rec in records:
+            table.add_row(
+                *(
+                    str(rec[k] or "")
+                    for k in ("anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error")
+                )
+            )
+        console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the everyday commands to ``app`` (each command is a function of this module)."""
+    app.command()(init)
     connectors = typer.Typer(help="Connector types registered through the mvsync.connectors entry points.")
     app.add_typer(connectors, name="connectors")
-
-    @connectors.command("list")
-    def connectors_list(json_out: JsonOption = False) -> None:
-        """List the connector types this installation can run."""
-        from connector.registry import available_connectors
-
-        infos = available_connectors()
-        if json_out:
-            print_json([info.__dict__ for info in infos])
-            return
-        table = Table("type", "implementation", "distribution")
-        for info in infos:
-            table.add_row(info.name, info.target, f"{info.distribution} {info.version}")
-        console.print(table)
-
-    @app.command()
-    @handle_errors
-    def schema(
-        agent: Annotated[str, typer.Argument(help="Agent name from the configuration.")],
-        config: ConfigOption = DEFAULT_CONFIG,
-        json_out: JsonOption = False,
-    ) -> None:
-        """Show an agent's connector schema (object classes, anchors, attributes)."""
-        from connector.engine import open_connector
-
-        conn = open_connector(_config(config), agent)
-        result = conn.get_schema()
-        if json_out:
-            print_json(result.model_dump(mode="json"))
-            return
-        for oc in result.object_classes:
-            table = Table("attribute", "type", "multi-valued", "access", title=f"{oc.name} (anchor {oc.anchor})")
-            for attr in oc.attributes:
-                table.add_row(attr.name, attr.type.value, "yes" if attr.multivalued else "", attr.access.value)
-            console.print(table)
-
-    @app.command()
-    @handle_errors
-    def run(
-        profile: Annotated[str, typer.Argument(help='Run profile name, e.g. "Delta Synchronization".')],
-        config: ConfigOption = DEFAULT_CONFIG,
-        agent: Annotated[
-            list[str] | None, typer.Option("--agent", "-a", help="Only the steps of this agent (repeatable).")
-        ] = None,
-        dry_run: Annotated[
-            bool,
-            typer.Option("--dry-run", help="Compute everything, write nothing; print would-be changes as JSON lines."),
-        ] = False,
-        wait: Annotated[
-            float,
-            typer.Option("--wait", help="Seconds to wait for a lock held by another run (default: fail at once)."),
-        ] = 0.0,
-        allow_empty_import: Annotated[
-            bool,
-            typer.Option("--allow-empty-import", help="Let full imports that return nothing mark everything deleted."),
-        ] = False,
-        json_out: JsonOption = False,
-    ) -> None:
-        """Run a run profile. Exit code: 0 success, 3 completed with errors, 4 stopped (see README)."""
-        from connector.cli._progress import RichProgress
-        from connector.engine import Engine
-
-        cfg = _config(config)
-        engine = Engine(cfg)
-        progress = None if json_out or dry_run or not sys.stderr.isatty() else RichProgress(err_console)
-
-        def emit(change: dict[str, Any]) -> None:
-            print_json({"dry_run": True, **change})
-
-        overrides = {"allow_empty_full_import": True} if allow_empty_import else None
-        try:
-            result = engine.run_profile(
-                profile,
-                dry_run=dry_run,
-                agents=set(agent) if agent else None,
-                progress=progress,
-                emit=emit if dry_run else None,
-                wait_s=wait,
-                step_overrides=overrides,
-            )
-        finally:
-            if progress is not None:
-                progress.close()
-            engine.close()
-        if json_out:
-            print_json(result.as_dict())
-        else:
-            out = err_console if dry_run else console
-            table = Table(
-                "#",
-                "agent",
-                "step",
-                "status",
-                "counters",
-                "seconds",
-                title=f"{profile}: {result.status}" + (" (dry run: nothing was written)" if dry_run else ""),
-            )
-            for i, step in enumerate(result.steps, 1):
-                counters = ", ".join(f"{k}={v}" for k, v in sorted(step.counters.items()) if not isinstance(v, dict))
-                table.add_row(str(i), step.agent, step.kind, step.status, counters, f"{step.seconds:.2f}")
-            out.print(table)
-            for step in result.steps:
-                if step.message:
-                    out.print(f"[bold]{step.agent} {step.kind}:[/] {escape(step.message)}", highlight=False)
-                for err in step.errors[:10]:
-                    out.print(f"  {_error_line(err.as_dict())}", highlight=False, markup=False)
-                if step.error_count > 10:
-                    where = (
-                        "a dry run keeps no history"
-                        if result.run_id is None
-                        else f"mvsync history show {result.run_id} -c {config}"
-                    )
-                    out.print(f"  … {step.error_count - 10} more: {where}")
-        _demo_hint(cfg, result)
-        raise typer.Exit(exit_code_for_status(result.status))
-
+    connectors.command("list")(connectors_list)
+    app.command()(schema)
+    app.command()(run)
     history = typer.Typer(help="Run history (MIM's operations view).")
     app.add_typer(history, name="history")
-
-    @history.command("list")
-    @handle_errors
-    def history_list(
-        config: ConfigOption = DEFAULT_CONFIG,
-        limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
-        json_out: JsonOption = False,
-    ) -> None:
-        """Recent runs with their status."""
-        store = _store(_config(config))
-        with store.read() as conn:
-            runs = conn.execute(select(run_history).order_by(desc(run_history.c.id)).limit(limit)).all()
-        rows = [
-            {
-                "run_id": r.id,
-                "profile": r.profile,
-                "status": r.status,
-                "dry_run": bool(r.dry_run),
-                "started_at": r.started_at,
-                "seconds": round((r.ended_at or r.started_at) - r.started_at, 3),
-                "message": r.message,
-            }
-            for r in runs
-        ]
-        if json_out:
-            print_json(rows)
-            return
-        table = Table("run", "profile", "status", "started", "seconds")
-        import datetime as dt
-
-        for r in rows:
-            started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-            table.add_row(str(r["run_id"]), r["profile"], r["status"], started, str(r["seconds"]))
-        console.print(table)
-
-    @history.command("show")
-    @handle_errors
-    def history_show(
-        run_id: Annotated[int, typer.Argument(help="Run id from `mvsync history list`.")],
-        config: ConfigOption = DEFAULT_CONFIG,
-        errors: Annotated[int, typer.Option(help="Per-object errors to show per step.")] = 50,
-        json_out: JsonOption = False,
-    ) -> None:
-        """One run: its steps, counters and per-object errors."""
-        store = _store(_config(config))
-        with store.read() as conn:
-            run_row = conn.execute(select(run_history).where(run_history.c.id == run_id)).first()
-            if run_row is None:
-                raise fail(f"no run {run_id} in the store (see `mvsync history list`)", EXIT_CONFIG)
-            steps = conn.execute(select(run_step).where(run_step.c.run_id == run_id).order_by(run_step.c.seq)).all()
-            doc: dict[str, Any] = {
-                "run_id": run_id,
-                "profile": run_row.profile,
-                "status": run_row.status,
-                "message": run_row.message,
-                "steps": [],
-            }
-            for s in steps:
-                errs = conn.execute(
-                    select(run_error).where(run_error.c.step_id == s.id).order_by(run_error.c.id).limit(errors)
-                ).all()
-                total = conn.execute(
-                    select(func.count()).select_from(run_error).where(run_error.c.step_id == s.id)
-                ).scalar_one()
-                found = people(conn, s.agent, (e.anchor for e in errs))
-                doc["steps"].append(
-                    {
-                        "step_id": s.id,
-                        "agent": s.agent,
-                        "kind": s.kind,
-                        "status": s.status,
-                        "message": s.message,
-                        "seconds": round((s.ended_at or s.started_at) - s.started_at, 3),
-                        "counters": loads(s.counters),
-                        "error_count": total,
-                        "errors": [_error_doc(e, found.get(e.anchor or "")) for e in errs],
-                    }
-                )
-        if json_out:
-            print_json(doc)
-            return
-        console.print(f"[bold]run {run_id}[/] {escape(doc['profile'])}: {doc['status']}")
-        if doc["message"]:
-            console.print(f"  {doc['message']}", highlight=False, markup=False)
-        for s in doc["steps"]:
-            console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']} in {s['seconds']} s", highlight=False)
-            if s["message"]:
-                console.print(f"  {s['message']}", highlight=False, markup=False)
-            console.print(
-                "  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict))
-            )
-            for e in s["errors"]:
-                console.print(f"  [{e['severity']}] {_error_line(e)}", highlight=False, markup=False)
-
+    history.command("list")(history_list)
+    history.command("show")(history_show)
     cs = typer.Typer(help="Connector-space objects of an agent.")
     app.add_typer(cs, name="cs")
-
-    def _cs_doc(row: Any) -> dict[str, Any]:
-        def doc(text: str | None) -> Any:
-            return {k: _render(v) for k, v in loads(text).items()} if text else None
-
-        return {
-            "id": row.id,
-            "agent": row.agent,
-            "object_class": row.object_class,
-            "anchor": row.anchor,
-            "dn": row.dn,
-            "metaverse_id": row.mv_id,
-            "hologram": doc(row.hologram),
-            "pending_import": row.pending_type,
-            "pending_import_state": doc(row.pending),
-            "pending_export": row.export_type,
-            "pending_export_changes": doc(row.export_changes),
-            "unconfirmed_export": doc(row.unconfirmed),
-            "export_error": loads(row.export_error) if row.export_error else None,
-            "sync_error": loads(row.sync_error) if row.sync_error else None,
-            "import_error": loads(row.import_error) if row.import_error else None,
-        }
-
-    def _unstaged_doc(agent: str, e: Any) -> dict[str, Any]:
-        """An object an import could not read, as a search result: named by the error, not staged."""
-        return {
-            "id": None,
-            "agent": agent,
-            "object_class": e.object_class,
-            "anchor": e.anchor,
-            "display": e.display,
-            "dn": None,
-            "metaverse_id": None,
-            "in_connector_space": False,
-            "pending_import": None,
-            "pending_export": None,
-            "import_error": {"name": e.error_name, "detail": e.detail, "run_id": e.run_id, "step_id": e.step_id},
-        }
-
-    @cs.command("search")
-    @handle_errors
-    def cs_search(
-        agent: Annotated[str, typer.Argument()],
-        config: ConfigOption = DEFAULT_CONFIG,
-        anchor: Annotated[str | None, typer.Option(help="Anchor or DN substring.")] = None,
-        pending_import: Annotated[bool, typer.Option(help="Only objects with a pending import.")] = False,
-        pending_export: Annotated[bool, typer.Option(help="Only objects with a pending export.")] = False,
-        disconnectors: Annotated[bool, typer.Option(help="Only objects joined to no metaverse object.")] = False,
-        errors: Annotated[bool, typer.Option(help="Only objects with an export or sync error.")] = False,
-        limit: int = 50,
-        json_out: JsonOption = False,
-    ) -> None:
-        """Search an agent's connector space (MIM's CS search scopes)."""
-        cfg = _config(config)
-        _known_agent(cfg, agent)
-        store = _store(cfg)
-        query = select(cs_object).where(cs_object.c.agent == agent)
-        if anchor:
-            like = f"%{anchor}%"
-            query = query.where(or_(cs_object.c.anchor.like(like), cs_object.c.dn.like(like)))
-        if pending_import:
-            query = query.where(cs_object.c.pending_type.is_not(None))
-        if pending_export:
-            query = query.where(cs_object.c.export_type.is_not(None))
-        if disconnectors:
-            query = query.where(cs_object.c.mv_id.is_(None))
-        if errors:
-            query = query.where(
-                or_(
-                    cs_object.c.export_error.is_not(None),
-                    cs_object.c.sync_error.is_not(None),
-                    cs_object.c.import_error.is_not(None),
-                )
-            )
-        with store.read() as conn:
-            rows = conn.execute(query.order_by(cs_object.c.id).limit(limit)).all()
-            found = people(conn, agent, (r.anchor for r in rows))
-            # objects the last import could not read: in history by anchor, not in the connector space
-            failed = import_failures(conn, agent, limit=limit) if errors and not anchor else []
-        docs = [{**_cs_doc(r), "display": found[r.anchor].display if r.anchor in found else None} for r in rows]
-        docs += [_unstaged_doc(agent, e) for e in failed]
-        if json_out:
-            print_json(docs)
-            return
-        table = Table("id", "anchor", "person", "dn", "mv", "pending import", "pending export", "error")
-        for d in docs:
-            error = next((d[k]["name"] for k in ("export_error", "sync_error", "import_error") if d.get(k)), "")
-            table.add_row(
-                str(d["id"] or "not staged"),
-                d["anchor"],
-                d["display"] or "",
-                d["dn"] or "",
-                str(d["metaverse_id"] or ""),
-                d["pending_import"] or "",
-                d["pending_export"] or "",
-                error,
-            )
-        console.print(table)
-
-    @cs.command("show")
-    @handle_errors
-    def cs_show(
-        agent: Annotated[str, typer.Argument()],
-        anchor: Annotated[str, typer.Argument(help="The object's anchor.")],
-        config: ConfigOption = DEFAULT_CONFIG,
-        json_out: JsonOption = False,
-    ) -> None:
-        """One connector-space object: hologram, pending import and export, errors."""
-        cfg = _config(config)
-        _known_agent(cfg, agent)
-        store = _store(cfg)
-        with store.read() as conn:
-            row = conn.execute(
-                select(cs_object).where(cs_object.c.agent == agent, cs_object.c.anchor == anchor)
-            ).first()
-            failed = import_failures(conn, agent, anchor=anchor) if row is None else []
-            person = people(conn, agent, [anchor]).get(anchor)
-        if row is None and failed:
-            doc = _unstaged_doc(agent, failed[0])
-            if json_out:
-                print_json(doc)
-                return
-            error = doc["import_error"]
-            console.print(
-                f"{agent} {anchor} ({doc['display'] or 'no name recorded'}) is not in the connector space: "
-                f"the import could not read it.\nlast import error, run {error['run_id']}: "
-                f"{error['name']}: {error['detail']}",
-                highlight=False,
-                markup=False,
-            )
-            return
-        if row is None:
-            raise fail(f"no object {anchor!r} in the connector space of {agent!r} (try `mvsync cs search {agent}`)")
-        doc = {**_cs_doc(row), "display": person.display if person else None}
-        if json_out:
-            print_json(doc)
-            return
-        who = f" ({doc['display']})" if doc["display"] else ""
-        console.print(
-            f"[bold]{agent}[/] {row.object_class} {escape(anchor)}{escape(who)}  dn={row.dn}  metaverse={row.mv_id}",
-            highlight=False,
-        )
-        for key in ("hologram", "pending_import_state", "pending_export_changes", "unconfirmed_export"):
-            if doc[key]:
-                table = Table("attribute", "value", title=key.replace("_", " "))
-                for k, v in sorted(doc[key].items()):
-                    table.add_row(
-                        k,
-                        _short(v)
-                        if not isinstance(v, dict)
-                        else f"<binary {v['bytes']} bytes, sha256 {v['sha256'][:12]}…>",
-                    )
-                console.print(table)
-        for key in ("pending_import", "pending_export", "export_error", "sync_error", "import_error"):
-            if doc[key]:
-                console.print(f"{key.replace('_', ' ')}: {doc[key]}", highlight=False)
-
+    cs.command("search")(cs_search)
+    cs.command("show")(cs_show)
     mv = typer.Typer(help="Metaverse objects, with lineage.")
     app.add_typer(mv, name="mv")
-
-    @mv.command("search")
-    @handle_errors
-    def mv_search(
-        text: Annotated[str, typer.Argument(help="Part of a name, mail, UPN or account name.")] = "",
-        config: ConfigOption = DEFAULT_CONFIG,
-        limit: int = 50,
-        json_out: JsonOption = False,
-    ) -> None:
-        """Find persons by name, mail, UPN or account name."""
-        store = _store(_config(config))
-        query = select(mv_object.c.id, mv_object.c.object_type, mv_object.c.display_name, mv_object.c.attributes)
-        if text:
-            query = query.where(mv_object.c.search_text.like(f"%{text.lower()}%"))
-        with store.read() as conn:
-            rows = conn.execute(query.order_by(mv_object.c.display_name, mv_object.c.id).limit(limit)).all()
-        docs = []
-        for r in rows:
-            attrs = loads(r.attributes)
-            docs.append(
-                {
-                    "id": r.id,
-                    "type": r.object_type,
-                    "displayName": r.display_name,
-                    "accountName": attrs.get("accountName"),
-                    "mail": attrs.get("mail"),
-                    "has_photo": "photo" in attrs,
-                }
-            )
-        if json_out:
-            print_json(docs)
-            return
-        table = Table("id", "displayName", "accountName", "mail", "photo")
-        for d in docs:
-            table.add_row(
-                str(d["id"]),
-                d["displayName"] or "",
-                d["accountName"] or "",
-                d["mail"] or "",
-                "yes" if d["has_photo"] else "",
-            )
-        console.print(table)
-
-    @mv.command("show")
-    @handle_errors
-    def mv_show(
-        ident: Annotated[str, typer.Argument(help="Metaverse id, or an account name / mail / UPN.")],
-        config: ConfigOption = DEFAULT_CONFIG,
-        json_out: JsonOption = False,
-    ) -> None:
-        """One metaverse object: every attribute with the agent and rule that contributed it, and its connectors."""
-        store = _store(_config(config))
-        with store.read() as conn:
-            if ident.isdigit():
-                row = conn.execute(select(mv_object).where(mv_object.c.id == int(ident))).first()
-            else:
-                matches = conn.execute(
-                    select(mv_object).where(mv_object.c.search_text.like(f"%{ident.lower()}%")).limit(2)
-                ).all()
-                if len(matches) > 1:
-                    raise fail(f"{ident!r} matches several persons; use `mvsync mv search {ident}` and pass an id")
-                row = matches[0] if matches else None
-            if row is None:
-                raise fail(f"no metaverse object {ident!r} (try `mvsync mv search`)")
-            connectors = conn.execute(
-                select(
-                    cs_object.c.agent,
-                    cs_object.c.anchor,
-                    cs_object.c.dn,
-                    cs_object.c.joined_at,
-                    cs_object.c.export_type,
-                ).where(cs_object.c.mv_id == row.id)
-            ).all()
-        attrs, lineage = loads(row.attributes), loads(row.lineage)
-        doc = {
-            "id": row.id,
-            "type": row.object_type,
-            "attributes": {
-                k: {
-                    "value": _render(v),
-                    "agent": lineage.get(k, [None, None])[0],
-                    "rule": lineage.get(k, [None, None])[1],
-                }
-                for k, v in sorted(attrs.items())
-            },
-            "connectors": [
-                {"agent": c.agent, "anchor": c.anchor, "dn": c.dn, "pending_export": c.export_type} for c in connectors
-            ],
-        }
-        if json_out:
-            print_json(doc)
-            return
-        table = Table("attribute", "value", "agent", "rule", title=f"person {row.id}")
-        for k, v in doc["attributes"].items():
-            table.add_row(k, _short(attrs[k]), v["agent"] or "", v["rule"] or "")
-        console.print(table)
-        ctable = Table("agent", "anchor", "dn", "pending export", title="connectors")
-        for c in doc["connectors"]:
-            ctable.add_row(c["agent"], c["anchor"], c["dn"] or "", c["pending_export"] or "")
-        console.print(ctable)
-
-    @app.command("pending-exports")
-    @handle_errors
-    def pending_exports(
-        agent: Annotated[str, typer.Argument()],
-        config: ConfigOption = DEFAULT_CONFIG,
-        output_format: Annotated[str, typer.Option("--format", help="json (one list), csv, or table.")] = "table",
-        json_out: JsonOption = False,
-    ) -> None:
-        """What the next export of AGENT will do (mvsync's csexport), with OMODT/AMODT columns."""
-        from connector.engine import pending_export_rows
-
-        fmt = "json" if json_out else output_format
-        if fmt not in ("json", "csv", "table"):
-            raise fail("--format must be json, csv or table", EXIT_CONFIG)
-        cfg = _config(config)
-        _known_agent(cfg, agent)
-        store = _store(cfg)
-        with store.read() as conn:
-            rows = pending_export_rows(conn, agent)
-        records = []
-        for r in rows:
-            changes = loads(r.export_changes) if r.export_changes else {}
-            hologram = loads(r.hologram) if r.hologram else {}
-            error = loads(r.export_error) if r.export_error else None
-            if r.export_type == "delete":
-                records.append(
-                    {
-                        "anchor": r.anchor,
-                        "dn": r.dn,
-                        "omodt": "delete",
-                        "attribute": "",
-                        "amodt": "",
-                        "before": "",
-                        "after": "",
-                        "last_error": error["name"] if error else "",
-                    }
-                )
-            for attr, value in sorted(changes.items()):
-                records.append(
-                    {
-                        "anchor": r.anchor,
-                        "dn": r.dn,
-                        "omodt": r.export_type,
-                        "attribute": attr,
-                        "amodt": "delete" if value is None else ("add" if attr not in hologram else "replace"),
-                        "before": _short(hologram.get(attr)) if attr in hologram else "",
-                        "after": "" if value is None else _short(value),
-                        "last_error": error["name"] if error else "",
-                    }
-                )
-        if fmt == "json":
-            print_json(records)  # one document: `[]` when nothing is pending, never nothing at all
-        elif fmt == "csv":
-            buf = io.StringIO()
-            writer = csv.DictWriter(
-                buf, fieldnames=["anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error"]
-            )
-            writer.writeheader()
-            writer.writerows(records)
-            sys.stdout.write(buf.getvalue())
-        else:
-            table = Table(
-                "anchor",
-                "dn",
-                "OMODT",
-                "attribute",
-                "AMODT",
-                "before",
-                "after",
-                "last error",
-                title=f"{agent}: {len(rows)} pending exports",
-            )
-            for rec in records:
-                table.add_row(
-                    *(
-                        str(rec[k] or "")
-                        for k in ("anchor", "dn", "omodt", "attribute", "amodt", "before", "after", "last_error")
-                    )
-                )
-            console.print(table)
+    mv.command("search")(mv_search)
+    mv.command("show")(mv_show)
+    app.command("pending-exports")(pending_exports)

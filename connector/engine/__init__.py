@@ -9,7 +9,7 @@ from connector.engine._agents import (
 )
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
-from connector.engine._export import pending_export_rows, threshold_report
+from connector.engine._export import threshold_report
 from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
 from connector.engine._sync import search_fields
 
@@ -25,7 +25,6 @@ __all__ = [
     "export_scope",
     "load_metaverse_schema",
     "open_connector",
-    "pending_export_rows",
     "reauthorize_command",
     "search_fields",
     "setting_paths",

@@ -7,12 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
-
 from connector.config import MvsyncConfig, RunStepConfig
 from connector.engine._results import ObjectError, StepResult, StepStopped
-from connector.store import SqlStore, people
-from connector.store.tables import run_error
+from connector.store import RunHistory, SqlStore, StoreConnection, people
 
 __all__ = ["NullProgress", "Progress", "StepContext"]
 
@@ -71,30 +68,14 @@ class StepContext:
             self.result.errors.append(err)
         self._pending_errors.append(err)
 
-    def flush_errors(self, conn: Connection) -> None:
+    def flush_errors(self, conn: StoreConnection) -> None:
         """Write recorded errors in the caller's transaction, then enforce the error limit."""
         if self._pending_errors:
             self._name_people(conn, self._pending_errors)
-            conn.execute(
-                run_error.insert(),
-                [
-                    {
-                        "step_id": self.step_id,
-                        "cs_id": e.cs_id,
-                        "anchor": e.anchor,
-                        "object_class": e.object_class,
-                        "stage": e.stage,
-                        "error_name": e.error_name,
-                        "detail": e.detail[:4000],
-                        "severity": e.severity,
-                        "display": e.display,
-                    }
-                    for e in self._pending_errors
-                ],
-            )
+            RunHistory(conn).record_errors(self.step_id, self._pending_errors)
             self._pending_errors.clear()
 
-    def _name_people(self, conn: Connection, errors: list[ObjectError]) -> None:
+    def _name_people(self, conn: StoreConnection, errors: list[ObjectError]) -> None:
         """Fill in who each error is about from its connector-space object, where the error does
         not say (sync and export errors; import errors of objects already in the connector space)."""
         unnamed = [e for e in errors if e.display is None and e.anchor]

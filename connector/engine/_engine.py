@@ -13,13 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-
-from sqlalchemy import Connection, update
 
 from connector import metrics
 from connector.config import ConfigError, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
@@ -32,8 +28,7 @@ from connector.engine._sync import run_sync
 from connector.engine.transforms import TransformRunner
 from connector.registry import load_connector
 from connector.sdk import ConfigurationError, Schema, StopRunError
-from connector.store import LockHeldError, SqlStore, StoreError
-from connector.store.tables import run_history, run_step
+from connector.store import LockHeldError, RunHistory, SqlStore, StoreConnection, StoreError
 
 __all__ = ["CONFIGURATION_STATUS", "Engine"]
 
@@ -182,26 +177,14 @@ class Engine:
 
     def _record_refused(self, profile: str, status: str, message: str) -> None:
         """A run that ended before its first step, in history with its status and the message."""
-        now = time.time()
         try:
             with self.store.transaction() as conn:
-                conn.execute(
-                    run_history.insert().values(
-                        profile=profile,
-                        status=status,
-                        dry_run=False,
-                        started_at=now,
-                        ended_at=now,
-                        host=socket.gethostname(),
-                        pid=os.getpid(),
-                        message=message,
-                    )
-                )
+                RunHistory(conn).record_refused(profile, status, message, time.time())
         except StoreError as exc:  # the refusal is what to report; the store's trouble is logged
             log.warning("run of %r not recorded in history: %s", profile, exc)
         metrics.run_refused(profile, status)
 
-    def _record(self, what: str, failing: bool, write: Callable[[Connection], Any]) -> None:
+    def _record(self, what: str, failing: bool, write: Callable[[StoreConnection], Any]) -> None:
         """Write a history record. When the run is already failing, a store fault here is logged
         rather than raised: the first error is the one the operator must see."""
         try:
@@ -223,16 +206,7 @@ class Engine:
     ) -> RunResult:
         result = RunResult(profile=profile, run_id=None, dry_run=dry_run, started_at=time.time())
         with self.store.transaction() as conn:
-            result.run_id = conn.execute(
-                run_history.insert().values(
-                    profile=profile,
-                    status="in-progress",
-                    dry_run=dry_run,
-                    started_at=result.started_at,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
-            ).inserted_primary_key[0]  # type: ignore[index]
+            result.run_id = RunHistory(conn).start_run(profile, dry_run=dry_run, started_at=result.started_at)
         aborted: str | None = None
         message: str | None = None
         try:
@@ -256,11 +230,7 @@ class Engine:
             self._record(
                 f"the end of run {result.run_id}",
                 aborted is not None,
-                lambda conn: conn.execute(
-                    update(run_history)
-                    .where(run_history.c.id == result.run_id)
-                    .values(status=result.status, ended_at=result.ended_at, message=message)
-                ),
+                lambda conn: RunHistory(conn).finish_run(result.run_id, result.status, result.ended_at, message),
             )
         return result
 
@@ -285,18 +255,9 @@ class Engine:
         result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
         with self._locks(step, wait_s):
             with self.store.transaction() as conn:
-                result.step_id = conn.execute(
-                    run_step.insert().values(
-                        run_id=run.run_id,
-                        seq=seq,
-                        agent=step.agent,
-                        kind=step.type.value,
-                        status="in-progress",
-                        started_at=result.started_at,
-                        counters="{}",
-                    )
-                ).inserted_primary_key[0]  # type: ignore[index]
-            assert result.step_id is not None
+                result.step_id = RunHistory(conn).start_step(
+                    run.run_id, seq, step.agent, step.type.value, result.started_at
+                )
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
             report: dict[str, Any] | None = None
             failing = False
@@ -351,15 +312,12 @@ class Engine:
                 self._record(
                     f"the end of step {result.step_id}",
                     failing,
-                    lambda conn: conn.execute(
-                        update(run_step)
-                        .where(run_step.c.id == result.step_id)
-                        .values(
-                            status=final,
-                            ended_at=result.ended_at,
-                            counters=json.dumps(counters, default=str),
-                            message=result.message or None,
-                        )
+                    lambda conn: RunHistory(conn).finish_step(
+                        result.step_id,
+                        final,
+                        result.ended_at,
+                        json.dumps(counters, default=str),
+                        result.message or None,
                     ),
                 )
                 seconds = result.ended_at - result.started_at

@@ -13,9 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, func, select
-
 from connector import metrics
+from connector.config import DeletionThreshold
 from connector.engine._context import StepContext
 from connector.engine._import import DELETE_MARK
 from connector.engine._results import ObjectError, StepStopped
@@ -28,54 +27,34 @@ from connector.sdk import (
     ExportStatus,
     ObjectModificationType,
 )
-from connector.store import decode_value, dumps, is_blob_ref, loads, parse_blob_ref, run_many
-from connector.store.tables import cs_object
+from connector.store import (
+    ConnectorSpace,
+    ExportState,
+    PendingExportRow,
+    StoreConnection,
+    decode_value,
+    dumps,
+    is_blob_ref,
+    loads,
+    parse_blob_ref,
+)
 
-__all__ = ["pending_export_rows", "run_export", "threshold_report"]
+__all__ = ["run_export", "threshold_report"]
 
 _loads = loads
 _dumps = dumps
 
 
-def pending_export_rows(conn: Connection, agent: str, *, after_id: int = -1, limit: int | None = None) -> list[Any]:
-    query = (
-        select(
-            cs_object.c.id,
-            cs_object.c.object_class,
-            cs_object.c.anchor,
-            cs_object.c.dn,
-            cs_object.c.hologram,
-            cs_object.c.export_type,
-            cs_object.c.export_changes,
-            cs_object.c.unconfirmed,
-            cs_object.c.export_error,
-            cs_object.c.mv_id,
-        )
-        .where(cs_object.c.agent == agent, cs_object.c.export_type.is_not(None), cs_object.c.id > after_id)
-        .order_by(cs_object.c.id)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    return list(conn.execute(query).all())
-
-
-def _all_pending(conn: Connection, agent: str, page: int = 5000) -> Iterator[Any]:
-    """Every pending export of ``agent``, read in keyset pages so memory stays bounded."""
-    last = -1
-    while rows := pending_export_rows(conn, agent, after_id=last, limit=page):
-        yield from rows
-        last = rows[-1].id
-
-
-def threshold_report(conn: Connection, ctx: StepContext) -> dict[str, Any] | None:
-    """The deletion-threshold check: None when no threshold is set, else the figures and verdict."""
-    threshold = ctx.step.deletion_threshold
+def threshold_report(conn: StoreConnection, agent: str, threshold: DeletionThreshold | None) -> dict[str, Any] | None:
+    """The deletion-threshold check of an export step of ``agent``: None when it sets no threshold,
+    else the figures and the verdict (the console shows the same report the next export decides on)."""
     if threshold is None:
         return None
+    space = ConnectorSpace(conn)
     watched = set(threshold.attributes)
     deletes = clears = 0
     examples: list[str] = []
-    for row in _all_pending(conn, ctx.agent):
+    for row in space.all_pending_exports(agent):
         if row.export_type == "delete":
             deletes += 1
             examples.append(f"delete {row.anchor}")
@@ -85,7 +64,7 @@ def threshold_report(conn: Connection, ctx: StepContext) -> dict[str, Any] | Non
                     clears += 1
                     if len(examples) < 20:
                         examples.append(f"clear {attr} on {row.dn or row.anchor}")
-    total = conn.execute(select(func.count()).select_from(cs_object).where(cs_object.c.agent == ctx.agent)).scalar_one()
+    total = space.count(agent)
     count = deletes + clears
     percent = 100.0 * count / total if total else 0.0
     tripped = (threshold.count is not None and count > threshold.count) or (
@@ -104,7 +83,7 @@ def threshold_report(conn: Connection, ctx: StepContext) -> dict[str, Any] | Non
     }
 
 
-def _to_change(row: Any, get_blob: Any) -> CSEntryChange:
+def _to_change(row: PendingExportRow, get_blob: Any) -> CSEntryChange:
     hologram = _loads(row.hologram) if row.hologram else {}
     if row.export_type == "delete":
         change = CSEntryChange.delete(row.object_class, row.anchor, dn=row.dn)
@@ -129,7 +108,7 @@ def _to_change(row: Any, get_blob: Any) -> CSEntryChange:
     return change
 
 
-def _keep_restaged_exports(conn: Connection, rows: list[Any], updates: list[dict[str, Any]]) -> None:
+def _keep_restaged_exports(space: ConnectorSpace, rows: list[PendingExportRow], updates: list[dict[str, Any]]) -> None:
     """Keep a pending export that a synchronization staged while this batch was being exported.
 
     An export holds only its agent's lock, so another agent's synchronization may stage newer values
@@ -137,16 +116,8 @@ def _keep_restaged_exports(conn: Connection, rows: list[Any], updates: list[dict
     just written become unconfirmed as usual, and the newer pending export stays for the next export.
     The rows are read again inside the recording transaction (locked on PostgreSQL).
     """
-    sent = {r.id: (r.export_type, r.export_changes) for r in rows}
-    ids = list(sent)
-    current: dict[int, tuple[Any, Any]] = {}
-    for i in range(0, len(ids), 900):
-        query = (
-            select(cs_object.c.id, cs_object.c.export_type, cs_object.c.export_changes)
-            .where(cs_object.c.id.in_(ids[i : i + 900]))
-            .with_for_update()
-        )
-        current.update({r.id: (r.export_type, r.export_changes) for r in conn.execute(query)})
+    sent = {r.id: ExportState(r.export_type, r.export_changes) for r in rows}
+    current = space.export_states(sent)
     for entry in updates:
         now = current.get(entry["_id"])
         if now is not None and now != sent[entry["_id"]]:
@@ -188,7 +159,9 @@ def _prepare(ctx: StepContext, connector: Connector[Any]) -> None:
         connector.prepare_export([_to_change(r, _no_bytes) for r in rows])
 
 
-def _pending_pages(ctx: StepContext, limit: int, *, with_blobs: bool) -> Iterator[tuple[list[Any], dict[str, bytes]]]:
+def _pending_pages(
+    ctx: StepContext, limit: int, *, with_blobs: bool
+) -> Iterator[tuple[list[PendingExportRow], dict[str, bytes]]]:
     """The step's pending exports in keyset pages of ``limit``, with the photos they name if asked.
 
     Each page is read in a transaction of its own that is closed before the caller exports it: no
@@ -197,7 +170,7 @@ def _pending_pages(ctx: StepContext, limit: int, *, with_blobs: bool) -> Iterato
     last = -1
     while True:
         with ctx.store.read() as conn:
-            rows = pending_export_rows(conn, ctx.agent, after_id=last, limit=limit)
+            rows = ConnectorSpace(conn).pending_exports(ctx.agent, after_id=last, limit=limit)
             if not rows:
                 return
             last = rows[-1].id
@@ -224,12 +197,8 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     """Run one export step. ``connector`` is None in a dry run (nothing is sent)."""
     counters = ctx.result.counters
     with ctx.store.read() as conn:
-        report = threshold_report(conn, ctx)
-        total = conn.execute(
-            select(func.count())
-            .select_from(cs_object)
-            .where(cs_object.c.agent == ctx.agent, cs_object.c.export_type.is_not(None))
-        ).scalar_one()
+        report = threshold_report(conn, ctx.agent, ctx.step.deletion_threshold)
+        total = ConnectorSpace(conn).count(ctx.agent, pending_export=True)
     if report is not None:
         counters["threshold_count"] = report["count"]
         if report["tripped"]:
@@ -285,7 +254,7 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
 
 
 def _apply_results(
-    ctx: StepContext, rows: list[Any], changes: list[CSEntryChange], results: list[ExportResult]
+    ctx: StepContext, rows: list[PendingExportRow], changes: list[CSEntryChange], results: list[ExportResult]
 ) -> None:
     counters = ctx.result.counters
     by_id: dict[str, ExportResult] = {}
@@ -359,12 +328,7 @@ def _apply_results(
                 }
             )
     with ctx.store.transaction() as conn:
-        _keep_restaged_exports(conn, rows, updates)
-        run_many(
-            conn,
-            "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
-            "unconfirmed = :unconfirmed, export_error = :export_error, anchor = :anchor, "
-            "updated_at = :updated_at WHERE id = :_id",
-            updates,
-        )
+        space = ConnectorSpace(conn)
+        _keep_restaged_exports(space, rows, updates)
+        space.record_exports(updates)
         ctx.flush_errors(conn)

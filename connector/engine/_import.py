@@ -39,7 +39,7 @@ from connector.sdk import (
     ResumeRefusedError,
     Schema,
 )
-from connector.store import dumps, encode_value, loads, normalize_values, run_many
+from connector.store import ConnectorSpace, dumps, encode_value, loads, normalize_values
 from connector.store.tables import agent_state, cs_object
 
 __all__ = ["DELETE_MARK", "run_import"]
@@ -347,20 +347,7 @@ class _PageApplier:
             )
 
         ctx.store.put_blobs(conn, blobs)
-        run_many(
-            conn,
-            "INSERT INTO cs_object (agent, object_class, anchor, dn, hologram, pending_type, pending, "
-            "seen_step, updated_at) VALUES (:agent, :object_class, :anchor, :dn, :hologram, :pending_type, "
-            ":pending, :seen_step, :updated_at)",
-            inserts,
-        )
-        run_many(
-            conn,
-            "UPDATE cs_object SET object_class = :object_class, dn = :dn, pending_type = :pending_type, "
-            "pending = :pending, unconfirmed = :unconfirmed, seen_step = :seen_step, import_error = NULL, "
-            "updated_at = :updated_at WHERE id = :_id",
-            updates,
-        )
+        ConnectorSpace(conn).stage_imports(inserts, updates)
         ctx.store.note_inserts(conn, "cs_object", len(inserts))
         if removals:
             conn.execute(delete(cs_object).where(cs_object.c.id.in_(removals)))

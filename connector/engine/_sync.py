@@ -25,15 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, select
-
 from connector.config import AgentConfig, Deprovision, ExportFlow, ImportFlow, JoinRule
 from connector.engine._context import StepContext
 from connector.engine._results import ObjectError
 from connector.engine.transforms import TransformRunner
 from connector.sdk import Schema, TransformError
-from connector.store import dumps, loads, run_many
-from connector.store.tables import cs_object, mv_object
+from connector.store import ConnectorSpace, Metaverse, StoreConnection, SyncRow, dumps, loads, plain_value
 
 __all__ = ["SEARCH_ATTRIBUTES", "run_sync", "search_fields"]
 
@@ -179,32 +176,18 @@ class _JoinIndex:
     def norm(value: Any, ignore_case: bool) -> Any:
         return value.lower() if ignore_case and isinstance(value, str) else value
 
-    def build(self, conn: Connection, needed: Iterable[tuple[str, bool]], agent: str) -> None:
+    def build(self, conn: StoreConnection, needed: Iterable[tuple[str, bool]], agent: str) -> None:
         missing = [k for k in needed if k not in self.keys]
         if missing:
             for key in missing:
                 self.keys[key] = defaultdict(set)
-            last = -1
-            while True:
-                rows = conn.execute(
-                    select(mv_object.c.id, mv_object.c.attributes)
-                    .where(mv_object.c.id > last)
-                    .order_by(mv_object.c.id)
-                    .limit(20_000)
-                ).all()
-                if not rows:
-                    break
+            for rows in Metaverse(conn).attribute_pages():
                 for mv_id, attrs_json in rows:
                     attrs = _loads(attrs_json)
                     for attr, ignore_case in missing:
                         self._add(self.keys[(attr, ignore_case)], attrs.get(attr), mv_id, ignore_case)
-                last = rows[-1][0]
         if self.joined is None:
-            self.joined = set(
-                conn.execute(
-                    select(cs_object.c.mv_id).where(cs_object.c.agent == agent, cs_object.c.mv_id.is_not(None))
-                ).scalars()
-            )
+            self.joined = ConnectorSpace(conn).joined_mv_ids(agent)
 
     def _add(self, index: dict[Any, set[int]], value: Any, mv_id: int, ignore_case: bool) -> None:
         if value is None:
@@ -235,7 +218,7 @@ class _JoinIndex:
 class _LazyMV:
     """Join candidates of a chunk, loaded in one query when the chunk starts."""
 
-    def __init__(self, sync: _Sync, conn: Connection, ids: list[int]) -> None:
+    def __init__(self, sync: _Sync, conn: StoreConnection, ids: list[int]) -> None:
         self._loaded = sync._load_mv(conn, ids) if ids else {}
         self._sync, self._conn = sync, conn
 
@@ -244,6 +227,29 @@ class _LazyMV:
         if found is None:  # projected earlier in this step, after the chunk was prepared
             found = self._sync._load_mv(self._conn, [mv_id])[mv_id]
         return found
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """What one chunk gathers from its inbound pass for the deletion rule, outbound and writes."""
+
+    conn: StoreConnection
+    now: float
+    #: metaverse objects of the chunk: joined ones, join candidates once joined, projections
+    mvs: dict[int, _MV]
+    #: the metaverse objects the chunk's unjoined rows may join (loaded in one query)
+    joined_mvs: _LazyMV
+    #: binary values transforms produced, stored with the chunk
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    #: the chunk's own rows whose agent has export flows (evaluated against their new state)
+    own: dict[int, _CS] = field(default_factory=dict)
+    #: connectors of the metaverse objects outbound visits, by metaverse id
+    others: dict[int, list[_CS]] = field(default_factory=dict)
+    cs_updates: list[dict[str, Any]] = field(default_factory=list)
+    cs_deletes: list[int] = field(default_factory=list)
+    deleted_ids: set[int] = field(default_factory=set)
+    disconnected_mv: set[int] = field(default_factory=set)
+    deleted_mv: set[int] = field(default_factory=set)
 
 
 class _Sync:
@@ -262,7 +268,9 @@ class _Sync:
         self._index_ready: set[str] = set()
 
     # ---------------------------------------------------------------------------------- inbound
-    def _flow_in(self, conn: Connection, row: Any, state: dict[str, Any], mv: _MV, blobs: dict[str, bytes]) -> None:
+    def _flow_in(
+        self, conn: StoreConnection, row: SyncRow, state: dict[str, Any], mv: _MV, blobs: dict[str, bytes]
+    ) -> None:
         agent = self.rules.agent
         computed: dict[str, tuple[Any, str]] = {}
         for flow in self.rules.import_flows.get(row.object_class.lower(), ()):
@@ -350,7 +358,9 @@ class _Sync:
                 del mv.contributions[attr]
             self._resolve(mv, attr)
 
-    def _rule_candidates(self, conn: Connection, row: Any, state: dict[str, Any]) -> list[tuple[JoinRule, set[int]]]:
+    def _rule_candidates(
+        self, conn: StoreConnection, row: SyncRow, state: dict[str, Any]
+    ) -> list[tuple[JoinRule, set[int]]]:
         """Per join rule, the metaverse objects all its conditions match (joined ones included)."""
         object_class = row.object_class.lower()
         rules = self.rules.joins.get(object_class, [])
@@ -374,7 +384,7 @@ class _Sync:
             out.append((rule, candidates or set()))
         return out
 
-    def _join(self, conn: Connection, row: Any, state: dict[str, Any]) -> tuple[int | None, str | None]:
+    def _join(self, conn: StoreConnection, row: Any, state: dict[str, Any]) -> tuple[int | None, str | None]:
         """Returns (metaverse id, error name) for an unjoined object; (None, None) = no rule matched."""
         per_rule = self._candidates.pop(row.id, None)
         if per_rule is None:
@@ -402,7 +412,7 @@ class _Sync:
         return None, None
 
     # --------------------------------------------------------------------------------- outbound
-    def _flow_out(self, conn: Connection, cs: _CS, mv: _MV, blobs: dict[str, bytes]) -> None:
+    def _flow_out(self, conn: StoreConnection, cs: _CS, mv: _MV, blobs: dict[str, bytes]) -> None:
         flows = self.rules.export_flows.get(cs.agent, {}).get(cs.object_class.lower(), [])
         if not flows or cs.export_type == "delete":
             return
@@ -440,7 +450,7 @@ class _Sync:
                         "anchor": cs.anchor,
                         "target_agent": cs.agent,
                         "pending_export": "update",
-                        "attributes": {k: _describe(v) for k, v in changes.items()},
+                        "attributes": {k: plain_value(v) for k, v in changes.items()},
                     }
                 )
             else:
@@ -449,24 +459,14 @@ class _Sync:
             cs.dirty = True
 
     # ----------------------------------------------------------------------------------- chunks
-    def _load_mv(self, conn: Connection, ids: Iterable[int]) -> dict[int, _MV]:
-        ids = list(set(ids))
-        loaded: dict[int, _MV] = {}
-        for i in range(0, len(ids), 900):
-            for r in conn.execute(
-                select(
-                    mv_object.c.id,
-                    mv_object.c.object_type,
-                    mv_object.c.attributes,
-                    mv_object.c.contributions,
-                    mv_object.c.lineage,
-                ).where(mv_object.c.id.in_(ids[i : i + 900]))
-            ):
-                loaded[r.id] = _MV(r.id, r.object_type, _loads(r.attributes), r.contributions, r.lineage)
-        return loaded
+    def _load_mv(self, conn: StoreConnection, ids: Iterable[int]) -> dict[int, _MV]:
+        return {
+            r.id: _MV(r.id, r.object_type, _loads(r.attributes), r.contributions, r.lineage)
+            for r in Metaverse(conn).load(list(set(ids)))
+        }
 
     def _load_connectors(
-        self, conn: Connection, mv_ids: list[int], skip_agent: str | None, every_agent: set[int] | None = None
+        self, conn: StoreConnection, mv_ids: list[int], skip_agent: str | None, every_agent: set[int] | None = None
     ) -> dict[int, list[_CS]]:
         """Connectors of these metaverse objects in agents with export flows (the ones outbound flow
         can change); for the ids in ``every_agent`` (deleted objects, to deprovision), of all agents."""
@@ -478,66 +478,36 @@ class _Sync:
         if (not agents and not every_agent) or not mv_ids:
             return out
         wanted = set(agents)
-        for i in range(0, len(mv_ids), 900):
-            for r in conn.execute(
-                select(
-                    cs_object.c.id,
-                    cs_object.c.agent,
-                    cs_object.c.object_class,
-                    cs_object.c.anchor,
-                    cs_object.c.hologram,
-                    cs_object.c.unconfirmed,
-                    cs_object.c.export_type,
-                    cs_object.c.export_changes,
-                    cs_object.c.mv_id,
-                ).where(cs_object.c.mv_id.in_(mv_ids[i : i + 900]))
-                # agents are filtered here, not in SQL: with "agent IN (...)" SQLite picks the agent
-                # index and scans the whole connector space once per chunk
-            ):
-                if r.agent not in wanted and r.mv_id not in every_agent:
-                    continue
-                out[r.mv_id].append(
-                    _CS(
-                        r.id,
-                        r.agent,
-                        r.object_class,
-                        r.anchor,
-                        _loads(r.hologram) if r.hologram else {},
-                        _loads(r.unconfirmed) if r.unconfirmed else {},
-                        r.export_type,
-                        _loads(r.export_changes) if r.export_changes else None,
-                        r.mv_id,
-                    )
+        for r in ConnectorSpace(conn).connectors_of(mv_ids):
+            if r.agent not in wanted and r.mv_id not in every_agent:
+                continue
+            out[r.mv_id].append(
+                _CS(
+                    r.id,
+                    r.agent,
+                    r.object_class,
+                    r.anchor,
+                    _loads(r.hologram) if r.hologram else {},
+                    _loads(r.unconfirmed) if r.unconfirmed else {},
+                    r.export_type,
+                    _loads(r.export_changes) if r.export_changes else None,
+                    r.mv_id,
                 )
+            )
         return out
 
-    def _chunks(self, conn_factory: Any) -> Iterable[list[Any]]:
+    def _chunks(self) -> Iterator[list[SyncRow]]:
+        """The step's objects in chunks of ``CHUNK``, each read in a transaction of its own."""
         last = -1
-        cols = (
-            cs_object.c.id,
-            cs_object.c.object_class,
-            cs_object.c.anchor,
-            cs_object.c.hologram,
-            cs_object.c.pending_type,
-            cs_object.c.pending,
-            cs_object.c.mv_id,
-            cs_object.c.unconfirmed,
-            cs_object.c.export_type,
-            cs_object.c.export_changes,
-            cs_object.c.sync_error,
-        )
         while True:
-            query = select(*cols).where(cs_object.c.agent == self.rules.agent, cs_object.c.id > last)
-            if not self.full:
-                query = query.where(or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.is_not(None)))
-            with conn_factory() as conn:
-                rows = conn.execute(query.order_by(cs_object.c.id).limit(CHUNK)).all()
+            with self.ctx.store.read() as conn:
+                rows = ConnectorSpace(conn).sync_rows(self.rules.agent, after_id=last, limit=CHUNK, delta=not self.full)
             if not rows:
                 return
             yield rows
             last = rows[-1].id
 
-    def _join_candidates(self, conn: Connection, rows: list[Any]) -> list[int]:
+    def _join_candidates(self, conn: StoreConnection, rows: list[Any]) -> list[int]:
         """Metaverse ids the unjoined rows of a chunk may join, to load them in one query.
 
         The per-rule candidates are kept for ``_join`` so each lookup happens once."""
@@ -557,7 +527,7 @@ class _Sync:
                 ids |= found
         return list(ids)
 
-    def _prefetch_transforms(self, conn: Connection, rows: list[Any], mvs: dict[int, _MV]) -> None:
+    def _prefetch_transforms(self, conn: StoreConnection, rows: list[Any], mvs: dict[int, _MV]) -> None:
         pairs: list[tuple[str, Any]] = []
         for row in rows:
             iflows = self.rules.import_flows.get(row.object_class.lower(), ())
@@ -575,14 +545,11 @@ class _Sync:
     def run(self) -> None:
         ctx = self.ctx
         with ctx.store.read() as conn:
-            self.next_mv_id = (conn.execute(select(func.max(mv_object.c.id))).scalar() or 0) + 1
-            total_q = select(func.count()).select_from(cs_object).where(cs_object.c.agent == self.rules.agent)
-            if not self.full:
-                total_q = total_q.where(or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.is_not(None)))
-            total = conn.execute(total_q).scalar_one()
+            self.next_mv_id = Metaverse(conn).next_id()
+            total = ConnectorSpace(conn).count(self.rules.agent, needing_sync=not self.full)
         ctx.progress.start(f"{ctx.agent}: {'full' if self.full else 'delta'} synchronization", total)
         with _chunked_gc() as chunk_done:
-            for rows in self._chunks(ctx.store.read):
+            for rows in self._chunks():
                 with ctx.store.transaction() as conn:
                     self._chunk(conn, rows)
                     ctx.flush_errors(conn)
@@ -591,177 +558,221 @@ class _Sync:
                 ctx.check_error_limit()
         ctx.progress.finish()
 
-    def _chunk(self, conn: Connection, rows: list[Any]) -> None:
-        rules, counters, agent = self.rules, self.counters, self.rules.agent
-        now = time.time()
-        blobs: dict[str, bytes] = {}
+    def _chunk(self, conn: StoreConnection, rows: list[SyncRow]) -> None:
+        """One chunk, one transaction: inbound for each object, the metaverse deletion rule, outbound
+        for the metaverse objects that changed, then every write of the chunk in a few batches."""
         mvs = self._load_mv(conn, [r.mv_id for r in rows if r.mv_id is not None])
-        joined_mvs = _LazyMV(self, conn, self._join_candidates(conn, rows))
-        own: dict[int, _CS] = {}
-        cs_updates: list[dict[str, Any]] = []
-        cs_deletes: list[int] = []
-        deleted_ids: set[int] = set()
-        disconnected_mv: set[int] = set()
-
+        chunk = _Chunk(conn, time.time(), mvs, _LazyMV(self, conn, self._join_candidates(conn, rows)))
         self._prefetch_transforms(conn, rows, {})
         for row in rows:
-            if row.pending_type == "delete":
-                state = None
-            elif row.id in self._states:
-                state = self._states.pop(row.id)
-            elif row.pending_type in ("add", "update"):
-                state = _loads(row.pending)
-            else:
-                state = _loads(row.hologram) if row.hologram else None
-            mv_id = row.mv_id
-            sync_error: str | None = None
-            if state is None:
-                cs_deletes.append(row.id)
-                deleted_ids.add(row.id)
-                counters["connector_deletes"] += 1
-                if mv_id is not None and mv_id in mvs:
-                    mv = mvs[mv_id]
-                    before = dict(mv.attributes)
-                    self._remove_agent(mv, agent)
-                    mv.touched = True
-                    disconnected_mv.add(mv_id)
-                    if self.index.keys:
-                        self.index.update(mv_id, before, mv.attributes)
-                    if self.index.joined is not None:
-                        self.index.joined.discard(mv_id)
-                continue
-            if mv_id is not None and mv_id not in mvs:
-                mv_id = None  # the metaverse object went away: reconsider joining
-            if mv_id is None:
-                found, err = self._join(conn, row, state)
-                if found is not None:
-                    mv_id = found
-                    counters["joins"] += 1
-                    if found not in mvs:
-                        mvs[found] = joined_mvs[found]
-                elif err is not None:
-                    sync_error = err
-                    counters["join_errors"] += 1
-                else:
-                    mv_type = rules.projection.get(row.object_class.lower())
-                    if mv_type is not None:
-                        mv_id = self.next_mv_id
-                        self.next_mv_id += 1
-                        mvs[mv_id] = _MV(mv_id, mv_type, {}, {}, {}, new=True, changed=True)
-                        counters["projections"] += 1
-                        if self.index.keys:
-                            self.index.update(mv_id, {}, {})
-                    else:
-                        counters["disconnectors"] += 1
-                if mv_id is not None and self.index.joined is not None:
-                    self.index.joined.add(mv_id)
-                joined_now = mv_id is not None
-            else:
-                joined_now = False
-            if mv_id is not None:
-                mv = mvs[mv_id]
-                before = dict(mv.attributes) if self.index.keys else {}
-                self._flow_in(conn, row, state, mv, blobs)
-                mv.touched = True
-                if self.index.keys:
-                    self.index.update(mv_id, before, mv.attributes)
-                if rules.export_flows.get(agent, {}).get(row.object_class.lower()):
-                    own[row.id] = _CS(
-                        row.id,
-                        agent,
-                        row.object_class,
-                        row.anchor,
-                        state,
-                        _loads(row.unconfirmed) if row.unconfirmed else {},
-                        row.export_type,
-                        _loads(row.export_changes) if row.export_changes else None,
-                        mv_id,
-                    )
-            if (
-                row.pending_type is None
-                and not joined_now
-                and mv_id == row.mv_id
-                and sync_error is None
-                and row.sync_error is None
-            ):
-                counters["unchanged"] += 1
-                continue
-            cs_updates.append(
-                {
-                    "_id": row.id,
-                    # the stored JSON text of ``state`` as it is: no need to encode it again
-                    "hologram": row.pending if row.pending_type in ("add", "update") else row.hologram,
-                    "mv_id": mv_id,
-                    "joined_at": now if joined_now else None,
-                    "sync_error": _dumps({"name": sync_error}) if sync_error else None,
-                    "updated_at": now,
-                }
+            self._inbound(chunk, row)
+        self._apply_deletion_rule(chunk)
+        self._outbound(chunk)
+        changed = sum(1 for m in chunk.mvs.values() if m.changed and not m.new and not m.deleted)
+        if changed:
+            self.counters["mv_updates"] += changed
+        self._write(chunk)
+
+    # ---------------------------------------------------------------------- chunk: inbound
+    def _state(self, row: SyncRow) -> dict[str, Any] | None:
+        """The object's state after its pending import (None: it is deleted)."""
+        if row.pending_type == "delete":
+            return None
+        if row.id in self._states:
+            return self._states.pop(row.id)
+        if row.pending_type in ("add", "update"):
+            assert row.pending is not None  # an import stages its state with the pending type
+            text = row.pending
+        elif row.hologram:
+            text = row.hologram
+        else:
+            return None
+        state: dict[str, Any] = _loads(text)
+        return state
+
+    def _inbound(self, chunk: _Chunk, row: SyncRow) -> None:
+        """Apply one object's pending import: disconnect a deleted object, or join/project it and
+        flow its attributes into the metaverse; stage the row's update if anything changed."""
+        state = self._state(row)
+        if state is None:
+            self._disconnect(chunk, row)
+            return
+        mv_id = row.mv_id
+        if mv_id is not None and mv_id not in chunk.mvs:
+            mv_id = None  # the metaverse object went away: reconsider joining
+        sync_error: str | None = None
+        joined_now = False
+        if mv_id is None:
+            mv_id, sync_error = self._connect(chunk, row, state)
+            joined_now = mv_id is not None
+        if mv_id is not None:
+            self._flow_into(chunk, row, state, mv_id)
+        if (
+            row.pending_type is None
+            and not joined_now
+            and mv_id == row.mv_id
+            and sync_error is None
+            and row.sync_error is None
+        ):
+            self.counters["unchanged"] += 1
+            return
+        chunk.cs_updates.append(
+            {
+                "_id": row.id,
+                # the stored JSON text of ``state`` as it is: no need to encode it again
+                "hologram": row.pending if row.pending_type in ("add", "update") else row.hologram,
+                "mv_id": mv_id,
+                "joined_at": chunk.now if joined_now else None,
+                "sync_error": _dumps({"name": sync_error}) if sync_error else None,
+                "updated_at": chunk.now,
+            }
+        )
+
+    def _disconnect(self, chunk: _Chunk, row: SyncRow) -> None:
+        """A deleted object leaves the connector space, and its contributions the metaverse."""
+        chunk.cs_deletes.append(row.id)
+        chunk.deleted_ids.add(row.id)
+        self.counters["connector_deletes"] += 1
+        mv_id = row.mv_id
+        if mv_id is None or mv_id not in chunk.mvs:
+            return
+        mv = chunk.mvs[mv_id]
+        before = dict(mv.attributes)
+        self._remove_agent(mv, self.rules.agent)
+        mv.touched = True
+        chunk.disconnected_mv.add(mv_id)
+        if self.index.keys:
+            self.index.update(mv_id, before, mv.attributes)
+        if self.index.joined is not None:
+            self.index.joined.discard(mv_id)
+
+    def _connect(self, chunk: _Chunk, row: SyncRow, state: dict[str, Any]) -> tuple[int | None, str | None]:
+        """Join an unjoined object, else project it: (metaverse id or None, sync error name or None)."""
+        found, err = self._join(chunk.conn, row, state)
+        mv_id: int | None = None
+        if found is not None:
+            mv_id = found
+            self.counters["joins"] += 1
+            if found not in chunk.mvs:
+                chunk.mvs[found] = chunk.joined_mvs[found]
+        elif err is not None:
+            self.counters["join_errors"] += 1
+        else:
+            mv_id = self._project(chunk, row)
+        if mv_id is not None and self.index.joined is not None:
+            self.index.joined.add(mv_id)
+        return mv_id, err
+
+    def _project(self, chunk: _Chunk, row: SyncRow) -> int | None:
+        """A new metaverse object for ``row`` if a projection rule covers its class (else a disconnector)."""
+        mv_type = self.rules.projection.get(row.object_class.lower())
+        if mv_type is None:
+            self.counters["disconnectors"] += 1
+            return None
+        mv_id = self.next_mv_id
+        self.next_mv_id += 1
+        chunk.mvs[mv_id] = _MV(mv_id, mv_type, {}, {}, {}, new=True, changed=True)
+        self.counters["projections"] += 1
+        if self.index.keys:
+            self.index.update(mv_id, {}, {})
+        return mv_id
+
+    def _flow_into(self, chunk: _Chunk, row: SyncRow, state: dict[str, Any], mv_id: int) -> None:
+        """Import attribute flow into the joined object; keep the row for outbound if its agent
+        has export flows for its class (its own exports are evaluated against its new state)."""
+        mv = chunk.mvs[mv_id]
+        before = dict(mv.attributes) if self.index.keys else {}
+        self._flow_in(chunk.conn, row, state, mv, chunk.blobs)
+        mv.touched = True
+        if self.index.keys:
+            self.index.update(mv_id, before, mv.attributes)
+        if self.rules.export_flows.get(self.rules.agent, {}).get(row.object_class.lower()):
+            chunk.own[row.id] = _CS(
+                row.id,
+                self.rules.agent,
+                row.object_class,
+                row.anchor,
+                state,
+                _loads(row.unconfirmed) if row.unconfirmed else {},
+                row.export_type,
+                _loads(row.export_changes) if row.export_changes else None,
+                mv_id,
             )
 
-        # metaverse deletion rule and deprovisioning
-        deleted_mv: set[int] = set()
-        if disconnected_mv:
-            remaining: dict[int, set[str]] = defaultdict(set)
-            ids = list(disconnected_mv)
-            for i in range(0, len(ids), 900):
-                for r in conn.execute(
-                    select(cs_object.c.mv_id, cs_object.c.agent).where(
-                        cs_object.c.mv_id.in_(ids[i : i + 900]), cs_object.c.id.not_in(cs_deletes or [-1])
-                    )
-                ):
-                    remaining[r.mv_id].add(r.agent)
-            for mv_id in ids:
-                left = remaining.get(mv_id, set())
-                if agent in rules.delete_when_disconnected_from or not left:
-                    mvs[mv_id].deleted = True
-                    deleted_mv.add(mv_id)
-                    counters["mv_deletes"] += 1
+    def _apply_deletion_rule(self, chunk: _Chunk) -> None:
+        """Delete the metaverse objects this chunk disconnected that the rule says to delete
+        (``delete_when_disconnected_from`` names this agent, or no connector is left)."""
+        if not chunk.disconnected_mv:
+            return
+        ids = list(chunk.disconnected_mv)
+        remaining = ConnectorSpace(chunk.conn).agents_joined_to(ids, ignoring=chunk.cs_deletes)
+        for mv_id in ids:
+            if self.rules.agent in self.rules.delete_when_disconnected_from or not remaining.get(mv_id):
+                chunk.mvs[mv_id].deleted = True
+                chunk.deleted_mv.add(mv_id)
+                self.counters["mv_deletes"] += 1
 
-        # outbound: connectors of every metaverse object that changed (all touched, on a full sync)
-        # (an object projected in this chunk has no stored connector yet: nothing to look up)
-        outbound_ids = [m.id for m in mvs.values() if m.touched and not m.new and (m.changed or self.full or m.deleted)]
-        others = self._load_connectors(conn, outbound_ids, skip_agent=None, every_agent=deleted_mv)
+    # --------------------------------------------------------------------- chunk: outbound
+    def _outbound(self, chunk: _Chunk) -> None:
+        """Export attribute flow to the connectors of every metaverse object that changed (of all
+        touched ones, on a full sync); deprovision the connectors of deleted ones."""
+        # an object projected in this chunk has no stored connector yet: nothing to look up
+        outbound_ids = [
+            m.id for m in chunk.mvs.values() if m.touched and not m.new and (m.changed or self.full or m.deleted)
+        ]
+        chunk.others = self._load_connectors(chunk.conn, outbound_ids, skip_agent=None, every_agent=chunk.deleted_mv)
         own_by_mv: dict[int, list[_CS]] = defaultdict(list)
-        for c in own.values():
+        for c in chunk.own.values():
             if c.mv_id is not None:
                 own_by_mv[c.mv_id].append(c)
         # only objects that have a connector to export to need their export transforms
-        self._prefetch_transforms(conn, [], {i: mvs[i] for i in set(others) | set(own_by_mv) if i in mvs})
-        for mv in mvs.values():
+        wanted = set(chunk.others) | set(own_by_mv)
+        self._prefetch_transforms(chunk.conn, [], {i: chunk.mvs[i] for i in wanted if i in chunk.mvs})
+        for mv in chunk.mvs.values():
             if not mv.touched:
                 continue
-            connectors = [c for c in others.get(mv.id, []) if c.id not in own and c.id not in deleted_ids]
-            connectors += own_by_mv.get(mv.id, [])
             if mv.deleted:
-                for cs in others.get(mv.id, []):
-                    if cs.id in deleted_ids:
-                        continue
-                    if rules.deprovision.get(cs.agent) == Deprovision.DELETE:
-                        cs.export_type, cs.export_changes, cs.dirty = "delete", None, True
-                        counters["export_deletes"] += 1
-                        self.ctx.emit_change(
-                            {"anchor": cs.anchor, "target_agent": cs.agent, "pending_export": "delete"}
-                        )
-                    else:
-                        cs.export_type, cs.export_changes, cs.dirty = None, None, True
-                        counters["deprovision_disconnects"] += 1
-                    cs.mv_id = None
+                self._deprovision(chunk, mv)
                 continue
-            for cs in connectors:
-                if cs.agent == agent and cs.id not in own:
+            connectors = [
+                c for c in chunk.others.get(mv.id, []) if c.id not in chunk.own and c.id not in chunk.deleted_ids
+            ]
+            for cs in connectors + own_by_mv.get(mv.id, []):
+                if cs.agent == self.rules.agent and cs.id not in chunk.own:
                     continue
-                if mv.changed or self.full or cs.id in own:
-                    self._flow_out(conn, cs, mv, blobs)
+                if mv.changed or self.full or cs.id in chunk.own:
+                    self._flow_out(chunk.conn, cs, mv, chunk.blobs)
                     for flow_error in cs.errors:
                         self.ctx.error(flow_error)
-        if any(m.changed and not m.new and not m.deleted for m in mvs.values()):
-            counters["mv_updates"] += sum(1 for m in mvs.values() if m.changed and not m.new and not m.deleted)
 
-        # -- writes -------------------------------------------------------------------------
-        self.ctx.store.put_blobs(conn, blobs)
-        self.transforms.flush(conn)
+    def _deprovision(self, chunk: _Chunk, mv: _MV) -> None:
+        """The connectors of a deleted metaverse object: a pending delete or a disconnect, per agent."""
+        for cs in chunk.others.get(mv.id, []):
+            if cs.id in chunk.deleted_ids:
+                continue
+            if self.rules.deprovision.get(cs.agent) == Deprovision.DELETE:
+                cs.export_type, cs.export_changes, cs.dirty = "delete", None, True
+                self.counters["export_deletes"] += 1
+                self.ctx.emit_change({"anchor": cs.anchor, "target_agent": cs.agent, "pending_export": "delete"})
+            else:
+                cs.export_type, cs.export_changes, cs.dirty = None, None, True
+                self.counters["deprovision_disconnects"] += 1
+            cs.mv_id = None
+
+    # ------------------------------------------------------------------------ chunk: writes
+    def _write(self, chunk: _Chunk) -> None:
+        """Every write of the chunk: blobs, transform results, metaverse, connector space."""
+        self.ctx.store.put_blobs(chunk.conn, chunk.blobs)
+        self.transforms.flush(chunk.conn)
+        Metaverse(chunk.conn).write(*self._metaverse_rows(chunk))
+        ConnectorSpace(chunk.conn).apply_sync(*self._connector_space_rows(chunk), chunk.cs_deletes)
+        Metaverse(chunk.conn).delete(list(chunk.deleted_mv))
+
+    def _metaverse_rows(self, chunk: _Chunk) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows of the projected objects, of the changed ones, and of those whose contributions
+        alone changed (a lower-ranked source changed while the final values did not)."""
         new_rows, changed_rows = [], []
-        for mv in mvs.values():
+        for mv in chunk.mvs.values():
             if mv.deleted or (not mv.changed and not mv.new):
                 continue
             display, text = search_fields(mv.attributes)
@@ -772,10 +783,10 @@ class _Sync:
                 "lineage": _dumps(mv.lineage),
                 "display_name": display,
                 "search_text": text,
-                "updated_at": now,
+                "updated_at": chunk.now,
             }
             if mv.new:
-                new_rows.append({**doc, "object_type": mv.object_type, "created_at": now})
+                new_rows.append({**doc, "object_type": mv.object_type, "created_at": chunk.now})
                 self.ctx.emit_change(
                     {"metaverse_id": mv.id, "metaverse": "project", "attributes": sorted(mv.attributes)}
                 )
@@ -784,34 +795,24 @@ class _Sync:
                 self.ctx.emit_change(
                     {"metaverse_id": mv.id, "metaverse": "update", "attributes": sorted(mv.attributes)}
                 )
-        # contributions change even when final attributes do not (a lower-ranked source changed)
         contrib_only = [
             {"_id": mv.id, "contributions": _dumps(mv.contributions), "lineage": _dumps(mv.lineage)}
-            for mv in mvs.values()
+            for mv in chunk.mvs.values()
             if mv.touched and mv.contributions_changed and not mv.changed and not mv.new and not mv.deleted
         ]
-        run_many(
-            conn,
-            "INSERT INTO mv_object (id, object_type, attributes, contributions, lineage, display_name, "
-            "search_text, created_at, updated_at) VALUES (:id, :object_type, :attributes, :contributions, "
-            ":lineage, :display_name, :search_text, :created_at, :updated_at)",
-            new_rows,
-        )
-        run_many(
-            conn,
-            "UPDATE mv_object SET attributes = :attributes, contributions = :contributions, "
-            "lineage = :lineage, display_name = :display_name, search_text = :search_text, "
-            "updated_at = :updated_at WHERE id = :_id",
-            changed_rows,
-        )
-        run_many(
-            conn,
-            "UPDATE mv_object SET contributions = :contributions, lineage = :lineage WHERE id = :_id",
-            contrib_only,
-        )
-        # A row whose import was applied and whose export changed is written once, not twice: a
-        # joining object (every one of them on a first synchronization) is both.
-        dirty = [c for cs_list in others.values() for c in cs_list if c.dirty] + [c for c in own.values() if c.dirty]
+        return new_rows, changed_rows, contrib_only
+
+    @staticmethod
+    def _connector_space_rows(
+        chunk: _Chunk,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Applied imports, applied imports that also stage an export, and staged exports alone.
+
+        A row whose import was applied and whose export changed is written once, not twice: a
+        joining object (every one of them on a first synchronization) is both.
+        """
+        dirty = [c for cs_list in chunk.others.values() for c in cs_list if c.dirty]
+        dirty += [c for c in chunk.own.values() if c.dirty]
         # (the last state of a row listed twice wins, as it did when each was written in turn)
         exports = {
             c.id: {
@@ -823,7 +824,7 @@ class _Sync:
             for c in dirty
         }
         plain, with_export = [], []
-        for u in cs_updates:
+        for u in chunk.cs_updates:
             export = exports.get(u["_id"])
             if export is not None and export["mv_id"] == u["mv_id"]:
                 del exports[u["_id"]]
@@ -831,37 +832,7 @@ class _Sync:
                 with_export.append(u)
             else:
                 plain.append(u)
-        run_many(conn, _CS_UPDATE.format(export=""), plain)
-        run_many(conn, _CS_UPDATE.format(export=_CS_EXPORT_SET), with_export)
-        run_many(
-            conn,
-            "UPDATE cs_object SET export_type = :export_type, export_changes = :export_changes, "
-            "mv_id = :mv_id, export_error = NULL WHERE id = :_id",
-            list(exports.values()),
-        )
-        if cs_deletes:
-            conn.execute(delete(cs_object).where(cs_object.c.id.in_(cs_deletes)))
-        if deleted_mv:
-            conn.execute(delete(mv_object).where(mv_object.c.id.in_(list(deleted_mv))))
-
-
-#: An applied import (``export`` is empty, or ``_CS_EXPORT_SET`` to stage the export in the same write).
-_CS_UPDATE = (
-    "UPDATE cs_object SET hologram = :hologram, pending_type = NULL, pending = NULL, "
-    "mv_id = :mv_id, joined_at = COALESCE(:joined_at, joined_at), sync_error = :sync_error, "
-    "updated_at = :updated_at{export} WHERE id = :_id"
-)
-_CS_EXPORT_SET = ", export_type = :export_type, export_changes = :export_changes, export_error = NULL"
-
-
-def _describe(value: Any) -> Any:
-    """A dry-run friendly rendering of an encoded value (binary as checksum and size)."""
-    if isinstance(value, str) and value.startswith("\x00b:"):
-        sha, _, size = value[3:].partition(":")
-        return {"sha256": sha, "bytes": int(size)}
-    if isinstance(value, str) and value.startswith("\x00"):
-        return value[3:]
-    return value
+        return plain, with_export, list(exports.values())
 
 
 @contextmanager

@@ -16,12 +16,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, select
-
 from connector.registry import TRANSFORM_GROUP, load_object
 from connector.sdk import ConfigurationError, TransformError, TransformFunction, Value
-from connector.store import SqlStore, decode_value, dumps, encode_value, is_blob_ref, loads, parse_blob_ref
-from connector.store.tables import transform_cache
+from connector.store import (
+    SqlStore,
+    StoreConnection,
+    TransformCache,
+    decode_value,
+    dumps,
+    encode_value,
+    is_blob_ref,
+    loads,
+    parse_blob_ref,
+)
 
 __all__ = [
     "TransformRunner",
@@ -138,7 +145,7 @@ class TransformRunner:
         """Resolve a transform now so configuration mistakes surface before a run starts."""
         self.function(spec)
 
-    def prefetch(self, conn: Connection, pairs: list[tuple[str, Any]]) -> None:
+    def prefetch(self, conn: StoreConnection, pairs: list[tuple[str, Any]]) -> None:
         """Load cached results (and the input blobs of misses) for many values in a few queries."""
         wanted: dict[str, set[str]] = {}
         for spec, encoded in pairs:
@@ -148,28 +155,24 @@ class TransformRunner:
             for value in values:
                 if is_blob_ref(value) and (spec, value) not in self._memo and (spec, value) not in self._known_misses:
                     wanted.setdefault(spec, set()).add(value)
+        cache = TransformCache(conn)
         for spec, inputs in wanted.items():
             keys = list(inputs)
-            for i in range(0, len(keys), 500):
-                for inp, out in conn.execute(
-                    select(transform_cache.c.input, transform_cache.c.output).where(
-                        transform_cache.c.transform == spec, transform_cache.c.input.in_(keys[i : i + 500])
-                    )
-                ):
-                    self._memo[(spec, inp)] = loads(out)
+            for inp, out in cache.outputs(spec, keys):
+                self._memo[(spec, inp)] = loads(out)
             misses = [k for k in keys if (spec, k) not in self._memo]
             self._known_misses.update((spec, k) for k in misses)
             self._blob_cache.update(self._store.get_blobs(conn, [parse_blob_ref(k)[0] for k in misses]))
 
-    def flush(self, conn: Connection) -> None:
+    def flush(self, conn: StoreConnection) -> None:
         """Write the results computed since the last flush into the cache table (caller's transaction)."""
         if self._new_rows:
-            conn.execute(transform_cache.insert(), self._new_rows)
+            TransformCache(conn).add(self._new_rows)
             self._new_rows.clear()
         self._blob_cache.clear()
         self._known_misses.clear()
 
-    def apply(self, conn: Connection, spec: str, encoded: Any, new_blobs: dict[str, bytes]) -> Any:
+    def apply(self, conn: StoreConnection, spec: str, encoded: Any, new_blobs: dict[str, bytes]) -> Any:
         """Transform an encoded value (or list); returns the encoded result.
 
         ``new_blobs`` collects binary outputs that the caller stores in the same transaction.
@@ -198,13 +201,13 @@ class TransformRunner:
         self._memo[key] = result
         return result
 
-    def _prefetched(self, conn: Connection, spec: str, encoded: str) -> bool:
+    def _prefetched(self, conn: StoreConnection, spec: str, encoded: str) -> bool:
         """True when the value still has to be computed (not cached in memory or in the store)."""
         if (spec, encoded) not in self._memo and (spec, encoded) not in self._known_misses:
             self.prefetch(conn, [(spec, encoded)])
         return (spec, encoded) not in self._memo
 
-    def _load_blob(self, conn: Connection, sha: str) -> bytes:
+    def _load_blob(self, conn: StoreConnection, sha: str) -> bytes:
         data = self._blob_cache.get(sha)
         if data is not None:
             return data

@@ -1,7 +1,28 @@
-"""The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core."""
+"""The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core.
+
+Code outside this package reads and writes through the repositories (``ConnectorSpace``,
+``Metaverse``, ``RunHistory``, ``TransformCache``, ``Blobs``, and ``StoreAudit`` for ``doctor``;
+whole blobs through ``SqlStore.put_blobs``/``get_blobs``), each built on the connection of one
+transaction (``StoreConnection``, from ``SqlStore.transaction()``/``read()``) and returning typed
+rows: it never imports ``tables`` or SQLAlchemy, nor writes SQL. Encoded values are read with the
+one decoder, ``decode_value``/``plain_value``. Batched writes are ``BatchInsert``/``BatchUpdate``.
+"""
 
 from connector.store import tables
-from connector.store._fast import dumps, loads, run_many
+from connector.store._audit import DanglingLink, DuplicateLink, OrphanExport, StoreAudit
+from connector.store._batch import BatchInsert, BatchUpdate
+from connector.store._blobs import Blobs
+from connector.store._bulk import bulk_insert
+from connector.store._connector_space import (
+    ConnectorRow,
+    ConnectorSpace,
+    CsObject,
+    CsSearch,
+    ErrorDocs,
+    ExportState,
+    PendingExportRow,
+    SyncRow,
+)
 from connector.store._faults import (
     RESTORE_HINT,
     StoreBusyError,
@@ -10,44 +31,70 @@ from connector.store._faults import (
     StoreMissingError,
     StoreReadOnlyError,
 )
+from connector.store._history import ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
+from connector.store._json import dumps, loads
 from connector.store._locks import LockHeldError, LockManager
-from connector.store._migrations import (
-    DISCONNECTED_PREDICATE,
-    ERROR_PREDICATE,
-    SCHEMA_VERSION,
-    StoreVersionError,
-    current_version,
-    photo_predicate,
-)
+from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
+from connector.store._migrations import SCHEMA_VERSION, StoreVersionError, current_version
 from connector.store._people import Person, import_failures, people
-from connector.store._sql import SqlStore
+from connector.store._sql import SqlStore, StoreConnection
+from connector.store._transform_cache import TransformCache
 from connector.store._values import (
     BLOB_PREFIX,
+    BlobRef,
     blob_ref,
+    blob_refs,
     decode_value,
     encode_value,
     is_blob_ref,
     normalize_values,
     parse_blob_ref,
+    plain_value,
 )
 
 __all__ = [
     "BLOB_PREFIX",
-    "DISCONNECTED_PREDICATE",
-    "ERROR_PREDICATE",
     "RESTORE_HINT",
     "SCHEMA_VERSION",
+    "BatchInsert",
+    "BatchUpdate",
+    "BlobRef",
+    "Blobs",
+    "ConnectorRow",
+    "ConnectorSpace",
+    "CsObject",
+    "CsSearch",
+    "DanglingLink",
+    "DuplicateLink",
+    "ErrorDocs",
+    "ErrorRecord",
+    "ErrorRow",
+    "ExportState",
     "LockHeldError",
     "LockManager",
+    "Metaverse",
+    "MetaverseRow",
+    "MvObject",
+    "OrphanExport",
+    "PendingExportRow",
     "Person",
+    "RunHistory",
+    "RunRow",
     "SqlStore",
+    "StepRow",
+    "StoreAudit",
     "StoreBusyError",
+    "StoreConnection",
     "StoreCorruptError",
     "StoreError",
     "StoreMissingError",
     "StoreReadOnlyError",
     "StoreVersionError",
+    "SyncRow",
+    "TransformCache",
     "blob_ref",
+    "blob_refs",
+    "bulk_insert",
     "current_version",
     "decode_value",
     "dumps",
@@ -58,7 +105,6 @@ __all__ = [
     "normalize_values",
     "parse_blob_ref",
     "people",
-    "photo_predicate",
-    "run_many",
+    "plain_value",
     "tables",
 ]

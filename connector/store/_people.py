@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, desc, func, select
 
 from connector.sdk import person_display
-from connector.store._fast import loads
+from connector.store._json import loads
 from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
 
 __all__ = ["Person", "import_failures", "people"]

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
@@ -36,7 +36,11 @@ from connector.store._locks import LockManager
 from connector.store._migrations import migrate
 from connector.store.tables import blob, metadata
 
-__all__ = ["SqlStore", "StoreError"]
+__all__ = ["SqlStore", "StoreConnection", "StoreError"]
+
+#: The connection of one store transaction: what callers hand to the repositories. Callers use it
+#: as an opaque handle; only code inside ``connector.store`` runs statements on it.
+StoreConnection: TypeAlias = Connection
 
 
 #: Rows a table gains before the first ``ANALYZE`` on PostgreSQL (see ``SqlStore.note_inserts``).
@@ -295,6 +299,20 @@ class SqlStore:
         finally:
             partial.unlink(missing_ok=True)
         return target.stat().st_size
+
+    def clear(self) -> None:
+        """Delete every row but the schema version: a benchmark reusing one server database starts
+        empty. Never used on a production store (it forgets everything the store remembers)."""
+        with self.transaction() as conn:
+            for table in reversed(metadata.sorted_tables):
+                if table.name != "store_meta":
+                    conn.execute(table.delete())
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics of every table (after a bulk load)."""
+        with self.faults(), self.engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -10,28 +10,44 @@ are, and the rare types become tagged strings that compare correctly with ``==``
   blob reference).
 
 Multi-valued attributes are sorted lists, so set-equal values compare equal.
+
+This module is the only place that knows the tags: the engine, the CLI, the console and ``doctor``
+read values through :func:`decode_value` (with a blob loader, or without one to get a
+:class:`BlobRef` instead of the bytes) and :func:`plain_value` (JSON-ready), never by hand.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "BLOB_PREFIX",
+    "BlobRef",
     "blob_ref",
+    "blob_refs",
     "decode_value",
     "encode_value",
     "is_blob_ref",
     "normalize_values",
     "parse_blob_ref",
+    "plain_value",
 ]
 
 BLOB_PREFIX = "\x00b:"
 _DATE_PREFIX = "\x00d:"
 _STR_PREFIX = "\x00s:"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """A binary value named by its checksum and size, for readers that show it without loading it."""
+
+    sha256: str
+    size: int
 
 
 def blob_ref(sha256_hex: str, size: int) -> str:
@@ -87,10 +103,11 @@ def encode_value(value: Any, put_blob: Callable[[str, bytes], None]) -> Any:
     return _encode_one(value, put_blob)
 
 
-def _decode_one(value: Any, get_blob: Callable[[str], bytes]) -> Any:
+def _decode_one(value: Any, get_blob: Callable[[str], bytes] | None) -> Any:
     if isinstance(value, str) and value.startswith("\x00"):
         if value.startswith(BLOB_PREFIX):
-            return get_blob(parse_blob_ref(value)[0])
+            sha, size = parse_blob_ref(value)
+            return BlobRef(sha, size) if get_blob is None else get_blob(sha)
         if value.startswith(_DATE_PREFIX):
             return _dt.datetime.fromisoformat(value[len(_DATE_PREFIX) :])
         if value.startswith(_STR_PREFIX):
@@ -98,8 +115,48 @@ def _decode_one(value: Any, get_blob: Callable[[str], bytes]) -> Any:
     return value
 
 
-def decode_value(value: Any, get_blob: Callable[[str], bytes]) -> Any:
-    """The connector-facing value (bytes, datetime, str ...) of an encoded value or list."""
+def decode_value(value: Any, get_blob: Callable[[str], bytes] | None = None) -> Any:
+    """The connector-facing value (bytes, datetime, str ...) of an encoded value or list.
+
+    ``get_blob(sha256)`` loads a binary's bytes; without it a binary decodes to a :class:`BlobRef`,
+    so a reader that only shows values (CLI, console, dry runs) never loads a photo.
+    """
     if isinstance(value, list):
         return [_decode_one(v, get_blob) for v in value]
     return _decode_one(value, get_blob)
+
+
+def plain_value(value: Any) -> Any:
+    """A JSON-ready rendering of an encoded value or list, for ``--json`` outputs and dry runs.
+
+    A binary becomes ``{"sha256": ..., "bytes": ...}`` and a date its ISO 8601 text (UTC).
+    """
+    decoded = decode_value(value)
+    if isinstance(decoded, list):
+        return [_plain_one(v) for v in decoded]
+    return _plain_one(decoded)
+
+
+def _plain_one(value: Any) -> Any:
+    if isinstance(value, BlobRef):
+        return {"sha256": value.sha256, "bytes": value.size}
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def blob_refs(document: Any) -> Iterator[BlobRef]:
+    """Every binary referenced anywhere in a stored document (values, lists, nested objects).
+
+    A damaged reference (its size not a number) yields size -1, so ``doctor`` can report it.
+    """
+    if isinstance(document, str):
+        if document.startswith(BLOB_PREFIX):
+            sha, _, size = document[len(BLOB_PREFIX) :].partition(":")
+            yield BlobRef(sha, int(size) if size.isdigit() else -1)
+    elif isinstance(document, dict):
+        for item in document.values():
+            yield from blob_refs(item)
+    elif isinstance(document, list | tuple):
+        for item in document:
+            yield from blob_refs(item)

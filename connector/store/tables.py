@@ -34,7 +34,7 @@ class NulSafeString(TypeDecorator[str]):
 
     SQLite stores NUL as is; PostgreSQL text cannot hold it at all, so there the value is escaped
     reversibly (``\\`` -> ``\\\\``, NUL -> ``\\0``). Only bound parameters and results of SQLAlchemy
-    statements pass through here: code that writes such a column through ``run_many`` must not.
+    statements pass through here: a batch statement (``_batch``) must not write such a column.
     """
 
     impl = String

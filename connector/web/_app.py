@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,92 +41,104 @@ class _Css:
         self.etag = f'"{hashlib.sha256(self.body).hexdigest()[:32]}"'
 
 
-def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: AccessPolicy | None = None) -> FastAPI:
-    """The console for ``config``'s store. ``policy`` defaults to loopback-only without credentials."""
-    store = store or SqlStore(config.store_url(), create=False)  # a read-only console never creates a store
-    console = Console(config, store)
-    access = policy or AccessPolicy()
-    app = FastAPI(title="mvsync", docs_url=None, redoc_url=None, openapi_url=None)
-    app.middleware("http")(access.middleware)
-    templates = Jinja2Templates(directory=str(_HERE / "templates"))
-    templates.env.globals["status_class"] = status_class
-    templates.env.filters["thousands"] = lambda n: f"{n:,}"
-    css = _Css()
+class _Pages:
+    """The console's routes over one store: each method is one page (or a photo, the stylesheet)."""
 
-    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    def __init__(self, config: MvsyncConfig, store: SqlStore) -> None:
+        self.config = config
+        self.store = store
+        self.console = Console(config, store)
+        self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
+        self.templates.env.globals["status_class"] = status_class
+        self.templates.env.filters["thousands"] = lambda n: f"{n:,}"
+        self.css = _Css()
+
+    def html_routes(self) -> list[tuple[str, Callable[..., HTMLResponse]]]:
+        return [
+            ("/", self.operations),
+            ("/runs/{run_id}", self.run),
+            ("/steps/{step_id}", self.step),
+            ("/search", self.search),
+            ("/persons/{mv_id}", self.person),
+            ("/pending", self.pending_agents),
+            ("/pending/{agent}", self.pending),
+            ("/coverage", self.coverage),
+            ("/agents", self.agents),
+        ]
+
+    def other_routes(self) -> list[tuple[str, Callable[..., Response]]]:
+        return [("/photo/{sha256}", self.photo), ("/static/ui.css", self.stylesheet), ("/favicon.ico", self.favicon)]
+
+    def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("nav", name.split(".")[0])
-        return templates.TemplateResponse(request, name, context, status_code=status_code)
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
-    @app.exception_handler(StarletteHTTPException)
-    def _not_found(request: Request, exc: StarletteHTTPException) -> Response:
+    def not_found(self, request: Request, exc: StarletteHTTPException) -> Response:
         if request.url.path.startswith(("/photo/", "/static/")):
             return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
-        return page(request, "error.html", exc.status_code, message=exc.detail, nav="")
+        return self.page(request, "error.html", exc.status_code, message=exc.detail, nav="")
 
-    @app.get("/", response_class=HTMLResponse)
-    def operations(request: Request, before: Annotated[int | None, Query()] = None) -> HTMLResponse:
-        with store.read() as conn:
-            runs, next_before = console.runs(conn, before)
-        return page(request, "operations.html", runs=runs, next_before=next_before)
+    # --------------------------------------------------------------------------- operations
+    def operations(self, request: Request, before: Annotated[int | None, Query()] = None) -> HTMLResponse:
+        with self.store.read() as conn:
+            runs, next_before = self.console.runs(conn, before)
+        return self.page(request, "operations.html", runs=runs, next_before=next_before)
 
-    @app.get("/runs/{run_id}", response_class=HTMLResponse)
-    def run(request: Request, run_id: int) -> HTMLResponse:
-        with store.read() as conn:
-            view = console.run(conn, run_id)
+    def run(self, request: Request, run_id: int) -> HTMLResponse:
+        with self.store.read() as conn:
+            view = self.console.run(conn, run_id)
         if view is None:
             raise HTTPException(404, f"no run {run_id}")
-        return page(request, "run.html", run=view, nav="operations")
+        return self.page(request, "run.html", run=view, nav="operations")
 
-    @app.get("/steps/{step_id}", response_class=HTMLResponse)
-    def step(request: Request, step_id: int, after: Annotated[int | None, Query()] = None) -> HTMLResponse:
-        with store.read() as conn:
-            found = console.step(conn, step_id, after)
+    def step(self, request: Request, step_id: int, after: Annotated[int | None, Query()] = None) -> HTMLResponse:
+        with self.store.read() as conn:
+            found = self.console.step(conn, step_id, after)
         if found is None:
             raise HTTPException(404, f"no step {step_id}")
         view, errors, by_name, next_after = found
-        return page(
+        return self.page(
             request, "step.html", step=view, errors=errors, by_name=by_name, next_after=next_after, nav="operations"
         )
 
-    @app.get("/search", response_class=HTMLResponse)
+    # ------------------------------------------------------------------------------- persons
     def search(
+        self,
         request: Request,
         q: Annotated[str, Query(max_length=200)] = "",
         after: Annotated[int | None, Query()] = None,
         before: Annotated[int | None, Query()] = None,
     ) -> HTMLResponse:
-        with store.read() as conn:
-            result = console.search(conn, q, after, before)
-        return page(request, "search.html", result=result)
+        with self.store.read() as conn:
+            result = self.console.search(conn, q, after, before)
+        return self.page(request, "search.html", result=result)
 
-    @app.get("/persons/{mv_id}", response_class=HTMLResponse)
-    def person(request: Request, mv_id: int) -> HTMLResponse:
-        with store.read() as conn:
-            doc = console.person(conn, mv_id)
+    def person(self, request: Request, mv_id: int) -> HTMLResponse:
+        with self.store.read() as conn:
+            doc = self.console.person(conn, mv_id)
         if doc is None:
             raise HTTPException(404, f"no person {mv_id}")
-        return page(request, "person.html", person=doc, nav="search")
+        return self.page(request, "person.html", person=doc, nav="search")
 
-    @app.get("/pending", response_class=HTMLResponse)
-    def pending_agents(request: Request) -> HTMLResponse:
-        with store.read() as conn:
-            counts = console.pending_counts(conn)
-        agents = [(a, console.source_label(a), n) for a, n in sorted(counts.items(), key=lambda x: x[0])]
-        return page(request, "pending_agents.html", agents=agents, nav="pending")
+    # ------------------------------------------------------------------------ pending exports
+    def pending_agents(self, request: Request) -> HTMLResponse:
+        with self.store.read() as conn:
+            counts = self.console.pending_counts(conn)
+        agents = [(a, self.console.source_label(a), n) for a, n in sorted(counts.items(), key=lambda x: x[0])]
+        return self.page(request, "pending_agents.html", agents=agents, nav="pending")
 
-    @app.get("/pending/{agent}", response_class=HTMLResponse)
-    def pending(request: Request, agent: str, after: Annotated[int, Query()] = -1) -> HTMLResponse:
-        if agent not in config.agents:
+    def pending(self, request: Request, agent: str, after: Annotated[int, Query()] = -1) -> HTMLResponse:
+        if agent not in self.config.agents:
             raise HTTPException(404, f"no agent {agent!r} in the configuration")
-        with store.read() as conn:
-            rows, next_after, infos = console.pending(conn, agent, after)
-            total = console.pending_counts(conn).get(agent, 0)
-            thresholds = console.thresholds(conn, agent)
-        return page(
+        with self.store.read() as conn:
+            rows, next_after, infos = self.console.pending(conn, agent, after)
+            total = self.console.pending_counts(conn).get(agent, 0)
+            thresholds = self.console.thresholds(conn, agent)
+        return self.page(
             request,
             "pending.html",
             agent=agent,
-            source=console.source_label(agent),
+            source=self.console.source_label(agent),
             rows=rows,
             infos=infos,
             total=total,
@@ -135,26 +148,26 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
             nav="pending",
         )
 
-    @app.get("/coverage", response_class=HTMLResponse)
-    def coverage(request: Request) -> HTMLResponse:
-        with store.read() as conn:
-            agents, kinds, persons = console.coverage(conn)
-            last_run = console.last_run_errors(conn)
-        return page(request, "coverage.html", agents=agents, kinds=kinds, persons=persons, last_run=last_run)
+    # ------------------------------------------------------------------------ coverage, agents
+    def coverage(self, request: Request) -> HTMLResponse:
+        with self.store.read() as conn:
+            agents, kinds, persons = self.console.coverage(conn)
+            last_run = self.console.last_run_errors(conn)
+        return self.page(request, "coverage.html", agents=agents, kinds=kinds, persons=persons, last_run=last_run)
 
-    @functools.cache
-    def agents_shown() -> list[tuple[str, str, Any, list[tuple[str, str]]]]:
+    @functools.cached_property
+    def _agents_shown(self) -> list[tuple[str, str, Any, list[tuple[str, str]]]]:
         # the configuration is immutable; finding each connector's secret fields loads its class
         return [
-            (name, console.source_label(name), cfg, masked_settings(cfg)) for name, cfg in sorted(config.agents.items())
+            (name, self.console.source_label(name), cfg, masked_settings(cfg))
+            for name, cfg in sorted(self.config.agents.items())
         ]
 
-    @app.get("/agents", response_class=HTMLResponse)
-    def agents(request: Request) -> HTMLResponse:
-        return page(request, "agents.html", agents=agents_shown(), profiles=config.run_profiles)
+    def agents(self, request: Request) -> HTMLResponse:
+        return self.page(request, "agents.html", agents=self._agents_shown, profiles=self.config.run_profiles)
 
-    @app.get("/photo/{sha256}")
-    def photo(request: Request, sha256: str) -> Response:
+    # -------------------------------------------------------------------------- photos, assets
+    def photo(self, request: Request, sha256: str) -> Response:
         """A stored photo by its checksum; anything that is not a JPEG, PNG or GIF is not served."""
         if not _SHA256.fullmatch(sha256):
             raise HTTPException(404, "not a sha256")
@@ -162,7 +175,7 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
         cache = {"ETag": etag, "Cache-Control": PHOTO_CACHE}
         if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
             return Response(status_code=304, headers=cache)
-        data = store.get_blob(sha256)
+        data = self.store.get_blob(sha256)
         if data is None:
             raise HTTPException(404, "no such photo")
         content_type = sniff_image_type(data[:16])
@@ -174,15 +187,25 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
             raise HTTPException(404, "not an image")
         return Response(data, media_type=content_type, headers=cache)
 
-    @app.get("/static/ui.css")
-    def stylesheet(request: Request) -> Response:
-        headers = {"ETag": css.etag, "Cache-Control": "public, max-age=3600"}
-        if request.headers.get("if-none-match") == css.etag:
+    def stylesheet(self, request: Request) -> Response:
+        headers = {"ETag": self.css.etag, "Cache-Control": "public, max-age=3600"}
+        if request.headers.get("if-none-match") == self.css.etag:
             return Response(status_code=304, headers=headers)
-        return Response(css.body, media_type="text/css", headers=headers)
+        return Response(self.css.body, media_type="text/css", headers=headers)
 
-    @app.get("/favicon.ico")
-    def favicon() -> Response:
+    def favicon(self) -> Response:
         return Response(status_code=204)
 
+
+def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: AccessPolicy | None = None) -> FastAPI:
+    """The console for ``config``'s store. ``policy`` defaults to loopback-only without credentials."""
+    store = store or SqlStore(config.store_url(), create=False)  # a read-only console never creates a store
+    pages = _Pages(config, store)
+    app = FastAPI(title="mvsync", docs_url=None, redoc_url=None, openapi_url=None)
+    app.middleware("http")((policy or AccessPolicy()).middleware)
+    app.add_exception_handler(StarletteHTTPException, pages.not_found)  # type: ignore[arg-type]
+    for path, html in pages.html_routes():
+        app.add_api_route(path, html, methods=["GET"], response_class=HTMLResponse)
+    for path, other in pages.other_routes():
+        app.add_api_route(path, other, methods=["GET"])
     return app

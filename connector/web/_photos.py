@@ -14,10 +14,9 @@ import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import Connection, func, select
 
 from connector.imaging import sniff_format
-from connector.store.tables import blob
+from connector.store import Blobs, StoreConnection
 
 __all__ = ["HEADER_BYTES", "PREVIEW_SIZE", "PhotoInfo", "jpeg_preview", "photo_infos", "sniff_image_type"]
 
@@ -81,11 +80,8 @@ def _probe(sha256: str, size: int, head: bytes) -> PhotoInfo:
     return PhotoInfo(sha256, size, content_type, width, height)
 
 
-def photo_infos(conn: Connection, hashes: list[str]) -> dict[str, PhotoInfo]:
+def photo_infos(conn: StoreConnection, hashes: list[str]) -> dict[str, PhotoInfo]:
     """Type and pixel size of these blobs, reading only the first ``HEADER_BYTES`` of each."""
-    keys = list(dict.fromkeys(hashes))
-    if not keys:
+    if not hashes:
         return {}
-    head = func.substr(blob.c.data, 1, HEADER_BYTES)
-    rows = conn.execute(select(blob.c.sha256, blob.c.size, head).where(blob.c.sha256.in_(keys))).all()
-    return {sha: _probe(sha, size, bytes(data)) for sha, size, data in rows}
+    return {sha: _probe(sha, size, head) for sha, size, head in Blobs(conn).heads(hashes, HEADER_BYTES)}

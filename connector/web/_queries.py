@@ -8,15 +8,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, desc, func, literal, select, tuple_
-from sqlalchemy import text as sql_text
-
-from connector.config import MvsyncConfig, RunStepConfig, RunStepKind
-from connector.engine import StepContext, StepResult, load_metaverse_schema, pending_export_rows, threshold_report
+from connector.config import MvsyncConfig, RunStepKind
+from connector.engine import load_metaverse_schema, threshold_report
 from connector.registry import connector_name
 from connector.sdk import AttributeType
-from connector.store import DISCONNECTED_PREDICATE, ERROR_PREDICATE, SqlStore, loads, people, photo_predicate
-from connector.store.tables import cs_object, mv_object, run_error, run_history, run_step
+from connector.store import (
+    ConnectorSpace,
+    CsObject,
+    Metaverse,
+    RunHistory,
+    SqlStore,
+    StepRow,
+    StoreConnection,
+    decode_value,
+    loads,
+    people,
+)
 from connector.web._photos import PhotoInfo, photo_infos
 from connector.web._values import BinaryRef, Shown, binary_refs, format_time, show_value
 
@@ -189,7 +196,7 @@ def _counters(text: str) -> list[tuple[str, Any]]:
     return flat
 
 
-def _step_view(row: Any, errors: int = 0) -> StepView:
+def _step_view(row: StepRow, errors: int = 0) -> StepView:
     return StepView(
         row.id,
         row.run_id,
@@ -253,18 +260,13 @@ class Console:
         binary = self.binary_mv_attributes()
         return sorted({f.cs for f in cfg.export_flow if f.mv in binary})
 
-    def _instr(self, column: Any, needle: str) -> ColumnElement[Any]:
-        """Position of ``needle`` in a text column (instr on SQLite, strpos on PostgreSQL)."""
-        name = "strpos" if self.store.dialect == "postgresql" else "instr"
-        return getattr(func, name)(column, literal(needle))  # type: ignore[no-any-return]
-
     # ---------------------------------------------------------------------------- operations
-    def runs(self, conn: Connection, before: int | None = None, limit: int = PAGE) -> tuple[list[RunView], int | None]:
+    def runs(
+        self, conn: StoreConnection, before: int | None = None, limit: int = PAGE
+    ) -> tuple[list[RunView], int | None]:
         """A page of runs, newest first, with their steps; and the cursor of the next page."""
-        query = select(run_history).order_by(desc(run_history.c.id)).limit(limit + 1)
-        if before is not None:
-            query = query.where(run_history.c.id < before)
-        rows = conn.execute(query).all()
+        history = RunHistory(conn)
+        rows = history.recent_runs(limit + 1, before=before)
         more = len(rows) > limit
         rows = rows[:limit]
         views = {
@@ -281,51 +283,29 @@ class Console:
             for r in rows
         }
         if views:
-            steps = conn.execute(
-                select(run_step).where(run_step.c.run_id.in_(list(views))).order_by(run_step.c.run_id, run_step.c.seq)
-            ).all()
-            errors = self._error_counts(conn, [s.id for s in steps])
+            steps = history.steps_of(list(views))
+            errors = history.error_counts([s.id for s in steps])
             for s in steps:
                 views[s.run_id].steps.append(_step_view(s, errors.get(s.id, 0)))
         ordered = [views[r.id] for r in rows]
         return ordered, (rows[-1].id if more else None)
 
-    def _error_counts(self, conn: Connection, step_ids: list[int]) -> dict[int, int]:
-        if not step_ids:
-            return {}
-        query = (
-            select(run_error.c.step_id, func.count())
-            .where(run_error.c.step_id.in_(step_ids))
-            .group_by(run_error.c.step_id)
-        )
-        return {step_id: count for step_id, count in conn.execute(query)}
-
-    def run(self, conn: Connection, run_id: int) -> RunView | None:
-        row = conn.execute(select(run_history.c.id).where(run_history.c.id == run_id)).first()
-        if row is None:
+    def run(self, conn: StoreConnection, run_id: int) -> RunView | None:
+        if RunHistory(conn).run(run_id) is None:
             return None
         views, _ = self.runs(conn, before=run_id + 1, limit=1)
         return views[0] if views else None
 
     def step(
-        self, conn: Connection, step_id: int, after: int | None = None, limit: int = PAGE
+        self, conn: StoreConnection, step_id: int, after: int | None = None, limit: int = PAGE
     ) -> tuple[StepView, list[ErrorView], dict[str, int], int | None] | None:
         """A step, a page of its per-object errors, its error count per name, and the next cursor."""
-        row = conn.execute(select(run_step).where(run_step.c.id == step_id)).first()
+        history = RunHistory(conn)
+        row = history.step(step_id)
         if row is None:
             return None
-        by_name: dict[str, int] = dict(
-            conn.execute(
-                select(run_error.c.error_name, func.count())
-                .where(run_error.c.step_id == step_id)
-                .group_by(run_error.c.error_name)
-                .order_by(desc(func.count()))
-            ).all()
-        )
-        query = select(run_error).where(run_error.c.step_id == step_id).order_by(run_error.c.id).limit(limit + 1)
-        if after is not None:
-            query = query.where(run_error.c.id > after)
-        rows = list(conn.execute(query).all())
+        by_name = history.error_names(step_id)
+        rows = history.errors(step_id, limit + 1, after=after)
         more = len(rows) > limit
         rows = rows[:limit]
         found = people(conn, row.agent, (e.anchor for e in rows))
@@ -342,33 +322,18 @@ class Console:
 
     # -------------------------------------------------------------------------------- search
     def search(
-        self, conn: Connection, text: str, after: int | None = None, before: int | None = None, limit: int = PAGE
+        self, conn: StoreConnection, text: str, after: int | None = None, before: int | None = None, limit: int = PAGE
     ) -> SearchPage:
         """Persons whose name, mail, UPN or account contains ``text``, in name order, a page at a time.
 
-        Walks the ``(search_text, id)`` index (migration 2) in order and stops after a page: the
-        index holds only the short search text, so even a match-nothing query scans a few MB instead
-        of every person's JSON documents. Pages are keyset cursors (the id of a page's first or last
-        person), so page 2,000 costs what page 1 costs.
+        Pages are keyset cursors (the id of a page's first or last person) over the search index
+        (``Metaverse.search_page``), so page 2,000 costs what page 1 costs.
         """
         needle = text.strip().lower()
-        key = tuple_(mv_object.c.search_text, mv_object.c.id)
-        cond: list[ColumnElement[bool]] = [mv_object.c.search_text.is_not(None)]
-        if needle:
-            cond.append(mv_object.c.search_text.contains(needle, autoescape=True))
+        metaverse = Metaverse(conn)
         cursor_id = after if after is not None else before
-        if cursor_id is not None:
-            anchor = conn.execute(select(mv_object.c.search_text).where(mv_object.c.id == cursor_id)).scalar()
-            if anchor is not None:
-                bound = tuple_(literal(anchor), literal(cursor_id))
-                cond.append(key > bound if after is not None else key < bound)
         backwards = before is not None and after is None
-        order = (
-            (desc(mv_object.c.search_text), desc(mv_object.c.id))
-            if backwards
-            else (mv_object.c.search_text, mv_object.c.id)
-        )
-        ids = list(conn.execute(select(mv_object.c.id).where(and_(*cond)).order_by(*order).limit(limit + 1)).scalars())
+        ids = metaverse.search_page(needle, after=after, before=before, limit=limit + 1)
         more = len(ids) > limit
         ids = ids[:limit]
         if backwards:
@@ -377,15 +342,9 @@ class Console:
         if cursor_id is None and not more:
             total = len(ids)  # the whole result is this page: no second pass over the index
         elif needle:
-            inner = (
-                select(literal(1))
-                .where(mv_object.c.search_text.contains(needle, autoescape=True))
-                .limit(COUNT_CAP + 1)
-                .subquery()
-            )
-            total = conn.execute(select(func.count()).select_from(inner)).scalar_one()
+            total = metaverse.count_matching(needle, COUNT_CAP)
         else:
-            total = conn.execute(select(func.count()).select_from(mv_object)).scalar_one()
+            total = metaverse.count()
         has_next = more if not backwards else True
         has_prev = (more if backwards else cursor_id is not None) and bool(ids)
         return SearchPage(
@@ -397,23 +356,18 @@ class Console:
             ids[0] if has_prev else None,
         )
 
-    def _hits(self, conn: Connection, ids: list[int]) -> list[PersonHit]:
+    def _hits(self, conn: StoreConnection, ids: list[int]) -> list[PersonHit]:
         if not ids:
             return []
-        rows = {
-            r.id: r
-            for r in conn.execute(
-                select(mv_object.c.id, mv_object.c.display_name, mv_object.c.attributes).where(mv_object.c.id.in_(ids))
-            )
-        }
+        rows = Metaverse(conn).objects(ids)
         hits = []
         for mv_id in ids:
             row = rows[mv_id]
             attrs = loads(row.attributes)
 
             def text(name: str, attrs: dict[str, Any] = attrs) -> str:
-                value = attrs.get(name)
-                return value if isinstance(value, str) and not value.startswith("\x00") else ""
+                value = decode_value(attrs.get(name))
+                return value if isinstance(value, str) else ""
 
             hits.append(
                 PersonHit(
@@ -428,9 +382,9 @@ class Console:
         return hits
 
     # -------------------------------------------------------------------------------- person
-    def person(self, conn: Connection, mv_id: int) -> dict[str, Any] | None:
+    def person(self, conn: StoreConnection, mv_id: int) -> dict[str, Any] | None:
         """A person: attributes with lineage and every contribution, photos per source, connectors."""
-        row = conn.execute(select(mv_object).where(mv_object.c.id == mv_id)).first()
+        row = Metaverse(conn).get(mv_id)
         if row is None:
             return None
         attrs, lineage, contributions = loads(row.attributes), loads(row.lineage), loads(row.contributions)
@@ -445,9 +399,7 @@ class Console:
             attributes.append(
                 {"name": name, "value": show_value(attrs[name]), "agent": agent, "rule": rule, "others": others}
             )
-        connectors = list(
-            conn.execute(select(cs_object).where(cs_object.c.mv_id == mv_id).order_by(cs_object.c.id)).all()
-        )
+        connectors = ConnectorSpace(conn).joined_to(mv_id)
         cards = self._photo_cards(connectors)
         refs = [c.ref for c in cards if c.ref]
         refs += [c.export_after for c in cards if isinstance(c.export_after, BinaryRef)]
@@ -493,7 +445,7 @@ class Console:
             "connectors": cs_views,
         }
 
-    def _photo_cards(self, connectors: list[Any]) -> list[PhotoCard]:
+    def _photo_cards(self, connectors: list[CsObject]) -> list[PhotoCard]:
         cards: list[PhotoCard] = []
         for c in sorted(connectors, key=lambda c: self.source_order(c.agent)):
             hologram = loads(c.hologram or "{}")
@@ -535,29 +487,19 @@ class Console:
         return format_time(updated_at)
 
     # ------------------------------------------------------------------------ pending exports
-    def pending_counts(self, conn: Connection) -> dict[str, int]:
-        rows = conn.execute(
-            select(cs_object.c.agent, func.count())
-            .where(cs_object.c.export_type.is_not(None))
-            .group_by(cs_object.c.agent)
-        ).all()
+    def pending_counts(self, conn: StoreConnection) -> dict[str, int]:
         counts = {agent: 0 for agent in self.config.agents}
-        counts.update({agent: n for agent, n in rows})
+        counts.update(ConnectorSpace(conn).counts_per_agent(only="pending-export"))
         return counts
 
     def pending(
-        self, conn: Connection, agent: str, after: int = -1, limit: int = 48
+        self, conn: StoreConnection, agent: str, after: int = -1, limit: int = 48
     ) -> tuple[list[PendingRow], int | None, dict[str, PhotoInfo]]:
         """A page of the agent's pending exports as before/after photos, and the next cursor."""
-        rows = pending_export_rows(conn, agent, after_id=after, limit=limit + 1)
+        rows = ConnectorSpace(conn).pending_exports(agent, after_id=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        names = {}
-        mv_ids = [r.mv_id for r in rows if r.mv_id is not None]
-        if mv_ids:
-            names = dict(
-                conn.execute(select(mv_object.c.id, mv_object.c.display_name).where(mv_object.c.id.in_(mv_ids))).all()
-            )
+        names = Metaverse(conn).display_names([r.mv_id for r in rows if r.mv_id is not None])
         binary_targets = set(self.binary_export_attributes(agent))
         views = []
         for r in rows:
@@ -574,7 +516,7 @@ class Console:
                     r.anchor,
                     r.dn,
                     r.export_type,
-                    names.get(r.mv_id) or r.anchor,
+                    (names.get(r.mv_id) if r.mv_id is not None else None) or r.anchor,
                     r.mv_id,
                     before_refs[0] if before_refs else None,
                     after_refs[0] if after_refs else None,
@@ -590,20 +532,16 @@ class Console:
         refs = [ref.sha256 for v in views for ref in (v.before, v.after) if ref]
         return views, (rows[-1].id if more else None), photo_infos(conn, refs)
 
-    def thresholds(self, conn: Connection, agent: str) -> list[tuple[str, dict[str, Any]]]:
+    def thresholds(self, conn: StoreConnection, agent: str) -> list[tuple[str, dict[str, Any]]]:
         """The deletion-threshold verdict of every export step of ``agent`` that sets one.
 
         Computed by the engine's own ``threshold_report``, so the console shows exactly what the
         next export would decide. The report reads every pending export of the agent (seconds-old
         figures on 5,000 pending photos cost ~100 ms), so it is kept until the pending set changes:
-        every engine write sets ``updated_at``, and the fingerprint below is read from the
-        ``ix_cs_export`` partial index plus the agent's object count (the percentage's base).
+        every engine write sets ``updated_at``, and ``ConnectorSpace.pending_export_fingerprint``
+        reads it from the ``ix_cs_export`` partial index plus the agent's object count.
         """
-        pending_set = select(func.count(), func.sum(cs_object.c.id), func.max(cs_object.c.updated_at)).where(
-            cs_object.c.agent == agent, cs_object.c.export_type.is_not(None)
-        )
-        total = select(func.count()).select_from(cs_object).where(cs_object.c.agent == agent)
-        fingerprint = (*conn.execute(pending_set).one(), conn.execute(total).scalar_one())
+        fingerprint = ConnectorSpace(conn).pending_export_fingerprint(agent)
         reports = []
         for name, profile in self.config.run_profiles.items():
             for index, step in enumerate(profile.steps):
@@ -611,7 +549,7 @@ class Console:
                     key = (name, index)
                     cached = self._threshold_cache.get(key)
                     if cached is None or cached[0] != fingerprint:
-                        report = threshold_report(conn, self._context(step))
+                        report = threshold_report(conn, agent, step.deletion_threshold)
                         if report is None:
                             continue
                         cached = (fingerprint, report)
@@ -619,33 +557,18 @@ class Console:
                     reports.append((name, cached[1]))
         return reports
 
-    def _context(self, step: RunStepConfig) -> StepContext:
-        return StepContext(self.store, self.config, step, StepResult(step.agent, step.type.value), step_id=0)
-
     # ------------------------------------------------------------------------------ coverage
-    def coverage(self, conn: Connection) -> tuple[list[AgentCoverage], list[tuple[str, str, str, int]], int]:
+    def coverage(self, conn: StoreConnection) -> tuple[list[AgentCoverage], list[tuple[str, str, str, int]], int]:
         """Photos per source, exports that would change a photo, and current errors per kind.
 
-        Each count reads one index: per agent from ``ix_cs_agent_id``, and the objects with a photo,
-        in error or not joined from migration 2's partial indexes (their predicates are used
-        verbatim, which is how the planners recognize them), so no JSON document is read.
+        Each count reads one index (see ``ConnectorSpace.counts_per_agent``), so no JSON document is read.
         """
-
-        def per_agent(where: str | None) -> dict[str, int]:
-            query = select(cs_object.c.agent, func.count()).group_by(cs_object.c.agent)
-            if where is not None:
-                query = query.where(sql_text(where))
-            return {agent: int(n) for agent, n in conn.execute(query)}
-
-        totals = per_agent(None)
-        disconnected = per_agent(DISCONNECTED_PREDICATE)
-        photos = per_agent(photo_predicate(self.store.dialect))
+        space = ConnectorSpace(conn)
+        totals = space.counts_per_agent()
+        disconnected = space.counts_per_agent(only="disconnected")
+        photos = space.counts_per_agent(only="with-photo")
         pending = self.pending_counts(conn)
-        error_rows = conn.execute(
-            select(cs_object.c.agent, cs_object.c.sync_error, cs_object.c.export_error, cs_object.c.import_error).where(
-                sql_text(ERROR_PREDICATE)
-            )
-        ).all()
+        error_rows = space.objects_in_error()
         kinds: Counter[tuple[str, str, str]] = Counter()
         in_error: Counter[str] = Counter()
         for agent, sync_error, export_error, import_error in error_rows:
@@ -666,30 +589,11 @@ class Console:
                 in_error[agent],
             )
             for attr in self.binary_export_attributes(agent):
-                cov.differing[attr] = self._differing(conn, agent, attr)
+                cov.differing[attr] = space.export_writes_and_clears(agent, attr)
             result.append(cov)
-        persons = conn.execute(select(func.count()).select_from(mv_object)).scalar_one()
+        persons = Metaverse(conn).count()
         return result, [(a, s, n, c) for (a, s, n), c in kinds.most_common()], persons
 
-    def _differing(self, conn: Connection, agent: str, attr: str) -> tuple[int, int]:
-        """(writes, clears) the next export makes to ``attr``: where the target differs from its source."""
-        key = f'"{attr}":'
-        changes = cs_object.c.export_changes
-        writes = func.sum(case((self._instr(changes, key + '"') > 0, 1), else_=0))
-        clears = func.sum(case((self._instr(changes, key + "null") > 0, 1), else_=0))
-        row = conn.execute(
-            select(writes, clears).where(cs_object.c.agent == agent, cs_object.c.export_type.is_not(None))
-        ).one()
-        return int(row[0] or 0), int(row[1] or 0)
-
-    def last_run_errors(self, conn: Connection) -> list[tuple[str, str, str, int]]:
+    def last_run_errors(self, conn: StoreConnection) -> list[tuple[str, str, str, int]]:
         """Per-object errors of each agent's most recent step of each kind, per error name."""
-        latest = select(func.max(run_step.c.id).label("id")).group_by(run_step.c.agent, run_step.c.kind).subquery()
-        rows = conn.execute(
-            select(run_step.c.agent, run_step.c.kind, run_error.c.error_name, func.count())
-            .join(run_error, run_error.c.step_id == run_step.c.id)
-            .where(run_step.c.id.in_(select(latest.c.id)))
-            .group_by(run_step.c.agent, run_step.c.kind, run_error.c.error_name)
-            .order_by(desc(func.count()))
-        ).all()
-        return [(a, k, n, c) for a, k, n, c in rows]
+        return RunHistory(conn).latest_step_errors()

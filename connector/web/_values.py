@@ -1,8 +1,8 @@
 """Encoded store values as the console shows them.
 
-Values stay encoded in the store (``connector.store._values``); the console decodes them with the
-store's own ``decode_value`` except binaries, which it never loads for display: a binary becomes a
-reference to ``/photo/<sha256>`` plus its size, read from the encoded value itself.
+Values stay encoded in the store; the console decodes them with the store's one decoder
+(``connector.store.decode_value``) without a blob loader, so a binary is never loaded for display:
+it becomes a :class:`~connector.store.BlobRef` (a link to ``/photo/<sha256>`` plus its size).
 """
 
 from __future__ import annotations
@@ -11,15 +11,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from connector.store import decode_value, is_blob_ref, parse_blob_ref
+from connector.store import BlobRef, decode_value
 
 __all__ = ["BinaryRef", "Shown", "binary_refs", "format_time", "show_value"]
 
-
-@dataclass(frozen=True)
-class BinaryRef:
-    sha256: str
-    size: int
+#: The console's name for a binary value shown by reference.
+BinaryRef = BlobRef
 
 
 @dataclass(frozen=True)
@@ -30,21 +27,19 @@ class Shown:
     binaries: tuple[BinaryRef, ...] = ()
 
 
-def _never_load(_sha: str) -> bytes:  # binaries are filtered out before decoding
-    raise AssertionError("binary values are not decoded for display")
+def _decoded(value: Any) -> list[Any]:
+    decoded = decode_value(value)
+    return decoded if isinstance(decoded, list) else [decoded]
 
 
 def binary_refs(value: Any) -> tuple[BinaryRef, ...]:
     """Every binary in an encoded value (single or multi-valued)."""
-    values = value if isinstance(value, list) else [value]
-    return tuple(BinaryRef(*parse_blob_ref(v)) for v in values if is_blob_ref(v))
+    return tuple(v for v in _decoded(value) if isinstance(v, BlobRef))
 
 
-def _text(value: Any) -> str:
-    if is_blob_ref(value):
-        sha, size = parse_blob_ref(value)
-        return f"<{size:,} bytes, sha256 {sha[:12]}\u2026>"
-    decoded = decode_value(value, _never_load)
+def _text(decoded: Any) -> str:
+    if isinstance(decoded, BlobRef):
+        return f"<{decoded.size:,} bytes, sha256 {decoded.sha256[:12]}\u2026>"
     if isinstance(decoded, dt.datetime):
         return decoded.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     if isinstance(decoded, bool):
@@ -56,8 +51,8 @@ def show_value(value: Any) -> Shown:
     """Text for an encoded value (multi-values joined by '; ') and its binaries."""
     if value is None:
         return Shown("(none)")
-    values = value if isinstance(value, list) else [value]
-    return Shown("; ".join(_text(v) for v in values), binary_refs(value))
+    values = _decoded(value)
+    return Shown("; ".join(_text(v) for v in values), tuple(v for v in values if isinstance(v, BlobRef)))
 
 
 def format_time(epoch: float | None) -> str:

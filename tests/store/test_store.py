@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from sqlalchemy import func, select, text, update
 
-from connector.store import SCHEMA_VERSION, SqlStore, StoreVersionError, run_many
+from connector.store import SCHEMA_VERSION, BatchInsert, BatchUpdate, SqlStore, StoreVersionError
 from connector.store._migrations import current_version
 from connector.store.tables import blob, cs_object, store_meta, transform_cache
 
@@ -94,23 +94,20 @@ def test_large_binary_values_round_trip_in_bounded_queries(store_url: str, monke
         store.close()
 
 
-def test_run_many_on_the_driver(store_url: str) -> None:
-    """``:name`` placeholders reach the driver in its own style (pyformat on psycopg, named on sqlite3)."""
+def test_batch_statements_reach_the_driver(store_url: str) -> None:
+    """Batches reach the driver in its own style (one ``unnest`` statement on PostgreSQL, named
+    ``executemany`` on sqlite3); values holding ``:`` are data, never placeholders."""
     store = SqlStore(store_url)
     try:
         rows = [
-            {"agent": "a", "object_class": "user", "anchor": f"x{i}:y", "hologram": '{"k":"a:b"}', "n": float(i)}
+            {"agent": "a", "object_class": "user", "anchor": f"x{i}:y", "hologram": '{"k":"a:b"}', "updated_at": i}
             for i in range(250)
         ]
         with store.transaction() as conn:
-            run_many(
-                conn,
-                "INSERT INTO cs_object (agent, object_class, anchor, hologram, updated_at) "
-                "VALUES (:agent, :object_class, :anchor, :hologram, :n)",
-                rows,
-            )
-            run_many(conn, "UPDATE cs_object SET dn = :dn WHERE anchor = :anchor", [{"dn": "cn=x", "anchor": "x7:y"}])
-            run_many(conn, "UPDATE cs_object SET dn = :dn", [])  # nothing to do
+            BatchInsert(cs_object, ("agent", "object_class", "anchor", "hologram", "updated_at")).run(conn, rows)
+            x7 = conn.execute(select(cs_object.c.id).where(cs_object.c.anchor == "x7:y")).scalar_one()
+            BatchUpdate(cs_object, ("dn",)).run(conn, [{"dn": "cn=x", "_id": x7}])
+            BatchUpdate(cs_object, ("dn",)).run(conn, [])  # nothing to do
         with store.read() as conn:
             assert conn.execute(select(func.count()).select_from(cs_object)).scalar_one() == 250
             assert conn.execute(select(cs_object.c.dn).where(cs_object.c.anchor == "x7:y")).scalar_one() == "cn=x"
@@ -151,15 +148,13 @@ def test_rolled_back_transaction_leaves_nothing(store_url: str) -> None:
         store.close()
 
 
-def test_run_many_batches_keep_row_by_row_semantics(store_url: str) -> None:
+def test_batches_keep_row_by_row_semantics(store_url: str) -> None:
     """PostgreSQL runs these as one ``unnest`` statement; the result must equal row-by-row execution."""
     store = SqlStore(store_url)
     try:
         with store.transaction() as conn:
-            run_many(
+            BatchInsert(cs_object, ("agent", "object_class", "anchor", "dn", "joined_at", "seen_step")).run(
                 conn,
-                "INSERT INTO cs_object (agent, object_class, anchor, dn, joined_at, seen_step) "
-                "VALUES (:agent, :object_class, :anchor, :dn, :joined_at, :seen_step)",
                 [
                     {"agent": "a", "object_class": "u", "anchor": str(i), "dn": None, "joined_at": 5, "seen_step": i}
                     for i in range(4)
@@ -167,19 +162,16 @@ def test_run_many_batches_keep_row_by_row_semantics(store_url: str) -> None:
             )
             ids = dict(conn.execute(select(cs_object.c.anchor, cs_object.c.id)).all())
             # COALESCE over the row's own column, an all-NULL parameter, ints and floats mixed
-            run_many(
+            BatchUpdate(cs_object, ("joined_at", "dn", "updated_at"), keep_when_null=frozenset({"joined_at"})).run(
                 conn,
-                "UPDATE cs_object SET joined_at = COALESCE(:joined_at, joined_at), dn = :dn, "
-                "updated_at = :t WHERE id = :_id",
                 [
-                    {"_id": ids["0"], "joined_at": None, "dn": None, "t": 1},
-                    {"_id": ids["1"], "joined_at": 7.5, "dn": None, "t": 2.5},
+                    {"_id": ids["0"], "joined_at": None, "dn": None, "updated_at": 1},
+                    {"_id": ids["1"], "joined_at": 7.5, "dn": None, "updated_at": 2.5},
                 ],
             )
             # the same row twice: the later values win, as when executed one by one
-            run_many(
+            BatchUpdate(cs_object, ("dn",)).run(
                 conn,
-                "UPDATE cs_object SET dn = :dn WHERE id = :_id",
                 [{"_id": ids["2"], "dn": "first"}, {"_id": ids["2"], "dn": "second"}, {"_id": ids["3"], "dn": "x"}],
             )
         with store.read() as conn:
@@ -199,20 +191,22 @@ def test_run_many_batches_keep_row_by_row_semantics(store_url: str) -> None:
         store.close()
 
 
-def test_pg_batch_rewrite() -> None:
-    from connector.store._fast import _pg_batch
-
-    sql, params = _pg_batch(
-        "UPDATE cs_object SET a = :a, b = COALESCE(:b, b) WHERE id = :_id",
-        [{"a": "x", "b": None, "_id": 1}, {"a": "y", "b": None, "_id": 2}],
-    ) or ("", {})
-    assert sql == (
-        "UPDATE cs_object SET a = v._p_a, b = COALESCE(NULL, b) FROM unnest(%(_p_a)b::text[], %(_p__id)b::bigint[]) "
-        "AS v(_p_a, _p__id) WHERE id = v._p__id"
+def test_batch_statements_are_built_from_the_table() -> None:
+    """Array element types come from the column types, COALESCE keeps the stored value, NULLs are literal."""
+    update = BatchUpdate(
+        cs_object, ("dn", "joined_at"), nulls=("export_error",), keep_when_null=frozenset({"joined_at"})
     )
-    assert params == {"_p_a": ["x", "y"], "_p__id": [1, 2]}
-    assert _pg_batch("DELETE FROM x WHERE id = :i", [{"i": 1}, {"i": 2}]) is None
-    assert _pg_batch("UPDATE t SET a = :a WHERE id = :i", [{"a": 1, "i": 1}, {"a": "s", "i": 2}]) is None
+    assert update._postgres == (
+        "UPDATE cs_object SET dn = v._p_dn, joined_at = COALESCE(v._p_joined_at, cs_object.joined_at), "
+        "export_error = NULL FROM unnest(%(dn)b::TEXT[], %(joined_at)b::FLOAT[], %(_id)b::BIGINT[]) "
+        "AS v(_p_dn, _p_joined_at, _p__id) WHERE cs_object.id = v._p__id"
+    )
+    assert update.sql("sqlite") == (
+        "UPDATE cs_object SET dn = :dn, joined_at = COALESCE(:joined_at, joined_at), export_error = NULL "
+        "WHERE id = :_id"
+    )
+    with pytest.raises(ValueError, match="value processing"):
+        BatchInsert(transform_cache, ("transform", "input", "output"))  # NUL-escaped keys need SQLAlchemy
 
 
 def test_growing_tables_get_fresh_planner_statistics(store_url: str) -> None:
@@ -220,10 +214,8 @@ def test_growing_tables_get_fresh_planner_statistics(store_url: str) -> None:
     store = SqlStore(store_url)
     try:
         with store.transaction() as conn:
-            run_many(
-                conn,
-                "INSERT INTO cs_object (agent, object_class, anchor) VALUES (:agent, :object_class, :anchor)",
-                [{"agent": "a", "object_class": "u", "anchor": str(i)} for i in range(1500)],
+            BatchInsert(cs_object, ("agent", "object_class", "anchor")).run(
+                conn, [{"agent": "a", "object_class": "u", "anchor": str(i)} for i in range(1500)]
             )
             store.note_inserts(conn, "cs_object", 1500)
         with pytest.raises(ValueError, match="unknown store table"):
