@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,19 +29,29 @@ from sqlalchemy import Connection, and_, delete, func, or_, select, update
 
 from connector.engine._context import StepContext
 from connector.engine._results import ObjectError, StepStopped
+from connector.engine._stream import Page, StreamPager
 from connector.sdk import (
     AttributeModificationType,
     Connector,
     CSEntryChange,
     ImportMode,
     ImportRequest,
+    ImportRun,
     ObjectClass,
     ObjectModificationType,
     ResumeRefusedError,
     Schema,
 )
-from connector.store import dumps, encode_value, loads, normalize_values, run_many
-from connector.store.tables import agent_state, cs_object
+from connector.store import (
+    AgentStateReader,
+    AgentStateRepository,
+    dumps,
+    encode_value,
+    loads,
+    normalize_values,
+    run_many,
+)
+from connector.store.tables import cs_object
 
 __all__ = ["DELETE_MARK", "run_import"]
 
@@ -377,16 +388,8 @@ class _PageApplier:
         ctx.flush_errors(conn)
 
 
-def _save_agent_state(conn: Connection, agent: str, values: dict[str, Any]) -> None:
-    exists = conn.execute(select(agent_state.c.agent).where(agent_state.c.agent == agent)).first()
-    if exists:
-        conn.execute(update(agent_state).where(agent_state.c.agent == agent).values(**values))
-    else:
-        conn.execute(agent_state.insert().values(agent=agent, **values))
-
-
 def load_watermark(conn: Connection, agent: str) -> str | None:
-    return conn.execute(select(agent_state.c.watermark).where(agent_state.c.agent == agent)).scalar()
+    return AgentStateRepository(agent).watermark(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,8 +419,8 @@ class _Checkpoint:
 
 def _take_checkpoint(conn: Connection, ctx: StepContext, full: bool) -> _Checkpoint | None:
     """The checkpoint a full import resumes from; a delta import (or a dry run) leaves none behind."""
-    text = conn.execute(select(agent_state.c.import_checkpoint).where(agent_state.c.agent == ctx.agent)).scalar()
-    found = _Checkpoint.loads(text)
+    repo = AgentStateRepository(ctx.agent)
+    found = _Checkpoint.loads(repo.checkpoint(conn))
     if found is None or ctx.dry_run:
         return None  # a dry run neither resumes nor discards anything
     if not full or not ctx.step.resume_interrupted:
@@ -427,18 +430,20 @@ def _take_checkpoint(conn: Connection, ctx: StepContext, full: bool) -> _Checkpo
             found.step_id,
             "a delta import ran" if not full else "resume_interrupted = false",
         )
-        _save_agent_state(conn, ctx.agent, {"import_checkpoint": None})
+        repo.save(conn, import_checkpoint=None)
         return None
     return found
 
 
 def _adopt(conn: Connection, ctx: StepContext, resumed: _Checkpoint) -> None:
-    """The resumed step's objects count as seen by this one (the deletion rule needs the whole listing)."""
+    """The resumed step's objects (and the state it wrote) count as seen by this one: the deletion
+    rule at the end, and the forgetting of state nobody wrote, need the whole listing."""
     conn.execute(
         update(cs_object)
         .where(cs_object.c.agent == ctx.agent, cs_object.c.seen_step == resumed.step_id)
         .values(seen_step=ctx.step_id)
     )
+    AgentStateRepository(ctx.agent).adopt(conn, resumed.step_id, ctx.step_id)
     counters = ctx.result.counters
     counters["resumed_from_step"] = resumed.step_id
     counters["resumed_after_page"] = resumed.pages
@@ -449,60 +454,130 @@ def _adopt(conn: Connection, ctx: StepContext, resumed: _Checkpoint) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What both import contracts are told: the mode, the last watermark, where to resume."""
+
+    full: bool
+    watermark: str | None
+    resume_from: str | None
+    page_size: int
+
+    @property
+    def mode(self) -> ImportMode:
+        return ImportMode.FULL if self.full else ImportMode.DELTA
+
+
+def _paged(connector: Connector[Any], source: _Source) -> Iterator[Page]:
+    """The page-pull contract (``import_page``), each page as the connector returns it."""
+    token: str | None = None
+    page_number = 1
+    while True:
+        request = ImportRequest(
+            mode=source.mode,
+            page_size=source.page_size,
+            page_number=page_number,
+            page_token=token,
+            watermark=source.watermark,
+            resume_from=source.resume_from if page_number == 1 else None,
+        )
+        result = connector.import_page(request)
+        more = result.more_to_import
+        if more and result.page_token is not None and result.page_token == token and not result.entries:
+            msg = f"connector returned the same page token {token!r} twice with no entries (paging loop)"
+            raise StepStopped("stopped-connector-error", msg)
+        checkpoint = result.checkpoint if source.full else None
+        yield Page(list(result.entries), checkpoint=checkpoint, watermark=result.watermark, last=not more)
+        if not more:
+            return
+        token = result.page_token
+        page_number += 1
+
+
+def _streamed(ctx: StepContext, connector: Connector[Any], source: _Source) -> Iterator[Page]:
+    """Import contract v2 (``import_changes``): the engine pages the stream and runs deferred work."""
+    run = ImportRun(
+        mode=source.mode,
+        state=AgentStateReader(ctx.store, ctx.agent),
+        watermark=source.watermark,
+        resume_from=source.resume_from,
+        page_size=source.page_size,
+    )
+    max_ahead = min(4000, max(200, 2 * source.page_size))
+    pager = StreamPager(connector.import_changes(run), page_size=source.page_size, max_ahead=max_ahead)
+    return pager.pages()
+
+
+def _pages(ctx: StepContext, connector: Connector[Any], source: _Source) -> Iterator[Page]:
+    if connector.streams_imports():
+        return _streamed(ctx, connector, source)
+    if connector.pages_imports():
+        return _paged(connector, source)
+    msg = (
+        f"the connector of agent {ctx.agent!r} ({type(connector).__name__}) implements neither import_changes "
+        '(import contract v2) nor import_page (the page-pull contract); see the README\'s "Writing a connector"'
+    )
+    raise StepStopped("stopped-configuration", msg)
+
+
+def _commit_page(
+    ctx: StepContext, applier: _PageApplier, page: Page, number: int, resume: _Checkpoint | None, full: bool
+) -> None:
+    """One page in one transaction: its entries, the agent state that goes with them, the checkpoint."""
+    with ctx.store.transaction() as conn:
+        if resume is not None and number == 1:
+            _adopt(conn, ctx, resume)
+        applier.apply(conn, page.entries)
+        repo = AgentStateRepository(ctx.agent)
+        if page.state:
+            repo.put(conn, page.state, ctx.step_id)
+        if full and page.checkpoint is not None and not ctx.dry_run:
+            done = _Checkpoint(
+                ctx.step_id,
+                page.checkpoint,
+                number + (resume.pages if resume else 0),
+                applier.entries_seen + (resume.entries if resume else 0),
+            )
+            repo.save(conn, import_checkpoint=done.dumps())
+    for name, value in page.counters.items():
+        ctx.result.counters[f"connector.{name}"] += value
+
+
 def _import_pages(
     ctx: StepContext, connector: Connector[Any], applier: _PageApplier, full: bool, watermark: str | None
 ) -> tuple[int, str | None, int]:
-    """Pull pages until the connector has no more; returns (pages, new watermark, entries resumed)."""
+    """Commit pages until the connector has no more; returns (pages, new watermark, entries resumed)."""
     with ctx.store.transaction() as conn:
         resume = _take_checkpoint(conn, ctx, full)
     page_size = min(ctx.step.page_size, connector.capabilities.max_page_size)
-    token: str | None = None
-    page_number = 1
     new_watermark: str | None = watermark
+    number = 0
+    source = _Source(full, watermark, resume.checkpoint if resume else None, page_size)
+    pages = _pages(ctx, connector, source)
     while True:
-        request = ImportRequest(
-            mode=ImportMode.FULL if full else ImportMode.DELTA,
-            page_size=page_size,
-            page_number=page_number,
-            page_token=token,
-            watermark=watermark,
-            options=dict(ctx.step.options),
-            resume_from=resume.checkpoint if resume is not None and page_number == 1 else None,
-        )
         try:
-            page = connector.import_page(request)
+            page = next(pages)
+        except StopIteration:
+            break
         except ResumeRefusedError as exc:
-            if request.resume_from is None:
+            if source.resume_from is None or number > 0:
                 raise StepStopped("stopped-connector-error", f"the connector refused to resume: {exc}") from None
             log.warning("%s: the interrupted full import cannot be resumed (%s); starting over", ctx.agent, exc)
             ctx.result.message = f"could not resume the interrupted full import ({exc}); started over"
             resume = None
+            source = _Source(full, watermark, None, page_size)
+            pages = _pages(ctx, connector, source)
             continue
-        with ctx.store.transaction() as conn:
-            if resume is not None and page_number == 1:
-                _adopt(conn, ctx, resume)
-            applier.apply(conn, page.entries)
-            if full and page.checkpoint is not None and not ctx.dry_run:
-                done = _Checkpoint(
-                    ctx.step_id,
-                    page.checkpoint,
-                    page_number + (resume.pages if resume else 0),
-                    applier.entries_seen + (resume.entries if resume else 0),
-                )
-                _save_agent_state(conn, ctx.agent, {"import_checkpoint": done.dumps()})
+        number += 1
+        _commit_page(ctx, applier, page, number, resume, full)
         ctx.progress.advance(len(page.entries))
+        ctx.result.counters["pages"] = number
         ctx.check_error_limit()
         if page.watermark is not None:
             new_watermark = page.watermark
-        if not page.more_to_import:
+        if page.last:
             break
-        if page.page_token is not None and page.page_token == token and not page.entries:
-            msg = f"connector returned the same page token {token!r} twice with no entries (paging loop)"
-            raise StepStopped("stopped-connector-error", msg)
-        token = page.page_token
-        page_number += 1
-        ctx.result.counters["pages"] = page_number
-    return page_number, new_watermark, resume.entries if resume is not None else 0
+    return number, new_watermark, resume.entries if resume is not None else 0
 
 
 def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
@@ -512,7 +587,7 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
         raise StepStopped("stopped-configuration", msg)
     schema = connector.get_schema()
     with ctx.store.transaction() as conn:
-        _save_agent_state(conn, ctx.agent, {"schema_json": schema.model_dump_json(), "updated_at": time.time()})
+        AgentStateRepository(ctx.agent).save(conn, schema_json=schema.model_dump_json(), updated_at=time.time())
         watermark = None if full else load_watermark(conn, ctx.agent)
     applier = _PageApplier(ctx, schema, full)
     ctx.progress.start(f"{ctx.agent}: {'full' if full else 'delta'} import")
@@ -561,8 +636,12 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
                 delete(cs_object).where(and_(cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_(None)))
             )
         values: dict[str, Any] = {"watermark": new_watermark, "updated_at": time.time()}
+        repo = AgentStateRepository(ctx.agent)
         if full:
             values["import_checkpoint"] = None  # finished: nothing to resume
-        _save_agent_state(conn, ctx.agent, values)
+            forgotten = repo.forget_unwritten(conn, ctx.step_id)
+            if forgotten:
+                ctx.result.counters["agent_state_forgotten"] += forgotten
+        repo.save(conn, **values)
         ctx.flush_errors(conn)
     ctx.progress.finish()

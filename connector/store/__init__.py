@@ -1,6 +1,7 @@
 """The store: SQLite (embedded default) or PostgreSQL through SQLAlchemy Core."""
 
 from connector.store import tables
+from connector.store._agent_state import AgentStateReader, AgentStateRepository
 from connector.store._fast import dumps, loads, run_many
 from connector.store._faults import (
     StoreBusyError,
@@ -25,6 +26,8 @@ from connector.store._values import (
 __all__ = [
     "BLOB_PREFIX",
     "SCHEMA_VERSION",
+    "AgentStateReader",
+    "AgentStateRepository",
     "LockHeldError",
     "LockManager",
     "SqlStore",
