@@ -585,6 +585,9 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
     if not full and not connector.capabilities.delta_import:
         msg = f"agent {ctx.agent!r} does not support delta import; use a full-import step"
         raise StepStopped("stopped-configuration", msg)
+    if full and not connector.capabilities.full_import:
+        msg = f"agent {ctx.agent!r} does not support full import (its capabilities say so); use a delta-import step"
+        raise StepStopped("stopped-configuration", msg)
     schema = connector.get_schema()
     with ctx.store.transaction() as conn:
         AgentStateRepository(ctx.agent).save(conn, schema_json=schema.model_dump_json(), updated_at=time.time())

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,14 +46,17 @@ class ConnectorSettings(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What the connector can do (MIM's MA capabilities, reduced to what the engine uses)."""
+    """What the connector can do (MIM's MA capabilities, reduced to what the engine reads).
+
+    The engine refuses a step the connector cannot run (``stopped-configuration``, naming the agent)
+    instead of letting it fail half-way: a full-import step needs ``full_import``, a delta-import
+    step ``delta_import``, an export step ``export``.
+    """
 
     full_import: bool = True
     delta_import: bool = False
     export: bool = False
-    #: The connector assigns anchors on add (the engine then waits for ``ExportResult.anchor``).
-    server_generated_anchor: bool = False
-    #: Largest page or batch the connector accepts.
+    #: Largest page (entries per committed import page) or export batch the connector accepts.
     max_page_size: int = 10_000
     max_batch_size: int = 9_999
 
@@ -80,8 +83,6 @@ class ConnectorContext:
     dry_run: bool = False
     export_attributes: dict[str, frozenset[str]] = field(default_factory=dict)
     reauthorize_command: str = ""
-    metrics: Any = None
-    run_options: dict[str, Any] = field(default_factory=dict)
 
 
 SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)

@@ -41,6 +41,7 @@ def streamed(tmp_path: Path, store_url: str) -> Iterator[tuple[Engine, dict[str,
                 "full": {"steps": [{"type": "full-import", **step}]},
                 "delta": {"steps": [{"type": "delta-import", **step}]},
                 "nothing": {"steps": [{"type": "full-import", "agent": "nothing"}]},
+                "export-things": {"steps": [{"type": "export", "agent": "things"}]},
             },
         },
         base_dir=tmp_path,
@@ -131,6 +132,14 @@ def test_a_connector_without_an_import_method_is_told_which_methods_exist(
     step = engine.run_profile("nothing").steps[0]
     assert step.status == "stopped-configuration"
     assert "import_changes" in step.message and "import_page" in step.message
+
+
+def test_a_step_the_connectors_capabilities_rule_out_is_refused_before_it_starts(
+    streamed: tuple[Engine, dict[str, Any], str],
+) -> None:
+    engine, _, _ = streamed
+    step = engine.run_profile("export-things").steps[0]
+    assert step.status == "stopped-configuration" and "does not support export" in step.message
 
 
 class _Gate(Worker[str]):
