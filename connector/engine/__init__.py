@@ -4,17 +4,22 @@ from connector.engine._agents import export_scope, load_metaverse_schema, open_c
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
 from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
+from connector.engine._stream import MemoryState, Page, StreamPager, import_in_memory
 
 __all__ = [
     "Engine",
+    "MemoryState",
     "NullProgress",
     "ObjectError",
+    "Page",
     "Progress",
     "RunResult",
     "StepContext",
     "StepResult",
     "StepStopped",
+    "StreamPager",
     "export_scope",
+    "import_in_memory",
     "load_metaverse_schema",
     "open_connector",
     "reauthorize_command",

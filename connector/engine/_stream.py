@@ -27,22 +27,25 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from connector.sdk import (
     Checkpoint,
+    Connector,
     Count,
     CSEntryChange,
     Deferred,
     DeltaWatermark,
     ImportItem,
+    ImportMode,
+    ImportRun,
     StateUpdate,
     Worker,
 )
 
-__all__ = ["Page", "StreamPager", "WorkQueue"]
+__all__ = ["Job", "MemoryState", "Page", "StreamPager", "WorkQueue", "import_in_memory"]
 
 
 @dataclass(slots=True)
@@ -65,7 +68,7 @@ class Page:
 
 
 @dataclass(slots=True)
-class _Job:
+class Job:
     deferred: Deferred[Any]
     origin: int
 
@@ -75,14 +78,14 @@ class WorkQueue:
 
     def __init__(self, per_key: int) -> None:
         self.per_key = per_key
-        self._fresh: deque[_Job] = deque()
-        self._delayed: list[tuple[float, int, _Job]] = []
+        self._fresh: deque[Job] = deque()
+        self._delayed: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._busy: Counter[str] = Counter()
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, job: _Job) -> None:
+    def put(self, job: Job) -> None:
         with self._cond:
             if job.deferred.not_before > time.monotonic():
                 heapq.heappush(self._delayed, (job.deferred.not_before, next(self._seq), job))
@@ -90,7 +93,7 @@ class WorkQueue:
                 self._fresh.append(job)
             self._cond.notify()
 
-    def take(self, n: int) -> list[_Job] | None:
+    def take(self, n: int) -> list[Job] | None:
         """Up to ``n`` ready jobs (blocks until there is one); None once closed."""
         with self._cond:
             while True:
@@ -104,10 +107,10 @@ class WorkQueue:
                     return out
                 self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
 
-    def _ready(self, n: int) -> list[_Job]:
+    def _ready(self, n: int) -> list[Job]:
         """Take up to ``n`` fresh jobs whose key has room (called holding the lock)."""
-        out: list[_Job] = []
-        skipped: list[_Job] = []
+        out: list[Job] = []
+        skipped: list[Job] = []
         while self._fresh and len(out) < n:
             job = self._fresh.popleft()
             key = job.deferred.key
@@ -120,7 +123,7 @@ class WorkQueue:
         self._fresh.extendleft(reversed(skipped))
         return out
 
-    def done(self, jobs: list[_Job]) -> None:
+    def done(self, jobs: list[Job]) -> None:
         """Their keys are free again."""
         with self._cond:
             for job in jobs:
@@ -159,13 +162,18 @@ class StreamPager:
         self.counters: Counter[str] = Counter()
         self._stream = stream
         self._results: queue.Queue[Any] = queue.Queue()
+        # at least as many permits as a full page holds items: otherwise a page could wait for items
+        # that the source cannot yield for lack of permits
         self._ahead = threading.Semaphore(max(max_ahead, 2 * self.page_size))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._queues: dict[int, WorkQueue] = {}
         self._running: Counter[int] = Counter()  # origin -> deferred tasks not yet finished
         self._in_page: Counter[int] = Counter()  # origin -> items buffered in the page being built
+        #: Items of finished tasks that did not fit in the page being built (their origin stays running).
+        self._carry: list[tuple[int, list[ImportItem]]] = []
         self._checkpoints: deque[tuple[int, str]] = deque()
+        self._valid_checkpoint: str | None = None
         self._watermark: str | None = None
         self._source_done = False
 
@@ -223,7 +231,7 @@ class StreamPager:
             for i in range(max(1, worker.concurrency)):
                 self._spawn(self._work, f"import-{type(worker).__name__}-{i}", worker, jobs)
         self._running[origin] += 1
-        jobs.put(_Job(deferred, origin))
+        jobs.put(Job(deferred, origin))
 
     # -- the engine's thread ----------------------------------------------------------------------
     def _handle(self, origin: int, item: ImportItem, page: Page) -> None:
@@ -251,6 +259,27 @@ class StreamPager:
             self._running.pop(origin, None)
             self._ahead.release()
 
+    def _full(self, page: Page, item: ImportItem) -> bool:
+        """Whether ``item`` must wait for the next page: ``page_size`` entries, or twice that in all
+        (state updates without entries; an entry's own state update still joins it)."""
+        if isinstance(item, CSEntryChange):
+            return len(page.entries) >= self.page_size
+        return isinstance(item, StateUpdate) and page.weight >= 2 * self.page_size
+
+    def _filled(self, page: Page) -> bool:
+        return len(page.entries) >= self.page_size or page.weight >= 2 * self.page_size
+
+    def _take(self, origin: int, items: list[ImportItem], page: Page) -> None:
+        """A finished task's items; what does not fit waits for the next page, its origin still open
+        (so no checkpoint after it counts as committed before they are)."""
+        for i, item in enumerate(items):
+            if self._full(page, item):
+                self._carry.append((origin, items[i:]))
+                return
+            self._handle(origin, item, page)
+        self._running[origin] -= 1
+        self._settle(origin)
+
     def _receive(self, message: Any, page: Page) -> None:
         if message is _END:
             self._source_done = True
@@ -258,22 +287,22 @@ class StreamPager:
             raise message.error
         elif isinstance(message, tuple) and message[0] == "done":
             for origin, items in message[1]:
-                for item in items:
-                    self._handle(origin, item, page)
-                self._running[origin] -= 1
-                self._settle(origin)
+                self._take(origin, items, page)
         else:
             origin, item = message
             self._handle(origin, item, page)
             self._settle(origin)
 
     def _checkpoint(self) -> str | None:
-        """The latest checkpoint all of whose earlier work is in this page or committed before."""
+        """The latest checkpoint all of whose earlier work is in this page or committed before.
+
+        Repeated on every page after it (until a later one is valid), so that what the engine stores
+        with it (pages and entries committed so far) stays current.
+        """
         oldest_running = min((o for o, n in self._running.items() if n > 0), default=None)
-        found: str | None = None
         while self._checkpoints and (oldest_running is None or self._checkpoints[0][0] < oldest_running):
-            found = self._checkpoints.popleft()[1]
-        return found
+            self._valid_checkpoint = self._checkpoints.popleft()[1]
+        return self._valid_checkpoint
 
     def pages(self) -> Iterator[Page]:
         """Pages to commit, in order; the next one is built once the caller asks for it."""
@@ -281,7 +310,10 @@ class StreamPager:
         try:
             while True:
                 page = Page()
-                while page.weight < self.page_size and not self._finished:
+                carried, self._carry = self._carry, []
+                for origin, items in carried:
+                    self._take(origin, items, page)
+                while not (self._carry or self._filled(page) or self._finished):
                     try:
                         message = self._results.get(timeout=1.0)
                     except queue.Empty:
@@ -314,3 +346,62 @@ class StreamPager:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+
+
+class MemoryState:
+    """A ``StateReader`` over a dict: the agent state of a store-less import (tests, tools)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        return {key: self.values[key] for key in keys if key in self.values}
+
+    def scan(self) -> Iterator[tuple[str, Any]]:
+        yield from sorted(self.values.items())
+
+
+def import_in_memory(
+    connector: Connector[Any],
+    mode: ImportMode,
+    state: dict[str, Any],
+    *,
+    watermark: str | None = None,
+    resume_from: str | None = None,
+    page_size: int = 500,
+    on_page: Callable[[int, Page], None] | None = None,
+    counters: Counter[str] | None = None,
+) -> tuple[list[CSEntryChange], str | None]:
+    """Run a v2 connector's import the way the engine does, without a store.
+
+    Each page's state updates are applied to ``state`` when the page is "committed" (after
+    ``on_page``, which may act between pages as a slow store or a user would); a full import that
+    completes forgets the keys it did not write; the connector's ``Count`` items are added to
+    ``counters``. Returns every entry and the last watermark.
+    """
+    run = ImportRun(
+        mode=mode, state=MemoryState(state), watermark=watermark, resume_from=resume_from, page_size=page_size
+    )
+    pager = StreamPager(
+        connector.import_changes(run), page_size=page_size, max_ahead=min(4000, max(200, 2 * page_size))
+    )
+    entries: list[CSEntryChange] = []
+    written: set[str] = set()
+    last_watermark: str | None = None
+    for number, page in enumerate(pager.pages(), 1):
+        if on_page is not None:
+            on_page(number, page)
+        entries += page.entries
+        if counters is not None:
+            counters.update(page.counters)
+        for key, value in page.state.items():
+            written.add(key)
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        last_watermark = page.watermark if page.watermark is not None else last_watermark
+    if mode == ImportMode.FULL:
+        for key in set(state) - written:
+            del state[key]
+    return entries, last_watermark

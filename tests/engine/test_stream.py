@@ -158,20 +158,24 @@ class _Gate(Worker[str]):
 
 
 def test_a_checkpoint_waits_for_the_work_yielded_before_it() -> None:
-    gate = _Gate("slow")
+    slow, later = _Gate("slow"), _Gate("later")
 
     def stream() -> Iterator[ImportItem]:
-        yield Deferred(gate, "slow")
+        yield Deferred(slow, "slow")
         yield Checkpoint("after-slow")
         yield CSEntryChange.add("thing", "quick", {"id": "quick"})
+        yield Deferred(later, "later")
 
     pages = StreamPager(stream(), page_size=1, max_ahead=10).pages()
     first = next(pages)
     assert [e.anchor for e in first.entries] == ["quick"] and first.checkpoint is None
-    gate.gate.set()
+    slow.gate.set()
     second = next(pages)
     assert [e.anchor for e in second.entries] == ["slow"] and second.checkpoint == "after-slow"
-    assert second.last
+    later.gate.set()
+    third = next(pages)  # still the latest valid one: what the engine saves with it stays current
+    assert [e.anchor for e in third.entries] == ["later"] and third.checkpoint == "after-slow"
+    assert third.last
 
 
 def test_the_source_runs_at_most_max_ahead_items_ahead_of_the_commits() -> None:
