@@ -64,6 +64,16 @@ class UserState:
     def update(self) -> StateUpdate:
         return StateUpdate(self.id, {k: v for k, v in asdict(self).items() if k != "id"})
 
+    def checked(self, when: float) -> StateUpdate:
+        """A probe found nothing new: only the probe time moves, and an earlier error is over."""
+        self.checked_at, self.error, self.error_at = when, None, None
+        return self.update()
+
+    def failed(self, error: str, when: float) -> StateUpdate:
+        """The last probe failed: re-checked after the error window, not the photo window."""
+        self.error, self.error_at = error, when
+        return self.update()
+
     @classmethod
     def load(cls, user_id: str, value: Any) -> UserState | None:
         if not isinstance(value, dict):

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
@@ -161,30 +161,45 @@ class _PageApplier:
         return oc.name, None
 
     def apply(self, conn: Connection, entries: list[CSEntryChange]) -> None:
-        ctx = self.ctx
-        blobs: dict[str, bytes] = {}
-        put = blobs.__setitem__
-        valid: list[tuple[CSEntryChange, str]] = []
+        """One page: validate, compare with the connector space, stage pending imports, write."""
+        valid = self._triage(entries)
+        existing = self._existing(conn, [e.anchor for e, _ in valid])
+        writes = _Writes()
+        for entry, object_class in valid:
+            self._stage(entry, object_class, existing.get(entry.anchor), writes)
+        self._write(conn, writes)
+        # seen-but-failed objects keep their place (a full import must not delete them)
+        valid_anchors = {e.anchor for e, _ in valid}
         page_anchors = [str(e.anchor) for e in entries if e.anchor]
+        failed_seen = [a for a in page_anchors if a in self.seen and a not in valid_anchors]
+        if self.full and failed_seen:
+            for i in range(0, len(failed_seen), 500):
+                conn.execute(
+                    update(cs_object)
+                    .where(cs_object.c.agent == self.ctx.agent, cs_object.c.anchor.in_(failed_seen[i : i + 500]))
+                    .values(seen_step=self.ctx.step_id)
+                )
+        self.ctx.flush_errors(conn)
+
+    def _triage(self, entries: list[CSEntryChange]) -> list[tuple[CSEntryChange, str]]:
+        """The entries to stage, with their object class; the others become per-object errors."""
+        ctx = self.ctx
+        valid: list[tuple[CSEntryChange, str]] = []
         for entry in entries:
             self.entries_seen += 1
             anchor = str(entry.anchor)
+            checked: tuple[str, dict[str, Any] | None] | ObjectError
             if entry.error is not None:
-                if anchor:
-                    self.seen.add(anchor)
-                ctx.error(
-                    ObjectError(
-                        "import",
-                        entry.error.name,
-                        entry.error.detail,
-                        anchor=anchor or None,
-                        object_class=entry.object_class or None,
-                        display=entry.error.display,
-                    )
+                checked = ObjectError(
+                    "import",
+                    entry.error.name,
+                    entry.error.detail,
+                    anchor=anchor or None,
+                    object_class=entry.object_class or None,
+                    display=entry.error.display,
                 )
-                ctx.result.counters["import_errors"] += 1
-                continue
-            checked = self._validate(entry)
+            else:
+                checked = self._validate(entry)
             if isinstance(checked, ObjectError):
                 if anchor:
                     self.seen.add(anchor)
@@ -204,9 +219,11 @@ class _PageApplier:
                 continue
             self.seen.add(anchor)
             valid.append((entry, checked[0]))
+        return valid
 
+    def _existing(self, conn: Connection, anchors: list[str]) -> dict[str, Any]:
+        """The connector-space rows of ``anchors`` (keyed by anchor)."""
         existing: dict[str, Any] = {}
-        anchors = [e.anchor for e, _ in valid]
         for i in range(0, len(anchors), 500):
             rows = conn.execute(
                 select(
@@ -218,174 +235,182 @@ class _PageApplier:
                     cs_object.c.unconfirmed,
                     cs_object.c.dn,
                     cs_object.c.import_error,
-                ).where(cs_object.c.agent == ctx.agent, cs_object.c.anchor.in_(anchors[i : i + 500]))
+                ).where(cs_object.c.agent == self.ctx.agent, cs_object.c.anchor.in_(anchors[i : i + 500]))
             )
             for found in rows:
                 existing[found.anchor] = found
+        return existing
 
-        now = time.time()
-        updates: list[dict[str, Any]] = []
-        inserts: list[dict[str, Any]] = []
-        removals: list[int] = []
-        counters = ctx.result.counters
-        for entry, object_class in valid:
-            row = existing.get(entry.anchor)
-            hologram = _loads(row.hologram) if row is not None and row.hologram is not None else None
-            if row is not None and row.pending_type in ("add", "update"):
-                base = _loads(row.pending)
-            elif row is not None and row.pending_type == "delete":
-                base = None
-            else:
-                base = hologram
-            mod = entry.modification
-            if mod == ObjectModificationType.DELETE:
-                new_state = None
-            elif mod == ObjectModificationType.UPDATE:
-                if base is None:
-                    ctx.error(
-                        ObjectError(
-                            "import",
-                            "need-full-object",
-                            "an attribute update arrived for an object the connector space does not hold; "
-                            "run a full import",
-                            anchor=entry.anchor,
-                            object_class=object_class,
-                        )
-                    )
-                    continue
-                oc_model = self.schema.object_class(object_class)
-                assert oc_model is not None
-                new_state = _apply_changes(base, entry, put, oc_model)
-            else:
-                new_state = {}
-                oc = self.schema.object_class(object_class)
-                for name, value in entry.attributes.items():
-                    if oc is not None and oc.attribute(name) is None:
-                        continue
-                    encoded = encode_value(value, put)
-                    if encoded is not None:
-                        attribute = oc.attribute(name) if oc is not None else None
-                        if attribute is not None and not attribute.multivalued and isinstance(encoded, list):
-                            encoded = encoded[0]
-                        elif attribute is not None and attribute.multivalued and not isinstance(encoded, list):
-                            encoded = [encoded]
-                        new_state[name] = encoded
-
-            # export confirmation ("export memory")
-            unconfirmed = _loads(row.unconfirmed) if row is not None and row.unconfirmed else None
-            if unconfirmed:
-                for attr, expected in list(unconfirmed.items()):
-                    if attr == DELETE_MARK:
-                        ok = new_state is None
-                    else:
-                        ok = new_state is not None and new_state.get(attr) == expected
-                    if not ok and mod == ObjectModificationType.UPDATE and attr not in {c.name for c in entry.changes}:
-                        continue  # an attribute-level delta that does not mention it says nothing about it
-                    del unconfirmed[attr]
-                    if ok:
-                        counters["exports_confirmed"] += 1
-                    else:
-                        counters["exports_not_reimported"] += 1
-                        ctx.error(
-                            ObjectError(
-                                "import",
-                                "exported-change-not-reimported",
-                                f"{attr if attr != DELETE_MARK else 'object delete'} was exported but the "
-                                "import shows a different value; it will be exported again after sync",
-                                anchor=entry.anchor,
-                                object_class=object_class,
-                                cs_id=row.id if row is not None else None,
-                                severity="warning",
-                            )
-                        )
-
-            if row is None:
-                if new_state is None:
-                    continue
-                counters["adds"] += 1
-                inserts.append(
-                    {
-                        "agent": ctx.agent,
-                        "object_class": object_class,
-                        "anchor": entry.anchor,
-                        "dn": entry.dn,
-                        "hologram": None,
-                        "pending_type": "add",
-                        "pending": _dumps(new_state),
-                        "seen_step": ctx.step_id,
-                        "updated_at": now,
-                    }
+    def _new_state(
+        self, entry: CSEntryChange, object_class: str, base: dict[str, Any] | None, put: Any
+    ) -> dict[str, Any] | ObjectError | None:
+        """The object's encoded attributes after ``entry`` (None: deleted), or why it cannot be applied."""
+        oc = self.schema.object_class(object_class)
+        if entry.modification == ObjectModificationType.DELETE:
+            return None
+        if entry.modification == ObjectModificationType.UPDATE:
+            if base is None:
+                return ObjectError(
+                    "import",
+                    "need-full-object",
+                    "an attribute update arrived for an object the connector space does not hold; run a full import",
+                    anchor=entry.anchor,
+                    object_class=object_class,
                 )
-                ctx.emit_change({"anchor": entry.anchor, "pending_import": "add", "attributes": sorted(new_state)})
+            assert oc is not None
+            return _apply_changes(base, entry, put, oc)
+        new_state: dict[str, Any] = {}
+        for name, value in entry.attributes.items():
+            attribute = oc.attribute(name) if oc is not None else None
+            if oc is not None and attribute is None:
                 continue
+            encoded = encode_value(value, put)
+            if encoded is None:
+                continue
+            if attribute is not None and not attribute.multivalued and isinstance(encoded, list):
+                encoded = encoded[0]
+            elif attribute is not None and attribute.multivalued and not isinstance(encoded, list):
+                encoded = [encoded]
+            new_state[name] = encoded
+        return new_state
 
-            if new_state is None:
-                if hologram is None:
-                    removals.append(row.id)  # an add never synchronized, now gone
-                    counters["deletes"] += 1
-                    continue
-                pending_type, pending = "delete", None
-            elif hologram is None:
-                pending_type, pending = "add", _dumps(new_state)
-            elif new_state == hologram:
-                pending_type, pending = None, None
-            else:
-                pending_type, pending = "update", _dumps(new_state)
-
-            if pending_type is None:
-                counters["unchanged"] += 1
-            elif pending_type == row.pending_type and pending == row.pending:
-                counters["unchanged"] += 1  # already staged by an earlier import
-            else:
-                counters[{"add": "adds", "update": "updates", "delete": "deletes"}[pending_type]] += 1
-                changed = sorted(
-                    k
-                    for k in set(new_state or {}) | set(hologram or {})
-                    if (new_state or {}).get(k) != (hologram or {}).get(k)
+    def _confirm(
+        self, entry: CSEntryChange, object_class: str, row: Any, new_state: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Confirm (or report) the exported values this import shows; returns what still awaits confirmation."""
+        unconfirmed: dict[str, Any] | None = _loads(row.unconfirmed) if row is not None and row.unconfirmed else None
+        if not unconfirmed:
+            return unconfirmed
+        counters = self.ctx.result.counters
+        for attr, expected in list(unconfirmed.items()):
+            ok = new_state is None if attr == DELETE_MARK else new_state is not None and new_state.get(attr) == expected
+            silent = entry.modification == ObjectModificationType.UPDATE and attr not in {c.name for c in entry.changes}
+            if not ok and silent:
+                continue  # an attribute-level delta that does not mention it says nothing about it
+            del unconfirmed[attr]
+            if ok:
+                counters["exports_confirmed"] += 1
+                continue
+            counters["exports_not_reimported"] += 1
+            self.ctx.error(
+                ObjectError(
+                    "import",
+                    "exported-change-not-reimported",
+                    f"{attr if attr != DELETE_MARK else 'object delete'} was exported but the "
+                    "import shows a different value; it will be exported again after sync",
+                    anchor=entry.anchor,
+                    object_class=object_class,
+                    cs_id=row.id if row is not None else None,
+                    severity="warning",
                 )
-                ctx.emit_change({"anchor": entry.anchor, "pending_import": pending_type, "attributes": changed})
-            updates.append(
+            )
+        return unconfirmed
+
+    def _stage(self, entry: CSEntryChange, object_class: str, row: Any, writes: _Writes) -> None:
+        """Stage ``entry`` against its connector-space row (None: not held yet) into ``writes``."""
+        ctx = self.ctx
+        counters = ctx.result.counters
+        hologram = _loads(row.hologram) if row is not None and row.hologram is not None else None
+        if row is not None and row.pending_type in ("add", "update"):
+            base = _loads(row.pending)
+        elif row is not None and row.pending_type == "delete":
+            base = None
+        else:
+            base = hologram
+        new_state = self._new_state(entry, object_class, base, writes.blobs.__setitem__)
+        if isinstance(new_state, ObjectError):
+            ctx.error(new_state)
+            return
+        unconfirmed = self._confirm(entry, object_class, row, new_state)
+        now = time.time()
+        if row is None:
+            if new_state is None:
+                return
+            counters["adds"] += 1
+            writes.inserts.append(
                 {
-                    "_id": row.id,
+                    "agent": ctx.agent,
                     "object_class": object_class,
-                    "dn": entry.dn if entry.dn is not None else row.dn,
-                    "pending_type": pending_type,
-                    "pending": pending,
-                    "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+                    "anchor": entry.anchor,
+                    "dn": entry.dn,
+                    "hologram": None,
+                    "pending_type": "add",
+                    "pending": _dumps(new_state),
                     "seen_step": ctx.step_id,
                     "updated_at": now,
                 }
             )
+            ctx.emit_change({"anchor": entry.anchor, "pending_import": "add", "attributes": sorted(new_state)})
+            return
+        if new_state is None and hologram is None:
+            writes.removals.append(row.id)  # an add never synchronized, now gone
+            counters["deletes"] += 1
+            return
+        pending_type, pending = _pending(new_state, hologram)
+        if pending_type is None or (pending_type == row.pending_type and pending == row.pending):
+            counters["unchanged"] += 1  # the same, or already staged by an earlier import
+        else:
+            counters[{"add": "adds", "update": "updates", "delete": "deletes"}[pending_type]] += 1
+            changed = sorted(
+                k
+                for k in set(new_state or {}) | set(hologram or {})
+                if (new_state or {}).get(k) != (hologram or {}).get(k)
+            )
+            ctx.emit_change({"anchor": entry.anchor, "pending_import": pending_type, "attributes": changed})
+        writes.updates.append(
+            {
+                "_id": row.id,
+                "object_class": object_class,
+                "dn": entry.dn if entry.dn is not None else row.dn,
+                "pending_type": pending_type,
+                "pending": pending,
+                "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+                "seen_step": ctx.step_id,
+                "updated_at": now,
+            }
+        )
 
-        ctx.store.put_blobs(conn, blobs)
+    def _write(self, conn: Connection, writes: _Writes) -> None:
+        ctx = self.ctx
+        ctx.store.put_blobs(conn, writes.blobs)
         run_many(
             conn,
             "INSERT INTO cs_object (agent, object_class, anchor, dn, hologram, pending_type, pending, "
             "seen_step, updated_at) VALUES (:agent, :object_class, :anchor, :dn, :hologram, :pending_type, "
             ":pending, :seen_step, :updated_at)",
-            inserts,
+            writes.inserts,
         )
         run_many(
             conn,
             "UPDATE cs_object SET object_class = :object_class, dn = :dn, pending_type = :pending_type, "
             "pending = :pending, unconfirmed = :unconfirmed, seen_step = :seen_step, import_error = NULL, "
             "updated_at = :updated_at WHERE id = :_id",
-            updates,
+            writes.updates,
         )
-        ctx.store.note_inserts(conn, "cs_object", len(inserts))
-        if removals:
-            conn.execute(delete(cs_object).where(cs_object.c.id.in_(removals)))
-        # seen-but-failed objects keep their place (a full import must not delete them)
-        valid_anchors = {e.anchor for e, _ in valid}
-        failed_seen = [a for a in page_anchors if a in self.seen and a not in valid_anchors]
-        if self.full and failed_seen:
-            for i in range(0, len(failed_seen), 500):
-                conn.execute(
-                    update(cs_object)
-                    .where(cs_object.c.agent == ctx.agent, cs_object.c.anchor.in_(failed_seen[i : i + 500]))
-                    .values(seen_step=ctx.step_id)
-                )
-        ctx.flush_errors(conn)
+        ctx.store.note_inserts(conn, "cs_object", len(writes.inserts))
+        if writes.removals:
+            conn.execute(delete(cs_object).where(cs_object.c.id.in_(writes.removals)))
+
+
+@dataclass(slots=True)
+class _Writes:
+    """What one page writes to the connector space, gathered before the page's statements run."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    removals: list[int] = field(default_factory=list)
+
+
+def _pending(new_state: dict[str, Any] | None, hologram: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The pending import (type, encoded attributes) that takes a hologram to ``new_state``."""
+    if new_state is None:
+        return "delete", None
+    if hologram is None:
+        return "add", _dumps(new_state)
+    if new_state == hologram:
+        return None, None
+    return "update", _dumps(new_state)
 
 
 def load_watermark(conn: Connection, agent: str) -> str | None:

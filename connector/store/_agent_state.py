@@ -9,6 +9,7 @@ with the import page it belongs to.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -122,14 +123,19 @@ class AgentStateReader:
         self._repo = AgentStateRepository(agent)
         self._chunk = chunk
 
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        # A dry run has one connection for everything, used by the engine's thread too: a
+        # transaction (a savepoint, under the store's lock) keeps the two threads apart.
+        return self._store.transaction() if self._store.in_dry_run else self._store.read()
+
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        with self._store.read() as conn:
+        with self._read() as conn:
             return self._repo.get_many(conn, keys)
 
     def scan(self) -> Iterator[tuple[str, Any]]:
         after = ""
         while True:
-            with self._store.read() as conn:
+            with self._read() as conn:
                 rows = self._repo.scan_after(conn, after, self._chunk)
             if not rows:
                 return

@@ -115,6 +115,17 @@ def test_a_stopped_full_import_resumes_and_its_state_never_outruns_the_connector
     assert set(state) == set(data["objects"]) and "t29" not in state
 
 
+def test_a_dry_run_reads_the_state_and_writes_nothing(streamed: tuple[Engine, dict[str, Any], str]) -> None:
+    engine, data, url = streamed
+    assert engine.run_profile("full").status == "success"
+    data["objects"]["t05"] = "changed"
+    changes: list[dict[str, Any]] = []
+    step = engine.run_profile("delta", dry_run=True, emit=changes.append).steps[0]
+    assert step.status == "success", step.message
+    assert [c["anchor"] for c in changes] == ["t05"]  # the delta read the committed state
+    assert _stored(url)[1]["t05"] == {"etag": "e5"}  # and wrote none of its own
+
+
 def test_a_refused_resume_starts_over(streamed: tuple[Engine, dict[str, Any], str]) -> None:
     engine, data, url = streamed
     data["stop_after_fetches"] = 10

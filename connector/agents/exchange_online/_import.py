@@ -278,17 +278,15 @@ class Importer:
             return gone if self.full or row is None else [CSEntryChange.delete(OBJECT_CLASS, user_id), *gone]
         if outcome.kind == "error":
             failed = row or UserState(user_id, attrs)
-            failed.attrs, failed.error, failed.error_at = attrs, outcome.error, now
+            failed.attrs = attrs
             error = CSEntryChange.import_error(
                 user_id, outcome.error, outcome.detail, object_class=OBJECT_CLASS, attributes=attrs
             )
-            return [error, failed.update(), Count("errors")]
+            return [error, failed.failed(outcome.error, now), Count("errors")]
         return self._fetched(outcome, row, attrs, now)
 
     def _unchanged(self, row: UserState | None, user_id: str, attrs: dict[str, Any], now: float) -> list[ImportItem]:
-        known = row or UserState(user_id, attrs)
-        known.checked_at, known.error, known.error_at = now, None, None
-        return [known.update(), Count("unchanged")]
+        return [(row or UserState(user_id, attrs)).checked(now), Count("unchanged")]
 
     def _fetched(
         self, outcome: PhotoOutcome, row: UserState | None, attrs: dict[str, Any], now: float

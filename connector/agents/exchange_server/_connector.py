@@ -108,14 +108,10 @@ class _PhotoWorker(Worker[_Task]):
         email, row, now = task.email, task.row, time.time()
         counted: list[ImportItem] = [Count(got.kind)]
         if got.kind == "unchanged":
-            known = row or UserState(email, {"mail": email})
-            known.checked_at, known.error, known.error_at = now, None, None
-            return [known.update(), *counted]
+            return [(row or UserState(email, {"mail": email})).checked(now), *counted]
         if got.kind == "error":
-            failed = row or UserState(email, {"mail": email})
-            failed.error, failed.error_at = got.error, now
             error = CSEntryChange.import_error(email, got.error, got.detail, object_class=OBJECT_CLASS)
-            return [error, failed.update(), *counted]
+            return [error, (row or UserState(email, {"mail": email})).failed(got.error, now), *counted]
         data = got.data if got.kind == "photo" else None
         checksum = hashlib.sha256(data).hexdigest() if data is not None else None
         known_here = row is not None and row.in_cs and row.error is None
