@@ -162,8 +162,8 @@ class StreamPager:
         self.counters: Counter[str] = Counter()
         self._stream = stream
         self._results: queue.Queue[Any] = queue.Queue()
-        # at least as many permits as a full page holds items: otherwise a page could wait for items
-        # that the source cannot yield for lack of permits
+        # twice as many permits as a full page holds objects: a page never waits for items that the
+        # source cannot yield for lack of permits, and half of them stay free for work in flight
         self._ahead = threading.Semaphore(max(max_ahead, 2 * self.page_size))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -267,7 +267,12 @@ class StreamPager:
         return isinstance(item, StateUpdate) and page.weight >= 2 * self.page_size
 
     def _filled(self, page: Page) -> bool:
-        return len(page.entries) >= self.page_size or page.weight >= 2 * self.page_size
+        """``page_size`` entries, or items of ``page_size`` objects (state updates without entries).
+
+        Counting objects, not items, keeps at least half the permits free for the work in flight
+        while a page fills, so the workers never run dry waiting for a commit.
+        """
+        return len(page.entries) >= self.page_size or len(self._in_page) >= self.page_size
 
     def _take(self, origin: int, items: list[ImportItem], page: Page) -> None:
         """A finished task's items; what does not fit waits for the next page, its origin still open
