@@ -85,12 +85,13 @@ class WorkQueue:
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, job: Job) -> None:
+    def put(self, job: Job, *, front: bool = False) -> None:
+        """Queue ``job``; ``front``: first in line (a task handed back unsent, as it was before)."""
         with self._cond:
             if job.deferred.not_before > time.monotonic():
                 heapq.heappush(self._delayed, (job.deferred.not_before, next(self._seq), job))
             else:
-                self._fresh.append(job)
+                self._fresh.insert(0 if front else len(self._fresh), job)
             self._cond.notify()
 
     def take(self, n: int) -> list[Job] | None:
@@ -171,7 +172,7 @@ class StreamPager:
         self._running: Counter[int] = Counter()  # origin -> deferred tasks not yet finished
         self._in_page: Counter[int] = Counter()  # origin -> items buffered in the page being built
         #: Items of finished tasks that did not fit in the page being built (their origin stays running).
-        self._carry: list[tuple[int, list[ImportItem]]] = []
+        self._carry: list[tuple[int, Deferred[Any], list[ImportItem]]] = []
         self._checkpoints: deque[tuple[int, str]] = deque()
         self._valid_checkpoint: str | None = None
         self._watermark: str | None = None
@@ -221,9 +222,10 @@ class StreamPager:
                 msg = f"{type(worker).__name__}.run returned {len(results)} results for {len(jobs)} tasks"
                 self._results.put(_Fatal(RuntimeError(msg)))
                 return
-            self._results.put(("done", [(job.origin, items) for job, items in zip(jobs, results, strict=True)]))
+            finished = [(job.origin, job.deferred, items) for job, items in zip(jobs, results, strict=True)]
+            self._results.put(("done", finished))
 
-    def _dispatch(self, origin: int, deferred: Deferred[Any]) -> None:
+    def _dispatch(self, origin: int, deferred: Deferred[Any], *, front: bool = False) -> None:
         worker = deferred.worker
         jobs = self._queues.get(id(worker))
         if jobs is None:
@@ -231,10 +233,11 @@ class StreamPager:
             for i in range(max(1, worker.concurrency)):
                 self._spawn(self._work, f"import-{type(worker).__name__}-{i}", worker, jobs)
         self._running[origin] += 1
-        jobs.put(Job(deferred, origin))
+        jobs.put(Job(deferred, origin), front=front)
 
     # -- the engine's thread ----------------------------------------------------------------------
-    def _handle(self, origin: int, item: ImportItem, page: Page) -> None:
+    def _handle(self, origin: int, item: ImportItem, page: Page, ran: Deferred[Any] | None = None) -> None:
+        """One item of ``origin`` (``ran``: the task whose result it is, if any)."""
         if isinstance(item, CSEntryChange):
             page.entries.append(item)
             self._in_page[origin] += 1
@@ -242,7 +245,7 @@ class StreamPager:
             page.state[item.key] = item.value
             self._in_page[origin] += 1
         elif isinstance(item, Deferred):
-            self._dispatch(origin, item)
+            self._dispatch(origin, item, front=item is ran)  # the task itself: handed back unsent
         elif isinstance(item, Checkpoint):
             self._checkpoints.append((origin, item.text))
         elif isinstance(item, DeltaWatermark):
@@ -274,14 +277,14 @@ class StreamPager:
         """
         return len(page.entries) >= self.page_size or len(self._in_page) >= self.page_size
 
-    def _take(self, origin: int, items: list[ImportItem], page: Page) -> None:
+    def _take(self, origin: int, ran: Deferred[Any], items: list[ImportItem], page: Page) -> None:
         """A finished task's items; what does not fit waits for the next page, its origin still open
         (so no checkpoint after it counts as committed before they are)."""
         for i, item in enumerate(items):
             if self._full(page, item):
-                self._carry.append((origin, items[i:]))
+                self._carry.append((origin, ran, items[i:]))
                 return
-            self._handle(origin, item, page)
+            self._handle(origin, item, page, ran)
         self._running[origin] -= 1
         self._settle(origin)
 
@@ -291,8 +294,8 @@ class StreamPager:
         elif isinstance(message, _Fatal):
             raise message.error
         elif isinstance(message, tuple) and message[0] == "done":
-            for origin, items in message[1]:
-                self._take(origin, items, page)
+            for origin, ran, items in message[1]:
+                self._take(origin, ran, items, page)
         else:
             origin, item = message
             self._handle(origin, item, page)
@@ -316,8 +319,8 @@ class StreamPager:
             while True:
                 page = Page()
                 carried, self._carry = self._carry, []
-                for origin, items in carried:
-                    self._take(origin, items, page)
+                for origin, ran, items in carried:
+                    self._take(origin, ran, items, page)
                 while not (self._carry or self._filled(page) or self._finished):
                     try:
                         message = self._results.get(timeout=1.0)

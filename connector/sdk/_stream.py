@@ -28,6 +28,7 @@ framework's job (Lithnet's ECMA2 async pipeline, dlt's deferred transformers), s
     tasks of one ``key`` (a mailbox) at once, and not before ``not_before`` (a ``Retry-After``).
     ``run`` returns one list of items per task, in order; those items may be anything above,
     including follow-up ``Deferred`` tasks (a probe, then a download; a throttled request again).
+    A task returned as it is (not sent: a limiter had no room for it) goes back first in line.
 
   The connector keeps the knowledge (what to list, what to probe, what to download and how to
   batch it); the engine owns paging, buffering, worker threads, back-pressure (it stops pulling

@@ -149,3 +149,13 @@ def test_work_queue_take_returns_none_after_close() -> None:
     started = time.monotonic()
     assert q.take(5) is None
     assert time.monotonic() - started < 1
+
+
+def test_work_queue_puts_a_task_handed_back_unsent_first_in_line() -> None:
+    q = WorkQueue(per_key=1)
+    first, second, back = job("a"), job("b"), job("c")
+    q.put(first)
+    q.put(second)
+    q.put(back, front=True)  # taken earlier, not sent (no room in the limiter): it keeps its turn
+    assert [j.deferred.key for j in q.take(3) or []] == ["c", "a", "b"]
+    q.close()
