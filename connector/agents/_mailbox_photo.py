@@ -3,16 +3,20 @@
 Why one place: the metaverse rules, the console and the thumbnail flow read the same five
 attributes from either agent (the picture, its SHA-256, the server's version tag, its size, when
 its bytes last changed); defining them twice let the two drift apart.
+
+Both also keep the same per-mailbox state (``UserState``), one agent-state key per object, which
+the engine commits with the page holding the object's entry (import contract v2).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from connector.sdk import Attribute, AttributeAccess, AttributeType
+from connector.sdk import Attribute, AttributeAccess, AttributeType, StateUpdate, StopRunError
 
-__all__ = ["photo_attributes", "photo_values"]
+__all__ = ["UserState", "photo_attributes", "photo_values", "refused_v1_watermark"]
 
 _IMPORT_ONLY = AttributeAccess.IMPORT_ONLY
 
@@ -39,3 +43,51 @@ def photo_values(prefix: str, data: bytes, checksum: str | None, etag: str | Non
         f"{prefix}PhotoSize": len(data),
         f"{prefix}PhotoLastChecked": _dt.datetime.fromtimestamp(changed_at, _dt.UTC),
     }
+
+
+@dataclass(slots=True)
+class UserState:
+    """What we know about one user's photo. ``etag`` None means "no photo" (when checksum is None too)."""
+
+    id: str
+    attrs: dict[str, Any]
+    etag: str | None = None
+    checksum: str | None = None
+    size: int | None = None
+    #: The connector space holds the user's object (false after an import error on a new user).
+    in_cs: bool = False
+    checked_at: float = 0.0
+    verified_at: float | None = None
+    error: str | None = None
+    error_at: float | None = None
+
+    def update(self) -> StateUpdate:
+        return StateUpdate(self.id, {k: v for k, v in asdict(self).items() if k != "id"})
+
+    def checked(self, when: float) -> StateUpdate:
+        """A probe found nothing new: only the probe time moves, and an earlier error is over."""
+        self.checked_at, self.error, self.error_at = when, None, None
+        return self.update()
+
+    def failed(self, error: str, when: float) -> StateUpdate:
+        """The last probe failed: re-checked after the error window, not the photo window."""
+        self.error, self.error_at = error, when
+        return self.update()
+
+    @classmethod
+    def load(cls, user_id: str, value: Any) -> UserState | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(user_id, **value)
+        except TypeError:  # written by another version: probe the user again
+            return None
+
+
+def refused_v1_watermark(state_file: str) -> StopRunError:
+    """The error for a watermark written when the agent kept its state in a file of its own."""
+    msg = (
+        f"this agent's photo state moved from its own file ({state_file}) into the store in this version of "
+        "mvsync; run one full import of the agent, then delta imports continue"
+    )
+    return StopRunError(msg)

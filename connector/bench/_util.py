@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 
 def peak_rss_mb() -> float | None:
@@ -41,3 +42,12 @@ def stop_child(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def step_metrics(connector_metrics: dict[str, Any], counters: dict[str, Any]) -> dict[str, Any]:
+    """A step's figures: the connector's client figures, plus the counters it sent through the engine
+    (``Count`` items, recorded in run history as ``connector.NAME``) under their own names."""
+    counted = {
+        name.removeprefix("connector."): value for name, value in counters.items() if name.startswith("connector.")
+    }
+    return {**connector_metrics, **counted}

@@ -34,28 +34,18 @@ import requests
 from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
-from connector.bench._util import peak_rss_mb
+from connector.bench._util import peak_rss_mb, step_metrics
 from connector.emulator import EmulatorConfig, ceiling_requests_per_s, exo_agent_settings, model_assumptions
-from connector.sdk import ImportPage, ImportRequest, StopRunError
+from connector.engine import NullProgress
+from connector.sdk import StopRunError
 
 __all__ = ["BenchConnector", "run"]
 
 
 class BenchConnector(ExchangeOnlinePhotosConnector):
-    """The real connector, keeping each step's metrics where the benchmark can read them.
-
-    ``stop_at_page`` interrupts a full import there (as Ctrl-C or a reboot would, after the
-    earlier pages were committed), once, to measure a resumed full import.
-    """
+    """The real connector, keeping each step's Graph figures where the benchmark can read them."""
 
     last_metrics: ClassVar[dict[str, Any]] = {}
-    stop_at_page: ClassVar[int | None] = None
-
-    def import_page(self, request: ImportRequest) -> ImportPage:
-        if request.page_number == BenchConnector.stop_at_page:
-            BenchConnector.stop_at_page = None
-            raise StopRunError("interrupted by the benchmark", status="stopped-interrupted")
-        return super().import_page(request)
 
     def close(self) -> None:
         BenchConnector.last_metrics = self.metrics
@@ -82,6 +72,18 @@ def _bench_config(base: Path, info: dict[str, Any], page_size: int, users: int) 
     )
 
 
+class _InterruptAfter(NullProgress):
+    """Interrupts a step once ``pages`` pages are committed, as Ctrl-C or a reboot would."""
+
+    def __init__(self, pages: int) -> None:
+        self.pages = pages
+
+    def advance(self, n: int = 1) -> None:
+        self.pages -= 1
+        if self.pages == 0:
+            raise StopRunError("interrupted by the benchmark", status="stopped-interrupted")
+
+
 def _resumed(info: dict[str, Any], page_size: int, users: int, after_pages: int) -> dict[str, Any]:
     """A full import interrupted after ``after_pages`` committed pages, then the run that resumes it."""
     from connector.engine import Engine
@@ -89,17 +91,15 @@ def _resumed(info: dict[str, Any], page_size: int, users: int, after_pages: int)
     with tempfile.TemporaryDirectory(prefix="mvsync-bench-resume-") as tmp:
         engine = Engine(_bench_config(Path(tmp), info, page_size, users))
         try:
-            BenchConnector.stop_at_page = after_pages + 1
             t0 = time.monotonic()
-            first = engine.run_profile("full")
+            first = engine.run_profile("full", progress=_InterruptAfter(after_pages))
             first_s = time.monotonic() - t0
-            first_users = BenchConnector.last_metrics.get("users", 0)
+            first_users = first.steps[0].counters.get("connector.users", 0)
             t0 = time.monotonic()
             second = engine.run_profile("full")
             second_s = time.monotonic() - t0
-            second_users = BenchConnector.last_metrics.get("users", 0)
+            second_users = second.steps[0].counters.get("connector.users", 0)
         finally:
-            BenchConnector.stop_at_page = None
             engine.close()
     step = second.steps[0]
     return {
@@ -261,12 +261,12 @@ def run(
                 t0 = time.monotonic()
                 full = engine.run_profile("full")
                 full_s = time.monotonic() - t0
-                full_metrics = dict(BenchConnector.last_metrics)
+                full_metrics = step_metrics(BenchConnector.last_metrics, full.steps[0].counters)
                 full_errors = Counter(e.error_name for e in full.steps[0].errors)
                 t0 = time.monotonic()
                 delta = engine.run_profile("delta")
                 delta_s = time.monotonic() - t0
-                delta_metrics = dict(BenchConnector.last_metrics)
+                delta_metrics = step_metrics(BenchConnector.last_metrics, delta.steps[0].counters)
             finally:
                 engine.close()
         rss = peak_rss_mb()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from connector.agents.exchange_server import ExchangeServerPhotosConnector
-from connector.bench._util import peak_rss_mb, stop_child
+from connector.bench._util import peak_rss_mb, step_metrics, stop_child
 
 __all__ = ["BenchEwsConnector", "run"]
 
@@ -122,11 +122,11 @@ def run(
                 t0 = time.perf_counter()
                 full = engine.run_profile("Full Import")
                 full_s = time.perf_counter() - t0
-                full_metrics = dict(BenchEwsConnector.last_metrics)
+                full_metrics = step_metrics(BenchEwsConnector.last_metrics, full.steps[0].counters)
                 t0 = time.perf_counter()
                 delta = engine.run_profile("Delta Import")
                 delta_s = time.perf_counter() - t0
-                delta_metrics = dict(BenchEwsConnector.last_metrics)
+                delta_metrics = step_metrics(BenchEwsConnector.last_metrics, delta.steps[0].counters)
             finally:
                 engine.close()
         proc.stdin.close()

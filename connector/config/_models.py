@@ -147,8 +147,6 @@ class RunStepConfig(_Strict):
     #: A full import resumes from the last committed page of an interrupted one (when its agent
     #: supports it); false starts every full import from the beginning.
     resume_interrupted: bool = True
-    #: Extra options handed to the connector as ``ImportRequest.options`` / ``run_options``.
-    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunProfileConfig(_Strict):

@@ -11,18 +11,23 @@ from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
 from connector.engine._export import threshold_report
 from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
+from connector.engine._stream import MemoryState, Page, StreamPager, import_in_memory
 from connector.engine._sync import search_fields
 
 __all__ = [
     "Engine",
+    "MemoryState",
     "NullProgress",
     "ObjectError",
+    "Page",
     "Progress",
     "RunResult",
     "StepContext",
     "StepResult",
     "StepStopped",
+    "StreamPager",
     "export_scope",
+    "import_in_memory",
     "load_metaverse_schema",
     "open_connector",
     "reauthorize_command",

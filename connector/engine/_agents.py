@@ -41,7 +41,6 @@ def open_connector(
     *,
     dry_run: bool = False,
     export_attributes: dict[str, frozenset[str]] | None = None,
-    run_options: dict[str, Any] | None = None,
 ) -> Connector[Any]:
     """Instantiate the connector of ``agent`` with validated settings (not yet opened)."""
     if agent not in config.agents:
@@ -72,7 +71,6 @@ def open_connector(
         dry_run=dry_run,
         export_attributes=export_attributes,
         reauthorize_command=reauthorize_command(config, agent),
-        run_options=dict(run_options or {}),
     )
     return cls(settings, context)
 

@@ -267,9 +267,7 @@ class Engine:
                 else:
                     needs_connector = not (step.type == RunStepKind.EXPORT and ctx.dry_run)
                     connector = (
-                        open_connector(self.config, step.agent, dry_run=ctx.dry_run, run_options=step.options)
-                        if needs_connector
-                        else None
+                        open_connector(self.config, step.agent, dry_run=ctx.dry_run) if needs_connector else None
                     )
                     if connector is not None:
                         connector.open()

@@ -195,6 +195,8 @@ _PREPARE_PAGE = 5000
 
 def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, Any] | None:
     """Run one export step. ``connector`` is None in a dry run (nothing is sent)."""
+    if connector is not None and not connector.capabilities.export:
+        raise StepStopped("stopped-configuration", f"agent {ctx.agent!r} does not support export")
     counters = ctx.result.counters
     with ctx.store.read() as conn:
         report = threshold_report(conn, ctx.agent, ctx.step.deletion_threshold)

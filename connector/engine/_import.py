@@ -21,26 +21,37 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
 
 from connector.engine._context import StepContext
 from connector.engine._results import ObjectError, StepStopped
+from connector.engine._stream import Page, StreamPager
 from connector.sdk import (
     AttributeModificationType,
     Connector,
     CSEntryChange,
     ImportMode,
     ImportRequest,
+    ImportRun,
     ObjectClass,
     ObjectModificationType,
     ResumeRefusedError,
     Schema,
 )
-from connector.store import ConnectorSpace, dumps, encode_value, loads, normalize_values
-from connector.store.tables import agent_state, cs_object
+from connector.store import (
+    AgentStateReader,
+    AgentStateRepository,
+    ConnectorSpace,
+    dumps,
+    encode_value,
+    loads,
+    normalize_values,
+)
+from connector.store.tables import cs_object
 
 __all__ = ["DELETE_MARK", "run_import"]
 
@@ -150,30 +161,45 @@ class _PageApplier:
         return oc.name, None
 
     def apply(self, conn: Connection, entries: list[CSEntryChange]) -> None:
-        ctx = self.ctx
-        blobs: dict[str, bytes] = {}
-        put = blobs.__setitem__
-        valid: list[tuple[CSEntryChange, str]] = []
+        """One page: validate, compare with the connector space, stage pending imports, write."""
+        valid = self._triage(entries)
+        existing = self._existing(conn, [e.anchor for e, _ in valid])
+        writes = _Writes()
+        for entry, object_class in valid:
+            self._stage(entry, object_class, existing.get(entry.anchor), writes)
+        self._write(conn, writes)
+        # seen-but-failed objects keep their place (a full import must not delete them)
+        valid_anchors = {e.anchor for e, _ in valid}
         page_anchors = [str(e.anchor) for e in entries if e.anchor]
+        failed_seen = [a for a in page_anchors if a in self.seen and a not in valid_anchors]
+        if self.full and failed_seen:
+            for i in range(0, len(failed_seen), 500):
+                conn.execute(
+                    update(cs_object)
+                    .where(cs_object.c.agent == self.ctx.agent, cs_object.c.anchor.in_(failed_seen[i : i + 500]))
+                    .values(seen_step=self.ctx.step_id)
+                )
+        self.ctx.flush_errors(conn)
+
+    def _triage(self, entries: list[CSEntryChange]) -> list[tuple[CSEntryChange, str]]:
+        """The entries to stage, with their object class; the others become per-object errors."""
+        ctx = self.ctx
+        valid: list[tuple[CSEntryChange, str]] = []
         for entry in entries:
             self.entries_seen += 1
             anchor = str(entry.anchor)
+            checked: tuple[str, dict[str, Any] | None] | ObjectError
             if entry.error is not None:
-                if anchor:
-                    self.seen.add(anchor)
-                ctx.error(
-                    ObjectError(
-                        "import",
-                        entry.error.name,
-                        entry.error.detail,
-                        anchor=anchor or None,
-                        object_class=entry.object_class or None,
-                        display=entry.error.display,
-                    )
+                checked = ObjectError(
+                    "import",
+                    entry.error.name,
+                    entry.error.detail,
+                    anchor=anchor or None,
+                    object_class=entry.object_class or None,
+                    display=entry.error.display,
                 )
-                ctx.result.counters["import_errors"] += 1
-                continue
-            checked = self._validate(entry)
+            else:
+                checked = self._validate(entry)
             if isinstance(checked, ObjectError):
                 if anchor:
                     self.seen.add(anchor)
@@ -193,9 +219,11 @@ class _PageApplier:
                 continue
             self.seen.add(anchor)
             valid.append((entry, checked[0]))
+        return valid
 
+    def _existing(self, conn: Connection, anchors: list[str]) -> dict[str, Any]:
+        """The connector-space rows of ``anchors`` (keyed by anchor)."""
         existing: dict[str, Any] = {}
-        anchors = [e.anchor for e, _ in valid]
         for i in range(0, len(anchors), 500):
             rows = conn.execute(
                 select(
@@ -207,173 +235,173 @@ class _PageApplier:
                     cs_object.c.unconfirmed,
                     cs_object.c.dn,
                     cs_object.c.import_error,
-                ).where(cs_object.c.agent == ctx.agent, cs_object.c.anchor.in_(anchors[i : i + 500]))
+                ).where(cs_object.c.agent == self.ctx.agent, cs_object.c.anchor.in_(anchors[i : i + 500]))
             )
             for found in rows:
                 existing[found.anchor] = found
+        return existing
 
-        now = time.time()
-        updates: list[dict[str, Any]] = []
-        inserts: list[dict[str, Any]] = []
-        removals: list[int] = []
-        counters = ctx.result.counters
-        for entry, object_class in valid:
-            row = existing.get(entry.anchor)
-            hologram = _loads(row.hologram) if row is not None and row.hologram is not None else None
-            if row is not None and row.pending_type in ("add", "update"):
-                base = _loads(row.pending)
-            elif row is not None and row.pending_type == "delete":
-                base = None
-            else:
-                base = hologram
-            mod = entry.modification
-            if mod == ObjectModificationType.DELETE:
-                new_state = None
-            elif mod == ObjectModificationType.UPDATE:
-                if base is None:
-                    ctx.error(
-                        ObjectError(
-                            "import",
-                            "need-full-object",
-                            "an attribute update arrived for an object the connector space does not hold; "
-                            "run a full import",
-                            anchor=entry.anchor,
-                            object_class=object_class,
-                        )
-                    )
-                    continue
-                oc_model = self.schema.object_class(object_class)
-                assert oc_model is not None
-                new_state = _apply_changes(base, entry, put, oc_model)
-            else:
-                new_state = {}
-                oc = self.schema.object_class(object_class)
-                for name, value in entry.attributes.items():
-                    if oc is not None and oc.attribute(name) is None:
-                        continue
-                    encoded = encode_value(value, put)
-                    if encoded is not None:
-                        attribute = oc.attribute(name) if oc is not None else None
-                        if attribute is not None and not attribute.multivalued and isinstance(encoded, list):
-                            encoded = encoded[0]
-                        elif attribute is not None and attribute.multivalued and not isinstance(encoded, list):
-                            encoded = [encoded]
-                        new_state[name] = encoded
-
-            # export confirmation ("export memory")
-            unconfirmed = _loads(row.unconfirmed) if row is not None and row.unconfirmed else None
-            if unconfirmed:
-                for attr, expected in list(unconfirmed.items()):
-                    if attr == DELETE_MARK:
-                        ok = new_state is None
-                    else:
-                        ok = new_state is not None and new_state.get(attr) == expected
-                    if not ok and mod == ObjectModificationType.UPDATE and attr not in {c.name for c in entry.changes}:
-                        continue  # an attribute-level delta that does not mention it says nothing about it
-                    del unconfirmed[attr]
-                    if ok:
-                        counters["exports_confirmed"] += 1
-                    else:
-                        counters["exports_not_reimported"] += 1
-                        ctx.error(
-                            ObjectError(
-                                "import",
-                                "exported-change-not-reimported",
-                                f"{attr if attr != DELETE_MARK else 'object delete'} was exported but the "
-                                "import shows a different value; it will be exported again after sync",
-                                anchor=entry.anchor,
-                                object_class=object_class,
-                                cs_id=row.id if row is not None else None,
-                                severity="warning",
-                            )
-                        )
-
-            if row is None:
-                if new_state is None:
-                    continue
-                counters["adds"] += 1
-                inserts.append(
-                    {
-                        "agent": ctx.agent,
-                        "object_class": object_class,
-                        "anchor": entry.anchor,
-                        "dn": entry.dn,
-                        "hologram": None,
-                        "pending_type": "add",
-                        "pending": _dumps(new_state),
-                        "seen_step": ctx.step_id,
-                        "updated_at": now,
-                    }
+    def _new_state(
+        self, entry: CSEntryChange, object_class: str, base: dict[str, Any] | None, put: Any
+    ) -> dict[str, Any] | ObjectError | None:
+        """The object's encoded attributes after ``entry`` (None: deleted), or why it cannot be applied."""
+        oc = self.schema.object_class(object_class)
+        if entry.modification == ObjectModificationType.DELETE:
+            return None
+        if entry.modification == ObjectModificationType.UPDATE:
+            if base is None:
+                return ObjectError(
+                    "import",
+                    "need-full-object",
+                    "an attribute update arrived for an object the connector space does not hold; run a full import",
+                    anchor=entry.anchor,
+                    object_class=object_class,
                 )
-                ctx.emit_change({"anchor": entry.anchor, "pending_import": "add", "attributes": sorted(new_state)})
+            assert oc is not None
+            return _apply_changes(base, entry, put, oc)
+        new_state: dict[str, Any] = {}
+        for name, value in entry.attributes.items():
+            attribute = oc.attribute(name) if oc is not None else None
+            if oc is not None and attribute is None:
                 continue
+            encoded = encode_value(value, put)
+            if encoded is None:
+                continue
+            if attribute is not None and not attribute.multivalued and isinstance(encoded, list):
+                encoded = encoded[0]
+            elif attribute is not None and attribute.multivalued and not isinstance(encoded, list):
+                encoded = [encoded]
+            new_state[name] = encoded
+        return new_state
 
-            if new_state is None:
-                if hologram is None:
-                    removals.append(row.id)  # an add never synchronized, now gone
-                    counters["deletes"] += 1
-                    continue
-                pending_type, pending = "delete", None
-            elif hologram is None:
-                pending_type, pending = "add", _dumps(new_state)
-            elif new_state == hologram:
-                pending_type, pending = None, None
-            else:
-                pending_type, pending = "update", _dumps(new_state)
-
-            if pending_type is None:
-                counters["unchanged"] += 1
-            elif pending_type == row.pending_type and pending == row.pending:
-                counters["unchanged"] += 1  # already staged by an earlier import
-            else:
-                counters[{"add": "adds", "update": "updates", "delete": "deletes"}[pending_type]] += 1
-                changed = sorted(
-                    k
-                    for k in set(new_state or {}) | set(hologram or {})
-                    if (new_state or {}).get(k) != (hologram or {}).get(k)
+    def _confirm(
+        self, entry: CSEntryChange, object_class: str, row: Any, new_state: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Confirm (or report) the exported values this import shows; returns what still awaits confirmation."""
+        unconfirmed: dict[str, Any] | None = _loads(row.unconfirmed) if row is not None and row.unconfirmed else None
+        if not unconfirmed:
+            return unconfirmed
+        counters = self.ctx.result.counters
+        for attr, expected in list(unconfirmed.items()):
+            ok = new_state is None if attr == DELETE_MARK else new_state is not None and new_state.get(attr) == expected
+            silent = entry.modification == ObjectModificationType.UPDATE and attr not in {c.name for c in entry.changes}
+            if not ok and silent:
+                continue  # an attribute-level delta that does not mention it says nothing about it
+            del unconfirmed[attr]
+            if ok:
+                counters["exports_confirmed"] += 1
+                continue
+            counters["exports_not_reimported"] += 1
+            self.ctx.error(
+                ObjectError(
+                    "import",
+                    "exported-change-not-reimported",
+                    f"{attr if attr != DELETE_MARK else 'object delete'} was exported but the "
+                    "import shows a different value; it will be exported again after sync",
+                    anchor=entry.anchor,
+                    object_class=object_class,
+                    cs_id=row.id if row is not None else None,
+                    severity="warning",
                 )
-                ctx.emit_change({"anchor": entry.anchor, "pending_import": pending_type, "attributes": changed})
-            updates.append(
+            )
+        return unconfirmed
+
+    def _stage(self, entry: CSEntryChange, object_class: str, row: Any, writes: _Writes) -> None:
+        """Stage ``entry`` against its connector-space row (None: not held yet) into ``writes``."""
+        ctx = self.ctx
+        counters = ctx.result.counters
+        hologram = _loads(row.hologram) if row is not None and row.hologram is not None else None
+        if row is not None and row.pending_type in ("add", "update"):
+            base = _loads(row.pending)
+        elif row is not None and row.pending_type == "delete":
+            base = None
+        else:
+            base = hologram
+        new_state = self._new_state(entry, object_class, base, writes.blobs.__setitem__)
+        if isinstance(new_state, ObjectError):
+            ctx.error(new_state)
+            return
+        unconfirmed = self._confirm(entry, object_class, row, new_state)
+        now = time.time()
+        if row is None:
+            if new_state is None:
+                return
+            counters["adds"] += 1
+            writes.inserts.append(
                 {
-                    "_id": row.id,
+                    "agent": ctx.agent,
                     "object_class": object_class,
-                    "dn": entry.dn if entry.dn is not None else row.dn,
-                    "pending_type": pending_type,
-                    "pending": pending,
-                    "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+                    "anchor": entry.anchor,
+                    "dn": entry.dn,
+                    "hologram": None,
+                    "pending_type": "add",
+                    "pending": _dumps(new_state),
                     "seen_step": ctx.step_id,
                     "updated_at": now,
                 }
             )
+            ctx.emit_change({"anchor": entry.anchor, "pending_import": "add", "attributes": sorted(new_state)})
+            return
+        if new_state is None and hologram is None:
+            writes.removals.append(row.id)  # an add never synchronized, now gone
+            counters["deletes"] += 1
+            return
+        pending_type, pending = _pending(new_state, hologram)
+        if pending_type is None or (pending_type == row.pending_type and pending == row.pending):
+            counters["unchanged"] += 1  # the same, or already staged by an earlier import
+        else:
+            counters[{"add": "adds", "update": "updates", "delete": "deletes"}[pending_type]] += 1
+            changed = sorted(
+                k
+                for k in set(new_state or {}) | set(hologram or {})
+                if (new_state or {}).get(k) != (hologram or {}).get(k)
+            )
+            ctx.emit_change({"anchor": entry.anchor, "pending_import": pending_type, "attributes": changed})
+        writes.updates.append(
+            {
+                "_id": row.id,
+                "object_class": object_class,
+                "dn": entry.dn if entry.dn is not None else row.dn,
+                "pending_type": pending_type,
+                "pending": pending,
+                "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+                "seen_step": ctx.step_id,
+                "updated_at": now,
+            }
+        )
 
-        ctx.store.put_blobs(conn, blobs)
-        ConnectorSpace(conn).stage_imports(inserts, updates)
-        ctx.store.note_inserts(conn, "cs_object", len(inserts))
-        if removals:
-            conn.execute(delete(cs_object).where(cs_object.c.id.in_(removals)))
-        # seen-but-failed objects keep their place (a full import must not delete them)
-        valid_anchors = {e.anchor for e, _ in valid}
-        failed_seen = [a for a in page_anchors if a in self.seen and a not in valid_anchors]
-        if self.full and failed_seen:
-            for i in range(0, len(failed_seen), 500):
-                conn.execute(
-                    update(cs_object)
-                    .where(cs_object.c.agent == ctx.agent, cs_object.c.anchor.in_(failed_seen[i : i + 500]))
-                    .values(seen_step=ctx.step_id)
-                )
-        ctx.flush_errors(conn)
+    def _write(self, conn: Connection, writes: _Writes) -> None:
+        ctx = self.ctx
+        ctx.store.put_blobs(conn, writes.blobs)
+        ConnectorSpace(conn).stage_imports(writes.inserts, writes.updates)
+        ctx.store.note_inserts(conn, "cs_object", len(writes.inserts))
+        if writes.removals:
+            conn.execute(delete(cs_object).where(cs_object.c.id.in_(writes.removals)))
 
 
-def _save_agent_state(conn: Connection, agent: str, values: dict[str, Any]) -> None:
-    exists = conn.execute(select(agent_state.c.agent).where(agent_state.c.agent == agent)).first()
-    if exists:
-        conn.execute(update(agent_state).where(agent_state.c.agent == agent).values(**values))
-    else:
-        conn.execute(agent_state.insert().values(agent=agent, **values))
+@dataclass(slots=True)
+class _Writes:
+    """What one page writes to the connector space, gathered before the page's statements run."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    removals: list[int] = field(default_factory=list)
+
+
+def _pending(new_state: dict[str, Any] | None, hologram: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The pending import (type, encoded attributes) that takes a hologram to ``new_state``."""
+    if new_state is None:
+        return "delete", None
+    if hologram is None:
+        return "add", _dumps(new_state)
+    if new_state == hologram:
+        return None, None
+    return "update", _dumps(new_state)
 
 
 def load_watermark(conn: Connection, agent: str) -> str | None:
-    return conn.execute(select(agent_state.c.watermark).where(agent_state.c.agent == agent)).scalar()
+    return AgentStateRepository(agent).watermark(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,8 +431,8 @@ class _Checkpoint:
 
 def _take_checkpoint(conn: Connection, ctx: StepContext, full: bool) -> _Checkpoint | None:
     """The checkpoint a full import resumes from; a delta import (or a dry run) leaves none behind."""
-    text = conn.execute(select(agent_state.c.import_checkpoint).where(agent_state.c.agent == ctx.agent)).scalar()
-    found = _Checkpoint.loads(text)
+    repo = AgentStateRepository(ctx.agent)
+    found = _Checkpoint.loads(repo.checkpoint(conn))
     if found is None or ctx.dry_run:
         return None  # a dry run neither resumes nor discards anything
     if not full or not ctx.step.resume_interrupted:
@@ -414,18 +442,20 @@ def _take_checkpoint(conn: Connection, ctx: StepContext, full: bool) -> _Checkpo
             found.step_id,
             "a delta import ran" if not full else "resume_interrupted = false",
         )
-        _save_agent_state(conn, ctx.agent, {"import_checkpoint": None})
+        repo.save(conn, import_checkpoint=None)
         return None
     return found
 
 
 def _adopt(conn: Connection, ctx: StepContext, resumed: _Checkpoint) -> None:
-    """The resumed step's objects count as seen by this one (the deletion rule needs the whole listing)."""
+    """The resumed step's objects (and the state it wrote) count as seen by this one: the deletion
+    rule at the end, and the forgetting of state nobody wrote, need the whole listing."""
     conn.execute(
         update(cs_object)
         .where(cs_object.c.agent == ctx.agent, cs_object.c.seen_step == resumed.step_id)
         .values(seen_step=ctx.step_id)
     )
+    AgentStateRepository(ctx.agent).adopt(conn, resumed.step_id, ctx.step_id)
     counters = ctx.result.counters
     counters["resumed_from_step"] = resumed.step_id
     counters["resumed_after_page"] = resumed.pages
@@ -436,60 +466,130 @@ def _adopt(conn: Connection, ctx: StepContext, resumed: _Checkpoint) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What both import contracts are told: the mode, the last watermark, where to resume."""
+
+    full: bool
+    watermark: str | None
+    resume_from: str | None
+    page_size: int
+
+    @property
+    def mode(self) -> ImportMode:
+        return ImportMode.FULL if self.full else ImportMode.DELTA
+
+
+def _paged(connector: Connector[Any], source: _Source) -> Iterator[Page]:
+    """The page-pull contract (``import_page``), each page as the connector returns it."""
+    token: str | None = None
+    page_number = 1
+    while True:
+        request = ImportRequest(
+            mode=source.mode,
+            page_size=source.page_size,
+            page_number=page_number,
+            page_token=token,
+            watermark=source.watermark,
+            resume_from=source.resume_from if page_number == 1 else None,
+        )
+        result = connector.import_page(request)
+        more = result.more_to_import
+        if more and result.page_token is not None and result.page_token == token and not result.entries:
+            msg = f"connector returned the same page token {token!r} twice with no entries (paging loop)"
+            raise StepStopped("stopped-connector-error", msg)
+        checkpoint = result.checkpoint if source.full else None
+        yield Page(list(result.entries), checkpoint=checkpoint, watermark=result.watermark, last=not more)
+        if not more:
+            return
+        token = result.page_token
+        page_number += 1
+
+
+def _streamed(ctx: StepContext, connector: Connector[Any], source: _Source) -> Iterator[Page]:
+    """Import contract v2 (``import_changes``): the engine pages the stream and runs deferred work."""
+    run = ImportRun(
+        mode=source.mode,
+        state=AgentStateReader(ctx.store, ctx.agent),
+        watermark=source.watermark,
+        resume_from=source.resume_from,
+        page_size=source.page_size,
+    )
+    max_ahead = min(4000, max(200, 2 * source.page_size))
+    pager = StreamPager(connector.import_changes(run), page_size=source.page_size, max_ahead=max_ahead)
+    return pager.pages()
+
+
+def _pages(ctx: StepContext, connector: Connector[Any], source: _Source) -> Iterator[Page]:
+    if connector.streams_imports():
+        return _streamed(ctx, connector, source)
+    if connector.pages_imports():
+        return _paged(connector, source)
+    msg = (
+        f"the connector of agent {ctx.agent!r} ({type(connector).__name__}) implements neither import_changes "
+        '(import contract v2) nor import_page (the page-pull contract); see the README\'s "Writing a connector"'
+    )
+    raise StepStopped("stopped-configuration", msg)
+
+
+def _commit_page(
+    ctx: StepContext, applier: _PageApplier, page: Page, number: int, resume: _Checkpoint | None, full: bool
+) -> None:
+    """One page in one transaction: its entries, the agent state that goes with them, the checkpoint."""
+    with ctx.store.transaction() as conn:
+        if resume is not None and number == 1:
+            _adopt(conn, ctx, resume)
+        applier.apply(conn, page.entries)
+        repo = AgentStateRepository(ctx.agent)
+        if page.state:
+            repo.put(conn, page.state, ctx.step_id)
+        if full and page.checkpoint is not None and not ctx.dry_run:
+            done = _Checkpoint(
+                ctx.step_id,
+                page.checkpoint,
+                number + (resume.pages if resume else 0),
+                applier.entries_seen + (resume.entries if resume else 0),
+            )
+            repo.save(conn, import_checkpoint=done.dumps())
+    for name, value in page.counters.items():
+        ctx.result.counters[f"connector.{name}"] += value
+
+
 def _import_pages(
     ctx: StepContext, connector: Connector[Any], applier: _PageApplier, full: bool, watermark: str | None
 ) -> tuple[int, str | None, int]:
-    """Pull pages until the connector has no more; returns (pages, new watermark, entries resumed)."""
+    """Commit pages until the connector has no more; returns (pages, new watermark, entries resumed)."""
     with ctx.store.transaction() as conn:
         resume = _take_checkpoint(conn, ctx, full)
     page_size = min(ctx.step.page_size, connector.capabilities.max_page_size)
-    token: str | None = None
-    page_number = 1
     new_watermark: str | None = watermark
+    number = 0
+    source = _Source(full, watermark, resume.checkpoint if resume else None, page_size)
+    pages = _pages(ctx, connector, source)
     while True:
-        request = ImportRequest(
-            mode=ImportMode.FULL if full else ImportMode.DELTA,
-            page_size=page_size,
-            page_number=page_number,
-            page_token=token,
-            watermark=watermark,
-            options=dict(ctx.step.options),
-            resume_from=resume.checkpoint if resume is not None and page_number == 1 else None,
-        )
         try:
-            page = connector.import_page(request)
+            page = next(pages)
+        except StopIteration:
+            break
         except ResumeRefusedError as exc:
-            if request.resume_from is None:
+            if source.resume_from is None or number > 0:
                 raise StepStopped("stopped-connector-error", f"the connector refused to resume: {exc}") from None
             log.warning("%s: the interrupted full import cannot be resumed (%s); starting over", ctx.agent, exc)
             ctx.result.message = f"could not resume the interrupted full import ({exc}); started over"
             resume = None
+            source = _Source(full, watermark, None, page_size)
+            pages = _pages(ctx, connector, source)
             continue
-        with ctx.store.transaction() as conn:
-            if resume is not None and page_number == 1:
-                _adopt(conn, ctx, resume)
-            applier.apply(conn, page.entries)
-            if full and page.checkpoint is not None and not ctx.dry_run:
-                done = _Checkpoint(
-                    ctx.step_id,
-                    page.checkpoint,
-                    page_number + (resume.pages if resume else 0),
-                    applier.entries_seen + (resume.entries if resume else 0),
-                )
-                _save_agent_state(conn, ctx.agent, {"import_checkpoint": done.dumps()})
+        number += 1
+        _commit_page(ctx, applier, page, number, resume, full)
         ctx.progress.advance(len(page.entries))
+        ctx.result.counters["pages"] = number
         ctx.check_error_limit()
         if page.watermark is not None:
             new_watermark = page.watermark
-        if not page.more_to_import:
+        if page.last:
             break
-        if page.page_token is not None and page.page_token == token and not page.entries:
-            msg = f"connector returned the same page token {token!r} twice with no entries (paging loop)"
-            raise StepStopped("stopped-connector-error", msg)
-        token = page.page_token
-        page_number += 1
-        ctx.result.counters["pages"] = page_number
-    return page_number, new_watermark, resume.entries if resume is not None else 0
+    return number, new_watermark, resume.entries if resume is not None else 0
 
 
 def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
@@ -497,9 +597,12 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
     if not full and not connector.capabilities.delta_import:
         msg = f"agent {ctx.agent!r} does not support delta import; use a full-import step"
         raise StepStopped("stopped-configuration", msg)
+    if full and not connector.capabilities.full_import:
+        msg = f"agent {ctx.agent!r} does not support full import (its capabilities say so); use a delta-import step"
+        raise StepStopped("stopped-configuration", msg)
     schema = connector.get_schema()
     with ctx.store.transaction() as conn:
-        _save_agent_state(conn, ctx.agent, {"schema_json": schema.model_dump_json(), "updated_at": time.time()})
+        AgentStateRepository(ctx.agent).save(conn, schema_json=schema.model_dump_json(), updated_at=time.time())
         watermark = None if full else load_watermark(conn, ctx.agent)
     applier = _PageApplier(ctx, schema, full)
     ctx.progress.start(f"{ctx.agent}: {'full' if full else 'delta'} import")
@@ -548,8 +651,12 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
                 delete(cs_object).where(and_(cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_(None)))
             )
         values: dict[str, Any] = {"watermark": new_watermark, "updated_at": time.time()}
+        repo = AgentStateRepository(ctx.agent)
         if full:
             values["import_checkpoint"] = None  # finished: nothing to resume
-        _save_agent_state(conn, ctx.agent, values)
+            forgotten = repo.forget_unwritten(conn, ctx.step_id)
+            if forgotten:
+                ctx.result.counters["agent_state_forgotten"] += forgotten
+        repo.save(conn, **values)
         ctx.flush_errors(conn)
     ctx.progress.finish()

@@ -13,6 +13,7 @@ engine records it against the object and the run goes on.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,12 +23,32 @@ __all__ = [
     "AttributeChange",
     "AttributeModificationType",
     "CSEntryChange",
+    "HashedBytes",
     "ImportEntryError",
     "ObjectModificationType",
     "Value",
     "Values",
     "person_display",
 ]
+
+
+class HashedBytes(bytes):
+    """Binary value that carries its SHA-256 (hex), so the engine does not hash it a second time.
+
+    A connector that already hashed a photo (to compare it, or to stage its checksum attribute)
+    hands the bytes over in this form; the store addresses blobs by that very hash.
+    """
+
+    sha256: str
+
+    def __new__(cls, data: bytes, sha256: str | None = None) -> HashedBytes:
+        made = super().__new__(cls, data)
+        made.sha256 = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
+        return made
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (HashedBytes, (bytes(self), self.sha256))
+
 
 Value: TypeAlias = str | int | bool | bytes | _dt.datetime
 """One attribute value as a connector sees it."""
@@ -91,8 +112,11 @@ class CSEntryChange:
 
     ``identifier`` is set by the engine on exports (the connector-space object id) so that each
     ``ExportResult`` can be matched to its change; importers leave it empty.
-    ``previous`` (exports only) holds the engine's current view of the changed attributes, so a
-    connector can refuse no-op writes without reading the target first.
+    ``previous`` (exports only) holds the engine's current view (the hologram) of the changed
+    attributes that are not binary, for connectors that must express a change against the old value
+    (an LDAP delete of one value of a multi-valued attribute). It is not a no-op check: the engine
+    stages only changes that differ from the hologram and from an unconfirmed earlier write, and a
+    photo's old bytes are not loaded at all.
     """
 
     object_class: str

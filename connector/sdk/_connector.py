@@ -1,7 +1,9 @@
 """The connector contract: a few explicit methods, the way PSMA had a few scripts.
 
 A connector (a management agent's code) declares ``settings_model`` and ``capabilities`` and
-implements ``get_schema`` and ``import_page``; ``export`` is optional. The engine owns all state
+implements ``get_schema`` and ``import_changes`` (import contract v2, see ``_stream``: a generator
+of changes, state updates, checkpoints and deferred work) or, in the older page-pull shape,
+``import_page``; ``export`` is optional. The engine owns all state
 (connector space, watermarks, pending exports): a connector never writes the store, and the engine
 never talks to a connected directory except through these methods.
 """
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,6 +23,7 @@ from connector.sdk._changes import CSEntryChange
 from connector.sdk._exports import ExportResult
 from connector.sdk._imports import ImportPage, ImportRequest
 from connector.sdk._schema import Schema
+from connector.sdk._stream import ImportItem, ImportRun
 
 __all__ = [
     "Capabilities",
@@ -43,14 +46,17 @@ class ConnectorSettings(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What the connector can do (MIM's MA capabilities, reduced to what the engine uses)."""
+    """What the connector can do (MIM's MA capabilities, reduced to what the engine reads).
+
+    The engine refuses a step the connector cannot run (``stopped-configuration``, naming the agent)
+    instead of letting it fail half-way: a full-import step needs ``full_import``, a delta-import
+    step ``delta_import``, an export step ``export``.
+    """
 
     full_import: bool = True
     delta_import: bool = False
     export: bool = False
-    #: The connector assigns anchors on add (the engine then waits for ``ExportResult.anchor``).
-    server_generated_anchor: bool = False
-    #: Largest page or batch the connector accepts.
+    #: Largest page (entries per committed import page) or export batch the connector accepts.
     max_page_size: int = 10_000
     max_batch_size: int = 9_999
 
@@ -77,8 +83,6 @@ class ConnectorContext:
     dry_run: bool = False
     export_attributes: dict[str, frozenset[str]] = field(default_factory=dict)
     reauthorize_command: str = ""
-    metrics: Any = None
-    run_options: dict[str, Any] = field(default_factory=dict)
 
 
 SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
@@ -87,8 +91,9 @@ SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)
 class Connector(abc.ABC, Generic[SettingsT]):
     """Base class of every management agent's code.
 
-    Lifecycle per run step: ``open()``, then ``import_page`` calls (until ``more_to_import`` is
-    false) or ``export`` calls (one per batch), then ``close()`` (always, also after errors).
+    Lifecycle per run step: ``open()``, then one ``import_changes`` generator run to its end (or
+    ``import_page`` calls until ``more_to_import`` is false), or ``export`` calls (one per batch),
+    then ``close()`` (always, also after errors).
     """
 
     settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
@@ -113,9 +118,33 @@ class Connector(abc.ABC, Generic[SettingsT]):
     def get_schema(self) -> Schema:
         """The object classes and attributes this connector handles."""
 
-    @abc.abstractmethod
+    def import_changes(self, run: ImportRun) -> Iterator[ImportItem]:
+        """Import contract v2: yield changes and the rest (see ``connector.sdk._stream``).
+
+        The engine pages, commits, runs ``Deferred`` work on its threads and keeps the state. Raise
+        ``StopRunError`` only when the whole step must stop.
+        """
+        msg = f"{type(self).__name__} implements neither import_changes nor import_page"
+        raise NotImplementedError(msg)
+
     def import_page(self, request: ImportRequest) -> ImportPage:
-        """Return one page of changes. Raise ``StopRunError`` only when the whole step must stop."""
+        """The page-pull contract (v1), still supported: return one page of changes.
+
+        New connectors implement ``import_changes`` instead. Raise ``StopRunError`` only when the
+        whole step must stop.
+        """
+        msg = f"{type(self).__name__} implements neither import_changes nor import_page"
+        raise NotImplementedError(msg)
+
+    @classmethod
+    def streams_imports(cls) -> bool:
+        """Whether this connector implements import contract v2 (``import_changes``)."""
+        return cls.import_changes is not Connector.import_changes
+
+    @classmethod
+    def pages_imports(cls) -> bool:
+        """Whether this connector implements the page-pull contract (``import_page``)."""
+        return cls.import_page is not Connector.import_page
 
     def prepare_export(self, changes: Sequence[CSEntryChange]) -> None:
         """Look at every change an export step will send before its first batch is written.

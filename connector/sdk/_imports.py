@@ -17,9 +17,9 @@ that can no longer resume from it (the token expired, the source was rebuilt) ra
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from connector.sdk._changes import CSEntryChange
 
@@ -40,7 +40,6 @@ class ImportRequest:
     page_number: int = 1
     page_token: str | None = None
     watermark: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
     #: On the first page of a full import resuming an interrupted one: its last committed checkpoint.
     resume_from: str | None = None
 

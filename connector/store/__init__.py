@@ -9,6 +9,7 @@ one decoder, ``decode_value``/``plain_value``. Batched writes are ``BatchInsert`
 """
 
 from connector.store import tables
+from connector.store._agent_state import AgentStateReader, AgentStateRepository
 from connector.store._audit import DanglingLink, DuplicateLink, OrphanExport, StoreAudit
 from connector.store._batch import BatchInsert, BatchUpdate
 from connector.store._blobs import Blobs
@@ -56,6 +57,8 @@ __all__ = [
     "BLOB_PREFIX",
     "RESTORE_HINT",
     "SCHEMA_VERSION",
+    "AgentStateReader",
+    "AgentStateRepository",
     "BatchInsert",
     "BatchUpdate",
     "BlobRef",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select
 
-from connector.store.tables import metadata, store_meta
+from connector.store.tables import agent_data, metadata, store_meta
 
 __all__ = [
     "DISCONNECTED_PREDICATE",
@@ -85,11 +85,17 @@ def _v4_import_checkpoint(conn: Connection) -> None:
     _add_missing_columns(conn, (("agent_state", "import_checkpoint"),))
 
 
+def _v5_agent_data(conn: Connection) -> None:
+    """``agent_data``: each agent's key-value state, committed with its import pages (import contract v2)."""
+    agent_data.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _v1,
     _v2_console_indexes,
     _v3_history_messages,
     _v4_import_checkpoint,
+    _v5_agent_data,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -71,7 +71,9 @@ def _encode_one(value: Any, put_blob: Callable[[str, bytes], None]) -> Any:
         return value
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
-        sha = hashlib.sha256(data).hexdigest()
+        # a value that carries its hash (connector.sdk.HashedBytes) is not hashed again
+        known = getattr(value, "sha256", None)
+        sha = known if isinstance(known, str) else hashlib.sha256(data).hexdigest()
         put_blob(sha, data)
         return blob_ref(sha, len(data))
     if isinstance(value, _dt.datetime):

@@ -82,6 +82,18 @@ agent_state = Table(
     Column("import_checkpoint", Text),
 )
 
+#: An agent's own key-value state (ETags, checksums, last probes; migration 5): written by the engine
+#: with the import page it belongs to, read back by the connector (``connector.sdk.ImportRun.state``).
+#: ``step_id``: the import step that last wrote the key (a full import forgets keys it did not write).
+agent_data = Table(
+    "agent_data",
+    metadata,
+    Column("agent", String(200), primary_key=True),
+    Column("key", String(400), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("step_id", Integer),
+)
+
 cs_object = Table(
     "cs_object",
     metadata,

@@ -1,7 +1,7 @@
 """The ``exchange-online-photos`` agent: Exchange Online mailbox users and photos over Microsoft Graph.
 
 Registered under the ``mvsync.connectors`` entry point. See ``_connector`` for the import design,
-``_auth`` for MSAL refresh-token authentication and ``_state`` for the per-user photo state file.
+``_auth`` for MSAL refresh-token authentication and ``_import`` for what the import lists, probes and stages.
 """
 
 from connector.agents.exchange_online._auth import GraphAuth

@@ -76,9 +76,6 @@ def same_mailbox_location(stored_etag: str | None, new_etag: str | None) -> bool
     return (stored_etag == ON_PREMISES_ETAG) == (new_etag == ON_PREMISES_ETAG)
 
 
-def mailbox_location_values(etag: str | None, counters: dict[str, int]) -> dict[str, Any]:
-    """The location attribute for an outcome's version (counted when on-premises); empty otherwise."""
-    if etag != ON_PREMISES_ETAG:
-        return {}
-    counters["mailbox_on_premises"] = counters.get("mailbox_on_premises", 0) + 1
-    return {LOCATION_ATTRIBUTE: ON_PREMISES}
+def mailbox_location_values(etag: str | None) -> dict[str, Any]:
+    """The location attribute for an outcome's version when it is on-premises; empty otherwise."""
+    return {LOCATION_ATTRIBUTE: ON_PREMISES} if etag == ON_PREMISES_ETAG else {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -45,10 +45,12 @@ from connector.sdk import (
     ConfigurationError,
     Connector,
     CSEntryChange,
+    DeltaWatermark,
     ExportResult,
+    HashedBytes,
+    ImportItem,
     ImportMode,
-    ImportPage,
-    ImportRequest,
+    ImportRun,
     ObjectClass,
     ObjectModificationType,
     Schema,
@@ -117,8 +119,6 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
     capabilities: ClassVar[Capabilities] = Capabilities(full_import=True, delta_import=True, export=True)
     description: ClassVar[str] = "A folder of photo files named after accounts (bulk import, backup export)."
 
-    _plan: _Plan | None = None
-
     def get_schema(self) -> Schema:
         return _SCHEMA
 
@@ -134,29 +134,18 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         return CheckResult(True, f"{folder} is readable")
 
     # -- import ------------------------------------------------------------------------------
-    def import_page(self, request: ImportRequest) -> ImportPage:
-        if request.page_token is None:
-            self._plan = self._make_plan(request)
-        plan = self._plan
-        if plan is None:
-            msg = "an import page was requested with a page token but no import is in progress"
-            raise StopRunError(msg)
-        index = int(request.page_token or 0)
-        entries: list[CSEntryChange] = []
-        while index < len(plan.items) and len(entries) < request.page_size:
-            entry = self._run(plan.items[index], plan)
-            index += 1
+    def import_changes(self, run: ImportRun) -> Iterator[ImportItem]:
+        """Import contract v2: the planned accounts in anchor order, then the folder state as watermark.
+
+        The watermark is the whole folder state (small: names, sizes, times and hashes), so the
+        agent needs no key-value state of its own.
+        """
+        plan = self._make_plan(run.mode, run.watermark)
+        for item in plan.items:
+            entry = self._run(item, plan)
             if entry is not None:
-                entries.append(entry)
-        more = index < len(plan.items)
-        if not more:
-            self._plan = None
-        return ImportPage(
-            entries=entries,
-            more_to_import=more,
-            page_token=str(index) if more else None,
-            watermark=None if more else plan.state.dumps(),  # complete only after the last page
-        )
+                yield entry
+        yield DeltaWatermark(plan.state.dumps())  # complete only after the last entry
 
     def _folder(self) -> Path:
         folder = self.settings.path
@@ -165,13 +154,13 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             raise ConfigurationError(msg, key="path")
         return folder
 
-    def _make_plan(self, request: ImportRequest) -> _Plan:
+    def _make_plan(self, mode: ImportMode, watermark: str | None) -> _Plan:
         folder = self._folder()
         real = os.path.realpath(folder)
-        delta = request.mode == ImportMode.DELTA and request.watermark is not None
+        delta = mode == ImportMode.DELTA and watermark is not None
         old = (
-            FolderState.loads(request.watermark, folder=real, recursive=self.settings.recursive)
-            if delta and request.watermark is not None
+            FolderState.loads(watermark, folder=real, recursive=self.settings.recursive)
+            if delta and watermark is not None
             else FolderState(real, self.settings.recursive)
         )
         try:
@@ -255,7 +244,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return None  # touched, not changed: nothing to tell the engine
         attributes: dict[str, Values] = {
             ANCHOR: file.account,
-            PHOTO: data,
+            PHOTO: HashedBytes(data, checksum),  # hashed once: the store addresses the blob by it
             "photoChecksum": checksum,
             "path": file.relpath,
             "modified": dt.datetime.fromtimestamp(mtime_ns / 1e9, tz=dt.UTC),

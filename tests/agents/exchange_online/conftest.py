@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, ExchangeOnlineSettings
 from connector.emulator import exo_agent_settings
-from connector.sdk import ConnectorContext, CSEntryChange, ImportMode, ImportRequest
+from connector.engine import Page, import_in_memory
+from connector.sdk import ConnectorContext, CSEntryChange, ImportMode
 
 REAUTH = "mvsync auth login exo -c /etc/mvsync/mvsync.toml"
 
@@ -62,25 +64,42 @@ def make_connector(emu: Any, data_dir: Path, **overrides: Any) -> ExchangeOnline
     return ExchangeOnlinePhotosConnector(settings_for(emu, **overrides), context)
 
 
+#: The agent state of each data folder (the engine keeps it in its store; these tests need none).
+STATES: dict[Path, dict[str, Any]] = {}
+
+
+#: The ``Count`` items of each connector's imports (the engine records them in run history).
+COUNTS: dict[ExchangeOnlinePhotosConnector, Counter[str]] = {}
+
+
+def agent_state(connector: ExchangeOnlinePhotosConnector) -> dict[str, Any]:
+    return STATES.setdefault(connector.context.data_dir, {})
+
+
+def counts(connector: ExchangeOnlinePhotosConnector) -> Counter[str]:
+    """What ``connector``'s imports counted (``Count`` items), summed over its runs."""
+    return COUNTS.setdefault(connector, Counter())
+
+
 def run_import(
     connector: ExchangeOnlinePhotosConnector,
     mode: ImportMode,
     watermark: str | None = None,
     page_size: int = 25,
+    on_page: Callable[[int, Page], None] | None = None,
+    resume_from: str | None = None,
 ) -> tuple[list[CSEntryChange], str | None]:
-    """Drive ``import_page`` the way the engine does; returns all entries and the final watermark."""
-    entries: list[CSEntryChange] = []
-    token: str | None = None
-    page = 1
-    while True:
-        result = connector.import_page(
-            ImportRequest(mode=mode, page_size=page_size, page_number=page, page_token=token, watermark=watermark)
-        )
-        assert len(result.entries) <= page_size
-        entries.extend(result.entries)
-        if not result.more_to_import:
-            return entries, result.watermark
-        token, page = result.page_token, page + 1
+    """Run one import the way the engine does (``import_in_memory``, the state kept per data folder)."""
+    return import_in_memory(
+        connector,
+        mode,
+        agent_state(connector),
+        watermark=watermark,
+        page_size=page_size,
+        on_page=on_page,
+        resume_from=resume_from,
+        counters=counts(connector),
+    )
 
 
 def imported(

@@ -3,9 +3,6 @@ engine step, an expired delta link, and the photo work queue's manners."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +10,6 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from connector.agents.exchange_online._photos import PhotoTask
-from connector.agents.exchange_online._pipeline import WorkQueue
 from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ConfigurationError, ImportMode, ServerDownError, StopRunError
 from tests.agents.exchange_online.conftest import delete_user_at_photo_probe, make_connector, run_import
@@ -320,130 +315,3 @@ def test_engine_drops_a_user_gone_before_its_photo_probe(
     assert answers == [(404, "Request_ResourceNotFound")]
     assert victim["id"] not in rows
     assert set(rows) == set(before) - {victim["id"]}  # everyone else is still there
-
-
-# ---------------------------------------------------------------------------------- 4. WorkQueue
-
-
-def _take_in_thread(q: WorkQueue, n: int) -> tuple[threading.Thread, list[Any]]:
-    got: list[Any] = []
-
-    def run() -> None:
-        got.append(q.take(n))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, got
-
-
-def test_work_queue_never_exceeds_per_mailbox_for_one_user() -> None:
-    q = WorkQueue(per_mailbox=1)
-    a1, a2, a3, b1 = PhotoTask("a"), PhotoTask("a", "get"), PhotoTask("a"), PhotoTask("b")
-    for task in (a1, a2, a3, b1):
-        q.put(task)
-    first = q.take(10)
-    assert first == [a1, b1]  # one task for "a" although three are ready; "b" is not held up
-    # everything left is for the busy mailbox: a second worker waits instead of doubling up
-    thread, got = _take_in_thread(q, 10)
-    thread.join(0.3)
-    assert thread.is_alive() and got == []
-    q.done([b1])  # another mailbox finishing frees nothing for "a"
-    thread.join(0.3)
-    assert thread.is_alive() and got == []
-    q.done([a1])
-    thread.join(5)
-    assert got == [[a2]]  # the skipped tasks kept their order
-    q.done([a2])
-    assert q.take(10) == [a3]
-    q.close()
-
-    two = WorkQueue(per_mailbox=2)
-    for task in (PhotoTask("a"), PhotoTask("a"), PhotoTask("a"), PhotoTask("b")):
-        two.put(task)
-    assert [t.user_id for t in two.take(10) or []] == ["a", "a", "b"]
-    two.close()
-
-
-def test_work_queue_per_mailbox_holds_under_concurrent_workers() -> None:
-    per_mailbox = 2
-    q = WorkQueue(per_mailbox=per_mailbox)
-    users = [f"user-{i}" for i in range(3)]
-    total = 90
-    for i in range(total):
-        q.put(PhotoTask(users[i % len(users)]))
-    lock = threading.Lock()
-    in_flight: Counter[str] = Counter()
-    peak: Counter[str] = Counter()
-    handled: list[str] = []
-
-    def worker() -> None:
-        while True:
-            tasks = q.take(4)
-            if tasks is None:
-                return
-            with lock:
-                for task in tasks:
-                    in_flight[task.user_id] += 1
-                    peak[task.user_id] = max(peak[task.user_id], in_flight[task.user_id])
-            time.sleep(0.002)
-            with lock:
-                for task in tasks:
-                    in_flight[task.user_id] -= 1
-                    handled.append(task.user_id)
-                finished = len(handled) == total
-            q.done(tasks)
-            if finished:
-                q.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
-    assert not any(t.is_alive() for t in threads)
-    assert len(handled) == total and Counter(handled) == Counter({u: total // len(users) for u in users})
-    assert max(peak.values()) == per_mailbox  # reached, never exceeded
-
-
-def test_work_queue_hands_out_retries_only_after_ready_at() -> None:
-    q = WorkQueue(per_mailbox=4)
-    delay = 0.4
-    retry = PhotoTask("late", attempt=2, ready_at=time.monotonic() + delay)
-    q.put(retry)
-    fresh = PhotoTask("early")
-    q.put(fresh)
-    assert q.take(10) == [fresh]  # the fresh task goes first, the retry waits
-    q.done([fresh])
-
-    started = time.monotonic()
-    thread, got = _take_in_thread(q, 10)
-    thread.join(delay / 2)
-    assert thread.is_alive() and got == []  # not before its not-before time
-    thread.join(5)
-    assert got == [[retry]]
-    assert time.monotonic() >= retry.ready_at
-    assert time.monotonic() - started >= delay / 2
-
-    # a retry whose time has already come is handed out at once, ahead of fresh work put after it
-    past = PhotoTask("past", attempt=3, ready_at=time.monotonic() - 1)
-    q.put(past)
-    q.put(PhotoTask("new"))
-    assert [t.user_id for t in q.take(1) or []] == ["past"]
-    q.close()
-
-
-def test_work_queue_take_returns_none_after_close() -> None:
-    q = WorkQueue(per_mailbox=1)
-    # a worker blocked on an empty queue wakes up with None when the queue closes
-    thread, got = _take_in_thread(q, 5)
-    thread.join(0.2)
-    assert thread.is_alive()
-    q.close()
-    thread.join(5)
-    assert not thread.is_alive() and got == [None]
-    # and once closed, take() answers None at once, even with tasks (ready or delayed) still queued
-    q.put(PhotoTask("a"))
-    q.put(PhotoTask("b", ready_at=time.monotonic() + 60))
-    started = time.monotonic()
-    assert q.take(5) is None
-    assert time.monotonic() - started < 1

@@ -12,12 +12,13 @@ import pytest
 
 from connector import metrics
 from connector.agents.exchange_online._photos import PhotoTask, read_response, task_request
-from connector.agents.exchange_online._state import STATE_FILE_NAME
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME
 from connector.emulator import exo_agent_settings
 from connector.sdk import AuthenticationError, ImportMode, ObjectModificationType
 from tests.agents.exchange_online.conftest import (
     REAUTH,
+    agent_state,
+    counts,
     delete_user_at_photo_probe,
     full_import,
     imported,
@@ -78,7 +79,7 @@ def test_delta_finds_photo_and_user_changes_and_downloads_only_those(make_emulat
     conn.open()
     entries, watermark = run_import(conn, ImportMode.DELTA, watermark)
     assert entries == [] or all(e.error is not None for e in entries)
-    assert conn.counters["photo_downloads"] == 0 and conn.counters["probes"] > 0
+    assert counts(conn)["photo_downloads"] == 0 and counts(conn)["probes"] > 0
     conn.close()
 
     users = [u for u in _mailbox_users(emu) if u["mailbox"] == "cloud"]
@@ -103,7 +104,7 @@ def test_delta_finds_photo_and_user_changes_and_downloads_only_those(make_emulat
     assert got[renamed["id"]].modification == ObjectModificationType.UPDATE
     assert got[gone["id"]].modification == ObjectModificationType.DELETE
     assert got[added["id"]].attributes["EXOPhoto"]
-    assert conn.counters["photo_downloads"] == 2  # the changed photo and the new user's
+    assert counts(conn)["photo_downloads"] == 2  # the changed photo and the new user's
     assert watermark is not None
 
 
@@ -117,13 +118,13 @@ def test_recheck_window_bounds_probes(make_emulator: Any, tmp_path: Path) -> Non
     conn.open()
     entries, _ = run_import(conn, ImportMode.DELTA, watermark)
     conn.close()
-    assert conn.counters["reverified"] > 0 and conn.counters["photo_changes"] == 0
+    assert counts(conn)["reverified"] > 0 and counts(conn)["photo_changes"] == 0
     assert [e for e in entries if e.error is None] == []
     conn = make_connector(emu, tmp_path)
     conn.open()
     run_import(conn, ImportMode.DELTA, watermark)
     conn.close()
-    assert conn.counters["probes"] == 0  # inside the window nobody is probed
+    assert counts(conn)["probes"] == 0  # inside the window nobody is probed
 
 
 @pytest.mark.parametrize(
@@ -162,27 +163,21 @@ def test_unknown_user_and_user_without_mailbox(make_emulator: Any, tmp_path: Pat
 
 
 def test_access_token_expiry_mid_run_is_refreshed_silently(make_emulator: Any, tmp_path: Path) -> None:
-    from connector.sdk import ImportRequest
-
-    # one batch at a time, so that most photo requests are still to come when page 1 returns, even
-    # on a busy machine (the pipeline works ahead of the pages): 3 probe batches of 5 latencies each
+    # one batch at a time, so that most photo requests are still to come when page 1 is committed, even
+    # on a busy machine (the engine works ahead of the pages): 3 probe batches of 5 latencies each
     emu = make_emulator(users=60, latency_ms=100)
     conn = make_connector(emu, tmp_path, concurrency=4)
+
+    def expire_after_first(number: int, page: Any) -> None:
+        if number == 1:
+            emu.admin.expire_access_tokens()  # Graph now answers 401 for the token in use
+
     conn.open()
-    entries: list[Any] = []
     try:
-        page, token = 1, None
-        while True:
-            result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token))
-            entries += result.entries
-            if page == 1:
-                emu.admin.expire_access_tokens()  # Graph now answers 401 for the token in use
-            if not result.more_to_import:
-                break
-            page, token = page + 1, result.page_token
+        entries, watermark = run_import(conn, ImportMode.FULL, page_size=10, on_page=expire_after_first)
     finally:
         conn.close()
-    assert result.watermark is not None
+    assert watermark is not None
     assert all(e.error is None for e in entries)
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
     assert conn.metrics["token_refreshes_on_401"] >= 1
@@ -246,33 +241,25 @@ def test_throttling_never_spends_the_retry_budget_nor_fails_a_user(make_emulator
 
 
 def test_revoked_refresh_token_stops_mid_run_with_the_reauthorize_command(make_emulator: Any, tmp_path: Path) -> None:
-    from connector.sdk import ImportRequest
-
-    emu = make_emulator(users=400, latency_ms=30)  # the pipeline runs at most ~200 users ahead
+    emu = make_emulator(users=400, latency_ms=30)  # the engine runs at most ~200 users ahead
     conn = make_connector(emu, tmp_path)
+    first: list[Any] = []
+
+    def revoke_after_first(number: int, page: Any) -> None:
+        if number == 1:
+            first.append(page)
+            emu.admin.revoke_refresh_tokens()
+            emu.admin.expire_access_tokens()
+
     conn.open()
-    first = conn.import_page(ImportRequest(ImportMode.FULL, page_size=5))
-    assert first.entries and first.more_to_import
-    emu.admin.revoke_refresh_tokens()
-    emu.admin.expire_access_tokens()
     with pytest.raises(AuthenticationError) as caught:
-        run_import_rest(conn, first.page_token)
+        run_import(conn, ImportMode.FULL, page_size=5, on_page=revoke_after_first)
     conn.close()
+    assert first and first[0].entries and not first[0].last
     assert caught.value.status == "stopped-authentication"
     assert REAUTH in str(caught.value)
     assert "AADSTS" in str(caught.value)
     assert emu.info["refresh_token"] not in str(caught.value)
-
-
-def run_import_rest(conn: Any, token: str | None) -> None:
-    from connector.sdk import ImportRequest
-
-    page = 2
-    while True:
-        result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=5, page_number=page, page_token=token))
-        if not result.more_to_import:
-            return
-        page, token = page + 1, result.page_token
 
 
 def test_engine_step_stops_authentication_and_keeps_earlier_imports(
@@ -362,13 +349,18 @@ def test_export_puts_and_deletes_photos(make_emulator: Any, tmp_path: Path) -> N
     assert emu.admin.get_photo(users[1]["id"]) is None
 
 
-def test_state_file_lives_in_data_dir(make_emulator: Any, tmp_path: Path) -> None:
+def test_the_photo_state_lives_in_the_agent_state_not_in_a_file(make_emulator: Any, tmp_path: Path) -> None:
     emu = make_emulator(users=5)
     conn = make_connector(emu, tmp_path)
     conn.open()
-    run_import(conn, ImportMode.FULL)
+    entries, _ = run_import(conn, ImportMode.FULL)
     conn.close()
-    assert (tmp_path / STATE_FILE_NAME).is_file()
+    assert not list(tmp_path.glob("*.sqlite3"))  # no state database of the agent's own
+    state = agent_state(conn)
+    for entry in entries:
+        if entry.error is None:
+            assert state[entry.anchor]["in_cs"] is True
+            assert state[entry.anchor]["checksum"] == entry.attributes.get("EXOPhotoChecksum")
 
 
 def test_cli_auth_login_and_status(make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -417,27 +409,28 @@ def test_a_slow_store_bounds_what_the_agent_holds(make_emulator: Any, tmp_path: 
     """Memory does not grow with the tenant: photos wait in Graph, not in the agent, when the store is slow."""
     import time
 
-    from connector.sdk import ImportRequest
-
-    emu = make_emulator(users=600)  # no latency: Graph outruns the store
+    emu = make_emulator(users=1500)  # no latency: Graph outruns the store
     conn = make_connector(emu, tmp_path)
+    committed = 0
+    sent: list[tuple[int, int]] = []
+
+    def slow_store(number: int, page: Any) -> None:
+        nonlocal committed
+        if number <= 3:
+            time.sleep(1.0)  # the engine writing a slow page; the workers run on meanwhile
+            sent.append((committed, conn.graph.stats.batch_items))
+        committed += len(page.entries)
+
     conn.open()
-    entries: list[Any] = []
     try:
-        token, page, more = None, 1, True
-        while more:
-            result = conn.import_page(ImportRequest(ImportMode.FULL, page_size=10, page_number=page, page_token=token))
-            entries += result.entries
-            more, token, page = result.more_to_import, result.page_token, page + 1
-            if page <= 5:
-                time.sleep(1.0)  # the engine writing a slow page; the workers run on meanwhile
-                run = conn._run
-                assert run is not None
-                # one page of finished entries at most, plus what the pipeline's permits allow
-                assert len(run.carry) <= 10, len(run.carry)
-                assert run.pipeline.results.qsize() <= conn.max_ahead == 200
+        entries, _ = run_import(conn, ImportMode.FULL, page_size=10, on_page=slow_store)
     finally:
         conn.close()
+    # at most max_ahead (200) users between the listing and the store, two requests each (probe and
+    # download, plus a few throttled resends): the rest of the tenant waits in Graph, however long
+    # the store takes
+    for done, requests_sent in sent:
+        assert requests_sent <= 2 * (done + 10 + 200) + 100, sent
     # nothing lost to the back-pressure
     assert {e.anchor for e in entries} == {u["id"] for u in _mailbox_users(emu)}
     assert len(entries) == len(_mailbox_users(emu))

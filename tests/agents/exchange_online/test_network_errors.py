@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import requests
 
-from connector.agents.exchange_online._state import Watermark
+from connector.agents.exchange_online._import import Watermark
 from connector.net import describe_request_error
-from connector.sdk import ImportMode, ImportRequest, ServerDownError
+from connector.sdk import ImportMode, ServerDownError
 from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 
 
@@ -31,7 +31,7 @@ def test_an_unreachable_graph_url_names_host_port_and_kind(make_emulator: Any, t
     conn.open()  # the token comes from the (reachable) authority
     try:
         with pytest.raises(ServerDownError) as caught:
-            conn.import_page(ImportRequest(mode=ImportMode.FULL, page_size=10))
+            run_import(conn, ImportMode.FULL, page_size=10)
     finally:
         conn.close()
     message = str(caught.value)

@@ -9,22 +9,21 @@ Outcomes are asserted, not speed: who is imported, which errors, what history sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
 from connector.config import config_from_dict
 from connector.demo import emulator_exo_settings, load_sample
 from connector.emulator import THROTTLE_MODELS, EmulatorConfig, GraphEmulator, parse_throttle
-from connector.engine import Engine
+from connector.engine import Engine, NullProgress
 from connector.metrics import REGISTRY
-from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ImportMode, ImportPage, ImportRequest
+from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ImportMode
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
 from connector.throttling import forget_shared_limiters
-from tests.agents.exchange_online.conftest import imported, make_connector
+from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 from tests.harness.crash import lab_emulator_config
 
 
@@ -52,52 +51,42 @@ def test_every_named_model_imports_everybody_and_fails_nobody_for_throttling(
 
 def test_a_model_that_tightens_mid_run_is_followed_down(tmp_path: Path, cache_key: str) -> None:
     """Default limits for the first page, then Outlook's 4 per app: the limiter follows, nobody fails."""
-    # the agent runs at most max_ahead (200 here) users ahead of the engine: with 1,000 users most of
+    # the engine runs at most max_ahead (200 here) users ahead of the store: with 1,000 users most of
     # the photo requests are still to come when the model changes after the first page
     with GraphEmulator(EmulatorConfig(users=1000, seed=6, latency_ms=5)) as emu:
         conn = make_connector(emu, tmp_path, retry_budget=0)
+        peaks: list[int] = []
+
+        def tighten_after_first(number: int, page: Any) -> None:
+            if number == 1:
+                peaks.append(conn.graph.limiter.limit)
+                emu.admin.set_throttle("outlook-per-app")
+
         conn.open()
         try:
-            first = conn.import_page(ImportRequest(mode=ImportMode.FULL, page_size=50, page_number=1))
-            peak_before = conn.graph.limiter.limit
-            emu.admin.set_throttle("outlook-per-app")
-            entries = list(first.entries)
-            page, token = 2, first.page_token
-            while True:
-                result = conn.import_page(
-                    ImportRequest(mode=ImportMode.FULL, page_size=50, page_number=page, page_token=token)
-                )
-                entries += result.entries
-                if not result.more_to_import:
-                    break
-                page, token = page + 1, result.page_token
+            entries, _ = run_import(conn, ImportMode.FULL, page_size=50, on_page=tighten_after_first)
         finally:
             conn.close()
         assert {e.anchor for e in entries} == _mailbox_ids(emu)
         assert {e.error.name for e in entries if e.error is not None} == set()
         limiter = conn.graph.limiter
-        assert limiter.stats.decreases >= 1 and limiter.limit < peak_before
+        assert limiter.stats.decreases >= 1 and limiter.limit < peaks[0]
         assert emu.admin.stats()["throttled"] > 0  # the tighter model did push back, and was honoured
 
 
-class _ThrottledOnceResumable(ExchangeOnlinePhotosConnector):
-    """The real agent; once a committed page's checkpoint points past the first ``users/delta``
-    page, the tenant starts refusing every request (so the stop is resumable, deterministically).
+class _ThrottleOnceResumable(NullProgress):
+    """Watches the engine commit pages; once a committed checkpoint points past the first
+    ``users/delta`` page, the tenant starts refusing every request (a resumable stop, deterministically).
     """
 
-    emulator: ClassVar[GraphEmulator | None] = None
-    last_metrics: ClassVar[dict[str, Any]] = {}
+    def __init__(self, emulator: GraphEmulator, config: Any) -> None:
+        self.emulator: GraphEmulator | None = emulator
+        self.config = config
 
-    def import_page(self, request: ImportRequest) -> ImportPage:
-        page = super().import_page(request)
-        if self.emulator is not None and page.checkpoint is not None and "skiptoken" in page.checkpoint:
+    def advance(self, n: int = 1) -> None:
+        if self.emulator is not None and "skiptoken" in (_store_figures(self.config)["checkpoint"] or ""):
             self.emulator.admin.set_throttle({"app_concurrency": 0})  # nothing is admitted any more
-            type(self).emulator = None
-        return page
-
-    def close(self) -> None:
-        type(self).last_metrics = self.metrics
-        super().close()
+            self.emulator = None
 
 
 def _store_figures(config: Any) -> dict[str, Any]:
@@ -125,15 +114,14 @@ def test_a_full_import_stopped_by_throttling_keeps_its_pages_and_resumes(tmp_pat
             {
                 "store": {"url": "sqlite:///mvsync.db"},
                 "data_dir": "data",
-                "agents": {"exo": {"type": f"{__name__}:_ThrottledOnceResumable", "settings": exo}},
+                "agents": {"exo": {"type": "exchange-online-photos", "settings": exo}},
                 "run_profiles": {"Full Import": {"steps": [{"type": "full-import", "agent": "exo", "page_size": 50}]}},
             },
             base_dir=tmp_path,
         )
-        _ThrottledOnceResumable.emulator = emu
         engine = Engine(config)
         try:
-            stopped = engine.run_profile("Full Import")
+            stopped = engine.run_profile("Full Import", progress=_ThrottleOnceResumable(emu, config))
             step = stopped.steps[0]
             assert stopped.status == "stopped-throttled", stopped.as_dict()
             assert "max_throttled_wait_minutes" in step.message and "resumes" in step.message
@@ -145,11 +133,9 @@ def test_a_full_import_stopped_by_throttling_keeps_its_pages_and_resumes(tmp_pat
             emu.admin.set_throttle("default")
             emu.admin.reset_stats()
             forget_shared_limiters()  # the next scheduled run is a new process: it starts afresh
-            _ThrottledOnceResumable.emulator = None
             resumed = engine.run_profile("Full Import")
         finally:
             engine.close()
-            _ThrottledOnceResumable.emulator = None
         again = resumed.steps[0]
         assert resumed.status in ("success", "completed-discovery-errors"), resumed.as_dict()
         assert again.counters["resumed_from_step"] == step.step_id
@@ -159,7 +145,7 @@ def test_a_full_import_stopped_by_throttling_keeps_its_pages_and_resumes(tmp_pat
         assert figures["held"] + again.error_count >= len(mailbox_users) - step.error_count
         assert figures["deletes"] == 0 and figures["checkpoint"] is None
         # the resumed run listed (and probed) only the users from the checkpoint's page on
-        assert _ThrottledOnceResumable.last_metrics["users"] <= len(mailbox_users) - 150
+        assert again.counters["connector.users"] <= len(mailbox_users) - 150
 
 
 def test_photo_exports_share_the_limiter_and_wait_out_throttling(tmp_path: Path, cache_key: str) -> None:

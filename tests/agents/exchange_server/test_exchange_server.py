@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,17 @@ from connector.agents.exchange_server._client import throttle_signal
 from connector.config import ConfigError, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
 from connector.emulator._ews import EwsConfig, EwsEmulator, soap_fault
-from connector.engine import open_connector
+from connector.engine import import_in_memory, open_connector
 from connector.sdk import (
     AuthenticationError,
     ConfigurationError,
     ConnectorContext,
     CSEntryChange,
+    ImportMode,
     ObjectModificationType,
     StopRunError,
 )
-from tests.agents.photo_folder.helpers import by_anchor, run_import
+from tests.agents.photo_folder.helpers import by_anchor
 from tests.emulator.test_ews import _thumbnail
 from tests.imaging.images import photo
 
@@ -64,9 +66,19 @@ def _agent(emu: EwsEmulator, tmp_path: Path, **overrides: Any) -> ExchangeServer
     return ExchangeServerPhotosConnector(_settings(emu, tmp_path, **overrides), context)
 
 
+#: The agent state of each data folder (the engine keeps it in its store) and each agent's counts.
+_STATES: dict[Path, dict[str, Any]] = {}
+_COUNTS: dict[ExchangeServerPhotosConnector, Counter[str]] = {}
+
+
 def _imported(agent: ExchangeServerPhotosConnector, watermark: str | None = None) -> tuple[dict[str, Any], str]:
+    """One import the way the engine runs it (delta when a watermark is given), in pages of two."""
+    mode = ImportMode.DELTA if watermark is not None else ImportMode.FULL
+    state = _STATES.setdefault(agent.context.data_dir, {})
+    counts = _COUNTS.setdefault(agent, Counter())
     with agent:
-        entries, mark, _pages = run_import(agent, watermark=watermark, page_size=2)
+        entries, mark = import_in_memory(agent, mode, state, watermark=watermark, page_size=2, counters=counts)
+    assert mark is not None
     return by_anchor(entries), mark
 
 
@@ -102,7 +114,7 @@ def test_delta_rechecks_by_etag_and_follows_the_list(ews: EwsEmulator, tmp_path:
     assert entries[THUMB].modification == ObjectModificationType.DELETE
     assert entries[PLAIN].attributes["EXSPhotoChecksum"] and "new@contoso.example" in entries
     assert PHOTO not in entries  # 304: unchanged
-    assert ews.stats()["not_modified"] == 1 and agent.counters["unchanged"] == 1
+    assert ews.stats()["not_modified"] == 1 and _COUNTS[agent]["unchanged"] == 1
     ews.set_photo(PLAIN, None)  # Remove-UserPhoto
     entries, _ = _imported(_agent(ews, tmp_path, photo_recheck_hours=0), watermark)
     assert entries[PLAIN].attributes == {"mail": PLAIN}
@@ -181,6 +193,9 @@ def test_oauth_hybrid_modern_authentication(tmp_path: Path) -> None:
 
 def test_delta_without_state_asks_for_a_full_import(ews: EwsEmulator, tmp_path: Path) -> None:
     with pytest.raises(StopRunError, match="run a full import"):
+        _imported(_agent(ews, tmp_path), watermark="")
+    # a watermark of the version that kept the state in a file of the agent's own: named as such
+    with pytest.raises(StopRunError, match=r"ews-photo-state\.sqlite3.*into the store.*full import"):
         _imported(_agent(ews, tmp_path), watermark='{"v": 1, "delta": "", "gen": 1, "store": "other"}')
 
 

@@ -1,4 +1,4 @@
-"""Running the photo-folder agent the way the engine does: pages until done, then the watermark."""
+"""Running the photo-folder agent the way the engine does: its stream in pages, then the watermark."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from connector.agents.photo_folder import PhotoFolderConnector, PhotoFolderSettings
-from connector.sdk import Connector, ConnectorContext, CSEntryChange, ImportMode, ImportRequest
+from connector.engine import Page, import_in_memory
+from connector.sdk import Connector, ConnectorContext, CSEntryChange, ImportMode
 
 
 def connector(tmp_path: Path, folder: Path, **settings: Any) -> PhotoFolderConnector:
@@ -17,23 +18,23 @@ def connector(tmp_path: Path, folder: Path, **settings: Any) -> PhotoFolderConne
 def run_import(
     agent: Connector[Any], *, watermark: str | None = None, page_size: int = 500
 ) -> tuple[list[CSEntryChange], str, int]:
-    """All entries of one import (delta when a watermark is given), the new watermark, and page count."""
+    """All entries of one import (delta when a watermark is given), the new watermark, and page count.
+
+    Driven the way the engine drives it (``import_in_memory``: the engine's pager, no store).
+    """
     mode = ImportMode.DELTA if watermark is not None else ImportMode.FULL
-    entries: list[CSEntryChange] = []
-    token: str | None = None
-    pages = 0
-    while True:
-        pages += 1
-        page = agent.import_page(
-            ImportRequest(mode=mode, page_size=page_size, page_number=pages, page_token=token, watermark=watermark)
-        )
+    sizes: list[int] = []
+
+    def page_seen(number: int, page: Page) -> None:
         assert len(page.entries) <= page_size
-        entries.extend(page.entries)
-        if not page.more_to_import:
-            assert page.watermark is not None
-            return entries, page.watermark, pages
-        assert page.watermark is None and page.page_token is not None
-        token = page.page_token
+        assert page.watermark is None or page.last  # the watermark comes with the last page only
+        sizes.append(len(page.entries))
+
+    entries, new_watermark = import_in_memory(
+        agent, mode, {}, watermark=watermark, page_size=page_size, on_page=page_seen
+    )
+    assert new_watermark is not None
+    return entries, new_watermark, len(sizes)
 
 
 def by_anchor(entries: list[CSEntryChange]) -> dict[str, CSEntryChange]:

@@ -1,0 +1,379 @@
+"""The import's knowledge: whom to list, whose photo to probe, what to download, what to stage.
+
+The machinery (threads, queues, back-pressure, pages, checkpoints, state storage) is the engine's
+(import contract v2, ``connector.sdk._stream``). Here:
+
+* ``Importer.changes`` is the stream: ``users/delta`` pages, each preceded (full imports) by a
+  ``Checkpoint`` naming that page, so a resumed full import lists again from the first page whose
+  users were not all committed; per user either nothing, a directory-only update, or a photo probe
+  handed to the engine as ``Deferred`` work; on delta imports, then the users whose photo re-check
+  window passed (read from the agent state); last the ``DeltaWatermark``.
+* ``PhotoWorker.run`` sends one ``$batch`` of probes and downloads, sized by the shared adaptive
+  limiter, and turns each answer into a follow-up request (probe -> download, a throttled item
+  after its ``Retry-After``) or the user's entry and its ``StateUpdate``.
+
+Per user the state (``UserState``, one agent-state key per user id) holds the directory attributes,
+the photo's ETag, checksum and size, whether the connector space holds the object, and when it was
+last probed, verified and failed. The engine commits it with the page that holds the user's entry,
+so it never claims more than the connector space has: no generation or trust bookkeeping needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from connector import metrics
+from connector.agents._mailbox_photo import UserState, photo_values, refused_v1_watermark
+from connector.agents.exchange_online._graph import (
+    BATCH_PARALLELISM,
+    GraphClient,
+    GraphResponse,
+    RetryableError,
+    is_pushback,
+)
+from connector.agents.exchange_online._hybrid import mailbox_location_values, same_mailbox_location
+from connector.agents.exchange_online._photos import PhotoOutcome, PhotoTask, read_response, task_request
+from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+from connector.sdk import (
+    AttributeChange,
+    Checkpoint,
+    Count,
+    CSEntryChange,
+    Deferred,
+    DeltaWatermark,
+    HashedBytes,
+    ImportItem,
+    ImportRun,
+    ResumeRefusedError,
+    ServerDownError,
+    StateUpdate,
+    Worker,
+)
+
+
+class GraphSource(Protocol):
+    """What the importer needs of its connector: Graph, the settings and the users/delta listing.
+
+    (A protocol rather than the connector class, which builds the importer: no import cycle.)
+    """
+
+    settings: ExchangeOnlineSettings
+
+    @property
+    def graph(self) -> GraphClient: ...
+
+    def walk_delta(self, url: str, *, resumed: bool = False, page_size: int = 999) -> Generator[Listed, None, str]: ...
+
+    def delta_start(self, watermark: str | None) -> str: ...
+
+    def on_graph_host(self, link: str) -> bool: ...
+
+
+__all__ = ["DIRECTORY_ATTRIBUTES", "OBJECT_CLASS", "Importer", "Listed", "Resume", "Watermark"]
+
+log = logging.getLogger("mvsync.agent.exchange_online")
+
+OBJECT_CLASS = "EXOUser"
+#: Directory properties we import (Graph names = connector-space names), tracked by users/delta.
+DIRECTORY_ATTRIBUTES = ("userPrincipalName", "mail", "mailNickname", "displayName", "accountEnabled")
+SELECT = ",".join(("id", *DIRECTORY_ATTRIBUTES))
+FIRST_LINK = "users/delta?$select=" + SELECT
+#: Photo metrics per import outcome (``mvsync_photos_total{outcome=...}``).
+_IMPORT_OUTCOMES = {
+    "photo": "downloaded",
+    "none": "no-photo",
+    "unchanged": "unchanged",
+    "error": "import-error",
+    "gone": "user-gone",
+}
+#: The agent-state key counting import runs (picks the rolling re-verification bucket).
+_RUN_KEY = "~runs"
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """What a delta import starts from: the ``users/delta`` link (version 2: the state is in the store)."""
+
+    delta_link: str
+
+    def dumps(self) -> str:
+        return json.dumps({"v": 2, "delta": self.delta_link})
+
+    @classmethod
+    def loads(cls, text: str | None) -> Watermark | None:
+        """The watermark, or None when there is none; a version-1 watermark is refused by name."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            version, link = int(data.get("v", 1)), str(data["delta"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if version < 2:
+            raise refused_v1_watermark("photo-state.sqlite3")
+        return cls(link)
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A full import's checkpoint (JSON): the ``users/delta`` page where listing starts again."""
+
+    link: str
+
+    def dumps(self) -> str:
+        return json.dumps({"v": 2, "link": self.link})
+
+    @classmethod
+    def loads(cls, text: str) -> Resume | None:
+        try:
+            return cls(str(json.loads(text)["link"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(slots=True)
+class _Probe:
+    """What travels with a photo request to its outcome."""
+
+    attrs: dict[str, Any]
+    row: UserState | None
+
+
+def _dir_attrs(user: dict[str, Any]) -> dict[str, Any]:
+    return {name: user[name] for name in DIRECTORY_ATTRIBUTES if user.get(name) is not None}
+
+
+def _reverify_bucket(user_id: str, buckets: int) -> int:
+    return int(hashlib.sha256(user_id.encode()).hexdigest()[:8], 16) % buckets
+
+
+@dataclass(slots=True)
+class Listed:
+    """One ``users/delta`` page: where it came from, its users and the ids it reports removed."""
+
+    url: str
+    users: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+class Importer:
+    """One import step of the agent: the stream the engine consumes, and the worker it runs."""
+
+    def __init__(self, connector: GraphSource, run: ImportRun) -> None:
+        self.connector = connector
+        self.settings = connector.settings
+        self.run = run
+        self.full = run.full
+        self.started = time.time()
+        self.seen: set[str] = set()
+        self.worker = PhotoWorker(self)
+        self.run_number = 0
+
+    # -- the stream -------------------------------------------------------------------------------
+    def changes(self) -> Iterator[ImportItem]:
+        try:
+            yield from self._changes()
+        except RetryableError as exc:  # connection trouble outlasted the retries
+            raise ServerDownError(f"Graph unreachable: {exc}") from None
+
+    def _changes(self) -> Iterator[ImportItem]:
+        if self.full:
+            resume = self._resume(self.run.resume_from)
+            first = resume.link if resume is not None else FIRST_LINK
+            link = yield from self._list(first, resumed=resume is not None)
+        else:
+            first = self.connector.delta_start(self.run.watermark)
+            link = yield from self._list(first, resumed=False)
+            yield from self._due()
+        yield DeltaWatermark(Watermark(link).dumps())
+
+    def _resume(self, checkpoint: str | None) -> Resume | None:
+        if checkpoint is None:
+            return None
+        resume = Resume.loads(checkpoint)
+        if resume is None:
+            raise ResumeRefusedError("the checkpoint is not one this agent wrote")
+        if not self.connector.on_graph_host(resume.link):
+            raise ResumeRefusedError("graph_url changed since the interrupted import")
+        return resume
+
+    def _list(self, url: str, *, resumed: bool) -> Generator[ImportItem, None, str]:
+        """Every ``users/delta`` page from ``url``; returns the delta link at the end."""
+        runs = self.run.state.get_many([_RUN_KEY]).get(_RUN_KEY, 0)
+        self.run_number = (runs if isinstance(runs, int) else 0) + 1
+        yield StateUpdate(_RUN_KEY, self.run_number)
+        # listing pages of as many users as the engine runs ahead (max_ahead): a resumed import
+        # re-probes at most about that many users
+        pages = self.connector.walk_delta(url, resumed=resumed, page_size=max(200, 2 * self.run.page_size))
+        while True:
+            try:
+                listed = next(pages)
+            except StopIteration as done:
+                return str(done.value)
+            if self.full:
+                yield Checkpoint(Resume(listed.url).dumps())
+            ids = [str(u["id"]) for u in listed.users] + listed.removed
+            known = self.run.state.get_many(ids)
+            for user_id in listed.removed:
+                self.seen.add(user_id)
+                if not self.full:
+                    yield from self._remove(user_id)
+            for user in listed.users:
+                user_id = str(user["id"])
+                yield from self._on_user(user_id, _dir_attrs(user), UserState.load(user_id, known.get(user_id)))
+
+    def _remove(self, user_id: str) -> Iterator[ImportItem]:
+        yield CSEntryChange.delete(OBJECT_CLASS, user_id)
+        yield StateUpdate(user_id, None)
+        yield Count("deletes")
+
+    def _on_user(self, user_id: str, attrs: dict[str, Any], row: UserState | None) -> Iterator[ImportItem]:
+        if user_id in self.seen:  # a replay within one round
+            return
+        self.seen.add(user_id)
+        if not attrs.get("mail"):  # not (or no longer) a mailbox user
+            if not self.full and row is not None:
+                yield from self._remove(user_id)
+            return
+        yield Count("users")
+        if self.full or row is None or not row.in_cs:
+            yield from self._probe(user_id, attrs, row, None)
+            return
+        if attrs == row.attrs:
+            return
+        changes = [
+            AttributeChange.replace(name, attrs[name]) if name in attrs else AttributeChange.delete(name)
+            for name in DIRECTORY_ATTRIBUTES
+            if attrs.get(name) != row.attrs.get(name)
+        ]
+        row.attrs = attrs
+        yield CSEntryChange.update(OBJECT_CLASS, user_id, changes)
+        yield row.update()
+        yield Count("directory_updates")
+
+    def _due(self) -> Iterator[ImportItem]:
+        """Delta, after the listing: users whose photo re-check (or error re-check) window has passed."""
+        s = self.settings
+        now = time.time()
+        cut_ok = min(self.started, now - s.photo_recheck_hours * 3600)
+        cut_err = min(self.started, now - s.photo_error_recheck_hours * 3600)
+        buckets = max(1, round(1 / s.reverify_fraction)) if s.reverify_fraction > 0 else 0
+        for key, value in self.run.state.scan():
+            row = UserState.load(key, value)
+            if row is None or key in self.seen:
+                continue
+            reverify = (
+                bool(buckets)
+                and row.checksum is not None
+                and _reverify_bucket(row.id, buckets) == self.run_number % buckets
+            )
+            late = (row.error_at or 0.0) < cut_err if row.error is not None else row.checked_at < cut_ok
+            if not (reverify or late):
+                continue
+            if reverify:
+                yield Count("reverified")
+            known = row.in_cs and not reverify
+            yield from self._probe(row.id, row.attrs, row, (row.checksum is not None, row.etag) if known else None)
+
+    def _probe(
+        self, user_id: str, attrs: dict[str, Any], row: UserState | None, baseline: tuple[bool, str | None] | None
+    ) -> Iterator[ImportItem]:
+        yield Count("probes")
+        task = PhotoTask(user_id, "probe", baseline=baseline, context=_Probe(attrs, row))
+        yield Deferred(self.worker, task, key=user_id)
+
+    # -- outcomes (on the engine's worker threads) -----------------------------------------------
+    def outcome(self, outcome: PhotoOutcome) -> list[ImportItem]:
+        probe: _Probe = outcome.task.context
+        row, attrs, user_id = probe.row, probe.attrs, outcome.task.user_id
+        now = time.time()
+        metrics.photo(_IMPORT_OUTCOMES[outcome.kind])
+        if outcome.kind == "unchanged":
+            return self._unchanged(row, user_id, attrs, now)
+        if outcome.kind == "gone":  # deleted between listing and probe: the next delta reports it too
+            gone: list[ImportItem] = [StateUpdate(user_id, None)]
+            return gone if self.full or row is None else [CSEntryChange.delete(OBJECT_CLASS, user_id), *gone]
+        if outcome.kind == "error":
+            failed = row or UserState(user_id, attrs)
+            failed.attrs = attrs
+            error = CSEntryChange.import_error(
+                user_id, outcome.error, outcome.detail, object_class=OBJECT_CLASS, attributes=attrs
+            )
+            return [error, failed.failed(outcome.error, now), Count("errors")]
+        return self._fetched(outcome, row, attrs, now)
+
+    def _unchanged(self, row: UserState | None, user_id: str, attrs: dict[str, Any], now: float) -> list[ImportItem]:
+        return [(row or UserState(user_id, attrs)).checked(now), Count("unchanged")]
+
+    def _fetched(
+        self, outcome: PhotoOutcome, row: UserState | None, attrs: dict[str, Any], now: float
+    ) -> list[ImportItem]:
+        user_id = outcome.task.user_id
+        photo = outcome.kind == "photo"
+        counts: list[ImportItem] = [Count("photo_downloads")] if photo else []
+        checksum = outcome.checksum or None
+        same_bytes = row is not None and row.checksum == checksum and same_mailbox_location(row.etag, outcome.etag)
+        if not self.full and row is not None and row.in_cs and same_bytes and attrs == row.attrs:
+            # a new ETag for the same picture, or a re-verification that matched: nothing to stage
+            row.etag, row.checked_at, row.error, row.error_at = outcome.etag, now, None, None
+            return [row.update(), Count("verified_same"), *counts]
+        verified = row.verified_at if (same_bytes and row is not None and row.verified_at) else now
+        size = len(outcome.data) if outcome.data is not None else None
+        etag = outcome.etag  # a photo's version, the on-premises marker (_hybrid), or None
+        state = UserState(user_id, attrs, etag, checksum, size, True, now, verified)
+        if not self.full:
+            counts.append(Count("photo_changes"))
+        location = mailbox_location_values(outcome.etag)
+        if location:
+            counts.append(Count("mailbox_on_premises"))
+        values: dict[str, Any] = {"id": user_id, **attrs, **location}
+        if photo and outcome.data is not None and checksum is not None:
+            data = HashedBytes(outcome.data, checksum)  # hashed once, in PhotoOutcome
+            values.update(photo_values("EXO", data, checksum, outcome.etag, verified or now))
+        return [CSEntryChange.add(OBJECT_CLASS, user_id, values), state.update(), *counts]
+
+
+class PhotoWorker(Worker[PhotoTask]):
+    """Sends photo requests in ``$batch``es, as many at a time as the shared limiter grants."""
+
+    def __init__(self, importer: Importer) -> None:
+        settings = importer.settings
+        self.importer = importer
+        self.batch_size = settings.batch_size
+        # one more than the ceiling needs in whole batches, for the smaller batch that fills the rest
+        self.concurrency = settings.concurrency // BATCH_PARALLELISM + 1
+        self.per_key = settings.per_mailbox_concurrency
+
+    def run(self, tasks: list[Deferred[PhotoTask]], cancel: threading.Event) -> list[list[ImportItem]]:
+        client = self.importer.connector.graph
+        # four units for a batch: Graph runs four items of a batch at a time
+        wanted = min(len(tasks), BATCH_PARALLELISM)
+        ticket = client.limiter.acquire(wanted, at_least=1, cancel=cancel)
+        send = tasks if ticket.weight >= wanted else tasks[: ticket.weight]
+        later: list[list[ImportItem]] = [[task] for task in tasks[len(send) :]]  # no room: queued again
+        try:
+            responses = client.batch([task_request(d.task) for d in send], ticket=ticket)
+        except RetryableError as exc:  # connection trouble outlasted the retries
+            failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
+            responses = [failed for _ in send]
+        return [self._settle(d, resp) for d, resp in zip(send, responses, strict=True)] + later
+
+    def _settle(self, deferred: Deferred[PhotoTask], resp: GraphResponse) -> list[ImportItem]:
+        client = self.importer.connector.graph
+        task = deferred.task
+        wait = client.item_retry(task.attempt, resp) if not resp.ok and resp.status != 404 else None
+        if wait is not None:
+            if not is_pushback(resp.status, resp.retry_after):
+                task.attempt += 1  # throttling is not an attempt: only failures count toward max_attempts
+            return [replace(deferred, not_before=time.monotonic() + wait)]
+        following = read_response(task, resp, self.importer.settings.photo_size)
+        if isinstance(following, PhotoTask):
+            return [replace(deferred, task=following, not_before=0.0)]
+        return self.importer.outcome(following)

@@ -1,0 +1,415 @@
+"""Import contract v2, the engine's half: turn a connector's stream into committed pages.
+
+The connector's ``import_changes`` generator runs on a *source* thread; ``Deferred`` tasks run on
+*worker* threads (per ``Worker``: ``concurrency`` threads taking ``batch_size`` tasks at a time,
+never more than ``per_key`` of one key, not before ``not_before``); the engine's thread receives
+everything through one queue, buffers it and hands out a ``Page`` once it holds ``page_size``
+entries and state updates. The caller commits the page before asking for the next one.
+
+Back-pressure: every item the source yields takes a permit from a semaphore of ``max_ahead``; the
+permit comes back when the item is finished: committed (an entry, a state update) or, for a
+deferred task, when the task and every follow-up it spawned are done and their results committed.
+So memory stays bounded by ``max_ahead`` objects whatever the directory's size. A page never
+waits for more than ``page_size`` buffered items, and ``max_ahead`` is at least twice that, so the
+source can always make progress.
+
+Checkpoints: each item the source yields gets an *origin* number, in order, which the results of
+its deferred work inherit. A ``Checkpoint`` yielded at origin ``n`` is valid once no work of an
+origin below ``n`` is still running: everything yielded before it is then in the page being
+committed or in an earlier one. The page carries the latest such checkpoint.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.sdk import (
+    Checkpoint,
+    Connector,
+    Count,
+    CSEntryChange,
+    Deferred,
+    DeltaWatermark,
+    ImportItem,
+    ImportMode,
+    ImportRun,
+    StateUpdate,
+    Worker,
+)
+
+__all__ = ["Job", "MemoryState", "Page", "StreamPager", "WorkQueue", "import_in_memory"]
+
+
+@dataclass(slots=True)
+class Page:
+    """What the engine commits in one transaction."""
+
+    entries: list[CSEntryChange] = field(default_factory=list)
+    #: key -> value (None deletes); the last update of a key within the page wins.
+    state: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    #: Set on the last page only (the stream's last ``DeltaWatermark``).
+    watermark: str | None = None
+    last: bool = False
+    #: The connector's ``Count`` items since the previous page.
+    counters: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def weight(self) -> int:
+        return len(self.entries) + len(self.state)
+
+
+@dataclass(slots=True)
+class Job:
+    deferred: Deferred[Any]
+    origin: int
+
+
+class WorkQueue:
+    """Deferred tasks of one worker: fresh ones in order, delayed ones after their time, busy keys skipped."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._fresh: deque[Job] = deque()
+        self._delayed: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._busy: Counter[str] = Counter()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, job: Job, *, front: bool = False) -> None:
+        """Queue ``job``; ``front``: first in line (a task handed back unsent, as it was before)."""
+        with self._cond:
+            if job.deferred.not_before > time.monotonic():
+                heapq.heappush(self._delayed, (job.deferred.not_before, next(self._seq), job))
+            else:
+                self._fresh.insert(0 if front else len(self._fresh), job)
+            self._cond.notify()
+
+    def take(self, n: int) -> list[Job] | None:
+        """Up to ``n`` ready jobs (blocks until there is one); None once closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    self._fresh.appendleft(heapq.heappop(self._delayed)[2])
+                out = self._ready(n)
+                if out:
+                    return out
+                self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
+
+    def _ready(self, n: int) -> list[Job]:
+        """Take up to ``n`` fresh jobs whose key has room (called holding the lock)."""
+        out: list[Job] = []
+        skipped: list[Job] = []
+        while self._fresh and len(out) < n:
+            job = self._fresh.popleft()
+            key = job.deferred.key
+            if key is not None and self.per_key and self._busy[key] >= self.per_key:
+                skipped.append(job)
+                continue
+            if key is not None:
+                self._busy[key] += 1
+            out.append(job)
+        self._fresh.extendleft(reversed(skipped))
+        return out
+
+    def done(self, jobs: list[Job]) -> None:
+        """Their keys are free again."""
+        with self._cond:
+            for job in jobs:
+                key = job.deferred.key
+                if key is not None:
+                    self._busy[key] -= 1
+                    if self._busy[key] <= 0:
+                        del self._busy[key]
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _Fatal:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Stopped(Exception):
+    """The pager is shutting down: the source unwinds quietly."""
+
+
+_END = object()
+
+
+class StreamPager:
+    """Runs one ``import_changes`` stream; ``pages()`` yields what to commit, in order."""
+
+    def __init__(self, stream: Iterator[ImportItem], *, page_size: int, max_ahead: int) -> None:
+        self.page_size = max(1, page_size)
+        self.counters: Counter[str] = Counter()
+        self._stream = stream
+        self._results: queue.Queue[Any] = queue.Queue()
+        # twice as many permits as a full page holds objects: a page never waits for items that the
+        # source cannot yield for lack of permits, and half of them stay free for work in flight
+        self._ahead = threading.Semaphore(max(max_ahead, 2 * self.page_size))
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._queues: dict[int, WorkQueue] = {}
+        self._running: Counter[int] = Counter()  # origin -> deferred tasks not yet finished
+        self._in_page: Counter[int] = Counter()  # origin -> items buffered in the page being built
+        #: Items of finished tasks that did not fit in the page being built (their origin stays running).
+        self._carry: list[tuple[int, Deferred[Any], list[ImportItem]]] = []
+        self._checkpoints: deque[tuple[int, str]] = deque()
+        self._valid_checkpoint: str | None = None
+        self._watermark: str | None = None
+        self._source_done = False
+
+    # -- threads ----------------------------------------------------------------------------------
+    def _spawn(self, target: Any, name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _source(self) -> None:
+        origin = 0
+        try:
+            for item in self._stream:
+                while not self._ahead.acquire(timeout=0.5):
+                    if self._stop.is_set():
+                        raise _Stopped
+                if self._stop.is_set():
+                    raise _Stopped
+                self._results.put((origin, item))
+                origin += 1
+        except _Stopped:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+            return
+        except BaseException as exc:  # handed to the engine's thread, which raises it
+            self._results.put(_Fatal(exc))
+            return
+        self._results.put(_END)
+
+    def _work(self, worker: Worker[Any], jobs_queue: WorkQueue) -> None:
+        while not self._stop.is_set():
+            jobs = jobs_queue.take(max(1, worker.batch_size))
+            if jobs is None:
+                return
+            try:
+                results = worker.run([job.deferred for job in jobs], self._stop)
+            except BaseException as exc:
+                jobs_queue.done(jobs)
+                if not self._stop.is_set():  # an error while stopping is the stop's echo
+                    self._results.put(_Fatal(exc))
+                return
+            jobs_queue.done(jobs)
+            if len(results) != len(jobs):
+                msg = f"{type(worker).__name__}.run returned {len(results)} results for {len(jobs)} tasks"
+                self._results.put(_Fatal(RuntimeError(msg)))
+                return
+            finished = [(job.origin, job.deferred, items) for job, items in zip(jobs, results, strict=True)]
+            self._results.put(("done", finished))
+
+    def _dispatch(self, origin: int, deferred: Deferred[Any], *, front: bool = False) -> None:
+        worker = deferred.worker
+        jobs = self._queues.get(id(worker))
+        if jobs is None:
+            jobs = self._queues[id(worker)] = WorkQueue(worker.per_key)
+            for i in range(max(1, worker.concurrency)):
+                self._spawn(self._work, f"import-{type(worker).__name__}-{i}", worker, jobs)
+        self._running[origin] += 1
+        jobs.put(Job(deferred, origin), front=front)
+
+    # -- the engine's thread ----------------------------------------------------------------------
+    def _handle(self, origin: int, item: ImportItem, page: Page, ran: Deferred[Any] | None = None) -> None:
+        """One item of ``origin`` (``ran``: the task whose result it is, if any)."""
+        if isinstance(item, CSEntryChange):
+            page.entries.append(item)
+            self._in_page[origin] += 1
+        elif isinstance(item, StateUpdate):
+            page.state[item.key] = item.value
+            self._in_page[origin] += 1
+        elif isinstance(item, Deferred):
+            self._dispatch(origin, item, front=item is ran)  # the task itself: handed back unsent
+        elif isinstance(item, Checkpoint):
+            self._checkpoints.append((origin, item.text))
+        elif isinstance(item, DeltaWatermark):
+            self._watermark = item.text
+        elif isinstance(item, Count):
+            self.counters[item.name] += item.n
+        else:
+            msg = f"the connector yielded {type(item).__name__}, which is not an import item (connector.sdk)"
+            raise TypeError(msg)
+
+    def _settle(self, origin: int) -> None:
+        """Give the permit back once nothing of ``origin`` is running or waiting to be committed."""
+        if not self._running.get(origin) and not self._in_page.get(origin):
+            self._running.pop(origin, None)
+            self._ahead.release()
+
+    def _full(self, page: Page, item: ImportItem) -> bool:
+        """Whether ``item`` must wait for the next page: ``page_size`` entries, or twice that in all
+        (state updates without entries; an entry's own state update still joins it)."""
+        if isinstance(item, CSEntryChange):
+            return len(page.entries) >= self.page_size
+        return isinstance(item, StateUpdate) and page.weight >= 2 * self.page_size
+
+    def _filled(self, page: Page) -> bool:
+        """``page_size`` entries, or items of ``page_size`` objects (state updates without entries).
+
+        Counting objects, not items, keeps at least half the permits free for the work in flight
+        while a page fills, so the workers never run dry waiting for a commit.
+        """
+        return len(page.entries) >= self.page_size or len(self._in_page) >= self.page_size
+
+    def _take(self, origin: int, ran: Deferred[Any], items: list[ImportItem], page: Page) -> None:
+        """A finished task's items; what does not fit waits for the next page, its origin still open
+        (so no checkpoint after it counts as committed before they are)."""
+        for i, item in enumerate(items):
+            if self._full(page, item):
+                self._carry.append((origin, ran, items[i:]))
+                return
+            self._handle(origin, item, page, ran)
+        self._running[origin] -= 1
+        self._settle(origin)
+
+    def _receive(self, message: Any, page: Page) -> None:
+        if message is _END:
+            self._source_done = True
+        elif isinstance(message, _Fatal):
+            raise message.error
+        elif isinstance(message, tuple) and message[0] == "done":
+            for origin, ran, items in message[1]:
+                self._take(origin, ran, items, page)
+        else:
+            origin, item = message
+            self._handle(origin, item, page)
+            self._settle(origin)
+
+    def _checkpoint(self) -> str | None:
+        """The latest checkpoint all of whose earlier work is in this page or committed before.
+
+        Repeated on every page after it (until a later one is valid), so that what the engine stores
+        with it (pages and entries committed so far) stays current.
+        """
+        oldest_running = min((o for o, n in self._running.items() if n > 0), default=None)
+        while self._checkpoints and (oldest_running is None or self._checkpoints[0][0] < oldest_running):
+            self._valid_checkpoint = self._checkpoints.popleft()[1]
+        return self._valid_checkpoint
+
+    def pages(self) -> Iterator[Page]:
+        """Pages to commit, in order; the next one is built once the caller asks for it."""
+        self._spawn(self._source, "import-source")
+        try:
+            while True:
+                page = Page()
+                carried, self._carry = self._carry, []
+                for origin, ran, items in carried:
+                    self._take(origin, ran, items, page)
+                while not (self._carry or self._filled(page) or self._finished):
+                    try:
+                        message = self._results.get(timeout=1.0)
+                    except queue.Empty:
+                        continue
+                    self._receive(message, page)
+                page.last = self._finished
+                page.checkpoint = self._checkpoint()
+                if page.last:
+                    page.watermark = self._watermark
+                page.counters, self.counters = self.counters, Counter()
+                yield page
+                committed, self._in_page = self._in_page, Counter()
+                for origin in committed:
+                    self._settle(origin)
+                if page.last:
+                    return
+        finally:
+            self.stop()
+
+    @property
+    def _finished(self) -> bool:
+        return self._source_done and not any(self._running.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+        for jobs in self._queues.values():
+            jobs.close()
+        deadline = time.monotonic() + 10.0
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+
+
+class MemoryState:
+    """A ``StateReader`` over a dict: the agent state of a store-less import (tests, tools)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        return {key: self.values[key] for key in keys if key in self.values}
+
+    def scan(self) -> Iterator[tuple[str, Any]]:
+        yield from sorted(self.values.items())
+
+
+def import_in_memory(
+    connector: Connector[Any],
+    mode: ImportMode,
+    state: dict[str, Any],
+    *,
+    watermark: str | None = None,
+    resume_from: str | None = None,
+    page_size: int = 500,
+    on_page: Callable[[int, Page], None] | None = None,
+    counters: Counter[str] | None = None,
+) -> tuple[list[CSEntryChange], str | None]:
+    """Run a v2 connector's import the way the engine does, without a store.
+
+    Each page's state updates are applied to ``state`` when the page is "committed" (after
+    ``on_page``, which may act between pages as a slow store or a user would); a full import that
+    completes forgets the keys it did not write; the connector's ``Count`` items are added to
+    ``counters``. Returns every entry and the last watermark.
+    """
+    run = ImportRun(
+        mode=mode, state=MemoryState(state), watermark=watermark, resume_from=resume_from, page_size=page_size
+    )
+    pager = StreamPager(
+        connector.import_changes(run), page_size=page_size, max_ahead=min(4000, max(200, 2 * page_size))
+    )
+    entries: list[CSEntryChange] = []
+    written: set[str] = set()
+    last_watermark: str | None = None
+    for number, page in enumerate(pager.pages(), 1):
+        if on_page is not None:
+            on_page(number, page)
+        entries += page.entries
+        if counters is not None:
+            counters.update(page.counters)
+        for key, value in page.state.items():
+            written.add(key)
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        last_watermark = page.watermark if page.watermark is not None else last_watermark
+    if mode == ImportMode.FULL:
+        for key in set(state) - written:
+            del state[key]
+    return entries, last_watermark

@@ -1,0 +1,166 @@
+"""Import contract v2: a connector *yields* what it finds; the engine does the rest.
+
+Why a stream and not pages: with the page-pull contract (``import_page``) a connector that must do
+slow per-object work (a photo per user over Graph or EWS) had to build its own threads, queues,
+back-pressure and checkpoint bookkeeping to keep the server busy while the engine wrote a page, and
+its own state database because the engine's store was not its to write. All of that is the
+framework's job (Lithnet's ECMA2 async pipeline, dlt's deferred transformers), so in v2:
+
+* ``Connector.import_changes(run)`` is a generator. It yields ``CSEntryChange`` objects, and
+  besides them:
+
+  - ``StateUpdate(key, value)``: a value of the agent's key-value state (an ETag, a checksum, when
+    an object was last probed), committed by the engine **in the same transaction as the page
+    that holds it**, so the state never names a change the connector space has not got. Read it
+    back with ``run.state`` (``get_many``, ``scan``). ``value`` None deletes the key.
+  - ``Checkpoint(text)``: "a full import restarted from ``text`` misses nothing yielded before
+    this point". The engine stores it with the first page that holds everything yielded before it
+    (the results of deferred work included) and hands it back as ``run.resume_from`` after an
+    interruption. Raise ``ResumeRefusedError`` before the first yield if it no longer means
+    anything, and the engine starts over.
+  - ``DeltaWatermark(text)``: what the next delta import starts from (saved when the step ends
+    normally; PSMA's ``$global:RunStepCustomData``).
+  - ``Count(name, n)``: a counter for run history (``mvsync history show``) and the step's metrics,
+    instead of a connector-specific property.
+  - ``Deferred(worker, task, key=...)``: concurrent per-object work. The engine queues the task and
+    calls ``worker.run(tasks, cancel)`` on its own threads, ``worker.batch_size`` tasks at a time
+    (a Graph ``$batch``) with ``worker.concurrency`` threads, never more than ``worker.per_key``
+    tasks of one ``key`` (a mailbox) at once, and not before ``not_before`` (a ``Retry-After``).
+    ``run`` returns one list of items per task, in order; those items may be anything above,
+    including follow-up ``Deferred`` tasks (a probe, then a download; a throttled request again).
+    A task returned as it is (not sent: a limiter had no room for it) goes back first in line.
+
+  The connector keeps the knowledge (what to list, what to probe, what to download and how to
+  batch it); the engine owns paging, buffering, worker threads, back-pressure (it stops pulling
+  from the generator while ``max_ahead`` items are unfinished), checkpoints and the state.
+
+* Within a step, ``run.state`` reads what earlier pages committed. The engine forgets, at the end
+  of a full import that completes, every state key that import did not write: state is knowledge
+  about objects, and a full import has just seen every object there is.
+
+Connectors of the old shape (``import_page`` returning ``ImportPage``) keep working unchanged; the
+engine drives them page by page as before.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, Union
+
+from connector.sdk._changes import CSEntryChange
+from connector.sdk._imports import ImportMode
+
+__all__ = [
+    "Checkpoint",
+    "Count",
+    "Deferred",
+    "DeltaWatermark",
+    "ImportItem",
+    "ImportRun",
+    "StateReader",
+    "StateUpdate",
+    "Worker",
+]
+
+TaskT = TypeVar("TaskT")
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """Set (or, with None, delete) one key of the agent's state, committed with its page."""
+
+    key: str
+    #: Anything JSON can hold.
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a full import can restart once everything yielded before this is committed."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaWatermark:
+    """The watermark the next delta import receives (saved only when the step ends normally)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Add ``n`` to the step's counter ``name`` (run history, metrics)."""
+
+    name: str
+    n: int = 1
+
+
+class Worker(abc.ABC, Generic[TaskT]):
+    """Runs deferred tasks on the engine's threads. Subclass it once per kind of work.
+
+    ``batch_size``: tasks handed to one ``run`` call (at most). ``concurrency``: threads the engine
+    runs for this worker (the ceiling; a limiter inside ``run`` may send fewer at a time).
+    ``per_key``: tasks of one ``Deferred.key`` running at once (0: no limit).
+    """
+
+    batch_size: int = 1
+    concurrency: int = 1
+    per_key: int = 0
+
+    @abc.abstractmethod
+    def run(self, tasks: list[Deferred[TaskT]], cancel: threading.Event) -> list[list[ImportItem]]:
+        """Do the work; return exactly one list of items per task, in order.
+
+        ``cancel`` is set when the step stops: return (or raise) promptly. An exception stops the
+        step (raise ``StopRunError`` or one of its kinds to say how); per-object failures belong in
+        the task's items as ``CSEntryChange.import_error``.
+        """
+
+
+@dataclass(slots=True)
+class Deferred(Generic[TaskT]):
+    """One piece of concurrent work for ``worker``; its results join the stream when it is done."""
+
+    worker: Worker[TaskT]
+    task: TaskT
+    #: Tasks with the same key run at most ``worker.per_key`` at once (a mailbox's concurrency limit).
+    key: str | None = None
+    #: ``time.monotonic()`` before which the task is not started (a throttled request's Retry-After).
+    not_before: float = 0.0
+
+
+ImportItem = Union[CSEntryChange, StateUpdate, Checkpoint, DeltaWatermark, Count, "Deferred[Any]"]
+
+
+class StateReader(Protocol):
+    """The agent's committed key-value state, as the engine's store holds it."""
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The values of those of ``keys`` that are set."""
+        ...
+
+    def scan(self) -> Iterator[tuple[str, Any]]:
+        """Every key and value in key order (read in bounded chunks)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRun:
+    """What ``import_changes`` is told about the step it serves."""
+
+    mode: ImportMode
+    state: StateReader
+    #: The last delta watermark (delta imports only).
+    watermark: str | None = None
+    #: A full import resuming an interrupted one: the last checkpoint the engine committed.
+    resume_from: str | None = None
+    #: Entries (and state updates) the engine commits per page; a hint for listing page sizes.
+    page_size: int = 500
+
+    @property
+    def full(self) -> bool:
+        return self.mode == ImportMode.FULL

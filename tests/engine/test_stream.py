@@ -1,0 +1,207 @@
+"""Import contract v2: the engine pages a connector's stream, runs its deferred work and keeps its state.
+
+Through the real engine and store (SQLite and PostgreSQL): the state commits with the page it
+belongs to, a stopped full import resumes from a checkpoint that covers only committed work, the
+connector's counters reach run history, and a connector with no import method gets a clear error.
+The pager's own promises (bounded memory, checkpoints that wait for earlier work) are tested on
+``StreamPager`` directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.config import config_from_dict
+from connector.engine import Engine
+from connector.engine._stream import StreamPager
+from connector.sdk import Checkpoint, CSEntryChange, Deferred, ImportItem, Worker
+from connector.store import AgentStateRepository, SqlStore
+from connector.store.tables import cs_object
+from tests.engine.stream import STREAMS, stream_directory
+
+
+@pytest.fixture
+def streamed(tmp_path: Path, store_url: str) -> Iterator[tuple[Engine, dict[str, Any], str]]:
+    name = uuid.uuid4().hex[:8]
+    step = {"agent": "things", "page_size": 4}
+    config = config_from_dict(
+        {
+            "store": {"url": store_url},
+            "agents": {
+                "things": {"type": "tests.engine.stream:StreamConnector", "settings": {"directory": name}},
+                "nothing": {"type": "tests.engine.stream:NoImportConnector", "settings": {"directory": name}},
+            },
+            "run_profiles": {
+                "full": {"steps": [{"type": "full-import", **step}]},
+                "delta": {"steps": [{"type": "delta-import", **step}]},
+                "nothing": {"steps": [{"type": "full-import", "agent": "nothing"}]},
+                "export-things": {"steps": [{"type": "export", "agent": "things"}]},
+            },
+        },
+        base_dir=tmp_path,
+    )
+    engine = Engine(config)
+    data = stream_directory(name)
+    data["objects"].update({f"t{i:02d}": f"e{i}" for i in range(30)})
+    yield engine, data, config.store_url()
+    engine.close()
+    STREAMS.pop(name, None)
+
+
+def _stored(store_url: str) -> tuple[set[str], dict[str, Any]]:
+    store = SqlStore(store_url)
+    try:
+        with store.read() as conn:
+            anchors = set(conn.execute(cs_object.select().with_only_columns(cs_object.c.anchor)).scalars())
+            repo = AgentStateRepository("things")
+            state = dict(repo.scan_after(conn, "", 10_000))
+    finally:
+        store.close()
+    return anchors, state
+
+
+def test_a_full_import_commits_each_objects_state_with_it_and_counts_through_the_channel(
+    streamed: tuple[Engine, dict[str, Any], str],
+) -> None:
+    engine, data, url = streamed
+    result = engine.run_profile("full")
+    step = result.steps[0]
+    assert result.status == "success", step.message
+    anchors, state = _stored(url)
+    assert anchors == set(data["objects"]) == set(state)
+    assert state["t07"] == {"etag": "e7"}
+    assert step.counters["connector.fetched"] == 30 and step.counters["adds"] == 30
+    assert step.counters["pages"] >= 30 // 4  # the engine pages by page_size (entries + state updates)
+
+
+def test_a_delta_reads_the_committed_state_and_fetches_only_what_changed(
+    streamed: tuple[Engine, dict[str, Any], str],
+) -> None:
+    engine, data, url = streamed
+    assert engine.run_profile("full").status == "success"
+    data["fetched"].clear()
+    data["objects"]["t03"] = "changed"
+    del data["objects"]["t04"]
+    step = engine.run_profile("delta").steps[0]
+    assert step.status == "success", step.message
+    assert data["fetched"] == ["t03"]
+    assert step.counters["connector.unchanged"] == 28 and step.counters["deletes"] == 1
+    _, state = _stored(url)
+    assert state["t03"] == {"etag": "changed"} and "t04" not in state
+
+
+def test_a_stopped_full_import_resumes_and_its_state_never_outruns_the_connector_space(
+    streamed: tuple[Engine, dict[str, Any], str],
+) -> None:
+    engine, data, url = streamed
+    data["stop_after_fetches"] = 17
+    first = engine.run_profile("full").steps[0]
+    assert first.status == "stopped-throttled"
+    anchors, state = _stored(url)
+    assert set(state) == anchors and 0 < len(anchors) <= 17  # each key committed with its object's page
+    del data["objects"]["t29"]  # gone meanwhile: its state must be forgotten at the end
+    second = engine.run_profile("full").steps[0]
+    assert second.status == "success", second.message
+    assert second.counters["resumed_from_step"] == first.step_id
+    resumed_at = int(data["resumed_from"][-1])
+    assert 0 < resumed_at <= len(anchors)  # never past an object whose work was not committed
+    anchors, state = _stored(url)
+    assert set(state) == set(data["objects"]) and "t29" not in state
+
+
+def test_a_dry_run_reads_the_state_and_writes_nothing(streamed: tuple[Engine, dict[str, Any], str]) -> None:
+    engine, data, url = streamed
+    assert engine.run_profile("full").status == "success"
+    data["objects"]["t05"] = "changed"
+    changes: list[dict[str, Any]] = []
+    step = engine.run_profile("delta", dry_run=True, emit=changes.append).steps[0]
+    assert step.status == "success", step.message
+    assert [c["anchor"] for c in changes] == ["t05"]  # the delta read the committed state
+    assert _stored(url)[1]["t05"] == {"etag": "e5"}  # and wrote none of its own
+
+
+def test_a_refused_resume_starts_over(streamed: tuple[Engine, dict[str, Any], str]) -> None:
+    engine, data, url = streamed
+    data["stop_after_fetches"] = 10
+    assert engine.run_profile("full").status.startswith("stopped")
+    data["refuse_resume"] = True
+    step = engine.run_profile("full").steps[0]
+    assert step.status == "success" and "started over" in step.message
+    assert set(_stored(url)[1]) == set(data["objects"])
+
+
+def test_a_connector_without_an_import_method_is_told_which_methods_exist(
+    streamed: tuple[Engine, dict[str, Any], str],
+) -> None:
+    engine, _, _ = streamed
+    step = engine.run_profile("nothing").steps[0]
+    assert step.status == "stopped-configuration"
+    assert "import_changes" in step.message and "import_page" in step.message
+
+
+def test_a_step_the_connectors_capabilities_rule_out_is_refused_before_it_starts(
+    streamed: tuple[Engine, dict[str, Any], str],
+) -> None:
+    engine, _, _ = streamed
+    step = engine.run_profile("export-things").steps[0]
+    assert step.status == "stopped-configuration" and "does not support export" in step.message
+
+
+class _Gate(Worker[str]):
+    """Holds the work of one task until the test opens the gate."""
+
+    concurrency = 2
+
+    def __init__(self, held: str) -> None:
+        self.held = held
+        self.gate = threading.Event()
+
+    def run(self, tasks: list[Deferred[str]], cancel: threading.Event) -> list[list[ImportItem]]:
+        if any(t.task == self.held for t in tasks):
+            self.gate.wait(10)
+        return [[CSEntryChange.add("thing", t.task, {"id": t.task})] for t in tasks]
+
+
+def test_a_checkpoint_waits_for_the_work_yielded_before_it() -> None:
+    slow, later = _Gate("slow"), _Gate("later")
+
+    def stream() -> Iterator[ImportItem]:
+        yield Deferred(slow, "slow")
+        yield Checkpoint("after-slow")
+        yield CSEntryChange.add("thing", "quick", {"id": "quick"})
+        yield Deferred(later, "later")
+
+    pages = StreamPager(stream(), page_size=1, max_ahead=10).pages()
+    first = next(pages)
+    assert [e.anchor for e in first.entries] == ["quick"] and first.checkpoint is None
+    slow.gate.set()
+    second = next(pages)
+    assert [e.anchor for e in second.entries] == ["slow"] and second.checkpoint == "after-slow"
+    later.gate.set()
+    third = next(pages)  # still the latest valid one: what the engine saves with it stays current
+    assert [e.anchor for e in third.entries] == ["later"] and third.checkpoint == "after-slow"
+    assert third.last
+
+
+def test_the_source_runs_at_most_max_ahead_items_ahead_of_the_commits() -> None:
+    yielded = 0
+    gate = _Gate("never")
+
+    def stream() -> Iterator[ImportItem]:
+        nonlocal yielded
+        for i in range(10_000):
+            yielded += 1
+            yield Deferred(gate, f"t{i}")
+
+    pager = StreamPager(stream(), page_size=10, max_ahead=50)
+    pages = pager.pages()
+    first = next(pages)  # not committed yet: nothing may be released
+    assert first.weight >= 10
+    assert yielded <= 51  # 50 permits, plus the item the source holds while it waits for one
+    pages.close()
