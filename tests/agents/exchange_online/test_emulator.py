@@ -471,12 +471,12 @@ def test_on_premises_mailbox_is_a_known_state_that_follows_a_move(make_emulator:
         entry = got[user["id"]]
         assert entry.error is None and entry.attributes["EXOMailboxLocation"] == "on-premises"
         assert "EXOPhoto" not in entry.attributes
-    assert conn.counters["mailbox_on_premises"] == len(onprem) + 1 and conn.counters["errors"] == 0
+    assert counts(conn)["mailbox_on_premises"] == len(onprem) + 1 and counts(conn)["errors"] == 0
 
     # nothing moved: the re-check finds them on-premises again and stages nothing
     conn = make_connector(emu, tmp_path, photo_recheck_hours=0)
     entries, watermark = imported(conn, ImportMode.DELTA, watermark=watermark)
-    assert entries == [] and conn.counters["unchanged"] >= len(onprem) + 1
+    assert entries == [] and counts(conn)["unchanged"] >= len(onprem) + 1
 
     # two mailboxes move to Exchange Online, one without a photo, one with: both entries lose the location
     if moves["hasPhoto"]:
