@@ -25,8 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, select, update
-
 from connector.engine._context import StepContext
 from connector.engine._results import ObjectError, StepStopped
 from connector.engine._stream import Page, StreamPager
@@ -46,12 +44,13 @@ from connector.store import (
     AgentStateReader,
     AgentStateRepository,
     ConnectorSpace,
+    ImportRow,
+    StoreConnection,
     dumps,
     encode_value,
     loads,
     normalize_values,
 )
-from connector.store.tables import cs_object
 
 __all__ = ["DELETE_MARK", "run_import"]
 
@@ -160,7 +159,7 @@ class _PageApplier:
                 )
         return oc.name, None
 
-    def apply(self, conn: Connection, entries: list[CSEntryChange]) -> None:
+    def apply(self, conn: StoreConnection, entries: list[CSEntryChange]) -> None:
         """One page: validate, compare with the connector space, stage pending imports, write."""
         valid = self._triage(entries)
         existing = self._existing(conn, [e.anchor for e, _ in valid])
@@ -173,12 +172,7 @@ class _PageApplier:
         page_anchors = [str(e.anchor) for e in entries if e.anchor]
         failed_seen = [a for a in page_anchors if a in self.seen and a not in valid_anchors]
         if self.full and failed_seen:
-            for i in range(0, len(failed_seen), 500):
-                conn.execute(
-                    update(cs_object)
-                    .where(cs_object.c.agent == self.ctx.agent, cs_object.c.anchor.in_(failed_seen[i : i + 500]))
-                    .values(seen_step=self.ctx.step_id)
-                )
+            ConnectorSpace(conn).mark_seen(self.ctx.agent, failed_seen, self.ctx.step_id)
         self.ctx.flush_errors(conn)
 
     def _triage(self, entries: list[CSEntryChange]) -> list[tuple[CSEntryChange, str]]:
@@ -221,25 +215,9 @@ class _PageApplier:
             valid.append((entry, checked[0]))
         return valid
 
-    def _existing(self, conn: Connection, anchors: list[str]) -> dict[str, Any]:
+    def _existing(self, conn: StoreConnection, anchors: list[str]) -> dict[str, ImportRow]:
         """The connector-space rows of ``anchors`` (keyed by anchor)."""
-        existing: dict[str, Any] = {}
-        for i in range(0, len(anchors), 500):
-            rows = conn.execute(
-                select(
-                    cs_object.c.id,
-                    cs_object.c.anchor,
-                    cs_object.c.hologram,
-                    cs_object.c.pending_type,
-                    cs_object.c.pending,
-                    cs_object.c.unconfirmed,
-                    cs_object.c.dn,
-                    cs_object.c.import_error,
-                ).where(cs_object.c.agent == self.ctx.agent, cs_object.c.anchor.in_(anchors[i : i + 500]))
-            )
-            for found in rows:
-                existing[found.anchor] = found
-        return existing
+        return ConnectorSpace(conn).import_rows(self.ctx.agent, anchors)
 
     def _new_state(
         self, entry: CSEntryChange, object_class: str, base: dict[str, Any] | None, put: Any
@@ -370,13 +348,13 @@ class _PageApplier:
             }
         )
 
-    def _write(self, conn: Connection, writes: _Writes) -> None:
+    def _write(self, conn: StoreConnection, writes: _Writes) -> None:
         ctx = self.ctx
         ctx.store.put_blobs(conn, writes.blobs)
         ConnectorSpace(conn).stage_imports(writes.inserts, writes.updates)
         ctx.store.note_inserts(conn, "cs_object", len(writes.inserts))
         if writes.removals:
-            conn.execute(delete(cs_object).where(cs_object.c.id.in_(writes.removals)))
+            ConnectorSpace(conn).remove(writes.removals)
 
 
 @dataclass(slots=True)
@@ -400,7 +378,7 @@ def _pending(new_state: dict[str, Any] | None, hologram: dict[str, Any] | None) 
     return "update", _dumps(new_state)
 
 
-def load_watermark(conn: Connection, agent: str) -> str | None:
+def load_watermark(conn: StoreConnection, agent: str) -> str | None:
     return AgentStateRepository(agent).watermark(conn)
 
 
@@ -429,7 +407,7 @@ class _Checkpoint:
             return None
 
 
-def _take_checkpoint(conn: Connection, ctx: StepContext, full: bool) -> _Checkpoint | None:
+def _take_checkpoint(conn: StoreConnection, ctx: StepContext, full: bool) -> _Checkpoint | None:
     """The checkpoint a full import resumes from; a delta import (or a dry run) leaves none behind."""
     repo = AgentStateRepository(ctx.agent)
     found = _Checkpoint.loads(repo.checkpoint(conn))
@@ -447,14 +425,10 @@ def _take_checkpoint(conn: Connection, ctx: StepContext, full: bool) -> _Checkpo
     return found
 
 
-def _adopt(conn: Connection, ctx: StepContext, resumed: _Checkpoint) -> None:
+def _adopt(conn: StoreConnection, ctx: StepContext, resumed: _Checkpoint) -> None:
     """The resumed step's objects (and the state it wrote) count as seen by this one: the deletion
     rule at the end, and the forgetting of state nobody wrote, need the whole listing."""
-    conn.execute(
-        update(cs_object)
-        .where(cs_object.c.agent == ctx.agent, cs_object.c.seen_step == resumed.step_id)
-        .values(seen_step=ctx.step_id)
-    )
+    ConnectorSpace(conn).adopt_seen(ctx.agent, resumed.step_id, ctx.step_id)
     AgentStateRepository(ctx.agent).adopt(conn, resumed.step_id, ctx.step_id)
     counters = ctx.result.counters
     counters["resumed_from_step"] = resumed.step_id
@@ -611,11 +585,9 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
     ctx.result.counters["pages"] = page_number
     with ctx.store.transaction() as conn:
         if full:
-            not_seen = or_(cs_object.c.seen_step.is_(None), cs_object.c.seen_step != ctx.step_id)
+            space = ConnectorSpace(conn)
             if applier.entries_seen + resumed_entries == 0:
-                held = conn.execute(
-                    select(func.count()).select_from(cs_object).where(cs_object.c.agent == ctx.agent)
-                ).scalar_one()
+                held = space.count(ctx.agent)
                 if held and not ctx.step.allow_empty_full_import:
                     msg = (
                         f"the full import returned no objects but the connector space of {ctx.agent!r} holds "
@@ -623,33 +595,10 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
                         "allow_empty_full_import = true on this step (or run with --allow-empty-import)"
                     )
                     raise StepStopped("stopped-empty-import", msg)
-            gone = (
-                conn.execute(
-                    select(cs_object.c.anchor).where(
-                        cs_object.c.agent == ctx.agent,
-                        not_seen,
-                        cs_object.c.hologram.is_not(None),
-                        or_(cs_object.c.pending_type.is_(None), cs_object.c.pending_type != "delete"),
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            gone = space.close_full_import(ctx.agent, ctx.step_id, time.time())
             for anchor in gone:
                 ctx.emit_change({"anchor": anchor, "pending_import": "delete", "attributes": []})
             ctx.result.counters["deletes"] += len(gone)
-            conn.execute(
-                update(cs_object)
-                .where(
-                    cs_object.c.agent == ctx.agent,
-                    not_seen,
-                    cs_object.c.hologram.is_not(None),
-                )
-                .values(pending_type="delete", pending=None, updated_at=time.time())
-            )
-            conn.execute(
-                delete(cs_object).where(and_(cs_object.c.agent == ctx.agent, not_seen, cs_object.c.hologram.is_(None)))
-            )
         values: dict[str, Any] = {"watermark": new_watermark, "updated_at": time.time()}
         repo = AgentStateRepository(ctx.agent)
         if full:

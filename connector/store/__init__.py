@@ -21,6 +21,7 @@ from connector.store._connector_space import (
     CsSearch,
     ErrorDocs,
     ExportState,
+    ImportRow,
     PendingExportRow,
     SyncRow,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "ErrorRecord",
     "ErrorRow",
     "ExportState",
+    "ImportRow",
     "LockHeldError",
     "LockManager",
     "Metaverse",

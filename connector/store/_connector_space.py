@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Connection, case, delete, func, literal, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy import text as sql_text
 
 from connector.store._batch import BatchInsert, BatchUpdate
@@ -30,6 +30,7 @@ __all__ = [
     "CsSearch",
     "ErrorDocs",
     "ExportState",
+    "ImportRow",
     "PendingExportRow",
     "SyncRow",
 ]
@@ -204,6 +205,19 @@ _UPDATE_STAGED = BatchUpdate(
 )
 
 
+class ImportRow(NamedTuple):
+    """What an import page needs of an object it meets again: its hologram and what is pending."""
+
+    id: int
+    anchor: str
+    hologram: str | None
+    pending_type: str | None
+    pending: str | None
+    unconfirmed: str | None
+    dn: str | None
+    import_error: str | None
+
+
 class ConnectorSpace:
     """The connector space, read and written inside one store transaction (``conn``)."""
 
@@ -367,6 +381,64 @@ class ConnectorSpace:
         ``unconfirmed``, ``seen_step``, ``updated_at``; their import error is cleared)."""
         _ADD_STAGED.run(self._conn, added)
         _UPDATE_STAGED.run(self._conn, updated)
+
+    def import_rows(self, agent: str, anchors: Sequence[str]) -> dict[str, ImportRow]:
+        """The objects of ``agent`` among ``anchors`` (keyed by anchor), for an import page."""
+        columns = [cs_object.c[name] for name in ImportRow._fields]
+        found: dict[str, ImportRow] = {}
+        for i in range(0, len(anchors), _IN_BATCH):
+            chunk = anchors[i : i + _IN_BATCH]
+            for row in self._conn.execute(
+                select(*columns).where(cs_object.c.agent == agent, cs_object.c.anchor.in_(chunk))
+            ):
+                found[row.anchor] = ImportRow._make(row)
+        return found
+
+    def mark_seen(self, agent: str, anchors: Sequence[str], step_id: int) -> None:
+        """``anchors`` were seen by step ``step_id`` although their entries failed: a full import keeps them."""
+        for i in range(0, len(anchors), _IN_BATCH):
+            chunk = anchors[i : i + _IN_BATCH]
+            self._conn.execute(
+                update(cs_object)
+                .where(cs_object.c.agent == agent, cs_object.c.anchor.in_(chunk))
+                .values(seen_step=step_id)
+            )
+
+    def remove(self, ids: Sequence[int]) -> None:
+        """Drop objects outright (an import's delete of an object that never reached the metaverse)."""
+        for i in range(0, len(ids), _IN_BATCH):
+            self._conn.execute(delete(cs_object).where(cs_object.c.id.in_(ids[i : i + _IN_BATCH])))
+
+    def adopt_seen(self, agent: str, from_step: int, to_step: int) -> None:
+        """What step ``from_step`` saw counts as seen by ``to_step`` (a full import resuming another)."""
+        self._conn.execute(
+            update(cs_object)
+            .where(cs_object.c.agent == agent, cs_object.c.seen_step == from_step)
+            .values(seen_step=to_step)
+        )
+
+    def close_full_import(self, agent: str, step_id: int, now: float) -> list[str]:
+        """The full import's deletion rule: what step ``step_id`` did not see is gone.
+
+        Objects with a hologram get a pending delete (the synchronization decides what it means);
+        those that never had one (staged adds) simply go. Returns the anchors newly marked deleted.
+        """
+        not_seen = or_(cs_object.c.seen_step.is_(None), cs_object.c.seen_step != step_id)
+        mine = and_(cs_object.c.agent == agent, not_seen)
+        newly = or_(cs_object.c.pending_type.is_(None), cs_object.c.pending_type != "delete")
+        gone = [
+            str(anchor)
+            for anchor in self._conn.execute(
+                select(cs_object.c.anchor).where(mine, cs_object.c.hologram.is_not(None), newly)
+            ).scalars()
+        ]
+        self._conn.execute(
+            update(cs_object)
+            .where(mine, cs_object.c.hologram.is_not(None))
+            .values(pending_type="delete", pending=None, updated_at=now)
+        )
+        self._conn.execute(delete(cs_object).where(mine, cs_object.c.hologram.is_(None)))
+        return gone
 
     def pending_export_fingerprint(self, agent: str) -> tuple[Any, ...]:
         """What changes whenever the agent's pending exports or its object count change.
