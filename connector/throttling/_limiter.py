@@ -150,7 +150,7 @@ class _Census:
 
     Everything in flight then met the same overload. The part the service accepted is how much it
     carries at once (for a cap on requests in flight, exactly the cap; for a rate, the rate times the
-    round trip), which is a far better restart point than a fixed fraction of the load.
+    round trip): a far better estimate of the wall than the load that was pushed back.
     """
 
     epoch: int
