@@ -316,8 +316,12 @@ def test_bench_import_measures_a_resumed_full_import(monkeypatch: pytest.MonkeyP
     result = run(users=60, latency_ms=0, naive_seconds=0.2, page_size=10, interrupt_after_pages=2)
     assert result["resume_interrupted_status"] == "stopped-interrupted"
     assert result["resumed_status"] in _NOT_STOPPED
-    assert result["resumed_from_page"] == 2 and result["resumed_entries_already_committed"] == 20
+    # a page closes at ten objects; an object whose photo is still being fetched may have only its state
+    # in it (its entry follows in a later page), so two pages commit up to twenty entries, not exactly
+    committed = result["resumed_entries_already_committed"]
+    assert result["resumed_from_page"] == 2 and 0 < committed <= 20
     assert result["resumed_message"].startswith("resumed the full import interrupted in step")
+    assert result["resumed_message"].endswith(f"after page 2 ({committed} entries were already committed)")
     # one users/delta page holds all 60 users here, so the resumed run lists them again (a big tenant's
     # resumed run lists only from the checkpoint's page on)
     assert 0 < result["resumed_users_listed"] <= result["full_import_users"]
