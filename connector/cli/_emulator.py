@@ -56,9 +56,15 @@ def serve(
         profile = parse_faults(faults)
         limits = parse_throttle(throttle)
         config = EmulatorConfig(
-            users=users, photo_ratio=photo_ratio, seed=seed, latency_ms=latency_ms, faults=profile, port=port, **limits
+            users=users,
+            photo_ratio=photo_ratio,
+            seed=seed,
+            latency_ms=latency_ms,
+            faults=profile,
+            port=port,
+            warm_sizes=tuple(_warm_sizes(warm_sizes)),
+            **limits,
         )
-        sizes = _warm_sizes(warm_sizes)
     except ValueError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
     stop = threading.Event()
@@ -73,7 +79,6 @@ def serve(
     except OSError as exc:
         raise fail(f"cannot listen on 127.0.0.1:{port}: {exc}", EXIT_CONFIG) from None
     try:
-        emulator.tenant.templates.warm(sizes)
         info = emulator.info
         if json_out:
             print_json({**info, "throttle": limits})

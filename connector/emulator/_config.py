@@ -71,6 +71,9 @@ class EmulatorConfig:
     delegated_scopes: tuple[str, ...] = ("User.Read", "User.Read.All", "ProfilePhoto.ReadWrite.All")
     #: Distinct rendered photo images; users share pixels but every user's bytes are unique.
     photo_templates: int = 48
+    #: HD sizes rendered for every template photo before the emulator serves (benchmarks): the pool
+    #: renders on first use otherwise, seconds of CPU that Graph's stored photos never cost.
+    warm_sizes: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     # --- held to Microsoft's clients (issue #17; sources in the _graph and _identity docstrings) ---
     #: A photo URL for a user that does not exist: Graph's "users/{id} does not resolve" answer

@@ -304,6 +304,7 @@ class GraphEmulator:
         """Listen on 127.0.0.1 and return once connections are accepted."""
         if self._thread is not None:
             raise RuntimeError("emulator already started")
+        self.tenant.templates.warm(self.config.warm_sizes)
         context = self._tls()
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(2, "emulator-render"))
