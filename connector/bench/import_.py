@@ -38,6 +38,7 @@ from connector.bench._util import peak_rss_mb, step_metrics
 from connector.emulator import EmulatorConfig, ceiling_requests_per_s, exo_agent_settings, model_assumptions
 from connector.engine import NullProgress
 from connector.sdk import StopRunError
+from connector.throttling import forget_shared_limiters
 
 __all__ = ["BenchConnector", "run"]
 
@@ -238,6 +239,29 @@ def _one_request_bound(info: dict[str, Any], lanes: int) -> dict[str, Any]:
     }
 
 
+def _timed(engine: Any, profile: str) -> tuple[Any, float, dict[str, Any]]:
+    """Run ``profile``: its result, seconds, and the step's Graph figures and counters."""
+    t0 = time.monotonic()
+    result = engine.run_profile(profile)
+    seconds = time.monotonic() - t0
+    return result, seconds, step_metrics(BenchConnector.last_metrics, result.steps[0].counters)
+
+
+def _share(
+    step: dict[str, Any], seconds: float, ceiling_items_per_s: float | None
+) -> tuple[float | None, float | None]:
+    """The photos/s the model's ceiling allows for the requests a full import needed, and the share reached.
+
+    Throttled attempts are not counted as needed: the ceiling is what the job's own requests allow.
+    """
+    photos = step.get("photo_downloads", 0)
+    answered = step.get("graph_requests", 0) - step.get("throttled", 0)
+    if not ceiling_items_per_s or not answered or not photos or seconds <= 0:
+        return None, None
+    ceiling_photos = photos * ceiling_items_per_s / answered
+    return ceiling_photos, round(photos / seconds / ceiling_photos, 3)
+
+
 def run(
     users: int = 10_000,
     photo_ratio: float = 0.5,
@@ -258,15 +282,12 @@ def run(
             os.environ["MVSYNC_BENCH_EXO_RT"] = info["refresh_token"]
             engine = Engine(_bench_config(base, info, page_size, users))
             try:
-                t0 = time.monotonic()
-                full = engine.run_profile("full")
-                full_s = time.monotonic() - t0
-                full_metrics = step_metrics(BenchConnector.last_metrics, full.steps[0].counters)
+                full, full_s, full_metrics = _timed(engine, "full")
                 full_errors = Counter(e.error_name for e in full.steps[0].errors)
-                t0 = time.monotonic()
-                delta = engine.run_profile("delta")
-                delta_s = time.monotonic() - t0
-                delta_metrics = step_metrics(BenchConnector.last_metrics, delta.steps[0].counters)
+                delta, delta_s, delta_metrics = _timed(engine, "delta")
+                # a scheduled run: a new process (no limiter learned in it) on the same store
+                forget_shared_limiters()
+                warm, warm_s, warm_metrics = _timed(engine, "full")
             finally:
                 engine.close()
         rss = peak_rss_mb()
@@ -286,9 +307,8 @@ def run(
     listed = full_metrics.get("users", 0)
     # The model's tightest limit, in Graph requests per second (Little's law for concurrency limits).
     ceiling_items_per_s = ceiling_requests_per_s(info["throttle"], latency_ms / 1000.0)
-    answered = full_items - full_metrics.get("throttled", 0)  # the requests the job needed
-    ceiling_photos = photos * ceiling_items_per_s / answered if ceiling_items_per_s and answered else None
-    share = round(photos / full_s / ceiling_photos, 3) if ceiling_photos else None
+    ceiling_photos, share = _share(full_metrics, full_s, ceiling_items_per_s)
+    _, warm_share = _share(warm_metrics, warm_s, ceiling_items_per_s)
     return {
         "users": users,
         "photo_ratio": photo_ratio,
@@ -315,6 +335,15 @@ def run(
         "ceiling_note": "photos/s if the model's tightest limit were used all the time by the requests the job "
         "needed (one metadata probe per user, one sized download per photo; throttled attempts not counted)",
         "limiter": full_metrics.get("limiter", {}),
+        "warm_full_import_status": warm.status,
+        "warm_full_import_limit_recalled": bool(warm_metrics.get("graph_limit_recalled")),
+        "warm_full_import_s": round(warm_s, 2),
+        "warm_full_import_photos": warm_metrics.get("photo_downloads", 0),
+        "warm_full_import_share_of_model_ceiling": warm_share,
+        "warm_full_import_throttled": warm_metrics.get("throttled", 0),
+        "warm_limiter": warm_metrics.get("limiter", {}),
+        "warm_note": "the same full import again in a fresh limiter (as a scheduled run's new process), on the "
+        "same store: it starts at the in-flight limit the first run measured (limit_memory_hours)",
         "delta_status": delta.status,
         "delta_no_change_s": round(delta_s, 2),
         "delta_photo_downloads": delta_metrics.get("photo_downloads", 0),

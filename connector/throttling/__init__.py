@@ -4,6 +4,8 @@
 :func:`shared_limiter` hands every caller of one service identity (the Exchange Online import, its
 photo export, any later Graph agent in the same process) the *same* limiter, because the service
 counts their requests together: a Retry-After that one of them receives must pause all of them.
+:class:`LimitMemory` carries the wall a run measured to the next run (another process), through
+the agent's state.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 
 from connector import metrics
 from connector.throttling._limiter import AdaptiveLimiter, Cancelled, LimiterStats, Signal, Ticket
+from connector.throttling._memory import LimitMemory
 
 __all__ = [
     "AdaptiveLimiter",
     "Cancelled",
+    "LimitMemory",
     "LimiterStats",
     "Signal",
     "Ticket",

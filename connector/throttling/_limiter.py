@@ -155,6 +155,8 @@ class _Census:
 
     epoch: int
     expected: float
+    #: The decrease ended slow start: its cut was a guess about an overshoot, not a measured step.
+    slow_start: bool = False
     accepted: float = 0.0
     refused: float = 0.0
 
@@ -222,6 +224,8 @@ class AdaptiveLimiter:
         self._slow_start = True
         #: In-flight level of the last decrease, and when growing past it may be tried again.
         self._bad_level: int | None = None
+        #: ``_bad_level`` is a census's measure (or recalled), not the guess made at a decrease.
+        self._wall_measured = False
         self._probe_interval = probe_min_s
         self._probe_at = 0.0
         self._probe_started: float | None = None
@@ -239,6 +243,8 @@ class AdaptiveLimiter:
         self._endemic_until = 0.0
         self._endemic_share = 0.0
         self._endemic_hold = endemic_min_s
+        #: Walls placed by a census (see :meth:`wall`): a caller keeping them across runs saves on change.
+        self.measurements = 0
         self.stats = LimiterStats(limit=int(self._limit), peak_limit=int(self._limit))
         self._listeners: list[Callable[[AdaptiveLimiter], None]] = []
 
@@ -255,6 +261,34 @@ class AdaptiveLimiter:
     def paused_for(self) -> float:
         """Seconds until new sends may start again (0 when not paused)."""
         return max(0.0, self._paused_until - self._clock())
+
+    def wall(self) -> int | None:
+        """The units the service carried at its last push-back (the remembered ceiling), if measured.
+
+        Worth keeping across processes: a scheduled run that starts at the wall (:meth:`recall`)
+        skips slow start and the overshoot that costs every thread a Retry-After pause.
+        """
+        with self._cond:
+            return self._bad_level - 1 if self._bad_level is not None and self._wall_measured else None
+
+    def recall(self, wall: int) -> bool:
+        """Start at a wall an earlier run measured (:meth:`wall`), unless this limiter learned its own.
+
+        The wall stands as if measured now: the limit stays below it until a probe is due (so a
+        service whose limit rose is found again), and a wall that fell is met by the usual
+        decrease and census. False when the limiter already knows better (it left slow start).
+        """
+        with self._cond:
+            if not self._slow_start or self._bad_level is not None:
+                return False
+            level = max(self.floor, min(int(wall), self.ceiling))
+            self._limit = float(level)
+            self._bad_level = level + 1
+            self._wall_measured = True
+            self._slow_start = False
+            self._probe_at = self._clock() + max(self._probe_interval, self.probe_rtts * self._rtt())
+            self._publish()
+            return True
 
     def on_change(self, listener: Callable[[AdaptiveLimiter], None]) -> None:
         """Call ``listener(self)`` after the limit or a pause changes (metrics gauges)."""
@@ -315,7 +349,9 @@ class AdaptiveLimiter:
             if limit_percentage >= self.hint_hold:
                 self._window.hold = True
                 self._slow_start = False
-                self._bad_level = min(self._bad_level or ticket.level + 1, ticket.level + 1)
+                held_at = min(self._bad_level or ticket.level + 1, ticket.level + 1)
+                self._wall_measured = self._wall_measured and held_at == self._bad_level
+                self._bad_level = held_at
                 self._probe_at = max(self._probe_at, self._clock() + self._probe_interval)
             if limit_percentage > 1.0 and ticket.epoch == self._epoch:
                 self._epoch += 1
@@ -443,7 +479,7 @@ class AdaptiveLimiter:
             window = self._window
             share_now = window.pushed_back / window.answers if window.answers else 1.0
             self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
-        self._census = _Census(self._epoch, float(self._in_flight + self._releasing))
+        self._census = _Census(self._epoch, float(self._in_flight + self._releasing), slow_start=self._slow_start)
         self._epoch += 1
         if self._probe_started is not None:
             self.stats.probes_failed += 1
@@ -461,6 +497,7 @@ class AdaptiveLimiter:
             # at: a $batch runs its items in rounds, so requests sent after it share the service with
             # its later items, and a batch sent at a low level is refused for the load that followed.)
             self._bad_level = max(self.floor + 1, min(load, int(self._limit) + 1))
+            self._wall_measured = False
             self._limit = max(float(self.floor), min(self._limit, float(load)) * self.backoff)
         # a refused probe costs every thread a pause: probing no sooner than ``probe_pauses`` of
         # them later keeps that cost near 1/probe_pauses of the run (3 %) whatever Retry-After says
@@ -493,7 +530,13 @@ class AdaptiveLimiter:
             return
         carried = max(self.floor, min(int(census.accepted), self.ceiling))
         self._bad_level = max(self.floor + 1, carried + 1)
-        self._limit = min(self._limit, float(carried))
+        self._wall_measured = True
+        if census.slow_start and census.refused > 0:
+            # slow start's overshoot, refused at the top: restart at the wall, not a guess below it
+            self._limit = float(carried)
+        else:
+            self._limit = min(self._limit, float(carried))
+        self.measurements += 1
 
     def _pause_locked(self, now: float, seconds: float) -> None:
         seconds = min(max(0.0, seconds), self.pause_max_s)

@@ -203,6 +203,7 @@ def test_the_first_push_back_measures_the_cap_so_a_cold_start_pays_one_pause() -
 
 
 def test_a_census_completes_when_a_request_of_it_fails_for_another_reason() -> None:
+    """Slow start's overshoot: once every request of it is answered, the limit restarts at the wall."""
     clock = FakeClock()
     limiter = AdaptiveLimiter("census", ceiling=64, initial=20, clock=clock)
     tickets = [limiter.acquire() for _ in range(20)]
@@ -213,23 +214,40 @@ def test_a_census_completes_when_a_request_of_it_fails_for_another_reason() -> N
     for ticket in tickets[3:-1]:
         limiter.release(ticket, Signal.OK)
     assert limiter.limit == 14  # one answer still out
+    assert limiter.wall() is None
     limiter.release(tickets[-1], Signal.OK)
-    # seventeen of the twenty were carried: the service's measure, where regrowth now stops (the cut
-    # itself stays, so the delivery rate after it can still tell endemic push-back from a limit)
-    assert limiter.limit == 14
+    # seventeen of the twenty were carried: the service's measure, and where the limit restarts
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (17, 17, 1)
     clock.now += 1.0
-    grown = 0
-    while limiter.limit < 17 and grown < 500:
-        ticket = limiter.acquire(limiter.limit)
-        clock.now += 0.1
-        limiter.release(ticket, Signal.OK)
-        grown += 1
-    assert limiter.limit == 17
     for _ in range(100):  # ten seconds at the measured level: no growth past it before a probe is due
         ticket = limiter.acquire(limiter.limit)
         clock.now += 0.1
         limiter.release(ticket, Signal.OK)
     assert limiter.limit == 17
+
+
+def test_after_slow_start_a_decrease_keeps_its_cut_and_regrowth_stops_at_the_census() -> None:
+    """A later wall keeps the multiplicative cut (the trial needs a cut of known size), then regrows to it."""
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("census-late", ceiling=64, initial=20, clock=clock)
+    limiter.recall(30)  # out of slow start, as an earlier run left it
+    tickets = [limiter.acquire() for _ in range(30)]
+    limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0)
+    assert limiter.limit == 21
+    for ticket in tickets[1:5]:
+        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0)
+    for ticket in tickets[5:]:
+        limiter.release(ticket, Signal.OK)
+    wall = limiter.wall()
+    assert wall == 25 and limiter.limit < wall  # the cut stays; the wall is what was carried
+    clock.now += 1.0
+    grown = 0
+    while limiter.limit < 25 and grown < 500:
+        ticket = limiter.acquire(limiter.limit)
+        clock.now += 0.1
+        limiter.release(ticket, Signal.OK)
+        grown += 1
+    assert limiter.limit == 25
 
 
 def test_backs_off_when_the_cap_drops_mid_run_and_recovers_when_it_rises() -> None:

@@ -84,6 +84,10 @@ class ExchangeOnlineSettings(ConnectorSettings):
     #: The longest Retry-After we honour as-is; longer waits are capped (and still count).
     retry_after_max_s: float = Field(120.0, gt=0)
     timeout_s: float = Field(60.0, gt=0)
+    #: How long the in-flight limit a run measured is trusted by later runs (kept in the agent's
+    #: state): a scheduled run starts at it instead of overshooting it and pausing for Retry-After.
+    #: Only a run that measures the limit again renews it; 0 forgets it at once.
+    limit_memory_hours: float = Field(24.0, ge=0)
     #: Send ``x-ms-throttle-priority: low`` (a background sync should be shed first).
     low_priority: bool = True
 

@@ -1,0 +1,61 @@
+"""Remembering a limiter's measured wall between runs, in the agent's own state.
+
+Why: MIM-style schedulers start every run profile in a new process, so a process-wide limiter
+starts cold each time. A cold start finds the service's limit by overshooting it once, and the
+push-back costs every thread of the client a whole ``Retry-After`` pause: a second or more out of
+a delta import that may take only a few seconds. The wall a run measured (the limiter's census of
+what the service carried, see ``_limiter``) is a fact about the tenant worth keeping: the next
+run starts at it instead.
+
+What keeps a remembered wall honest: it is written only when a run *measured* one (a run that
+merely started at a recalled wall does not renew it), so it expires ``max_age`` after the last
+measurement and a later run measures again; it is recalled only by the limiter of the same
+service identity (the name says host, tenant and client); a wall that fell meets the limiter's
+usual decrease; a limit that rose is found by its probes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from connector.throttling._limiter import AdaptiveLimiter
+
+__all__ = ["LimitMemory"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitMemory:
+    """A wall one limiter measured, and when (seconds since the epoch)."""
+
+    limiter: str
+    wall: int
+    measured_at: float
+
+    def dumps(self) -> dict[str, Any]:
+        return {"limiter": self.limiter, "wall": self.wall, "measured_at": self.measured_at}
+
+    @classmethod
+    def loads(cls, value: Any) -> LimitMemory | None:
+        """The memory in ``value`` (as ``dumps`` wrote it), or None for anything else."""
+        if not isinstance(value, Mapping):
+            return None
+        limiter, wall, at = value.get("limiter"), value.get("wall"), value.get("measured_at")
+        if not isinstance(limiter, str) or not isinstance(wall, int) or not isinstance(at, int | float):
+            return None
+        return cls(limiter, wall, float(at)) if wall >= 1 else None
+
+    @classmethod
+    def of(cls, limiter: AdaptiveLimiter) -> LimitMemory | None:
+        """What ``limiter`` measured, to keep; None when it has measured nothing."""
+        wall = limiter.wall()
+        return cls(limiter.name, wall, time.time()) if wall is not None else None
+
+    def recall(self, limiter: AdaptiveLimiter, *, max_age_s: float) -> bool:
+        """Start ``limiter`` at this wall if it is its own, fresh enough, and the limiter learned nothing yet."""
+        age = time.time() - self.measured_at
+        if self.limiter != limiter.name or not 0 <= age <= max_age_s:
+            return False
+        return limiter.recall(self.wall)
