@@ -5,18 +5,28 @@ attributes from either agent (the picture, its SHA-256, the server's version tag
 its bytes last changed); defining them twice let the two drift apart.
 
 Both also keep the same per-mailbox state (``UserState``), one agent-state key per object, which
-the engine commits with the page holding the object's entry (import contract v2).
+the engine commits with the page holding the object's entry (import contract v2), and the
+in-flight limit their service's limiter measured (``RunLimit``, under ``LIMIT_KEY``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from connector.sdk import Attribute, AttributeAccess, AttributeType, StateUpdate, StopRunError
+from connector.sdk import Attribute, AttributeAccess, AttributeType, Count, ImportRun, StateUpdate, StopRunError
+from connector.throttling import AdaptiveLimiter, LimitKeeper
 
-__all__ = ["UserState", "photo_attributes", "photo_values", "refused_v1_watermark"]
+__all__ = ["LIMIT_KEY", "RunLimit", "UserState", "photo_attributes", "photo_values", "refused_v1_watermark"]
+
+log = logging.getLogger("mvsync.agent")
+
+#: The agent-state key of the limit the service's limiter last measured (``connector.throttling.LimitMemory``);
+#: ``~`` keeps it apart from the per-object keys (user ids, SMTP addresses).
+LIMIT_KEY = "~limit"
 
 _IMPORT_ONLY = AttributeAccess.IMPORT_ONLY
 
@@ -91,3 +101,33 @@ def refused_v1_watermark(state_file: str) -> StopRunError:
         "mvsync; run one full import of the agent, then delta imports continue"
     )
     return StopRunError(msg)
+
+
+class RunLimit:
+    """One import run's use of the limit an earlier run measured: recalled at the start, kept on change.
+
+    Why: a scheduler starts each run in a new process, whose limiter would otherwise start cold and
+    overshoot the service's limit once, costing every thread a Retry-After pause.
+    """
+
+    def __init__(self, limiter: AdaptiveLimiter, run: ImportRun, *, memory_hours: float) -> None:
+        self._keeper = LimitKeeper(limiter)
+        self._run = run
+        self._max_age_s = memory_hours * 3600
+
+    def recall(self) -> list[Count]:
+        """Start the limiter at the remembered limit if it still applies; a ``limit_recalled`` count if so."""
+        memory = self._keeper.recall(self._run.state.get_many([LIMIT_KEY]).get(LIMIT_KEY), max_age_s=self._max_age_s)
+        if memory is None:
+            return []
+        minutes = (time.time() - memory.measured_at) / 60
+        log.info("%s starts at %d in flight, as a run measured %.0f minutes ago", memory.limiter, memory.wall, minutes)
+        return [Count("limit_recalled")]
+
+    def update(self) -> list[StateUpdate]:
+        """What the limiter measured since the last call, once, to commit with the caller's items.
+
+        A limit the answers proved wrong (a probe held above it) is forgotten: the next run starts cold.
+        """
+        changed, value = self._keeper.changed()
+        return [StateUpdate(LIMIT_KEY, value)] if changed else []

@@ -336,7 +336,7 @@ def run(
         "needed (one metadata probe per user, one sized download per photo; throttled attempts not counted)",
         "limiter": full_metrics.get("limiter", {}),
         "warm_full_import_status": warm.status,
-        "warm_full_import_limit_recalled": bool(warm_metrics.get("graph_limit_recalled")),
+        "warm_full_import_limit_recalled": bool(warm_metrics.get("limit_recalled")),
         "warm_full_import_s": round(warm_s, 2),
         "warm_full_import_photos": warm_metrics.get("photo_downloads", 0),
         "warm_full_import_share_of_model_ceiling": warm_share,

@@ -17,11 +17,12 @@ from typing import Any
 
 from connector import metrics
 from connector.throttling._limiter import AdaptiveLimiter, Cancelled, LimiterStats, Signal, Ticket
-from connector.throttling._memory import LimitMemory
+from connector.throttling._memory import LimitKeeper, LimitMemory
 
 __all__ = [
     "AdaptiveLimiter",
     "Cancelled",
+    "LimitKeeper",
     "LimitMemory",
     "LimiterStats",
     "Signal",

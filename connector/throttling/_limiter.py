@@ -20,11 +20,14 @@ happened; BBR's delivery rate for telling a limit from noise):
   back met the same overload, so what became of those requests measures the service: the units it
   accepted of that load are what it carries at once (against a cap on requests in flight, exactly
   the cap; against a rate, about the rate times the round trip). When the last of them is answered,
-  the remembered ceiling is set one unit above that count (never above the load pushed back), and
-  the limit is lowered to it if the cut left it higher. Regrowth then stops below the wall instead of
-  walking into it again, each wall costing every thread a whole Retry-After pause. The cut itself
-  stays multiplicative: only a cut of known size lets the delivery rate after it tell endemic
-  push-back from a limit (below). Nothing accepted (a whole window refused) says nothing.
+  the remembered ceiling is set one unit above that count (never above the load pushed back).
+  Regrowth then stops below the wall instead of walking into it again, each wall costing every
+  thread a whole Retry-After pause. Slow start's overshoot (refused at the top of up to twice the
+  wall) restarts the limit at the wall. Later, the cut itself stays multiplicative: only a cut of
+  known size lets the delivery rate after it tell endemic push-back from a limit (below); and a
+  census that puts the wall below the cut is not believed (a ``$batch`` runs its next item as soon
+  as one is refused, so a small overload shows as many refused items). Nothing accepted (a whole
+  window refused) says nothing, and a refused probe confirms its wall rather than measuring it.
 * **Additive increase.** Afterwards the limit grows by about one unit per round trip (``weight /
   limit`` per unit answered), and only while the limit is in use (Netflix's AIMDLimit rule: at
   least half of it in flight when the request was sent), so an idle client does not talk itself
@@ -243,7 +246,8 @@ class AdaptiveLimiter:
         self._endemic_until = 0.0
         self._endemic_share = 0.0
         self._endemic_hold = endemic_min_s
-        #: Walls placed by a census (see :meth:`wall`): a caller keeping them across runs saves on change.
+        #: How often the answers changed what :meth:`wall` says (a census placed the wall, a probe or
+        #: an endemic verdict dropped it): a caller keeping the wall across runs saves it on change.
         self.measurements = 0
         self.stats = LimiterStats(limit=int(self._limit), peak_limit=int(self._limit))
         self._listeners: list[Callable[[AdaptiveLimiter], None]] = []
@@ -395,6 +399,7 @@ class AdaptiveLimiter:
                     self._bad_level = None
                     self._probe_started = None
                     self._probe_interval = self.probe_min_s
+                    self.measurements += 1  # a remembered wall is wrong now: forget it
         self._limit = max(self._limit, min(self._limit + step, cap))
 
     def _on_pushback(self, ticket: Ticket, now: float, retry_after: float | None, share: float) -> None:
@@ -450,6 +455,7 @@ class AdaptiveLimiter:
         if lost and share > 0 and modest and ratio >= self.backoff**2:
             self._limit = max(self._limit, trial.limit_before)
             self._bad_level = None
+            self.measurements += 1  # the wall was somebody else's push-back: not ours to remember
             self._endemic_share = share
             self._endemic_until = now + self._endemic_hold
             self._endemic_hold = min(self.endemic_max_s, self._endemic_hold * 2.0)
@@ -479,15 +485,17 @@ class AdaptiveLimiter:
             window = self._window
             share_now = window.pushed_back / window.answers if window.answers else 1.0
             self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
-        self._census = _Census(self._epoch, float(self._in_flight + self._releasing), slow_start=self._slow_start)
+        # the load that was pushed back: what was in flight then (answers can come back in any order)
+        load = max(ticket.level, self._in_flight + ticket.weight)
+        known_edge = self._bad_level is not None and load >= self._bad_level
+        # a refused probe confirms the wall it probed; only a push-back below it is measured anew
+        in_flight = float(self._in_flight + self._releasing)
+        self._census = None if known_edge else _Census(self._epoch, in_flight, slow_start=self._slow_start)
         self._epoch += 1
         if self._probe_started is not None:
             self.stats.probes_failed += 1
             self._probe_interval = min(self.probe_max_s, self._probe_interval * 2.0)
         self._probe_started = None
-        # the load that was pushed back: what was in flight then (answers can come back in any order)
-        load = max(ticket.level, self._in_flight + ticket.weight)
-        known_edge = self._bad_level is not None and load >= self._bad_level
         if known_edge:
             # a probe at (or just past) the remembered ceiling: it still holds, so go back just below
             # it; the pause drains the overload, and a multiplicative cut would only lose throughput
@@ -529,13 +537,16 @@ class AdaptiveLimiter:
         if census.epoch != self._epoch - 1 or now < self._endemic_until or census.accepted < 1.0:
             return
         carried = max(self.floor, min(int(census.accepted), self.ceiling))
+        if census.slow_start and census.refused > 0:
+            # slow start's overshoot (up to twice the wall) is refused at the top: restart at the wall
+            self._limit = float(carried)
+        elif carried < int(self._limit):
+            # a small overload says less: a $batch whose item is refused at once runs its next item at
+            # once, so a few refused slots show as many refused items. Below the cut, trust the cut.
+            return
+        # (otherwise the cut stays, and regrowth stops below the wall)
         self._bad_level = max(self.floor + 1, carried + 1)
         self._wall_measured = True
-        if census.slow_start and census.refused > 0:
-            # slow start's overshoot, refused at the top: restart at the wall, not a guess below it
-            self._limit = float(carried)
-        else:
-            self._limit = min(self._limit, float(carried))
         self.measurements += 1
 
     def _pause_locked(self, now: float, seconds: float) -> None:

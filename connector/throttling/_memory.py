@@ -16,6 +16,7 @@ usual decrease; a limit that rose is found by its probes.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 from connector.throttling._limiter import AdaptiveLimiter
 
-__all__ = ["LimitMemory"]
+__all__ = ["LimitKeeper", "LimitMemory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +60,32 @@ class LimitMemory:
         if self.limiter != limiter.name or not 0 <= age <= max_age_s:
             return False
         return limiter.recall(self.wall)
+
+
+class LimitKeeper:
+    """One run's side of the memory: recall at the start, hand over what changed while it runs.
+
+    Thread-safe: the workers of a run call :meth:`changed` after their requests, and exactly one of
+    them gets each change.
+    """
+
+    def __init__(self, limiter: AdaptiveLimiter) -> None:
+        self.limiter = limiter
+        self._lock = threading.Lock()
+        self._seen = limiter.measurements
+
+    def recall(self, value: Any, *, max_age_s: float) -> LimitMemory | None:
+        """Start the limiter at the memory in ``value`` (as stored) if it applies; the memory if it did."""
+        memory = LimitMemory.loads(value)
+        with self._lock:
+            self._seen = self.limiter.measurements
+        return memory if memory is not None and memory.recall(self.limiter, max_age_s=max_age_s) else None
+
+    def changed(self) -> tuple[bool, dict[str, Any] | None]:
+        """``(True, value)`` once after the limiter measured something: the value to store (None: forget)."""
+        with self._lock:
+            if self.limiter.measurements == self._seen:
+                return False, None
+            self._seen = self.limiter.measurements
+        memory = LimitMemory.of(self.limiter)
+        return True, memory.dumps() if memory is not None else None

@@ -312,3 +312,32 @@ def test_a_request_heavier_than_the_limit_goes_alone_and_ranges_fill_the_room() 
     limiter.release(second, Signal.OK)
     small = AdaptiveLimiter("small", ceiling=2, initial=2, clock=clock)
     assert small.acquire(4).weight == 4  # alone: slower, never wedged
+
+
+def test_a_census_below_the_cut_is_not_believed() -> None:
+    """A $batch runs its next item as soon as one is refused: a small overload shows as many refusals."""
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("cascade", ceiling=64, initial=20, clock=clock)
+    limiter.recall(40)  # out of slow start
+    tickets = [limiter.acquire(4) for _ in range(5)]  # five batches, 20 units
+    limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0, share=0.9)
+    for ticket in tickets[1:]:
+        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, share=0.6)
+    # 6.8 units accepted of 20 would put the wall at 6, below the cut to 14: the cut stands
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (14, None, 0)
+
+
+def test_a_refused_probe_confirms_its_wall_instead_of_measuring_it() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("probe", ceiling=64, initial=20, clock=clock)
+    limiter.recall(4)
+    clock.now += 100.0  # a probe is due
+    while limiter.limit < 5:
+        ticket = limiter.acquire(limiter.limit)
+        clock.now += 0.1
+        limiter.release(ticket, Signal.OK)
+    single, batch = limiter.acquire(1), limiter.acquire(4)  # the batch goes out at the probed level
+    limiter.release(single, Signal.OK)
+    limiter.release(batch, Signal.THROTTLED, retry_after=1.0, share=0.5)  # half its items refused
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (4, 4, 0)
+    assert limiter.stats.probes_failed == 1

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from connector import metrics
-from connector.agents._mailbox_photo import UserState, photo_values, refused_v1_watermark
+from connector.agents._mailbox_photo import RunLimit, UserState, photo_values, refused_v1_watermark
 from connector.agents.exchange_online._graph import (
     BATCH_PARALLELISM,
     GraphClient,
@@ -56,7 +56,6 @@ from connector.sdk import (
     StateUpdate,
     Worker,
 )
-from connector.throttling import LimitMemory
 
 
 class GraphSource(Protocol):
@@ -96,8 +95,6 @@ _IMPORT_OUTCOMES = {
 }
 #: The agent-state key counting import runs (picks the rolling re-verification bucket).
 _RUN_KEY = "~runs"
-#: The agent-state key of the Graph limit the last measuring run found (``LimitMemory``).
-_LIMIT_KEY = "~graph-limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,30 +175,7 @@ class Importer:
         self.seen: set[str] = set()
         self.worker = PhotoWorker(self)
         self.run_number = 0
-        self._limit_lock = threading.Lock()
-        self._limit_saved = 0
-
-    # -- the limit, between runs ----------------------------------------------------------------
-    def recall_limit(self) -> bool:
-        """Start the shared Graph limiter at the wall an earlier run measured, if still trusted."""
-        memory = LimitMemory.loads(self.run.state.get_many([_LIMIT_KEY]).get(_LIMIT_KEY))
-        limiter = self.connector.graph.limiter
-        self._limit_saved = limiter.measurements
-        if memory is None or not memory.recall(limiter, max_age_s=self.settings.limit_memory_hours * 3600):
-            return False
-        minutes = (time.time() - memory.measured_at) / 60
-        log.info("the Graph in-flight limit starts at %d, as a run measured it %.0f minutes ago", memory.wall, minutes)
-        return True
-
-    def limit_update(self) -> list[StateUpdate]:
-        """The wall the limiter measured since the last save, to commit with the next page (once)."""
-        limiter = self.connector.graph.limiter
-        with self._limit_lock:
-            if limiter.measurements == self._limit_saved:
-                return []
-            self._limit_saved = limiter.measurements
-        memory = LimitMemory.of(limiter)
-        return [StateUpdate(_LIMIT_KEY, memory.dumps())] if memory is not None else []
+        self.limit = RunLimit(connector.graph.limiter, run, memory_hours=self.settings.limit_memory_hours)
 
     # -- the stream -------------------------------------------------------------------------------
     def changes(self) -> Iterator[ImportItem]:
@@ -211,8 +185,7 @@ class Importer:
             raise ServerDownError(f"Graph unreachable: {exc}") from None
 
     def _changes(self) -> Iterator[ImportItem]:
-        if self.recall_limit():
-            yield Count("graph_limit_recalled")
+        yield from self.limit.recall()
         if self.full:
             resume = self._resume(self.run.resume_from)
             first = resume.link if resume is not None else FIRST_LINK
@@ -393,7 +366,7 @@ class PhotoWorker(Worker[PhotoTask]):
             failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
             responses = [failed for _ in send]
         results = [self._settle(d, resp) for d, resp in zip(send, responses, strict=True)] + later
-        results[0] += self.importer.limit_update()  # committed with the first task's items
+        results[0] += self.importer.limit.update()  # committed with the first task's items
         return results
 
     def _settle(self, deferred: Deferred[PhotoTask], resp: GraphResponse) -> list[ImportItem]:

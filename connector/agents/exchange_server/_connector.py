@@ -33,7 +33,14 @@ from typing import Any, ClassVar
 
 import requests
 
-from connector.agents._mailbox_photo import UserState, photo_attributes, photo_values, refused_v1_watermark
+from connector.agents._mailbox_photo import (
+    LIMIT_KEY,
+    RunLimit,
+    UserState,
+    photo_attributes,
+    photo_values,
+    refused_v1_watermark,
+)
 from connector.agents.exchange_server._auth import make_auth, make_session
 from connector.agents.exchange_server._client import Fetched, PhotoClient
 from connector.agents.exchange_server._settings import ExchangeServerSettings
@@ -97,13 +104,16 @@ def _due(row: UserState, cut_ok: float, cut_err: float) -> bool:
 class _PhotoWorker(Worker[_Task]):
     """One ``GetUserPhoto`` per task, on the engine's threads; the shared EWS limiter paces them."""
 
-    def __init__(self, connector: ExchangeServerPhotosConnector, full: bool) -> None:
+    def __init__(self, connector: ExchangeServerPhotosConnector, full: bool, limit: RunLimit) -> None:
         self.connector = connector
         self.full = full
+        self.limit = limit
         self.concurrency = connector.settings.concurrency
 
     def run(self, tasks: list[Deferred[_Task]], cancel: threading.Event) -> list[list[ImportItem]]:
-        return [self._outcome(d.task, self.connector.client.fetch(d.task.email, d.task.etag)) for d in tasks]
+        results = [self._outcome(d.task, self.connector.client.fetch(d.task.email, d.task.etag)) for d in tasks]
+        results[0] += self.limit.update()  # a limit measured meanwhile: committed with the first task's items
+        return results
 
     def _outcome(self, task: _Task, got: Fetched) -> list[ImportItem]:
         email, row, now = task.email, task.row, time.time()
@@ -227,10 +237,12 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             raise StopRunError("no usable delta state for this agent (no watermark); run a full import")
         if not run.full and _watermark_version(run.watermark) < 2:
             raise refused_v1_watermark(_OLD_STATE_FILE)
-        worker = _PhotoWorker(self, run.full)
+        limit = RunLimit(self.limiter, run, memory_hours=self.settings.limit_memory_hours)
+        yield from limit.recall()
+        worker = _PhotoWorker(self, run.full, limit)
         listed = self.mailbox_list()
         yield Count("mailboxes", len(listed))
-        known = {key: UserState.load(key, value) for key, value in run.state.scan()}
+        known = {key: UserState.load(key, value) for key, value in run.state.scan() if key != LIMIT_KEY}
         now = time.time()
         s = self.settings
         cut_ok, cut_err = now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600

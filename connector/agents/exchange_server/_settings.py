@@ -91,6 +91,9 @@ class ExchangeServerSettings(ConnectorSettings):
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(60.0, gt=0)
+    #: How long the in-flight limit a run measured is trusted by later runs (as the Exchange Online
+    #: agent's: kept in the agent state, renewed only by a run that measures it again; 0 = never).
+    limit_memory_hours: float = Field(24.0, ge=0)
 
     # -- delta (as the Exchange Online agent; SharePoint 2013's UserPhotoExpiration and -ErrorExpiration)
     photo_recheck_hours: float = Field(24.0, ge=0)

@@ -8,6 +8,7 @@ Outcomes are asserted, not speed: who is imported, which errors, what history sa
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from connector.metrics import REGISTRY
 from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ImportMode
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
-from connector.throttling import forget_shared_limiters
-from tests.agents.exchange_online.conftest import imported, make_connector, run_import
+from connector.throttling import LimitMemory, forget_shared_limiters
+from tests.agents.exchange_online.conftest import agent_state as exo_state
+from tests.agents.exchange_online.conftest import counts, imported, make_connector, run_import
 from tests.harness.crash import lab_emulator_config
 
 
@@ -170,3 +172,57 @@ def test_photo_exports_share_the_limiter_and_wait_out_throttling(tmp_path: Path,
         assert conn.metrics["throttled"] > 0 and conn.metrics["retry_budget_spent"] == 0
         again = make_connector(emu, tmp_path / "again")
         assert again.graph.limiter is importer_limiter  # one limiter for every caller of this app and tenant
+
+
+def test_a_scheduled_run_starts_at_the_wall_an_earlier_run_measured(tmp_path: Path, cache_key: str) -> None:
+    """A new process (no limiter learned in it) reads the wall from the agent state: no overshoot, no pause.
+
+    The emulator allows 12 requests in flight; the agent's ceiling is 16, its cold start 8. Started
+    at a remembered 11, the run never offers Graph more than it admits.
+    """
+    with GraphEmulator(EmulatorConfig(users=120, seed=5, latency_ms=20, **parse_throttle("in-flight-12"))) as emu:
+        forget_shared_limiters()
+        conn = make_connector(emu, tmp_path)
+        conn.open()
+        try:
+            limiter = conn.graph.limiter
+            exo_state(conn)["~limit"] = LimitMemory(limiter.name, 11, time.time() - 600).dumps()
+            entries, _ = run_import(conn, ImportMode.FULL, page_size=40)
+        finally:
+            conn.close()
+        assert {e.anchor for e in entries} == _mailbox_ids(emu)
+        assert counts(conn)["limit_recalled"] == 1
+        assert limiter.stats.peak_limit == 11 and limiter.stats.pauses == 0, limiter.stats
+        assert emu.admin.stats()["throttled"] == 0
+
+
+def test_a_remembered_wall_is_trusted_only_for_limit_memory_hours(tmp_path: Path, cache_key: str) -> None:
+    with GraphEmulator(EmulatorConfig(users=40, seed=5, latency_ms=5)) as emu:
+        forget_shared_limiters()
+        conn = make_connector(emu, tmp_path, limit_memory_hours=1)
+        conn.open()
+        try:
+            limiter = conn.graph.limiter
+            exo_state(conn)["~limit"] = LimitMemory(limiter.name, 11, time.time() - 7200).dumps()
+            run_import(conn, ImportMode.FULL, page_size=40)
+        finally:
+            conn.close()
+        assert counts(conn)["limit_recalled"] == 0
+
+
+def test_a_cold_run_keeps_what_its_limiter_measured_in_the_agent_state(tmp_path: Path, cache_key: str) -> None:
+    """Whatever the run's limiter ends up knowing about the wall is what the next run finds in the state."""
+    with GraphEmulator(EmulatorConfig(users=200, seed=5, latency_ms=20, **parse_throttle("in-flight-12"))) as emu:
+        forget_shared_limiters()
+        conn = make_connector(emu, tmp_path, retry_budget=0)
+        conn.open()
+        try:
+            run_import(conn, ImportMode.FULL, page_size=40)
+            limiter = conn.graph.limiter
+        finally:
+            conn.close()
+        assert limiter.measurements >= 1, limiter.stats  # the slow start met the wall of 12
+        kept = LimitMemory.loads(exo_state(conn).get("~limit"))
+        wall = limiter.wall()
+        assert (kept.wall if kept is not None else None) == wall
+        assert wall is None or wall <= 16

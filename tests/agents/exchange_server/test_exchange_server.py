@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import requests
 from pydantic import ValidationError
 
+from connector.agents._mailbox_photo import LIMIT_KEY
 from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
 from connector.agents.exchange_server._auth import spn
 from connector.agents.exchange_server._client import throttle_signal
@@ -27,6 +29,7 @@ from connector.sdk import (
     ObjectModificationType,
     StopRunError,
 )
+from connector.throttling import LimitMemory, forget_shared_limiters
 from tests.agents.photo_folder.helpers import by_anchor
 from tests.emulator.test_ews import _thumbnail
 from tests.imaging.images import photo
@@ -304,3 +307,18 @@ def test_the_kerberos_library_logs_no_traceback(caplog: pytest.LogCaptureFixture
         gssapi_module.log.exception("generate_request_header(): initiating context failed:")
     record = next(r for r in caplog.records if r.name == "requests_gssapi.gssapi_")
     assert record.exc_info is None and "Traceback" not in caplog.text
+
+
+def test_a_remembered_limit_starts_the_run_and_is_no_mailbox(ews: EwsEmulator, tmp_path: Path) -> None:
+    """The limit an earlier run measured is recalled; a delta does not take its state key for a mailbox."""
+    forget_shared_limiters()  # a new process: nothing learned in it yet
+    agent = _agent(ews, tmp_path, concurrency=8)
+    state = _STATES.setdefault(agent.context.data_dir, {})
+    state[LIMIT_KEY] = LimitMemory(agent.limiter.name, 5, time.time() - 60).dumps()
+    _entries, watermark = _imported(agent)
+    assert _COUNTS[agent]["limit_recalled"] == 1 and agent.limiter.stats.peak_limit == 5
+    forget_shared_limiters()
+    again = _agent(ews, tmp_path, concurrency=8, photo_recheck_hours=0)
+    entries, _ = _imported(again, watermark)
+    assert LIMIT_KEY not in entries and all(e.modification != ObjectModificationType.DELETE for e in entries.values())
+    assert _COUNTS[again]["limit_recalled"] == 1 and LIMIT_KEY in state

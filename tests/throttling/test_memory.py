@@ -1,0 +1,84 @@
+"""Keeping a measured wall between runs: a warm start pays no pause, and a wrong memory heals itself."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from connector.throttling import AdaptiveLimiter, LimitMemory
+from tests.throttling.test_limiter import Concurrency, FakeClock, simulate
+
+
+def _cold(clock: FakeClock, name: str = "graph:tenant") -> AdaptiveLimiter:
+    return AdaptiveLimiter(name, ceiling=64, initial=32, clock=clock)
+
+
+def _measured_wall(cap: int) -> LimitMemory:
+    """What a cold run against ``cap`` leaves behind."""
+    clock = FakeClock()
+    limiter = _cold(clock)
+    simulate(limiter, clock, Concurrency(lambda t: cap), seconds=10, latency=0.5, weight=4)
+    memory = LimitMemory.of(limiter)
+    assert memory is not None
+    return memory
+
+
+def test_a_cold_run_measures_the_wall_and_a_warm_run_starts_there_without_a_pause() -> None:
+    memory = _measured_wall(50)
+    assert 44 <= memory.wall <= 50
+    assert LimitMemory.loads(memory.dumps()) == memory
+
+    clock = FakeClock()
+    warm = _cold(clock)
+    assert memory.recall(warm, max_age_s=3600)
+    assert warm.limit == memory.wall
+    figures = simulate(warm, clock, Concurrency(lambda t: 50), seconds=10, latency=0.5, weight=4)
+    assert (warm.stats.decreases, warm.stats.pauses) == (0, 0), warm.stats
+    assert figures.answered / (50 / 0.5 * 10) >= 0.85, warm.stats
+
+
+def test_a_memory_is_recalled_only_by_its_own_limiter_while_fresh_and_before_it_learned() -> None:
+    memory = _measured_wall(50)
+    clock = FakeClock()
+    assert not memory.recall(_cold(clock, "graph:another-tenant"), max_age_s=3600)
+    stale = LimitMemory(memory.limiter, memory.wall, time.time() - 7200)
+    assert not stale.recall(_cold(clock), max_age_s=3600)
+    assert not memory.recall(_cold(clock), max_age_s=0)
+    learned = _cold(clock)
+    simulate(learned, clock, Concurrency(lambda t: 12), seconds=10, latency=0.1)
+    assert not memory.recall(learned, max_age_s=3600)  # what this process measured itself wins
+    assert learned.limit <= 12
+
+
+@pytest.mark.parametrize(
+    "value", [None, "50", [], {}, {"limiter": "x", "wall": 0, "measured_at": 1.0}, {"limiter": 1, "wall": 5}]
+)
+def test_anything_but_a_memory_is_no_memory(value: object) -> None:
+    assert LimitMemory.loads(value) is None
+
+
+def test_a_wall_that_fell_is_met_by_one_decrease_and_measured_again() -> None:
+    clock = FakeClock()
+    limiter = _cold(clock)
+    assert LimitMemory("graph:tenant", 50, time.time()).recall(limiter, max_age_s=3600)
+    seen = limiter.measurements
+    figures = simulate(limiter, clock, Concurrency(lambda t: 12), seconds=60, latency=0.1, measure_from=20)
+    assert limiter.stats.decreases >= 1 and limiter.limit <= 12
+    assert figures.answered / (12 / 0.1 * 40) >= 0.8, limiter.stats
+    assert limiter.measurements > seen
+    memory = LimitMemory.of(limiter)
+    assert memory is not None and memory.wall <= 12  # the next run starts at the new wall
+
+
+def test_a_wall_that_rose_is_found_by_a_probe_and_the_memory_forgotten() -> None:
+    clock = FakeClock()
+    limiter = _cold(clock)
+    assert LimitMemory("graph:tenant", 12, time.time()).recall(limiter, max_age_s=3600)
+    seen = limiter.measurements
+    simulate(limiter, clock, Concurrency(lambda t: 50), seconds=300, latency=0.1)
+    assert limiter.limit >= 40, limiter.stats
+    # the probe held above the remembered wall: the saved memory must change (to a new wall, or none)
+    assert limiter.measurements > seen
+    memory = LimitMemory.of(limiter)
+    assert memory is None or memory.wall > 12
