@@ -17,8 +17,17 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from connector.sdk import Attribute, AttributeAccess, AttributeType, Count, ImportRun, StateUpdate, StopRunError
-from connector.throttling import AdaptiveLimiter, LimitKeeper
+from connector.sdk import (
+    Attribute,
+    AttributeAccess,
+    AttributeType,
+    Count,
+    ImportItem,
+    ImportRun,
+    StateUpdate,
+    StopRunError,
+)
+from connector.throttling import AdaptiveLimiter, LimitKeeper, LimitMemory
 
 __all__ = ["LIMIT_KEY", "RunLimit", "UserState", "photo_attributes", "photo_values", "refused_v1_watermark"]
 
@@ -115,14 +124,25 @@ class RunLimit:
         self._run = run
         self._max_age_s = memory_hours * 3600
 
-    def recall(self) -> list[Count]:
-        """Start the limiter at the remembered limit if it still applies; a ``limit_recalled`` count if so."""
-        memory = self._keeper.recall(self._run.state.get_many([LIMIT_KEY]).get(LIMIT_KEY), max_age_s=self._max_age_s)
-        if memory is None:
-            return []
-        minutes = (time.time() - memory.measured_at) / 60
-        log.info("%s starts at %d in flight, as a run measured %.0f minutes ago", memory.limiter, memory.wall, minutes)
-        return [Count("limit_recalled")]
+    def recall(self) -> list[ImportItem]:
+        """Start the limiter at the remembered limit if it still applies (counted as ``limit_recalled``).
+
+        A memory still fresh is written back unchanged: a full import forgets the keys it does not
+        write, and this run may not measure the limit again (it is not renewed either way).
+        """
+        value = self._run.state.get_many([LIMIT_KEY]).get(LIMIT_KEY)
+        stored = LimitMemory.loads(value)
+        items: list[ImportItem] = []
+        if stored is not None and stored.fresh(self._max_age_s):
+            items.append(StateUpdate(LIMIT_KEY, stored.dumps()))
+        memory = self._keeper.recall(value, max_age_s=self._max_age_s)
+        if memory is not None:
+            minutes = (time.time() - memory.measured_at) / 60
+            log.info(
+                "%s starts at %d in flight, as a run measured %.0f minutes ago", memory.limiter, memory.wall, minutes
+            )
+            items.append(Count("limit_recalled"))
+        return items
 
     def update(self) -> list[StateUpdate]:
         """What the limiter measured since the last call, once, to commit with the caller's items.

@@ -500,6 +500,8 @@ class AdaptiveLimiter:
             # a probe at (or just past) the remembered ceiling: it still holds, so go back just below
             # it; the pause drains the overload, and a multiplicative cut would only lose throughput
             self._limit = max(float(self.floor), min(self._limit, float(self._bad_level or 1) - 1.0))
+            if self._wall_measured:
+                self.measurements += 1  # the wall is confirmed as of now
         else:
             # where the limit is: the load that was pushed back. (Not the level the request was sent
             # at: a $batch runs its items in rounds, so requests sent after it share the service with

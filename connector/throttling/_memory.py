@@ -7,9 +7,9 @@ a delta import that may take only a few seconds. The wall a run measured (the li
 what the service carried, see ``_limiter``) is a fact about the tenant worth keeping: the next
 run starts at it instead.
 
-What keeps a remembered wall honest: it is written only when a run *measured* one (a run that
-merely started at a recalled wall does not renew it), so it expires ``max_age`` after the last
-measurement and a later run measures again; it is recalled only by the limiter of the same
+What keeps a remembered wall honest: it is written only when a run *measured* one (a census, or
+a refused probe confirming it; a run that merely started at a recalled wall does not renew it), so
+it expires ``max_age`` after the last measurement and a later run measures again; it is recalled only by the limiter of the same
 service identity (the name says host, tenant and client); a wall that fell meets the limiter's
 usual decrease; a limit that rose is found by its probes.
 """
@@ -54,10 +54,13 @@ class LimitMemory:
         wall = limiter.wall()
         return cls(limiter.name, wall, time.time()) if wall is not None else None
 
+    def fresh(self, max_age_s: float) -> bool:
+        """Measured no longer than ``max_age_s`` ago (and not in the future: a clock set back)."""
+        return 0 <= time.time() - self.measured_at <= max_age_s
+
     def recall(self, limiter: AdaptiveLimiter, *, max_age_s: float) -> bool:
         """Start ``limiter`` at this wall if it is its own, fresh enough, and the limiter learned nothing yet."""
-        age = time.time() - self.measured_at
-        if self.limiter != limiter.name or not 0 <= age <= max_age_s:
+        if self.limiter != limiter.name or not self.fresh(max_age_s):
             return False
         return limiter.recall(self.wall)
 

@@ -339,5 +339,6 @@ def test_a_refused_probe_confirms_its_wall_instead_of_measuring_it() -> None:
     single, batch = limiter.acquire(1), limiter.acquire(4)  # the batch goes out at the probed level
     limiter.release(single, Signal.OK)
     limiter.release(batch, Signal.THROTTLED, retry_after=1.0, share=0.5)  # half its items refused
-    assert (limiter.limit, limiter.wall(), limiter.measurements) == (4, 4, 0)
+    # the same wall, confirmed now (a memory of it is renewed)
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (4, 4, 1)
     assert limiter.stats.probes_failed == 1

@@ -194,6 +194,8 @@ def test_a_scheduled_run_starts_at_the_wall_an_earlier_run_measured(tmp_path: Pa
         assert counts(conn)["limit_recalled"] == 1
         assert limiter.stats.peak_limit == 11 and limiter.stats.pauses == 0, limiter.stats
         assert emu.admin.stats()["throttled"] == 0
+        kept = LimitMemory.loads(exo_state(conn).get("~limit"))  # kept through the full import, not renewed
+        assert kept is not None and kept.wall == 11 and kept.measured_at < time.time() - 500
 
 
 def test_a_remembered_wall_is_trusted_only_for_limit_memory_hours(tmp_path: Path, cache_key: str) -> None:
