@@ -9,9 +9,10 @@ run starts at it instead.
 
 What keeps a remembered wall honest: it is written only when a run *measured* one (a census, or
 a refused probe confirming it; a run that merely started at a recalled wall does not renew it), so
-it expires ``max_age`` after the last measurement and a later run measures again; it is recalled only by the limiter of the same
-service identity (the name says host, tenant and client); a wall that fell meets the limiter's
-usual decrease; a limit that rose is found by its probes.
+it expires ``max_age`` after the last measurement and a later run measures again; it is recalled
+only by the limiter of the same service identity (the name says host, tenant and client); a wall
+that fell meets the limiter's usual decrease; a limit that rose is found by its probes, which
+drop the memory.
 """
 
 from __future__ import annotations
