@@ -22,12 +22,15 @@ happened; BBR's delivery rate for telling a limit from noise):
   the cap; against a rate, about the rate times the round trip). When the last of them is answered,
   the remembered ceiling is set one unit above that count (never above the load pushed back).
   Regrowth then stops below the wall instead of walking into it again, each wall costing every
-  thread a whole Retry-After pause. Slow start's overshoot (refused at the top of up to twice the
-  wall) restarts the limit at the wall. Later, the cut itself stays multiplicative: only a cut of
-  known size lets the delivery rate after it tell endemic push-back from a limit (below); and a
-  census that puts the wall below the cut is not believed (a ``$batch`` runs its next item as soon
-  as one is refused, so a small overload shows as many refused items). Nothing accepted (a whole
-  window refused) says nothing, and a refused probe confirms its wall rather than measuring it.
+  thread a whole Retry-After pause. The limit never restarts above the cut: a ``$batch`` holds its
+  units for its whole round trip but runs fewer items in its last rounds, so the units it was
+  accepted for can overstate the service's cap, and restarting above the wall makes the next pause
+  at full load. Slow start's overshoot (up to twice the wall) may lower the limit to the census;
+  later the cut stays multiplicative, because only a cut of known size lets the delivery rate after
+  it tell endemic push-back from a limit (below), and a census that puts the wall below the cut is
+  not believed (a ``$batch`` runs its next item as soon as one is refused, so a small overload shows
+  as many refused items). Nothing accepted (a whole window refused) says nothing, and a refused
+  probe confirms its wall rather than measuring it.
 * **Additive increase.** Afterwards the limit grows by about one unit per round trip (``weight /
   limit`` per unit answered), and only while the limit is in use (Netflix's AIMDLimit rule: at
   least half of it in flight when the request was sent), so an idle client does not talk itself
@@ -160,6 +163,7 @@ class _Census:
     expected: float
     #: The decrease ended slow start: its cut was a guess about an overshoot, not a measured step.
     slow_start: bool = False
+    #: Units accepted: whole requests, plus the accepted share of partly refused ``$batch``es.
     accepted: float = 0.0
     refused: float = 0.0
 
@@ -246,8 +250,9 @@ class AdaptiveLimiter:
         self._endemic_until = 0.0
         self._endemic_share = 0.0
         self._endemic_hold = endemic_min_s
-        #: How often the answers changed what :meth:`wall` says (a census placed the wall, a probe or
-        #: an endemic verdict dropped it): a caller keeping the wall across runs saves it on change.
+        #: How often the answers changed what :meth:`wall` says (a census placed or a refused probe
+        #: confirmed the wall; a decrease, a probe that held or an endemic verdict made it unknown): a
+        #: caller keeping the wall across runs saves it on change.
         self.measurements = 0
         self.stats = LimiterStats(limit=int(self._limit), peak_limit=int(self._limit))
         self._listeners: list[Callable[[AdaptiveLimiter], None]] = []
@@ -508,6 +513,7 @@ class AdaptiveLimiter:
             # its later items, and a batch sent at a low level is refused for the load that followed.)
             self._bad_level = max(self.floor + 1, min(load, int(self._limit) + 1))
             self._wall_measured = False
+            self.measurements += 1  # a wall kept from before is wrong now, until the census places a new one
             self._limit = max(float(self.floor), min(self._limit, float(load)) * self.backoff)
         # a refused probe costs every thread a pause: probing no sooner than ``probe_pauses`` of
         # them later keeps that cost near 1/probe_pauses of the run (3 %) whatever Retry-After says
@@ -540,8 +546,10 @@ class AdaptiveLimiter:
             return
         carried = max(self.floor, min(int(census.accepted), self.ceiling))
         if census.slow_start and census.refused > 0:
-            # slow start's overshoot (up to twice the wall) is refused at the top: restart at the wall
-            self._limit = float(carried)
+            # slow start's overshoot (up to twice the wall): the cut was a guess, so the limit may go
+            # lower, to the wall; not higher, since what a $batch holds is a unit count, not a count of
+            # the items the service runs at once, and restarting above the wall costs a second pause
+            self._limit = min(self._limit, float(carried))
         elif carried < int(self._limit):
             # a small overload says less: a $batch whose item is refused at once runs its next item at
             # once, so a few refused slots show as many refused items. Below the cut, trust the cut.

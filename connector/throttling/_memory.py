@@ -30,7 +30,13 @@ __all__ = ["LimitKeeper", "LimitMemory"]
 
 @dataclass(frozen=True, slots=True)
 class LimitMemory:
-    """A wall one limiter measured, and when (seconds since the epoch)."""
+    """Where one limiter's measured wall left it, and when the wall was measured (seconds since the epoch).
+
+    ``wall`` is the lower of the census and the limit the run reached under it: a census counts
+    units, and a ``$batch`` holds its units for its whole round trip while running fewer items in its
+    last rounds, so the census can overstate the service's cap; starting a later run above the cap
+    would make its first push-back a pause at full load.
+    """
 
     limiter: str
     wall: int
@@ -50,10 +56,12 @@ class LimitMemory:
         return cls(limiter, wall, float(at)) if wall >= 1 else None
 
     @classmethod
-    def of(cls, limiter: AdaptiveLimiter) -> LimitMemory | None:
-        """What ``limiter`` measured, to keep; None when it has measured nothing."""
+    def of(cls, limiter: AdaptiveLimiter, measured_at: float | None = None) -> LimitMemory | None:
+        """What ``limiter`` knows, to keep; None when it has no measured wall."""
         wall = limiter.wall()
-        return cls(limiter.name, wall, time.time()) if wall is not None else None
+        if wall is None:
+            return None
+        return cls(limiter.name, min(wall, limiter.limit), time.time() if measured_at is None else measured_at)
 
     def fresh(self, max_age_s: float) -> bool:
         """Measured no longer than ``max_age_s`` ago (and not in the future: a clock set back)."""
@@ -77,6 +85,9 @@ class LimitKeeper:
         self.limiter = limiter
         self._lock = threading.Lock()
         self._seen = limiter.measurements
+        #: When this run last measured (None: not yet, so nothing of it is worth keeping).
+        self._measured_at: float | None = None
+        self._kept: dict[str, Any] | None = None
 
     def recall(self, value: Any, *, max_age_s: float) -> LimitMemory | None:
         """Start the limiter at the memory in ``value`` (as stored) if it applies; the memory if it did."""
@@ -86,10 +97,20 @@ class LimitKeeper:
         return memory if memory is not None and memory.recall(self.limiter, max_age_s=max_age_s) else None
 
     def changed(self) -> tuple[bool, dict[str, Any] | None]:
-        """``(True, value)`` once after the limiter measured something: the value to store (None: forget)."""
+        """``(True, value)`` once per change of what to keep (None: forget), after this run measured.
+
+        The limit regrowing toward a new wall changes the value too (not its time): what is kept is
+        the level the run reached, never more than the census.
+        """
         with self._lock:
-            if self.limiter.measurements == self._seen:
+            if self.limiter.measurements != self._seen:
+                self._seen = self.limiter.measurements
+                self._measured_at = time.time()
+            if self._measured_at is None:
                 return False, None
-            self._seen = self.limiter.measurements
-        memory = LimitMemory.of(self.limiter)
-        return True, memory.dumps() if memory is not None else None
+            memory = LimitMemory.of(self.limiter, self._measured_at)
+            value = memory.dumps() if memory is not None else None
+            if value == self._kept:
+                return False, None
+            self._kept = value
+            return True, value
