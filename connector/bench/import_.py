@@ -343,9 +343,8 @@ def run(
         "warm_full_import_throttled": warm_metrics.get("throttled", 0),
         "warm_limiter": warm_metrics.get("limiter", {}),
         "warm_note": "the same full import again in a fresh limiter (as a scheduled run's new process), on the "
-        "same store: it starts at the in-flight limit the first run measured (limit_memory_hours). It also "
-        "takes the update path of a populated connector space, so where the store and not Graph bounds the "
-        "run (0 ms latency) it is slower than the first for that reason",
+        "same store: it starts at the in-flight limit the first run reached (limit_memory_hours) and stays "
+        "below it until a probe is due (probe_min_s)",
         "delta_status": delta.status,
         "delta_no_change_s": round(delta_s, 2),
         "delta_photo_downloads": delta_metrics.get("photo_downloads", 0),

@@ -295,7 +295,10 @@ class AdaptiveLimiter:
             self._bad_level = level + 1
             self._wall_measured = True
             self._slow_start = False
-            self._probe_at = self._clock() + max(self._probe_interval, self.probe_rtts * self._rtt())
+            # probing again as soon as any wall may be (no round trip is known yet to space it by): a
+            # service that allows more now, or a wall that depends on the round trip (a rate), is found
+            # within the run instead of after 40 assumed one-second round trips
+            self._probe_at = self._clock() + self._probe_interval
             self._publish()
             return True
 
