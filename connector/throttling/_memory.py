@@ -74,6 +74,9 @@ class LimitMemory:
         return limiter.recall(self.wall)
 
 
+_UNSAVED = object()
+
+
 class LimitKeeper:
     """One run's side of the memory: recall at the start, hand over what changed while it runs.
 
@@ -87,7 +90,8 @@ class LimitKeeper:
         self._seen = limiter.measurements
         #: When this run last measured (None: not yet, so nothing of it is worth keeping).
         self._measured_at: float | None = None
-        self._kept: dict[str, Any] | None = None
+        #: The value last handed over (``_UNSAVED``: none yet; None is a value: "forget it").
+        self._kept: object = _UNSAVED
 
     def recall(self, value: Any, *, max_age_s: float) -> LimitMemory | None:
         """Start the limiter at the memory in ``value`` (as stored) if it applies; the memory if it did."""

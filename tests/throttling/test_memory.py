@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from connector.throttling import AdaptiveLimiter, LimitMemory
+from connector.throttling import AdaptiveLimiter, LimitKeeper, LimitMemory, Signal
 from tests.throttling.test_limiter import Concurrency, FakeClock, simulate
 
 
@@ -82,3 +82,20 @@ def test_a_wall_that_rose_is_found_by_a_probe_and_the_memory_forgotten() -> None
     assert limiter.measurements > seen
     memory = LimitMemory.of(limiter)
     assert memory is None or memory.wall > 12
+
+
+def test_a_run_whose_recalled_wall_is_pushed_back_forgets_it_until_it_measures_again() -> None:
+    clock = FakeClock()
+    limiter = _cold(clock)
+    keeper = LimitKeeper(limiter)
+    assert keeper.recall(LimitMemory("graph:tenant", 20, time.time()).dumps(), max_age_s=3600) is not None
+    assert keeper.changed() == (False, None)  # started at the memory: nothing new to keep
+    tickets = [limiter.acquire() for _ in range(20)]
+    limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0)  # 20 was too many today
+    assert keeper.changed() == (True, None)  # forget it: the next run must not start there again
+    assert keeper.changed() == (False, None)
+    for ticket in tickets[1:]:
+        limiter.release(ticket, Signal.OK)
+    changed, value = keeper.changed()  # the census measured 19: kept is the level reached under it
+    memory = LimitMemory.loads(value)
+    assert changed and memory is not None and memory.wall == min(19, limiter.limit)
