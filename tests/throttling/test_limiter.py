@@ -136,6 +136,16 @@ def simulate(
     return figures
 
 
+def _round_trips(limiter: AdaptiveLimiter, clock: FakeClock, *, until: int | None = None, rounds: int = 500) -> None:
+    """Round trips of 0.1 s with the whole limit in flight, all answered: ``rounds`` of them, or until ``until``."""
+    for _ in range(rounds):
+        if until is not None and limiter.limit >= until:
+            return
+        ticket = limiter.acquire(limiter.limit)
+        clock.now += 0.1
+        limiter.release(ticket, Signal.OK)
+
+
 def _limiter(clock: FakeClock, ceiling: int = 200) -> AdaptiveLimiter:
     return AdaptiveLimiter("sim", ceiling=ceiling, clock=clock)
 
@@ -218,17 +228,9 @@ def test_a_census_completes_when_a_request_of_it_fails_for_another_reason() -> N
     # does not restart above the cut)
     assert (limiter.limit, limiter.wall(), limiter.measurements) == (14, 17, 2)  # the decrease, the census
     clock.now += 1.0
-    grown = 0
-    while limiter.limit < 17 and grown < 500:
-        ticket = limiter.acquire(limiter.limit)
-        clock.now += 0.1
-        limiter.release(ticket, Signal.OK)
-        grown += 1
+    _round_trips(limiter, clock, until=17)
     assert limiter.limit == 17
-    for _ in range(100):  # ten seconds at the measured level: no growth past it before a probe is due
-        ticket = limiter.acquire(limiter.limit)
-        clock.now += 0.1
-        limiter.release(ticket, Signal.OK)
+    _round_trips(limiter, clock, rounds=100)  # ten seconds at the measured level: no growth before a probe is due
     assert limiter.limit == 17
 
 
@@ -247,12 +249,7 @@ def test_after_slow_start_a_decrease_keeps_its_cut_and_regrowth_stops_at_the_cen
     wall = limiter.wall()
     assert wall == 25 and limiter.limit < wall  # the cut stays; the wall is what was carried
     clock.now += 1.0
-    grown = 0
-    while limiter.limit < 25 and grown < 500:
-        ticket = limiter.acquire(limiter.limit)
-        clock.now += 0.1
-        limiter.release(ticket, Signal.OK)
-        grown += 1
+    _round_trips(limiter, clock, until=25)
     assert limiter.limit == 25
 
 
@@ -338,10 +335,7 @@ def test_a_refused_probe_confirms_its_wall_instead_of_measuring_it() -> None:
     limiter = AdaptiveLimiter("probe", ceiling=64, initial=20, clock=clock)
     limiter.recall(4)
     clock.now += 100.0  # a probe is due
-    while limiter.limit < 5:
-        ticket = limiter.acquire(limiter.limit)
-        clock.now += 0.1
-        limiter.release(ticket, Signal.OK)
+    _round_trips(limiter, clock, until=5)
     single, batch = limiter.acquire(1), limiter.acquire(4)  # the batch goes out at the probed level
     limiter.release(single, Signal.OK)
     limiter.release(batch, Signal.THROTTLED, retry_after=1.0, share=0.5)  # half its items refused
