@@ -149,5 +149,7 @@ class RunLimit:
 
         A limit the answers proved wrong (a probe held above it) is forgotten: the next run starts cold.
         """
+        if self._max_age_s <= 0:  # limit_memory_hours = 0: nothing is kept
+            return []
         changed, value = self._keeper.changed()
         return [StateUpdate(LIMIT_KEY, value)] if changed else []

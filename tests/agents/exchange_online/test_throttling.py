@@ -229,3 +229,17 @@ def test_a_cold_run_keeps_what_its_limiter_measured_in_the_agent_state(tmp_path:
         wall = limiter.wall()
         assert (kept.wall if kept is not None else None) == (min(wall, limiter.limit) if wall is not None else None)
         assert kept is None or kept.wall <= 16
+
+
+def test_limit_memory_hours_zero_keeps_nothing(tmp_path: Path, cache_key: str) -> None:
+    with GraphEmulator(EmulatorConfig(users=200, seed=5, latency_ms=20, **parse_throttle("in-flight-12"))) as emu:
+        forget_shared_limiters()
+        conn = make_connector(emu, tmp_path, retry_budget=0, limit_memory_hours=0)
+        conn.open()
+        try:
+            run_import(conn, ImportMode.FULL, page_size=40)
+            limiter = conn.graph.limiter
+        finally:
+            conn.close()
+        assert limiter.measurements >= 1, limiter.stats  # it did measure the wall of 12, and kept nothing
+        assert "~limit" not in exo_state(conn)
