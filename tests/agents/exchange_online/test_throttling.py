@@ -174,6 +174,28 @@ def test_photo_exports_share_the_limiter_and_wait_out_throttling(tmp_path: Path,
         assert again.graph.limiter is importer_limiter  # one limiter for every caller of this app and tenant
 
 
+def _run_in_a_new_process(
+    emu: GraphEmulator, tmp_path: Path, remembered: tuple[int, float] | None = None, **overrides: Any
+) -> tuple[Any, Any, list[CSEntryChange]]:
+    """A full import as a scheduled run's new process makes it (no limiter learned in the process).
+
+    ``remembered``: a wall and its age in seconds, put in the agent state first as an earlier run
+    would have left it. Returns the connector, its limiter and the entries.
+    """
+    forget_shared_limiters()
+    conn = make_connector(emu, tmp_path, **overrides)
+    conn.open()
+    try:
+        limiter = conn.graph.limiter
+        if remembered is not None:
+            wall, age_s = remembered
+            exo_state(conn)["~limit"] = LimitMemory(limiter.name, wall, time.time() - age_s).dumps()
+        entries, _ = run_import(conn, ImportMode.FULL, page_size=40)
+    finally:
+        conn.close()
+    return conn, limiter, entries
+
+
 def test_a_scheduled_run_starts_at_the_wall_an_earlier_run_measured(tmp_path: Path, cache_key: str) -> None:
     """A new process (no limiter learned in it) reads the wall from the agent state: no overshoot, no pause.
 
@@ -181,15 +203,7 @@ def test_a_scheduled_run_starts_at_the_wall_an_earlier_run_measured(tmp_path: Pa
     at a remembered 11, the run never offers Graph more than it admits.
     """
     with GraphEmulator(EmulatorConfig(users=120, seed=5, latency_ms=20, **parse_throttle("in-flight-12"))) as emu:
-        forget_shared_limiters()
-        conn = make_connector(emu, tmp_path)
-        conn.open()
-        try:
-            limiter = conn.graph.limiter
-            exo_state(conn)["~limit"] = LimitMemory(limiter.name, 11, time.time() - 600).dumps()
-            entries, _ = run_import(conn, ImportMode.FULL, page_size=40)
-        finally:
-            conn.close()
+        conn, limiter, entries = _run_in_a_new_process(emu, tmp_path, remembered=(11, 600))
         assert {e.anchor for e in entries} == _mailbox_ids(emu)
         assert counts(conn)["limit_recalled"] == 1
         assert limiter.stats.peak_limit == 11 and limiter.stats.pauses == 0, limiter.stats
@@ -200,29 +214,14 @@ def test_a_scheduled_run_starts_at_the_wall_an_earlier_run_measured(tmp_path: Pa
 
 def test_a_remembered_wall_is_trusted_only_for_limit_memory_hours(tmp_path: Path, cache_key: str) -> None:
     with GraphEmulator(EmulatorConfig(users=40, seed=5, latency_ms=5)) as emu:
-        forget_shared_limiters()
-        conn = make_connector(emu, tmp_path, limit_memory_hours=1)
-        conn.open()
-        try:
-            limiter = conn.graph.limiter
-            exo_state(conn)["~limit"] = LimitMemory(limiter.name, 11, time.time() - 7200).dumps()
-            run_import(conn, ImportMode.FULL, page_size=40)
-        finally:
-            conn.close()
+        conn, _, _ = _run_in_a_new_process(emu, tmp_path, remembered=(11, 7200), limit_memory_hours=1)
         assert counts(conn)["limit_recalled"] == 0
 
 
 def test_a_cold_run_keeps_what_its_limiter_measured_in_the_agent_state(tmp_path: Path, cache_key: str) -> None:
     """Whatever the run's limiter ends up knowing about the wall is what the next run finds in the state."""
     with GraphEmulator(EmulatorConfig(users=200, seed=5, latency_ms=20, **parse_throttle("in-flight-12"))) as emu:
-        forget_shared_limiters()
-        conn = make_connector(emu, tmp_path, retry_budget=0)
-        conn.open()
-        try:
-            run_import(conn, ImportMode.FULL, page_size=40)
-            limiter = conn.graph.limiter
-        finally:
-            conn.close()
+        conn, limiter, _ = _run_in_a_new_process(emu, tmp_path, retry_budget=0)
         assert limiter.measurements >= 1, limiter.stats  # the slow start met the wall of 12
         # the last batch's worker saw the limiter's final state: the level reached, never above the census
         kept = LimitMemory.loads(exo_state(conn).get("~limit"))
@@ -233,13 +232,6 @@ def test_a_cold_run_keeps_what_its_limiter_measured_in_the_agent_state(tmp_path:
 
 def test_limit_memory_hours_zero_keeps_nothing(tmp_path: Path, cache_key: str) -> None:
     with GraphEmulator(EmulatorConfig(users=200, seed=5, latency_ms=20, **parse_throttle("in-flight-12"))) as emu:
-        forget_shared_limiters()
-        conn = make_connector(emu, tmp_path, retry_budget=0, limit_memory_hours=0)
-        conn.open()
-        try:
-            run_import(conn, ImportMode.FULL, page_size=40)
-            limiter = conn.graph.limiter
-        finally:
-            conn.close()
+        conn, limiter, _ = _run_in_a_new_process(emu, tmp_path, retry_budget=0, limit_memory_hours=0)
         assert limiter.measurements >= 1, limiter.stats  # it did measure the wall of 12, and kept nothing
         assert "~limit" not in exo_state(conn)
