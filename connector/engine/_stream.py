@@ -76,8 +76,10 @@ class Job:
 class WorkQueue:
     """Deferred tasks of one worker: fresh ones in order, delayed ones after their time, busy keys skipped."""
 
-    def __init__(self, per_key: int) -> None:
+    def __init__(self, per_key: int, take_size: Callable[[int], int] | None = None) -> None:
         self.per_key = per_key
+        #: The worker's ``take_size``: how many of the tasks waiting one take gets.
+        self._take_size = take_size
         self._fresh: deque[Job] = deque()
         self._delayed: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
@@ -95,7 +97,8 @@ class WorkQueue:
             self._cond.notify()
 
     def take(self, n: int) -> list[Job] | None:
-        """Up to ``n`` ready jobs (blocks until there is one); None once closed."""
+        """Up to ``n`` ready jobs, or the worker's ``take_size`` of those waiting if fewer (blocks
+        until there is one); None once closed."""
         with self._cond:
             while True:
                 if self._closed:
@@ -103,10 +106,15 @@ class WorkQueue:
                 now = time.monotonic()
                 while self._delayed and self._delayed[0][0] <= now:
                     self._fresh.appendleft(heapq.heappop(self._delayed)[2])
-                out = self._ready(n)
+                out = self._ready(self._size(n))
                 if out:
                     return out
                 self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
+
+    def _size(self, n: int) -> int:
+        if self._take_size is None or not self._fresh:
+            return n
+        return max(1, min(n, self._take_size(len(self._fresh))))
 
     def _ready(self, n: int) -> list[Job]:
         """Take up to ``n`` fresh jobs whose key has room (called holding the lock)."""
@@ -229,7 +237,7 @@ class StreamPager:
         worker = deferred.worker
         jobs = self._queues.get(id(worker))
         if jobs is None:
-            jobs = self._queues[id(worker)] = WorkQueue(worker.per_key)
+            jobs = self._queues[id(worker)] = WorkQueue(worker.per_key, worker.take_size)
             for i in range(max(1, worker.concurrency)):
                 self._spawn(self._work, f"import-{type(worker).__name__}-{i}", worker, jobs)
         self._running[origin] += 1

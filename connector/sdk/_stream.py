@@ -111,6 +111,17 @@ class Worker(abc.ABC, Generic[TaskT]):
     concurrency: int = 1
     per_key: int = 0
 
+    def take_size(self, waiting: int) -> int:
+        """How many of the ``waiting`` ready tasks one ``run`` call takes (the engine caps it at
+        ``batch_size``). Called often, under the engine's queue lock: keep it cheap, never block.
+
+        A full batch by default. A worker whose batched request runs its items a few at a time
+        overrides it so that the last tasks of a run are shared among the batches that can run at
+        once: packed into a few full batches, they would keep a few lanes busy for many rounds
+        while the rest idle.
+        """
+        return self.batch_size
+
     @abc.abstractmethod
     def run(self, tasks: list[Deferred[TaskT]], cancel: threading.Event) -> list[list[ImportItem]]:
         """Do the work; return exactly one list of items per task, in order.

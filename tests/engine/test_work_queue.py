@@ -159,3 +159,36 @@ def test_work_queue_puts_a_task_handed_back_unsent_first_in_line() -> None:
     q.put(back, front=True)  # taken earlier, not sent (no room in the limiter): it keeps its turn
     assert [j.deferred.key for j in q.take(3) or []] == ["c", "a", "b"]
     q.close()
+
+
+def test_a_take_gets_the_workers_share_of_what_waits_never_more_than_asked() -> None:
+    """``Worker.take_size`` sizes a take by the tasks waiting; ``take(n)`` still caps it.
+
+    Shared among four lanes, 30 waiting tasks go 8, 6, 4, 3, ...: the last tasks of a run spread
+    over the lanes instead of filling one batch while the others idle.
+    """
+    waiting_seen: list[int] = []
+
+    def four_lanes(waiting: int) -> int:
+        waiting_seen.append(waiting)
+        return -(-waiting // 4)
+
+    q = WorkQueue(per_key=0, take_size=four_lanes)
+    for n in range(30):
+        q.put(job(f"u{n}"))
+    sizes = [len(q.take(20) or []) for _ in range(4)]
+    assert sizes == [8, 6, 4, 3]
+    assert waiting_seen == [30, 22, 16, 12]
+    assert len(q.take(2) or []) == 2  # the caller's n still caps it (ceil(9/4) = 3)
+    q.close()
+
+    whole = WorkQueue(per_key=0, take_size=_WORKER.take_size)  # the default: a full batch_size (1)
+    for n in range(3):
+        whole.put(job(f"v{n}"))
+    assert len(whole.take(20) or []) == 1
+    plain = WorkQueue(per_key=0)  # no worker rule: n
+    for n in range(3):
+        plain.put(job(f"w{n}"))
+    assert len(plain.take(2) or []) == 2
+    whole.close()
+    plain.close()

@@ -353,6 +353,14 @@ class PhotoWorker(Worker[PhotoTask]):
         self.concurrency = settings.concurrency // BATCH_PARALLELISM + 1
         self.per_key = settings.per_mailbox_concurrency
 
+    def take_size(self, waiting: int) -> int:
+        """The fewest rounds for what is waiting: Graph runs a batch four items at a time, and the
+        limit allows ``limit / 4`` batches at once; so ``waiting`` tasks need ``waiting / limit``
+        rounds, and each batch takes four items per round (a full batch while plenty wait)."""
+        limit = max(BATCH_PARALLELISM, self.importer.connector.graph.limiter.limit)
+        rounds = -(-waiting // limit)
+        return min(self.batch_size, rounds * BATCH_PARALLELISM)
+
     def run(self, tasks: list[Deferred[PhotoTask]], cancel: threading.Event) -> list[list[ImportItem]]:
         client = self.importer.connector.graph
         # four units for a batch: Graph runs four items of a batch at a time

@@ -229,3 +229,32 @@ def test_a_request_that_fails_before_sending_hands_its_share_of_the_limit_back()
     with pytest.raises(AuthenticationError):
         client.get_json("users")
     assert client.limiter.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("limit", "waiting", "size"),
+    [
+        (48, 5000, 20),  # plenty waiting: full batches
+        (48, 240, 20),  # five rounds of the limit: still full batches
+        (48, 200, 20),  # five rounds (the last one short)
+        (48, 90, 8),  # two rounds: eight per batch, twelve batches at once
+        (48, 30, 4),  # one round: four per batch
+        (4, 30, 20),  # a strict limit (one batch at a time): no point in splitting
+        (12, 30, 12),  # three batches at once, three rounds
+    ],
+)
+def test_the_photo_worker_shares_the_last_tasks_among_the_batches_the_limit_runs(
+    limit: int, waiting: int, size: int
+) -> None:
+    """Graph runs a $batch four items at a time: the tail of a run in a few full batches would run
+    for five rounds on a few lanes while the rest of the limit idles."""
+    from types import SimpleNamespace
+
+    from connector.agents.exchange_online._import import PhotoWorker
+    from connector.throttling import AdaptiveLimiter
+
+    limiter = AdaptiveLimiter("test", ceiling=64, initial=limit)
+    importer = SimpleNamespace(settings=SETTINGS, connector=SimpleNamespace(graph=SimpleNamespace(limiter=limiter)))
+    worker = PhotoWorker(importer)  # type: ignore[arg-type]
+    assert worker.batch_size == 20
+    assert worker.take_size(waiting) == size
