@@ -78,8 +78,9 @@ class WorkQueue:
 
     def __init__(self, per_key: int, take_size: Callable[[int], int] | None = None) -> None:
         self.per_key = per_key
-        #: The worker's ``take_size``: how many of the tasks waiting one take gets.
+        #: The worker's ``take_size``: how many of the tasks waiting one take gets, once :meth:`ending`.
         self._take_size = take_size
+        self._ending = False
         self._fresh: deque[Job] = deque()
         self._delayed: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
@@ -96,9 +97,18 @@ class WorkQueue:
                 self._fresh.insert(0 if front else len(self._fresh), job)
             self._cond.notify()
 
+    def ending(self) -> None:
+        """The stream has yielded everything: what waits now, and what it spawns, is the run's last work.
+
+        From now on a take gets the worker's ``take_size`` of the tasks waiting (at most ``n``).
+        Before, more work keeps coming to keep every lane busy, and full batches cost the fewest
+        requests.
+        """
+        with self._cond:
+            self._ending = True
+
     def take(self, n: int) -> list[Job] | None:
-        """Up to ``n`` ready jobs, or the worker's ``take_size`` of those waiting if fewer (blocks
-        until there is one); None once closed."""
+        """Up to ``n`` ready jobs (fewer once :meth:`ending`; blocks until there is one); None once closed."""
         with self._cond:
             while True:
                 if self._closed:
@@ -112,7 +122,7 @@ class WorkQueue:
                 self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
 
     def _size(self, n: int) -> int:
-        if self._take_size is None or not self._fresh:
+        if not self._ending or self._take_size is None or not self._fresh:
             return n
         return max(1, min(n, self._take_size(len(self._fresh))))
 
@@ -238,6 +248,8 @@ class StreamPager:
         jobs = self._queues.get(id(worker))
         if jobs is None:
             jobs = self._queues[id(worker)] = WorkQueue(worker.per_key, worker.take_size)
+            if self._source_done:
+                jobs.ending()
             for i in range(max(1, worker.concurrency)):
                 self._spawn(self._work, f"import-{type(worker).__name__}-{i}", worker, jobs)
         self._running[origin] += 1
@@ -299,6 +311,8 @@ class StreamPager:
     def _receive(self, message: Any, page: Page) -> None:
         if message is _END:
             self._source_done = True
+            for jobs in self._queues.values():
+                jobs.ending()
         elif isinstance(message, _Fatal):
             raise message.error
         elif isinstance(message, tuple) and message[0] == "done":

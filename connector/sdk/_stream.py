@@ -112,13 +112,15 @@ class Worker(abc.ABC, Generic[TaskT]):
     per_key: int = 0
 
     def take_size(self, waiting: int) -> int:
-        """How many of the ``waiting`` ready tasks one ``run`` call takes (the engine caps it at
-        ``batch_size``). Called often, under the engine's queue lock: keep it cheap, never block.
+        """How many of the ``waiting`` ready tasks one ``run`` call takes at the end of a run (the
+        engine caps it at ``batch_size``). Called often, under the engine's queue lock: keep it
+        cheap, never block.
 
-        A full batch by default. A worker whose batched request runs its items a few at a time
-        overrides it so that the last tasks of a run are shared among the batches that can run at
-        once: packed into a few full batches, they would keep a few lanes busy for many rounds
-        while the rest idle.
+        The engine asks only once the stream has yielded everything: before, more work keeps every
+        thread busy, and full batches cost the fewest requests. A full batch by default. A worker
+        whose batched request runs its items a few at a time overrides it so that the last tasks
+        are shared among the batches that can run at once: packed into a few full batches, they
+        would keep a few lanes busy for many rounds while the rest idle.
         """
         return self.batch_size
 

@@ -162,10 +162,12 @@ def test_work_queue_puts_a_task_handed_back_unsent_first_in_line() -> None:
 
 
 def test_a_take_gets_the_workers_share_of_what_waits_never_more_than_asked() -> None:
-    """``Worker.take_size`` sizes a take by the tasks waiting; ``take(n)`` still caps it.
+    """Once the stream has yielded everything, ``Worker.take_size`` sizes a take by the tasks
+    waiting; ``take(n)`` still caps it.
 
     Shared among four lanes, 30 waiting tasks go 8, 6, 4, 3, ...: the last tasks of a run spread
-    over the lanes instead of filling one batch while the others idle.
+    over the lanes instead of filling one batch while the others idle. Before the end, more work
+    keeps coming: a take gets a full batch.
     """
     waiting_seen: list[int] = []
 
@@ -174,8 +176,10 @@ def test_a_take_gets_the_workers_share_of_what_waits_never_more_than_asked() -> 
         return -(-waiting // 4)
 
     q = WorkQueue(per_key=0, take_size=four_lanes)
-    for n in range(30):
+    for n in range(50):
         q.put(job(f"u{n}"))
+    assert len(q.take(20) or []) == 20 and waiting_seen == []  # mid-run: a full batch
+    q.ending()
     sizes = [len(q.take(20) or []) for _ in range(4)]
     assert sizes == [8, 6, 4, 3]
     assert waiting_seen == [30, 22, 16, 12]
@@ -183,10 +187,12 @@ def test_a_take_gets_the_workers_share_of_what_waits_never_more_than_asked() -> 
     q.close()
 
     whole = WorkQueue(per_key=0, take_size=_WORKER.take_size)  # the default: a full batch_size (1)
+    whole.ending()
     for n in range(3):
         whole.put(job(f"v{n}"))
     assert len(whole.take(20) or []) == 1
     plain = WorkQueue(per_key=0)  # no worker rule: n
+    plain.ending()
     for n in range(3):
         plain.put(job(f"w{n}"))
     assert len(plain.take(2) or []) == 2
