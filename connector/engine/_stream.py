@@ -2,7 +2,8 @@
 
 The connector's ``import_changes`` generator runs on a *source* thread; ``Deferred`` tasks run on
 *worker* threads (per ``Worker``: ``concurrency`` threads taking ``batch_size`` tasks at a time,
-never more than ``per_key`` of one key, not before ``not_before``); the engine's thread receives
+or its ``take_size`` of those waiting once the stream has ended, never more than ``per_key`` of one
+key, not before ``not_before``); the engine's thread receives
 everything through one queue, buffers it and hands out a ``Page`` once it holds ``page_size``
 entries and state updates. The caller commits the page before asking for the next one.
 
@@ -225,7 +226,11 @@ class StreamPager:
 
     def _work(self, worker: Worker[Any], jobs_queue: WorkQueue) -> None:
         while not self._stop.is_set():
-            jobs = jobs_queue.take(max(1, worker.batch_size))
+            try:
+                jobs = jobs_queue.take(max(1, worker.batch_size))
+            except BaseException as exc:  # the worker's take_size failed: stop the step, do not hang it
+                self._results.put(_Fatal(exc))
+                return
             if jobs is None:
                 return
             try:

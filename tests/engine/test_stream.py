@@ -19,7 +19,7 @@ import pytest
 
 from connector.config import config_from_dict
 from connector.engine import Engine
-from connector.engine._stream import StreamPager
+from connector.engine._stream import _END, Page, StreamPager, _Fatal
 from connector.sdk import Checkpoint, CSEntryChange, Deferred, ImportItem, Worker
 from connector.store import AgentStateRepository, SqlStore
 from connector.store.tables import cs_object
@@ -205,3 +205,57 @@ def test_the_source_runs_at_most_max_ahead_items_ahead_of_the_commits() -> None:
     assert first.weight >= 10
     assert yielded <= 51  # 50 permits, plus the item the source holds while it waits for one
     pages.close()
+
+
+class _Sized(Worker[str]):
+    """Takes ``take_size`` tasks at the end of a stream; each run waits at the gate."""
+
+    batch_size = 20
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.sizes: list[int] = []
+
+    def take_size(self, waiting: int) -> int:
+        if self.size is None:
+            raise RuntimeError("take_size is broken")
+        return self.size
+
+    def run(self, tasks: list[Deferred[str]], cancel: threading.Event) -> list[list[ImportItem]]:
+        self.entered.set()
+        self.gate.wait(10)
+        self.sizes.append(len(tasks))
+        return [[] for _ in tasks]
+
+
+def _hold_the_worker_then_end(worker: _Sized, more: int) -> StreamPager:
+    """One task taken (the worker waits at its gate), ``more`` queued, then the stream's end received."""
+    pager = StreamPager(iter(()), page_size=10, max_ahead=50)
+    pager._dispatch(0, Deferred(worker, "first"))
+    assert worker.entered.wait(10)
+    for i in range(more):
+        pager._dispatch(i + 1, Deferred(worker, f"t{i}"))
+    pager._receive(_END, Page())
+    worker.gate.set()
+    return pager
+
+
+def test_once_the_stream_has_ended_a_worker_takes_its_take_size() -> None:
+    worker = _Sized(2)
+    pager = _hold_the_worker_then_end(worker, 6)
+    for _ in range(4):
+        message = pager._results.get(timeout=10)
+        assert message[0] == "done"
+    assert worker.sizes == [1, 2, 2, 2]  # the batch_size (20) before the end, take_size after it
+    pager.stop()
+
+
+def test_a_failing_take_size_stops_the_step_with_its_error_instead_of_hanging_it() -> None:
+    worker = _Sized(None)
+    pager = _hold_the_worker_then_end(worker, 3)
+    assert pager._results.get(timeout=10)[0] == "done"  # the task it held
+    fatal = pager._results.get(timeout=10)
+    assert isinstance(fatal, _Fatal) and "take_size is broken" in str(fatal.error)
+    pager.stop()
