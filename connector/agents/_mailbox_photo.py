@@ -130,12 +130,11 @@ class RunLimit:
         A memory still fresh is written back unchanged: a full import forgets the keys it does not
         write, and this run may not measure the limit again (it is not renewed either way).
         """
-        value = self._run.state.get_many([LIMIT_KEY]).get(LIMIT_KEY)
-        stored = LimitMemory.loads(value)
+        stored = LimitMemory.loads(self._run.state.get_many([LIMIT_KEY]).get(LIMIT_KEY))
         items: list[ImportItem] = []
         if stored is not None and stored.fresh(self._max_age_s):
             items.append(StateUpdate(LIMIT_KEY, stored.dumps()))
-        memory = self._keeper.recall(value, max_age_s=self._max_age_s)
+        memory = self._keeper.recall(stored, max_age_s=self._max_age_s)
         if memory is not None:
             minutes = (time.time() - memory.measured_at) / 60
             log.info(

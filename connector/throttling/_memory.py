@@ -93,9 +93,8 @@ class LimitKeeper:
         #: The value last handed over (``_UNSAVED``: none yet; None is a value: "forget it").
         self._kept: object = _UNSAVED
 
-    def recall(self, value: Any, *, max_age_s: float) -> LimitMemory | None:
-        """Start the limiter at the memory in ``value`` (as stored) if it applies; the memory if it did."""
-        memory = LimitMemory.loads(value)
+    def recall(self, memory: LimitMemory | None, *, max_age_s: float) -> LimitMemory | None:
+        """Start the limiter at ``memory`` if it applies; the memory if it did."""
         with self._lock:
             self._seen = self.limiter.measurements
         return memory if memory is not None and memory.recall(self.limiter, max_age_s=max_age_s) else None

@@ -88,7 +88,7 @@ def test_a_run_whose_recalled_wall_is_pushed_back_forgets_it_until_it_measures_a
     clock = FakeClock()
     limiter = _cold(clock)
     keeper = LimitKeeper(limiter)
-    assert keeper.recall(LimitMemory("graph:tenant", 20, time.time()).dumps(), max_age_s=3600) is not None
+    assert keeper.recall(LimitMemory("graph:tenant", 20, time.time()), max_age_s=3600) is not None
     assert keeper.changed() == (False, None)  # started at the memory: nothing new to keep
     tickets = [limiter.acquire() for _ in range(20)]
     limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0)  # 20 was too many today
