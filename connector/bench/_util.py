@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
+
+from connector.config import ConfigError
 
 
 def peak_rss_mb() -> float | None:
@@ -31,6 +34,26 @@ def _peak_rss_psutil() -> float | None:
         return None
     peak = getattr(psutil.Process().memory_info(), "peak_wset", None)  # Windows only
     return None if peak is None else round(float(peak) / (1024 * 1024), 1)
+
+
+class ServerDidNotStart(ConfigError):
+    """A benchmark's server child ended before saying where it serves (exit code 2, not a traceback)."""
+
+
+def server_info(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
+    """The JSON line a server child prints once it serves (its stdout), or why there is none.
+
+    The child's stderr is the benchmark's, so its own message (a bad option, a port in use) is
+    already on the screen; this says which server it was and that the benchmark cannot go on.
+    """
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        code = proc.wait()
+        msg = f"{what} did not start (it ended with exit code {code}; its message is above)"
+        raise ServerDidNotStart(msg)
+    info: dict[str, Any] = json.loads(line)
+    return info
 
 
 def stop_child(proc: subprocess.Popen[str]) -> None:

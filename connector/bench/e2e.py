@@ -33,7 +33,7 @@ from typing import Any
 
 import requests
 
-from connector.bench._util import peak_rss_mb, stop_child
+from connector.bench._util import peak_rss_mb, server_info, stop_child
 
 __all__ = ["run"]
 
@@ -54,11 +54,7 @@ def _emulator(**config: Any) -> Iterator[tuple[dict[str, Any], list[dict[str, An
         [sys.executable, "-c", _SERVE, json.dumps(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator did not start")
-        info = json.loads(line)
+        info = server_info(proc, "the Graph emulator")
         with requests.Session() as http:
             http.verify, http.trust_env = info["ca_cert"], False
             users = http.get(f"{info['admin_url']}/users", timeout=60).json()

@@ -19,7 +19,6 @@ and extrapolated.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -34,8 +33,15 @@ import requests
 from cryptography.fernet import Fernet
 
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
-from connector.bench._util import peak_rss_mb, step_metrics
-from connector.emulator import EmulatorConfig, ceiling_requests_per_s, exo_agent_settings, model_assumptions
+from connector.bench._util import peak_rss_mb, server_info, step_metrics
+from connector.config import ConfigError
+from connector.emulator import (
+    EmulatorConfig,
+    ceiling_requests_per_s,
+    exo_agent_settings,
+    model_assumptions,
+    parse_throttle,
+)
 from connector.engine import NullProgress
 from connector.sdk import StopRunError
 from connector.throttling import forget_shared_limiters
@@ -142,12 +148,7 @@ def _start_emulator(
         "--json",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise RuntimeError("the emulator did not start")
-    return proc, json.loads(line)
+    return proc, server_info(proc, "the Graph emulator")
 
 
 def _session(ca: str) -> requests.Session:
@@ -274,6 +275,10 @@ def run(
 ) -> dict[str, Any]:
     from connector.engine import Engine
 
+    try:
+        parse_throttle(throttle)  # the caller's mistake, said before an emulator starts
+    except ValueError as exc:
+        raise ConfigError(f"--throttle: {exc}") from None
     proc, info = _start_emulator(users, photo_ratio, latency_ms, seed, throttle)
     try:
         with tempfile.TemporaryDirectory(prefix="mvsync-bench-import-") as tmp:

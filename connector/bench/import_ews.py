@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from connector.agents.exchange_server import ExchangeServerPhotosConnector
-from connector.bench._util import peak_rss_mb, step_metrics, stop_child
+from connector.bench._util import peak_rss_mb, server_info, step_metrics, stop_child
 
 __all__ = ["BenchEwsConnector", "run"]
 
@@ -112,10 +112,7 @@ def run(
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the EWS emulator did not start")
-        info = json.loads(line)
+        info = server_info(proc, "the EWS emulator")
         with tempfile.TemporaryDirectory(prefix="mvsync-bench-ews-") as tmp:
             engine = Engine(load_config(_config(Path(tmp), info, concurrency, ews_max_concurrency)))
             try:

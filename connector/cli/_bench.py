@@ -20,9 +20,13 @@ __all__ = ["register"]
 bench_app = typer.Typer(help="Benchmarks (each prints one JSON object).", no_args_is_help=True)
 
 # Options that mean the same in every benchmark (each command sets its own default).
-UsersOption = Annotated[int, typer.Option("--users", help="Users in the emulated tenant.")]
-PhotoRatioOption = Annotated[float, typer.Option("--photo-ratio", help="Share of users (or mailboxes) with a photo.")]
-LatencyOption = Annotated[float, typer.Option("--latency-ms", help="Latency added to each request to the emulator.")]
+UsersOption = Annotated[int, typer.Option("--users", min=1, help="Users in the emulated tenant.")]
+PhotoRatioOption = Annotated[
+    float, typer.Option("--photo-ratio", min=0.0, max=1.0, help="Share of users (or mailboxes) with a photo.")
+]
+LatencyOption = Annotated[
+    float, typer.Option("--latency-ms", min=0.0, help="Latency added to each request to the emulator.")
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the tenant, its photos and faults.")]
 OneJsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 AlwaysJsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (always on).")]
@@ -104,8 +108,10 @@ def import_command(
     photo_ratio: PhotoRatioOption = 0.5,
     latency_ms: LatencyOption = 100.0,
     seed: SeedOption = 1,
-    page_size: Annotated[int, typer.Option("--page-size", help="Import page size.")] = 500,
-    naive_seconds: Annotated[float, typer.Option("--naive-seconds", help="Time box of the naive client.")] = 20.0,
+    page_size: Annotated[int, typer.Option("--page-size", min=1, help="Import page size.")] = 500,
+    naive_seconds: Annotated[
+        float, typer.Option("--naive-seconds", min=0.0, help="Time box of the naive client.")
+    ] = 20.0,
     throttle: Annotated[
         str,
         typer.Option("--throttle", help="The emulator's throttling model (a name or a JSON object of limits)."),
@@ -114,6 +120,7 @@ def import_command(
         int,
         typer.Option(
             "--interrupt-after-pages",
+            min=0,
             help="Also measure a full import interrupted after N committed pages and the run that resumes it.",
         ),
     ] = 0,
@@ -131,12 +138,12 @@ def import_command(
 @bench_app.command("import-ews")
 @handle_errors
 def import_ews_command(
-    mailboxes: Annotated[int, typer.Option("--mailboxes", help="On-premises mailboxes.")] = 2000,
+    mailboxes: Annotated[int, typer.Option("--mailboxes", min=1, help="On-premises mailboxes.")] = 2000,
     photo_ratio: PhotoRatioOption = 0.5,
     latency_ms: LatencyOption = 100.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="The agent's ceiling.")] = 16,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="The agent's ceiling.")] = 16,
     ews_max_concurrency: Annotated[
-        int, typer.Option("--ews-max-concurrency", help="The account's EWSMaxConcurrency.")
+        int, typer.Option("--ews-max-concurrency", min=1, help="The account's EWSMaxConcurrency.")
     ] = 27,
     seed: SeedOption = 1,
     budget_per_s: Annotated[

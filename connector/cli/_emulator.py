@@ -25,10 +25,12 @@ emulator_app = typer.Typer(
 @emulator_app.command("serve")
 @handle_errors
 def serve(
-    users: Annotated[int, typer.Option("--users", help="Users in the tenant.")] = 200,
-    photo_ratio: Annotated[float, typer.Option("--photo-ratio", help="Share of users with a photo.")] = 0.5,
+    users: Annotated[int, typer.Option("--users", min=1, help="Users in the tenant.")] = 200,
+    photo_ratio: Annotated[
+        float, typer.Option("--photo-ratio", min=0.0, max=1.0, help="Share of users with a photo.")
+    ] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Seed for users, photos and faults.")] = 1,
-    latency_ms: Annotated[float, typer.Option("--latency-ms", help="Added latency per Graph request.")] = 0.0,
+    latency_ms: Annotated[float, typer.Option("--latency-ms", min=0.0, help="Added latency per Graph request.")] = 0.0,
     faults: Annotated[str, typer.Option("--faults", help="none, light, resilience, storm, or a JSON object.")] = "none",
     throttle: Annotated[
         str,

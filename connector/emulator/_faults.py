@@ -8,9 +8,13 @@ retry of a faulted URL gets a fresh draw.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_type_hints
+
+from pydantic import ConfigDict, TypeAdapter
+
+from connector.emulator._checks import checked, json_object
 
 __all__ = ["PROFILES", "FaultDecision", "FaultInjector", "FaultProfile", "parse_faults"]
 
@@ -104,20 +108,29 @@ def parse_faults(spec: FaultProfile | str | dict[str, Any] | None) -> FaultProfi
     if isinstance(spec, str):
         text = spec.strip()
         if text.startswith("{"):
-            return parse_faults(json.loads(text))
+            return parse_faults(json_object(text, "fault profile", "settings"))
         if text not in PROFILES:
             raise ValueError(f"unknown fault profile {text!r}; known: {', '.join(PROFILES)} or a JSON object")
         return PROFILES[text]
     values = dict(spec)
-    base = PROFILES[str(values.pop("base", "none"))]
-    known = {f.name for f in fields(FaultProfile)}
+    base_name = str(values.pop("base", "none"))
+    base = PROFILES.get(base_name)
+    if base is None:
+        raise ValueError(f"unknown base fault profile {base_name!r}; known: {', '.join(PROFILES)}")
     changes: dict[str, Any] = {"name": str(values.pop("name", "custom"))}
     for key, value in values.items():
-        name = _ALIASES.get(key, key)
-        if name not in known:
-            raise ValueError(f"unknown fault setting {key!r}")
-        changes[name] = value
+        name = _ALIASES.get(str(key), str(key))
+        adapter = _SETTING_TYPES.get(name)
+        if adapter is None:
+            raise ValueError(f"unknown fault setting {key!r}; known: {', '.join([*_ALIASES, *_SETTING_TYPES])}")
+        changes[name] = checked(adapter, f"fault setting {key!r}", value)
     return replace(base, **changes)
+
+
+#: What each FaultProfile field takes, checked strictly: ``"429": "x"`` is an error naming the setting.
+_SETTING_TYPES: Mapping[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(hint, config=ConfigDict(strict=True)) for name, hint in get_type_hints(FaultProfile).items()
+}
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,15 @@ are assumptions of this emulator, stated as such.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from connector.emulator._checks import checked, json_object
 
 __all__ = [
     "THROTTLE_FIELDS",
@@ -35,17 +38,23 @@ __all__ = [
 
 _LIMITS_PAGE = "https://learn.microsoft.com/graph/throttling-limits"
 
-#: The EmulatorConfig fields a throttling model sets (the rest of the tenant is not its business).
-THROTTLE_FIELDS = (
-    "app_rate_per_s",
-    "app_concurrency",
-    "mailbox_concurrency",
-    "mailbox_requests_per_10min",
-    "mailbox_upload_bytes_per_5min",
-    "mailbox_concurrency_scope",
-    "directory_ru_per_10s",
-    "retry_after_format",
-)
+_Count = Annotated[int, Field(ge=1, strict=True)]
+
+#: The EmulatorConfig fields a throttling model sets (the rest of the tenant is not its business), and
+#: the values each takes: a limit given as JSON is checked here, so ``"app_concurrency": "x"`` is an
+#: error that names the limit instead of an emulator that fails on its first request.
+_LIMIT_TYPES: Mapping[str, TypeAdapter[Any]] = {
+    "app_rate_per_s": TypeAdapter(Annotated[float, Field(gt=0, strict=True)] | None),
+    "app_concurrency": TypeAdapter(_Count | None),
+    "mailbox_concurrency": TypeAdapter(_Count | None),
+    "mailbox_requests_per_10min": TypeAdapter(_Count | None),
+    "mailbox_upload_bytes_per_5min": TypeAdapter(_Count | None),
+    "mailbox_concurrency_scope": TypeAdapter(Literal["mailbox", "app"]),
+    # 0 sizes the budget by the tenant's user count (EmulatorConfig.directory_ru_per_10s)
+    "directory_ru_per_10s": TypeAdapter(Annotated[int, Field(ge=0, strict=True)] | None),
+    "retry_after_format": TypeAdapter(Literal["integer", "decimal"]),
+}
+THROTTLE_FIELDS = tuple(_LIMIT_TYPES)
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ THROTTLE_MODELS: dict[str, ThrottleModel] = {
 def parse_throttle(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """Every throttling field's value for a model name, JSON text, or mapping (``base`` picks a model).
 
-    Unknown names and fields are errors that list what is known.
+    Unknown names and fields, and values a limit cannot take, are errors that say what is allowed.
     """
     if spec is None:
         spec = "default"
@@ -121,18 +130,17 @@ def parse_throttle(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
                 known = ", ".join(THROTTLE_MODELS)
                 raise ValueError(f"unknown throttling model {text!r}; known: {known}, or a JSON object of limits")
             return {**DEFAULT_LIMITS, **model.limits}
-        try:
-            spec = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"throttling model is not valid JSON: {exc}") from None
-        if not isinstance(spec, dict):
-            raise ValueError("a throttling model in JSON must be an object of limits")
+        spec = json_object(text, "throttling model", "limits")
     values = dict(spec)
-    limits = parse_throttle(str(values.pop("base", "default")))
+    base = values.pop("base", "default")
+    if not isinstance(base, str) or base.strip().startswith("{"):
+        raise ValueError(f"a throttling model's base must be a model name, not {base!r}")
+    limits = parse_throttle(base)
     for key, value in values.items():
-        if key not in THROTTLE_FIELDS:
+        adapter = _LIMIT_TYPES.get(key)
+        if adapter is None:
             raise ValueError(f"unknown throttling limit {key!r}; known: {', '.join(THROTTLE_FIELDS)}")
-        limits[key] = value
+        limits[key] = checked(adapter, f"throttling limit {key!r}", value)
     return limits
 
 

@@ -129,6 +129,20 @@ def test_cli_serve_rejects_bad_faults() -> None:
     assert proc.returncode == 2 and "unknown fault profile" in proc.stderr
 
 
+def test_a_bad_throttling_model_or_tenant_is_a_usage_error_for_serve_and_bench() -> None:
+    """Exit code 2 and what is wrong, from ``emulator serve`` and from ``bench import`` (which starts no emulator)."""
+    for args, says in (
+        (["emulator", "serve", "--throttle", '{"app_concurrency": "x"}'], "throttling limit 'app_concurrency'"),
+        (["bench", "import", "--throttle", "rate-15", "--json"], "--throttle: unknown throttling model 'rate-15'"),
+        (["emulator", "serve", "--users", "0"], "Invalid value for '--users'"),
+        (["bench", "import", "--photo-ratio", "2", "--json"], "Invalid value for '--photo-ratio'"),
+    ):
+        cmd = [sys.executable, "-c", "from connector.cli import main; main()", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert says in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == ""
+
+
 def test_bench_runs_from_a_separate_process() -> None:
     result = run_bench(seconds=0.5, concurrency=4, users=30)
     assert result["photo_requests_per_s"] > 50

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import requests
@@ -22,6 +24,25 @@ def test_parse_profiles() -> None:
     for bad in ("nope", {"bogus": 1}, {"429": 0.9, "503": 0.5}):
         with pytest.raises(ValueError):
             parse_faults(bad)
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ('{"base": "nope"}', "unknown base fault profile 'nope'; known: none, light, resilience, storm"),
+        ('{"429": "x"}', "fault setting '429' cannot be 'x': Input should be a valid number"),
+        ('{"retry_after_decimal": 1}', "fault setting 'retry_after_decimal' cannot be 1: Input should be a valid bool"),
+        ("{bad", "fault profile is not valid JSON"),
+        ('{"speed": 1}', "unknown fault setting 'speed'; known: 429, 503"),
+    ],
+)
+def test_a_bad_fault_setting_is_a_value_error_that_names_it(spec: str, says: str) -> None:
+    """The command line turns these into one line and exit code 2; a KeyError or a late crash would be a traceback."""
+    with pytest.raises(ValueError, match="^" + re.escape(says)):
+        parse_faults(spec)
+    # the values a setting does take go through as that type
+    taken = parse_faults('{"429": 1, "retry_after": null}')
+    assert taken == replace(PROFILES["none"], name="custom", rate_429=1.0, retry_after_s=None)
 
 
 def _outcomes(emu: GraphEmulator, paths: list[str]) -> list[str]:

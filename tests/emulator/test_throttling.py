@@ -8,9 +8,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import requests
 
-from connector.emulator import GraphEmulator
+from connector.emulator import GraphEmulator, parse_throttle
 from tests.emulator.conftest import Api, make_api
 from tests.harness.emulator import emulator_http
 
@@ -152,3 +153,32 @@ def test_a_named_model_can_be_switched_mid_run(graph_emulator_factory: Callable[
     assert limits["mailbox_concurrency_scope"] == "app"
     statuses = [r.status_code for r in _parallel(api, [f"/users/{u}/photo" for u in users])]
     assert statuses.count(429) == 2  # six different mailboxes, but only 4 photo requests per app now
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ('{"app_concurrency": "x"}', "throttling limit 'app_concurrency' cannot be 'x': Input should be a valid int"),
+        ('{"app_concurrency": 0}', "throttling limit 'app_concurrency' cannot be 0: Input should be greater than"),
+        ('{"app_concurrency": true}', "throttling limit 'app_concurrency' cannot be True"),
+        ('{"app_rate_per_s": -1}', "throttling limit 'app_rate_per_s' cannot be -1: Input should be greater than 0"),
+        ('{"mailbox_concurrency_scope": "tenant"}', "throttling limit 'mailbox_concurrency_scope' cannot be 'tenant'"),
+        ('{"retry_after_format": "http-date"}', "throttling limit 'retry_after_format' cannot be 'http-date'"),
+        ('{"base": "nope"}', "unknown throttling model 'nope'"),
+        ('{"base": {"app_concurrency": 4}}', "a throttling model's base must be a model name"),
+        ("[4]", "unknown throttling model '[4]'"),
+        ('{"app_concurrency": 4', "throttling model is not valid JSON"),
+    ],
+)
+def test_a_limit_the_emulator_cannot_take_is_refused_with_its_name(spec: str, says: str) -> None:
+    """Found here, not on the first request: the command line says it in one line with exit code 2."""
+    with pytest.raises(ValueError, match="^" + re.escape(says)):
+        parse_throttle(spec)
+
+
+def test_a_json_model_takes_what_each_limit_takes() -> None:
+    spec = '{"base": "rate-150", "app_rate_per_s": 75, "app_concurrency": null, "directory_ru_per_10s": 0}'
+    limits = parse_throttle(spec)
+    assert limits["app_rate_per_s"] == 75.0 and isinstance(limits["app_rate_per_s"], float)
+    assert limits["app_concurrency"] is None and limits["directory_ru_per_10s"] == 0
+    assert limits["mailbox_concurrency_scope"] == "mailbox"  # the base model's, untouched
