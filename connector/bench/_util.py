@@ -49,7 +49,11 @@ def server_info(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # it closed its stdout but hangs: it will not serve either
+            proc.kill()
+            code = proc.wait()
         msg = f"{what} did not start (it ended with exit code {code}; its message is above)"
         raise ServerDidNotStart(msg)
     info: dict[str, Any] = json.loads(line)

@@ -7,6 +7,8 @@ regardless of speed is: a no-change delta downloads and writes nothing, exports 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -325,3 +327,19 @@ def test_bench_import_measures_a_resumed_full_import(monkeypatch: pytest.MonkeyP
     # one users/delta page holds all 60 users here, so the resumed run lists them again (a big tenant's
     # resumed run lists only from the checkpoint's page on)
     assert 0 < result["resumed_users_listed"] <= result["full_import_users"]
+
+
+def test_a_server_child_that_does_not_start_is_a_usage_error_naming_it() -> None:
+    """Its own message is on stderr already; the benchmark says which server and ends with exit code 2."""
+    from connector.bench._util import ServerDidNotStart, server_info
+    from connector.config import ConfigError
+
+    failing = "import sys; print('error: bad option', file=sys.stderr); sys.exit(3)"
+    proc = subprocess.Popen([sys.executable, "-c", failing], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with pytest.raises(ServerDidNotStart, match=r"^the Graph emulator did not start \(it ended with exit code 3;"):
+        server_info(proc, "the Graph emulator")
+    assert issubclass(ServerDidNotStart, ConfigError)  # the CLI's handle_errors: exit code 2, no traceback
+    serving = "import json; print(json.dumps({'graph_url': 'https://127.0.0.1:1/v1.0'}), flush=True)"
+    proc = subprocess.Popen([sys.executable, "-c", serving], stdout=subprocess.PIPE, text=True)
+    assert server_info(proc, "the Graph emulator") == {"graph_url": "https://127.0.0.1:1/v1.0"}
+    proc.wait(timeout=30)
