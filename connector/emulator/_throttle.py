@@ -39,14 +39,16 @@ __all__ = [
 _LIMITS_PAGE = "https://learn.microsoft.com/graph/throttling-limits"
 
 _Count = Annotated[int, Field(ge=1, strict=True)]
+#: A cap on requests in flight: 0 admits nothing (a tenant that refuses every request), None is no cap.
+_Cap = Annotated[int, Field(ge=0, strict=True)]
 
 #: The EmulatorConfig fields a throttling model sets (the rest of the tenant is not its business), and
 #: the values each takes: a limit given as JSON is checked here, so ``"app_concurrency": "x"`` is an
 #: error that names the limit instead of an emulator that fails on its first request.
 _LIMIT_TYPES: Mapping[str, TypeAdapter[Any]] = {
     "app_rate_per_s": TypeAdapter(Annotated[float, Field(gt=0, strict=True)] | None),
-    "app_concurrency": TypeAdapter(_Count | None),
-    "mailbox_concurrency": TypeAdapter(_Count | None),
+    "app_concurrency": TypeAdapter(_Cap | None),
+    "mailbox_concurrency": TypeAdapter(_Cap | None),
     "mailbox_requests_per_10min": TypeAdapter(_Count | None),
     "mailbox_upload_bytes_per_5min": TypeAdapter(_Count | None),
     "mailbox_concurrency_scope": TypeAdapter(Literal["mailbox", "app"]),

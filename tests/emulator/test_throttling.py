@@ -159,7 +159,8 @@ def test_a_named_model_can_be_switched_mid_run(graph_emulator_factory: Callable[
     ("spec", "says"),
     [
         ('{"app_concurrency": "x"}', "throttling limit 'app_concurrency' cannot be 'x': Input should be a valid int"),
-        ('{"app_concurrency": 0}', "throttling limit 'app_concurrency' cannot be 0: Input should be greater than"),
+        ('{"app_concurrency": -1}', "throttling limit 'app_concurrency' cannot be -1: Input should be greater than"),
+        ('{"app_rate_per_s": 0}', "throttling limit 'app_rate_per_s' cannot be 0: Input should be greater than 0"),
         ('{"app_concurrency": true}', "throttling limit 'app_concurrency' cannot be True"),
         ('{"app_rate_per_s": -1}', "throttling limit 'app_rate_per_s' cannot be -1: Input should be greater than 0"),
         ('{"mailbox_concurrency_scope": "tenant"}', "throttling limit 'mailbox_concurrency_scope' cannot be 'tenant'"),
@@ -182,3 +183,4 @@ def test_a_json_model_takes_what_each_limit_takes() -> None:
     assert limits["app_rate_per_s"] == 75.0 and isinstance(limits["app_rate_per_s"], float)
     assert limits["app_concurrency"] is None and limits["directory_ru_per_10s"] == 0
     assert limits["mailbox_concurrency_scope"] == "mailbox"  # the base model's, untouched
+    assert parse_throttle({"app_concurrency": 0})["app_concurrency"] == 0  # a tenant that admits nothing
