@@ -317,17 +317,30 @@ def test_a_request_heavier_than_the_limit_goes_alone_and_ranges_fill_the_room() 
     assert small.acquire(4).weight == 4  # alone: slower, never wedged
 
 
-def test_a_census_below_the_cut_is_not_believed() -> None:
-    """A $batch runs its next item as soon as one is refused: a small overload shows as many refusals."""
-    clock = FakeClock()
-    limiter = AdaptiveLimiter("cascade", ceiling=64, initial=20, clock=clock)
-    limiter.recall(40)  # out of slow start
-    tickets = [limiter.acquire(4) for _ in range(5)]  # five batches, 20 units
-    limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0, share=0.9)
-    for ticket in tickets[1:]:
-        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, share=0.6)
-    # 6.8 units accepted of 20 would put the wall at 6, below the cut to 14: the cut stands
-    assert (limiter.limit, limiter.wall(), limiter.measurements) == (14, None, 1)  # the decrease only
+def _census_below_the_cut(shares: list[float]) -> AdaptiveLimiter:
+    """Five batches (20 units) out of slow start, all partly refused with these shares."""
+    limiter = AdaptiveLimiter("census", ceiling=64, initial=20, clock=FakeClock())
+    limiter.recall(40)
+    tickets = [limiter.acquire(4) for _ in shares]
+    for ticket, share in zip(tickets, shares, strict=True):
+        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, share=share)
+    return limiter
+
+
+def test_a_census_below_the_cut_places_the_wall_there() -> None:
+    """A rate whose burst hid it (a token bucket): the load pushed back was far above what it carries.
+
+    Left at that load, the wall is met again within seconds, each time a pause of every thread.
+    """
+    limiter = _census_below_the_cut([0.45] * 5)  # 11 of 20 units accepted; the cut went to 14
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (11, 11, 2)  # the decrease, the census
+
+
+def test_a_census_below_the_cut_lowers_the_limit_by_one_more_cut_at_most() -> None:
+    """A $batch runs its next item as soon as one is refused: a small overload can show as many refusals."""
+    limiter = _census_below_the_cut([0.9, 0.6, 0.6, 0.6, 0.6])
+    # 6.8 units accepted of 20 would put the wall at 6; one more cut from 14 stops at 9.8
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (9, 9, 2)
 
 
 def test_a_refused_probe_confirms_its_wall_instead_of_measuring_it() -> None:
