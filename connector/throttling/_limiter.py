@@ -27,10 +27,11 @@ happened; BBR's delivery rate for telling a limit from noise):
   accepted for can overstate the service's cap, and restarting above the wall makes the next pause
   at full load. Slow start's overshoot (up to twice the wall) may lower the limit to the census;
   later the cut stays multiplicative, because only a cut of known size lets the delivery rate after
-  it tell endemic push-back from a limit (below), and a census that puts the wall below the cut is
-  believed only as far as one more cut (a ``$batch`` runs its next item as soon as one is refused, so
-  a small overload can show as many refused items). Nothing accepted (a whole window refused) says
-  nothing, and a refused probe confirms its wall rather than measuring it.
+  it tell endemic push-back from a limit (below). A census below the cut (a rate whose burst hid it)
+  brings the wall down to the cut and restarts the limit at the census, but no lower than one more
+  cut: a ``$batch`` runs its next item as soon as one is refused, so a small overload can show as
+  many refused items, and regrowth climbs back to the cut within a few round trips. Nothing accepted
+  (a whole window refused) says nothing, and a refused probe confirms its wall rather than measuring it.
 * **Additive increase.** Afterwards the limit grows by about one unit per round trip (``weight /
   limit`` per unit answered), and only while the limit is in use (Netflix's AIMDLimit rule: at
   least half of it in flight when the request was sent), so an idle client does not talk itself
@@ -555,11 +556,14 @@ class AdaptiveLimiter:
             self._limit = min(self._limit, float(carried))
         elif carried < int(self._limit):
             # the service carried less than the cut leaves: against a rate whose burst hid it for a
-            # while (a token bucket), that is its measure, and a wall left at the load pushed back is
-            # met again within seconds. A $batch's refused items cascade (its next item runs as soon as
-            # one is refused), so the count can read low: it lowers the limit by one more cut at most.
+            # while (a token bucket), the load pushed back was far above the rate, and a wall left there
+            # is met again within seconds, so the wall comes down to the cut. The limit restarts from
+            # the census, but no lower than one more cut: a $batch's refused items cascade (its next
+            # item runs as soon as one is refused), so the count can read low, and regrowth's binary
+            # search then climbs back towards the cut within a few round trips.
+            cut = int(self._limit)
             self._limit = max(float(carried), self._limit * self.backoff, float(self.floor))
-            carried = int(self._limit)
+            carried = cut
         # (otherwise the cut stays, and regrowth stops below the wall)
         self._bad_level = max(self.floor + 1, carried + 1)
         self._wall_measured = True

@@ -317,9 +317,9 @@ def test_a_request_heavier_than_the_limit_goes_alone_and_ranges_fill_the_room() 
     assert small.acquire(4).weight == 4  # alone: slower, never wedged
 
 
-def _census_below_the_cut(shares: list[float]) -> AdaptiveLimiter:
+def _census_below_the_cut(shares: list[float], clock: FakeClock | None = None) -> AdaptiveLimiter:
     """Five batches (20 units) out of slow start, all partly refused with these shares."""
-    limiter = AdaptiveLimiter("census", ceiling=64, initial=20, clock=FakeClock())
+    limiter = AdaptiveLimiter("census", ceiling=64, initial=20, clock=clock or FakeClock())
     limiter.recall(40)
     tickets = [limiter.acquire(4) for _ in shares]
     for ticket, share in zip(tickets, shares, strict=True):
@@ -327,20 +327,32 @@ def _census_below_the_cut(shares: list[float]) -> AdaptiveLimiter:
     return limiter
 
 
-def test_a_census_below_the_cut_places_the_wall_there() -> None:
+def test_a_census_below_the_cut_restarts_the_limit_there_and_brings_the_wall_down_to_the_cut() -> None:
     """A rate whose burst hid it (a token bucket): the load pushed back was far above what it carries.
 
     Left at that load, the wall is met again within seconds, each time a pause of every thread.
     """
     limiter = _census_below_the_cut([0.45] * 5)  # 11 of 20 units accepted; the cut went to 14
-    assert (limiter.limit, limiter.wall(), limiter.measurements) == (11, 11, 2)  # the decrease, the census
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (11, 14, 2)  # the decrease, the census
+
+
+def test_after_a_census_below_the_cut_the_limit_climbs_back_to_the_cut_within_a_few_round_trips() -> None:
+    """A census that read low costs a few round trips, not the time until the next probe."""
+    clock = FakeClock()
+    limiter = _census_below_the_cut([0.9, 0.6, 0.6, 0.6, 0.6], clock)
+    clock.now += 2.0  # the pause is over
+    limits = [limiter.limit]
+    for _ in range(4):
+        _round_trips(limiter, clock, rounds=1)
+        limits.append(limiter.limit)
+    assert limits == [9, 11, 12, 13, 14] and limiter.wall() == 14  # half the way back per round trip
 
 
 def test_a_census_below_the_cut_lowers_the_limit_by_one_more_cut_at_most() -> None:
     """A $batch runs its next item as soon as one is refused: a small overload can show as many refusals."""
     limiter = _census_below_the_cut([0.9, 0.6, 0.6, 0.6, 0.6])
-    # 6.8 units accepted of 20 would put the wall at 6; one more cut from 14 stops at 9.8
-    assert (limiter.limit, limiter.wall(), limiter.measurements) == (9, 9, 2)
+    # 6.8 units accepted of 20 would restart the limit at 6; one more cut from 14 stops at 9.8
+    assert (limiter.limit, limiter.wall(), limiter.measurements) == (9, 14, 2)
 
 
 def test_a_refused_probe_confirms_its_wall_instead_of_measuring_it() -> None:
