@@ -92,7 +92,12 @@ class _InterruptAfter(NullProgress):
 
 
 def _resumed(info: dict[str, Any], page_size: int, users: int, after_pages: int) -> dict[str, Any]:
-    """A full import interrupted after ``after_pages`` committed pages, then the run that resumes it."""
+    """A full import interrupted after ``after_pages`` committed pages, then the run that resumes it.
+
+    A full import with fewer pages than that ends before the interruption (how many pages it commits
+    depends on how many users have mailboxes): then there is nothing to resume, and the figures say so
+    instead of reporting a second full import as a resumed one.
+    """
     from connector.engine import Engine
 
     with tempfile.TemporaryDirectory(prefix="mvsync-bench-resume-") as tmp:
@@ -100,26 +105,31 @@ def _resumed(info: dict[str, Any], page_size: int, users: int, after_pages: int)
         try:
             t0 = time.monotonic()
             first = engine.run_profile("full", progress=_InterruptAfter(after_pages))
-            first_s = time.monotonic() - t0
-            first_users = first.steps[0].counters.get("connector.users", 0)
+            interrupted = {
+                "resume_interrupted_status": first.status,
+                "resume_interrupted_after_page": after_pages,
+                "resume_interrupted_s": round(time.monotonic() - t0, 2),
+                "resume_interrupted_users_listed": first.steps[0].counters.get("connector.users", 0),
+            }
+            if first.status != "stopped-interrupted":
+                return interrupted | {
+                    "resumed_status": None,
+                    "resume_note": f"the full import ended before {after_pages} pages were committed, "
+                    "so nothing was left to resume: choose a smaller --interrupt-after-pages",
+                }
             t0 = time.monotonic()
             second = engine.run_profile("full")
             second_s = time.monotonic() - t0
-            second_users = second.steps[0].counters.get("connector.users", 0)
         finally:
             engine.close()
     step = second.steps[0]
-    return {
-        "resume_interrupted_status": first.status,
-        "resume_interrupted_after_page": after_pages,
-        "resume_interrupted_s": round(first_s, 2),
-        "resume_interrupted_users_listed": first_users,
+    return interrupted | {
         "resumed_status": second.status,
         "resumed_message": step.message,
         "resumed_from_page": step.counters.get("resumed_after_page"),
         "resumed_entries_already_committed": step.counters.get("resumed_entries"),
         "resumed_s": round(second_s, 2),
-        "resumed_users_listed": second_users,
+        "resumed_users_listed": step.counters.get("connector.users", 0),
     }
 
 

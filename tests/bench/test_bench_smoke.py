@@ -329,6 +329,17 @@ def test_bench_import_measures_a_resumed_full_import(monkeypatch: pytest.MonkeyP
     assert 0 < result["resumed_users_listed"] <= result["full_import_users"]
 
 
+def test_bench_import_says_when_the_full_import_ended_before_its_interruption(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixty users fill at most six pages of ten: an interruption after fifty interrupts nothing."""
+    from connector.bench.import_ import run
+
+    _restore_env_after(monkeypatch, "MVSYNC_TOKEN_CACHE_KEY", "MVSYNC_BENCH_EXO_RT")
+    result = run(users=60, latency_ms=0, naive_seconds=0.2, page_size=10, interrupt_after_pages=50)
+    assert result["resume_interrupted_status"] in _NOT_STOPPED and result["resumed_status"] is None
+    assert result["resume_note"].startswith("the full import ended before 50 pages were committed")
+    assert "resumed_s" not in result  # a second full import is not reported as a resumed one
+
+
 def test_a_server_child_that_does_not_start_is_a_usage_error_naming_it() -> None:
     """Its own message is on stderr already; the benchmark says which server and ends with exit code 2."""
     from connector.bench._util import ServerDidNotStart, server_info
