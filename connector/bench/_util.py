@@ -15,7 +15,7 @@ def peak_rss_mb() -> float | None:
 
     POSIX: ``getrusage`` (``ru_maxrss`` is KiB on Linux, bytes on macOS). Windows has no
     ``resource`` module: psutil's peak working set (``peak_wset``, from GetProcessMemoryInfo) is the
-    same figure there; psutil is a dependency on Windows only.
+    same figure there.
     """
     if sys.platform == "win32":
         return _peak_rss_psutil()

@@ -10,17 +10,22 @@ Exit codes (documented in the README for schedulers):
 4     a step stopped (``stopped-*``: threshold, error limit, authentication, server down ...)
 5     another mvsync process holds the agent or metaverse lock, or another process the store (see ``--wait``)
 6     ``mvsync doctor`` found a problem (the report names each check)
+130   ``mvsync run`` interrupted by Ctrl-C; 143 by SIGTERM, 129 by SIGHUP (128 + the signal's number)
 ====  =====================================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -42,7 +47,9 @@ __all__ = [
     "fail",
     "fit_consoles",
     "handle_errors",
+    "interrupted_exit_code",
     "print_json",
+    "stop_signals_interrupt",
 ]
 
 EXIT_SUCCESS = 0
@@ -105,6 +112,41 @@ def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
     """Print ``message`` to stderr and return the Exit to raise."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+#: Signals that end a run the way Ctrl-C does: SIGTERM (systemd stop, ``docker stop``, ``kill``),
+#: SIGHUP (the terminal or SSH session went away; POSIX) and SIGBREAK (Ctrl-Break; Windows).
+_STOP_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGHUP", "SIGBREAK")) if s is not None)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """While the block runs, a stop signal raises ``connector.engine.Interrupted`` in it.
+
+    Python's default for SIGTERM is to die on the spot: no ``finally`` runs, so history would keep
+    the run ``in-progress`` (until the next run finds its process gone) and the step's last figures
+    would be lost. Raised as an interruption, the run ends as after Ctrl-C: recorded as
+    ``stopped-interrupted``, the committed pages of a full import kept for the next run to resume.
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's
+        yield
+        return
+    from connector.engine import Interrupted
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name, signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted_exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as shells report a process a signal ended (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + int(getattr(exc, "signal_number", signal.SIGINT))
 
 
 P = ParamSpec("P")

@@ -22,7 +22,9 @@ from connector.cli._common import (
     exit_code_for_status,
     fail,
     handle_errors,
+    interrupted_exit_code,
     print_json,
+    stop_signals_interrupt,
 )
 from connector.config import ConfigError, MvsyncConfig, load_config
 from connector.store import (
@@ -180,6 +182,22 @@ def schema(
         console.print(table)
 
 
+def _interrupted(exc: KeyboardInterrupt, config: Path, dry_run: bool) -> typer.Exit:
+    """The message and exit code of a run that Ctrl-C or a stop signal ended."""
+    how = getattr(exc, "signal_name", "Ctrl-C")
+    if dry_run:
+        err_console.print(f"mvsync run: interrupted by {how}; a dry run writes nothing.", highlight=False)
+    else:
+        err_console.print(
+            f"mvsync run: interrupted by {how}. The run is recorded as stopped-interrupted "
+            f"(mvsync history list -c {config}); what its steps committed is kept, and a full import "
+            "resumes from its last committed page on the next run.",
+            highlight=False,
+            markup=False,
+        )
+    return typer.Exit(interrupted_exit_code(exc))
+
+
 @handle_errors
 def run(
     profile: Annotated[str, typer.Argument(help='Run profile name, e.g. "Delta Synchronization".')],
@@ -214,15 +232,18 @@ def run(
 
     overrides = {"allow_empty_full_import": True} if allow_empty_import else None
     try:
-        result = engine.run_profile(
-            profile,
-            dry_run=dry_run,
-            agents=set(agent) if agent else None,
-            progress=progress,
-            emit=emit if dry_run else None,
-            wait_s=wait,
-            step_overrides=overrides,
-        )
+        with stop_signals_interrupt():
+            result = engine.run_profile(
+                profile,
+                dry_run=dry_run,
+                agents=set(agent) if agent else None,
+                progress=progress,
+                emit=emit if dry_run else None,
+                wait_s=wait,
+                step_overrides=overrides,
+            )
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal (Interrupted): recorded, not a traceback
+        raise _interrupted(exc, config, dry_run) from None
     finally:
         if progress is not None:
             progress.close()
@@ -277,7 +298,7 @@ def history_list(
             "status": r.status,
             "dry_run": bool(r.dry_run),
             "started_at": r.started_at,
-            "seconds": round((r.ended_at or r.started_at) - r.started_at, 3),
+            "seconds": r.seconds,
             "message": r.message,
         }
         for r in runs
@@ -290,7 +311,8 @@ def history_list(
 
     for r in rows:
         started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(r["run_id"]), r["profile"], r["status"], started, str(r["seconds"]))
+        seconds = "-" if r["seconds"] is None else str(r["seconds"])
+        table.add_row(str(r["run_id"]), r["profile"], r["status"], started, seconds)
     console.print(table)
 
 
@@ -327,7 +349,7 @@ def history_show(
                     "kind": s.kind,
                     "status": s.status,
                     "message": s.message,
-                    "seconds": round((s.ended_at or s.started_at) - s.started_at, 3),
+                    "seconds": s.seconds,
                     "counters": loads(s.counters),
                     "error_count": total,
                     "errors": [_error_doc(e, found.get(e.anchor or "")) for e in errs],
@@ -340,7 +362,8 @@ def history_show(
     if doc["message"]:
         console.print(f"  {doc['message']}", highlight=False, markup=False)
     for s in doc["steps"]:
-        console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']} in {s['seconds']} s", highlight=False)
+        took = "" if s["seconds"] is None else f" in {s['seconds']} s"
+        console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']}{took}", highlight=False)
         if s["message"]:
             console.print(f"  {s['message']}", highlight=False, markup=False)
         console.print("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict)))

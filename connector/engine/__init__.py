@@ -10,12 +10,13 @@ from connector.engine._agents import (
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
 from connector.engine._export import threshold_report
-from connector.engine._results import ObjectError, RunResult, StepResult, StepStopped
+from connector.engine._results import Interrupted, ObjectError, RunResult, StepResult, StepStopped
 from connector.engine._stream import MemoryState, Page, StreamPager, import_in_memory
 from connector.engine._sync import search_fields
 
 __all__ = [
     "Engine",
+    "Interrupted",
     "MemoryState",
     "NullProgress",
     "ObjectError",

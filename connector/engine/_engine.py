@@ -19,11 +19,19 @@ from typing import Any
 
 from connector import metrics
 from connector.config import ConfigError, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
+from connector.engine._abandoned import close_abandoned_runs, close_abandoned_steps
 from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._export import run_export
 from connector.engine._import import run_import
-from connector.engine._results import RunResult, StepResult, StepStopped, run_status, step_status
+from connector.engine._results import (
+    RunResult,
+    StepResult,
+    StepStopped,
+    interruption_message,
+    run_status,
+    step_status,
+)
 from connector.engine._sync import run_sync
 from connector.engine.transforms import TransformRunner
 from connector.registry import load_connector
@@ -206,7 +214,9 @@ class Engine:
     ) -> RunResult:
         result = RunResult(profile=profile, run_id=None, dry_run=dry_run, started_at=time.time())
         with self.store.transaction() as conn:
-            result.run_id = RunHistory(conn).start_run(profile, dry_run=dry_run, started_at=result.started_at)
+            history = RunHistory(conn)
+            result.run_id = history.start_run(profile, dry_run=dry_run, started_at=result.started_at)
+            close_abandoned_runs(history, by_run=result.run_id)
         aborted: str | None = None
         message: str | None = None
         try:
@@ -221,8 +231,9 @@ class Engine:
         except LockHeldError as exc:
             aborted, message = "stopped-locked", str(exc)  # another process holds an agent or the metaverse
             raise
-        except BaseException:
+        except BaseException as exc:
             aborted = "stopped-interrupted"  # Ctrl-C, a signal, or a bug: history must not say success
+            message = interruption_message(exc)
             raise
         finally:
             result.ended_at = time.time()
@@ -255,9 +266,11 @@ class Engine:
         result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
         with self._locks(step, wait_s):
             with self.store.transaction() as conn:
-                result.step_id = RunHistory(conn).start_step(
-                    run.run_id, seq, step.agent, step.type.value, result.started_at
-                )
+                history = RunHistory(conn)
+                # the locks just taken prove that a step they guard still in progress has no process
+                syncing = step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC)
+                close_abandoned_steps(history, step.agent, metaverse=syncing, by_run=run.run_id)
+                result.step_id = history.start_step(run.run_id, seq, step.agent, step.type.value, result.started_at)
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
             report: dict[str, Any] | None = None
             failing = False
@@ -297,8 +310,9 @@ class Engine:
                 log.exception("step %s of %s failed", step.type.value, step.agent)
                 result.status = "stopped-connector-exception"
                 result.message = f"{type(exc).__name__}: {exc}"
-            except BaseException:  # Ctrl-C, a signal: recorded as stopped-interrupted below
+            except BaseException as exc:  # Ctrl-C, a signal: recorded as stopped-interrupted below
                 failing = True
+                result.message = result.message or interruption_message(exc) or ""
                 raise
             finally:
                 progress.finish()

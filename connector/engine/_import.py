@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ from connector.store import (
     AgentStateRepository,
     ConnectorSpace,
     ImportRow,
+    RunHistory,
     StoreConnection,
     dumps,
     encode_value,
@@ -525,8 +527,18 @@ def _commit_page(
                 applier.entries_seen + (resume.entries if resume else 0),
             )
             repo.save(conn, import_checkpoint=done.dumps())
+        # what the step got done, kept with the work itself: a process killed before the step's
+        # end (kill -9, a reboot) leaves these in history instead of nothing
+        done_counters = _page_counters(ctx.result.counters.copy(), page, number)
+        RunHistory(conn).note_progress(ctx.step_id, json.dumps(dict(done_counters), default=str))
+    _page_counters(ctx.result.counters, page, number)  # once the page is in
+
+
+def _page_counters(counters: Counter[str], page: Page, number: int) -> Counter[str]:
     for name, value in page.counters.items():
-        ctx.result.counters[f"connector.{name}"] += value
+        counters[f"connector.{name}"] += value
+    counters["pages"] = number
+    return counters
 
 
 def _import_pages(
@@ -557,7 +569,6 @@ def _import_pages(
         number += 1
         _commit_page(ctx, applier, page, number, resume, full)
         ctx.progress.advance(len(page.entries))
-        ctx.result.counters["pages"] = number
         ctx.check_error_limit()
         if page.watermark is not None:
             new_watermark = page.watermark

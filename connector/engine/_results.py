@@ -6,7 +6,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ObjectError", "RunResult", "StepResult", "StepStopped", "step_status"]
+__all__ = [
+    "Interrupted",
+    "ObjectError",
+    "RunResult",
+    "StepResult",
+    "StepStopped",
+    "interruption_message",
+    "step_status",
+]
 
 #: How each step kind names its "completed with errors" status (MIM's names).
 _ERROR_STATUS = {
@@ -27,6 +35,27 @@ class StepStopped(Exception):
         self.message = message
         #: figures that explain the stop, kept in the step's history (e.g. the deletion threshold's)
         self.report = report
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop by a signal other than Ctrl-C (SIGTERM from systemd, ``docker
+    stop`` or ``kill``; SIGHUP; Ctrl-Break on Windows). A KeyboardInterrupt, so every path that stops
+    cleanly on Ctrl-C stops the same way: the step and the run are recorded as ``stopped-interrupted``
+    and a full import keeps its committed pages for the next run to resume."""
+
+    def __init__(self, signal_name: str, signal_number: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.signal_number = signal_number
+
+
+def interruption_message(exc: BaseException) -> str | None:
+    """What history says of a step or run that ``exc`` ended, when it was an interruption."""
+    if isinstance(exc, Interrupted):
+        return f"stopped by {exc.signal_name} (a service manager, scheduler or kill asked mvsync to stop)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return None
 
 
 @dataclass(slots=True)

@@ -55,6 +55,11 @@ class RunRow(NamedTuple):
     pid: int | None
     message: str | None
 
+    @property
+    def seconds(self) -> float | None:
+        """How long it ran; None while it runs, or when its process died without recording its end."""
+        return None if self.ended_at is None else round(self.ended_at - self.started_at, 3)
+
 
 class StepRow(NamedTuple):
     """A step of a run; ``counters`` is a JSON document."""
@@ -69,6 +74,11 @@ class StepRow(NamedTuple):
     ended_at: float | None
     counters: str
     message: str | None
+
+    @property
+    def seconds(self) -> float | None:
+        """How long it ran; None while it runs, or when its process died without recording its end."""
+        return None if self.ended_at is None else round(self.ended_at - self.started_at, 3)
 
 
 class ErrorRow(NamedTuple):
@@ -152,6 +162,54 @@ class RunHistory:
             .where(run_step.c.id == step_id)
             .values(status=status, ended_at=ended_at, counters=counters, message=message)
         )
+
+    def note_progress(self, step_id: int | None, counters: str) -> None:
+        """A running step's counters so far, written with each unit of work it commits.
+
+        A process that dies without a word (kill -9, a reboot) leaves these as what the step got
+        done; the end of the step overwrites them.
+        """
+        self._conn.execute(
+            update(run_step)
+            .where(run_step.c.id == step_id, run_step.c.status == "in-progress")
+            .values(counters=counters)
+        )
+
+    def open_runs(self) -> list[RunRow]:
+        """Runs still ``in-progress``: running now, or left so by a process that died."""
+        query = select(run_history).where(run_history.c.status == "in-progress").order_by(run_history.c.id)
+        return [RunRow._make(row) for row in self._conn.execute(query)]
+
+    def open_steps(
+        self, *, agent: str | None = None, kinds: Sequence[str] | None = None, run_id: int | None = None
+    ) -> list[StepRow]:
+        """Steps still ``in-progress``, of one agent, of some kinds and/or of one run."""
+        query = select(run_step).where(run_step.c.status == "in-progress").order_by(run_step.c.id)
+        if run_id is not None:
+            query = query.where(run_step.c.run_id == run_id)
+        if agent is not None:
+            query = query.where(run_step.c.agent == agent)
+        if kinds is not None:
+            query = query.where(run_step.c.kind.in_(list(kinds)))
+        return [StepRow._make(row) for row in self._conn.execute(query)]
+
+    def close_abandoned_step(self, step_id: int, status: str, message: str) -> bool:
+        """End a step its process left ``in-progress``; its end time stays unknown (NULL)."""
+        result = self._conn.execute(
+            update(run_step)
+            .where(run_step.c.id == step_id, run_step.c.status == "in-progress")
+            .values(status=status, message=message)
+        )
+        return bool(result.rowcount)
+
+    def close_abandoned_run(self, run_id: int, status: str, message: str) -> bool:
+        """End a run its process left ``in-progress``; its end time stays unknown (NULL)."""
+        result = self._conn.execute(
+            update(run_history)
+            .where(run_history.c.id == run_id, run_history.c.status == "in-progress")
+            .values(status=status, message=message)
+        )
+        return bool(result.rowcount)
 
     def record_errors(self, step_id: int, errors: Iterable[ErrorRecord]) -> None:
         """Per-object errors of a step (the detail cut to ``_DETAIL_CHARS``)."""

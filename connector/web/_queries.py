@@ -73,7 +73,7 @@ class StepView:
     kind: str
     status: str
     started: str
-    seconds: float
+    seconds: float | None
     message: str | None
     counters: list[tuple[str, Any]]
     error_count: int = 0
@@ -90,7 +90,7 @@ class RunView:
     status: str
     dry_run: bool
     started: str
-    seconds: float
+    seconds: float | None
     host: str | None
     steps: list[StepView] = field(default_factory=list)
     #: why the run ended before its first step (a configuration error, a store fault)
@@ -205,7 +205,7 @@ def _step_view(row: StepRow, errors: int = 0) -> StepView:
         row.kind,
         row.status,
         format_time(row.started_at),
-        round((row.ended_at or row.started_at) - row.started_at, 3),
+        row.seconds,
         row.message,
         _counters(row.counters),
         errors,
@@ -276,7 +276,7 @@ class Console:
                 r.status,
                 bool(r.dry_run),
                 format_time(r.started_at),
-                round((r.ended_at or r.started_at) - r.started_at, 3),
+                r.seconds,
                 r.host,
                 message=r.message,
             )

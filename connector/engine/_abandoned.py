@@ -1,0 +1,133 @@
+"""Runs and steps that a dead process left ``in-progress`` in history, closed by the next run.
+
+A run ends its history rows in ``finally`` blocks, so Ctrl-C, SIGTERM and errors are recorded. A
+process that dies without running them (kill -9, the OOM killer, Task Scheduler's "End" or a
+service stop that calls TerminateProcess, a power cut or reboot) leaves its run and its current
+step ``in-progress`` for ever: ``history list`` and the console would call it running, and nobody
+would see that it ended, or that the next full import resumed it. The next run closes such rows as
+``stopped-interrupted``, with a message that says what happened, but only on proof that their
+process is gone, never on a guess:
+
+* **A step, by its lock.** A step holds its agent's lock (a synchronization also the metaverse
+  lock) from the history row that starts it to the one that ends it, and the operating system
+  (PostgreSQL, for advisory locks) drops a lock when its process dies. So a step of an agent whose
+  lock this run now holds, still ``in-progress``, was left by a process that is gone, on any host.
+  Its run goes with it.
+* **A run, by its process.** A run killed while waiting for a lock or between two steps has no
+  open step to prove it. On this host its process is looked up: a pid that no longer runs, or that
+  now belongs to a process started after the run began (a reused pid), is gone. A run of another
+  host waits until one of its steps proves it.
+
+The end time of such a row stays unknown (NULL): when the process died is not recorded anywhere. A
+step's counters are what its last committed unit of work wrote (``RunHistory.note_progress``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from connector.store import RunHistory, RunRow, StepRow
+
+__all__ = ["ABANDONED_STATUS", "SYNC_KINDS", "close_abandoned_runs", "close_abandoned_steps", "process_gone"]
+
+ABANDONED_STATUS = "stopped-interrupted"
+
+#: Seconds a process's start time may trail its run's recorded start and still be the run's own
+#: process (clock resolution of process start times): a later one reuses the pid.
+_START_SLACK_S = 1.0
+
+#: The step kinds that hold the metaverse lock as well as their agent's.
+SYNC_KINDS = ("full-sync", "delta-sync")
+
+log = logging.getLogger("mvsync.engine")
+
+
+def process_gone(run: RunRow) -> bool:
+    """True only when the process that ran ``run`` is provably gone (see the module docstring)."""
+    if run.pid is None or run.host != socket.gethostname() or run.pid == os.getpid():
+        return False
+    # imported here: only a run left in progress needs it (psutil's Linux backend imports the POSIX
+    # `resource` module, which the tests' Windows lane removes; its Windows backend does not)
+    import psutil
+
+    try:
+        started = float(psutil.Process(run.pid).create_time())
+    except psutil.NoSuchProcess:  # a zombie too: it ran no more code
+        return True
+    except psutil.Error:  # access denied (another account's process on Windows): it may be ours
+        return False
+    return started > run.started_at + _START_SLACK_S
+
+
+def _where(run: RunRow | None) -> str:
+    if run is None or run.pid is None:
+        return "the mvsync process"
+    return f"the mvsync process (pid {run.pid} on {run.host})"
+
+
+def _close_step(history: RunHistory, step: StepRow, run: RunRow | None, by_run: int | None) -> bool:
+    message = (
+        f"{_where(run)} ended while this step ran, without recording its end (killed, crashed, or its "
+        f"machine restarted); found by run {by_run}"
+    )
+    if step.kind == "full-import":
+        message += "; the next full import of the agent resumes from its last committed page"
+    done = history.close_abandoned_step(step.id, ABANDONED_STATUS, message)
+    if done:
+        log.warning(
+            "history: step %d (%s %s) of run %d was left in progress: %s",
+            step.id,
+            step.agent,
+            step.kind,
+            step.run_id,
+            message,
+        )
+    return done
+
+
+def _close_run(history: RunHistory, run: RunRow, by_run: int | None) -> bool:
+    """Close ``run`` and any step of it still open."""
+    open_steps = history.open_steps(run_id=run.id)
+    for step in open_steps:
+        _close_step(history, step, run, by_run)
+    during = (
+        f" during its step {open_steps[-1].seq} ({open_steps[-1].agent} {open_steps[-1].kind})" if open_steps else ""
+    )
+    message = (
+        f"{_where(run)} ended{during} without recording the end of the run (killed, crashed, or the machine "
+        f"restarted); found by run {by_run}"
+    )
+    done = history.close_abandoned_run(run.id, ABANDONED_STATUS, message)
+    if done:
+        log.warning("history: run %d (%s) was left in progress: %s", run.id, run.profile, message)
+    return done
+
+
+def close_abandoned_steps(history: RunHistory, agent: str, *, metaverse: bool, by_run: int | None) -> list[int]:
+    """Close the open steps the locks this run holds prove abandoned, with their runs; the steps' ids."""
+    open_steps = history.open_steps(agent=agent)
+    if metaverse:
+        known = {s.id for s in open_steps}
+        open_steps += [s for s in history.open_steps(kinds=SYNC_KINDS) if s.id not in known]
+    closed: list[int] = []
+    for step in open_steps:
+        if step.run_id == by_run:
+            continue
+        run = history.run(step.run_id)
+        if run is not None and run.status == "in-progress":
+            _close_run(history, run, by_run)  # the step too
+            closed.append(step.id)
+        elif _close_step(history, step, run, by_run):
+            closed.append(step.id)
+    return closed
+
+
+def close_abandoned_runs(history: RunHistory, *, by_run: int | None) -> list[int]:
+    """Close the open runs of this host whose process is gone, with their open steps; the runs' ids."""
+    return [
+        run.id
+        for run in history.open_runs()
+        if run.id != by_run and process_gone(run) and _close_run(history, run, by_run)
+    ]

@@ -1,0 +1,151 @@
+"""The real ``mvsync run`` stopped in the middle of a full Exchange Online import, then run again.
+
+Issue 14: "A full import stopped by that limit, a crash, Ctrl-C or a reboot resumes from its last
+committed page on the next run instead of starting over, and says so in history." The stop comes at
+a counted event, not after a delay: the child freezes itself (SIGSTOP) just before the commit of
+its third page (``import:commit:5``: the step's schema, its checkpoint read, pages 1 and 2), so two
+pages are committed whatever the machine's load. Then it is either killed (kill -9: a crash, the
+OOM killer, a power cut) or sent SIGTERM and let go on (systemd stop, ``docker stop``, ``kill``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness.crash import (
+    _SOURCE_ROOT,
+    ENV_PLAN,
+    ENV_REPORT,
+    CrashLab,
+    CrashPoint,
+    _await_child,
+    lab_emulator_config,
+    mvsync_command,
+    run_cli,
+)
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP, SIGKILL and SIGTERM are POSIX signals")
+
+PROFILE = "Full Import (Stage Only)"
+#: Two pages of 500 committed: the schema's commit, the checkpoint read, pages 1 and 2; stop at page 3's.
+BEFORE_PAGE_3 = CrashPoint("import", "commit", 5)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashLab]:
+    from connector.emulator import GraphEmulator
+
+    # 2,000 users: about 1,860 mailboxes, four pages of 500 (the sample's page size)
+    with GraphEmulator(lab_emulator_config(users=2000, seed=14)) as emulator:
+        yield CrashLab(tmp_path_factory.mktemp("interruptions"), emulator)
+
+
+def _args(scenario: Any) -> list[str]:
+    return ["run", PROFILE, "--agent", "exo", "-c", str(scenario.config_path), "--json"]
+
+
+def _history(scenario: Any, run_id: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [*mvsync_command(), "history", "show", str(run_id), "-c", str(scenario.config_path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def _exo_step(doc: dict[str, Any]) -> dict[str, Any]:
+    [step] = [s for s in doc["steps"] if s["agent"] == "exo"]
+    return step
+
+
+def _rerun_resumes(lab: CrashLab, scenario: Any, interrupted: dict[str, Any]) -> None:
+    """The next run resumes after the two committed pages, says so, and imports everybody."""
+    again = lab.run(scenario, PROFILE)
+    assert again.returncode == 0, again.stderr
+    doc = again.result
+    assert doc is not None
+    step = _exo_step(doc)
+    assert step["status"] == "success"
+    assert step["message"].startswith(f"resumed the full import interrupted in step {interrupted['step_id']} ")
+    assert step["counters"]["resumed_after_page"] == 2 and 900 < step["counters"]["resumed_entries"] <= 1000
+    mailboxes = sum(1 for u in lab.users if u.get("mailbox") in ("cloud", "on-premises"))
+    # everybody is in the connector space once: those the interrupted step committed, adopted, and
+    # the rest added now; and the listing started past the first listing page, not from the start
+    assert step["counters"]["resumed_entries"] + step["counters"].get("adds", 0) == mailboxes
+    assert step["counters"]["connector.users"] < mailboxes
+
+
+def test_kill_9_mid_full_import_is_closed_in_history_and_resumed(lab: CrashLab) -> None:
+    scenario = lab.prepare("kill-9")
+    killed = run_cli(_args(scenario), workdir=scenario.root / "runs", shim=lab.shim, plan=BEFORE_PAGE_3)
+    assert killed.killed and killed.fired == "import:commit", killed.stderr
+
+    left = _history(scenario, 1)
+    assert left["status"] == "in-progress"  # nobody has seen yet that its process is gone
+
+    again = lab.run(scenario, PROFILE)
+    assert again.returncode == 0, again.stderr
+    closed = _history(scenario, 1)
+    assert closed["status"] == "stopped-interrupted"
+    assert "ended during its step 1 (exo full-import) without recording the end of the run" in closed["message"]
+    assert "found by run 2" in closed["message"]
+    step = _exo_step(closed)
+    assert step["status"] == "stopped-interrupted" and step["seconds"] is None
+    assert "resumes from its last committed page" in step["message"]
+    assert step["counters"]["pages"] == 2 and step["counters"]["adds"] > 900  # kept with each page
+
+    doc = again.result
+    assert doc is not None
+    resumed = _exo_step(doc)
+    assert (
+        resumed["counters"]["resumed_after_page"] == 2 and resumed["counters"]["resumed_from_step"] == step["step_id"]
+    )
+
+
+def test_sigterm_mid_full_import_stops_cleanly_and_the_next_run_resumes(lab: CrashLab) -> None:
+    scenario = lab.prepare("sigterm")
+    workdir = scenario.root / "runs"
+    workdir.mkdir(parents=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(lab.shim), str(_SOURCE_ROOT), env.get("PYTHONPATH")) if p)
+    env[ENV_PLAN], env[ENV_REPORT] = BEFORE_PAGE_3.spec(), str(workdir / "report.json")
+    proc = subprocess.Popen(
+        [*mvsync_command(), *_args(scenario)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert _await_child(proc, timeout=300), "the run ended before its third page"
+        os.kill(proc.pid, signal.SIGTERM)  # delivered when it goes on
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert b"Traceback" not in err
+    message = err.decode()
+    assert "interrupted by SIGTERM" in message and "resumes from its last committed page" in message
+    assert out == b""  # no result document: the run did not finish
+
+    doc = _history(scenario, 1)
+    assert doc["status"] == "stopped-interrupted" and "stopped by SIGTERM" in doc["message"]
+    step = _exo_step(doc)
+    assert step["status"] == "stopped-interrupted" and "stopped by SIGTERM" in step["message"]
+    assert step["seconds"] is not None  # it recorded its own end
+    assert step["counters"]["pages"] == 2 and step["counters"]["adds"] > 900
+
+    _rerun_resumes(lab, scenario, step)
