@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 
+from connector.config import RunStepKind
 from connector.store import RunHistory, RunRow, StepRow
 
 __all__ = ["ABANDONED_STATUS", "SYNC_KINDS", "close_abandoned_runs", "close_abandoned_steps", "process_gone"]
@@ -39,7 +40,7 @@ ABANDONED_STATUS = "stopped-interrupted"
 _START_SLACK_S = 1.0
 
 #: The step kinds that hold the metaverse lock as well as their agent's.
-SYNC_KINDS = ("full-sync", "delta-sync")
+SYNC_KINDS = (RunStepKind.FULL_SYNC.value, RunStepKind.DELTA_SYNC.value)
 
 log = logging.getLogger("mvsync.engine")
 
@@ -72,7 +73,7 @@ def _close_step(history: RunHistory, step: StepRow, run: RunRow | None, by_run: 
         f"{_where(run)} ended while this step ran, without recording its end (killed, crashed, or its "
         f"machine restarted); found by run {by_run}"
     )
-    if step.kind == "full-import":
+    if step.kind == RunStepKind.FULL_IMPORT.value:
         message += "; the next full import of the agent resumes from its last committed page"
     done = history.close_abandoned_step(step.id, ABANDONED_STATUS, message)
     if done:

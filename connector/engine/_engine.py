@@ -254,6 +254,15 @@ class Engine:
             else:
                 yield
 
+    def _start_step(self, run: RunResult, seq: int, step: RunStepConfig, started_at: float) -> int:
+        """The step's history row; the locks just taken also prove that a step they guard, still in
+        progress, has no process left (it is closed as interrupted)."""
+        with self.store.transaction() as conn:
+            history = RunHistory(conn)
+            syncing = step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC)
+            close_abandoned_steps(history, step.agent, metaverse=syncing, by_run=run.run_id)
+            return history.start_step(run.run_id, seq, step.agent, step.type.value, started_at)
+
     def _run_step(
         self,
         run: RunResult,
@@ -265,12 +274,7 @@ class Engine:
     ) -> StepResult:
         result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
         with self._locks(step, wait_s):
-            with self.store.transaction() as conn:
-                history = RunHistory(conn)
-                # the locks just taken prove that a step they guard still in progress has no process
-                syncing = step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC)
-                close_abandoned_steps(history, step.agent, metaverse=syncing, by_run=run.run_id)
-                result.step_id = history.start_step(run.run_id, seq, step.agent, step.type.value, result.started_at)
+            result.step_id = self._start_step(run, seq, step, result.started_at)
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
             report: dict[str, Any] | None = None
             failing = False

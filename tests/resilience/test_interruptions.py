@@ -80,9 +80,8 @@ def _rerun_resumes(lab: CrashLab, scenario: Any, interrupted: dict[str, Any]) ->
     assert step["counters"]["resumed_after_page"] == 2 and 900 < step["counters"]["resumed_entries"] <= 1000
     mailboxes = sum(1 for u in lab.users if u.get("mailbox") in ("cloud", "on-premises"))
     # everybody is in the connector space once: those the interrupted step committed, adopted, and
-    # the rest added now; and the listing started past the first listing page, not from the start
+    # the rest added now (how many it lists again depends on which photos came back first, so on load)
     assert step["counters"]["resumed_entries"] + step["counters"].get("adds", 0) == mailboxes
-    assert step["counters"]["connector.users"] < mailboxes
 
 
 def test_kill_9_mid_full_import_is_closed_in_history_and_resumed(lab: CrashLab) -> None:
