@@ -11,7 +11,7 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
-from sqlalchemy import Connection, desc, func, select, update
+from sqlalchemy import Connection, Table, desc, func, select, update
 
 from connector.store.tables import run_error, run_history, run_step
 
@@ -195,21 +195,16 @@ class RunHistory:
 
     def close_abandoned_step(self, step_id: int, status: str, message: str) -> bool:
         """End a step its process left ``in-progress``; its end time stays unknown (NULL)."""
-        result = self._conn.execute(
-            update(run_step)
-            .where(run_step.c.id == step_id, run_step.c.status == "in-progress")
-            .values(status=status, message=message)
-        )
-        return bool(result.rowcount)
+        return self._close_open(run_step, step_id, status, message)
 
     def close_abandoned_run(self, run_id: int, status: str, message: str) -> bool:
         """End a run its process left ``in-progress``; its end time stays unknown (NULL)."""
-        result = self._conn.execute(
-            update(run_history)
-            .where(run_history.c.id == run_id, run_history.c.status == "in-progress")
-            .values(status=status, message=message)
-        )
-        return bool(result.rowcount)
+        return self._close_open(run_history, run_id, status, message)
+
+    def _close_open(self, table: Table, row_id: int, status: str, message: str) -> bool:
+        """Only a row still ``in-progress``: a run that closed it meanwhile (or its own process) wins."""
+        still_open = update(table).where(table.c.id == row_id, table.c.status == "in-progress")
+        return bool(self._conn.execute(still_open.values(status=status, message=message)).rowcount)
 
     def record_errors(self, step_id: int, errors: Iterable[ErrorRecord]) -> None:
         """Per-object errors of a step (the detail cut to ``_DETAIL_CHARS``)."""
