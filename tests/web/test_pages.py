@@ -389,3 +389,23 @@ def test_a_run_refused_for_its_configuration_shows_why(client: Any, photo_world:
         run_id = conn.exec_driver_sql("SELECT max(id) FROM run_history").scalar_one()
     page = client.get(f"/runs/{run_id}").text
     assert "stopped-configuration" in page and "agents.exo: variable X is not set" in page
+
+
+def test_a_run_a_dead_process_left_shows_its_end_as_not_recorded(client: Any, photo_world: PhotoWorld) -> None:
+    """A run closed by the next one (its process was killed) has no end time: never "0.0 s"."""
+    from connector.store import RunHistory
+
+    with photo_world.engine.store.transaction() as conn:
+        history = RunHistory(conn)
+        run_id = history.start_run("Full Cycle", dry_run=False, started_at=1_790_000_000.0)
+        step_id = history.start_step(run_id, 1, "exo", "full-import", 1_790_000_001.0)
+        history.close_abandoned_step(step_id, "stopped-interrupted", "the mvsync process (pid 7) ended")
+        history.close_abandoned_run(run_id, "stopped-interrupted", "the mvsync process (pid 7) ended")
+    run_page = client.get(f"/runs/{run_id}")
+    assert run_page.status_code == 200
+    assert "end not recorded" in run_page.text and "the mvsync process (pid 7) ended" in run_page.text
+    step_page = client.get(f"/steps/{step_id}")
+    assert step_page.status_code == 200 and "end not recorded" in step_page.text
+    page = client.get("/")
+    row = re.search(rf'href="/runs/{run_id}".*?</tr>', page.text, re.S)
+    assert row is not None and "stopped-interrupted" in row.group(0) and "–" in row.group(0)
