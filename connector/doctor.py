@@ -15,7 +15,9 @@ Store checks (read-only, in bounded pages, so they run on a production-size stor
 * ``links``: no connector-space object joined to a metaverse object that does not exist, and no
   two objects of one agent joined to the same metaverse object;
 * ``pending-exports``: no pending export on an object that has no hologram (nothing was ever
-  imported for it, so there is nothing to update or delete).
+  imported for it, so there is nothing to update or delete);
+* ``runs``: no run recorded in progress whose process on this server has ended (a warning: the next
+  run records it as interrupted).
 
 Configuration checks: the rules validate; each agent's connector instantiates with its settings;
 certificate files named by settings (``*ca_file*``, ``*cert*``) are readable, parse, and have not
@@ -37,6 +39,7 @@ from connector.sdk import ConfigurationError
 from connector.store import (
     RESTORE_HINT,
     SCHEMA_VERSION,
+    RunHistory,
     SqlStore,
     StoreAudit,
     StoreCorruptError,
@@ -130,7 +133,28 @@ def check_store(store: SqlStore) -> list[Finding]:
         found += _check_blobs(audit)
         found += _check_links(audit)
         found.append(_check_pending_exports(audit))
+        found.append(_check_open_runs(RunHistory(conn)))
     return found
+
+
+def _check_open_runs(history: RunHistory) -> Finding:
+    """A run whose process died without a word (kill -9, a reboot) reads ``in-progress`` until the
+    next run closes it; say so now, so that nobody waits for it or takes it for a hung run."""
+    from connector.engine import process_gone
+
+    gone = [run for run in history.open_runs() if process_gone(run)]
+    if not gone:
+        return Finding("store", "runs", "ok", "no run is left in progress by a process that has ended")
+    return Finding(
+        "store",
+        "runs-left-in-progress",
+        "warning",
+        f"{len(gone)} runs are recorded in progress but their process on this server has ended (killed, "
+        "crashed or the machine restarted): the next run records them as stopped-interrupted, and a full "
+        "import among them resumes",
+        len(gone),
+        [f"run {run.id} ({run.profile}): pid {run.pid}" for run in gone[:_EXAMPLES]],
+    )
 
 
 def _check_schema(store: SqlStore, version: int) -> Finding:

@@ -1,5 +1,6 @@
 """The sync engine: import, synchronization and export steps over connector spaces and a metaverse."""
 
+from connector.engine._abandoned import process_gone
 from connector.engine._agents import (
     export_scope,
     load_metaverse_schema,
@@ -31,6 +32,7 @@ __all__ = [
     "import_in_memory",
     "load_metaverse_schema",
     "open_connector",
+    "process_gone",
     "reauthorize_command",
     "search_fields",
     "setting_paths",

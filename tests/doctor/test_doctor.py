@@ -18,7 +18,7 @@ from connector.config import config_from_dict
 from connector.doctor import EXIT_PROBLEMS, check_config, run_doctor
 from connector.engine._agents import _certificate_problem as _certificate_problems
 from connector.store import SCHEMA_VERSION
-from connector.store.tables import blob, cs_object, store_meta
+from connector.store.tables import blob, cs_object, run_history, store_meta
 from tests.engine.conftest import World, add_users
 from tests.engine.memory import MemoryConnector
 
@@ -51,6 +51,7 @@ def test_a_healthy_store_passes(healthy: World) -> None:
         "blobs",
         "links",
         "pending-exports",
+        "runs",
         "rules",
         "agents.ad.reachable",
     } <= checks
@@ -229,3 +230,27 @@ def test_a_token_cache_without_a_usable_account_is_an_error(tmp_path: Path) -> N
     findings = {f.check: f for f in check_config(config)}
     token = findings["agents.exo.token-cache"]
     assert token.severity == "error" and "mvsync auth login" in token.message
+
+
+def test_a_run_whose_process_ended_is_a_warning_until_the_next_run(healthy: World) -> None:
+    """kill -9 leaves a run in progress; doctor says its process has ended, and the next run closes it."""
+    from connector.store import RunHistory, SqlStore
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    store = SqlStore(healthy.config.store_url())
+    try:
+        with store.transaction() as conn:
+            run_id = RunHistory(conn).start_run("Delta Cycle", dry_run=False, started_at=1.0)
+            conn.execute(update(run_history).where(run_history.c.id == run_id).values(pid=ended.pid))
+    finally:
+        store.close()
+    report = run_doctor(healthy.config)
+    [left] = [f for f in report.findings if f.check == "runs-left-in-progress"]
+    assert left.severity == "warning" and report.ok  # the next run closes it: nothing to repair
+    assert left.count == 1 and left.examples == [f"run {run_id} (Delta Cycle): pid {ended.pid}"]
+    assert "the next run records them as stopped-interrupted" in left.message
+
+    assert healthy.run("export").status == "success"
+    after = run_doctor(healthy.config)
+    assert [f.severity for f in after.findings if f.check.startswith("runs")] == ["ok"]

@@ -408,4 +408,4 @@ def test_a_run_a_dead_process_left_shows_its_end_as_not_recorded(client: Any, ph
     assert step_page.status_code == 200 and "end not recorded" in step_page.text
     page = client.get("/")
     row = re.search(rf'href="/runs/{run_id}".*?</tr>', page.text, re.S)
-    assert row is not None and "stopped-interrupted" in row.group(0) and "–" in row.group(0)
+    assert row is not None and "stopped-interrupted" in row.group(0) and '<td class="num">-</td>' in row.group(0)
