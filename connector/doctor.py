@@ -145,16 +145,19 @@ def _check_open_runs(history: RunHistory) -> Finding:
     gone = [run for run in history.open_runs() if process_gone(run)]
     if not gone:
         return Finding("store", "runs", "ok", "no run is left in progress by a process that has ended")
-    return Finding(
-        "store",
+    return _store_problem(
         "runs-left-in-progress",
         "warning",
         f"{len(gone)} runs are recorded in progress but their process on this server has ended (killed, "
         "crashed or the machine restarted): the next run records them as stopped-interrupted, and a full "
         "import among them resumes",
-        len(gone),
-        [f"run {run.id} ({run.profile}): pid {run.pid}" for run in gone[:_EXAMPLES]],
+        [f"run {run.id} ({run.profile}): pid {run.pid}" for run in gone],
     )
+
+
+def _store_problem(check: str, severity: Severity, message: str, cases: list[str]) -> Finding:
+    """A store finding about ``cases``: all of them counted, the first few as examples."""
+    return Finding("store", check, severity, message, len(cases), cases[:_EXAMPLES])
 
 
 def _check_schema(store: SqlStore, version: int) -> Finding:
@@ -235,15 +238,13 @@ def _check_pending_exports(audit: StoreAudit) -> Finding:
     orphans = audit.orphan_exports()
     if not orphans:
         return Finding("store", "pending-exports", "ok", "every pending export is on an imported, joined object")
-    return Finding(
-        "store",
+    return _store_problem(
         "pending-exports-orphan",
         "error",
         f"{len(orphans)} pending exports are on objects never imported, or not joined to a person",
-        len(orphans),
         [
             f"{a} {anchor}: {kind} ({'never imported' if hologram is None else 'not joined'})"
-            for a, anchor, kind, hologram in orphans[:_EXAMPLES]
+            for a, anchor, kind, hologram in orphans
         ],
     )
 
