@@ -133,8 +133,14 @@ def stop_signals_interrupt() -> Iterator[None]:
         return
     from connector.engine import Interrupted
 
+    raised: list[int] = []
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name, signum)
+        # once: a second signal while the first one unwinds would cut short the very history
+        # writes it is unwinding to (a service manager that will not wait sends SIGKILL anyway)
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signal.Signals(signum).name, signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
     try:

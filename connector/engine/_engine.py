@@ -316,7 +316,9 @@ class Engine:
                 result.message = f"{type(exc).__name__}: {exc}"
             except BaseException as exc:  # Ctrl-C, a signal: recorded as stopped-interrupted below
                 failing = True
-                result.message = result.message or interruption_message(exc) or ""
+                why = interruption_message(exc)
+                if why:  # after what the step already said (a resumed import says so first)
+                    result.message = f"{result.message}; {why}" if result.message else why
                 raise
             finally:
                 progress.finish()
