@@ -52,7 +52,8 @@ class Interrupted(KeyboardInterrupt):
 def interruption_message(exc: BaseException) -> str | None:
     """What history says of a step or run that ``exc`` ended, when it was an interruption."""
     if isinstance(exc, Interrupted):
-        return f"stopped by {exc.signal_name} (a service manager, scheduler or kill asked mvsync to stop)"
+        asker = "a service manager, a scheduler, kill, or a closed terminal"
+        return f"stopped by {exc.signal_name} ({asker} asked mvsync to stop)"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     return None
