@@ -42,6 +42,11 @@ class ErrorRecord(Protocol):
     def display(self) -> str | None: ...
 
 
+def _seconds(started_at: float, ended_at: float | None) -> float | None:
+    """How long a run or step took; None while it runs, or when its process died without recording its end."""
+    return None if ended_at is None else round(ended_at - started_at, 3)
+
+
 class RunRow(NamedTuple):
     """A run (columns in table order)."""
 
@@ -57,8 +62,7 @@ class RunRow(NamedTuple):
 
     @property
     def seconds(self) -> float | None:
-        """How long it ran; None while it runs, or when its process died without recording its end."""
-        return None if self.ended_at is None else round(self.ended_at - self.started_at, 3)
+        return _seconds(self.started_at, self.ended_at)
 
 
 class StepRow(NamedTuple):
@@ -77,8 +81,7 @@ class StepRow(NamedTuple):
 
     @property
     def seconds(self) -> float | None:
-        """How long it ran; None while it runs, or when its process died without recording its end."""
-        return None if self.ended_at is None else round(self.ended_at - self.started_at, 3)
+        return _seconds(self.started_at, self.ended_at)
 
 
 class ErrorRow(NamedTuple):
