@@ -231,6 +231,9 @@ class Engine:
         except LockHeldError as exc:
             aborted, message = "stopped-locked", str(exc)  # another process holds an agent or the metaverse
             raise
+        except (ConfigError, ConfigurationError) as exc:  # found by a step (a folder gone, a CA file unreadable)
+            aborted, message = CONFIGURATION_STATUS, str(exc)
+            raise
         except BaseException as exc:
             aborted = "stopped-interrupted"  # Ctrl-C, a signal, or a bug: history must not say success
             message = interruption_message(exc)
@@ -307,8 +310,9 @@ class Engine:
                 failing = True
                 result.status, result.message = exc.status, str(exc)
                 raise
-            except (ConfigError, ConfigurationError):
+            except (ConfigError, ConfigurationError) as exc:  # the setting is named: the user can fix it
                 failing = True
+                result.status, result.message = CONFIGURATION_STATUS, str(exc)
                 raise
             except Exception as exc:  # a connector bug must not take history down with it
                 log.exception("step %s of %s failed", step.type.value, step.agent)

@@ -72,6 +72,40 @@ def test_a_configuration_error_is_recorded_before_any_step_runs_and_exits_2(tmp_
     assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="tgt"' in line]
 
 
+def test_a_configuration_error_a_step_finds_is_recorded_as_such_not_as_an_interruption(tmp_path: Path) -> None:
+    """A photo folder that is gone when its step opens it (a share not mounted): the step and the run
+    say ``stopped-configuration`` with the setting's message, exit 2, instead of an interruption
+    with no message."""
+    config = tmp_path / "mvsync.toml"
+    folder = tmp_path / "photos"
+    config.write_text(
+        f"""
+[store]
+url = "sqlite:///{(tmp_path / "mvsync.db").as_posix()}"
+[metaverse]
+schema = "person"
+[agents.hr]
+type = "photo-folder"
+settings = {{ path = "{folder.as_posix()}" }}
+projection = [{{ object_class = "photoFile" }}]
+import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountName" }}]
+[run_profiles.import]
+steps = [{{ type = "full-import", agent = "hr" }}]
+"""
+    )
+    code, _, err = invoke("run", "import", "-c", str(config))
+    assert code == 2
+    printed = err.strip().splitlines()[-1].removeprefix("error: ")
+    assert str(folder) in printed and "not a folder" in printed
+
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    [run] = json.loads(out)
+    assert run["status"] == "stopped-configuration" and run["message"] == printed
+    code, out, _ = invoke("history", "show", str(run["run_id"]), "-c", str(config), "--json")
+    [step] = json.loads(out)["steps"]
+    assert step["status"] == "stopped-configuration" and step["message"] == printed
+
+
 def test_every_path_an_agent_names_is_checked_before_the_first_step(tmp_path: Path) -> None:
     config = tmp_path / "mvsync.toml"
     missing = tmp_path / "nowhere" / "ca.pem"
