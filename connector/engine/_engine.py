@@ -236,7 +236,11 @@ class Engine:
             raise
         except BaseException as exc:
             aborted = "stopped-interrupted"  # Ctrl-C, a signal, or a bug: history must not say success
-            message = interruption_message(exc)
+            # (a bug's text stays in the log: history only says that it was not an interruption)
+            message = (
+                interruption_message(exc)
+                or f"stopped by an unexpected {type(exc).__name__} (a bug: the traceback is in the error output)"
+            )
             raise
         finally:
             result.ended_at = time.time()

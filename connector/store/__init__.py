@@ -27,6 +27,7 @@ from connector.store._connector_space import (
 )
 from connector.store._faults import (
     RESTORE_HINT,
+    LockHeldError,
     StoreBusyError,
     StoreCorruptError,
     StoreError,
@@ -35,7 +36,7 @@ from connector.store._faults import (
 )
 from connector.store._history import ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
 from connector.store._json import dumps, loads
-from connector.store._locks import LockHeldError, LockManager
+from connector.store._locks import LockManager
 from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError, current_version
 from connector.store._people import Person, import_failures, people

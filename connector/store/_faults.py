@@ -20,12 +20,11 @@ from collections.abc import Iterator
 
 from sqlalchemy.exc import DBAPIError
 
-from connector.store._locks import LockHeldError
-
 __all__ = [
     "EXIT_STORE_CONFIG",
     "EXIT_STORE_LOCKED",
     "EXIT_STORE_STOPPED",
+    "LockHeldError",
     "StoreBusyError",
     "StoreCorruptError",
     "StoreError",
@@ -44,6 +43,10 @@ EXIT_STORE_LOCKED = 5
 RESTORE_HINT = (
     "restore it from a backup (README: Backup and restore), or move it aside to start afresh with a full cycle"
 )
+
+
+class LockHeldError(Exception):
+    """Another mvsync process holds a lock this run needs (a run lock, or the database itself)."""
 
 
 class StoreError(Exception):

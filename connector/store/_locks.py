@@ -26,18 +26,15 @@ from filelock import FileLock, Timeout
 from sqlalchemy import Engine, text
 
 from connector.files import atomic_write
+from connector.store._faults import LockHeldError, StoreError
 
-__all__ = ["LockHeldError", "LockManager"]
+__all__ = ["LockManager"]
 
 
 #: Locks the OS drops when the holder dies: ``LockFileEx`` on Windows, ``flock`` elsewhere. Without
 #: either (a Python built without ``fcntl``) filelock falls back to a lock *file*, which a killed run
 #: leaves behind; a refusal then says how to clear it.
 _OS_FILE_LOCKS = sys.platform == "win32" or filelock.has_fcntl
-
-
-class LockHeldError(Exception):
-    """Another mvsync process holds a lock this run needs."""
 
 
 def _holder_info(what: str) -> dict[str, Any]:
@@ -73,7 +70,6 @@ class LockManager:
         if self._lock_dir is None:  # in-memory store: single process by construction
             yield
             return
-        self._lock_dir.mkdir(parents=True, exist_ok=True)
         path = self._lock_dir / (name.replace(":", "-").replace("/", "_") + ".lock")
         holder_path = path.with_name(path.name + ".holder")
         # thread_local=False: the lock belongs to the run, not to the thread that happened to take it;
@@ -81,6 +77,7 @@ class LockManager:
         # fallback_to_soft=False: a "soft" lock (a file that exists) would wedge every later run after a crash.
         lock = FileLock(path, thread_local=False, is_singleton=False, fallback_to_soft=False)
         try:
+            self._lock_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=wait_s, poll_interval=0.2)
         except Timeout:
             holder = None
@@ -90,6 +87,12 @@ class LockManager:
             if not _OS_FILE_LOCKS:
                 message += f" (this Python has no OS file locks: if no mvsync runs, delete {path})"
             raise LockHeldError(message) from None
+        except OSError as exc:  # (after Timeout, which is one) the folder or file cannot be created or opened
+            raise StoreError(
+                f"cannot take the run lock {path} ({exc.strerror or exc}): the folder {self._lock_dir} beside "
+                "the store must be a folder the account that runs mvsync can write; check its permissions, "
+                "and that nothing else (a file or folder of that name) is in the way"
+            ) from None
         try:
             # Advisory only: on Windows a refused run reading the old record at this instant makes the
             # replace fail, and that must not fail the run that holds the lock.

@@ -72,10 +72,8 @@ def test_a_configuration_error_is_recorded_before_any_step_runs_and_exits_2(tmp_
     assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="tgt"' in line]
 
 
-def test_a_configuration_error_a_step_finds_is_recorded_as_such_not_as_an_interruption(tmp_path: Path) -> None:
-    """A photo folder that is gone when its step opens it (a share not mounted): the step and the run
-    say ``stopped-configuration`` with the setting's message, exit 2, instead of an interruption
-    with no message."""
+def _folder_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A photo-folder agent and a one-step profile ``import``; the folder is not created."""
     config = tmp_path / "mvsync.toml"
     folder = tmp_path / "photos"
     config.write_text(
@@ -93,17 +91,49 @@ import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountN
 steps = [{{ type = "full-import", agent = "hr" }}]
 """
     )
+    return config, folder
+
+
+def _last_run(config: Path) -> dict[str, Any]:
+    run = json.loads(invoke("history", "list", "-c", str(config), "--json")[1])[0]
+    shown = json.loads(invoke("history", "show", str(run["run_id"]), "-c", str(config), "--json")[1])
+    return {**run, "steps": shown["steps"]}
+
+
+def test_a_configuration_error_a_step_finds_is_recorded_as_such_not_as_an_interruption(tmp_path: Path) -> None:
+    """A photo folder that is gone when its step opens it (a share not mounted): the step and the run
+    say ``stopped-configuration`` with the setting's message, exit 2, instead of an interruption
+    with no message."""
+    config, folder = _folder_config(tmp_path)
     code, _, err = invoke("run", "import", "-c", str(config))
     assert code == 2
     printed = err.strip().splitlines()[-1].removeprefix("error: ")
     assert str(folder) in printed and "not a folder" in printed
 
-    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
-    [run] = json.loads(out)
+    run = _last_run(config)
     assert run["status"] == "stopped-configuration" and run["message"] == printed
-    code, out, _ = invoke("history", "show", str(run["run_id"]), "-c", str(config), "--json")
-    [step] = json.loads(out)["steps"]
+    [step] = run["steps"]
     assert step["status"] == "stopped-configuration" and step["message"] == printed
+
+
+def test_a_run_lock_that_cannot_be_taken_is_a_store_error_naming_the_path_not_a_traceback(tmp_path: Path) -> None:
+    """Something in the way of the lock folder beside the store (a file of its name; on Windows, a folder
+    another account created): exit 4 with a message naming the path and what to check, recorded in
+    history as a store error."""
+    config, folder = _folder_config(tmp_path)
+    folder.mkdir()
+    assert invoke("run", "import", "-c", str(config))[0] == 0
+    locks = tmp_path / "mvsync.db.locks"
+    for child in locks.iterdir():
+        child.unlink()
+    locks.rmdir()
+    locks.write_text("in the way")
+    code, _, err = invoke("run", "import", "-c", str(config))
+    assert code == 4, err
+    printed = err.strip().splitlines()[-1].removeprefix("error: ")
+    assert printed.startswith("cannot take the run lock") and str(locks) in printed and "permissions" in printed
+    run = _last_run(config)
+    assert run["status"] == "stopped-store-error" and run["message"] == printed and run["steps"] == []
 
 
 def test_every_path_an_agent_names_is_checked_before_the_first_step(tmp_path: Path) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 from sqlalchemy import select
 
 from connector.engine import Engine
 from connector.sdk import CSEntryChange, ExportStatus
+from connector.store import RunHistory
 from connector.store.tables import cs_object, mv_object, run_error
 from tests.engine.conftest import World, add_users
 
@@ -289,3 +291,23 @@ def test_a_sync_staging_newer_values_during_an_export_is_not_lost(world: World) 
     assert world.ad["objects"]["guid-001"]["thumbnail"] == b"exo-photo-1-new"
     untouched = cs_row(world, "ad", "guid-000")
     assert untouched.export_type is None
+
+
+def test_a_run_an_engine_bug_ends_says_so_in_history_not_as_an_interruption(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C and stop signals name themselves; anything else that ends a run outside a step (a bug)
+    leaves a message saying it was unexpected, so nobody reads a silent ``stopped-interrupted`` as a
+    person's Ctrl-C."""
+
+    def broken(*_args: object) -> int:
+        raise RuntimeError("the step's history row")
+
+    monkeypatch.setattr(Engine, "_start_step", broken)
+    with pytest.raises(RuntimeError):
+        world.run("full-import")
+    with world.engine.store.transaction() as conn:
+        history = RunHistory(conn)
+        [run] = history.recent_runs(1)
+    assert run.status == "stopped-interrupted"
+    assert run.message == "stopped by an unexpected RuntimeError (a bug: the traceback is in the error output)"
