@@ -100,10 +100,11 @@ def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
 
     Why: a run checks these before its first step (and ``mvsync doctor`` reports them), so a
     missing CA file or folder stops the run before any step has run instead of halfway through.
-    Certificates (``*ca*``, ``*cert*``) must parse and be current; key files must exist; any other
-    path must be readable, or creatable if it does not exist yet.
+    Certificates (``*ca*``, ``*cert*``) must parse and be current; key files must exist; a path marked
+    ``MUST_EXIST`` (an input: a photo folder) must exist and be readable; any other path must be
+    readable, or creatable if it does not exist yet (an output).
     """
-    for name in type(settings).model_fields:
+    for name, info in type(settings).model_fields.items():
         path = getattr(settings, name, None)
         if not isinstance(path, Path):
             continue
@@ -112,8 +113,18 @@ def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
             yield name, path, _certificate_problem(path)
         elif "key" in lowered:
             yield name, path, None if path.is_file() else f"{path} is not readable"
+        elif isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("must_exist"):
+            yield name, path, _input_problem(path)
         else:
             yield name, path, _path_problem(path)
+
+
+def _input_problem(path: Path) -> str | None:
+    """An input must be there: a share that is not mounted or a mapped drive of another logon session
+    (Windows: a scheduled task does not see the user's drive letters; use the UNC path) reads as missing."""
+    if not path.exists():
+        return f"{path} does not exist or cannot be reached (a share not mounted? a drive letter of another session?)"
+    return None if os.access(path, os.R_OK) else f"{path} is not readable"
 
 
 def _path_problem(path: Path) -> str | None:

@@ -12,6 +12,7 @@ from connector.sdk._changes import (
     person_display,
 )
 from connector.sdk._connector import (
+    MUST_EXIST,
     Capabilities,
     CheckResult,
     Connector,
@@ -53,6 +54,7 @@ from connector.sdk._stream import (
 from connector.sdk._transforms import TransformError, TransformFactory, TransformFunction
 
 __all__ = [
+    "MUST_EXIST",
     "Attribute",
     "AttributeAccess",
     "AttributeChange",

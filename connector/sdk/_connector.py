@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -26,12 +26,19 @@ from connector.sdk._schema import Schema
 from connector.sdk._stream import ImportItem, ImportRun
 
 __all__ = [
+    "MUST_EXIST",
     "Capabilities",
     "CheckResult",
     "Connector",
     "ConnectorContext",
     "ConnectorSettings",
 ]
+
+
+#: ``json_schema_extra`` of a ``Path`` setting the connector only reads (a photo folder, a list of
+#: mailboxes): ``Field(..., json_schema_extra=MUST_EXIST)``. A run checks that it exists before its
+#: first step, and ``mvsync doctor`` reports it; an unmarked path may be an output still to be created.
+MUST_EXIST: dict[str, Any] = {"must_exist": True}
 
 
 class ConnectorSettings(BaseModel):

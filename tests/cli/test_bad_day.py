@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
+from connector.engine import Engine
 from tests.cli._configs import generated_pair, with_directory
 
 runner = CliRunner()
@@ -100,11 +101,27 @@ def _last_run(config: Path) -> dict[str, Any]:
     return {**run, "steps": shown["steps"]}
 
 
-def test_a_configuration_error_a_step_finds_is_recorded_as_such_not_as_an_interruption(tmp_path: Path) -> None:
-    """A photo folder that is gone when its step opens it (a share not mounted): the step and the run
-    say ``stopped-configuration`` with the setting's message, exit 2, instead of an interruption
-    with no message."""
+def test_a_missing_input_folder_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    """The photo folder is an input (``MUST_EXIST``), not an output still to be created: a run is
+    refused before any step, naming the setting, and doctor reports it."""
     config, folder = _folder_config(tmp_path)
+    code, _, err = invoke("run", "import", "-c", str(config))
+    assert code == 2
+    assert f"agents.hr.settings.path: {folder} does not exist or cannot be reached" in err
+    assert _last_run(config)["steps"] == []
+    code, out, _ = invoke("doctor", "-c", str(config), "--json")
+    [finding] = [f for f in json.loads(out)["findings"] if f["check"] == "agents.hr.settings.path"]
+    assert finding["severity"] == "error" and str(folder) in finding["message"]
+
+
+def test_a_configuration_error_a_step_finds_is_recorded_as_such_not_as_an_interruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo folder that is gone when its step opens it (a share dropped after the run's check):
+    the step and the run say ``stopped-configuration`` with the setting's message, exit 2, instead
+    of an interruption with no message."""
+    config, folder = _folder_config(tmp_path)
+    monkeypatch.setattr(Engine, "check_run", lambda _self, _steps: None)  # the folder was there then
     code, _, err = invoke("run", "import", "-c", str(config))
     assert code == 2
     printed = err.strip().splitlines()[-1].removeprefix("error: ")

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.sdk import ConnectorSettings
+from connector.sdk import MUST_EXIST, ConnectorSettings
 
 __all__ = ["EWS_DEFAULT_MAX_CONCURRENCY", "EWS_SIZE_CODES", "ExchangeServerSettings"]
 
@@ -69,7 +69,7 @@ class ExchangeServerSettings(ConnectorSettings):
     # -- which mailboxes -----------------------------------------------------------------------
     mailboxes: tuple[str, ...] = ()
     #: One SMTP address a line; blank lines and ``#`` comments are ignored. Re-read on every import.
-    mailbox_file: Path | None = None
+    mailbox_file: Path | None = Field(None, json_schema_extra=MUST_EXIST)
 
     # -- what we fetch -------------------------------------------------------------------------
     photo_size: str = "HR648x648"

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field
 
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, EXCHANGE_PHOTO_SIZE
-from connector.sdk import ConnectorSettings
+from connector.sdk import MUST_EXIST, ConnectorSettings
 
 __all__ = ["PhotoFolderSettings"]
 
@@ -21,7 +21,9 @@ class PhotoFolderSettings(ConnectorSettings):
     every export flow later.
     """
 
-    path: Annotated[Path, Field(description="Folder of photos named '<account>[ <anything>].<ext>'.")]
+    path: Annotated[
+        Path, Field(description="Folder of photos named '<account>[ <anything>].<ext>'.", json_schema_extra=MUST_EXIST)
+    ]
     recursive: Annotated[bool, Field(description="Also read sub-folders (hidden ones are skipped).")] = False
     export_path: Annotated[
         Path | None, Field(description="Folder that export writes '<account> 648x648.jpg' into.")
