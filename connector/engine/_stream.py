@@ -204,16 +204,21 @@ class StreamPager:
         self._threads.append(thread)
 
     def _source(self) -> None:
+        """Send the stream's items to the engine's thread, an entry together with the state updates
+        that follow it (its own), so that no page boundary falls between them."""
         origin = 0
+        group: list[ImportItem] = []
         try:
             for item in self._stream:
-                while not self._ahead.acquire(timeout=0.5):
-                    if self._stop.is_set():
-                        raise _Stopped
-                if self._stop.is_set():
-                    raise _Stopped
-                self._results.put((origin, item))
-                origin += 1
+                if group and not (isinstance(item, StateUpdate) and isinstance(group[0], CSEntryChange)):
+                    self._send_from_source(origin, group)
+                    origin, group = origin + 1, []
+                group.append(item)
+                if not isinstance(group[0], CSEntryChange):
+                    self._send_from_source(origin, group)
+                    origin, group = origin + 1, []
+            if group:
+                self._send_from_source(origin, group)
         except _Stopped:
             close = getattr(self._stream, "close", None)
             if close is not None:
@@ -223,6 +228,15 @@ class StreamPager:
             self._results.put(_Fatal(exc))
             return
         self._results.put(_END)
+
+    def _send_from_source(self, origin: int, items: list[ImportItem]) -> None:
+        """One permit per origin (back-pressure), then the items to the engine's thread."""
+        while not self._ahead.acquire(timeout=0.5):
+            if self._stop.is_set():
+                raise _Stopped
+        if self._stop.is_set():
+            raise _Stopped
+        self._results.put((origin, items))
 
     def _work(self, worker: Worker[Any], jobs_queue: WorkQueue) -> None:
         while not self._stop.is_set():
@@ -304,11 +318,15 @@ class StreamPager:
 
     def _take(self, origin: int, ran: Deferred[Any], items: list[ImportItem], page: Page) -> None:
         """A finished task's items; what does not fit waits for the next page, its origin still open
-        (so no checkpoint after it counts as committed before they are)."""
+        (so no checkpoint after it counts as committed before they are). The state updates after an
+        entry that fits go with it, over the page's limit if need be: an entry committed without its
+        state would be fetched and staged again by a run resumed in between."""
+        entered = False
         for i, item in enumerate(items):
-            if self._full(page, item):
+            if self._full(page, item) and not (entered and isinstance(item, StateUpdate)):
                 self._carry.append((origin, ran, items[i:]))
                 return
+            entered = entered or isinstance(item, CSEntryChange)
             self._handle(origin, item, page, ran)
         self._running[origin] -= 1
         self._settle(origin)
@@ -324,8 +342,9 @@ class StreamPager:
             for origin, ran, items in message[1]:
                 self._take(origin, ran, items, page)
         else:
-            origin, item = message
-            self._handle(origin, item, page)
+            origin, items = message
+            for item in items:
+                self._handle(origin, item, page)
             self._settle(origin)
 
     def _checkpoint(self) -> str | None:

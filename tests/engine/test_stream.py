@@ -20,7 +20,7 @@ import pytest
 from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.engine._stream import _END, Page, StreamPager, _Fatal
-from connector.sdk import Checkpoint, CSEntryChange, Deferred, ImportItem, Worker
+from connector.sdk import Checkpoint, CSEntryChange, Deferred, ImportItem, StateUpdate, Worker
 from connector.store import AgentStateRepository, SqlStore
 from connector.store.tables import cs_object
 from tests.engine.stream import STREAMS, stream_directory
@@ -205,6 +205,53 @@ def test_the_source_runs_at_most_max_ahead_items_ahead_of_the_commits() -> None:
     assert first.weight >= 10
     assert yielded <= 51  # 50 permits, plus the item the source holds while it waits for one
     pages.close()
+
+
+class _WithState(Worker[str]):
+    """Each task's entry, its own state, and a run-wide key every result updates (as the Exchange
+    Online import's throttling memory does): a page fills its state one key early."""
+
+    batch_size = 3
+
+    def run(self, tasks: list[Deferred[str]], cancel: threading.Event) -> list[list[ImportItem]]:
+        return [
+            [CSEntryChange.add("thing", t.task, {"id": t.task}), StateUpdate(t.task, 1), StateUpdate("run", 1)]
+            for t in tasks
+        ]
+
+
+def _every_entry_with_its_state(pages: Iterator[Page]) -> int:
+    entries = 0
+    for page in pages:
+        for entry in page.entries:
+            assert entry.anchor in page.state, f"{entry.anchor} committed in a page without its state"
+        entries += len(page.entries)
+    return entries
+
+
+def test_a_tasks_entry_and_its_state_are_never_split_across_pages() -> None:
+    worker = _WithState()
+
+    def stream() -> Iterator[ImportItem]:
+        for i in range(60):
+            yield Deferred(worker, f"t{i:02d}")
+
+    assert _every_entry_with_its_state(StreamPager(stream(), page_size=4, max_ahead=20).pages()) == 60
+
+
+def test_an_entry_the_source_yields_commits_with_the_state_updates_that_follow_it() -> None:
+    def stream() -> Iterator[ImportItem]:
+        for i in range(30):
+            yield CSEntryChange.add("thing", f"s{i:02d}", {"id": f"s{i:02d}"})
+            yield StateUpdate(f"s{i:02d}", 1)
+            if i % 3 == 0:
+                yield StateUpdate(f"unlisted-{i}", None)  # state without an entry counts on its own
+            if i % 5 == 0:
+                yield Checkpoint(f"after-{i}")
+
+    pages = list(StreamPager(stream(), page_size=2, max_ahead=10).pages())
+    assert _every_entry_with_its_state(iter(pages)) == 30
+    assert pages[-1].checkpoint == "after-25"
 
 
 class _Sized(Worker[str]):
