@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 from typing import Annotated
 
 import typer
@@ -49,6 +51,39 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         application = create_app(cfg, store=SqlStore(cfg.store_url(), create=False), policy=policy)
         shown = f"[{host}]" if ":" in host else host
+        listening = _listen(host, port, shown)
         how = "token" if policy.token else ("basic authentication" if policy.user else "loopback only, no sign-in")
         err_console.print(f"mvsync console on http://{shown}:{port}/ ({how}); Ctrl+C stops it", highlight=False)
-        uvicorn.run(application, host=host, port=port, log_level="warning", server_header=False, proxy_headers=False)
+        settings = uvicorn.Config(
+            application, host=host, port=port, log_level="warning", server_header=False, proxy_headers=False
+        )
+        uvicorn.Server(settings).run(sockets=[listening])
+
+
+def _listen(host: str, port: int, shown: str) -> socket.socket:
+    """The console's listening socket, bound before anything says the console is up.
+
+    Why here and not in uvicorn: a port in use is then one line that says what to do and exit 2,
+    not uvicorn's log line and its exit code 3 (which means "completed with errors" to a scheduler
+    reading mvsync's codes). And on Windows, SO_REUSEADDR (uvicorn's choice) lets a second console
+    bind a port another program listens on; SO_EXCLUSIVEADDRUSE refuses that.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if sys.platform == "win32":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+        else:  # a restarted console need not wait for the old connections' TIME_WAIT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        raise fail(
+            escape(
+                f"cannot listen on {shown}:{port} ({why}): if another program (another `mvsync ui`?) uses "
+                "the port, choose another with --port; check --host names an address of this machine"
+            ),
+            EXIT_CONFIG,
+        ) from None
+    sock.set_inheritable(True)
+    return sock

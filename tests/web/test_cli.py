@@ -45,10 +45,30 @@ def test_refuses_a_public_bind_without_credentials(config_file: Path, monkeypatc
 def test_public_bind_with_a_token_starts(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: dict[str, Any] = {}
     monkeypatch.setenv("MVSYNC_UI_TOKEN", "tok-123")
-    monkeypatch.setattr("uvicorn.run", lambda application, **kw: started.update(kw, app=application))
-    result = CliRunner().invoke(app, ["ui", "-c", str(config_file), "--host", "0.0.0.0", "--port", "9999"])
+
+    def run(server: Any, sockets: list[socket.socket]) -> None:
+        started.update(config=server.config, bound=[s.getsockname() for s in sockets])
+        for sock in sockets:
+            sock.close()
+
+    monkeypatch.setattr("uvicorn.Server.run", run)
+    port = _free_port()
+    result = CliRunner().invoke(app, ["ui", "-c", str(config_file), "--host", "0.0.0.0", "--port", str(port)])
     assert result.exit_code == 0, result.output
-    assert started["host"] == "0.0.0.0" and started["port"] == 9999 and started["server_header"] is False
+    config = started["config"]
+    assert config.host == "0.0.0.0" and config.port == port and config.server_header is False
+    assert started["bound"] == [("0.0.0.0", port)]
+
+
+def test_a_port_in_use_is_one_line_that_says_what_to_do_and_exit_2(config_file: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = CliRunner().invoke(app, ["ui", "-c", str(config_file), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
+    assert "mvsync console on" not in result.output  # it never said it was up
 
 
 def test_missing_web_extra_is_explained(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
