@@ -280,6 +280,10 @@ class SqlStore:
         if target.exists():
             msg = f"{target} already exists: choose a new file, so an older backup is never overwritten"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+        if not target.parent.is_dir():
+            what = "is not a folder" if target.parent.exists() else "does not exist"
+            msg = f"cannot write the backup {target}: {target.parent} {what}; create the folder or choose another path"
+            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
         partial = target.with_name(target.name + ".partial")
         try:
             with self.faults(), self.engine.connect() as conn:
@@ -297,7 +301,8 @@ class SqlStore:
         except OSError as exc:
             raise StoreError(f"cannot write the backup {target}: {exc.strerror}") from None
         finally:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never hide why the backup failed behind its cleanup
+                partial.unlink(missing_ok=True)
         return target.stat().st_size
 
     def clear(self) -> None:

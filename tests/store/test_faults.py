@@ -217,6 +217,16 @@ def test_store_backup_while_a_run_writes_and_doctor_passes_on_the_restored_copy(
     assert invoke("run", "cycle", "-c", str(config))[0] == 0  # and runs carry on from it
 
 
+def test_a_backup_into_a_folder_that_is_not_there_says_so_and_exits_2(config: Path, tmp_path: Path) -> None:
+    in_the_way = tmp_path / "backups"
+    in_the_way.write_text("a file, not a folder")
+    for target, what in ((tmp_path / "nowhere" / "b.db", "does not exist"), (in_the_way / "b.db", "is not a folder")):
+        code, _, err = invoke("store", "backup", str(target), "-c", str(config))
+        assert code == 2, err
+        assert f"cannot write the backup {target}: {target.parent} {what}" in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.partial"))
+
+
 def test_engine_stays_usable_after_a_refused_busy_start(
     config: Path, holder: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
