@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-__all__ = ["describe_request_error", "host_port"]
+__all__ = ["describe_request_error", "failure_kind", "host_port"]
 
 
 def host_port(url: str) -> str:
@@ -22,7 +22,8 @@ def host_port(url: str) -> str:
     return f"{parts.hostname or '?'}:{port}"
 
 
-def _kind(exc: requests.RequestException) -> str:
+def failure_kind(exc: requests.RequestException) -> str:
+    """What kind of network failure ``exc`` is, and where the fix lies, in a few words."""
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
@@ -53,4 +54,4 @@ def describe_request_error(exc: requests.RequestException, url: str, service: st
 
     Never includes the request's headers or body (they may carry a token).
     """
-    return f"{service} at {host_port(url)}: {_kind(exc)}"
+    return f"{service} at {host_port(url)}: {failure_kind(exc)}"

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
 from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME, EncryptedTokenCache, load_key
+from connector.net import failure_kind
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
 
 __all__ = ["AccessToken", "AuthStatus", "GraphAuth", "make_session"]
@@ -135,7 +136,7 @@ class GraphAuth:
                 msg = f"cannot use authority {s.resolved_authority}: {exc}"
                 raise ConfigurationError(msg, key="authority") from None
             except requests.RequestException as exc:
-                msg = f"cannot reach the authority {s.resolved_authority}: {type(exc).__name__}"
+                msg = f"cannot reach the authority {s.resolved_authority}: {failure_kind(exc)}"
                 raise AuthenticationError(msg, status="stopped-server-down") from None
         return self._app
 

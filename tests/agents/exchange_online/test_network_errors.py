@@ -9,12 +9,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 import requests
 
 from connector.agents.exchange_online._import import Watermark
 from connector.net import describe_request_error
-from connector.sdk import ImportMode, ServerDownError
+from connector.sdk import AuthenticationError, ImportMode, ServerDownError
 from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 
 
@@ -37,6 +38,25 @@ def test_an_unreachable_graph_url_names_host_port_and_kind(make_emulator: Any, t
     message = str(caught.value)
     assert f"127.0.0.1:{port}" in message and "connection refused" in message
     assert "Bearer" not in message
+
+
+def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """A TLS-inspecting proxy, or a private cloud's CA missing from ca_bundle: the stop names the
+    authority and says what to set, instead of "SSLError"."""
+    emu = make_emulator(users=1)
+    conn = make_connector(emu, tmp_path, ca_bundle=Path(certifi.where()))  # public CAs only
+    try:
+        with pytest.raises(AuthenticationError) as caught:
+            conn.open()
+    finally:
+        conn.close()
+    assert caught.value.status == "stopped-server-down"
+    assert str(caught.value) == (
+        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
+        "(set ca_bundle to the CA that issued it)"
+    )
 
 
 @pytest.mark.parametrize(
