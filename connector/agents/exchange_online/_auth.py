@@ -27,7 +27,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.agents.exchange_online._tokencache import CACHE_FILE_NAME, EncryptedTokenCache, load_key
+from connector.agents.exchange_online._tokencache import (
+    CACHE_FILE_NAME,
+    EncryptedTokenCache,
+    ProcessTokenCache,
+    load_key,
+)
 from connector.net import failure_kind
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
 
@@ -93,8 +98,12 @@ class GraphAuth:
         self.settings = settings
         self.reauthorize_command = reauthorize_command or "mvsync auth login <agent>"
         self.cache_path = data_dir / CACHE_FILE_NAME
-        key = load_key(settings.token_cache_key_env, settings.token_cache_key_file)
-        self.token_cache = EncryptedTokenCache(self.cache_path, key)
+        self.token_cache: EncryptedTokenCache | ProcessTokenCache
+        if settings.auth_mode == "delegated":  # the refresh token must outlive the process
+            key = load_key(settings.token_cache_key_env, settings.token_cache_key_file)
+            self.token_cache = EncryptedTokenCache(self.cache_path, key)
+        else:
+            self.token_cache = ProcessTokenCache()
         self._session_factory = session_factory or (lambda: make_session(settings))
         self._lock = threading.Lock()
         self._token: AccessToken | None = None

@@ -23,7 +23,7 @@ from connector.files import OwnerOnlyError, atomic_write, write_private_file
 from connector.sdk import ConfigurationError
 from connector.secrets import SecretFileError, read_secret_file, seal, seal_text, unseal
 
-__all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "generate_key_file", "load_key"]
+__all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "ProcessTokenCache", "generate_key_file", "load_key"]
 
 CACHE_FILE_NAME = "token-cache.bin"
 
@@ -110,3 +110,24 @@ class EncryptedTokenCache:
         with self._lock:
             self.cache.deserialize("{}")
             self.cache.has_state_changed = True
+
+
+class ProcessTokenCache:
+    """The tokens of ``auth_mode = "app"`` (client credentials), kept for one process only.
+
+    Why not on disk: an app token is one request away at any time, while a cached one hides a
+    client secret or certificate that stopped working (rotated, expired, removed from the app
+    registration) for up to an hour: ``mvsync doctor`` and the first run after a rotation would
+    pass and the 03:00 run fail. So each process proves its credential once, and nothing is left
+    on disk to protect (no key is needed).
+    """
+
+    def __init__(self) -> None:
+        self.cache = msal.SerializableTokenCache()
+
+    def persist_if_changed(self) -> bool:
+        """Nothing to write: the tokens live as long as the process."""
+        return False
+
+    def clear(self) -> None:
+        self.cache.deserialize("{}")

@@ -143,6 +143,33 @@ def test_unknown_client_certificate_stops_with_authentication_error(make_emulato
     assert emu.admin.stats()["graph_requests"] == before["graph_requests"]
 
 
+def test_a_client_certificate_that_stopped_working_is_found_by_the_next_process_not_an_hour_later(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """App mode keeps its tokens for one process: after the certificate is replaced by one the app
+    does not know (a botched rotation), the very next run (or ``mvsync doctor``) says so, instead of
+    serving a cached token until it expires. Nothing is written to disk, and no cache key is needed."""
+    from connector.emulator._identity import ClientCertificate
+
+    monkeypatch.delenv("MVSYNC_TOKEN_CACHE_KEY", raising=False)
+    emu = make_emulator(users=5)
+    data = tmp_path / "data"
+    good = _app_certificate_pem(emu, tmp_path)
+    conn = make_connector(emu, data, auth_mode="app", client_certificate=good, refresh_token=None)
+    conn.open()
+    conn.close()
+    assert conn.auth.status().token_ok
+
+    rogue = ClientCertificate.generate("the new certificate, never uploaded to the app")
+    good.write_bytes(rogue.cert_pem + rogue.key_pem)
+    conn = make_connector(emu, data, auth_mode="app", client_certificate=good, refresh_token=None)
+    with pytest.raises(AuthenticationError, match="AADSTS700027"):
+        conn.open()
+    conn.close()
+    assert not conn.auth.status().token_ok  # what doctor reports
+    assert not conn.auth.cache_path.exists()
+
+
 # ------------------------------------------------- 2. refresh token revoked inside an engine step
 
 
