@@ -103,7 +103,12 @@ def classify(exc: DBAPIError, where: str) -> StoreError | None:
             f"the store {where} is busy: another process holds its database lock ({text}), such as a backup "
             "or antivirus scan, or a tool with the file open; let it finish, or rerun with --wait SECONDS"
         )
-    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_PERM")):
+    if name.startswith("SQLITE_FULL") or "database or disk is full" in text:
+        return StoreError(
+            f"the store {where} cannot grow: the disk is full ({text}); free space on that volume (the store "
+            "also needs room for its -wal file) and run again: what was committed before is kept"
+        )
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM")):
         return StoreError(f"cannot use the store {where} ({text}): check the disk, the path and its permissions")
     if not name and (exc.connection_invalidated or type(orig).__name__ == "OperationalError"):
         # PostgreSQL: the server is down, refuses the login, or dropped the connection

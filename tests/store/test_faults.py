@@ -227,6 +227,26 @@ def test_a_backup_into_a_folder_that_is_not_there_says_so_and_exits_2(config: Pa
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_a_full_disk_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """SQLITE_FULL, made real with ``max_page_count`` (SQLite's own way to run out of room)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    engine = create_engine(f"sqlite:///{(tmp_path / 'full.db').as_posix()}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (b BLOB)")
+        with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA max_page_count = 3")
+            conn.execute(text("INSERT INTO t VALUES (:b)"), {"b": b"x" * 100_000})
+    finally:
+        engine.dispose()
+    fault = _faults.classify(caught.value, "/srv/mvsync/mvsync.db")
+    assert type(fault) is _faults.StoreError and fault.exit_code == 4
+    assert str(fault).startswith("the store /srv/mvsync/mvsync.db cannot grow: the disk is full")
+    assert "free space on that volume" in str(fault) and "committed before is kept" in str(fault)
+
+
 def test_engine_stays_usable_after_a_refused_busy_start(
     config: Path, holder: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
