@@ -211,7 +211,7 @@ def run(
     ] = False,
     wait: Annotated[
         float,
-        typer.Option("--wait", help="Seconds to wait for a lock held by another run (default: fail at once)."),
+        typer.Option("--wait", min=0.0, help="Seconds to wait for a lock held by another run (default: fail at once)."),
     ] = 0.0,
     allow_empty_import: Annotated[
         bool,

@@ -301,3 +301,10 @@ def test_tables_off_a_terminal_are_full_width(config: Path) -> None:
     rows = [line for line in done.stdout.splitlines() if "u0000001" in line]
     assert len(rows) == 1 and "…" not in rows[0]  # one row, not folded or truncated
     assert max(len(line) for line in done.stdout.splitlines()) > 80
+
+
+def test_a_negative_wait_is_refused_as_a_usage_error(tmp_path: Path) -> None:
+    config, folder = _folder_config(tmp_path)
+    folder.mkdir()
+    code, _, err = invoke("run", "import", "--wait", "-5", "-c", str(config))
+    assert code == 2 and "--wait" in err
