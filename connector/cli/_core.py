@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from connector.cli._common import (
 )
 from connector.config import ConfigError, MvsyncConfig, load_config
 from connector.store import (
+    ClearedRuns,
     ConnectorSpace,
     CsObject,
     CsSearch,
@@ -314,6 +316,41 @@ def history_list(
         seconds = "-" if r["seconds"] is None else str(r["seconds"])
         table.add_row(str(r["run_id"]), r["profile"], r["status"], started, seconds)
     console.print(table)
+
+
+@handle_errors
+def history_clear(
+    older_than: Annotated[
+        float, typer.Option("--older-than", min=0.0, help="Days: delete finished runs that started before then.")
+    ],
+    config: ConfigOption = DEFAULT_CONFIG,
+    json_out: JsonOption = False,
+) -> None:
+    """Delete old runs with their steps and per-object errors (MIM's "Clear Runs"). Schedule it.
+
+    Runs still in progress, and the run holding each agent's latest step of each kind, are kept.
+    """
+    import time
+
+    store = _store(_config(config))
+    before = time.time() - older_than * 86_400
+    cleared = ClearedRuns()
+    while True:  # small transactions: runs go on meanwhile, and an interruption keeps what is done
+        with store.transaction() as conn:
+            batch = RunHistory(conn).clear_before(before)
+        cleared += batch
+        if not batch.runs:
+            break
+        if not json_out and cleared.runs % 1000 < batch.runs:
+            err_console.print(f"cleared {cleared.runs} runs so far ...", highlight=False)
+    if json_out:
+        print_json({"older_than_days": older_than, **dataclasses.asdict(cleared)})
+        return
+    console.print(
+        f"cleared {cleared.runs} runs started more than {older_than:g} days ago "
+        f"({cleared.steps} steps, {cleared.errors} per-object errors)",
+        highlight=False,
+    )
 
 
 @handle_errors
@@ -689,6 +726,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(history, name="history")
     history.command("list")(history_list)
     history.command("show")(history_show)
+    history.command("clear")(history_clear)
     cs = typer.Typer(help="Connector-space objects of an agent.")
     app.add_typer(cs, name="cs")
     cs.command("search")(cs_search)

@@ -34,7 +34,7 @@ from connector.store._faults import (
     StoreMissingError,
     StoreReadOnlyError,
 )
-from connector.store._history import ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
+from connector.store._history import ClearedRuns, ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
 from connector.store._json import dumps, loads
 from connector.store._locks import LockManager
 from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
@@ -65,6 +65,7 @@ __all__ = [
     "BatchUpdate",
     "BlobRef",
     "Blobs",
+    "ClearedRuns",
     "ConnectorRow",
     "ConnectorSpace",
     "CsObject",

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from sqlalchemy import Connection, Table, desc, func, select, update
+from sqlalchemy import Connection, Table, delete, desc, func, select, update
 
 from connector.store.tables import run_error, run_history, run_step
 
-__all__ = ["ErrorRecord", "ErrorRow", "RunHistory", "RunRow", "StepRow"]
+__all__ = ["ClearedRuns", "ErrorRecord", "ErrorRow", "RunHistory", "RunRow", "StepRow"]
 
 #: Longest error detail kept per row (a connector may return a whole response body).
 _DETAIL_CHARS = 4000
@@ -97,6 +98,18 @@ class ErrorRow(NamedTuple):
     detail: str | None
     severity: str
     display: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClearedRuns:
+    """What :meth:`RunHistory.clear_before` deleted."""
+
+    runs: int = 0
+    steps: int = 0
+    errors: int = 0
+
+    def __add__(self, other: ClearedRuns) -> ClearedRuns:
+        return ClearedRuns(self.runs + other.runs, self.steps + other.steps, self.errors + other.errors)
 
 
 class RunHistory:
@@ -227,6 +240,39 @@ class RunHistory:
         ]
         if rows:
             self._conn.execute(run_error.insert(), rows)
+
+    def clear_before(self, before: float, *, limit: int = 20) -> ClearedRuns:
+        """Delete up to ``limit`` finished runs that started before ``before``, with their steps and
+        per-object errors (MIM's *Clear Runs*); the oldest first.
+
+        Why: every run adds a row per step and one per per-object error (a tenant's on-premises
+        mailboxes are reported on every run), so history outgrows everything else within months.
+        Kept whatever their age: runs still ``in-progress`` (the next run may prove their process gone
+        and close them) and each run that holds an agent's latest step of a kind, because that step's
+        errors are what the console and ``mvsync cs show`` call "failing now". ``limit`` keeps each
+        transaction small; call again until nothing is cleared.
+        """
+        latest = select(func.max(run_step.c.id)).group_by(run_step.c.agent, run_step.c.kind)
+        kept = select(run_step.c.run_id).where(run_step.c.id.in_(latest))
+        ids = list(
+            self._conn.execute(
+                select(run_history.c.id)
+                .where(
+                    run_history.c.started_at < before,
+                    run_history.c.status != "in-progress",
+                    run_history.c.id.not_in(kept),
+                )
+                .order_by(run_history.c.id)
+                .limit(limit)
+            ).scalars()
+        )
+        if not ids:
+            return ClearedRuns()
+        steps = select(run_step.c.id).where(run_step.c.run_id.in_(ids))
+        errors = self._conn.execute(delete(run_error).where(run_error.c.step_id.in_(steps))).rowcount
+        step_count = self._conn.execute(delete(run_step).where(run_step.c.run_id.in_(ids))).rowcount
+        runs = self._conn.execute(delete(run_history).where(run_history.c.id.in_(ids))).rowcount
+        return ClearedRuns(runs, step_count, errors)
 
     # ------------------------------------------------------------------------------- reads
     def recent_runs(self, limit: int, *, before: int | None = None) -> list[RunRow]:
