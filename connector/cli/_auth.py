@@ -96,7 +96,8 @@ def status(
     data = {
         "agent": agent,
         "mode": result.mode,
-        "token_cache": str(result.cache_file),
+        # app mode caches nothing on disk: each process gets a new token (the credential is tested every run)
+        "token_cache": str(result.cache_file) if result.cache_file is not None else None,
         "token_cache_exists": result.cache_exists,
         "accounts": list(result.accounts),
         "ok": result.token_ok,

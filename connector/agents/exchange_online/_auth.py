@@ -70,7 +70,8 @@ class AccessToken:
 @dataclass(frozen=True, slots=True)
 class AuthStatus:
     mode: str
-    cache_file: Path
+    #: None in app mode: its tokens live in the process only (``ProcessTokenCache``).
+    cache_file: Path | None
     cache_exists: bool
     accounts: tuple[str, ...]
     token_ok: bool
@@ -253,13 +254,14 @@ class GraphAuth:
 
     def status(self) -> AuthStatus:
         """What ``mvsync auth status`` shows: the cache, its accounts, and whether a token comes."""
-        exists = self.cache_path.exists()
+        cache = self.cache_path if self.delegated else None
+        exists = cache is not None and cache.exists()
         try:
             accounts = tuple(str(a.get("username", "?")) for a in self.app().get_accounts()) if self.delegated else ()
             self.token()
-            return AuthStatus(self.settings.auth_mode, self.cache_path, exists, accounts, True, "ok")
+            return AuthStatus(self.settings.auth_mode, cache, exists, accounts, True, "ok")
         except ConnectorError as exc:
-            return AuthStatus(self.settings.auth_mode, self.cache_path, exists, (), False, str(exc))
+            return AuthStatus(self.settings.auth_mode, cache, exists, (), False, str(exc))
 
 
 def _username(result: dict[str, Any]) -> str:

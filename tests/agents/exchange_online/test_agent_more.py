@@ -158,7 +158,8 @@ def test_a_client_certificate_that_stopped_working_is_found_by_the_next_process_
     conn = make_connector(emu, data, auth_mode="app", client_certificate=good, refresh_token=None)
     conn.open()
     conn.close()
-    assert conn.auth.status().token_ok
+    status = conn.auth.status()
+    assert status.token_ok and status.cache_file is None and not status.cache_exists  # `mvsync auth status`
 
     rogue = ClientCertificate.generate("the new certificate, never uploaded to the app")
     good.write_bytes(rogue.cert_pem + rogue.key_pem)
