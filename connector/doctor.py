@@ -17,7 +17,9 @@ Store checks (read-only, in bounded pages, so they run on a production-size stor
 * ``pending-exports``: no pending export on an object that has no hologram (nothing was ever
   imported for it, so there is nothing to update or delete);
 * ``runs``: no run recorded in progress whose process on this server has ended (a warning: the next
-  run records it as interrupted).
+  run records it as interrupted);
+* ``history``: how many runs and per-object errors history holds, and since when (a warning past
+  ``HISTORY_WARN_DAYS``: nothing clears history unless ``mvsync history clear`` is scheduled).
 
 Configuration checks: the rules validate; each agent's connector instantiates with its settings;
 certificate files named by settings (``*ca_file*``, ``*cert*``) are readable, parse, and have not
@@ -31,6 +33,7 @@ when any check found an error, and the CLI's usual 2 when the configuration cann
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -134,7 +137,28 @@ def check_store(store: SqlStore) -> list[Finding]:
         found += _check_links(audit)
         found.append(_check_pending_exports(audit))
         found.append(_check_open_runs(RunHistory(conn)))
+        found.append(_check_history_extent(RunHistory(conn)))
     return found
+
+
+#: History older than this is a sign that nobody clears it (``mvsync history clear`` is not scheduled).
+HISTORY_WARN_DAYS = 180
+
+
+def _check_history_extent(history: RunHistory, now: float | None = None) -> Finding:
+    """History is never cleared by itself; a store that keeps years of it says so here, with the command."""
+    runs, errors, oldest = history.extent()
+    days = 0.0 if oldest is None else ((now or time.time()) - oldest) / 86_400
+    what = f"{runs} runs with {errors} per-object errors over the last {days:.0f} days"
+    if days <= HISTORY_WARN_DAYS:
+        return Finding("store", "history", "ok", what)
+    return Finding(
+        "store",
+        "history",
+        "warning",
+        f"{what}: nothing clears it by itself; schedule `mvsync history clear --older-than 90` "
+        "(README: Operations, Clearing history)",
+    )
 
 
 def _check_open_runs(history: RunHistory) -> Finding:

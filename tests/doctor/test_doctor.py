@@ -254,3 +254,22 @@ def test_a_run_whose_process_ended_is_a_warning_until_the_next_run(healthy: Worl
     assert healthy.run("export").status == "success"
     after = run_doctor(healthy.config)
     assert [f.severity for f in after.findings if f.check.startswith("runs")] == ["ok"]
+
+
+def test_years_of_history_are_a_warning_that_names_the_command_to_schedule(healthy: World) -> None:
+    import time
+
+    from connector.store import RunHistory, SqlStore
+
+    [fresh] = [f for f in run_doctor(healthy.config).findings if f.check == "history"]
+    assert fresh.severity == "ok" and "per-object errors over the last 0 days" in fresh.message
+    store = SqlStore(healthy.config.store_url())
+    try:
+        with store.transaction() as conn:
+            RunHistory(conn).record_refused("Delta Cycle", "stopped-configuration", "x", time.time() - 400 * 86_400)
+    finally:
+        store.close()
+    report = run_doctor(healthy.config)
+    [old] = [f for f in report.findings if f.check == "history"]
+    assert old.severity == "warning" and report.ok  # a nudge, not a failure (exit 0)
+    assert "over the last 400 days" in old.message and "mvsync history clear --older-than 90" in old.message
