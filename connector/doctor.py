@@ -18,7 +18,7 @@ Store checks (read-only, in bounded pages, so they run on a production-size stor
   imported for it, so there is nothing to update or delete);
 * ``runs``: no run recorded in progress whose process on this server has ended (a warning: the next
   run records it as interrupted);
-* ``history``: how many runs and per-object errors history holds, and since when (a warning past
+* ``history``: how many runs history holds, and since when (a warning past
   ``HISTORY_WARN_DAYS``: nothing clears history unless ``mvsync history clear`` is scheduled).
 
 Configuration checks: the rules validate; each agent's connector instantiates with its settings;
@@ -147,9 +147,9 @@ HISTORY_WARN_DAYS = 180
 
 def _check_history_extent(history: RunHistory, now: float | None = None) -> Finding:
     """History is never cleared by itself; a store that keeps years of it says so here, with the command."""
-    runs, errors, oldest = history.extent()
+    runs, oldest = history.extent()
     days = 0.0 if oldest is None else ((now or time.time()) - oldest) / 86_400
-    what = f"{runs} runs with {errors} per-object errors over the last {days:.0f} days"
+    what = f"{runs} runs (with their steps and per-object errors) over the last {days:.0f} days"
     if days <= HISTORY_WARN_DAYS:
         return Finding("store", "history", "ok", what)
     return Finding(

@@ -275,11 +275,11 @@ class RunHistory:
         return ClearedRuns(runs, step_count, errors)
 
     # ------------------------------------------------------------------------------- reads
-    def extent(self) -> tuple[int, int, float | None]:
-        """``(runs, per-object errors, when the oldest run started)``: how much history is kept."""
+    def extent(self) -> tuple[int, float | None]:
+        """``(runs, when the oldest run started)``: how much history is kept. (Not the error rows: counting
+        them reads a whole index, minutes on the very store that keeps too many.)"""
         runs, oldest = self._conn.execute(select(func.count(), func.min(run_history.c.started_at))).one()
-        errors = self._conn.execute(select(func.count()).select_from(run_error)).scalar_one()
-        return int(runs), int(errors), None if oldest is None else float(oldest)
+        return int(runs), None if oldest is None else float(oldest)
 
     def recent_runs(self, limit: int, *, before: int | None = None) -> list[RunRow]:
         """The latest ``limit`` runs (older than run ``before``), newest first."""

@@ -262,7 +262,7 @@ def test_years_of_history_are_a_warning_that_names_the_command_to_schedule(healt
     from connector.store import RunHistory, SqlStore
 
     [fresh] = [f for f in run_doctor(healthy.config).findings if f.check == "history"]
-    assert fresh.severity == "ok" and "per-object errors over the last 0 days" in fresh.message
+    assert fresh.severity == "ok" and "per-object errors) over the last 0 days" in fresh.message
     store = SqlStore(healthy.config.store_url())
     try:
         with store.transaction() as conn:
