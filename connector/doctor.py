@@ -145,10 +145,10 @@ def check_store(store: SqlStore) -> list[Finding]:
 HISTORY_WARN_DAYS = 180
 
 
-def _check_history_extent(history: RunHistory, now: float | None = None) -> Finding:
+def _check_history_extent(history: RunHistory) -> Finding:
     """History is never cleared by itself; a store that keeps years of it says so here, with the command."""
     runs, oldest = history.extent()
-    days = 0.0 if oldest is None else ((now or time.time()) - oldest) / 86_400
+    days = 0.0 if oldest is None else (time.time() - oldest) / 86_400
     what = f"{runs} runs (with their steps and per-object errors) over the last {days:.0f} days"
     if days <= HISTORY_WARN_DAYS:
         return Finding("store", "history", "ok", what)

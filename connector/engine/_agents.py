@@ -124,7 +124,7 @@ def _input_problem(path: Path) -> str | None:
     (Windows: a scheduled task does not see the user's drive letters; use the UNC path) reads as missing."""
     if not path.exists():
         return f"{path} does not exist or cannot be reached (a share not mounted? a drive letter of another session?)"
-    return None if os.access(path, os.R_OK) else f"{path} is not readable"
+    return _path_problem(path)
 
 
 def _path_problem(path: Path) -> str | None:

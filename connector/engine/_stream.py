@@ -204,21 +204,15 @@ class StreamPager:
         self._threads.append(thread)
 
     def _source(self) -> None:
-        """Send the stream's items to the engine's thread, an entry together with the state updates
-        that follow it (its own), so that no page boundary falls between them."""
-        origin = 0
-        group: list[ImportItem] = []
+        """Send the stream's items to the engine's thread, one permit per origin (back-pressure)."""
         try:
-            for item in self._stream:
-                if group and not (isinstance(item, StateUpdate) and isinstance(group[0], CSEntryChange)):
-                    self._send_from_source(origin, group)
-                    origin, group = origin + 1, []
-                group.append(item)
-                if not isinstance(group[0], CSEntryChange):
-                    self._send_from_source(origin, group)
-                    origin, group = origin + 1, []
-            if group:
-                self._send_from_source(origin, group)
+            for origin, items in enumerate(_origins(self._stream)):
+                while not self._ahead.acquire(timeout=0.5):
+                    if self._stop.is_set():
+                        raise _Stopped
+                if self._stop.is_set():
+                    raise _Stopped
+                self._results.put((origin, items))
         except _Stopped:
             close = getattr(self._stream, "close", None)
             if close is not None:
@@ -228,15 +222,6 @@ class StreamPager:
             self._results.put(_Fatal(exc))
             return
         self._results.put(_END)
-
-    def _send_from_source(self, origin: int, items: list[ImportItem]) -> None:
-        """One permit per origin (back-pressure), then the items to the engine's thread."""
-        while not self._ahead.acquire(timeout=0.5):
-            if self._stop.is_set():
-                raise _Stopped
-        if self._stop.is_set():
-            raise _Stopped
-        self._results.put((origin, items))
 
     def _work(self, worker: Worker[Any], jobs_queue: WorkQueue) -> None:
         while not self._stop.is_set():
@@ -400,6 +385,22 @@ class StreamPager:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+
+
+def _origins(stream: Iterable[ImportItem]) -> Iterator[list[ImportItem]]:
+    """The stream's items, one origin each, except that an entry and the state updates that follow
+    it (its own) share one, so that no page boundary falls between them."""
+    group: list[ImportItem] = []
+    for item in stream:
+        if group and not isinstance(item, StateUpdate):
+            yield group
+            group = []
+        group.append(item)
+        if not isinstance(group[0], CSEntryChange):
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 class MemoryState:

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from connector.cli import app
 from connector.store import ClearedRuns, RunHistory, SqlStore
+from tests.store.test_repositories import _Error
 
 DAY = 86_400.0
-
-
-@dataclass
-class _Error:
-    stage: str = "import"
-    error_name: str = "mailbox-on-premises"
-    detail: str = "the mailbox is on Exchange Server"
-    anchor: str | None = "u-1"
-    object_class: str | None = "EXOUser"
-    cs_id: int | None = None
-    severity: str = "error"
-    display: str | None = "Ada Lovelace"
 
 
 def _run(
@@ -35,7 +23,7 @@ def _run(
     run_id = history.start_run("Delta Cycle", dry_run=False, started_at=started)
     for seq, (agent, kind) in enumerate(steps, 1):
         step_id = history.start_step(run_id, seq, agent, kind, started + seq)
-        history.record_errors(step_id, [_Error() for _ in range(errors)])
+        history.record_errors(step_id, [_Error(stage="import") for _ in range(errors)])
         history.finish_step(step_id, "completed-import-errors", started + seq + 1, "{}", None)
     if end:
         history.finish_run(run_id, "completed-import-errors", started + 10, None)
