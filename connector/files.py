@@ -1,4 +1,5 @@
-"""Writing files the same way on Linux and Windows: atomically, and (for secrets) for the owner only.
+"""Files the same way on Linux and Windows: text as Windows tools write it; writes atomic and (for
+secrets) for the owner only.
 
 Why one module: the token cache, its key, the demo's secret files and the run-lock holder records
 all need "readers see the old or the new content, never a mix" and, for secrets, "nobody but the
@@ -6,10 +7,17 @@ account that runs mvsync can read it". The POSIX tools for that (``fchmod``, mod
 ``fsync`` of the directory) do nothing or fail on Windows, where the equivalent is an ACL that
 grants the current account alone; keeping both behind these functions keeps POSIX-only calls out
 of the rest of the package (``mypy --platform win32`` and the POSIX-removed test lane check that).
+
+Reading text is here for the same reason: Windows tools write text in several encodings. Windows
+PowerShell 5.1's ``>`` and ``Out-File`` write UTF-16 LE with a byte-order mark, ``Set-Content
+-Encoding utf8`` writes UTF-8 *with* a BOM, Notepad may write UTF-16 BE. Every text file an admin
+hands mvsync (the configuration, a metaverse schema, a mailbox list, a secret) is decoded by
+:func:`decode_text`, so they all accept the same encodings and fail with the same advice.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import subprocess
@@ -17,11 +25,61 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["OwnerOnlyError", "atomic_write", "make_private_dir", "restrict_to_owner", "write_private_file"]
+__all__ = [
+    "TEXT_ENCODINGS",
+    "OwnerOnlyError",
+    "TextDecodeError",
+    "atomic_write",
+    "decode_text",
+    "make_private_dir",
+    "read_text",
+    "restrict_to_owner",
+    "write_private_file",
+]
+
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+#: What :func:`decode_text` accepts, as advice in its errors.
+TEXT_ENCODINGS = "UTF-8 (with or without a BOM) or UTF-16 with a BOM"
 
 
 class OwnerOnlyError(OSError):
     """A file or folder could not be limited to the current account (the message says which and why)."""
+
+
+class TextDecodeError(ValueError):
+    """Bytes that are not text in an encoding :func:`decode_text` accepts; the message quotes no content."""
+
+
+def decode_text(data: bytes) -> str:
+    """``data`` as text: UTF-8, or the encoding its byte-order mark names (UTF-8, UTF-16 LE or BE).
+
+    The BOM is dropped, so a file saved by Notepad or PowerShell reads like any other. Raises
+    :class:`TextDecodeError` saying which byte is wrong and how to save the file; the message never
+    contains the text (it may be a secret).
+    """
+    encoding, body = "utf-8", data
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            encoding, body = name, data[len(bom) :]
+            break
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = body[: exc.start].count("\n".encode(encoding)) + 1  # an editor shows lines, not offsets
+        where = f"line {line} (byte {exc.start + len(data) - len(body)})"
+        raise TextDecodeError(f"{where} is not valid {encoding}; save the file as {TEXT_ENCODINGS}") from None
+    if "\x00" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL after every ASCII letter
+        raise TextDecodeError(f"it contains NUL characters (UTF-16 without a BOM?); save it as {TEXT_ENCODINGS}")
+    return text
+
+
+def read_text(path: Path) -> str:
+    """The text of ``path`` (see :func:`decode_text`); ``OSError`` and :class:`TextDecodeError` as they come."""
+    return decode_text(path.read_bytes())
 
 
 def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:

@@ -2,10 +2,10 @@
 
 Every secret mvsync reads from a file (a ``{ file = ... }`` reference in ``mvsync.toml``, the token
 cache key file, an imported refresh token) goes through :func:`read_secret_file`, so they all accept
-the same encodings and fail the same way. Windows tools write text in several encodings: PowerShell
-5.1's ``>`` and ``Out-File`` write UTF-16 LE with a byte-order mark, ``Set-Content -Encoding utf8``
-writes UTF-8 *with* a BOM, Notepad may write UTF-16 BE. A BOM left inside a password, or a
-``UnicodeDecodeError`` that names neither the file nor the key, costs an admin an afternoon.
+the same encodings as every text file mvsync reads (:func:`connector.files.decode_text`: UTF-8 with or
+without a BOM, UTF-16 with one, as Windows tools write them) and fail the same way. A BOM left inside
+a password, or a ``UnicodeDecodeError`` that names neither the file nor the key, costs an admin an
+afternoon.
 
 On Windows the token cache and its key are additionally sealed with DPAPI (the per-user data
 protection API, what msal-extensions' ``FilePersistenceWithDataProtection`` uses for MSAL caches):
@@ -15,9 +15,10 @@ only the same account on the same machine can unseal them, whatever the file's A
 from __future__ import annotations
 
 import base64
-import codecs
 import sys
 from pathlib import Path
+
+from connector.files import decode_text
 
 __all__ = [
     "DPAPI_AVAILABLE",
@@ -36,36 +37,17 @@ DPAPI_AVAILABLE = sys.platform == "win32"
 _SEALED = b"mvsync-dpapi:"  # prefix of DPAPI-sealed data, so a sealed file is recognised on reading
 _ENTROPY = b"mvsync secret at rest"
 
-_BOMS = (
-    (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
-_ENCODINGS_HELP = "UTF-8 (with or without a BOM) or UTF-16 with a BOM"
-
 
 class SecretFileError(Exception):
     """A secret file that cannot be used; the message names the key and the file, never the content."""
 
 
 def decode_secret(data: bytes) -> str:
-    """The text of a secret file: BOM-aware (UTF-8, UTF-16 LE/BE), trailing newlines stripped.
+    """The text of a secret file (see :func:`connector.files.decode_text`), trailing newlines stripped.
 
     Raises ``ValueError`` (with no secret content in it) when the bytes are not such text.
     """
-    encoding, body = "utf-8", data
-    for bom, name in _BOMS:
-        if data.startswith(bom):
-            encoding, body = name, data[len(bom) :]
-            break
-    try:
-        text = body.decode(encoding)
-    except UnicodeDecodeError as exc:
-        msg = f"byte {exc.start + len(data) - len(body)} is not valid {encoding}; save the file as {_ENCODINGS_HELP}"
-        raise ValueError(msg) from None
-    if "\x00" in text:  # UTF-16 without a BOM decodes as UTF-8 with a NUL after every ASCII letter
-        raise ValueError(f"it contains NUL characters (UTF-16 without a BOM?); save it as {_ENCODINGS_HELP}")
-    return text.rstrip("\r\n")
+    return decode_text(data).rstrip("\r\n")
 
 
 def read_secret_file(path: Path, *, key: str) -> str:

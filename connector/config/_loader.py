@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connector.config._models import MvsyncConfig
+from connector.files import TextDecodeError, read_text
 from connector.secrets import SecretFileError, read_secret_file
 
 __all__ = [
@@ -37,15 +38,53 @@ def _where(file: Path | None, key: str) -> str:
 
 
 def format_validation_error(exc: ValidationError, *, file: Path | None, prefix: str = "") -> str:
-    """One line per problem, each naming the dotted key."""
+    """One line per problem, each naming the key as it is written in TOML (``steps[0].type``).
+
+    An error on a table or array that only echoes a deeper one (pydantic reports an array that
+    lost its bad item as "too short") is left out: the deeper line says what to fix.
+    """
+    errors = exc.errors()
+    locs = [tuple(err["loc"]) for err in errors]
     lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see the sample configuration)"
-        lines.append(f"{_where(file, key or '(top level)')}: {message}")
+    for err, loc in zip(errors, locs, strict=True):
+        if any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
+            continue
+        key = _toml_key(prefix, loc)
+        lines.append(f"{_where(file, key)}: {_message(err)}" if key else f"{file or 'configuration'}: {_message(err)}")
     return "\n".join(lines)
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key (check the spelling; see the sample configuration)",
+    "missing": "required, but not given",
+    "tuple_type": "should be an array ([...])",
+    "list_type": "should be an array ([...])",
+    "dict_type": "should be a table ({ ... } or a [section])",
+    "model_type": "should be a table ({ ... } or a [section])",
+}
+
+
+def _message(err: Any) -> str:
+    """Pydantic's message for one error, in the words of someone editing a TOML file."""
+    if err["type"] in _MESSAGES:
+        return _MESSAGES[err["type"]]
+    if err["type"] in ("value_error", "assertion_error") and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])  # a validator's own sentence, without pydantic's "Value error, "
+    return str(err["msg"])
+
+
+def _toml_key(prefix: str, loc: tuple[Any, ...]) -> str:
+    """``prefix`` and a pydantic location as a TOML key: ``[0]`` for array items, quotes where TOML needs them."""
+    key = prefix
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+            continue
+        name = str(part)
+        bare = name and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
+        name = name if bare else '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        key = f"{key}.{name}" if key else name
+    return key
 
 
 def _is_ref(value: Any) -> bool:
@@ -130,13 +169,15 @@ def load_config(path: Path | str) -> MvsyncConfig:
     """Load and validate a configuration file. Agent settings stay raw until a connector is built."""
     file = Path(path).expanduser().resolve()
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_text(file)
     except FileNotFoundError:
         msg = f"{file}: configuration file not found (create one with `mvsync init`, or pass -c PATH)"
         raise ConfigError(msg) from None
     except OSError as exc:
         msg = f"{file}: cannot read configuration: {exc.strerror}"
         raise ConfigError(msg) from None
+    except TextDecodeError as exc:
+        raise ConfigError(f"{file}: not readable as text: {exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from connector.config import ConfigError, MvsyncConfig, format_validation_error, validate_settings
+from connector.files import TextDecodeError, read_text
 from connector.registry import load_connector
 from connector.sdk import (
     Attribute,
@@ -163,8 +164,8 @@ def load_metaverse_schema(config: MvsyncConfig) -> Schema:
     path = candidate if ref.endswith(".toml") and candidate.is_file() else _schema_dir() / "metaverse.toml"
     where = f"{path}"
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(read_text(path))
+    except (OSError, TextDecodeError, tomllib.TOMLDecodeError) as exc:
         msg = f"{where}: cannot read the metaverse schema: {exc}"
         raise ConfigError(msg) from None
     types = data.get("object_types", {})

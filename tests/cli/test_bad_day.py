@@ -308,3 +308,25 @@ def test_a_negative_wait_is_refused_as_a_usage_error(tmp_path: Path) -> None:
     folder.mkdir()
     code, _, err = invoke("run", "import", "--wait", "-5", "-c", str(config))
     assert code == 2 and "--wait" in err
+
+
+def test_configuration_errors_name_keys_as_toml_writes_them_one_line_per_cause(tmp_path: Path) -> None:
+    config, _photos = _folder_config(tmp_path)
+    good = config.read_text().replace("[run_profiles.import]", '[run_profiles."Full Import (Stage Only)"]')
+    cases = {
+        # a bad step: pydantic also reports the array that lost it ("too short"); one line, TOML's key
+        good.replace('type = "full-import"', 'type = "full-imprt"', 1): [
+            'run_profiles."Full Import (Stage Only)".steps[0].type: Input should be'
+        ],
+        good.replace(', mv = "accountName" }', " }", 1): ["agents.hr.import_flow[0].mv: required, but not given"],
+        # a validator's own sentence, without pydantic's "Value error, " or a "(top level)" key
+        good.replace('agent = "hr" }]', 'agent = "nobody" }]', 1): ["names unknown agent 'nobody'"],
+    }
+    for text, wanted in cases.items():
+        config.write_text(text, encoding="utf-8")
+        code, _out, err = invoke("run", "Full Import (Stage Only)", "-c", str(config))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == len(wanted), err
+        for line, expected in zip(lines, wanted, strict=True):
+            assert line.startswith(f"error: {config}: ") and expected in line, line
+            assert "Value error" not in line and "(top level)" not in line and "too short" not in line

@@ -1,5 +1,5 @@
-"""Secret files in every encoding a Windows admin produces, through every place mvsync reads one, and
-owner-only atomic writes (``connector.secrets``, ``connector.files``)."""
+"""Secret files and configuration in every encoding a Windows admin produces, through every place mvsync
+reads one, and owner-only atomic writes (``connector.secrets``, ``connector.files``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from connector.agents.exchange_online._tokencache import generate_key_file, load_key
-from connector.config import ConfigError, validate_settings
+from connector.config import ConfigError, load_config, validate_settings
+from connector.engine import load_metaverse_schema
 from connector.files import atomic_write, write_private_file
 from connector.sdk import ConfigurationError, ConnectorSettings
 from connector.secrets import SecretFileError, decode_secret, read_secret_file, seal, seal_text, unseal, unseal_text
@@ -65,7 +66,7 @@ def test_a_powershell_utf16_file_reference_in_mvsync_toml(tmp_path: Path) -> Non
     ("content", "why"),
     [
         (b"\xff\xfe\x00\xd8", "not valid utf-16-le"),  # a lone high surrogate after a UTF-16 LE BOM
-        (b"caf\xe9\n", "byte 3 is not valid utf-8"),  # Latin-1 (Windows-1252) text
+        (b"caf\xe9\n", "line 1 (byte 3) is not valid utf-8"),  # Latin-1 (Windows-1252) text
         ("secret".encode("utf-16-le"), "NUL characters"),  # UTF-16 without its BOM
     ],
 )
@@ -83,6 +84,37 @@ def test_an_undecodable_file_names_the_key_and_the_file_and_not_the_content(
     assert message.startswith(f"{cfg}: agents.ad.settings.password: secret file {path} cannot be decoded: ")
     assert why in message and "UTF-16 with a BOM" in message
     assert "caf" not in message and "secret" not in message.split("cannot be decoded")[1]
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_the_configuration_and_a_metaverse_schema_read_in_every_windows_encoding(tmp_path: Path, encoding: str) -> None:
+    # Notepad's and PowerShell's encodings, CRLF line ends; the schema is the user's own TOML file
+    schema = '[object_types.person]\r\nattributes = [{ name = "displayName", type = "string" }]\r\n'
+    (tmp_path / "schema.toml").write_bytes(ENCODINGS[encoding](schema))
+    text = (
+        '[store]\r\nurl = "sqlite:///mvsync.db"\r\n[metaverse]\r\nschema = "schema.toml"\r\n'
+        '[agents.hr]\r\ntype = "photo-folder"\r\nsettings = { path = "Fotos-Müller" }\r\n'
+    )
+    (tmp_path / "mvsync.toml").write_bytes(ENCODINGS[encoding](text))
+    config = load_config(tmp_path / "mvsync.toml")
+    assert config.agents["hr"].settings == {"path": "Fotos-Müller"}
+    assert [c.name for c in load_metaverse_schema(config).object_classes] == ["person"]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"[store]\r\n# Jos\xe9\r\n", "line 2 (byte 14) is not valid utf-8"),
+        ("[store]".encode("utf-16-le"), "NUL characters"),
+    ],
+)
+def test_a_configuration_in_another_encoding_is_named_with_what_to_do(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "mvsync.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: not readable as text: ") and why in str(info.value)
+    assert "save" in str(info.value) and "UTF-16 with a BOM" in str(info.value)
 
 
 def test_a_missing_secret_file_names_the_key_and_the_file(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from connector.agents._mailbox_photo import (
 from connector.agents.exchange_server._auth import make_auth, make_session
 from connector.agents.exchange_server._client import Fetched, PhotoClient
 from connector.agents.exchange_server._settings import ExchangeServerSettings
+from connector.files import TextDecodeError, read_text
 from connector.sdk import (
     Attribute,
     AttributeAccess,
@@ -214,11 +215,13 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         path = self.settings.mailbox_file
         if path is not None:
             try:
-                lines += path.read_text(encoding="utf-8-sig").splitlines()
+                lines += read_text(path).splitlines()
             except OSError as exc:
                 reason = exc.strerror or exc
                 msg = f"cannot read the mailbox list {path}: {reason}; fix the path or the file's permissions"
                 raise ConfigurationError(msg, key="mailbox_file") from None
+            except TextDecodeError as exc:
+                raise ConfigurationError(f"cannot read the mailbox list {path}: {exc}", key="mailbox_file") from None
         out: dict[str, None] = {}
         for number, line in enumerate(lines, 1):
             address = line.split("#", 1)[0].strip().lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -227,6 +228,20 @@ def test_a_bad_mailbox_list_names_the_file_and_line(ews: EwsEmulator, tmp_path: 
     agent = _agent(ews, tmp_path, mailbox_file=tmp_path / "missing.txt")
     with pytest.raises(ConfigurationError, match=r"missing\.txt"):
         _imported(agent)
+
+
+def test_a_powershell_mailbox_list_in_utf16_is_read_and_a_latin1_one_is_named(ews: EwsEmulator, tmp_path: Path) -> None:
+    # `Get-Mailbox | Select -Expand PrimarySmtpAddress > mailboxes.txt` in Windows PowerShell 5.1:
+    # UTF-16 LE with a byte-order mark and CRLF line ends
+    listing = tmp_path / "mailboxes.txt"
+    listing.write_bytes(codecs.BOM_UTF16_LE + f"{PHOTO}\r\n{PLAIN}\r\n{THUMB}\r\n".encode("utf-16-le"))
+    entries, _ = _imported(_agent(ews, tmp_path))
+    assert set(entries) == {PHOTO, PLAIN, THUMB}
+    listing.write_bytes(f"{PHOTO}\r\n# Jos\xe9's mailbox\r\n".encode("cp1252"))
+    with pytest.raises(ConfigurationError) as info:
+        _imported(_agent(ews, tmp_path / "b", mailbox_file=listing))
+    assert f"cannot read the mailbox list {listing}: line 2 (byte " in str(info.value)
+    assert "UTF-16 with a BOM" in str(info.value)
 
 
 def test_negotiate_without_the_kerberos_extra_says_what_to_install(ews: EwsEmulator, tmp_path: Path) -> None:
