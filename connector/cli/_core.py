@@ -145,8 +145,19 @@ def init(
     """Write a starter configuration (a photo folder feeding the metaverse)."""
     if path.exists() and not force:
         raise fail(f"{path} already exists; pass --force to overwrite it", EXIT_CONFIG)
-    path.write_text(STARTER_CONFIG, encoding="utf-8")
-    console.print(f'wrote {path}; next: mvsync run "Full Import (Stage Only)" -c {path}')
+    photos = path.parent / "photos"  # the starter's folder, so that its first run finds what it names
+    try:
+        path.write_text(STARTER_CONFIG, encoding="utf-8")
+        photos.mkdir(exist_ok=True)
+    except OSError as exc:
+        reason = f"cannot write {exc.filename or path}: {exc.strerror or exc}"
+        raise fail(f"{reason}; choose a folder you can write to", EXIT_CONFIG) from None
+    console.print(
+        f"wrote {path}; next: put photos named <account>.jpg in {photos}, then run\n"
+        f'  mvsync run "Full Import (Stage Only)" -c {path}',
+        highlight=False,
+        markup=False,
+    )
 
 
 def connectors_list(json_out: JsonOption = False) -> None:

@@ -86,12 +86,19 @@ def test_exit_codes_for_stopped_and_config_errors(config: Path, tmp_path: Path) 
 
 def test_init_writes_a_valid_starter(tmp_path: Path) -> None:
     target = tmp_path / "new.toml"
-    code, _ = invoke("init", str(target))
+    code, out = invoke("init", str(target))
     assert code == 0 and target.exists()
-    from connector.config import load_config
-    from connector.engine import Engine
-
-    (tmp_path / "photos").mkdir()
-    Engine(load_config(target)).validate()
+    # the folder it names is there (empty), and the message says what goes in it
+    assert (tmp_path / "photos").is_dir() and f"in {tmp_path / 'photos'}" in out
+    code, _ = invoke("run", "Full Import (Stage Only)", "-c", str(target))
+    assert code == 0
     code, _ = invoke("init", str(target))
     assert code == 2  # refuses to overwrite without --force
+
+
+def test_init_into_a_folder_that_is_not_there_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    target = tmp_path / "no-such-folder" / "mvsync.toml"
+    result = runner.invoke(app, ["init", str(target)])
+    assert (result.exit_code == 2 and result.exception is None) or isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith(f"error: cannot write {target}: ") and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
