@@ -514,11 +514,11 @@ def hostile_configs(root: Path) -> dict[str, Any]:
                 **base,
                 "run_profiles": {"Import": {"steps": [{"type": "full-import", "agent": "hr", "page_size": "big"}]}},
             },
-            "run_profiles.Import.steps.0.page_size",
+            "run_profiles.Import.steps[0].page_size",
         ),
         "unknown step kind": (
             {**base, "run_profiles": {"Import": {"steps": [{"type": "fullimport", "agent": "hr"}]}}},
-            "run_profiles.Import.steps.0.type",
+            "run_profiles.Import.steps[0].type",
         ),
         "inline secret": (
             {

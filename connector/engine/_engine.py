@@ -196,7 +196,7 @@ class Engine:
         """Write a history record. When the run is already failing, a store fault here is logged
         rather than raised: the first error is the one the operator must see."""
         try:
-            with self.store.transaction() as conn:
+            with self.store.transaction(guarded=False) as conn:  # the run's own record, even after a lost lock
                 write(conn)
         except StoreError as exc:
             if not failing:

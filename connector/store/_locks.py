@@ -6,6 +6,13 @@ dies, so a crashed or killed run never leaves a stale lock. PostgreSQL stores us
 locks on a dedicated connection. Both record who holds a lock so a refused run can name the holder;
 for lock files that record is a separate ``.holder`` file, since Windows forbids reading the
 locked bytes of the lock file itself.
+
+An advisory lock lives as long as its session, and a session can end under a running step: a server
+restart or failover, a DBA's ``pg_terminate_backend``, a pooler or firewall dropping an idle
+connection. The lock is then gone while the step goes on, and a second run could take it and write
+the same agent. So the store asks :meth:`LockManager.verify` before each unit of work: a lock whose
+session ended stops the step with a store error instead (its committed pages are kept, as after any
+stop; history, which is the run's own record, may still be written). The lock's own session is kept from idling out (``idle_session_timeout`` off for it).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +31,11 @@ from typing import Any
 
 import filelock
 from filelock import FileLock, Timeout
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from connector.files import atomic_write
-from connector.store._faults import LockHeldError, StoreError
+from connector.store._faults import LockHeldError, StoreError, store_faults
 
 __all__ = ["LockManager"]
 
@@ -51,9 +60,39 @@ def _describe(info: dict[str, Any] | None) -> str:
 class LockManager:
     """Hands out named locks (``agent:<name>``, ``metaverse``) for the duration of a ``with``."""
 
-    def __init__(self, engine: Engine, lock_dir: Path | None) -> None:
+    def __init__(self, engine: Engine, lock_dir: Path | None, where: str = "the store") -> None:
         self._engine = engine
         self._lock_dir = lock_dir
+        self._where = where
+        #: PostgreSQL locks this process holds: name -> the connection whose session holds it.
+        self._held: dict[str, Connection] = {}
+        #: Held locks :meth:`verify` found lost, with the message it raised.
+        self._lost: dict[str, str] = {}
+        #: A SQLAlchemy connection is not for two threads at once: verify() and the release share it.
+        self._guard = threading.Lock()
+
+    def verify(self) -> None:
+        """Raise :class:`StoreError` if a run lock this process holds was lost with its session.
+
+        One ``SELECT 1`` per held PostgreSQL lock (file locks cannot be lost while the process lives).
+        A lock found lost stays lost: every later call raises the same error without asking again.
+        """
+        with self._guard:
+            for name, conn in self._held.items():
+                if name in self._lost:
+                    raise StoreError(self._lost[name])
+                try:
+                    conn.exec_driver_sql("SELECT 1")
+                    conn.rollback()  # never left "idle in transaction"
+                except SQLAlchemyError as exc:
+                    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                    self._lost[name] = (
+                        f"the run lock {name} on the store {self._where} was lost with its database session "
+                        f"({reason}; a server restart or failover, a terminated backend or a dropped connection ends "
+                        "one): the step stops so that two runs never write the same agent at once; what it committed "
+                        "is kept; run it again once the store answers"
+                    )
+                    raise StoreError(self._lost[name]) from None
 
     @contextlib.contextmanager
     def hold(self, name: str, *, wait_s: float = 0.0) -> Iterator[None]:
@@ -112,7 +151,7 @@ class LockManager:
         run can name it: other sessions see it in ``pg_stat_activity``.
         """
         key = int.from_bytes(hashlib.sha256(f"mvsync:{name}".encode()).digest()[:8], "big", signed=True)
-        with self._engine.connect() as conn:
+        with store_faults(self._where), self._engine.connect() as conn:
             deadline = time.monotonic() + wait_s
             while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                 if time.monotonic() >= deadline:
@@ -134,13 +173,33 @@ class LockManager:
             info = _holder_info(name)
             label = f"mvsync {name} pid={info['pid']} host={info['host']} since={int(info['since'])}"
             conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": label[:63]})
+            if (conn.dialect.server_version_info or (0,)) >= (14,):
+                # the session idles for the whole step: a server-wide idle_session_timeout would end it
+                conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
             conn.commit()
+            self._held[name] = conn
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.execute(text("SELECT set_config('application_name', '', false)"))
-                conn.commit()
+                with self._guard:
+                    del self._held[name]
+                    self._lost.pop(name, None)
+                    _pg_release(conn, key)
+
+
+def _pg_release(conn: Connection, key: int) -> None:
+    """Unlock, or, when the session already ended (the store restarted), let it go: its lock went with it.
+
+    Never raises: a release runs while a step's own error (often the same outage) is on its way out.
+    """
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.execute(text("SELECT set_config('application_name', '', false)"))
+        conn.commit()
+    except SQLAlchemyError:  # the session is gone (or verify() found it gone and left its transaction invalid)
+        with contextlib.suppress(SQLAlchemyError):
+            conn.rollback()
+        conn.invalidate()  # not back into the pool
 
 
 def _pg_holder(row: Any) -> str:

@@ -112,7 +112,7 @@ class SqlStore:
         else:
             msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
-        self.locks = LockManager(self.engine, lock_dir)
+        self.locks = LockManager(self.engine, lock_dir, self.where)
         self._dry_conn: Connection | None = None
         self._tx_lock = threading.RLock()
         self._inserted: dict[str, int] = {}
@@ -163,12 +163,19 @@ class SqlStore:
 
     # -- transactions --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One unit of work: committed on success, rolled back on error (a savepoint in a dry run)."""
+    def transaction(self, *, guarded: bool = True) -> Iterator[Connection]:
+        """One unit of work: committed on success, rolled back on error (a savepoint in a dry run).
+
+        ``guarded``: refused once a run lock this process holds was lost (:meth:`LockManager.verify`),
+        so no step writes an agent another run may have locked. Only the run's own history record
+        (its end, with the reason) is written unguarded.
+        """
         if self._dry_conn is not None:
             with self.faults(), self._tx_lock, self._dry_conn.begin_nested():
                 yield self._dry_conn
             return
+        if guarded:
+            self.locks.verify()
         with self.faults(), self.engine.begin() as conn:
             yield conn
 

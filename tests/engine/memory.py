@@ -95,6 +95,9 @@ class MemoryConnector(Connector[MemorySettings]):
 
     def import_page(self, request: ImportRequest) -> ImportPage:
         data = self.data
+        hook = data.get("during_import")
+        if hook is not None:  # something else happening while the directory is read (tests)
+            hook(request.page_number)
         if request.mode == "delta":
             start = int(request.watermark or 0)
             changes = data["changes"][start:]
