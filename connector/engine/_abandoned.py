@@ -70,8 +70,8 @@ def _where(run: RunRow | None) -> str:
 
 def _close_step(history: RunHistory, step: StepRow, run: RunRow | None, by_run: int | None) -> bool:
     message = (
-        f"{_where(run)} ended while this step ran, without recording its end (killed, crashed, or its "
-        f"machine restarted); found by run {by_run}"
+        f"{_where(run)} ended while this step ran, without recording its end (killed, crashed, its machine "
+        f"restarted, or the store unreachable when it ended: its error output says which); found by run {by_run}"
     )
     if step.kind == RunStepKind.FULL_IMPORT.value:
         message += "; the next full import of the agent resumes from its last committed page"
@@ -97,8 +97,8 @@ def _close_run(history: RunHistory, run: RunRow, by_run: int | None) -> bool:
         f" during its step {open_steps[-1].seq} ({open_steps[-1].agent} {open_steps[-1].kind})" if open_steps else ""
     )
     message = (
-        f"{_where(run)} ended{during} without recording the end of the run (killed, crashed, or the machine "
-        f"restarted); found by run {by_run}"
+        f"{_where(run)} ended{during} without recording the end of the run (killed, crashed, the machine "
+        f"restarted, or the store unreachable when it ended); found by run {by_run}"
     )
     done = history.close_abandoned_run(run.id, ABANDONED_STATUS, message)
     if done:

@@ -12,7 +12,8 @@ restart or failover, a DBA's ``pg_terminate_backend``, a pooler or firewall drop
 connection. The lock is then gone while the step goes on, and a second run could take it and write
 the same agent. So the store asks :meth:`LockManager.verify` before each unit of work: a lock whose
 session ended stops the step with a store error instead (its committed pages are kept, as after any
-stop; history, which is the run's own record, may still be written). The lock's own session is kept from idling out (``idle_session_timeout`` off for it).
+stop; history, which is the run's own record, may still be written). The lock's own session is kept
+from idling out (``idle_session_timeout`` off for it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import filelock
 from filelock import FileLock, Timeout
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from connector.files import atomic_write
 from connector.store._faults import LockHeldError, StoreError, store_faults

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +20,15 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.config import MvsyncConfig
-from connector.store import SqlStore
+from connector.store import SqlStore, StoreError
 from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
 from connector.web._security import AccessPolicy
 from connector.web._settings_view import masked_settings
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("mvsync.web")
 
 _HERE = Path(__file__).parent
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -77,6 +80,18 @@ class _Pages:
         if request.url.path.startswith(("/photo/", "/static/")):
             return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
         return self.page(request, "error.html", exc.status_code, message=exc.detail, nav="")
+
+    def store_unavailable(self, request: Request, exc: StoreError) -> Response:
+        """The store cannot be read (a PostgreSQL restart, a damaged file): a page that says so, not a 500.
+
+        The console keeps running: the next request connects again, so a reload after the store is
+        back shows the page. One log line per failed request, without a traceback: it is not a bug.
+        """
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        if request.url.path.startswith(("/photo/", "/static/")):
+            return Response(str(exc), status_code=503, media_type="text/plain")
+        hint = "The console keeps running; reload this page once the store answers again."
+        return self.page(request, "error.html", 503, message=str(exc), hint=hint, title="Store unavailable", nav="")
 
     # --------------------------------------------------------------------------- operations
     def operations(self, request: Request, before: Annotated[int | None, Query()] = None) -> HTMLResponse:
@@ -204,6 +219,7 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
     app = FastAPI(title="mvsync", docs_url=None, redoc_url=None, openapi_url=None)
     app.middleware("http")((policy or AccessPolicy()).middleware)
     app.add_exception_handler(StarletteHTTPException, pages.not_found)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreError, pages.store_unavailable)  # type: ignore[arg-type]
     for path, html in pages.html_routes():
         app.add_api_route(path, html, methods=["GET"], response_class=HTMLResponse)
     for path, other in pages.other_routes():
