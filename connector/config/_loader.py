@@ -142,6 +142,28 @@ def _path_fields(model: type[BaseModel]) -> set[str]:
     return names
 
 
+#: What TOML's double-quoted escapes turn a Windows path's ``\t``, ``\n``... into.
+_ESCAPED = {"\t": "\\t (a tab)", "\n": "\\n (a line break)", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
+#: The advice for a Windows path in TOML, in the errors that point at one.
+WINDOWS_PATH_HINT = (
+    "in TOML's double quotes a backslash starts an escape: write Windows paths in single quotes "
+    "('C:\\ProgramData\\mvsync\\photos') or with forward slashes (\"C:/ProgramData/mvsync/photos\")"
+)
+
+
+def refuse_escaped_path(value: Any, where: str) -> None:
+    """A path that holds a tab or a line break was a Windows path in double quotes (``"C:\\temp\\new"``).
+
+    TOML reads ``\t`` and ``\n`` there as escapes, so the path the user meant is gone, and the error
+    that follows ("C:<tab>emp does not exist") would not say why.
+    """
+    if not isinstance(value, str):
+        return
+    found = [shown for char, shown in _ESCAPED.items() if char in value]
+    if found:
+        raise ConfigError(f"{where}: the path contains {', '.join(found)}: {WINDOWS_PATH_HINT}")
+
+
 def validate_settings(
     model: type[BaseModel], raw: dict[str, Any], *, key: str, file: Path | None, base_dir: Path
 ) -> BaseModel:
@@ -153,6 +175,8 @@ def validate_settings(
                 f'{{ env = "VARIABLE" }} or {{ file = "/path/to/secret" }}, never inline'
             )
             raise ConfigError(msg)
+    for name in _path_fields(model):
+        refuse_escaped_path(raw.get(name), _where(file, f"{key}.{name}"))
     resolved = resolve_refs(raw, key=key, file=file, base_dir=base_dir)
     for name in _path_fields(model):
         value = resolved.get(name)
@@ -182,6 +206,8 @@ def load_config(path: Path | str) -> MvsyncConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = f"{file}: not valid TOML: {exc}"
+        if "escape" in str(exc).lower() or "\\" in str(exc):  # "Unescaped '\' in a string": a Windows path
+            msg += f" ({WINDOWS_PATH_HINT})"
         raise ConfigError(msg) from None
     return config_from_dict(data, file=file)
 
@@ -190,7 +216,12 @@ def config_from_dict(data: dict[str, Any], *, file: Path | None = None, base_dir
     """Validate a configuration given as a dict (tests, the demo and benchmarks build them in code)."""
     base = base_dir or (file.parent if file else Path.cwd())
     store = data.get("store")
+    metaverse = data.get("metaverse")
+    refuse_escaped_path(data.get("data_dir"), _where(file, "data_dir"))
+    schema = metaverse.get("schema") if isinstance(metaverse, dict) else None
+    refuse_escaped_path(schema, _where(file, "metaverse.schema"))
     if isinstance(store, dict) and "url" in store:
+        refuse_escaped_path(store["url"], _where(file, "store.url"))
         store = dict(store)
         store["url"] = resolve_refs(store["url"], key="store.url", file=file, base_dir=base)
         data = {**data, "store": store}

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from connector.agents.exchange_online._tokencache import generate_key_file, load_key
 from connector.config import ConfigError, load_config, validate_settings
-from connector.engine import load_metaverse_schema
+from connector.engine import load_metaverse_schema, open_connector
 from connector.files import atomic_write, write_private_file
 from connector.sdk import ConfigurationError, ConnectorSettings
 from connector.secrets import SecretFileError, decode_secret, read_secret_file, seal, seal_text, unseal, unseal_text
@@ -246,3 +246,35 @@ def test_a_file_sealed_by_another_account_is_a_clear_error(tmp_path: Path, monke
         EncryptedTokenCache(tmp_path / "c.bin", Fernet.generate_key())
     assert f"the token cache {tmp_path / 'c.bin'} cannot be read" in str(info.value)
     assert "re-authorize" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('[agents.hr]\ntype = "photo-folder"\nsettings = { path = "C:\\temp\\new" }', "agents.hr.settings.path"),
+        ('[store]\nurl = "sqlite:///D:\\tables\\backup.db"', "store.url"),
+        ('data_dir = "C:\\new\\temp"', "data_dir"),
+    ],
+)
+def test_a_windows_path_in_double_quotes_is_refused_with_how_to_write_it(tmp_path: Path, line: str, key: str) -> None:
+    # TOML reads \t and \n in "..." as a tab and a line break: the path meant is gone, not "not found"
+    path = tmp_path / "mvsync.toml"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        config = load_config(path)
+        for agent in config.agents:  # an agent's settings are read when its connector is built
+            open_connector(config, agent)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: the path contains \\")
+    assert "single quotes" in message and "forward slashes" in message
+
+
+def test_a_windows_path_with_another_backslash_is_a_toml_error_with_the_same_advice(tmp_path: Path) -> None:
+    path = tmp_path / "mvsync.toml"
+    path.write_text('[agents.hr]\ntype = "photo-folder"\nsettings = { path = "C:\\Photos\\HR" }\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*single quotes .*forward slashes"):
+        load_config(path)
+    # the two ways the advice gives both work
+    for written in ("'C:\\Photos\\HR'", '"C:/Photos/HR"'):
+        path.write_text(f'[agents.hr]\ntype = "photo-folder"\nsettings = {{ path = {written} }}\n', encoding="utf-8")
+        assert load_config(path).agents["hr"].settings["path"] in ("C:\\Photos\\HR", "C:/Photos/HR")
