@@ -110,6 +110,12 @@ def check_writable(store: SqlStore) -> Finding:
     return Finding("store", "writable", "ok", f"{store.path} and its folder are writable")
 
 
+def check_location(store: SqlStore) -> Finding | None:
+    """A SQLite store on a share or an NFS mount: it works until a lost lock corrupts it (a warning)."""
+    risk = store.network_warning()
+    return Finding("store", "location", "warning", risk) if risk else None
+
+
 def check_store(store: SqlStore) -> list[Finding]:
     """Integrity of the store (see the module docstring); read-only."""
     found: list[Finding] = []
@@ -391,6 +397,9 @@ def run_doctor(config: MvsyncConfig, *, store: bool = True, connect: bool = True
             return report
         try:
             report.add(check_writable(opened))
+            location = check_location(opened)
+            if location is not None:
+                report.add(location)
             for finding in check_store(opened):
                 report.add(finding)
         except (StoreVersionError, StoreError) as exc:

@@ -23,7 +23,9 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePath, PureWindowsPath
+from typing import Any
 
 __all__ = [
     "TEXT_ENCODINGS",
@@ -32,6 +34,7 @@ __all__ = [
     "atomic_write",
     "decode_text",
     "make_private_dir",
+    "network_location",
     "read_text",
     "restrict_to_owner",
     "write_private_file",
@@ -80,6 +83,52 @@ def decode_text(data: bytes) -> str:
 def read_text(path: Path) -> str:
     """The text of ``path`` (see :func:`decode_text`); ``OSError`` and :class:`TextDecodeError` as they come."""
     return decode_text(path.read_bytes())
+
+
+#: File systems served over a network (Linux ``/proc/mounts`` names; psutil reports them as they are).
+NETWORK_FILE_SYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "davfs", "ncpfs", "fuse.sshfs"}
+)
+
+
+def network_location(path: Path) -> str | None:
+    """Where ``path`` lies on a network file system (a share, an NFS mount), said for a message; else None.
+
+    Why: SQLite's write-ahead log keeps its index in shared memory that network file systems do not
+    provide, and their byte-range locks are unreliable (sqlite.org: "WAL does not work over a network
+    filesystem"), so a store on a share can be corrupted. A UNC path (``\\\\server\\share``) or a
+    mapped drive on Windows, a cifs or nfs mount on Linux. Unknown means local: a check that cannot
+    tell must not cry wolf.
+    """
+    if sys.platform == "win32" and PureWindowsPath(str(path)).drive.startswith("\\\\"):
+        return f"{PureWindowsPath(str(path)).drive} (a network share)"
+    import psutil  # imported here: only SQLite stores ask
+
+    try:
+        partitions = psutil.disk_partitions(all=True)
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    return _network_mount(resolved, partitions)
+
+
+def _network_mount(path: PurePath, partitions: Iterable[Any]) -> str | None:
+    """The network mount (psutil's ``sdiskpart``: device, mountpoint, fstype, opts) that holds ``path``.
+
+    Mount points compare in ``path``'s own flavour (a Windows drive ``Z:\\`` case-insensitively).
+    """
+    holder = None
+    for part in partitions:
+        mount = type(path)(part.mountpoint)
+        if (path == mount or mount in path.parents) and (
+            holder is None or len(part.mountpoint) > len(holder.mountpoint)
+        ):
+            holder = part
+    if holder is None:
+        return None
+    # psutil marks a Windows drive letter mapped to a share "remote" in its options
+    remote = holder.fstype.lower() in NETWORK_FILE_SYSTEMS or "remote" in holder.opts.split(",")
+    return f"{holder.device} ({holder.fstype or 'network drive'}) on {holder.mountpoint}" if remote else None
 
 
 def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:

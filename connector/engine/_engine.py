@@ -172,6 +172,9 @@ class Engine:
             raise
         if dry_run and emit is None:
             emit = lambda _change: None  # noqa: E731 - a dry run always has a sink
+        risk = self.store.network_warning()
+        if risk:
+            log.warning("%s", risk)
         self.store.wait_writable(wait_s, on_wait=log.warning)
         if not dry_run:
             return self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)

@@ -11,6 +11,7 @@ inside it, and the outer transaction is rolled back at the end, leaving the stor
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
@@ -23,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
+from connector.files import network_location
 from connector.store._faults import (
     EXIT_STORE_CONFIG,
     RESTORE_HINT,
@@ -120,6 +122,25 @@ class SqlStore:
         if migrate_schema:
             with self.faults(), self.engine.begin() as conn:
                 migrate(conn)
+
+    @functools.cached_property
+    def network_location(self) -> str | None:
+        """The network share or mount a SQLite store lies on (see :func:`connector.files.network_location`).
+
+        A warning, not a refusal: a share used by one host may work for years, and then corrupt the
+        store on a lost lock; the operator decides, told by each run and by ``mvsync doctor``.
+        """
+        return network_location(self.path) if self.path is not None else None
+
+    def network_warning(self) -> str | None:
+        """What to say about a store on a network file system, or None."""
+        if self.network_location is None:
+            return None
+        return (
+            f"the store {self.where} is on a network file system ({self.network_location}): SQLite's locks and "
+            "write-ahead log are not safe there and the store can be corrupted; keep it on a local disk of the "
+            "machine that runs mvsync, or use PostgreSQL (README: Production store on PostgreSQL)"
+        )
 
     def faults(self) -> contextlib.AbstractContextManager[None]:
         """Database errors inside become store faults naming this store (see ``_faults``)."""

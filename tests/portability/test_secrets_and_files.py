@@ -8,7 +8,8 @@ import os
 import stat
 import sys
 import threading
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+from typing import NamedTuple
 
 import pytest
 from cryptography.fernet import Fernet
@@ -17,7 +18,7 @@ from pydantic import SecretStr
 from connector.agents.exchange_online._tokencache import generate_key_file, load_key
 from connector.config import ConfigError, load_config, validate_settings
 from connector.engine import load_metaverse_schema, open_connector
-from connector.files import atomic_write, write_private_file
+from connector.files import _network_mount, atomic_write, write_private_file
 from connector.sdk import ConfigurationError, ConnectorSettings
 from connector.secrets import SecretFileError, decode_secret, read_secret_file, seal, seal_text, unseal, unseal_text
 
@@ -278,3 +279,65 @@ def test_a_windows_path_with_another_backslash_is_a_toml_error_with_the_same_adv
     for written in ("'C:\\Photos\\HR'", '"C:/Photos/HR"'):
         path.write_text(f'[agents.hr]\ntype = "photo-folder"\nsettings = {{ path = {written} }}\n', encoding="utf-8")
         assert load_config(path).agents["hr"].settings["path"] in ("C:\\Photos\\HR", "C:/Photos/HR")
+
+
+class _Mount(NamedTuple):
+    """psutil's ``sdiskpart``."""
+
+    device: str
+    mountpoint: str
+    fstype: str
+    opts: str
+
+
+LINUX_MOUNTS = [
+    _Mount("/dev/sda1", "/", "ext4", "rw"),
+    _Mount("//files/hr", "/mnt/hr", "cifs", "rw,relatime"),
+    _Mount("nas:/export", "/srv/mvsync", "nfs4", "rw"),
+    _Mount("/dev/sdb1", "/srv/mvsync/local", "xfs", "rw"),
+]
+WINDOWS_DRIVES = [_Mount("C:\\", "C:\\", "NTFS", "rw,fixed"), _Mount("Z:\\", "Z:\\", "", "rw,remote")]
+
+
+@pytest.mark.parametrize(
+    ("path", "mounts", "expected"),
+    [
+        (PurePosixPath("/mnt/hr/mvsync/mvsync.db"), LINUX_MOUNTS, "//files/hr (cifs) on /mnt/hr"),
+        (PurePosixPath("/srv/mvsync/mvsync.db"), LINUX_MOUNTS, "nas:/export (nfs4) on /srv/mvsync"),
+        (PurePosixPath("/srv/mvsync/local/mvsync.db"), LINUX_MOUNTS, None),  # a local disk mounted below a share
+        (PurePosixPath("/mnt/hrx/mvsync.db"), LINUX_MOUNTS, None),  # a prefix of the name is not a parent
+        (PurePosixPath("/var/lib/mvsync/mvsync.db"), LINUX_MOUNTS, None),
+        (PureWindowsPath("z:\\mvsync\\mvsync.db"), WINDOWS_DRIVES, "Z:\\ (network drive) on Z:\\"),
+        (PureWindowsPath("C:\\ProgramData\\mvsync\\mvsync.db"), WINDOWS_DRIVES, None),
+        (PurePosixPath("/anywhere/mvsync.db"), [], None),  # nothing known: no alarm
+    ],
+)
+def test_a_store_on_a_share_or_an_nfs_mount_is_recognised(
+    path: PurePath, mounts: list[_Mount], expected: str | None
+) -> None:
+    assert _network_mount(path, mounts) == expected
+
+
+def test_a_sqlite_store_on_a_network_mount_is_a_warning_in_doctor_and_in_each_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the operating system's answer is psutil's to give; here it says the store's folder is a cifs share
+    import psutil
+
+    from connector.doctor import run_doctor
+    from tests.engine.conftest import World
+
+    world = World(tmp_path)
+    try:
+        mounts = [_Mount("/dev/sda1", "/", "ext4", "rw"), _Mount("//files/mvsync", str(tmp_path), "cifs", "rw")]
+        monkeypatch.setattr(psutil, "disk_partitions", lambda all=False: mounts)
+        report = run_doctor(world.config, connect=False)
+        [found] = [f for f in report.findings if f.check == "location"]
+        assert found.severity == "warning" and report.ok
+        assert "is on a network file system (//files/mvsync (cifs) on" in found.message
+        assert "keep it on a local disk" in found.message and "PostgreSQL" in found.message
+        with caplog.at_level("WARNING", logger="mvsync.engine"):
+            assert world.run("full-import").status == "success"  # a warning, not a refusal
+        assert any("is on a network file system" in r.getMessage() for r in caplog.records)
+    finally:
+        world.close()
