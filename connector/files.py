@@ -96,20 +96,38 @@ def network_location(path: Path) -> str | None:
 
     Why: SQLite's write-ahead log keeps its index in shared memory that network file systems do not
     provide, and their byte-range locks are unreliable (sqlite.org: "WAL does not work over a network
-    filesystem"), so a store on a share can be corrupted. A UNC path (``\\\\server\\share``) or a
-    mapped drive on Windows, a cifs or nfs mount on Linux. Unknown means local: a check that cannot
-    tell must not cry wolf.
+    filesystem"), so a store on a share can be corrupted. On Windows: a UNC path (``\\\\server\\share``)
+    or a drive letter mapped to one (``GetDriveTypeW``); elsewhere the mount that holds the path
+    (psutil, from ``/proc/mounts``). Unknown means local: a check that cannot tell must not cry wolf.
     """
-    if sys.platform == "win32" and PureWindowsPath(str(path)).drive.startswith("\\\\"):
-        return f"{PureWindowsPath(str(path)).drive} (a network share)"
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        resolved = path
+    if sys.platform == "win32":
+        return _windows_network_drive(PureWindowsPath(str(path)), PureWindowsPath(str(resolved)))
     import psutil  # imported here: only SQLite stores ask
 
     try:
         partitions = psutil.disk_partitions(all=True)
-        resolved = path.resolve()
-    except (OSError, RuntimeError):
+    except OSError:
         return None
     return _network_mount(resolved, partitions)
+
+
+def _windows_network_drive(*paths: PureWindowsPath) -> str | None:
+    """A UNC share among ``paths`` (as given, and resolved: a mapped drive may resolve to one), or a
+    drive letter Windows reports as ``DRIVE_REMOTE`` (4)."""
+    for candidate in paths:
+        if candidate.drive.startswith("\\\\"):
+            return f"{candidate.drive} (a network share)"
+    drive = paths[0].drive
+    if sys.platform == "win32" and len(drive) == 2 and drive.endswith(":"):
+        import ctypes
+
+        if ctypes.windll.kernel32.GetDriveTypeW(drive + "\\") == 4:
+            return f"{drive} (a drive mapped to a network share)"
+    return None
 
 
 def _network_mount(path: PurePath, partitions: Iterable[Any]) -> str | None:
@@ -126,7 +144,7 @@ def _network_mount(path: PurePath, partitions: Iterable[Any]) -> str | None:
             holder = part
     if holder is None:
         return None
-    # psutil marks a Windows drive letter mapped to a share "remote" in its options
+    # (psutil also marks a Windows drive letter mapped to a share "remote" in its options)
     remote = holder.fstype.lower() in NETWORK_FILE_SYSTEMS or "remote" in holder.opts.split(",")
     return f"{holder.device} ({holder.fstype or 'network drive'}) on {holder.mountpoint}" if remote else None
 

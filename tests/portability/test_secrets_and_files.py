@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from connector.agents.exchange_online._tokencache import generate_key_file, load_key
 from connector.config import ConfigError, load_config, validate_settings
 from connector.engine import load_metaverse_schema, open_connector
-from connector.files import _network_mount, atomic_write, write_private_file
+from connector.files import _network_mount, _windows_network_drive, atomic_write, write_private_file
 from connector.sdk import ConfigurationError, ConnectorSettings
 from connector.secrets import SecretFileError, decode_secret, read_secret_file, seal, seal_text, unseal, unseal_text
 
@@ -318,6 +318,7 @@ def test_a_store_on_a_share_or_an_nfs_mount_is_recognised(
     assert _network_mount(path, mounts) == expected
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="mounts come from psutil off Windows; Windows asks GetDriveTypeW")
 def test_a_sqlite_store_on_a_network_mount_is_a_warning_in_doctor_and_in_each_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -341,3 +342,16 @@ def test_a_sqlite_store_on_a_network_mount_is_a_warning_in_doctor_and_in_each_ru
         assert any("is on a network file system" in r.getMessage() for r in caplog.records)
     finally:
         world.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "resolved", "expected"),
+    [
+        ("\\\\files\\mvsync\\mvsync.db", "\\\\files\\mvsync\\mvsync.db", "\\\\files\\mvsync (a network share)"),
+        ("Z:\\mvsync.db", "\\\\files\\hr\\mvsync.db", "\\\\files\\hr (a network share)"),  # a mapped drive, resolved
+        ("C:\\ProgramData\\mvsync\\mvsync.db", "C:\\ProgramData\\mvsync\\mvsync.db", None),
+    ],
+)
+def test_a_windows_store_on_a_unc_share_is_recognised(given: str, resolved: str, expected: str | None) -> None:
+    # (a drive letter is asked of GetDriveTypeW on Windows itself; this covers the paths alone)
+    assert _windows_network_drive(PureWindowsPath(given), PureWindowsPath(resolved)) == expected
