@@ -199,6 +199,11 @@ def configure(*, textfile: Path | str | None = None, port: int | None = None, ad
         if not path.parent.is_dir():
             msg = f"--metrics-textfile: directory {path.parent} does not exist"
             raise ValueError(msg)
+        if path.is_dir():
+            raise ValueError(f"--metrics-textfile: {path} is a folder; name a file in it, e.g. {path / 'mvsync.prom'}")
+        if not os.access(path.parent, os.W_OK):
+            # found now, not when the command ends: the file is written beside, then renamed over
+            raise ValueError(f"--metrics-textfile: the folder {path.parent} cannot be written by this account")
         _textfile = path
     if port is not None and port != _http_port:
         start_http_server(port, addr=addr, registry=REGISTRY)

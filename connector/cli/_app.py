@@ -10,7 +10,7 @@ import typer
 
 from connector import metrics
 from connector._version import __version__
-from connector.cli._common import fail, fit_consoles
+from connector.cli._common import err_console, fail, fit_consoles
 from connector.logging import setup_logging
 
 app = typer.Typer(
@@ -90,7 +90,17 @@ def _root(
         raise fail(f"--metrics-port {metrics_port}: cannot listen ({exc.strerror}); choose a free port") from None
     if metrics_textfile is not None:
         # also after a failed or stopped run: the scheduler's alert reads these figures
-        ctx.call_on_close(metrics.write_textfile)
+        ctx.call_on_close(_write_metrics_textfile)
+
+
+def _write_metrics_textfile() -> None:
+    """The textfile at the command's end; a failure is said, and the command's own exit code stands
+    (the run is in history either way; a traceback here would hide the run's outcome)."""
+    try:
+        metrics.write_textfile()
+    except OSError as exc:
+        reason = exc.strerror or exc
+        err_console.print(f"error: --metrics-textfile: cannot write {exc.filename or ''}: {reason}", markup=False)
 
 
 for _name in _COMMAND_MODULES:

@@ -72,6 +72,43 @@ def test_textfile_is_written_atomically_for_the_collector(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["mvsync.prom"]  # no temp file left behind
     with pytest.raises(ValueError, match="does not exist"):
         metrics.configure(textfile=tmp_path / "missing" / "x.prom")
+    with pytest.raises(ValueError, match=r"is a folder; name a file in it, e\.g\. .*mvsync\.prom"):
+        metrics.configure(textfile=tmp_path)
+
+
+def test_a_textfile_that_cannot_be_written_at_the_end_is_said_and_the_runs_exit_code_stands(tmp_path: Path) -> None:
+    """Something takes the file's place during the run (here a folder): one line, not a traceback that
+    would hide the run's own outcome; the run is in history and its exit code is the scheduler's."""
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+    from tests.cli._configs import with_directory
+    from tests.engine.memory import DIRECTORIES, directory
+
+    name = f"metrics-{tmp_path.name}"
+    mem = directory(name)
+    mem["objects"]["u1"] = {"accountName": "u1"}
+    prom = tmp_path / "mvsync.prom"
+    mem["during_import"] = lambda _page: prom.mkdir()
+    config = with_directory(
+        tmp_path,
+        mem,
+        f"""
+[store]
+url = "sqlite:///{(tmp_path / "store.db").as_posix()}"
+[agents.m]
+type = "tests.engine.memory:MemoryConnector"
+settings = {{ directory = "DIRECTORY" }}
+[run_profiles.import]
+steps = [{{ type = "full-import", agent = "m" }}]
+""",
+    )
+    try:
+        result = CliRunner().invoke(app, ["--metrics-textfile", str(prom), "run", "import", "-c", str(config)])
+    finally:
+        DIRECTORIES.pop(name, None)
+    assert result.exit_code == 0, result.output
+    assert "error: --metrics-textfile: cannot write " in result.stderr and "Traceback" not in result.stderr
 
 
 def test_http_exporter_serves_metrics_on_loopback() -> None:
