@@ -117,12 +117,18 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         try:
             importer = Importer(self.settings, link, self._schema, self.context)
             dc = importer.identity()
+            importer.check_bases()
         except ConnectorError as exc:
             return CheckResult(False, str(exc))
         finally:
             link.close()
         how = "Kerberos" if self.settings.auth == "kerberos" else "simple bind"
-        return CheckResult(True, f"bound to {self.settings.host} as {self.settings.account} ({how}); DC {dc.service}")
+        bases = len(self.settings.base_dns)
+        return CheckResult(
+            True,
+            f"bound to {self.settings.host} as {self.settings.account} ({how}); DC {dc.service}; "
+            f"{bases} base DN{'s' if bases != 1 else ''} found",
+        )
 
     def doctor_checks(self) -> list[tuple[str, str, str]]:
         """``mvsync doctor``: may the account write what the export flows write, on a sample user per base DN?"""

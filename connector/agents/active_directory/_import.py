@@ -341,6 +341,12 @@ class Importer:
             tuple(v.decode() for v in attrs.get("namingContexts", [])),
         )
 
+    def check_bases(self) -> None:
+        """Each of ``base_dns`` is there (a base-scope read of it), or the ``ConfigurationError`` a run
+        would stop with: ``mvsync doctor`` finds a mistyped OU before the 03:00 run does."""
+        for base in self._bases:
+            self._search(base, "(objectClass=*)", ["objectClass"], scope=BASE)
+
     def _naming_context_roots(self) -> list[str]:
         """The naming context of each base DN (deduplicated); the base itself if none is known."""
         contexts = self._contexts()

@@ -66,6 +66,18 @@ def test_wrong_password_is_an_authentication_error_without_the_secret(ad_env: AD
     assert not connector.check().ok
 
 
+def test_the_check_doctor_runs_finds_a_base_dn_that_is_not_there(ad_env: ADTestEnv) -> None:
+    # bound fine, but an OU was mistyped: doctor must say so, not "all checks passed" before a run stops
+    found = ad_env.connector(open=False).check()
+    assert found.ok and found.detail is not None and found.detail.endswith("; 1 base DN found")
+    missing = f"OU=Nowhere,{ad_env.ad.base_dn}"
+    result = ad_env.connector(base_dns=[ad_env.ou, missing], open=False).check()
+    assert not result.ok
+    assert result.detail == (
+        f"base_dns: the base DN {missing!r} does not exist on {ad_env.ad.host} (noSuchObject); check base_dns"
+    )
+
+
 def test_unreachable_server_is_server_down(ad_env: ADTestEnv) -> None:
     connector = ad_env.connector(host="127.0.83.254", reconnect_attempts=1, connect_timeout=1, open=False)
     with pytest.raises(ServerDownError, match=r"127\.0\.83\.254"):
