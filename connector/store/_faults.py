@@ -110,6 +110,13 @@ def classify(exc: DBAPIError, where: str) -> StoreError | None:
         )
     if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM")):
         return StoreError(f"cannot use the store {where} ({text}): check the disk, the path and its permissions")
+    if getattr(orig, "sqlstate", None) == "55P03":  # PostgreSQL's lock_not_available: lock_timeout ran out
+        first_line = text.strip().splitlines()[0]
+        return StoreBusyError(
+            f"the store {where} is busy: another session holds a lock on its tables ({first_line}), such as a "
+            "VACUUM FULL, a REINDEX or a transaction left open (pg_stat_activity, pg_blocking_pids() show which); "
+            "let it finish and run again: what was committed before is kept"
+        )
     if not name and (exc.connection_invalidated or type(orig).__name__ == "OperationalError"):
         # PostgreSQL: the server is down, refuses the login, or dropped the connection
         return StoreError(f"cannot use the store {where}: {text.strip()}")

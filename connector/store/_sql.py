@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from connector.files import network_location
@@ -49,8 +49,10 @@ StoreConnection: TypeAlias = Connection
 ANALYZE_MIN_ROWS = 1000
 #: Upper bound of blob bytes fetched by one query (see ``SqlStore.get_blobs``).
 BLOB_QUERY_BYTES = 16 * 1024 * 1024
-#: How long a write waits for another process's database lock before it fails as busy (SQLite).
-#: Other mvsync runs hold it for one page, chunk or batch; longer means someone else holds the file.
+#: How long a write waits for another process's database lock before it fails as busy (SQLite's
+#: ``busy_timeout``; PostgreSQL's ``lock_timeout`` on a table lock). Other mvsync runs hold it for one
+#: page, chunk or batch; longer means someone else holds the file, or on PostgreSQL a ``VACUUM FULL``,
+#: a ``REINDEX`` or a transaction left open: the run stops as busy (exit 5) instead of hanging silently.
 BUSY_TIMEOUT_S = 30.0
 #: How long a run's start waits for the database lock before saying it waits (SQLite): enough for
 #: another mvsync run's unit of work, too short to be a backup agent or antivirus scan.
@@ -74,6 +76,34 @@ def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
+
+
+def _analyze_unless_busy(conn: Connection, table: str) -> bool:
+    """``ANALYZE table`` if its lock comes within a second; False (try again later) if not.
+
+    ANALYZE is the one statement of a run that waits for a (auto)vacuum of the table, and an
+    anti-wraparound vacuum does not give way: a statistics refresh must not stop a run as busy.
+    """
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 1000")
+            conn.exec_driver_sql(f"ANALYZE {table}")
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":
+            raise
+        return False
+    return True
+
+
+def _postgresql_setup(engine: Engine) -> None:
+    """Each session waits at most ``BUSY_TIMEOUT_S`` for a table lock (a plain ``SET``, which poolers pass)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        dbapi_conn.commit()  # outside any transaction the run opens: a rollback must not undo it
 
 
 class SqlStore:
@@ -111,6 +141,7 @@ class SqlStore:
             _sqlite_setup(self.engine)
         elif self.dialect == "postgresql":
             self.engine = create_engine(url, pool_pre_ping=True)
+            _postgresql_setup(self.engine)
         else:
             msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
@@ -242,8 +273,7 @@ class SqlStore:
             return
         pending = self._inserted.get(table, 0) + count
         counted = self._counted.get(table, 0)
-        if pending >= max(ANALYZE_MIN_ROWS, counted):
-            conn.exec_driver_sql(f"ANALYZE {table}")
+        if pending >= max(ANALYZE_MIN_ROWS, counted) and _analyze_unless_busy(conn, table):
             self._counted[table] = counted + pending
             pending = 0
         self._inserted[table] = pending

@@ -1,9 +1,12 @@
-"""A PostgreSQL run lock lost with its session under a running step (a server restart or failover, a
-DBA's ``pg_terminate_backend``, a dropped idle connection) stops the step as a store error.
+"""A PostgreSQL store's bad days under a running step, each at a counted point of the import (the
+connector's page hook), on a real server:
 
-Why it matters: an advisory lock lives as long as its session, so the step would otherwise go on
-writing an agent that a second run could lock and write at the same time. The session is ended
-from the connector's page hook, so the loss lands at a counted point of the import.
+* the run lock lost with its session (a server restart or failover, a DBA's ``pg_terminate_backend``,
+  a dropped idle connection) stops the step as a store error. An advisory lock lives as long as its
+  session, so the step would otherwise go on writing an agent a second run could lock and write too;
+* a table lock held by another session (``VACUUM FULL``, ``REINDEX``, a transaction left open) stops
+  the run as busy after ``BUSY_TIMEOUT_S`` instead of hanging in silence; a vacuum's lock only skips
+  the planner-statistics refresh.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+import connector.store._sql as sql_store
 from connector.engine import Engine
-from connector.store import RunHistory, SqlStore, StoreError
+from connector.store import RunHistory, SqlStore, StoreBusyError, StoreError
 from tests.engine.conftest import World, make_config
 
 pytestmark = pytest.mark.postgres
@@ -114,3 +118,69 @@ def test_a_run_lock_lost_with_its_session_stops_the_step_as_a_store_error_and_th
     assert again.status == "success", again.as_dict()
     assert again.steps[0].counters["resumed_entries"] == kept  # from the last committed page, not over
     assert world.ad["requests"][0] == kept
+
+
+def _last_step(url: str) -> tuple[str, str]:
+    store = SqlStore(url)
+    try:
+        with store.read() as conn:
+            history = RunHistory(conn)
+            run = history.recent_runs(1)[0]
+            step = history.steps_of([run.id])[0]
+    finally:
+        store.close()
+    return run.status, step.message or ""
+
+
+def _hold_table_lock(url: str, mode: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A page hook that, at page 2, makes another session lock ``cs_object`` in ``mode`` until released."""
+    holder = create_engine(url)
+    conn = holder.connect()
+
+    def hook(page: int) -> None:
+        if page == 2:
+            conn.execute(text(f"LOCK TABLE cs_object IN {mode} MODE"))
+
+    def release() -> None:
+        conn.rollback()
+        conn.close()
+        holder.dispose()
+
+    return hook, release
+
+
+def test_a_table_lock_another_session_keeps_stops_the_run_as_busy_instead_of_hanging(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_store, "BUSY_TIMEOUT_S", 1.0)  # read by each new session: 30 s in real runs
+    url = world.config.store_url()
+    world.engine.close()
+    world.engine = Engine(world.config)  # sessions opened under the shorter timeout
+    hook, release = _hold_table_lock(url, "ACCESS EXCLUSIVE")  # what VACUUM FULL or REINDEX takes
+    world.ad["during_import"] = hook
+    try:
+        with pytest.raises(StoreBusyError, match=r"is busy: another session holds a lock on its tables"):
+            world.run("ad-full")  # exit 5 in the CLI, like any lock: a scheduler's "try again later"
+    finally:
+        release()
+    status, message = _last_step(url)
+    assert status == "stopped-locked" and "VACUUM FULL, a REINDEX or a transaction left open" in message
+    assert "pg_blocking_pids()" in message and "\n" not in message
+
+    del world.ad["during_import"]
+    assert world.run("ad-full").status == "success"  # the next run resumes once the lock is gone
+
+
+def test_a_vacuum_holding_the_table_only_defers_the_statistics_refresh(world: World) -> None:
+    # an anti-wraparound (auto)vacuum holds SHARE UPDATE EXCLUSIVE and does not give way to ANALYZE
+    for i in range(30, sql_store.ANALYZE_MIN_ROWS + 30):
+        world.ad["objects"][f"u{i:04d}"] = {"accountName": f"u{i:04d}"}
+    url = world.config.store_url()
+    hook, release = _hold_table_lock(url, "SHARE UPDATE EXCLUSIVE")
+    world.ad["during_import"] = hook
+    try:
+        result = world.run("ad-full", step_overrides={"page_size": 500})
+    finally:
+        release()
+    assert result.status == "success", result.as_dict()
+    assert result.steps[0].counters["adds"] == sql_store.ANALYZE_MIN_ROWS + 30
