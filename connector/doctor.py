@@ -98,7 +98,10 @@ def check_writable(store: SqlStore) -> Finding:
     """Whether runs can write the store: a read-only file or folder (mode, ``chattr +i``, a read-only
     mount) reads fine, so every other check passes, and the next run fails at its first write."""
     if store.path is None:
-        return Finding("store", "writable", "ok", "the database server grants writes per session")
+        problem = store.write_problem()
+        if problem:
+            return Finding("store", "writable", "error", problem)
+        return Finding("store", "writable", "ok", f"{store.where} takes writes from this role on every mvsync table")
     blocked = [p for p in (store.path, store.path.parent) if not os.access(p, os.W_OK)]
     if blocked:
         return Finding(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
@@ -153,6 +153,48 @@ class SqlStore:
         if migrate_schema:
             with self.faults(), self.engine.begin() as conn:
                 migrate(conn)
+
+    def write_problem(self) -> str | None:
+        """Why a run could not write this PostgreSQL store, found without writing; None when it could.
+
+        A standby (a read replica named in ``store.url``), a database or role set read-only, or a role
+        without write grants on mvsync's tables all read fine, so every other check passes and the next
+        run stops at its first write. (SQLite's file permissions are the caller's to check.)
+        """
+        if self.dialect != "postgresql":
+            return None
+        tables = sorted(metadata.tables)
+        with self.read() as conn:
+            standby, read_only = conn.execute(
+                text("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')")
+            ).one()
+            denied = (
+                conn.execute(
+                    text(
+                        "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(:t) AND c.relkind = 'r' "
+                        "AND c.relnamespace = ANY(current_schemas(false)::regnamespace[]) AND NOT ("
+                        "has_table_privilege(c.oid, 'INSERT') AND has_table_privilege(c.oid, 'UPDATE') "
+                        "AND has_table_privilege(c.oid, 'DELETE')) ORDER BY c.relname"
+                    ),
+                    {"t": tables},
+                )
+                .scalars()
+                .all()
+            )
+            conn.rollback()
+        if standby:
+            return f"the store {self.where} is a standby (a read replica): runs cannot write it; use the primary"
+        if read_only == "on":
+            return (
+                f"the store {self.where} is set read-only (default_transaction_read_only = on for this database or "
+                "role): runs cannot write it"
+            )
+        if denied:
+            return (
+                f"this role may not write {', '.join(denied)} in the store {self.where}: grant it SELECT, INSERT, "
+                "UPDATE and DELETE on mvsync's tables"
+            )
+        return None
 
     @functools.cached_property
     def network_location(self) -> str | None:

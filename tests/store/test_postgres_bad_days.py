@@ -11,15 +11,17 @@ connector's page hook), on a real server:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 import connector.store._sql as sql_store
 from connector.engine import Engine
-from connector.store import RunHistory, SqlStore, StoreBusyError, StoreError
+from connector.store import RunHistory, SqlStore, StoreBusyError, StoreError, StoreReadOnlyError
 from tests.engine.conftest import World, make_config
 
 pytestmark = pytest.mark.postgres
@@ -184,3 +186,64 @@ def test_a_vacuum_holding_the_table_only_defers_the_statistics_refresh(world: Wo
         release()
     assert result.status == "success", result.as_dict()
     assert result.steps[0].counters["adds"] == sql_store.ANALYZE_MIN_ROWS + 30
+
+
+def _writable(config: Any) -> Any:
+    from connector.doctor import run_doctor
+
+    [found] = [f for f in run_doctor(config, connect=False).findings if f.check == "writable"]
+    return found
+
+
+def test_a_read_only_database_is_found_by_doctor_and_stops_a_run_with_what_to_do(world: World) -> None:
+    # what a read replica or `default_transaction_read_only` looks like: reads work, the first write fails
+    url = world.config.store_url()
+    assert _writable(world.config).severity == "ok"
+    database = make_url(url).database
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with dba.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on'))
+        world.engine.close()
+        world.engine = Engine(world.config)
+        found = _writable(world.config)
+        assert found.severity == "error" and "is set read-only (default_transaction_read_only" in found.message
+        refused = r"is read-only: the server refused a write .* point it at the primary"
+        with pytest.raises(StoreReadOnlyError, match=refused):
+            world.run("ad-full")
+    finally:
+        with dba.connect() as conn:
+            conn.execute(text("BEGIN READ WRITE"))
+            conn.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off'))
+            conn.execute(text("COMMIT"))
+        dba.dispose()
+
+
+def test_a_role_without_write_grants_is_found_by_doctor_and_named_by_the_run(world: World, tmp_path: Path) -> None:
+    url = make_url(world.config.store_url())
+    role, password = f"reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    with dba.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+    try:
+        reader = url.set(username=role, password=password).render_as_string(hide_password=False)
+        config = make_config(tmp_path, world.prefix, reader, run_profiles=PROFILES)
+        found = _writable(config)
+        assert found.severity == "error" and "this role may not write agent_data, agent_state, blob" in found.message
+        assert "grant it SELECT, INSERT, UPDATE and DELETE" in found.message and password not in found.message
+        engine = Engine(config)
+        try:
+            with pytest.raises(StoreReadOnlyError, match=r"refused this role a write \(permission denied for table"):
+                engine.run_profile("ad-full")
+        finally:
+            engine.close()
+        with dba.connect() as conn:  # the grants the README gives make it a working role
+            conn.execute(text(f"GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
+            conn.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+        assert _writable(config).severity == "ok"
+    finally:
+        with dba.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        dba.dispose()
