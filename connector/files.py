@@ -106,11 +106,11 @@ def network_location(path: Path) -> str | None:
         resolved = path
     if sys.platform == "win32":
         return _windows_network_drive(PureWindowsPath(str(path)), PureWindowsPath(str(resolved)))
-    import psutil  # imported here: only SQLite stores ask
-
     try:
+        import psutil  # imported here: only SQLite stores ask (its Linux backend needs POSIX modules)
+
         partitions = psutil.disk_partitions(all=True)
-    except OSError:
+    except (ImportError, OSError):
         return None
     return _network_mount(resolved, partitions)
 
