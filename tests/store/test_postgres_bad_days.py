@@ -69,6 +69,27 @@ def _terminate_lock_session(url: str, lock: str) -> Callable[[int], None]:
     return hook
 
 
+def _last_step(url: str) -> tuple[str, str]:
+    store = SqlStore(url)
+    try:
+        with store.read() as conn:
+            history = RunHistory(conn)
+            run = history.recent_runs(1)[0]
+            step = history.steps_of([run.id])[0]
+    finally:
+        store.close()
+    return run.status, step.message or ""
+
+
+def _scalars(url: str, *queries: str) -> list[Any]:
+    store = SqlStore(url)
+    try:
+        with store.read() as conn:
+            return [conn.execute(text(query)).scalar() for query in queries]
+    finally:
+        store.close()
+
+
 def test_leaving_a_lock_whose_session_ended_raises_nothing_over_the_steps_own_error(
     postgres_db: Callable[[], str],
 ) -> None:
@@ -93,24 +114,16 @@ def test_a_run_lock_lost_with_its_session_stops_the_step_as_a_store_error_and_th
     with pytest.raises(StoreError, match=r"the run lock agent:ad on the store .* lost with its database session"):
         world.run("ad-full")  # the CLI turns it into one line and exit 4
 
-    store = SqlStore(url)
-    try:
-        with store.read() as conn:
-            history = RunHistory(conn)
-            recorded = history.recent_runs(1)[0]
-            step = history.steps_of([recorded.id])[0]
-            kept = conn.execute(text("SELECT count(*) FROM cs_object WHERE agent = 'ad'")).scalar()
-            locks = conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                )
-            ).scalar()
-    finally:
-        store.close()
+    status, message = _last_step(url)
+    kept, locks = _scalars(
+        url,
+        "SELECT count(*) FROM cs_object WHERE agent = 'ad'",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
     # the run's own record is written although its lock is gone: the operator reads why it stopped
-    assert recorded.status == step.status == "stopped-store-error"
-    assert "lost with its database session (terminating connection" in (step.message or "")
+    assert status == "stopped-store-error"
+    assert "lost with its database session (terminating connection" in message
     assert 0 < kept < 30  # the pages committed before the loss are kept; nothing after it was written
     assert locks == 0  # nothing left behind
 
@@ -120,18 +133,6 @@ def test_a_run_lock_lost_with_its_session_stops_the_step_as_a_store_error_and_th
     assert again.status == "success", again.as_dict()
     assert again.steps[0].counters["resumed_entries"] == kept  # from the last committed page, not over
     assert world.ad["requests"][0] == kept
-
-
-def _last_step(url: str) -> tuple[str, str]:
-    store = SqlStore(url)
-    try:
-        with store.read() as conn:
-            history = RunHistory(conn)
-            run = history.recent_runs(1)[0]
-            step = history.steps_of([run.id])[0]
-    finally:
-        store.close()
-    return run.status, step.message or ""
 
 
 def _hold_table_lock(url: str, mode: str) -> tuple[Callable[[int], None], Callable[[], None]]:
