@@ -19,6 +19,7 @@ import io
 import random
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +28,8 @@ import requests
 
 from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
+from connector.net import failure_kind, host_port
+from connector.sdk import ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, parse_retry_after
 
 __all__ = ["Fetched", "PhotoClient", "throttle_signal"]
@@ -92,6 +95,8 @@ class PhotoClient:
         self.cancel = cancel
         self.url = settings.ews_url + "/s/GetUserPhoto"
         self.counters = {"requests": 0, "throttled": 0, "retries": 0, "backoff_ms_honoured": 0}
+        #: When any thread last had an answer from EWS (any status): tells an outage from one mailbox.
+        self._last_answer = time.monotonic()
 
     @property
     def session(self) -> requests.Session:
@@ -131,6 +136,8 @@ class PhotoClient:
         headers = {"If-None-Match": etag} if etag else {}
         failures = throttled = 0
         last = ""
+        unanswered: requests.RequestException | None = None
+        started = time.monotonic()
         while True:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
@@ -140,8 +147,9 @@ class PhotoClient:
                 )
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
-                last = f"{type(exc).__name__} talking to {s.origin}"
+                unanswered, last = exc, f"EWS at {host_port(s.origin)}: {failure_kind(exc)}"
             else:
+                self._last_answer, unanswered = time.monotonic(), None
                 is_throttled, wait = throttle_signal(resp)
                 if is_throttled:
                     self.count("throttled")
@@ -160,12 +168,25 @@ class PhotoClient:
                 last = f"HTTP {resp.status_code} from {s.origin}"
             failures += 1
             if failures >= s.max_attempts:
+                if unanswered is not None and self._last_answer < started:
+                    raise self._down(unanswered, started, failures)
                 hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if "HTTP 500" in last else ""
                 return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{hint}")
             self.count("retries")
             delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
             if self.cancel.wait(delay):
                 return Fetched("error", error="ews-error", detail="the step stopped")
+
+    def _down(self, exc: requests.RequestException, started: float, attempts: int) -> ServerDownError:
+        """No request of any thread had an answer while this one tried ``attempts`` times: EWS is down
+        (or unreachable, or its certificate untrusted), which is no fault of the mailbox. The step stops
+        instead of giving every mailbox a per-object error that its recheck window would then defer."""
+        waited = time.monotonic() - started
+        return ServerDownError(
+            f"EWS at {host_port(self.settings.origin)} did not answer: {failure_kind(exc)} ({attempts} attempts over "
+            f"{waited:.0f} s, and no other request had an answer meanwhile); the mailboxes not fetched yet keep "
+            "what they had; check the server (IIS and the EWS application pool), the network and the certificate"
+        )
 
     def _answer(self, email: str, resp: requests.Response) -> Fetched | None:
         """The outcome of a non-throttled answer; None for one worth retrying."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,33 +21,14 @@ from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.cli import app
 from connector.sdk import ServerDownError
+from tests.harness.sockets import silent_server
 
 
 @pytest.fixture
 def hung_dc() -> Iterator[int]:
     """A port that accepts TCP connections and never answers (the port is returned)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    with silent_server() as port:
+        yield port
 
 
 def _settings(port: int, security: str = "ldaps", **extra: object) -> ActiveDirectorySettings:

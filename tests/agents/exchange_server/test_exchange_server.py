@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+import trustme
 from pydantic import ValidationError
 
 from connector.agents._mailbox_photo import LIMIT_KEY
@@ -28,11 +30,13 @@ from connector.sdk import (
     CSEntryChange,
     ImportMode,
     ObjectModificationType,
+    ServerDownError,
     StopRunError,
 )
 from connector.throttling import LimitMemory, forget_shared_limiters
 from tests.agents.photo_folder.helpers import by_anchor
 from tests.emulator.test_ews import _thumbnail
+from tests.harness.sockets import silent_server
 from tests.imaging.images import photo
 
 PHOTO, PLAIN, THUMB = "photo@contoso.example", "plain@contoso.example", "thumb@contoso.example"
@@ -242,6 +246,36 @@ def test_a_powershell_mailbox_list_in_utf16_is_read_and_a_latin1_one_is_named(ew
         _imported(_agent(ews, tmp_path / "b", mailbox_file=listing))
     assert f"cannot read the mailbox list {listing}: line 2 (byte " in str(info.value)
     assert "UTF-16 with a BOM" in str(info.value)
+
+
+@pytest.mark.parametrize("server", ["hung", "refused", "untrusted"])
+def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
+    ews: EwsEmulator, tmp_path: Path, server: str
+) -> None:
+    """A wedged IIS, a stopped server or an untrusted certificate is no fault of 3 mailboxes (or 5,000):
+    the step stops as server-down, naming the host and the kind, instead of giving each a per-object
+    error that its recheck window would then defer."""
+    fast = {"timeout_s": 0.3, "max_attempts": 2, "backoff_initial_s": 0.01}
+    with silent_server() as hung, socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        port = {"hung": hung, "refused": closed.getsockname()[1], "untrusted": None}[server]
+        if server == "untrusted":
+            other = tmp_path / "other-ca.pem"
+            trustme.CA().cert_pem.write_to_path(str(other))
+            agent = _agent(ews, tmp_path, ca_bundle=str(other), **fast)
+            where = ews.info["ews_url"].split("/")[2]
+        else:
+            agent = _agent(ews, tmp_path, ews_url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx", **fast)
+            where = f"127.0.0.1:{port}"
+        with pytest.raises(ServerDownError) as caught:
+            _imported(agent)
+    kind = {
+        "hung": "connected, but no answer within the timeout",
+        "refused": "connection refused (nothing listens there)",
+        "untrusted": "TLS certificate not trusted (set ca_bundle to the CA that issued it)",
+    }[server]
+    assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} (2 attempts over ")
+    assert "the mailboxes not fetched yet keep what they had" in str(caught.value)
 
 
 def test_negotiate_without_the_kerberos_extra_says_what_to_install(ews: EwsEmulator, tmp_path: Path) -> None:
