@@ -178,7 +178,8 @@ class LockManager:
                 # the session idles for the whole step: a server-wide idle_session_timeout would end it
                 conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
             conn.commit()
-            self._held[name] = conn
+            with self._guard:  # verify() may be iterating from a worker thread
+                self._held[name] = conn
             try:
                 yield
             finally:
