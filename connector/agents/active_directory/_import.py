@@ -491,6 +491,14 @@ class Importer:
         if code == 32:
             msg = f"the base DN {base!r} does not exist on {self.settings.host} (noSuchObject); check base_dns"
             raise ConfigurationError(msg, key="base_dns")
+        if code == 10:  # referral: the DN is in a naming context this DC does not hold (another domain)
+            elsewhere = ", ".join(result.get("referrals") or []) or "another server"
+            msg = (
+                f"the base DN {base!r} is not held by {self.settings.host}: it referred the search to {elsewhere} "
+                "(another domain of the forest); give that domain its own agent with host set to one of its "
+                "domain controllers"
+            )
+            raise ConfigurationError(msg, key="base_dns")
         raise StopRunError(
             f"search under {base!r} failed: {code} {result.get('description')} {result.get('message', '')}"
         )

@@ -7,6 +7,7 @@ import contextlib
 import datetime as _dt
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from connector.agents.active_directory import ActiveDirectorySettings, Watermark, classify_result
 from connector.agents.active_directory._connection import ServerUnreachable
 from connector.agents.active_directory._export import Exporter, RateLimiter, plan_change
+from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import (
     decode_values,
     equality_filter,
@@ -29,6 +31,8 @@ from connector.agents.active_directory._schema import build_schema
 from connector.sdk import (
     AttributeChange,
     AttributeType,
+    ConfigurationError,
+    ConnectorContext,
     CSEntryChange,
     ExportStatus,
     ScopeViolationError,
@@ -283,3 +287,29 @@ def test_unreachable_server_gives_retry_results_once_per_batch() -> None:
     assert [r.identifier for r in results] == ["0", "1", "2"]
     assert {(r.status, r.error_name) for r in results} == {(ExportStatus.RETRY, "cd-server-down")}
     assert pool.leases == 1  # resolution failed once; no per-change timeouts
+
+
+# ------------------------------------------------------------------------------------- base DNs
+class _ReferringLink:
+    """A DC of the parent domain asked for an OU of a child domain: AD answers with a referral (10)."""
+
+    def run(self, operation: Any) -> Any:
+        return {"result": 10, "description": "referral", "referrals": [CHILD_REFERRAL]}, []
+
+
+CHILD_REFERRAL = "ldap://child.contoso.com/OU=Staff,DC=child,DC=contoso,DC=com"
+
+
+def test_a_base_dn_of_another_domain_says_to_give_that_domain_its_own_agent() -> None:
+    settings = ActiveDirectorySettings.model_validate(
+        {**BASE_SETTINGS, "base_dns": ["OU=Staff,DC=child,DC=contoso,DC=com"]}
+    )
+    context = ConnectorContext(agent="ad", data_dir=Path("unused"))
+    importer = Importer(settings, _ReferringLink(), build_schema([]), context)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError) as caught:
+        importer.check_bases()
+    assert str(caught.value) == (
+        f"base_dns: the base DN 'OU=Staff,DC=child,DC=contoso,DC=com' is not held by {settings.host}: it referred "
+        f"the search to {CHILD_REFERRAL} (another domain of the forest); give that domain its own agent with host "
+        "set to one of its domain controllers"
+    )
