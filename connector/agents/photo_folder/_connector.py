@@ -9,6 +9,7 @@ account, links, broken images, odd names) is a per-object error, never a stopped
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -64,6 +65,8 @@ __all__ = ["OBJECT_CLASS", "PhotoFolderConnector"]
 OBJECT_CLASS = "photoFile"
 ANCHOR = "accountName"
 PHOTO = "photo"
+#: A full disk or an exhausted quota (Windows' ERROR_DISK_FULL arrives as ENOSPC too).
+_DISK_FULL = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
 
 _SCHEMA = Schema.of(
     ObjectClass(
@@ -262,7 +265,12 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             raise ConfigurationError(msg, key="export_path")
         self._check_scope(changes)  # before any write: a scope violation must not half-apply a batch
         if not self.context.dry_run:
-            target.mkdir(parents=True, exist_ok=True)
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file in the way, no right to create it, a share not mounted
+                reason = exc.strerror or exc
+                msg = f"cannot create the export folder {target} ({reason}): check export_path and what is in its way"
+                raise ConfigurationError(msg, key="export_path") from None
         return [self._export_one(target, change) for change in changes]
 
     def _check_scope(self, changes: Sequence[CSEntryChange]) -> None:
@@ -311,6 +319,12 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         except PermissionError as exc:
             return ExportResult.failed(ident, "permission-issue", f"{path}: {exc.strerror}")
         except OSError as exc:
+            if exc.errno in _DISK_FULL:  # no fault of this person: every write after it would fail the same way
+                msg = (
+                    f"the export folder {folder} is out of space ({exc.strerror}): free space there and run the "
+                    "export again; the photos written so far are kept, the rest stay pending"
+                )
+                raise StopRunError(msg) from None
             return ExportResult.retry(ident, "cd-error", f"{path}: {exc.strerror or exc}")
         return ExportResult.success(ident)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+import connector.agents.photo_folder._connector as connector_module
 from connector.agents.photo_folder import PhotoFolderConnector, PhotoFolderSettings
 from connector.sdk import (
     AttributeChange,
@@ -16,6 +18,7 @@ from connector.sdk import (
     CSEntryChange,
     ExportStatus,
     ScopeViolationError,
+    StopRunError,
 )
 from tests.agents.photo_folder.helpers import by_anchor, run_import
 from tests.imaging.images import encode, photo
@@ -153,6 +156,33 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
 def test_export_needs_an_export_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="export_path"):
         _agent(tmp_path, export=False).export([])
+
+
+def test_an_export_folder_that_cannot_be_created_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "backup").write_bytes(b"a file where the folder should be")
+    with pytest.raises(ConfigurationError, match=r"^export_path: cannot create the export folder .*backup"):
+        _agent(tmp_path).export([_change(CSEntryChange.add("photoFile", "jdoe", {"photo": photo(1)}), "1")])
+
+
+@pytest.mark.parametrize("code", sorted(connector_module._DISK_FULL))
+def test_a_full_disk_stops_the_export_instead_of_failing_every_person(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # the disk fills after two photos (ENOSPC, or EDQUOT for a quota): the third and later would fail alike
+    written: list[Path] = []
+
+    def write(path: Path, data: bytes) -> None:
+        if len(written) == 2:
+            raise OSError(code, os.strerror(code), str(path))
+        path.write_bytes(data)
+        written.append(path)
+
+    monkeypatch.setattr(connector_module, "atomic_write", write)
+    changes = [_change(CSEntryChange.add("photoFile", f"user{i}", {"photo": photo(i)}), str(i)) for i in range(5)]
+    with pytest.raises(StopRunError, match=r"the export folder .*backup is out of space \(") as caught:
+        _agent(tmp_path).export(changes)
+    assert "the photos written so far are kept, the rest stay pending" in str(caught.value)
+    assert [p.name for p in written] == ["user0 648x648.jpg", "user1 648x648.jpg"]
 
 
 def test_backup_imports_back_as_the_same_accounts(tmp_path: Path) -> None:
