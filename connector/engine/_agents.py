@@ -19,6 +19,7 @@ from connector.files import TextDecodeError, read_text
 from connector.registry import load_connector
 from connector.sdk import (
     Attribute,
+    AttributeType,
     ConfigurationError,
     Connector,
     ConnectorContext,
@@ -158,31 +159,51 @@ def _schema_dir() -> Path:
 def load_metaverse_schema(config: MvsyncConfig) -> Schema:
     """The metaverse object types: a shipped schema by name, or a TOML file path."""
     ref = config.metaverse.schema_
-    candidate = Path(ref)
-    if not candidate.is_absolute():
-        candidate = config.base_dir / candidate
-    path = candidate if ref.endswith(".toml") and candidate.is_file() else _schema_dir() / "metaverse.toml"
-    where = f"{path}"
+    path = _schema_file(config, ref)
     try:
         data = tomllib.loads(read_text(path))
     except (OSError, TextDecodeError, tomllib.TOMLDecodeError) as exc:
-        msg = f"{where}: cannot read the metaverse schema: {exc}"
+        msg = f"{path}: cannot read the metaverse schema: {exc}"
         raise ConfigError(msg) from None
-    types = data.get("object_types", {})
+    types = data.get("object_types")
+    if not isinstance(types, dict) or not types:
+        msg = f"{path}: a metaverse schema needs at least one [object_types.NAME] table (as schema/metaverse.toml)"
+        raise ConfigError(msg)
     if not ref.endswith(".toml") and ref not in types:
         msg = f"{config.path or 'config'}: metaverse.schema: no shipped object type {ref!r} (have: {', '.join(types)})"
         raise ConfigError(msg)
-    classes = []
-    for name, body in types.items():
+    return Schema(object_classes=tuple(_object_type(path, name, body) for name, body in types.items()))
+
+
+def _schema_file(config: MvsyncConfig, ref: str) -> Path:
+    """The schema file ``metaverse.schema`` names: the user's own ``*.toml`` (which must exist: a typo
+    must not quietly mean the shipped schema), or the shipped one for a shipped type's name."""
+    if not ref.endswith(".toml"):
+        return _schema_dir() / "metaverse.toml"
+    candidate = Path(ref) if Path(ref).is_absolute() else config.base_dir / ref
+    if not candidate.is_file():
+        msg = (
+            f"{config.path or 'config'}: metaverse.schema: {candidate} does not exist (a name ending in .toml is "
+            "your own schema file, relative to the configuration; or name a shipped object type: person)"
+        )
+        raise ConfigError(msg)
+    return candidate
+
+
+def _object_type(path: Path, name: str, body: Any) -> ObjectClass:
+    """One ``[object_types.NAME]`` table as an object class anchored on the metaverse's own ``id``."""
+    key = f"object_types.{name}"
+    attributes = body.get("attributes", []) if isinstance(body, dict) else None
+    if not isinstance(attributes, list):
+        raise ConfigError(f"{path}: {key}.attributes: should be an array of {{ name = ..., type = ... }} tables")
+    parsed = []
+    for i, raw in enumerate(attributes):
         try:
-            attributes = tuple(Attribute.model_validate(a) for a in body.get("attributes", []))
-            classes.append(
-                ObjectClass(
-                    name=name,
-                    anchor="id",
-                    attributes=(Attribute(name="id", type="string"), *attributes),  # type: ignore[arg-type]
-                )
-            )
+            parsed.append(Attribute.model_validate(raw))
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, file=path, prefix=f"object_types.{name}")) from None
-    return Schema(object_classes=tuple(classes))
+            raise ConfigError(format_validation_error(exc, file=path, prefix=f"{key}.attributes[{i}]")) from None
+    anchor = Attribute(name="id", type=AttributeType.STRING)
+    try:
+        return ObjectClass(name=name, anchor="id", attributes=(anchor, *parsed))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, file=path, prefix=key)) from None

@@ -330,3 +330,32 @@ def test_configuration_errors_name_keys_as_toml_writes_them_one_line_per_cause(t
         for line, expected in zip(lines, wanted, strict=True):
             assert line.startswith(f"error: {config}: ") and expected in line, line
             assert "Value error" not in line and "(top level)" not in line and "too short" not in line
+
+
+@pytest.mark.parametrize(
+    ("schema", "wanted"),
+    [
+        (None, "metaverse.schema: {dir}/my-schema.toml does not exist (a name ending in .toml is your own"),
+        ("[object_types]\n", "{dir}/my-schema.toml: a metaverse schema needs at least one [object_types.NAME] table"),
+        (
+            '[object_types.person]\nattributes = [{ name = "accountName" }, { name = "mail", type = "strng" }]\n',
+            "{dir}/my-schema.toml: object_types.person.attributes[1].type: Input should be 'string'",
+        ),
+        (
+            '[object_types.person]\nattributes = "accountName"\n',
+            "{dir}/my-schema.toml: object_types.person.attributes: should be an array of { name = ..., type = ... }",
+        ),
+    ],
+)
+def test_a_metaverse_schema_file_that_is_missing_or_wrong_is_named_never_replaced_by_the_shipped_one(
+    tmp_path: Path, schema: str | None, wanted: str
+) -> None:
+    # a typo in the path used to mean the shipped schema, silently; an empty one was a traceback
+    config, folder = _folder_config(tmp_path)
+    folder.mkdir()
+    config.write_text(config.read_text().replace('schema = "person"', 'schema = "my-schema.toml"'))
+    if schema is not None:
+        (tmp_path / "my-schema.toml").write_text(schema, encoding="utf-8")
+    code, _out, err = invoke("run", "import", "-c", str(config))
+    assert code == 2 and "Traceback" not in err, err
+    assert wanted.replace("{dir}", str(tmp_path)) in err
