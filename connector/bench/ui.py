@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from connector.bench._util import peak_rss_mb
 from connector.config import MvsyncConfig, config_from_dict
@@ -145,7 +146,7 @@ def fill_store(store: SqlStore, persons: int, *, seed: int = 1) -> dict[str, Any
     sample: dict[str, Any] = {}
     for mv_id in range(1, persons + 1):
         mail, family = filler.person(mv_id, rnd)
-        if mv_id == persons // 2:
+        if mv_id == max(1, persons // 2):  # a person from the middle (the only one of a store of one)
             sample = {"mv_id": mv_id, "mail": mail, "family": family.lower()}
         if len(filler.mv_rows) >= 5000:
             filler.flush()
@@ -413,8 +414,8 @@ def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None
             "run": "/runs/300",
             "step_5000_errors": f"/steps/{busy_step}",
             "search_all": "/search",
-            "search_common_name": f"/search?q={sample['family']}",
-            "search_mail_one_hit": f"/search?q={sample['mail']}",
+            "search_common_name": f"/search?q={quote(sample['family'])}",  # names are not all ASCII (Zoë)
+            "search_mail_one_hit": f"/search?q={quote(sample['mail'])}",
             "search_no_hit": "/search?q=zzqx-nobody",
             "search_page_after": f"/search?q=a&after={sample['mv_id']}",
             "person": f"/persons/{sample['mv_id']}",

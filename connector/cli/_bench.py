@@ -225,8 +225,8 @@ def resilience_command(
 
 @bench_app.command("ui")
 def ui_command(
-    persons: Annotated[int, typer.Option(help="Persons in the metaverse.")] = 100_000,
-    requests: Annotated[int, typer.Option(help="Timed requests per page (after two warm-ups).")] = 20,
+    persons: Annotated[int, typer.Option(min=1, help="Persons in the metaverse.")] = 100_000,
+    requests: Annotated[int, typer.Option(min=1, help="Timed requests per page (after two warm-ups).")] = 20,
     store: Annotated[
         str | None, typer.Option(help="Store URL (default: a temporary SQLite file); must be empty.")
     ] = None,
