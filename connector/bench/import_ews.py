@@ -94,9 +94,15 @@ def run(
     budget_per_s: float | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the module docstring)."""
-    from connector.config import load_config
+    from connector.config import ConfigError, load_config
     from connector.engine import Engine
 
+    if concurrency >= ews_max_concurrency:  # the agent's own rule, said in the options' words before anything starts
+        msg = (
+            f"--concurrency ({concurrency}) must stay below --ews-max-concurrency ({ews_max_concurrency}): "
+            "the account's EWSMaxConcurrency is shared with its other clients"
+        )
+        raise ConfigError(msg)
     emulator = {
         "mailboxes": mailboxes,
         "photo_ratio": photo_ratio,

@@ -143,7 +143,7 @@ def import_ews_command(
     latency_ms: LatencyOption = 100.0,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="The agent's ceiling.")] = 16,
     ews_max_concurrency: Annotated[
-        int, typer.Option("--ews-max-concurrency", min=1, help="The account's EWSMaxConcurrency.")
+        int, typer.Option("--ews-max-concurrency", min=2, help="The account's EWSMaxConcurrency.")
     ] = 27,
     seed: SeedOption = 1,
     budget_per_s: Annotated[

@@ -354,3 +354,18 @@ def test_a_server_child_that_does_not_start_is_a_usage_error_naming_it() -> None
     proc = subprocess.Popen([sys.executable, "-c", serving], stdout=subprocess.PIPE, text=True)
     assert server_info(proc, "the Graph emulator") == {"graph_url": "https://127.0.0.1:1/v1.0"}
     proc.wait(timeout=30)
+
+
+def test_bench_import_ews_refuses_a_ceiling_at_the_accounts_limit_in_its_options_words() -> None:
+    # the agent's own rule (a ceiling below EWSMaxConcurrency), said before an emulator starts, about the
+    # options given, not about a temporary configuration file the user never saw
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "import-ews", "--mailboxes", "3", "--ews-max-concurrency", "4"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: --concurrency (16) must stay below --ews-max-concurrency (4): the account's EWSMaxConcurrency is "
+        "shared with its other clients"
+    )
