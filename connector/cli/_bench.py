@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from connector.cli._common import handle_errors, print_json
+from connector.config import ConfigError
 
 __all__ = ["register"]
 
@@ -70,14 +71,19 @@ def sync_command(
 @bench_app.command("emulator")
 @handle_errors
 def emulator_command(
-    seconds: Annotated[float, typer.Option("--seconds", help="How long the client drives load.")] = 5.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Keep-alive connections.")] = 16,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="How long the client drives load.")] = 5.0,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Keep-alive connections.")] = 16,
     users: UsersOption = 1000,
     size: Annotated[str | None, typer.Option("--size", help="Photo size, e.g. 96x96 (default: the original).")] = None,
     json_out: OneJsonOption = False,
 ) -> None:
     """Photo requests/s the emulator serves (no latency, no throttling) to a separate client process."""
     from connector.bench import emulator
+    from connector.emulator import HD_SIZES
+
+    served = [f"{n}x{n}" for n in HD_SIZES]
+    if size is not None and size not in served:  # else every request is a 404, measured as if photos
+        raise ConfigError(f"--size: Graph serves {', '.join(served)}, not {size!r}")
 
     result = emulator.run(seconds=seconds, concurrency=concurrency, users=users, size=size)
     if json_out:

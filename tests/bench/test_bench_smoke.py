@@ -369,3 +369,14 @@ def test_bench_import_ews_refuses_a_ceiling_at_the_accounts_limit_in_its_options
         "error: --concurrency (16) must stay below --ews-max-concurrency (4): the account's EWSMaxConcurrency is "
         "shared with its other clients"
     )
+
+
+def test_bench_emulator_refuses_a_size_graph_does_not_serve() -> None:
+    # every request would be a 404, and the figure would read as photos served
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "emulator", "--size", "100x100", "--seconds", "1"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --size: Graph serves 48x48, 64x64, 96x96,") and "not '100x100'" in result.stderr
