@@ -379,4 +379,5 @@ def test_bench_emulator_refuses_a_size_graph_does_not_serve() -> None:
 
     result = CliRunner().invoke(app, ["bench", "emulator", "--size", "100x100", "--seconds", "1"])
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: --size: Graph serves 48x48, 64x64, 96x96,") and "not '100x100'" in result.stderr
+    assert result.stderr.startswith("error: --size: Graph serves 48x48, 64x64, 96x96,")
+    assert "not '100x100'" in result.stderr
