@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +34,11 @@ log = logging.getLogger("mvsync.web")
 
 _HERE = Path(__file__).parent
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Ids and cursors are database integers: larger numbers are no address of this console (SQLite's
+#: INTEGER is 64-bit; a bigger one in a URL was an OverflowError and a 500).
+_ROW_ID_MAX = 2**63 - 1
+RowId = Annotated[int, PathParam(ge=0, le=_ROW_ID_MAX)]
+Cursor = Annotated[int | None, Query(ge=0, le=_ROW_ID_MAX)]
 #: Photos are content-addressed: a URL's bytes never change, so browsers may keep them for a year.
 PHOTO_CACHE = "private, max-age=31536000, immutable"
 
@@ -81,6 +88,14 @@ class _Pages:
             return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
         return self.page(request, "error.html", exc.status_code, message=exc.detail, nav="")
 
+    def bad_address(self, request: Request, exc: RequestValidationError) -> Response:
+        """A hand-edited URL (``/runs/abc``, a cursor out of range): a page that says so, not FastAPI's JSON."""
+        problems = "; ".join(f"{' '.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        if request.url.path.startswith(("/photo/", "/static/")):
+            return Response(problems, status_code=400, media_type="text/plain")
+        message = f"Not an address of this console ({problems})"
+        return self.page(request, "error.html", 400, message=message, title="Bad address", nav="")
+
     def store_unavailable(self, request: Request, exc: StoreError) -> Response:
         """The store cannot be read (a PostgreSQL restart, a damaged file): a page that says so, not a 500.
 
@@ -94,19 +109,19 @@ class _Pages:
         return self.page(request, "error.html", 503, message=str(exc), hint=hint, title="Store unavailable", nav="")
 
     # --------------------------------------------------------------------------- operations
-    def operations(self, request: Request, before: Annotated[int | None, Query()] = None) -> HTMLResponse:
+    def operations(self, request: Request, before: Cursor = None) -> HTMLResponse:
         with self.store.read() as conn:
             runs, next_before = self.console.runs(conn, before)
         return self.page(request, "operations.html", runs=runs, next_before=next_before)
 
-    def run(self, request: Request, run_id: int) -> HTMLResponse:
+    def run(self, request: Request, run_id: RowId) -> HTMLResponse:
         with self.store.read() as conn:
             view = self.console.run(conn, run_id)
         if view is None:
             raise HTTPException(404, f"no run {run_id}")
         return self.page(request, "run.html", run=view, nav="operations")
 
-    def step(self, request: Request, step_id: int, after: Annotated[int | None, Query()] = None) -> HTMLResponse:
+    def step(self, request: Request, step_id: RowId, after: Cursor = None) -> HTMLResponse:
         with self.store.read() as conn:
             found = self.console.step(conn, step_id, after)
         if found is None:
@@ -121,14 +136,14 @@ class _Pages:
         self,
         request: Request,
         q: Annotated[str, Query(max_length=200)] = "",
-        after: Annotated[int | None, Query()] = None,
-        before: Annotated[int | None, Query()] = None,
+        after: Cursor = None,
+        before: Cursor = None,
     ) -> HTMLResponse:
         with self.store.read() as conn:
             result = self.console.search(conn, q, after, before)
         return self.page(request, "search.html", result=result)
 
-    def person(self, request: Request, mv_id: int) -> HTMLResponse:
+    def person(self, request: Request, mv_id: RowId) -> HTMLResponse:
         with self.store.read() as conn:
             doc = self.console.person(conn, mv_id)
         if doc is None:
@@ -142,7 +157,9 @@ class _Pages:
         agents = [(a, self.console.source_label(a), n) for a, n in sorted(counts.items(), key=lambda x: x[0])]
         return self.page(request, "pending_agents.html", agents=agents, nav="pending")
 
-    def pending(self, request: Request, agent: str, after: Annotated[int, Query()] = -1) -> HTMLResponse:
+    def pending(
+        self, request: Request, agent: str, after: Annotated[int, Query(ge=-1, le=_ROW_ID_MAX)] = -1
+    ) -> HTMLResponse:
         if agent not in self.config.agents:
             raise HTTPException(404, f"no agent {agent!r} in the configuration")
         with self.store.read() as conn:
@@ -220,6 +237,7 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
     app.middleware("http")((policy or AccessPolicy()).middleware)
     app.add_exception_handler(StarletteHTTPException, pages.not_found)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, pages.store_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, pages.bad_address)  # type: ignore[arg-type]
     for path, html in pages.html_routes():
         app.add_api_route(path, html, methods=["GET"], response_class=HTMLResponse)
     for path, other in pages.other_routes():

@@ -6,6 +6,7 @@ import hashlib
 import re
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from connector.store.tables import blob, cs_object, mv_object, run_history, run_step
@@ -62,7 +63,27 @@ def test_missing_things_are_404_pages(client: Any) -> None:
         page = client.get(url)
         assert page.status_code == 404, url
         assert "<h1>" in page.text
-    assert client.get("/persons/not-a-number").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("/persons/not-a-number", "mv_id: Input should be a valid integer"),
+        ("/persons/99999999999999999999999", "mv_id: Input should be less than or equal to 9223372036854775807"),
+        ("/runs/1?before=x", None),  # an unknown parameter is ignored, as before
+        ("/?before=-1", "before: Input should be greater than or equal to 0"),
+        ("/steps/1?after=zz", "after: Input should be a valid integer"),
+        ("/search?q=" + "x" * 201, "q: String should have at most 200 characters"),
+    ],
+)
+def test_a_hand_edited_address_is_a_400_page_not_json_or_a_500(client: Any, url: str, said: str | None) -> None:
+    # a number beyond SQLite's 64-bit INTEGER was an OverflowError and a 500; the others FastAPI's JSON 422
+    page = client.get(url)
+    if said is None:
+        assert page.status_code == 200
+        return
+    assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
+    assert f"Not an address of this console ({said}" in page.text and "<title>Bad address" in page.text
 
 
 def test_search_by_name_mail_upn_and_account(client: Any, photo_world: PhotoWorld) -> None:
