@@ -29,6 +29,7 @@ from connector.cli._common import (
 )
 from connector.config import ConfigError, MvsyncConfig, load_config
 from connector.store import (
+    ROW_ID_MAX,
     ClearedRuns,
     ConnectorSpace,
     CsObject,
@@ -297,7 +298,7 @@ def run(
 @handle_errors
 def history_list(
     config: ConfigOption = DEFAULT_CONFIG,
-    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many runs, newest first.")] = 20,
     json_out: JsonOption = False,
 ) -> None:
     """Recent runs with their status."""
@@ -366,7 +367,7 @@ def history_clear(
 
 @handle_errors
 def history_show(
-    run_id: Annotated[int, typer.Argument(help="Run id from `mvsync history list`.")],
+    run_id: Annotated[int, typer.Argument(min=1, max=ROW_ID_MAX, help="Run id from `mvsync history list`.")],
     config: ConfigOption = DEFAULT_CONFIG,
     errors: Annotated[int, typer.Option(help="Per-object errors to show per step.")] = 50,
     json_out: JsonOption = False,
@@ -468,7 +469,7 @@ def cs_search(
     pending_export: Annotated[bool, typer.Option(help="Only objects with a pending export.")] = False,
     disconnectors: Annotated[bool, typer.Option(help="Only objects joined to no metaverse object.")] = False,
     errors: Annotated[bool, typer.Option(help="Only objects with an export or sync error.")] = False,
-    limit: int = 50,
+    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many objects at most.")] = 50,
     json_out: JsonOption = False,
 ) -> None:
     """Search an agent's connector space (MIM's CS search scopes)."""
@@ -562,7 +563,7 @@ def cs_show(
 def mv_search(
     text: Annotated[str, typer.Argument(help="Part of a name, mail, UPN or account name.")] = "",
     config: ConfigOption = DEFAULT_CONFIG,
-    limit: int = 50,
+    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many persons at most.")] = 50,
     json_out: JsonOption = False,
 ) -> None:
     """Find persons by name, mail, UPN or account name."""
@@ -608,7 +609,7 @@ def mv_show(
     with store.read() as conn:
         metaverse = Metaverse(conn)
         if ident.isdigit():
-            row = metaverse.get(int(ident))
+            row = metaverse.get(int(ident)) if int(ident) <= ROW_ID_MAX else None
         else:
             matches = metaverse.search(ident, limit=2)
             if len(matches) > 1:

@@ -45,6 +45,9 @@ __all__ = ["SqlStore", "StoreConnection", "StoreError"]
 StoreConnection: TypeAlias = Connection
 
 
+#: The largest row id (run, step, metaverse object) either backend can hold: a 64-bit signed INTEGER.
+#: A larger number typed into a command or a console URL names nothing (and SQLite would overflow).
+ROW_ID_MAX = 2**63 - 1
 #: Rows a table gains before the first ``ANALYZE`` on PostgreSQL (see ``SqlStore.note_inserts``).
 ANALYZE_MIN_ROWS = 1000
 #: Upper bound of blob bytes fetched by one query (see ``SqlStore.get_blobs``).

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.config import MvsyncConfig
-from connector.store import SqlStore, StoreError
+from connector.store import ROW_ID_MAX, SqlStore, StoreError
 from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
 from connector.web._security import AccessPolicy
@@ -34,9 +34,9 @@ log = logging.getLogger("mvsync.web")
 
 _HERE = Path(__file__).parent
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-#: Ids and cursors are database integers: larger numbers are no address of this console (SQLite's
-#: INTEGER is 64-bit; a bigger one in a URL was an OverflowError and a 500).
-_ROW_ID_MAX = 2**63 - 1
+#: Ids and cursors are database integers: larger numbers are no address of this console (a bigger one
+#: in a URL was an OverflowError and a 500).
+_ROW_ID_MAX = ROW_ID_MAX
 RowId = Annotated[int, PathParam(ge=0, le=_ROW_ID_MAX)]
 Cursor = Annotated[int | None, Query(ge=0, le=_ROW_ID_MAX)]
 #: Photos are content-addressed: a URL's bytes never change, so browsers may keep them for a year.

@@ -359,3 +359,26 @@ def test_a_metaverse_schema_file_that_is_missing_or_wrong_is_named_never_replace
     code, _out, err = invoke("run", "import", "-c", str(config))
     assert code == 2 and "Traceback" not in err, err
     assert wanted.replace("{dir}", str(tmp_path)) in err
+
+
+HUGE = str(2**70)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (("history", "show", HUGE), 2, "Invalid value for 'run_id'"),
+        (("history", "list", "--limit", HUGE), 2, "Invalid value for '--limit'"),
+        (("history", "list", "--limit", "-3"), 2, "Invalid value for '--limit'"),
+        (("cs", "search", "ad", "--limit", HUGE), 2, "Invalid value for '--limit'"),
+        (("mv", "search", "a", "--limit", "0"), 2, "Invalid value for '--limit'"),
+        (("mv", "show", HUGE), 2, f"no metaverse object '{HUGE}'"),
+    ],
+)
+def test_numbers_beyond_what_the_store_holds_are_usage_errors_not_tracebacks(
+    config: Path, args: tuple[str, ...], code: int, said: str
+) -> None:
+    # SQLite's INTEGER is 64-bit: a larger id or limit was an OverflowError traceback (exit 1)
+    assert invoke("run", "cycle", "-c", str(config))[0] in (0, 3)
+    got, _out, err = invoke(*args, "-c", str(config))
+    assert got == code and said in err and "Traceback" not in err, err
