@@ -122,6 +122,11 @@ class Engine:
             known = ", ".join(repr(p) for p in self.config.run_profiles) or "none"
             msg = f"{self.config.path or 'config'}: no run profile {name!r} (configured: {known})"
             raise ConfigError(msg)
+        unknown = sorted(set(agents or ()) - set(self.config.agents))
+        if unknown:
+            known = ", ".join(sorted(self.config.agents)) or "none"
+            msg = f"{self.config.path or 'config'}: unknown agent(s) {', '.join(unknown)} (configured agents: {known})"
+            raise ConfigError(msg)
         steps = [s for s in self.config.run_profiles[name].steps if agents is None or s.agent in agents]
         if agents is not None and not steps:
             msg = f"run profile {name!r} has no steps for agent(s) {', '.join(sorted(agents))}"

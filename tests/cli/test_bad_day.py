@@ -263,6 +263,8 @@ def test_unknown_agent_or_profile_exits_2_everywhere(config: Path, args: tuple[s
     code, out, err = invoke(*args, "-c", str(config))
     assert code == 2, (args, out, err)
     assert "nosuch" in err and "0 pending" not in out
+    if args[0] == "run" and "--agent" in args:  # not "has no steps for nosuch": it is no agent at all
+        assert "unknown agent(s) nosuch (configured agents: " in err
 
 
 def test_empty_json_lists_print_brackets(config: Path) -> None:
