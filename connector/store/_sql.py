@@ -38,7 +38,7 @@ from connector.store._locks import LockManager
 from connector.store._migrations import migrate
 from connector.store.tables import blob, metadata
 
-__all__ = ["SqlStore", "StoreConnection", "StoreError"]
+__all__ = ["ROW_ID_MAX", "SqlStore", "StoreConnection", "StoreError"]
 
 #: The connection of one store transaction: what callers hand to the repositories. Callers use it
 #: as an opaque handle; only code inside ``connector.store`` runs statements on it.

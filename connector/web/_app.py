@@ -36,9 +36,8 @@ _HERE = Path(__file__).parent
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Ids and cursors are database integers: larger numbers are no address of this console (a bigger one
 #: in a URL was an OverflowError and a 500).
-_ROW_ID_MAX = ROW_ID_MAX
-RowId = Annotated[int, PathParam(ge=0, le=_ROW_ID_MAX)]
-Cursor = Annotated[int | None, Query(ge=0, le=_ROW_ID_MAX)]
+RowId = Annotated[int, PathParam(ge=0, le=ROW_ID_MAX)]
+Cursor = Annotated[int | None, Query(ge=0, le=ROW_ID_MAX)]
 #: Photos are content-addressed: a URL's bytes never change, so browsers may keep them for a year.
 PHOTO_CACHE = "private, max-age=31536000, immutable"
 
@@ -158,7 +157,7 @@ class _Pages:
         return self.page(request, "pending_agents.html", agents=agents, nav="pending")
 
     def pending(
-        self, request: Request, agent: str, after: Annotated[int, Query(ge=-1, le=_ROW_ID_MAX)] = -1
+        self, request: Request, agent: str, after: Annotated[int, Query(ge=-1, le=ROW_ID_MAX)] = -1
     ) -> HTMLResponse:
         if agent not in self.config.agents:
             raise HTTPException(404, f"no agent {agent!r} in the configuration")
