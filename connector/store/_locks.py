@@ -86,7 +86,7 @@ class LockManager:
                     conn.exec_driver_sql("SELECT 1")
                     conn.rollback()  # never left "idle in transaction"
                 except SQLAlchemyError as exc:
-                    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                    reason = next(iter(str(getattr(exc, "orig", None) or exc).strip().splitlines()), "")
                     self._lost[name] = (
                         f"the run lock {name} on the store {self._where} was lost with its database session "
                         f"({reason}; a server restart or failover, a terminated backend or a dropped connection ends "
