@@ -30,6 +30,7 @@ __all__ = [
     "StoreError",
     "StoreMissingError",
     "StoreReadOnlyError",
+    "first_line",
     "store_faults",
 ]
 
@@ -111,21 +112,21 @@ def classify(exc: DBAPIError, where: str) -> StoreError | None:
     if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM")):
         return StoreError(f"cannot use the store {where} ({text}): check the disk, the path and its permissions")
     sqlstate = getattr(orig, "sqlstate", None)
-    first_line = next(iter(text.strip().splitlines()), "")  # PostgreSQL adds LINE/caret lines to a statement's error
+    first = first_line(text)
     if sqlstate == "25006":  # PostgreSQL's read_only_sql_transaction
         return StoreReadOnlyError(
-            f"the store {where} is read-only: the server refused a write ({first_line}); store.url "
+            f"the store {where} is read-only: the server refused a write ({first}); store.url "
             "may point at a standby (a read replica) or at a database set default_transaction_read_only: point it "
             "at the primary"
         )
     if sqlstate == "42501":  # insufficient_privilege
         return StoreReadOnlyError(
-            f"the store {where} refused this role a write ({first_line}): grant it SELECT, INSERT, "
+            f"the store {where} refused this role a write ({first}): grant it SELECT, INSERT, "
             "UPDATE and DELETE on mvsync's tables (README: Production store on PostgreSQL)"
         )
     if sqlstate == "55P03":  # PostgreSQL's lock_not_available: lock_timeout ran out
         return StoreBusyError(
-            f"the store {where} is busy: another session holds a lock on its tables ({first_line}), such as a "
+            f"the store {where} is busy: another session holds a lock on its tables ({first}), such as a "
             "VACUUM FULL, a REINDEX or a transaction left open (pg_stat_activity, pg_blocking_pids() show which); "
             "let it finish and run again: what was committed before is kept"
         )
@@ -133,6 +134,11 @@ def classify(exc: DBAPIError, where: str) -> StoreError | None:
         # PostgreSQL: the server is down, refuses the login, or dropped the connection
         return StoreError(f"cannot use the store {where}: {text.strip()}")
     return None
+
+
+def first_line(text: str) -> str:
+    """A database error's first line: PostgreSQL adds ``LINE``/caret lines that say nothing to an operator."""
+    return next(iter(text.strip().splitlines()), "")
 
 
 @contextlib.contextmanager

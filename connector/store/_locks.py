@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector.files import atomic_write
-from connector.store._faults import LockHeldError, StoreError, store_faults
+from connector.store._faults import LockHeldError, StoreError, first_line, store_faults
 
 __all__ = ["LockManager"]
 
@@ -86,7 +86,7 @@ class LockManager:
                     conn.exec_driver_sql("SELECT 1")
                     conn.rollback()  # never left "idle in transaction"
                 except SQLAlchemyError as exc:
-                    reason = next(iter(str(getattr(exc, "orig", None) or exc).strip().splitlines()), "")
+                    reason = first_line(str(getattr(exc, "orig", None) or exc))
                     self._lost[name] = (
                         f"the run lock {name} on the store {self._where} was lost with its database session "
                         f"({reason}; a server restart or failover, a terminated backend or a dropped connection ends "

@@ -62,6 +62,11 @@ BUSY_TIMEOUT_S = 30.0
 BUSY_GRACE_S = 5.0
 
 
+def _busy_ms() -> int:
+    """``BUSY_TIMEOUT_S`` in the milliseconds both databases take (read when asked: tests shorten it)."""
+    return int(BUSY_TIMEOUT_S * 1000)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     # pysqlite's own transaction handling breaks SAVEPOINTs; take control of BEGIN ourselves.
     @event.listens_for(engine, "connect")
@@ -71,7 +76,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute(f"PRAGMA busy_timeout={_busy_ms()}")
         cur.execute("PRAGMA cache_size=-65536")
         cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
@@ -91,7 +96,7 @@ def _analyze_unless_busy(conn: Connection, table: str) -> bool:
         with conn.begin_nested():
             conn.exec_driver_sql("SET LOCAL lock_timeout = 1000")
             conn.exec_driver_sql(f"ANALYZE {table}")
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {_busy_ms()}")
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != "55P03":
             raise
@@ -105,7 +110,7 @@ def _postgresql_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         with dbapi_conn.cursor() as cur:
-            cur.execute(f"SET lock_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            cur.execute(f"SET lock_timeout = {_busy_ms()}")
         dbapi_conn.commit()  # outside any transaction the run opens: a rollback must not undo it
 
 
@@ -250,7 +255,7 @@ class SqlStore:
                     if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
                         raise StoreError(f"cannot use the store {self.where}: {exc}") from None
                 finally:
-                    raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                    raw.execute(f"PRAGMA busy_timeout={_busy_ms()}")
         waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
         msg = (
             f"the store {self.where} is busy: another process holds its database lock{waited} (a backup or "

@@ -82,18 +82,22 @@ class _Pages:
         context.setdefault("nav", name.split(".")[0])
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
-    def not_found(self, request: Request, exc: StarletteHTTPException) -> Response:
+    def error(self, request: Request, status: int, message: str, **context: Any) -> Response:
+        """An error answer: plain text for a photo or the stylesheet (an ``<img>`` shows no page), else
+        the error page with ``message`` (and the template's ``title`` and ``hint`` from ``context``)."""
         if request.url.path.startswith(("/photo/", "/static/")):
-            return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
-        return self.page(request, "error.html", exc.status_code, message=exc.detail, nav="")
+            return Response(message, status_code=status, media_type="text/plain")
+        return self.page(request, "error.html", status, message=message, nav="", **context)
+
+    def not_found(self, request: Request, exc: StarletteHTTPException) -> Response:
+        return self.error(request, exc.status_code, str(exc.detail))
 
     def bad_address(self, request: Request, exc: RequestValidationError) -> Response:
         """A hand-edited URL (``/runs/abc``, a cursor out of range): a page that says so, not FastAPI's JSON."""
         problems = "; ".join(f"{' '.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         if request.url.path.startswith(("/photo/", "/static/")):
-            return Response(problems, status_code=400, media_type="text/plain")
-        message = f"Not an address of this console ({problems})"
-        return self.page(request, "error.html", 400, message=message, title="Bad address", nav="")
+            return self.error(request, 400, problems)
+        return self.error(request, 400, f"Not an address of this console ({problems})", title="Bad address")
 
     def store_unavailable(self, request: Request, exc: StoreError) -> Response:
         """The store cannot be read (a PostgreSQL restart, a damaged file): a page that says so, not a 500.
@@ -102,10 +106,8 @@ class _Pages:
         back shows the page. One log line per failed request, without a traceback: it is not a bug.
         """
         log.warning("%s %s: %s", request.method, request.url.path, exc)
-        if request.url.path.startswith(("/photo/", "/static/")):
-            return Response(str(exc), status_code=503, media_type="text/plain")
         hint = "The console keeps running; reload this page once the store answers again."
-        return self.page(request, "error.html", 503, message=str(exc), hint=hint, title="Store unavailable", nav="")
+        return self.error(request, 503, str(exc), hint=hint, title="Store unavailable")
 
     # --------------------------------------------------------------------------- operations
     def operations(self, request: Request, before: Cursor = None) -> HTMLResponse:
