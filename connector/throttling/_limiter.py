@@ -22,12 +22,16 @@ happened; BBR's delivery rate for telling a limit from noise):
   the cap; against a rate, about the rate times the round trip). When the last of them is answered,
   the remembered ceiling is set one unit above that count (never above the load pushed back).
   Regrowth then stops below the wall instead of walking into it again, each wall costing every
-  thread a whole Retry-After pause. The limit never restarts above the cut: a ``$batch`` holds its
-  units for its whole round trip but runs fewer items in its last rounds, so the units it was
-  accepted for can overstate the service's cap, and restarting above the wall makes the next pause
-  at full load. Slow start's overshoot (up to twice the wall) may lower the limit to the census;
-  later the cut stays multiplicative, because only a cut of known size lets the delivery rate after
-  it tell endemic push-back from a limit (below). A census below the cut (a rate whose burst hid it)
+  thread a whole Retry-After pause. After slow start's overshoot (up to twice the wall) the limit
+  restarts at the census: that cut was a guess made before anything was measured, and regrowth from
+  it only walks back up to the same wall, a round trip at a time (a ``$batch``'s is five of
+  Graph's): seconds below the wall in a run that may take ten. A census can overstate (a ``$batch``
+  refused for a few items counts most of its weight as carried); then the next push-back is
+  measured like any later one, the pause that regrowth would have met a few round trips later.
+  Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
+  known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
+  ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
+  so a census taken at full load can overstate the cap. A census below the cut (a rate whose burst hid it)
   brings the wall down to the cut and restarts the limit at the census, but no lower than one more
   cut: a ``$batch`` runs its next item as soon as one is refused, so a small overload can show as
   many refused items, and regrowth climbs back to the cut within a few round trips. Nothing accepted
@@ -550,10 +554,10 @@ class AdaptiveLimiter:
             return
         carried = max(self.floor, min(int(census.accepted), self.ceiling))
         if census.slow_start and census.refused > 0:
-            # slow start's overshoot (up to twice the wall): the cut was a guess, so the limit may go
-            # lower, to the wall; not higher, since what a $batch holds is a unit count, not a count of
-            # the items the service runs at once, and restarting above the wall costs a second pause
-            self._limit = min(self._limit, float(carried))
+            # slow start's overshoot (up to twice the wall): the cut was a guess, the census is a
+            # measurement, so the limit restarts there, higher or lower (an overstated census meets
+            # the wall at the next push-back, which regrowth from the cut would meet too, later)
+            self._limit = float(carried)
         elif carried < int(self._limit):
             # the service carried less than the cut leaves: against a rate whose burst hid it for a
             # while (a token bucket), the load pushed back was far above the rate, and a wall left there
