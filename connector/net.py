@@ -8,11 +8,12 @@ service took the connection and never answered. Each needs a different fix, so e
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import requests
 
-__all__ = ["describe_request_error", "failure_kind", "host_port"]
+__all__ = ["AnswerClock", "describe_request_error", "failure_kind", "host_port"]
 
 
 def host_port(url: str) -> str:
@@ -55,3 +56,34 @@ def describe_request_error(exc: requests.RequestException, url: str, service: st
     Never includes the request's headers or body (they may carry a token).
     """
     return f"{service} at {host_port(url)}: {failure_kind(exc)}"
+
+
+class AnswerClock:
+    """When a service last answered any request of one client (any status), from any of its threads.
+
+    Why: a request whose every attempt failed without an answer is either one object's bad luck or
+    the service gone (stopped, wedged, unreachable, its certificate replaced). If no other request had
+    an answer meanwhile, it is the service: the step should stop with ``stopped-server-down`` instead
+    of giving every remaining object a per-object error (which error rechecks would then defer).
+    A float assignment is atomic in CPython, so no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def answered(self) -> None:
+        self._last = time.monotonic()
+
+    def silent_since(self, started: float) -> bool:
+        """True when no request of this client had an answer since ``started`` (``time.monotonic()``)."""
+        return self._last < started
+
+    def not_answering(
+        self, service: str, url: str, exc: requests.RequestException, attempts: int, started: float, then: str
+    ) -> str:
+        """The stop message: who did not answer, how, for how long; then what was kept and what to check."""
+        waited = time.monotonic() - started
+        return (
+            f"{service} at {host_port(url)} did not answer: {failure_kind(exc)} ({attempts} attempts over "
+            f"{waited:.0f} s, and no other request had an answer meanwhile); {then}"
+        )

@@ -40,8 +40,8 @@ import tenacity
 from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.net import describe_request_error
-from connector.sdk import StopRunError
+from connector.net import AnswerClock, describe_request_error
+from connector.sdk import ServerDownError, StopRunError
 from connector.throttling import AdaptiveLimiter, Signal, Ticket, parse_retry_after, shared_limiter
 
 __all__ = [
@@ -114,12 +114,23 @@ class GraphResponse:
 
 
 class RetryableError(Exception):
-    """A failure worth retrying (server error, connection trouble); see :class:`ThrottledError`."""
+    """A failure worth retrying (server error, connection trouble); see :class:`ThrottledError`.
 
-    def __init__(self, detail: str, *, retry_after: float | None = None, response: GraphResponse | None = None):
+    ``network`` is the connection failure when Graph gave no answer at all.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        response: GraphResponse | None = None,
+        network: requests.RequestException | None = None,
+    ):
         super().__init__(detail)
         self.retry_after = retry_after
         self.response = response
+        self.network = network
 
 
 class ThrottledError(RetryableError):
@@ -289,6 +300,8 @@ class GraphClient:
             pause_max_s=settings.retry_after_max_s,
         )
         self.closed = threading.Event()
+        #: When any thread last had an answer from Graph: tells an outage from one request's trouble.
+        self.answers = AnswerClock()
         self._progress_lock = threading.Lock()
         self._last_progress = time.monotonic()
         self.throttled_waits = 0
@@ -366,8 +379,9 @@ class GraphClient:
         weight: int,
         envelope: bool,
         tickets: list[Ticket],
+        cancel: threading.Event,
     ) -> GraphResponse:
-        ticket = tickets.pop() if tickets else self.limiter.acquire(weight, cancel=self.closed)
+        ticket = tickets.pop() if tickets else self.limiter.acquire(weight, cancel=cancel)
         full_url = self.url(url)
         try:
             token = self.auth.token()
@@ -384,12 +398,13 @@ class GraphClient:
             self.limiter.release(ticket, Signal.FAILED)
             self.stats.add(connection_errors=1)
             metrics.graph_request("connection-error")
-            raise RetryableError(describe_request_error(exc, full_url, "Graph")) from None
+            raise RetryableError(describe_request_error(exc, full_url, "Graph"), network=exc) from None
         except BaseException:
             # the limiter is shared by the whole process: a share never handed back would shrink it
             # for every later step (an authentication stop, a bug, Ctrl-C)
             self.limiter.release(ticket, Signal.FAILED)
             raise
+        self.answers.answered()
         self.stats.add(bytes_received=len(content))
         if not envelope:  # a batch's items are counted one by one, as Graph counts them
             metrics.graph_request(resp.status_code)
@@ -453,32 +468,62 @@ class GraphClient:
         weight: int = 1,
         envelope: bool = False,
         ticket: Ticket | None = None,
+        cancel: threading.Event | None = None,
     ) -> GraphResponse:
         """Send with retries. Returns the final response; a failed one if the retries ran out.
 
         ``ticket`` is a share of the limit the caller already holds (used for the first attempt).
-        Raises ``RetryableError`` only for connection trouble that outlasted the retries, and
-        ``ThrottledTooLongError`` when throttling left no progress for too long. Only failures
-        count as attempts and spend the budget (``_stop``); throttling is waited out inside.
+        ``cancel`` (the step stopping; the connector closing by default) ends waits and retries.
+        Raises ``RetryableError`` only for connection trouble that outlasted the retries,
+        ``ServerDownError`` when no request of any thread had an answer from Graph meanwhile (Graph,
+        or the way to it, is down: no fault of the object at hand), and ``ThrottledTooLongError``
+        when throttling left no progress for too long. Only failures count as attempts and spend the
+        budget (``_stop``); throttling is waited out inside.
         """
         tickets = [ticket] if ticket is not None else []
+        stopping = cancel if cancel is not None else self.closed
+
+        def sleep(seconds: float) -> None:  # a step that stops does not sit out a backoff of up to backoff_max_s
+            stopping.wait(seconds)
+
         retrying = tenacity.Retrying(
-            stop=self._stop,
+            stop=lambda state: stopping.is_set() or self._stop(state),
             wait=self._wait,
+            sleep=sleep,
             retry=tenacity.retry_if_exception_type(RetryableError),
             reraise=True,
         )
+        started = time.monotonic()
+        args = (method, url, headers, body, json_body, weight, envelope, tickets, stopping)
         try:
-            return retrying(self._send_answered, method, url, headers, body, json_body, weight, envelope, tickets)
+            return retrying(self._send_answered, *args)
         except RetryableError as exc:
             if exc.response is not None:
                 return exc.response
+            if exc.network is not None and self.answers.silent_since(started):
+                raise self._down(exc.network, int(retrying.statistics.get("attempt_number", 1)), started) from None
             raise
+
+    def _down(self, exc: requests.RequestException, attempts: int, started: float) -> ServerDownError:
+        """No request of any thread had an answer while this one tried: Graph, or the way to it, is down."""
+        return ServerDownError(
+            self.answers.not_answering(
+                "Graph",
+                self.base,
+                exc,
+                attempts,
+                started,
+                "the users not fetched yet keep what they had, and a full import resumes from its last committed "
+                "page; check the network and proxy to Graph, and Microsoft 365 service health",
+            )
+        )
 
     def get_json(self, url: str, *, headers: dict[str, str] | None = None) -> GraphResponse:
         return self.request("GET", url, headers=headers)
 
-    def batch(self, items: Sequence[BatchItem], *, ticket: Ticket | None = None) -> list[GraphResponse]:
+    def batch(
+        self, items: Sequence[BatchItem], *, ticket: Ticket | None = None, cancel: threading.Event | None = None
+    ) -> list[GraphResponse]:
         """One ``$batch`` round trip (the envelope retried as a whole); one response per item, in order.
 
         Items are *not* retried here: callers re-queue throttled items (see :meth:`item_retry`).
@@ -492,6 +537,7 @@ class GraphClient:
             weight=min(len(items), BATCH_PARALLELISM),
             envelope=True,
             ticket=ticket,
+            cancel=cancel,
         )
         self.stats.add(batch_requests=1)
         if not resp.ok or not isinstance(resp.json_body, dict):

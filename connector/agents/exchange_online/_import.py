@@ -369,7 +369,7 @@ class PhotoWorker(Worker[PhotoTask]):
         send = tasks if ticket.weight >= wanted else tasks[: ticket.weight]
         later: list[list[ImportItem]] = [[task] for task in tasks[len(send) :]]  # no room: queued again
         try:
-            responses = client.batch([task_request(d.task) for d in send], ticket=ticket)
+            responses = client.batch([task_request(d.task) for d in send], ticket=ticket, cancel=cancel)
         except RetryableError as exc:  # connection trouble outlasted the retries
             failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
             responses = [failed for _ in send]

@@ -28,7 +28,7 @@ import requests
 
 from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.net import failure_kind, host_port
+from connector.net import AnswerClock, failure_kind, host_port
 from connector.sdk import ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, parse_retry_after
 
@@ -95,8 +95,8 @@ class PhotoClient:
         self.cancel = cancel
         self.url = settings.ews_url + "/s/GetUserPhoto"
         self.counters = {"requests": 0, "throttled": 0, "retries": 0, "backoff_ms_honoured": 0}
-        #: When any thread last had an answer from EWS (any status): tells an outage from one mailbox.
-        self._last_answer = time.monotonic()
+        #: When any thread last had an answer from EWS: tells an outage from one mailbox's trouble.
+        self.answers = AnswerClock()
 
     @property
     def session(self) -> requests.Session:
@@ -149,7 +149,8 @@ class PhotoClient:
                 self.limiter.release(ticket, Signal.FAILED)
                 unanswered, last = exc, f"EWS at {host_port(s.origin)}: {failure_kind(exc)}"
             else:
-                self._last_answer, unanswered = time.monotonic(), None
+                self.answers.answered()
+                unanswered = None
                 is_throttled, wait = throttle_signal(resp)
                 if is_throttled:
                     self.count("throttled")
@@ -168,7 +169,7 @@ class PhotoClient:
                 last = f"HTTP {resp.status_code} from {s.origin}"
             failures += 1
             if failures >= s.max_attempts:
-                if unanswered is not None and self._last_answer < started:
+                if unanswered is not None and self.answers.silent_since(started):
                     raise self._down(unanswered, started, failures)
                 hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if "HTTP 500" in last else ""
                 return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{hint}")
@@ -178,14 +179,17 @@ class PhotoClient:
                 return Fetched("error", error="ews-error", detail="the step stopped")
 
     def _down(self, exc: requests.RequestException, started: float, attempts: int) -> ServerDownError:
-        """No request of any thread had an answer while this one tried ``attempts`` times: EWS is down
-        (or unreachable, or its certificate untrusted), which is no fault of the mailbox. The step stops
-        instead of giving every mailbox a per-object error that its recheck window would then defer."""
-        waited = time.monotonic() - started
+        """EWS is down (or unreachable, or its certificate untrusted), which is no fault of the mailbox."""
         return ServerDownError(
-            f"EWS at {host_port(self.settings.origin)} did not answer: {failure_kind(exc)} ({attempts} attempts over "
-            f"{waited:.0f} s, and no other request had an answer meanwhile); the mailboxes not fetched yet keep "
-            "what they had; check the server (IIS and the EWS application pool), the network and the certificate"
+            self.answers.not_answering(
+                "EWS",
+                self.settings.origin,
+                exc,
+                attempts,
+                started,
+                "the mailboxes not fetched yet keep what they had; check the server (IIS and the EWS "
+                "application pool), the network and the certificate",
+            )
         )
 
     def _answer(self, email: str, resp: requests.Response) -> Fetched | None:
