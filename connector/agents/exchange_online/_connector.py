@@ -265,8 +265,20 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             self._photo_policy_read = True
             guard_photo_export(self.graph, self.settings, self.context.agent, self.context.logger)
         workers = max(1, min(8, self.settings.concurrency))
+        down: list[str] = []  # Graph's outage, once a request has met it: one verdict per batch
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exo-export") as pool:
-            return list(pool.map(self._export_one, changes))
+            return list(pool.map(lambda change: self._export_unless_down(change, down), changes))
+
+    def _export_unless_down(self, change: CSEntryChange, down: list[str]) -> ExportResult:
+        """``_export_one``, or a retry (the change stays pending) once Graph is known to be down."""
+        ident = change.identifier or change.anchor
+        if down:
+            return ExportResult.retry(ident, "cd-server-down", down[0])
+        try:
+            return self._export_one(change)
+        except ServerDownError as exc:
+            down.append(str(exc))
+            return ExportResult.retry(ident, "cd-server-down", str(exc))
 
     def _export_one(self, change: CSEntryChange) -> ExportResult:
         ident = change.identifier or change.anchor

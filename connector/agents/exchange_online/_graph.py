@@ -513,8 +513,9 @@ class GraphClient:
                 exc,
                 attempts,
                 started,
-                "the users not fetched yet keep what they had, and a full import resumes from its last committed "
-                "page; check the network and proxy to Graph, and Microsoft 365 service health",
+                "nothing is lost (users not fetched yet keep what they had, a full import resumes from its last "
+                "committed page, photo exports stay pending); check the network and proxy to Graph, and "
+                "Microsoft 365 service health",
             )
         )
 

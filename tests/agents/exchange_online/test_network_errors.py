@@ -17,7 +17,7 @@ import requests
 from connector.agents.exchange_online._import import Watermark
 from connector.engine import Page
 from connector.net import describe_request_error
-from connector.sdk import AuthenticationError, ImportMode, ServerDownError
+from connector.sdk import AttributeChange, AuthenticationError, CSEntryChange, ExportStatus, ImportMode, ServerDownError
 from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 from tests.harness.sockets import silent_server
 
@@ -69,7 +69,7 @@ def test_a_graph_that_goes_away_mid_import_stops_the_step_instead_of_failing_eac
         conn.close()
     message = str(caught.value)
     assert f"Graph at {urlsplit(emu.info['graph_url']).netloc} did not answer: " in message, message
-    assert "the users not fetched yet keep what they had" in message
+    assert "nothing is lost (users not fetched yet keep what they had" in message
     entries = [entry for page in pages for entry in page.entries]
     assert len(entries) >= 20 and not [entry.error for entry in entries if entry.error is not None]
     assert conn.metrics["retry_budget_spent"] < conn.settings.retry_budget  # stopped, not run dry
@@ -150,3 +150,33 @@ def test_a_delta_link_of_another_graph_host_is_discarded_with_a_warning(
     # a new round over the same tenant: nothing changed, nothing staged (the users Graph cannot serve a
     # photo for, on-premises mailboxes, are reported again as they are on every run)
     assert [e for e in delta if e.error is None] == []
+
+
+def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_one_verdict(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """Like the AD agent's `cd-server-down`: the changes stay pending for the next export, and only the
+    requests already under way spend their attempts, not each of the changes in turn."""
+    emu = make_emulator(users=30)
+    ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
+    ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+    users = [u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud"][:20]
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    changes = []
+    for number, user in enumerate(users):
+        change = CSEntryChange.update("EXOUser", user, [AttributeChange.replace("EXOPhoto", jpeg)])
+        change.identifier = str(number)
+        changes.append(change)
+    conn = make_connector(emu, tmp_path, ca_bundle=ca_bundle, max_attempts=3, backoff_max_s=0.2, concurrency=1)
+    conn.open()
+    try:
+        assert conn.export(changes[:1])[0].status == ExportStatus.SUCCESS  # Graph was there
+        emu.stop()
+        results = conn.export(changes[1:])
+        requests_sent = conn.graph.stats.http_requests
+    finally:
+        conn.close()
+    assert [r.identifier for r in results] == [c.identifier for c in changes[1:]]
+    assert {(r.status, r.error_name) for r in results} == {(ExportStatus.RETRY, "cd-server-down")}
+    assert "did not answer: connection refused" in results[-1].error_detail
+    assert requests_sent <= 1 + 3 + 1, requests_sent  # the first change, one change's attempts (and the policy read)
