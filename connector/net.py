@@ -9,11 +9,14 @@ service took the connection and never answered. Each needs a different fix, so e
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
-__all__ = ["AnswerClock", "describe_request_error", "failure_kind", "host_port"]
+from connector.sdk import ConfigurationError
+
+__all__ = ["AnswerClock", "describe_request_error", "failure_kind", "host_port", "verifying_session"]
 
 
 def host_port(url: str) -> str:
@@ -87,3 +90,32 @@ class AnswerClock:
             f"{service} at {host_port(url)} did not answer: {failure_kind(exc)} ({attempts} attempts over "
             f"{waited:.0f} s, and no other request had an answer meanwhile); {then}"
         )
+
+
+def verifying_session(ca_bundle: Path | None) -> requests.Session:
+    """A requests session verifying TLS against ``ca_bundle`` (the system's trust store when None).
+
+    ``trust_env`` is off with a CA bundle: REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment
+    would silently override ``Session.verify`` (psf/requests#3829). A bundle that is not a readable
+    file is a configuration error naming the key, not an ``OSError`` from deep inside requests on
+    the first request ("Could not find a suitable TLS CA certificate bundle").
+    """
+    session = requests.Session()
+    if ca_bundle is not None:
+        try:
+            with ca_bundle.open("rb"):
+                pass
+        except OSError as exc:
+            if ca_bundle.is_dir():  # (Windows says "permission denied" for a folder)
+                reason = "is a folder, not a PEM file"
+            elif isinstance(exc, FileNotFoundError):
+                reason = "does not exist"
+            else:
+                reason = f"cannot be read ({exc.strerror or exc})"
+            raise ConfigurationError(
+                f"{ca_bundle} {reason}: give the PEM file of the CA that issued the server's certificate",
+                key="ca_bundle",
+            ) from None
+        session.verify = str(ca_bundle)
+        session.trust_env = False
+    return session

@@ -33,7 +33,7 @@ from connector.agents.exchange_online._tokencache import (
     ProcessTokenCache,
     load_key,
 )
-from connector.net import failure_kind
+from connector.net import failure_kind, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
 
 __all__ = ["AccessToken", "AuthStatus", "GraphAuth", "make_session"]
@@ -46,16 +46,8 @@ _EXPIRY_SKEW_S = 60.0
 
 
 def make_session(settings: ExchangeOnlineSettings) -> requests.Session:
-    """A requests session that trusts ``ca_bundle``.
-
-    ``trust_env`` is off when a CA bundle is configured: otherwise REQUESTS_CA_BUNDLE /
-    CURL_CA_BUNDLE in the environment silently override ``Session.verify`` (psf/requests#3829).
-    """
-    session = requests.Session()
-    if settings.ca_bundle is not None:
-        session.verify = str(settings.ca_bundle)
-        session.trust_env = False
-    return session
+    """A requests session that trusts ``ca_bundle`` (see ``connector.net.verifying_session``)."""
+    return verifying_session(settings.ca_bundle)
 
 
 @dataclass(frozen=True, slots=True)

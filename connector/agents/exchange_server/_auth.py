@@ -30,21 +30,16 @@ import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
 from connector.agents.exchange_server._settings import ExchangeServerSettings
+from connector.net import verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
 __all__ = ["kerberos_error", "make_auth", "make_session", "refused", "spn"]
 
 
 def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.Session:
-    """A session verifying TLS (against ``ca_bundle`` when given), for one thread.
-
-    ``trust_env`` is off with a CA bundle: REQUESTS_CA_BUNDLE would silently override it
-    (psf/requests#3829).
-    """
-    session = requests.Session()
-    if settings.ca_bundle is not None:
-        session.verify = str(settings.ca_bundle)
-        session.trust_env = False
+    """A session verifying TLS (against ``ca_bundle`` when given, see
+    ``connector.net.verifying_session``), for one thread."""
+    session = verifying_session(settings.ca_bundle)
     session.auth = auth
     return session
 
@@ -211,9 +206,7 @@ class OAuthBearer(AuthBase):
         with self._lock:
             if self._app is None:
                 assert s.client_secret is not None
-                http = requests.Session()
-                if s.ca_bundle is not None:  # (REQUESTS_CA_BUNDLE would override it otherwise)
-                    http.verify, http.trust_env = str(s.ca_bundle), False
+                http = verifying_session(s.ca_bundle)
                 self._app = msal.ConfidentialClientApplication(
                     s.client_id,
                     client_credential=s.client_secret.get_secret_value(),

@@ -16,8 +16,16 @@ import requests
 
 from connector.agents.exchange_online._import import Watermark
 from connector.engine import Page
-from connector.net import describe_request_error
-from connector.sdk import AttributeChange, AuthenticationError, CSEntryChange, ExportStatus, ImportMode, ServerDownError
+from connector.net import describe_request_error, verifying_session
+from connector.sdk import (
+    AttributeChange,
+    AuthenticationError,
+    ConfigurationError,
+    CSEntryChange,
+    ExportStatus,
+    ImportMode,
+    ServerDownError,
+)
 from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 from tests.harness.sockets import silent_server
 
@@ -180,3 +188,29 @@ def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_on
     assert {(r.status, r.error_name) for r in results} == {(ExportStatus.RETRY, "cd-server-down")}
     assert "did not answer: connection refused" in results[-1].error_detail
     assert requests_sent <= 1 + 3 + 1, requests_sent  # the first change, one change's attempts (and the policy read)
+
+
+@pytest.mark.parametrize("where", ["missing", "folder"])
+def test_a_ca_bundle_that_is_no_file_is_a_configuration_error_naming_the_key(
+    make_emulator: Any, tmp_path: Path, cache_key: str, where: str
+) -> None:
+    """It used to be requests' OSError ("Could not find a suitable TLS CA certificate bundle, invalid
+    path") out of the first request: a stopped-connector-exception with a traceback in the log. The
+    Exchange Server agent builds its sessions with the same helper."""
+    emu = make_emulator(users=1)
+    bundle = tmp_path / "ca" if where == "folder" else tmp_path / "nowhere" / "ca.pem"
+    if where == "folder":
+        bundle.mkdir()
+    conn = make_connector(emu, tmp_path, ca_bundle=bundle)
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            conn.open()
+    finally:
+        conn.close()
+    reason = "is a folder, not a PEM file" if where == "folder" else "does not exist"
+    assert str(caught.value) == (
+        f"ca_bundle: {bundle} {reason}: give the PEM file of the CA that issued the server's certificate"
+    )
+    with pytest.raises(ConfigurationError, match=r"^ca_bundle: "):
+        verifying_session(bundle)
+    assert verifying_session(None).verify is True  # the system's trust store
