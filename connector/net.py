@@ -8,8 +8,10 @@ service took the connection and never answered. Each needs a different fix, so e
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -33,6 +35,14 @@ def failure_kind(exc: requests.RequestException) -> str:
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
             return "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
         return "TLS handshake failed"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        refused = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
+        if refused is None:
+            return "cannot reach the proxy (check HTTPS_PROXY, or the Internet Options proxy on Windows)"
+        status = refused.group(1).strip()
+        if status.startswith("407"):
+            return f"the proxy refused the tunnel ({status}): give it credentials or let this host through"
+        return f"the proxy refused the tunnel ({status}): ask its administrators to let this host through"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "timed out while connecting (a firewall, or the host is down)"
     if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -92,30 +102,52 @@ class AnswerClock:
         )
 
 
+class _PinnedSession(requests.Session):
+    """A session whose configured CA bundle wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
+
+    requests lets those environment variables override ``Session.verify`` (psf/requests#3829); the
+    usual cure, ``trust_env = False``, also drops the proxy settings (HTTPS_PROXY, NO_PROXY, and on
+    Windows the Internet Options proxy), and a server that must go through a TLS-inspecting proxy
+    is exactly the one that needs both a proxy and a CA bundle. So only ``verify`` is pinned.
+    """
+
+    def merge_environment_settings(
+        self,
+        url: str | bytes | None,
+        proxies: Any,
+        stream: bool | None,
+        verify: Any,
+        cert: Any,
+    ) -> Any:
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None:  # not given for this request: the configured bundle, never the environment's
+            merged["verify"] = self.verify
+        return merged
+
+
 def verifying_session(ca_bundle: Path | None) -> requests.Session:
     """A requests session verifying TLS against ``ca_bundle`` (the system's trust store when None).
 
-    ``trust_env`` is off with a CA bundle: REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment
-    would silently override ``Session.verify`` (psf/requests#3829). A bundle that is not a readable
+    Proxies still come from the environment (see ``_PinnedSession``). A bundle that is not a readable
     file is a configuration error naming the key, not an ``OSError`` from deep inside requests on
     the first request ("Could not find a suitable TLS CA certificate bundle").
     """
-    session = requests.Session()
-    if ca_bundle is not None:
-        try:
-            with ca_bundle.open("rb"):
-                pass
-        except OSError as exc:
-            if ca_bundle.is_dir():  # (Windows says "permission denied" for a folder)
-                reason = "is a folder, not a PEM file"
-            elif isinstance(exc, FileNotFoundError):
-                reason = "does not exist"
-            else:
-                reason = f"cannot be read ({exc.strerror or exc})"
-            raise ConfigurationError(
-                f"{ca_bundle} {reason}: give the PEM file of the CA that issued the server's certificate",
-                key="ca_bundle",
-            ) from None
-        session.verify = str(ca_bundle)
-        session.trust_env = False
+    if ca_bundle is None:
+        return requests.Session()
+    try:
+        with ca_bundle.open("rb"):
+            pass
+    except OSError as exc:
+        if ca_bundle.is_dir():  # (Windows says "permission denied" for a folder)
+            reason = "is a folder, not a PEM file"
+        elif isinstance(exc, FileNotFoundError):
+            reason = "does not exist"
+        else:
+            reason = f"cannot be read ({exc.strerror or exc})"
+        raise ConfigurationError(
+            f"{ca_bundle} {reason}: give the PEM file of the CA that issued the server's certificate",
+            key="ca_bundle",
+        ) from None
+    session = _PinnedSession()
+    session.verify = str(ca_bundle)
     return session

@@ -7,7 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-__all__ = ["silent_server"]
+__all__ = ["connect_proxy", "silent_server"]
 
 
 @contextlib.contextmanager
@@ -40,4 +40,69 @@ def silent_server() -> Iterator[int]:
         thread.join()
         for conn in held:
             conn.close()
+        server.close()
+
+
+@contextlib.contextmanager
+def connect_proxy(*, refuse: str | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A loopback HTTP proxy that tunnels ``CONNECT host:port`` (what clients send for https URLs).
+
+    Yields its port and the list of ``host:port`` targets it was asked for. With ``refuse`` (a
+    status line such as ``"407 Proxy Authentication Required"``) it answers every CONNECT with it.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    targets: list[str] = []
+    stop = threading.Event()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def tunnel(client: socket.socket) -> None:
+        # a client that resets or sends garbage ends its tunnel quietly: an exception escaping a thread
+        # would be printed with a traceback while the test session goes on
+        with client, contextlib.suppress(OSError, ValueError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            method, target = head.split(b" ", 2)[:2]
+            if method != b"CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            targets.append(target.decode())
+            if refuse is not None:
+                client.sendall(f"HTTP/1.1 {refuse}\r\nContent-Length: 0\r\n\r\n".encode())
+                return
+            host, port = target.decode().rsplit(":", 1)
+            with socket.create_connection((host, int(port))) as upstream:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+                back.start()
+                pipe(client, upstream)
+                back.join()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client = server.accept()[0]
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=tunnel, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], targets
+    finally:
+        stop.set()
+        thread.join()
         server.close()

@@ -27,7 +27,7 @@ from connector.sdk import (
     ServerDownError,
 )
 from tests.agents.exchange_online.conftest import imported, make_connector, run_import
-from tests.harness.sockets import silent_server
+from tests.harness.sockets import connect_proxy, silent_server
 
 
 def _closed_port() -> int:
@@ -214,3 +214,43 @@ def test_a_ca_bundle_that_is_no_file_is_a_configuration_error_naming_the_key(
     with pytest.raises(ConfigurationError, match=r"^ca_bundle: "):
         verifying_session(bundle)
     assert verifying_session(None).verify is True  # the system's trust store
+
+
+def _through_proxy(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    # a CA bundle in the environment that does not trust the emulator: ca_bundle must win over it
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+
+
+def test_with_a_ca_bundle_the_proxy_from_the_environment_is_still_used(
+    make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server behind a TLS-inspecting proxy needs both: its CA in ca_bundle and HTTPS_PROXY. Turning
+    trust_env off to keep REQUESTS_CA_BUNDLE from overriding ca_bundle used to drop the proxy too."""
+    emu = make_emulator(users=12)
+    ca_bundle = tmp_path / "ca.pem"
+    ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+    with connect_proxy() as (port, targets):
+        _through_proxy(monkeypatch, port)
+        entries, watermark = imported(make_connector(emu, tmp_path, ca_bundle=ca_bundle))
+    assert watermark is not None and entries and not [e for e in entries if e.error is not None]
+    graph = urlsplit(emu.info["graph_url"])
+    assert f"{graph.hostname}:{graph.port}" in targets, targets
+
+
+def test_a_proxy_that_refuses_the_tunnel_is_named_with_what_to_do(
+    make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = make_emulator(users=1)
+    with connect_proxy(refuse="407 Proxy Authentication Required") as (port, targets):
+        _through_proxy(monkeypatch, port)
+        conn = make_connector(emu, tmp_path)
+        try:
+            with pytest.raises(AuthenticationError) as caught:
+                conn.open()
+        finally:
+            conn.close()
+    assert targets, "the request did not go to the proxy"
+    assert "the proxy refused the tunnel (407 Proxy Authentication Required): give it credentials" in str(caught.value)
