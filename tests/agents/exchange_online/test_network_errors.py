@@ -30,22 +30,18 @@ from tests.agents.exchange_online.conftest import imported, make_connector, run_
 from tests.harness.sockets import connect_proxy, silent_server
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_unreachable_graph_url_names_host_port_and_kind(make_emulator: Any, tmp_path: Path, cache_key: str) -> None:
     emu = make_emulator(users=5)
-    port = _closed_port()
-    conn = make_connector(emu, tmp_path, graph_url=f"https://127.0.0.1:{port}/v1.0", max_attempts=2)
-    conn.open()  # the token comes from the (reachable) authority
-    try:
-        with pytest.raises(ServerDownError) as caught:
-            run_import(conn, ImportMode.FULL, page_size=10)
-    finally:
-        conn.close()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound and never listening: refused, and no other process can take it
+        port = closed.getsockname()[1]
+        conn = make_connector(emu, tmp_path, graph_url=f"https://127.0.0.1:{port}/v1.0", max_attempts=2)
+        conn.open()  # the token comes from the (reachable) authority
+        try:
+            with pytest.raises(ServerDownError) as caught:
+                run_import(conn, ImportMode.FULL, page_size=10)
+        finally:
+            conn.close()
     message = str(caught.value)
     assert message.startswith(f"Graph at 127.0.0.1:{port} did not answer: connection refused (nothing listens there)")
     assert "no other request had an answer meanwhile" in message and "Bearer" not in message
