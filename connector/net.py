@@ -8,6 +8,7 @@ service took the connection and never answered. Each needs a different fix, so e
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from pathlib import Path
@@ -102,14 +103,28 @@ class AnswerClock:
         )
 
 
-class _PinnedSession(requests.Session):
-    """A session whose configured CA bundle wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
+def _is_loopback(url: str | bytes | None) -> bool:
+    host = urlsplit(url.decode() if isinstance(url, bytes) else url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    requests lets those environment variables override ``Session.verify`` (psf/requests#3829); the
-    usual cure, ``trust_env = False``, also drops the proxy settings (HTTPS_PROXY, NO_PROXY, and on
-    Windows the Internet Options proxy), and a server that must go through a TLS-inspecting proxy
-    is exactly the one that needs both a proxy and a CA bundle. So only ``verify`` is pinned.
+
+class _Session(requests.Session):
+    """Proxies from the environment, except for this machine's own loopback; a pinned CA bundle.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``Session.verify``
+    (psf/requests#3829); the usual cure, ``trust_env = False``, also drops the proxy settings
+    (HTTPS_PROXY, NO_PROXY, and on Windows the Internet Options proxy), and a server that must go
+    through a TLS-inspecting proxy is exactly the one that needs both a proxy and a CA bundle. So
+    only ``verify`` is pinned. A loopback address never goes through a proxy (no proxy can reach
+    this machine's loopback): the emulator of ``mvsync demo`` works on a machine with HTTPS_PROXY set.
     """
+
+    pinned = False
 
     def merge_environment_settings(
         self,
@@ -120,20 +135,23 @@ class _PinnedSession(requests.Session):
         cert: Any,
     ) -> Any:
         merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if verify is None:  # not given for this request: the configured bundle, never the environment's
+        if self.pinned and verify is None:  # not given for this request: the configured bundle
             merged["verify"] = self.verify
+        if _is_loopback(url):
+            merged["proxies"] = {}
         return merged
 
 
 def verifying_session(ca_bundle: Path | None) -> requests.Session:
     """A requests session verifying TLS against ``ca_bundle`` (the system's trust store when None).
 
-    Proxies still come from the environment (see ``_PinnedSession``). A bundle that is not a readable
+    Proxies still come from the environment (see ``_Session``). A bundle that is not a readable
     file is a configuration error naming the key, not an ``OSError`` from deep inside requests on
     the first request ("Could not find a suitable TLS CA certificate bundle").
     """
+    session = _Session()
     if ca_bundle is None:
-        return requests.Session()
+        return session
     try:
         with ca_bundle.open("rb"):
             pass
@@ -148,6 +166,5 @@ def verifying_session(ca_bundle: Path | None) -> requests.Session:
             f"{ca_bundle} {reason}: give the PEM file of the CA that issued the server's certificate",
             key="ca_bundle",
         ) from None
-    session = _PinnedSession()
-    session.verify = str(ca_bundle)
+    session.verify, session.pinned = str(ca_bundle), True
     return session

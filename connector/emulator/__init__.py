@@ -21,12 +21,14 @@ from connector.emulator._photos import HD_SIZES
 from connector.emulator._server import Admin, GraphEmulator
 from connector.emulator._tenant import MAILBOX_KINDS, make_sam_account_name
 from connector.emulator._throttle import THROTTLE_MODELS, ceiling_requests_per_s, parse_throttle
+from connector.emulator._tls import TEST_HOSTNAME
 
 __all__ = [
     "HD_SIZES",
     "MAILBOX_KINDS",
     "NO_PHOTO_VARIANTS",
     "PROFILES",
+    "TEST_HOSTNAME",
     "THROTTLE_MODELS",
     "Admin",
     "EmulatorConfig",

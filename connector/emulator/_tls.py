@@ -14,7 +14,10 @@ from pathlib import Path
 
 from connector.sdk import ConfigurationError
 
-__all__ = ["EXTRA_HINT", "ServerTls", "server_tls"]
+__all__ = ["EXTRA_HINT", "TEST_HOSTNAME", "ServerTls", "server_tls"]
+
+#: Also in the emulator's certificate; resolvable only where a test maps it (``tests/harness/sockets``).
+TEST_HOSTNAME = "emulator.mvsync.test"
 
 #: What to install when trustme is missing (the README's demo command installs it).
 EXTRA_HINT = "pip install 'mvsync[emulator]'"
@@ -45,7 +48,9 @@ def server_tls(prefix: str, organization: str) -> ServerTls:
     ca = trustme.CA(organization_name=organization)
     ca_file = folder / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    # TEST_HOSTNAME: a name that is not loopback (RFC 2606's .test), for tests that reach the
+    # emulator through a proxy (loopback never goes through one)
+    leaf = ca.issue_cert("127.0.0.1", "localhost", TEST_HOSTNAME)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     leaf.configure_cert(context)
     return ServerTls(context, folder, ca_file, leaf.cert_chain_pems[0].bytes())

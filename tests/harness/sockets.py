@@ -44,11 +44,12 @@ def silent_server() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def connect_proxy(*, refuse: str | None = None) -> Iterator[tuple[int, list[str]]]:
+def connect_proxy(*, refuse: str | None = None, hosts: dict[str, str] | None = None) -> Iterator[tuple[int, list[str]]]:
     """A loopback HTTP proxy that tunnels ``CONNECT host:port`` (what clients send for https URLs).
 
     Yields its port and the list of ``host:port`` targets it was asked for. With ``refuse`` (a
     status line such as ``"407 Proxy Authentication Required"``) it answers every CONNECT with it.
+    ``hosts`` resolves names as the proxy sees them (a test name to 127.0.0.1).
     """
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
@@ -81,7 +82,7 @@ def connect_proxy(*, refuse: str | None = None) -> Iterator[tuple[int, list[str]
                 client.sendall(f"HTTP/1.1 {refuse}\r\nContent-Length: 0\r\n\r\n".encode())
                 return
             host, port = target.decode().rsplit(":", 1)
-            with socket.create_connection((host, int(port))) as upstream:
+            with socket.create_connection(((hosts or {}).get(host, host), int(port))) as upstream:
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
                 back.start()

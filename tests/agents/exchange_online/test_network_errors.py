@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from connector.agents.exchange_online._import import Watermark
+from connector.emulator import TEST_HOSTNAME
 from connector.engine import Page
 from connector.net import describe_request_error, verifying_session
 from connector.sdk import (
@@ -220,20 +221,33 @@ def _through_proxy(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
 
 
+def _graph_by_name(emu: Any) -> str:
+    """The emulator's Graph URL under a name that is not loopback (only the test proxy resolves it)."""
+    return f"https://{TEST_HOSTNAME}:{urlsplit(emu.info['graph_url']).port}/v1.0"
+
+
 def test_with_a_ca_bundle_the_proxy_from_the_environment_is_still_used(
     make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server behind a TLS-inspecting proxy needs both: its CA in ca_bundle and HTTPS_PROXY. Turning
     trust_env off to keep REQUESTS_CA_BUNDLE from overriding ca_bundle used to drop the proxy too."""
     emu = make_emulator(users=12)
-    ca_bundle = tmp_path / "ca.pem"
-    ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+    with connect_proxy(hosts={TEST_HOSTNAME: "127.0.0.1"}) as (port, targets):
+        _through_proxy(monkeypatch, port)
+        entries, watermark = imported(make_connector(emu, tmp_path, graph_url=_graph_by_name(emu)))
+    assert watermark is not None and entries and not [e for e in entries if e.error is not None]
+    assert set(targets) == {f"{TEST_HOSTNAME}:{urlsplit(emu.info['graph_url']).port}"}, targets
+
+
+def test_loopback_never_goes_through_the_proxy(
+    make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No proxy can reach this machine's loopback: `mvsync demo` works where HTTPS_PROXY is set."""
+    emu = make_emulator(users=5)
     with connect_proxy() as (port, targets):
         _through_proxy(monkeypatch, port)
-        entries, watermark = imported(make_connector(emu, tmp_path, ca_bundle=ca_bundle))
-    assert watermark is not None and entries and not [e for e in entries if e.error is not None]
-    graph = urlsplit(emu.info["graph_url"])
-    assert f"{graph.hostname}:{graph.port}" in targets, targets
+        entries, watermark = imported(make_connector(emu, tmp_path))
+    assert watermark is not None and entries and targets == []
 
 
 def test_a_proxy_that_refuses_the_tunnel_is_named_with_what_to_do(
@@ -242,11 +256,14 @@ def test_a_proxy_that_refuses_the_tunnel_is_named_with_what_to_do(
     emu = make_emulator(users=1)
     with connect_proxy(refuse="407 Proxy Authentication Required") as (port, targets):
         _through_proxy(monkeypatch, port)
-        conn = make_connector(emu, tmp_path)
+        conn = make_connector(emu, tmp_path, graph_url=_graph_by_name(emu), max_attempts=2)
+        conn.open()  # the token comes from the authority, on loopback: no proxy
         try:
-            with pytest.raises(AuthenticationError) as caught:
-                conn.open()
+            with pytest.raises(ServerDownError) as caught:
+                run_import(conn, ImportMode.FULL, page_size=10)
         finally:
             conn.close()
     assert targets, "the request did not go to the proxy"
-    assert "the proxy refused the tunnel (407 Proxy Authentication Required): give it credentials" in str(caught.value)
+    assert "did not answer: the proxy refused the tunnel (407 Proxy Authentication Required): give it" in str(
+        caught.value
+    )
