@@ -124,8 +124,6 @@ class _Session(requests.Session):
     this machine's loopback): the emulator of ``mvsync demo`` works on a machine with HTTPS_PROXY set.
     """
 
-    pinned = False
-
     def merge_environment_settings(
         self,
         url: str | bytes | None,
@@ -135,7 +133,7 @@ class _Session(requests.Session):
         cert: Any,
     ) -> Any:
         merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if self.pinned and verify is None:  # not given for this request: the configured bundle
+        if isinstance(self.verify, str) and verify is None:  # a configured bundle, not given per request
             merged["verify"] = self.verify
         if _is_loopback(url):
             merged["proxies"] = {}
@@ -166,5 +164,5 @@ def verifying_session(ca_bundle: Path | None) -> requests.Session:
             f"{ca_bundle} {reason}: give the PEM file of the CA that issued the server's certificate",
             key="ca_bundle",
         ) from None
-    session.verify, session.pinned = str(ca_bundle), True
+    session.verify = str(ca_bundle)
     return session
