@@ -128,7 +128,7 @@ PHOTOS = Counter(
 )
 
 _textfile: Path | None = None
-_http_port: int | None = None
+_http_ports: tuple[int, int] | None = None  # (asked for, bound): 0 asks for any free port
 
 
 def step(agent: str, kind: str, status: str, seconds: float, counters: dict[str, object], errors: int) -> None:
@@ -187,13 +187,14 @@ def photo(outcome: str) -> None:
     PHOTOS.labels(outcome).inc()
 
 
-def configure(*, textfile: Path | str | None = None, port: int | None = None, addr: str = "127.0.0.1") -> None:
+def configure(*, textfile: Path | str | None = None, port: int | None = None, addr: str = "127.0.0.1") -> int | None:
     """Set up the CLI's outputs: a textfile written by :func:`write_textfile`, and/or an HTTP exporter.
 
     The exporter binds to loopback by default; expose it deliberately (``addr``) if Prometheus
     scrapes from another host. Calling again with the same port does not start a second server.
+    Returns the port the exporter listens on (``port=0`` lets the system pick one), None without one.
     """
-    global _textfile, _http_port
+    global _textfile, _http_ports
     if textfile is not None:
         path = Path(textfile)
         if not path.parent.is_dir():
@@ -205,9 +206,10 @@ def configure(*, textfile: Path | str | None = None, port: int | None = None, ad
             # found now, not when the command ends: the file is written beside, then renamed over
             raise ValueError(f"--metrics-textfile: the folder {path.parent} cannot be written by this account")
         _textfile = path
-    if port is not None and port != _http_port:
-        start_http_server(port, addr=addr, registry=REGISTRY)
-        _http_port = port
+    if port is not None and (_http_ports is None or port != _http_ports[0]):
+        server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+        _http_ports = (port, int(server.server_port))
+    return None if _http_ports is None else _http_ports[1]
 
 
 def write_textfile(path: Path | str | None = None) -> Path | None:

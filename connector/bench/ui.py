@@ -12,17 +12,15 @@ from __future__ import annotations
 import http.client
 import io
 import random
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from connector.bench._util import peak_rss_mb
-from connector.config import MvsyncConfig, config_from_dict
+from connector.config import config_from_dict
 from connector.engine import search_fields
 from connector.store import SqlStore, blob_ref, bulk_insert, dumps, parse_blob_ref
 
@@ -345,32 +343,6 @@ def _fill_history(store: SqlStore, now: float, rnd: random.Random) -> int:
     return step_id
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(config: MvsyncConfig, store: SqlStore) -> tuple[Any, threading.Thread, int]:
-    import uvicorn
-
-    from connector.web import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config, store=store), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            msg = "uvicorn did not start"
-            raise RuntimeError(msg)
-        time.sleep(0.02)
-    return server, thread, port
-
-
 def _time_pages(port: int, pages: dict[str, str], requests: int) -> dict[str, dict[str, float]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     figures: dict[str, dict[str, float]] = {}
@@ -425,12 +397,13 @@ def run(persons: int = 100_000, requests: int = 20, store_url: str | None = None
             "agents": "/agents",
             "photo": f"/photo/{photo}",
         }
-        server, thread, port = _serve(config, store)
+        from connector.web import create_app, serve_in_background
+
+        console = serve_in_background(create_app(config, store=store))
         try:
-            figures = _time_pages(port, pages, requests)
+            figures = _time_pages(console.port, pages, requests)
         finally:
-            server.should_exit = True
-            thread.join(10)
+            console.stop()
             store.close()
         worst = max(f["p95_ms"] for f in figures.values())
         slowest = max(f["max_ms"] for f in figures.values())

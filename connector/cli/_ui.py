@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 from typing import Annotated
 
 import typer
@@ -24,7 +23,9 @@ def register(app: typer.Typer) -> None:
         host: Annotated[
             str, typer.Option(help="Address to listen on. Anything but loopback needs MVSYNC_UI_TOKEN or basic auth.")
         ] = "127.0.0.1",
-        port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8765,
+        port: Annotated[
+            int, typer.Option(min=0, max=65535, help="TCP port (0: any free port, shown when it starts).")
+        ] = 8765,
     ) -> None:
         """Serve the read-only web console: operations, metaverse search, persons, pending exports, coverage.
 
@@ -52,6 +53,7 @@ def register(app: typer.Typer) -> None:
         application = create_app(cfg, store=SqlStore(cfg.store_url(), create=False), policy=policy)
         shown = f"[{host}]" if ":" in host else host
         listening = _listen(host, port, shown)
+        port = int(listening.getsockname()[1])
         how = "token" if policy.token else ("basic authentication" if policy.user else "loopback only, no sign-in")
         err_console.print(f"mvsync console on http://{shown}:{port}/ ({how}); Ctrl+C stops it", highlight=False)
         settings = uvicorn.Config(
@@ -61,22 +63,17 @@ def register(app: typer.Typer) -> None:
 
 
 def _listen(host: str, port: int, shown: str) -> socket.socket:
-    """The console's listening socket, bound before anything says the console is up.
+    """The console's socket, bound before anything says the console is up.
 
     Why here and not in uvicorn: a port in use is then one line that says what to do and exit 2,
     not uvicorn's log line and its exit code 3 (which means "completed with errors" to a scheduler
-    reading mvsync's codes). And on Windows, SO_REUSEADDR (uvicorn's choice) lets a second console
-    bind a port another program listens on; SO_EXCLUSIVEADDRUSE refuses that.
+    reading mvsync's codes).
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    from connector.web import bind_console_socket  # the [web] extra is known to be there by now
+
     try:
-        if sys.platform == "win32":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
-        else:  # a restarted console need not wait for the old connections' TIME_WAIT
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        return bind_console_socket(host, port)
     except OSError as exc:
-        sock.close()
         why = exc.strerror or str(exc)
         raise fail(
             escape(
@@ -85,5 +82,3 @@ def _listen(host: str, port: int, shown: str) -> socket.socket:
             ),
             EXIT_CONFIG,
         ) from None
-    sock.set_inheritable(True)
-    return sock

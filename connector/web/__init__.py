@@ -7,5 +7,14 @@ photos, and coverage. Nothing in here writes to the store.
 
 from connector.web._app import create_app
 from connector.web._security import AccessPolicy, InsecureBindError, is_loopback
+from connector.web._serve import BackgroundConsole, bind_console_socket, serve_in_background
 
-__all__ = ["AccessPolicy", "InsecureBindError", "create_app", "is_loopback"]
+__all__ = [
+    "AccessPolicy",
+    "BackgroundConsole",
+    "InsecureBindError",
+    "bind_console_socket",
+    "create_app",
+    "is_loopback",
+    "serve_in_background",
+]

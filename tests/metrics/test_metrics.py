@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -112,11 +111,8 @@ steps = [{{ type = "full-import", agent = "m" }}]
 
 
 def test_http_exporter_serves_metrics_on_loopback() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    metrics.configure(port=port)
-    metrics.configure(port=port)  # idempotent: no second server on the same port
+    port = metrics.configure(port=0)  # 0: a port the system picks, returned
+    assert port and metrics.configure(port=0) == port  # idempotent: no second server
     metrics.graph_request(200)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         body = resp.read().decode()

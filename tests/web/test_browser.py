@@ -10,8 +10,6 @@ by the page's own security policy. Screenshots land in ``test-artifacts/test_bro
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from connector.config import config_from_dict
 from connector.emulator import EmulatorConfig, GraphEmulator, exo_agent_settings
 from connector.engine import Engine
 from connector.sdk import ExportStatus
-from connector.web import create_app
+from connector.web import create_app, serve_in_background
 from tests.engine.memory import DIRECTORIES, directory
 from tests.web.images import image_bytes
 
@@ -107,22 +105,14 @@ def _config(emu: GraphEmulator, tmp: Path, ad_directory: str) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    import uvicorn
-
     tmp = tmp_path_factory.mktemp("browser")
     monkey = pytest.MonkeyPatch()
     monkey.setenv("MVSYNC_TOKEN_CACHE_KEY", Fernet.generate_key().decode())
     ad_name = f"browser-ad-{uuid.uuid4().hex[:8]}"
     emu = GraphEmulator(EmulatorConfig(users=16, photo_ratio=0.6, seed=11)).start()
-    server = None
+    served = None
     engine = None
     try:
         monkey.setenv("MVSYNC_TEST_EXO_REFRESH_TOKEN", emu.info["refresh_token"])
@@ -151,23 +141,14 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         emu.admin.set_photo(with_photo["id"], image_bytes(999, 400))
         for profile in ("Full Import", "Full Sync"):
             engine.run_profile(profile)
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(config, store=engine.store), host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+        served = serve_in_background(create_app(config, store=engine.store))
         # everybody with a mailbox is a person, those on Exchange Server too (exo imports them with
         # EXOMailboxLocation = on-premises, not as errors)
         people = [u for u in emu.admin.users() if u.get("mail")]
-        yield Console(f"http://127.0.0.1:{port}", engine, people, folder_accounts)
+        yield Console(served.url, engine, people, folder_accounts)
     finally:
-        if server is not None:
-            server.should_exit = True
+        if served is not None:
+            served.stop()
         if engine is not None:
             engine.close()
         emu.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -52,12 +53,13 @@ def test_public_bind_with_a_token_starts(config_file: Path, monkeypatch: pytest.
             sock.close()
 
     monkeypatch.setattr("uvicorn.Server.run", run)
-    port = _free_port()
-    result = CliRunner().invoke(app, ["ui", "-c", str(config_file), "--host", "0.0.0.0", "--port", str(port)])
+    result = CliRunner().invoke(app, ["ui", "-c", str(config_file), "--host", "0.0.0.0", "--port", "0"])
     assert result.exit_code == 0, result.output
     config = started["config"]
+    [(address, port)] = started["bound"]
+    assert address == "0.0.0.0" and port > 0  # --port 0: the port the system picked, and that is the one shown
     assert config.host == "0.0.0.0" and config.port == port and config.server_header is False
-    assert started["bound"] == [("0.0.0.0", port)]
+    assert f"mvsync console on http://0.0.0.0:{port}/ (token)" in " ".join(result.output.split())
 
 
 def test_a_port_in_use_is_one_line_that_says_what_to_do_and_exit_2(config_file: Path) -> None:
@@ -78,22 +80,30 @@ def test_missing_web_extra_is_explained(config_file: Path, monkeypatch: pytest.M
     assert "[web] extra" in result.output and "pip install 'mvsync[web]'" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _announced_port(proc: subprocess.Popen[str]) -> int:
+    """The port ``mvsync ui --port 0`` says it listens on (it binds before it says so)."""
+    assert proc.stderr is not None
+    said = ""
+    for line in proc.stderr:  # ends if the process exits without announcing
+        said += line
+        if match := re.search(r"mvsync console on http://127\.0\.0\.1:(\d+)/", " ".join(said.split())):
+            return int(match.group(1))
+    raise AssertionError(f"mvsync ui exited with {proc.wait()} before listening: {said}")
 
 
 def test_serves_on_loopback(config_file: Path) -> None:
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MVSYNC_UI_")}
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mvsync"), "ui", "-c", str(config_file), "--port", str(port)],
+        [str(Path(sys.executable).parent / "mvsync"), "ui", "-c", str(config_file), "--port", "0"],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
     try:
+        port = _announced_port(proc)
+        # the socket is bound (and uvicorn listens on it) before or soon after the announcement; a
+        # connection made before uvicorn calls listen() is refused, so wait for that, never for a port
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -103,7 +113,7 @@ def test_serves_on_loopback(config_file: Path) -> None:
                 body = response.read().decode()
                 break
             except ConnectionRefusedError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert proc.poll() is None, f"mvsync ui exited with {proc.returncode}"
                 assert time.monotonic() < deadline, "mvsync ui did not start"
                 time.sleep(0.1)
         assert response.status == 200 and "Person 00 Example" in body
