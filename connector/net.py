@@ -19,7 +19,7 @@ import requests
 
 from connector.sdk import ConfigurationError
 
-__all__ = ["AnswerClock", "describe_request_error", "failure_kind", "host_port", "verifying_session"]
+__all__ = ["SILENCE", "AnswerClock", "describe_request_error", "failure_kind", "host_port", "verifying_session"]
 
 
 def host_port(url: str) -> str:
@@ -72,14 +72,24 @@ def describe_request_error(exc: requests.RequestException, url: str, service: st
     return f"{service} at {host_port(url)}: {failure_kind(exc)}"
 
 
-class AnswerClock:
-    """When a service last answered any request of one client (any status), from any of its threads.
+#: Why a request that got no answer met the service down, not trouble of its own (AnswerClock).
+SILENCE = "no other request had a working answer meanwhile"
 
-    Why: a request whose every attempt failed without an answer is either one object's bad luck or
-    the service gone (stopped, wedged, unreachable, its certificate replaced). If no other request had
-    an answer meanwhile, it is the service: the step should stop with ``stopped-server-down`` instead
-    of giving every remaining object a per-object error (which error rechecks would then defer).
-    A float assignment is atomic in CPython, so no lock is needed.
+
+class AnswerClock:
+    """When a service last gave any request of one client a working answer, from any of its threads.
+
+    Why: a request whose every attempt failed is either one object's bad luck or the service gone
+    (stopped, wedged, unreachable, its certificate replaced, or answering everything with 5xx). If
+    no other request had a working answer meanwhile, it may be the service: the step should stop with
+    ``stopped-server-down`` instead of giving every remaining object a per-object error (which error
+    rechecks would then defer). A working answer is anything below 500, and push-back (429, 503 with
+    Retry-After), which the throttling rules handle; a 5xx without Retry-After is a failure, like no
+    answer at all. A refused or timed-out connection is about the host, so silence settles it. A
+    5xx is an answer about one request, and one workload can fail while another works (photos
+    while the user listing answers), so silence neither proves nor disproves it: a client asks
+    again a request that worked before (``GraphClient.confirmed_down``). A float assignment is
+    atomic in CPython, so no lock is needed.
     """
 
     def __init__(self) -> None:
@@ -89,17 +99,28 @@ class AnswerClock:
         self._last = time.monotonic()
 
     def silent_since(self, started: float) -> bool:
-        """True when no request of this client had an answer since ``started`` (``time.monotonic()``)."""
+        """True when no request of this client had a working answer since ``started`` (``time.monotonic()``)."""
         return self._last < started
 
     def not_answering(
-        self, service: str, url: str, exc: requests.RequestException, attempts: int, started: float, then: str
+        self,
+        service: str,
+        url: str,
+        failure: str,
+        attempts: int,
+        started: float,
+        then: str,
+        evidence: str = SILENCE,
     ) -> str:
-        """The stop message: who did not answer, how, for how long; then what was kept and what to check."""
+        """The stop message: who failed, how (``failure``), for how long and why it is the service; then
+        what was kept and what to check.
+
+        ``failure`` reads after the host: "did not answer: connection refused", "answered with
+        HTTP 504 ...". ``evidence`` says why it is the service and not the object at hand.
+        """
         waited = time.monotonic() - started
         return (
-            f"{service} at {host_port(url)} did not answer: {failure_kind(exc)} ({attempts} attempts over "
-            f"{waited:.0f} s, and no other request had an answer meanwhile); {then}"
+            f"{service} at {host_port(url)} {failure} ({attempts} attempts over {waited:.0f} s, and {evidence}); {then}"
         )
 
 

@@ -8,6 +8,7 @@ retry of a faulted URL gets a fresh draw.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_type_hints
@@ -36,12 +37,21 @@ class FaultProfile:
     #: Retry-After sent with injected 429/503 (seconds); None sends no header.
     retry_after_s: float | None = 1.0
     retry_after_decimal: bool = False
+    #: A regular expression: faults hit only requests whose path (and query) it finds, a ``$batch``'s
+    #: items one by one ("/photo": Graph's front door works, the mailboxes' photo service fails;
+    #: "/users/ID/photo": one mailbox fails). None: every request.
+    path_pattern: str | None = None
 
     def __post_init__(self) -> None:
         total = self.rate_429 + self.rate_503 + self.rate_504 + self.rate_reset + self.rate_truncate
         rates = (self.rate_429, self.rate_503, self.rate_504, self.rate_reset, self.rate_truncate)
         if min(rates) < 0 or total > 1.0 or not 0.0 <= self.rate_latency <= 1.0:
             raise ValueError(f"fault profile {self.name!r}: rates must be >= 0 and sum to at most 1")
+        if self.path_pattern is not None:
+            try:
+                re.compile(self.path_pattern)
+            except re.error as exc:
+                raise ValueError(f"fault profile {self.name!r}: path_pattern is no regular expression: {exc}") from None
 
     @property
     def active(self) -> bool:
@@ -157,7 +167,7 @@ class FaultInjector:
     def draw(self, method: str, url: str, *, in_batch: bool = False) -> FaultDecision:
         """The fault (if any) for this attempt at ``method url``."""
         p = self.profile
-        if not p.active:
+        if not p.active or (p.path_pattern is not None and re.search(p.path_pattern, url) is None):
             return _NO_FAULT
         key = f"{method} {url}"
         attempt = self._attempts.get(key, 0)

@@ -128,3 +128,22 @@ def test_batch_item_faults(graph_emulator_factory: Callable[..., GraphEmulator])
         if resp.status_code == 200:
             seen |= {r["status"] for r in resp.json()["responses"]}
     assert {200, 503} <= seen
+
+
+def test_a_path_pattern_confines_faults_to_matching_requests_and_batch_items(
+    graph_emulator_factory: Callable[..., GraphEmulator],
+) -> None:
+    """Graph's front door works while one workload fails: a `$batch` envelope (its path does not match)
+    comes back 200 with the matching items failed, the others served."""
+    emu = graph_emulator_factory(users=5, seed=3)
+    api = make_api(emu)
+    ids = [u["id"] for u in emu.admin.users()]
+    emu.admin.set_faults({"504": 1.0, "retry_after": None, "path_pattern": f"/users/{ids[0]}/photo"})
+    assert api.get(f"/users/{ids[0]}/photo").status_code == 504
+    assert api.get(f"/users/{ids[1]}").status_code == 200
+    resp = api.batch([{"id": str(i), "method": "GET", "url": f"/users/{user}/photo"} for i, user in enumerate(ids[:3])])
+    assert resp.status_code == 200
+    statuses = {r["id"]: r["status"] for r in resp.json()["responses"]}
+    assert statuses["0"] == 504 and 504 not in (statuses["1"], statuses["2"])
+    with pytest.raises(ValueError, match="path_pattern is no regular expression"):
+        parse_faults({"504": 1.0, "path_pattern": "("})

@@ -40,7 +40,7 @@ import tenacity
 from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.net import AnswerClock, describe_request_error
+from connector.net import SILENCE, AnswerClock, describe_request_error, failure_kind
 from connector.sdk import ServerDownError, StopRunError
 from connector.throttling import AdaptiveLimiter, Signal, Ticket, parse_retry_after, shared_limiter
 
@@ -60,6 +60,8 @@ __all__ = [
 log = logging.getLogger("mvsync.agent.exchange_online.graph")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Why a 5xx that outlasted its attempts is Graph's and not the object's (see GraphClient.confirmed_down).
+RECHECKED = "a request that had worked before failed too"
 #: Graph runs at most this many items of one ``$batch`` at a time against Outlook (photos).
 BATCH_PARALLELISM = 4
 
@@ -300,8 +302,10 @@ class GraphClient:
             pause_max_s=settings.retry_after_max_s,
         )
         self.closed = threading.Event()
-        #: When any thread last had an answer from Graph: tells an outage from one request's trouble.
+        #: When any thread last had a working answer from Graph: tells an outage from one request's trouble.
         self.answers = AnswerClock()
+        #: A GET that had a working answer (see confirmed_down); until one has, the listing's first user
+        self._canary = "users?$top=1&$select=id"
         self._progress_lock = threading.Lock()
         self._last_progress = time.monotonic()
         self.throttled_waits = 0
@@ -404,7 +408,6 @@ class GraphClient:
             # for every later step (an authentication stop, a bug, Ctrl-C)
             self.limiter.release(ticket, Signal.FAILED)
             raise
-        self.answers.answered()
         self.stats.add(bytes_received=len(content))
         if not envelope:  # a batch's items are counted one by one, as Graph counts them
             metrics.graph_request(resp.status_code)
@@ -419,6 +422,8 @@ class GraphClient:
         pushback, share = (out, 1.0) if is_pushback(out.status, out.retry_after) else (None, 0.0)
         if envelope and pushback is None and out.ok:
             pushback, share = _worst_item_pushback(out.json_body)
+        if pushback is not None or (out.status < 500 and not (envelope and out.ok)):
+            self.answers.answered()  # a $batch that went through: its items tell (batch())
         self._learn(ticket, out, pushback, share)
         if out.status == 401:
             self.stats.add(token_refreshes_on_401=1)
@@ -475,8 +480,9 @@ class GraphClient:
         ``ticket`` is a share of the limit the caller already holds (used for the first attempt).
         ``cancel`` (the step stopping; the connector closing by default) ends waits and retries.
         Raises ``RetryableError`` only for connection trouble that outlasted the retries,
-        ``ServerDownError`` when no request of any thread had an answer from Graph meanwhile (Graph,
-        or the way to it, is down: no fault of the object at hand), and ``ThrottledTooLongError``
+        ``ServerDownError`` when no request of any thread had a working answer from Graph meanwhile
+        (Graph, or the way to it, is down: no fault of the object at hand; for a 5xx, see
+        :meth:`confirmed_down`), and ``ThrottledTooLongError``
         when throttling left no progress for too long. Only failures count as attempts and spend the
         budget (``_stop``); throttling is waited out inside.
         """
@@ -498,24 +504,59 @@ class GraphClient:
         try:
             return retrying(self._send_answered, *args)
         except RetryableError as exc:
+            attempts = int(retrying.statistics.get("attempt_number", 1))
             if exc.response is not None:
+                if exc.response.status >= 500 and self.confirmed_down(stopping):
+                    raise self.down(f"answered with {exc.response.describe()}", attempts, started, RECHECKED) from None
                 return exc.response
             if exc.network is not None and self.answers.silent_since(started):
-                raise self._down(exc.network, int(retrying.statistics.get("attempt_number", 1)), started) from None
+                raise self.down(f"did not answer: {failure_kind(exc.network)}", attempts, started) from None
             raise
 
-    def _down(self, exc: requests.RequestException, attempts: int, started: float) -> ServerDownError:
-        """No request of any thread had an answer while this one tried: Graph, or the way to it, is down."""
+    def confirmed_down(self, cancel: threading.Event | None = None) -> bool:
+        """Whether a request that got nothing but 5xx answers met Graph down, not trouble of its own.
+
+        One mailbox can answer 500 every time while Graph is fine; one workload can fail (photos)
+        while another answers (the user listing), so whether other requests had answers settles
+        nothing. So the latest GET that had a working answer (a photo read; before any, the first
+        user of the directory) is sent again, twice at most: if Graph fails that too, it is Graph.
+        A healthy run pays one request for each object that used up its attempts on 5xx.
+        """
+        stopping = cancel or self.closed
+        for attempt in (1, 2):
+            if attempt > 1 and stopping.wait(backoff_seconds(1, None, self.settings)):
+                return False  # the step is stopping anyway: blame nobody
+            try:
+                self._send_once("GET", self._canary, None, None, None, 1, False, [], stopping)
+            except ThrottledError:
+                return False  # push-back is Graph at work
+            except RetryableError as exc:
+                if exc.response is not None and exc.response.status < 500:
+                    return False  # an answer (a 401's token refresh, a cut-off body retried later)
+                continue
+            return False
+        return True
+
+    def down(
+        self,
+        failure: str,
+        attempts: int,
+        started: float,
+        evidence: str = SILENCE,
+    ) -> ServerDownError:
+        """Graph, or the way to it, is down: ``failure`` says how the last attempt failed ("did not
+        answer: connection refused"), ``evidence`` why that is Graph and not the object at hand."""
         return ServerDownError(
             self.answers.not_answering(
                 "Graph",
                 self.base,
-                exc,
+                failure,
                 attempts,
                 started,
                 "nothing is lost (users not fetched yet keep what they had, a full import resumes from its last "
                 "committed page, photo exports stay pending); check the network and proxy to Graph, and "
                 "Microsoft 365 service health",
+                evidence,
             )
         )
 
@@ -543,27 +584,35 @@ class GraphClient:
         self.stats.add(batch_requests=1)
         if not resp.ok or not isinstance(resp.json_body, dict):
             # the whole batch failed: every item shares its fate
+            if resp.ok:
+                self.answers.answered()  # an envelope Graph could not fill, but an answer
             metrics.graph_request(resp.status, len(items))
             return [resp for _ in items]
         self.stats.add(batch_items=len(items))
         listed = resp.json_body.get("responses")
         by_id = {str(r.get("id")): r for r in listed if isinstance(r, dict)} if isinstance(listed, list) else {}
         out: list[GraphResponse] = []
-        throttled = 0
-        for i in range(len(items)):
+        throttled = working = 0
+        for i, sent in enumerate(items):
             raw = by_id.get(str(i))
             if raw is None:
-                out.append(GraphResponse(503, {}, b"", {"error": {"code": "MissingBatchItem"}}))
-                continue
-            item = _item_response(raw)
-            metrics.graph_request(item.status)
+                item = GraphResponse(503, {}, b"", {"error": {"code": "MissingBatchItem"}})
+            else:
+                item = _item_response(raw)
+                metrics.graph_request(item.status)
             if is_pushback(item.status, item.retry_after):
                 throttled += 1
+                working += 1
             elif item.status >= 500:
                 self.stats.add(server_errors=1)
             else:
                 self._progressed()
+                working += 1
+                if sent.method == "GET" and not sent.url.endswith("$value"):
+                    self._canary = sent.url  # worked now, and small: what confirmed_down asks again
             out.append(item)
+        if working:
+            self.answers.answered()
         if throttled:
             self.stats.add(throttled=throttled)
         return out

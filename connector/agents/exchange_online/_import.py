@@ -33,6 +33,7 @@ from connector import metrics
 from connector.agents._mailbox_photo import RunLimit, UserState, photo_values, refused_v1_watermark
 from connector.agents.exchange_online._graph import (
     BATCH_PARALLELISM,
+    RECHECKED,
     GraphClient,
     GraphResponse,
     RetryableError,
@@ -373,18 +374,24 @@ class PhotoWorker(Worker[PhotoTask]):
         except RetryableError as exc:  # connection trouble outlasted the retries
             failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
             responses = [failed for _ in send]
-        results = [self._settle(d, resp) for d, resp in zip(send, responses, strict=True)] + later
+        results = [self._settle(d, resp, cancel) for d, resp in zip(send, responses, strict=True)] + later
         results[0] += self.importer.limit.update()  # committed with the first task's items
         return results
 
-    def _settle(self, deferred: Deferred[PhotoTask], resp: GraphResponse) -> list[ImportItem]:
+    def _settle(self, deferred: Deferred[PhotoTask], resp: GraphResponse, cancel: threading.Event) -> list[ImportItem]:
         client = self.importer.connector.graph
         task = deferred.task
+        failed = resp.status >= 500 and not is_pushback(resp.status, resp.retry_after)
+        if failed and task.failing_since is None:
+            task.failing_since = time.monotonic()
         wait = client.item_retry(task.attempt, resp) if not resp.ok and resp.status != 404 else None
         if wait is not None:
             if not is_pushback(resp.status, resp.retry_after):
                 task.attempt += 1  # throttling is not an attempt: only failures count toward max_attempts
             return [replace(deferred, not_before=time.monotonic() + wait)]
+        if failed and task.failing_since is not None and client.confirmed_down(cancel):
+            # not this user's trouble: a photo read that had worked fails too
+            raise client.down(f"answered with {resp.describe()}", task.attempt, task.failing_since, RECHECKED)
         following = read_response(task, resp, self.importer.settings.photo_size)
         if isinstance(following, PhotoTask):
             return [replace(deferred, task=following, not_before=0.0)]

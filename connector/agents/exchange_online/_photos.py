@@ -58,7 +58,8 @@ class PhotoTask:
     baseline: tuple[bool, str | None] | None = None
     context: Any = None
     attempt: int = 1
-    ready_at: float = 0.0
+    #: ``time.monotonic()`` of the first failed attempt (5xx, no answer); None while none failed
+    failing_since: float | None = None
 
 
 @dataclass(slots=True)

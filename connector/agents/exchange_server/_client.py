@@ -184,7 +184,7 @@ class PhotoClient:
             self.answers.not_answering(
                 "EWS",
                 self.settings.origin,
-                exc,
+                f"did not answer: {failure_kind(exc)}",
                 attempts,
                 started,
                 "the mailboxes not fetched yet keep what they had; check the server (IIS and the EWS "
