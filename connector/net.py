@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +21,16 @@ import requests
 
 from connector.sdk import ConfigurationError
 
-__all__ = ["SILENCE", "AnswerClock", "describe_request_error", "failure_kind", "host_port", "verifying_session"]
+__all__ = [
+    "RECHECKED",
+    "SILENCE",
+    "AnswerClock",
+    "describe_request_error",
+    "fails_again",
+    "failure_kind",
+    "host_port",
+    "verifying_session",
+]
 
 
 def host_port(url: str) -> str:
@@ -88,8 +99,8 @@ class AnswerClock:
     answer at all. A refused or timed-out connection is about the host, so silence settles it. A
     5xx is an answer about one request, and one workload can fail while another works (photos
     while the user listing answers), so silence neither proves nor disproves it: a client asks
-    again a request that worked before (``GraphClient.confirmed_down``). A float assignment is
-    atomic in CPython, so no lock is needed.
+    again a request that worked before (``fails_again``). A float assignment is atomic in CPython,
+    so no lock is needed.
     """
 
     def __init__(self) -> None:
@@ -122,6 +133,27 @@ class AnswerClock:
         return (
             f"{service} at {host_port(url)} {failure} ({attempts} attempts over {waited:.0f} s, and {evidence}); {then}"
         )
+
+
+#: Why a request that got nothing but 5xx met the service down, not trouble of its own (``fails_again``).
+RECHECKED = "a request that had worked before failed too"
+
+
+def fails_again(ask: Callable[[], bool], stopping: threading.Event, wait_s: float) -> bool:
+    """Whether a request that had worked before fails now too: ``ask`` sends it once and says
+    whether it had a working answer (below 500, or push-back). Asked twice at most, ``wait_s``
+    apart, so one stray 5xx does not stop a step; False if ``stopping`` is set meanwhile.
+
+    Why: a 5xx is an answer about one request. One mailbox can fail every time while the service
+    is fine, and be the last request of a run with nothing else under way; one workload can fail
+    while another answers. Asking again something that worked tells the two apart.
+    """
+    for attempt in (1, 2):
+        if attempt > 1 and stopping.wait(wait_s):
+            return False
+        if ask():
+            return False
+    return True
 
 
 def _is_loopback(url: str | bytes | None) -> bool:

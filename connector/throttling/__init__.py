@@ -5,7 +5,7 @@
 photo export, any later Graph agent in the same process) the *same* limiter, because the service
 counts their requests together: a Retry-After that one of them receives must pause all of them.
 :class:`LimitMemory` carries the wall a run measured to the next run (another process), through
-the agent's state.
+the agent's state. :class:`ThrottleWatch` stops a step that has had nothing but push-back for too long.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from connector import metrics
 from connector.throttling._limiter import AdaptiveLimiter, Cancelled, LimiterStats, Signal, Ticket
 from connector.throttling._memory import LimitKeeper, LimitMemory
+from connector.throttling._watch import ThrottledTooLongError, ThrottleWatch
 
 __all__ = [
     "AdaptiveLimiter",
@@ -26,6 +27,8 @@ __all__ = [
     "LimitMemory",
     "LimiterStats",
     "Signal",
+    "ThrottleWatch",
+    "ThrottledTooLongError",
     "Ticket",
     "forget_shared_limiters",
     "parse_retry_after",

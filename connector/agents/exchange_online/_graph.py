@@ -40,9 +40,17 @@ import tenacity
 from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.net import SILENCE, AnswerClock, describe_request_error, failure_kind
-from connector.sdk import ServerDownError, StopRunError
-from connector.throttling import AdaptiveLimiter, Signal, Ticket, parse_retry_after, shared_limiter
+from connector.net import RECHECKED, SILENCE, AnswerClock, describe_request_error, fails_again, failure_kind
+from connector.sdk import ServerDownError
+from connector.throttling import (
+    AdaptiveLimiter,
+    Signal,
+    ThrottledTooLongError,
+    ThrottleWatch,
+    Ticket,
+    parse_retry_after,
+    shared_limiter,
+)
 
 __all__ = [
     "BatchItem",
@@ -60,8 +68,6 @@ __all__ = [
 log = logging.getLogger("mvsync.agent.exchange_online.graph")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-#: Why a 5xx that outlasted its attempts is Graph's and not the object's (see GraphClient.confirmed_down).
-RECHECKED = "a request that had worked before failed too"
 #: Graph runs at most this many items of one ``$batch`` at a time against Outlook (photos).
 BATCH_PARALLELISM = 4
 
@@ -137,12 +143,6 @@ class RetryableError(Exception):
 
 class ThrottledError(RetryableError):
     """Graph pushed back (429, or 503 with Retry-After): wait and resend, spending no budget."""
-
-
-class ThrottledTooLongError(StopRunError):
-    """Graph throttled every request for longer than ``max_throttled_wait_minutes``."""
-
-    status = "stopped-throttled"
 
 
 class RetryBudget:
@@ -306,8 +306,12 @@ class GraphClient:
         self.answers = AnswerClock()
         #: A GET that had a working answer (see confirmed_down); until one has, the listing's first user
         self._canary = "users?$top=1&$select=id"
-        self._progress_lock = threading.Lock()
-        self._last_progress = time.monotonic()
+        self.watch = ThrottleWatch(
+            f"Microsoft Graph ({host})",
+            settings.max_throttled_wait_minutes,
+            "everything imported so far is kept. Run the step again later (a full import resumes from its last "
+            "committed page), or raise max_throttled_wait_minutes in the agent's settings",
+        )
         self.throttled_waits = 0
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -333,29 +337,9 @@ class GraphClient:
         return f"{self.base}/{path_or_url.lstrip('/')}"
 
     # -- progress -------------------------------------------------------------------------------
-    def _progressed(self) -> None:
-        with self._progress_lock:
-            self._last_progress = time.monotonic()
-
     def check_throttled_wait(self, more_s: float = 0.0) -> None:
-        """Stop the step if Graph has answered nothing but push-back for too long.
-
-        Called whenever a throttled request is about to wait again: ``more_s`` is that wait, so a
-        Retry-After that would outlast the limit stops the step now instead of sleeping first.
-        """
-        limit_s = self.settings.max_throttled_wait_minutes * 60.0
-        with self._progress_lock:
-            stalled = time.monotonic() + more_s - self._last_progress
-        if stalled > limit_s:
-            took = f"{stalled:.0f} s" if stalled < 120 else f"{stalled / 60:.1f} minutes"
-            msg = (
-                f"Microsoft Graph ({urlsplit(self.base).netloc}) has throttled every request for "
-                f"{took} (max_throttled_wait_minutes = "
-                f"{self.settings.max_throttled_wait_minutes:g}); everything imported so far is kept. "
-                "Run the step again later (a full import resumes from its last committed page), or raise "
-                "max_throttled_wait_minutes in the agent's settings"
-            )
-            raise ThrottledTooLongError(msg)
+        """Stop the step if Graph has answered nothing but push-back for too long (``ThrottleWatch``)."""
+        self.watch.check(more_s)
 
     def _learn(self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None, share: float) -> None:
         """Tell the limiter what an answer says about Graph's capacity."""
@@ -364,7 +348,7 @@ class GraphClient:
             return
         self.limiter.release(ticket, Signal.OK if resp.status < 500 else Signal.FAILED)
         if resp.status < 500:
-            self._progressed()
+            self.watch.progressed()
         percentage = resp.headers.get("x-ms-throttle-limit-percentage")
         if percentage:
             try:
@@ -516,26 +500,21 @@ class GraphClient:
     def confirmed_down(self, cancel: threading.Event | None = None) -> bool:
         """Whether a request that got nothing but 5xx answers met Graph down, not trouble of its own.
 
-        One mailbox can answer 500 every time while Graph is fine; one workload can fail (photos)
-        while another answers (the user listing), so whether other requests had answers settles
-        nothing. So the latest GET that had a working answer (a photo read; before any, the first
-        user of the directory) is sent again, twice at most: if Graph fails that too, it is Graph.
-        A healthy run pays one request for each object that used up its attempts on 5xx.
+        Asks again the latest GET that had a working answer (a photo read; before any, the first
+        user of the directory): see ``connector.net.fails_again``. A healthy run pays one request
+        for each object that used up its attempts on 5xx.
         """
-        stopping = cancel or self.closed
-        for attempt in (1, 2):
-            if attempt > 1 and stopping.wait(backoff_seconds(1, None, self.settings)):
-                return False  # the step is stopping anyway: blame nobody
+
+        def ask() -> bool:
             try:
-                self._send_once("GET", self._canary, None, None, None, 1, False, [], stopping)
+                self._send_once("GET", self._canary, None, None, None, 1, False, [], cancel or self.closed)
             except ThrottledError:
-                return False  # push-back is Graph at work
+                return True  # push-back is Graph at work
             except RetryableError as exc:
-                if exc.response is not None and exc.response.status < 500:
-                    return False  # an answer (a 401's token refresh, a cut-off body retried later)
-                continue
-            return False
-        return True
+                return exc.response is not None and exc.response.status < 500  # a 401's token refresh
+            return True
+
+        return fails_again(ask, cancel or self.closed, backoff_seconds(1, None, self.settings))
 
     def down(
         self,
@@ -606,7 +585,7 @@ class GraphClient:
             elif item.status >= 500:
                 self.stats.add(server_errors=1)
             else:
-                self._progressed()
+                self.watch.progressed()
                 working += 1
                 if sent.method == "GET" and not sent.url.endswith("$value"):
                     self._canary = sent.url  # worked now, and small: what confirmed_down asks again

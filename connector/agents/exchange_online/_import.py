@@ -33,7 +33,6 @@ from connector import metrics
 from connector.agents._mailbox_photo import RunLimit, UserState, photo_values, refused_v1_watermark
 from connector.agents.exchange_online._graph import (
     BATCH_PARALLELISM,
-    RECHECKED,
     GraphClient,
     GraphResponse,
     RetryableError,
@@ -42,6 +41,7 @@ from connector.agents.exchange_online._graph import (
 from connector.agents.exchange_online._hybrid import mailbox_location_values, same_mailbox_location
 from connector.agents.exchange_online._photos import PhotoOutcome, PhotoTask, read_response, task_request
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+from connector.net import RECHECKED
 from connector.sdk import (
     AttributeChange,
     Checkpoint,

@@ -28,9 +28,9 @@ import requests
 
 from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.net import AnswerClock, failure_kind, host_port
+from connector.net import RECHECKED, SILENCE, AnswerClock, fails_again, failure_kind, host_port
 from connector.sdk import ServerDownError
-from connector.throttling import AdaptiveLimiter, Signal, parse_retry_after
+from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = ["Fetched", "PhotoClient", "throttle_signal"]
 
@@ -95,8 +95,19 @@ class PhotoClient:
         self.cancel = cancel
         self.url = settings.ews_url + "/s/GetUserPhoto"
         self.counters = {"requests": 0, "throttled": 0, "retries": 0, "backoff_ms_honoured": 0}
-        #: When any thread last had an answer from EWS: tells an outage from one mailbox's trouble.
+        #: When any thread last had a working answer from EWS: tells an outage from one mailbox's trouble.
         self.answers = AnswerClock()
+        #: The latest mailbox with a working answer, and the latest asked for: what a recheck asks
+        self._worked: str | None = None
+        self._asked: str | None = None
+        self.watch = ThrottleWatch(
+            f"EWS ({host_port(settings.origin)})",
+            settings.max_throttled_wait_minutes,
+            "the mailboxes not fetched yet keep what they had. If every answer was HTTP 503 (Service "
+            "Unavailable), IIS may have stopped the EWS application pool (MSExchangeServicesAppPool): "
+            "check it in IIS Manager. Otherwise run the step again later, or raise "
+            "max_throttled_wait_minutes in the agent's settings",
+        )
 
     @property
     def session(self) -> requests.Session:
@@ -138,6 +149,7 @@ class PhotoClient:
         last = ""
         unanswered: requests.RequestException | None = None
         started = time.monotonic()
+        self._asked = email
         while True:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
@@ -149,46 +161,99 @@ class PhotoClient:
                 self.limiter.release(ticket, Signal.FAILED)
                 unanswered, last = exc, f"EWS at {host_port(s.origin)}: {failure_kind(exc)}"
             else:
-                self.answers.answered()
                 unanswered = None
                 is_throttled, wait = throttle_signal(resp)
                 if is_throttled:
-                    self.count("throttled")
-                    if wait is not None:
-                        self.count("backoff_ms_honoured", int(wait * 1000))
-                        self.limiter.pause(wait)
-                    self.limiter.release(ticket, Signal.THROTTLED, retry_after=wait)
+                    self._pushed_back(ticket, wait)
                     throttled += 1
                     if throttled >= s.max_throttled_retries:
                         return Fetched("error", error="throttled", detail=f"EWS kept throttling {email}")
                     continue
-                self.limiter.release(ticket, Signal.OK if resp.status_code < 500 else Signal.FAILED)
+                self._answered(ticket, email, resp.status_code)
                 outcome = self._answer(email, resp)
                 if outcome is not None:
                     return outcome
                 last = f"HTTP {resp.status_code} from {s.origin}"
             failures += 1
             if failures >= s.max_attempts:
-                if unanswered is not None and self.answers.silent_since(started):
-                    raise self._down(unanswered, started, failures)
-                hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if "HTTP 500" in last else ""
-                return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{hint}")
+                return self._gave_up(email, last, unanswered or resp.status_code, started, failures)
             self.count("retries")
             delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
             if self.cancel.wait(delay):
                 return Fetched("error", error="ews-error", detail="the step stopped")
 
-    def _down(self, exc: requests.RequestException, started: float, attempts: int) -> ServerDownError:
+    def _pushed_back(self, ticket: Ticket, wait: float | None) -> None:
+        """ErrorServerBusy or 503: pause every sender for the server's BackOffMilliseconds, and stop
+        the step if nothing but push-back has come for ``max_throttled_wait_minutes``."""
+        self.answers.answered()  # push-back is the server at work
+        self.count("throttled")
+        if wait is not None:
+            self.count("backoff_ms_honoured", int(wait * 1000))
+            self.limiter.pause(wait)
+        self.limiter.release(ticket, Signal.THROTTLED, retry_after=wait)
+        self.watch.check(self.limiter.paused_for())
+
+    def _answered(self, ticket: Ticket, email: str, status: int) -> None:
+        if status < 500:  # a plain 5xx is a failure, not a working answer
+            self.answers.answered()
+            self.watch.progressed()
+            self._worked = email
+        self.limiter.release(ticket, Signal.OK if status < 500 else Signal.FAILED)
+
+    def _gave_up(
+        self, email: str, last: str, failure: requests.RequestException | int, started: float, attempts: int
+    ) -> Fetched:
+        """The mailbox's error after its last attempt (``failure``: no answer, or a 5xx status),
+        unless the server is down (``ServerDownError``)."""
+        if isinstance(failure, requests.RequestException):
+            if self.answers.silent_since(started):
+                raise self._down(f"did not answer: {failure_kind(failure)}", started, attempts)
+        elif (evidence := self._fails_again(email)) is not None:
+            raise self._down(f"answered with HTTP {failure}", started, attempts, evidence)
+        hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if "HTTP 500" in last else ""
+        return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{hint}")
+
+    def _fails_again(self, email: str) -> str | None:
+        """Why the server is down, if a mailbox that had a working answer (before any, another mailbox
+        asked for) fails too; None if it answers, or there is no other mailbox to ask.
+
+        A plain 5xx is an answer about one mailbox (a broken or moved one answers 500 every time),
+        or a server, or load balancer, failing everything: ``connector.net.fails_again``.
+        """
+        other, evidence = self._worked, RECHECKED
+        if other is None:
+            other, evidence = (self._asked if self._asked != email else None), "another mailbox failed too"
+        if other is None:
+            return None
+
+        def ask() -> bool:
+            ticket = self.limiter.acquire(cancel=self.cancel)
+            self.count("requests")
+            try:
+                resp = self.session.get(
+                    self.url, params={"email": other, "size": "HR48x48"}, timeout=self.settings.timeout_s
+                )
+            except requests.RequestException:
+                self.limiter.release(ticket, Signal.FAILED)
+                return False
+            worked = throttle_signal(resp)[0] or resp.status_code < 500
+            self.limiter.release(ticket, Signal.OK if worked else Signal.FAILED)
+            return worked
+
+        return evidence if fails_again(ask, self.cancel, self.settings.backoff_initial_s) else None
+
+    def _down(self, failure: str, started: float, attempts: int, evidence: str = SILENCE) -> ServerDownError:
         """EWS is down (or unreachable, or its certificate untrusted), which is no fault of the mailbox."""
         return ServerDownError(
             self.answers.not_answering(
                 "EWS",
                 self.settings.origin,
-                f"did not answer: {failure_kind(exc)}",
+                failure,
                 attempts,
                 started,
                 "the mailboxes not fetched yet keep what they had; check the server (IIS and the EWS "
                 "application pool), the network and the certificate",
+                evidence,
             )
         )
 

@@ -111,16 +111,24 @@ def test_a_full_import_stopped_by_throttling_keeps_its_pages_and_resumes(tmp_pat
     # 1,000 users in listing pages of 200: the agent runs at most 200 users ahead of the engine, so
     # when the tenant starts refusing, most of the work is still to do
     with GraphEmulator(lab_emulator_config(users=1000, seed=8, latency_ms=5)) as emu:
-        exo = emulator_exo_settings(load_sample(), emu.info, tmp_path / "secrets", max_throttled_wait_minutes=0.03)
-        config = config_from_dict(
-            {
-                "store": {"url": "sqlite:///mvsync.db"},
-                "data_dir": "data",
-                "agents": {"exo": {"type": "exchange-online-photos", "settings": exo}},
-                "run_profiles": {"Full Import": {"steps": [{"type": "full-import", "agent": "exo", "page_size": 50}]}},
-            },
-            base_dir=tmp_path,
-        )
+
+        def configured(**exo_settings: Any) -> Any:
+            exo = emulator_exo_settings(load_sample(), emu.info, tmp_path / "secrets", **exo_settings)
+            return config_from_dict(
+                {
+                    "store": {"url": "sqlite:///mvsync.db"},
+                    "data_dir": "data",
+                    "agents": {"exo": {"type": "exchange-online-photos", "settings": exo}},
+                    "run_profiles": {
+                        "Full Import": {"steps": [{"type": "full-import", "agent": "exo", "page_size": 50}]}
+                    },
+                },
+                base_dir=tmp_path,
+            )
+
+        # 6 s of nothing but push-back stops the first run: many times the one pause of ~1 s a cold
+        # start may meet before the refusals begin, so a loaded machine cannot stop it early
+        config = configured(max_throttled_wait_minutes=0.1)
         engine = Engine(config)
         try:
             stopped = engine.run_profile("Full Import", progress=_ThrottleOnceResumable(emu, config))
@@ -134,7 +142,11 @@ def test_a_full_import_stopped_by_throttling_keeps_its_pages_and_resumes(tmp_pat
 
             emu.admin.set_throttle("default")
             emu.admin.reset_stats()
-            forget_shared_limiters()  # the next scheduled run is a new process: it starts afresh
+        finally:
+            engine.close()
+        forget_shared_limiters()  # the next scheduled run is a new process: it starts afresh
+        engine = Engine(configured())  # ... with the default max_throttled_wait_minutes
+        try:
             resumed = engine.run_profile("Full Import")
         finally:
             engine.close()
