@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,12 +60,21 @@ def test_a_graph_that_goes_away_mid_import_stops_the_step_instead_of_failing_eac
     ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
     ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
     conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2, ca_bundle=ca_bundle)
+    message = _stopped_by_an_outage_after_the_first_page(conn, emu.stop)
+    assert f"Graph at {urlsplit(emu.info['graph_url']).netloc} did not answer: " in message, message
+    assert "nothing is lost (users not fetched yet keep what they had" in message
+
+
+def _stopped_by_an_outage_after_the_first_page(conn: Any, outage: Callable[[], None]) -> str:
+    """A full import in pages of 20 that meets ``outage`` once its first page is committed: the stop
+    message of the ServerDownError it must end with. No user got a per-object error meanwhile, and
+    the step stopped well before the run-wide retry budget ran dry."""
     pages: list[Page] = []
 
     def outage_after_the_first_page(number: int, page: Page) -> None:
         pages.append(page)
         if number == 1:
-            emu.stop()
+            outage()
 
     conn.open()
     try:
@@ -72,12 +82,10 @@ def test_a_graph_that_goes_away_mid_import_stops_the_step_instead_of_failing_eac
             run_import(conn, ImportMode.FULL, page_size=20, on_page=outage_after_the_first_page)
     finally:
         conn.close()
-    message = str(caught.value)
-    assert f"Graph at {urlsplit(emu.info['graph_url']).netloc} did not answer: " in message, message
-    assert "nothing is lost (users not fetched yet keep what they had" in message
     entries = [entry for page in pages for entry in page.entries]
     assert len(entries) >= 20 and not [entry.error for entry in entries if entry.error is not None]
-    assert conn.metrics["retry_budget_spent"] < conn.settings.retry_budget  # stopped, not run dry
+    assert conn.metrics["retry_budget_spent"] < conn.settings.retry_budget / 2
+    return str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -96,53 +104,27 @@ def test_a_graph_that_answers_everything_with_5xx_stops_the_step_instead_of_fail
     dry: a 400-user tenant took 286 s and left 284 `graph-unavailable` errors."""
     emu = make_emulator(users=120, photo_ratio=1.0)
     conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2)
-    pages: list[Page] = []
-
-    def outage_after_the_first_page(number: int, page: Page) -> None:
-        pages.append(page)
-        if number == 1:
-            emu.admin.set_faults(faults)
-
-    conn.open()
-    try:
-        with pytest.raises(ServerDownError) as caught:
-            run_import(conn, ImportMode.FULL, page_size=20, on_page=outage_after_the_first_page)
-    finally:
-        conn.close()
-    message = str(caught.value)
+    message = _stopped_by_an_outage_after_the_first_page(conn, lambda: emu.admin.set_faults(faults))
     assert message.startswith(f"Graph at {urlsplit(emu.info['graph_url']).netloc} answered with HTTP {status}"), message
     assert "a request that had worked before failed too); nothing is lost" in message
-    entries = [entry for page in pages for entry in page.entries]
-    assert len(entries) >= 20 and not [entry.error for entry in entries if entry.error is not None]
-    assert conn.metrics["retry_budget_spent"] < conn.settings.retry_budget / 2  # stopped, not run dry
 
 
-def test_one_mailbox_whose_photo_always_fails_is_that_users_error_even_when_nothing_else_is_left(
-    make_emulator: Any, tmp_path: Path, cache_key: str
+@pytest.mark.parametrize(
+    ("users", "broken_count"),
+    [
+        pytest.param(1, 1, id="the-tenants-only-mailbox"),  # the last request, nothing else answering meanwhile
+        pytest.param(60, 10, id="ten-of-sixty"),  # the last ones retried once the rest is done
+    ],
+)
+def test_broken_mailboxes_are_their_users_errors_and_the_run_completes(
+    make_emulator: Any, tmp_path: Path, cache_key: str, users: int, broken_count: int
 ) -> None:
-    """The other side of the outage rule: a 5xx is an answer about one request, and one broken mailbox
-    must not stop the step, even as the last request of the run with nothing else answering meanwhile
-    (here the tenant's only mailbox)."""
-    emu = make_emulator(users=1, photo_ratio=1.0)
-    [user] = [u for u in emu.admin.users() if u.get("mail")]
-    emu.admin.set_faults({"504": 1.0, "retry_after": None, "path_pattern": f"/users/{user['id']}/photo"})
-    conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2)
-    conn.open()
-    try:
-        entries, _ = run_import(conn, ImportMode.FULL, page_size=20)
-    finally:
-        conn.close()
-    assert [(e.anchor, e.error.name if e.error else None) for e in entries] == [(user["id"], "graph-unavailable")]
-
-
-def test_a_few_broken_mailboxes_are_their_users_errors_and_the_run_completes(
-    make_emulator: Any, tmp_path: Path, cache_key: str
-) -> None:
-    """Ten mailboxes whose photo requests fail with 504 every time, the last of them retried when the
-    rest of the tenant is done: per-object errors, not an outage (a photo read that worked is asked
-    again and answers)."""
-    emu = make_emulator(users=60, photo_ratio=1.0)
-    broken = sorted(u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud")[-10:]
+    """The other side of the outage rule: a 5xx is an answer about one request. Mailboxes whose photo
+    requests fail with 504 every time are per-object errors, not an outage, even when nothing else is
+    left to answer (a photo read that worked, or the directory, is asked again and answers)."""
+    emu = make_emulator(users=users, photo_ratio=1.0)
+    cloud = sorted(u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud")
+    broken = cloud[-broken_count:]
     emu.admin.set_faults({"504": 1.0, "retry_after": None, "path_pattern": f"/users/({'|'.join(broken)})/photo"})
     conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2)
     conn.open()
@@ -231,6 +213,17 @@ def test_a_delta_link_of_another_graph_host_is_discarded_with_a_warning(
     assert [e for e in delta if e.error is None] == []
 
 
+def _photo_changes(emu: Any, count: int) -> list[CSEntryChange]:
+    users = [u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud"][:count]
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    changes = []
+    for number, user in enumerate(users):
+        change = CSEntryChange.update("EXOUser", user, [AttributeChange.replace("EXOPhoto", jpeg)])
+        change.identifier = str(number)
+        changes.append(change)
+    return changes
+
+
 def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_one_verdict(
     make_emulator: Any, tmp_path: Path, cache_key: str
 ) -> None:
@@ -239,13 +232,7 @@ def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_on
     emu = make_emulator(users=30)
     ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
     ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
-    users = [u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud"][:20]
-    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
-    changes = []
-    for number, user in enumerate(users):
-        change = CSEntryChange.update("EXOUser", user, [AttributeChange.replace("EXOPhoto", jpeg)])
-        change.identifier = str(number)
-        changes.append(change)
+    changes = _photo_changes(emu, 20)
     conn = make_connector(emu, tmp_path, ca_bundle=ca_bundle, max_attempts=3, backoff_max_s=0.2, concurrency=1)
     conn.open()
     try:
@@ -259,17 +246,6 @@ def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_on
     assert {(r.status, r.error_name) for r in results} == {(ExportStatus.RETRY, "cd-server-down")}
     assert "did not answer: connection refused" in results[-1].error_detail
     assert requests_sent <= 1 + 3 + 1, requests_sent  # the first change, one change's attempts (and the policy read)
-
-
-def _photo_changes(emu: Any, count: int) -> list[CSEntryChange]:
-    users = [u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud"][:count]
-    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
-    changes = []
-    for number, user in enumerate(users):
-        change = CSEntryChange.update("EXOUser", user, [AttributeChange.replace("EXOPhoto", jpeg)])
-        change.identifier = str(number)
-        changes.append(change)
-    return changes
 
 
 def test_a_photo_export_while_graph_answers_only_5xx_leaves_every_change_pending(
