@@ -29,6 +29,7 @@ __all__ = [
     "fails_again",
     "failure_kind",
     "host_port",
+    "readable_ca_file",
     "verifying_session",
 ]
 
@@ -197,25 +198,30 @@ def verifying_session(ca_bundle: Path | None) -> requests.Session:
     """A requests session verifying TLS against ``ca_bundle`` (the system's trust store when None).
 
     Proxies still come from the environment (see ``_Session``). A bundle that is not a readable
-    file is a configuration error naming the key, not an ``OSError`` from deep inside requests on
-    the first request ("Could not find a suitable TLS CA certificate bundle").
+    file is a configuration error naming the key (``readable_ca_file``), not an ``OSError`` from
+    deep inside requests on the first request ("Could not find a suitable TLS CA certificate bundle").
     """
     session = _Session()
-    if ca_bundle is None:
-        return session
+    if ca_bundle is not None:
+        session.verify = readable_ca_file(ca_bundle, "ca_bundle")
+    return session
+
+
+def readable_ca_file(path: Path, key: str) -> str:
+    """``path`` as a string once it is known to be a readable file; else a ``ConfigurationError``
+    naming the setting ``key``, the file and what is wrong with it (TLS libraries report a missing
+    CA file late, and as something else: requests' "invalid path", ssl's bare errno)."""
     try:
-        with ca_bundle.open("rb"):
+        with path.open("rb"):
             pass
     except OSError as exc:
-        if ca_bundle.is_dir():  # (Windows says "permission denied" for a folder)
+        if path.is_dir():  # (Windows says "permission denied" for a folder)
             reason = "is a folder, not a PEM file"
         elif isinstance(exc, FileNotFoundError):
             reason = "does not exist"
         else:
             reason = f"cannot be read ({exc.strerror or exc})"
         raise ConfigurationError(
-            f"{ca_bundle} {reason}: give the PEM file of the CA that issued the server's certificate",
-            key="ca_bundle",
+            f"{path} {reason}: give the PEM file of the CA that issued the server's certificate", key=key
         ) from None
-    session.verify = str(ca_bundle)
-    return session
+    return str(path)

@@ -43,7 +43,8 @@ from ldap3.core.exceptions import (
 
 from connector.agents.active_directory import _kerberos
 from connector.agents.active_directory._settings import ActiveDirectorySettings
-from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError, StopRunError
+from connector.net import readable_ca_file
+from connector.sdk import AuthenticationError, ServerDownError, StopRunError
 
 __all__ = ["TRANSPORT_ERRORS", "Link", "LinkPool", "ServerUnreachable", "describe_failure"]
 
@@ -141,11 +142,7 @@ class Link:
         s = self.settings
         tls = None
         if s.security != "plain":
-            ca = None
-            if s.ca_file is not None:
-                if not s.ca_file.is_file():
-                    raise ConfigurationError(f"CA file {s.ca_file} does not exist", key="ca_file")
-                ca = str(s.ca_file)
+            ca = None if s.ca_file is None else readable_ca_file(s.ca_file, "ca_file")
             tls = Tls(validate=ssl.CERT_REQUIRED if s.tls_validate else ssl.CERT_NONE, ca_certs_file=ca)
         return Server(
             s.host,

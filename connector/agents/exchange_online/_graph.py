@@ -17,7 +17,9 @@ Two kinds of retry, on purpose:
   bodies, 401 before a token refresh) are retried with exponential backoff, at most
   ``max_attempts`` times per request, and each retry spends one unit of the step's
   ``retry_budget``; an empty budget turns failures into per-object errors instead of endless
-  waiting.
+  waiting. A request that used its attempts is Graph's outage, not the object's, when nothing
+  answered meanwhile (no answer at all), or when a request that had worked, asked again, fails
+  too (5xx): the step then stops (``stopped-server-down``) instead of failing every user in turn.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.cli import app
-from connector.sdk import ServerDownError
+from connector.sdk import ConfigurationError, ServerDownError
 from tests.harness.sockets import silent_server
 
 
@@ -116,3 +116,23 @@ steps = [{{ type = "full-import", agent = "ad" }}]
     assert result.exit_code == 4, result.output
     assert "stopped-server-down" in result.stdout
     assert f"127.0.0.1:{hung_dc} (ldaps)" in result.stdout and "timeout during the TLS handshake" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["missing", "folder"])
+def test_a_ca_file_that_is_no_file_is_a_configuration_error_naming_the_key(tmp_path: Path, where: str) -> None:
+    """Found when the agent connects (the file went away after the configuration was read): the same
+    words as the Exchange agents' ca_bundle, naming the key, before any connection is tried."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    settings = _settings(636, ca_file=ca_file)
+    ca_file.unlink()
+    if where == "folder":
+        ca_file.mkdir()
+    with pytest.raises(ConfigurationError) as caught:
+        Link(settings, logging.getLogger("test")).connect()
+    reason = "is a folder, not a PEM file" if where == "folder" else "does not exist"
+    assert caught.value.key == "ca_file"
+    assert (
+        str(caught.value)
+        == f"ca_file: {ca_file} {reason}: give the PEM file of the CA that issued the server's certificate"
+    )
