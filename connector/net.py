@@ -150,8 +150,8 @@ def fails_again(ask: Callable[[], bool], stopping: threading.Event, wait_s: floa
     while another answers. Asking again something that worked tells the two apart.
     """
     for attempt in (1, 2):
-        if attempt > 1 and stopping.wait(wait_s):
-            return False
+        if stopping.is_set() or (attempt > 1 and stopping.wait(wait_s)):
+            return False  # the step stops anyway: blame nobody, send nothing more
         if ask():
             return False
     return True
