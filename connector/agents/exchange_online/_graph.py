@@ -308,6 +308,7 @@ class GraphClient:
         self.answers = AnswerClock()
         #: A GET that had a working answer (see confirmed_down); until one has, the listing's first user
         self._canary = "users?$top=1&$select=id"
+        #: Stops the step once Graph has answered nothing but push-back for max_throttled_wait_minutes
         self.watch = ThrottleWatch(
             f"Microsoft Graph ({host})",
             settings.max_throttled_wait_minutes,
@@ -337,11 +338,6 @@ class GraphClient:
         if path_or_url.startswith("https://"):
             return path_or_url
         return f"{self.base}/{path_or_url.lstrip('/')}"
-
-    # -- progress -------------------------------------------------------------------------------
-    def check_throttled_wait(self, more_s: float = 0.0) -> None:
-        """Stop the step if Graph has answered nothing but push-back for too long (``ThrottleWatch``)."""
-        self.watch.check(more_s)
 
     def _learn(self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None, share: float) -> None:
         """Tell the limiter what an answer says about Graph's capacity."""
@@ -434,7 +430,7 @@ class GraphClient:
             try:
                 return self._send_once(*args)
             except ThrottledError:
-                self.check_throttled_wait(self.limiter.paused_for())
+                self.watch.check(self.limiter.paused_for())  # push-back alone for too long: stop
                 self.throttled_waits += 1
 
     def _stop(self, state: tenacity.RetryCallState) -> bool:
@@ -606,7 +602,7 @@ class GraphClient:
         """
         if is_pushback(response.status, response.retry_after):
             wait = min(response.retry_after or 0.0, self.settings.retry_after_max_s)
-            self.check_throttled_wait(max(wait, self.limiter.paused_for()))
+            self.watch.check(max(wait, self.limiter.paused_for()))
             self.throttled_waits += 1
             return wait
         if response.status not in RETRYABLE_STATUS and response.status != 401:
