@@ -379,6 +379,7 @@ class EwsService:
             return Response(304, b"", [("ETag", etag)])
         data = await self._bytes(box, choice)
         self.stats.count("photo_bytes", len(data))
+        self.stats.count("photo_downloads")
         return Response(200, data, [("Content-Type", "image/jpeg"), ("ETag", etag)])
 
     async def _soap(self, req: Request) -> Response:

@@ -770,6 +770,7 @@ class GraphService:
         size = None if entry is entries[-1] else int(entry["width"])
         data = await self._photo_bytes(user, photo, size)
         self.stats.count("photo_bytes", len(data))
+        self.stats.count("photo_downloads")
         headers = [
             *self._headers(req, rid),
             ("Content-Type", str(entry["@odata.mediaContentType"])),

@@ -32,6 +32,7 @@ class Stats:
                 "graph_requests",
                 "photo_requests",
                 "photo_bytes",
+                "photo_downloads",
                 "batch_requests",
                 "batch_items",
                 "token_requests",

@@ -18,6 +18,11 @@ Checkpoints: each item the source yields gets an *origin* number, in order, whic
 its deferred work inherit. A ``Checkpoint`` yielded at origin ``n`` is valid once no work of an
 origin below ``n`` is still running: everything yielded before it is then in the page being
 committed or in an earlier one. The page carries the latest such checkpoint.
+
+Stops: a ``StopRunError`` raised by the source or a worker, or a ``Stop`` item, ends the step after
+one last page holding everything that had arrived (finished work is not fetched again by the next
+run); the engine then sends no more tasks, and follow-up tasks that arrive are dropped. Any other
+exception is a bug: it stops the step at once, and the page being built is not committed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from connector.sdk import (
     ImportMode,
     ImportRun,
     StateUpdate,
+    Stop,
+    StopRunError,
     Worker,
 )
 
@@ -196,6 +203,8 @@ class StreamPager:
         self._valid_checkpoint: str | None = None
         self._watermark: str | None = None
         self._source_done = False
+        #: Why the step stops (the first StopRunError met): the page being built is its last.
+        self._stopping: StopRunError | None = None
 
     # -- threads ----------------------------------------------------------------------------------
     def _spawn(self, target: Any, name: str, *args: Any) -> None:
@@ -237,15 +246,26 @@ class StreamPager:
             except BaseException as exc:
                 jobs_queue.done(jobs)
                 if not self._stop.is_set():  # an error while stopping is the stop's echo
+                    self._stop.set()  # no thread starts another task
                     self._results.put(_Fatal(exc))
                 return
             jobs_queue.done(jobs)
-            if len(results) != len(jobs):
-                msg = f"{type(worker).__name__}.run returned {len(results)} results for {len(jobs)} tasks"
-                self._results.put(_Fatal(RuntimeError(msg)))
+            if not self._deliver(worker, jobs, results):
                 return
-            finished = [(job.origin, job.deferred, items) for job, items in zip(jobs, results, strict=True)]
-            self._results.put(("done", finished))
+
+    def _deliver(self, worker: Worker[Any], jobs: list[Job], results: list[list[ImportItem]]) -> bool:
+        """Hand one ``run`` call's results to the engine's thread; False: this worker thread is done."""
+        if len(results) != len(jobs):
+            msg = f"{type(worker).__name__}.run returned {len(results)} results for {len(jobs)} tasks"
+            self._results.put(_Fatal(RuntimeError(msg)))
+            return False
+        finished = [(job.origin, job.deferred, items) for job, items in zip(jobs, results, strict=True)]
+        if any(isinstance(item, Stop) for items in results if isinstance(items, list) for item in items):
+            self._stop.set()  # no thread starts another task, not even this one
+        elif self._stop.is_set():
+            return False  # a call that ended while the step stops: its answers may be the stop's echo (cancelled)
+        self._results.put(("done", finished))
+        return True
 
     def _dispatch(self, origin: int, deferred: Deferred[Any], *, front: bool = False) -> None:
         worker = deferred.worker
@@ -269,13 +289,19 @@ class StreamPager:
             page.state[item.key] = item.value
             self._in_page[origin] += 1
         elif isinstance(item, Deferred):
-            self._dispatch(origin, item, front=item is ran)  # the task itself: handed back unsent
+            if self._stopping is None:
+                self._dispatch(origin, item, front=item is ran)  # the task itself: handed back unsent
+            else:  # left to the next run: its origin stays unfinished, so no checkpoint passes it
+                self._running[origin] += 1
         elif isinstance(item, Checkpoint):
             self._checkpoints.append((origin, item.text))
         elif isinstance(item, DeltaWatermark):
             self._watermark = item.text
         elif isinstance(item, Count):
             self.counters[item.name] += item.n
+        elif isinstance(item, Stop):
+            self._stop_with(item.error)
+            self._running[origin] += 1  # the task that met the stop is not done: no checkpoint passes it
         else:
             msg = f"the connector yielded {type(item).__name__}, which is not an import item (connector.sdk)"
             raise TypeError(msg)
@@ -316,13 +342,22 @@ class StreamPager:
         self._running[origin] -= 1
         self._settle(origin)
 
+    def _stop_with(self, error: StopRunError) -> None:
+        """The step stops with ``error`` once the page being built is committed: no more tasks start,
+        and those running are cancelled (the first stop wins; later ones are its echo)."""
+        if self._stopping is None:
+            self._stopping = error
+            self._stop.set()
+
     def _receive(self, message: Any, page: Page) -> None:
         if message is _END:
             self._source_done = True
             for jobs in self._queues.values():
                 jobs.ending()
         elif isinstance(message, _Fatal):
-            raise message.error
+            if not isinstance(message.error, StopRunError):
+                raise message.error  # a bug: nothing of this page is trusted
+            self._stop_with(message.error)
         elif isinstance(message, tuple) and message[0] == "done":
             for origin, ran, items in message[1]:
                 self._take(origin, ran, items, page)
@@ -352,12 +387,14 @@ class StreamPager:
                 carried, self._carry = self._carry, []
                 for origin, ran, items in carried:
                     self._take(origin, ran, items, page)
-                while not (self._carry or self._filled(page) or self._finished):
+                while not (self._carry or self._filled(page) or self._finished or self._stopping):
                     try:
                         message = self._results.get(timeout=1.0)
                     except queue.Empty:
                         continue
                     self._receive(message, page)
+                if self._stopping is not None:
+                    yield from self._last_page(page, self._stopping)
                 page.last = self._finished
                 page.checkpoint = self._checkpoint()
                 if page.last:
@@ -371,6 +408,22 @@ class StreamPager:
                     return
         finally:
             self.stop()
+
+    def _last_page(self, page: Page, stopping: StopRunError) -> Iterator[Page]:
+        """What finished before the stop, committed (if anything did); then the stop itself.
+
+        Results that did not fit in the page join it all the same: there is no next page for them.
+        """
+        carried, self._carry = self._carry, []
+        for origin, ran, items in carried:
+            for item in items:
+                self._handle(origin, item, page, ran)
+            self._running[origin] -= 1
+        page.checkpoint = self._checkpoint()
+        page.counters, self.counters = self.counters, Counter()
+        if page.entries or page.state or page.counters or page.checkpoint:
+            yield page
+        raise stopping
 
     @property
     def _finished(self) -> bool:

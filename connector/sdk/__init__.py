@@ -49,6 +49,7 @@ from connector.sdk._stream import (
     ImportRun,
     StateReader,
     StateUpdate,
+    Stop,
     Worker,
 )
 from connector.sdk._transforms import TransformError, TransformFactory, TransformFunction
@@ -91,6 +92,7 @@ __all__ = [
     "ServerDownError",
     "StateReader",
     "StateUpdate",
+    "Stop",
     "StopRunError",
     "TransformError",
     "TransformFactory",

@@ -29,6 +29,14 @@ framework's job (Lithnet's ECMA2 async pipeline, dlt's deferred transformers), s
     ``run`` returns one list of items per task, in order; those items may be anything above,
     including follow-up ``Deferred`` tasks (a probe, then a download; a throttled request again).
     A task returned as it is (not sent: a limiter had no room for it) goes back first in line.
+  - ``Stop(error)``: stop the step with ``error`` (a ``StopRunError``: the service is down,
+    throttled too long) **after** committing what finished before it. Raising the error from
+    ``import_changes`` or ``Worker.run`` does the same for everything the engine had received;
+    the item is for a ``run`` whose other tasks finished in the same call (a ``$batch`` whose last
+    item met the outage): return their items and ``[Stop(error)]`` in the failing task's place.
+    Once the engine meets a stop it sends no more tasks: follow-up ``Deferred`` items are dropped
+    (those objects keep what they had and are fetched by the next run), everything else that
+    arrived is committed in one last page, and the step ends with ``error``'s status.
 
   The connector keeps the knowledge (what to list, what to probe, what to download and how to
   batch it); the engine owns paging, buffering, worker threads, back-pressure (it stops pulling
@@ -51,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, Union
 
 from connector.sdk._changes import CSEntryChange
+from connector.sdk._errors import StopRunError
 from connector.sdk._imports import ImportMode
 
 __all__ = [
@@ -62,6 +71,7 @@ __all__ = [
     "ImportRun",
     "StateReader",
     "StateUpdate",
+    "Stop",
     "Worker",
 ]
 
@@ -129,9 +139,18 @@ class Worker(abc.ABC, Generic[TaskT]):
         """Do the work; return exactly one list of items per task, in order.
 
         ``cancel`` is set when the step stops: return (or raise) promptly. An exception stops the
-        step (raise ``StopRunError`` or one of its kinds to say how); per-object failures belong in
-        the task's items as ``CSEntryChange.import_error``.
+        step (raise ``StopRunError`` or one of its kinds to say how, and what the engine had
+        received is committed first; return ``Stop(error)`` in a task's place to keep the other
+        tasks of this call too); per-object failures belong in the task's items as
+        ``CSEntryChange.import_error``.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop the step with ``error`` once what finished before it is committed (see the module docstring)."""
+
+    error: StopRunError
 
 
 @dataclass(slots=True)
@@ -146,7 +165,7 @@ class Deferred(Generic[TaskT]):
     not_before: float = 0.0
 
 
-ImportItem = Union[CSEntryChange, StateUpdate, Checkpoint, DeltaWatermark, Count, "Deferred[Any]"]
+ImportItem = Union[CSEntryChange, StateUpdate, Checkpoint, DeltaWatermark, Count, Stop, "Deferred[Any]"]
 
 
 class StateReader(Protocol):

@@ -20,7 +20,17 @@ import pytest
 from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.engine._stream import _END, Page, StreamPager, _Fatal
-from connector.sdk import Checkpoint, CSEntryChange, Deferred, ImportItem, StateUpdate, Worker
+from connector.sdk import (
+    Checkpoint,
+    Count,
+    CSEntryChange,
+    Deferred,
+    ImportItem,
+    ServerDownError,
+    StateUpdate,
+    Stop,
+    Worker,
+)
 from connector.store import AgentStateRepository, SqlStore
 from connector.store.tables import cs_object
 from tests.engine.stream import STREAMS, stream_directory
@@ -306,3 +316,114 @@ def test_a_failing_take_size_stops_the_step_with_its_error_instead_of_hanging_it
     fatal = pager._results.get(timeout=10)
     assert isinstance(fatal, _Fatal) and "take_size is broken" in str(fatal.error)
     pager.stop()
+
+
+class _FailsAt(Worker[str]):
+    """One task at a time, in order: an entry and its state per task, until ``at``, which raises
+    ``error``."""
+
+    def __init__(self, at: str, error: Exception) -> None:
+        self.at = at
+        self.error = error
+        self.ran: list[str] = []
+
+    def run(self, tasks: list[Deferred[str]], cancel: threading.Event) -> list[list[ImportItem]]:
+        self.ran += [t.task for t in tasks]
+        if any(t.task == self.at for t in tasks):
+            raise self.error
+        return [[CSEntryChange.add("thing", t.task, {"id": t.task}), StateUpdate(t.task, 1)] for t in tasks]
+
+
+def _listed(worker: Worker[str], count: int) -> Iterator[ImportItem]:
+    """A full import's shape: a checkpoint ("resume from object i") before each object's work."""
+    for i in range(count):
+        yield Checkpoint(str(i))
+        yield Deferred(worker, f"t{i}", key=f"t{i}")
+
+
+def test_a_stop_raised_by_a_worker_commits_what_finished_before_it_then_stops_the_step() -> None:
+    """Graph goes down at the sixth user: the five fetched before are committed (the next run does not
+    fetch them again), with a checkpoint that resumes at the sixth, and then the step stops."""
+    down = ServerDownError("Graph at graph.example:443 answered with HTTP 504")
+    worker = _FailsAt("t5", down)
+    committed: list[Page] = []
+    with pytest.raises(ServerDownError) as stopped:
+        for page in StreamPager(_listed(worker, 10), page_size=100, max_ahead=100).pages():
+            committed.append(page)
+    assert stopped.value is down
+    assert [e.anchor for p in committed for e in p.entries] == ["t0", "t1", "t2", "t3", "t4"]
+    assert set(committed[-1].state) == {"t0", "t1", "t2", "t3", "t4"}
+    assert committed[-1].checkpoint == "5" and not committed[-1].last  # resumes at the one not fetched
+
+
+def test_a_bug_in_a_worker_stops_the_step_at_once_and_commits_nothing_of_the_page() -> None:
+    """Only a deliberate stop (``StopRunError``) vouches for the work before it; a bug does not."""
+    worker = _FailsAt("t5", KeyError("etag"))
+    committed: list[Page] = []
+    with pytest.raises(KeyError):
+        for page in StreamPager(_listed(worker, 10), page_size=100, max_ahead=100).pages():
+            committed.append(page)
+    assert committed == []
+
+
+class _BatchMeetsAnOutage(Worker[str]):
+    """Four tasks per call (a ``$batch``), one call at a time: "hold" waits for the test's gate; "down"
+    answers Stop; "more" an entry and a follow-up task; "unsent" is handed back as it came; any other
+    an entry and its state."""
+
+    batch_size = 4
+
+    def __init__(self, error: ServerDownError) -> None:
+        self.error = error
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.ran: list[list[str]] = []
+
+    def run(self, tasks: list[Deferred[str]], cancel: threading.Event) -> list[list[ImportItem]]:
+        self.ran.append([t.task for t in tasks])
+        return [self._answer(t) for t in tasks]
+
+    def _answer(self, task: Deferred[str]) -> list[ImportItem]:
+        if task.task == "hold":
+            self.entered.set()
+            self.gate.wait(10)
+        if task.task == "down":
+            return [Stop(self.error), Count("outage")]
+        if task.task == "unsent":
+            return [task]
+        entry: list[ImportItem] = [CSEntryChange.add("thing", task.task, {"id": task.task}), StateUpdate(task.task, 1)]
+        return [*entry, Deferred(self, "follow-up")] if task.task == "more" else entry
+
+
+def test_a_stop_item_keeps_the_other_answers_of_its_batch_and_starts_no_more_work() -> None:
+    """A ``$batch`` whose second item meets the outage: the first and third answers are committed
+    (the third although the page was full), and nothing is sent after the stop."""
+    down = ServerDownError("Graph at graph.example:443 answered with HTTP 503")
+    worker = _BatchMeetsAnOutage(down)
+
+    def stream() -> Iterator[ImportItem]:
+        yield Checkpoint("0")
+        yield Deferred(worker, "hold")  # alone in the worker's first call, which waits at the gate
+        worker.entered.wait(10)
+        for i, task in enumerate(("before", "down", "more", "unsent"), 1):
+            yield Checkpoint(str(i))
+            yield Deferred(worker, task)
+        yield CSEntryChange.add("thing", "listed", {"id": "listed"})  # fills the first page (page_size 1)
+        yield Checkpoint("5")
+        yield Deferred(worker, "after")
+
+    pages = StreamPager(stream(), page_size=1, max_ahead=100).pages()
+    first = next(pages)
+    assert [e.anchor for e in first.entries] == ["listed"]
+    worker.gate.set()  # the four are queued by now: the worker's next call takes them at once
+    committed: list[Page] = []
+    with pytest.raises(ServerDownError) as stopped:
+        while True:
+            committed.append(next(pages))
+    assert stopped.value is down
+    assert [e.anchor for p in committed for e in p.entries] == ["hold", "before", "more"]
+    assert committed[-1].counters["outage"] == 1
+    # the task that met the outage, the follow-up and the unsent task are left to the next run, and the
+    # checkpoint does not pass the first of them
+    assert committed[-1].checkpoint == "2" and not committed[-1].last
+    assert worker.ran == [["hold"], ["before", "down", "more", "unsent"]]

@@ -55,6 +55,7 @@ from connector.sdk import (
     ResumeRefusedError,
     ServerDownError,
     StateUpdate,
+    Stop,
     Worker,
 )
 
@@ -374,14 +375,24 @@ class PhotoWorker(Worker[PhotoTask]):
         except RetryableError as exc:  # connection trouble outlasted the retries
             failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
             responses = [failed for _ in send]
-        results = [self._settle(d, resp, cancel) for d, resp in zip(send, responses, strict=True)] + later
+        results: list[list[ImportItem]] = []
+        down: Stop | None = None
+        for deferred, resp in zip(send, responses, strict=True):
+            if down is not None and _failed(resp):
+                results.append([deferred])  # not judged: the step stops, the next run asks again
+                continue
+            results.append(self._settle(deferred, resp, cancel))
+            down = down or next((item for item in results[-1] if isinstance(item, Stop)), None)
+        results += later
         results[0] += self.importer.limit.update()  # committed with the first task's items
         return results
 
     def _settle(self, deferred: Deferred[PhotoTask], resp: GraphResponse, cancel: threading.Event) -> list[ImportItem]:
+        """One item's answer: its outcome, the task again (a retry, the next request), or a ``Stop``
+        when the item met Graph down (the batch's other items are still committed)."""
         client = self.importer.connector.graph
         task = deferred.task
-        failed = resp.status >= 500 and not is_pushback(resp.status, resp.retry_after)
+        failed = _failed(resp)
         if failed and task.failing_since is None:
             task.failing_since = time.monotonic()
         wait = client.item_retry(task.attempt, resp) if not resp.ok and resp.status != 404 else None
@@ -391,8 +402,13 @@ class PhotoWorker(Worker[PhotoTask]):
             return [replace(deferred, not_before=time.monotonic() + wait)]
         if failed and task.failing_since is not None and client.confirmed_down(cancel):
             # not this user's trouble: a photo read that had worked fails too
-            raise client.down(f"answered with {resp.describe()}", task.attempt, task.failing_since, RECHECKED)
+            return [Stop(client.down(f"answered with {resp.describe()}", task.attempt, task.failing_since, RECHECKED))]
         following = read_response(task, resp, self.importer.settings.photo_size)
         if isinstance(following, PhotoTask):
             return [replace(deferred, task=following, not_before=0.0)]
         return self.importer.outcome(following)
+
+
+def _failed(resp: GraphResponse) -> bool:
+    """A 5xx that is no push-back: a failure, which may be Graph's (see ``GraphClient.confirmed_down``)."""
+    return resp.status >= 500 and not is_pushback(resp.status, resp.retry_after)

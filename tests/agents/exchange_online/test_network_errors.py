@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,18 +16,21 @@ import certifi
 import pytest
 import requests
 
-from connector.agents.exchange_online._import import Watermark
+from connector.agents.exchange_online._import import Importer, Watermark
 from connector.emulator import TEST_HOSTNAME
-from connector.engine import Page
+from connector.engine import MemoryState, Page
 from connector.net import describe_request_error, verifying_session
 from connector.sdk import (
     AttributeChange,
     AuthenticationError,
     ConfigurationError,
     CSEntryChange,
+    Deferred,
     ExportStatus,
     ImportMode,
+    ImportRun,
     ServerDownError,
+    Stop,
 )
 from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 from tests.harness.sockets import connect_proxy, silent_server
@@ -107,6 +111,32 @@ def test_a_graph_that_answers_everything_with_5xx_stops_the_step_instead_of_fail
     message = _stopped_by_an_outage_after_the_first_page(conn, lambda: emu.admin.set_faults(faults))
     assert message.startswith(f"Graph at {urlsplit(emu.info['graph_url']).netloc} answered with HTTP {status}"), message
     assert "a request that had worked before failed too); nothing is lost" in message
+
+
+def test_a_batch_item_that_meets_graph_down_keeps_the_other_answers_of_its_batch(
+    make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outage verdict comes from one item of a ``$batch``: the batch's other answers are the
+    outcomes of their users (committed before the step stops, see tests/engine/test_stream.py), and
+    the item itself is a ``Stop``. They used to be dropped with the exception and fetched again by
+    the next run. (Whether Graph is down is the recheck's verdict, tested above; here it says so.)"""
+    emu = make_emulator(users=12, photo_ratio=0.0)
+    first, broken, third = sorted(u["id"] for u in emu.admin.users() if u.get("mailbox") == "cloud")[:3]
+    emu.admin.set_faults({"504": 1.0, "retry_after": None, "path_pattern": f"/users/{broken}/photo"})
+    conn = make_connector(emu, tmp_path, max_attempts=1)
+    monkeypatch.setattr(conn.graph, "confirmed_down", lambda cancel=None: True)
+    conn.open()
+    try:
+        importer = Importer(conn, ImportRun(mode=ImportMode.FULL, state=MemoryState({})))
+        tasks = [item for uid in (first, broken, third) for item in importer._probe(uid, {"mail": uid}, None, None)]
+        results = importer.worker.run([t for t in tasks if isinstance(t, Deferred)], threading.Event())
+    finally:
+        conn.close()
+    staged = [[item.anchor for item in items if isinstance(item, CSEntryChange)] for items in results]
+    assert staged == [[first], [], [third]]
+    stop = results[1][0]
+    assert isinstance(stop, Stop) and isinstance(stop.error, ServerDownError)
+    assert "answered with HTTP 504" in str(stop.error)
 
 
 @pytest.mark.parametrize(
