@@ -354,6 +354,7 @@ def test_a_stop_raised_by_a_worker_commits_what_finished_before_it_then_stops_th
     assert [e.anchor for p in committed for e in p.entries] == ["t0", "t1", "t2", "t3", "t4"]
     assert set(committed[-1].state) == {"t0", "t1", "t2", "t3", "t4"}
     assert committed[-1].checkpoint == "5" and not committed[-1].last  # resumes at the one not fetched
+    assert worker.ran == [f"t{i}" for i in range(6)]  # and nothing was sent after the stop
 
 
 def test_a_bug_in_a_worker_stops_the_step_at_once_and_commits_nothing_of_the_page() -> None:
