@@ -376,13 +376,13 @@ class PhotoWorker(Worker[PhotoTask]):
             failed = GraphResponse(503, {}, b"", {"error": {"code": "ConnectionError", "message": str(exc)}})
             responses = [failed for _ in send]
         results: list[list[ImportItem]] = []
-        down: Stop | None = None
+        down = False  # an item met Graph down: the step stops
         for deferred, resp in zip(send, responses, strict=True):
-            if down is not None and _failed(resp):
+            if down and _failed(resp):
                 results.append([deferred])  # not judged: the step stops, the next run asks again
                 continue
             results.append(self._settle(deferred, resp, cancel))
-            down = down or next((item for item in results[-1] if isinstance(item, Stop)), None)
+            down = down or any(isinstance(item, Stop) for item in results[-1])
         results += later
         results[0] += self.importer.limit.update()  # committed with the first task's items
         return results

@@ -154,9 +154,7 @@ class PhotoClient:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
             try:
-                resp = self.session.get(
-                    self.url, params={"email": email, "size": size}, headers=headers, timeout=s.timeout_s
-                )
+                resp = self._send(email, size, headers)
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
                 unanswered, last = exc, f"EWS at {host_port(s.origin)}: {failure_kind(exc)}"
@@ -181,6 +179,11 @@ class PhotoClient:
             delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
             if self.cancel.wait(delay):
                 return Fetched("error", error="ews-error", detail="the step stopped")
+
+    def _send(self, email: str, size: str, headers: dict[str, str] | None = None) -> requests.Response:
+        """One GetUserPhoto request (the caller holds a limiter ticket for it)."""
+        params = {"email": email, "size": size}
+        return self.session.get(self.url, params=params, headers=headers or {}, timeout=self.settings.timeout_s)
 
     def _pushed_back(self, ticket: Ticket, wait: float | None) -> None:
         """ErrorServerBusy or 503: pause every sender for the server's BackOffMilliseconds, and stop
@@ -230,9 +233,7 @@ class PhotoClient:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
             try:
-                resp = self.session.get(
-                    self.url, params={"email": other, "size": "HR48x48"}, timeout=self.settings.timeout_s
-                )
+                resp = self._send(other, "HR48x48")
             except requests.RequestException:
                 self.limiter.release(ticket, Signal.FAILED)
                 return False
