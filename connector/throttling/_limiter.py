@@ -25,9 +25,12 @@ happened; BBR's delivery rate for telling a limit from noise):
   thread a whole Retry-After pause. After slow start's overshoot (up to twice the wall) the limit
   restarts at the census: that cut was a guess made before anything was measured, and regrowth from
   it only walks back up to the same wall, a round trip at a time (a ``$batch``'s is five of
-  Graph's): seconds below the wall in a run that may take ten. A census can overstate (a ``$batch``
-  refused for a few items counts most of its weight as carried); then the next push-back is
-  measured like any later one, the pause that regrowth would have met a few round trips later.
+  Graph's): seconds below the wall in a run that may take ten. A census is good to a unit or two
+  (a ``$batch`` refused for a few items counts most of its weight as carried, and a slot freed
+  during the count is taken by another batch's next item), so the first push-back at a measured
+  (or recalled) wall's last unit lowers the wall by that unit, as a refused probe places it: the
+  pause is paid, but not a cut whose own census would be as noisy. A wall still too high after
+  that is measured like any later push-back.
   Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
   known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
   ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
@@ -119,6 +122,8 @@ class LimiterStats:
     undone: int = 0
     #: Push-backs that neither decreased nor paused (answered already, or endemic).
     isolated: int = 0
+    #: Decreases that only lowered a measured wall by one unit (its census had counted one too many).
+    walls_lowered: int = 0
     probes_failed: int = 0
     pauses: int = 0
     pause_seconds: float = 0.0
@@ -133,6 +138,7 @@ class LimiterStats:
             "decreases": self.decreases,
             "undone": self.undone,
             "isolated": self.isolated,
+            "walls_lowered": self.walls_lowered,
             "probes_failed": self.probes_failed,
             "pauses": self.pauses,
             "pause_seconds": round(self.pause_seconds, 3),
@@ -238,6 +244,9 @@ class AdaptiveLimiter:
         self._bad_level: int | None = None
         #: ``_bad_level`` is a census's measure (or recalled), not the guess made at a decrease.
         self._wall_measured = False
+        #: No push-back has tested the census's (or recalled) wall yet: the first one at its last unit
+        #: lowers it one unit instead of cutting (a census is only good to a unit or two).
+        self._wall_untested = False
         self._probe_interval = probe_min_s
         self._probe_at = 0.0
         self._probe_started: float | None = None
@@ -299,6 +308,7 @@ class AdaptiveLimiter:
             self._limit = float(level)
             self._bad_level = level + 1
             self._wall_measured = True
+            self._wall_untested = True
             self._slow_start = False
             # probing again as soon as any wall may be (no round trip is known yet to space it by): a
             # service that allows more now, or a wall that depends on the round trip (a rate), is found
@@ -500,6 +510,13 @@ class AdaptiveLimiter:
             self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
         # the load that was pushed back: what was in flight then (answers can come back in any order)
         load = max(ticket.level, self._in_flight + ticket.weight)
+        untested, self._wall_untested = self._wall_untested and self._wall_measured, False
+        if untested and self._bad_level is not None and load == self._bad_level - 1:
+            # the first push-back at a measured wall's last unit: the census (good to a unit or two, see
+            # the module docstring) counted one unit too many, so the wall comes down one unit, as a
+            # refused probe places it. Once: a wall still too high after that is measured anew.
+            self._bad_level = load
+            self.stats.walls_lowered += 1
         known_edge = self._bad_level is not None and load >= self._bad_level
         # a refused probe confirms the wall it probed; only a push-back below it is measured anew
         in_flight = float(self._in_flight + self._releasing)
@@ -571,6 +588,7 @@ class AdaptiveLimiter:
         # (otherwise the cut stays, and regrowth stops below the wall)
         self._bad_level = max(self.floor + 1, carried + 1)
         self._wall_measured = True
+        self._wall_untested = True
         self.measurements += 1
 
     def _pause_locked(self, now: float, seconds: float) -> None:
