@@ -47,8 +47,11 @@ happened; BBR's delivery rate for telling a limit from noise):
   limit stays one unit below it until a probe is due: no sooner than ``probe_min_s``, 40 round
   trips, and 30 times the pause the last push-back cost (a refused probe stops every thread for a
   Retry-After, so this keeps probing near 3 % of the run). A probe that is pushed back doubles the
-  time to the next one (up to ``probe_max_s``); a probe that holds for a full window means the service's
-  limit rose (or the model changed), and the memory is dropped. Against a stable limit the number
+  time to the next one (up to ``probe_max_s``), and if it was answered above the wall first, the
+  wall goes up to where it was refused (a census reads a unit or two low as often as high, and a
+  low wall confirmed by every refused probe would be kept, and remembered, for good); a probe
+  that holds for a full window means the service's limit rose (or the model changed), and the
+  memory is dropped. Against a stable limit the number
   of push-backs grows with the logarithm of the run's length, not with it.
 * **Was it about us?** Not every 429 is caused by this client's load: a tenant budget spent by
   other apps, or noise, throttles a share of requests whatever we do, and a client that shrank and
@@ -124,6 +127,8 @@ class LimiterStats:
     isolated: int = 0
     #: Decreases that only lowered a measured wall by one unit (its census had counted one too many).
     walls_lowered: int = 0
+    #: Refused probes that raised a measured wall (answered above it first: its census had read low).
+    walls_raised: int = 0
     probes_failed: int = 0
     pauses: int = 0
     pause_seconds: float = 0.0
@@ -139,6 +144,7 @@ class LimiterStats:
             "undone": self.undone,
             "isolated": self.isolated,
             "walls_lowered": self.walls_lowered,
+            "walls_raised": self.walls_raised,
             "probes_failed": self.probes_failed,
             "pauses": self.pauses,
             "pause_seconds": round(self.pause_seconds, 3),
@@ -510,13 +516,7 @@ class AdaptiveLimiter:
             self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
         # the load that was pushed back: what was in flight then (answers can come back in any order)
         load = max(ticket.level, self._in_flight + ticket.weight)
-        untested, self._wall_untested = self._wall_untested and self._wall_measured, False
-        if untested and self._bad_level is not None and load == self._bad_level - 1:
-            # the first push-back at a measured wall's last unit: the census (good to a unit or two, see
-            # the module docstring) counted one unit too many, so the wall comes down one unit, as a
-            # refused probe places it. Once: a wall still too high after that is measured anew.
-            self._bad_level = load
-            self.stats.walls_lowered += 1
+        self._correct_wall(load)
         known_edge = self._bad_level is not None and load >= self._bad_level
         # a refused probe confirms the wall it probed; only a push-back below it is measured anew
         in_flight = float(self._in_flight + self._releasing)
@@ -546,6 +546,25 @@ class AdaptiveLimiter:
         self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt(), self.probe_pauses * pause)
         self._slow_start = False
         self.stats.decreases += 1
+
+    def _correct_wall(self, load: int) -> None:
+        """Move a measured wall by what a push-back at ``load`` says: a census is good to a unit or two.
+
+        Too high: the first push-back at its last unit lowers it by that unit (a pause, not a cut whose
+        own census would be as noisy); once, since a wall still too high after that is measured anew.
+        Too low: a probe answered above it before being refused raises it to where it was refused;
+        confirming the low wall instead would keep it, and the memory of it, run after run.
+        """
+        untested, self._wall_untested = self._wall_untested, False
+        if self._bad_level is None or not self._wall_measured:
+            return
+        if untested and load == self._bad_level - 1:
+            self._bad_level = load
+            self.stats.walls_lowered += 1
+        elif self._probe_started is not None and self._probe_units > 0 and load > self._bad_level:
+            self._bad_level = load
+            self._wall_untested = True  # one refused probe places it: it is tested like a census's
+            self.stats.walls_raised += 1
 
     def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
         """Count an answer to a request sent before the last decrease; when all are in, place the wall.
