@@ -51,8 +51,8 @@ happened; BBR's delivery rate for telling a limit from noise):
   wall goes up to where it was refused (a census reads a unit or two low as often as high, and a
   low wall confirmed by every refused probe would be kept, and remembered, for good); a probe
   that holds for a full window means the service's limit rose (or the model changed), and the
-  memory is dropped. Against a stable limit the number
-  of push-backs grows with the logarithm of the run's length, not with it.
+  memory is dropped. Against a stable limit the number of push-backs grows with the logarithm of
+  the run's length, not with it.
 * **Was it about us?** Not every 429 is caused by this client's load: a tenant budget spent by
   other apps, or noise, throttles a share of requests whatever we do, and a client that shrank and
   stopped for each of those would crawl without helping anybody. The answer is in the delivery
