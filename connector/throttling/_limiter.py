@@ -163,6 +163,8 @@ class _Window:
     #: The window's push-back sent at the lowest level (the best estimate of where the limit is),
     #: and the longest Retry-After any push-back asked for; judged when the window closes.
     lowest: Ticket | None = None
+    #: Units in flight when ``lowest`` was answered (its own included): the load it was refused for.
+    lowest_load: int = 0
     retry_after: float | None = None
     hold: bool = False
 
@@ -450,6 +452,7 @@ class AdaptiveLimiter:
             lowest = window.lowest
             if lowest is None or (ticket.epoch, -ticket.level) > (lowest.epoch, -lowest.level):
                 window.lowest = ticket  # the newest window's push-back sent at the lowest level
+                window.lowest_load = self._load(ticket)
             if pushback[1] is not None:
                 window.retry_after = max(window.retry_after or 0.0, pushback[1])
         if window.answers < max(self.limit, self.min_window):
@@ -463,7 +466,8 @@ class AdaptiveLimiter:
             self._endemic_share += 0.25 * (share - self._endemic_share)
             noise = 3.0 * math.sqrt(max(self._endemic_share * (1 - self._endemic_share), 0.01) / window.answers)
             if share >= self._endemic_share + noise and window.lowest.epoch == self._epoch:
-                self._decrease(window.lowest, now, window.retry_after, trial=False)  # ours on top of the noise
+                # ours on top of the noise
+                self._decrease(window.lowest, now, window.retry_after, met=window.lowest_load, trial=False)
         self._window = _Window(now)
 
     def _judge_trial(self, rate: float, share: float, now: float, window: _Window) -> None:
@@ -494,11 +498,15 @@ class AdaptiveLimiter:
             self._endemic_hold = self.endemic_min_s
         if window.lowest is not None and window.lowest.epoch == self._epoch:
             # pushed back since the decrease (an answer to a request sent before it says nothing new)
-            self._decrease(window.lowest, now, window.retry_after)
+            self._decrease(window.lowest, now, window.retry_after, met=window.lowest_load)
 
-    def _decrease(self, ticket: Ticket, now: float, retry_after: float | None, *, trial: bool = True) -> None:
+    def _decrease(
+        self, ticket: Ticket, now: float, retry_after: float | None, *, met: int | None = None, trial: bool = True
+    ) -> None:
         """This client is over a limit: decrease once for the window, remember where, pause everybody.
 
+        ``met`` is the load ``ticket`` was pushed back for, when that was earlier (a judged window's
+        push-back): it, not what is in flight now, says whether the push-back was at the wall.
         Unless ``trial`` is False, the decrease is on probation until a window after the pause shows
         what it cost (``_judge_trial``); meanwhile further push-backs only wait their own turn.
         """
@@ -507,6 +515,10 @@ class AdaptiveLimiter:
             retry_after = self.pause_initial_s * 2.0 ** min(self._consecutive_pushbacks - 1, 8)
             retry_after *= random.uniform(0.5, 1.0)
         self._pause_locked(now, retry_after)
+        load = self._load(ticket)
+        met = load if met is None else met
+        self._correct_wall(met)
+        known_edge = self._bad_level is not None and met >= self._bad_level
         if trial:
             before = self._last_rate
             if before is None and self._window.delivered and now > self._window.started:
@@ -514,10 +526,6 @@ class AdaptiveLimiter:
             window = self._window
             share_now = window.pushed_back / window.answers if window.answers else 1.0
             self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
-        # the load that was pushed back: what was in flight then (answers can come back in any order)
-        load = max(ticket.level, self._in_flight + ticket.weight)
-        self._correct_wall(load)
-        known_edge = self._bad_level is not None and load >= self._bad_level
         # a refused probe confirms the wall it probed; only a push-back below it is measured anew
         in_flight = float(self._in_flight + self._releasing)
         self._census = None if known_edge else _Census(self._epoch, in_flight, slow_start=self._slow_start)
@@ -546,6 +554,13 @@ class AdaptiveLimiter:
         self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt(), self.probe_pauses * pause)
         self._slow_start = False
         self.stats.decreases += 1
+
+    def _load(self, ticket: Ticket) -> int:
+        """The load ``ticket`` (being answered now) was pushed back for: what was in flight with it.
+
+        (Answers come back in any order, so that is more than the level it was sent at, or less.)
+        """
+        return max(ticket.level, self._in_flight + ticket.weight)
 
     def _correct_wall(self, load: int) -> None:
         """Move a measured wall by what a push-back at ``load`` says: a census is good to a unit or two.
@@ -592,8 +607,11 @@ class AdaptiveLimiter:
         if census.slow_start and census.refused > 0:
             # slow start's overshoot (up to twice the wall): the cut was a guess, the census is a
             # measurement, so the limit restarts there, higher or lower (an overstated census meets
-            # the wall at the next push-back, which regrowth from the cut would meet too, later)
+            # the wall at the next push-back, which regrowth from the cut would meet too, later).
+            # The cut's trial is void: it would hold that push-back's decrease for a window in which
+            # a limit over the wall has every $batch's items refused one after another
             self._limit = float(carried)
+            self._trial = None
         elif carried < int(self._limit):
             # the service carried less than the cut leaves: against a rate whose burst hid it for a
             # while (a token bucket), the load pushed back was far above the rate, and a wall left there

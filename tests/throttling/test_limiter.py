@@ -385,6 +385,38 @@ def test_a_probe_answered_above_a_low_wall_raises_it_to_where_it_was_refused() -
     assert limiter.stats.decreases == 1, limiter.stats
 
 
+def test_a_push_back_judged_after_its_window_is_placed_by_the_load_it_met_not_by_what_is_in_flight_then() -> None:
+    """The trial's verdict comes when its window closes, with the limit full again.
+
+    A $batch refused while 4 units were in flight is over the wall by what it met then; counting what
+    is in flight at the verdict made it look like a refused probe at the wall: a pause, no cut, and
+    the same wall met again window after window.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("judged", ceiling=64, initial=20, clock=clock)
+    limiter.recall(20)
+    batches = [limiter.acquire(4) for _ in range(5)]
+    limiter.release(batches[-1], Signal.THROTTLED, retry_after=1.0)  # at the wall's last unit
+    for batch in batches[:-1]:
+        limiter.release(batch, Signal.OK)
+    assert (limiter.limit, limiter.wall(), limiter.stats.decreases) == (19, 19, 1)
+    clock.now = 1.5  # the pause is over: the next full window is the trial's
+    for _ in range(2):
+        for ticket in [limiter.acquire() for _ in range(10)]:
+            limiter.release(ticket, Signal.OK)
+    clock.now = 2.0
+    refused = limiter.acquire(4)
+    limiter.release(refused, Signal.THROTTLED, retry_after=1.0)  # met 4 units: far below the wall
+    singles = [limiter.acquire() for _ in range(19)]
+    for ticket in singles[:15]:
+        limiter.release(ticket, Signal.OK)
+    singles[15:] += [limiter.acquire() for _ in range(15)]
+    clock.now = 2.1
+    limiter.release(singles.pop(), Signal.OK)  # the 20th answer closes the window, 18 still in flight
+    assert limiter.stats.decreases == 2, limiter.stats  # still pushed back after the decrease: the next one
+    assert limiter.limit < 19 * 0.75 and limiter.wall() is None, limiter.stats  # a cut, measured anew
+
+
 def test_slow_start_restarts_at_its_census_not_at_its_cut() -> None:
     """The cut after slow start's overshoot is a guess; the census is a measurement, so the limit goes there.
 
