@@ -25,12 +25,10 @@ happened; BBR's delivery rate for telling a limit from noise):
   thread a whole Retry-After pause. After slow start's overshoot (up to twice the wall) the limit
   restarts at the census: that cut was a guess made before anything was measured, and regrowth from
   it only walks back up to the same wall, a round trip at a time (a ``$batch``'s is five of
-  Graph's): seconds below the wall in a run that may take ten. A census is good to a unit or two
-  (a ``$batch`` refused for a few items counts most of its weight as carried, and a slot freed
-  during the count is taken by another batch's next item), so the first push-back at a measured
-  (or recalled) wall's last unit lowers the wall by that unit, as a refused probe places it: the
-  pause is paid, but not a cut whose own census would be as noisy. A wall still too high after
-  that is measured like any later push-back.
+  Graph's): seconds below the wall in a run that may take ten. A census can overstate (a ``$batch``
+  refused for a few items counts most of its weight as carried); then the next push-back is
+  measured like any later one, at once (the cut's trial is void once the census replaced the cut),
+  the pause that regrowth would have met a few round trips later.
   Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
   known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
   ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
@@ -125,8 +123,6 @@ class LimiterStats:
     undone: int = 0
     #: Push-backs that neither decreased nor paused (answered already, or endemic).
     isolated: int = 0
-    #: Decreases that only lowered a measured wall by one unit (its census had counted one too many).
-    walls_lowered: int = 0
     #: Refused probes that raised a measured wall (answered above it first: its census had read low).
     walls_raised: int = 0
     probes_failed: int = 0
@@ -143,7 +139,6 @@ class LimiterStats:
             "decreases": self.decreases,
             "undone": self.undone,
             "isolated": self.isolated,
-            "walls_lowered": self.walls_lowered,
             "walls_raised": self.walls_raised,
             "probes_failed": self.probes_failed,
             "pauses": self.pauses,
@@ -252,9 +247,6 @@ class AdaptiveLimiter:
         self._bad_level: int | None = None
         #: ``_bad_level`` is a census's measure (or recalled), not the guess made at a decrease.
         self._wall_measured = False
-        #: No push-back has tested the census's (or recalled) wall yet: the first one at its last unit
-        #: lowers it one unit instead of cutting (a census is only good to a unit or two).
-        self._wall_untested = False
         self._probe_interval = probe_min_s
         self._probe_at = 0.0
         self._probe_started: float | None = None
@@ -316,7 +308,6 @@ class AdaptiveLimiter:
             self._limit = float(level)
             self._bad_level = level + 1
             self._wall_measured = True
-            self._wall_untested = True
             self._slow_start = False
             # probing again as soon as any wall may be (no round trip is known yet to space it by): a
             # service that allows more now, or a wall that depends on the round trip (a rate), is found
@@ -517,7 +508,7 @@ class AdaptiveLimiter:
         self._pause_locked(now, retry_after)
         load = self._load(ticket)
         met = load if met is None else met
-        self._correct_wall(met)
+        self._raise_probed_wall(met)
         known_edge = self._bad_level is not None and met >= self._bad_level
         if trial:
             before = self._last_rate
@@ -562,23 +553,16 @@ class AdaptiveLimiter:
         """
         return max(ticket.level, self._in_flight + ticket.weight)
 
-    def _correct_wall(self, load: int) -> None:
-        """Move a measured wall by what a push-back at ``load`` says: a census is good to a unit or two.
+    def _raise_probed_wall(self, met: int) -> None:
+        """A probe answered above a measured wall, then refused at ``met``: the wall is there now.
 
-        Too high: the first push-back at its last unit lowers it by that unit (a pause, not a cut whose
-        own census would be as noisy); once, since a wall still too high after that is measured anew.
-        Too low: a probe answered above it before being refused raises it to where it was refused;
-        confirming the low wall instead would keep it, and the memory of it, run after run.
+        A census reads a unit or two low as often as high; confirming the low wall instead would keep
+        it, and the memory of it, run after run.
         """
-        untested, self._wall_untested = self._wall_untested, False
-        if self._bad_level is None or not self._wall_measured:
+        if self._probe_started is None or self._probe_units <= 0 or not self._wall_measured:
             return
-        if untested and load == self._bad_level - 1:
-            self._bad_level = load
-            self.stats.walls_lowered += 1
-        elif self._probe_started is not None and self._probe_units > 0 and load > self._bad_level:
-            self._bad_level = load
-            self._wall_untested = True  # one refused probe places it: it is tested like a census's
+        if self._bad_level is not None and met > self._bad_level:
+            self._bad_level = met
             self.stats.walls_raised += 1
 
     def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
@@ -625,7 +609,6 @@ class AdaptiveLimiter:
         # (otherwise the cut stays, and regrowth stops below the wall)
         self._bad_level = max(self.floor + 1, carried + 1)
         self._wall_measured = True
-        self._wall_untested = True
         self.measurements += 1
 
     def _pause_locked(self, now: float, seconds: float) -> None:

@@ -238,8 +238,8 @@ def test_after_slow_start_a_decrease_keeps_its_cut_and_regrowth_stops_at_the_cen
     """A later wall keeps the multiplicative cut (the trial needs a cut of known size), then regrows to it."""
     clock = FakeClock()
     limiter = AdaptiveLimiter("census-late", ceiling=64, initial=20, clock=clock)
-    limiter.recall(31)  # out of slow start, as an earlier run left it
-    tickets = [limiter.acquire() for _ in range(30)]  # pushed back below the wall's last unit: no trim
+    limiter.recall(30)  # out of slow start, as an earlier run left it
+    tickets = [limiter.acquire() for _ in range(30)]
     limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0)
     assert limiter.limit == 21
     for ticket in tickets[1:5]:
@@ -395,26 +395,28 @@ def test_a_push_back_judged_after_its_window_is_placed_by_the_load_it_met_not_by
     clock = FakeClock()
     limiter = AdaptiveLimiter("judged", ceiling=64, initial=20, clock=clock)
     limiter.recall(20)
-    batches = [limiter.acquire(4) for _ in range(5)]
-    limiter.release(batches[-1], Signal.THROTTLED, retry_after=1.0)  # at the wall's last unit
-    for batch in batches[:-1]:
-        limiter.release(batch, Signal.OK)
-    assert (limiter.limit, limiter.wall(), limiter.stats.decreases) == (19, 19, 1)
-    clock.now = 1.5  # the pause is over: the next full window is the trial's
+    clock.now = 100.0  # a probe is due
+    _round_trips(limiter, clock, until=21)
+    tickets = [limiter.acquire(4) for _ in range(5)] + [limiter.acquire(1)]
+    limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0)  # the probe is refused: the wall holds
+    for ticket in tickets[1:]:
+        limiter.release(ticket, Signal.OK)
+    assert (limiter.limit, limiter.wall(), limiter.stats.decreases) == (20, 20, 1)
+    clock.now += 1.5  # the pause is over: the next full window is the trial's
     for _ in range(2):
         for ticket in [limiter.acquire() for _ in range(10)]:
             limiter.release(ticket, Signal.OK)
-    clock.now = 2.0
+    clock.now += 0.5
     refused = limiter.acquire(4)
     limiter.release(refused, Signal.THROTTLED, retry_after=1.0)  # met 4 units: far below the wall
-    singles = [limiter.acquire() for _ in range(19)]
-    for ticket in singles[:15]:
+    singles = [limiter.acquire() for _ in range(20)]
+    for ticket in singles[:14]:
         limiter.release(ticket, Signal.OK)
-    singles[15:] += [limiter.acquire() for _ in range(15)]
-    clock.now = 2.1
-    limiter.release(singles.pop(), Signal.OK)  # the 20th answer closes the window, 18 still in flight
+    singles[14:] += [limiter.acquire() for _ in range(14)]
+    clock.now += 0.1
+    limiter.release(singles.pop(), Signal.OK)  # the 20th answer closes the window, 19 still in flight
     assert limiter.stats.decreases == 2, limiter.stats  # still pushed back after the decrease: the next one
-    assert limiter.limit < 19 * 0.75 and limiter.wall() is None, limiter.stats  # a cut, measured anew
+    assert limiter.limit <= 14 and limiter.wall() is None, limiter.stats  # a cut, and the wall measured anew
 
 
 def test_slow_start_restarts_at_its_census_not_at_its_cut() -> None:
@@ -455,32 +457,9 @@ def test_an_overstated_slow_start_census_is_measured_again_at_the_next_push_back
     assert limiter.stats.decreases == 2, limiter.stats  # one more, and then none
     assert limiter.limit <= 50 and (limiter.wall() or 0) <= 50, limiter.stats
     assert figures.answered / (50 / 0.5 * 20) >= 0.85, limiter.stats
-    # until that decrease's trial window is in, requests over the wall are only refused, not paused for
-    assert figures.throttled_share <= 0.05, limiter.stats
-
-
-def test_a_census_one_unit_over_the_cap_costs_one_pause_and_no_cut() -> None:
-    """The common overstatement: the census counts one unit over the cap (seen in 5 of 39 cold runs).
-
-    The first push-back at the wall's last unit lowers the wall by that unit, as a refused probe
-    would place it: the Retry-After pause is paid, but no multiplicative cut (and no census as
-    noisy as the first, which left the wall two units low for the rest of a run).
-    """
-    clock = FakeClock()
-    limiter = AdaptiveLimiter("one-over", ceiling=64, initial=56, clock=clock)
-    tickets = [limiter.acquire(4) for _ in range(14)]
-    for ticket, share in zip(tickets[:3], (0.5, 0.5, 0.25), strict=True):
-        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, share=share)
-    for ticket in tickets[3:]:
-        limiter.release(ticket, Signal.OK)
-    assert (limiter.limit, limiter.wall()) == (51, 51)  # 51 units carried, by the shares
-    lowest: list[int] = []
-    limiter.on_change(lambda lim: lowest.append(lim.limit) if lim.stats.decreases > 1 else None)
-    figures = simulate(limiter, clock, Concurrency(lambda t: 50), seconds=20, latency=0.5)
-    assert limiter.stats.decreases == 2 and limiter.stats.pauses == 2, limiter.stats  # the cap met once more
-    assert limiter.stats.walls_lowered == 1, limiter.stats
-    assert min(lowest) == 50 and (limiter.limit, limiter.wall()) == (50, 50), limiter.stats  # no cut
-    assert figures.answered / (50 / 0.5 * 18) >= 0.97, (figures.answered, limiter.stats)  # 2 s paused
+    # the first push-back at the overstated wall decreases at once: the cut's trial is void once the
+    # census replaced the cut (it held that decrease for a window of refused requests: 2.7 % of them)
+    assert figures.throttled_share <= 0.01, limiter.stats
 
 
 def test_slow_start_lowers_its_cut_to_a_census_below_it() -> None:
