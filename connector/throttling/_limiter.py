@@ -45,12 +45,9 @@ happened; BBR's delivery rate for telling a limit from noise):
   limit stays one unit below it until a probe is due: no sooner than ``probe_min_s``, 40 round
   trips, and 30 times the pause the last push-back cost (a refused probe stops every thread for a
   Retry-After, so this keeps probing near 3 % of the run). A probe that is pushed back doubles the
-  time to the next one (up to ``probe_max_s``), and if it was answered above the wall first, the
-  wall goes up to where it was refused (a census reads a unit or two low as often as high, and a
-  low wall confirmed by every refused probe would be kept, and remembered, for good); a probe
-  that holds for a full window means the service's limit rose (or the model changed), and the
-  memory is dropped. Against a stable limit the number of push-backs grows with the logarithm of
-  the run's length, not with it.
+  time to the next one (up to ``probe_max_s``); a probe that holds for a full window means the
+  service's limit rose (or the model changed), and the memory is dropped. Against a stable limit
+  the number of push-backs grows with the logarithm of the run's length, not with it.
 * **Was it about us?** Not every 429 is caused by this client's load: a tenant budget spent by
   other apps, or noise, throttles a share of requests whatever we do, and a client that shrank and
   stopped for each of those would crawl without helping anybody. The answer is in the delivery
@@ -123,8 +120,6 @@ class LimiterStats:
     undone: int = 0
     #: Push-backs that neither decreased nor paused (answered already, or endemic).
     isolated: int = 0
-    #: Refused probes that raised a measured wall (answered above it first: its census had read low).
-    walls_raised: int = 0
     probes_failed: int = 0
     pauses: int = 0
     pause_seconds: float = 0.0
@@ -139,7 +134,6 @@ class LimiterStats:
             "decreases": self.decreases,
             "undone": self.undone,
             "isolated": self.isolated,
-            "walls_raised": self.walls_raised,
             "probes_failed": self.probes_failed,
             "pauses": self.pauses,
             "pause_seconds": round(self.pause_seconds, 3),
@@ -508,7 +502,6 @@ class AdaptiveLimiter:
         self._pause_locked(now, retry_after)
         load = self._load(ticket)
         met = load if met is None else met
-        self._raise_probed_wall(met)
         known_edge = self._bad_level is not None and met >= self._bad_level
         if trial:
             before = self._last_rate
@@ -552,18 +545,6 @@ class AdaptiveLimiter:
         (Answers come back in any order, so that is more than the level it was sent at, or less.)
         """
         return max(ticket.level, self._in_flight + ticket.weight)
-
-    def _raise_probed_wall(self, met: int) -> None:
-        """A probe answered above a measured wall, then refused at ``met``: the wall is there now.
-
-        A census reads a unit or two low as often as high; confirming the low wall instead would keep
-        it, and the memory of it, run after run.
-        """
-        if self._probe_started is None or self._probe_units <= 0 or not self._wall_measured:
-            return
-        if self._bad_level is not None and met > self._bad_level:
-            self._bad_level = met
-            self.stats.walls_raised += 1
 
     def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
         """Count an answer to a request sent before the last decrease; when all are in, place the wall.

@@ -369,22 +369,6 @@ def test_a_refused_probe_confirms_its_wall_instead_of_measuring_it() -> None:
     assert limiter.stats.probes_failed == 1
 
 
-def test_a_probe_answered_above_a_low_wall_raises_it_to_where_it_was_refused() -> None:
-    """A census that read two units low (a memory of 48 against a cap of 50) is not confirmed for ever.
-
-    The probe climbs one unit per round trip; answered at 49 and 50, refused at 51: the wall is 50
-    from then on (and a memory of it), not 48 renewed by every refused probe.
-    """
-    clock = FakeClock()
-    limiter = AdaptiveLimiter("low-wall", ceiling=64, initial=20, clock=clock)
-    limiter.recall(48)
-    figures = simulate(limiter, clock, Concurrency(lambda t: 50), seconds=30, latency=0.5)
-    assert limiter.stats.probes_failed == 1 and limiter.stats.walls_raised == 1, limiter.stats
-    assert (limiter.wall(), limiter.limit) == (50, 50), limiter.stats
-    assert min(limit for _, limit in figures.limits) == 48, limiter.stats  # the refused probe: a pause, no cut
-    assert limiter.stats.decreases == 1, limiter.stats
-
-
 def test_a_push_back_judged_after_its_window_is_placed_by_the_load_it_met_not_by_what_is_in_flight_then() -> None:
     """The trial's verdict comes when its window closes, with the limit full again.
 
