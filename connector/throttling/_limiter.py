@@ -420,15 +420,19 @@ class AdaptiveLimiter:
 
     def _on_pushback(self, ticket: Ticket, now: float, retry_after: float | None, share: float) -> None:
         self._window.hold = True
+        met = self._load(ticket)
         if ticket.epoch == self._epoch and now >= self._endemic_until and self._trial is None:
-            self._decrease(ticket, now, retry_after)
+            self._decrease(ticket, now, retry_after, met=met)
         else:
             # answered by a decrease already (whose trial window will judge what follows), or endemic
             self.stats.isolated += 1
-        self._tally(ticket, now, (ticket, retry_after), share)
+        self._tally(ticket, now, (retry_after, met), share)
 
-    def _tally(self, ticket: Ticket, now: float, pushback: tuple[Ticket, float | None] | None, share: float) -> None:
-        """Count an answer into the window; judge the window when it is complete."""
+    def _tally(self, ticket: Ticket, now: float, pushback: tuple[float | None, int] | None, share: float) -> None:
+        """Count an answer into the window; judge the window when it is complete.
+
+        ``pushback`` is a push-back's Retry-After and the load it met (``None`` for an answer).
+        """
         window = self._window
         window.answers += ticket.weight
         window.delivered += ticket.weight * (1.0 - share)
@@ -437,9 +441,9 @@ class AdaptiveLimiter:
             lowest = window.lowest
             if lowest is None or (ticket.epoch, -ticket.level) > (lowest.epoch, -lowest.level):
                 window.lowest = ticket  # the newest window's push-back sent at the lowest level
-                window.lowest_load = self._load(ticket)
-            if pushback[1] is not None:
-                window.retry_after = max(window.retry_after or 0.0, pushback[1])
+                window.lowest_load = pushback[1]
+            if pushback[0] is not None:
+                window.retry_after = max(window.retry_after or 0.0, pushback[0])
         if window.answers < max(self.limit, self.min_window):
             return
         rate = window.delivered / max(now - window.started, 1e-6)
@@ -485,13 +489,11 @@ class AdaptiveLimiter:
             # pushed back since the decrease (an answer to a request sent before it says nothing new)
             self._decrease(window.lowest, now, window.retry_after, met=window.lowest_load)
 
-    def _decrease(
-        self, ticket: Ticket, now: float, retry_after: float | None, *, met: int | None = None, trial: bool = True
-    ) -> None:
+    def _decrease(self, ticket: Ticket, now: float, retry_after: float | None, *, met: int, trial: bool = True) -> None:
         """This client is over a limit: decrease once for the window, remember where, pause everybody.
 
-        ``met`` is the load ``ticket`` was pushed back for, when that was earlier (a judged window's
-        push-back): it, not what is in flight now, says whether the push-back was at the wall.
+        ``met`` is the load ``ticket`` was pushed back for (answered now, or earlier for a judged
+        window's push-back): it, not what is in flight now, says whether the push-back was at the wall.
         Unless ``trial`` is False, the decrease is on probation until a window after the pause shows
         what it cost (``_judge_trial``); meanwhile further push-backs only wait their own turn.
         """
@@ -501,7 +503,6 @@ class AdaptiveLimiter:
             retry_after *= random.uniform(0.5, 1.0)
         self._pause_locked(now, retry_after)
         load = self._load(ticket)
-        met = load if met is None else met
         known_edge = self._bad_level is not None and met >= self._bad_level
         if trial:
             before = self._last_rate
