@@ -12,7 +12,7 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -194,16 +194,46 @@ class _Session(requests.Session):
         return merged
 
 
-def verifying_session(ca_bundle: Path | None) -> requests.Session:
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """Gives every request without a timeout of its own ``timeout_s``.
+
+    requests waits forever by default, and a library handed a session (MSAL's ``http_client``)
+    sends without one: a sign-in endpoint that accepts the connection and never answers then held a
+    run, and its agent's lock, for good.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        chosen = self.timeout_s if timeout is None else timeout
+        return super().send(request, stream=stream, timeout=chosen, verify=verify, cert=cert, proxies=proxies)
+
+
+def verifying_session(ca_bundle: Path | None, *, timeout_s: float | None = None) -> requests.Session:
     """A requests session verifying TLS against ``ca_bundle`` (the system's trust store when None).
 
     Proxies still come from the environment (see ``_Session``). A bundle that is not a readable
     file is a configuration error naming the key (``readable_ca_file``), not an ``OSError`` from
     deep inside requests on the first request ("Could not find a suitable TLS CA certificate bundle").
+    ``timeout_s``: the timeout of every request that brings none (see ``_TimeoutAdapter``).
     """
     session = _Session()
     if ca_bundle is not None:
         session.verify = readable_ca_file(ca_bundle, "ca_bundle")
+    if timeout_s is not None:
+        adapter = _TimeoutAdapter(timeout_s)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
     return session
 
 

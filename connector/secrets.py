@@ -63,9 +63,12 @@ def read_secret_file(path: Path, *, key: str) -> str:
     except OSError as exc:
         raise SecretFileError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
     try:
-        return unseal_text(decode_secret(data))
+        text = unseal_text(decode_secret(data))
     except ValueError as exc:
         raise SecretFileError(f"{key}: secret file {path} cannot be decoded: {exc}") from None
+    if not text.strip():  # no secret is blank: the server's "missing password" would hide which file is wrong
+        raise SecretFileError(f"{key}: secret file {path} is empty: write the secret into it")
+    return text
 
 
 def seal(data: bytes) -> bytes:

@@ -132,7 +132,32 @@ def test_token_cache_key_file_in_utf16_and_a_broken_one(tmp_path: Path, monkeypa
     key_file.write_bytes(b"\xff\xfe\x00\xd8")
     with pytest.raises(ConfigurationError) as info:
         load_key("NO_SUCH_KEY_VAR", key_file)
-    assert f"token_cache_key_file: secret file {key_file} cannot be decoded" in str(info.value)
+    assert str(info.value).startswith(f"token_cache_key_file: secret file {key_file} cannot be decoded")  # named once
+    key_file.write_text("not a key\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_key("NO_SUCH_KEY_VAR", key_file)
+    assert str(info.value).startswith(
+        f"token_cache_key_file: the token cache key in the key file {key_file} is not a valid Fernet key ("
+    )
+    monkeypatch.setenv("NO_SUCH_KEY_VAR", "not a key either")
+    with pytest.raises(ConfigurationError) as info:
+        load_key("NO_SUCH_KEY_VAR", key_file)
+    assert str(info.value).startswith(
+        "token_cache_key_env: the token cache key in the environment variable NO_SUCH_KEY_VAR is not a valid"
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"\r\n", b"  \n"], ids=["empty", "a-newline", "blanks"])
+def test_an_empty_secret_file_names_the_key_and_the_file(tmp_path: Path, content: bytes) -> None:
+    """An empty password or refresh-token file used to be sent as is: the identity server's "body
+    must contain refresh_token" or an LDAP bind error then hid which setting and file were wrong."""
+    path = tmp_path / "refresh.token"
+    path.write_bytes(content)
+    with pytest.raises(SecretFileError) as info:
+        read_secret_file(path, key="agents.exo.settings.refresh_token")
+    assert str(info.value) == (
+        f"agents.exo.settings.refresh_token: secret file {path} is empty: write the secret into it"
+    )
 
 
 def test_generated_key_file_is_owner_only_and_never_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

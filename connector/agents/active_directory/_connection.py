@@ -90,7 +90,12 @@ def describe_failure(
     tls_phase = (
         starting_tls or "ssl wrapping" in lowered or "handshake" in lowered or isinstance(exc, LDAPStartTLSError)
     )
-    if isinstance(exc, socket.gaierror) or "getaddrinfo" in lowered or "name or service not known" in lowered:
+    if (
+        isinstance(exc, socket.gaierror)
+        or "getaddrinfo" in lowered
+        or "name or service not known" in lowered
+        or lowered == "invalid server address"  # ldap3: the lookup (which it swallows) found no address
+    ):
         return f"DNS: cannot resolve {settings.host} ({text}); check host"
     if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
         return f"{where} refused the connection: nothing listens on port {settings.effective_port} (check host, port)"

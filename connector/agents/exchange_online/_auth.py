@@ -46,8 +46,9 @@ _EXPIRY_SKEW_S = 60.0
 
 
 def make_session(settings: ExchangeOnlineSettings) -> requests.Session:
-    """A requests session that trusts ``ca_bundle`` (see ``connector.net.verifying_session``)."""
-    return verifying_session(settings.ca_bundle)
+    """A requests session that trusts ``ca_bundle`` and never waits longer than ``timeout_s`` for an
+    answer (see ``connector.net.verifying_session``): MSAL sends on it with no timeout of its own."""
+    return verifying_session(settings.ca_bundle, timeout_s=settings.timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +139,14 @@ class GraphAuth:
                 msg = f"cannot use authority {s.resolved_authority}: {exc}"
                 raise ConfigurationError(msg, key="authority") from None
             except requests.RequestException as exc:
-                msg = f"cannot reach the authority {s.resolved_authority}: {failure_kind(exc)}"
-                raise AuthenticationError(msg, status="stopped-server-down") from None
+                raise self._unreachable(exc) from None
         return self._app
+
+    def _unreachable(self, exc: requests.RequestException) -> AuthenticationError:
+        """The sign-in endpoint did not answer: its outage, named as such (not Graph's, and not a
+        traceback from inside MSAL); the step stops and nothing is lost."""
+        msg = f"cannot reach the authority {self.settings.resolved_authority}: {failure_kind(exc)}"
+        return AuthenticationError(msg, status="stopped-server-down")
 
     @property
     def scopes(self) -> list[str]:
@@ -203,7 +209,10 @@ class GraphAuth:
             if current is None or time.monotonic() >= current.expires_at:
                 # MSAL itself serves a cached AT until 5 minutes before expiry; our own clock covers
                 # short-lived tokens and lets concurrent workers share one refresh.
-                self._token = current = self._acquire(force=current is not None)
+                try:
+                    self._token = current = self._acquire(force=current is not None)
+                except requests.RequestException as exc:
+                    raise self._unreachable(exc) from None
             return current.value
 
     def invalidate(self, rejected: str) -> None:
@@ -218,12 +227,11 @@ class GraphAuth:
         if not self.delegated:
             msg = "auth_mode is 'app': there is nothing to sign in (client credentials are used)"
             raise ConfigurationError(msg, key="auth_mode")
-        self.token_cache.clear()
-        result = self.app().acquire_token_by_refresh_token(refresh_token.strip(), scopes=self.scopes)
-        self._persist()
-        if "access_token" not in result:
-            raise ConnectorError(f"the refresh token was refused: {_aadsts(result)}")
-        return _username(result)
+        app = self.app()
+        return self._sign_in(
+            lambda: app.acquire_token_by_refresh_token(refresh_token.strip(), scopes=self.scopes),
+            "the refresh token was refused",
+        )
 
     def login_device_code(self, prompt: Callable[[str], None], *, timeout_s: float | None = None) -> str:
         """Run the device-code flow; ``prompt`` shows the user the code and URL."""
@@ -237,11 +245,24 @@ class GraphAuth:
         prompt(str(flow.get("message") or f"Open {flow['verification_uri']} and enter {flow['user_code']}"))
         if timeout_s is not None:
             flow["expires_at"] = min(float(flow.get("expires_at", time.time() + timeout_s)), time.time() + timeout_s)
-        self.token_cache.clear()
-        result = app.acquire_token_by_device_flow(flow)
-        self._persist()
+        return self._sign_in(lambda: app.acquire_token_by_device_flow(flow), "sign-in did not complete")
+
+    def _sign_in(self, redeem: Callable[[], dict[str, Any]], refused: str) -> str:
+        """A new sign-in by ``redeem`` (an MSAL call) into an emptied cache, written only once it
+        worked: a refused token, an abandoned device code or an unreachable authority keeps the
+        sign-in the cache held (emptying the file first left the next scheduled run signed out)."""
+        kept = self.token_cache.clear()
+        try:
+            result = redeem()
+        except BaseException as exc:
+            self.token_cache.restore(kept)
+            if isinstance(exc, requests.RequestException):
+                raise self._unreachable(exc) from None
+            raise
         if "access_token" not in result:
-            raise ConnectorError(f"sign-in did not complete: {_aadsts(result)}")
+            self.token_cache.restore(kept)
+            raise ConnectorError(f"{refused}: {_aadsts(result)}; the token cache {self.cache_path} was left as it was")
+        self._persist()
         return _username(result)
 
     def status(self) -> AuthStatus:

@@ -35,22 +35,24 @@ _KEY_HELP = (
 def load_key(env_name: str, key_file: Path | None) -> bytes:
     """The Fernet key: the environment variable wins, then the key file. Never logged."""
     raw = os.environ.get(env_name, "").strip()
+    source, key = f"the environment variable {env_name}", "token_cache_key_env"
     if not raw and key_file is not None:
+        source, key = f"the key file {key_file}", "token_cache_key_file"
         if not key_file.exists():
             msg = f"token cache key file {key_file} does not exist (`mvsync auth login` creates it)"
-            raise ConfigurationError(msg, key="token_cache_key_file")
+            raise ConfigurationError(msg, key=key)
         try:
-            raw = read_secret_file(key_file, key="token_cache_key_file").strip()
-        except SecretFileError as exc:
-            raise ConfigurationError(str(exc), key="token_cache_key_file") from None
+            raw = read_secret_file(key_file, key=key).strip()
+        except SecretFileError as exc:  # its text names the key already
+            raise ConfigurationError(str(exc).removeprefix(f"{key}: "), key=key) from None
     if not raw:
         msg = f"no token cache key: set the environment variable {env_name} or token_cache_key_file ({_KEY_HELP})"
         raise ConfigurationError(msg, key="token_cache_key_env")
     try:
         Fernet(raw.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
-        msg = f"the token cache key is not a valid Fernet key ({_KEY_HELP})"
-        raise ConfigurationError(msg, key="token_cache_key_env") from None
+        msg = f"the token cache key in {source} is not a valid Fernet key ({_KEY_HELP})"
+        raise ConfigurationError(msg, key=key) from None
     return raw.encode("ascii")
 
 
@@ -105,11 +107,19 @@ class EncryptedTokenCache:
             self.cache.has_state_changed = False
             return True
 
-    def clear(self) -> None:
-        """Forget every token (before importing a new refresh token)."""
+    def clear(self) -> str:
+        """Forget every token (before a new sign-in); returns what was forgotten, for :meth:`restore`."""
         with self._lock:
+            kept: str = self.cache.serialize()
             self.cache.deserialize("{}")
             self.cache.has_state_changed = True
+            return kept
+
+    def restore(self, kept: str) -> None:
+        """Back to what :meth:`clear` returned, as if it had never run (nothing is written)."""
+        with self._lock:
+            self.cache.deserialize(kept)
+            self.cache.has_state_changed = False
 
 
 class ProcessTokenCache:
@@ -129,5 +139,10 @@ class ProcessTokenCache:
         """Nothing to write: the tokens live as long as the process."""
         return False
 
-    def clear(self) -> None:
+    def clear(self) -> str:
+        kept: str = self.cache.serialize()
         self.cache.deserialize("{}")
+        return kept
+
+    def restore(self, kept: str) -> None:
+        self.cache.deserialize(kept)

@@ -39,7 +39,7 @@ __all__ = ["kerberos_error", "make_auth", "make_session", "refused", "spn"]
 def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.Session:
     """A session verifying TLS (against ``ca_bundle`` when given, see
     ``connector.net.verifying_session``), for one thread."""
-    session = verifying_session(settings.ca_bundle)
+    session = verifying_session(settings.ca_bundle, timeout_s=settings.timeout_s)
     session.auth = auth
     return session
 
@@ -206,7 +206,7 @@ class OAuthBearer(AuthBase):
         with self._lock:
             if self._app is None:
                 assert s.client_secret is not None
-                http = verifying_session(s.ca_bundle)
+                http = verifying_session(s.ca_bundle, timeout_s=s.timeout_s)  # MSAL sets no timeout
                 self._app = msal.ConfidentialClientApplication(
                     s.client_id,
                     client_credential=s.client_secret.get_secret_value(),

@@ -70,6 +70,13 @@ def test_a_refused_connection_names_host_port_and_kind() -> None:
     assert f"127.0.0.1:{port} (ldaps) refused the connection" in str(caught.value)
 
 
+def test_a_host_that_does_not_resolve_is_named_as_a_dns_failure() -> None:
+    """ldap3 reports a failed lookup as "invalid server address", which read as a lost connection."""
+    with pytest.raises(ServerDownError) as caught:
+        Link(_settings(636, host="dc.example.invalid"), logging.getLogger("test")).connect()  # RFC 6761: never resolves
+    assert "DNS: cannot resolve dc.example.invalid (" in str(caught.value), str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
     [

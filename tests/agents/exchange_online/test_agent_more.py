@@ -11,7 +11,14 @@ import requests
 from sqlalchemy import select
 
 from connector.emulator import exo_agent_settings
-from connector.sdk import AuthenticationError, ConfigurationError, ImportMode, ServerDownError, StopRunError
+from connector.sdk import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectorError,
+    ImportMode,
+    ServerDownError,
+    StopRunError,
+)
 from tests.agents.exchange_online.conftest import delete_user_at_photo_probe, make_connector, run_import
 
 # --------------------------------------------------------------------------------------- helpers
@@ -343,3 +350,32 @@ def test_engine_drops_a_user_gone_before_its_photo_probe(
     assert answers == [(404, "Request_ResourceNotFound")]
     assert victim["id"] not in rows
     assert set(rows) == set(before) - {victim["id"]}  # everyone else is still there
+
+
+def test_a_refused_sign_in_keeps_the_account_that_was_signed_in(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """``mvsync auth login --refresh-token-file`` with a token Entra refuses (a stale copy, the
+    wrong file), or an unreachable sign-in endpoint, used to empty the token cache on disk first:
+    the working sign-in was gone, and the next scheduled run stopped as stopped-authentication."""
+    emu = make_emulator(users=1)
+    data = tmp_path / "data"
+    ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
+    ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+    seeded = make_connector(emu, data)  # the configured refresh token seeds the cache, as a first login does
+    seeded.open()
+    seeded.close()
+    conn = make_connector(emu, data, refresh_token=None, ca_bundle=ca_bundle)  # production: the cache alone
+    before = conn.auth.cache_path.read_bytes()
+    accounts = [a["username"] for a in conn.auth.app().get_accounts()]
+    assert accounts
+    with pytest.raises(ConnectorError) as refused:
+        conn.auth.login_with_refresh_token("not-a-refresh-token")
+    assert str(refused.value).startswith("the refresh token was refused: invalid_grant")
+    assert str(refused.value).endswith(f"; the token cache {conn.auth.cache_path} was left as it was")
+    emu.stop()
+    with pytest.raises(AuthenticationError) as unreachable:  # (MSAL answers a repeated refused request itself)
+        conn.auth.login_with_refresh_token("another-token")
+    assert unreachable.value.status == "stopped-server-down"
+    assert conn.auth.cache_path.read_bytes() == before
+    assert [a["username"] for a in conn.auth.app().get_accounts()] == accounts  # and in memory

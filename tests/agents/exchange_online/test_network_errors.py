@@ -203,6 +203,48 @@ def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
     )
 
 
+@pytest.mark.timeout(60)  # it used to wait forever: MSAL sets no timeout on the session it is given
+def test_an_authority_that_accepts_connections_and_never_answers_stops_within_the_timeout(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """A hung sign-in endpoint (a wedged proxy on the way to login.microsoftonline.com): the step
+    stops as stopped-server-down, naming the authority, after ``timeout_s``; it used to hang the run,
+    ``mvsync doctor`` and ``mvsync auth status`` with the agent's lock held."""
+    emu = make_emulator(users=1)
+    with silent_server() as port:
+        authority = f"https://127.0.0.1:{port}/{emu.info['tenant_id']}"
+        conn = make_connector(emu, tmp_path, authority=authority, timeout_s=0.3)
+        try:
+            with pytest.raises(AuthenticationError) as caught:
+                conn.open()
+        finally:
+            conn.close()
+    assert caught.value.status == "stopped-server-down"
+    assert str(caught.value) == f"cannot reach the authority {authority}: connected, but no answer within the timeout"
+
+
+def test_an_authority_that_goes_away_mid_run_is_named_not_mistaken_for_graph(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """The access token runs out and the sign-in endpoint is unreachable: the stop names the
+    authority (whose outage it is), not Graph and not a traceback from inside MSAL."""
+    emu = make_emulator(users=1)
+    ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
+    ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+    conn = make_connector(emu, tmp_path, ca_bundle=ca_bundle)
+    conn.open()
+    try:
+        authority = conn.settings.resolved_authority
+        conn.auth.invalidate(conn.auth.token())  # as after a 401: the next token is fetched
+        emu.stop()
+        with pytest.raises(AuthenticationError) as caught:
+            conn.auth.token()
+    finally:
+        conn.close()
+    assert caught.value.status == "stopped-server-down"
+    assert str(caught.value) == f"cannot reach the authority {authority}: connection refused (nothing listens there)"
+
+
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
