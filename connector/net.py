@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from connector.sdk import ConfigurationError
+from connector.sdk import AuthenticationError, ConfigurationError
 
 __all__ = [
     "RECHECKED",
@@ -30,6 +30,7 @@ __all__ = [
     "failure_kind",
     "host_port",
     "readable_ca_file",
+    "unreachable_authority",
     "verifying_session",
 ]
 
@@ -74,6 +75,15 @@ def failure_kind(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError):
         return "the answer was cut off"
     return type(exc).__name__
+
+
+def unreachable_authority(authority: str, exc: requests.RequestException) -> AuthenticationError:
+    """The sign-in endpoint (Entra ID, or the authority configured) did not answer: its outage, named
+    as such. MSAL sends from inside a request to the service, so left alone the failure would be
+    reported as the service's (another host), or escape MSAL as a traceback. The step stops; nothing is lost."""
+    return AuthenticationError(
+        f"cannot reach the authority {authority}: {failure_kind(exc)}", status="stopped-server-down"
+    )
 
 
 def describe_request_error(exc: requests.RequestException, url: str, service: str) -> str:

@@ -33,7 +33,7 @@ from connector.agents.exchange_online._tokencache import (
     ProcessTokenCache,
     load_key,
 )
-from connector.net import failure_kind, verifying_session
+from connector.net import unreachable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
 
 __all__ = ["AccessToken", "AuthStatus", "GraphAuth", "make_session"]
@@ -143,10 +143,7 @@ class GraphAuth:
         return self._app
 
     def _unreachable(self, exc: requests.RequestException) -> AuthenticationError:
-        """The sign-in endpoint did not answer: its outage, named as such (not Graph's, and not a
-        traceback from inside MSAL); the step stops and nothing is lost."""
-        msg = f"cannot reach the authority {self.settings.resolved_authority}: {failure_kind(exc)}"
-        return AuthenticationError(msg, status="stopped-server-down")
+        return unreachable_authority(self.settings.resolved_authority, exc)
 
     @property
     def scopes(self) -> list[str]:

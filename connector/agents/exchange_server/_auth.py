@@ -30,7 +30,7 @@ import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.net import verifying_session
+from connector.net import unreachable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
 __all__ = ["kerberos_error", "make_auth", "make_session", "refused", "spn"]
@@ -203,18 +203,23 @@ class OAuthBearer(AuthBase):
         import msal
 
         s = self.settings
+        authority = s.authority or f"https://login.microsoftonline.com/{s.tenant_id}"
         with self._lock:
-            if self._app is None:
-                assert s.client_secret is not None
-                http = verifying_session(s.ca_bundle, timeout_s=s.timeout_s)  # MSAL sets no timeout
-                self._app = msal.ConfidentialClientApplication(
-                    s.client_id,
-                    client_credential=s.client_secret.get_secret_value(),
-                    authority=s.authority or f"https://login.microsoftonline.com/{s.tenant_id}",
-                    instance_discovery=s.instance_discovery,
-                    http_client=http,
-                )
-            result = self._app.acquire_token_for_client(scopes=[s.oauth_scope or f"{s.origin}/.default"])
+            try:
+                if self._app is None:
+                    assert s.client_secret is not None
+                    self._app = msal.ConfidentialClientApplication(
+                        s.client_id,
+                        client_credential=s.client_secret.get_secret_value(),
+                        authority=authority,
+                        instance_discovery=s.instance_discovery,
+                        http_client=verifying_session(s.ca_bundle, timeout_s=s.timeout_s),  # MSAL sets no timeout
+                    )
+                result = self._app.acquire_token_for_client(scopes=[s.oauth_scope or f"{s.origin}/.default"])
+            except (
+                requests.RequestException
+            ) as exc:  # not the Exchange server's failure, though it is sent from its request
+                raise unreachable_authority(authority, exc) from None
         token = result.get("access_token") if isinstance(result, dict) else None
         if not token:
             error = result.get("error", "no token") if isinstance(result, dict) else "no token"

@@ -199,6 +199,35 @@ def test_oauth_hybrid_modern_authentication(tmp_path: Path) -> None:
         graph.stop()
 
 
+@pytest.mark.timeout(60)  # it used to wait forever: MSAL sets no timeout on the session it is given
+def test_oauth_with_a_hung_authority_stops_naming_the_authority_within_the_timeout(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The sign-in endpoint accepts the connection and never answers: the step stops as
+    stopped-server-down naming the authority, not the Exchange server (which was never asked)."""
+    (tmp_path / "mailboxes.txt").write_text(PHOTO + "\n", encoding="utf-8")
+    with silent_server() as port:
+        authority = f"https://127.0.0.1:{port}/contoso"
+        agent = _agent(
+            ews,
+            tmp_path,
+            auth="oauth",
+            username=None,
+            password=None,
+            tenant_id="contoso",
+            client_id="app",
+            client_secret="not-the-point",
+            authority=authority,
+            instance_discovery=False,
+            timeout_s=0.3,
+        )
+        with pytest.raises(AuthenticationError) as caught:
+            _imported(agent)
+    assert caught.value.status == "stopped-server-down"
+    assert str(caught.value).startswith(f"cannot reach the authority {authority}: ")
+    assert "no answer within the timeout" in str(caught.value)
+
+
 def test_delta_without_state_asks_for_a_full_import(ews: EwsEmulator, tmp_path: Path) -> None:
     with pytest.raises(StopRunError, match="run a full import"):
         _imported(_agent(ews, tmp_path), watermark="")
