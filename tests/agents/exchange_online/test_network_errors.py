@@ -190,17 +190,22 @@ def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
     """A TLS-inspecting proxy, or a private cloud's CA missing from ca_bundle: the stop names the
     authority and says what to set, instead of "SSLError"."""
     emu = make_emulator(users=1)
-    conn = make_connector(emu, tmp_path, ca_bundle=Path(certifi.where()))  # public CAs only
+    message = _authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=Path(certifi.where())))  # public CAs
+    assert message == (
+        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
+        "(set ca_bundle to the CA that issued it)"
+    )
+
+
+def _authority_outage_at_open(conn: Any) -> str:
+    """The message of the stop that opening ``conn`` must end with: the authority's outage."""
     try:
         with pytest.raises(AuthenticationError) as caught:
             conn.open()
     finally:
         conn.close()
     assert caught.value.status == "stopped-server-down"
-    assert str(caught.value) == (
-        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
-        "(set ca_bundle to the CA that issued it)"
-    )
+    return str(caught.value)
 
 
 @pytest.mark.timeout(60)  # it used to wait forever: MSAL sets no timeout on the session it is given
@@ -213,14 +218,8 @@ def test_an_authority_that_accepts_connections_and_never_answers_stops_within_th
     emu = make_emulator(users=1)
     with silent_server() as port:
         authority = f"https://127.0.0.1:{port}/{emu.info['tenant_id']}"
-        conn = make_connector(emu, tmp_path, authority=authority, timeout_s=0.3)
-        try:
-            with pytest.raises(AuthenticationError) as caught:
-                conn.open()
-        finally:
-            conn.close()
-    assert caught.value.status == "stopped-server-down"
-    assert str(caught.value) == f"cannot reach the authority {authority}: connected, but no answer within the timeout"
+        message = _authority_outage_at_open(make_connector(emu, tmp_path, authority=authority, timeout_s=0.3))
+    assert message == f"cannot reach the authority {authority}: connected, but no answer within the timeout"
 
 
 def test_an_authority_that_goes_away_mid_run_is_named_not_mistaken_for_graph(
