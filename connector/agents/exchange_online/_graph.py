@@ -74,6 +74,10 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 BATCH_PARALLELISM = 4
 
 
+#: Seconds between two warnings that Graph gives no answer: one outage meets every thread at once.
+UNANSWERED_WARNING_S = 30.0
+
+
 def backoff_seconds(attempt: int, retry_after: float | None, settings: ExchangeOnlineSettings) -> float:
     """How long to wait before retry number ``attempt`` (1-based) of a *failed* request.
 
@@ -316,6 +320,7 @@ class GraphClient:
             "committed page), or raise max_throttled_wait_minutes in the agent's settings",
         )
         self.throttled_waits = 0
+        self._warned_at = -UNANSWERED_WARNING_S
 
     # -- plumbing -------------------------------------------------------------------------------
     def _session(self) -> requests.Session:
@@ -439,6 +444,20 @@ class GraphClient:
         self.stats.add(retries=1)
         return False
 
+    def _warn_unanswered(self, state: tenacity.RetryCallState) -> None:
+        """A request got no answer and is tried again: say so, at most every ``UNANSWERED_WARNING_S``.
+
+        Why: against a Graph (or proxy) that accepts connections and never answers, each attempt
+        waits ``timeout_s``; the step stops only after ``max_attempts`` of them (minutes), and the
+        operator watching it should know why nothing moves long before that.
+        """
+        exc = state.outcome.exception() if state.outcome is not None else None
+        now = time.monotonic()
+        if not isinstance(exc, RetryableError) or exc.network is None or now - self._warned_at < UNANSWERED_WARNING_S:
+            return
+        self._warned_at = now
+        log.warning("%s (attempt %d of %d); trying again", exc, state.attempt_number, self.settings.max_attempts)
+
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
@@ -478,6 +497,7 @@ class GraphClient:
             stop=lambda state: stopping.is_set() or self._stop(state),
             wait=self._wait,
             sleep=sleep,
+            before_sleep=self._warn_unanswered,
             retry=tenacity.retry_if_exception_type(RetryableError),
             reraise=True,
         )

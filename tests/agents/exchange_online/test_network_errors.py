@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import certifi
 import pytest
 import requests
 
+from connector.agents.exchange_online._graph import UNANSWERED_WARNING_S
 from connector.agents.exchange_online._import import Importer, Watermark
 from connector.emulator import TEST_HOSTNAME
 from connector.engine import MemoryState, Page
@@ -54,7 +56,7 @@ def test_an_unreachable_graph_url_names_host_port_and_kind(make_emulator: Any, t
 
 
 def test_a_graph_that_goes_away_mid_import_stops_the_step_instead_of_failing_each_user(
-    make_emulator: Any, tmp_path: Path, cache_key: str
+    make_emulator: Any, tmp_path: Path, cache_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Graph (or the way to it) goes down after the first page: the step stops as stopped-server-down
     once a request has used its attempts while nothing answered, and the users not fetched yet get no
@@ -64,9 +66,14 @@ def test_a_graph_that_goes_away_mid_import_stops_the_step_instead_of_failing_eac
     ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
     ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
     conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2, ca_bundle=ca_bundle)
+    caplog.set_level(logging.WARNING, logger="mvsync.agent.exchange_online.graph")
+    started = time.monotonic()
     message = _stopped_by_an_outage_after_the_first_page(conn, emu.stop)
     assert f"Graph at {urlsplit(emu.info['graph_url']).netloc} did not answer: " in message, message
     assert "nothing is lost (users not fetched yet keep what they had" in message
+    # every worker thread met the outage: one warning says so, not one per request and attempt
+    warnings = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert 1 <= len(warnings) <= 1 + (time.monotonic() - started) // UNANSWERED_WARNING_S, warnings
 
 
 def _stopped_by_an_outage_after_the_first_page(conn: Any, outage: Callable[[], None]) -> str:
@@ -167,9 +174,11 @@ def test_broken_mailboxes_are_their_users_errors_and_the_run_completes(
 
 
 def test_a_graph_that_accepts_connections_and_never_answers_stops_the_step(
-    make_emulator: Any, tmp_path: Path, cache_key: str
+    make_emulator: Any, tmp_path: Path, cache_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A wedged proxy or load balancer: connected, then silence until the timeout."""
+    """A wedged proxy or load balancer: connected, then silence until the timeout. Each silent
+    attempt takes ``timeout_s``, so the wait is said as it happens, not only when the step stops."""
+    caplog.set_level(logging.WARNING, logger="mvsync.agent.exchange_online.graph")
     emu = make_emulator(users=5)
     with silent_server() as port:
         conn = make_connector(emu, tmp_path, graph_url=f"https://127.0.0.1:{port}/v1.0", max_attempts=2, timeout_s=0.3)
@@ -182,6 +191,9 @@ def test_a_graph_that_accepts_connections_and_never_answers_stops_the_step(
     assert str(caught.value).startswith(
         f"Graph at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (2 attempts over "
     )
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Graph at 127.0.0.1:{port}: connected, but no answer within the timeout (attempt 1 of 2); trying again"
+    ]
 
 
 def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
