@@ -87,8 +87,11 @@ class StoreBusyError(StoreError, LockHeldError):
     status = "stopped-locked"
 
 
-def classify(exc: DBAPIError, where: str) -> StoreError | None:
-    """The store fault ``exc`` stands for (None: not one the operator can act on: a bug)."""
+def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None) -> StoreError | None:
+    """The store fault ``exc`` stands for (None: not one the operator can act on: a bug).
+
+    ``connect_timeout_s``: how long a connection attempt could take, named when the server never answered.
+    """
     orig = exc.orig
     name = str(getattr(orig, "sqlite_errorname", "") or "")
     text = str(orig)
@@ -130,10 +133,23 @@ def classify(exc: DBAPIError, where: str) -> StoreError | None:
             "VACUUM FULL, a REINDEX or a transaction left open (pg_stat_activity, pg_blocking_pids() show which); "
             "let it finish and run again: what was committed before is kept"
         )
+    if type(orig).__name__ == "ConnectionTimeout":  # psycopg's: the host took the connection, nothing answered
+        return StoreError(_no_answer(where, connect_timeout_s))
     if not name and (exc.connection_invalidated or type(orig).__name__ == "OperationalError"):
         # PostgreSQL: the server is down, refuses the login, or dropped the connection
         return StoreError(f"cannot use the store {where}: {text.strip()}")
     return None
+
+
+def _no_answer(where: str, connect_timeout_s: float | None) -> str:
+    """Why a connection attempt to a PostgreSQL store timed out, and what to check."""
+    within = f"{connect_timeout_s:g} s" if connect_timeout_s else "the connect timeout"
+    return (
+        f"cannot use the store {where}: no answer within {within} (its host accepts connections but no PostgreSQL "
+        "answers: a hung or overloaded server, or a firewall or proxy that holds the connection); check that "
+        "PostgreSQL runs at the host and port in store.url (pg_isready -h HOST -p PORT) and run again; over a slow "
+        "network give store.url a longer connect_timeout=SECONDS"
+    )
 
 
 def first_line(text: str) -> str:
@@ -142,12 +158,12 @@ def first_line(text: str) -> str:
 
 
 @contextlib.contextmanager
-def store_faults(where: str) -> Iterator[None]:
+def store_faults(where: str, *, connect_timeout_s: float | None = None) -> Iterator[None]:
     """Turn database errors inside the ``with`` into the store fault they stand for."""
     try:
         yield
     except DBAPIError as exc:
-        fault = classify(exc, where)
+        fault = classify(exc, where, connect_timeout_s)
         if fault is None:
             raise
         raise fault from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 
@@ -60,6 +61,11 @@ BUSY_TIMEOUT_S = 30.0
 #: How long a run's start waits for the database lock before saying it waits (SQLite): enough for
 #: another mvsync run's unit of work, too short to be a backup agent or antivirus scan.
 BUSY_GRACE_S = 5.0
+#: How long connecting to a PostgreSQL store may take (psycopg's ``connect_timeout``). Without it a
+#: host that accepts TCP but never answers (a hung server, a firewall or proxy holding the connection)
+#: keeps every command waiting psycopg's own 130 s in silence, then ends in a traceback. A
+#: ``connect_timeout`` in ``store.url`` (or libpq's ``PGCONNECT_TIMEOUT``) wins.
+CONNECT_TIMEOUT_S = 20
 
 
 def _busy_ms() -> int:
@@ -104,6 +110,27 @@ def _analyze_unless_busy(conn: Connection, table: str) -> bool:
     return True
 
 
+def _postgresql_engine(url: str, parsed: URL) -> tuple[Engine, float | None]:
+    """The engine of a PostgreSQL store, and the seconds its connection attempt may take (None: unbounded).
+
+    ``connect_timeout`` bounds the attempt (see ``CONNECT_TIMEOUT_S``) unless the user chose one.
+    """
+    given = parsed.query.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
+    connect_args = {} if given else {"connect_timeout": CONNECT_TIMEOUT_S}
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    _postgresql_setup(engine)
+    return engine, _seconds(given) if given else float(CONNECT_TIMEOUT_S)
+
+
+def _seconds(value: str | tuple[str, ...]) -> float | None:
+    """A ``connect_timeout`` as seconds; None where psycopg waits without bound (0, negative, not a number)."""
+    try:
+        seconds = float(value if isinstance(value, str) else value[-1])
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None
+
+
 def _postgresql_setup(engine: Engine) -> None:
     """Each session waits at most ``BUSY_TIMEOUT_S`` for a table lock (a plain ``SET``, which poolers pass)."""
 
@@ -131,6 +158,8 @@ class SqlStore:
         #: The SQLite database file (None in memory and on PostgreSQL).
         self.path: Path | None = None
         lock_dir: Path | None = None
+        #: How long connecting may take (PostgreSQL; None for SQLite or an unbounded wait), for messages.
+        self.connect_timeout_s: float | None = None
         if self.dialect == "sqlite":
             database = parsed.database or ""
             memory = database in ("", ":memory:")
@@ -148,12 +177,11 @@ class SqlStore:
             )
             _sqlite_setup(self.engine)
         elif self.dialect == "postgresql":
-            self.engine = create_engine(url, pool_pre_ping=True)
-            _postgresql_setup(self.engine)
+            self.engine, self.connect_timeout_s = _postgresql_engine(url, parsed)
         else:
             msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
-        self.locks = LockManager(self.engine, lock_dir, self.where)
+        self.locks = LockManager(self.engine, lock_dir, self.where, connect_timeout_s=self.connect_timeout_s)
         self._dry_conn: Connection | None = None
         self._tx_lock = threading.RLock()
         self._inserted: dict[str, int] = {}
@@ -225,7 +253,7 @@ class SqlStore:
 
     def faults(self) -> contextlib.AbstractContextManager[None]:
         """Database errors inside become store faults naming this store (see ``_faults``)."""
-        return store_faults(self.where)
+        return store_faults(self.where, connect_timeout_s=self.connect_timeout_s)
 
     def wait_writable(self, wait_s: float, on_wait: Callable[[str], None] | None = None) -> None:
         """Return once this process could write the store; a busy store waits up to ``wait_s``.

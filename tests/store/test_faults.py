@@ -9,6 +9,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from connector.engine import Engine
 from connector.store import _faults, _sql
 from tests.cli._configs import generated_pair
 from tests.engine.conftest import World, add_users
+from tests.harness.sockets import silent_server
 
 runner = CliRunner()
 
@@ -171,10 +173,10 @@ def test_a_store_busy_in_the_middle_of_a_run_is_in_history_as_stopped_locked(
         world.ad["during_export"] = lambda: other.execute("BEGIN EXCLUSIVE")
         real_classify = _faults.classify
 
-        def classify_then_release(exc: Any, where: str) -> Any:
+        def classify_then_release(exc: Any, *args: Any) -> Any:
             if other.in_transaction:
                 other.execute("ROLLBACK")
-            return real_classify(exc, where)
+            return real_classify(exc, *args)
 
         monkeypatch.setattr(_faults, "classify", classify_then_release)
         with pytest.raises(_faults.StoreBusyError, match="is busy"):
@@ -282,3 +284,38 @@ def test_an_unreachable_postgresql_store_is_named_without_its_password(tmp_path:
         assert code == 4, err
         assert f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync" in err
         assert "Connection refused" in err and "pw-never-shown" not in err and "Traceback" not in err
+
+
+def _postgresql_config(tmp_path: Path, url: str) -> Path:
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(3).replace('url = "sqlite:///store.db"', f'url = "{url}"'))
+    return config
+
+
+def test_a_postgresql_host_that_never_answers_stops_within_the_urls_connect_timeout(tmp_path: Path) -> None:
+    # a real listener that accepts TCP and never sends a byte: a hung server, a firewall holding connections
+    with silent_server() as port:
+        url = f"postgresql+psycopg://mvsync:pw-never-shown@127.0.0.1:{port}/mvsync?connect_timeout=2"
+        config = _postgresql_config(tmp_path, url)
+        for args, exit_code in ((("run", "cycle"), 4), (("history", "list"), 4), (("doctor", "--json"), 6)):
+            started = time.monotonic()
+            code, out, err = invoke(*args, "-c", str(config))
+            assert time.monotonic() - started < 60  # psycopg alone waits 130 s; generous for a loaded machine
+            assert code == exit_code, (out, err)
+            said = err if exit_code == 4 else out
+            assert f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync" in said
+            assert "no answer within 2 s" in said and "pg_isready" in said and "connect_timeout=SECONDS" in said
+            assert "pw-never-shown" not in out + err and "Traceback" not in out + err
+
+
+def test_a_postgresql_connection_attempt_is_bounded_without_a_connect_timeout_in_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_sql, "CONNECT_TIMEOUT_S", 2)  # 20 s in real runs
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    with silent_server() as port, pytest.raises(_faults.StoreError) as caught:
+        _sql.SqlStore(f"postgresql+psycopg://mvsync:pw@127.0.0.1:{port}/mvsync", create=False)
+    assert caught.value.exit_code == 4
+    assert str(caught.value).startswith(
+        f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync: no answer within 2 s"
+    )
