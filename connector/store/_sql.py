@@ -110,14 +110,23 @@ def _analyze_unless_busy(conn: Connection, table: str) -> bool:
     return True
 
 
-def _postgresql_engine(url: str, parsed: URL) -> tuple[Engine, float | None]:
+def _postgresql_engine(url: str, parsed: URL, where: str) -> tuple[Engine, float | None]:
     """The engine of a PostgreSQL store, and the seconds its connection attempt may take (None: unbounded).
 
-    ``connect_timeout`` bounds the attempt (see ``CONNECT_TIMEOUT_S``) unless the user chose one.
+    ``connect_timeout`` bounds the attempt (see ``CONNECT_TIMEOUT_S``) unless the user chose one. The
+    driver is an extra (``mvsync[postgres]``): without it SQLAlchemy's import of psycopg would end the
+    command in a traceback, where the operator needs the line that installs it.
     """
     given = parsed.query.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
     connect_args = {} if given else {"connect_timeout": CONNECT_TIMEOUT_S}
-    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    try:
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except ModuleNotFoundError as exc:
+        msg = (
+            f"the store {where} needs the PostgreSQL driver {exc.name or 'psycopg'}, which is not installed: "
+            "install it with pip install 'mvsync[postgres]' and write store.url as postgresql+psycopg://..."
+        )
+        raise StoreError(msg, exit_code=EXIT_STORE_CONFIG) from None
     _postgresql_setup(engine)
     return engine, _seconds(given) if given else float(CONNECT_TIMEOUT_S)
 
@@ -177,7 +186,7 @@ class SqlStore:
             )
             _sqlite_setup(self.engine)
         elif self.dialect == "postgresql":
-            self.engine, self.connect_timeout_s = _postgresql_engine(url, parsed)
+            self.engine, self.connect_timeout_s = _postgresql_engine(url, parsed, self.where)
         else:
             msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)

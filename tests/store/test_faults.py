@@ -9,6 +9,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,3 +320,16 @@ def test_a_postgresql_connection_attempt_is_bounded_without_a_connect_timeout_in
     assert str(caught.value).startswith(
         f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync: no answer within 2 s"
     )
+
+
+def test_a_postgresql_store_without_the_postgres_extra_is_a_configuration_error_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what `import psycopg` meets without mvsync[postgres]
+    config = _postgresql_config(tmp_path, "postgresql+psycopg://mvsync:pw-never-shown@127.0.0.1:5432/mvsync")
+    for args in (("run", "cycle"), ("history", "list")):
+        code, out, err = invoke(*args, "-c", str(config))
+        assert code == 2, (out, err)
+        assert "the store postgresql+psycopg://mvsync:***@127.0.0.1:5432/mvsync needs the PostgreSQL driver" in err
+        assert "pip install 'mvsync[postgres]'" in err
+        assert "pw-never-shown" not in err and "Traceback" not in err
