@@ -19,7 +19,7 @@ import re
 import sys
 from typing import Any, TextIO
 
-__all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "redact", "setup_logging"]
+__all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "mask_url", "redact", "setup_logging"]
 
 REDACTED = "***"
 
@@ -35,8 +35,6 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(rf"""(?i)(["']?\b(?:{_SECRET_KEYS})\b["']?\s*[:=]\s*)(["']?)([^"'\s,;&}}]+)\2"""),
         r"\1\2" + REDACTED + r"\2",
     ),
-    # user:password@host in URLs (database and LDAP URLs)
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@]+):[^@/\s]+@"), r"\1:" + REDACTED + "@"),
     # JSON Web Tokens anywhere (three base64url parts, the first starting with '{"' = 'eyJ')
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"), REDACTED),
     # Microsoft refresh tokens and similar opaque tokens ("0.A..." / "M.R3_..." prefixes, long)
@@ -44,8 +42,32 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+#: A URL in free text: a scheme and ``://``, up to white space.
+_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://\S+")
+#: A password given as a URL's query parameter (``?password=``, as libpq and psycopg take it).
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#\s]*")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: in the user info, and a ``password=`` in the query.
+
+    The user info runs to the *last* ``@`` of the network location (which ends at the first ``/``,
+    ``?`` or ``#``, as RFC 3986 has it): a password typed with a raw ``@`` (not ``%40``) would
+    otherwise show its tail as the host. Used wherever a URL is shown (the store's name in messages
+    and history) and by :func:`redact` for URLs inside any logged text.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        userinfo, at, host = rest[:end].rpartition("@")
+        if at and ":" in userinfo:
+            url = f"{scheme}{sep}{userinfo.partition(':')[0]}:{REDACTED}@{host}{rest[end:]}"
+    return _QUERY_PASSWORD.sub(r"\1" + REDACTED, url)
+
+
 def redact(text: str) -> str:
     """``text`` with anything that looks like a credential replaced by ``***``."""
+    text = _URL.sub(lambda found: mask_url(found.group()), text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

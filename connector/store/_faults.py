@@ -133,6 +133,12 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
             "VACUUM FULL, a REINDEX or a transaction left open (pg_stat_activity, pg_blocking_pids() show which); "
             "let it finish and run again: what was committed before is kept"
         )
+    if "invalid connection option" in text:  # psycopg: a query parameter of the URL libpq does not know
+        return StoreError(
+            f"store.url {where}: {first_line(text)}: its query takes libpq's connection parameters, in lower "
+            "case (sslmode, connect_timeout, password ...); correct or remove it",
+            exit_code=EXIT_STORE_CONFIG,
+        )
     if type(orig).__name__ == "ConnectionTimeout":  # psycopg's: the host took the connection, nothing answered
         return StoreError(_no_answer(where, connect_timeout_s))
     if not name and (exc.connection_invalidated or type(orig).__name__ == "OperationalError"):

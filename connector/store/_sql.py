@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from connector.files import network_location
+from connector.logging import REDACTED, mask_url
 from connector.store._faults import (
     EXIT_STORE_CONFIG,
     RESTORE_HINT,
@@ -110,6 +111,22 @@ def _analyze_unless_busy(conn: Connection, table: str) -> bool:
     return True
 
 
+def _masked(url: str, parsed: URL) -> str:
+    """``url`` as messages and history show it: without its password (see :func:`mask_url`).
+
+    A password with a raw ``@``, ``/``, ``?`` or ``#`` is refused: SQLAlchemy would read part of it
+    as the host or the path, try to connect there, and the driver's error would show that part.
+    """
+    masked = mask_url(url)
+    if "@" in (parsed.host or "") or (parsed.password is not None and f":{REDACTED}@" not in masked):
+        msg = (  # not the URL: where its password ends is the question
+            f"store.url ({parsed.drivername}://...): its password holds a character a URL must percent-encode "
+            "(@ as %40, / as %2F, ? as %3F, # as %23); write it encoded"
+        )
+        raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+    return masked
+
+
 def _postgresql_engine(url: str, parsed: URL, where: str) -> tuple[Engine, float | None]:
     """The engine of a PostgreSQL store, and the seconds its connection attempt may take (None: unbounded).
 
@@ -158,12 +175,12 @@ class SqlStore:
         try:
             parsed = make_url(url)
         except ArgumentError:
-            msg = f"store.url {url!r} is not a database URL (e.g. sqlite:///mvsync.db or postgresql+psycopg://...)"
+            msg = f"store.url {mask_url(url)!r} is not a database URL (e.g. sqlite:///mvsync.db or postgresql+psycopg://...)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG) from None
         self.url = url
         self.dialect = parsed.get_backend_name()
         #: How messages name the store: the file for SQLite, the URL without password otherwise.
-        self.where = parsed.render_as_string(hide_password=True)
+        self.where = _masked(url, parsed)
         #: The SQLite database file (None in memory and on PostgreSQL).
         self.path: Path | None = None
         lock_dir: Path | None = None

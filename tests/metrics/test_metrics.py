@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from connector import metrics
-from connector.logging import RedactingFilter, redact, setup_logging
+from connector.logging import RedactingFilter, mask_url, redact, setup_logging
 from tests.engine.conftest import World, add_users
 
 
@@ -133,6 +133,33 @@ SECRETS = [
 def test_redact(text: str, secret: str) -> None:
     assert secret not in redact(text)
     assert "***" in redact(text)
+
+
+MASKED_URLS = [
+    ("postgresql+psycopg://mvsync:pw@db:5432/mvsync", "postgresql+psycopg://mvsync:***@db:5432/mvsync"),
+    # a raw @ in the password: everything up to the last @ of the network location is the user info
+    ("postgresql+psycopg://mvsync:P@ssWORD99@127.0.0.1/db", "postgresql+psycopg://mvsync:***@127.0.0.1/db"),
+    (
+        "postgresql+psycopg://mvsync@db/m?sslmode=require&password=PgS3cret",
+        "postgresql+psycopg://mvsync@db/m?sslmode=require&password=***",
+    ),
+    (
+        "postgresql+psycopg://mvsync@db/m?PASSWORD=PgS3cret&application_name=x",
+        "postgresql+psycopg://mvsync@db/m?PASSWORD=***&application_name=x",
+    ),
+    # no password: an @ in the path is not user info, a file path is left alone
+    (
+        "https://127.0.0.1:8443/v1.0/users/jane@contoso.com/photo",
+        "https://127.0.0.1:8443/v1.0/users/jane@contoso.com/photo",
+    ),
+    ("sqlite:////srv/mvsync@site/mvsync.db", "sqlite:////srv/mvsync@site/mvsync.db"),
+]
+
+
+@pytest.mark.parametrize(("url", "masked"), MASKED_URLS)
+def test_mask_url_hides_the_password_of_the_user_info_and_of_the_query(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert redact(f"cannot use the store {url} (refused)") == f"cannot use the store {masked} (refused)"
 
 
 def test_redact_leaves_ordinary_text_alone() -> None:

@@ -333,3 +333,24 @@ def test_a_postgresql_store_without_the_postgres_extra_is_a_configuration_error_
         assert "the store postgresql+psycopg://mvsync:***@127.0.0.1:5432/mvsync needs the PostgreSQL driver" in err
         assert "pip install 'mvsync[postgres]'" in err
         assert "pw-never-shown" not in err and "Traceback" not in err
+
+
+def test_a_postgresql_password_in_the_query_or_with_a_raw_at_sign_is_never_shown(tmp_path: Path) -> None:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    in_query = f"postgresql+psycopg://mvsync@127.0.0.1:{port}/mvsync?password=PgS3cret"
+    code, out, err = invoke("history", "list", "-c", str(_postgresql_config(tmp_path, in_query)))
+    assert code == 4 and f"cannot use the store postgresql+psycopg://mvsync@127.0.0.1:{port}/mvsync?password=***" in err
+    assert "PgS3cret" not in out + err
+    # libpq's keys are lower case: another case is a configuration error, still masked
+    code, out, err = invoke(
+        "history", "list", "-c", str(_postgresql_config(tmp_path, in_query.replace("password", "PASSWORD")))
+    )
+    assert code == 2 and f"store.url postgresql+psycopg://mvsync@127.0.0.1:{port}/mvsync?PASSWORD=***" in err
+    assert 'invalid connection option "PASSWORD"' in err and "PgS3cret" not in out + err and "Traceback" not in err
+    # SQLAlchemy reads "ssWORD99@127.0.0.1" as the host, and the driver's error would name it: refused
+    raw_at = _postgresql_config(tmp_path, f"postgresql+psycopg://mvsync:P@ssWORD99@127.0.0.1:{port}/mvsync")
+    code, out, err = invoke("history", "list", "-c", str(raw_at))
+    assert code == 2 and "its password holds a character a URL must percent-encode (@ as %40" in err
+    assert "ssWORD99" not in out + err and "Traceback" not in out + err

@@ -29,14 +29,20 @@ pytestmark = pytest.mark.postgres
 PROFILES = {"ad-full": {"steps": [{"type": "full-import", "agent": "ad", "page_size": 5}]}}
 
 
-@pytest.fixture
-def world(tmp_path: Path, postgres_db: Callable[[], str]) -> Iterator[World]:
-    w = World(tmp_path, postgres_db())
+def _world(tmp_path: Path, url: str) -> World:
+    """An engine over ``url`` with the ``ad-full`` profile (pages of 5) and 30 users in AD."""
+    w = World(tmp_path, url)
     w.engine.close()
-    w.config = make_config(tmp_path, w.prefix, w.config.store_url(), run_profiles=PROFILES)
+    w.config = make_config(tmp_path, w.prefix, url, run_profiles=PROFILES)
     w.engine = Engine(w.config)
     for i in range(30):
         w.ad["objects"][f"u{i:02d}"] = {"accountName": f"u{i:02d}", "displayName": f"User {i}"}
+    return w
+
+
+@pytest.fixture
+def world(tmp_path: Path, postgres_db: Callable[[], str]) -> Iterator[World]:
+    w = _world(tmp_path, postgres_db())
     yield w
     w.close()
 
@@ -133,6 +139,31 @@ def test_a_run_lock_lost_with_its_session_stops_the_step_as_a_store_error_and_th
     assert again.status == "success", again.as_dict()
     assert again.steps[0].counters["resumed_entries"] == kept  # from the last committed page, not over
     assert world.ad["requests"][0] == kept
+
+
+def test_a_password_in_the_urls_query_is_masked_in_the_error_and_never_stored_in_history(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    # libpq takes the password as a query parameter too; the store's name must not carry it anywhere
+    parsed = make_url(postgres_db())
+    password = str(parsed.password)
+    url = f"{parsed.drivername}://{parsed.username}@{parsed.host}:{parsed.port}/{parsed.database}?password={password}"
+    world = _world(tmp_path, url)
+    try:
+        world.ad["during_import"] = _terminate_lock_session(url, "agent:ad")
+        with pytest.raises(StoreError, match=r"lost with its database session") as caught:
+            world.run("ad-full")  # a store error whose message names the store, recorded in history
+    finally:
+        world.close()
+    assert "password=***" in str(caught.value) and password not in str(caught.value)
+    status, message = _last_step(url)
+    assert status == "stopped-store-error" and "password=***" in message
+    runs, steps = _scalars(
+        url,
+        "SELECT string_agg(run_history::text, ' ') FROM run_history",
+        "SELECT string_agg(run_step::text, ' ') FROM run_step",
+    )
+    assert "password=***" in runs + steps and password not in runs + steps
 
 
 def _hold_table_lock(url: str, mode: str) -> tuple[Callable[[int], None], Callable[[], None]]:
