@@ -454,6 +454,7 @@ class SqlStore:
                 copy = sqlite3.connect(partial)
                 try:
                     source.backup(copy)  # all pages in one step: one snapshot
+                    self._refuse_damaged_copy(copy, target)
                     copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
                 finally:
                     copy.close()
@@ -466,6 +467,28 @@ class SqlStore:
             with contextlib.suppress(OSError):  # never hide why the backup failed behind its cleanup
                 partial.unlink(missing_ok=True)
         return target.stat().st_size
+
+    def _refuse_damaged_copy(self, copy: sqlite3.Connection, target: Path) -> None:
+        """Raise :class:`StoreCorruptError` if the copy fails SQLite's ``quick_check``.
+
+        Why: the backup API copies pages as they are, damaged ones too, so a damaged store would give
+        a damaged backup reported as a success, and rotating backups would push out the good ones.
+        ``quick_check`` reads every page of the copy (not the indexes against their tables, which
+        ``mvsync doctor``'s ``integrity_check`` adds), so a backup costs one more read of the store.
+        """
+        try:
+            found = [str(row[0]) for row in copy.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as exc:  # too damaged to check at all
+            found = [str(exc)]
+        if found == ["ok"]:
+            return
+        # SQLite heads its report with "*** in database main ***"; the first problem says more
+        detail = next((line for row in found for line in row.splitlines() if not line.startswith("***")), found[0])
+        msg = (
+            f"the store {self.where} is damaged ({detail}): no backup was written to {target}, so "
+            f"older backups stay as they were; `mvsync doctor` checks the store; {RESTORE_HINT}"
+        )
+        raise StoreCorruptError(msg)
 
     def clear(self) -> None:
         """Delete every row but the schema version: a benchmark reusing one server database starts

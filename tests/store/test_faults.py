@@ -92,19 +92,23 @@ def test_a_truncated_store_stops_every_command_with_exit_4_and_doctor_with_6(con
     assert f"the store {db} is damaged" in findings["integrity"]["message"]
 
 
-def test_doctor_runs_the_integrity_check(config: Path) -> None:
-    """Damage that a run may never read (a page of an index) is found by PRAGMA integrity_check."""
-    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
-    findings = {f["check"]: f for f in json.loads(out)["findings"]}
-    assert code == 0 and findings["integrity"]["severity"] == "ok"
-    db = _store(config)
+def _damage_an_index(db: Path) -> None:
+    """Scribble over the root page of one index: damage a run may never read, but every page copy carries."""
     _checkpoint(db)
-    with sqlite3.connect(db) as conn:  # the root page of one index, then scribble over that page
+    with sqlite3.connect(db) as conn:
         root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'ix_mv_search'").fetchone()[0]
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     with db.open("r+b") as f:
         f.seek((root - 1) * page_size + 8)
         f.write(b"\xff" * 64)
+
+
+def test_doctor_runs_the_integrity_check(config: Path) -> None:
+    """Damage that a run may never read (a page of an index) is found by PRAGMA integrity_check."""
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 0 and findings["integrity"]["severity"] == "ok"
+    _damage_an_index(_store(config))
     code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
     findings = {f["check"]: f for f in json.loads(out)["findings"]}
     assert code == 6
@@ -218,6 +222,22 @@ def test_store_backup_while_a_run_writes_and_doctor_passes_on_the_restored_copy(
     code, out, _ = invoke("history", "list", "-c", str(config), "--json")
     assert [r["profile"] for r in json.loads(out)] == ["cycle"]  # the uncommitted run is not in it
     assert invoke("run", "cycle", "-c", str(config))[0] == 0  # and runs carry on from it
+
+
+def test_a_backup_of_a_damaged_store_is_refused_and_leaves_no_file(config: Path, tmp_path: Path) -> None:
+    db = _store(config)
+    good = tmp_path / "backups" / "mvsync-1.db"
+    good.parent.mkdir()
+    assert invoke("store", "backup", str(good), "-c", str(config))[0] == 0
+    kept = good.read_bytes()
+    _damage_an_index(db)
+    target = good.with_name("mvsync-2.db")
+    code, out, err = invoke("store", "backup", str(target), "-c", str(config))
+    assert code == 4, (out, err)
+    assert f"the store {db} is damaged (" in err and f"no backup was written to {target}" in err
+    assert "`mvsync doctor`" in err and "Backup and restore" in err and "Traceback" not in err
+    assert sorted(p.name for p in good.parent.iterdir()) == ["mvsync-1.db"]  # no damaged copy, no .partial
+    assert good.read_bytes() == kept
 
 
 def test_a_backup_into_a_folder_that_is_not_there_says_so_and_exits_2(config: Path, tmp_path: Path) -> None:
