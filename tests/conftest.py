@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import os
 
+# Imported while the suite is collected, not at its end: hypothesis's pytest plugin imports it for its
+# summary if no test did, and pytest then rewrites its modules (ast.parse) while the last tests' garbage
+# is collected. On CPython 3.11 before 3.11.8 (gh-106905) a finalizer that runs Python code inside that
+# parse fails the session with "SystemError: AST constructor recursion depth mismatch".
+import hypothesis  # noqa: F401
 import pytest
 
 pytest_plugins = ["tests.harness.plugin"]
