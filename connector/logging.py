@@ -19,7 +19,7 @@ import re
 import sys
 from typing import Any, TextIO
 
-__all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "mask_url", "redact", "setup_logging"]
+__all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "logs_as_json", "mask_url", "redact", "setup_logging"]
 
 REDACTED = "***"
 
@@ -155,3 +155,14 @@ def setup_logging(
     logging.getLogger("mvsync").setLevel(numeric)
     root.setLevel(min(numeric, logging.WARNING))
     return handler
+
+
+def logs_as_json() -> bool:
+    """Whether :func:`setup_logging` installed the JSON format (``--log-format json``).
+
+    Why: what the CLI writes on stderr besides log records (its final ``error:`` line) then goes
+    out as a record too, so that a log shipper reading stderr meets only JSON lines.
+    """
+    return any(
+        getattr(h, "_mvsync", False) and isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers
+    )

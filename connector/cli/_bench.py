@@ -177,7 +177,7 @@ def export_ad_command(
     check_permissions: bool = typer.Option(
         True, "--check-permissions/--no-check-permissions", help="read write rights before writing"
     ),
-    as_json: bool = typer.Option(True, "--json/--no-json", help="print one JSON object (the default)"),
+    json_out: bool = typer.Option(True, "--json/--no-json", help="print one JSON object (the default)"),
 ) -> None:
     """Export thumbnailPhoto to a real AD DC (Samba started on loopback, or AD_*)."""
     from connector.bench import export_ad
@@ -195,7 +195,7 @@ def export_ad_command(
         "kerberos" if auth == "kerberos" else "simple",
         check_permissions,
     )
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    typer.echo(json.dumps(result) if json_out else json.dumps(result, indent=2))
 
 
 @bench_app.command("e2e")
@@ -220,13 +220,13 @@ def resilience_command(
     trials: Annotated[int, typer.Option(help="kill -9 trials (phases import, sync, export in turn)")] = 20,
     seed: Annotated[int, typer.Option(help="seed of the kill points, tenant and faults")] = 1,
     samba: Annotated[bool, typer.Option(help="use the Samba AD harness when it can run")] = True,
-    as_json: Annotated[bool, typer.Option("--json/--no-json", help="one JSON object (the default)")] = True,
+    json_out: Annotated[bool, typer.Option("--json/--no-json", help="one JSON object (the default)")] = True,
 ) -> None:
     """Fault, crash and hostile-input suites against the emulator and Samba AD: the figures."""
     from connector.bench import resilience
 
     result = resilience.run(trials, seed, samba=samba)
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    typer.echo(json.dumps(result) if json_out else json.dumps(result, indent=2))
 
 
 @bench_app.command("ui")

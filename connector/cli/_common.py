@@ -10,14 +10,20 @@ Exit codes (documented in the README for schedulers):
 4     a step stopped (``stopped-*``: threshold, error limit, authentication, server down ...)
 5     another mvsync process holds the agent or metaverse lock, or another process the store (see ``--wait``)
 6     ``mvsync doctor`` found a problem (the report names each check)
-130   ``mvsync run`` interrupted by Ctrl-C; 143 by SIGTERM, 129 by SIGHUP (128 + the signal's number)
+130   ``mvsync run`` interrupted by Ctrl-C; 143 by SIGTERM, 129 by SIGHUP (128 + the signal's number);
+      any other command interrupted by Ctrl-C: 130
 ====  =====================================================================
+
+With ``--json`` a command that fails prints one failure object on stdout (:class:`CommandFailed`:
+``status``, ``exit_code``, ``message``, ``run_id``), so that a scheduler's ``.jsonl`` file holds one
+JSON line per run whatever happened.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -28,9 +34,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
+
+from connector.logging import logs_as_json, redact
 
 __all__ = [
     "EXIT_COMPLETED_ERRORS",
@@ -39,6 +49,7 @@ __all__ = [
     "EXIT_LOCKED",
     "EXIT_STOPPED",
     "EXIT_SUCCESS",
+    "CommandFailed",
     "ConfigOption",
     "JsonOption",
     "console",
@@ -61,6 +72,8 @@ EXIT_LOCKED = 5
 
 console = Console()
 err_console = Console(stderr=True)
+
+log = logging.getLogger("mvsync.cli")
 
 ConfigOption = Annotated[
     Path,
@@ -108,10 +121,52 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
-    """Print ``message`` to stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+#: The failure object's ``status`` for the exit codes whose failures name none of their own
+#: (README: Exit codes); the others (a store fault, an interruption) pass theirs to :func:`fail`.
+_FAILURE_STATUS = {EXIT_INTERNAL: "error-internal", EXIT_CONFIG: "stopped-configuration", EXIT_LOCKED: "stopped-locked"}
+
+
+class CommandFailed(typer.Exit):
+    """A command's failure: its exit code, and what ``--json`` prints of it on stdout.
+
+    Why an Exit: every ``raise fail(...)`` in the commands ends the command as before, and
+    :func:`handle_errors` finds each failure, whoever raised it, in one place to print it as JSON.
+    """
+
+    def __init__(self, message: str, code: int, status: str, run_id: int | None = None) -> None:
+        super().__init__(code)
+        self.message, self.status, self.run_id = message, status, run_id
+
+    def as_dict(self) -> dict[str, Any]:
+        """The failure object (README: Exit codes). Its message is redacted as a JSON log record's
+        is: stdout goes to the same log files, and an exception's text may quote a credential."""
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "message": redact(self.message),
+            "run_id": self.run_id,
+        }
+
+
+def fail(
+    message: str, code: int = EXIT_CONFIG, *, status: str | None = None, cause: BaseException | None = None
+) -> CommandFailed:
+    """Say ``message`` (rich markup) on stderr and return the failure to raise.
+
+    ``status`` defaults to the exit code's; ``cause`` is the exception that ended the command: the
+    engine names on it the run that history recorded (``run_id`` in the failure object).
+    """
+    run_id = None
+    if cause is not None:
+        from connector.engine import recorded_run_id
+
+        run_id = recorded_run_id(cause)
+    failure = CommandFailed(Text.from_markup(message).plain, code, status or _FAILURE_STATUS.get(code, "error"), run_id)
+    if logs_as_json():  # --log-format json: stderr holds only JSON lines, this one too
+        log.error("%s", failure.message, extra={"status": failure.status, "exit_code": code, "run_id": run_id})
+    else:
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return failure
 
 
 #: Signals that end a run the way Ctrl-C does: SIGTERM (systemd stop, ``docker stop``, ``kill``),
@@ -160,22 +215,59 @@ R = TypeVar("R")
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn known errors into their exit codes with a one-line message instead of a traceback."""
+    """Turn known errors into their exit codes with a one-line message instead of a traceback.
+
+    With ``--json`` (a ``json_out`` argument) every failure also prints one JSON object on stdout,
+    a bug's too (its traceback still follows on stderr). Why here: this wrapper sees how every
+    command ends, so no command prints a failure of its own and none can forget to.
+    """
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from connector.config import ConfigError
-        from connector.sdk import ConfigurationError
-        from connector.store import LockHeldError, StoreError
-
+        json_out = bool(kwargs.get("json_out"))
         try:
             return func(*args, **kwargs)
-        # an error's text is text, not rich markup: "pip install 'mvsync[emulator]'" must arrive whole
-        except (ConfigError, ConfigurationError) as exc:
-            raise fail(escape(str(exc)), EXIT_CONFIG) from None
-        except StoreError as exc:  # read-only, damaged, busy (5, a lock) or missing (2); never a traceback
-            raise fail(escape(str(exc)), exc.exit_code) from None
-        except LockHeldError as exc:
-            raise fail(escape(str(exc)), EXIT_LOCKED) from None
+        except CommandFailed as exc:
+            if json_out:
+                print_json(exc.as_dict())
+            raise
+        except (typer.Exit, click.exceptions.Exit):  # the command's own ending (its output says how it went)
+            raise
+        except BaseException as exc:
+            failure = _failure(exc)
+            if json_out and isinstance(exc, Exception | KeyboardInterrupt):
+                print_json((failure or _unexpected(exc)).as_dict())
+            if failure is None:
+                raise  # a bug (its traceback), or click's own usage error and message
+            raise failure from None
 
     return wrapper
+
+
+def _failure(exc: BaseException) -> CommandFailed | None:
+    """The failure a known error ends a command with (its line said on stderr); None for the others."""
+    from connector.config import ConfigError
+    from connector.sdk import ConfigurationError
+    from connector.store import LockHeldError, StoreError
+
+    # an error's text is text, not rich markup: "pip install 'mvsync[emulator]'" must arrive whole
+    if isinstance(exc, ConfigError | ConfigurationError):
+        return fail(escape(str(exc)), EXIT_CONFIG, cause=exc)
+    if isinstance(exc, StoreError):  # read-only, damaged, busy (5, a lock) or missing (2); never a traceback
+        return fail(escape(str(exc)), exc.exit_code, status=exc.status, cause=exc)
+    if isinstance(exc, LockHeldError):
+        return fail(escape(str(exc)), EXIT_LOCKED, cause=exc)
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or a stop signal (``mvsync run`` says more)
+        how = getattr(exc, "signal_name", "Ctrl-C")
+        return fail(f"interrupted by {how}", interrupted_exit_code(exc), status="stopped-interrupted", cause=exc)
+    return None
+
+
+def _unexpected(exc: BaseException) -> CommandFailed:
+    """The failure object of an error no rule knows: a bug (exit 1), or click's usage error."""
+    if isinstance(exc, click.ClickException):
+        return CommandFailed(exc.format_message(), exc.exit_code, _FAILURE_STATUS.get(exc.exit_code, "error"))
+    from connector.engine import recorded_run_id
+
+    message = f"unexpected {type(exc).__name__}: {exc} (a bug: the traceback is in the error output)"
+    return CommandFailed(message, EXIT_INTERNAL, _FAILURE_STATUS[EXIT_INTERNAL], recorded_run_id(exc))

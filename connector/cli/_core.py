@@ -161,6 +161,7 @@ def init(
     )
 
 
+@handle_errors
 def connectors_list(json_out: JsonOption = False) -> None:
     """List the connector types this installation can run."""
     from connector.registry import available_connectors
@@ -197,19 +198,17 @@ def schema(
 
 
 def _interrupted(exc: KeyboardInterrupt, config: Path, dry_run: bool) -> typer.Exit:
-    """The message and exit code of a run that Ctrl-C or a stop signal ended."""
+    """The failure of a run that Ctrl-C or a stop signal ended, with where to read about it."""
     how = getattr(exc, "signal_name", "Ctrl-C")
     if dry_run:
-        err_console.print(f"mvsync run: interrupted by {how}; a dry run writes nothing.", highlight=False)
+        message = f"mvsync run: interrupted by {how}; a dry run writes nothing."
     else:
-        err_console.print(
+        message = (
             f"mvsync run: interrupted by {how}. The run is recorded as stopped-interrupted "
             f"(mvsync history list -c {config}); what its steps committed is kept, and a full import "
-            "resumes from its last committed page on the next run.",
-            highlight=False,
-            markup=False,
+            "resumes from its last committed page on the next run."
         )
-    return typer.Exit(interrupted_exit_code(exc))
+    return fail(escape(message), interrupted_exit_code(exc), status="stopped-interrupted", cause=exc)
 
 
 @handle_errors

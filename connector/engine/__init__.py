@@ -11,7 +11,14 @@ from connector.engine._agents import (
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
 from connector.engine._export import threshold_report
-from connector.engine._results import Interrupted, ObjectError, RunResult, StepResult, StepStopped
+from connector.engine._results import (
+    Interrupted,
+    ObjectError,
+    RunResult,
+    StepResult,
+    StepStopped,
+    recorded_run_id,
+)
 from connector.engine._stream import MemoryState, Page, StreamPager, import_in_memory
 from connector.engine._sync import search_fields
 
@@ -34,6 +41,7 @@ __all__ = [
     "open_connector",
     "process_gone",
     "reauthorize_command",
+    "recorded_run_id",
     "search_fields",
     "setting_paths",
     "threshold_report",

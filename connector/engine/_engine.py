@@ -31,6 +31,7 @@ from connector.engine._results import (
     interruption_message,
     run_status,
     step_status,
+    tie_to_run,
 )
 from connector.engine._sync import run_sync
 from connector.engine.transforms import TransformRunner
@@ -44,6 +45,21 @@ __all__ = ["CONFIGURATION_STATUS", "Engine"]
 CONFIGURATION_STATUS = "stopped-configuration"
 
 log = logging.getLogger("mvsync.engine")
+
+
+def _aborted(exc: BaseException) -> tuple[str, str]:
+    """The status and message history records for a run that ``exc`` ended."""
+    if isinstance(exc, StoreError):  # read-only, damaged or busy (stopped-locked): recorded if it can be
+        return exc.status, str(exc)
+    if isinstance(exc, LockHeldError):  # another process holds an agent or the metaverse
+        return "stopped-locked", str(exc)
+    if isinstance(exc, ConfigError | ConfigurationError):  # found by a step (a folder gone, a CA file unreadable)
+        return CONFIGURATION_STATUS, str(exc)
+    # Ctrl-C, a signal, or a bug: history must not say success (a bug's text stays in the log:
+    # history only says that it was not an interruption)
+    return "stopped-interrupted", interruption_message(exc) or (
+        f"stopped by an unexpected {type(exc).__name__} (a bug: the traceback is in the error output)"
+    )
 
 
 class Engine:
@@ -173,7 +189,7 @@ class Engine:
             self.check_run(steps)
         except (ConfigError, ConfigurationError) as exc:
             if not dry_run:  # a dry run leaves no history (its id would name nothing)
-                self._record_refused(profile, CONFIGURATION_STATUS, str(exc))
+                tie_to_run(exc, self._record_refused(profile, CONFIGURATION_STATUS, str(exc)))
             raise
         if dry_run and emit is None:
             emit = lambda _change: None  # noqa: E731 - a dry run always has a sink
@@ -191,14 +207,17 @@ class Engine:
             step.step_id = None
         return result
 
-    def _record_refused(self, profile: str, status: str, message: str) -> None:
-        """A run that ended before its first step, in history with its status and the message."""
+    def _record_refused(self, profile: str, status: str, message: str) -> int | None:
+        """A run that ended before its first step, in history with its status and the message; its
+        id (None: the store could not record it)."""
+        run_id = None
         try:
             with self.store.transaction() as conn:
-                RunHistory(conn).record_refused(profile, status, message, time.time())
+                run_id = RunHistory(conn).record_refused(profile, status, message, time.time())
         except StoreError as exc:  # the refusal is what to report; the store's trouble is logged
             log.warning("run of %r not recorded in history: %s", profile, exc)
         metrics.run_refused(profile, status)
+        return run_id
 
     def _record(self, what: str, failing: bool, write: Callable[[StoreConnection], Any]) -> None:
         """Write a history record. When the run is already failing, a store fault here is logged
@@ -233,22 +252,10 @@ class Engine:
                 result.steps.append(step_result)
                 if step_result.status.startswith("stopped-"):
                     break
-        except StoreError as exc:  # read-only, damaged or busy (stopped-locked): recorded if it can be
-            aborted, message = exc.status, str(exc)
-            raise
-        except LockHeldError as exc:
-            aborted, message = "stopped-locked", str(exc)  # another process holds an agent or the metaverse
-            raise
-        except (ConfigError, ConfigurationError) as exc:  # found by a step (a folder gone, a CA file unreadable)
-            aborted, message = CONFIGURATION_STATUS, str(exc)
-            raise
         except BaseException as exc:
-            aborted = "stopped-interrupted"  # Ctrl-C, a signal, or a bug: history must not say success
-            # (a bug's text stays in the log: history only says that it was not an interruption)
-            message = (
-                interruption_message(exc)
-                or f"stopped by an unexpected {type(exc).__name__} (a bug: the traceback is in the error output)"
-            )
+            aborted, message = _aborted(exc)
+            if not dry_run:  # the dry run's row is rolled back: its id would name nothing
+                tie_to_run(exc, result.run_id)
             raise
         finally:
             result.ended_at = time.time()

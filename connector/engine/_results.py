@@ -49,6 +49,26 @@ class Interrupted(KeyboardInterrupt):
         self.signal_number = signal_number
 
 
+#: The attribute by which :func:`tie_to_run` names a run on the exception that ended it.
+_RUN_ID_ATTR = "mvsync_run_id"
+
+
+def tie_to_run(exc: BaseException, run_id: int | None) -> None:
+    """Name, on ``exc``, the run in history it ended (or refused), for whoever reports it.
+
+    Why on the exception: it is the one thing that travels from the engine to the CLI's error
+    handler on every failure path (a refusal, a lock, the store, Ctrl-C), and ``--json`` must name
+    the run that history recorded for it. Never called for a dry run (history keeps none).
+    """
+    setattr(exc, _RUN_ID_ATTR, run_id)
+
+
+def recorded_run_id(exc: BaseException) -> int | None:
+    """The run in history that ``exc`` ended (see :func:`tie_to_run`); None when it ended none."""
+    run_id = getattr(exc, _RUN_ID_ATTR, None)
+    return run_id if isinstance(run_id, int) else None
+
+
 def interruption_message(exc: BaseException) -> str | None:
     """What history says of a step or run that ``exc`` ended, when it was an interruption."""
     if isinstance(exc, Interrupted):

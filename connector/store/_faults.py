@@ -78,6 +78,7 @@ class StoreMissingError(StoreError):
     """A read-only command found no store where the configuration points."""
 
     exit_code = EXIT_STORE_CONFIG
+    status = "stopped-configuration"  # a store.url that names nothing: the status of exit code 2
 
 
 class StoreBusyError(StoreError, LockHeldError):

@@ -132,9 +132,9 @@ class RunHistory:
         )
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    def record_refused(self, profile: str, status: str, message: str, at: float) -> None:
-        """A run that ended before its first step, with its status and why."""
-        self._conn.execute(
+    def record_refused(self, profile: str, status: str, message: str, at: float) -> int:
+        """A run that ended before its first step, with its status and why; returns its id."""
+        result = self._conn.execute(
             run_history.insert().values(
                 profile=profile,
                 status=status,
@@ -146,6 +146,7 @@ class RunHistory:
                 message=message,
             )
         )
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def finish_run(self, run_id: int | None, status: str, ended_at: float, message: str | None) -> None:
         self._conn.execute(

@@ -130,17 +130,29 @@ def test_cli_serve_rejects_bad_faults() -> None:
 
 
 def test_a_bad_throttling_model_or_tenant_is_a_usage_error_for_serve_and_bench() -> None:
-    """Exit code 2 and what is wrong, from ``emulator serve`` and from ``bench import`` (which starts no emulator)."""
-    for args, says in (
-        (["emulator", "serve", "--throttle", '{"app_concurrency": "x"}'], "throttling limit 'app_concurrency'"),
-        (["bench", "import", "--throttle", "rate-15", "--json"], "--throttle: unknown throttling model 'rate-15'"),
-        (["emulator", "serve", "--users", "0"], "Invalid value for '--users'"),
-        (["bench", "import", "--photo-ratio", "2", "--json"], "Invalid value for '--photo-ratio'"),
+    """Exit code 2 and what is wrong, from ``emulator serve`` and from ``bench import`` (which starts no emulator).
+
+    With ``--json`` a failure the command itself finds is also its failure object on stdout; click's
+    check of an option's range comes before the command, and prints only its usage error."""
+    for args, says, failure_object in (
+        (["emulator", "serve", "--throttle", '{"app_concurrency": "x"}'], "throttling limit 'app_concurrency'", False),
+        (
+            ["bench", "import", "--throttle", "rate-15", "--json"],
+            "--throttle: unknown throttling model 'rate-15'",
+            True,
+        ),
+        (["emulator", "serve", "--users", "0"], "Invalid value for '--users'", False),
+        (["bench", "import", "--photo-ratio", "2", "--json"], "Invalid value for '--photo-ratio'", False),
     ):
         cmd = [sys.executable, "-c", "from connector.cli import main; main()", *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2, proc.stderr
-        assert says in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == ""
+        assert says in proc.stderr and "Traceback" not in proc.stderr
+        if failure_object:
+            doc = json.loads(proc.stdout)
+            assert doc["status"] == "stopped-configuration" and doc["exit_code"] == 2 and says in doc["message"]
+        else:
+            assert proc.stdout == ""
 
 
 def test_bench_runs_from_a_separate_process() -> None:

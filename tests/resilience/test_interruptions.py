@@ -138,7 +138,10 @@ def test_sigterm_mid_full_import_stops_cleanly_and_the_next_run_resumes(lab: Cra
     assert b"Traceback" not in err
     message = err.decode()
     assert "interrupted by SIGTERM" in message and "resumes from its last committed page" in message
-    assert out == b""  # no result document: the run did not finish
+    # no result document (the run did not finish): its failure object, naming the run in history
+    failure = json.loads(out)
+    assert failure == {"status": "stopped-interrupted", "exit_code": 143, "message": failure["message"], "run_id": 1}
+    assert "interrupted by SIGTERM" in failure["message"]
 
     doc = _history(scenario, 1)
     assert doc["status"] == "stopped-interrupted" and "stopped by SIGTERM" in doc["message"]
