@@ -157,6 +157,7 @@ class HttpServer:
         try:
             await self._loop(reader, writer, sock, {})
         except (
+            asyncio.CancelledError,  # close(): a task that ends cancelled makes asyncio 3.11 log a traceback
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
             ConnectionError,

@@ -64,6 +64,11 @@ class MemoryConnector(Connector[MemorySettings]):
     def data(self) -> dict[str, Any]:
         return directory(self.settings.directory)
 
+    def open(self) -> None:
+        hook = self.data.get("during_open")
+        if hook is not None:  # something happening as the step begins, on the engine's thread (tests)
+            hook()
+
     def get_schema(self) -> Schema:
         s = self.settings
         return Schema.of(
