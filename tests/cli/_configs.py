@@ -5,7 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from typer.testing import CliRunner
+
+from connector.cli import app
 from tests.engine.memory import DIRECTORIES
+
+runner = CliRunner()
+
+#: ``mem``, an agent over the in-memory directory that ``with_directory`` names; add profiles after it.
+MEM_AGENT = """
+[agents.mem]
+type = "tests.engine.memory:MemoryConnector"
+settings = { directory = "DIRECTORY" }
+projection = [{ object_class = "user" }]
+import_flow = [
+  { object_class = "user", cs = "accountName", mv = "accountName" },
+  { object_class = "user", cs = "displayName", mv = "displayName" },
+]
+"""
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """The CLI in this process (wide, so that no message is wrapped): exit code, stdout, stderr."""
+    result = runner.invoke(app, list(args), env={"COLUMNS": "250", **(env or {})})
+    return result.exit_code, result.stdout, result.stderr
 
 
 def generated_pair(count: int) -> str:

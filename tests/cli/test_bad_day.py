@@ -11,31 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from connector.cli import app
 from connector.engine import Engine
-from tests.cli._configs import generated_pair, with_directory
+from tests.cli._configs import MEM_AGENT, generated_pair, invoke, with_directory
 
-runner = CliRunner()
-
-MEM = """
-[agents.mem]
-type = "tests.engine.memory:MemoryConnector"
-settings = { directory = "DIRECTORY" }
-projection = [{ object_class = "user" }]
-import_flow = [
-  { object_class = "user", cs = "accountName", mv = "accountName" },
-  { object_class = "user", cs = "displayName", mv = "displayName" },
-]
+MEM = (
+    MEM_AGENT
+    + """
 [run_profiles.mem-cycle]
 steps = [{ type = "full-import", agent = "mem" }, { type = "full-sync", agent = "mem" }]
 """
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), env={"COLUMNS": "250", **(env or {})})
-    return result.exit_code, result.stdout, result.stderr
+)
 
 
 @pytest.fixture

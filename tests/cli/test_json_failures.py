@@ -11,33 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from connector.cli import app
 from connector.config import load_config
 from connector.engine import Engine
 from connector.store import SqlStore
-from tests.cli._configs import generated_pair, with_directory
+from tests.cli._configs import MEM_AGENT, generated_pair, invoke, runner, with_directory
 
-runner = CliRunner()
-
-MEM = """
-[agents.mem]
-type = "tests.engine.memory:MemoryConnector"
-settings = { directory = "DIRECTORY" }
-projection = [{ object_class = "user" }]
-import_flow = [{ object_class = "user", cs = "accountName", mv = "accountName" }]
+MEM = (
+    MEM_AGENT
+    + """
 [run_profiles.mem-import]
 steps = [{ type = "full-import", agent = "mem" }]
 """
+)
 
 #: The keys of the failure object (README: Exit codes).
 FAILURE_KEYS = {"status", "exit_code", "message", "run_id"}
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), env={"COLUMNS": "250"})
-    return result.exit_code, result.stdout, result.stderr
 
 
 def only_object(out: str) -> dict[str, Any]:
