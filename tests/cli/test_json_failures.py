@@ -111,9 +111,17 @@ def test_a_store_fault_prints_the_stopped_run(config: Path) -> None:
 def test_a_signal_mid_run_prints_the_interrupted_run(
     config: Path, mem: dict[str, Any], signum: signal.Signals, code: int
 ) -> None:
-    """The signal arrives as the import step begins. It is raised on the engine's thread, which handles
-    it before the next line. (Sent from the import's reader thread, when the main thread handled it
-    was up to timing, and the SIGINT case once ended with exit 0 in a full CI run.)"""
+    """The signal arrives as the import step begins, on the engine's thread, which handles it before
+    the next line. Ctrl-C is Python's own handler: a test session started as a shell's background job
+    (CI under nohup) inherits SIGINT ignored, and Python then installs none, so the test installs it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupted_run_and_dry_run(config, mem, signum, code)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_run_and_dry_run(config: Path, mem: dict[str, Any], signum: signal.Signals, code: int) -> None:
     mem["during_open"] = lambda: signal.raise_signal(signum)
     exit_code, out, err = invoke("run", "mem-import", "-c", str(config), "--json")
     doc = only_object(out)
