@@ -216,9 +216,8 @@ class OAuthBearer(AuthBase):
                         http_client=verifying_session(s.ca_bundle, timeout_s=s.timeout_s),  # MSAL sets no timeout
                     )
                 result = self._app.acquire_token_for_client(scopes=[s.oauth_scope or f"{s.origin}/.default"])
-            except (
-                requests.RequestException
-            ) as exc:  # not the Exchange server's failure, though it is sent from its request
+            except requests.RequestException as exc:
+                # the sign-in endpoint's failure, not the Exchange server's, though raised inside its request
                 raise unreachable_authority(authority, exc) from None
         token = result.get("access_token") if isinstance(result, dict) else None
         if not token:
