@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,18 @@ class LockManager:
     """Hands out named locks (``agent:<name>``, ``metaverse``) for the duration of a ``with``."""
 
     def __init__(
-        self, engine: Engine, lock_dir: Path | None, where: str = "the store", *, connect_timeout_s: float | None = None
+        self,
+        engine: Engine,
+        lock_dir: Path | None,
+        where: str = "the store",
+        *,
+        faults: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self._engine = engine
         self._lock_dir = lock_dir
         self._where = where
-        #: How long a connection attempt may take, for the message when the server never answers.
-        self._connect_timeout_s = connect_timeout_s
+        #: The store's own translation of database errors (``SqlStore.faults``: it knows the connect timeout).
+        self._faults = faults or (lambda: store_faults(where))
         #: PostgreSQL locks this process holds: name -> the connection whose session holds it.
         self._held: dict[str, Connection] = {}
         #: Held locks :meth:`verify` found lost, with the message it raised.
@@ -156,7 +161,7 @@ class LockManager:
         run can name it: other sessions see it in ``pg_stat_activity``.
         """
         key = int.from_bytes(hashlib.sha256(f"mvsync:{name}".encode()).digest()[:8], "big", signed=True)
-        with store_faults(self._where, connect_timeout_s=self._connect_timeout_s), self._engine.connect() as conn:
+        with self._faults(), self._engine.connect() as conn:
             deadline = time.monotonic() + wait_s
             while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                 if time.monotonic() >= deadline:

@@ -207,7 +207,7 @@ class SqlStore:
         else:
             msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
-        self.locks = LockManager(self.engine, lock_dir, self.where, connect_timeout_s=self.connect_timeout_s)
+        self.locks = LockManager(self.engine, lock_dir, self.where, faults=self.faults)
         self._dry_conn: Connection | None = None
         self._tx_lock = threading.RLock()
         self._inserted: dict[str, int] = {}

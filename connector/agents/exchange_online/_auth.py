@@ -251,14 +251,14 @@ class GraphAuth:
         kept = self.token_cache.clear()
         try:
             result = redeem()
+            if "access_token" not in result:
+                msg = f"{refused}: {_aadsts(result)}; the token cache {self.cache_path} was left as it was"
+                raise ConnectorError(msg)
         except BaseException as exc:
             self.token_cache.restore(kept)
             if isinstance(exc, requests.RequestException):
                 raise self._unreachable(exc) from None
             raise
-        if "access_token" not in result:
-            self.token_cache.restore(kept)
-            raise ConnectorError(f"{refused}: {_aadsts(result)}; the token cache {self.cache_path} was left as it was")
         self._persist()
         return _username(result)
 
