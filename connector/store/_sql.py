@@ -34,6 +34,7 @@ from connector.store._faults import (
     StoreCorruptError,
     StoreError,
     StoreMissingError,
+    StoreReadOnlyError,
     store_faults,
 )
 from connector.store._locks import LockManager
@@ -277,9 +278,36 @@ class SqlStore:
             "machine that runs mvsync, or use PostgreSQL (README: Production store on PostgreSQL)"
         )
 
-    def faults(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def faults(self) -> Iterator[None]:
         """Database errors inside become store faults naming this store (see ``_faults``)."""
-        return store_faults(self.where, connect_timeout_s=self.connect_timeout_s)
+        try:
+            with store_faults(self.where, connect_timeout_s=self.connect_timeout_s):
+                yield
+        except StoreError as fault:
+            note = self._folder_note(fault)
+            if note is None:
+                raise
+            raise type(fault)(f"{fault}; {note}", exit_code=fault.exit_code) from None
+
+    def _folder_note(self, fault: StoreError) -> str | None:
+        """Why a SQLite store whose file reads fine cannot be opened: its folder is not writable.
+
+        SQLite writes beside a WAL database even to read it (the ``-shm`` index and the ``-wal`` log),
+        so an account with read access to the file alone (an auditor's, the console's service
+        account) or a read-only folder fails with "readonly database" or "unable to open", and the
+        file's own permissions look right. None when that is not the cause.
+        """
+        if self.path is None or type(fault) not in (StoreReadOnlyError, StoreError):
+            return None
+        folder = self.path.parent
+        if not folder.is_dir() or os.access(folder, os.W_OK):
+            return None
+        return (
+            f"SQLite writes beside the store even to read it ({self.path.name}-shm and {self.path.name}-wal), and "
+            f"this account may not write the folder {folder}: give it write access to that folder, or run mvsync "
+            "as the account that runs the sync"
+        )
 
     def wait_writable(self, wait_s: float, on_wait: Callable[[str], None] | None = None) -> None:
         """Return once this process could write the store; a busy store waits up to ``wait_s``.

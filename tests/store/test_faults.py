@@ -77,6 +77,28 @@ def test_a_read_only_store_is_named_exits_4_and_doctor_flags_it(config: Path, im
     assert str(immutable) in findings["writable"]["message"]
 
 
+def test_a_store_whose_folder_cannot_be_written_names_the_folder_even_for_reading(config: Path) -> None:
+    """SQLite must create the -shm (and -wal) files beside a WAL store to read it: an auditor's account
+    with read access to the file alone, or a read-only folder, fails to read, and the message must say
+    it is the folder, not the file, that needs write access (found with a read-only account's
+    `mvsync history list`, which blamed the file's permissions)."""
+    db = _store(config)
+    _checkpoint(db)
+    for side in ("-wal", "-shm"):
+        db.with_name(db.name + side).unlink(missing_ok=True)
+    folder = db.parent
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], check=False).returncode:
+        pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
+    try:
+        code, _, err = invoke("history", "list", "-c", str(config))
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert code == 4 and "Traceback" not in err
+    assert f"may not write the folder {folder}: give it write access to that folder" in err
+    assert f"{db.name}-shm" in err
+    assert invoke("history", "list", "-c", str(config))[0] == 0  # and with the folder writable, it reads
+
+
 def test_a_truncated_store_stops_every_command_with_exit_4_and_doctor_with_6(config: Path) -> None:
     db = _store(config)
     _checkpoint(db)
