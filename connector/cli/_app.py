@@ -10,11 +10,12 @@ import typer
 
 from connector import metrics
 from connector._version import __version__
-from connector.cli._common import err_console, fail, fit_consoles
+from connector.cli._common import JsonFailureGroup, err_console, fail, fit_consoles
 from connector.logging import setup_logging
 
 app = typer.Typer(
     name="mvsync",
+    cls=JsonFailureGroup,
     help="MIM-style identity sync: connector spaces, a metaverse and run profiles, for user photos.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

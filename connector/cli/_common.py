@@ -34,11 +34,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, ParamSpec, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperGroup
 
 from connector.logging import logs_as_json, redact
 
@@ -51,6 +51,7 @@ __all__ = [
     "EXIT_SUCCESS",
     "CommandFailed",
     "ConfigOption",
+    "JsonFailureGroup",
     "JsonOption",
     "console",
     "err_console",
@@ -136,6 +137,14 @@ class CommandFailed(typer.Exit):
     def __init__(self, message: str, code: int, status: str, run_id: int | None = None) -> None:
         super().__init__(code)
         self.message, self.status, self.run_id = message, status, run_id
+        #: Printed on stdout already (by :func:`handle_errors`): :class:`JsonFailureGroup` does not repeat it.
+        self.printed = False
+
+    def print_json(self) -> None:
+        """Print the failure object on stdout (once)."""
+        if not self.printed:
+            self.printed = True
+            print_json(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         """The failure object (README: Exit codes). Its message is redacted as a JSON log record's
@@ -229,19 +238,56 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except CommandFailed as exc:
             if json_out:
-                print_json(exc.as_dict())
+                exc.print_json()
             raise
-        except (typer.Exit, click.exceptions.Exit):  # the command's own ending (its output says how it went)
-            raise
+        except (typer.Exit, typer.TyperException):
+            raise  # the command's own ending (its output says how it went); click's errors: JsonFailureGroup's
         except BaseException as exc:
             failure = _failure(exc)
             if json_out and isinstance(exc, Exception | KeyboardInterrupt):
-                print_json((failure or _unexpected(exc)).as_dict())
+                (failure or _unexpected(exc)).print_json()
             if failure is None:
-                raise  # a bug (its traceback), or click's own usage error and message
+                raise  # a bug: its traceback follows
             raise failure from None
 
     return wrapper
+
+
+class JsonFailureGroup(TyperGroup):
+    """The ``mvsync`` group: with ``--json`` on the command line, the failures no command saw print
+    their failure object too.
+
+    Why: click refuses a usage error (an unknown option or command, a value of the wrong type)
+    before any command runs, and the root options' checks (``--log-level``) run before the
+    command's :func:`handle_errors`; without this a scheduler's ``--json >> cycle.jsonl`` got no
+    line for them. click still says them on stderr, with exit code 2, as before.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        wants_json = "--json" in args
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except typer.TyperException as exc:  # an error in the root's own options
+            if wants_json:
+                _unexpected(exc).print_json()
+            raise
+        ctx.meta[_WANTS_JSON] = wants_json
+        return ctx
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:  # a usage error of a command, or raised in one
+            if ctx.meta.get(_WANTS_JSON):
+                _unexpected(exc).print_json()
+            raise
+        except CommandFailed as exc:  # printed already, unless the root's callback refused its options
+            if ctx.meta.get(_WANTS_JSON):
+                exc.print_json()
+            raise
+
+
+_WANTS_JSON = "mvsync.wants_json"
 
 
 def _failure(exc: BaseException) -> CommandFailed | None:
@@ -265,7 +311,7 @@ def _failure(exc: BaseException) -> CommandFailed | None:
 
 def _unexpected(exc: BaseException) -> CommandFailed:
     """The failure object of an error no rule knows: a bug (exit 1), or click's usage error."""
-    if isinstance(exc, click.ClickException):
+    if isinstance(exc, typer.TyperException):  # click's (typer's own copy of click, since typer 0.26)
         return CommandFailed(exc.format_message(), exc.exit_code, _FAILURE_STATUS.get(exc.exit_code, "error"))
     from connector.engine import recorded_run_id
 

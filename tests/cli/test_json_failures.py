@@ -175,3 +175,27 @@ def test_a_bug_prints_its_failure_with_secrets_redacted(config: Path, monkeypatc
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)  # the traceback stays
     assert doc["status"] == "error-internal" and doc["exit_code"] == 1
     assert "abc123secret" not in result.stdout and "access_token=***" in doc["message"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run", "cycle", "--json", "--bogus"], "No such option: --bogus"),  # the command's own options
+        (["history", "list", "--json", "--limit", "many"], "Invalid value for '--limit'"),  # a value's type
+        (["nosuch", "--json"], "No such command 'nosuch'"),  # the command itself
+        (["--log-level", "LOUD", "history", "list", "--json"], "--log-level"),  # the root's own check
+    ],
+)
+def test_a_usage_error_prints_the_failure_object_too(config: Path, args: list[str], says: str) -> None:
+    """click refuses these before the command runs (found: `mvsync run cycle --json --bogus` from a
+    scheduler left its .jsonl without a line): the failure object says so, with exit code 2."""
+    code, out, err = invoke(*args, "-c", str(config)) if args[0] != "nosuch" else invoke(*args)
+    assert code == 2
+    doc = only_object(out)
+    assert set(doc) == FAILURE_KEYS and doc["exit_code"] == 2 and doc["status"] == "stopped-configuration"
+    assert says in doc["message"] and says in err  # stderr still says it as before
+
+
+def test_a_usage_error_without_json_prints_nothing_on_stdout(config: Path) -> None:
+    code, out, err = invoke("run", "cycle", "--bogus", "-c", str(config))
+    assert (code, out) == (2, "") and "No such option: --bogus" in err

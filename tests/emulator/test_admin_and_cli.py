@@ -132,8 +132,8 @@ def test_cli_serve_rejects_bad_faults() -> None:
 def test_a_bad_throttling_model_or_tenant_is_a_usage_error_for_serve_and_bench() -> None:
     """Exit code 2 and what is wrong, from ``emulator serve`` and from ``bench import`` (which starts no emulator).
 
-    With ``--json`` a failure the command itself finds is also its failure object on stdout; click's
-    check of an option's range comes before the command, and prints only its usage error."""
+    With ``--json`` a failure is also its failure object on stdout: one the command itself finds, and
+    click's check of an option's range, which comes before the command."""
     for args, says, failure_object in (
         (["emulator", "serve", "--throttle", '{"app_concurrency": "x"}'], "throttling limit 'app_concurrency'", False),
         (
@@ -142,7 +142,7 @@ def test_a_bad_throttling_model_or_tenant_is_a_usage_error_for_serve_and_bench()
             True,
         ),
         (["emulator", "serve", "--users", "0"], "Invalid value for '--users'", False),
-        (["bench", "import", "--photo-ratio", "2", "--json"], "Invalid value for '--photo-ratio'", False),
+        (["bench", "import", "--photo-ratio", "2", "--json"], "Invalid value for '--photo-ratio'", True),
     ):
         cmd = [sys.executable, "-c", "from connector.cli import main; main()", *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
