@@ -48,7 +48,8 @@ def server_info(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
     """
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if not line:
+    info: dict[str, Any] = json.loads(line) if line.strip() else {}
+    if not info or {"status", "exit_code"} <= info.keys():  # nothing, or its --json failure object
         try:
             code = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:  # it closed its stdout but hangs: it will not serve either
@@ -56,7 +57,6 @@ def server_info(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
             code = proc.wait()
         msg = f"{what} did not start (it ended with exit code {code}; its message is above)"
         raise ServerDidNotStart(msg)
-    info: dict[str, Any] = json.loads(line)
     return info
 
 

@@ -116,7 +116,12 @@ def test_the_commands_that_need_no_extra_work_without_any(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("args", "extra"),
-    [(["demo", "--data-dir", "DIR"], "mvsync[emulator]"), (["ui", "-c", "CONFIG"], "mvsync[web]")],
+    [
+        (["demo", "--data-dir", "DIR"], "mvsync[emulator]"),
+        (["ui", "-c", "CONFIG"], "mvsync[web]"),
+        # its emulator child says so, with --json as a failure object the benchmark once read as its address
+        (["bench", "import", "--users", "10"], "mvsync[emulator]"),
+    ],
 )
 def test_a_command_that_needs_an_extra_names_it(tmp_path: Path, args: list[str], extra: str) -> None:
     env = lane_env(tmp_path)
