@@ -34,6 +34,7 @@ from connector.sdk import (
     Connector,
     CSEntryChange,
     ImportMode,
+    ImportPage,
     ImportRequest,
     ImportRun,
     ObjectClass,
@@ -60,6 +61,11 @@ log = logging.getLogger("mvsync.engine")
 
 #: Key in ``unconfirmed`` meaning "an object delete was exported and awaits confirmation".
 DELETE_MARK = "\x00delete"
+
+#: Empty pages in a row a page-pull import (``import_page``) may return with more to import and no page
+#: token before the step stops as a paging loop (see ``_refuse_paging_loop``). Generous: a connector that
+#: keeps its own cursor and filters what it reads may pass a long stretch of objects it leaves out.
+EMPTY_PAGES_MAX = 100_000
 
 _dumps = dumps
 _loads = loads
@@ -460,6 +466,7 @@ def _paged(connector: Connector[Any], source: _Source) -> Iterator[Page]:
     """The page-pull contract (``import_page``), each page as the connector returns it."""
     token: str | None = None
     page_number = 1
+    empty = 0  # pages in a row with more to import and no entries
     while True:
         request = ImportRequest(
             mode=source.mode,
@@ -470,16 +477,49 @@ def _paged(connector: Connector[Any], source: _Source) -> Iterator[Page]:
             resume_from=source.resume_from if page_number == 1 else None,
         )
         result = connector.import_page(request)
+        entries = _page_entries(result)
         more = result.more_to_import
-        if more and result.page_token is not None and result.page_token == token and not result.entries:
-            msg = f"connector returned the same page token {token!r} twice with no entries (paging loop)"
-            raise StepStopped("stopped-connector-error", msg)
+        empty = empty + 1 if more and not entries else 0
+        _refuse_paging_loop(result.page_token, token, empty)
         checkpoint = result.checkpoint if source.full else None
-        yield Page(list(result.entries), checkpoint=checkpoint, watermark=result.watermark, last=not more)
+        yield Page(entries, checkpoint=checkpoint, watermark=result.watermark, last=not more)
         if not more:
             return
         token = result.page_token
         page_number += 1
+
+
+def _page_entries(result: ImportPage) -> list[CSEntryChange]:
+    """The page's entries, once each is known to be one (a custom connector's mistake is named as such,
+    not as an ``AttributeError`` deep in the engine)."""
+    if not isinstance(result, ImportPage):
+        msg = f"import_page returned {type(result).__name__}, not an ImportPage (connector.sdk)"
+        raise TypeError(msg)
+    entries = list(result.entries)
+    for entry in entries:
+        if not isinstance(entry, CSEntryChange):
+            what = f"{type(entry).__name__} {entry!r:.80}"
+            msg = f"import_page returned {what} as an entry, not a CSEntryChange (connector.sdk)"
+            raise TypeError(msg)
+    return entries
+
+
+def _refuse_paging_loop(returned: str | None, asked: str | None, empty: int) -> None:
+    """Stop a page-pull import that can never end: ``empty`` pages in a row with more to import and nothing
+    in them, under the same page token (twice), or with none at all (``EMPTY_PAGES_MAX`` times: the
+    connector may keep its own cursor). Such an import would hold the agent's lock for good, and every
+    later run would stop as locked."""
+    if not empty:
+        return
+    if returned is not None and returned == asked:
+        msg = f"connector returned the same page token {asked!r} twice with no entries (paging loop)"
+        raise StepStopped("stopped-connector-error", msg)
+    if returned is None and empty >= EMPTY_PAGES_MAX:
+        msg = (
+            f"connector returned {empty} empty pages in a row with more to import and no page token (paging loop): "
+            "its import_page must set more_to_import=False at the end, or return a page token that moves"
+        )
+        raise StepStopped("stopped-connector-error", msg)
 
 
 def _streamed(ctx: StepContext, connector: Connector[Any], source: _Source) -> Iterator[Page]:
