@@ -259,18 +259,7 @@ def _apply_results(
     ctx: StepContext, rows: list[PendingExportRow], changes: list[CSEntryChange], results: list[ExportResult]
 ) -> None:
     counters = ctx.result.counters
-    by_id: dict[str, ExportResult] = {}
-    for returned in results:
-        if returned.identifier in by_id:
-            ctx.error(
-                ObjectError(
-                    "export",
-                    "duplicate-export-result",
-                    f"connector returned two results for change {returned.identifier}",
-                    severity="warning",
-                )
-            )
-        by_id[returned.identifier] = returned
+    by_id = _results_by_identifier(ctx, changes, results)
     now = time.time()
     updates: list[dict[str, Any]] = []
     for row, change in zip(rows, changes, strict=True):
@@ -334,3 +323,45 @@ def _apply_results(
         _keep_restaged_exports(space, rows, updates)
         space.record_exports(updates)
         ctx.flush_errors(conn)
+
+
+def _results_by_identifier(
+    ctx: StepContext, changes: list[CSEntryChange], results: list[ExportResult]
+) -> dict[str, ExportResult]:
+    """The connector's results by the change they answer; its mistakes are said, never a traceback.
+
+    A result for an identifier that is no change of the batch (a connector author's likeliest slip:
+    the anchor for ``change.identifier``) leaves the change without a result, so it stays pending:
+    the warning names the identifiers it got instead, once per batch.
+    """
+    if not isinstance(results, list | tuple):
+        msg = f"export returned {type(results).__name__}, not a list of ExportResult, one per change (connector.sdk)"
+        raise TypeError(msg)
+    by_id: dict[str, ExportResult] = {}
+    for returned in results:
+        if not isinstance(returned, ExportResult):
+            msg = f"export returned {type(returned).__name__} {returned!r:.80} as a result, not an ExportResult"
+            raise TypeError(msg)
+        if returned.identifier in by_id:
+            ctx.error(
+                ObjectError(
+                    "export",
+                    "duplicate-export-result",
+                    f"connector returned two results for change {returned.identifier}",
+                    severity="warning",
+                )
+            )
+        by_id[returned.identifier] = returned
+    stray = sorted(set(by_id) - {change.identifier for change in changes})
+    if stray:
+        named = ", ".join(repr(i) for i in stray[:3]) + (" ..." if len(stray) > 3 else "")
+        ctx.error(
+            ObjectError(
+                "export",
+                "unknown-export-result",
+                f"connector returned {len(stray)} results for no change of this batch ({named}): an ExportResult "
+                "carries the change's identifier (change.identifier), not its anchor",
+                severity="warning",
+            )
+        )
+    return by_id

@@ -1,14 +1,18 @@
-"""A custom connector's mistakes in the page-pull contract (``import_page``) stop its step with a
-message that names the mistake, never a hang or an ``AttributeError`` from deep in the engine.
+"""A custom connector's mistakes in the page-pull contract (``import_page``) and in ``export`` stop
+its step, or warn, with a message that names the mistake, never a hang or an ``AttributeError`` from
+deep in the engine.
 
 Found by writing a deliberately wrong PSMA-style connector: one that always says there is more to
 import but returns nothing and no page token ran for ever (a scheduled run that never ends holds the
 agent's lock, and every later run stops as locked); one that returned a string as an entry ended
-with "AttributeError: 'str' object has no attribute 'anchor'".
+with "AttributeError: 'str' object has no attribute 'anchor'"; an ``export`` that returned None, "TypeError:
+'NoneType' object is not iterable"; one whose results carried the anchors, "no result for this change"
+for every change, with nothing saying why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +26,7 @@ from connector.sdk import (
     Connector,
     ConnectorSettings,
     CSEntryChange,
+    ExportResult,
     ImportPage,
     ImportRequest,
     ObjectClass,
@@ -37,11 +42,17 @@ class MistakenConnector(Connector[MistakeSettings]):
     """Returns the page its ``mistake`` setting names; ``requests`` counts the pages asked for."""
 
     settings_model: ClassVar[type[ConnectorSettings]] = MistakeSettings
-    capabilities = Capabilities(full_import=True, delta_import=False, export=False)
+    capabilities = Capabilities(full_import=True, delta_import=False, export=True)
     requests: ClassVar[list[int]] = []
 
     def get_schema(self) -> Schema:
-        return Schema.of(ObjectClass(name="user", anchor="id", attributes=(Attribute(name="id"),)))
+        names = ("id", "accountName", "displayName")
+        return Schema.of(ObjectClass(name="user", anchor="id", attributes=tuple(Attribute(name=n) for n in names)))
+
+    def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        if self.settings.mistake == "export-none":
+            return None  # type: ignore[return-value]
+        return [ExportResult.success(change.anchor) for change in changes]  # the anchor, not the identifier
 
     def import_page(self, request: ImportRequest) -> ImportPage:
         self.requests.append(request.page_number)
@@ -53,6 +64,11 @@ class MistakenConnector(Connector[MistakeSettings]):
         if mistake == "filtered":  # a long stretch left out by its own filter, then the last page
             done = request.page_number >= 30
             return ImportPage([CSEntryChange.add("user", "u1", {})] if done else [], more_to_import=not done)
+        if mistake in ("source", "export-none", "export-anchors"):  # three people; the source names them
+            names = (lambda i: {"displayName": f"Person {i}"}) if mistake == "source" else (lambda i: {})
+            return ImportPage(
+                [CSEntryChange.add("user", f"u{i}", {"accountName": f"a{i}", **names(i)}) for i in range(3)]
+            )
         if mistake == "not-an-entry":
             return ImportPage(["u1"], more_to_import=False)  # type: ignore[list-item]
         return "no page"  # type: ignore[return-value]
@@ -110,3 +126,60 @@ def test_something_else_than_a_page_of_entries_is_named(tmp_path: Path, mistake:
     step = run(tmp_path, mistake)
     assert step.status == "stopped-connector-exception"
     assert says in step.message
+
+
+def run_export(tmp_path: Path, mistake: str) -> Any:
+    """``src`` projects three people with a display name; ``tgt`` (making ``mistake``) joins and exports it."""
+    user = {"object_class": "user"}
+    flows = [{**user, "cs": n, "mv": n} for n in ("accountName", "displayName")]
+    config = config_from_dict(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "agents": {
+                "src": {
+                    "type": f"{__name__}:MistakenConnector",
+                    "settings": {"mistake": "source"},
+                    "projection": [user],
+                    "import_flow": flows,
+                },
+                "tgt": {
+                    "type": f"{__name__}:MistakenConnector",
+                    "settings": {"mistake": mistake},
+                    "join": [{**user, "match": [{"cs": "accountName", "mv": "accountName"}]}],
+                    "export_flow": [{**user, "mv": "displayName", "cs": "displayName"}],
+                },
+            },
+            "run_profiles": {
+                "cycle": {
+                    "steps": [
+                        {"type": "full-import", "agent": "src"},
+                        {"type": "full-import", "agent": "tgt"},
+                        {"type": "full-sync", "agent": "src"},
+                        {"type": "full-sync", "agent": "tgt"},
+                        {"type": "export", "agent": "tgt"},
+                    ]
+                }
+            },
+        },
+        base_dir=tmp_path,
+    )
+    engine = Engine(config)
+    try:
+        return engine.run_profile("cycle").steps[-1]
+    finally:
+        engine.close()
+
+
+def test_an_export_that_returns_no_list_is_named(tmp_path: Path) -> None:
+    step = run_export(tmp_path, "export-none")
+    assert step.status == "stopped-connector-exception"
+    assert "export returned NoneType, not a list of ExportResult, one per change (connector.sdk)" in step.message
+
+
+def test_export_results_that_answer_no_change_are_named_and_the_changes_stay_pending(tmp_path: Path) -> None:
+    step = run_export(tmp_path, "export-anchors")
+    assert step.status == "completed-export-errors" and step.counters["export_retryable"] == 3
+    [stray] = [e for e in step.errors if e.error_name == "unknown-export-result"]
+    assert stray.severity == "warning"
+    assert "returned 3 results for no change of this batch ('u0', 'u1', 'u2')" in stray.detail
+    assert "change.identifier" in stray.detail
