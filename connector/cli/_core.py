@@ -140,10 +140,14 @@ def _short(value: Any) -> str:
 
 @handle_errors
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the starter configuration.")] = DEFAULT_CONFIG,
+    path: Annotated[
+        Path, typer.Argument(help="Where to write the starter configuration (a folder: mvsync.toml in it).")
+    ] = DEFAULT_CONFIG,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a starter configuration (a photo folder feeding the metaverse)."""
+    if path.is_dir():  # `mvsync init C:\mvsync`, as `git init DIR`: the folder to set up, not a file to replace
+        path = path / DEFAULT_CONFIG.name
     if path.exists() and not force:
         raise fail(f"{path} already exists; pass --force to overwrite it", EXIT_CONFIG)
     photos = path.parent / "photos"  # the starter's folder, so that its first run finds what it names

@@ -96,6 +96,15 @@ def test_init_writes_a_valid_starter(tmp_path: Path) -> None:
     assert code == 2  # refuses to overwrite without --force
 
 
+def test_init_given_a_folder_sets_it_up_with_mvsync_toml(tmp_path: Path) -> None:
+    """`mvsync init C:\\mvsync` (as `git init DIR`) said "cannot write ...: Is a directory" with --force."""
+    code, out = invoke("init", str(tmp_path))
+    assert code == 0 and (tmp_path / "mvsync.toml").is_file() and (tmp_path / "photos").is_dir()
+    assert f"-c {tmp_path / 'mvsync.toml'}" in out
+    assert invoke("init", str(tmp_path))[0] == 2  # the file in it is not overwritten without --force
+    assert invoke("init", str(tmp_path), "--force")[0] == 0
+
+
 def test_init_into_a_folder_that_is_not_there_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     target = tmp_path / "no-such-folder" / "mvsync.toml"
     result = runner.invoke(app, ["init", str(target)])
