@@ -2,7 +2,10 @@
 
 A setting is hidden when its connector declares it ``SecretStr`` (the same rule the configuration
 loader uses to insist on ``{ env = .. }`` references) or when its name looks like a credential, so
-a third-party connector that forgot ``SecretStr`` still does not leak through the console.
+a third-party connector that forgot ``SecretStr`` still does not leak through the console. Every
+other text is shown as a log line would be (``connector.logging.redact``): a password written into a
+URL (``https://DOMAIN%5Csvc:pw@mail.contoso.com/EWS/...``, ``?password=``) is a secret too, whatever
+the setting's name.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import re
 from typing import Any
 
 from connector.config import AgentConfig, secret_fields
+from connector.logging import redact
 from connector.registry import load_connector
 from connector.sdk import ConfigurationError
 
@@ -37,6 +41,8 @@ def _mask(value: Any, secret: bool) -> Any:
         return {k: _mask(v, bool(_SECRET_NAME.search(str(k)))) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v, False) for v in value]
+    if isinstance(value, str):
+        return redact(value)
     return value
 
 

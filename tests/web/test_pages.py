@@ -252,6 +252,30 @@ def test_agents_page_never_shows_a_secret(photo_world: PhotoWorld) -> None:
     assert page.text.count("(hidden)") >= 5
 
 
+def test_agents_page_hides_a_password_written_into_a_url_setting(photo_world: PhotoWorld) -> None:
+    """Found by hand: ``mvsync ui`` showed ``ews_url = "https://CONTOSO%5Csvc:Hunter2Secret@mail/EWS/..."``
+    on the Agents page as written; a URL setting is no secret by name, but its password is one."""
+    from connector.config import config_from_dict
+    from connector.web import create_app
+    from tests.web.conftest import TestClient
+
+    data = photo_world.config.model_dump(by_alias=True, exclude={"path", "base_dir"})
+    data["agents"]["exo"]["settings"] = {
+        **data["agents"]["exo"]["settings"],
+        "source_url": "https://CONTOSO%5Csvc:Hunter2Secret@mail.contoso.test/EWS/Exchange.asmx",
+        "mirrors": ["ldaps://reader:Pa55-in-list@dc1.contoso.test", "https://dir.contoso.test/api?password=q-pw&x=1"],
+    }
+    config = config_from_dict(data, base_dir=photo_world.config.base_dir)
+    with TestClient(create_app(config, store=photo_world.engine.store), base_url="http://127.0.0.1") as c:
+        page = c.get("/agents")
+    assert page.status_code == 200
+    for secret in ("Hunter2Secret", "Pa55-in-list", "q-pw"):
+        assert secret not in page.text
+    # what the operator checks stays: the host, the path, the account
+    assert "https://CONTOSO%5Csvc:***@mail.contoso.test/EWS/Exchange.asmx" in page.text
+    assert "ldaps://reader:***@dc1.contoso.test" in page.text and "x=1" in page.text
+
+
 def test_photos_are_served_with_type_etag_and_cache_headers(client: Any, photo_world: PhotoWorld) -> None:
     jpeg, png = image_bytes(0, 96), image_bytes(500, 64, "PNG")
     for data, content_type in ((jpeg, "image/jpeg"), (png, "image/png")):
