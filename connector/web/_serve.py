@@ -17,13 +17,20 @@ from typing import Any
 
 __all__ = ["BackgroundConsole", "bind_console_socket", "serve_in_background"]
 
+#: uvicorn's own default backlog (it calls ``listen`` again with it when it starts serving the socket).
+BACKLOG = 2048
+
 
 def bind_console_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port`` (0: any free port); raises ``OSError`` as bind does.
+    """A TCP socket listening on ``host``:``port`` (0: any free port); raises ``OSError`` as bind does.
 
     On Windows, SO_REUSEADDR (uvicorn's choice) lets a second console bind a port another program
     listens on; SO_EXCLUSIVEADDRUSE refuses that. Elsewhere SO_REUSEADDR only spares a restarted
     console the old connections' TIME_WAIT.
+
+    It listens at once, not when uvicorn has started: ``mvsync ui`` says "console on http://..." as
+    soon as this returns, and a browser or script that went there before uvicorn called ``listen()``
+    was refused. Connections made meanwhile wait in the backlog until uvicorn accepts them.
     """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -32,6 +39,7 @@ def bind_console_socket(host: str, port: int) -> socket.socket:
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
