@@ -1,7 +1,8 @@
 """The console's FastAPI application: server-rendered pages over a read-only view of the store.
 
-Routes are plain (not ``async``) functions: every one of them reads the database, and Starlette
-runs plain routes in its thread pool, so a slow query never stalls the event loop.
+Routes are plain (not ``async``) functions: every one of them reads the database, so each runs on a
+thread of its own and never stalls the event loop, and the request waits for it a bounded time
+(``_deadline``): a store that stops answering is a 503 page, not a page that never loads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.config import MvsyncConfig
 from connector.store import ROW_ID_MAX, SqlStore, StoreError
+from connector.web._deadline import PAGE_DEADLINE_S, bounded
 from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
 from connector.web._security import AccessPolicy
@@ -230,8 +232,15 @@ class _Pages:
         return Response(status_code=204)
 
 
-def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: AccessPolicy | None = None) -> FastAPI:
-    """The console for ``config``'s store. ``policy`` defaults to loopback-only without credentials."""
+def create_app(
+    config: MvsyncConfig,
+    *,
+    store: SqlStore | None = None,
+    policy: AccessPolicy | None = None,
+    page_deadline_s: float = PAGE_DEADLINE_S,
+) -> FastAPI:
+    """The console for ``config``'s store. ``policy`` defaults to loopback-only without credentials;
+    a page waits at most ``page_deadline_s`` for the store (then it is a 503 page)."""
     store = store or SqlStore(config.store_url(), create=False)  # a read-only console never creates a store
     pages = _Pages(config, store)
     app = FastAPI(title="mvsync", docs_url=None, redoc_url=None, openapi_url=None)
@@ -240,7 +249,9 @@ def create_app(config: MvsyncConfig, *, store: SqlStore | None = None, policy: A
     app.add_exception_handler(StoreError, pages.store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, pages.bad_address)  # type: ignore[arg-type]
     for path, html in pages.html_routes():
-        app.add_api_route(path, html, methods=["GET"], response_class=HTMLResponse)
+        app.add_api_route(
+            path, bounded(html, page_deadline_s, store.where), methods=["GET"], response_class=HTMLResponse
+        )
     for path, other in pages.other_routes():
-        app.add_api_route(path, other, methods=["GET"])
+        app.add_api_route(path, bounded(other, page_deadline_s, store.where), methods=["GET"])
     return app

@@ -6,8 +6,9 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-__all__ = ["connect_proxy", "silent_server"]
+__all__ = ["Relay", "connect_proxy", "relay", "silent_server"]
 
 
 @contextlib.contextmanager
@@ -106,4 +107,70 @@ def connect_proxy(*, refuse: str | None = None, hosts: dict[str, str] | None = N
     finally:
         stop.set()
         thread.join()
+        server.close()
+
+
+@dataclass
+class Relay:
+    """A TCP relay to a real server that can go quiet: :meth:`freeze` holds every byte either way
+    (a hung server, a paused VM: the connections stay open and nothing answers), :meth:`thaw`
+    delivers them."""
+
+    port: int
+    flowing: threading.Event = field(default_factory=threading.Event)
+    #: set when a byte arrived while frozen: a client is waiting on the server now
+    held: threading.Event = field(default_factory=threading.Event)
+
+    def freeze(self) -> None:
+        self.held.clear()
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+
+@contextlib.contextmanager
+def relay(target_port: int) -> Iterator[Relay]:
+    """A loopback port relayed to ``127.0.0.1:target_port`` (flowing until :meth:`Relay.freeze`)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    state = Relay(server.getsockname()[1])
+    state.flowing.set()
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not state.flowing.is_set():
+                    state.held.set()
+                    state.flowing.wait()
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client = server.accept()[0]
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            held.extend((client, upstream))
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        state.thaw()
+        thread.join()
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
         server.close()

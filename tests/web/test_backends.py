@@ -3,6 +3,14 @@ keyset search and the coverage counts, on a small store filled by the benchmark'
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +21,9 @@ from sqlalchemy import create_engine, make_url, text
 from connector.bench.ui import bench_config, fill_store
 from connector.config import config_from_dict
 from connector.store import SqlStore
-from connector.web import create_app
+from connector.web import create_app, serve_in_background
 from connector.web._queries import Console
+from tests.harness.sockets import Relay, relay
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")  # Starlette asks for httpx2, falls back to httpx
@@ -95,3 +104,100 @@ def test_a_store_that_stops_answering_is_a_503_page_and_the_console_recovers(
         dba.dispose()
         client.close()
         store.close()
+
+
+def _get(url: str) -> tuple[int, str]:
+    """Status and body of a GET; the client's own timeout only stops a test that would hang."""
+    try:
+        with urllib.request.urlopen(url, timeout=120) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _get_quietly(url: str) -> None:
+    with contextlib.suppress(OSError):
+        _get(url)
+
+
+def _quiet_store(tmp_path: Path, url: str, store_relay: Relay) -> tuple[str, Path]:
+    """A store filled directly, and its URL through ``store_relay``; a configuration file naming it."""
+    direct = SqlStore(url)
+    try:
+        fill_store(direct, 10)
+    finally:
+        direct.close()
+    relayed = make_url(url).set(port=store_relay.port).render_as_string(hide_password=False)
+    path = tmp_path / "mvsync.toml"
+    path.write_text('[store]\nurl = { env = "MVSYNC_STORE_URL" }\n', encoding="utf-8")
+    return relayed, path
+
+
+@pytest.mark.postgres
+def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_console_recovers(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found by hand: with PostgreSQL hung (the connection open, nothing answered) a page the pool
+    served on a connection it held never loaded, and its thread waited for ever."""
+    url = postgres_db()
+    with relay(make_url(url).port or 5432) as store_relay:
+        relayed, _ = _quiet_store(tmp_path, url, store_relay)
+        config = config_from_dict(bench_config(relayed, tmp_path), base_dir=tmp_path)
+        store = SqlStore(relayed, create=False)
+        console = serve_in_background(create_app(config, store=store, page_deadline_s=3))
+        try:
+            assert _get(console.url + "/")[0] == 200  # the pool now holds a connection through the relay
+            store_relay.freeze()
+            status, body = _get(console.url + "/")
+            assert status == 503 and "Store unavailable" in body
+            assert "has not answered within 3 s" in body and ":***@127.0.0.1" in body
+            assert make_url(url).password not in body
+            store_relay.thaw()
+            assert _get(console.url + "/")[0] == 200
+        finally:
+            store_relay.thaw()
+            console.stop()
+            store.close()
+
+
+@pytest.mark.postgres
+def test_ctrl_c_stops_the_console_while_a_page_waits_on_a_quiet_store(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found by hand: Ctrl-C did not end ``mvsync ui`` while a page waited on a hung PostgreSQL (it
+    waited for the page's worker thread, for ever); it now ends within the page deadline, exit 130."""
+    url = postgres_db()
+    with relay(make_url(url).port or 5432) as store_relay:
+        relayed, config = _quiet_store(tmp_path, url, store_relay)
+        env = {**os.environ, "MVSYNC_STORE_URL": relayed}
+        command = [
+            sys.executable,
+            "-c",
+            "from connector.cli import main; main()",
+            "ui",
+            "-c",
+            str(config),
+            "--port",
+            "0",
+        ]
+        console = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            assert console.stderr is not None
+            first = console.stderr.readline()
+            assert "mvsync console on http://127.0.0.1:" in first, first
+            base = first.split(" on ", 1)[1].split("/ ", 1)[0]
+            assert _get(base + "/")[0] == 200
+            store_relay.freeze()
+            # the page's answer (a 503 at the deadline, or the connection closed) is not what is tested
+            waiting = threading.Thread(target=_get_quietly, args=(base + "/",), daemon=True)
+            waiting.start()
+            assert store_relay.held.wait(60), "the page never asked the store"
+            console.send_signal(signal.SIGINT)
+            _, rest = console.communicate(timeout=120)
+        finally:
+            store_relay.thaw()
+            if console.poll() is None:
+                console.kill()
+                console.communicate()
+        assert console.returncode == 130, rest
+        assert "interrupted by Ctrl-C" in rest and "Traceback" not in rest
