@@ -30,6 +30,7 @@ __all__ = [
     "failure_kind",
     "host_port",
     "readable_ca_file",
+    "refuse_url_credentials",
     "unreachable_authority",
     "verifying_session",
 ]
@@ -40,6 +41,23 @@ def host_port(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.hostname or '?'}:{port}"
+
+
+def refuse_url_credentials(url: str) -> None:
+    """Raise ``ValueError`` (a settings validator's refusal) when ``url`` holds ``user:password@``.
+
+    Why refuse rather than mask: an agent's URL is part of what it says and counts (messages kept in
+    run history, the throttling limiter's name, which is a Prometheus label, the console), and each
+    would have to mask it; and a password there escapes the rule that secrets come only from
+    ``{ env = .. }`` or ``{ file = .. }``.
+    """
+    if "@" in urlsplit(url).netloc:
+        msg = (
+            "must not hold a user name or password (user:password@host): it would show in messages, run history "
+            "and metrics; give the account and its secret in their own settings, the secret as { env = .. } or "
+            "{ file = .. }"
+        )
+        raise ValueError(msg)
 
 
 def failure_kind(exc: requests.RequestException) -> str:

@@ -370,3 +370,46 @@ def test_numbers_beyond_what_the_store_holds_are_usage_errors_not_tracebacks(
     assert invoke("run", "cycle", "-c", str(config))[0] in (0, 3)
     got, _out, err = invoke(*args, "-c", str(config))
     assert got == code and said in err and "Traceback" not in err, err
+
+
+URL_PASSWORDS = """
+[store]
+url = "sqlite:///store.db"
+[agents.exs]
+type = "exchange-server-photos"
+[agents.exs.settings]
+ews_url = "https://CONTOSO%5Csvc:Hunter2Secret@mail.contoso.test/EWS/Exchange.asmx"
+username = 'CONTOSO\\svc'
+password = { env = "EWS_PASSWORD" }
+mailboxes = ["ann@contoso.test"]
+[agents.exo]
+type = "exchange-online-photos"
+[agents.exo.settings]
+tenant_id = "t"
+client_id = "c"
+auth_mode = "app"
+client_secret = { env = "EXO_SECRET" }
+graph_url = "https://app:GraphPw99@graph.contoso.test/v1.0"
+[run_profiles.cycle]
+steps = [{ type = "full-import", agent = "exs" }, { type = "full-import", agent = "exo" }]
+"""
+
+
+def test_a_password_written_into_an_agents_url_is_refused_and_said_nowhere(tmp_path: Path) -> None:
+    """Found by hand: ``ews_url = "https://DOMAIN%5Csvc:<password>@mail/EWS/..."`` was taken, and the
+    URL's origin is in the EWS messages kept in run history and in the throttling limiter's name,
+    a Prometheus label (``mvsync_concurrency_limit{limiter="ews:https://...:<password>@mail..."}``)."""
+    config = tmp_path / "mvsync.toml"
+    config.write_text(URL_PASSWORDS, encoding="utf-8")
+    env = {"EWS_PASSWORD": "pw-env", "EXO_SECRET": "secret-env"}
+    code, out, err = invoke("run", "cycle", "-c", str(config), "--json", env=env)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, err
+    for key in ("agents.exs.settings.ews_url", "agents.exo.settings.graph_url"):
+        [line] = [x for x in lines if key in x]
+        assert line.removeprefix("error: ").startswith(f"{config}: {key}: must not hold a user name or password"), line
+        assert "{ env = .. }" in line
+    _, history, _ = invoke("history", "list", "-c", str(config), "--json")
+    for text in (out, err, history):
+        assert "Hunter2Secret" not in text and "GraphPw99" not in text
+    assert json.loads(history)[0]["status"] == "stopped-configuration"

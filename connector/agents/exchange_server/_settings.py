@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from connector.net import refuse_url_credentials
 from connector.sdk import MUST_EXIST, ConnectorSettings
 
 __all__ = ["EWS_DEFAULT_MAX_CONCURRENCY", "EWS_SIZE_CODES", "ExchangeServerSettings"]
@@ -110,6 +111,7 @@ class ExchangeServerSettings(ConnectorSettings):
         if parts.scheme != "https" or not parts.hostname:
             msg = "must be an https:// URL (EWS credentials never travel unencrypted)"
             raise ValueError(msg)
+        refuse_url_credentials(value)
         path = parts.path.rstrip("/")
         return f"https://{parts.netloc}{path or '/EWS/Exchange.asmx'}"
 
