@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,28 @@ def test_a_usage_error_prints_the_failure_object_too(config: Path, args: list[st
 def test_a_usage_error_without_json_prints_nothing_on_stdout(config: Path) -> None:
     code, out, err = invoke("run", "cycle", "--bogus", "-c", str(config))
     assert (code, out) == (2, "") and "No such option: --bogus" in err
+
+
+def test_the_root_options_failures_print_their_failure_too(tmp_path: Path, config: Path) -> None:
+    """The metrics' root options: ``mvsync --metrics-port 9100 run cycle --json`` with the port held (by
+    the run before, still going), or a ``--metrics-textfile`` in a missing folder, print the failure
+    object too (found by hand on a tree before JsonFailureGroup, which now covers them)."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = str(other.getsockname()[1])
+        code, out, err = invoke("--metrics-port", port, "run", "cycle", "-c", str(config), "--json")
+        assert code == 2 and only_object(out) == {
+            "status": "stopped-configuration",
+            "exit_code": 2,
+            "message": error_line(err),
+            "run_id": None,
+        }
+        assert f"--metrics-port {port}: cannot listen" in error_line(err)
+        code, out, err = invoke("--metrics-port", port, "history", "list", "-c", str(config))
+        assert code == 2 and out == "" and "cannot listen" in err  # without --json, stdout stays empty
+    missing = tmp_path / "nowhere" / "mvsync.prom"
+    code, out, err = invoke("--metrics-textfile", str(missing), "history", "list", "-c", str(config), "--json")
+    assert code == 2 and only_object(out)["message"] == error_line(err) and "does not exist" in error_line(err)
+    code, out, err = invoke("--log-level", "LOUD", "run", "cycle", "-c", str(config), "--json")
+    assert code == 2 and only_object(out)["message"] == error_line(err) and "--log-level" in error_line(err)
