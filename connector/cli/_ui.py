@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -36,7 +37,7 @@ def register(app: typer.Typer) -> None:
         try:
             import uvicorn
 
-            from connector.web import AccessPolicy, InsecureBindError, create_app
+            from connector.web import AccessPolicy, InsecureBindError, create_app, quiet_when_stopped
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("fastapi", "jinja2", "uvicorn", "starlette"):
                 raise fail(escape(f"{WEB_EXTRA_HINT} (missing module {exc.name!r})"), EXIT_CONFIG) from None
@@ -57,9 +58,36 @@ def register(app: typer.Typer) -> None:
         how = "token" if policy.token else ("basic authentication" if policy.user else "loopback only, no sign-in")
         err_console.print(f"mvsync console on http://{shown}:{port}/ ({how}); Ctrl+C stops it", highlight=False)
         settings = uvicorn.Config(
-            application, host=host, port=port, log_level="warning", server_header=False, proxy_headers=False
+            quiet_when_stopped(application),
+            host=host,
+            port=port,
+            log_level="warning",
+            server_header=False,
+            proxy_headers=False,
+            lifespan="off",  # no startup or shutdown hooks: and none cancelled (with a traceback) at a stop
         )
-        uvicorn.Server(settings).run(sockets=[listening])
+        _console_server(settings).run(sockets=[listening])
+
+
+def _console_server(settings: Any) -> Any:
+    """uvicorn's server for ``settings``, saying why a stop waits: pages still reading the store are
+    waited for (at most the page deadline) unless Ctrl+C comes again; it used to go quiet that long."""
+    import uvicorn
+
+    from connector.web import PAGE_DEADLINE_S
+
+    class ConsoleServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            pages = len(self.server_state.tasks)
+            if not self.should_exit and pages:
+                err_console.print(
+                    f"stopping: {pages} page(s) still read the store (at most {PAGE_DEADLINE_S:g} s); "
+                    "Ctrl+C again stops at once",
+                    highlight=False,
+                )
+            super().handle_exit(sig, frame)
+
+    return ConsoleServer(settings)
 
 
 def _listen(host: str, port: int, shown: str) -> socket.socket:

@@ -8,6 +8,7 @@ which another program can take the port between choosing it and listening on it.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import threading
@@ -15,7 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BackgroundConsole", "bind_console_socket", "serve_in_background"]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BackgroundConsole", "bind_console_socket", "quiet_when_stopped", "serve_in_background"]
 
 #: uvicorn's own default backlog (it calls ``listen`` again with it when it starts serving the socket).
 BACKLOG = 2048
@@ -47,6 +50,34 @@ def bind_console_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def quiet_when_stopped(app: ASGIApp) -> ASGIApp:
+    """``app``, answering 503 "the console is stopping" to a request the server cancels as it stops.
+
+    Why: told to stop at once (a second Ctrl-C), uvicorn cancels the requests still running, such as
+    a page that waits for a store that does not answer, and logged each cancellation as "Exception in
+    ASGI application" with a traceback, though nothing went wrong.
+    """
+
+    async def run(scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or started:
+                raise
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": b"the console is stopping"})
+
+    return run
+
+
 @dataclass
 class BackgroundConsole:
     """A console served by uvicorn in a daemon thread of this process."""
@@ -75,7 +106,10 @@ def serve_in_background(app: Any, host: str = "127.0.0.1", start_timeout: float 
 
     sock = bind_console_socket(host, 0)
     port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False))
+    config = uvicorn.Config(
+        quiet_when_stopped(app), host=host, port=port, log_level="warning", server_header=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="mvsync-console", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout

@@ -12,7 +12,7 @@ import threading
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -160,26 +160,14 @@ def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_conso
             store.close()
 
 
-@pytest.mark.postgres
-def test_ctrl_c_stops_the_console_while_a_page_waits_on_a_quiet_store(
-    tmp_path: Path, postgres_db: Callable[[], str]
-) -> None:
-    """Found by hand: Ctrl-C did not end ``mvsync ui`` while a page waited on a hung PostgreSQL (it
-    waited for the page's worker thread, for ever); it now ends within the page deadline, exit 130."""
-    url = postgres_db()
+@contextlib.contextmanager
+def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[subprocess.Popen[str]]:
+    """``mvsync ui`` (a real process) with one page waiting on its PostgreSQL store, gone quiet."""
     with relay(make_url(url).port or 5432) as store_relay:
         relayed, config = _quiet_store(tmp_path, url, store_relay)
         env = {**os.environ, "MVSYNC_STORE_URL": relayed}
-        command = [
-            sys.executable,
-            "-c",
-            "from connector.cli import main; main()",
-            "ui",
-            "-c",
-            str(config),
-            "--port",
-            "0",
-        ]
+        main = "from connector.cli import main; main()"
+        command = [sys.executable, "-c", main, "ui", "-c", str(config), "--port", "0"]
         console = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         try:
             assert console.stderr is not None
@@ -189,15 +177,43 @@ def test_ctrl_c_stops_the_console_while_a_page_waits_on_a_quiet_store(
             assert _get(base + "/")[0] == 200
             store_relay.freeze()
             # the page's answer (a 503 at the deadline, or the connection closed) is not what is tested
-            waiting = threading.Thread(target=_get_quietly, args=(base + "/",), daemon=True)
-            waiting.start()
+            threading.Thread(target=_get_quietly, args=(base + "/",), daemon=True).start()
             assert store_relay.held.wait(60), "the page never asked the store"
-            console.send_signal(signal.SIGINT)
-            _, rest = console.communicate(timeout=120)
+            yield console
         finally:
             store_relay.thaw()
             if console.poll() is None:
                 console.kill()
                 console.communicate()
-        assert console.returncode == 130, rest
-        assert "interrupted by Ctrl-C" in rest and "Traceback" not in rest
+
+
+@pytest.mark.postgres
+def test_ctrl_c_stops_the_console_while_a_page_waits_on_a_quiet_store(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found by hand: Ctrl-C did not end ``mvsync ui`` while a page waited on a hung PostgreSQL (it
+    waited for the page's worker thread, for ever); it now ends within the page deadline, exit 130."""
+    with _console_waiting_on_a_quiet_store(tmp_path, postgres_db()) as console:
+        console.send_signal(signal.SIGINT)
+        _, rest = console.communicate(timeout=120)
+    assert console.returncode == 130, rest
+    assert "stopping: 1 page(s) still read the store (at most 30 s); Ctrl+C again stops at once" in rest
+    assert "interrupted by Ctrl-C" in rest and "Traceback" not in rest
+
+
+@pytest.mark.postgres
+def test_ctrl_c_twice_stops_the_console_at_once_without_a_traceback(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found by hand: the first Ctrl-C said nothing while the console waited for the page (up to the
+    deadline), and a second one stopped it with uvicorn's tracebacks of the cancelled request and of
+    its lifespan task; now the first says why it waits and the second stops it quietly."""
+    with _console_waiting_on_a_quiet_store(tmp_path, postgres_db()) as console:
+        assert console.stderr is not None
+        console.send_signal(signal.SIGINT)
+        said = console.stderr.readline()
+        assert said.startswith("stopping: 1 page(s) still read the store"), said
+        console.send_signal(signal.SIGINT)
+        _, rest = console.communicate(timeout=120)
+    assert console.returncode == 130, rest
+    assert "interrupted by Ctrl-C" in rest and "Traceback" not in rest and "ERROR" not in rest
