@@ -144,7 +144,9 @@ class AccessPolicy:
                 return PlainTextResponse("invalid token", status_code=401)
             # trade the token for a cookie at once, so it leaves the address bar and the history
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+            # one leading slash: "//host/..." (or "/\\host", which browsers read alike) would send the
+            # browser, cookie in hand, to another site
+            target = "/" + request.url.path.lstrip("/\\") + (f"?{urlencode(rest)}" if rest else "")
             redirect = RedirectResponse(target, status_code=303)
             redirect.set_cookie(
                 COOKIE_NAME,

@@ -73,6 +73,18 @@ def test_token_as_bearer_or_once_in_the_query_then_a_cookie(photo_world: PhotoWo
         assert other.get("/").status_code == 401
 
 
+def test_trading_the_token_never_redirects_to_another_site(photo_world: PhotoWorld) -> None:
+    """Found by hand: ``GET //evil.example/x?token=...`` answered ``303 Location: //evil.example/x``,
+    a protocol-relative address: the browser went to another site from the console's own link."""
+    with make_client(photo_world, AccessPolicy(token=TOKEN), "http://sync01.example") as c:
+        for path in ("//evil.example/x", "/%2F%2Fevil.example/x", "/%5Cevil.example/x", "/\\evil.example/x"):
+            traded = c.get(f"http://sync01.example{path}?q=a&token={TOKEN}", follow_redirects=False)
+            assert traded.status_code == 303, path
+            location = traded.headers["location"]
+            assert location.startswith("/") and location[1:2] not in ("/", "\\"), (path, location)
+            assert location.endswith("evil.example/x?q=a"), (path, location)  # a path of this console
+
+
 def test_basic_authentication(photo_world: PhotoWorld) -> None:
     def auth(user: str, password: str) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
