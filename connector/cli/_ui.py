@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         try:
             import uvicorn
 
-            from connector.web import AccessPolicy, InsecureBindError, create_app, quiet_when_stopped
+            from connector.web import AccessPolicy, InsecureBindError, create_app, page_deadline, quiet_when_stopped
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("fastapi", "jinja2", "uvicorn", "starlette"):
                 raise fail(escape(f"{WEB_EXTRA_HINT} (missing module {exc.name!r})"), EXIT_CONFIG) from None
@@ -51,7 +51,9 @@ def register(app: typer.Typer) -> None:
         except InsecureBindError as exc:
             raise fail(escape(str(exc)), EXIT_CONFIG) from None
         cfg = load_config(config)
-        application = create_app(cfg, store=SqlStore(cfg.store_url(), create=False), policy=policy)
+        store = SqlStore(cfg.store_url(), create=False)
+        deadline = page_deadline(store)
+        application = create_app(cfg, store=store, policy=policy, page_deadline_s=deadline)
         shown = f"[{host}]" if ":" in host else host
         listening = _listen(host, port, shown)
         port = int(listening.getsockname()[1])
@@ -66,22 +68,20 @@ def register(app: typer.Typer) -> None:
             proxy_headers=False,
             lifespan="off",  # no startup or shutdown hooks: and none cancelled (with a traceback) at a stop
         )
-        _console_server(settings).run(sockets=[listening])
+        _console_server(settings, deadline).run(sockets=[listening])
 
 
-def _console_server(settings: Any) -> Any:
+def _console_server(settings: Any, deadline_s: float) -> Any:
     """uvicorn's server for ``settings``, saying why a stop waits: pages still reading the store are
-    waited for (at most the page deadline) unless Ctrl+C comes again; it used to go quiet that long."""
+    waited for (at most ``deadline_s``) unless Ctrl+C comes again; it used to go quiet that long."""
     import uvicorn
-
-    from connector.web import PAGE_DEADLINE_S
 
     class ConsoleServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             pages = len(self.server_state.tasks)
             if not self.should_exit and pages:
                 err_console.print(
-                    f"stopping: {pages} page(s) still read the store (at most {PAGE_DEADLINE_S:g} s); "
+                    f"stopping: {pages} page(s) still read the store (at most {deadline_s:g} s); "
                     "Ctrl+C again stops at once",
                     highlight=False,
                 )

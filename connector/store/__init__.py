@@ -40,7 +40,7 @@ from connector.store._locks import LockManager
 from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError, current_version
 from connector.store._people import Person, import_failures, people
-from connector.store._sql import ROW_ID_MAX, SqlStore, StoreConnection
+from connector.store._sql import BUSY_TIMEOUT_S, ROW_ID_MAX, SqlStore, StoreConnection
 from connector.store._transform_cache import TransformCache
 from connector.store._values import (
     BLOB_PREFIX,
@@ -57,6 +57,7 @@ from connector.store._values import (
 
 __all__ = [
     "BLOB_PREFIX",
+    "BUSY_TIMEOUT_S",
     "RESTORE_HINT",
     "ROW_ID_MAX",
     "SCHEMA_VERSION",

@@ -6,18 +6,18 @@ photos, and coverage. Nothing in here writes to the store.
 """
 
 from connector.web._app import create_app
-from connector.web._deadline import PAGE_DEADLINE_S
+from connector.web._deadline import page_deadline
 from connector.web._security import AccessPolicy, InsecureBindError, is_loopback
 from connector.web._serve import BackgroundConsole, bind_console_socket, quiet_when_stopped, serve_in_background
 
 __all__ = [
-    "PAGE_DEADLINE_S",
     "AccessPolicy",
     "BackgroundConsole",
     "InsecureBindError",
     "bind_console_socket",
     "create_app",
     "is_loopback",
+    "page_deadline",
     "quiet_when_stopped",
     "serve_in_background",
 ]

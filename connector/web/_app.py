@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.config import MvsyncConfig
 from connector.store import ROW_ID_MAX, SqlStore, StoreError
-from connector.web._deadline import PAGE_DEADLINE_S, bounded
+from connector.web._deadline import bounded, page_deadline
 from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
 from connector.web._security import AccessPolicy
@@ -237,11 +237,13 @@ def create_app(
     *,
     store: SqlStore | None = None,
     policy: AccessPolicy | None = None,
-    page_deadline_s: float = PAGE_DEADLINE_S,
+    page_deadline_s: float | None = None,
 ) -> FastAPI:
     """The console for ``config``'s store. ``policy`` defaults to loopback-only without credentials;
-    a page waits at most ``page_deadline_s`` for the store (then it is a 503 page)."""
+    a page waits at most ``page_deadline_s`` for the store (default :func:`page_deadline`), then it
+    is a 503 page."""
     store = store or SqlStore(config.store_url(), create=False)  # a read-only console never creates a store
+    deadline = page_deadline(store) if page_deadline_s is None else page_deadline_s
     pages = _Pages(config, store)
     app = FastAPI(title="mvsync", docs_url=None, redoc_url=None, openapi_url=None)
     app.middleware("http")((policy or AccessPolicy()).middleware)
@@ -249,9 +251,7 @@ def create_app(
     app.add_exception_handler(StoreError, pages.store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, pages.bad_address)  # type: ignore[arg-type]
     for path, html in pages.html_routes():
-        app.add_api_route(
-            path, bounded(html, page_deadline_s, store.where), methods=["GET"], response_class=HTMLResponse
-        )
+        app.add_api_route(path, bounded(html, deadline, store.where), methods=["GET"], response_class=HTMLResponse)
     for path, other in pages.other_routes():
-        app.add_api_route(path, bounded(other, page_deadline_s, store.where), methods=["GET"])
+        app.add_api_route(path, bounded(other, deadline, store.where), methods=["GET"])
     return app

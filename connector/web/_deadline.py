@@ -7,7 +7,7 @@ Starlette's thread pool made it worse: its workers are not daemon threads, so Ct
 then never ended ``mvsync ui`` either, since the process waited for that worker at exit.
 
 So each page runs on a daemon thread of its own, and the request waits for it at most
-``PAGE_DEADLINE_S``. A thread left behind holds one pooled connection until the server answers or
+:func:`page_deadline`. A thread left behind holds one pooled connection until the server answers or
 drops it (the pool bounds how many), and does not keep the process from exiting.
 """
 
@@ -20,15 +20,24 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from connector.store import StoreError
+from connector.store import BUSY_TIMEOUT_S, SqlStore, StoreError
 
-__all__ = ["PAGE_DEADLINE_S", "bounded"]
+__all__ = ["bounded", "page_deadline"]
 
-#: How long a page may wait for the store. Every page reads one page of rows or one indexed
-#: aggregate (``connector/bench/ui.py``: under 90 ms with 100,000 persons), so this is only ever
-#: reached by a store that does not answer. Shorter than a PostgreSQL connect attempt may take
-#: (``connect_timeout``, 20 s) would not help: that attempt ends by itself with its own message.
-PAGE_DEADLINE_S = 30.0
+#: How much longer than the store's own bounded waits a page may take.
+MARGIN_S = 15.0
+
+
+def page_deadline(store: SqlStore) -> float:
+    """How long a page may wait for ``store``: past the store's own bounded waits, a table or file
+    lock (``BUSY_TIMEOUT_S``) and a PostgreSQL connection attempt (its ``connect_timeout``), so that
+    those end first, with the messages that name them ("busy: another session holds a lock ...").
+
+    Every page reads one page of rows or one indexed aggregate (``mvsync bench ui``: a few ms with
+    100,000 persons), so the deadline is only ever reached by a store that does not answer.
+    """
+    return max(BUSY_TIMEOUT_S, store.connect_timeout_s or 0.0) + MARGIN_S
+
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -20,10 +20,11 @@ from sqlalchemy import create_engine, make_url, text
 
 from connector.bench.ui import bench_config, fill_store
 from connector.config import config_from_dict
-from connector.store import SqlStore
-from connector.web import create_app, serve_in_background
+from connector.store import BUSY_TIMEOUT_S, SqlStore
+from connector.web import create_app, page_deadline, serve_in_background
 from connector.web._queries import Console
 from tests.harness.sockets import Relay, relay
+from tests.web.conftest import LOOPBACK
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")  # Starlette asks for httpx2, falls back to httpx
@@ -161,7 +162,7 @@ def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_conso
 
 
 @contextlib.contextmanager
-def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[subprocess.Popen[str]]:
+def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[tuple[subprocess.Popen[str], Relay]]:
     """``mvsync ui`` (a real process) with one page waiting on its PostgreSQL store, gone quiet."""
     with relay(make_url(url).port or 5432) as store_relay:
         relayed, config = _quiet_store(tmp_path, url, store_relay)
@@ -179,7 +180,7 @@ def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[subp
             # the page's answer (a 503 at the deadline, or the connection closed) is not what is tested
             threading.Thread(target=_get_quietly, args=(base + "/",), daemon=True).start()
             assert store_relay.held.wait(60), "the page never asked the store"
-            yield console
+            yield console, store_relay
         finally:
             store_relay.thaw()
             if console.poll() is None:
@@ -192,12 +193,16 @@ def test_ctrl_c_stops_the_console_while_a_page_waits_on_a_quiet_store(
     tmp_path: Path, postgres_db: Callable[[], str]
 ) -> None:
     """Found by hand: Ctrl-C did not end ``mvsync ui`` while a page waited on a hung PostgreSQL (it
-    waited for the page's worker thread, for ever); it now ends within the page deadline, exit 130."""
-    with _console_waiting_on_a_quiet_store(tmp_path, postgres_db()) as console:
+    waited for the page's worker thread, for ever); now it says why it waits, and ends (exit 130) once
+    the page is answered (by the store, or by the page deadline at the latest)."""
+    with _console_waiting_on_a_quiet_store(tmp_path, postgres_db()) as (console, store_relay):
+        assert console.stderr is not None
         console.send_signal(signal.SIGINT)
+        said = console.stderr.readline()
+        assert said.startswith("stopping: 1 page(s) still read the store (at most 45 s)"), said
+        store_relay.thaw()
         _, rest = console.communicate(timeout=120)
     assert console.returncode == 130, rest
-    assert "stopping: 1 page(s) still read the store (at most 30 s); Ctrl+C again stops at once" in rest
     assert "interrupted by Ctrl-C" in rest and "Traceback" not in rest
 
 
@@ -208,7 +213,7 @@ def test_ctrl_c_twice_stops_the_console_at_once_without_a_traceback(
     """Found by hand: the first Ctrl-C said nothing while the console waited for the page (up to the
     deadline), and a second one stopped it with uvicorn's tracebacks of the cancelled request and of
     its lifespan task; now the first says why it waits and the second stops it quietly."""
-    with _console_waiting_on_a_quiet_store(tmp_path, postgres_db()) as console:
+    with _console_waiting_on_a_quiet_store(tmp_path, postgres_db()) as (console, _):
         assert console.stderr is not None
         console.send_signal(signal.SIGINT)
         said = console.stderr.readline()
@@ -217,3 +222,32 @@ def test_ctrl_c_twice_stops_the_console_at_once_without_a_traceback(
         _, rest = console.communicate(timeout=120)
     assert console.returncode == 130, rest
     assert "interrupted by Ctrl-C" in rest and "Traceback" not in rest and "ERROR" not in rest
+
+
+@pytest.mark.postgres
+def test_a_table_lock_is_said_as_such_within_the_page_deadline(
+    tmp_path: Path, postgres_db: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page deadline outlasts the store's own waits, so a lock (a VACUUM FULL, a transaction left
+    open) is the store's "busy: another session holds a lock" page, not "has not answered" (found by
+    hand: both were 30 s, and the deadline came first)."""
+    url = postgres_db()
+    monkeypatch.setattr("connector.store._sql.BUSY_TIMEOUT_S", 2.0)  # the session's lock_timeout
+    config = config_from_dict(bench_config(url, tmp_path), base_dir=tmp_path)
+    store = SqlStore(url)
+    fill_store(store, 3)
+    with_timeout = SqlStore(url + "?connect_timeout=60", create=False)
+    try:
+        assert page_deadline(store) > max(BUSY_TIMEOUT_S, store.connect_timeout_s or 0)
+        assert page_deadline(with_timeout) > 60  # a connect_timeout in store.url counts too
+        holder = create_engine(url)
+        with holder.connect() as conn, TestClient(create_app(config, store=store), base_url=LOOPBACK) as client:
+            conn.execute(text("LOCK TABLE run_history IN ACCESS EXCLUSIVE MODE"))
+            busy = client.get("/")
+            conn.rollback()
+            assert busy.status_code == 503 and "is busy: another session holds a lock" in busy.text
+            assert client.get("/").status_code == 200
+        holder.dispose()
+    finally:
+        store.close()
+        with_timeout.close()
