@@ -276,6 +276,31 @@ def test_agents_page_hides_a_password_written_into_a_url_setting(photo_world: Ph
     assert "ldaps://reader:***@dc1.contoso.test" in page.text and "x=1" in page.text
 
 
+def test_agents_page_shows_how_an_agent_signs_in(photo_world: PhotoWorld) -> None:
+    """Found by hand: the Agents page hid ``auth_mode = "app"`` and ``auth = "ntlm"`` as secrets (their
+    names hold "auth"), the very thing an operator opens it to check. A value among the words the
+    connector allows (a Literal) is shown; anything else under such a name stays hidden."""
+    from connector.config import config_from_dict
+    from connector.web import create_app
+    from tests.web.conftest import TestClient
+
+    data = photo_world.config.model_dump(by_alias=True, exclude={"path", "base_dir"})
+    exo = {"tenant_id": "t", "client_id": "c", "auth_mode": "app", "client_secret": {"env": "EXO_SECRET"}}
+    data["agents"]["exo2"] = {"type": "exchange-online-photos", "settings": exo}
+    exs = {"ews_url": "https://mail.contoso.test", "auth": "ntlm", "username": "u", "password": {"env": "EWS_PW"}}
+    data["agents"]["exs"] = {"type": "exchange-server-photos", "settings": exs}
+    data["agents"]["exs2"] = {"type": "exchange-server-photos", "settings": {**exs, "auth": "not-a-mode-but-a-pw"}}
+    data["agents"]["ad"]["settings"] = {**data["agents"]["ad"]["settings"], "auth": "ntlm"}  # no Literal declared
+    config = config_from_dict(data, base_dir=photo_world.config.base_dir)
+    with TestClient(create_app(config, store=photo_world.engine.store), base_url="http://127.0.0.1") as c:
+        page = c.get("/agents")
+    assert page.status_code == 200
+    sections = {m.group(1): m.group(0) for m in re.finditer(r"<h2>(\w+) <small>.*?</table>", page.text, re.S)}
+    assert "<th>auth_mode</th><td><code>app</code>" in sections["exo2"]
+    assert "<th>auth</th><td><code>ntlm</code>" in sections["exs"]
+    assert "not-a-mode-but-a-pw" not in page.text and "<th>auth</th><td><code>ntlm</code>" not in sections["ad"]
+
+
 def test_photos_are_served_with_type_etag_and_cache_headers(client: Any, photo_world: PhotoWorld) -> None:
     jpeg, png = image_bytes(0, 96), image_bytes(500, 64, "PNG")
     for data, content_type in ((jpeg, "image/jpeg"), (png, "image/png")):
