@@ -198,7 +198,12 @@ def _check_schema(store: SqlStore, version: int) -> Finding:
         return Finding("store", "schema", "error", f"the store {store.where} holds no mvsync tables")
     if version == SCHEMA_VERSION:
         return Finding("store", "schema", "ok", f"schema version {version} is current")
-    advice = "upgrade mvsync" if version > SCHEMA_VERSION else "any mvsync command that opens the store migrates it"
+    advice = (
+        "upgrade mvsync here to the version that wrote it"
+        if version > SCHEMA_VERSION
+        else "`mvsync store upgrade` (or the next `mvsync run`) upgrades it, once every machine that uses it runs "
+        "this version"
+    )
     return Finding(
         "store", "schema", "error", f"schema version {version}, this mvsync writes {SCHEMA_VERSION}: {advice}"
     )

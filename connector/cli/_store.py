@@ -1,4 +1,5 @@
-"""``mvsync store backup PATH``: a consistent copy of the store, taken while runs go on.
+"""``mvsync store backup PATH``: a consistent copy of the store, taken while runs go on;
+``mvsync store upgrade``: the store's schema brought to this mvsync's version.
 
 Restoring is copying the backup back in place of the store while no mvsync runs (README:
 Backup and restore); ``mvsync doctor`` then checks the restored copy.
@@ -16,7 +17,7 @@ from connector.cli._common import DEFAULT_CONFIG, ConfigOption, JsonOption, cons
 
 def register(app: typer.Typer) -> None:
     """Add ``mvsync store ...`` to ``app``."""
-    store_app = typer.Typer(help="The store: backups.")
+    store_app = typer.Typer(help="The store: backups and schema upgrades.")
     app.add_typer(store_app, name="store")
 
     @store_app.command("backup")
@@ -33,7 +34,8 @@ def register(app: typer.Typer) -> None:
         from connector.config import load_config
         from connector.store import SqlStore
 
-        store = SqlStore(load_config(config).store_url(), create=False)
+        # whatever the schema's version: a backup before an upgrade is the very time to take one
+        store = SqlStore(load_config(config).store_url(), create=False, migrate_schema=False)
         try:
             size = store.backup(path.expanduser().resolve())
         finally:
@@ -42,3 +44,26 @@ def register(app: typer.Typer) -> None:
             print_json({"store": store.where, "backup": str(path), "bytes": size})
         else:
             console.print(f"backed up {store.where} to {path} ({size} bytes); check it with `mvsync doctor`")
+
+    @store_app.command("upgrade")
+    @handle_errors
+    def upgrade(config: ConfigOption = DEFAULT_CONFIG, json_out: JsonOption = False) -> None:
+        """Bring the store's schema to this mvsync's version (a run does it too; read-only commands never do).
+
+        On a store several machines use (PostgreSQL), upgrade mvsync on every one of them first: an
+        older mvsync refuses a store newer than it understands.
+        """
+        from connector.config import load_config
+        from connector.store import SqlStore
+
+        store = SqlStore(load_config(config).store_url(), create=False, migrate_schema=False)
+        try:
+            before, after = store.upgrade()
+        finally:
+            store.close()
+        if json_out:
+            print_json({"store": store.where, "schema_version_before": before, "schema_version": after})
+        elif before == after:
+            console.print(f"the store {store.where} is at schema version {after}, this mvsync's: nothing to do")
+        else:
+            console.print(f"upgraded the store {store.where} from schema version {before} to {after}")

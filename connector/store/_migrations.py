@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select
 
+from connector.store._faults import EXIT_STORE_CONFIG, StoreError
 from connector.store.tables import agent_data, metadata, store_meta
 
 __all__ = [
@@ -22,8 +23,9 @@ __all__ = [
 ]
 
 
-class StoreVersionError(Exception):
-    """The store's schema is newer than this mvsync understands."""
+class StoreVersionError(StoreError):
+    """The store's schema is not this mvsync's: newer (a newer mvsync wrote it), or older where a
+    read-only command must not upgrade it. Exit code 4, as any store that cannot be used."""
 
 
 def _v1(conn: Connection) -> None:
@@ -107,13 +109,30 @@ def current_version(conn: Connection) -> int:
     return int(value) if value is not None else 0
 
 
-def migrate(conn: Connection) -> int:
-    """Bring the store to ``SCHEMA_VERSION``; returns the version found before."""
+def migrate(conn: Connection, where: str = "the store", *, upgrade: bool = True) -> int:
+    """Bring the store to ``SCHEMA_VERSION``; returns the version found before.
+
+    ``upgrade=False`` (read-only commands: history, the console) checks instead: an older store is
+    refused, not upgraded. Why: a console or a second machine that runs a newer mvsync against a
+    shared store would upgrade it under the sync server, whose older mvsync then refuses it as
+    newer than it understands; the sync (``mvsync run``) or ``mvsync store upgrade`` upgrades it.
+    """
     found = current_version(conn)
     if found > SCHEMA_VERSION:
         msg = (
-            f"the store has schema version {found}, newer than this mvsync understands ({SCHEMA_VERSION}); "
-            "upgrade mvsync"
+            f"the store {where} has schema version {found}, newer than this mvsync understands ({SCHEMA_VERSION}): "
+            "a newer mvsync wrote it; upgrade mvsync here to that version (every machine that uses one store must "
+            "run the same version)"
+        )
+        raise StoreVersionError(msg)
+    if found < SCHEMA_VERSION and not upgrade:
+        if found == 0:
+            msg = f"{where} holds no mvsync store (no schema version in it): check store.url in the configuration"
+            raise StoreVersionError(msg, exit_code=EXIT_STORE_CONFIG)
+        msg = (
+            f"the store {where} has schema version {found}, older than this mvsync's ({SCHEMA_VERSION}), and this "
+            "command only reads it: upgrade the store with `mvsync store upgrade` (or the next `mvsync run`), once "
+            "every machine that uses it runs this version"
         )
         raise StoreVersionError(msg)
     for version in range(found + 1, SCHEMA_VERSION + 1):

@@ -38,7 +38,7 @@ from connector.store._faults import (
     store_faults,
 )
 from connector.store._locks import LockManager
-from connector.store._migrations import migrate
+from connector.store._migrations import SCHEMA_VERSION, migrate
 from connector.store.tables import blob, metadata
 
 __all__ = ["ROW_ID_MAX", "SqlStore", "StoreConnection", "StoreError"]
@@ -213,9 +213,14 @@ class SqlStore:
         self._tx_lock = threading.RLock()
         self._inserted: dict[str, int] = {}
         self._counted: dict[str, int] = {}
-        if migrate_schema:
-            with self.faults(), self.engine.begin() as conn:
-                migrate(conn)
+        if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
+            self.upgrade(check_only=not create)
+
+    def upgrade(self, *, check_only: bool = False) -> tuple[int, int]:
+        """Bring the schema to this mvsync's version (see ``migrate``): the versions before and after."""
+        with self.faults(), self.engine.begin() as conn:
+            before = migrate(conn, self.where, upgrade=not check_only)
+        return before, SCHEMA_VERSION
 
     def write_problem(self) -> str | None:
         """Why a run could not write this PostgreSQL store, found without writing; None when it could.

@@ -396,3 +396,56 @@ def test_a_postgresql_password_in_the_query_or_with_a_raw_at_sign_is_never_shown
     code, out, err = invoke("history", "list", "-c", str(raw_at))
     assert code == 2 and "its password holds a character a URL must percent-encode (@ as %40" in err
     assert "ssWORD99" not in out + err and "Traceback" not in out + err
+
+
+def _set_schema_version(db: Path, version: int) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE store_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+
+def _schema_version(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()[0])
+
+
+def test_a_store_a_newer_mvsync_wrote_is_refused_with_exit_4_not_a_traceback(config: Path) -> None:
+    """Found: `mvsync run` and `mvsync history list` on a store of a newer schema (a second machine, a
+    console, not yet upgraded) ended in a StoreVersionError traceback, exit 1."""
+    db = _store(config)
+    _set_schema_version(db, _sql.SCHEMA_VERSION + 1)
+    for args in (["run", "cycle"], ["history", "list"]):
+        code, out, err = invoke(*args, "-c", str(config), "--json")
+        assert code == 4 and "Traceback" not in err
+        assert f"the store {db} has schema version {_sql.SCHEMA_VERSION + 1}, newer than this mvsync" in err
+        assert json.loads(out)["status"] == "stopped-store-error"
+
+
+def test_a_read_only_command_never_upgrades_an_older_store_and_store_upgrade_does(config: Path, tmp_path: Path) -> None:
+    """A newer `mvsync ui` or `history` against a shared store upgraded it under the sync server, whose
+    older mvsync then refused the store as too new; now they say so and leave it, and the sync or
+    `mvsync store upgrade` upgrades it."""
+    db = _store(config)
+    older = _sql.SCHEMA_VERSION - 1
+    _set_schema_version(db, older)
+    code, _, err = invoke("history", "list", "-c", str(config))
+    assert code == 4 and f"schema version {older}, older than this mvsync's" in err and "mvsync store upgrade" in err
+    assert _schema_version(db) == older
+    code, _, _ = invoke("store", "backup", str(tmp_path / "before-upgrade.db"), "-c", str(config))
+    assert code == 0 and _schema_version(db) == older  # a backup before the upgrade: the time to take one
+    code, out, _ = invoke("store", "upgrade", "-c", str(config), "--json")
+    assert code == 0 and json.loads(out) == {
+        "store": str(db),
+        "schema_version_before": older,
+        "schema_version": _sql.SCHEMA_VERSION,
+    }
+    assert invoke("history", "list", "-c", str(config))[0] == 0
+
+
+def test_a_sqlite_file_that_is_no_mvsync_store_is_named_for_read_only_commands(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(2).replace("sqlite:///store.db", f"sqlite:///{other.as_posix()}"))
+    code, _, err = invoke("history", "list", "-c", str(config))
+    assert code == 2 and f"{other} holds no mvsync store" in err and "store.url" in err

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,14 +165,40 @@ def _images(driver: Any) -> list[dict[str, Any]]:
     )
 
 
+#: How long a page may take to load under load (a generous bound for a wait, not a timing assertion).
+PAGE_WAIT_S = 60
+
+
 def _open(driver: Any, url: str) -> None:
     driver.get(url)
+    _load_images(driver)
+
+
+def _load_images(driver: Any) -> None:
     # lazy images below the fold load when scrolled to; bring every one into view
     driver.execute_script("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; });")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + PAGE_WAIT_S
     while not all(i["complete"] for i in _images(driver)):
         assert time.monotonic() < deadline, "images did not finish loading"
         time.sleep(0.05)
+
+
+def _follow(driver: Any, action: Callable[[], None]) -> None:
+    """Do ``action`` (a click on a link, a form's submit) and wait until the page it leads to has loaded.
+
+    Why: a submit is JavaScript (``form.submit()``), which WebDriver does not wait for; reading the page
+    at once found the page before it, and the test failed when the machine was busy.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    before = driver.find_element(By.TAG_NAME, "html")
+    action()
+    wait = WebDriverWait(driver, PAGE_WAIT_S)
+    wait.until(expected_conditions.staleness_of(before))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    _load_images(driver)
 
 
 def _assert_images_render(driver: Any, minimum: int) -> None:
@@ -209,13 +235,11 @@ def test_search_finds_people_and_opens_their_photos(chromium: Any, console: Cons
     box = driver.find_element(By.CSS_SELECTOR, "form.search input[name=q]")
     box.clear()
     box.send_keys(person["mail"].split("@")[0].upper())
-    box.submit()
+    _follow(driver, box.submit)
     hits = driver.find_elements(By.CSS_SELECTOR, "ul.hits li a")
     assert len(hits) == 1 and person["displayName"] in hits[0].text
     _shot(driver, artifact_dir, "search-one")
-    hits[0].click()
-
-    _open(driver, driver.current_url)
+    _follow(driver, hits[0].click)
     assert driver.find_element(By.TAG_NAME, "h1").text.strip().endswith(person["displayName"])
     sources = [c.find_element(By.TAG_NAME, "b").text for c in driver.find_elements(By.CSS_SELECTOR, "figure.card")]
     assert sources[:3] == ["Metaverse", "Exchange Online", "Folder"], sources
@@ -235,16 +259,16 @@ def test_operations_run_and_step_links(chromium: Any, console: Console, artifact
 
     driver = chromium
     _open(driver, console.url + "/")
-    driver.find_element(By.LINK_TEXT, "Operations").click()
+    _follow(driver, driver.find_element(By.LINK_TEXT, "Operations").click)
     statuses = [s.text for s in driver.find_elements(By.CSS_SELECTOR, "table.ops .status")]
     assert "completed-export-errors" in statuses and "success" in statuses
     _shot(driver, artifact_dir, "operations")
     step_link = driver.find_element(By.PARTIAL_LINK_TEXT, "ad export (1 errors)")
-    step_link.click()
+    _follow(driver, step_link.click)
     assert "constraint-violation" in driver.find_element(By.CSS_SELECTOR, "table.errors").text
     assert "guid-0" in driver.find_element(By.CSS_SELECTOR, "table.errors").text
     _shot(driver, artifact_dir, "step-errors")
-    driver.find_element(By.PARTIAL_LINK_TEXT, "← run").click()
+    _follow(driver, driver.find_element(By.PARTIAL_LINK_TEXT, "← run").click)
     assert "Export AD" in driver.find_element(By.TAG_NAME, "h1").text
     _assert_no_policy_errors(driver)
     _shot(driver, artifact_dir, "run")
@@ -255,8 +279,7 @@ def test_pending_exports_grid_and_coverage(chromium: Any, console: Console, arti
 
     driver = chromium
     _open(driver, console.url + "/pending")
-    driver.find_element(By.LINK_TEXT, "ad").click()
-    _open(driver, driver.current_url)
+    _follow(driver, driver.find_element(By.LINK_TEXT, "ad").click)
     tiles = driver.find_elements(By.CSS_SELECTOR, "figure.pending")
     assert tiles, "nothing pending for AD"
     assert "within limits" in driver.find_element(By.CSS_SELECTOR, ".threshold").text
@@ -266,10 +289,10 @@ def test_pending_exports_grid_and_coverage(chromium: Any, console: Console, arti
     assert any(i["w"] == 96 for i in after), after
     _shot(driver, artifact_dir, "pending-ad")
     person_link = tiles[0].find_element(By.CSS_SELECTOR, "figcaption a")
-    person_link.click()
+    _follow(driver, person_link.click)
     assert driver.find_elements(By.CSS_SELECTOR, "figure.card")
 
-    driver.find_element(By.LINK_TEXT, "Coverage").click()
+    _follow(driver, driver.find_element(By.LINK_TEXT, "Coverage").click)
     bars = driver.find_elements(By.CSS_SELECTOR, "table.bars .fill")
     assert bars and any(b.size["width"] > 0 for b in bars)
     text = driver.find_element(By.TAG_NAME, "main").text
@@ -277,6 +300,6 @@ def test_pending_exports_grid_and_coverage(chromium: Any, console: Console, arti
     _assert_no_policy_errors(driver)
     _shot(driver, artifact_dir, "coverage")
 
-    driver.find_element(By.LINK_TEXT, "Agents").click()
+    _follow(driver, driver.find_element(By.LINK_TEXT, "Agents").click)
     assert "(hidden)" in driver.find_element(By.TAG_NAME, "main").text  # the refresh token setting
     _shot(driver, artifact_dir, "agents")
