@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-__all__ = ["Relay", "connect_proxy", "relay", "silent_server"]
+__all__ = ["FaultyProxy", "connect_proxy", "faulty_proxy", "silent_server"]
 
 
 @contextlib.contextmanager
@@ -110,67 +110,136 @@ def connect_proxy(*, refuse: str | None = None, hosts: dict[str, str] | None = N
         server.close()
 
 
-@dataclass
-class Relay:
-    """A TCP relay to a real server that can go quiet: :meth:`freeze` holds every byte either way
-    (a hung server, a paused VM: the connections stay open and nothing answers), :meth:`thaw`
-    delivers them."""
+class FaultyProxy:
+    """A loopback TCP relay to ``upstream`` that a test turns into a hung or a resetting server.
 
-    port: int
-    flowing: threading.Event = field(default_factory=threading.Event)
-    #: set when a byte arrived while frozen: a client is waiting on the server now
-    held: threading.Event = field(default_factory=threading.Event)
+    ``hold()``: connections stay open and nothing more is relayed either way, new ones are accepted
+    and never answered (a DC that hangs mid-conversation, a paused VM); ``held`` is set once a byte
+    arrives while held (a client waits on the server now). ``thaw()`` delivers what was held and
+    relays again, connections accepted meanwhile included (the server answers after all).
+    ``reset()``: every open connection is reset (RST) and new ones are reset once the client has
+    sent its first bytes, its TLS ClientHello (a DC restarting, a firewall cutting connections).
+    ``relay()`` relays again, resetting what was held. ``accepted`` counts connections accepted.
+    Without ``upstream`` it only resets or holds.
+    """
 
-    def freeze(self) -> None:
-        self.held.clear()
-        self.flowing.clear()
+    def __init__(self, upstream: tuple[str, int] | None) -> None:
+        self.upstream = upstream
+        self.accepted = 0
+        self.mode = "relay"
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port: int = self._server.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._relaying = threading.Event()
+        self._relaying.set()
+        self.held = threading.Event()
+        #: connections accepted while held, connected upstream by ``thaw()``
+        self._waiting: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def hold(self) -> None:
+        with self._lock:
+            self.mode = "hold"
+            self.held.clear()
+            self._relaying.clear()
 
     def thaw(self) -> None:
-        self.flowing.set()
+        with self._lock:
+            self.mode = "relay"
+            waiting, self._waiting = self._waiting, []
+            self._relaying.set()
+        for client in waiting:
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
+    def reset(self) -> None:
+        with self._lock:
+            self.mode = "reset"
+            self._relaying.set()  # released relays find their sockets reset
+            held, self._open = self._open, []
+        for sock in held:
+            _reset(sock)
 
-@contextlib.contextmanager
-def relay(target_port: int) -> Iterator[Relay]:
-    """A loopback port relayed to ``127.0.0.1:target_port`` (flowing until :meth:`Relay.freeze`)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    state = Relay(server.getsockname()[1])
-    state.flowing.set()
-    stop = threading.Event()
-    held: list[socket.socket] = []
+    def relay(self) -> None:
+        """Relay again; connections held meanwhile are reset (their clients gave up on them)."""
+        self.reset()
+        with self._lock:
+            self.mode = "relay"
 
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if not state.flowing.is_set():
-                    state.held.set()
-                    state.flowing.wait()
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.close()
+        self.reset()
 
-    def accept() -> None:
-        while not stop.is_set():
+    def _accept(self) -> None:
+        while not self._stop.is_set():
             try:
-                client = server.accept()[0]
+                client = self._server.accept()[0]
             except TimeoutError:
                 continue
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", target_port))
-            held.extend((client, upstream))
-            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+            with self._lock:
+                self.accepted += 1
+                mode = self.mode
+                self._open.append(client)
+            if mode == "reset" or (mode == "relay" and self.upstream is None):
+                threading.Thread(target=_reset_when_spoken_to, args=(client,), daemon=True).start()
+            elif mode == "relay":
+                threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+            elif self.upstream is not None:
+                with self._lock:
+                    self._waiting.append(client)
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
+    def _connect(self, client: socket.socket) -> None:
+        assert self.upstream is not None
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            _reset(client)
+            return
+        with self._lock:
+            self._open.append(upstream)
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not self._relaying.is_set():
+                    self.held.set()
+                self._relaying.wait()  # held: the bytes go nowhere until thaw(), relay() or reset()
+                if self.mode != "relay":
+                    return
+                dst.sendall(data)
+
+
+def _reset_when_spoken_to(sock: socket.socket) -> None:
+    """Reset ``sock`` once the client has spoken (never before its connect has completed)."""
+    with contextlib.suppress(OSError):
+        sock.settimeout(30)
+        sock.recv(1)
+    _reset(sock)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP reset, waking a thread blocked reading it."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+@contextlib.contextmanager
+def faulty_proxy(upstream: tuple[str, int] | None = None) -> Iterator[FaultyProxy]:
+    """A ``FaultyProxy`` for the duration of a block (closed, its connections reset, afterwards)."""
+    proxy = FaultyProxy(upstream)
     try:
-        yield state
+        yield proxy
     finally:
-        stop.set()
-        state.thaw()
-        thread.join()
-        for sock in held:
-            with contextlib.suppress(OSError):
-                sock.close()
-        server.close()
+        proxy.close()

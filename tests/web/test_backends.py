@@ -23,7 +23,7 @@ from connector.config import config_from_dict
 from connector.store import BUSY_TIMEOUT_S, SqlStore
 from connector.web import create_app, page_deadline, serve_in_background
 from connector.web._queries import Console
-from tests.harness.sockets import Relay, relay
+from tests.harness.sockets import FaultyProxy, faulty_proxy
 from tests.web.conftest import LOOPBACK
 
 with warnings.catch_warnings():
@@ -121,7 +121,7 @@ def _get_quietly(url: str) -> None:
         _get(url)
 
 
-def _quiet_store(tmp_path: Path, url: str, store_relay: Relay) -> tuple[str, Path]:
+def _quiet_store(tmp_path: Path, url: str, store_relay: FaultyProxy) -> tuple[str, Path]:
     """A store filled directly, and its URL through ``store_relay``; a configuration file naming it."""
     direct = SqlStore(url)
     try:
@@ -141,14 +141,14 @@ def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_conso
     """Found by hand: with PostgreSQL hung (the connection open, nothing answered) a page the pool
     served on a connection it held never loaded, and its thread waited for ever."""
     url = postgres_db()
-    with relay(make_url(url).port or 5432) as store_relay:
+    with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
         relayed, _ = _quiet_store(tmp_path, url, store_relay)
         config = config_from_dict(bench_config(relayed, tmp_path), base_dir=tmp_path)
         store = SqlStore(relayed, create=False)
         console = serve_in_background(create_app(config, store=store, page_deadline_s=3))
         try:
             assert _get(console.url + "/")[0] == 200  # the pool now holds a connection through the relay
-            store_relay.freeze()
+            store_relay.hold()
             status, body = _get(console.url + "/")
             assert status == 503 and "Store unavailable" in body
             assert "has not answered within 3 s" in body and ":***@127.0.0.1" in body
@@ -164,7 +164,7 @@ def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_conso
 @contextlib.contextmanager
 def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[tuple[subprocess.Popen[str], Relay]]:
     """``mvsync ui`` (a real process) with one page waiting on its PostgreSQL store, gone quiet."""
-    with relay(make_url(url).port or 5432) as store_relay:
+    with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
         relayed, config = _quiet_store(tmp_path, url, store_relay)
         env = {**os.environ, "MVSYNC_STORE_URL": relayed}
         main = "from connector.cli import main; main()"
@@ -176,7 +176,7 @@ def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[tupl
             assert "mvsync console on http://127.0.0.1:" in first, first
             base = first.split(" on ", 1)[1].split("/ ", 1)[0]
             assert _get(base + "/")[0] == 200
-            store_relay.freeze()
+            store_relay.hold()
             # the page's answer (a 503 at the deadline, or the connection closed) is not what is tested
             threading.Thread(target=_get_quietly, args=(base + "/",), daemon=True).start()
             assert store_relay.held.wait(60), "the page never asked the store"

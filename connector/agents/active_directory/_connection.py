@@ -116,6 +116,14 @@ def describe_failure(
             f"certificate: TLS with {where} failed: {text}. The server certificate must chain to "
             "ca_file (or the system trust store) and name the configured host"
         )
+    if tls_phase and isinstance(exc, ConnectionError):
+        # a DC restarting or overloaded, or a firewall or load balancer cutting connections, resets
+        # the handshake as well as a port without TLS does: worth the reconnect attempts, unlike a
+        # certificate (a restart that lasts seconds must not stop an export and lose its batch)
+        return (
+            f"connection to {where} reset during the TLS handshake ({text}): a DC restarting or overloaded, "
+            f"a firewall or load balancer cutting the connection, or a port that does not speak {settings.security}"
+        )
     if tls_phase or isinstance(exc, ssl.SSLError):
         return f"TLS handshake with {where} failed: {text} (does the port speak {settings.security}?)"
     return f"connection to {where} lost: {text}"

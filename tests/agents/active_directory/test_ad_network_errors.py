@@ -6,10 +6,12 @@ The hung DC is a real loopback socket that accepts connections and never writes 
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import ssl
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.cli import app
 from connector.sdk import ConfigurationError, ServerDownError
-from tests.harness.sockets import silent_server
+from tests.harness.sockets import faulty_proxy, silent_server
 
 
 @pytest.fixture
@@ -70,6 +72,23 @@ def test_a_refused_connection_names_host_port_and_kind() -> None:
     assert f"127.0.0.1:{port} (ldaps) refused the connection" in str(caught.value)
 
 
+def test_a_dc_that_resets_the_tls_handshake_is_retried_and_then_server_down() -> None:
+    """Found in a bad-day pass: a DC that reset connections (restarting, a firewall cutting them) stopped
+    the step as ``stopped-connector-error`` on the first reset, blaming the port ("does the port speak
+    ldaps?"), without a reconnect. In an export that stop also dropped the records of the batch's writes
+    already done. A reset is a transport failure: reconnect, then ``ServerDownError`` naming the reset."""
+    with faulty_proxy() as dc, warnings.catch_warnings():  # no upstream: each connection is reset when accepted
+        warnings.simplefilter("ignore", ResourceWarning)  # ldap3 drops the TLS socket of a failed handshake unclosed
+        with pytest.raises(ServerDownError) as caught:
+            Link(_settings(dc.port, reconnect_attempts=1), logging.getLogger("test")).connect()
+        accepted, port = dc.accepted, dc.port
+        gc.collect()
+    message = str(caught.value)
+    assert f"127.0.0.1:{port} (ldaps) after 2 attempt(s)" in message, message
+    assert "reset during the TLS handshake" in message and "restarting" in message, message
+    assert accepted == 2  # reconnected once, as reconnect_attempts = 1 says
+
+
 def test_a_host_that_does_not_resolve_is_named_as_a_dns_failure() -> None:
     """ldap3 reports a failed lookup as "invalid server address", which read as a lost connection."""
     with pytest.raises(ServerDownError) as caught:
@@ -88,6 +107,10 @@ def test_a_host_that_does_not_resolve_is_named_as_a_dns_failure() -> None:
         (ssl.SSLCertVerificationError("certificate verify failed: unable to get local issuer"), "certificate:"),
         (ssl.SSLError("socket ssl wrapping error: [SSL: WRONG_VERSION_NUMBER] wrong version number"), "does the port"),
         (ConnectionResetError(104, "Connection reset by peer"), "connection to 127.0.0.1:636 (ldaps) lost"),
+        (
+            ConnectionResetError(104, "socket ssl wrapping error: [Errno 104] Connection reset by peer"),
+            "connection to 127.0.0.1:636 (ldaps) reset during the TLS handshake",
+        ),
     ],
 )
 def test_each_kind_of_failure_is_named(error: BaseException, kind: str) -> None:
