@@ -10,7 +10,7 @@ with its error and is retried by the next export.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from connector import metrics
@@ -26,6 +26,7 @@ from connector.sdk import (
     ExportResult,
     ExportStatus,
     ObjectModificationType,
+    StopRunError,
 )
 from connector.store import (
     ConnectorSpace,
@@ -247,12 +248,31 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
                 counters[f"export_{change.modification.value}s"] += 1
             ctx.progress.advance(len(changes))
             continue
-        results = connector.export(changes)
+        try:
+            results = connector.export(changes)
+        except StopRunError as exc:
+            _record_before_stop(ctx, rows, changes, exc.results)
+            raise
         _apply_results(ctx, rows, changes, results)
         ctx.progress.advance(len(changes))
         ctx.check_error_limit()
     ctx.progress.finish()
     return report
+
+
+def _record_before_stop(
+    ctx: StepContext, rows: list[PendingExportRow], changes: list[CSEntryChange], results: Sequence[ExportResult]
+) -> None:
+    """Record the results a connector handed back with the error that stopped its step mid-batch.
+
+    Those are what the batch did before the stop (objects written, verdicts reached): unrecorded,
+    the next export would write the same objects again. Changes without a result stay pending as
+    they were, with no per-object error (they were not tried).
+    """
+    given = {result.identifier for result in results}
+    kept = [(row, change) for row, change in zip(rows, changes, strict=True) if change.identifier in given]
+    if kept:
+        _apply_results(ctx, [row for row, _ in kept], [change for _, change in kept], list(results))
 
 
 def _apply_results(

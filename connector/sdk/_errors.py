@@ -18,6 +18,12 @@ deep in a connector that find it easier to raise, and the engine converts it per
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connector.sdk._exports import ExportResult
+
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
@@ -51,14 +57,22 @@ class ConfigurationError(ConnectorError):
 
 
 class StopRunError(ConnectorError):
-    """Stops the current run step. ``status`` is the MIM-style step status recorded in history."""
+    """Stops the current run step. ``status`` is the MIM-style step status recorded in history.
+
+    Raised from ``export`` part-way through a batch, it carries in ``results`` what the batch did
+    before the stop (the objects already written, at least): the engine records those, so that the
+    next export does not write them again, and leaves the batch's other changes pending.
+    """
 
     status: str = "stopped-connector-error"
+    #: Class default too, for subclasses whose ``__init__`` does not pass it on.
+    results: Sequence[ExportResult] = ()
 
-    def __init__(self, message: str, *, status: str | None = None) -> None:
+    def __init__(self, message: str, *, status: str | None = None, results: Sequence[ExportResult] = ()) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        self.results = results
 
 
 class AuthenticationError(StopRunError):

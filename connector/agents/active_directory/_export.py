@@ -61,6 +61,8 @@ from connector.sdk import (
     ObjectClass,
     ObjectModificationType,
     ScopeViolationError,
+    ServerDownError,
+    StopRunError,
     Value,
     Values,
 )
@@ -299,6 +301,9 @@ class Exporter:
         self._stats_lock = threading.Lock()
         #: The engine handed the whole step to ``prepare`` and its rights were checked there.
         self._prechecked = False
+        #: What stops the step once the batch that met it is recorded (the DC went away, a rebind failed).
+        self._stop: StopRunError | None = None
+        self._unreachable = ""
 
     def close(self) -> None:
         if self._executor is not None:
@@ -332,9 +337,18 @@ class Exporter:
         planned, _ = self._plan(changes)
         self._resolve(planned)
         self._check_rights([p for p in planned if p.result is None])
+        if self._stop is not None:  # nothing is written yet: stop before the first batch
+            raise self._stop
         self._prechecked = True
 
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
+        """The four stages for one batch; one result per change, in order.
+
+        When the DC cannot be reached (or a reconnect is refused) the step stops with this batch:
+        its results, writes done before the failure included, go with the error for the engine to
+        record, and no later batch waits for the same timeouts again. A hung DC therefore costs one
+        batch's timeouts, not one per batch of the step, and the step ends ``stopped-server-down``.
+        """
         planned, results = self._plan(changes)  # stages 1 and 2 for the whole batch first
         self.stats.noops += sum(1 for r in results.values() if r.status == ExportStatus.SUCCESS)
         self._resolve(planned)  # stage 3
@@ -354,10 +368,13 @@ class Exporter:
         else:
             self._write_all(ready)  # stage 4
         for p in planned:
-            assert p.result is not None
-            results[p.position] = p.result
-        ordered = [results[i] for i in range(len(changes))]
+            if p.result is not None:  # None: not tried because a write stopped the step
+                results[p.position] = p.result
+        ordered = [results[i] for i in sorted(results)]
         self.stats.count(ordered)
+        if self._stop is not None:
+            self._stop.results = ordered
+            raise self._stop
         return ordered
 
     # -- stage 3 ------------------------------------------------------------------------------------
@@ -399,6 +416,7 @@ class Exporter:
                 for group in valid.values():
                     for p in group:
                         p.result = ExportResult.retry(p.change.identifier, "cd-server-down", str(exc))
+                self._server_down(exc)
                 return
         for anchor, group in valid.items():
             for p in group:
@@ -430,15 +448,28 @@ class Exporter:
             except ServerUnreachable as exc:
                 for p in ready:
                     p.result = ExportResult.retry(p.change.identifier, "cd-server-down", str(exc))
+                self._server_down(exc)
                 return
             self.stats.rights_checked += len(ready)
             gaps = find_gaps((p.dn, [op[1] for op in p.operations], p.writable or frozenset()) for p in ready)
             if gaps:
                 raise refusal(gaps, self._account_label(link), self.object_class.name)
 
+    def _server_down(self, exc: ServerUnreachable) -> None:
+        """Stop the step once this batch is recorded: the next batch would wait for the same DC."""
+        self._unreachable = str(exc)
+        msg = f"{exc}; the objects written before are recorded, the rest stay pending for the next export"
+        self._stop_after_batch(ServerDownError(msg))
+
+    def _stop_after_batch(self, error: StopRunError) -> None:
+        """Remember the first error that stops the step, and keep the batch's other threads from writing."""
+        with self._stats_lock:
+            if self._stop is None:
+                self._stop = error
+        self._down.set()
+
     # -- stage 4 ------------------------------------------------------------------------------------
     def _write_all(self, ready: list[_Planned]) -> None:
-        self._down.clear()
         if self._threads <= 1 or len(ready) <= 1:
             for p in ready:
                 p.result = self._write_one(p)
@@ -448,10 +479,13 @@ class Exporter:
         for p, result in zip(ready, self._executor.map(self._write_one, ready), strict=True):
             p.result = result
 
-    def _write_one(self, p: _Planned) -> ExportResult:
+    def _write_one(self, p: _Planned) -> ExportResult | None:
+        """Write one object; None when it was not tried because a reconnect stopped the step."""
         identifier = p.change.identifier
         if self._down.is_set():  # one unreachable verdict per batch, not one timeout per change
-            return ExportResult.retry(identifier, "cd-server-down", "the domain controller is unreachable")
+            if isinstance(self._stop, ServerDownError):
+                return ExportResult.retry(identifier, "cd-server-down", self._unreachable)
+            return None  # not tried: what stopped the step says why
         changes: dict[str, list[tuple[str, list[bytes | str]]]] = {}
         for verb, attribute, values in p.operations:
             changes.setdefault(attribute, []).append((_LDAP_VERBS[verb], values))
@@ -460,9 +494,12 @@ class Exporter:
             try:
                 result: dict[str, Any] = link.run(lambda conn: _modify(conn, p.dn, changes))
             except ServerUnreachable as exc:
-                self._down.set()
+                self._server_down(exc)
                 metrics.ldap_write("cd-server-down")
                 return ExportResult.retry(identifier, "cd-server-down", str(exc))
+            except StopRunError as exc:  # a reconnect refused (password changed, certificate): not written
+                self._stop_after_batch(exc)
+                return None
         status, name = classify_result(int(result.get("result", 80)))
         metrics.ldap_write("success" if status == ExportStatus.SUCCESS else name)
         if status == ExportStatus.SUCCESS:

@@ -36,6 +36,7 @@ from connector.sdk import (
     CSEntryChange,
     ExportStatus,
     ScopeViolationError,
+    ServerDownError,
     StopRunError,
 )
 
@@ -283,9 +284,12 @@ def test_unreachable_server_gives_retry_results_once_per_batch() -> None:
         change = CSEntryChange.update("user", str(uuid.uuid4()), [AttributeChange.replace("mail", f"{i}@x")])
         change.identifier = str(i)
         changes.append(change)
-    results = exporter.export(changes)
-    assert [r.identifier for r in results] == ["0", "1", "2"]
+    with pytest.raises(ServerDownError) as caught:  # the step stops: later batches would wait for the same DC
+        exporter.export(changes)
+    results = caught.value.results
+    assert [r.identifier for r in results] == ["0", "1", "2"]  # handed to the engine to record
     assert {(r.status, r.error_name) for r in results} == {(ExportStatus.RETRY, "cd-server-down")}
+    assert "the rest stay pending for the next export" in str(caught.value)
     assert pool.leases == 1  # resolution failed once; no per-change timeouts
 
 

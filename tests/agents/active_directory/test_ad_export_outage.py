@@ -1,0 +1,151 @@
+"""A domain controller lost in the middle of an export step, through the engine, against the real (Samba)
+DC behind a loopback relay that the test turns into a hung or a resetting server.
+
+Found in a bad-day pass over the export: a DC that hung mid-export cost every later batch of the step
+its own connect and handshake timeouts (the step ran on for minutes, then ended
+``completed-export-errors`` with one ``cd-server-down`` error per pending person), and a DC that reset
+connections stopped the step on the first reset ("does the port speak ldaps?") without recording the
+writes its batch had already made, so the next export wrote them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.agents.active_directory import _export
+from connector.config import config_from_dict
+from connector.engine import Engine
+from connector.store import ConnectorSpace
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.harness.sockets import FaultyProxy, faulty_proxy
+
+pytestmark = pytest.mark.samba
+
+#: Batches of 3 for 7 people: the DC goes away after the 4th write, the first of the second batch.
+_USERS, _BATCH, _WRITES_BEFORE_OUTAGE = 7, 3, 4
+
+
+def _config(ad_env: ADTestEnv, people: str, photos: Path, port: int) -> dict[str, Any]:
+    secret = ad_env.tmp_path / "ad-password"
+    secret.write_text(ad_env.ad.password)
+    return {
+        "store": {"url": f"sqlite:///{ad_env.tmp_path / 'mvsync.db'}"},
+        "data_dir": str(ad_env.tmp_path / "data"),
+        "metaverse": {"schema": "person"},
+        "agents": {
+            "ad": {
+                "type": "active-directory",
+                "settings": {
+                    "host": "localhost",  # a name the DC's certificate holds; the relay listens there
+                    "port": port,
+                    "ca_file": str(ad_env.ad.ca_cert),
+                    "bind_dn": ad_env.ad.bind_dn,
+                    "password": {"file": str(secret)},
+                    "base_dns": [people],
+                    "max_writes_per_second": 0,
+                    "export_connections": 1,
+                    "connect_timeout": 1,
+                    "receive_timeout": 2,
+                    "reconnect_attempts": 1,
+                },
+                "projection": [{"object_class": "user", "metaverse_type": "person"}],
+                "import_flow": [{"object_class": "user", "cs": "sAMAccountName", "mv": "accountName"}],
+                "export_flow": [{"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto"}],
+            },
+            "hr": {
+                "type": "photo-folder",
+                "settings": {"path": str(photos)},
+                "join": [{"object_class": "photoFile", "match": [{"cs": "accountName", "mv": "accountName"}]}],
+                "import_flow": [{"object_class": "photoFile", "cs": "photo", "mv": "photo"}],
+            },
+        },
+        "run_profiles": {
+            "Prepare": {
+                "steps": [
+                    {"type": "full-import", "agent": "ad"},
+                    {"type": "full-import", "agent": "hr"},
+                    {"type": "full-sync", "agent": "ad"},
+                    {"type": "full-sync", "agent": "hr"},
+                ]
+            },
+            "Export": {"steps": [{"type": "export", "agent": "ad", "batch_size": _BATCH}]},
+        },
+    }
+
+
+def _outage_after_writes(monkeypatch: pytest.MonkeyPatch, count: int, outage: Callable[[], None]) -> list[str]:
+    """Start the outage right after the ``count``-th LDAP modify has been answered (the DNs written)."""
+    original = _export._modify
+    written: list[str] = []
+
+    def modify_then_outage(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+        result = original(conn, dn, changes)
+        written.append(dn)
+        if len(written) == count:
+            outage()
+        return result
+
+    monkeypatch.setattr(_export, "_modify", modify_then_outage)
+    return written
+
+
+def _pending(engine: Engine) -> int:
+    with engine.store.read() as conn:
+        return ConnectorSpace(conn).count("ad", pending_export=True)
+
+
+@pytest.mark.parametrize("outage", ["hold", "reset"])
+def test_a_dc_lost_mid_export_stops_the_step_and_the_next_export_writes_only_the_rest(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, outage: str
+) -> None:
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people = ad_env.sub_ou("people")
+    names = sorted(ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people))
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    for i, name in enumerate(names):
+        (photos / f"{name}.jpg").write_bytes(jpeg(700 + i))
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        engine = Engine(config_from_dict(_config(ad_env, people, photos, dc.port), base_dir=ad_env.tmp_path))
+        try:
+            assert engine.run_profile("Prepare").status == "success"
+            written = _outage_after_writes(monkeypatch, _WRITES_BEFORE_OUTAGE, getattr(dc, outage))
+            stopped = engine.run_profile("Export")
+            pending_after_outage = _pending(engine)
+            monkeypatch.undo()
+            dc.relay()
+            usn_between = {dn: _usn(ad_env, dn) for dn in written}
+            resumed = engine.run_profile("Export")
+            pending_final = _pending(engine)
+        finally:
+            engine.close()
+    _assert_stopped_naming_the_dc(stopped, dc)
+    step = stopped.steps[0]
+    assert step.counters.get("export_updates") == _WRITES_BEFORE_OUTAGE, step.counters  # writes made are recorded
+    # only the batch that met the outage has per-object verdicts; the last batch was not tried (no timeouts)
+    assert [e.error_name for e in step.errors] == ["cd-server-down"] * (2 * _BATCH - _WRITES_BEFORE_OUTAGE)
+    assert pending_after_outage == _USERS - _WRITES_BEFORE_OUTAGE
+    # the next export writes exactly the rest, nothing twice
+    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
+    assert resumed.steps[0].counters.get("export_updates") == _USERS - _WRITES_BEFORE_OUTAGE
+    assert pending_final == 0
+    assert {dn: _usn(ad_env, dn) for dn in written} == usn_between
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(700 + i)], name
+
+
+def _assert_stopped_naming_the_dc(stopped: Any, dc: FaultyProxy) -> None:
+    assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
+    message = stopped.steps[0].message
+    assert f"localhost:{dc.port} (ldaps)" in message, message
+    assert "the rest stay pending for the next export" in message, message
+
+
+def _usn(ad_env: ADTestEnv, dn: str) -> int:
+    name, ou = dn.split(",", 1)
+    return ad_env.usn(name.split("=", 1)[1], ou)
