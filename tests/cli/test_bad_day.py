@@ -14,6 +14,7 @@ import pytest
 
 from connector.engine import Engine
 from tests.cli._configs import MEM_AGENT, generated_pair, invoke, with_directory
+from tests.imaging.images import photo
 
 MEM = (
     MEM_AGENT
@@ -117,6 +118,47 @@ def test_a_configuration_error_a_step_finds_is_recorded_as_such_not_as_an_interr
     assert run["status"] == "stopped-configuration" and run["message"] == printed
     [step] = run["steps"]
     assert step["status"] == "stopped-configuration" and step["message"] == printed
+
+
+def test_a_photo_folder_emptied_under_a_delta_import_deletes_nothing(tmp_path: Path) -> None:
+    """Found in a bad-day pass: a share that is not mounted leaves its mount point, an empty folder,
+    and a delta import read that as every photo removed (``deletes=5``, ``success``; the next export
+    clears the thumbnails written from them). A full import met the engine's empty-import guard, a
+    delta did not: it now stops the same way, naming the folder, and deletes nothing."""
+    config, folder = _folder_config(tmp_path)
+    with config.open("a", encoding="utf-8") as toml:
+        toml.write('[run_profiles.delta]\nsteps = [{ type = "delta-import", agent = "hr" }]\n')
+    folder.mkdir()
+    for name in ("ann", "bob", "cid", "dee", "eve"):
+        (folder / f"{name}.jpg").write_bytes(photo(len(name) + ord(name[0]), size=64))
+    assert invoke("run", "import", "-c", str(config))[0] == 0
+    folder.rename(tmp_path / "share")  # the share goes away; its mount point stays, empty
+    folder.mkdir()
+
+    code, out, err = invoke("run", "delta", "-c", str(config))
+    assert code == 4, (out, err)
+    [step] = _last_run(config)["steps"]
+    assert step["status"] == "stopped-empty-import"
+    assert f"the photo folder {folder} holds no photos now, but 5 account(s)" in step["message"]
+    assert "Nothing was marked deleted" in step["message"] and "--allow-empty-import" in step["message"]
+    assert len(_objects(config)) == 5
+
+    folder.rmdir()
+    (tmp_path / "share").rename(folder)  # mounted again: nothing to do
+    assert invoke("run", "delta", "-c", str(config))[0] == 0
+    assert _last_run(config)["steps"][0]["counters"].get("deletes", 0) == 0
+
+    for file in folder.iterdir():  # removed on purpose: the way out the message names
+        file.unlink()
+    assert invoke("run", "delta", "-c", str(config))[0] == 4
+    assert invoke("run", "import", "-c", str(config), "--allow-empty-import")[0] == 0
+    assert _objects(config) == []  # staged, never synchronized: they simply go
+    assert invoke("run", "delta", "-c", str(config))[0] == 0
+
+
+def _objects(config: Path) -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = json.loads(invoke("cs", "search", "hr", "-c", str(config), "--json")[1])
+    return objects
 
 
 def test_a_run_lock_that_cannot_be_taken_is_a_store_error_naming_the_path_not_a_traceback(tmp_path: Path) -> None:

@@ -171,6 +171,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         except OSError as exc:
             msg = f"cannot list {folder}: {exc.strerror}"
             raise StopRunError(msg) from None
+        if delta and not files and old.accounts:
+            raise _emptied(folder, len(old.accounts), self.context.agent)
         groups: dict[str, list[PhotoFile]] = {}
         for file in files:
             groups.setdefault(file.key, []).append(file)
@@ -341,6 +343,24 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return photo
         spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
         return normalize(photo, spec).data
+
+
+def _emptied(folder: Path, accounts: int, agent: str) -> StopRunError:
+    """Why a delta import refuses a folder that lost every photo since the last import.
+
+    An unmounted share leaves its mount point behind, an empty folder; read as it is, every photo
+    would be deleted (and every thumbnail written from one cleared by the next export). A full
+    import of an empty folder meets the engine's guard (``stopped-empty-import``); a delta's deletes
+    come from this agent, one per file, and would pass it. The same status and way out, then.
+    """
+    msg = (
+        f"the photo folder {folder} holds no photos now, but {accounts} account(s) had one at the last import: "
+        "a share that is not mounted (its empty mount point), or a folder being replaced? Nothing was marked "
+        "deleted. Mount the share (or restore the folder) and run again; if every photo was removed on purpose, "
+        f'run a full import of this agent with --allow-empty-import (mvsync run "<profile>" --agent {agent} '
+        "--allow-empty-import)"
+    )
+    return StopRunError(msg, status="stopped-empty-import")
 
 
 def _photo_of(change: CSEntryChange) -> tuple[bool, bytes | None, list[str]]:
