@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import queue
+import re
 import socket
 import ssl
 import threading
@@ -74,6 +75,14 @@ def _is_certificate_failure(exc: BaseException) -> bool:
     return "certificate" in text or "hostname mismatch" in text or "doesn't match" in text
 
 
+_SAN = re.compile(r"\('(?:DNS|IP Address)', '([^']+)'\)")
+
+
+def _certificate_names(text: str) -> list[str]:
+    """The subjectAltName entries of the certificate that ldap3's host-name check prints whole."""
+    return list(dict.fromkeys(_SAN.findall(text)))
+
+
 def describe_failure(
     exc: BaseException, where: str, settings: ActiveDirectorySettings, *, starting_tls: bool = False
 ) -> str:
@@ -112,6 +121,12 @@ def describe_failure(
             )
         return f"timeout during read from {where}: no answer within receive_timeout ({settings.receive_timeout} s)"
     if _is_certificate_failure(exc):
+        names = _certificate_names(text)
+        if names and "match" in lowered:  # a valid certificate for other names: say which, not the whole dict
+            return (
+                f"certificate: the certificate of {where} names {', '.join(names)}, not {settings.host}: set host "
+                "to one of those names, or have the DC's certificate issued for that name too"
+            )
         return (
             f"certificate: TLS with {where} failed: {text}. The server certificate must chain to "
             "ca_file (or the system trust store) and name the configured host"

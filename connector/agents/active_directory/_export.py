@@ -221,7 +221,9 @@ def _check_values(identifier: str, attribute: Attribute | None, name: str, value
                 return ExportResult.failed(
                     identifier,
                     "constraint-violation",
-                    f"thumbnailPhoto is {size:,} bytes; AD accepts at most {PHOTO_MAX_BYTES:,} (not sent)",
+                    f"thumbnailPhoto is {size:,} bytes; AD accepts at most {PHOTO_MAX_BYTES:,} (not sent): give "
+                    'its export flow a transform that makes it smaller, transform = "thumbnail(size=96, '
+                    'max_bytes=10240)"',
                 )
     return None
 

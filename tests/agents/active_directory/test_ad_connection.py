@@ -11,6 +11,7 @@ import trustme
 from connector.agents.active_directory._connection import Link
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv
+from tests.harness.sockets import faulty_proxy
 
 pytestmark = pytest.mark.samba
 
@@ -36,6 +37,23 @@ def test_a_certificate_from_another_ca_is_refused(ad_env: ADTestEnv) -> None:
             connector.open()
         assert not isinstance(caught.value, ServerDownError)
         assert "certificate" in str(caught.value).lower()
+
+
+def test_a_certificate_for_other_names_says_which_names_it_holds(ad_env: ADTestEnv) -> None:
+    """Found in a bad-day pass: the DC reached by an address its certificate does not hold stopped with
+    ldap3's whole certificate dict (subject, issuer, serial, dates) and a generic "must name the
+    configured host"; now the message lists the names the certificate holds and says to use one."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("needs the harness's own DC, whose certificate does not name 127.0.0.1")
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as relay:  # the DC, reached as 127.0.0.1
+        connector = ad_env.connector(host="127.0.0.1", port=relay.port, open=False)
+        with pytest.raises(StopRunError) as caught:
+            connector.open()
+    message = str(caught.value)
+    assert not isinstance(caught.value, ServerDownError)  # retrying cannot fix it
+    assert message.startswith(f"certificate: the certificate of 127.0.0.1:{relay.port} (ldaps) names "), message
+    assert f"{ad_env.ad.host}, not 127.0.0.1: set host to one of those names" in message, message
+    assert "subject" not in message and "serialNumber" not in message
 
 
 def test_validation_off_works_but_warns_every_run(ad_env: ADTestEnv, caplog: pytest.LogCaptureFixture) -> None:

@@ -103,6 +103,7 @@ def test_photo_size_limit_is_enforced_before_sending(ad_env: ADTestEnv) -> None:
         ]
     )
     assert (results[0].status, results[0].error_name) == (ExportStatus.FAILED, "constraint-violation")
+    assert 'transform = "thumbnail(size=96, max_bytes=10240)"' in results[0].error_detail  # what to do next
     assert results[1].status == ExportStatus.SUCCESS
     assert connector.export_stats.writes == 1  # the oversize photo never went on the wire
     assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(0)]
