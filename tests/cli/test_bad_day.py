@@ -5,6 +5,8 @@ dry-run ids, 80-column tables) are gone."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +156,43 @@ def test_a_photo_folder_emptied_under_a_delta_import_deletes_nothing(tmp_path: P
     assert invoke("run", "import", "-c", str(config), "--allow-empty-import")[0] == 0
     assert _objects(config) == []  # staged, never synchronized: they simply go
     assert invoke("run", "delta", "-c", str(config))[0] == 0
+
+
+def _cli_without_root_reads(*args: str) -> tuple[int, str]:
+    """The CLI in a subprocess that file permissions bind (as root: without the capabilities that bypass them)."""
+    cli = [sys.executable, "-c", "from connector.cli import main; main()", *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("as root, needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+        dropped = "-dac_override,-dac_read_search"
+        cli = [setpriv, f"--inh-caps={dropped}", f"--bounding-set={dropped}", *cli]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="chmod 000 does not make a file unreadable on Windows")
+def test_a_photo_that_could_not_be_read_is_read_again_once_it_can_be(tmp_path: Path) -> None:
+    """Found in a bad-day pass: a photo the import could not open (permission denied; on Windows a file
+    an antivirus or HR tool holds locked; an I/O error of a share) was remembered with its error in the
+    watermark, and since fixing that changes neither the file's size nor its time, every delta import
+    repeated "Permission denied" without trying again, until a full import."""
+    config, folder = _folder_config(tmp_path)
+    with config.open("a", encoding="utf-8") as toml:
+        toml.write('[run_profiles.delta]\nsteps = [{ type = "delta-import", agent = "hr" }]\n')
+    folder.mkdir()
+    (folder / "ann.jpg").write_bytes(photo(1, size=64))
+    (folder / "bob.jpg").write_bytes(photo(2, size=64))
+    (folder / "bob.jpg").chmod(0)
+    code, out = _cli_without_root_reads("run", "import", "-c", str(config))
+    assert code == 3 and "file-unreadable" in out and "bob.jpg: Permission denied" in out, out
+
+    (folder / "bob.jpg").chmod(0o644)  # the administrator fixes the permission
+    code, out = _cli_without_root_reads("run", "delta", "-c", str(config))
+    assert code == 0, out
+    [step] = _last_run(config)["steps"]
+    assert step["status"] == "success" and step["counters"].get("adds") == 1, step
+    assert [o["anchor"] for o in _objects(config)] == ["ann", "bob"]
 
 
 def _objects(config: Path) -> list[dict[str, Any]]:

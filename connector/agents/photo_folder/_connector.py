@@ -236,7 +236,9 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
                 verify(data, InputLimits(self.settings.max_file_bytes, self.settings.max_pixels))
         except (ReadError, ImageError) as exc:
             detail = f"{display(file.relpath)}: {exc.detail}" if isinstance(exc, ImageError) else exc.detail
-            plan.state.files[file.relpath] = FileState(file.mtime_ns, file.size, error=(exc.name, detail))
+            if not (isinstance(exc, ReadError) and exc.transient):  # a transient failure is not remembered:
+                # the next import reads the file again (a fixed permission changes neither size nor time)
+                plan.state.files[file.relpath] = FileState(file.mtime_ns, file.size, error=(exc.name, detail))
             if previous is not None:
                 plan.state.accounts[file.key] = previous
             anchor = previous.anchor if previous is not None else file.account

@@ -39,12 +39,18 @@ class PhotoFile:
 
 
 class ReadError(Exception):
-    """A file that cannot be read as a photo; ``name`` is the import error name."""
+    """A file that cannot be read as a photo; ``name`` is the import error name.
 
-    def __init__(self, name: str, detail: str) -> None:
+    ``transient``: the failure says nothing about the file's bytes (access denied, a file locked by
+    another program, an I/O error of a share, a file gone mid-import), so fixing it changes neither
+    its size nor its time: the next import must try the file again, not repeat the error.
+    """
+
+    def __init__(self, name: str, detail: str, *, transient: bool = False) -> None:
         super().__init__(f"{name}: {detail}")
         self.name = name
         self.detail = detail
+        self.transient = transient
 
 
 def account_key(account: str) -> str:
@@ -141,7 +147,10 @@ def read_photo(root: Path, photo: PhotoFile, max_file_bytes: int) -> tuple[bytes
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         _same_file_or_refuse(path, before, info, shown)
-        data = handle.read(max_file_bytes + 1)
+        try:
+            data = handle.read(max_file_bytes + 1)
+        except OSError as exc:  # a share dropped under the read (EIO, ESTALE), a lock taken meanwhile
+            raise _open_error(exc, shown) from None
     if len(data) > max_file_bytes:
         raise ReadError("file-too-large", f"{shown} is over max_file_bytes={max_file_bytes:,}")
     return data, info.st_mtime_ns, info.st_size
@@ -163,8 +172,8 @@ def _open_error(exc: OSError, shown: str) -> ReadError:
     if exc.errno == errno.ELOOP:
         return ReadError("symlink-refused", f"{shown} became a symbolic link; links are not followed")
     if exc.errno == errno.ENOENT:
-        return ReadError("file-vanished", f"{shown} was removed during the import")
-    return ReadError("file-unreadable", f"{shown}: {exc.strerror}")
+        return ReadError("file-vanished", f"{shown} was removed during the import", transient=True)
+    return ReadError("file-unreadable", f"{shown}: {exc.strerror}", transient=True)
 
 
 def _same_file_or_refuse(path: Path, before: os.stat_result, opened: os.stat_result, shown: str) -> None:

@@ -7,6 +7,7 @@ checks around the open, not the flag, are what is tested: ``_READ_FLAGS`` is str
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -87,3 +88,35 @@ def test_a_link_swapped_in_right_after_the_open_is_refused(
     with pytest.raises(_scan.ReadError) as refused:
         _read(folder, "jdoe.jpg")
     assert refused.value.name == "symlink-refused"
+
+
+def test_a_read_that_fails_after_the_open_is_a_transient_read_error(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share that drops between the open and the read (EIO, ESTALE) failed the read with a bare
+    OSError, which ended the step as a connector exception with a traceback. The I/O error is
+    injected here (no file system on this machine fails a read on demand)."""
+    real_fdopen = os.fdopen
+
+    class _DroppedShare:
+        def __init__(self, handle: Any) -> None:
+            self._handle = handle
+
+        def __enter__(self) -> _DroppedShare:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._handle.close()
+
+        def fileno(self) -> int:
+            fileno: int = self._handle.fileno()
+            return fileno
+
+        def read(self, _size: int) -> bytes:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *args: _DroppedShare(real_fdopen(fd, *args)))
+    with pytest.raises(_scan.ReadError) as failed:
+        _read(folder, "jdoe.jpg")
+    assert (failed.value.name, failed.value.transient) == ("file-unreadable", True)
+    assert failed.value.detail == "jdoe.jpg: Input/output error"
