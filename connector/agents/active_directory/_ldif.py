@@ -9,10 +9,13 @@ base64-encoded with ``::``; lines are folded at 76 columns, which both tools unf
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
+
+from connector.sdk import ConfigurationError, StopRunError
 
 __all__ = ["LdifWriter", "ldif_line", "modify_record"]
 
@@ -62,15 +65,36 @@ class LdifWriter:
         self._handle: IO[str] | None = None
 
     def write(self, records: Sequence[str]) -> None:
-        """Append records and make them durable before the engine records the export as done."""
+        """Append records and make them durable before the engine records the export as done.
+
+        A file that cannot be opened is the setting's fault (``ConfigurationError`` naming
+        ``ldif_output``); one that cannot take the records (a full disk) stops the step, and the
+        batch stays pending. Either way the message names the file, never a traceback.
+        """
         if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", encoding="ascii", newline="\n")  # noqa: SIM115 - kept open per step
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = open(self.path, "a", encoding="ascii", newline="\n")  # noqa: SIM115 - kept open per step
+            except OSError as exc:  # a file in the way of the folder, no right to create it, a share not mounted
+                reason = exc.strerror or exc
+                msg = f"cannot open the LDIF change file {self.path} ({reason}): check the folder and its rights"
+                raise ConfigurationError(msg, key="ldif_output") from None
+        try:
             if self._handle.tell() == 0:
                 self._handle.write("version: 1\n\n")
-        self._handle.writelines(records)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+            self._handle.writelines(records)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            handle, self._handle = self._handle, None
+            with contextlib.suppress(OSError):  # its buffer cannot be written either; close() must not raise again
+                handle.close()
+            msg = (
+                f"cannot write the LDIF change file {self.path} ({exc.strerror or exc}): this batch stays pending; "
+                "free space (or fix the file) and run the export again. The file may end with part of this batch, "
+                "which the next export writes again (replacing a value twice is harmless)"
+            )
+            raise StopRunError(msg) from None
         self.records += len(records)
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from connector.agents.active_directory import Watermark
 from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.sdk import ConfigurationError, ImportMode, ObjectModificationType
+from connector.store import ConnectorSpace
 from connector.store.tables import run_history, run_step
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_import import run_import
@@ -271,3 +272,42 @@ def test_ldif_mode_through_the_engine_writes_the_file_and_not_the_directory(
     # the operator is told where the file is (the agent's log; the step only carries the counts)
     told = [r.getMessage() for r in caplog.records if r.name == _AGENT_LOGGER and str(files[0]) in r.getMessage()]
     assert len(told) == 1 and "2 LDIF change records" in told[0] and "ldapmodify" in told[0], caplog.text
+
+
+@pytest.mark.parametrize("where", ["folder-unmakeable", "disk-full"])
+def test_an_ldif_file_that_cannot_be_written_is_named_not_a_traceback(ad_env: ADTestEnv, where: str) -> None:
+    """Found in a bad-day pass: an ``ldif_output`` whose folder cannot be made, or a full disk, ended the
+    export step as ``stopped-connector-exception`` with a Python traceback (FileNotFoundError: '/proc/nope';
+    OSError: [Errno 28]) and no word of the setting. Now the folder is the setting's fault (exit 2,
+    naming ldif_output and the file) and a full disk stops the step naming the file; the exports stay
+    pending either way."""
+    if not Path("/dev/full").exists():  # Linux: /proc takes no folder (the run's path check passes it)
+        pytest.skip("needs /proc and /dev/full (a file that is always out of space)")
+    people = ad_env.sub_ou("people")
+    names = list(ad_env.add_users(ad_env.specs(2, photos=False), ou=people))
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    for i, name in enumerate(names):
+        (photos / f"{name}.jpg").write_bytes(jpeg(600 + i))
+    ldif = "/proc/mvsync-ldif/ad.ldif" if where == "folder-unmakeable" else "/dev/full"
+    engine = Engine(config_from_dict(_ldif_config(ad_env, people, photos, ldif), base_dir=ad_env.tmp_path))
+    try:
+        assert engine.run_profile("Prepare").status == "success"
+        if where == "folder-unmakeable":
+            with pytest.raises(ConfigurationError) as caught:
+                engine.run_profile("Export")
+            message = str(caught.value)
+            assert message.startswith(f"ldif_output: cannot open the LDIF change file {ldif} ("), message
+        else:
+            stopped = engine.run_profile("Export")
+            assert stopped.status == "stopped-connector-error", [s.as_dict() for s in stopped.steps]
+            message = stopped.steps[0].message
+            assert message.startswith("cannot write the LDIF change file /dev/full (No space left on device)"), message
+        with engine.store.read() as conn:
+            steps = conn.execute(select(run_step).order_by(run_step.c.id.desc())).all()
+            pending = ConnectorSpace(conn).count("ad", pending_export=True)
+    finally:
+        engine.close()
+    assert steps[0].status == ("stopped-configuration" if where == "folder-unmakeable" else "stopped-connector-error")
+    assert "Traceback" not in (steps[0].message or "") and ldif in (steps[0].message or "")
+    assert pending == 2
