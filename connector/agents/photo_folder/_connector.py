@@ -169,7 +169,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         try:
             files = scan_folder(folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes)
         except OSError as exc:
-            msg = f"cannot list {folder}: {exc.strerror}"
+            msg = f"cannot list {exc.filename or folder}: {exc.strerror}"  # a sub-folder, when recursive
             raise StopRunError(msg) from None
         if delta and not files and old.accounts:
             raise _emptied(folder, len(old.accounts), self.context.agent)

@@ -102,7 +102,10 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
                     continue
                 if not is_photo_name(entry.name):
                     continue
-                found.append(_classify(entry, relpath, max_file_bytes))
+                try:
+                    found.append(_classify(entry, relpath, max_file_bytes))
+                except FileNotFoundError:  # removed since the listing: it is not there, like a file never added
+                    continue
     return sorted(found, key=lambda f: f.relpath)
 
 

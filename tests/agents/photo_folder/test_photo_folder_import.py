@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
 import unicodedata
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,6 +228,24 @@ def test_bad_files_are_per_object_errors(
     # an unchanged broken file is reported again on delta, without being read again
     again = by_anchor(run_import(connector(tmp_path, folder), watermark=watermark)[0])
     assert list(again) == [anchor] and again[anchor].error == error
+
+
+def test_a_file_removed_while_the_folder_is_listed_is_left_out_not_a_stopped_import(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: HR removing one photo between the listing and its ``lstat`` stopped the
+    whole import with "cannot list <folder>: No such file or directory", though the folder was fine.
+    The removal is made for real on the file system at that moment (inside the listing)."""
+    real_scandir = os.scandir
+
+    def listing_then_removal(path: Any) -> Any:
+        entries = list(real_scandir(path))
+        os.remove(folder / "jdoe.jpg")  # listed, then gone before its lstat
+        return contextlib.nullcontext(iter(entries))
+
+    monkeypatch.setattr(_scan.os, "scandir", listing_then_removal)
+    entries, _, _ = run_import(connector(tmp_path, folder))
+    assert sorted(by_anchor(entries)) == ["José", "asmith"]
 
 
 def test_file_too_large(tmp_path: Path, folder: Path) -> None:
