@@ -275,7 +275,14 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
                 reason = exc.strerror or exc
                 msg = f"cannot create the export folder {target} ({reason}): check export_path and what is in its way"
                 raise ConfigurationError(msg, key="export_path") from None
-        return [self._export_one(target, change) for change in changes]
+        results: list[ExportResult] = []
+        for change in changes:
+            try:
+                results.append(self._export_one(target, change))
+            except StopRunError as exc:  # a full disk: the photos written before it are recorded as exported
+                exc.results = results
+                raise
+        return results
 
     def _check_scope(self, changes: Sequence[CSEntryChange]) -> None:
         scopes = self.context.export_attributes

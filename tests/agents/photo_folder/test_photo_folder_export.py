@@ -183,6 +183,8 @@ def test_a_full_disk_stops_the_export_instead_of_failing_every_person(
         _agent(tmp_path).export(changes)
     assert "the photos written so far are kept, the rest stay pending" in str(caught.value)
     assert [p.name for p in written] == ["user0 648x648.jpg", "user1 648x648.jpg"]
+    # handed to the engine with the stop: recorded as exported, so the next export does not write them again
+    assert [(r.identifier, r.status) for r in caught.value.results] == [("0", "success"), ("1", "success")]
 
 
 def test_backup_imports_back_as_the_same_accounts(tmp_path: Path) -> None:
