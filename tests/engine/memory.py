@@ -25,6 +25,7 @@ from connector.sdk import (
     ObjectModificationType,
     ResumeRefusedError,
     Schema,
+    ServerDownError,
     StopRunError,
 )
 
@@ -40,6 +41,7 @@ def directory(name: str) -> dict[str, Any]:
             "changes": [],
             "exports": [],
             "fail": {},
+            "stop_export_after": None,
             "crash_after_page": None,
             "stop_after_page": None,
             "refuse_resume": False,
@@ -132,8 +134,10 @@ class MemoryConnector(Connector[MemorySettings]):
         hook = self.data.get("during_export")
         if hook is not None:  # something else happening while the directory is written (tests)
             hook()
-        results = []
+        results: list[ExportResult] = []
         for change in changes:
+            if len(self.data["exports"]) == self.data["stop_export_after"]:  # the directory goes away here
+                raise ServerDownError("the directory went away", results=results)
             self.data["exports"].append(copy.deepcopy(change))
             failure = self.data["fail"].get(change.anchor)
             if failure:

@@ -204,6 +204,22 @@ def test_failed_exports_stay_pending_and_are_retried(world: World) -> None:
     assert cs_row(world, "ad", "guid-001").export_type is None
 
 
+def test_a_stop_in_the_middle_of_a_batch_records_the_results_it_carries(world: World) -> None:
+    """``StopRunError.results``: what a batch did before the error that stopped its step is recorded
+    (the written objects are not exported again), the rest of the batch stays pending with no error."""
+    add_users(world, 3)
+    world.cycle()
+    world.ad["stop_export_after"] = 2  # two written, then the directory goes away in the same batch
+    result = world.run("export")
+    assert result.status == "stopped-server-down" and result.steps[0].counters.get("export_updates") == 2
+    assert result.steps[0].errors == []
+    states = [cs_row(world, "ad", f"guid-{i:03d}").export_type for i in range(3)]
+    assert states == [None, None, "update"]
+    world.ad["stop_export_after"] = None
+    assert world.run("export").status == "success"
+    assert [c.anchor for c in world.ad["exports"]] == ["guid-000", "guid-001", "guid-002"]  # none twice
+
+
 def test_dry_run_leaves_the_store_byte_identical(world: World) -> None:
     add_users(world, 5)
     world.cycle()
