@@ -12,6 +12,7 @@ import datetime as dt
 import errno
 import hashlib
 import os
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +206,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         if len(group) > 1:
             for file in group:
                 new.files[file.relpath] = FileState(file.mtime_ns, file.size)
-            names = ", ".join(repr(display(f.relpath)) for f in group)
+            names = ", ".join(_shown_apart(f.relpath) for f in group)
             detail = f"{len(group)} files are named for account {display(group[0].account)!r}: {names}; keep one"
             return _Error(anchor, "duplicate-account", detail)
         file = group[0]
@@ -352,6 +353,19 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return photo
         spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
         return normalize(photo, spec).data
+
+
+def _shown_apart(relpath: str) -> str:
+    """A file name as a duplicate-account error shows it, so that two names that look alike can be told apart.
+
+    ``José.jpg`` typed on Windows and the same name copied from macOS (decomposed: ``e`` and a
+    combining accent) look identical, yet are two files; the decomposed one is shown escaped.
+    """
+    shown = repr(display(relpath))
+    if unicodedata.normalize("NFC", relpath) == relpath:
+        return shown
+    escaped = display(relpath).encode("ascii", "backslashreplace").decode("ascii")
+    return f"{shown} ('{escaped}': decomposed Unicode, as macOS writes names)"
 
 
 def _emptied(folder: Path, accounts: int, agent: str) -> StopRunError:

@@ -163,6 +163,17 @@ def test_two_files_for_one_account_is_an_error_naming_both(tmp_path: Path, folde
     assert entries == []  # the remaining file is what the engine already has
 
 
+def test_two_names_that_differ_only_in_unicode_form_are_shown_apart(tmp_path: Path, folder: Path) -> None:
+    """Found in a bad-day pass: 'José.jpg' (typed) beside the same name copied from macOS (NFD) gave
+    "2 files are named for account 'José': 'José.jpeg', 'José.jpg'; keep one" with two names that
+    look the same, so which file is which could not be read from the message."""
+    (folder / "José.jpg").write_bytes(photo(13, size=64))  # NFC, beside the fixture's NFD 'José.jpeg'
+    [error] = [e.error for e in run_import(connector(tmp_path, folder))[0] if e.error is not None]
+    assert error.name == "duplicate-account"
+    assert error.detail.endswith(", 'José.jpg'; keep one")  # the composed name as it is
+    assert "('Jose\\u0301.jpeg': decomposed Unicode, as macOS writes names)" in error.detail, error.detail
+
+
 def test_symlinks_are_refused(tmp_path: Path, folder: Path) -> None:
     secret = tmp_path / "outside.jpg"
     secret.write_bytes(photo(13, size=64))
