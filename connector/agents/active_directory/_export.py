@@ -384,7 +384,9 @@ class Exporter:
         return ExportResult.failed(
             change.identifier,
             "scope-violation",
-            f"refusing to modify {dn}: it is not under the configured base DNs ({'; '.join(self.bases)})",
+            f"refusing to modify {dn}: it is not under the configured base DNs ({'; '.join(self.bases)}); "
+            "moved since the last import? An import of this agent takes it out of scope (widen base_dns if the "
+            "move was intended)",
         )
 
     def _resolve(self, planned: list[_Planned]) -> None:
@@ -431,7 +433,8 @@ class Exporter:
                     p.result = ExportResult.failed(
                         p.change.identifier,
                         "cd-missing-object",
-                        f"no object with objectGUID {anchor} exists in the directory",
+                        f"no object with objectGUID {anchor} exists in the directory (deleted since the last "
+                        "import?); a full import of this agent marks it deleted",
                     )
 
     @staticmethod

@@ -160,6 +160,7 @@ def test_scope_guard_objects_outside_the_base_dns_are_refused(ad_env: ADTestEnv)
     by_id = {r.identifier: r for r in results}
     assert by_id["in"].status == ExportStatus.SUCCESS
     assert (by_id["out"].status, by_id["out"].error_name) == (ExportStatus.FAILED, "scope-violation")
+    assert "An import of this agent takes it out of scope" in by_id["out"].error_detail  # what to do next
     assert by_id["dn-outside"].error_name == "scope-violation"
     assert ad_env.read(f"{ad_env.tag}out", "thumbnailPhoto", ou=outside) == [jpeg(2)]
     assert ad_env.read(f"{ad_env.tag}in", "thumbnailPhoto", ou=inside) == [jpeg(11)]
@@ -177,6 +178,7 @@ def test_missing_object_and_bad_anchor(ad_env: ADTestEnv) -> None:
         ("gone", "cd-missing-object"),
         ("bad", "cd-error"),
     ]
+    assert "a full import of this agent marks it deleted" in results[0].error_detail  # what to do next
 
 
 def test_account_without_rights_gets_permission_issue(ad_env: ADTestEnv) -> None:
