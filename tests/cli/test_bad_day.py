@@ -158,6 +158,28 @@ def test_a_photo_folder_emptied_under_a_delta_import_deletes_nothing(tmp_path: P
     assert invoke("run", "delta", "-c", str(config))[0] == 0
 
 
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ('export_path = "{folder}"', "is the folder"),
+        ('export_path = "{folder}/backup", recursive = true', "lies inside"),
+    ],
+)
+def test_an_export_path_inside_the_imported_folder_is_refused(tmp_path: Path, extra: str, where: str) -> None:
+    """Found in a bad-day pass: with export_path = path, the backup export wrote 'user1 648x648.jpg'
+    beside 'user1.jpg' and the next import reported duplicate-account for user1; for a person without an
+    HR file, the backup of a photo from another source would have become an HR photo that outlives it."""
+    config, folder = _folder_config(tmp_path)
+    folder.mkdir()
+    text = config.read_text(encoding="utf-8")
+    setting = f'path = "{folder.as_posix()}"'
+    config.write_text(text.replace(setting, f"{setting}, {extra.format(folder=folder.as_posix())}"), encoding="utf-8")
+    code, _, err = invoke("run", "import", "-c", str(config))
+    assert code == 2, err
+    assert f"agents.hr.settings: export_path {where}" in err and "this agent imports" in err, err
+    assert "choose a folder outside it" in err
+
+
 def _cli_without_root_reads(*args: str) -> tuple[int, str]:
     """The CLI in a subprocess that file permissions bind (as root: without the capabilities that bypass them)."""
     cli = [sys.executable, "-c", "from connector.cli import main; main()", *args]

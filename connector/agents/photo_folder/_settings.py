@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, EXCHANGE_PHOTO_SIZE
 from connector.sdk import MUST_EXIST, ConnectorSettings
@@ -34,3 +35,24 @@ class PhotoFolderSettings(ConnectorSettings):
     max_file_bytes: Annotated[int, Field(ge=1, description="Larger files are import errors.")] = DEFAULT_MAX_INPUT_BYTES
     max_pixels: Annotated[int, Field(ge=1, le=150_000_000, description="Pixel-bomb limit.")] = DEFAULT_MAX_PIXELS
     verify_images: Annotated[bool, Field(description="Decode new and changed files to catch broken ones.")] = True
+
+    @model_validator(mode="after")
+    def _export_path_apart(self) -> PhotoFolderSettings:
+        """Backups written where this agent imports would come back as its own photos.
+
+        ``<account> 648x648.jpg`` beside ``<account>.jpg`` is a duplicate-account error for every
+        person with an HR photo, and for everyone else the backup of a photo from another source
+        (Exchange) becomes an HR photo: once that source removes it, the backup keeps it alive.
+        """
+        if self.export_path is None:
+            return self
+        source, target = (os.path.normcase(os.path.realpath(p)) for p in (self.path, self.export_path))
+        inside = self.recursive and os.path.commonpath([source, target]) == source
+        if target == source or inside:
+            where = "is the folder" if target == source else "lies inside the folder (recursive = true)"
+            msg = (
+                f"export_path {where} this agent imports (path = {self.path}): its backups would be imported "
+                "again as photos of the same accounts; choose a folder outside it"
+            )
+            raise ValueError(msg)
+        return self
