@@ -162,7 +162,7 @@ def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_conso
 
 
 @contextlib.contextmanager
-def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[tuple[subprocess.Popen[str], Relay]]:
+def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[tuple[subprocess.Popen[str], FaultyProxy]]:
     """``mvsync ui`` (a real process) with one page waiting on its PostgreSQL store, gone quiet."""
     with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
         relayed, config = _quiet_store(tmp_path, url, store_relay)
