@@ -44,6 +44,10 @@ Kerberos ticket (SPNEGO)               ``WWW-Authenticate: Negotiate <token>``, 
                                        per connection by default, WindowsAuthenticationSection reference)
 a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 4559 §5)
 (another service's, a stale key)
+``set_answer(email, status, body)``    that answer to the mailbox's REST ``GetUserPhoto``, for what one
+                                       mailbox (or what stands in front of EWS) may answer: a SOAP
+                                       fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
+                                       proxy's HTML page, damaged bytes
 =====================================  =================================================================
 
 NTLM is connection-based, as IIS does it: the three-leg handshake runs on one TCP connection, which
@@ -232,6 +236,8 @@ class EwsService:
         #: Kerberos principals authenticated so far (tests check who the agent was).
         self.kerberos_clients: set[str] = set()
         self._acceptor: Any = None
+        #: Canned answers to the REST GetUserPhoto of one mailbox each (``EwsEmulator.set_answer``).
+        self.answers: dict[str, Response] = {}
         self._generate()
 
     def _generate(self) -> None:
@@ -366,6 +372,9 @@ class EwsService:
         email, pixels = query.get("email", ""), _pixels(query.get("size", "HR648x648"))
         if pixels is None:
             return Response(400, b"Bad Request: unknown size code")
+        canned = self.answers.get(email.lower())
+        if canned is not None:
+            return Response(canned.status, canned.body, list(canned.headers))
         box = self.mailboxes.get(email.lower())
         if box is None:
             return Response(404 if self.config.unknown_mailbox == "404" else 500, b"")
@@ -627,6 +636,20 @@ class EwsEmulator:
 
     def remove_mailbox(self, email: str) -> None:
         self._call(lambda: self.service.mailboxes.pop(email.lower(), None))
+
+    def set_answer(
+        self, email: str, status: int | None, body: bytes = b"", content_type: str = "text/xml; charset=utf-8"
+    ) -> None:
+        """Answer the REST ``GetUserPhoto`` of ``email`` with this (None: as the mailbox would again)."""
+        key = email.lower()
+
+        def run() -> None:
+            if status is None:
+                self.service.answers.pop(key, None)
+            else:
+                self.service.answers[key] = Response(status, body, [("Content-Type", content_type)])
+
+        self._call(run)
 
     def mailboxes(self) -> list[dict[str, Any]]:
         return self._call(lambda: [box.admin() for box in self.service.mailboxes.values()])

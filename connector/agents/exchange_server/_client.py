@@ -11,11 +11,17 @@ Throttling (field-notes-2.md §1.8, "EWS throttling in Exchange"): ``ErrorServer
 limiter (``limiter.pause``) and counts as push-back; ``ErrorExceededConnectionCount`` (over
 EWSMaxConcurrency) and 503 (IIS's queue) count as push-back too, and the limiter decreases
 (§5, AIMD on in-flight requests). Waiting out throttling never spends the failure attempts.
+
+Any other SOAP fault in a 5xx answer is EWS's word about one mailbox (``ErrorNonExistentMailbox``
+for one that moved to Exchange Online or was removed, ``ErrorAccessDenied``...): final for this
+run, named in the per-object error, and a sign that the server works. Only the faults of the
+server itself (``ErrorInternalServerTransientError``, ``ErrorMailboxStoreUnavailable``...) are
+retried like a bare 5xx. A 200 counts as a photo only when its body is a picture of at most
+``MAX_PHOTO_BYTES``: a proxy's HTML page or damaged bytes would otherwise replace the photo.
 """
 
 from __future__ import annotations
 
-import io
 import random
 import re
 import threading
@@ -28,14 +34,34 @@ import requests
 
 from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
+from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
 from connector.net import RECHECKED, SILENCE, AnswerClock, fails_again, failure_kind, host_port
 from connector.sdk import ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
-__all__ = ["Fetched", "PhotoClient", "throttle_signal"]
+__all__ = ["MAX_PHOTO_BYTES", "EwsFault", "Fetched", "PhotoClient", "ews_fault", "throttle_signal"]
 
 _BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d+)\s*<')
 _THROTTLE_CODES = (b"ErrorServerBusy", b"ErrorExceededConnectionCount", b"ErrorTooManyObjectsOpened")
+#: The fault's code: ``<e:ResponseCode>`` of the detail, else the ``faultcode`` (``a:ErrorX``).
+_FAULT_CODE = re.compile(rb"<(?:[\w.-]+:)?(?:ResponseCode|faultcode)\b[^>]*>\s*(?:[\w.-]+:)?(Error\w+)\s*<")
+_FAULT_TEXT = re.compile(rb"<(?:[\w.-]+:)?(?:Message|faultstring)\b[^>]*>([^<]{1,300})<")
+#: Faults of the server rather than of the mailbox asked about: retried like a bare 5xx.
+_SERVER_FAULTS = frozenset(
+    {
+        "ErrorInternalServerError",
+        "ErrorInternalServerTransientError",
+        "ErrorMailboxStoreUnavailable",
+        "ErrorConnectionFailed",
+        "ErrorTimeoutExpired",
+        "ErrorProxyRequestProcessingFailed",
+    }
+)
+_NOT_FOUND_FAULTS = frozenset({"ErrorNonExistentMailbox", "ErrorInvalidUser", "ErrorMailRecipientNotFound"})
+_DENIED_FAULTS = frozenset({"ErrorAccessDenied", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied"})
+#: The largest photo body read: Exchange's HD photos are at most 648x648 (tens of KB); anything near
+#: this is not a photo, and reading it whole on every thread would exhaust memory.
+MAX_PHOTO_BYTES = DEFAULT_MAX_INPUT_BYTES
 
 
 @dataclass(slots=True)
@@ -47,6 +73,42 @@ class Fetched:
     etag: str | None = None
     error: str = ""
     detail: str = ""
+    #: The photo's longer side in pixels (what tells the AD thumbnail from an HD photo).
+    pixels: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EwsFault:
+    """A SOAP fault EWS answered with (``ErrorNonExistentMailbox``, "No mailbox with such guid.")."""
+
+    code: str
+    message: str
+
+    @property
+    def about_mailbox(self) -> bool:
+        """EWS answered about the mailbox asked for (final), not about its own state (retried)."""
+        return self.code not in _SERVER_FAULTS
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+
+def ews_fault(resp: requests.Response) -> EwsFault | None:
+    """The SOAP fault of a 5xx answer, if it carries one (never throttling: ``throttle_signal`` first)."""
+    if resp.status_code < 500:
+        return None
+    body = resp.content[:8192]
+    code = _FAULT_CODE.search(body)
+    if code is None:
+        return None
+    text = _FAULT_TEXT.search(body)
+    message = text[1].decode("utf-8", "replace").strip() if text else ""
+    return EwsFault(code[1].decode("ascii"), message)
+
+
+def _is_answer(resp: requests.Response, fault: EwsFault | None) -> bool:
+    """Whether EWS worked on the request: below 500, or a fault about the mailbox (see ``AnswerClock``)."""
+    return resp.status_code < 500 or (fault is not None and fault.about_mailbox)
 
 
 def throttle_signal(resp: requests.Response) -> tuple[bool, float | None]:
@@ -61,14 +123,58 @@ def throttle_signal(resp: requests.Response) -> tuple[bool, float | None]:
     return False, None
 
 
-def _max_side(data: bytes) -> int:
-    from PIL import Image
+class _Oversized(Exception):
+    """A 200 whose body is over ``MAX_PHOTO_BYTES``: left unread, its connection closed."""
 
+    def __init__(self, content_type: str) -> None:
+        super().__init__(content_type)
+        self.content_type = content_type
+
+
+def _read_body(resp: requests.Response) -> None:
+    """Read a streamed answer's body (``resp.content`` then holds it), or raise ``_Oversized``
+    without reading on once it is over ``MAX_PHOTO_BYTES``. A cut-off body raises requests' error."""
+    declared = resp.headers.get("Content-Length", "")
+    chunks: list[bytes] = []
+    size = 0
+    if not (declared.isdigit() and int(declared) > MAX_PHOTO_BYTES):
+        for chunk in resp.iter_content(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_PHOTO_BYTES:
+                break
+    if size > MAX_PHOTO_BYTES or (declared.isdigit() and int(declared) > MAX_PHOTO_BYTES):
+        resp.close()
+        raise _Oversized(_content_type(resp))
+    resp._content = b"".join(chunks)  # where requests keeps a body it has read
+
+
+def _content_type(resp: requests.Response) -> str:
+    return resp.headers.get("Content-Type") or "no Content-Type"
+
+
+def _no_picture(email: str, what: str, exc: ImageError) -> Fetched:
+    """The error of a 200 whose body is no picture: the mailbox keeps the photo it had."""
+    detail = (
+        f"GetUserPhoto for {email} answered HTTP 200 with {what} that is no usable picture ({exc.detail}); "
+        "the photo imported before is kept. If it is a web page, a proxy or load balancer in front of EWS "
+        "answered instead of Exchange: check its rules for /EWS/"
+    )
+    return Fetched("error", error=exc.name, detail=detail)
+
+
+def _photo(email: str, resp: requests.Response) -> Fetched:
+    """A 200's body as the mailbox's photo, if it is one (a proxy's page or damaged bytes are not)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return max(image.size)
-    except Exception:  # not an image: certainly not the AD thumbnail
-        return 10_000
+        info = verify(resp.content)
+    except ImageError as exc:
+        return _no_picture(email, f"{len(resp.content):,} bytes of {_content_type(resp)}", exc)
+    return Fetched("photo", data=resp.content, etag=resp.headers.get("ETag"), pixels=max(info.width, info.height))
+
+
+def _oversized(email: str, big: _Oversized) -> Fetched:
+    exc = InputTooLargeError(f"more than {MAX_PHOTO_BYTES:,} bytes; the rest was not read")
+    return _no_picture(email, big.content_type, exc)
 
 
 class PhotoClient:
@@ -133,7 +239,7 @@ class PhotoClient:
         got = self._get(email, self.settings.photo_size, etag)
         if got.kind != "photo" or self.settings.accept_ad_thumbnail or got.data is None:
             return got
-        if _max_side(got.data) > 96:  # AD thumbnails are 96x96 at most by convention
+        if got.pixels > 96:  # AD thumbnails are 96x96 at most by convention
             return got
         # Exchange serves the AD thumbnail when the mailbox has no photo, and always at HR48x48; the
         # same bytes at both sizes mean it is the thumbnail (MS-OXWSPHOTO, field-notes-2.md §1.1).
@@ -155,6 +261,9 @@ class PhotoClient:
             self.count("requests")
             try:
                 resp = self._send(email, size, headers)
+            except _Oversized as big:
+                self._answered(ticket, email, True)
+                return _oversized(email, big)
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
                 unanswered, last = exc, f"EWS at {host_port(s.origin)}: {failure_kind(exc)}"
@@ -167,23 +276,35 @@ class PhotoClient:
                     if throttled >= s.max_throttled_retries:
                         return Fetched("error", error="throttled", detail=f"EWS kept throttling {email}")
                     continue
-                self._answered(ticket, email, resp.status_code)
-                outcome = self._answer(email, resp)
+                fault = ews_fault(resp)
+                self._answered(ticket, email, _is_answer(resp, fault))
+                outcome = self._answer(email, resp, fault)
                 if outcome is not None:
                     return outcome
-                last = f"HTTP {resp.status_code} from {s.origin}"
+                last = f"HTTP {resp.status_code}" + (f" ({fault})" if fault else "")
             failures += 1
             if failures >= s.max_attempts:
-                return self._gave_up(email, last, unanswered or resp.status_code, started, failures)
+                return self._gave_up(email, last, unanswered, started, failures)
             self.count("retries")
             delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
             if self.cancel.wait(delay):
                 return Fetched("error", error="ews-error", detail="the step stopped")
 
     def _send(self, email: str, size: str, headers: dict[str, str] | None = None) -> requests.Response:
-        """One GetUserPhoto request (the caller holds a limiter ticket for it)."""
+        """One GetUserPhoto request (the caller holds a limiter ticket for it).
+
+        Streamed, so that a photo's body is read with a bound (``_read_body``), here, where a cut-off
+        answer is a failure to retry; reading it also frees the connection for the next request
+        (which NTLM keeps authenticated). Any other answer is read whole, as before.
+        """
         params = {"email": email, "size": size}
-        return self.session.get(self.url, params=params, headers=headers or {}, timeout=self.settings.timeout_s)
+        timeout = self.settings.timeout_s
+        resp = self.session.get(self.url, params=params, headers=headers or {}, timeout=timeout, stream=True)
+        if resp.status_code == 200:
+            _read_body(resp)
+        else:
+            _ = resp.content
+        return resp
 
     def _pushed_back(self, ticket: Ticket, wait: float | None) -> None:
         """ErrorServerBusy or 503: pause every sender for the server's BackOffMilliseconds, and stop
@@ -196,25 +317,28 @@ class PhotoClient:
         self.limiter.release(ticket, Signal.THROTTLED, retry_after=wait)
         self.watch.check(self.limiter.paused_for())
 
-    def _answered(self, ticket: Ticket, email: str, status: int) -> None:
-        if status < 500:  # a plain 5xx is a failure, not a working answer
+    def _answered(self, ticket: Ticket, email: str, worked: bool) -> None:
+        if worked:  # a plain 5xx is a failure, not a working answer
             self.answers.answered()
             self.watch.progressed()
             self._worked = email
-        self.limiter.release(ticket, Signal.OK if status < 500 else Signal.FAILED)
+        self.limiter.release(ticket, Signal.OK if worked else Signal.FAILED)
 
     def _gave_up(
-        self, email: str, last: str, failure: requests.RequestException | int, started: float, attempts: int
+        self, email: str, last: str, unanswered: requests.RequestException | None, started: float, attempts: int
     ) -> Fetched:
-        """The mailbox's error after its last attempt (``failure``: no answer, or a 5xx status),
-        unless the server is down (``ServerDownError``)."""
-        if isinstance(failure, requests.RequestException):
+        """The mailbox's error after its last attempt (``unanswered``: the last had no answer; else
+        ``last`` says which 5xx), unless the server is down (``ServerDownError``)."""
+        if unanswered is not None:
             if self.answers.silent_since(started):
-                raise self._down(f"did not answer: {failure_kind(failure)}", started, attempts)
-        elif (evidence := self._fails_again(email)) is not None:
-            raise self._down(f"answered with HTTP {failure}", started, attempts, evidence)
-        hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if "HTTP 500" in last else ""
-        return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{hint}")
+                raise self._down(f"did not answer: {failure_kind(unanswered)}", started, attempts)
+            return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}")
+        if (evidence := self._fails_again(email)) is not None:
+            raise self._down(f"answered with {last}", started, attempts, evidence)
+        hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if last == "HTTP 500" else ""
+        return Fetched(
+            "error", error="ews-error", detail=f"GetUserPhoto for {email}: {last} from {self.settings.origin}{hint}"
+        )
 
     def _fails_again(self, email: str) -> str | None:
         """Why the server is down, if a mailbox that had a working answer (before any, another mailbox
@@ -234,10 +358,13 @@ class PhotoClient:
             self.count("requests")
             try:
                 resp = self._send(other, "HR48x48")
+            except _Oversized:  # an answer all the same
+                self.limiter.release(ticket, Signal.OK)
+                return True
             except requests.RequestException:
                 self.limiter.release(ticket, Signal.FAILED)
                 return False
-            worked = throttle_signal(resp)[0] or resp.status_code < 500
+            worked = throttle_signal(resp)[0] or _is_answer(resp, ews_fault(resp))
             self.limiter.release(ticket, Signal.OK if worked else Signal.FAILED)
             return worked
 
@@ -258,11 +385,13 @@ class PhotoClient:
             )
         )
 
-    def _answer(self, email: str, resp: requests.Response) -> Fetched | None:
+    def _answer(self, email: str, resp: requests.Response, fault: EwsFault | None) -> Fetched | None:
         """The outcome of a non-throttled answer; None for one worth retrying."""
         status, etag = resp.status_code, resp.headers.get("ETag")
         if status == 200:
-            return Fetched("photo", data=resp.content, etag=etag)
+            return _photo(email, resp)
+        if fault is not None and fault.about_mailbox:
+            return self._refused_mailbox(email, fault)
         if status == 304:
             return Fetched("unchanged", etag=etag)
         if status == 404:
@@ -274,3 +403,17 @@ class PhotoClient:
         if status >= 500:
             return None
         return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: HTTP {status}")
+
+    def _refused_mailbox(self, email: str, fault: EwsFault) -> Fetched:
+        """EWS's SOAP fault about one mailbox, as its per-object error: what EWS said and what to do."""
+        if fault.code in _NOT_FOUND_FAULTS:
+            detail = (
+                f"EWS has no mailbox {email} ({fault}): it moved to Exchange Online or was removed since the "
+                "mailbox list was made; refresh mailbox_file (or mailboxes) from Get-Mailbox"
+            )
+            return Fetched("error", error="mailbox-not-found", detail=detail)
+        if fault.code in _DENIED_FAULTS:
+            who = self.settings.username or self.settings.client_id or "the service account"
+            detail = f"EWS refused {who} the photo of {email} ({fault}): check the account's rights on this mailbox"
+            return Fetched("error", error="permission-issue", detail=detail)
+        return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: EWS answered {fault}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import json
 import socket
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from connector.agents._mailbox_photo import LIMIT_KEY
 from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
 from connector.agents.exchange_server._auth import spn
-from connector.agents.exchange_server._client import throttle_signal
+from connector.agents.exchange_server._client import MAX_PHOTO_BYTES, throttle_signal
 from connector.config import ConfigError, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
 from connector.emulator._ews import EwsConfig, EwsEmulator, soap_fault
@@ -450,3 +451,104 @@ def test_a_remembered_limit_starts_the_run_and_is_no_mailbox(ews: EwsEmulator, t
     entries, _ = _imported(again, watermark)
     assert LIMIT_KEY not in entries and all(e.modification != ObjectModificationType.DELETE for e in entries.values())
     assert _COUNTS[again]["limit_recalled"] == 1 and LIMIT_KEY in state
+
+
+def _listing(tmp_path: Path, *emails: str) -> None:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "mailboxes.txt").write_text("".join(f"{email}\n" for email in emails), encoding="utf-8")
+
+
+def test_a_soap_fault_about_one_mailbox_is_its_own_error_naming_what_ews_said(ews: EwsEmulator, tmp_path: Path) -> None:
+    """EWS's SOAP fault for one mailbox (moved to Exchange Online, refused to the account) is that
+    mailbox's error, named as EWS named it, asked once; the others are imported. Before, each was
+    asked three times and reported as "HTTP 500 ... is it an on-premises mailbox?", the code lost."""
+    gone, denied, odd = "gone@contoso.example", "denied@contoso.example", "odd@contoso.example"
+    ews.set_answer(gone, 500, soap_fault("ErrorNonExistentMailbox", "No mailbox with such guid."))
+    denied_text = "The account does not have permission to impersonate the requested user."
+    ews.set_answer(denied, 500, soap_fault("ErrorImpersonateUserDenied", denied_text))
+    ews.set_answer(odd, 500, soap_fault("ErrorInvalidSmtpAddress", "The SMTP address has no mailbox associated."))
+    _listing(tmp_path, PHOTO, gone, denied, odd)
+    agent = _agent(ews, tmp_path)
+    entries, _ = _imported(agent)
+    errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
+    assert {anchor: error.name for anchor, error in errors.items()} == {
+        gone: "mailbox-not-found",
+        denied: "permission-issue",
+        odd: "ews-error",
+    }
+    assert "ErrorNonExistentMailbox: No mailbox with such guid." in errors[gone].detail
+    assert "moved to Exchange Online or was removed" in errors[gone].detail and gone in errors[gone].detail
+    assert f"ErrorImpersonateUserDenied: {denied_text}" in errors[denied].detail
+    assert ews.info["username"] in errors[denied].detail and denied in errors[denied].detail
+    assert errors[odd].detail == f"GetUserPhoto for {odd}: EWS answered ErrorInvalidSmtpAddress: " + (
+        "The SMTP address has no mailbox associated."
+    )
+    assert entries[PHOTO].attributes["EXSPhoto"] and agent.metrics["retries"] == 0
+
+
+def test_an_ews_that_refuses_every_mailbox_is_no_outage(ews: EwsEmulator, tmp_path: Path) -> None:
+    """An account that may read no mailbox gets ErrorAccessDenied for each: a per-object error that
+    says so, not "answered with HTTP 500 ... check IIS and the EWS application pool" (before)."""
+    emails = _many_mailboxes(ews, tmp_path, 6)
+    for email in emails:
+        ews.set_answer(
+            email, 500, soap_fault("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        )
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=2))
+    assert {anchor: entry.error.name for anchor, entry in entries.items() if entry.error} == dict.fromkeys(
+        emails, "permission-issue"
+    )
+
+
+def test_a_fault_of_the_server_itself_is_retried_and_named_when_it_stops_the_step(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """A mailbox database that is not mounted fails every mailbox: retried, then the step stops as
+    server-down, naming EWS's code."""
+    emails = _many_mailboxes(ews, tmp_path, 6)
+    for email in emails:
+        ews.set_answer(email, 500, soap_fault("ErrorMailboxStoreUnavailable", "The mailbox database is offline."))
+    with pytest.raises(ServerDownError) as caught:
+        _imported(_agent(ews, tmp_path, concurrency=2))
+    assert "answered with HTTP 500 (ErrorMailboxStoreUnavailable: The mailbox database is offline.) (3 attempts" in (
+        str(caught.value)
+    )
+
+
+def test_an_answer_that_is_no_picture_is_the_mailboxs_error_and_keeps_its_photo(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """A proxy's HTML page with 200, damaged bytes, or an endless body: before, each became the
+    mailbox's photo (the page's 49 bytes flowed to the metaverse ahead of the HR photo), and an
+    endless body was read whole into memory."""
+    _imported(_agent(ews, tmp_path))
+    html = b"<html><body><h1>Service temporarily unavailable</h1></body></html>"
+    ews.set_answer(PHOTO, 200, html, content_type="text/html")
+    ews.set_answer(PLAIN, 200, bytes(range(256)) * 8, content_type="image/jpeg")
+    ews.set_answer(THUMB, 200, b"\xff\xd8\xff" + bytes(MAX_PHOTO_BYTES), content_type="image/jpeg")
+    entries, _ = _imported(_agent(ews, tmp_path, photo_recheck_hours=0), json.dumps({"v": 2}))
+    errors = {anchor: entry.error for anchor, entry in entries.items()}
+    assert {anchor: (error.name if error else None) for anchor, error in errors.items()} == {
+        PHOTO: "not-an-image",
+        PLAIN: "not-an-image",
+        THUMB: "image-input-too-large",
+    }
+    assert all("EXSPhoto" not in entry.attributes for entry in entries.values())  # the photo stays as it was
+    photo_error = errors[PHOTO]
+    assert photo_error is not None
+    assert f"GetUserPhoto for {PHOTO} answered HTTP 200 with {len(html)} bytes of text/html" in photo_error.detail
+    assert "the photo imported before is kept" in photo_error.detail and "proxy or load balancer" in photo_error.detail
+
+
+def test_a_photo_cut_off_midway_is_retried_then_the_mailboxs_error(ews: EwsEmulator, tmp_path: Path) -> None:
+    """The photo's body is read as a stream (bounded): a body cut off midway is still a failure to
+    retry and then that mailbox's error, never a traceback or half a photo."""
+    _listing(tmp_path, PHOTO, THUMB)
+    ews.set_faults({"truncate": 1.0, "path_pattern": "email=photo%40"})
+    entries, _ = _imported(_agent(ews, tmp_path, max_attempts=2))
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "ews-error"
+    assert (
+        error.detail == f"GetUserPhoto for {PHOTO}: EWS at {ews.info['ews_url'].split('/')[2]}: the answer was cut off"
+    )
+    assert entries[THUMB].error is None
