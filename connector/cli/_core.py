@@ -238,7 +238,7 @@ def run(
 ) -> None:
     """Run a run profile. Exit code: 0 success, 3 completed with errors, 4 stopped (see README)."""
     from connector.cli._progress import RichProgress
-    from connector.engine import Engine
+    from connector.engine import SHOWN_ERRORS, Engine
 
     cfg = _config(config)
     engine = Engine(cfg)
@@ -285,15 +285,15 @@ def run(
         for step in result.steps:
             if step.message:
                 out.print(f"[bold]{step.agent} {step.kind}:[/] {escape(step.message)}", highlight=False)
-            for err in step.errors[:10]:
+            for err in step.errors[:SHOWN_ERRORS]:
                 out.print(f"  {_error_line(err.as_dict())}", highlight=False, markup=False)
-            if step.error_count > 10:
+            if step.error_count > SHOWN_ERRORS:
                 where = (
                     "a dry run keeps no history"
                     if result.run_id is None
                     else f"mvsync history show {result.run_id} -c {config}"
                 )
-                out.print(f"  … {step.error_count - 10} more: {where}")
+                out.print(f"  … {step.error_count - SHOWN_ERRORS} more: {where}")
     _demo_hint(cfg, result)
     raise typer.Exit(exit_code_for_status(result.status))
 

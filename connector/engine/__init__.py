@@ -12,6 +12,7 @@ from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
 from connector.engine._export import threshold_report
 from connector.engine._results import (
+    SHOWN_ERRORS,
     Interrupted,
     ObjectError,
     RunResult,
@@ -23,6 +24,7 @@ from connector.engine._stream import MemoryState, Page, StreamPager, import_in_m
 from connector.engine._sync import search_fields
 
 __all__ = [
+    "SHOWN_ERRORS",
     "Engine",
     "Interrupted",
     "MemoryState",

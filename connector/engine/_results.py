@@ -104,6 +104,11 @@ class ObjectError:
         }
 
 
+#: Per-object errors a run's output shows per step (the text table's lines, ``--json``'s
+#: ``object_errors``); ``mvsync history show`` has them all.
+SHOWN_ERRORS = 10
+
+
 @dataclass(slots=True)
 class StepResult:
     agent: str
@@ -133,6 +138,8 @@ class StepResult:
             "errors": self.error_count,
             "warnings": self.warning_count,
             "seconds": round(self.seconds, 3),
+            # who failed and why, in the one line a scheduled run leaves (cycle.jsonl)
+            "object_errors": [e.as_dict() for e in self.errors[:SHOWN_ERRORS]],
         }
 
 

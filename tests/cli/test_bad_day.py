@@ -314,6 +314,25 @@ def test_per_object_errors_carry_the_person_in_history_table_and_cs(config: Path
     assert json.loads(out)["display"] == "Ada Lovelace (ada@contoso.test)"
 
 
+def test_run_json_names_the_people_of_its_per_object_errors(config: Path, mem: dict[str, Any]) -> None:
+    """`mvsync run --json` (the cron line's cycle.jsonl) gave each step's error count only: who failed,
+    and why, took a second command. It now carries the first errors as the text output shows them."""
+    people = {f"id-{n:02d}": {"accountName": f"p{n}@contoso.test", "displayName": f"Person {n}"} for n in range(12)}
+    mem["objects"].update(people)
+    for anchor in people:
+        mem["errors"][anchor] = ("mailbox-not-found", f"EWS has no mailbox for {anchor}")
+    code, out, _ = invoke("run", "mem-cycle", "-c", str(config), "--json")
+    step = json.loads(out)["steps"][0]
+    assert code == 3 and step["errors"] == 12
+    assert len(step["object_errors"]) == 10  # as many as the text shows; all: mvsync history show
+    first = step["object_errors"][0]
+    assert first["anchor"] == "id-00" and first["display"] == "Person 0 (p0@contoso.test)"
+    assert first["error_name"] == "mailbox-not-found" and first["detail"] == "EWS has no mailbox for id-00"
+    assert json.loads(invoke("run", "mem-cycle", "-c", str(config), "--json", "--dry-run")[1].splitlines()[-1])[
+        "steps"
+    ][0]["object_errors"][0]["display"] == ("Person 0 (p0@contoso.test)")
+
+
 def test_export_errors_name_the_person_from_the_connector_space(tmp_path: Path) -> None:
     from connector.sdk import ExportStatus
     from tests.engine.conftest import World, add_users
