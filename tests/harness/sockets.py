@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Iterator
 
-__all__ = ["FaultyProxy", "connect_proxy", "faulty_proxy", "silent_server"]
+__all__ = ["FaultyProxy", "connect_proxy", "faulty_proxy", "silent_server", "trickling_server"]
 
 
 @contextlib.contextmanager
@@ -243,3 +244,48 @@ def faulty_proxy(upstream: tuple[str, int] | None = None) -> Iterator[FaultyProx
         yield proxy
     finally:
         proxy.close()
+
+
+@contextlib.contextmanager
+def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000) -> Iterator[int]:
+    """A loopback HTTPS port that answers every request with 200 and a ``length``-byte body, sent
+    one byte at a time, a byte every 50 ms: each read of the client's gets data well within any
+    timeout, so only a deadline on the whole answer ends it (a wedged proxy, a dying link).
+
+    Yields the port. The connections close when the ``with`` ends.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n".encode()
+
+    def answer(raw: socket.socket) -> None:
+        with contextlib.suppress(OSError), tls.wrap_socket(raw, server_side=True) as conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            conn.sendall(head + b"\xff")
+            while not stop.wait(0.05):
+                conn.sendall(b"\x00")
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                raw = server.accept()[0]
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(raw,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()

@@ -26,11 +26,12 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import requests
+import urllib3
 
 from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
@@ -131,18 +132,40 @@ class _Oversized(Exception):
         self.content_type = content_type
 
 
-def _read_body(resp: requests.Response) -> None:
+def _arriving(resp: requests.Response) -> Iterator[bytes]:
+    """A streamed body as it arrives: each read gives what one receive brought (``read1``), so a
+    caller can keep a deadline however slowly the bytes come; urllib3's errors as requests raises them."""
+    try:
+        while chunk := resp.raw.read1(65536, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+
+
+def _read_body(resp: requests.Response, timeout_s: float) -> None:
     """Read a streamed answer's body (``resp.content`` then holds it), or raise ``_Oversized``
-    without reading on once it is over ``MAX_PHOTO_BYTES``. A cut-off body raises requests' error."""
+    without reading on once it is over ``MAX_PHOTO_BYTES``. A cut-off body raises requests' error,
+    and so does one not all there within ``timeout_s``: the timeout of a request bounds each read,
+    and a proxy or a dying link that trickles bytes would hold the step (and its lock) for days."""
     declared = resp.headers.get("Content-Length", "")
     chunks: list[bytes] = []
     size = 0
+    deadline = time.monotonic() + timeout_s
     if not (declared.isdigit() and int(declared) > MAX_PHOTO_BYTES):
-        for chunk in resp.iter_content(65536):
+        for chunk in _arriving(resp):
             chunks.append(chunk)
             size += len(chunk)
             if size > MAX_PHOTO_BYTES:
                 break
+            if time.monotonic() > deadline:
+                resp.close()
+                raise requests.exceptions.ReadTimeout(f"{size:,} bytes of the photo in {timeout_s:g} s (timeout_s)")
     if size > MAX_PHOTO_BYTES or (declared.isdigit() and int(declared) > MAX_PHOTO_BYTES):
         resp.close()
         raise _Oversized(_content_type(resp))
@@ -301,7 +324,7 @@ class PhotoClient:
         timeout = self.settings.timeout_s
         resp = self.session.get(self.url, params=params, headers=headers or {}, timeout=timeout, stream=True)
         if resp.status_code == 200:
-            _read_body(resp)
+            _read_body(resp, timeout)
         else:
             _ = resp.content
         return resp

@@ -5,9 +5,11 @@ from __future__ import annotations
 import codecs
 import json
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from connector.sdk import (
 from connector.throttling import LimitMemory, forget_shared_limiters
 from tests.agents.photo_folder.helpers import by_anchor
 from tests.emulator.test_ews import _thumbnail
-from tests.harness.sockets import silent_server
+from tests.harness.sockets import silent_server, trickling_server
 from tests.imaging.images import photo
 
 PHOTO, PLAIN, THUMB = "photo@contoso.example", "plain@contoso.example", "thumb@contoso.example"
@@ -552,3 +554,31 @@ def test_a_photo_cut_off_midway_is_retried_then_the_mailboxs_error(ews: EwsEmula
         error.detail == f"GetUserPhoto for {PHOTO}: EWS at {ews.info['ews_url'].split('/')[2]}: the answer was cut off"
     )
     assert entries[THUMB].error is None
+
+
+def test_a_photo_that_trickles_in_stops_at_the_timeout_not_days_later(ews: EwsEmulator, tmp_path: Path) -> None:
+    """A proxy or a dying link that sends a byte every 50 ms never trips the per-read timeout: the
+    step waited for the whole body (this one, 1 MB, would take 14 hours; `mvsync run` was still
+    waiting when `timeout 60` ended it). The whole photo must now arrive within timeout_s."""
+    ca = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    _listing(tmp_path, PHOTO)
+    # the server closes first on the way out, which frees a reader still waiting (as before the fix)
+    with ThreadPoolExecutor(1) as pool, trickling_server(tls) as port:
+        agent = _agent(
+            ews,
+            tmp_path,
+            auth="basic",
+            ews_url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx",
+            ca_bundle=str(tmp_path / "ca.pem"),
+            timeout_s=0.5,
+            max_attempts=1,
+        )
+        importing = pool.submit(_imported, agent)
+        with pytest.raises(ServerDownError) as caught:
+            importing.result(timeout=60)  # generous under load; it ends about 0.5 s in
+    assert str(caught.value).startswith(
+        f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
+    )
