@@ -184,9 +184,17 @@ def refused(settings: ExchangeServerSettings) -> AuthenticationError:
             "can read the ticket; check `setspn -Q " + spn(s) + "` and that the EWS virtual directory offers "
             "Windows authentication with the Negotiate provider"
         )
-    who = s.username or s.client_id or "the service account"
+    if s.auth == "oauth":
+        # Entra ID issued the token (else OAuthBearer had said so): EWS does not accept what it grants
+        return AuthenticationError(
+            f"EWS at {s.origin} refused the token Entra ID issued to client {s.client_id} for "
+            f"{s.oauth_scope or s.origin + '/.default'} (HTTP 401, auth = 'oauth'); give the app Exchange's "
+            "full_access_as_app application permission with admin consent, make oauth_scope name the EWS host "
+            "as Exchange knows it (https://<external host>/.default), and check that OAuth is enabled on the "
+            "EWS virtual directory (hybrid modern authentication)"
+        )
     return AuthenticationError(
-        f"EWS at {s.origin} refused {who} (HTTP 401, auth = '{s.auth}'); "
+        f"EWS at {s.origin} refused {s.username} (HTTP 401, auth = '{s.auth}'); "
         "check the account, its password reference and the EWS virtual directory's authentication methods"
     )
 

@@ -171,10 +171,11 @@ def test_wrong_password_stops_the_step(ews: EwsEmulator, tmp_path: Path) -> None
 
 def test_oauth_hybrid_modern_authentication(tmp_path: Path) -> None:
     graph = GraphEmulator(EmulatorConfig(users=3)).start()
+    accepting = [True]
     try:
 
         def validate(token: str) -> bool:
-            return graph.identity.validate(token)[0] is not None
+            return accepting[0] and graph.identity.validate(token)[0] is not None
 
         with EwsEmulator(EwsConfig(auth=("bearer",)), bearer_validator=validate) as emu:
             emu.add_mailbox(PHOTO, photo=photo(1))
@@ -182,24 +183,32 @@ def test_oauth_hybrid_modern_authentication(tmp_path: Path) -> None:
             bundle.write_bytes(Path(graph.info["ca_cert"]).read_bytes() + Path(emu.info["ca_cert"]).read_bytes())
             (tmp_path / "mailboxes.txt").write_text(PHOTO + "\n", encoding="utf-8")
             info = graph.info
-            agent = _agent(
-                emu,
-                tmp_path,
-                auth="oauth",
-                username=None,
-                password=None,
-                ca_bundle=bundle,
-                tenant_id=info["tenant_id"],
-                client_id=info["client_id"],
-                client_secret=info["client_secret"],
-                authority=info["authority"],
-                instance_discovery=False,
-                oauth_scope="https://graph.microsoft.com/.default",
-            )
+            oauth = {
+                "auth": "oauth",
+                "username": None,
+                "password": None,
+                "ca_bundle": bundle,
+                "tenant_id": info["tenant_id"],
+                "client_id": info["client_id"],
+                "client_secret": info["client_secret"],
+                "authority": info["authority"],
+                "instance_discovery": False,
+                "oauth_scope": "https://graph.microsoft.com/.default",  # an audience the emulator issues for
+            }
+            agent = _agent(emu, tmp_path, **oauth)
             entries, _ = _imported(agent)
             assert entries[PHOTO].attributes["EXSPhoto"]
+            # a token EWS does not accept (the app lacks full_access_as_app, another audience): what to grant,
+            # not "check the account, its password reference" (before)
+            accepting[0] = False
+            with pytest.raises(AuthenticationError) as caught:
+                _imported(_agent(emu, tmp_path / "refused", **oauth))
     finally:
         graph.stop()
+    message = str(caught.value)
+    issued = f"refused the token Entra ID issued to client {info['client_id']} for https://graph.microsoft.com/.default"
+    assert issued in message
+    assert "full_access_as_app" in message and "password" not in message
 
 
 @pytest.mark.timeout(60)  # it used to wait forever: MSAL sets no timeout on the session it is given
