@@ -638,16 +638,22 @@ class EwsEmulator:
         self._call(lambda: self.service.mailboxes.pop(email.lower(), None))
 
     def set_answer(
-        self, email: str, status: int | None, body: bytes = b"", content_type: str = "text/xml; charset=utf-8"
+        self,
+        email: str,
+        status: int | None,
+        body: bytes = b"",
+        content_type: str = "text/xml; charset=utf-8",
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Answer the REST ``GetUserPhoto`` of ``email`` with this (None: as the mailbox would again)."""
         key = email.lower()
+        fields = [("Content-Type", content_type), *(headers or {}).items()]
 
         def run() -> None:
             if status is None:
                 self.service.answers.pop(key, None)
             else:
-                self.service.answers[key] = Response(status, body, [("Content-Type", content_type)])
+                self.service.answers[key] = Response(status, body, fields)
 
         self._call(run)
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urljoin
 
 import requests
 import urllib3
@@ -195,6 +196,19 @@ def _photo(email: str, resp: requests.Response) -> Fetched:
     return Fetched("photo", data=resp.content, etag=resp.headers.get("ETag"), pixels=max(info.width, info.height))
 
 
+def _redirected(email: str, resp: requests.Response) -> Fetched:
+    """A redirect, which GetUserPhoto has no reason to send (a mailbox moved elsewhere, a proxy's
+    sign-in page): the mailbox's error, naming where it pointed; not followed."""
+    where = host_port(urljoin(resp.url, resp.headers.get("Location") or ""))  # a relative one: the same server
+    detail = (
+        f"GetUserPhoto for {email} answered HTTP {resp.status_code}, a redirect to {where}, which is not followed "
+        "(the credentials are for EWS only). A mailbox moved to Exchange Online is redirected there: its photo "
+        "comes from the Exchange Online agent, so refresh the mailbox list; otherwise check the EWS virtual "
+        "directory and any proxy or load balancer in front of it"
+    )
+    return Fetched("error", error="ews-error", detail=detail)
+
+
 def _oversized(email: str, big: _Oversized) -> Fetched:
     exc = InputTooLargeError(f"more than {MAX_PHOTO_BYTES:,} bytes; the rest was not read")
     return _no_picture(email, big.content_type, exc)
@@ -322,7 +336,10 @@ class PhotoClient:
         """
         params = {"email": email, "size": size}
         timeout = self.settings.timeout_s
-        resp = self.session.get(self.url, params=params, headers=headers or {}, timeout=timeout, stream=True)
+        # never followed: credentials would go with it, and its server's 401 would stop the step (_answer)
+        resp = self.session.get(
+            self.url, params=params, headers=headers or {}, timeout=timeout, stream=True, allow_redirects=False
+        )
         if resp.status_code == 200:
             _read_body(resp, timeout)
         else:
@@ -423,6 +440,8 @@ class PhotoClient:
             raise refused(self.settings)
         if status == 403:
             return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
+        if 300 <= status < 400:
+            return _redirected(email, resp)
         if status >= 500:
             return None
         return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: HTTP {status}")

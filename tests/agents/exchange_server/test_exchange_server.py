@@ -38,6 +38,7 @@ from connector.sdk import (
 )
 from connector.throttling import LimitMemory, forget_shared_limiters
 from tests.agents.photo_folder.helpers import by_anchor
+from tests.cli._configs import invoke
 from tests.emulator.test_ews import _thumbnail
 from tests.harness.sockets import silent_server, trickling_server
 from tests.imaging.images import photo
@@ -591,3 +592,50 @@ def test_a_photo_that_trickles_in_stops_at_the_timeout_not_days_later(ews: EwsEm
     assert str(caught.value).startswith(
         f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
     )
+
+
+def test_credentials_in_the_ews_url_are_refused_and_shown_nowhere(ews: EwsEmulator, tmp_path: Path) -> None:
+    """`ews_url = "https://svc:<password>@mail/..."` ran, and its password was in every message that
+    named the server: the per-object errors and the step's message (a 401), on screen and in history."""
+    host = ews.info["ews_url"].split("/")[2]
+    (tmp_path / "pw").write_text(ews.info["password"], encoding="utf-8")
+    _listing(tmp_path, PHOTO)
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        'data_dir = "data"\n[store]\nurl = "sqlite:///x.db"\n'
+        '[agents.exs]\ntype = "exchange-server-photos"\n[agents.exs.settings]\n'
+        f'ews_url = "https://svc:Url-Secret-1@{host}/EWS/Exchange.asmx"\nca_bundle = "{ews.info["ca_cert"]}"\n'
+        f'username = \'{ews.info["username"]}\'\npassword = {{ file = "pw" }}\nmailbox_file = "mailboxes.txt"\n'
+        '[run_profiles.import]\nsteps = [{ type = "full-import", agent = "exs" }]\n',
+        encoding="utf-8",
+    )
+    code, out, err = invoke("run", "import", "-c", str(config))
+    assert code == 2, out + err
+    assert "agents.exs.settings.ews_url: must not hold a user name or password" in err
+    assert "the secret as { env = .. } or { file = .. }" in err
+    stored = (tmp_path / "x.db").read_bytes() if (tmp_path / "x.db").exists() else b""
+    assert "Url-Secret-1" not in out + err and b"Url-Secret-1" not in stored
+
+
+def test_a_redirect_is_the_mailboxs_error_and_no_credentials_follow_it(ews: EwsEmulator, tmp_path: Path) -> None:
+    """A GetUserPhoto answered with a redirect to another server (where a moved mailbox may now
+    live, or a proxy's sign-in page): before, it was followed with the credentials' scheme, and that
+    server's 401 stopped the whole step as stopped-authentication ("EWS ... refused"), for one mailbox."""
+    moved = "moved@contoso.example"
+    with EwsEmulator(EwsConfig(username="someone-else")) as elsewhere:
+        elsewhere.add_mailbox(moved, photo=photo(3))
+        bundle = tmp_path / "cas.pem"
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        bundle.write_bytes(Path(ews.info["ca_cert"]).read_bytes() + Path(elsewhere.info["ca_cert"]).read_bytes())
+        target = f"{elsewhere.info['ews_url']}/s/GetUserPhoto?email={moved}&size=HR648x648"
+        ews.set_answer(moved, 302, b"", content_type="text/html", headers={"Location": target})
+        _listing(tmp_path, PHOTO, moved)
+        entries, _ = _imported(_agent(ews, tmp_path, auth="basic", ca_bundle=bundle))
+        asked_elsewhere = elsewhere.stats()["requests"]
+    error = entries[moved].error
+    assert error is not None and error.name == "ews-error"
+    assert error.detail.startswith(
+        f"GetUserPhoto for {moved} answered HTTP 302, a redirect to {elsewhere.info['ews_url'].split('/')[2]}, "
+        "which is not followed"
+    )
+    assert entries[PHOTO].attributes["EXSPhoto"] and asked_elsewhere == 0
