@@ -247,10 +247,11 @@ def faulty_proxy(upstream: tuple[str, int] | None = None) -> Iterator[FaultyProx
 
 
 @contextlib.contextmanager
-def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000) -> Iterator[int]:
+def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000, every_s: float = 0.05) -> Iterator[int]:
     """A loopback HTTPS port that answers every request with 200 and a ``length``-byte body, sent
-    one byte at a time, a byte every 50 ms: each read of the client's gets data well within any
-    timeout, so only a deadline on the whole answer ends it (a wedged proxy, a dying link).
+    one byte at a time, a byte every ``every_s``: at 50 ms each read of the client's gets data well
+    within any timeout, so only a deadline on the whole answer ends it (a wedged proxy, a dying
+    link); at an hour the answer stalls after its first byte.
 
     Yields the port. The connections close when the ``with`` ends.
     """
@@ -268,7 +269,7 @@ def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000) -> Iterato
                     return
                 request += chunk
             conn.sendall(head + b"\xff")
-            while not stop.wait(0.05):
+            while not stop.wait(every_s):
                 conn.sendall(b"\x00")
 
     def accept() -> None:

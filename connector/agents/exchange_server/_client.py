@@ -135,7 +135,7 @@ class _Oversized(Exception):
 
 def _arriving(resp: requests.Response) -> Iterator[bytes]:
     """A streamed body as it arrives: each read gives what one receive brought (``read1``), so a
-    caller can keep a deadline however slowly the bytes come; urllib3's errors as requests raises them."""
+    caller can keep a deadline however slowly the bytes come; urllib3's errors as requests' own."""
     try:
         while chunk := resp.raw.read1(65536, decode_content=True):
             yield chunk
@@ -143,8 +143,8 @@ def _arriving(resp: requests.Response) -> Iterator[bytes]:
         raise requests.exceptions.ChunkedEncodingError(exc) from exc
     except urllib3.exceptions.DecodeError as exc:
         raise requests.exceptions.ContentDecodingError(exc) from exc
-    except urllib3.exceptions.ReadTimeoutError as exc:
-        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:  # (requests says ConnectionError, which names no timeout)
+        raise requests.exceptions.ReadTimeout(exc) from exc
     except urllib3.exceptions.SSLError as exc:
         raise requests.exceptions.SSLError(exc) from exc
 

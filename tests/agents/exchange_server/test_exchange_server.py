@@ -566,17 +566,21 @@ def test_a_photo_cut_off_midway_is_retried_then_the_mailboxs_error(ews: EwsEmula
     assert entries[THUMB].error is None
 
 
-def test_a_photo_that_trickles_in_stops_at_the_timeout_not_days_later(ews: EwsEmulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("every_s", [0.05, 3600.0], ids=["trickles", "stalls"])
+def test_a_photo_that_trickles_in_stops_at_the_timeout_not_days_later(
+    ews: EwsEmulator, tmp_path: Path, every_s: float
+) -> None:
     """A proxy or a dying link that sends a byte every 50 ms never trips the per-read timeout: the
     step waited for the whole body (this one, 1 MB, would take 14 hours; `mvsync run` was still
-    waiting when `timeout 60` ended it). The whole photo must now arrive within timeout_s."""
+    waiting when `timeout 60` ended it). The whole photo must now arrive within timeout_s. A body
+    that stalls is the same failure, named as a timeout (it read "connection failed")."""
     ca = trustme.CA()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(tls)
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     _listing(tmp_path, PHOTO)
     # the server closes first on the way out, which frees a reader still waiting (as before the fix)
-    with ThreadPoolExecutor(1) as pool, trickling_server(tls) as port:
+    with ThreadPoolExecutor(1) as pool, trickling_server(tls, every_s=every_s) as port:
         agent = _agent(
             ews,
             tmp_path,
