@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -107,13 +107,22 @@ class ExchangeServerSettings(ConnectorSettings):
     @field_validator("ews_url")
     @classmethod
     def _ews_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.hostname:
-            msg = "must be an https:// URL (EWS credentials never travel unencrypted)"
-            raise ValueError(msg)
-        refuse_url_credentials(value)
+        parts = _https_url(value)
         path = parts.path.rstrip("/")
         return f"https://{parts.netloc}{path or '/EWS/Exchange.asmx'}"
+
+    @field_validator("authority")
+    @classmethod
+    def _authority(cls, value: str | None) -> str | None:
+        """Checked here because MSAL refuses a bad one only at the first request, with a ValueError
+        from a worker thread: a traceback and stopped-connector-exception instead of exit 2."""
+        if value is None:
+            return None
+        parts = _https_url(value)
+        if not parts.path.strip("/"):
+            msg = "must name the tenant in its path (https://login.microsoftonline.com/<tenant id>)"
+            raise ValueError(msg)
+        return value.rstrip("/")
 
     @field_validator("photo_size")
     @classmethod
@@ -150,3 +159,13 @@ class ExchangeServerSettings(ConnectorSettings):
     def origin(self) -> str:
         parts = urlsplit(self.ews_url)
         return f"https://{parts.netloc}"
+
+
+def _https_url(value: str) -> SplitResult:
+    """``value`` split, if it is an https:// URL with a host and without credentials in it."""
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        msg = "must be an https:// URL (EWS credentials never travel unencrypted)"
+        raise ValueError(msg)
+    refuse_url_credentials(value)  # every message naming the server would show it
+    return parts

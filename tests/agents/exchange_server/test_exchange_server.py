@@ -643,3 +643,35 @@ def test_a_redirect_is_the_mailboxs_error_and_no_credentials_follow_it(ews: EwsE
         "which is not followed"
     )
     assert entries[PHOTO].attributes["EXSPhoto"] and asked_elsewhere == 0
+
+
+@pytest.mark.parametrize(
+    ("authority", "says"),
+    [
+        ("http://login.contoso.example/contoso", "must be an https:// URL"),
+        ("https://login.contoso.example", "must name the tenant in its path"),
+        ("https://app:Authority-Secret-1@login.contoso.example/contoso", "must not carry a user name or password"),
+    ],
+)
+def test_an_authority_msal_would_refuse_is_a_configuration_error_before_any_step(
+    ews: EwsEmulator, tmp_path: Path, authority: str, says: str
+) -> None:
+    """MSAL refuses such an authority only when the first photo request asks for a token, with a
+    ValueError from a worker thread: the run printed its traceback and stopped the step as
+    stopped-connector-exception (exit 4) after 10 s. Now the configuration is refused up front (exit 2)."""
+    (tmp_path / "secret").write_text("not-the-point", encoding="utf-8")
+    _listing(tmp_path, PHOTO)
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        'data_dir = "data"\n[store]\nurl = "sqlite:///x.db"\n'
+        '[agents.exs]\ntype = "exchange-server-photos"\n[agents.exs.settings]\n'
+        f'ews_url = "{ews.info["ews_url"]}"\nca_bundle = "{ews.info["ca_cert"]}"\nauth = "oauth"\n'
+        'tenant_id = "contoso"\nclient_id = "app"\nclient_secret = { file = "secret" }\n'
+        f'authority = "{authority}"\ninstance_discovery = false\nmailbox_file = "mailboxes.txt"\n'
+        '[run_profiles.import]\nsteps = [{ type = "full-import", agent = "exs" }]\n',
+        encoding="utf-8",
+    )
+    code, out, err = invoke("run", "import", "-c", str(config))
+    assert code == 2, out + err
+    assert f"agents.exs.settings.authority: {says}" in err
+    assert "Traceback" not in out + err and "Authority-Secret-1" not in out + err
