@@ -311,7 +311,7 @@ class PhotoClient:
                     self._pushed_back(ticket, wait)
                     throttled += 1
                     if throttled >= s.max_throttled_retries:
-                        return Fetched("error", error="throttled", detail=f"EWS kept throttling {email}")
+                        return self._throttled_out(email, throttled)
                     continue
                 fault = ews_fault(resp)
                 self._answered(ticket, email, _is_answer(resp, fault))
@@ -356,6 +356,16 @@ class PhotoClient:
             self.limiter.pause(wait)
         self.limiter.release(ticket, Signal.THROTTLED, retry_after=wait)
         self.watch.check(self.limiter.paused_for())
+
+    def _throttled_out(self, email: str, answers: int) -> Fetched:
+        """The error of a mailbox whose every attempt was push-back: asked again in the error window."""
+        detail = (
+            f"EWS kept throttling {email} ({answers} answers in a row were ErrorServerBusy, "
+            "ErrorExceededConnectionCount or HTTP 503; max_throttled_retries); it is asked again after "
+            "photo_error_recheck_hours. If many mailboxes get this, lower concurrency, or give the service "
+            "account a throttling policy of its own (New-ThrottlingPolicy, Set-ThrottlingPolicyAssociation)"
+        )
+        return Fetched("error", error="throttled", detail=detail)
 
     def _answered(self, ticket: Ticket, email: str, worked: bool) -> None:
         if worked:  # a plain 5xx is a failure, not a working answer

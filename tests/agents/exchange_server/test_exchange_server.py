@@ -675,3 +675,16 @@ def test_an_authority_msal_would_refuse_is_a_configuration_error_before_any_step
     assert code == 2, out + err
     assert f"agents.exs.settings.authority: {says}" in err
     assert "Traceback" not in out + err and "Authority-Secret-1" not in out + err
+
+
+def test_a_mailbox_throttled_past_its_retries_says_what_to_change(ews: EwsEmulator, tmp_path: Path) -> None:
+    """A mailbox whose every attempt is ErrorServerBusy (while others get through) gives up after
+    max_throttled_retries; its error said only "EWS kept throttling <address>"."""
+    _listing(tmp_path, PHOTO, THUMB)
+    ews.set_faults({"429": 1.0, "retry_after": 0.01, "path_pattern": "email=photo%40"})
+    entries, _ = _imported(_agent(ews, tmp_path, max_throttled_retries=2))
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "throttled"
+    assert error.detail.startswith(f"EWS kept throttling {PHOTO} (2 answers in a row were ErrorServerBusy")
+    assert "max_throttled_retries" in error.detail and "New-ThrottlingPolicy" in error.detail
+    assert entries[THUMB].error is None
