@@ -255,11 +255,26 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
                 trusted = not run.full and row is not None and row.in_cs and row.error is None
                 yield Deferred(worker, _Task(email, row, row.etag if trusted and row is not None else None))
         if not run.full:
+            if not listed and known:
+                raise self._empty_list(len(known))
             for email in sorted(set(known) - set(listed)):
                 yield CSEntryChange.delete(OBJECT_CLASS, email)
                 yield StateUpdate(email, None)
                 yield Count("deletes")
         yield DeltaWatermark(json.dumps({"v": 2}))
+
+    def _empty_list(self, known: int) -> StopRunError:
+        """A delta import's empty mailbox list: the engine's empty-import guard, which sees only full
+        imports (this agent's deltas delete what left the list). An empty file is what a scheduled
+        ``Get-Mailbox ... > mailboxes.txt`` leaves when it cannot reach Exchange; deleting every
+        mailbox would take their photos out of the metaverse and clear thumbnailPhoto at the next export."""
+        where = self.settings.mailbox_file or "mailboxes"
+        msg = (
+            f"the mailbox list {where} is empty, but {known} mailboxes were imported before; nothing was deleted. "
+            "Check the task that writes it (Get-Mailbox). If no on-premises mailbox is left, run a full import "
+            "with allow_empty_full_import = true on its step (or --allow-empty-import)"
+        )
+        return StopRunError(msg, status="stopped-empty-import")
 
 
 def _watermark_version(text: str | None) -> int:

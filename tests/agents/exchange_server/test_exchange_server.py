@@ -688,3 +688,33 @@ def test_a_mailbox_throttled_past_its_retries_says_what_to_change(ews: EwsEmulat
     assert error.detail.startswith(f"EWS kept throttling {PHOTO} (2 answers in a row were ErrorServerBusy")
     assert "max_throttled_retries" in error.detail and "New-ThrottlingPolicy" in error.detail
     assert entries[THUMB].error is None
+
+
+def test_an_empty_mailbox_list_deletes_nothing_in_a_delta_import(ews: EwsEmulator, tmp_path: Path) -> None:
+    """The scheduled `Get-Mailbox ... > mailboxes.txt` that cannot reach Exchange leaves an empty file.
+    A full import of it stops (stopped-empty-import, the engine's guard), but a delta import deleted
+    every mailbox from the connector space and reported success (exit 0): their photos left the
+    metaverse, and the next export would clear thumbnailPhoto in AD."""
+    (tmp_path / "pw").write_text(ews.info["password"], encoding="utf-8")
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        'data_dir = "data"\n[store]\nurl = "sqlite:///x.db"\n'
+        '[agents.exs]\ntype = "exchange-server-photos"\n[agents.exs.settings]\n'
+        f'ews_url = "{ews.info["ews_url"]}"\nca_bundle = "{ews.info["ca_cert"]}"\n'
+        f'username = \'{ews.info["username"]}\'\npassword = {{ file = "pw" }}\nmailbox_file = "mailboxes.txt"\n'
+        '[run_profiles.full]\nsteps = [{ type = "full-import", agent = "exs" }]\n'
+        '[run_profiles.delta]\nsteps = [{ type = "delta-import", agent = "exs" }]\n',
+        encoding="utf-8",
+    )
+    assert invoke("run", "full", "-c", str(config))[0] == 0
+    (tmp_path / "mailboxes.txt").write_text("", encoding="utf-8")
+    code, out, err = invoke("run", "delta", "-c", str(config), "--json")
+    step = json.loads(out)["steps"][0]
+    assert (code, step["status"]) == (4, "stopped-empty-import"), out + err
+    assert step["message"].startswith(f"the mailbox list {tmp_path / 'mailboxes.txt'} is empty, but 3 mailboxes")
+    assert "--allow-empty-import" in step["message"]
+    code, out, _ = invoke("cs", "search", "exs", "-c", str(config), "--json")
+    assert len(json.loads(out)) == 3 and not any(d["pending_import"] == "delete" for d in json.loads(out))
+    # an empty list that is meant: a full import with the engine's own permission empties the space
+    assert invoke("run", "full", "-c", str(config), "--allow-empty-import")[0] == 0
