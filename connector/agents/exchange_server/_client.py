@@ -38,7 +38,7 @@ from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
 from connector.net import RECHECKED, SILENCE, AnswerClock, fails_again, failure_kind, host_port
-from connector.sdk import ServerDownError
+from connector.sdk import ConfigurationError, ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = ["MAX_PHOTO_BYTES", "EwsFault", "Fetched", "PhotoClient", "ews_fault", "throttle_signal"]
@@ -61,6 +61,12 @@ _SERVER_FAULTS = frozenset(
 )
 _NOT_FOUND_FAULTS = frozenset({"ErrorNonExistentMailbox", "ErrorInvalidUser", "ErrorMailRecipientNotFound"})
 _DENIED_FAULTS = frozenset({"ErrorAccessDenied", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied"})
+#: What asks ews_url whether it is EWS (``PhotoClient.check_endpoint``): a SOAP envelope with an empty
+#: body, which EWS refuses with a SOAP fault, and which a wrong path (or a site without EWS) answers 404.
+_PROBE = (
+    b'<?xml version="1.0" encoding="utf-8"?>'
+    b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body/></soap:Envelope>'
+)
 #: The largest photo body read: Exchange's HD photos are at most 648x648 (tens of KB); anything near
 #: this is not a photo, and reading it whole on every thread would exhaust memory.
 MAX_PHOTO_BYTES = DEFAULT_MAX_INPUT_BYTES
@@ -270,6 +276,32 @@ class PhotoClient:
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counters[name] += n
+
+    def check_endpoint(self) -> None:
+        """Stop before the first mailbox if ews_url does not lead to EWS. GetUserPhoto's 404 means
+        "no photo", so a URL that answers 404 to everything (a typo in the path, a site without EWS)
+        would read as every mailbox without a photo, and remove every photo. Anything but a 404 goes
+        on: the photo requests then say what else may be wrong, and whether it is the server."""
+        s = self.settings
+        ticket = self.limiter.acquire(cancel=self.cancel)
+        self.count("requests")
+        try:
+            headers = {"Content-Type": "text/xml; charset=utf-8"}
+            resp = self.session.post(
+                s.ews_url, data=_PROBE, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
+            )
+        except requests.RequestException:
+            self.limiter.release(ticket, Signal.FAILED)
+            return
+        resp.close()  # the status says it; the body, unread, cannot hold the step (see _read_body)
+        self.limiter.release(ticket, Signal.OK)
+        if resp.status_code == 404:
+            msg = (
+                f"{s.ews_url} is not EWS: it answered HTTP 404 to a SOAP request, and would answer every photo "
+                'request so, which reads as "no photo" for every mailbox; give the EWS endpoint, usually '
+                "https://<server>/EWS/Exchange.asmx (Get-WebServicesVirtualDirectory | fl InternalUrl)"
+            )
+            raise ConfigurationError(msg, key="ews_url")
 
     def fetch(self, email: str, etag: str | None) -> Fetched:
         """The mailbox's photo at the configured size; ``etag`` makes it conditional."""

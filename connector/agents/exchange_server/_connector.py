@@ -190,6 +190,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             listed = self.mailbox_list()
             if not listed:
                 return CheckResult(False, "the mailbox list is empty")
+            self.client.check_endpoint()
             got = self.client.fetch(listed[0], None)
         except ConnectorError as exc:
             return CheckResult(False, str(exc))
@@ -249,11 +250,13 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         now = time.time()
         s = self.settings
         cut_ok, cut_err = now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600
-        for email in listed:
+        due = [email for email in listed if run.full or (row := known.get(email)) is None or _due(row, cut_ok, cut_err)]
+        if due:
+            self.client.check_endpoint()
+        for email in due:
             row = known.get(email)
-            if run.full or row is None or _due(row, cut_ok, cut_err):
-                trusted = not run.full and row is not None and row.in_cs and row.error is None
-                yield Deferred(worker, _Task(email, row, row.etag if trusted and row is not None else None))
+            trusted = not run.full and row is not None and row.in_cs and row.error is None
+            yield Deferred(worker, _Task(email, row, row.etag if trusted and row is not None else None))
         if not run.full:
             if not listed and known:
                 raise self._empty_list(len(known))

@@ -718,3 +718,23 @@ def test_an_empty_mailbox_list_deletes_nothing_in_a_delta_import(ews: EwsEmulato
     assert len(json.loads(out)) == 3 and not any(d["pending_import"] == "delete" for d in json.loads(out))
     # an empty list that is meant: a full import with the engine's own permission empties the space
     assert invoke("run", "full", "-c", str(config), "--allow-empty-import")[0] == 0
+
+
+def test_an_ews_url_that_is_not_ews_stops_before_any_mailbox_reads_as_without_photo(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """GetUserPhoto's 404 means "no photo". With a typo in ews_url's path every request answered 404,
+    so the full import succeeded and removed every mailbox's photo (updates=6, connector.none=7 in the
+    CLI run that found it); the export after it would clear thumbnailPhoto. The URL is now asked
+    once, before the first mailbox, whether it is EWS at all."""
+    _imported(_agent(ews, tmp_path))
+    typo = ews.info["ews_url"].replace("/Exchange.asmx", "/Exchang.asmx")
+    before = ews.stats().get("photo_requests", 0)
+    with pytest.raises(ConfigurationError) as caught:
+        _imported(_agent(ews, tmp_path, ews_url=typo))
+    assert caught.value.key == "ews_url"
+    assert str(caught.value).startswith(f"ews_url: {typo} is not EWS: it answered HTTP 404 to a SOAP request")
+    assert ews.stats().get("photo_requests", 0) == before  # no mailbox was asked
+    with _agent(ews, tmp_path, ews_url=typo) as agent:
+        result = agent.check()  # mvsync doctor
+    assert not result.ok and "is not EWS" in result.detail

@@ -119,8 +119,9 @@ def test_negotiate_imports_photos_through_the_engine(
     stats = kerberos_ews.stats()
     # the agent was the service account, by a real ticket (and over the TLS channel it was bound to)
     assert stats["kerberos_clients"] == [samba_kerberos.principal]
-    # IIS keeps a Kerberos connection authenticated: one handshake per connection (2 threads), not per photo
-    assert 1 <= stats["negotiate_ok"] <= 2 < stats["photo_requests"] == len(MAILBOXES) + 1
+    # IIS keeps a Kerberos connection authenticated: one handshake per connection (2 threads, and the
+    # importing thread's check that ews_url is EWS), not per photo
+    assert 1 <= stats["negotiate_ok"] <= 3 < stats["photo_requests"] == len(MAILBOXES) + 1
     assert stats.get("negotiate_refused", 0) == 0
     engine = Engine(config_from_dict(config, file=tmp_path / "mvsync.toml"))
     try:
