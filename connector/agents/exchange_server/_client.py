@@ -162,9 +162,9 @@ def _read_body(resp: requests.Response, timeout_s: float) -> None:
     and a proxy or a dying link that trickles bytes would hold the step (and its lock) for days."""
     declared = resp.headers.get("Content-Length", "")
     chunks: list[bytes] = []
-    size = 0
+    size = int(declared) if declared.isdigit() and int(declared) > MAX_PHOTO_BYTES else 0
     deadline = time.monotonic() + timeout_s
-    if not (declared.isdigit() and int(declared) > MAX_PHOTO_BYTES):
+    if not size:  # (not when the headers already say it is too large)
         for chunk in _arriving(resp):
             chunks.append(chunk)
             size += len(chunk)
@@ -173,7 +173,7 @@ def _read_body(resp: requests.Response, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 resp.close()
                 raise requests.exceptions.ReadTimeout(f"{size:,} bytes of the photo in {timeout_s:g} s (timeout_s)")
-    if size > MAX_PHOTO_BYTES or (declared.isdigit() and int(declared) > MAX_PHOTO_BYTES):
+    if size > MAX_PHOTO_BYTES:
         resp.close()
         raise _Oversized(_content_type(resp))
     resp._content = b"".join(chunks)  # where requests keeps a body it has read
@@ -187,7 +187,7 @@ def _no_picture(email: str, what: str, exc: ImageError) -> Fetched:
     """The error of a 200 whose body is no picture: the mailbox keeps the photo it had."""
     detail = (
         f"GetUserPhoto for {email} answered HTTP 200 with {what} that is no usable picture ({exc.detail}); "
-        "the photo imported before is kept. If it is a web page, a proxy or load balancer in front of EWS "
+        "any photo imported before is kept. If it is a web page, a proxy or load balancer in front of EWS "
         "answered instead of Exchange: check its rules for /EWS/"
     )
     return Fetched("error", error=exc.name, detail=detail)
