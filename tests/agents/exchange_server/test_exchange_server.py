@@ -650,7 +650,7 @@ def test_a_redirect_is_the_mailboxs_error_and_no_credentials_follow_it(ews: EwsE
     [
         ("http://login.contoso.example/contoso", "must be an https:// URL"),
         ("https://login.contoso.example", "must name the tenant in its path"),
-        ("https://app:Authority-Secret-1@login.contoso.example/contoso", "must not carry a user name or password"),
+        ("https://app:Authority-Secret-1@login.contoso.example/contoso", "must not hold a user name or password"),
     ],
 )
 def test_an_authority_msal_would_refuse_is_a_configuration_error_before_any_step(
