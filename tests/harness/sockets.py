@@ -7,9 +7,31 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["FaultyProxy", "connect_proxy", "faulty_proxy", "silent_server", "trickling_server"]
+
+
+def _accepting(
+    server: socket.socket, stop: threading.Event, handle: Callable[[socket.socket], None]
+) -> threading.Thread:
+    """Accept connections on ``server`` until ``stop`` is set, each handed to ``handle`` on a daemon
+    thread of its own; the accepting thread, started (join it after setting ``stop``)."""
+    server.settimeout(0.2)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn = server.accept()[0]
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return thread
 
 
 @contextlib.contextmanager
@@ -23,18 +45,7 @@ def silent_server() -> Iterator[int]:
     held: list[socket.socket] = []
     stop = threading.Event()
 
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
+    thread = _accepting(server, stop, held.append)
     try:
         yield server.getsockname()[1]
     finally:
@@ -54,7 +65,6 @@ def connect_proxy(*, refuse: str | None = None, hosts: dict[str, str] | None = N
     ``hosts`` resolves names as the proxy sees them (a test name to 127.0.0.1).
     """
     server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
     targets: list[str] = []
     stop = threading.Event()
 
@@ -91,18 +101,7 @@ def connect_proxy(*, refuse: str | None = None, hosts: dict[str, str] | None = N
                 pipe(client, upstream)
                 back.join()
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                client = server.accept()[0]
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=tunnel, args=(client,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
+    thread = _accepting(server, stop, tunnel)
     try:
         yield server.getsockname()[1], targets
     finally:
@@ -129,7 +128,6 @@ class FaultyProxy:
         self.accepted = 0
         self.mode = "relay"
         self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.2)
         self.port: int = self._server.getsockname()[1]
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -139,8 +137,7 @@ class FaultyProxy:
         self.held = threading.Event()
         #: connections accepted while held, connected upstream by ``thaw()``
         self._waiting: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self._thread = _accepting(self._server, self._stop, self._accepted)
 
     def hold(self) -> None:
         with self._lock:
@@ -176,25 +173,18 @@ class FaultyProxy:
         self._server.close()
         self.reset()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client = self._server.accept()[0]
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+    def _accepted(self, client: socket.socket) -> None:
+        with self._lock:
+            self.accepted += 1
+            mode = self.mode
+            self._open.append(client)
+        if mode == "reset" or (mode == "relay" and self.upstream is None):
+            _reset_when_spoken_to(client)
+        elif mode == "relay":
+            self._connect(client)
+        elif self.upstream is not None:
             with self._lock:
-                self.accepted += 1
-                mode = self.mode
-                self._open.append(client)
-            if mode == "reset" or (mode == "relay" and self.upstream is None):
-                threading.Thread(target=_reset_when_spoken_to, args=(client,), daemon=True).start()
-            elif mode == "relay":
-                threading.Thread(target=self._connect, args=(client,), daemon=True).start()
-            elif self.upstream is not None:
-                with self._lock:
-                    self._waiting.append(client)
+                self._waiting.append(client)
 
     def _connect(self, client: socket.socket) -> None:
         assert self.upstream is not None
@@ -256,7 +246,6 @@ def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000, every_s: f
     Yields the port. The connections close when the ``with`` ends.
     """
     server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
     stop = threading.Event()
     head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n".encode()
 
@@ -272,18 +261,7 @@ def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000, every_s: f
             while not stop.wait(every_s):
                 conn.sendall(b"\x00")
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                raw = server.accept()[0]
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=answer, args=(raw,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
+    thread = _accepting(server, stop, answer)
     try:
         yield server.getsockname()[1]
     finally:

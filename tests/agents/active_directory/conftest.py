@@ -108,6 +108,63 @@ class ADTestEnv:
         return connector
 
 
+def photo_sync_config(
+    ad_env: ADTestEnv,
+    people: str,
+    photos: Path,
+    ad_settings: dict[str, Any],
+    *,
+    import_flow: tuple[dict[str, str], ...] = (),
+    export_step: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The photo solution on ``ad_env``'s DC: ``ad`` (the users under ``people``) and ``hr`` (the folder
+    ``photos``), profiles "Prepare" (imports and syncs) and "Export"; ``ad_settings`` adds to or
+    replaces the DC's own connection settings, ``import_flow`` adds AD flows, ``export_step`` to the step."""
+    secret = ad_env.tmp_path / "ad-password"
+    secret.write_text(ad_env.ad.password)
+    user = {"object_class": "user"}
+    return {
+        "store": {"url": f"sqlite:///{ad_env.tmp_path / 'mvsync.db'}"},
+        "data_dir": str(ad_env.tmp_path / "data"),
+        "metaverse": {"schema": "person"},
+        "agents": {
+            "ad": {
+                "type": "active-directory",
+                "settings": {
+                    "host": ad_env.ad.host,
+                    "port": ad_env.ad.ldaps_port,
+                    "ca_file": str(ad_env.ad.ca_cert) if ad_env.ad.ca_cert else None,
+                    "bind_dn": ad_env.ad.bind_dn,
+                    "password": {"file": str(secret)},
+                    "base_dns": [people],
+                    "max_writes_per_second": 0,
+                    **ad_settings,
+                },
+                "projection": [{**user, "metaverse_type": "person"}],
+                "import_flow": [{**user, "cs": "sAMAccountName", "mv": "accountName"}, *import_flow],
+                "export_flow": [{**user, "mv": "photo", "cs": "thumbnailPhoto"}],
+            },
+            "hr": {
+                "type": "photo-folder",
+                "settings": {"path": str(photos)},
+                "join": [{"object_class": "photoFile", "match": [{"cs": "accountName", "mv": "accountName"}]}],
+                "import_flow": [{"object_class": "photoFile", "cs": "photo", "mv": "photo"}],
+            },
+        },
+        "run_profiles": {
+            "Prepare": {
+                "steps": [
+                    {"type": "full-import", "agent": "ad"},
+                    {"type": "full-import", "agent": "hr"},
+                    {"type": "full-sync", "agent": "ad"},
+                    {"type": "full-sync", "agent": "hr"},
+                ]
+            },
+            "Export": {"steps": [{"type": "export", "agent": "ad", **(export_step or {})}]},
+        },
+    }
+
+
 @pytest.fixture
 def ad_env(samba_ad: ADSettings, tmp_path: Path) -> Iterator[ADTestEnv]:
     admin = connect(samba_ad)

@@ -19,7 +19,7 @@ from connector.engine import Engine
 from connector.sdk import ConfigurationError, ImportMode, ObjectModificationType
 from connector.store import ConnectorSpace
 from connector.store.tables import run_history, run_step
-from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_import import run_import
 from tests.harness.samba_dc import UserSpec
 
@@ -169,51 +169,8 @@ def _ldif_records(text: str) -> dict[str, dict[str, Any]]:
 
 
 def _ldif_config(ad_env: ADTestEnv, people: str, photos: Path, ldif: str) -> dict[str, Any]:
-    secret = ad_env.tmp_path / "ad-password"
-    secret.write_text(ad_env.ad.password)
-    return {
-        "store": {"url": f"sqlite:///{ad_env.tmp_path / 'mvsync.db'}"},
-        "data_dir": str(ad_env.tmp_path / "data"),
-        "metaverse": {"schema": "person"},
-        "agents": {
-            "ad": {
-                "type": "active-directory",
-                "settings": {
-                    "host": ad_env.ad.host,
-                    "port": ad_env.ad.ldaps_port,
-                    "ca_file": str(ad_env.ad.ca_cert) if ad_env.ad.ca_cert else None,
-                    "bind_dn": ad_env.ad.bind_dn,
-                    "password": {"file": str(secret)},
-                    "base_dns": [people],
-                    "max_writes_per_second": 0,
-                    "ldif_output": ldif,
-                },
-                "projection": [{"object_class": "user", "metaverse_type": "person"}],
-                "import_flow": [
-                    {"object_class": "user", "cs": "sAMAccountName", "mv": "accountName"},
-                    {"object_class": "user", "cs": "objectGUID", "mv": "adObjectGUID"},
-                ],
-                "export_flow": [{"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto"}],
-            },
-            "hr": {
-                "type": "photo-folder",
-                "settings": {"path": str(photos)},
-                "join": [{"object_class": "photoFile", "match": [{"cs": "accountName", "mv": "accountName"}]}],
-                "import_flow": [{"object_class": "photoFile", "cs": "photo", "mv": "photo"}],
-            },
-        },
-        "run_profiles": {
-            "Prepare": {
-                "steps": [
-                    {"type": "full-import", "agent": "ad"},
-                    {"type": "full-import", "agent": "hr"},
-                    {"type": "full-sync", "agent": "ad"},
-                    {"type": "full-sync", "agent": "hr"},
-                ]
-            },
-            "Export": {"steps": [{"type": "export", "agent": "ad"}]},
-        },
-    }
+    guid_flow = {"object_class": "user", "cs": "objectGUID", "mv": "adObjectGUID"}
+    return photo_sync_config(ad_env, people, photos, {"ldif_output": ldif}, import_flow=(guid_flow,))
 
 
 def test_ldif_mode_through_the_engine_writes_the_file_and_not_the_directory(

@@ -20,7 +20,7 @@ from connector.agents.active_directory import _export
 from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.store import ConnectorSpace
-from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.harness.sockets import FaultyProxy, faulty_proxy
 
 pytestmark = pytest.mark.samba
@@ -30,51 +30,15 @@ _USERS, _BATCH, _WRITES_BEFORE_OUTAGE = 7, 3, 4
 
 
 def _config(ad_env: ADTestEnv, people: str, photos: Path, port: int) -> dict[str, Any]:
-    secret = ad_env.tmp_path / "ad-password"
-    secret.write_text(ad_env.ad.password)
-    return {
-        "store": {"url": f"sqlite:///{ad_env.tmp_path / 'mvsync.db'}"},
-        "data_dir": str(ad_env.tmp_path / "data"),
-        "metaverse": {"schema": "person"},
-        "agents": {
-            "ad": {
-                "type": "active-directory",
-                "settings": {
-                    "host": "localhost",  # a name the DC's certificate holds; the relay listens there
-                    "port": port,
-                    "ca_file": str(ad_env.ad.ca_cert),
-                    "bind_dn": ad_env.ad.bind_dn,
-                    "password": {"file": str(secret)},
-                    "base_dns": [people],
-                    "max_writes_per_second": 0,
-                    "export_connections": 1,
-                    "connect_timeout": 1,
-                    "receive_timeout": 2,
-                    "reconnect_attempts": 1,
-                },
-                "projection": [{"object_class": "user", "metaverse_type": "person"}],
-                "import_flow": [{"object_class": "user", "cs": "sAMAccountName", "mv": "accountName"}],
-                "export_flow": [{"object_class": "user", "mv": "photo", "cs": "thumbnailPhoto"}],
-            },
-            "hr": {
-                "type": "photo-folder",
-                "settings": {"path": str(photos)},
-                "join": [{"object_class": "photoFile", "match": [{"cs": "accountName", "mv": "accountName"}]}],
-                "import_flow": [{"object_class": "photoFile", "cs": "photo", "mv": "photo"}],
-            },
-        },
-        "run_profiles": {
-            "Prepare": {
-                "steps": [
-                    {"type": "full-import", "agent": "ad"},
-                    {"type": "full-import", "agent": "hr"},
-                    {"type": "full-sync", "agent": "ad"},
-                    {"type": "full-sync", "agent": "hr"},
-                ]
-            },
-            "Export": {"steps": [{"type": "export", "agent": "ad", "batch_size": _BATCH}]},
-        },
+    relayed = {
+        "host": "localhost",  # a name the DC's certificate holds; the relay listens there
+        "port": port,
+        "export_connections": 1,
+        "connect_timeout": 1,
+        "receive_timeout": 2,
+        "reconnect_attempts": 1,
     }
+    return photo_sync_config(ad_env, people, photos, relayed, export_step={"batch_size": _BATCH})
 
 
 def _outage_after_writes(monkeypatch: pytest.MonkeyPatch, count: int, outage: Callable[[], None]) -> list[str]:
