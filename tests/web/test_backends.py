@@ -167,7 +167,12 @@ def _console_waiting_on_a_quiet_store(tmp_path: Path, url: str) -> Iterator[tupl
     with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
         relayed, config = _quiet_store(tmp_path, url, store_relay)
         env = {**os.environ, "MVSYNC_STORE_URL": relayed}
-        main = "from connector.cli import main; main()"
+        # Ctrl-C as at a terminal: a test session started as a background job (CI under nohup) hands its
+        # children SIGINT ignored, and uvicorn, which re-raises the signal once it has stopped, then exits 0
+        main = (
+            "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from connector.cli import main; main()"
+        )
         command = [sys.executable, "-c", main, "ui", "-c", str(config), "--port", "0"]
         console = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         try:
