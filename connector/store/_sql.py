@@ -68,6 +68,18 @@ BUSY_GRACE_S = 5.0
 #: keeps every command waiting psycopg's own 130 s in silence, then ends in a traceback. A
 #: ``connect_timeout`` in ``store.url`` (or libpq's ``PGCONNECT_TIMEOUT``) wins.
 CONNECT_TIMEOUT_S = 20
+#: TCP keepalives on PostgreSQL connections (libpq's parameters), unless ``store.url`` sets its own.
+#: Without them a store host that goes away without a reset (a failover, a VM gone, a firewall that
+#: drops the connection silently) leaves a run or a console page waiting on its idle connection until
+#: the OS gives up, which by default is hours; with them libpq finds it dead in about 70 s
+#: (30 s idle, then 4 probes 10 s apart; Windows has no probe count and uses its own). They also keep
+#: a firewall from dropping the connection a run lock is held on while a long step runs.
+PG_KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 4,
+}
 
 
 def _busy_ms() -> int:
@@ -131,12 +143,15 @@ def _masked(url: str, parsed: URL) -> str:
 def _postgresql_engine(url: str, parsed: URL, where: str) -> tuple[Engine, float | None]:
     """The engine of a PostgreSQL store, and the seconds its connection attempt may take (None: unbounded).
 
-    ``connect_timeout`` bounds the attempt (see ``CONNECT_TIMEOUT_S``) unless the user chose one. The
+    ``connect_timeout`` bounds the attempt (see ``CONNECT_TIMEOUT_S``) unless the user chose one, and
+    TCP keepalives find a host gone silent (``PG_KEEPALIVES``) unless the URL sets them. The
     driver is an extra (``mvsync[postgres]``): without it SQLAlchemy's import of psycopg would end the
     command in a traceback, where the operator needs the line that installs it.
     """
     given = parsed.query.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
-    connect_args = {} if given else {"connect_timeout": CONNECT_TIMEOUT_S}
+    connect_args: dict[str, int] = {} if given else {"connect_timeout": CONNECT_TIMEOUT_S}
+    if not any(key.startswith("keepalives") for key in parsed.query):  # the URL's own choice wins whole
+        connect_args.update(PG_KEEPALIVES)
     try:
         engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except ModuleNotFoundError as exc:

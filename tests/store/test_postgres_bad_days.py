@@ -279,3 +279,34 @@ def test_a_role_without_write_grants_is_found_by_doctor_and_named_by_the_run(wor
             conn.execute(text(f"DROP OWNED BY {role}"))
             conn.execute(text(f"DROP ROLE {role}"))
         dba.dispose()
+
+
+def _keepalives(store: SqlStore) -> dict[str, str]:
+    """The keepalive parameters libpq holds for one of the store's connections."""
+    with store.engine.connect() as conn:
+        raw: Any = conn.connection.dbapi_connection
+        return {k: v for k, v in raw.info.get_parameters().items() if k.startswith("keepalives")}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", {"keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "4"}),
+        ("?keepalives_idle=600", {"keepalives_idle": "600"}),  # the URL's own choice wins whole
+    ],
+)
+def test_store_connections_find_a_host_gone_silent_with_tcp_keepalives(
+    postgres_db: Callable[[], str], query: str, expected: dict[str, str]
+) -> None:
+    """A store host that goes away without a reset (a failover, a VM gone, a firewall dropping the
+    connection silently) left a run waiting on its idle connection for the OS's 2 hours; libpq finds
+    it dead in about 70 s with mvsync's keepalives. (A silent host cannot be made here without a
+    packet filter: this checks that libpq holds the settings.)"""
+    store = SqlStore(postgres_db() + query)
+    try:
+        held = _keepalives(store)
+    finally:
+        store.close()
+    assert {k: v for k, v in held.items() if k in expected} == expected
+    if query:
+        assert "keepalives_count" not in held  # none of mvsync's defaults beside the URL's own
