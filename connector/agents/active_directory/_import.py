@@ -196,6 +196,10 @@ class Importer:
             watermark = Watermark.loads(request.watermark)
             dc = self.identity()
             self._check_same_dc(watermark, dc)
+            # a DirSync delta reads the naming context, not the base DNs: an OU renamed or deleted since
+            # the last full import gave "success" with nothing to import, its people kept under DNs that
+            # are gone (a USN delta searched the bases and said so); a base-scope read of each is cheap
+            self.check_bases()
             self._seen = set()
             token = {
                 "n": self._nonce,

@@ -9,7 +9,14 @@ import pytest
 from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, Watermark
-from connector.sdk import CSEntryChange, ImportMode, ImportRequest, ObjectModificationType, StopRunError
+from connector.sdk import (
+    ConfigurationError,
+    CSEntryChange,
+    ImportMode,
+    ImportRequest,
+    ObjectModificationType,
+    StopRunError,
+)
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.harness.samba_dc import UserSpec
 
@@ -159,3 +166,24 @@ def test_missing_base_dn_names_the_setting(ad_env: ADTestEnv) -> None:
     connector = ad_env.connector(base_dns=[f"OU=nope-{ad_env.tag},{ad_env.ad.base_dn}"], delta_method="usn")
     with pytest.raises(ConfigurationError, match="base_dns"):
         run_import(connector, ImportMode.FULL)
+
+
+@pytest.mark.parametrize("method", ["usn", "dirsync"])
+def test_a_delta_import_after_the_base_ou_was_renamed_stops_naming_the_base_dn(ad_env: ADTestEnv, method: str) -> None:
+    """Found in the AD pass: with the base OU renamed after the full import, a DirSync delta import
+    ended "success" with nothing imported (it reads the naming context), its people kept under DNs that
+    are gone; a full or USN delta import said the base DN does not exist. Now DirSync says so too."""
+    people = ad_env.sub_ou("people")
+    ad_env.add_users(ad_env.specs(2), ou=people)
+    connector = ad_env.connector(delta_method=method, base_dns=[people])
+    _, watermark, _ = run_import(connector, ImportMode.FULL)
+    renamed = f"OU=people-renamed-{ad_env.tag}"
+    assert ad_env.admin.modify_dn(people, renamed), ad_env.admin.result
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            run_import(ad_env.connector(delta_method=method, base_dns=[people]), ImportMode.DELTA, watermark)
+        assert str(caught.value) == (
+            f"base_dns: the base DN {people!r} does not exist on {ad_env.ad.host} (noSuchObject); check base_dns"
+        )
+    finally:
+        ad_env.admin.modify_dn(f"{renamed},{ad_env.ou}", people.split(",", 1)[0])
