@@ -12,6 +12,7 @@ which has no ``O_NOFOLLOW``.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import unicodedata
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connector.imaging import is_photo_name
+
+log = logging.getLogger("mvsync.agents.photo_folder")
 
 __all__ = ["PhotoFile", "ReadError", "account_key", "display", "read_photo", "scan_folder"]
 
@@ -100,6 +103,9 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
                     if recursive and not entry.name.startswith("."):
                         pending.append(relpath)
                     continue
+                if recursive and entry.is_symlink() and entry.is_dir():
+                    _say_linked_folder(root, relpath)
+                    continue
                 if not is_photo_name(entry.name):
                     continue
                 try:
@@ -107,6 +113,17 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
                 except FileNotFoundError:  # removed since the listing: it is not there, like a file never added
                     continue
     return sorted(found, key=lambda f: f.relpath)
+
+
+def _say_linked_folder(root: Path, relpath: str) -> None:
+    """A recursive import does not enter a linked folder (it could lead out of ``path``): say so, or
+    its photos would be missing without a word (a link made to share an HR export, say)."""
+    log.warning(
+        "photo folder %s: %s is a symbolic link to a folder; links are not followed, so the photos in it are "
+        "not read (move them into the folder, or add an agent for the folder it links to)",
+        root,
+        display(relpath),
+    )
 
 
 def _classify(entry: os.DirEntry[str], relpath: str, max_file_bytes: int) -> PhotoFile:

@@ -174,7 +174,7 @@ def test_two_names_that_differ_only_in_unicode_form_are_shown_apart(tmp_path: Pa
     assert "('Jose\\u0301.jpeg': decomposed Unicode, as macOS writes names)" in error.detail, error.detail
 
 
-def test_symlinks_are_refused(tmp_path: Path, folder: Path) -> None:
+def test_symlinks_are_refused(tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture) -> None:
     secret = tmp_path / "outside.jpg"
     secret.write_bytes(photo(13, size=64))
     os.symlink(secret, folder / "mallory.jpg")
@@ -189,7 +189,9 @@ def test_symlinks_are_refused(tmp_path: Path, folder: Path) -> None:
         error = found[anchor].error
         assert error is not None and error.name == "symlink-refused"
         assert "photo" not in found[anchor].attributes
-    assert "eve" not in found  # linked folders are not entered
+    assert "eve" not in found  # linked folders are not entered, and the log says so (it was silent)
+    [said] = [r.getMessage() for r in caplog.records if "linked-folder" in r.getMessage()]
+    assert "is a symbolic link to a folder; links are not followed, so the photos in it are not read" in said
     assert found["jdoe"].error is None
 
 
