@@ -335,7 +335,7 @@ def _connect_findings(connector: Any, where: str) -> list[Finding]:
             found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
     try:
         result = connector.check()
-        severity: Severity = "ok" if result.ok else "error"
+        severity: Severity = ("warning" if result.warning else "ok") if result.ok else "error"
         found.append(Finding("config", f"{where}.reachable", severity, result.detail or "reachable"))
     except Exception as exc:
         found.append(Finding("config", f"{where}.reachable", "error", f"{type(exc).__name__}: {exc}"))

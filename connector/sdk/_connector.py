@@ -70,8 +70,15 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
+    """What ``Connector.check`` found: reachable (``ok``) or not, and what to say (``mvsync doctor``).
+
+    ``warning``: reachable, but something the operator should look at before the next run (an empty
+    photo folder where a share may not be mounted); doctor reports it as a warning, not an error.
+    """
+
     ok: bool
     detail: str = ""
+    warning: bool = False
 
 
 @dataclass(slots=True)

@@ -273,3 +273,25 @@ def test_years_of_history_are_a_warning_that_names_the_command_to_schedule(healt
     [old] = [f for f in report.findings if f.check == "history"]
     assert old.severity == "warning" and report.ok  # a nudge, not a failure (exit 0)
     assert "over the last 400 days" in old.message and "mvsync history clear --older-than 90" in old.message
+
+
+def test_an_empty_photo_folder_is_a_warning_that_asks_whether_the_share_is_mounted(tmp_path: Path) -> None:
+    """Found in the photo-folder pass: doctor called the empty mount point of an unmounted share
+    "readable", and the next import stopped as empty; now doctor says so first (a warning: exit 0)."""
+    photos = tmp_path / "hr-photos"
+    photos.mkdir()
+    config = config_from_dict(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "agents": {"hr": {"type": "photo-folder", "settings": {"path": str(photos)}}},
+        },
+        base_dir=tmp_path,
+    )
+
+    def reachable() -> tuple[str, str]:
+        [found] = [f for f in check_config(config) if f.check == "agents.hr.reachable"]
+        return found.severity, found.message
+
+    assert reachable() == ("warning", f"{photos} is readable but holds no photos: if it is a share, is it mounted?")
+    (photos / "jdoe.jpg").write_bytes(b"a photo's bytes are not read here")
+    assert reachable() == ("ok", f"{photos} is readable")

@@ -33,6 +33,7 @@ from connector.imaging import (
     ImageError,
     InputLimits,
     PhotoSpec,
+    is_photo_name,
     normalize,
     probe,
     verify,
@@ -135,7 +136,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         export = self.settings.export_path
         if export is not None and not (export.is_dir() and os.access(export, os.W_OK | os.X_OK)):
             return CheckResult(False, f"export_path: {export} is not a writable folder")
-        return CheckResult(True, f"{folder} is readable")
+        return _contents_check(folder)
 
     # -- import ------------------------------------------------------------------------------
     def import_changes(self, run: ImportRun) -> Iterator[ImportItem]:
@@ -422,3 +423,16 @@ def _file_name_problem(anchor: str) -> str:
     if len(anchor.encode("utf-8")) > 200:
         return "is too long for a file name"
     return ""
+
+
+def _contents_check(folder: Path) -> CheckResult:
+    """``mvsync doctor``'s word on what the folder holds: an empty one (no photo, no sub-folder) is what
+    an unmounted share's mount point looks like, and the next import would stop as empty."""
+    try:
+        with os.scandir(folder) as entries:
+            empty = not any(is_photo_name(entry.name) or entry.is_dir() for entry in entries)
+    except OSError as exc:
+        return CheckResult(False, f"path: {folder} cannot be listed: {exc.strerror or exc}")
+    if empty:
+        return CheckResult(True, f"{folder} is readable but holds no photos: if it is a share, is it mounted?", True)
+    return CheckResult(True, f"{folder} is readable")
