@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 
@@ -29,8 +29,8 @@ __all__ = [
     "fails_again",
     "failure_kind",
     "host_port",
+    "https_url",
     "readable_ca_file",
-    "refuse_url_credentials",
     "unreachable_authority",
     "verifying_session",
 ]
@@ -43,21 +43,27 @@ def host_port(url: str) -> str:
     return f"{parts.hostname or '?'}:{port}"
 
 
-def refuse_url_credentials(url: str) -> None:
-    """Raise ``ValueError`` (a settings validator's refusal) when ``url`` holds ``user:password@``.
+def https_url(url: str, why: str = "") -> SplitResult:
+    """``url`` split, if it is an https:// URL with a host and no ``user:password@``; else the
+    ``ValueError`` a settings validator refuses it with (``why`` adds the agent's reason for TLS).
 
-    Why refuse rather than mask: an agent's URL is part of what it says and counts (messages kept in
-    run history, the throttling limiter's name, which is a Prometheus label, the console), and each
-    would have to mask it; and a password there escapes the rule that secrets come only from
-    ``{ env = .. }`` or ``{ file = .. }``.
+    Why refuse credentials rather than mask them: an agent's URL is part of what it says and counts
+    (messages kept in run history, the throttling limiter's name, which is a Prometheus label, the
+    console), and each would have to mask it; and a password there escapes the rule that secrets come
+    only from ``{ env = .. }`` or ``{ file = .. }``.
     """
-    if "@" in urlsplit(url).netloc:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        msg = f"must be an https:// URL{f' ({why})' if why else ''}"
+        raise ValueError(msg)
+    if "@" in parts.netloc:
         msg = (
             "must not hold a user name or password (user:password@host): it would show in messages, run history "
             "and metrics; give the account and its secret in their own settings, the secret as { env = .. } or "
             "{ file = .. }"
         )
         raise ValueError(msg)
+    return parts
 
 
 def failure_kind(exc: requests.RequestException) -> str:

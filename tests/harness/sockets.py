@@ -34,6 +34,17 @@ def _accepting(
     return thread
 
 
+def _request_head(conn: socket.socket) -> bytes | None:
+    """An HTTP request's head (up to its blank line), or None when the client closed before it."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        head += chunk
+    return head
+
+
 @contextlib.contextmanager
 def silent_server() -> Iterator[int]:
     """A loopback port that accepts TCP connections and never sends a byte (a hung DC, a wedged IIS).
@@ -79,12 +90,9 @@ def connect_proxy(*, refuse: str | None = None, hosts: dict[str, str] | None = N
         # a client that resets or sends garbage ends its tunnel quietly: an exception escaping a thread
         # would be printed with a traceback while the test session goes on
         with client, contextlib.suppress(OSError, ValueError):
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = _request_head(client)
+            if head is None:
+                return
             method, target = head.split(b" ", 2)[:2]
             if method != b"CONNECT":
                 client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
@@ -251,12 +259,8 @@ def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000, every_s: f
 
     def answer(raw: socket.socket) -> None:
         with contextlib.suppress(OSError), tls.wrap_socket(raw, server_side=True) as conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
+            if _request_head(conn) is None:
+                return
             conn.sendall(head + b"\xff")
             while not stop.wait(every_s):
                 conn.sendall(b"\x00")

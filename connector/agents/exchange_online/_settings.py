@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.net import refuse_url_credentials
+from connector.net import https_url
 from connector.sdk import ConnectorSettings
 
 __all__ = ["HD_PHOTO_SIZES", "ExchangeOnlineSettings"]
@@ -119,11 +119,8 @@ class ExchangeOnlineSettings(ConnectorSettings):
     @field_validator("graph_url", "authority")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("https://"):
-            msg = "must be an https:// URL"
-            raise ValueError(msg)
         if value is not None:
-            refuse_url_credentials(value)
+            https_url(value)
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.net import refuse_url_credentials
+from connector.net import https_url
 from connector.sdk import MUST_EXIST, ConnectorSettings
 
 __all__ = ["EWS_DEFAULT_MAX_CONCURRENCY", "EWS_SIZE_CODES", "ExchangeServerSettings"]
+
+_TLS_WHY = "EWS credentials never travel unencrypted"
 
 #: SizeRequested codes (Exchange 2013+; field-notes-2.md §1.1).
 EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in (48, 64, 96, 120, 240, 360, 432, 504, 648))
@@ -107,7 +109,7 @@ class ExchangeServerSettings(ConnectorSettings):
     @field_validator("ews_url")
     @classmethod
     def _ews_url(cls, value: str) -> str:
-        parts = _https_url(value)
+        parts = https_url(value, _TLS_WHY)
         path = parts.path.rstrip("/")
         return f"https://{parts.netloc}{path or '/EWS/Exchange.asmx'}"
 
@@ -118,7 +120,7 @@ class ExchangeServerSettings(ConnectorSettings):
         from a worker thread: a traceback and stopped-connector-exception instead of exit 2."""
         if value is None:
             return None
-        parts = _https_url(value)
+        parts = https_url(value, _TLS_WHY)
         if not parts.path.strip("/"):
             msg = "must name the tenant in its path (https://login.microsoftonline.com/<tenant id>)"
             raise ValueError(msg)
@@ -159,13 +161,3 @@ class ExchangeServerSettings(ConnectorSettings):
     def origin(self) -> str:
         parts = urlsplit(self.ews_url)
         return f"https://{parts.netloc}"
-
-
-def _https_url(value: str) -> SplitResult:
-    """``value`` split, if it is an https:// URL with a host and without credentials in it."""
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname:
-        msg = "must be an https:// URL (EWS credentials never travel unencrypted)"
-        raise ValueError(msg)
-    refuse_url_credentials(value)  # every message naming the server would show it
-    return parts
