@@ -80,6 +80,13 @@ PG_KEEPALIVES: dict[str, int] = {
     "keepalives_interval": 10,
     "keepalives_count": 4,
 }
+#: How long data sent to a PostgreSQL store may stay unacknowledged before the connection is dropped
+#: (libpq's ``tcp_user_timeout``, the OS's TCP_USER_TIMEOUT), unless ``store.url`` sets it. Keepalives
+#: probe only an idle connection: a host that vanished while a query or a commit was on the wire held
+#: the run for the OS's retransmission limit (about 15 minutes on Linux) before this. 70 s is the
+#: keepalives' own 30 + 4 x 10, so neither cuts the other short. libpq sets it only where the OS has
+#: the option and ignores it elsewhere (Windows has none), so it is safe to send everywhere.
+PG_TCP_USER_TIMEOUT_MS = 70_000
 
 
 def _busy_ms() -> int:
@@ -144,7 +151,8 @@ def _postgresql_engine(url: str, parsed: URL, where: str) -> tuple[Engine, float
     """The engine of a PostgreSQL store, and the seconds its connection attempt may take (None: unbounded).
 
     ``connect_timeout`` bounds the attempt (see ``CONNECT_TIMEOUT_S``) unless the user chose one, and
-    TCP keepalives find a host gone silent (``PG_KEEPALIVES``) unless the URL sets them. The
+    TCP keepalives and a TCP user timeout find a host gone silent (``PG_KEEPALIVES``,
+    ``PG_TCP_USER_TIMEOUT_MS``) unless the URL sets them. The
     driver is an extra (``mvsync[postgres]``): without it SQLAlchemy's import of psycopg would end the
     command in a traceback, where the operator needs the line that installs it.
     """
@@ -152,6 +160,8 @@ def _postgresql_engine(url: str, parsed: URL, where: str) -> tuple[Engine, float
     connect_args: dict[str, int] = {} if given else {"connect_timeout": CONNECT_TIMEOUT_S}
     if not any(key.startswith("keepalives") for key in parsed.query):  # the URL's own choice wins whole
         connect_args.update(PG_KEEPALIVES)
+    if "tcp_user_timeout" not in parsed.query:
+        connect_args["tcp_user_timeout"] = PG_TCP_USER_TIMEOUT_MS
     try:
         engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except ModuleNotFoundError as exc:

@@ -287,6 +287,9 @@ def start_postgres(*, install: bool = True, durable: bool = False, host: str = "
             run_as,
         )
         pwfile.unlink()
+        if host not in ("127.0.0.1", "localhost"):  # initdb's pg_hba.conf admits loopback only
+            with (cluster / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {host}/32 scram-sha-256\n")
         settings = [f"listen_addresses={host}", f"unix_socket_directories={data_dir}", "max_connections=200"]
         if not durable:
             settings += _FAST_SETTINGS

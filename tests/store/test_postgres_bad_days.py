@@ -11,6 +11,12 @@ connector's page hook), on a real server:
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +28,7 @@ from sqlalchemy import create_engine, make_url, text
 import connector.store._sql as sql_store
 from connector.engine import Engine
 from connector.store import RunHistory, SqlStore, StoreBusyError, StoreError, StoreReadOnlyError
+from tests.conftest import require_or_skip
 from tests.engine.conftest import World, make_config
 
 pytestmark = pytest.mark.postgres
@@ -282,17 +289,34 @@ def test_a_role_without_write_grants_is_found_by_doctor_and_named_by_the_run(wor
 
 
 def _keepalives(store: SqlStore) -> dict[str, str]:
-    """The keepalive parameters libpq holds for one of the store's connections."""
+    """The keepalive and user-timeout parameters libpq holds for one of the store's connections, and
+    the TCP_USER_TIMEOUT the kernel holds for its socket (``socket_user_timeout``, where the OS has it)."""
     with store.engine.connect() as conn:
         raw: Any = conn.connection.dbapi_connection
-        return {k: v for k, v in raw.info.get_parameters().items() if k.startswith("keepalives")}
+        held = {k: v for k, v in raw.info.get_parameters().items() if k.startswith(("keepalives", "tcp_user"))}
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+            try:
+                held["socket_user_timeout"] = str(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+            finally:
+                sock.close()
+        return held
 
 
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("", {"keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "4"}),
-        ("?keepalives_idle=600", {"keepalives_idle": "600"}),  # the URL's own choice wins whole
+        (
+            "",
+            {
+                "keepalives_idle": "30",
+                "keepalives_interval": "10",
+                "keepalives_count": "4",
+                "tcp_user_timeout": "70000",
+            },
+        ),
+        ("?keepalives_idle=600", {"keepalives_idle": "600", "tcp_user_timeout": "70000"}),  # the URL's wins whole
+        ("?tcp_user_timeout=5000", {"keepalives_idle": "30", "tcp_user_timeout": "5000"}),
     ],
 )
 def test_store_connections_find_a_host_gone_silent_with_tcp_keepalives(
@@ -300,13 +324,58 @@ def test_store_connections_find_a_host_gone_silent_with_tcp_keepalives(
 ) -> None:
     """A store host that goes away without a reset (a failover, a VM gone, a firewall dropping the
     connection silently) left a run waiting on its idle connection for the OS's 2 hours; libpq finds
-    it dead in about 70 s with mvsync's keepalives. (A silent host cannot be made here without a
-    packet filter: this checks that libpq holds the settings.)"""
+    it dead in about 70 s with mvsync's keepalives. Keepalives probe only an idle connection: a host
+    gone while a query was on the wire held the run for Linux's retransmission limit (about 15
+    minutes) until the TCP user timeout. (A silent host cannot be made here without a packet filter:
+    this checks that libpq holds the settings, and that the kernel's socket holds the user timeout.)"""
     store = SqlStore(postgres_db() + query)
     try:
         held = _keepalives(store)
     finally:
         store.close()
     assert {k: v for k, v in held.items() if k in expected} == expected
-    if query:
+    if "socket_user_timeout" in held:
+        assert held["socket_user_timeout"] == expected["tcp_user_timeout"]
+    if "keepalives_idle=" in query:
         assert "keepalives_count" not in held  # none of mvsync's defaults beside the URL's own
+
+
+def _namespace_problem() -> str | None:
+    """Why this machine cannot give a test its own network namespace (None: it can)."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "needs Linux with unshare and ip (util-linux, iproute2)"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True, check=False, timeout=30)
+    if probe.returncode != 0:
+        return f"cannot make a network namespace (root with CAP_SYS_ADMIN): {probe.stderr.strip()}"
+    return None
+
+
+def test_a_store_host_that_vanishes_mid_run_is_given_up_within_the_tcp_user_timeout(postgres_server: Any) -> None:
+    """A store host gone without a reset while a query was on the wire held the run for Linux's
+    retransmission limit (about 15 minutes: keepalives probe only idle connections). With the TCP
+    user timeout the store gives up after it and ends in a store fault (exit 4) naming the host.
+
+    Real parts: PostgreSQL and the store in their own network namespace, the server's address
+    removed under them (tests/store/_vanishing_host.py says why a relay cannot do this)."""
+    problem = _namespace_problem()
+    if problem is not None:
+        require_or_skip(f"a vanishing store host: {problem}")
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", sys.executable, "-m", "tests.store._vanishing_host"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,  # the child's own watchdog reports a hang after 150 s (and stops its server)
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child neither finished nor reported a hang within 300 s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "hung_s" not in outcome, "the store was still waiting for its vanished host after 150 s"
+    assert outcome["error"] is not None, outcome
+    assert outcome["exit_code"] == 4
+    assert "10.9.9.1" in outcome["error"] and "***" in outcome["error"]  # names the host, masks the password
+    assert outcome["seconds"] < 120, outcome  # the child's 3-s user timeout, not the OS's 15 minutes
