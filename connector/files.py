@@ -23,7 +23,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
@@ -83,6 +84,41 @@ def decode_text(data: bytes) -> str:
 def read_text(path: Path) -> str:
     """The text of ``path`` (see :func:`decode_text`); ``OSError`` and :class:`TextDecodeError` as they come."""
     return decode_text(path.read_bytes())
+
+
+#: How :func:`wait_until_unchanged` waits (a name tests can replace: the clock is not theirs to hold).
+_sleep: Callable[[float], None] = time.sleep
+
+
+def wait_until_unchanged(path: Path, *, quiet_s: float = 2.0, wait_s: float = 60.0) -> bool:
+    """Wait until ``path`` has kept its size and modification time for ``quiet_s``; False if it still
+    changed after ``wait_s``.
+
+    Why: a file another program is still writing (a scheduled ``Get-Mailbox | Out-File`` running late)
+    reads short, and a list read short says that what it leaves out is gone. Two looks ``quiet_s``
+    apart compare the file with itself, never the file's time with this machine's clock (a share's
+    clock may be off by minutes). A file missing for a moment (replaced by a rename) counts as a change.
+    """
+    waited = 0.0
+    before = _signature(path)
+    while True:
+        _sleep(quiet_s)
+        waited += quiet_s
+        after = _signature(path)
+        if after is not None and after == before:
+            return True
+        if waited >= wait_s:
+            return False
+        before = after
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """What changes when a file is written: its size and modification time (None: not there now)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 #: File systems served over a network (Linux ``/proc/mounts`` names; psutil reports them as they are).

@@ -27,7 +27,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,7 +44,7 @@ from connector.agents._mailbox_photo import (
 from connector.agents.exchange_server._auth import make_auth, make_session
 from connector.agents.exchange_server._client import Fetched, PhotoClient
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.files import TextDecodeError, read_text
+from connector.files import TextDecodeError, read_text, wait_until_unchanged
 from connector.sdk import (
     Attribute,
     AttributeAccess,
@@ -72,6 +72,10 @@ from connector.throttling import AdaptiveLimiter, shared_limiter
 __all__ = ["OBJECT_CLASS", "ExchangeServerPhotosConnector"]
 
 OBJECT_CLASS = "EXSMailbox"
+#: How long the mailbox list must stay unchanged before a run deletes what it leaves out, and how long a
+#: run waits for that (see ``ExchangeServerPhotosConnector._settled``).
+MAILBOX_FILE_QUIET_S = 2.0
+MAILBOX_FILE_WAIT_S = 60.0
 #: Where versions before import contract v2 kept the per-mailbox state (named in the upgrade error).
 _OLD_STATE_FILE = "ews-photo-state.sqlite3"
 
@@ -244,9 +248,9 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         limit = RunLimit(self.limiter, run, memory_hours=self.settings.limit_memory_hours)
         yield from limit.recall()
         worker = _PhotoWorker(self, run.full, limit)
-        listed = self.mailbox_list()
-        yield Count("mailboxes", len(listed))
         known = {key: UserState.load(key, value) for key, value in run.state.scan() if key != LIMIT_KEY}
+        listed = self._settled(self.mailbox_list(), known)
+        yield Count("mailboxes", len(listed))
         now = time.time()
         s = self.settings
         cut_ok, cut_err = now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600
@@ -265,6 +269,26 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
                 yield StateUpdate(email, None)
                 yield Count("deletes")
         yield DeltaWatermark(json.dumps({"v": 2}))
+
+    def _settled(self, listed: list[str], known: Collection[str]) -> list[str]:
+        """The mailbox list read again once its file has stopped changing, when it leaves out mailboxes
+        imported before (else as it is: a run that deletes nobody never waits).
+
+        A list still being written (the scheduled ``Get-Mailbox ... | Out-File`` running late) reads
+        short, and every mailbox it leaves out would be deleted: its photo taken out of the metaverse
+        and, at the next export, cleared from thumbnailPhoto.
+        """
+        path = self.settings.mailbox_file
+        if path is None or not set(known) - set(listed):
+            return listed
+        if not wait_until_unchanged(path, quiet_s=MAILBOX_FILE_QUIET_S, wait_s=MAILBOX_FILE_WAIT_S):
+            msg = (
+                f"the mailbox list {path} kept changing for {MAILBOX_FILE_WAIT_S:g} s (is the task that writes it "
+                "still running?); nothing was deleted. Run again once it has finished; have it write another file "
+                "and rename it over the list, so that no run reads the list half written"
+            )
+            raise StopRunError(msg)
+        return self.mailbox_list()
 
     def _empty_list(self, known: int) -> StopRunError:
         """A delta import's empty mailbox list: the engine's empty-import guard, which sees only full

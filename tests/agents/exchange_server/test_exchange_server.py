@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import socket
 import ssl
 import time
@@ -18,6 +19,7 @@ import requests
 import trustme
 from pydantic import ValidationError
 
+from connector import files
 from connector.agents._mailbox_photo import LIMIT_KEY
 from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
 from connector.agents.exchange_server._auth import spn
@@ -738,3 +740,64 @@ def test_an_ews_url_that_is_not_ews_stops_before_any_mailbox_reads_as_without_ph
     with _agent(ews, tmp_path, ews_url=typo) as agent:
         result = agent.check()  # mvsync doctor
     assert not result.ok and "is not EWS" in result.detail
+
+
+class _Writer:
+    """Stands in for the clock while a mailbox list is written: each wait of the agent's is a moment in
+    which the task writing the list runs one more of its ``steps`` (no real time passes, so the test
+    does not depend on how fast a loaded machine runs the writer)."""
+
+    def __init__(self, path: Path, steps: list[str]) -> None:
+        self.path, self.steps, self.waits = path, steps, 0
+
+    def __call__(self, seconds: float) -> None:
+        self.waits += 1
+        if self.steps:
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(self.steps.pop(0))
+            stamp = time.time_ns() + self.waits * 1_000_000_000  # a new modification time, even on coarse clocks
+            os.utime(self.path, ns=(stamp, stamp))
+
+
+def test_a_mailbox_list_still_being_written_deletes_nobody(
+    ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduled `Get-Mailbox ... | Out-File mailboxes.txt` running late leaves a list that reads
+    short while it is written; a delta import then deleted every mailbox not written yet (their photos
+    left the metaverse, and the next export would clear thumbnailPhoto). Now a list that leaves out
+    mailboxes imported before is read again once it has stopped changing; a run that deletes nobody
+    does not wait at all."""
+    listing = tmp_path / "mailboxes.txt"
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    _entries, watermark = _imported(_agent(ews, tmp_path))
+    listing.write_text(f"{PHOTO}\n", encoding="utf-8")  # the writer has written one line so far
+    writer = _Writer(listing, [f"{PLAIN}\n", f"{THUMB}\n"])
+    monkeypatch.setattr(files, "_sleep", writer)
+    entries, watermark = _imported(_agent(ews, tmp_path), watermark)
+    assert not any(e.modification == ObjectModificationType.DELETE for e in entries.values()), entries
+    assert writer.waits == 3  # two lines written, then one quiet look
+    # a list that deletes nobody is read at once
+    quiet = _Writer(listing, [])
+    monkeypatch.setattr(files, "_sleep", quiet)
+    assert _imported(_agent(ews, tmp_path), watermark)[0] == {} and quiet.waits == 0
+    # a mailbox really removed from a finished list is deleted after one quiet look
+    _listing(tmp_path, PHOTO, PLAIN)
+    entries, _ = _imported(_agent(ews, tmp_path), watermark)
+    assert entries[THUMB].modification == ObjectModificationType.DELETE and quiet.waits == 1
+
+
+def test_a_mailbox_list_that_keeps_changing_stops_the_import_and_deletes_nobody(
+    ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list that is still changing after the agent's wait stops the step: it says what to fix (the
+    task that writes the list, or writing it elsewhere and renaming it over), and deletes nothing."""
+    listing = tmp_path / "mailboxes.txt"
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    _entries, watermark = _imported(_agent(ews, tmp_path))
+    listing.write_text(f"{PHOTO}\n", encoding="utf-8")
+    monkeypatch.setattr(files, "_sleep", _Writer(listing, ["#\n"] * 1000))
+    with pytest.raises(StopRunError) as stopped:
+        _imported(_agent(ews, tmp_path), watermark)
+    message = str(stopped.value)
+    assert message.startswith(f"the mailbox list {listing} kept changing for 60 s")
+    assert "nothing was deleted" in message and "rename it over the list" in message
