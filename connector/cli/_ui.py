@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
@@ -27,17 +30,37 @@ def register(app: typer.Typer) -> None:
         port: Annotated[
             int, typer.Option(min=0, max=65535, help="TCP port (0: any free port, shown when it starts).")
         ] = 8765,
+        tls_cert: Annotated[
+            Path | None, typer.Option(help="Serve HTTPS: the PEM certificate (chain first), with --tls-key.")
+        ] = None,
+        tls_key: Annotated[Path | None, typer.Option(help="The PEM private key of --tls-cert (not encrypted).")] = None,
+        forwarded_allow_ips: Annotated[
+            str | None,
+            typer.Option(
+                help="An HTTPS reverse proxy in front: its addresses (comma-separated), whose X-Forwarded-Proto "
+                "and X-Forwarded-For are believed (the sign-in cookie is then marked Secure)."
+            ),
+        ] = None,
     ) -> None:
         """Serve the read-only web console: operations, metaverse search, persons, pending exports, coverage.
 
         Listens on 127.0.0.1 by default. On any other address set MVSYNC_UI_TOKEN (open the console
         once with ?token=..., or send 'Authorization: Bearer ...') or MVSYNC_UI_USER and
-        MVSYNC_UI_PASSWORD (basic authentication; put TLS in front of it).
+        MVSYNC_UI_PASSWORD (basic authentication). Off loopback, serve HTTPS (--tls-cert and --tls-key)
+        or put an HTTPS reverse proxy in front (--forwarded-allow-ips): else the password, the token and
+        every page cross the network in clear text.
         """
         try:
             import uvicorn
 
-            from connector.web import AccessPolicy, InsecureBindError, create_app, page_deadline, quiet_when_stopped
+            from connector.web import (
+                AccessPolicy,
+                InsecureBindError,
+                create_app,
+                is_loopback,
+                page_deadline,
+                quiet_when_stopped,
+            )
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("fastapi", "jinja2", "uvicorn", "starlette"):
                 raise fail(escape(f"{WEB_EXTRA_HINT} (missing module {exc.name!r})"), EXIT_CONFIG) from None
@@ -50,6 +73,14 @@ def register(app: typer.Typer) -> None:
             policy.check_bind(host)
         except InsecureBindError as exc:
             raise fail(escape(str(exc)), EXIT_CONFIG) from None
+        tls = _tls_files(tls_cert, tls_key)
+        if tls is None and forwarded_allow_ips is None and not is_loopback(host):
+            err_console.print(
+                f"warning: the console on {host} speaks plain HTTP: sign-ins and pages cross the network in clear "
+                "text. Serve HTTPS with --tls-cert and --tls-key, or put an HTTPS reverse proxy in front of it "
+                "(--forwarded-allow-ips)",
+                highlight=False,
+            )
         cfg = load_config(config)
         store = SqlStore(cfg.store_url(), create=False)
         deadline = page_deadline(store)
@@ -58,17 +89,46 @@ def register(app: typer.Typer) -> None:
         listening = _listen(host, port, shown)
         port = int(listening.getsockname()[1])
         how = "token" if policy.token else ("basic authentication" if policy.user else "loopback only, no sign-in")
-        err_console.print(f"mvsync console on http://{shown}:{port}/ ({how}); Ctrl+C stops it", highlight=False)
+        scheme = "https" if tls else "http"
+        err_console.print(f"mvsync console on {scheme}://{shown}:{port}/ ({how}); Ctrl+C stops it", highlight=False)
         settings = uvicorn.Config(
             quiet_when_stopped(application),
             host=host,
             port=port,
             log_level="warning",
             server_header=False,
-            proxy_headers=False,
+            # a client's own X-Forwarded-* would otherwise pass for the proxy's: believed only from the proxy
+            proxy_headers=forwarded_allow_ips is not None,
+            forwarded_allow_ips=forwarded_allow_ips,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
             lifespan="off",  # no startup or shutdown hooks: and none cancelled (with a traceback) at a stop
         )
         _console_server(settings, deadline).run(sockets=[listening])
+
+
+def _tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
+    """The certificate and key to serve HTTPS with, tried before anything listens (None: plain HTTP).
+
+    Why tried here: uvicorn reads them only once it starts, and a wrong file was its traceback after
+    the console had said it was up. A mismatch or a bad file is exit 2 naming both files.
+    """
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise fail("--tls-cert and --tls-key go together: give the certificate and its private key", EXIT_CONFIG)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one: a file that is no PEM, or a key of another certificate
+        why = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        raise fail(
+            escape(
+                f"cannot serve HTTPS with --tls-cert {cert} and --tls-key {key}: {why}; give a PEM certificate "
+                "(its chain after it) and the unencrypted PEM private key that belongs to it"
+            ),
+            EXIT_CONFIG,
+        ) from None
+    return str(cert), str(key)
 
 
 def _console_server(settings: Any, deadline_s: float) -> Any:
@@ -86,6 +146,23 @@ def _console_server(settings: Any, deadline_s: float) -> Any:
                     highlight=False,
                 )
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """uvicorn's shutdown, with idle HTTPS connections dropped instead of closed politely.
+
+            Why: closing a TLS connection waits for the browser's close_notify, which a browser
+            keeping the connection alive for its next page never sends; asyncio gives up after 30 s,
+            so a service stop took 30 s. A connection whose answer is still being written is not
+            touched (its write buffer is not empty), and one serving a page is not closing at all.
+            """
+            stopping = asyncio.ensure_future(super().shutdown(sockets))
+            while not stopping.done():
+                for connection in list(self.server_state.connections):
+                    transport = getattr(connection, "transport", None)
+                    if transport is not None and transport.is_closing() and not transport.get_write_buffer_size():
+                        transport.abort()
+                await asyncio.wait({stopping}, timeout=0.1)
+            await stopping
 
     return ConsoleServer(settings)
 

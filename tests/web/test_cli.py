@@ -6,12 +6,14 @@ import http.client
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from typer.testing import CliRunner
 
 from connector.cli._app import app
@@ -59,6 +61,8 @@ def test_public_bind_with_a_token_starts(config_file: Path, monkeypatch: pytest.
     assert address == "0.0.0.0" and port > 0  # --port 0: the port the system picked, and that is the one shown
     assert config.host == "0.0.0.0" and config.port == port and config.server_header is False
     assert f"mvsync console on http://0.0.0.0:{port}/ (token)" in " ".join(result.output.split())
+    # plain HTTP off loopback: the token crosses the network in clear text, and it says so
+    assert "warning: the console on 0.0.0.0 speaks plain HTTP" in " ".join(result.output.split())
 
 
 def test_a_port_in_use_is_one_line_that_says_what_to_do_and_exit_2(config_file: Path) -> None:
@@ -79,26 +83,33 @@ def test_missing_web_extra_is_explained(config_file: Path, monkeypatch: pytest.M
     assert "[web] extra" in result.output and "pip install 'mvsync[web]'" in result.output
 
 
-def _announced_port(proc: subprocess.Popen[str]) -> int:
+def _announced_port(proc: subprocess.Popen[str], scheme: str = "http") -> int:
     """The port ``mvsync ui --port 0`` says it listens on (it binds before it says so)."""
     assert proc.stderr is not None
     said = ""
     for line in proc.stderr:  # ends if the process exits without announcing
         said += line
-        if match := re.search(r"mvsync console on http://127\.0\.0\.1:(\d+)/", " ".join(said.split())):
+        if match := re.search(rf"mvsync console on {scheme}://127\.0\.0\.1:(\d+)/", " ".join(said.split())):
             return int(match.group(1))
     raise AssertionError(f"mvsync ui exited with {proc.wait()} before listening: {said}")
 
 
-def test_serves_on_loopback(config_file: Path) -> None:
+def _console(config_file: Path, *args: str, token: str | None = None) -> subprocess.Popen[str]:
+    """The real ``mvsync ui --port 0`` in a child process (``token``: its MVSYNC_UI_TOKEN)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MVSYNC_UI_")}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mvsync"), "ui", "-c", str(config_file), "--port", "0"],
+    if token is not None:
+        env["MVSYNC_UI_TOKEN"] = token
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "mvsync"), "ui", "-c", str(config_file), "--port", "0", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_serves_on_loopback(config_file: Path) -> None:
+    proc = _console(config_file)
     try:
         port = _announced_port(proc)
         # the socket listens before the announcement: the first connection is taken, no retry
@@ -147,3 +158,81 @@ def test_the_console_answers_kept_alive_connections_without_nagle_delay(photo_wo
         conn.close()
     finally:
         console.stop()
+
+
+def _tls_files(tmp_path: Path, *, key_of_another: bool = False) -> tuple[trustme.CA, Path, Path]:
+    """A CA, and a certificate for 127.0.0.1 it issued with its key, as PEM files."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "console.crt", tmp_path / "console.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    key = ca.issue_cert("127.0.0.1").private_key_pem if key_of_another else cert.private_key_pem
+    key.write_to_path(str(key_file))
+    return ca, cert_file, key_file
+
+
+def _token_exchange(conn: http.client.HTTPConnection, headers: dict[str, str] | None = None) -> str:
+    """Open the console with ?token=...; the Set-Cookie it answers with."""
+    conn.request("GET", "/search?q=person&token=tok-tls", headers=headers or {})
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 303, response.status
+    return response.getheader("set-cookie") or ""
+
+
+def test_serves_https_with_the_given_certificate_and_a_secure_sign_in_cookie(config_file: Path, tmp_path: Path) -> None:
+    """Off loopback the console asked for "TLS in front of it" and had no way to serve TLS itself:
+    the token, the password of basic authentication and every page crossed the network in clear
+    text. --tls-cert and --tls-key serve HTTPS, and the sign-in cookie is then marked Secure."""
+    ca, cert_file, key_file = _tls_files(tmp_path)
+    proc = _console(config_file, "--tls-cert", str(cert_file), "--tls-key", str(key_file), token="tok-tls")
+    try:
+        port = _announced_port(proc, "https")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=context)
+        cookie = _token_exchange(conn)
+        assert "Secure" in cookie and "HttpOnly" in cookie
+        conn.request("GET", "/search?q=person", headers={"Cookie": cookie.split(";", 1)[0]})
+        response = conn.getresponse()
+        assert response.status == 200 and "Person 00 Example" in response.read().decode()
+        # a stop while the browser keeps its connection: closing politely waited 30 s for a close_notify
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("mvsync ui still ran 20 s after SIGTERM while a browser kept its HTTPS connection")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_trusted_https_proxy_in_front_makes_the_sign_in_cookie_secure(config_file: Path, trusted: bool) -> None:
+    """Behind a TLS-terminating reverse proxy the console saw plain HTTP and set its sign-in cookie
+    without Secure. X-Forwarded-Proto is believed from the addresses --forwarded-allow-ips names, and
+    only from them (any client could send the header)."""
+    args = ["--forwarded-allow-ips", "127.0.0.1"] if trusted else []
+    proc = _console(config_file, *args, token="tok-tls")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", _announced_port(proc), timeout=60)
+        cookie = _token_exchange(conn, {"X-Forwarded-Proto": "https"})
+        assert ("Secure" in cookie) is trusted, cookie
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_tls_files_that_cannot_serve_are_exit_2_naming_them(config_file: Path, tmp_path: Path) -> None:
+    """A key of another certificate, or a file that is no PEM, was uvicorn's traceback after the
+    console had announced itself; a certificate without its key was silently plain HTTP."""
+    _ca, cert_file, key_file = _tls_files(tmp_path, key_of_another=True)
+    result = CliRunner().invoke(
+        app, ["ui", "-c", str(config_file), "--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"cannot serve HTTPS with --tls-cert {cert_file} and --tls-key {key_file}" in said
+    assert "mvsync console on" not in said and "Traceback" not in said
+    result = CliRunner().invoke(app, ["ui", "-c", str(config_file), "--tls-cert", str(cert_file)])
+    assert result.exit_code == 2 and "--tls-cert and --tls-key go together" in " ".join(result.output.split())
