@@ -51,6 +51,7 @@ from connector.agents.exchange_online._photo_policy import doctor_checks as phot
 from connector.agents.exchange_online._photo_policy import guard_photo_export
 from connector.agents.exchange_online._photos import is_no_photo
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
+from connector.net import host_port
 from connector.sdk import (
     Attribute,
     AttributeAccess,
@@ -247,7 +248,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     def on_graph_host(self, link: str) -> bool:
         """Whether a saved link (absolute, from Graph) belongs to the configured ``graph_url``."""
-        return not link.startswith("https://") or urlsplit(link).netloc == urlsplit(self.settings.graph_url).netloc
+        return not link.startswith("https://") or host_port(link) == host_port(self.settings.graph_url)
 
     # -- export ---------------------------------------------------------------------------------
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:

@@ -42,8 +42,16 @@ import tenacity
 from connector import metrics
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.net import RECHECKED, SILENCE, AnswerClock, describe_request_error, fails_again, failure_kind
-from connector.sdk import ServerDownError
+from connector.net import (
+    RECHECKED,
+    SILENCE,
+    AnswerClock,
+    describe_request_error,
+    fails_again,
+    failure_kind,
+    host_port,
+)
+from connector.sdk import ServerDownError, StopRunError
 from connector.throttling import (
     AdaptiveLimiter,
     Signal,
@@ -340,9 +348,24 @@ class GraphClient:
             self._sessions.clear()
 
     def url(self, path_or_url: str) -> str:
-        if path_or_url.startswith("https://"):
+        """The URL to send to: a path under ``graph_url``, or a link Graph answered with on its host.
+
+        Why a link on another host is refused, not followed: the request carries the access token,
+        and Graph's own links (``@odata.nextLink``) never leave its host; Microsoft's SDKs likewise
+        attach tokens only to known Graph hosts. A link elsewhere means a wrong ``graph_url`` (a
+        national cloud has its own host) or something in between rewriting answers.
+        """
+        if "://" not in path_or_url:
+            return f"{self.base}/{path_or_url.lstrip('/')}"
+        link = urlsplit(path_or_url)
+        if link.scheme == "https" and host_port(path_or_url) == host_port(self.base):
             return path_or_url
-        return f"{self.base}/{path_or_url.lstrip('/')}"
+        msg = (
+            f"Graph answered with a link to {link.scheme}://{host_port(path_or_url)}, not to graph_url's "
+            f"{host_port(self.base)}: it was not followed, so the access token went nowhere else. Check graph_url "
+            "(each national cloud has its own Graph host) and any proxy in between that rewrites answers"
+        )
+        raise StopRunError(msg)
 
     def _learn(self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None, share: float) -> None:
         """Tell the limiter what an answer says about Graph's capacity."""
@@ -372,8 +395,14 @@ class GraphClient:
         tickets: list[Ticket],
         cancel: threading.Event,
     ) -> GraphResponse:
+        try:
+            full_url = self.url(url)
+        except StopRunError:  # nothing was sent: a share the caller handed over goes back unused
+            for held in tickets:
+                self.limiter.release(held, Signal.FAILED)
+            tickets.clear()
+            raise
         ticket = tickets.pop() if tickets else self.limiter.acquire(weight, cancel=cancel)
-        full_url = self.url(url)
         try:
             token = self.auth.token()
             all_headers = {"Authorization": f"Bearer {token}", "client-request-id": str(uuid.uuid4())}

@@ -33,6 +33,7 @@ from connector.sdk import (
     ImportRun,
     ServerDownError,
     Stop,
+    StopRunError,
 )
 from tests.agents.exchange_online.conftest import imported, make_connector, run_import
 from tests.harness.sockets import connect_proxy, silent_server
@@ -457,3 +458,21 @@ def test_a_proxy_that_refuses_the_tunnel_is_named_with_what_to_do(
     assert "did not answer: the proxy refused the tunnel (407 Proxy Authentication Required): give it" in str(
         caught.value
     )
+
+
+def test_a_next_page_link_to_another_host_is_not_followed_with_the_token(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """GraphClient followed any https:// link Graph's answer held (``@odata.nextLink``) with the
+    bearer token, to whatever host it named. Here graph_url names the emulator as localhost and its
+    links name 127.0.0.1: the second page of users/delta went to another host, token and all. Now the
+    step stops, naming both hosts, and the link is not followed."""
+    emu = make_emulator(users=250)  # more than a page: users/delta pages hold 200
+    port = urlsplit(emu.info["graph_url"]).port
+    conn = make_connector(emu, tmp_path, graph_url=f"https://localhost:{port}/v1.0")
+    with pytest.raises(StopRunError) as stopped:
+        imported(conn)
+    message = str(stopped.value)
+    said = f"Graph answered with a link to https://127.0.0.1:{port}, not to graph_url's localhost:{port}"
+    assert message.startswith(said), message
+    assert "the access token went nowhere else" in message
