@@ -156,6 +156,7 @@ def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tm
         "second_run_writes": figures["second"][0].writes,
         "rights_checked": first.rights_checked,
         "rights_base_reads": first.rights_reads,
+        "paced_s": round(first.paced_s, 3),  # what max_writes_per_second cost (0: the DC set the pace)
     }
 
 

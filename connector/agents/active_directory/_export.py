@@ -107,6 +107,8 @@ class RateLimiter:
         self._sleep = sleep
         self._next = 0.0
         self._lock = threading.Lock()
+        #: Seconds the calls waited for their slot, summed over threads (what the cap cost).
+        self.waited_s = 0.0
 
     def wait(self) -> None:
         if not self._interval:
@@ -115,6 +117,7 @@ class RateLimiter:
             now = self._clock()
             slot = max(now, self._next)
             self._next = slot + self._interval
+            self.waited_s += max(0.0, slot - now)
         if slot > now:
             self._sleep(slot - now)
 
@@ -132,6 +135,8 @@ class ExportStats:
     #: Objects whose write rights were checked before writing, and extra BASE reads that took.
     rights_checked: int = 0
     rights_reads: int = 0
+    #: Seconds writes waited for ``max_writes_per_second``, summed over the writing threads.
+    paced_s: float = 0.0
 
     def count(self, results: Sequence[ExportResult]) -> None:
         self.changes += len(results)
@@ -374,6 +379,7 @@ class Exporter:
                 results[p.position] = p.result
         ordered = [results[i] for i in sorted(results)]
         self.stats.count(ordered)
+        self.stats.paced_s = self.limiter.waited_s
         if self._stop is not None:
             self._stop.results = ordered
             raise self._stop

@@ -202,13 +202,13 @@ def test_write_rate_cap(ad_env: ADTestEnv) -> None:
     started = time.monotonic()
     assert all(r.status == ExportStatus.SUCCESS for r in capped.export(changes))
     assert time.monotonic() - started >= 11 / 20 * 0.95  # 12 writes at 20/s: >= 0.55 s
+    assert capped.export_stats.paced_s > 0
     uncapped = ad_env.connector(max_writes_per_second=0)
-    started = time.monotonic()
     uncapped.export(
         [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i + 50))) for i, g in enumerate(guids.values())]
     )
-    assert time.monotonic() - started < 0.5
-    assert uncapped.export_stats.writes == 12
+    # no cap, no waiting (not a wall-clock bound: a loaded machine's own slowness is no pacing)
+    assert uncapped.export_stats.writes == 12 and uncapped.export_stats.paced_s == 0
 
 
 def test_dry_run_writes_nothing(ad_env: ADTestEnv) -> None:
