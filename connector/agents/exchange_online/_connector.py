@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -266,20 +267,36 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             self._photo_policy_read = True
             guard_photo_export(self.graph, self.settings, self.context.agent, self.context.logger)
         workers = max(1, min(8, self.settings.concurrency))
-        down: list[str] = []  # Graph's outage, once a request has met it: one verdict per batch
+        batch = _ExportBatch()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exo-export") as pool:
-            return list(pool.map(lambda change: self._export_unless_down(change, down), changes))
+            futures = [pool.submit(self._export_in_batch, change, batch) for change in changes]
+            answered = [future.result() for future in futures]
+        results = [result for result in answered if result is not None]
+        if batch.stop is not None:
+            batch.stop.results = results  # the photos written before the stop: the engine records them
+            raise batch.stop
+        return results
 
-    def _export_unless_down(self, change: CSEntryChange, down: list[str]) -> ExportResult:
-        """``_export_one``, or a retry (the change stays pending) once Graph is known to be down."""
+    def _export_in_batch(self, change: CSEntryChange, batch: _ExportBatch) -> ExportResult | None:
+        """``_export_one``, unless the batch already met Graph down (a retry: the change stays pending)
+        or a stop of the step (None: not tried, so not written twice nor counted as an error).
+
+        Why the stop is kept rather than raised at once: the other workers may have written photos by
+        then, and a stop without their results left them pending, to be written again next export.
+        """
         ident = change.identifier or change.anchor
-        if down:
-            return ExportResult.retry(ident, "cd-server-down", down[0])
+        if batch.stop is not None:
+            return None
+        if batch.down is not None:
+            return ExportResult.retry(ident, "cd-server-down", batch.down)
         try:
             return self._export_one(change)
-        except ServerDownError as exc:
-            down.append(str(exc))
+        except ServerDownError as exc:  # one verdict per batch: the later changes do not each wait for it
+            batch.down = batch.down or str(exc)
             return ExportResult.retry(ident, "cd-server-down", str(exc))
+        except StopRunError as exc:  # a revoked sign-in, throttled too long: no change is tried after it
+            batch.stop = batch.stop or exc
+            return None
 
     def _export_one(self, change: CSEntryChange) -> ExportResult:
         ident = change.identifier or change.anchor
@@ -317,6 +334,16 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         except RetryableError as exc:
             return ExportResult.retry(ident, "cd-error", str(exc))
         return _export_failure(ident, resp)
+
+
+@dataclass(slots=True)
+class _ExportBatch:
+    """What the workers of one export batch learned that concerns every change of it."""
+
+    #: Graph's outage, once a request has met it (``ServerDownError``'s text)
+    down: str | None = None
+    #: the first error that stops the step (an authentication stop, throttled too long)
+    stop: StopRunError | None = None
 
 
 _UNTOUCHED = object()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from cryptography.fernet import Fernet
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, ExchangeOnlineSettings
 from connector.emulator import exo_agent_settings
 from connector.engine import Page, import_in_memory
-from connector.sdk import ConnectorContext, CSEntryChange, ImportMode
+from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange, ImportMode
 
 REAUTH = "mvsync auth login exo -c /etc/mvsync/mvsync.toml"
 
@@ -140,3 +141,42 @@ def delete_user_at_photo_probe(monkeypatch: pytest.MonkeyPatch, emu: Any, user_i
 
     monkeypatch.setattr(GraphClient, "batch", deleting)
     return answers
+
+
+def photo_changes(emu: Any, count: int) -> list[CSEntryChange]:
+    """Photo exports (``tests/data/astronaut.jpg``) for the first ``count`` cloud mailboxes, identifiers "0", "1" ..."""
+    users = [u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud"][:count]
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    changes = []
+    for number, user in enumerate(users):
+        change = CSEntryChange.update("EXOUser", user, [AttributeChange.replace("EXOPhoto", jpeg)])
+        change.identifier = str(number)
+        changes.append(change)
+    return changes
+
+
+def revoke_sign_in_at_upload(monkeypatch: pytest.MonkeyPatch, emu: Any, upload: int) -> list[str]:
+    """An admin revokes the agent's sessions the moment it sends its ``upload``-th photo PUT (1-based).
+
+    "Consent withdrawn mid-export" made deterministic: the refresh tokens are revoked and the access
+    token in use dies with them (as Entra's continuous access evaluation does) just before that
+    request reaches the emulator, which then answers it 401 and refuses the refresh. Returns the
+    users whose PUT was sent, in order, filled in as the agent runs.
+    """
+    from connector.agents.exchange_online._graph import GraphClient
+
+    send = GraphClient.request
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def revoking(client: GraphClient, method: str, url: str, **options: Any) -> Any:
+        if method == "PUT" and url.endswith("/photo/$value"):
+            with lock:
+                sent.append(url.split("/")[1])
+                if len(sent) == upload:
+                    emu.admin.revoke_refresh_tokens()
+                    emu.admin.expire_access_tokens()
+        return send(client, method, url, **options)
+
+    monkeypatch.setattr(GraphClient, "request", revoking)
+    return sent

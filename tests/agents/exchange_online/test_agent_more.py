@@ -15,11 +15,18 @@ from connector.sdk import (
     AuthenticationError,
     ConfigurationError,
     ConnectorError,
+    ExportStatus,
     ImportMode,
     ServerDownError,
     StopRunError,
 )
-from tests.agents.exchange_online.conftest import delete_user_at_photo_probe, make_connector, run_import
+from tests.agents.exchange_online.conftest import (
+    delete_user_at_photo_probe,
+    make_connector,
+    photo_changes,
+    revoke_sign_in_at_upload,
+    run_import,
+)
 
 # --------------------------------------------------------------------------------------- helpers
 
@@ -243,6 +250,32 @@ def test_refresh_token_revoked_mid_engine_step_stops_and_keeps_earlier_imports(
     assert all(row.pending_type == "add" and row.pending for row in after.values())
     assert {a: r.pending for a, r in after.items()} == {a: r.pending for a, r in before.items()}
     assert watermark_after == watermark
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_a_sign_in_revoked_mid_export_stops_with_the_photos_already_written(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found with `mvsync run` against the emulator: sessions revoked during a photo export stopped the
+    step (stopped-authentication) without the results of the photos it had written, so they stayed
+    pending and were written again by the next export; and every later change of the batch was still
+    tried after the stop. Now the stop carries the results of the writes done (the engine records them)
+    and no change is tried after it."""
+    emu = make_emulator(users=30)
+    changes = photo_changes(emu, 8)
+    sent = revoke_sign_in_at_upload(monkeypatch, emu, upload=3)
+    conn = make_connector(emu, tmp_path, concurrency=1)  # one export worker: the changes go in order
+    conn.open()
+    try:
+        with pytest.raises(AuthenticationError) as stopped:
+            conn.export(changes)
+    finally:
+        conn.close()
+    assert "invalid_grant" in str(stopped.value) and "AADSTS50173" in str(stopped.value)
+    done = [(r.identifier, r.status) for r in stopped.value.results]
+    assert done == [("0", ExportStatus.SUCCESS), ("1", ExportStatus.SUCCESS)]
+    assert all(emu.admin.get_photo(c.anchor) is not None for c in changes[:2])
+    assert sent == [c.anchor for c in changes[:3]]  # the third met the revocation; nothing was tried after it
 
 
 # ------------------------------------------------------------------------- 3. expired delta link

@@ -23,7 +23,6 @@ from connector.emulator import TEST_HOSTNAME
 from connector.engine import MemoryState, Page
 from connector.net import describe_request_error, verifying_session
 from connector.sdk import (
-    AttributeChange,
     AuthenticationError,
     ConfigurationError,
     CSEntryChange,
@@ -35,7 +34,7 @@ from connector.sdk import (
     Stop,
     StopRunError,
 )
-from tests.agents.exchange_online.conftest import imported, make_connector, run_import
+from tests.agents.exchange_online.conftest import imported, make_connector, photo_changes, run_import
 from tests.harness.sockets import connect_proxy, silent_server
 
 
@@ -297,17 +296,6 @@ def test_a_delta_link_of_another_graph_host_is_discarded_with_a_warning(
     assert [e for e in delta if e.error is None] == []
 
 
-def _photo_changes(emu: Any, count: int) -> list[CSEntryChange]:
-    users = [u["id"] for u in emu.admin.users() if u.get("mail") and u.get("mailbox") == "cloud"][:count]
-    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
-    changes = []
-    for number, user in enumerate(users):
-        change = CSEntryChange.update("EXOUser", user, [AttributeChange.replace("EXOPhoto", jpeg)])
-        change.identifier = str(number)
-        changes.append(change)
-    return changes
-
-
 def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_one_verdict(
     make_emulator: Any, tmp_path: Path, cache_key: str
 ) -> None:
@@ -316,7 +304,7 @@ def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_on
     emu = make_emulator(users=30)
     ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
     ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
-    changes = _photo_changes(emu, 20)
+    changes = photo_changes(emu, 20)
     conn = make_connector(emu, tmp_path, ca_bundle=ca_bundle, max_attempts=3, backoff_max_s=0.2, concurrency=1)
     conn.open()
     try:
@@ -338,7 +326,7 @@ def test_a_photo_export_while_graph_answers_only_5xx_leaves_every_change_pending
     """Graph up but failing every request with 504: one change's attempts and a recheck decide it, and
     every change stays pending (`cd-server-down`) instead of each spending its own attempts."""
     emu = make_emulator(users=30)
-    changes = _photo_changes(emu, 12)
+    changes = photo_changes(emu, 12)
     conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2, concurrency=1)
     conn.open()
     try:
@@ -362,7 +350,7 @@ def test_a_photo_export_to_one_broken_mailbox_fails_that_change_only(
 ) -> None:
     """The same 504s for one mailbox only, exported last and alone: that change alone is retried later."""
     emu = make_emulator(users=30)
-    changes = _photo_changes(emu, 6)
+    changes = photo_changes(emu, 6)
     conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2, concurrency=1)
     emu.admin.set_faults({"504": 1.0, "retry_after": None, "path_pattern": f"/users/{changes[-1].anchor}/photo"})
     conn.open()
