@@ -27,6 +27,7 @@ from connector.sdk import (
     ExportStatus,
     ObjectModificationType,
     StopRunError,
+    export_results,
 )
 from connector.store import (
     ConnectorSpace,
@@ -250,8 +251,8 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
             continue
         try:
             results = connector.export(changes)
-        except StopRunError as exc:
-            _record_before_stop(ctx, rows, changes, exc.results)
+        except (StopRunError, KeyboardInterrupt) as exc:  # a stop, Ctrl-C, a stop signal: keep what was written
+            _record_before_stop(ctx, rows, changes, export_results(exc))
             raise
         _apply_results(ctx, rows, changes, results)
         ctx.progress.advance(len(changes))
@@ -263,7 +264,8 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
 def _record_before_stop(
     ctx: StepContext, rows: list[PendingExportRow], changes: list[CSEntryChange], results: Sequence[ExportResult]
 ) -> None:
-    """Record the results a connector handed back with the error that stopped its step mid-batch.
+    """Record the results a connector handed back with the error that stopped its step mid-batch
+    (``StopRunError.results``), or with an interruption (``connector.sdk.carry_export_results``).
 
     Those are what the batch did before the stop (objects written, verdicts reached): unrecorded,
     the next export would write the same objects again. Changes without a result stay pending as

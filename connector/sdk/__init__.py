@@ -28,6 +28,8 @@ from connector.sdk._errors import (
     ScopeViolationError,
     ServerDownError,
     StopRunError,
+    carry_export_results,
+    export_results,
 )
 from connector.sdk._exports import ExportResult, ExportStatus
 from connector.sdk._imports import ImportMode, ImportPage, ImportRequest, paginate_list
@@ -100,6 +102,8 @@ __all__ = [
     "Value",
     "Values",
     "Worker",
+    "carry_export_results",
+    "export_results",
     "paginate_list",
     "parse_psma_attribute",
     "parse_psma_schema",

@@ -170,7 +170,12 @@ class Connector(abc.ABC, Generic[SettingsT]):
         """
 
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:
-        """Apply a batch of changes; return exactly one result per change, matched by identifier."""
+        """Apply a batch of changes; return exactly one result per change, matched by identifier.
+
+        Stopped part-way (``StopRunError``, or Ctrl-C / a stop signal as ``KeyboardInterrupt``), hand
+        the results of the changes done so far with it (``carry_export_results``): the engine records
+        them, so that the next export does not write those objects again.
+        """
         msg = f"{type(self).__name__} does not support export"
         raise NotImplementedError(msg)
 

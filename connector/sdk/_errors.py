@@ -33,6 +33,8 @@ __all__ = [
     "ScopeViolationError",
     "ServerDownError",
     "StopRunError",
+    "carry_export_results",
+    "export_results",
 ]
 
 
@@ -105,3 +107,28 @@ class EntryError(ConnectorError):
         self.name = name
         self.detail = detail
         self.retryable = retryable
+
+
+#: The attribute by which an interruption raised out of ``Connector.export`` carries its batch's results.
+_EXPORT_RESULTS_ATTR = "mvsync_export_results"
+
+
+def carry_export_results(exc: BaseException, results: Sequence[ExportResult]) -> None:
+    """Let ``exc``, raised out of ``Connector.export`` part-way through a batch, carry what the batch did.
+
+    ``StopRunError.results`` does this for a stop. An interruption (Ctrl-C, a stop signal) must go on
+    as the exception it is (the CLI reads its signal for the exit code), so the results travel on it
+    as an attribute: without them the objects written before it stay pending and are written again.
+    """
+    if isinstance(exc, StopRunError):
+        exc.results = results
+    else:
+        setattr(exc, _EXPORT_RESULTS_ATTR, tuple(results))
+
+
+def export_results(exc: BaseException) -> Sequence[ExportResult]:
+    """What the batch that ``exc`` stopped had done before it (see :func:`carry_export_results`)."""
+    if isinstance(exc, StopRunError):
+        return exc.results
+    carried = getattr(exc, _EXPORT_RESULTS_ATTR, ())
+    return carried if isinstance(carried, tuple) else ()

@@ -29,9 +29,10 @@ skip token) makes the engine start over.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -65,6 +66,7 @@ from connector.sdk import (
     ConnectorError,
     CSEntryChange,
     ExportResult,
+    ExportStatus,
     ImportItem,
     ImportRun,
     ObjectClass,
@@ -74,6 +76,7 @@ from connector.sdk import (
     ScopeViolationError,
     ServerDownError,
     StopRunError,
+    carry_export_results,
 )
 
 __all__ = ["OBJECT_CLASS", "ExchangeOnlinePhotosConnector"]
@@ -270,7 +273,11 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         batch = _ExportBatch()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exo-export") as pool:
             futures = [pool.submit(self._export_in_batch, change, batch) for change in changes]
-            answered = [future.result() for future in futures]
+            try:
+                answered = [future.result() for future in futures]
+            except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal, in the thread that waits here
+                carry_export_results(exc, _finish_interrupted(batch, futures))
+                raise
         results = [result for result in answered if result is not None]
         if batch.stop is not None:
             batch.stop.results = results  # the photos written before the stop: the engine records them
@@ -285,12 +292,12 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         then, and a stop without their results left them pending, to be written again next export.
         """
         ident = change.identifier or change.anchor
-        if batch.stop is not None:
+        if batch.stop is not None or batch.interrupted.is_set():
             return None
         if batch.down is not None:
             return ExportResult.retry(ident, "cd-server-down", batch.down)
         try:
-            return self._export_one(change)
+            return self._export_one(change, batch.interrupted)
         except ServerDownError as exc:  # one verdict per batch: the later changes do not each wait for it
             batch.down = batch.down or str(exc)
             return ExportResult.retry(ident, "cd-server-down", str(exc))
@@ -298,7 +305,8 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             batch.stop = batch.stop or exc
             return None
 
-    def _export_one(self, change: CSEntryChange) -> ExportResult:
+    def _export_one(self, change: CSEntryChange, cancel: threading.Event) -> ExportResult:
+        """PUT or DELETE one user's photo; ``cancel`` (an interruption) ends its retries and waits."""
         ident = change.identifier or change.anchor
         if change.modification in (ObjectModificationType.ADD, ObjectModificationType.DELETE):
             return ExportResult.failed(
@@ -317,7 +325,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         user = quote(change.anchor, safe="@")
         try:
             if photo is None:
-                resp = self.graph.request("DELETE", f"users/{user}/photo/$value")
+                resp = self.graph.request("DELETE", f"users/{user}/photo/$value", cancel=cancel)
                 if resp.ok or is_no_photo(resp):
                     return ExportResult.success(ident)
             else:
@@ -326,9 +334,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                     data = _normalize_upload(photo)
                 except ValueError as exc:
                     return ExportResult.failed(ident, "invalid-photo", str(exc))
-                resp = self.graph.request(
-                    "PUT", f"users/{user}/photo/$value", headers={"Content-Type": "image/jpeg"}, body=data
-                )
+                resp = self.graph.request("PUT", f"users/{user}/photo/$value", headers=_JPEG, body=data, cancel=cancel)
                 if resp.ok:
                     return ExportResult.success(ident)
         except RetryableError as exc:
@@ -342,11 +348,30 @@ class _ExportBatch:
 
     #: Graph's outage, once a request has met it (``ServerDownError``'s text)
     down: str | None = None
-    #: the first error that stops the step (an authentication stop, throttled too long)
+    #: the error that stops the step (an authentication stop, throttled too long)
     stop: StopRunError | None = None
+    #: set on Ctrl-C or a stop signal: no change is started, requests under way give up their retries
+    interrupted: threading.Event = field(default_factory=threading.Event)
+
+
+def _finish_interrupted(batch: _ExportBatch, futures: list[Future[ExportResult | None]]) -> list[ExportResult]:
+    """After an interruption: start no more changes, let those under way end, and return their results.
+
+    Why wait for them: a PUT already sent may have been applied by Graph; returned with the
+    interruption, its result is recorded instead of the change being written again next export.
+    Each request is bounded (``timeout_s``, and its retries end at once), so the wait is too. A
+    retry is left out: cut short by the interruption, the change stays pending as it was, no error.
+    """
+    batch.interrupted.set()
+    for future in futures:
+        future.cancel()
+    wait(futures)
+    done = [f.result() for f in futures if not f.cancelled() and f.exception() is None]
+    return [result for result in done if result is not None and result.status != ExportStatus.RETRY]
 
 
 _UNTOUCHED = object()
+_JPEG = {"Content-Type": "image/jpeg"}
 
 
 def _exported_photo(change: CSEntryChange) -> Any:

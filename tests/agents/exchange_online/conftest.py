@@ -155,13 +155,11 @@ def photo_changes(emu: Any, count: int) -> list[CSEntryChange]:
     return changes
 
 
-def revoke_sign_in_at_upload(monkeypatch: pytest.MonkeyPatch, emu: Any, upload: int) -> list[str]:
-    """An admin revokes the agent's sessions the moment it sends its ``upload``-th photo PUT (1-based).
+def at_photo_upload(monkeypatch: pytest.MonkeyPatch, upload: int, action: Callable[[], object]) -> list[str]:
+    """Run ``action`` the moment the agent sends its ``upload``-th photo PUT (1-based), just before that
+    request goes to Graph: an event mid-export (a revocation, Ctrl-C) made deterministic.
 
-    "Consent withdrawn mid-export" made deterministic: the refresh tokens are revoked and the access
-    token in use dies with them (as Entra's continuous access evaluation does) just before that
-    request reaches the emulator, which then answers it 401 and refuses the refresh. Returns the
-    users whose PUT was sent, in order, filled in as the agent runs.
+    Returns the users whose PUT was sent, in order, filled in as the agent runs.
     """
     from connector.agents.exchange_online._graph import GraphClient
 
@@ -169,14 +167,76 @@ def revoke_sign_in_at_upload(monkeypatch: pytest.MonkeyPatch, emu: Any, upload: 
     sent: list[str] = []
     lock = threading.Lock()
 
-    def revoking(client: GraphClient, method: str, url: str, **options: Any) -> Any:
+    def watched(client: GraphClient, method: str, url: str, **options: Any) -> Any:
         if method == "PUT" and url.endswith("/photo/$value"):
             with lock:
                 sent.append(url.split("/")[1])
                 if len(sent) == upload:
-                    emu.admin.revoke_refresh_tokens()
-                    emu.admin.expire_access_tokens()
+                    action()
         return send(client, method, url, **options)
 
-    monkeypatch.setattr(GraphClient, "request", revoking)
+    monkeypatch.setattr(GraphClient, "request", watched)
     return sent
+
+
+def revoke_sign_in(emu: Any) -> None:
+    """An admin revokes the agent's sessions, and the access token in use dies with them (as Entra's
+    continuous access evaluation makes it): the next request is answered 401 and the refresh refused."""
+    emu.admin.revoke_refresh_tokens()
+    emu.admin.expire_access_tokens()
+
+
+def folder_to_exchange_online(emu: Any, root: Path, people: int, **exo: Any) -> tuple[Path, list[str]]:
+    """``root/mvsync.toml``: HR folder photos of ``people`` cloud mailboxes without a photo, flowing to
+    their Exchange Online photo (the sample's optional export flow). Profiles: ``stage`` (imports and
+    syncs; the exports are then pending) and ``export``. ``exo`` adds agent settings.
+
+    Returns the file and the people's ids. The refresh token is in an owner-only file, as a site keeps it.
+    """
+    from PIL import Image
+
+    from connector.demo import dump_toml, write_secret
+
+    token = write_secret(root / "secrets" / "refresh-token", emu.info["refresh_token"])
+    users = [u for u in emu.admin.users() if u.get("mailbox") == "cloud" and not u["hasPhoto"]][:people]
+    assert len(users) == people, "the tenant has too few cloud mailboxes without a photo"
+    (root / "hr").mkdir(parents=True)
+    for shade, user in enumerate(users):
+        Image.new("RGB", (700, 700), (40 + shade * 9 % 200, 90, 160)).save(root / "hr" / f"{user['mailNickname']}.jpg")
+    settings = exo_agent_settings(emu.info, refresh_token={"file": str(token)}, backoff_initial_s=0.05, **exo)
+    config = {
+        "data_dir": "data",
+        "store": {"url": "sqlite:///store.db"},
+        "metaverse": {"schema": "person"},
+        "agents": {
+            "exo": {
+                "type": "exchange-online-photos",
+                "settings": settings,
+                "projection": [{"object_class": "EXOUser", "metaverse_type": "person"}],
+                "import_flow": [{"object_class": "EXOUser", "cs": "mailNickname", "mv": "accountName"}],
+                "export_flow": [
+                    {"object_class": "EXOUser", "mv": "photo", "cs": "EXOPhoto", "transform": "hd_photo(size=648)"}
+                ],
+            },
+            "hr": {
+                "type": "photo-folder",
+                "settings": {"path": "hr"},
+                "join": [{"object_class": "photoFile", "match": [{"cs": "accountName", "mv": "accountName"}]}],
+                "import_flow": [{"object_class": "photoFile", "cs": "photo", "mv": "photo"}],
+            },
+        },
+        "run_profiles": {
+            "stage": {
+                "steps": [
+                    {"type": "full-import", "agent": "exo"},
+                    {"type": "full-import", "agent": "hr"},
+                    {"type": "full-sync", "agent": "exo"},
+                    {"type": "full-sync", "agent": "hr"},
+                ]
+            },
+            "export": {"steps": [{"type": "export", "agent": "exo"}]},
+        },
+    }
+    path = root / "mvsync.toml"
+    path.write_text(dump_toml(config), encoding="utf-8")
+    return path, [u["id"] for u in users]

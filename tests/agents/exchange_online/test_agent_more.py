@@ -21,10 +21,11 @@ from connector.sdk import (
     StopRunError,
 )
 from tests.agents.exchange_online.conftest import (
+    at_photo_upload,
     delete_user_at_photo_probe,
     make_connector,
     photo_changes,
-    revoke_sign_in_at_upload,
+    revoke_sign_in,
     run_import,
 )
 
@@ -263,7 +264,7 @@ def test_a_sign_in_revoked_mid_export_stops_with_the_photos_already_written(
     and no change is tried after it."""
     emu = make_emulator(users=30)
     changes = photo_changes(emu, 8)
-    sent = revoke_sign_in_at_upload(monkeypatch, emu, upload=3)
+    sent = at_photo_upload(monkeypatch, 3, lambda: revoke_sign_in(emu))
     conn = make_connector(emu, tmp_path, concurrency=1)  # one export worker: the changes go in order
     conn.open()
     try:

@@ -1,0 +1,59 @@
+"""Photo exports to Exchange Online through the real CLI (``mvsync run``, in this process) against the
+emulator over HTTPS and a SQLite store: what a bad day does to the record of what was written."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agents.exchange_online.conftest import at_photo_upload, folder_to_exchange_online
+from tests.cli._configs import invoke
+
+
+def _pending(config: Path) -> set[str]:
+    """The people whose photo export is still pending (``mvsync pending-exports exo --json``)."""
+    code, out, err = invoke("pending-exports", "exo", "-c", str(config), "--json")
+    assert code == 0, out + err
+    return {row["anchor"] for row in json.loads(out)}
+
+
+def _ctrl_c() -> None:
+    """Ctrl-C as the terminal sends it: SIGINT to the main thread (where `mvsync run` waits)."""
+    ident = threading.main_thread().ident
+    assert ident is not None
+    signal.pthread_kill(ident, signal.SIGINT)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a thread (pthread_kill)")
+@pytest.mark.usefixtures("cache_key")
+def test_ctrl_c_mid_export_records_the_photos_graph_accepted(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found with `mvsync run export` and SIGTERM against the emulator: the interruption left every
+    change of the batch pending, also the ten photos Graph had accepted (the worker pool even went on
+    writing the rest of the batch after the signal). The next export wrote them all again. Now the
+    photos written are recorded (no longer pending), no change is started after the interruption, and
+    the run still ends as interrupted (exit 130)."""
+    emu = make_emulator(users=40)
+    config, people = folder_to_exchange_online(emu, tmp_path, 8, concurrency=1)  # one export worker
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 0, out + err
+    assert _pending(config) == set(people)
+    before = {person: emu.admin.get_photo(person) for person in people}
+    assert set(before.values()) == {None}
+
+    sent = at_photo_upload(monkeypatch, 3, _ctrl_c)
+    code, out, err = invoke("run", "export", "-c", str(config))
+
+    assert code == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    written = {person for person in people if emu.admin.get_photo(person) is not None}
+    assert set(sent[:3]) <= written  # the PUT under way when Ctrl-C came went through
+    assert len(sent) <= 4, sent  # at most the change the worker was starting meanwhile
+    assert _pending(config) == set(people) - written  # what Graph accepted is recorded, the rest pending
