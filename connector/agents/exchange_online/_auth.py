@@ -175,19 +175,7 @@ class GraphAuth:
             assert isinstance(app, msal.ConfidentialClientApplication)
             result = app.acquire_token_for_client(self.scopes)
         else:
-            account = self._account()
-            if account is None and self.settings.refresh_token is not None:
-                # first run: seed the cache from the configured refresh token (classic refresh.token)
-                result = app.acquire_token_by_refresh_token(
-                    self.settings.refresh_token.get_secret_value(), scopes=self.scopes
-                )
-                self._persist()
-                if "access_token" not in result:
-                    raise self._stop(_aadsts(result))
-                account = self._account()
-            if account is None:
-                raise self._stop(f"no signed-in account in the token cache {self.cache_path}")
-            result = app.acquire_token_silent_with_error(self.scopes, account, force_refresh=force)
+            result = self._acquire_delegated(app, force=force)
         self._persist()
         if not result or "access_token" not in result:
             raise self._stop(_aadsts(result) if result else "the token cache holds no usable token")
@@ -195,6 +183,27 @@ class GraphAuth:
         expires_in = float(result.get("expires_in", 300))
         skew = min(_EXPIRY_SKEW_S, expires_in / 10)
         return AccessToken(str(result["access_token"]), time.monotonic() + expires_in - skew)
+
+    def _acquire_delegated(self, app: msal.ClientApplication, *, force: bool) -> dict[str, Any] | None:
+        """A delegated token: from the signed-in account's refresh token (seeded on a first run).
+
+        ``force`` redeems the refresh token even when the cache holds a valid access token.
+        """
+        account = self._account()
+        if account is None and self.settings.refresh_token is not None:
+            # first run: seed the cache from the configured refresh token (classic refresh.token)
+            seeded = app.acquire_token_by_refresh_token(
+                self.settings.refresh_token.get_secret_value(), scopes=self.scopes
+            )
+            self._persist()
+            if "access_token" not in seeded:
+                raise self._stop(_aadsts(seeded))
+            account = self._account()
+            force = False  # the refresh token was just redeemed
+        if account is None:
+            raise self._stop(f"no signed-in account in the token cache {self.cache_path}")
+        result = app.acquire_token_silent_with_error(self.scopes, account, force_refresh=force)
+        return dict(result) if result else None
 
     def token(self) -> str:
         """A valid access token; refreshes (and persists a rotated refresh token) when needed."""
@@ -205,9 +214,12 @@ class GraphAuth:
             current = self._token
             if current is None or time.monotonic() >= current.expires_at:
                 # MSAL itself serves a cached AT until 5 minutes before expiry; our own clock covers
-                # short-lived tokens and lets concurrent workers share one refresh.
+                # short-lived tokens and lets concurrent workers share one refresh. The first token of
+                # a process (a run, doctor, auth status) redeems the refresh token: an access token
+                # left in the cache would hide a revoked or expired sign-in for up to 90 minutes, and
+                # the run would stop in the middle of its writes instead of before the first one.
                 try:
-                    self._token = current = self._acquire(force=current is not None)
+                    self._token = current = self._acquire(force=current is not None or self.delegated)
                 except requests.RequestException as exc:
                     raise self._unreachable(exc) from None
             return current.value

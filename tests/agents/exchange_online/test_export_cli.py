@@ -57,3 +57,34 @@ def test_ctrl_c_mid_export_records_the_photos_graph_accepted(
     assert set(sent[:3]) <= written  # the PUT under way when Ctrl-C came went through
     assert len(sent) <= 4, sent  # at most the change the worker was starting meanwhile
     assert _pending(config) == set(people) - written  # what Graph accepted is recorded, the rest pending
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_a_revoked_sign_in_is_found_before_the_first_write_not_behind_a_cached_token(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """Found with `mvsync auth status`, `mvsync doctor` and `mvsync run` after an admin revoked the
+    account's sessions: all three said ok (status "ok", doctor "Graph reachable, token valid", the export
+    ran) on the access token the encrypted cache still held, so a revoked or expired sign-in showed only
+    when that token ran out (up to 90 minutes later), in the middle of a scheduled run's writes. The
+    first token of a process now redeems the refresh token."""
+    emu = make_emulator(users=40)
+    config, people = folder_to_exchange_online(emu, tmp_path, 3)
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 0, out + err  # the cache now holds the account and a fresh access token
+    emu.admin.revoke_refresh_tokens()  # Entra ID: "Revoke sessions"; access tokens already issued stay valid
+
+    code, out, err = invoke("auth", "status", "exo", "-c", str(config), "--json")
+    status = json.loads(out)
+    assert (code, status["ok"]) == (4, False), out + err
+    assert "AADSTS50173" in status["detail"] and f"mvsync auth login exo -c {config}" in status["detail"]
+
+    code, out, err = invoke("doctor", "-c", str(config), "--json")
+    [reachable] = [f for f in json.loads(out)["findings"] if f["check"] == "agents.exo.reachable"]
+    assert reachable["severity"] == "error" and "AADSTS50173" in reachable["message"], reachable
+
+    code, out, err = invoke("run", "export", "-c", str(config), "--json")
+    [step] = json.loads(out)["steps"]
+    assert (code, step["status"]) == (4, "stopped-authentication"), out + err
+    assert [person for person in people if emu.admin.get_photo(person) is not None] == []  # nothing written
+    assert _pending(config) == set(people)
