@@ -164,6 +164,21 @@ class GraphAuth:
             f"Exchange Online authentication failed: {why}. Re-authorize with: {self.reauthorize_command}"
         )
 
+    def permission_missing(self, permission: str, needed_by: str, refusal: str) -> AuthenticationError:
+        """Graph says the access token lacks ``permission`` (``refusal``, its answer): no object can fix
+        that, so the step stops, saying how this auth mode gets the permission into the token."""
+        why = f"the access token does not carry {permission}, which {needed_by} need (Graph: {refusal})"
+        if not self.delegated:
+            return AuthenticationError(
+                f"Exchange Online authentication failed: {why}. auth_mode is 'app': add the application "
+                f"permission {permission} to the app registration in Entra ID and grant admin consent for it"
+            )
+        return AuthenticationError(
+            f"Exchange Online authentication failed: {why}. Add https://graph.microsoft.com/{permission} to "
+            f"scopes in the agent's settings, grant admin consent for it in Entra ID, and sign in again: "
+            f"{self.reauthorize_command}"
+        )
+
     # -- tokens ---------------------------------------------------------------------------------
     def _account(self) -> dict[str, Any] | None:
         accounts = self.app().get_accounts(username=self.settings.username)

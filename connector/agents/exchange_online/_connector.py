@@ -339,6 +339,8 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                     return ExportResult.success(ident)
         except RetryableError as exc:
             return ExportResult.retry(ident, "cd-error", str(exc))
+        if resp.status == 403 and resp.error_code == _TOKEN_LACKS_PERMISSION:  # every change would meet it
+            raise self.auth.permission_missing("ProfilePhoto.ReadWrite.All", "photo exports", resp.describe())
         return _export_failure(ident, resp)
 
 
@@ -372,6 +374,8 @@ def _finish_interrupted(batch: _ExportBatch, futures: list[Future[ExportResult |
 
 _UNTOUCHED = object()
 _JPEG = {"Content-Type": "image/jpeg"}
+#: Graph's 403 for a token without the permission (photos: ProfilePhoto.ReadWrite.All), whoever the user
+_TOKEN_LACKS_PERMISSION = "ErrorInsufficientPermissionsInAccessToken"
 
 
 def _exported_photo(change: CSEntryChange) -> Any:

@@ -279,6 +279,29 @@ def test_a_sign_in_revoked_mid_export_stops_with_the_photos_already_written(
     assert sent == [c.anchor for c in changes[:3]]  # the third met the revocation; nothing was tried after it
 
 
+def test_an_app_without_the_photo_write_permission_is_told_which_application_permission_to_grant(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """App mode's side of the export-time permission stop (the CLI test covers delegated mode)."""
+    emu = make_emulator(users=30, app_roles=("User.Read.All", "ProfilePhoto.Read.All"))
+    changes = photo_changes(emu, 3)
+    before = [emu.admin.get_photo(c.anchor) for c in changes]
+    secret = emu.info["client_secret"]
+    conn = make_connector(emu, tmp_path, auth_mode="app", client_secret=secret, refresh_token=None, concurrency=1)
+    conn.open()
+    try:
+        with pytest.raises(AuthenticationError) as stopped:
+            conn.export(changes)
+    finally:
+        conn.close()
+    assert str(stopped.value).endswith(
+        "auth_mode is 'app': add the application permission ProfilePhoto.ReadWrite.All to the app registration "
+        "in Entra ID and grant admin consent for it"
+    )
+    assert stopped.value.results == [] and secret not in str(stopped.value)
+    assert [emu.admin.get_photo(c.anchor) for c in changes] == before  # nothing written
+
+
 # ------------------------------------------------------------------------- 3. expired delta link
 
 

@@ -88,3 +88,34 @@ def test_a_revoked_sign_in_is_found_before_the_first_write_not_behind_a_cached_t
     assert (code, step["status"]) == (4, "stopped-authentication"), out + err
     assert [person for person in people if emu.admin.get_photo(person) is not None] == []  # nothing written
     assert _pending(config) == set(people)
+
+
+_READ_ONLY = ("https://graph.microsoft.com/User.Read.All", "https://graph.microsoft.com/ProfilePhoto.Read.All")
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_a_token_without_the_photo_write_permission_stops_the_export_at_the_first_refusal(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found with `mvsync run export` for a sign-in consented to the read scopes only (the sample's): every
+    change was sent and refused (403 ErrorInsufficientPermissionsInAccessToken), one per-object
+    permission-issue per person, naming a .NET exception and nothing to do; 10,000 people, 10,000
+    refused writes. Graph says the token lacks the permission, which no person can fix: the step stops
+    at the first refusal (stopped-authentication) naming the permission, the key and the command."""
+    emu = make_emulator(users=40, delegated_scopes=("User.Read", "User.Read.All", "ProfilePhoto.Read.All"))
+    config, people = folder_to_exchange_online(emu, tmp_path, 5, scopes=list(_READ_ONLY), concurrency=1)
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 0, out + err
+
+    sent = at_photo_upload(monkeypatch, 0, lambda: None)  # only counts the PUTs
+    code, out, err = invoke("run", "export", "-c", str(config), "--json")
+
+    [step] = json.loads(out)["steps"]
+    assert (code, step["status"], step["object_errors"]) == (4, "stopped-authentication", []), out + err
+    message = step["message"]
+    assert "ProfilePhoto.ReadWrite.All" in message and "ErrorInsufficientPermissionsInAccessToken" in message
+    assert "which photo exports need" in message
+    assert "Add https://graph.microsoft.com/ProfilePhoto.ReadWrite.All to scopes" in message
+    assert message.endswith(f"mvsync auth login exo -c {config}")
+    assert len(sent) == 1  # the first refusal stops the step
+    assert _pending(config) == set(people)
