@@ -41,7 +41,7 @@ import requests
 from connector.agents._mailbox_photo import photo_attributes
 from connector.agents.exchange_online._auth import GraphAuth, make_session
 from connector.agents.exchange_online._graph import GraphClient, GraphResponse, RetryableError
-from connector.agents.exchange_online._hybrid import location_attribute
+from connector.agents.exchange_online._hybrid import location_attribute, mailbox_on_premises
 from connector.agents.exchange_online._import import (
     FIRST_LINK,
     OBJECT_CLASS,
@@ -374,6 +374,10 @@ def _finish_interrupted(batch: _ExportBatch, futures: list[Future[ExportResult |
 
 _UNTOUCHED = object()
 _JPEG = {"Content-Type": "image/jpeg"}
+_ON_PREMISES_EXPORT = (
+    "Graph cannot write the photo of a mailbox on Exchange Server (hybrid): set it there (Set-UserPhoto); "
+    "the change is tried again at every export until the mailbox moves to Exchange Online"
+)
 #: Graph's 403 for a token without the permission (photos: ProfilePhoto.ReadWrite.All), whoever the user
 _TOKEN_LACKS_PERMISSION = "ErrorInsufficientPermissionsInAccessToken"
 
@@ -420,6 +424,8 @@ def _normalize_upload(data: bytes) -> bytes:
 
 def _export_failure(ident: str, resp: GraphResponse) -> ExportResult:
     detail = resp.describe()
+    if mailbox_on_premises(resp):  # not a missing user (cd-missing-object says "deleted or moved")
+        return ExportResult.failed(ident, "mailbox-on-premises", f"{detail}. {_ON_PREMISES_EXPORT}")
     if resp.status == 404:
         return ExportResult.failed(ident, "cd-missing-object", detail)
     if resp.status in (401, 403):

@@ -12,9 +12,11 @@ from sqlalchemy import select
 
 from connector.emulator import exo_agent_settings
 from connector.sdk import (
+    AttributeChange,
     AuthenticationError,
     ConfigurationError,
     ConnectorError,
+    CSEntryChange,
     ExportStatus,
     ImportMode,
     ServerDownError,
@@ -300,6 +302,31 @@ def test_an_app_without_the_photo_write_permission_is_told_which_application_per
     )
     assert stopped.value.results == [] and secret not in str(stopped.value)
     assert [emu.admin.get_photo(c.anchor) for c in changes] == before  # nothing written
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_a_photo_export_to_an_on_premises_mailbox_says_so_not_that_the_user_is_missing(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """Found with the sample's optional folder -> Exchange Online flow in a hybrid tenant: a person whose
+    mailbox is on Exchange Server got `cd-missing-object` at every export, which the README explains as
+    "the user was deleted or moved" (run a delta import): Graph answers 404
+    MailboxNotHostedInExchangeOnline for a mailbox it cannot write. It is now named for what it is."""
+    emu = make_emulator(users=30)
+    on_premises = [u["id"] for u in emu.admin.users() if u.get("mailbox") == "on-premises"][:2]
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    put = CSEntryChange.update("EXOUser", on_premises[0], [AttributeChange.replace("EXOPhoto", jpeg)])
+    remove = CSEntryChange.update("EXOUser", on_premises[1], [AttributeChange.delete("EXOPhoto")])
+    put.identifier, remove.identifier = "1", "2"
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        results = conn.export([put, remove])
+    finally:
+        conn.close()
+    assert [(r.status, r.error_name) for r in results] == [(ExportStatus.FAILED, "mailbox-on-premises")] * 2
+    assert "Graph cannot write the photo of a mailbox on Exchange Server" in results[0].error_detail
+    assert results[0].error_detail.startswith("HTTP 404 MailboxNotHostedInExchangeOnline")
 
 
 # ------------------------------------------------------------------------- 3. expired delta link
