@@ -312,12 +312,11 @@ def _certificate_credential(path: Path, password: Any) -> dict[str, str]:
         pem = path.read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror}", key="client_certificate") from None
-    secret = password.get_secret_value().encode() if password is not None else None
+    key = _private_key(pem, path, password.get_secret_value().encode() if password is not None else None)
     try:
-        key = serialization.load_pem_private_key(pem, password=secret)
         cert = x509.load_pem_x509_certificate(pem)
-    except (ValueError, TypeError) as exc:
-        msg = f"{path} must hold a PEM private key and certificate ({type(exc).__name__})"
+    except ValueError:
+        msg = f"{path} holds no PEM certificate: put the app's certificate in that file, next to its private key"
         raise ConfigurationError(msg, key="client_certificate") from None
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -327,3 +326,36 @@ def _certificate_credential(path: Path, password: Any) -> dict[str, str]:
         "thumbprint": hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
         "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
     }
+
+
+def _private_key(pem: bytes, path: Path, password: bytes | None) -> Any:
+    """The private key in ``pem``; each way it can be unusable is named with its fix.
+
+    Why not one message: "must hold a PEM private key and certificate (TypeError)" was all an admin
+    got for a key encrypted without client_certificate_password, a wrong password, or a password
+    for a key that has none; each needs a different fix, and the file itself was fine.
+    """
+    if b"PRIVATE KEY-----" not in pem:
+        msg = f"{path} holds no PEM private key: put the certificate's private key in that file, next to it"
+        raise ConfigurationError(msg, key="client_certificate")
+    try:
+        return serialization.load_pem_private_key(pem, password=password)
+    except TypeError:  # the password and the key disagree on whether it is encrypted
+        if password is None:
+            msg = (
+                f"the private key in {path} is encrypted: set client_certificate_password "
+                "({ env = .. } or { file = .. })"
+            )
+        else:
+            msg = f"the private key in {path} is not encrypted: remove client_certificate_password"
+        raise ConfigurationError(msg, key="client_certificate_password") from None
+    except ValueError:
+        if password is not None and _encrypted(pem):
+            msg = f"client_certificate_password does not decrypt the private key in {path}"
+            raise ConfigurationError(msg, key="client_certificate_password") from None
+        raise ConfigurationError(f"{path}: the private key cannot be read", key="client_certificate") from None
+
+
+def _encrypted(pem: bytes) -> bool:
+    """Whether the PEM key is encrypted (PKCS#8 ``ENCRYPTED PRIVATE KEY``, or OpenSSL's legacy ``Proc-Type``)."""
+    return b"ENCRYPTED PRIVATE KEY-----" in pem or b"Proc-Type: 4,ENCRYPTED" in pem

@@ -131,6 +131,67 @@ def test_app_only_with_a_client_certificate_imports_everything(make_emulator: An
     assert not conn.auth.delegated
 
 
+def _encrypted_pem(pem: Path, password: bytes) -> Path:
+    """The same certificate and key with the key encrypted, as `openssl pkcs12 -in app.pfx -out app.pem` writes it."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = pem.read_bytes()
+    key = serialization.load_pem_private_key(data, password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(password)
+    )
+    cert = data[: data.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")]
+    out = pem.with_name("exo-encrypted.pem")
+    out.write_bytes(cert + encrypted)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("which", "password", "problem"),
+    [
+        ("encrypted", "Pfx-Export-1", None),
+        (
+            "encrypted",
+            None,
+            "the private key in {pem} is encrypted: set client_certificate_password ({{ env = .. }} or "
+            "{{ file = .. }})",
+        ),
+        ("encrypted", "wrong", "client_certificate_password does not decrypt the private key in {pem}"),
+        ("plain", "Pfx-Export-1", "the private key in {pem} is not encrypted: remove client_certificate_password"),
+    ],
+)
+def test_a_client_certificate_password_that_does_not_fit_the_key_is_named(
+    make_emulator: Any, tmp_path: Path, which: str, password: str | None, problem: str | None
+) -> None:
+    """Found trying `client_certificate_password` (an encrypted key, as exported from a PFX): a missing or
+    wrong password, or one for a key that has none, all said "PATH must hold a PEM private key and
+    certificate (TypeError)" / "(ValueError)", sending the admin to a file that was fine. The password
+    itself was never tested working: the first case signs in with it."""
+    emu = make_emulator(users=5)
+    pem = _app_certificate_pem(emu, tmp_path)
+    if which == "encrypted":
+        pem = _encrypted_pem(pem, b"Pfx-Export-1")
+    conn = make_connector(
+        emu,
+        tmp_path / "data",
+        auth_mode="app",
+        client_certificate=pem,
+        client_certificate_password=password,
+        refresh_token=None,
+    )
+    try:
+        if problem is None:
+            conn.open()
+            assert conn.check().ok
+            return
+        with pytest.raises(ConfigurationError) as caught:
+            conn.open()
+    finally:
+        conn.close()
+    assert str(caught.value) == "client_certificate_password: " + problem.format(pem=pem)
+    assert password is None or password not in str(caught.value)
+
+
 @pytest.mark.usefixtures("cache_key")
 def test_unknown_client_certificate_stops_with_authentication_error(make_emulator: Any, tmp_path: Path) -> None:
     from connector.emulator._identity import ClientCertificate
