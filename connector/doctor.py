@@ -322,7 +322,11 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
 def _connect_findings(connector: Any, where: str) -> list[Finding]:
     """The token cache (where the agent has one: ``.auth.status()``) and ``connector.check()``."""
     found: list[Finding] = []
-    status = getattr(getattr(connector, "auth", None), "status", None)
+    try:  # the agent's sign-in, built on first use: its token cache may be unreadable
+        status = getattr(getattr(connector, "auth", None), "status", None)
+    except Exception as exc:
+        found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
+        status = None
     if callable(status):
         try:
             st = status()

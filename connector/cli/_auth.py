@@ -48,7 +48,7 @@ def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
         if not os.environ.get(settings.token_cache_key_env):
             generate_key_file(key_file)
             err_console.print(f"created the token cache key file {key_file} (owner only): back it up")
-    connector.context.data_dir.mkdir(parents=True, exist_ok=True)
+    connector.context.make_data_dir()
     return connector.auth
 
 

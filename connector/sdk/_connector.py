@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from connector.sdk._changes import CSEntryChange
+from connector.sdk._errors import ConfigurationError
 from connector.sdk._exports import ExportResult
 from connector.sdk._imports import ImportPage, ImportRequest
 from connector.sdk._schema import Schema
@@ -97,6 +98,22 @@ class ConnectorContext:
     dry_run: bool = False
     export_attributes: dict[str, frozenset[str]] = field(default_factory=dict)
     reauthorize_command: str = ""
+
+    def make_data_dir(self) -> Path:
+        """Create the agent's own folder (``data_dir``/AGENT) if needed, and return it.
+
+        Why not ``mkdir`` in each connector: a file in its way, a read-only share or a folder of another
+        account raised an OSError traceback; this names the folder and what to check, under ``data_dir``.
+        """
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = (
+                f"cannot create the agent's folder {self.data_dir} ({exc.strerror or exc}): check data_dir, "
+                "what is in the way, and that the account running mvsync may write there"
+            )
+            raise ConfigurationError(msg, key="data_dir") from None
+        return self.data_dir
 
 
 SettingsT = TypeVar("SettingsT", bound=ConnectorSettings)

@@ -148,7 +148,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         return self._graph
 
     def open(self) -> None:
-        self.context.data_dir.mkdir(parents=True, exist_ok=True)
+        self.context.make_data_dir()
         self.auth.token()  # fail fast (stopped-authentication) before any work starts
 
     def close(self) -> None:

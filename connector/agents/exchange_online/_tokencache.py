@@ -20,7 +20,7 @@ import msal
 from cryptography.fernet import Fernet, InvalidToken
 
 from connector.files import OwnerOnlyError, atomic_write, write_private_file
-from connector.sdk import ConfigurationError
+from connector.sdk import ConfigurationError, StopRunError
 from connector.secrets import SecretFileError, read_secret_file, seal, seal_text, unseal
 
 __all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "ProcessTokenCache", "generate_key_file", "load_key"]
@@ -84,6 +84,13 @@ class EncryptedTokenCache:
             blob = self.path.read_bytes()
         except FileNotFoundError:
             return
+        except OSError as exc:  # another account's cache (mode 0600), something in the way, a share's error
+            msg = (
+                f"cannot read the token cache {self.path} ({exc.strerror or exc}): run mvsync as the account "
+                "that signed in (`mvsync auth login` writes the cache for the account that runs it), or move "
+                "what is in the way and sign in again"
+            )
+            raise ConfigurationError(msg, key="data_dir") from None
         try:
             text = self._fernet.decrypt(unseal(blob)).decode("utf-8")
         except InvalidToken:
@@ -103,7 +110,15 @@ class EncryptedTokenCache:
             if not self.cache.has_state_changed:
                 return False
             data = self._fernet.encrypt(self.cache.serialize().encode("utf-8"))
-            atomic_write(self.path, seal(data), private=True)
+            try:
+                atomic_write(self.path, seal(data), private=True)
+            except OSError as exc:  # a full disk, a read-only share, another account's folder
+                msg = (
+                    f"cannot write the token cache {self.path} ({exc.strerror or exc}): the renewed sign-in is "
+                    "not saved (the file keeps the one before). Free space there, or let the account running "
+                    "mvsync write to that folder, and run again"
+                )
+                raise StopRunError(msg) from None
             self.cache.has_state_changed = False
             return True
 

@@ -3,6 +3,7 @@ engine step, an expired delta link, and the photo work queue's manners."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +389,40 @@ def test_a_photo_export_to_an_on_premises_mailbox_says_so_not_that_the_user_is_m
     assert [(r.status, r.error_name) for r in results] == [(ExportStatus.FAILED, "mailbox-on-premises")] * 2
     assert "Graph cannot write the photo of a mailbox on Exchange Server" in results[0].error_detail
     assert results[0].error_detail.startswith("HTTP 404 MailboxNotHostedInExchangeOnline")
+
+
+def test_a_token_cache_that_cannot_be_written_stops_the_step_naming_the_file(
+    make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk of data_dir full when the run renews its sign-in: an OSError traceback, the step a
+    stopped-connector-exception. Now a stop naming the file, saying the cache keeps the sign-in before."""
+    import errno
+
+    from connector.agents.exchange_online import _tokencache
+
+    emu = make_emulator(users=5)
+    data = tmp_path / "data"
+    seeded = make_connector(emu, data)
+    seeded.open()
+    seeded.close()
+    before = (data / _tokencache.CACHE_FILE_NAME).read_bytes()
+
+    def full_disk(path: Path, data: bytes, **options: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(_tokencache, "atomic_write", full_disk)
+    conn = make_connector(emu, data)
+    try:
+        with pytest.raises(StopRunError) as caught:
+            conn.open()  # the first token of a process redeems the refresh token: a rotated one to save
+    finally:
+        monkeypatch.undo()
+        conn.close()
+    assert str(caught.value).startswith(
+        f"cannot write the token cache {data / _tokencache.CACHE_FILE_NAME} (No space left on device): the renewed "
+        "sign-in is not saved (the file keeps the one before)"
+    )
+    assert (data / _tokencache.CACHE_FILE_NAME).read_bytes() == before
 
 
 # ------------------------------------------------------------------------- 3. expired delta link

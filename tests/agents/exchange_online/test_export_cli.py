@@ -119,3 +119,33 @@ def test_a_token_without_the_photo_write_permission_stops_the_export_at_the_firs
     assert message.endswith(f"mvsync auth login exo -c {config}")
     assert len(sent) == 1  # the first refusal stops the step
     assert _pending(config) == set(people)
+
+
+@pytest.mark.usefixtures("cache_key")
+@pytest.mark.parametrize("in_the_way", ["agent folder", "token cache"])
+def test_an_agent_folder_or_token_cache_that_cannot_be_used_is_named_not_a_traceback(
+    make_emulator: Any, tmp_path: Path, in_the_way: str
+) -> None:
+    """Found with `mvsync auth status`, `mvsync doctor` and `mvsync run` on a data folder where the agent's
+    folder (data/exo) was a file, or its token cache a folder: FileExistsError / NotADirectoryError /
+    IsADirectoryError tracebacks (exit 1), the run's step a stopped-connector-exception. Any OSError
+    there (the token cache of another account, a read-only share) took the same path. Now each names the
+    path and what to do, as a configuration error (exit 2)."""
+    emu = make_emulator(users=40)
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1)
+    (tmp_path / "data").mkdir()
+    if in_the_way == "agent folder":
+        (tmp_path / "data" / "exo").write_text("not a folder")
+        named = f"cannot create the agent's folder {tmp_path / 'data' / 'exo'}"
+    else:
+        (tmp_path / "data" / "exo" / "token-cache.bin").mkdir(parents=True)
+        named = f"cannot read the token cache {tmp_path / 'data' / 'exo' / 'token-cache.bin'}"
+
+    for command in (("auth", "status", "exo"), ("run", "stage")):
+        code, out, err = invoke(*command, "-c", str(config))
+        assert code == 2, (command, out + err)
+        assert named in out + err and "Traceback" not in out + err, (command, out + err)
+    code, out, err = invoke("doctor", "-c", str(config), "--json")  # it creates nothing: the cache path fails
+    [reachable] = [f for f in json.loads(out)["findings"] if f["check"] == "agents.exo.reachable"]
+    cache = f"cannot read the token cache {tmp_path / 'data' / 'exo' / 'token-cache.bin'}"
+    assert (code, reachable["severity"]) == (6, "error") and cache in reachable["message"], reachable
