@@ -276,6 +276,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             try:
                 answered = [future.result() for future in futures]
             except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal, in the thread that waits here
+                self._say_finishing(futures)
                 carry_export_results(exc, _finish_interrupted(batch, futures))
                 raise
         results = [result for result in answered if result is not None]
@@ -283,6 +284,20 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             batch.stop.results = results  # the photos written before the stop: the engine records them
             raise batch.stop
         return results
+
+    def _say_finishing(self, futures: list[Future[ExportResult | None]]) -> None:
+        """Why an interrupted export does not end at once: the writes under way are waited for."""
+        running = sum(1 for future in futures if future.running())
+        if running:
+            self.context.logger.warning(
+                "interrupted: waiting for %d photo write%s under way (at most %.0f s) so that %s recorded; "
+                "interrupt again to stop at once (the next export may then write %s again)",
+                running,
+                "s" if running != 1 else "",
+                self.settings.timeout_s,
+                "they are" if running != 1 else "it is",
+                "them" if running != 1 else "it",
+            )
 
     def _export_in_batch(self, change: CSEntryChange, batch: _ExportBatch) -> ExportResult | None:
         """``_export_one``, unless the batch already met Graph down (a retry: the change stays pending)

@@ -53,6 +53,7 @@ def test_ctrl_c_mid_export_records_the_photos_graph_accepted(
 
     assert code == 130, out + err
     assert "interrupted" in err and "Traceback" not in err
+    assert "waiting for 1 photo write under way (at most 60 s) so that it is recorded" in err  # not at once: why
     written = {person for person in people if emu.admin.get_photo(person) is not None}
     assert set(sent[:3]) <= written  # the PUT under way when Ctrl-C came went through
     assert len(sent) <= 4, sent  # at most the change the worker was starting meanwhile
