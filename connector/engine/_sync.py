@@ -318,6 +318,8 @@ class _Sync:
                 by[agent] = [value, rule]
                 mv.contributions_changed = True
                 self._resolve(mv, attr)
+            elif self.full and self._outranked(mv, attr, by):
+                self._resolve(mv, attr)
         for attr in affected:
             by = contributions[attr]
             del by[agent]
@@ -349,6 +351,21 @@ class _Sync:
             mv.changed = True
             self.counters["attribute_flows"] += 1
         mv.lineage[attr] = [winner, rule]
+
+    def _outranked(self, mv: _MV, attr: str, by: dict[str, Any]) -> bool:
+        """True when ``attr`` holds a contribution that the precedence no longer ranks first.
+
+        Why: an unchanged contribution is not resolved again, so after ``[metaverse] precedence``
+        was reordered the metaverse kept the old source's photo through every full synchronization,
+        which the README names as what applies a rule change. Only a full synchronization asks,
+        and only for attributes with more than one contributor (the rest cannot be outranked).
+        """
+        if len(by) < 2:
+            return False
+        ranks = self.rules.ranks(attr)
+        winner = min(by, key=lambda a: ranks.get(a, 10_000))
+        held = mv.lineage.get(attr)
+        return mv.attributes.get(attr) != by[winner][0] or not held or held[0] != winner
 
     def _remove_agent(self, mv: _MV, agent: str) -> None:
         for attr in [a for a, by in mv.contributions.items() if agent in by]:

@@ -359,3 +359,25 @@ def test_a_deleted_person_releases_the_connectors_of_every_agent(world: World) -
     assert cs_row(world, "exo", "exo-000").mv_id is not None  # the others keep their person
     report = run_doctor(world.config, connect=False)
     assert report.ok, report.as_dict()
+
+
+# ------------------------------------------------------------------------------ rule changes
+def test_a_full_sync_applies_a_reordered_precedence(world: World) -> None:
+    """The identity engineer puts the HR folder above Exchange Online for photos and runs the
+    Full Synchronization the README prescribes after a rule change: the folder's photo must win,
+    in the metaverse, its lineage and the AD export, although neither source changed."""
+    add_users(world, 2)
+    for i in range(2):
+        world.hr["objects"][f"user{i:03d}"] = {"accountName": f"user{i:03d}", "photo": f"hr-{i}".encode()}
+    world.cycle()
+    export_and_confirm(world)
+    assert world.ad["objects"]["guid-000"]["thumbnail"] == b"exo-photo-0"
+
+    reconfigure(world, lambda data: data["metaverse"]["precedence"].update(photo=["hr", "exo"]))
+    result = world.run("full-sync")
+    assert result.status == "success", result.as_dict()
+    with world.engine.store.read() as conn:
+        lineage = [json.loads(t)["photo"][0] for t in conn.execute(select(mv_object.c.lineage)).scalars()]
+    assert lineage == ["hr", "hr"]
+    assert world.run("export").status == "success"
+    assert [world.ad["objects"][f"guid-{i:03d}"]["thumbnail"] for i in range(2)] == [b"hr-0", b"hr-1"]
