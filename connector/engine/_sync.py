@@ -292,7 +292,8 @@ class _Sync:
                     continue
             if value is not None:
                 computed[flow.mv] = (value, f"{flow.cs}{' via ' + flow.transform if flow.transform else ''}")
-        if not computed and not self.rules.import_flows:
+        if not computed and not self.rules.import_flows and not self.full:
+            # nothing flows in; a full sync still looks, for what flows that were removed left behind
             return
         if mv.new and not mv.attributes:  # projected just now: this agent is the only contributor
             # one pass, and tuples (stored as JSON arrays like lists): this runs for every projection

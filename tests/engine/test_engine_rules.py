@@ -381,3 +381,19 @@ def test_a_full_sync_applies_a_reordered_precedence(world: World) -> None:
     assert lineage == ["hr", "hr"]
     assert world.run("export").status == "success"
     assert [world.ad["objects"][f"guid-{i:03d}"]["thumbnail"] for i in range(2)] == [b"hr-0", b"hr-1"]
+
+
+def test_a_full_sync_recalls_what_an_agent_without_import_flows_contributed(world: World) -> None:
+    """The engineer retires the HR folder's photos by deleting its import flows (keeping the agent
+    and its join for now) and runs a Full Synchronization: the folder's photo leaves the metaverse
+    and AD's thumbnail is staged for clearing, as when one of several flows is removed."""
+    add_users(world, 1, photos=False)
+    world.hr["objects"]["user000"] = {"accountName": "user000", "photo": b"hr-0"}
+    world.cycle()
+    export_and_confirm(world)
+    assert world.ad["objects"]["guid-000"]["thumbnail"] == b"hr-0"
+
+    reconfigure(world, lambda data: data["agents"]["hr"].update(import_flow=[]))
+    assert world.run("full-sync").status == "success"
+    assert "photo" not in mv_by_account(world)["user000"]
+    assert json.loads(cs_row(world, "ad", "guid-000").export_changes) == {"thumbnail": None}
