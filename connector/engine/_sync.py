@@ -29,7 +29,7 @@ from connector.config import AgentConfig, Deprovision, ExportFlow, ImportFlow, J
 from connector.engine._context import StepContext
 from connector.engine._results import ObjectError
 from connector.engine.transforms import TransformRunner
-from connector.sdk import Schema, TransformError
+from connector.sdk import Schema, TransformError, person_display
 from connector.store import ConnectorSpace, Metaverse, StoreConnection, SyncRow, dumps, loads, plain_value
 
 __all__ = ["SEARCH_ATTRIBUTES", "run_sync", "search_fields"]
@@ -117,6 +117,20 @@ class _CS:
     dirty: bool = False
     sync_error: dict[str, str] | None = None
     errors: list[ObjectError] = field(default_factory=list)
+
+
+def _who(cs: _CS, mv: _MV) -> str | None:
+    """Who an export-flow error is about, named here because the error belongs to another agent's
+    object: the step's agent cannot find its anchor when history names the error's person (the
+    thumbnail of someone's photo failing in Exchange Online's sync is about their AD account).
+
+    The same display as every other per-object error: the object's own attributes, with the
+    metaverse display name when the object has none (``connector.store.people``)."""
+    attributes = dict(cs.hologram)
+    name = search_fields(mv.attributes)[0]
+    if name and "displayName" not in attributes:
+        attributes["displayName"] = name
+    return person_display(attributes)
 
 
 class _Rules:
@@ -445,10 +459,11 @@ class _Sync:
                         ObjectError(
                             "sync",
                             exc.name,
-                            f"export flow {flow.mv} -> {flow.cs}: {exc.detail}",
+                            f"export flow {flow.mv} -> {cs.agent}.{flow.cs}: {exc.detail}",
                             anchor=cs.anchor,
                             object_class=cs.object_class,
                             cs_id=cs.id,
+                            display=_who(cs, mv),
                         )
                     )
                     continue

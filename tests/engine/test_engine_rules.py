@@ -332,6 +332,29 @@ def test_third_party_transform_registered_as_an_entry_point(
     assert cs_row(world, "ad", "guid-001").export_type is None
 
 
+def test_an_export_flow_error_in_another_agents_sync_names_the_person(world: World) -> None:
+    """Exchange Online's sync computes AD's thumbnail; a photo the transform cannot read is an error
+    of that sync about an AD account. It names the person and the agent whose flow failed, in the
+    result and in history (Exchange Online holds no object with the AD anchor to name it from)."""
+
+    def thumbnail(data: dict[str, Any]) -> None:
+        data["agents"]["ad"]["export_flow"][0]["transform"] = "thumbnail(size=96, max_bytes=10240)"
+
+    reconfigure(world, thumbnail)
+    add_users(world, 2)  # their Exchange Online "photos" are not images
+    world.run("full-import")
+    exo_sync = world.run("full-sync").steps[1]
+    assert exo_sync.agent == "exo" and exo_sync.status == "completed-sync-errors"
+    assert [(e.anchor, e.display) for e in exo_sync.errors] == [
+        ("guid-000", "User 0 (user000)"),
+        ("guid-001", "User 1 (user001)"),
+    ]
+    assert exo_sync.errors[0].detail.startswith("export flow photo -> ad.thumbnail: ")
+    with world.engine.store.read() as conn:
+        stored = conn.execute(select(run_error.c.display).order_by(run_error.c.id)).scalars().all()
+    assert stored == ["User 0 (user000)", "User 1 (user001)"]
+
+
 def test_a_deleted_person_releases_the_connectors_of_every_agent(world: World) -> None:
     """When the deletion rule removes a person, the connectors it had in agents WITHOUT export flows
     (Exchange Online, the folder here) are disconnected too, or staged for deletion when their agent
