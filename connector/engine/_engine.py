@@ -118,8 +118,34 @@ class Engine:
         for attr in cfg.metaverse.precedence:
             if attr not in mv_attrs:
                 problems.append(f"{where}: metaverse.precedence.{attr}: unknown metaverse attribute")
+        for profile_name, profile in cfg.run_profiles.items():
+            for i, step in enumerate(profile.steps):
+                at = f'{where}: run_profiles."{profile_name}".steps[{i}].deletion_threshold.attributes'
+                problems += self._threshold_problems(at, step)
         if problems:
             raise ConfigError("\n".join(problems))
+
+    def _threshold_problems(self, at: str, step: RunStepConfig) -> list[str]:
+        """The deletion-threshold attributes of ``step`` that no export flow of its agent writes.
+
+        Why: the threshold counts clears by the exact name the export flow stages; a name spelled
+        otherwise (``thumbnailphoto`` for the flow's ``thumbnailPhoto``, as AD itself would accept)
+        counted nothing, and a mass photo removal went through a threshold the engineer believed in.
+        """
+        if step.deletion_threshold is None:
+            return []
+        written = sorted({flow.cs for flow in self.config.agents[step.agent].export_flow})
+        problems = []
+        for attr in step.deletion_threshold.attributes:
+            if attr in written:
+                continue
+            spelled = [name for name in written if name.lower() == attr.lower()]
+            hint = f"did you mean {spelled[0]!r}?" if spelled else f"they write: {', '.join(written) or 'nothing'}"
+            problems.append(
+                f"{at}: no export flow of agent {step.agent!r} writes {attr!r}, "
+                f"so its clears would never count ({hint})"
+            )
+        return problems
 
     # ------------------------------------------------------------------------------------ runs
     def run_profile(
@@ -161,8 +187,15 @@ class Engine:
         kind is reported together.
         """
         self.validate()
-        problems: list[str] = []
         where = str(self.config.path) if self.config.path else "config"
+        # a step changed for this run (a raised threshold) is checked as it will run
+        problems = [
+            problem
+            for step in steps
+            for problem in self._threshold_problems(
+                f"{where}: deletion_threshold.attributes of this run's export step of {step.agent!r}", step
+            )
+        ]
         for agent in dict.fromkeys(step.agent for step in steps):
             try:
                 connector = open_connector(self.config, agent, dry_run=True)

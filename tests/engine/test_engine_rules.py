@@ -241,6 +241,41 @@ def test_deletion_threshold_trips_on_percent_alone(world: World) -> None:
     ]
 
 
+def test_a_deletion_threshold_naming_no_exported_attribute_refuses_the_run(world: World) -> None:
+    """AD takes ``thumbnailphoto`` for ``thumbnailPhoto``, the threshold did not: spelled otherwise
+    than the export flow's attribute, it counted no clear and 8 of 10 photos were cleared through a
+    threshold of 5. The run is refused before any step, naming the setting and the right spelling."""
+    add_users(world, 10)
+    world.cycle()
+    export_and_confirm(world)
+    for i in range(8):  # a mass photo removal at the source
+        del world.exo["objects"][f"exo-{i:03d}"]["photo"]
+    world.cycle()
+    exported_before = len(world.ad["exports"])
+    # a threshold changed for one run, spelled otherwise than the flow's attribute
+    typo = DeletionThreshold(count=5, percent=None, attributes=("Thumbnail",))
+    problem = r"writes 'Thumbnail', so its clears would never count \(did you mean 'thumbnail'\?\)"
+    with pytest.raises(ConfigError, match=r"this run's export step of 'ad': no export flow of agent 'ad' " + problem):
+        world.engine.run_profile("export", step_overrides={"deletion_threshold": typo})
+
+    # the profile's own, and an attribute no flow writes at all
+    def misspell(data: dict[str, Any]) -> None:
+        data["run_profiles"]["export"]["steps"][0]["deletion_threshold"]["attributes"] = ["Thumbnail", "photo"]
+
+    reconfigure(world, misspell)
+    with pytest.raises(ConfigError) as refused:
+        world.run("export")
+    assert str(refused.value).splitlines() == [
+        f"config: run_profiles.\"export\".steps[0].deletion_threshold.attributes: no export flow of agent 'ad' {p}"
+        for p in (
+            "writes 'Thumbnail', so its clears would never count (did you mean 'thumbnail'?)",
+            "writes 'photo', so its clears would never count (they write: displayName, thumbnail)",
+        )
+    ]
+    assert len(world.ad["exports"]) == exported_before
+    assert all("thumbnail" in obj for obj in world.ad["objects"].values())
+
+
 def test_deletion_threshold_counts_object_deletes_from_deprovisioning(world: World) -> None:
     def deprovision_ad(data: dict[str, Any]) -> None:
         data["agents"]["ad"]["deprovision"] = "delete"
