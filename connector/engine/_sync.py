@@ -1,7 +1,8 @@
 """Full and delta synchronization: connector space -> metaverse -> pending exports.
 
-For each connector-space object of the agent (all of them on a full sync; on a delta sync only
-those with a pending import or a previous sync error):
+For each connector-space object of the agent (all of them on a full sync; on a delta sync those
+with a pending import or a previous sync error, and the disconnectors when the metaverse changed
+since the agent's last synchronization, so that a delta joins what a full sync would):
 
 1. *inbound*: apply the pending import to the hologram; join (ordered rules, first rule with
    candidates wins, several candidates = ``ambiguous-join``) or project; flow attributes into the
@@ -30,7 +31,16 @@ from connector.engine._context import StepContext
 from connector.engine._results import ObjectError
 from connector.engine.transforms import TransformRunner
 from connector.sdk import Schema, TransformError, person_display
-from connector.store import ConnectorSpace, Metaverse, StoreConnection, SyncRow, dumps, loads, plain_value
+from connector.store import (
+    ConnectorSpace,
+    Metaverse,
+    RunHistory,
+    StoreConnection,
+    SyncRow,
+    dumps,
+    loads,
+    plain_value,
+)
 
 __all__ = ["SEARCH_ATTRIBUTES", "run_sync", "search_fields"]
 
@@ -274,6 +284,8 @@ class _Sync:
         self.full = full
         self.index = _JoinIndex()
         self.next_mv_id = 0
+        #: a delta synchronization visits the disconnectors too (see ``_metaverse_changed``)
+        self.disconnectors = False
         self.counters = ctx.result.counters
         self._candidates: dict[int, list[tuple[JoinRule, set[int]]]] = {}
         #: states of the chunk's unjoined rows, parsed once for the join lookups and reused after
@@ -529,12 +541,30 @@ class _Sync:
             )
         return out
 
+    def _metaverse_changed(self, conn: StoreConnection) -> bool:
+        """Whether the metaverse changed since this agent's last synchronization, so that a delta
+        synchronization visits the agent's disconnectors as well.
+
+        Why: a disconnector has nothing pending, and a delta visited only pending objects. A photo
+        filed before its owner's AD account was projected, or a mailbox whose person was deleted and
+        came back, stayed unjoined through every scheduled Delta Cycle while a full synchronization
+        joined it: on the same data the two must agree. When the metaverse did not change since,
+        nothing new can join them, and a delta with nothing to do stays as cheap as it was.
+        """
+        last_sync = RunHistory(conn).last_sync_end(self.rules.agent)
+        if last_sync is None:
+            return True
+        last_change = Metaverse(conn).last_change()
+        return last_change is not None and last_change >= last_sync
+
     def _chunks(self) -> Iterator[list[SyncRow]]:
         """The step's objects in chunks of ``CHUNK``, each read in a transaction of its own."""
         last = -1
         while True:
             with self.ctx.store.read() as conn:
-                rows = ConnectorSpace(conn).sync_rows(self.rules.agent, after_id=last, limit=CHUNK, delta=not self.full)
+                rows = ConnectorSpace(conn).sync_rows(
+                    self.rules.agent, after_id=last, limit=CHUNK, delta=not self.full, disconnectors=self.disconnectors
+                )
             if not rows:
                 return
             yield rows
@@ -579,7 +609,10 @@ class _Sync:
         ctx = self.ctx
         with ctx.store.read() as conn:
             self.next_mv_id = Metaverse(conn).next_id()
-            total = ConnectorSpace(conn).count(self.rules.agent, needing_sync=not self.full)
+            self.disconnectors = not self.full and self._metaverse_changed(conn)
+            total = ConnectorSpace(conn).count(
+                self.rules.agent, needing_sync=not self.full, disconnectors=self.disconnectors
+            )
         ctx.progress.start(f"{ctx.agent}: {'full' if self.full else 'delta'} synchronization", total)
         with _chunked_gc() as chunk_done:
             for rows in self._chunks():

@@ -175,6 +175,14 @@ _PENDING_EXPORT_COLUMNS = (
 )
 #: Objects a delta synchronization visits: a pending import, or an error to retry.
 _NEEDS_SYNC = or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.is_not(None))
+#: The same and the disconnectors, which may join what the metaverse gained since they were last judged.
+_NEEDS_SYNC_OR_UNJOINED = or_(_NEEDS_SYNC, cs_object.c.mv_id.is_(None))
+
+
+def _delta(disconnectors: bool) -> ColumnElement[bool]:
+    """What a delta synchronization visits (``disconnectors``: the disconnectors too)."""
+    return _NEEDS_SYNC_OR_UNJOINED if disconnectors else _NEEDS_SYNC
+
 
 #: An applied import, and the same staging the export the synchronization computed for the row.
 _APPLY_IMPORT = BatchUpdate(
@@ -225,11 +233,14 @@ class ConnectorSpace:
         self._conn = conn
 
     # ------------------------------------------------------------------------------ counts
-    def count(self, agent: str, *, needing_sync: bool = False, pending_export: bool = False) -> int:
-        """Objects of ``agent``; only those a delta sync visits, or only those with a pending export."""
+    def count(
+        self, agent: str, *, needing_sync: bool = False, pending_export: bool = False, disconnectors: bool = False
+    ) -> int:
+        """Objects of ``agent``; only those a delta sync visits (``disconnectors``: with the
+        disconnectors), or only those with a pending export."""
         query = select(func.count()).select_from(cs_object).where(cs_object.c.agent == agent)
         if needing_sync:
-            query = query.where(_NEEDS_SYNC)
+            query = query.where(_delta(disconnectors))
         if pending_export:
             query = query.where(cs_object.c.export_type.is_not(None))
         return int(self._conn.execute(query).scalar_one())
@@ -279,11 +290,14 @@ class ConnectorSpace:
         return [CsObject._make(row) for row in self._conn.execute(query)]
 
     # ----------------------------------------------------------------------- synchronization
-    def sync_rows(self, agent: str, *, after_id: int, limit: int, delta: bool) -> list[SyncRow]:
-        """The next ``limit`` objects of ``agent`` after ``after_id`` (on a delta, only those to visit)."""
+    def sync_rows(
+        self, agent: str, *, after_id: int, limit: int, delta: bool, disconnectors: bool = False
+    ) -> list[SyncRow]:
+        """The next ``limit`` objects of ``agent`` after ``after_id`` (on a delta, only those to visit,
+        with the disconnectors when ``disconnectors``)."""
         query = select(*_SYNC_COLUMNS).where(cs_object.c.agent == agent, cs_object.c.id > after_id)
         if delta:
-            query = query.where(_NEEDS_SYNC)
+            query = query.where(_delta(disconnectors))
         rows = self._conn.execute(query.order_by(cs_object.c.id).limit(limit))
         return [SyncRow._make(row) for row in rows]
 

@@ -180,6 +180,18 @@ class RunHistory:
             .values(status=status, ended_at=ended_at, counters=counters, message=message)
         )
 
+    def last_sync_end(self, agent: str) -> float | None:
+        """When the latest synchronization of ``agent`` that visited all it had to ended (a full or
+        delta sync that was not stopped); None when history holds none."""
+        query = select(func.max(run_step.c.ended_at)).where(
+            run_step.c.agent == agent,
+            run_step.c.kind.in_(("full-sync", "delta-sync")),
+            run_step.c.status.not_like("stopped-%"),
+            run_step.c.status != "in-progress",
+        )
+        found = self._conn.execute(query).scalar()
+        return None if found is None else float(found)
+
     def note_progress(self, step_id: int | None, counters: str) -> None:
         """A running step's counters so far, written with each unit of work it commits.
 

@@ -71,6 +71,11 @@ class Metaverse:
         """The id the next projected object gets (ids are assigned by the one synchronizing run)."""
         return int(self._conn.execute(select(func.max(mv_object.c.id))).scalar() or 0) + 1
 
+    def last_change(self) -> float | None:
+        """When an object was last projected or changed (None: the metaverse is empty)."""
+        found = self._conn.execute(select(func.max(mv_object.c.updated_at))).scalar()
+        return None if found is None else float(found)
+
     def attribute_pages(self, page: int = 20_000) -> Iterator[list[tuple[int, str]]]:
         """``(id, attributes JSON)`` of every object, in keyset pages (to build a join index)."""
         last = -1

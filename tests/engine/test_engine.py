@@ -191,6 +191,35 @@ def test_delta_sync_touches_only_pending_objects(world: World) -> None:
     assert cs_row(world, "ad", "guid-007").export_type == "update"
 
 
+def test_a_delta_sync_joins_a_disconnector_as_a_full_sync_would(world: World) -> None:
+    """HR files the new hire's photo before AD has the account. Once the account arrives, the
+    scheduled cycle (deltas only) must join the photo and stage AD's thumbnail: a delta that left
+    the folder's disconnector alone until someone ran a full synchronization disagreed with one."""
+    add_users(world, 1, photos=False)
+    world.hr["objects"]["newhire"] = {"accountName": "newhire", "photo": b"hr-newhire"}
+    # a room mailbox: nobody in AD, a disconnector for good
+    world.exo["objects"]["exo-room"] = {"accountName": "room@example.test", "mail": "room@example.test"}
+    world.cycle()
+    assert cs_row(world, "hr", "newhire").mv_id is None
+
+    account = {"accountName": "newhire", "mail": "newhire@example.test"}
+    world.ad["objects"]["guid-new"] = account
+    world.ad["changes"].append(("guid-new", account))
+    assert world.run("delta-import").status == "success"
+    delta = world.run("delta-sync")
+    assert delta.status == "success" and delta.steps[2].counters["joins"] == 1
+    person = cs_row(world, "ad", "guid-new").mv_id
+    assert person is not None and cs_row(world, "hr", "newhire").mv_id == person
+    assert "thumbnail" in json.loads(cs_row(world, "ad", "guid-new").export_changes)
+
+    # on the same data a full synchronization finds nothing left to do
+    full = world.run("full-sync")
+    work = {"joins", "projections", "attribute_flows", "export_updates", "export_updates_changed", "exports_withdrawn"}
+    assert [sorted(work & set(s.counters)) for s in full.steps] == [[], [], []]
+    # and with the metaverse unchanged since, a delta visits no disconnector (the room mailbox)
+    assert [dict(s.counters) for s in world.run("delta-sync").steps] == [{}, {}, {}]
+
+
 def test_failed_exports_stay_pending_and_are_retried(world: World) -> None:
     add_users(world, 3)
     world.cycle()
