@@ -709,8 +709,23 @@ class _Sync:
         chunk.disconnected_mv.add(mv_id)
         if self.index.keys:
             self.index.update(mv_id, before, mv.attributes)
+        self._release(mv_id)
+
+    def _release(self, mv_id: int) -> None:
+        """Let the agent's later objects join ``mv_id``, which it just disconnected from, unless the
+        deletion rule deletes it for that disconnection.
+
+        Why: a row joined in the same chunk as the disconnection, on candidates looked up before it,
+        joined a metaverse object that the chunk's deletion rule then deleted (an AD account deleted
+        and created again under the same sAMAccountName). The new account pointed at a deleted id
+        that the next projection reused: another person's photo went to its AD account. A doomed
+        object stays taken; candidates looked up before the disconnection are looked up again.
+        """
+        if self.rules.agent in self.rules.delete_when_disconnected_from:
+            return
         if self.index.joined is not None:
             self.index.joined.discard(mv_id)
+        self._candidates.clear()
 
     def _connect(self, chunk: _Chunk, row: SyncRow, state: dict[str, Any]) -> tuple[int | None, str | None]:
         """Join an unjoined object, else project it: (metaverse id or None, sync error name or None)."""

@@ -419,6 +419,49 @@ def test_a_deleted_person_releases_the_connectors_of_every_agent(world: World) -
     assert report.ok, report.as_dict()
 
 
+def test_an_account_deleted_and_created_again_in_one_import_gets_its_own_person(world: World) -> None:
+    """The admin deletes user001's AD account and creates it again (a new objectGUID, the same
+    sAMAccountName); the deletion rule deletes a person whose AD account goes. The new account
+    joined the person the same chunk then deleted, and pointed at its id; the next projection
+    reused the id, and the next new hire's photo was exported to user001's account."""
+    reconfigure(world, lambda data: data["metaverse"].update(delete_when_disconnected_from=["ad"]))
+    add_users(world, 2)
+    world.cycle()
+    del world.ad["objects"]["guid-001"]
+    world.ad["objects"]["guid-new"] = {"accountName": "user001", "mail": "user001@example.test"}
+    world.run("full-import")
+    assert world.run("delta-sync").status == "success"
+    with world.engine.store.read() as conn:
+        people = set(conn.execute(select(mv_object.c.id)).scalars())
+    assert cs_row(world, "ad", "guid-new").mv_id in people
+    assert cs_row(world, "exo", "exo-001").mv_id == cs_row(world, "ad", "guid-new").mv_id  # joined again
+
+    world.ad["objects"]["guid-999"] = {"accountName": "user999", "mail": "user999@example.test"}
+    world.hr["objects"]["user999"] = {"accountName": "user999", "photo": b"photo-of-user999"}
+    world.run("full-import")
+    assert world.run("delta-sync").status == "success"
+    assert world.run("export").status == "success"
+    assert world.ad["objects"]["guid-new"]["thumbnail"] == b"exo-photo-1"
+    assert world.ad["objects"]["guid-999"]["thumbnail"] == b"photo-of-user999"
+
+
+def test_an_account_only_in_ad_deleted_and_created_again_keeps_a_person(world: World) -> None:
+    """The default deletion rule (no connector left) and a person only AD knows: the account deleted
+    and created again in one import must leave the new account joined to a person that exists."""
+    account = {"accountName": "solo", "mail": "solo@example.test"}
+    world.ad["objects"]["guid-solo"] = account
+    world.cycle()
+    del world.ad["objects"]["guid-solo"]
+    world.ad["objects"]["guid-solo-2"] = account
+    world.run("full-import")
+    assert world.run("delta-sync").status == "success"
+    with world.engine.store.read() as conn:
+        people = {
+            json.loads(a)["accountName"]: i for i, a in conn.execute(select(mv_object.c.id, mv_object.c.attributes))
+        }
+    assert cs_row(world, "ad", "guid-solo-2").mv_id == people["solo"]
+
+
 # ------------------------------------------------------------------------------ rule changes
 def test_a_full_sync_applies_a_reordered_precedence(world: World) -> None:
     """The identity engineer puts the HR folder above Exchange Online for photos and runs the
