@@ -291,6 +291,7 @@ class Engine:
                 tie_to_run(exc, result.run_id)
             raise
         finally:
+            self.transforms.forget()  # what it computed is stored only if its transactions were kept
             result.ended_at = time.time()
             result.status = aborted or (run_status(result.steps) if result.steps else "success")
             self._record(

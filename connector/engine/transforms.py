@@ -172,6 +172,20 @@ class TransformRunner:
         self._blob_cache.clear()
         self._known_misses.clear()
 
+    def forget(self) -> None:
+        """Drop what this runner remembers of results, once the run that computed them has ended.
+
+        Why: a result is remembered when computed, but stored (the output blob, the cache row) only
+        with the transaction that computed it. A dry run rolls that back; so does a failing step.
+        An engine that ran a preview and then the run itself staged thumbnails whose bytes were
+        never stored, and every export of them stopped on the missing blob. The store's cache table
+        answers the next run, so nothing is computed twice for a result that was kept.
+        """
+        self._memo.clear()
+        self._new_rows.clear()
+        self._blob_cache.clear()
+        self._known_misses.clear()
+
     def apply(self, conn: StoreConnection, spec: str, encoded: Any, new_blobs: dict[str, bytes]) -> Any:
         """Transform an encoded value (or list); returns the encoded result.
 

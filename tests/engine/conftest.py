@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,15 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, store_url: str) -> Ite
     w = World(tmp_path, store_url if not store_url.startswith("sqlite") else None)
     yield w
     w.close()
+
+
+def reconfigure(world: World, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rebuild the world's configuration (and engine) from its own, changed by ``change``."""
+    data = world.config.model_dump(mode="json", by_alias=True)
+    change(data)
+    world.engine.close()
+    world.config = config_from_dict(data, base_dir=world.tmp_path)
+    world.engine = Engine(world.config)
 
 
 def add_users(world: World, n: int, *, photos: bool = True) -> None:

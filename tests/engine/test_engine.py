@@ -12,7 +12,8 @@ from connector.engine import Engine
 from connector.sdk import CSEntryChange, ExportStatus
 from connector.store import RunHistory
 from connector.store.tables import cs_object, mv_object, run_error
-from tests.engine.conftest import World, add_users
+from tests.engine.conftest import World, add_users, reconfigure
+from tests.imaging.images import photo
 
 
 def mv_rows(world: World) -> list[dict]:
@@ -285,6 +286,29 @@ def test_dry_run_emits_would_be_exports(world: World) -> None:
     assert {c["anchor"] for c in changes} == {"guid-000", "guid-001"}
     assert world.ad["exports"] == []
     assert cs_row(world, "ad", "guid-000").export_type == "update"
+
+
+def test_a_preview_then_the_run_in_one_engine_exports_the_thumbnails(world: World) -> None:
+    """A script previews the cycle with ``run_steps(..., dry_run=True)`` and then runs it with the
+    same engine. The thumbnails the preview computed were rolled back with it, but the engine
+    remembered them: the run staged blobs that were never stored, and the export stopped on them."""
+
+    def thumbnails(data: dict) -> None:
+        data["agents"]["ad"]["export_flow"][0]["transform"] = "thumbnail(size=96, max_bytes=10240)"
+
+    reconfigure(world, thumbnails)
+    add_users(world, 2)
+    for i in range(2):
+        world.exo["objects"][f"exo-{i:03d}"]["photo"] = photo(i, 200)
+    profiles = world.config.run_profiles
+    preview = world.engine.run_steps(
+        "preview", [*profiles["full-import"].steps, *profiles["full-sync"].steps], dry_run=True
+    )
+    assert preview.status == "success", preview.as_dict()
+    world.cycle()
+    result = world.run("export")
+    assert result.status == "success", result.as_dict()
+    assert all(obj["thumbnail"].startswith(b"\xff\xd8") for obj in world.ad["objects"].values())  # JPEGs
 
 
 def test_error_limit_stops_the_step(world: World) -> None:

@@ -12,20 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from connector.config import ConfigError, DeletionThreshold, config_from_dict
-from connector.engine import Engine
+from connector.config import ConfigError, DeletionThreshold
 from connector.sdk import AttributeChange, CSEntryChange, ExportStatus
 from connector.store.tables import cs_object, mv_object, run_error, run_step
-from tests.engine.conftest import World, add_users
-
-
-def reconfigure(world: World, change: Callable[[dict[str, Any]], None]) -> None:
-    """Rebuild the world's configuration (and engine) from its own, changed by ``change``."""
-    data = world.config.model_dump(mode="json", by_alias=True)
-    change(data)
-    world.engine.close()
-    world.config = config_from_dict(data, base_dir=world.tmp_path)
-    world.engine = Engine(world.config)
+from tests.engine.conftest import World, add_users, reconfigure
 
 
 def mv_by_account(world: World) -> dict[str, dict[str, Any]]:
