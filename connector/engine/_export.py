@@ -3,6 +3,8 @@
 Before anything is sent, the deletion threshold is checked over the whole step (object deletes plus
 clears of the listed attributes, as a count and as a percentage of the connector space): if it
 trips, nothing is exported (all-or-nothing) and the step stops with ``stopped-deletion-threshold``.
+A delete or clear staged after the check (another agent's synchronization may run during an export)
+is not sent by this step: it stays pending for the next export, whose threshold counts it.
 A success moves the change to ``unconfirmed`` until an import confirms it; a failure stays pending
 with its error and is retried by the next export.
 """
@@ -50,29 +52,49 @@ _dumps = dumps
 def threshold_report(conn: StoreConnection, agent: str, threshold: DeletionThreshold | None) -> dict[str, Any] | None:
     """The deletion-threshold check of an export step of ``agent``: None when it sets no threshold,
     else the figures and the verdict (the console shows the same report the next export decides on)."""
+    judged = _judge(conn, agent, threshold)
+    return None if judged is None else judged[0]
+
+
+def _removals(row: PendingExportRow, watched: set[str]) -> tuple[bool, list[str]]:
+    """What a deletion threshold counts in ``row``'s pending export: (an object delete, the watched
+    attributes it clears)."""
+    if row.export_type == "delete":
+        return True, []
+    if not row.export_changes:
+        return False, []
+    return False, [attr for attr, value in _loads(row.export_changes).items() if value is None and attr in watched]
+
+
+def _judge(
+    conn: StoreConnection, agent: str, threshold: DeletionThreshold | None
+) -> tuple[dict[str, Any], set[int]] | None:
+    """The threshold report and the ids of the objects it counted (None: no threshold)."""
     if threshold is None:
         return None
     space = ConnectorSpace(conn)
     watched = set(threshold.attributes)
     deletes = clears = 0
     examples: list[str] = []
+    counted: set[int] = set()
     for row in space.all_pending_exports(agent):
-        if row.export_type == "delete":
+        deleted, cleared = _removals(row, watched)
+        if deleted or cleared:
+            counted.add(row.id)
+        if deleted:
             deletes += 1
             examples.append(f"delete {row.anchor}")
-        elif row.export_changes:
-            for attr, value in _loads(row.export_changes).items():
-                if value is None and attr in watched:
-                    clears += 1
-                    if len(examples) < 20:
-                        examples.append(f"clear {attr} on {row.dn or row.anchor}")
+        for attr in cleared:
+            clears += 1
+            if len(examples) < 20:
+                examples.append(f"clear {attr} on {row.dn or row.anchor}")
     total = space.count(agent)
     count = deletes + clears
     percent = 100.0 * count / total if total else 0.0
     tripped = (threshold.count is not None and count > threshold.count) or (
         threshold.percent is not None and percent > threshold.percent
     )
-    return {
+    report = {
         "deletes": deletes,
         "clears": clears,
         "count": count,
@@ -83,6 +105,28 @@ def threshold_report(conn: StoreConnection, agent: str, threshold: DeletionThres
         "tripped": tripped,
         "examples": examples[:20],
     }
+    return report, counted
+
+
+def _judged_only(ctx: StepContext, rows: list[PendingExportRow], counted: set[int]) -> list[PendingExportRow]:
+    """The rows of a page the step's deletion threshold judged: a delete or a watched clear staged
+    after the check (by another agent's synchronization, which an export's lock does not keep out)
+    stays pending for the next export, whose threshold counts it.
+
+    Why: the threshold was counted once, before the first page. A synchronization that removed
+    every photo while a long export ran had its clears read with the later pages and sent: 13 of 20
+    thumbnails cleared through a threshold of 5 objects or 50 %.
+    """
+    assert ctx.step.deletion_threshold is not None
+    watched = set(ctx.step.deletion_threshold.attributes)
+    kept = []
+    for row in rows:
+        deleted, cleared = _removals(row, watched)
+        if row.id not in counted and (deleted or cleared):
+            ctx.result.counters["exports_held_for_threshold"] += 1
+            continue
+        kept.append(row)
+    return kept
 
 
 def _to_change(row: PendingExportRow, get_blob: Any) -> CSEntryChange:
@@ -201,8 +245,9 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
         raise StepStopped("stopped-configuration", f"agent {ctx.agent!r} does not support export")
     counters = ctx.result.counters
     with ctx.store.read() as conn:
-        report = threshold_report(conn, ctx.agent, ctx.step.deletion_threshold)
+        judged = _judge(conn, ctx.agent, ctx.step.deletion_threshold)
         total = ConnectorSpace(conn).count(ctx.agent, pending_export=True)
+    report, counted = judged if judged is not None else (None, None)
     if report is not None:
         counters["threshold_count"] = report["count"]
         if report["tripped"]:
@@ -227,7 +272,8 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     if connector is not None:
         _prepare(ctx, connector)
     ctx.progress.start(f"{ctx.agent}: export", total)
-    for rows, blobs in _pending_pages(ctx, batch_size, with_blobs=True):
+    for page, blobs in _pending_pages(ctx, batch_size, with_blobs=True):
+        rows = page if counted is None else _judged_only(ctx, page, counted)
         changes = [_to_change(r, blobs.__getitem__) for r in rows]
         if connector is None:
             for change in changes:
@@ -258,6 +304,12 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
         ctx.progress.advance(len(changes))
         ctx.check_error_limit()
     ctx.progress.finish()
+    held = counters["exports_held_for_threshold"]
+    if held:
+        ctx.result.message = (
+            f"{held} object deletes or attribute clears staged while this export ran were left pending: "
+            "the next export counts them against the deletion threshold"
+        )
     return report
 
 

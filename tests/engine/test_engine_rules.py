@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from connector.config import ConfigError, DeletionThreshold
+from connector.engine import Engine
 from connector.sdk import AttributeChange, CSEntryChange, ExportStatus
 from connector.store.tables import cs_object, mv_object, run_error, run_step
 from tests.engine.conftest import World, add_users, reconfigure
@@ -263,6 +264,40 @@ def test_a_deletion_threshold_naming_no_exported_attribute_refuses_the_run(world
         )
     ]
     assert len(world.ad["exports"]) == exported_before
+    assert all("thumbnail" in obj for obj in world.ad["objects"].values())
+
+
+def test_clears_staged_while_an_export_runs_wait_for_the_next_threshold(world: World) -> None:
+    """The threshold is counted before the first page, and an export holds only its agent's lock:
+    a synchronization that removed every photo while a long export ran had its clears read with
+    the later pages and sent, 13 of 20 thumbnails through a threshold of 5 objects or 50 %. What the
+    threshold did not count waits for the next export, which counts it (and here trips)."""
+    add_users(world, 20)
+    world.cycle()
+    export_and_confirm(world)
+    for i in range(20):  # something harmless for everyone: the export has 3 pages of 7
+        world.exo["objects"][f"exo-{i:03d}"]["displayName"] = f"Renamed {i}"
+    world.cycle()
+    other = Engine(world.config)  # a second process, as far as the store is concerned
+
+    def photos_removed_meanwhile() -> None:
+        world.ad["during_export"] = None
+        for i in range(20):
+            del world.exo["objects"][f"exo-{i:03d}"]["photo"]
+        for profile in ("full-import", "full-sync"):
+            assert other.run_profile(profile, agents={"exo"}).status == "success"
+
+    world.ad["during_export"] = photos_removed_meanwhile
+    try:
+        result = world.run("export")
+    finally:
+        other.close()
+    assert result.status == "success", result.as_dict()
+    step = result.steps[0]
+    assert step.counters["export_updates"] == 7 and step.counters["exports_held_for_threshold"] == 13
+    assert step.message.startswith("13 object deletes or attribute clears staged while this export ran were left")
+    assert all("thumbnail" in obj for obj in world.ad["objects"].values())
+    assert world.run("export").status == "stopped-deletion-threshold"
     assert all("thumbnail" in obj for obj in world.ad["objects"].values())
 
 
