@@ -76,16 +76,17 @@ class StepContext:
             self._pending_errors.clear()
 
     def _name_people(self, conn: StoreConnection, errors: list[ObjectError]) -> None:
-        """Fill in who each error is about from its connector-space object, where the error does
-        not say (sync and export errors; import errors of objects already in the connector space)."""
-        unnamed = [e for e in errors if e.display is None and e.anchor]
+        """Fill in who each error is about from its connector-space object, and the object, where
+        the error does not say (sync and export errors; import errors of objects already in the
+        connector space, which may name the person from the entry but not the object)."""
+        unnamed = [e for e in errors if (e.display is None or e.cs_id is None) and e.anchor]
         if not unnamed:
             return
         found = people(conn, self.agent, (e.anchor for e in unnamed))
         for err in unnamed:
             person = found.get(err.anchor or "")
             if person is not None:
-                err.display = person.display
+                err.display = err.display or person.display
                 if err.cs_id is None:
                     err.cs_id = person.cs_id
 

@@ -41,6 +41,7 @@ from connector.sdk import (
     ObjectModificationType,
     ResumeRefusedError,
     Schema,
+    person_display,
 )
 from connector.store import (
     AgentStateReader,
@@ -69,6 +70,18 @@ EMPTY_PAGES_MAX = 100_000
 
 _dumps = dumps
 _loads = loads
+
+
+def _entry_display(entry: CSEntryChange) -> str | None:
+    """Who an entry is about, from what it carries (``person_display``).
+
+    Why: the engine names the person of an error from the connector space, and an object refused
+    on its first import (a value of the wrong type, no anchor, returned twice) is not there yet:
+    its errors named a GUID while the entry itself held "Ada Lovelace" and her account name.
+    """
+    if entry.modification == ObjectModificationType.UPDATE:
+        return person_display({c.name: list(c.values) for c in entry.changes if c.values})
+    return person_display(entry.attributes)
 
 
 def _apply_changes(base: dict[str, Any], entry: CSEntryChange, put: Any, oc: ObjectClass) -> dict[str, Any]:
@@ -139,6 +152,7 @@ class _PageApplier:
                             anchor=entry.anchor,
                             object_class=oc.name,
                             severity="warning",
+                            display=_entry_display(entry),
                         )
                     )
                 continue
@@ -205,6 +219,7 @@ class _PageApplier:
             if isinstance(checked, ObjectError):
                 if anchor:
                     self.seen.add(anchor)
+                checked.display = checked.display or _entry_display(entry)
                 ctx.error(checked)
                 ctx.result.counters["import_errors"] += 1
                 continue
@@ -216,6 +231,7 @@ class _PageApplier:
                         f"anchor {anchor!r} was returned more than once in this import",
                         anchor=anchor,
                         object_class=checked[0],
+                        display=_entry_display(entry),
                     )
                 )
                 continue
@@ -242,6 +258,7 @@ class _PageApplier:
                     "an attribute update arrived for an object the connector space does not hold; run a full import",
                     anchor=entry.anchor,
                     object_class=object_class,
+                    display=_entry_display(entry),
                 )
             assert oc is not None
             return _apply_changes(base, entry, put, oc)

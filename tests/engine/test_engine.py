@@ -161,6 +161,25 @@ def test_import_errors_do_not_stop_the_run_and_keep_the_object(world: World) -> 
         )
 
 
+def test_import_errors_of_objects_not_yet_imported_name_the_person(world: World) -> None:
+    """A first import refuses two new AD accounts (a value of the wrong type, two values for a
+    single-valued attribute) and an entry with no anchor: each error names the person from what the
+    entry carries, in the result and in history, where only a GUID (or nothing) was named."""
+    world.ad["objects"]["guid-1"] = {"accountName": "ada", "displayName": "Ada Lovelace", "enabled": "yes"}
+    world.ad["objects"]["guid-2"] = {"accountName": "alan", "displayName": "Alan Turing", "mail": ["a@x", "b@x"]}
+    world.ad["objects"]["guid-3"] = {"accountName": "grace", "displayName": "Grace Hopper"}
+    world.cycle()
+    world.ad["changes"].append(CSEntryChange.add("user", "", {"accountName": "kay", "displayName": "Mary Kay"}))
+    assert world.run("delta-import").status == "completed-discovery-errors"
+    with world.engine.store.read() as conn:
+        named = conn.execute(select(run_error.c.anchor, run_error.c.display).order_by(run_error.c.id)).all()
+    assert [tuple(row) for row in named] == [
+        ("guid-1", "Ada Lovelace (ada)"),
+        ("guid-2", "Alan Turing (alan)"),
+        (None, "Mary Kay (kay)"),
+    ]
+
+
 def test_delta_import_attribute_level_changes(world: World) -> None:
     from connector.sdk import AttributeChange
 
