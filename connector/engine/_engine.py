@@ -95,6 +95,10 @@ class Engine:
                         f"{where}: agents.{name}.projection[{i}].metaverse_type: unknown type {rule.metaverse_type!r}"
                     )
             for i, jrule in enumerate(agent.join):
+                if jrule.metaverse_type not in mv_types:
+                    problems.append(
+                        f"{where}: agents.{name}.join[{i}].metaverse_type: unknown type {jrule.metaverse_type!r}"
+                    )
                 for cond in jrule.match:
                     if cond.mv not in mv_attrs:
                         problems.append(

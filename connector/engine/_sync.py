@@ -192,9 +192,11 @@ class _Rules:
 class _JoinIndex:
     """Metaverse attribute value -> metaverse ids, built on first use, kept current during the step."""
 
-    def __init__(self) -> None:
+    def __init__(self, typed: bool) -> None:
         self.keys: dict[tuple[str, bool], dict[Any, set[int]]] = {}
         self.joined: set[int] | None = None
+        #: metaverse id -> object type, kept when the schema has several types (a join rule names one)
+        self.types: dict[int, str] | None = {} if typed else None
 
     @staticmethod
     def norm(value: Any, ignore_case: bool) -> Any:
@@ -206,7 +208,9 @@ class _JoinIndex:
             for key in missing:
                 self.keys[key] = defaultdict(set)
             for rows in Metaverse(conn).attribute_pages():
-                for mv_id, attrs_json in rows:
+                for mv_id, object_type, attrs_json in rows:
+                    if self.types is not None:
+                        self.types[mv_id] = object_type
                     attrs = _loads(attrs_json)
                     for attr, ignore_case in missing:
                         self._add(self.keys[(attr, ignore_case)], attrs.get(attr), mv_id, ignore_case)
@@ -230,6 +234,16 @@ class _JoinIndex:
             if old.get(attr) != new.get(attr):
                 self._remove(index, old.get(attr), mv_id, ignore_case)
                 self._add(index, new.get(attr), mv_id, ignore_case)
+
+    def of_type(self, found: set[int], object_type: str) -> set[int]:
+        """The objects of ``found`` of ``object_type`` (all of them when the schema has one type).
+
+        Why: a join rule names the metaverse type it joins (``metaverse_type``), and candidates of
+        every type were taken: with a ``contact`` type beside ``person``, a mailbox whose mail a
+        contact also held was an ambiguous join and got no photo, or joined the contact."""
+        if self.types is None:
+            return found
+        return {mv_id for mv_id in found if self.types.get(mv_id) == object_type}
 
     def lookup(self, attr: str, ignore_case: bool, value: Any) -> set[int]:
         index = self.keys[(attr, ignore_case)]
@@ -282,7 +296,7 @@ class _Sync:
         self.rules = _Rules(ctx, mv_schema)
         self.transforms = transforms
         self.full = full
-        self.index = _JoinIndex()
+        self.index = _JoinIndex(typed=len(self.rules.mv_types) > 1)
         self.next_mv_id = 0
         #: a delta synchronization visits the disconnectors too (see ``_metaverse_changed``)
         self.disconnectors = False
@@ -425,7 +439,7 @@ class _Sync:
                 candidates = found if candidates is None else candidates & found
                 if not candidates:
                     break
-            out.append((rule, candidates or set()))
+            out.append((rule, self.index.of_type(candidates or set(), rule.metaverse_type)))
         return out
 
     def _join(self, conn: StoreConnection, row: Any, state: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -754,6 +768,8 @@ class _Sync:
         self.next_mv_id += 1
         chunk.mvs[mv_id] = _MV(mv_id, mv_type, {}, {}, {}, new=True, changed=True)
         self.counters["projections"] += 1
+        if self.index.types is not None:
+            self.index.types[mv_id] = mv_type
         if self.index.keys:
             self.index.update(mv_id, {}, {})
         return mv_id

@@ -76,12 +76,12 @@ class Metaverse:
         found = self._conn.execute(select(func.max(mv_object.c.updated_at))).scalar()
         return None if found is None else float(found)
 
-    def attribute_pages(self, page: int = 20_000) -> Iterator[list[tuple[int, str]]]:
-        """``(id, attributes JSON)`` of every object, in keyset pages (to build a join index)."""
+    def attribute_pages(self, page: int = 20_000) -> Iterator[list[tuple[int, str, str]]]:
+        """``(id, object type, attributes JSON)`` of every object, in keyset pages (to build a join index)."""
         last = -1
         while True:
-            query = select(mv_object.c.id, mv_object.c.attributes).where(mv_object.c.id > last)
-            rows = [(row[0], row[1]) for row in self._conn.execute(query.order_by(mv_object.c.id).limit(page))]
+            query = select(mv_object.c.id, mv_object.c.object_type, mv_object.c.attributes).where(mv_object.c.id > last)
+            rows = [(row[0], row[1], row[2]) for row in self._conn.execute(query.order_by(mv_object.c.id).limit(page))]
             if not rows:
                 return
             yield rows

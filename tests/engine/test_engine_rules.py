@@ -17,6 +17,7 @@ from connector.engine import Engine
 from connector.sdk import AttributeChange, CSEntryChange, ExportStatus
 from connector.store.tables import cs_object, mv_object, run_error, run_step
 from tests.engine.conftest import World, add_users, reconfigure
+from tests.engine.memory import DIRECTORIES, directory
 
 
 def mv_by_account(world: World) -> dict[str, dict[str, Any]]:
@@ -126,6 +127,50 @@ def test_attribute_level_add_and_delete_on_a_multivalued_attribute(world: World)
     assert "groups" not in people["user001"] and "groups" not in people["user000"]
     assert "groups" not in json.loads(cs_row(world, "exo", "exo-001").hologram)
     assert people["user001"]["displayName"] == "User 1"  # attributes the changes do not name are kept
+
+
+def test_a_join_rule_joins_only_the_metaverse_type_it_names(world: World) -> None:
+    """A second object type, ``contact`` (mail contacts, projected by their own agent), holds the
+    same mail as an employee. Exchange Online's rules join ``person`` (their default): the mailbox
+    must neither join the contact while the person is not there yet, nor find the two ambiguous."""
+    schema = world.tmp_path / "metaverse-contacts.toml"
+    schema.write_text(_MV_SCHEMA_WITH_GROUPS + '[object_types.contact]\nattributes = [{ name = "mail" }]\n')
+    contacts = directory(f"{world.prefix}-contacts")
+
+    def with_contacts(data: dict[str, Any]) -> None:
+        data["metaverse"]["schema"] = str(schema)
+        settings = {"directory": f"{world.prefix}-contacts", "object_class": "contact"}
+        contact = {"object_class": "contact"}
+        data["agents"]["contacts"] = {
+            "type": data["agents"]["ad"]["type"],
+            "settings": settings,
+            "projection": [{**contact, "metaverse_type": "contact"}],
+            "import_flow": [{**contact, "cs": "mail", "mv": "mail"}],
+        }
+        steps = [{"type": kind, "agent": "contacts"} for kind in ("full-import", "full-sync")]
+        data["run_profiles"]["contacts"] = {"steps": steps}
+
+    reconfigure(world, with_contacts)
+    try:
+        contacts["objects"]["c-0"] = {"mail": "user000@example.test"}
+        assert world.run("contacts").status == "success"
+        add_users(world, 1)
+        world.run("full-import")
+        assert world.engine.run_profile("full-sync", agents={"exo"}).status == "success"
+        assert cs_row(world, "exo", "exo-000").mv_id is None  # the person is not there yet
+        result = world.run("full-sync")
+        assert result.status == "success", result.as_dict()
+        person = cs_row(world, "ad", "guid-000").mv_id
+        assert cs_row(world, "exo", "exo-000").mv_id == person
+        with world.engine.store.read() as conn:
+            photo = conn.execute(select(mv_object.c.attributes).where(mv_object.c.id == person)).scalar_one()
+        assert "photo" in json.loads(photo)
+        # a type the schema does not have is named before anything runs
+        reconfigure(world, lambda data: data["agents"]["exo"]["join"][0].update(metaverse_type="persn"))
+        with pytest.raises(ConfigError, match=r"agents\.exo\.join\[0\]\.metaverse_type: unknown type 'persn'"):
+            world.run("full-sync")
+    finally:
+        DIRECTORIES.pop(f"{world.prefix}-contacts", None)
 
 
 # ---------------------------------------------------------------------------------- exports
