@@ -308,11 +308,14 @@ class _Sync:
         self._index_ready: set[str] = set()
 
     # ---------------------------------------------------------------------------------- inbound
-    def _flow_in(
-        self, conn: StoreConnection, row: SyncRow, state: dict[str, Any], mv: _MV, blobs: dict[str, bytes]
-    ) -> None:
-        agent = self.rules.agent
+    def _computed(
+        self, conn: StoreConnection, row: SyncRow, state: dict[str, Any], blobs: dict[str, bytes]
+    ) -> tuple[dict[str, tuple[Any, str]], set[str], str | None]:
+        """What the row's import flows give: {metaverse attribute: (value, rule)}, the attributes whose
+        transform failed, and the first failure's error name."""
         computed: dict[str, tuple[Any, str]] = {}
+        failed: set[str] = set()
+        error: str | None = None
         for flow in self.rules.import_flows.get(row.object_class.lower(), ()):
             value = state.get(flow.cs)
             if flow.transform:
@@ -329,12 +332,27 @@ class _Sync:
                             cs_id=row.id,
                         )
                     )
+                    failed.add(flow.mv)
+                    error = error or exc.name
                     continue
             if value is not None:
                 computed[flow.mv] = (value, f"{flow.cs}{' via ' + flow.transform if flow.transform else ''}")
+        return computed, failed, error
+
+    def _flow_in(
+        self, conn: StoreConnection, row: SyncRow, state: dict[str, Any], mv: _MV, blobs: dict[str, bytes]
+    ) -> str | None:
+        """Flow the row's attributes into ``mv``; returns the error name of a failed transform.
+
+        An attribute whose transform failed keeps the agent's earlier contribution: a broken photo
+        upload to the HR folder is an error on the file, not the removal of the person's photo
+        (which cleared AD's thumbnail). The row keeps the error, so each delta tries it again.
+        """
+        agent = self.rules.agent
+        computed, failed, error = self._computed(conn, row, state, blobs)
         if not computed and not self.rules.import_flows and not self.full:
             # nothing flows in; a full sync still looks, for what flows that were removed left behind
-            return
+            return None
         if mv.new and not mv.attributes:  # projected just now: this agent is the only contributor
             # one pass, and tuples (stored as JSON arrays like lists): this runs for every projection
             contributions: dict[str, Any] = {}
@@ -347,9 +365,10 @@ class _Sync:
             mv._contributions, mv._lineage, mv.attributes = contributions, lineage, attributes
             mv.contributions_changed = mv.changed = True
             self.counters["attribute_flows"] += len(computed)
-            return
+            return error
         contributions = mv.contributions
-        affected = [a for a, by in contributions.items() if agent in by and a not in computed]
+        kept = computed.keys() | failed
+        affected = [a for a, by in contributions.items() if agent in by and a not in kept]
         for attr, (value, rule) in computed.items():
             by = contributions.get(attr)
             if by is None:
@@ -368,6 +387,7 @@ class _Sync:
             if not by:
                 del contributions[attr]
             self._resolve(mv, attr)
+        return error
 
     def _resolve(self, mv: _MV, attr: str) -> None:
         by = mv.contributions.get(attr, {})
@@ -686,7 +706,7 @@ class _Sync:
             mv_id, sync_error = self._connect(chunk, row, state)
             joined_now = mv_id is not None
         if mv_id is not None:
-            self._flow_into(chunk, row, state, mv_id)
+            sync_error = self._flow_into(chunk, row, state, mv_id)
         if (
             row.pending_type is None
             and not joined_now
@@ -774,12 +794,13 @@ class _Sync:
             self.index.update(mv_id, {}, {})
         return mv_id
 
-    def _flow_into(self, chunk: _Chunk, row: SyncRow, state: dict[str, Any], mv_id: int) -> None:
+    def _flow_into(self, chunk: _Chunk, row: SyncRow, state: dict[str, Any], mv_id: int) -> str | None:
         """Import attribute flow into the joined object; keep the row for outbound if its agent
-        has export flows for its class (its own exports are evaluated against its new state)."""
+        has export flows for its class (its own exports are evaluated against its new state).
+        Returns the error name of a transform that failed."""
         mv = chunk.mvs[mv_id]
         before = dict(mv.attributes) if self.index.keys else {}
-        self._flow_in(chunk.conn, row, state, mv, chunk.blobs)
+        error = self._flow_in(chunk.conn, row, state, mv, chunk.blobs)
         mv.touched = True
         if self.index.keys:
             self.index.update(mv_id, before, mv.attributes)
@@ -795,6 +816,7 @@ class _Sync:
                 _loads(row.export_changes) if row.export_changes else None,
                 mv_id,
             )
+        return error
 
     def _apply_deletion_rule(self, chunk: _Chunk) -> None:
         """Delete the metaverse objects this chunk disconnected that the rule says to delete

@@ -18,6 +18,7 @@ from connector.sdk import AttributeChange, CSEntryChange, ExportStatus
 from connector.store.tables import cs_object, mv_object, run_error, run_step
 from tests.engine.conftest import World, add_users, reconfigure
 from tests.engine.memory import DIRECTORIES, directory
+from tests.imaging.images import photo
 
 
 def mv_by_account(world: World) -> dict[str, dict[str, Any]]:
@@ -435,6 +436,38 @@ def test_third_party_transform_registered_as_an_entry_point(
     confirm = world.run("confirm")
     assert confirm.status == "success" and confirm.steps[0].counters["exports_not_reimported"] == 0
     assert cs_row(world, "ad", "guid-001").export_type is None
+
+
+def test_a_photo_an_import_transform_cannot_read_keeps_the_earlier_one(world: World) -> None:
+    """The HR folder's photos are normalized on the way in (an import flow through ``thumbnail``).
+    A broken upload replacing someone's photo used to withdraw the folder's photo from the metaverse,
+    and AD's thumbnail was staged for clearing; the error then vanished from the next delta. The
+    earlier photo stays, and the file stays in error until it is fixed."""
+
+    def normalized(data: dict[str, Any]) -> None:
+        data["agents"]["hr"]["import_flow"][0]["transform"] = "thumbnail(size=200, max_bytes=100000)"
+
+    reconfigure(world, normalized)
+    add_users(world, 1, photos=False)
+    world.hr["objects"]["user000"] = {"accountName": "user000", "photo": photo(1, 300)}
+    world.cycle()
+    export_and_confirm(world)
+    thumbnail = world.ad["objects"]["guid-000"]["thumbnail"]
+
+    world.hr["objects"]["user000"]["photo"] = b"a broken upload"
+    world.run("full-import")
+    for _ in range(2):  # the error is there on every delta until the file is fixed
+        hr = world.run("delta-sync").steps[2]
+        assert hr.status == "completed-sync-errors" and [e.error_name for e in hr.errors] == ["invalid-image"]
+    assert "photo" in mv_by_account(world)["user000"]
+    assert cs_row(world, "ad", "guid-000").export_type is None
+    assert world.run("export").status == "success" and world.ad["objects"]["guid-000"]["thumbnail"] == thumbnail
+
+    world.hr["objects"]["user000"]["photo"] = photo(2, 300)
+    world.run("full-import")
+    assert world.run("delta-sync").status == "success"
+    assert cs_row(world, "hr", "user000").sync_error is None
+    assert cs_row(world, "ad", "guid-000").export_type == "update"
 
 
 def test_an_export_flow_error_in_another_agents_sync_names_the_person(world: World) -> None:
