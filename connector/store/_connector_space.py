@@ -301,6 +301,11 @@ class ConnectorSpace:
         rows = self._conn.execute(query.order_by(cs_object.c.id).limit(limit))
         return [SyncRow._make(row) for row in rows]
 
+    def has_disconnectors(self, agent: str) -> bool:
+        """Whether ``agent`` has an object joined to no metaverse object."""
+        query = select(cs_object.c.id).where(cs_object.c.agent == agent, cs_object.c.mv_id.is_(None)).limit(1)
+        return self._conn.execute(query).first() is not None
+
     def joined_mv_ids(self, agent: str) -> set[int]:
         """Metaverse objects ``agent`` already has a connector to (a join never takes a second one)."""
         query = select(cs_object.c.mv_id).where(cs_object.c.agent == agent, cs_object.c.mv_id.is_not(None))
