@@ -503,8 +503,8 @@ class _Sync:
     # --------------------------------------------------------------------------------- outbound
     def _flow_out(self, conn: StoreConnection, cs: _CS, mv: _MV, blobs: dict[str, bytes]) -> None:
         flows = self.rules.export_flows.get(cs.agent, {}).get(cs.object_class.lower(), [])
-        if not flows or cs.export_type == "delete":
-            return
+        if cs.export_type == "delete" or (not flows and cs.export_type is None):
+            return  # (without flows, a pending update is what removed flows staged: it is withdrawn)
         changes: dict[str, Any] = {}
         for flow in flows:
             value = mv.attributes.get(flow.mv)
@@ -817,7 +817,7 @@ class _Sync:
         mv.touched = True
         if self.index.keys:
             self.index.update(mv_id, before, mv.attributes)
-        if self.rules.export_flows.get(self.rules.agent, {}).get(row.object_class.lower()):
+        if self._evaluates_own(row):
             chunk.own[row.id] = _CS(
                 row.id,
                 self.rules.agent,
@@ -830,6 +830,17 @@ class _Sync:
                 mv_id,
             )
         return error
+
+    def _evaluates_own(self, row: SyncRow) -> bool:
+        """Whether the row's own pending export is evaluated: its agent has export flows for its
+        class, or (on a full sync) it holds an update that flows since removed staged.
+
+        Why: without flows the row was never looked at, and a thumbnail staged before the
+        engineer removed AD's export flows was still written by the next export (or refused by
+        AD's scope guard on every run, pending for ever), whatever Full Synchronization ran."""
+        if self.rules.export_flows.get(self.rules.agent, {}).get(row.object_class.lower()):
+            return True
+        return self.full and row.export_type == "update"
 
     def _apply_deletion_rule(self, chunk: _Chunk) -> None:
         """Delete the metaverse objects this chunk disconnected that the rule says to delete

@@ -601,3 +601,24 @@ def test_a_full_sync_recalls_what_an_agent_without_import_flows_contributed(worl
     assert world.run("full-sync").status == "success"
     assert "photo" not in mv_by_account(world)["user000"]
     assert json.loads(cs_row(world, "ad", "guid-000").export_changes) == {"thumbnail": None}
+
+
+def test_a_full_sync_withdraws_the_exports_of_removed_export_flows(world: World) -> None:
+    """The engineer stops writing to AD by deleting its export flows (and the threshold that named
+    their attribute) before the staged photos went out. After the Full Synchronization nothing is
+    pending, and the export writes nothing: the staged values were written anyway (AD's scope guard
+    refuses them: pending, and failing, for ever)."""
+    add_users(world, 2)
+    world.cycle()
+    assert cs_row(world, "ad", "guid-000").export_type == "update"
+
+    def no_export_flows(data: dict[str, Any]) -> None:
+        data["agents"]["ad"]["export_flow"] = []
+        del data["run_profiles"]["export"]["steps"][0]["deletion_threshold"]
+
+    reconfigure(world, no_export_flows)
+    result = world.run("full-sync")
+    assert result.status == "success" and result.steps[0].counters["exports_withdrawn"] == 2
+    assert [cs_row(world, "ad", f"guid-{i:03d}").export_type for i in range(2)] == [None, None]
+    assert world.run("export").status == "success"
+    assert world.ad["exports"] == []
