@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -194,9 +195,27 @@ class MvsyncConfig(_Strict):
         return (self.base_dir / self.data_dir).resolve()
 
     def store_url(self) -> str:
-        """The store URL with a relative SQLite path made relative to the configuration's folder."""
+        """The store URL with a relative SQLite path made relative to the configuration's folder.
+
+        The folder's path goes into a URL, which SQLAlchemy reads up to its first ``?`` and then
+        decodes (``%20`` is a space): written as it is, a folder named ``pct%20x`` or ``what?`` put
+        the store somewhere else, without a word. So the relative part is read as SQLAlchemy reads
+        a URL's path, and the folder's path is escaped where SQLAlchemy would misread it.
+        """
         url = self.store.url
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith("sqlite:////") and ":memory:" not in url:
-            return prefix + str((self.base_dir / url[len(prefix) :]).resolve())
+            relative, query = _split_query(url[len(prefix) :])
+            return prefix + _url_path((self.base_dir / unquote(relative)).resolve()) + query
         return url
+
+
+def _split_query(rest: str) -> tuple[str, str]:
+    """A URL's path and its query (with its ``?``, or empty), split where SQLAlchemy splits them."""
+    path, mark, query = rest.partition("?")
+    return path, mark + query
+
+
+def _url_path(path: Path) -> str:
+    """``path`` as a database URL's path: ``%`` and ``?`` escaped, the only two SQLAlchemy reads otherwise."""
+    return str(path).replace("%", "%25").replace("?", "%3F")

@@ -272,6 +272,29 @@ def test_a_backup_into_a_folder_that_is_not_there_says_so_and_exits_2(config: Pa
     assert not list(tmp_path.rglob("*.partial"))
 
 
+#: Folder names a URL would misread: ``?`` starts its query, ``%XX`` is decoded (Windows forbids ``?``).
+ODD_FOLDERS = ["50% off", "pct%20x", "ünï cödé #1", *([] if sys.platform == "win32" else ["what?/now"])]
+
+
+@pytest.mark.parametrize("folder", ODD_FOLDERS)
+def test_the_store_stays_beside_a_configuration_in_a_folder_a_url_would_misread(tmp_path: Path, folder: str) -> None:
+    home = tmp_path / "sites" / folder
+    home.mkdir(parents=True)
+    config = home / "mvsync.toml"
+    config.write_text(generated_pair(2))
+    code, _, err = invoke("run", "cycle", "-c", str(config))
+    assert code == 0, err
+    assert (home / "store.db").is_file() and (home / "store.db.locks").is_dir()
+    assert {p.parent for p in tmp_path.rglob("store.db*")} == {home}  # and nowhere else
+    code, out, err = invoke("history", "list", "-c", str(config), "--json")
+    assert code == 0, err
+    assert [r["profile"] for r in json.loads(out)] == ["cycle"]  # the same store, read again
+    backup = tmp_path / "backup.db"
+    code, out, err = invoke("store", "backup", str(backup), "-c", str(config), "--json")
+    assert code == 0, err
+    assert json.loads(out)["store"] == str(home / "store.db")
+
+
 def test_a_full_disk_is_named_with_what_to_do(tmp_path: Path) -> None:
     """SQLITE_FULL, made real with ``max_page_count`` (SQLite's own way to run out of room)."""
     from sqlalchemy import create_engine, text
