@@ -11,6 +11,7 @@ import typer
 from connector import metrics
 from connector._version import __version__
 from connector.cli._common import JsonFailureGroup, err_console, fail, fit_consoles
+from connector.cli._output import guard_output
 from connector.logging import setup_logging
 
 app = typer.Typer(
@@ -109,4 +110,5 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
+    guard_output()  # a full disk under stdout or stderr ends no command (its exit code stands)
     app()

@@ -16,6 +16,7 @@ import pytest
 
 from connector.engine import Engine
 from tests.cli._configs import MEM_AGENT, generated_pair, invoke, with_directory
+from tests.harness.crash import mvsync_command
 from tests.imaging.images import photo
 
 MEM = (
@@ -411,6 +412,39 @@ def test_tables_off_a_terminal_are_full_width(config: Path) -> None:
     rows = [line for line in done.stdout.splitlines() if "u0000001" in line]
     assert len(rows) == 1 and "…" not in rows[0]  # one row, not folded or truncated
     assert max(len(line) for line in done.stdout.splitlines()) > 80
+
+
+#: A device every write to fails with ENOSPC (Linux): a full disk under the scheduler's ``>> cycle.jsonl``.
+FULL_DEVICE = Path("/dev/full")
+
+
+@pytest.mark.skipif(not FULL_DEVICE.exists(), reason="needs /dev/full, a device whose every write fails (Linux)")
+@pytest.mark.parametrize("full", ["stdout", "stderr"])
+def test_a_full_disk_under_stdout_or_stderr_keeps_the_commands_exit_code(tmp_path: Path, full: str) -> None:
+    """Found in the ops pass: with the disk of cron's ``--json >> cycle.jsonl`` full, a run that had done
+    its work ended in an OSError traceback and exit 1 (a bug, per the README) instead of its own exit
+    code, which is what the scheduler alerts on; a full stderr turned a configuration error's exit 2 into 1."""
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(3))
+    other = "stderr" if full == "stdout" else "stdout"
+    for args, expected, status in ((["run", "cycle"], 0, "success"), (["run", "cycel"], 2, "stopped-configuration")):
+        with FULL_DEVICE.open("w") as device:
+            done = subprocess.run(
+                [*mvsync_command(), *args, "-c", str(config), "--json"],
+                **{full: device, other: subprocess.PIPE},
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        said = done.stderr if full == "stdout" else done.stdout
+        assert done.returncode == expected, said
+        assert "Traceback" not in said
+        if full == "stdout":  # said once, naming where stdout goes
+            assert said.count("error: cannot write to the standard output (/dev/full): No space left on device") == 1
+        else:  # the result, or the failure object, still reaches stdout
+            assert json.loads(said)["status"] == status
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    assert code == 0 and [r["status"] for r in json.loads(out)] == ["success"]  # the run did its work
 
 
 def test_a_negative_wait_is_refused_as_a_usage_error(tmp_path: Path) -> None:
