@@ -105,7 +105,7 @@ def resolve_refs(value: Any, *, key: str, file: Path | None, base_dir: Path) -> 
                     "(export it, or use { file = ... })"
                 )
                 raise ConfigError(msg)
-            return os.environ[target]
+            return _env_value(target, where=_where(file, key))
         path = Path(os.path.expanduser(target))
         if not path.is_absolute():
             path = base_dir / path
@@ -117,6 +117,24 @@ def resolve_refs(value: Any, *, key: str, file: Path | None, base_dir: Path) -> 
         return {k: resolve_refs(v, key=f"{key}.{k}", file=file, base_dir=base_dir) for k, v in value.items()}
     if isinstance(value, list):
         return [resolve_refs(v, key=f"{key}[{i}]", file=file, base_dir=base_dir) for i, v in enumerate(value)]
+    return value
+
+
+def _env_value(name: str, *, where: str) -> str:
+    """The value of the variable ``name``, refused when it is empty (or only blanks).
+
+    Why: an empty value is a line ``NAME=`` in a systemd EnvironmentFile or a deployment template
+    left unfilled, never a setting. Taken as it was, an empty path was the configuration's own
+    folder (a photo-folder import of the wrong folder, ending 'success'), and an empty password or
+    store.url failed later, in the bind or the store, without the variable's name.
+    """
+    value = os.environ[name]
+    if not value.strip():
+        msg = (
+            f"{where}: environment variable {name} is set but empty (a line '{name}=' in an EnvironmentFile or "
+            "an env file, or a template left unfilled): give it its value, or use { file = ... }"
+        )
+        raise ConfigError(msg)
     return value
 
 

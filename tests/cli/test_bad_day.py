@@ -104,6 +104,29 @@ def test_a_missing_input_folder_is_refused_before_the_first_step(tmp_path: Path)
     assert finding["severity"] == "error" and str(folder) in finding["message"]
 
 
+def test_an_empty_environment_variable_is_refused_like_an_unset_one(tmp_path: Path) -> None:
+    """Found in the ops pass: a variable set but empty (``MVSYNC_HR_PHOTO_DIR=`` in an EnvironmentFile)
+    was taken as the value: the photo folder became the configuration's own folder, imported with
+    'success' and exit 0; an empty store.url was 'not a database URL', without the variable's name."""
+    config, folder = _folder_config(tmp_path)
+    folder.mkdir()
+    text = config.read_text()
+    config.write_text(text.replace(f'path = "{folder.as_posix()}"', 'path = { env = "MVSYNC_TEST_EMPTY" }'))
+    for value in ("", "  "):
+        code, _, err = invoke("run", "import", "-c", str(config), env={"MVSYNC_TEST_EMPTY": value})
+        assert code == 2, err
+        said = "agents.hr.settings.path: environment variable MVSYNC_TEST_EMPTY is set but empty"
+        assert said in err and "give it its value, or use { file = ... }" in err
+        run = _last_run(config)
+        assert run["status"] == "stopped-configuration" and said in run["message"] and run["steps"] == []
+
+    store = f'"sqlite:///{(tmp_path / "mvsync.db").as_posix()}"'
+    config.write_text(text.replace(store, '{ env = "MVSYNC_TEST_EMPTY" }'))
+    code, out, err = invoke("run", "import", "-c", str(config), "--json", env={"MVSYNC_TEST_EMPTY": ""})
+    assert code == 2, err
+    assert "store.url: environment variable MVSYNC_TEST_EMPTY is set but empty" in json.loads(out)["message"]
+
+
 def test_a_configuration_error_a_step_finds_is_recorded_as_such_not_as_an_interruption(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
