@@ -62,6 +62,10 @@ class StoreError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+        if self.exit_code == EXIT_STORE_CONFIG:
+            # a store.url, a backup target or a driver to fix: the status of exit code 2 (README:
+            # Exit codes), which a script reading --json's failure object branches on as on the code
+            self.status = "stopped-configuration"
 
 
 class StoreReadOnlyError(StoreError):
@@ -78,7 +82,6 @@ class StoreMissingError(StoreError):
     """A read-only command found no store where the configuration points."""
 
     exit_code = EXIT_STORE_CONFIG
-    status = "stopped-configuration"  # a store.url that names nothing: the status of exit code 2
 
 
 class StoreBusyError(StoreError, LockHeldError):

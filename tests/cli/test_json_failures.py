@@ -166,6 +166,25 @@ def test_other_commands_print_their_failure_too(tmp_path: Path, config: Path) ->
     }
 
 
+def test_a_store_setting_to_fix_has_the_status_of_exit_code_2(tmp_path: Path, config: Path) -> None:
+    """Found in the ops pass: a store.url that is no URL, a backup target that exists already, or
+    'store backup' of a PostgreSQL store exited 2 with status 'stopped-store-error', which the README
+    gives exit code 4; a script branching on the failure object's status took them for a store fault."""
+    invoke("run", "cycle", "-c", str(config))
+    backup = tmp_path / "backup.db"
+    backup.write_bytes(b"an older backup")
+    code, out, err = invoke("store", "backup", str(backup), "-c", str(config), "--json")
+    assert code == 2 and only_object(out)["status"] == "stopped-configuration", err
+    assert "already exists" in error_line(err)
+    not_a_url = tmp_path / "other.toml"
+    not_a_url.write_text(generated_pair(2).replace('url = "sqlite:///store.db"', 'url = "store.db"'))
+    for args in (["run", "cycle"], ["history", "list"]):
+        code, out, err = invoke(*args, "-c", str(not_a_url), "--json")
+        doc = only_object(out)
+        assert code == 2 and doc == {**doc, "status": "stopped-configuration", "exit_code": 2}, err
+        assert "is not a database URL" in doc["message"]
+
+
 def test_a_bug_prints_its_failure_with_secrets_redacted(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("request failed: access_token=abc123secret")
