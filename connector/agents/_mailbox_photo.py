@@ -64,6 +64,11 @@ def photo_values(prefix: str, data: bytes, checksum: str | None, etag: str | Non
     }
 
 
+#: How far ahead of this host's clock a recorded check may be before it counts as written by a clock
+#: that was ahead (hosts sharing a PostgreSQL store differ by a little; Kerberos allows 5 minutes).
+CLOCK_SLACK_S = 300.0
+
+
 @dataclass(slots=True)
 class UserState:
     """What we know about one user's photo. ``etag`` None means "no photo" (when checksum is None too)."""
@@ -82,6 +87,18 @@ class UserState:
 
     def update(self) -> StateUpdate:
         return StateUpdate(self.id, {k: v for k, v in asdict(self).items() if k != "id"})
+
+    def recheck_due(self, cut_ok: float, cut_err: float, now: float) -> bool:
+        """Whether the photo's re-check window has passed: its last check before ``cut_ok``, or its
+        last failure before ``cut_err``, or either recorded after ``now``.
+
+        Why the last: a time ahead of now was written while this host's clock was ahead (a VM
+        restored from a snapshot, a bad NTP source, a BIOS clock). Compared as it is, it kept the
+        photo from being re-checked until the clock caught up, as long as it had been ahead, and
+        photo changes never show in a delta listing: they went unseen all that time.
+        """
+        when = (self.error_at or 0.0) if self.error is not None else self.checked_at
+        return when < (cut_err if self.error is not None else cut_ok) or when > now + CLOCK_SLACK_S
 
     def checked(self, when: float) -> StateUpdate:
         """A probe found nothing new: only the probe time moves, and an earlier error is over."""

@@ -278,7 +278,7 @@ class Importer:
                 and row.checksum is not None
                 and _reverify_bucket(row.id, buckets) == self.run_number % buckets
             )
-            late = (row.error_at or 0.0) < cut_err if row.error is not None else row.checked_at < cut_ok
+            late = row.recheck_due(cut_ok, cut_err, now)
             if not (reverify or late):
                 continue
             if reverify:

@@ -100,10 +100,10 @@ class _Task:
     etag: str | None
 
 
-def _due(row: UserState, cut_ok: float, cut_err: float) -> bool:
-    if row.error is not None:
-        return (row.error_at or 0.0) < cut_err
-    return not row.in_cs or row.checked_at < cut_ok
+def _due(row: UserState, cut_ok: float, cut_err: float, now: float) -> bool:
+    if row.error is None and not row.in_cs:
+        return True
+    return row.recheck_due(cut_ok, cut_err, now)
 
 
 class _PhotoWorker(Worker[_Task]):
@@ -253,8 +253,8 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         yield Count("mailboxes", len(listed))
         now = time.time()
         s = self.settings
-        cut_ok, cut_err = now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600
-        due = [email for email in listed if run.full or (row := known.get(email)) is None or _due(row, cut_ok, cut_err)]
+        cuts = (now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600, now)
+        due = [email for email in listed if run.full or (row := known.get(email)) is None or _due(row, *cuts)]
         if due:
             self.client.check_endpoint()
         for email in due:

@@ -21,12 +21,10 @@ from connector.engine import Engine
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_engine import _ldif_config
-from tests.conftest import require_or_skip
+from tests.harness.clock import faketime_env
 from tests.harness.samba_dc import KerberosAccount, grant_write
 
 pytestmark = pytest.mark.samba
-
-_FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
 def kerberos_settings(account: KerberosAccount, **overrides: Any) -> dict[str, Any]:
@@ -206,8 +204,7 @@ def test_kdc_unreachable(
 
 
 def test_clock_skew(ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path) -> None:
-    if not _FAKETIME.is_file():
-        require_or_skip("libfaketime is not installed (apt: faketime; tests/run.sh installs it)")
+    clock = faketime_env("+1h")
     # MIT krb5 corrects the skew it learns from the KDC unless kdc_timesync is off, so switch it off
     conf = tmp_path / "krb5.conf"
     conf.write_text(samba_kerberos.krb5_conf.read_text().replace("[libdefaults]", "[libdefaults]\n  kdc_timesync = 0"))
@@ -221,7 +218,7 @@ def test_clock_skew(ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path
         "link = Link(ActiveDirectorySettings.model_validate(json.loads(sys.argv[1])), logging.getLogger())\n"
         "try:\n    link.connect()\nexcept ConnectorError as exc:\n    print(type(exc).__name__, exc)\n"
     )
-    env = {**os.environ, "KRB5_CONFIG": str(conf), "LD_PRELOAD": str(_FAKETIME), "FAKETIME": "+1h"}
+    env = {**os.environ, "KRB5_CONFIG": str(conf), **clock}
     done = subprocess.run(
         [sys.executable, "-c", script, json.dumps(settings)], env=env, capture_output=True, text=True, timeout=60
     )
