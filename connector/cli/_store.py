@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from connector.cli._common import DEFAULT_CONFIG, ConfigOption, JsonOption, console, handle_errors, print_json
+from connector.cli._common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    JsonOption,
+    console,
+    handle_errors,
+    print_json,
+    stop_signals_interrupt,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +45,10 @@ def register(app: typer.Typer) -> None:
         # whatever the schema's version: a backup before an upgrade is the very time to take one
         store = SqlStore(load_config(config).store_url(), create=False, migrate_schema=False)
         try:
-            size = store.backup(path.expanduser().resolve())
+            # SIGTERM (systemd stopping it, a shutdown) ends it as Ctrl-C does, through the cleanup of
+            # its .partial file: Python's default for SIGTERM left a store-sized one behind for good
+            with stop_signals_interrupt():
+                size = store.backup(path.expanduser().resolve())
         finally:
             store.close()
         if json_out:

@@ -4,8 +4,11 @@ real SQLite file; ``mvsync store backup`` makes a copy that ``doctor`` passes on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -23,6 +26,7 @@ from connector.engine import Engine
 from connector.store import _faults, _sql
 from tests.cli._configs import generated_pair
 from tests.engine.conftest import World, add_users
+from tests.harness.crash import mvsync_command
 from tests.harness.sockets import silent_server
 
 runner = CliRunner()
@@ -270,6 +274,52 @@ def test_a_backup_into_a_folder_that_is_not_there_says_so_and_exits_2(config: Pa
         assert code == 2, err
         assert f"cannot write the backup {target}: {target.parent} {what}" in err and "Traceback" not in err
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def _opened_by(pid: int, path: Path, timeout: float = 120.0) -> bool:
+    """Whether process ``pid`` opens ``path`` within ``timeout`` (Linux: its /proc/PID/fd links)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # an fd closed while it is read
+            if any(Path(f"/proc/{pid}/fd/{fd}").resolve() == path for fd in os.listdir(f"/proc/{pid}/fd")):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sends SIGTERM and reads /proc/PID/fd")
+def test_a_backup_stopped_by_sigterm_leaves_no_partial_file(config: Path, tmp_path: Path) -> None:
+    """Found in the ops pass: a backup that systemd (a shutdown, TimeoutStopSec) stopped with SIGTERM
+    died on the spot, leaving a store-sized NAME.partial (and its -journal) in the backup folder for
+    good, one more at each stopped night; exit -15, nothing said. The child is held inside the copy:
+    a .partial left by an earlier backup, whose lock this test holds, makes SQLite's backup wait."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    target = backups / "mvsync-1.db"
+    partial = target.with_name(target.name + ".partial")
+    blocker = sqlite3.connect(partial, isolation_level=None)
+    blocker.execute("CREATE TABLE left_by_a_killed_backup (x)")
+    blocker.execute("BEGIN EXCLUSIVE")
+    child = subprocess.Popen(
+        [*mvsync_command(), "store", "backup", str(target), "-c", str(config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _opened_by(child.pid, partial), "the backup never opened its .partial file"
+        child.send_signal(signal.SIGTERM)
+        blocker.execute("ROLLBACK")  # lets the copy step end, where Python handles the signal
+        blocker.close()
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert json.loads(out)["status"] == "stopped-interrupted" and "interrupted by SIGTERM" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in backups.iterdir()) == []  # no backup, no .partial, no -journal
 
 
 #: Folder names a URL would misread: ``?`` starts its query, ``%XX`` is decoded (Windows forbids ``?``).
