@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import os
 from collections.abc import Sequence
+from io import FileIO
 from pathlib import Path
-from typing import IO
 
 from connector.sdk import ConfigurationError, StopRunError
 
@@ -57,47 +58,69 @@ def modify_record(dn: str, operations: Sequence[tuple[str, str, Sequence[bytes |
 
 
 class LdifWriter:
-    """Appends records to one file; the header is written once, when the file is new or empty."""
+    """Appends records to one file; the header is written once, when the file is new or empty.
+
+    The file only ever grows by whole batches: a batch the disk could take only part of (a full
+    disk, a quota, a file-size limit) is cut off again. Why: the next export appends after it, and
+    a record cut in the middle of its base64 photo, the next ``dn:`` glued onto it, is a file that
+    ``ldapmodify -f`` stops on (or applies a cut photo from) until someone edits it by hand.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records = 0
-        self._handle: IO[str] | None = None
+        self._handle: FileIO | None = None
 
     def write(self, records: Sequence[str]) -> None:
         """Append records and make them durable before the engine records the export as done.
 
         A file that cannot be opened is the setting's fault (``ConfigurationError`` naming
-        ``ldif_output``); one that cannot take the records (a full disk) stops the step, and the
-        batch stays pending. Either way the message names the file, never a traceback.
+        ``ldif_output``); one that cannot take the records (a full disk) stops the step, the file
+        cut back to where the batch began, and the batch stays pending. Either way the message
+        names the file, never a traceback.
         """
+        handle = self._open()
+        start = handle.seek(0, os.SEEK_END)
+        data = ("version: 1\n\n" if start == 0 else "").encode("ascii") + "".join(records).encode("ascii")
+        try:
+            _write_all(handle, data)
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            self._handle = None
+            with contextlib.suppress(OSError):  # unbuffered: nothing is left to write, truncating frees space
+                os.ftruncate(handle.fileno(), start)
+            with contextlib.suppress(OSError):
+                handle.close()
+            msg = (
+                f"cannot write the LDIF change file {self.path} ({exc.strerror or exc}): this batch stays pending "
+                "and the file ends where it began; free space (or fix the file) and run the export again"
+            )
+            raise StopRunError(msg) from None
+        self.records += len(records)
+
+    def _open(self) -> FileIO:
+        """The file, opened for appending without a buffer (a failed write leaves nothing to flush later)."""
         if self._handle is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.path, "a", encoding="ascii", newline="\n")  # noqa: SIM115 - kept open per step
+                self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open per step
             except OSError as exc:  # a file in the way of the folder, no right to create it, a share not mounted
                 reason = exc.strerror or exc
                 msg = f"cannot open the LDIF change file {self.path} ({reason}): check the folder and its rights"
                 raise ConfigurationError(msg, key="ldif_output") from None
-        try:
-            if self._handle.tell() == 0:
-                self._handle.write("version: 1\n\n")
-            self._handle.writelines(records)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-        except OSError as exc:
-            handle, self._handle = self._handle, None
-            with contextlib.suppress(OSError):  # its buffer cannot be written either; close() must not raise again
-                handle.close()
-            msg = (
-                f"cannot write the LDIF change file {self.path} ({exc.strerror or exc}): this batch stays pending; "
-                "free space (or fix the file) and run the export again. The file may end with part of this batch, "
-                "which the next export writes again (replacing a value twice is harmless)"
-            )
-            raise StopRunError(msg) from None
-        self.records += len(records)
+        return self._handle
 
     def close(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.close()
+
+
+def _write_all(handle: FileIO, data: bytes) -> None:
+    """Write all of ``data``: an unbuffered write may take part of it (a signal, a pipe, a share)."""
+    view = memoryview(data)
+    while view:
+        written = handle.write(view)
+        if not written:  # never for a file; a device that takes nothing must not loop for ever
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[written:]

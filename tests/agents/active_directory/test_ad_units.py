@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from connector.agents.active_directory._ldap import (
     guid_text,
     validate_filter,
 )
-from connector.agents.active_directory._ldif import ldif_line, modify_record
+from connector.agents.active_directory._ldif import LdifWriter, ldif_line, modify_record
 from connector.agents.active_directory._schema import build_schema
 from connector.sdk import (
     AttributeChange,
@@ -133,6 +134,38 @@ def test_ldif_modify_record_replace_and_clear() -> None:
         "dn: CN=Ann,OU=People,DC=example,DC=test\nchangetype: modify\n"
         "replace: thumbnailPhoto\nthumbnailPhoto:: /9j/\n-\nreplace: mail\n-\n\n"
     )
+
+
+def _photo_records(tag: str, count: int) -> list[str]:
+    return [
+        modify_record(f"CN={tag}{i},OU=People,DC=example,DC=test", [("replace", "thumbnailPhoto", [bytes([i]) * 3000])])
+        for i in range(count)
+    ]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE (a file-size limit the kernel enforces) is POSIX")
+def test_an_ldif_batch_the_disk_takes_only_part_of_is_cut_off_again(tmp_path: Path) -> None:
+    """Found in the ops pass: with the disk full in the middle of a batch, the LDIF file kept the part
+    written, a record cut inside its base64 photo, and the next export appended its first ``dn:`` right
+    after it on the same line: a file ``ldapmodify -f`` stops on until someone edits it by hand. The
+    kernel's file-size limit makes the write stop part-way, as a full disk does (Python ignores SIGXFSZ)."""
+    import resource
+
+    path = tmp_path / "changes.ldif"
+    writer = LdifWriter(path)
+    writer.write(_photo_records("a", 2))
+    whole = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole) + 5000, hard))  # full inside the second record
+    try:
+        with pytest.raises(StopRunError, match=r"\(File too large\): this batch stays pending"):
+            writer.write(_photo_records("b", 2))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert path.read_bytes() == whole
+    writer.write(_photo_records("b", 2))  # the next export, once there is room
+    writer.close()
+    assert path.read_bytes() == whole + "".join(_photo_records("b", 2)).encode("ascii")
 
 
 # ------------------------------------------------------------------------------------- results
