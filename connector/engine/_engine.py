@@ -296,7 +296,7 @@ class Engine:
             raise
         finally:
             self.transforms.forget()  # what it computed is stored only if its transactions were kept
-            result.ended_at = time.time()
+            result.end()
             result.status = aborted or (run_status(result.steps) if result.steps else "success")
             self._record(
                 f"the end of run {result.run_id}",
@@ -383,7 +383,7 @@ class Engine:
                 raise
             finally:
                 progress.finish()
-                result.ended_at = time.time()
+                result.end()
                 counters: dict[str, Any] = dict(result.counters)
                 if report is not None:
                     counters["deletion_threshold"] = report

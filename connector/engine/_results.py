@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,18 @@ class ObjectError:
 SHOWN_ERRORS = 10
 
 
+def elapsed_end(started_at: float, started_monotonic: float) -> float:
+    """The end time of something that started at ``started_at``: its start plus the time elapsed on
+    the monotonic clock.
+
+    Why not the wall clock at the end: it may jump while a run goes on (NTP stepping it back after a
+    VM resumed, an administrator setting it), and history's durations are end minus start: a step of
+    4 s was recorded as -3587 s (the run's --json said 0.0, clamped). A duration is then right
+    whatever the clock did, and ``started_at`` still says, by the wall clock, when it began.
+    """
+    return started_at + (time.monotonic() - started_monotonic)
+
+
 @dataclass(slots=True)
 class StepResult:
     agent: str
@@ -122,10 +135,16 @@ class StepResult:
     started_at: float = 0.0
     ended_at: float = 0.0
     step_id: int | None = None
+    #: ``time.monotonic()`` when it started (see :func:`elapsed_end`)
+    started_monotonic: float = field(default_factory=time.monotonic)
 
     @property
     def seconds(self) -> float:
         return max(0.0, self.ended_at - self.started_at)
+
+    def end(self) -> None:
+        """Set ``ended_at`` (see :func:`elapsed_end`)."""
+        self.ended_at = elapsed_end(self.started_at, self.started_monotonic)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -161,6 +180,12 @@ class RunResult:
     status: str = "in-progress"
     started_at: float = 0.0
     ended_at: float = 0.0
+    #: ``time.monotonic()`` when it started (see :func:`elapsed_end`)
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    def end(self) -> None:
+        """Set ``ended_at`` (see :func:`elapsed_end`)."""
+        self.ended_at = elapsed_end(self.started_at, self.started_monotonic)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -18,8 +18,13 @@ __all__ = ["FAKETIME_LIB", "faketime_env"]
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
-def faketime_env(offset: str) -> dict[str, str]:
-    """Environment variables that put a child's wall clock ``offset`` away (``"+3d"``, ``"-1h"``)."""
+def faketime_env(offset: str | Path) -> dict[str, str]:
+    """Environment variables that put a child's wall clock ``offset`` away (``"+3d"``, ``"-1h"``),
+    or as far as a file says, read again at each clock read: writing another offset into it makes
+    the child's clock jump while it runs."""
     if not FAKETIME_LIB.is_file():
         require_or_skip("libfaketime is not installed (apt: faketime; tests/run.sh installs it)")
-    return {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
+    env = {"LD_PRELOAD": str(FAKETIME_LIB), "DONT_FAKE_MONOTONIC": "1"}
+    if isinstance(offset, Path):
+        return env | {"FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    return env | {"FAKETIME": offset}

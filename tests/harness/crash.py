@@ -56,6 +56,7 @@ from typing import Any
 __all__ = [
     "ENV_PLAN",
     "ENV_REPORT",
+    "ENV_RESUME",
     "KINDS",
     "PHASES",
     "CliRun",
@@ -64,6 +65,7 @@ __all__ = [
     "CrashSummary",
     "TrialResult",
     "WorldState",
+    "cli_env",
     "install_from_env",
     "lab_emulator_config",
     "lab_tag",
@@ -74,6 +76,7 @@ __all__ = [
 
 ENV_PLAN = "MVSYNC_CRASH_PLAN"
 ENV_REPORT = "MVSYNC_CRASH_REPORT"
+ENV_RESUME = "MVSYNC_CRASH_RESUME"
 PHASES = ("import", "sync", "export")
 KINDS = ("begin", "commit", "http", "ldap-write")
 
@@ -131,8 +134,10 @@ class _Hooks:
     def _stop_here(self, key: str, *, late: bool) -> None:
         self.report.write_text(json.dumps({"fired": key, "n": self.counts[key], "late": late, "pid": os.getpid()}))
         # Freeze every thread now; the parent's SIGKILL follows. (The lock stays held: nothing
-        # in this process may run on past the point.)
+        # in this process may run on past the point.) A pause (ENV_RESUME) goes on at SIGCONT.
         os.kill(os.getpid(), signal.SIGSTOP)
+        if os.environ.get(ENV_RESUME):
+            return
         time.sleep(3600)  # not reached unless someone sends SIGCONT
 
     def write_counts(self) -> None:
@@ -279,6 +284,28 @@ def _await_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         time.sleep(0.02)
 
 
+def cli_env(
+    shim: Path, plan: CrashPoint | str | None, report: Path, env: dict[str, str] | None = None, *, resume: bool = False
+) -> dict[str, str]:
+    """The environment of an ``mvsync`` child that stops itself at ``plan`` (SIGSTOP), ``report`` saying where.
+
+    ``resume``: the stop is a pause, and the child goes on once the parent sends SIGCONT (to change
+    something under it, such as the clock); otherwise it waits for the parent's SIGKILL.
+    """
+    child_env = dict(env if env is not None else os.environ)
+    # the shim imports tests.harness.crash, so the source checkout goes on the path too
+    paths = (str(shim), str(_SOURCE_ROOT), child_env.get("PYTHONPATH", ""))
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    for name in (ENV_PLAN, ENV_RESUME):
+        child_env.pop(name, None)
+    if plan is not None:
+        child_env[ENV_PLAN] = plan.spec() if isinstance(plan, CrashPoint) else plan
+        child_env[ENV_REPORT] = str(report)
+    if resume:
+        child_env[ENV_RESUME] = "1"
+    return child_env
+
+
 def run_cli(
     args: Sequence[str],
     *,
@@ -291,14 +318,7 @@ def run_cli(
     """Run ``mvsync ARGS`` in a child; with a ``plan``, kill -9 it at that point (or ``count``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     report = workdir / f"crash-report-{time.monotonic_ns()}.json"
-    child_env = dict(env if env is not None else os.environ)
-    # the shim imports tests.harness.crash, so the source checkout goes on the path too
-    paths = (str(shim), str(_SOURCE_ROOT), child_env.get("PYTHONPATH", ""))
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    child_env.pop(ENV_PLAN, None)
-    if plan is not None:
-        child_env[ENV_PLAN] = plan.spec() if isinstance(plan, CrashPoint) else plan
-        child_env[ENV_REPORT] = str(report)
+    child_env = cli_env(shim, plan, report, env)
     out_path, err_path = workdir / "child.stdout", workdir / "child.stderr"
     started = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:

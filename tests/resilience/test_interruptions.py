@@ -21,12 +21,10 @@ from typing import Any
 import pytest
 
 from tests.harness.crash import (
-    _SOURCE_ROOT,
-    ENV_PLAN,
-    ENV_REPORT,
     CrashLab,
     CrashPoint,
     _await_child,
+    cli_env,
     lab_emulator_config,
     mvsync_command,
     run_cli,
@@ -115,15 +113,12 @@ def test_sigterm_mid_full_import_stops_cleanly_and_the_next_run_resumes(lab: Cra
     scenario = lab.prepare("sigterm")
     workdir = scenario.root / "runs"
     workdir.mkdir(parents=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(lab.shim), str(_SOURCE_ROOT), env.get("PYTHONPATH")) if p)
-    env[ENV_PLAN], env[ENV_REPORT] = BEFORE_PAGE_3.spec(), str(workdir / "report.json")
     proc = subprocess.Popen(
         [*mvsync_command(), *_args(scenario)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=cli_env(lab.shim, BEFORE_PAGE_3, workdir / "report.json"),
     )
     try:
         assert _await_child(proc, timeout=300), "the run ended before its third page"
