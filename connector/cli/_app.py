@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from enum import StrEnum
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from connector import metrics
 from connector._version import __version__
 from connector.cli._common import JsonFailureGroup, err_console, fail, fit_consoles
 from connector.cli._output import guard_output
-from connector.logging import setup_logging
+from connector.logging import logs_as_json, setup_logging
 
 app = typer.Typer(
     name="mvsync",
@@ -22,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+log = logging.getLogger("mvsync.cli")
 
 # One module per area; each defines register(app). Order is the order of `mvsync --help`.
 _COMMAND_MODULES = (
@@ -97,12 +100,20 @@ def _root(
 
 def _write_metrics_textfile() -> None:
     """The textfile at the command's end; a failure is said, and the command's own exit code stands
-    (the run is in history either way; a traceback here would hide the run's outcome)."""
+    (the run is in history either way; a traceback here would hide the run's outcome). With
+    ``--log-format json`` it is said as a JSON log record, like every other line on stderr then."""
     try:
         metrics.write_textfile()
     except OSError as exc:
         reason = exc.strerror or exc
-        err_console.print(f"error: --metrics-textfile: cannot write {exc.filename or ''}: {reason}", markup=False)
+        message = (
+            f"--metrics-textfile: cannot write {exc.filename or ''}: {reason}; the command's own exit code "
+            "stands; free space there, or fix the folder"
+        )
+        if logs_as_json():
+            log.error("%s", message, extra={"status": "error-metrics-textfile"})
+        else:
+            err_console.print(f"error: {message}", markup=False)
 
 
 for _name in _COMMAND_MODULES:

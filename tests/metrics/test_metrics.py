@@ -75,9 +75,14 @@ def test_textfile_is_written_atomically_for_the_collector(tmp_path: Path) -> Non
         metrics.configure(textfile=tmp_path)
 
 
-def test_a_textfile_that_cannot_be_written_at_the_end_is_said_and_the_runs_exit_code_stands(tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_textfile_that_cannot_be_written_at_the_end_is_said_and_the_runs_exit_code_stands(
+    tmp_path: Path, log_format: str
+) -> None:
     """Something takes the file's place during the run (here a folder): one line, not a traceback that
-    would hide the run's own outcome; the run is in history and its exit code is the scheduler's."""
+    would hide the run's own outcome; the run is in history and its exit code is the scheduler's. With
+    --log-format json the line is a JSON record (found in the ops pass: it was the one plain-text
+    line on a stderr a log shipper reads as JSON lines)."""
     from typer.testing import CliRunner
 
     from connector.cli import app
@@ -103,11 +108,18 @@ steps = [{{ type = "full-import", agent = "m" }}]
 """,
     )
     try:
-        result = CliRunner().invoke(app, ["--metrics-textfile", str(prom), "run", "import", "-c", str(config)])
+        args = ["--log-format", log_format, "--metrics-textfile", str(prom), "run", "import", "-c", str(config)]
+        result = CliRunner().invoke(app, args)
     finally:
         DIRECTORIES.pop(name, None)
     assert result.exit_code == 0, result.output
-    assert "error: --metrics-textfile: cannot write " in result.stderr and "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
+    said = "--metrics-textfile: cannot write "
+    if log_format == "text":
+        assert f"error: {said}" in result.stderr
+    else:
+        records = [json.loads(line) for line in result.stderr.splitlines()]  # every stderr line is JSON
+        assert records[-1]["level"] == "error" and records[-1]["message"].startswith(said)
 
 
 def test_http_exporter_serves_metrics_on_loopback() -> None:
