@@ -179,7 +179,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         return self._client
 
     def open(self) -> None:
-        self.context.data_dir.mkdir(parents=True, exist_ok=True)
+        self.context.make_data_dir()
 
     def close(self) -> None:
         self._cancel.set()

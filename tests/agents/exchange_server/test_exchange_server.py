@@ -692,13 +692,10 @@ def test_a_mailbox_throttled_past_its_retries_says_what_to_change(ews: EwsEmulat
     assert entries[THUMB].error is None
 
 
-def test_an_empty_mailbox_list_deletes_nothing_in_a_delta_import(ews: EwsEmulator, tmp_path: Path) -> None:
-    """The scheduled `Get-Mailbox ... > mailboxes.txt` that cannot reach Exchange leaves an empty file.
-    A full import of it stops (stopped-empty-import, the engine's guard), but a delta import deleted
-    every mailbox from the connector space and reported success (exit 0): their photos left the
-    metaverse, and the next export would clear thumbnailPhoto in AD."""
+def _cli_config(ews: EwsEmulator, tmp_path: Path) -> Path:
+    """A configuration of the ``exs`` agent on the emulator (NTLM, the mailbox file) with ``full`` and
+    ``delta`` import profiles, for the real CLI."""
     (tmp_path / "pw").write_text(ews.info["password"], encoding="utf-8")
-    _listing(tmp_path, PHOTO, PLAIN, THUMB)
     config = tmp_path / "mvsync.toml"
     config.write_text(
         'data_dir = "data"\n[store]\nurl = "sqlite:///x.db"\n'
@@ -709,6 +706,29 @@ def test_an_empty_mailbox_list_deletes_nothing_in_a_delta_import(ews: EwsEmulato
         '[run_profiles.delta]\nsteps = [{ type = "delta-import", agent = "exs" }]\n',
         encoding="utf-8",
     )
+    return config
+
+
+def test_an_agent_folder_that_cannot_be_made_is_named_not_a_traceback(ews: EwsEmulator, tmp_path: Path) -> None:
+    """A file where the agent's folder goes (data/exs) ended the step in a FileExistsError traceback
+    (stopped-connector-exception); it is a configuration error naming the folder, as for exo."""
+    _listing(tmp_path, PHOTO)
+    config = _cli_config(ews, tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "exs").write_text("not a folder", encoding="utf-8")
+    code, out, err = invoke("run", "full", "-c", str(config))
+    assert code == 2, out + err
+    assert f"cannot create the agent's folder {tmp_path / 'data' / 'exs'}" in out + err
+    assert "Traceback" not in out + err
+
+
+def test_an_empty_mailbox_list_deletes_nothing_in_a_delta_import(ews: EwsEmulator, tmp_path: Path) -> None:
+    """The scheduled `Get-Mailbox ... > mailboxes.txt` that cannot reach Exchange leaves an empty file.
+    A full import of it stops (stopped-empty-import, the engine's guard), but a delta import deleted
+    every mailbox from the connector space and reported success (exit 0): their photos left the
+    metaverse, and the next export would clear thumbnailPhoto in AD."""
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    config = _cli_config(ews, tmp_path)
     assert invoke("run", "full", "-c", str(config))[0] == 0
     (tmp_path / "mailboxes.txt").write_text("", encoding="utf-8")
     code, out, err = invoke("run", "delta", "-c", str(config), "--json")
