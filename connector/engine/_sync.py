@@ -309,6 +309,8 @@ class _Sync:
         self.full = full
         self.index = _JoinIndex(typed=len(self.rules.mv_types) > 1)
         self.next_mv_id = 0
+        #: The next id the store remembers (``Metaverse.keep_next_id``), as of this run's last chunk.
+        self._kept_mv_id = 0
         #: a delta synchronization visits the disconnectors too (see ``_metaverse_changed``)
         self.disconnectors = False
         self.counters = ctx.result.counters
@@ -655,7 +657,7 @@ class _Sync:
     def run(self) -> None:
         ctx = self.ctx
         with ctx.store.read() as conn:
-            self.next_mv_id = Metaverse(conn).next_id()
+            self.next_mv_id = self._kept_mv_id = Metaverse(conn).next_id()
             self.disconnectors = not self.full and self._metaverse_changed(conn)
             total = ConnectorSpace(conn).count(
                 self.rules.agent, needing_sync=not self.full, disconnectors=self.disconnectors
@@ -685,6 +687,9 @@ class _Sync:
         if changed:
             self.counters["mv_updates"] += changed
         self._write(chunk)
+        if self.next_mv_id > self._kept_mv_id:  # ids given in this chunk are never given again
+            Metaverse(conn).keep_next_id(self.next_mv_id)
+            self._kept_mv_id = self.next_mv_id
 
     # ---------------------------------------------------------------------- chunk: inbound
     def _state(self, row: SyncRow) -> dict[str, Any] | None:

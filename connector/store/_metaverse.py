@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Connection, and_, delete, desc, func, literal, select, tuple_
 
 from connector.store._batch import BatchInsert, BatchUpdate
-from connector.store.tables import mv_object
+from connector.store.tables import mv_object, store_meta
 
 __all__ = ["Metaverse", "MetaverseRow", "MvObject"]
 
@@ -61,6 +61,10 @@ class MvObject(NamedTuple):
     updated_at: float | None
 
 
+#: The ``store_meta`` key of the next metaverse id (see :meth:`Metaverse.next_id`).
+_NEXT_ID_KEY = "mv_next_id"
+
+
 class Metaverse:
     """The metaverse, read and written inside one store transaction (``conn``)."""
 
@@ -68,8 +72,22 @@ class Metaverse:
         self._conn = conn
 
     def next_id(self) -> int:
-        """The id the next projected object gets (ids are assigned by the one synchronizing run)."""
-        return int(self._conn.execute(select(func.max(mv_object.c.id))).scalar() or 0) + 1
+        """The id the next projected object gets (ids are assigned by the one synchronizing run):
+        above every id ever given, not only those still there.
+
+        Why remembered (:meth:`keep_next_id`): an id names a person in run history, in the console's
+        links and bookmarks and in ``mvsync mv show``. The highest id + 1 gave the id of a person
+        deleted last to the next one projected, so each of those then named somebody else.
+        """
+        highest = int(self._conn.execute(select(func.max(mv_object.c.id))).scalar() or 0)
+        kept = self._conn.execute(select(store_meta.c.value).where(store_meta.c.key == _NEXT_ID_KEY)).scalar()
+        return max(highest + 1, int(kept) if kept else 1)
+
+    def keep_next_id(self, next_id: int) -> None:
+        """Remember that every id below ``next_id`` has been given (in the projecting transaction)."""
+        where = store_meta.c.key == _NEXT_ID_KEY
+        if self._conn.execute(store_meta.update().where(where).values(value=str(next_id))).rowcount == 0:
+            self._conn.execute(store_meta.insert().values(key=_NEXT_ID_KEY, value=str(next_id)))
 
     def last_change(self) -> float | None:
         """When an object was last projected or changed (None: the metaverse is empty)."""

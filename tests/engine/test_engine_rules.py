@@ -622,3 +622,25 @@ def test_a_full_sync_withdraws_the_exports_of_removed_export_flows(world: World)
     assert [cs_row(world, "ad", f"guid-{i:03d}").export_type for i in range(2)] == [None, None]
     assert world.run("export").status == "success"
     assert world.ad["exports"] == []
+
+
+def test_a_metaverse_id_is_never_given_again(world: World) -> None:
+    """Ids were the highest id + 1: the newest person deleted, the next one projected got the same id,
+    so run history, console links and ``mvsync mv show ID`` about the first named the second (found
+    by the engine pass). A deleted person's id now stays unused, across runs."""
+    reconfigure(world, lambda data: data["metaverse"].update(delete_when_disconnected_from=["ad"]))
+    add_users(world, 2)  # people who stay (an import that finds nobody stops as empty)
+    world.ad["objects"]["guid-old"] = {"accountName": "leaver", "mail": "leaver@example.test"}
+    world.cycle()
+    leaver = cs_row(world, "ad", "guid-old").mv_id
+    with world.engine.store.read() as conn:
+        assert leaver == max(conn.execute(select(mv_object.c.id)).scalars())  # the newest person
+    del world.ad["objects"]["guid-old"]
+    world.run("full-import")
+    assert world.run("delta-sync").status == "success"
+    with world.engine.store.read() as conn:
+        assert leaver not in set(conn.execute(select(mv_object.c.id)).scalars())  # deleted with its account
+    world.ad["objects"]["guid-joiner"] = {"accountName": "joiner", "mail": "joiner@example.test"}
+    world.run("full-import")
+    assert world.run("delta-sync").status == "success"
+    assert cs_row(world, "ad", "guid-joiner").mv_id not in (None, leaver)
