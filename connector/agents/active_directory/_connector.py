@@ -115,6 +115,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
     def check(self) -> CheckResult:
         link = Link(self.settings, self.context.logger)
         try:
+            link.connect()  # a DC out of reach is said as such, not as an import that stopped
             importer = Importer(self.settings, link, self._schema, self.context)
             dc = importer.identity()
             importer.check_bases()

@@ -33,14 +33,14 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ldap3 import BASE, SUBTREE, Connection
 from ldap3.protocol.microsoft import dir_sync_control, show_deleted_control
 
-from connector.agents.active_directory._connection import Link, search_entries
+from connector.agents.active_directory._connection import Link, ServerUnreachable, search_entries
 from connector.agents.active_directory._ldap import (
     and_filter,
     decode_values,
@@ -63,11 +63,14 @@ from connector.sdk import (
     ImportRequest,
     ObjectModificationType,
     Schema,
+    ServerDownError,
     StopRunError,
     Values,
 )
 
 __all__ = ["DcIdentity", "Importer", "Watermark"]
+
+T = TypeVar("T")
 
 _PAGED_OID = "1.2.840.113556.1.4.319"
 _DIRSYNC_OID = "1.2.840.113556.1.4.841"
@@ -415,6 +418,22 @@ class Importer:
         return None, False
 
     # -- searching ----------------------------------------------------------------------------------
+    def _run(self, operation: Callable[[Connection], T]) -> T:
+        """``Link.run``, with a DC that stays out of reach after the reconnects as ``ServerDownError``.
+
+        Why: ``ServerUnreachable`` is the export's signal (its batches turn it into RETRY results); an
+        import has no such use for it, and raised from a page it reached the engine as a connector bug
+        (``stopped-connector-exception``, a traceback in the log) instead of ``stopped-server-down``.
+        """
+        try:
+            return self.link.run(operation)
+        except ServerUnreachable as exc:
+            msg = (
+                f"{exc}. The import stopped there: no object it did not read is marked deleted and the "
+                "delta-import watermark stays where it was; check the DC and run the import again"
+            )
+            raise ServerDownError(msg) from None
+
     def _page_size(self, request: ImportRequest) -> int:
         return max(1, min(request.page_size, self.settings.page_size))
 
@@ -442,7 +461,7 @@ class Importer:
             )
             return conn.result, search_entries(conn)
 
-        result, entries = self.link.run(operation)
+        result, entries = self._run(operation)
         self._raise_for(result, base)
         value = result.get("controls", {}).get(_PAGED_OID, {}).get("value", {})
         return entries, value.get("cookie") or None
@@ -454,7 +473,7 @@ class Importer:
             conn.search(base, search_filter, scope, attributes=attributes)
             return conn.result, search_entries(conn)
 
-        result, entries = self.link.run(operation)
+        result, entries = self._run(operation)
         self._raise_for(result, base)
         return entries
 
@@ -486,7 +505,7 @@ class Importer:
             )
             return conn.result, search_entries(conn)
 
-        return self.link.run(operation)
+        return self._run(operation)
 
     def _raise_for(self, result: dict[str, Any], base: str) -> None:
         code = result.get("result")
