@@ -162,7 +162,7 @@ class Link:
         self._clock = clock
         #: When a Kerberos-bound connection must bind again (its ticket runs out); None: never.
         self._rebind_at: float | None = None
-        #: Successful binds so far (a rebind for a new ticket counts too).
+        #: Successful binds so far (a rebind for a new ticket counts too); each is a new connection.
         self.binds = 0
 
     # -- connecting -----------------------------------------------------------------------------
@@ -283,6 +283,12 @@ class Link:
         reason = last if isinstance(last, _Unreachable) else describe_failure(last, self._where(), self.settings)
         msg = f"cannot reach the domain controller at {self._where()} after {attempts} attempt(s): {reason}"
         raise ServerDownError(msg)
+
+    @property
+    def connection_number(self) -> int:
+        """Which connection is open (1 for the first): a simple-paged search's cookie is good only on the
+        connection that received it, so a reconnect or a rebind makes the search start again."""
+        return self.binds
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

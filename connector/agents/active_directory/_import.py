@@ -4,7 +4,9 @@
 DN with the configured filter. Before it starts, the DC's position is recorded as the watermark:
 its ``invocationId`` and ``highestCommittedUSN``, plus a DirSync cookie when the account may use
 DirSync. A change made while the full import runs is then seen again by the next delta (harmless:
-the engine compares against what it holds).
+the engine compares against what it holds). A paged search whose cookie is no longer good (a
+reconnect, a Kerberos rebind, a result set the DC discarded) starts again from its first page, and
+what the step already returned is left out (``Importer._paged``).
 
 **Delta import** uses one of two methods, chosen at full import (``delta_method = "auto"`` tries
 DirSync first):
@@ -80,6 +82,9 @@ _NOTHING = "(&(objectClass=user)(!(objectClass=user)))"
 #: DirSync filter. Not objectCategory: tombstones lose it, so deletions would be missed.
 _DIRSYNC_FILTER = "(objectClass=user)"
 _REREAD_CHUNK = 100
+#: Paged searches one import step may start again from their first page (see ``Importer._paged``) before
+#: it stops: past that the DC keeps discarding them, or the connection keeps being replaced.
+_RESTARTS_MAX = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +158,9 @@ class Importer:
         self._normalized_bases = [normalize_dn(b) for b in self._bases]
         self._filter = equals_filter(settings.filter, settings.filter_equals)
         self._nonce = secrets.token_hex(6)
+        #: Anchors this step has returned (a paged search that starts again returns them again).
         self._seen: set[str] = set()
+        self._restarts = 0
 
     # -- entry point ------------------------------------------------------------------------------
     def page(self, request: ImportRequest) -> ImportPage:
@@ -166,15 +173,27 @@ class Importer:
         if request.page_token:
             token = json.loads(request.page_token)
         else:
-            token = {"b": 0, "c": None, "w": self.start_watermark().dumps()}
+            token = {"b": 0, "c": None, "k": None, "w": self.start_watermark().dumps()}
+            self._seen = set()
         index = int(token["b"])
-        entries, cookie = self._paged(self._bases[index], self._filter, self._page_size(request), _unb64(token["c"]))
-        page = [self._entry(e, ObjectModificationType.ADD) for e in entries]
+        base, cookie = self._bases[index], _unb64(token["c"])
+        entries, cookie, connection = self._paged(base, self._filter, self._page_size(request), cookie, token.get("k"))
+        page = self._unseen(entries, ObjectModificationType.ADD)
         if not cookie:
             index += 1
         more = index < len(self._bases)
-        next_token = json.dumps({"b": index, "c": _b64(cookie), "w": token["w"]}) if more else None
+        next_token = json.dumps({"b": index, "c": _b64(cookie), "k": connection, "w": token["w"]}) if more else None
         return ImportPage(page, more_to_import=more, page_token=next_token, watermark=token["w"])
+
+    def _unseen(self, entries: list[dict[str, Any]], modification: ObjectModificationType) -> list[CSEntryChange]:
+        """The entries as changes, less those this step already returned (a search that started again)."""
+        page: list[CSEntryChange] = []
+        for raw in entries:
+            entry = self._entry(raw, modification)
+            if entry.anchor not in self._seen:
+                self._seen.add(entry.anchor)
+                page.append(entry)
+        return page
 
     def start_watermark(self) -> Watermark:
         """The DC's position now, with a DirSync cookie when the account may use DirSync."""
@@ -245,21 +264,21 @@ class Importer:
         if lo >= hi:
             token["p"], index = "done", 0
         elif token["p"] == "a":  # changed objects in scope that match the filter
-            entries, cookie = self._paged(self._bases[index], f"(&{self._filter}{usn_range})", size, _unb64(token["c"]))
-            for raw in entries:
-                entry = self._entry(raw, ObjectModificationType.REPLACE)
-                self._seen.add(entry.anchor)
-                page.append(entry)
+            entries, cookie, token["k"] = self._paged(
+                self._bases[index], f"(&{self._filter}{usn_range})", size, _unb64(token["c"]), token.get("k")
+            )
+            page.extend(self._unseen(entries, ObjectModificationType.REPLACE))
             index, token["c"] = (index, _b64(cookie)) if cookie else (index + 1, None)
             if index >= len(self._bases):
                 token["p"], index = "d", 0
         else:  # every changed user anywhere, tombstones included: the ones not seen above are gone
             roots = self._naming_context_roots()
-            entries, cookie = self._paged(
+            entries, cookie, token["k"] = self._paged(
                 roots[index],
                 f"(&(objectClass=user){usn_range})",
                 size,
                 _unb64(token["c"]),
+                token.get("k"),
                 attributes=[ANCHOR],
                 controls=[show_deleted_control(criticality=True)],
             )
@@ -443,28 +462,63 @@ class Importer:
         search_filter: str,
         size: int,
         cookie: bytes | None,
+        connection: int | None,
         *,
         attributes: list[str] | None = None,
         controls: list[Any] | None = None,
-    ) -> tuple[list[dict[str, Any]], bytes | None]:
-        """One page of a simple-paged search; returns the entries and the next cookie (None: done)."""
+    ) -> tuple[list[dict[str, Any]], bytes | None, int]:
+        """One page of a simple-paged search: its entries, the next cookie (None: done), and the connection
+        (``Link.connection_number``) that cookie belongs to.
 
-        def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        Why the connection: AD keeps a paged search's result set per connection, and discards the oldest
+        ones under load (LDAP policy MaxResultSetsPerConn, MaxResultSetSize). After a reconnect (a DC that
+        reset or stopped answering) or a Kerberos rebind before the ticket runs out, the cookie means
+        nothing, and a cookie the DC discarded is refused: both stopped the import (Samba: "53
+        unwillingToPerform"). The search then starts again from its first page, as AD documents for a
+        paged search that failed, and the callers leave out what this step already returned.
+        """
+
+        def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+            stale = cookie is not None and connection != self.link.connection_number
             conn.search(
                 base,
                 search_filter,
                 SUBTREE,
                 attributes=attributes or self._requested,
                 paged_size=size,
-                paged_cookie=cookie,
+                paged_cookie=None if stale else cookie,
                 controls=controls,
             )
-            return conn.result, search_entries(conn)
+            return conn.result, search_entries(conn), stale
 
-        result, entries = self._run(operation)
+        result, entries, stale = self._run(operation)
+        if stale:
+            self._restarted(base, "the connection its cookie belonged to was replaced")
+        elif cookie is not None and result.get("result") != 0:
+            self._restarted(base, f"the DC refused its cookie: {result.get('result')} {result.get('description')}")
+            return self._paged(base, search_filter, size, None, None, attributes=attributes, controls=controls)
         self._raise_for(result, base)
         value = result.get("controls", {}).get(_PAGED_OID, {}).get("value", {})
-        return entries, value.get("cookie") or None
+        return entries, value.get("cookie") or None, self.link.connection_number
+
+    def _restarted(self, base: str, why: str) -> None:
+        """Count a paged search that starts again from its first page; stop the step past ``_RESTARTS_MAX``."""
+        self._restarts += 1
+        if self._restarts > _RESTARTS_MAX:
+            msg = (
+                f"the paged search under {base!r} on {self.settings.host} had to start again from its first page "
+                f"{self._restarts} times in this step ({why}): the DC keeps discarding its result sets (LDAP policy "
+                "MaxResultSetSize, MaxResultSetsPerConn) or the connection keeps breaking; check the DC and the "
+                "network, then run the import again (nothing it did not read is marked deleted)"
+            )
+            raise StopRunError(msg)
+        self.context.logger.info(
+            "the paged search under %r on %s starts again from its first page (%s); "
+            "the objects already read are not imported twice",
+            base,
+            self.settings.host,
+            why,
+        )
 
     def _search(
         self, base: str, search_filter: str, attributes: list[str], *, scope: str = SUBTREE

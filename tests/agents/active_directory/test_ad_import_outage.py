@@ -1,10 +1,15 @@
-"""A domain controller lost in the middle of an import step, through the engine, against the real (Samba)
-DC behind a loopback relay that the test turns into a hung or a resetting server.
+"""A domain controller lost in the middle of an import step, against the real (Samba) DC behind a loopback
+relay that the test turns into a hung or a resetting server.
 
-Found in the bad-day pass over the import: a DC that stayed out of reach after the reconnects stopped a
-full import as ``stopped-connector-exception``, with a Python traceback in the log and the message
-``ServerUnreachable: ...``, instead of ``stopped-server-down`` (what the README promises for a DC that
-went away); ``mvsync doctor`` printed the same class name before its message.
+Found in the bad-day pass over the import:
+
+* a DC that stayed out of reach after the reconnects stopped a full import as
+  ``stopped-connector-exception``, with a Python traceback in the log and the message
+  ``ServerUnreachable: ...``, instead of ``stopped-server-down`` (what the README promises for a DC that
+  went away); ``mvsync doctor`` printed the same class name before its message;
+* a DC that reset the connection once, between two pages, stopped the import although the reconnect
+  worked: the repeated search carried the paged-search cookie of the connection that was gone, which the
+  DC does not know (AD keeps a paged search per connection; Samba answered "53 unwillingToPerform").
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector
 from connector.config import config_from_dict
 from connector.engine import Engine
-from connector.sdk import ImportPage, ImportRequest
+from connector.sdk import ImportMode, ImportPage, ImportRequest, ObjectModificationType, StopRunError
 from connector.store import ConnectorSpace, CsSearch
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
+from tests.agents.active_directory.test_ad_import import run_import
 from tests.harness.sockets import faulty_proxy
 
 pytestmark = pytest.mark.samba
@@ -47,13 +54,14 @@ def relayed_config(ad_env: ADTestEnv, people: str, port: int) -> dict[str, Any]:
     return config
 
 
-def after_first_page(monkeypatch: pytest.MonkeyPatch, event: Callable[[], None]) -> None:
-    """Call ``event`` once the connector has answered the step's first page (the search is under way)."""
+def after_first_page(monkeypatch: pytest.MonkeyPatch, event: Callable[[], None], *, every_page: bool = False) -> None:
+    """Call ``event`` once the connector has answered the step's first page (the search is under way),
+    or each page with ``every_page``."""
     original = ActiveDirectoryConnector.import_page
 
     def import_page(self: ActiveDirectoryConnector, request: ImportRequest) -> ImportPage:
         page = original(self, request)
-        if request.page_number == 1:
+        if request.page_number == 1 or every_page:
             event()
         return page
 
@@ -101,3 +109,96 @@ def test_doctor_names_a_dc_out_of_reach_without_a_class_name(ad_env: ADTestEnv) 
         result = connector.check()
     assert not result.ok
     assert result.detail.startswith(f"cannot reach the domain controller at localhost:{dc.port} (ldaps)"), result.detail
+
+
+def test_a_dc_that_resets_mid_full_import_is_read_again_from_the_first_page(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reset comes between the first and the second page; the reconnect works. Before, the step
+    stopped (stopped-connector-error, "53 unwillingToPerform"): now every person is imported once."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people = ad_env.sub_ou("people")
+    ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        after_first_page(monkeypatch, dc.relay)  # resets the open connections, then relays new ones
+        engine = Engine(config_from_dict(relayed_config(ad_env, people, dc.port), base_dir=ad_env.tmp_path))
+        try:
+            with caplog.at_level(logging.INFO, logger="mvsync.agent.ad"):
+                run = engine.run_profile("Import")
+        finally:
+            engine.close()
+    step = run.steps[0]
+    assert run.status == "success", step.as_dict()
+    assert step.counters.get("adds") == _USERS and step.error_count == 0, step.as_dict()
+    assert "starts again from its first page (the connection its cookie belonged to was replaced)" in caplog.text
+
+
+def test_a_usn_delta_import_through_a_reset_reports_each_change_once(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uSNChanged delta pages too (the changed objects under the base DNs, then every changed user for
+    the deletions): a reset between its pages reports each change once, and nobody as deleted."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people = ad_env.sub_ou("people")
+    guids = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        settings = {
+            "host": "localhost",
+            "port": dc.port,
+            "base_dns": [people],
+            "page_size": _PAGE,
+            "delta_method": "usn",
+            "reconnect_attempts": 1,
+        }
+        _, watermark, _ = run_import(ad_env.connector(**settings), ImportMode.FULL, page_size=_PAGE)
+        for name in guids:
+            ad_env.admin.modify(f"CN={name},{people}", {"description": [(MODIFY_REPLACE, ["changed"])]})
+        after_first_page(monkeypatch, dc.relay)
+        delta, _, _ = run_import(ad_env.connector(**settings), ImportMode.DELTA, watermark, page_size=_PAGE)
+    # (the deletions phase reads every changed user of the domain: other tests' users may come back too)
+    mine = [e for e in delta if e.anchor in set(guids.values())]
+    assert sorted(e.anchor for e in mine) == sorted(guids.values())
+    assert {e.modification for e in mine} == {ObjectModificationType.REPLACE}
+
+
+def test_a_paged_search_whose_result_set_the_dc_discarded_starts_again(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AD keeps at most MaxResultSetsPerConn (10) paged searches per connection and discards the oldest (and
+    more when its pool passes MaxResultSetSize); a cookie whose result set is gone is refused ("Error
+    processing control"; Samba: 53). Here ten other paged searches on the agent's connection, between two
+    pages, push the import's result set out."""
+    people = ad_env.sub_ou("people")
+    guids = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    connector = ad_env.connector(base_dns=[people], page_size=_PAGE)
+
+    def ten_other_paged_searches() -> None:
+        for _ in range(10):
+            connector._require_link().run(
+                lambda conn: conn.search(people, "(objectClass=user)", attributes=["cn"], paged_size=1)
+            )
+
+    after_first_page(monkeypatch, ten_other_paged_searches)
+    entries, _, _ = run_import(connector, ImportMode.FULL, page_size=_PAGE)
+    assert sorted(e.anchor for e in entries) == sorted(guids.values())
+
+
+def test_a_paged_search_that_never_gets_past_a_page_stops_the_step_instead_of_starting_again_for_ever(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection reset after every page: the search starts again each time and would never end."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people = ad_env.sub_ou("people")
+    ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        connector = ad_env.connector(host="localhost", port=dc.port, base_dns=[people], page_size=_PAGE)
+        after_first_page(monkeypatch, dc.relay, every_page=True)
+        with pytest.raises(StopRunError) as caught:
+            run_import(connector, ImportMode.FULL, page_size=_PAGE)
+    assert str(caught.value).startswith(
+        f"the paged search under {people!r} on localhost had to start again from its first page 11 times in this "
+        "step (the connection its cookie belonged to was replaced): the DC keeps discarding its result sets"
+    ), str(caught.value)

@@ -14,11 +14,21 @@ from typing import Any
 import pytest
 from ldap3 import BASE
 
-from connector.agents.active_directory import ActiveDirectorySettings
+from connector.agents.active_directory import ActiveDirectorySettings, build_schema
 from connector.agents.active_directory._connection import Link
+from connector.agents.active_directory._import import Importer
 from connector.config import config_from_dict
 from connector.engine import Engine
-from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, StopRunError
+from connector.sdk import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectorContext,
+    ConnectorError,
+    ImportMode,
+    ImportRequest,
+    ServerDownError,
+    StopRunError,
+)
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_engine import _ldif_config
 from tests.harness.clock import faketime_env
@@ -138,6 +148,32 @@ def test_connection_binds_again_before_the_ticket_runs_out(
     assert "expires soon: binding again" in caplog.text
     assert effective_attributes(link, samba_kerberos.dn)  # the new bind works
     link.close()
+
+
+def test_a_full_import_that_binds_again_between_pages_reads_everyone_once(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in the AD import pass: the rebind before the ticket runs out opens a new connection, and the
+    next page of a paged search carried the cookie of the old one, which the DC does not know (AD keeps a
+    paged search per connection; Samba: "53 unwillingToPerform"): the full import stopped. A keytab's first
+    rebind comes after 8 hours, a credential cache's after as little as 150 s when k5start renews it late."""
+    names = ad_env.add_users(ad_env.specs(5, photos=False))
+    now = [1000.0]
+    settings = ActiveDirectorySettings.model_validate(
+        {**ad_env.settings(page_size=2).model_dump(), **kerberos_settings(samba_kerberos)}
+    )
+    link = Link(settings, logging.getLogger("mvsync.agent.ad"), clock=lambda: now[0])
+    context = ConnectorContext(agent="ad", data_dir=ad_env.tmp_path, logger=logging.getLogger("mvsync.agent.ad"))
+    importer = Importer(settings, link, build_schema([]), context)
+    request = ImportRequest(ImportMode.FULL, page_size=2)
+    pages = [importer.page(request)]
+    now[0] += 10 * 3600  # Samba's default ticket lifetime is 10 h: the next page binds again first
+    with caplog.at_level(logging.INFO, logger="mvsync.agent.ad"):
+        while pages[-1].more_to_import:
+            pages.append(importer.page(ImportRequest(ImportMode.FULL, page_size=2, page_token=pages[-1].page_token)))
+    link.close()
+    assert link.binds == 2 and "expires soon: binding again" in caplog.text
+    assert sorted(e.anchor for p in pages for e in p.entries) == sorted(names.values())
 
 
 # ------------------------------------------------------------------------------------- errors
