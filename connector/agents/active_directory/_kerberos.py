@@ -143,11 +143,12 @@ def _store_for_lifetime(settings: ActiveDirectorySettings) -> dict[bytes | str, 
 
 def explain(exc: BaseException, settings: ActiveDirectorySettings) -> ConnectorError:
     """A GSSAPI failure as an error that says what to do (the library's text stays in brackets)."""
-    text = str(exc)
-    detail = text.rsplit("Minor (", 1)[-1].split("): ", 1)[-1] if "Minor (" in text else text
+    detail = _detail(str(exc))
     who = settings.account
     spn = f"ldap/{target_host(settings)}"
     lowered = detail.lower()
+    if "credential has expired" in lowered or "ticket expired" in lowered:
+        return _expired(detail, settings)
     if "clock skew" in lowered:
         msg = (
             f"Kerberos bind as {who} failed ({detail}): this host's clock and the KDC's differ by more than "
@@ -197,6 +198,38 @@ def explain(exc: BaseException, settings: ActiveDirectorySettings) -> ConnectorE
             )
         return AuthenticationError(msg)
     return StopRunError(f"Kerberos bind as {who} to {spn} failed: {detail}")
+
+
+def _detail(text: str) -> str:
+    """The telling part of a GSSAPI error: its minor (mechanism) status, or its major one when the minor
+    says nothing. Why: MIT reports an expired ticket as major "The referenced credential has expired",
+    minor "Success", and the bind failed with nothing but "Success" to show for it."""
+    if "Minor (" not in text:
+        return text
+    major, _, minor = text.rpartition("Minor (")
+    minor = minor.split("): ", 1)[-1].strip()
+    if minor.lower() not in ("", "success", "unknown error"):
+        return minor
+    return major.split("): ", 1)[-1].strip().rstrip(",").strip() or text
+
+
+def _expired(detail: str, settings: ActiveDirectorySettings) -> AuthenticationError:
+    """The ticket the bind would use has run out: a credential cache nobody renewed (k5start stopped,
+    a kinit that was never scheduled), or a keytab krb5 could not get a new one from."""
+    who = settings.account
+    if settings.keytab is not None:
+        msg = (
+            f"the Kerberos ticket of {who} has expired ({detail}) and no new one came from keytab {settings.keytab}: "
+            f"`kinit -k -t {settings.keytab} {settings.principal or '<principal>'}` as the service account shows why"
+        )
+    else:
+        whose = f" of {settings.principal}" if settings.principal else ""
+        msg = (
+            f"the Kerberos ticket{whose} in the credential cache {settings.ccache or '(KRB5CCNAME)'} has expired "
+            f"({detail}): renew it as the service account (kinit -k, scheduled) or keep it fresh with k5start or "
+            "SSSD; or set keytab, and the agent gets its own tickets"
+        )
+    return AuthenticationError(msg)
 
 
 def signing_required(where: str, detail: str) -> StopRunError:

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +297,35 @@ def test_existing_credential_cache_without_a_keytab(
     assert isinstance(error, AuthenticationError)
     assert str(error).startswith(f"no Kerberos ticket for the principal of credential cache {empty} (")
     assert str(error).endswith(f"set keytab, or keep the credential cache {empty} filled (kinit -k, k5start)")
+
+
+def _wait_until_expired(env: dict[str, str]) -> None:
+    """Until ``klist -s`` finds no valid ticket in the cache KRB5CCNAME names (generous bound: a busy host)."""
+    deadline = time.monotonic() + 120
+    while subprocess.run(["klist", "-s"], env=env, timeout=30).returncode == 0:
+        assert time.monotonic() < deadline, "the 2-second ticket is still valid after 2 minutes"
+        time.sleep(0.2)
+
+
+def test_an_expired_ticket_in_the_credential_cache_says_to_renew_it(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path
+) -> None:
+    """Found in the AD import pass: a cache whose ticket had run out (k5start stopped, a kinit that was
+    never scheduled; at a run's start or at the rebind during it) stopped the step as stopped-connector-error
+    with "Kerberos bind as ... failed: Success" (MIT's minor status), naming neither the cause nor a remedy."""
+    cache = f"FILE:{tmp_path / 'krb5cc'}"
+    env = {**os.environ, "KRB5CCNAME": cache}
+    subprocess.run(
+        ["kinit", "-l", "2s", "-k", "-t", str(samba_kerberos.keytab), samba_kerberos.principal],
+        env=env,
+        check=True,
+        timeout=30,
+    )
+    _wait_until_expired(env)
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=cache))
+    assert isinstance(error, AuthenticationError)
+    assert str(error) == (
+        f"the Kerberos ticket in the credential cache {cache} has expired (The referenced credential has expired): "
+        "renew it as the service account (kinit -k, scheduled) "
+        "or keep it fresh with k5start or SSSD; or set keytab, and the agent gets its own tickets"
+    )

@@ -48,6 +48,20 @@ def test_stale_key_and_unknown_principal() -> None:
     assert str(other) == "Kerberos bind as svc-mvsync@CONTOSO.COM to ldap/dc1.contoso.com failed: Something new"
 
 
+def test_a_minor_status_that_says_nothing_gives_way_to_the_major_one() -> None:
+    """MIT's expired ticket: major "The referenced credential has expired", minor "Success"."""
+    expired = "Major (720896): The referenced credential has expired, Minor (100001): Success"
+    error = kerberos.explain(RuntimeError(expired), _settings(keytab=None, principal=None, ccache="FILE:/tmp/cc"))
+    assert isinstance(error, AuthenticationError)
+    assert str(error).startswith(
+        "the Kerberos ticket in the credential cache FILE:/tmp/cc has expired (The referenced credential has expired)"
+    )
+    other = kerberos.explain(
+        RuntimeError("Major (851968): Unspecified GSS failure, Minor (100001): Success"), _settings()
+    )
+    assert str(other).endswith("failed: Unspecified GSS failure")
+
+
 @pytest.mark.parametrize(
     ("lifetime", "after"), [(36000.0, 28800.0), (1200.0, 900.0), (600.0, 300.0), (100.0, 50.0), (None, 3600.0)]
 )
