@@ -6,7 +6,9 @@ its ``invocationId`` and ``highestCommittedUSN``, plus a DirSync cookie when the
 DirSync. A change made while the full import runs is then seen again by the next delta (harmless:
 the engine compares against what it holds). A paged search whose cookie is no longer good (a
 reconnect, a Kerberos rebind, a result set the DC discarded) starts again from its first page, and
-what the step already returned is left out (``Importer._paged``).
+what the step already returned is left out (``Importer._paged``). At the end, each base DN is searched
+once more for objects changed since the import started, so that one moved into territory already read
+is not missed (and deleted).
 
 **Delta import** uses one of two methods, chosen at full import (``delta_method = "auto"`` tries
 DirSync first):
@@ -173,17 +175,34 @@ class Importer:
         if request.page_token:
             token = json.loads(request.page_token)
         else:
-            token = {"b": 0, "c": None, "k": None, "w": self.start_watermark().dumps()}
+            token = {"p": "all", "b": 0, "c": None, "k": None, "w": self.start_watermark().dumps()}
             self._seen = set()
         index = int(token["b"])
-        base, cookie = self._bases[index], _unb64(token["c"])
-        entries, cookie, connection = self._paged(base, self._filter, self._page_size(request), cookie, token.get("k"))
+        entries, cookie, token["k"] = self._paged(
+            self._bases[index], self._full_filter(token), self._page_size(request), _unb64(token["c"]), token.get("k")
+        )
         page = self._unseen(entries, ObjectModificationType.ADD)
+        token["c"] = _b64(cookie)
         if not cookie:
-            index += 1
-        more = index < len(self._bases)
-        next_token = json.dumps({"b": index, "c": _b64(cookie), "k": connection, "w": token["w"]}) if more else None
+            token["b"] = index + 1
+            if token["b"] == len(self._bases) and token["p"] == "all":
+                token.update(p="late", b=0)
+        more = int(token["b"]) < len(self._bases)
+        next_token = json.dumps(token) if more else None
         return ImportPage(page, more_to_import=more, page_token=next_token, watermark=token["w"])
+
+    def _full_filter(self, token: dict[str, Any]) -> str:
+        """The configured filter; at the end ("late"), only objects changed since the import started.
+
+        Why the late pass: an object moved while the full import ran, from a base DN not read yet into one
+        already read (or, in AD, within one base DN, behind the paged search's position), is in no search,
+        and the full import staged a delete for a person still in scope. A move changes uSNChanged, so one
+        more search per base DN for uSNChanged above the watermark taken at the start finds it (usually
+        nothing: it reads only what changed during the import).
+        """
+        if token["p"] == "all":
+            return self._filter
+        return f"(&{self._filter}(uSNChanged>={Watermark.loads(token['w']).usn + 1}))"
 
     def _unseen(self, entries: list[dict[str, Any]], modification: ObjectModificationType) -> list[CSEntryChange]:
         """The entries as changes, less those this step already returned (a search that started again)."""

@@ -7,7 +7,7 @@ import io
 import logging
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import pytest
 from ldap3 import BASE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, ActiveDirectorySettings
-from connector.sdk import ConnectorContext
+from connector.sdk import ConnectorContext, ImportPage, ImportRequest
 from tests.harness.samba_dc import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 
 
@@ -163,6 +163,20 @@ def photo_sync_config(
             "Export": {"steps": [{"type": "export", "agent": "ad", **(export_step or {})}]},
         },
     }
+
+
+def after_first_page(monkeypatch: pytest.MonkeyPatch, event: Callable[[], None], *, every_page: bool = False) -> None:
+    """Call ``event`` once the connector has answered the step's first page (the search is under way),
+    or each page with ``every_page``."""
+    original = ActiveDirectoryConnector.import_page
+
+    def import_page(self: ActiveDirectoryConnector, request: ImportRequest) -> ImportPage:
+        page = original(self, request)
+        if request.page_number == 1 or every_page:
+            event()
+        return page
+
+    monkeypatch.setattr(ActiveDirectoryConnector, "import_page", import_page)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import pytest
 from ldap3 import MODIFY_REPLACE
 
 from connector.agents.active_directory import ActiveDirectoryConnector, Watermark
+from connector.config import config_from_dict
+from connector.engine import Engine
 from connector.sdk import (
     ConfigurationError,
     CSEntryChange,
@@ -17,7 +19,8 @@ from connector.sdk import (
     ObjectModificationType,
     StopRunError,
 )
-from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from connector.store import ConnectorSpace
+from tests.agents.active_directory.conftest import ADTestEnv, after_first_page, jpeg, photo_sync_config
 from tests.harness.samba_dc import UserSpec
 
 pytestmark = pytest.mark.samba
@@ -50,7 +53,7 @@ def test_paged_full_import_reads_every_user_with_typed_values(ad_env: ADTestEnv)
     guids = ad_env.add_users(specs)
     connector = ad_env.connector(extra_attributes=["employeeID"], page_size=10)
     entries, watermark, pages = run_import(connector, ImportMode.FULL, page_size=10)
-    assert pages == 3
+    assert pages == 4  # 10 + 10 + 3, then the late pass (objects changed during the import: none here)
     assert sorted(e.anchor for e in entries) == sorted(guids.values())
     assert all(e.modification == ObjectModificationType.ADD and e.object_class == "user" for e in entries)
     first = next(e for e in entries if e.anchor == guids[specs[0].name])
@@ -187,3 +190,35 @@ def test_a_delta_import_after_the_base_ou_was_renamed_stops_naming_the_base_dn(a
         )
     finally:
         ad_env.admin.modify_dn(f"{renamed},{ad_env.ou}", people.split(",", 1)[0])
+
+
+def test_a_person_moved_between_base_dns_during_a_full_import_is_not_deleted(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the AD import pass: a user moved from a base DN the full import had not read yet into one
+    it had read (an OU reorganisation while the import ran) was in neither search, so the import staged a
+    delete for a person still in scope (the sync then disconnected them). AD's paged searches can miss an
+    object moved within one base DN the same way."""
+    sales, staff = ad_env.sub_ou("a-sales"), ad_env.sub_ou("b-staff")
+    ad_env.add_users(ad_env.specs(2, prefix="s", photos=False), ou=sales)
+    moved = ad_env.add_users(ad_env.specs(3, prefix="t", photos=False), ou=staff)
+    name = next(iter(moved))
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    config = photo_sync_config(ad_env, sales, photos, {"base_dns": [sales, staff], "page_size": 2})
+    config["run_profiles"]["Import"] = {"steps": [{"type": "full-import", "agent": "ad", "page_size": 2}]}
+    engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
+    try:
+        assert engine.run_profile("Prepare").status == "success"
+        after_first_page(  # the first page read Sales: the user moves from Staff, not read yet, to Sales
+            monkeypatch, lambda: ad_env.admin.modify_dn(f"CN={name},{staff}", f"CN={name}", new_superior=sales)
+        )
+        run = engine.run_profile("Import")
+        with engine.store.read() as conn:
+            row = ConnectorSpace(conn).get("ad", moved[name])
+    finally:
+        engine.close()
+    step = run.steps[0]
+    assert run.status == "success", step.as_dict()
+    assert step.counters.get("deletes", 0) == 0, step.as_dict()
+    assert row is not None and row.pending_type != "delete" and row.dn == f"CN={name},{sales}", row

@@ -15,18 +15,16 @@ Found in the bad-day pass over the import:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from ldap3 import MODIFY_REPLACE
 
-from connector.agents.active_directory import ActiveDirectoryConnector
 from connector.config import config_from_dict
 from connector.engine import Engine
-from connector.sdk import ImportMode, ImportPage, ImportRequest, ObjectModificationType, StopRunError
+from connector.sdk import ImportMode, ObjectModificationType, StopRunError
 from connector.store import ConnectorSpace, CsSearch
-from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
+from tests.agents.active_directory.conftest import ADTestEnv, after_first_page, photo_sync_config
 from tests.agents.active_directory.test_ad_import import run_import
 from tests.harness.sockets import faulty_proxy
 
@@ -52,20 +50,6 @@ def relayed_config(ad_env: ADTestEnv, people: str, port: int) -> dict[str, Any]:
     config = photo_sync_config(ad_env, people, photos, relayed)
     config["run_profiles"]["Import"] = {"steps": [{"type": "full-import", "agent": "ad", "page_size": _PAGE}]}
     return config
-
-
-def after_first_page(monkeypatch: pytest.MonkeyPatch, event: Callable[[], None], *, every_page: bool = False) -> None:
-    """Call ``event`` once the connector has answered the step's first page (the search is under way),
-    or each page with ``every_page``."""
-    original = ActiveDirectoryConnector.import_page
-
-    def import_page(self: ActiveDirectoryConnector, request: ImportRequest) -> ImportPage:
-        page = original(self, request)
-        if request.page_number == 1 or every_page:
-            event()
-        return page
-
-    monkeypatch.setattr(ActiveDirectoryConnector, "import_page", import_page)
 
 
 def _pending_imports(engine: Engine) -> int:
