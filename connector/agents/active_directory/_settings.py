@@ -100,6 +100,20 @@ class ActiveDirectorySettings(ConnectorSettings):
                     raise ValueError(msg)
         return value
 
+    @field_validator("password")
+    @classmethod
+    def _password_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty password is refused here: LDAP takes a simple bind with a DN and no password for an
+        anonymous bind that proves nothing (RFC 4513), and ldap3 refused it at connect time with a traceback.
+        It comes from a secret variable that is set but empty (an EnvironmentFile line left blank)."""
+        if value is not None and not value.get_secret_value():
+            msg = (
+                "is empty: give the account's password in the environment variable or file it comes from "
+                "(an empty password would be an anonymous bind)"
+            )
+            raise ValueError(msg)
+        return value
+
     @field_validator("extra_attributes")
     @classmethod
     def _extras_parse(cls, value: list[str]) -> list[str]:

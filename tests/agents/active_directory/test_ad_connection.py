@@ -7,10 +7,13 @@ import socket
 
 import pytest
 import trustme
+from typer.testing import CliRunner
 
 from connector.agents.active_directory._connection import Link
+from connector.cli import app
+from connector.demo import dump_toml
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
-from tests.agents.active_directory.conftest import ADTestEnv
+from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
 from tests.harness.sockets import faulty_proxy
 
 pytestmark = pytest.mark.samba
@@ -82,6 +85,29 @@ def test_wrong_password_is_an_authentication_error_without_the_secret(ad_env: AD
         connector.open()
     assert "Wr0ng-Secret-Value" not in str(caught.value)
     assert not connector.check().ok
+
+
+def test_a_password_variable_set_but_empty_is_a_configuration_error_before_any_step(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the AD import pass: a password variable that is set but empty (an EnvironmentFile line
+    left blank) reached ldap3, whose "password is mandatory in simple bind" ended the step as
+    stopped-connector-exception with a traceback (exit 4). An empty password is an anonymous bind in LDAP."""
+    monkeypatch.setenv("MVSYNC_TEST_AD_EMPTY_PASSWORD", "")
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    config = photo_sync_config(ad_env, ad_env.ou, photos, {"password": {"env": "MVSYNC_TEST_AD_EMPTY_PASSWORD"}})
+    settings = config["agents"]["ad"]["settings"]
+    config["agents"]["ad"]["settings"] = {k: v for k, v in settings.items() if v is not None}
+    path = ad_env.tmp_path / "mvsync.toml"
+    path.write_text(dump_toml(config), encoding="utf-8")
+    result = CliRunner().invoke(app, ["run", "Prepare", "-c", str(path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 2, result.output
+    assert (
+        "agents.ad.settings.password: is empty: give the account's password in the environment variable or file "
+        "it comes from (an empty password would be an anonymous bind)"
+    ) in result.output
+    assert "Traceback" not in result.output
 
 
 def test_the_check_doctor_runs_finds_a_base_dn_that_is_not_there(ad_env: ADTestEnv) -> None:
