@@ -119,6 +119,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
             importer = Importer(self.settings, link, self._schema, self.context)
             dc = importer.identity()
             importer.check_bases()
+            importer.check_attributes(dc)
         except ConnectorError as exc:
             return CheckResult(False, str(exc))
         finally:

@@ -49,6 +49,7 @@ from connector.agents.active_directory._ldap import (
     and_filter,
     decode_values,
     dn_in_scope,
+    equality_filter,
     equals_filter,
     filter_attributes,
     guid_filter,
@@ -70,6 +71,7 @@ from connector.sdk import (
     ServerDownError,
     StopRunError,
     Values,
+    parse_psma_attribute,
 )
 
 __all__ = ["DcIdentity", "Importer", "Watermark"]
@@ -97,6 +99,7 @@ class DcIdentity:
     highest_usn: int
     service: str
     naming_contexts: tuple[str, ...]
+    schema_context: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,7 @@ class Importer:
     def start_watermark(self) -> Watermark:
         """The DC's position now, with a DirSync cookie when the account may use DirSync."""
         dc = self.identity()
+        self.check_attributes(dc)
         cookie, object_security = self._initial_dirsync(dc)
         return Watermark(dc.invocation_id, dc.highest_usn, cookie, object_security)
 
@@ -241,6 +245,7 @@ class Importer:
             # the last full import gave "success" with nothing to import, its people kept under DNs that
             # are gone (a USN delta searched the bases and said so); a base-scope read of each is cheap
             self.check_bases()
+            self.check_attributes(dc)
             self._seen = set()
             token = {
                 "n": self._nonce,
@@ -365,7 +370,10 @@ class Importer:
     def identity(self) -> DcIdentity:
         """invocationId, highestCommittedUSN and naming contexts, from the rootDSE."""
         root = self._search(
-            "", "(objectClass=*)", ["highestCommittedUSN", "dsServiceName", "namingContexts"], scope=BASE
+            "",
+            "(objectClass=*)",
+            ["highestCommittedUSN", "dsServiceName", "namingContexts", "schemaNamingContext"],
+            scope=BASE,
         )
         if not root:
             raise StopRunError(f"{self.settings.host} returned no rootDSE; is it an Active Directory DC?")
@@ -384,7 +392,45 @@ class Importer:
             usn,
             service,
             tuple(v.decode() for v in attrs.get("namingContexts", [])),
+            b"".join(attrs.get("schemaNamingContext", [])[:1]).decode(),
         )
+
+    def check_attributes(self, dc: DcIdentity) -> None:
+        """Each attribute the import reads or filters on is in the DC's schema, or the ``ConfigurationError``
+        a run stops with (``mvsync doctor`` says so too).
+
+        Why: a DC ignores an attribute it does not know (RFC 4511: the attribute list may name
+        attributes the server does not recognise), and a filter on one matches nobody. A misspelt
+        ``extra_attributes`` entry came back empty for every user, silently, and a flow of it emptied
+        that metaverse attribute for everyone. One search of the schema partition, by lDAPDisplayName.
+        """
+        wanted = [n for n in dict.fromkeys([*self._requested, *filter_attributes(self._filter)]) if not n[0].isdigit()]
+        if not dc.schema_context or not wanted:
+            return
+        names = "".join(equality_filter("lDAPDisplayName", n) for n in wanted)
+        found = self._search(dc.schema_context, f"(&(objectClass=attributeSchema)(|{names}))", ["lDAPDisplayName"])
+        known = {bytes(v).decode().lower() for e in found for v in e["raw_attributes"].get("lDAPDisplayName", [])}
+        unknown = [n for n in wanted if n.lower() not in known]
+        if not known:  # the account may not read the schema (objectGUID is always there): no verdict
+            self.context.logger.info("cannot read the schema partition of %s: attribute names not checked", dc.service)
+            return
+        if unknown:
+            key = self._origin(unknown[0])
+            msg = (
+                f"{', '.join(unknown)}: not an attribute of the directory on {self.settings.host} (its schema has no "
+                "such lDAPDisplayName), so every user would import it empty and a filter on it matches nobody; "
+                f"check the spelling in {key}"
+            )
+            raise ConfigurationError(msg, key=key)
+
+    def _origin(self, name: str) -> str:
+        """The setting an attribute name comes from: extra_attributes, filter_equals or filter."""
+        extras = {parse_psma_attribute(spec)[0].name.lower() for spec in self.settings.extra_attributes}
+        if name.lower() in extras:
+            return "extra_attributes"
+        if name.lower() in {k.lower() for k in self.settings.filter_equals}:
+            return "filter_equals"
+        return "filter"
 
     def check_bases(self) -> None:
         """Each of ``base_dns`` is there (a base-scope read of it), or the ``ConfigurationError`` a run

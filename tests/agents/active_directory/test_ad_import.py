@@ -222,3 +222,34 @@ def test_a_person_moved_between_base_dns_during_a_full_import_is_not_deleted(
     assert run.status == "success", step.as_dict()
     assert step.counters.get("deletes", 0) == 0, step.as_dict()
     assert row is not None and row.pending_type != "delete" and row.dn == f"CN={name},{sales}", row
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "name"),
+    [
+        ("extra_attributes", ["employeeID", "departmentNumbr|string[]"], "departmentNumbr"),
+        ("filter_equals", {"deparment": "Sales"}, "deparment"),
+        ("filter", "(&(objectClass=user)(!(extensionAtribute15=hidden)))", "extensionAtribute15"),
+    ],
+)
+def test_an_attribute_the_directory_does_not_know_stops_the_import_and_fails_the_check(
+    ad_env: ADTestEnv, setting: str, value: object, name: str
+) -> None:
+    """Found in the AD import pass: a DC ignores an attribute it does not know, so a misspelt extra
+    attribute came back empty for every user (a flow of it then emptied the metaverse attribute of
+    everyone) and a filter on one matched nobody, while doctor said all was well."""
+    ad_env.add_users(ad_env.specs(2, photos=False))
+    expected = (
+        f"{setting}: {name}: not an attribute of the directory on {ad_env.ad.host} (its schema has no such "
+        "lDAPDisplayName), so every user would import it empty and a filter on it matches nobody; check the "
+        f"spelling in {setting}"
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        run_import(ad_env.connector(**{setting: value}), ImportMode.FULL)
+    assert str(caught.value) == expected
+    _, watermark, _ = run_import(ad_env.connector(), ImportMode.FULL)
+    with pytest.raises(ConfigurationError) as caught:
+        run_import(ad_env.connector(**{setting: value}), ImportMode.DELTA, watermark)
+    assert str(caught.value) == expected
+    check = ad_env.connector(open=False, **{setting: value}).check()
+    assert not check.ok and check.detail == expected
