@@ -166,6 +166,8 @@ class Importer:
         #: Anchors this step has returned (a paged search that starts again returns them again).
         self._seen: set[str] = set()
         self._restarts = 0
+        #: Lower-case names of the configured extra attributes (the ones a user declares, and can misdeclare).
+        self._extras = {parse_psma_attribute(spec)[0].name.lower() for spec in settings.extra_attributes}
 
     # -- entry point ------------------------------------------------------------------------------
     def page(self, request: ImportRequest) -> ImportPage:
@@ -425,8 +427,7 @@ class Importer:
 
     def _origin(self, name: str) -> str:
         """The setting an attribute name comes from: extra_attributes, filter_equals or filter."""
-        extras = {parse_psma_attribute(spec)[0].name.lower() for spec in self.settings.extra_attributes}
-        if name.lower() in extras:
+        if name.lower() in self._extras:
             return "extra_attributes"
         if name.lower() in {k.lower() for k in self.settings.filter_equals}:
             return "filter_equals"
@@ -664,15 +665,35 @@ class Importer:
             try:
                 decoded = decode_values(attribute.name, attribute.type, raw_values)
             except (ValueError, UnicodeDecodeError) as exc:
-                return CSEntryChange.import_error(
-                    anchor,
-                    "cd-invalid-value",
-                    f"{attribute.name}: {type(exc).__name__}: cannot decode as {attribute.type.value}",
-                    object_class=OBJECT_CLASS,
-                )
+                return _invalid_value(anchor, attribute, exc, raw_attributes, attribute.name.lower() in self._extras)
             values[attribute.name] = decoded if attribute.multivalued else decoded[0]
         values["distinguishedName"] = dn
         return CSEntryChange(OBJECT_CLASS, anchor, modification, values, dn=dn)
 
     def in_scope(self, dn: str) -> bool:
         return dn_in_scope(dn, self._normalized_bases)
+
+
+#: Text attributes that name a person in a per-object error (they always decode: AD stores them as UTF-8).
+_PERSON = ("displayName", "userPrincipalName", "sAMAccountName", "mail")
+
+
+def _invalid_value(
+    anchor: str, attribute: Attribute, exc: Exception, raw_attributes: dict[str, list[bytes]], declared: bool
+) -> CSEntryChange:
+    """The import error of an object with a value its declared type cannot hold: it names the person and
+    the setting to change. Why: an extra attribute declared ``|integer`` whose values are "E-1234" failed
+    every user with "employeeNumber: ValueError: cannot decode as integer", naming nobody."""
+    lowered = {name.lower(): values for name, values in raw_attributes.items()}
+    person = {
+        name: bytes(lowered[name.lower()][0]).decode("utf-8", "replace")
+        for name in _PERSON
+        if lowered.get(name.lower())
+    }
+    spelled = f"{attribute.name}|string{'[]' if attribute.multivalued else ''}"
+    remedy = f"declare it as '{spelled}' in extra_attributes, or " if declared else ""
+    detail = (
+        f"{attribute.name}: a value is not {attribute.type.value} ({type(exc).__name__}): "
+        f"{remedy}correct the value in the directory"
+    )
+    return CSEntryChange.import_error(anchor, "cd-invalid-value", detail, object_class=OBJECT_CLASS, attributes=person)

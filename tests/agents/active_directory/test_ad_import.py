@@ -253,3 +253,19 @@ def test_an_attribute_the_directory_does_not_know_stops_the_import_and_fails_the
     assert str(caught.value) == expected
     check = ad_env.connector(open=False, **{setting: value}).check()
     assert not check.ok and check.detail == expected
+
+
+def test_a_value_its_declared_type_cannot_hold_names_the_person_and_the_setting(ad_env: ADTestEnv) -> None:
+    """Found in the AD import pass: an extra attribute declared ``|integer`` whose value is "E-12" failed the
+    user with "employeeNumber: ValueError: cannot decode as integer": no person (the error showed a GUID
+    only), no remedy."""
+    name = f"{ad_env.tag}v"
+    guids = ad_env.add_users([UserSpec(name, display_name="Vera Valid", extra={"employeeNumber": "E-12"})])
+    entries, _, _ = run_import(ad_env.connector(extra_attributes=["employeeNumber|integer"]), ImportMode.FULL)
+    [entry] = [e for e in entries if e.anchor == guids[name]]
+    assert entry.error is not None and entry.error.name == "cd-invalid-value"
+    assert entry.error.display == f"Vera Valid ({name}@{ad_env.ad.upn_suffix})"
+    assert entry.error.detail == (
+        "employeeNumber: a value is not integer (ValueError): declare it as 'employeeNumber|string' in "
+        "extra_attributes, or correct the value in the directory"
+    )
