@@ -52,6 +52,15 @@ def relayed_config(ad_env: ADTestEnv, people: str, port: int) -> dict[str, Any]:
     return config
 
 
+def _people_behind_a_relay(ad_env: ADTestEnv) -> tuple[str, dict[str, str]]:
+    """A sub-OU holding ``_USERS`` people without photos (its DN, and their names and GUIDs), for tests
+    that put the harness's own DC behind a relay (skipped on an external DC)."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people = ad_env.sub_ou("people")
+    return people, ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+
+
 def _pending_imports(engine: Engine) -> int:
     with engine.store.read() as conn:
         return len(ConnectorSpace(conn).search("ad", CsSearch(pending_import=True), 1000))
@@ -61,10 +70,7 @@ def _pending_imports(engine: Engine) -> int:
 def test_a_dc_lost_mid_full_import_stops_the_step_as_server_down_and_deletes_nobody(
     ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, outage: str
 ) -> None:
-    if ad_env.ad.external or ad_env.ad.ca_cert is None:
-        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
-    people = ad_env.sub_ou("people")
-    ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    people, _ = _people_behind_a_relay(ad_env)
     with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
         engine = Engine(config_from_dict(relayed_config(ad_env, people, dc.port), base_dir=ad_env.tmp_path))
         try:
@@ -100,10 +106,7 @@ def test_a_dc_that_resets_mid_full_import_is_read_again_from_the_first_page(
 ) -> None:
     """The reset comes between the first and the second page; the reconnect works. Before, the step
     stopped (stopped-connector-error, "53 unwillingToPerform"): now every person is imported once."""
-    if ad_env.ad.external or ad_env.ad.ca_cert is None:
-        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
-    people = ad_env.sub_ou("people")
-    ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    people, _ = _people_behind_a_relay(ad_env)
     with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
         after_first_page(monkeypatch, dc.relay)  # resets the open connections, then relays new ones
         engine = Engine(config_from_dict(relayed_config(ad_env, people, dc.port), base_dir=ad_env.tmp_path))
@@ -123,10 +126,7 @@ def test_a_usn_delta_import_through_a_reset_reports_each_change_once(
 ) -> None:
     """The uSNChanged delta pages too (the changed objects under the base DNs, then every changed user for
     the deletions): a reset between its pages reports each change once, and nobody as deleted."""
-    if ad_env.ad.external or ad_env.ad.ca_cert is None:
-        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
-    people = ad_env.sub_ou("people")
-    guids = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    people, guids = _people_behind_a_relay(ad_env)
     with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
         settings = {
             "host": "localhost",
@@ -173,10 +173,7 @@ def test_a_paged_search_that_never_gets_past_a_page_stops_the_step_instead_of_st
     ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection reset after every page: the search starts again each time and would never end."""
-    if ad_env.ad.external or ad_env.ad.ca_cert is None:
-        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
-    people = ad_env.sub_ou("people")
-    ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    people, _ = _people_behind_a_relay(ad_env)
     with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
         connector = ad_env.connector(host="localhost", port=dc.port, base_dns=[people], page_size=_PAGE)
         after_first_page(monkeypatch, dc.relay, every_page=True)

@@ -317,6 +317,17 @@ def test_refresh_token_revoked_mid_engine_step_stops_and_keeps_earlier_imports(
     assert watermark_after == watermark
 
 
+def _export_stopped(conn: Any, changes: list[Any]) -> AuthenticationError:
+    """Open ``conn``, export ``changes``, which must stop the step on authentication; the stop."""
+    conn.open()
+    try:
+        with pytest.raises(AuthenticationError) as stopped:
+            conn.export(changes)
+    finally:
+        conn.close()
+    return stopped.value
+
+
 @pytest.mark.usefixtures("cache_key")
 def test_a_sign_in_revoked_mid_export_stops_with_the_photos_already_written(
     make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -330,14 +341,9 @@ def test_a_sign_in_revoked_mid_export_stops_with_the_photos_already_written(
     changes = photo_changes(emu, 8)
     sent = at_photo_upload(monkeypatch, 3, lambda: revoke_sign_in(emu))
     conn = make_connector(emu, tmp_path, concurrency=1)  # one export worker: the changes go in order
-    conn.open()
-    try:
-        with pytest.raises(AuthenticationError) as stopped:
-            conn.export(changes)
-    finally:
-        conn.close()
-    assert "invalid_grant" in str(stopped.value) and "AADSTS50173" in str(stopped.value)
-    done = [(r.identifier, r.status) for r in stopped.value.results]
+    stopped = _export_stopped(conn, changes)
+    assert "invalid_grant" in str(stopped) and "AADSTS50173" in str(stopped)
+    done = [(r.identifier, r.status) for r in stopped.results]
     assert done == [("0", ExportStatus.SUCCESS), ("1", ExportStatus.SUCCESS)]
     assert all(emu.admin.get_photo(c.anchor) is not None for c in changes[:2])
     assert sent == [c.anchor for c in changes[:3]]  # the third met the revocation; nothing was tried after it
@@ -352,17 +358,12 @@ def test_an_app_without_the_photo_write_permission_is_told_which_application_per
     before = [emu.admin.get_photo(c.anchor) for c in changes]
     secret = emu.info["client_secret"]
     conn = make_connector(emu, tmp_path, auth_mode="app", client_secret=secret, refresh_token=None, concurrency=1)
-    conn.open()
-    try:
-        with pytest.raises(AuthenticationError) as stopped:
-            conn.export(changes)
-    finally:
-        conn.close()
-    assert str(stopped.value).endswith(
+    stopped = _export_stopped(conn, changes)
+    assert str(stopped).endswith(
         "auth_mode is 'app': add the application permission ProfilePhoto.ReadWrite.All to the app registration "
         "in Entra ID and grant admin consent for it"
     )
-    assert stopped.value.results == [] and secret not in str(stopped.value)
+    assert stopped.results == [] and secret not in str(stopped)
     assert [emu.admin.get_photo(c.anchor) for c in changes] == before  # nothing written
 
 
