@@ -49,7 +49,13 @@ def test_ctrl_c_mid_export_records_the_photos_graph_accepted(
     assert set(before.values()) == {None}
 
     sent = at_photo_upload(monkeypatch, 3, _ctrl_c)
-    code, out, err = invoke("run", "export", "-c", str(config))
+    # Python's own Ctrl-C handler: a session started as a background job (CI) inherits SIGINT ignored,
+    # and Python then installs none, so the signal would do nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, out, err = invoke("run", "export", "-c", str(config))
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     assert code == 130, out + err
     assert "interrupted" in err and "Traceback" not in err
