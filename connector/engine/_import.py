@@ -62,6 +62,14 @@ log = logging.getLogger("mvsync.engine")
 
 #: Key in ``unconfirmed`` meaning "an object delete was exported and awaits confirmation".
 DELETE_MARK = "\x00delete"
+#: Why an exported object delete that the import still finds is said apart: an attribute is staged
+#: again by the next sync (it still differs), but the deleted object is no longer joined, so no sync
+#: deletes it again, and "exported again after sync" sent the reader to wait for nothing.
+_NOT_REIMPORTED_DELETE = (
+    "the object was exported as deleted, but the import still finds it: the delete did not take (the "
+    "directory refused it quietly, or the object was created again), and no sync deletes it again; delete it "
+    "in the directory if it should go, then import again"
+)
 
 #: Empty pages in a row a page-pull import (``import_page``) may return with more to import and no page
 #: token before the step stops as a paging loop (see ``_refuse_paging_loop``). Generous: a connector that
@@ -299,8 +307,10 @@ class _PageApplier:
                 ObjectError(
                     "import",
                     "exported-change-not-reimported",
-                    f"{attr if attr != DELETE_MARK else 'object delete'} was exported but the "
-                    "import shows a different value; it will be exported again after sync",
+                    _NOT_REIMPORTED_DELETE
+                    if attr == DELETE_MARK
+                    else f"{attr} was exported but the import shows a different value; it will be exported "
+                    "again after sync",
                     anchor=entry.anchor,
                     object_class=object_class,
                     cs_id=row.id if row is not None else None,

@@ -644,3 +644,30 @@ def test_a_metaverse_id_is_never_given_again(world: World) -> None:
     world.run("full-import")
     assert world.run("delta-sync").status == "success"
     assert cs_row(world, "ad", "guid-joiner").mv_id not in (None, leaver)
+
+
+def test_an_exported_delete_the_import_still_finds_says_that_nothing_deletes_it_again(world: World) -> None:
+    """The confirming import of a deprovisioning delete that did not take (the directory refused it
+    quietly, or the account was created again) said "it will be exported again after sync", but the
+    object is no longer joined and no sync stages its delete again (found by the engine pass): the
+    reader waited for nothing. It now says so, and what to do."""
+
+    def deprovision_ad(data: dict[str, Any]) -> None:
+        data["agents"]["ad"]["deprovision"] = "delete"
+        data["metaverse"]["delete_when_disconnected_from"] = ["exo"]
+
+    reconfigure(world, deprovision_ad)
+    add_users(world, 3)
+    world.cycle()
+    export_and_confirm(world)
+    del world.exo["objects"]["exo-000"]  # the person goes, and their AD account is to be deleted
+    world.cycle()
+    kept = dict(world.ad["objects"]["guid-000"])
+    assert world.run("export").status == "success"
+    world.ad["objects"]["guid-000"] = kept  # the delete did not take
+    confirm = world.run("confirm")
+    [error] = [e for e in confirm.steps[0].errors if e.error_name == "exported-change-not-reimported"]
+    assert error.detail.startswith("the object was exported as deleted, but the import still finds it")
+    assert "no sync deletes it again; delete it in the directory if it should go" in error.detail
+    assert world.run("delta-sync").status == "success"
+    assert cs_row(world, "ad", "guid-000").export_type != "delete"  # what the message says: not staged again
