@@ -30,6 +30,7 @@ __all__ = [
     "failure_kind",
     "host_port",
     "https_url",
+    "on_host",
     "readable_ca_file",
     "unreachable_authority",
     "verifying_session",
@@ -41,6 +42,12 @@ def host_port(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.hostname or '?'}:{port}"
+
+
+def on_host(link: str, base: str) -> bool:
+    """Whether ``link`` is an https:// URL on ``base``'s host and port (a link a service answered with,
+    which the client follows with its credentials only to the host it was configured for)."""
+    return urlsplit(link).scheme == "https" and host_port(link) == host_port(base)
 
 
 def https_url(url: str, why: str = "") -> SplitResult:

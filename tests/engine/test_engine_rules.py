@@ -347,12 +347,14 @@ def test_clears_staged_while_an_export_runs_wait_for_the_next_threshold(world: W
     assert all("thumbnail" in obj for obj in world.ad["objects"].values())
 
 
-def test_deletion_threshold_counts_object_deletes_from_deprovisioning(world: World) -> None:
-    def deprovision_ad(data: dict[str, Any]) -> None:
-        data["agents"]["ad"]["deprovision"] = "delete"
-        data["metaverse"]["delete_when_disconnected_from"] = ["exo"]
+def _deprovision_ad(data: dict[str, Any]) -> None:
+    """A person goes with their Exchange Online mailbox, and their AD account is deleted with them."""
+    data["agents"]["ad"]["deprovision"] = "delete"
+    data["metaverse"]["delete_when_disconnected_from"] = ["exo"]
 
-    reconfigure(world, deprovision_ad)
+
+def test_deletion_threshold_counts_object_deletes_from_deprovisioning(world: World) -> None:
+    reconfigure(world, _deprovision_ad)
     add_users(world, 10)
     world.cycle()
     export_and_confirm(world)
@@ -652,11 +654,7 @@ def test_an_exported_delete_the_import_still_finds_says_that_nothing_deletes_it_
     object is no longer joined and no sync stages its delete again (found by the engine pass): the
     reader waited for nothing. It now says so, and what to do."""
 
-    def deprovision_ad(data: dict[str, Any]) -> None:
-        data["agents"]["ad"]["deprovision"] = "delete"
-        data["metaverse"]["delete_when_disconnected_from"] = ["exo"]
-
-    reconfigure(world, deprovision_ad)
+    reconfigure(world, _deprovision_ad)
     add_users(world, 3)
     world.cycle()
     export_and_confirm(world)

@@ -53,7 +53,7 @@ from connector.agents.exchange_online._photo_policy import doctor_checks as phot
 from connector.agents.exchange_online._photo_policy import guard_photo_export
 from connector.agents.exchange_online._photos import is_no_photo
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.net import host_port
+from connector.net import on_host
 from connector.sdk import (
     Attribute,
     AttributeAccess,
@@ -252,7 +252,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     def on_graph_host(self, link: str) -> bool:
         """Whether a saved link (absolute, from Graph) belongs to the configured ``graph_url``."""
-        return not link.startswith("https://") or host_port(link) == host_port(self.settings.graph_url)
+        return not link.startswith("https://") or on_host(link, self.settings.graph_url)
 
     # -- export ---------------------------------------------------------------------------------
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:

@@ -50,6 +50,7 @@ from connector.net import (
     fails_again,
     failure_kind,
     host_port,
+    on_host,
 )
 from connector.sdk import ServerDownError, StopRunError
 from connector.throttling import (
@@ -357,11 +358,11 @@ class GraphClient:
         """
         if "://" not in path_or_url:
             return f"{self.base}/{path_or_url.lstrip('/')}"
-        link = urlsplit(path_or_url)
-        if link.scheme == "https" and host_port(path_or_url) == host_port(self.base):
+        if on_host(path_or_url, self.base):
             return path_or_url
+        where = f"{urlsplit(path_or_url).scheme}://{host_port(path_or_url)}"
         msg = (
-            f"Graph answered with a link to {link.scheme}://{host_port(path_or_url)}, not to graph_url's "
+            f"Graph answered with a link to {where}, not to graph_url's "
             f"{host_port(self.base)}: it was not followed, so the access token went nowhere else. Check graph_url "
             "(each national cloud has its own Graph host) and any proxy in between that rewrites answers"
         )
