@@ -41,11 +41,20 @@ _IMPORT_ONLY = AttributeAccess.IMPORT_ONLY
 
 
 def photo_attributes(
-    prefix: str, *, photo: str, etag: str, photo_access: AttributeAccess = _IMPORT_ONLY
+    prefix: str, *, photo: str, etag: str, photo_access: AttributeAccess = _IMPORT_ONLY, rendered: bool = False
 ) -> tuple[Attribute, ...]:
-    """``<prefix>Photo``, ``…Checksum``, ``…ETag``, ``…Size`` and ``…LastChecked``, described."""
+    """``<prefix>Photo``, ``…Checksum``, ``…ETag``, ``…Size`` and ``…LastChecked``, described.
+
+    ``rendered``: the service stores its own encoding of a photo written to it (``rendered_by_target``).
+    """
     return (
-        Attribute(name=f"{prefix}Photo", type=AttributeType.BINARY, access=photo_access, description=photo),
+        Attribute(
+            name=f"{prefix}Photo",
+            type=AttributeType.BINARY,
+            access=photo_access,
+            description=photo,
+            rendered_by_target=rendered,
+        ),
         Attribute(name=f"{prefix}PhotoChecksum", access=_IMPORT_ONLY, description=f"SHA-256 hex of {prefix}Photo"),
         Attribute(name=f"{prefix}PhotoETag", access=_IMPORT_ONLY, description=etag),
         Attribute(name=f"{prefix}PhotoSize", type=AttributeType.INTEGER, access=_IMPORT_ONLY, description="bytes"),

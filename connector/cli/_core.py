@@ -440,6 +440,8 @@ def _cs_doc(row: CsObject) -> dict[str, Any]:
         "pending_export": row.export_type,
         "pending_export_changes": doc(row.export_changes),
         "unconfirmed_export": doc(row.unconfirmed),
+        # attributes whose exported value the target shows in its own rendering (re-encoded)
+        "exports_shown_rendered": sorted(loads(row.renderings)) if row.renderings else [],
         "export_error": loads(row.export_error) if row.export_error else None,
         "sync_error": loads(row.sync_error) if row.sync_error else None,
         "import_error": loads(row.import_error) if row.import_error else None,

@@ -24,9 +24,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from connector.engine._context import StepContext
+from connector.engine._renderings import rendering
 from connector.engine._results import ObjectError, StepStopped
 from connector.engine._stream import Page, StreamPager
 from connector.sdk import (
@@ -286,15 +287,23 @@ class _PageApplier:
         return new_state
 
     def _confirm(
-        self, entry: CSEntryChange, object_class: str, row: Any, new_state: dict[str, Any] | None
-    ) -> dict[str, Any] | None:
-        """Confirm (or report) the exported values this import shows; returns what still awaits confirmation."""
+        self,
+        entry: CSEntryChange,
+        object_class: str,
+        row: Any,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> _Confirmation:
+        """Confirm (or report) the exported values this import shows, which takes the object from
+        ``before`` to ``after``."""
         unconfirmed: dict[str, Any] | None = _loads(row.unconfirmed) if row is not None and row.unconfirmed else None
+        renderings: dict[str, Any] | None = _loads(row.renderings) if row is not None and row.renderings else None
+        lost = False
         if not unconfirmed:
-            return unconfirmed
+            return _Confirmation(unconfirmed, renderings, lost)
         counters = self.ctx.result.counters
         for attr, expected in list(unconfirmed.items()):
-            ok = new_state is None if attr == DELETE_MARK else new_state is not None and new_state.get(attr) == expected
+            ok = after is None if attr == DELETE_MARK else after is not None and after.get(attr) == expected
             silent = entry.modification == ObjectModificationType.UPDATE and attr not in {c.name for c in entry.changes}
             if not ok and silent:
                 continue  # an attribute-level delta that does not mention it says nothing about it
@@ -302,7 +311,13 @@ class _PageApplier:
             if ok:
                 counters["exports_confirmed"] += 1
                 continue
+            shown = after.get(attr) if after is not None and attr != DELETE_MARK else None
+            if self._shows_rendering(object_class, attr, expected, shown, before):
+                renderings = {**(renderings or {}), attr: rendering(expected, shown)}
+                counters["exports_confirmed_rendered"] += 1
+                continue
             counters["exports_not_reimported"] += 1
+            lost = lost or attr != DELETE_MARK
             self.ctx.error(
                 ObjectError(
                     "import",
@@ -317,7 +332,19 @@ class _PageApplier:
                     severity="warning",
                 )
             )
-        return unconfirmed
+        return _Confirmation(unconfirmed, renderings, lost)
+
+    def _shows_rendering(
+        self, object_class: str, attr: str, expected: Any, shown: Any, before: dict[str, Any] | None
+    ) -> bool:
+        """Whether the target took the write of ``expected`` and shows its own rendering of it: the
+        attribute is ``rendered_by_target`` and the import shows a new value (the one shown before
+        means the write did not take; see ``connector.engine._renderings``)."""
+        oc = self.schema.object_class(object_class)
+        attribute = oc.attribute(attr) if oc is not None else None
+        if attribute is None or not attribute.rendered_by_target or expected is None or shown is None:
+            return False
+        return bool(shown != (before or {}).get(attr))
 
     def _stage(self, entry: CSEntryChange, object_class: str, row: Any, writes: _Writes) -> None:
         """Stage ``entry`` against its connector-space row (None: not held yet) into ``writes``."""
@@ -334,7 +361,7 @@ class _PageApplier:
         if isinstance(new_state, ObjectError):
             ctx.error(new_state)
             return
-        unconfirmed = self._confirm(entry, object_class, row, new_state)
+        confirmation = self._confirm(entry, object_class, row, base, new_state)
         now = time.time()
         if row is None:
             if new_state is None:
@@ -370,6 +397,11 @@ class _PageApplier:
                 if (new_state or {}).get(k) != (hologram or {}).get(k)
             )
             ctx.emit_change({"anchor": entry.anchor, "pending_import": pending_type, "attributes": changed})
+        if pending_type is None and confirmation.lost and new_state is not None:
+            # nothing changed, but a write did not take: a pending import of the same state has the next
+            # delta synchronization visit the object, and its export flow stage the write again
+            pending_type, pending = "update", _dumps(new_state)
+        unconfirmed, renderings = confirmation.unconfirmed, confirmation.renderings
         writes.updates.append(
             {
                 "_id": row.id,
@@ -378,6 +410,7 @@ class _PageApplier:
                 "pending_type": pending_type,
                 "pending": pending,
                 "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+                "renderings": _dumps(renderings) if renderings else None,
                 "seen_step": ctx.step_id,
                 "updated_at": now,
             }
@@ -390,6 +423,17 @@ class _PageApplier:
         ctx.store.note_inserts(conn, "cs_object", len(writes.inserts))
         if writes.removals:
             ConnectorSpace(conn).remove(writes.removals)
+
+
+class _Confirmation(NamedTuple):
+    """What a confirming import leaves on an object (see ``_PageApplier._confirm``)."""
+
+    #: Exported values still awaiting confirmation.
+    unconfirmed: dict[str, Any] | None
+    #: The object's renderings (``connector.engine._renderings``).
+    renderings: dict[str, Any] | None
+    #: An exported attribute value the import does not show: the export flow must stage it again.
+    lost: bool
 
 
 @dataclass(slots=True)

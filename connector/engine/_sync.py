@@ -28,6 +28,7 @@ from typing import Any
 
 from connector.config import AgentConfig, Deprovision, ExportFlow, ImportFlow, JoinRule
 from connector.engine._context import StepContext
+from connector.engine._renderings import holds_rendering
 from connector.engine._results import ObjectError
 from connector.engine.transforms import TransformRunner
 from connector.sdk import Schema, TransformError, person_display
@@ -132,6 +133,8 @@ class _CS:
     anchor: str
     hologram: dict[str, Any]
     unconfirmed: dict[str, Any]
+    #: What the target shows for exported values it re-encoded (``connector.engine._renderings``).
+    renderings: dict[str, Any]
     export_type: str | None
     export_changes: dict[str, Any] | None
     mv_id: int | None
@@ -529,7 +532,7 @@ class _Sync:
             if value is None and not flow.allow_null:
                 continue
             current = cs.unconfirmed[flow.cs] if flow.cs in cs.unconfirmed else cs.hologram.get(flow.cs)
-            if value != current:
+            if value != current and not holds_rendering(cs.renderings, flow.cs, value, current):
                 changes[flow.cs] = value
         new_type = "update" if changes else None
         new_changes = changes or None
@@ -581,6 +584,7 @@ class _Sync:
                     r.anchor,
                     _loads(r.hologram) if r.hologram else {},
                     _loads(r.unconfirmed) if r.unconfirmed else {},
+                    _loads(r.renderings) if r.renderings else {},
                     r.export_type,
                     _loads(r.export_changes) if r.export_changes else None,
                     r.mv_id,
@@ -830,6 +834,7 @@ class _Sync:
                 row.anchor,
                 state,
                 _loads(row.unconfirmed) if row.unconfirmed else {},
+                _loads(row.renderings) if row.renderings else {},
                 row.export_type,
                 _loads(row.export_changes) if row.export_changes else None,
                 mv_id,

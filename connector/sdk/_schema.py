@@ -64,6 +64,11 @@ class Attribute(BaseModel):
     multivalued: bool = False
     access: AttributeAccess = AttributeAccess.IMPORT_EXPORT
     description: str = ""
+    #: The connected system keeps its own rendering of a value written to it (Graph re-encodes an
+    #: uploaded photo as JPEG), so the import after an export shows another value that is still the
+    #: export's. The engine then remembers which rendering stands for which exported value, and the
+    #: export flow does not write the same value again every cycle (see ``connector.engine._import``).
+    rendered_by_target: bool = False
 
     @property
     def importable(self) -> bool:

@@ -50,6 +50,7 @@ class SyncRow(NamedTuple):
     pending: str | None
     mv_id: int | None
     unconfirmed: str | None
+    renderings: str | None
     export_type: str | None
     export_changes: str | None
     sync_error: str | None
@@ -64,6 +65,7 @@ class ConnectorRow(NamedTuple):
     anchor: str
     hologram: str | None
     unconfirmed: str | None
+    renderings: str | None
     export_type: str | None
     export_changes: str | None
     mv_id: int
@@ -102,6 +104,7 @@ class CsObject(NamedTuple):
     export_type: str | None
     export_changes: str | None
     unconfirmed: str | None
+    renderings: str | None
     export_error: str | None
     import_error: str | None
     sync_error: str | None
@@ -146,6 +149,7 @@ _SYNC_COLUMNS = (
     cs_object.c.pending,
     cs_object.c.mv_id,
     cs_object.c.unconfirmed,
+    cs_object.c.renderings,
     cs_object.c.export_type,
     cs_object.c.export_changes,
     cs_object.c.sync_error,
@@ -157,6 +161,7 @@ _CONNECTOR_COLUMNS = (
     cs_object.c.anchor,
     cs_object.c.hologram,
     cs_object.c.unconfirmed,
+    cs_object.c.renderings,
     cs_object.c.export_type,
     cs_object.c.export_changes,
     cs_object.c.mv_id,
@@ -208,7 +213,7 @@ _ADD_STAGED = BatchInsert(
 )
 _UPDATE_STAGED = BatchUpdate(
     cs_object,
-    ("object_class", "dn", "pending_type", "pending", "unconfirmed", "seen_step", "updated_at"),
+    ("object_class", "dn", "pending_type", "pending", "unconfirmed", "renderings", "seen_step", "updated_at"),
     nulls=("import_error",),
 )
 
@@ -222,6 +227,7 @@ class ImportRow(NamedTuple):
     pending_type: str | None
     pending: str | None
     unconfirmed: str | None
+    renderings: str | None
     dn: str | None
     import_error: str | None
 
@@ -397,7 +403,7 @@ class ConnectorSpace:
         """Write an import page: ``added`` objects (``agent``, ``object_class``, ``anchor``, ``dn``,
         ``hologram``, ``pending_type``, ``pending``, ``seen_step``, ``updated_at``) and the pending
         import of ``updated`` ones (``_id``, ``object_class``, ``dn``, ``pending_type``, ``pending``,
-        ``unconfirmed``, ``seen_step``, ``updated_at``; their import error is cleared)."""
+        ``unconfirmed``, ``renderings``, ``seen_step``, ``updated_at``; their import error is cleared)."""
         _ADD_STAGED.run(self._conn, added)
         _UPDATE_STAGED.run(self._conn, updated)
 

@@ -92,12 +92,18 @@ def _v5_agent_data(conn: Connection) -> None:
     agent_data.create(conn, checkfirst=True)
 
 
+def _v6_export_renderings(conn: Connection) -> None:
+    """``cs_object.renderings``: the value a connected system shows for an export it re-encoded."""
+    _add_missing_columns(conn, (("cs_object", "renderings"),))
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _v1,
     _v2_console_indexes,
     _v3_history_messages,
     _v4_import_checkpoint,
     _v5_agent_data,
+    _v6_export_renderings,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -116,6 +116,9 @@ cs_object = Table(
     Column("export_changes", Text),
     # exported but not yet confirmed by an import: {attribute: encoded value}
     Column("unconfirmed", Text),
+    # what the connected system shows for an exported value it keeps in its own rendering (an attribute
+    # ``rendered_by_target``): {attribute: [digest of the value exported, digest of the value shown]}
+    Column("renderings", Text),
     Column("export_error", Text),
     Column("import_error", Text),
     Column("sync_error", Text),

@@ -48,6 +48,8 @@ def directory(name: str) -> dict[str, Any]:
             "requests": [],
             "errors": {},
             "ignore_attrs": set(),
+            # attribute -> function: the directory keeps its own rendering of a value written to it
+            "render": {},
         },
     )
 
@@ -56,6 +58,8 @@ class MemorySettings(ConnectorSettings):
     directory: str
     object_class: str = "user"
     anchor: str = "id"
+    #: attributes the schema marks ``rendered_by_target``
+    rendered: list[str] = []
 
 
 class MemoryConnector(Connector[MemorySettings]):
@@ -82,7 +86,7 @@ class MemoryConnector(Connector[MemorySettings]):
                     Attribute(name="accountName"),
                     Attribute(name="mail"),
                     Attribute(name="displayName"),
-                    Attribute(name="photo", type=AttributeType.BINARY),
+                    Attribute(name="photo", type=AttributeType.BINARY, rendered_by_target="photo" in s.rendered),
                     Attribute(name="thumbnail", type=AttributeType.BINARY),
                     Attribute(name="checksum"),
                     Attribute(name="groups", multivalued=True),
@@ -152,9 +156,9 @@ class MemoryConnector(Connector[MemorySettings]):
                     if attr_change.name in self.data["ignore_attrs"]:
                         continue  # a directory that silently drops the write
                     if attr_change.values:
-                        obj[attr_change.name] = (
-                            attr_change.values[0] if len(attr_change.values) == 1 else list(attr_change.values)
-                        )
+                        value = attr_change.values[0] if len(attr_change.values) == 1 else list(attr_change.values)
+                        render = self.data["render"].get(attr_change.name)
+                        obj[attr_change.name] = render(value) if render is not None else value
                     else:
                         obj.pop(attr_change.name, None)
             results.append(ExportResult.success(change.identifier))

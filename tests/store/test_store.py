@@ -34,6 +34,24 @@ def test_migration_rerun_is_idempotent(store_url: str) -> None:
         again.close()
 
 
+def test_a_version_5_store_gains_the_renderings_column(store_url: str) -> None:
+    """A store written before renderings were kept: migration 6 adds the column, keeping the rows."""
+    store = SqlStore(store_url)
+    with store.transaction() as conn:
+        conn.execute(text("ALTER TABLE cs_object DROP COLUMN renderings"))
+        conn.execute(text("INSERT INTO cs_object (agent, object_class, anchor) VALUES ('exo', 'EXOUser', 'u1')"))
+        conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value="5"))
+    store.close()
+    again = SqlStore(store_url)
+    try:
+        with again.read() as conn:
+            assert current_version(conn) == SCHEMA_VERSION == 6
+            row = conn.execute(select(cs_object.c.anchor, cs_object.c.renderings)).one()
+        assert tuple(row) == ("u1", None)
+    finally:
+        again.close()
+
+
 def test_a_newer_store_is_refused(store_url: str) -> None:
     store = SqlStore(store_url)
     with store.transaction() as conn:

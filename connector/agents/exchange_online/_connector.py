@@ -98,12 +98,14 @@ SCHEMA = Schema.of(
             Attribute(name="mailNickname", access=_IMPORT_ONLY),
             Attribute(name="displayName", access=_IMPORT_ONLY),
             Attribute(name="accountEnabled", type=AttributeType.BOOLEAN, access=_IMPORT_ONLY),
-            # the photo is exportable (a folder -> Exchange Online flow may write it)
+            # the photo is exportable (a folder -> Exchange Online flow may write it); Exchange keeps its
+            # own JPEG encoding of an upload, so the photo read back is not the bytes written
             *photo_attributes(
                 "EXO",
                 photo="photo at photo_size (JPEG)",
                 etag="@odata.mediaEtag, unquoted",
                 photo_access=AttributeAccess.IMPORT_EXPORT,
+                rendered=True,
             ),
             location_attribute(),
         ),

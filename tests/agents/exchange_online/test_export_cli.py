@@ -156,3 +156,31 @@ def test_an_agent_folder_or_token_cache_that_cannot_be_used_is_named_not_a_trace
     [reachable] = [f for f in json.loads(out)["findings"] if f["check"] == "agents.exo.reachable"]
     cache = f"cannot read the token cache {tmp_path / 'data' / 'exo' / 'token-cache.bin'}"
     assert (code, reachable["severity"]) == (6, "error") and cache in reachable["message"], reachable
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_photos_exchange_online_re_encodes_are_not_written_again_every_cycle(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found with the folder -> Exchange Online flow, HR's photos the only source: Exchange keeps its own
+    JPEG of an upload, so the confirming import never showed the bytes exported. Every cycle reported
+    each photo as exported-change-not-reimported, staged it again and wrote it again (every photo, every
+    cycle). The import now records the rendering Exchange shows for an export, and the export flow counts
+    the photo as written while Exchange shows that rendering."""
+    emu = make_emulator(users=40)
+    config, people = folder_to_exchange_online(emu, tmp_path, 3)
+    sent = at_photo_upload(monkeypatch, 0, lambda: None)
+    assert invoke("run", "stage", "-c", str(config))[0] == 0
+    code, out, err = invoke("run", "export", "-c", str(config))
+    assert (code, sorted(sent)) == (0, sorted(people)), out + err
+    shown = {person: emu.admin.get_photo(person) for person in people}
+    for _ in range(2):  # a scheduled cycle, twice: the confirming import and sync, then the export
+        code, out, err = invoke("run", "stage", "-c", str(config), "--json")
+        steps = json.loads(out)["steps"]
+        assert code == 0 and all(s["errors"] == s["warnings"] == 0 for s in steps), out + err
+        assert _pending(config) == set()
+        assert invoke("run", "export", "-c", str(config))[0] == 0
+    assert len(sent) == len(people)  # each photo written once
+    assert {person: emu.admin.get_photo(person) for person in people} == shown
+    confirmed = steps[0]["counters"]
+    assert confirmed.get("exports_not_reimported", 0) == 0, confirmed
