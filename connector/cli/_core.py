@@ -197,7 +197,9 @@ def schema(
     for oc in result.object_classes:
         table = Table("attribute", "type", "multi-valued", "access", title=f"{oc.name} (anchor {oc.anchor})")
         for attr in oc.attributes:
-            table.add_row(attr.name, attr.type.value, "yes" if attr.multivalued else "", attr.access.value)
+            # (a target that re-encodes what it is given: README, Writing a connector)
+            access = attr.access.value + (", rendered by the target" if attr.rendered_by_target else "")
+            table.add_row(attr.name, attr.type.value, "yes" if attr.multivalued else "", access)
         console.print(table)
 
 

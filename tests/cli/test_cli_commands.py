@@ -20,7 +20,7 @@ CONFIG = (
     generated_pair(5)
     + """[agents.mem]
 type = "tests.engine.memory:MemoryConnector"
-settings = { directory = "DIRECTORY" }
+settings = { directory = "DIRECTORY", rendered = ["photo"] }
 [run_profiles.export]
 steps = [{ type = "export", agent = "tgt" }]
 [run_profiles.mem-import]
@@ -85,11 +85,14 @@ def test_schema_shows_anchor_and_attributes(config: Path) -> None:
     assert code == 0 and "user (anchor id)" in out
     assert "yes" in line_with(out, " groups ")  # multi-valued
     assert "yes" not in line_with(out, " mail ")
+    assert "import-export, rendered by the target" in line_with(out, " photo ")  # the target re-encodes it
+    assert "rendered" not in line_with(out, " thumbnail ")
 
     code, out = invoke("schema", "mem", "-c", str(config), "--json")
     (user,) = json.loads(out)["object_classes"]
     assert user["name"] == "user" and user["anchor"] == "id"
     assert next(a for a in user["attributes"] if a["name"] == "groups")["multivalued"] is True
+    assert next(a for a in user["attributes"] if a["name"] == "photo")["rendered_by_target"] is True
 
     result = runner.invoke(app, ["schema", "nope", "-c", str(config)])
     assert result.exit_code == 2 and "unknown agent 'nope'" in result.stderr
