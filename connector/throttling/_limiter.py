@@ -12,7 +12,8 @@ happened; BBR's delivery rate for telling a limit from noise):
 * **Multiplicative decrease and a client-wide pause, once per window.** A push-back multiplies the
   limit by ``backoff`` (0.7, as CUBIC) and stops *new* sends from every thread of the client until
   its ``Retry-After`` has passed (Graph keeps counting requests it throttles, so sending into a
-  throttle only extends it; without Retry-After, an exponential backoff). Requests sent before
+  throttle only extends it; without Retry-After, an exponential backoff; never less than a round
+  trip, since a fractional Retry-After names when *one* request may go). Requests sent before
   that decrease went into the same overload, so their push-backs neither decrease nor pause again
   (the ``epoch`` on each ticket says which window a request belongs to); each of them just waits
   its own Retry-After (the caller re-sends it).
@@ -501,6 +502,11 @@ class AdaptiveLimiter:
         if retry_after is None:
             retry_after = self.pause_initial_s * 2.0 ** min(self._consecutive_pushbacks - 1, 8)
             retry_after *= random.uniform(0.5, 1.0)
+        else:
+            # A Retry-After shorter than a round trip (a rate limit's "the next token in 3 ms") says when
+            # *one* request may go, not every thread's: paused for less, the client re-sent its whole
+            # limit into the same empty bucket each few milliseconds, a third of its requests refused
+            retry_after = max(retry_after, self._rtt())
         self._pause_locked(now, retry_after)
         load = self._load(ticket)
         known_edge = self._bad_level is not None and met >= self._bad_level

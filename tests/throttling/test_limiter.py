@@ -198,6 +198,20 @@ def test_a_burst_of_429s_from_one_window_decreases_once_and_pauses_everybody() -
     assert limiter.paused_for() == 0
 
 
+def test_a_retry_after_shorter_than_a_round_trip_pauses_everybody_for_a_round_trip() -> None:
+    """"The next token in 3 ms" is when one request may go: every thread re-sending its share of the limit
+    after 3 ms sent the whole limit into the same empty bucket again (a third of a run's requests refused)."""
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("exact", ceiling=64, initial=32, clock=clock)
+    first = limiter.acquire(4)
+    clock.now += 0.5
+    limiter.release(first, Signal.OK)  # a round trip of 0.5 s (a $batch's)
+    pushed_back = limiter.acquire(4)
+    clock.now += 0.01
+    limiter.release(pushed_back, Signal.THROTTLED, retry_after=0.003)
+    assert limiter.paused_for() == pytest.approx(0.5)
+
+
 def test_the_first_push_back_measures_the_cap_so_a_cold_start_pays_one_pause() -> None:
     """Slow start overshoots a cap of 50; what the service accepted of that load is the cap.
 

@@ -51,6 +51,22 @@ def test_every_named_model_imports_everybody_and_fails_nobody_for_throttling(
         assert series == limiter["limit"]
 
 
+def test_a_fractional_retry_after_pauses_everybody_for_a_round_trip_at_least(tmp_path: Path, cache_key: str) -> None:
+    """A rate limit whose 429 names when the next token comes ("Retry-After: 0.004", the fractional form
+    an older Graph page shows): client-wide pauses that short had every thread re-send its share of the
+    limit into the same empty bucket each few milliseconds (10 % to 43 % of a 2,000-user bench's
+    requests refused). A pause now lasts a round trip at least: each request takes 20 ms here."""
+    limits = {"app_rate_per_s": 60.0, "retry_after_format": "decimal"}
+    with GraphEmulator(EmulatorConfig(users=200, seed=8, latency_ms=20, **limits)) as emu:
+        conn = make_connector(emu, tmp_path, retry_budget=0)
+        entries, _ = imported(conn, page_size=40)
+        assert {e.anchor for e in entries} == _mailbox_ids(emu)
+        assert {e.error.name for e in entries if e.error is not None} == set()
+        limiter = conn.metrics["limiter"]
+        assert limiter["pauses"] >= 1, limiter  # 60 requests/s is far below what the limiter starts at
+        assert limiter["pause_seconds"] / limiter["pauses"] >= 0.02, limiter
+
+
 def test_a_model_that_tightens_mid_run_is_followed_down(tmp_path: Path, cache_key: str) -> None:
     """Default limits for the first page, then Outlook's 4 per app: the limiter follows, nobody fails."""
     # the engine runs at most max_ahead (200 here) users ahead of the store: with 1,000 users most of
