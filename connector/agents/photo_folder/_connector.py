@@ -186,6 +186,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             item = self._plan_account(group, previous, old, new)
             if item is not None:
                 items.append((key, item))
+            if isinstance(item, _Error) and previous is None:
+                items.extend((key, other) for other in _under_other_spellings(item, group))
             if isinstance(item, _Read) and previous is not None and previous.anchor != item.file.account:
                 items.append((key, _Delete(previous.anchor)))  # renamed in case only: a new anchor
             if previous is not None and key not in new.accounts and not isinstance(item, _Read):
@@ -354,6 +356,19 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return photo
         spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
         return normalize(photo, spec).data
+
+
+def _under_other_spellings(error: _Error, group: list[PhotoFile]) -> list[_Error]:
+    """``error`` again under each other spelling of the account among ``group``'s files.
+
+    Without the last import's state (a full import) the agent cannot know which spelling the engine
+    holds the account under (``jdoe`` from ``jdoe.jpg``, before ``JDoe.jpg`` was dropped beside it).
+    An error told only under the first spelling leaves the held object unseen, and a full import
+    deletes what it does not see: the person's photo, for a clash the agent reported. Told under
+    every spelling, the held object is kept as it is until the files are sorted out.
+    """
+    spellings = dict.fromkeys(file.account for file in group)
+    return [_Error(spelling, error.name, error.detail) for spelling in spellings if spelling != error.anchor]
 
 
 def _shown_apart(relpath: str) -> str:

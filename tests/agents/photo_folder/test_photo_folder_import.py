@@ -142,16 +142,17 @@ def test_rename_within_an_account_is_a_replace(tmp_path: Path, folder: Path) -> 
 def test_two_files_for_one_account_is_an_error_naming_both(tmp_path: Path, folder: Path) -> None:
     _, watermark, _ = run_import(connector(tmp_path, folder))
     (folder / "JDOE new.png").write_bytes(photo(12, size=64))
-    for entries in (
-        run_import(connector(tmp_path, folder))[0],
-        run_import(connector(tmp_path, folder), watermark=watermark)[0],
+    # a full import cannot tell which spelling the engine holds: the error goes to each (see
+    # test_photo_folder_case_clashes.py); a delta knows it from the watermark
+    for entries, anchors in (
+        (run_import(connector(tmp_path, folder))[0], ["JDOE", "jdoe"]),
+        (run_import(connector(tmp_path, folder), watermark=watermark)[0], ["jdoe"]),
     ):
         errors = [e for e in entries if e.error is not None]
-        assert len(errors) == 1
-        error = errors[0]
-        assert error.anchor == "jdoe" or error.anchor == "JDOE"
-        assert error.error is not None and error.error.name == "duplicate-account"
-        assert "'JDOE new.png'" in error.error.detail and "'jdoe.jpg'" in error.error.detail
+        assert sorted(e.anchor for e in errors) == anchors
+        for error in errors:
+            assert error.error is not None and error.error.name == "duplicate-account"
+            assert "'JDOE new.png'" in error.error.detail and "'jdoe.jpg'" in error.error.detail
     # in a delta the error attaches to the object the engine holds, and nothing is deleted
     delta = run_import(connector(tmp_path, folder), watermark=watermark)[0]
     assert [(e.anchor, e.modification) for e in delta if e.error is None] == []
