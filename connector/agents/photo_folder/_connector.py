@@ -102,7 +102,11 @@ class _Read:
 
 @dataclass(frozen=True, slots=True)
 class _Delete:
+    """The account's object under ``anchor`` goes. ``renamed``: the account key, when ``anchor`` is the old
+    spelling of an account whose file was renamed in case; it goes only if the new file was read."""
+
     anchor: str
+    renamed: str | None = None
 
 
 _Item = _Error | _Read | _Delete
@@ -189,7 +193,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             if isinstance(item, _Error) and previous is None:
                 items.extend((key, other) for other in _under_other_spellings(item, group))
             if isinstance(item, _Read) and previous is not None and previous.anchor != item.file.account:
-                items.append((key, _Delete(previous.anchor)))  # renamed in case only: a new anchor
+                items.append((key, _Delete(previous.anchor, renamed=key)))  # renamed in case only: a new anchor
             if previous is not None and key not in new.accounts and not isinstance(item, _Read):
                 new.accounts[key] = previous  # an error keeps the object the engine already holds
         if delta:
@@ -230,7 +234,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
 
     def _run(self, item: _Item, plan: _Plan) -> CSEntryChange | None:
         if isinstance(item, _Delete):
-            return CSEntryChange.delete(OBJECT_CLASS, item.anchor)
+            return _delete(item, plan)
         if isinstance(item, _Error):
             return CSEntryChange.import_error(item.anchor, item.name, item.detail, object_class=OBJECT_CLASS)
         file, previous = item.file, item.previous
@@ -356,6 +360,19 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return photo
         spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
         return normalize(photo, spec).data
+
+
+def _delete(item: _Delete, plan: _Plan) -> CSEntryChange | None:
+    """The delete of ``item``, unless it is the old spelling of a renamed file that could not be read.
+
+    That delete is planned before the read (from names alone) and runs after it. When the read failed,
+    the error attached to the old spelling and its state was carried over: sent anyway, the delete
+    would remove the photo the engine holds because of a file the import could not read.
+    """
+    held = plan.state.accounts.get(item.renamed) if item.renamed is not None else None
+    if held is not None and held.anchor == item.anchor:
+        return None
+    return CSEntryChange.delete(OBJECT_CLASS, item.anchor)
 
 
 def _under_other_spellings(error: _Error, group: list[PhotoFile]) -> list[_Error]:

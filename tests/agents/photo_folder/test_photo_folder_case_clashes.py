@@ -99,3 +99,35 @@ def test_a_second_file_for_an_account_in_another_case_keeps_the_photo_in_a_full_
     code, _ = _run(config, "full")
     assert code == 0
     assert set(_photos(config)) == {"ann", "JDoe"}
+
+
+@pytest.mark.parametrize("content", [b"", b"<html>Access denied</html>"], ids=["empty", "not-an-image"])
+def test_a_file_renamed_in_case_that_cannot_be_imported_keeps_the_photo_in_a_delta(
+    config: Path, tmp_path: Path, content: bytes
+) -> None:
+    """Found in a bad-day pass: ``jdoe.jpg`` replaced by ``JDoe.jpg`` that cannot be imported (a file
+    still being copied, not an image). A delta import planned the delete of the old spelling before
+    reading the new file, and sent it though the read failed: the error under ``jdoe``, then a delete
+    of ``jdoe`` (``deletes=1``; the sync deleted the person's photo). The old spelling is now deleted
+    only once the new file was read; until then the error attaches to it, and the photo stays."""
+    folder = tmp_path / "photos"
+    (folder / "jdoe.jpg").write_bytes(photo(1, size=64))
+    (folder / "ann.jpg").write_bytes(photo(2, size=64))
+    assert _run(config, "full")[0] == 0
+    before = _photos(config)
+
+    (folder / "jdoe.jpg").rename(folder / "JDoe.jpg")
+    (folder / "JDoe.jpg").write_bytes(content)
+    code, (imported, synced) = _run(config, "delta")
+    assert code == 3
+    assert imported["counters"].get("deletes", 0) == 0, imported
+    assert synced["counters"].get("mv_deletes", 0) == 0, synced
+    [error] = imported["object_errors"]
+    assert error["anchor"] == "jdoe" and error["detail"].startswith("JDoe.jpg: "), error
+    assert _photos(config) == before
+
+    (folder / "JDoe.jpg").write_bytes(photo(3, size=64))  # the copy completes
+    code, (imported, synced) = _run(config, "delta")
+    assert code == 0
+    assert imported["counters"].get("deletes") == 1 and imported["counters"].get("adds") == 1, imported
+    assert set(_photos(config)) == {"ann", "JDoe"}
