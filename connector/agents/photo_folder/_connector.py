@@ -14,7 +14,7 @@ import hashlib
 import os
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -212,17 +212,18 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         anchor = previous.anchor if previous is not None else group[0].account
         if len(group) > 1:
             for file in group:
-                new.files[file.relpath] = FileState(file.mtime_ns, file.size)
+                new.files[file.relpath] = FileState(file.mtime_ns, file.size, stamp=file.stamp)
             names = ", ".join(_shown_apart(f.relpath) for f in group)
             detail = f"{len(group)} files are named for account {display(group[0].account)!r}: {names}; keep one"
             return _Error(anchor, "duplicate-account", detail)
         file = group[0]
         if file.problem:
-            new.files[file.relpath] = FileState(file.mtime_ns, file.size, error=file.problem)
+            new.files[file.relpath] = FileState(file.mtime_ns, file.size, error=file.problem, stamp=file.stamp)
             return _Error(anchor, *file.problem)
         before = old.files.get(file.relpath)
-        if before is None or (before.mtime_ns, before.size) != (file.mtime_ns, file.size):
+        if before is None or _changed(before, file):
             return _Read(file, previous)
+        before = replace(before, stamp=file.stamp)  # the same (or first kept, from an older watermark)
         if before.error is not None:  # unchanged broken file: report again without reading it
             new.files[file.relpath] = before
             return _Error(anchor, *before.error)
@@ -246,13 +247,15 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             detail = f"{display(file.relpath)}: {exc.detail}" if isinstance(exc, ImageError) else exc.detail
             if not (isinstance(exc, ReadError) and exc.transient):  # a transient failure is not remembered:
                 # the next import reads the file again (a fixed permission changes neither size nor time)
-                plan.state.files[file.relpath] = FileState(file.mtime_ns, file.size, error=(exc.name, detail))
+                plan.state.files[file.relpath] = FileState(
+                    file.mtime_ns, file.size, error=(exc.name, detail), stamp=file.stamp
+                )
             if previous is not None:
                 plan.state.accounts[file.key] = previous
             anchor = previous.anchor if previous is not None else file.account
             return CSEntryChange.import_error(anchor, exc.name, detail, object_class=OBJECT_CLASS)
         checksum = hashlib.sha256(data).hexdigest()
-        plan.state.files[file.relpath] = FileState(mtime_ns, size, checksum)
+        plan.state.files[file.relpath] = FileState(mtime_ns, size, checksum, stamp=file.stamp)
         current = AccountState(file.account, file.relpath, checksum)
         plan.state.accounts[file.key] = current
         if plan.delta and previous == current:
@@ -360,6 +363,19 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return photo
         spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
         return normalize(photo, spec).data
+
+
+def _changed(before: FileState, file: PhotoFile) -> bool:
+    """Whether ``file`` may differ from what the last import saw at its path, so that it must be read.
+
+    Size and time alone miss a photo replaced by another of the same size with the same time (a copy
+    tool that keeps the source's timestamps, a restore; same-sized BMPs): the identity and change time
+    of the file (``stamp``) tell it. A change that is not one of content (a permission fixed) costs
+    one read, and the checksum then finds nothing to send.
+    """
+    if (before.mtime_ns, before.size) != (file.mtime_ns, file.size):
+        return True
+    return before.stamp is not None and before.stamp != file.stamp
 
 
 def _delete(item: _Delete, plan: _Plan) -> CSEntryChange | None:

@@ -35,6 +35,8 @@ class PhotoFile:
     mtime_ns: int
     size: int
     problem: tuple[str, str] | None = None
+    #: The file's identity and change time (inode or file index, ``st_ctime_ns``): see ``FileState.stamp``.
+    stamp: tuple[int, int] | None = None
 
     @property
     def key(self) -> str:
@@ -145,7 +147,18 @@ def _classify(entry: os.DirEntry[str], relpath: str, max_file_bytes: int) -> Pho
             "file-too-large",
             f"{shown} is {info.st_size:,} bytes, over max_file_bytes={max_file_bytes:,}",
         )
-    return PhotoFile(relpath, account, info.st_mtime_ns, info.st_size, problem)
+    return PhotoFile(relpath, account, info.st_mtime_ns, info.st_size, problem, _stamp(info))
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int]:
+    """What tells a file replaced by one of the same size and time apart: its inode and change time.
+
+    POSIX: a new file has another inode, a rewrite in place another change time. Windows lists no
+    file index (``st_ino`` is 0 from a directory listing; asking for it would open every file, on a
+    share a round trip each) and its ``st_ctime`` is the creation time: a file written anew has
+    another one, except where the file system's tunnelling keeps it (a name re-created within 15 s).
+    """
+    return (info.st_ino, info.st_ctime_ns)
 
 
 def read_photo(root: Path, photo: PhotoFile, max_file_bytes: int) -> tuple[bytes, int, int]:

@@ -1,7 +1,7 @@
 """The delta watermark: what each file looked like, and which accounts were imported, last time.
 
-Per file: ``mtime_ns`` and ``size`` (so an unchanged file is not even opened) plus its sha256, or
-the import error it gave (so a broken file is reported again without being re-read). Per
+Per file: ``mtime_ns``, ``size`` and ``stamp`` (so an unchanged file is not even opened) plus its
+sha256, or the import error it gave (so a broken file is reported again without being re-read). Per
 account: the anchor, file and checksum imported, so a delta can tell a new account (add) from a
 changed one (replace), send deletes for accounts whose files are gone, and skip files that were
 only touched (same checksum).
@@ -26,6 +26,10 @@ class FileState:
     size: int
     sha256: str | None = None
     error: tuple[str, str] | None = None
+    #: Inode (file index on Windows) and ``st_ctime_ns``: a file replaced by another of the same size and
+    #: time (a copy tool that keeps timestamps; same-sized BMPs) has another of either. None: a watermark
+    #: written before it was kept (the file is compared by size and time, as then).
+    stamp: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,7 @@ class FolderState:
                 "folder": self.folder,
                 "recursive": self.recursive,
                 "files": {
-                    path: [f.mtime_ns, f.size, f.sha256, list(f.error) if f.error else None]
+                    path: [f.mtime_ns, f.size, f.sha256, list(f.error) if f.error else None, f.stamp and list(f.stamp)]
                     for path, f in sorted(self.files.items())
                 },
                 "accounts": {key: [a.anchor, a.path, a.sha256] for key, a in sorted(self.accounts.items())},
@@ -68,10 +72,7 @@ class FolderState:
             state = cls(
                 folder=str(raw["folder"]),
                 recursive=bool(raw["recursive"]),
-                files={
-                    str(p): FileState(int(m), int(s), h, (str(e[0]), str(e[1])) if e else None)
-                    for p, (m, s, h, e) in raw["files"].items()
-                },
+                files={str(p): _file_state(values) for p, values in raw["files"].items()},
                 accounts={str(k): AccountState(str(a), str(p), str(h)) for k, (a, p, h) in raw["accounts"].items()},
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -84,3 +85,17 @@ class FolderState:
             )
             raise StopRunError(msg)
         return state
+
+
+def _file_state(values: list[Any]) -> FileState:
+    """One file of a watermark: ``[mtime_ns, size, sha256, error, stamp]``; the stamp is absent from the
+    watermarks written before it was kept, which stay valid."""
+    m, s, h, e = values[:4]
+    stamp = values[4] if len(values) > 4 and values[4] else None
+    return FileState(
+        int(m),
+        int(s),
+        h,
+        (str(e[0]), str(e[1])) if e else None,
+        (int(stamp[0]), int(stamp[1])) if stamp else None,
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
+import json
 import os
 import unicodedata
 from importlib.metadata import entry_points
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from connector.agents.photo_folder import PhotoFolderConnector, _connector, _scan
 from connector.sdk import ObjectModificationType, StopRunError
@@ -128,6 +131,49 @@ def test_delta_changes_adds_deletes_and_touches(tmp_path: Path, folder: Path, mo
     opened.clear()
     assert run_import(connector(tmp_path, folder), watermark=watermark2)[0] == []
     assert opened == []
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_time_is_read_again(tmp_path: Path, folder: Path) -> None:
+    """Found in a bad-day pass: a delta import told files apart by size and modification time only, so
+    a photo replaced by another of the same size with the same time (a copy tool that keeps the
+    source's timestamps, a restore; BMP and uncompressed TIFF photos of one size are all the same
+    length) was not read, and the person kept the old photo until the next full import. The file's
+    identity (inode / file index) and change time now count too."""
+    target = folder / "kim.bmp"
+    target.write_bytes(_bmp((200, 30, 30)))
+    _, watermark, _ = run_import(connector(tmp_path, folder))
+    old = target.stat()
+    replacement = folder / "kim.bmp.partial"  # not a photo name: the scan does not see it
+    replacement.write_bytes(_bmp((30, 30, 200)))  # another photo, the same length
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(replacement, target)
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+
+    entries, watermark2, _ = run_import(connector(tmp_path, folder), watermark=watermark)
+    assert [(e.anchor, e.modification) for e in entries] == [("kim", REPLACE)]
+    assert entries[0].attributes["photo"] == _bmp((30, 30, 200))
+    assert run_import(connector(tmp_path, folder), watermark=watermark2)[0] == []  # and then quiet again
+
+
+def _bmp(color: tuple[int, int, int]) -> bytes:
+    """An uncompressed 64x64 photo: its length depends on its size only."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(out, "BMP")
+    return out.getvalue()
+
+
+def test_a_watermark_written_before_file_identities_were_kept_still_serves_a_delta(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watermark of an earlier version (no identity per file) is read as before, without reading any
+    unchanged file again, and the next one has the identities."""
+    _, watermark, _ = run_import(connector(tmp_path, folder))
+    older = json.loads(watermark)
+    older["files"] = {path: state[:4] for path, state in older["files"].items()}
+    opened = _read_counter(monkeypatch)
+    entries, again, _ = run_import(connector(tmp_path, folder), watermark=json.dumps(older))
+    assert entries == [] and opened == []
+    assert again == watermark
 
 
 def test_rename_within_an_account_is_a_replace(tmp_path: Path, folder: Path) -> None:
