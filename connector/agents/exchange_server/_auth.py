@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 from typing import Any
@@ -174,9 +175,24 @@ def kerberos_error(exc: BaseException, settings: ExchangeServerSettings) -> Conn
     return AuthenticationError(f"Kerberos to EWS at {where} ({principal}) failed: {detail}")
 
 
-def refused(settings: ExchangeServerSettings) -> AuthenticationError:
-    """EWS answered 401 to a request that carried credentials: what was refused and what to check."""
+#: The WWW-Authenticate scheme(s) each ``auth`` setting can answer (requests-ntlm also answers Negotiate,
+#: with NTLM inside it), and the settings to suggest for each scheme a server offers.
+_SCHEMES = {"ntlm": ("ntlm", "negotiate"), "negotiate": ("negotiate",), "basic": ("basic",), "oauth": ("bearer",)}
+_SUGGEST = {"ntlm": "'ntlm'", "negotiate": "'negotiate' for Kerberos", "basic": "'basic'", "bearer": "'oauth'"}
+_OFFER = re.compile(r"(?:^|,)\s*(negotiate|ntlm|basic|bearer)\b", re.IGNORECASE)
+
+
+def refused(settings: ExchangeServerSettings, challenge: str | None = None) -> AuthenticationError:
+    """EWS answered 401 to a request that carried credentials: what was refused and what to check.
+
+    ``challenge`` is the 401's WWW-Authenticate: when it offers no scheme that ``auth`` can answer,
+    that is what is wrong, not the account or its password, and the message says so rather than
+    send an administrator to reset a password that works.
+    """
     s = settings
+    unoffered = _unoffered(s, challenge)
+    if unoffered is not None:
+        return unoffered
     if s.auth == "negotiate":
         return AuthenticationError(
             f"EWS at {s.origin} refused the Kerberos ticket for {spn(s)} (HTTP 401): the SPN must belong to the "
@@ -196,6 +212,22 @@ def refused(settings: ExchangeServerSettings) -> AuthenticationError:
     return AuthenticationError(
         f"EWS at {s.origin} refused {s.username} (HTTP 401, auth = '{s.auth}'); "
         "check the account, its password reference and the EWS virtual directory's authentication methods"
+    )
+
+
+def _unoffered(settings: ExchangeServerSettings, challenge: str | None) -> AuthenticationError | None:
+    """The error for a 401 whose WWW-Authenticate offers only schemes other than ``auth``'s, else None."""
+    offered = list(dict.fromkeys(m.lower() for m in _OFFER.findall(challenge or "")))
+    if not offered or set(offered) & set(_SCHEMES[settings.auth]):
+        return None
+    names = {"ntlm": "NTLM", "negotiate": "Negotiate", "basic": "Basic", "bearer": "Bearer"}
+    wanted = names[_SCHEMES[settings.auth][0]]
+    first, *others = [_SUGGEST[scheme] for scheme in offered]
+    suggest = first + (f" (or {', '.join(others)})" if others else "")
+    return AuthenticationError(
+        f"EWS at {settings.origin} does not offer {wanted} authentication (auth = '{settings.auth}'): it offers "
+        f"{', '.join(names[scheme] for scheme in offered)} (WWW-Authenticate). Set auth = {suggest}, or enable "
+        f"{wanted} authentication on the EWS virtual directory (Set-WebServicesVirtualDirectory)"
     )
 
 

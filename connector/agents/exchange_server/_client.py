@@ -479,7 +479,7 @@ class PhotoClient:
         if status == 404:
             return Fetched("none")
         if status == 401:
-            raise refused(self.settings)
+            raise refused(self.settings, resp.headers.get("WWW-Authenticate"))
         if status == 403:
             return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
         if 300 <= status < 400:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from connector import files
 from connector.agents._mailbox_photo import LIMIT_KEY
 from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
-from connector.agents.exchange_server._auth import spn
+from connector.agents.exchange_server._auth import refused, spn
 from connector.agents.exchange_server._client import MAX_PHOTO_BYTES, throttle_signal
 from connector.config import ConfigError, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
@@ -821,3 +821,66 @@ def test_a_mailbox_list_that_keeps_changing_stops_the_import_and_deletes_nobody(
     message = str(stopped.value)
     assert message.startswith(f"the mailbox list {listing} kept changing for 60 s")
     assert "nothing was deleted" in message and "rename it over the list" in message
+
+
+def test_an_authentication_method_ews_does_not_offer_is_named_not_taken_for_a_wrong_password(tmp_path: Path) -> None:
+    """Found in a bad-day pass: ``auth = "basic"`` against an EWS virtual directory that offers Windows
+    authentication only (Exchange's default: Negotiate and NTLM; here NTLM) stopped with "refused CONTOSO\\svc
+    ... check the account, its password reference", with the right password: an administrator would
+    reset it, and the next run would say the same. EWS's 401 says which methods it offers
+    (WWW-Authenticate); the message now names them and the setting that matches."""
+    with EwsEmulator(EwsConfig(auth=("ntlm",))) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        _listing(tmp_path, PHOTO)
+        config = _cli_config(emu, tmp_path)
+        config.write_text(
+            config.read_text(encoding="utf-8").replace(
+                "[agents.exs.settings]\n", '[agents.exs.settings]\nauth = "basic"\n'
+            ),
+            encoding="utf-8",
+        )
+        code, out, err = invoke("run", "full", "-c", str(config), "--json")
+    step = json.loads(out)["steps"][0]
+    assert (code, step["status"]) == (4, "stopped-authentication"), out + err
+    said = step["message"]
+    assert f"EWS at {emu.info['ews_url'].split('/EWS')[0]} does not offer Basic authentication" in said, said
+    assert "it offers NTLM (WWW-Authenticate)" in said, said
+    assert "Set auth = 'ntlm', or enable Basic authentication on the EWS virtual directory" in said, said
+    assert "password reference" not in said and emu.info["password"] not in out + err
+
+
+@pytest.mark.parametrize(
+    ("auth", "challenge", "said"),
+    [
+        (
+            "basic",
+            'Negotiate, NTLM, Bearer trusted_issuers="x@y", client_id="z"',
+            "Set auth = 'negotiate' for Kerberos (or 'ntlm', 'oauth')",
+        ),
+        (
+            "ntlm",
+            'Basic realm="mail.contoso.example"',
+            "does not offer NTLM authentication (auth = 'ntlm'): it offers Basic",
+        ),
+        ("ntlm", "Negotiate", None),  # requests-ntlm answers Negotiate with NTLM inside it
+        ("basic", 'Negotiate, NTLM, Basic realm="x"', None),  # offered: the account or password is refused
+        ("basic", None, None),
+    ],
+)
+def test_what_a_refusal_says_follows_the_methods_ews_offers(
+    tmp_path: Path, auth: str, challenge: str | None, said: str | None
+) -> None:
+    settings = ExchangeServerSettings.model_validate(
+        {
+            "ews_url": "https://mail.contoso.test/EWS/Exchange.asmx",
+            "auth": auth,
+            "username": "CONTOSO\\svc",
+            "password": "pw",
+            "mailboxes": [PHOTO],
+        }
+    )
+    message = str(refused(settings, challenge))
+    if said is None:
+        assert message.startswith("EWS at https://mail.contoso.test refused CONTOSO\\svc (HTTP 401"), message
+    else:
+        assert said in message and "(WWW-Authenticate)" in message, message
