@@ -27,8 +27,9 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import requests
@@ -216,26 +217,19 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
     # -- mailboxes ------------------------------------------------------------------------------
     def mailbox_list(self) -> list[str]:
         """The configured addresses, lower case, deduplicated, in order (the file re-read each time)."""
-        lines = list(self.settings.mailboxes)
+        out: dict[str, None] = {}
+        _add_addresses(out, self.settings.mailboxes, "mailboxes")
         path = self.settings.mailbox_file
         if path is not None:
             try:
-                lines += read_text(path).splitlines()
+                lines = read_text(path).splitlines()
             except OSError as exc:
                 reason = exc.strerror or exc
                 msg = f"cannot read the mailbox list {path}: {reason}; fix the path or the file's permissions"
                 raise ConfigurationError(msg, key="mailbox_file") from None
             except TextDecodeError as exc:
                 raise ConfigurationError(f"cannot read the mailbox list {path}: {exc}", key="mailbox_file") from None
-        out: dict[str, None] = {}
-        for number, line in enumerate(lines, 1):
-            address = line.split("#", 1)[0].strip().lower()
-            if not address:
-                continue
-            if "@" not in address or " " in address:
-                where = f"{path}, line {number}" if path is not None else "mailboxes"
-                raise ConfigurationError(f"{address!r} is not an SMTP address ({where})", key="mailboxes")
-            out[address] = None
+            _add_addresses(out, lines, "mailbox_file", path)
         return list(out)
 
     # -- import ---------------------------------------------------------------------------------
@@ -302,6 +296,27 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             "with allow_empty_full_import = true on its step (or --allow-empty-import)"
         )
         return StopRunError(msg, status="stopped-empty-import")
+
+
+def _add_addresses(out: dict[str, None], lines: Iterable[str], key: str, path: Path | None = None) -> None:
+    """Add the addresses of ``lines`` (the ``mailboxes`` setting, or the lines of ``path``) to ``out``.
+
+    A line that is no address stops the step (a list read wrong must not delete the mailboxes it lost),
+    so it is named where it is, as written: the setting's entry or the file's line, counted apart.
+    """
+    for number, line in enumerate(lines, 1):
+        written = line.split("#", 1)[0].strip()
+        if not written:
+            continue
+        if "@" not in written or " " in written:
+            where = f"{path}, line {number}" if path is not None else f"mailboxes, entry {number}"
+            msg = (
+                f"{written!r} is not an SMTP address ({where}); the list holds one address a line (# starts a "
+                "comment). A header such as PrimarySmtpAddress comes from Select-Object or Format-Table: write the "
+                "addresses alone, e.g. Get-Mailbox -ResultSize Unlimited | % PrimarySmtpAddress"
+            )
+            raise ConfigurationError(msg, key=key)
+        out[written.lower()] = None
 
 
 def _watermark_version(text: str | None) -> int:

@@ -884,3 +884,35 @@ def test_what_a_refusal_says_follows_the_methods_ews_offers(
         assert message.startswith("EWS at https://mail.contoso.test refused CONTOSO\\svc (HTTP 401"), message
     else:
         assert said in message and "(WWW-Authenticate)" in message, message
+
+
+def test_a_bad_line_of_the_mailbox_list_is_named_where_it_is(ews: EwsEmulator, tmp_path: Path) -> None:
+    """Found in a bad-day pass: with addresses in both ``mailboxes`` and ``mailbox_file``, a bad line of
+    the file was named with the wrong line number (``PrimarySmtpAddress``, the header that
+    ``Get-Mailbox | Select PrimarySmtpAddress`` writes on line 1, was "line 3" after two ``mailboxes``
+    entries), a bad ``mailboxes`` entry was named as a line of the file, and both under the key
+    ``mailboxes``, lower-cased and without what to do. Now each is named where it is, as written."""
+    _listing(tmp_path, PHOTO)
+    listing = tmp_path / "mailboxes.txt"
+    listing.write_text(f"PrimarySmtpAddress\n------------------\n{PHOTO}\n", encoding="utf-8")
+    config = _cli_config(ews, tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace("[agents.exs.settings]\n", f'[agents.exs.settings]\nmailboxes = ["{PLAIN}", "{THUMB}"]\n')
+    )
+    code, _out, err = invoke("run", "full", "-c", str(config))
+    said = err.strip().splitlines()[-1]
+    assert code == 2, err
+    assert said.startswith(f"error: mailbox_file: 'PrimarySmtpAddress' is not an SMTP address ({listing}, line 1)"), (
+        said
+    )
+    assert "one address a line" in said and "% PrimarySmtpAddress" in said, said
+
+    listing.write_text(f"{PHOTO}\n", encoding="utf-8")
+    config.write_text(
+        text.replace("[agents.exs.settings]\n", f'[agents.exs.settings]\nmailboxes = ["{PLAIN}", "Thumb at contoso"]\n')
+    )
+    code, _out, err = invoke("run", "full", "-c", str(config))
+    said = err.strip().splitlines()[-1]
+    assert code == 2, err
+    assert said.startswith("error: mailboxes: 'Thumb at contoso' is not an SMTP address (mailboxes, entry 2)"), said
