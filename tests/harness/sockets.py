@@ -245,8 +245,10 @@ def faulty_proxy(upstream: tuple[str, int] | None = None) -> Iterator[FaultyProx
 
 
 @contextlib.contextmanager
-def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000, every_s: float = 0.05) -> Iterator[int]:
-    """A loopback HTTPS port that answers every request with 200 and a ``length``-byte body, sent
+def trickling_server(
+    tls: ssl.SSLContext, *, length: int = 1_000_000, every_s: float = 0.05, status: str = "200 OK"
+) -> Iterator[int]:
+    """A loopback HTTPS port that answers every request with ``status`` and a ``length``-byte body, sent
     one byte at a time, a byte every ``every_s``: at 50 ms each read of the client's gets data well
     within any timeout, so only a deadline on the whole answer ends it (a wedged proxy, a dying
     link); at an hour the answer stalls after its first byte.
@@ -255,7 +257,8 @@ def trickling_server(tls: ssl.SSLContext, *, length: int = 1_000_000, every_s: f
     """
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n".encode()
+    kind = "image/jpeg" if status.startswith("200") else "text/html"
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n".encode()
 
     def answer(raw: socket.socket) -> None:
         with contextlib.suppress(OSError), tls.wrap_socket(raw, server_side=True) as conn:

@@ -161,22 +161,47 @@ def _read_body(resp: requests.Response, timeout_s: float) -> None:
     and so does one not all there within ``timeout_s``: the timeout of a request bounds each read,
     and a proxy or a dying link that trickles bytes would hold the step (and its lock) for days."""
     declared = resp.headers.get("Content-Length", "")
-    chunks: list[bytes] = []
-    size = int(declared) if declared.isdigit() and int(declared) > MAX_PHOTO_BYTES else 0
-    deadline = time.monotonic() + timeout_s
-    if not size:  # (not when the headers already say it is too large)
-        for chunk in _arriving(resp):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_PHOTO_BYTES:
-                break
-            if time.monotonic() > deadline:
-                resp.close()
-                raise requests.exceptions.ReadTimeout(f"{size:,} bytes of the photo in {timeout_s:g} s (timeout_s)")
-    if size > MAX_PHOTO_BYTES:
+    if declared.isdigit() and int(declared) > MAX_PHOTO_BYTES:  # the headers already say it is too large
         resp.close()
         raise _Oversized(_content_type(resp))
-    resp._content = b"".join(chunks)  # where requests keeps a body it has read
+    body = _read_within(resp, timeout_s, MAX_PHOTO_BYTES)
+    if len(body) > MAX_PHOTO_BYTES:
+        resp.close()
+        raise _Oversized(_content_type(resp))
+    resp._content = body  # where requests keeps a body it has read
+
+
+def _read_head(resp: requests.Response, timeout_s: float) -> None:
+    """Read any other answer's body (a 5xx, a 304, a proxy's error page) as ``_read_body`` reads a
+    photo, within ``timeout_s``, keeping at most ``_ERROR_BODY_BYTES`` (all that a SOAP fault or
+    throttling needs; the rest is not read, and the connection is closed): a body that trickles in,
+    or has no end, would otherwise hold the step, or fill the memory."""
+    body = _read_within(resp, timeout_s, _ERROR_BODY_BYTES)
+    if len(body) > _ERROR_BODY_BYTES:
+        resp.close()
+        body = body[:_ERROR_BODY_BYTES]
+    resp._content = body
+
+
+#: The most of a non-photo answer kept: EWS's SOAP faults are a few KB (``ews_fault`` looks at 8 KB).
+_ERROR_BODY_BYTES = 65536
+
+
+def _read_within(resp: requests.Response, timeout_s: float, limit: int) -> bytes:
+    """The body as it arrives, until its end or until it is over ``limit`` bytes; requests' ReadTimeout
+    when it is not there within ``timeout_s`` (the connection is closed then)."""
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + timeout_s
+    for chunk in _arriving(resp):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+        if time.monotonic() > deadline:
+            resp.close()
+            raise requests.exceptions.ReadTimeout(f"{size:,} bytes of the answer in {timeout_s:g} s (timeout_s)")
+    return b"".join(chunks)
 
 
 def _content_type(resp: requests.Response) -> str:
@@ -375,7 +400,7 @@ class PhotoClient:
         if resp.status_code == 200:
             _read_body(resp, timeout)
         else:
-            _ = resp.content
+            _read_head(resp, timeout)
         return resp
 
     def _pushed_back(self, ticket: Ticket, wait: float | None) -> None:

@@ -916,3 +916,34 @@ def test_a_bad_line_of_the_mailbox_list_is_named_where_it_is(ews: EwsEmulator, t
     said = err.strip().splitlines()[-1]
     assert code == 2, err
     assert said.startswith("error: mailboxes: 'Thumb at contoso' is not an SMTP address (mailboxes, entry 2)"), said
+
+
+@pytest.mark.parametrize("status", ["500 Internal Server Error", "502 Bad Gateway", "403 Forbidden"])
+def test_an_error_answer_that_trickles_in_stops_at_the_timeout_too(
+    ews: EwsEmulator, tmp_path: Path, status: str
+) -> None:
+    """Found in a bad-day pass: only a photo (a 200) had to arrive whole within timeout_s; any other
+    answer's body was read without a deadline or a bound, so a proxy or a dying link sending an error
+    page a byte every 50 ms (or a body without end) held the step, and its lock, for hours (this one,
+    1 MB, 14 hours). Every answer's body is now read within timeout_s, and only its head is kept."""
+    ca = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    _listing(tmp_path, PHOTO)
+    with ThreadPoolExecutor(1) as pool, trickling_server(tls, status=status) as port:
+        agent = _agent(
+            ews,
+            tmp_path,
+            auth="basic",
+            ews_url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx",
+            ca_bundle=str(tmp_path / "ca.pem"),
+            timeout_s=0.5,
+            max_attempts=1,
+        )
+        importing = pool.submit(_imported, agent)
+        with pytest.raises(ServerDownError) as caught:
+            importing.result(timeout=60)  # generous under load; it ends about 1 s in
+    assert str(caught.value).startswith(
+        f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
+    )
