@@ -175,8 +175,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         try:
             files = scan_folder(folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes)
         except OSError as exc:
-            msg = f"cannot list {exc.filename or folder}: {exc.strerror}"  # a sub-folder, when recursive
-            raise StopRunError(msg) from None
+            raise _unlisted(folder, exc) from None
         if delta and not files and old.accounts:
             raise _emptied(folder, len(old.accounts), self.context.agent)
         groups: dict[str, list[PhotoFile]] = {}
@@ -415,6 +414,21 @@ def _shown_apart(relpath: str) -> str:
         return shown
     escaped = display(relpath).encode("ascii", "backslashreplace").decode("ascii")
     return f"{shown} ('{escaped}': decomposed Unicode, as macOS writes names)"
+
+
+def _unlisted(folder: Path, exc: OSError) -> StopRunError:
+    """Why the import stops when the folder, or one of its sub-folders, cannot be listed, and what to do.
+
+    Read as it is, a folder whose listing failed lacks the photos it holds: every one would be
+    deleted. So the step stops before any entry, and says that nothing was deleted.
+    """
+    where = exc.filename or folder
+    msg = (
+        f"cannot list {where}: {exc.strerror or exc}; nothing was marked deleted. Give the account mvsync runs as "
+        "read access to it (on a share, check that it is reachable); for a sub-folder, you can also move its "
+        "photos out of it, or set recursive = false"
+    )
+    return StopRunError(msg)
 
 
 def _emptied(folder: Path, accounts: int, agent: str) -> StopRunError:
