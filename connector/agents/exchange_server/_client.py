@@ -266,7 +266,7 @@ class PhotoClient:
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self.limiter = limiter
-        self.cancel = cancel
+        self._own_cancel = cancel
         self.url = settings.ews_url + "/s/GetUserPhoto"
         self.counters = {"requests": 0, "throttled": 0, "retries": 0, "backoff_ms_honoured": 0}
         #: When any thread last had a working answer from EWS: tells an outage from one mailbox's trouble.
@@ -282,6 +282,21 @@ class PhotoClient:
             "check it in IIS Manager. Otherwise run the step again later, or raise "
             "max_throttled_wait_minutes in the agent's settings",
         )
+
+    @property
+    def cancel(self) -> threading.Event:
+        """What stops this thread's waits: the step's stop, when the engine's worker call named it
+        (``follow``), else the agent's own (set when it closes; what ``mvsync doctor`` runs under).
+
+        Waiting only on the agent's own, a mailbox in its retry backoff or a throttling pause kept
+        waiting after Ctrl-C, until the engine gave up joining its thread (10 s) and closed the agent.
+        """
+        step: threading.Event | None = getattr(self._local, "cancel", None)
+        return step if step is not None else self._own_cancel
+
+    def follow(self, cancel: threading.Event) -> None:
+        """Make ``cancel`` (the step's stop, from ``Worker.run``) stop this thread's waits."""
+        self._local.cancel = cancel
 
     @property
     def session(self) -> requests.Session:

@@ -117,7 +117,9 @@ class _PhotoWorker(Worker[_Task]):
         self.concurrency = connector.settings.concurrency
 
     def run(self, tasks: list[Deferred[_Task]], cancel: threading.Event) -> list[list[ImportItem]]:
-        results = [self._outcome(d.task, self.connector.client.fetch(d.task.email, d.task.etag)) for d in tasks]
+        client = self.connector.client
+        client.follow(cancel)  # Ctrl-C stops a retry backoff or a throttling pause at once
+        results = [self._outcome(d.task, client.fetch(d.task.email, d.task.etag)) for d in tasks]
         results[0] += self.limit.update()  # a limit measured meanwhile: committed with the first task's items
         return results
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import signal
 import socket
 import ssl
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +24,12 @@ from pydantic import ValidationError
 
 from connector import files
 from connector.agents._mailbox_photo import LIMIT_KEY
-from connector.agents.exchange_server import OBJECT_CLASS, ExchangeServerPhotosConnector, ExchangeServerSettings
+from connector.agents.exchange_server import (
+    OBJECT_CLASS,
+    ExchangeServerPhotosConnector,
+    ExchangeServerSettings,
+    _client,
+)
 from connector.agents.exchange_server._auth import refused, spn
 from connector.agents.exchange_server._client import MAX_PHOTO_BYTES, throttle_signal
 from connector.config import ConfigError, load_config
@@ -947,3 +955,36 @@ def test_an_error_answer_that_trickles_in_stops_at_the_timeout_too(
     assert str(caught.value).startswith(
         f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
     )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a thread (pthread_kill)")
+def test_ctrl_c_stops_a_mailbox_waiting_to_be_asked_again(
+    ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: Ctrl-C (or SIGTERM) while a mailbox waited out its retry backoff after
+    a 504 (or a throttling pause) left its thread waiting: the worker waited on the agent's own stop
+    event, set only when the agent closes, not on the step's stop the engine hands it. `mvsync run`
+    took 10.5 s to stop (the engine's limit for joining worker threads), and the thread outlived the
+    step. The worker now waits on the step's stop: no thread of the step is left when it ends."""
+    _listing(tmp_path, PHOTO)
+    ews.set_faults({"504": 1.0, "path_pattern": "email=photo%40"})
+    agent = _agent(ews, tmp_path, backoff_initial_s=3600, backoff_max_s=3600)
+    real = _client.PhotoClient._send
+
+    def send(client: _client.PhotoClient, email: str, *args: Any, **kwargs: Any) -> requests.Response:
+        answer = real(client, email, *args, **kwargs)
+        if answer.status_code == 504:  # the mailbox now waits an hour before it is asked again
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        return answer
+
+    monkeypatch.setattr(_client.PhotoClient, "_send", send)
+    # Python's own Ctrl-C handler: a session started as a background job inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with agent, pytest.raises(KeyboardInterrupt):
+            import_in_memory(agent, ImportMode.FULL, {}, page_size=2)
+            threading.Event().wait(60)  # (the signal arrives on the way: never reached)
+        left = [t.name for t in threading.enumerate() if t.name.startswith("import-_PhotoWorker")]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert left == []
