@@ -195,6 +195,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
                 items.append((key, _Delete(previous.anchor, renamed=key)))  # renamed in case only: a new anchor
             if previous is not None and key not in new.accounts and not isinstance(item, _Read):
                 new.accounts[key] = previous  # an error keeps the object the engine already holds
+            elif previous is None and not delta and isinstance(item, _Error) and len(group) == 1:
+                new.accounts[key] = _held_unread(group[0])
         if delta:
             items.extend((key, _Delete(gone.anchor)) for key, gone in old.accounts.items() if key not in groups)
         items.sort(key=lambda pair: (pair[0], isinstance(pair[1], _Delete)))
@@ -251,6 +253,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
                 )
             if previous is not None:
                 plan.state.accounts[file.key] = previous
+            elif not plan.delta:
+                plan.state.accounts[file.key] = _held_unread(file)
             anchor = previous.anchor if previous is not None else file.account
             return CSEntryChange.import_error(anchor, exc.name, detail, object_class=OBJECT_CLASS)
         checksum = hashlib.sha256(data).hexdigest()
@@ -362,6 +366,23 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return photo
         spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
         return normalize(photo, spec).data
+
+
+#: The checksum of an account whose file a full import could not read (see ``_held_unread``).
+_NOT_READ = "not-read"
+
+
+def _held_unread(file: PhotoFile) -> AccountState:
+    """The watermark's entry for an account whose only file a full import could not use.
+
+    A full import has no watermark to say whether the engine holds the account; the error keeps the
+    object if it does. Left out of the watermark, the next delta would know nothing of it: a file
+    removed then would send no delete, and the old photo would stay until the next full import. So
+    it is recorded as held, with content not read (a checksum no file has): the delta deletes it when
+    the file goes (a delete of an object the engine does not hold changes nothing) and reads the
+    file when it can.
+    """
+    return AccountState(file.account, file.relpath, _NOT_READ)
 
 
 def _changed(before: FileState, file: PhotoFile) -> bool:
