@@ -58,6 +58,8 @@ from connector.sdk import (
     ObjectModificationType,
     Schema,
     ScopeViolationError,
+    StateReader,
+    StateUpdate,
     StopRunError,
     Values,
 )
@@ -119,6 +121,8 @@ class _Plan:
     items: list[_Item]
     state: FolderState
     delta: bool
+    #: The spelling of each account the engine held before this import (account key -> anchor).
+    held: dict[str, str]
 
 
 class PhotoFolderConnector(Connector[PhotoFolderSettings]):
@@ -146,14 +150,18 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
     def import_changes(self, run: ImportRun) -> Iterator[ImportItem]:
         """Import contract v2: the planned accounts in anchor order, then the folder state as watermark.
 
-        The watermark is the whole folder state (small: names, sizes, times and hashes), so the
-        agent needs no key-value state of its own.
+        The watermark is the whole folder state (small: names, sizes, times and hashes). The agent's
+        state holds one key, the spelling of each account the engine is left holding (``_ANCHORS``),
+        for full imports, which are given no watermark (see ``_held_spellings``).
         """
-        plan = self._make_plan(run.mode, run.watermark)
+        plan = self._make_plan(run.mode, run.watermark, run.state)
         for item in plan.items:
             entry = self._run(item, plan)
             if entry is not None:
                 yield entry
+        anchors = {key: account.anchor for key, account in sorted(plan.state.accounts.items())}
+        if not plan.delta or anchors != plan.held:  # (a full import forgets the state keys it does not write)
+            yield StateUpdate(_ANCHORS, anchors)
         yield DeltaWatermark(plan.state.dumps())  # complete only after the last entry
 
     def _folder(self) -> Path:
@@ -163,14 +171,14 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             raise ConfigurationError(msg, key="path")
         return folder
 
-    def _make_plan(self, mode: ImportMode, watermark: str | None) -> _Plan:
+    def _make_plan(self, mode: ImportMode, watermark: str | None, state: StateReader) -> _Plan:
         folder = self._folder()
         real = os.path.realpath(folder)
         delta = mode == ImportMode.DELTA and watermark is not None
         old = (
             FolderState.loads(watermark, folder=real, recursive=self.settings.recursive)
             if delta and watermark is not None
-            else FolderState(real, self.settings.recursive)
+            else FolderState(real, self.settings.recursive, accounts=_held_spellings(state))
         )
         try:
             files = scan_folder(folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes)
@@ -200,7 +208,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         if delta:
             items.extend((key, _Delete(gone.anchor)) for key, gone in old.accounts.items() if key not in groups)
         items.sort(key=lambda pair: (pair[0], isinstance(pair[1], _Delete)))
-        return _Plan([item for _, item in items], new, delta)
+        held = {key: account.anchor for key, account in old.accounts.items()}
+        return _Plan([item for _, item in items], new, delta, held)
 
     def _plan_account(
         self, group: list[PhotoFile], previous: AccountState | None, old: FolderState, new: FolderState
@@ -366,6 +375,24 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return photo
         spec = PhotoSpec(size=size, max_bytes=EXCHANGE_PHOTO_MAX_BYTES, max_quality=92, limits=limits)
         return normalize(photo, spec).data
+
+
+#: The agent-state key of the spellings the engine holds (account key -> anchor).
+_ANCHORS = "anchors"
+
+
+def _held_spellings(state: StateReader) -> dict[str, AccountState]:
+    """The accounts the last import left the engine holding, for a full import (no path, content not read).
+
+    Anchors keep the case of the file first imported (``jdoe``), account keys do not. A full import,
+    which is given no watermark, sent an error about ``JDoe.jpg`` (still being copied over the renamed
+    ``jdoe.jpg``) under ``JDoe``: the held ``jdoe`` was unseen, and deleted with its photo. Known
+    here, errors attach to the held spelling, as in a delta; every file is still read.
+    """
+    value = state.get_many([_ANCHORS]).get(_ANCHORS)
+    if not isinstance(value, dict):
+        return {}
+    return {str(key): AccountState(str(anchor), "", _NOT_READ) for key, anchor in value.items()}
 
 
 #: The checksum of an account whose file a full import could not read (see ``_held_unread``).

@@ -76,8 +76,9 @@ def test_a_second_file_for_an_account_in_another_case_keeps_the_photo_in_a_full_
     """Found in a bad-day pass: HR dropped ``JDoe.jpg`` beside ``jdoe.jpg``. A full import reported the
     clash (duplicate-account) under ``JDoe``, the spelling that sorts first, so the object the engine
     held, ``jdoe``, was not seen: it was deleted, and the sync deleted the person's metaverse object
-    with its photo (``mv_deletes=1``). The error is now told under every spelling of the account among
-    its files, so the object the engine holds is kept, with its photo, until the clash is resolved."""
+    with its photo (``mv_deletes=1``). The error now goes to the spelling the engine holds (from the
+    agent's state; without it, to every spelling among the files: test_photo_folder_import.py), so the
+    object is kept, with its photo, until the clash is resolved."""
     folder = tmp_path / "photos"
     (folder / "jdoe.jpg").write_bytes(photo(1, size=64))
     (folder / "ann.jpg").write_bytes(photo(2, size=64))
@@ -91,7 +92,7 @@ def test_a_second_file_for_an_account_in_another_case_keeps_the_photo_in_a_full_
     assert imported["counters"].get("deletes", 0) == 0, imported
     assert synced["counters"].get("mv_deletes", 0) == 0, synced
     clashes = [e for e in imported["object_errors"] if e["error_name"] == "duplicate-account"]
-    assert {e["anchor"] for e in clashes} == {"JDoe", "jdoe"}
+    assert "jdoe" in {e["anchor"] for e in clashes}  # the spelling the engine holds
     assert all("'JDoe.jpg', 'jdoe.jpg'; keep one" in e["detail"] for e in clashes)
     assert _photos(config) == before
 
@@ -130,4 +131,33 @@ def test_a_file_renamed_in_case_that_cannot_be_imported_keeps_the_photo_in_a_del
     code, (imported, synced) = _run(config, "delta")
     assert code == 0
     assert imported["counters"].get("deletes") == 1 and imported["counters"].get("adds") == 1, imported
+    assert set(_photos(config)) == {"ann", "JDoe"}
+
+
+def test_a_file_renamed_in_case_that_cannot_be_imported_keeps_the_photo_in_a_full_import(
+    config: Path, tmp_path: Path
+) -> None:
+    """Found in a bad-day pass: as in a delta (above), ``jdoe.jpg`` replaced by ``JDoe.jpg`` that cannot
+    be imported, but in a full import, which has no watermark to say the engine holds ``jdoe``: the
+    error went to ``JDoe``, ``jdoe`` was unseen, and the full import deleted it (``deletes=1``, the
+    sync ``mv_deletes=1``). The agent now keeps the spellings it left the engine holding in its state
+    (one key), so a full import's errors attach to the held spelling too."""
+    folder = tmp_path / "photos"
+    (folder / "jdoe.jpg").write_bytes(photo(1, size=64))
+    (folder / "ann.jpg").write_bytes(photo(2, size=64))
+    assert _run(config, "full")[0] == 0
+    before = _photos(config)
+
+    (folder / "jdoe.jpg").rename(folder / "JDoe.jpg")
+    (folder / "JDoe.jpg").write_bytes(b"")  # still being copied
+    code, (imported, synced) = _run(config, "full")
+    assert code == 3
+    assert imported["counters"].get("deletes", 0) == 0, imported
+    assert synced["counters"].get("mv_deletes", 0) == 0, synced
+    [error] = imported["object_errors"]
+    assert error["anchor"] == "jdoe" and error["error_name"] == "empty-image", error
+    assert _photos(config) == before
+
+    (folder / "JDoe.jpg").write_bytes(photo(3, size=64))  # the copy completes
+    assert _run(config, "full")[0] == 0
     assert set(_photos(config)) == {"ann", "JDoe"}
