@@ -85,10 +85,18 @@ def parse_account(name: str) -> tuple[str, str | None]:
     """
     stem = os.path.splitext(name)[0]
     account = unicodedata.normalize("NFC", stem.split(" ", 1)[0])
+    extension = os.path.splitext(name)[1]
     if display(account) != account:
-        return display(account) or display(name), "the file name has control characters or invalid bytes"
+        return display(account) or display(name), (
+            "the file name has control characters or invalid bytes; rename it to the account name "
+            f"('<account>[ anything]{display(extension)}'). Bytes shown as \\xNN often mean a name written in "
+            "another code page (Latin-1, say) than the share's UTF-8"
+        )
     if not account:
-        return display(name), "the file name does not start with an account name"
+        return display(name), (
+            f"the file name does not start with an account name; name it '<account>[ anything]{display(extension)}', "
+            "the account first (sAMAccountName)"
+        )
     return account, None
 
 

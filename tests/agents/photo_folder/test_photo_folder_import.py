@@ -328,6 +328,13 @@ def test_odd_file_names(tmp_path: Path, folder: Path) -> None:
     assert found["caf\\xe9"].error is not None and found["caf\\xe9"].error.name == "invalid-file-name"
     leading = [e for e in entries if e.error and "does not start with an account" in e.error.detail]
     assert len(leading) == 1
+    # each says what to do (found in a bad-day pass: they named the file only)
+    assert leading[0].error is not None and leading[0].error.detail.endswith(
+        "; name it '<account>[ anything].jpg', the account first (sAMAccountName)"
+    )
+    latin1 = found["caf\\xe9"].error.detail
+    assert latin1.startswith("caf\\xe9.jpg: the file name has control characters or invalid bytes; rename it"), latin1
+    assert "another code page (Latin-1, say)" in latin1
     assert all("\x01" not in e.anchor for e in entries)
     assert watermark.isascii()  # odd names are escaped in the watermark too
     assert run_import(connector(tmp_path, folder), watermark=watermark)[0] == [
