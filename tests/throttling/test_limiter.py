@@ -199,8 +199,9 @@ def test_a_burst_of_429s_from_one_window_decreases_once_and_pauses_everybody() -
 
 
 def test_a_retry_after_shorter_than_a_round_trip_pauses_everybody_for_a_round_trip() -> None:
-    """"The next token in 3 ms" is when one request may go: every thread re-sending its share of the limit
-    after 3 ms sent the whole limit into the same empty bucket again (a third of a run's requests refused)."""
+    """A rate limit's "the next token in 3 ms" is when one request may go: every thread re-sending its share
+    of the limit after 3 ms sent the whole limit into the same empty bucket again (a third of a run's
+    requests refused)."""
     clock = FakeClock()
     limiter = AdaptiveLimiter("exact", ceiling=64, initial=32, clock=clock)
     first = limiter.acquire(4)
