@@ -182,6 +182,43 @@ def test_a_photo_folder_emptied_under_a_delta_import_deletes_nothing(tmp_path: P
     assert invoke("run", "delta", "-c", str(config))[0] == 0
 
 
+def test_a_sub_folder_emptied_under_a_delta_import_deletes_nothing(tmp_path: Path) -> None:
+    """Found in the photo-folder pass: a recursive folder whose sub-folder is a site's share. Unmounted,
+    the share leaves its mount point, an empty sub-folder, and a delta import deleted every photo it had
+    held (``deletes=2``, ``success``); the whole-folder guard saw the other sites' photos. A sub-folder
+    that held photos and is now empty stops the step the same way, naming it, and deletes nothing; one
+    removed (or left holding other files) was emptied on purpose."""
+    config, folder = _folder_config(tmp_path)
+    where = f'path = "{folder.as_posix()}"'
+    text = config.read_text().replace(where, f"{where}, recursive = true")
+    config.write_text(text + '[run_profiles.delta]\nsteps = [{ type = "delta-import", agent = "hr" }]\n')
+    for site, names in (("site-a", ("ann", "bob")), ("site-b", ("cid", "dee"))):
+        (folder / site).mkdir(parents=True)
+        for name in names:
+            (folder / site / f"{name}.jpg").write_bytes(photo(len(name) + ord(name[0]), size=64))
+    assert invoke("run", "import", "-c", str(config))[0] == 0
+    (folder / "site-b").rename(tmp_path / "share-b")  # site B's share goes away; its mount point stays
+    (folder / "site-b").mkdir()
+
+    code, out, err = invoke("run", "delta", "-c", str(config))
+    assert code == 4, (out, err)
+    [step] = _last_run(config)["steps"]
+    assert step["status"] == "stopped-empty-import"
+    assert "are empty now but held photos at the last import: 'site-b' (2 account(s))" in step["message"]
+    assert "Nothing was marked deleted" in step["message"] and len(_objects(config)) == 4
+
+    (folder / "site-b").rmdir()
+    (tmp_path / "share-b").rename(folder / "site-b")  # mounted again: nothing to do
+    assert invoke("run", "delta", "-c", str(config))[0] == 0
+    assert _last_run(config)["steps"][0]["counters"].get("deletes", 0) == 0
+
+    for file in (folder / "site-b").iterdir():  # removed on purpose, with a note left in the folder
+        file.unlink()
+    (folder / "site-b" / "moved.txt").write_text("site B's photos moved to site-a", encoding="utf-8")
+    assert invoke("run", "delta", "-c", str(config))[0] == 0
+    assert _last_run(config)["steps"][0]["counters"]["deletes"] == 2
+
+
 @pytest.mark.parametrize(
     ("extra", "where"),
     [

@@ -15,7 +15,7 @@ import os
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from connector.agents.photo_folder._scan import (
@@ -186,6 +186,9 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             raise _unlisted(folder, exc) from None
         if delta and not files and old.accounts:
             raise _emptied(folder, len(old.accounts), self.context.agent)
+        emptied = _emptied_sub_folders(folder, old, files) if delta and self.settings.recursive else {}
+        if emptied:
+            raise _sub_folders_emptied(folder, emptied)
         groups: dict[str, list[PhotoFile]] = {}
         for file in files:
             groups.setdefault(file.key, []).append(file)
@@ -493,6 +496,37 @@ def _emptied(folder: Path, accounts: int, agent: str) -> StopRunError:
         "deleted. Mount the share (or restore the folder) and run again; if every photo was removed on purpose, "
         f'run a full import of this agent with --allow-empty-import (mvsync run "<profile>" --agent {agent} '
         "--allow-empty-import)"
+    )
+    return StopRunError(msg, status="stopped-empty-import")
+
+
+def _emptied_sub_folders(folder: Path, old: FolderState, files: list[PhotoFile]) -> dict[str, int]:
+    """Sub-folders that held photos at the last import and are now there but empty, with how many
+    accounts each held: what a sub-folder that is a share's mount point looks like while the share is
+    not mounted. (A sub-folder removed, or still holding other files, was emptied on purpose.)"""
+    present = {file.relpath for file in files}
+    emptied: dict[str, int] = {}
+    for account in old.accounts.values():
+        if account.path in present:
+            continue
+        for parent in reversed(PurePosixPath(account.path).parents[:-1]):  # from the top, "." left out
+            where = folder.joinpath(*parent.parts)
+            if not where.is_dir():
+                break  # removed: on purpose
+            if not any(where.iterdir()):
+                emptied[parent.as_posix()] = emptied.get(parent.as_posix(), 0) + 1
+                break
+    return emptied
+
+
+def _sub_folders_emptied(folder: Path, emptied: dict[str, int]) -> StopRunError:
+    """Why a delta import refuses sub-folders that lost every photo since the last import (an
+    unmounted share's empty mount point; see ``_emptied`` for the whole folder)."""
+    listed = ", ".join(f"{display(name)!r} ({n} account(s))" for name, n in sorted(emptied.items()))
+    msg = (
+        f"sub-folder(s) of the photo folder {folder} are empty now but held photos at the last import: {listed}. "
+        "A share that is not mounted (its empty mount point)? Nothing was marked deleted. Mount the share and run "
+        "again; if its photos were removed on purpose, remove the empty sub-folder too"
     )
     return StopRunError(msg, status="stopped-empty-import")
 
