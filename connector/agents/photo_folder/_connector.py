@@ -30,6 +30,7 @@ from connector.agents.photo_folder._watermark import AccountState, FileState, Fo
 from connector.files import atomic_write
 from connector.imaging import (
     EXCHANGE_PHOTO_MAX_BYTES,
+    EmptyImageError,
     ImageError,
     InputLimits,
     PhotoSpec,
@@ -256,6 +257,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             data, mtime_ns, size = read_photo(self.settings.path, file, self.settings.max_file_bytes)
             if self.settings.verify_images:
                 verify(data, InputLimits(self.settings.max_file_bytes, self.settings.max_pixels))
+            elif not data:  # never a photo, and free to tell (a copy not yet written, a failed export)
+                raise EmptyImageError("the file is empty (0 bytes)")
         except (ReadError, ImageError) as exc:
             detail = f"{display(file.relpath)}: {exc.detail}" if isinstance(exc, ImageError) else exc.detail
             if not (isinstance(exc, ReadError) and exc.transient):  # a transient failure is not remembered:

@@ -290,6 +290,16 @@ def test_bad_files_are_per_object_errors(
     assert list(again) == [anchor] and again[anchor].error == error
 
 
+def test_an_empty_file_is_no_photo_even_when_images_are_not_verified(tmp_path: Path, folder: Path) -> None:
+    """Found in the photo-folder pass: with ``verify_images = false`` a 0-byte file (a copy not yet
+    written) was imported as a photo, b'', for the export flows to write. Telling costs nothing."""
+    (folder / "ecopy.jpg").write_bytes(b"")
+    found = by_anchor(run_import(connector(tmp_path, folder, verify_images=False))[0])
+    error = found["ecopy"].error
+    assert error is not None and error.name == "empty-image" and "ecopy.jpg" in error.detail, error
+    assert found["jdoe"].error is None  # the others are read as before, undecoded
+
+
 def test_a_file_removed_while_the_folder_is_listed_is_left_out_not_a_stopped_import(
     tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
