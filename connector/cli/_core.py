@@ -212,7 +212,8 @@ def _interrupted(exc: KeyboardInterrupt, config: Path, dry_run: bool) -> typer.E
         message = (
             f"mvsync run: interrupted by {how}. The run is recorded as stopped-interrupted "
             f"(mvsync history list -c {config}); what its steps committed is kept, and a full import "
-            "resumes from its last committed page on the next run."
+            "resumes from its last committed page on the next run if its agent keeps checkpoints (Exchange "
+            "Online's does; the others start over)."
         )
     return fail(escape(message), interrupted_exit_code(exc), status="stopped-interrupted", cause=exc)
 

@@ -74,7 +74,10 @@ def _close_step(history: RunHistory, step: StepRow, run: RunRow | None, by_run: 
         f"restarted, or the store unreachable when it ended: its error output says which); found by run {by_run}"
     )
     if step.kind == RunStepKind.FULL_IMPORT.value:
-        message += "; the next full import of the agent resumes from its last committed page"
+        message += (
+            "; the next full import of the agent resumes from its last committed page if the agent keeps "
+            "checkpoints (Exchange Online's does), or starts over"
+        )
     done = history.close_abandoned_step(step.id, ABANDONED_STATUS, message)
     if done:
         log.warning(

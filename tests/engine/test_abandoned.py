@@ -109,7 +109,8 @@ def test_a_step_left_open_by_another_host_is_closed_by_the_next_step_of_its_agen
     [step] = steps
     assert step.status == "stopped-interrupted" and step.seconds is None
     assert "ended while this step ran" in (step.message or "")
-    assert "resumes from its last committed page" in (step.message or "")
+    assert "resumes from its last committed page if the agent keeps checkpoints" in (step.message or "")
+    assert "or starts over" in (step.message or "")
     assert step.counters == '{"pages": 3, "adds": 15}'  # what it had committed stays readable
 
     # the locks this run held prove nothing about hr's step, nor about a run without a step
