@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
@@ -86,23 +86,32 @@ def read_text(path: Path) -> str:
     return decode_text(path.read_bytes())
 
 
-#: How :func:`wait_until_unchanged` waits (a name tests can replace: the clock is not theirs to hold).
-_sleep: Callable[[float], None] = time.sleep
+def _wait(seconds: float, stopping: threading.Event) -> bool:
+    return stopping.wait(seconds)
 
 
-def wait_until_unchanged(path: Path, *, quiet_s: float = 2.0, wait_s: float = 60.0) -> bool:
+#: How :func:`wait_until_unchanged` waits: True when ``stopping`` was set meanwhile (a name tests can
+#: replace: the clock is not theirs to hold).
+_sleep: Callable[[float, threading.Event], bool] = _wait
+
+
+def wait_until_unchanged(
+    path: Path, *, quiet_s: float = 2.0, wait_s: float = 60.0, stopping: threading.Event | None = None
+) -> bool:
     """Wait until ``path`` has kept its size and modification time for ``quiet_s``; False if it still
-    changed after ``wait_s``.
+    changed after ``wait_s``, or once ``stopping`` is set (the step stops: Ctrl-C ends the wait at once).
 
     Why: a file another program is still writing (a scheduled ``Get-Mailbox | Out-File`` running late)
     reads short, and a list read short says that what it leaves out is gone. Two looks ``quiet_s``
     apart compare the file with itself, never the file's time with this machine's clock (a share's
     clock may be off by minutes). A file missing for a moment (replaced by a rename) counts as a change.
     """
+    stopping = stopping if stopping is not None else threading.Event()
     waited = 0.0
     before = _signature(path)
     while True:
-        _sleep(quiet_s)
+        if _sleep(quiet_s, stopping):
+            return False
         waited += quiet_s
         after = _signature(path)
         if after is not None and after == before:

@@ -603,7 +603,9 @@ def _streamed(ctx: StepContext, connector: Connector[Any], source: _Source) -> I
         page_size=source.page_size,
     )
     max_ahead = min(4000, max(200, 2 * source.page_size))
-    pager = StreamPager(connector.import_changes(run), page_size=source.page_size, max_ahead=max_ahead)
+    pager = StreamPager(
+        connector.import_changes(run), page_size=source.page_size, max_ahead=max_ahead, stop=run.stopping
+    )
     return pager.pages()
 
 

@@ -184,7 +184,9 @@ _END = object()
 class StreamPager:
     """Runs one ``import_changes`` stream; ``pages()`` yields what to commit, in order."""
 
-    def __init__(self, stream: Iterator[ImportItem], *, page_size: int, max_ahead: int) -> None:
+    def __init__(
+        self, stream: Iterator[ImportItem], *, page_size: int, max_ahead: int, stop: threading.Event | None = None
+    ) -> None:
         self.page_size = max(1, page_size)
         self.counters: Counter[str] = Counter()
         self._stream = stream
@@ -192,7 +194,8 @@ class StreamPager:
         # twice as many permits as a full page holds objects: a page never waits for items that the
         # source cannot yield for lack of permits, and half of them stay free for work in flight
         self._ahead = threading.Semaphore(max(max_ahead, 2 * self.page_size))
-        self._stop = threading.Event()
+        #: Set when the step stops; the connector's ``ImportRun.stopping`` (``stop``), so it can wait on it.
+        self._stop = stop if stop is not None else threading.Event()
         self._threads: list[threading.Thread] = []
         self._queues: dict[int, WorkQueue] = {}
         self._running: Counter[int] = Counter()  # origin -> deferred tasks not yet finished
@@ -491,7 +494,10 @@ def import_in_memory(
         mode=mode, state=MemoryState(state), watermark=watermark, resume_from=resume_from, page_size=page_size
     )
     pager = StreamPager(
-        connector.import_changes(run), page_size=page_size, max_ahead=min(4000, max(200, 2 * page_size))
+        connector.import_changes(run),
+        page_size=page_size,
+        max_ahead=min(4000, max(200, 2 * page_size)),
+        stop=run.stopping,
     )
     entries: list[CSEntryChange] = []
     written: set[str] = set()

@@ -55,7 +55,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, Union
 
 from connector.sdk._changes import CSEntryChange
@@ -192,6 +192,10 @@ class ImportRun:
     resume_from: str | None = None
     #: Entries (and state updates) the engine commits per page; a hint for listing page sizes.
     page_size: int = 500
+    #: Set when the step stops (Ctrl-C, a stop signal, a ``Stop``): ``import_changes`` waits on it
+    #: (``run.stopping.wait(seconds)``) instead of sleeping, so that a step stops at once, not after
+    #: the wait (the engine gives the stream 10 s, then leaves it behind).
+    stopping: threading.Event = field(default_factory=threading.Event, compare=False)
 
     @property
     def full(self) -> bool:

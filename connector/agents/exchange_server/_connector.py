@@ -245,7 +245,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         yield from limit.recall()
         worker = _PhotoWorker(self, run.full, limit)
         known = {key: UserState.load(key, value) for key, value in run.state.scan() if key != LIMIT_KEY}
-        listed = self._settled(self.mailbox_list(), known)
+        listed = self._settled(self.mailbox_list(), known, run.stopping)
         yield Count("mailboxes", len(listed))
         now = time.time()
         s = self.settings
@@ -266,7 +266,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
                 yield Count("deletes")
         yield DeltaWatermark(json.dumps({"v": 2}))
 
-    def _settled(self, listed: list[str], known: Collection[str]) -> list[str]:
+    def _settled(self, listed: list[str], known: Collection[str], stopping: threading.Event) -> list[str]:
         """The mailbox list read again once its file has stopped changing, when it leaves out mailboxes
         imported before (else as it is: a run that deletes nobody never waits).
 
@@ -277,7 +277,9 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         path = self.settings.mailbox_file
         if path is None or not set(known) - set(listed):
             return listed
-        if not wait_until_unchanged(path, quiet_s=MAILBOX_FILE_QUIET_S, wait_s=MAILBOX_FILE_WAIT_S):
+        if not wait_until_unchanged(path, quiet_s=MAILBOX_FILE_QUIET_S, wait_s=MAILBOX_FILE_WAIT_S, stopping=stopping):
+            if stopping.is_set():  # Ctrl-C or a stop signal during the wait: the step stops, deleting nothing
+                raise StopRunError(f"stopped while the mailbox list {path} was still changing; nothing was deleted")
             msg = (
                 f"the mailbox list {path} kept changing for {MAILBOX_FILE_WAIT_S:g} s (is the task that writes it "
                 "still running?); nothing was deleted. Run again once it has finished; have it write another file "

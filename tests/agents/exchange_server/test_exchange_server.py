@@ -778,13 +778,14 @@ class _Writer:
     def __init__(self, path: Path, steps: list[str]) -> None:
         self.path, self.steps, self.waits = path, steps, 0
 
-    def __call__(self, seconds: float) -> None:
+    def __call__(self, seconds: float, stopping: threading.Event) -> bool:
         self.waits += 1
         if self.steps:
             with self.path.open("a", encoding="utf-8") as out:
                 out.write(self.steps.pop(0))
             stamp = time.time_ns() + self.waits * 1_000_000_000  # a new modification time, even on coarse clocks
             os.utime(self.path, ns=(stamp, stamp))
+        return stopping.is_set()
 
 
 def test_a_mailbox_list_still_being_written_deletes_nobody(
@@ -955,6 +956,40 @@ def test_an_error_answer_that_trickles_in_stops_at_the_timeout_too(
     assert str(caught.value).startswith(
         f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
     )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a thread (pthread_kill)")
+def test_ctrl_c_ends_the_wait_for_a_mailbox_list_still_being_written(
+    ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the photo-folder and EWS pass: Ctrl-C while the agent waited for a mailbox list still being
+    written (up to 60 s) could not end the wait, which slept in the import's stream, out of reach of the
+    step's stop: `mvsync run` took the engine's 10 s for joining the stream's thread, and the thread
+    outlived the step. The wait now ends on the step's stop (``ImportRun.stopping``)."""
+    listing = tmp_path / "mailboxes.txt"
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    _entries, watermark = _imported(_agent(ews, tmp_path))
+    listing.write_text(f"{PHOTO}\n", encoding="utf-8")  # the writer is still at it
+    woken: list[bool] = []
+
+    def wait(seconds: float, stopping: threading.Event) -> bool:
+        with listing.open("a", encoding="utf-8") as out:  # the list keeps changing
+            out.write("#\n")
+        if not woken:  # Ctrl-C during the first wait
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        woken.append(stopping.wait(seconds))
+        return woken[-1]
+
+    monkeypatch.setattr(files, "_sleep", wait)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _imported(_agent(ews, tmp_path), watermark)
+            threading.Event().wait(60)  # (the signal arrives on the way: never reached)
+        left = [t.name for t in threading.enumerate() if t.name == "import-source"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert woken == [True] and left == []  # the wait ended on the stop, not after its 2 s
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a thread (pthread_kill)")
