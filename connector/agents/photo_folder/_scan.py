@@ -109,12 +109,12 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
         with os.scandir(root / relative_dir if relative_dir else root) as entries:
             for entry in entries:
                 relpath = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
+                if recursive and _is_linked_folder(entry):
+                    _say_linked_folder(root, relpath)
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     if recursive and not entry.name.startswith("."):
                         pending.append(relpath)
-                    continue
-                if recursive and entry.is_symlink() and entry.is_dir():
-                    _say_linked_folder(root, relpath)
                     continue
                 if not is_photo_name(entry.name):
                     continue
@@ -125,12 +125,29 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
     return sorted(found, key=lambda f: f.relpath)
 
 
+#: Windows reparse points that lead elsewhere (winnt.h; Python's ``stat`` has them on Windows only):
+#: IO_REPARSE_TAG_MOUNT_POINT (a junction) and IO_REPARSE_TAG_SYMLINK.
+IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003
+_LINK_TAGS = frozenset({IO_REPARSE_TAG_MOUNT_POINT, 0xA000000C})
+
+
+def _is_linked_folder(entry: os.DirEntry[str]) -> bool:
+    """A symbolic link to a folder, or a Windows junction, which Python (before 3.12) reports as a plain
+    folder, not a link. Entered, either can lead out of ``path`` (its photos refused one by one as
+    outside the folder) or back into it (a junction to a parent recursed until paths grew too long)."""
+    if entry.is_symlink():
+        return entry.is_dir()
+    if not entry.is_dir(follow_symlinks=False):
+        return False
+    return getattr(entry.stat(follow_symlinks=False), "st_reparse_tag", 0) in _LINK_TAGS  # (0 off Windows)
+
+
 def _say_linked_folder(root: Path, relpath: str) -> None:
     """A recursive import does not enter a linked folder (it could lead out of ``path``): say so, or
     its photos would be missing without a word (a link made to share an HR export, say)."""
     log.warning(
-        "photo folder %s: %s is a symbolic link to a folder; links are not followed, so the photos in it are "
-        "not read (move them into the folder, or add an agent for the folder it links to)",
+        "photo folder %s: %s is a symbolic link to a folder (or a junction); links are not followed, so the "
+        "photos in it are not read (move them into the folder, or add an agent for the folder it links to)",
         root,
         display(relpath),
     )

@@ -11,7 +11,8 @@ import os
 import unicodedata
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from PIL import Image
@@ -238,8 +239,35 @@ def test_symlinks_are_refused(tmp_path: Path, folder: Path, caplog: pytest.LogCa
         assert "photo" not in found[anchor].attributes
     assert "eve" not in found  # linked folders are not entered, and the log says so (it was silent)
     [said] = [r.getMessage() for r in caplog.records if "linked-folder" in r.getMessage()]
-    assert "is a symbolic link to a folder; links are not followed, so the photos in it are not read" in said
+    assert "is a symbolic link to a folder (or a junction); links are not followed, so the photos in it" in said
     assert found["jdoe"].error is None
+
+
+class _Junction:
+    """What ``os.scandir`` gives on Windows for a junction: a folder, not a link, tagged as a mount point."""
+
+    name = "site-b"
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        return True
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        info = os.stat(".")
+        return cast(
+            os.stat_result, SimpleNamespace(st_mode=info.st_mode, st_reparse_tag=_scan.IO_REPARSE_TAG_MOUNT_POINT)
+        )
+
+
+def test_a_windows_junction_is_a_linked_folder_not_entered() -> None:
+    """Found in the photo-folder pass (from the code: Linux has no junctions): Python before 3.12 reports a
+    junction as a plain folder, so a recursive import entered it; one pointing at a parent folder
+    recursed until paths grew too long and stopped the step. It is now a linked folder: said, not entered."""
+    assert _scan._is_linked_folder(cast(os.DirEntry[str], _Junction()))
+    with os.scandir(Path(__file__).parent) as entries:  # plain folders and files here: none is linked
+        assert not any(_scan._is_linked_folder(entry) for entry in entries)
 
 
 def test_file_swapped_for_a_link_after_the_scan_is_refused(
