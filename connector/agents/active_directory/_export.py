@@ -24,6 +24,8 @@ it, so a refused batch has no partial effects:
 4. **Write** with ``MODIFY_REPLACE`` (``[]`` clears, and is idempotent even when the attribute is
    absent) through a small pool of connections in threads, paced by the write-rate cap. Result
    codes map to MIM error names; transport failures and busy/unavailable answers are ``RETRY``.
+   An interruption (Ctrl-C, a stop signal) starts no more writes, waits for those under way and
+   hands their results back with it (``carry_export_results``), so the engine records them.
 
 In LDIF mode stage 4 appends change records to a file instead of writing.
 """
@@ -34,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +67,7 @@ from connector.sdk import (
     StopRunError,
     Value,
     Values,
+    carry_export_results,
 )
 
 __all__ = ["ExportStats", "Exporter", "Operation", "RateLimiter", "classify_result", "plan_change"]
@@ -305,6 +308,8 @@ class Exporter:
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._down = threading.Event()
+        #: Ctrl-C or a stop signal came: no write starts after it.
+        self._interrupted = threading.Event()
         self._stats_lock = threading.Lock()
         #: The engine handed the whole step to ``prepare`` and its rights were checked there.
         self._prechecked = False
@@ -363,21 +368,12 @@ class Exporter:
         if self.check_rights and self.ldif is None and not self._prechecked:
             self._check_rights(ready)  # raises (stops the step) before any write
             ready = [p for p in ready if p.result is None]
-        if self.dry_run:
-            for p in ready:
-                self.log.info("dry run: would modify %s (%s)", p.dn, ", ".join(op[1] for op in p.operations))
-                p.result = ExportResult.success(p.change.identifier)
-        elif self.ldif is not None:
-            self.ldif.write([modify_record(p.dn, p.operations) for p in ready])
-            self.stats.ldif_records += len(ready)
-            for p in ready:
-                p.result = ExportResult.success(p.change.identifier)
-        else:
-            self._write_all(ready)  # stage 4
-        for p in planned:
-            if p.result is not None:  # None: not tried because a write stopped the step
-                results[p.position] = p.result
-        ordered = [results[i] for i in sorted(results)]
+        try:
+            self._deliver(ready)  # stage 4
+        except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal: what the DC took goes with it
+            carry_export_results(exc, _ordered(planned, results))
+            raise
+        ordered = _ordered(planned, results)
         self.stats.count(ordered)
         self.stats.paced_s = self.limiter.waited_s
         if self._stop is not None:
@@ -480,18 +476,66 @@ class Exporter:
         self._down.set()
 
     # -- stage 4 ------------------------------------------------------------------------------------
-    def _write_all(self, ready: list[_Planned]) -> None:
-        if self._threads <= 1 or len(ready) <= 1:
+    def _deliver(self, ready: list[_Planned]) -> None:
+        """Stage 4 as configured: log (dry run), append to the LDIF file, or write to the DC."""
+        if self.dry_run:
             for p in ready:
-                p.result = self._write_one(p)
+                self.log.info("dry run: would modify %s (%s)", p.dn, ", ".join(op[1] for op in p.operations))
+                p.result = ExportResult.success(p.change.identifier)
+        elif self.ldif is not None:
+            self.ldif.write([modify_record(p.dn, p.operations) for p in ready])
+            self.stats.ldif_records += len(ready)
+            for p in ready:
+                p.result = ExportResult.success(p.change.identifier)
+        else:
+            self._write_all(ready)
+
+    def _write_all(self, ready: list[_Planned]) -> None:
+        """Write ``ready`` in the worker threads, one connection each, while this thread waits.
+
+        Why in workers even with one connection: the signal handler interrupts this (the main) thread,
+        and an interruption raised in the middle of a write on it would lose the write's answer; here
+        the writes under way finish and are recorded (``_finish_interrupted``).
+        """
+        if not ready:
             return
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="ad-export")
-        for p, result in zip(ready, self._executor.map(self._write_one, ready), strict=True):
-            p.result = result
+            self._executor = ThreadPoolExecutor(max_workers=max(1, self._threads), thread_name_prefix="ad-export")
+        futures = [self._executor.submit(self._write_one, p) for p in ready]
+        try:
+            for p, future in zip(ready, futures, strict=True):
+                p.result = future.result()
+        except KeyboardInterrupt:
+            self._finish_interrupted(ready, futures)
+            raise
+
+    def _finish_interrupted(self, ready: list[_Planned], futures: list[Future[ExportResult | None]]) -> None:
+        """After Ctrl-C or a stop signal: start no more writes, wait for those under way, keep their results.
+
+        A second interruption while waiting stops the wait; the writes finished by then are still kept.
+        """
+        self._interrupted.set()
+        for future in futures:
+            future.cancel()
+        running = sum(1 for future in futures if not future.done())
+        if running:
+            self.log.warning(
+                "interrupted: waiting for %d LDAP write%s under way so that %s recorded; interrupt again to stop "
+                "at once (the next export may then write %s again)",
+                running,
+                "s" if running != 1 else "",
+                "they are" if running != 1 else "it is",
+                "them" if running != 1 else "it",
+            )
+        try:
+            wait(futures)
+        finally:
+            for p, future in zip(ready, futures, strict=True):
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    p.result = future.result()
 
     def _write_one(self, p: _Planned) -> ExportResult | None:
-        """Write one object; None when it was not tried because a reconnect stopped the step."""
+        """Write one object; None when it was not tried because a reconnect or an interruption stopped the step."""
         identifier = p.change.identifier
         if self._down.is_set():  # one unreachable verdict per batch, not one timeout per change
             if isinstance(self._stop, ServerDownError):
@@ -501,6 +545,8 @@ class Exporter:
         for verb, attribute, values in p.operations:
             changes.setdefault(attribute, []).append((_LDAP_VERBS[verb], values))
         self.limiter.wait()
+        if self._interrupted.is_set():  # after the pacing wait, which the interruption may have come in
+            return None
         with self.pool.lease() as link:
             try:
                 result: dict[str, Any] = link.run(lambda conn: _modify(conn, p.dn, changes))
@@ -519,6 +565,14 @@ class Exporter:
             return ExportResult.success(identifier)
         detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
+
+
+def _ordered(planned: list[_Planned], results: dict[int, ExportResult]) -> list[ExportResult]:
+    """The batch's results so far, in the order of its changes; a change not tried (yet) has none."""
+    for p in planned:
+        if p.result is not None:
+            results[p.position] = p.result
+    return [results[i] for i in sorted(results)]
 
 
 def _searcher(
