@@ -604,6 +604,25 @@ def grant_write(settings: ADSettings, account: KerberosAccount, ou_dn: str, attr
     The same grant as ``dsacls OU /I:S /G "DOMAIN\\account:WP;attribute;user"``, as an inherit-only
     object ACE on the OU; Samba propagates it to the users below.
     """
+    guid = _schema_guid(settings, attribute)
+    dc = _dc_of(settings)
+    sddl = f"(OA;CIIO;WP;{guid};{USER_CLASS_GUID};{account.sid})"
+    _require(_samba_tool(dc, "dsacl", "set", f"--objectdn={ou_dn}", f"--sddl={sddl}"), f"samba-tool dsacl set {sddl}")
+
+
+def deny_write(settings: ADSettings, account: KerberosAccount, object_dn: str, attribute: str) -> None:
+    """Deny ``account`` writing ``attribute`` on the object ``object_dn`` itself, whatever its OU grants.
+
+    What a protected account (adminCount = 1, inheritance off) or an explicit deny looks like to the
+    account: the OU's grant reaches the object's neighbours, not the object.
+    """
+    sddl = f"(OD;;WP;{_schema_guid(settings, attribute)};;{account.sid})"
+    done = _samba_tool(_dc_of(settings), "dsacl", "set", f"--objectdn={object_dn}", f"--sddl={sddl}")
+    _require(done, f"samba-tool dsacl set {sddl}")
+
+
+def _schema_guid(settings: ADSettings, attribute: str) -> str:
+    """The schemaIDGUID of ``attribute``, as SDDL object ACEs name it."""
     conn = connect(settings)
     try:
         conn.search(
@@ -611,12 +630,9 @@ def grant_write(settings: ADSettings, account: KerberosAccount, ou_dn: str, attr
             f"(lDAPDisplayName={attribute})",
             attributes=["schemaIDGUID"],
         )
-        guid = str(uuid.UUID(bytes_le=conn.response[0]["raw_attributes"]["schemaIDGUID"][0]))
+        return str(uuid.UUID(bytes_le=conn.response[0]["raw_attributes"]["schemaIDGUID"][0]))
     finally:
         conn.unbind()
-    dc = _dc_of(settings)
-    sddl = f"(OA;CIIO;WP;{guid};{USER_CLASS_GUID};{account.sid})"
-    _require(_samba_tool(dc, "dsacl", "set", f"--objectdn={ou_dn}", f"--sddl={sddl}"), f"samba-tool dsacl set {sddl}")
 
 
 def kdc_running(settings: ADSettings) -> bool:

@@ -56,6 +56,9 @@ class Gap:
     attribute: str
     container: str
     dns: list[str] = field(default_factory=list)
+    #: Objects of the same container (in the same check) on which the account may write the attribute:
+    #: then a grant on the container exists and does not reach ``dns``, and granting it again would not help.
+    writable_siblings: int = 0
 
 
 def effective_of(entry: Mapping[str, Any]) -> frozenset[str] | None:
@@ -87,12 +90,17 @@ def container_of(dn: str) -> str:
 def find_gaps(needs: Iterable[tuple[str, Iterable[str], frozenset[str]]]) -> list[Gap]:
     """(dn, attributes to write, writable attributes) triples as gaps per (attribute, container)."""
     gaps: dict[tuple[str, str], Gap] = {}
+    granted: dict[tuple[str, str], int] = {}
     for dn, attributes, writable in needs:
+        container = container_of(dn)
         for attribute in attributes:
-            if attribute.lower() not in writable:
-                container = container_of(dn)
-                gap = gaps.setdefault((attribute.lower(), container.lower()), Gap(attribute, container))
-                gap.dns.append(dn)
+            key = (attribute.lower(), container.lower())
+            if attribute.lower() in writable:
+                granted[key] = granted.get(key, 0) + 1
+            else:
+                gaps.setdefault(key, Gap(attribute, container)).dns.append(dn)
+    for key, gap in gaps.items():
+        gap.writable_siblings = granted.get(key, 0)
     return list(gaps.values())
 
 
@@ -144,12 +152,34 @@ def refusal(gaps: list[Gap], account: str, object_class: str, *, examples: int =
     lines = []
     for gap in gaps:
         shown = "; ".join(gap.dns[:examples]) + (f"; ... ({len(gap.dns)} in all)" if len(gap.dns) > examples else "")
-        lines.append(
-            f"{account} may not write {gap.attribute} on {len(gap.dns)} object(s) in {gap.container} ({shown}); "
-            f"grant it with: {dsacls_line(gap.container, account, gap.attribute, object_class)}"
-        )
+        what = f"{account} may not write {gap.attribute} on {len(gap.dns)} object(s) in {gap.container} ({shown})"
+        if gap.writable_siblings:
+            lines.append(f"{what}; {_not_inherited(gap, account)}")
+        else:
+            lines.append(f"{what}; grant it with: {dsacls_line(gap.container, account, gap.attribute, object_class)}")
     msg = "the export stopped before writing anything (allowedAttributesEffective, read up front): " + " | ".join(lines)
     return StopRunError(msg, status=STATUS)
+
+
+def _not_inherited(gap: Gap, account: str) -> str:
+    """What to do when the container's grant exists but does not reach some objects in it.
+
+    Why not the container's dsacls line: it is there already (the account may write the attribute on
+    other objects of the container), so granting it again changes nothing and the export stops again.
+    In AD the usual cause is a protected account (adminCount = 1: SDProp replaces its permissions
+    with AdminSDHolder's every hour, inheritance off), otherwise inheritance turned off by hand or
+    a deny entry on the object.
+    """
+    first = gap.dns[0]
+    domain = ",".join(part for part in container_of(first).split(",") if part.strip().lower().startswith("dc="))
+    return (
+        f"it may write it on {gap.writable_siblings} other object(s) there, so the grant on {gap.container} exists "
+        "but does not reach these: a protected account (adminCount = 1, whose permissions AdminSDHolder resets "
+        "every hour), inheritance turned off, or a deny entry on the object. See which with: "
+        f'dsacls "{first}"; for protected accounts grant it on AdminSDHolder: '
+        f'dsacls "CN=AdminSDHolder,CN=System,{domain}" /G "{account}:RPWP;{gap.attribute}"; otherwise restore '
+        "inheritance or remove the deny entry, or leave these people out of the export"
+    )
 
 
 def sample_gaps(

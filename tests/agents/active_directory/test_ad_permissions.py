@@ -13,7 +13,7 @@ from connector.sdk import AttributeChange, ExportStatus, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_export import update
 from tests.agents.active_directory.test_ad_kerberos import _engine_config, kerberos_settings
-from tests.harness.samba_dc import KerberosAccount, grant_write
+from tests.harness.samba_dc import KerberosAccount, deny_write, grant_write
 
 pytestmark = pytest.mark.samba
 
@@ -60,6 +60,34 @@ def test_missing_right_stops_the_step_before_any_write(ad_env: ADTestEnv, samba_
     )
     # nothing was written, not even to the objects the account may write
     assert {n: ad_env.usn(n, people) for n in good} | {n: ad_env.usn(n, other) for n in bad} == usn_before
+    assert connector.export_stats.writes == 0
+
+
+def test_an_object_the_ou_grant_does_not_reach_is_not_sent_to_the_ou_grant_again(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount
+) -> None:
+    """Found in a bad-day pass: one person in a delegated OU whose own permissions keep the account out
+    (a protected account, adminCount = 1, or a deny entry) stopped the export with "grant it with:
+    dsacls <the OU> ...", the grant that was there already: granting it again changed nothing, and the
+    export stopped on every run. The refusal now says the OU grant reaches the others and what to do."""
+    people, _other, good, _bad = _two_ous(ad_env, samba_kerberos)
+    names = list(good)
+    blocked = f"CN={names[1]},{people}"
+    deny_write(ad_env.ad, samba_kerberos, blocked, "thumbnailPhoto")
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people]))
+    with pytest.raises(StopRunError) as caught:
+        connector.export(
+            [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(good.values())]
+        )
+    message = str(caught.value)
+    assert caught.value.status == "stopped-permission-issue"
+    assert f"MVSYNC\\svc-mvsync may not write thumbnailPhoto on 1 object(s) in {people} ({blocked})" in message
+    assert f'dsacls "{people}" /I:S /G' not in message  # not the grant that is there already
+    assert f"it may write it on 2 other object(s) there, so the grant on {people} exists" in message
+    assert f'See which with: dsacls "{blocked}"' in message
+    assert f'dsacls "CN=AdminSDHolder,CN=System,{ad_env.ad.base_dn}" /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto"' in (
+        message
+    )
     assert connector.export_stats.writes == 0
 
 
