@@ -52,7 +52,15 @@ from connector.agents.active_directory._ldap import (
     guid_text,
 )
 from connector.agents.active_directory._ldif import LdifWriter, modify_record
-from connector.agents.active_directory._permissions import EFFECTIVE, effective_of, find_gaps, read_effective, refusal
+from connector.agents.active_directory._permissions import (
+    EFFECTIVE,
+    container_of,
+    dsacls_line,
+    effective_of,
+    find_gaps,
+    read_effective,
+    refusal,
+)
 from connector.agents.active_directory._schema import ANCHOR, PHOTO_MAX_BYTES
 from connector.sdk import (
     Attribute,
@@ -305,6 +313,9 @@ class Exporter:
         self.stats = ExportStats()
         self.check_rights = check_rights
         self._account_label = account_label or (lambda _link: "the bound account")
+        #: The bound account as dsacls names it, looked up at the first refused write.
+        self._account: str | None = None
+        self._account_lock = threading.Lock()
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._down = threading.Event()
@@ -557,14 +568,34 @@ class Exporter:
             except StopRunError as exc:  # a reconnect refused (password changed, certificate): not written
                 self._stop_after_batch(exc)
                 return None
-        status, name = classify_result(int(result.get("result", 80)))
-        metrics.ldap_write("success" if status == ExportStatus.SUCCESS else name)
-        if status == ExportStatus.SUCCESS:
-            with self._stats_lock:
-                self.stats.writes += 1
-            return ExportResult.success(identifier)
-        detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
+            status, name = classify_result(int(result.get("result", 80)))
+            metrics.ldap_write("success" if status == ExportStatus.SUCCESS else name)
+            if status == ExportStatus.SUCCESS:
+                with self._stats_lock:
+                    self.stats.writes += 1
+                return ExportResult.success(identifier)
+            detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
+            if name == "permission-issue":
+                detail += f"; {self._refused_write(link, p)}"
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
+
+    def _refused_write(self, link: Any, p: _Planned) -> str:
+        """What to do about a write the DC refused for lack of rights: who may not write what, and the grant.
+
+        Why here too: the up-front check is off (``check_permissions = false``) or the rights changed
+        after it, and the DC's own text names neither the account nor a way out.
+        """
+        with self._account_lock:  # the label may take two searches: once per step, not per refused write
+            if self._account is None:
+                self._account = self._account_label(link)
+            account = self._account
+        container = container_of(p.dn)
+        attributes = list(dict.fromkeys(op[1] for op in p.operations))
+        grants = "; ".join(dsacls_line(container, account, a, self.object_class.name) for a in attributes)
+        return (
+            f"{account} may not write {', '.join(attributes)} here: grant it with: {grants} (if others in that OU "
+            f'are written, that grant exists and does not reach this person: see why with dsacls "{p.dn}")'
+        )
 
 
 def _ordered(planned: list[_Planned], results: dict[int, ExportResult]) -> list[ExportResult]:

@@ -193,6 +193,10 @@ def test_account_without_rights_gets_permission_issue(ad_env: ADTestEnv) -> None
     connector = ad_env.connector(bind_dn=weak_dn, password=password, delta_method="usn", check_permissions=False)
     result = connector.export([update(next(iter(guids.values())), AttributeChange.replace("thumbnailPhoto", jpeg(9)))])
     assert (result[0].status, result[0].error_name) == (ExportStatus.FAILED, "permission-issue")
+    # who may not write what, and the grant (the DC's own text names neither): found in a bad-day pass
+    detail = result[0].error_detail
+    assert f"MVSYNC\\{weak} may not write thumbnailPhoto here: grant it with: " in detail, detail
+    assert f'dsacls "{ad_env.ou}" /I:S /G "MVSYNC\\{weak}:RPWP;thumbnailPhoto;user"' in detail, detail
 
 
 def test_write_rate_cap(ad_env: ADTestEnv) -> None:
