@@ -42,11 +42,30 @@ from connector.bench._util import peak_rss_mb
 from connector.demo.ad import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
 
-__all__ = ["CountingActiveDirectoryConnector", "run"]
+__all__ = ["BenchmarkStopped", "CountingActiveDirectoryConnector", "run"]
 
 _PASSWORD_ENV = "MVSYNC_BENCH_AD_PASSWORD"
 #: Export statistics of every CountingActiveDirectoryConnector closed in this process, in order.
 _CLOSED_STATS: list[ExportStats] = []
+
+
+class BenchmarkStopped(Exception):
+    """A run profile of the benchmark did not succeed (the DC went away, a step stopped): its figures would
+    mean nothing. The CLI says it with the step's own message and the step's exit code, not as a bug."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _check_run(profile: str, result: Any) -> None:
+    """Raise BenchmarkStopped, naming the first step that did not succeed and why, unless ``result`` succeeded."""
+    if str(result.status).startswith("success"):
+        return
+    step = next((s for s in result.steps if not str(s.status).startswith("success")), None)
+    why = f": {step.kind} of {step.agent} ended {step.status}: {step.message or '(no message)'}" if step else ""
+    msg = f"the benchmark's engine run {profile!r} ended {result.status}{why}"
+    raise BenchmarkStopped(msg, str(result.status))
 
 
 class CountingActiveDirectoryConnector(ActiveDirectoryConnector):
@@ -215,9 +234,7 @@ def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Pat
             started = time.perf_counter()
             result = engine.run_profile(profile)
             elapsed = time.perf_counter() - started
-            if not str(result.status).startswith("success"):
-                msg = f"engine profile {profile!r} ended {result.status}"
-                raise RuntimeError(msg)
+            _check_run(profile, result)
             return elapsed
 
         run("prepare")

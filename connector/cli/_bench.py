@@ -12,11 +12,16 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from connector.cli._common import handle_errors, print_json
+from connector.cli._common import exit_code_for_status, fail, handle_errors, print_json
 from connector.config import ConfigError
 
 __all__ = ["register"]
+
+#: thumbnailPhoto's rangeUpper (``connector.agents.active_directory.PHOTO_MAX_BYTES``; not imported here,
+#: which would load ldap3 for every command): a larger photo fails every write and measures nothing.
+_AD_PHOTO_MAX_BYTES = 102_400
 
 bench_app = typer.Typer(help="Benchmarks (each prints one JSON object).", no_args_is_help=True)
 
@@ -168,9 +173,11 @@ def import_ews_command(
 @bench_app.command("export-ad")
 @handle_errors  # a missing test harness (not a source checkout) is a message, not a traceback
 def export_ad_command(
-    users: int = typer.Option(2000, help="users to create and write"),
-    photo_bytes: int = typer.Option(5000, help="bytes per photo (a 96x96 JPEG is 3-6 KB)"),
-    batch: int = typer.Option(500, help="changes per export batch"),
+    users: int = typer.Option(2000, min=1, help="users to create and write"),
+    photo_bytes: int = typer.Option(
+        5000, min=1, max=_AD_PHOTO_MAX_BYTES, help="bytes per photo (a 96x96 JPEG is 3-6 KB; AD takes 102,400 at most)"
+    ),
+    batch: int = typer.Option(500, min=1, help="changes per export batch"),
     driver: str = typer.Option("engine", help="engine: through connector.engine.Engine; direct: the agent only"),
     keep: bool = typer.Option(False, help="leave a DC this run started running"),
     auth: str = typer.Option("simple", help="simple: the administrator's password; kerberos: a keytab account"),
@@ -186,15 +193,18 @@ def export_ad_command(
         raise typer.BadParameter("driver must be 'engine' or 'direct'")
     if auth not in ("simple", "kerberos"):
         raise typer.BadParameter("auth must be 'simple' or 'kerberos'")
-    result = export_ad.run(
-        users,
-        photo_bytes,
-        batch,
-        "engine" if driver == "engine" else "direct",
-        keep,
-        "kerberos" if auth == "kerberos" else "simple",
-        check_permissions,
-    )
+    try:
+        result = export_ad.run(
+            users,
+            photo_bytes,
+            batch,
+            "engine" if driver == "engine" else "direct",
+            keep,
+            "kerberos" if auth == "kerberos" else "simple",
+            check_permissions,
+        )
+    except export_ad.BenchmarkStopped as exc:  # the DC went away, a step stopped: said, not a traceback
+        raise fail(escape(str(exc)), exit_code_for_status(exc.status), status=exc.status) from None
     typer.echo(json.dumps(result) if json_out else json.dumps(result, indent=2))
 
 

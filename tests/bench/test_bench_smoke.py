@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from connector.agents.active_directory import PHOTO_MAX_BYTES
 from tests.harness.samba_dc import ADSettings
 
 _NOT_STOPPED = ("success", "completed-warnings", "completed-discovery-errors")
@@ -309,6 +310,48 @@ def test_bench_export_ad_small(samba_ad: ADSettings, driver: str, monkeypatch: p
     _positive(result, "writes_per_s", "raw_ldap3_writes_per_s", "ratio_to_raw", "peak_rss_mb")
     _non_negative(result, "user_setup_s")
     assert isinstance(result["targets_met"], bool)
+
+
+@pytest.mark.parametrize("option", [("--users", "0"), ("--photo-bytes", str(PHOTO_MAX_BYTES + 1)), ("--batch", "0")])
+def test_bench_export_ad_refuses_options_that_measure_nothing(option: tuple[str, str]) -> None:
+    """Found in a bad-day pass: ``--users 0`` (ZeroDivisionError), ``--photo-bytes`` over AD's 102,400
+    (LDAPInvalidAttributeSyntaxResult from the raw ldap3 loop) and ``--batch 0`` (ValueError) ended in
+    tracebacks with exit 1, after the DC was started and the users created. Now they are usage errors
+    (exit 2, naming the option) before anything starts."""
+    from tests.cli._configs import invoke
+
+    code, out, err = invoke("bench", "export-ad", *option)
+    assert code == 2, out + err
+    assert option[0] in err and "Traceback" not in out + err
+
+
+@pytest.mark.samba
+def test_bench_export_ad_whose_dc_goes_away_mid_export_says_so(
+    samba_ad: ADSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: a DC lost in the benchmark's export ended it with "RuntimeError: engine
+    profile 'export' ended stopped-server-down", a traceback and exit 1 (a bug, by the README), without
+    the step's message. Now it is the step's status and exit code (4), with the step's message naming
+    the DC."""
+    from connector.bench import export_ad
+    from tests.agents.active_directory.test_ad_export_outage import _outage_after_writes
+    from tests.cli._configs import invoke
+    from tests.harness.sockets import faulty_proxy
+
+    if samba_ad.external or samba_ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    _restore_env_after(monkeypatch, "MVSYNC_BENCH_AD_PASSWORD")
+    agent_settings = export_ad._agent_settings
+    with faulty_proxy((samba_ad.host, samba_ad.ldaps_port)) as dc:
+        relayed = {"host": "localhost", "port": dc.port, "connect_timeout": 1, "reconnect_attempts": 1}
+        monkeypatch.setattr(export_ad, "_agent_settings", lambda *a, **k: {**agent_settings(*a, **k), **relayed})
+        _outage_after_writes(monkeypatch, 1, dc.reset)
+        code, out, err = invoke("bench", "export-ad", "--users", "4", "--photo-bytes", "500", "--batch", "2")
+    assert code == 4, out + err
+    message = " ".join(err.split())
+    assert "Traceback" not in out + err and "RuntimeError" not in message
+    assert "the benchmark's engine run 'export' ended stopped-server-down: export of ad ended" in message, message
+    assert f"localhost:{dc.port} (ldaps)" in message, message
 
 
 def test_bench_import_measures_a_resumed_full_import(monkeypatch: pytest.MonkeyPatch) -> None:
