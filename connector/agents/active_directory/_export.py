@@ -577,6 +577,12 @@ class Exporter:
             detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
             if name == "permission-issue":
                 detail += f"; {self._refused_write(link, p)}"
+            elif name == "cd-missing-object":  # it was there when this batch looked it up
+                detail += (
+                    "; it was deleted, moved or renamed while this batch was written: the next export looks it "
+                    "up again by objectGUID and writes it where it is now, if under base_dns (a full import marks it "
+                    "deleted if it is gone)"
+                )
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
 
     def _refused_write(self, link: Any, p: _Planned) -> str:

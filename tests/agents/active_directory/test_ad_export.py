@@ -181,6 +181,43 @@ def test_missing_object_and_bad_anchor(ad_env: ADTestEnv) -> None:
     assert "a full import of this agent marks it deleted" in results[0].error_detail  # what to do next
 
 
+def test_an_object_deleted_or_renamed_while_its_batch_is_written_says_what_happens_next(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: a user deleted or renamed on the DC after the batch looked it up (a batch of
+    500 at 50 writes/s is written over 10 s) failed as "modify CN=...: 32 noSuchObject: 00002030: No such
+    Base DN: CN=...", which says neither why nor what next; a renamed user is not even gone."""
+    from connector.agents.active_directory import _export
+
+    guids = ad_env.add_users(ad_env.specs(2))
+    gone, renamed = list(guids)
+    original = _export._modify
+
+    def modify_after_the_dc_changed(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+        if dn.startswith(f"CN={gone},"):
+            assert ad_env.admin.delete(dn)
+        elif dn.startswith(f"CN={renamed},"):
+            assert ad_env.admin.modify_dn(dn, f"CN={renamed}-new")
+        return original(conn, dn, changes)
+
+    monkeypatch.setattr(_export, "_modify", modify_after_the_dc_changed)
+    connector = ad_env.connector()
+    changes = [update(guids[n], AttributeChange.replace("thumbnailPhoto", jpeg(40)), identifier=n) for n in guids]
+    results = connector.export(changes)
+    assert [(r.identifier, r.error_name) for r in results] == [
+        (gone, "cd-missing-object"),
+        (renamed, "cd-missing-object"),
+    ]
+    for result in results:
+        assert "deleted, moved or renamed while this batch was written" in result.error_detail, result.error_detail
+        assert "the next export looks it up again by objectGUID" in result.error_detail
+    monkeypatch.undo()
+    # as said: the next export finds the renamed user where it is now
+    again = connector.export([changes[1]])
+    assert again[0].status == ExportStatus.SUCCESS
+    assert ad_env.read(f"{renamed}-new", "thumbnailPhoto") == [jpeg(40)]
+
+
 def test_account_without_rights_gets_permission_issue(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(1))
     weak = f"{ad_env.tag}weak"
