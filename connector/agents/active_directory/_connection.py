@@ -297,10 +297,13 @@ class Link:
                 conn.unbind()
 
     # -- operations -----------------------------------------------------------------------------
-    def run(self, operation: Callable[[Connection], T]) -> T:
+    def run(self, operation: Callable[[Connection], T], stop: threading.Event | None = None) -> T:
         """Run ``operation`` on the connection; reconnect and repeat it if the transport breaks.
 
-        Raises ServerUnreachable when it still fails after ``reconnect_attempts`` reconnects.
+        Raises ServerUnreachable when it still fails after ``reconnect_attempts`` reconnects, or at
+        the first failure once ``stop`` is set. Why ``stop``: an interrupted export waits for its
+        writes under way, and against a hung DC the reconnects would make that wait last minutes
+        (past a service manager's stop timeout, which then kills the process unrecorded).
         """
         attempts = self.settings.reconnect_attempts + 1
         last: BaseException | None = None
@@ -313,8 +316,11 @@ class Link:
                 return operation(conn)
             except TRANSPORT_ERRORS as exc:
                 last = exc
-                self.logger.info("connection to %s broke (%s); reconnecting", self._where(), type(exc).__name__)
                 self.close()
+                if stop is not None and stop.is_set():
+                    reason = describe_failure(exc, self._where(), self.settings)
+                    raise ServerUnreachable(f"{reason}; not retried: the export was interrupted") from None
+                self.logger.info("connection to %s broke (%s); reconnecting", self._where(), type(exc).__name__)
                 if attempt + 1 < attempts:
                     time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
         assert last is not None

@@ -560,7 +560,8 @@ class Exporter:
             return None
         with self.pool.lease() as link:
             try:
-                result: dict[str, Any] = link.run(lambda conn: _modify(conn, p.dn, changes))
+                # an interruption ends the reconnects: it waits for this write, not for a hung DC's timeouts
+                result: dict[str, Any] = link.run(lambda conn: _modify(conn, p.dn, changes), stop=self._interrupted)
             except ServerUnreachable as exc:
                 self._server_down(exc)
                 metrics.ldap_write("cd-server-down")

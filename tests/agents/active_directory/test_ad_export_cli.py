@@ -15,16 +15,26 @@ import pytest
 from connector.agents.active_directory import _export
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.cli._configs import invoke
+from tests.harness.sockets import faulty_proxy
 
 pytestmark = pytest.mark.samba
 
 
 def folder_to_ad(ad_env: ADTestEnv, people: str, photos: Path, **settings: Any) -> Path:
     """``mvsync.toml`` of the photo solution: ``hr`` (a photo folder) to ``ad`` (the users under ``people``),
-    profiles "Prepare" (imports and syncs) and "Export"; ``settings`` are more of the AD agent's settings."""
+    profiles "Prepare" (imports and syncs) and "Export"; ``settings`` add to or replace the AD agent's."""
     secret = ad_env.tmp_path / "ad-password"
     secret.write_text(ad_env.ad.password)
-    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    ad: dict[str, Any] = {
+        "host": ad_env.ad.host,
+        "port": ad_env.ad.ldaps_port,
+        "bind_dn": ad_env.ad.bind_dn,
+        "base_dns": [people],
+        "max_writes_per_second": 0,
+        **({"ca_file": str(ad_env.ad.ca_cert)} if ad_env.ad.ca_cert else {}),
+        **settings,
+    }
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in ad.items())
     path = ad_env.tmp_path / "mvsync.toml"
     path.write_text(
         f"""
@@ -36,14 +46,8 @@ projection = [{{ object_class = "user", metaverse_type = "person" }}]
 import_flow = [{{ object_class = "user", cs = "sAMAccountName", mv = "accountName" }}]
 export_flow = [{{ object_class = "user", mv = "photo", cs = "thumbnailPhoto" }}]
 [agents.ad.settings]
-host = {json.dumps(ad_env.ad.host)}
-port = {ad_env.ad.ldaps_port}
-{f"ca_file = {json.dumps(str(ad_env.ad.ca_cert))}" if ad_env.ad.ca_cert else ""}
-bind_dn = {json.dumps(ad_env.ad.bind_dn)}
 password = {{ file = {json.dumps(str(secret))} }}
-base_dns = [{json.dumps(people)}]
-max_writes_per_second = 0
-{extra}
+{lines}
 [agents.hr]
 type = "photo-folder"
 settings = {{ path = {json.dumps(str(photos))} }}
@@ -124,3 +128,48 @@ def test_sigterm_mid_export_records_the_photos_the_dc_took(
     in_ad = {name for name in names if ad_env.read(name, "thumbnailPhoto", people)}
     assert len(in_ad) == len(written) >= 3
     assert _pending(config) == len(names) - len(in_ad)  # what the DC took is recorded, the rest pending
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends a signal to a thread (pthread_kill)")
+def test_sigterm_while_the_dc_hangs_waits_for_the_write_under_way_not_for_its_reconnects(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: an interrupted export waits for its writes under way, and against a hung
+    DC such a write went on to reconnect ``reconnect_attempts`` times, each waiting for a TLS handshake
+    that never came: about 100 s with the defaults, past systemd's 90 s stop timeout, whose SIGKILL then
+    leaves the run unrecorded. Now the write under way gets its one ``receive_timeout`` and no reconnect;
+    it stays pending, the writes before it are recorded."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people, names, photos = _people_with_photos(ad_env, 8)
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        relayed = {"host": "localhost", "port": dc.port, "export_connections": 1, "receive_timeout": 2}
+        config = folder_to_ad(ad_env, people, photos, connect_timeout=1, reconnect_attempts=3, **relayed)
+        code, out, err = invoke("run", "Prepare", "-c", str(config))
+        assert code == 0, out + err
+        accepted: list[int] = []
+        original = _export._modify
+        calls: list[str] = []
+
+        def hang_then_sigterm(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+            calls.append(dn)
+            if len(calls) == 4:  # the DC hangs under the 4th write, and the service manager stops mvsync
+                dc.hold()
+                accepted.append(dc.accepted)
+                ident = threading.main_thread().ident
+                assert ident is not None
+                signal.pthread_kill(ident, signal.SIGTERM)
+            return original(conn, dn, changes)
+
+        monkeypatch.setattr(_export, "_modify", hang_then_sigterm)
+        code, out, err = invoke("run", "Export", "-c", str(config))
+        reconnects = dc.accepted - accepted[0]
+        monkeypatch.undo()
+        dc.relay()
+        assert code == 143, out + err
+        assert "Traceback" not in err
+        assert reconnects == 0, err  # the interrupted write was not tried again on a new connection
+        assert len(calls) == 4, calls  # and no write started after the interruption
+        assert _pending(config) == len(names) - 3  # the three written before are recorded
+    in_ad = {name for name in names if ad_env.read(name, "thumbnailPhoto", people)}
+    assert in_ad == {dn.split(",", 1)[0][3:] for dn in calls[:3]}
