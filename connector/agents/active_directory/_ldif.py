@@ -63,7 +63,9 @@ class LdifWriter:
     The file only ever grows by whole batches: a batch the disk could take only part of (a full
     disk, a quota, a file-size limit) is cut off again. Why: the next export appends after it, and
     a record cut in the middle of its base64 photo, the next ``dn:`` glued onto it, is a file that
-    ``ldapmodify -f`` stops on (or applies a cut photo from) until someone edits it by hand.
+    ``ldapmodify -f`` stops on (or applies a cut photo from) until someone edits it by hand. So is a
+    batch an interruption (Ctrl-C, a stop signal) catches before it is durable: the engine has no
+    result for it and keeps it pending, and the next export would append it a second time.
     """
 
     def __init__(self, path: Path) -> None:
@@ -85,18 +87,25 @@ class LdifWriter:
         try:
             _write_all(handle, data)
             os.fsync(handle.fileno())
+        except KeyboardInterrupt:  # Ctrl-C, a stop signal: the batch stays pending, so out of the file too
+            self._cut_back(handle, start)
+            raise
         except OSError as exc:
-            self._handle = None
-            with contextlib.suppress(OSError):  # unbuffered: nothing is left to write, truncating frees space
-                os.ftruncate(handle.fileno(), start)
-            with contextlib.suppress(OSError):
-                handle.close()
+            self._cut_back(handle, start)
             msg = (
                 f"cannot write the LDIF change file {self.path} ({exc.strerror or exc}): this batch stays pending "
                 "and the file ends where it began; free space (or fix the file) and run the export again"
             )
             raise StopRunError(msg) from None
         self.records += len(records)
+
+    def _cut_back(self, handle: FileIO, start: int) -> None:
+        """End the file where the batch began and close it (the next write opens it again)."""
+        self._handle = None
+        with contextlib.suppress(OSError):  # unbuffered: nothing is left to write, truncating frees space
+            os.ftruncate(handle.fileno(), start)
+        with contextlib.suppress(OSError):
+            handle.close()
 
     def _open(self) -> FileIO:
         """The file, opened for appending without a buffer (a failed write leaves nothing to flush later)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -164,6 +165,41 @@ def test_an_ldif_batch_the_disk_takes_only_part_of_is_cut_off_again(tmp_path: Pa
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert path.read_bytes() == whole
     writer.write(_photo_records("b", 2))  # the next export, once there is room
+    writer.close()
+    assert path.read_bytes() == whole + "".join(_photo_records("b", 2)).encode("ascii")
+
+
+def test_an_ldif_batch_interrupted_while_it_is_written_is_cut_off_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: Ctrl-C (or a stop signal) while a batch was made durable left the whole
+    batch in the file, while the engine, which had no result for it, kept it pending: the next export
+    appended the same records again, and whoever reviews and applies the file got every person twice.
+    Now the file ends where the batch began, as after a full disk, and the interruption goes on."""
+    import signal
+
+    from connector.agents.active_directory import _ldif
+
+    path = tmp_path / "changes.ldif"
+    writer = LdifWriter(path)
+    writer.write(_photo_records("a", 2))
+    whole = path.read_bytes()
+    real_fsync = os.fsync
+
+    def ctrl_c_while_syncing(fd: int) -> None:
+        signal.raise_signal(signal.SIGINT)  # the handler raises KeyboardInterrupt here
+
+    monkeypatch.setattr(_ldif.os, "fsync", ctrl_c_while_syncing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            writer.write(_photo_records("b", 2))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    monkeypatch.setattr(_ldif.os, "fsync", real_fsync)
+    assert path.read_bytes() == whole
+    assert writer.records == 2
+    writer.write(_photo_records("b", 2))  # the next export writes the batch once
     writer.close()
     assert path.read_bytes() == whole + "".join(_photo_records("b", 2)).encode("ascii")
 
