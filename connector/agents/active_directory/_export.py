@@ -512,12 +512,14 @@ class Exporter:
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=max(1, self._threads), thread_name_prefix="ad-export")
-        futures = [self._executor.submit(self._write_one, p) for p in ready]
-        try:
+        futures: list[Future[ExportResult | None]] = []
+        try:  # handing over too: the writes handed over before an interruption start at once
+            for p in ready:
+                futures.append(self._executor.submit(self._write_one, p))
             for p, future in zip(ready, futures, strict=True):
                 p.result = future.result()
         except KeyboardInterrupt:
-            self._finish_interrupted(ready, futures)
+            self._finish_interrupted(ready[: len(futures)], futures)
             raise
 
     def _finish_interrupted(self, ready: list[_Planned], futures: list[Future[ExportResult | None]]) -> None:

@@ -236,6 +236,49 @@ def test_account_without_rights_gets_permission_issue(ad_env: ADTestEnv) -> None
     assert f'dsacls "{ad_env.ou}" /I:S /G "MVSYNC\\{weak}:RPWP;thumbnailPhoto;user"' in detail, detail
 
 
+def test_ctrl_c_while_a_batch_is_handed_to_the_writers_keeps_what_they_wrote(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: Ctrl-C while the batch's writes were being handed to the writer threads
+    left the writes handed over so far running, not cancelled, unrecorded: the worker pool wrote them after
+    the interruption (closing the agent waits for its queue), and the next export wrote them again. Now the
+    writes handed over and not started are cancelled, those under way finish, and their results go with
+    the interruption."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connector.agents.active_directory import _export
+    from connector.sdk import export_results
+
+    class CtrlCAtTheThirdHandOver(ThreadPoolExecutor):
+        handed = 0
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            CtrlCAtTheThirdHandOver.handed += 1
+            if CtrlCAtTheThirdHandOver.handed == 3:
+                signal.raise_signal(signal.SIGINT)  # Python's handler raises KeyboardInterrupt here
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(_export, "ThreadPoolExecutor", CtrlCAtTheThirdHandOver)
+    guids = ad_env.add_users(ad_env.specs(6, photos=False))
+    connector = ad_env.connector(export_connections=2)
+    changes = [
+        update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i)), identifier=n)
+        for i, (n, g) in enumerate(guids.items())
+    ]
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            connector.export(changes)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    connector.close()  # as the engine does: nothing written after this may go unrecorded
+    written = {name for name in guids if ad_env.read(name, "thumbnailPhoto")}
+    carried = export_results(caught.value)
+    assert {r.identifier for r in carried if r.status == ExportStatus.SUCCESS} == written
+    assert len(written) <= 2  # nothing was handed over after the interruption
+
+
 def test_write_rate_cap(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(12, photos=False))
     changes = [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())]
