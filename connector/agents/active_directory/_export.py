@@ -65,6 +65,7 @@ from connector.agents.active_directory._schema import ANCHOR, PHOTO_MAX_BYTES
 from connector.sdk import (
     Attribute,
     AttributeModificationType,
+    ConfigurationError,
     CSEntryChange,
     ExportResult,
     ExportStatus,
@@ -423,7 +424,7 @@ class Exporter:
                 for start in range(0, len(anchors), _RESOLVE_CHUNK):
                     search_filter = guid_filter(anchors[start : start + _RESOLVE_CHUNK])
                     for base in self.bases:
-                        for entry in link.run(_searcher(base, search_filter, SUBTREE, attributes)):
+                        for entry in _found(link, base, link.run(_scoped_searcher(base, search_filter, attributes))):
                             anchor = guid_text(entry["raw_attributes"][ANCHOR][0])
                             found[anchor] = entry["dn"]
                             writable[anchor] = effective_of(entry)
@@ -613,6 +614,43 @@ def _ordered(planned: list[_Planned], results: dict[int, ExportResult]) -> list[
         if p.result is not None:
             results[p.position] = p.result
     return [results[i] for i in sorted(results)]
+
+
+def _scoped_searcher(
+    base: str, search_filter: str, attributes: Sequence[str]
+) -> Callable[[Connection], tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """A subtree search under a base DN that also hands back the search's result (``_found`` checks it)."""
+
+    def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        conn.search(base, search_filter, SUBTREE, attributes=list(attributes))
+        return conn.result, search_entries(conn)
+
+    return operation
+
+
+def _found(link: Any, base: str, answer: tuple[dict[str, Any], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The entries of a search under ``base``, or the error that stops the step before this batch writes.
+
+    Why: a failed search has no entries, and every object of the batch was then taken for moved out of
+    scope or deleted, one error per person, when the base DN itself was gone (an OU renamed) or the DC
+    refused the search (busy, a time limit). The import stops on the same answers.
+    """
+    result, entries = answer
+    code = result.get("result")
+    if code in (0, None):
+        return entries
+    host = link.settings.host
+    if code == 32:
+        msg = (
+            f"the base DN {base!r} does not exist on {host} (noSuchObject): renamed or deleted? check base_dns; "
+            "nothing of this batch was written"
+        )
+        raise ConfigurationError(msg, key="base_dns")
+    detail = f"{code} {result.get('description', '')}: {result.get('message', '')}".strip()
+    raise StopRunError(
+        f"the search for this batch's objects under {base!r} on {host} failed ({detail}); nothing of this batch "
+        "was written, it stays pending for the next export"
+    )
 
 
 def _searcher(

@@ -173,3 +173,25 @@ def test_sigterm_while_the_dc_hangs_waits_for_the_write_under_way_not_for_its_re
         assert _pending(config) == len(names) - 3  # the three written before are recorded
     in_ad = {name for name in names if ad_env.read(name, "thumbnailPhoto", people)}
     assert in_ad == {dn.split(",", 1)[0][3:] for dn in calls[:3]}
+
+
+def test_a_base_dn_renamed_on_the_dc_stops_the_export_naming_it_not_every_person(ad_env: ADTestEnv) -> None:
+    """Found in a bad-day pass: with the configured OU renamed on the DC after the last import, the export's
+    search for its objects failed (noSuchObject) unnoticed, and every pending person failed on their own as
+    scope-violation ("moved since the last import?"), one error per person, exit 3. The import stops on
+    the same DN with a configuration error naming base_dns; now the export does too, before any write."""
+    people, names, photos = _people_with_photos(ad_env, 3)
+    config = folder_to_ad(ad_env, people, photos)
+    code, out, err = invoke("run", "Prepare", "-c", str(config))
+    assert code == 0, out + err
+    assert ad_env.admin.modify_dn(people, "OU=people-renamed")
+    renamed = people.replace("OU=people,", "OU=people-renamed,", 1)
+    code, out, err = invoke("run", "Export", "-c", str(config), "--json")
+    assert code == 2, out + err
+    failure = json.loads(out.strip().splitlines()[-1])
+    assert failure["status"] == "stopped-configuration", failure
+    message = " ".join(err.split())
+    assert f"the base DN '{people}' does not exist on {ad_env.ad.host}" in message, message
+    assert "base_dns" in message and "Traceback" not in err
+    assert _pending(config) == len(names)  # nothing was written, nothing recorded as failed
+    assert [ad_env.read(name, "thumbnailPhoto", renamed) for name in names] == [[]] * len(names)
