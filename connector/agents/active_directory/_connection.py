@@ -11,8 +11,8 @@ Why each choice:
   ``AuthenticationError``, a certificate that does not validate a ``StopRunError`` naming TLS
   (retrying cannot fix either), an unreachable server a ``ServerDownError`` after a few attempts.
 * A broken transport during an operation is repaired by reconnecting and repeating the operation.
-  Everything the agent sends is idempotent (searches, and modifies that *replace* values), so a
-  repeat after a lost answer is safe.
+  Everything the agent sends is idempotent (searches, modifies that *replace* values, and adds or
+  deletes of values sent with AD's permissive-modify control), so a repeat after a lost answer is safe.
 
 Secrets: the password goes to ldap3 only; no message here includes it (ldap3's own exception
 texts do not contain it either). With ``auth = "kerberos"`` there is no password at all

@@ -663,7 +663,19 @@ def _searcher(
     return operation
 
 
+#: LDAP_SERVER_PERMISSIVE_MODIFY_OID: adding a value that is there, or deleting one that is not, succeeds.
+_PERMISSIVE_MODIFY = "1.2.840.113556.1.4.1413"
+
+
 def _modify(conn: Connection, dn: str, changes: dict[str, list[tuple[str, list[bytes | str]]]]) -> dict[str, Any]:
-    conn.modify(dn, changes)
+    """One LDAP modify, repeatable: ``Link.run`` sends it again after a lost answer.
+
+    Why permissive modify: a replace is idempotent by itself, a multi-valued add or delete is not;
+    repeated after the DC applied it, it was refused (attributeOrValueExists, noSuchAttribute) and
+    reported failed although the directory held what was asked. Not critical: a DC that does not
+    know the control ignores it.
+    """
+    permissive = any(verb != MODIFY_REPLACE for operations in changes.values() for verb, _ in operations)
+    conn.modify(dn, changes, controls=[(_PERMISSIVE_MODIFY, False, None)] if permissive else None)
     result: dict[str, Any] = conn.result
     return result

@@ -218,6 +218,49 @@ def test_an_object_deleted_or_renamed_while_its_batch_is_written_says_what_happe
     assert ad_env.read(f"{renamed}-new", "thumbnailPhoto") == [jpeg(40)]
 
 
+@pytest.mark.parametrize("modification", ["add", "delete"])
+def test_a_multi_valued_change_repeated_after_a_lost_answer_succeeds(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, modification: str
+) -> None:
+    """Found in a bad-day pass: a write whose answer is lost (the connection drops after the DC applied it)
+    is sent again on a new connection, safe for replaced values but not for a multi-valued add or delete:
+    the DC answered the repeat with attributeOrValueExists (20) or noSuchAttribute (16), and the change
+    failed as cd-error although the directory held exactly what was asked. Adds and deletes now go with
+    AD's permissive-modify control, so a repeat is answered as done."""
+    from connector.agents.active_directory import _export
+
+    guids = ad_env.add_users(ad_env.specs(1, photos=False))
+    name, guid = next(iter(guids.items()))
+    dn = f"CN={name},{ad_env.ou}"
+    assert ad_env.admin.modify(dn, {"otherTelephone": [(MODIFY_REPLACE, ["+1 555 0100"])]})
+    original = _export._modify
+    sent: list[str] = []
+
+    def applied_then_lost(conn: Any, target: str, changes: Any) -> dict[str, Any]:
+        result = original(conn, target, changes)
+        sent.append(target)
+        if len(sent) == 1:  # the DC applied it; its answer never arrives
+            raise ConnectionResetError("connection reset by peer")
+        return result
+
+    monkeypatch.setattr(_export, "_modify", applied_then_lost)
+    connector = ad_env.connector(export_attributes=("otherTelephone",), extra_attributes=["otherTelephone|string[]"])
+    if modification == "add":
+        change = update(
+            guid, AttributeChange.add("otherTelephone", "+1 555 0199"), previous={"otherTelephone": ["+1 555 0100"]}
+        )
+        expected = {b"+1 555 0100", b"+1 555 0199"}
+    else:
+        change = update(
+            guid, AttributeChange.delete("otherTelephone", "+1 555 0100"), previous={"otherTelephone": ["+1 555 0100"]}
+        )
+        expected = set()
+    result = connector.export([change])
+    assert len(sent) == 2  # sent again after the reconnect
+    assert (result[0].status, result[0].error_detail) == (ExportStatus.SUCCESS, "")
+    assert set(ad_env.read(name, "otherTelephone")) == expected
+
+
 def test_account_without_rights_gets_permission_issue(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(1))
     weak = f"{ad_env.tag}weak"
