@@ -144,6 +144,37 @@ def describe_failure(
     return f"connection to {where} lost: {text}"
 
 
+#: AD's reasons for refusing a bind (the ``data`` code of its invalidCredentials message), with what to do.
+_BIND_REFUSALS = {
+    "525": "the account does not exist: check bind_dn",
+    "530": "the account may not log on at this time (logonHours): allow it around the clock",
+    "531": "the account may not log on from this computer (userWorkstations): allow it here",
+    "532": "the account's password has expired: set a new one, in AD and in the password setting",
+    "533": "the account is disabled: enable it",
+    "701": "the account has expired (accountExpires): extend it",
+    "773": "the account must change its password (reset, or pwdLastSet = 0): set a new one, in AD and in the "
+    "password setting",
+    "775": "the account is locked out (too many wrong passwords: another program with an old one?): unlock it",
+}
+_DATA_CODE = re.compile(r"\bdata ([0-9a-f]{3,8})\b", re.IGNORECASE)
+
+
+def _refused_bind(where: str, settings: ActiveDirectorySettings, message: str) -> str:
+    """Why ``where`` refused the bind (invalidCredentials) and what to do, from the DC's ``data`` code.
+
+    Why: the same result code 49 means a wrong password, a disabled, locked or expired account, or a
+    password that expired or must be changed; each needs another fix, and one of them happening in
+    the middle of a run (an export's next connection) must not send the operator to the password file.
+    """
+    found = _DATA_CODE.search(message or "")
+    code = found.group(1).lower() if found else ""
+    head = f"{where} refused the bind of {settings.account!r} (invalidCredentials)"
+    if code in _BIND_REFUSALS:
+        return f"{head}: {_BIND_REFUSALS[code]} (AD's reason: data {code})"
+    what = "check bind_dn and the password setting" if settings.auth == "simple" else "check principal"
+    return f"{head}: {what}"
+
+
 class Link:
     """One authenticated connection that reconnects when its transport breaks.
 
@@ -228,9 +259,7 @@ class Link:
             with contextlib.suppress(Exception):
                 conn.unbind()
             if code == 49:
-                what = "check bind_dn and the password setting" if s.auth == "simple" else "check principal"
-                msg = f"{self._where()} refused the bind of {s.account!r} (invalidCredentials): {what}"
-                raise AuthenticationError(msg)
+                raise AuthenticationError(_refused_bind(self._where(), s, message))
             if code == 8 and s.auth == "kerberos":
                 raise _kerberos.signing_required(self._where(), f"strongerAuthRequired: {message}".strip(": "))
             if code == 8:

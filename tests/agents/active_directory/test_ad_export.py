@@ -322,6 +322,51 @@ def test_ctrl_c_while_a_batch_is_handed_to_the_writers_keeps_what_they_wrote(
     assert len(written) <= 2  # nothing was handed over after the interruption
 
 
+@pytest.mark.parametrize(
+    ("account_change", "said"),
+    [
+        ({"userAccountControl": "514"}, "the account is disabled: enable it (AD's reason: data 533)"),
+        ({"accountExpires": "1"}, "the account has expired (accountExpires): extend it (AD's reason: data 701)"),
+        ({"pwdLastSet": "0"}, "the account must change its password (reset, or pwdLastSet = 0): set a new one"),
+    ],
+)
+def test_an_account_refused_in_the_middle_of_an_export_is_told_why(
+    ad_env: ADTestEnv, account_change: dict[str, str], said: str
+) -> None:
+    """Found in a bad-day pass: when the service account was disabled, expired or had to change its password
+    while an export ran, the export's next connection was refused with "(invalidCredentials): check bind_dn
+    and the password setting", and the DC's reason (data 533, 701, 773) was dropped: the operator checks a
+    password file that is right. Now the refusal says which it is and what to do; the step still stops
+    with stopped-authentication."""
+    from ldap3 import MODIFY_REPLACE as REPLACE
+
+    from connector.sdk import AuthenticationError
+    from tests.harness.sockets import faulty_proxy
+
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    guids = ad_env.add_users(ad_env.specs(2, photos=False))
+    svc = f"{ad_env.tag}svc"
+    ad_env.add_users([UserSpec(svc)])
+    svc_dn = f"CN={svc},{ad_env.ou}"
+    password = "Svc-Passw0rd-" + ad_env.tag
+    assert ad_env.admin.extend.microsoft.modify_password(svc_dn, password)
+    assert ad_env.admin.modify(svc_dn, {"userAccountControl": [(REPLACE, ["512"])]})
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        relayed = {"host": "localhost", "port": dc.port, "check_permissions": False, "delta_method": "usn"}
+        connector = ad_env.connector(bind_dn=svc_dn, password=password, **relayed)  # bound
+        # the account goes bad, and the connection drops (a DC restart): the export has to bind again
+        assert ad_env.admin.modify(svc_dn, {k: [(REPLACE, [v])] for k, v in account_change.items()})
+        dc.relay()  # resets the open connection, relays new ones
+        with pytest.raises(AuthenticationError) as caught:
+            connector.export(
+                [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())]
+            )
+    assert caught.value.status == "stopped-authentication"
+    assert f"refused the bind of {svc_dn!r} (invalidCredentials): {said}" in str(caught.value), str(caught.value)
+    assert password not in str(caught.value)
+
+
 def test_write_rate_cap(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(12, photos=False))
     changes = [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(guids.values())]
