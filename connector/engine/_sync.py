@@ -729,6 +729,8 @@ class _Sync:
             joined_now = mv_id is not None
         if mv_id is not None:
             sync_error = self._flow_into(chunk, row, state, mv_id)
+        if joined_now and row.export_type == "delete":
+            self._withdraw_delete(chunk, row, mv_id)
         if (
             row.pending_type is None
             and not joined_now
@@ -749,6 +751,18 @@ class _Sync:
                 "updated_at": chunk.now,
             }
         )
+
+    def _withdraw_delete(self, chunk: _Chunk, row: SyncRow, mv_id: int | None) -> None:
+        """A delete staged when the object's person was deleted (deprovisioning) is void once the object
+        joins or projects again: exported, it would delete the account of the person it belongs to now
+        (the mailbox restored before the export ran; deprovisioning set back to "disconnect")."""
+        cs = chunk.own.get(row.id)
+        if cs is None:  # an agent without export flows: nothing else evaluates the row's export
+            cs = _CS(row.id, self.rules.agent, row.object_class, row.anchor, {}, {}, {}, None, None, mv_id)
+            chunk.own[row.id] = cs
+        cs.export_type, cs.export_changes, cs.dirty = None, None, True
+        self.counters["export_deletes_withdrawn"] += 1
+        self.ctx.emit_change({"anchor": row.anchor, "target_agent": self.rules.agent, "pending_export": None})
 
     def _disconnect(self, chunk: _Chunk, row: SyncRow) -> None:
         """A deleted object leaves the connector space, and its contributions the metaverse."""

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from connector.config import ConfigError, DeletionThreshold
 from connector.engine import Engine
-from connector.sdk import AttributeChange, CSEntryChange, ExportStatus
+from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ObjectModificationType
 from connector.store.tables import cs_object, mv_object, run_error, run_step
 from tests.engine.conftest import World, add_users, reconfigure
 from tests.engine.memory import DIRECTORIES, directory
@@ -669,3 +669,26 @@ def test_an_exported_delete_the_import_still_finds_says_that_nothing_deletes_it_
     assert "no sync deletes it again; delete it in the directory if it should go" in error.detail
     assert world.run("delta-sync").status == "success"
     assert cs_row(world, "ad", "guid-000").export_type != "delete"  # what the message says: not staged again
+
+
+def test_a_delete_staged_for_an_object_that_joins_again_is_withdrawn(world: World) -> None:
+    """Found in the AD export pass: a deprovisioning delete stays staged on the connector-space object, and
+    when the object joined a person again (the mailbox restored before the export ran, or deprovisioning
+    set back to "disconnect" and a full sync projecting the account again), the delete stayed: the next
+    export deleted the account of the person it now belongs to. Joining or projecting withdraws it."""
+    reconfigure(world, _deprovision_ad)
+    add_users(world, 3)
+    world.cycle()
+    export_and_confirm(world)
+    mailbox = world.exo["objects"].pop("exo-000")  # the person leaves: their AD account is to be deleted
+    world.cycle()
+    assert cs_row(world, "ad", "guid-000").export_type == "delete"
+    world.exo["objects"]["exo-000"] = mailbox  # restored before the export ran
+    world.run("full-import")
+    synced = world.run("full-sync")
+    assert sum(s.counters.get("export_deletes_withdrawn", 0) for s in synced.steps) == 1, synced.as_dict()
+    row = cs_row(world, "ad", "guid-000")
+    assert row.mv_id is not None and row.export_type != "delete", row
+    assert world.run("export").status == "success"
+    assert "guid-000" in world.ad["objects"]  # the account of the person it belongs to again is kept
+    assert not any(e.modification == ObjectModificationType.DELETE for e in world.ad["exports"])
