@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from connector import metrics
-from connector.config import ConfigError, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
+from connector.config import ConfigError, Deprovision, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
 from connector.engine._abandoned import close_abandoned_runs, close_abandoned_steps
 from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths
 from connector.engine._context import NullProgress, Progress, StepContext
@@ -86,9 +86,15 @@ class Engine:
         mv_types = {oc.name for oc in self.mv_schema.object_classes}
         for name, agent in cfg.agents.items():
             try:
-                load_connector(agent.type)
+                cls = load_connector(agent.type)
             except ConfigurationError as exc:
                 problems.append(f"{where}: agents.{name}.type: {exc}")
+            else:
+                if agent.deprovision == Deprovision.DELETE and not cls.capabilities.deletes_objects:
+                    problems.append(
+                        f'{where}: agents.{name}.deprovision = "delete", but the {agent.type} agent does not delete '
+                        'objects (every person deprovisioned would be an export error): set deprovision = "disconnect"'
+                    )
             for i, rule in enumerate(agent.projection):
                 if rule.metaverse_type not in mv_types:
                     problems.append(

@@ -64,6 +64,9 @@ class Capabilities:
     full_import: bool = True
     delta_import: bool = False
     export: bool = False
+    #: Whether its export deletes objects: an agent that cannot is refused ``deprovision = "delete"``,
+    #: which would stage a delete it refuses for every person deprovisioned.
+    deletes_objects: bool = True
     #: Largest page (entries per committed import page) or export batch the connector accepts.
     max_page_size: int = 10_000
     max_batch_size: int = 9_999

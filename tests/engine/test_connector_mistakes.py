@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from connector.config import config_from_dict
+from connector.config import ConfigError, config_from_dict
 from connector.engine import Engine
 from connector.sdk import (
     Attribute,
@@ -183,3 +183,33 @@ def test_export_results_that_answer_no_change_are_named_and_the_changes_stay_pen
     assert stray.severity == "warning"
     assert "returned 3 results for no change of this batch ('u0', 'u1', 'u2')" in stray.detail
     assert "change.identifier" in stray.detail
+
+
+def test_deprovision_delete_on_an_agent_that_cannot_delete_is_refused_before_any_step(tmp_path: Path) -> None:
+    """Found in the AD export pass: ``deprovision = "delete"`` on the AD agent, which only updates
+    existing users, staged a delete that every export refused (a per-object error for each person
+    deprovisioned, exit 3 on every run). The configuration is now refused up front, naming the key."""
+    config = config_from_dict(
+        {
+            "store": {"url": f"sqlite:///{(tmp_path / 'store.db').as_posix()}"},
+            "metaverse": {"schema": "person", "delete_when_disconnected_from": ["hr"]},
+            "agents": {
+                "ad": {"type": "active-directory", "settings": {}, "deprovision": "delete"},
+                "hr": {
+                    "type": "tests.engine.memory:MemoryConnector",
+                    "settings": {"directory": "x"},
+                    "deprovision": "delete",
+                },
+            },
+        },
+        base_dir=tmp_path,
+    )
+    engine = Engine(config)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            engine.validate()
+    finally:
+        engine.close()
+    [problem] = str(refused.value).splitlines()  # the memory agent deletes objects: it may
+    assert 'agents.ad.deprovision = "delete", but the active-directory agent does not delete objects' in problem
+    assert 'set deprovision = "disconnect"' in problem

@@ -45,6 +45,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         full_import=True,
         delta_import=True,
         export=True,
+        deletes_objects=False,  # it only updates existing users (see _export)
         max_page_size=1000,
         max_batch_size=500,
     )
