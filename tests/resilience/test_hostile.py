@@ -34,8 +34,10 @@ def test_odd_images_through_the_export_transform(tmp_path: Path) -> None:
     figures = hostile_images(tmp_path)
     assert not any(s == "stopped-connector-exception" for s in figures["statuses"]), figures
     assert figures["unexplained"] == [] and figures["bad_thumbnails"] == [], figures
-    for name in ("empty", "garbage", "truncated-jpeg", "pixel-bomb-header", "svg-text", "nul-bytes"):
+    for name in ("garbage", "truncated-jpeg", "pixel-bomb-header", "svg-text", "nul-bytes"):
         assert figures["outcomes"][name] == "full-sync:invalid-image", figures["outcomes"]
+    # (a 0-byte file never reaches the transform: the folder's import refuses it, verified or not)
+    assert figures["outcomes"]["empty"] == "full-import:empty-image", figures["outcomes"]
     for name in ("plain-jpeg", "cmyk-jpeg", "png-16-bit", "png-alpha", "webp", "exif-rotated-jpeg"):
         assert figures["outcomes"][name] == "thumbnail", figures["outcomes"]
 

@@ -14,6 +14,7 @@ import pytest
 
 from connector.agents.active_directory import _export
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.test_ad_export_outage import _outage_after_writes
 from tests.cli._configs import invoke
 from tests.harness.sockets import faulty_proxy
 
@@ -86,20 +87,13 @@ def _pending(config: Path) -> int:
 def _signal_after_writes(monkeypatch: pytest.MonkeyPatch, count: int, signum: int) -> list[str]:
     """Send ``signum`` to the main thread (where `mvsync run` waits) once the ``count``-th LDAP modify has
     been answered; the DNs written are listed."""
-    original = _export._modify
-    written: list[str] = []
 
-    def modify_then_signal(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
-        result = original(conn, dn, changes)
-        written.append(dn)
-        if len(written) == count:
-            ident = threading.main_thread().ident
-            assert ident is not None
-            signal.pthread_kill(ident, signum)
-        return result
+    def send() -> None:
+        ident = threading.main_thread().ident
+        assert ident is not None
+        signal.pthread_kill(ident, signum)
 
-    monkeypatch.setattr(_export, "_modify", modify_then_signal)
-    return written
+    return _outage_after_writes(monkeypatch, count, send)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends a signal to a thread (pthread_kill)")

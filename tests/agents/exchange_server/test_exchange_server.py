@@ -584,13 +584,18 @@ def test_a_photo_that_trickles_in_stops_at_the_timeout_not_days_later(
     step waited for the whole body (this one, 1 MB, would take 14 hours; `mvsync run` was still
     waiting when `timeout 60` ended it). The whole photo must now arrive within timeout_s. A body
     that stalls is the same failure, named as a timeout (it read "connection failed")."""
+    _stops_at_the_timeout(ews, tmp_path, every_s=every_s)
+
+
+def _stops_at_the_timeout(ews: EwsEmulator, tmp_path: Path, **server: Any) -> None:
+    """An import against ``trickling_server(**server)`` (timeout_s 0.5) stops as a timeout, naming the host."""
     ca = trustme.CA()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(tls)
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     _listing(tmp_path, PHOTO)
     # the server closes first on the way out, which frees a reader still waiting (as before the fix)
-    with ThreadPoolExecutor(1) as pool, trickling_server(tls, every_s=every_s) as port:
+    with ThreadPoolExecutor(1) as pool, trickling_server(tls, **server) as port:
         agent = _agent(
             ews,
             tmp_path,
@@ -602,7 +607,7 @@ def test_a_photo_that_trickles_in_stops_at_the_timeout_not_days_later(
         )
         importing = pool.submit(_imported, agent)
         with pytest.raises(ServerDownError) as caught:
-            importing.result(timeout=60)  # generous under load; it ends about 0.5 s in
+            importing.result(timeout=60)  # generous under load; it ends about a second in
     assert str(caught.value).startswith(
         f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
     )
@@ -935,27 +940,7 @@ def test_an_error_answer_that_trickles_in_stops_at_the_timeout_too(
     answer's body was read without a deadline or a bound, so a proxy or a dying link sending an error
     page a byte every 50 ms (or a body without end) held the step, and its lock, for hours (this one,
     1 MB, 14 hours). Every answer's body is now read within timeout_s, and only its head is kept."""
-    ca = trustme.CA()
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(tls)
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    _listing(tmp_path, PHOTO)
-    with ThreadPoolExecutor(1) as pool, trickling_server(tls, status=status) as port:
-        agent = _agent(
-            ews,
-            tmp_path,
-            auth="basic",
-            ews_url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx",
-            ca_bundle=str(tmp_path / "ca.pem"),
-            timeout_s=0.5,
-            max_attempts=1,
-        )
-        importing = pool.submit(_imported, agent)
-        with pytest.raises(ServerDownError) as caught:
-            importing.result(timeout=60)  # generous under load; it ends about 1 s in
-    assert str(caught.value).startswith(
-        f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
-    )
+    _stops_at_the_timeout(ews, tmp_path, status=status)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a thread (pthread_kill)")

@@ -102,6 +102,18 @@ def test_a_second_file_for_an_account_in_another_case_keeps_the_photo_in_a_full_
     assert set(_photos(config)) == {"ann", "JDoe"}
 
 
+def _imported_then_renamed(config: Path, folder: Path, content: bytes) -> dict[str, int]:
+    """``jdoe.jpg`` and ``ann.jpg`` imported in full, then ``jdoe.jpg`` renamed ``JDoe.jpg`` and given
+    ``content``; returns the photos held before the rename."""
+    (folder / "jdoe.jpg").write_bytes(photo(1, size=64))
+    (folder / "ann.jpg").write_bytes(photo(2, size=64))
+    assert _run(config, "full")[0] == 0
+    before = _photos(config)
+    (folder / "jdoe.jpg").rename(folder / "JDoe.jpg")
+    (folder / "JDoe.jpg").write_bytes(content)
+    return before
+
+
 @pytest.mark.parametrize("content", [b"", b"<html>Access denied</html>"], ids=["empty", "not-an-image"])
 def test_a_file_renamed_in_case_that_cannot_be_imported_keeps_the_photo_in_a_delta(
     config: Path, tmp_path: Path, content: bytes
@@ -112,13 +124,7 @@ def test_a_file_renamed_in_case_that_cannot_be_imported_keeps_the_photo_in_a_del
     of ``jdoe`` (``deletes=1``; the sync deleted the person's photo). The old spelling is now deleted
     only once the new file was read; until then the error attaches to it, and the photo stays."""
     folder = tmp_path / "photos"
-    (folder / "jdoe.jpg").write_bytes(photo(1, size=64))
-    (folder / "ann.jpg").write_bytes(photo(2, size=64))
-    assert _run(config, "full")[0] == 0
-    before = _photos(config)
-
-    (folder / "jdoe.jpg").rename(folder / "JDoe.jpg")
-    (folder / "JDoe.jpg").write_bytes(content)
+    before = _imported_then_renamed(config, folder, content)
     code, (imported, synced) = _run(config, "delta")
     assert code == 3
     assert imported["counters"].get("deletes", 0) == 0, imported
@@ -143,13 +149,7 @@ def test_a_file_renamed_in_case_that_cannot_be_imported_keeps_the_photo_in_a_ful
     sync ``mv_deletes=1``). The agent now keeps the spellings it left the engine holding in its state
     (one key), so a full import's errors attach to the held spelling too."""
     folder = tmp_path / "photos"
-    (folder / "jdoe.jpg").write_bytes(photo(1, size=64))
-    (folder / "ann.jpg").write_bytes(photo(2, size=64))
-    assert _run(config, "full")[0] == 0
-    before = _photos(config)
-
-    (folder / "jdoe.jpg").rename(folder / "JDoe.jpg")
-    (folder / "JDoe.jpg").write_bytes(b"")  # still being copied
+    before = _imported_then_renamed(config, folder, b"")  # still being copied
     code, (imported, synced) = _run(config, "full")
     assert code == 3
     assert imported["counters"].get("deletes", 0) == 0, imported

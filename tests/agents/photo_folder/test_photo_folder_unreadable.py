@@ -27,23 +27,7 @@ def test_a_sub_folder_that_cannot_be_listed_stops_the_step_says_what_to_do_and_d
     (folder / "site-b").mkdir(parents=True)
     (folder / "ann.jpg").write_bytes(photo(1, size=64))
     (folder / "site-b" / "bob.jpg").write_bytes(photo(2, size=64))
-    config = tmp_path / "mvsync.toml"
-    config.write_text(
-        f"""
-[store]
-url = "sqlite:///{(tmp_path / "mvsync.db").as_posix()}"
-[agents.hr]
-type = "photo-folder"
-settings = {{ path = "{folder.as_posix()}", recursive = true }}
-projection = [{{ object_class = "photoFile" }}]
-import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountName" }}]
-[run_profiles.delta]
-steps = [{{ type = "delta-import", agent = "hr" }}]
-[run_profiles.full]
-steps = [{{ type = "full-import", agent = "hr" }}]
-""",
-        encoding="utf-8",
-    )
+    config = _config(tmp_path, folder, recursive=True)
     assert _cli_without_root_reads("run", "full", "-c", str(config))[0] == 0
     (folder / "site-b").chmod(0)
     try:
@@ -60,7 +44,8 @@ steps = [{{ type = "full-import", agent = "hr" }}]
     assert sorted(o["anchor"] for o in json.loads(out)) == ["ann", "bob"]
 
 
-def _config(tmp_path: Path, folder: Path) -> Path:
+def _config(tmp_path: Path, folder: Path, *, recursive: bool = False) -> Path:
+    """A photo-folder agent on ``folder`` with profiles ``full`` and ``delta`` (full and delta imports)."""
     config = tmp_path / "mvsync.toml"
     config.write_text(
         f"""
@@ -68,7 +53,7 @@ def _config(tmp_path: Path, folder: Path) -> Path:
 url = "sqlite:///{(tmp_path / "mvsync.db").as_posix()}"
 [agents.hr]
 type = "photo-folder"
-settings = {{ path = "{folder.as_posix()}" }}
+settings = {{ path = "{folder.as_posix()}", recursive = {str(recursive).lower()} }}
 projection = [{{ object_class = "photoFile" }}]
 import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountName" }}]
 [run_profiles.delta]
