@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from connector.engine._context import StepContext
 from connector.engine._renderings import rendering
 from connector.engine._results import ObjectError, StepStopped
-from connector.engine._stream import Page, StreamPager
+from connector.engine._stream import Page, StreamPager, close_pages
 from connector.sdk import (
     AttributeModificationType,
     Connector,
@@ -665,28 +665,31 @@ def _import_pages(
     number = 0
     source = _Source(full, watermark, resume.checkpoint if resume else None, page_size)
     pages = _pages(ctx, connector, source)
-    while True:
-        try:
-            page = next(pages)
-        except StopIteration:
-            break
-        except ResumeRefusedError as exc:
-            if source.resume_from is None or number > 0:
-                raise StepStopped("stopped-connector-error", f"the connector refused to resume: {exc}") from None
-            log.warning("%s: the interrupted full import cannot be resumed (%s); starting over", ctx.agent, exc)
-            ctx.result.message = f"could not resume the interrupted full import ({exc}); started over"
-            resume = None
-            source = _Source(full, watermark, None, page_size)
-            pages = _pages(ctx, connector, source)
-            continue
-        number += 1
-        _commit_page(ctx, applier, page, number, resume, full)
-        ctx.progress.advance(len(page.entries))
-        ctx.check_error_limit()
-        if page.watermark is not None:
-            new_watermark = page.watermark
-        if page.last:
-            break
+    try:
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration:
+                break
+            except ResumeRefusedError as exc:
+                if source.resume_from is None or number > 0:
+                    raise StepStopped("stopped-connector-error", f"the connector refused to resume: {exc}") from None
+                log.warning("%s: the interrupted full import cannot be resumed (%s); starting over", ctx.agent, exc)
+                ctx.result.message = f"could not resume the interrupted full import ({exc}); started over"
+                resume = None
+                source = _Source(full, watermark, None, page_size)
+                pages = _pages(ctx, connector, source)
+                continue
+            number += 1
+            _commit_page(ctx, applier, page, number, resume, full)
+            ctx.progress.advance(len(page.entries))
+            ctx.check_error_limit()
+            if page.watermark is not None:
+                new_watermark = page.watermark
+            if page.last:
+                break
+    finally:
+        close_pages(pages)
     return number, new_watermark, resume.entries if resume is not None else 0
 
 

@@ -53,7 +53,7 @@ from connector.sdk import (
     Worker,
 )
 
-__all__ = ["Job", "MemoryState", "Page", "StreamPager", "WorkQueue", "import_in_memory"]
+__all__ = ["Job", "MemoryState", "Page", "StreamPager", "WorkQueue", "close_pages", "import_in_memory"]
 
 
 @dataclass(slots=True)
@@ -212,8 +212,8 @@ class StreamPager:
     # -- threads ----------------------------------------------------------------------------------
     def _spawn(self, target: Any, name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)  # first: a Ctrl-C the moment it starts must not leave it unjoined
         thread.start()
-        self._threads.append(thread)
 
     def _source(self) -> None:
         """Send the stream's items to the engine's thread, one permit per origin (back-pressure)."""
@@ -383,8 +383,8 @@ class StreamPager:
 
     def pages(self) -> Iterator[Page]:
         """Pages to commit, in order; the next one is built once the caller asks for it."""
-        self._spawn(self._source, "import-source")
         try:
+            self._spawn(self._source, "import-source")
             while True:
                 page = Page()
                 carried, self._carry = self._carry, []
@@ -438,9 +438,19 @@ class StreamPager:
             jobs.close()
         deadline = time.monotonic() + 10.0
         for thread in self._threads:
-            if thread is not threading.current_thread():
+            if thread is not threading.current_thread() and thread.ident is not None:  # (started)
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+
+
+def close_pages(pages: Iterator[Page]) -> None:
+    """Stop a page stream now, whatever ended its reader (Ctrl-C in the middle of committing a page, a store
+    fault): its ``finally`` stops the pager's threads and sets the connector's ``ImportRun.stopping``.
+    Left to the garbage collector, it ran only once the exception let go of the stream (its traceback
+    holds the reader's frame), and meanwhile the step's threads went on sending requests."""
+    close = getattr(pages, "close", None)
+    if close is not None:
+        close()
 
 
 def _origins(stream: Iterable[ImportItem]) -> Iterator[list[ImportItem]]:
@@ -502,19 +512,23 @@ def import_in_memory(
     entries: list[CSEntryChange] = []
     written: set[str] = set()
     last_watermark: str | None = None
-    for number, page in enumerate(pager.pages(), 1):
-        if on_page is not None:
-            on_page(number, page)
-        entries += page.entries
-        if counters is not None:
-            counters.update(page.counters)
-        for key, value in page.state.items():
-            written.add(key)
-            if value is None:
-                state.pop(key, None)
-            else:
-                state[key] = value
-        last_watermark = page.watermark if page.watermark is not None else last_watermark
+    pages = pager.pages()
+    try:
+        for number, page in enumerate(pages, 1):
+            if on_page is not None:
+                on_page(number, page)
+            entries += page.entries
+            if counters is not None:
+                counters.update(page.counters)
+            for key, value in page.state.items():
+                written.add(key)
+                if value is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = value
+            last_watermark = page.watermark if page.watermark is not None else last_watermark
+    finally:
+        close_pages(pages)
     if mode == ImportMode.FULL:
         for key in set(state) - written:
             del state[key]
