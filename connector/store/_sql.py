@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import sqlite3
 import threading
@@ -30,6 +31,7 @@ from connector.logging import REDACTED, mask_url
 from connector.store._faults import (
     EXIT_STORE_CONFIG,
     RESTORE_HINT,
+    LockHeldError,
     StoreBusyError,
     StoreCorruptError,
     StoreError,
@@ -487,24 +489,79 @@ class SqlStore:
             data = conn.execute(select(blob.c.data).where(blob.c.sha256 == sha256)).scalar()
         return bytes(data) if data is not None else None
 
-    def backup(self, target: Path) -> int:
+    def backup(self, target: Path, *, on_stale: Callable[[str], None] | None = None) -> int:
         """Copy the SQLite store to ``target`` with SQLite's online backup API; returns its bytes.
 
         Why this and not ``cp``: a copy of the file while a run writes it (or with its ``-wal`` file
         left behind) can be torn; the backup API copies one consistent snapshot while runs go on
         (WAL readers do not block writers). PostgreSQL stores are backed up with ``pg_dump``.
+
+        The copy is written to ``TARGET.partial`` and renamed once checked. A backup killed outright
+        (``kill -9``, a power loss) leaves that file behind; the next backup to ``target`` replaces it
+        and says so through ``on_stale`` (see :meth:`_replace_stale_partial`).
         """
         if self.path is None:
             msg = f"the store {self.where} is not a SQLite file: back it up with pg_dump (README: Backup and restore)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
-        if target.exists():
-            msg = f"{target} already exists: choose a new file, so an older backup is never overwritten"
-            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
-        if not target.parent.is_dir():
-            what = "is not a folder" if target.parent.exists() else "does not exist"
-            msg = f"cannot write the backup {target}: {target.parent} {what}; create the folder or choose another path"
-            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
-        partial = target.with_name(target.name + ".partial")
+        _check_backup_target(target)
+        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        with self._backup_lock(target):
+            self._replace_stale_partial(partial, on_stale)
+            return self._copy_into(partial, target)
+
+    @contextlib.contextmanager
+    def _backup_lock(self, target: Path) -> Iterator[None]:
+        """Hold the lock of backups to ``target`` (one of the store's run locks: the OS drops it when
+        the process dies, so a killed backup never leaves it held).
+
+        Why: a ``.partial`` found while this lock is held is a killed backup's, safe to replace; without
+        it a second backup to the same file would delete (or rename as its own) the copy another one is
+        still writing.
+        """
+        name = "backup-" + hashlib.sha256(str(target).encode()).hexdigest()[:16]
+        try:
+            with self.locks.hold(name):
+                yield
+        except LockHeldError:
+            msg = (
+                f"another `mvsync store backup` of the store {self.where} to {target} is running now: let it "
+                "finish, or choose another file"
+            )
+            raise StoreBusyError(msg) from None
+
+    def _replace_stale_partial(self, partial: Path, on_stale: Callable[[str], None] | None) -> None:
+        """Remove the unfinished copy (and its SQLite side files) a killed backup left at ``partial``.
+
+        Why: SQLite would open it as the copy's database, and one torn by a power loss ("file is not a
+        database", "malformed") failed the next backup as if the store were damaged. Only called with
+        the backup lock held, so no running backup is writing it. A file that cannot be removed
+        (Windows: another process has it open) stops the backup naming it.
+        """
+        stale = [f for f in _sqlite_files(partial) if f.exists()]
+        if not stale:
+            return
+        size = partial.stat().st_size if partial.exists() else 0
+        for leftover in stale:
+            try:
+                leftover.unlink()
+            except OSError as exc:
+                msg = (
+                    f"cannot remove {leftover}, the unfinished copy of an earlier backup that was stopped "
+                    f"({exc.strerror}): close what holds it or delete it, then run the backup again"
+                )
+                raise StoreError(msg) from None
+        if on_stale is not None:
+            on_stale(
+                f"replaced {partial} ({size} bytes), the unfinished copy of an earlier backup to the same file "
+                "that was killed (kill -9, a power loss) before it finished; it was never a backup"
+            )
+
+    def _copy_into(self, partial: Path, target: Path) -> int:
+        """Copy the store into ``partial``, check it, and rename it to ``target``; its bytes.
+
+        Anything that stops the copy short of the rename (an error, Ctrl-C, SIGTERM) removes
+        ``partial`` on the way out.
+        """
         try:
             with self.faults(), self.engine.connect() as conn:
                 source = conn.connection.dbapi_connection
@@ -522,8 +579,9 @@ class SqlStore:
         except OSError as exc:
             raise StoreError(f"cannot write the backup {target}: {exc.strerror}") from None
         finally:
-            with contextlib.suppress(OSError):  # never hide why the backup failed behind its cleanup
-                partial.unlink(missing_ok=True)
+            for leftover in _sqlite_files(partial):
+                with contextlib.suppress(OSError):  # never hide why the backup failed behind its cleanup
+                    leftover.unlink(missing_ok=True)
         return target.stat().st_size
 
     def _refuse_damaged_copy(self, copy: sqlite3.Connection, target: Path) -> None:
@@ -593,3 +651,34 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
     if size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
         msg = f"the store {path} is empty (0 bytes): it was truncated (a full disk, a failed copy); {RESTORE_HINT}"
         raise StoreCorruptError(msg)
+
+
+#: What an unfinished backup copy is called: ``TARGET.partial`` until it is checked and renamed.
+PARTIAL_SUFFIX = ".partial"
+
+
+def _sqlite_files(database: Path) -> list[Path]:
+    """``database`` and the side files SQLite may keep beside it (rollback journal, WAL, its index)."""
+    return [database, *(database.with_name(database.name + side) for side in ("-journal", "-wal", "-shm"))]
+
+
+def _check_backup_target(target: Path) -> None:
+    """Refuse a backup file that exists, whose folder is missing, or named like an unfinished copy.
+
+    Why the name: a file ending in ``.partial`` is what a backup writes before its copy is checked,
+    and the next backup to the file without that ending replaces it as a killed backup's leftover;
+    a backup must never be named so.
+    """
+    if target.name.endswith(PARTIAL_SUFFIX):
+        msg = (
+            f"{target}: a name ending in {PARTIAL_SUFFIX} is kept for the unfinished copy a backup writes "
+            "first (the next backup would replace it as a stopped backup's leftover); choose another name"
+        )
+        raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+    if target.exists():
+        msg = f"{target} already exists: choose a new file, so an older backup is never overwritten"
+        raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+    if not target.parent.is_dir():
+        what = "is not a folder" if target.parent.exists() else "does not exist"
+        msg = f"cannot write the backup {target}: {target.parent} {what}; create the folder or choose another path"
+        raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)

@@ -287,39 +287,157 @@ def _opened_by(pid: int, path: Path, timeout: float = 120.0) -> bool:
     return False
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="sends SIGTERM and reads /proc/PID/fd")
-def test_a_backup_stopped_by_sigterm_leaves_no_partial_file(config: Path, tmp_path: Path) -> None:
-    """Found in the ops pass: a backup that systemd (a shutdown, TimeoutStopSec) stopped with SIGTERM
-    died on the spot, leaving a store-sized NAME.partial (and its -journal) in the backup folder for
-    good, one more at each stopped night; exit -15, nothing said. The child is held inside the copy:
-    a .partial left by an earlier backup, whose lock this test holds, makes SQLite's backup wait."""
-    backups = tmp_path / "backups"
-    backups.mkdir()
-    target = backups / "mvsync-1.db"
-    partial = target.with_name(target.name + ".partial")
-    blocker = sqlite3.connect(partial, isolation_level=None)
-    blocker.execute("CREATE TABLE left_by_a_killed_backup (x)")
-    blocker.execute("BEGIN EXCLUSIVE")
+#: The ``sitecustomize`` of a backup child that stops once its copy is whole in ``TARGET.partial``
+#: (checked, not yet renamed): it writes the file ``MVSYNC_TEST_HOLD_BACKUP`` names, then waits for
+#: the test's signal. An event, not a delay: the signal lands at that point on every run.
+_HOLD_SHIM = """
+import os
+from pathlib import Path
+
+_hold = os.environ.get("MVSYNC_TEST_HOLD_BACKUP")
+if _hold:
+    import time
+
+    from connector.store import _sql
+
+    _check = _sql.SqlStore._refuse_damaged_copy
+
+    def _held(self, copy, target):
+        _check(self, copy, target)
+        Path(_hold).write_text("copied")
+        while True:  # until the test's signal
+            time.sleep(0.05)
+
+    _sql.SqlStore._refuse_damaged_copy = _held
+"""
+
+
+@contextlib.contextmanager
+def _held_backup(config: Path, target: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A real ``mvsync store backup`` child, handed over once its copy is whole in ``TARGET.partial``."""
+    shim = tmp_path / "hold-shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(_HOLD_SHIM)
+    ready = tmp_path / "backup-copied"
+    env = {**os.environ, "MVSYNC_TEST_HOLD_BACKUP": str(ready)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
     child = subprocess.Popen(
         [*mvsync_command(), "store", "backup", str(target), "-c", str(config), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     try:
-        assert _opened_by(child.pid, partial), "the backup never opened its .partial file"
-        child.send_signal(signal.SIGTERM)
-        blocker.execute("ROLLBACK")  # lets the copy step end, where Python handles the signal
-        blocker.close()
-        out, err = child.communicate(timeout=120)
+        deadline = time.monotonic() + 120
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), f"the backup never finished its copy: {child.poll()} {child.stderr}"
+        yield child
     finally:
         if child.poll() is None:
             child.kill()
-            child.wait()
+        child.communicate(timeout=120)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGTERM, which Windows has no handler for")
+def test_a_backup_stopped_by_sigterm_leaves_no_partial_file(config: Path, tmp_path: Path) -> None:
+    """Found in the ops pass: a backup that systemd (a shutdown, TimeoutStopSec) stopped with SIGTERM
+    died on the spot, leaving a store-sized NAME.partial (and its -journal) in the backup folder for
+    good, one more at each stopped night; exit -15, nothing said. The child is held with its copy
+    whole in the .partial (see ``_held_backup``) when the signal comes."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    target = backups / "mvsync-1.db"
+    with _held_backup(config, target, tmp_path) as child:
+        assert target.with_name(target.name + ".partial").stat().st_size > 0
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
     assert child.returncode == 128 + signal.SIGTERM, err
     assert json.loads(out)["status"] == "stopped-interrupted" and "interrupted by SIGTERM" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in backups.iterdir()) == []  # no backup, no .partial, no -journal
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="kills with SIGKILL, which Windows does not have")
+def test_a_backup_killed_by_sigkill_leaves_a_partial_the_next_backup_replaces(config: Path, tmp_path: Path) -> None:
+    """Found in the store pass: kill -9 (or a power loss) leaves TARGET.partial, store-sized, for good;
+    the next backup to TARGET opened it as its copy's database and wrote over it without a word, and
+    one running beside a live backup to the same file took over that backup's copy (renamed it as its
+    own). Now a second backup is refused while the first runs (exit 5), and once it is killed the next
+    one replaces its leftover and says so."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    target = backups / "mvsync-1.db"
+    partial = target.with_name(target.name + ".partial")
+    with _held_backup(config, target, tmp_path) as child:
+        whole = partial.read_bytes()
+        code, out, err = invoke("store", "backup", str(target), "-c", str(config))
+        assert code == 5, (out, err)
+        assert f"another `mvsync store backup` of the store {_store(config)} to {target} is running" in err
+        assert partial.read_bytes() == whole and not target.exists()  # the running backup's copy untouched
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in backups.iterdir())  # what kill -9 leaves: the copy and its -wal, -shm; no backup
+    assert partial.name in left and target.name not in left
+    code, out, err = invoke("store", "backup", str(target), "-c", str(config), "--json")
+    assert code == 0, err
+    assert json.loads(out)["replaced_partial"] is True
+    assert f"warning: replaced {partial} ({len(whole)} bytes), the unfinished copy of an earlier backup" in err
+    assert sorted(p.name for p in backups.iterdir()) == [target.name]
+    with contextlib.closing(sqlite3.connect(target)) as copy:
+        assert copy.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+
+
+def _torn(db: Path) -> bytes:
+    """The first half of the store: a copy a power loss cut short."""
+    _checkpoint(db)
+    data = db.read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("leftover", "journal"),
+    [
+        pytest.param(_torn, True, id="torn-by-a-power-loss-with-its-journal"),
+        pytest.param(lambda _db: b"\0" * 8192, False, id="zeroed"),
+        pytest.param(lambda _db: b"", True, id="empty-with-its-journal"),
+    ],
+)
+def test_a_partial_a_killed_backup_left_is_replaced_by_the_next_backup_to_that_file(
+    config: Path, tmp_path: Path, leftover: Any, journal: bool
+) -> None:
+    """A .partial as kill -9 or a power loss leaves it (made here without a kill: the same bytes).
+    Before, a torn one failed the next backup with exit 4, "cannot write the backup ...: database disk
+    image is malformed" (the store was fine), and an intact one was written over without a word."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    target = backups / "mvsync-1.db"
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(leftover(_store(config)))
+    if journal:
+        partial.with_name(partial.name + "-journal").write_bytes(b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7" + b"\0" * 504)
+    code, out, err = invoke("store", "backup", str(target), "-c", str(config))
+    assert code == 0, err
+    assert f"warning: replaced {partial} (" in err and "it was never a backup" in err and "Traceback" not in err
+    assert f"backed up {_store(config)} to {target}" in out
+    assert sorted(p.name for p in backups.iterdir()) == [target.name]
+    with contextlib.closing(sqlite3.connect(target)) as copy:
+        assert copy.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    # and a backup with nothing left over says nothing of the kind
+    code, _, err = invoke("store", "backup", str(target.with_name("mvsync-2.db")), "-c", str(config))
+    assert code == 0 and "replaced" not in err
+
+
+def test_a_backup_is_never_named_like_the_unfinished_copy_of_one(config: Path, tmp_path: Path) -> None:
+    """A backup written as NAME.partial would be replaced as a killed backup's leftover by the next
+    backup to NAME: refused before anything is written."""
+    target = tmp_path / "mvsync-1.db.partial"
+    code, _, err = invoke("store", "backup", str(target), "-c", str(config))
+    assert code == 2, err
+    assert f"{target}: a name ending in .partial is kept for the unfinished copy" in err
+    assert not target.exists()
 
 
 #: Folder names a URL would misread: ``?`` starts its query, ``%XX`` is decoded (Windows forbids ``?``).
