@@ -240,6 +240,7 @@ class Engine:
         if risk:
             log.warning("%s", risk)
         self.store.wait_writable(wait_s, on_wait=log.warning)
+        self.store.check_pages()  # damage a run would not read must not be written on (SQLite)
         if not dry_run:
             return self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
         with self.store.dry_run():

@@ -592,19 +592,35 @@ class SqlStore:
         ``quick_check`` reads every page of the copy (not the indexes against their tables, which
         ``mvsync doctor``'s ``integrity_check`` adds), so a backup costs one more read of the store.
         """
-        try:
-            found = [str(row[0]) for row in copy.execute("PRAGMA quick_check(3)")]
-        except sqlite3.DatabaseError as exc:  # too damaged to check at all
-            found = [str(exc)]
-        if found == ["ok"]:
+        detail = _page_damage(copy)
+        if detail is None:
             return
-        # SQLite heads its report with "*** in database main ***"; the first problem says more
-        detail = next((line for row in found for line in row.splitlines() if not line.startswith("***")), found[0])
         msg = (
             f"the store {self.where} is damaged ({detail}): no backup was written to {target}, so "
             f"older backups stay as they were; `mvsync doctor` checks the store; {RESTORE_HINT}"
         )
         raise StoreCorruptError(msg)
+
+    def check_pages(self) -> None:
+        """Raise :class:`StoreCorruptError` if a page of the SQLite store is damaged (``quick_check``).
+
+        Why at a run's start: a run reads only the pages it needs, so damage elsewhere (an index, the
+        blobs of photos not exported) went unnoticed while runs kept writing into the damaged file,
+        and rotating backups were all refused. Measured on a store of 50,000 people (100,000
+        connector-space objects, 83 MB): 0.08 s with the file in the OS cache, 1 s from a cold disk.
+        """
+        if self.path is None:
+            return
+        with self.faults(), self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            detail = _page_damage(raw)
+        if detail is not None:
+            msg = (
+                f"the store {self.where} is damaged ({detail}; found by SQLite's quick_check before the run "
+                f"wrote anything): {RESTORE_HINT}; `mvsync doctor` checks it"
+            )
+            raise StoreCorruptError(msg)
 
     def clear(self) -> None:
         """Delete every row but the schema version: a benchmark reusing one server database starts
@@ -682,3 +698,15 @@ def _check_backup_target(target: Path) -> None:
         what = "is not a folder" if target.parent.exists() else "does not exist"
         msg = f"cannot write the backup {target}: {target.parent} {what}; create the folder or choose another path"
         raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+
+
+def _page_damage(conn: sqlite3.Connection) -> str | None:
+    """The first problem SQLite's ``quick_check`` finds in the database of ``conn`` (None: every page reads)."""
+    try:
+        found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:  # too damaged to check at all
+        found = [str(exc)]
+    if found == ["ok"]:
+        return None
+    # SQLite heads its report with "*** in database main ***"; the first problem says more
+    return next((line for row in found for line in row.splitlines() if not line.startswith("***")), found[0])

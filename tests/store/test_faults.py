@@ -138,7 +138,26 @@ def test_doctor_runs_the_integrity_check(config: Path) -> None:
     code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
     findings = {f["check"]: f for f in json.loads(out)["findings"]}
     assert code == 6
-    assert findings["integrity"]["severity"] == "error" and "damaged" in findings["integrity"]["message"]
+    assert findings["integrity"]["severity"] == "error"
+    message = findings["integrity"]["message"]  # the file, and how to restore it
+    assert f"the store {_store(config)} is damaged" in message and "`mvsync store backup`" in message
+
+
+def test_a_run_on_a_store_with_a_damaged_page_it_would_not_read_stops_before_any_step(config: Path) -> None:
+    """Found in the store pass: with a page of an index damaged (ix_mv_search's root page, which a run
+    does not read), `mvsync run` exited 0 and went on writing into the damaged file; only doctor saw it.
+    The run now checks every page first (quick_check: 0.08 s warm, 1 s cold on a store of 50,000
+    people), stops with exit 4 naming the file and the restore, and writes nothing."""
+    db = _store(config)
+    _damage_an_index(db)
+    before = db.read_bytes()
+    code, out, err = invoke("run", "cycle", "-c", str(config), "--json")
+    assert code == 4, (out, err)
+    assert f"the store {db} is damaged (" in err and "quick_check" in err and "Traceback" not in err
+    assert "`mvsync store backup`" in err and "Backup and restore" in err and "`mvsync doctor`" in err
+    assert json.loads(out)["status"] == "stopped-store-corrupt"
+    _checkpoint(db)
+    assert db.read_bytes() == before  # nothing written: no run recorded, no step
 
 
 def test_an_empty_store_is_refused_not_rebuilt(config: Path) -> None:
