@@ -55,6 +55,9 @@ class Deprovision(StrEnum):
 class StoreConfig(_Strict):
     #: SQLAlchemy URL. ``sqlite:///relative.db`` is relative to the configuration file's folder.
     url: str = "sqlite:///mvsync.db"
+    #: How often a run checks every page of a SQLite store (``quick_check``) before its first step:
+    #: hours since the last clean check (0: every run). The check reads the whole file, photos too.
+    page_check_hours: float = Field(default=24.0, ge=0)
 
 
 class JoinCondition(_Strict):

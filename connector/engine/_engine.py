@@ -240,7 +240,8 @@ class Engine:
         if risk:
             log.warning("%s", risk)
         self.store.wait_writable(wait_s, on_wait=log.warning)
-        self.store.check_pages()  # damage a run would not read must not be written on (SQLite)
+        # damage a run would not read must not be written on (SQLite; daily by default: it reads the whole file)
+        self.store.check_pages(every_s=self.config.store.page_check_hours * 3600.0, record=not dry_run)
         if not dry_run:
             return self._run(profile, steps, dry_run, progress or NullProgress(), emit, wait_s)
         with self.store.dry_run():

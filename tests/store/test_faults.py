@@ -143,12 +143,27 @@ def test_doctor_runs_the_integrity_check(config: Path) -> None:
     assert f"the store {_store(config)} is damaged" in message and "`mvsync store backup`" in message
 
 
+def _pages_checked_at(db: Path) -> float | None:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT value FROM store_meta WHERE key = 'pages_checked_at'").fetchone()
+    return float(row[0]) if row else None
+
+
+def _page_check_aged(db: Path, hours: float) -> float:
+    """The last clean page check moved ``hours`` into the past (as if the store had not run since)."""
+    then = time.time() - hours * 3600
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE store_meta SET value = ? WHERE key = 'pages_checked_at'", (repr(then),))
+    return then
+
+
 def test_a_run_on_a_store_with_a_damaged_page_it_would_not_read_stops_before_any_step(config: Path) -> None:
     """Found in the store pass: with a page of an index damaged (ix_mv_search's root page, which a run
     does not read), `mvsync run` exited 0 and went on writing into the damaged file; only doctor saw it.
-    The run now checks every page first (quick_check: 0.08 s warm, 1 s cold on a store of 50,000
-    people), stops with exit 4 naming the file and the restore, and writes nothing."""
+    The first run a day checks every page (quick_check), stops with exit 4 naming the file and the
+    restore, and writes nothing."""
     db = _store(config)
+    _page_check_aged(db, hours=25)
     _damage_an_index(db)
     before = db.read_bytes()
     code, out, err = invoke("run", "cycle", "-c", str(config), "--json")
@@ -158,6 +173,28 @@ def test_a_run_on_a_store_with_a_damaged_page_it_would_not_read_stops_before_any
     assert json.loads(out)["status"] == "stopped-store-corrupt"
     _checkpoint(db)
     assert db.read_bytes() == before  # nothing written: no run recorded, no step
+
+
+def test_the_page_check_runs_daily_by_default_and_at_every_run_with_page_check_hours_0(config: Path) -> None:
+    """quick_check reads the whole file, photos and all (seconds to minutes on a large tenant's store from
+    a cold disk), so by default only the first run after 24 hours pays for it; a dry run checks when due
+    but records nothing."""
+    db = _store(config)
+    first = _pages_checked_at(db)
+    assert first is not None and abs(time.time() - first) < 600  # the fixture's run checked
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    assert _pages_checked_at(db) == first  # not due: not checked again
+    aged = _page_check_aged(db, hours=25)
+    assert invoke("run", "cycle", "-c", str(config), "--dry-run")[0] == 0
+    assert _pages_checked_at(db) == aged  # checked (due), but a dry run writes nothing
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    assert _pages_checked_at(db) not in (aged, first)  # checked and recorded
+    _damage_an_index(db)
+    config.write_text(
+        config.read_text().replace('url = "sqlite:///store.db"', 'url = "sqlite:///store.db"\npage_check_hours = 0')
+    )
+    code, _, err = invoke("run", "cycle", "-c", str(config))
+    assert code == 4 and f"the store {db} is damaged (" in err  # every run checks: found at once
 
 
 def test_an_empty_store_is_refused_not_rebuilt(config: Path) -> None:
