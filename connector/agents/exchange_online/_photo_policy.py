@@ -11,6 +11,12 @@ policy and, per ``on_premises_photo_policy``, refuses the step (the default) or 
 Reading needs PeopleSettings.Read.All. Without it (403), or where the beta endpoint is missing,
 the policy is "unknown": the export proceeds and the doctor says what to grant. A tenant whose
 settings were deleted (404) has the default, cloud.
+
+A read that *failed* (Graph down, a 5xx after the retries, resets, throttled too long) is not
+"unknown" in that sense: the answer exists, Graph did not give it this time. Under ``refuse`` the
+step stops before any photo is written (``stopped-server-down``, or the stop the client raised:
+``stopped-throttled``, ``stopped-authentication``) and the exports stay pending for the next run;
+proceeding would overwrite, during any outage of the beta endpoint, photos the tenant masters on-premises.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from connector.agents.exchange_online._graph import RetryableError
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.sdk import ConnectorError, StopRunError
+from connector.sdk import ConnectorError, ServerDownError, StopRunError
 
 __all__ = ["PhotoPolicy", "doctor_checks", "guard_photo_export", "policy_url", "read_policy"]
 
@@ -29,17 +36,25 @@ _PATH = "admin/people/photoUpdateSettings"
 
 @dataclass(frozen=True)
 class PhotoPolicy:
-    """``source``: ``cloud``, ``onPremises``, or None when it could not be read (``detail`` says why)."""
+    """``source``: ``cloud``, ``onPremises``, or None when it could not be read (``detail`` says why).
+
+    ``outage``: the step status to stop with when the read *failed* (see the module's docstring), None
+    when Graph answered (a 403 is an answer: the policy is not shown to this app, asking again won't help).
+    """
 
     source: str | None
     allowed_roles: tuple[str, ...] = ()
     detail: str = ""
+    outage: str | None = None
+    url: str = ""
 
     @property
     def on_premises(self) -> bool:
         return self.source == "onPremises"
 
     def describe(self) -> str:
+        if self.outage is not None:
+            return f"could not read the tenant's photo policy ({self.url}): {self.detail}"
         if self.source is None:
             return f"photo policy unknown: {self.detail}"
         roles = ", ".join(self.allowed_roles) or "none listed"
@@ -56,21 +71,26 @@ def policy_url(settings: ExchangeOnlineSettings) -> str:
 
 def read_policy(graph: Any, settings: ExchangeOnlineSettings) -> PhotoPolicy:
     """One GET through the agent's Graph client (its retries, throttling and token)."""
+    url = policy_url(settings)
     try:
-        resp = graph.get_json(policy_url(settings))
-    except (ConnectorError, OSError) as exc:
-        return PhotoPolicy(None, detail=f"the request failed: {exc}")
+        resp = graph.get_json(url)
+    except StopRunError as exc:  # Graph down, throttled too long, a revoked sign-in: the client's verdict
+        return PhotoPolicy(None, detail=str(exc), outage=exc.status, url=url)
+    except (ConnectorError, RetryableError, OSError) as exc:  # a connection failure that outlasted the retries
+        return PhotoPolicy(None, detail=str(exc), outage=ServerDownError.status, url=url)
     body = resp.json_body if isinstance(resp.json_body, dict) else {}
     if resp.ok:
         roles = tuple(str(r) for r in body.get("allowedRoles") or ())
-        return PhotoPolicy(str(body.get("source") or "cloud"), roles)
+        return PhotoPolicy(str(body.get("source") or "cloud"), roles, url=url)
     if resp.status == 404:
-        return PhotoPolicy("cloud", detail="(no photoUpdateSettings in the tenant: the default)")
+        return PhotoPolicy("cloud", detail="(no photoUpdateSettings in the tenant: the default)", url=url)
     if resp.status in (401, 403):
         return PhotoPolicy(
-            None, detail=f"{resp.describe()}; grant the app PeopleSettings.Read.All (admin consent) to read it"
+            None, detail=f"{resp.describe()}; grant the app PeopleSettings.Read.All (admin consent) to read it", url=url
         )
-    return PhotoPolicy(None, detail=resp.describe())
+    if resp.status >= 500 or resp.status == 429:  # retries used up on an answer that says "not now"
+        return PhotoPolicy(None, detail=resp.describe(), outage=ServerDownError.status, url=url)
+    return PhotoPolicy(None, detail=resp.describe(), url=url)
 
 
 def guard_photo_export(graph: Any, settings: ExchangeOnlineSettings, agent: str, logger: logging.Logger) -> None:
@@ -78,6 +98,9 @@ def guard_photo_export(graph: Any, settings: ExchangeOnlineSettings, agent: str,
     if settings.on_premises_photo_policy == "ignore":
         return
     policy = read_policy(graph, settings)
+    if policy.outage is not None:
+        _outage(policy, policy.outage, settings, agent, logger)
+        return
     if policy.source is None:
         logger.warning("agent %s: %s; exporting photos anyway", agent, policy.describe())
         return
@@ -97,9 +120,30 @@ def guard_photo_export(graph: Any, settings: ExchangeOnlineSettings, agent: str,
     raise StopRunError(msg, status="stopped-photo-policy")
 
 
+def _outage(
+    policy: PhotoPolicy, status: str, settings: ExchangeOnlineSettings, agent: str, logger: logging.Logger
+) -> None:
+    """A read that failed: stop before the first write (``refuse``), or say so and write (``warn``)."""
+    if settings.on_premises_photo_policy == "warn":
+        logger.warning(
+            "agent %s: %s; writing photos anyway (on_premises_photo_policy = 'warn')", agent, policy.describe()
+        )
+        return
+    msg = (
+        f"agent {agent}: {policy.describe().rstrip('.')}. Nothing was written: whether the tenant masters "
+        "photos on-premises is not known, and on_premises_photo_policy = 'refuse' writes none until it is. The "
+        "photo exports stay pending: run the step again later, or set on_premises_photo_policy = 'warn' to "
+        "write them when the policy cannot be read"
+    )
+    raise StopRunError(msg, status=status)
+
+
 def doctor_checks(graph: Any, settings: ExchangeOnlineSettings, writes_photos: bool) -> list[tuple[str, str, str]]:
     """``mvsync doctor``: the policy, and whether it conflicts with this agent's export flows."""
     policy = read_policy(graph, settings)
+    if policy.outage is not None and writes_photos and settings.on_premises_photo_policy == "refuse":
+        detail = "export steps stop until it can be read (on_premises_photo_policy = 'refuse')"
+        return [("photo-policy", "warning", f"{policy.describe()}; {detail}")]
     if policy.source is None:
         return [("photo-policy", "warning", policy.describe())]
     if policy.on_premises and writes_photos and settings.on_premises_photo_policy == "refuse":

@@ -184,3 +184,31 @@ def test_photos_exchange_online_re_encodes_are_not_written_again_every_cycle(
     assert {person: emu.admin.get_photo(person) for person in people} == shown
     confirmed = steps[0]["counters"]
     assert confirmed.get("exports_not_reimported", 0) == 0, confirmed
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_an_outage_of_the_photo_policy_read_stops_the_export_before_any_write(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found reading the photo policy guard: when the read of photoUpdateSettings failed (here Graph
+    answers it with 504 on every attempt while the rest of Graph works), the export went on "anyway"
+    in a tenant that masters photos on-premises. With the default on_premises_photo_policy = "refuse"
+    the step now stops (stopped-server-down, exit 4) before the first PUT, and every export stays
+    pending for the next run."""
+    scopes = ("User.Read", "User.Read.All", "ProfilePhoto.ReadWrite.All", "PeopleSettings.Read.All")
+    emu = make_emulator(users=40, delegated_scopes=scopes)
+    emu.admin.set_photo_update_settings({"source": "onPremises"})
+    graph_scopes = [f"https://graph.microsoft.com/{scope}" for scope in scopes[1:]]
+    config, people = folder_to_exchange_online(emu, tmp_path, 3, scopes=graph_scopes, max_attempts=2)
+    assert invoke("run", "stage", "-c", str(config))[0] == 0
+    emu.admin.set_faults({"504": 1.0, "retry_after": None, "path_pattern": "photoUpdateSettings"})
+
+    sent = at_photo_upload(monkeypatch, 0, lambda: None)  # only counts the PUTs
+    code, out, err = invoke("run", "export", "-c", str(config), "--json")
+    [step] = json.loads(out)["steps"]
+    assert (code, step["status"], step["object_errors"]) == (4, "stopped-server-down", []), out + err
+    policy_url = emu.info["graph_url"].replace("/v1.0", "/beta") + "/admin/people/photoUpdateSettings"
+    assert f"could not read the tenant's photo policy ({policy_url}): HTTP 504" in step["message"]
+    assert "run the step again later" in step["message"]
+    assert sent == [] and [p for p in people if emu.admin.get_photo(p) is not None] == []
+    assert _pending(config) == set(people)

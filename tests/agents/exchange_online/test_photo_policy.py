@@ -162,3 +162,65 @@ def test_doctor_shows_the_policy(make_emulator: Any, tmp_path: Path, source: str
         report = run_doctor(config_from_dict(config, base_dir=tmp_path), store=False)
     found = [(f.severity, f.message) for f in report.findings if f.check == "agents.exo.photo-policy"]
     assert found == [(severity, text)]
+
+
+#: Faults that hit only the policy read (Graph's other endpoints work): a 5xx on every attempt, and a
+#: connection reset on every attempt (nothing answers the read: ServerDownError inside the client).
+_POLICY_OUTAGES = {
+    "5xx": {"504": 1.0, "retry_after": None, "path_pattern": "photoUpdateSettings"},
+    "reset": {"reset": 1.0, "path_pattern": "photoUpdateSettings"},
+}
+
+
+@pytest.mark.parametrize("outage", sorted(_POLICY_OUTAGES))
+def test_export_stops_when_an_outage_keeps_the_policy_unknown(
+    on_premises_tenant: Any, tmp_path: Path, outage: str
+) -> None:
+    """Found reading ``guard_photo_export``: a read that failed (5xx, resets, retries used up) was
+    "policy unknown, exporting photos anyway", as for a 403, so an outage of the beta endpoint let the
+    export overwrite photos a tenant masters on-premises. Under "refuse" it now stops the step before
+    any photo request, naming the URL and saying to run again later."""
+    emu = on_premises_tenant
+    emu.admin.set_faults(_POLICY_OUTAGES[outage])
+    photo_requests = emu.admin.stats()["photo_requests"]
+    before = {u["id"]: emu.admin.get_photo(u["id"]) for u in emu.admin.users() if u.get("mail")}
+    error, user_id, results = _photo_export(emu, tmp_path, max_attempts=2, backoff_max_s=0.1)
+    assert results == [] and isinstance(error, StopRunError), error
+    assert error.status == "stopped-server-down"
+    message = str(error)
+    assert message.startswith(f"agent exo: could not read the tenant's photo policy ({_policy_url(emu)}): ")
+    assert "Nothing was written" in message and "run the step again later" in message
+    assert "on_premises_photo_policy = 'warn'" in message and "Bearer" not in message
+    assert emu.admin.get_photo(user_id) == before[user_id]
+    assert emu.admin.stats()["photo_requests"] == photo_requests  # not one photo request was sent
+
+
+def test_an_outage_of_the_policy_read_warns_and_writes_under_warn(
+    on_premises_tenant: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emu = on_premises_tenant
+    emu.admin.set_faults(_POLICY_OUTAGES["5xx"])
+    with caplog.at_level(logging.WARNING):
+        error, user_id, results = _photo_export(
+            emu, tmp_path, on_premises_photo_policy="warn", max_attempts=2, backoff_max_s=0.1
+        )
+    assert error is None and [r.status for r in results] == [ExportStatus.SUCCESS]
+    assert emu.admin.get_photo(user_id) is not None
+    warned = [r.getMessage() for r in caplog.records if "photo policy" in r.getMessage()]
+    assert len(warned) == 1 and "could not read the tenant's photo policy" in warned[0], warned
+    assert "writing photos anyway (on_premises_photo_policy = 'warn')" in warned[0]
+
+
+def test_doctor_says_an_outage_of_the_policy_read_would_stop_exports(on_premises_tenant: Any, tmp_path: Path) -> None:
+    emu = on_premises_tenant
+    emu.admin.set_faults(_POLICY_OUTAGES["5xx"])
+    conn = make_connector(emu, tmp_path, scopes=_SCOPES, max_attempts=2, backoff_max_s=0.1)
+    conn.open()
+    try:
+        checks = conn.doctor_checks()
+    finally:
+        conn.close()
+    [(name, severity, message)] = checks
+    assert (name, severity) == ("photo-policy", "warning")
+    assert message.startswith(f"could not read the tenant's photo policy ({_policy_url(emu)}): ")
+    assert "export steps stop until it can be read (on_premises_photo_policy = 'refuse')" in message
