@@ -175,6 +175,25 @@ def _refused_bind(where: str, settings: ActiveDirectorySettings, message: str) -
     return f"{head}: {what}"
 
 
+def _discard(conn: Connection) -> None:
+    """Unbind ``conn`` and close its socket, whatever state a failed connect or bind left it in.
+
+    Why not ``unbind()`` alone: ldap3 marks a connection open only once its socket has connected (and,
+    for ldaps, finished the handshake). When the connect fails (refused, timed out), the socket stays in
+    ``conn.socket`` with ``conn.closed`` true, and ``unbind()`` then does nothing; and an unbind whose
+    request cannot be sent (the transport broke) raises before it closes. The socket was then closed
+    only when the garbage collector reached the Connection (which refers to itself through its
+    strategy): a scheduler retrying against a bad DC held one file descriptor per attempt until then.
+    """
+    with contextlib.suppress(Exception):
+        conn.unbind()
+    sock, conn.socket = conn.socket, None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+    conn.closed = True
+
+
 class Link:
     """One authenticated connection that reconnects when its transport breaks.
 
@@ -223,6 +242,7 @@ class Link:
         return {"user": s.bind_dn, "password": s.password.get_secret_value(), "authentication": SIMPLE}
 
     def _open_once(self) -> Connection:
+        """A connected, bound connection; on any failure its socket is closed before the error leaves."""
         s = self.settings
         # ldap3 applies receive_timeout to the TLS handshake; until TLS is up, connect_timeout rules,
         # so a DC that accepts connections and never answers is given up on as quickly as one that
@@ -236,6 +256,21 @@ class Link:
             auto_referrals=False,
             return_empty_attributes=False,
         )
+        try:
+            self._start(conn)
+            if not self._bind(conn):
+                raise self._bind_refused(conn)
+        except BaseException:  # a refusal, a transport failure, a timeout, Ctrl-C: see _discard
+            _discard(conn)
+            raise
+        self.binds += 1
+        if s.auth == "kerberos":
+            self._rebind_at = self._clock() + _kerberos.rebind_after(s)
+        return conn
+
+    def _start(self, conn: Connection) -> None:
+        """Connect ``conn``'s socket and bring up TLS; failures become errors that name the host."""
+        s = self.settings
         starting_tls = False
         try:
             conn.open()
@@ -246,30 +281,30 @@ class Link:
             conn.receive_timeout = s.receive_timeout
             conn.socket.settimeout(s.receive_timeout)
         except (LDAPException, OSError) as exc:  # ldap3 may re-raise ssl's own (OSError) errors
-            with contextlib.suppress(Exception):
-                conn.unbind()
             described = describe_failure(exc, self._where(), s, starting_tls=starting_tls)
             if described.startswith(("certificate:", "TLS handshake with")):  # retrying cannot fix these
                 raise StopRunError(described) from None
             raise _Unreachable(described) from None
-        if not self._bind(conn):
-            code = conn.result.get("result")
-            description = conn.result.get("description", "")
-            message = conn.result.get("message", "")
-            with contextlib.suppress(Exception):
-                conn.unbind()
-            if code == 49:
-                raise AuthenticationError(_refused_bind(self._where(), s, message))
-            if code == 8 and s.auth == "kerberos":
-                raise _kerberos.signing_required(self._where(), f"strongerAuthRequired: {message}".strip(": "))
-            if code == 8:
-                msg = f"{self._where()} requires an encrypted connection (strongerAuthRequired): use TLS"
-                raise StopRunError(msg)
-            raise StopRunError(f"bind to {self._where()} failed: {code} {description} {message}".strip())
-        self.binds += 1
-        if s.auth == "kerberos":
-            self._rebind_at = self._clock() + _kerberos.rebind_after(s)
-        return conn
+        except (LookupError, ValueError) as exc:  # ldap3's BER decoder meeting bytes that are not LDAP
+            msg = (
+                f"{self._where()} answered with something that is not LDAP ({type(exc).__name__} decoding it): "
+                f"check port and security (does the port speak {s.security}?)"
+            )
+            raise StopRunError(msg) from None
+
+    def _bind_refused(self, conn: Connection) -> StopRunError:
+        """The error for a bind the DC answered with a refusal, from its result code."""
+        s = self.settings
+        code = conn.result.get("result")
+        description = conn.result.get("description", "")
+        message = conn.result.get("message", "")
+        if code == 49:
+            return AuthenticationError(_refused_bind(self._where(), s, message))
+        if code == 8 and s.auth == "kerberos":
+            return _kerberos.signing_required(self._where(), f"strongerAuthRequired: {message}".strip(": "))
+        if code == 8:
+            return StopRunError(f"{self._where()} requires an encrypted connection (strongerAuthRequired): use TLS")
+        return StopRunError(f"bind to {self._where()} failed: {code} {description} {message}".strip())
 
     def _bind(self, conn: Connection) -> bool:
         """ldap3's bind; Kerberos failures (raised, not returned) become errors that say what to do."""
@@ -279,14 +314,10 @@ class Link:
             return bool(conn.bind())
         except LDAPCommunicationError as exc:
             if "security layer" in str(exc):  # the DC insists on signing/sealing
-                with contextlib.suppress(Exception):
-                    conn.unbind()
                 raise _kerberos.signing_required(self._where(), str(exc)) from None
             raise
         except Exception as exc:
             if type(exc).__module__.startswith(("gssapi", "winkerberos")):
-                with contextlib.suppress(Exception):
-                    conn.unbind()
                 raise _kerberos.explain(exc, self.settings) from None
             raise
 
@@ -322,8 +353,7 @@ class Link:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.unbind()
+            _discard(conn)
 
     # -- operations -----------------------------------------------------------------------------
     def run(self, operation: Callable[[Connection], T], stop: threading.Event | None = None) -> T:
