@@ -5,7 +5,8 @@ A site already monitors its services with Prometheus; mvsync fits in two ways:
 * a scheduled ``mvsync run`` (cron, systemd timer) writes a *textfile* at the end
   (``--metrics-textfile PATH``) for node_exporter's textfile collector, atomically, so the
   collector never reads half a file;
-* a long-lived process (``--metrics-port PORT``) serves ``/metrics`` over HTTP.
+* a long-lived process (``--metrics-port PORT``) serves ``/metrics`` over HTTP (GET and HEAD;
+  any other path is 404, and the ``Server`` header names mvsync, not the Python version).
 
 Either way the CLI calls :func:`configure` once, and :func:`write_textfile` when it finishes. The
 engine records every step (:func:`step`); agents record their traffic with the one-line helpers
@@ -20,9 +21,19 @@ mvsync's figures only, not the Python process collectors that mean nothing for a
 from __future__ import annotations
 
 import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, write_to_textfile
+from prometheus_client.exposition import ThreadingWSGIServer
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
 
 __all__ = [
     "REGISTRY",
@@ -207,9 +218,80 @@ def configure(*, textfile: Path | str | None = None, port: int | None = None, ad
             raise ValueError(f"--metrics-textfile: the folder {path.parent} cannot be written by this account")
         _textfile = path
     if port is not None and (_http_ports is None or port != _http_ports[0]):
-        server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
-        _http_ports = (port, int(server.server_port))
+        _http_ports = (port, int(_serve(port, addr).server_port))
     return None if _http_ports is None else _http_ports[1]
+
+
+#: What the exporter says it is: prometheus-client's server sent ``WSGIServer/0.2 CPython/3.11.7``.
+_SERVER = "mvsync"
+_NOT_FOUND = b"not found: the metrics are at /metrics\n"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No log line per scrape (stderr is the run's log), and no Python version in error pages."""
+
+    server_version = _SERVER
+    sys_version = ""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _routed(metrics_app: WSGIApplication) -> WSGIApplication:
+    """prometheus-client's app behind the one path the README documents.
+
+    Why: that app answers every path with the metrics (a typo in a scrape config "works" and a
+    scanner's probe of ``/admin`` gets a 200), and refuses HEAD, which HTTP servers must support for a
+    resource they GET (RFC 9110, 9.1): a load balancer's HEAD health check saw 405.
+    """
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        def respond(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            return start_response(status, [*headers, ("Server", _SERVER)], exc_info)
+
+        if environ.get("PATH_INFO") != "/metrics":
+            headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(_NOT_FOUND)))]
+            respond("404 Not Found", headers)
+            return [_NOT_FOUND]
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return _head(metrics_app, environ, respond)
+        return metrics_app(environ, respond)
+
+    return app
+
+
+def _head(metrics_app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+    """The GET's status and headers, with the Content-Length of its body, and no body.
+
+    Why the length is counted here: the metrics app leaves it to the server, which counts what is
+    returned and would say 0 for a HEAD.
+    """
+    answered: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def keep(
+        status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        answered.append((status, headers))
+        return lambda data: None
+
+    body = b"".join(metrics_app({**environ, "REQUEST_METHOD": "GET"}, keep))
+    status, headers = answered[-1]
+    kept = [(name, value) for name, value in headers if name.lower() != "content-length"]
+    start_response(status, [*kept, ("Content-Length", str(len(body)))])
+    return []
+
+
+def _serve(port: int, addr: str) -> WSGIServer:
+    """The exporter on ``addr:port``, answering from a daemon thread (one thread per scrape)."""
+
+    class _MetricsServer(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]  # "::1" binds IPv6
+
+    server = make_server(addr, port, _routed(make_wsgi_app(REGISTRY)), _MetricsServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="mvsync-metrics", daemon=True).start()
+    return server
 
 
 def write_textfile(path: Path | str | None = None) -> Path | None:

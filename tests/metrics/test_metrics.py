@@ -3,6 +3,7 @@ secrets redacted."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
@@ -129,6 +130,43 @@ def test_http_exporter_serves_metrics_on_loopback() -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         body = resp.read().decode()
     assert 'mvsync_graph_requests_total{status="200"}' in body
+
+
+def _ask(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request to the exporter: status, headers (lower-case names) and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_http_exporter_answers_like_a_prometheus_exporter() -> None:
+    """Found by asking the endpoint with http.client: every path served the metrics (``/nope`` was 200
+    with the whole exposition), HEAD /metrics was 405, and every answer carried ``Server: WSGIServer/0.2
+    CPython/3.11.7``, the exact Python version to anyone who can reach the port. The text format's
+    Content-Type was right and stays so (Prometheus exposition formats: version 0.0.4)."""
+    port = metrics.configure(port=0)
+    assert port
+    metrics.photo("exported")
+    status, headers, body = _ask(port, "GET", "/metrics")
+    assert (status, headers["content-type"]) == (200, "text/plain; version=0.0.4; charset=utf-8")
+    assert b'mvsync_photos_total{outcome="exported"}' in body
+    assert int(headers["content-length"]) == len(body)
+
+    status, head_headers, head_body = _ask(port, "HEAD", "/metrics")
+    assert (status, head_body, head_headers["content-type"]) == (200, b"", headers["content-type"])
+    assert head_headers["content-length"] == headers["content-length"]  # what the GET would send
+
+    for path in ("/", "/nope", "/metrics/x", "/favicon.ico"):
+        status, other, text = _ask(port, "GET", path)
+        assert (status, text) == (404, b"not found: the metrics are at /metrics\n"), path
+        assert other["content-type"] == "text/plain; charset=utf-8"
+    assert _ask(port, "POST", "/metrics")[0] == 405
+    for answer in (headers, head_headers, other):
+        assert "python" not in answer.get("server", "").lower(), answer
 
 
 SECRETS = [
