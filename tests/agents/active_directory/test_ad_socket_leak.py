@@ -123,11 +123,18 @@ _SERVERS: dict[str, Callable[[], contextlib.AbstractContextManager[int]]] = {
 }
 
 
-@pytest.mark.parametrize("security", ["ldaps", "starttls"])
-@pytest.mark.parametrize("server", sorted(_SERVERS))
+#: (An untrusted certificate behind StartTLS needs a server that speaks LDAP first: the Samba tests
+#: refuse a foreign CA there.)
+_CASES = [
+    (server, security)
+    for server in sorted(_SERVERS)
+    for security in ("ldaps", "starttls")
+    if (server, security) != ("untrusted-certificate", "starttls")
+]
+
+
+@pytest.mark.parametrize(("server", "security"), _CASES)
 def test_a_failed_connect_leaves_no_socket_open(server: str, security: str) -> None:
-    if server == "untrusted-certificate" and security == "starttls":
-        pytest.skip("a StartTLS server must speak LDAP first: the Samba tests refuse a foreign CA there")
     attempts = 2 if server == "hung" else _ATTEMPTS  # each waits for connect_timeout (1 s)
     errors: list[str] = []
     gc.collect()
