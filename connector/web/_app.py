@@ -64,7 +64,7 @@ class _Pages:
         self.templates.env.filters["thousands"] = lambda n: f"{n:,}"
         self.css = _Css()
 
-    def html_routes(self) -> list[tuple[str, Callable[..., HTMLResponse]]]:
+    def html_routes(self) -> list[tuple[str, Callable[..., Response]]]:
         return [
             ("/", self.operations),
             ("/runs/{run_id}", self.run),
@@ -141,7 +141,12 @@ class _Pages:
         q: Annotated[str, Query(max_length=200)] = "",
         after: Cursor = None,
         before: Cursor = None,
-    ) -> HTMLResponse:
+    ) -> Response:
+        if "\x00" in q:
+            # PostgreSQL refuses a NUL in a text parameter (a bare 500) and SQLite ended the needle at it
+            # (everyone matched); no name, mail or account holds one
+            msg = "Not an address of this console (q: the search text holds a NUL character, %00); search without it"
+            return self.error(request, 400, msg, title="Bad address")
         with self.store.read() as conn:
             result = self.console.search(conn, q, after, before)
         return self.page(request, "search.html", result=result)

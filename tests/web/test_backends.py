@@ -256,3 +256,22 @@ def test_a_table_lock_is_said_as_such_within_the_page_deadline(
     finally:
         store.close()
         with_timeout.close()
+
+
+def test_search_text_with_a_nul_character_is_a_400_page_on_each_backend(store_url: str, tmp_path: Path) -> None:
+    # found by hand: /search?q=%00 was a bare "Internal Server Error" on PostgreSQL (psycopg refuses a
+    # NUL in a text parameter) and, on SQLite, every person matched (the needle ended at the NUL)
+    config = config_from_dict(bench_config(store_url, tmp_path), base_dir=tmp_path)
+    store = SqlStore(config.store_url())
+    try:
+        fill_store(store, 20)
+        with TestClient(create_app(config, store=store), base_url=LOOPBACK, raise_server_exceptions=False) as c:
+            for query in ("%00", "a%00b"):
+                page = c.get(f"/search?q={query}")
+                assert page.status_code == 400, (query, page.text)
+                assert page.headers["content-type"].startswith("text/html")
+                assert "<title>Bad address" in page.text and "NUL character" in page.text
+                assert page.headers["content-security-policy"] and page.headers["cache-control"] == "no-store"
+            assert c.get("/search?q=a").status_code == 200
+    finally:
+        store.close()
