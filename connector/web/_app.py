@@ -27,7 +27,7 @@ from connector.store import ROW_ID_MAX, SqlStore, StoreError
 from connector.web._deadline import bounded, page_deadline
 from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
-from connector.web._security import AccessPolicy
+from connector.web._security import AccessPolicy, apply_security_headers
 from connector.web._settings_view import masked_settings
 
 __all__ = ["create_app"]
@@ -110,6 +110,24 @@ class _Pages:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         hint = "The console keeps running; reload this page once the store answers again."
         return self.error(request, 503, str(exc), hint=hint, title="Store unavailable")
+
+    def unexpected(self, request: Request, exc: Exception) -> Response:
+        """Anything else (a row the console cannot read, a bug): the error page, not a bare 500.
+
+        Why: Starlette answered a text/plain "Internal Server Error" from outside the access policy's
+        middleware, so without the security headers, and said nothing of what to do. The page names
+        the store, since a damaged row there is the likely cause, and ``mvsync doctor``, which checks
+        it. The details stay in the console's output: Starlette raises ``exc`` again once this page
+        is sent, and uvicorn logs it with its traceback (a bug's report needs it; the page does not).
+        """
+        hint = (
+            f"The console's output (where mvsync ui runs) has the details. If the store {self.store.where} may "
+            "be damaged, check it with `mvsync doctor`; otherwise report the error with those details."
+        )
+        message = f"This page could not be shown: {type(exc).__name__}"
+        response = self.error(request, 500, message, hint=hint, title="Console error")
+        apply_security_headers(response)  # sent from outside the middleware that adds them
+        return response
 
     # --------------------------------------------------------------------------- operations
     def operations(self, request: Request, before: Cursor = None) -> HTMLResponse:
@@ -255,6 +273,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, pages.not_found)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, pages.store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, pages.bad_address)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, pages.unexpected)
     for path, html in pages.html_routes():
         app.add_api_route(path, bounded(html, deadline, store.where), methods=["GET"], response_class=HTMLResponse)
     for path, other in pages.other_routes():
