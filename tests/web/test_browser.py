@@ -26,6 +26,7 @@ from connector.engine import Engine
 from connector.sdk import ExportStatus
 from connector.web import create_app, serve_in_background
 from tests.engine.memory import DIRECTORIES, directory
+from tests.web.conftest import PhotoWorld
 from tests.web.images import image_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -303,3 +304,40 @@ def test_pending_exports_grid_and_coverage(chromium: Any, console: Console, arti
     _follow(driver, driver.find_element(By.LINK_TEXT, "Agents").click)
     assert "(hidden)" in driver.find_element(By.TAG_NAME, "main").text  # the refresh token setting
     _shot(driver, artifact_dir, "agents")
+
+
+def test_a_very_long_value_from_the_directory_wraps_instead_of_widening_the_page(
+    chromium: Any, photo_world: PhotoWorld, artifact_dir: Path
+) -> None:
+    # found by hand: a 5,000-character displayName without spaces made the person page 93,000 px wide
+    # (the attribute table's other columns scrolled out of sight) and the search page 54,000 px
+    from selenium.webdriver.common.by import By
+
+    long_name = "Unbroken" + "x" * 3000
+    person = photo_world.directories["exo"]["objects"]["exo-002"]
+    person["displayName"] = long_name
+    for profile in ("full-import", "full-sync"):
+        photo_world.engine.run_profile(profile)
+    console = serve_in_background(create_app(photo_world.config, store=photo_world.engine.store))
+    driver = chromium
+    try:
+        _open(driver, console.url + "/search?q=unbrokenxxx")
+        hits = driver.find_elements(By.CSS_SELECTOR, "ul.hits li a")
+        assert len(hits) == 1, [h.text[:80] for h in hits]
+        _assert_fits_the_window(driver, "search")
+        _follow(driver, hits[0].click)
+        assert long_name in driver.find_element(By.TAG_NAME, "h1").text.replace("\n", "")
+        _assert_fits_the_window(driver, "person")
+        _shot(driver, artifact_dir, "person-long-value")
+    finally:
+        console.stop()
+        person["displayName"] = "Person 02 Example"
+        for profile in ("full-import", "full-sync"):
+            photo_world.engine.run_profile(profile)
+
+
+def _assert_fits_the_window(driver: Any, page: str) -> None:
+    scroll, client = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert scroll <= client, f"the {page} page is {scroll} px wide in a {client} px window"
