@@ -75,7 +75,9 @@ def _probe(sha256: str, size: int, head: bytes) -> PhotoInfo:
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we never decode the pixels
             with Image.open(io.BytesIO(head)) as image:
                 width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        # a header claiming over twice MAX_IMAGE_PIXELS is an error, not a warning, even though nothing
+        # is decoded: a hostile thumbnailPhoto or a folder file made the person's page a 500
         return PhotoInfo(sha256, size, content_type)
     return PhotoInfo(sha256, size, content_type, width, height)
 

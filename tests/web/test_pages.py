@@ -522,3 +522,44 @@ def test_a_damaged_row_is_a_500_page_naming_the_store_with_security_headers(tmp_
             console.stop()
     finally:
         store.close()
+
+
+def _png_header_claiming(side: int) -> bytes:
+    """A PNG whose header claims ``side`` x ``side`` pixels (its pixel data is not that big)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_photo_claiming_too_many_pixels_does_not_break_the_person_page(photo_world: PhotoWorld) -> None:
+    # found by hand: a photo whose header claims more than twice Pillow's MAX_IMAGE_PIXELS (here 30,000 x
+    # 30,000; anyone who may write their own thumbnailPhoto or drop a file in the HR folder can store one)
+    # made Pillow raise DecompressionBombError while the console read the header for "pixels", and the
+    # person's page (and any pending-exports page showing that photo) was a 500
+    from connector.web import create_app
+    from tests.web.conftest import LOOPBACK, TestClient
+
+    bomb = _png_header_claiming(30_000)
+    exo = photo_world.directories["exo"]["objects"]["exo-005"]
+    exo["photo"] = bomb
+    for profile in ("full-import", "full-sync"):
+        photo_world.engine.run_profile(profile)
+    try:
+        app = create_app(photo_world.config, store=photo_world.engine.store)
+        with TestClient(app, base_url=LOOPBACK, raise_server_exceptions=False) as c:
+            page = c.get(f"/persons/{_mv_id(photo_world, 'user005')}")
+            assert page.status_code == 200, page.text
+            sha = hashlib.sha256(bomb).hexdigest()
+            assert f'src="/photo/{sha}"' in page.text  # the card is there, its pixel size unknown
+            assert c.get("/pending/ad").status_code == 200
+    finally:
+        exo["photo"] = image_bytes(5, 96)
+        for profile in ("full-import", "full-sync"):
+            photo_world.engine.run_profile(profile)
