@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.config import MvsyncConfig
-from connector.store import ROW_ID_MAX, SqlStore, StoreError
+from connector.store import ROW_ID_MAX, SqlStore, StoreError, StoreVersionError
 from connector.web._deadline import bounded, page_deadline
 from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
@@ -120,14 +120,34 @@ class _Pages:
         it. The details stay in the console's output: Starlette raises ``exc`` again once this page
         is sent, and uvicorn logs it with its traceback (a bug's report needs it; the page does not).
         """
-        hint = (
-            f"The console's output (where mvsync ui runs) has the details. If the store {self.store.where} may "
-            "be damaged, check it with `mvsync doctor`; otherwise report the error with those details."
-        )
-        message = f"This page could not be shown: {type(exc).__name__}"
-        response = self.error(request, 500, message, hint=hint, title="Console error")
+        version = self._version_problem()
+        if version is not None:
+            response = self.error(request, 503, str(version), title="Store of another mvsync version")
+        else:
+            hint = (
+                f"The console's output (where mvsync ui runs) has the details. If the store {self.store.where} "
+                "may be damaged, check it with `mvsync doctor`; otherwise report the error with those details."
+            )
+            message = f"This page could not be shown: {type(exc).__name__}"
+            response = self.error(request, 500, message, hint=hint, title="Console error")
         apply_security_headers(response)  # sent from outside the middleware that adds them
         return response
+
+    def _version_problem(self) -> StoreVersionError | None:
+        """Why the store's schema is not this mvsync's, if it is not (else None).
+
+        Why asked only when a page failed: the version is checked when the console starts, but a newer
+        mvsync (the sync server, upgraded first) may upgrade the store under a running console, whose
+        queries then fail as "no such column"; that names neither versions nor what to do. One read of
+        ``store_meta``, made only after a page has failed.
+        """
+        try:
+            self.store.upgrade(check_only=True)
+        except StoreVersionError as problem:
+            return problem
+        except StoreError:  # the store cannot say: the page names the error it had
+            return None
+        return None
 
     # --------------------------------------------------------------------------- operations
     def operations(self, request: Request, before: Cursor = None) -> HTMLResponse:
