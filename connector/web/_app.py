@@ -40,6 +40,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: in a URL was an OverflowError and a 500).
 RowId = Annotated[int, PathParam(ge=0, le=ROW_ID_MAX)]
 Cursor = Annotated[int | None, Query(ge=0, le=ROW_ID_MAX)]
+#: HTTP requires HEAD wherever GET is answered (``curl -I``, uptime checks); uvicorn sends no body for it.
+READ_METHODS = ["GET", "HEAD"]
 #: Photos are content-addressed: a URL's bytes never change, so browsers may keep them for a year.
 PHOTO_CACHE = "private, max-age=31536000, immutable"
 
@@ -295,7 +297,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, pages.bad_address)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, pages.unexpected)
     for path, html in pages.html_routes():
-        app.add_api_route(path, bounded(html, deadline, store.where), methods=["GET"], response_class=HTMLResponse)
+        app.add_api_route(path, bounded(html, deadline, store.where), methods=READ_METHODS, response_class=HTMLResponse)
     for path, other in pages.other_routes():
-        app.add_api_route(path, bounded(other, deadline, store.where), methods=["GET"])
+        app.add_api_route(path, bounded(other, deadline, store.where), methods=READ_METHODS)
     return app

@@ -595,3 +595,20 @@ def test_a_store_a_newer_mvsync_upgraded_meanwhile_is_named_as_such(tmp_path: Pa
             assert "upgrade mvsync here" in page.text and page.headers["content-security-policy"]
     finally:
         store.close()
+
+
+def test_head_requests_are_answered_like_get_without_a_body(photo_world: PhotoWorld) -> None:
+    # found by hand: `curl -I http://127.0.0.1:8765/` (and uptime checks that send HEAD) got 405 Method
+    # Not Allowed, though HTTP requires a server to answer HEAD wherever it answers GET
+    from connector.web import create_app, serve_in_background
+
+    console = serve_in_background(create_app(photo_world.config, store=photo_world.engine.store))
+    try:
+        with photo_world.engine.store.read() as conn:
+            sha = conn.execute(select(blob.c.sha256)).scalars().first()
+        for path, kind in (("/", "text/html"), ("/search?q=user", "text/html"), (f"/photo/{sha}", "image/")):
+            with urllib.request.urlopen(urllib.request.Request(console.url + path, method="HEAD"), timeout=30) as r:
+                assert r.status == 200 and r.headers["content-type"].startswith(kind), path
+                assert r.headers["x-content-type-options"] == "nosniff" and r.read() == b"", path
+    finally:
+        console.stop()
