@@ -3,6 +3,8 @@
 Every documented way of saying "this user has no photo" means exactly that, never an error:
 404 ``ImageNotFound`` (both exception texts), ``ErrorEntityNotFound``, ``ErrorItemNotFound``,
 ``GetUserPhoto``, and the legacy 200 with a 1x1 GIF (metadata ``id`` "1x1", empty mediaEtag).
+Except on a download: the metadata said a photo is there, so a 404 means it changed in between
+(``_download_missed``), and the metadata is asked again.
 
 One flow for full and delta imports: first the photo *metadata* (``GET /users/{id}/photo``: a
 small JSON with ``@odata.mediaEtag`` and the largest size), then, only when needed, the bytes at
@@ -60,6 +62,8 @@ class PhotoTask:
     attempt: int = 1
     #: ``time.monotonic()`` of the first failed attempt (5xx, no answer); None while none failed
     failing_since: float | None = None
+    #: the metadata was asked again after a download found no photo (see ``_download_missed``)
+    looked_again: bool = False
 
 
 @dataclass(slots=True)
@@ -156,6 +160,25 @@ def on_premises_outcome(task: PhotoTask) -> PhotoOutcome:
     return PhotoOutcome(task, "none", etag=ON_PREMISES_ETAG)
 
 
+def _download_missed(task: PhotoTask, resp: GraphResponse) -> PhotoTask | PhotoOutcome:
+    """A download answered "no photo" although the metadata just said there is one.
+
+    Why this is not "no photo": the photo changed between the two requests. Removed, it is gone
+    indeed; replaced by a smaller one, the size the metadata offered no longer exists and Graph
+    answers that size's download with the same 404 ``ImageNotFound``. Read as "no photo", the
+    import cleared a photo the user has. So the metadata is asked again (once): it tells which.
+    A second miss (the photo keeps changing) is a per-user error, which keeps what the connector
+    space holds; the next import reads the photo again.
+    """
+    if not task.looked_again:
+        return PhotoTask(task.user_id, "probe", baseline=task.baseline, context=task.context, looked_again=True)
+    detail = (
+        f"the photo changed while it was read (the download answered {resp.describe()} twice after the metadata "
+        "named a photo); what the connector space holds is kept and the next import reads the photo again"
+    )
+    return PhotoOutcome(task, "error", error="photo-changed-during-read", detail=detail)
+
+
 def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) -> PhotoTask | PhotoOutcome:
     """What ``resp`` means for ``task``: a follow-up request (probe -> get) or a final outcome.
 
@@ -164,6 +187,8 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
     if resp.status == 404 and resp.error_code == "Request_ResourceNotFound":
         return PhotoOutcome(task, "gone")
     if is_no_photo(resp):
+        if task.kind == "get":
+            return _download_missed(task, resp)
         return PhotoOutcome(task, "unchanged" if _held_no_photo(task) else "none")
     if mailbox_on_premises(resp):
         return on_premises_outcome(task)
@@ -183,9 +208,8 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
         if task.baseline is not None and task.baseline == (True, etag):
             return PhotoOutcome(task, "unchanged", etag=etag)
         width, height = int(body.get("width") or 0), int(body.get("height") or 0)
-        return PhotoTask(
-            task.user_id, "get", pick_size(configured_size, width, height), etag, task.baseline, task.context
-        )
+        size = pick_size(configured_size, width, height)
+        return PhotoTask(task.user_id, "get", size, etag, task.baseline, task.context, looked_again=task.looked_again)
     if _legacy_gif(resp):
         return PhotoOutcome(task, "none")
     # The version is the metadata's mediaEtag, the value the next probe compares against. The bytes'
