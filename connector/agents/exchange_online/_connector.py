@@ -206,12 +206,17 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                 raise self._listing_error(resp)
             first = False
             listed = Listed(url)
+            latest: dict[str, dict[str, Any]] = {}  # a replay within the page: its last entry is the user's state
             junk = 0
             for user in resp.json_body.get("value", []):
                 if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
                     junk += 1
-                elif "@removed" in user:
-                    listed.removed.append(str(user["id"]))
+                else:
+                    latest.pop(user["id"], None)
+                    latest[user["id"]] = user
+            for user_id, user in latest.items():
+                if "@removed" in user:
+                    listed.removed.append(user_id)
                 else:
                     listed.users.append(user)
             if junk:

@@ -175,6 +175,8 @@ class Importer:
         self.full = run.full
         self.started = time.time()
         self.seen: set[str] = set()
+        #: users this round listed ``@removed`` (and not listed again since): see ``_relisted``
+        self.removed: set[str] = set()
         self.worker = PhotoWorker(self)
         self.run_number = 0
         self.limit = RunLimit(connector.graph.limiter, run, memory_hours=self.settings.limit_memory_hours)
@@ -226,12 +228,31 @@ class Importer:
             ids = [str(u["id"]) for u in listed.users] + listed.removed
             known = self.run.state.get_many(ids)
             for user_id in listed.removed:
+                if user_id in self.removed:  # a replay of the removal
+                    continue
                 self.seen.add(user_id)
+                self.removed.add(user_id)
                 if not self.full:
                     yield from self._remove(user_id)
             for user in listed.users:
                 user_id = str(user["id"])
-                yield from self._on_user(user_id, _dir_attrs(user), UserState.load(user_id, known.get(user_id)))
+                row = None if self._relisted(user_id) else UserState.load(user_id, known.get(user_id))
+                yield from self._on_user(user_id, _dir_attrs(user), row)
+
+    def _relisted(self, user_id: str) -> bool:
+        """Whether the round listed ``user_id`` ``@removed`` before listing the user again.
+
+        Why the later entry counts (and is no replay to skip): in a delta round the most recent change
+        comes last, so a user soft-deleted and restored meanwhile is listed removed, then present.
+        Skipped, a user who exists stayed deleted (delta) or was left out of a full import (which the
+        engine then deletes). Handled as a new user: its removal's state update may not be committed
+        yet, so the stored row is not read; the user's probe stages it again after the deletion.
+        """
+        if user_id not in self.removed:
+            return False
+        self.removed.discard(user_id)
+        self.seen.discard(user_id)
+        return True
 
     def _remove(self, user_id: str) -> Iterator[ImportItem]:
         yield CSEntryChange.delete(OBJECT_CLASS, user_id)
