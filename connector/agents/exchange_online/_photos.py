@@ -132,6 +132,26 @@ def _legacy_gif(resp: GraphResponse) -> bool:
     return int.from_bytes(data[6:8], "little") <= 1 and int.from_bytes(data[8:10], "little") <= 1
 
 
+def _no_picture(resp: GraphResponse) -> str:
+    """Why a downloaded body is no whole picture (empty, cut short, a proxy's page), or "" when it is one.
+
+    Why check: a 200 says nothing about the photo when its body is broken (the Exchange Server agent
+    reads GetUserPhoto the same way); staged, it replaced the user's picture with unusable bytes
+    downstream. The image library decodes it at its smallest scale (cheap), within its input limits,
+    which also refuses a body far larger than any photo Graph serves. Imported here, not at the
+    top: the image library is only needed once a photo arrives.
+    """
+    from connector.imaging import ImageError, verify
+
+    if not resp.body:
+        return "an empty body"
+    try:
+        verify(resp.body)
+    except ImageError as exc:
+        return exc.detail
+    return ""
+
+
 def _error_name(resp: GraphResponse) -> str:
     """MIM-style per-object error names for what Graph can say about one user's photo."""
     code = resp.error_code
@@ -212,6 +232,15 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
         return PhotoTask(task.user_id, "get", size, etag, task.baseline, task.context, looked_again=task.looked_again)
     if _legacy_gif(resp):
         return PhotoOutcome(task, "none")
+    problem = _no_picture(resp)
+    if problem:
+        detail = (
+            f"the photo download answered HTTP 200 with {len(resp.body):,} bytes of "
+            f"{resp.headers.get('content-type') or 'no content type'} that are no usable picture ({problem}); any "
+            "photo imported before is kept and the next import reads it again. If it is a web page, a proxy in "
+            "front of Graph answered instead"
+        )
+        return PhotoOutcome(task, "error", error="graph-malformed-response", detail=detail)
     # The version is the metadata's mediaEtag, the value the next probe compares against. The bytes'
     # ETag header is another value altogether in Graph (W/"<64 hex>", new on every upload; see
     # connector/emulator/_graph.py), so falling back to it would never match and force a download.

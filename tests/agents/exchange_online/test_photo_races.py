@@ -130,3 +130,57 @@ def test_a_photo_that_keeps_changing_is_an_error_that_keeps_the_held_photo() -> 
     assert not isinstance(second, PhotoTask)
     assert second.kind == "error" and second.error == "photo-changed-during-read"
     assert "ImageNotFound" in second.detail and "next import reads the photo again" in second.detail
+
+
+def damage_download(monkeypatch: pytest.MonkeyPatch, user_id: str, damage: Any) -> list[int]:
+    """Replace the body of ``user_id``'s photo downloads (a 200) with ``damage(body)`` on its way to the agent.
+
+    What a proxy in between, or a Graph answer cut short inside an intact ``$batch`` envelope, hands
+    over. Returns the sizes of the bodies damaged, filled in as the agent runs.
+    """
+    send = GraphClient.batch
+    damaged: list[int] = []
+
+    def damaging(client: GraphClient, items: Any, **options: Any) -> Any:
+        responses = send(client, items, **options)
+        for item, resp in zip(items, responses, strict=True):
+            if item.url.startswith(f"/users/{user_id}/photo") and item.url.endswith("$value") and resp.ok:
+                damaged.append(len(resp.body))
+                resp.body = damage(resp.body)
+        return responses
+
+    monkeypatch.setattr(GraphClient, "batch", damaging)
+    return damaged
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda body: body[: len(body) // 2], id="truncated"),
+        pytest.param(lambda body: b"", id="empty"),
+        pytest.param(lambda body: b"<html><body>Access denied</body></html>", id="proxy-page"),
+    ],
+)
+def test_a_download_that_is_no_picture_keeps_the_held_photo_and_names_the_user(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Any
+) -> None:
+    """A 200 whose body is no whole picture says nothing about the photo (as the Exchange Server agent
+    already reads it): staged as the photo, it replaced the user's picture with broken bytes."""
+    emu = make_emulator(users=20)
+    victim = _photo_user(emu)
+    conn = make_connector(emu, tmp_path / "data", photo_recheck_hours=0.0)
+    conn.open()
+    try:
+        _, watermark = run_import(conn, ImportMode.FULL)
+        emu.admin.set_photo(victim["id"], _jpeg(700, 120))  # a new ETag: the delta downloads it
+        damaged = damage_download(monkeypatch, victim["id"], damage)
+        delta, _ = run_import(conn, ImportMode.DELTA, watermark)
+    finally:
+        conn.close()
+    assert damaged
+    mine = [e for e in delta if e.anchor == victim["id"]]
+    assert len(mine) == 1 and mine[0].error is not None, mine
+    error = mine[0].error
+    assert error.name == "graph-malformed-response"
+    assert victim["userPrincipalName"] in (error.display or "")
+    assert "kept" in error.detail and "HTTP 200" in error.detail

@@ -72,6 +72,16 @@ def test_users_delta_page_from_the_docs() -> None:
     assert "$deltatoken=" in resp.json_body["@odata.deltaLink"]
 
 
+def _tiny_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (240, 240), (10, 20, 30)).save(out, "JPEG")
+    return out.getvalue()
+
+
 def test_batch_items_from_the_docs() -> None:
     items = [
         BatchItem("GET", "/users/a/photo"),
@@ -90,9 +100,15 @@ def test_batch_items_from_the_docs() -> None:
     assert throttled.status == 429 and throttled.retry_after == pytest.approx(2.128)
     assert client.item_retry(1, throttled) == pytest.approx(2.128)
     assert client.stats.throttled == 1 and client.stats.batch_items == 4
+    # the docs' body is a JPEG header with no picture after it: no photo to stage (_photos._no_picture)
+    assert binary.body.startswith(b"\xff\xd8")
+    placeholder = read_response(PhotoTask("d", "get", "240x240", "BA09D118"), binary, "648x648")
+    assert isinstance(placeholder, PhotoOutcome) and placeholder.kind == "error"
+    assert placeholder.error == "graph-malformed-response"
+    binary.body = _tiny_jpeg()
     got = read_response(PhotoTask("d", "get", "240x240", "BA09D118"), binary, "648x648")
     assert isinstance(got, PhotoOutcome) and got.kind == "photo"
-    assert got.data is not None and got.data.startswith(b"\xff\xd8") and got.etag == "BA09D118"
+    assert got.data == binary.body and got.etag == "BA09D118"
     # the bytes' ETag header (W/"f7ff...", 64 hex) is not a mediaEtag: never taken as the version
     assert binary.headers["etag"].startswith('W/"f7ff')
     unversioned = read_response(PhotoTask("d", "get", "240x240"), binary, "648x648")
