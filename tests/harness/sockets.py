@@ -9,7 +9,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 
-__all__ = ["FaultyProxy", "connect_proxy", "faulty_proxy", "silent_server", "trickling_server"]
+__all__ = ["FaultyProxy", "connect_proxy", "faulty_proxy", "handing_to", "silent_server", "trickling_server"]
 
 
 def _accepting(
@@ -34,6 +34,19 @@ def _accepting(
     return thread
 
 
+@contextlib.contextmanager
+def _listening(server: socket.socket, stop: threading.Event, handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """``server``'s port while it hands each connection to ``handle`` (see :func:`_accepting`); at the
+    end the accepting stops and ``server`` is closed."""
+    thread = _accepting(server, stop, handle)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
 def _request_head(conn: socket.socket) -> bytes | None:
     """An HTTP request's head (up to its blank line), or None when the client closed before it."""
     head = b""
@@ -43,6 +56,20 @@ def _request_head(conn: socket.socket) -> bytes | None:
             return None
         head += chunk
     return head
+
+
+@contextlib.contextmanager
+def handing_to(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback port whose connections are each handed to ``handle`` (on a thread; closed after it)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def closing(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            handle(conn)
+
+    with _listening(server, stop, closing) as port:
+        yield port
 
 
 @contextlib.contextmanager
@@ -56,15 +83,12 @@ def silent_server() -> Iterator[int]:
     held: list[socket.socket] = []
     stop = threading.Event()
 
-    thread = _accepting(server, stop, held.append)
     try:
-        yield server.getsockname()[1]
+        with _listening(server, stop, held.append) as port:
+            yield port
     finally:
-        stop.set()
-        thread.join()
         for conn in held:
             conn.close()
-        server.close()
 
 
 @contextlib.contextmanager
@@ -109,13 +133,8 @@ def connect_proxy(*, refuse: str | None = None, hosts: dict[str, str] | None = N
                 pipe(client, upstream)
                 back.join()
 
-    thread = _accepting(server, stop, tunnel)
-    try:
-        yield server.getsockname()[1], targets
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
+    with _listening(server, stop, tunnel) as port:
+        yield port, targets
 
 
 class FaultyProxy:
@@ -268,10 +287,5 @@ def trickling_server(
             while not stop.wait(every_s):
                 conn.sendall(b"\x00")
 
-    thread = _accepting(server, stop, answer)
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
+    with _listening(server, stop, answer) as port:
+        yield port

@@ -16,19 +16,18 @@ import logging
 import os
 import socket
 import ssl
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
-from pydantic import SecretStr
 
 from connector.agents.active_directory._connection import Link
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import StopRunError
-from tests.harness.sockets import faulty_proxy, silent_server
+from tests.agents.active_directory.test_ad_network_errors import _settings as network_settings
+from tests.harness.sockets import faulty_proxy, handing_to, silent_server
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/fd").is_dir(), reason="counts open file descriptors in /proc/self/fd (Linux)"
@@ -39,32 +38,6 @@ _ATTEMPTS = 5
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@contextlib.contextmanager
-def _serving(handle: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A loopback port whose connections are each handed to ``handle`` (which closes them) on a thread."""
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-    server.settimeout(0.2)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn = server.accept()[0]
-            except TimeoutError:
-                continue
-            with conn, contextlib.suppress(OSError):
-                handle(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
 
 
 def _garbage(conn: socket.socket) -> None:
@@ -86,19 +59,7 @@ def _untrusted_tls(conn: socket.socket) -> None:
 
 
 def _settings(port: int, security: str) -> ActiveDirectorySettings:
-    return ActiveDirectorySettings.model_validate(
-        {
-            "host": "127.0.0.1",
-            "port": port,
-            "security": security,
-            "bind_dn": "CN=svc,DC=example,DC=test",
-            "password": SecretStr("not-the-point"),
-            "base_dns": ["DC=example,DC=test"],
-            "connect_timeout": 1,
-            "receive_timeout": 5,
-            "reconnect_attempts": 0,
-        }
-    )
+    return network_settings(port, security, receive_timeout=5)
 
 
 @contextlib.contextmanager
@@ -117,8 +78,8 @@ def _resetting() -> Iterator[int]:
 _SERVERS: dict[str, Callable[[], contextlib.AbstractContextManager[int]]] = {
     "refused": _refused_port,
     "reset": _resetting,
-    "garbage": lambda: _serving(_garbage),
-    "untrusted-certificate": lambda: _serving(_untrusted_tls),
+    "garbage": lambda: handing_to(_garbage),
+    "untrusted-certificate": lambda: handing_to(_untrusted_tls),
     "hung": silent_server,
 }
 

@@ -103,6 +103,21 @@ def run_import(
     )
 
 
+def delta_after_full(
+    connector: ExchangeOnlinePhotosConnector, between: Callable[[], Any]
+) -> tuple[list[CSEntryChange], Any]:
+    """A full import, then ``between()`` (the tenant changes, a race armed), then a delta from its
+    watermark: the delta's entries and what ``between`` returned. The connector is opened and closed."""
+    connector.open()
+    try:
+        _, watermark = run_import(connector, ImportMode.FULL)
+        armed = between()
+        delta, _ = run_import(connector, ImportMode.DELTA, watermark)
+    finally:
+        connector.close()
+    return delta, armed
+
+
 def imported(
     conn: ExchangeOnlinePhotosConnector, mode: ImportMode = ImportMode.FULL, **options: Any
 ) -> tuple[list[CSEntryChange], str | None]:

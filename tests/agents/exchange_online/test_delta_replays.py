@@ -17,7 +17,7 @@ import pytest
 
 from connector.agents.exchange_online._graph import GraphClient
 from connector.sdk import ImportMode, ObjectModificationType
-from tests.agents.exchange_online.conftest import make_connector, run_import
+from tests.agents.exchange_online.conftest import delta_after_full, make_connector, run_import
 
 pytestmark = pytest.mark.usefixtures("cache_key")
 
@@ -72,16 +72,14 @@ def test_delta_user_removed_then_restored_in_one_round_stays(
     emu = make_emulator(users=450)  # three users/delta pages of 200
     victim = _last_mailbox_user(emu)
     conn = make_connector(emu, tmp_path / "data")
-    conn.open()
-    try:
-        _, watermark = run_import(conn, ImportMode.FULL)
+
+    def between() -> Any:
         for user in emu.admin.users():  # a round of three pages: everybody changed
             emu.admin.update_user(user["id"], displayName=f"{user['displayName']} (moved)")
         emu.admin.update_user(victim["id"], displayName="Restored Person")
-        changed = removed_first(monkeypatch, victim["id"], where)
-        delta, _ = run_import(conn, ImportMode.DELTA, watermark)
-    finally:
-        conn.close()
+        return removed_first(monkeypatch, victim["id"], where)
+
+    delta, changed = delta_after_full(conn, between)
     assert changed
     mine = [e for e in delta if e.anchor == victim["id"]]
     assert mine, "the restored user's entry is missing"

@@ -16,8 +16,7 @@ import pytest
 
 from connector.agents.exchange_online._graph import GraphClient
 from connector.agents.exchange_online._photos import normalize_etag
-from connector.sdk import ImportMode
-from tests.agents.exchange_online.conftest import full_import, make_connector, run_import
+from tests.agents.exchange_online.conftest import delta_after_full, full_import, make_connector
 
 pytestmark = pytest.mark.usefixtures("cache_key")
 
@@ -102,15 +101,13 @@ def test_delta_keeps_the_held_photo_when_the_download_misses_the_new_one(
     victim = _photo_user(emu)
     data = tmp_path / "data"
     conn = make_connector(emu, data, photo_recheck_hours=0.0)
-    conn.open()
-    try:
-        _, watermark = run_import(conn, ImportMode.FULL)
+    small = _jpeg(100, 60)
+
+    def between() -> None:
         emu.admin.set_photo(victim["id"], _jpeg(700, 200))
-        small = _jpeg(100, 60)
         at_photo_download(monkeypatch, victim["id"], lambda: emu.admin.set_photo(victim["id"], small))
-        delta, _ = run_import(conn, ImportMode.DELTA, watermark)
-    finally:
-        conn.close()
+
+    delta, _ = delta_after_full(conn, between)
     got = {e.anchor: e for e in delta}[victim["id"]]
     assert got.error is None
     assert got.attributes.get("EXOPhoto") == emu.admin.get_photo(victim["id"], 96)
@@ -169,14 +166,12 @@ def test_a_download_that_is_no_picture_keeps_the_held_photo_and_names_the_user(
     emu = make_emulator(users=20)
     victim = _photo_user(emu)
     conn = make_connector(emu, tmp_path / "data", photo_recheck_hours=0.0)
-    conn.open()
-    try:
-        _, watermark = run_import(conn, ImportMode.FULL)
+
+    def between() -> Any:
         emu.admin.set_photo(victim["id"], _jpeg(700, 120))  # a new ETag: the delta downloads it
-        damaged = damage_download(monkeypatch, victim["id"], damage)
-        delta, _ = run_import(conn, ImportMode.DELTA, watermark)
-    finally:
-        conn.close()
+        return damage_download(monkeypatch, victim["id"], damage)
+
+    delta, damaged = delta_after_full(conn, between)
     assert damaged
     mine = [e for e in delta if e.anchor == victim["id"]]
     assert len(mine) == 1 and mine[0].error is not None, mine
