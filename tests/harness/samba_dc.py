@@ -780,13 +780,17 @@ def samba_lease(
     exclusive: bool = False,
     **options: Any,
 ) -> Iterator[ADSettings]:
-    """A DC for the duration of a block; stopped afterwards only if this block started it.
+    """A DC for the duration of a block; stopped afterwards if this block started it, or by the last
+    block using it when the one that started it ended first.
 
     Several processes (parallel test sessions, a benchmark) may share one DC: each holds a shared
-    lock on ``DIR.users`` while using it, and the one that started it stops it only when it can
-    take that lock exclusively, i.e. nobody else is using the server any more. ``exclusive`` holds
-    it exclusively for the whole block (waiting for the others): for a caller that stops and
-    restarts the DC, which would pull it from under another session's test.
+    lock on ``DIR.users`` while using it, and a block stops the DC only when it can take that lock
+    exclusively, i.e. nobody else is using the server any more. The block that started it and found
+    it still in use leaves ``DIR.stop-when-idle`` behind, so the last user stops it (before, nobody
+    did: a DC started by one session and outlived by another ran on after both). A DC started with
+    ``keep`` has no such mark and runs on. ``exclusive`` holds the lock exclusively for the whole
+    block (waiting for the others): for a caller that stops and restarts the DC, which would pull it
+    from under another session's test.
     """
     try:
         external = settings_from_env() if options.get("use_env", True) else None
@@ -801,13 +805,17 @@ def samba_lease(
         fcntl.flock(users, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         was_running = dc.recorded_pid() is not None
         settings = ensure_samba(dc.directory, host=dc.host, **options)
+        idle_mark = Path(f"{dc.directory}.stop-when-idle")
+        if not was_running:
+            idle_mark.unlink(missing_ok=True)  # a mark for a DC that is gone is not this one's
         try:
             yield settings
         finally:
-            if not was_running and not keep:
+            if not keep and (not was_running or idle_mark.exists()):
                 try:
                     fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    pass  # someone else still uses it; leave it running for them
+                    idle_mark.touch()  # someone else still uses it: the last of them stops it
                 else:
+                    idle_mark.unlink(missing_ok=True)
                     stop_samba(dc.directory, host=dc.host)
