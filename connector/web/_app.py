@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -94,7 +95,11 @@ class _Pages:
         return self.page(request, "error.html", status, message=message, nav="", **context)
 
     def not_found(self, request: Request, exc: StarletteHTTPException) -> Response:
-        return self.error(request, exc.status_code, str(exc.detail))
+        """A 404 (or a 405 for a method no page takes): the error page titled by its status, keeping
+        the exception's headers (a 405 must say what is ``Allow``ed, RFC 9110 15.5.6)."""
+        response = self.error(request, exc.status_code, str(exc.detail), title=_status_title(exc.status_code))
+        response.headers.update(exc.headers or {})
+        return response
 
     def bad_address(self, request: Request, exc: RequestValidationError) -> Response:
         """A hand-edited URL (``/runs/abc``, a cursor out of range): a page that says so, not FastAPI's JSON."""
@@ -301,3 +306,11 @@ def create_app(
     for path, other in pages.other_routes():
         app.add_api_route(path, bounded(other, deadline, store.where), methods=READ_METHODS)
     return app
+
+
+def _status_title(status: int) -> str:
+    """``Not Found``, ``Method Not Allowed``: the reason phrase HTTP gives the status."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"

@@ -612,3 +612,22 @@ def test_head_requests_are_answered_like_get_without_a_body(photo_world: PhotoWo
                 assert r.headers["x-content-type-options"] == "nosniff" and r.read() == b"", path
     finally:
         console.stop()
+
+
+def test_an_error_page_is_titled_by_its_status_and_a_405_says_what_is_allowed(photo_world: PhotoWorld) -> None:
+    # found in the console pass: POST / showed "Method Not Allowed" under the title "Not found", and the
+    # 405 lacked the Allow header HTTP requires of it (the handler dropped the exception's headers)
+    from connector.web import create_app, serve_in_background
+
+    console = serve_in_background(create_app(photo_world.config, store=photo_world.engine.store))
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(console.url + "/", data=b"", method="POST"), timeout=30)
+        assert refused.value.code == 405
+        assert "GET" in refused.value.headers["allow"]
+        assert "<title>Method Not Allowed" in refused.value.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(console.url + "/runs/999999", timeout=30)
+        assert missing.value.code == 404 and "<title>Not Found" in missing.value.read().decode()
+    finally:
+        console.stop()
