@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Connection, and_, delete, desc, func, literal, select, tuple_
 
 from connector.store._batch import BatchInsert, BatchUpdate
-from connector.store.tables import mv_object, store_meta
+from connector.store._store_meta import read_meta, write_meta
+from connector.store.tables import mv_object
 
 __all__ = ["Metaverse", "MetaverseRow", "MvObject"]
 
@@ -80,14 +81,12 @@ class Metaverse:
         deleted last to the next one projected, so each of those then named somebody else.
         """
         highest = int(self._conn.execute(select(func.max(mv_object.c.id))).scalar() or 0)
-        kept = self._conn.execute(select(store_meta.c.value).where(store_meta.c.key == _NEXT_ID_KEY)).scalar()
+        kept = read_meta(self._conn, _NEXT_ID_KEY)
         return max(highest + 1, int(kept) if kept else 1)
 
     def keep_next_id(self, next_id: int) -> None:
         """Remember that every id below ``next_id`` has been given (in the projecting transaction)."""
-        where = store_meta.c.key == _NEXT_ID_KEY
-        if self._conn.execute(store_meta.update().where(where).values(value=str(next_id))).rowcount == 0:
-            self._conn.execute(store_meta.insert().values(key=_NEXT_ID_KEY, value=str(next_id)))
+        write_meta(self._conn, _NEXT_ID_KEY, str(next_id))
 
     def last_change(self) -> float | None:
         """When an object was last projected or changed (None: the metaverse is empty)."""

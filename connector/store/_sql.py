@@ -41,7 +41,8 @@ from connector.store._faults import (
 )
 from connector.store._locks import LockManager
 from connector.store._migrations import SCHEMA_VERSION, migrate
-from connector.store.tables import blob, metadata, store_meta
+from connector.store._store_meta import read_meta, write_meta
+from connector.store.tables import blob, metadata
 
 __all__ = ["ROW_ID_MAX", "SqlStore", "StoreConnection", "StoreError"]
 
@@ -616,7 +617,7 @@ class SqlStore:
             return
         now = time.time()
         with self.faults(), self.engine.connect() as conn:
-            last = _float_or_none(conn.execute(select(store_meta.c.value).where(_PAGES_CHECKED)).scalar())
+            last = _float_or_none(read_meta(conn, _PAGES_CHECKED_KEY))
             if every_s > 0 and last is not None and 0 <= now - last < every_s:
                 return
             raw = conn.connection.dbapi_connection
@@ -630,8 +631,7 @@ class SqlStore:
             raise StoreCorruptError(msg)
         if record:
             with self.transaction() as conn:
-                if conn.execute(store_meta.update().where(_PAGES_CHECKED).values(value=repr(now))).rowcount == 0:
-                    conn.execute(store_meta.insert().values(key=_PAGES_CHECKED_KEY, value=repr(now)))
+                write_meta(conn, _PAGES_CHECKED_KEY, repr(now))
 
     def clear(self) -> None:
         """Delete every row but the schema version: a benchmark reusing one server database starts
@@ -713,12 +713,11 @@ def _check_backup_target(target: Path) -> None:
 
 #: The ``store_meta`` key of when a run's ``quick_check`` last found every page readable (epoch seconds).
 _PAGES_CHECKED_KEY = "pages_checked_at"
-_PAGES_CHECKED = store_meta.c.key == _PAGES_CHECKED_KEY
 
 
-def _float_or_none(value: object) -> float | None:
+def _float_or_none(value: str | None) -> float | None:
     try:
-        return float(str(value)) if value is not None else None
+        return float(value) if value is not None else None
     except ValueError:
         return None
 

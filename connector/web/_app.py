@@ -106,7 +106,11 @@ class _Pages:
         problems = "; ".join(f"{' '.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         if request.url.path.startswith(("/photo/", "/static/")):
             return self.error(request, 400, problems)
-        return self.error(request, 400, f"Not an address of this console ({problems})", title="Bad address")
+        return self._not_an_address(request, problems)
+
+    def _not_an_address(self, request: Request, problems: str, then: str = "") -> Response:
+        """The 400 page of a URL no page of this console answers (hand-edited, or a value no page takes)."""
+        return self.error(request, 400, f"Not an address of this console ({problems}){then}", title="Bad address")
 
     def store_unavailable(self, request: Request, exc: StoreError) -> Response:
         """The store cannot be read (a PostgreSQL restart, a damaged file): a page that says so, not a 500.
@@ -190,8 +194,7 @@ class _Pages:
         if "\x00" in q:
             # PostgreSQL refuses a NUL in a text parameter (a bare 500) and SQLite ended the needle at it
             # (everyone matched); no name, mail or account holds one
-            msg = "Not an address of this console (q: the search text holds a NUL character, %00); search without it"
-            return self.error(request, 400, msg, title="Bad address")
+            return self._not_an_address(request, "q: the search text holds a NUL character, %00", "; search without it")
         with self.store.read() as conn:
             result = self.console.search(conn, q, after, before)
         return self.page(request, "search.html", result=result)
