@@ -59,7 +59,11 @@ happened; BBR's delivery rate for telling a limit from noise):
   window before it. If the rate fell by about the decrease while push-back went on, it is undone and push-back
   is *endemic* for a while (``endemic_min_s``, doubling while it stays so): then only a window
   whose pushed-back share rises clearly above the endemic share (three standard deviations, at
-  least ``min_window`` answers) counts as this client's overload.
+  least ``min_window`` answers) counts as this client's overload. The endemic share follows the
+  windows, so a limit that grows into a wall during the spell raises it a window at a time, faster
+  than any one window stands out; once it is above ``endemic_max_share`` (the most the verdict
+  ever waves through) the spell ends, and each push-back is judged on its own again. (Without that
+  end, noise on top of a cap of 12 had three of four requests refused for the rest of the spell.)
 * **Early hint.** Graph's identity APIs send ``x-ms-throttle-limit-percentage`` (0.8 to 1.8) once
   an app has used more than 80 % of its budget. At or above ``hint_hold`` the limit stops growing;
   above 1.0 it is decreased gently (``hint_backoff``, once per window) before a 429 is needed.
@@ -455,7 +459,9 @@ class AdaptiveLimiter:
         elif now < self._endemic_until and window.lowest is not None:
             self._endemic_share += 0.25 * (share - self._endemic_share)
             noise = 3.0 * math.sqrt(max(self._endemic_share * (1 - self._endemic_share), 0.01) / window.answers)
-            if share >= self._endemic_share + noise and window.lowest.epoch == self._epoch:
+            if self._endemic_share > self.endemic_max_share:
+                self._endemic_until = now  # more than the verdict waves through: not (only) the noise now
+            elif share >= self._endemic_share + noise and window.lowest.epoch == self._epoch:
                 # ours on top of the noise
                 self._decrease(window.lowest, now, window.retry_after, met=window.lowest_load, trial=False)
         self._window = _Window(now)

@@ -85,6 +85,21 @@ class Noise:
 
 
 @dataclass
+class Noisy:
+    """``noise`` on top of a real ``limit``: another app's push-back and this client's own wall at once."""
+
+    noise: Noise
+    limit: Concurrency | Rate
+
+    def admit(self, now: float, weight: int) -> float | bool | None:
+        verdict = self.noise.admit(now, weight)
+        return self.limit.admit(now, weight) if verdict is True else verdict
+
+    def done(self, weight: int) -> None:
+        self.limit.done(weight)
+
+
+@dataclass
 class Figures:
     answered: int = 0
     throttled: int = 0
@@ -102,7 +117,7 @@ class Figures:
 def simulate(
     limiter: AdaptiveLimiter,
     clock: FakeClock,
-    service: Concurrency | Rate | Noise,
+    service: Concurrency | Rate | Noise | Noisy,
     *,
     seconds: float,
     latency: float,
@@ -293,6 +308,22 @@ def test_throttling_that_is_not_about_our_load_does_not_collapse_the_limit() -> 
     # each decrease pauses every thread: a client that paused for each of those would crawl
     assert limiter.stats.pauses <= 20, limiter.stats
     assert figures.answered / 200 >= 0.7 * 64 / 0.1, limiter.stats
+
+
+@pytest.mark.parametrize("wall", [Concurrency(lambda t: 12), Rate(150.0)], ids=["cap-12", "rate-150"])
+def test_endemic_push_back_does_not_wave_through_a_wall_the_limit_grows_into(wall: Concurrency | Rate) -> None:
+    """10 % of requests throttled whatever we do, and a real limit too: the client stays near the wall.
+
+    The endemic share followed every window, so a limit growing past the cap raised it as fast as the
+    push-back grew, and 0.78 of all requests were refused, before a spell ended once that share passed
+    ``endemic_max_share``. (Against the rate the push-back the limit adds is smaller: 0.15 before, 0.14 now.)
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("noisy-wall", ceiling=64, initial=32, clock=clock)
+    figures = simulate(limiter, clock, Noisy(Noise(0.10), wall), seconds=300, latency=0.1, measure_from=30)
+    assert figures.throttled_share <= 0.15, limiter.stats  # the noise's 0.10, and a little of our own
+    ceiling = 12 * 0.9 / 0.1 if isinstance(wall, Concurrency) else 150.0 * 0.9
+    assert figures.answered / 270 >= 0.6 * ceiling, limiter.stats
 
 
 def test_an_idle_client_does_not_grow_its_limit() -> None:
