@@ -30,6 +30,17 @@ issued them; a restored DC gets a new ``invocationId``. When the DC's invocation
 watermark's (or its highest USN went backwards) the delta import *stops* with a ``StopRunError``
 whose message tells the user to run a full import. Returning a partial delta instead would silently
 miss deletions; stopping is the only answer that cannot lose data.
+
+The same holds *within* a step: the connection layer reconnects when the transport breaks, and the
+reconnect may reach another DC (a host name that resolves to several, a load balancer) or a restored
+one. So the step pins the DC it started on (``Importer._pin``), and the first operation on every new
+connection (a reconnect, a Kerberos rebind) reads the DC's identity again on that connection before
+anything else (``Importer._verify_dc``). A different invocationId (or a highest USN gone backwards)
+stops the step with a ``StopRunError`` that names both: a delta before reading anything there, its
+watermark unchanged; a full import before reading anything there too, nothing marked deleted and no
+watermark saved (it cannot go on, since what it already returned came from the first DC and the engine
+takes each object once per step), so the next full import reads everything from one DC and records that
+DC's position.
 """
 
 from __future__ import annotations
@@ -86,6 +97,9 @@ _NOTHING = "(&(objectClass=user)(!(objectClass=user)))"
 #: DirSync filter. Not objectCategory: tombstones lose it, so deletions would be missed.
 _DIRSYNC_FILTER = "(objectClass=user)"
 _REREAD_CHUNK = 100
+#: What the rootDSE tells of the DC: who it is (``dsServiceName`` names its NTDS Settings object, which
+#: holds its invocationId), how far its change numbers have come, its naming contexts and its DNS name.
+_ROOT_DSE = ["highestCommittedUSN", "dsServiceName", "namingContexts", "schemaNamingContext", "dnsHostName"]
 #: Paged searches one import step may start again from their first page (see ``Importer._paged``) before
 #: it stops: past that the DC keeps discarding them, or the connection keeps being replaced.
 _RESTARTS_MAX = 10
@@ -100,6 +114,22 @@ class DcIdentity:
     service: str
     naming_contexts: tuple[str, ...]
     schema_context: str = ""
+    #: The DC's DNS name (rootDSE dnsHostName), to name it in messages; empty if it does not say.
+    host_name: str = ""
+
+    def describe(self) -> str:
+        return f"{self.host_name or self.service} (invocationId {self.invocation_id}, highest USN {self.highest_usn})"
+
+    def departure(self, invocation_id: str, usn: int, whose: str) -> str | None:
+        """Why this DC is not the directory state that gave ``invocation_id`` and ``usn`` (``whose``), or None.
+
+        Why both: a restored DC gets a new invocationId; a USN below one already handed out means the same
+        replica went back in time all the same (AD never reuses a USN of its own)."""
+        if self.invocation_id != invocation_id:
+            return f"its invocationId is {self.invocation_id}, {whose} {invocation_id}"
+        if self.highest_usn < usn:
+            return f"its highest USN {self.highest_usn} is below {whose} {usn}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +196,11 @@ class Importer:
         #: Anchors this step has returned (a paged search that starts again returns them again).
         self._seen: set[str] = set()
         self._restarts = 0
+        #: The DC this step started on (None: no step under way), the step's kind, and the connection
+        #: (``Link.connection_number``) on which it was last seen to answer (see ``_verify_dc``).
+        self._pinned: DcIdentity | None = None
+        self._pinned_kind = ""
+        self._pinned_on = 0
         #: Lower-case names of the configured extra attributes (the ones a user declares, and can misdeclare).
         self._extras = {parse_psma_attribute(spec)[0].name.lower() for spec in settings.extra_attributes}
 
@@ -220,8 +255,9 @@ class Importer:
         return page
 
     def start_watermark(self) -> Watermark:
-        """The DC's position now, with a DirSync cookie when the account may use DirSync."""
-        dc = self.identity()
+        """The DC's position now, with a DirSync cookie when the account may use DirSync; the rest of
+        the full import must be read from this DC (``_pin``)."""
+        dc = self._pin("full")
         self.check_attributes(dc)
         cookie, object_security = self._initial_dirsync(dc)
         return Watermark(dc.invocation_id, dc.highest_usn, cookie, object_security)
@@ -241,7 +277,7 @@ class Importer:
                 )
                 raise StopRunError(msg)
             watermark = Watermark.loads(request.watermark)
-            dc = self.identity()
+            dc = self._pin("delta")
             self._check_same_dc(watermark, dc)
             # a DirSync delta reads the naming context, not the base DNs: an OU renamed or deleted since
             # the last full import gave "success" with nothing to import, its people kept under DNs that
@@ -265,13 +301,9 @@ class Importer:
         return self._usn_page(token, self._page_size(request))
 
     def _check_same_dc(self, watermark: Watermark, dc: DcIdentity) -> None:
-        if dc.invocation_id == watermark.invocation_id and dc.highest_usn >= watermark.usn:
+        why = dc.departure(watermark.invocation_id, watermark.usn, "the watermark's")
+        if why is None:
             return
-        why = (
-            f"its invocationId is {dc.invocation_id}, the watermark's {watermark.invocation_id}"
-            if dc.invocation_id != watermark.invocation_id
-            else f"its highest USN {dc.highest_usn} is below the watermark's {watermark.usn}"
-        )
         msg = (
             f"delta import refused: {self.settings.host} is not the directory state the last import "
             "came from "
@@ -371,12 +403,16 @@ class Importer:
     # -- DC facts -----------------------------------------------------------------------------------
     def identity(self) -> DcIdentity:
         """invocationId, highestCommittedUSN and naming contexts, from the rootDSE."""
-        root = self._search(
-            "",
-            "(objectClass=*)",
-            ["highestCommittedUSN", "dsServiceName", "namingContexts", "schemaNamingContext"],
-            scope=BASE,
-        )
+        return self._run(self._read_identity)
+
+    def _read_identity(self, conn: Connection) -> DcIdentity:
+        """The identity of the DC behind ``conn``: both reads on that one connection.
+
+        Why one connection: read through two operations, a reconnect between them could pair one DC's
+        highest USN with another's invocationId."""
+        conn.search("", "(objectClass=*)", BASE, attributes=_ROOT_DSE)
+        self._raise_for(conn.result, "")
+        root = search_entries(conn)
         if not root:
             raise StopRunError(f"{self.settings.host} returned no rootDSE; is it an Active Directory DC?")
         attrs = root[0]["raw_attributes"]
@@ -386,7 +422,9 @@ class Importer:
         except (KeyError, IndexError, ValueError):
             msg = f"{self.settings.host} does not publish dsServiceName/highestCommittedUSN: not an AD DC?"
             raise StopRunError(msg) from None
-        ntds = self._search(service, "(objectClass=*)", ["invocationId"], scope=BASE)
+        conn.search(service, "(objectClass=*)", BASE, attributes=["invocationId"])
+        self._raise_for(conn.result, service)
+        ntds = search_entries(conn)
         if not ntds or not ntds[0]["raw_attributes"].get("invocationId"):
             raise StopRunError(f"cannot read the invocationId of {service}")
         return DcIdentity(
@@ -395,6 +433,48 @@ class Importer:
             service,
             tuple(v.decode() for v in attrs.get("namingContexts", [])),
             b"".join(attrs.get("schemaNamingContext", [])[:1]).decode(),
+            b"".join(attrs.get("dnsHostName", [])[:1]).decode(),
+        )
+
+    def _pin(self, kind: str) -> DcIdentity:
+        """The DC a step of ``kind`` ("full", "delta") starts on; every later operation of the step must
+        reach the same one (``_verify_dc``)."""
+        self._pinned = None  # a previous step's DC is not this step's
+        dc, on = self._run(lambda conn: (self._read_identity(conn), self.link.connection_number))
+        self._pinned, self._pinned_kind, self._pinned_on = dc, kind, on
+        return dc
+
+    def _verify_dc(self, conn: Connection) -> None:
+        """On a connection the step has not used yet (a reconnect, a Kerberos rebind), read which DC answers
+        before anything else, and stop the step if it is not the one it started on."""
+        pinned, number = self._pinned, self.link.connection_number
+        if pinned is None or number == self._pinned_on:
+            return
+        now = self._read_identity(conn)
+        why = now.departure(pinned.invocation_id, pinned.highest_usn, "the first one's")
+        if why is not None:
+            raise StopRunError(self._moved(pinned, now, why))
+        self._pinned_on = number
+
+    def _moved(self, before: DcIdentity, now: DcIdentity, why: str) -> str:
+        """Why a step stopped after a reconnect reached another DC, and what to do (by the step's kind)."""
+        agent = self.context.agent
+        head = (
+            f"the connection to {self.settings.host} was made again during the {self._pinned_kind} import of agent "
+            f"{agent!r} (it broke, or a Kerberos ticket was renewed) and reached another directory state: "
+            f"{before.describe()} before, {now.describe()} now ({why}: another domain controller behind the same "
+            "name, or this one restored from a backup). Change numbers and DirSync cookies of the first mean "
+            "nothing on the second"
+        )
+        if self._pinned_kind == "delta":
+            return (
+                f"{head}, so the delta stopped before reading anything there and its watermark stays where it was. "
+                f"Run a full import of agent {agent!r}; delta imports continue from there."
+            )
+        return (
+            f"{head}, so the full import stopped before reading anything there: nothing is marked deleted and no "
+            f"watermark is saved. Run the full import of agent {agent!r} again: it reads everything from the DC it "
+            "reaches and records that DC's position."
         )
 
     def check_attributes(self, dc: DcIdentity) -> None:
@@ -509,9 +589,16 @@ class Importer:
         Why: ``ServerUnreachable`` is the export's signal (its batches turn it into RETRY results); an
         import has no such use for it, and raised from a page it reached the engine as a connector bug
         (``stopped-connector-exception``, a traceback in the log) instead of ``stopped-server-down``.
+        Each attempt first makes sure a new connection reaches the step's DC (``_verify_dc``): the check
+        and the operation share the connection, so no reconnect can come between them.
         """
+
+        def on_the_same_dc(conn: Connection) -> T:
+            self._verify_dc(conn)
+            return operation(conn)
+
         try:
-            return self.link.run(operation)
+            return self.link.run(on_the_same_dc)
         except ServerUnreachable as exc:
             msg = (
                 f"{exc}. The import stopped there: no object it did not read is marked deleted and the "
