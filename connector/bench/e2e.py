@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +73,7 @@ def run(
     from connector.config import load_config
     from connector.demo import (
         DEMO_SCOPES,
+        SharedNames,
         prepare_scenario,
         start_ews,
         work_done,
@@ -83,22 +83,26 @@ def run(
     from connector.engine import Engine
 
     use_directory = samba or settings_from_env() is not None
+    names = SharedNames.new()  # other runs and test sessions may use the same DC now
     emulator_config = {
         "users": users,
         "photo_ratio": photo_ratio,
         "latency_ms": latency_ms,
         "seed": seed,
         "delegated_scopes": list(DEMO_SCOPES),
+        "domain": names.domain(),
     }
     with contextlib.ExitStack() as stack:
         ad = stack.enter_context(_samba_lease()) if use_directory else None
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mvsync-bench-e2e-")))
         info, tenant = stack.enter_context(_emulator(**emulator_config))
-        ou = f"OU=mvsync-bench-e2e-{uuid.uuid4().hex[:6]}"
+        ou = names.ou("mvsync-bench-e2e")
         setup_started = time.perf_counter()
         ews = start_ews(tenant, latency_ms=latency_ms)
         stack.callback(ews.stop)
-        scenario = prepare_scenario(tmp, info, tenant, ad=ad, ad_ou=ou, ews_info=ews.info)
+        scenario = prepare_scenario(
+            tmp, info, tenant, ad=ad, ad_ou=ou, account_prefix=names.account_prefix, ews_info=ews.info
+        )
         setup_s = time.perf_counter() - setup_started
         if ad is not None:
 

@@ -27,7 +27,6 @@ import hashlib
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from connector.agents.active_directory import ActiveDirectoryConnector, ExportSt
 from connector.bench import generated
 from connector.bench._harness import harness
 from connector.bench._util import peak_rss_mb
+from connector.demo import SharedNames
 from connector.demo.ad import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
 from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange
 
@@ -83,8 +83,9 @@ def _photo(n: int, size: int, revision: int = 0) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def _account(n: int) -> str:
-    return f"u{n:07d}"
+def _account(names: SharedNames, n: int) -> str:
+    """The generated agent's account name of person ``n`` in this run (see ``GeneratedSettings``)."""
+    return f"{names.account_prefix}u{n:07d}"
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,9 @@ def _direct(ad: ADSettings, ou: str, guids: list[str], size: int, batch: int, tm
     }
 
 
-def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Path, bind: _Bind) -> dict[str, Any]:
+def _engine(
+    ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Path, bind: _Bind, names: SharedNames
+) -> dict[str, Any]:
     """Export through the engine: source photos -> metaverse -> AD, then a confirming round."""
     from connector.config import config_from_dict
     from connector.engine import Engine
@@ -197,6 +200,7 @@ def _engine(ad: ADSettings, ou: str, users: int, size: int, batch: int, tmp: Pat
                     "photo_bytes": size,
                     "revision": 1,
                     "change_every": 1,
+                    "account_prefix": names.account_prefix,
                 },
                 "projection": [{"object_class": "user"}],
                 "join": [{"object_class": "user", "match": [{"cs": "accountName", "mv": "accountName"}]}],
@@ -272,7 +276,8 @@ def run(
     with dc.samba_lease(keep=keep) as ad, tempfile.TemporaryDirectory(prefix="mvsync-bench-ad-") as tmp_dir:
         tmp = Path(tmp_dir)
         admin = connect(ad)
-        ou = f"OU=mvsync-bench-{uuid.uuid4().hex[:6]},{ad.base_dn}"
+        names = SharedNames.new()  # other runs and test sessions may use the same DC now
+        ou = f"{names.ou('mvsync-bench')},{ad.base_dn}"
         try:
             ensure_ou(admin, ou)
             bind = _Bind(check_permissions=check_permissions)
@@ -281,14 +286,15 @@ def run(
                 dc.grant_write(ad, bind.kerberos, ou, "thumbnailPhoto")
                 os.environ["KRB5_CONFIG"] = str(bind.kerberos.krb5_conf)
             started = time.perf_counter()
-            specs = [UserSpec(_account(n), mail=f"{_account(n)}@example.test") for n in range(users)]
+            accounts = [_account(names, n) for n in range(users)]
+            specs = [UserSpec(name, mail=f"{name}@example.test") for name in accounts]
             guids = create_users(admin, ou, specs, ad.upn_suffix)
             setup_s = time.perf_counter() - started
-            dns = [f"CN={_account(n)},{ou}" for n in range(users)]
+            dns = [f"CN={name},{ou}" for name in accounts]
             raw = _raw_ldap3(ad, dns, lambda n: _photo(n, photo_bytes))
-            anchors = [guids[_account(n)] for n in range(users)]
+            anchors = [guids[name] for name in accounts]
             if driver == "engine":
-                figures = _engine(ad, ou, users, photo_bytes, batch, tmp, bind)
+                figures = _engine(ad, ou, users, photo_bytes, batch, tmp, bind, names)
             else:
                 figures = _direct(ad, ou, anchors, photo_bytes, batch, tmp, bind)
         finally:

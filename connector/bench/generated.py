@@ -47,6 +47,8 @@ class GeneratedSettings(ConnectorSettings):
     #: Objects whose number is divisible by ``change_every`` get values marked with ``revision``.
     revision: int = 0
     change_every: int = Field(100, ge=1)
+    #: Goes before every account name (``u0000042``): runs that share one directory must not share names.
+    account_prefix: str = Field("", max_length=12)
 
 
 class GeneratedConnector(Connector[GeneratedSettings]):
@@ -76,7 +78,7 @@ class GeneratedConnector(Connector[GeneratedSettings]):
     def _entry(self, n: int) -> CSEntryChange:
         s = self.settings
         rev = s.revision if s.revision and n % s.change_every == 0 else 0
-        account = f"u{n:07d}"
+        account = f"{s.account_prefix}u{n:07d}"
         attrs: dict[str, Any] = {
             "accountName": account,
             "displayName": f"User {n}" + (f" r{rev}" if rev else ""),

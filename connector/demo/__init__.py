@@ -27,7 +27,7 @@ from connector.demo._run import (
     step_summary,
     work_done,
 )
-from connector.demo._world import start_ews
+from connector.demo._world import SharedNames, start_ews
 
 __all__ = [
     "AD_SNAPSHOT_TYPE",
@@ -36,6 +36,7 @@ __all__ = [
     "DirectorySnapshotConnector",
     "DirectorySnapshotSettings",
     "Scenario",
+    "SharedNames",
     "derive_config",
     "dump_toml",
     "emulator_exo_settings",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from connector.demo._config import (
 )
 from connector.demo._world import (
     DirectoryUser,
+    SharedNames,
     directory_users,
     start_ews,
     write_hr_folder,
@@ -247,8 +248,12 @@ def run_demo(
     seed: int = 1,
     use_ad_env: bool = True,
     say: Say | None = None,
+    names: SharedNames | None = None,
 ) -> dict[str, Any]:
-    """Run the whole demo and return its report (the ``--json`` object)."""
+    """Run the whole demo and return its report (the ``--json`` object).
+
+    ``names`` tags the OU, the account names and the tenant's domain, for a directory that other runs
+    use at the same time (tests sharing one DC); without it the demo writes to ``OU=mvsync-demo``."""
     from connector.demo.ad import settings_from_env
     from connector.emulator import EmulatorConfig, GraphEmulator
 
@@ -258,12 +263,17 @@ def run_demo(
     ad = settings_from_env() if use_ad_env else None
     say(f"starting the emulated tenant ({users} users)")
     config = EmulatorConfig(users=users, photo_ratio=photo_ratio, seed=seed, delegated_scopes=DEMO_SCOPES)
+    if names is not None:
+        config = replace(config, domain=names.domain(config.domain))
     with GraphEmulator(config) as emulator:
         tenant = emulator.admin.users()
         say("starting the emulated Exchange Server (EWS) for the on-premises mailboxes")
         ews = start_ews(tenant)
         say("writing the directory, HR folder, secrets and mvsync.toml")
-        scenario = prepare_scenario(root, emulator.info, tenant, ad=ad, ews_info=ews.info)
+        ad_ou, prefix = (names.ou(DEMO_OU.removeprefix("OU=")), names.account_prefix) if names else (DEMO_OU, "")
+        scenario = prepare_scenario(
+            root, emulator.info, tenant, ad=ad, ad_ou=ad_ou, account_prefix=prefix, ews_info=ews.info
+        )
         scenario.extra["ews_mailboxes"] = ews.mailboxes()
         engine = Engine(load_config(scenario.config_path))
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from connector.demo._directory import write_ldif
 __all__ = [
     "CLOUD_ONLY_EVERY",
     "DirectoryUser",
+    "SharedNames",
     "directory_users",
     "start_ews",
     "write_hr_folder",
@@ -38,6 +40,37 @@ __all__ = [
 
 CLOUD_ONLY_EVERY = 20
 _SERVICE_ACCOUNTS = ("svc.backup", "svc.scanner")
+#: The sAMAccountName limit (the pre-Windows 2000 logon name of a user).
+_SAM_MAX = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SharedNames:
+    """What one run calls its objects in a directory that other runs use at the same time (the test DC
+    that parallel test sessions and benchmarks lease, a lab domain).
+
+    Why: AD keeps ``sAMAccountName`` and ``userPrincipalName`` unique in the whole domain, and a run
+    deletes its OU before and after; with fixed names, a second run's users were refused
+    (entryAlreadyExists, constraintViolation) or its clean-up deleted the first run's OU under it.
+    The tag goes into the OU's name, before every account name and into the tenant's domain (the UPNs).
+    """
+
+    tag: str
+
+    @classmethod
+    def new(cls) -> SharedNames:
+        """A random tag: short, because it goes before names that sAMAccountName's 20 characters must hold."""
+        return cls(secrets.token_hex(2))
+
+    def ou(self, stem: str) -> str:
+        return f"OU={stem}-{self.tag}"
+
+    @property
+    def account_prefix(self) -> str:
+        return f"{self.tag}-"
+
+    def domain(self, domain: str = "contoso.example") -> str:
+        return f"{self.tag}.{domain}"
 
 
 @dataclass(frozen=True)
@@ -66,15 +99,17 @@ def directory_users(
     """The AD side of the demo from the emulator's users (``admin.users()``).
 
     ``account_prefix`` goes before every ``sAMAccountName`` (service accounts included): the name
-    must be unique in the whole domain, so two scenarios sharing one DC need different prefixes.
+    must be unique in the whole domain, so two scenarios sharing one DC need different prefixes. A name
+    the prefix makes longer than sAMAccountName allows is cut to fit (``_account_name``).
     """
     out = []
+    taken: set[str] = set()
     for n, user in enumerate(u for u in tenant_users if not u.get("deleted")):
         if n % CLOUD_ONLY_EVERY == CLOUD_ONLY_EVERY - 1:
             continue  # cloud-only: no on-premises account
         out.append(
             DirectoryUser(
-                sam=account_prefix + str(user["mailNickname"]),
+                sam=_account_name(account_prefix + str(user["mailNickname"]), taken),
                 upn=str(user["userPrincipalName"]),
                 mail=user.get("mail"),
                 display_name=str(user.get("displayName") or user["mailNickname"]),
@@ -84,9 +119,23 @@ def directory_users(
             )
         )
     for service in _SERVICE_ACCOUNTS:
-        sam = account_prefix + service
+        sam = _account_name(account_prefix + service, taken)
         out.append(DirectoryUser(sam, f"{sam}@{domain}", None, sam, None))
     return out
+
+
+def _account_name(name: str, taken: set[str]) -> str:
+    """``name`` cut to sAMAccountName's 20 characters, numbered when the cut meets a name already ``taken``
+    (``anna.montgomery-smit`` and ``...2``), and added to ``taken``.
+
+    Why: the emulator's names use up to 20 characters; a prefix cut two of them to one name, which the
+    DC refuses for the second (and the HR folder's file name would be ambiguous)."""
+    candidate, number = name[:_SAM_MAX], 1
+    while candidate.lower() in taken:
+        number += 1
+        candidate = name[: _SAM_MAX - len(str(number))] + str(number)
+    taken.add(candidate.lower())
+    return candidate
 
 
 def write_snapshot(path: Path, users: Sequence[DirectoryUser], base_dn: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from ldap3 import SUBTREE
 
 from connector.config import ConfigError
-from connector.demo import prepare_dir, run_demo
+from connector.demo import SharedNames, prepare_dir, run_demo
 from tests.harness.samba_dc import ADSettings, connect, delete_subtree
 
 pytestmark = pytest.mark.slow
@@ -145,9 +145,10 @@ def test_demo_writes_to_the_directory_the_ad_variables_name(
         env["AD_CA_CERT"] = str(samba_ad.ca_cert)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    ou = f"OU=mvsync-demo,{samba_ad.base_dn}"
+    names = SharedNames.new()  # another session may run this test on the same DC now
+    ou = f"{names.ou('mvsync-demo')},{samba_ad.base_dn}"
     try:
-        report = run_demo(25, tmp_path / "demo")
+        report = run_demo(25, tmp_path / "demo", names=names)
         assert report["status"] == "success"
         assert report["ad"]["mode"] == "directory" and report["ldif"] is None
         assert report["delta_cycle"]["work_done"] == 0

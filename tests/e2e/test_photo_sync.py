@@ -1,14 +1,14 @@
 """The photo solution end to end: the sample's rules, the Graph emulator over HTTPS, a real Samba AD DC.
 
-Users exist in AD (sAMAccountName = mailNickname, the same UPN) and photos in Exchange Online. The
-test drives the sample's "Full Cycle" and "Delta Cycle" profiles and checks the directory itself
+Users exist in AD (sAMAccountName = mailNickname behind this test's own prefix, the same UPN in a
+tenant domain of its own: other sessions may run this test on the same DC at the same time) and photos
+in Exchange Online. The test drives the sample's "Full Cycle" and "Delta Cycle" profiles and checks the directory itself
 (``thumbnailPhoto`` and ``uSNChanged``, which the DC bumps on every write), not just counters.
 """
 
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from ldap3 import SUBTREE
 from PIL import Image
 
 from connector.config import load_config
-from connector.demo import prepare_scenario
+from connector.demo import SharedNames, prepare_scenario
 from connector.demo._run import DEMO_SCOPES
 from connector.demo._world import _portrait
 from connector.emulator import EmulatorConfig, GraphEmulator
@@ -29,14 +29,21 @@ pytestmark = [pytest.mark.samba, pytest.mark.slow]
 
 
 @pytest.fixture
-def tenant() -> Iterator[GraphEmulator]:
-    with GraphEmulator(EmulatorConfig(users=40, photo_ratio=0.6, seed=11, delegated_scopes=DEMO_SCOPES)) as emu:
+def names() -> SharedNames:
+    """This test's OU, account names and tenant domain: other sessions may run it on the same DC now."""
+    return SharedNames.new()
+
+
+@pytest.fixture
+def tenant(names: SharedNames) -> Iterator[GraphEmulator]:
+    config = EmulatorConfig(users=40, photo_ratio=0.6, seed=11, delegated_scopes=DEMO_SCOPES, domain=names.domain())
+    with GraphEmulator(config) as emu:
         yield emu
 
 
 @pytest.fixture
-def ou(samba_ad: ADSettings) -> Iterator[str]:
-    name = f"OU=e2e-{uuid.uuid4().hex[:8]}"
+def ou(samba_ad: ADSettings, names: SharedNames) -> Iterator[str]:
+    name = names.ou("e2e")
     yield name
     conn = connect(samba_ad)
     try:
@@ -80,15 +87,23 @@ def _assert_thumbnail(data: bytes) -> None:
 
 
 def test_exchange_online_photos_reach_ad_thumbnailphoto(
-    tenant: GraphEmulator, samba_ad: ADSettings, ou: str, tmp_path: Path
+    tenant: GraphEmulator, samba_ad: ADSettings, ou: str, names: SharedNames, tmp_path: Path
 ) -> None:
     users = tenant.admin.users()
     scenario = prepare_scenario(
-        tmp_path, tenant.info, users, ad=samba_ad, ad_ou=ou, exo_overrides={"photo_recheck_hours": 0}, fallbacks=2
+        tmp_path,
+        tenant.info,
+        users,
+        ad=samba_ad,
+        ad_ou=ou,
+        exo_overrides={"photo_recheck_hours": 0},
+        fallbacks=2,
+        account_prefix=names.account_prefix,
     )
     ou_dn = f"{ou},{samba_ad.base_dn}"
     in_ad = {u.sam for u in scenario.users}
-    by_sam = {u["mailNickname"]: u for u in users}
+    by_upn = {u["userPrincipalName"]: u for u in users}
+    by_sam = {u.sam: by_upn[u.upn] for u in scenario.users if u.upn in by_upn}  # the tenant user of each account
     # Exchange Online serves photos of cloud mailboxes; on-premises mailboxes are per-object errors.
     from_exo = {sam for sam in in_ad if sam in by_sam and by_sam[sam]["hasPhoto"] and by_sam[sam]["mailbox"] == "cloud"}
     expected = from_exo | set(scenario.hr["fallback"])
