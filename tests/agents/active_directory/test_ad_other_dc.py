@@ -47,7 +47,8 @@ pytestmark = pytest.mark.samba
 
 #: Six people read in pages of two: the reconnect comes after the first page.
 _USERS, _PAGE = 6, 2
-#: A loopback address of its own for the second DC (the session's is 127.0.83.1, test_samba_lease's .9).
+#: A loopback address of its own for the second DC (the session's is 127.0.83.1, test_samba_lease's .8, the
+#: restart benchmark's .9).
 _SECOND_HOST = "127.0.83.5"
 
 
