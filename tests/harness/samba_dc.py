@@ -536,14 +536,8 @@ def kerberos_account(settings: ADSettings, name: str = "svc-mvsync") -> Kerberos
         spn = f"ldap/{dc.fqdn}"
         if spn not in _samba_tool(dc, "spn", "list", f"{dc.hostname.upper()}$").stdout:
             _require(_samba_tool(dc, "spn", "add", spn, f"{dc.hostname.upper()}$"), f"samba-tool spn add {spn}")
-        keytab.parent.mkdir(parents=True, exist_ok=True)
-        keytab.unlink(missing_ok=True)  # exportkeytab appends; a stale key would linger
         principal = f"{name}@{dc.realm}"
-        _require(
-            _samba_tool(dc, "domain", "exportkeytab", str(keytab), f"--principal={principal}", database=False),
-            "samba-tool domain exportkeytab",
-        )
-        keytab.chmod(0o600)
+        _export_keytab(dc, keytab, principal)
         dc.write_krb5_conf()
     conn = connect(settings)
     try:
@@ -587,15 +581,27 @@ def service_principal(
             _require(created, f"samba-tool user create {account}")
         if spn not in _samba_tool(dc, "spn", "list", account).stdout:
             _require(_samba_tool(dc, "spn", "add", spn, account), f"samba-tool spn add {spn}")
-        keytab.parent.mkdir(parents=True, exist_ok=True)
-        keytab.unlink(missing_ok=True)  # exportkeytab appends; a stale key would linger
-        _require(
-            _samba_tool(dc, "domain", "exportkeytab", str(keytab), f"--principal={spn}@{dc.realm}", database=False),
-            f"samba-tool domain exportkeytab --principal={spn}",
-        )
-        keytab.chmod(0o600)
+        _export_keytab(dc, keytab, f"{spn}@{dc.realm}")
         dc.write_krb5_conf()
     return ServicePrincipal(account, spn, host, keytab, dc.krb5_conf)
+
+
+def _export_keytab(dc: _DC, keytab: Path, principal: str) -> None:
+    """The keys of ``principal`` into ``keytab`` (owner-only), replacing what it held.
+
+    Why a new file renamed over the old one: exportkeytab appends (a stale key would linger), and
+    another session sharing the DC may be binding with (or serving) that keytab right now; deleted
+    first, it was missing for the second the export took.
+    """
+    keytab.parent.mkdir(parents=True, exist_ok=True)
+    fresh = keytab.with_name(f"{keytab.name}.{os.getpid()}")
+    fresh.unlink(missing_ok=True)
+    _require(
+        _samba_tool(dc, "domain", "exportkeytab", str(fresh), f"--principal={principal}", database=False),
+        f"samba-tool domain exportkeytab --principal={principal}",
+    )
+    fresh.chmod(0o600)
+    fresh.replace(keytab)
 
 
 def grant_write(settings: ADSettings, account: KerberosAccount, ou_dn: str, attribute: str) -> None:

@@ -329,3 +329,35 @@ def test_an_expired_ticket_in_the_credential_cache_says_to_renew_it(
         "renew it as the service account (kinit -k, scheduled) "
         "or keep it fresh with k5start or SSSD; or set keytab, and the agent gets its own tickets"
     )
+
+
+def test_a_keytab_exported_again_is_there_all_along_for_the_sessions_that_use_it(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test session exports the service account's keytab again (kerberos_account), and sessions share
+    the DC. Before, the keytab was deleted and then written by ``samba-tool domain exportkeytab``: for the
+    second that took, another session binding with it found no keytab. Now the export goes to a new file
+    that replaces the old one in one step (the same keys: exportkeytab does not change the password)."""
+    from tests.harness import samba_dc
+
+    seen_while_exporting: list[bool] = []
+    original = samba_dc._samba_tool
+
+    def samba_tool(dc: Any, *args: str, database: bool = True) -> subprocess.CompletedProcess[str]:
+        if "exportkeytab" in args:
+            seen_while_exporting.append(samba_kerberos.keytab.is_file())
+        return original(dc, *args, database=database)
+
+    monkeypatch.setattr(samba_dc, "_samba_tool", samba_tool)
+    again = samba_dc.kerberos_account(ad_env.ad)
+    assert seen_while_exporting == [True]
+    assert again.keytab == samba_kerberos.keytab and oct(again.keytab.stat().st_mode & 0o777) == "0o600"
+    assert not list(again.keytab.parent.glob(f"{again.keytab.name}.*"))  # no file left behind
+    settings = ActiveDirectorySettings.model_validate(
+        {**ad_env.settings().model_dump(), **kerberos_settings(samba_kerberos)}
+    )
+    link = Link(settings, logging.getLogger("mvsync.agent.ad"))
+    try:
+        link.connect()  # the keytab works
+    finally:
+        link.close()
