@@ -18,9 +18,12 @@ it, so a refused batch has no partial effects:
    batches, which also yields each object's current DN (it may have been renamed since the last
    import). An object that exists elsewhere is refused (``scope-violation``); one that does not
    exist is ``cd-missing-object``. The same search reads ``allowedAttributesEffective``: if the
-   account may not write an attribute of an object, the step stops here, before any write
+   account may not write an attribute in an OU, the step stops here, before any write
    (``stopped-permission-issue``, naming the account, attribute, OU and the ``dsacls`` grant; see
-   ``_permissions``). ``check_permissions = false`` turns that off.
+   ``_permissions``). When the OU's grant exists (the account may write the attribute on others
+   there) and does not reach some objects (a protected account, a deny entry), those alone fail
+   as ``permission-issue`` without a write, and the others are written. ``check_permissions =
+   false`` turns the check off.
 4. **Write** with ``MODIFY_REPLACE`` (``[]`` clears, and is idempotent even when the attribute is
    absent) through a small pool of connections in threads, paced by the write-rate cap. Result
    codes map to MIM error names; transport failures and busy/unavailable answers are ``RETRY``.
@@ -54,6 +57,7 @@ from connector.agents.active_directory._ldap import (
 from connector.agents.active_directory._ldif import LdifWriter, modify_record
 from connector.agents.active_directory._permissions import (
     EFFECTIVE,
+    blocked_object,
     container_of,
     dsacls_line,
     effective_of,
@@ -325,6 +329,9 @@ class Exporter:
         self._stats_lock = threading.Lock()
         #: The engine handed the whole step to ``prepare`` and its rights were checked there.
         self._prechecked = False
+        #: Objects (by anchor) the container's grant does not reach, found by the rights check: each is
+        #: a per-object ``permission-issue`` (its detail here), not written; the others are.
+        self._blocked: dict[str, str] = {}
         #: What stops the step once the batch that met it is recorded (the DC went away, a rebind failed).
         self._stop: StopRunError | None = None
         self._unreachable = ""
@@ -379,7 +386,8 @@ class Exporter:
         ready = [p for p in planned if p.result is None]
         if self.check_rights and self.ldif is None and not self._prechecked:
             self._check_rights(ready)  # raises (stops the step) before any write
-            ready = [p for p in ready if p.result is None]
+        self._refuse_blocked(ready)
+        ready = [p for p in ready if p.result is None]
         try:
             self._deliver(ready)  # stage 4
         except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal: what the DC took goes with it
@@ -457,7 +465,8 @@ class Exporter:
         return [e["dn"] for e in link.run(_searcher(f"<GUID={uuid.UUID(anchor)}>", "(objectClass=*)", BASE))]
 
     def _check_rights(self, ready: list[_Planned]) -> None:
-        """Stop the step (StopRunError) if the account may not write what ``ready`` needs."""
+        """Stop the step (StopRunError) if the account may not write what ``ready`` needs in an OU; remember
+        the objects an existing grant does not reach (``_refuse_blocked`` fails them, unwritten)."""
         with self.pool.lease() as link:
             try:
                 for p in ready:
@@ -471,8 +480,21 @@ class Exporter:
                 return
             self.stats.rights_checked += len(ready)
             gaps = find_gaps((p.dn, [op[1] for op in p.operations], p.writable or frozenset()) for p in ready)
-            if gaps:
-                raise refusal(gaps, self._account_label(link), self.object_class.name)
+            if not gaps:
+                return
+            account = self._account_label(link)
+            if any(not gap.writable_siblings for gap in gaps):  # a grant missing: no write anywhere
+                raise refusal(gaps, account, self.object_class.name)
+            anchors = {p.dn: p.change.anchor for p in ready}
+            for gap in gaps:  # the grant exists and does not reach these: they alone are not written
+                for dn in gap.dns:
+                    self._blocked.setdefault(anchors[dn], blocked_object(gap, dn, account))
+
+    def _refuse_blocked(self, ready: list[_Planned]) -> None:
+        """The per-object ``permission-issue`` of each object the rights check found out of the grant's reach."""
+        for p in ready:
+            if p.change.anchor in self._blocked:
+                p.result = ExportResult.failed(p.change.identifier, "permission-issue", self._blocked[p.change.anchor])
 
     def _server_down(self, exc: ServerUnreachable) -> None:
         """Stop the step once this batch is recorded: the next batch would wait for the same DC."""

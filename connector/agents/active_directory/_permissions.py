@@ -35,6 +35,7 @@ __all__ = [
     "STATUS",
     "Gap",
     "account_label",
+    "blocked_object",
     "container_of",
     "dsacls_line",
     "effective_of",
@@ -159,6 +160,19 @@ def refusal(gaps: list[Gap], account: str, object_class: str, *, examples: int =
             lines.append(f"{what}; grant it with: {dsacls_line(gap.container, account, gap.attribute, object_class)}")
     msg = "the export stopped before writing anything (allowedAttributesEffective, read up front): " + " | ".join(lines)
     return StopRunError(msg, status=STATUS)
+
+
+def blocked_object(gap: Gap, dn: str, account: str) -> str:
+    """The per-object error of one object of ``gap`` that the container's grant does not reach.
+
+    Why per object and not a stopped step: the grant exists (``gap.writable_siblings``), so the others
+    of the container can be written; one protected account (an administrator with a photo) stopped the
+    export of everyone, on every run, until someone changed its permissions."""
+    alone = Gap(gap.attribute, gap.container, [dn], gap.writable_siblings)
+    return (
+        f"{account} may not write {gap.attribute} on {dn} (allowedAttributesEffective, read before writing; "
+        f"nothing was written to it); {_not_inherited(alone, account)}"
+    )
 
 
 def _not_inherited(gap: Gap, account: str) -> str:

@@ -63,32 +63,67 @@ def test_missing_right_stops_the_step_before_any_write(ad_env: ADTestEnv, samba_
     assert connector.export_stats.writes == 0
 
 
-def test_an_object_the_ou_grant_does_not_reach_is_not_sent_to_the_ou_grant_again(
+def test_an_object_the_ou_grant_does_not_reach_fails_alone_and_the_others_are_written(
     ad_env: ADTestEnv, samba_kerberos: KerberosAccount
 ) -> None:
     """Found in a bad-day pass: one person in a delegated OU whose own permissions keep the account out
     (a protected account, adminCount = 1, or a deny entry) stopped the export with "grant it with:
-    dsacls <the OU> ...", the grant that was there already: granting it again changed nothing, and the
-    export stopped on every run. The refusal now says the OU grant reaches the others and what to do."""
+    dsacls <the OU> ...", the grant that was there already. The message was then made right, but the
+    step still stopped, before writing anyone, on every run: one administrator with a photo kept
+    everyone's photos out of AD. Now that person alone is a per-object permission-issue, not written,
+    with what to do; the others are written."""
     people, _other, good, _bad = _two_ous(ad_env, samba_kerberos)
     names = list(good)
     blocked = f"CN={names[1]},{people}"
     deny_write(ad_env.ad, samba_kerberos, blocked, "thumbnailPhoto")
+    usn_blocked = ad_env.usn(names[1], people)
     connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people]))
-    with pytest.raises(StopRunError) as caught:
-        connector.export(
-            [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(good.values())]
-        )
-    message = str(caught.value)
-    assert caught.value.status == "stopped-permission-issue"
-    assert f"MVSYNC\\svc-mvsync may not write thumbnailPhoto on 1 object(s) in {people} ({blocked})" in message
-    assert f'dsacls "{people}" /I:S /G' not in message  # not the grant that is there already
-    assert f"it may write it on 2 other object(s) there, so the grant on {people} exists" in message
-    assert f'See which with: dsacls "{blocked}"' in message
-    assert f'dsacls "CN=AdminSDHolder,CN=System,{ad_env.ad.base_dn}" /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto"' in (
-        message
+    results = connector.export(
+        [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(good.values())]
     )
-    assert connector.export_stats.writes == 0
+    assert [(r.status, r.error_name) for r in results] == [
+        (ExportStatus.SUCCESS, ""),
+        (ExportStatus.FAILED, "permission-issue"),
+        (ExportStatus.SUCCESS, ""),
+    ], results
+    detail = results[1].error_detail
+    assert detail.startswith(f"MVSYNC\\svc-mvsync may not write thumbnailPhoto on {blocked} "), detail
+    assert f'dsacls "{people}" /I:S /G' not in detail  # not the grant that is there already
+    assert f"it may write it on 2 other object(s) there, so the grant on {people} exists" in detail
+    assert f'See which with: dsacls "{blocked}"' in detail
+    assert f'dsacls "CN=AdminSDHolder,CN=System,{ad_env.ad.base_dn}" /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto"' in (
+        detail
+    )
+    assert connector.export_stats.writes == 2
+    assert ad_env.usn(names[1], people) == usn_blocked  # nothing was sent for that person
+    assert [bool(ad_env.read(n, "thumbnailPhoto", people)) for n in names] == [True, False, True]
+
+
+def test_one_person_the_grant_does_not_reach_is_named_by_the_engine_and_everyone_else_is_exported(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount
+) -> None:
+    """The same through the engine with the default check (the rights of the whole step read before the
+    first batch): the step ends completed-export-errors, its one error names the person."""
+    people = ad_env.sub_ou("people")
+    grant_write(ad_env.ad, samba_kerberos, people, "thumbnailPhoto")
+    names = list(ad_env.add_users(ad_env.specs(5, photos=False), ou=people))
+    deny_write(ad_env.ad, samba_kerberos, f"CN={names[2]},{people}", "thumbnailPhoto")
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    for i, name in enumerate(names):
+        (photos / f"{name}.jpg").write_bytes(jpeg(700 + i))
+    engine = Engine(config_from_dict(_engine_config(ad_env, samba_kerberos, people, photos), base_dir=ad_env.tmp_path))
+    try:
+        run = engine.run_profile("Cycle")
+    finally:
+        engine.close()
+    export = next(s for s in run.steps if s.kind == "export")
+    assert export.status == "completed-export-errors", export.as_dict()
+    assert export.counters.get("export_updates") == 4, export.counters
+    assert [(e.error_name, e.display) for e in export.errors] == [
+        ("permission-issue", f"User u2 ({names[2]}@mvsync.test)")
+    ], export.errors
+    assert [bool(ad_env.read(n, "thumbnailPhoto", people)) for n in names] == [True, True, False, True, True]
 
 
 def test_attribute_not_delegated_is_named(ad_env: ADTestEnv, samba_kerberos: KerberosAccount) -> None:
