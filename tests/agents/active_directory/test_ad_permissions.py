@@ -4,11 +4,12 @@ before anything is written, and names the account, attribute, OU and the ``dsacl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from connector.config import config_from_dict
-from connector.engine import Engine
+from connector.engine import Engine, StepResult
 from connector.sdk import AttributeChange, ExportStatus, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_export import update
@@ -16,6 +17,16 @@ from tests.agents.active_directory.test_ad_kerberos import _engine_config, kerbe
 from tests.harness.samba_dc import KerberosAccount, deny_write, grant_write
 
 pytestmark = pytest.mark.samba
+
+
+def _export_step(ad_env: ADTestEnv, config: dict[str, Any]) -> StepResult:
+    """The export step of the configuration's "Cycle" profile, run through the engine."""
+    engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
+    try:
+        run = engine.run_profile("Cycle")
+    finally:
+        engine.close()
+    return next(s for s in run.steps if s.kind == "export")
 
 
 def _two_ous(ad_env: ADTestEnv, account: KerberosAccount) -> tuple[str, str, dict[str, str], dict[str, str]]:
@@ -112,12 +123,7 @@ def test_one_person_the_grant_does_not_reach_is_named_by_the_engine_and_everyone
     photos.mkdir()
     for i, name in enumerate(names):
         (photos / f"{name}.jpg").write_bytes(jpeg(700 + i))
-    engine = Engine(config_from_dict(_engine_config(ad_env, samba_kerberos, people, photos), base_dir=ad_env.tmp_path))
-    try:
-        run = engine.run_profile("Cycle")
-    finally:
-        engine.close()
-    export = next(s for s in run.steps if s.kind == "export")
+    export = _export_step(ad_env, _engine_config(ad_env, samba_kerberos, people, photos))
     assert export.status == "completed-export-errors", export.as_dict()
     assert export.counters.get("export_updates") == 4, export.counters
     assert [(e.error_name, e.display) for e in export.errors] == [
@@ -157,12 +163,7 @@ def test_engine_export_step_stops_with_permission_issue(
     for step in config["run_profiles"]["Cycle"]["steps"]:
         if step["type"] == "export":
             step["batch_size"] = batch_size
-    engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
-    try:
-        run = engine.run_profile("Cycle")
-    finally:
-        engine.close()
-    export = next(s for s in run.steps if s.kind == "export")
+    export = _export_step(ad_env, config)
     assert export.status == "stopped-permission-issue", export.as_dict()
     assert f'dsacls "{other}"' in export.message and "MVSYNC\\svc-mvsync" in export.message
     for name in good:
