@@ -57,6 +57,7 @@ from connector.agents.active_directory._ldap import (
 from connector.agents.active_directory._ldif import LdifWriter, modify_record
 from connector.agents.active_directory._permissions import (
     EFFECTIVE,
+    Gap,
     blocked_object,
     container_of,
     dsacls_line,
@@ -64,6 +65,7 @@ from connector.agents.active_directory._permissions import (
     find_gaps,
     read_effective,
     refusal,
+    writable_elsewhere,
 )
 from connector.agents.active_directory._schema import ANCHOR, PHOTO_MAX_BYTES
 from connector.sdk import (
@@ -469,26 +471,35 @@ class Exporter:
         the objects an existing grant does not reach (``_refuse_blocked`` fails them, unwritten)."""
         with self.pool.lease() as link:
             try:
-                for p in ready:
-                    if p.writable is None:  # not in the resolve search's answer: ask for this object alone
-                        p.writable = read_effective(link, p.dn)
-                        self.stats.rights_reads += 1
+                gaps = self._gaps(link, ready)
             except ServerUnreachable as exc:
                 for p in ready:
                     p.result = ExportResult.retry(p.change.identifier, "cd-server-down", str(exc))
                 self._server_down(exc)
                 return
-            self.stats.rights_checked += len(ready)
-            gaps = find_gaps((p.dn, [op[1] for op in p.operations], p.writable or frozenset()) for p in ready)
             if not gaps:
                 return
             account = self._account_label(link)
-            if any(not gap.writable_siblings for gap in gaps):  # a grant missing: no write anywhere
-                raise refusal(gaps, account, self.object_class.name)
-            anchors = {p.dn: p.change.anchor for p in ready}
-            for gap in gaps:  # the grant exists and does not reach these: they alone are not written
-                for dn in gap.dns:
-                    self._blocked.setdefault(anchors[dn], blocked_object(gap, dn, account))
+        if any(not gap.writable_siblings for gap in gaps):  # a grant missing: no write anywhere
+            raise refusal(gaps, account, self.object_class.name)
+        anchors = {p.dn: p.change.anchor for p in ready}
+        for gap in gaps:  # the grant exists and does not reach these: they alone are not written
+            for dn in gap.dns:
+                self._blocked.setdefault(anchors[dn], blocked_object(gap, dn, account))
+
+    def _gaps(self, link: Any, ready: list[_Planned]) -> list[Gap]:
+        """What the account may not write where ``ready`` needs it, each gap with the objects of its
+        container it may write it on (this check's, else its neighbours': ``writable_elsewhere``)."""
+        for p in ready:
+            if p.writable is None:  # not in the resolve search's answer: ask for this object alone
+                p.writable = read_effective(link, p.dn)
+                self.stats.rights_reads += 1
+        self.stats.rights_checked += len(ready)
+        gaps = find_gaps((p.dn, [op[1] for op in p.operations], p.writable or frozenset()) for p in ready)
+        for gap in gaps:
+            if not gap.writable_siblings:
+                gap.writable_siblings = writable_elsewhere(link, gap, self.object_class.name)
+        return gaps
 
     def _refuse_blocked(self, ready: list[_Planned]) -> None:
         """The per-object ``permission-issue`` of each object the rights check found out of the grant's reach."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ldap3 import BASE, SUBTREE, Connection
+from ldap3 import BASE, LEVEL, SUBTREE, Connection
 from ldap3.utils.dn import parse_dn
 
 from connector.agents.active_directory._connection import Link, search_entries
@@ -43,6 +43,7 @@ __all__ = [
     "read_effective",
     "refusal",
     "sample_gaps",
+    "writable_elsewhere",
 ]
 
 EFFECTIVE = "allowedAttributesEffective"
@@ -80,6 +81,34 @@ def read_effective(link: Link, dn: str) -> frozenset[str]:
         return (effective_of(entries[0]) if entries else None) or frozenset()
 
     return link.run(operation)
+
+
+#: Other objects of a container ``writable_elsewhere`` looks at (enough to tell a grant that exists).
+_SIBLINGS_READ = 20
+
+
+def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
+    """How many other objects of ``gap``'s container (of those read) the account may write ``gap.attribute`` on.
+
+    Why: ``find_gaps`` counts writable siblings among the objects of one check only. An export of just
+    the people an OU grant does not reach (the retry of yesterday's per-object errors, one photo changed)
+    has none of their neighbours, and a grant that exists looked missing: the step stopped, advising a
+    grant that is there. One one-level search of the container, on this bad path only, tells them apart.
+    """
+
+    def operation(conn: Connection) -> list[dict[str, Any]]:
+        conn.search(
+            gap.container, f"(objectClass={object_class})", LEVEL, attributes=[EFFECTIVE], size_limit=_SIBLINGS_READ
+        )
+        return search_entries(conn)
+
+    blocked = {dn.lower() for dn in gap.dns}
+    wanted = gap.attribute.lower()
+    return sum(
+        1
+        for entry in link.run(operation)
+        if entry["dn"].lower() not in blocked and wanted in (effective_of(entry) or frozenset())
+    )
 
 
 def container_of(dn: str) -> str:

@@ -108,6 +108,12 @@ def test_an_object_the_ou_grant_does_not_reach_fails_alone_and_the_others_are_wr
     assert connector.export_stats.writes == 2
     assert ad_env.usn(names[1], people) == usn_blocked  # nothing was sent for that person
     assert [bool(ad_env.read(n, "thumbnailPhoto", people)) for n in names] == [True, False, True]
+    # the next export has that person alone (the retry of the error): the neighbours still show the grant
+    alone = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people]))
+    again = alone.export([update(good[names[1]], AttributeChange.replace("thumbnailPhoto", jpeg(1)))])
+    assert [(r.status, r.error_name) for r in again] == [(ExportStatus.FAILED, "permission-issue")], again
+    assert "it may write it on 2 other object(s) there" in again[0].error_detail, again[0].error_detail
+    assert alone.export_stats.writes == 0 and ad_env.usn(names[1], people) == usn_blocked
 
 
 def test_one_person_the_grant_does_not_reach_is_named_by_the_engine_and_everyone_else_is_exported(
