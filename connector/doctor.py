@@ -8,6 +8,8 @@ expired certificate or an unreadable token cache before 3 a.m.
 
 Store checks (read-only, in bounded pages, so they run on a production-size store):
 
+* ``documents``: every stored JSON document (holograms, metaverse attributes, step counters ...)
+  reads as JSON: bytes changed inside a value pass the database's own page checks;
 * ``schema``: the store's schema version is the one this mvsync writes;
 * ``blobs``: every blob referenced by a hologram, pending import, pending or unconfirmed export, a
   metaverse object or the transform cache exists, with the size the reference records, and its
@@ -40,7 +42,6 @@ from typing import Any, Literal
 from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
 from connector.store import (
-    RESTORE_HINT,
     SCHEMA_VERSION,
     RunHistory,
     SqlStore,
@@ -49,6 +50,7 @@ from connector.store import (
     StoreError,
     StoreMissingError,
     StoreVersionError,
+    damaged,
 )
 
 __all__ = ["EXIT_PROBLEMS", "Finding", "Report", "check_config", "check_store", "run_doctor"]
@@ -131,13 +133,17 @@ def check_store(store: SqlStore) -> list[Finding]:
                     "store",
                     "integrity",
                     "error",
-                    f"the store {store.where} is damaged: {RESTORE_HINT}",
+                    str(damaged(store.where, f"{audit.integrity_check_name} found {len(damage)} problems")),
                     len(damage),
                     damage[:_EXAMPLES],
                 )
             )
             return found  # the other checks would read damaged pages
         found.append(Finding("store", "integrity", "ok", f"{audit.integrity_check_name} found no damage"))
+        documents = _check_documents(store, audit)
+        found.append(documents)
+        if documents.severity == "error":
+            return found  # the other checks would stop at the damaged documents
         schema = _check_schema(store, audit.schema_version())
         found.append(schema)
         if schema.severity == "error":
@@ -191,6 +197,15 @@ def _check_open_runs(history: RunHistory) -> Finding:
 def _store_problem(check: str, severity: Severity, message: str, cases: list[str]) -> Finding:
     """A store finding about ``cases``: all of them counted, the first few as examples."""
     return Finding("store", check, severity, message, len(cases), cases[:_EXAMPLES])
+
+
+def _check_documents(store: SqlStore, audit: StoreAudit) -> Finding:
+    """Every stored JSON document reads as JSON (damage inside a value passes the page checks)."""
+    damaged_rows = audit.damaged_documents()
+    if not damaged_rows:
+        return Finding("store", "documents", "ok", "every stored JSON document reads")
+    message = str(damaged(store.where, f"{len(damaged_rows)} stored JSON documents are not JSON"))
+    return _store_problem("documents", "error", message, damaged_rows)
 
 
 def _check_schema(store: SqlStore, version: int) -> Finding:

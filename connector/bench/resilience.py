@@ -69,7 +69,7 @@ def exo_photo_checksums(config: Any) -> dict[str, str | None]:
         store.close()
     out: dict[str, str | None] = {}
     for row in rows:
-        doc = loads(row.pending or row.hologram or "{}")
+        doc = loads(row.pending or row.hologram or "{}", "cs_object", row.id, "pending or hologram")
         out[row.anchor] = doc.get("EXOPhotoChecksum")
     return out
 
@@ -465,7 +465,11 @@ def hostile_file_names(root: Path) -> dict[str, Any]:
         from connector.store import ConnectorSpace
 
         with engine.store.read() as conn:
-            staged = [loads(r.pending) for r in ConnectorSpace(conn).objects("hr") if r.pending is not None]
+            staged = [
+                loads(r.pending, "cs_object", r.id, "pending")
+                for r in ConnectorSpace(conn).objects("hr")
+                if r.pending is not None
+            ]
     finally:
         engine.close()
     step = result.steps[0]

@@ -405,7 +405,7 @@ def history_show(
                     "status": s.status,
                     "message": s.message,
                     "seconds": s.seconds,
-                    "counters": loads(s.counters),
+                    "counters": loads(s.counters, "run_step", s.id, "counters"),
                     "error_count": total,
                     "errors": [_error_doc(e, found.get(e.anchor or "")) for e in errs],
                 }
@@ -427,8 +427,8 @@ def history_show(
 
 
 def _cs_doc(row: CsObject) -> dict[str, Any]:
-    def doc(text: str | None) -> Any:
-        return {k: plain_value(v) for k, v in loads(text).items()} if text else None
+    def doc(text: str | None, column: str) -> Any:
+        return {k: plain_value(v) for k, v in loads(text, "cs_object", row.id, column).items()} if text else None
 
     return {
         "id": row.id,
@@ -437,17 +437,19 @@ def _cs_doc(row: CsObject) -> dict[str, Any]:
         "anchor": row.anchor,
         "dn": row.dn,
         "metaverse_id": row.mv_id,
-        "hologram": doc(row.hologram),
+        "hologram": doc(row.hologram, "hologram"),
         "pending_import": row.pending_type,
-        "pending_import_state": doc(row.pending),
+        "pending_import_state": doc(row.pending, "pending"),
         "pending_export": row.export_type,
-        "pending_export_changes": doc(row.export_changes),
-        "unconfirmed_export": doc(row.unconfirmed),
+        "pending_export_changes": doc(row.export_changes, "export_changes"),
+        "unconfirmed_export": doc(row.unconfirmed, "unconfirmed"),
         # attributes whose exported value the target shows in its own rendering (re-encoded)
-        "exports_shown_rendered": sorted(loads(row.renderings)) if row.renderings else [],
-        "export_error": loads(row.export_error) if row.export_error else None,
-        "sync_error": loads(row.sync_error) if row.sync_error else None,
-        "import_error": loads(row.import_error) if row.import_error else None,
+        "exports_shown_rendered": sorted(loads(row.renderings, "cs_object", row.id, "renderings"))
+        if row.renderings
+        else [],
+        "export_error": loads(row.export_error, "cs_object", row.id, "export_error") if row.export_error else None,
+        "sync_error": loads(row.sync_error, "cs_object", row.id, "sync_error") if row.sync_error else None,
+        "import_error": loads(row.import_error, "cs_object", row.id, "import_error") if row.import_error else None,
     }
 
 
@@ -490,7 +492,7 @@ def cs_search(
         found = people(conn, agent, (r.anchor for r in rows))
         # objects the last import could not read: in history by anchor, not in the connector space
         failed = import_failures(conn, agent, limit=limit) if errors and not anchor else []
-    docs = [{**_cs_doc(r), "display": found[r.anchor].display if r.anchor in found else None} for r in rows]
+        docs = [{**_cs_doc(r), "display": found[r.anchor].display if r.anchor in found else None} for r in rows]
     docs += [_unstaged_doc(agent, e) for e in failed]
     if json_out:
         print_json(docs)
@@ -542,7 +544,8 @@ def cs_show(
         return
     if row is None:
         raise fail(f"no object {anchor!r} in the connector space of {agent!r} (try `mvsync cs search {agent}`)")
-    doc = {**_cs_doc(row), "display": person.display if person else None}
+    with store.faults():  # a damaged document names this store
+        doc = {**_cs_doc(row), "display": person.display if person else None}
     if json_out:
         print_json(doc)
         return
@@ -578,19 +581,20 @@ def mv_search(
     store = _store(_config(config))
     with store.read() as conn:
         rows = Metaverse(conn).search(text, limit)
-    docs = []
-    for r in rows:
-        attrs = loads(r.attributes)
-        docs.append(
-            {
-                "id": r.id,
-                "type": r.object_type,
-                "displayName": r.display_name,
-                "accountName": attrs.get("accountName"),
-                "mail": attrs.get("mail"),
-                "has_photo": "photo" in attrs,
-            }
-        )
+    with store.faults():  # a damaged document names this store
+        docs = []
+        for r in rows:
+            attrs = loads(r.attributes, "mv_object", r.id, "attributes")
+            docs.append(
+                {
+                    "id": r.id,
+                    "type": r.object_type,
+                    "displayName": r.display_name,
+                    "accountName": attrs.get("accountName"),
+                    "mail": attrs.get("mail"),
+                    "has_photo": "photo" in attrs,
+                }
+            )
     if json_out:
         print_json(docs)
         return
@@ -626,7 +630,8 @@ def mv_show(
         if row is None:
             raise fail(f"no metaverse object {ident!r} (try `mvsync mv search`)")
         connectors = ConnectorSpace(conn).joined_to(row.id)
-    attrs, lineage = loads(row.attributes), loads(row.lineage)
+        attrs = loads(row.attributes, "mv_object", row.id, "attributes")
+        lineage = loads(row.lineage, "mv_object", row.id, "lineage")
     doc: dict[str, Any] = {
         "id": row.id,
         "type": row.object_type,
@@ -671,37 +676,38 @@ def pending_exports(
     store = _store(cfg)
     with store.read() as conn:
         rows = list(ConnectorSpace(conn).all_pending_exports(agent))
-    records = []
-    for r in rows:
-        changes = loads(r.export_changes) if r.export_changes else {}
-        hologram = loads(r.hologram) if r.hologram else {}
-        error = loads(r.export_error) if r.export_error else None
-        if r.export_type == "delete":
-            records.append(
-                {
-                    "anchor": r.anchor,
-                    "dn": r.dn,
-                    "omodt": "delete",
-                    "attribute": "",
-                    "amodt": "",
-                    "before": "",
-                    "after": "",
-                    "last_error": error["name"] if error else "",
-                }
-            )
-        for attr, value in sorted(changes.items()):
-            records.append(
-                {
-                    "anchor": r.anchor,
-                    "dn": r.dn,
-                    "omodt": r.export_type,
-                    "attribute": attr,
-                    "amodt": "delete" if value is None else ("add" if attr not in hologram else "replace"),
-                    "before": _short(hologram.get(attr)) if attr in hologram else "",
-                    "after": "" if value is None else _short(value),
-                    "last_error": error["name"] if error else "",
-                }
-            )
+    with store.faults():  # a damaged document names this store
+        records = []
+        for r in rows:
+            changes = loads(r.export_changes, "cs_object", r.id, "export_changes") if r.export_changes else {}
+            hologram = loads(r.hologram, "cs_object", r.id, "hologram") if r.hologram else {}
+            error = loads(r.export_error, "cs_object", r.id, "export_error") if r.export_error else None
+            if r.export_type == "delete":
+                records.append(
+                    {
+                        "anchor": r.anchor,
+                        "dn": r.dn,
+                        "omodt": "delete",
+                        "attribute": "",
+                        "amodt": "",
+                        "before": "",
+                        "after": "",
+                        "last_error": error["name"] if error else "",
+                    }
+                )
+            for attr, value in sorted(changes.items()):
+                records.append(
+                    {
+                        "anchor": r.anchor,
+                        "dn": r.dn,
+                        "omodt": r.export_type,
+                        "attribute": attr,
+                        "amodt": "delete" if value is None else ("add" if attr not in hologram else "replace"),
+                        "before": _short(hologram.get(attr)) if attr in hologram else "",
+                        "after": "" if value is None else _short(value),
+                        "last_error": error["name"] if error else "",
+                    }
+                )
     if fmt == "json":
         print_json(records)  # one document: `[]` when nothing is pending, never nothing at all
     elif fmt == "csv":

@@ -373,8 +373,9 @@ class Engine:
                 result.status, result.message = exc.status, str(exc)
             except StoreError as exc:  # the store failed under the step: the run cannot go on
                 failing = True
+                exc = exc.at(self.store.where)  # a document decoded after its read names no store
                 result.status, result.message = exc.status, str(exc)
-                raise
+                raise exc from None
             except (ConfigError, ConfigurationError) as exc:  # the setting is named: the user can fix it
                 failing = True
                 result.status, result.message = CONFIGURATION_STATUS, str(exc)

@@ -63,7 +63,11 @@ def _removals(row: PendingExportRow, watched: set[str]) -> tuple[bool, list[str]
         return True, []
     if not row.export_changes:
         return False, []
-    return False, [attr for attr, value in _loads(row.export_changes).items() if value is None and attr in watched]
+    return False, [
+        attr
+        for attr, value in _loads(row.export_changes, "cs_object", row.id, "export_changes").items()
+        if value is None and attr in watched
+    ]
 
 
 def _judge(
@@ -130,11 +134,11 @@ def _judged_only(ctx: StepContext, rows: list[PendingExportRow], counted: set[in
 
 
 def _to_change(row: PendingExportRow, get_blob: Any) -> CSEntryChange:
-    hologram = _loads(row.hologram) if row.hologram else {}
+    hologram = _loads(row.hologram, "cs_object", row.id, "hologram") if row.hologram else {}
     if row.export_type == "delete":
         change = CSEntryChange.delete(row.object_class, row.anchor, dn=row.dn)
     else:
-        attrs = _loads(row.export_changes) if row.export_changes else {}
+        attrs = _loads(row.export_changes, "cs_object", row.id, "export_changes") if row.export_changes else {}
         changes = []
         previous = {}
         for name, value in sorted(attrs.items()):
@@ -174,7 +178,7 @@ def _holds_blob(value: Any) -> bool:
     return any(is_blob_ref(v) for v in value) if isinstance(value, list) else is_blob_ref(value)
 
 
-def photo_outcomes(change: CSEntryChange, result: ExportResult, hologram: str | None) -> list[str]:
+def photo_outcomes(change: CSEntryChange, result: ExportResult, hologram: str | None, cs_id: int = 0) -> list[str]:
     """What happened to each binary (photo) value ``change`` carries, for the photo metrics.
 
     ``exported`` or ``cleared`` (the object's ``hologram`` held a photo there) when the connector
@@ -185,7 +189,11 @@ def photo_outcomes(change: CSEntryChange, result: ExportResult, hologram: str | 
     for attribute in change.changes:
         if any(isinstance(v, bytes) for v in attribute.values):
             done = "exported"
-        elif not attribute.values and hologram and _holds_blob(_loads(hologram).get(attribute.name)):
+        elif (
+            not attribute.values
+            and hologram
+            and _holds_blob(_loads(hologram, "cs_object", cs_id, "hologram").get(attribute.name))
+        ):
             done = "cleared"
         else:
             continue
@@ -224,7 +232,7 @@ def _pending_pages(
                 parse_blob_ref(v)[0]
                 for r in rows
                 if r.export_changes and with_blobs
-                for v in _loads(r.export_changes).values()
+                for v in _loads(r.export_changes, "cs_object", r.id, "export_changes").values()
                 if is_blob_ref(v)
             ]
             blobs = ctx.store.get_blobs(conn, hashes) if hashes else {}
@@ -342,14 +350,16 @@ def _apply_results(
             result = ExportResult.retry(
                 change.identifier, "cd-error", "the connector returned no result for this change; it stays pending"
             )
-        for outcome in photo_outcomes(change, result, row.hologram):
+        for outcome in photo_outcomes(change, result, row.hologram, row.id):
             metrics.photo(outcome)
-        unconfirmed = _loads(row.unconfirmed) if row.unconfirmed else {}
+        unconfirmed = _loads(row.unconfirmed, "cs_object", row.id, "unconfirmed") if row.unconfirmed else {}
         if result.status == ExportStatus.SUCCESS:
             if row.export_type == "delete":
                 unconfirmed = {DELETE_MARK: True}
             else:
-                unconfirmed.update(_loads(row.export_changes) if row.export_changes else {})
+                unconfirmed.update(
+                    _loads(row.export_changes, "cs_object", row.id, "export_changes") if row.export_changes else {}
+                )
             counters[f"export_{change.modification.value}s"] += 1
             updates.append(
                 {
@@ -364,7 +374,7 @@ def _apply_results(
             )
         else:
             counters["export_errors" if result.status == ExportStatus.FAILED else "export_retryable"] += 1
-            previous = _loads(row.export_error) if row.export_error else {}
+            previous = _loads(row.export_error, "cs_object", row.id, "export_error") if row.export_error else {}
             error = {
                 "name": result.error_name or "cd-error",
                 "detail": result.error_detail,

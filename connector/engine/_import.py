@@ -296,8 +296,12 @@ class _PageApplier:
     ) -> _Confirmation:
         """Confirm (or report) the exported values this import shows, which takes the object from
         ``before`` to ``after``."""
-        unconfirmed: dict[str, Any] | None = _loads(row.unconfirmed) if row is not None and row.unconfirmed else None
-        renderings: dict[str, Any] | None = _loads(row.renderings) if row is not None and row.renderings else None
+        unconfirmed: dict[str, Any] | None = (
+            _loads(row.unconfirmed, "cs_object", row.id, "unconfirmed") if row is not None and row.unconfirmed else None
+        )
+        renderings: dict[str, Any] | None = (
+            _loads(row.renderings, "cs_object", row.id, "renderings") if row is not None and row.renderings else None
+        )
         lost = False
         if not unconfirmed:
             return _Confirmation(unconfirmed, renderings, lost)
@@ -350,9 +354,13 @@ class _PageApplier:
         """Stage ``entry`` against its connector-space row (None: not held yet) into ``writes``."""
         ctx = self.ctx
         counters = ctx.result.counters
-        hologram = _loads(row.hologram) if row is not None and row.hologram is not None else None
+        hologram = (
+            _loads(row.hologram, "cs_object", row.id, "hologram")
+            if row is not None and row.hologram is not None
+            else None
+        )
         if row is not None and row.pending_type in ("add", "update"):
-            base = _loads(row.pending)
+            base = _loads(row.pending, "cs_object", row.id, "pending")
         elif row is not None and row.pending_type == "delete":
             base = None
         else:

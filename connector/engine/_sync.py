@@ -102,7 +102,7 @@ class _MV:
     @property
     def contributions(self) -> dict[str, dict[str, Any]]:
         if isinstance(self._contributions, str):
-            self._contributions = _loads(self._contributions)
+            self._contributions = _loads(self._contributions, "mv_object", self.id, "contributions")
         return self._contributions  # type: ignore[no-any-return]
 
     def may_hold(self, agent: str) -> bool:
@@ -119,8 +119,17 @@ class _MV:
     @property
     def lineage(self) -> dict[str, list[str]]:
         if isinstance(self._lineage, str):
-            self._lineage = _loads(self._lineage)
+            self._lineage = _loads(self._lineage, "mv_object", self.id, "lineage")
         return self._lineage  # type: ignore[no-any-return]
+
+
+def _staged_state(row: SyncRow) -> dict[str, Any]:
+    """The state ``row``'s pending import (add, update) brings, else its hologram ({} without either)."""
+    if row.pending_type in ("add", "update"):
+        state: dict[str, Any] = _loads(row.pending or "", "cs_object", row.id, "pending")
+    else:
+        state = _loads(row.hologram, "cs_object", row.id, "hologram") if row.hologram else {}
+    return state
 
 
 @dataclass(slots=True)
@@ -225,7 +234,7 @@ class _JoinIndex:
                 for mv_id, object_type, attrs_json in rows:
                     if self.types is not None:
                         self.types[mv_id] = object_type
-                    attrs = _loads(attrs_json)
+                    attrs = _loads(attrs_json, "mv_object", mv_id, "attributes")
                     for attr, ignore_case in missing:
                         self._add(self.keys[(attr, ignore_case)], attrs.get(attr), mv_id, ignore_case)
         if self.joined is None:
@@ -556,7 +565,9 @@ class _Sync:
     # ----------------------------------------------------------------------------------- chunks
     def _load_mv(self, conn: StoreConnection, ids: Iterable[int]) -> dict[int, _MV]:
         return {
-            r.id: _MV(r.id, r.object_type, _loads(r.attributes), r.contributions, r.lineage)
+            r.id: _MV(
+                r.id, r.object_type, _loads(r.attributes, "mv_object", r.id, "attributes"), r.contributions, r.lineage
+            )
             for r in Metaverse(conn).load(list(set(ids)))
         }
 
@@ -582,11 +593,11 @@ class _Sync:
                     r.agent,
                     r.object_class,
                     r.anchor,
-                    _loads(r.hologram) if r.hologram else {},
-                    _loads(r.unconfirmed) if r.unconfirmed else {},
-                    _loads(r.renderings) if r.renderings else {},
+                    _loads(r.hologram, "cs_object", r.id, "hologram") if r.hologram else {},
+                    _loads(r.unconfirmed, "cs_object", r.id, "unconfirmed") if r.unconfirmed else {},
+                    _loads(r.renderings, "cs_object", r.id, "renderings") if r.renderings else {},
                     r.export_type,
-                    _loads(r.export_changes) if r.export_changes else None,
+                    _loads(r.export_changes, "cs_object", r.id, "export_changes") if r.export_changes else None,
                     r.mv_id,
                 )
             )
@@ -634,7 +645,7 @@ class _Sync:
                 continue
             if not self.rules.joins.get(row.object_class.lower()):
                 continue
-            state = _loads(row.pending if row.pending_type in ("add", "update") else row.hologram or "{}")
+            state = _staged_state(row)
             if row.pending_type in ("add", "update") or row.hologram:
                 self._states[row.id] = state
             per_rule = self._rule_candidates(conn, row, state)
@@ -649,7 +660,7 @@ class _Sync:
             iflows = self.rules.import_flows.get(row.object_class.lower(), ())
             if not any(f.transform for f in iflows):
                 continue
-            state = _loads(row.pending if row.pending_type in ("add", "update") else row.hologram or "{}")
+            state = _staged_state(row)
             pairs.extend((f.transform, state.get(f.cs)) for f in iflows if f.transform)
         for by_class in self.rules.export_flows.values():
             for flows in by_class.values():
@@ -704,13 +715,9 @@ class _Sync:
             return self._states.pop(row.id)
         if row.pending_type in ("add", "update"):
             assert row.pending is not None  # an import stages its state with the pending type
-            text = row.pending
-        elif row.hologram:
-            text = row.hologram
-        else:
+        elif not row.hologram:
             return None
-        state: dict[str, Any] = _loads(text)
-        return state
+        return _staged_state(row)
 
     def _inbound(self, chunk: _Chunk, row: SyncRow) -> None:
         """Apply one object's pending import: disconnect a deleted object, or join/project it and
@@ -847,10 +854,10 @@ class _Sync:
                 row.object_class,
                 row.anchor,
                 state,
-                _loads(row.unconfirmed) if row.unconfirmed else {},
-                _loads(row.renderings) if row.renderings else {},
+                _loads(row.unconfirmed, "cs_object", row.id, "unconfirmed") if row.unconfirmed else {},
+                _loads(row.renderings, "cs_object", row.id, "renderings") if row.renderings else {},
                 row.export_type,
-                _loads(row.export_changes) if row.export_changes else None,
+                _loads(row.export_changes, "cs_object", row.id, "export_changes") if row.export_changes else None,
                 mv_id,
             )
         return error

@@ -159,7 +159,7 @@ class TransformRunner:
         for spec, inputs in wanted.items():
             keys = list(inputs)
             for inp, out in cache.outputs(spec, keys):
-                self._memo[(spec, inp)] = loads(out)
+                self._memo[(spec, inp)] = loads(out, "transform_cache", (spec, inp), "output")
             misses = [k for k in keys if (spec, k) not in self._memo]
             self._known_misses.update((spec, k) for k in misses)
             self._blob_cache.update(self._store.get_blobs(conn, [parse_blob_ref(k)[0] for k in misses]))

@@ -27,12 +27,14 @@ from connector.store._connector_space import (
 )
 from connector.store._faults import (
     RESTORE_HINT,
+    DamagedDocumentError,
     LockHeldError,
     StoreBusyError,
     StoreCorruptError,
     StoreError,
     StoreMissingError,
     StoreReadOnlyError,
+    damaged,
 )
 from connector.store._history import ClearedRuns, ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
 from connector.store._json import dumps, loads
@@ -72,6 +74,7 @@ __all__ = [
     "ConnectorSpace",
     "CsObject",
     "CsSearch",
+    "DamagedDocumentError",
     "DanglingLink",
     "DuplicateLink",
     "ErrorDocs",
@@ -105,6 +108,7 @@ __all__ = [
     "blob_refs",
     "bulk_insert",
     "current_version",
+    "damaged",
     "decode_value",
     "dumps",
     "encode_value",

@@ -82,7 +82,7 @@ class AgentStateRepository:
                     agent_data.c.agent == self.agent, agent_data.c.key.in_(wanted[i : i + _CHUNK])
                 )
             )
-            found.update((key, loads(value)) for key, value in rows)
+            found.update((key, loads(value, "agent_data", (self.agent, key), "value")) for key, value in rows)
         return found
 
     def scan_after(self, conn: Connection, after: str, limit: int) -> list[tuple[str, Any]]:
@@ -93,7 +93,7 @@ class AgentStateRepository:
             .order_by(agent_data.c.key)
             .limit(limit)
         )
-        return [(key, loads(value)) for key, value in rows]
+        return [(key, loads(value, "agent_data", (self.agent, key), "value")) for key, value in rows]
 
     def adopt(self, conn: Connection, from_step: int, to_step: int) -> None:
         """Keys written by an interrupted full import count as written by the step resuming it."""

@@ -14,17 +14,36 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
+from connector.store._faults import DamagedDocumentError
 from connector.store._json import loads
 from connector.store._migrations import current_version
 from connector.store._sql import SqlStore
 from connector.store._values import blob_refs
-from connector.store.tables import blob, cs_object, metadata, mv_object, transform_cache
+from connector.store.tables import blob, cs_object, metadata, mv_object, run_step, transform_cache
 
 __all__ = ["DanglingLink", "DuplicateLink", "OrphanExport", "StoreAudit"]
 
 _PAGE = 2000
 #: How an encoded binary value's prefix appears inside stored JSON text.
 _BLOB_IN_JSON = "\\u0000b:"
+#: The JSON documents of the tables keyed by one id, as :meth:`StoreAudit.damaged_documents` reads them.
+_DOCUMENTS = [
+    (
+        cs_object,
+        [
+            cs_object.c.hologram,
+            cs_object.c.pending,
+            cs_object.c.export_changes,
+            cs_object.c.unconfirmed,
+            cs_object.c.renderings,
+            cs_object.c.export_error,
+            cs_object.c.import_error,
+            cs_object.c.sync_error,
+        ],
+    ),
+    (mv_object, [mv_object.c.attributes, mv_object.c.contributions, mv_object.c.lineage]),
+    (run_step, [run_step.c.counters]),
+]
 
 
 class DanglingLink(NamedTuple):
@@ -105,6 +124,25 @@ class StoreAudit:
             yield list(rows)
             last = rows[-1][0]
 
+    def damaged_documents(self) -> list[str]:
+        """Every row whose JSON document is not JSON, as ``cs_object row 7: its hologram ...``.
+
+        Why every document is parsed: SQLite's page checks see a page's structure, not the text in a
+        value, so bytes changed inside a document pass ``integrity_check`` and stop a run that reads
+        the row (the message sends the operator here, so this must find it)."""
+        found: list[str] = []
+        for table, columns in _DOCUMENTS:
+            for rows in self._pages(columns, table.c.id):
+                for row in rows:
+                    for column, text in zip(columns, row[1:], strict=True):
+                        if text is None:
+                            continue
+                        try:
+                            loads(text, table.name, row[0], column.name)
+                        except DamagedDocumentError as exc:
+                            found.append(exc.detail)
+        return found
+
     def referenced_blobs(self) -> dict[str, tuple[int, str]]:
         """sha256 -> (size recorded by the reference, where one reference is) over every document."""
         refs: dict[str, tuple[int, str]] = {}
@@ -121,11 +159,14 @@ class StoreAudit:
                 for row in rows:
                     for column, text in zip(columns, row[1:], strict=True):
                         if text and _BLOB_IN_JSON in text:  # skip parsing documents without binaries
-                            for ref in blob_refs(loads(text)):
+                            for ref in blob_refs(loads(text, table.name, row[0], column.name)):
                                 refs.setdefault(ref.sha256, (ref.size, f"{label} {row[0]} {column.name}"))
         for rows in self._pages([transform_cache.c.output], transform_cache.c.input):
             for inp, output in rows:
-                for ref in [*blob_refs(inp), *(blob_refs(loads(output)) if output else [])]:
+                for ref in [
+                    *blob_refs(inp),
+                    *(blob_refs(loads(output, "transform_cache", inp, "output")) if output else []),
+                ]:
                     refs.setdefault(ref.sha256, (ref.size, "transform cache"))
         return refs
 

@@ -131,6 +131,8 @@ class ErrorDocs(NamedTuple):
     sync_error: str | None
     export_error: str | None
     import_error: str | None
+    #: the object's row id (names a damaged document)
+    id: int
 
 
 class ExportState(NamedTuple):
@@ -499,7 +501,11 @@ class ConnectorSpace:
     def objects_in_error(self) -> list[ErrorDocs]:
         """Every object with an import, sync or export error (read from the ``ix_cs_error`` index)."""
         query = select(
-            cs_object.c.agent, cs_object.c.sync_error, cs_object.c.export_error, cs_object.c.import_error
+            cs_object.c.agent,
+            cs_object.c.sync_error,
+            cs_object.c.export_error,
+            cs_object.c.import_error,
+            cs_object.c.id,
         ).where(sql_text(ERROR_PREDICATE))
         return [ErrorDocs._make(row) for row in self._conn.execute(query)]
 

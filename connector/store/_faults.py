@@ -24,12 +24,14 @@ __all__ = [
     "EXIT_STORE_CONFIG",
     "EXIT_STORE_LOCKED",
     "EXIT_STORE_STOPPED",
+    "DamagedDocumentError",
     "LockHeldError",
     "StoreBusyError",
     "StoreCorruptError",
     "StoreError",
     "StoreMissingError",
     "StoreReadOnlyError",
+    "damaged",
     "first_line",
     "store_faults",
 ]
@@ -68,6 +70,11 @@ class StoreError(Exception):
             # Exit codes), which a script reading --json's failure object branches on as on the code
             self.status = "stopped-configuration"
 
+    def at(self, where: str) -> StoreError:
+        """This error naming the store ``where`` it was met in: itself, for the faults that name it when
+        raised (see :class:`DamagedDocumentError` for one that cannot)."""
+        return self
+
 
 class StoreReadOnlyError(StoreError):
     """The store (or its folder) cannot be written: file mode, ``chattr +i``, a read-only mount."""
@@ -77,6 +84,29 @@ class StoreCorruptError(StoreError):
     """The store file is damaged: truncated, overwritten, or not a database at all."""
 
     status = "stopped-store-corrupt"
+
+
+def damaged(where: str, detail: str) -> StoreCorruptError:
+    """The one answer to damage found in the store ``where``: what is damaged, how to restore, ``doctor``."""
+    return StoreCorruptError(f"the store {where} is damaged ({detail}): {RESTORE_HINT}; `mvsync doctor` checks it")
+
+
+class DamagedDocumentError(StoreCorruptError):
+    """A JSON document of a row reads (its page is sound) but is not JSON: bytes changed on the disk.
+
+    Why a store fault: SQLite checks a page's structure, not the text in it, so damage inside a
+    value passes ``quick_check`` and reached the engine as a ``JSONDecodeError`` (a step stopped as a
+    connector's exception). The decoder names the table, row and column; the store that read the row
+    adds its file or URL (:meth:`at`), so the message is :func:`damaged`'s.
+    """
+
+    def __init__(self, detail: str, where: str | None = None) -> None:
+        self.detail, self.where = detail, where
+        super().__init__(str(damaged(where or "(store.url in the configuration)", detail)))
+
+    def at(self, where: str) -> DamagedDocumentError:
+        """This error naming the store it was read from (itself if it names one already)."""
+        return self if self.where is not None else DamagedDocumentError(self.detail, where)
 
 
 class StoreMissingError(StoreError):
@@ -106,7 +136,7 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
             "(ls -l, lsattr for chattr +i) and that the file system is mounted read-write"
         )
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
-        return StoreCorruptError(f"the store {where} is damaged ({text}): {RESTORE_HINT}; `mvsync doctor` checks it")
+        return damaged(where, text)
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
         return StoreBusyError(
             f"the store {where} is busy: another process holds its database lock ({text}), such as a backup "
@@ -173,6 +203,8 @@ def store_faults(where: str, *, connect_timeout_s: float | None = None) -> Itera
     """Turn database errors inside the ``with`` into the store fault they stand for."""
     try:
         yield
+    except DamagedDocumentError as exc:  # decoded while reading: this store's
+        raise exc.at(where) from None
     except DBAPIError as exc:
         fault = classify(exc, where, connect_timeout_s)
         if fault is None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from connector.store._faults import DamagedDocumentError
+
 __all__ = ["dumps", "loads"]
 
 
@@ -17,5 +19,14 @@ def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-def loads(text: str | bytes) -> Any:
-    return orjson.loads(text)
+def loads(text: str | bytes, table: str, row: object, column: str) -> Any:
+    """The document ``text`` read from ``column`` of ``table``'s ``row`` (its id or key).
+
+    Text that is not JSON is damage on the disk that SQLite's page checks cannot see (the bytes of a
+    value changed): :class:`DamagedDocumentError` names the row, never a ``JSONDecodeError``.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        detail = f"{table} row {row}: its {column} is not the JSON mvsync wrote ({exc})"
+        raise DamagedDocumentError(detail) from None

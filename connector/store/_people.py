@@ -54,15 +54,18 @@ def people(conn: Connection, agent: str, anchors: Iterable[str | None]) -> dict[
             .where(cs_object.c.agent == agent, cs_object.c.anchor.in_(wanted[i : i + 500]))
         ).all()
         for row in rows:
-            attributes = {**_doc(row.hologram), **_doc(row.pending)}  # the pending state is the newer
+            attributes = {
+                **_doc(row.hologram, row.id, "hologram"),
+                **_doc(row.pending, row.id, "pending"),
+            }  # the pending state is the newer
             if row.display_name and "displayName" not in attributes:
                 attributes["displayName"] = row.display_name
             found[row.anchor] = Person(row.id, person_display(attributes), row.mv_id)
     return found
 
 
-def _doc(text: str | None) -> dict[str, object]:
-    return dict(loads(text)) if text else {}
+def _doc(text: str | None, cs_id: int, column: str) -> dict[str, object]:
+    return dict(loads(text, "cs_object", cs_id, column)) if text else {}
 
 
 def import_failures(conn: Connection, agent: str, *, anchor: str | None = None, limit: int = 50) -> list[Row[Any]]:

@@ -37,6 +37,7 @@ from connector.store._faults import (
     StoreError,
     StoreMissingError,
     StoreReadOnlyError,
+    damaged,
     store_faults,
 )
 from connector.store._locks import LockManager
@@ -624,11 +625,7 @@ class SqlStore:
             assert isinstance(raw, sqlite3.Connection)
             detail = _page_damage(raw)
         if detail is not None:
-            msg = (
-                f"the store {self.where} is damaged ({detail}; found by SQLite's quick_check before the run "
-                f"wrote anything): {RESTORE_HINT}; `mvsync doctor` checks it"
-            )
-            raise StoreCorruptError(msg)
+            raise damaged(self.where, f"{detail}; found by SQLite's quick_check before the run wrote anything")
         if record:
             with self.transaction() as conn:
                 write_meta(conn, _PAGES_CHECKED_KEY, repr(now))

@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.config import MvsyncConfig
-from connector.store import ROW_ID_MAX, SqlStore, StoreError, StoreVersionError
+from connector.store import ROW_ID_MAX, SqlStore, StoreCorruptError, StoreError, StoreVersionError
 from connector.web._deadline import bounded, page_deadline
 from connector.web._photos import jpeg_preview, sniff_image_type
 from connector.web._queries import Console, status_class
@@ -113,12 +113,18 @@ class _Pages:
         return self.error(request, 400, f"Not an address of this console ({problems}){then}", title="Bad address")
 
     def store_unavailable(self, request: Request, exc: StoreError) -> Response:
-        """The store cannot be read (a PostgreSQL restart, a damaged file): a page that says so, not a 500.
+        """The store cannot be read (a PostgreSQL restart, a damaged file): a page that says so, not a bare 500.
+
+        A 503 for a store that may answer again; a 500 for damage (a truncated file, a document that is not
+        JSON), which no reload mends: the page names the damage and ``mvsync doctor``.
 
         The console keeps running: the next request connects again, so a reload after the store is
         back shows the page. One log line per failed request, without a traceback: it is not a bug.
         """
         log.warning("%s %s: %s", request.method, request.url.path, exc)
+        if isinstance(exc, StoreCorruptError):  # reloading will not help: the data this page shows is damaged
+            hint = "Pages that do not show the damaged data still work; `mvsync doctor` lists all the damage."
+            return self.error(request, 500, str(exc), hint=hint, title="Store damaged")
         hint = "The console keeps running; reload this page once the store answers again."
         return self.error(request, 503, str(exc), hint=hint, title="Store unavailable")
 

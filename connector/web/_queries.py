@@ -185,10 +185,10 @@ class AgentCoverage:
     differing: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def _counters(text: str) -> list[tuple[str, Any]]:
+def _counters(row: StepRow) -> list[tuple[str, Any]]:
     """Scalar counters first, nested ones flattened as ``outer.inner``."""
     flat: list[tuple[str, Any]] = []
-    for key, value in sorted(loads(text or "{}").items()):
+    for key, value in sorted(loads(row.counters or "{}", "run_step", row.id, "counters").items()):
         if isinstance(value, dict):
             flat.extend((f"{key}.{k}", v) for k, v in sorted(value.items()))
         else:
@@ -207,7 +207,7 @@ def _step_view(row: StepRow, errors: int = 0) -> StepView:
         format_time(row.started_at),
         row.seconds,
         row.message,
-        _counters(row.counters),
+        _counters(row),
         errors,
     )
 
@@ -363,7 +363,7 @@ class Console:
         hits = []
         for mv_id in ids:
             row = rows[mv_id]
-            attrs = loads(row.attributes)
+            attrs = loads(row.attributes, "mv_object", mv_id, "attributes")
 
             def text(name: str, attrs: dict[str, Any] = attrs) -> str:
                 value = decode_value(attrs.get(name))
@@ -387,7 +387,9 @@ class Console:
         row = Metaverse(conn).get(mv_id)
         if row is None:
             return None
-        attrs, lineage, contributions = loads(row.attributes), loads(row.lineage), loads(row.contributions)
+        attrs = loads(row.attributes, "mv_object", row.id, "attributes")
+        lineage = loads(row.lineage, "mv_object", row.id, "lineage")
+        contributions = loads(row.contributions, "mv_object", row.id, "contributions")
         attributes = []
         for name in sorted(attrs, key=str.lower):
             agent, rule = (lineage.get(name) or [None, None])[:2]
@@ -421,12 +423,15 @@ class Console:
                 "updated": format_time(c.updated_at),
                 "pending_import": c.pending_type,
                 "pending_export": c.export_type,
-                "export_error": loads(c.export_error) if c.export_error else None,
-                "sync_error": loads(c.sync_error) if c.sync_error else None,
-                "hologram": [(k, show_value(v)) for k, v in sorted(loads(c.hologram or "{}").items())],
+                "export_error": loads(c.export_error, "cs_object", c.id, "export_error") if c.export_error else None,
+                "sync_error": loads(c.sync_error, "cs_object", c.id, "sync_error") if c.sync_error else None,
+                "hologram": [
+                    (k, show_value(v))
+                    for k, v in sorted(loads(c.hologram or "{}", "cs_object", c.id, "hologram").items())
+                ],
                 "export_changes": [
                     (k, show_value(v) if v is not None else Shown("(clear)"))
-                    for k, v in sorted(loads(c.export_changes or "{}").items())
+                    for k, v in sorted(loads(c.export_changes or "{}", "cs_object", c.id, "export_changes").items())
                 ],
             }
             for c in connectors
@@ -448,8 +453,8 @@ class Console:
     def _photo_cards(self, connectors: list[CsObject]) -> list[PhotoCard]:
         cards: list[PhotoCard] = []
         for c in sorted(connectors, key=lambda c: self.source_order(c.agent)):
-            hologram = loads(c.hologram or "{}")
-            changes = loads(c.export_changes or "{}") if c.export_type else {}
+            hologram = loads(c.hologram or "{}", "cs_object", c.id, "hologram")
+            changes = loads(c.export_changes or "{}", "cs_object", c.id, "export_changes") if c.export_type else {}
             # photos it holds, and the photo attributes its export flows write (even when still empty)
             binary_attrs = sorted(
                 {k for k, v in hologram.items() if binary_refs(v)}
@@ -503,13 +508,13 @@ class Console:
         binary_targets = set(self.binary_export_attributes(agent))
         views = []
         for r in rows:
-            hologram = loads(r.hologram) if r.hologram else {}
-            changes = loads(r.export_changes) if r.export_changes else {}
+            hologram = loads(r.hologram, "cs_object", r.id, "hologram") if r.hologram else {}
+            changes = loads(r.export_changes, "cs_object", r.id, "export_changes") if r.export_changes else {}
             photo_attrs = [k for k, v in changes.items() if k in binary_targets or binary_refs(v)]
             attr = photo_attrs[0] if photo_attrs else next(iter(binary_targets), None)
             before_refs = binary_refs(hologram.get(attr)) if attr else ()
             after_refs = binary_refs(changes.get(attr)) if attr else ()
-            error = loads(r.export_error) if r.export_error else None
+            error = loads(r.export_error, "cs_object", r.id, "export_error") if r.export_error else None
             views.append(
                 PendingRow(
                     r.id,
@@ -571,11 +576,12 @@ class Console:
         error_rows = space.objects_in_error()
         kinds: Counter[tuple[str, str, str]] = Counter()
         in_error: Counter[str] = Counter()
-        for agent, sync_error, export_error, import_error in error_rows:
+        for agent, sync_error, export_error, import_error, cs_id in error_rows:
             in_error[agent] += 1
             for stage, doc in (("sync", sync_error), ("export", export_error), ("import", import_error)):
                 if doc:
-                    kinds[(agent, stage, str(loads(doc).get("name", "?")))] += 1
+                    name = loads(doc, "cs_object", cs_id, f"{stage}_error").get("name", "?")
+                    kinds[(agent, stage, str(name))] += 1
         result = []
         for agent in sorted(set(self.config.agents) | set(totals), key=self.source_order):
             total = totals.get(agent, 0)

@@ -378,7 +378,11 @@ def metaverse_state(store_url: str) -> tuple[dict[str, dict[str, Any]], int, int
         with store.read() as conn:
             people: dict[str, dict[str, Any]] = {}
             for row in conn.execute(select(mv_object.c.id, mv_object.c.attributes)):
-                attrs = {k: v for k, v in loads(row.attributes).items() if k not in _PER_DIRECTORY}
+                attrs = {
+                    k: v
+                    for k, v in loads(row.attributes, "mv_object", row.id, "attributes").items()
+                    if k not in _PER_DIRECTORY
+                }
                 people[str(attrs.get("accountName") or attrs.get("userPrincipalName") or row.id)] = attrs
             exports = conn.execute(
                 select(func.count()).select_from(cs_object).where(cs_object.c.export_type.is_not(None))

@@ -197,6 +197,56 @@ def test_the_page_check_runs_daily_by_default_and_at_every_run_with_page_check_h
     assert code == 4 and f"the store {db} is damaged (" in err  # every run checks: found at once
 
 
+def _damage_a_document(db: Path, table: str, column: str, where: str) -> int:
+    """Change one byte of a row's JSON document in the file itself (its first, ``{``, to ``#``): SQLite
+    still reads the row (its page is sound), but the text is no JSON. The row's id."""
+    _checkpoint(db)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(f"SELECT id, {column} FROM {table} WHERE {where} AND {column} LIKE '{{%'").fetchall()
+    data = db.read_bytes()
+    # a document whose bytes are nowhere else in the file (two steps may count alike)
+    row_id, text = next((i, t) for i, t in rows if data.count(t.encode()) == 1)
+    at = data.index(text.encode())
+    with db.open("r+b") as f:
+        f.seek(at)
+        f.write(b"#")
+    return int(row_id)
+
+
+def test_a_row_whose_json_bytes_are_damaged_stops_every_command_as_a_damaged_store(config: Path) -> None:
+    """Found in a random-damage experiment (1 page in 40): a damaged page whose bytes still read as a
+    valid row stopped the step with exit 4 as "stopped-connector-exception: JSONDecodeError", and the
+    read commands ended in a traceback (exit 1). Every decode of a stored document now ends as a
+    damaged store: the file, the table, row and column, the restore and `mvsync doctor`; exit 4."""
+    db = _store(config)
+    cs_id = _damage_a_document(db, "cs_object", "hologram", "agent = 'src'")
+    step_id = _damage_a_document(db, "run_step", "counters", "1 = 1")
+    with sqlite3.connect(db) as conn:
+        anchor = conn.execute("SELECT anchor FROM cs_object WHERE id = ?", (cs_id,)).fetchone()[0]
+        run_id = conn.execute("SELECT run_id FROM run_step WHERE id = ?", (step_id,)).fetchone()[0]
+    for args, what in (
+        (("run", "cycle", "--json"), f"cs_object row {cs_id}: its hologram is not the JSON mvsync wrote"),
+        (("cs", "show", "src", anchor), f"cs_object row {cs_id}: its hologram is not the JSON mvsync wrote"),
+        (("history", "show", str(run_id)), f"run_step row {step_id}: its counters is not the JSON mvsync wrote"),
+    ):
+        code, out, err = invoke(*args, "-c", str(config))
+        assert code == 4, (args, out, err)
+        assert f"the store {db} is damaged ({what}" in err, (args, err)
+        assert "`mvsync doctor`" in err and "Backup and restore" in err, err
+        assert "Traceback" not in err and "JSONDecodeError" not in err, err
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    assert json.loads(out)[0]["status"] == "stopped-store-corrupt"  # the run that met it, in history
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 6 and findings["integrity"]["severity"] == "ok"  # SQLite's page checks cannot see it
+    documents = findings["documents"]
+    assert documents["severity"] == "error" and f"the store {db} is damaged (2 stored" in documents["message"]
+    assert sorted(e.split(":")[0] for e in documents["examples"]) == [
+        f"cs_object row {cs_id}",
+        f"run_step row {step_id}",
+    ]
+
+
 def test_an_empty_store_is_refused_not_rebuilt(config: Path) -> None:
     db = _store(config)
     _checkpoint(db)

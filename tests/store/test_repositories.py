@@ -93,7 +93,11 @@ def test_run_history_round_trips_runs_steps_and_errors(store_url: str) -> None:
             assert [r.id for r in history.recent_runs(5)] == [run_id]
             assert history.recent_runs(5, before=run_id) == []
             (step,) = history.steps(run_id)
-            assert (step.agent, step.kind, loads(step.counters)) == ("ad", "export", {"exports": 2})
+            assert (step.agent, step.kind, loads(step.counters, "run_step", step.id, "counters")) == (
+                "ad",
+                "export",
+                {"exports": 2},
+            )
             errors = history.errors(step_id, 10)
             assert [e.error_name for e in errors] == ["constraint-violation", "cd-busy"]
             assert len(errors[0].detail or "") == 4000  # kept bounded
@@ -113,7 +117,11 @@ def test_connector_space_reads_and_export_results(store_url: str) -> None:
             space = ConnectorSpace(conn)
             assert space.count("ad") == 2 and space.count("ad", pending_export=True) == 1
             (pending,) = space.pending_exports("ad")
-            assert (pending.anchor, pending.export_type, loads(pending.export_changes or "")) == (
+            assert (
+                pending.anchor,
+                pending.export_type,
+                loads(pending.export_changes or "", "cs_object", pending.id, "export_changes"),
+            ) == (
                 "a-1",
                 "update",
                 {"thumbnailPhoto": None},
@@ -148,7 +156,9 @@ def test_connector_space_reads_and_export_results(store_url: str) -> None:
             space = ConnectorSpace(conn)
             assert space.pending_exports("ad") == []
             row = space.get("ad", "a-1")
-            assert row is not None and loads(row.unconfirmed or "") == {"thumbnailPhoto": None}
+            assert row is not None and loads(row.unconfirmed or "", "cs_object", row.id, "unconfirmed") == {
+                "thumbnailPhoto": None
+            }
     finally:
         store.close()
 
