@@ -4,6 +4,7 @@ page costs the same with 1,000 or 100,000 persons; see ``connector/bench/ui.py``
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from connector.sdk import AttributeType
 from connector.store import (
     ConnectorSpace,
     CsObject,
+    DamagedDocumentError,
     Metaverse,
     RunHistory,
     SqlStore,
@@ -39,7 +41,11 @@ __all__ = [
     "status_class",
 ]
 
+log = logging.getLogger("mvsync.web")
+
 PAGE = 50
+#: The error name coverage counts an object under when its error document is damaged.
+DAMAGED_KIND = "(damaged row: run mvsync doctor)"
 #: Search counts stop here: "10,000+ match" is as useful as the exact figure and stays cheap.
 COUNT_CAP = 10_000
 
@@ -77,6 +83,8 @@ class StepView:
     message: str | None
     counters: list[tuple[str, Any]]
     error_count: int = 0
+    #: why the step's counters cannot be shown (its row is damaged), else None
+    damaged: str | None = None
 
     @property
     def css(self) -> str:
@@ -129,6 +137,8 @@ class PersonHit:
     mail: str
     upn: str
     photo: BinaryRef | None
+    #: why the person's attributes cannot be shown (its row is damaged), else None
+    damaged: str | None = None
 
 
 @dataclass
@@ -170,6 +180,8 @@ class PendingRow:
     clears: bool
     others: list[tuple[str, str]]
     error: str | None
+    #: why the row's documents cannot be shown (it is damaged), else None
+    damaged: str | None = None
 
 
 @dataclass
@@ -185,10 +197,60 @@ class AgentCoverage:
     differing: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def _counters(row: StepRow) -> list[tuple[str, Any]]:
+def _readable(text: str | None, table: str, row: object, column: str, damage: list[str]) -> Any:
+    """The document ``text`` (None where there is none); None, with why in ``damage``, where it is damaged.
+
+    Why: one row whose bytes changed on the disk made its whole page a 500 (the operations history
+    for one step's counters); the page shows the other rows, and this one as damaged with the hint
+    to run ``mvsync doctor``, which lists every damaged row.
+    """
+    if not text:
+        return None
+    try:
+        return loads(text, table, row, column)
+    except DamagedDocumentError as exc:
+        damage.append(_noted(exc))
+        return None
+
+
+def _noted(exc: DamagedDocumentError) -> str:
+    """What is damaged, logged for the operator where the console runs."""
+    log.warning("a row of the store is damaged: %s; `mvsync doctor` lists every damaged row", exc.detail)
+    return exc.detail
+
+
+def _damage_text(damage: list[str]) -> str | None:
+    """What a view shows of its row's damage (None: none)."""
+    return "; ".join(damage) or None
+
+
+@dataclass
+class _Connector:
+    """A connector of a person with its documents read: a damaged one reads as empty and is named."""
+
+    row: CsObject
+    hologram: dict[str, Any]
+    changes: dict[str, Any]
+    export_error: dict[str, Any] | None
+    sync_error: dict[str, Any] | None
+    damaged: str | None
+
+    @classmethod
+    def read(cls, c: CsObject) -> _Connector:
+        damage: list[str] = []
+
+        def doc(text: str | None, column: str) -> Any:
+            return _readable(text, "cs_object", c.id, column, damage)
+
+        hologram, changes = doc(c.hologram, "hologram") or {}, doc(c.export_changes, "export_changes") or {}
+        errors = doc(c.export_error, "export_error"), doc(c.sync_error, "sync_error")
+        return cls(c, hologram, changes, *errors, _damage_text(damage))
+
+
+def _counters(row: StepRow, damage: list[str]) -> list[tuple[str, Any]]:
     """Scalar counters first, nested ones flattened as ``outer.inner``."""
     flat: list[tuple[str, Any]] = []
-    for key, value in sorted(loads(row.counters or "{}", "run_step", row.id, "counters").items()):
+    for key, value in sorted((_readable(row.counters, "run_step", row.id, "counters", damage) or {}).items()):
         if isinstance(value, dict):
             flat.extend((f"{key}.{k}", v) for k, v in sorted(value.items()))
         else:
@@ -197,6 +259,7 @@ def _counters(row: StepRow) -> list[tuple[str, Any]]:
 
 
 def _step_view(row: StepRow, errors: int = 0) -> StepView:
+    damage: list[str] = []
     return StepView(
         row.id,
         row.run_id,
@@ -207,8 +270,9 @@ def _step_view(row: StepRow, errors: int = 0) -> StepView:
         format_time(row.started_at),
         row.seconds,
         row.message,
-        _counters(row),
+        _counters(row, damage),
         errors,
+        _damage_text(damage),
     )
 
 
@@ -221,6 +285,15 @@ def _first_binary(doc: dict[str, Any], prefer: str) -> BinaryRef | None:
         if refs:
             return refs[0]
     return None
+
+
+def _threshold_or_damage(conn: StoreConnection, agent: str, threshold: Any) -> dict[str, Any] | None:
+    """The engine's deletion-threshold report, or ``{"damaged": why}`` when a pending export it reads is
+    damaged (the page shows the other pending exports; the next export stops on it as a damaged store)."""
+    try:
+        return threshold_report(conn, agent, threshold)
+    except DamagedDocumentError as exc:
+        return {"damaged": _noted(exc)}
 
 
 class Console:
@@ -363,7 +436,8 @@ class Console:
         hits = []
         for mv_id in ids:
             row = rows[mv_id]
-            attrs = loads(row.attributes, "mv_object", mv_id, "attributes")
+            damage: list[str] = []
+            attrs = _readable(row.attributes, "mv_object", mv_id, "attributes", damage) or {}
 
             def text(name: str, attrs: dict[str, Any] = attrs) -> str:
                 value = decode_value(attrs.get(name))
@@ -377,6 +451,7 @@ class Console:
                     text("mail"),
                     text("userPrincipalName"),
                     _first_binary(attrs, "photo"),
+                    _damage_text(damage),
                 )
             )
         return hits
@@ -387,9 +462,10 @@ class Console:
         row = Metaverse(conn).get(mv_id)
         if row is None:
             return None
-        attrs = loads(row.attributes, "mv_object", row.id, "attributes")
-        lineage = loads(row.lineage, "mv_object", row.id, "lineage")
-        contributions = loads(row.contributions, "mv_object", row.id, "contributions")
+        damage: list[str] = []
+        attrs = _readable(row.attributes, "mv_object", row.id, "attributes", damage) or {}
+        lineage = _readable(row.lineage, "mv_object", row.id, "lineage", damage) or {}
+        contributions = _readable(row.contributions, "mv_object", row.id, "contributions", damage) or {}
         attributes = []
         for name in sorted(attrs, key=str.lower):
             agent, rule = (lineage.get(name) or [None, None])[:2]
@@ -401,7 +477,7 @@ class Console:
             attributes.append(
                 {"name": name, "value": show_value(attrs[name]), "agent": agent, "rule": rule, "others": others}
             )
-        connectors = ConnectorSpace(conn).joined_to(mv_id)
+        connectors = [_Connector.read(c) for c in ConnectorSpace(conn).joined_to(mv_id)]
         cards = self._photo_cards(connectors)
         refs = [c.ref for c in cards if c.ref]
         refs += [c.export_after for c in cards if isinstance(c.export_after, BinaryRef)]
@@ -413,26 +489,23 @@ class Console:
             card.info = infos.get(card.ref.sha256) if card.ref else None
         cs_views = [
             {
-                "id": c.id,
-                "agent": c.agent,
-                "source": self.source_label(c.agent),
-                "object_class": c.object_class,
-                "anchor": c.anchor,
-                "dn": c.dn,
-                "joined": format_time(c.joined_at),
-                "updated": format_time(c.updated_at),
-                "pending_import": c.pending_type,
-                "pending_export": c.export_type,
-                "export_error": loads(c.export_error, "cs_object", c.id, "export_error") if c.export_error else None,
-                "sync_error": loads(c.sync_error, "cs_object", c.id, "sync_error") if c.sync_error else None,
-                "hologram": [
-                    (k, show_value(v))
-                    for k, v in sorted(loads(c.hologram or "{}", "cs_object", c.id, "hologram").items())
-                ],
+                "id": c.row.id,
+                "agent": c.row.agent,
+                "source": self.source_label(c.row.agent),
+                "object_class": c.row.object_class,
+                "anchor": c.row.anchor,
+                "dn": c.row.dn,
+                "joined": format_time(c.row.joined_at),
+                "updated": format_time(c.row.updated_at),
+                "pending_import": c.row.pending_type,
+                "pending_export": c.row.export_type,
+                "export_error": c.export_error,
+                "sync_error": c.sync_error,
+                "hologram": [(k, show_value(v)) for k, v in sorted(c.hologram.items())],
                 "export_changes": [
-                    (k, show_value(v) if v is not None else Shown("(clear)"))
-                    for k, v in sorted(loads(c.export_changes or "{}", "cs_object", c.id, "export_changes").items())
+                    (k, show_value(v) if v is not None else Shown("(clear)")) for k, v in sorted(c.changes.items())
                 ],
+                "damaged": c.damaged,
             }
             for c in connectors
         ]
@@ -448,13 +521,14 @@ class Console:
             "cards": cards,
             "infos": infos,
             "connectors": cs_views,
+            "damaged": _damage_text(damage),
         }
 
-    def _photo_cards(self, connectors: list[CsObject]) -> list[PhotoCard]:
+    def _photo_cards(self, connectors: list[_Connector]) -> list[PhotoCard]:
         cards: list[PhotoCard] = []
-        for c in sorted(connectors, key=lambda c: self.source_order(c.agent)):
-            hologram = loads(c.hologram or "{}", "cs_object", c.id, "hologram")
-            changes = loads(c.export_changes or "{}", "cs_object", c.id, "export_changes") if c.export_type else {}
+        for read in sorted(connectors, key=lambda x: self.source_order(x.row.agent)):
+            c, hologram = read.row, read.hologram
+            changes = read.changes if c.export_type else {}
             # photos it holds, and the photo attributes its export flows write (even when still empty)
             binary_attrs = sorted(
                 {k for k, v in hologram.items() if binary_refs(v)}
@@ -508,13 +582,14 @@ class Console:
         binary_targets = set(self.binary_export_attributes(agent))
         views = []
         for r in rows:
-            hologram = loads(r.hologram, "cs_object", r.id, "hologram") if r.hologram else {}
-            changes = loads(r.export_changes, "cs_object", r.id, "export_changes") if r.export_changes else {}
+            damage: list[str] = []
+            hologram = _readable(r.hologram, "cs_object", r.id, "hologram", damage) or {}
+            changes = _readable(r.export_changes, "cs_object", r.id, "export_changes", damage) or {}
             photo_attrs = [k for k, v in changes.items() if k in binary_targets or binary_refs(v)]
             attr = photo_attrs[0] if photo_attrs else next(iter(binary_targets), None)
             before_refs = binary_refs(hologram.get(attr)) if attr else ()
             after_refs = binary_refs(changes.get(attr)) if attr else ()
-            error = loads(r.export_error, "cs_object", r.id, "export_error") if r.export_error else None
+            error = _readable(r.export_error, "cs_object", r.id, "export_error", damage)
             views.append(
                 PendingRow(
                     r.id,
@@ -532,6 +607,7 @@ class Console:
                         if k not in photo_attrs
                     ],
                     f"{error.get('name')}: {error.get('detail') or ''}" if error else None,
+                    _damage_text(damage),
                 )
             )
         refs = [ref.sha256 for v in views for ref in (v.before, v.after) if ref]
@@ -554,7 +630,7 @@ class Console:
                     key = (name, index)
                     cached = self._threshold_cache.get(key)
                     if cached is None or cached[0] != fingerprint:
-                        report = threshold_report(conn, agent, step.deletion_threshold)
+                        report = _threshold_or_damage(conn, agent, step.deletion_threshold)
                         if report is None:
                             continue
                         cached = (fingerprint, report)
@@ -580,8 +656,8 @@ class Console:
             in_error[agent] += 1
             for stage, doc in (("sync", sync_error), ("export", export_error), ("import", import_error)):
                 if doc:
-                    name = loads(doc, "cs_object", cs_id, f"{stage}_error").get("name", "?")
-                    kinds[(agent, stage, str(name))] += 1
+                    read = _readable(doc, "cs_object", cs_id, f"{stage}_error", [])
+                    kinds[(agent, stage, str(read.get("name", "?")) if read else DAMAGED_KIND)] += 1
         result = []
         for agent in sorted(set(self.config.agents) | set(totals), key=self.source_order):
             total = totals.get(agent, 0)

@@ -4,12 +4,14 @@ keyset search and the coverage counts, on a small store filled by the benchmark'
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import signal
 import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
@@ -273,5 +275,73 @@ def test_search_text_with_a_nul_character_is_a_400_page_on_each_backend(store_ur
                 assert "<title>Bad address" in page.text and "NUL character" in page.text
                 assert page.headers["content-security-policy"] and page.headers["cache-control"] == "no-store"
             assert c.get("/search?q=a").status_code == 200
+    finally:
+        store.close()
+
+
+def _damage_one_of_each(store: SqlStore, mv_id: int) -> dict[str, tuple[int, str]]:
+    """One damaged document (not JSON) per kind of row a page shows: page -> (row id, what the page says)."""
+    from sqlalchemy import select, update
+
+    from connector.store.tables import cs_object, mv_object, run_step
+
+    bad = "{not json"
+    with store.transaction() as conn:
+        step_id, run_id = conn.execute(select(run_step.c.id, run_step.c.run_id).order_by(run_step.c.id.desc())).first()
+        pending_id = conn.execute(
+            select(cs_object.c.id).where(cs_object.c.agent == "ad", cs_object.c.export_type.is_not(None)).order_by("id")
+        ).scalar()
+        error_id = conn.execute(
+            select(cs_object.c.id).where(cs_object.c.sync_error.is_not(None)).order_by("id")
+        ).scalar()
+        exo_id = conn.execute(
+            select(cs_object.c.id).where(cs_object.c.agent == "exo", cs_object.c.mv_id == mv_id + 1)
+        ).scalar()
+        conn.execute(update(run_step).where(run_step.c.id == step_id).values(counters="[1, 2"))
+        conn.execute(update(mv_object).where(mv_object.c.id == mv_id).values(attributes=bad))
+        for cs_id, column in ((exo_id, "hologram"), (pending_id, "export_changes"), (error_id, "sync_error")):
+            conn.execute(update(cs_object).where(cs_object.c.id == cs_id).values({column: bad}))
+    step = (step_id, f"run_step row {step_id}: its counters is not the JSON mvsync wrote")
+    person = (mv_id, f"mv_object row {mv_id}: its attributes is not the JSON mvsync wrote")
+    return {
+        "/": step,
+        f"/runs/{run_id}": step,
+        f"/steps/{step_id}": step,
+        f"/persons/{mv_id}": person,
+        f"/persons/{mv_id + 1}": (exo_id, f"cs_object row {exo_id}: its hologram is not the JSON mvsync wrote"),
+        "/pending/ad": (pending_id, f"cs_object row {pending_id}: its export_changes is not the JSON mvsync wrote"),
+        "/coverage": (error_id, "(damaged row: run mvsync doctor)"),
+    }
+
+
+def test_one_damaged_row_is_shown_as_damaged_and_the_rest_of_its_page_renders(store_url: str, tmp_path: Path) -> None:
+    """Found by hand: one run_step row whose counters were not JSON made the operations page (and the
+    run's page) a 500, hiding every other run; a damaged connector hid its person's page, a damaged
+    pending export the agent's whole pending list. Each page now shows the other rows, and the damaged
+    one as damaged with `mvsync doctor`, on the real console over HTTP, on SQLite and PostgreSQL."""
+    config = config_from_dict(bench_config(store_url, tmp_path), base_dir=tmp_path)
+    store = SqlStore(config.store_url())
+    try:
+        sample = fill_store(store, 40)
+        pages = _damage_one_of_each(store, sample["mv_id"])
+        console = serve_in_background(create_app(config, store=store))
+        try:
+            for path, (_row, says) in pages.items():
+                status, body = _get(console.url + path)
+                assert status == 200, (path, body)
+                assert says in html.unescape(body), (path, body)
+                assert "mvsync doctor" in body, path
+            _, ops = _get(console.url + "/")
+            assert ops.count('class="step ') > 50  # every other step of the page is there
+            _, person = _get(console.url + f"/persons/{sample['mv_id']}")
+            assert "Connectors (" in person and person.count('<details class="cs"') >= 2  # its connectors are shown
+            _, pending = _get(console.url + "/pending/ad")
+            assert "Deletion threshold (" in pending and pending.count('<figure class="pending') > 1
+            status, found = _get(console.url + "/search?q=" + urllib.parse.quote(sample["mail"]))
+            assert (
+                status == 200 and "damaged row: run mvsync doctor" in found and f"/persons/{sample['mv_id']}" in found
+            )
+        finally:
+            console.stop()
     finally:
         store.close()
