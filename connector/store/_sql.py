@@ -244,6 +244,8 @@ class SqlStore:
         self._counted: dict[str, int] = {}
         if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
             self.upgrade(check_only=not create)
+        #: The OS's identity of the SQLite file this store opened (see :meth:`check_same_file`).
+        self._file_id = _file_identity(self.path) if self.path is not None else None
 
     def upgrade(self, *, check_only: bool = False) -> tuple[int, int]:
         """Bring the schema to this mvsync's version (see ``migrate``): the versions before and after."""
@@ -342,6 +344,40 @@ class SqlStore:
             f"this account may not write the folder {folder}: give it write access to that folder, or run mvsync "
             "as the account that runs the sync"
         )
+
+    def check_same_file(self, holder: str = "this process") -> None:
+        """Raise :class:`StoreError` if the store's path no longer names the SQLite file this store opened
+        (``holder``: who has it open, as the message names it).
+
+        Why: the pool keeps its connections open, so a store moved away or deleted while the console
+        ran (POSIX lets an open file be renamed or unlinked) was still served from the open file, as if
+        it were still at its path; a file copied in its place (a restore) was never shown. One stat
+        per page compares the file's identity, device and file id, which ``os.stat`` gives on Windows
+        too (the volume's serial number and the file index), where an open file can rarely be moved.
+        """
+        if self.path is None:
+            return
+        try:
+            now = _file_identity(self.path)
+        except OSError:  # the folder cannot be read: not a sign that the file moved
+            return
+        if self._file_id is None:  # created after this store was opened: the first file seen is its own
+            self._file_id = now
+            return
+        if now == self._file_id:
+            return
+        if now is None:
+            msg = (
+                f"the store {self.path} is no longer there: it was moved or deleted while {holder} had it open "
+                f"(what it shows is the file it opened, no longer at that path); put the file back at {self.path}, "
+                f"or restart {holder} with store.url naming where it is now"
+            )
+        else:
+            msg = (
+                f"the store {self.path} was replaced while {holder} had it open (a restore, or a copy over it): "
+                f"it still has the file it opened, not the one now at {self.path}; restart {holder} to use that one"
+            )
+        raise StoreError(msg)
 
     def wait_writable(self, wait_s: float, on_wait: Callable[[str], None] | None = None) -> None:
         """Return once this process could write the store; a busy store waits up to ``wait_s``.
@@ -675,6 +711,18 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
     if size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
         msg = f"the store {path} is empty (0 bytes): it was truncated (a full disk, a failed copy); {RESTORE_HINT}"
         raise StoreCorruptError(msg)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, file id) of the file at ``path``; None when nothing is there (raises other ``OSError``).
+
+    A file system without file ids gives 0 for every file: such a file is then told apart by presence only.
+    """
+    try:
+        found = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found.st_dev, found.st_ino
 
 
 #: What an unfinished backup copy is called: ``TARGET.partial`` until it is checked and renamed.

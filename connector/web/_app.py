@@ -80,8 +80,13 @@ class _Pages:
             ("/agents", self.agents),
         ]
 
-    def other_routes(self) -> list[tuple[str, Callable[..., Response]]]:
-        return [("/photo/{sha256}", self.photo), ("/static/ui.css", self.stylesheet), ("/favicon.ico", self.favicon)]
+    def other_routes(self) -> list[tuple[str, Callable[..., Response], bool]]:
+        """The routes that are not pages: (path, handler, whether it reads the store)."""
+        return [
+            ("/photo/{sha256}", self.photo, True),
+            ("/static/ui.css", self.stylesheet, False),
+            ("/favicon.ico", self.favicon, False),
+        ]
 
     def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("nav", name.split(".")[0])
@@ -310,10 +315,15 @@ def create_app(
     app.add_exception_handler(StoreError, pages.store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, pages.bad_address)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, pages.unexpected)
+    # every read first checks that store.url's file is still the one the pool has open (a 503 if not)
+    same_file = functools.partial(store.check_same_file, "the console (`mvsync ui`)")
     for path, html in pages.html_routes():
-        app.add_api_route(path, bounded(html, deadline, store.where), methods=READ_METHODS, response_class=HTMLResponse)
-    for path, other in pages.other_routes():
-        app.add_api_route(path, bounded(other, deadline, store.where), methods=READ_METHODS)
+        page = bounded(html, deadline, store.where, same_file)
+        app.add_api_route(path, page, methods=READ_METHODS, response_class=HTMLResponse)
+    for path, other, reads in pages.other_routes():
+        app.add_api_route(
+            path, bounded(other, deadline, store.where, same_file if reads else None), methods=READ_METHODS
+        )
     return app
 
 

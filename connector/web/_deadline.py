@@ -77,14 +77,22 @@ async def _on_daemon_thread(work: Callable[[], R], seconds: float, where: str) -
         raise StoreError(msg) from None
 
 
-def bounded(page: Callable[P, R], seconds: float, where: str) -> Callable[P, Awaitable[R]]:
-    """``page`` as a coroutine that runs it on a daemon thread and waits at most ``seconds`` for it.
+def bounded(
+    page: Callable[P, R], seconds: float, where: str, before: Callable[[], None] | None = None
+) -> Callable[P, Awaitable[R]]:
+    """``page`` as a coroutine that runs it on a daemon thread and waits at most ``seconds`` for it;
+    ``before`` runs first on that thread (a check of the store that may raise :class:`StoreError`).
 
     ``functools.wraps`` keeps the page's signature, which FastAPI reads for its parameters.
     """
 
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        if before is not None:
+            before()
+        return page(*args, **kwargs)
+
     @functools.wraps(page)
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        return await _on_daemon_thread(functools.partial(page, *args, **kwargs), seconds, where)
+        return await _on_daemon_thread(functools.partial(checked, *args, **kwargs), seconds, where)
 
     return run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -345,3 +346,39 @@ def test_one_damaged_row_is_shown_as_damaged_and_the_rest_of_its_page_renders(st
             console.stop()
     finally:
         store.close()
+
+
+def test_a_store_moved_away_or_replaced_while_the_console_runs_is_a_503_naming_the_path(tmp_path: Path) -> None:
+    """Found by hand: a store file moved away (or deleted) while `mvsync ui` ran was still served from
+    the file the console had open, as if nothing had happened; a file copied in its place (a restore)
+    was never shown. Now every page and photo answers 503 naming the path and what to do; the file put
+    back is served again. A rename, as Windows refuses for an open file: the check is os.stat's identity."""
+    db = tmp_path / "store.db"
+    config = config_from_dict(bench_config(f"sqlite:///{db}", tmp_path), base_dir=tmp_path)
+    filler = SqlStore(config.store_url())
+    try:
+        photo = fill_store(filler, 5)["photo"]
+    finally:
+        filler.close()
+    console = serve_in_background(create_app(config))  # opens the store as `mvsync ui` does
+    try:
+        assert _get(console.url + "/")[0] == 200  # the pool holds the open file from here on
+        aside = tmp_path / "moved-away.db"
+        db.rename(aside)
+        for path in ("/", f"/photo/{photo}", "/coverage"):
+            status, body = _get(console.url + path)
+            assert status == 503, (path, body)
+            assert f"the store {db} is no longer there: it was moved or deleted while the console" in html.unescape(
+                body
+            )
+        assert _get(console.url + "/static/ui.css")[0] == 200  # the error page keeps its style
+        aside.rename(db)
+        assert _get(console.url + "/")[0] == 200  # put back: served again
+        copy = tmp_path / "restored.db"
+        shutil.copyfile(db, copy)
+        copy.replace(db)  # another file at the path: what a restore from a backup does
+        status, body = _get(console.url + "/")
+        assert status == 503 and f"the store {db} was replaced while the console" in html.unescape(body)
+        assert "restart the console (`mvsync ui`) to use that one" in html.unescape(body)
+    finally:
+        console.stop()
