@@ -48,24 +48,41 @@ def register(app: typer.Typer) -> None:
         # whatever the schema's version: a backup before an upgrade is the very time to take one
         store = SqlStore(load_config(config).store_url(), create=False, migrate_schema=False)
         replaced: list[str] = []
+        removed: list[str] = []
 
-        def say_replaced(note: str) -> None:
+        def say(note: str) -> None:
             """Say it at once (stderr: the scheduler's log keeps it; --json's stdout stays one document)."""
-            replaced.append(note)
             if logs_as_json():  # --log-format json: stderr holds only JSON lines
                 log.warning("%s", note)
             else:
                 err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
 
+        def say_replaced(note: str) -> None:
+            replaced.append(note)
+            say(note)
+
+        def say_removed(partial: Path, note: str, gone: bool) -> None:
+            if gone:
+                removed.append(str(partial))
+            say(note)
+
         try:
             # SIGTERM (systemd stopping it, a shutdown) ends it as Ctrl-C does, through the cleanup of
             # its .partial file: Python's default for SIGTERM left a store-sized one behind for good
             with stop_signals_interrupt():
-                size = store.backup(path.expanduser().resolve(), on_stale=say_replaced)
+                size = store.backup(path.expanduser().resolve(), on_stale=say_replaced, on_removed=say_removed)
         finally:
             store.close()
         if json_out:
-            print_json({"store": store.where, "backup": str(path), "bytes": size, "replaced_partial": bool(replaced)})
+            print_json(
+                {
+                    "store": store.where,
+                    "backup": str(path),
+                    "bytes": size,
+                    "replaced_partial": bool(replaced),
+                    "removed_partials": removed,
+                }
+            )
         else:
             console.print(f"backed up {store.where} to {path} ({size} bytes); check it with `mvsync doctor`")
 

@@ -51,6 +51,29 @@ def _holder_info(what: str) -> dict[str, Any]:
     return {"lock": what, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
 
 
+def _read_record(holder_path: Path) -> dict[str, Any] | None:
+    """The record a lock's holder left (None: none, or not one mvsync wrote)."""
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(holder_path.read_text(encoding="utf-8") or "null")
+        return record if isinstance(record, dict) else None
+    return None
+
+
+def _remove_while_held(path: Path, holder_path: Path) -> None:
+    """Remove a lock file and its record before the lock is released, never after.
+
+    Why before: a process that opened the file and waits for it then locks a file no longer at its
+    path, which filelock notices (``st_nlink`` 0 after ``flock``) and tries again on the path, where
+    only one process can create and lock the new file. Removed after the release, the waiter could
+    lock the old file while a third process created and locked a new one: two holders. On Windows
+    the open file cannot be removed (the error is ignored): filelock removes it once it is closed,
+    where Windows refuses that too while another process has it open.
+    """
+    for leftover in (holder_path, path):
+        with contextlib.suppress(OSError):
+            leftover.unlink(missing_ok=True)
+
+
 def _describe(info: dict[str, Any] | None) -> str:
     if not info:
         return "another mvsync process"
@@ -105,17 +128,37 @@ class LockManager:
                     raise StoreError(self._lost[name]) from None
 
     @contextlib.contextmanager
-    def hold(self, name: str, *, wait_s: float = 0.0) -> Iterator[None]:
+    def hold(
+        self, name: str, *, wait_s: float = 0.0, transient: bool = False, note: dict[str, str] | None = None
+    ) -> Iterator[None]:
+        """Hold the lock ``name`` for the ``with`` (waiting up to ``wait_s`` for it), or raise ``LockHeldError``.
+
+        ``note``: fields added to the record of who holds it (a lock file's ``.holder``), read back by
+        :meth:`recorded`. ``transient``: a lock file and its record are removed when it is released, for
+        locks named after something that comes and goes (a backup's target: one pair per dated name
+        piled up for good otherwise); see :func:`_remove_while_held` for why that is safe.
+        """
         if self._engine.dialect.name == "postgresql":
             with self._pg_lock(name, wait_s):
                 yield
         else:
-            with self._file_lock(name, wait_s):
+            with self._file_lock(name, wait_s, transient=transient, note=note or {}):
                 yield
+
+    def recorded(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every lock file of this store whose name starts with ``prefix``, held now or not, with its
+        holder's record ({} without one): a lock file stays after its holder was killed."""
+        if self._lock_dir is None:
+            return []
+        try:
+            paths = sorted(self._lock_dir.glob(f"{prefix}*.lock"))
+        except OSError:
+            return []
+        return [(path.stem, _read_record(path.with_name(path.name + ".holder")) or {}) for path in paths]
 
     # -- SQLite: lock files --------------------------------------------------------------------
     @contextlib.contextmanager
-    def _file_lock(self, name: str, wait_s: float) -> Iterator[None]:
+    def _file_lock(self, name: str, wait_s: float, *, transient: bool, note: dict[str, str]) -> Iterator[None]:
         if self._lock_dir is None:  # in-memory store: single process by construction
             yield
             return
@@ -129,10 +172,7 @@ class LockManager:
             self._lock_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=wait_s, poll_interval=0.2)
         except Timeout:
-            holder = None
-            with contextlib.suppress(OSError, ValueError):
-                holder = json.loads(holder_path.read_text(encoding="utf-8") or "null")
-            message = _refusal(name, _describe(holder))
+            message = _refusal(name, _describe(_read_record(holder_path)))
             if not _OS_FILE_LOCKS:
                 message += f" (this Python has no OS file locks: if no mvsync runs, delete {path})"
             raise LockHeldError(message) from None
@@ -146,9 +186,11 @@ class LockManager:
             # Advisory only: on Windows a refused run reading the old record at this instant makes the
             # replace fail, and that must not fail the run that holds the lock.
             with contextlib.suppress(OSError):
-                atomic_write(holder_path, json.dumps(_holder_info(name)).encode(), durable=False)
+                atomic_write(holder_path, json.dumps({**_holder_info(name), **note}).encode(), durable=False)
             yield
         finally:
+            if transient:
+                _remove_while_held(path, holder_path)
             lock.release()
 
     # -- PostgreSQL: advisory locks ---------------------------------------------------------------

@@ -527,7 +527,13 @@ class SqlStore:
             data = conn.execute(select(blob.c.data).where(blob.c.sha256 == sha256)).scalar()
         return bytes(data) if data is not None else None
 
-    def backup(self, target: Path, *, on_stale: Callable[[str], None] | None = None) -> int:
+    def backup(
+        self,
+        target: Path,
+        *,
+        on_stale: Callable[[str], None] | None = None,
+        on_removed: Callable[[Path, str, bool], None] | None = None,
+    ) -> int:
         """Copy the SQLite store to ``target`` with SQLite's online backup API; returns its bytes.
 
         Why this and not ``cp``: a copy of the file while a run writes it (or with its ``-wal`` file
@@ -536,7 +542,8 @@ class SqlStore:
 
         The copy is written to ``TARGET.partial`` and renamed once checked. A backup killed outright
         (``kill -9``, a power loss) leaves that file behind; the next backup to ``target`` replaces it
-        and says so through ``on_stale`` (see :meth:`_replace_stale_partial`).
+        and says so through ``on_stale`` (see :meth:`_replace_stale_partial`), and the next backup to
+        any other file removes it and says so through ``on_removed`` (see :meth:`_remove_dead_partials`).
         """
         if self.path is None:
             msg = f"the store {self.where} is not a SQLite file: back it up with pg_dump (README: Backup and restore)"
@@ -545,6 +552,7 @@ class SqlStore:
         partial = target.with_name(target.name + PARTIAL_SUFFIX)
         with self._backup_lock(target):
             self._replace_stale_partial(partial, on_stale)
+            self._remove_dead_partials(target, on_removed)
             return self._copy_into(partial, target)
 
     @contextlib.contextmanager
@@ -554,11 +562,11 @@ class SqlStore:
 
         Why: a ``.partial`` found while this lock is held is a killed backup's, safe to replace; without
         it a second backup to the same file would delete (or rename as its own) the copy another one is
-        still writing.
+        still writing. Its record names ``target`` (how a later backup finds a killed one's copy), and its
+        files go when it is released (dated targets are never reused: one lock file each piled up).
         """
-        name = "backup-" + hashlib.sha256(str(target).encode()).hexdigest()[:16]
         try:
-            with self.locks.hold(name):
+            with self.locks.hold(_backup_lock_name(target), transient=True, note={"target": str(target)}):
                 yield
         except LockHeldError:
             msg = (
@@ -575,24 +583,44 @@ class SqlStore:
         the backup lock held, so no running backup is writing it. A file that cannot be removed
         (Windows: another process has it open) stops the backup naming it.
         """
-        stale = [f for f in _sqlite_files(partial) if f.exists()]
-        if not stale:
+        removed = _remove_partial(partial)
+        if removed is None:
             return
-        size = partial.stat().st_size if partial.exists() else 0
-        for leftover in stale:
-            try:
-                leftover.unlink()
-            except OSError as exc:
-                msg = (
-                    f"cannot remove {leftover}, the unfinished copy of an earlier backup that was stopped "
-                    f"({exc.strerror}): close what holds it or delete it, then run the backup again"
-                )
-                raise StoreError(msg) from None
+        size, failed = removed
+        if failed is not None:
+            msg = (
+                f"cannot remove {failed[0]}, the unfinished copy of an earlier backup that was stopped "
+                f"({failed[1].strerror}): close what holds it or delete it, then run the backup again"
+            )
+            raise StoreError(msg)
         if on_stale is not None:
             on_stale(
                 f"replaced {partial} ({size} bytes), the unfinished copy of an earlier backup to the same file "
                 "that was killed (kill -9, a power loss) before it finished; it was never a backup"
             )
+
+    def _remove_dead_partials(self, target: Path, on_removed: Callable[[Path, str, bool], None] | None) -> None:
+        """Remove the unfinished copies that killed backups of this store left for other files.
+
+        Why: a backup to a dated name is never run again, so no later backup to that name replaced its
+        killed predecessor's store-sized ``.partial`` (the README told the operator to delete it). A copy
+        is removed only when it is proven to be such a leftover: the lock record of a backup of this store
+        names its target (and the lock's name is that target's), and that lock is free, so no backup of
+        this store is writing it; only ``TARGET.partial`` and SQLite's side files of it go. Taking the lock
+        also removes it and its record (and those of backups that ended before records named targets).
+        A copy that cannot be removed is said, not a failure: this backup is another matter.
+        """
+        for name, record in self.locks.recorded(_BACKUP_LOCK_PREFIX):
+            if name == _backup_lock_name(target):
+                continue
+            dead = _recorded_target(name, record)
+            try:
+                with self.locks.hold(name, transient=True, note={"target": str(dead)} if dead else None):
+                    found = _dead_partial_note(dead) if dead is not None else None
+            except (LockHeldError, StoreError):  # a backup writing it now; or the lock folder's own trouble
+                continue
+            if found is not None and on_removed is not None:
+                on_removed(*found)
 
     def _copy_into(self, partial: Path, target: Path) -> int:
         """Copy the store into ``partial``, check it, and rename it to ``target``; its bytes.
@@ -727,6 +755,66 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 #: What an unfinished backup copy is called: ``TARGET.partial`` until it is checked and renamed.
 PARTIAL_SUFFIX = ".partial"
+#: How the names of backup locks begin (``backup-`` and 16 hex digits of the target's path).
+_BACKUP_LOCK_PREFIX = "backup-"
+
+
+def _backup_lock_name(target: Path) -> str:
+    """The lock of backups to ``target``: one name per file, whatever the case of its path on Windows."""
+    return _BACKUP_LOCK_PREFIX + hashlib.sha256(os.path.normcase(str(target)).encode()).hexdigest()[:16]
+
+
+def _recorded_target(name: str, record: dict[str, Any]) -> Path | None:
+    """The target a backup lock's record names, if it is the target that lock is named after."""
+    target = record.get("target")
+    if not isinstance(target, str) or not target or _backup_lock_name(Path(target)) != name:
+        return None
+    return Path(target)
+
+
+def _remove_partial(partial: Path) -> tuple[int, tuple[Path, OSError] | None] | None:
+    """Remove a killed backup's unfinished copy ``partial`` and SQLite's side files of it.
+
+    None when nothing is there; else the copy's size, and the first file that could not be removed
+    with why (Windows: another process has it open), or None.
+    """
+    stale = [f for f in _sqlite_files(partial) if f.exists()]
+    if not stale:
+        return None
+    size = partial.stat().st_size if partial.exists() else 0
+    for leftover in stale:
+        try:
+            leftover.unlink()
+        except OSError as exc:
+            return size, (leftover, exc)
+    return size, None
+
+
+def _dead_partial_note(target: Path) -> tuple[Path, str, bool] | None:
+    """Remove the unfinished copy a killed backup to ``target`` left: (that copy, what to say, whether it
+    went), or None when there is none."""
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    removed = _remove_partial(partial)
+    if removed is None:
+        return None
+    size, failed = removed
+    if failed is not None:
+        return (
+            partial,
+            (
+                f"cannot remove {failed[0]}, the unfinished copy of an earlier backup to {target} that was killed "
+                f"({failed[1].strerror}): close what holds it, or delete it"
+            ),
+            False,
+        )
+    return (
+        partial,
+        (
+            f"removed {partial} ({size} bytes), the unfinished copy of an earlier backup to {target} that was killed "
+            "(kill -9, a power loss) before it finished; it was never a backup"
+        ),
+        True,
+    )
 
 
 def _sqlite_files(database: Path) -> list[Path]:

@@ -496,6 +496,88 @@ def test_a_backup_killed_by_sigkill_leaves_a_partial_the_next_backup_replaces(co
         assert copy.execute("PRAGMA quick_check").fetchall() == [("ok",)]
 
 
+def _backup_locks(config: Path) -> list[str]:
+    """The lock files (and records) backups left beside the store."""
+    return sorted(p.name for p in (config.parent / "store.db.locks").glob("backup-*"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="kills with SIGKILL, which Windows does not have")
+def test_a_killed_backup_to_a_dated_name_leaves_a_partial_the_next_backup_to_any_name_removes(
+    config: Path, tmp_path: Path
+) -> None:
+    """Found in the store pass: a backup to a dated name killed outright left NAME.partial (store-sized)
+    for good, since no later backup is to that name again (the README said to delete it by hand). The
+    next backup, to any name, now removes it, proven a killed backup's: the lock record of a backup of
+    this store names its target, and that lock is free. A running backup's copy is left alone."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    killed = backups / "mvsync-2026-12-05.db"
+    partial = killed.with_name(killed.name + ".partial")
+    other = backups / "mvsync-other.db"
+    with _held_backup(config, killed, tmp_path) as child:
+        whole = partial.read_bytes()
+        code, out, err = invoke("store", "backup", str(other), "-c", str(config), "--json")
+        assert code == 0, err
+        assert json.loads(out)["removed_partials"] == [] and "removed" not in err
+        assert partial.read_bytes() == whole  # the running backup's copy: untouched
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=120)
+    assert child.returncode == -signal.SIGKILL and partial.exists()
+    code, out, err = invoke("store", "backup", str(backups / "mvsync-2026-12-06.db"), "-c", str(config), "--json")
+    assert code == 0, err
+    assert json.loads(out)["removed_partials"] == [str(partial)]
+    assert (
+        f"warning: removed {partial} ({len(whole)} bytes), the unfinished copy of an earlier backup to {killed}" in err
+    )
+    assert sorted(p.name for p in backups.iterdir()) == ["mvsync-2026-12-06.db", "mvsync-other.db"]
+    assert _backup_locks(config) == []  # and the killed backup's lock file and record went with it
+
+
+def test_a_backup_leaves_no_lock_file_behind(config: Path, tmp_path: Path) -> None:
+    """Found in the store pass: each backup target left an empty lock file (and its .holder record) in
+    store.db.locks for good: one pair a night with dated names. The lock's files go when it ends."""
+    for day in (1, 2):
+        assert invoke("store", "backup", str(tmp_path / f"mvsync-{day}.db"), "-c", str(config))[0] == 0
+    assert _backup_locks(config) == []
+    assert (config.parent / "store.db.locks" / "metaverse.lock").exists()  # run locks stay: a few fixed names
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows cannot remove a file that is open")
+def test_a_transient_lock_file_is_removed_before_its_lock_is_released(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removed after the release, a process that opened the file meanwhile could lock it while a third
+    one created and locked a new file at the path: two holders. Removed while held, the waiter's lock is
+    on a file with no name, which filelock takes as lost and tries the path again."""
+    import filelock
+
+    seen: list[bool] = []
+    release = filelock.FileLock.release
+
+    def spied(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(Path(self.lock_file).exists())
+        return release(self, *args, **kwargs)
+
+    monkeypatch.setattr(filelock.FileLock, "release", spied)
+    store = _sql.SqlStore(f"sqlite:///{_store(config)}", create=False)
+    try:
+        with store.locks.hold("backup-0123456789abcdef", transient=True):
+            held = config.parent / "store.db.locks" / "backup-0123456789abcdef.lock"
+            waiter = os.open(held, os.O_RDWR)  # a process that opened it to wait for it
+        try:
+            fcntl = pytest.importorskip("fcntl")
+            fcntl.flock(waiter, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what it then gets: a lock on a file with no name
+            assert os.fstat(waiter).st_nlink == 0
+        finally:
+            os.close(waiter)
+        assert seen and not any(seen) and not held.exists()  # gone before every release call
+        name = "backup-0123456789abcdef"  # the new file at the path has one holder, not two
+        with store.locks.hold(name), pytest.raises(_faults.LockHeldError), store.locks.hold(name):
+            pass
+    finally:
+        store.close()
+
+
 def _torn(db: Path) -> bytes:
     """The first half of the store: a copy a power loss cut short."""
     _checkpoint(db)
