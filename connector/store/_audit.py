@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, LargeBinary, and_, cast, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from connector.store._faults import DamagedDocumentError
@@ -131,8 +131,12 @@ class StoreAudit:
         value, so bytes changed inside a document pass ``integrity_check`` and stop a run that reads
         the row (the message sends the operator here, so this must find it)."""
         found: list[str] = []
+        sqlite = self._conn.dialect.name == "sqlite"
         for table, columns in _DOCUMENTS:
-            for rows in self._pages(columns, table.c.id):
+            # SQLite keeps whatever bytes a damaged value holds; read as bytes, they fail as JSON here
+            # (naming the row) instead of failing the read as text (naming only the column)
+            read = [cast(c, LargeBinary).label(c.name) for c in columns] if sqlite else columns
+            for rows in self._pages(read, table.c.id):
                 for row in rows:
                     for column, text in zip(columns, row[1:], strict=True):
                         if text is None:

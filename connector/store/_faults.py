@@ -16,6 +16,7 @@ remedy, with the documented exit code it ends with:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from sqlalchemy.exc import DBAPIError
@@ -137,6 +138,8 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
         )
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
         return damaged(where, text)
+    if "Could not decode to UTF-8" in text:  # Python's sqlite3 reading a text value whose bytes were damaged
+        return damaged(where, _not_utf8(text))
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
         return StoreBusyError(
             f"the store {where} is busy: another process holds its database lock ({text}), such as a backup "
@@ -180,6 +183,15 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
         # PostgreSQL: the server is down, refuses the login, or dropped the connection
         return StoreError(f"cannot use the store {where}: {text.strip()}")
     return None
+
+
+def _not_utf8(text: str) -> str:
+    """What Python's "Could not decode to UTF-8 column 'C' with text '...'" says, without the value.
+
+    Why not the value: it is the damaged row's text, a person's data, which messages and logs do not carry.
+    """
+    column = re.search(r"column '([^']*)'", text)
+    return f"a value of its column {column.group(1) if column else '?'} is not UTF-8 text: its bytes were changed"
 
 
 def _no_answer(where: str, connect_timeout_s: float | None) -> str:

@@ -197,19 +197,18 @@ def test_the_page_check_runs_daily_by_default_and_at_every_run_with_page_check_h
     assert code == 4 and f"the store {db} is damaged (" in err  # every run checks: found at once
 
 
-def _damage_a_document(db: Path, table: str, column: str, where: str) -> int:
-    """Change one byte of a row's JSON document in the file itself (its first, ``{``, to ``#``): SQLite
-    still reads the row (its page is sound), but the text is no JSON. The row's id."""
+def _damage_a_document(db: Path, table: str, column: str, where: str, at: int = 0, byte: bytes = b"#") -> int:
+    """Change one byte of a row's JSON document in the file itself (by default its first, ``{``, to ``#``):
+    SQLite still reads the row (its page is sound), but the text is no JSON. The row's id."""
     _checkpoint(db)
     with sqlite3.connect(db) as conn:
         rows = conn.execute(f"SELECT id, {column} FROM {table} WHERE {where} AND {column} LIKE '{{%'").fetchall()
     data = db.read_bytes()
     # a document whose bytes are nowhere else in the file (two steps may count alike)
     row_id, text = next((i, t) for i, t in rows if data.count(t.encode()) == 1)
-    at = data.index(text.encode())
     with db.open("r+b") as f:
-        f.seek(at)
-        f.write(b"#")
+        f.seek(data.index(text.encode()) + at)
+        f.write(byte)
     return int(row_id)
 
 
@@ -245,6 +244,30 @@ def test_a_row_whose_json_bytes_are_damaged_stops_every_command_as_a_damaged_sto
         f"cs_object row {cs_id}",
         f"run_step row {step_id}",
     ]
+
+
+def test_a_row_whose_text_bytes_are_not_utf8_is_a_damaged_store_that_doctor_names(config: Path) -> None:
+    """The other face of the same damage: a changed byte that is no UTF-8 (0xff) fails the read itself,
+    in Python's sqlite3. It stopped commands as "cannot use the store ...: Could not decode to UTF-8 column
+    'hologram' with text '{...}'", with the person's whole record in the message and the log, status
+    stopped-store-error and no word of a restore; doctor found nothing. Now it is a damaged store like
+    the others, without the value, and doctor names the row."""
+    db = _store(config)
+    cs_id = _damage_a_document(db, "cs_object", "hologram", "agent = 'src'", at=1, byte=b"\xff")
+    with sqlite3.connect(db) as conn:
+        anchor = conn.execute("SELECT anchor FROM cs_object WHERE id = ?", (cs_id,)).fetchone()[0]
+    for args in (("run", "cycle", "--json"), ("cs", "show", "src", anchor)):
+        code, out, err = invoke(*args, "-c", str(config))
+        assert code == 4, (args, out, err)
+        assert f"the store {db} is damaged (a value of its column hologram is not UTF-8 text" in err, err
+        assert "`mvsync doctor`" in err and "Backup and restore" in err and "Traceback" not in err
+        assert "displayName" not in err and "@" not in err.split("is damaged")[1]  # not the person's record
+    code, out, _ = invoke("history", "list", "-c", str(config), "--json")
+    assert json.loads(out)[0]["status"] == "stopped-store-corrupt"
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 6 and findings["documents"]["severity"] == "error", findings
+    assert [e.split(":")[0] for e in findings["documents"]["examples"]] == [f"cs_object row {cs_id}"]
 
 
 def test_an_empty_store_is_refused_not_rebuilt(config: Path) -> None:
