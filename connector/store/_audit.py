@@ -19,17 +19,18 @@ from connector.store._json import loads
 from connector.store._migrations import current_version
 from connector.store._sql import SqlStore
 from connector.store._values import blob_refs
-from connector.store.tables import blob, cs_object, metadata, mv_object, run_step, transform_cache
+from connector.store.tables import agent_data, blob, cs_object, metadata, mv_object, run_step, transform_cache
 
 __all__ = ["DanglingLink", "DuplicateLink", "OrphanExport", "StoreAudit"]
 
 _PAGE = 2000
 #: How an encoded binary value's prefix appears inside stored JSON text.
 _BLOB_IN_JSON = "\\u0000b:"
-#: The JSON documents of the tables keyed by one id, as :meth:`StoreAudit.damaged_documents` reads them.
-_DOCUMENTS = [
+#: The JSON documents of each table by its key, as :meth:`StoreAudit.damaged_documents` reads them.
+_DOCUMENTS: list[tuple[Any, tuple[Any, ...], list[Any]]] = [
     (
         cs_object,
+        (cs_object.c.id,),
         [
             cs_object.c.hologram,
             cs_object.c.pending,
@@ -41,9 +42,19 @@ _DOCUMENTS = [
             cs_object.c.sync_error,
         ],
     ),
-    (mv_object, [mv_object.c.attributes, mv_object.c.contributions, mv_object.c.lineage]),
-    (run_step, [run_step.c.counters]),
+    (mv_object, (mv_object.c.id,), [mv_object.c.attributes, mv_object.c.contributions, mv_object.c.lineage]),
+    (run_step, (run_step.c.id,), [run_step.c.counters]),
+    # a connector's own state (ETags, checksums): named by (agent, key), as the store reads it
+    (agent_data, (agent_data.c.agent, agent_data.c.key), [agent_data.c.value]),
 ]
+
+
+def _after(keys: tuple[Any, ...], last: tuple[Any, ...]) -> Any:
+    """Rows after ``last`` in the order of ``keys`` (a row-value comparison, spelt out for any database)."""
+    first, rest = keys[0], keys[1:]
+    if not rest:
+        return first > last[0]
+    return or_(first > last[0], and_(first == last[0], _after(rest, last[1:])))
 
 
 class DanglingLink(NamedTuple):
@@ -112,17 +123,19 @@ class StoreAudit:
         """The store's schema version (0: no mvsync tables)."""
         return current_version(self._conn)
 
-    def _pages(self, columns: list[Any], key: Any) -> Iterator[list[Any]]:
+    def _pages(self, columns: list[Any], key: Any, *more_keys: Any) -> Iterator[list[Any]]:
+        """Rows of ``(key, *more_keys, *columns)`` in key order, a bounded page at a time (keyset paging)."""
+        keys = (key, *more_keys)
         last: Any = None
         while True:
-            query = select(key, *columns).order_by(key).limit(_PAGE)
+            query = select(*keys, *columns).order_by(*keys).limit(_PAGE)
             if last is not None:
-                query = query.where(key > last)
+                query = query.where(_after(keys, last))
             rows = self._conn.execute(query).all()
             if not rows:
                 return
             yield list(rows)
-            last = rows[-1][0]
+            last = tuple(rows[-1][: len(keys)])
 
     def damaged_documents(self) -> list[str]:
         """Every row whose JSON document is not JSON, as ``cs_object row 7: its hologram ...``.
@@ -132,17 +145,18 @@ class StoreAudit:
         the row (the message sends the operator here, so this must find it)."""
         found: list[str] = []
         sqlite = self._conn.dialect.name == "sqlite"
-        for table, columns in _DOCUMENTS:
+        for table, keys, columns in _DOCUMENTS:
             # SQLite keeps whatever bytes a damaged value holds; read as bytes, they fail as JSON here
             # (naming the row) instead of failing the read as text (naming only the column)
             read = [cast(c, LargeBinary).label(c.name) for c in columns] if sqlite else columns
-            for rows in self._pages(read, table.c.id):
+            for rows in self._pages(read, *keys):
                 for row in rows:
-                    for column, text in zip(columns, row[1:], strict=True):
+                    ident = row[0] if len(keys) == 1 else tuple(row[: len(keys)])
+                    for column, text in zip(columns, row[len(keys) :], strict=True):
                         if text is None:
                             continue
                         try:
-                            loads(text, table.name, row[0], column.name)
+                            loads(text, table.name, ident, column.name)
                         except DamagedDocumentError as exc:
                             found.append(exc.detail)
         return found

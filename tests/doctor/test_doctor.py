@@ -18,7 +18,7 @@ from connector.config import config_from_dict
 from connector.doctor import EXIT_PROBLEMS, check_config, run_doctor
 from connector.engine._agents import _certificate_problem as _certificate_problems
 from connector.store import SCHEMA_VERSION
-from connector.store.tables import blob, cs_object, run_history, store_meta
+from connector.store.tables import agent_data, blob, cs_object, run_history, store_meta
 from tests.engine.conftest import World, add_users
 from tests.engine.memory import MemoryConnector
 
@@ -95,6 +95,15 @@ def _unjoined_export(conn: Connection) -> None:
     )
 
 
+def _damaged_hologram(conn: Connection) -> None:
+    # bytes changed on the disk inside a value: the database's own checks pass, the text is no JSON
+    conn.execute(update(cs_object).where(cs_object.c.anchor == "guid-001").values(hologram='{"mail": "a@b'))
+
+
+def _damaged_agent_state(conn: Connection) -> None:
+    conn.execute(agent_data.insert().values(agent="ad", key="etag:guid-001", value="{not json", step_id=None))
+
+
 def _newer_schema(conn: Connection) -> None:
     conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
 
@@ -108,6 +117,8 @@ def _newer_schema(conn: Connection) -> None:
         (_double_join, "links-duplicate"),
         (_orphan_export, "pending-exports-orphan"),
         (_unjoined_export, "pending-exports-orphan"),
+        (_damaged_hologram, "documents"),
+        (_damaged_agent_state, "documents"),
         (_newer_schema, "schema"),
     ],
 )
