@@ -484,6 +484,51 @@ def test_a_run_a_dead_process_left_shows_its_end_as_not_recorded(client: Any, ph
     assert row is not None and "stopped-interrupted" in row.group(0) and '<td class="num">-</td>' in row.group(0)
 
 
+def test_a_value_that_is_no_utf8_text_is_a_store_damaged_page_naming_the_column_not_the_value(
+    tmp_path: Path,
+) -> None:
+    """Damage that fails the read itself (a byte that is no UTF-8 in a connector's hologram) cannot be
+    shown among the other rows: the person's page is a 500 "Store damaged" page, HTML with the security
+    headers, naming the store, the column and `mvsync doctor` (not "reload once the store answers",
+    which no reload mends), and not the person's data; the other pages still answer."""
+    from sqlalchemy import text
+
+    from connector.bench.ui import bench_config, fill_store
+    from connector.config import config_from_dict
+    from connector.store import SqlStore
+    from connector.web import create_app, serve_in_background
+
+    db = tmp_path / "store.db"
+    config = config_from_dict(bench_config(f"sqlite:///{db}", tmp_path), base_dir=tmp_path)
+    store = SqlStore(config.store_url())
+    try:
+        mv_id = fill_store(store, 10)["mv_id"]
+        with store.transaction() as conn:  # SQLite keeps the bytes as they are, as a damaged page holds them
+            conn.execute(
+                text("UPDATE cs_object SET hologram = CAST(X'7BFF226D61696C223A2261406222' AS TEXT) WHERE mv_id = :m"),
+                {"m": mv_id},
+            )
+        console = serve_in_background(create_app(config, store=store))
+        try:
+            try:
+                urllib.request.urlopen(f"{console.url}/persons/{mv_id}", timeout=30)
+            except urllib.error.HTTPError as exc:
+                status, headers, body = exc.code, exc.headers, exc.read().decode()
+            else:
+                pytest.fail("the page answered although a row it shows cannot be read")
+            assert status == 500 and "Store damaged" in body, body
+            assert headers["content-type"].startswith("text/html") and headers["cache-control"] == "no-store"
+            assert headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+            assert f"the store {db} is damaged (a value of its column hologram is not UTF-8 text" in body, body
+            assert "mvsync doctor" in body and "a@b" not in body and "Traceback" not in body
+            for path in ("/", "/coverage", "/search?q=a"):
+                assert urllib.request.urlopen(console.url + path, timeout=30).status == 200, path
+        finally:
+            console.stop()
+    finally:
+        store.close()
+
+
 def _png_header_claiming(side: int) -> bytes:
     """A PNG whose header claims ``side`` x ``side`` pixels (its pixel data is not that big)."""
     import struct
