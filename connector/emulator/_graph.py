@@ -78,6 +78,7 @@ from connector.emulator._http import Request, Response
 from connector.emulator._identity import AccessClaims, Identity, b64url, b64url_decode
 from connector.emulator._photos import available_sizes, reencode_jpeg, splice_marker
 from connector.emulator._query import FilterError, parse_filter
+from connector.emulator._races import RemovalRace
 from connector.emulator._stats import Stats
 from connector.emulator._tenant import DEFAULT_PROPERTIES, USER_PROPERTIES, Photo, Tenant, User
 from connector.emulator._throttle import Throttle, format_retry_after
@@ -208,6 +209,8 @@ class GraphService:
         self.graph_url = f"{base_url}/v1.0"
         self.latency_s = config.latency_ms / 1000.0
         self.delta_floor = 0  # delta tokens older than this tenant version need a resync
+        #: A removal made to race the agent's photo read (``Admin.remove_at_photo_read``), until it is done
+        self.removal_race: RemovalRace | None = None
 
     # --- responses -------------------------------------------------------------------------------
     def _headers(self, req: Request, rid: str) -> list[tuple[str, str]]:
@@ -416,6 +419,13 @@ class GraphService:
             "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ProfileAccessDeniedException' was thrown.",
         )
         mailbox = user.id if user else key.lower()
+        race = self.removal_race
+        if race is not None and user is not None and user.id == race.user_id and method == "GET":
+            return _Route(
+                lambda: race.photo_read(self.tenant, lambda: self._photo(req, rid, key, user, rest)),
+                mailbox=mailbox,
+                photo=True,
+            )
         return _Route(lambda: self._photo(req, rid, key, user, rest), mailbox=mailbox, photo=True)
 
     def _people_admin(self, req: Request, rid: str, claims: AccessClaims, rest: list[str]) -> _Route:
@@ -639,6 +649,10 @@ class GraphService:
         select = tuple(state["s"]) if state.get("s") else None
         tracked = select or DEFAULT_PROPERTIES
         wanted = set(state["f"]) if state.get("f") else None
+        race = self.removal_race
+        if race is not None and not race.done:
+            await race.before_delta_page()
+        replayed = self._replayed_removals(state, wanted)
         items: list[tuple[str, dict[str, Any]]] = []
         if state["p"] == "i":
             for user in self.tenant.live_users():
@@ -669,14 +683,34 @@ class GraphService:
         body: dict[str, Any] = {"@odata.context": self._context(select)}
         if len(items) > page_size:
             items = items[:page_size]
-            body["@odata.nextLink"] = self._delta_link("$skiptoken", {**state, "a": items[-1][0]})
+            after = {"a": items[-1][0], "v": self.tenant.version}
+            body["@odata.nextLink"] = self._delta_link("$skiptoken", {**state, **after})
         else:
             next_base = state["b"] if state["p"] == "i" else state["e"]
             body["@odata.deltaLink"] = self._delta_link(
                 "$deltatoken", {"b": next_base, "t": now, "s": state.get("s"), "f": state.get("f")}
             )
-        body["value"] = [props for _, props in items]
+        # replays first: a page may then hold a few more entries than maxpagesize asked for
+        body["value"] = [props for _, props in (*replayed, *items)]
+        if race is not None:
+            race.served_delta_page(body["value"])
         return self._json(req, rid, 200, body, extra)
+
+    def _replayed_removals(self, state: dict[str, Any], wanted: set[str] | None) -> list[tuple[str, dict[str, Any]]]:
+        """Users this round listed on an earlier page and deleted since that page was served, ``@removed``.
+
+        Learn, delta-query-overview, *Replays*: an object can come again in a round, and the most recent
+        change comes last; a client must be ready for it. Without this the emulator listed a user once
+        per round whatever happened meanwhile, and an agent never met a removal after a presence.
+        """
+        if "v" not in state or not state.get("a"):
+            return []
+        since, listed_up_to = int(state["v"]), str(state["a"])
+        return [
+            (uid, {"id": uid, "@removed": {"reason": reason}})
+            for version, uid, reason in self.tenant.tombstones
+            if version > since and uid <= listed_up_to and (wanted is None or uid in wanted)
+        ]
 
     def _delta_link(self, name: str, state: dict[str, Any]) -> str:
         token = b64url(json.dumps(state, separators=(",", ":")).encode())

@@ -25,6 +25,7 @@ from connector.emulator._faults import FaultInjector, FaultProfile, parse_faults
 from connector.emulator._graph import GraphService
 from connector.emulator._http import HttpServer, Request, Response, stop_server_thread
 from connector.emulator._identity import App, Identity, shared_certificate
+from connector.emulator._races import RemovalRace
 from connector.emulator._stats import Stats
 from connector.emulator._tenant import Tenant, User
 from connector.emulator._throttle import Throttle, parse_throttle
@@ -185,6 +186,17 @@ class Admin:
         def run() -> None:
             uid = self._user(id_or_upn).id if id_or_upn else None
             self._emu.identity.decide_device_code(user_code, uid, approve)
+
+        self._call(run)
+
+    def remove_at_photo_read(self, id_or_upn: str, timeout_s: float = 30.0) -> None:
+        """Delete the user the moment the agent reads its photo, within the users/delta round that
+        listed it (``connector.emulator._races``): later pages of the round wait for that read, the read
+        is answered as the user was, and its answer is held back until a page listed the user
+        ``@removed``. Each wait ends after ``timeout_s``."""
+
+        def run() -> None:
+            self._emu.graph.removal_race = RemovalRace(self._user(id_or_upn).id, timeout_s)
 
         self._call(run)
 

@@ -78,3 +78,39 @@ def test_latest_filter_and_expired_tokens(api: Api) -> None:
     expired = api.get(link)
     assert expired.status_code == 410 and expired.json()["error"]["code"] == "resyncRequired"
     assert api.get("/users/delta?$deltatoken=garbage!").status_code == 400
+
+
+def test_a_user_deleted_after_its_page_is_replayed_removed_on_the_next_page(api: Api) -> None:
+    """Learn, delta-query-overview, *Replays*: a user listed on page 1 and deleted before page 2 is
+    listed ``@removed`` on page 2, in the same round (before: never, until the next round)."""
+    six = {"Prefer": "odata.maxpagesize=6"}
+    first = api.get("/users/delta?$select=displayName", headers=six).json()
+    listed = first["value"][0]["id"]
+    api.emu.admin.delete_user(listed)
+    second = api.get(first["@odata.nextLink"], headers=six).json()
+    assert second["value"][0] == {"id": listed, "@removed": {"reason": "changed"}}
+    rest, _, _ = _round(api, second["@odata.nextLink"], six)
+    assert listed not in {i["id"] for i in rest}  # once
+    assert len(second["value"]) == 7  # the replay, then a full page
+
+
+def test_remove_at_photo_read_lines_the_race_up(api: Api) -> None:
+    """``Admin.remove_at_photo_read``: page 2 of the round waits for the user's photo read; the read is
+    answered as the user was (a photo, not "no such user"), the user is deleted, and the answer is held
+    until page 2 has listed the user ``@removed``."""
+    import threading
+
+    six = {"Prefer": "odata.maxpagesize=6"}
+    first = api.get("/users/delta?$select=displayName", headers=six).json()
+    user = next(i["id"] for i in first["value"] if api.emu.admin.get_user(i["id"])["hasPhoto"])
+    api.emu.admin.remove_at_photo_read(user, timeout_s=20)
+    first = api.get("/users/delta?$select=displayName", headers=six).json()
+    pages: list[dict[str, Any]] = []
+    page_two = threading.Thread(target=lambda: pages.append(api.get(first["@odata.nextLink"], headers=six).json()))
+    page_two.start()
+    photo = api.get(f"/users/{user}/photo")
+    page_two.join()
+    assert photo.status_code == 200 and photo.json()["@odata.mediaEtag"]
+    assert {"id": user, "@removed": {"reason": "changed"}} in pages[0]["value"]
+    assert api.get(f"/users/{user}/photo").json()["error"]["code"] == "Request_ResourceNotFound"
+    assert user not in {u["id"] for u in api.emu.admin.users()}

@@ -6,8 +6,9 @@ The machinery (threads, queues, back-pressure, pages, checkpoints, state storage
 * ``Importer.changes`` is the stream: ``users/delta`` pages, each preceded (full imports) by a
   ``Checkpoint`` naming that page, so a resumed full import lists again from the first page whose
   users were not all committed; per user either nothing, a directory-only update, or a photo probe
-  handed to the engine as ``Deferred`` work; on delta imports, then the users whose photo re-check
-  window passed (read from the agent state); last the ``DeltaWatermark``.
+  handed to the engine as ``Deferred`` work; the removals of the users whose last word in the round
+  was ``@removed`` once the round is listed (``_close_round``); on delta imports, then the users
+  whose photo re-check window passed (read from the agent state); last the ``DeltaWatermark``.
 * ``PhotoWorker.run`` sends one ``$batch`` of probes and downloads, sized by the shared adaptive
   limiter, and turns each answer into a follow-up request (probe -> download, a throttled item
   after its ``Retry-After``) or the user's entry and its ``StateUpdate``.
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from connector import metrics
 from connector.agents._mailbox_photo import RunLimit, UserState, photo_values, refused_v1_watermark
@@ -175,9 +176,15 @@ class Importer:
         self.full = run.full
         self.started = time.time()
         self.seen: set[str] = set()
-        #: users this round listed ``@removed`` (and not listed again since): see ``_relisted``
+        #: users this round listed ``@removed`` (and not listed again since): see ``_close_round``
         self.removed: set[str] = set()
+        #: users whose photo the listing sent for, and where that answer is (see ``_Asked``)
+        self.asked: dict[str, _Asked] = {}
+        #: the ``users/delta`` round is still being listed (a user's last word may still come)
+        self.listing = True
+        self.lock = threading.Lock()
         self.worker = PhotoWorker(self)
+        self.landing = _Landing(self)
         self.run_number = 0
         self.limit = RunLimit(connector.graph.limiter, run, memory_hours=self.settings.limit_memory_hours)
 
@@ -222,42 +229,61 @@ class Importer:
             try:
                 listed = next(pages)
             except StopIteration as done:
+                yield from self._close_round()
                 return str(done.value)
             if self.full:
                 yield Checkpoint(Resume(listed.url).dumps())
             ids = [str(u["id"]) for u in listed.users] + listed.removed
             known = self.run.state.get_many(ids)
             for user_id in listed.removed:
-                if user_id in self.removed:  # a replay of the removal
-                    continue
                 self.seen.add(user_id)
                 self.removed.add(user_id)
-                if not self.full:
-                    yield from self._remove(user_id)
             for user in listed.users:
                 user_id = str(user["id"])
-                row = None if self._relisted(user_id) else UserState.load(user_id, known.get(user_id))
-                yield from self._on_user(user_id, _dir_attrs(user), row)
+                self._relisted(user_id)
+                yield from self._on_user(user_id, _dir_attrs(user), UserState.load(user_id, known.get(user_id)))
 
-    def _relisted(self, user_id: str) -> bool:
-        """Whether the round listed ``user_id`` ``@removed`` before listing the user again.
+    def _relisted(self, user_id: str) -> None:
+        """The round lists ``user_id`` present after listing it ``@removed``: the later word counts.
 
-        Why the later entry counts (and is no replay to skip): in a delta round the most recent change
-        comes last, so a user soft-deleted and restored meanwhile is listed removed, then present.
-        Skipped, a user who exists stayed deleted (delta) or was left out of a full import (which the
-        engine then deletes). Handled as a new user: its removal's state update may not be committed
-        yet, so the stored row is not read; the user's probe stages it again after the deletion.
+        Why it is no replay to skip: in a round the most recent change comes last, so a user
+        soft-deleted and restored meanwhile is listed removed, then present. Nothing was staged for the
+        removal (removals wait for the end of the round, ``_close_round``), so the user is handled as
+        listed now, unless the round already sent for its photo: that answer stands for the user.
         """
         if user_id not in self.removed:
-            return False
+            return
         self.removed.discard(user_id)
-        self.seen.discard(user_id)
-        return True
+        with self.lock:
+            if user_id not in self.asked:
+                self.seen.discard(user_id)
 
-    def _remove(self, user_id: str) -> Iterator[ImportItem]:
-        yield CSEntryChange.delete(OBJECT_CLASS, user_id)
-        yield StateUpdate(user_id, None)
-        yield Count("deletes")
+    def _close_round(self) -> Iterator[ImportItem]:
+        """The round is listed: stage the removals of the users whose last word was ``@removed``.
+
+        Why at the end, not as listed: the engine takes one entry per user and step besides deletes,
+        and a user removed, then listed again, was deleted and then refused as a duplicate (a user who
+        exists left deleted). And a user listed present, then removed, whose photo answer is still on
+        its way, would be staged again after its deletion; that answer now carries the removal instead
+        (``_settled``), or the landing marker behind it does (``landed``).
+        """
+        removals: list[str] = []
+        with self.lock:
+            self.listing = False
+            for user_id in sorted(self.removed):
+                asked = self.asked.get(user_id)
+                if asked is None:
+                    if not self.full:  # a full import stages nobody removed; the engine deletes the rest
+                        removals.append(user_id)
+                elif asked.stage == "landed":
+                    removals.append(user_id)
+                elif asked.stage != "gone":
+                    asked.removed = True
+        for user_id in removals:
+            yield from self._removal(user_id)
+
+    def _removal(self, user_id: str) -> list[ImportItem]:
+        return [CSEntryChange.delete(OBJECT_CLASS, user_id), StateUpdate(user_id, None), Count("deletes")]
 
     def _on_user(self, user_id: str, attrs: dict[str, Any], row: UserState | None) -> Iterator[ImportItem]:
         if user_id in self.seen:  # a replay within one round
@@ -265,7 +291,7 @@ class Importer:
         self.seen.add(user_id)
         if not attrs.get("mail"):  # not (or no longer) a mailbox user
             if not self.full and row is not None:
-                yield from self._remove(user_id)
+                yield from self._removal(user_id)
             return
         yield Count("users")
         if self.full or row is None or not row.in_cs:
@@ -311,11 +337,53 @@ class Importer:
         self, user_id: str, attrs: dict[str, Any], row: UserState | None, baseline: tuple[bool, str | None] | None
     ) -> Iterator[ImportItem]:
         yield Count("probes")
+        if self.listing:  # the round may still name the user again: see _settled
+            with self.lock:
+                self.asked[user_id] = _Asked()
         task = PhotoTask(user_id, "probe", baseline=baseline, context=_Probe(attrs, row))
         yield Deferred(self.worker, task, key=user_id)
 
     # -- outcomes (on the engine's worker threads) -----------------------------------------------
     def outcome(self, outcome: PhotoOutcome) -> list[ImportItem]:
+        """What a user's photo answer stages, as the round's last word about the user allows."""
+        return self._settled(outcome.task.user_id, outcome.kind == "gone", self._outcome(outcome))
+
+    def _settled(self, user_id: str, gone: bool, items: list[ImportItem]) -> list[ImportItem]:
+        """``items`` of a photo answer, or the user's removal when the round listed the user ``@removed``
+        after sending for the photo.
+
+        Why: the answer and the removal travel to the engine apart (this is a worker thread), so either
+        could come last, and the removal must. Once the round is listed, the last word is known here.
+        While it is being listed, the items go with a landing marker behind them (``_Landing``): it
+        runs once the engine has the items, and stages the removal if one came meanwhile.
+        """
+        with self.lock:
+            asked = self.asked.get(user_id)
+            if asked is None:  # a re-check after the listing
+                return items
+            if asked.removed:
+                asked.stage = "gone"
+                return self._removal(user_id) if not self.full else [StateUpdate(user_id, None)]
+            if gone:
+                asked.stage = "gone"
+                return items
+            if not self.listing:
+                asked.stage = "landed"
+                return items
+            asked.stage = "sent"
+        return [*items, Deferred(self.landing, user_id)]
+
+    def landed(self, user_id: str) -> list[ImportItem]:
+        """The engine has the items of the user's photo answer; a removal listed since goes after them."""
+        with self.lock:
+            asked = self.asked[user_id]
+            if not asked.removed:
+                asked.stage = "landed"
+                return []
+            asked.stage = "gone"
+        return self._removal(user_id)
+
+    def _outcome(self, outcome: PhotoOutcome) -> list[ImportItem]:
         probe: _Probe = outcome.task.context
         row, attrs, user_id = probe.row, probe.attrs, outcome.task.user_id
         now = time.time()
@@ -363,6 +431,38 @@ class Importer:
             data = HashedBytes(outcome.data, checksum)  # hashed once, in PhotoOutcome
             values.update(photo_values("EXO", data, checksum, outcome.etag, verified or now))
         return [CSEntryChange.add(OBJECT_CLASS, user_id, values), state.update(), *counts]
+
+
+@dataclass(slots=True)
+class _Asked:
+    """A user whose photo the listing sent for: where its answer is, and whether the round removed the user.
+
+    ``stage``: ``asked`` (no answer yet), ``sent`` (the answer's items are on their way to the engine,
+    a landing marker behind them), ``landed`` (the engine has them), ``gone`` (the user's removal is
+    staged, or the answer was "no such user").
+    """
+
+    stage: Literal["asked", "sent", "landed", "gone"] = "asked"
+    #: the round's last word about the user is ``@removed`` (set once the round is listed)
+    removed: bool = False
+
+
+class _Landing(Worker[str]):
+    """Runs once the engine has a photo answer's items (a follow-up of that answer): see ``Importer.landed``.
+
+    Why a task, not a flag set with the answer: the engine takes a worker's results after its ``run``
+    returns, so a removal staged from the listing meanwhile could still reach it first. A follow-up
+    task starts only once the engine took the items before it.
+    """
+
+    batch_size = 500
+    concurrency = 1
+
+    def __init__(self, importer: Importer) -> None:
+        self.importer = importer
+
+    def run(self, tasks: list[Deferred[str]], cancel: threading.Event) -> list[list[ImportItem]]:
+        return [self.importer.landed(deferred.task) for deferred in tasks]
 
 
 class PhotoWorker(Worker[PhotoTask]):
