@@ -45,6 +45,7 @@ from connector.agents.exchange_online._hybrid import location_attribute, mailbox
 from connector.agents.exchange_online._import import (
     FIRST_LINK,
     OBJECT_CLASS,
+    PHOTO_CONTENT_TYPE,
     Importer,
     Listed,
     Watermark,
@@ -102,10 +103,18 @@ SCHEMA = Schema.of(
             # own JPEG encoding of an upload, so the photo read back is not the bytes written
             *photo_attributes(
                 "EXO",
-                photo="photo at photo_size (JPEG)",
+                photo="photo at photo_size as Graph serves it: JPEG, or a PNG/GIF stored as such (EXOPhotoContentType)",
                 etag="@odata.mediaEtag, unquoted",
                 photo_access=AttributeAccess.IMPORT_EXPORT,
                 rendered=True,
+            ),
+            Attribute(
+                name=PHOTO_CONTENT_TYPE,
+                access=_IMPORT_ONLY,
+                description=(
+                    "EXOPhoto's format as its bytes show it (image/jpeg, image/png, image/gif); the thumbnail "
+                    "and hd_photo transforms write JPEG whatever it is"
+                ),
             ),
             location_attribute(),
         ),

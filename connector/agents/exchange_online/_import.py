@@ -79,11 +79,13 @@ class GraphSource(Protocol):
     def on_graph_host(self, link: str) -> bool: ...
 
 
-__all__ = ["DIRECTORY_ATTRIBUTES", "OBJECT_CLASS", "Importer", "Listed", "Resume", "Watermark"]
+__all__ = ["DIRECTORY_ATTRIBUTES", "OBJECT_CLASS", "PHOTO_CONTENT_TYPE", "Importer", "Listed", "Resume", "Watermark"]
 
 log = logging.getLogger("mvsync.agent.exchange_online")
 
 OBJECT_CLASS = "EXOUser"
+#: The photo's format as its bytes show it (``_photos._format_of``): Graph serves PNG and GIF as stored.
+PHOTO_CONTENT_TYPE = "EXOPhotoContentType"
 #: Directory properties we import (Graph names = connector-space names), tracked by users/delta.
 DIRECTORY_ATTRIBUTES = ("userPrincipalName", "mail", "mailNickname", "displayName", "accountEnabled")
 SELECT = ",".join(("id", *DIRECTORY_ATTRIBUTES))
@@ -430,6 +432,8 @@ class Importer:
         if photo and outcome.data is not None and checksum is not None:
             data = HashedBytes(outcome.data, checksum)  # hashed once, in PhotoOutcome
             values.update(photo_values("EXO", data, checksum, outcome.etag, verified or now))
+            if outcome.content_type is not None:
+                values[PHOTO_CONTENT_TYPE] = outcome.content_type
         return [CSEntryChange.add(OBJECT_CLASS, user_id, values), state.update(), *counts]
 
 

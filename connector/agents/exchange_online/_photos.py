@@ -75,6 +75,8 @@ class PhotoOutcome:
     error: str = ""
     detail: str = ""
     checksum: str = field(default="")
+    #: the picture's format as its bytes show it (``image/png``...): see ``_format_of``
+    content_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.data is not None and not self.checksum:
@@ -150,6 +152,20 @@ def _no_picture(resp: GraphResponse) -> str:
     except ImageError as exc:
         return exc.detail
     return ""
+
+
+def _format_of(data: bytes) -> str | None:
+    """The content type the picture's own bytes show (``_no_picture`` found it whole), None if unknown.
+
+    Why the bytes and not Graph's ``Content-Type`` or ``@odata.mediaContentType``: Graph serves a photo
+    in the format it was stored in (a PNG or GIF set through Entra ID or older tools comes back as
+    such at its own size), and what is staged is these bytes; a header is only what a server or proxy
+    says of them. The ``thumbnail`` and ``hd_photo`` transforms write JPEG whatever this is.
+    """
+    from connector.imaging import sniff_format
+
+    found = sniff_format(data[:16])
+    return found.content_type if found is not None else None
 
 
 def _error_name(resp: GraphResponse) -> str:
@@ -233,15 +249,15 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
     if _legacy_gif(resp):
         return PhotoOutcome(task, "none")
     problem = _no_picture(resp)
-    if problem:
-        detail = (
-            f"the photo download answered HTTP 200 with {len(resp.body):,} bytes of "
-            f"{resp.headers.get('content-type') or 'no content type'} that are no usable picture ({problem}); any "
-            "photo imported before is kept and the next import reads it again. If it is a web page, a proxy in "
-            "front of Graph answered instead"
-        )
-        return PhotoOutcome(task, "error", error="graph-malformed-response", detail=detail)
-    # The version is the metadata's mediaEtag, the value the next probe compares against. The bytes'
-    # ETag header is another value altogether in Graph (W/"<64 hex>", new on every upload; see
-    # connector/emulator/_graph.py), so falling back to it would never match and force a download.
-    return PhotoOutcome(task, "photo", data=resp.body, etag=task.etag)
+    if not problem:
+        # The version is the metadata's mediaEtag, the value the next probe compares against. The bytes'
+        # ETag header is another value altogether in Graph (W/"<64 hex>", new on every upload; see
+        # connector/emulator/_graph.py), so falling back to it would never match and force a download.
+        return PhotoOutcome(task, "photo", data=resp.body, etag=task.etag, content_type=_format_of(resp.body))
+    detail = (
+        f"the photo download answered HTTP 200 with {len(resp.body):,} bytes of "
+        f"{resp.headers.get('content-type') or 'no content type'} that are no usable picture ({problem}); any "
+        "photo imported before is kept and the next import reads it again. If it is a web page, a proxy in "
+        "front of Graph answered instead"
+    )
+    return PhotoOutcome(task, "error", error="graph-malformed-response", detail=detail)
