@@ -4,7 +4,8 @@ Full import walks ``users/delta`` from scratch. That initial delta round *is* a 
 of the users (with the selected properties), and it ends with a delta link taken at the same
 moment, so the next delta import misses nothing that changed while the full import ran (a
 ``/users`` listing followed by a separate delta walk would leave a gap). Mailbox users are those
-with ``mail``; the others are skipped. Every mailbox user's photo metadata is probed and the photo
+with ``mail``; the others are skipped and counted as ``skipped_without_mail`` (why, and what that
+misses: ``_import._is_mailbox_user``). Every mailbox user's photo metadata is probed and the photo
 downloaded (see ``_photos``), in ``$batch`` requests of up to 20.
 
 Delta import first follows the delta link (user adds, changes, deletes), then probes the photo

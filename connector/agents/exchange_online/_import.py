@@ -155,6 +155,31 @@ def _dir_attrs(user: dict[str, Any]) -> dict[str, Any]:
     return {name: user[name] for name in DIRECTORY_ATTRIBUTES if user.get(name) is not None}
 
 
+def _is_mailbox_user(attrs: dict[str, Any]) -> bool:
+    """Whether the listing takes a user for a mailbox user: it has ``mail``. Users without are skipped.
+
+    The listing cannot ask Exchange. Whether a user has a mailbox shows in ``mailboxSettings``, which
+    Graph returns only for one user at a time (not in a collection, so not in ``users/delta``) and only
+    with MailboxSettings.Read, a permission this read-only photo agent does not ask for (Learn,
+    "mailboxSettings resource type"; "user resource type": "Returned only on $select", single user).
+    ``mail`` is what the listing has: "The SMTP address for the user" (Learn, user resource), which
+    Exchange Online stamps with the primary SMTP address of the mailboxes it creates for cloud users.
+    Probing every user instead costs one photo request per account that has no mailbox (service and
+    shared-device accounts, often a large share of a tenant) on every full import, and the photo
+    endpoint answers for them too (Entra ID keeps photos of users without a mailbox), so it would not
+    tell mailboxes apart either.
+
+    What it misses, on purpose and visibly: ``mail`` can be empty for a user who has a mailbox. In a
+    synchronized tenant Entra ID takes ``mail`` from on-premises AD, and a licensed user whose AD
+    ``mail`` is empty gets an Exchange Online mailbox while Entra's ``mail`` stays empty ("you can
+    provision objects initially with different values for mail and primarySMTPaddress, including having
+    one of them being null": Microsoft Q&A 873307, accepted answer). Such users are counted in run
+    history as ``skipped_without_mail``; the remedy is at the source: set their AD ``mail`` (Entra
+    Connect then carries it up) and the next import reads their photos.
+    """
+    return bool(attrs.get("mail"))
+
+
 def _reverify_bucket(user_id: str, buckets: int) -> int:
     return int(hashlib.sha256(user_id.encode()).hexdigest()[:8], 16) % buckets
 
@@ -291,7 +316,8 @@ class Importer:
         if user_id in self.seen:  # a replay within one round
             return
         self.seen.add(user_id)
-        if not attrs.get("mail"):  # not (or no longer) a mailbox user
+        if not _is_mailbox_user(attrs):  # skipped, and counted
+            yield Count("skipped_without_mail")
             if not self.full and row is not None:
                 yield from self._removal(user_id)
             return

@@ -560,3 +560,20 @@ def test_a_refused_sign_in_keeps_the_account_that_was_signed_in(
     assert unreachable.value.status == "stopped-server-down"
     assert conn.auth.cache_path.read_bytes() == before
     assert [a["username"] for a in conn.auth.app().get_accounts()] == accounts  # and in memory
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_users_without_mail_are_skipped_and_counted(make_emulator: Any, tmp_path: Path) -> None:
+    """Users without ``mail`` are taken for users without a mailbox (why: ``_import._is_mailbox_user``):
+    no probe, no object, and run history counts them (before: skipped without a trace, so a synchronized
+    user with a mailbox but an empty AD ``mail`` lost its photo unseen)."""
+    from tests.agents.exchange_online.conftest import counts, imported
+
+    emu = make_emulator(users=60)
+    without = {u["id"] for u in emu.admin.users() if not u["mail"]}
+    assert without
+    conn = make_connector(emu, tmp_path / "data")
+    entries, _ = imported(conn)
+    assert not without & {e.anchor for e in entries}
+    assert counts(conn)["skipped_without_mail"] == len(without)
+    assert counts(conn)["probes"] == len(emu.admin.users()) - len(without)
