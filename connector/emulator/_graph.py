@@ -607,7 +607,7 @@ class GraphService:
         ]
         extra = [("Preference-Applied", ", ".join(applied))] if applied else []
         now = time.time()
-        if "$deltatoken" in query or "$skiptoken" in query:
+        if query.get("$deltatoken") or "$skiptoken" in query:  # an empty $deltatoken is the initial query
             raw = query.get("$deltatoken") or query.get("$skiptoken", "")
             if raw == "latest":
                 state: dict[str, Any] = {"b": self.tenant.version, "t": now, "s": None, "f": None}
@@ -627,11 +627,22 @@ class GraphService:
                 assert isinstance(state, dict)
             except (ValueError, AssertionError, binascii.Error):
                 raise GraphError(400, "Request_BadRequest", "The delta token is not valid.") from None
-            if now - float(state.get("t", 0)) > DELTA_TOKEN_MAX_AGE_S or int(state.get("b", 0)) < self.delta_floor:
+            if now - float(state.get("t", 0)) > DELTA_TOKEN_MAX_AGE_S:
+                # Learn, "Duration of change tracking tokens": a directory delta link older than 7 days
+                raise GraphError(
+                    400,
+                    "syncStateNotFound",
+                    "The sync state generation is not found. The delta token is expired and data must be "
+                    "synchronized again.",
+                )
+            if int(state.get("b", 0)) < self.delta_floor:
+                # Learn, delta-query-overview, "Synchronization reset": 410 with a Location header holding
+                # the initial query (an empty $deltatoken)
                 raise GraphError(
                     410,
                     "resyncRequired",
-                    "The delta token has expired. Start a new round without a delta token.",
+                    "The delta token is no longer valid. Start a new round without a delta token.",
+                    [("Location", f"{self.graph_url}/users/delta?$deltatoken=")],
                 )
             if "$deltatoken" in query:  # a new round of changes since state["b"]
                 state = {**state, "p": "c", "e": self.tenant.version, "a": ""}

@@ -201,7 +201,7 @@ class Admin:
         self._call(run)
 
     def expire_delta_tokens(self) -> None:
-        """Delta tokens issued so far get 410 resyncRequired."""
+        """A synchronization reset: delta tokens issued so far get 410 resyncRequired with a Location header."""
 
         def run() -> None:
             self._emu.graph.delta_floor = self._emu.tenant.version + 1

@@ -77,6 +77,9 @@ def test_latest_filter_and_expired_tokens(api: Api) -> None:
     api.emu.admin.expire_delta_tokens()
     expired = api.get(link)
     assert expired.status_code == 410 and expired.json()["error"]["code"] == "resyncRequired"
+    assert expired.headers["Location"] == api.graph + "/users/delta?$deltatoken="  # the initial query
+    again, _, _ = _round(api, expired.headers["Location"])
+    assert len(again) == len(api.emu.admin.users())
     assert api.get("/users/delta?$deltatoken=garbage!").status_code == 400
 
 

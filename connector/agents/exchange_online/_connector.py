@@ -243,10 +243,40 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     def _listing_error(self, resp: GraphResponse) -> StopRunError:
         if resp.status == 410 or resp.error_code in _EXPIRED_DELTA_CODES:
-            return StopRunError(f"the users/delta link is no longer valid ({resp.describe()}); run a full import")
+            return StopRunError(self._resync_message(resp))
         if resp.status >= 500 or resp.status == 429:
             return ServerDownError(f"Graph did not answer the user listing after retries: {resp.describe()}")
         return StopRunError(f"Graph refused the user listing: {resp.describe()}")
+
+    def _resync_message(self, resp: GraphResponse) -> str:
+        """Why a users/delta link Graph no longer takes stops the step, instead of the agent starting anew.
+
+        Learn, delta-query-overview, "Synchronization reset": "Delta query can return a response code of
+        410 (gone) and a Location header containing a request URL with an empty $deltaToken (same as the
+        initial query). This is an indication that the application must restart with a full
+        synchronization of the target tenant." (and "Token duration": a directory object's delta link
+        lasts seven days, then "a 40X-series error with error codes such as syncStateNotFound").
+
+        The Location is not followed: it starts a new initial round, which lists the users that exist
+        now and none removed meanwhile ("Resources that have been created and deleted prior to the
+        initial delta query won't be returned"), so a delta step that followed it would keep every user
+        deleted since the last import. A full import is that full synchronization: the engine deletes
+        what it did not list.
+        """
+        agent = self.context.agent
+        if resp.status == 410:
+            why = "Graph asks for a full synchronization of the users (a synchronization reset"
+            why += ", with a new initial round at its Location header)" if resp.headers.get("location") else ")"
+            after = ""
+        else:
+            why = "the link expired (Graph keeps one for seven days)"
+            after = "; to keep the link alive, run a delta import of it more often than weekly"
+        return (
+            f"the users/delta link is no longer valid ({resp.describe()}): {why}. A delta step does not start "
+            "a new round, which would list only the users that exist now and miss every user deleted since the "
+            f"last import; nothing was changed. Run a full import of agent {agent!r}, and delta imports go on "
+            f"from it{after}"
+        )
 
     def import_changes(self, run: ImportRun) -> Iterator[ImportItem]:
         """Import contract v2: the listing's decisions, with photo requests as deferred work (``_import``)."""

@@ -455,7 +455,11 @@ def test_expired_delta_link_stops_and_asks_for_a_full_import(make_emulator: Any,
     assert error.status == "stopped-connector-error"
     assert "users/delta link is no longer valid" in str(error)
     assert "410" in str(error) and "resyncRequired" in str(error)
-    assert str(error).endswith("run a full import")
+    # why the Location (a new initial round) is not followed, and what to do (Learn: "Synchronization reset")
+    assert "Graph asks for a full synchronization of the users" in str(error)
+    assert "with a new initial round at its Location header" in str(error)
+    assert "miss every user deleted since the last import; nothing was changed" in str(error)
+    assert str(error).endswith("Run a full import of agent 'exo', and delta imports go on from it")
 
     # doing what the message says recovers: a full import, then delta imports work again
     emu.admin.update_user(_mailbox_users(emu)[0]["id"], displayName="After The Resync")
@@ -488,7 +492,7 @@ def test_engine_delta_step_with_expired_link_stops_and_full_import_recovers(
         delta = engine.run_profile("delta")
         step = delta.steps[0]
         assert step.status == "stopped-connector-error", (step.status, step.message)
-        assert "run a full import" in (step.message or "")
+        assert "Run a full import of agent 'exo'" in (step.message or "")
         assert "resyncRequired" in (step.message or "")
         # the stopped delta neither lost objects nor replaced the watermark
         assert set(_cs_rows(engine)) == set(rows)
@@ -577,3 +581,16 @@ def test_users_without_mail_are_skipped_and_counted(make_emulator: Any, tmp_path
     assert not without & {e.anchor for e in entries}
     assert counts(conn)["skipped_without_mail"] == len(without)
     assert counts(conn)["probes"] == len(emu.admin.users()) - len(without)
+
+
+def test_an_expired_delta_link_says_how_long_one_lasts(make_emulator: Any, tmp_path: Path) -> None:
+    """Learn, "Token duration": a directory delta link lasts seven days, then a 400 ``syncStateNotFound``
+    (what the emulator answers for a link older than that). The stop says so and how to avoid it."""
+    from connector.agents.exchange_online._graph import GraphResponse
+
+    conn = make_connector(make_emulator(users=2), tmp_path / "data")
+    body = {"error": {"code": "syncStateNotFound", "message": "The sync state generation is not found."}}
+    message = str(conn._listing_error(GraphResponse(400, {}, b"", body)))
+    assert "HTTP 400 syncStateNotFound" in message and "the link expired (Graph keeps one for seven days)" in message
+    assert "Run a full import of agent 'exo'" in message
+    assert message.endswith("run a delta import of it more often than weekly")
