@@ -135,6 +135,8 @@ def run(
         "latency_ms": latency_ms,
         "emulator_assumptions": model_assumptions(latency_ms, EmulatorConfig().batch_parallelism),
         "tenant_photos": sum(1 for u in tenant if u.get("hasPhoto")),
+        # B2B guests have no account on-premises (connector.demo._world.directory_users)
+        "tenant_guests": sum(1 for u in tenant if u.get("userType") == "Guest"),
         "directory_users": len(scenario.users),
         # people on-premises with a photo in Exchange Online, Exchange Server or the HR folder
         "directory_users_with_source_photo": sum(

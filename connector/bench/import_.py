@@ -169,7 +169,8 @@ def _session(ca: str) -> requests.Session:
 
 
 def _list_mailbox_users(info: dict[str, Any], session: requests.Session) -> tuple[dict[str, str], list[str]]:
-    """A token by the stored refresh token, and the ids of the users with a mailbox (``mail`` set)."""
+    """A token by the stored refresh token, and the ids of the users with a mailbox: ``mail`` set, and no
+    B2B guest (``#EXT#`` in the userPrincipalName), as the agent takes them."""
     token = session.post(
         info["token_url"],
         data={
@@ -180,11 +181,13 @@ def _list_mailbox_users(info: dict[str, Any], session: requests.Session) -> tupl
         },
     ).json()["access_token"]
     headers = {"Authorization": f"Bearer {token}", "ConsistencyLevel": "eventual"}
-    url: str | None = f"{info['graph_url']}/users?$select=id,mail&$filter=mail ne null&$count=true&$top=999"
+    url: str | None = (
+        f"{info['graph_url']}/users?$select=id,mail,userPrincipalName&$filter=mail ne null&$count=true&$top=999"
+    )
     ids: list[str] = []
     while url:
         body = session.get(url, headers=headers).json()
-        ids += [u["id"] for u in body.get("value", [])]
+        ids += [u["id"] for u in body.get("value", []) if "#EXT#" not in str(u.get("userPrincipalName", "")).upper()]
         url = body.get("@odata.nextLink")
     return headers, ids
 

@@ -107,6 +107,8 @@ def directory_users(
     for n, user in enumerate(u for u in tenant_users if not u.get("deleted")):
         if n % CLOUD_ONLY_EVERY == CLOUD_ONLY_EVERY - 1:
             continue  # cloud-only: no on-premises account
+        if user.get("userType") == "Guest":
+            continue  # a B2B guest: an account elsewhere, none on-premises here
         out.append(
             DirectoryUser(
                 sam=_account_name(account_prefix + str(user["mailNickname"]), taken),

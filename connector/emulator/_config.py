@@ -27,6 +27,8 @@ class EmulatorConfig:
 
     users: int = 200
     photo_ratio: float = 0.5
+    #: Share of the users that are B2B guests (``#EXT#`` userPrincipalName, userType Guest, no mailbox).
+    guest_ratio: float = 0.03
     seed: int = 1
     #: ASSUMPTION: added to every Graph call; Microsoft publishes no latency, so 0 measures the client.
     latency_ms: float = 0.0
@@ -88,6 +90,8 @@ class EmulatorConfig:
             raise ValueError("users must be >= 0")
         if not 0.0 <= self.photo_ratio <= 1.0:
             raise ValueError("photo_ratio must be between 0 and 1")
+        if not 0.0 <= self.guest_ratio <= 0.5:
+            raise ValueError("guest_ratio must be between 0 and 0.5")
         if self.no_photo_variant not in NO_PHOTO_VARIANTS:
             raise ValueError(f"no_photo_variant must be one of {', '.join(NO_PHOTO_VARIANTS)}")
         if self.batch_parallelism < 1:

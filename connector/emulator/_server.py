@@ -282,7 +282,7 @@ class GraphEmulator:
         self.tenant = Tenant(
             tenant_id=self.tenant_id, domain=cfg.domain, seed=cfg.seed, photo_templates=cfg.photo_templates
         )
-        self.tenant.generate(cfg.users, cfg.photo_ratio, cfg.naming)
+        self.tenant.generate(cfg.users, cfg.photo_ratio, cfg.naming, cfg.guest_ratio)
         self.stats = Stats()
         self.throttle = Throttle(
             app_rate_per_s=cfg.app_rate_per_s,

@@ -265,7 +265,30 @@ class Tenant:
         self.photo_update_settings: dict[str, Any] | None = {"source": "cloud", "allowedRoles": []}
 
     # --- generation --------------------------------------------------------------------------
-    def generate(self, count: int, photo_ratio: float, naming: str) -> None:
+    def generate(self, count: int, photo_ratio: float, naming: str, guest_ratio: float = 0.0) -> None:
+        """``count`` users; ``guest_ratio`` of them (never the first) are B2B guests (``_make_guest``)."""
+        self._generate_members(count, photo_ratio, naming)
+        picker = random.Random(f"guests:{self.seed}")  # apart: the members stay what the seed made them
+        for user_id in picker.sample(self.sorted_ids, round(guest_ratio * count)):
+            if user_id != self.default_user.id:
+                self._make_guest(self.users[user_id])
+
+    def _make_guest(self, user: User) -> None:
+        """Turn a generated member into a B2B guest, as Entra ID holds an invited user.
+
+        Learn, "Properties of a Microsoft Entra B2B collaboration user": the invited user's
+        ``userPrincipalName`` is their address with ``@`` replaced by ``_`` and ``#EXT#@<tenant domain>``
+        appended, ``userType`` is ``Guest``, and ``mail`` is their own (external) address; the guest has
+        no mailbox in this tenant (Exchange Online holds a mail user for it).
+        """
+        external = f"{user.props['mailNickname']}@fabrikam.example"
+        self.by_upn.pop(str(user.props["userPrincipalName"]).lower(), None)
+        upn = f"{external.replace('@', '_')}#EXT#@{self.domain}"
+        self.by_upn[upn.lower()] = user.id
+        user.mailbox = "none"
+        user.props.update(userPrincipalName=upn, userType="Guest", mail=external, proxyAddresses=[f"SMTP:{external}"])
+
+    def _generate_members(self, count: int, photo_ratio: float, naming: str) -> None:
         rng = self._rng
         for index in range(count):
             given, surname = rng.choice(_GIVEN), rng.choice(_SURNAMES)

@@ -27,6 +27,8 @@ def test_names_follow_the_sam_account_name_convention() -> None:
         nick = user["mailNickname"]
         assert re.fullmatch(r"[a-z0-9]+(\.[a-z0-9]+)*\d*", nick), nick
         assert len(nick) <= 20
+        if user["userType"] == "Guest":  # test_a_few_percent_are_b2b_guests
+            continue
         assert user["userPrincipalName"] == f"{nick}@contoso.example"
         assert (user["mail"] is None) == (user["mailbox"] == "none")
     assert {u["mailbox"] for u in users} == {"cloud", "on-premises", "none"}
@@ -34,6 +36,23 @@ def test_names_follow_the_sam_account_name_convention() -> None:
     assert any(u["mail"] and u["mail"].split("@")[0] != u["mailNickname"] for u in users)
     sizes = {(u["photo"]["width"], u["photo"]["contentType"]) for u in users if u["hasPhoto"]}
     assert any(w >= 1200 for w, _ in sizes) and any(ct == "image/png" for _, ct in sizes)
+
+
+def test_a_few_percent_are_b2b_guests() -> None:
+    """Guests as Entra ID holds invited users: ``#EXT#`` UPN, userType Guest, their own mail, no mailbox;
+    picked apart from the members' generation, so the members are what the seed made them."""
+    emu = GraphEmulator(EmulatorConfig(users=300, seed=1))
+    users = emu.admin.users()
+    without = {u["id"]: u for u in GraphEmulator(EmulatorConfig(users=300, seed=1, guest_ratio=0.0)).admin.users()}
+    guests = [u for u in users if u["userType"] == "Guest"]
+    assert 6 <= len(guests) <= 9  # 3 %
+    for guest in guests:
+        assert guest["mailbox"] == "none" and guest["mail"] == f"{guest['mailNickname']}@fabrikam.example"
+        assert guest["userPrincipalName"] == f"{guest['mailNickname']}_fabrikam.example#EXT#@contoso.example"
+    assert [u for u in users if u["userType"] != "Guest"] == [
+        u for u in without.values() if u["id"] not in {g["id"] for g in guests}
+    ]
+    assert emu.tenant.default_user.props["userType"] == "Member"  # the consented delegated user keeps its mailbox
 
 
 def test_numbered_naming() -> None:

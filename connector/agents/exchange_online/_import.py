@@ -100,6 +100,8 @@ _IMPORT_OUTCOMES = {
 }
 #: The agent-state key counting import runs (picks the rolling re-verification bucket).
 _RUN_KEY = "~runs"
+#: What the userPrincipalName of a B2B guest holds (``_not_a_mailbox_user``).
+_EXTERNAL = "#EXT#"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,21 @@ class _Probe:
 
 def _dir_attrs(user: dict[str, Any]) -> dict[str, Any]:
     return {name: user[name] for name in DIRECTORY_ATTRIBUTES if user.get(name) is not None}
+
+
+def _not_a_mailbox_user(attrs: dict[str, Any]) -> str:
+    """Why the listing skips a user as no mailbox user (the run-history counter), or "" for a mailbox user.
+
+    A guest, ``#EXT#`` in its userPrincipalName, has ``mail`` (its own address elsewhere) and no mailbox
+    here (Learn, "Properties of a Microsoft Entra B2B collaboration user": the UPN of an invited user
+    holds ``#EXT#``; Exchange Online keeps a mail user for it): probing its photo is a request for
+    nothing, or a per-user error where Graph refuses photo reads without a mailbox. The UPN, already
+    listed, tells it; ``userType`` would too, but it can be set to Member for a guest, and selecting
+    it would change every user's tracked attributes.
+    """
+    if _EXTERNAL in str(attrs.get("userPrincipalName") or "").upper():
+        return "skipped_guests"
+    return "" if _is_mailbox_user(attrs) else "skipped_without_mail"
 
 
 def _is_mailbox_user(attrs: dict[str, Any]) -> bool:
@@ -316,8 +333,9 @@ class Importer:
         if user_id in self.seen:  # a replay within one round
             return
         self.seen.add(user_id)
-        if not _is_mailbox_user(attrs):  # skipped, and counted
-            yield Count("skipped_without_mail")
+        skipped = _not_a_mailbox_user(attrs)
+        if skipped:  # skipped, and counted
+            yield Count(skipped)
             if not self.full and row is not None:
                 yield from self._removal(user_id)
             return

@@ -40,7 +40,7 @@ def _by_anchor(entries: list[Any]) -> dict[str, Any]:
 
 
 def _mailbox_users(emu: Any) -> list[dict[str, Any]]:
-    return [u for u in emu.admin.users() if u.get("mail")]
+    return [u for u in emu.admin.users() if u.get("mail") and u["mailbox"] != "none"]  # guests have mail
 
 
 def _staged_ids(emu: Any) -> set[str]:
@@ -580,7 +580,8 @@ def test_users_without_mail_are_skipped_and_counted(make_emulator: Any, tmp_path
     entries, _ = imported(conn)
     assert not without & {e.anchor for e in entries}
     assert counts(conn)["skipped_without_mail"] == len(without)
-    assert counts(conn)["probes"] == len(emu.admin.users()) - len(without)
+    mailboxes = [u for u in emu.admin.users() if u["mail"] and u["userType"] != "Guest"]
+    assert counts(conn)["probes"] == len(mailboxes)
 
 
 def test_an_expired_delta_link_says_how_long_one_lasts(make_emulator: Any, tmp_path: Path) -> None:
@@ -594,3 +595,22 @@ def test_an_expired_delta_link_says_how_long_one_lasts(make_emulator: Any, tmp_p
     assert "HTTP 400 syncStateNotFound" in message and "the link expired (Graph keeps one for seven days)" in message
     assert "Run a full import of agent 'exo'" in message
     assert message.endswith("run a delta import of it more often than weekly")
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_guests_are_neither_probed_nor_errors(make_emulator: Any, tmp_path: Path) -> None:
+    """B2B guests (``#EXT#`` userPrincipalName, userType Guest) have ``mail``, their own address, and no
+    mailbox in the tenant. Before: each was probed like a mailbox user, and where Graph answers a photo
+    read for a user without a mailbox with 400 AuthenticationError, each was an import error."""
+    from tests.agents.exchange_online.conftest import counts, imported
+
+    emu = make_emulator(users=100, guest_ratio=0.05, no_mailbox_photo="error")
+    guests = {u["id"] for u in emu.admin.users() if u["userType"] == "Guest"}
+    assert len(guests) >= 3 and all("#EXT#@" in u["userPrincipalName"] for u in emu.admin.users() if u["id"] in guests)
+    conn = make_connector(emu, tmp_path / "data")
+    entries, _ = imported(conn)
+    assert not [(e.anchor, e.error.name) for e in entries if e.error is not None]
+    assert not guests & {e.anchor for e in entries}
+    assert counts(conn)["skipped_guests"] == len(guests)
+    mailbox_users = [u for u in emu.admin.users() if u["mail"] and u["id"] not in guests]
+    assert counts(conn)["probes"] == len(mailbox_users)
