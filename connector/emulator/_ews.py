@@ -47,7 +47,8 @@ a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 
 ``set_answer(email, status, body)``    that answer to the mailbox's REST ``GetUserPhoto``, for what one
                                        mailbox (or what stands in front of EWS) may answer: a SOAP
                                        fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
-                                       proxy's HTML page, damaged bytes
+                                       proxy's HTML page, damaged bytes, an HTTP 200 whose SOAP says
+                                       ``ResponseClass="Error"`` (``error_response``)
 =====================================  =================================================================
 
 NTLM is connection-based, as IIS does it: the three-leg handshake runs on one TCP connection, which
@@ -92,7 +93,7 @@ from connector.emulator._photos import HD_SIZES, PhotoTemplates, image_dimension
 from connector.emulator._stats import Stats
 from connector.emulator._tls import server_tls
 
-__all__ = ["EWS_SIZE_CODES", "EwsConfig", "EwsEmulator", "size_code"]
+__all__ = ["EWS_SIZE_CODES", "EwsConfig", "EwsEmulator", "error_response", "size_code", "soap_fault"]
 
 T = TypeVar("T")
 
@@ -210,6 +211,18 @@ def soap_fault(code: str, message: str, backoff_ms: float | None = None) -> byte
         f'<faultcode xmlns:a="{_NS_T}">a:{code}</faultcode><faultstring xml:lang="en-US">{message}</faultstring>'
         f'<detail><e:ResponseCode xmlns:e="{_NS_E}">{code}</e:ResponseCode>'
         f'<e:Message xmlns:e="{_NS_E}">{message}</e:Message>{extra}</detail></s:Fault></s:Body></s:Envelope>'
+    ).encode()
+
+
+def error_response(code: str, message: str) -> bytes:
+    """A ``GetUserPhotoResponse`` whose ``ResponseClass`` is ``Error``: EWS's way of failing an operation
+    inside an HTTP 200, as its response messages do (MS-OXWSCDATA ``ResponseMessageType``: ``MessageText``
+    and ``ResponseCode``; ews-throttling-in-exchange lists a 200 with ``ErrorInternalServerError``)."""
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}"><s:Body>'
+        f'<GetUserPhotoResponse ResponseClass="Error" xmlns="{_NS_M}"><MessageText>{message}</MessageText>'
+        f"<ResponseCode>{code}</ResponseCode><DescriptiveLinkKey>0</DescriptiveLinkKey>"
+        "<HasChanged>false</HasChanged></GetUserPhotoResponse></s:Body></s:Envelope>"
     ).encode()
 
 

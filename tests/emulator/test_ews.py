@@ -10,16 +10,18 @@ import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import requests
 from PIL import Image
 from requests_ntlm import HttpNtlmAuth
 
-from connector.emulator._ews import EwsConfig, EwsEmulator
+from connector.emulator._ews import EwsConfig, EwsEmulator, error_response
 from tests.imaging.images import encode, photo
 
 MAIL = "anna.smith@contoso.example"
+NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 SOAP = """<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
   xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"
@@ -146,6 +148,19 @@ def test_soap_get_user_photo_has_changed(ews: EwsEmulator) -> None:
     assert b"<HasChanged>false</HasChanged>" in again.content and b"<PictureData></PictureData>" in again.content
     unknown = http.post(ews.info["ews_url"], data=SOAP.format(email="x@y.example", size="HR48x48"), timeout=10)
     assert unknown.status_code == 500  # the operation page: unknown address -> HTTP 500
+
+
+def test_an_error_in_a_200_is_a_soap_response_message_of_class_error(ews: EwsEmulator) -> None:
+    ews.add_mailbox(MAIL, photo=photo(1))
+    ews.set_answer(MAIL, 200, error_response("ErrorNonExistentMailbox", "No mailbox with such guid."))
+    answer = _get(_session(ews), ews, MAIL)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/xml")
+    message = ElementTree.fromstring(answer.content).find(f".//{{{NS_M}}}GetUserPhotoResponse")
+    assert message is not None and message.get("ResponseClass") == "Error"
+    assert message.findtext(f"{{{NS_M}}}ResponseCode") == "ErrorNonExistentMailbox"
+    assert message.findtext(f"{{{NS_M}}}MessageText") == "No mailbox with such guid."
+    ews.set_answer(MAIL, None)
+    assert _get(_session(ews), ews, MAIL).headers["Content-Type"] == "image/jpeg"
 
 
 def test_server_busy_carries_back_off_milliseconds(ews: EwsEmulator) -> None:

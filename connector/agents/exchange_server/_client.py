@@ -12,7 +12,8 @@ limiter (``limiter.pause``) and counts as push-back; ``ErrorExceededConnectionCo
 EWSMaxConcurrency) and 503 (IIS's queue) count as push-back too, and the limiter decreases
 (§5, AIMD on in-flight requests). Waiting out throttling never spends the failure attempts.
 
-Any other SOAP fault in a 5xx answer is EWS's word about one mailbox (``ErrorNonExistentMailbox``
+Any other SOAP fault in a 5xx answer (or error in a 200 whose SOAP response message says
+``ResponseClass="Error"``) is EWS's word about one mailbox (``ErrorNonExistentMailbox``
 for one that moved to Exchange Online or was removed, ``ErrorAccessDenied``...): final for this
 run, named in the per-object error, and a sign that the server works. Only the faults of the
 server itself (``ErrorInternalServerTransientError``, ``ErrorMailboxStoreUnavailable``...) are
@@ -47,7 +48,9 @@ _BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d+)\s*<')
 _THROTTLE_CODES = (b"ErrorServerBusy", b"ErrorExceededConnectionCount", b"ErrorTooManyObjectsOpened")
 #: The fault's code: ``<e:ResponseCode>`` of the detail, else the ``faultcode`` (``a:ErrorX``).
 _FAULT_CODE = re.compile(rb"<(?:[\w.-]+:)?(?:ResponseCode|faultcode)\b[^>]*>\s*(?:[\w.-]+:)?(Error\w+)\s*<")
-_FAULT_TEXT = re.compile(rb"<(?:[\w.-]+:)?(?:Message|faultstring)\b[^>]*>([^<]{1,300})<")
+_FAULT_TEXT = re.compile(rb"<(?:[\w.-]+:)?(?:Message|MessageText|faultstring)\b[^>]*>([^<]{1,300})<")
+#: A response message that failed inside an HTTP 200 (MS-OXWSCDATA ``ResponseMessageType``).
+_ERROR_CLASS = re.compile(rb"""\bResponseClass\s*=\s*["']Error["']""")
 #: Faults of the server rather than of the mailbox asked about: retried like a bare 5xx.
 _SERVER_FAULTS = frozenset(
     {
@@ -102,10 +105,14 @@ class EwsFault:
 
 
 def ews_fault(resp: requests.Response) -> EwsFault | None:
-    """The SOAP fault of a 5xx answer, if it carries one (never throttling: ``throttle_signal`` first)."""
-    if resp.status_code < 500:
-        return None
+    """The SOAP fault of a 5xx answer, or the error of a 200 whose SOAP response message says
+    ``ResponseClass="Error"`` (EWS fails operations so too: the throttling page lists a 200 with
+    ErrorInternalServerError), if it carries one (never throttling: ``throttle_signal`` first)."""
     body = resp.content[:8192]
+    if resp.status_code < 500 and not (
+        resp.status_code == 200 and "xml" in resp.headers.get("Content-Type", "") and _ERROR_CLASS.search(body)
+    ):
+        return None
     code = _FAULT_CODE.search(body)
     if code is None:
         return None
@@ -115,8 +122,11 @@ def ews_fault(resp: requests.Response) -> EwsFault | None:
 
 
 def _is_answer(resp: requests.Response, fault: EwsFault | None) -> bool:
-    """Whether EWS worked on the request: below 500, or a fault about the mailbox (see ``AnswerClock``)."""
-    return resp.status_code < 500 or (fault is not None and fault.about_mailbox)
+    """Whether EWS worked on the request: below 500 without a fault, or a fault about the mailbox (see
+    ``AnswerClock``)."""
+    if fault is not None:
+        return fault.about_mailbox
+    return resp.status_code < 500
 
 
 def throttle_signal(resp: requests.Response) -> tuple[bool, float | None]:
@@ -510,10 +520,10 @@ class PhotoClient:
     def _answer(self, email: str, resp: requests.Response, fault: EwsFault | None) -> Fetched | None:
         """The outcome of a non-throttled answer; None for one worth retrying."""
         status, etag = resp.status_code, resp.headers.get("ETag")
+        if fault is not None:  # a 5xx's, or a 200's whose SOAP says Error: a retry when it is the server's
+            return self._refused_mailbox(email, fault) if fault.about_mailbox else None
         if status == 200:
             return _photo(email, resp)
-        if fault is not None and fault.about_mailbox:
-            return self._refused_mailbox(email, fault)
         if status == 304:
             return Fetched("unchanged", etag=etag)
         if status == 404:

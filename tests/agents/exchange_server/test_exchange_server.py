@@ -34,7 +34,7 @@ from connector.agents.exchange_server._auth import refused, spn
 from connector.agents.exchange_server._client import MAX_PHOTO_BYTES, throttle_signal
 from connector.config import ConfigError, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
-from connector.emulator._ews import EwsConfig, EwsEmulator, soap_fault
+from connector.emulator._ews import EwsConfig, EwsEmulator, error_response, soap_fault
 from connector.engine import import_in_memory, open_connector
 from connector.sdk import (
     AuthenticationError,
@@ -506,6 +506,25 @@ def test_a_soap_fault_about_one_mailbox_is_its_own_error_naming_what_ews_said(ew
         "The SMTP address has no mailbox associated."
     )
     assert entries[PHOTO].attributes["EXSPhoto"] and agent.metrics["retries"] == 0
+
+
+def test_an_http_200_whose_soap_says_error_is_what_ews_said_not_a_picture(ews: EwsEmulator, tmp_path: Path) -> None:
+    """EWS fails an operation inside an HTTP 200 too (``ResponseClass="Error"``; the throttling page lists
+    a 200 with ErrorInternalServerError). Before, each such answer was taken for a photo, found to be no
+    picture, and reported as "not-an-image ... a proxy or load balancer in front of EWS answered", asked
+    once: the mailbox gone to Exchange Online and the server's own hiccup both lost what EWS said."""
+    gone, hiccup = "gone@contoso.example", "hiccup@contoso.example"
+    ews.set_answer(gone, 200, error_response("ErrorNonExistentMailbox", "No mailbox with such guid."))
+    ews.set_answer(hiccup, 200, error_response("ErrorInternalServerError", "An internal server error occurred."))
+    _listing(tmp_path, PHOTO, gone, hiccup)
+    agent = _agent(ews, tmp_path, max_attempts=2)
+    entries, _ = _imported(agent)
+    errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
+    assert {anchor: error.name for anchor, error in errors.items()} == {gone: "mailbox-not-found", hiccup: "ews-error"}
+    assert "ErrorNonExistentMailbox: No mailbox with such guid." in errors[gone].detail and gone in errors[gone].detail
+    assert errors[hiccup].detail.startswith(f"GetUserPhoto for {hiccup}: HTTP 200 (ErrorInternalServerError: ")
+    assert agent.metrics["retries"] == 1  # the server's own fault is asked again; the mailbox's is not
+    assert entries[PHOTO].attributes["EXSPhoto"]
 
 
 def test_an_ews_that_refuses_every_mailbox_is_no_outage(ews: EwsEmulator, tmp_path: Path) -> None:
