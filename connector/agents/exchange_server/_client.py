@@ -39,7 +39,7 @@ from connector.agents.exchange_server._auth import refused
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
 from connector.net import RECHECKED, SILENCE, AnswerClock, fails_again, failure_kind, host_port
-from connector.sdk import ConfigurationError, ServerDownError
+from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = ["MAX_PHOTO_BYTES", "EwsFault", "Fetched", "PhotoClient", "ews_fault", "throttle_signal"]
@@ -127,6 +127,16 @@ def _is_answer(resp: requests.Response, fault: EwsFault | None) -> bool:
     if fault is not None:
         return fault.about_mailbox
     return resp.status_code < 500
+
+
+def _worked_on(resp: requests.Response) -> bool:
+    """Whether an answer shows EWS at work: push-back, or an answer (see ``_is_answer``)."""
+    return throttle_signal(resp)[0] or _is_answer(resp, ews_fault(resp))
+
+
+def _not_forbidden(resp: requests.Response) -> bool:
+    """Whether an answer is anything but a 403: the account may use EWS."""
+    return resp.status_code != 403
 
 
 def throttle_signal(resp: requests.Response) -> tuple[bool, float | None]:
@@ -284,6 +294,8 @@ class PhotoClient:
         #: The latest mailbox with a working answer, and the latest asked for: what a recheck asks
         self._worked: str | None = None
         self._asked: str | None = None
+        #: The latest mailbox refused with a bare 403: what a 403 of another one asks again.
+        self._refused: str | None = None
         self.watch = ThrottleWatch(
             f"EWS ({host_port(settings.origin)})",
             settings.max_throttled_wait_minutes,
@@ -396,7 +408,7 @@ class PhotoClient:
                         return self._throttled_out(email, throttled)
                     continue
                 fault = ews_fault(resp)
-                self._answered(ticket, email, _is_answer(resp, fault))
+                self._answered(ticket, email, _is_answer(resp, fault), allowed=resp.status_code != 403)
                 outcome = self._answer(email, resp, fault)
                 if outcome is not None:
                     return outcome
@@ -449,10 +461,13 @@ class PhotoClient:
         )
         return Fetched("error", error="throttled", detail=detail)
 
-    def _answered(self, ticket: Ticket, email: str, worked: bool) -> None:
-        if worked:  # a plain 5xx is a failure, not a working answer
+    def _answered(self, ticket: Ticket, email: str, worked: bool, *, allowed: bool = True) -> None:
+        """Release ``ticket``; ``worked``: EWS is at work (a plain 5xx is a failure, not a working answer);
+        ``allowed``: and it lets the account read mailboxes (not a 403), so ``email`` is one to ask again."""
+        if worked:
             self.answers.answered()
             self.watch.progressed()
+        if worked and allowed:
             self._worked = email
         self.limiter.release(ticket, Signal.OK if worked else Signal.FAILED)
 
@@ -465,23 +480,49 @@ class PhotoClient:
             if self.answers.silent_since(started):
                 raise self._down(f"did not answer: {failure_kind(unanswered)}", started, attempts)
             return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}")
-        if (evidence := self._fails_again(email)) is not None:
+        if (evidence := self._fails_again(email, _worked_on)) is not None:
             raise self._down(f"answered with {last}", started, attempts, evidence)
         hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if last == "HTTP 500" else ""
         return Fetched(
             "error", error="ews-error", detail=f"GetUserPhoto for {email}: {last} from {self.settings.origin}{hint}"
         )
 
-    def _fails_again(self, email: str) -> str | None:
-        """Why the server is down, if a mailbox that had a working answer (before any, another mailbox
-        asked for) fails too; None if it answers, or there is no other mailbox to ask.
+    def _forbidden(self, email: str) -> Fetched:
+        """A bare 403 (no SOAP fault, which is how EWS refuses one mailbox): the mailbox's error, unless
+        another mailbox is refused so too (one that had worked, else the one refused before), which
+        means EWS or IIS refuses the account itself: the step stops once, rather than fail every mailbox.
+        """
+        previous, self._refused = self._refused, email
+        evidence = self._fails_again(email, _not_forbidden, previous)
+        if evidence is None:
+            return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
+        s = self.settings
+        raise AuthenticationError(
+            f"EWS at {s.origin} refused {self._account} (HTTP 403 Forbidden for {email}, and {evidence}): EWS or "
+            "IIS refuses the account, not one mailbox; check that EWS is enabled for it (Get-CASMailbox <account> "
+            "| fl Ews*; Set-CASMailbox -EwsEnabled $true), the organisation's EWS application access policy "
+            "(Get-OrganizationConfig | fl Ews*) and the IP restrictions and SSL settings of the EWS virtual "
+            "directory in IIS; the mailboxes not fetched yet keep what they had"
+        )
+
+    @property
+    def _account(self) -> str:
+        return self.settings.username or self.settings.client_id or "the service account"
+
+    def _fails_again(
+        self, email: str, worked: Callable[[requests.Response], bool], fallback: str | None = None
+    ) -> str | None:
+        """Why the server (or the account) fails, if a mailbox that had a working answer (before any,
+        ``fallback``, else another mailbox asked for) fails too, as ``worked`` judges an answer;
+        None if it answers, or there is no other mailbox to ask.
 
         A plain 5xx is an answer about one mailbox (a broken or moved one answers 500 every time),
         or a server, or load balancer, failing everything: ``connector.net.fails_again``.
         """
         other, evidence = self._worked, RECHECKED
         if other is None:
-            other, evidence = (self._asked if self._asked != email else None), "another mailbox failed too"
+            candidate = self._asked if fallback is None else fallback
+            other, evidence = (candidate if candidate != email else None), "another mailbox failed too"
         if other is None:
             return None
 
@@ -496,9 +537,9 @@ class PhotoClient:
             except requests.RequestException:
                 self.limiter.release(ticket, Signal.FAILED)
                 return False
-            worked = throttle_signal(resp)[0] or _is_answer(resp, ews_fault(resp))
-            self.limiter.release(ticket, Signal.OK if worked else Signal.FAILED)
-            return worked
+            answered = worked(resp)
+            self.limiter.release(ticket, Signal.OK if answered else Signal.FAILED)
+            return answered
 
         return evidence if fails_again(ask, self.cancel, self.settings.backoff_initial_s) else None
 
@@ -531,7 +572,7 @@ class PhotoClient:
         if status == 401:
             raise refused(self.settings, resp.headers.get("WWW-Authenticate"))
         if status == 403:
-            return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
+            return self._forbidden(email)
         if 300 <= status < 400:
             return _redirected(email, resp)
         if status >= 500:
@@ -547,7 +588,7 @@ class PhotoClient:
             )
             return Fetched("error", error="mailbox-not-found", detail=detail)
         if fault.code in _DENIED_FAULTS:
-            who = self.settings.username or self.settings.client_id or "the service account"
-            detail = f"EWS refused {who} the photo of {email} ({fault}): check the account's rights on this mailbox"
+            detail = f"EWS refused {self._account} the photo of {email} ({fault}): "
+            detail += "check the account's rights on this mailbox"
             return Fetched("error", error="permission-issue", detail=detail)
         return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: EWS answered {fault}")

@@ -527,6 +527,32 @@ def test_an_http_200_whose_soap_says_error_is_what_ews_said_not_a_picture(ews: E
     assert entries[PHOTO].attributes["EXSPhoto"]
 
 
+def test_an_ews_closed_to_the_account_with_403_stops_the_step_once_naming_host_and_account(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """A bare HTTP 403 (no SOAP fault) is EWS or IIS refusing the caller, not one mailbox: EWS disabled
+    for the account (Set-CASMailbox -EwsEnabled $false), an EWS application access policy, IIS's IP
+    restrictions. Before, each of 20 mailboxes became its own "permission-issue" (5,000 on a real site)
+    and the step "completed with errors"; now it stops once as an authentication stop naming the host
+    and the account (never the password). One mailbox's 403 while others answer stays its own error."""
+    emails = _many_mailboxes(ews, tmp_path, 20)
+    forbidden = b"<html><body><h2>403 - Forbidden: Access is denied.</h2></body></html>"
+    ews.set_answer(emails[3], 403, forbidden, content_type="text/html")
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=4))
+    assert {anchor: entry.error.name for anchor, entry in entries.items() if entry.error} == {
+        emails[3]: "permission-issue"
+    }
+    for email in emails:
+        ews.set_answer(email, 403, forbidden, content_type="text/html")
+    agent = _agent(ews, tmp_path, concurrency=4)
+    with pytest.raises(AuthenticationError) as caught:
+        _imported(agent)
+    where, account = ews.info["ews_url"].split("/")[2], ews.info["username"]
+    assert str(caught.value).startswith(f"EWS at https://{where} refused {account} (HTTP 403 Forbidden for ")
+    assert "EwsEnabled" in str(caught.value) and ews.info["password"] not in str(caught.value)
+    assert caught.value.status == "stopped-authentication"
+
+
 def test_an_ews_that_refuses_every_mailbox_is_no_outage(ews: EwsEmulator, tmp_path: Path) -> None:
     """An account that may read no mailbox gets ErrorAccessDenied for each: a per-object error that
     says so, not "answered with HTTP 500 ... check IIS and the EWS application pool" (before)."""
