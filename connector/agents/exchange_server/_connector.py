@@ -6,13 +6,16 @@ and Graph cannot read it (the Exchange Online agent imports such a person with `
 This agent reads it with EWS's ``GetUserPhoto`` (field-notes-2.md §1; see ``_client``), one object
 per configured mailbox (see ``_settings`` for why a configured list).
 
-Full import fetches every mailbox's photo. Delta import re-reads the mailbox list (addresses gone
-from it are deleted, new ones fetched) and re-checks a photo only when its window passed:
-``photo_recheck_hours`` after the last check, ``photo_error_recheck_hours`` after a failure (the
-Exchange Online agent's windows, after SharePoint 2013's ``UserPhotoExpiration`` and
-``UserPhotoErrorExpiration``, field-notes-2.md §1.5). EWS has no change feed for photos (§1.6), so
-a re-check is a conditional GET with the stored ETag: 304 costs no body. Every failure is a
-per-object import error; only authentication stops the step.
+Full import fetches every mailbox's photo; one interrupted (stopped, killed) resumes after the
+mailboxes it committed (a ``Checkpoint`` each ``page_size`` mailboxes names how many, and a digest
+of the list up to there: a list refreshed before that point starts the import over). Delta import
+re-reads the mailbox list (addresses gone from it are deleted, new ones fetched) and re-checks a
+photo only when its window passed: ``photo_recheck_hours`` after the last check,
+``photo_error_recheck_hours`` after a failure (the Exchange Online agent's windows, after SharePoint
+2013's ``UserPhotoExpiration`` and ``UserPhotoErrorExpiration``, field-notes-2.md §1.5). EWS has no
+change feed for photos (§1.6), so a re-check is a conditional GET with the stored ETag: 304 costs no
+body. Every failure is a per-object import error; only authentication, an EWS closed to the account
+(403) or an outage stops the step.
 
 The per-mailbox ETag and checksum live in the engine's store (import contract v2: ``StateUpdate``
 items, committed with the page that holds the mailbox's entry; ``UserState`` is shared with the
@@ -50,6 +53,7 @@ from connector.sdk import (
     Attribute,
     AttributeAccess,
     Capabilities,
+    Checkpoint,
     CheckResult,
     ConfigurationError,
     Connector,
@@ -63,6 +67,7 @@ from connector.sdk import (
     ImportItem,
     ImportRun,
     ObjectClass,
+    ResumeRefusedError,
     Schema,
     StateUpdate,
     StopRunError,
@@ -241,19 +246,22 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             raise StopRunError("no usable delta state for this agent (no watermark); run a full import")
         if not run.full and _watermark_version(run.watermark) < 2:
             raise refused_v1_watermark(_OLD_STATE_FILE)
+        known = {key: UserState.load(key, value) for key, value in run.state.scan() if key != LIMIT_KEY}
+        listed = self._settled(self.mailbox_list(), known, run.stopping)
+        done = _resumed_past(run.resume_from, listed) if run.full else 0  # before the first yield
         limit = RunLimit(self.limiter, run, memory_hours=self.settings.limit_memory_hours)
         yield from limit.recall()
         worker = _PhotoWorker(self, run.full, limit)
-        known = {key: UserState.load(key, value) for key, value in run.state.scan() if key != LIMIT_KEY}
-        listed = self._settled(self.mailbox_list(), known, run.stopping)
         yield Count("mailboxes", len(listed))
         now = time.time()
         s = self.settings
         cuts = (now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600, now)
-        due = [email for email in listed if run.full or (row := known.get(email)) is None or _due(row, *cuts)]
+        due = [email for email in listed[done:] if run.full or (row := known.get(email)) is None or _due(row, *cuts)]
         if due:
             self.client.check_endpoint()
-        for email in due:
+        for index, email in enumerate(due, done):
+            if run.full and index > done and index % max(1, run.page_size) == 0:
+                yield Checkpoint(_checkpoint(listed, index))
             row = known.get(email)
             trusted = not run.full and row is not None and row.in_cs and row.error is None
             yield Deferred(worker, _Task(email, row, row.etag if trusted and row is not None else None))
@@ -321,6 +329,31 @@ def _add_addresses(out: dict[str, None], lines: Iterable[str], key: str, path: P
             )
             raise ConfigurationError(msg, key=key)
         out[written.lower()] = None
+
+
+def _prefix_digest(listed: list[str], count: int) -> str:
+    return hashlib.sha256("\n".join(listed[:count]).encode()).hexdigest()
+
+
+def _checkpoint(listed: list[str], done: int) -> str:
+    """Where a full import resumes: after the first ``done`` mailboxes of the list, which the digest
+    names, so that a list refreshed meanwhile (a mailbox added or removed before that point) is seen."""
+    return json.dumps({"v": 1, "done": done, "listed": _prefix_digest(listed, done)})
+
+
+def _resumed_past(checkpoint: str | None, listed: list[str]) -> int:
+    """How many mailboxes of ``listed`` an interrupted full import committed (0 when not resuming);
+    ``ResumeRefusedError`` (the engine starts over) when the list no longer begins with them."""
+    if checkpoint is None:
+        return 0
+    try:
+        point = json.loads(checkpoint)
+        done, digest = int(point["done"]), str(point["listed"])
+    except (ValueError, TypeError, KeyError):
+        raise ResumeRefusedError("the checkpoint is not one this agent wrote") from None
+    if not 0 < done <= len(listed) or _prefix_digest(listed, done) != digest:
+        raise ResumeRefusedError("the mailbox list changed before the point where the interrupted import stopped")
+    return done
 
 
 def _watermark_version(text: str | None) -> int:

@@ -21,6 +21,7 @@ import pytest
 import requests
 import trustme
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from connector import files
 from connector.agents._mailbox_photo import LIMIT_KEY
@@ -29,13 +30,14 @@ from connector.agents.exchange_server import (
     ExchangeServerPhotosConnector,
     ExchangeServerSettings,
     _client,
+    _connector,
 )
 from connector.agents.exchange_server._auth import refused, spn
 from connector.agents.exchange_server._client import MAX_PHOTO_BYTES, throttle_signal
-from connector.config import ConfigError, load_config
+from connector.config import ConfigError, config_from_dict, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
 from connector.emulator._ews import EwsConfig, EwsEmulator, error_response, soap_fault
-from connector.engine import import_in_memory, open_connector
+from connector.engine import Engine, import_in_memory, open_connector
 from connector.sdk import (
     AuthenticationError,
     ConfigurationError,
@@ -43,9 +45,12 @@ from connector.sdk import (
     CSEntryChange,
     ImportMode,
     ObjectModificationType,
+    ResumeRefusedError,
     ServerDownError,
     StopRunError,
 )
+from connector.store import SqlStore
+from connector.store.tables import cs_object
 from connector.throttling import LimitMemory, forget_shared_limiters
 from tests.agents.photo_folder.helpers import by_anchor
 from tests.cli._configs import invoke
@@ -1053,3 +1058,77 @@ def test_ctrl_c_stops_a_mailbox_waiting_to_be_asked_again(
     finally:
         signal.signal(signal.SIGINT, previous)
     assert left == []
+
+
+def _engine_config(ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A store, the agent (one thread, so mailboxes finish in list order) and a full-import profile."""
+    monkeypatch.setenv("EXS_TEST_PASSWORD", ews.info["password"])
+    info = ews.info
+    settings = {
+        "ews_url": info["ews_url"],
+        "ca_bundle": info["ca_cert"],
+        "username": info["username"],
+        "password": {"env": "EXS_TEST_PASSWORD"},
+        "mailbox_file": str(tmp_path / "mailboxes.txt"),
+        "concurrency": 1,
+    }
+    return config_from_dict(
+        {
+            "store": {"url": "sqlite:///mvsync.db"},
+            "data_dir": "data",
+            "agents": {"exs": {"type": "exchange-server-photos", "settings": settings}},
+            "run_profiles": {"Full": {"steps": [{"type": "full-import", "agent": "exs", "page_size": 2}]}},
+        },
+        base_dir=tmp_path,
+    )
+
+
+def _run_full(config: Any) -> Any:
+    engine = Engine(config)
+    try:
+        return engine.run_profile("Full")
+    finally:
+        engine.close()
+
+
+def test_an_interrupted_full_import_resumes_after_the_mailboxes_it_committed(
+    ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full import stopped at the 9th of 12 mailboxes (an expired password, a reboot) fetched all 12
+    again on its next run: the agent yielded no checkpoint (5,000 photos downloaded again on a real
+    site). Now the next full import resumes after the mailboxes committed, and still holds all 12."""
+    emails = _many_mailboxes(ews, tmp_path, 12)
+    ews.set_answer(emails[8], 401, b"401 - Unauthorized", content_type="text/html")
+    config = _engine_config(ews, tmp_path, monkeypatch)
+    stopped = _run_full(config)
+    assert stopped.status == "stopped-authentication", stopped.as_dict()
+    ews.set_answer(emails[8], None)
+    before = ews.stats()["photo_downloads"]
+    forget_shared_limiters()
+    resumed = _run_full(config)
+    step = resumed.steps[0]
+    assert resumed.status == "success", resumed.as_dict()
+    assert step.counters["resumed_from_step"] == stopped.steps[0].step_id
+    assert step.message.startswith("resumed the full import interrupted in step")
+    assert ews.stats()["photo_downloads"] - before == 4  # the 9th to the 12th
+    store = SqlStore(config.store_url())
+    try:
+        with store.read() as conn:
+            held = conn.execute(select(cs_object.c.anchor).where(cs_object.c.agent == "exs")).scalars().all()
+    finally:
+        store.close()
+    assert sorted(held) == sorted(emails)
+
+
+def test_a_checkpoint_holds_only_for_the_same_mailbox_list_up_to_it() -> None:
+    """The list is re-read by the resumed import: mailboxes added after the point are fetched; one added
+    or removed before it would be missed or misplaced, so the engine is told to start over."""
+    listed = [f"m{n}@contoso.example" for n in range(6)]
+    point = _connector._checkpoint(listed, 4)
+    assert _connector._resumed_past(point, [*listed, "new@contoso.example"]) == 4
+    assert _connector._resumed_past(None, listed) == 0
+    for changed in (["new@contoso.example", *listed], listed[1:], listed[:3]):
+        with pytest.raises(ResumeRefusedError, match="the mailbox list changed"):
+            _connector._resumed_past(point, changed)
+    with pytest.raises(ResumeRefusedError, match="not one this agent wrote"):
+        _connector._resumed_past('{"link": "https://graph"}', listed)
