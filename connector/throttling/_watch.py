@@ -49,10 +49,16 @@ class ThrottleWatch:
         outlast the limit stops the step now instead of sleeping first.
         """
         with self._lock:
-            stalled = time.monotonic() + more_s - self._last_progress
-        if stalled > self.minutes * 60.0:
-            took = f"{stalled:.0f} s" if stalled < 120 else f"{stalled / 60:.1f} minutes"
+            stalled = time.monotonic() - self._last_progress
+        if stalled + more_s > self.minutes * 60.0:
+            # what passed and what the service asks for apart: "throttled for 2.0 minutes" after 0.1 s
+            # misled whoever looked for the cause in the last minutes
+            asks = f", and asks to wait {_span(more_s)} more" if more_s > 0 else ""
             raise ThrottledTooLongError(
-                f"{self.service} has throttled every request for {took} "
+                f"{self.service} has throttled every request for {_span(stalled)}{asks} "
                 f"(max_throttled_wait_minutes = {self.minutes:g}); {self.then}"
             )
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"

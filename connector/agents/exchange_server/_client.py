@@ -449,7 +449,9 @@ class PhotoClient:
             self.count("backoff_ms_honoured", int(wait * 1000))
             self.limiter.pause(wait)
         self.limiter.release(ticket, Signal.THROTTLED, retry_after=wait)
-        self.watch.check(self.limiter.paused_for())
+        # the wait EWS asked for, not only the limiter's pause (capped at pause_max_s): a back-off past
+        # max_throttled_wait_minutes stops the step now, as the Graph client weighs a Retry-After
+        self.watch.check(max(wait or 0.0, self.limiter.paused_for()))
 
     def _throttled_out(self, email: str, answers: int) -> Fetched:
         """The error of a mailbox whose every attempt was push-back: asked again in the error window."""

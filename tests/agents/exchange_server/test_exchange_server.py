@@ -51,7 +51,7 @@ from connector.sdk import (
 )
 from connector.store import SqlStore
 from connector.store.tables import cs_object
-from connector.throttling import LimitMemory, forget_shared_limiters
+from connector.throttling import LimitMemory, ThrottledTooLongError, forget_shared_limiters
 from tests.agents.photo_folder.helpers import by_anchor
 from tests.cli._configs import invoke
 from tests.emulator.test_ews import _thumbnail
@@ -175,6 +175,37 @@ def test_server_busy_pauses_the_shared_limiter(ews: EwsEmulator, tmp_path: Path)
     metrics = agent.metrics
     assert metrics["throttled"] >= 1 and metrics["backoff_ms_honoured"] > 0
     assert metrics["limiter"]["pauses"] >= 1 and metrics["limiter"]["peak_limit"] <= 8
+
+
+def test_a_back_off_longer_than_the_throttled_wait_stops_the_step_at_once_saying_so(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """ErrorServerBusy asking for an hour (BackOffMilliseconds 3,600,000) when the step may wait 5 minutes:
+    the limiter pauses at most 120 s at a time, and that capped pause was all the throttle watch was
+    shown, so the step asked again every 120 s against a server that had asked for an hour, then
+    stopped after 5 minutes. Now the wait EWS asked for is weighed at once (as the Graph client weighs
+    Retry-After), and the message tells the wait asked for from the time spent."""
+    emails = _many_mailboxes(ews, tmp_path, 3)
+    busy = soap_fault("ErrorServerBusy", "The server cannot service this request right now.", 3_600_000)
+    for email in emails:
+        ews.set_answer(email, 500, busy)
+    agent = _agent(ews, tmp_path, concurrency=1, max_throttled_wait_minutes=5)
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _imported(agent)
+        except BaseException as exc:  # handed to the test's thread
+            caught.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)  # before: still waiting out its second 120-s pause
+    assert not worker.is_alive(), "the step kept asking a server that had asked for an hour's back-off"
+    [error] = caught
+    assert isinstance(error, ThrottledTooLongError), error
+    message = str(error)
+    assert "and asks to wait 60.0 minutes more (max_throttled_wait_minutes = 5)" in message, message
 
 
 def test_wrong_password_stops_the_step(ews: EwsEmulator, tmp_path: Path) -> None:
