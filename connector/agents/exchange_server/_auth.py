@@ -34,7 +34,7 @@ from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.net import unreachable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
-__all__ = ["kerberos_error", "make_auth", "make_session", "refused", "spn"]
+__all__ = ["kerberos_error", "make_auth", "make_session", "refusal", "refused", "spn"]
 
 
 def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.Session:
@@ -180,6 +180,21 @@ def kerberos_error(exc: BaseException, settings: ExchangeServerSettings) -> Conn
 _SCHEMES = {"ntlm": ("ntlm", "negotiate"), "negotiate": ("negotiate",), "basic": ("basic",), "oauth": ("bearer",)}
 _SUGGEST = {"ntlm": "'ntlm'", "negotiate": "'negotiate' for Kerberos", "basic": "'basic'", "bearer": "'oauth'"}
 _OFFER = re.compile(r"(?:^|,)\s*(negotiate|ntlm|basic|bearer)\b", re.IGNORECASE)
+
+
+def refusal(settings: ExchangeServerSettings, challenge: str | None = None) -> ConnectorError:
+    """What EWS's 401 means: with Kerberos, first whether a ticket can still be had, else :func:`refused`.
+
+    A ticket that expired mid-run (k5start stopped renewing it) or a credential cache emptied
+    (``kdestroy``) leaves requests-gssapi with nothing to send on a new connection: EWS's 401 then
+    says nothing about the SPN, which :func:`refused` would send the administrator to check.
+    """
+    if settings.auth == "negotiate" and sys.platform != "win32":  # SSPI uses the logon session: no cache
+        try:
+            _kerberos_ready(settings)
+        except ConnectorError as exc:
+            return exc
+    return refused(settings, challenge)
 
 
 def refused(settings: ExchangeServerSettings, challenge: str | None = None) -> AuthenticationError:

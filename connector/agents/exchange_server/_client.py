@@ -35,7 +35,7 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
-from connector.agents.exchange_server._auth import refused
+from connector.agents.exchange_server._auth import refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
 from connector.net import RECHECKED, SILENCE, AnswerClock, fails_again, failure_kind, host_port
@@ -572,7 +572,7 @@ class PhotoClient:
         if status == 404:
             return Fetched("none")
         if status == 401:
-            raise refused(self.settings, resp.headers.get("WWW-Authenticate"))
+            raise refusal(self.settings, resp.headers.get("WWW-Authenticate"))
         if status == 403:
             return self._forbidden(email)
         if 300 <= status < 400:

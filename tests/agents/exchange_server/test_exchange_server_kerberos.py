@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
+from connector.agents.exchange_server import ExchangeServerPhotosConnector, ExchangeServerSettings
 from connector.config import config_from_dict
 from connector.emulator._ews import EwsConfig, EwsEmulator
 from connector.engine import Engine
+from connector.sdk import AuthenticationError, ConnectorContext
 from tests.conftest import require_or_skip
 from tests.harness.samba_dc import ADSettings, KerberosAccount, SambaUnavailable, ServicePrincipal, service_principal
 from tests.imaging.images import photo
@@ -234,3 +236,28 @@ def test_a_ticket_for_another_service_is_refused_with_the_spn_named(
     assert step.message.startswith(f"EWS at {where} refused the Kerberos ticket for HTTP/intranet.mvsync.test")
     assert "setspn -Q HTTP/intranet.mvsync.test" in step.message
     assert kerberos_ews.stats()["negotiate_refused"] >= 1
+
+
+def test_a_ticket_gone_mid_run_is_named_not_taken_for_a_wrong_spn(
+    kerberos_ews: EwsEmulator, ticket_cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ticket expires mid-run (k5start stopped), or the cache is emptied, and EWS closes the
+    connection: requests-gssapi has nothing to send on the next one, and EWS answers 401. Before, the
+    step stopped saying "EWS refused the Kerberos ticket ... check setspn -Q", sending the administrator
+    to an SPN that is fine; now it says that no ticket is left and how to keep one."""
+    monkeypatch.setenv("KRB5CCNAME", ticket_cache)
+    settings = ExchangeServerSettings.model_validate(_config(kerberos_ews, tmp_path)["agents"]["exs"]["settings"])
+    agent = ExchangeServerPhotosConnector(settings, ConnectorContext(agent="exs", data_dir=tmp_path / "data"))
+    try:
+        client = agent.client
+        assert client.fetch(next(iter(MAILBOXES)), None).kind == "photo"
+        subprocess.run(["kdestroy", "-c", ticket_cache], check=True, timeout=30, capture_output=True)
+        for session in client._sessions:  # EWS closed the authenticated connection (IIS idle timeout)
+            session.close()
+        with pytest.raises(AuthenticationError) as caught:
+            client.fetch(PLAIN, None)
+    finally:
+        agent.close()
+    message = str(caught.value)
+    assert message.startswith(f"no usable Kerberos ticket for EWS at https://127.0.0.1:{kerberos_ews.info['port']} in ")
+    assert ticket_cache in message and "k5start" in message and "setspn" not in message
