@@ -793,8 +793,10 @@ def samba_lease(
     lock on ``DIR.users`` while using it, and a block stops the DC only when it can take that lock
     exclusively, i.e. nobody else is using the server any more. The block that started it and found
     it still in use leaves ``DIR.stop-when-idle`` behind, so the last user stops it (before, nobody
-    did: a DC started by one session and outlived by another ran on after both). A DC started with
-    ``keep`` has no such mark and runs on. ``exclusive`` holds the lock exclusively for the whole
+    did: a DC started by one session and outlived by another ran on after both). The mark is left
+    when the DC starts, not when its starter ends: a starter killed before its end (``kill -9``, a
+    ``timeout``, a helper session cut off) left none, and its DC ran on after every later user. A DC
+    started with ``keep`` has no such mark and runs on. ``exclusive`` holds the lock exclusively for the whole
     block (waiting for the others): for a caller that stops and restarts the DC, which would pull it
     from under another session's test.
     """
@@ -814,14 +816,16 @@ def samba_lease(
         idle_mark = Path(f"{dc.directory}.stop-when-idle")
         if not was_running:
             idle_mark.unlink(missing_ok=True)  # a mark for a DC that is gone is not this one's
+            if not keep:
+                idle_mark.touch()  # now: whoever uses it last stops it, even if this block never ends
         try:
             yield settings
         finally:
-            if not keep and (not was_running or idle_mark.exists()):
+            if not keep and idle_mark.exists():
                 try:
                     fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    idle_mark.touch()  # someone else still uses it: the last of them stops it
+                    pass  # someone else still uses it: the last of them stops it
                 else:
                     idle_mark.unlink(missing_ok=True)
                     stop_samba(dc.directory, host=dc.host)

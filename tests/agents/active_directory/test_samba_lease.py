@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,4 +69,34 @@ def test_a_dc_started_to_be_kept_runs_on_after_its_users(samba_ad: ADSettings) -
             pass
         assert _running()  # MVSYNC_SAMBA_KEEP=1: the next session starts in a moment
     finally:
+        stop_samba(host=_HOST)
+
+
+def test_a_dc_whose_starter_was_killed_is_stopped_by_its_last_user(samba_ad: ADSettings) -> None:
+    """A starter killed before its block ended (``kill -9``, a ``timeout``) left no mark, and its DC ran
+    on after every later user (found: the shared DC of a helper session cut off, still running hours later)."""
+    if samba_ad.external:
+        require_or_skip("the harness's own DC is needed (AD_* describes an external one)")
+    stop_samba(host=_HOST)
+    code = (
+        "import sys, time\n"
+        "from tests.harness.samba_dc import samba_lease\n"
+        f"with samba_lease(host={_HOST!r}, use_env=False):\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    starter = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        assert starter.stdout.readline().strip() == "ready"  # the DC is up and the starter in its block
+        starter.send_signal(signal.SIGKILL)  # no teardown runs
+        starter.wait(timeout=30)
+        assert _running()
+        with samba_lease(host=_HOST, use_env=False):
+            pass
+        assert not _running()  # the last user stopped it
+    finally:
+        starter.kill()
+        starter.wait(timeout=30)
         stop_samba(host=_HOST)
