@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import requests
 from cryptography.fernet import Fernet
 
-from connector.agents.exchange_online import ExchangeOnlinePhotosConnector
+from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, not_a_mailbox_user
 from connector.bench._util import peak_rss_mb, server_info, step_metrics
 from connector.config import ConfigError
 from connector.emulator import (
@@ -169,8 +169,8 @@ def _session(ca: str) -> requests.Session:
 
 
 def _list_mailbox_users(info: dict[str, Any], session: requests.Session) -> tuple[dict[str, str], list[str]]:
-    """A token by the stored refresh token, and the ids of the users with a mailbox: ``mail`` set, and no
-    B2B guest (``#EXT#`` in the userPrincipalName), as the agent takes them."""
+    """A token by the stored refresh token, and the ids of the users with a mailbox, by the agent's own
+    rule (``not_a_mailbox_user``: ``mail`` set, and no B2B guest)."""
     token = session.post(
         info["token_url"],
         data={
@@ -187,7 +187,7 @@ def _list_mailbox_users(info: dict[str, Any], session: requests.Session) -> tupl
     ids: list[str] = []
     while url:
         body = session.get(url, headers=headers).json()
-        ids += [u["id"] for u in body.get("value", []) if "#EXT#" not in str(u.get("userPrincipalName", "")).upper()]
+        ids += [u["id"] for u in body.get("value", []) if not not_a_mailbox_user(u)]
         url = body.get("@odata.nextLink")
     return headers, ids
 

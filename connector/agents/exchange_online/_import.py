@@ -79,7 +79,16 @@ class GraphSource(Protocol):
     def on_graph_host(self, link: str) -> bool: ...
 
 
-__all__ = ["DIRECTORY_ATTRIBUTES", "OBJECT_CLASS", "PHOTO_CONTENT_TYPE", "Importer", "Listed", "Resume", "Watermark"]
+__all__ = [
+    "DIRECTORY_ATTRIBUTES",
+    "OBJECT_CLASS",
+    "PHOTO_CONTENT_TYPE",
+    "Importer",
+    "Listed",
+    "Resume",
+    "Watermark",
+    "not_a_mailbox_user",
+]
 
 log = logging.getLogger("mvsync.agent.exchange_online")
 
@@ -100,7 +109,7 @@ _IMPORT_OUTCOMES = {
 }
 #: The agent-state key counting import runs (picks the rolling re-verification bucket).
 _RUN_KEY = "~runs"
-#: What the userPrincipalName of a B2B guest holds (``_not_a_mailbox_user``).
+#: What the userPrincipalName of a B2B guest holds (``not_a_mailbox_user``).
 _EXTERNAL = "#EXT#"
 
 
@@ -157,7 +166,7 @@ def _dir_attrs(user: dict[str, Any]) -> dict[str, Any]:
     return {name: user[name] for name in DIRECTORY_ATTRIBUTES if user.get(name) is not None}
 
 
-def _not_a_mailbox_user(attrs: dict[str, Any]) -> str:
+def not_a_mailbox_user(attrs: dict[str, Any]) -> str:
     """Why the listing skips a user as no mailbox user (the run-history counter), or "" for a mailbox user.
 
     A guest, ``#EXT#`` in its userPrincipalName, has ``mail`` (its own address elsewhere) and no mailbox
@@ -333,7 +342,7 @@ class Importer:
         if user_id in self.seen:  # a replay within one round
             return
         self.seen.add(user_id)
-        skipped = _not_a_mailbox_user(attrs)
+        skipped = not_a_mailbox_user(attrs)
         if skipped:  # skipped, and counted
             yield Count(skipped)
             if not self.full and row is not None:
