@@ -27,9 +27,11 @@ happened; BBR's delivery rate for telling a limit from noise):
   restarts at the census: that cut was a guess made before anything was measured, and regrowth from
   it only walks back up to the same wall, a round trip at a time (a ``$batch``'s is five of
   Graph's): seconds below the wall in a run that may take ten. A census can overstate (a ``$batch``
-  refused for a few items counts most of its weight as carried); then the next push-back is
-  measured like any later one, at once (the cut's trial is void once the census replaced the cut),
-  the pause that regrowth would have met a few round trips later.
+  refused for a few items counts most of its weight as carried, and one in its last rounds runs
+  fewer items than it weighs); then the next push-back comes at once (the cut's trial is void once
+  the census replaced the cut), the pause that regrowth would have met a few round trips later, and
+  its census restarts the limit too if it reads above that push-back's cut (once: the second
+  measurement is as good as the first, and regrowth from the cut would take seconds).
   Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
   known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
   ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
@@ -176,6 +178,9 @@ class _Census:
     expected: float
     #: The decrease ended slow start: its cut was a guess about an overshoot, not a measured step.
     slow_start: bool = False
+    #: The decrease was the first after a slow-start census restarted the limit: that census may have
+    #: overstated the wall, and this one measures it again.
+    recheck: bool = False
     #: Units accepted: whole requests, plus the accepted share of partly refused ``$batch``es.
     accepted: float = 0.0
     refused: float = 0.0
@@ -258,6 +263,8 @@ class AdaptiveLimiter:
         self._last_rate: float | None = None
         self._trial: _Trial | None = None
         self._census: _Census | None = None
+        #: The limit was restarted at a slow-start census that no push-back has tested yet.
+        self._census_untested = False
         #: Weight of the ticket being released (already out of ``_in_flight``), for a census.
         self._releasing = 0
         self._endemic_until = 0.0
@@ -525,7 +532,10 @@ class AdaptiveLimiter:
             self._trial = _Trial(before or 0.0, share_now, self._limit, self._paused_until)
         # a refused probe confirms the wall it probed; only a push-back below it is measured anew
         in_flight = float(self._in_flight + self._releasing)
-        self._census = None if known_edge else _Census(self._epoch, in_flight, slow_start=self._slow_start)
+        recheck, self._census_untested = self._census_untested, False
+        self._census = (
+            None if known_edge else _Census(self._epoch, in_flight, slow_start=self._slow_start, recheck=recheck)
+        )
         self._epoch += 1
         if self._probe_started is not None:
             self.stats.probes_failed += 1
@@ -582,7 +592,7 @@ class AdaptiveLimiter:
         if census.epoch != self._epoch - 1 or now < self._endemic_until or census.accepted < 1.0:
             return
         carried = max(self.floor, min(int(census.accepted), self.ceiling))
-        if census.slow_start and census.refused > 0:
+        if census.refused > 0 and (census.slow_start or (census.recheck and carried > int(self._limit))):
             # slow start's overshoot (up to twice the wall): the cut was a guess, the census is a
             # measurement, so the limit restarts there, higher or lower (an overstated census meets
             # the wall at the next push-back, which regrowth from the cut would meet too, later).
@@ -590,6 +600,10 @@ class AdaptiveLimiter:
             # a limit over the wall has every $batch's items refused one after another
             self._limit = float(carried)
             self._trial = None
+            # a census taken while $batches were staggered can read a few units over the wall; the
+            # first push-back at that level measures it again in the same way (once: a recheck's own
+            # census is tested like any later wall)
+            self._census_untested = census.slow_start
         elif carried < int(self._limit):
             # the service carried less than the cut leaves: against a rate whose burst hid it for a
             # while (a token bucket), the load pushed back was far above the rate, and a wall left there

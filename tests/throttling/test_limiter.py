@@ -471,9 +471,8 @@ def test_slow_start_restarts_at_its_census_not_at_its_cut() -> None:
 def test_an_overstated_slow_start_census_is_measured_again_at_the_next_push_back() -> None:
     """Batches refused for a few items count most of their weight as carried: the census can overstate.
 
-    Restarting there meets the wall at once, and that push-back is measured like any later one (a
-    multiplicative cut, a census of its own, regrowth that stops below the real wall): the one pause
-    that regrowth from the cut would have met a few round trips later.
+    Restarting there meets the wall at once, and that push-back is measured by a census of its own
+    (the next test): the one pause that regrowth from the cut would have met a few round trips later.
     """
     clock = FakeClock()
     limiter = AdaptiveLimiter("overstated", ceiling=64, initial=56, clock=clock)
@@ -490,6 +489,39 @@ def test_an_overstated_slow_start_census_is_measured_again_at_the_next_push_back
     # the first push-back at the overstated wall decreases at once: the cut's trial is void once the
     # census replaced the cut (it held that decrease for a window of refused requests: 2.7 % of them)
     assert figures.throttled_share <= 0.01, limiter.stats
+
+
+def test_the_push_back_an_overstated_census_meets_restarts_the_limit_at_its_own_census() -> None:
+    """The second measurement is as good as the first, so the limit restarts there too (once).
+
+    Against a cap on items in flight, $batches in their last rounds run fewer items than they
+    weigh, so a census taken while they were staggered can read a batch or so over the wall. Cut
+    by 30 % and regrowing a $batch round trip at a time, a 2,000-user import lost 0.2 s more to
+    that second push-back than its pause (simulated: 7.2-7.5 s before, 7.0-7.3 s now).
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("recheck", ceiling=64, initial=56, clock=clock)
+    tickets = [limiter.acquire(4) for _ in range(14)]  # slow start's overshoot against a cap of 50
+    for ticket, share in zip(tickets[:3], (0.05, 0.1, 0.1), strict=True):
+        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, share=share)
+    for ticket in tickets[3:]:
+        limiter.release(ticket, Signal.OK)
+    assert (limiter.limit, limiter.wall()) == (55, 55)  # overstated by the shares
+    clock.now += 1.0
+    tickets = [limiter.acquire(4) for _ in range(13)] + [limiter.acquire(3)]  # the restart: 55 units
+    limiter.release(tickets[-1], Signal.THROTTLED, retry_after=1.0)  # refused outright
+    assert limiter.limit == 38  # the cut, until the census is in
+    for ticket in tickets[:12]:
+        limiter.release(ticket, Signal.OK)
+    limiter.release(tickets[12], Signal.THROTTLED, retry_after=1.0, share=0.5)
+    assert (limiter.limit, limiter.wall()) == (50, 50)  # 48 + 2 carried: restarted there, not at 38
+    # once only: the next push-back keeps its cut (the trial that tells noise from a wall needs one)
+    clock.now += 1.0
+    tickets = [limiter.acquire(5) for _ in range(10)]
+    limiter.release(tickets[0], Signal.THROTTLED, retry_after=1.0)
+    for ticket in tickets[1:]:
+        limiter.release(ticket, Signal.OK)
+    assert limiter.wall() == 45 and limiter.limit < 45, limiter.stats  # the cut (regrowing), not the census
 
 
 def test_slow_start_lowers_its_cut_to_a_census_below_it() -> None:
