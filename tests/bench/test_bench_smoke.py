@@ -63,6 +63,7 @@ _IMPORT_KEYS = {
     "naive_users_looked_up",
     "naive_users_total",
     "naive_seconds",
+    "naive_listing_s",
     "naive_extrapolated",
     "naive_note",
     "full_import_users",
@@ -201,7 +202,10 @@ def test_bench_import_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     from connector.bench.import_ import run
 
     _restore_env_after(monkeypatch, "MVSYNC_TOKEN_CACHE_KEY", "MVSYNC_BENCH_EXO_RT")
-    result = run(users=40, latency_ms=20, naive_seconds=0.2, throttle="in-flight-12")
+    # a time box shorter than the listing (20 ms a page): the naive client still makes its GETs
+    result = run(users=40, latency_ms=20, naive_seconds=0.001, throttle="in-flight-12")
+    assert result["naive_users_looked_up"] >= 1 and result["naive_photos_per_s"] is not None
+    assert result["naive_listing_s"] >= 0.0
     assert result["throttle_model"] == "in-flight-12" and result["throttle_limits"]["app_concurrency"] == 12
     assert result["model_ceiling_requests_per_s"] == 600.0  # 12 in flight / 20 ms, below the 2,000/s rate
     photos, items = result["full_import_photos"], result["full_import_graph_requests"]
