@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from connector.registry import TRANSFORM_GROUP, load_object
 from connector.sdk import ConfigurationError, TransformError, TransformFunction, Value
 from connector.store import (
+    DamagedDocumentError,
     SqlStore,
     StoreConnection,
     TransformCache,
@@ -38,6 +40,8 @@ __all__ = [
     "trim_transform",
     "upper_transform",
 ]
+
+log = logging.getLogger("mvsync.engine")
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*(?::[\w.]+)?)\s*(?:\((.*)\))?\s*$", re.S)
 
@@ -127,6 +131,8 @@ class TransformRunner:
         self._new_rows: list[dict[str, Any]] = []
         self._blob_cache: dict[str, bytes] = {}
         self._known_misses: set[tuple[str, Any]] = set()
+        #: Cache rows found damaged: misses whose rows the next flush replaces.
+        self._damaged: set[tuple[str, str]] = set()
 
     def function(self, spec: str) -> TransformFunction:
         fn = self._functions.get(spec)
@@ -159,15 +165,28 @@ class TransformRunner:
         for spec, inputs in wanted.items():
             keys = list(inputs)
             for inp, out in cache.outputs(spec, keys):
-                self._memo[(spec, inp)] = loads(out, "transform_cache", (spec, inp), "output")
+                self._remember(spec, inp, out)
             misses = [k for k in keys if (spec, k) not in self._memo]
             self._known_misses.update((spec, k) for k in misses)
             self._blob_cache.update(self._store.get_blobs(conn, [parse_blob_ref(k)[0] for k in misses]))
 
+    def _remember(self, spec: str, inp: str, out: str | bytes) -> None:
+        """A cached result, unless its row is damaged: the cache only saves work, so a row whose bytes
+        changed on the disk is a miss (computed again, its row replaced at the flush), not a stopped run."""
+        try:
+            self._memo[(spec, inp)] = loads(out, "transform_cache", (spec, inp), "output")
+        except DamagedDocumentError as exc:
+            log.warning("%s: the result is computed again and the row rewritten", exc.detail)
+            self._damaged.add((spec, inp))
+
     def flush(self, conn: StoreConnection) -> None:
         """Write the results computed since the last flush into the cache table (caller's transaction)."""
+        cache = TransformCache(conn)
+        if self._damaged:
+            cache.drop(self._damaged)
+            self._damaged.clear()
         if self._new_rows:
-            TransformCache(conn).add(self._new_rows)
+            cache.add(self._new_rows)
             self._new_rows.clear()
         self._blob_cache.clear()
         self._known_misses.clear()
@@ -185,6 +204,7 @@ class TransformRunner:
         self._new_rows.clear()
         self._blob_cache.clear()
         self._known_misses.clear()
+        self._damaged.clear()
 
     def apply(self, conn: StoreConnection, spec: str, encoded: Any, new_blobs: dict[str, bytes]) -> Any:
         """Transform an encoded value (or list); returns the encoded result.

@@ -46,6 +46,8 @@ _DOCUMENTS: list[tuple[Any, tuple[Any, ...], list[Any]]] = [
     (run_step, (run_step.c.id,), [run_step.c.counters]),
     # a connector's own state (ETags, checksums): named by (agent, key), as the store reads it
     (agent_data, (agent_data.c.agent, agent_data.c.key), [agent_data.c.value]),
+    # a cache (a run recomputes a damaged row), but damage in it is damage in the file all the same
+    (transform_cache, (transform_cache.c.transform, transform_cache.c.input), [transform_cache.c.output]),
 ]
 
 

@@ -18,7 +18,7 @@ from connector.config import config_from_dict
 from connector.doctor import EXIT_PROBLEMS, check_config, run_doctor
 from connector.engine._agents import _certificate_problem as _certificate_problems
 from connector.store import SCHEMA_VERSION
-from connector.store.tables import agent_data, blob, cs_object, run_history, store_meta
+from connector.store.tables import agent_data, blob, cs_object, run_history, store_meta, transform_cache
 from tests.engine.conftest import World, add_users
 from tests.engine.memory import MemoryConnector
 
@@ -104,6 +104,13 @@ def _damaged_agent_state(conn: Connection) -> None:
     conn.execute(agent_data.insert().values(agent="ad", key="etag:guid-001", value="{not json", step_id=None))
 
 
+def _damaged_transform_cache(conn: Connection) -> None:
+    # a cached thumbnail whose bytes changed on the disk: its blob reference no longer reads
+    conn.execute(
+        transform_cache.insert().values(transform="thumbnail(size=96)", input="photo-input", output='"\\u0000b:4f2a')
+    )
+
+
 def _newer_schema(conn: Connection) -> None:
     conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
 
@@ -119,6 +126,7 @@ def _newer_schema(conn: Connection) -> None:
         (_unjoined_export, "pending-exports-orphan"),
         (_damaged_hologram, "documents"),
         (_damaged_agent_state, "documents"),
+        (_damaged_transform_cache, "documents"),
         (_newer_schema, "schema"),
     ],
 )

@@ -10,6 +10,7 @@ import pytest
 from connector.config import MvsyncConfig, config_from_dict
 from connector.engine import Engine
 from tests.engine.memory import DIRECTORIES, directory
+from tests.imaging.images import photo
 
 MEMORY = "tests.engine.memory:MemoryConnector"
 
@@ -145,3 +146,16 @@ def add_users(world: World, n: int, *, photos: bool = True) -> None:
             "displayName": f"User {i}",
             **({"photo": f"exo-photo-{i}".encode()} if photos else {}),
         }
+
+
+def thumbnails_to_ad(world: World, users: int) -> None:
+    """``users`` people whose Exchange Online photo goes to AD through the ``thumbnail`` transform
+    (the transform whose results the store caches)."""
+
+    def thumbnails(data: dict[str, Any]) -> None:
+        data["agents"]["ad"]["export_flow"][0]["transform"] = "thumbnail(size=96, max_bytes=10240)"
+
+    reconfigure(world, thumbnails)
+    add_users(world, users)
+    for i in range(users):
+        world.exo["objects"][f"exo-{i:03d}"]["photo"] = photo(i, 200)

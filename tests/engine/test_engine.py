@@ -12,8 +12,7 @@ from connector.engine import Engine
 from connector.sdk import CSEntryChange, ExportStatus
 from connector.store import RunHistory
 from connector.store.tables import cs_object, mv_object, run_error
-from tests.engine.conftest import World, add_users, reconfigure
-from tests.imaging.images import photo
+from tests.engine.conftest import World, add_users, thumbnails_to_ad
 
 
 def mv_rows(world: World) -> list[dict]:
@@ -311,14 +310,7 @@ def test_a_preview_then_the_run_in_one_engine_exports_the_thumbnails(world: Worl
     """A script previews the cycle with ``run_steps(..., dry_run=True)`` and then runs it with the
     same engine. The thumbnails the preview computed were rolled back with it, but the engine
     remembered them: the run staged blobs that were never stored, and the export stopped on them."""
-
-    def thumbnails(data: dict) -> None:
-        data["agents"]["ad"]["export_flow"][0]["transform"] = "thumbnail(size=96, max_bytes=10240)"
-
-    reconfigure(world, thumbnails)
-    add_users(world, 2)
-    for i in range(2):
-        world.exo["objects"][f"exo-{i:03d}"]["photo"] = photo(i, 200)
+    thumbnails_to_ad(world, 2)
     profiles = world.config.run_profiles
     preview = world.engine.run_steps(
         "preview", [*profiles["full-import"].steps, *profiles["full-sync"].steps], dry_run=True
