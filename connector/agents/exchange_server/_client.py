@@ -14,11 +14,12 @@ EWSMaxConcurrency) and 503 (IIS's queue) count as push-back too, and the limiter
 
 Any other SOAP fault in a 5xx answer (or error in a 200 whose SOAP response message says
 ``ResponseClass="Error"``) is EWS's word about one mailbox (``ErrorNonExistentMailbox``
-for one that moved to Exchange Online or was removed, ``ErrorAccessDenied``...): final for this
-run, named in the per-object error, and a sign that the server works. Only the faults of the
-server itself (``ErrorInternalServerTransientError``, ``ErrorMailboxStoreUnavailable``...) are
-retried like a bare 5xx. A 200 counts as a photo only when its body is a picture of at most
-``MAX_PHOTO_BYTES``: a proxy's HTML page or damaged bytes would otherwise replace the photo.
+for one that moved to Exchange Online or was removed, ``ErrorMailboxMoveInProgress`` for one
+moving, ``ErrorAccessDenied``...): final for this run, named in the per-object error, and a sign
+that the server works. Only the faults of the server itself (``ErrorInternalServerTransientError``,
+``ErrorMailboxStoreUnavailable``...) are retried like a bare 5xx. A 200 counts as a photo only
+when its body is a picture of at most ``MAX_PHOTO_BYTES``: a proxy's HTML page or damaged bytes
+would otherwise replace the photo.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ _SERVER_FAULTS = frozenset(
 )
 _NOT_FOUND_FAULTS = frozenset({"ErrorNonExistentMailbox", "ErrorInvalidUser", "ErrorMailRecipientNotFound"})
 _DENIED_FAULTS = frozenset({"ErrorAccessDenied", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied"})
+#: "The mailbox is being moved to a different mailbox store or server" (EWS ResponseCode reference):
+#: about the mailbox, and passing, but not within a run (a move takes hours).
+_MOVING_FAULT = "ErrorMailboxMoveInProgress"
 #: What asks ews_url whether it is EWS (``PhotoClient.check_endpoint``): a SOAP envelope with an empty
 #: body, which EWS refuses with a SOAP fault, and which a wrong path (or a site without EWS) answers 404.
 _PROBE = (
@@ -258,6 +262,16 @@ def _redirected(email: str, resp: requests.Response) -> Fetched:
         "directory and any proxy or load balancer in front of it"
     )
     return Fetched("error", error="ews-error", detail=detail)
+
+
+def _being_moved(email: str, fault: EwsFault) -> Fetched:
+    """The error of a mailbox on the move: not asked again within the run, its photo kept meanwhile."""
+    detail = (
+        f"EWS says the mailbox {email} is being moved ({fault}): the photo imported before is kept, and the "
+        "mailbox is asked again after photo_error_recheck_hours. If it is moving to Exchange Online, its photo "
+        "comes from the Exchange Online agent once the move completes: then refresh mailbox_file (or mailboxes)"
+    )
+    return Fetched("error", error="mailbox-move-in-progress", detail=detail)
 
 
 def _oversized(email: str, big: _Oversized) -> Fetched:
@@ -593,4 +607,6 @@ class PhotoClient:
             detail = f"EWS refused {self._account} the photo of {email} ({fault}): "
             detail += "check the account's rights on this mailbox"
             return Fetched("error", error="permission-issue", detail=detail)
+        if fault.code == _MOVING_FAULT:
+            return _being_moved(email, fault)
         return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: EWS answered {fault}")

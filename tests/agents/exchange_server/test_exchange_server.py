@@ -563,6 +563,33 @@ def test_an_http_200_whose_soap_says_error_is_what_ews_said_not_a_picture(ews: E
     assert entries[PHOTO].attributes["EXSPhoto"]
 
 
+@pytest.mark.parametrize("status", [500, 200], ids=["soap-fault", "response-class-error"])
+def test_a_mailbox_being_moved_is_its_own_retryable_error_that_keeps_its_photo(
+    ews: EwsEmulator, tmp_path: Path, status: int
+) -> None:
+    """EWS answers ErrorMailboxMoveInProgress while a mailbox moves (to another database, or to Exchange
+    Online): "the mailbox is being moved to a different mailbox store or server" (EWS ResponseCode
+    reference). Before, it was a generic ews-error ("GetUserPhoto for ...: EWS answered ..."), which
+    said neither that the move is passing nor that the photo stays. Now it is an error of its own,
+    asked once, that keeps the photo imported before and is asked again after the error window."""
+    moving = "ErrorMailboxMoveInProgress", "Mailbox move in progress. Try again later."
+    _imported(_agent(ews, tmp_path))
+    ews.set_answer(PHOTO, status, soap_fault(*moving) if status == 500 else error_response(*moving))
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0)
+    entries, watermark = _imported(agent, json.dumps({"v": 2}))
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "mailbox-move-in-progress", error
+    assert "EXSPhoto" not in entries[PHOTO].attributes  # the photo stays as it was
+    assert f"the mailbox {PHOTO} is being moved (ErrorMailboxMoveInProgress: Mailbox move in progress" in error.detail
+    assert "the photo imported before is kept" in error.detail and "photo_error_recheck_hours" in error.detail
+    assert agent.metrics["retries"] == 0  # a move takes hours: not asked again within the run
+    again, _ = _imported(_agent(ews, tmp_path, photo_recheck_hours=0), watermark)
+    assert PHOTO not in again  # inside photo_error_recheck_hours
+    ews.set_answer(PHOTO, None)  # the move is done
+    done, _ = _imported(_agent(ews, tmp_path, photo_recheck_hours=0, photo_error_recheck_hours=0), watermark)
+    assert done[PHOTO].error is None
+
+
 def test_an_ews_closed_to_the_account_with_403_stops_the_step_once_naming_host_and_account(
     ews: EwsEmulator, tmp_path: Path
 ) -> None:
