@@ -32,6 +32,7 @@ __all__ = [
     "https_url",
     "on_host",
     "readable_ca_file",
+    "service_at",
     "unreachable_authority",
     "verifying_session",
 ]
@@ -122,7 +123,12 @@ def describe_request_error(exc: requests.RequestException, url: str, service: st
 
     Never includes the request's headers or body (they may carry a token).
     """
-    return f"{service} at {host_port(url)}: {failure_kind(exc)}"
+    return f"{service_at(service, url)}: {failure_kind(exc)}"
+
+
+def service_at(service: str, url: str) -> str:
+    """``"Graph at graph.microsoft.com:443"``: a service named by the host and port of ``url``."""
+    return f"{service} at {host_port(url)}"
 
 
 #: Why a request that got no answer met the service down, not trouble of its own (AnswerClock).
@@ -157,24 +163,22 @@ class AnswerClock:
 
     def not_answering(
         self,
-        service: str,
-        url: str,
+        server: str,
         failure: str,
         attempts: int,
         started: float,
         then: str,
         evidence: str = SILENCE,
     ) -> str:
-        """The stop message: who failed, how (``failure``), for how long and why it is the service; then
-        what was kept and what to check.
+        """The stop message: who failed (``server``, named as the agent's other messages name it: "EWS at
+        https://mail.contoso.com"), how (``failure``), for how long and why it is the service; then what
+        was kept and what to check.
 
         ``failure`` reads after the host: "did not answer: connection refused", "answered with
         HTTP 504 ...". ``evidence`` says why it is the service and not the object at hand.
         """
         waited = time.monotonic() - started
-        return (
-            f"{service} at {host_port(url)} {failure} ({attempts} attempts over {waited:.0f} s, and {evidence}); {then}"
-        )
+        return f"{server} {failure} ({attempts} attempts over {waited:.0f} s, and {evidence}); {then}"
 
 
 #: Why a request that got nothing but 5xx met the service down, not trouble of its own (``fails_again``).

@@ -51,6 +51,7 @@ from connector.net import (
     failure_kind,
     host_port,
     on_host,
+    service_at,
 )
 from connector.sdk import ServerDownError, StopRunError
 from connector.throttling import (
@@ -575,8 +576,7 @@ class GraphClient:
         answer: connection refused"), ``evidence`` why that is Graph and not the object at hand."""
         return ServerDownError(
             self.answers.not_answering(
-                "Graph",
-                self.base,
+                service_at("Graph", self.base),
                 failure,
                 attempts,
                 started,

@@ -146,33 +146,33 @@ def kerberos_error(exc: BaseException, settings: ExchangeServerSettings) -> Conn
     """A GSSAPI failure on the way to EWS as an error that names the host and says what to do."""
     text = str(exc)
     detail = text.rsplit("Minor (", 1)[-1].split("): ", 1)[-1] if "Minor (" in text else text
-    where, principal = settings.origin, spn(settings)
+    where, principal = settings.where, spn(settings)
     cache = settings.ccache or os.environ.get("KRB5CCNAME") or "the default credential cache"
     lowered = detail.lower()
     if "server not found in kerberos database" in lowered:
         return AuthenticationError(
-            f"the KDC knows no service principal {principal} for EWS at {where} ({detail}): set kerberos_host to "
+            f"the KDC knows no service principal {principal} for {where} ({detail}): set kerberos_host to "
             "the name in the EWS virtual directory's SPN, or register it on the account the EWS application pool "
             f"runs as (the alternate service account behind a load balancer): `setspn -S {principal} <account>`"
         )
     if "cannot contact any kdc" in lowered or "cannot find kdc" in lowered or "cannot resolve" in lowered:
         config = os.environ.get("KRB5_CONFIG", "/etc/krb5.conf")
         return ServerDownError(
-            f"no KDC answered while getting a ticket for {principal} (EWS at {where}; {detail}): check the "
+            f"no KDC answered while getting a ticket for {principal} ({where}; {detail}): check the "
             f"realm's kdc entries in {config} (KRB5_CONFIG) and that port 88 of the domain controllers is reachable"
         )
     if "clock skew" in lowered:
         return AuthenticationError(
-            f"Kerberos to EWS at {where} failed ({detail}): this host's clock and the KDC's differ by more than "
+            f"Kerberos to {where} failed ({detail}): this host's clock and the KDC's differ by more than "
             "5 minutes; synchronise the time with the domain (chrony, systemd-timesyncd)"
         )
     if "credential" in lowered or "expired" in lowered or "no kerberos" in lowered:
         return AuthenticationError(
-            f"no usable Kerberos ticket for EWS at {where} in {cache} ({detail}): get one as the account mvsync "
+            f"no usable Kerberos ticket for {where} in {cache} ({detail}): get one as the account mvsync "
             "runs as (`kinit -k -t <keytab> <principal>`, or keep it fresh with k5start or SSSD), or point the "
             "ccache setting (or KRB5CCNAME) at a credential cache that holds one"
         )
-    return AuthenticationError(f"Kerberos to EWS at {where} ({principal}) failed: {detail}")
+    return AuthenticationError(f"Kerberos to {where} ({principal}) failed: {detail}")
 
 
 #: The WWW-Authenticate scheme(s) each ``auth`` setting can answer (requests-ntlm also answers Negotiate,
@@ -210,7 +210,7 @@ def refused(settings: ExchangeServerSettings, challenge: str | None = None) -> A
         return unoffered
     if s.auth == "negotiate":
         return AuthenticationError(
-            f"EWS at {s.origin} refused the Kerberos ticket for {spn(s)} (HTTP 401): the SPN must belong to the "
+            f"{s.where} refused the Kerberos ticket for {spn(s)} (HTTP 401): the SPN must belong to the "
             "account EWS runs as (or the alternate service account of a load-balanced namespace), so that EWS "
             "can read the ticket; check `setspn -Q " + spn(s) + "` and that the EWS virtual directory offers "
             "Windows authentication with the Negotiate provider"
@@ -218,14 +218,14 @@ def refused(settings: ExchangeServerSettings, challenge: str | None = None) -> A
     if s.auth == "oauth":
         # Entra ID issued the token (else OAuthBearer had said so): EWS does not accept what it grants
         return AuthenticationError(
-            f"EWS at {s.origin} refused the token Entra ID issued to client {s.client_id} for "
+            f"{s.where} refused the token Entra ID issued to client {s.client_id} for "
             f"{s.oauth_scope or s.origin + '/.default'} (HTTP 401, auth = 'oauth'); give the app Exchange's "
             "full_access_as_app application permission with admin consent, make oauth_scope name the EWS host "
             "as Exchange knows it (https://<external host>/.default), and check that OAuth is enabled on the "
             "EWS virtual directory (hybrid modern authentication)"
         )
     return AuthenticationError(
-        f"EWS at {s.origin} refused {s.username} (HTTP 401, auth = '{s.auth}'); "
+        f"{s.where} refused {s.username} (HTTP 401, auth = '{s.auth}'); "
         "check the account, its password reference and the EWS virtual directory's authentication methods"
     )
 
@@ -240,7 +240,7 @@ def _unoffered(settings: ExchangeServerSettings, challenge: str | None) -> Authe
     first, *others = [_SUGGEST[scheme] for scheme in offered]
     suggest = first + (f" (or {', '.join(others)})" if others else "")
     return AuthenticationError(
-        f"EWS at {settings.origin} does not offer {wanted} authentication (auth = '{settings.auth}'): it offers "
+        f"{settings.where} does not offer {wanted} authentication (auth = '{settings.auth}'): it offers "
         f"{', '.join(names[scheme] for scheme in offered)} (WWW-Authenticate). Set auth = {suggest}, or enable "
         f"{wanted} authentication on the EWS virtual directory (Set-WebServicesVirtualDirectory)"
     )
@@ -278,7 +278,7 @@ class OAuthBearer(AuthBase):
         if not token:
             error = result.get("error", "no token") if isinstance(result, dict) else "no token"
             msg = (
-                f"Entra ID refused a token for EWS at {s.origin} (client {s.client_id}): {error}; check the app "
+                f"Entra ID refused a token for {s.where} (client {s.client_id}): {error}; check the app "
                 "registration's client secret and the EWS application permission (full_access_as_app)"
             )
             raise AuthenticationError(msg)

@@ -311,7 +311,7 @@ class PhotoClient:
         #: The latest mailbox refused with a bare 403: what a 403 of another one asks again.
         self._refused: str | None = None
         self.watch = ThrottleWatch(
-            f"EWS ({host_port(settings.origin)})",
+            settings.where,
             settings.max_throttled_wait_minutes,
             "the mailboxes not fetched yet keep what they had. If every answer was HTTP 503 (Service "
             "Unavailable), IIS may have stopped the EWS application pool (MSExchangeServicesAppPool): "
@@ -411,7 +411,7 @@ class PhotoClient:
                 return _oversized(email, big)
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
-                unanswered, last = exc, f"EWS at {host_port(s.origin)}: {failure_kind(exc)}"
+                unanswered, last = exc, f"{s.where}: {failure_kind(exc)}"
             else:
                 unanswered = None
                 is_throttled, wait = throttle_signal(resp)
@@ -514,7 +514,7 @@ class PhotoClient:
             return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
         s = self.settings
         raise AuthenticationError(
-            f"EWS at {s.origin} refused {self._account} (HTTP 403 Forbidden for {email}, and {evidence}): EWS or "
+            f"{s.where} refused {self._account} (HTTP 403 Forbidden for {email}, and {evidence}): EWS or "
             "IIS refuses the account, not one mailbox; check that EWS is enabled for it (Get-CASMailbox <account> "
             "| fl Ews*; Set-CASMailbox -EwsEnabled $true), the organisation's EWS application access policy "
             "(Get-OrganizationConfig | fl Ews*) and the IP restrictions and SSL settings of the EWS virtual "
@@ -563,8 +563,7 @@ class PhotoClient:
         """EWS is down (or unreachable, or its certificate untrusted), which is no fault of the mailbox."""
         return ServerDownError(
             self.answers.not_answering(
-                "EWS",
-                self.settings.origin,
+                self.settings.where,
                 failure,
                 attempts,
                 started,

@@ -161,3 +161,10 @@ class ExchangeServerSettings(ConnectorSettings):
     def origin(self) -> str:
         parts = urlsplit(self.ews_url)
         return f"https://{parts.netloc}"
+
+    @property
+    def where(self) -> str:
+        """How every message names this server: ``EWS at https://mail.contoso.com``, the scheme, host and
+        port of ews_url as configured (what the administrator finds in the configuration, and the same
+        in a stop, a refusal and a per-object error)."""
+        return f"EWS at {self.origin}"

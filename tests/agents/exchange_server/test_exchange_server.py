@@ -216,6 +216,23 @@ def test_wrong_password_stops_the_step(ews: EwsEmulator, tmp_path: Path) -> None
     assert caught.value.status == "stopped-authentication"
 
 
+def test_every_stop_names_ews_as_the_url_it_was_configured_with(ews: EwsEmulator, tmp_path: Path) -> None:
+    """A stop because EWS is down named it "EWS at 127.0.0.1:PORT" while the stops for a refused account
+    (401, 403), Kerberos and the per-object details said "EWS at https://127.0.0.1:PORT": two names for
+    one server in one log. Every message now names it one way (the scheme, host and port of ews_url)."""
+    origin = ews.info["ews_url"].split("/EWS")[0]
+    with pytest.raises(AuthenticationError) as refused:
+        _imported(_agent(ews, tmp_path, auth="basic", password="not-it"))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        down_at = f"https://127.0.0.1:{closed.getsockname()[1]}"
+        agent = _agent(ews, tmp_path, ews_url=f"{down_at}/EWS/Exchange.asmx", max_attempts=1)
+        with pytest.raises(ServerDownError) as down:
+            _imported(agent)
+    assert str(refused.value).startswith(f"EWS at {origin} refused ")
+    assert str(down.value).startswith(f"EWS at {down_at} did not answer: connection refused")
+
+
 def test_oauth_hybrid_modern_authentication(tmp_path: Path) -> None:
     graph = GraphEmulator(EmulatorConfig(users=3)).start()
     accepting = [True]
@@ -351,10 +368,10 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
             other = tmp_path / "other-ca.pem"
             trustme.CA().cert_pem.write_to_path(str(other))
             agent = _agent(ews, tmp_path, ca_bundle=str(other), **fast)
-            where = ews.info["ews_url"].split("/")[2]
+            where = ews.info["ews_url"].split("/EWS")[0]
         else:
             agent = _agent(ews, tmp_path, ews_url=f"https://127.0.0.1:{port}/EWS/Exchange.asmx", **fast)
-            where = f"127.0.0.1:{port}"
+            where = f"https://127.0.0.1:{port}"
         with pytest.raises(ServerDownError) as caught:
             _imported(agent)
     kind = {
@@ -383,7 +400,7 @@ def test_an_ews_that_answers_everything_with_5xx_stops_the_step(ews: EwsEmulator
     ews.set_faults({"504": 1.0, "retry_after": None})
     with pytest.raises(ServerDownError) as caught:
         _imported(_agent(ews, tmp_path, concurrency=4))
-    where = ews.info["ews_url"].split("/")[2]
+    where = ews.info["ews_url"].split("/EWS")[0]
     assert str(caught.value).startswith(f"EWS at {where} answered with HTTP 504 (3 attempts over ")
     assert "and another mailbox failed too); the mailboxes not fetched yet keep what they had" in str(caught.value)
 
@@ -411,7 +428,7 @@ def test_an_ews_answering_only_503_stops_the_step_as_throttled_and_names_the_app
         _imported(_agent(ews, tmp_path, concurrency=4, max_throttled_wait_minutes=0.02))
     assert caught.value.status == "stopped-throttled"
     message = str(caught.value)
-    assert message.startswith(f"EWS ({ews.info['ews_url'].split('/')[2]}) has throttled every request for ")
+    assert message.startswith(f"EWS at {ews.info['ews_url'].split('/EWS')[0]} has throttled every request for ")
     assert "(max_throttled_wait_minutes = 0.02)" in message and "MSExchangeServicesAppPool" in message
 
 
@@ -679,7 +696,8 @@ def test_a_photo_cut_off_midway_is_retried_then_the_mailboxs_error(ews: EwsEmula
     error = entries[PHOTO].error
     assert error is not None and error.name == "ews-error"
     assert (
-        error.detail == f"GetUserPhoto for {PHOTO}: EWS at {ews.info['ews_url'].split('/')[2]}: the answer was cut off"
+        error.detail
+        == f"GetUserPhoto for {PHOTO}: EWS at {ews.info['ews_url'].split('/EWS')[0]}: the answer was cut off"
     )
     assert entries[THUMB].error is None
 
@@ -717,7 +735,7 @@ def _stops_at_the_timeout(ews: EwsEmulator, tmp_path: Path, **server: Any) -> No
         with pytest.raises(ServerDownError) as caught:
             importing.result(timeout=60)  # generous under load; it ends about a second in
     assert str(caught.value).startswith(
-        f"EWS at 127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
+        f"EWS at https://127.0.0.1:{port} did not answer: connected, but no answer within the timeout (1 attempts over "
     )
 
 
