@@ -375,6 +375,10 @@ class Importer:
             row = UserState.load(key, value)
             if row is None or key in self.seen:
                 continue
+            skipped = not_a_mailbox_user(row.attrs)
+            if skipped:  # staged by a version that did not skip it: the listing's rule, as a full import's
+                yield from [Count(skipped), *self._removal(row.id)]
+                continue
             reverify = (
                 bool(buckets)
                 and row.checksum is not None

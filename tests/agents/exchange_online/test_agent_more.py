@@ -20,6 +20,7 @@ from connector.sdk import (
     CSEntryChange,
     ExportStatus,
     ImportMode,
+    ObjectModificationType,
     ServerDownError,
     StopRunError,
 )
@@ -614,3 +615,32 @@ def test_guests_are_neither_probed_nor_errors(make_emulator: Any, tmp_path: Path
     assert counts(conn)["skipped_guests"] == len(guests)
     mailbox_users = [u for u in emu.admin.users() if u["mail"] and u["id"] not in guests]
     assert counts(conn)["probes"] == len(mailbox_users)
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_guests_staged_by_an_older_version_are_skipped_by_a_delta_too(make_emulator: Any, tmp_path: Path) -> None:
+    """Guests staged before the listing skipped them (an older version of this agent: each one's state
+    row, its object in the connector space) were probed again by every delta whose re-check window had
+    passed, until the next full import, which alone drops them: a delta lists only changed users, and
+    the re-check of the others did not ask whether they are mailbox users. Now the re-check skips them
+    as the listing does, counted, and removes what the older version staged, as the full import would."""
+    from connector.agents._mailbox_photo import UserState
+    from tests.agents.exchange_online.conftest import agent_state, counts, imported
+
+    emu = make_emulator(users=60, guest_ratio=0.1, no_mailbox_photo="error")
+    guests = {u["id"]: u for u in emu.admin.users() if u["userType"] == "Guest"}
+    assert len(guests) >= 3
+    conn = make_connector(emu, tmp_path / "data")
+    _, watermark = imported(conn)
+    state = agent_state(conn)
+    for gid, user in guests.items():  # as an older version left them: staged, photo checked long ago
+        attrs = {name: user[name] for name in ("userPrincipalName", "mail", "mailNickname", "displayName")}
+        state[gid] = UserState(gid, attrs, in_cs=True, checked_at=1.0).update().value
+    delta = make_connector(emu, tmp_path / "data")
+    entries, watermark = imported(delta, ImportMode.DELTA, watermark=watermark)
+    assert counts(delta)["probes"] == 0, counts(delta)  # no guest probed (nor anyone else: within the window)
+    assert {e.anchor for e in entries if e.modification == ObjectModificationType.DELETE} == set(guests)
+    assert not [e for e in entries if e.error is not None]
+    assert counts(delta)["skipped_guests"] == len(guests) and not set(guests) & set(state)
+    again = make_connector(emu, tmp_path / "data")
+    assert imported(again, ImportMode.DELTA, watermark=watermark)[0] == [] and counts(again)["probes"] == 0
