@@ -9,7 +9,9 @@ it, so a refused batch has no partial effects:
    check against an older baseline (the hologram alone) and needs the old photo's bytes loaded.
    Only multi-valued adds and deletes read ``change.previous``, to send just the values that change.
    A change left with nothing to do succeeds without a write. Photos over 102,400 bytes
-   (``thumbnailPhoto``'s ``rangeUpper``) fail here as ``constraint-violation``.
+   (``thumbnailPhoto``'s ``rangeUpper``) fail here as ``constraint-violation``; a photo a DC refuses
+   all the same (its schema's rangeUpper lowered) is that person's ``constraint-violation`` too,
+   naming the size and the limit read from that DC's schema.
 2. **Scope guard, attributes**: an attribute that no export flow names
    (``context.export_attributes[object_class]``), or one AD computes (import-only), means the
    request is wrong, not the object: the whole batch is refused with ``ScopeViolationError``.
@@ -67,7 +69,7 @@ from connector.agents.active_directory._permissions import (
     refusal,
     writable_elsewhere,
 )
-from connector.agents.active_directory._schema import ANCHOR, PHOTO_MAX_BYTES
+from connector.agents.active_directory._schema import ANCHOR, PHOTO, PHOTO_MAX_BYTES
 from connector.sdk import (
     Attribute,
     AttributeModificationType,
@@ -323,6 +325,8 @@ class Exporter:
         #: The bound account as dsacls names it, looked up at the first refused write.
         self._account: str | None = None
         self._account_lock = threading.Lock()
+        #: thumbnailPhoto's rangeUpper in this DC's schema, read at the first refused photo write.
+        self._photo_limit: tuple[int, str] | None = None
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._down = threading.Event()
@@ -614,6 +618,8 @@ class Exporter:
             detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
             if name == "permission-issue":
                 detail += f"; {self._refused_write(link, p)}"
+            elif name == "constraint-violation" and (size := _photo_size(p.operations)) is not None:
+                detail += f"; {self._refused_photo(link, size)}"
             elif name == "cd-missing-object":  # it was there when this batch looked it up
                 detail += (
                     "; it was deleted, moved or renamed while this batch was written: the next export looks it "
@@ -639,6 +645,47 @@ class Exporter:
             f"{account} may not write {', '.join(attributes)} here: grant it with: {grants} (if others in that OU "
             f'are written, that grant exists and does not reach this person: see why with dsacls "{p.dn}")'
         )
+
+    def _refused_photo(self, link: Any, size: int) -> str:
+        """What to do about a photo the DC refused (constraintViolation, or invalidAttributeSyntax as Samba
+        says it): its size and the limit. Why: the check before sending knows AD's default rangeUpper only;
+        a DC whose schema was given a lower one refuses with its own text, which names neither."""
+        with self._account_lock:  # one schema read per step, not per refused photo
+            if self._photo_limit is None:
+                self._photo_limit = _schema_photo_limit(link)
+            limit, source = self._photo_limit
+        if size <= limit:
+            return (
+                f"thumbnailPhoto is {size:,} bytes, within the {limit:,} that {source} allows: the DC refused "
+                "the value (or another attribute of this write) for the reason in its text"
+            )
+        return (
+            f"thumbnailPhoto is {size:,} bytes and {source} allows at most {limit:,}: give its export flow a "
+            'transform that makes it smaller, transform = "thumbnail(size=96, max_bytes=10240)"'
+        )
+
+
+def _photo_size(operations: list[Operation]) -> int | None:
+    """The size of the photo an object's write sets, if it sets one."""
+    for _verb, attribute, values in operations:
+        if attribute.lower() == PHOTO.lower() and values:
+            return max(len(value) for value in values)
+    return None
+
+
+def _schema_photo_limit(link: Any) -> tuple[int, str]:
+    """``(rangeUpper, where it comes from)`` of thumbnailPhoto in the DC's schema; AD's default when the
+    schema cannot be read (the limit is then named as the default, not as this DC's)."""
+    default = (PHOTO_MAX_BYTES, "AD's schema (rangeUpper) by default")
+    try:
+        root = link.run(_searcher("", "(objectClass=*)", BASE, ["schemaNamingContext"]))
+        schema = bytes(root[0]["raw_attributes"]["schemaNamingContext"][0]).decode()
+        search = _searcher(schema, f"(lDAPDisplayName={PHOTO})", SUBTREE, ["rangeUpper"])
+        found = link.run(search)[0]["raw_attributes"].get("rangeUpper") or []
+    except (ServerUnreachable, StopRunError, LookupError, UnicodeDecodeError):
+        return default
+    text = bytes(found[0]).decode("ascii", "replace") if found else ""
+    return (int(text), f"this DC's schema (rangeUpper of {PHOTO})") if text.isdigit() else default
 
 
 def _ordered(planned: list[_Planned], results: dict[int, ExportResult]) -> list[ExportResult]:

@@ -110,6 +110,36 @@ def test_photo_size_limit_is_enforced_before_sending(ad_env: ADTestEnv) -> None:
     assert ad_env.read(names[1], "thumbnailPhoto") == [exact]
 
 
+def test_a_photo_the_dc_refuses_is_that_persons_error_naming_size_and_limit(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DC whose effective limit is below what the agent checks before sending (here: the agent's
+    check lifted above the schema's 102,400, so the harness's DC, which enforces rangeUpper, refuses
+    the write with constraintViolation) refused the photo with "modify CN=...: 19 constraintViolation:
+    ..." only: neither the photo's size nor the limit, nor what to do. Now the person's error names all
+    three, and the export goes on for the others."""
+    from connector.agents.active_directory import _export
+
+    monkeypatch.setattr(_export, "PHOTO_MAX_BYTES", 1_000_000)
+    guids = ad_env.add_users(ad_env.specs(2))
+    names = list(guids)
+    big = b"\xff\xd8" + b"\x00" * 150_000 + b"\xff\xd9"
+    results = ad_env.connector().export(
+        [
+            update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", big), identifier="big"),
+            update(guids[names[1]], AttributeChange.replace("thumbnailPhoto", jpeg(7)), identifier="fine"),
+        ]
+    )
+    refused, fine = results
+    assert (refused.status, refused.error_name) == (ExportStatus.FAILED, "constraint-violation"), refused
+    assert refused.error_detail.startswith(f"modify CN={names[0]},"), refused.error_detail  # the person
+    assert f"thumbnailPhoto is {len(big):,} bytes" in refused.error_detail
+    assert "this DC's schema (rangeUpper of thumbnailPhoto) allows at most 102,400" in refused.error_detail
+    assert 'transform = "thumbnail(size=96, max_bytes=10240)"' in refused.error_detail  # what to do next
+    assert fine.status == ExportStatus.SUCCESS
+    assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(0)] and ad_env.read(names[1], "thumbnailPhoto") == [jpeg(7)]
+
+
 def test_server_constraint_answers_map_to_constraint_violation(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(1))
     connector = ad_env.connector(export_attributes=("displayName",))
