@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "EXCHANGE_PHOTO_MAX_BYTES",
     "EXCHANGE_PHOTO_SIZE",
+    "MAX_INPUT_BYTES_CEILING",
+    "MAX_PIXELS_CEILING",
     "CropMode",
     "InputLimits",
     "PhotoSpec",
@@ -40,6 +42,10 @@ EXCHANGE_PHOTO_SIZE = 648
 DEFAULT_MAX_INPUT_BYTES = 20 * 1024 * 1024
 #: Above the 8256x5504 (45 MP) uploads Entra ID is known to hold, well below Pillow's own bomb limit.
 DEFAULT_MAX_PIXELS = 50_000_000
+#: The highest input limits any setting may raise them to (checked by ``InputLimits`` and by the
+#: settings that feed it, so that a value past them is refused with the configuration, not per file).
+MAX_INPUT_BYTES_CEILING = 1 << 31
+MAX_PIXELS_CEILING = 150_000_000
 
 #: Smallest sensible output budget: a JPEG's headers alone take about 600 bytes, so a smaller
 #: value is almost certainly a unit mistake ("10" meaning 10 KB).
@@ -61,8 +67,8 @@ class InputLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        _check_range("max_input_bytes", self.max_input_bytes, 1, 1 << 31)
-        _check_range("max_pixels", self.max_pixels, 1, 150_000_000)
+        _check_range("max_input_bytes", self.max_input_bytes, 1, MAX_INPUT_BYTES_CEILING)
+        _check_range("max_pixels", self.max_pixels, 1, MAX_PIXELS_CEILING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,13 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from connector.imaging import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, EXCHANGE_PHOTO_SIZE
+from connector.imaging import (
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_MAX_PIXELS,
+    EXCHANGE_PHOTO_SIZE,
+    MAX_INPUT_BYTES_CEILING,
+    MAX_PIXELS_CEILING,
+)
 from connector.sdk import MUST_EXIST, ConnectorSettings
 
 __all__ = ["PhotoFolderSettings"]
@@ -32,8 +38,12 @@ class PhotoFolderSettings(ConnectorSettings):
     export_size: Annotated[int, Field(ge=16, le=2048, description="Square size of exported photos.")] = (
         EXCHANGE_PHOTO_SIZE
     )
-    max_file_bytes: Annotated[int, Field(ge=1, description="Larger files are import errors.")] = DEFAULT_MAX_INPUT_BYTES
-    max_pixels: Annotated[int, Field(ge=1, le=150_000_000, description="Pixel-bomb limit.")] = DEFAULT_MAX_PIXELS
+    #: Bounded as the decoder's own limits are: past them, every file's read stopped the step
+    #: (``InputLimits`` refused the value), though the configuration had been accepted.
+    max_file_bytes: Annotated[
+        int, Field(ge=1, le=MAX_INPUT_BYTES_CEILING, description="Larger files are import errors.")
+    ] = DEFAULT_MAX_INPUT_BYTES
+    max_pixels: Annotated[int, Field(ge=1, le=MAX_PIXELS_CEILING, description="Pixel-bomb limit.")] = DEFAULT_MAX_PIXELS
     verify_images: Annotated[bool, Field(description="Decode new and changed files to catch broken ones.")] = True
 
     @model_validator(mode="after")
