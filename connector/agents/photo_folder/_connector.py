@@ -26,7 +26,7 @@ from connector.agents.photo_folder._scan import (
     scan_folder,
 )
 from connector.agents.photo_folder._settings import PhotoFolderSettings
-from connector.agents.photo_folder._watermark import AccountState, FileState, FolderState
+from connector.agents.photo_folder._watermark import AccountState, FileState, FolderState, Limits
 from connector.files import atomic_write
 from connector.imaging import (
     EXCHANGE_PHOTO_MAX_BYTES,
@@ -165,6 +165,10 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             yield StateUpdate(_ANCHORS, anchors)
         yield DeltaWatermark(plan.state.dumps())  # complete only after the last entry
 
+    def _limits(self) -> Limits:
+        """The settings a file's import error may depend on besides its bytes (see ``FolderState.limits``)."""
+        return self.settings.max_file_bytes, self.settings.max_pixels, self.settings.verify_images
+
     def _folder(self) -> Path:
         folder = self.settings.path
         if not folder.is_dir():
@@ -179,7 +183,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         old = (
             FolderState.loads(watermark, folder=real, recursive=self.settings.recursive)
             if delta and watermark is not None
-            else FolderState(real, self.settings.recursive, accounts=_held_spellings(state))
+            else FolderState(real, self.settings.recursive, accounts=_held_spellings(state), limits=self._limits())
         )
         try:
             files = scan_folder(folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes)
@@ -194,7 +198,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         for file in files:
             groups.setdefault(file.key, []).append(file)
 
-        new = FolderState(real, self.settings.recursive)
+        new = FolderState(real, self.settings.recursive, limits=self._limits())
         items: list[tuple[str, _Item]] = []
         for key, group in groups.items():
             previous = old.accounts.get(key)
@@ -238,6 +242,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         if before is None or _changed(before, file):
             return _Read(file, previous)
         before = replace(before, stamp=file.stamp)  # the same (or first kept, from an older watermark)
+        if before.error is not None and old.limits != new.limits:
+            return _Read(file, previous)  # judged under other limits (one raised since): judged again
         if before.error is not None:  # unchanged broken file: report again without reading it
             new.files[file.relpath] = before
             return _Error(anchor, *before.error)

@@ -1,7 +1,8 @@
 """The delta watermark: what each file looked like, and which accounts were imported, last time.
 
 Per file: ``mtime_ns``, ``size`` and ``stamp`` (so an unchanged file is not even opened) plus its
-sha256, or the import error it gave (so a broken file is reported again without being re-read). Per
+sha256, or the import error it gave (so a broken file is reported again without being re-read, as long
+as the limits it was judged by, ``limits``, are still the settings' own). Per
 account: the anchor, file and checksum imported, so a delta can tell a new account (add) from a
 changed one (replace), send deletes for accounts whose files are gone, and skip files that were
 only touched (same checksum).
@@ -39,12 +40,18 @@ class AccountState:
     sha256: str
 
 
+#: What a file's error may depend on besides its bytes: ``max_file_bytes``, ``max_pixels``, ``verify_images``.
+Limits = tuple[int, int, bool]
+
+
 @dataclass(slots=True)
 class FolderState:
     folder: str
     recursive: bool
     files: dict[str, FileState] = field(default_factory=dict)
     accounts: dict[str, AccountState] = field(default_factory=dict)
+    #: The settings the files' errors were judged by. None: a watermark written before they were kept.
+    limits: Limits | None = None
 
     def dumps(self) -> str:
         return json.dumps(
@@ -57,6 +64,7 @@ class FolderState:
                     for path, f in sorted(self.files.items())
                 },
                 "accounts": {key: [a.anchor, a.path, a.sha256] for key, a in sorted(self.accounts.items())},
+                "limits": list(self.limits) if self.limits else None,
             },
             separators=(",", ":"),
         )
@@ -74,6 +82,7 @@ class FolderState:
                 recursive=bool(raw["recursive"]),
                 files={str(p): _file_state(values) for p, values in raw["files"].items()},
                 accounts={str(k): AccountState(str(a), str(p), str(h)) for k, (a, p, h) in raw["accounts"].items()},
+                limits=_limits(raw.get("limits")),
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             msg = f"the delta watermark cannot be read ({exc}); run a full import"
@@ -99,3 +108,11 @@ def _file_state(values: list[Any]) -> FileState:
         (str(e[0]), str(e[1])) if e else None,
         (int(stamp[0]), int(stamp[1])) if stamp else None,
     )
+
+
+def _limits(values: list[Any] | None) -> Limits | None:
+    """``[max_file_bytes, max_pixels, verify_images]``; absent from the watermarks written before they were kept."""
+    if not values:
+        return None
+    size, pixels, verify = values
+    return int(size), int(pixels), bool(verify)

@@ -10,6 +10,32 @@ from connector.engine import Page, import_in_memory
 from connector.sdk import Connector, ConnectorContext, CSEntryChange, ImportMode
 
 
+def cli_config(tmp_path: Path, folder: Path, **settings: int | bool) -> Path:
+    """``mvsync.toml`` for the CLI: a photo-folder agent ``hr`` on ``folder`` (``settings`` added to its own),
+    profiles ``full`` and ``delta`` (its full and delta imports)."""
+    extra = "".join(
+        f", {key} = {str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()
+    )
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        f"""
+[store]
+url = "sqlite:///{(tmp_path / "mvsync.db").as_posix()}"
+[agents.hr]
+type = "photo-folder"
+settings = {{ path = "{folder.as_posix()}"{extra} }}
+projection = [{{ object_class = "photoFile" }}]
+import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountName" }}]
+[run_profiles.delta]
+steps = [{{ type = "delta-import", agent = "hr" }}]
+[run_profiles.full]
+steps = [{{ type = "full-import", agent = "hr" }}]
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
 def connector(tmp_path: Path, folder: Path, **settings: Any) -> PhotoFolderConnector:
     context = ConnectorContext(agent="photos", data_dir=tmp_path / "data")
     return PhotoFolderConnector(PhotoFolderSettings(path=folder, **settings), context)

@@ -5,28 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from PIL import Image
+
+from tests.agents.photo_folder.helpers import cli_config
 from tests.cli._configs import invoke
-from tests.imaging.images import photo
-
-
-def _config(tmp_path: Path, folder: Path, settings: str = "") -> Path:
-    """A photo-folder agent ``hr`` on ``folder`` (``settings`` added to its own) and a profile ``import``."""
-    config = tmp_path / "mvsync.toml"
-    config.write_text(
-        f"""
-[store]
-url = "sqlite:///{(tmp_path / "mvsync.db").as_posix()}"
-[agents.hr]
-type = "photo-folder"
-settings = {{ path = "{folder.as_posix()}"{", " + settings if settings else ""} }}
-projection = [{{ object_class = "photoFile" }}]
-import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountName" }}]
-[run_profiles.import]
-steps = [{{ type = "full-import", agent = "hr" }}]
-""",
-        encoding="utf-8",
-    )
-    return config
+from tests.imaging.images import encode, photo
 
 
 def test_a_file_size_limit_past_the_decoders_is_a_configuration_error_not_a_stopped_step(tmp_path: Path) -> None:
@@ -38,8 +21,8 @@ def test_a_file_size_limit_past_the_decoders_is_a_configuration_error_not_a_stop
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "ann.jpg").write_bytes(photo(1, size=64))
-    config = _config(tmp_path, folder, "max_file_bytes = 3000000000")
-    code, out, err = invoke("run", "import", "-c", str(config))
+    config = cli_config(tmp_path, folder, max_file_bytes=3_000_000_000)
+    code, out, err = invoke("run", "full", "-c", str(config))
     assert code == 2, (out, err)
     assert "agents.hr.settings.max_file_bytes" in err and "2147483648" in err, err
     assert "Traceback" not in out + err and "max_input_bytes" not in err
@@ -47,5 +30,32 @@ def test_a_file_size_limit_past_the_decoders_is_a_configuration_error_not_a_stop
     findings = json.loads(out)["findings"]
     assert any(f["severity"] == "error" and "max_file_bytes" in f["message"] for f in findings), findings
 
-    config = _config(tmp_path, folder, "max_file_bytes = 2147483648")  # the bound itself is a good value
-    assert invoke("run", "import", "-c", str(config))[0] == 0
+    config = cli_config(tmp_path, folder, max_file_bytes=2_147_483_648)  # the bound itself is a good value
+    assert invoke("run", "full", "-c", str(config))[0] == 0
+
+
+def test_raising_a_limit_lets_the_next_delta_import_read_the_photos_it_refused(tmp_path: Path) -> None:
+    """Found in the photo-folder bad-day pass: photos over the limits (HR's 50 MB scan, a 9000x9000
+    export; small limits here) were refused (file-too-large, image-too-many-pixels), the administrator
+    raised max_file_bytes and max_pixels, and every delta import went on repeating the old errors, naming
+    the old limits, from the watermark (an unchanged broken file is not read again), until a full import.
+    The watermark now keeps the limits its errors were judged by; under other limits the files are read
+    again."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "ann.jpg").write_bytes(photo(1, size=64))
+    (folder / "bob.jpg").write_bytes(photo(2, size=300))  # about 20 KB
+    (folder / "cid.png").write_bytes(encode(Image.new("RGB", (1200, 1000), (90, 90, 90)), "PNG"))
+    tight = cli_config(tmp_path, folder, max_file_bytes=15_000, max_pixels=1_000_000)
+    code, out, err = invoke("run", "full", "-c", str(tight))
+    assert code == 3 and "over max_file_bytes=15,000" in out and "over the limit of 1,000,000" in out, (out, err)
+
+    raised = cli_config(tmp_path, folder)  # the defaults: 20 MB, 50 million pixels
+    code, out, err = invoke("run", "delta", "-c", str(raised), "--json")
+    assert code == 0, (out, err)
+    [step] = json.loads(out)["steps"]
+    assert step["counters"].get("adds") == 2, step
+    code, out, _ = invoke("cs", "search", "hr", "-c", str(raised), "--json")
+    assert sorted(o["anchor"] for o in json.loads(out)) == ["ann", "bob", "cid"]
+    code, out, _ = invoke("run", "delta", "-c", str(raised), "--json")  # and then quiet, reading nothing again
+    assert code == 0 and json.loads(out)["steps"][0]["counters"] == {"pages": 1}, out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agents.photo_folder.helpers import cli_config
 from tests.cli._configs import invoke
 from tests.cli.test_bad_day import _cli_without_root_reads
 from tests.imaging.images import photo
@@ -27,7 +28,7 @@ def test_a_sub_folder_that_cannot_be_listed_stops_the_step_says_what_to_do_and_d
     (folder / "site-b").mkdir(parents=True)
     (folder / "ann.jpg").write_bytes(photo(1, size=64))
     (folder / "site-b" / "bob.jpg").write_bytes(photo(2, size=64))
-    config = _config(tmp_path, folder, recursive=True)
+    config = cli_config(tmp_path, folder, recursive=True)
     assert _cli_without_root_reads("run", "full", "-c", str(config))[0] == 0
     (folder / "site-b").chmod(0)
     try:
@@ -44,28 +45,6 @@ def test_a_sub_folder_that_cannot_be_listed_stops_the_step_says_what_to_do_and_d
     assert sorted(o["anchor"] for o in json.loads(out)) == ["ann", "bob"]
 
 
-def _config(tmp_path: Path, folder: Path, *, recursive: bool = False) -> Path:
-    """A photo-folder agent on ``folder`` with profiles ``full`` and ``delta`` (full and delta imports)."""
-    config = tmp_path / "mvsync.toml"
-    config.write_text(
-        f"""
-[store]
-url = "sqlite:///{(tmp_path / "mvsync.db").as_posix()}"
-[agents.hr]
-type = "photo-folder"
-settings = {{ path = "{folder.as_posix()}", recursive = {str(recursive).lower()} }}
-projection = [{{ object_class = "photoFile" }}]
-import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountName" }}]
-[run_profiles.delta]
-steps = [{{ type = "delta-import", agent = "hr" }}]
-[run_profiles.full]
-steps = [{{ type = "full-import", agent = "hr" }}]
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="chmod 000 does not make a file unreadable on Windows")
 @pytest.mark.parametrize("gone", ["removed", "readable again"])
 def test_a_photo_a_full_import_could_not_read_is_followed_by_the_next_delta(tmp_path: Path, gone: str) -> None:
@@ -78,7 +57,7 @@ def test_a_photo_a_full_import_could_not_read_is_followed_by_the_next_delta(tmp_
     folder.mkdir()
     for name in ("ann", "bob", "cid"):
         (folder / f"{name}.jpg").write_bytes(photo(len(name) + ord(name[0]), size=64))
-    config = _config(tmp_path, folder)
+    config = cli_config(tmp_path, folder)
     assert _cli_without_root_reads("run", "full", "-c", str(config))[0] == 0
     (folder / "bob.jpg").write_bytes(photo(99, size=64))  # a new photo, then a bad day on the share
     (folder / "bob.jpg").chmod(0)
