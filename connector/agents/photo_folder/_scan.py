@@ -81,10 +81,11 @@ def parse_account(name: str) -> tuple[str, str | None]:
     """``"JDoe 2024 badge.JPG"`` -> (``"JDoe"``, None); a name that cannot be an account gives a reason.
 
     The account is the file name up to the first space (or the extension), in Unicode NFC form,
-    so a name copied from macOS (NFD) gives the same account as one typed on Windows.
+    so a name copied from macOS (NFD) gives the same account as one typed on Windows. Any space
+    character ends it: a no-break space pasted from a web page, an IME's full-width one look the same.
     """
     stem = os.path.splitext(name)[0]
-    account = unicodedata.normalize("NFC", stem.split(" ", 1)[0])
+    account = unicodedata.normalize("NFC", _up_to_a_space(stem))
     extension = os.path.splitext(name)[1]
     if display(account) != account:
         return display(account) or display(name), (
@@ -98,6 +99,12 @@ def parse_account(name: str) -> tuple[str, str | None]:
             "the account first (sAMAccountName)"
         )
     return account, None
+
+
+def _up_to_a_space(stem: str) -> str:
+    """``stem`` up to its first space character (Unicode's space separators; a tab or a newline is a
+    control character, which makes the name an error instead)."""
+    return next((stem[:i] for i, char in enumerate(stem) if unicodedata.category(char) == "Zs"), stem)
 
 
 def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[PhotoFile]:

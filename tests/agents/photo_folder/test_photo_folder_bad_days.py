@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from tests.agents.photo_folder.helpers import cli_config
+from tests.agents.photo_folder.helpers import by_anchor, cli_config, connector, run_import
 from tests.cli._configs import invoke
 from tests.imaging.images import encode, photo
 
@@ -59,3 +60,21 @@ def test_raising_a_limit_lets_the_next_delta_import_read_the_photos_it_refused(t
     assert sorted(o["anchor"] for o in json.loads(out)) == ["ann", "bob", "cid"]
     code, out, _ = invoke("run", "delta", "-c", str(raised), "--json")  # and then quiet, reading nothing again
     assert code == 0 and json.loads(out)["steps"][0]["counters"] == {"pages": 1}, out
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u3000", "\u202f"], ids=["no-break", "ideographic", "narrow-no-break"])
+def test_a_name_whose_space_is_not_ascii_is_the_account_up_to_it(tmp_path: Path, space: str) -> None:
+    """Found in the photo-folder bad-day pass: 'jdoe<no-break space>2024.jpg' (a name pasted from a web page or
+    Word, or typed with an IME's full-width space) looks like 'jdoe 2024.jpg', yet was an invalid-file-name
+    error saying the name 'has control characters or invalid bytes ... another code page', and jdoe had no
+    photo. Any space character now ends the account name (export already refused an anchor with any
+    white space, as the account name ending there); control characters (a tab, a newline) are still errors."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / f"jdoe{space}2024.jpg").write_bytes(photo(1, size=64))
+    (folder / "tab\there.jpg").write_bytes(photo(2, size=64))
+    found = by_anchor(run_import(connector(tmp_path, folder))[0])
+    assert sorted(found) == ["jdoe", "tab\\x09here"]
+    assert found["jdoe"].error is None and found["jdoe"].attributes["path"] == f"jdoe{space}2024.jpg"
+    error = found["tab\\x09here"].error
+    assert error is not None and error.name == "invalid-file-name"
