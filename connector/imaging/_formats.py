@@ -41,7 +41,8 @@ class PhotoFormat:
 
 
 PHOTO_FORMATS: tuple[PhotoFormat, ...] = (
-    PhotoFormat("JPEG", "JPEG", (".jpg", ".jpeg"), "image/jpeg", (b"\xff\xd8\xff",), True),
+    # .jfif: what Windows names a JPEG saved from a browser; .jpe: an old short form some tools still write
+    PhotoFormat("JPEG", "JPEG", (".jpg", ".jpeg", ".jfif", ".jpe"), "image/jpeg", (b"\xff\xd8\xff",), True),
     PhotoFormat("PNG", "PNG", (".png",), "image/png", (b"\x89PNG\r\n\x1a\n",), True),
     PhotoFormat("GIF", "GIF", (".gif",), "image/gif", (b"GIF87a", b"GIF89a"), True),
     PhotoFormat("BMP", "BMP", (".bmp",), "image/bmp", (b"BM",), False),

@@ -1,4 +1,5 @@
-"""photo-folder on the bad days of an HR share, through the real CLI where a user meets them."""
+"""photo-folder on the bad days of an HR share: through the real CLI where a user meets them, else as the
+engine drives the agent's import (``run_import``)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,14 @@ def test_a_name_whose_space_is_not_ascii_is_the_account_up_to_it(tmp_path: Path,
     assert found["jdoe"].error is None and found["jdoe"].attributes["path"] == f"jdoe{space}2024.jpg"
     error = found["tab\\x09here"].error
     assert error is not None and error.name == "invalid-file-name"
+
+
+def test_a_jpeg_saved_as_jfif_is_read_as_the_jpeg_it_is(tmp_path: Path) -> None:
+    """Found in the photo-folder bad-day pass: Windows saves a JPEG from a browser as '.jfif' (and some tools
+    write '.jpe'); HR's 'ann.jfif' was skipped in silence, and ann had no photo with nothing said."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "ann.jfif").write_bytes(photo(1, size=64))
+    (folder / "bob.JPE").write_bytes(photo(2, size=64))
+    found = by_anchor(run_import(connector(tmp_path, folder))[0])
+    assert sorted(found) == ["ann", "bob"] and all(entry.error is None for entry in found.values())
