@@ -21,13 +21,14 @@ from connector.imaging._errors import (
     UnsupportedImageError,
 )
 from connector.imaging._face import FaceBox, FaceFinder, face_finder
-from connector.imaging._files import is_photo_name
+from connector.imaging._files import is_photo_name, unread_image_name
 from connector.imaging._formats import (
     ACCEPTED_FORMATS_TEXT,
     ALLOWED_FORMATS,
     PHOTO_EXTENSIONS,
     PHOTO_FORMATS,
     PhotoFormat,
+    not_supported_text,
     sniff_format,
 )
 from connector.imaging._normalize import NormalizedPhoto, encode_jpeg, meets_spec, normalize
@@ -82,8 +83,10 @@ __all__ = [
     "is_photo_name",
     "meets_spec",
     "normalize",
+    "not_supported_text",
     "parse_byte_size",
     "probe",
     "sniff_format",
+    "unread_image_name",
     "verify",
 ]

@@ -28,7 +28,7 @@ from connector.imaging._errors import (
     TruncatedImageError,
     UnsupportedImageError,
 )
-from connector.imaging._formats import ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, sniff_format
+from connector.imaging._formats import ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, not_supported_text, sniff_format
 from connector.imaging._spec import InputLimits
 
 __all__ = ["Decoded", "ImageInfo", "decode", "open_image", "probe", "verify"]
@@ -169,7 +169,7 @@ def _unidentified(data: bytes) -> ImageError:
     head = data[:32]
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         kind = "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIC/HEIF"
-        return UnsupportedImageError(f"{kind} images are not supported; convert the photo to JPEG or PNG")
+        return UnsupportedImageError(not_supported_text(kind))
     for magic, name in _UNSUPPORTED_MAGIC:
         if head.startswith(magic):
             return UnsupportedImageError(f"{name} files are not supported; convert the photo to JPEG or PNG")

@@ -6,11 +6,16 @@ photos; both write with ``connector.files.atomic_write``, whose hidden temporari
 
 from __future__ import annotations
 
-from connector.imaging._formats import PHOTO_EXTENSIONS, has_photo_extension
+from connector.imaging._formats import PHOTO_EXTENSIONS, has_photo_extension, unread_image_format
 
-__all__ = ["PHOTO_EXTENSIONS", "is_photo_name"]
+__all__ = ["PHOTO_EXTENSIONS", "is_photo_name", "unread_image_name"]
 
 
 def is_photo_name(name: str) -> bool:
     """A visible file whose extension is an accepted photo format's, in any case (``JDOE.JPG``)."""
     return not name.startswith(".") and has_photo_extension(name)
+
+
+def unread_image_name(name: str) -> str | None:
+    """The format's label when ``name`` is a visible file in an image format that is not read (``jdoe.heic``)."""
+    return None if name.startswith(".") else unread_image_format(name)

@@ -17,8 +17,11 @@ __all__ = [
     "ALLOWED_FORMATS",
     "PHOTO_EXTENSIONS",
     "PHOTO_FORMATS",
+    "UNREAD_IMAGE_EXTENSIONS",
     "PhotoFormat",
+    "not_supported_text",
     "sniff_format",
+    "unread_image_format",
 ]
 
 
@@ -55,6 +58,16 @@ PHOTO_FORMATS: tuple[PhotoFormat, ...] = (
 ALLOWED_FORMATS: tuple[str, ...] = tuple(f.name for f in PHOTO_FORMATS)
 #: File extensions (lower case) taken as photos.
 PHOTO_EXTENSIONS: frozenset[str] = frozenset(ext for f in PHOTO_FORMATS for ext in f.extensions)
+#: Formats photos come in that are not read (each decoder is attack surface), by extension: a file named
+#: for a person in one of them is an error telling to convert it, never a file skipped in silence.
+UNREAD_IMAGE_EXTENSIONS: dict[str, str] = {
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jxl": "JPEG XL",
+    ".jp2": "JPEG 2000",
+    ".psd": "Photoshop (PSD)",
+}
 #: For messages: "JPEG, PNG, GIF, BMP, TIFF or WebP".
 ACCEPTED_FORMATS_TEXT = ", ".join(f.label for f in PHOTO_FORMATS[:-1]) + f" or {PHOTO_FORMATS[-1].label}"
 
@@ -66,3 +79,13 @@ def sniff_format(head: bytes) -> PhotoFormat | None:
 
 def has_photo_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in PHOTO_EXTENSIONS
+
+
+def unread_image_format(name: str) -> str | None:
+    """The label of the format ``name``'s extension says, when it is an image format that is not read."""
+    return UNREAD_IMAGE_EXTENSIONS.get(os.path.splitext(name)[1].lower())
+
+
+def not_supported_text(kind: str) -> str:
+    """What an image of a format that is not read (``kind``: "HEIC") is told, wherever it is found."""
+    return f"{kind} images are not supported; convert the photo to JPEG or PNG"

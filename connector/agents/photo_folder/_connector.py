@@ -37,6 +37,7 @@ from connector.imaging import (
     is_photo_name,
     normalize,
     probe,
+    unread_image_name,
     verify,
 )
 from connector.sdk import (
@@ -200,7 +201,8 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
 
         new = FolderState(real, self.settings.recursive, limits=self._limits())
         items: list[tuple[str, _Item]] = []
-        for key, group in groups.items():
+        for key, files_named in groups.items():
+            group = _unread_formats_set_aside(files_named)
             previous = old.accounts.get(key)
             item = self._plan_account(group, previous, old, new)
             if item is not None:
@@ -448,6 +450,14 @@ def _delete(item: _Delete, plan: _Plan) -> CSEntryChange | None:
     if held is not None and held.anchor == item.anchor:
         return None
     return CSEntryChange.delete(OBJECT_CLASS, item.anchor)
+
+
+def _unread_formats_set_aside(group: list[PhotoFile]) -> list[PhotoFile]:
+    """``group`` without its files in image formats that are not read (HEIC ...) when it holds another file:
+    a phone's original kept beside its JPEG copy is no second photo of the person. Alone, such a file is
+    the person's error (convert it), which also keeps the photo the engine holds."""
+    readable = [file for file in group if unread_image_name(PurePosixPath(file.relpath).name) is None]
+    return readable or group
 
 
 def _under_other_spellings(error: _Error, group: list[PhotoFile]) -> list[_Error]:

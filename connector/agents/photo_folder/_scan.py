@@ -19,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.imaging import is_photo_name
+from connector.imaging import UnsupportedImageError, is_photo_name, not_supported_text, unread_image_name
 
 log = logging.getLogger("mvsync.agents.photo_folder")
 
@@ -123,10 +123,11 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
                     if recursive and not entry.name.startswith("."):
                         pending.append(relpath)
                     continue
-                if not is_photo_name(entry.name):
+                unread = unread_image_name(entry.name)
+                if not (is_photo_name(entry.name) or unread):
                     continue
                 try:
-                    found.append(_classify(entry, relpath, max_file_bytes))
+                    found.append(_classify(entry, relpath, max_file_bytes, unread))
                 except FileNotFoundError:  # removed since the listing: it is not there, like a file never added
                     continue
     return sorted(found, key=lambda f: f.relpath)
@@ -160,7 +161,9 @@ def _say_linked_folder(root: Path, relpath: str) -> None:
     )
 
 
-def _classify(entry: os.DirEntry[str], relpath: str, max_file_bytes: int) -> PhotoFile:
+def _classify(entry: os.DirEntry[str], relpath: str, max_file_bytes: int, unread: str | None) -> PhotoFile:
+    """``entry`` with the problem its name and ``lstat`` already show, if any; ``unread``: the label of the
+    image format its extension names when that format is not read (HEIC ...)."""
     info = entry.stat(follow_symlinks=False)
     account, name_problem = parse_account(entry.name)
     shown = display(relpath)
@@ -174,6 +177,8 @@ def _classify(entry: os.DirEntry[str], relpath: str, max_file_bytes: int) -> Pho
         )
     elif not stat.S_ISREG(info.st_mode):
         problem = ("not-a-regular-file", f"{shown} is not a regular file")
+    elif unread:
+        problem = (UnsupportedImageError.name, f"{shown}: {not_supported_text(unread)}")
     elif info.st_size > max_file_bytes:
         problem = (
             "file-too-large",

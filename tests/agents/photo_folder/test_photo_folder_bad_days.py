@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from connector.sdk import ObjectModificationType
 from tests.agents.photo_folder.helpers import by_anchor, cli_config, connector, run_import
 from tests.cli._configs import invoke
-from tests.imaging.images import encode, photo
+from tests.imaging.images import encode, heic_like, photo
 
 
 def test_a_file_size_limit_past_the_decoders_is_a_configuration_error_not_a_stopped_step(tmp_path: Path) -> None:
@@ -90,3 +91,33 @@ def test_a_jpeg_saved_as_jfif_is_read_as_the_jpeg_it_is(tmp_path: Path) -> None:
     (folder / "bob.JPE").write_bytes(photo(2, size=64))
     found = by_anchor(run_import(connector(tmp_path, folder))[0])
     assert sorted(found) == ["ann", "bob"] and all(entry.error is None for entry in found.values())
+
+
+def test_a_photo_in_a_format_not_read_is_the_persons_error_not_skipped_in_silence(tmp_path: Path) -> None:
+    """Found in the photo-folder bad-day pass: a file named for a person in an image format the agent does not
+    read ('jdoe.heic' from an iPhone) was skipped in silence: nobody was told, and when HR replaced jdoe.jpg by
+    it, the delta import deleted jdoe's photo (its file was gone). It is now that person's error, saying to
+    convert it, and the photo the engine holds is kept. Beside a photo the agent reads (the original kept next
+    to its JPEG copy) it is left alone, as any other file; files that are no image (notes.txt) are too."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "jdoe.jpg").write_bytes(photo(1, size=64))
+    (folder / "ann.jpg").write_bytes(photo(2, size=64))
+    (folder / "ann.HEIC").write_bytes(heic_like())  # the original beside its copy
+    (folder / "bob.avif").write_bytes(b"\x00\x00\x00\x1cftypavif" + b"\x00" * 32)
+    (folder / "notes.txt").write_text("who is who", encoding="utf-8")
+    entries, watermark, _ = run_import(connector(tmp_path, folder))
+    found = by_anchor(entries)
+    assert sorted(found) == ["ann", "bob", "jdoe"]
+    assert found["ann"].error is None and found["ann"].attributes["path"] == "ann.jpg"
+    bob = found["bob"].error
+    assert bob is not None and bob.name == "unsupported-image-format", bob
+    assert bob.detail.startswith("bob.avif: AVIF") and "convert the photo to JPEG" in bob.detail, bob.detail
+
+    (folder / "jdoe.jpg").unlink()  # HR replaces the photo by the phone's original
+    (folder / "jdoe.heic").write_bytes(heic_like())
+    delta = by_anchor(run_import(connector(tmp_path, folder), watermark=watermark)[0])
+    assert sorted(delta) == ["bob", "jdoe"]  # bob's error again; nothing for ann
+    jdoe = delta["jdoe"]
+    assert jdoe.modification != ObjectModificationType.DELETE and jdoe.error is not None, jdoe
+    assert jdoe.error.name == "unsupported-image-format" and "jdoe.heic: HEIC" in jdoe.error.detail
