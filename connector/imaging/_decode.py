@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from connector.imaging._errors import (
     UnsupportedImageError,
 )
 from connector.imaging._formats import ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, not_supported_text, sniff_format
-from connector.imaging._spec import InputLimits
+from connector.imaging._spec import EXCHANGE_PHOTO_SIZE, InputLimits
 
 __all__ = ["Decoded", "ImageInfo", "decode", "open_image", "probe", "verify"]
 
@@ -152,17 +153,33 @@ def _open(data: bytes, limits: InputLimits) -> tuple[Image.Image, ImageInfo]:
         im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise _unidentified(data) from None
+    except Image.DecompressionBombError as exc:  # past Pillow's own bound, above any max_pixels
+        raise _too_many_pixels(f"the image declares {_declared_pixels(exc)} pixels", limits) from None
     width, height = im.size
     if width <= 0 or height <= 0:
         msg = f"the image declares an empty size {width}x{height}"
         raise CorruptImageError(msg)
     if width * height > limits.max_pixels:
-        msg = f"{width}x{height} is {width * height:,} pixels, over the limit of {limits.max_pixels:,}"
-        raise TooManyPixelsError(msg)
+        raise _too_many_pixels(f"{width}x{height} is {width * height:,} pixels", limits)
     fmt = im.format or "?"
     # is_animated seeks to the second frame only: cheap, unlike n_frames on a long GIF.
     animated = bool(getattr(im, "is_animated", False))
     return im, ImageInfo(fmt, width, height, im.mode, animated)
+
+
+def _too_many_pixels(what: str, limits: InputLimits) -> TooManyPixelsError:
+    """A pixel bomb, or only a photo far larger than any directory keeps: the limit and what to do."""
+    return TooManyPixelsError(
+        f"{what}, over the limit of {limits.max_pixels:,}: save the photo at a smaller size "
+        f"(a directory keeps {EXCHANGE_PHOTO_SIZE}x{EXCHANGE_PHOTO_SIZE} at most)"
+    )
+
+
+def _declared_pixels(exc: Image.DecompressionBombError) -> str:
+    """The pixel count in Pillow's message ("Image size (400000000 pixels) exceeds limit of ..."), written
+    as this package writes numbers; Pillow's own limit is left out, as no setting has it."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{int(found.group(1)):,}" if found else "more"
 
 
 def _unidentified(data: bytes) -> ImageError:

@@ -77,6 +77,23 @@ def test_pixel_limit_is_configurable() -> None:
         probe(encode(Image.new("RGB", (400, 400)), "PNG"), limits)
 
 
+@pytest.mark.parametrize(
+    ("width", "height"), [(9_000, 9_000), (20_000, 20_000)], ids=["over-the-limit", "pillows-bomb"]
+)
+def test_a_pixel_bomb_names_the_limit_that_applies_and_what_to_do(width: int, height: int) -> None:
+    """Found in the photo-folder bad-day pass: a photo past Pillow's own bomb bound (2 x 89.5 million pixels)
+    was refused with Pillow's words, "Image size (400000000 pixels) exceeds limit of 178956970 pixels, could
+    be decompression bomb DOS attack.", a limit no setting has (max_pixels was 50,000,000); neither message
+    said what to do. Both now name the configured limit and say to save the photo smaller."""
+    for limits in (InputLimits(), InputLimits(max_pixels=10_000_000)):
+        with pytest.raises(TooManyPixelsError) as caught:
+            verify(png_header_only(width, height), limits)
+        detail = caught.value.detail
+        assert f"{width * height:,} pixels, over the limit of {limits.max_pixels:,}" in detail, detail
+        assert "178956970" not in detail and "DOS" not in detail
+        assert detail.endswith("save the photo at a smaller size (a directory keeps 648x648 at most)"), detail
+
+
 def test_input_size_limit() -> None:
     with pytest.raises(InputTooLargeError, match="over the input limit of 20,971,520"):
         normalize(b"\xff\xd8\xff" + b"\x00" * (20 * 1024 * 1024))
