@@ -30,7 +30,7 @@ from connector.imaging._errors import (
     UnsupportedImageError,
 )
 from connector.imaging._formats import ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, not_supported_text, sniff_format
-from connector.imaging._spec import EXCHANGE_PHOTO_SIZE, InputLimits
+from connector.imaging._spec import SMALLER_PHOTO_HINT, InputLimits
 
 __all__ = ["Decoded", "ImageInfo", "decode", "open_image", "probe", "verify"]
 
@@ -169,10 +169,7 @@ def _open(data: bytes, limits: InputLimits) -> tuple[Image.Image, ImageInfo]:
 
 def _too_many_pixels(what: str, limits: InputLimits) -> TooManyPixelsError:
     """A pixel bomb, or only a photo far larger than any directory keeps: the limit and what to do."""
-    return TooManyPixelsError(
-        f"{what}, over the limit of {limits.max_pixels:,}: save the photo at a smaller size "
-        f"(a directory keeps {EXCHANGE_PHOTO_SIZE}x{EXCHANGE_PHOTO_SIZE} at most)"
-    )
+    return TooManyPixelsError(f"{what}, over the limit of {limits.max_pixels:,}: {SMALLER_PHOTO_HINT}")
 
 
 def _declared_pixels(exc: Image.DecompressionBombError) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "EXCHANGE_PHOTO_SIZE",
     "MAX_INPUT_BYTES_CEILING",
     "MAX_PIXELS_CEILING",
+    "SMALLER_PHOTO_HINT",
     "CropMode",
     "InputLimits",
     "PhotoSpec",
@@ -38,6 +39,10 @@ AD_THUMBNAIL_SIZE = 96
 #: Entra ID / Graph accept photos up to 4 MB; stay under both the decimal and binary reading.
 EXCHANGE_PHOTO_MAX_BYTES = 4_000_000
 EXCHANGE_PHOTO_SIZE = 648
+#: What to do about a photo over a size or pixel limit, wherever it is refused.
+SMALLER_PHOTO_HINT = (
+    f"save the photo at a smaller size (a directory keeps {EXCHANGE_PHOTO_SIZE}x{EXCHANGE_PHOTO_SIZE} at most)"
+)
 
 DEFAULT_MAX_INPUT_BYTES = 20 * 1024 * 1024
 #: Above the 8256x5504 (45 MP) uploads Entra ID is known to hold, well below Pillow's own bomb limit.

@@ -19,7 +19,13 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.imaging import UnsupportedImageError, is_photo_name, not_supported_text, unread_image_name
+from connector.imaging import (
+    SMALLER_PHOTO_HINT,
+    UnsupportedImageError,
+    is_photo_name,
+    not_supported_text,
+    unread_image_name,
+)
 
 log = logging.getLogger("mvsync.agents.photo_folder")
 
@@ -180,11 +186,13 @@ def _classify(entry: os.DirEntry[str], relpath: str, max_file_bytes: int, unread
     elif unread:
         problem = (UnsupportedImageError.name, f"{shown}: {not_supported_text(unread)}")
     elif info.st_size > max_file_bytes:
-        problem = (
-            "file-too-large",
-            f"{shown} is {info.st_size:,} bytes, over max_file_bytes={max_file_bytes:,}",
-        )
+        problem = ("file-too-large", _too_large(f"{shown} is {info.st_size:,} bytes,", max_file_bytes))
     return PhotoFile(relpath, account, info.st_mtime_ns, info.st_size, problem, _stamp(info))
+
+
+def _too_large(what: str, max_file_bytes: int) -> str:
+    """A file over ``max_file_bytes``: what HR can do about it, and what the administrator can."""
+    return f"{what} over max_file_bytes={max_file_bytes:,}: {SMALLER_PHOTO_HINT}, or raise max_file_bytes"
 
 
 def _stamp(info: os.stat_result) -> tuple[int, int]:
@@ -222,7 +230,7 @@ def read_photo(root: Path, photo: PhotoFile, max_file_bytes: int) -> tuple[bytes
         except OSError as exc:  # a share dropped under the read (EIO, ESTALE), a lock taken meanwhile
             raise _open_error(exc, shown) from None
     if len(data) > max_file_bytes:
-        raise ReadError("file-too-large", f"{shown} is over max_file_bytes={max_file_bytes:,}")
+        raise ReadError("file-too-large", _too_large(f"{shown} is", max_file_bytes))
     return data, info.st_mtime_ns, info.st_size
 
 

@@ -121,3 +121,19 @@ def test_a_photo_in_a_format_not_read_is_the_persons_error_not_skipped_in_silenc
     jdoe = delta["jdoe"]
     assert jdoe.modification != ObjectModificationType.DELETE and jdoe.error is not None, jdoe
     assert jdoe.error.name == "unsupported-image-format" and "jdoe.heic: HEIC" in jdoe.error.detail
+
+
+def test_a_file_over_the_size_limit_says_what_to_do(tmp_path: Path) -> None:
+    """Found in the photo-folder bad-day pass: HR's 50 MB scan was refused with 'big.jpg is 52,432,919 bytes,
+    over max_file_bytes=20,971,520' only: neither what HR can do (save it smaller) nor what the administrator
+    can (raise the setting) was said."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "big.jpg").write_bytes(photo(1, size=64))
+    [entry] = run_import(connector(tmp_path, folder, max_file_bytes=1000))[0]
+    assert entry.error is not None and entry.error.name == "file-too-large"
+    assert entry.error.detail.startswith("big.jpg is "), entry.error.detail
+    assert entry.error.detail.endswith(
+        "over max_file_bytes=1,000: save the photo at a smaller size (a directory keeps 648x648 at most), "
+        "or raise max_file_bytes"
+    ), entry.error.detail
