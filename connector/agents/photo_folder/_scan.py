@@ -136,6 +136,8 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
                     found.append(_classify(entry, relpath, max_file_bytes, unread))
                 except FileNotFoundError:  # removed since the listing: it is not there, like a file never added
                     continue
+                except PermissionError as exc:  # this file's ACL, not the folder's: this person's error
+                    found.append(_attributes_refused(entry.name, relpath, exc))
     return sorted(found, key=lambda f: f.relpath)
 
 
@@ -195,6 +197,16 @@ def _too_large(what: str, max_file_bytes: int) -> str:
     return f"{what} over max_file_bytes={max_file_bytes:,}: {SMALLER_PHOTO_HINT}, or raise max_file_bytes"
 
 
+def _attributes_refused(name: str, relpath: str, exc: PermissionError) -> PhotoFile:
+    """A listed file whose attributes the server refuses (on a share, an ACL that denies the service account
+    this one file): the person's error, as for a file that cannot be opened, while the folder's other photos
+    are read. Its size and time are unknown (0): once readable, the next delta reads it again."""
+    account, name_problem = parse_account(name)
+    shown = display(relpath)
+    problem = ("invalid-file-name", f"{shown}: {name_problem}") if name_problem else _unreadable(shown, exc)
+    return PhotoFile(relpath, account, 0, 0, problem)
+
+
 def _stamp(info: os.stat_result) -> tuple[int, int]:
     """What tells a file replaced by one of the same size and time apart: its inode and change time.
 
@@ -251,7 +263,12 @@ def _open_error(exc: OSError, shown: str) -> ReadError:
         return ReadError("symlink-refused", f"{shown} became a symbolic link; links are not followed")
     if exc.errno == errno.ENOENT:
         return ReadError("file-vanished", f"{shown} was removed during the import", transient=True)
-    return ReadError("file-unreadable", f"{shown}: {exc.strerror}", transient=True)
+    return ReadError(*_unreadable(shown, exc), transient=True)
+
+
+def _unreadable(shown: str, exc: OSError) -> tuple[str, str]:
+    """The error of a file the account mvsync runs as may not read (or that the share fails to give)."""
+    return "file-unreadable", f"{shown}: {exc.strerror}"
 
 
 def _same_file_or_refuse(path: Path, before: os.stat_result, opened: os.stat_result, shown: str) -> None:

@@ -3,12 +3,17 @@ engine drives the agent's import (``run_import``)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from connector.agents.photo_folder import _scan
 from connector.sdk import ObjectModificationType
 from tests.agents.photo_folder.helpers import by_anchor, cli_config, connector, run_import
 from tests.cli._configs import invoke
@@ -137,3 +142,60 @@ def test_a_file_over_the_size_limit_says_what_to_do(tmp_path: Path) -> None:
         "over max_file_bytes=1,000: save the photo at a smaller size (a directory keeps 648x648 at most), "
         "or raise max_file_bytes"
     ), entry.error.detail
+
+
+class _AttributesRefused:
+    """A listed file whose attributes the server refuses (``lstat``: EACCES), as a cifs mount does for a file
+    whose ACL denies the service account; the rest of the entry is the real one."""
+
+    def __init__(self, entry: os.DirEntry[str]) -> None:
+        self._entry = entry
+        self.name = entry.name
+        self.path = entry.path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._entry, name)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise PermissionError(errno.EACCES, "Permission denied", self.path)
+
+
+def _refuse_attributes_of(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The listing of the photo folder gives ``name`` as a file whose attributes cannot be read (injected: no
+    local file system refuses one file's ``lstat``)."""
+    real_scandir = os.scandir
+
+    def listing(path: Any) -> Any:
+        entries = [_AttributesRefused(e) if e.name == name else e for e in real_scandir(path)]
+        return contextlib.nullcontext(iter(entries))
+
+    monkeypatch.setattr(_scan.os, "scandir", listing)
+
+
+def test_a_file_whose_attributes_are_refused_is_that_persons_error_not_a_stopped_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the photo-folder bad-day pass: one HR file whose ACL denies the service account (on a cifs
+    mount, its ``lstat`` fails with EACCES) stopped every import of the folder: 'cannot list
+    .../bob.jpg: Permission denied; nothing was marked deleted', and nobody's photo was read until the
+    ACL was fixed. It is now bob's error, as a file that cannot be opened is; the others are read, bob's
+    photo is kept, and once the ACL is fixed the next delta reads the file again."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed, name in enumerate(("ann", "bob", "cid")):
+        (folder / f"{name}.jpg").write_bytes(photo(seed, size=64))
+    _, watermark, _ = run_import(connector(tmp_path, folder))
+    (folder / "ann.jpg").write_bytes(photo(7, size=64))  # a change the next import must not miss
+
+    with monkeypatch.context() as fault:
+        _refuse_attributes_of(fault, "bob.jpg")
+        full = by_anchor(run_import(connector(tmp_path, folder))[0])
+        delta, watermark2, _ = run_import(connector(tmp_path, folder), watermark=watermark)
+    assert sorted(full) == ["ann", "bob", "cid"] and full["ann"].error is None
+    for entries in (full, by_anchor(delta)):
+        error = entries["bob"].error
+        assert error is not None and error.name == "file-unreadable", entries["bob"]
+        assert error.detail == "bob.jpg: Permission denied", error.detail
+    assert [(e.anchor, e.modification) for e in delta if e.error is None] == [("ann", ObjectModificationType.REPLACE)]
+
+    assert run_import(connector(tmp_path, folder), watermark=watermark2)[0] == []  # fixed: read, unchanged
