@@ -126,7 +126,7 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
                     _say_linked_folder(root, relpath)
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    if recursive and not entry.name.startswith("."):
+                    if recursive and not _not_hr_folder(entry.name):
                         pending.append(relpath)
                     continue
                 unread = unread_image_name(entry.name)
@@ -139,6 +139,29 @@ def scan_folder(root: Path, *, recursive: bool, max_file_bytes: int) -> list[Pho
                 except PermissionError as exc:  # this file's ACL, not the folder's: this person's error
                     found.append(_attributes_refused(entry.name, relpath, exc))
     return sorted(found, key=lambda f: f.relpath)
+
+
+#: Folders a file server keeps in a share beside HR's (lower case): recycle bins, whose photos HR deleted,
+#: and thumbnail caches, whose files are named after the photos they were made from. Read as HR's, a
+#: deleted photo would live on and the thumbnails would be a bogus account. Synology: ``#recycle``,
+#: ``@eaDir``, ``#snapshot``; QNAP: ``@Recycle``, ``@Recently-Snapshot``; Windows: ``$RECYCLE.BIN``,
+#: ``System Volume Information``. Samba's own recycle bin (``.recycle``) is hidden already.
+_SERVER_FOLDERS = frozenset(
+    {
+        "#recycle",
+        "#snapshot",
+        "@eadir",
+        "@recycle",
+        "@recently-snapshot",
+        "$recycle.bin",
+        "system volume information",
+    }
+)
+
+
+def _not_hr_folder(name: str) -> bool:
+    """A sub-folder a recursive import does not enter: hidden, or one the file server keeps (see above)."""
+    return name.startswith(".") or name.lower() in _SERVER_FOLDERS
 
 
 #: Windows reparse points that lead elsewhere (winnt.h; Python's ``stat`` has them on Windows only):

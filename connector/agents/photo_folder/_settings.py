@@ -31,7 +31,9 @@ class PhotoFolderSettings(ConnectorSettings):
     path: Annotated[
         Path, Field(description="Folder of photos named '<account>[ <anything>].<ext>'.", json_schema_extra=MUST_EXIST)
     ]
-    recursive: Annotated[bool, Field(description="Also read sub-folders (hidden ones are skipped).")] = False
+    recursive: Annotated[
+        bool, Field(description="Also read sub-folders (hidden ones, recycle bins and NAS caches are skipped).")
+    ] = False
     export_path: Annotated[
         Path | None, Field(description="Folder that export writes '<account> 648x648.jpg' into.")
     ] = None

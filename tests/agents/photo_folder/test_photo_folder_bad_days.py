@@ -199,3 +199,29 @@ def test_a_file_whose_attributes_are_refused_is_that_persons_error_not_a_stopped
     assert [(e.anchor, e.modification) for e in delta if e.error is None] == [("ann", ObjectModificationType.REPLACE)]
 
     assert run_import(connector(tmp_path, folder), watermark=watermark2)[0] == []  # fixed: read, unchanged
+
+
+def test_a_nas_recycle_bin_and_thumbnail_cache_are_not_read_as_photos(tmp_path: Path) -> None:
+    """Found in the photo-folder bad-day pass: a recursive import of a Synology or QNAP share read its recycle
+    bin ('#recycle', '@Recycle') and thumbnail cache ('@eaDir') as HR's folders: a photo HR deleted (moved to
+    '#recycle') was still imported, so the person kept it everywhere, and the NAS's thumbnails of every
+    photo became a bogus account ('SYNOPHOTO_THUMB_XL', a duplicate-account error). Such folders, like
+    Windows' '$RECYCLE.BIN', are now skipped, as hidden folders are."""
+    folder = tmp_path / "photos"
+    (folder / "site-a").mkdir(parents=True)
+    (folder / "site-a" / "ann.jpg").write_bytes(photo(1, size=64))
+    (folder / "site-a" / "jdoe.jpg").write_bytes(photo(2, size=64))
+    for cache in ("site-a/@eaDir/ann.jpg", "site-a/@eaDir/jdoe.jpg"):
+        (folder / cache).mkdir(parents=True)
+        (folder / cache / "SYNOPHOTO_THUMB_XL.jpg").write_bytes(photo(3, size=32))
+    (folder / "@Recycle").mkdir()
+    (folder / "@Recycle" / "old.jpg").write_bytes(photo(4, size=32))
+    (folder / "$RECYCLE.BIN").mkdir()
+    (folder / "$RECYCLE.BIN" / "gone.jpg").write_bytes(photo(5, size=32))
+    entries, watermark, _ = run_import(connector(tmp_path, folder, recursive=True))
+    assert sorted(e.anchor for e in entries) == ["ann", "jdoe"] and all(e.error is None for e in entries)
+
+    (folder / "#recycle" / "site-a").mkdir(parents=True)  # HR deletes jdoe's photo: the NAS keeps it here
+    (folder / "site-a" / "jdoe.jpg").rename(folder / "#recycle" / "site-a" / "jdoe.jpg")
+    delta = run_import(connector(tmp_path, folder, recursive=True), watermark=watermark)[0]
+    assert [(e.anchor, e.modification) for e in delta] == [("jdoe", ObjectModificationType.DELETE)]
