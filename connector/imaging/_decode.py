@@ -62,6 +62,8 @@ _UNSUPPORTED_MAGIC = (
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
     (b"gimp xcf", "GIMP XCF"),
 )
+#: What to do about a photo whose data ends early: most often a copy that failed, or that has not finished.
+_COPY_AGAIN = "a copy cut short, or still under way? Copy or save the photo again"
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 
 
@@ -192,7 +194,7 @@ def _unidentified(data: bytes) -> ImageError:
         return UnsupportedImageError("SVG/XML files are not supported; convert the photo to JPEG or PNG")
     known = sniff_format(head)
     if known is not None:
-        return TruncatedImageError(f"the file starts like a {known.label} but is truncated or corrupt")
+        return TruncatedImageError(f"the file starts like a {known.label} but is truncated or corrupt: {_COPY_AGAIN}")
     return NotAnImageError(f"the data is not a recognised image ({ACCEPTED_FORMATS_TEXT})")
 
 
@@ -214,7 +216,7 @@ def _guard(notes: list[str]) -> Iterator[None]:
         except (OSError, EOFError) as exc:
             text = str(exc)
             if "truncat" in text.lower() or isinstance(exc, EOFError):
-                raise TruncatedImageError(f"the image data ends early ({text})") from None
+                raise TruncatedImageError(f"the image data ends early ({text}): {_COPY_AGAIN}") from None
             raise CorruptImageError(f"the decoder rejected the image ({text})") from None
         except MemoryError:
             raise TooManyPixelsError("not enough memory to decode the image") from None

@@ -94,6 +94,18 @@ def test_a_pixel_bomb_names_the_limit_that_applies_and_what_to_do(width: int, he
         assert detail.endswith("save the photo at a smaller size (a directory keeps 648x648 at most)"), detail
 
 
+@pytest.mark.parametrize(
+    "data", [_truncated("JPEG"), _truncated("PNG"), photo(1)[:40]], ids=["cut", "png-cut", "header"]
+)
+def test_a_truncated_photo_says_what_to_do(data: bytes) -> None:
+    """Found in the photo-folder bad-day pass: a photo whose copy was cut short (or was still under way) was
+    refused with 'the image data ends early (image file is truncated (53 bytes not processed))', the
+    decoder's words only: nothing said what HR can do about it."""
+    with pytest.raises(TruncatedImageError) as caught:
+        verify(data)
+    assert caught.value.detail.endswith(": a copy cut short, or still under way? Copy or save the photo again")
+
+
 def test_input_size_limit() -> None:
     with pytest.raises(InputTooLargeError, match="over the input limit of 20,971,520"):
         normalize(b"\xff\xd8\xff" + b"\x00" * (20 * 1024 * 1024))
