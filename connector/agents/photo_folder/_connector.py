@@ -490,9 +490,16 @@ def _unlisted(folder: Path, exc: OSError) -> StopRunError:
     """Why the import stops when the folder, or one of its sub-folders, cannot be listed, and what to do.
 
     Read as it is, a folder whose listing failed lacks the photos it holds: every one would be
-    deleted. So the step stops before any entry, and says that nothing was deleted.
+    deleted. So the step stops before any entry, and says that nothing was deleted; a folder gone since it
+    was listed (a sub-folder renamed meanwhile) is said to be so, not sent to its permissions.
     """
     where = exc.filename or folder
+    if isinstance(exc, FileNotFoundError):  # listed, then gone before it was entered: no permission to fix
+        msg = (
+            f"{where} was removed or renamed while the import listed it; nothing was marked deleted. Run the "
+            "import again once the folders are in place (a share must stay mounted meanwhile)"
+        )
+        return StopRunError(msg)
     msg = (
         f"cannot list {where}: {exc.strerror or exc}; nothing was marked deleted. Give the account mvsync runs as "
         "read access to it (on a share, check that it is reachable); for a sub-folder, you can also move its "

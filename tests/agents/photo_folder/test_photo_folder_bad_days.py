@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from connector.agents.photo_folder import _scan
-from connector.sdk import ObjectModificationType
+from connector.sdk import ObjectModificationType, StopRunError
 from tests.agents.photo_folder.helpers import by_anchor, cli_config, connector, run_import
 from tests.cli._configs import invoke
 from tests.imaging.images import encode, heic_like, photo
@@ -225,3 +225,33 @@ def test_a_nas_recycle_bin_and_thumbnail_cache_are_not_read_as_photos(tmp_path: 
     (folder / "site-a" / "jdoe.jpg").rename(folder / "#recycle" / "site-a" / "jdoe.jpg")
     delta = run_import(connector(tmp_path, folder, recursive=True), watermark=watermark)[0]
     assert [(e.anchor, e.modification) for e in delta] == [("jdoe", ObjectModificationType.DELETE)]
+
+
+def test_a_sub_folder_removed_while_it_is_listed_says_so_not_to_grant_access(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the photo-folder bad-day pass: HR renaming a site's sub-folder while a recursive import listed
+    the folder stopped the step with 'cannot list .../site-b: No such file or directory; nothing was marked
+    deleted. Give the account mvsync runs as read access to it', sending the administrator to permissions
+    that are fine. The step still stops (the photos in the folder were not seen: read as gone, they would be
+    deleted), and now says the sub-folder was removed or renamed during the import and to run it again.
+    The renaming is made for real, when the listing reaches the top folder."""
+    folder = tmp_path / "photos"
+    (folder / "site-b").mkdir(parents=True)
+    (folder / "site-b" / "bob.jpg").write_bytes(photo(1, size=64))
+    (folder / "ann.jpg").write_bytes(photo(2, size=64))
+    _, watermark, _ = run_import(connector(tmp_path, folder, recursive=True))
+    real_scandir = os.scandir
+
+    def listing_then_rename(path: Any) -> Any:
+        entries = list(real_scandir(path))
+        if Path(path) == folder and (folder / "site-b").exists():
+            (folder / "site-b").rename(folder / "Site B")  # listed under its old name, renamed before entered
+        return contextlib.nullcontext(iter(entries))
+
+    monkeypatch.setattr(_scan.os, "scandir", listing_then_rename)
+    with pytest.raises(StopRunError) as stopped:
+        run_import(connector(tmp_path, folder, recursive=True), watermark=watermark)
+    said = str(stopped.value)
+    assert said.startswith(f"{folder / 'site-b'} was removed or renamed while the import listed it"), said
+    assert "nothing was marked deleted" in said and "Run the import again" in said and "read access" not in said
