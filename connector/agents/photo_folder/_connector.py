@@ -146,7 +146,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         export = self.settings.export_path
         if export is not None and not (export.is_dir() and os.access(export, os.W_OK | os.X_OK)):
             return CheckResult(False, f"export_path: {export} is not a writable folder")
-        return _contents_check(folder)
+        return _contents_check(folder, recursive=self.settings.recursive)
 
     # -- import ------------------------------------------------------------------------------
     def import_changes(self, run: ImportRun) -> Iterator[ImportItem]:
@@ -595,14 +595,26 @@ def _file_name_problem(anchor: str) -> str:
     return ""
 
 
-def _contents_check(folder: Path) -> CheckResult:
+def _contents_check(folder: Path, *, recursive: bool) -> CheckResult:
     """``mvsync doctor``'s word on what the folder holds: an empty one (no photo, no sub-folder) is what
-    an unmounted share's mount point looks like, and the next import would stop as empty."""
+    an unmounted share's mount point looks like, and the next import would stop as empty; so would one
+    whose photos are all in sub-folders that a non-recursive import does not read."""
     try:
         with os.scandir(folder) as entries:
-            empty = not any(is_photo_name(entry.name) or entry.is_dir() for entry in entries)
+            kinds = {"photo" if is_photo_name(entry.name) else "folder" for entry in entries if _counts(entry)}
     except OSError as exc:
         return CheckResult(False, f"path: {folder} cannot be listed: {exc.strerror or exc}")
-    if empty:
-        return CheckResult(True, f"{folder} is readable but holds no photos: if it is a share, is it mounted?", True)
-    return CheckResult(True, f"{folder} is readable")
+    if "photo" in kinds or (recursive and kinds):
+        return CheckResult(True, f"{folder} is readable")
+    if kinds:
+        found = (
+            f"{folder} is readable but holds no photos of its own, only sub-folders, which are not read "
+            "(recursive = false): move the photos up, or set recursive = true"
+        )
+        return CheckResult(True, found, True)
+    return CheckResult(True, f"{folder} is readable but holds no photos: if it is a share, is it mounted?", True)
+
+
+def _counts(entry: os.DirEntry[str]) -> bool:
+    """A photo, or a sub-folder (where photos may be): what tells a folder in use from an empty mount point."""
+    return is_photo_name(entry.name) or entry.is_dir()

@@ -255,3 +255,26 @@ def test_a_sub_folder_removed_while_it_is_listed_says_so_not_to_grant_access(
     said = str(stopped.value)
     assert said.startswith(f"{folder / 'site-b'} was removed or renamed while the import listed it"), said
     assert "nothing was marked deleted" in said and "Run the import again" in said and "read access" not in said
+
+
+def test_doctor_warns_of_a_folder_whose_photos_are_all_in_sub_folders_it_does_not_read(tmp_path: Path) -> None:
+    """Found in the photo-folder bad-day pass: HR moved every photo into a '2025' sub-folder; with recursive =
+    false the import found none and stopped as empty, while doctor had called the folder 'readable' (a
+    sub-folder counted as content). Doctor now warns that the folder holds no photos of its own and that
+    its sub-folders are not read; with recursive = true the folder is fine."""
+    folder = tmp_path / "photos"
+    (folder / "2025").mkdir(parents=True)
+    (folder / "2025" / "jdoe.jpg").write_bytes(photo(1, size=64))
+
+    def reachable(config: Path) -> tuple[str, str]:
+        out = invoke("doctor", "-c", str(config), "--json")[1]
+        [found] = [f for f in json.loads(out)["findings"] if f["check"] == "agents.hr.reachable"]
+        return found["severity"], found["message"]
+
+    severity, message = reachable(cli_config(tmp_path, folder))
+    assert severity == "warning", message
+    assert message == (
+        f"{folder} is readable but holds no photos of its own, only sub-folders, which are not read "
+        "(recursive = false): move the photos up, or set recursive = true"
+    )
+    assert reachable(cli_config(tmp_path, folder, recursive=True)) == ("ok", f"{folder} is readable")
