@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.agents.photo_folder import PhotoFolderConnector, PhotoFolderSettings
+from connector.demo import dump_toml
 from connector.engine import Page, import_in_memory
 from connector.sdk import Connector, ConnectorContext, CSEntryChange, ImportMode
 
@@ -13,26 +14,21 @@ from connector.sdk import Connector, ConnectorContext, CSEntryChange, ImportMode
 def cli_config(tmp_path: Path, folder: Path, **settings: int | bool) -> Path:
     """``mvsync.toml`` for the CLI: a photo-folder agent ``hr`` on ``folder`` (``settings`` added to its own),
     profiles ``full`` and ``delta`` (its full and delta imports)."""
-    extra = "".join(
-        f", {key} = {str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()
-    )
+    photo_file = {"object_class": "photoFile"}
     config = tmp_path / "mvsync.toml"
-    config.write_text(
-        f"""
-[store]
-url = "sqlite:///{(tmp_path / "mvsync.db").as_posix()}"
-[agents.hr]
-type = "photo-folder"
-settings = {{ path = "{folder.as_posix()}"{extra} }}
-projection = [{{ object_class = "photoFile" }}]
-import_flow = [{{ object_class = "photoFile", cs = "accountName", mv = "accountName" }}]
-[run_profiles.delta]
-steps = [{{ type = "delta-import", agent = "hr" }}]
-[run_profiles.full]
-steps = [{{ type = "full-import", agent = "hr" }}]
-""",
-        encoding="utf-8",
-    )
+    document = {
+        "store": {"url": f"sqlite:///{(tmp_path / 'mvsync.db').as_posix()}"},
+        "agents": {
+            "hr": {
+                "type": "photo-folder",
+                "settings": {"path": folder.as_posix(), **settings},
+                "projection": [photo_file],
+                "import_flow": [{**photo_file, "cs": "accountName", "mv": "accountName"}],
+            }
+        },
+        "run_profiles": {kind: {"steps": [{"type": f"{kind}-import", "agent": "hr"}]} for kind in ("delta", "full")},
+    }
+    config.write_text(dump_toml(document), encoding="utf-8")
     return config
 
 
