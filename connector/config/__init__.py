@@ -1,5 +1,6 @@
 """Configuration: ``mvsync.toml`` models and the loader."""
 
+from connector.config._hints import did_you_mean
 from connector.config._loader import (
     ConfigError,
     config_from_dict,
@@ -43,6 +44,7 @@ __all__ = [
     "RunStepKind",
     "StoreConfig",
     "config_from_dict",
+    "did_you_mean",
     "format_validation_error",
     "load_config",
     "resolve_refs",

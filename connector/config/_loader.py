@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from connector.config._hints import did_you_mean, toml_key
 from connector.config._models import MvsyncConfig
 from connector.files import TextDecodeError, read_text
 from connector.secrets import SecretFileError, read_secret_file
@@ -37,11 +40,14 @@ def _where(file: Path | None, key: str) -> str:
     return f"{file}: {key}" if file else key
 
 
-def format_validation_error(exc: ValidationError, *, file: Path | None, prefix: str = "") -> str:
+def format_validation_error(
+    exc: ValidationError, *, file: Path | None, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
     """One line per problem, each naming the key as it is written in TOML (``steps[0].type``).
 
     An error on a table or array that only echoes a deeper one (pydantic reports an array that
-    lost its bad item as "too short") is left out: the deeper line says what to fix.
+    lost its bad item as "too short") is left out: the deeper line says what to fix. ``model``, the
+    model ``exc`` came from, lets an unknown key name the key of its table it resembles (a typo).
     """
     errors = exc.errors()
     locs = [tuple(err["loc"]) for err in errors]
@@ -49,8 +55,9 @@ def format_validation_error(exc: ValidationError, *, file: Path | None, prefix: 
     for err, loc in zip(errors, locs, strict=True):
         if any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
             continue
-        key = _toml_key(prefix, loc)
-        lines.append(f"{_where(file, key)}: {_message(err)}" if key else f"{file or 'configuration'}: {_message(err)}")
+        key = toml_key(prefix, loc)
+        message = _unknown_key(err, model) if err["type"] == "extra_forbidden" else _message(err)
+        lines.append(f"{_where(file, key)}: {message}" if key else f"{file or 'configuration'}: {message}")
     return "\n".join(lines)
 
 
@@ -73,18 +80,46 @@ def _message(err: Any) -> str:
     return str(err["msg"])
 
 
-def _toml_key(prefix: str, loc: tuple[Any, ...]) -> str:
-    """``prefix`` and a pydantic location as a TOML key: ``[0]`` for array items, quotes where TOML needs them."""
-    key = prefix
+def _unknown_key(err: Any, model: type[BaseModel] | None) -> str:
+    """An unknown key with the key of its table it resembles, or the table's keys when none does."""
+    *table, name = err["loc"]
+    known = _keys_at(model, table) if model is not None else []
+    if not known:
+        return _MESSAGES["extra_forbidden"]
+    hint = did_you_mean(str(name), known)
+    return f"unknown key{hint}" if hint else f"unknown key (the keys here: {', '.join(known)})"
+
+
+def _keys_at(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    """The keys (as TOML spells them: aliases) of the table at ``loc`` inside ``model``; [] when not a model's."""
+    annotation: Any = model
     for part in loc:
-        if isinstance(part, int):
-            key += f"[{part}]"
-            continue
-        name = str(part)
-        bare = name and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
-        name = name if bare else '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        key = f"{key}.{name}" if key else name
-    return key
+        annotation = _inner(annotation, part)
+    annotation = _unwrap(annotation)
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return []
+    return [f.alias or name for name, f in annotation.model_fields.items() if not f.exclude]
+
+
+def _inner(annotation: Any, part: Any) -> Any:
+    """The annotation one step (a field, a table's key, an array's index) inside ``annotation``."""
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = annotation.model_fields
+        field = fields.get(str(part)) or next((f for f in fields.values() if f.alias == part), None)
+        return field.annotation if field is not None else None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is dict and args:
+        return args[1]  # a table of tables: [agents.NAME]
+    return args[0] if origin in (tuple, list) and args else None  # an array of tables: steps[0]
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X`` of ``X | None`` (an optional table)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        arms = [arm for arm in typing.get_args(annotation) if arm is not type(None)]
+        return arms[0] if len(arms) == 1 else None
+    return annotation
 
 
 def _is_ref(value: Any) -> bool:
@@ -204,7 +239,7 @@ def validate_settings(
     try:
         return model.model_validate(resolved)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, file=file, prefix=key)) from None
+        raise ConfigError(format_validation_error(exc, file=file, prefix=key, model=model)) from None
 
 
 def load_config(path: Path | str) -> MvsyncConfig:
@@ -246,5 +281,5 @@ def config_from_dict(data: dict[str, Any], *, file: Path | None = None, base_dir
     try:
         config = MvsyncConfig.model_validate({**data, "path": file, "base_dir": base})
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, file=file)) from None
+        raise ConfigError(format_validation_error(exc, file=file, model=MvsyncConfig)) from None
     return config

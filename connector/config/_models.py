@@ -13,6 +13,8 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connector.config._hints import did_you_mean, toml_key
+
 __all__ = [
     "AgentConfig",
     "DeletionThreshold",
@@ -182,16 +184,23 @@ class MvsyncConfig(_Strict):
     @model_validator(mode="after")
     def _references(self) -> MvsyncConfig:
         for profile_name, profile in self.run_profiles.items():
-            for step in profile.steps:
+            for i, step in enumerate(profile.steps):
                 if step.agent not in self.agents:
-                    msg = f"run profile {profile_name!r} names unknown agent {step.agent!r}"
-                    raise ValueError(msg)
+                    raise ValueError(
+                        self._unknown_agent(("run_profiles", profile_name, "steps", i, "agent"), step.agent)
+                    )
         for attribute, agents in self.metaverse.precedence.items():
             for agent in agents:
                 if agent not in self.agents:
-                    msg = f"metaverse.precedence.{attribute} names unknown agent {agent!r}"
-                    raise ValueError(msg)
+                    raise ValueError(self._unknown_agent(("metaverse", "precedence", attribute), agent))
         return self
+
+    def _unknown_agent(self, loc: tuple[str | int, ...], agent: str) -> str:
+        """A reference to an agent that is not configured, naming the key that makes it and the agent it
+        resembles (the validator's error has no key of its own: it is about the whole file)."""
+        known = ", ".join(self.agents) or "none"
+        hint = did_you_mean(agent, self.agents)
+        return f"{toml_key('', loc)}: unknown agent {agent!r}{hint} (configured agents: {known})"
 
     @property
     def resolved_data_dir(self) -> Path:

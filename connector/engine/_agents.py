@@ -201,9 +201,11 @@ def _object_type(path: Path, name: str, body: Any) -> ObjectClass:
         try:
             parsed.append(Attribute.model_validate(raw))
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, file=path, prefix=f"{key}.attributes[{i}]")) from None
+            raise ConfigError(
+                format_validation_error(exc, file=path, prefix=f"{key}.attributes[{i}]", model=Attribute)
+            ) from None
     anchor = Attribute(name="id", type=AttributeType.STRING)
     try:
         return ObjectClass(name=name, anchor="id", attributes=(anchor, *parsed))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, file=path, prefix=key)) from None
+        raise ConfigError(format_validation_error(exc, file=path, prefix=key, model=ObjectClass)) from None

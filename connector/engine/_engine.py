@@ -18,7 +18,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from connector import metrics
-from connector.config import ConfigError, Deprovision, ExportFlow, ImportFlow, MvsyncConfig, RunStepConfig, RunStepKind
+from connector.config import (
+    ConfigError,
+    Deprovision,
+    ExportFlow,
+    ImportFlow,
+    MvsyncConfig,
+    RunStepConfig,
+    RunStepKind,
+    did_you_mean,
+)
 from connector.engine._abandoned import close_abandoned_runs, close_abandoned_steps
 from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths
 from connector.engine._context import NullProgress, Progress, StepContext
@@ -172,7 +181,8 @@ class Engine:
         """Run a configured profile (optionally only the steps of some agents)."""
         if name not in self.config.run_profiles:
             known = ", ".join(repr(p) for p in self.config.run_profiles) or "none"
-            msg = f"{self.config.path or 'config'}: no run profile {name!r} (configured: {known})"
+            hint = did_you_mean(name, self.config.run_profiles)
+            msg = f"{self.config.path or 'config'}: no run profile {name!r}{hint} (configured: {known})"
             raise ConfigError(msg)
         unknown = sorted(set(agents or ()) - set(self.config.agents))
         if unknown:

@@ -524,7 +524,7 @@ def test_configuration_errors_name_keys_as_toml_writes_them_one_line_per_cause(t
         ],
         good.replace(', mv = "accountName" }', " }", 1): ["agents.hr.import_flow[0].mv: required, but not given"],
         # a validator's own sentence, without pydantic's "Value error, " or a "(top level)" key
-        good.replace('agent = "hr" }]', 'agent = "nobody" }]', 1): ["names unknown agent 'nobody'"],
+        good.replace('agent = "hr" }]', 'agent = "nobody" }]', 1): ["steps[0].agent: unknown agent 'nobody'"],
     }
     for text, wanted in cases.items():
         config.write_text(text, encoding="utf-8")

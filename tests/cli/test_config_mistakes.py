@@ -1,0 +1,86 @@
+"""Mistakes in ``mvsync.toml`` as an identity engineer makes them: a misspelt key, a step naming an
+agent that is not there. Each is one line naming the key and the file, with what it probably should
+be (exit 2, no step run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cli._configs import invoke
+
+GOOD = """
+[store]
+url = "sqlite:///mvsync.db"
+[metaverse]
+schema = "person"
+[agents.hr]
+type = "photo-folder"
+settings = { path = "photos" }
+projection = [{ object_class = "photoFile" }]
+import_flow = [{ object_class = "photoFile", cs = "accountName", mv = "accountName" }]
+[run_profiles."Full Import (Stage Only)"]
+steps = [{ type = "full-import", agent = "hr", deletion_threshold = { count = 5 } }]
+"""
+
+
+def _refused(tmp_path: Path, text: str) -> list[str]:
+    """The ``error:`` lines of a run of ``text`` (which must be refused with exit 2), without the file."""
+    config = tmp_path / "mvsync.toml"
+    config.write_text(text, encoding="utf-8")
+    code, _out, err = invoke("run", "Full Import (Stage Only)", "-c", str(config))
+    assert code == 2, err
+    return [line.removeprefix("error: ").removeprefix(f"{config}: ") for line in err.strip().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("typo", "said"),
+    [
+        (('url = "sqlite', 'urll = "sqlite'), "store.urll: unknown key: did you mean 'url'?"),
+        (("projection = [", "projetcion = ["), "agents.hr.projetcion: unknown key: did you mean 'projection'?"),
+        (('{ path = "photos" }', '{ paht = "photos" }'), "agents.hr.settings.paht: unknown key: did you mean 'path'?"),
+        (
+            ('agent = "hr",', 'agnet = "hr",'),
+            "run_profiles.\"Full Import (Stage Only)\".steps[0].agnet: unknown key: did you mean 'agent'?",
+        ),
+        (
+            ("{ count = 5 }", "{ cuont = 5 }"),
+            'run_profiles."Full Import (Stage Only)".steps[0].deletion_threshold.cuont: unknown key: '
+            "did you mean 'count'?",
+        ),
+        (("[metaverse]\n", "[metaverse]\nschemas = 1\n"), "metaverse.schemas: unknown key: did you mean 'schema'?"),
+        (
+            ("[metaverse]\n", "[metaverse]\nfrobnicate = 1\n"),
+            "metaverse.frobnicate: unknown key (the keys here: schema, precedence, delete_when_disconnected_from)",
+        ),
+    ],
+)
+def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path: Path, typo: tuple[str, str], said: str) -> None:
+    """Found by hand: `urll = ...` in [store] said only "unknown key (check the spelling; see the
+    sample configuration)", leaving the engineer to find the right spelling in a 200-line sample."""
+    lines = _refused(tmp_path, GOOD.replace(*typo, 1))
+    assert said in lines, lines
+
+
+def test_a_step_naming_an_unknown_agent_names_the_step_and_the_agent_it_resembles(tmp_path: Path) -> None:
+    """Found by hand: "run profile 'Full Import (Stage Only)' names unknown agent 'hrr'", with no key
+    (which of the profile's steps?) and no word of the agents there are."""
+    lines = _refused(tmp_path, GOOD.replace('agent = "hr",', 'agent = "hrr",', 1))
+    assert lines == [
+        "run_profiles.\"Full Import (Stage Only)\".steps[0].agent: unknown agent 'hrr': did you mean 'hr'? "
+        "(configured agents: hr)"
+    ]
+    lines = _refused(tmp_path, GOOD.replace('schema = "person"', 'schema = "person"\nprecedence = { photo = ["HR"] }'))
+    assert lines == ["metaverse.precedence.photo: unknown agent 'HR': did you mean 'hr'? (configured agents: hr)"]
+
+
+def test_an_unknown_profile_is_named_with_the_one_it_resembles(tmp_path: Path) -> None:
+    config = tmp_path / "mvsync.toml"
+    config.write_text(GOOD, encoding="utf-8")
+    code, out, _err = invoke("run", "full import (stage only)", "-c", str(config), "--json")
+    message = json.loads(out)["message"]
+    assert (
+        code == 2 and "no run profile 'full import (stage only)': did you mean 'Full Import (Stage Only)'?" in message
+    )
