@@ -25,6 +25,7 @@ from connector.config._models import (
     RunStepConfig,
     RunStepKind,
     StoreConfig,
+    beside_config,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "RunStepConfig",
     "RunStepKind",
     "StoreConfig",
+    "beside_config",
     "config_from_dict",
     "did_you_mean",
     "format_validation_error",

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connector.config._hints import did_you_mean, toml_key
-from connector.config._models import MvsyncConfig
+from connector.config._models import MvsyncConfig, beside_config
 from connector.files import TextDecodeError, read_text
 from connector.secrets import SecretFileError, read_secret_file
 
@@ -141,11 +141,8 @@ def resolve_refs(value: Any, *, key: str, file: Path | None, base_dir: Path) -> 
                 )
                 raise ConfigError(msg)
             return _env_value(target, where=_where(file, key))
-        path = Path(os.path.expanduser(target))
-        if not path.is_absolute():
-            path = base_dir / path
         try:
-            return read_secret_file(path, key=_where(file, key))
+            return read_secret_file(beside_config(base_dir, target), key=_where(file, key))
         except SecretFileError as exc:
             raise ConfigError(str(exc)) from None
     if isinstance(value, dict):
@@ -233,9 +230,8 @@ def validate_settings(
     resolved = resolve_refs(raw, key=key, file=file, base_dir=base_dir)
     for name in _path_fields(model):
         value = resolved.get(name)
-        if isinstance(value, str) and value and not Path(os.path.expanduser(value)).is_absolute():
-            # relative paths mean "next to the configuration file", not "wherever mvsync was started"
-            resolved[name] = str(base_dir / value)
+        if isinstance(value, str) and value:
+            resolved[name] = str(beside_config(base_dir, value))
     try:
         return model.model_validate(resolved)
     except ValidationError as exc:

@@ -6,6 +6,7 @@ export-flow rules; a metaverse with ranked import precedence; run profiles made 
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,16 @@ __all__ = [
     "RunStepConfig",
     "RunStepKind",
     "StoreConfig",
+    "beside_config",
 ]
+
+
+def beside_config(base_dir: Path, value: str) -> Path:
+    """A path the configuration names: ``~`` is the home folder, and a relative path is relative to
+    the configuration's folder, never to wherever mvsync was started (Task Scheduler starts it in
+    System32, cron in the home folder)."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base_dir / path
 
 
 class _Strict(BaseModel):
@@ -204,7 +214,7 @@ class MvsyncConfig(_Strict):
 
     @property
     def resolved_data_dir(self) -> Path:
-        return (self.base_dir / self.data_dir).resolve()
+        return beside_config(self.base_dir, self.data_dir).resolve()
 
     def store_url(self) -> str:
         """The store URL with a relative SQLite path made relative to the configuration's folder.

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connector.config import ConfigError, MvsyncConfig, format_validation_error, validate_settings
+from connector.config import ConfigError, MvsyncConfig, beside_config, format_validation_error, validate_settings
 from connector.files import TextDecodeError, read_text
 from connector.registry import load_connector
 from connector.sdk import (
@@ -180,7 +180,7 @@ def _schema_file(config: MvsyncConfig, ref: str) -> Path:
     must not quietly mean the shipped schema), or the shipped one for a shipped type's name."""
     if not ref.endswith(".toml"):
         return _schema_dir() / "metaverse.toml"
-    candidate = Path(ref) if Path(ref).is_absolute() else config.base_dir / ref
+    candidate = beside_config(config.base_dir, ref)
     if not candidate.is_file():
         msg = (
             f"{config.path or 'config'}: metaverse.schema: {candidate} does not exist (a name ending in .toml is "

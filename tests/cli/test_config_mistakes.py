@@ -1,15 +1,19 @@
 """Mistakes in ``mvsync.toml`` as an identity engineer makes them: a misspelt key, a step naming an
-agent that is not there. Each is one line naming the key and the file, with what it probably should
-be (exit 2, no step run)."""
+agent that is not there, a path written from the home folder. Each is one line naming the key and
+the file, with what it probably should be (exit 2, no step run)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.cli._configs import invoke
+from tests.harness.crash import mvsync_command
+from tests.imaging.images import photo
 
 GOOD = """
 [store]
@@ -84,3 +88,29 @@ def test_an_unknown_profile_is_named_with_the_one_it_resembles(tmp_path: Path) -
     assert (
         code == 2 and "no run profile 'full import (stage only)': did you mean 'Full Import (Stage Only)'?" in message
     )
+
+
+def test_a_path_setting_written_from_the_home_folder_is_read_there_whatever_the_working_folder(
+    tmp_path: Path,
+) -> None:
+    """Found by hand: ``path = "~/photos"`` was refused as "~/photos does not exist" (the agent was
+    handed the text, which no one expanded), although ``{ file = "~/..." }`` secrets are read from
+    the home folder. The real CLI, started from another folder as a scheduler starts it."""
+    home, config_dir, elsewhere = tmp_path / "home", tmp_path / "etc", tmp_path / "system32"
+    for folder in (home / "photos", config_dir, elsewhere):
+        folder.mkdir(parents=True)
+    (home / "photos" / "jdoe.jpg").write_bytes(photo(1, 64))
+    config = config_dir / "mvsync.toml"
+    config.write_text(GOOD.replace('{ path = "photos" }', '{ path = "~/photos" }'), encoding="utf-8")
+    done = subprocess.run(
+        [*mvsync_command(), "run", "Full Import (Stage Only)", "-c", str(config), "--json"],
+        cwd=elsewhere,
+        env={**os.environ, "HOME": str(home), "USERPROFILE": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["steps"][0]["counters"]["adds"] == 1
+    assert (config_dir / "mvsync.db").is_file() and not list(elsewhere.iterdir())  # nothing beside the CWD
