@@ -71,6 +71,14 @@ def _aborted(exc: BaseException) -> tuple[str, str]:
     )
 
 
+def _holder_note(run: RunResult, seq: int, step: RunStepConfig) -> dict[str, str]:
+    """What a refused run reads of the run holding a lock (beside its pid and host): the run's id in
+    history, its profile and its step. Why: "locked by pid 4711" sent the operator hunting for the
+    process; the run's id is what ``mvsync history show`` and the console find it by."""
+    holder = "a dry run" if run.dry_run else f"run {run.run_id}"
+    return {"run": f"{holder} ({run.profile!r}, step {seq}: {step.agent} {step.type.value})"}
+
+
 class Engine:
     """Runs steps and profiles of one configuration against its store."""
 
@@ -324,10 +332,11 @@ class Engine:
         return result
 
     @contextlib.contextmanager
-    def _locks(self, step: RunStepConfig, wait_s: float) -> Iterator[None]:
-        with self.store.locks.hold(f"agent:{step.agent}", wait_s=wait_s):
+    def _locks(self, step: RunStepConfig, wait_s: float, note: dict[str, str] | None = None) -> Iterator[None]:
+        """The step's locks; ``note`` (:func:`_holder_note`) names the run to any run they refuse."""
+        with self.store.locks.hold(f"agent:{step.agent}", wait_s=wait_s, note=note):
             if step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC):
-                with self.store.locks.hold("metaverse", wait_s=wait_s):
+                with self.store.locks.hold("metaverse", wait_s=wait_s, note=note):
                     yield
             else:
                 yield
@@ -351,7 +360,7 @@ class Engine:
         wait_s: float,
     ) -> StepResult:
         result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
-        with self._locks(step, wait_s):
+        with self._locks(step, wait_s, _holder_note(run, seq, step)):
             result.step_id = self._start_step(run, seq, step, result.started_at)
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
             report: dict[str, Any] | None = None

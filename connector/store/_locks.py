@@ -75,10 +75,12 @@ def _remove_while_held(path: Path, holder_path: Path) -> None:
 
 
 def _describe(info: dict[str, Any] | None) -> str:
+    """Who holds a lock: the run its holder noted (the engine's ``run`` note), its pid, host and since when."""
     if not info:
         return "another mvsync process"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("since", 0))))
-    return f"pid {info.get('pid')} on {info.get('host')} since {since}"
+    run = f"{info['run']}, " if isinstance(info.get("run"), str) else ""
+    return f"{run}pid {info.get('pid')} on {info.get('host')} since {since}"
 
 
 class LockManager:

@@ -70,6 +70,7 @@ __all__ = [
     "lab_emulator_config",
     "lab_tag",
     "mvsync_command",
+    "paused_cli",
     "run_cli",
     "write_shim",
 ]
@@ -282,6 +283,25 @@ def _await_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
             msg = f"mvsync child {proc.pid} did not finish within {timeout:.0f}s (killed)"
             raise TimeoutError(msg)
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def paused_cli(
+    args: Sequence[str], env: dict[str, str], *, timeout: float = 300.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``mvsync ARGS`` child, stopped at the crash point its ``env`` (:func:`cli_env`) plans;
+    the caller signals it (SIGCONT lets a ``resume`` child go on) and reads its output. A child still
+    running when the block ends is killed."""
+    proc = subprocess.Popen(
+        [*mvsync_command(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        assert _await_child(proc, timeout=timeout), f"mvsync {' '.join(args)} ended before its planned stop"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def cli_env(

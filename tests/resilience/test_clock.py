@@ -19,10 +19,10 @@ from tests.harness.clock import faketime_env
 from tests.harness.crash import (
     CrashLab,
     CrashPoint,
-    _await_child,
     cli_env,
     lab_emulator_config,
     mvsync_command,
+    paused_cli,
     run_cli,
 )
 
@@ -71,22 +71,10 @@ def test_a_clock_set_back_during_a_run_leaves_its_durations_right(lab: CrashLab,
     clock.write_text("+0\n")
     args = ["run", "Full Import (Stage Only)", "--agent", "exo", "-c", str(scenario.config_path), "--json"]
     env = cli_env(lab.shim, CrashPoint("import", "commit", 3), tmp_path / "report.json", resume=True)
-    child = subprocess.Popen(
-        [*mvsync_command(), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**env, **faketime_env(clock)},
-    )
-    try:
-        assert _await_child(child, timeout=300), "the run ended before its third commit"
+    with paused_cli(args, {**env, **faketime_env(clock)}) as child:  # before its third commit
         clock.write_text("-1h\n")
         os.kill(child.pid, signal.SIGCONT)
         out, err = child.communicate(timeout=300)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert child.returncode == 0, err
     [step] = json.loads(out)["steps"]
     assert 0 < step["seconds"] < 600, step

@@ -23,10 +23,10 @@ import pytest
 from tests.harness.crash import (
     CrashLab,
     CrashPoint,
-    _await_child,
     cli_env,
     lab_emulator_config,
     mvsync_command,
+    paused_cli,
     run_cli,
 )
 
@@ -113,22 +113,10 @@ def test_sigterm_mid_full_import_stops_cleanly_and_the_next_run_resumes(lab: Cra
     scenario = lab.prepare("sigterm")
     workdir = scenario.root / "runs"
     workdir.mkdir(parents=True)
-    proc = subprocess.Popen(
-        [*mvsync_command(), *_args(scenario)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_env(lab.shim, BEFORE_PAGE_3, workdir / "report.json"),
-    )
-    try:
-        assert _await_child(proc, timeout=300), "the run ended before its third page"
-        os.kill(proc.pid, signal.SIGTERM)  # delivered when it goes on
+    with paused_cli(_args(scenario), cli_env(lab.shim, BEFORE_PAGE_3, workdir / "report.json")) as proc:
+        os.kill(proc.pid, signal.SIGTERM)  # delivered when it goes on (before its third page)
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err.decode()
     assert b"Traceback" not in err
     message = err.decode()
