@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -39,6 +40,8 @@ from connector.files import atomic_write
 from connector.store._faults import LockHeldError, StoreError, first_line, store_faults
 
 __all__ = ["LockManager"]
+
+log = logging.getLogger("mvsync.store")
 
 
 #: Locks the OS drops when the holder dies: ``LockFileEx`` on Windows, ``flock`` elsewhere. Without
@@ -172,7 +175,13 @@ class LockManager:
         lock = FileLock(path, thread_local=False, is_singleton=False, fallback_to_soft=False)
         try:
             self._lock_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire(timeout=wait_s, poll_interval=0.2)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                if wait_s <= 0:
+                    raise
+                _say_waiting(name, _describe(_read_record(holder_path)), wait_s)
+                lock.acquire(timeout=wait_s, poll_interval=0.2)
         except Timeout:
             message = _refusal(name, _describe(_read_record(holder_path)))
             if not _OS_FILE_LOCKS:
@@ -207,21 +216,13 @@ class LockManager:
         key = int.from_bytes(hashlib.sha256(f"mvsync:{name}".encode()).digest()[:8], "big", signed=True)
         with self._faults(), self._engine.connect() as conn:
             deadline = time.monotonic() + wait_s
+            said = False
             while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                 if time.monotonic() >= deadline:
-                    holder = conn.execute(
-                        text(
-                            "SELECT a.pid, a.application_name, a.client_addr FROM pg_locks l "
-                            "JOIN pg_stat_activity a ON a.pid = l.pid "
-                            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                            "AND l.classid = ((:k >> 32) & 4294967295)::oid AND l.objid = (:k & 4294967295)::oid "
-                            "LIMIT 1"
-                        ),
-                        {"k": key},
-                    ).first()
-                    conn.rollback()
-                    raise LockHeldError(_refusal(name, _pg_holder(holder)))
+                    raise LockHeldError(_refusal(name, _pg_holder_of(conn, key)))
+                if not said:
+                    _say_waiting(name, _pg_holder_of(conn, key), wait_s)
+                    said = True
                 conn.rollback()
                 time.sleep(0.2)
             info = _holder_info(name)
@@ -257,6 +258,23 @@ def _pg_release(conn: Connection, key: int) -> None:
         conn.invalidate()  # not back into the pool
 
 
+def _pg_holder_of(conn: Connection, key: int) -> str:
+    """Who holds the advisory lock ``key`` (another session), as :func:`_pg_holder` describes it."""
+    row = conn.execute(
+        text(
+            "SELECT a.pid, a.application_name, a.client_addr FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = ((:k >> 32) & 4294967295)::oid AND l.objid = (:k & 4294967295)::oid "
+            "LIMIT 1"
+        ),
+        {"k": key},
+    ).first()
+    conn.rollback()
+    return _pg_holder(row)
+
+
 def _pg_holder(row: Any) -> str:
     """Describe the backend holding an advisory lock (from its mvsync application_name if set)."""
     if row is None:
@@ -266,6 +284,12 @@ def _pg_holder(row: Any) -> str:
     if "pid" in fields and "host" in fields:
         return _describe({"pid": fields["pid"], "host": fields["host"], "since": fields.get("since", 0)})
     return f"PostgreSQL backend pid {pid}" + (f" from {addr}" if addr else "")
+
+
+def _say_waiting(name: str, who: str, wait_s: float) -> None:
+    """Say once that a run waits for a lock (``--wait``), and for whom: a scheduled run that took five
+    minutes must say why in its log, not only when the wait ran out."""
+    log.warning("%s is locked by %s; waiting up to %g s for it (--wait)", name, who, wait_s)
 
 
 def _refusal(name: str, who: str) -> str:

@@ -3,16 +3,20 @@ goes on undisturbed (the real CLI in a subprocess, paused by the crash harness i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cli._configs import generated_pair, invoke
-from tests.harness.crash import CrashPoint, cli_env, paused_cli, write_shim
+from tests.harness.crash import CrashPoint, cli_env, mvsync_command, paused_cli, write_shim
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pauses the first run with SIGSTOP")
 
@@ -24,23 +28,61 @@ steps = [{ type = "full-import", agent = "src" }]
 """
 
 
+@contextlib.contextmanager
+def first_run_paused_in_its_sync(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """The configuration, and run 2 of "cycle" (the real CLI) paused as its step 3 (src full-sync:
+    agent:src and the metaverse held) begins its first transaction (run 1 made the store)."""
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(5) + PROFILES, encoding="utf-8")
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    env = cli_env(write_shim(tmp_path / "shim"), CrashPoint("sync", "begin", 1), tmp_path / "report.json", resume=True)
+    with paused_cli(["run", "cycle", "-c", str(config), "--json"], env, timeout=120) as first:
+        yield config, first
+
+
+def _goes_on(run: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Let a paused run go on; its --json result, once it succeeded."""
+    os.kill(run.pid, signal.SIGCONT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr.decode()
+    doc: dict[str, Any] = json.loads(stdout)
+    return doc
+
+
 def test_a_run_refused_by_another_run_names_that_run_and_its_step(tmp_path: Path) -> None:
     """Found by hand: the refusal said "agent:src is locked by pid 4711 on sync01 since ...", and the
     operator had to find out what pid 4711 was; the run that holds the lock is in history, by id."""
-    config = tmp_path / "mvsync.toml"
-    config.write_text(generated_pair(5) + PROFILES, encoding="utf-8")
-    assert invoke("run", "cycle", "-c", str(config))[0] == 0  # a store, and run 1
-    # run 2 pauses as its step 3 (src full-sync: agent:src and the metaverse held) begins its first transaction
-    env = cli_env(write_shim(tmp_path / "shim"), CrashPoint("sync", "begin", 1), tmp_path / "report.json", resume=True)
-    with paused_cli(["run", "cycle", "-c", str(config), "--json"], env, timeout=120) as first:
+    with first_run_paused_in_its_sync(tmp_path) as (config, first):
         code, out, _ = invoke("run", "cycle", "-c", str(config), "--json")
         holder = f"run 2 ('cycle', step 3: src full-sync), pid {first.pid} on "
         assert code == 5 and json.loads(out)["message"].startswith(f"agent:src is locked by {holder}"), out
         code, out, _ = invoke("run", "sync-tgt", "-c", str(config), "--json")  # another profile, the metaverse
         assert code == 5 and json.loads(out)["message"].startswith(f"metaverse is locked by {holder}"), out
-        os.kill(first.pid, signal.SIGCONT)
-        stdout, stderr = first.communicate(timeout=120)
-    assert first.returncode == 0 and json.loads(stdout)["status"] == "success", stderr.decode()
+        assert _goes_on(first)["status"] == "success"
     code, out, _ = invoke("history", "list", "-c", str(config), "--json")
     assert [r["status"] for r in json.loads(out)] == ["stopped-locked", "stopped-locked", "success", "success"]
     assert invoke("run", "cycle", "-c", str(config))[0] == 0  # nothing left half-done
+
+
+def test_a_run_that_waits_for_another_runs_lock_says_so_and_runs_after_it(tmp_path: Path) -> None:
+    """Found by hand: with --wait (the README's schedules pass 300) the second run waited in silence,
+    and a log showed a run that took five minutes without a word of why. The handshake: the waiting
+    run's first line on stderr, read before the first run is let go on."""
+    with first_run_paused_in_its_sync(tmp_path) as (config, first):
+        second = subprocess.Popen(
+            [*mvsync_command(), "run", "cycle", "-c", str(config), "--wait", "120", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert second.stderr is not None
+            said = second.stderr.readline().decode()
+            assert "agent:src is locked by run 2 ('cycle', step 3: src full-sync), pid " in said, said
+            assert "waiting up to 120 s for it (--wait)" in said, said
+            assert _goes_on(first)["status"] == "success"
+            assert _goes_on(second)["status"] == "success"
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.communicate()

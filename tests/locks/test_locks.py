@@ -5,6 +5,7 @@ with ``--wait`` waits; a killed holder's locks are released by the kernel / the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -129,15 +130,21 @@ def test_two_synchronizations_never_overlap(tmp_path: Path, store_url: str, hold
         engine.close()
 
 
-def test_wait_runs_once_the_holder_finishes(tmp_path: Path, store_url: str, holders: list[Holder]) -> None:
+def test_wait_runs_once_the_holder_finishes(
+    tmp_path: Path, store_url: str, holders: list[Holder], caplog: pytest.LogCaptureFixture
+) -> None:
     engine = _engine(tmp_path, store_url)
     holders.append(Holder(mode="locks", url=store_url, names=["agent:ad"], seconds=1.5))
     try:
         t0 = time.monotonic()
-        result = engine.run_profile("full-import", agents={"ad"}, wait_s=60)
+        with caplog.at_level(logging.WARNING, logger="mvsync.store"):
+            result = engine.run_profile("full-import", agents={"ad"}, wait_s=60)
         waited = time.monotonic() - t0
         assert result.status == "success"
         assert 0.5 < waited < 30
+        # said once, when the wait began (a scheduled run's log says why it took longer)
+        [said] = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
+        assert said.startswith(f"agent:ad is locked by pid {holders[0].pid} on ") and "60 s for it (--wait)" in said
     finally:
         engine.close()
 
