@@ -23,8 +23,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pauses the firs
 PROFILES = """
 [run_profiles.sync-tgt]
 steps = [{ type = "full-sync", agent = "tgt" }]
-[run_profiles.dry]
-steps = [{ type = "full-import", agent = "src" }]
 """
 
 
