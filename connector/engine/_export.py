@@ -95,9 +95,14 @@ def _judge(
     total = space.count(agent)
     count = deletes + clears
     percent = 100.0 * count / total if total else 0.0
-    tripped = (threshold.count is not None and count > threshold.count) or (
-        threshold.percent is not None and percent > threshold.percent
-    )
+    exceeded = [
+        limit
+        for limit, over in (
+            (f"count {threshold.count}", threshold.count is not None and count > threshold.count),
+            (f"{threshold.percent}%", threshold.percent is not None and percent > threshold.percent),
+        )
+        if over
+    ]
     report = {
         "deletes": deletes,
         "clears": clears,
@@ -106,10 +111,31 @@ def _judge(
         "percent": round(percent, 2),
         "limit_count": threshold.count,
         "limit_percent": threshold.percent,
-        "tripped": tripped,
+        "tripped": bool(exceeded),
+        #: the limits the figures exceed, as the message names them (only these)
+        "exceeded": exceeded,
         "examples": examples[:20],
     }
     return report, counted
+
+
+def _tripped_message(agent: str, report: dict[str, Any]) -> str:
+    """What a tripped deletion threshold tells the operator: the figures, the limit(s) they exceed
+    (only those), and what to do next.
+
+    Why: both configured limits were named as exceeded, so a small directory's single photo clear
+    under "count 5 / 50 %" read "1 attribute clears (100.0% of 1) exceed count 5 / 50.0%"; and the
+    advice "raise the threshold for this run" named an option that does not exist (a copy of the
+    profile, as the README says, is how one run gets a higher threshold).
+    """
+    limits = " and ".join(report["exceeded"])
+    return (
+        f"deletion threshold exceeded: {report['deletes']} object deletes and {report['clears']} attribute "
+        f"clears ({report['percent']}% of {report['connector_space']}) exceed {limits}; nothing was exported. "
+        f"Inspect with `mvsync pending-exports {agent}`; if the removals are intended, raise "
+        f'deletion_threshold of the export step of "{agent}" in a copy of the run profile and run that copy once; '
+        "if not, fix the source (the staged removals are withdrawn when the values come back)"
+    )
 
 
 def _judged_only(ctx: StepContext, rows: list[PendingExportRow], counted: set[int]) -> list[PendingExportRow]:
@@ -259,21 +285,8 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
     if report is not None:
         counters["threshold_count"] = report["count"]
         if report["tripped"]:
-            limits = " / ".join(
-                x
-                for x in (
-                    f"count {report['limit_count']}" if report["limit_count"] is not None else "",
-                    f"{report['limit_percent']}%" if report["limit_percent"] is not None else "",
-                )
-                if x
-            )
-            msg = (
-                f"deletion threshold exceeded: {report['deletes']} object deletes and {report['clears']} attribute "
-                f"clears ({report['percent']}% of {report['connector_space']}) exceed {limits}; nothing was "
-                f"exported. Inspect with `mvsync pending-exports {ctx.agent}`; if intended, raise the threshold "
-                "for this run or fix the source"
-            )
-            raise StepStopped("stopped-deletion-threshold", msg, report)  # figures to history, not only text
+            message = _tripped_message(ctx.agent, report)
+            raise StepStopped("stopped-deletion-threshold", message, report)  # figures to history, not only text
     batch_size = (
         ctx.step.batch_size if connector is None else min(ctx.step.batch_size, connector.capabilities.max_batch_size)
     )

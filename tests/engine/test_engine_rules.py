@@ -692,3 +692,22 @@ def test_a_delete_staged_for_an_object_that_joins_again_is_withdrawn(world: Worl
     assert world.run("export").status == "success"
     assert "guid-000" in world.ad["objects"]  # the account of the person it belongs to again is kept
     assert not any(e.modification == ObjectModificationType.DELETE for e in world.ad["exports"])
+
+
+def test_a_tripped_threshold_names_the_limit_it_exceeded_and_how_to_raise_it(world: World) -> None:
+    """One photo removed in a one-person directory under count 5 / 50 % (only the percent trips):
+    the message named both limits as exceeded ("1 clear ... exceed count 5 / 50.0%"), and "raise
+    the threshold for this run" pointed at an option that does not exist (README: a copy of the
+    profile)."""
+    add_users(world, 1)
+    world.cycle()
+    export_and_confirm(world)
+    del world.exo["objects"]["exo-000"]["photo"]
+    world.cycle()
+    result = world.run("export")
+    message = result.steps[0].message
+    assert result.status == "stopped-deletion-threshold"
+    assert "0 object deletes and 1 attribute clears (100.0% of 1) exceed 50.0%;" in message
+    assert "count 5" not in message
+    assert "for this run" not in message
+    assert 'raise deletion_threshold of the export step of "ad" in a copy of the run profile' in message
