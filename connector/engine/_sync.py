@@ -612,9 +612,19 @@ class _Sync:
         came back, stayed unjoined through every scheduled Delta Cycle while a full synchronization
         joined it: on the same data the two must agree. When the metaverse did not change since,
         nothing new can join them, and a delta with nothing to do stays as cheap as it was.
+
+        A joined object of the agent deleted at the source frees its metaverse object for the agent's
+        other objects, whether or not that changes the metaverse: the disconnectors are visited then
+        as well. Why: a mailbox created again in Exchange Online, imported while the old one was still
+        there, stayed unjoined after the old one was deleted (a full synchronization joined it): the
+        person's AD thumbnail clear was staged meanwhile, and where the old mailbox's photo was
+        outranked (the metaverse unchanged) the new mailbox stayed unjoined through every delta.
         """
-        if not ConnectorSpace(conn).has_disconnectors(self.rules.agent):
+        space = ConnectorSpace(conn)
+        if not space.has_disconnectors(self.rules.agent):
             return False  # nothing to visit: the metaverse need not be looked at
+        if space.has_joined_deletes(self.rules.agent):
+            return True
         last_sync = RunHistory(conn).last_sync_end(self.rules.agent)
         if last_sync is None:
             return True

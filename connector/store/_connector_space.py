@@ -314,6 +314,14 @@ class ConnectorSpace:
         query = select(cs_object.c.id).where(cs_object.c.agent == agent, cs_object.c.mv_id.is_(None)).limit(1)
         return self._conn.execute(query).first() is not None
 
+    def has_joined_deletes(self, agent: str) -> bool:
+        """Whether ``agent`` has a joined object whose deletion an import staged (a synchronization
+        disconnects it, which frees its metaverse object for the agent's disconnectors)."""
+        query = select(cs_object.c.id).where(
+            cs_object.c.agent == agent, cs_object.c.pending_type == "delete", cs_object.c.mv_id.is_not(None)
+        )
+        return self._conn.execute(query.limit(1)).first() is not None
+
     def joined_mv_ids(self, agent: str) -> set[int]:
         """Metaverse objects ``agent`` already has a connector to (a join never takes a second one)."""
         query = select(cs_object.c.mv_id).where(cs_object.c.agent == agent, cs_object.c.mv_id.is_not(None))

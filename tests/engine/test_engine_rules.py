@@ -711,3 +711,30 @@ def test_a_tripped_threshold_names_the_limit_it_exceeded_and_how_to_raise_it(wor
     assert "count 5" not in message
     assert "for this run" not in message
     assert 'raise deletion_threshold of the export step of "ad" in a copy of the run profile' in message
+
+
+def test_a_delta_sync_joins_the_mailbox_that_a_deleted_one_leaves_its_person_to(world: World) -> None:
+    """A mailbox created again in Exchange Online (a new object, same mail) is imported while the old
+    one is still there: it cannot join the person the old one holds. The delta synchronization that
+    disconnects the old one must join the new one, as a full synchronization does. It did not (the
+    metaverse had not changed since the agent's last synchronization, so its disconnectors were not
+    visited): the person's AD thumbnail clear was staged, and where the old mailbox's contribution was
+    not the metaverse's value (outranked) the new one stayed unjoined through every delta."""
+    add_users(world, 1)
+    world.exo["objects"]["exo-new"] = {**world.exo["objects"]["exo-000"], "photo": b"exo-new-photo"}
+    world.cycle()
+    export_and_confirm(world)
+    assert world.ad["objects"]["guid-000"]["thumbnail"] == b"exo-photo-0"
+    assert cs_row(world, "exo", "exo-new").mv_id is None
+    for profile in ("delta-import", "delta-sync"):
+        world.run(profile)
+    del world.exo["objects"]["exo-000"]
+    world.exo["changes"].append(CSEntryChange.delete("user", "exo-000"))
+    world.run("delta-import")
+    result = world.run("delta-sync")
+    assert result.steps[1].counters["joins"] == 1
+    assert cs_row(world, "exo", "exo-new").mv_id == cs_row(world, "ad", "guid-000").mv_id
+    staged = json.loads(cs_row(world, "ad", "guid-000").export_changes)
+    assert staged["thumbnail"] is not None  # the new photo, never a clear
+    world.run("export")
+    assert world.ad["objects"]["guid-000"]["thumbnail"] == b"exo-new-photo"
