@@ -38,6 +38,7 @@ from connector.store import (
     Person,
     RunHistory,
     SqlStore,
+    StoreMissingError,
     import_failures,
     loads,
     people,
@@ -89,6 +90,25 @@ def _store(config: MvsyncConfig) -> SqlStore:
     """The store for a read-only command: it never creates one where none is (a typo in store.url
     must not look like an empty history)."""
     return SqlStore(config.store_url(), create=False)
+
+
+def _dry_run_store(config: MvsyncConfig) -> SqlStore | None:
+    """The store a dry run works on: None (the configured one) when it exists; else an empty one in
+    memory, so that the dry run previews the first run and creates nothing.
+
+    Why: a dry run before the first run created the store (its file, schema and lock folder) while
+    it said that nothing was written.
+    """
+    try:
+        SqlStore(config.store_url(), create=False, migrate_schema=False).close()
+    except StoreMissingError as exc:
+        err_console.print(
+            f"dry run: {exc}. Previewing the first run against an empty store (nothing is created).",
+            highlight=False,
+            markup=False,
+        )
+        return SqlStore("sqlite://")
+    return None
 
 
 def _known_agent(config: MvsyncConfig, agent: str) -> str:
@@ -244,7 +264,7 @@ def run(
     from connector.engine import SHOWN_ERRORS, Engine
 
     cfg = _config(config)
-    engine = Engine(cfg)
+    engine = Engine(cfg, store=_dry_run_store(cfg) if dry_run else None)
     progress = None if json_out or dry_run or not sys.stderr.isatty() else RichProgress(err_console)
 
     def emit(change: dict[str, Any]) -> None:

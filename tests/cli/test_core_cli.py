@@ -111,3 +111,14 @@ def test_init_into_a_folder_that_is_not_there_is_one_line_not_a_traceback(tmp_pa
     assert (result.exit_code == 2 and result.exception is None) or isinstance(result.exception, SystemExit)
     assert result.stderr.startswith(f"error: cannot write {target}: ") and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_dry_run_before_the_first_run_creates_no_store(config: Path, tmp_path: Path) -> None:
+    """A dry run is how an engineer previews the first run. It created the store (the file, its
+    schema and its lock folder) while it said "nothing was written"; now it previews against an
+    empty store in memory and says so, and the configured store stays absent."""
+    result = CliRunner().invoke(app, ["run", "cycle", "-c", str(config), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[-1])["steps"][2]["counters"]["projections"] == 30
+    assert "no store" in result.stderr and "nothing is created" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mvsync.toml"]
