@@ -632,17 +632,30 @@ class _Sync:
         return last_change is not None and last_change >= last_sync
 
     def _chunks(self) -> Iterator[list[SyncRow]]:
-        """The step's objects in chunks of ``CHUNK``, each read in a transaction of its own."""
-        last = -1
-        while True:
-            with self.ctx.store.read() as conn:
-                rows = ConnectorSpace(conn).sync_rows(
-                    self.rules.agent, after_id=last, limit=CHUNK, delta=not self.full, disconnectors=self.disconnectors
-                )
-            if not rows:
-                return
-            yield rows
-            last = rows[-1].id
+        """The step's objects in chunks of ``CHUNK``, each read in a transaction of its own.
+
+        The agent's joined objects whose deletion an import staged come first. Why: disconnecting one
+        frees its metaverse object for the agent's other objects, and in id order an unjoined object
+        older than the deleted one was judged while the person was still held (it stayed unjoined,
+        and no later delta visited it when the metaverse had not changed)."""
+        with self.ctx.store.read() as conn:
+            deletes_first = ConnectorSpace(conn).has_joined_deletes(self.rules.agent)
+        for joined_deletes in (True, False) if deletes_first else (None,):
+            last = -1
+            while True:
+                with self.ctx.store.read() as conn:
+                    rows = ConnectorSpace(conn).sync_rows(
+                        self.rules.agent,
+                        after_id=last,
+                        limit=CHUNK,
+                        delta=not self.full,
+                        disconnectors=self.disconnectors,
+                        joined_deletes=joined_deletes,
+                    )
+                if not rows:
+                    break
+                yield rows
+                last = rows[-1].id
 
     def _join_candidates(self, conn: StoreConnection, rows: list[Any]) -> list[int]:
         """Metaverse ids the unjoined rows of a chunk may join, to load them in one query.

@@ -186,6 +186,14 @@ _NEEDS_SYNC = or_(cs_object.c.pending_type.is_not(None), cs_object.c.sync_error.
 _NEEDS_SYNC_OR_UNJOINED = or_(_NEEDS_SYNC, cs_object.c.mv_id.is_(None))
 
 
+#: A joined object whose deletion an import staged, and every other object (NULL-safe): a synchronization
+#: visits the first kind before the second (``ConnectorSpace.sync_rows``).
+_JOINED_DELETE = and_(cs_object.c.pending_type == "delete", cs_object.c.mv_id.is_not(None))
+_NOT_JOINED_DELETE = or_(
+    cs_object.c.pending_type.is_(None), cs_object.c.pending_type != "delete", cs_object.c.mv_id.is_(None)
+)
+
+
 def _delta(disconnectors: bool) -> ColumnElement[bool]:
     """What a delta synchronization visits (``disconnectors``: the disconnectors too)."""
     return _NEEDS_SYNC_OR_UNJOINED if disconnectors else _NEEDS_SYNC
@@ -299,13 +307,23 @@ class ConnectorSpace:
 
     # ----------------------------------------------------------------------- synchronization
     def sync_rows(
-        self, agent: str, *, after_id: int, limit: int, delta: bool, disconnectors: bool = False
+        self,
+        agent: str,
+        *,
+        after_id: int,
+        limit: int,
+        delta: bool,
+        disconnectors: bool = False,
+        joined_deletes: bool | None = None,
     ) -> list[SyncRow]:
         """The next ``limit`` objects of ``agent`` after ``after_id`` (on a delta, only those to visit,
-        with the disconnectors when ``disconnectors``)."""
+        with the disconnectors when ``disconnectors``); with ``joined_deletes``, only the joined objects
+        whose deletion is staged (True) or all the others (False)."""
         query = select(*_SYNC_COLUMNS).where(cs_object.c.agent == agent, cs_object.c.id > after_id)
         if delta:
             query = query.where(_delta(disconnectors))
+        if joined_deletes is not None:
+            query = query.where(_JOINED_DELETE if joined_deletes else _NOT_JOINED_DELETE)
         rows = self._conn.execute(query.order_by(cs_object.c.id).limit(limit))
         return [SyncRow._make(row) for row in rows]
 
@@ -317,9 +335,7 @@ class ConnectorSpace:
     def has_joined_deletes(self, agent: str) -> bool:
         """Whether ``agent`` has a joined object whose deletion an import staged (a synchronization
         disconnects it, which frees its metaverse object for the agent's disconnectors)."""
-        query = select(cs_object.c.id).where(
-            cs_object.c.agent == agent, cs_object.c.pending_type == "delete", cs_object.c.mv_id.is_not(None)
-        )
+        query = select(cs_object.c.id).where(cs_object.c.agent == agent, _JOINED_DELETE)
         return self._conn.execute(query.limit(1)).first() is not None
 
     def joined_mv_ids(self, agent: str) -> set[int]:

@@ -738,3 +738,31 @@ def test_a_delta_sync_joins_the_mailbox_that_a_deleted_one_leaves_its_person_to(
     assert staged["thumbnail"] is not None  # the new photo, never a clear
     world.run("export")
     assert world.ad["objects"]["guid-000"]["thumbnail"] == b"exo-new-photo"
+
+
+def test_a_sync_frees_a_deleted_objects_person_before_it_judges_the_agents_other_objects(world: World) -> None:
+    """Objects are visited in id order, so an unjoined mailbox older than the deleted one was judged
+    while the person was still held: it stayed unjoined, and with the metaverse unchanged (the deleted
+    mailbox's photo being the same) no later delta visited it again. A sync now disconnects the
+    agent's deleted objects first."""
+    add_users(world, 1)
+    older = {"accountName": "nobody@example.test", "mail": "NOBODY@EXAMPLE.TEST", "photo": b"exo-photo-0"}
+    world.exo["objects"] = {"exo-0-old": older, **world.exo["objects"]}  # listed first: the lower id
+    world.cycle()
+    export_and_confirm(world)
+    assert cs_row(world, "exo", "exo-0-old").id < cs_row(world, "exo", "exo-000").id
+    assert cs_row(world, "exo", "exo-0-old").mv_id is None  # matches nobody yet
+    # in one delta: the older mailbox takes the person's address, and the one holding the person goes
+    older.update(accountName="user000@example.test", mail="USER000@EXAMPLE.TEST", displayName="User 0")
+    del world.exo["objects"]["exo-000"]
+    world.exo["changes"] += [
+        CSEntryChange.replace("user", "exo-0-old", {"id": "exo-0-old", **older}),
+        CSEntryChange.delete("user", "exo-000"),
+    ]
+    world.run("delta-import")
+    result = world.run("delta-sync")
+    assert result.steps[1].counters["joins"] == 1, result.as_dict()
+    assert cs_row(world, "exo", "exo-0-old").mv_id == cs_row(world, "ad", "guid-000").mv_id
+    for profile in ("delta-sync", "export"):
+        world.run(profile)
+    assert world.ad["objects"]["guid-000"]["thumbnail"] == b"exo-photo-0"  # never cleared
