@@ -6,9 +6,10 @@ guessed at.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, inspect, select, text
 
 from connector.store._faults import EXIT_STORE_CONFIG, StoreError
 from connector.store.tables import agent_data, metadata, store_meta
@@ -115,6 +116,27 @@ def current_version(conn: Connection) -> int:
     return int(value) if value is not None else 0
 
 
+#: The PostgreSQL advisory lock key migrations are serialized on (the first 8 bytes of
+#: sha256("mvsync:schema-migration"), as a signed 64-bit number).
+_MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mvsync:schema-migration").digest()[:8], "big", signed=True)
+
+
+def _version_to_migrate(conn: Connection, *, upgrade: bool) -> int:
+    """The store's schema version, read once no other session migrates it (PostgreSQL).
+
+    Why: two runs that start together against a new database (or after mvsync was upgraded) both
+    found the store behind and both migrated it; the second's ``CREATE TABLE`` waited for the first's
+    and then failed on PostgreSQL's catalog (a traceback). A store that needs a migration is migrated
+    under a transaction advisory lock, and read again once it is taken: the second run finds what the
+    first committed. A current store takes no lock. (SQLite's write lock serializes the writes.)
+    """
+    found = current_version(conn)
+    if found >= SCHEMA_VERSION or not upgrade or conn.dialect.name != "postgresql":
+        return found
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+    return current_version(conn)
+
+
 def migrate(conn: Connection, where: str = "the store", *, upgrade: bool = True) -> int:
     """Bring the store to ``SCHEMA_VERSION``; returns the version found before.
 
@@ -123,7 +145,7 @@ def migrate(conn: Connection, where: str = "the store", *, upgrade: bool = True)
     shared store would upgrade it under the sync server, whose older mvsync then refuses it as
     newer than it understands; the sync (``mvsync run``) or ``mvsync store upgrade`` upgrades it.
     """
-    found = current_version(conn)
+    found = _version_to_migrate(conn, upgrade=upgrade)
     if found > SCHEMA_VERSION:
         msg = (
             f"the store {where} has schema version {found}, newer than this mvsync understands ({SCHEMA_VERSION}): "
