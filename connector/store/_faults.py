@@ -181,8 +181,74 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
         return StoreError(_no_answer(where, connect_timeout_s))
     if not name and (exc.connection_invalidated or type(orig).__name__ == "OperationalError"):
         # PostgreSQL: the server is down, refuses the login, or dropped the connection
-        return StoreError(f"cannot use the store {where}: {text.strip()}")
+        return _connection_refused(where, text)
     return None
+
+
+#: What to do about a PostgreSQL connection the server or libpq refused, by a phrase of libpq's (or the
+#: server's) message, which carries no SQLSTATE on a failed connection. The message says which host,
+#: port, user and database (the store's URL, password masked); this says what to change. A phrase not
+#: here (another language, another cause) keeps libpq's message alone.
+_CONNECTION_ADVICE: tuple[tuple[str, str], ...] = (
+    (
+        "password authentication failed",
+        "the server refused this user's password: check the user and the password in store.url (or in the "
+        "environment variable it comes from; percent-encode @ / ? # in it) against the role's password on the "
+        "server (ALTER ROLE NAME PASSWORD ...)",
+    ),
+    (
+        "does not exist",
+        "create the database or the role on the server (CREATE DATABASE NAME OWNER ROLE; CREATE ROLE NAME LOGIN "
+        "PASSWORD ...), or correct the name in store.url",
+    ),
+    (
+        "pg_hba.conf",
+        "the server's pg_hba.conf admits no such connection (this client's address, user and database, with or "
+        "without TLS as the message says): ask its administrator for a line for them and a reload of PostgreSQL; "
+        "where the line is hostssl, connect with TLS (sslmode=require or verify-full in store.url)",
+    ),
+    (
+        "server does not support SSL",
+        "store.url asks for TLS (sslmode) and this server offers none: enable TLS on the server (ssl = on with a "
+        "certificate), or point store.url at the server that has it",
+    ),
+    (
+        "certificate",
+        "the server's TLS certificate could not be verified: give store.url the CA that issued it "
+        "(sslrootcert=PATH) and the host name the certificate names",
+    ),
+    (
+        "Connection refused",
+        "check that PostgreSQL runs at that host and port and listens there (pg_isready -h HOST -p PORT; "
+        "listen_addresses), and that no firewall is in the way; then run again",
+    ),
+    (
+        "failed to resolve host",
+        "check the host name in store.url and the DNS of this machine",
+    ),
+    (
+        "too many clients",
+        "the server has no connection left (max_connections): run again later, or ask its administrator",
+    ),
+    (
+        "the database system is",
+        "the server is starting, stopping or recovering: run again once it answers (pg_isready -h HOST -p PORT)",
+    ),
+)
+
+
+def _connection_refused(where: str, text: str) -> StoreError:
+    """The store fault of a failed PostgreSQL connection: libpq's reason on one line, and what to do.
+
+    A libpq parameter with a value it does not take (``sslmode=bogus``: "connection is bad: invalid sslmode
+    value") is a configuration error (exit 2), like one it does not know.
+    """
+    reason = "; ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    if reason.startswith("connection is bad: invalid "):
+        msg = f"store.url {where}: {reason}: correct that parameter of its query (libpq's connection parameters)"
+        return StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+    advice = next((hint for phrase, hint in _CONNECTION_ADVICE if phrase in reason), None)
+    return StoreError(f"cannot use the store {where}: {reason}" + (f"; {advice}" if advice else ""))
 
 
 def _not_utf8(text: str) -> str:

@@ -4,13 +4,18 @@ refuses the connection (password, database, pg_hba.conf, TLS) with what to do ab
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import URL, create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
 
 from connector.store._migrations import migrate
 from tests.cli._configs import generated_pair
@@ -85,3 +90,128 @@ def test_two_runs_that_create_one_new_store_at_once_both_end_well(
     assert "Traceback" not in err
     password = str(make_url(url).password)
     assert password not in out + err
+
+
+def _cli(config: Path, *args: str) -> tuple[int, str, str]:
+    """``mvsync history list`` (or ``args``) on ``config`` in a subprocess: exit code, stdout, stderr."""
+    done = subprocess.run(
+        [*mvsync_command(), *(args or ("history", "list")), "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def _free_port() -> int:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()  # nothing listens there now
+    return port
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "said", "advice"),
+    [
+        (
+            {"password": "wrong-pw-never-shown"},
+            4,
+            "password authentication failed for user",
+            "check the user and the password in store.url",
+        ),
+        ({"database": "mvsync_not_created"}, 4, 'database "mvsync_not_created" does not exist', "CREATE DATABASE"),
+        (
+            {"query": {"sslmode": "require"}},
+            4,
+            "server does not support SSL, but SSL was required",
+            "enable TLS on the server",
+        ),
+        ({"query": {"sslmode": "bogus"}}, 2, 'invalid sslmode value: "bogus"', "correct that parameter of its query"),
+        ({"port": 0}, 4, "Connection refused; Is the server running on that host", "pg_isready -h HOST -p PORT"),
+    ],
+    ids=["wrong-password", "missing-database", "tls-required", "bad-sslmode", "refused"],
+)
+def test_a_refused_connection_names_the_store_and_says_what_to_do(
+    tmp_path: Path, postgres_db: Callable[[], str], change: dict[str, Any], code: int, said: str, advice: str
+) -> None:
+    """Found: a wrong password, a database not created, TLS asked of a server without it, all ended with
+    libpq's reason alone (exit 4) and no word of what to change; a refused connection's message ran over
+    two lines (libpq's hint on a tab-indented line of its own); ``sslmode=bogus``, a mistake in the
+    configuration like an unknown parameter (exit 2), was exit 4."""
+    parsed = make_url(postgres_db())
+    password = str(parsed.password)
+    if change.get("port") == 0:
+        change = {"port": _free_port()}
+    url = parsed.set(**change)
+    config = _config(tmp_path, url.render_as_string(hide_password=False))
+    exit_code, out, err = _cli(config)
+    assert exit_code == code, (out, err)
+    masked = url.render_as_string(hide_password=True)
+    named = masked if code == 4 else f"store.url {masked}"
+    assert f"{named}: " in err and said in err and advice in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert password not in out + err and "wrong-pw-never-shown" not in out + err
+
+
+@contextlib.contextmanager
+def _rejected_by_pg_hba(server: Any, url: URL) -> Iterator[None]:
+    """The server's pg_hba.conf rejects ``url``'s user on its database for the ``with`` (a line of
+    its own on top, removed afterwards); returns once the server has loaded it."""
+    if not server.owned:
+        pytest.skip("needs the harness's own PostgreSQL (its pg_hba.conf)")
+    hba = server.data_dir / "cluster" / "pg_hba.conf"
+    before = hba.read_text()
+    admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    try:
+        hba.write_text(f"host {url.database} {url.username} 127.0.0.1/32 reject\n{before}")
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_reload_conf()"))
+        _until_refused(url)
+        yield
+    finally:
+        hba.write_text(before)
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_reload_conf()"))
+        admin.dispose()
+
+
+def _until_refused(url: URL, deadline_s: float = 60.0) -> None:
+    """Return once a connection as ``url`` is refused (the postmaster reloads its files on a signal)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        probe = create_engine(url)
+        try:
+            with probe.connect():
+                pass
+        except OperationalError:
+            return
+        finally:
+            probe.dispose()
+        time.sleep(0.05)
+    pytest.fail(f"pg_hba.conf was not reloaded within {deadline_s} s")
+
+
+def test_a_connection_pg_hba_conf_rejects_names_the_store_and_says_what_to_do(
+    tmp_path: Path, postgres_server: Any, postgres_db: Callable[[], str]
+) -> None:
+    """Found: "pg_hba.conf rejects connection for host ..." ended the command (exit 4) with no word of
+    what to change (a line in pg_hba.conf, or TLS where the line is hostssl)."""
+    parsed = make_url(postgres_db())
+    role, password = f"hba_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = create_engine(parsed, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+    url = parsed.set(username=role, password=password)
+    try:
+        with _rejected_by_pg_hba(postgres_server, url):
+            code, out, err = _cli(_config(tmp_path, url.render_as_string(hide_password=False)), "run", "cycle")
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
+    assert code == 4, (out, err)
+    assert f"cannot use the store {url.render_as_string(hide_password=True)}: " in err
+    assert f'pg_hba.conf rejects connection for host "127.0.0.1", user "{role}", database "{parsed.database}"' in err
+    assert "ask its administrator for a line for them" in err and "sslmode=require" in err
+    assert password not in out + err and "Traceback" not in err
