@@ -185,11 +185,28 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
     return None
 
 
+#: What to do when the server ended a session under a unit of work: a restart or failover, a DBA's
+#: ``pg_terminate_backend``, a dropped connection. Each unit (an import page, a sync chunk, an export
+#: batch) is one transaction, so the one cut short is rolled back and the ones before it are kept.
+_SESSION_ENDED = (
+    "the server ended the session (a restart or failover, pg_terminate_backend, a dropped connection): what was "
+    "committed before is kept; run again once the store answers (pg_isready -h HOST -p PORT)"
+)
+
 #: What to do about a PostgreSQL connection the server or libpq refused, by a phrase of libpq's (or the
 #: server's) message, which carries no SQLSTATE on a failed connection. The message says which host,
 #: port, user and database (the store's URL, password masked); this says what to change. A phrase not
 #: here (another language, another cause) keeps libpq's message alone.
 _CONNECTION_ADVICE: tuple[tuple[str, str], ...] = (
+    *(
+        (phrase, _SESSION_ENDED)
+        for phrase in (
+            "terminating connection",
+            "server closed the connection unexpectedly",
+            "connection is lost",
+            "consuming input failed",
+        )
+    ),
     (
         "password authentication failed",
         "the server refused this user's password: check the user and the password in store.url (or in the "

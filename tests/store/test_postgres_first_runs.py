@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import URL, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
+from connector.store import SqlStore, StoreError
 from connector.store._migrations import migrate
 from tests.cli._configs import generated_pair
 from tests.harness.crash import mvsync_command
@@ -215,3 +216,30 @@ def test_a_connection_pg_hba_conf_rejects_names_the_store_and_says_what_to_do(
     assert f'pg_hba.conf rejects connection for host "127.0.0.1", user "{role}", database "{parsed.database}"' in err
     assert "ask its administrator for a line for them" in err and "sslmode=require" in err
     assert password not in out + err and "Traceback" not in err
+
+
+def test_a_session_the_server_ends_under_a_unit_of_work_says_what_was_kept_and_what_to_do(
+    postgres_db: Callable[[], str],
+) -> None:
+    """Found: a PostgreSQL restart (or pg_terminate_backend) in the middle of a synchronization or an
+    export step stopped it (exit 4, the units committed before kept, the next run went on) with
+    "cannot use the store URL: terminating connection due to administrator command" alone: nothing of
+    what was kept or what to do. Here the store's own session is ended inside a transaction."""
+    url = postgres_db()
+    store = SqlStore(url)
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(StoreError) as caught, store.transaction() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with dba.connect() as other:
+                assert other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar() is True
+            conn.execute(text("SELECT 1"))
+        with store.read() as conn:  # the next unit of work gets a new session
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        dba.dispose()
+        store.close()
+    message = str(caught.value)
+    assert caught.value.exit_code == 4 and message.startswith(f"cannot use the store {store.where}: ")
+    assert "terminating connection due to administrator command" in message and "\n" not in message
+    assert "what was committed before is kept; run again once the store answers" in message
