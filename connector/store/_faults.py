@@ -61,6 +61,8 @@ class StoreError(Exception):
     exit_code = EXIT_STORE_STOPPED
     #: The run status history records for it, where the store can still be written.
     status = "stopped-store-error"
+    #: Whether the store added its note on the cause (``SqlStore.faults``), which it does once.
+    noted = False
 
     def __init__(self, message: str, *, exit_code: int | None = None) -> None:
         super().__init__(message)

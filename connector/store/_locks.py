@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector.files import atomic_write
 from connector.store._faults import LockHeldError, StoreError, first_line, store_faults
 
-__all__ = ["LockManager"]
+__all__ = ["LockManager", "table_lock_holders"]
 
 log = logging.getLogger("mvsync.store")
 
@@ -294,3 +294,44 @@ def _say_waiting(name: str, who: str, wait_s: float) -> None:
 
 def _refusal(name: str, who: str) -> str:
     return f"{name} is locked by {who}; wait for it to finish, or rerun with --wait SECONDS"
+
+
+def table_lock_holders(engine: Engine, tables: list[str], older_than_s: float) -> str | None:
+    """Who holds locks on ``tables`` of a PostgreSQL store in a transaction begun ``older_than_s`` or
+    more ago: what a run stopped by its lock timeout says (None: nobody found, or the query failed).
+
+    Why: once the run's wait is over, ``pg_blocking_pids()`` of its pid names nobody, and the operator
+    is left to search ``pg_stat_activity``. A session whose transaction is older than the wait held
+    its locks all through it (another mvsync run's units of work are shorter); up to three are named
+    with pid, user, application, client address, state and since when, never the query (the person
+    data a statement typed by hand may carry).
+    """
+    query = text(
+        "SELECT a.pid, a.usename, a.application_name, host(a.client_addr), a.state, "
+        "extract(epoch FROM a.xact_start), string_agg(DISTINCT l.mode || ' on ' || c.relname, ', ') "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
+        "WHERE l.granted AND l.locktype = 'relation' AND c.relname = ANY(:tables) AND a.pid <> pg_backend_pid() "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND a.xact_start <= now() - make_interval(secs => :older) "
+        "GROUP BY a.pid, a.usename, a.application_name, a.client_addr, a.state, a.xact_start "
+        "ORDER BY a.xact_start LIMIT 3"
+    )
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query, {"tables": tables, "older": older_than_s}).all()
+    except SQLAlchemyError:  # the store's own trouble is already being said
+        return None
+    if not rows:
+        return None
+    held = "; ".join(_lock_holder(*row) for row in rows)
+    return (
+        f"held by {held}: end that transaction (COMMIT or ROLLBACK in its session) or, if it was forgotten, "
+        "SELECT pg_terminate_backend(PID)"
+    )
+
+
+def _lock_holder(pid: int, user: str, app: str, addr: str | None, state: str, since: float, locks: str) -> str:
+    """One session holding a lock on the store's tables, as :func:`table_lock_holders` names it."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(since)))
+    where = f", from {addr}" if addr else ""
+    return f"pid {pid} (user {user}, application {app or '-'}{where}, {state} since {started}, {locks})"

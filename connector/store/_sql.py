@@ -40,7 +40,7 @@ from connector.store._faults import (
     damaged,
     store_faults,
 )
-from connector.store._locks import LockManager
+from connector.store._locks import LockManager, table_lock_holders
 from connector.store._migrations import SCHEMA_VERSION, migrate
 from connector.store._store_meta import read_meta, write_meta
 from connector.store.tables import blob, metadata
@@ -316,15 +316,18 @@ class SqlStore:
 
     @contextlib.contextmanager
     def faults(self) -> Iterator[None]:
-        """Database errors inside become store faults naming this store (see ``_faults``)."""
+        """Database errors inside become store faults naming this store (see ``_faults``), with a note
+        on why where the store can tell (``noted``: once, although these blocks nest)."""
         try:
             with store_faults(self.where, connect_timeout_s=self.connect_timeout_s):
                 yield
         except StoreError as fault:
-            note = self._folder_note(fault)
+            note = None if fault.noted else self._folder_note(fault) or self._lock_holders_note(fault)
             if note is None:
                 raise
-            raise type(fault)(f"{fault}; {note}", exit_code=fault.exit_code) from None
+            noted = type(fault)(f"{fault}; {note}", exit_code=fault.exit_code)
+            noted.noted = True
+            raise noted from None
 
     def _folder_note(self, fault: StoreError) -> str | None:
         """Why a SQLite store whose file reads fine cannot be opened: its folder is not writable.
@@ -344,6 +347,13 @@ class SqlStore:
             f"this account may not write the folder {folder}: give it write access to that folder, or run mvsync "
             "as the account that runs the sync"
         )
+
+    def _lock_holders_note(self, fault: StoreError) -> str | None:
+        """Who held the lock a PostgreSQL statement waited for until ``BUSY_TIMEOUT_S`` ran out (see
+        :func:`table_lock_holders`); None for any other fault."""
+        if self.dialect != "postgresql" or not isinstance(fault, StoreBusyError):
+            return None
+        return table_lock_holders(self.engine, sorted(metadata.tables), BUSY_TIMEOUT_S)
 
     def check_same_file(self, holder: str = "this process") -> None:
         """Raise :class:`StoreError` if the store's path no longer names the SQLite file this store opened

@@ -212,6 +212,39 @@ def test_a_table_lock_another_session_keeps_stops_the_run_as_busy_instead_of_han
     assert world.run("ad-full").status == "success"  # the next run resumes once the lock is gone
 
 
+def test_a_row_lock_a_forgotten_transaction_keeps_is_named_with_who_holds_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: a run blocked by someone's transaction left open in psql (a row updated by hand, no
+    COMMIT) stopped as busy after the lock timeout, saying only that pg_stat_activity and
+    pg_blocking_pids() show which session: by then the run's wait is over, so pg_blocking_pids() of
+    its pid shows nothing. The message now names the sessions that hold locks on mvsync's tables in a
+    transaction older than the wait: pid, user, application, client address, state and since when."""
+    monkeypatch.setattr(sql_store, "BUSY_TIMEOUT_S", 1.0)  # read by each new session: 30 s in real runs
+    url = world.config.store_url()
+    world.engine.close()
+    world.engine = Engine(world.config)
+    assert world.run("ad-full").status == "success"
+    holder = create_engine(url, connect_args={"application_name": "psql"})
+    conn = holder.connect()
+    try:
+        conn.execute(text("UPDATE cs_object SET updated_at = updated_at WHERE anchor = 'u02'"))
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        world.ad["objects"]["u02"]["displayName"] = "Changed"
+        with pytest.raises(StoreBusyError) as caught:
+            world.run("ad-full")
+    finally:
+        conn.rollback()
+        conn.close()
+        holder.dispose()
+    message = str(caught.value)
+    user = make_url(url).username
+    assert f"held by pid {pid} (user {user}, application psql, from 127.0.0.1, idle in transaction since " in message
+    assert "on cs_object" in message and "pg_terminate_backend" in message and "\n" not in message
+    assert message.count("held by") == 1  # once, although the store's fault blocks nest
+    assert world.run("ad-full").status == "success"  # the next run goes on once the transaction ended
+
+
 def test_a_vacuum_holding_the_table_only_defers_the_statistics_refresh(world: World) -> None:
     # an anti-wraparound (auto)vacuum holds SHARE UPDATE EXCLUSIVE and does not give way to ANALYZE
     for i in range(30, sql_store.ANALYZE_MIN_ROWS + 30):
