@@ -296,9 +296,10 @@ def _refusal(name: str, who: str) -> str:
     return f"{name} is locked by {who}; wait for it to finish, or rerun with --wait SECONDS"
 
 
-def table_lock_holders(engine: Engine, tables: list[str], older_than_s: float) -> str | None:
-    """Who holds locks on ``tables`` of a PostgreSQL store in a transaction begun ``older_than_s`` or
-    more ago: what a run stopped by its lock timeout says (None: nobody found, or the query failed).
+def table_lock_holders(engine: Engine, tables: list[str]) -> str | None:
+    """Who holds locks on ``tables`` of a PostgreSQL store in a transaction begun a ``lock_timeout`` (the
+    store's sessions') or more ago: what a run stopped by that timeout says (None: nobody found, or the
+    query failed).
 
     Why: once the run's wait is over, ``pg_blocking_pids()`` of its pid names nobody, and the operator
     is left to search ``pg_stat_activity``. A session whose transaction is older than the wait held
@@ -312,13 +313,13 @@ def table_lock_holders(engine: Engine, tables: list[str], older_than_s: float) -
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
         "WHERE l.granted AND l.locktype = 'relation' AND c.relname = ANY(:tables) AND a.pid <> pg_backend_pid() "
         "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-        "AND a.xact_start <= now() - make_interval(secs => :older) "
+        "AND a.xact_start <= now() - current_setting('lock_timeout')::interval "
         "GROUP BY a.pid, a.usename, a.application_name, a.client_addr, a.state, a.xact_start "
         "ORDER BY a.xact_start LIMIT 3"
     )
     try:
         with engine.connect() as conn:
-            rows = conn.execute(query, {"tables": tables, "older": older_than_s}).all()
+            rows = conn.execute(query, {"tables": tables}).all()
     except SQLAlchemyError:  # the store's own trouble is already being said
         return None
     if not rows:

@@ -125,9 +125,10 @@ def _analyze_unless_busy(conn: Connection, table: str) -> bool:
     """
     try:
         with conn.begin_nested():
+            kept = conn.exec_driver_sql("SELECT current_setting('lock_timeout')").scalar()
             conn.exec_driver_sql("SET LOCAL lock_timeout = 1000")
             conn.exec_driver_sql(f"ANALYZE {table}")
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {_busy_ms()}")
+            conn.execute(text("SELECT set_config('lock_timeout', :kept, true)"), {"kept": kept})
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != "55P03":
             raise
@@ -188,12 +189,18 @@ def _seconds(value: str | tuple[str, ...]) -> float | None:
 
 
 def _postgresql_setup(engine: Engine) -> None:
-    """Each session waits at most ``BUSY_TIMEOUT_S`` for a table lock (a plain ``SET``, which poolers pass)."""
+    """Each session waits at most ``BUSY_TIMEOUT_S`` for a table lock (a plain ``SET``, which poolers
+    pass), unless a ``lock_timeout`` was chosen for it: by the DBA for the role or the database
+    (``ALTER ROLE ... SET lock_timeout``) or in ``store.url`` (``options=-c lock_timeout=MS``). The
+    server's default, 0, waits for ever: that is the one replaced."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         with dbapi_conn.cursor() as cur:
-            cur.execute(f"SET lock_timeout = {_busy_ms()}")
+            cur.execute("SELECT current_setting('lock_timeout') = '0'")
+            row = cur.fetchone()
+            if row is not None and row[0]:
+                cur.execute(f"SET lock_timeout = {_busy_ms()}")
         dbapi_conn.commit()  # outside any transaction the run opens: a rollback must not undo it
 
 
@@ -349,11 +356,11 @@ class SqlStore:
         )
 
     def _lock_holders_note(self, fault: StoreError) -> str | None:
-        """Who held the lock a PostgreSQL statement waited for until ``BUSY_TIMEOUT_S`` ran out (see
+        """Who held the lock a PostgreSQL statement waited for until its ``lock_timeout`` ran out (see
         :func:`table_lock_holders`); None for any other fault."""
         if self.dialect != "postgresql" or not isinstance(fault, StoreBusyError):
             return None
-        return table_lock_holders(self.engine, sorted(metadata.tables), BUSY_TIMEOUT_S)
+        return table_lock_holders(self.engine, sorted(metadata.tables))
 
     def check_same_file(self, holder: str = "this process") -> None:
         """Raise :class:`StoreError` if the store's path no longer names the SQLite file this store opened

@@ -373,6 +373,42 @@ def test_store_connections_find_a_host_gone_silent_with_tcp_keepalives(
         assert "keepalives_count" not in held  # none of mvsync's defaults beside the URL's own
 
 
+@pytest.mark.parametrize(
+    ("database_setting", "query", "expected"),
+    [
+        (None, "", "30s"),  # the server's default (0) waits for ever: mvsync's bound instead
+        ("2min", "", "2min"),  # ALTER DATABASE (or ROLE) ... SET lock_timeout: the DBA's choice
+        (None, "?options=-c%20lock_timeout%3D5000", "5s"),  # libpq's options in store.url
+    ],
+    ids=["default", "database", "url"],
+)
+def test_a_lock_timeout_the_operator_set_replaces_mvsyncs_30_s(
+    postgres_db: Callable[[], str], database_setting: str | None, query: str, expected: str
+) -> None:
+    """Found: how long a run waits for another session's lock could not be changed: each session set
+    lock_timeout to 30 s over the one the DBA gave the role or the database (ALTER ROLE mvsync SET
+    lock_timeout), or store.url's options. A lock_timeout chosen there now wins; 30 s where none is."""
+    url = postgres_db()
+    if database_setting is not None:
+        dba = create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with dba.connect() as conn:
+                conn.execute(
+                    text(f"ALTER DATABASE \"{make_url(url).database}\" SET lock_timeout = '{database_setting}'")
+                )
+        finally:
+            dba.dispose()
+    store = SqlStore(url + query)
+    try:
+        with store.read() as conn:
+            assert conn.execute(text("SHOW lock_timeout")).scalar() == expected
+        with store.transaction() as conn:  # a statistics refresh waits 1 s for its lock, then puts it back
+            store.note_inserts(conn, "cs_object", sql_store.ANALYZE_MIN_ROWS)
+            assert conn.execute(text("SHOW lock_timeout")).scalar() == expected
+    finally:
+        store.close()
+
+
 def _namespace_problem() -> str | None:
     """Why this machine cannot give a test its own network namespace (None: it can)."""
     if not sys.platform.startswith("linux") or shutil.which("unshare") is None or shutil.which("ip") is None:
