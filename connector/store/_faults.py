@@ -163,10 +163,7 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
             "at the primary"
         )
     if sqlstate == "42501":  # insufficient_privilege
-        return StoreReadOnlyError(
-            f"the store {where} refused this role a write ({first}): grant it SELECT, INSERT, "
-            "UPDATE and DELETE on mvsync's tables (README: Production store on PostgreSQL)"
-        )
+        return _privilege_refused(where, first, exc.statement)
     if sqlstate == "55P03":  # PostgreSQL's lock_not_available: lock_timeout ran out
         return StoreBusyError(
             f"the store {where} is busy: another session holds a lock on its tables ({first}), such as a "
@@ -268,6 +265,23 @@ def _connection_refused(where: str, text: str) -> StoreError:
         return StoreError(msg, exit_code=EXIT_STORE_CONFIG)
     advice = next((hint for phrase, hint in _CONNECTION_ADVICE if phrase in reason), None)
     return StoreError(f"cannot use the store {where}: {reason}" + (f"; {advice}" if advice else ""))
+
+
+def _privilege_refused(where: str, first: str, statement: str | None) -> StoreError:
+    """A PostgreSQL role refused a read or a write on mvsync's tables, and the grant it lacks.
+
+    Why the statement: a read-only command (history, the console) as an auditor's role without SELECT
+    was told the store refused a write and to grant the writes a run needs.
+    """
+    if (statement or "").lstrip().upper().startswith("SELECT"):
+        return StoreError(
+            f"the store {where} refused this role a read ({first}): grant it SELECT on mvsync's tables (a role "
+            "that runs mvsync also needs INSERT, UPDATE and DELETE: README: Production store on PostgreSQL)"
+        )
+    return StoreReadOnlyError(
+        f"the store {where} refused this role a write ({first}): grant it SELECT, INSERT, "
+        "UPDATE and DELETE on mvsync's tables (README: Production store on PostgreSQL)"
+    )
 
 
 def _not_utf8(text: str) -> str:

@@ -243,3 +243,31 @@ def test_a_session_the_server_ends_under_a_unit_of_work_says_what_was_kept_and_w
     assert caught.value.exit_code == 4 and message.startswith(f"cannot use the store {store.where}: ")
     assert "terminating connection due to administrator command" in message and "\n" not in message
     assert "what was committed before is kept; run again once the store answers" in message
+
+
+def test_a_role_that_may_not_read_the_store_is_told_to_get_select_not_a_write_grant(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: `mvsync history list` as an auditor's role without SELECT on run_history said the store
+    "refused this role a write" and to grant SELECT, INSERT, UPDATE and DELETE: the command only
+    reads, and a read-only role needs SELECT alone."""
+    parsed = make_url(postgres_db())
+    assert _cli(_config(tmp_path, parsed.render_as_string(hide_password=False)), "run", "cycle")[0] == 0
+    role, password = f"auditor_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = create_engine(parsed, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        conn.execute(text(f"GRANT SELECT ON store_meta TO {role}"))  # the version check reads, the rest is denied
+    url = parsed.set(username=role, password=password)
+    try:
+        code, out, err = _cli(_config(tmp_path, url.render_as_string(hide_password=False)))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
+    assert code == 4, (out, err)
+    masked = url.render_as_string(hide_password=True)
+    assert f"the store {masked} refused this role a read (permission denied for table run_history)" in err
+    assert "grant it SELECT on mvsync's tables" in err and "a write" not in err
+    assert password not in out + err and "Traceback" not in err
