@@ -7,12 +7,15 @@ import socket
 import ssl
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from connector.cli._common import DEFAULT_CONFIG, EXIT_CONFIG, ConfigOption, err_console, fail, handle_errors
+
+if TYPE_CHECKING:
+    from connector.store import SqlStore
 
 __all__ = ["register"]
 
@@ -66,7 +69,6 @@ def register(app: typer.Typer) -> None:
                 raise fail(escape(f"{WEB_EXTRA_HINT} (missing module {exc.name!r})"), EXIT_CONFIG) from None
             raise
         from connector.config import load_config
-        from connector.store import SqlStore
 
         try:
             policy = AccessPolicy.from_env(bind_host=host)
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
         cfg = load_config(config)
-        store = SqlStore(cfg.store_url(), create=False)
+        store = _open_store(cfg.store_url())
         deadline = page_deadline(store)
         application = create_app(cfg, store=store, policy=policy, page_deadline_s=deadline)
         shown = f"[{host}]" if ":" in host else host
@@ -105,6 +107,27 @@ def register(app: typer.Typer) -> None:
             lifespan="off",  # no startup or shutdown hooks: and none cancelled (with a traceback) at a stop
         )
         _console_server(settings, deadline).run(sockets=[listening])
+
+
+def _open_store(url: str) -> SqlStore:
+    """The console's store, opened read-only; one whose server does not answer yet is opened all the same.
+
+    Why: a console already running rides out a PostgreSQL restart with 503 pages, but one started while
+    the server was down (still starting at boot, restarting, its database closed for maintenance)
+    exited, and a service started before its database stayed down. It now says so and starts; its pages
+    answer 503 until the store answers (a schema of another version is then said by the page that fails).
+    A store it could never use (a wrong password, a missing database) still stops it.
+    """
+    from connector.store import SqlStore, StoreUnreachableError
+
+    try:
+        return SqlStore(url, create=False)
+    except StoreUnreachableError as exc:
+        err_console.print(
+            f"warning: {escape(str(exc))}; the console starts, and its pages say so until the store answers",
+            highlight=False,
+        )
+        return SqlStore(url, create=False, migrate_schema=False)
 
 
 def _tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:

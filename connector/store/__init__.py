@@ -34,6 +34,7 @@ from connector.store._faults import (
     StoreError,
     StoreMissingError,
     StoreReadOnlyError,
+    StoreUnreachableError,
     damaged,
 )
 from connector.store._history import ClearedRuns, ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
@@ -101,6 +102,7 @@ __all__ = [
     "StoreError",
     "StoreMissingError",
     "StoreReadOnlyError",
+    "StoreUnreachableError",
     "StoreVersionError",
     "SyncRow",
     "TransformCache",

@@ -32,6 +32,7 @@ __all__ = [
     "StoreError",
     "StoreMissingError",
     "StoreReadOnlyError",
+    "StoreUnreachableError",
     "damaged",
     "first_line",
     "store_faults",
@@ -112,6 +113,12 @@ class DamagedDocumentError(StoreCorruptError):
         return self if self.where is not None else DamagedDocumentError(self.detail, where)
 
 
+class StoreUnreachableError(StoreError):
+    """The store's server refused or dropped the connection, or did not answer, for now: down, starting
+    or restarting, full, or its database closed to connections. Exit 4 like any store fault; a console
+    (``mvsync ui``) starts anyway and serves its pages once the store answers."""
+
+
 class StoreMissingError(StoreError):
     """A read-only command found no store where the configuration points."""
 
@@ -177,7 +184,7 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
             exit_code=EXIT_STORE_CONFIG,
         )
     if type(orig).__name__ == "ConnectionTimeout":  # psycopg's: the host took the connection, nothing answered
-        return StoreError(_no_answer(where, connect_timeout_s))
+        return StoreUnreachableError(_no_answer(where, connect_timeout_s))
     if not name and (exc.connection_invalidated or type(orig).__name__ == "OperationalError"):
         # PostgreSQL: the server is down, refuses the login, or dropped the connection
         return _connection_refused(where, text)
@@ -192,20 +199,20 @@ _SESSION_ENDED = (
     "committed before is kept; run again once the store answers (pg_isready -h HOST -p PORT)"
 )
 
+#: How libpq (or the server) says that a session ended under it.
+_SESSION_ENDED_PHRASES = (
+    "terminating connection",
+    "server closed the connection unexpectedly",
+    "connection is lost",
+    "consuming input failed",
+)
+
 #: What to do about a PostgreSQL connection the server or libpq refused, by a phrase of libpq's (or the
 #: server's) message, which carries no SQLSTATE on a failed connection. The message says which host,
 #: port, user and database (the store's URL, password masked); this says what to change. A phrase not
 #: here (another language, another cause) keeps libpq's message alone.
 _CONNECTION_ADVICE: tuple[tuple[str, str], ...] = (
-    *(
-        (phrase, _SESSION_ENDED)
-        for phrase in (
-            "terminating connection",
-            "server closed the connection unexpectedly",
-            "connection is lost",
-            "consuming input failed",
-        )
-    ),
+    *((phrase, _SESSION_ENDED) for phrase in _SESSION_ENDED_PHRASES),
     (
         "password authentication failed",
         "the server refused this user's password: check the user and the password in store.url (or in the "
@@ -250,6 +257,21 @@ _CONNECTION_ADVICE: tuple[tuple[str, str], ...] = (
         "the database system is",
         "the server is starting, stopping or recovering: run again once it answers (pg_isready -h HOST -p PORT)",
     ),
+    (
+        "is not currently accepting connections",
+        "the database is closed to connections (ALTER DATABASE ... ALLOW_CONNECTIONS false, for maintenance): run "
+        "again once it is open",
+    ),
+)
+
+#: The phrases of :data:`_CONNECTION_ADVICE` that say the server is away for now rather than that the
+#: connection is wrong (a password, a database name, pg_hba.conf, TLS): :class:`StoreUnreachableError`.
+_SERVER_AWAY = (
+    *_SESSION_ENDED_PHRASES,
+    "Connection refused",
+    "too many clients",
+    "the database system is",
+    "is not currently accepting connections",
 )
 
 
@@ -264,7 +286,9 @@ def _connection_refused(where: str, text: str) -> StoreError:
         msg = f"store.url {where}: {reason}: correct that parameter of its query (libpq's connection parameters)"
         return StoreError(msg, exit_code=EXIT_STORE_CONFIG)
     advice = next((hint for phrase, hint in _CONNECTION_ADVICE if phrase in reason), None)
-    return StoreError(f"cannot use the store {where}: {reason}" + (f"; {advice}" if advice else ""))
+    away = any(phrase in reason for phrase in _SERVER_AWAY)
+    fault = StoreUnreachableError if away else StoreError
+    return fault(f"cannot use the store {where}: {reason}" + (f"; {advice}" if advice else ""))
 
 
 def _privilege_refused(where: str, first: str, statement: str | None) -> StoreError:

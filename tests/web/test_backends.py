@@ -382,3 +382,52 @@ def test_a_store_moved_away_or_replaced_while_the_console_runs_is_a_503_naming_t
         assert "restart the console (`mvsync ui`) to use that one" in html.unescape(body)
     finally:
         console.stop()
+
+
+@pytest.mark.postgres
+def test_a_console_started_while_its_store_is_closed_serves_503_pages_until_it_answers(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: `mvsync ui` started while PostgreSQL refused connections (a server still starting at boot,
+    a restart, a database closed for maintenance) exited with 4, although a console already running
+    rides out the same outage with 503 pages: a service started before its database stayed down. It
+    now says that the store does not answer yet, starts, and serves its pages once the store answers.
+    (A store it could never use, a wrong password or a missing database, still stops it at once.)"""
+    url = postgres_db()
+    direct = SqlStore(url)
+    try:
+        fill_store(direct, 3)
+    finally:
+        direct.close()
+    config = tmp_path / "mvsync.toml"
+    config.write_text('[store]\nurl = { env = "MVSYNC_STORE_URL" }\n', encoding="utf-8")
+    database = make_url(url).database
+    dba = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    main = "from connector.cli import main; main()"
+    env = {**os.environ, "MVSYNC_STORE_URL": url}
+    console: subprocess.Popen[str] | None = None
+    try:
+        with dba.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+        command = [sys.executable, "-c", main, "ui", "-c", str(config), "--port", "0"]
+        console = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        assert console.stderr is not None
+        said = console.stderr.readline()
+        assert said.startswith("warning: cannot use the store postgresql+psycopg://"), said
+        assert "is not currently accepting connections" in said and "until the store answers" in said
+        first = console.stderr.readline()
+        assert "mvsync console on http://127.0.0.1:" in first, first
+        base = first.split(" on ", 1)[1].split("/ ", 1)[0]
+        status, body = _get(base + "/")
+        assert status == 503 and "Store unavailable" in body and make_url(url).password not in body
+        with dba.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        assert _get(base + "/")[0] == 200
+    finally:
+        with dba.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        dba.dispose()
+        if console is not None and console.poll() is None:
+            console.kill()
+            console.communicate()
+    assert make_url(url).password not in said
