@@ -229,7 +229,8 @@ class SqlStore:
             if not memory:
                 db_path = Path(database)
                 self.path, self.where = db_path, str(db_path)
-                _check_sqlite_file(db_path, create=create)
+                if not create:  # before the lock folder beside it is made
+                    _check_sqlite_file(db_path, create=create)
                 if create:
                     db_path.parent.mkdir(parents=True, exist_ok=True)
                 lock_dir = db_path.with_name(db_path.name + ".locks")
@@ -249,10 +250,29 @@ class SqlStore:
         self._tx_lock = threading.RLock()
         self._inserted: dict[str, int] = {}
         self._counted: dict[str, int] = {}
-        if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
-            self.upgrade(check_only=not create)
+        with self._opening(create=create):
+            if self.path is not None and create:
+                _check_sqlite_file(self.path, create=create)
+            if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
+                self.upgrade(check_only=not create)
         #: The OS's identity of the SQLite file this store opened (see :meth:`check_same_file`).
         self._file_id = _file_identity(self.path) if self.path is not None else None
+
+    @contextlib.contextmanager
+    def _opening(self, *, create: bool) -> Iterator[None]:
+        """Hold the SQLite store's opening lock while a run checks, creates or upgrades it.
+
+        Why: two runs that started together on a new store (the first night, two tasks at 03:00) met
+        the file the other had just created, still 0 bytes, and one stopped with "the store is empty: it
+        was truncated ... restore it from a backup", or as busy, as the other created the schema. A
+        lock file beside the store (held for that moment only) makes the second wait for the first.
+        (PostgreSQL's migrations take an advisory lock of their own; read-only commands create nothing.)
+        """
+        if self.path is None or not create:
+            yield
+            return
+        with self.locks.hold("store-open", wait_s=BUSY_TIMEOUT_S):
+            yield
 
     def upgrade(self, *, check_only: bool = False) -> tuple[int, int]:
         """Bring the schema to this mvsync's version (see ``migrate``): the versions before and after."""

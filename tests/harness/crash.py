@@ -241,6 +241,11 @@ def mvsync_command() -> list[str]:
     return [sys.executable, "-c", "from connector.cli import main; main()"]
 
 
+def mvsync_child(*args: str) -> subprocess.Popen[str]:
+    """The real CLI started with ``args`` in a child process, its output captured as text."""
+    return subprocess.Popen([*mvsync_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @dataclass
 class CliRun:
     """One child run: killed at ``fired`` or exited with ``returncode``."""

@@ -5,8 +5,10 @@ real SQLite file; ``mvsync store backup`` makes a copy that ``doctor`` passes on
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pytest
 from typer.testing import CliRunner
 
@@ -26,7 +29,7 @@ from connector.engine import Engine
 from connector.store import _faults, _sql
 from tests.cli._configs import generated_pair
 from tests.engine.conftest import World, add_users
-from tests.harness.crash import mvsync_command
+from tests.harness.crash import mvsync_child, mvsync_command
 from tests.harness.sockets import silent_server
 
 runner = CliRunner()
@@ -851,3 +854,50 @@ def test_a_sqlite_file_that_is_no_mvsync_store_is_named_for_read_only_commands(t
     config.write_text(generated_pair(2).replace("sqlite:///store.db", f"sqlite:///{other.as_posix()}"))
     code, _, err = invoke("history", "list", "-c", str(config))
     assert code == 2 and f"{other} holds no mvsync store" in err and "store.url" in err
+
+
+def _until_opened(path: Path, child: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    """Return once something opens ``path`` (Linux's inotify: a lock tried by polling keeps no file open
+    to be seen in /proc), or once ``child`` has exited."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("needs Linux's inotify to see the lock file tried")
+    libc = ctypes.CDLL(None, use_errno=True)
+    watcher = libc.inotify_init1(os.O_NONBLOCK)
+    assert watcher >= 0, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.inotify_add_watch(watcher, os.fsencode(path), 0x20) >= 0  # IN_OPEN
+        deadline = time.monotonic() + timeout
+        while child.poll() is None and time.monotonic() < deadline:
+            if select.select([watcher], [], [], 0.1)[0]:
+                return
+    finally:
+        os.close(watcher)
+
+
+def test_two_runs_that_create_one_new_store_at_once_never_take_it_for_a_truncated_one(tmp_path: Path) -> None:
+    """Found: two scheduled runs started together on a new SQLite store (the first night, two tasks at
+    03:00): the second met the file the first had just created, still 0 bytes, and stopped with "the
+    store is empty (0 bytes): it was truncated ... restore it from a backup" (exit 4), or as busy. The
+    second now waits for the first's opening lock. Here the first is this test: it holds that lock
+    with the file at 0 bytes, as SQLite leaves it on opening, and puts the created store in its place."""
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(3))
+    made = tmp_path / "made" / "mvsync.toml"
+    made.parent.mkdir()
+    made.write_text(generated_pair(3))
+    _sql.SqlStore(f"sqlite:///{made.parent / 'store.db'}").close()  # what the first run creates
+    db = _store(config)
+    db.touch()  # the first run's connection made the file; its schema is not written yet
+    lock = db.with_name("store.db.locks") / "store-open.lock"
+    lock.parent.mkdir()
+    with filelock.FileLock(lock, thread_local=False, is_singleton=False):
+        child = mvsync_child("run", "cycle", "-c", str(config))
+        try:
+            _until_opened(lock, child)  # it waits for the first (or, before, stopped without waiting)
+            (made.parent / "store.db").replace(db)
+        except BaseException:
+            child.kill()
+            raise
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, (out, err)
+    assert "empty" not in err and "Traceback" not in err

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from connector.store import SqlStore, StoreError
 from connector.store._migrations import migrate
 from tests.cli._configs import generated_pair
-from tests.harness.crash import mvsync_command
+from tests.harness.crash import mvsync_child, mvsync_command
 
 pytestmark = pytest.mark.postgres
 
@@ -71,12 +71,7 @@ def test_two_runs_that_create_one_new_store_at_once_both_end_well(
         with holder.connect() as conn:
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
             migrate(conn)  # the first run's schema creation, not yet committed
-            child = subprocess.Popen(
-                [*mvsync_command(), "run", "cycle", "-c", str(config)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            child = mvsync_child("run", "cycle", "-c", str(config))
             try:
                 _waiting_on_a_lock(url, pid)
                 conn.commit()  # the first run's migration ends
