@@ -267,11 +267,12 @@ class SqlStore:
         was truncated ... restore it from a backup", or as busy, as the other created the schema. A
         lock file beside the store (held for that moment only) makes the second wait for the first.
         (PostgreSQL's migrations take an advisory lock of their own; read-only commands create nothing.)
+        A lock folder that cannot be used is left to the run's own lock to say, which history records.
         """
-        if self.path is None or not create:
-            yield
-            return
-        with self.locks.hold("store-open", wait_s=BUSY_TIMEOUT_S):
+        with contextlib.ExitStack() as held:
+            if self.path is not None and create:
+                with contextlib.suppress(StoreError):  # not LockHeldError: waited for, and still held
+                    held.enter_context(self.locks.hold("store-open", wait_s=BUSY_TIMEOUT_S))
             yield
 
     def upgrade(self, *, check_only: bool = False) -> tuple[int, int]:
