@@ -93,6 +93,14 @@ PG_KEEPALIVES: dict[str, int] = {
 PG_TCP_USER_TIMEOUT_MS = 70_000
 
 
+#: The execution option of a SQLite connection whose transactions write: they begin with ``BEGIN
+#: IMMEDIATE``. Why: a deferred transaction that read first and then wrote while another process had
+#: committed a write (WAL: its snapshot is stale) failed at once with "database is locked", without
+#: waiting the busy timeout; two runs of different agents, each writing its own rows, stopped each other
+#: as busy ("a backup or antivirus scan"). An immediate one takes the write lock first, and waits for it.
+_WRITER = "mvsync_writer"
+
+
 def _busy_ms() -> int:
     """``BUSY_TIMEOUT_S`` in the milliseconds both databases take (read when asked: tests shorten it)."""
     return int(BUSY_TIMEOUT_S * 1000)
@@ -114,7 +122,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITER) else "BEGIN")
 
 
 def _analyze_unless_busy(conn: Connection, table: str) -> bool:
@@ -468,7 +476,7 @@ class SqlStore:
             return
         if guarded:
             self.locks.verify()
-        with self.faults(), self.engine.begin() as conn:
+        with self.faults(), self.engine.execution_options(**{_WRITER: True}).begin() as conn:
             yield conn
 
     @contextlib.contextmanager

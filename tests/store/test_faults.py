@@ -22,6 +22,7 @@ from typing import Any
 
 import filelock
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from connector.cli import app
@@ -901,3 +902,29 @@ def test_two_runs_that_create_one_new_store_at_once_never_take_it_for_a_truncate
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0, (out, err)
     assert "empty" not in err and "Traceback" not in err
+
+
+def test_a_unit_of_work_is_not_stopped_by_a_write_another_process_committed_after_its_first_read(
+    tmp_path: Path,
+) -> None:
+    """Found: two runs of different agents on one SQLite store (each writing its own rows) stopped each
+    other as busy, "another process holds its database lock ... such as a backup or antivirus scan"
+    (exit 5, 8 races of 8): a unit of work began deferred, read, and when the other run had committed
+    a write meanwhile, its own write failed at once (WAL: its snapshot was stale) without waiting the
+    busy timeout. A unit of work now takes the write lock when it begins: the other process waits for
+    it (here a connection with no busy timeout, which is refused instead), and it writes."""
+    store = _sql.SqlStore(f"sqlite:///{tmp_path / 'store.db'}")
+    other = sqlite3.connect(tmp_path / "store.db", timeout=0, isolation_level=None)
+    try:
+        with store.transaction() as conn:
+            conn.execute(text("SELECT count(*) FROM store_meta")).scalar()
+            with contextlib.suppress(sqlite3.OperationalError):  # refused while this unit holds the lock
+                other.execute("INSERT INTO store_meta (key, value) VALUES ('other', 'process')")
+            conn.execute(text("INSERT INTO store_meta (key, value) VALUES ('unit', 'of work')"))
+        other.execute("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('other', 'process')")  # after it
+        with store.read() as conn:
+            keys = set(conn.execute(text("SELECT key FROM store_meta")).scalars())
+    finally:
+        other.close()
+        store.close()
+    assert {"unit", "other"} <= keys
