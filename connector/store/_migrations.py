@@ -128,7 +128,7 @@ def _version_to_migrate(conn: Connection, *, upgrade: bool) -> int:
     found the store behind and both migrated it; the second's ``CREATE TABLE`` waited for the first's
     and then failed on PostgreSQL's catalog (a traceback). A store that needs a migration is migrated
     under a transaction advisory lock, and read again once it is taken: the second run finds what the
-    first committed. A current store takes no lock. (SQLite's write lock serializes the writes.)
+    first committed. A current store takes no lock. (SQLite: ``SqlStore._opening`` orders them.)
     """
     found = current_version(conn)
     if found >= SCHEMA_VERSION or not upgrade or conn.dialect.name != "postgresql":
