@@ -161,6 +161,13 @@ class LockManager:
             return []
         return [(path.stem, _read_record(path.with_name(path.name + ".holder")) or {}) for path in paths]
 
+    def other_holders(self) -> list[str]:
+        """Who the records of this store's lock files name, other than this process: the mvsync runs
+        (and backups) that hold its locks, or held them when they were killed (a record stays then)."""
+        me = (os.getpid(), socket.gethostname())
+        records = [record for _name, record in self.recorded("") if record]
+        return sorted({_describe(record) for record in records if (record.get("pid"), record.get("host")) != me})
+
     # -- SQLite: lock files --------------------------------------------------------------------
     @contextlib.contextmanager
     def _file_lock(self, name: str, wait_s: float, *, transient: bool, note: dict[str, str]) -> Iterator[None]:

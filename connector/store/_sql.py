@@ -385,11 +385,29 @@ class SqlStore:
         )
 
     def _lock_holders_note(self, fault: StoreError) -> str | None:
-        """Who held the lock a PostgreSQL statement waited for until its ``lock_timeout`` ran out (see
-        :func:`table_lock_holders`); None for any other fault."""
-        if self.dialect != "postgresql" or not isinstance(fault, StoreBusyError):
+        """Who held the lock a statement waited for in vain: on PostgreSQL the sessions holding locks on
+        the store's tables (see :func:`table_lock_holders`), on SQLite the runs on record as holding the
+        store's locks (:meth:`_run_holders_note`); None for any other fault."""
+        if not isinstance(fault, StoreBusyError):
             return None
-        return table_lock_holders(self.engine, sorted(metadata.tables))
+        if self.dialect == "postgresql":
+            return table_lock_holders(self.engine, sorted(metadata.tables))
+        return self._run_holders_note()
+
+    def _run_holders_note(self) -> str | None:
+        """The other mvsync runs on record as holding this SQLite store's locks, if any.
+
+        Why: SQLite does not say who holds its database. A run suspended or hung in the middle of a write
+        holds it, and a run of another agent then stopped as busy "such as a backup or antivirus scan",
+        the one holder it did not name being the likeliest one."""
+        held = self.locks.other_holders() if self.path is not None else []
+        if not held:
+            return None
+        return (
+            f"mvsync runs on record as holding this store's locks: {'; '.join(held)} (one suspended or hung in "
+            "the middle of a write holds the database too: let it go on or end it; a record left by a process "
+            "that was killed holds nothing)"
+        )
 
     def check_same_file(self, holder: str = "this process") -> None:
         """Raise :class:`StoreError` if the store's path no longer names the SQLite file this store opened
@@ -459,7 +477,10 @@ class SqlStore:
             f"the store {self.where} is busy: another process holds its database lock{waited} (a backup or "
             "antivirus scan, or a tool with the file open); let it finish, or rerun with --wait SECONDS"
         )
-        raise StoreBusyError(msg)
+        note = self._run_holders_note()
+        busy = StoreBusyError(f"{msg}; {note}" if note else msg)
+        busy.noted = True  # said once, whatever ``faults`` block it passes
+        raise busy
 
     # -- transactions --------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from connector.store import _sql
 from tests.cli._configs import generated_pair, invoke
 from tests.harness.crash import CrashPoint, cli_env, mvsync_command, paused_cli, write_shim
 
@@ -23,17 +24,20 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pauses the firs
 PROFILES = """
 [run_profiles.sync-tgt]
 steps = [{ type = "full-sync", agent = "tgt" }]
+[run_profiles.import-tgt]
+steps = [{ type = "full-import", agent = "tgt" }]
 """
 
 
 @contextlib.contextmanager
-def first_run_paused_in_its_sync(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+def first_run_paused_in_its_sync(tmp_path: Path, at: str = "begin") -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     """The configuration, and run 2 of "cycle" (the real CLI) paused as its step 3 (src full-sync:
-    agent:src and the metaverse held) begins its first transaction (run 1 made the store)."""
+    agent:src and the metaverse held) begins (``at``: or commits) its first transaction (run 1 made the
+    store)."""
     config = tmp_path / "mvsync.toml"
     config.write_text(generated_pair(5) + PROFILES, encoding="utf-8")
     assert invoke("run", "cycle", "-c", str(config))[0] == 0
-    env = cli_env(write_shim(tmp_path / "shim"), CrashPoint("sync", "begin", 1), tmp_path / "report.json", resume=True)
+    env = cli_env(write_shim(tmp_path / "shim"), CrashPoint("sync", at, 1), tmp_path / "report.json", resume=True)
     with paused_cli(["run", "cycle", "-c", str(config), "--json"], env, timeout=120) as first:
         yield config, first
 
@@ -84,3 +88,20 @@ def test_a_run_that_waits_for_another_runs_lock_says_so_and_runs_after_it(tmp_pa
             if second.poll() is None:
                 second.kill()
                 second.communicate()
+
+
+def test_a_run_stopped_as_busy_by_a_run_frozen_in_a_write_names_that_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by hand: a run frozen in the middle of a write (suspended, or hung on its disk) holds the
+    SQLite database, and a run of another agent stopped after the busy timeout as "busy: another
+    process holds its database lock ..., such as a backup or antivirus scan", the one holder it did not
+    name being the likeliest: an mvsync run. The runs on record as holding the store's locks are named."""
+    monkeypatch.setattr(_sql, "BUSY_TIMEOUT_S", 1.0)  # this process's wait (the CLI runs in it)
+    with first_run_paused_in_its_sync(tmp_path, at="commit") as (config, first):
+        code, out, _ = invoke("run", "import-tgt", "-c", str(config), "--json")
+        message = json.loads(out)["message"]
+        assert code == 5 and "is busy" in message, out
+        assert f"run 2 ('cycle', step 3: src full-sync), pid {first.pid} on " in message, message
+        assert _goes_on(first)["status"] == "success"
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0  # nothing left half-done
