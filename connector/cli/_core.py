@@ -93,22 +93,34 @@ def _store(config: MvsyncConfig) -> SqlStore:
 
 
 def _dry_run_store(config: MvsyncConfig) -> SqlStore | None:
-    """The store a dry run works on: None (the configured one) when it exists; else an empty one in
-    memory, so that the dry run previews the first run and creates nothing.
+    """The store a dry run works on: None (the configured one) when it holds a schema; an empty one
+    in memory where no store is yet (no SQLite file, or a database without mvsync's tables), so
+    that the dry run previews the first run and creates nothing.
 
-    Why: a dry run before the first run created the store (its file, schema and lock folder) while
-    it said that nothing was written.
+    Why: a dry run opens the store as a run does, which creates it. Before the first run it created
+    the store (its file, schema and lock folder), and on an empty PostgreSQL database its tables.
     """
     try:
-        SqlStore(config.store_url(), create=False, migrate_schema=False).close()
+        store = SqlStore(config.store_url(), create=False, migrate_schema=False)
     except StoreMissingError as exc:
-        err_console.print(
-            f"dry run: {exc}. Previewing the first run against an empty store (nothing is created).",
-            highlight=False,
-            markup=False,
-        )
-        return SqlStore("sqlite://")
+        return _empty_preview(str(exc))
+    try:
+        found = store.schema_version()
+    finally:
+        store.close()
+    if found == 0:
+        return _empty_preview(f"{store.where} holds no mvsync store yet (a database without mvsync's tables)")
     return None
+
+
+def _empty_preview(why: str) -> SqlStore:
+    """An empty store in memory for a dry run where no store is yet, after saying so."""
+    err_console.print(
+        f"dry run: {why}. Previewing the first run against an empty store (nothing is created).",
+        highlight=False,
+        markup=False,
+    )
+    return SqlStore("sqlite://")
 
 
 def _known_agent(config: MvsyncConfig, agent: str) -> str:

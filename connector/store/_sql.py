@@ -41,7 +41,7 @@ from connector.store._faults import (
     store_faults,
 )
 from connector.store._locks import LockManager, table_lock_holders
-from connector.store._migrations import SCHEMA_VERSION, migrate
+from connector.store._migrations import SCHEMA_VERSION, current_version, migrate
 from connector.store._store_meta import read_meta, write_meta
 from connector.store.tables import blob, metadata
 
@@ -282,6 +282,12 @@ class SqlStore:
                 with contextlib.suppress(StoreError):  # not LockHeldError: waited for, and still held
                     held.enter_context(self.locks.hold("store-open", wait_s=BUSY_TIMEOUT_S))
             yield
+
+    def schema_version(self) -> int:
+        """The schema version the store holds (0: the database holds no mvsync store yet), read
+        without upgrading it: a dry run decides from it what it may open (see ``mvsync run``)."""
+        with self.read() as conn:
+            return current_version(conn)
 
     def upgrade(self, *, check_only: bool = False) -> tuple[int, int]:
         """Bring the schema to this mvsync's version (see ``migrate``): the versions before and after."""

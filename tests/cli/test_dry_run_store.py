@@ -1,0 +1,79 @@
+"""``mvsync run --dry-run`` through the real CLI in a subprocess changes no store, on both backends:
+not an empty PostgreSQL database (no tables)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import inspect, text
+
+from connector.store import SqlStore
+from connector.store._migrations import current_version
+from tests.cli._configs import generated_pair
+
+PROFILES = """[run_profiles.import]
+steps = [{ type = "full-import", agent = "src" }, { type = "full-import", agent = "tgt" }]
+[run_profiles.sync]
+steps = [{ type = "full-sync", agent = "src" }, { type = "delta-sync", agent = "tgt" }]
+[run_profiles.export]
+steps = [{ type = "export", agent = "tgt" }]
+"""
+
+
+def _config(tmp_path: Path, store_url: str, count: int = 5) -> Path:
+    path = tmp_path / "mvsync.toml"
+    path.write_text(generated_pair(count).replace("sqlite:///store.db", store_url) + PROFILES)
+    return path
+
+
+def _mvsync(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as the user runs it: its own process (wide, so that no message is wrapped)."""
+    cli = [sys.executable, "-c", "from connector.cli import main; main()", *args]
+    return subprocess.run(cli, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+
+
+def _store_digest(store_url: str) -> tuple[int, list[str], str]:
+    """The schema version, every table with its columns, and a digest of every row of every table."""
+    store = SqlStore(store_url, create=False, migrate_schema=False)
+    try:
+        with store.read() as conn:
+            inspector = inspect(conn)
+            tables = sorted(inspector.get_table_names())
+            layout = [f"{t}({','.join(sorted(c['name'] for c in inspector.get_columns(t)))})" for t in tables]
+            digest = hashlib.sha256()
+            for table in tables:
+                for row in sorted(repr(tuple(r)) for r in conn.execute(text(f"SELECT * FROM {table}"))):
+                    digest.update(f"{table}:{row}".encode())
+            return current_version(conn), layout, digest.hexdigest()
+    finally:
+        store.close()
+
+
+def test_a_dry_run_creates_no_tables_in_an_empty_database(tmp_path: Path, store_url: str) -> None:
+    """An empty PostgreSQL database (or an empty SQLite file a DBA made) is where the first run will
+    create the store: the dry run created the tables there. Now it previews the first run against an
+    empty store in memory, as it does where no SQLite file is, and the database stays empty."""
+    if store_url.startswith("sqlite"):
+        Path(store_url.removeprefix("sqlite:///")).write_bytes(_empty_sqlite_database(tmp_path))
+    config = _config(tmp_path, store_url)
+    done = _mvsync("run", "cycle", "-c", str(config), "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    assert _store_digest(store_url)[:2] == (0, [])
+    assert json.loads(done.stdout.splitlines()[-1])["steps"][2]["counters"]["projections"] == 5
+    assert "holds no mvsync store" in done.stderr and "nothing is created" in done.stderr
+
+
+def _empty_sqlite_database(tmp_path: Path) -> bytes:
+    """The bytes of a valid SQLite database without any table (what ``sqlite3 store.db 'VACUUM'`` leaves)."""
+    path = tmp_path / "empty.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 0")
+        conn.execute("VACUUM")
+    conn.close()
+    return path.read_bytes()
