@@ -30,6 +30,7 @@ from connector.cli._common import (
 from connector.config import ConfigError, MvsyncConfig, load_config
 from connector.store import (
     ROW_ID_MAX,
+    SCHEMA_VERSION,
     ClearedRuns,
     ConnectorSpace,
     CsObject,
@@ -39,6 +40,7 @@ from connector.store import (
     RunHistory,
     SqlStore,
     StoreMissingError,
+    StoreVersionError,
     import_failures,
     loads,
     people,
@@ -93,12 +95,14 @@ def _store(config: MvsyncConfig) -> SqlStore:
 
 
 def _dry_run_store(config: MvsyncConfig) -> SqlStore | None:
-    """The store a dry run works on: None (the configured one) when it holds a schema; an empty one
-    in memory where no store is yet (no SQLite file, or a database without mvsync's tables), so
-    that the dry run previews the first run and creates nothing.
+    """The store a dry run works on: None (the configured one) when it holds this mvsync's schema;
+    an empty one in memory where no store is yet (no SQLite file, or a database without mvsync's
+    tables), so that the dry run previews the first run and creates nothing.
 
-    Why: a dry run opens the store as a run does, which creates it. Before the first run it created
-    the store (its file, schema and lock folder), and on an empty PostgreSQL database its tables.
+    Why: a dry run opens the store as a run does, which creates it and upgrades its schema. Before
+    the first run it created the store (its file, schema and lock folder), and on an empty
+    PostgreSQL database its tables; on a store an older mvsync wrote it upgraded the schema, so the
+    older mvsync could no longer use it. An older store is refused (:func:`_older_store`).
     """
     try:
         store = SqlStore(config.store_url(), create=False, migrate_schema=False)
@@ -110,7 +114,9 @@ def _dry_run_store(config: MvsyncConfig) -> SqlStore | None:
         store.close()
     if found == 0:
         return _empty_preview(f"{store.where} holds no mvsync store yet (a database without mvsync's tables)")
-    return None
+    if found < SCHEMA_VERSION:
+        raise _older_store(config, store.where, found)
+    return None  # this version's schema; a newer one is refused when the run opens it
 
 
 def _empty_preview(why: str) -> SqlStore:
@@ -121,6 +127,22 @@ def _empty_preview(why: str) -> SqlStore:
         markup=False,
     )
     return SqlStore("sqlite://")
+
+
+def _older_store(config: MvsyncConfig, where: str, found: int) -> StoreVersionError:
+    """The refusal of a dry run on a store an older mvsync wrote (exit 4, as a store that cannot be used).
+
+    Why not a preview: this mvsync reads columns and tables the older schema lacks, and upgrading
+    inside the dry run's rolled-back transaction would hold the schema change's locks (PostgreSQL's
+    ACCESS EXCLUSIVE on the altered tables) for the whole preview, stopping the sync server's runs.
+    """
+    return StoreVersionError(
+        f"dry run: the store {where} has schema version {found}, older than this mvsync's ({SCHEMA_VERSION}), "
+        "and a dry run does not upgrade it (it writes nothing; once upgraded, the older mvsync cannot use it). "
+        "Preview with the mvsync that wrote it; or back the store up, upgrade it with "
+        f"`mvsync store upgrade -c {config.path or DEFAULT_CONFIG}` once every machine that uses it runs this "
+        "version, and preview again"
+    )
 
 
 def _known_agent(config: MvsyncConfig, agent: str) -> str:

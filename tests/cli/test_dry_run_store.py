@@ -1,5 +1,5 @@
 """``mvsync run --dry-run`` through the real CLI in a subprocess changes no store, on both backends:
-not an empty PostgreSQL database (no tables)."""
+not an older store's schema (no upgrade), not an empty PostgreSQL database (no tables)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy import inspect, text
 from connector.store import SqlStore
 from connector.store._migrations import current_version
 from tests.cli._configs import generated_pair
+from tests.store._old_store import make_version_5
 
 PROFILES = """[run_profiles.import]
 steps = [{ type = "full-import", agent = "src" }, { type = "full-import", agent = "tgt" }]
@@ -53,6 +54,30 @@ def _store_digest(store_url: str) -> tuple[int, list[str], str]:
             return current_version(conn), layout, digest.hexdigest()
     finally:
         store.close()
+
+
+def _as_version_5(store_url: str) -> None:
+    store = SqlStore(store_url)
+    try:
+        make_version_5(store)
+    finally:
+        store.close()
+
+
+def test_a_dry_run_does_not_upgrade_an_older_store(tmp_path: Path, store_url: str) -> None:
+    """A store an older mvsync wrote: the operator previews before the upgrade. The dry run upgraded
+    the store (version 5 -> 6, a column added), so the older mvsync could no longer use it. Now it
+    stops with exit 4 before it opens the store for writing, says why and what to do, and the store
+    stays at version 5, every row and column as it was."""
+    config = _config(tmp_path, store_url)
+    assert _mvsync("run", "cycle", "-c", str(config)).returncode == 0
+    _as_version_5(store_url)
+    before = _store_digest(store_url)
+    done = _mvsync("run", "export", "-c", str(config), "--dry-run")
+    assert _store_digest(store_url) == before and before[0] == 5
+    assert done.returncode == 4, done.stderr
+    assert "schema version 5, older than this mvsync's" in done.stderr and "mvsync store upgrade" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_dry_run_creates_no_tables_in_an_empty_database(tmp_path: Path, store_url: str) -> None:

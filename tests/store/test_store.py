@@ -11,6 +11,7 @@ from sqlalchemy import func, select, text, update
 from connector.store import SCHEMA_VERSION, BatchInsert, BatchUpdate, SqlStore, StoreVersionError
 from connector.store._migrations import current_version
 from connector.store.tables import blob, cs_object, store_meta, transform_cache
+from tests.store._old_store import make_version_5
 
 
 def test_fresh_store_is_migrated_to_the_current_version(store_url: str) -> None:
@@ -37,10 +38,9 @@ def test_migration_rerun_is_idempotent(store_url: str) -> None:
 def test_a_version_5_store_gains_the_renderings_column(store_url: str) -> None:
     """A store written before renderings were kept: migration 6 adds the column, keeping the rows."""
     store = SqlStore(store_url)
+    make_version_5(store)
     with store.transaction() as conn:
-        conn.execute(text("ALTER TABLE cs_object DROP COLUMN renderings"))
         conn.execute(text("INSERT INTO cs_object (agent, object_class, anchor) VALUES ('exo', 'EXOUser', 'u1')"))
-        conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value="5"))
     store.close()
     again = SqlStore(store_url)
     try:
