@@ -1,5 +1,6 @@
 """``mvsync run --dry-run`` through the real CLI in a subprocess changes no store, on both backends:
-not an older store's schema (no upgrade), not an empty PostgreSQL database (no tables)."""
+not an older store's schema (no upgrade), not an empty PostgreSQL database (no tables), not a row of
+any table after a dry run of each step type, not the files beside a SQLite store."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import inspect, text
 
-from connector.store import SqlStore
+from connector.store import SCHEMA_VERSION, SqlStore
 from connector.store._migrations import current_version
 from tests.cli._configs import generated_pair
 from tests.store._old_store import make_version_5
@@ -102,3 +103,37 @@ def _empty_sqlite_database(tmp_path: Path) -> bytes:
         conn.execute("VACUUM")
     conn.close()
     return path.read_bytes()
+
+
+def test_a_dry_run_of_each_step_type_changes_no_row_nor_file(tmp_path: Path, store_url: str) -> None:
+    """Import, sync (full, delta) and export dry runs on a store with history, agent state, both
+    connector spaces, a metaverse with photos and pending exports: every table's rows (the history,
+    watermarks and store_meta too), and the files beside a SQLite store (the database byte for byte,
+    its lock folder's files), are what they were. (The transform cache stays empty here; tests/store/
+    test_dry_run.py compares every table with the engine too.)"""
+    config = _config(tmp_path, store_url)
+    assert _mvsync("run", "cycle", "-c", str(config)).returncode == 0
+    before = _store_digest(store_url), _files_beside(store_url)
+    assert before[0][0] == SCHEMA_VERSION
+    _config(tmp_path, store_url, count=6)  # a sixth person in both systems: the import has news to preview
+    for profile, change in (("import", "pending_import"), ("sync", None), ("export", "export")):
+        done = _mvsync("run", profile, "-c", str(config), "--dry-run")
+        assert done.returncode == 0, (profile, done.stderr)
+        assert change is None or any(change in json.loads(line) for line in done.stdout.splitlines()), profile
+        assert (_store_digest(store_url), _files_beside(store_url)) == before, profile
+
+
+def _files_beside(store_url: str) -> dict[str, str]:
+    """Every file in a SQLite store's folder (the database, its lock folder) with its content's digest.
+
+    A lock's ``.holder`` record counts by its presence only: a dry run holds the run locks as a run
+    does (so that no run writes what it reads) and says who holds them there, read only while held.
+    """
+    if not store_url.startswith("sqlite:///"):
+        return {}
+    folder = Path(store_url.removeprefix("sqlite:///")).parent
+    return {
+        str(p.relative_to(folder)): "" if p.name.endswith(".holder") else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+    }
