@@ -76,6 +76,7 @@ from connector.emulator._config import EmulatorConfig
 from connector.emulator._faults import FaultInjector
 from connector.emulator._http import Request, Response
 from connector.emulator._identity import AccessClaims, Identity, b64url, b64url_decode
+from connector.emulator._listing import Listing, ListingCache, SortKey
 from connector.emulator._photos import available_sizes, reencode_jpeg, splice_marker
 from connector.emulator._query import FilterError, parse_filter
 from connector.emulator._races import RemovalRace
@@ -209,6 +210,8 @@ class GraphService:
         self.graph_url = f"{base_url}/v1.0"
         self.latency_s = config.latency_ms / 1000.0
         self.delta_floor = 0  # delta tokens older than this tenant version need a resync
+        #: ``GET /users`` listings kept between pages (``_listing``)
+        self.listings = ListingCache()
         #: A removal made to race the agent's photo read (``Admin.remove_at_photo_read``), until it is done
         self.removal_race: RemovalRace | None = None
 
@@ -540,10 +543,29 @@ class GraphService:
             users = [u for u in users if flt.predicate(u.props)]
         return users, advanced
 
+    def _listing(self, req: Request, order_prop: str) -> tuple[Listing, bool]:
+        """The users a listing query matches, sorted by ``order_prop`` then id, and whether it is advanced.
+
+        Built once per query and tenant state (``ListingCache``): the key holds everything ``_filtered``
+        decides by, so a cached listing answers only a query that was valid when it was built.
+        """
+        query = req.query
+        eventual = req.headers.get("consistencylevel", "").lower() == "eventual"
+        advanced = eventual and query.get("$count", "").lower() == "true"
+        key = (query.get("$search"), query.get("$filter"), eventual, advanced, order_prop)
+
+        def build() -> Listing:
+            users, _ = self._filtered(req)
+            self.stats.count("users_examined", len(self.tenant.sorted_ids))
+            keyed = sorted(((str(u.props.get(order_prop) or "").lower(), u.id), u) for u in users)
+            return Listing([k for k, _ in keyed], [u for _, u in keyed])
+
+        return self.listings.get(self.tenant.edits, key, build), advanced
+
     async def _count_users(self, req: Request, rid: str) -> Response:
         if req.headers.get("consistencylevel", "").lower() != "eventual":
             raise GraphError(400, "Request_BadRequest", "$count is not currently supported.")
-        users, _ = self._filtered(req)
+        users = self._listing(req, "id")[0].users
         headers = [*self._headers(req, rid), ("Content-Type", "text/plain")]
         return Response(200, str(len(users)).encode(), headers)
 
@@ -560,7 +582,6 @@ class GraphService:
             )
         top = int(top_text)
         select = self._select(query, collection=True)
-        users, advanced = self._filtered(req)
         order_prop, descending = "id", False
         if query.get("$orderby"):
             parts = query["$orderby"].split()
@@ -570,24 +591,17 @@ class GraphService:
                 or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc"))
             ):
                 raise GraphError(400, "Request_UnsupportedQuery", f"Order by '{query['$orderby']}' not supported.")
-            if query.get("$filter") and not advanced:
-                raise GraphError(400, "Request_UnsupportedQuery", "Sorting not supported for current query.")
             order_prop, descending = parts[0], len(parts) == 2 and parts[1].lower() == "desc"
-        keyed = sorted(((str(u.props.get(order_prop) or "").lower(), u.id), u) for u in users)
-        if descending:
-            keyed.reverse()
-        start = 0
-        if "$skiptoken" in query:
-            try:
-                after = tuple(json.loads(b64url_decode(query["$skiptoken"]))["k"])
-            except (ValueError, KeyError, TypeError):
-                raise GraphError(400, "Request_BadRequest", "The specified page token value is not valid.") from None
-            start = next((i for i, (k, _) in enumerate(keyed) if (k < after if descending else k > after)), len(keyed))
-        page = keyed[start : start + top]
+        listing, advanced = self._listing(req, order_prop)
+        if query.get("$orderby") and query.get("$filter") and not advanced:
+            raise GraphError(400, "Request_UnsupportedQuery", "Sorting not supported for current query.")
+        after = _skiptoken_key(query["$skiptoken"]) if "$skiptoken" in query else None
+        page, more = listing.page(after, top, descending)
+        self.stats.count("users_examined", len(page))
         body: dict[str, Any] = {"@odata.context": self._context(select)}
         if advanced and "$skiptoken" not in query:
-            body["@odata.count"] = len(users)
-        if start + top < len(keyed):
+            body["@odata.count"] = len(listing.users)
+        if more:
             token = b64url(json.dumps({"k": list(page[-1][0])}).encode())
             params = {k: v for k, v in query.items() if k != "$skiptoken"}
             params["$skiptoken"] = token
@@ -1059,6 +1073,17 @@ def _search_match(user: User, search: str) -> bool:
         ):
             return True
     return False
+
+
+def _skiptoken_key(token: str) -> SortKey:
+    """The sort key a ``GET /users`` next link continues after; 400 for a token this emulator did not make."""
+    try:
+        key = json.loads(b64url_decode(token))["k"]
+    except (ValueError, KeyError, TypeError):
+        key = None
+    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)):
+        raise GraphError(400, "Request_BadRequest", "The specified page token value is not valid.")
+    return key[0], key[1]
 
 
 def _delta_ids(text: str | None) -> list[str] | None:

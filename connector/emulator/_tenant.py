@@ -258,6 +258,9 @@ class Tenant:
         self.version = 1
         #: (version, id, reason) of deleted users, in version order.
         self.tombstones: list[tuple[int, str, str]] = []
+        #: Counts every change to users (guests made at generation included), so listings kept for
+        #: paging know when to be rebuilt; the version does not move for every such change.
+        self.edits = 0
         self._nicknames: set[str] = set()
         self._rng = random.Random(f"tenant:{seed}")
         #: ``/beta/admin/people/photoUpdateSettings``: who masters photos (``cloud`` | ``onPremises``);
@@ -286,6 +289,7 @@ class Tenant:
         upn = f"{external.replace('@', '_')}#EXT#@{self.domain}"
         self.by_upn[upn.lower()] = user.id
         user.mailbox = "none"
+        self.edits += 1
         user.props.update(userPrincipalName=upn, userType="Guest", mail=external, proxyAddresses=[f"SMTP:{external}"])
 
     def _generate_members(self, count: int, photo_ratio: float, naming: str) -> None:
@@ -357,6 +361,7 @@ class Tenant:
         self.by_upn[str(user.props["userPrincipalName"]).lower()] = user.id
         bisect.insort(self.sorted_ids, user.id)
         user.versions = {name: version for name in USER_PROPERTIES}
+        self.edits += 1
 
     # --- lookups -----------------------------------------------------------------------------
     def find(self, key: str) -> User | None:
@@ -432,11 +437,13 @@ class Tenant:
             if user.props.get(name) != value:
                 user.props[name] = value
                 user.versions[name] = version
+        self.edits += 1
 
     def delete_user(self, user: User, permanent: bool = False) -> None:
         user.deleted = "hard" if permanent else "soft"
         self.by_upn.pop(str(user.props["userPrincipalName"]).lower(), None)
         self.tombstones.append((self._bump(), user.id, "deleted" if permanent else "changed"))
+        self.edits += 1
 
     def set_photo(self, user: User, data: bytes, *, reencode: bool) -> Photo:
         """Store a photo. Graph uploads are re-encoded to JPEG (as Exchange does); admin ones are kept.
