@@ -258,6 +258,9 @@ class Tenant:
         self.version = 1
         #: (version, id, reason) of deleted users, in version order.
         self.tombstones: list[tuple[int, str, str]] = []
+        #: (version, id) of every user added or changed, in version order: a delta round's changes are
+        #: found from it, not by visiting the whole tenant on each page.
+        self.change_log: list[tuple[int, str]] = []
         #: Counts every change to users (guests made at generation included), so listings kept for
         #: paging know when to be rebuilt; the version does not move for every such change.
         self.edits = 0
@@ -361,6 +364,7 @@ class Tenant:
         self.by_upn[str(user.props["userPrincipalName"]).lower()] = user.id
         bisect.insort(self.sorted_ids, user.id)
         user.versions = {name: version for name in USER_PROPERTIES}
+        self.change_log.append((version, user.id))
         self.edits += 1
 
     # --- lookups -----------------------------------------------------------------------------
@@ -374,6 +378,15 @@ class Tenant:
 
     def live_users(self) -> list[User]:
         return [u for i in self.sorted_ids if not (u := self.users[i]).deleted]
+
+    def changed_since(self, version: int) -> set[str]:
+        """Ids of the users added or changed after tenant ``version``, deleted ones included."""
+        start = bisect.bisect_right(self.change_log, version, key=lambda entry: entry[0])
+        return {user_id for _, user_id in self.change_log[start:]}
+
+    def tombstones_since(self, version: int) -> list[tuple[int, str, str]]:
+        """The deletions made after tenant ``version``, in version order."""
+        return self.tombstones[bisect.bisect_right(self.tombstones, version, key=lambda entry: entry[0]) :]
 
     @property
     def default_user(self) -> User:
@@ -437,6 +450,7 @@ class Tenant:
             if user.props.get(name) != value:
                 user.props[name] = value
                 user.versions[name] = version
+        self.change_log.append((version, user.id))
         self.edits += 1
 
     def delete_user(self, user: User, permanent: bool = False) -> None:

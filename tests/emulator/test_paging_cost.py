@@ -69,3 +69,23 @@ def test_a_skiptoken_the_emulator_did_not_make_is_a_bad_request(session_api: Api
         # before: a non-string key reached the comparison and the emulator answered 500
         assert resp.status_code == 400, (key, resp.status_code)
         assert resp.json()["error"]["message"] == "The specified page token value is not valid."
+
+
+def test_a_delta_page_examines_only_the_users_it_may_list(graph_emulator_factory: Callable[..., GraphEmulator]) -> None:
+    prefer = {"Prefer": "odata.maxpagesize=50"}
+    emu = graph_emulator_factory(users=1000)
+    api = make_api(emu)
+    pages = list(_pages(api, "/users/delta?$select=id,mail", prefer))
+    assert sum(len(body["value"]) for body, _ in pages) == 1000
+    # before: each page listed the whole tenant's live users again (examined 1000 per page)
+    assert [examined for _, examined in pages] == [51] * 19 + [50]
+    users = emu.admin.users()
+    emu.admin.update_user(users[500]["id"], mail="changed@contoso.example")
+    emu.admin.delete_user(users[900]["id"])
+    changes = list(_pages(api, pages[-1][0]["@odata.deltaLink"], prefer))
+    assert [entry["id"] for body, _ in changes for entry in body["value"]] == sorted(
+        [users[500]["id"], users[900]["id"]]
+    )
+    # before: a round of two changes visited all 1000 users
+    assert [examined for _, examined in changes] == [2]
+    api.http.close()
