@@ -34,6 +34,7 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreUnreachableError",
     "damaged",
+    "database_busy",
     "first_line",
     "store_faults",
 ]
@@ -95,6 +96,15 @@ def damaged(where: str, detail: str) -> StoreCorruptError:
     return StoreCorruptError(f"the store {where} is damaged ({detail}): {RESTORE_HINT}; `mvsync doctor` checks it")
 
 
+def database_busy(where: str, detail: str) -> StoreBusyError:
+    """The one answer to a SQLite store whose database another process holds (``detail``: SQLite's
+    words, or how long the run waited): who that may be, and what to do."""
+    return StoreBusyError(
+        f"the store {where} is busy: another process holds its database lock ({detail}), such as a backup "
+        "or antivirus scan, or a tool with the file open; let it finish, or rerun with --wait SECONDS"
+    )
+
+
 class DamagedDocumentError(StoreCorruptError):
     """A JSON document of a row reads (its page is sound) but is not JSON: bytes changed on the disk.
 
@@ -150,10 +160,7 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
     if "Could not decode to UTF-8" in text:  # Python's sqlite3 reading a text value whose bytes were damaged
         return damaged(where, _not_utf8(text))
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
-        return StoreBusyError(
-            f"the store {where} is busy: another process holds its database lock ({text}), such as a backup "
-            "or antivirus scan, or a tool with the file open; let it finish, or rerun with --wait SECONDS"
-        )
+        return database_busy(where, text)
     if name.startswith("SQLITE_FULL") or "database or disk is full" in text:
         return StoreError(
             f"the store {where} cannot grow: the disk is full ({text}); free space on that volume (the store "

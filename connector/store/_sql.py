@@ -38,6 +38,7 @@ from connector.store._faults import (
     StoreMissingError,
     StoreReadOnlyError,
     damaged,
+    database_busy,
     store_faults,
 )
 from connector.store._locks import LockManager, table_lock_holders
@@ -478,13 +479,10 @@ class SqlStore:
                         raise StoreError(f"cannot use the store {self.where}: {exc}") from None
                 finally:
                     raw.execute(f"PRAGMA busy_timeout={_busy_ms()}")
-        waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
-        msg = (
-            f"the store {self.where} is busy: another process holds its database lock{waited} (a backup or "
-            "antivirus scan, or a tool with the file open); let it finish, or rerun with --wait SECONDS"
-        )
+        busy = database_busy(self.where, f"after waiting {max(wait_s, BUSY_GRACE_S):g} s")
         note = self._run_holders_note()
-        busy = StoreBusyError(f"{msg}; {note}" if note else msg)
+        if note:
+            busy = StoreBusyError(f"{busy}; {note}")
         busy.noted = True  # said once, whatever ``faults`` block it passes
         raise busy
 
