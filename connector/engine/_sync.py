@@ -325,6 +325,8 @@ class _Sync:
         self._kept_mv_id = 0
         #: a delta synchronization visits the disconnectors too (see ``_metaverse_changed``)
         self.disconnectors = False
+        #: the agent has joined objects whose deletion is staged: visited first (see ``_chunks``)
+        self.deletes_first = False
         self.counters = ctx.result.counters
         self._candidates: dict[int, list[tuple[JoinRule, set[int]]]] = {}
         #: states of the chunk's unjoined rows, parsed once for the join lookups and reused after
@@ -620,10 +622,9 @@ class _Sync:
         person's AD thumbnail clear was staged meanwhile, and where the old mailbox's photo was
         outranked (the metaverse unchanged) the new mailbox stayed unjoined through every delta.
         """
-        space = ConnectorSpace(conn)
-        if not space.has_disconnectors(self.rules.agent):
+        if not ConnectorSpace(conn).has_disconnectors(self.rules.agent):
             return False  # nothing to visit: the metaverse need not be looked at
-        if space.has_joined_deletes(self.rules.agent):
+        if self.deletes_first:
             return True
         last_sync = RunHistory(conn).last_sync_end(self.rules.agent)
         if last_sync is None:
@@ -638,9 +639,7 @@ class _Sync:
         frees its metaverse object for the agent's other objects, and in id order an unjoined object
         older than the deleted one was judged while the person was still held (it stayed unjoined,
         and no later delta visited it when the metaverse had not changed)."""
-        with self.ctx.store.read() as conn:
-            deletes_first = ConnectorSpace(conn).has_joined_deletes(self.rules.agent)
-        for joined_deletes in (True, False) if deletes_first else (None,):
+        for joined_deletes in (True, False) if self.deletes_first else (None,):
             last = -1
             while True:
                 with self.ctx.store.read() as conn:
@@ -696,6 +695,7 @@ class _Sync:
         ctx = self.ctx
         with ctx.store.read() as conn:
             self.next_mv_id = self._kept_mv_id = Metaverse(conn).next_id()
+            self.deletes_first = ConnectorSpace(conn).has_joined_deletes(self.rules.agent)
             self.disconnectors = not self.full and self._metaverse_changed(conn)
             total = ConnectorSpace(conn).count(
                 self.rules.agent, needing_sync=not self.full, disconnectors=self.disconnectors
