@@ -121,16 +121,7 @@ def describe_failure(
             )
         return f"timeout during read from {where}: no answer within receive_timeout ({settings.receive_timeout} s)"
     if _is_certificate_failure(exc):
-        names = _certificate_names(text)
-        if names and "match" in lowered:  # a valid certificate for other names: say which, not the whole dict
-            return (
-                f"certificate: the certificate of {where} names {', '.join(names)}, not {settings.host}: set host "
-                "to one of those names, or have the DC's certificate issued for that name too"
-            )
-        return (
-            f"certificate: TLS with {where} failed: {text}. The server certificate must chain to "
-            "ca_file (or the system trust store) and name the configured host"
-        )
+        return _certificate_failure(text, where, settings)
     if tls_phase and isinstance(exc, ConnectionError):
         # a DC restarting or overloaded, or a firewall or load balancer cutting connections, resets
         # the handshake as well as a port without TLS does: worth the reconnect attempts, unlike a
@@ -142,6 +133,49 @@ def describe_failure(
     if tls_phase or isinstance(exc, ssl.SSLError):
         return f"TLS handshake with {where} failed: {text} (does the port speak {settings.security}?)"
     return f"connection to {where} lost: {text}"
+
+
+#: OpenSSL's reason in a failed verification's text ("certificate verify failed: certificate has expired
+#: (_ssl.c:1006)"), which ldap3 hands on inside the text of nested exception argument tuples.
+_VERIFY_REASON = re.compile(r"certificate verify failed: ([^(\"'\\]+)")
+
+
+def _certificate_failure(text: str, where: str, settings: ActiveDirectorySettings) -> str:
+    """What is wrong with the DC's certificate, and the setting or the fix for it.
+
+    Why by reason: an expired certificate, one not valid yet and one from a CA the agent does not
+    trust each need another fix (renew it, set a clock right, set ``ca_file``); one generic advice
+    sent the operator of an expired certificate, which chains and names the host, to ``ca_file``.
+    """
+    names = _certificate_names(text)
+    if names and "match" in text.lower():  # a valid certificate for other names: say which, not the whole dict
+        return (
+            f"certificate: the certificate of {where} names {', '.join(names)}, not {settings.host}: set host "
+            "to one of those names, or have the DC's certificate issued for that name too"
+        )
+    found = _VERIFY_REASON.search(text)
+    reason = found.group(1).strip() if found else text
+    lowered = reason.lower()
+    if "expired" in lowered:
+        return (
+            f"certificate: the certificate of {where} has expired: renew it (or, if it is still valid, set this "
+            "machine's clock right); the agent does not connect without a valid certificate"
+        )
+    if "not yet valid" in lowered:
+        return (
+            f"certificate: the certificate of {where} is not valid yet: this machine's clock or the DC's is wrong "
+            "(check both against a time source), or the certificate was issued with a start date ahead"
+        )
+    if "issuer" in lowered or "self-signed" in lowered or "self signed" in lowered:
+        trusted = "the system's trust store" if settings.ca_file is None else f"ca_file {settings.ca_file}"
+        return (
+            f"certificate: the certificate of {where} is not issued by a CA in {trusted} ({reason}): set ca_file "
+            "to the PEM file of the CA that issued the DC's certificate (your enterprise CA)"
+        )
+    return (
+        f"certificate: TLS with {where} failed: {reason}. The server certificate must chain to "
+        "ca_file (or the system trust store) and name the configured host"
+    )
 
 
 #: AD's reasons for refusing a bind (the ``data`` code of its invalidCredentials message), with what to do.

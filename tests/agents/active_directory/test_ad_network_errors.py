@@ -6,6 +6,8 @@ The hung DC is a real loopback socket that accepts connections and never writes 
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import socket
 import ssl
@@ -14,14 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from pydantic import SecretStr
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.cli import app
-from connector.sdk import ConfigurationError, ServerDownError
-from tests.harness.sockets import faulty_proxy, silent_server
+from connector.sdk import ConfigurationError, ServerDownError, StopRunError
+from tests.harness.sockets import faulty_proxy, handing_to, silent_server
 
 
 @pytest.fixture
@@ -114,10 +117,8 @@ def test_each_kind_of_failure_is_named(error: BaseException, kind: str) -> None:
     assert kind in described
 
 
-def test_a_run_against_a_hung_dc_stops_with_the_host_and_the_kind(
-    hung_dc: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The measured answer of the issue's proof: exit code 4 and a message naming host, port, kind."""
+def _run_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, settings: str) -> Result:
+    """``mvsync run import`` (a full import of an agent on 127.0.0.1:``port``, plus ``settings`` lines)."""
     monkeypatch.setenv("MVSYNC_TEST_AD_PASSWORD", "not-the-point")
     config = tmp_path / "mvsync.toml"
     config.write_text(
@@ -128,17 +129,23 @@ url = "sqlite:///store.db"
 type = "active-directory"
 [agents.ad.settings]
 host = "127.0.0.1"
-port = {hung_dc}
+port = {port}
 bind_dn = "CN=svc,DC=example,DC=test"
 password = {{ env = "MVSYNC_TEST_AD_PASSWORD" }}
 base_dns = ["DC=example,DC=test"]
-connect_timeout = 1
-reconnect_attempts = 0
+{settings}
 [run_profiles.import]
 steps = [{{ type = "full-import", agent = "ad" }}]
 """
     )
-    result = CliRunner().invoke(app, ["run", "import", "-c", str(config)], env={"COLUMNS": "250"})
+    return CliRunner().invoke(app, ["run", "import", "-c", str(config)], env={"COLUMNS": "250"})
+
+
+def test_a_run_against_a_hung_dc_stops_with_the_host_and_the_kind(
+    hung_dc: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The measured answer of the issue's proof: exit code 4 and a message naming host, port, kind."""
+    result = _run_import(tmp_path, monkeypatch, hung_dc, "connect_timeout = 1\nreconnect_attempts = 0")
     assert result.exit_code == 4, result.output
     assert "stopped-server-down" in result.stdout
     assert f"127.0.0.1:{hung_dc} (ldaps)" in result.stdout and "timeout during the TLS handshake" in result.stdout
@@ -162,3 +169,80 @@ def test_a_ca_file_that_is_no_file_is_a_configuration_error_naming_the_key(tmp_p
         str(caught.value)
         == f"ca_file: {ca_file} {reason}: give the PEM file of the CA that issued the server's certificate"
     )
+
+
+@contextlib.contextmanager
+def _tls_dc(certificate: trustme.LeafCert) -> Iterator[int]:
+    """A loopback port that completes TLS handshakes with ``certificate`` and then closes (the handshake
+    is all these tests need: the client's verification refuses the certificate there)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+
+    def handshake(conn: socket.socket) -> None:
+        with contextlib.suppress(ssl.SSLError), context.wrap_socket(conn, server_side=True):
+            pass
+
+    with handing_to(handshake) as port:
+        yield port
+
+
+_NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("expired", "has expired: renew it (or, if it is still valid, set this machine's clock right"),
+        ("not-yet-valid", "is not valid yet: this machine's clock or the DC's is wrong"),
+        (
+            "unknown-ca",
+            "is not issued by a CA in the system's trust store (unable to get local issuer certificate): set ca_file",
+        ),
+        ("other-ca-file", "is not issued by a CA in ca_file "),
+    ],
+)
+def test_a_certificate_that_does_not_validate_says_why_and_what_to_set(
+    case: str, expected: str, tmp_path: Path
+) -> None:
+    """Found in a bad-day pass: an expired certificate, one not valid yet (a clock off) and one from a CA
+    that is not trusted all stopped with the same advice, "must chain to ca_file (or the system trust
+    store) and name the configured host", around ldap3's nested tuple text; an expired certificate chains
+    and names the host, so the advice sent the operator to the wrong setting. Each now says what is wrong
+    with the certificate and what to do, naming ca_file (and the file) where the CA is the matter."""
+    ca = trustme.CA()
+    validity = {
+        "expired": (_NOW - dt.timedelta(days=400), _NOW - dt.timedelta(days=1)),
+        "not-yet-valid": (_NOW + dt.timedelta(days=2), _NOW + dt.timedelta(days=400)),
+    }
+    not_before, not_after = validity.get(case, (_NOW - dt.timedelta(days=1), _NOW + dt.timedelta(days=400)))
+    certificate = ca.issue_cert("127.0.0.1", not_before=not_before, not_after=not_after)
+    ca_file = tmp_path / "ca.pem"
+    (ca if case != "other-ca-file" else trustme.CA()).cert_pem.write_to_path(str(ca_file))
+    extra = {} if case == "unknown-ca" else {"ca_file": ca_file}
+    with _tls_dc(certificate) as port, pytest.raises(StopRunError) as caught:
+        Link(_settings(port, **extra), logging.getLogger("test")).connect()
+    message = str(caught.value)
+    assert not isinstance(caught.value, ServerDownError)  # retrying cannot fix it
+    assert message.startswith(f"certificate: the certificate of 127.0.0.1:{port} (ldaps) "), message
+    assert expected in message, message
+    assert "(\"('" not in message and "_ssl.c" not in message, message  # the reason, not ldap3's nested tuples
+    if case == "other-ca-file":
+        assert f"is not issued by a CA in ca_file {ca_file} (" in message, message
+
+
+def test_a_run_against_a_dc_with_an_expired_certificate_stops_naming_host_and_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's view: ``mvsync run`` ends with exit code 4, and the step's message names the DC and
+    that its certificate expired."""
+    ca = trustme.CA()
+    certificate = ca.issue_cert(
+        "127.0.0.1", not_before=_NOW - dt.timedelta(days=400), not_after=_NOW - dt.timedelta(days=1)
+    )
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    with _tls_dc(certificate) as port:
+        ca_file = f'ca_file = "{(tmp_path / "ca.pem").as_posix()}"'
+        result = _run_import(tmp_path, monkeypatch, port, f"{ca_file}\nconnect_timeout = 5")
+    assert result.exit_code == 4, result.output
+    assert "stopped-connector-error" in result.stdout, result.stdout
+    assert f"the certificate of 127.0.0.1:{port} (ldaps) has expired" in result.stdout, result.stdout
