@@ -60,6 +60,7 @@ from connector.agents.active_directory._ldap import (
     and_filter,
     decode_values,
     dn_in_scope,
+    dn_within,
     equality_filter,
     equals_filter,
     filter_attributes,
@@ -524,9 +525,7 @@ class Importer:
         contexts = self._contexts()
         roots: list[str] = []
         for base, normalized in zip(self._bases, self._normalized_bases, strict=True):
-            matches = [
-                nc for nc in contexts if normalized == normalize_dn(nc) or normalized.endswith("," + normalize_dn(nc))
-            ]
+            matches = [nc for nc in contexts if dn_within(normalized, normalize_dn(nc))]
             root = max(matches, key=len) if matches else base
             if root not in roots:
                 roots.append(root)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from ldap3.core.exceptions import LDAPInvalidDnError, LDAPInvalidFilterError
 from ldap3.operation.search import parse_filter
 from ldap3.utils.conv import escape_bytes, escape_filter_chars
-from ldap3.utils.dn import parse_dn
+from ldap3.utils.dn import escape_rdn, parse_dn
 
 from connector.sdk import AttributeType, Value
 
@@ -24,6 +24,7 @@ __all__ = [
     "and_filter",
     "decode_values",
     "dn_in_scope",
+    "dn_within",
     "encode_values",
     "equality_filter",
     "filter_attributes",
@@ -38,14 +39,51 @@ _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$|^\d+(\.\d+)+$")
 
 
 # ------------------------------------------------------------------------------------- DNs
+#: An RFC 4514 escape in a DN's attribute value: a backslash and two hex digits (one byte of the value's
+#: UTF-8), or a backslash and the character itself.
+_DN_ESCAPE = re.compile(r"\\([0-9A-Fa-f]{2}|.)", re.DOTALL)
+
+
+def _unescaped(value: str) -> str:
+    """An attribute value of a DN as the characters it stands for, its escapes undone."""
+    raw = bytearray()
+    position = 0
+    for escape in _DN_ESCAPE.finditer(value):
+        raw += value[position : escape.start()].encode("utf-8")
+        code = escape.group(1)
+        raw += bytes.fromhex(code) if len(code) == 2 else code.encode("utf-8")
+        position = escape.end()
+    raw += value[position:].encode("utf-8")
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def normalize_dn(dn: str) -> str:
-    """A comparable form of ``dn``: case and spacing around separators do not matter in AD."""
+    """A comparable form of ``dn``: case, spacing around separators and the way a character is escaped
+    do not matter in AD.
+
+    Why the escapes: RFC 4514 lets a value's character be escaped as a backslash and itself or as its
+    hex code (``OU=R\\+D``, ``OU=R\\2BD``), and the DC reads the same object under either, while it
+    spells DNs back one way; a base DN written the other way held nobody the export would write.
+    Each value is spelled again with the same escapes (ldap3's ``escape_rdn``), so the form is unique.
+    """
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except LDAPInvalidDnError as exc:
         msg = f"not a valid DN: {dn!r} ({exc})"
         raise ValueError(msg) from None
-    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _sep in parts)
+    return "".join(f"{attr.lower()}={_canonical(value)}{separator}" for attr, value, separator in parts)
+
+
+def _canonical(value: str) -> str:
+    """One spelling of a DN's attribute value: lower case, escaped as ldap3's ``escape_rdn`` does."""
+    text = _unescaped(value).lower()
+    return escape_rdn(text) if text else ""
+
+
+def dn_within(dn: str, base: str) -> bool:
+    """Whether ``dn`` is ``base`` or lies below it; both in :func:`normalize_dn`'s form (in which a value's
+    commas and equals signs are escaped, so the text's end matches at a separator only)."""
+    return dn == base or dn.endswith("," + base)
 
 
 def dn_in_scope(dn: str, normalized_bases: Iterable[str]) -> bool:
@@ -54,7 +92,7 @@ def dn_in_scope(dn: str, normalized_bases: Iterable[str]) -> bool:
         candidate = normalize_dn(dn)
     except ValueError:
         return False
-    return any(candidate == base or candidate.endswith("," + base) for base in normalized_bases)
+    return any(dn_within(candidate, base) for base in normalized_bases)
 
 
 # ------------------------------------------------------------------------------------- filters

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.agents.active_directory._ldap import normalize_dn, validate_filter
+from connector.agents.active_directory._ldap import dn_within, normalize_dn, validate_filter
 from connector.sdk import ConnectorSettings, parse_psma_attribute
 
 __all__ = ["ActiveDirectorySettings"]
@@ -95,7 +95,7 @@ class ActiveDirectorySettings(ConnectorSettings):
         normalized = [normalize_dn(dn) for dn in value]
         for i, a in enumerate(normalized):
             for j, b in enumerate(normalized):
-                if i != j and (a == b or a.endswith("," + b)):
+                if i != j and dn_within(a, b):
                     msg = f"base DN {value[i]!r} lies inside {value[j]!r}: objects would be read twice"
                     raise ValueError(msg)
         return value

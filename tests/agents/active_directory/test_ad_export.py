@@ -13,7 +13,14 @@ import pytest
 from ldap3 import MODIFY_REPLACE
 
 from connector import metrics
-from connector.sdk import AttributeChange, CSEntryChange, ExportStatus, ScopeViolationError
+from connector.sdk import (
+    AttributeChange,
+    CSEntryChange,
+    ExportStatus,
+    ImportMode,
+    ImportRequest,
+    ScopeViolationError,
+)
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.conftest import require_or_skip
 from tests.harness.samba_dc import UserSpec
@@ -194,6 +201,25 @@ def test_scope_guard_objects_outside_the_base_dns_are_refused(ad_env: ADTestEnv)
     assert by_id["dn-outside"].error_name == "scope-violation"
     assert ad_env.read(f"{ad_env.tag}out", "thumbnailPhoto", ou=outside) == [jpeg(2)]
     assert ad_env.read(f"{ad_env.tag}in", "thumbnailPhoto", ou=inside) == [jpeg(11)]
+
+
+def test_a_base_dn_written_with_another_escaping_still_holds_its_people(ad_env: ADTestEnv) -> None:
+    """Found in a bad-day pass: a base DN is compared with the DNs the DC returns, and the comparison took
+    the escaping as written. ``OU=R\\2BD`` and ``OU=R\\+D`` are the same DN (RFC 4514: a character may be
+    escaped as ``\\`` and itself or as its hex code), and the DC reads the users under either; but with
+    the hex form configured, every export was refused as ``scope-violation`` ("not under the configured
+    base DNs") for people the same agent had just imported from there. Now DNs compare by their values."""
+    ou = ad_env.sub_ou("R\\+D")  # AD and Samba spell it back with the backslash form
+    guids = ad_env.add_users(ad_env.specs(1, photos=False), ou=ou)
+    (name, anchor), *_ = guids.items()
+    connector = ad_env.connector(base_dns=[f"OU=R\\2BD,{ad_env.ou}"])
+    imported = connector.import_page(ImportRequest(mode=ImportMode.FULL, page_size=10)).entries
+    assert [c.anchor for c in imported] == [anchor]  # the DC finds the people under the hex form
+    results = connector.export(
+        [update(anchor, AttributeChange.replace("thumbnailPhoto", jpeg(5)), dn=imported[0].dn, identifier=name)]
+    )
+    assert results[0].status == ExportStatus.SUCCESS, results[0].error_detail
+    assert ad_env.read(name, "thumbnailPhoto", ou=ou) == [jpeg(5)]
 
 
 def test_missing_object_and_bad_anchor(ad_env: ADTestEnv) -> None:

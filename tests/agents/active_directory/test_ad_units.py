@@ -21,11 +21,13 @@ from connector.agents.active_directory._export import Exporter, RateLimiter, pla
 from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import (
     decode_values,
+    dn_in_scope,
     equality_filter,
     equals_filter,
     guid_bytes,
     guid_filter,
     guid_text,
+    normalize_dn,
     validate_filter,
 )
 from connector.agents.active_directory._ldif import LdifWriter, ldif_line, modify_record
@@ -110,6 +112,28 @@ def test_settings_reject_overlapping_bases_and_bad_filters_and_hide_the_password
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
     assert settings.effective_port == 636 and settings.write_rate == 50.0
     assert ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "max_writes_per_second": 0}).write_rate is None
+
+
+def test_dns_compare_by_their_values_not_by_how_they_are_escaped() -> None:
+    """RFC 4514 lets a character be escaped as ``\\`` and itself or as its hex code; the DC reads a base DN
+    written either way and spells DNs back one way, so DNs compare by their values (a base DN written with
+    the hex form held nobody). Escaped commas stay part of their value."""
+    people = [normalize_dn("OU=People,DC=example,DC=test")]
+    assert normalize_dn("OU=R\\2BD,DC=example,DC=test") == normalize_dn("ou=r\\+d, dc=Example,DC=test")
+    assert normalize_dn("CN=J\\C3\\BCrgen,DC=x") == normalize_dn("CN=Jürgen,DC=x")
+    assert dn_in_scope("CN=x,OU=People,DC=example,DC=test", people)
+    assert dn_in_scope("CN=Smith\\2C John,OU=People,DC=example,DC=test", people)
+    assert not dn_in_scope("CN=x,OU=a\\,OU\\=People,DC=example,DC=test", people)
+    assert not dn_in_scope("CN=x,OU=a\\2COU\\3DPeople,DC=example,DC=test", people)
+    assert dn_in_scope("CN=x,OU=a\\\\,OU=People,DC=example,DC=test", people)  # an escaped backslash, then a comma
+    # disjoint bases whose text only looks nested are accepted; the same base spelled twice is not
+    ActiveDirectorySettings.model_validate(
+        {**BASE_SETTINGS, "base_dns": ["OU=People,DC=example,DC=test", "OU=a\\,OU\\=People,DC=example,DC=test"]}
+    )
+    with pytest.raises(ValidationError, match="inside"):
+        ActiveDirectorySettings.model_validate(
+            {**BASE_SETTINGS, "base_dns": ["OU=R\\2BD,DC=example,DC=test", "OU=r\\+d,DC=example,DC=test"]}
+        )
 
 
 # ------------------------------------------------------------------------------------- LDIF
