@@ -38,6 +38,7 @@ __all__ = [
     "network_location",
     "read_text",
     "restrict_to_owner",
+    "windows_name_problem",
     "write_private_file",
 ]
 
@@ -192,6 +193,39 @@ def _network_mount(path: PurePath, partitions: Iterable[Any]) -> str | None:
     # (psutil also marks a Windows drive letter mapped to a share "remote" in its options)
     remote = holder.fstype.lower() in NETWORK_FILE_SYSTEMS or "remote" in holder.opts.split(",")
     return f"{holder.device} ({holder.fstype or 'network drive'}) on {holder.mountpoint}" if remote else None
+
+
+#: Characters no Windows file name may hold (learn.microsoft.com, "Naming Files, Paths, and Namespaces"),
+#: besides the control characters 0-31. ``:`` is not refused by the file system but names a stream:
+#: ``a:b.jpg`` on NTFS writes the stream ``b.jpg`` of a file ``a``, and no folder listing shows it.
+_WINDOWS_RESERVED_CHARS = '<>:"/\\|?*'
+#: Device names that Windows resolves in any folder, in any case, also with an extension (``NUL.txt``);
+#: ``COM`` and ``LPT`` with the superscript digits too (the same page).
+_WINDOWS_DEVICE_NAMES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{port}{digit}" for port in ("COM", "LPT") for digit in "123456789\u00b9\u00b2\u00b3"}
+)
+
+
+def windows_name_problem(name: str) -> str:
+    """Why Windows cannot hold a file named ``name`` (one path component), or "" when it can.
+
+    Why on every system: a name mvsync derives from data (a photo backup named by account) is written
+    on Linux to a folder that a Windows server or a restore may read, and on Windows itself a bad name
+    fails late and unclearly, or not at all: a ``:`` writes a hidden stream, a device name writes to
+    the device. The rules are the documented ones: no reserved character, no control character, no
+    trailing dot or space (Windows strips them, so the file gets another name), and no device name
+    before the first dot (Windows also ignores spaces there).
+    """
+    bad = sorted({char for char in name if char in _WINDOWS_RESERVED_CHARS or ord(char) < 32})
+    if bad:
+        return f"has {', '.join(repr(char) for char in bad)}, which Windows does not allow in a file name"
+    if name[-1:] in (".", " "):
+        return "ends with a dot or a space, which Windows drops from a file name"
+    device = name.partition(".")[0].rstrip(" ").upper()
+    if device in _WINDOWS_DEVICE_NAMES:
+        return f"starts with {device!r}, a device name Windows reserves (also with an extension)"
+    return ""
 
 
 def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:

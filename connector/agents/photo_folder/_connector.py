@@ -27,7 +27,7 @@ from connector.agents.photo_folder._scan import (
 )
 from connector.agents.photo_folder._settings import PhotoFolderSettings
 from connector.agents.photo_folder._watermark import AccountState, FileState, FolderState, Limits
-from connector.files import atomic_write
+from connector.files import atomic_write, windows_name_problem
 from connector.imaging import (
     EXCHANGE_PHOTO_MAX_BYTES,
     EmptyImageError,
@@ -344,11 +344,12 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         ident = change.identifier
         if change.object_class and change.object_class.lower() != OBJECT_CLASS.lower():
             return ExportResult.failed(ident, "invalid-objecttype", f"only {OBJECT_CLASS} objects are exported")
-        problem = _file_name_problem(change.anchor)
+        size = self.settings.export_size
+        name = f"{change.anchor} {size}x{size}.jpg"
+        problem = _file_name_problem(change.anchor, name)
         if problem:
             return ExportResult.failed(ident, "invalid-anchor", f"{display(change.anchor)!r} {problem}")
-        size = self.settings.export_size
-        path = folder / f"{change.anchor} {size}x{size}.jpg"
+        path = folder / name
         touched, photo, extra = _photo_of(change)
         if extra:
             return ExportResult.failed(ident, "attribute-not-exportable", f"cannot export {', '.join(extra)}")
@@ -580,8 +581,9 @@ def _photo_of(change: CSEntryChange) -> tuple[bool, bytes | None, list[str]]:
     return True, (value if isinstance(value, bytes) else None), extra
 
 
-def _file_name_problem(anchor: str) -> str:
-    """Why ``anchor`` cannot name a backup file that this agent would import as the same account."""
+def _file_name_problem(anchor: str, name: str) -> str:
+    """Why ``anchor`` cannot name a backup file (``name``) that this agent would import as the same account,
+    on this system or on Windows (:func:`connector.files.windows_name_problem`)."""
     if not anchor or anchor in (".", ".."):
         return "is empty or a path component"
     if any(c in anchor for c in "/\\\x00") or display(anchor) != anchor:
@@ -592,7 +594,8 @@ def _file_name_problem(anchor: str) -> str:
         return "contains white space (the account name ends at the first space)"
     if len(anchor.encode("utf-8")) > 200:
         return "is too long for a file name"
-    return ""
+    windows = windows_name_problem(name)
+    return f"cannot name the backup file {name!r}: it {windows}" if windows else ""
 
 
 def _contents_check(folder: Path, *, recursive: bool) -> CheckResult:

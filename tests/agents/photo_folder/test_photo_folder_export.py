@@ -121,6 +121,45 @@ def test_unsafe_anchors_fail_per_object(tmp_path: Path, anchor: str, problem: st
     assert not (tmp_path / "escape 648x648.jpg").exists()
 
 
+@pytest.mark.parametrize(
+    ("anchor", "problem"),
+    [
+        ("a:b", "':'"),  # NTFS: writes the stream "b 648x648.jpg" of a file "a", the backup nowhere to be seen
+        ("who?", "'?'"),
+        ("a*", "'*'"),
+        ('say"hi"', "'\"'"),
+        ("a<b>", "'<'"),
+        ("a|b", "'|'"),
+        ("CON.old", "'CON'"),  # "CON.old 648x648.jpg" is the console device: the write would go nowhere
+        ("nul.tar", "'NUL'"),
+        ("Com1.x", "'COM1'"),
+        ("lpt\u00b9.x", "'LPT\u00b9'"),
+    ],
+)
+def test_anchors_windows_cannot_name_fail_per_object_on_every_system(tmp_path: Path, anchor: str, problem: str) -> None:
+    """Found: the export took any anchor without a separator or control character, so on Windows a ':'
+    wrote the photo into an alternate data stream, '?' or '*' failed the write as retryable at every
+    export, and a reserved device name (``CON.old``) wrote it to a device. Refused on Linux too: a
+    backup folder must stay one that Windows (a share, a restore) can hold."""
+    changes = [
+        _change(CSEntryChange.add("photoFile", anchor, {"photo": photo(1)}), "bad"),
+        _change(CSEntryChange.add("photoFile", "ok", {"photo": photo(1)}), "good"),
+    ]
+    bad, good = _agent(tmp_path).export(changes)
+    assert (bad.status, bad.error_name) == (ExportStatus.FAILED, "invalid-anchor")
+    assert problem in bad.error_detail and "Windows" in bad.error_detail
+    assert good.status == ExportStatus.SUCCESS
+    assert [p.name for p in (tmp_path / "backup").iterdir()] == ["ok 648x648.jpg"]
+
+
+def test_names_windows_accepts_are_exported(tmp_path: Path) -> None:
+    """Only what Windows refuses is refused: a device name with more after it, dots and Unicode are fine."""
+    anchors = ["CON", "nul-2", "COM10", "j.doe", "José", "o'neil", "a#b"]
+    changes = [_change(CSEntryChange.add("photoFile", a, {"photo": photo(1)}), a) for a in anchors]
+    results = _agent(tmp_path).export(changes)
+    assert [r.status for r in results] == [ExportStatus.SUCCESS] * len(anchors)
+
+
 def test_bad_photo_fails_per_object(tmp_path: Path) -> None:
     (result,) = _agent(tmp_path).export([_change(CSEntryChange.add("photoFile", "jdoe", {"photo": b"junk"}), "x")])
     assert result.status == ExportStatus.FAILED and result.error_name == "invalid-image"
