@@ -189,6 +189,7 @@ class MvsyncConfig(_Strict):
             if not name.replace("-", "").replace("_", "").isalnum():
                 msg = f"agent name {name!r} may contain only letters, digits, '-' and '_'"
                 raise ValueError(msg)
+        _refuse_case_twins(agents)
         return agents
 
     @model_validator(mode="after")
@@ -241,3 +242,23 @@ def _split_query(rest: str) -> tuple[str, str]:
 def _url_path(path: Path) -> str:
     """``path`` as a database URL's path: ``%`` and ``?`` escaped, the only two SQLAlchemy reads otherwise."""
     return str(path).replace("%", "%25").replace("?", "%3F")
+
+
+def _refuse_case_twins(agents: dict[str, AgentConfig]) -> None:
+    """Refuse two agents whose names differ only in case (``hr`` and ``HR``).
+
+    Why: an agent's name names its data folder (``data_dir/<agent>``: a token cache) and its run lock
+    file, and Windows file names are case-insensitive, so on Windows both agents would share one
+    folder and one lock: two tenants' token caches overwriting each other. Refused on every system,
+    so that a configuration written on Linux does not break when it moves to a Windows server.
+    """
+    seen: dict[str, str] = {}
+    for name in agents:
+        twin = seen.setdefault(name.lower(), name)
+        if twin != name:
+            first, second = sorted((twin, name))
+            msg = (
+                f"the agent names {first!r} and {second!r} differ only in case; Windows would give them one "
+                "data folder and one lock file: rename one of them"
+            )
+            raise ValueError(msg)

@@ -114,3 +114,16 @@ def test_a_path_setting_written_from_the_home_folder_is_read_there_whatever_the_
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["steps"][0]["counters"]["adds"] == 1
     assert (config_dir / "mvsync.db").is_file() and not list(elsewhere.iterdir())  # nothing beside the CWD
+
+
+def test_two_agents_whose_names_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    """Found: ``[agents.hr]`` and ``[agents.HR]`` were two agents, with the data folders ``data_dir/hr``
+    and ``data_dir/HR`` and the lock files ``agent-hr.lock`` and ``agent-HR.lock``: one folder and one
+    file on Windows (NTFS names are case-insensitive), so two tenants' token caches overwrote each other."""
+    (tmp_path / "photos").mkdir()
+    hr = GOOD[GOOD.index("[agents.hr]") : GOOD.index("[run_profiles")]
+    (said,) = _refused(tmp_path, GOOD + hr.replace("[agents.hr]", "[agents.HR]"))
+    assert said == (
+        "agents: the agent names 'HR' and 'hr' differ only in case; Windows would give them one data folder "
+        "and one lock file: rename one of them"
+    )
