@@ -21,6 +21,7 @@ JSON line per run whatever happened.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import logging
@@ -40,6 +41,7 @@ from rich.markup import escape
 from rich.text import Text
 from typer.core import TyperGroup
 
+from connector.cli._console import ConsoleCloseGuard, install_console_guard
 from connector.logging import logs_as_json, redact
 
 __all__ = [
@@ -181,6 +183,9 @@ def fail(
 #: Signals that end a run the way Ctrl-C does: SIGTERM (systemd stop, ``docker stop``, ``kill``),
 #: SIGHUP (the terminal or SSH session went away; POSIX) and SIGBREAK (Ctrl-Break; Windows).
 _STOP_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGHUP", "SIGBREAK")) if s is not None)
+#: The signal a console event (the window closed: :mod:`connector.cli._console`) raises in the main
+#: thread: SIGBREAK, as the C runtime makes of it (SIGTERM where there is none: only tests call it there).
+_CONSOLE_SIGNAL = getattr(signal, "SIGBREAK", signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -198,20 +203,29 @@ def stop_signals_interrupt() -> Iterator[None]:
     from connector.engine import Interrupted
 
     raised: list[int] = []
+    events: list[str] = []  # a console event that stands behind the signal (Windows)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # once: a second signal while the first one unwinds would cut short the very history
         # writes it is unwinding to (a service manager that will not wait sends SIGKILL anyway)
         if not raised:
             raised.append(signum)
-            raise Interrupted(signal.Signals(signum).name, signum)
+            raise Interrupted(events[0] if events else signal.Signals(signum).name, signum)
+
+    def on_console_event(name: str) -> None:  # on the thread Windows runs console handlers on
+        events.append(name)
+        _thread.interrupt_main(_CONSOLE_SIGNAL)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+    guard = ConsoleCloseGuard(on_console_event)
+    remove_guard = install_console_guard(guard)
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        guard.unwound.set()  # the run has recorded its end: Windows may end the process now
+        remove_guard()
 
 
 def interrupted_exit_code(exc: KeyboardInterrupt) -> int:
