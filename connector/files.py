@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
@@ -251,13 +252,46 @@ def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: boo
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+#: Windows' answers to a rename over a file another program has open without ``FILE_SHARE_DELETE``:
+#: ERROR_ACCESS_DENIED and ERROR_SHARING_VIOLATION (``PermissionError`` with that ``winerror``).
+_HELD_OPEN_WINERRORS = frozenset({5, 32})
+#: The pauses between tries of such a rename (1.6 s in all): an antivirus scan of the file just
+#: written, a backup agent or a metrics collector reading it holds it for milliseconds.
+_HELD_OPEN_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def _replace(tmp: str, path: Path) -> None:
+    """``os.replace(tmp, path)``, tried again while Windows says another program has ``path`` open.
+
+    Why: POSIX renames over an open file; Windows refuses while any other process has it open (Python's
+    own ``open`` included), so the write failed for a moment's hold: a token cache not saved stopped
+    the run, a person's photo backup failed. A hold that outlasts the tries is said as such, under the
+    target's name. Other errors (a real access denial on POSIX, a full disk) are raised at once.
+    """
+    for pause in (*_HELD_OPEN_PAUSES_S, None):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError as exc:
+            if getattr(exc, "winerror", None) not in _HELD_OPEN_WINERRORS:
+                raise
+            if pause is None:
+                waited = sum(_HELD_OPEN_PAUSES_S)
+                why = (
+                    f"{exc.strerror}: another program has it open (an antivirus scan, a backup, a metrics "
+                    f"collector, a viewer?); tried again for {waited:.1f} s"
+                )
+                raise PermissionError(exc.errno, why, str(path)) from None
+            time.sleep(pause)
 
 
 def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:

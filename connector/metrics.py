@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.openmetrics.exposition import ALLOWUTF8
+
+from connector.files import atomic_write
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -302,7 +305,8 @@ def write_textfile(path: Path | str | None = None) -> Path | None:
     target = Path(path) if path is not None else _textfile
     if target is None:
         return None
-    # prometheus_client writes next to the target and renames; keep the mode readable by the collector
-    write_to_textfile(str(target), REGISTRY)
+    # atomic_write, not prometheus_client's writer: on Windows its one rename fails while the collector
+    # (windows_exporter) reads the file; atomic_write tries again. Keep the mode readable by the collector.
+    atomic_write(target, generate_latest(REGISTRY, escaping=ALLOWUTF8))
     os.chmod(target, 0o644)
     return target
