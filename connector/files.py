@@ -40,6 +40,7 @@ __all__ = [
     "read_text",
     "restrict_to_owner",
     "windows_name_problem",
+    "windows_path_too_long",
     "write_private_file",
 ]
 
@@ -227,6 +228,34 @@ def windows_name_problem(name: str) -> str:
     if device in _WINDOWS_DEVICE_NAMES:
         return f"starts with {device!r}, a device name Windows reserves (also with an extension)"
     return ""
+
+
+#: Whether paths are Windows' (a name tests can replace: Windows' limits are worth saying everywhere,
+#: but only Windows has them).
+_WINDOWS = sys.platform == "win32"
+#: Windows' MAX_PATH: the characters of a path, its terminating NUL included, that the file functions
+#: take unless long paths are enabled (learn.microsoft.com, "Maximum Path Length Limitation").
+WINDOWS_MAX_PATH = 260
+
+
+def windows_path_too_long(path: Path | str, *, listing: bool = False) -> str:
+    """Why Windows may not reach ``path`` (to be read or, with ``listing``, listed): its length; or "".
+
+    Why: without "Enable Win32 long paths", Windows fails a path of MAX_PATH characters or more as if
+    nothing were there (``FileNotFoundError``), while the listing of the folder above it shows the
+    name; said as it comes, a photo reads as "removed during the import" and a sub-folder as "removed
+    or renamed", at every import. A folder is listed as ``folder\\*``, two characters more. Empty off
+    Windows, and for a path short enough (a missing one is then missing).
+    """
+    length = len(os.path.abspath(path))
+    if not _WINDOWS or length + (2 if listing else 0) < WINDOWS_MAX_PATH:
+        return ""
+    return (
+        f"its path is {length} characters, and Windows reaches no path of {WINDOWS_MAX_PATH} or more unless long "
+        "paths are enabled: shorten the folder or file names, or turn on the Group Policy 'Enable Win32 long "
+        "paths' on this server (Computer Configuration > Administrative Templates > System > Filesystem; "
+        "registry: LongPathsEnabled = 1 under HKLM\\SYSTEM\\CurrentControlSet\\Control\\FileSystem)"
+    )
 
 
 def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:

@@ -27,7 +27,7 @@ from connector.agents.photo_folder._scan import (
 )
 from connector.agents.photo_folder._settings import PhotoFolderSettings
 from connector.agents.photo_folder._watermark import AccountState, FileState, FolderState, Limits
-from connector.files import atomic_write, windows_name_problem
+from connector.files import atomic_write, windows_name_problem, windows_path_too_long
 from connector.imaging import (
     EXCHANGE_PHOTO_MAX_BYTES,
     EmptyImageError,
@@ -495,6 +495,9 @@ def _unlisted(folder: Path, exc: OSError) -> StopRunError:
     was listed (a sub-folder renamed meanwhile) is said to be so, not sent to its permissions.
     """
     where = exc.filename or folder
+    too_long = windows_path_too_long(where, listing=True) if isinstance(exc, FileNotFoundError) else ""
+    if too_long:  # listed, but past Windows' MAX_PATH: neither gone nor a permission to fix
+        return StopRunError(f"cannot list {where}: {too_long}; nothing was marked deleted")
     if isinstance(exc, FileNotFoundError):  # listed, then gone before it was entered: no permission to fix
         msg = (
             f"{where} was removed or renamed while the import listed it; nothing was marked deleted. Run the "

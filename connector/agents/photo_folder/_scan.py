@@ -19,6 +19,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from connector.files import windows_path_too_long
 from connector.imaging import (
     SMALLER_PHOTO_HINT,
     UnsupportedImageError,
@@ -256,14 +257,14 @@ def read_photo(root: Path, photo: PhotoFile, max_file_bytes: int) -> tuple[bytes
             raise ReadError("not-a-regular-file", f"{shown} is not a regular file")
         fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
-        raise _open_error(exc, shown) from None
+        raise _open_error(exc, shown, path) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         _same_file_or_refuse(path, before, info, shown)
         try:
             data = handle.read(max_file_bytes + 1)
         except OSError as exc:  # a share dropped under the read (EIO, ESTALE), a lock taken meanwhile
-            raise _open_error(exc, shown) from None
+            raise _open_error(exc, shown, path) from None
     if len(data) > max_file_bytes:
         raise ReadError("file-too-large", _too_large(f"{shown} is", max_file_bytes))
     return data, info.st_mtime_ns, info.st_size
@@ -281,9 +282,12 @@ _READ_FLAGS = (
 )
 
 
-def _open_error(exc: OSError, shown: str) -> ReadError:
+def _open_error(exc: OSError, shown: str, path: Path) -> ReadError:
     if exc.errno == errno.ELOOP:
         return ReadError("symlink-refused", f"{shown} became a symbolic link; links are not followed")
+    too_long = windows_path_too_long(path) if exc.errno == errno.ENOENT else ""
+    if too_long:  # listed, but past MAX_PATH: there, not gone; enabling long paths changes nothing of the file
+        return ReadError("path-too-long", f"{shown}: {too_long}", transient=True)
     if exc.errno == errno.ENOENT:
         return ReadError("file-vanished", f"{shown} was removed during the import", transient=True)
     return ReadError(*_unreadable(shown, exc), transient=True)
@@ -307,7 +311,7 @@ def _same_file_or_refuse(path: Path, before: os.stat_result, opened: os.stat_res
     try:
         after = os.lstat(path)
     except OSError as exc:
-        raise _open_error(exc, shown) from None
+        raise _open_error(exc, shown, path) from None
     same = (before.st_dev, before.st_ino) == (opened.st_dev, opened.st_ino) == (after.st_dev, after.st_ino)
     if stat.S_ISLNK(after.st_mode) or not same:
         raise ReadError("symlink-refused", f"{shown} was replaced during the import; links are not followed")
