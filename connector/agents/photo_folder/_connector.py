@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
+from connector.agents.photo_folder._names import BackupNames
 from connector.agents.photo_folder._scan import (
     PhotoFile,
     ReadError,
@@ -312,10 +313,15 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
                 reason = exc.strerror or exc
                 msg = f"cannot create the export folder {target} ({reason}): check export_path and what is in its way"
                 raise ConfigurationError(msg, key="export_path") from None
+        try:
+            names = BackupNames(target)
+        except OSError as exc:  # a file in its place, no right to list it
+            msg = f"cannot list the export folder {target} ({exc.strerror or exc}): check export_path and its rights"
+            raise ConfigurationError(msg, key="export_path") from None
         results: list[ExportResult] = []
         for change in changes:
             try:
-                results.append(self._export_one(target, change))
+                results.append(self._export_one(names, change))
             except StopRunError as exc:  # a full disk: the photos written before it are recorded as exported
                 exc.results = results
                 raise
@@ -340,7 +346,7 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
                 )
                 raise ScopeViolationError(msg)
 
-    def _export_one(self, folder: Path, change: CSEntryChange) -> ExportResult:
+    def _export_one(self, names: BackupNames, change: CSEntryChange) -> ExportResult:
         ident = change.identifier
         if change.object_class and change.object_class.lower() != OBJECT_CLASS.lower():
             return ExportResult.failed(ident, "invalid-objecttype", f"only {OBJECT_CLASS} objects are exported")
@@ -349,20 +355,18 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         problem = _file_name_problem(change.anchor, name)
         if problem:
             return ExportResult.failed(ident, "invalid-anchor", f"{display(change.anchor)!r} {problem}")
-        path = folder / name
+        path = names.folder / name
         touched, photo, extra = _photo_of(change)
         if extra:
             return ExportResult.failed(ident, "attribute-not-exportable", f"cannot export {', '.join(extra)}")
         if not touched:  # an update that does not name the photo leaves the backup as it is
             return ExportResult.success(ident)
+        held = names.clash(name)
+        if held is not None and photo is not None:
+            return ExportResult.retry(ident, "file-name-clash", _clash_text(names.folder, held, change.anchor))
         try:
-            if photo is None:
-                if not self.context.dry_run:
-                    path.unlink(missing_ok=True)
-                return ExportResult.success(ident)
-            data = self._backup_bytes(photo)
-            if not self.context.dry_run:
-                atomic_write(path, data)
+            if held is None:  # (a delete leaves the file of another spelling: on Windows it is the same file)
+                self._write_or_remove(names, name, photo)
         except ImageError as exc:
             return ExportResult.failed(ident, "invalid-image", f"{exc.name}: {exc.detail}")
         except PermissionError as exc:
@@ -370,12 +374,24 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         except OSError as exc:
             if exc.errno in _DISK_FULL:  # no fault of this person: every write after it would fail the same way
                 msg = (
-                    f"the export folder {folder} is out of space ({exc.strerror}): free space there and run the "
-                    "export again; the photos written so far are kept, the rest stay pending"
+                    f"the export folder {names.folder} is out of space ({exc.strerror}): free space there and run "
+                    "the export again; the photos written so far are kept, the rest stay pending"
                 )
                 raise StopRunError(msg) from None
             return ExportResult.retry(ident, "cd-error", f"{path}: {exc.strerror or exc}")
         return ExportResult.success(ident)
+
+    def _write_or_remove(self, names: BackupNames, name: str, photo: bytes | None) -> None:
+        """Write the backup ``name`` of ``photo``, or remove it (None); nothing on disk in a dry run."""
+        if photo is None:
+            if not self.context.dry_run:
+                (names.folder / name).unlink(missing_ok=True)
+                names.removed(name)
+            return
+        data = self._backup_bytes(photo)
+        if not self.context.dry_run:
+            atomic_write(names.folder / name, data)
+            names.wrote(name)
 
     def _backup_bytes(self, photo: bytes) -> bytes:
         """The photo as is when it already is a square JPEG within the export size, else normalized.
@@ -582,6 +598,15 @@ def _photo_of(change: CSEntryChange) -> tuple[bool, bytes | None, list[str]]:
     if isinstance(value, list):
         value = value[-1] if value else None
     return True, (value if isinstance(value, bytes) else None), extra
+
+
+def _clash_text(folder: Path, held: str, anchor: str) -> str:
+    """Why the backup of ``anchor`` waits: ``held``, of a name differing only in case, is in the folder."""
+    return (
+        f"{folder} holds {held!r}, the backup of an account whose name differs from {display(anchor)!r} only in "
+        "case; Windows keeps one file for both names, so this photo waits until that file is removed (for an "
+        "account renamed in case, its old name's delete removes it and the next export writes this one)"
+    )
 
 
 def _file_name_problem(anchor: str, name: str) -> str:

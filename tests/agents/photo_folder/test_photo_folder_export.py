@@ -239,3 +239,57 @@ def test_backup_imports_back_as_the_same_accounts(tmp_path: Path) -> None:
     found = by_anchor(run_import(reader)[0])
     assert sorted(found) == ["Zoë", "asmith", "jdoe"]
     assert found["jdoe"].attributes["photo"] == photo(0)
+
+
+def test_two_accounts_differing_only_in_case_never_share_one_backup_file(tmp_path: Path) -> None:
+    """Found: 'JDoe' and 'jdoe' were written as 'JDoe 648x648.jpg' and 'jdoe 648x648.jpg': two files on
+    Linux, one on Windows (NTFS names are case-insensitive), where the second photo overwrote the first.
+    The second now waits (retry) and says why; the first is written."""
+    changes = [
+        _change(CSEntryChange.add("photoFile", "JDoe", {"photo": photo(1)}), "1"),
+        _change(CSEntryChange.add("photoFile", "jdoe", {"photo": photo(2)}), "2"),
+    ]
+    first, second = _agent(tmp_path).export(changes)
+    assert first.status == ExportStatus.SUCCESS
+    assert (second.status, second.error_name) == (ExportStatus.RETRY, "file-name-clash")
+    assert "'JDoe 648x648.jpg'" in second.error_detail and "only in case" in second.error_detail
+    assert [p.name for p in (tmp_path / "backup").iterdir()] == ["JDoe 648x648.jpg"]
+
+
+def test_an_account_renamed_in_case_keeps_its_backup_on_windows_too(tmp_path: Path) -> None:
+    """Found: 'jdoe' renamed 'JDoe' exported the new name's photo, then deleted the old name's file: on
+    Windows one file, so the backup just written was deleted and recorded as exported. The new name now
+    waits for the old file to go (the same batch deletes it), and the next export writes it."""
+    agent = _agent(tmp_path)
+    agent.export([_change(CSEntryChange.add("photoFile", "jdoe", {"photo": photo(1)}), "a")])
+    rename = [
+        _change(CSEntryChange.add("photoFile", "JDoe", {"photo": photo(2)}), "b"),
+        _change(CSEntryChange.delete("photoFile", "jdoe"), "c"),
+    ]
+    added, deleted = agent.export(rename)
+    assert (added.status, deleted.status) == (ExportStatus.RETRY, ExportStatus.SUCCESS)
+    assert list((tmp_path / "backup").iterdir()) == []
+    (again,) = agent.export(rename[:1])
+    assert again.status == ExportStatus.SUCCESS
+    assert (tmp_path / "backup" / "JDoe 648x648.jpg").read_bytes() == photo(2)
+
+
+def test_deleting_an_account_leaves_the_backup_of_one_differing_only_in_case(tmp_path: Path) -> None:
+    """On Windows, removing 'jdoe 648x648.jpg' removes 'JDoe 648x648.jpg': only a file of the very name goes."""
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "JDoe 648x648.jpg").write_bytes(photo(1))
+    (result,) = _agent(tmp_path).export([_change(CSEntryChange.delete("photoFile", "jdoe"), "d")])
+    assert result.status == ExportStatus.SUCCESS
+    assert [p.name for p in backup.iterdir()] == ["JDoe 648x648.jpg"]
+
+
+def test_a_folder_holding_both_spellings_still_has_each_removed_by_its_own_name(tmp_path: Path) -> None:
+    """A backup folder written on Linux before this check may hold both spellings: each delete removes its own."""
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for name in ("JDoe 648x648.jpg", "jdoe 648x648.jpg"):
+        (backup / name).write_bytes(photo(1))
+    deletes = [_change(CSEntryChange.delete("photoFile", anchor), anchor) for anchor in ("jdoe", "JDoe")]
+    assert [r.status for r in _agent(tmp_path).export(deletes)] == [ExportStatus.SUCCESS] * 2
+    assert list(backup.iterdir()) == []
