@@ -99,6 +99,22 @@ def guard_output() -> None:
     and the log handlers write through them). A full disk under stderr must not turn a command's
     ``error:`` line into exit code 1 either."""
     if not isinstance(sys.stdout, _GuardedStream):
+        _escape_what_the_encoding_lacks(sys.stdout)
         sys.stdout = cast(TextIO, _GuardedStream(sys.stdout, say=True))
     if not isinstance(sys.stderr, _GuardedStream):
         sys.stderr = cast(TextIO, _GuardedStream(sys.stderr, say=False))
+
+
+def _escape_what_the_encoding_lacks(stream: TextIO) -> None:
+    """Write a character that ``stream``'s encoding lacks as ``\\uXXXX`` rather than fail.
+
+    Why: on Windows, stdout redirected to a file or a pipe is in the ANSI code page (cp1252 on a
+    Western European server) with the 'strict' error handler (Python docs, ``sys.stdout``), so the first
+    check mark or ``Łukasz`` that a command prints raised ``UnicodeEncodeError``: a traceback, exit code
+    1, the rest of the report lost. stderr already escapes so. The encoding stays what Windows tools
+    expect of a redirected program; UTF-8 output (a console, Linux) has nothing to escape.
+    """
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError):  # a stream that cannot change now: left as it is
+            reconfigure(errors="backslashreplace")
