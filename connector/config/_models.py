@@ -79,7 +79,10 @@ class JoinCondition(_Strict):
 
 
 class JoinRule(_Strict):
-    """All conditions must match (AND). Rules are tried in order; the first with candidates wins."""
+    """All conditions must match (AND). Rules are tried in order; the first with candidates wins.
+
+    Text is compared in Unicode NFC (and lower case with ``ignore_case``): see ``_JoinIndex.norm``.
+    """
 
     object_class: str
     metaverse_type: str = "person"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -223,7 +224,16 @@ class _JoinIndex:
 
     @staticmethod
     def norm(value: Any, ignore_case: bool) -> Any:
-        return value.lower() if ignore_case and isinstance(value, str) else value
+        """The form a join compares: text in Unicode's composed form (NFC), lower case if asked.
+
+        Why NFC: ``é`` composed and ``e`` + combining acute (NFD: macOS file names, some HR exports)
+        are canonically equivalent, the same name (Unicode's conformance clause C6), and AD's own
+        comparison finds one by the other. Compared as code points they missed: the person silently
+        got no join, and two people whose names differ only in that form were not an ambiguity.
+        """
+        if not isinstance(value, str):
+            return value
+        return unicodedata.normalize("NFC", value.lower() if ignore_case else value)
 
     def build(self, conn: StoreConnection, needed: Iterable[tuple[str, bool]], agent: str) -> None:
         missing = [k for k in needed if k not in self.keys]

@@ -766,3 +766,24 @@ def test_a_sync_frees_a_deleted_objects_person_before_it_judges_the_agents_other
     for profile in ("delta-sync", "export"):
         world.run(profile)
     assert world.ad["objects"]["guid-000"]["thumbnail"] == b"exo-photo-0"  # never cleared
+
+
+def test_a_join_matches_a_name_written_in_either_unicode_normalization_form(world: World) -> None:
+    """An account name typed on one system in composed form (NFC, ``é``) and on another in decomposed
+    form (NFD, ``e`` + combining acute: macOS file names, some HR exports) is the same name: AD's own
+    comparison finds one by the other, and the join must too, or the person silently gets no photo.
+    Two people whose names differ only in that form are a real ambiguity: named, never a pick."""
+    composed, decomposed = "jos\u00e9", "jose\u0301"
+    world.ad["objects"] = {"guid-0": {"accountName": decomposed, "mail": "jose@example.test"}}
+    world.hr["objects"] = {"hr-0": {"accountName": composed.upper(), "photo": b"hr-photo"}}
+    world.cycle()
+    assert cs_row(world, "hr", "hr-0").mv_id == cs_row(world, "ad", "guid-0").mv_id is not None
+
+    world.ad["objects"]["guid-1"] = {"accountName": "zo\u00eb", "mail": "zoe1@example.test"}
+    world.ad["objects"]["guid-2"] = {"accountName": "zoe\u0308", "mail": "zoe2@example.test"}
+    world.hr["objects"]["hr-1"] = {"accountName": "zo\u00eb", "photo": b"hr-photo-1"}
+    world.run("full-import")
+    result = world.run("full-sync")
+    hr_step = result.steps[2]
+    assert [e.error_name for e in hr_step.errors] == ["ambiguous-join"], result.as_dict()
+    assert cs_row(world, "hr", "hr-1").mv_id is None
