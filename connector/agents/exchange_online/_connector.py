@@ -49,6 +49,7 @@ from connector.agents.exchange_online._import import (
     PHOTO_CONTENT_TYPE,
     Importer,
     Listed,
+    SyncReset,
     Watermark,
 )
 from connector.agents.exchange_online._photo_policy import doctor_checks as photo_policy_checks
@@ -243,7 +244,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     def _listing_error(self, resp: GraphResponse) -> StopRunError:
         if resp.status == 410 or resp.error_code in _EXPIRED_DELTA_CODES:
-            return StopRunError(self._resync_message(resp))
+            return SyncReset(self._resync_message(resp), resp.describe(), self.context.agent)
         if resp.status >= 500 or resp.status == 429:
             return ServerDownError(f"Graph did not answer the user listing after retries: {resp.describe()}")
         return StopRunError(f"Graph refused the user listing: {resp.describe()}")

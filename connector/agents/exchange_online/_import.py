@@ -57,6 +57,7 @@ from connector.sdk import (
     ServerDownError,
     StateUpdate,
     Stop,
+    StopRunError,
     Worker,
 )
 
@@ -86,6 +87,7 @@ __all__ = [
     "Importer",
     "Listed",
     "Resume",
+    "SyncReset",
     "Watermark",
     "not_a_mailbox_user",
 ]
@@ -111,6 +113,18 @@ _IMPORT_OUTCOMES = {
 _RUN_KEY = "~runs"
 #: What the userPrincipalName of a B2B guest holds (``not_a_mailbox_user``).
 _EXTERNAL = "#EXT#"
+
+
+class SyncReset(StopRunError):
+    """Graph no longer takes a ``users/delta`` link (410 ``resyncRequired``, ``syncStateNotFound``).
+
+    Its message is the one a delta import stops with; a full import lists the round anew instead
+    (``Importer._listed_anew``). ``detail`` is Graph's answer, described; ``agent`` the agent's name.
+    """
+
+    def __init__(self, message: str, detail: str, agent: str) -> None:
+        super().__init__(message)
+        self.detail, self.agent = detail, agent
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +249,8 @@ class Importer:
         self.asked: dict[str, _Asked] = {}
         #: the ``users/delta`` round is still being listed (a user's last word may still come)
         self.listing = True
+        #: Graph reset synchronization once in this full import, which listed the round anew
+        self.reset_seen = False
         self.lock = threading.Lock()
         self.worker = PhotoWorker(self)
         self.landing = _Landing(self)
@@ -277,13 +293,16 @@ class Importer:
         yield StateUpdate(_RUN_KEY, self.run_number)
         # listing pages of as many users as the engine runs ahead (max_ahead): a resumed import
         # re-probes at most about that many users
-        pages = self.connector.walk_delta(url, resumed=resumed, page_size=max(200, 2 * self.run.page_size))
+        pages = self._walk(url, resumed=resumed)
         while True:
             try:
                 listed = next(pages)
             except StopIteration as done:
                 yield from self._close_round()
                 return str(done.value)
+            except SyncReset as reset:
+                pages = self._listed_anew(reset)
+                continue
             if self.full:
                 yield Checkpoint(Resume(listed.url).dumps())
             ids = [str(u["id"]) for u in listed.users] + listed.removed
@@ -295,6 +314,32 @@ class Importer:
                 user_id = str(user["id"])
                 self._relisted(user_id)
                 yield from self._on_user(user_id, _dir_attrs(user), UserState.load(user_id, known.get(user_id)))
+
+    def _walk(self, url: str, *, resumed: bool) -> Generator[Listed, None, str]:
+        return self.connector.walk_delta(url, resumed=resumed, page_size=max(200, 2 * self.run.page_size))
+
+    def _listed_anew(self, reset: SyncReset) -> Generator[Listed, None, str]:
+        """A full import's round again from the initial query, after Graph reset synchronization.
+
+        Why: Learn, delta-query-overview, "Synchronization reset": a 410 "is an indication that the
+        application must restart with a full synchronization", and a full import is one. Before, the
+        step stopped midway, saying a delta step does not start a new round, and asked for the full
+        import it was. The users staged so far stay staged and are not asked again (``seen``); one
+        deleted meanwhile, which the new round does not list, stays until the next full import. A
+        delta import stops instead (``SyncReset``'s message says why). Once only: a second reset in
+        the same step stops it, asking to run the import again.
+        """
+        if not self.full:  # the step's error as such, whatever type carried it here
+            raise StopRunError(str(reset)) from None
+        if self.reset_seen:
+            raise StopRunError(
+                f"Graph reset the synchronization of the users again while this full import listed them anew "
+                f"({reset.detail}); the users staged so far are kept. Run the full import of agent "
+                f"{reset.agent!r} again"
+            ) from None
+        self.reset_seen = True
+        log.warning("Graph reset the synchronization of the users (%s): the full import lists them anew", reset.detail)
+        return self._walk(FIRST_LINK, resumed=False)
 
     def _relisted(self, user_id: str) -> None:
         """The round lists ``user_id`` present after listing it ``@removed``: the later word counts.

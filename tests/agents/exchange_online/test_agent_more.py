@@ -644,3 +644,52 @@ def test_guests_staged_by_an_older_version_are_skipped_by_a_delta_too(make_emula
     assert counts(delta)["skipped_guests"] == len(guests) and not set(guests) & set(state)
     again = make_connector(emu, tmp_path / "data")
     assert imported(again, ImportMode.DELTA, watermark=watermark)[0] == [] and counts(again)["probes"] == 0
+
+
+@pytest.mark.usefixtures("cache_key")
+@pytest.mark.parametrize("resets", [1, 2])
+def test_a_synchronization_reset_during_a_full_import_lists_the_round_again(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resets: int
+) -> None:
+    """Graph resets synchronization (410 ``resyncRequired``) while a full import follows the round's
+    ``@odata.nextLink`` pages. Learn, delta-query-overview, "Synchronization reset": the application
+    "must restart with a full synchronization". A full import is one: it starts the round again from
+    the initial query, within the step, and stages every user. Before: the step stopped saying that a
+    "delta step does not start a new round" and "nothing was changed" (pages were staged) and asked
+    for the full import it was."""
+    from connector.agents.exchange_online._connector import ExchangeOnlinePhotosConnector
+    from connector.engine import Engine
+
+    emu = make_emulator(users=450)  # listing pages of 200 users (twice the engine's page): three pages
+    walk = ExchangeOnlinePhotosConnector.walk_delta
+    done: list[str] = []
+
+    def reset_after_the_first_page(self: Any, url: str, **kwargs: Any) -> Any:
+        pages = walk(self, url, **kwargs)
+        first = next(pages)
+        if len(done) < resets:  # Graph resets while the round's first page is being handled
+            emu.admin.expire_delta_tokens()
+            done.append(first.url)
+        yield first
+        return (yield from pages)
+
+    monkeypatch.setattr(ExchangeOnlinePhotosConnector, "walk_delta", reset_after_the_first_page)
+    engine = Engine(_engine_config(emu, tmp_path, monkeypatch, page_size=100))
+    try:
+        result = engine.run_profile("full")
+        step = result.steps[0]
+        assert len(done) == resets, "the resets did not happen"
+        if resets == 2:
+            assert step.status == "stopped-connector-error", (step.status, step.message)
+            assert "Graph reset the synchronization of the users again" in (step.message or "")
+            assert "410 resyncRequired" in (step.message or "")
+            assert (step.message or "").endswith("Run the full import of agent 'exo' again")
+            result = engine.run_profile("full")  # doing what it says
+            step = result.steps[0]
+        assert result.status == "success", (step.status, step.message)
+        assert set(_cs_rows(engine)) == _staged_ids(emu)
+        assert not step.errors
+        after = engine.run_profile("delta")  # the watermark is the new round's
+        assert after.status == "success", after.steps[0].message
+    finally:
+        engine.close()
