@@ -7,7 +7,10 @@ cache, which we persist (encrypted, atomically) right after every MSAL call.
 
 An ``invalid_grant`` (expired, revoked, consent withdrawn, MFA now required ...) cannot be fixed by
 retrying: it becomes ``AuthenticationError`` (step status ``stopped-authentication``) whose message
-names the exact command that re-authorizes. Token values never appear in messages or logs.
+names the exact command that re-authorizes. The authority failing instead (a 5xx, Entra ID's
+``temporarily_unavailable``, a proxy's page where a token answer belongs) is no fault of the sign-in:
+the step stops as ``stopped-server-down``, saying to run it again later (``_authority_failed``).
+Token values never appear in messages or logs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import msal
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from msal.exceptions import MsalServiceError
 
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
 from connector.agents.exchange_online._tokencache import (
@@ -71,6 +75,11 @@ class AuthStatus:
     detail: str
 
 
+#: OAuth's error for a busy authority, "Retry the request" (Learn, v2-oauth2-auth-code-flow, "Error codes
+#: for token endpoint errors"): the sign-in is fine, so signing in again is no remedy.
+_BUSY = "temporarily_unavailable"
+
+
 def _aadsts(result: dict[str, Any]) -> str:
     """``invalid_grant (AADSTS700082: The refresh token has expired ...)``: first line only, no ids."""
     description = str(result.get("error_description", "")).split("\r\n")[0].split("\n")[0].strip()
@@ -102,6 +111,7 @@ class GraphAuth:
         self._lock = threading.Lock()
         self._token: AccessToken | None = None
         self._app: msal.ClientApplication | None = None
+        self._last_answer = "nothing"
         self.refresh_count = 0
 
     # -- the MSAL application -------------------------------------------------------------------
@@ -121,10 +131,13 @@ class GraphAuth:
         """The MSAL app (built once: it holds MSAL's HTTP throttle cache and discovery)."""
         if self._app is None:
             s = self.settings
+            http = self._session_factory()
+            http.hooks["response"].append(self._note_answer)
+            logging.getLogger("msal.oauth2cli.oauth2").addFilter(_without_token_page)  # once: the same object
             common: dict[str, Any] = {
                 "authority": s.resolved_authority,
                 "token_cache": self.token_cache.cache,
-                "http_client": self._session_factory(),
+                "http_client": http,
                 "http_cache": {},
             }
             if not s.instance_discovery:
@@ -140,10 +153,42 @@ class GraphAuth:
                 raise ConfigurationError(msg, key="authority") from None
             except requests.RequestException as exc:
                 raise self._unreachable(exc) from None
+            except MsalServiceError:  # its discovery document answered 5xx
+                raise self._authority_failed(None) from None
         return self._app
 
     def _unreachable(self, exc: requests.RequestException) -> AuthenticationError:
         return unreachable_authority(self.settings.resolved_authority, exc)
+
+    def _note_answer(self, response: requests.Response, *_: Any, **__: Any) -> None:
+        """Keep the status and content type of the authority's latest answer (never its body, which
+        may hold tokens): MSAL's own errors for a failed answer do not say what came back."""
+        kind = response.headers.get("content-type") or "no content type"
+        self._last_answer = f"HTTP {response.status_code} ({kind})"
+
+    def _authority_failed(
+        self, result: dict[str, Any] | None, then: str = "run the step again later"
+    ) -> AuthenticationError:
+        """The authority answered, but with no token and no verdict on the sign-in: a 5xx (MSAL raises
+        ``MsalServiceError``), an answer that is not OAuth's JSON (MSAL's ``ValueError``: a proxy's or
+        gateway's page), or OAuth's ``temporarily_unavailable`` (``result``).
+
+        Why not ``_stop``: that says to sign in again, which fixes none of these, while the sign-in in
+        the cache is still good; the step stops as an outage does (``stopped-server-down``), nothing lost.
+        """
+        how = _aadsts(result) if result is not None else "no token answer"
+        return AuthenticationError(
+            f"the authority {self.settings.resolved_authority} answered {self._last_answer} with {how}: it "
+            f"failed or is busy, and the sign-in is kept. Nothing is lost: {then}; if it lasts, check "
+            "Microsoft 365 service health and any proxy between this host and the authority",
+            status="stopped-server-down",
+        )
+
+    def _refused(self, result: dict[str, Any]) -> AuthenticationError:
+        """The authority's error answer: busy (try later), or a verdict on the sign-in (``_stop``)."""
+        if result.get("error") == _BUSY:
+            return self._authority_failed(result)
+        return self._stop(_aadsts(result))
 
     @property
     def scopes(self) -> list[str]:
@@ -192,8 +237,10 @@ class GraphAuth:
         else:
             result = self._acquire_delegated(app, force=force)
         self._persist()
-        if not result or "access_token" not in result:
-            raise self._stop(_aadsts(result) if result else "the token cache holds no usable token")
+        if not result:
+            raise self._stop("the token cache holds no usable token")
+        if "access_token" not in result:
+            raise self._refused(result)
         self.refresh_count += 1
         expires_in = float(result.get("expires_in", 300))
         skew = min(_EXPIRY_SKEW_S, expires_in / 10)
@@ -212,7 +259,7 @@ class GraphAuth:
             )
             self._persist()
             if "access_token" not in seeded:
-                raise self._stop(_aadsts(seeded))
+                raise self._refused(seeded)
             account = self._account()
             force = False  # the refresh token was just redeemed
         if account is None:
@@ -237,6 +284,8 @@ class GraphAuth:
                     self._token = current = self._acquire(force=current is not None or self.delegated)
                 except requests.RequestException as exc:
                     raise self._unreachable(exc) from None
+                except (MsalServiceError, ValueError):  # see _authority_failed
+                    raise self._authority_failed(None) from None
             return current.value
 
     def invalidate(self, rejected: str) -> None:
@@ -285,6 +334,8 @@ class GraphAuth:
             self.token_cache.restore(kept)
             if isinstance(exc, requests.RequestException):
                 raise self._unreachable(exc) from None
+            if isinstance(exc, MsalServiceError | ValueError):  # see _authority_failed
+                raise self._authority_failed(None, "sign in again later") from None
             raise
         self._persist()
         return _username(result)
@@ -299,6 +350,12 @@ class GraphAuth:
             return AuthStatus(self.settings.auth_mode, cache, exists, accounts, True, "ok")
         except ConnectorError as exc:
             return AuthStatus(self.settings.auth_mode, cache, exists, (), False, str(exc))
+
+
+def _without_token_page(record: logging.LogRecord) -> bool:
+    """Drop MSAL's record of a token answer that is not JSON: it holds the whole body (a page, or
+    anything) and a traceback, and ``GraphAuth._authority_failed`` says what happened in one line."""
+    return not record.getMessage().startswith("Token response is not in json format")
 
 
 def _username(result: dict[str, Any]) -> str:

@@ -1,0 +1,108 @@
+"""The sign-in endpoint on a bad day, mid-run: an outage, push-back or a proxy's page where a token
+answer belongs. Through the real CLI (``mvsync run``, in this process) against the emulator over HTTPS:
+the step stops naming the authority and what to do, with a documented status and exit code, and what
+was written before is recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.emulator._http import Response
+from tests.agents.exchange_online.conftest import at_photo_upload, folder_to_exchange_online
+from tests.cli._configs import invoke
+
+_JSON = [("Content-Type", "application/json")]
+_HTML = [("Content-Type", "text/html")]
+
+
+def _busy(status: int, headers: list[tuple[str, str]]) -> Response:
+    """Entra ID's answer for a busy service: OAuth's ``temporarily_unavailable`` ("Retry the request")."""
+    body = {
+        "error": "temporarily_unavailable",
+        "error_description": "AADSTS90055: TenantThrottlingError. Trace ID: 1\r\nCorrelation ID: 2",
+        "error_codes": [90055],
+    }
+    return Response(status, json.dumps(body).encode(), [*_JSON, *headers])
+
+
+def _token_endpoint_answers(emu: Any, answer: Response) -> None:
+    """From now on the emulator's token endpoint answers ``answer`` (discovery still works), and the
+    access tokens it issued expire: the agent's next request needs a new one."""
+    identity = emu.identity
+    real = identity.handle
+
+    def handle(req: Any) -> Any:
+        return answer if req.path.endswith("/oauth2/v2.0/token") else real(req)
+
+    identity.handle = handle
+    emu.admin.expire_access_tokens()
+
+
+@pytest.mark.usefixtures("cache_key")
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (Response(503, b'{"error":"server_error"}', _JSON), "answered HTTP 503"),
+        (Response(502, b"<html><body>Bad gateway</body></html>", _HTML), "answered HTTP 502"),
+        (Response(403, b"<html><body>Blocked by policy</body></html>", _HTML), "answered HTTP 403 (text/html)"),
+        (_busy(429, [("Retry-After", "1")]), "AADSTS90055"),
+        (_busy(400, []), "AADSTS90055"),
+    ],
+    ids=["503", "502-html", "proxy-page", "429-busy", "400-busy"],
+)
+def test_a_sign_in_endpoint_that_fails_mid_export_stops_the_step_naming_it_not_a_traceback(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: Response, said: str
+) -> None:
+    """Found by the token pass: the token endpoint answering 5xx mid-run escaped MSAL as
+    MsalServiceError ("HTTP Error: 503"), and a proxy's HTML page as a JSONDecodeError: exit 1 with a
+    traceback, the photos already written left pending. Entra ID's temporarily_unavailable (busy,
+    "retry the request") told the admin to sign in again, which changes nothing. Each now stops the
+    step as stopped-server-down (exit 4) naming the authority and how it answered; the sign-in is
+    kept and the photos not written stay pending for the next run."""
+    emu = make_emulator(users=40)
+    config, people = folder_to_exchange_online(emu, tmp_path, 4, concurrency=1)
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 0, out + err
+
+    at_photo_upload(monkeypatch, 3, lambda: _token_endpoint_answers(emu, answer))
+    code, out, err = invoke("run", "export", "-c", str(config), "--json")
+
+    assert "Traceback" not in out + err
+    [step] = json.loads(out)["steps"]
+    assert (code, step["status"]) == (4, "stopped-server-down"), out + err
+    message = step["message"]
+    assert f"the authority {emu.info['authority']}" in message and said in message, message
+    assert "auth login" not in message  # signing in again changes nothing
+    assert "run the step again later" in message
+    written = [person for person in people if emu.admin.get_photo(person) is not None]
+    assert len(written) == 2  # the two photos before the token ran out are recorded, not pending
+    code, out, err = invoke("pending-exports", "exo", "-c", str(config), "--json")
+    assert {row["anchor"] for row in json.loads(out)} == set(people) - set(written)
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_a_sign_in_endpoint_that_fails_during_auth_login_keeps_the_sign_in_and_says_so(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """`mvsync auth login --refresh-token-file` while the token endpoint answers 503 ended in MSAL's
+    MsalServiceError ("HTTP Error: 503", exit 1 with a traceback). It now names the authority and its
+    answer, exit 4, and the token cache keeps the sign-in it held."""
+    emu = make_emulator(users=5)
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1)
+    code, out, err = invoke("auth", "status", "exo", "-c", str(config), "--json")
+    assert code == 0, out + err  # the configured refresh token seeded the cache
+    cache = tmp_path / "data" / "exo" / "token-cache.bin"
+    before = cache.read_bytes()
+    (tmp_path / "rt.txt").write_text(emu.admin.issue_refresh_token())
+    _token_endpoint_answers(emu, Response(503, b"<html>Service Unavailable</html>", _HTML))
+
+    code, out, err = invoke("auth", "login", "exo", "-c", str(config), "--refresh-token-file", str(tmp_path / "rt.txt"))
+
+    assert code == 4 and "Traceback" not in out + err, out + err
+    assert f"the authority {emu.info['authority']} answered HTTP 503 (text/html)" in err, err
+    assert "sign in again later" in err
+    assert cache.read_bytes() == before
