@@ -129,7 +129,12 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     settings_model = ExchangeOnlineSettings
     capabilities: ClassVar[Capabilities] = Capabilities(
-        full_import=True, delta_import=True, export=True, max_page_size=5000, max_batch_size=500
+        full_import=True,
+        delta_import=True,
+        export=True,
+        deletes_objects=False,  # it changes photos of existing users (see _export_one)
+        max_page_size=5000,
+        max_batch_size=500,
     )
     description = "Exchange Online mailbox users and their photos, over Microsoft Graph"
 

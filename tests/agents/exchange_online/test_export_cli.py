@@ -212,3 +212,23 @@ def test_an_outage_of_the_photo_policy_read_stops_the_export_before_any_write(
     assert "run the step again later" in step["message"]
     assert sent == [] and [p for p in people if emu.admin.get_photo(p) is not None] == []
     assert _pending(config) == set(people)
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_deprovision_delete_on_exchange_online_is_refused_before_any_step(make_emulator: Any, tmp_path: Path) -> None:
+    """Found by the export pass: the agent changes photos of existing users and refuses every object
+    delete (export-not-supported), yet `deprovision = "delete"` on it was accepted, so each person
+    deprovisioned became a delete that every export refused (a per-object error per person, exit 3 on
+    every run, nothing to do about it but edit the configuration). It is now refused before any step,
+    as on the AD agent, naming the key and what to set."""
+    emu = make_emulator(users=10)
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("[agents.exo]\n", '[agents.exo]\ndeprovision = "delete"\n', 1), encoding="utf-8")
+
+    code, out, err = invoke("run", "stage", "-c", str(config))
+
+    assert code == 2, out + err
+    assert 'agents.exo.deprovision = "delete", but the exchange-online-photos agent does not delete objects' in err
+    assert 'set deprovision = "disconnect"' in err and "Traceback" not in err
+    assert emu.admin.stats()["graph_requests"] == 0  # refused before any step
