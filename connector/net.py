@@ -31,6 +31,7 @@ __all__ = [
     "host_port",
     "https_url",
     "on_host",
+    "reached_server",
     "readable_ca_file",
     "service_at",
     "unreachable_authority",
@@ -109,6 +110,21 @@ def failure_kind(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
+#: ``failure_kind``'s words for a connection the server accepted and then broke off
+_AFTER_CONNECTING = frozenset({"connection reset by the server", "the answer was cut off"})
+
+
+def reached_server(exc: requests.RequestException) -> bool:
+    """Whether a failed request had reached the server (its connection reset, its answer cut off),
+    rather than finding nobody there (refused, DNS, a timeout, TLS, a proxy).
+
+    Why it matters: nobody there is about the host, so silence settles it (``AnswerClock``); a reset
+    is as often about the one request (a proxy or firewall resetting one upload, one mailbox's
+    backend), so a request that worked before is asked again first (``fails_again``).
+    """
+    return failure_kind(exc) in _AFTER_CONNECTING
+
+
 def unreachable_authority(authority: str, exc: requests.RequestException) -> AuthenticationError:
     """The sign-in endpoint (Entra ID, or the authority configured) did not answer: its outage, named
     as such. MSAL sends from inside a request to the service, so left alone the failure would be
@@ -144,10 +160,11 @@ class AnswerClock:
     ``stopped-server-down`` instead of giving every remaining object a per-object error (which error
     rechecks would then defer). A working answer is anything below 500, and push-back (429, 503 with
     Retry-After), which the throttling rules handle; a 5xx without Retry-After is a failure, like no
-    answer at all. A refused or timed-out connection is about the host, so silence settles it. A
-    5xx is an answer about one request, and one workload can fail while another works (photos
-    while the user listing answers), so silence neither proves nor disproves it: a client asks
-    again a request that worked before (``fails_again``). A float assignment is atomic in CPython,
+    answer at all. A refused or timed-out connection is about the host, so silence settles it; a
+    connection reset once it was made is not (``reached_server``). A 5xx is an answer about one
+    request, and one workload can fail while another works (photos while the user listing
+    answers), so silence neither proves nor disproves it: a client asks again a request that
+    worked before (``fails_again``). A float assignment is atomic in CPython,
     so no lock is needed.
     """
 

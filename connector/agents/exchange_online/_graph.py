@@ -18,8 +18,9 @@ Two kinds of retry, on purpose:
   ``max_attempts`` times per request, and each retry spends one unit of the step's
   ``retry_budget``; an empty budget turns failures into per-object errors instead of endless
   waiting. A request that used its attempts is Graph's outage, not the object's, when nothing
-  answered meanwhile (no answer at all), or when a request that had worked, asked again, fails
-  too (5xx): the step then stops (``stopped-server-down``) instead of failing every user in turn.
+  answered meanwhile and it found nobody there (refused, timed out), or when a request that had
+  worked, asked again, fails too (after 5xx, or connections reset once made): the step then
+  stops (``stopped-server-down``) instead of failing every user in turn.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from connector.net import (
     failure_kind,
     host_port,
     on_host,
+    reached_server,
     service_at,
 )
 from connector.sdk import ServerDownError, StopRunError
@@ -543,11 +545,16 @@ class GraphClient:
                     raise self.down(f"answered with {exc.response.describe()}", attempts, started, RECHECKED) from None
                 return exc.response
             if exc.network is not None and self.answers.silent_since(started):
-                raise self.down(f"did not answer: {failure_kind(exc.network)}", attempts, started) from None
+                # a reset connection had reached Graph: one request's trouble unless a working one fails too
+                evidence = RECHECKED if reached_server(exc.network) else SILENCE
+                if evidence == SILENCE or self.confirmed_down(stopping):
+                    failure = f"did not answer: {failure_kind(exc.network)}"
+                    raise self.down(failure, attempts, started, evidence) from None
             raise
 
     def confirmed_down(self, cancel: threading.Event | None = None) -> bool:
-        """Whether a request that got nothing but 5xx answers met Graph down, not trouble of its own.
+        """Whether a request that got nothing but 5xx answers (or reset connections) met Graph down,
+        not trouble of its own.
 
         Asks again the latest GET that had a working answer (a photo read; before any, the first
         user of the directory): see ``connector.net.fails_again``. A healthy run pays one request

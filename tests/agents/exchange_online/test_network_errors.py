@@ -320,28 +320,34 @@ def test_a_photo_export_while_graph_is_down_leaves_every_change_pending_after_on
     assert requests_sent <= 1 + 3 + 1, requests_sent  # the first change, one change's attempts (and the policy read)
 
 
+@pytest.mark.parametrize(
+    ("faults", "said"),
+    [
+        pytest.param({"504": 1.0, "retry_after": None}, "answered with HTTP 504", id="504"),
+        # the other side of test_uploads_of_one_mailbox_reset_mid_request_fail_that_change_only_not_the_batch
+        pytest.param({"reset": 1.0}, "did not answer: connection reset by the server", id="reset"),
+    ],
+)
 def test_a_photo_export_while_graph_answers_only_5xx_leaves_every_change_pending(
-    make_emulator: Any, tmp_path: Path, cache_key: str
+    make_emulator: Any, tmp_path: Path, cache_key: str, faults: dict[str, Any], said: str
 ) -> None:
-    """Graph up but failing every request with 504: one change's attempts and a recheck decide it, and
-    every change stays pending (`cd-server-down`) instead of each spending its own attempts."""
+    """Graph up but failing every request with 504 (or resetting every connection): one change's
+    attempts and a recheck decide it, and every change stays pending (`cd-server-down`) instead of
+    each spending its own attempts."""
     emu = make_emulator(users=30)
     changes = photo_changes(emu, 12)
     conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2, concurrency=1)
     conn.open()
     try:
         assert conn.export(changes[:1])[0].status == ExportStatus.SUCCESS  # Graph worked
-        emu.admin.set_faults({"504": 1.0, "retry_after": None})
+        emu.admin.set_faults(faults)
         before = conn.graph.stats.http_requests
         results = conn.export(changes[1:])
         requests_sent = conn.graph.stats.http_requests - before
     finally:
         conn.close()
     assert {(r.status, r.error_name) for r in results} == {(ExportStatus.RETRY, "cd-server-down")}
-    assert (
-        "answered with HTTP 504" in results[-1].error_detail
-        and "had worked before failed too" in results[-1].error_detail
-    )
+    assert said in results[-1].error_detail and "had worked before failed too" in results[-1].error_detail
     assert requests_sent <= 3 + 2, requests_sent  # one change's attempts, and the recheck twice
 
 
@@ -464,3 +470,29 @@ def test_a_next_page_link_to_another_host_is_not_followed_with_the_token(
     said = f"Graph answered with a link to https://127.0.0.1:{port}, not to graph_url's localhost:{port}"
     assert message.startswith(said), message
     assert "the access token went nowhere else" in message
+
+
+def test_uploads_of_one_mailbox_reset_mid_request_fail_that_change_only_not_the_batch(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """Found by the export pass: Graph (or a proxy in front of it) resetting every upload for one
+    mailbox, with one export worker (concurrency = 1), was taken for Graph gone: that change used its
+    attempts with nothing else under way ("no other request had a working answer meanwhile"), and
+    every later change of the batch was left cd-server-down without being tried, at every export for
+    as long as that change came first. A connection that was reset had reached Graph, so a request
+    that worked before is asked again (as for a 5xx): it answers, and only that change is retried
+    later; the rest are written."""
+    emu = make_emulator(users=30)
+    changes = photo_changes(emu, 5)
+    conn = make_connector(emu, tmp_path, max_attempts=3, backoff_max_s=0.2, concurrency=1)
+    emu.admin.set_faults({"reset": 1.0, "path_pattern": f"/users/{changes[0].anchor}/photo/"})
+    conn.open()
+    try:
+        results = conn.export(changes)
+    finally:
+        conn.close()
+    [first, *rest] = results
+    assert (first.status, first.error_name) == (ExportStatus.RETRY, "cd-error"), first
+    assert "connection reset by the server" in first.error_detail, first.error_detail
+    assert [r.status for r in rest] == [ExportStatus.SUCCESS] * 4, rest
+    assert all(emu.admin.get_photo(change.anchor) is not None for change in changes[1:])
