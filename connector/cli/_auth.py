@@ -30,8 +30,9 @@ from connector.cli._common import (
 auth_app = typer.Typer(help="Sign agents in (delegated refresh tokens) and check their tokens.", no_args_is_help=True)
 
 
-def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
-    """The agent's ``GraphAuth`` (only agents that sign in have one)."""
+def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> Any:
+    """The agent's ``GraphAuth`` (only agents that sign in have one); ``signing_in`` (`auth login`)
+    creates the key file if need be, and lets the sign-in replace a cache that cannot be decrypted."""
     from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, generate_key_file
     from connector.config import load_config
     from connector.engine import open_connector
@@ -42,14 +43,14 @@ def _agent_auth(config: Path, agent: str, *, create_key: bool) -> Any:
         raise fail(f"agent {agent!r} (type {cfg.agents[agent].type}) does not sign in to anything", EXIT_CONFIG)
     settings = connector.settings
     key_file = settings.token_cache_key_file
-    if create_key and key_file is not None and not key_file.exists():
+    if signing_in and key_file is not None and not key_file.exists():
         import os
 
         if not os.environ.get(settings.token_cache_key_env):
             generate_key_file(key_file)
             err_console.print(f"created the token cache key file {key_file} (owner only): back it up")
     connector.context.make_data_dir()
-    return connector.auth
+    return connector.sign_in_auth() if signing_in else connector.auth
 
 
 @auth_app.command("login")
@@ -72,7 +73,7 @@ def login(
     """Sign AGENT in: the device-code flow, or import an existing refresh token."""
     from connector.sdk import ConnectorError
 
-    auth = _agent_auth(config, agent, create_key=True)
+    auth = _agent_auth(config, agent, signing_in=True)
     try:
         if refresh_token_file is not None:
             who = auth.login_with_refresh_token(_read_refresh_token(refresh_token_file))
@@ -91,7 +92,7 @@ def status(
     json_out: JsonOption = False,
 ) -> None:
     """Whether AGENT's token cache exists and yields an access token (refreshing it if needed)."""
-    auth = _agent_auth(config, agent, create_key=False)
+    auth = _agent_auth(config, agent, signing_in=False)
     result = auth.status()
     data = {
         "agent": agent,

@@ -97,14 +97,17 @@ class GraphAuth:
         reauthorize_command: str,
         *,
         session_factory: Callable[[], requests.Session] | None = None,
+        signing_in: bool = False,
     ) -> None:
+        """``signing_in``: for `mvsync auth login`, which replaces a token cache it cannot decrypt."""
         self.settings = settings
         self.reauthorize_command = reauthorize_command or "mvsync auth login <agent>"
         self.cache_path = data_dir / CACHE_FILE_NAME
         self.token_cache: EncryptedTokenCache | ProcessTokenCache
         if settings.auth_mode == "delegated":  # the refresh token must outlive the process
             key = load_key(settings.token_cache_key_env, settings.token_cache_key_file)
-            self.token_cache = EncryptedTokenCache(self.cache_path, key)
+            remedy = f"sign in again, which replaces it: {self.reauthorize_command}"
+            self.token_cache = EncryptedTokenCache(self.cache_path, key, remedy=remedy, replacing=signing_in)
         else:
             self.token_cache = ProcessTokenCache()
         self._session_factory = session_factory or (lambda: make_session(settings))

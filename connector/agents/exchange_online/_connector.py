@@ -151,13 +151,24 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
     @property
     def auth(self) -> GraphAuth:
         if self._auth is None:
-            self._auth = GraphAuth(
-                self.settings,
-                self.context.data_dir,
-                self.context.reauthorize_command,
-                session_factory=self._session,
-            )
+            self._auth = self._new_auth(signing_in=False)
         return self._auth
+
+    def sign_in_auth(self) -> GraphAuth:
+        """The ``GraphAuth`` of `mvsync auth login`: a token cache that cannot be decrypted is set aside
+        for the new sign-in to replace, not refused (the refusal names this very command)."""
+        self._auth = self._new_auth(signing_in=True)
+        return self._auth
+
+    def _new_auth(self, *, signing_in: bool) -> GraphAuth:
+        context = self.context
+        return GraphAuth(
+            self.settings,
+            context.data_dir,
+            context.reauthorize_command,
+            session_factory=self._session,
+            signing_in=signing_in,
+        )
 
     @property
     def graph(self) -> GraphClient:

@@ -12,6 +12,7 @@ caches: a copy of both files is useless to another account or on another machine
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -26,6 +27,11 @@ from connector.secrets import SecretFileError, read_secret_file, seal, seal_text
 __all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "ProcessTokenCache", "generate_key_file", "load_key"]
 
 CACHE_FILE_NAME = "token-cache.bin"
+
+log = logging.getLogger("mvsync.agent.exchange_online.auth")
+
+#: What to do about a cache that cannot be decrypted, when the caller does not name the command
+_REMEDY = "re-authorize (`mvsync auth login`), which replaces it"
 
 _KEY_HELP = (
     'create a key with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
@@ -72,10 +78,14 @@ class EncryptedTokenCache:
     called after every MSAL call so the rotated token reaches the disk before it is used again.
     """
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    def __init__(self, path: Path, key: bytes, *, remedy: str = _REMEDY, replacing: bool = False) -> None:
+        """``remedy``: what a message about a cache that cannot be decrypted says to do (the sign-in
+        command); ``replacing``: a new sign-in is under way, so such a cache is set aside (see ``_unusable``)."""
         self.path = path
         self._fernet = Fernet(key)
         self._lock = threading.Lock()
+        self._remedy = remedy
+        self._replacing = replacing
         self.cache = msal.SerializableTokenCache()
         self._load()
 
@@ -92,17 +102,25 @@ class EncryptedTokenCache:
             )
             raise ConfigurationError(msg, key="data_dir") from None
         try:
-            text = self._fernet.decrypt(unseal(blob)).decode("utf-8")
+            self.cache.deserialize(self._fernet.decrypt(unseal(blob)).decode("utf-8"))
         except InvalidToken:
-            msg = (
-                f"the token cache {self.path} cannot be decrypted with the configured key "
-                "(wrong key, or the file was damaged); re-authorize to create a new one"
-            )
-            raise ConfigurationError(msg, key="token_cache_key_env") from None
-        except ValueError as exc:  # sealed with DPAPI by another account or machine
-            msg = f"the token cache {self.path} cannot be read: {exc}; re-authorize to create a new one"
-            raise ConfigurationError(msg, key="token_cache_key_env") from None
-        self.cache.deserialize(text)
+            self._unusable("cannot be decrypted with the configured key (wrong key, or the file was damaged)")
+        except ValueError as exc:  # sealed with DPAPI by another account or machine; no MSAL cache inside
+            self._unusable(f"cannot be read: {exc}")
+
+    def _unusable(self, why: str) -> None:
+        """A cache file that holds no usable sign-in: refused, naming the sign-in that replaces it;
+        set aside while that sign-in runs (``replacing``), which writes a new file once it worked.
+
+        Why not refuse it then too: `mvsync auth login`, the remedy every message names, read the
+        cache first and stopped with the same error, so the agent stayed stuck until someone deleted
+        the file. Nothing is lost by setting it aside: no key reads it, and a sign-in that fails
+        writes nothing.
+        """
+        if not self._replacing:
+            raise ConfigurationError(f"the token cache {self.path} {why}; {self._remedy}", key="token_cache_key_env")
+        log.warning("the token cache %s %s: the new sign-in replaces it", self.path, why)
+        self.cache = msal.SerializableTokenCache()
 
     def persist_if_changed(self) -> bool:
         """Write the cache if MSAL changed it (a new or rotated token). Returns whether it wrote."""

@@ -106,3 +106,32 @@ def test_a_sign_in_endpoint_that_fails_during_auth_login_keeps_the_sign_in_and_s
     assert f"the authority {emu.info['authority']} answered HTTP 503 (text/html)" in err, err
     assert "sign in again later" in err
     assert cache.read_bytes() == before
+
+
+@pytest.mark.usefixtures("cache_key")
+@pytest.mark.parametrize("content", [b"not a token cache", b""], ids=["damaged", "empty"])
+def test_a_token_cache_that_cannot_be_decrypted_is_replaced_by_the_sign_in_its_message_names(
+    make_emulator: Any, tmp_path: Path, content: bytes
+) -> None:
+    """Found by the token pass: a token cache damaged (or left empty by a disk that filled, or written
+    under another key) stopped every command with "cannot be decrypted ...; re-authorize to create a
+    new one", and `mvsync auth login` itself, the way to re-authorize, stopped with the same error
+    (it read the cache before signing in), so the agent stayed stuck until someone deleted the file,
+    which nothing said. The message now names the command, and that command replaces the cache."""
+    emu = make_emulator(users=10)
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1)
+    assert invoke("auth", "status", "exo", "-c", str(config))[0] == 0
+    cache = tmp_path / "data" / "exo" / "token-cache.bin"
+    cache.write_bytes(content)
+
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 2 and "Traceback" not in out + err, out + err
+    assert f"the token cache {cache} cannot be decrypted with the configured key" in err
+    assert f"sign in again, which replaces it: mvsync auth login exo -c {config}" in err, err
+
+    (tmp_path / "rt.txt").write_text(emu.admin.issue_refresh_token())
+    code, out, err = invoke("auth", "login", "exo", "-c", str(config), "--refresh-token-file", str(tmp_path / "rt.txt"))
+    assert code == 0, out + err
+    assert f"the token cache {cache} cannot be decrypted" in err and "the new sign-in replaces it" in err
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 0, out + err
