@@ -54,7 +54,7 @@ from connector.agents.exchange_online._import import (
 )
 from connector.agents.exchange_online._photo_policy import doctor_checks as photo_policy_checks
 from connector.agents.exchange_online._photo_policy import guard_photo_export
-from connector.agents.exchange_online._photos import is_no_photo
+from connector.agents.exchange_online._photos import NO_MAILBOX_CODE, is_no_photo
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
 from connector.net import on_host
 from connector.sdk import (
@@ -417,10 +417,10 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                 if resp.ok:
                     return ExportResult.success(ident)
         except RetryableError as exc:
-            return ExportResult.retry(ident, "cd-error", str(exc))
+            return ExportResult.retry(ident, "cd-error", _then(str(exc), _SENT_AGAIN))
         if resp.status == 403 and resp.error_code == _TOKEN_LACKS_PERMISSION:  # every change would meet it
             raise self.auth.permission_missing("ProfilePhoto.ReadWrite.All", "photo exports", resp.describe())
-        return _export_failure(ident, resp)
+        return _export_failure(ident, resp, self.context.agent)
 
 
 @dataclass(slots=True)
@@ -456,6 +456,21 @@ _JPEG = {"Content-Type": "image/jpeg"}
 _ON_PREMISES_EXPORT = (
     "Graph cannot write the photo of a mailbox on Exchange Server (hybrid): set it there (Set-UserPhoto); "
     "the change is tried again at every export until the mailbox moves to Exchange Online"
+)
+_TRIED_AGAIN = "the change is tried again at every export"
+_SENT_AGAIN = "Graph failed this time: the change stays pending and is sent again at the next export"
+_GONE = (
+    "The user no longer exists in Entra ID (deleted since agent {agent!r} last imported it): its next import "
+    "removes the user, and this change with it"
+)
+_NO_MAILBOX = (
+    "Graph answers this for a user without an Exchange Online mailbox (not licensed for Exchange, or a mail "
+    "user): there is no mailbox photo to write. Give the user a mailbox, or keep the user out of the export "
+    f"flow; {_TRIED_AGAIN}"
+)
+_REFUSED_FOR_USER = (
+    "Graph refused the write for this user: check that the signed-in account (or the app) may change this "
+    f"user's photo; {_TRIED_AGAIN}"
 )
 #: Graph's 403 for a token without the permission (photos: ProfilePhoto.ReadWrite.All), whoever the user
 _TOKEN_LACKS_PERMISSION = "ErrorInsufficientPermissionsInAccessToken"
@@ -501,16 +516,29 @@ def _normalize_upload(data: bytes) -> bytes:
         raise ValueError(str(exc)) from None
 
 
-def _export_failure(ident: str, resp: GraphResponse) -> ExportResult:
-    detail = resp.describe()
+def _export_failure(ident: str, resp: GraphResponse, agent: str) -> ExportResult:
+    """One user's photo write Graph did not take: MIM's error name, Graph's answer, and what happens next.
+
+    Why each says what next: the change stays pending whatever the answer, and Graph's own text
+    ("Resource '...' does not exist", "Error authenticating with resource") says neither why for
+    this user nor what to do.
+    """
     if mailbox_on_premises(resp):  # not a missing user (cd-missing-object says "deleted or moved")
-        return ExportResult.failed(ident, "mailbox-on-premises", f"{detail}. {_ON_PREMISES_EXPORT}")
+        return ExportResult.failed(ident, "mailbox-on-premises", _then(resp, _ON_PREMISES_EXPORT))
     if resp.status == 404:
-        return ExportResult.failed(ident, "cd-missing-object", detail)
+        return ExportResult.failed(ident, "cd-missing-object", _then(resp, _GONE.format(agent=agent)))
+    if resp.status == 400 and resp.error_code == NO_MAILBOX_CODE:
+        return ExportResult.failed(ident, "no-exchange-mailbox", _then(resp, _NO_MAILBOX))
     if resp.status in (401, 403):
-        return ExportResult.failed(ident, "permission-issue", detail)
+        return ExportResult.failed(ident, "permission-issue", _then(resp, _REFUSED_FOR_USER))
     if resp.status == 413:
-        return ExportResult.failed(ident, "constraint-violation", detail)
+        return ExportResult.failed(ident, "constraint-violation", _then(resp, _TRIED_AGAIN))
     if resp.status == 429 or resp.status >= 500:
-        return ExportResult.retry(ident, "cd-error", detail)
-    return ExportResult.failed(ident, "cd-error", detail)
+        return ExportResult.retry(ident, "cd-error", _then(resp, _SENT_AGAIN))
+    return ExportResult.failed(ident, "cd-error", _then(resp, _TRIED_AGAIN))
+
+
+def _then(resp: GraphResponse | str, advice: str) -> str:
+    """Graph's answer (or a failure's text), then what happens next: one sentence each."""
+    said = resp if isinstance(resp, str) else resp.describe()
+    return f"{said.rstrip('.')}. {advice[0].upper()}{advice[1:]}"

@@ -29,6 +29,7 @@ from connector.agents.exchange_online._hybrid import MAILBOX_NOT_FOUND_CODES, ON
 from connector.agents.exchange_online._settings import HD_PHOTO_SIZES
 
 __all__ = [
+    "NO_MAILBOX_CODE",
     "NO_PHOTO_CODES",
     "PhotoOutcome",
     "PhotoTask",
@@ -38,6 +39,9 @@ __all__ = [
     "read_response",
     "task_request",
 ]
+
+#: Graph's ``error.code`` (with 400) on a photo URL of a user without an Exchange Online mailbox
+NO_MAILBOX_CODE = "AuthenticationError"
 
 #: ``error.code`` values meaning "no photo" (compared case-insensitively).
 NO_PHOTO_CODES = frozenset({"imagenotfound", "errorentitynotfound", "erroritemnotfound", "getuserphoto"})
@@ -173,7 +177,7 @@ def _error_name(resp: GraphResponse) -> str:
     code = resp.error_code
     if code.lower() in MAILBOX_NOT_FOUND_CODES:
         return "mailbox-not-found"
-    if resp.status == 400 and code == "AuthenticationError":
+    if resp.status == 400 and code == NO_MAILBOX_CODE:
         return "no-exchange-mailbox"
     if resp.status == 403:
         return "permission-issue"

@@ -393,6 +393,46 @@ def test_a_photo_export_to_an_on_premises_mailbox_says_so_not_that_the_user_is_m
     assert results[0].error_detail.startswith("HTTP 404 MailboxNotHostedInExchangeOnline")
 
 
+@pytest.mark.usefixtures("cache_key")
+def test_each_refused_photo_write_says_why_and_what_happens_next(make_emulator: Any, tmp_path: Path) -> None:
+    """Found by the export pass: a user without an Exchange Online mailbox (Graph: 400 AuthenticationError
+    "Error authenticating with resource") was a `cd-error` reading like a failed sign-in, though the
+    import names the same answer `no-exchange-mailbox`; and no per-object export error said what
+    happens next or what to do (a user deleted since the import: "HTTP 404 Request_ResourceNotFound:
+    Resource '...' does not exist ..." and nothing more). Each now says so; the rest of the export goes on."""
+    emu = make_emulator(users=40, no_mailbox_photo="error")
+    users = emu.admin.users()
+    cloud = [u["id"] for u in users if u.get("mailbox") == "cloud"]
+    [no_mailbox] = [u["id"] for u in users if u.get("mailbox") == "none" and u.get("mail")][:1]
+    gone = cloud[-1]
+    emu.admin.delete_user(gone, permanent=True)
+    jpeg = (Path(__file__).parents[2] / "data" / "astronaut.jpg").read_bytes()
+    changes = []
+    for number, user in enumerate((gone, gone, no_mailbox, cloud[1])):
+        change = AttributeChange.delete("EXOPhoto") if number == 1 else AttributeChange.replace("EXOPhoto", jpeg)
+        changes.append(CSEntryChange.update("EXOUser", user, [change]))
+        changes[-1].identifier = str(number)
+    conn = make_connector(emu, tmp_path)
+    conn.open()
+    try:
+        results = conn.export(changes)
+    finally:
+        conn.close()
+    put_gone, remove_gone, put_no_mailbox, put_cloud = results
+    for result in (put_gone, remove_gone):
+        assert (result.status, result.error_name) == (ExportStatus.FAILED, "cd-missing-object")
+        assert result.error_detail.startswith("HTTP 404 Request_ResourceNotFound")
+        assert result.error_detail.endswith(
+            "The user no longer exists in Entra ID (deleted since agent 'exo' last imported it): its next "
+            "import removes the user, and this change with it"
+        )
+    assert (put_no_mailbox.status, put_no_mailbox.error_name) == (ExportStatus.FAILED, "no-exchange-mailbox")
+    assert put_no_mailbox.error_detail.startswith("HTTP 400 AuthenticationError")
+    assert "a user without an Exchange Online mailbox" in put_no_mailbox.error_detail
+    assert put_no_mailbox.error_detail.endswith("the change is tried again at every export")
+    assert put_cloud.status == ExportStatus.SUCCESS
+
+
 def test_a_token_cache_that_cannot_be_written_stops_the_step_naming_the_file(
     make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -368,7 +368,12 @@ def test_a_photo_export_to_one_broken_mailbox_fails_that_change_only(
     assert {r.status for r in first} == {ExportStatus.SUCCESS}
     # its own retry at the next export (cd-error), not the outage verdict
     assert [(r.status, r.error_name, r.error_detail) for r in last] == [
-        (ExportStatus.RETRY, "cd-error", "HTTP 504 UnknownError: Gateway timeout.")
+        (
+            ExportStatus.RETRY,
+            "cd-error",
+            "HTTP 504 UnknownError: Gateway timeout. Graph failed this time: the change stays pending and is sent "
+            "again at the next export",
+        )
     ]
 
 
