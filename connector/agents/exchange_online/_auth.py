@@ -15,11 +15,12 @@ Token values never appear in messages or logs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,9 @@ class AuthStatus:
 #: OAuth's error for a busy authority, "Retry the request" (Learn, v2-oauth2-auth-code-flow, "Error codes
 #: for token endpoint errors"): the sign-in is fine, so signing in again is no remedy.
 _BUSY = "temporarily_unavailable"
+#: What to do when the authority failed, in a run (or doctor, auth status) and in a sign-in
+_RUN_LATER = "run the step again later"
+_SIGN_IN_LATER = "sign in again later"
 
 
 def _aadsts(result: dict[str, Any]) -> str:
@@ -163,15 +167,25 @@ class GraphAuth:
     def _unreachable(self, exc: requests.RequestException) -> AuthenticationError:
         return unreachable_authority(self.settings.resolved_authority, exc)
 
+    @contextlib.contextmanager
+    def _asking_authority(self, then: str) -> Iterator[None]:
+        """Around an MSAL call to the authority: its failures to get a token answer become the stops
+        that name the authority (``_unreachable``, ``_authority_failed``, ``then`` saying what to do),
+        not MSAL's exceptions and a traceback."""
+        try:
+            yield
+        except requests.RequestException as exc:
+            raise self._unreachable(exc) from None
+        except (MsalServiceError, ValueError):  # see _authority_failed
+            raise self._authority_failed(None, then) from None
+
     def _note_answer(self, response: requests.Response, *_: Any, **__: Any) -> None:
         """Keep the status and content type of the authority's latest answer (never its body, which
         may hold tokens): MSAL's own errors for a failed answer do not say what came back."""
         kind = response.headers.get("content-type") or "no content type"
         self._last_answer = f"HTTP {response.status_code} ({kind})"
 
-    def _authority_failed(
-        self, result: dict[str, Any] | None, then: str = "run the step again later"
-    ) -> AuthenticationError:
+    def _authority_failed(self, result: dict[str, Any] | None, then: str = _RUN_LATER) -> AuthenticationError:
         """The authority answered, but with no token and no verdict on the sign-in: a 5xx (MSAL raises
         ``MsalServiceError``), an answer that is not OAuth's JSON (MSAL's ``ValueError``: a proxy's or
         gateway's page), or OAuth's ``temporarily_unavailable`` (``result``).
@@ -283,12 +297,8 @@ class GraphAuth:
                 # a process (a run, doctor, auth status) redeems the refresh token: an access token
                 # left in the cache would hide a revoked or expired sign-in for up to 90 minutes, and
                 # the run would stop in the middle of its writes instead of before the first one.
-                try:
+                with self._asking_authority(_RUN_LATER):
                     self._token = current = self._acquire(force=current is not None or self.delegated)
-                except requests.RequestException as exc:
-                    raise self._unreachable(exc) from None
-                except (MsalServiceError, ValueError):  # see _authority_failed
-                    raise self._authority_failed(None) from None
             return current.value
 
     def invalidate(self, rejected: str) -> None:
@@ -315,7 +325,8 @@ class GraphAuth:
         if not isinstance(app, msal.PublicClientApplication):
             msg = "the device-code flow needs a public client (no client_secret); use --refresh-token-file"
             raise ConfigurationError(msg, key="client_secret")
-        flow = app.initiate_device_flow(scopes=self.scopes)
+        with self._asking_authority(_SIGN_IN_LATER):
+            flow = app.initiate_device_flow(scopes=self.scopes)
         if "user_code" not in flow:
             raise ConnectorError(f"the device-code flow could not start: {_aadsts(flow)}")
         prompt(str(flow.get("message") or f"Open {flow['verification_uri']} and enter {flow['user_code']}"))
@@ -328,18 +339,15 @@ class GraphAuth:
         worked: a refused token, an abandoned device code or an unreachable authority keeps the
         sign-in the cache held (emptying the file first left the next scheduled run signed out)."""
         kept = self.token_cache.clear()
-        try:
-            result = redeem()
-            if "access_token" not in result:
-                msg = f"{refused}: {_aadsts(result)}; the token cache {self.cache_path} was left as it was"
-                raise ConnectorError(msg)
-        except BaseException as exc:
-            self.token_cache.restore(kept)
-            if isinstance(exc, requests.RequestException):
-                raise self._unreachable(exc) from None
-            if isinstance(exc, MsalServiceError | ValueError):  # see _authority_failed
-                raise self._authority_failed(None, "sign in again later") from None
-            raise
+        with self._asking_authority(_SIGN_IN_LATER):
+            try:
+                result = redeem()
+                if "access_token" not in result:
+                    msg = f"{refused}: {_aadsts(result)}; the token cache {self.cache_path} was left as it was"
+                    raise ConnectorError(msg)
+            except BaseException:
+                self.token_cache.restore(kept)
+                raise
         self._persist()
         return _username(result)
 

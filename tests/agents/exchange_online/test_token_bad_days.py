@@ -29,14 +29,14 @@ def _busy(status: int, headers: list[tuple[str, str]]) -> Response:
     return Response(status, json.dumps(body).encode(), [*_JSON, *headers])
 
 
-def _token_endpoint_answers(emu: Any, answer: Response) -> None:
-    """From now on the emulator's token endpoint answers ``answer`` (discovery still works), and the
-    access tokens it issued expire: the agent's next request needs a new one."""
+def _token_endpoint_answers(emu: Any, answer: Response, endpoint: str = "token") -> None:
+    """From now on the emulator's token endpoint (or its ``devicecode`` endpoint) answers ``answer``
+    (discovery still works), and the access tokens it issued expire: the agent's next request needs a new one."""
     identity = emu.identity
     real = identity.handle
 
     def handle(req: Any) -> Any:
-        return answer if req.path.endswith("/oauth2/v2.0/token") else real(req)
+        return answer if req.path.endswith(f"/oauth2/v2.0/{endpoint}") else real(req)
 
     identity.handle = handle
     emu.admin.expire_access_tokens()
@@ -85,12 +85,14 @@ def test_a_sign_in_endpoint_that_fails_mid_export_stops_the_step_naming_it_not_a
 
 
 @pytest.mark.usefixtures("cache_key")
+@pytest.mark.parametrize("endpoint", ["token", "devicecode"])
 def test_a_sign_in_endpoint_that_fails_during_auth_login_keeps_the_sign_in_and_says_so(
-    make_emulator: Any, tmp_path: Path
+    make_emulator: Any, tmp_path: Path, endpoint: str
 ) -> None:
     """`mvsync auth login --refresh-token-file` while the token endpoint answers 503 ended in MSAL's
-    MsalServiceError ("HTTP Error: 503", exit 1 with a traceback). It now names the authority and its
-    answer, exit 4, and the token cache keeps the sign-in it held."""
+    MsalServiceError ("HTTP Error: 503"), and the device-code sign-in while the device-code endpoint
+    answers a 503 page in a JSONDecodeError: exit 1 with a traceback. Each now names the authority and
+    its answer, exit 4, and the token cache keeps the sign-in it held."""
     emu = make_emulator(users=5)
     config, _ = folder_to_exchange_online(emu, tmp_path, 1)
     code, out, err = invoke("auth", "status", "exo", "-c", str(config), "--json")
@@ -98,9 +100,10 @@ def test_a_sign_in_endpoint_that_fails_during_auth_login_keeps_the_sign_in_and_s
     cache = tmp_path / "data" / "exo" / "token-cache.bin"
     before = cache.read_bytes()
     (tmp_path / "rt.txt").write_text(emu.admin.issue_refresh_token())
-    _token_endpoint_answers(emu, Response(503, b"<html>Service Unavailable</html>", _HTML))
+    _token_endpoint_answers(emu, Response(503, b"<html>Service Unavailable</html>", _HTML), endpoint)
 
-    code, out, err = invoke("auth", "login", "exo", "-c", str(config), "--refresh-token-file", str(tmp_path / "rt.txt"))
+    imported = ("--refresh-token-file", str(tmp_path / "rt.txt")) if endpoint == "token" else ()
+    code, out, err = invoke("auth", "login", "exo", "-c", str(config), *imported, "--timeout", "30")
 
     assert code == 4 and "Traceback" not in out + err, out + err
     assert f"the authority {emu.info['authority']} answered HTTP 503 (text/html)" in err, err
