@@ -12,9 +12,10 @@ Two kinds of retry, on purpose:
   request waits its turn and is sent again, as often as it takes, without spending anything: the
   shared :class:`~connector.throttling.AdaptiveLimiter` lowers the in-flight limit and pauses new
   sends from every thread for the ``Retry-After``. Only a run that makes *no* progress for
-  ``max_throttled_wait_minutes`` stops (``stopped-throttled``), keeping what it imported.
+  ``max_throttled_wait_minutes`` stops (``stopped-throttled``), keeping what it imported. A 401
+  for the access token in use is likewise sent again once with a new token, free.
 * **Failures** (500, 502, 503 and 504 without ``Retry-After``, connection resets, truncated
-  bodies, 401 before a token refresh) are retried with exponential backoff, at most
+  bodies, a 401 for a new token) are retried with exponential backoff, at most
   ``max_attempts`` times per request, and each retry spends one unit of the step's
   ``retry_budget``; an empty budget turns failures into per-object errors instead of endless
   waiting. A request that used its attempts is Graph's outage, not the object's, when nothing
@@ -462,14 +463,23 @@ class GraphClient:
         """``_send_once`` until Graph answers with something other than push-back.
 
         Throttling is never a failure: the shared limiter holds every sender until the Retry-After
-        has passed, so this loop only has to watch for a run that makes no progress at all.
+        has passed, so this loop only has to watch for a run that makes no progress at all. Nor is
+        a 401 for the access token in use (it ran out, or continuous access evaluation revoked it):
+        one more try with a new token is free. Spending the retry budget on it left a write with
+        none when the budget was spent, that person's permission-issue; a new token refused too is
+        a failure like any other.
         """
+        renewed = False
         while True:
             try:
                 return self._send_once(*args)
             except ThrottledError:
                 self.watch.check(self.limiter.paused_for())  # push-back alone for too long: stop
                 self.throttled_waits += 1
+            except RetryableError as exc:
+                if renewed or exc.response is None or exc.response.status != 401:
+                    raise
+                renewed = True
 
     def _stop(self, state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= self.settings.max_attempts or not self.budget.take():

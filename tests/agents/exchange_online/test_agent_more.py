@@ -433,6 +433,28 @@ def test_each_refused_photo_write_says_why_and_what_happens_next(make_emulator: 
     assert put_cloud.status == ExportStatus.SUCCESS
 
 
+@pytest.mark.usefixtures("cache_key")
+def test_an_access_token_that_expires_mid_export_fails_nobody_when_the_retry_budget_is_spent(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the token pass: Graph's 401 for an access token that ran out (or was revoked by
+    continuous access evaluation) was a failure like a 5xx: its retry with a new token spent the
+    step's retry budget, so with the budget spent (a stormy run, or retry_budget = 0) the write in
+    flight got no retry and became that person's permission-issue, though nothing about the person
+    was wrong. One retry with a new token is now free, as waiting out throttling is."""
+    emu = make_emulator(users=30)
+    changes = photo_changes(emu, 4)
+    conn = make_connector(emu, tmp_path, retry_budget=0, concurrency=1)
+    at_photo_upload(monkeypatch, 3, emu.admin.expire_access_tokens)  # Graph now answers 401 for the token in use
+    conn.open()
+    try:
+        results = conn.export(changes)
+    finally:
+        conn.close()
+    assert [(r.status, r.error_name) for r in results] == [(ExportStatus.SUCCESS, "")] * 4, results
+    assert conn.metrics["token_refreshes_on_401"] == 1 and conn.metrics["retry_budget_spent"] == 0
+
+
 def test_a_token_cache_that_cannot_be_written_stops_the_step_naming_the_file(
     make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
