@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterator
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 __all__ = [
     "EXIT_STORE_CONFIG",
@@ -335,18 +336,39 @@ def _no_answer(where: str, connect_timeout_s: float | None) -> str:
     )
 
 
+def _no_connection_free(where: str, pool_wait_s: float | None) -> str:
+    """Why a statement got no connection from the pool: every one this process may open is taken.
+
+    Why a store fault: the console's pages left waiting on a hung server keep their connections, and
+    once they hold them all, the next page waited for one and got SQLAlchemy's ``TimeoutError``: a bare
+    "Internal Server Error" and tracebacks, where the store's 503 page belongs. The pool's wait is the
+    store's ``BUSY_TIMEOUT_S`` on PostgreSQL (see ``SqlStore``), ``pool_wait_s`` here.
+    """
+    within = f"within {pool_wait_s:g} s" if pool_wait_s else "in time"
+    return (
+        f"cannot use the store {where}: no connection to it came free {within}, every one this "
+        "process may open still waits for the store's answer (a hung or overloaded server, or a network that "
+        "drops its packets); check that it runs (for PostgreSQL: pg_isready -h HOST -p PORT)"
+    )
+
+
 def first_line(text: str) -> str:
     """A database error's first line: PostgreSQL adds ``LINE``/caret lines that say nothing to an operator."""
     return next(iter(text.strip().splitlines()), "")
 
 
 @contextlib.contextmanager
-def store_faults(where: str, *, connect_timeout_s: float | None = None) -> Iterator[None]:
-    """Turn database errors inside the ``with`` into the store fault they stand for."""
+def store_faults(
+    where: str, *, connect_timeout_s: float | None = None, pool_wait_s: float | None = None
+) -> Iterator[None]:
+    """Turn database errors inside the ``with`` into the store fault they stand for (``pool_wait_s``: how
+    long a statement waits for a free connection, named when none came)."""
     try:
         yield
     except DamagedDocumentError as exc:  # decoded while reading: this store's
         raise exc.at(where) from None
+    except PoolTimeoutError:
+        raise StoreUnreachableError(_no_connection_free(where, pool_wait_s)) from None
     except DBAPIError as exc:
         fault = classify(exc, where, connect_timeout_s)
         if fault is None:

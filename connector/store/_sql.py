@@ -64,6 +64,8 @@ BLOB_QUERY_BYTES = 16 * 1024 * 1024
 #: ``busy_timeout``; PostgreSQL's ``lock_timeout`` on a table lock). Other mvsync runs hold it for one
 #: page, chunk or batch; longer means someone else holds the file, or on PostgreSQL a ``VACUUM FULL``,
 #: a ``REINDEX`` or a transaction left open: the run stops as busy (exit 5) instead of hanging silently.
+#: Also how long a statement waits for a free connection of the pool (a console whose pages all wait on a
+#: hung server): then it is a store fault naming the store, before the console's page deadline.
 BUSY_TIMEOUT_S = 30.0
 #: How long a run's start waits for the database lock before saying it waits (SQLite): enough for
 #: another mvsync run's unit of work, too short to be a backup agent or antivirus scan.
@@ -177,7 +179,7 @@ def _postgresql_engine(url: str, parsed: URL, where: str) -> tuple[Engine, float
     if "tcp_user_timeout" not in parsed.query:
         connect_args["tcp_user_timeout"] = PG_TCP_USER_TIMEOUT_MS
     try:
-        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_TIMEOUT_S, connect_args=connect_args)
     except ModuleNotFoundError as exc:
         msg = (
             f"the store {where} needs the PostgreSQL driver {exc.name or 'psycopg'}, which is not installed: "
@@ -232,6 +234,8 @@ class SqlStore:
         lock_dir: Path | None = None
         #: How long connecting may take (PostgreSQL; None for SQLite or an unbounded wait), for messages.
         self.connect_timeout_s: float | None = None
+        #: How long a statement waits for a free pooled connection (None: in memory, one shared connection).
+        self.pool_wait_s: float | None = None
         if self.dialect == "sqlite":
             database = parsed.database or ""
             memory = database in ("", ":memory:")
@@ -243,14 +247,16 @@ class SqlStore:
                 if create:
                     db_path.parent.mkdir(parents=True, exist_ok=True)
                 lock_dir = db_path.with_name(db_path.name + ".locks")
+            self.pool_wait_s = None if memory else BUSY_TIMEOUT_S
             self.engine = create_engine(
                 url,
-                poolclass=StaticPool if memory else None,
                 connect_args={"check_same_thread": False},
+                **({"poolclass": StaticPool} if memory else {"pool_timeout": self.pool_wait_s}),
             )
             _sqlite_setup(self.engine)
         elif self.dialect == "postgresql":
             self.engine, self.connect_timeout_s = _postgresql_engine(url, parsed, self.where)
+            self.pool_wait_s = BUSY_TIMEOUT_S
         else:
             msg = f"store.url: unsupported database {self.dialect!r} (use sqlite or postgresql+psycopg)"
             raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
@@ -362,7 +368,7 @@ class SqlStore:
         """Database errors inside become store faults naming this store (see ``_faults``), with a note
         on why where the store can tell (``noted``: once, although these blocks nest)."""
         try:
-            with store_faults(self.where, connect_timeout_s=self.connect_timeout_s):
+            with store_faults(self.where, connect_timeout_s=self.connect_timeout_s, pool_wait_s=self.pool_wait_s):
                 yield
         except StoreError as fault:
             note = None if fault.noted else self._folder_note(fault) or self._lock_holders_note(fault)

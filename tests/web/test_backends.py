@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -156,6 +157,51 @@ def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_conso
             assert status == 503 and "Store unavailable" in body
             assert "has not answered within 3 s" in body and ":***@127.0.0.1" in body
             assert make_url(url).password not in body
+            store_relay.thaw()
+            assert _get(console.url + "/")[0] == 200
+        finally:
+            store_relay.thaw()
+            console.stop()
+            store.close()
+
+
+@pytest.mark.postgres
+def test_pages_stuck_on_a_quiet_store_taking_every_connection_leave_the_next_page_a_503(
+    tmp_path: Path, postgres_db: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the console pass: pages left waiting on a hung PostgreSQL keep their connections, and
+    once they held all the pool may open (5 + 10), the next page or photo waited for one and got
+    SQLAlchemy's pool TimeoutError: a bare "Internal Server Error" without the security headers, and
+    two tracebacks in the console's output, where the store's 503 page belongs."""
+    monkeypatch.setattr("connector.store._sql.BUSY_TIMEOUT_S", 1.0)  # how long a page waits for a connection
+    url = postgres_db()
+    with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
+        relayed, _ = _quiet_store(tmp_path, url, store_relay)
+        config = config_from_dict(bench_config(relayed, tmp_path), base_dir=tmp_path)
+        # new connections wait a minute for the quiet server, as the open ones wait for their answers
+        store = SqlStore(relayed + "?connect_timeout=60", create=False)
+        pool = store.engine.pool
+        console = serve_in_background(create_app(config, store=store, page_deadline_s=4))
+        try:
+            assert _get(console.url + "/")[0] == 200
+            store_relay.hold()
+            stuck = [threading.Thread(target=_get_quietly, args=(console.url + "/coverage",)) for _ in range(15)]
+            for page in stuck:
+                page.start()
+            for page in stuck:  # each answered at the deadline; its thread still waits on the store
+                page.join()
+            waited_until = time.monotonic() + 60  # a busy machine may start a page's thread late
+            while pool.checkedout() < 15:
+                assert time.monotonic() < waited_until, pool.status()
+                time.sleep(0.02)
+            for path, kind in (("/", "text/html"), ("/photo/" + "a" * 64, "text/plain")):
+                with pytest.raises(urllib.error.HTTPError) as answer:
+                    urllib.request.urlopen(console.url + path, timeout=120)
+                status, headers, body = answer.value.code, answer.value.headers, answer.value.read().decode()
+                assert status == 503 and headers["content-type"].startswith(kind), (path, status, body)
+                assert headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+                assert "no connection to it came free within 1 s" in html.unescape(body), body
+                assert ":***@127.0.0.1" in body and make_url(url).password not in body
             store_relay.thaw()
             assert _get(console.url + "/")[0] == 200
         finally:
