@@ -148,11 +148,15 @@ class AccessPolicy:
             # browser, cookie in hand, to another site
             target = "/" + request.url.path.lstrip("/\\") + (f"?{urlencode(rest)}" if rest else "")
             redirect = RedirectResponse(target, status_code=303)
+            # Lax, not Strict: a browser withholds a Strict cookie from a navigation that began on another
+            # site (a link in a runbook, a wiki, an alert), redirects included, so that link said
+            # "authentication required". Lax still keeps it from other sites' images, frames and scripts,
+            # and the console takes GET and HEAD only: a link can make it change nothing
             redirect.set_cookie(
                 COOKIE_NAME,
                 self.session_value(),
                 httponly=True,
-                samesite="strict",
+                samesite="lax",
                 secure=request.url.scheme == "https",
                 path="/",
             )

@@ -10,6 +10,10 @@ by the page's own security policy. Screenshots land in ``test-artifacts/test_bro
 
 from __future__ import annotations
 
+import contextlib
+import html
+import http.server
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +28,7 @@ from connector.config import config_from_dict
 from connector.emulator import EmulatorConfig, GraphEmulator, exo_agent_settings
 from connector.engine import Engine
 from connector.sdk import ExportStatus
-from connector.web import create_app, serve_in_background
+from connector.web import AccessPolicy, create_app, serve_in_background
 from tests.engine.memory import DIRECTORIES, directory
 from tests.web.conftest import PhotoWorld
 from tests.web.images import image_bytes
@@ -341,3 +345,58 @@ def _assert_fits_the_window(driver: Any, page: str) -> None:
         "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
     )
     assert scroll <= client, f"the {page} page is {scroll} px wide in a {client} px window"
+
+
+@contextlib.contextmanager
+def _page_of_another_site(links: list[str]) -> Iterator[str]:
+    """A page on ``localhost`` (another site than the console's 127.0.0.1: a wiki, a monitoring alert)
+    holding ``links`` (ids ``link0``, ``link1`` ...); yields its URL."""
+    body = "".join(f'<p><a id="link{i}" href="{html.escape(url)}">console</a></p>' for i, url in enumerate(links))
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = f"<!doctype html><html><body>{body}</body></html>".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_link_from_another_site_opens_the_console_signed_in_with_a_token(
+    chromium: Any, photo_world: PhotoWorld
+) -> None:
+    # found in the console pass: the sign-in cookie was SameSite=Strict, which a browser does not send on
+    # a navigation that began on another site, redirects included: opening the console from a link with
+    # ?token= (a runbook, a wiki, a monitoring alert) traded the token and then said "authentication
+    # required: open the console with ?token=...", and once signed in every such link to a page said so
+    from selenium.webdriver.common.by import By
+
+    token = "a-console-token-of-this-test"
+    policy = AccessPolicy(token=token)
+    console = serve_in_background(create_app(photo_world.config, store=photo_world.engine.store, policy=policy))
+    driver = chromium
+    links = [f"{console.url}/coverage?token={token}", f"{console.url}/agents"]
+    try:
+        with _page_of_another_site(links) as other_site:
+            for i, path in enumerate(("/coverage", "/agents")):
+                driver.get(other_site)
+                _follow(driver, driver.find_element(By.ID, f"link{i}").click)
+                assert driver.current_url == console.url + path  # the token left the address bar
+                headings = [h.text for h in driver.find_elements(By.TAG_NAME, "h1")]
+                assert headings == [path.strip("/").title()], driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        driver.get(console.url + "/favicon.ico")
+        driver.delete_all_cookies()  # the next test's console is on 127.0.0.1 too
+        console.stop()
