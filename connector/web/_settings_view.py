@@ -25,7 +25,12 @@ from connector.sdk import ConfigurationError
 __all__ = ["HIDDEN", "masked_settings"]
 
 HIDDEN = "\u2022\u2022\u2022\u2022\u2022\u2022 (hidden)"
-_SECRET_NAME = re.compile(r"secret|passw|token|credential|private|api_?key|(^|_)key($|_)|cookie|auth", re.IGNORECASE)
+#: Words of a setting's name that say it holds a credential; ``pass`` and ``pw`` only as a whole word of the
+#: name (``pfx_pass``, not ``compass``), as ``key``.
+_SECRET_NAME = re.compile(
+    r"secret|passw|passphrase|pwd|bindpw|token|credential|private|api_?key|cookie|auth|(^|_)(key|pass|pw)($|_)",
+    re.IGNORECASE,
+)
 
 
 def _choices(model: type[BaseModel]) -> dict[str, frozenset[Any]]:

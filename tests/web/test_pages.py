@@ -255,6 +255,32 @@ def test_agents_page_never_shows_a_secret(photo_world: PhotoWorld) -> None:
     assert page.text.count("(hidden)") >= 5
 
 
+def test_agents_page_hides_settings_named_with_the_short_words_for_a_password(photo_world: PhotoWorld) -> None:
+    """Found in the console pass: a connector that forgot ``SecretStr`` is covered by the name of the
+    setting, and names with ``pwd``, ``pw``, ``bindpw``, ``pass`` or ``passphrase`` (LDAP's bindpw, a
+    certificate's passphrase) were shown as written, though the log redaction knows pwd and bindpw."""
+    from connector.config import config_from_dict
+    from connector.web import create_app
+    from tests.web.conftest import TestClient
+
+    data = photo_world.config.model_dump(by_alias=True, exclude={"path", "base_dir"})
+    secrets = {
+        "bind_pwd": "pwd-value-1",
+        "ldap_bindpw": "bindpw-value-2",
+        "pw": "pw-value-3",
+        "cert_passphrase": "passphrase-value-4",
+        "pfx_pass": "pass-value-5",
+    }
+    data["agents"]["ad"]["settings"] = {**data["agents"]["ad"]["settings"], **secrets, "compass": "north"}
+    config = config_from_dict(data, base_dir=photo_world.config.base_dir)
+    with TestClient(create_app(config, store=photo_world.engine.store), base_url="http://127.0.0.1") as c:
+        page = c.get("/agents")
+    assert page.status_code == 200
+    shown = [value for value in secrets.values() if value in page.text]
+    assert not shown, shown
+    assert "<th>compass</th><td><code>north</code>" in page.text  # a word that merely holds "pass" is shown
+
+
 def test_agents_page_hides_a_password_written_into_a_url_setting(photo_world: PhotoWorld) -> None:
     """Found by hand: ``mvsync ui`` showed ``ews_url = "https://CONTOSO%5Csvc:Hunter2Secret@mail/EWS/..."``
     on the Agents page as written; a URL setting is no secret by name, but its password is one."""
