@@ -56,6 +56,7 @@ from connector.store._values import (
     normalize_values,
     parse_blob_ref,
     plain_value,
+    undecodable,
 )
 
 __all__ = [
@@ -122,4 +123,5 @@ __all__ = [
     "people",
     "plain_value",
     "tables",
+    "undecodable",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "normalize_values",
     "parse_blob_ref",
     "plain_value",
+    "undecodable",
 ]
 
 BLOB_PREFIX = "\x00b:"
@@ -162,3 +163,28 @@ def blob_refs(document: Any) -> Iterator[BlobRef]:
     elif isinstance(document, list | tuple):
         for item in document:
             yield from blob_refs(item)
+
+
+#: What an encoded value is, by its tag, as messages about a damaged one name it.
+_TAG_NAMES = {BLOB_PREFIX: "binary value's reference", _DATE_PREFIX: "date"}
+
+
+def undecodable(document: Any) -> str | None:
+    """What kind of encoded value anywhere in a stored document does not decode ("date", "binary value's
+    reference"), or None when every one does.
+
+    Why: a byte changed inside a value's text (a size's digit, a date's) leaves the document JSON, so it
+    passes :func:`~connector.store.loads`, and :func:`decode_value` then failed with a ``ValueError`` far
+    from the row it came from. Readers that show rows (the console) ask this first and show the row as
+    damaged. Never the value itself: it may be a person's data.
+    """
+    if isinstance(document, str):
+        if not document.startswith("\x00"):
+            return None
+        try:
+            _decode_one(document, None)
+        except ValueError:
+            return _TAG_NAMES.get(document[: len(BLOB_PREFIX)], "value")
+        return None
+    items = document.values() if isinstance(document, dict) else document if isinstance(document, list) else ()
+    return next((kind for kind in map(undecodable, items) if kind is not None), None)

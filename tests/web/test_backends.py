@@ -361,16 +361,81 @@ def _damage_one_of_each(store: SqlStore, mv_id: int) -> dict[str, tuple[int, str
     }
 
 
-def test_one_damaged_row_is_shown_as_damaged_and_the_rest_of_its_page_renders(store_url: str, tmp_path: Path) -> None:
+def _damage_leaving_json(store: SqlStore, mv_id: int) -> dict[str, tuple[int, str]]:
+    """As :func:`_damage_one_of_each`, damage that leaves each document JSON: a changed digit of a photo's
+    reference, a changed date, a document that is no longer an object."""
+    import re
+
+    from sqlalchemy import select, update
+
+    from connector.store.tables import cs_object, mv_object, run_step
+
+    def changed(text: str, pattern: str) -> str:
+        damaged, found = re.subn(pattern, r"\g<1>X", text, count=1)
+        assert found, (pattern, text)
+        return damaged
+
+    reference, date = r"(\\u0000b:[0-9a-f]{64}:)\d", r"(\\u0000d:)\d"
+    with store.transaction() as conn:
+        step_id, run_id = conn.execute(select(run_step.c.id, run_step.c.run_id).order_by(run_step.c.id.desc())).first()
+        pending_id, changes = next(
+            row
+            for row in conn.execute(
+                select(cs_object.c.id, cs_object.c.export_changes)
+                .where(cs_object.c.agent == "ad", cs_object.c.export_type.is_not(None))
+                .order_by("id")
+            )
+            if "u0000b:" in (row.export_changes or "")
+        )
+        error_id = conn.execute(
+            select(cs_object.c.id).where(cs_object.c.sync_error.is_not(None)).order_by("id")
+        ).scalar()
+        exo_id, hologram = conn.execute(
+            select(cs_object.c.id, cs_object.c.hologram).where(
+                cs_object.c.agent == "exo", cs_object.c.mv_id == mv_id + 1
+            )
+        ).one()
+        attributes = conn.execute(select(mv_object.c.attributes).where(mv_object.c.id == mv_id)).scalar_one()
+        conn.execute(update(run_step).where(run_step.c.id == step_id).values(counters="[1, 2]"))
+        conn.execute(update(mv_object).where(mv_object.c.id == mv_id).values(attributes=changed(attributes, reference)))
+        conn.execute(update(cs_object).where(cs_object.c.id == exo_id).values(hologram=changed(hologram, date)))
+        conn.execute(
+            update(cs_object).where(cs_object.c.id == pending_id).values(export_changes=changed(changes, reference))
+        )
+        conn.execute(update(cs_object).where(cs_object.c.id == error_id).values(sync_error='"ambiguous-join"'))
+    step = (step_id, f"run_step row {step_id}: its counters is not the JSON object mvsync wrote (it is a JSON list)")
+    person = (mv_id, f"mv_object row {mv_id}: its attributes holds a binary value's reference that is not one mvsync")
+    return {
+        "/": step,
+        f"/runs/{run_id}": step,
+        f"/steps/{step_id}": step,
+        f"/persons/{mv_id}": person,
+        f"/persons/{mv_id + 1}": (exo_id, f"cs_object row {exo_id}: its hologram holds a date that is not one mvsync"),
+        "/pending/ad": (
+            pending_id,
+            f"cs_object row {pending_id}: its export_changes holds a binary value's reference that is not one mvsync",
+        ),
+        "/coverage": (error_id, "(damaged row: run mvsync doctor)"),
+    }
+
+
+@pytest.mark.parametrize("damage", [_damage_one_of_each, _damage_leaving_json], ids=["not-json", "still-json"])
+def test_one_damaged_row_is_shown_as_damaged_and_the_rest_of_its_page_renders(
+    store_url: str, tmp_path: Path, damage: Callable[[SqlStore, int], dict[str, tuple[int, str]]]
+) -> None:
     """Found by hand: one run_step row whose counters were not JSON made the operations page (and the
     run's page) a 500, hiding every other run; a damaged connector hid its person's page, a damaged
     pending export the agent's whole pending list. Each page now shows the other rows, and the damaged
-    one as damaged with `mvsync doctor`, on the real console over HTTP, on SQLite and PostgreSQL."""
+    one as damaged with `mvsync doctor`, on the real console over HTTP, on SQLite and PostgreSQL.
+
+    Found in the console pass: damage that leaves the text JSON (a digit of a photo's reference or of a
+    date changed, counters that are a list) passed as intact, and the page was the console's 500 (the
+    search page too, for every search that listed the person)."""
     config = config_from_dict(bench_config(store_url, tmp_path), base_dir=tmp_path)
     store = SqlStore(config.store_url())
     try:
         sample = fill_store(store, 40)
-        pages = _damage_one_of_each(store, sample["mv_id"])
+        pages = damage(store, sample["mv_id"])
         console = serve_in_background(create_app(config, store=store))
         try:
             for path, (_row, says) in pages.items():
