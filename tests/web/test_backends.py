@@ -138,6 +138,30 @@ def _quiet_store(tmp_path: Path, url: str, store_relay: FaultyProxy) -> tuple[st
     return relayed, path
 
 
+@contextlib.contextmanager
+def _console_over_a_relay(
+    tmp_path: Path, url: str, deadline_s: float, query: str = ""
+) -> Iterator[tuple[str, SqlStore, FaultyProxy]]:
+    """A console (page deadline ``deadline_s``) over the PostgreSQL store ``url`` through a relay that a
+    test makes quiet; yields its URL, its store (``query`` added to the store's URL) and the relay.
+    The console has served a page, so the pool holds a connection through the relay; at the end the
+    relay answers again and the console must serve once more: it recovers."""
+    with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
+        relayed, _ = _quiet_store(tmp_path, url, store_relay)
+        config = config_from_dict(bench_config(relayed, tmp_path), base_dir=tmp_path)
+        store = SqlStore(relayed + query, create=False)
+        console = serve_in_background(create_app(config, store=store, page_deadline_s=deadline_s))
+        try:
+            assert _get(console.url + "/")[0] == 200
+            yield console.url, store, store_relay
+            store_relay.thaw()
+            assert _get(console.url + "/")[0] == 200
+        finally:
+            store_relay.thaw()
+            console.stop()
+            store.close()
+
+
 @pytest.mark.postgres
 def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_console_recovers(
     tmp_path: Path, postgres_db: Callable[[], str]
@@ -145,24 +169,12 @@ def test_a_store_that_goes_quiet_is_a_503_page_within_the_deadline_and_the_conso
     """Found by hand: with PostgreSQL hung (the connection open, nothing answered) a page the pool
     served on a connection it held never loaded, and its thread waited for ever."""
     url = postgres_db()
-    with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
-        relayed, _ = _quiet_store(tmp_path, url, store_relay)
-        config = config_from_dict(bench_config(relayed, tmp_path), base_dir=tmp_path)
-        store = SqlStore(relayed, create=False)
-        console = serve_in_background(create_app(config, store=store, page_deadline_s=3))
-        try:
-            assert _get(console.url + "/")[0] == 200  # the pool now holds a connection through the relay
-            store_relay.hold()
-            status, body = _get(console.url + "/")
-            assert status == 503 and "Store unavailable" in body
-            assert "has not answered within 3 s" in body and ":***@127.0.0.1" in body
-            assert make_url(url).password not in body
-            store_relay.thaw()
-            assert _get(console.url + "/")[0] == 200
-        finally:
-            store_relay.thaw()
-            console.stop()
-            store.close()
+    with _console_over_a_relay(tmp_path, url, 3) as (console_url, _, store_relay):
+        store_relay.hold()
+        status, body = _get(console_url + "/")
+        assert status == 503 and "Store unavailable" in body
+        assert "has not answered within 3 s" in body and ":***@127.0.0.1" in body
+        assert make_url(url).password not in body
 
 
 @pytest.mark.postgres
@@ -175,39 +187,27 @@ def test_pages_stuck_on_a_quiet_store_taking_every_connection_leave_the_next_pag
     two tracebacks in the console's output, where the store's 503 page belongs."""
     monkeypatch.setattr("connector.store._sql.BUSY_TIMEOUT_S", 1.0)  # how long a page waits for a connection
     url = postgres_db()
-    with faulty_proxy(("127.0.0.1", make_url(url).port or 5432)) as store_relay:
-        relayed, _ = _quiet_store(tmp_path, url, store_relay)
-        config = config_from_dict(bench_config(relayed, tmp_path), base_dir=tmp_path)
-        # new connections wait a minute for the quiet server, as the open ones wait for their answers
-        store = SqlStore(relayed + "?connect_timeout=60", create=False)
+    # new connections wait a minute for the quiet server, as the open ones wait for their answers
+    with _console_over_a_relay(tmp_path, url, 4, "?connect_timeout=60") as (console_url, store, store_relay):
         pool = store.engine.pool
-        console = serve_in_background(create_app(config, store=store, page_deadline_s=4))
-        try:
-            assert _get(console.url + "/")[0] == 200
-            store_relay.hold()
-            stuck = [threading.Thread(target=_get_quietly, args=(console.url + "/coverage",)) for _ in range(15)]
-            for page in stuck:
-                page.start()
-            for page in stuck:  # each answered at the deadline; its thread still waits on the store
-                page.join()
-            waited_until = time.monotonic() + 60  # a busy machine may start a page's thread late
-            while pool.checkedout() < 15:
-                assert time.monotonic() < waited_until, pool.status()
-                time.sleep(0.02)
-            for path, kind in (("/", "text/html"), ("/photo/" + "a" * 64, "text/plain")):
-                with pytest.raises(urllib.error.HTTPError) as answer:
-                    urllib.request.urlopen(console.url + path, timeout=120)
-                status, headers, body = answer.value.code, answer.value.headers, answer.value.read().decode()
-                assert status == 503 and headers["content-type"].startswith(kind), (path, status, body)
-                assert headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
-                assert "no connection to it came free within 1 s" in html.unescape(body), body
-                assert ":***@127.0.0.1" in body and make_url(url).password not in body
-            store_relay.thaw()
-            assert _get(console.url + "/")[0] == 200
-        finally:
-            store_relay.thaw()
-            console.stop()
-            store.close()
+        store_relay.hold()
+        stuck = [threading.Thread(target=_get_quietly, args=(console_url + "/coverage",)) for _ in range(15)]
+        for page in stuck:
+            page.start()
+        for page in stuck:  # each answered at the deadline; its thread still waits on the store
+            page.join()
+        waited_until = time.monotonic() + 60  # a busy machine may start a page's thread late
+        while pool.checkedout() < 15:
+            assert time.monotonic() < waited_until, pool.status()
+            time.sleep(0.02)
+        for path, kind in (("/", "text/html"), ("/photo/" + "a" * 64, "text/plain")):
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(console_url + path, timeout=120)
+            status, headers, body = answer.value.code, answer.value.headers, answer.value.read().decode()
+            assert status == 503 and headers["content-type"].startswith(kind), (path, status, body)
+            assert headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+            assert "no connection to it came free within 1 s" in html.unescape(body), body
+            assert ":***@127.0.0.1" in body and make_url(url).password not in body
 
 
 @contextlib.contextmanager
@@ -326,102 +326,85 @@ def test_search_text_with_a_nul_character_is_a_400_page_on_each_backend(store_ur
         store.close()
 
 
-def _damage_one_of_each(store: SqlStore, mv_id: int) -> dict[str, tuple[int, str]]:
-    """One damaged document (not JSON) per kind of row a page shows: page -> (row id, what the page says)."""
-    from sqlalchemy import select, update
-
-    from connector.store.tables import cs_object, mv_object, run_step
-
-    bad = "{not json"
-    with store.transaction() as conn:
-        step_id, run_id = conn.execute(select(run_step.c.id, run_step.c.run_id).order_by(run_step.c.id.desc())).first()
-        pending_id = conn.execute(
-            select(cs_object.c.id).where(cs_object.c.agent == "ad", cs_object.c.export_type.is_not(None)).order_by("id")
-        ).scalar()
-        error_id = conn.execute(
-            select(cs_object.c.id).where(cs_object.c.sync_error.is_not(None)).order_by("id")
-        ).scalar()
-        exo_id = conn.execute(
-            select(cs_object.c.id).where(cs_object.c.agent == "exo", cs_object.c.mv_id == mv_id + 1)
-        ).scalar()
-        conn.execute(update(run_step).where(run_step.c.id == step_id).values(counters="[1, 2"))
-        conn.execute(update(mv_object).where(mv_object.c.id == mv_id).values(attributes=bad))
-        for cs_id, column in ((exo_id, "hologram"), (pending_id, "export_changes"), (error_id, "sync_error")):
-            conn.execute(update(cs_object).where(cs_object.c.id == cs_id).values({column: bad}))
-    step = (step_id, f"run_step row {step_id}: its counters is not the JSON mvsync wrote")
-    person = (mv_id, f"mv_object row {mv_id}: its attributes is not the JSON mvsync wrote")
-    return {
-        "/": step,
-        f"/runs/{run_id}": step,
-        f"/steps/{step_id}": step,
-        f"/persons/{mv_id}": person,
-        f"/persons/{mv_id + 1}": (exo_id, f"cs_object row {exo_id}: its hologram is not the JSON mvsync wrote"),
-        "/pending/ad": (pending_id, f"cs_object row {pending_id}: its export_changes is not the JSON mvsync wrote"),
-        "/coverage": (error_id, "(damaged row: run mvsync doctor)"),
-    }
+#: How a kind of damage changes a document's text: (column, text) -> (the damaged text, what the page says).
+Damage = Callable[[str, str], tuple[str, str]]
 
 
-def _damage_leaving_json(store: SqlStore, mv_id: int) -> dict[str, tuple[int, str]]:
-    """As :func:`_damage_one_of_each`, damage that leaves each document JSON: a changed digit of a photo's
-    reference, a changed date, a document that is no longer an object."""
+def _not_json(column: str, text: str) -> tuple[str, str]:
+    """The document is no longer JSON."""
+    return ("[1, 2" if column == "counters" else "{not json"), "is not the JSON mvsync wrote"
+
+
+def _still_json(column: str, text: str) -> tuple[str, str]:
+    """The document stays JSON: a digit of a photo's reference or of a date changed, or (the counters, the
+    sync error) the document is no longer an object."""
     import re
 
-    from sqlalchemy import select, update
+    if column in ("counters", "sync_error"):
+        return "[1, 2]", "is not the JSON object mvsync wrote (it is a JSON list)"
+    if column == "hologram":
+        kind, pattern = "date", r"(\\u0000d:)\d"
+    else:
+        kind, pattern = "binary value's reference", r"(\\u0000b:[0-9a-f]{64}:)\d"
+    damaged, found = re.subn(pattern, r"\g<1>X", text, count=1)
+    assert found, (column, text)
+    return damaged, f"holds a {kind} that is not one mvsync wrote"
+
+
+def _damage_one_of_each(store: SqlStore, mv_id: int, damage: Damage) -> dict[str, tuple[int, str]]:
+    """One damaged document per kind of row a page shows: page -> (row id, what the page says)."""
+    from sqlalchemy import Table, select, update
 
     from connector.store.tables import cs_object, mv_object, run_step
 
-    def changed(text: str, pattern: str) -> str:
-        damaged, found = re.subn(pattern, r"\g<1>X", text, count=1)
-        assert found, (pattern, text)
-        return damaged
-
-    reference, date = r"(\\u0000b:[0-9a-f]{64}:)\d", r"(\\u0000d:)\d"
     with store.transaction() as conn:
-        step_id, run_id = conn.execute(select(run_step.c.id, run_step.c.run_id).order_by(run_step.c.id.desc())).first()
-        pending_id, changes = next(
+        step_id, run_id, counters = conn.execute(
+            select(run_step.c.id, run_step.c.run_id, run_step.c.counters).order_by(run_step.c.id.desc())
+        ).first()
+        pending_id, changes = next(  # a pending export that writes a photo
             row
             for row in conn.execute(
                 select(cs_object.c.id, cs_object.c.export_changes)
                 .where(cs_object.c.agent == "ad", cs_object.c.export_type.is_not(None))
                 .order_by("id")
             )
-            if "u0000b:" in (row.export_changes or "")
+            if "u0000b:" in row.export_changes
         )
-        error_id = conn.execute(
-            select(cs_object.c.id).where(cs_object.c.sync_error.is_not(None)).order_by("id")
-        ).scalar()
+        error_id, error = conn.execute(
+            select(cs_object.c.id, cs_object.c.sync_error).where(cs_object.c.sync_error.is_not(None)).order_by("id")
+        ).first()
         exo_id, hologram = conn.execute(
             select(cs_object.c.id, cs_object.c.hologram).where(
                 cs_object.c.agent == "exo", cs_object.c.mv_id == mv_id + 1
             )
         ).one()
         attributes = conn.execute(select(mv_object.c.attributes).where(mv_object.c.id == mv_id)).scalar_one()
-        conn.execute(update(run_step).where(run_step.c.id == step_id).values(counters="[1, 2]"))
-        conn.execute(update(mv_object).where(mv_object.c.id == mv_id).values(attributes=changed(attributes, reference)))
-        conn.execute(update(cs_object).where(cs_object.c.id == exo_id).values(hologram=changed(hologram, date)))
-        conn.execute(
-            update(cs_object).where(cs_object.c.id == pending_id).values(export_changes=changed(changes, reference))
-        )
-        conn.execute(update(cs_object).where(cs_object.c.id == error_id).values(sync_error='"ambiguous-join"'))
-    step = (step_id, f"run_step row {step_id}: its counters is not the JSON object mvsync wrote (it is a JSON list)")
-    person = (mv_id, f"mv_object row {mv_id}: its attributes holds a binary value's reference that is not one mvsync")
+        said = {}
+        documents: list[tuple[Table, int, str, str]] = [
+            (run_step, step_id, "counters", counters),
+            (mv_object, mv_id, "attributes", attributes),
+            (cs_object, exo_id, "hologram", hologram),
+            (cs_object, pending_id, "export_changes", changes),
+            (cs_object, error_id, "sync_error", error),
+        ]
+        for table, row_id, column, text in documents:
+            damaged, says = damage(column, text)
+            conn.execute(update(table).where(table.c.id == row_id).values({column: damaged}))
+            said[column] = (row_id, f"{table.name} row {row_id}: its {column} {says}")
     return {
-        "/": step,
-        f"/runs/{run_id}": step,
-        f"/steps/{step_id}": step,
-        f"/persons/{mv_id}": person,
-        f"/persons/{mv_id + 1}": (exo_id, f"cs_object row {exo_id}: its hologram holds a date that is not one mvsync"),
-        "/pending/ad": (
-            pending_id,
-            f"cs_object row {pending_id}: its export_changes holds a binary value's reference that is not one mvsync",
-        ),
+        "/": said["counters"],
+        f"/runs/{run_id}": said["counters"],
+        f"/steps/{step_id}": said["counters"],
+        f"/persons/{mv_id}": said["attributes"],
+        f"/persons/{mv_id + 1}": said["hologram"],
+        "/pending/ad": said["export_changes"],
         "/coverage": (error_id, "(damaged row: run mvsync doctor)"),
     }
 
 
-@pytest.mark.parametrize("damage", [_damage_one_of_each, _damage_leaving_json], ids=["not-json", "still-json"])
+@pytest.mark.parametrize("damage", [_not_json, _still_json], ids=["not-json", "still-json"])
 def test_one_damaged_row_is_shown_as_damaged_and_the_rest_of_its_page_renders(
-    store_url: str, tmp_path: Path, damage: Callable[[SqlStore, int], dict[str, tuple[int, str]]]
+    store_url: str, tmp_path: Path, damage: Damage
 ) -> None:
     """Found by hand: one run_step row whose counters were not JSON made the operations page (and the
     run's page) a 500, hiding every other run; a damaged connector hid its person's page, a damaged
@@ -435,7 +418,7 @@ def test_one_damaged_row_is_shown_as_damaged_and_the_rest_of_its_page_renders(
     store = SqlStore(config.store_url())
     try:
         sample = fill_store(store, 40)
-        pages = damage(store, sample["mv_id"])
+        pages = _damage_one_of_each(store, sample["mv_id"], damage)
         console = serve_in_background(create_app(config, store=store))
         try:
             for path, (_row, says) in pages.items():
