@@ -185,6 +185,13 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
             "VACUUM FULL, a REINDEX or a transaction left open (pg_stat_activity, pg_blocking_pids() show which); "
             "let it finish and run again: what was committed before is kept"
         )
+    if sqlstate == "57014":  # PostgreSQL's query_canceled: a statement_timeout, or pg_cancel_backend
+        return StoreError(
+            f"the store {where} canceled a statement ({first}): a statement_timeout set for the role or the "
+            "database (SHOW statement_timeout) or a DBA (pg_cancel_backend) ended it, often while it waited for "
+            "a lock; what was committed before is kept; run again, and if the timeout is the cause, lift it for "
+            "mvsync's role (ALTER ROLE NAME SET statement_timeout = 0)"
+        )
     if "invalid connection option" in text:  # psycopg: a query parameter of the URL libpq does not know
         return StoreError(
             f"store.url {where}: {first_line(text)}: its query takes libpq's connection parameters, in lower "

@@ -307,6 +307,44 @@ def test_a_table_lock_is_said_as_such_within_the_page_deadline(
         with_timeout.close()
 
 
+@pytest.mark.postgres
+def test_a_statement_the_server_cancels_is_a_503_naming_the_cancel_and_statement_timeout(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found in the console pass: a DBA's statement_timeout on the database (or the role), or a
+    pg_cancel_backend, cancels a page's statement (here while it waits for a table lock), and the
+    console answered its 500 "This page could not be shown: OperationalError ... report the error":
+    the store's fault classifier did not know SQLSTATE 57014 (query_canceled)."""
+    url = postgres_db()
+    config = config_from_dict(bench_config(url, tmp_path), base_dir=tmp_path)
+    direct = SqlStore(url)
+    try:
+        fill_store(direct, 3)
+    finally:
+        direct.close()
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    with dba.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{make_url(url).database}" SET statement_timeout = 1000'))
+    dba.dispose()
+    store = SqlStore(url, create=False)  # its sessions start with the database's statement_timeout
+    holder = create_engine(url)
+    try:
+        with holder.connect() as conn, TestClient(create_app(config, store=store), base_url=LOOPBACK) as client:
+            conn.execute(text("SET statement_timeout = 0"))
+            conn.execute(text("LOCK TABLE run_history IN ACCESS EXCLUSIVE MODE"))
+            canceled = client.get("/")
+            conn.rollback()
+            assert canceled.status_code == 503, canceled.text
+            said = html.unescape(canceled.text)
+            assert "canceled a statement (canceling statement due to statement timeout)" in said, said
+            assert "SHOW statement_timeout" in said and "ALTER ROLE" in said and "Traceback" not in said
+            assert make_url(url).password not in said
+            assert client.get("/").status_code == 200
+    finally:
+        holder.dispose()
+        store.close()
+
+
 def test_search_text_with_a_nul_character_is_a_400_page_on_each_backend(store_url: str, tmp_path: Path) -> None:
     # found by hand: /search?q=%00 was a bare "Internal Server Error" on PostgreSQL (psycopg refuses a
     # NUL in a text parameter) and, on SQLite, every person matched (the needle ended at the NUL)
