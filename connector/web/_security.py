@@ -132,11 +132,28 @@ class AccessPolicy:
         apply_security_headers(response)
         return response
 
+    def _unknown_host(self, request: Request) -> str:
+        """Why a request naming another host is refused, the console's own address, and how to allow others.
+
+        Why so much: the one who meets it is often behind a reverse proxy that passes its own ``Host``, or
+        opened the console by the server's name; "use http://127.0.0.1:PORT/" named neither the host it got
+        nor the port, and not the sign-in that lets other names in.
+        """
+        host, port = request.scope.get("server") or ("127.0.0.1", None)
+        address = f"http://{f'[{host}]' if ':' in host else host}" + (f":{port}/" if port else "/")
+        given = request.headers.get("host", "")[:100]
+        return (
+            f"this console answers only as {', '.join(sorted(self.allowed_hosts))}, not as {given!r} (a page of "
+            f"another site could point its own name at this machine: DNS rebinding): open {address} on this "
+            "machine; to reach it by another name (a reverse proxy, another machine), set MVSYNC_UI_TOKEN (or "
+            "MVSYNC_UI_USER and MVSYNC_UI_PASSWORD) where mvsync ui runs, so that people sign in"
+        )
+
     async def _authorize(self, request: Request) -> Response | None:
         if not self.authenticated:
             host = _host_name(request.headers.get("host", "")).lower()
             if host not in self.allowed_hosts:
-                return PlainTextResponse("unknown Host header (use http://127.0.0.1:PORT/)", status_code=421)
+                return PlainTextResponse(self._unknown_host(request), status_code=421)
             return None
         if self.token is not None and "token" in request.query_params:
             given = request.query_params["token"]

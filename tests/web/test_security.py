@@ -52,6 +52,31 @@ def test_loopback_without_credentials_rejects_foreign_host_headers(photo_world: 
         assert c.get("/photo/" + "0" * 64).status_code == 421
 
 
+def test_a_foreign_host_header_is_told_the_console_address_and_how_to_allow_other_names(
+    photo_world: PhotoWorld,
+) -> None:
+    # found in the console pass: behind a reverse proxy that passes its own Host (or opened by the
+    # server's name) the console answered "unknown Host header (use http://127.0.0.1:PORT/)": not which
+    # name it got, a placeholder for the port, and nothing of sign-in, which is what lets other names in
+    import http.client
+
+    from connector.web import create_app, serve_in_background
+
+    console = serve_in_background(create_app(photo_world.config, store=photo_world.engine.store))
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", console.port, timeout=30)
+        connection.request("GET", "/", headers={"Host": "sync01.contoso.example"})
+        answer = connection.getresponse()
+        said = answer.read().decode()
+        connection.close()
+    finally:
+        console.stop()
+    assert answer.status == 421 and answer.getheader("content-type", "").startswith("text/plain")
+    assert "not as 'sync01.contoso.example'" in said, said
+    assert f"open http://127.0.0.1:{console.port}/ on this machine" in said, said
+    assert "MVSYNC_UI_TOKEN" in said and "PORT" not in said.replace("MVSYNC", ""), said
+
+
 def test_token_as_bearer_or_once_in_the_query_then_a_cookie(photo_world: PhotoWorld) -> None:
     with make_client(photo_world, AccessPolicy(token=TOKEN), "http://sync01.example") as c:
         denied = c.get("/coverage")
