@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
             raise
         from connector.config import load_config
 
+        host = _unbracketed(host)
         try:
             policy = AccessPolicy.from_env(bind_host=host)
             policy.check_bind(host)
@@ -107,6 +108,13 @@ def register(app: typer.Typer) -> None:
             lifespan="off",  # no startup or shutdown hooks: and none cancelled (with a traceback) at a stop
         )
         _console_server(settings, deadline).run(sockets=[listening])
+
+
+def _unbracketed(host: str) -> str:
+    """``--host`` as the socket takes it: ``[::1]``, as IPv6 addresses are written in URLs (and as the
+    console announces itself), is ``::1``; it was "cannot listen on [[::1]]:8765 (Name or service not known)"."""
+    host = host.strip()
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _open_store(url: str) -> SqlStore:

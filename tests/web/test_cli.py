@@ -125,6 +125,27 @@ def test_serves_on_loopback(config_file: Path) -> None:
         proc.wait(10)
 
 
+def test_an_ipv6_host_in_brackets_is_listened_on(config_file: Path) -> None:
+    # found in the console pass: --host [::1], as IPv6 addresses are written in URLs (and as the console
+    # announces itself), was "cannot listen on [[::1]]:0 (Name or service not known)", exit 2
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    proc = _console(config_file, "--host", "[::1]")
+    try:
+        assert proc.stderr is not None
+        said = proc.stderr.readline()
+        match = re.search(r"mvsync console on http://\[::1\]:(\d+)/", said)
+        assert match, said
+        conn = http.client.HTTPConnection("::1", int(match.group(1)), timeout=60)
+        conn.request("GET", "/coverage")
+        assert conn.getresponse().status == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_the_console_socket_takes_connections_before_uvicorn_starts() -> None:
     """Found by hand: ``mvsync ui`` said "console on http://..." when its socket was only bound, so a
     browser or script that went there at once was refused until uvicorn called listen()."""
