@@ -227,11 +227,13 @@ class _Pages:
     def pending(
         self, request: Request, agent: str, after: Annotated[int, Query(ge=-1, le=ROW_ID_MAX)] = -1
     ) -> HTMLResponse:
-        if agent not in self.config.agents:
-            raise HTTPException(404, f"no agent {agent!r} in the configuration")
         with self.store.read() as conn:
+            # an agent taken out of the configuration keeps its connector space, and the list of agents
+            # links its pending exports: they are shown (a 404 only for a name neither knows)
+            total = self.console.pending_counts(conn).get(agent)
+            if total is None:
+                raise HTTPException(404, f"no agent {agent!r} in the configuration or with pending exports")
             rows, next_after, infos = self.console.pending(conn, agent, after)
-            total = self.console.pending_counts(conn).get(agent, 0)
             thresholds = self.console.thresholds(conn, agent)
         return self.page(
             request,
@@ -244,6 +246,7 @@ class _Pages:
             next_after=next_after,
             thresholds=thresholds,
             first=after < 0,
+            configured=agent in self.config.agents,
             nav="pending",
         )
 

@@ -190,6 +190,47 @@ def test_pending_exports_page_by_cursor(photo_world: PhotoWorld) -> None:
         assert {r.cs_id for r in first}.isdisjoint({r.cs_id for r in rest})
 
 
+def test_pending_exports_of_an_agent_no_longer_configured_are_shown_not_a_404(tmp_path: Path) -> None:
+    # found in the console pass: an agent taken out of mvsync.toml keeps its connector space; the Pending
+    # exports page listed its pending exports with a link, and the link was a 404 "no agent 'hr' in the
+    # configuration"
+    from sqlalchemy import text
+
+    from connector.bench.ui import bench_config, fill_store
+    from connector.config import config_from_dict
+    from connector.store import SqlStore
+    from connector.web import create_app, serve_in_background
+
+    data = bench_config(f"sqlite:///{tmp_path / 'store.db'}", tmp_path)
+    store = SqlStore(config_from_dict(data, base_dir=tmp_path).store_url())
+    try:
+        fill_store(store, 20)
+        with store.transaction() as conn:
+            conn.execute(
+                text("UPDATE cs_object SET export_type = 'update', export_changes = :c WHERE agent = 'hr'"),
+                {"c": '{"photo": null}'},
+            )
+            pending = conn.execute(text("SELECT count(*) FROM cs_object WHERE agent = 'hr'")).scalar_one()
+        del data["agents"]["hr"]
+        data["metaverse"]["precedence"]["photo"] = ["exo"]
+        console = serve_in_background(create_app(config_from_dict(data, base_dir=tmp_path), store=store))
+        try:
+            listed = urllib.request.urlopen(console.url + "/pending", timeout=30).read().decode()
+            assert 'href="/pending/hr"' in listed
+            with urllib.request.urlopen(console.url + "/pending/hr", timeout=30) as answer:
+                page = answer.read().decode()
+            assert f"{pending} objects will change at the next export" in page
+            assert "hr is not in the configuration" in page and page.count('<figure class="pending') == pending
+            for unknown in ("/pending/nobody", "/pending/exo-typo"):
+                with pytest.raises(urllib.error.HTTPError) as missing:
+                    urllib.request.urlopen(console.url + unknown, timeout=30)
+                assert missing.value.code == 404, unknown
+        finally:
+            console.stop()
+    finally:
+        store.close()
+
+
 def test_threshold_tripped_is_shown(photo_world: PhotoWorld) -> None:
     from connector.config import config_from_dict
     from connector.web import create_app
