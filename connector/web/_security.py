@@ -81,6 +81,10 @@ class AccessPolicy:
         if (user is None) != (password is None):
             msg = "set both MVSYNC_UI_USER and MVSYNC_UI_PASSWORD for basic authentication, or neither"
             raise InsecureBindError(msg)
+        if user is not None and ":" in user:  # RFC 7617: "user:password" is split at the first colon
+            msg = f"MVSYNC_UI_USER may not hold a colon ({user!r}): basic authentication sends user:password, so "
+            msg += "nobody could sign in; choose a user name without one (any text, not an account of a directory)"
+            raise InsecureBindError(msg)
         hosts = {"127.0.0.1", "::1", "localhost", bind_host.strip("[]").lower()}
         return cls(values.get("MVSYNC_UI_TOKEN") or None, user, password, frozenset(hosts))
 

@@ -44,6 +44,21 @@ def test_refuses_a_public_bind_without_credentials(config_file: Path, monkeypatc
     assert "refusing to listen on 0.0.0.0" in result.output and "MVSYNC_UI_TOKEN" in result.output
 
 
+def test_a_basic_auth_user_with_a_colon_is_refused_naming_it(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found in the console pass: basic authentication sends "user:password", split at the first colon, so
+    # MVSYNC_UI_USER=CONTOSO:ops could never sign in: the console started and the browser asked for ever
+    monkeypatch.delenv("MVSYNC_UI_TOKEN", raising=False)
+    monkeypatch.setenv("MVSYNC_UI_USER", "CONTOSO:ops")
+    monkeypatch.setenv("MVSYNC_UI_PASSWORD", "pw-of-the-test")
+    monkeypatch.setattr("uvicorn.Server.run", lambda server, sockets: [s.close() for s in sockets])
+    result = CliRunner().invoke(app, ["ui", "-c", str(config_file), "--host", "0.0.0.0", "--port", "0"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "MVSYNC_UI_USER may not hold a colon" in said and "pw-of-the-test" not in said, said
+
+
 def test_public_bind_with_a_token_starts(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: dict[str, Any] = {}
     monkeypatch.setenv("MVSYNC_UI_TOKEN", "tok-123")
