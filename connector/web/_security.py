@@ -30,6 +30,7 @@ __all__ = [
     "AccessPolicy",
     "InsecureBindError",
     "apply_security_headers",
+    "cookie_name",
     "is_loopback",
 ]
 
@@ -125,7 +126,7 @@ class AccessPolicy:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode()):
             return True
-        cookie = request.cookies.get(COOKIE_NAME, "")
+        cookie = request.cookies.get(cookie_name(request), "")
         return hmac.compare_digest(cookie.encode(), self.session_value().encode())
 
     async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -174,7 +175,7 @@ class AccessPolicy:
             # "authentication required". Lax still keeps it from other sites' images, frames and scripts,
             # and the console takes GET and HEAD only: a link can make it change nothing
             redirect.set_cookie(
-                COOKIE_NAME,
+                cookie_name(request),
                 self.session_value(),
                 httponly=True,
                 samesite="lax",
@@ -187,6 +188,17 @@ class AccessPolicy:
         headers = {"WWW-Authenticate": 'Basic realm="mvsync", charset="UTF-8"'} if self.user else {}
         hint = "sign in" if self.user else "open the console with ?token=... (MVSYNC_UI_TOKEN) or send a bearer token"
         return PlainTextResponse(f"authentication required: {hint}", status_code=401, headers=headers)
+
+
+def cookie_name(request: Request) -> str:
+    """The sign-in cookie's name: :data:`COOKIE_NAME` and the port the console listens on.
+
+    Why the port: browsers keep cookies per host, not per port, so two consoles on one machine (a test
+    store beside production, each with its own token) shared one cookie, and signing in to one signed
+    out of the other. The socket's port, not the ``Host`` header's: a proxy in front does not change it.
+    """
+    server = request.scope.get("server")
+    return f"{COOKIE_NAME}_{server[1]}" if server and server[1] else COOKIE_NAME
 
 
 def apply_security_headers(response: Response) -> None:

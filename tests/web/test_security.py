@@ -88,14 +88,46 @@ def test_token_as_bearer_or_once_in_the_query_then_a_cookie(photo_world: PhotoWo
         traded = c.get(f"/search?q=person&token={TOKEN}", follow_redirects=False)
         assert traded.status_code == 303 and traded.headers["location"] == "/search?q=person"
         cookie = traded.headers["set-cookie"]
-        assert cookie.startswith(f"{COOKIE_NAME}=") and TOKEN not in cookie
+        assert cookie.startswith(f"{COOKIE_NAME}_80=") and TOKEN not in cookie  # the port of the test's server
         assert "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
         # the client now holds the cookie: every page and photo opens without the token
         assert c.get("/search?q=person").status_code == 200
         assert c.get("/").status_code == 200
     with make_client(photo_world, AccessPolicy(token=TOKEN), "http://sync01.example") as other:
-        other.cookies.set(COOKIE_NAME, "forged")
+        other.cookies.set(f"{COOKIE_NAME}_80", "forged")
         assert other.get("/").status_code == 401
+
+
+def test_two_consoles_on_one_host_keep_their_own_sign_in(photo_world: PhotoWorld) -> None:
+    # found in the console pass: cookies are kept per host, not per port, and both consoles named theirs
+    # mvsync_ui: signing in to a second console on the same machine (a test store beside production, with
+    # its own token) replaced the first one's cookie, and the first then said "authentication required"
+    import http.cookiejar
+    import urllib.error
+    import urllib.request
+
+    from connector.web import create_app, serve_in_background
+
+    tokens = ("token-of-console-one", "token-of-console-two")
+    consoles = [
+        serve_in_background(
+            create_app(photo_world.config, store=photo_world.engine.store, policy=AccessPolicy(token=token))
+        )
+        for token in tokens
+    ]
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    try:
+        for console, token in zip(consoles, tokens, strict=True):
+            assert browser.open(f"{console.url}/coverage?token={token}", timeout=30).status == 200
+        for console in consoles:
+            try:
+                status = browser.open(f"{console.url}/coverage", timeout=30).status
+            except urllib.error.HTTPError as refused:
+                status = refused.code
+            assert status == 200, console.url
+    finally:
+        for console in consoles:
+            console.stop()
 
 
 def test_trading_the_token_never_redirects_to_another_site(photo_world: PhotoWorld) -> None:
