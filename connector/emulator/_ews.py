@@ -48,7 +48,8 @@ a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 
                                        mailbox (or what stands in front of EWS) may answer: a SOAP
                                        fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
                                        proxy's HTML page, damaged bytes, an HTTP 200 whose SOAP says
-                                       ``ResponseClass="Error"`` (``error_response``)
+                                       ``ResponseClass="Error"`` (``error_response``); ``times=n``: for
+                                       the next n requests only (a proxy's 429 that passes)
 =====================================  =================================================================
 
 NTLM is connection-based, as IIS does it: the three-leg handshake runs on one TCP connection, which
@@ -249,8 +250,10 @@ class EwsService:
         #: Kerberos principals authenticated so far (tests check who the agent was).
         self.kerberos_clients: set[str] = set()
         self._acceptor: Any = None
-        #: Canned answers to the REST GetUserPhoto of one mailbox each (``EwsEmulator.set_answer``).
+        #: Canned answers to the REST GetUserPhoto of one mailbox each (``EwsEmulator.set_answer``), and
+        #: how many more requests each answers (None: until it is taken away).
         self.answers: dict[str, Response] = {}
+        self.answers_left: dict[str, int] = {}
         self._generate()
 
     def _generate(self) -> None:
@@ -385,7 +388,7 @@ class EwsService:
         email, pixels = query.get("email", ""), _pixels(query.get("size", "HR648x648"))
         if pixels is None:
             return Response(400, b"Bad Request: unknown size code")
-        canned = self.answers.get(email.lower())
+        canned = self._canned(email.lower())
         if canned is not None:
             return Response(canned.status, canned.body, list(canned.headers))
         box = self.mailboxes.get(email.lower())
@@ -403,6 +406,18 @@ class EwsService:
         self.stats.count("photo_bytes", len(data))
         self.stats.count("photo_downloads")
         return Response(200, data, [("Content-Type", "image/jpeg"), ("ETag", etag)])
+
+    def _canned(self, key: str) -> Response | None:
+        """The canned answer for this mailbox's request, if any (counting down a ``times`` one)."""
+        canned = self.answers.get(key)
+        left = self.answers_left.get(key)
+        if canned is not None and left is not None:
+            if left <= 1:
+                self.answers.pop(key)
+                self.answers_left.pop(key)
+            else:
+                self.answers_left[key] = left - 1
+        return canned
 
     async def _soap(self, req: Request) -> Response:
         """SOAP GetUserPhoto: ``HasChanged`` and ``PictureData`` instead of 304 and a body."""
@@ -657,16 +672,21 @@ class EwsEmulator:
         body: bytes = b"",
         content_type: str = "text/xml; charset=utf-8",
         headers: dict[str, str] | None = None,
+        times: int | None = None,
     ) -> None:
-        """Answer the REST ``GetUserPhoto`` of ``email`` with this (None: as the mailbox would again)."""
+        """Answer the REST ``GetUserPhoto`` of ``email`` with this (None: as the mailbox would again),
+        to the next ``times`` requests only when given (then as the mailbox would again)."""
         key = email.lower()
         fields = [("Content-Type", content_type), *(headers or {}).items()]
 
         def run() -> None:
+            self.service.answers_left.pop(key, None)
             if status is None:
                 self.service.answers.pop(key, None)
-            else:
-                self.service.answers[key] = Response(status, body, fields)
+                return
+            self.service.answers[key] = Response(status, body, fields)
+            if times is not None:
+                self.service.answers_left[key] = times
 
         self._call(run)
 

@@ -9,8 +9,10 @@ body and exchangelib has no GetUserPhoto (§1.9).
 Throttling (field-notes-2.md §1.8, "EWS throttling in Exchange"): ``ErrorServerBusy`` carries
 ``BackOffMilliseconds``, a server-wide request to stop, so it pauses every sender of the shared
 limiter (``limiter.pause``) and counts as push-back; ``ErrorExceededConnectionCount`` (over
-EWSMaxConcurrency) and 503 (IIS's queue) count as push-back too, and the limiter decreases
-(§5, AIMD on in-flight requests). Waiting out throttling never spends the failure attempts.
+EWSMaxConcurrency), 503 (IIS's queue) and 429 (Exchange sends none, but a load balancer or reverse
+proxy in front of EWS that rate-limits does, RFC 6585) count as push-back too, with any Retry-After,
+and the limiter decreases (§5, AIMD on in-flight requests). Waiting out throttling never spends the
+failure attempts.
 
 Any other SOAP fault in a 5xx answer (or error in a 200 whose SOAP response message says
 ``ResponseClass="Error"``) is EWS's word about one mailbox (``ErrorNonExistentMailbox``
@@ -47,6 +49,8 @@ __all__ = ["MAX_PHOTO_BYTES", "EwsFault", "Fetched", "PhotoClient", "ews_fault",
 
 _BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d+)\s*<')
 _THROTTLE_CODES = (b"ErrorServerBusy", b"ErrorExceededConnectionCount", b"ErrorTooManyObjectsOpened")
+#: HTTP push-back whatever the body: IIS's queue full (503), a rate-limiting proxy's 429.
+_PUSH_BACK_STATUS = frozenset({429, 503})
 #: The fault's code: ``<e:ResponseCode>`` of the detail, else the ``faultcode`` (``a:ErrorX``).
 _FAULT_CODE = re.compile(rb"<(?:[\w.-]+:)?(?:ResponseCode|faultcode)\b[^>]*>\s*(?:[\w.-]+:)?(Error\w+)\s*<")
 _FAULT_TEXT = re.compile(rb"<(?:[\w.-]+:)?(?:Message|MessageText|faultstring)\b[^>]*>([^<]{1,300})<")
@@ -145,7 +149,7 @@ def _not_forbidden(resp: requests.Response) -> bool:
 
 def throttle_signal(resp: requests.Response) -> tuple[bool, float | None]:
     """(throttled?, seconds to wait) for an EWS answer (see the module docstring)."""
-    if resp.status_code == 503:
+    if resp.status_code in _PUSH_BACK_STATUS:
         return True, parse_retry_after(resp.headers.get("Retry-After"))
     if resp.status_code >= 500 or "xml" in resp.headers.get("Content-Type", ""):
         body = resp.content[:8192]
@@ -455,8 +459,8 @@ class PhotoClient:
         return resp
 
     def _pushed_back(self, ticket: Ticket, wait: float | None) -> None:
-        """ErrorServerBusy or 503: pause every sender for the server's BackOffMilliseconds, and stop
-        the step if nothing but push-back has come for ``max_throttled_wait_minutes``."""
+        """ErrorServerBusy, 503 or 429: pause every sender for the wait asked for (BackOffMilliseconds,
+        Retry-After), and stop the step if nothing but push-back has come for ``max_throttled_wait_minutes``."""
         self.answers.answered()  # push-back is the server at work
         self.count("throttled")
         if wait is not None:
@@ -471,7 +475,7 @@ class PhotoClient:
         """The error of a mailbox whose every attempt was push-back: asked again in the error window."""
         detail = (
             f"EWS kept throttling {email} ({answers} answers in a row were ErrorServerBusy, "
-            "ErrorExceededConnectionCount or HTTP 503; max_throttled_retries); it is asked again after "
+            "ErrorExceededConnectionCount, HTTP 503 or 429; max_throttled_retries); it is asked again after "
             "photo_error_recheck_hours. If many mailboxes get this, lower concurrency, or give the service "
             "account a throttling policy of its own (New-ThrottlingPolicy, Set-ThrottlingPolicyAssociation)"
         )

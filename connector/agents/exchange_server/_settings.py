@@ -92,8 +92,8 @@ class ExchangeServerSettings(ConnectorSettings):
     max_attempts: int = Field(3, ge=1, le=20)
     max_throttled_retries: int = Field(30, ge=1)
     #: Stop the step (``stopped-throttled``, keeping what was imported) when EWS has answered nothing
-    #: but push-back for this long: ErrorServerBusy, or 503 from IIS, which is also what a stopped
-    #: EWS application pool answers to everything.
+    #: but push-back for this long: ErrorServerBusy, 429 from a rate-limiting proxy in front of it, or
+    #: 503 from IIS, which is also what a stopped EWS application pool answers to everything.
     max_throttled_wait_minutes: float = Field(30.0, gt=0)
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)

@@ -831,6 +831,23 @@ def test_a_mailbox_throttled_past_its_retries_says_what_to_change(ews: EwsEmulat
     assert entries[THUMB].error is None
 
 
+def test_a_429_from_what_stands_in_front_of_ews_is_waited_out_not_the_mailboxs_error(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """A load balancer or reverse proxy in front of EWS that rate-limits answers 429 Too Many Requests
+    with Retry-After (RFC 6585). Before, the mailbox failed at once as "ews-error: HTTP 429", its
+    retries unspent and the shared limiter never told to slow down; now it is push-back like 503:
+    Retry-After pauses the limiter, and the photo comes once the proxy lets the request through."""
+    _listing(tmp_path, PHOTO, THUMB)
+    ews.set_answer(PHOTO, 429, b"<html>Too Many Requests</html>", "text/html", {"Retry-After": "0"}, times=2)
+    agent = _agent(ews, tmp_path)
+    entries, _ = _imported(agent)
+    assert entries[PHOTO].error is None, entries[PHOTO].error
+    assert entries[PHOTO].attributes["EXSPhoto"]
+    assert agent.metrics["throttled"] == 2
+    assert throttle_signal(_answer(429, b"", **{"Retry-After": "7"})) == (True, 7.0)
+
+
 def _cli_config(ews: EwsEmulator, tmp_path: Path) -> Path:
     """A configuration of the ``exs`` agent on the emulator (NTLM, the mailbox file) with ``full`` and
     ``delta`` import profiles, for the real CLI."""
