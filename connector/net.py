@@ -35,6 +35,7 @@ __all__ = [
     "readable_ca_file",
     "service_at",
     "unreachable_authority",
+    "unusable_authority",
     "verifying_session",
 ]
 
@@ -132,6 +133,14 @@ def unreachable_authority(authority: str, exc: requests.RequestException) -> Aut
     return AuthenticationError(
         f"cannot reach the authority {authority}: {failure_kind(exc)}", status="stopped-server-down"
     )
+
+
+def unusable_authority(authority: str, exc: ValueError, key: str = "authority") -> ConfigurationError:
+    """MSAL's refusal of the authority: a URL it cannot use, or one whose discovery document the
+    sign-in endpoint would not give (a tenant it does not know, AADSTS90002). MSAL raises ValueError
+    when its app is made, which for an agent is inside the first request to the service: left alone,
+    a traceback and stopped-connector-exception, with nothing said of the setting to fix."""
+    return ConfigurationError(f"cannot use authority {authority}: {exc}", key=key)
 
 
 def describe_request_error(exc: requests.RequestException, url: str, service: str) -> str:

@@ -38,7 +38,7 @@ from connector.agents.exchange_online._tokencache import (
     ProcessTokenCache,
     load_key,
 )
-from connector.net import unreachable_authority, verifying_session
+from connector.net import unreachable_authority, unusable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
 
 __all__ = ["AccessToken", "AuthStatus", "GraphAuth", "make_session"]
@@ -156,8 +156,7 @@ class GraphAuth:
                 else:
                     self._app = msal.ConfidentialClientApplication(s.client_id, client_credential=credential, **common)
             except ValueError as exc:  # bad authority URL, failed OIDC discovery
-                msg = f"cannot use authority {s.resolved_authority}: {exc}"
-                raise ConfigurationError(msg, key="authority") from None
+                raise unusable_authority(s.resolved_authority, exc) from None
             except requests.RequestException as exc:
                 raise self._unreachable(exc) from None
             except MsalServiceError:  # its discovery document answered 5xx

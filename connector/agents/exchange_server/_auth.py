@@ -31,7 +31,7 @@ import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.net import unreachable_authority, verifying_session
+from connector.net import unreachable_authority, unusable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
 __all__ = ["kerberos_error", "make_auth", "make_session", "refusal", "refused", "spn"]
@@ -255,22 +255,12 @@ class OAuthBearer(AuthBase):
         self._lock = threading.Lock()
 
     def _token(self) -> str:
-        import msal
-
         s = self.settings
         authority = s.authority or f"https://login.microsoftonline.com/{s.tenant_id}"
         with self._lock:
             try:
-                if self._app is None:
-                    assert s.client_secret is not None
-                    self._app = msal.ConfidentialClientApplication(
-                        s.client_id,
-                        client_credential=s.client_secret.get_secret_value(),
-                        authority=authority,
-                        instance_discovery=s.instance_discovery,
-                        http_client=verifying_session(s.ca_bundle, timeout_s=s.timeout_s),  # MSAL sets no timeout
-                    )
-                result = self._app.acquire_token_for_client(scopes=[s.oauth_scope or f"{s.origin}/.default"])
+                app = self._application(authority)
+                result = app.acquire_token_for_client(scopes=[s.oauth_scope or f"{s.origin}/.default"])
             except requests.RequestException as exc:
                 # the sign-in endpoint's failure, not the Exchange server's, though raised inside its request
                 raise unreachable_authority(authority, exc) from None
@@ -283,6 +273,26 @@ class OAuthBearer(AuthBase):
             )
             raise AuthenticationError(msg)
         return str(token)
+
+    def _application(self, authority: str) -> Any:
+        """MSAL's app, made once (it reads the authority's discovery document then): an authority, or
+        a tenant, that MSAL cannot use is a configuration error naming it (ValueError from MSAL)."""
+        import msal
+
+        s = self.settings
+        if self._app is None:
+            assert s.client_secret is not None
+            try:
+                self._app = msal.ConfidentialClientApplication(
+                    s.client_id,
+                    client_credential=s.client_secret.get_secret_value(),
+                    authority=authority,
+                    instance_discovery=s.instance_discovery,
+                    http_client=verifying_session(s.ca_bundle, timeout_s=s.timeout_s),  # MSAL sets no timeout
+                )
+            except ValueError as exc:
+                raise unusable_authority(authority, exc, "authority" if s.authority else "tenant_id") from None
+        return self._app
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self._token()}"

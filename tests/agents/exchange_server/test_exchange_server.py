@@ -304,6 +304,41 @@ def test_oauth_with_a_hung_authority_stops_naming_the_authority_within_the_timeo
     assert "no answer within the timeout" in str(caught.value)
 
 
+def test_oauth_with_a_tenant_the_authority_does_not_know_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """A tenant_id with a typo: Entra ID answers the discovery of its authority with 400 (AADSTS90002,
+    "Tenant ... not found"), and MSAL raises ValueError from inside the first photo request. Before,
+    it escaped the worker as a traceback and the step ended as stopped-connector-exception (exit 4,
+    with no word of the authority); now it is a configuration error naming the authority (exit 2),
+    as the Exchange Online agent says it."""
+    graph = GraphEmulator(EmulatorConfig(users=1)).start()
+    try:
+        with EwsEmulator(EwsConfig(auth=("bearer",)), bearer_validator=lambda _token: True) as emu:
+            emu.add_mailbox(PHOTO, photo=photo(1))
+            _listing(tmp_path, PHOTO)
+            bundle = tmp_path / "cas.pem"
+            bundle.write_bytes(Path(graph.info["ca_cert"]).read_bytes() + Path(emu.info["ca_cert"]).read_bytes())
+            config = _cli_config(emu, tmp_path)
+            (tmp_path / "secret").write_text(graph.info["client_secret"], encoding="utf-8")
+            authority = graph.info["authority"].rsplit("/", 1)[0] + "/contoso-typo"
+            oauth = (
+                f'[agents.exs.settings]\nauth = "oauth"\ntenant_id = "contoso-typo"\n'
+                f'client_id = "{graph.info["client_id"]}"\nclient_secret = {{ file = "secret" }}\n'
+                f'authority = "{authority}"\ninstance_discovery = false\nca_bundle = "{bundle}"\n'
+            )
+            text = config.read_text(encoding="utf-8").replace("[agents.exs.settings]\n", oauth)
+            text = "\n".join(line for line in text.splitlines() if not line.startswith(("username", "password")))
+            config.write_text(text.replace(f'ca_bundle = "{emu.info["ca_cert"]}"\n', ""), encoding="utf-8")
+            code, out, err = invoke("run", "full", "-c", str(config), "--json")
+    finally:
+        graph.stop()
+    failure = json.loads(out.strip().splitlines()[-1])
+    assert (code, failure["status"]) == (2, "stopped-configuration"), out + err
+    said = " ".join(err.split())
+    assert f"authority: cannot use authority {authority}: " in said, said
+    assert "double check your tenant name" in said, said
+    assert "Traceback" not in out + err and graph.info["client_secret"] not in out + err
+
+
 def test_delta_without_state_asks_for_a_full_import(ews: EwsEmulator, tmp_path: Path) -> None:
     with pytest.raises(StopRunError, match="run a full import"):
         _imported(_agent(ews, tmp_path), watermark="")
