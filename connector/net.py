@@ -80,9 +80,7 @@ def failure_kind(exc: requests.RequestException) -> str:
     """What kind of network failure ``exc`` is, and where the fix lies, in a few words."""
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
-        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
-            return "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
-        return "TLS handshake failed"
+        return _tls_failure(text)
     if isinstance(exc, requests.exceptions.ProxyError):
         refused = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
         if refused is None:
@@ -124,6 +122,34 @@ def reached_server(exc: requests.RequestException) -> bool:
     backend), so a request that worked before is asked again first (``fails_again``).
     """
     return failure_kind(exc) in _AFTER_CONNECTING
+
+
+#: OpenSSL's verification errors that no CA bundle cures (X509_verify_cert_error_string, and
+#: CPython's host name check), and what does: a certificate for another name, or out of its dates.
+_MISMATCH = re.compile(r"(?:hostname|ip address) mismatch, certificate is not valid for '([^']*)'", re.IGNORECASE)
+_OUT_OF_DATE = (
+    ("certificate has expired", "TLS certificate expired (renew it on the server)"),
+    ("certificate is not yet valid", "TLS certificate not valid yet (check this host's clock, and the server's)"),
+)
+
+
+def _tls_failure(text: str) -> str:
+    """What a failed TLS handshake says, and where the fix lies: ``ca_bundle`` only when the
+    certificate's issuer is not trusted; setting it again for a certificate issued for another
+    name, or one that expired, changes nothing."""
+    mismatch = _MISMATCH.search(text)
+    if mismatch is not None:
+        return (
+            f"TLS certificate not issued for {mismatch[1]} (use a name it was issued for in the URL, or have "
+            "the certificate reissued with this one)"
+        )
+    lowered = text.lower()
+    for clue, kind in _OUT_OF_DATE:
+        if clue in lowered:
+            return kind
+    if "certificate_verify_failed" in lowered or "certificate" in lowered:
+        return "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
+    return "TLS handshake failed"
 
 
 def unreachable_authority(authority: str, exc: requests.RequestException) -> AuthenticationError:

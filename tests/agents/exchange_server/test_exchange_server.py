@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
+import datetime
 import json
 import os
 import signal
@@ -55,7 +57,7 @@ from connector.throttling import LimitMemory, ThrottledTooLongError, forget_shar
 from tests.agents.photo_folder.helpers import by_anchor
 from tests.cli._configs import invoke
 from tests.emulator.test_ews import _thumbnail
-from tests.harness.sockets import silent_server, trickling_server
+from tests.harness.sockets import handing_to, silent_server, trickling_server
 from tests.imaging.images import photo
 
 PHOTO, PLAIN, THUMB = "photo@contoso.example", "plain@contoso.example", "thumb@contoso.example"
@@ -486,6 +488,53 @@ def test_entries_are_whole_objects_of_the_schema(ews: EwsEmulator, tmp_path: Pat
     for entry in entries.values():
         assert isinstance(entry, CSEntryChange) and entry.object_class == OBJECT_CLASS
         assert set(entry.attributes) <= names
+
+
+@contextlib.contextmanager
+def _tls_server(cert: trustme.LeafCert) -> Iterator[int]:
+    """A loopback port that completes TLS handshakes with ``cert`` (and answers nothing after)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+
+    def handshake(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the client refuses the certificate: the handshake fails here too
+            context.wrap_socket(conn, server_side=True).recv(1)
+
+    with handing_to(handshake) as port:
+        yield port
+
+
+@pytest.mark.parametrize("certificate", ["other-name", "expired"])
+def test_a_certificate_a_ca_bundle_cannot_cure_is_named_for_what_is_wrong(
+    ews: EwsEmulator, tmp_path: Path, certificate: str
+) -> None:
+    """EWS's certificate is issued by the CA in ca_bundle but for another name (ews_url by address, or a
+    host name the certificate does not hold), or it has expired. Before, both stopped the step with
+    "TLS certificate not trusted (set ca_bundle to the CA that issued it)": ca_bundle already named that
+    CA, and setting it again changes nothing. Now each says what is wrong and where the fix lies."""
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cert = {
+        "other-name": ca.issue_cert("mail.contoso.example"),
+        "expired": ca.issue_cert("127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=365)),
+    }[certificate]
+    with _tls_server(cert) as port:
+        where = f"https://127.0.0.1:{port}"
+        agent = _agent(
+            ews, tmp_path, ews_url=f"{where}/EWS/Exchange.asmx", ca_bundle=bundle, max_attempts=1, timeout_s=5
+        )
+        with pytest.raises(ServerDownError) as caught:
+            _imported(agent)
+    said = str(caught.value)
+    kind = {
+        "other-name": "TLS certificate not issued for 127.0.0.1 (use a name it was issued for in the URL, or have "
+        "the certificate reissued with this one)",
+        "expired": "TLS certificate expired (renew it on the server)",
+    }[certificate]
+    assert said.startswith(f"EWS at {where} did not answer: {kind} (1 attempts over "), said
+    assert "ca_bundle" not in said, said
 
 
 def _answer(status: int, body: bytes = b"", **headers: str) -> requests.Response:
