@@ -254,6 +254,8 @@ class EwsService:
         #: how many more requests each answers (None: until it is taken away).
         self.answers: dict[str, Response] = {}
         self.answers_left: dict[str, int] = {}
+        #: When each canned answer was sent (``time.monotonic()``), by mailbox: how a client paced its retries.
+        self.canned_at: dict[str, list[float]] = {}
         self._generate()
 
     def _generate(self) -> None:
@@ -410,6 +412,8 @@ class EwsService:
     def _canned(self, key: str) -> Response | None:
         """The canned answer for this mailbox's request, if any (counting down a ``times`` one)."""
         canned = self.answers.get(key)
+        if canned is not None:
+            self.canned_at.setdefault(key, []).append(time.monotonic())
         left = self.answers_left.get(key)
         if canned is not None and left is not None:
             if left <= 1:
@@ -689,6 +693,10 @@ class EwsEmulator:
                 self.service.answers_left[key] = times
 
         self._call(run)
+
+    def canned_times(self, email: str) -> list[float]:
+        """When the canned answers of ``email`` were sent (``time.monotonic()``, this process's clock)."""
+        return self._call(lambda: list(self.service.canned_at.get(email.lower(), [])))
 
     def mailboxes(self) -> list[dict[str, Any]]:
         return self._call(lambda: [box.admin() for box in self.service.mailboxes.values()])

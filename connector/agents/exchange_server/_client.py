@@ -11,8 +11,9 @@ Throttling (field-notes-2.md §1.8, "EWS throttling in Exchange"): ``ErrorServer
 limiter (``limiter.pause``) and counts as push-back; ``ErrorExceededConnectionCount`` (over
 EWSMaxConcurrency), 503 (IIS's queue) and 429 (Exchange sends none, but a load balancer or reverse
 proxy in front of EWS that rate-limits does, RFC 6585) count as push-back too, with any Retry-After,
-and the limiter decreases (§5, AIMD on in-flight requests). Waiting out throttling never spends the
-failure attempts.
+and the limiter decreases (§5, AIMD on in-flight requests). Push-back that names no wait (no
+BackOffMilliseconds, or 0; no Retry-After) is followed by the mailbox's own back-off, as a failure is.
+Waiting out throttling never spends the failure attempts.
 
 Any other SOAP fault in a 5xx answer (or error in a 200 whose SOAP response message says
 ``ResponseClass="Error"``) is EWS's word about one mailbox (``ErrorNonExistentMailbox``
@@ -232,6 +233,11 @@ def _read_within(resp: requests.Response, timeout_s: float, limit: int) -> bytes
     return b"".join(chunks)
 
 
+def _stopped() -> Fetched:
+    """A mailbox whose wait to be asked again was cut short by the step's stop."""
+    return Fetched("error", error="ews-error", detail="the step stopped")
+
+
 def _content_type(resp: requests.Response) -> str:
     return resp.headers.get("Content-Type") or "no Content-Type"
 
@@ -424,6 +430,11 @@ class PhotoClient:
                     throttled += 1
                     if throttled >= s.max_throttled_retries:
                         return self._throttled_out(email, throttled)
+                    # no wait named (ErrorExceededConnectionCount, BackOffMilliseconds 0, a bare 503): the
+                    # limiter pauses once for push-back, not again while it judges that decrease, so the
+                    # mailbox waits its own back-off rather than ask again at once, every few milliseconds
+                    if not wait and self.cancel.wait(self._backoff(throttled)):
+                        return _stopped()
                     continue
                 fault = ews_fault(resp)
                 self._answered(ticket, email, _is_answer(resp, fault), allowed=resp.status_code != 403)
@@ -435,9 +446,14 @@ class PhotoClient:
             if failures >= s.max_attempts:
                 return self._gave_up(email, last, unanswered, started, failures)
             self.count("retries")
-            delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
-            if self.cancel.wait(delay):
-                return Fetched("error", error="ews-error", detail="the step stopped")
+            if self.cancel.wait(self._backoff(failures)):
+                return _stopped()
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait before asking again after the ``attempt``-th failure or push-back: from
+        ``backoff_initial_s``, doubling up to ``backoff_max_s``, with jitter (threads apart)."""
+        s = self.settings
+        return min(s.backoff_max_s, s.backoff_initial_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
     def _send(self, email: str, size: str, headers: dict[str, str] | None = None) -> requests.Response:
         """One GetUserPhoto request (the caller holds a limiter ticket for it).

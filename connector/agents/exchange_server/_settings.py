@@ -88,7 +88,8 @@ class ExchangeServerSettings(ConnectorSettings):
     #: stay below ``ews_max_concurrency``: Outlook and other clients of the account count there too.
     concurrency: int = Field(16, ge=1)
     #: Attempts for one photo on failures (5xx without ErrorServerBusy, resets); throttling is waited
-    #: out without spending them, up to ``max_throttled_retries``.
+    #: out without spending them, up to ``max_throttled_retries`` (each after the wait EWS asked for,
+    #: else after the back-off below).
     max_attempts: int = Field(3, ge=1, le=20)
     max_throttled_retries: int = Field(30, ge=1)
     #: Stop the step (``stopped-throttled``, keeping what was imported) when EWS has answered nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import signal
@@ -930,6 +931,29 @@ def test_a_429_from_what_stands_in_front_of_ews_is_waited_out_not_the_mailboxs_e
     assert entries[PHOTO].attributes["EXSPhoto"]
     assert agent.metrics["throttled"] == 2
     assert throttle_signal(_answer(429, b"", **{"Retry-After": "7"})) == (True, 7.0)
+
+
+@pytest.mark.parametrize("push_back", ["ErrorExceededConnectionCount", "BackOffMilliseconds=0"])
+def test_push_back_that_asks_for_no_wait_is_not_asked_again_at_once(
+    ews: EwsEmulator, tmp_path: Path, push_back: str
+) -> None:
+    """ErrorExceededConnectionCount (other clients of the account hold its EWSMaxConcurrency) carries no
+    BackOffMilliseconds, and ErrorServerBusy may carry 0. The shared limiter pauses once for a push-back,
+    not again while it judges that decrease; the mailbox was asked again at once, each time: its 30
+    throttled retries were spent in about 2 s (a request every few milliseconds to a server saying it
+    is too busy), and the mailbox failed as "throttled". Now each retry after push-back that named no
+    wait waits the back-off first (backoff_initial_s, doubling), so the mailbox gets its photo once
+    the connections are free."""
+    _listing(tmp_path, PHOTO)
+    code, backoff = ("ErrorServerBusy", 0) if push_back.startswith("BackOff") else (push_back, None)
+    ews.set_answer(PHOTO, 500, soap_fault(code, "Try again later.", backoff), times=4)
+    entries, _ = _imported(_agent(ews, tmp_path, backoff_initial_s=0.05))
+    assert entries[PHOTO].error is None and entries[PHOTO].attributes["EXSPhoto"]
+    sent = ews.canned_times(PHOTO)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    assert len(gaps) == 3
+    # the n-th retry waits at least half of backoff_initial_s * 2**(n-1) (the jitter's least)
+    assert all(gap >= 0.025 * 2**n for n, gap in enumerate(gaps)), gaps
 
 
 def _cli_config(ews: EwsEmulator, tmp_path: Path) -> Path:
