@@ -26,6 +26,7 @@ __all__ = [
     "SILENCE",
     "AnswerClock",
     "describe_request_error",
+    "entra_refusal",
     "fails_again",
     "failure_kind",
     "host_port",
@@ -167,6 +168,14 @@ def unusable_authority(authority: str, exc: ValueError, key: str = "authority") 
     when its app is made, which for an agent is inside the first request to the service: left alone,
     a traceback and stopped-connector-exception, with nothing said of the setting to fix."""
     return ConfigurationError(f"cannot use authority {authority}: {exc}", key=key)
+
+
+def entra_refusal(result: Mapping[str, Any]) -> str:
+    """``invalid_grant (AADSTS700082: The refresh token has expired ...)``: an Entra ID token error as
+    MSAL hands it back, its code and the first line of its description (no trace or correlation ids)."""
+    description = str(result.get("error_description", "")).split("\r\n")[0].split("\n")[0].strip()
+    error = str(result.get("error", "error"))
+    return f"{error} ({description})" if description else error
 
 
 def describe_request_error(exc: requests.RequestException, url: str, service: str) -> str:

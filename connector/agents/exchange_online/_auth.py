@@ -38,7 +38,7 @@ from connector.agents.exchange_online._tokencache import (
     ProcessTokenCache,
     load_key,
 )
-from connector.net import unreachable_authority, unusable_authority, verifying_session
+from connector.net import entra_refusal, unreachable_authority, unusable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
 
 __all__ = ["AccessToken", "AuthStatus", "GraphAuth", "make_session"]
@@ -82,13 +82,6 @@ _BUSY = "temporarily_unavailable"
 #: What to do when the authority failed, in a run (or doctor, auth status) and in a sign-in
 _RUN_LATER = "run the step again later"
 _SIGN_IN_LATER = "sign in again later"
-
-
-def _aadsts(result: dict[str, Any]) -> str:
-    """``invalid_grant (AADSTS700082: The refresh token has expired ...)``: first line only, no ids."""
-    description = str(result.get("error_description", "")).split("\r\n")[0].split("\n")[0].strip()
-    error = str(result.get("error", "error"))
-    return f"{error} ({description})" if description else error
 
 
 class GraphAuth:
@@ -192,7 +185,7 @@ class GraphAuth:
         Why not ``_stop``: that says to sign in again, which fixes none of these, while the sign-in in
         the cache is still good; the step stops as an outage does (``stopped-server-down``), nothing lost.
         """
-        how = _aadsts(result) if result is not None else "no token answer"
+        how = entra_refusal(result) if result is not None else "no token answer"
         return AuthenticationError(
             f"the authority {self.settings.resolved_authority} answered {self._last_answer} with {how}: it "
             f"failed or is busy, and the sign-in is kept. Nothing is lost: {then}; if it lasts, check "
@@ -204,7 +197,7 @@ class GraphAuth:
         """The authority's error answer: busy (try later), or a verdict on the sign-in (``_stop``)."""
         if result.get("error") == _BUSY:
             return self._authority_failed(result)
-        return self._stop(_aadsts(result))
+        return self._stop(entra_refusal(result))
 
     @property
     def scopes(self) -> list[str]:
@@ -327,7 +320,7 @@ class GraphAuth:
         with self._asking_authority(_SIGN_IN_LATER):
             flow = app.initiate_device_flow(scopes=self.scopes)
         if "user_code" not in flow:
-            raise ConnectorError(f"the device-code flow could not start: {_aadsts(flow)}")
+            raise ConnectorError(f"the device-code flow could not start: {entra_refusal(flow)}")
         prompt(str(flow.get("message") or f"Open {flow['verification_uri']} and enter {flow['user_code']}"))
         if timeout_s is not None:
             flow["expires_at"] = min(float(flow.get("expires_at", time.time() + timeout_s)), time.time() + timeout_s)
@@ -342,7 +335,7 @@ class GraphAuth:
             try:
                 result = redeem()
                 if "access_token" not in result:
-                    msg = f"{refused}: {_aadsts(result)}; the token cache {self.cache_path} was left as it was"
+                    msg = f"{refused}: {entra_refusal(result)}; the token cache {self.cache_path} was left as it was"
                     raise ConnectorError(msg)
             except BaseException:
                 self.token_cache.restore(kept)

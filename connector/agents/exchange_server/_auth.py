@@ -31,7 +31,7 @@ import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.net import unreachable_authority, unusable_authority, verifying_session
+from connector.net import entra_refusal, unreachable_authority, unusable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
 __all__ = ["kerberos_error", "make_auth", "make_session", "refusal", "refused", "spn"]
@@ -246,6 +246,23 @@ def _unoffered(settings: ExchangeServerSettings, challenge: str | None) -> Authe
     )
 
 
+#: What to change when Entra ID refuses the token request, by its OAuth error (``{scope}``: the scope
+#: asked for); "" for the rest.
+_TOKEN_ADVICE = {
+    "invalid_resource": (
+        "Entra ID knows no resource {scope} names in this tenant: set oauth_scope to "
+        "https://<EWS external host>/.default with the host hybrid modern authentication registered (the "
+        "on-premises EWS URLs are service principal names of Office 365 Exchange Online in Entra ID)"
+    ),
+    "invalid_client": (
+        "check client_secret (the secret's value, not its ID; renew it under Certificates & secrets if it "
+        "expired) and client_id"
+    ),
+    "unauthorized_client": "check client_id and tenant_id: the app must be registered in this tenant",
+    "": "check the app registration's client secret and the EWS application permission (full_access_as_app)",
+}
+
+
 class OAuthBearer(AuthBase):
     """``Authorization: Bearer`` with an app-only token from MSAL (cached in memory by MSAL)."""
 
@@ -266,13 +283,19 @@ class OAuthBearer(AuthBase):
                 raise unreachable_authority(authority, exc) from None
         token = result.get("access_token") if isinstance(result, dict) else None
         if not token:
-            error = result.get("error", "no token") if isinstance(result, dict) else "no token"
-            msg = (
-                f"Entra ID refused a token for {s.where} (client {s.client_id}): {error}; check the app "
-                "registration's client secret and the EWS application permission (full_access_as_app)"
-            )
-            raise AuthenticationError(msg)
+            raise self._refused(result if isinstance(result, dict) else {"error": "no token"})
         return str(token)
+
+    def _refused(self, result: dict[str, Any]) -> AuthenticationError:
+        """Entra ID's refusal of the token request: its reason (AADSTS code and first line), and
+        what to change for it (a resource it does not know is the scope, not the secret)."""
+        s = self.settings
+        scope = s.oauth_scope or f"{s.origin}/.default"
+        advice = _TOKEN_ADVICE.get(str(result.get("error")), _TOKEN_ADVICE[""]).format(scope=scope)
+        return AuthenticationError(
+            f"Entra ID refused a token for {s.where} (client {s.client_id}) for {scope}: {entra_refusal(result)}; "
+            + advice
+        )
 
     def _application(self, authority: str) -> Any:
         """MSAL's app, made once (it reads the authority's discovery document then): an authority, or

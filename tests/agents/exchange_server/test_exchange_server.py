@@ -342,6 +342,52 @@ def test_oauth_with_a_tenant_the_authority_does_not_know_is_named_not_a_tracebac
     assert "Traceback" not in out + err and graph.info["client_secret"] not in out + err
 
 
+@pytest.mark.parametrize("refusal", ["unknown-resource", "wrong-secret"])
+def test_a_token_entra_id_refuses_is_named_with_its_reason_and_the_setting_to_fix(tmp_path: Path, refusal: str) -> None:
+    """Entra ID refuses the token request. Before, only the OAuth error code was kept, and every
+    refusal said to check the client secret and full_access_as_app: for AADSTS500011 ("the resource
+    principal named https://<EWS host> was not found in the tenant", oauth_scope or the default scope
+    naming a host hybrid modern authentication did not register) the advice sent the administrator
+    to a secret that works. Now the message keeps Entra ID's reason (AADSTS code and first line) and
+    says what to change for it."""
+    graph = GraphEmulator(EmulatorConfig(users=1)).start()
+    try:
+        with EwsEmulator(EwsConfig(auth=("bearer",)), bearer_validator=lambda _token: True) as emu:
+            _listing(tmp_path, PHOTO)
+            bundle = tmp_path / "cas.pem"
+            bundle.write_bytes(Path(graph.info["ca_cert"]).read_bytes() + Path(emu.info["ca_cert"]).read_bytes())
+            info = graph.info
+            secret = info["client_secret"] if refusal == "unknown-resource" else "not-the-secret"
+            agent = _agent(
+                emu,
+                tmp_path,
+                auth="oauth",
+                username=None,
+                password=None,
+                ca_bundle=bundle,
+                tenant_id=info["tenant_id"],
+                client_id=info["client_id"],
+                client_secret=secret,
+                authority=info["authority"],
+                instance_discovery=False,
+                oauth_scope=None if refusal == "unknown-resource" else "https://graph.microsoft.com/.default",
+            )
+            with pytest.raises(AuthenticationError) as caught:
+                _imported(agent)
+            origin = emu.info["ews_url"].split("/EWS")[0]
+    finally:
+        graph.stop()
+    said = str(caught.value)
+    assert said.startswith(f"Entra ID refused a token for EWS at {origin} (client {info['client_id']}"), said
+    assert "not-the-secret" not in said and info["client_secret"] not in said
+    if refusal == "unknown-resource":
+        assert f"invalid_resource (AADSTS500011: The resource principal named {origin} was not found" in said, said
+        assert "oauth_scope" in said and "client secret" not in said, said
+    else:
+        assert "invalid_client (AADSTS7000215: Invalid client secret provided" in said, said
+        assert "client_secret" in said, said
+
+
 def test_delta_without_state_asks_for_a_full_import(ews: EwsEmulator, tmp_path: Path) -> None:
     with pytest.raises(StopRunError, match="run a full import"):
         _imported(_agent(ews, tmp_path), watermark="")
