@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -360,4 +361,34 @@ def readable_ca_file(path: Path, key: str) -> str:
         raise ConfigurationError(
             f"{path} {reason}: give the PEM file of the CA that issued the server's certificate", key=key
         ) from None
+    _holds_pem_certificates(path, key)
     return str(path)
+
+
+def _holds_pem_certificates(path: Path, key: str) -> None:
+    """A ``ConfigurationError`` naming ``key`` unless TLS can load ``path`` as CA certificates.
+
+    Python's TLS reads a CA file in PEM form only; a CA exported on Windows as "DER encoded binary
+    X.509 (.CER)" failed every handshake instead, which read as the server's certificate being
+    untrusted (and, with every request failing, as the server being down) while the setting was
+    the one to fix.
+    """
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        hint = "give the PEM file (-----BEGIN CERTIFICATE-----) of the CA that issued the server's certificate"
+        if _first_byte(path) == b"\x30":  # an ASN.1 SEQUENCE: a DER-encoded certificate
+            hint = (
+                f"it looks DER-encoded: convert it (openssl x509 -inform der -in {path} -out ca.pem) or export "
+                'the CA again as "Base-64 encoded X.509 (.CER)"'
+            )
+        msg = f"{path} holds no certificate in PEM form ({exc.reason or exc}): {hint}"
+        raise ConfigurationError(msg, key=key) from None
+
+
+def _first_byte(path: Path) -> bytes:
+    try:
+        with path.open("rb") as file:
+            return file.read(1)
+    except OSError:
+        return b""

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import requests
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 from sqlalchemy import select
 
@@ -535,6 +537,29 @@ def test_entries_are_whole_objects_of_the_schema(ews: EwsEmulator, tmp_path: Pat
     for entry in entries.values():
         assert isinstance(entry, CSEntryChange) and entry.object_class == OBJECT_CLASS
         assert set(entry.attributes) <= names
+
+
+@pytest.mark.parametrize("form", ["der", "not-a-certificate"])
+def test_a_ca_bundle_that_holds_no_pem_certificate_is_a_configuration_error_naming_it(
+    ews: EwsEmulator, tmp_path: Path, form: str
+) -> None:
+    """The CA exported on Windows as "DER encoded binary X.509 (.CER)", or a file that holds no
+    certificate at all: Python's TLS reads PEM only. Before, every request failed its handshake,
+    and the step stopped as stopped-server-down: "EWS at ... did not answer: TLS certificate not
+    trusted (set ca_bundle to the CA that issued it)", while ca_bundle was set, to the right CA.
+    Now it is a configuration error naming ca_bundle, the file and how to convert it."""
+    pem = Path(ews.info["ca_cert"]).read_bytes()
+    bundle = tmp_path / "root.cer"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    bundle.write_bytes(der if form == "der" else b"mail.contoso.example root CA, see the wiki\n")
+    with pytest.raises(ConfigurationError) as caught:
+        _imported(_agent(ews, tmp_path, ca_bundle=bundle))
+    said = str(caught.value)
+    assert caught.value.key == "ca_bundle", said
+    assert said.startswith(f"ca_bundle: {bundle} holds no certificate in PEM form"), said
+    if form == "der":
+        assert "DER" in said and "openssl x509 -inform der" in said, said
 
 
 @contextlib.contextmanager
