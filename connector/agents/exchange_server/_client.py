@@ -274,6 +274,18 @@ def _redirected(email: str, resp: requests.Response) -> Fetched:
     return Fetched("error", error="ews-error", detail=detail)
 
 
+def _not_modified_unasked(email: str) -> Fetched:
+    """A 304 to a request without If-None-Match, which only a cache or proxy in front of EWS sends (304
+    answers a conditional request, RFC 9110 §15.4.5): the mailbox's error, not "unchanged", which a full
+    import, that sends no ETag, would take as the mailbox gone (its entry left out: deleted)."""
+    detail = (
+        f"GetUserPhoto for {email} answered HTTP 304 (Not Modified) to a request that was not conditional "
+        "(no If-None-Match), which Exchange does not send; any photo imported before is kept. Check the cache "
+        "or proxy in front of EWS: it should pass /EWS/ through uncached"
+    )
+    return Fetched("error", error="ews-error", detail=detail)
+
+
 def _being_moved(email: str, fault: EwsFault) -> Fetched:
     """The error of a mailbox on the move: not asked again within the run, its photo kept meanwhile."""
     detail = (
@@ -438,7 +450,7 @@ class PhotoClient:
                     continue
                 fault = ews_fault(resp)
                 self._answered(ticket, email, _is_answer(resp, fault), allowed=resp.status_code != 403)
-                outcome = self._answer(email, resp, fault)
+                outcome = self._answer(email, resp, fault, conditional=bool(headers))
                 if outcome is not None:
                     return outcome
                 last = f"HTTP {resp.status_code}" + (f" ({fault})" if fault else "")
@@ -593,15 +605,18 @@ class PhotoClient:
             )
         )
 
-    def _answer(self, email: str, resp: requests.Response, fault: EwsFault | None) -> Fetched | None:
-        """The outcome of a non-throttled answer; None for one worth retrying."""
+    def _answer(
+        self, email: str, resp: requests.Response, fault: EwsFault | None, *, conditional: bool
+    ) -> Fetched | None:
+        """The outcome of a non-throttled answer (``conditional``: the request sent If-None-Match); None
+        for one worth retrying."""
         status, etag = resp.status_code, resp.headers.get("ETag")
         if fault is not None:  # a 5xx's, or a 200's whose SOAP says Error: a retry when it is the server's
             return self._refused_mailbox(email, fault) if fault.about_mailbox else None
         if status == 200:
             return _photo(email, resp)
         if status == 304:
-            return Fetched("unchanged", etag=etag)
+            return Fetched("unchanged", etag=etag) if conditional else _not_modified_unasked(email)
         if status == 404:
             return Fetched("none")
         if status == 401:

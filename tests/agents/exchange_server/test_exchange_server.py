@@ -1027,6 +1027,26 @@ def test_push_back_that_asks_for_no_wait_is_not_asked_again_at_once(
     assert all(gap >= 0.025 * 2**n for n, gap in enumerate(gaps)), gaps
 
 
+def test_a_304_to_a_request_that_was_not_conditional_keeps_the_photo(ews: EwsEmulator, tmp_path: Path) -> None:
+    """304 Not Modified answers a conditional request only (RFC 9110 §15.4.5); a full import sends no
+    If-None-Match. A cache or proxy in front of EWS that answered 304 all the same made the mailbox
+    "unchanged", which yields no entry: the full import then left it out, which deletes it (its photo
+    out of the metaverse, and thumbnailPhoto cleared at the next export). Now it is the mailbox's
+    error, naming what answered, and the photo imported before is kept."""
+    _listing(tmp_path, PHOTO, PLAIN)
+    first, _ = _imported(_agent(ews, tmp_path))
+    assert first[PHOTO].attributes["EXSPhoto"]
+    ews.set_answer(PHOTO, 304, b"", "text/plain", {"ETag": '"cached"'})
+    again, _ = _imported(_agent(ews, tmp_path))
+    assert set(again) == {PHOTO, PLAIN}, again  # before: PHOTO left out of the full import
+    error = again[PHOTO].error
+    assert error is not None and error.name == "ews-error", again[PHOTO]
+    assert f"GetUserPhoto for {PHOTO} answered HTTP 304 (Not Modified) to a request that was not conditional" in (
+        error.detail
+    )
+    assert "any photo imported before is kept" in error.detail
+
+
 def _cli_config(ews: EwsEmulator, tmp_path: Path) -> Path:
     """A configuration of the ``exs`` agent on the emulator (NTLM, the mailbox file) with ``full`` and
     ``delta`` import profiles, for the real CLI."""
