@@ -135,6 +135,19 @@ _OUT_OF_DATE = (
 )
 
 
+#: Handshakes that failed before any certificate was looked at (OpenSSL's reasons, lower case), and why.
+_HANDSHAKE = (
+    (
+        ("protocol_version", "unsupported_protocol", "no_protocols_available", "version_too_low"),
+        "no TLS version both sides accept (this host needs TLS 1.2 or later; enable TLS 1.2 on the server)",
+    ),
+    (
+        ("wrong_version_number", "packet_length_too_long", "record_layer_failure"),
+        "the port answers without TLS (plain HTTP?); check the URL's port",
+    ),
+)
+
+
 def _tls_failure(text: str) -> str:
     """What a failed TLS handshake says, and where the fix lies: ``ca_bundle`` only when the
     certificate's issuer is not trusted; setting it again for a certificate issued for another
@@ -151,6 +164,9 @@ def _tls_failure(text: str) -> str:
             return kind
     if "certificate_verify_failed" in lowered or "certificate" in lowered:
         return "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
+    for clues, why in _HANDSHAKE:
+        if any(clue in lowered for clue in clues):
+            return f"TLS handshake failed: {why}"
     return "TLS handshake failed"
 
 

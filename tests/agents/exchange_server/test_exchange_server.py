@@ -14,8 +14,9 @@ import ssl
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -562,51 +563,111 @@ def test_a_ca_bundle_that_holds_no_pem_certificate_is_a_configuration_error_nami
         assert "DER" in said and "openssl x509 -inform der" in said, said
 
 
-@contextlib.contextmanager
-def _tls_server(cert: trustme.LeafCert) -> Iterator[int]:
-    """A loopback port that completes TLS handshakes with ``cert`` (and answers nothing after)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(context)
+def _handshaking(context: ssl.SSLContext) -> Callable[[socket.socket], None]:
+    """What a TLS server with ``context`` does with a connection: the handshake (and nothing after)."""
 
     def handshake(conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):  # the client refuses the certificate: the handshake fails here too
+        with contextlib.suppress(OSError):  # the client refuses: the handshake fails here too
             context.wrap_socket(conn, server_side=True).recv(1)
 
-    with handing_to(handshake) as port:
-        yield port
+    return handshake
 
 
-@pytest.mark.parametrize("certificate", ["other-name", "expired"])
-def test_a_certificate_a_ca_bundle_cannot_cure_is_named_for_what_is_wrong(
-    ews: EwsEmulator, tmp_path: Path, certificate: str
-) -> None:
-    """EWS's certificate is issued by the CA in ca_bundle but for another name (ews_url by address, or a
-    host name the certificate does not hold), or it has expired. Before, both stopped the step with
-    "TLS certificate not trusted (set ca_bundle to the CA that issued it)": ca_bundle already named that
-    CA, and setting it again changes nothing. Now each says what is wrong and where the fix lies."""
-    ca = trustme.CA()
-    bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
-    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    cert = {
-        "other-name": ca.issue_cert("mail.contoso.example"),
-        "expired": ca.issue_cert("127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=365)),
-    }[certificate]
-    with _tls_server(cert) as port:
+def _serving(cert: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
+def _stop_said(ews: EwsEmulator, tmp_path: Path, handle: Callable[[socket.socket], None], bundle: Path) -> str:
+    """What the step's stop said, after one attempt, with ews_url on a loopback port whose connections
+    ``handle`` serves, its host named as the message names it (``EWS at WHERE``)."""
+    with handing_to(handle) as port:
         where = f"https://127.0.0.1:{port}"
         agent = _agent(
             ews, tmp_path, ews_url=f"{where}/EWS/Exchange.asmx", ca_bundle=bundle, max_attempts=1, timeout_s=5
         )
         with pytest.raises(ServerDownError) as caught:
             _imported(agent)
-    said = str(caught.value)
-    kind = {
-        "other-name": "TLS certificate not issued for 127.0.0.1 (use a name it was issued for in the URL, or have "
-        "the certificate reissued with this one)",
-        "expired": "TLS certificate expired (renew it on the server)",
-    }[certificate]
-    assert said.startswith(f"EWS at {where} did not answer: {kind} (1 attempts over "), said
+    return str(caught.value).replace(where, "WHERE")
+
+
+def _ca_bundle(tmp_path: Path) -> tuple[trustme.CA, Path]:
+    ca, bundle = trustme.CA(), tmp_path / "ca.pem"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ca.cert_pem.write_to_path(str(bundle))
+    return ca, bundle
+
+
+_PAST = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("certificate", "kind"),
+    [
+        (
+            "other-name",
+            "TLS certificate not issued for 127.0.0.1 (use a name it was issued for in the URL, or have the "
+            "certificate reissued with this one)",
+        ),
+        ("expired", "TLS certificate expired (renew it on the server)"),
+    ],
+)
+def test_a_certificate_a_ca_bundle_cannot_cure_is_named_for_what_is_wrong(
+    ews: EwsEmulator, tmp_path: Path, certificate: str, kind: str
+) -> None:
+    """EWS's certificate is issued by the CA in ca_bundle but for another name (ews_url by address, or a
+    host name the certificate does not hold), or it has expired. Before, both stopped the step with
+    "TLS certificate not trusted (set ca_bundle to the CA that issued it)": ca_bundle already named that
+    CA, and setting it again changes nothing. Now each says what is wrong and where the fix lies."""
+    ca, bundle = _ca_bundle(tmp_path)
+    if certificate == "other-name":
+        cert = ca.issue_cert("mail.contoso.example")
+    else:
+        cert = ca.issue_cert("127.0.0.1", not_before=_PAST, not_after=_PAST + datetime.timedelta(days=365))
+    said = _stop_said(ews, tmp_path, _handshaking(_serving(cert)), bundle)
+    assert said.startswith(f"EWS at WHERE did not answer: {kind} (1 attempts over "), said
     assert "ca_bundle" not in said, said
+
+
+def _old_tls_only(cert: trustme.LeafCert) -> ssl.SSLContext:
+    """A server context offering TLS 1.0 and 1.1 only (an Exchange 2013/2016 whose TLS 1.2 was never
+    enabled), which this host's TLS refuses."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():  # the versions are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version, context.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+    cert.configure_cert(context)
+    return context
+
+
+def _plain_http(conn: socket.socket) -> None:
+    """What a port without TLS answers a TLS ClientHello with: an HTTP 400."""
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("server", "why"),
+    [
+        (
+            "old-tls",
+            "no TLS version both sides accept (this host needs TLS 1.2 or later; enable TLS 1.2 on the server)",
+        ),
+        ("plain-http", "the port answers without TLS (plain HTTP?); check the URL's port"),
+    ],
+)
+def test_a_tls_handshake_that_fails_says_why_and_what_to_change(
+    ews: EwsEmulator, tmp_path: Path, server: str, why: str
+) -> None:
+    """EWS offering TLS 1.0/1.1 only, or ews_url's port answering in plain HTTP (https:// to port 80,
+    or to a load balancer's HTTP listener). Before, both stopped the step with "EWS at ... did not
+    answer: TLS handshake failed", which says neither what is wrong nor where to fix it."""
+    ca, bundle = _ca_bundle(tmp_path)
+    old = _handshaking(_old_tls_only(ca.issue_cert("127.0.0.1", key_type=trustme.KeyType.RSA)))
+    said = _stop_said(ews, tmp_path, old if server == "old-tls" else _plain_http, bundle)
+    assert said.startswith(f"EWS at WHERE did not answer: TLS handshake failed: {why} (1 attempts over "), said
 
 
 def _answer(status: int, body: bytes = b"", **headers: str) -> requests.Response:
