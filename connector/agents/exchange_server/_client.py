@@ -48,7 +48,8 @@ from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket,
 
 __all__ = ["MAX_PHOTO_BYTES", "EwsFault", "Fetched", "PhotoClient", "ews_fault", "throttle_signal"]
 
-_BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d+)\s*<')
+#: At most 15 digits (31,000 years): a longer value is no wait named (and int() refuses 4,300 digits).
+_BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d{1,15})\s*<')
 _THROTTLE_CODES = (b"ErrorServerBusy", b"ErrorExceededConnectionCount", b"ErrorTooManyObjectsOpened")
 #: HTTP push-back whatever the body: IIS's queue full (503), a rate-limiting proxy's 429.
 _PUSH_BACK_STATUS = frozenset({429, 503})

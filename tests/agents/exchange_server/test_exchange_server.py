@@ -1108,6 +1108,22 @@ def test_a_304_to_a_request_that_was_not_conditional_keeps_the_photo(ews: EwsEmu
     assert "any photo imported before is kept" in error.detail
 
 
+def test_a_back_off_of_thousands_of_digits_is_no_traceback(ews: EwsEmulator, tmp_path: Path) -> None:
+    """ErrorServerBusy whose BackOffMilliseconds has 4,400 digits (a broken or hostile answer, within
+    the 8 KB read): int() refuses more than 4,300 digits, and the ValueError escaped the worker as a
+    traceback (stopped-connector-exception). Now a value of more than 15 digits is no wait named:
+    the mailbox waits its own back-off, and gets its photo once EWS answers."""
+    _listing(tmp_path, PHOTO)
+    busy = soap_fault("ErrorServerBusy", "The server cannot service this request right now.", 1)
+    huge = busy.replace(b">1</t:Value>", b">" + b"9" * 4400 + b"</t:Value>")
+    assert huge != busy
+    ews.set_answer(PHOTO, 500, huge, times=1)
+    agent = _agent(ews, tmp_path)
+    entries, _ = _imported(agent)
+    assert entries[PHOTO].error is None and entries[PHOTO].attributes["EXSPhoto"]
+    assert agent.metrics["throttled"] == 1
+
+
 def _cli_config(ews: EwsEmulator, tmp_path: Path) -> Path:
     """A configuration of the ``exs`` agent on the emulator (NTLM, the mailbox file) with ``full`` and
     ``delta`` import profiles, for the real CLI."""
