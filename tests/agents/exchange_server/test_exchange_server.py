@@ -612,6 +612,7 @@ _PAST = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
         ),
         ("expired", "TLS certificate expired (renew it on the server)"),
     ],
+    ids=["other-name", "expired"],
 )
 def test_a_certificate_a_ca_bundle_cannot_cure_is_named_for_what_is_wrong(
     ews: EwsEmulator, tmp_path: Path, certificate: str, kind: str
@@ -657,6 +658,7 @@ def _plain_http(conn: socket.socket) -> None:
         ),
         ("plain-http", "the port answers without TLS (plain HTTP?); check the URL's port"),
     ],
+    ids=["old-tls", "plain-http"],
 )
 def test_a_tls_handshake_that_fails_says_why_and_what_to_change(
     ews: EwsEmulator, tmp_path: Path, server: str, why: str
