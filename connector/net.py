@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 import requests
@@ -26,6 +26,7 @@ __all__ = [
     "RECHECKED",
     "SILENCE",
     "AnswerClock",
+    "certificate_out_of_date",
     "describe_request_error",
     "entra_refusal",
     "fails_again",
@@ -129,10 +130,25 @@ def reached_server(exc: requests.RequestException) -> bool:
 #: OpenSSL's verification errors that no CA bundle cures (X509_verify_cert_error_string, and
 #: CPython's host name check), and what does: a certificate for another name, or out of its dates.
 _MISMATCH = re.compile(r"(?:hostname|ip address) mismatch, certificate is not valid for '([^']*)'", re.IGNORECASE)
-_OUT_OF_DATE = (
-    ("certificate has expired", "TLS certificate expired (renew it on the server)"),
-    ("certificate is not yet valid", "TLS certificate not valid yet (check this host's clock, and the server's)"),
-)
+_OUT_OF_DATE = {
+    "expired": "TLS certificate expired (renew it on the server)",
+    "not-yet-valid": "TLS certificate not valid yet (check this host's clock, and the server's)",
+}
+
+
+def certificate_out_of_date(text: str) -> Literal["expired", "not-yet-valid"] | None:
+    """Whether the text of a failed verification says the certificate is out of its dates (OpenSSL's
+    X509_verify_cert_error_string: "certificate has expired", "certificate is not yet valid").
+
+    Why apart: the fix is not a CA setting but the certificate or a clock, whichever library (requests,
+    ldap3) carried the text; each caller words the fix with its own settings.
+    """
+    lowered = text.lower()
+    if "certificate has expired" in lowered:
+        return "expired"
+    if "certificate is not yet valid" in lowered:
+        return "not-yet-valid"
+    return None
 
 
 #: Handshakes that failed before any certificate was looked at (OpenSSL's reasons, lower case), and why.
@@ -158,10 +174,10 @@ def _tls_failure(text: str) -> str:
             f"TLS certificate not issued for {mismatch[1]} (use a name it was issued for in the URL, or have "
             "the certificate reissued with this one)"
         )
+    dates = certificate_out_of_date(text)
+    if dates is not None:
+        return _OUT_OF_DATE[dates]
     lowered = text.lower()
-    for clue, kind in _OUT_OF_DATE:
-        if clue in lowered:
-            return kind
     if "certificate_verify_failed" in lowered or "certificate" in lowered:
         return "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
     for clues, why in _HANDSHAKE:

@@ -44,7 +44,7 @@ from ldap3.core.exceptions import (
 
 from connector.agents.active_directory import _kerberos
 from connector.agents.active_directory._settings import ActiveDirectorySettings
-from connector.net import readable_ca_file
+from connector.net import certificate_out_of_date, readable_ca_file
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
 
 __all__ = ["TRANSPORT_ERRORS", "Link", "LinkPool", "ServerUnreachable", "describe_failure"]
@@ -155,17 +155,18 @@ def _certificate_failure(text: str, where: str, settings: ActiveDirectorySetting
         )
     found = _VERIFY_REASON.search(text)
     reason = found.group(1).strip() if found else text
-    lowered = reason.lower()
-    if "expired" in lowered:
+    dates = certificate_out_of_date(text)
+    if dates == "expired":
         return (
             f"certificate: the certificate of {where} has expired: renew it (or, if it is still valid, set this "
             "machine's clock right); the agent does not connect without a valid certificate"
         )
-    if "not yet valid" in lowered:
+    if dates == "not-yet-valid":
         return (
             f"certificate: the certificate of {where} is not valid yet: this machine's clock or the DC's is wrong "
             "(check both against a time source), or the certificate was issued with a start date ahead"
         )
+    lowered = reason.lower()
     if "issuer" in lowered or "self-signed" in lowered or "self signed" in lowered:
         trusted = "the system's trust store" if settings.ca_file is None else f"ca_file {settings.ca_file}"
         return (
