@@ -64,6 +64,10 @@ _UNSUPPORTED_MAGIC = (
 )
 #: What to do about a photo whose data ends early: most often a copy that failed, or that has not finished.
 _COPY_AGAIN = "a copy cut short, or still under way? Copy or save the photo again"
+#: JPEG's end-of-image marker, and what :func:`_check_scan_complete` puts before it: bytes with no
+#: 0xFF (no marker), which a scan that ended early decodes as its missing data.
+_JPEG_EOI = b"\xff\xd9"
+_SCAN_PROBE = b"\x5a" * 256
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 
 
@@ -130,6 +134,7 @@ def decode(data: bytes | bytearray | memoryview, limits: InputLimits, *, min_sid
             im.seek(0)
         reduction = _draft(im, min_side)
         im.load()
+        _check_scan_complete(raw, im, reduction)
         orientation = _orientation(im)
         image = _to_8bit(im, notes)
     if orientation in _TRANSPOSE:
@@ -240,6 +245,47 @@ def _draft(im: Image.Image, min_side: int) -> int:
             im.draft(im.mode, (width // reduction, height // reduction))
             return reduction
     return 1
+
+
+def _check_scan_complete(raw: bytes, im: Image.Image, reduction: int) -> None:
+    """Raise ``TruncatedImageError`` for a JPEG whose last scan stops before the end of the image.
+
+    Why: a copy cut short and then closed with the end-of-image marker (copy tools and upload handlers
+    that close what they wrote) decodes without an error: libjpeg only warns that its data ended
+    (JWRN_HIT_MARKER), which Pillow does not pass on, and decodes the rest as gray. A complete scan
+    ends before the marker, so bytes put in front of the marker change no pixel; a scan cut short reads
+    them as its missing data, and the pixels change. The second decode is paid only when it can tell:
+    for a baseline JPEG, when the image ends in that exact gray (what libjpeg leaves where data was
+    missing); for a progressive one always, at full size (a cut refinement scan shows in detail only).
+    """
+    if im.format != "JPEG" or not raw.endswith(_JPEG_EOI):
+        return
+    progressive = bool(im.info.get("progressive") or im.info.get("progression"))
+    if not progressive and not _ends_in_gray(im):
+        return
+    scale = 1 if progressive else reduction
+    pixels = im.tobytes() if scale == reduction else _jpeg_pixels(raw, scale)
+    if _jpeg_pixels(raw[: -len(_JPEG_EOI)] + _SCAN_PROBE + _JPEG_EOI, scale) != pixels:
+        msg = f"the image data ends early (its JPEG data stops before the end of the image): {_COPY_AGAIN}"
+        raise TruncatedImageError(msg)
+
+
+def _ends_in_gray(im: Image.Image) -> bool:
+    """True when the last pixel is the mid gray libjpeg decodes where data is missing (any other mode
+    than RGB or L: always, as its gray is not known here)."""
+    if im.mode not in ("RGB", "L"):
+        return True
+    last = im.getpixel((im.width - 1, im.height - 1))
+    return last in (128, (128, 128, 128))
+
+
+def _jpeg_pixels(data: bytes, reduction: int) -> bytes:
+    """The pixels of JPEG ``data`` decoded at ``reduction`` (as :func:`_draft` asks for it)."""
+    im = Image.open(io.BytesIO(data), formats=["JPEG"])
+    if reduction > 1:
+        im.draft(im.mode, (im.width // reduction, im.height // reduction))
+    im.load()
+    return im.tobytes()
 
 
 def _orientation(im: Image.Image) -> int:

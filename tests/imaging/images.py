@@ -29,6 +29,13 @@ def photo(seed: int = 0, size: int = 648, *, noise: float = 4.0, quality: int = 
     return synthetic_photo(seed, size, noise=noise, quality=quality)
 
 
+def cut_then_closed(data: bytes, fraction: float = 0.5) -> bytes:
+    """A JPEG cut ``fraction`` of the way through its scan data, with the end-of-image marker put back:
+    what a copy tool or an upload handler that closes what it wrote leaves of a copy cut short."""
+    scan = data.rindex(b"\xff\xda")
+    return data[: scan + int((len(data) - scan) * fraction)] + b"\xff\xd9"
+
+
 def halves(
     size: tuple[int, int], first: tuple[int, int, int], second: tuple[int, int, int], *, vertical: bool
 ) -> Image.Image:

@@ -23,7 +23,7 @@ from connector.imaging import (
     probe,
     verify,
 )
-from tests.imaging.images import encode, heic_like, photo, png_header_only
+from tests.imaging.images import cut_then_closed, encode, heic_like, photo, png_header_only
 
 
 def _truncated(fmt: str) -> bytes:
@@ -104,6 +104,24 @@ def test_a_truncated_photo_says_what_to_do(data: bytes) -> None:
     with pytest.raises(TruncatedImageError) as caught:
         verify(data)
     assert caught.value.detail.endswith(": a copy cut short, or still under way? Copy or save the photo again")
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9, 0.995])
+def test_a_jpeg_cut_short_and_closed_with_its_end_marker_is_refused_as_truncated(
+    progressive: bool, fraction: float
+) -> None:
+    """Found in a bad-day pass: a copy cut in the middle of its scan data, then closed with the JPEG
+    end-of-image marker, decoded without an error (libjpeg only warns that the data ended early, and
+    Pillow does not pass that on): it was accepted as a good photo whose lower part is gray."""
+    whole = encode(Image.open(io.BytesIO(photo(6))), "JPEG", quality=88, progressive=progressive)
+    assert verify(whole).width == 648  # the same photo, whole, is fine
+    with pytest.raises(TruncatedImageError) as caught:
+        verify(cut_then_closed(whole, fraction))
+    assert "ends early" in caught.value.detail
+    assert caught.value.detail.endswith(": a copy cut short, or still under way? Copy or save the photo again")
+    with pytest.raises(TruncatedImageError):
+        normalize(cut_then_closed(whole, fraction))
 
 
 def test_input_size_limit() -> None:

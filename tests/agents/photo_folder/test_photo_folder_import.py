@@ -20,7 +20,7 @@ from PIL import Image
 from connector.agents.photo_folder import PhotoFolderConnector, _connector, _scan
 from connector.sdk import ObjectModificationType, StopRunError
 from tests.agents.photo_folder.helpers import by_anchor, connector, run_import
-from tests.imaging.images import photo
+from tests.imaging.images import cut_then_closed, photo
 
 ADD, REPLACE, DELETE = (
     ObjectModificationType.ADD,
@@ -296,6 +296,7 @@ def test_file_swapped_for_a_link_after_the_scan_is_refused(
         ("broken.jpg", b"this is text, not a photo", "not-an-image"),
         ("empty.png", b"", "empty-image"),
         ("cut.jpg", photo(16)[:5000], "truncated-image"),
+        ("closed.jpg", cut_then_closed(photo(16)), "truncated-image"),
         (
             "heic.jpg",
             b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
