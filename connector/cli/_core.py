@@ -94,18 +94,21 @@ def _store(config: MvsyncConfig) -> SqlStore:
     return SqlStore(config.store_url(), create=False)
 
 
-def _dry_run_store(config: MvsyncConfig) -> SqlStore | None:
-    """The store a dry run works on: None (the configured one) when it holds this mvsync's schema;
-    an empty one in memory where no store is yet (no SQLite file, or a database without mvsync's
-    tables), so that the dry run previews the first run and creates nothing.
+def _dry_run_store(config: MvsyncConfig) -> SqlStore:
+    """The store a dry run works on: the configured one, opened as it is, when it holds this mvsync's
+    schema; an empty one in memory where no store is yet (no SQLite file, or a database without
+    mvsync's tables), so that the dry run previews the first run and creates nothing.
 
-    Why: a dry run opens the store as a run does, which creates it and upgrades its schema. Before
+    Why: a dry run opened the store as a run does, which creates it and upgrades its schema. Before
     the first run it created the store (its file, schema and lock folder), and on an empty
     PostgreSQL database its tables; on a store an older mvsync wrote it upgraded the schema, so the
-    older mvsync could no longer use it. An older store is refused (:func:`_older_store`).
+    older mvsync could no longer use it. An older store is refused (:func:`_older_store`). Both the
+    version read and the dry run's store leave a SQLite file's journal mode as it is (``wal=False``):
+    switching a restored backup to WAL rewrote its header.
     """
+    url = config.store_url()
     try:
-        store = SqlStore(config.store_url(), create=False, migrate_schema=False)
+        store = SqlStore(url, create=False, migrate_schema=False, wal=False)
     except StoreMissingError as exc:
         return _empty_preview(str(exc))
     try:
@@ -116,7 +119,7 @@ def _dry_run_store(config: MvsyncConfig) -> SqlStore | None:
         return _empty_preview(f"{store.where} holds no mvsync store yet (a database without mvsync's tables)")
     if found < SCHEMA_VERSION:
         raise _older_store(config, store.where, found)
-    return None  # this version's schema; a newer one is refused when the run opens it
+    return SqlStore(url, create=False, wal=False)  # this version's schema; a newer one is refused here
 
 
 def _empty_preview(why: str) -> SqlStore:

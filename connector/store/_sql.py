@@ -109,13 +109,17 @@ def _busy_ms() -> int:
     return int(BUSY_TIMEOUT_S * 1000)
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, *, wal: bool) -> None:
+    """Each connection's settings; ``wal``: switch the file to WAL (a dry run, which writes nothing,
+    leaves the journal mode as it is: switching rewrites the database header)."""
+
     # pysqlite's own transaction handling breaks SAVEPOINTs; take control of BEGIN ourselves.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        if wal:
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={_busy_ms()}")
@@ -218,8 +222,9 @@ def _postgresql_setup(engine: Engine) -> None:
 class SqlStore:
     """Owns the SQLAlchemy engine, schema migrations, transactions, blobs and run locks."""
 
-    def __init__(self, url: str, *, migrate_schema: bool = True, create: bool = True) -> None:
-        """Open the store at ``url``; ``create=False`` (read-only commands) refuses a missing one."""
+    def __init__(self, url: str, *, migrate_schema: bool = True, create: bool = True, wal: bool = True) -> None:
+        """Open the store at ``url``; ``create=False`` (read-only commands) refuses a missing one;
+        ``wal=False`` (a dry run) leaves a SQLite file's journal mode as it is."""
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -253,7 +258,7 @@ class SqlStore:
                 connect_args={"check_same_thread": False},
                 **({"poolclass": StaticPool} if memory else {"pool_timeout": self.pool_wait_s}),
             )
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine, wal=wal)
         elif self.dialect == "postgresql":
             self.engine, self.connect_timeout_s = _postgresql_engine(url, parsed, self.where)
             self.pool_wait_s = BUSY_TIMEOUT_S

@@ -137,3 +137,30 @@ def _files_beside(store_url: str) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.name.endswith(("-wal", "-shm"))
     }
+
+
+def test_a_dry_run_leaves_a_store_in_rollback_journal_mode_as_it_is(tmp_path: Path) -> None:
+    """Found in a bad-day pass: a SQLite store not in WAL mode (restored from `mvsync store backup`,
+    which writes one self-contained file in rollback-journal mode) was switched to WAL by a dry run:
+    its version read and its own connections set ``journal_mode=WAL``, which rewrites the database
+    header. A dry run writes nothing: it now uses the file in the mode it is in."""
+    store_url = f"sqlite:///{tmp_path / 'store' / 'store.db'}"
+    config = _config(tmp_path, store_url)
+    assert _mvsync("run", "cycle", "-c", str(config)).returncode == 0
+    database = Path(store_url.removeprefix("sqlite:///"))
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    conn.close()
+    before = _files_beside(store_url)
+    _config(tmp_path, store_url, count=6)  # news to preview
+    done = _mvsync("run", "cycle", "-c", str(config), "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    assert _files_beside(store_url) == before
+    assert not database.with_name("store.db-wal").exists()
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
+    assert _mvsync("run", "cycle", "-c", str(config)).returncode == 0  # a real run uses WAL again
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
