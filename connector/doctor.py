@@ -18,8 +18,8 @@ Store checks (read-only, in bounded pages, so they run on a production-size stor
   two objects of one agent joined to the same metaverse object;
 * ``pending-exports``: no pending export on an object that has no hologram (nothing was ever
   imported for it, so there is nothing to update or delete);
-* ``runs``: no run recorded in progress whose process on this server has ended (a warning: the next
-  run records it as interrupted);
+* ``runs``: no run recorded in progress whose process has ended (its run lock free, or for an earlier
+  mvsync's run its process on this server gone; a warning: the next run records it as interrupted);
 * ``history``: how many runs history holds, and since when (a warning past
   ``HISTORY_WARN_DAYS``: nothing clears history unless ``mvsync history clear`` is scheduled).
 
@@ -43,6 +43,7 @@ from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
 from connector.store import (
     SCHEMA_VERSION,
+    LockManager,
     RunHistory,
     SqlStore,
     StoreAudit,
@@ -151,7 +152,7 @@ def check_store(store: SqlStore) -> list[Finding]:
         found += _check_blobs(audit)
         found += _check_links(audit)
         found.append(_check_pending_exports(audit))
-        found.append(_check_open_runs(RunHistory(conn)))
+        found.append(_check_open_runs(RunHistory(conn), store.locks))
         found.append(_check_history_extent(RunHistory(conn)))
     return found
 
@@ -176,21 +177,28 @@ def _check_history_extent(history: RunHistory) -> Finding:
     )
 
 
-def _check_open_runs(history: RunHistory) -> Finding:
-    """A run whose process died without a word (kill -9, a reboot) reads ``in-progress`` until the
-    next run closes it; say so now, so that nobody waits for it or takes it for a hung run."""
-    from connector.engine import process_gone
+def _check_open_runs(history: RunHistory, locks: LockManager) -> Finding:
+    """A run whose process died without a word (kill -9, a reboot, the store down when it ended) reads
+    ``in-progress`` until the next run closes it; say so now, so that nobody waits for it or takes it
+    for a hung run. Its free run lock proves it on any host (connector/engine/_abandoned.py)."""
+    from connector.engine import abandoned_runs
 
-    gone = [run for run in history.open_runs() if process_gone(run)]
+    def lock_free(name: str) -> bool:
+        try:
+            return locks.free(name)
+        except StoreError:  # a lock folder doctor cannot write: no proof either way
+            return False
+
+    gone = abandoned_runs(history, lock_free=lock_free)
     if not gone:
         return Finding("store", "runs", "ok", "no run is left in progress by a process that has ended")
     return _store_problem(
         "runs-left-in-progress",
         "warning",
-        f"{len(gone)} runs are recorded in progress but their process on this server has ended (killed, "
-        "crashed or the machine restarted): the next run records them as stopped-interrupted, and a full "
-        "import among them resumes",
-        [f"run {run.id} ({run.profile}): pid {run.pid}" for run in gone],
+        f"{len(gone)} runs are recorded in progress but their process has ended (killed, crashed, the machine "
+        "restarted, or the store unreachable when it ended): the next run records them as stopped-interrupted, "
+        "and a full import among them resumes",
+        [f"run {run.id} ({run.profile}): pid {run.pid} on {run.host}" for run in gone],
     )
 
 

@@ -1,6 +1,6 @@
 """The sync engine: import, synchronization and export steps over connector spaces and a metaverse."""
 
-from connector.engine._abandoned import process_gone
+from connector.engine._abandoned import abandoned_runs, process_gone
 from connector.engine._agents import (
     export_scope,
     load_metaverse_schema,
@@ -37,6 +37,7 @@ __all__ = [
     "StepResult",
     "StepStopped",
     "StreamPager",
+    "abandoned_runs",
     "export_scope",
     "import_in_memory",
     "load_metaverse_schema",

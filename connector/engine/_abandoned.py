@@ -13,10 +13,15 @@ process is gone, never on a guess:
   (PostgreSQL, for advisory locks) drops a lock when its process dies. So a step of an agent whose
   lock this run now holds, still ``in-progress``, was left by a process that is gone, on any host.
   Its run goes with it.
-* **A run, by its process.** A run killed while waiting for a lock or between two steps has no
-  open step to prove it. On this host its process is looked up: a pid that no longer runs, or that
-  now belongs to a process started after the run began (a reused pid), is gone. A run of another
-  host waits until one of its steps proves it.
+* **A run, by its run lock.** A run holds a lock of its own (``run:<id>``, taken before its history
+  row is committed, released after its end is recorded or found unrecordable) for as long as it
+  runs. A run still ``in-progress`` whose run lock this run can take has no process left, on any
+  host: killed between two steps or while it waited for a lock, or its end not recorded because the
+  store stopped answering (PostgreSQL shut down under its last step). Only runs recorded since the
+  store's migration 7 took one (``RunHistory.holds_run_lock``).
+* **A run, by its process.** For a run recorded by an earlier mvsync, on this host its process is
+  looked up: a pid that no longer runs, or that now belongs to a process started after the run began
+  (a reused pid), is gone. Such a run of another host waits until one of its steps proves it.
 
 The end time of such a row stays unknown (NULL): when the process died is not recorded anywhere. A
 step's counters are what its last committed unit of work wrote (``RunHistory.note_progress``).
@@ -27,11 +32,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from connector.config import RunStepKind
 from connector.store import RunHistory, RunRow, StepRow
 
-__all__ = ["ABANDONED_STATUS", "SYNC_KINDS", "close_abandoned_runs", "close_abandoned_steps", "process_gone"]
+__all__ = [
+    "ABANDONED_STATUS",
+    "SYNC_KINDS",
+    "abandoned_runs",
+    "close_abandoned_runs",
+    "close_abandoned_steps",
+    "process_gone",
+    "run_lock",
+]
 
 ABANDONED_STATUS = "stopped-interrupted"
 
@@ -43,6 +57,11 @@ _START_SLACK_S = 1.0
 SYNC_KINDS = (RunStepKind.FULL_SYNC.value, RunStepKind.DELTA_SYNC.value)
 
 log = logging.getLogger("mvsync.engine")
+
+
+def run_lock(run_id: int | None) -> str:
+    """The name of the lock a run holds while it runs (see the module docstring)."""
+    return f"run:{run_id}"
 
 
 def process_gone(run: RunRow) -> bool:
@@ -128,10 +147,25 @@ def close_abandoned_steps(history: RunHistory, agent: str, *, metaverse: bool, b
     return closed
 
 
-def close_abandoned_runs(history: RunHistory, *, by_run: int | None) -> list[int]:
-    """Close the open runs of this host whose process is gone, with their open steps; the runs' ids."""
-    return [
-        run.id
-        for run in history.open_runs()
-        if run.id != by_run and process_gone(run) and _close_run(history, run, by_run)
-    ]
+def abandoned_runs(
+    history: RunHistory, *, lock_free: Callable[[str], bool] | None = None, but: int | None = None
+) -> list[RunRow]:
+    """The runs still ``in-progress`` (other than ``but``) whose process is provably gone.
+
+    ``lock_free(name)``: whether a lock is free (taken and let go at once), for the proof by run lock;
+    None: only the proof by process (a dry run must not touch the lock files of other runs)."""
+
+    def gone(run: RunRow) -> bool:
+        if lock_free is not None and history.holds_run_lock(run):
+            return lock_free(run_lock(run.id))
+        return process_gone(run)
+
+    return [run for run in history.open_runs() if run.id != but and gone(run)]
+
+
+def close_abandoned_runs(
+    history: RunHistory, *, by_run: int | None, lock_free: Callable[[str], bool] | None = None
+) -> list[int]:
+    """Close the open runs whose process is gone (:func:`abandoned_runs`), with their open steps; the runs' ids."""
+    gone = abandoned_runs(history, lock_free=lock_free, but=by_run)
+    return [run.id for run in gone if _close_run(history, run, by_run)]

@@ -28,7 +28,7 @@ from connector.config import (
     RunStepKind,
     did_you_mean,
 )
-from connector.engine._abandoned import close_abandoned_runs, close_abandoned_steps
+from connector.engine._abandoned import close_abandoned_runs, close_abandoned_steps, run_lock
 from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._export import run_export
@@ -71,12 +71,28 @@ def _aborted(exc: BaseException) -> tuple[str, str]:
     )
 
 
+def _run_note(run: RunResult) -> dict[str, str]:
+    """What the record of a run lock says of its holder: the run's id in history and its profile."""
+    return {"run": f"run {run.run_id} ({run.profile!r})"}
+
+
 def _holder_note(run: RunResult, seq: int, step: RunStepConfig) -> dict[str, str]:
     """What a refused run reads of the run holding a lock (beside its pid and host): the run's id in
     history, its profile and its step. Why: "locked by pid 4711" sent the operator hunting for the
     process; the run's id is what ``mvsync history show`` and the console find it by."""
     holder = "a dry run" if run.dry_run else f"run {run.run_id}"
     return {"run": f"{holder} ({run.profile!r}, step {seq}: {step.agent} {step.type.value})"}
+
+
+def _hold_run_lock(store: SqlStore, run: RunResult, held: contextlib.ExitStack) -> StoreError | None:
+    """Hold the run's own lock in ``held``; the store error that kept it from being taken (a lock
+    folder that cannot be used), for the run to stop with once its row is recorded: the run's history
+    says why it stopped, as it did when the first step's lock was the first lock taken."""
+    try:
+        held.enter_context(store.locks.hold(run_lock(run.run_id), transient=True, note=_run_note(run)))
+    except StoreError as exc:
+        return exc
+    return None
 
 
 class Engine:
@@ -302,14 +318,44 @@ class Engine:
         emit: Callable[[dict[str, Any]], None] | None,
         wait_s: float,
     ) -> RunResult:
+        """Run ``steps`` as one run in history, holding the run's own lock from its start to its
+        recorded end: the proof, for any later run on any host, that a run left ``in-progress`` whose
+        lock is free has no process left (connector/engine/_abandoned.py)."""
         result = RunResult(profile=profile, run_id=None, dry_run=dry_run, started_at=time.time())
+        with contextlib.ExitStack() as held:
+            unlocked = self._start_run(result, held)
+            return self._run_steps(result, steps, progress, emit, wait_s, unlocked)
+
+    def _start_run(self, result: RunResult, held: contextlib.ExitStack) -> StoreError | None:
+        """The run's history row, its run lock held in ``held`` (a real run) and the runs left in
+        progress closed; the error that kept the run lock from being taken, if one did. The lock is
+        taken before the row is committed, so that no other run ever sees the row of a live run with
+        its lock free."""
         with self.store.transaction() as conn:
             history = RunHistory(conn)
-            result.run_id = history.start_run(profile, dry_run=dry_run, started_at=result.started_at)
-            close_abandoned_runs(history, by_run=result.run_id)
+            result.run_id = history.start_run(result.profile, dry_run=result.dry_run, started_at=result.started_at)
+            unlocked = None if result.dry_run else _hold_run_lock(self.store, result, held)
+            lock_free = None if result.dry_run or unlocked else self.store.locks.free
+            close_abandoned_runs(history, by_run=result.run_id, lock_free=lock_free)
+        return unlocked
+
+    def _run_steps(
+        self,
+        result: RunResult,
+        steps: list[RunStepConfig],
+        progress: Progress,
+        emit: Callable[[dict[str, Any]], None] | None,
+        wait_s: float,
+        unlocked: StoreError | None = None,
+    ) -> RunResult:
+        """Run ``steps`` and record the run's end (logged, not raised, when a failing run cannot);
+        ``unlocked``: why the run lock could not be taken, the run's error (recorded as such)."""
+        dry_run = result.dry_run
         aborted: str | None = None
         message: str | None = None
         try:
+            if unlocked is not None:
+                raise unlocked
             for seq, step in enumerate(steps, 1):
                 step_result = self._run_step(result, seq, step, progress, emit, wait_s)
                 result.steps.append(step_result)

@@ -14,6 +14,8 @@ from typing import NamedTuple, Protocol
 
 from sqlalchemy import Connection, Table, delete, desc, func, select, update
 
+from connector.store._migrations import RUN_LOCKS_FROM_KEY
+from connector.store._store_meta import read_meta
 from connector.store.tables import run_error, run_history, run_step
 
 __all__ = ["ClearedRuns", "ErrorRecord", "ErrorRow", "RunHistory", "RunRow", "StepRow"]
@@ -208,6 +210,12 @@ class RunHistory:
         """Runs still ``in-progress``: running now, or left so by a process that died."""
         query = select(run_history).where(run_history.c.status == "in-progress").order_by(run_history.c.id)
         return [RunRow._make(row) for row in self._conn.execute(query)]
+
+    def holds_run_lock(self, run: RunRow) -> bool:
+        """True when ``run`` held its run lock while it ran: a run of this mvsync (migration 7), not
+        one an earlier version recorded."""
+        first = read_meta(self._conn, RUN_LOCKS_FROM_KEY)
+        return first is not None and run.id >= int(first)
 
     def open_steps(
         self, *, agent: str | None = None, kinds: Sequence[str] | None = None, run_id: int | None = None

@@ -150,6 +150,15 @@ class LockManager:
             with self._file_lock(name, wait_s, transient=transient, note=note or {}):
                 yield
 
+    def free(self, name: str) -> bool:
+        """Whether no process holds the lock ``name``, by taking it and letting it go at once (its lock
+        file and record, left by a holder that died, go with it)."""
+        try:
+            with self.hold(name, transient=True):
+                return True
+        except LockHeldError:
+            return False
+
     def recorded(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         """Every lock file of this store whose name starts with ``prefix``, held now or not, with its
         holder's record ({} without one): a lock file stays after its holder was killed."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, func, inspect, select, text
 
 from connector.store._faults import EXIT_STORE_CONFIG, StoreError
-from connector.store.tables import agent_data, metadata, store_meta
+from connector.store._store_meta import write_meta
+from connector.store.tables import agent_data, metadata, run_history, store_meta
 
 __all__ = [
     "DISCONNECTED_PREDICATE",
     "ERROR_PREDICATE",
+    "RUN_LOCKS_FROM_KEY",
     "SCHEMA_VERSION",
     "StoreVersionError",
     "migrate",
@@ -98,6 +100,21 @@ def _v6_export_renderings(conn: Connection) -> None:
     _add_missing_columns(conn, (("cs_object", "renderings"),))
 
 
+#: The ``store_meta`` key of the first run id that holds its run lock while it runs (migration 7).
+RUN_LOCKS_FROM_KEY = "run_locks_from"
+
+
+def _v7_run_locks(conn: Connection) -> None:
+    """From which run on every run holds its own run lock for as long as it runs (``RUN_LOCKS_FROM_KEY``).
+
+    Why: a free run lock proves that the run's process is gone (on any host) only for a run that took
+    one; the runs an earlier mvsync recorded never did. An earlier mvsync refuses the store from now
+    on, so every later run takes it.
+    """
+    last = conn.execute(select(func.max(run_history.c.id))).scalar()
+    write_meta(conn, RUN_LOCKS_FROM_KEY, str(int(last or 0) + 1))
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _v1,
     _v2_console_indexes,
@@ -105,6 +122,7 @@ MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _v4_import_checkpoint,
     _v5_agent_data,
     _v6_export_renderings,
+    _v7_run_locks,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

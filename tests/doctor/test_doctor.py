@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -267,7 +268,9 @@ def test_a_run_whose_process_ended_is_a_warning_until_the_next_run(healthy: Worl
     report = run_doctor(healthy.config)
     [left] = [f for f in report.findings if f.check == "runs-left-in-progress"]
     assert left.severity == "warning" and report.ok  # the next run closes it: nothing to repair
-    assert left.count == 1 and left.examples == [f"run {run_id} (Delta Cycle): pid {ended.pid}"]
+    assert left.count == 1 and left.examples == [
+        f"run {run_id} (Delta Cycle): pid {ended.pid} on {socket.gethostname()}"
+    ]
     assert "the next run records them as stopped-interrupted" in left.message
 
     assert healthy.run("export").status == "success"

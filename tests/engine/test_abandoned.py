@@ -1,7 +1,8 @@
 """Runs and steps a dead process left ``in-progress`` are closed by the next run, on proof only.
 
-The proof is a lock the new step holds (any host) or, for a run of this host, its process being
-gone. The real kill -9 and SIGTERM of ``mvsync run`` are in tests/resilience/test_interruptions.py.
+The proof is a lock the new step holds (any host), the run's own run lock being free (any host), or,
+for a run an earlier mvsync recorded on this host, its process being gone. The real kill -9 and
+SIGTERM of ``mvsync run`` are in tests/resilience/test_interruptions.py.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from connector.engine import Engine
-from connector.engine._abandoned import process_gone
+from connector.engine._abandoned import process_gone, run_lock
 from connector.store import RunHistory, RunRow, SqlStore, StepRow
+from connector.store._migrations import RUN_LOCKS_FROM_KEY
+from connector.store._store_meta import write_meta
 from tests.engine.conftest import World, make_config
 
 PROFILES = {
@@ -61,8 +64,13 @@ def _on_host(monkeypatch: pytest.MonkeyPatch, host: str) -> Iterator[None]:
         yield
 
 
-def _abandon(store_url: str, *, agent: str | None, kind: str = "full-import", ago_s: float = 60.0) -> int:
-    """A run (and step) written as a process that then died would have left them; the run's id."""
+def _abandon(
+    store_url: str, *, agent: str | None, kind: str = "full-import", ago_s: float = 60.0, earlier: bool = True
+) -> int:
+    """A run (and step) written as a process that then died would have left them; the run's id.
+
+    ``earlier``: recorded by an mvsync before run locks (migration 7), whose free run lock proves
+    nothing; otherwise by this one, whose run lock is free once its process is gone."""
     store = SqlStore(store_url)
     try:
         with store.transaction() as conn:
@@ -72,6 +80,8 @@ def _abandon(store_url: str, *, agent: str | None, kind: str = "full-import", ag
             if agent is not None:
                 step_id = history.start_step(run_id, 1, agent, kind, started + 1)
                 history.note_progress(step_id, '{"pages": 3, "adds": 15}')
+            if earlier:
+                write_meta(conn, RUN_LOCKS_FROM_KEY, str(run_id + 1))
     finally:
         store.close()
     return run_id
@@ -163,3 +173,31 @@ def test_a_dry_run_closes_nothing(world: World, tmp_path: Path, monkeypatch: pyt
     world.engine = Engine(make_config(tmp_path, world.prefix, url, run_profiles=PROFILES))
     world.engine.run_profile("ad-full", dry_run=True)
     assert _rows(url, on_ad)[0].status == "in-progress"
+
+
+def test_a_run_left_in_progress_without_an_open_step_is_closed_by_its_free_run_lock_on_any_host(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a bad-day pass: PostgreSQL shut down under a run's last step, and the run could not
+    record its end. A run of another host (a failover node, a new container) found nothing to prove
+    it gone (no pid to look up there, no step of its agents run), so history said "in-progress" for
+    ever. A run holds its own run lock while it runs: free, it proves the run's process gone."""
+    url = world.config.store_url()
+    with _on_host(monkeypatch, "sync-02.contoso.com"):
+        dead = _abandon(url, agent=None, earlier=False)  # its end not recorded, no step open
+        alive = _abandon(url, agent="hr", earlier=False)  # still running on sync-02: its lock is held
+    world.engine.close()
+    world.engine = Engine(make_config(tmp_path, world.prefix, url, run_profiles=PROFILES))
+    holder = SqlStore(url)  # another process's run lock (a second store: its own lock files or session)
+    try:
+        with holder.locks.hold(run_lock(alive), transient=True):  # as the engine holds it
+            result = world.engine.run_profile("ad-full")
+    finally:
+        holder.close()
+    assert result.status == "success", result.as_dict()
+    run, _ = _rows(url, dead)
+    assert run.status == "stopped-interrupted" and run.seconds is None
+    assert "(pid " in (run.message or "") and "on sync-02.contoso.com) ended without recording" in (run.message or "")
+    assert f"found by run {result.run_id}" in (run.message or "")
+    assert _rows(url, alive)[0].status == "in-progress"
+    assert world.engine.store.locks.recorded("run-") == []  # no lock file is left behind by the proof

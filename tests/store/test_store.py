@@ -29,25 +29,31 @@ def test_migration_rerun_is_idempotent(store_url: str) -> None:
     again = SqlStore(store_url)  # opening an up-to-date store changes nothing
     try:
         with again.read() as conn:
-            rows = conn.execute(select(store_meta.c.key, store_meta.c.value)).all()
-        assert rows == [("schema_version", str(SCHEMA_VERSION))]
+            rows = conn.execute(select(store_meta.c.key, store_meta.c.value).order_by(store_meta.c.key)).all()
+        assert rows == [("run_locks_from", "1"), ("schema_version", str(SCHEMA_VERSION))]
     finally:
         again.close()
 
 
-def test_a_version_5_store_gains_the_renderings_column(store_url: str) -> None:
-    """A store written before renderings were kept: migration 6 adds the column, keeping the rows."""
+def test_a_version_5_store_gains_the_renderings_column_and_its_runs_hold_no_run_lock(store_url: str) -> None:
+    """A store written before renderings were kept: migration 6 adds the column, keeping the rows;
+    migration 7 records that the runs already in history held no run lock (an earlier mvsync's)."""
     store = SqlStore(store_url)
     make_version_5(store)
     with store.transaction() as conn:
         conn.execute(text("INSERT INTO cs_object (agent, object_class, anchor) VALUES ('exo', 'EXOUser', 'u1')"))
+        conn.execute(
+            text("INSERT INTO run_history (profile, status, dry_run, started_at) VALUES ('c', 'success', false, 1)")
+        )
     store.close()
     again = SqlStore(store_url)
     try:
         with again.read() as conn:
-            assert current_version(conn) == SCHEMA_VERSION == 6
+            assert current_version(conn) == SCHEMA_VERSION == 7
             row = conn.execute(select(cs_object.c.anchor, cs_object.c.renderings)).one()
+            runs_from = conn.execute(select(store_meta.c.value).where(store_meta.c.key == "run_locks_from")).scalar()
         assert tuple(row) == ("u1", None)
+        assert runs_from == "2"
     finally:
         again.close()
 
