@@ -152,6 +152,16 @@ class DeletionThreshold(_Strict):
     percent: float | None = Field(None, ge=0, le=100)
     attributes: tuple[str, ...] = ()
 
+    def exceeded(self, count: int, total: int) -> tuple[float, list[str]]:
+        """``count`` removals among ``total`` objects: their percentage, and the limits they exceed,
+        as messages name them (only those: naming both read as if a small count broke both)."""
+        percent = 100.0 * count / total if total else 0.0
+        over = (
+            (f"count {self.count}", self.count is not None and count > self.count),
+            (f"{self.percent}%", self.percent is not None and percent > self.percent),
+        )
+        return percent, [limit for limit, exceeds in over if exceeds]
+
 
 class RunStepConfig(_Strict):
     type: RunStepKind

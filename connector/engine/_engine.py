@@ -177,6 +177,8 @@ class Engine:
         """
         if step.deletion_threshold is None:
             return []
+        if step.type != RunStepKind.EXPORT:
+            return self._import_threshold_problems(at, step)
         written = sorted({flow.cs for flow in self.config.agents[step.agent].export_flow})
         problems = []
         for attr in step.deletion_threshold.attributes:
@@ -189,6 +191,20 @@ class Engine:
                 f"so its clears would never count ({hint})"
             )
         return problems
+
+    @staticmethod
+    def _import_threshold_problems(at: str, step: RunStepConfig) -> list[str]:
+        """A deletion threshold outside an export step: read by a full import (object deletes only),
+        by no other step. Why refused: a setting accepted and never read protects nothing."""
+        if step.type != RunStepKind.FULL_IMPORT:
+            return [
+                f"{at.removesuffix('.attributes')}: a {step.type.value} step reads no deletion threshold "
+                "(export steps and full imports do); move it to one of those"
+            ]
+        assert step.deletion_threshold is not None
+        if step.deletion_threshold.attributes:
+            return [f"{at}: a full import's threshold counts object deletes only; remove the attributes"]
+        return []
 
     # ------------------------------------------------------------------------------------ runs
     def run_profile(

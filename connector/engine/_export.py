@@ -94,15 +94,7 @@ def _judge(
                 examples.append(f"clear {attr} on {row.dn or row.anchor}")
     total = space.count(agent)
     count = deletes + clears
-    percent = 100.0 * count / total if total else 0.0
-    exceeded = [
-        limit
-        for limit, over in (
-            (f"count {threshold.count}", threshold.count is not None and count > threshold.count),
-            (f"{threshold.percent}%", threshold.percent is not None and percent > threshold.percent),
-        )
-        if over
-    ]
+    percent, exceeded = threshold.exceeded(count, total)
     report = {
         "deletes": deletes,
         "clears": clears,

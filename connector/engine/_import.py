@@ -701,6 +701,48 @@ def _import_pages(
     return number, new_watermark, resume.entries if resume is not None else 0
 
 
+def _over_deletion_threshold(ctx: StepContext, conn: StoreConnection) -> StepStopped | None:
+    """The stop of a full import whose deletes would exceed its step's ``deletion_threshold``; None
+    when it sets none, or they do not.
+
+    Why: a source that suddenly lists a few of many objects (a permission change, a filter error, a
+    share half-mounted) is a full import that marks everyone else deleted, and the synchronization
+    then removes them from the metaverse and from every other agent. The empty-import guard saw only
+    a listing of none; an export step's threshold protects only its own agent. The same setting on
+    the import step stops it before anyone is marked deleted; what it read is kept (object deletes
+    only: an import clears no attribute of its own).
+    """
+    threshold = ctx.step.deletion_threshold
+    if threshold is None:
+        return None
+    space = ConnectorSpace(conn)
+    gone = space.unseen_by_full_import(ctx.agent, ctx.step_id)
+    total = space.count(ctx.agent)
+    percent, exceeded = threshold.exceeded(len(gone), total)
+    if not exceeded:
+        return None
+    report = {
+        "deletes": len(gone),
+        "clears": 0,
+        "count": len(gone),
+        "connector_space": total,
+        "percent": round(percent, 2),
+        "limit_count": threshold.count,
+        "limit_percent": threshold.percent,
+        "tripped": True,
+        "exceeded": exceeded,
+        "examples": [f"delete {anchor}" for anchor in gone[:20]],
+    }
+    msg = (
+        f"deletion threshold exceeded: the full import of {ctx.agent!r} did not see {len(gone)} of the {total} "
+        f"objects in its connector space ({report['percent']}%), which exceed {' and '.join(exceeded)}; nothing was "
+        "marked deleted. Check the source (a permission or filter change that hides objects, a share not fully "
+        "mounted) and run again; if the deletes are intended, raise deletion_threshold of the full-import step "
+        f'of "{ctx.agent}" in a copy of the run profile and run that copy once'
+    )
+    return StepStopped("stopped-deletion-threshold", msg, report)
+
+
 def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
     """Run one full or delta import step to its end (or raise ``StepStopped``)."""
     if not full and not connector.capabilities.delta_import:
@@ -718,6 +760,13 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
     page_number, new_watermark, resumed_entries = _import_pages(ctx, connector, applier, full, watermark)
 
     ctx.result.counters["pages"] = page_number
+    with ctx.store.transaction() as conn:
+        stopped = _over_deletion_threshold(ctx, conn) if full else None
+        if stopped is not None:  # the listing is complete: the next full import starts over, not resumes
+            AgentStateRepository(ctx.agent).save(conn, import_checkpoint=None)
+            ctx.flush_errors(conn)
+    if stopped is not None:
+        raise stopped
     with ctx.store.transaction() as conn:
         if full:
             space = ConnectorSpace(conn)

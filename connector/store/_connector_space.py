@@ -242,6 +242,11 @@ class ImportRow(NamedTuple):
     import_error: str | None
 
 
+def _unseen(agent: str, step_id: int) -> ColumnElement[bool]:
+    """Objects of ``agent`` that the full import step ``step_id`` did not see."""
+    return and_(cs_object.c.agent == agent, or_(cs_object.c.seen_step.is_(None), cs_object.c.seen_step != step_id))
+
+
 class ConnectorSpace:
     """The connector space, read and written inside one store transaction (``conn``)."""
 
@@ -468,21 +473,21 @@ class ConnectorSpace:
             .values(seen_step=to_step)
         )
 
+    def unseen_by_full_import(self, agent: str, step_id: int) -> list[str]:
+        """The anchors :meth:`close_full_import` would newly mark deleted: objects with a hologram that
+        step ``step_id`` did not see and that hold no pending delete yet."""
+        newly = or_(cs_object.c.pending_type.is_(None), cs_object.c.pending_type != "delete")
+        query = select(cs_object.c.anchor).where(_unseen(agent, step_id), cs_object.c.hologram.is_not(None), newly)
+        return [str(anchor) for anchor in self._conn.execute(query).scalars()]
+
     def close_full_import(self, agent: str, step_id: int, now: float) -> list[str]:
         """The full import's deletion rule: what step ``step_id`` did not see is gone.
 
         Objects with a hologram get a pending delete (the synchronization decides what it means);
         those that never had one (staged adds) simply go. Returns the anchors newly marked deleted.
         """
-        not_seen = or_(cs_object.c.seen_step.is_(None), cs_object.c.seen_step != step_id)
-        mine = and_(cs_object.c.agent == agent, not_seen)
-        newly = or_(cs_object.c.pending_type.is_(None), cs_object.c.pending_type != "delete")
-        gone = [
-            str(anchor)
-            for anchor in self._conn.execute(
-                select(cs_object.c.anchor).where(mine, cs_object.c.hologram.is_not(None), newly)
-            ).scalars()
-        ]
+        mine = _unseen(agent, step_id)
+        gone = self.unseen_by_full_import(agent, step_id)
         self._conn.execute(
             update(cs_object)
             .where(mine, cs_object.c.hologram.is_not(None))
