@@ -27,13 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath, PureWindowsPath
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "TEXT_ENCODINGS",
+    "CallTimedOut",
     "OwnerOnlyError",
     "TextDecodeError",
     "atomic_write",
+    "bounded",
     "decode_text",
     "make_private_dir",
     "network_location",
@@ -55,6 +57,43 @@ TEXT_ENCODINGS = "UTF-8 (with or without a BOM) or UTF-16 with a BOM"
 
 class OwnerOnlyError(OSError):
     """A file or folder could not be limited to the current account (the message says which and why)."""
+
+
+class CallTimedOut(Exception):
+    """A call :func:`bounded` stopped waiting for (its thread is left to end by itself)."""
+
+
+_T = TypeVar("_T")
+
+
+def bounded(call: Callable[[], _T], timeout_s: float, name: str) -> _T:
+    """``call()``, waited for at most ``timeout_s`` seconds, else ``CallTimedOut``; its errors raised here.
+
+    Why: a read on a hard-mounted network share whose server stopped answering blocks in the kernel
+    until the server comes back, and no signal or Python call ends it: the run hung with it, for
+    ever, without a word. The call runs in a thread of its own (``name``) so the wait can end; that
+    thread stays blocked until the share answers and then ends, unheard (a daemon: it never holds
+    the process at exit). One thread per call, gone when the call returns: none is kept or pooled.
+    """
+    done = threading.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller, who decides
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    if not done.wait(timeout_s):
+        raise CallTimedOut(name)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: _T = value
+    return result
 
 
 class TextDecodeError(ValueError):

@@ -13,10 +13,10 @@ import errno
 import hashlib
 import os
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from connector.agents.photo_folder._names import BackupNames
 from connector.agents.photo_folder._scan import (
@@ -28,7 +28,14 @@ from connector.agents.photo_folder._scan import (
 )
 from connector.agents.photo_folder._settings import PhotoFolderSettings
 from connector.agents.photo_folder._watermark import AccountState, FileState, FolderState, Limits
-from connector.files import atomic_write, windows_name_problem, windows_path_too_long
+from connector.files import (
+    CallTimedOut,
+    atomic_write,
+    bounded,
+    network_location,
+    windows_name_problem,
+    windows_path_too_long,
+)
 from connector.imaging import (
     EXCHANGE_PHOTO_MAX_BYTES,
     EmptyImageError,
@@ -88,6 +95,8 @@ _SCHEMA = Schema.of(
         ),
     )
 )
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +180,17 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
         """The settings a file's import error may depend on besides its bytes (see ``FolderState.limits``)."""
         return self.settings.max_file_bytes, self.settings.max_pixels, self.settings.verify_images
 
+    def _bounded(self, call: Callable[[], _T], what: str) -> _T:
+        """``call()`` (a listing or a read of ``what``), stopping the import if it takes past
+        ``read_timeout_s``: see :func:`connector.files.bounded` for why, and :func:`_hung` for what it says."""
+        try:
+            return bounded(call, self.settings.read_timeout_s, f"mvsync photo-folder read: {what}")
+        except CallTimedOut:
+            raise _hung(self.settings.path, what, self.settings.read_timeout_s) from None
+
     def _folder(self) -> Path:
         folder = self.settings.path
-        if not folder.is_dir():
+        if not self._bounded(folder.is_dir, str(folder)):
             msg = f"{folder} is not a folder (or cannot be read)"
             raise ConfigurationError(msg, key="path")
         return folder
@@ -188,7 +205,12 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             else FolderState(real, self.settings.recursive, accounts=_held_spellings(state), limits=self._limits())
         )
         try:
-            files = scan_folder(folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes)
+            files = self._bounded(
+                lambda: scan_folder(
+                    folder, recursive=self.settings.recursive, max_file_bytes=self.settings.max_file_bytes
+                ),
+                f"the listing of {folder}",
+            )
         except OSError as exc:
             raise _unlisted(folder, exc) from None
         if delta and not files and old.accounts:
@@ -263,7 +285,9 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             return CSEntryChange.import_error(item.anchor, item.name, item.detail, object_class=OBJECT_CLASS)
         file, previous = item.file, item.previous
         try:
-            data, mtime_ns, size = read_photo(self.settings.path, file, self.settings.max_file_bytes)
+            data, mtime_ns, size = self._bounded(
+                lambda: read_photo(self.settings.path, file, self.settings.max_file_bytes), display(file.relpath)
+            )
             if self.settings.verify_images:
                 verify(data, InputLimits(self.settings.max_file_bytes, self.settings.max_pixels))
             elif not data:  # never a photo, and free to tell (a copy not yet written, a failed export)
@@ -501,6 +525,21 @@ def _shown_apart(relpath: str) -> str:
         return shown
     escaped = display(relpath).encode("ascii", "backslashreplace").decode("ascii")
     return f"{shown} ('{escaped}': decomposed Unicode, as macOS writes names)"
+
+
+def _hung(folder: Path, what: str, timeout_s: float) -> StopRunError:
+    """Why the import stops when a listing or a read of the folder does not come back in time.
+
+    Read on, every later file would hang the same way; stopped, nothing is marked deleted.
+    """
+    share = network_location(folder)
+    on = f" on {share}" if share else ""
+    msg = (
+        f"{what}{on} did not come back within {timeout_s:g} s (read_timeout_s): the file server or the network "
+        "to it is not answering (a share mounted hard waits for it for ever); nothing was marked deleted. Check "
+        "the server and the network, and run the import again"
+    )
+    return StopRunError(msg)
 
 
 def _unlisted(folder: Path, exc: OSError) -> StopRunError:

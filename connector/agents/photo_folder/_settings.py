@@ -47,6 +47,14 @@ class PhotoFolderSettings(ConnectorSettings):
     ] = DEFAULT_MAX_INPUT_BYTES
     max_pixels: Annotated[int, Field(ge=1, le=MAX_PIXELS_CEILING, description="Pixel-bomb limit.")] = DEFAULT_MAX_PIXELS
     verify_images: Annotated[bool, Field(description="Decode new and changed files to catch broken ones.")] = True
+    read_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="Seconds a listing or a file read may take before the import stops (a share not answering).",
+        ),
+    ] = 120.0
 
     @model_validator(mode="after")
     def _export_path_apart(self) -> PhotoFolderSettings:
