@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import logging
+import re
 import urllib.request
 from pathlib import Path
 
@@ -332,3 +333,29 @@ def test_cli_writes_the_metrics_textfile_and_json_logs(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def _documented_metric_names() -> set[str]:
+    """The metric names the README's Monitoring paragraph promises (an operator's alert rules come from it)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("- **Monitoring.**")
+    section = readme[start : readme.index("\n- **", start + 1)]
+    return set(re.findall(r"`(mvsync_[a-z_]+)", section))
+
+
+def _exposed_metric_names() -> set[str]:
+    """The names the exposition holds, as Prometheus reads it (a counter's samples end in ``_total``)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(metrics.REGISTRY).decode()
+    return {f.name + ("_total" if f.type == "counter" else "") for f in text_string_to_metric_families(text)}
+
+
+def test_every_metric_the_readme_names_is_exposed() -> None:
+    """Found by parsing the exposition with prometheus_client's parser: the README named the per-object
+    error counter ``mvsync_step_errors_total``, the exposition calls it ``mvsync_step_object_errors_total``,
+    so an alert written from the README matched nothing and never fired."""
+    documented = _documented_metric_names()
+    assert len(documented) >= 12  # the paragraph was found
+    assert documented <= _exposed_metric_names()
