@@ -4,7 +4,8 @@ A site already monitors its services with Prometheus; mvsync fits in two ways:
 
 * a scheduled ``mvsync run`` (cron, systemd timer) writes a *textfile* at the end
   (``--metrics-textfile PATH``) for node_exporter's textfile collector, atomically, so the
-  collector never reads half a file;
+  collector never reads half a file, and carrying on from the file's figures, so its counters grow
+  from run to run (:func:`write_textfile`);
 * a long-lived process (``--metrics-port PORT``) serves ``/metrics`` over HTTP (GET and HEAD;
   any other path is 404, and the ``Server`` header names mvsync, not the Python version).
 
@@ -20,20 +21,23 @@ mvsync's figures only, not the Python process collectors that mean nothing for a
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
+from filelock import FileLock
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, write_to_textfile
 from prometheus_client.exposition import ThreadingWSGIServer
-from prometheus_client.openmetrics.exposition import ALLOWUTF8
-
-from connector.files import atomic_write
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -51,6 +55,8 @@ __all__ = [
     "throttle_pause",
     "write_textfile",
 ]
+
+log = logging.getLogger("mvsync.metrics")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -298,15 +304,116 @@ def _serve(port: int, addr: str) -> WSGIServer:
 
 
 def write_textfile(path: Path | str | None = None) -> Path | None:
-    """Write the metrics in the text exposition format, atomically (temp file + rename).
+    """Write the metrics in the text exposition format, atomically (temp file + rename), carrying on
+    from what the file held before.
+
+    Why carry on: each scheduled ``mvsync run`` is a new process whose counters start at 0, and the
+    textfile is all node_exporter sees of it. Written as they were, ``mvsync_steps_total`` read 1 after
+    every run (``increase()`` saw no runs at all), and a run refused before its first step left a file
+    without ``mvsync_step_last_end_timestamp_seconds``, the series an alert on stopped schedules needs.
+    So counters and histograms add this process's figures to the file's, and a series this process did
+    not touch (a gauge, a step kind it did not run) stays as the file had it. ``PATH.lock`` beside the
+    file keeps two runs that end together from losing each other's figures.
 
     Writes to ``path`` or the configured textfile; returns the path written, or None when neither.
     """
     target = Path(path) if path is not None else _textfile
     if target is None:
         return None
-    # atomic_write, not prometheus_client's writer: on Windows its one rename fails while the collector
-    # (windows_exporter) reads the file; atomic_write tries again. Keep the mode readable by the collector.
-    atomic_write(target, generate_latest(REGISTRY, escaping=ALLOWUTF8))
+    # the OS drops the lock with a killed process; a stuck writer is said (a TimeoutError is an OSError)
+    with FileLock(target.with_name(f"{target.name}.lock"), timeout=_TEXTFILE_LOCK_WAIT_S, is_singleton=False):
+        carried = _Carried(_previous_samples(target), _written.get(target, {}))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(carried)
+        # prometheus_client writes next to the target and renames; keep the mode readable by the collector
+        write_to_textfile(str(target), registry)
+        _written[target] = carried.seen
     os.chmod(target, 0o644)
     return target
+
+
+#: How long a run waits for another one writing the same textfile (a write takes milliseconds).
+_TEXTFILE_LOCK_WAIT_S = 30.0
+
+#: A sample's identity in the exposition: its name and its labels, sorted.
+_SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _key(sample: Sample) -> _SampleKey:
+    return sample.name, tuple(sorted(sample.labels.items()))
+
+
+def _previous_samples(target: Path) -> dict[_SampleKey, float]:
+    """Every sample the textfile holds now; none when there is no file yet, or one mvsync cannot read
+    (said in the log: the file starts over from this run's figures)."""
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        return {_key(s): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    except (ValueError, TypeError) as exc:
+        log.warning(
+            "--metrics-textfile %s: not a Prometheus text file mvsync can read (%s); it starts over", target, exc
+        )
+        return {}
+
+
+#: Per textfile, this process's own samples as it last wrote them there: a second write of the same
+#: process adds only what was counted since, not everything again.
+_written: dict[Path, dict[_SampleKey, float]] = {}
+
+
+class _Carried(Collector):
+    """mvsync's metrics as the textfile should hold them: this process's figures since ``written``
+    (its last write there) on top of ``previous`` (what the file holds). ``seen``: this process's samples."""
+
+    def __init__(self, previous: dict[_SampleKey, float], written: dict[_SampleKey, float]) -> None:
+        self._previous, self._written = previous, written
+        self.seen: dict[_SampleKey, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            current = {_key(s): s.value for s in family.samples}
+            self.seen.update(current)
+            yield _carried_family(family, current, self._previous, self._written)
+
+
+def _carried_family(
+    family: Metric,
+    current: dict[_SampleKey, float],
+    previous: dict[_SampleKey, float],
+    written: dict[_SampleKey, float],
+) -> Metric:
+    """``family`` with the previous file's figures: counted samples (a counter's total, a histogram's
+    buckets, count and sum) added up, ``_created`` the earliest, a gauge this process's value; a series
+    only the file has is kept as it was."""
+    carried = Metric(family.name, family.documentation, family.type, family.unit)
+    names = {family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",))}
+    ours = {key: value for key, value in previous.items() if key[0] in names}
+    if _bucket_layout(current) not in (set(), _bucket_layout(ours)):
+        ours = {}  # the buckets changed (an upgrade): adding them up would make no histogram
+    counted = family.type in ("counter", "histogram")
+    for key, now in current.items():
+        before = ours.pop(key, None)
+        since = now - written.get(key, 0.0) if counted and not key[0].endswith("_created") else now
+        carried.add_sample(key[0], dict(key[1]), since if before is None else _combined(counted, key[0], since, before))
+    for key, before in ours.items():  # series this process did not touch
+        carried.add_sample(key[0], dict(key[1]), before)
+    return carried
+
+
+#: The sample names a family of each type writes (text format 0.0.4), after its own name.
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"), "gauge": ("",)}
+
+
+def _bucket_layout(samples: dict[_SampleKey, float]) -> set[str]:
+    """The ``le`` bounds a histogram's bucket samples use (none for other types)."""
+    return {dict(labels)["le"] for name, labels in samples if name.endswith("_bucket") and "le" in dict(labels)}
+
+
+def _combined(counted: bool, name: str, now: float, before: float) -> float:
+    """One sample's value in the textfile, from this process's (``now``) and the file's (``before``)."""
+    if name.endswith("_created"):
+        return min(now, before)
+    return now + before if counted else now

@@ -70,7 +70,8 @@ def test_textfile_is_written_atomically_for_the_collector(tmp_path: Path) -> Non
     assert "# TYPE mvsync_photos_total counter" in text or "# TYPE mvsync_photos counter" in text
     assert 'mvsync_photos_total{outcome="exported"}' in text
     assert "python_gc" not in text  # our registry only
-    assert [p.name for p in tmp_path.iterdir()] == ["mvsync.prom"]  # no temp file left behind
+    # no temp file left behind; the lock beside it is no *.prom file, so the collector never reads it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mvsync.prom", "mvsync.prom.lock"]
     with pytest.raises(ValueError, match="does not exist"):
         metrics.configure(textfile=tmp_path / "missing" / "x.prom")
     with pytest.raises(ValueError, match=r"is a folder; name a file in it, e\.g\. .*mvsync\.prom"):
@@ -359,3 +360,75 @@ def test_every_metric_the_readme_names_is_exposed() -> None:
     documented = _documented_metric_names()
     assert len(documented) >= 12  # the paragraph was found
     assert documented <= _exposed_metric_names()
+
+
+def _textfile_run(tmp_path: Path, prom: Path, *args: str) -> int:
+    """The real CLI in its own process, as cron starts it, writing ``prom``; its exit code."""
+    import os
+    import subprocess
+    import sys
+
+    mvsync = Path(sys.executable).with_name("mvsync")
+    env = {**os.environ, "MVSYNC_METRICS_TEXTFILE": "", "MVSYNC_LOG_FORMAT": ""}
+    command = [str(mvsync), "--metrics-textfile", str(prom), *args, "-c", str(tmp_path / "mvsync.toml")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env).returncode
+
+
+def _samples(prom: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The textfile as node_exporter's collector reads it: every sample by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(prom.read_text(encoding="utf-8"))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def test_the_textfile_carries_counters_and_last_step_ends_across_runs(tmp_path: Path) -> None:
+    """Found by running the real CLI twice, as cron does, then a run refused before its first step:
+    each process wrote only its own figures, so ``mvsync_steps_total`` read 1 after every run (a
+    counter that never moves: ``increase()`` said 0 runs an hour) and the refused run's file held no
+    ``mvsync_step_last_end_timestamp_seconds`` at all, so the README's "alert when a schedule stops
+    running" had no series left to fire on exactly when runs stopped working."""
+    (tmp_path / "mvsync.toml").write_text(CLI_CONFIG)
+    prom = tmp_path / "mvsync.prom"
+    src = (("agent", "src"), ("kind", "full-import"))
+    steps = ("mvsync_steps_total", (*src, ("status", "success")))
+    ends = ("mvsync_step_last_end_timestamp_seconds", (*src, ("status", "success")))
+    timed = ("mvsync_step_duration_seconds_count", src)
+    adds = ("mvsync_step_objects_total", (("agent", "src"), ("counter", "adds"), ("kind", "full-import")))
+
+    assert _textfile_run(tmp_path, prom, "run", "cycle") == 0
+    first = _samples(prom)
+    assert (first[steps], first[adds]) == (1, 12)
+    assert _textfile_run(tmp_path, prom, "run", "cycle") == 0  # nothing new to add: 0 adds
+    second = _samples(prom)
+    assert (second[steps], second[timed], second[adds]) == (2, 2, 12)
+    assert second[ends] >= first[ends]
+
+    assert _textfile_run(tmp_path, prom, "run", "no-such-profile") == 2
+    refused = _samples(prom)
+    assert (refused[steps], refused[timed], refused[adds], refused[ends]) == (2, 2, 12, second[ends])
+
+
+def test_a_second_write_of_one_process_adds_only_what_it_counted_since(tmp_path: Path) -> None:
+    """The textfile carries on from its previous figures; a process that writes it twice (the public
+    :func:`metrics.write_textfile`) must not add its own earlier figures a second time."""
+    prom = tmp_path / "again.prom"
+    prom.write_text('# TYPE mvsync_ldap_writes_total counter\nmvsync_ldap_writes_total{result="busy"} 5.0\n')
+    metrics.ldap_write("busy")
+    metrics.write_textfile(prom)
+    ours = value("mvsync_ldap_writes_total", result="busy")  # this process's count, other tests' included
+    assert _samples(prom)[("mvsync_ldap_writes_total", (("result", "busy"),))] == 5 + ours
+    metrics.ldap_write("busy")
+    metrics.write_textfile(prom)
+    assert _samples(prom)[("mvsync_ldap_writes_total", (("result", "busy"),))] == 5 + ours + 1
+
+
+def test_a_textfile_mvsync_cannot_read_starts_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Not a Prometheus file (a wrong path given): said in the log, naming the file, and replaced."""
+    prom = tmp_path / "odd.prom"
+    prom.write_text("this is { not a metric\n")
+    metrics.photo("exported")
+    with caplog.at_level(logging.WARNING, logger="mvsync.metrics"):
+        metrics.write_textfile(prom)
+    assert f"--metrics-textfile {prom}: not a Prometheus text file" in caplog.text
+    assert _samples(prom)[("mvsync_photos_total", (("outcome", "exported"),))] >= 1
