@@ -297,7 +297,9 @@ def windows_path_too_long(path: Path | str, *, listing: bool = False) -> str:
     )
 
 
-def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: bool = True) -> None:
+def atomic_write(
+    path: Path, data: bytes, *, private: bool = False, durable: bool = True, mode: int | None = None
+) -> None:
     """Write ``data`` so readers see the old or the new file, never a mix (temp file, fsync, ``os.replace``).
 
     The temporary file is hidden (``.name.xxxx``) and in the same folder, so the rename stays on one
@@ -308,7 +310,8 @@ def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: boo
     never readable by others, not even for a moment. ``durable`` flushes the data, and on POSIX the
     directory after the rename, so the new content survives a power cut (Windows cannot open a
     directory for that; NTFS journals the rename itself); records that only matter while a process
-    lives (a lock's holder) skip it.
+    lives (a lock's holder) skip it. ``mode`` is given to the temporary file before the rename, so a
+    file another account must read (a metrics textfile) is readable from the moment it appears.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: 0600 on POSIX
@@ -320,6 +323,8 @@ def atomic_write(path: Path, data: bytes, *, private: bool = False, durable: boo
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         _replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

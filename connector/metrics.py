@@ -32,12 +32,15 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from filelock import FileLock
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import ALLOWUTF8
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+
+from connector.files import atomic_write
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -325,10 +328,10 @@ def write_textfile(path: Path | str | None = None) -> Path | None:
         carried = _Carried(_previous_samples(target), _written.get(target, {}))
         registry = CollectorRegistry(auto_describe=False)
         registry.register(carried)
-        # prometheus_client writes next to the target and renames; keep the mode readable by the collector
-        write_to_textfile(str(target), registry)
+        # readable by the collector's own account from the moment it appears (not renamed, then opened up);
+        # atomic_write, not prometheus_client's writer, also tries again while windows_exporter reads the file
+        atomic_write(target, generate_latest(registry, escaping=ALLOWUTF8), mode=0o644)
         _written[target] = carried.seen
-    os.chmod(target, 0o644)
     return target
 
 

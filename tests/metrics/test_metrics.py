@@ -7,8 +7,11 @@ import http.client
 import io
 import json
 import logging
+import os
 import re
+import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -432,3 +435,34 @@ def test_a_textfile_mvsync_cannot_read_starts_over(tmp_path: Path, caplog: pytes
         metrics.write_textfile(prom)
     assert f"--metrics-textfile {prom}: not a Prometheus text file" in caplog.text
     assert _samples(prom)[("mvsync_photos_total", (("outcome", "exported"),))] >= 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_the_textfile_is_readable_by_the_collector_from_the_moment_it_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by reading how the file was written under a hardened service's ``UMask=0077``: the temp
+    file was created 0600, renamed over the target, and only then opened up to 0644, so a collector
+    running as its own account (node_exporter) that read it between the two got "permission denied"
+    and a scrape error. Each rename is watched here: what it puts in place must already be 0644."""
+    import stat
+
+    seen: list[int] = []
+    real_replace, real_rename = os.replace, os.rename
+
+    def watch(real: Callable[..., None]) -> Callable[..., None]:
+        def renaming(src: str, dst: str, *args: object, **kwargs: object) -> None:
+            if Path(dst).name == "mvsync.prom":
+                seen.append(stat.S_IMODE(os.stat(src).st_mode))
+            real(src, dst, *args, **kwargs)
+
+        return renaming
+
+    monkeypatch.setattr(os, "replace", watch(real_replace))
+    monkeypatch.setattr(os, "rename", watch(real_rename))
+    old_umask = os.umask(0o077)
+    try:
+        metrics.write_textfile(tmp_path / "mvsync.prom")
+    finally:
+        os.umask(old_umask)
+    assert seen == [0o644]
