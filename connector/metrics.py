@@ -98,7 +98,8 @@ LAST_STEP_END = Gauge(
 )
 RUNS_REFUSED = Counter(
     "mvsync_runs_refused",
-    "Runs that ended before their first step, by status (stopped-configuration: a configuration error).",
+    "Runs that ended before their first step, by status (stopped-configuration: a configuration error; "
+    "stopped-locked: another run held an agent or the metaverse).",
     ("profile", "status"),
     registry=REGISTRY,
 )

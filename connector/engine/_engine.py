@@ -381,6 +381,8 @@ class Engine:
             aborted, message = _aborted(exc)
             if not dry_run:  # the dry run's row is rolled back: its id would name nothing
                 tie_to_run(exc, result.run_id)
+                if not result.steps_begun:  # locked out, or stopped while waiting: no step metric says it
+                    metrics.run_refused(profile, aborted)
             raise
         finally:
             self.transforms.forget()  # what it computed is stored only if its transactions were kept
@@ -424,6 +426,7 @@ class Engine:
         result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
         with self._locks(step, wait_s, _holder_note(run, seq, step)):
             result.step_id = self._start_step(run, seq, step, result.started_at)
+            run.steps_begun += 1  # from here the step is in the step metrics, however it ends
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
             report: dict[str, Any] | None = None
             failing = False

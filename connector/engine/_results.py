@@ -182,6 +182,9 @@ class RunResult:
     ended_at: float = 0.0
     #: ``time.monotonic()`` when it started (see :func:`elapsed_end`)
     started_monotonic: float = field(default_factory=time.monotonic)
+    #: Steps that began (held their locks and have a history row): each one is in the step metrics,
+    #: also the one an exception ended, which ``steps`` does not hold
+    steps_begun: int = 0
 
     def end(self) -> None:
         """Set ``ended_at`` (see :func:`elapsed_end`)."""

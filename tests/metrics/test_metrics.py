@@ -466,3 +466,25 @@ def test_the_textfile_is_readable_by_the_collector_from_the_moment_it_appears(
     finally:
         os.umask(old_umask)
     assert seen == [0o644]
+
+
+def test_a_run_locked_out_before_its_first_step_is_counted_as_refused(tmp_path: Path) -> None:
+    """Found by running the real CLI with ``--metrics-textfile`` while another run held its agent:
+    exit 5 and ``stopped-locked`` in history, but nothing in the metrics (no step began, and
+    ``mvsync_runs_refused_total`` counted only configuration refusals), although the README documents
+    that counter "for runs refused before their first step" and offers the textfile in place of
+    alerting on exit codes 4 and 5. A lock refused at a later step is no refusal of the run: its
+    first step is counted as a step."""
+    from connector.store import LockHeldError
+
+    world = World(tmp_path)
+    try:
+        refused = value("mvsync_runs_refused_total", profile="full-import", status="stopped-locked")
+        with world.engine.store.locks.hold("agent:ad"), pytest.raises(LockHeldError):  # the profile's first agent
+            world.run("full-import")
+        assert value("mvsync_runs_refused_total", profile="full-import", status="stopped-locked") == refused + 1
+        with world.engine.store.locks.hold("agent:exo"), pytest.raises(LockHeldError):  # its second agent
+            world.run("full-import")
+        assert value("mvsync_runs_refused_total", profile="full-import", status="stopped-locked") == refused + 1
+    finally:
+        world.close()
