@@ -172,7 +172,8 @@ class LockManager:
 
     def other_holders(self) -> list[str]:
         """Who the records of this store's lock files name, other than this process: the mvsync runs
-        (and backups) that hold its locks, or held them when they were killed (a record stays then)."""
+        (and backups) that hold its locks, or held them when they were killed (a record stays then; a
+        lock released as usual takes its record with it)."""
         me = (os.getpid(), socket.gethostname())
         records = [record for _name, record in self.recorded("") if record]
         return sorted({_describe(record) for record in records if (record.get("pid"), record.get("host")) != me})
@@ -218,6 +219,9 @@ class LockManager:
         finally:
             if transient:
                 _remove_while_held(path, holder_path)
+            else:  # the record names who holds the lock: a run that ended holds nothing (its lock file stays)
+                with contextlib.suppress(OSError):
+                    holder_path.unlink(missing_ok=True)
             lock.release()
 
     # -- PostgreSQL: advisory locks ---------------------------------------------------------------

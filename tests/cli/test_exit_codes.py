@@ -180,3 +180,18 @@ def _await_file(path: Path, proc: subprocess.Popen[str]) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the import never started"
         time.sleep(0.02)
+
+
+def test_a_run_that_ended_is_not_named_as_holding_the_stores_locks(config: Path) -> None:
+    """Found by making a run's store busy (exit 5) after two earlier runs had ended normally: its message
+    said "mvsync runs on record as holding this store's locks: run 2 ('bad', step 1: bad full-import),
+    pid 22005 ..." and so on for every run since, because each lock's holder record stayed behind
+    after a normal release, and only "a record left by a process that was killed" was meant to. The
+    operator went looking for processes that had ended long before. Records of released locks go."""
+    assert _cli(config, "run", "ok")[0] == 0  # in its own process: its records name another pid
+    assert _cli(config, "run", "down")[0] == 4
+    store = SqlStore(load_config(config).store_url())
+    try:
+        assert store.locks.other_holders() == []
+    finally:
+        store.close()
