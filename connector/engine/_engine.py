@@ -412,7 +412,9 @@ class Engine:
             history = RunHistory(conn)
             syncing = step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC)
             close_abandoned_steps(history, step.agent, metaverse=syncing, by_run=run.run_id)
-            return history.start_step(run.run_id, seq, step.agent, step.type.value, started_at)
+            step_id = history.start_step(run.run_id, seq, step.agent, step.type.value, started_at)
+        run.steps_begun += 1  # from here the step is in the step metrics, however it ends
+        return step_id
 
     def _run_step(
         self,
@@ -426,7 +428,6 @@ class Engine:
         result = StepResult(agent=step.agent, kind=step.type.value, started_at=time.time())
         with self._locks(step, wait_s, _holder_note(run, seq, step)):
             result.step_id = self._start_step(run, seq, step, result.started_at)
-            run.steps_begun += 1  # from here the step is in the step metrics, however it ends
             ctx = StepContext(self.store, self.config, step, result, result.step_id, progress, emit)
             report: dict[str, Any] | None = None
             failing = False
