@@ -382,7 +382,7 @@ class Engine:
             if not dry_run:  # the dry run's row is rolled back: its id would name nothing
                 tie_to_run(exc, result.run_id)
                 if not result.steps_begun:  # locked out, or stopped while waiting: no step metric says it
-                    metrics.run_refused(profile, aborted)
+                    metrics.run_refused(result.profile, aborted)
             raise
         finally:
             self.transforms.forget()  # what it computed is stored only if its transactions were kept
