@@ -105,4 +105,5 @@ def test_the_metrics_textfile_held_open_by_the_collector_is_written(
     finally:
         metrics.configure(textfile=None)
     assert "mvsync_" in target.read_text(encoding="utf-8")
-    assert [p.name for p in tmp_path.iterdir()] == ["mvsync.prom"]
+    # no temporary file left behind; the lock runs take turns with stays (the collector reads *.prom only)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mvsync.prom", "mvsync.prom.lock"]
