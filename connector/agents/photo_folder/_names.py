@@ -16,7 +16,7 @@ __all__ = ["BackupNames"]
 
 
 class BackupNames:
-    """The names in ``folder`` (none when it does not exist yet: a dry run), by case-insensitive key."""
+    """The names in ``folder`` (none when it does not exist yet: a dry run), grouped by case-insensitive key."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -24,23 +24,21 @@ class BackupNames:
             names = os.listdir(folder)
         except FileNotFoundError:
             names = []
-        self._names = set(names)
-        self._by_key = {name.lower(): name for name in names}
+        self._by_key: dict[str, set[str]] = {}
+        for name in names:
+            self.wrote(name)
 
     def clash(self, name: str) -> str | None:
         """The name in the folder that differs from ``name`` only in case (the same file on Windows), unless
         ``name`` itself is there too (a folder written by a case-sensitive system holds both)."""
-        held = self._by_key.get(name.lower())
-        return held if held is not None and name not in self._names else None
+        spellings = self._by_key.get(name.lower(), set())
+        return None if not spellings or name in spellings else min(spellings)
 
     def wrote(self, name: str) -> None:
-        self._names.add(name)
-        self._by_key[name.lower()] = name
+        self._by_key.setdefault(name.lower(), set()).add(name)
 
     def removed(self, name: str) -> None:
-        self._names.discard(name)
-        twins = [other for other in self._names if other.lower() == name.lower()]
-        if twins:
-            self._by_key[name.lower()] = twins[0]
-        else:
+        spellings = self._by_key.get(name.lower(), set())
+        spellings.discard(name)
+        if not spellings:
             self._by_key.pop(name.lower(), None)
