@@ -147,8 +147,8 @@ def test_work_queue_take_returns_none_after_close() -> None:
     q.put(job("a"))
     q.put(job("b", ready_at=time.monotonic() + 60))
     started = time.monotonic()
-    assert q.take(5) is None
-    assert time.monotonic() - started < 1
+    assert q.take(120) is None
+    assert time.monotonic() - started < 60  # did not sit out the two-minute wait (however busy the machine)
 
 
 def test_work_queue_puts_a_task_handed_back_unsent_first_in_line() -> None:

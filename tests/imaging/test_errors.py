@@ -56,10 +56,10 @@ CASES: list[tuple[str, bytes, type[ImageError], str]] = [
 
 @pytest.mark.parametrize(("data", "error", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_gives_a_typed_error(data: bytes, error: type[ImageError], message: str) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()  # this thread's CPU time: waiting for a core does not count
     with pytest.raises(error, match=message) as caught:
         normalize(data)
-    assert time.perf_counter() - started < 5
+    assert time.thread_time() - started < 5
     assert caught.value.name and caught.value.detail
     assert str(caught.value).startswith(caught.value.name)
 
