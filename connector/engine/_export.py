@@ -19,6 +19,7 @@ from connector import metrics
 from connector.config import DeletionThreshold
 from connector.engine._context import StepContext
 from connector.engine._import import DELETE_MARK
+from connector.engine._provenance import export_sources
 from connector.engine._results import ObjectError, StepStopped
 from connector.sdk import (
     AttributeChange,
@@ -347,14 +348,11 @@ def _apply_results(
 ) -> None:
     counters = ctx.result.counters
     by_id = _results_by_identifier(ctx, changes, results)
+    answers = [by_id.get(change.identifier) or _no_result(change) for change in changes]
+    sources = _sources(ctx, [row for row, r in zip(rows, answers, strict=True) if r.status != ExportStatus.SUCCESS])
     now = time.time()
     updates: list[dict[str, Any]] = []
-    for row, change in zip(rows, changes, strict=True):
-        result: ExportResult | None = by_id.get(change.identifier)
-        if result is None:
-            result = ExportResult.retry(
-                change.identifier, "cd-error", "the connector returned no result for this change; it stays pending"
-            )
+    for row, change, result in zip(rows, changes, answers, strict=True):
         for outcome in photo_outcomes(change, result, row.hologram, row.id):
             metrics.photo(outcome)
         unconfirmed = _loads(row.unconfirmed, "cs_object", row.id, "unconfirmed") if row.unconfirmed else {}
@@ -380,9 +378,10 @@ def _apply_results(
         else:
             counters["export_errors" if result.status == ExportStatus.FAILED else "export_retryable"] += 1
             previous = _loads(row.export_error, "cs_object", row.id, "export_error") if row.export_error else {}
+            detail = _with_source(result.error_detail, sources.get(row.id))
             error = {
                 "name": result.error_name or "cd-error",
-                "detail": result.error_detail,
+                "detail": detail,
                 "status": result.status.value,
                 "attempts": int(previous.get("attempts", 0)) + 1,
             }
@@ -390,7 +389,7 @@ def _apply_results(
                 ObjectError(
                     "export",
                     str(error["name"]),
-                    result.error_detail or "(no detail)",
+                    detail or "(no detail)",
                     anchor=row.anchor,
                     object_class=row.object_class,
                     cs_id=row.id,
@@ -412,6 +411,29 @@ def _apply_results(
         _keep_restaged_exports(space, rows, updates)
         space.record_exports(updates)
         ctx.flush_errors(conn)
+
+
+def _no_result(change: CSEntryChange) -> ExportResult:
+    """The result of a change the connector returned none for: it stays pending."""
+    return ExportResult.retry(
+        change.identifier, "cd-error", "the connector returned no result for this change; it stays pending"
+    )
+
+
+def _sources(ctx: StepContext, failed: list[PendingExportRow]) -> dict[int, str]:
+    """Where the values of the ``failed`` exports came from (``connector.engine._provenance``), read
+    only when a batch has failures: a clean batch costs no read."""
+    if not failed:
+        return {}
+    with ctx.store.read() as conn:
+        return export_sources(conn, ctx.config, ctx.agent, failed)
+
+
+def _with_source(detail: str | None, source: str | None) -> str | None:
+    """The connector's detail, then where the value came from, so that the error says what to fix where."""
+    if source is None:
+        return detail
+    return f"{detail.rstrip('. ')}; {source}" if detail else source
 
 
 def _results_by_identifier(

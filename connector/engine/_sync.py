@@ -29,6 +29,7 @@ from typing import Any
 
 from connector.config import AgentConfig, Deprovision, ExportFlow, ImportFlow, JoinRule
 from connector.engine._context import StepContext
+from connector.engine._provenance import contributor, source_text
 from connector.engine._renderings import holds_rendering
 from connector.engine._results import ObjectError
 from connector.engine.transforms import TransformRunner
@@ -165,6 +166,13 @@ def _who(cs: _CS, mv: _MV) -> str | None:
     if name and "displayName" not in attributes:
         attributes["displayName"] = name
     return person_display(attributes)
+
+
+def _source(flow: ExportFlow, mv: _MV) -> str:
+    """``; thumbnail came from agent "exo" (metaverse attribute photo)`` for an export flow's error: the
+    agent whose value the metaverse holds, where the value to fix is (``connector.engine._provenance``)."""
+    agent = contributor(mv.lineage.get(flow.mv))
+    return "" if agent is None else f"; {source_text(flow.cs, flow.mv, agent)}"
 
 
 class _Rules:
@@ -542,7 +550,7 @@ class _Sync:
                         ObjectError(
                             "sync",
                             exc.name,
-                            f"export flow {flow.mv} -> {cs.agent}.{flow.cs}: {exc.detail}",
+                            f"export flow {flow.mv} -> {cs.agent}.{flow.cs}: {exc.detail}{_source(flow, mv)}",
                             anchor=cs.anchor,
                             object_class=cs.object_class,
                             cs_id=cs.id,

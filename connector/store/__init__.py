@@ -23,6 +23,7 @@ from connector.store._connector_space import (
     ExportState,
     ImportRow,
     PendingExportRow,
+    SourceObject,
     SyncRow,
 )
 from connector.store._faults import (
@@ -94,6 +95,7 @@ __all__ = [
     "Person",
     "RunHistory",
     "RunRow",
+    "SourceObject",
     "SqlStore",
     "StepRow",
     "StoreAudit",

@@ -32,6 +32,7 @@ __all__ = [
     "ExportState",
     "ImportRow",
     "PendingExportRow",
+    "SourceObject",
     "SyncRow",
 ]
 
@@ -69,6 +70,13 @@ class ConnectorRow(NamedTuple):
     export_type: str | None
     export_changes: str | None
     mv_id: int
+
+
+class SourceObject(NamedTuple):
+    """How an agent's object names itself: its anchor, and its DN where it has one."""
+
+    anchor: str
+    dn: str | None
 
 
 class PendingExportRow(NamedTuple):
@@ -358,6 +366,18 @@ class ConnectorSpace:
             query = select(*_CONNECTOR_COLUMNS).where(cs_object.c.mv_id.in_(mv_ids[i : i + _IN_BATCH]))
             for row in self._conn.execute(query):
                 yield ConnectorRow._make(row)
+
+    def identities(self, mv_ids: Sequence[int]) -> dict[tuple[int, str], SourceObject]:
+        """(metaverse id, agent) -> the object joined there: its anchor and DN (a file's path, for a
+        folder), to name where a metaverse value came from."""
+        found: dict[tuple[int, str], SourceObject] = {}
+        for i in range(0, len(mv_ids), _IN_BATCH):
+            query = select(cs_object.c.mv_id, cs_object.c.agent, cs_object.c.anchor, cs_object.c.dn).where(
+                cs_object.c.mv_id.in_(mv_ids[i : i + _IN_BATCH])
+            )
+            for mv_id, agent, anchor, dn in self._conn.execute(query):
+                found[(mv_id, agent)] = SourceObject(anchor, dn)
+        return found
 
     def agents_joined_to(self, mv_ids: Sequence[int], *, ignoring: Sequence[int]) -> dict[int, set[str]]:
         """Metaverse id -> the agents still connected to it, leaving out the objects ``ignoring``."""

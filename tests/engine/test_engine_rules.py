@@ -191,7 +191,10 @@ def test_permanent_export_failure_stays_pending_with_its_error(world: World) -> 
     assert row.unconfirmed is None
     assert json.loads(row.export_error) == {
         "name": "permission-issue",
-        "detail": "injected failure",
+        # the connector's detail, then where each value came from (the source to fix)
+        "detail": 'injected failure; displayName came from agent "exo", object "CN=exo-001,OU=Test" (metaverse '
+        'attribute displayName); thumbnail came from agent "exo", object "CN=exo-001,OU=Test" (metaverse attribute '
+        "photo)",
         "status": "failed",
         "attempts": 1,
     }
@@ -475,7 +478,8 @@ def test_a_photo_an_import_transform_cannot_read_keeps_the_earlier_one(world: Wo
 def test_an_export_flow_error_in_another_agents_sync_names_the_person(world: World) -> None:
     """Exchange Online's sync computes AD's thumbnail; a photo the transform cannot read is an error
     of that sync about an AD account. It names the person and the agent whose flow failed, in the
-    result and in history (Exchange Online holds no object with the AD anchor to name it from)."""
+    result and in history (Exchange Online holds no object with the AD anchor to name it from), and the
+    agent the photo came from (before, only the flow: the source to fix was left to be worked out)."""
 
     def thumbnail(data: dict[str, Any]) -> None:
         data["agents"]["ad"]["export_flow"][0]["transform"] = "thumbnail(size=96, max_bytes=10240)"
@@ -490,6 +494,8 @@ def test_an_export_flow_error_in_another_agents_sync_names_the_person(world: Wor
         ("guid-001", "User 1 (user001)"),
     ]
     assert exo_sync.errors[0].detail.startswith("export flow photo -> ad.thumbnail: ")
+    # and where the photo came from: the value to fix is there, not in AD
+    assert exo_sync.errors[0].detail.endswith('; thumbnail came from agent "exo" (metaverse attribute photo)')
     with world.engine.store.read() as conn:
         stored = conn.execute(select(run_error.c.display).order_by(run_error.c.id)).scalars().all()
     assert stored == ["User 0 (user000)", "User 1 (user001)"]

@@ -318,9 +318,10 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
             "path": file.relpath,
             "modified": dt.datetime.fromtimestamp(mtime_ns / 1e9, tz=dt.UTC),
         }
+        # the DN is the file's path in the folder: what an error about the photo names as its source
         if previous is None:
-            return CSEntryChange.add(OBJECT_CLASS, file.account, attributes)
-        return CSEntryChange.replace(OBJECT_CLASS, file.account, attributes)
+            return CSEntryChange.add(OBJECT_CLASS, file.account, attributes, dn=file.relpath)
+        return CSEntryChange.replace(OBJECT_CLASS, file.account, attributes, dn=file.relpath)
 
     # -- export ------------------------------------------------------------------------------
     def export(self, changes: Sequence[CSEntryChange]) -> list[ExportResult]:

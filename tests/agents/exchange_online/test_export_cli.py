@@ -232,3 +232,43 @@ def test_deprovision_delete_on_exchange_online_is_refused_before_any_step(make_e
     assert 'agents.exo.deprovision = "delete", but the exchange-online-photos agent does not delete objects' in err
     assert 'set deprovision = "disconnect"' in err and "Traceback" not in err
     assert emu.admin.stats()["graph_requests"] == 0  # refused before any step
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_a_refused_photo_export_names_the_folder_and_file_it_came_from(make_emulator: Any, tmp_path: Path) -> None:
+    """Found reading `mvsync history show` after an export Exchange Online refused: the per-object error
+    named the person and the Graph answer, not where the photo came from, so the engineer could not tell
+    which source (here the HR folder, and which file in it) to fix. The error now names the contributing
+    agent and the source object (the folder's file), in history, the console and the object's export error."""
+    from connector.config import load_config
+    from connector.store import SqlStore
+    from connector.web import create_app
+    from tests.web.conftest import LOOPBACK, TestClient
+
+    emu = make_emulator(users=40)
+    config, people = folder_to_exchange_online(emu, tmp_path, 2)
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 0, out + err
+    gone = people[1]  # (not the first: the tenant's first user is the account the agent signs in with)
+    nick = next(u["mailNickname"] for u in emu.admin.users() if u["id"] == gone)
+    emu.admin.delete_user(gone)  # the mailbox goes between the staging and the export: Graph answers 404
+
+    code, out, err = invoke("run", "export", "-c", str(config), "--json")
+    run = json.loads(out)
+    [step] = run["steps"]
+    assert (code, step["errors"]) == (3, 1), out + err
+    [error] = step["object_errors"]
+    source = f'EXOPhoto came from agent "hr", object "{nick}.jpg" (metaverse attribute photo)'
+    assert error["anchor"] == gone and source in error["detail"], error
+    assert "Traceback" not in out + err
+
+    code, out, err = invoke("history", "show", str(run["run_id"]), "-c", str(config))
+    assert code == 0 and source in " ".join(out.split()), out + err
+    code, out, err = invoke("cs", "show", "exo", gone, "-c", str(config), "--json")  # the object's export error
+    assert code == 0 and source in json.loads(out)["export_error"]["detail"], out + err
+
+    loaded = load_config(config)
+    store = SqlStore(loaded.store_url(), create=False)
+    with TestClient(create_app(loaded, store=store), base_url=LOOPBACK) as console:
+        page = console.get(f"/steps/{step['step_id']}")
+    assert page.status_code == 200 and source.replace('"', "&#34;") in page.text, page.text
