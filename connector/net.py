@@ -37,6 +37,7 @@ __all__ = [
     "reached_server",
     "readable_ca_file",
     "service_at",
+    "unanswered_outage",
     "unreachable_authority",
     "unusable_authority",
     "verifying_session",
@@ -294,6 +295,28 @@ def fails_again(ask: Callable[[], bool], stopping: threading.Event, wait_s: floa
         if ask():
             return False
     return True
+
+
+def unanswered_outage(
+    exc: requests.RequestException, answers: AnswerClock, started: float, recheck: Callable[[], str | None]
+) -> str | None:
+    """Why a request whose every attempt, since ``started``, got no answer (``exc``, the last one's
+    failure) met the service down; None when it is the request's own trouble.
+
+    Another request's working answer meanwhile says the service is up. Without one, nobody there
+    (refused, a timeout, DNS, TLS) is about the host: silence settles it (``SILENCE``). A connection
+    reset, or an answer cut off, once made is as often about the one request, so ``recheck`` asks
+    again one that worked before (``fails_again``) and gives its evidence, or None when it answers.
+
+    Why shared: the Exchange Server client judged by silence alone, so one mailbox whose requests
+    were reset, with nothing else in flight, stopped the step as an outage, which the Graph client
+    had already learnt not to do. Both clients now judge a failure that got no answer by this rule.
+    """
+    if not answers.silent_since(started):
+        return None
+    if not reached_server(exc):
+        return SILENCE
+    return recheck()
 
 
 def _is_loopback(url: str | bytes | None) -> bool:

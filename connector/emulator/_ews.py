@@ -66,6 +66,9 @@ Graph emulator's identity).
 
 Faults reuse the Graph emulator's profiles (``_faults``): "429" becomes ``ErrorServerBusy`` (EWS has
 no 429), 503 is IIS's queue-full answer, and resets, truncated bodies and extra latency as there.
+A profile's ``path_pattern`` is searched in the request's path and query, so ``"email=m3%40"`` makes
+one mailbox's requests meet the fault while the others are answered (a backend, or a firewall rule,
+that resets one mailbox's answers).
 """
 
 from __future__ import annotations

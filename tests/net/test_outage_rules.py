@@ -9,7 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
-from connector.net import fails_again
+import pytest
+import requests
+
+from connector.net import RECHECKED, SILENCE, AnswerClock, fails_again, unanswered_outage
 
 
 class _Asked:
@@ -54,3 +57,36 @@ def test_a_step_stopping_during_the_wait_ends_the_recheck_at_once() -> None:
     started = time.monotonic()
     assert fails_again(fail_then_stop, stopping, 30.0) is False
     assert time.monotonic() - started < 30.0  # did not sit out the wait
+
+
+def _clock(answered_after_start: bool) -> tuple[AnswerClock, float]:
+    started = time.monotonic()
+    clock = AnswerClock()
+    clock._last = started + (1.0 if answered_after_start else -1.0)  # (no sleep: the order is what counts)
+    return clock, started
+
+
+@pytest.mark.parametrize(
+    ("failure", "silent", "recheck", "expected"),
+    [
+        (requests.ConnectionError("Connection refused"), True, None, SILENCE),  # nobody there: silence settles it
+        (requests.ConnectionError("Connection reset by peer"), True, RECHECKED, RECHECKED),
+        (requests.ConnectionError("Connection reset by peer"), True, None, None),  # the recheck answered
+        (requests.ConnectionError("Connection refused"), False, RECHECKED, None),  # another request worked
+    ],
+    ids=["refused-silence", "reset-rechecked-down", "reset-rechecked-up", "answered-meanwhile"],
+)
+def test_a_request_without_an_answer_is_an_outage_by_one_rule(
+    failure: requests.RequestException, silent: bool, recheck: str | None, expected: str | None
+) -> None:
+    """The rule both Exchange clients share (connector.net.unanswered_outage): a reset, which had
+    reached the server, is rechecked; a refusal is settled by silence; another working answer clears it."""
+    clock, started = _clock(answered_after_start=not silent)
+    asked: list[bool] = []
+
+    def ask() -> str | None:
+        asked.append(True)
+        return recheck
+
+    assert unanswered_outage(failure, clock, started, ask) == expected
+    assert asked == ([True] if silent and "reset" in str(failure) else [])

@@ -53,8 +53,8 @@ from connector.net import (
     failure_kind,
     host_port,
     on_host,
-    reached_server,
     service_at,
+    unanswered_outage,
 )
 from connector.sdk import ServerDownError, StopRunError
 from connector.throttling import (
@@ -554,13 +554,21 @@ class GraphClient:
                 if exc.response.status >= 500 and self.confirmed_down(stopping):
                     raise self.down(f"answered with {exc.response.describe()}", attempts, started, RECHECKED) from None
                 return exc.response
-            if exc.network is not None and self.answers.silent_since(started):
-                # a reset connection had reached Graph: one request's trouble unless a working one fails too
-                evidence = RECHECKED if reached_server(exc.network) else SILENCE
-                if evidence == SILENCE or self.confirmed_down(stopping):
-                    failure = f"did not answer: {failure_kind(exc.network)}"
-                    raise self.down(failure, attempts, started, evidence) from None
+            if exc.network is not None:
+                self._stop_if_down(exc.network, attempts, started, stopping)
             raise
+
+    def _stop_if_down(
+        self, failure: requests.RequestException, attempts: int, started: float, stopping: threading.Event
+    ) -> None:
+        """Raise ``ServerDownError`` when a request that got no answer met Graph down
+        (``connector.net.unanswered_outage``): a reset connection had reached Graph, so it is one
+        request's trouble unless a request that worked before fails too."""
+        evidence = unanswered_outage(
+            failure, self.answers, started, lambda: RECHECKED if self.confirmed_down(stopping) else None
+        )
+        if evidence is not None:
+            raise self.down(f"did not answer: {failure_kind(failure)}", attempts, started, evidence) from None
 
     def confirmed_down(self, cancel: threading.Event | None = None) -> bool:
         """Whether a request that got nothing but 5xx answers (or reset connections) met Graph down,

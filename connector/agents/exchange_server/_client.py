@@ -42,7 +42,15 @@ import urllib3
 from connector.agents.exchange_server._auth import refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
-from connector.net import RECHECKED, SILENCE, AnswerClock, fails_again, failure_kind, host_port
+from connector.net import (
+    RECHECKED,
+    SILENCE,
+    AnswerClock,
+    fails_again,
+    failure_kind,
+    host_port,
+    unanswered_outage,
+)
 from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
@@ -526,8 +534,12 @@ class PhotoClient:
         """The mailbox's error after its last attempt (``unanswered``: the last had no answer; else
         ``last`` says which 5xx), unless the server is down (``ServerDownError``)."""
         if unanswered is not None:
-            if self.answers.silent_since(started):
-                raise self._down(f"did not answer: {failure_kind(unanswered)}", started, attempts)
+            # a reset is rechecked; with no other mailbox to ask, the silence stands
+            evidence = unanswered_outage(
+                unanswered, self.answers, started, lambda: self._fails_again(email, _worked_on, alone=SILENCE)
+            )
+            if evidence is not None:
+                raise self._down(f"did not answer: {failure_kind(unanswered)}", started, attempts, evidence)
             return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}")
         if (evidence := self._fails_again(email, _worked_on)) is not None:
             raise self._down(f"answered with {last}", started, attempts, evidence)
@@ -559,11 +571,16 @@ class PhotoClient:
         return self.settings.username or self.settings.client_id or "the service account"
 
     def _fails_again(
-        self, email: str, worked: Callable[[requests.Response], bool], fallback: str | None = None
+        self,
+        email: str,
+        worked: Callable[[requests.Response], bool],
+        fallback: str | None = None,
+        *,
+        alone: str | None = None,
     ) -> str | None:
         """Why the server (or the account) fails, if a mailbox that had a working answer (before any,
         ``fallback``, else another mailbox asked for) fails too, as ``worked`` judges an answer;
-        None if it answers, or there is no other mailbox to ask.
+        None if it answers, ``alone`` if there is no other mailbox to ask.
 
         A plain 5xx is an answer about one mailbox (a broken or moved one answers 500 every time),
         or a server, or load balancer, failing everything: ``connector.net.fails_again``.
@@ -573,7 +590,7 @@ class PhotoClient:
             candidate = self._asked if fallback is None else fallback
             other, evidence = (candidate if candidate != email else None), "another mailbox failed too"
         if other is None:
-            return None
+            return alone
 
         def ask() -> bool:
             ticket = self.limiter.acquire(cancel=self.cancel)

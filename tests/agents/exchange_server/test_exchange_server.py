@@ -503,6 +503,36 @@ def test_a_few_broken_mailboxes_are_their_own_errors_not_an_outage(ews: EwsEmula
     assert len(entries) == 20
 
 
+def test_a_mailbox_whose_connections_are_reset_is_its_own_error_not_an_outage(ews: EwsEmulator, tmp_path: Path) -> None:
+    """Found reading the EWS client beside the Graph one: a request whose every attempt met a reset
+    connection was judged by silence alone. One mailbox whose requests are reset (a backend, or a
+    firewall rule, that breaks off one mailbox's answer) with nothing else in flight, here one worker,
+    stopped the step as server-down, and every mailbox after it waited for the next run. A reset is
+    as often about the one request: a mailbox that had worked is asked again (as the Graph client
+    does, ``connector.net``), and as it answers, the reset mailbox is its own ews-error."""
+    emails = _many_mailboxes(ews, tmp_path, 6)
+    ews.set_faults({"reset": 1.0, "path_pattern": "email=m3%40"})
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=1, max_attempts=2))
+    failed = {anchor: entry.error.name for anchor, entry in entries.items() if entry.error is not None}
+    assert failed == {emails[3]: "ews-error"} and len(entries) == 6
+    error = entries[emails[3]].error
+    assert error is not None and error.detail.endswith("connection reset by the server"), error.detail
+
+
+def test_an_ews_that_resets_every_connection_is_still_an_outage(ews: EwsEmulator, tmp_path: Path) -> None:
+    """The other side of the recheck: when EWS resets every request (a mailbox that had worked fails
+    too), the step stops as server-down, naming the recheck as the evidence."""
+    first, *_, last = _many_mailboxes(ews, tmp_path, 6)
+    agent = _agent(ews, tmp_path, concurrency=1, max_attempts=2)
+    with pytest.raises(ServerDownError) as caught, agent:
+        assert agent.client.fetch(first, None).kind == "photo"  # what the recheck asks again
+        ews.set_faults({"reset": 1.0})
+        agent.client.fetch(last, None)
+    where = ews.info["ews_url"].split("/EWS")[0]
+    assert str(caught.value).startswith(f"EWS at {where} did not answer: connection reset by the server (2 attempts")
+    assert "a request that had worked before failed too" in str(caught.value)
+
+
 def test_an_ews_answering_only_503_stops_the_step_as_throttled_and_names_the_application_pool(
     ews: EwsEmulator, tmp_path: Path
 ) -> None:
