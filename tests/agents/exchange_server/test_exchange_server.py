@@ -14,7 +14,9 @@ import ssl
 import sys
 import threading
 import time
+import tracemalloc
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -934,6 +936,38 @@ def test_an_answer_that_is_no_picture_is_the_mailboxs_error_and_keeps_its_photo(
     assert photo_error is not None
     assert f"GetUserPhoto for {PHOTO} answered HTTP 200 with {len(html)} bytes of text/html" in photo_error.detail
     assert "any photo imported before is kept" in photo_error.detail and "proxy or load balancer" in photo_error.detail
+
+
+def _gzip_bomb(decoded_bytes: int) -> bytes:
+    """A gzip body of ``decoded_bytes`` zero bytes after a JPEG's first bytes: about a thousandth of it on the wire."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    block = bytes(1 << 20)
+    parts = [packer.compress(b"\xff\xd8\xff")]
+    parts += [packer.compress(block) for _ in range(decoded_bytes >> 20)]
+    return b"".join([*parts, packer.flush()])
+
+
+def test_a_gzip_bomb_photo_is_the_mailboxs_error_read_no_further_than_the_cap(ews: EwsEmulator, tmp_path: Path) -> None:
+    """A photo answer with Content-Encoding: gzip whose 0.25 MB on the wire decode to 256 MB: the body is
+    read streamed, decoded a bounded piece at a time (urllib3 2.6.0 and later, CVE-2025-66471: before
+    it, one read could decode all it had received), and left once over MAX_PHOTO_BYTES: the mailbox's
+    image-input-too-large, the others imported, and the memory the read took stays near the cap."""
+    _listing(tmp_path, PHOTO, THUMB)
+    bomb = _gzip_bomb(256 << 20)
+    assert len(bomb) < 1 << 20
+    ews.set_answer(PHOTO, 200, bomb, content_type="image/jpeg", headers={"Content-Encoding": "gzip"})
+    tracemalloc.start()
+    try:
+        entries, _ = _imported(_agent(ews, tmp_path, concurrency=1))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "image-input-too-large", error
+    assert f"{MAX_PHOTO_BYTES:,} bytes; the rest was not read" in error.detail and PHOTO in error.detail
+    assert entries[THUMB].error is None
+    # the cap's worth of pieces and their join (urllib3 2.5: a 64 MB piece from one read), not 256 MB
+    assert peak < 2.5 * MAX_PHOTO_BYTES, f"{peak:,} bytes at the peak"
 
 
 def test_a_photo_cut_off_midway_is_retried_then_the_mailboxs_error(ews: EwsEmulator, tmp_path: Path) -> None:
