@@ -45,7 +45,7 @@ from connector.engine._results import (
 from connector.engine._sync import run_sync
 from connector.engine.transforms import TransformRunner
 from connector.registry import load_connector
-from connector.sdk import ConfigurationError, Schema, StopRunError
+from connector.sdk import ConfigurationError, Connector, Schema, StopRunError
 from connector.store import LockHeldError, RunHistory, SqlStore, StoreConnection, StoreError
 
 __all__ = ["CONFIGURATION_STATUS", "Engine"]
@@ -82,6 +82,14 @@ def _holder_note(run: RunResult, seq: int, step: RunStepConfig) -> dict[str, str
     process; the run's id is what ``mvsync history show`` and the console find it by."""
     holder = "a dry run" if run.dry_run else f"run {run.run_id}"
     return {"run": f"{holder} ({run.profile!r}, step {seq}: {step.agent} {step.type.value})"}
+
+
+def _note(result: StepResult, connector: Connector[Any] | None) -> None:
+    """Add the connector's note on a step that ended normally (which server served it) to the step's
+    message, after what the step already says (a resumed import says so first)."""
+    note = connector.step_note() if connector is not None else None
+    if note:
+        result.message = f"{result.message}; {note}" if result.message else note
 
 
 def _hold_run_lock(store: SqlStore, run: RunResult, held: contextlib.ExitStack) -> StoreError | None:
@@ -447,6 +455,7 @@ class Engine:
                         else:
                             assert connector is not None
                             run_import(ctx, connector, step.type == RunStepKind.FULL_IMPORT)
+                        _note(result, connector)
                     finally:
                         if connector is not None:
                             connector.close()

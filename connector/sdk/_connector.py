@@ -148,6 +148,15 @@ class Connector(abc.ABC, Generic[SettingsT]):
         """Cheap reachability and credential check for ``mvsync doctor``."""
         return CheckResult(True, "no check implemented")
 
+    def step_note(self) -> str | None:
+        """A line the run history keeps with a step that ended normally: which server served it, say.
+
+        Called after the step's imports or exports, before ``close()``. Why: a connector that can reach
+        one of several servers (domain controllers) decides which at run time, and an operator reading
+        ``mvsync history show`` asks which one answered. The default says nothing.
+        """
+        return None
+
     @abc.abstractmethod
     def get_schema(self) -> Schema:
         """The object classes and attributes this connector handles."""

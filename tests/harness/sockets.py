@@ -73,13 +73,14 @@ def handing_to(handle: Callable[[socket.socket], None]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def silent_server() -> Iterator[int]:
+def silent_server(address: tuple[str, int] = ("127.0.0.1", 0)) -> Iterator[int]:
     """A loopback port that accepts TCP connections and never sends a byte (a hung DC, a wedged IIS).
 
     Yields the port. Accepted sockets are held open until the ``with`` ends, so clients wait for
-    their own timeouts instead of seeing a reset.
+    their own timeouts instead of seeing a reset. ``address``: where it listens (a loopback address
+    of its own, on a given port, plays a DC of a list whose DCs share one port).
     """
-    server = socket.create_server(("127.0.0.1", 0))
+    server = socket.create_server(address)
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -150,11 +151,11 @@ class FaultyProxy:
     Without ``upstream`` it only resets or holds.
     """
 
-    def __init__(self, upstream: tuple[str, int] | None) -> None:
+    def __init__(self, upstream: tuple[str, int] | None, listen: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.upstream = upstream
         self.accepted = 0
         self.mode = "relay"
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server = socket.create_server(listen)
         self.port: int = self._server.getsockname()[1]
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -254,9 +255,12 @@ def _reset(sock: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def faulty_proxy(upstream: tuple[str, int] | None = None) -> Iterator[FaultyProxy]:
-    """A ``FaultyProxy`` for the duration of a block (closed, its connections reset, afterwards)."""
-    proxy = FaultyProxy(upstream)
+def faulty_proxy(
+    upstream: tuple[str, int] | None = None, listen: tuple[str, int] = ("127.0.0.1", 0)
+) -> Iterator[FaultyProxy]:
+    """A ``FaultyProxy`` listening on ``listen`` for the duration of a block (closed, its connections
+    reset, afterwards)."""
+    proxy = FaultyProxy(upstream, listen)
     try:
         yield proxy
     finally:

@@ -1,4 +1,5 @@
-"""Connections to the domain controller: TLS, binding, reconnecting, and a small pool for exports.
+"""Connections to the domain controllers: TLS, binding, reconnecting, failing over, and a small pool
+for exports.
 
 Why each choice:
 
@@ -10,6 +11,12 @@ Why each choice:
 * Failures are told apart, because the engine reacts differently: a refused password is an
   ``AuthenticationError``, a certificate that does not validate a ``StopRunError`` naming TLS
   (retrying cannot fix either), an unreachable server a ``ServerDownError`` after a few attempts.
+* Several DCs (``host``, then ``fallback_hosts``: MIM's preferred domain controllers) are tried in
+  that order when a connection is made, and the DC already in use first, so a step stays on one DC
+  while it answers. Only a DC out of reach (refused, timed out, reset, not resolved) is passed over;
+  a certificate that does not validate or a refused bind stops as before, since another DC would not
+  make the configuration right (and trying a refused password on every DC locks the account sooner).
+  Which DC answered, and why the ones before it were passed over, is kept for the run history.
 * A broken transport during an operation is repaired by reconnecting and repeating the operation.
   Everything the agent sends is idempotent (searches, modifies that *replace* values, and adds or
   deletes of values sent with AD's permissive-modify control), so a repeat after a lost answer is safe.
@@ -84,7 +91,12 @@ def _certificate_names(text: str) -> list[str]:
 
 
 def describe_failure(
-    exc: BaseException, where: str, settings: ActiveDirectorySettings, *, starting_tls: bool = False
+    exc: BaseException,
+    where: str,
+    settings: ActiveDirectorySettings,
+    *,
+    starting_tls: bool = False,
+    host: str | None = None,
 ) -> str:
     """What went wrong talking to ``where`` (host:port), by kind: DNS, refused, a timeout during
     the connect, the TLS handshake or a read, a TLS or certificate failure, or a lost connection.
@@ -105,7 +117,9 @@ def describe_failure(
         or "name or service not known" in lowered
         or lowered == "invalid server address"  # ldap3: the lookup (which it swallows) found no address
     ):
-        return f"DNS: cannot resolve {settings.host} ({text}); check host"
+        name = host or settings.host
+        key = "host" if name == settings.host else "fallback_hosts"
+        return f"DNS: cannot resolve {name} ({text}); check {key}"
     if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
         return f"{where} refused the connection: nothing listens on port {settings.effective_port} (check host, port)"
     if isinstance(exc, (TimeoutError, socket.timeout, LDAPResponseTimeoutError)) or "timed out" in lowered:
@@ -240,25 +254,30 @@ class Link:
         settings: ActiveDirectorySettings,
         logger: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
+        prefer: str | None = None,
     ) -> None:
         self.settings = settings
         self.logger = logger
         self._conn: Connection | None = None
         self._clock = clock
+        #: The DC this link is connected to, or was last (the first it tries on its next connect).
+        self.host = prefer if prefer in settings.hosts else settings.hosts[0]
+        #: DCs passed over on the way to one that answered, with why (for the run history); empty: none.
+        self.passed_over: dict[str, str] = {}
         #: When a Kerberos-bound connection must bind again (its ticket runs out); None: never.
         self._rebind_at: float | None = None
         #: Successful binds so far (a rebind for a new ticket counts too); each is a new connection.
         self.binds = 0
 
     # -- connecting -----------------------------------------------------------------------------
-    def _server(self) -> Server:
+    def _server(self, host: str) -> Server:
         s = self.settings
         tls = None
         if s.security != "plain":
             ca = None if s.ca_file is None else readable_ca_file(s.ca_file, "ca_file")
             tls = Tls(validate=ssl.CERT_REQUIRED if s.tls_validate else ssl.CERT_NONE, ca_certs_file=ca)
         return Server(
-            s.host,
+            host,
             port=s.effective_port,
             use_ssl=s.security == "ldaps",
             tls=tls,
@@ -266,35 +285,44 @@ class Link:
             connect_timeout=s.connect_timeout,
         )
 
-    def _where(self) -> str:
-        return f"{self.settings.host}:{self.settings.effective_port} ({self.settings.security})"
+    def _where(self, host: str | None = None) -> str:
+        return f"{host or self.host}:{self.settings.effective_port} ({self.settings.security})"
 
-    def _credentials(self) -> dict[str, Any]:
+    def describe(self) -> str:
+        """Which DC served this link (host:port), and the DCs passed over on the way, with why."""
+        served = self._where()
+        if not self.passed_over:
+            return f"domain controller {served}"
+        skipped = "; ".join(self.passed_over.values())
+        return f"domain controller {served}, after passing over {', '.join(self.passed_over)} ({skipped})"
+
+    def _credentials(self, host: str) -> dict[str, Any]:
         s = self.settings
         if s.auth == "kerberos":
-            return _kerberos.bind_arguments(s)
+            return _kerberos.bind_arguments(s, host)
         assert s.password is not None  # the settings' validator guarantees it for simple binds
         return {"user": s.bind_dn, "password": s.password.get_secret_value(), "authentication": SIMPLE}
 
-    def _open_once(self) -> Connection:
-        """A connected, bound connection; on any failure its socket is closed before the error leaves."""
+    def _open_once(self, host: str) -> Connection:
+        """A connection to ``host``, connected and bound; on any failure its socket is closed before the
+        error leaves."""
         s = self.settings
         # ldap3 applies receive_timeout to the TLS handshake; until TLS is up, connect_timeout rules,
         # so a DC that accepts connections and never answers is given up on as quickly as one that
         # does not accept them
         handshake_s = max(1, math.ceil(s.connect_timeout))
         conn = Connection(
-            self._server(),
-            **self._credentials(),
+            self._server(host),
+            **self._credentials(host),
             receive_timeout=handshake_s,
             raise_exceptions=False,
             auto_referrals=False,
             return_empty_attributes=False,
         )
         try:
-            self._start(conn)
-            if not self._bind(conn):
-                raise self._bind_refused(conn)
+            self._start(conn, host)
+            if not self._bind(conn, host):
+                raise self._bind_refused(conn, host)
         except BaseException:  # a refusal, a transport failure, a timeout, Ctrl-C: see _discard
             _discard(conn)
             raise
@@ -303,8 +331,8 @@ class Link:
             self._rebind_at = self._clock() + _kerberos.rebind_after(s)
         return conn
 
-    def _start(self, conn: Connection) -> None:
-        """Connect ``conn``'s socket and bring up TLS; failures become errors that name the host."""
+    def _start(self, conn: Connection, host: str) -> None:
+        """Connect ``conn``'s socket to ``host`` and bring up TLS; failures become errors that name it."""
         s = self.settings
         starting_tls = False
         try:
@@ -316,32 +344,33 @@ class Link:
             conn.receive_timeout = s.receive_timeout
             conn.socket.settimeout(s.receive_timeout)
         except (LDAPException, OSError) as exc:  # ldap3 may re-raise ssl's own (OSError) errors
-            described = describe_failure(exc, self._where(), s, starting_tls=starting_tls)
+            described = describe_failure(exc, self._where(host), s, starting_tls=starting_tls, host=host)
             if described.startswith(("certificate:", "TLS handshake with")):  # retrying cannot fix these
                 raise StopRunError(described) from None
             raise _Unreachable(described) from None
         except (LookupError, ValueError) as exc:  # ldap3's BER decoder meeting bytes that are not LDAP
             msg = (
-                f"{self._where()} answered with something that is not LDAP ({type(exc).__name__} decoding it): "
+                f"{self._where(host)} answered with something that is not LDAP ({type(exc).__name__} decoding it): "
                 f"check port and security (does the port speak {s.security}?)"
             )
             raise StopRunError(msg) from None
 
-    def _bind_refused(self, conn: Connection) -> StopRunError:
-        """The error for a bind the DC answered with a refusal, from its result code."""
+    def _bind_refused(self, conn: Connection, host: str) -> StopRunError:
+        """The error for a bind the DC ``host`` answered with a refusal, from its result code."""
         s = self.settings
+        where = self._where(host)
         code = conn.result.get("result")
         description = conn.result.get("description", "")
         message = conn.result.get("message", "")
         if code == 49:
-            return AuthenticationError(_refused_bind(self._where(), s, message))
+            return AuthenticationError(_refused_bind(where, s, message))
         if code == 8 and s.auth == "kerberos":
-            return _kerberos.signing_required(self._where(), f"strongerAuthRequired: {message}".strip(": "))
+            return _kerberos.signing_required(where, f"strongerAuthRequired: {message}".strip(": "))
         if code == 8:
-            return StopRunError(f"{self._where()} requires an encrypted connection (strongerAuthRequired): use TLS")
-        return StopRunError(f"bind to {self._where()} failed: {code} {description} {message}".strip())
+            return StopRunError(f"{where} requires an encrypted connection (strongerAuthRequired): use TLS")
+        return StopRunError(f"bind to {where} failed: {code} {description} {message}".strip())
 
-    def _bind(self, conn: Connection) -> bool:
+    def _bind(self, conn: Connection, host: str) -> bool:
         """ldap3's bind; Kerberos failures (raised, not returned) become errors that say what to do."""
         if self.settings.auth != "kerberos":
             return bool(conn.bind())
@@ -349,15 +378,19 @@ class Link:
             return bool(conn.bind())
         except LDAPCommunicationError as exc:
             if "security layer" in str(exc):  # the DC insists on signing/sealing
-                raise _kerberos.signing_required(self._where(), str(exc)) from None
+                raise _kerberos.signing_required(self._where(host), str(exc)) from None
             raise
         except Exception as exc:
             if type(exc).__module__.startswith(("gssapi", "winkerberos")):
-                raise _kerberos.explain(exc, self.settings) from None
+                raise _kerberos.explain(exc, self.settings, host) from None
             raise
 
     def connect(self) -> Connection:
-        """The open connection, (re)connecting with a short backoff; ServerDownError if impossible."""
+        """The open connection, (re)connecting with a short backoff; ServerDownError if impossible.
+
+        Each attempt tries the DC in use first, then the others in the configured order, so a DC that
+        is down or hung costs one ``connect_timeout`` before the next is asked, not the whole backoff.
+        """
         if self._conn is not None and not self._conn.closed:
             if self._rebind_at is None or self._clock() < self._rebind_at:
                 return self._conn
@@ -365,19 +398,64 @@ class Link:
             self.logger.info("Kerberos ticket of %s expires soon: binding again", self.settings.account)
             self.close()
         attempts = self.settings.reconnect_attempts + 1
-        last: BaseException | None = None
+        failures: dict[str, str] = {}
         for attempt in range(attempts):
-            try:
-                self._conn = self._open_once()
+            for host in self._order():
+                try:
+                    self._conn = self._open_once(host)
+                except TRANSPORT_ERRORS as exc:
+                    failures[host] = self._reason(exc, host)
+                    continue
+                self._reached(host, failures)
                 return self._conn
-            except TRANSPORT_ERRORS as exc:
-                last = exc
-                if attempt + 1 < attempts:
-                    time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-        assert last is not None
-        reason = last if isinstance(last, _Unreachable) else describe_failure(last, self._where(), self.settings)
-        msg = f"cannot reach the domain controller at {self._where()} after {attempts} attempt(s): {reason}"
-        raise ServerDownError(msg)
+            if attempt + 1 < attempts:
+                time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+        raise ServerDownError(self._unreachable(attempts, failures))
+
+    def _order(self) -> list[str]:
+        """The DCs in the order a connect tries them: the one in use (or last used), then the rest as configured."""
+        return [self.host, *(h for h in self.settings.hosts if h != self.host)]
+
+    def _reason(self, exc: BaseException, host: str) -> str:
+        if isinstance(exc, _Unreachable):
+            return str(exc)
+        return describe_failure(exc, self._where(host), self.settings, host=host)
+
+    def _reached(self, host: str, failures: dict[str, str]) -> None:
+        """Note that ``host`` answered after the DCs in ``failures`` did not; a change of DC is logged."""
+        passed = {h: why for h, why in failures.items() if h != host}
+        if host != self.host:
+            self.logger.warning(
+                "domain controller %s answers in place of %s: %s",
+                self._where(host),
+                self._where(),
+                failures.get(self.host, "it was not reached"),
+            )
+        self.host = host
+        if passed:
+            self.passed_over = passed
+
+    def _unreachable(self, attempts: int, failures: dict[str, str]) -> str:
+        """Why no DC could be reached: each one tried, in order, with why it failed."""
+        if len(failures) == 1:
+            ((host, reason),) = failures.items()
+            return f"cannot reach the domain controller at {self._where(host)} after {attempts} attempt(s): {reason}"
+        tried = " ".join(f"[{n}] {reason}." for n, reason in enumerate(failures.values(), 1))
+        return (
+            f"cannot reach any of the {len(failures)} domain controllers (host, then fallback_hosts; "
+            f"{attempts} attempt(s) each): {tried} Check that they run and that this host reaches them, "
+            "or add a DC that does to fallback_hosts"
+        )
+
+    def prefer(self, host: str) -> None:
+        """Make ``host`` (one of the configured DCs) the first the next connect tries, closing a connection
+        to another. Why: a delta's watermark belongs to the DC that issued it, and after a failover the
+        step that follows must go back to that DC while it answers, not to the first of the list."""
+        if host == self.host or host not in self.settings.hosts:
+            return
+        self.logger.info("the delta import goes to %s, the DC its watermark comes from", self._where(host))
+        self.close()
+        self.host = host
 
     @property
     def connection_number(self) -> int:
@@ -412,13 +490,13 @@ class Link:
                 last = exc
                 self.close()
                 if stop is not None and stop.is_set():
-                    reason = describe_failure(exc, self._where(), self.settings)
+                    reason = self._reason(exc, self.host)
                     raise ServerUnreachable(f"{reason}; not retried: the export was interrupted") from None
                 self.logger.info("connection to %s broke (%s); reconnecting", self._where(), type(exc).__name__)
                 if attempt + 1 < attempts:
                     time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
         assert last is not None
-        reason = describe_failure(last, self._where(), self.settings)
+        reason = self._reason(last, self.host)
         raise ServerUnreachable(f"the connection to {self._where()} keeps failing: {reason}")
 
 

@@ -129,7 +129,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         bases = len(self.settings.base_dns)
         return CheckResult(
             True,
-            f"bound to {self.settings.host} as {self.settings.account} ({how}); DC {dc.service}; "
+            f"bound to {link.describe()} as {self.settings.account} ({how}); DC {dc.service}; "
             f"{bases} base DN{'s' if bases != 1 else ''} found",
         )
 
@@ -154,6 +154,11 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
             (names for cls, names in self.context.export_attributes.items() if cls.lower() == OBJECT_CLASS),
             frozenset(),
         )
+
+    def step_note(self) -> str | None:
+        """Which DC served the step (and the ones passed over on the way): the run history keeps it, since
+        a delta's watermark belongs to that DC and an operator asks which one answered."""
+        return None if self._link is None else f"served by {self._link.describe()}"
 
     # -- SDK methods ------------------------------------------------------------------------------
     def get_schema(self) -> Schema:
@@ -194,7 +199,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 if not created[0]:
                     created[0] = True
                     return first
-                return Link(s, self.context.logger)
+                return Link(s, self.context.logger, prefer=first.host)  # the DC the step is on
 
             self._pool = LinkPool(factory, s.export_connections)
             if s.ldif_output is not None:

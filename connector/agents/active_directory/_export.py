@@ -719,7 +719,7 @@ def _found(link: Any, base: str, answer: tuple[dict[str, Any], list[dict[str, An
     code = result.get("result")
     if code in (0, None):
         return entries
-    host = link.settings.host
+    host = link.host
     if code == 32:
         msg = (
             f"the base DN {base!r} does not exist on {host} (noSuchObject): renamed or deleted? check base_dns; "

@@ -25,11 +25,20 @@ DirSync first):
   out of scope and objects that stopped matching the filter: every changed user not returned by the
   first search is reported deleted. (Deletes of objects the engine never held are ignored by it.)
 
-**Another DC, or a restored one.** USNs and DirSync cookies only mean something on the DC that
-issued them; a restored DC gets a new ``invocationId``. When the DC's invocationId differs from the
-watermark's (or its highest USN went backwards) the delta import *stops* with a ``StopRunError``
-whose message tells the user to run a full import. Returning a partial delta instead would silently
-miss deletions; stopping is the only answer that cannot lose data.
+**Another DC, or a restored one.** USNs only mean something on the DC that issued them, and a
+restored DC gets a new ``invocationId`` (Microsoft, "Example Code to Retrieve Changes Using USNChanged":
+incremental synchronizations on the same DC; a new invocationId, a full synchronization). So the
+watermark records the DC (its configured name, ``dsServiceName`` and invocationId), and a delta goes
+to that DC first when several are configured (``Link.prefer``). When it reaches another one anyway
+(that DC is down, or the name now leads elsewhere), the delta import *stops* with a ``StopRunError``
+that names both DCs and tells the user to run a full import, with one exception: a DirSync cookie, which
+Microsoft documents as good on any DC holding a replica of the same directory partition ("Polling for
+Changes Using the DirSync Control": no change is missed; changes the first DC reported may come again,
+at worst everything, as in a full synchronization). A DirSync delta therefore carries on against
+another DC (a different ``dsServiceName``) of the same partition (the same objectGUID of its root),
+and reads again whole what it names, so a repeat changes nothing. A restored DC (the same
+``dsServiceName``, a new invocationId) is not another replica, and stops. Returning a partial USN delta
+instead would silently miss deletions; stopping is the only answer that cannot lose data.
 
 The same holds *within* a step: the connection layer reconnects when the transport breaks, and the
 reconnect may reach another DC (a host name that resolves to several, a load balancer) or a restored
@@ -135,12 +144,21 @@ class DcIdentity:
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
-    """Where the last import left off, bound to the DC (``invocation_id``) that issued it."""
+    """Where the last import left off, bound to the DC (``invocation_id``) that issued it.
+
+    ``host`` is that DC as configured (host or one of fallback_hosts: a delta goes there first),
+    ``dsa`` its ``dsServiceName`` and ``partition`` the objectGUID of the naming context DirSync
+    reads (a DirSync cookie carries over to another DC of that partition); empty in watermarks
+    written before they were recorded.
+    """
 
     invocation_id: str
     usn: int
     dirsync: bytes | None = None
     object_security: bool = False
+    host: str = ""
+    dsa: str = ""
+    partition: str = ""
 
     def dumps(self) -> str:
         return json.dumps(
@@ -150,8 +168,22 @@ class Watermark:
                 "usn": self.usn,
                 "dirsync": base64.b64encode(self.dirsync).decode() if self.dirsync is not None else None,
                 "object_security": self.object_security,
+                "host": self.host,
+                "dsa": self.dsa,
+                "partition": self.partition,
             },
             sort_keys=True,
+        )
+
+    def carries_over(self, dc: DcIdentity, partition: str) -> bool:
+        """Whether this watermark's DirSync cookie may be used on ``dc``, whose DirSync partition root has
+        the objectGUID ``partition``: another DC (not this one restored) holding a replica of the same
+        partition, which is what Microsoft documents the cookie as good for."""
+        return (
+            self.dirsync is not None
+            and bool(self.dsa and self.partition)
+            and dc.service.lower() != self.dsa.lower()
+            and partition == self.partition
         )
 
     @classmethod
@@ -164,6 +196,9 @@ class Watermark:
                 int(data["usn"]),
                 base64.b64decode(cookie) if cookie else None,
                 bool(data.get("object_security", False)),
+                str(data.get("host") or ""),
+                str(data.get("dsa") or ""),
+                str(data.get("partition") or ""),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             msg = "the saved delta-import watermark is not one this agent wrote; run a full import"
@@ -202,6 +237,9 @@ class Importer:
         self._pinned: DcIdentity | None = None
         self._pinned_kind = ""
         self._pinned_on = 0
+        self._pinned_host = ""
+        #: objectGUID of the DirSync partition's root on the step's DC ("" when not read).
+        self._partition = ""
         #: Lower-case names of the configured extra attributes (the ones a user declares, and can misdeclare).
         self._extras = {parse_psma_attribute(spec)[0].name.lower() for spec in settings.extra_attributes}
 
@@ -261,7 +299,22 @@ class Importer:
         dc = self._pin("full")
         self.check_attributes(dc)
         cookie, object_security = self._initial_dirsync(dc)
-        return Watermark(dc.invocation_id, dc.highest_usn, cookie, object_security)
+        self._partition = self._partition_guid() if cookie is not None else ""
+        return self._watermark(dc.highest_usn, cookie, object_security)
+
+    def _watermark(self, usn: int, cookie: bytes | None = None, object_security: bool = False) -> Watermark:
+        """The watermark at ``usn`` (and ``cookie``) of the step's DC, naming that DC."""
+        dc = self._pinned
+        assert dc is not None  # every import step pins its DC first
+        return Watermark(dc.invocation_id, usn, cookie, object_security, self._pinned_host, dc.service, self._partition)
+
+    def _partition_guid(self) -> str:
+        """objectGUID of the root of the naming context DirSync reads (the same on every replica of it)."""
+        root = self._single_root()
+        if root is None:
+            return ""
+        found = self._search(root, "(objectClass=*)", [ANCHOR], scope=BASE)
+        return guid_text(found[0]["raw_attributes"][ANCHOR][0]) if found else ""
 
     # -- delta --------------------------------------------------------------------------------------
     def _delta(self, request: ImportRequest) -> ImportPage:
@@ -278,6 +331,8 @@ class Importer:
                 )
                 raise StopRunError(msg)
             watermark = Watermark.loads(request.watermark)
+            if watermark.host:
+                self.link.prefer(watermark.host)  # the DC the watermark belongs to, if it still answers
             dc = self._pin("delta")
             self._check_same_dc(watermark, dc)
             # a DirSync delta reads the naming context, not the base DNs: an OU renamed or deleted since
@@ -304,14 +359,31 @@ class Importer:
     def _check_same_dc(self, watermark: Watermark, dc: DcIdentity) -> None:
         why = dc.departure(watermark.invocation_id, watermark.usn, "the watermark's")
         if why is None:
+            self._partition = watermark.partition or (self._partition_guid() if watermark.dirsync else "")
             return
+        if watermark.dirsync is not None and watermark.dsa:
+            partition = self._partition_guid()
+            if watermark.carries_over(dc, partition):
+                self._partition = partition
+                self.context.logger.warning(
+                    "delta import of agent %r on %s (%s): the DirSync watermark came from %s (%s); a DirSync cookie "
+                    "is good on any DC of the same directory partition, so the delta goes on there (changes the "
+                    "first DC already reported may be read again)",
+                    self.context.agent,
+                    self.link.host,
+                    dc.describe(),
+                    watermark.host or "another DC",
+                    watermark.dsa,
+                )
+                return
+        came_from = f" ({watermark.host})" if watermark.host and watermark.host != self.link.host else ""
         msg = (
-            f"delta import refused: {self.settings.host} is not the directory state the last import "
-            "came from "
-            f"({why}: another domain controller, or this one restored from a backup). Change numbers and "
-            "DirSync cookies only mean something on the DC that issued them, so a delta could miss changes "
-            f"and deletions. Run a full import of agent {self.context.agent!r}; "
-            "delta imports continue from there."
+            f"delta import refused: {self.link.host} is not the directory state the last import "
+            f"came from{came_from} "
+            f"({why}: another domain controller, or this one restored from a backup). Change numbers "
+            "only mean something on the DC that issued them (and a DirSync cookie on DCs of the same directory "
+            f"partition), so a delta could miss changes and deletions. Run a full import of agent "
+            f"{self.context.agent!r}; delta imports continue from there."
         )
         raise StopRunError(msg)
 
@@ -351,8 +423,7 @@ class Importer:
                 token["p"] = "done"
         token["b"] = index
         if token["p"] == "done":
-            watermark = Watermark(token["inv"], hi).dumps()
-            return ImportPage(page, more_to_import=False, watermark=watermark)
+            return ImportPage(page, more_to_import=False, watermark=self._watermark(hi).dumps())
         return ImportPage(page, more_to_import=True, page_token=json.dumps(token))
 
     def _dirsync_page(self, token: dict[str, Any]) -> ImportPage:
@@ -387,7 +458,7 @@ class Importer:
         if control["more_results"]:
             token["c"] = _b64(cookie)
             return ImportPage(page, more_to_import=True, page_token=json.dumps(token))
-        watermark = Watermark(token["inv"], int(token["hi"]), cookie, bool(token["os"])).dumps()
+        watermark = self._watermark(int(token["hi"]), cookie, bool(token["os"])).dumps()
         return ImportPage(page, more_to_import=False, watermark=watermark)
 
     def read_by_anchor(self, anchors: Sequence[str]) -> list[CSEntryChange]:
@@ -415,13 +486,13 @@ class Importer:
         self._raise_for(conn.result, "")
         root = search_entries(conn)
         if not root:
-            raise StopRunError(f"{self.settings.host} returned no rootDSE; is it an Active Directory DC?")
+            raise StopRunError(f"{self.link.host} returned no rootDSE; is it an Active Directory DC?")
         attrs = root[0]["raw_attributes"]
         try:
             service = attrs["dsServiceName"][0].decode()
             usn = int(attrs["highestCommittedUSN"][0])
         except (KeyError, IndexError, ValueError):
-            msg = f"{self.settings.host} does not publish dsServiceName/highestCommittedUSN: not an AD DC?"
+            msg = f"{self.link.host} does not publish dsServiceName/highestCommittedUSN: not an AD DC?"
             raise StopRunError(msg) from None
         conn.search(service, "(objectClass=*)", BASE, attributes=["invocationId"])
         self._raise_for(conn.result, service)
@@ -442,7 +513,7 @@ class Importer:
         reach the same one (``_verify_dc``)."""
         self._pinned = None  # a previous step's DC is not this step's
         dc, on = self._run(lambda conn: (self._read_identity(conn), self.link.connection_number))
-        self._pinned, self._pinned_kind, self._pinned_on = dc, kind, on
+        self._pinned, self._pinned_kind, self._pinned_on, self._pinned_host = dc, kind, on, self.link.host
         return dc
 
     def _verify_dc(self, conn: Connection) -> None:
@@ -460,12 +531,15 @@ class Importer:
     def _moved(self, before: DcIdentity, now: DcIdentity, why: str) -> str:
         """Why a step stopped after a reconnect reached another DC, and what to do (by the step's kind)."""
         agent = self.context.agent
+        failed_over = self.link.host != self._pinned_host
+        where = f" at {self.link.host} ({self._pinned_host} did not answer)" if failed_over else ""
+        kind = "another domain controller" if failed_over else "another domain controller behind the same name"
         head = (
-            f"the connection to {self.settings.host} was made again during the {self._pinned_kind} import of agent "
-            f"{agent!r} (it broke, or a Kerberos ticket was renewed) and reached another directory state: "
-            f"{before.describe()} before, {now.describe()} now ({why}: another domain controller behind the same "
-            "name, or this one restored from a backup). Change numbers and DirSync cookies of the first mean "
-            "nothing on the second"
+            f"the connection to {self._pinned_host} was made again during the {self._pinned_kind} import of agent "
+            f"{agent!r} (it broke, or a Kerberos ticket was renewed) and reached another directory state{where}: "
+            f"{before.describe()} before, {now.describe()} now ({why}: {kind}, or this one restored from a "
+            "backup). Change numbers of the first mean nothing on the second, and a step cannot go on where it "
+            "read part of its objects"
         )
         if self._pinned_kind == "delta":
             return (
@@ -500,7 +574,7 @@ class Importer:
         if unknown:
             key = self._origin(unknown[0])
             msg = (
-                f"{', '.join(unknown)}: not an attribute of the directory on {self.settings.host} (its schema has no "
+                f"{', '.join(unknown)}: not an attribute of the directory on {self.link.host} (its schema has no "
                 "such lDAPDisplayName), so every user would import it empty and a filter on it matches nobody; "
                 f"check the spelling in {key}"
             )
@@ -658,7 +732,7 @@ class Importer:
         self._restarts += 1
         if self._restarts > _RESTARTS_MAX:
             msg = (
-                f"the paged search under {base!r} on {self.settings.host} had to start again from its first page "
+                f"the paged search under {base!r} on {self.link.host} had to start again from its first page "
                 f"{self._restarts} times in this step ({why}): the DC keeps discarding its result sets (LDAP policy "
                 "MaxResultSetSize, MaxResultSetsPerConn) or the connection keeps breaking; check the DC and the "
                 "network, then run the import again (nothing it did not read is marked deleted)"
@@ -668,7 +742,7 @@ class Importer:
             "the paged search under %r on %s starts again from its first page (%s); "
             "the objects already read are not imported twice",
             base,
-            self.settings.host,
+            self.link.host,
             why,
         )
 
@@ -718,12 +792,12 @@ class Importer:
         if code == 0:
             return
         if code == 32:
-            msg = f"the base DN {base!r} does not exist on {self.settings.host} (noSuchObject); check base_dns"
+            msg = f"the base DN {base!r} does not exist on {self.link.host} (noSuchObject); check base_dns"
             raise ConfigurationError(msg, key="base_dns")
         if code == 10:  # referral: the DN is in a naming context this DC does not hold (another domain)
             elsewhere = ", ".join(result.get("referrals") or []) or "another server"
             msg = (
-                f"the base DN {base!r} is not held by {self.settings.host}: it referred the search to {elsewhere} "
+                f"the base DN {base!r} is not held by {self.link.host}: it referred the search to {elsewhere} "
                 "(another domain of the forest); give that domain its own agent with host set to one of its "
                 "domain controllers"
             )

@@ -42,9 +42,9 @@ _RENEW_MARGIN_S = 300.0
 _DEFAULT_REBIND_S = 3600.0
 
 
-def target_host(settings: ActiveDirectorySettings) -> str:
-    """The host part of the DC's SPN ``ldap/<host>``."""
-    return settings.kerberos_host or settings.host
+def target_host(settings: ActiveDirectorySettings, host: str | None = None) -> str:
+    """The host part of the SPN ``ldap/<host>`` of the DC ``host`` (default: the first configured)."""
+    return settings.kerberos_host or host or settings.host
 
 
 def check_keytab(path: Path) -> None:
@@ -85,19 +85,19 @@ def _store(settings: ActiveDirectorySettings) -> dict[bytes | str, bytes | str]:
     return store
 
 
-def bind_arguments(settings: ActiveDirectorySettings) -> dict[str, Any]:
-    """ldap3 ``Connection`` keyword arguments for a Kerberos bind (credentials acquired here)."""
+def bind_arguments(settings: ActiveDirectorySettings, host: str) -> dict[str, Any]:
+    """ldap3 ``Connection`` keyword arguments for a Kerberos bind to the DC ``host`` (credentials acquired here)."""
     from ldap3 import KERBEROS, SASL
 
     if sys.platform == "win32":
         # SSPI: the identity of the process (the gMSA the task or service runs as)
-        return {"authentication": SASL, "sasl_mechanism": KERBEROS, "sasl_credentials": (target_host(settings),)}
+        return {"authentication": SASL, "sasl_mechanism": KERBEROS, "sasl_credentials": (target_host(settings, host),)}
     if settings.keytab is not None:
         check_keytab(settings.keytab)
     return {
         "authentication": SASL,
         "sasl_mechanism": KERBEROS,
-        "sasl_credentials": (target_host(settings), None, _credentials(settings)),
+        "sasl_credentials": (target_host(settings, host), None, _credentials(settings)),
     }
 
 
@@ -141,11 +141,12 @@ def _store_for_lifetime(settings: ActiveDirectorySettings) -> dict[bytes | str, 
     return store or None
 
 
-def explain(exc: BaseException, settings: ActiveDirectorySettings) -> ConnectorError:
-    """A GSSAPI failure as an error that says what to do (the library's text stays in brackets)."""
+def explain(exc: BaseException, settings: ActiveDirectorySettings, host: str | None = None) -> ConnectorError:
+    """A GSSAPI failure of a bind to the DC ``host`` as an error that says what to do (the library's text
+    stays in brackets)."""
     detail = _detail(str(exc))
     who = settings.account
-    spn = f"ldap/{target_host(settings)}"
+    spn = f"ldap/{target_host(settings, host)}"
     lowered = detail.lower()
     if "credential has expired" in lowered or "ticket expired" in lowered:
         return _expired(detail, settings)

@@ -21,9 +21,14 @@ __all__ = ["ActiveDirectorySettings"]
 
 
 class ActiveDirectorySettings(ConnectorSettings):
-    """How to reach one domain controller, what to read, and how hard to write."""
+    """How to reach the domain controllers, what to read, and how hard to write."""
 
     host: str = Field(min_length=1, description="DC host name or address (the certificate must name it)")
+    fallback_hosts: list[str] = Field(
+        default_factory=list,
+        description="more DCs of the same domain, tried in this order when host cannot be reached (MIM's "
+        "preferred domain controllers, host first); each certificate must name its DC",
+    )
     port: int | None = Field(None, ge=1, le=65535, description="default: 636 for ldaps, 389 otherwise")
     security: Literal["ldaps", "starttls", "plain"] = "ldaps"
     allow_plain_ldap: bool = Field(
@@ -114,6 +119,13 @@ class ActiveDirectorySettings(ConnectorSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("fallback_hosts")
+    @classmethod
+    def _fallbacks_named(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value):
+            raise ValueError("an entry is empty: give each domain controller's host name")
+        return value
+
     @field_validator("extra_attributes")
     @classmethod
     def _extras_parse(cls, value: list[str]) -> list[str]:
@@ -127,6 +139,21 @@ class ActiveDirectorySettings(ConnectorSettings):
             msg = (
                 "security = 'plain' sends the bind password unencrypted; use 'ldaps' or 'starttls', "
                 "or set allow_plain_ldap = true if you really mean it"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _hosts_distinct(self) -> ActiveDirectorySettings:
+        seen: set[str] = set()
+        for name in self.hosts:
+            if name.lower() in seen:
+                raise ValueError(f"{name!r} is listed twice in host and fallback_hosts: list each DC once")
+            seen.add(name.lower())
+        if self.fallback_hosts and self.kerberos_host:
+            msg = (
+                "kerberos_host names one DC's SPN and does not fit a list of DCs: remove it and give host and "
+                "fallback_hosts as the DCs' names their SPNs ldap/<name> spell"
             )
             raise ValueError(msg)
         return self
@@ -168,6 +195,11 @@ class ActiveDirectorySettings(ConnectorSettings):
         if self.ccache:
             return f"the principal of credential cache {self.ccache}"
         return "the Kerberos identity of this process"
+
+    @property
+    def hosts(self) -> list[str]:
+        """The domain controllers in the order they are tried: host, then fallback_hosts."""
+        return [self.host, *self.fallback_hosts]
 
     @property
     def effective_port(self) -> int:

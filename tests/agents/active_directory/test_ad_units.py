@@ -390,6 +390,8 @@ def test_unreachable_server_gives_retry_results_once_per_batch() -> None:
 class _ReferringLink:
     """A DC of the parent domain asked for an OU of a child domain: AD answers with a referral (10)."""
 
+    host = "dc.example.test"
+
     def run(self, operation: Any) -> Any:
         return {"result": 10, "description": "referral", "referrals": [CHILD_REFERRAL]}, []
 
