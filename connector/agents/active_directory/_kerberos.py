@@ -16,6 +16,13 @@ Why this shape:
 * **Windows.** ldap3 uses ``winkerberos`` (SSPI) there, which takes the identity of the process: run
   mvsync as the gMSA / service account. Keytabs, caches and principals do not apply and are refused
   when the settings load.
+* **A hung KDC.** MIT krb5 (1.20) waits about a minute for a KDC that accepts the TCP connection and
+  never answers, and no krb5.conf setting of that version bounds it (``kdc_timeout`` and
+  ``max_retries`` are Heimdal's settings, and 1.20 has no ``request_timeout``: a generated krb5.conf
+  with it, first in ``KRB5_CONFIG``, changed nothing). So the bind's tickets are
+  fetched first on a thread of their own (:func:`_fetch_tickets`), and the bind waits ``kdc_timeout``
+  for them: a KDC that does not answer in time stops the step with a message naming it. The thread
+  is left to MIT's own timeout; ldap3's bind then finds the tickets in the cache and asks no KDC.
 * **Errors.** MIT's texts are accurate but name no remedy ("No credentials cache found" for a
   keytab without the principal). :func:`explain` turns the usual ones (clock skew, SPN unknown,
   keytab unusable, KDC unreachable, stale key) into messages that say what to do.
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +103,108 @@ def bind_arguments(settings: ActiveDirectorySettings, host: str) -> dict[str, An
         return {"authentication": SASL, "sasl_mechanism": KERBEROS, "sasl_credentials": (target_host(settings, host),)}
     if settings.keytab is not None:
         check_keytab(settings.keytab)
+    credentials = _fetch_tickets(settings, host)
     return {
         "authentication": SASL,
         "sasl_mechanism": KERBEROS,
-        "sasl_credentials": (target_host(settings, host), None, _credentials(settings)),
+        "sasl_credentials": (target_host(settings, host), None, credentials),
     }
+
+
+def _fetch_tickets(settings: ActiveDirectorySettings, host: str) -> Any:
+    """The bind's GSSAPI credentials, with the ticket for ``ldap/<host>`` (and the TGT it needs) in their
+    cache, waited for at most ``kdc_timeout``; the error a bind would have met, explained, if that fails.
+
+    Why a thread: the KDC exchanges (for the TGT from a keytab, when the credentials are acquired; for the
+    service ticket, in the first step of a context) run inside the C library, which cannot be interrupted
+    and waits about a minute for a KDC that accepts and never answers. The context made here is never sent.
+    """
+    import gssapi
+
+    target = gssapi.Name(f"ldap@{target_host(settings, host)}", gssapi.NameType.hostbased_service)
+    outcome: list[Any] = []
+
+    def fetch() -> None:
+        try:
+            credentials = _credentials(settings)
+            gssapi.SecurityContext(name=target, creds=credentials, usage="initiate").step()
+        except Exception as exc:  # handed to the bind's thread below
+            outcome.append(exc)
+        else:
+            outcome.append(credentials)
+
+    worker = threading.Thread(target=fetch, name="mvsync-kdc", daemon=True)
+    worker.start()
+    worker.join(settings.kdc_timeout)
+    if not outcome:
+        raise ServerDownError(_kdc_silent(settings))
+    if isinstance(outcome[0], ConnectorError):
+        raise outcome[0]
+    if isinstance(outcome[0], Exception):
+        raise explain(outcome[0], settings, host) from None
+    return outcome[0]
+
+
+def _kdc_silent(settings: ActiveDirectorySettings) -> str:
+    """Why the bind stopped when the KDC gave no answer in time, naming the KDCs krb5.conf lists."""
+    config = os.environ.get("KRB5_CONFIG", "/etc/krb5.conf")
+    texts = [_read_text(Path(name)) for name in config.split(os.pathsep) if name]
+    realm = settings.principal.rpartition("@")[2] if settings.principal and "@" in settings.principal else ""
+    realm = realm or next((r for r in map(_default_realm, texts) if r), "")
+    kdcs = [kdc for text in texts for kdc in realm_kdcs(text, realm)] if realm else []
+    which = f"KDC {', '.join(kdcs)} (realm {realm})" if kdcs else f"KDC of realm {realm or '(the default realm)'}"
+    return (
+        f"no answer from the {which} within kdc_timeout ({settings.kdc_timeout:g} s) for the Kerberos bind as "
+        f"{settings.account}: a KDC that is down, or hung (it may accept connections and never answer). Check the "
+        f"Kerberos service (port 88) of the domain controllers, and the realm's kdc entries in {config} "
+        "(KRB5_CONFIG) or its DNS SRV records _kerberos._tcp.<realm>; raise kdc_timeout for a slow KDC"
+    )
+
+
+def _read_text(path: Path) -> str:
+    """A krb5.conf's text; empty when it cannot be read (krb5 skips such files too)."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+_SECTION = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+_RELATION = re.compile(r"^\s*([^=\s]+)\s*=\s*(.*?)\s*$")
+
+
+def _default_realm(text: str) -> str:
+    """``default_realm`` of a krb5.conf's [libdefaults] ("" when it has none)."""
+    section = ""
+    for line in text.splitlines():
+        if header := _SECTION.match(line):
+            section = header.group(1).lower()
+        elif section == "libdefaults" and (relation := _RELATION.match(line)) and relation.group(1) == "default_realm":
+            return relation.group(2)
+    return ""
+
+
+def realm_kdcs(text: str, realm: str) -> list[str]:
+    """The ``kdc`` entries of ``realm`` in a krb5.conf's [realms] section, in order."""
+    section, inside, kdcs = "", False, []
+    for line in text.splitlines():
+        if header := _SECTION.match(line):
+            section, inside = header.group(1).lower(), False
+            continue
+        relation = _RELATION.match(line)
+        if section != "realms" or relation is None:
+            inside = inside and not line.strip().startswith("}")
+            continue
+        name, value = relation.groups()
+        if value.startswith("{"):  # the realm's block, perhaps all on one line: REALM = { kdc = host }
+            inside = name.upper() == realm.upper()
+            inline = _RELATION.match(value[1:].rstrip("}"))
+            if inside and inline is not None and inline.group(1) == "kdc":
+                kdcs.append(inline.group(2))
+            inside = inside and not value.endswith("}")
+        elif inside and name == "kdc":
+            kdcs.append(value)
+    return kdcs
 
 
 def _credentials(settings: ActiveDirectorySettings) -> Any:

@@ -53,6 +53,12 @@ class ActiveDirectorySettings(ConnectorSettings):
     kerberos_host: str | None = Field(
         None, description="kerberos: the DC's name in its SPN ldap/<name> (default: host)"
     )
+    kdc_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="kerberos (Linux): seconds to wait for the KDC to issue the bind's tickets; MIT krb5 alone "
+        "waits about a minute for a KDC that accepts connections and never answers",
+    )
     check_permissions: bool = Field(
         True,
         description="before an export step writes, read allowedAttributesEffective of the objects it changes "

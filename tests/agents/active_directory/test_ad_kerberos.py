@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_engine import _ldif_config
 from tests.harness.clock import faketime_env
 from tests.harness.samba_dc import KerberosAccount, grant_write
+from tests.harness.sockets import silent_server
 
 pytestmark = pytest.mark.samba
 
@@ -240,6 +242,33 @@ def test_kdc_unreachable(
     )
 
 
+def test_a_kdc_that_accepts_and_never_answers_stops_the_bind_after_kdc_timeout_naming_it(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the bind waited inside MIT krb5 for about a minute (25 s for each ticket it asks for) and then
+    said "Cannot contact any KDC", naming no KDC. No krb5.conf setting of MIT 1.20 bounds that wait."""
+    with silent_server() as port:
+        conf = tmp_path / "krb5.conf"
+        conf.write_text(
+            re.sub(r"(?m)^(\s*)kdc = .*$", rf"\1kdc = 127.0.0.1:{port}", samba_kerberos.krb5_conf.read_text())
+        )
+        monkeypatch.setenv("KRB5_CONFIG", str(conf))
+        started = time.monotonic()
+        # a cache of its own: tickets the process already holds would (rightly) keep working without the KDC
+        error = _bind_error(
+            ad_env, **kerberos_settings(samba_kerberos, ccache=f"MEMORY:{tmp_path.name}", kdc_timeout=1)
+        )
+        waited = time.monotonic() - started
+    assert isinstance(error, ServerDownError)
+    assert str(error) == (
+        f"no answer from the KDC 127.0.0.1:{port} (realm MVSYNC.TEST) within kdc_timeout (1 s) for the Kerberos bind "
+        f"as {samba_kerberos.principal}: a KDC that is down, or hung (it may accept connections and never answer). "
+        "Check the Kerberos service (port 88) of the domain controllers, and the realm's kdc entries in "
+        f"{conf} (KRB5_CONFIG) or its DNS SRV records _kerberos._tcp.<realm>; raise kdc_timeout for a slow KDC"
+    )
+    assert waited < 20, waited  # 1 s asked; MIT krb5 alone takes 25 s or more
+
+
 def test_clock_skew(ad_env: ADTestEnv, samba_kerberos: KerberosAccount, tmp_path: Path) -> None:
     clock = faketime_env("+1h")
     # MIT krb5 corrects the skew it learns from the KDC unless kdc_timesync is off, so switch it off
@@ -325,7 +354,7 @@ def test_an_expired_ticket_in_the_credential_cache_says_to_renew_it(
     error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=cache))
     assert isinstance(error, AuthenticationError)
     assert str(error) == (
-        f"the Kerberos ticket in the credential cache {cache} has expired (The referenced credential has expired): "
+        f"the Kerberos ticket in the credential cache {cache} has expired (Ticket expired): "
         "renew it as the service account (kinit -k, scheduled) "
         "or keep it fresh with k5start or SSSD; or set keytab, and the agent gets its own tickets"
     )

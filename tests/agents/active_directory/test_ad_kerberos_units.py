@@ -105,3 +105,30 @@ def test_windows_refuses_keytabs(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="binds as the account mvsync runs as"):
         _settings()
     assert _settings(keytab=None, principal=None).auth == "kerberos"
+
+
+_KRB5_CONF = """[libdefaults]
+  default_realm = CONTOSO.COM
+  dns_lookup_kdc = false
+[realms]
+  FABRIKAM.COM = { kdc = kdc9.fabrikam.com }
+  CONTOSO.COM = {
+    kdc = dc1.contoso.com
+    kdc = dc2.contoso.com:88
+    admin_server = dc1.contoso.com
+  }
+  kdc = not-a-realm-entry
+"""
+
+
+@pytest.mark.parametrize(
+    ("realm", "kdcs"),
+    [
+        ("CONTOSO.COM", ["dc1.contoso.com", "dc2.contoso.com:88"]),
+        ("contoso.com", ["dc1.contoso.com", "dc2.contoso.com:88"]),  # realms compare without case
+        ("FABRIKAM.COM", ["kdc9.fabrikam.com"]),  # a realm block on one line
+        ("NORTHWIND.COM", []),
+    ],
+)
+def test_the_kdcs_a_hung_kdc_message_names_are_the_realms_kdc_entries(realm: str, kdcs: list[str]) -> None:
+    assert kerberos.realm_kdcs(_KRB5_CONF, realm) == kdcs
