@@ -19,6 +19,7 @@ objects differ), which only makes a wrong delta easier to see.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,47 @@ def test_a_full_import_whose_reconnect_reaches_another_dc_stops_and_the_next_rec
     _assert_names_both(step.message, dcs, "Run the full import of agent 'ad' again")
     assert staged == dict.fromkeys(dcs.guids.values(), "add"), staged  # A's people, none deleted; nothing of B
     assert recorded.invocation_id == dcs.inv_b, again.steps[0].as_dict()
+
+
+def test_a_delta_whose_dc_goes_down_part_way_and_fails_over_to_another_dc_stops_naming_both(
+    ad_env: ADTestEnv, second_dc: ADSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list of DCs (host, then fallback_hosts): the first resets every connection after the delta's first
+    page, the reconnect fails over to the second, a directory state of its own. The delta stops before
+    reading anything there, names both DCs and the failover, and keeps its watermark (USNs of the first DC
+    mean nothing on the second)."""
+    first_address, second_address = (f"127.{n}.{random.randint(1, 250)}.{random.randint(2, 250)}" for n in (201, 202))
+    with faulty_proxy((second_dc.host, second_dc.ldaps_port), (second_address, 0)) as to_b:
+        upstream = (ad_env.ad.host, ad_env.ad.ldaps_port)
+        with faulty_proxy(upstream, (first_address, to_b.port)) as to_a:
+            dcs = _TwoDcs(ad_env, second_dc, to_a)
+            # the relays' addresses are in no certificate: validation is not what is under test here
+            engine = dcs.engine(
+                host=first_address,
+                fallback_hosts=[second_address],
+                port=to_b.port,
+                tls_validate=False,
+                delta_method="usn",
+            )
+            try:
+                full = engine.run_profile("Full")
+                before = _watermark(engine)
+                for name in dcs.guids:
+                    ad_env.admin.modify(f"CN={name},{dcs.people}", {"description": [(MODIFY_REPLACE, ["changed"])]})
+                after_first_page(monkeypatch, to_a.reset)
+                delta = engine.run_profile("Delta")
+                after = _watermark(engine)
+            finally:
+                engine.close()
+                dcs.close()
+    assert full.status == "success", full.steps[0].as_dict()
+    assert before.host == first_address and before.invocation_id == dcs.inv_a
+    step = delta.steps[0]
+    assert step.status == "stopped-connector-error", step.as_dict()
+    assert step.message.startswith(
+        f"the connection to {first_address} was made again during the delta import of agent 'ad' (it broke, or a "
+        f"Kerberos ticket was renewed) and reached another directory state at {second_address} ({first_address} "
+        "did not answer): "
+    ), step.message
+    _assert_names_both(step.message, dcs, "Run a full import of agent 'ad'")
+    assert after == before
