@@ -84,6 +84,27 @@ def _holder_note(run: RunResult, seq: int, step: RunStepConfig) -> dict[str, str
     return {"run": f"{holder} ({run.profile!r}, step {seq}: {step.agent} {step.type.value})"}
 
 
+def _run_connector_step(config: MvsyncConfig, ctx: StepContext, step: RunStepConfig) -> dict[str, Any] | None:
+    """An import or export step: the agent's connector opened, run, and closed (also after a failure); the
+    export's deletion-threshold report, if any. A dry-run export needs no connector (nothing is sent)."""
+    needs_connector = not (step.type == RunStepKind.EXPORT and ctx.dry_run)
+    connector = open_connector(config, step.agent, dry_run=ctx.dry_run) if needs_connector else None
+    if connector is not None:
+        connector.open()
+    try:
+        report = None
+        if step.type == RunStepKind.EXPORT:
+            report = run_export(ctx, connector)
+        else:
+            assert connector is not None
+            run_import(ctx, connector, step.type == RunStepKind.FULL_IMPORT)
+        _note(ctx.result, connector)
+        return report
+    finally:
+        if connector is not None:
+            connector.close()
+
+
 def _note(result: StepResult, connector: Connector[Any] | None) -> None:
     """Add the connector's note on a step that ended normally (which server served it) to the step's
     message, after what the step already says (a resumed import says so first)."""
@@ -443,22 +464,7 @@ class Engine:
                 if step.type in (RunStepKind.FULL_SYNC, RunStepKind.DELTA_SYNC):
                     run_sync(ctx, self.mv_schema, self.transforms, step.type == RunStepKind.FULL_SYNC)
                 else:
-                    needs_connector = not (step.type == RunStepKind.EXPORT and ctx.dry_run)
-                    connector = (
-                        open_connector(self.config, step.agent, dry_run=ctx.dry_run) if needs_connector else None
-                    )
-                    if connector is not None:
-                        connector.open()
-                    try:
-                        if step.type == RunStepKind.EXPORT:
-                            report = run_export(ctx, connector)
-                        else:
-                            assert connector is not None
-                            run_import(ctx, connector, step.type == RunStepKind.FULL_IMPORT)
-                        _note(result, connector)
-                    finally:
-                        if connector is not None:
-                            connector.close()
+                    report = _run_connector_step(self.config, ctx, step)
                 result.status = step_status(result)
             except StepStopped as exc:
                 result.status, result.message = exc.status, exc.message
