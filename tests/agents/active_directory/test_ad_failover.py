@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,10 +33,13 @@ from connector.engine import Engine
 from connector.sdk import ServerDownError
 from connector.store import AgentStateRepository, RunHistory
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
+from tests.harness.crash import mvsync_command
 from tests.harness.sockets import FaultyProxy, faulty_proxy, silent_server
 
 #: connect_timeout: what a hung DC costs (once per test), and what the real DC's handshake may take (a busy host).
 _CONNECT_S = 5
+#: connect_timeout of the tests without a real DC (a refused or hung DC fails whatever the load).
+_NO_DC_S = 1
 
 
 def _loopback() -> str:
@@ -105,6 +111,7 @@ def test_a_full_import_passes_over_a_dead_and_a_hung_dc_and_history_names_the_dc
 
 
 def _settings(hosts: list[str], port: int) -> ActiveDirectorySettings:
+    """Settings for DCs none of which answers (the bind DN and password never reach a DC)."""
     return ActiveDirectorySettings.model_validate(
         {
             "host": hosts[0],
@@ -113,7 +120,7 @@ def _settings(hosts: list[str], port: int) -> ActiveDirectorySettings:
             "bind_dn": "CN=svc,DC=example,DC=test",
             "password": SecretStr("not-the-point"),
             "base_dns": ["DC=example,DC=test"],
-            "connect_timeout": _CONNECT_S,
+            "connect_timeout": _NO_DC_S,
             "reconnect_attempts": 0,
         }
     )
@@ -127,11 +134,51 @@ def test_when_no_dc_answers_the_error_names_each_one_tried_and_why(dead_and_hung
     assert message.startswith(
         "cannot reach any of the 2 domain controllers (host, then fallback_hosts; 1 attempt(s) each): "
         f"[1] {dead}:{port} (ldaps) refused the connection: nothing listens on port {port} (check host, port). "
-        f"[2] timeout during the TLS handshake with {hung}:{port} (ldaps) after {_CONNECT_S} s: "
+        f"[2] timeout during the TLS handshake with {hung}:{port} (ldaps) after {_NO_DC_S} s: "
     ), message
     assert message.endswith(
         "Check that they run and that this host reaches them, or add a DC that does to fallback_hosts"
     )
+
+
+def test_a_run_whose_dcs_are_all_out_of_reach_exits_4_naming_each(
+    dead_and_hung: tuple[str, str, int], tmp_path: Path
+) -> None:
+    """``mvsync run`` in a child process, as a scheduler starts it: stopped-server-down, exit code 4."""
+    dead, hung, port = dead_and_hung
+    (tmp_path / "mvsync.toml").write_text(
+        f"""
+[store]
+url = "sqlite:///store.db"
+[agents.ad]
+type = "active-directory"
+[agents.ad.settings]
+host = "{dead}"
+fallback_hosts = ["{hung}"]
+port = {port}
+bind_dn = "CN=svc,DC=example,DC=test"
+password = {{ env = "MVSYNC_TEST_AD_PASSWORD" }}
+base_dns = ["DC=example,DC=test"]
+connect_timeout = {_NO_DC_S}
+reconnect_attempts = 0
+[run_profiles.import]
+steps = [{{ type = "full-import", agent = "ad" }}]
+"""
+    )
+    env = {**os.environ, "MVSYNC_TEST_AD_PASSWORD": "not-the-point", "COLUMNS": "250"}
+    done = subprocess.run(
+        [*mvsync_command(), "run", "import", "-c", str(tmp_path / "mvsync.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = " ".join((done.stdout + done.stderr).split())  # the table wraps long messages
+    assert done.returncode == 4, output
+    assert "stopped-server-down" in output and "cannot reach any of the 2 domain controllers" in output, output
+    assert f"{dead}:{port} (ldaps) refused the connection" in output, output
+    assert f"timeout during the TLS handshake with {hung}:{port} (ldaps)" in output, output
+    assert "Traceback" not in output
 
 
 @pytest.fixture
