@@ -33,6 +33,7 @@ from connector.engine import Engine
 from connector.sdk import ServerDownError
 from connector.store import AgentStateRepository, RunHistory
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
+from tests.agents.active_directory.test_ad_network_errors import import_config
 from tests.harness.crash import mvsync_command
 from tests.harness.sockets import FaultyProxy, faulty_proxy, silent_server
 
@@ -146,25 +147,8 @@ def test_a_run_whose_dcs_are_all_out_of_reach_exits_4_naming_each(
 ) -> None:
     """``mvsync run`` in a child process, as a scheduler starts it: stopped-server-down, exit code 4."""
     dead, hung, port = dead_and_hung
-    (tmp_path / "mvsync.toml").write_text(
-        f"""
-[store]
-url = "sqlite:///store.db"
-[agents.ad]
-type = "active-directory"
-[agents.ad.settings]
-host = "{dead}"
-fallback_hosts = ["{hung}"]
-port = {port}
-bind_dn = "CN=svc,DC=example,DC=test"
-password = {{ env = "MVSYNC_TEST_AD_PASSWORD" }}
-base_dns = ["DC=example,DC=test"]
-connect_timeout = {_NO_DC_S}
-reconnect_attempts = 0
-[run_profiles.import]
-steps = [{{ type = "full-import", agent = "ad" }}]
-"""
-    )
+    lines = f'fallback_hosts = ["{hung}"]\nconnect_timeout = {_NO_DC_S}\nreconnect_attempts = 0'
+    (tmp_path / "mvsync.toml").write_text(import_config(port, lines, host=dead))
     env = {**os.environ, "MVSYNC_TEST_AD_PASSWORD": "not-the-point", "COLUMNS": "250"}
     done = subprocess.run(
         [*mvsync_command(), "run", "import", "-c", str(tmp_path / "mvsync.toml")],

@@ -117,18 +117,16 @@ def test_each_kind_of_failure_is_named(error: BaseException, kind: str) -> None:
     assert kind in described
 
 
-def _run_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, settings: str) -> Result:
-    """``mvsync run import`` (a full import of an agent on 127.0.0.1:``port``, plus ``settings`` lines)."""
-    monkeypatch.setenv("MVSYNC_TEST_AD_PASSWORD", "not-the-point")
-    config = tmp_path / "mvsync.toml"
-    config.write_text(
-        f"""
+def import_config(port: int, settings: str, host: str = "127.0.0.1") -> str:
+    """A configuration whose profile "import" is a full import of agent ad at ``host``:``port``, plus
+    ``settings`` lines (the password comes from MVSYNC_TEST_AD_PASSWORD)."""
+    return f"""
 [store]
 url = "sqlite:///store.db"
 [agents.ad]
 type = "active-directory"
 [agents.ad.settings]
-host = "127.0.0.1"
+host = "{host}"
 port = {port}
 bind_dn = "CN=svc,DC=example,DC=test"
 password = {{ env = "MVSYNC_TEST_AD_PASSWORD" }}
@@ -137,7 +135,13 @@ base_dns = ["DC=example,DC=test"]
 [run_profiles.import]
 steps = [{{ type = "full-import", agent = "ad" }}]
 """
-    )
+
+
+def _run_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, settings: str) -> Result:
+    """``mvsync run import`` (a full import of an agent on 127.0.0.1:``port``, plus ``settings`` lines)."""
+    monkeypatch.setenv("MVSYNC_TEST_AD_PASSWORD", "not-the-point")
+    config = tmp_path / "mvsync.toml"
+    config.write_text(import_config(port, settings))
     return CliRunner().invoke(app, ["run", "import", "-c", str(config)], env={"COLUMNS": "250"})
 
 
