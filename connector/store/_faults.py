@@ -185,6 +185,13 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
             "VACUUM FULL, a REINDEX or a transaction left open (pg_stat_activity, pg_blocking_pids() show which); "
             "let it finish and run again: what was committed before is kept"
         )
+    if sqlstate == "53100":  # PostgreSQL's disk_full: "could not extend file ...: No space left on device"
+        return StoreError(
+            f"the store {where} cannot grow: the database server's disk is full ({first}); free space on the "
+            "server's volume that holds the file named (its data directory, or a tablespace's folder: "
+            "pg_tblspc/OID is the tablespace of that oid in pg_tablespace) and run again: what was committed "
+            "before is kept"
+        )
     if sqlstate == "57014":  # PostgreSQL's query_canceled: a statement_timeout, or pg_cancel_backend
         return StoreError(
             f"the store {where} canceled a statement ({first}): a statement_timeout set for the role or the "
