@@ -229,6 +229,13 @@ _SESSION_ENDED_PHRASES = (
     "consuming input failed",
 )
 
+#: How many sessions a run holds, for the advice on a connection limit: one for each of its locks, which
+#: lives as long as its session (see ``_locks``), and one for its units of work.
+_RUN_SESSIONS = (
+    "a run holds up to four connections at once (a session for each of its locks: the run's, the agent's and, "
+    "while it synchronizes, the metaverse's; and one for its work)"
+)
+
 #: What to do about a PostgreSQL connection the server or libpq refused, by a phrase of libpq's (or the
 #: server's) message, which carries no SQLSTATE on a failed connection. The message says which host,
 #: port, user and database (the store's URL, password masked); this says what to change. A phrase not
@@ -273,7 +280,25 @@ _CONNECTION_ADVICE: tuple[tuple[str, str], ...] = (
     ),
     (
         "too many clients",
-        "the server has no connection left (max_connections): run again later, or ask its administrator",
+        "the server has no connection left (max_connections): run again later, or ask its administrator "
+        f"({_RUN_SESSIONS})",
+    ),
+    (
+        "remaining connection slots are reserved",  # a server at max_connections, to a role not a superuser
+        "the server has no connection left (max_connections, less those reserved for superusers): run again later, "
+        f"or ask its administrator ({_RUN_SESSIONS})",
+    ),
+    (
+        "too many connections for role",
+        "the role's connection limit is reached (ALTER ROLE NAME CONNECTION LIMIT N; rolconnlimit in pg_roles): its "
+        f"other sessions (another mvsync run, the console, other tools) hold the rest, and {_RUN_SESSIONS}: raise the "
+        "limit, or run again once the others end",
+    ),
+    (
+        "too many connections for database",
+        "the database's connection limit is reached (ALTER DATABASE NAME CONNECTION LIMIT N; datconnlimit in "
+        f"pg_database; 0 closes it, for maintenance), and {_RUN_SESSIONS}: run again once it is open, or raise the "
+        "limit",
     ),
     (
         "the database system is",
@@ -292,6 +317,8 @@ _SERVER_AWAY = (
     *_SESSION_ENDED_PHRASES,
     "Connection refused",
     "too many clients",
+    "remaining connection slots are reserved",
+    "too many connections for",
     "the database system is",
     "is not currently accepting connections",
 )

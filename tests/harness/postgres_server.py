@@ -223,10 +223,15 @@ def _from_env(url: str) -> PostgresServer:
     )
 
 
-def start_postgres(*, install: bool = True, durable: bool = False, host: str = "127.0.0.1") -> PostgresServer:
+def start_postgres(
+    *, install: bool = True, durable: bool = False, host: str = "127.0.0.1", settings: tuple[str, ...] = ()
+) -> PostgresServer:
     """A running server: the one ``MVSYNC_TEST_POSTGRES_URL`` names, or a new throwaway cluster.
 
     ``durable`` keeps PostgreSQL's default fsync behaviour (benchmarks); tests turn it off.
+    ``settings`` (``name=value``) go after the harness's own, so they win: a test's server of its own
+    with a setting no shared server may have (``max_connections=4``). A server the environment names
+    has its own settings (see :attr:`PostgresServer.owned`).
     """
     env_url = os.environ.get(ENV_URL)
     if env_url:
@@ -290,12 +295,13 @@ def start_postgres(*, install: bool = True, durable: bool = False, host: str = "
         if host not in ("127.0.0.1", "localhost"):  # initdb's pg_hba.conf admits loopback only
             with (cluster / "pg_hba.conf").open("a") as hba:
                 hba.write(f"host all all {host}/32 scram-sha-256\n")
-        settings = [f"listen_addresses={host}", f"unix_socket_directories={data_dir}", "max_connections=200"]
+        given = [f"listen_addresses={host}", f"unix_socket_directories={data_dir}", "max_connections=200"]
         if not durable:
-            settings += _FAST_SETTINGS
+            given += _FAST_SETTINGS
+        given += settings
         for attempt in range(5):
             server.port = _free_port(host)
-            options = " ".join(f"-c {s}" for s in [*settings, f"port={server.port}"])
+            options = " ".join(f"-c {s}" for s in [*given, f"port={server.port}"])
             done = _run(
                 [
                     str(bin_dir / "pg_ctl"),

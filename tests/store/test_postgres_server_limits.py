@@ -5,6 +5,8 @@ documented exit code, and nothing committed lost."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -12,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,11 @@ from typing import Any
 import pytest
 from sqlalchemy import URL, create_engine, make_url, text
 
+from connector.store import SqlStore, StoreUnreachableError
 from tests.cli._configs import generated_pair
 from tests.conftest import require_or_skip
 from tests.harness.crash import mvsync_command
+from tests.harness.postgres_server import PostgresServer, PostgresUnavailable, start_postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -135,3 +139,125 @@ def test_a_full_disk_under_the_store_stops_the_run_as_a_store_fault_and_the_next
     code, out, err = _cli(config, "run", "cycle")
     assert code == 0, (out, err)
     assert _one(url, "SELECT count(*) FROM cs_object") == 1000 > kept  # both agents' people, from where it stopped
+
+
+def _role(admin_url: URL, *statements: str) -> tuple[str, str]:
+    """A new login role (name, password), then ``statements`` run as the admin (``{role}`` names it)."""
+    role, password = f"r_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+            for statement in statements:
+                conn.execute(text(statement.format(role=role)))
+    finally:
+        admin.dispose()
+    return role, password
+
+
+def _steps(url: URL) -> list[tuple[str, str, int]]:
+    """Each recorded step of the store's runs: (agent, status, adds)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT agent, status, counters FROM run_step ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    return [(agent, status, int(json.loads(counters or "{}").get("adds", 0))) for agent, status, counters in rows]
+
+
+def test_a_role_whose_connection_limit_a_run_outgrows_is_told_the_limit_and_how_many_a_run_holds(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: a role with CONNECTION LIMIT 3 (a DBA's cap on mvsync's role) ran both imports of
+    ``cycle``, then its synchronization, which holds a fourth session (the metaverse lock), stopped
+    with exit 4 and libpq's 'too many connections for role' alone: nothing said it was the role's
+    limit, nor how many connections a run needs, so the next run stopped at the same step. The
+    message now names the limit (ALTER ROLE ... CONNECTION LIMIT) and that a run holds up to four;
+    the imports committed before are kept, and with four the next run ends well."""
+    admin_url = make_url(postgres_db())
+    owner = f'ALTER DATABASE "{admin_url.database}" OWNER TO {{role}}'
+    role, password = _role(admin_url, owner, "ALTER ROLE {role} CONNECTION LIMIT 3")
+    url = admin_url.set(username=role, password=password)
+    config = _config(tmp_path, url)
+    code, out, err = _cli(config, "run", "cycle")
+    assert code == 4, (out, err)
+    masked = url.render_as_string(hide_password=True)
+    assert err.startswith(f"error: cannot use the store {masked}: connection failed: ") and "\n" not in err.strip()
+    assert f'too many connections for role "{role}"' in err
+    assert "the role's connection limit is reached (ALTER ROLE NAME CONNECTION LIMIT N" in err
+    assert "a run holds up to four connections at once" in err and password not in out + err
+    assert _steps(admin_url) == [("src", "success", 5), ("tgt", "success", 5)]  # kept: the next run goes on
+
+    _role(admin_url, f"ALTER ROLE {role} CONNECTION LIMIT 4")
+    code, out, err = _cli(config, "run", "cycle")
+    assert code == 0, (out, err)
+
+
+@pytest.fixture(scope="module")
+def small_server() -> Iterator[PostgresServer]:
+    """A server of its own with 4 connections, 1 of them kept for superusers (none other can be filled)."""
+    try:
+        server = start_postgres(settings=("max_connections=4", "superuser_reserved_connections=1"))
+    except PostgresUnavailable as exc:
+        require_or_skip(f"PostgreSQL unavailable: {exc}")
+        raise
+    try:
+        if not server.owned:
+            require_or_skip("a full server needs the harness's own PostgreSQL (MVSYNC_TEST_POSTGRES_URL is set)")
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _holding(url: URL, sessions: int) -> Iterator[None]:
+    """``sessions`` open sessions of the superuser on the database of ``url`` for the ``with``."""
+    engine = create_engine(url, pool_size=sessions, max_overflow=0)
+    held = [engine.connect() for _ in range(sessions)]
+    try:
+        yield
+    finally:
+        for conn in held:
+            conn.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("who", "held", "said", "advice"),
+    [
+        (
+            "role",
+            3,
+            "remaining connection slots are reserved for",
+            "the server has no connection left (max_connections",
+        ),
+        ("superuser", 4, "sorry, too many clients already", "the server has no connection left (max_connections"),
+        ("database-limit", 0, "too many connections for database", "the database's connection limit is reached"),
+    ],
+    ids=["role", "superuser", "database-limit"],
+)
+def test_a_full_server_or_database_names_the_store_and_says_what_to_do(
+    tmp_path: Path, small_server: PostgresServer, who: str, held: int, said: str, advice: str
+) -> None:
+    """Found: a server at max_connections refused mvsync's role (not a superuser) with "remaining
+    connection slots are reserved for non-replication superuser connections", and a database at its
+    CONNECTION LIMIT with "too many connections for database", which the store did not know: libpq's
+    words alone, and not the store-does-not-answer-yet fault a console starts through. A superuser's
+    "too many clients" was known, without how many connections a run holds."""
+    admin_url = make_url(small_server.create_database())
+    url = admin_url
+    if who != "superuser":  # the connection limits do not hold superusers back
+        statements = [f'ALTER DATABASE "{admin_url.database}" OWNER TO {{role}}']
+        if who == "database-limit":
+            statements.append(f'ALTER DATABASE "{admin_url.database}" CONNECTION LIMIT 0')
+        role, password = _role(admin_url, *statements)
+        url = admin_url.set(username=role, password=password)
+    with _holding(admin_url, held):
+        code, out, err = _cli(_config(tmp_path, url), "run", "cycle")
+        with pytest.raises(StoreUnreachableError):  # for now: a console starts and serves 503 pages until then
+            SqlStore(url.render_as_string(hide_password=False))
+    assert code == 4, (out, err)
+    assert f"cannot use the store {url.render_as_string(hide_password=True)}: " in err and said in err
+    assert advice in err and "a run holds up to four connections at once" in err
+    assert str(url.password) not in out + err and "Traceback" not in err
