@@ -10,8 +10,9 @@ import hashlib
 from collections.abc import Callable
 
 from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy.exc import DBAPIError
 
-from connector.store._faults import EXIT_STORE_CONFIG, StoreError
+from connector.store._faults import EXIT_STORE_CONFIG, StoreError, first_line
 from connector.store._store_meta import write_meta
 from connector.store.tables import agent_data, metadata, run_history, store_meta
 
@@ -181,10 +182,37 @@ def migrate(conn: Connection, where: str = "the store", *, upgrade: bool = True)
             "every machine that uses it runs this version"
         )
         raise StoreVersionError(msg)
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        MIGRATIONS[version - 1](conn)
-        if version == 1:
-            conn.execute(store_meta.insert().values(key="schema_version", value="1"))
-        else:
-            conn.execute(store_meta.update().where(store_meta.c.key == "schema_version").values(value=str(version)))
+    try:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version - 1](conn)
+            if version == 1:
+                conn.execute(store_meta.insert().values(key="schema_version", value="1"))
+            else:
+                conn.execute(store_meta.update().where(store_meta.c.key == "schema_version").values(value=str(version)))
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # PostgreSQL's insufficient_privilege
+            raise
+        raise _may_not_migrate(where, found, first_line(str(exc.orig))) from None
     return found
+
+
+def _may_not_migrate(where: str, found: int, refusal: str) -> StoreError:
+    """A PostgreSQL role that may not create or alter mvsync's tables met a migration (``refusal``: why).
+
+    Why not the store's answer to any refused write: that asks for grants on the tables (SELECT,
+    INSERT, UPDATE, DELETE), which a role that only runs mvsync has (README); creating the tables needs
+    CREATE on the schema, and altering them is their owner's alone, so the owner upgrades the store once.
+    The migration's transaction is rolled back: nothing was changed.
+    """
+    if found == 0:
+        return StoreError(
+            f"the store {where} holds no mvsync tables yet, and this role may not create them ({refusal}): run "
+            "the first `mvsync store upgrade` (or run) as the role that owns the database, or let its owner "
+            "GRANT CREATE ON SCHEMA NAME TO this role (the schema the message names); then grant the role that "
+            "runs mvsync what README: Production store on PostgreSQL gives"
+        )
+    return StoreError(
+        f"the store {where} has schema version {found}, older than this mvsync's ({SCHEMA_VERSION}), and this role "
+        f"may not upgrade it ({refusal}): only the role that owns mvsync's tables may alter them: run `mvsync store "
+        "upgrade` once as the role that owns them (store.url naming it), then run as before; nothing was changed"
+    )

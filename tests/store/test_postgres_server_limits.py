@@ -261,3 +261,73 @@ def test_a_full_server_or_database_names_the_store_and_says_what_to_do(
     assert f"cannot use the store {url.render_as_string(hide_password=True)}: " in err and said in err
     assert advice in err and "a run holds up to four connections at once" in err
     assert str(url.password) not in out + err and "Traceback" not in err
+
+
+def _run_only_role(admin_url: URL) -> URL:
+    """``admin_url`` as a new role with the grants README gives a role that only runs mvsync."""
+    role, password = _role(
+        admin_url,
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    )
+    return admin_url.set(username=role, password=password)
+
+
+def _behind(url: URL) -> None:
+    """Set the store of ``url`` back to schema version 5, as an mvsync before migration 6 left it (one
+    that alters a table: migration 7 only writes a row)."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE cs_object DROP COLUMN renderings"))
+            conn.execute(text("UPDATE store_meta SET value = '5' WHERE key = 'schema_version'"))
+            conn.execute(text("DELETE FROM store_meta WHERE key = 'run_locks_from'"))
+    finally:
+        engine.dispose()
+
+
+def test_a_role_that_may_not_create_the_stores_tables_is_told_to_create_them_as_the_owner(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: the first run with a role that does not own the new database (PostgreSQL 15 gives such a
+    role no CREATE on the schema public) stopped with "refused this role a write (permission denied for
+    schema public): grant it SELECT, INSERT, UPDATE and DELETE on mvsync's tables": grants on tables
+    that did not exist, and no word of CREATE or of the owner creating them."""
+    admin_url = make_url(postgres_db())
+    url = _run_only_role(admin_url)
+    code, out, err = _cli(_config(tmp_path, url), "run", "cycle")
+    assert code == 4, (out, err)
+    masked = url.render_as_string(hide_password=True)
+    assert f"the store {masked} holds no mvsync tables yet, and this role may not create them " in err
+    assert "(permission denied for schema public)" in err and "GRANT CREATE ON SCHEMA" in err
+    assert "as the role that owns the database" in err and "grant it SELECT, INSERT" not in err
+    assert str(url.password) not in out + err and "Traceback" not in err
+    assert _one(admin_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0  # nothing half made
+
+
+def test_a_role_that_may_not_upgrade_the_schema_is_told_to_upgrade_it_as_the_tables_owner(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: after mvsync was upgraded, the first run as a role with the grants README gives a role
+    that only runs mvsync stopped with "refused this role a write (must be owner of table ...): grant
+    it SELECT, INSERT, UPDATE and DELETE", grants it had: only the tables' owner may alter them, and
+    nothing said to run `mvsync store upgrade` as that owner. Once the owner has, the role runs."""
+    admin_url = make_url(postgres_db())
+    owner_config = _config(tmp_path, admin_url)
+    assert _cli(owner_config, "run", "cycle")[0] == 0
+    _behind(admin_url)
+    url = _run_only_role(admin_url)
+    (tmp_path / "run-only").mkdir()
+    config = _config(tmp_path / "run-only", url)
+    code, out, err = _cli(config, "run", "cycle")
+    assert code == 4, (out, err)
+    masked = url.render_as_string(hide_password=True)
+    assert f"the store {masked} has schema version 5, older than this mvsync's (7), and this role may not" in err
+    assert "(must be owner of table" in err and "run `mvsync store upgrade` once as the role that owns" in err
+    assert "grant it SELECT, INSERT" not in err and "nothing was changed" in err
+    assert str(url.password) not in out + err and "Traceback" not in err
+    assert _one(admin_url, "SELECT value FROM store_meta WHERE key = 'schema_version'") == "5"
+
+    assert _cli(owner_config, "store", "upgrade")[0] == 0  # what the message says to do
+    code, out, err = _cli(config, "run", "cycle")
+    assert code == 0, (out, err)
