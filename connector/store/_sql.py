@@ -37,6 +37,7 @@ from connector.store._faults import (
     StoreError,
     StoreMissingError,
     StoreReadOnlyError,
+    StoreUnreachableError,
     damaged,
     database_busy,
     store_faults,
@@ -507,7 +508,7 @@ class SqlStore:
         (its end, with the reason) is written unguarded.
         """
         if self._dry_conn is not None:
-            with self.faults(), self._tx_lock, self._dry_conn.begin_nested():
+            with self.faults(), self._tx_lock, self._dry_session().begin_nested():
                 yield self._dry_conn
             return
         if guarded:
@@ -519,10 +520,28 @@ class SqlStore:
     def read(self) -> Iterator[Connection]:
         """A connection for reads (inside the dry-run transaction during a dry run)."""
         if self._dry_conn is not None:
-            yield self._dry_conn
+            yield self._dry_session()
             return
         with self.faults(), self.engine.connect() as conn:
             yield conn
+
+    def _dry_session(self) -> Connection:
+        """The dry run's connection, or the store fault of a session that ended under it.
+
+        Why: a dry run is one transaction on one session. Once the server ended that session (a restart
+        or failover, ``pg_terminate_backend``) SQLAlchemy refuses every later statement on it with
+        ``PendingRollbackError``, no database error, so recording the step's end after the step's own
+        store fault escaped as a traceback (exit 1).
+        """
+        assert self._dry_conn is not None
+        if self._dry_conn.invalidated:
+            msg = (
+                f"cannot use the store {self.where}: the dry run's session ended (a restart or failover, "
+                "pg_terminate_backend, a dropped connection), and a dry run holds one transaction for the whole "
+                "run: run it again once the store answers; it wrote nothing"
+            )
+            raise StoreUnreachableError(msg)
+        return self._dry_conn
 
     @contextlib.contextmanager
     def dry_run(self) -> Iterator[None]:

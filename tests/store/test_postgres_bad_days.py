@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -448,3 +449,59 @@ def test_a_store_host_that_vanishes_mid_run_is_given_up_within_the_tcp_user_time
     assert outcome["exit_code"] == 4
     assert "10.9.9.1" in outcome["error"] and "***" in outcome["error"]  # names the host, masks the password
     assert outcome["seconds"] < 120, outcome  # the child's 3-s user timeout, not the OS's 15 minutes
+
+
+def _dry_run_session(url: str) -> Callable[[Callable[[Any], bool]], Any]:
+    """``wait(until)``: poll the dry run's session (the one idle in a transaction; None once it is gone)
+    until ``until`` holds for what is found, and return that."""
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+
+    def wait(until: Callable[[Any], bool]) -> Any:
+        try:
+            for _ in range(1200):  # a minute at most: each poll is a round trip and 0.05 s
+                with dba.connect() as conn:
+                    found = conn.execute(
+                        text(
+                            "SELECT pid, extract(epoch FROM now() - state_change) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND state = 'idle in transaction'"
+                        )
+                    ).first()
+                if until(found):
+                    return found
+                time.sleep(0.05)
+            pytest.fail("the dry run's session neither ended nor idled long enough within a minute")
+        finally:
+            dba.dispose()
+
+    return wait
+
+
+def test_a_dry_run_whose_session_the_server_ends_stops_as_a_store_fault_not_a_traceback(world: World) -> None:
+    """Found: a dry run (one transaction for the whole run) whose session ended under its import (a
+    restart or failover, pg_terminate_backend) raised SQLAlchemy's PendingRollbackError, "Can't
+    reconnect until invalid transaction is rolled back", out of the engine: the step's own store
+    fault was said, then recording the step's end on the dead session failed with no store fault to
+    catch, a traceback and exit 1. The run now ends with the store fault that ended the step."""
+    url = world.config.store_url()
+    assert world.run("ad-full").status == "success"
+    wait = _dry_run_session(url)
+
+    def hook(page: int) -> None:
+        if page == 2:
+            pid = wait(lambda found: found is not None)[0]
+            _terminate_pid(url, pid)
+
+    world.ad["during_import"] = hook
+    with pytest.raises(StoreError, match=r"terminating connection due to administrator command; the server ended"):
+        world.run("ad-full", dry_run=True)
+    del world.ad["during_import"]
+    assert world.run("ad-full", dry_run=True).status == "success"  # the next one gets a new session
+
+
+def _terminate_pid(url: str, pid: int) -> None:
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with dba.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar() is True
+    finally:
+        dba.dispose()
