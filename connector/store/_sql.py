@@ -545,9 +545,17 @@ class SqlStore:
 
     @contextlib.contextmanager
     def dry_run(self) -> Iterator[None]:
-        """Everything inside happens in one transaction that is rolled back at the end."""
+        """Everything inside happens in one transaction that is rolled back at the end.
+
+        That transaction idles while a connector reads (a slow directory, a throttled Graph), so on
+        PostgreSQL it turns off, for itself alone, an ``idle_in_transaction_session_timeout`` the DBA set
+        against forgotten transactions: the server ended the dry run's session after it, and every dry run
+        of a long enough import stopped. (The run lock's session turns ``idle_session_timeout`` off alike.)
+        """
         with self.faults(), self.engine.connect() as conn:
             trans = conn.begin()
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
             self._dry_conn = conn
             try:
                 yield

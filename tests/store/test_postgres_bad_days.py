@@ -505,3 +505,33 @@ def _terminate_pid(url: str, pid: int) -> None:
             assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar() is True
     finally:
         dba.dispose()
+
+
+def test_a_dry_run_outlasts_the_idle_in_transaction_timeout_a_dba_set(world: World) -> None:
+    """Found: a dry run holds one transaction for the whole run, idle while a connector reads a page
+    (a slow directory, a throttled Graph); where the DBA set idle_in_transaction_session_timeout for the
+    database or role (a common guard against forgotten transactions), the server ended the dry run's
+    session after it, and every dry run of a long enough import stopped (exit 4: "the server ended the
+    session ... run again", which ends the same). The dry run's own transaction now turns that timeout
+    off (SET LOCAL), as the run lock's session turns idle_session_timeout off: it is open by design."""
+    url = world.config.store_url()
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with dba.connect() as conn:
+            conn.execute(
+                text(f'ALTER DATABASE "{make_url(url).database}" SET idle_in_transaction_session_timeout = 200')
+            )
+    finally:
+        dba.dispose()
+    world.engine.close()
+    world.engine = Engine(world.config)  # sessions opened under the database's setting
+    wait = _dry_run_session(url)
+
+    def hook(page: int) -> None:
+        if page == 2:  # the connector takes ten times the timeout for this page (or the server ended the session)
+            wait(lambda found: found is None or found[1] >= 2.0)
+
+    world.ad["during_import"] = hook
+    result = world.run("ad-full", dry_run=True)
+    assert result.status == "success", result.as_dict()
+    assert result.steps[0].counters["adds"] == 30
