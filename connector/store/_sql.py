@@ -97,6 +97,12 @@ PG_KEEPALIVES: dict[str, int] = {
 PG_TCP_USER_TIMEOUT_MS = 70_000
 
 
+#: Whether SQLAlchemy leaves a statement's parameters out of its error texts (both databases). Why: the
+#: parameters are people's data (names, addresses, photos), and a database error no store fault stands
+#: for (a DBA's trigger that fails) reached the step's message with every row of the page in it: printed,
+#: logged with a traceback, and kept in run history. The statement and the database's words are enough.
+_HIDE_PARAMETERS = True
+
 #: The execution option of a SQLite connection whose transactions write: they begin with ``BEGIN
 #: IMMEDIATE``. Why: a deferred transaction that read first and then wrote while another process had
 #: committed a write (WAL: its snapshot is stale) failed at once with "database is locked", without
@@ -184,7 +190,13 @@ def _postgresql_engine(url: str, parsed: URL, where: str) -> tuple[Engine, float
     if "tcp_user_timeout" not in parsed.query:
         connect_args["tcp_user_timeout"] = PG_TCP_USER_TIMEOUT_MS
     try:
-        engine = create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_TIMEOUT_S, connect_args=connect_args)
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_timeout=BUSY_TIMEOUT_S,
+            connect_args=connect_args,
+            hide_parameters=_HIDE_PARAMETERS,
+        )
     except ModuleNotFoundError as exc:
         msg = (
             f"the store {where} needs the PostgreSQL driver {exc.name or 'psycopg'}, which is not installed: "
@@ -257,6 +269,7 @@ class SqlStore:
             self.engine = create_engine(
                 url,
                 connect_args={"check_same_thread": False},
+                hide_parameters=_HIDE_PARAMETERS,
                 **({"poolclass": StaticPool} if memory else {"pool_timeout": self.pool_wait_s}),
             )
             _sqlite_setup(self.engine, wal=wal)
