@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from connector.store._faults import EXIT_STORE_CONFIG, StoreError, first_line
+from connector.store._faults import EXIT_STORE_CONFIG, StoreBusyError, StoreError, first_line
 from connector.store._store_meta import write_meta
 from connector.store.tables import agent_data, metadata, run_history, store_meta
 
@@ -140,7 +140,7 @@ def current_version(conn: Connection) -> int:
 _MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mvsync:schema-migration").digest()[:8], "big", signed=True)
 
 
-def _version_to_migrate(conn: Connection, *, upgrade: bool) -> int:
+def _version_to_migrate(conn: Connection, where: str, *, upgrade: bool) -> int:
     """The store's schema version, read once no other session migrates it (PostgreSQL).
 
     Why: two runs that start together against a new database (or after mvsync was upgraded) both
@@ -152,8 +152,26 @@ def _version_to_migrate(conn: Connection, *, upgrade: bool) -> int:
     found = current_version(conn)
     if found >= SCHEMA_VERSION or not upgrade or conn.dialect.name != "postgresql":
         return found
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+    try:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available: the lock_timeout ran out
+            raise
+        raise _migration_busy(where, first_line(str(exc.orig))) from None
     return current_version(conn)
+
+
+def _migration_busy(where: str, refusal: str) -> StoreBusyError:
+    """Another mvsync holds the schema-upgrade lock longer than this run's ``lock_timeout``.
+
+    Why its own words: only mvsync takes that lock, so the store's answer to a lock wait in vain (a
+    VACUUM FULL, a REINDEX or a transaction left open) named causes that were not there.
+    """
+    return StoreBusyError(
+        f"the store {where} is busy: another mvsync process is creating or upgrading its schema ({refusal} "
+        "waiting for it; an upgrade of a large store can take minutes while it builds indexes): let it finish, "
+        "then run again"
+    )
 
 
 def migrate(conn: Connection, where: str = "the store", *, upgrade: bool = True) -> int:
@@ -164,7 +182,7 @@ def migrate(conn: Connection, where: str = "the store", *, upgrade: bool = True)
     shared store would upgrade it under the sync server, whose older mvsync then refuses it as
     newer than it understands; the sync (``mvsync run``) or ``mvsync store upgrade`` upgrades it.
     """
-    found = _version_to_migrate(conn, upgrade=upgrade)
+    found = _version_to_migrate(conn, where, upgrade=upgrade)
     if found > SCHEMA_VERSION:
         msg = (
             f"the store {where} has schema version {found}, newer than this mvsync understands ({SCHEMA_VERSION}): "

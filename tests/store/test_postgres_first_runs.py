@@ -266,3 +266,28 @@ def test_a_role_that_may_not_read_the_store_is_told_to_get_select_not_a_write_gr
     assert f"the store {masked} refused this role a read (permission denied for table run_history)" in err
     assert "grant it SELECT on mvsync's tables" in err and "a write" not in err
     assert password not in out + err and "Traceback" not in err
+
+
+def test_a_run_that_waits_too_long_for_another_runs_schema_upgrade_says_so(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: a run that started while another mvsync was creating or upgrading the store's schema
+    (an upgrade of a large store builds indexes for minutes) waited the lock timeout, then stopped as
+    busy (exit 5) "such as a VACUUM FULL, a REINDEX or a transaction left open": not the cause, and
+    nothing to find in pg_stat_activity by that description. It now says another mvsync process is
+    creating or upgrading the schema, and to let it finish (exit 5 as before)."""
+    url = postgres_db()
+    config = _config(tmp_path, url + "?options=-c%20lock_timeout%3D1000")  # 1 s instead of 30
+    holder = create_engine(url)
+    try:
+        with holder.connect() as conn:
+            migrate(conn)  # another run's schema creation, not yet committed
+            code, out, err = _cli(config, "run", "cycle")
+            conn.rollback()
+    finally:
+        holder.dispose()
+    assert code == 5, (out, err)
+    assert "is busy: another mvsync process is creating or upgrading its schema" in err, err
+    assert "let it finish, then run again" in err and "VACUUM FULL" not in err
+    assert str(make_url(url).password) not in out + err and "Traceback" not in err
+    assert _cli(config, "run", "cycle")[0] == 0  # once it is done (here: rolled back), the run creates the store
