@@ -391,14 +391,7 @@ def test_a_lock_timeout_the_operator_set_replaces_mvsyncs_30_s(
     lock_timeout), or store.url's options. A lock_timeout chosen there now wins; 30 s where none is."""
     url = postgres_db()
     if database_setting is not None:
-        dba = create_engine(url, isolation_level="AUTOCOMMIT")
-        try:
-            with dba.connect() as conn:
-                conn.execute(
-                    text(f"ALTER DATABASE \"{make_url(url).database}\" SET lock_timeout = '{database_setting}'")
-                )
-        finally:
-            dba.dispose()
+        _as_dba(url, f"ALTER DATABASE \"{make_url(url).database}\" SET lock_timeout = '{database_setting}'")
     store = SqlStore(url + query)
     try:
         with store.read() as conn:
@@ -498,6 +491,17 @@ def test_a_dry_run_whose_session_the_server_ends_stops_as_a_store_fault_not_a_tr
     assert world.run("ad-full", dry_run=True).status == "success"  # the next one gets a new session
 
 
+def _as_dba(url: str, *statements: str) -> None:
+    """Run ``statements`` on the database of ``url``, each in a transaction of its own (a DBA in psql)."""
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with dba.connect() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        dba.dispose()
+
+
 def _terminate_pid(url: str, pid: int) -> None:
     dba = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
@@ -515,14 +519,7 @@ def test_a_dry_run_outlasts_the_idle_in_transaction_timeout_a_dba_set(world: Wor
     session ... run again", which ends the same). The dry run's own transaction now turns that timeout
     off (SET LOCAL), as the run lock's session turns idle_session_timeout off: it is open by design."""
     url = world.config.store_url()
-    dba = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with dba.connect() as conn:
-            conn.execute(
-                text(f'ALTER DATABASE "{make_url(url).database}" SET idle_in_transaction_session_timeout = 200')
-            )
-    finally:
-        dba.dispose()
+    _as_dba(url, f'ALTER DATABASE "{make_url(url).database}" SET idle_in_transaction_session_timeout = 200')
     world.engine.close()
     world.engine = Engine(world.config)  # sessions opened under the database's setting
     wait = _dry_run_session(url)
@@ -545,20 +542,12 @@ def test_a_database_error_the_store_does_not_know_carries_no_persons_data(world:
     parameters hidden from error texts; the statement and the database's own words stay."""
     url = world.config.store_url()
     assert world.run("ad-full").status == "success"  # the tables exist
-    dba = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with dba.connect() as conn:
-            conn.execute(
-                text(
-                    "CREATE FUNCTION audit_full() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$BEGIN RAISE EXCEPTION 'audit log is full'; END$$"
-                )
-            )
-            conn.execute(
-                text("CREATE TRIGGER audit AFTER UPDATE ON cs_object FOR EACH ROW EXECUTE FUNCTION audit_full()")
-            )
-    finally:
-        dba.dispose()
+    _as_dba(
+        url,
+        "CREATE FUNCTION audit_full() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'audit log is full'; "
+        "END$$",
+        "CREATE TRIGGER audit AFTER UPDATE ON cs_object FOR EACH ROW EXECUTE FUNCTION audit_full()",
+    )
     world.ad["objects"]["u02"]["displayName"] = "Private Person"
     result = world.run("ad-full")
     step = result.steps[0]
