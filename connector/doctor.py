@@ -116,6 +116,22 @@ def check_writable(store: SqlStore) -> Finding:
     return Finding("store", "writable", "ok", f"{store.path} and its folder are writable")
 
 
+def check_connections(store: SqlStore) -> Finding | None:
+    """Whether the connection limits of a PostgreSQL store's role and database leave a run the connections it
+    holds: below them every run stops at its first synchronization step, and every other check passes."""
+    if store.path is not None or store.dialect != "postgresql":
+        return None
+    problem = store.connection_problem()
+    if problem:
+        return Finding("store", "connections", "error", problem)
+    return Finding(
+        "store",
+        "connections",
+        "ok",
+        "neither this role's nor the database's CONNECTION LIMIT is below the four connections a run holds at once",
+    )
+
+
 def check_location(store: SqlStore) -> Finding | None:
     """A SQLite store on a share or an NFS mount: it works until a lost lock corrupts it (a warning)."""
     risk = store.network_warning()
@@ -432,9 +448,9 @@ def run_doctor(config: MvsyncConfig, *, store: bool = True, connect: bool = True
             return report
         try:
             report.add(check_writable(opened))
-            location = check_location(opened)
-            if location is not None:
-                report.add(location)
+            for optional in (check_connections(opened), check_location(opened)):
+                if optional is not None:
+                    report.add(optional)
             for finding in check_store(opened):
                 report.add(finding)
         except (StoreVersionError, StoreError) as exc:

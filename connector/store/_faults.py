@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_STORE_CONFIG",
     "EXIT_STORE_LOCKED",
     "EXIT_STORE_STOPPED",
+    "RUN_CONNECTIONS",
     "DamagedDocumentError",
     "LockHeldError",
     "StoreBusyError",
@@ -235,6 +236,8 @@ _RUN_SESSIONS = (
     "a run holds up to four connections at once (a session for each of its locks: the run's, the agent's and, "
     "while it synchronizes, the metaverse's; and one for its work)"
 )
+#: The number :data:`_RUN_SESSIONS` says ("four"): a connection limit below it stops every run (``mvsync doctor``).
+RUN_CONNECTIONS = 4
 
 #: What to do about a PostgreSQL connection the server or libpq refused, by a phrase of libpq's (or the
 #: server's) message, which carries no SQLSTATE on a failed connection. The message says which host,

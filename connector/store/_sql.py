@@ -31,6 +31,7 @@ from connector.logging import REDACTED, mask_url
 from connector.store._faults import (
     EXIT_STORE_CONFIG,
     RESTORE_HINT,
+    RUN_CONNECTIONS,
     LockHeldError,
     StoreBusyError,
     StoreCorruptError,
@@ -362,6 +363,41 @@ class SqlStore:
                 "UPDATE and DELETE on mvsync's tables"
             )
         return None
+
+    def connection_problem(self) -> str | None:
+        """Why every run on this PostgreSQL store would stop short of connections; None when none would.
+
+        A role's or a database's ``CONNECTION LIMIT`` below the connections a run holds at once
+        (:data:`RUN_CONNECTIONS`) lets both imports of a run through and stops it at its first
+        synchronization step, every time; the limits hold no superuser back.
+        """
+        if self.dialect != "postgresql":
+            return None
+        with self.read() as conn:
+            superuser, role_limit, database_limit = conn.execute(
+                text(
+                    "SELECT r.rolsuper, r.rolconnlimit, d.datconnlimit FROM pg_roles r, pg_database d "
+                    "WHERE r.rolname = current_user AND d.datname = current_database()"
+                )
+            ).one()
+            conn.rollback()
+        short = [
+            (what, limit, alter)
+            for what, limit, alter in (
+                ("this role may open", role_limit, "ALTER ROLE NAME"),
+                ("the database may take", database_limit, "ALTER DATABASE NAME"),
+            )
+            if 0 <= limit < RUN_CONNECTIONS
+        ]
+        if superuser or not short:
+            return None
+        what, limit, alter = short[0]
+        return (
+            f"{what} {limit} connections (its CONNECTION LIMIT) to the store {self.where}, fewer than the four a "
+            "run holds at once (a session for each of its locks and one for its work): every run stops at its first "
+            f"synchronization step; raise it ({alter} CONNECTION LIMIT N, at least four more than its other sessions "
+            "use)"
+        )
 
     @functools.cached_property
     def network_location(self) -> str | None:

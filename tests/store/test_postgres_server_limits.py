@@ -339,3 +339,44 @@ def test_a_role_that_may_not_upgrade_the_schema_is_told_to_upgrade_it_as_the_tab
         store.close()
     code, out, err = _cli(config, "run", "cycle")
     assert code == 0, (out, err)
+
+
+def _connections_finding(tmp_path: Path, url: URL) -> Any:
+    """``mvsync doctor``'s ``connections`` finding on the store ``url`` (None: there is none)."""
+    from connector.config import load_config
+    from connector.doctor import run_doctor
+
+    config = load_config(_config(tmp_path, url))
+    found = [f for f in run_doctor(config, connect=False).findings if f.check == "connections"]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize(
+    ("statement", "severity", "said"),
+    [
+        ("ALTER ROLE {role} CONNECTION LIMIT 3", "error", "this role may open 3 connections (its CONNECTION LIMIT)"),
+        ('ALTER DATABASE "{database}" CONNECTION LIMIT 2', "error", "may take 2 connections (its CONNECTION LIMIT)"),
+        ("ALTER ROLE {role} CONNECTION LIMIT 4", "ok", "neither this role's nor the database's CONNECTION LIMIT"),
+    ],
+    ids=["role-3", "database-2", "role-4"],
+)
+def test_doctor_finds_a_connection_limit_below_what_a_run_holds(
+    tmp_path: Path, postgres_db: Callable[[], str], statement: str, severity: str, said: str
+) -> None:
+    """Found: `mvsync doctor` found nothing wrong with a role (or a database) whose CONNECTION LIMIT is
+    below the four connections a run holds at once, though every run of it stops at its first
+    synchronization step (see the test above); it now says so, with the limit and what to change."""
+    admin_url = make_url(postgres_db())
+    database = str(admin_url.database)
+    role, password = _role(
+        admin_url,
+        f'ALTER DATABASE "{database}" OWNER TO {{role}}',
+        statement.replace('"{database}"', f'"{database}"'),
+    )
+    url = admin_url.set(username=role, password=password)
+    SqlStore(url.render_as_string(hide_password=False)).close()  # the role created the store
+    found = _connections_finding(tmp_path, url)
+    assert found is not None and found.severity == severity, found
+    assert said in found.message and password not in found.message
+    if severity == "error":
+        assert "fewer than the four a run holds at once" in found.message and "CONNECTION LIMIT N" in found.message
