@@ -118,7 +118,7 @@ def check_writable(store: SqlStore) -> Finding:
 
 def check_connections(store: SqlStore) -> Finding | None:
     """Whether the connection limits of a PostgreSQL store's role and database leave a run the connections it
-    holds: below them every run stops at its first synchronization step, and every other check passes."""
+    holds: below them every run stops by its first synchronization step, and every other check passes."""
     if store.path is not None or store.dialect != "postgresql":
         return None
     problem = store.connection_problem()

@@ -368,8 +368,8 @@ class SqlStore:
         """Why every run on this PostgreSQL store would stop short of connections; None when none would.
 
         A role's or a database's ``CONNECTION LIMIT`` below the connections a run holds at once
-        (:data:`RUN_CONNECTIONS`) lets both imports of a run through and stops it at its first
-        synchronization step, every time; the limits hold no superuser back.
+        (:data:`RUN_CONNECTIONS`) stops every run by its first synchronization step, which holds the
+        most; the limits hold no superuser back.
         """
         if self.dialect != "postgresql":
             return None
@@ -394,7 +394,7 @@ class SqlStore:
         what, limit, alter = short[0]
         return (
             f"{what} {limit} connections (its CONNECTION LIMIT) to the store {self.where}, fewer than the four a "
-            "run holds at once (a session for each of its locks and one for its work): every run stops at its first "
+            "run holds at once (a session for each of its locks and one for its work): every run stops by its first "
             f"synchronization step; raise it ({alter} CONNECTION LIMIT N, at least four more than its other sessions "
             "use)"
         )
