@@ -221,16 +221,33 @@ def _postgresql_setup(engine: Engine) -> None:
     """Each session waits at most ``BUSY_TIMEOUT_S`` for a table lock (a plain ``SET``, which poolers
     pass), unless a ``lock_timeout`` was chosen for it: by the DBA for the role or the database
     (``ALTER ROLE ... SET lock_timeout``) or in ``store.url`` (``options=-c lock_timeout=MS``). The
-    server's default, 0, waits for ever: that is the one replaced."""
+    server's default, 0, waits for ever: that is the one replaced (see :func:`_lock_wait_ms`)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         with dbapi_conn.cursor() as cur:
-            cur.execute("SELECT current_setting('lock_timeout') = '0'")
+            cur.execute(
+                "SELECT current_setting('lock_timeout')::interval = interval '0', "
+                "extract(epoch FROM current_setting('statement_timeout')::interval) * 1000"
+            )
             row = cur.fetchone()
             if row is not None and row[0]:
-                cur.execute(f"SET lock_timeout = {_busy_ms()}")
+                cur.execute(f"SET lock_timeout = {_lock_wait_ms(float(row[1]))}")
         dbapi_conn.commit()  # outside any transaction the run opens: a rollback must not undo it
+
+
+def _lock_wait_ms(statement_timeout_ms: float) -> int:
+    """How long a session waits for a lock where none chose it: ``BUSY_TIMEOUT_S``, or 90 % of a shorter
+    ``statement_timeout`` (0: none).
+
+    Why: the statement timeout a DBA set for the role or the database ended a lock wait first, as a
+    canceled statement (exit 4) without a word of who held the lock, where a lock held too long is
+    exit 5 (stopped-locked) naming the sessions that held it.
+    """
+    busy = _busy_ms()
+    if 0 < statement_timeout_ms <= busy:
+        return max(1, int(statement_timeout_ms * 0.9))
+    return busy
 
 
 class SqlStore:

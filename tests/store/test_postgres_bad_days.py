@@ -222,9 +222,15 @@ def test_a_row_lock_a_forgotten_transaction_keeps_is_named_with_who_holds_it(
     its pid shows nothing. The message now names the sessions that hold locks on mvsync's tables in a
     transaction older than the wait: pid, user, application, client address, state and since when."""
     monkeypatch.setattr(sql_store, "BUSY_TIMEOUT_S", 1.0)  # read by each new session: 30 s in real runs
-    url = world.config.store_url()
     world.engine.close()
     world.engine = Engine(world.config)
+    _assert_blocked_by_a_forgotten_transaction(world)
+
+
+def _assert_blocked_by_a_forgotten_transaction(world: World) -> None:
+    """A run blocked by a row of cs_object updated by hand in psql, no COMMIT, stops as busy naming that
+    session; the next run goes on once the transaction ended."""
+    url = world.config.store_url()
     assert world.run("ad-full").status == "success"
     holder = create_engine(url, connect_args={"application_name": "psql"})
     conn = holder.connect()
@@ -244,6 +250,20 @@ def test_a_row_lock_a_forgotten_transaction_keeps_is_named_with_who_holds_it(
     assert "on cs_object" in message and "pg_terminate_backend" in message and "\n" not in message
     assert message.count("held by") == 1  # once, although the store's fault blocks nest
     assert world.run("ad-full").status == "success"  # the next run goes on once the transaction ended
+
+
+def test_a_lock_wait_under_a_shorter_statement_timeout_stops_as_busy_naming_who_holds_it(world: World) -> None:
+    """Found: where the DBA set a statement_timeout for mvsync's role or database (here 2 s) below the
+    lock timeout (30 s), a run blocked by a forgotten transaction's row lock was canceled by the
+    statement timeout first: exit 4, "canceled a statement ... statement timeout", with no word of who
+    held the lock, where the README gives a lock held too long exit 5 (stopped-locked) and the holder.
+    Where no lock_timeout was chosen, a session now waits for a lock at most 90 % of a shorter
+    statement_timeout, so a lock wait ends as busy, naming who held it."""
+    url = world.config.store_url()
+    _as_dba(url, f"ALTER DATABASE \"{make_url(url).database}\" SET statement_timeout = '2s'")
+    world.engine.close()
+    world.engine = Engine(world.config)  # sessions opened under the database's setting
+    _assert_blocked_by_a_forgotten_transaction(world)
 
 
 def test_a_vacuum_holding_the_table_only_defers_the_statistics_refresh(world: World) -> None:
