@@ -325,6 +325,9 @@ def test_a_statement_the_server_cancels_is_a_503_naming_the_cancel_and_statement
     dba = create_engine(url, isolation_level="AUTOCOMMIT")
     with dba.connect() as conn:
         conn.execute(text(f'ALTER DATABASE "{make_url(url).database}" SET statement_timeout = 1000'))
+        # a lock_timeout the DBA chose is kept, so the statement timeout ends the lock wait (with none
+        # chosen the wait would end at 90 % of it, as busy)
+        conn.execute(text(f"ALTER DATABASE \"{make_url(url).database}\" SET lock_timeout = '60s'"))
     dba.dispose()
     store = SqlStore(url, create=False)  # its sessions start with the database's statement_timeout
     holder = create_engine(url)
