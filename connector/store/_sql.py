@@ -914,6 +914,50 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
     if size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
         msg = f"the store {path} is empty (0 bytes): it was truncated (a full disk, a failed copy); {RESTORE_HINT}"
         raise StoreCorruptError(msg)
+    _refuse_foreign_database(path)
+
+
+def _refuse_foreign_database(path: Path) -> None:
+    """Refuse a SQLite file that holds another database's tables and no mvsync store.
+
+    Why: SQLite reads a ``-wal`` file beside the store as part of it, whosever it is (another
+    database's, or one kept through a restore), and it can also be store.url that names another
+    application's file. A run then found no mvsync store, created one among the other tables and ran
+    as a first run: history and connector spaces gone without a word, and the file overwritten with
+    the foreign log when it closed. The tables are read on a read-only connection, which never folds
+    the ``-wal`` into the file when it closes, so moving that ``-wal`` aside gives the store back.
+    A file that cannot be read here is left to the store's own open to name.
+    """
+    tables = _tables_read_only(path)
+    if not tables or "store_meta" in tables:
+        return
+    wal = path.with_name(path.name + "-wal")
+    beside = f"the {wal.name} beside it (SQLite reads it as part of the file)" if wal.exists() else "a -wal file"
+    msg = (
+        f"{path} holds no mvsync store but another database's tables ({', '.join(tables[:5])}): store.url "
+        f"names another application's database, or {beside} is not this store's (one left from before a "
+        f"restore, or copied in with another file); check store.url, or move {wal.name} aside (keep it until "
+        "you know whose it is) and run again; nothing was written"
+    )
+    raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
+
+
+def _tables_read_only(path: Path) -> list[str]:
+    """The names of the tables in the SQLite database at ``path``, read without writing it ([] if unreadable)."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+    except (sqlite3.Error, OSError, ValueError):
+        return []
+    try:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "ORDER BY name"
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    return [str(row[0]) for row in rows]
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -857,6 +857,59 @@ def test_a_sqlite_file_that_is_no_mvsync_store_is_named_for_read_only_commands(t
     assert code == 2 and f"{other} holds no mvsync store" in err and "store.url" in err
 
 
+def _wal_of_another_database(tmp_path: Path) -> bytes:
+    """The bytes of a ``-wal`` file another SQLite database left (its tables only in the log)."""
+    other = tmp_path / "elsewhere" / "app.db"
+    other.parent.mkdir()
+    conn = sqlite3.connect(other, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # keep everything in the log
+        conn.execute("CREATE TABLE inventory (item TEXT)")
+        conn.execute("INSERT INTO inventory VALUES ('printer')")
+        return other.with_name("app.db-wal").read_bytes()
+    finally:
+        conn.close()
+
+
+def _mvsync(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process: nothing of this process keeps the store open meanwhile."""
+    return subprocess.run([*mvsync_command(), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_wal_file_of_another_database_beside_the_store_is_refused_and_the_store_kept(tmp_path: Path) -> None:
+    """Found: a ``-wal`` left beside the store that is not its own (from another database, or kept
+    through a restore) is read by SQLite as part of the file: the run then found no mvsync store in it,
+    created a new one there and ran as a first run (exit 0), its history and connector spaces gone
+    without a word, and the file overwritten when it closed. Now every command refuses such a file
+    (exit 2), names it, its tables and the -wal, and leaves the file as it was: with the -wal moved
+    aside the store is all there."""
+    from connector.config import load_config
+
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(5))
+    engine = Engine(load_config(config))
+    try:
+        engine.run_profile("cycle")
+    finally:
+        engine.close()
+    db = _store(config)
+    wal = db.with_name(db.name + "-wal")
+    assert not wal.exists()  # the store was closed: its log folded in, as after any run
+    before = db.read_bytes()
+    wal.write_bytes(_wal_of_another_database(tmp_path))
+    done = _mvsync("run", "cycle", "-c", str(config))  # a process that opens the store first, as at 03:00
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{db} holds no mvsync store but another database's tables (inventory)" in done.stderr
+    assert f"or the {wal.name} beside it" in done.stderr and "store.url" in done.stderr
+    code, _, err = invoke("history", "list", "-c", str(config))
+    assert code == 2 and "another database's tables (inventory)" in err
+    assert db.read_bytes() == before  # not rewritten by a checkpoint of the foreign log
+    wal.replace(tmp_path / "not-this-stores.wal")
+    code, out, err = invoke("history", "list", "-c", str(config), "--json")
+    assert code == 0 and [r["profile"] for r in json.loads(out)] == ["cycle"], err
+
+
 def _until_opened(path: Path, child: subprocess.Popen[str], timeout: float = 120.0) -> None:
     """Return once something opens ``path`` (Linux's inotify: a lock tried by polling keeps no file open
     to be seen in /proc), or once ``child`` has exited."""
