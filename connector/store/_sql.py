@@ -303,12 +303,35 @@ class SqlStore:
         self._inserted: dict[str, int] = {}
         self._counted: dict[str, int] = {}
         with self._opening(create=create):
-            if self.path is not None and create:
-                _check_sqlite_file(self.path, create=create)
-            if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
-                self.upgrade(check_only=not create)
+            creating = self.path is not None and create and not self.path.exists()
+            try:
+                if self.path is not None and create:
+                    _check_sqlite_file(self.path, create=create)
+                if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
+                    self.upgrade(check_only=not create)
+            except StoreError:
+                if creating:
+                    self._remove_unwritten_file()
+                raise
         #: The OS's identity of the SQLite file this store opened (see :meth:`check_same_file`).
         self._file_id = _file_identity(self.path) if self.path is not None else None
+
+    def _remove_unwritten_file(self) -> None:
+        """Remove the SQLite file this store created and could write nothing into (its first open failed).
+
+        Why: SQLite creates the file on the first connection, empty; a first run on a full disk (or one
+        its schema could not be written for another reason) left that 0-byte file behind, and once
+        space was freed every run refused it as a truncated store to restore from a backup, a store
+        that never held anything. Only a file still empty with no log beside it goes (a schema that
+        reached the ``-wal`` but not the file is kept: it is the store). Called under the opening lock.
+        """
+        assert self.path is not None
+        self.engine.dispose()  # SQLite's own handles first (Windows cannot remove an open file)
+        wal = self.path.with_name(self.path.name + "-wal")
+        with contextlib.suppress(OSError):  # never hide why the store could not be created behind this
+            if self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+                for created in _sqlite_files(self.path):
+                    created.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _opening(self, *, create: bool) -> Iterator[None]:
