@@ -951,11 +951,12 @@ def _refuse_foreign_database(path: Path) -> None:
     the ``-wal`` into the file when it closes, so moving that ``-wal`` aside gives the store back.
     A file that cannot be read here is left to the store's own open to name.
     """
+    wal = path.with_name(path.name + "-wal")
+    logged = wal.is_file() and wal.stat().st_size > 0
     tables = _tables_read_only(path)
     if not tables or "store_meta" in tables:
         return
-    wal = path.with_name(path.name + "-wal")
-    beside = f"the {wal.name} beside it (SQLite reads it as part of the file)" if wal.exists() else "a -wal file"
+    beside = f"the {wal.name} beside it (SQLite reads it as part of the file)" if logged else "a -wal file"
     msg = (
         f"{path} holds no mvsync store but another database's tables ({', '.join(tables[:5])}): store.url "
         f"names another application's database, or {beside} is not this store's (one left from before a "
@@ -966,7 +967,12 @@ def _refuse_foreign_database(path: Path) -> None:
 
 
 def _tables_read_only(path: Path) -> list[str]:
-    """The names of the tables in the SQLite database at ``path``, read without writing it ([] if unreadable)."""
+    """The names of the tables in the SQLite database at ``path``, read without writing it ([] if unreadable).
+
+    (A read-only connection to a WAL database may leave empty ``-wal`` and ``-shm`` files it cannot
+    remove: they are not removed here, another process may have just opened them; the store's own
+    connection removes them when it closes.)
+    """
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
     except (sqlite3.Error, OSError, ValueError):

@@ -849,12 +849,14 @@ def test_a_read_only_command_never_upgrades_an_older_store_and_store_upgrade_doe
 
 def test_a_sqlite_file_that_is_no_mvsync_store_is_named_for_read_only_commands(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as conn:
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # closed: no -wal beside it, which the message must not blame
         conn.execute("CREATE TABLE t (x)")
     config = tmp_path / "mvsync.toml"
     config.write_text(generated_pair(2).replace("sqlite:///store.db", f"sqlite:///{other.as_posix()}"))
     code, _, err = invoke("history", "list", "-c", str(config))
     assert code == 2 and f"{other} holds no mvsync store" in err and "store.url" in err
+    assert "or a -wal file is not this store's" in err
 
 
 def _wal_of_another_database(tmp_path: Path) -> bytes:
