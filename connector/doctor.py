@@ -34,7 +34,6 @@ when any check found an error, and the CLI's usual 2 when the configuration cann
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -105,7 +104,7 @@ def check_writable(store: SqlStore) -> Finding:
         if problem:
             return Finding("store", "writable", "error", problem)
         return Finding("store", "writable", "ok", f"{store.where} takes writes from this role on every mvsync table")
-    blocked = [p for p in (store.path, store.path.parent) if not os.access(p, os.W_OK)]
+    blocked = store.unwritable()
     if blocked:
         return Finding(
             "store",
@@ -113,7 +112,7 @@ def check_writable(store: SqlStore) -> Finding:
             "error",
             f"runs cannot write {blocked[0]}: check its permissions (ls -l, lsattr for chattr +i) and the mount",
         )
-    return Finding("store", "writable", "ok", f"{store.path} and its folder are writable")
+    return Finding("store", "writable", "ok", f"{store.path}, its folder and its -wal and -shm are writable")
 
 
 def check_connections(store: SqlStore) -> Finding | None:

@@ -474,23 +474,38 @@ class SqlStore:
             raise noted from None
 
     def _folder_note(self, fault: StoreError) -> str | None:
-        """Why a SQLite store whose file reads fine cannot be opened: its folder is not writable.
+        """Why a SQLite store whose file reads fine cannot be opened or written: its folder, or a ``-wal``
+        or ``-shm`` file beside it, is not writable for this account.
 
         SQLite writes beside a WAL database even to read it (the ``-shm`` index and the ``-wal`` log),
         so an account with read access to the file alone (an auditor's, the console's service
         account) or a read-only folder fails with "readonly database" or "unable to open", and the
-        file's own permissions look right. None when that is not the cause.
+        file's own permissions look right. A ``-wal`` or ``-shm`` left by a process of another account
+        (an admin's sqlite3, mvsync run as root) lets reads through and refuses the run's first write.
+        None when none of these is the cause.
         """
         if self.path is None or type(fault) not in (StoreReadOnlyError, StoreError):
             return None
         folder = self.path.parent
-        if not folder.is_dir() or os.access(folder, os.W_OK):
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            return (
+                f"SQLite writes beside the store even to read it ({self.path.name}-shm and {self.path.name}-wal), "
+                f"and this account may not write the folder {folder}: give it write access to that folder, or run "
+                "mvsync as the account that runs the sync"
+            )
+        side = next((p for p in self.unwritable() if p not in (self.path, folder)), None)
+        if side is None:
             return None
-        return (
-            f"SQLite writes beside the store even to read it ({self.path.name}-shm and {self.path.name}-wal), and "
-            f"this account may not write the folder {folder}: give it write access to that folder, or run mvsync "
-            "as the account that runs the sync"
-        )
+        return f"this account cannot write {side}: {_side_file_advice(side)}"
+
+    def unwritable(self) -> list[Path]:
+        """The parts of a SQLite store this account cannot write: the file, its folder, and the ``-wal``
+        and ``-shm`` files beside it where they exist (a run writes all of them). [] on PostgreSQL."""
+        if self.path is None:
+            return []
+        sides = [self.path.with_name(self.path.name + side) for side in ("-wal", "-shm")]
+        parts = [self.path, self.path.parent, *(p for p in sides if p.exists())]
+        return [p for p in parts if not os.access(p, os.W_OK)]
 
     def _lock_holders_note(self, fault: StoreError) -> str | None:
         """Who held the lock a statement waited for in vain: on PostgreSQL the sessions holding locks on
@@ -577,7 +592,8 @@ class SqlStore:
                     return
                 except sqlite3.OperationalError as exc:
                     if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-                        raise StoreError(f"cannot use the store {self.where}: {exc}") from None
+                        # as SQLAlchemy would wrap it: ``faults`` names the fault (read-only, full ...) and why
+                        raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from None
                 finally:
                     raw.execute(f"PRAGMA busy_timeout={_busy_ms()}")
         busy = database_busy(self.where, f"after waiting {max(wait_s, BUSY_GRACE_S):g} s")
@@ -987,6 +1003,18 @@ def _tables_read_only(path: Path) -> list[str]:
     finally:
         conn.close()
     return [str(row[0]) for row in rows]
+
+
+def _side_file_advice(side: Path) -> str:
+    """What to do about a ``-wal`` or ``-shm`` file beside the store that this account cannot write."""
+    advice = (
+        "another account's process left it (an admin's sqlite3, mvsync run as another user), or it is set "
+        "immutable (ls -l, lsattr for chattr +i); give the account that runs mvsync write access to it (chown or "
+        "chmod, chattr -i)"
+    )
+    if side.name.endswith("-wal"):
+        return f"{advice}; never delete a -wal file: it holds writes committed to the store"
+    return f"{advice}, or delete it while no process has the store open (SQLite makes it again)"
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -886,15 +886,7 @@ def test_a_wal_file_of_another_database_beside_the_store_is_refused_and_the_stor
     without a word, and the file overwritten when it closed. Now every command refuses such a file
     (exit 2), names it, its tables and the -wal, and leaves the file as it was: with the -wal moved
     aside the store is all there."""
-    from connector.config import load_config
-
-    config = tmp_path / "mvsync.toml"
-    config.write_text(generated_pair(5))
-    engine = Engine(load_config(config))
-    try:
-        engine.run_profile("cycle")
-    finally:
-        engine.close()
+    config = _closed_store_after_one_run(tmp_path)
     db = _store(config)
     wal = db.with_name(db.name + "-wal")
     assert not wal.exists()  # the store was closed: its log folded in, as after any run
@@ -910,6 +902,55 @@ def test_a_wal_file_of_another_database_beside_the_store_is_refused_and_the_stor
     wal.replace(tmp_path / "not-this-stores.wal")
     code, out, err = invoke("history", "list", "-c", str(config), "--json")
     assert code == 0 and [r["profile"] for r in json.loads(out)] == ["cycle"], err
+
+
+def _closed_store_after_one_run(tmp_path: Path) -> Path:
+    """A configuration whose store holds one finished run, closed as a run's process leaves it."""
+    from connector.config import load_config
+
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(5))
+    engine = Engine(load_config(config))
+    try:
+        engine.run_profile("cycle")
+    finally:
+        engine.close()
+    return config
+
+
+#: A process that writes the store and dies without closing it: its -wal and -shm stay behind.
+_KILLED_WRITER = (
+    "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+    "c.execute(\"INSERT OR REPLACE INTO store_meta VALUES ('left', 'behind')\"); c.commit(); os._exit(0)"
+)
+
+
+@pytest.mark.parametrize("side", ["-shm", "-wal"])
+def test_a_wal_or_shm_file_this_account_cannot_write_is_named_with_what_to_do(tmp_path: Path, side: str) -> None:
+    """Found: a ``-shm`` or ``-wal`` file beside the store that the account cannot write (left by a
+    process of another account, such as an admin's sqlite3 or mvsync as root; ``chattr +i``) let
+    every read through, but a run stopped with "cannot use the store ...: attempt to write a readonly
+    database" (exit 4), naming neither that file nor what to do, and ``mvsync doctor`` passed. Now the
+    run names the file and what to do, and doctor's ``writable`` check flags it."""
+    config = _closed_store_after_one_run(tmp_path)
+    db = _store(config)
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(db)], check=True, timeout=60)
+    stuck = db.with_name(db.name + side)
+    assert stuck.is_file()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(stuck)], check=False).returncode:
+        pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
+    try:
+        done = _mvsync("run", "cycle", "-c", str(config))
+        code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr
+    assert f"the store {db} is read-only" in done.stderr
+    assert f"this account cannot write {stuck}" in done.stderr and "lsattr" in done.stderr
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 6 and findings["writable"]["severity"] == "error"
+    assert str(stuck) in findings["writable"]["message"]
+    assert _mvsync("run", "cycle", "-c", str(config)).returncode == 0  # writable again, it runs
 
 
 def _until_opened(path: Path, child: subprocess.Popen[str], timeout: float = 120.0) -> None:
