@@ -39,6 +39,7 @@ __all__ = [
     "decode_text",
     "make_private_dir",
     "network_location",
+    "processes_with_open",
     "read_text",
     "restrict_to_owner",
     "windows_name_problem",
@@ -246,6 +247,32 @@ _WINDOWS_DEVICE_NAMES = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
     | {f"{port}{digit}" for port in ("COM", "LPT") for digit in "123456789\u00b9\u00b2\u00b3"}
 )
+
+
+def processes_with_open(paths: Iterable[Path], *, most: int = 5) -> list[str]:
+    """The other processes of this machine that have one of ``paths`` open, as "NAME (pid N, user U)".
+
+    Why: SQLite never says who holds its database (a lock, a read kept open), and a message that
+    names the process (an admin's sqlite3, a backup agent) says what to end. psutil reads it the
+    same way on Linux and Windows; processes this account may not inspect are passed over, so the
+    list may be short of the truth (another account's, another machine's process on a share).
+    """
+    import psutil
+
+    wanted = {os.path.normcase(os.path.realpath(p)) for p in paths}
+    found: list[str] = []
+    for proc in psutil.process_iter(["pid", "name", "username"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            opened = {os.path.normcase(f.path) for f in proc.open_files()}
+        except (psutil.Error, OSError):
+            continue
+        if opened & wanted:
+            found.append(f"{proc.info['name']} (pid {proc.pid}, user {proc.info['username'] or '?'})")
+            if len(found) >= most:
+                break
+    return found
 
 
 def windows_name_problem(name: str) -> str:

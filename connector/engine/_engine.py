@@ -319,6 +319,9 @@ class Engine:
         if risk:
             log.warning("%s", risk)
         self.store.wait_writable(wait_s, on_wait=log.warning)
+        piling = None if dry_run else self.store.wal_warning()
+        if piling:
+            log.warning("%s", piling)
         # damage a run would not read must not be written on (SQLite; daily by default: it reads the whole file)
         self.store.check_pages(every_s=self.config.store.page_check_hours * 3600.0, record=not dry_run)
         if not dry_run:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 
-from connector.files import network_location
+from connector.files import network_location, processes_with_open
 from connector.logging import REDACTED, mask_url
 from connector.store._faults import (
     EXIT_STORE_CONFIG,
@@ -72,6 +72,14 @@ BUSY_TIMEOUT_S = 30.0
 #: How long a run's start waits for the database lock before saying it waits (SQLite): enough for
 #: another mvsync run's unit of work, too short to be a backup agent or antivirus scan.
 BUSY_GRACE_S = 5.0
+#: What a SQLite store's ``-wal`` file is cut back to once its writes are folded into the store
+#: (SQLite's ``journal_size_limit``). Why: SQLite reuses the log's file rather than shrink it, so one
+#: big run (a first full import), or the runs while a read was held open, left a log that size for as
+#: long as any process had the store open (a console, a tool). Read when a connection opens.
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+#: A ``-wal`` this big at a run's start that a checkpoint cannot fold into the store is said (see
+#: ``SqlStore.wal_warning``): SQLite lets it grow without bound while another process keeps a read open.
+WAL_WARN_BYTES = 64 * 1024 * 1024
 #: How long connecting to a PostgreSQL store may take (psycopg's ``connect_timeout``). Without it a
 #: host that accepts TCP but never answers (a hung server, a firewall or proxy holding the connection)
 #: keeps every command waiting psycopg's own 130 s in silence, then ends in a traceback. A
@@ -131,6 +139,7 @@ def _sqlite_setup(engine: Engine, *, wal: bool) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={_busy_ms()}")
+        cur.execute(f"PRAGMA journal_size_limit={int(WAL_LIMIT_BYTES)}")
         cur.execute("PRAGMA cache_size=-65536")
         cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
@@ -530,6 +539,41 @@ class SqlStore:
             f"mvsync runs on record as holding this store's locks: {'; '.join(held)} (one suspended or hung in "
             "the middle of a write holds the database too: let it go on or end it; a record left by a process "
             "that was killed holds nothing)"
+        )
+
+    def wal_warning(self) -> str | None:
+        """What to say about a SQLite store whose ``-wal`` has grown because another process keeps a read
+        open on the store (None: nothing to say).
+
+        Why: SQLite folds the log into the file (a checkpoint) only up to the oldest read still open, and
+        starts the log afresh only once every write is folded in; a read held open (an sqlite3 shell
+        after ``BEGIN``, a backup or browsing tool) made every run's writes pile up in the log, in silence,
+        until the disk filled. Checked when the log is over ``WAL_WARN_BYTES``: a checkpoint that folds
+        it all in (the read ended) leaves the next write to start it afresh and cut it back
+        (``WAL_LIMIT_BYTES``); one that cannot names the processes that have the store open.
+        """
+        if self.path is None or self._dry_conn is not None:
+            return None
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            size = wal.stat().st_size
+        except OSError:
+            return None
+        if size <= WAL_WARN_BYTES:
+            return None
+        with self.faults(), self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            _busy, frames, folded = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if folded >= frames:
+            return None
+        holders = processes_with_open(_sqlite_files(self.path))
+        who = f"processes that have it open: {'; '.join(holders)}" if holders else "SQLite does not say which"
+        return (
+            f"the store's write-ahead log {wal} is {size / 1048576:.1f} MB and cannot be folded into the store: "
+            f"another process has kept a read open on the store since before the last writes ({who}); the log "
+            "grows with every run until that read ends: end it (an sqlite3 shell: COMMIT or quit; a backup or "
+            "browsing tool: close it), and the next run folds the log in and cuts it back"
         )
 
     def check_same_file(self, holder: str = "this process") -> None:
