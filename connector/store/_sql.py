@@ -519,27 +519,36 @@ class SqlStore:
     def _lock_holders_note(self, fault: StoreError) -> str | None:
         """Who held the lock a statement waited for in vain: on PostgreSQL the sessions holding locks on
         the store's tables (see :func:`table_lock_holders`), on SQLite the runs on record as holding the
-        store's locks (:meth:`_run_holders_note`); None for any other fault."""
+        store's locks (:meth:`_holders_note`); None for any other fault."""
         if not isinstance(fault, StoreBusyError):
             return None
         if self.dialect == "postgresql":
             return table_lock_holders(self.engine, sorted(metadata.tables))
-        return self._run_holders_note()
+        return self._holders_note()
 
-    def _run_holders_note(self) -> str | None:
-        """The other mvsync runs on record as holding this SQLite store's locks, if any.
+    def _holders_note(self) -> str | None:
+        """Who may hold this SQLite store's database: the processes of this machine that have it open, and
+        the other mvsync runs on record as holding the store's locks; None when none is known.
 
-        Why: SQLite does not say who holds its database. A run suspended or hung in the middle of a write
-        holds it, and a run of another agent then stopped as busy "such as a backup or antivirus scan",
-        the one holder it did not name being the likeliest one."""
-        held = self.locks.other_holders() if self.path is not None else []
-        if not held:
+        Why: SQLite does not say who holds its database. The operator was told "such as a backup or
+        antivirus scan" and had to hunt for it; the processes that have the file open (an admin's sqlite3,
+        a backup agent, a console) are who to ask. A run suspended or hung in the middle of a write holds
+        it too, and a run of another agent then stopped as busy, the one holder it did not name being the
+        likeliest one."""
+        if self.path is None:
             return None
-        return (
-            f"mvsync runs on record as holding this store's locks: {'; '.join(held)} (one suspended or hung in "
-            "the middle of a write holds the database too: let it go on or end it; a record left by a process "
-            "that was killed holds nothing)"
-        )
+        notes = []
+        opened = processes_with_open(_sqlite_files(self.path))
+        if opened:
+            notes.append(f"processes of this machine that have the store open: {'; '.join(opened)}")
+        held = self.locks.other_holders()
+        if held:
+            notes.append(
+                f"mvsync runs on record as holding this store's locks: {'; '.join(held)} (one suspended or hung in "
+                "the middle of a write holds the database too: let it go on or end it; a record left by a process "
+                "that was killed holds nothing)"
+            )
+        return "; ".join(notes) or None
 
     def wal_warning(self) -> str | None:
         """What to say about a SQLite store whose ``-wal`` has grown because another process keeps a read
@@ -641,7 +650,7 @@ class SqlStore:
                 finally:
                     raw.execute(f"PRAGMA busy_timeout={_busy_ms()}")
         busy = database_busy(self.where, f"after waiting {max(wait_s, BUSY_GRACE_S):g} s")
-        note = self._run_holders_note()
+        note = self._holders_note()
         if note:
             busy = StoreBusyError(f"{busy}; {note}")
         busy.noted = True  # said once, whatever ``faults`` block it passes

@@ -323,6 +323,34 @@ def test_a_busy_store_waits_for_wait_then_exits_5(
     assert code == 0 and len(json.loads(out)) == 1  # nothing ran, nothing pretends it did
 
 
+#: Another process (an admin's sqlite3 shell after BEGIN EXCLUSIVE) holding the store's database until its stdin closes.
+_EXCLUSIVE_HOLDER = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE'); "
+    "print('holding', flush=True); sys.stdin.read()"
+)
+
+
+def test_a_busy_store_names_the_process_that_holds_it(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found: a store held by another process stopped the run with "another process holds its database
+    lock ..., such as a backup or antivirus scan, or a tool with the file open" (exit 5): the operator
+    had to hunt for the holder (SQLite does not say). Now the message names the processes of this
+    machine that have the store open: here the one holding it, with its pid."""
+    monkeypatch.setattr(_sql, "BUSY_GRACE_S", 0.2)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _EXCLUSIVE_HOLDER, str(_store(config))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        code, _, err = invoke("run", "cycle", "-c", str(config), "--wait", "0")
+    finally:
+        holder.communicate(timeout=60)
+    assert code == 5 and f"the store {_store(config)} is busy" in err, err
+    assert "processes of this machine that have the store open:" in err and f"(pid {holder.pid}, user " in err
+
+
 def test_a_store_busy_in_the_middle_of_a_run_is_in_history_as_stopped_locked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
