@@ -137,6 +137,13 @@ def check_location(store: SqlStore) -> Finding | None:
     return Finding("store", "location", "warning", risk) if risk else None
 
 
+def check_wal(store: SqlStore) -> Finding | None:
+    """A SQLite store whose ``-wal`` grows because another process keeps a read open (a warning: runs
+    go on, the disk fills): the processes that have the store open, see ``SqlStore.wal_warning``."""
+    piling = store.wal_warning()
+    return Finding("store", "wal", "warning", piling) if piling else None
+
+
 def check_store(store: SqlStore) -> list[Finding]:
     """Integrity of the store (see the module docstring); read-only."""
     found: list[Finding] = []
@@ -447,7 +454,7 @@ def run_doctor(config: MvsyncConfig, *, store: bool = True, connect: bool = True
             return report
         try:
             report.add(check_writable(opened))
-            for optional in (check_connections(opened), check_location(opened)):
+            for optional in (check_connections(opened), check_location(opened), check_wal(opened)):
                 if optional is not None:
                     report.add(optional)
             for finding in check_store(opened):

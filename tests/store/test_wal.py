@@ -4,6 +4,7 @@ process, and once the read ends the next run folds the log in and cuts it back."
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from connector.config import load_config
 from connector.engine import Engine
 from connector.store import _sql
-from tests.cli._configs import generated_pair
+from tests.cli._configs import generated_pair, invoke
 
 #: A process that opens a read on the store and keeps it until told (one line on stdin), then keeps
 #: the store open with no read until its stdin closes: what a sqlite3 shell after BEGIN; SELECT does.
@@ -70,7 +71,8 @@ def test_a_read_held_open_on_the_store_is_named_and_the_log_is_cut_back_once_it_
     (SQLite cannot fold into the file what that read may still need): about 300 kB more each run of a small
     store here, in silence. And once the read ended, the log kept its largest size for as long as any
     process had the store open (SQLite reuses the file rather than shrink it). Now each run warns,
-    naming the log, its size and the process that has the store open, and the run after the read ended
+    naming the log, its size and the process that has the store open (so does ``mvsync doctor``), and
+    the run after the read ended
     folds the log in and starts it afresh, cut back to ``WAL_LIMIT_BYTES``."""
     monkeypatch.setattr(_sql, "WAL_WARN_BYTES", 64 * 1024)
     monkeypatch.setattr(_sql, "WAL_LIMIT_BYTES", 64 * 1024)
@@ -86,6 +88,10 @@ def test_a_read_held_open_on_the_store_is_named_and_the_log_is_cut_back_once_it_
     assert said, caplog.text
     assert f"the store's write-ahead log {wal} is" in said[0]
     assert f"pid {reader.pid}" in said[0] and "until that read ends" in said[0]
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(tmp_path / "mvsync.toml"))
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 0 and findings["wal"]["severity"] == "warning", findings  # said, not a failure
+    assert f"pid {reader.pid}" in findings["wal"]["message"]
     assert reader.stdin is not None and reader.stdout is not None
     reader.stdin.write("end the read\n")
     reader.stdin.flush()
