@@ -40,6 +40,7 @@ __all__ = [
     "make_private_dir",
     "network_location",
     "processes_with_open",
+    "read_only_mount",
     "read_text",
     "restrict_to_owner",
     "windows_name_problem",
@@ -218,11 +219,29 @@ def _windows_network_drive(*paths: PureWindowsPath) -> str | None:
     return None
 
 
-def _network_mount(path: PurePath, partitions: Iterable[Any]) -> str | None:
-    """The network mount (psutil's ``sdiskpart``: device, mountpoint, fstype, opts) that holds ``path``.
+def read_only_mount(path: Path) -> str | None:
+    """The file system holding ``path`` when it is mounted read-only, said for a message; else None.
 
-    Mount points compare in ``path``'s own flavour (a Windows drive ``Z:\\`` case-insensitively).
+    Why: a folder that cannot be written because its volume is read-only (remounted so after disk
+    errors, read-only media, a snapshot) looks like a folder this account has no rights on, and the
+    advice for that (give the account write access) cannot help. psutil reads the mount options on
+    Linux and Windows alike; unknown means writable: a check that cannot tell must not cry wolf.
     """
+    try:
+        import psutil  # imported here, as in network_location
+
+        holder = _mount_of(path.resolve(), psutil.disk_partitions(all=True))
+    except (ImportError, OSError, RuntimeError):
+        return None
+    if holder is None or "ro" not in holder.opts.split(","):
+        return None
+    return f"{holder.device} ({holder.fstype or 'a volume'}) on {holder.mountpoint}"
+
+
+def _mount_of(path: PurePath, partitions: Iterable[Any]) -> Any | None:
+    """The mount (psutil's ``sdiskpart``: device, mountpoint, fstype, opts) that holds ``path``: the
+    longest mount point above it. Mount points compare in ``path``'s own flavour (a Windows drive
+    ``Z:\\`` case-insensitively)."""
     holder = None
     for part in partitions:
         mount = type(path)(part.mountpoint)
@@ -230,6 +249,12 @@ def _network_mount(path: PurePath, partitions: Iterable[Any]) -> str | None:
             holder is None or len(part.mountpoint) > len(holder.mountpoint)
         ):
             holder = part
+    return holder
+
+
+def _network_mount(path: PurePath, partitions: Iterable[Any]) -> str | None:
+    """The network mount (psutil's ``sdiskpart``: device, mountpoint, fstype, opts) that holds ``path``."""
+    holder = _mount_of(path, partitions)
     if holder is None:
         return None
     # (psutil also marks a Windows drive letter mapped to a share "remote" in its options)

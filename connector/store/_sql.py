@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 
-from connector.files import network_location, processes_with_open
+from connector.files import network_location, processes_with_open, read_only_mount
 from connector.logging import REDACTED, mask_url
 from connector.store._faults import (
     EXIT_STORE_CONFIG,
@@ -497,6 +497,14 @@ class SqlStore:
             return None
         folder = self.path.parent
         if folder.is_dir() and not os.access(folder, os.W_OK):
+            mount = read_only_mount(folder)
+            if mount is not None:
+                return (
+                    f"the folder of the store {self.path} is on a file system mounted read-only ({mount}), and "
+                    f"SQLite writes beside the store even to read it ({self.path.name}-shm and {self.path.name}-wal): "
+                    "remount it read-write (after disk errors, check the disk first), or copy the store to a "
+                    "writable disk and point store.url at the copy"
+                )
             return (
                 f"SQLite writes beside the store even to read it ({self.path.name}-shm and {self.path.name}-wal), "
                 f"and this account may not write the folder {folder}: give it write access to that folder, or run "

@@ -1,6 +1,7 @@
-"""A SQLite store on a volume that fills up (a real tmpfs, see ``tests/harness/tiny_disk.py``): the run
-stops naming the file and saying that space is needed (exit 4), and once space is freed the next run
-goes on from what was committed; nothing is left that a later run takes for damage."""
+"""A SQLite store on a volume that fills up or turns read-only (a real tmpfs, see
+``tests/harness/tiny_disk.py``): the run stops naming the file and what is needed (space, a read-write
+mount; exit 4), and once it is given the next run goes on from what was committed; nothing is left
+that a later run takes for damage."""
 
 from __future__ import annotations
 
@@ -66,3 +67,22 @@ def test_a_disk_that_fills_during_a_run_stops_it_and_the_next_run_goes_on_once_s
         done = disk.run(*mvsync_command(), "doctor", "--no-connect", "--json", "-c", str(bigger))
         assert done.returncode == 0, done.stdout
         assert [f["check"] for f in json.loads(done.stdout)["findings"] if f["severity"] != "ok"] == []
+
+
+def test_a_store_on_a_volume_mounted_read_only_names_the_mount_not_the_accounts_rights(tmp_path: Path) -> None:
+    """Found: with the store's volume mounted read-only (a remount after disk errors, read-only media),
+    every command said "this account may not write the folder ...: give it write access to that folder,
+    or run mvsync as the account that runs the sync", sending the operator to permissions that were
+    fine. Now it names the read-only mount and says to remount it read-write."""
+    volume = tmp_path / "volume"
+    with tiny_disk(volume, size_kib=2048) as disk:
+        config = _config(tmp_path, volume, 3)
+        assert _mvsync(disk, "run", "cycle", "-c", str(config))[0] == 0
+        assert disk.run("mount", "-o", "remount,ro", str(volume)).returncode == 0
+        for args in (("history", "list"), ("run", "cycle")):
+            code, err = _mvsync(disk, *args, "-c", str(config))
+            assert code == 4 and "Traceback" not in err, err
+            assert f"the folder of the store {volume / 'store.db'} is on a file system mounted read-only" in err
+            assert f"on {volume}" in err and "remount it read-write" in err and "give it write access" not in err
+        assert disk.run("mount", "-o", "remount,rw", str(volume)).returncode == 0
+        assert _mvsync(disk, "run", "cycle", "-c", str(config))[0] == 0
