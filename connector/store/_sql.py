@@ -916,7 +916,7 @@ class SqlStore:
                     copy.close()
             partial.replace(target)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the backup {target}: {exc}") from None
+            raise StoreError(self._backup_failed(target, exc)) from None
         except OSError as exc:
             raise StoreError(f"cannot write the backup {target}: {exc.strerror}") from None
         finally:
@@ -924,6 +924,23 @@ class SqlStore:
                 with contextlib.suppress(OSError):  # never hide why the backup failed behind its cleanup
                     leftover.unlink(missing_ok=True)
         return target.stat().st_size
+
+    def _backup_failed(self, target: Path, exc: sqlite3.Error) -> str:
+        """Why the copy to ``target`` failed, and what to do when it is the volume that is full.
+
+        Why: SQLite says "database or disk is full", which names neither the volume nor the room the
+        copy needs; the store's size is that room (the copy holds every page of it)."""
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
+            return f"cannot write the backup {target}: {exc}"
+        assert self.path is not None
+        try:
+            needed = f"about {self.path.stat().st_size / 1048576:.1f} MB (the store's size)"
+        except OSError:
+            needed = "as much room as the store takes"
+        return (
+            f"cannot write the backup {target}: its volume is full ({exc}); the copy needs {needed}: free space "
+            "there, or choose another volume; nothing was written"
+        )
 
     def _refuse_damaged_copy(self, copy: sqlite3.Connection, target: Path) -> None:
         """Raise :class:`StoreCorruptError` if the copy fails SQLite's ``quick_check``.

@@ -86,3 +86,21 @@ def test_a_store_on_a_volume_mounted_read_only_names_the_mount_not_the_accounts_
             assert f"on {volume}" in err and "remount it read-write" in err and "give it write access" not in err
         assert disk.run("mount", "-o", "remount,rw", str(volume)).returncode == 0
         assert _mvsync(disk, "run", "cycle", "-c", str(config))[0] == 0
+
+
+def test_a_backup_onto_a_full_volume_says_how_much_room_it_needs_and_leaves_nothing(tmp_path: Path) -> None:
+    """Found: `mvsync store backup` onto a volume without room for the copy stopped with "cannot write the
+    backup PATH: database or disk is full" (exit 4): SQLite's words, not what to do. Now it says the
+    volume is full and how much room the copy needs (the store's size), and leaves no partial file."""
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(300).replace("photo_bytes = 16", "photo_bytes = 2000"))
+    volume = tmp_path / "volume"
+    with tiny_disk(volume, size_kib=256) as disk:
+        assert _mvsync(disk, "run", "cycle", "-c", str(config))[0] == 0  # the store is beside the configuration
+        size_mb = (tmp_path / "store.db").stat().st_size / 1048576
+        code, err = _mvsync(disk, "store", "backup", str(volume / "backup.db"), "-c", str(config))
+        assert code == 4 and "Traceback" not in err, err
+        assert f"cannot write the backup {volume / 'backup.db'}: its volume is full" in err, err
+        assert f"needs about {size_mb:.1f} MB (the store's size)" in err
+        assert "free space there, or choose another volume" in err
+        assert disk.sizes() == {}  # no partial copy, no -wal or -shm of one
