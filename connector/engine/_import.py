@@ -10,10 +10,17 @@ The watermark is saved only when the step closes normally.
 A full import resumes: each page's ``checkpoint`` (when the connector gives one) is saved with the
 page, in the same transaction, so a full import stopped by a crash, Ctrl-C, a reboot or
 ``stopped-throttled`` starts its next run from its last committed page instead of from scratch.
-The objects the interrupted step already saw are adopted by the new step (their ``seen_step``
-moves to it), so the deletion rule at the end judges the whole listing, not only its second half.
+The objects the interrupted step already saw are adopted by the new step at its end (their
+``seen_step`` moves to it), so the deletion rule judges the whole listing, not only its second half.
 The next import step of the agent consumes the checkpoint: a full import resumes from it, a delta
 import discards it (the delta's own changes would otherwise confuse that rule).
+
+What the step met is kept in the connector space, not in memory: each object it stages carries its
+``seen_step``, which both the deletion rule and the duplicate check (an anchor met twice) read. So a
+full import's memory does not grow with the directory; only the anchors it met without staging them
+(refused entries, deletes that leave no object) are held, as many as its errors and such deletes.
+Adopting at the end, not the start, keeps the objects the interrupted step committed apart from those
+this one met: a connector that resumes a little before its last committed page lists some again.
 """
 
 from __future__ import annotations
@@ -123,7 +130,10 @@ class _PageApplier:
         self.ctx = ctx
         self.schema = schema
         self.full = full
-        self.seen: set[str] = set()
+        #: Anchors met without staging them (refused entries, deletes that leave no object): the
+        #: connector space cannot say this step met them. Every other anchor met is in the connector
+        #: space with this step's ``seen_step`` (see the module's docstring).
+        self.unstaged: set[str] = set()
         self.entries_seen = 0
         self.unknown_attributes: set[tuple[str, str]] = set()
 
@@ -192,24 +202,30 @@ class _PageApplier:
 
     def apply(self, conn: StoreConnection, entries: list[CSEntryChange]) -> None:
         """One page: validate, compare with the connector space, stage pending imports, write."""
-        valid = self._triage(entries)
-        existing = self._existing(conn, [e.anchor for e, _ in valid])
+        existing = self._existing(conn, list(dict.fromkeys(str(e.anchor) for e in entries if e.anchor)))
+        valid, refused = self._triage(entries, existing)
         writes = _Writes()
         for entry, object_class in valid:
             self._stage(entry, object_class, existing.get(entry.anchor), writes)
         self._write(conn, writes)
-        # seen-but-failed objects keep their place (a full import must not delete them)
-        valid_anchors = {e.anchor for e, _ in valid}
-        page_anchors = [str(e.anchor) for e in entries if e.anchor]
-        failed_seen = [a for a in page_anchors if a in self.seen and a not in valid_anchors]
-        if self.full and failed_seen:
-            ConnectorSpace(conn).mark_seen(self.ctx.agent, failed_seen, self.ctx.step_id)
+        if self.full and refused:  # seen-but-failed objects keep their place (a full import must not delete them)
+            ConnectorSpace(conn).mark_seen(self.ctx.agent, refused, self.ctx.step_id)
         self.ctx.flush_errors(conn)
 
-    def _triage(self, entries: list[CSEntryChange]) -> list[tuple[CSEntryChange, str]]:
-        """The entries to stage, with their object class; the others become per-object errors."""
+    def _met(self, anchor: str, page_met: set[str], row: ImportRow | None) -> bool:
+        """Whether this step met ``anchor`` before: on this page (``page_met``), refused or deleted
+        without an object left (``unstaged``), or staged on an earlier page (the row's ``seen_step``)."""
+        return anchor in page_met or anchor in self.unstaged or (row is not None and row.seen_step == self.ctx.step_id)
+
+    def _triage(
+        self, entries: list[CSEntryChange], existing: dict[str, ImportRow]
+    ) -> tuple[list[tuple[CSEntryChange, str]], list[str]]:
+        """The entries to stage, with their object class, and the anchors refused; the others become
+        per-object errors (``existing``: the connector-space rows of the page's anchors)."""
         ctx = self.ctx
         valid: list[tuple[CSEntryChange, str]] = []
+        refused: list[str] = []
+        page_met: set[str] = set()
         for entry in entries:
             self.entries_seen += 1
             anchor = str(entry.anchor)
@@ -227,12 +243,15 @@ class _PageApplier:
                 checked = self._validate(entry)
             if isinstance(checked, ObjectError):
                 if anchor:
-                    self.seen.add(anchor)
+                    self.unstaged.add(anchor)
+                    refused.append(anchor)
                 checked.display = checked.display or _entry_display(entry)
                 ctx.error(checked)
                 ctx.result.counters["import_errors"] += 1
                 continue
-            if anchor in self.seen and entry.modification != ObjectModificationType.DELETE:
+            if entry.modification != ObjectModificationType.DELETE and self._met(
+                anchor, page_met, existing.get(anchor)
+            ):
                 ctx.error(
                     ObjectError(
                         "import",
@@ -244,9 +263,9 @@ class _PageApplier:
                     )
                 )
                 continue
-            self.seen.add(anchor)
+            page_met.add(anchor)
             valid.append((entry, checked[0]))
-        return valid
+        return valid, refused
 
     def _existing(self, conn: StoreConnection, anchors: list[str]) -> dict[str, ImportRow]:
         """The connector-space rows of ``anchors`` (keyed by anchor)."""
@@ -367,12 +386,14 @@ class _PageApplier:
             base = hologram
         new_state = self._new_state(entry, object_class, base, writes.blobs.__setitem__)
         if isinstance(new_state, ObjectError):
+            self.unstaged.add(entry.anchor)
             ctx.error(new_state)
             return
         confirmation = self._confirm(entry, object_class, row, base, new_state)
         now = time.time()
         if row is None:
             if new_state is None:
+                self.unstaged.add(entry.anchor)  # a delete of what the connector space does not hold
                 return
             counters["adds"] += 1
             writes.inserts.append(
@@ -392,6 +413,7 @@ class _PageApplier:
             return
         if new_state is None and hologram is None:
             writes.removals.append(row.id)  # an add never synchronized, now gone
+            self.unstaged.add(entry.anchor)
             counters["deletes"] += 1
             return
         pending_type, pending = _pending(new_state, hologram)
@@ -477,11 +499,25 @@ class _Checkpoint:
     checkpoint: str
     pages: int
     entries: int
+    #: The earlier interrupted steps it resumed, whose objects it had not adopted yet (adoption waits
+    #: for the step's end: see the module's docstring), oldest first.
+    resumed: tuple[int, ...] = ()
 
     def dumps(self) -> str:
         return json.dumps(
-            {"step_id": self.step_id, "checkpoint": self.checkpoint, "pages": self.pages, "entries": self.entries}
+            {
+                "step_id": self.step_id,
+                "checkpoint": self.checkpoint,
+                "pages": self.pages,
+                "entries": self.entries,
+                "resumed": list(self.resumed),
+            }
         )
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """Every step whose objects a step resuming this checkpoint adopts."""
+        return (*self.resumed, self.step_id)
 
     @classmethod
     def loads(cls, text: str | None) -> _Checkpoint | None:
@@ -489,8 +525,9 @@ class _Checkpoint:
             return None
         try:
             data = json.loads(text)
-            return cls(int(data["step_id"]), str(data["checkpoint"]), int(data["pages"]), int(data["entries"]))
-        except (ValueError, KeyError, TypeError):
+            resumed = tuple(int(step) for step in data.get("resumed", ()))
+            return cls(int(data["step_id"]), str(data["checkpoint"]), int(data["pages"]), int(data["entries"]), resumed)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
 
@@ -513,9 +550,8 @@ def _take_checkpoint(conn: StoreConnection, ctx: StepContext, full: bool) -> _Ch
 
 
 def _adopt(conn: StoreConnection, ctx: StepContext, resumed: _Checkpoint) -> None:
-    """The resumed step's objects (and the state it wrote) count as seen by this one: the deletion
-    rule at the end, and the forgetting of state nobody wrote, need the whole listing."""
-    ConnectorSpace(conn).adopt_seen(ctx.agent, resumed.step_id, ctx.step_id)
+    """The state the resumed step wrote counts as written by this one: the forgetting of state nobody
+    wrote needs the whole listing. (Its objects are adopted at the end: ``_adopt_seen``.)"""
     AgentStateRepository(ctx.agent).adopt(conn, resumed.step_id, ctx.step_id)
     counters = ctx.result.counters
     counters["resumed_from_step"] = resumed.step_id
@@ -646,6 +682,7 @@ def _commit_page(
                 page.checkpoint,
                 number + (resume.pages if resume else 0),
                 applier.entries_seen + (resume.entries if resume else 0),
+                resume.steps if resume else (),
             )
             repo.save(conn, import_checkpoint=done.dumps())
         # what the step got done, kept with the work itself: a process killed before the step's
@@ -664,8 +701,8 @@ def _page_counters(counters: Counter[str], page: Page, number: int) -> Counter[s
 
 def _import_pages(
     ctx: StepContext, connector: Connector[Any], applier: _PageApplier, full: bool, watermark: str | None
-) -> tuple[int, str | None, int]:
-    """Commit pages until the connector has no more; returns (pages, new watermark, entries resumed)."""
+) -> tuple[int, str | None, _Checkpoint | None]:
+    """Commit pages until the connector has no more; returns (pages, new watermark, the checkpoint resumed)."""
     with ctx.store.transaction() as conn:
         resume = _take_checkpoint(conn, ctx, full)
     page_size = min(ctx.step.page_size, connector.capabilities.max_page_size)
@@ -698,7 +735,7 @@ def _import_pages(
                 break
     finally:
         close_pages(pages)
-    return number, new_watermark, resume.entries if resume is not None else 0
+    return number, new_watermark, resume
 
 
 def _over_deletion_threshold(ctx: StepContext, conn: StoreConnection) -> StepStopped | None:
@@ -743,6 +780,15 @@ def _over_deletion_threshold(ctx: StepContext, conn: StoreConnection) -> StepSto
     return StepStopped("stopped-deletion-threshold", msg, report)
 
 
+def _adopt_seen(conn: StoreConnection, ctx: StepContext, resumed: _Checkpoint) -> None:
+    """The objects the resumed steps saw count as seen by this one, before the deletion rule judges
+    the listing. Why at the end: until then, ``seen_step`` tells what this step met (its duplicate
+    check) from what they met, which a connector resuming before its last committed page lists again."""
+    space = ConnectorSpace(conn)
+    for step_id in resumed.steps:
+        space.adopt_seen(ctx.agent, step_id, ctx.step_id)
+
+
 def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
     """Run one full or delta import step to its end (or raise ``StepStopped``)."""
     if not full and not connector.capabilities.delta_import:
@@ -757,10 +803,13 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
         watermark = None if full else load_watermark(conn, ctx.agent)
     applier = _PageApplier(ctx, schema, full)
     ctx.progress.start(f"{ctx.agent}: {'full' if full else 'delta'} import")
-    page_number, new_watermark, resumed_entries = _import_pages(ctx, connector, applier, full, watermark)
+    page_number, new_watermark, resumed = _import_pages(ctx, connector, applier, full, watermark)
+    resumed_entries = resumed.entries if resumed is not None else 0
 
     ctx.result.counters["pages"] = page_number
     with ctx.store.transaction() as conn:
+        if resumed is not None:
+            _adopt_seen(conn, ctx, resumed)
         stopped = _over_deletion_threshold(ctx, conn) if full else None
         if stopped is not None:  # the listing is complete: the next full import starts over, not resumes
             AgentStateRepository(ctx.agent).save(conn, import_checkpoint=None)

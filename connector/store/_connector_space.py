@@ -248,6 +248,8 @@ class ImportRow(NamedTuple):
     renderings: str | None
     dn: str | None
     import_error: str | None
+    #: The import step that last saw the object (an anchor met twice in one step is a duplicate).
+    seen_step: int | None
 
 
 def _unseen(agent: str, step_id: int) -> ColumnElement[bool]:

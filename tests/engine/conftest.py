@@ -133,6 +133,21 @@ def reconfigure(world: World, change: Callable[[dict[str, Any]], None]) -> None:
     world.engine = Engine(world.config)
 
 
+def with_profiles(world: World, tmp_path: Path, profiles: dict[str, Any]) -> Engine:
+    """The world's engine, rebuilt on the same store with ``profiles`` as its run profiles."""
+    config = make_config(tmp_path, world.prefix, world.config.store_url(), run_profiles=profiles)
+    world.engine.close()
+    world.engine = Engine(config)
+    return world.engine
+
+
+def numbered_ad_users(world: World, n: int, digits: int = 2) -> None:
+    """``n`` AD users ``u00``, ``u01``... (``digits`` wide, so they sort in number order)."""
+    for i in range(n):
+        name = f"u{i:0{digits}d}"
+        world.ad["objects"][name] = {"accountName": name, "displayName": f"User {i}"}
+
+
 def add_users(world: World, n: int, *, photos: bool = True) -> None:
     for i in range(n):
         account = f"user{i:03d}"

@@ -12,10 +12,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from connector.engine import Engine
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
-from tests.engine.conftest import World, make_config
+from tests.engine.conftest import World, numbered_ad_users, with_profiles
 from tests.engine.memory import directory
 
 PROFILES = {
@@ -26,18 +25,6 @@ PROFILES = {
     "ad-delta": {"steps": [{"type": "delta-import", "agent": "ad", "page_size": 5}]},
     "ad-sync": {"steps": [{"type": "full-sync", "agent": "ad"}]},
 }
-
-
-def _engine(world: World, tmp_path: Path) -> Engine:
-    config = make_config(tmp_path, world.prefix, world.config.store_url(), run_profiles=PROFILES)
-    world.engine.close()
-    world.engine = Engine(config)
-    return world.engine
-
-
-def _users(world: World, n: int) -> None:
-    for i in range(n):
-        world.ad["objects"][f"u{i:02d}"] = {"accountName": f"u{i:02d}", "displayName": f"User {i}"}
 
 
 def _cs(world: World) -> dict[str, Any]:
@@ -58,8 +45,8 @@ def _cs(world: World) -> dict[str, Any]:
 def test_an_interrupted_full_import_resumes_and_judges_deletions_over_the_whole_listing(
     world: World, tmp_path: Path
 ) -> None:
-    engine = _engine(world, tmp_path)
-    _users(world, 25)
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 25)
     assert engine.run_profile("ad-full").status == "success"
     assert (
         engine.run_profile("ad-sync").status == "success"
@@ -87,8 +74,8 @@ def test_an_interrupted_full_import_resumes_and_judges_deletions_over_the_whole_
 
 
 def test_a_delta_import_in_between_discards_the_checkpoint(world: World, tmp_path: Path) -> None:
-    engine = _engine(world, tmp_path)
-    _users(world, 20)
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 20)
     world.ad["stop_after_page"] = 1
     assert engine.run_profile("ad-full").status == "stopped-throttled"
     assert engine.run_profile("ad-delta").steps[0].status != "in-progress"
@@ -100,8 +87,8 @@ def test_a_delta_import_in_between_discards_the_checkpoint(world: World, tmp_pat
 
 
 def test_a_refused_checkpoint_starts_over_and_says_so(world: World, tmp_path: Path) -> None:
-    engine = _engine(world, tmp_path)
-    _users(world, 20)
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 20)
     world.ad["stop_after_page"] = 2
     assert engine.run_profile("ad-full").status == "stopped-throttled"
     world.ad["refuse_resume"] = True
@@ -114,8 +101,8 @@ def test_a_refused_checkpoint_starts_over_and_says_so(world: World, tmp_path: Pa
 
 
 def test_resume_interrupted_false_starts_over(world: World, tmp_path: Path) -> None:
-    engine = _engine(world, tmp_path)
-    _users(world, 20)
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 20)
     world.ad["stop_after_page"] = 2
     assert engine.run_profile("ad-full").status == "stopped-throttled"
     world.ad["requests"].clear()
@@ -125,8 +112,8 @@ def test_resume_interrupted_false_starts_over(world: World, tmp_path: Path) -> N
 
 
 def test_a_dry_run_neither_resumes_nor_discards(world: World, tmp_path: Path) -> None:
-    engine = _engine(world, tmp_path)
-    _users(world, 20)
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 20)
     world.ad["stop_after_page"] = 2
     assert engine.run_profile("ad-full").status == "stopped-throttled"
     saved = _cs(world)["checkpoint"]
