@@ -242,11 +242,16 @@ class Importer:
         self.run = run
         self.full = run.full
         self.started = time.time()
-        self.seen: set[str] = set()
+        #: every user the round listed, and where the answer to its photo is (``_Stage``). One dict whose
+        #: values are shared constants: it holds every user of the tenant until the round is listed, so
+        #: each entry costs only its slot, about 30 bytes besides the id (a set of the listed users beside
+        #: a dict of one object per user asked cost about 145: 80 MB more on a 700,000-user tenant)
+        self.users: dict[str, _Stage] = {}
         #: users this round listed ``@removed`` (and not listed again since): see ``_close_round``
         self.removed: set[str] = set()
-        #: users whose photo the listing sent for, and where that answer is (see ``_Asked``)
-        self.asked: dict[str, _Asked] = {}
+        #: users the round listed ``@removed`` whose photo answer was still on its way when the round was
+        #: listed: that answer carries the removal (``_settled``, ``landed``)
+        self.removal_due: set[str] = set()
         #: the ``users/delta`` round is still being listed (a user's last word may still come)
         self.listing = True
         #: Graph reset synchronization once in this full import, which listed the round anew
@@ -308,7 +313,7 @@ class Importer:
             ids = [str(u["id"]) for u in listed.users] + listed.removed
             known = self.run.state.get_many(ids)
             for user_id in listed.removed:
-                self.seen.add(user_id)
+                self.users.setdefault(user_id, "listed")
                 self.removed.add(user_id)
             for user in listed.users:
                 user_id = str(user["id"])
@@ -324,7 +329,7 @@ class Importer:
         Why: Learn, delta-query-overview, "Synchronization reset": a 410 "is an indication that the
         application must restart with a full synchronization", and a full import is one. Before, the
         step stopped midway, saying a delta step does not start a new round, and asked for the full
-        import it was. The users staged so far stay staged and are not asked again (``seen``); one
+        import it was. The users staged so far stay staged and are not asked again (``users``); one
         deleted meanwhile, which the new round does not list, stays until the next full import. A
         delta import stops instead (``SyncReset``'s message says why). Once only: a second reset in
         the same step stops it, asking to run the import again.
@@ -353,8 +358,8 @@ class Importer:
             return
         self.removed.discard(user_id)
         with self.lock:
-            if user_id not in self.asked:
-                self.seen.discard(user_id)
+            if self.users.get(user_id) == "listed":
+                del self.users[user_id]
 
     def _close_round(self) -> Iterator[ImportItem]:
         """The round is listed: stage the removals of the users whose last word was ``@removed``.
@@ -369,14 +374,14 @@ class Importer:
         with self.lock:
             self.listing = False
             for user_id in sorted(self.removed):
-                asked = self.asked.get(user_id)
-                if asked is None:
+                stage = self.users.get(user_id, "listed")
+                if stage == "listed":
                     if not self.full:  # a full import stages nobody removed; the engine deletes the rest
                         removals.append(user_id)
-                elif asked.stage == "landed":
+                elif stage == "landed":
                     removals.append(user_id)
-                elif asked.stage != "gone":
-                    asked.removed = True
+                elif stage != "gone":
+                    self.removal_due.add(user_id)
         for user_id in removals:
             yield from self._removal(user_id)
 
@@ -384,9 +389,9 @@ class Importer:
         return [CSEntryChange.delete(OBJECT_CLASS, user_id), StateUpdate(user_id, None), Count("deletes")]
 
     def _on_user(self, user_id: str, attrs: dict[str, Any], row: UserState | None) -> Iterator[ImportItem]:
-        if user_id in self.seen:  # a replay within one round
+        if user_id in self.users:  # a replay within one round
             return
-        self.seen.add(user_id)
+        self.users[user_id] = "listed"
         skipped = not_a_mailbox_user(attrs)
         if skipped:  # skipped, and counted
             yield Count(skipped)
@@ -418,7 +423,7 @@ class Importer:
         buckets = max(1, round(1 / s.reverify_fraction)) if s.reverify_fraction > 0 else 0
         for key, value in self.run.state.scan():
             row = UserState.load(key, value)
-            if row is None or key in self.seen:
+            if row is None or key in self.users:
                 continue
             skipped = not_a_mailbox_user(row.attrs)
             if skipped:  # staged by a version that did not skip it: the listing's rule, as a full import's
@@ -443,7 +448,7 @@ class Importer:
         yield Count("probes")
         if self.listing:  # the round may still name the user again: see _settled
             with self.lock:
-                self.asked[user_id] = _Asked()
+                self.users[user_id] = "asked"
         task = PhotoTask(user_id, "probe", baseline=baseline, context=_Probe(attrs, row))
         yield Deferred(self.worker, task, key=user_id)
 
@@ -462,29 +467,27 @@ class Importer:
         runs once the engine has the items, and stages the removal if one came meanwhile.
         """
         with self.lock:
-            asked = self.asked.get(user_id)
-            if asked is None:  # a re-check after the listing
+            if self.users.get(user_id, "listed") == "listed":  # a re-check after the listing
                 return items
-            if asked.removed:
-                asked.stage = "gone"
+            if user_id in self.removal_due:
+                self.users[user_id] = "gone"
                 return self._removal(user_id) if not self.full else [StateUpdate(user_id, None)]
             if gone:
-                asked.stage = "gone"
+                self.users[user_id] = "gone"
                 return items
             if not self.listing:
-                asked.stage = "landed"
+                self.users[user_id] = "landed"
                 return items
-            asked.stage = "sent"
+            self.users[user_id] = "sent"
         return [*items, Deferred(self.landing, user_id)]
 
     def landed(self, user_id: str) -> list[ImportItem]:
         """The engine has the items of the user's photo answer; a removal listed since goes after them."""
         with self.lock:
-            asked = self.asked[user_id]
-            if not asked.removed:
-                asked.stage = "landed"
+            if user_id not in self.removal_due:
+                self.users[user_id] = "landed"
                 return []
-            asked.stage = "gone"
+            self.users[user_id] = "gone"
         return self._removal(user_id)
 
     def _outcome(self, outcome: PhotoOutcome) -> list[ImportItem]:
@@ -539,18 +542,13 @@ class Importer:
         return [CSEntryChange.add(OBJECT_CLASS, user_id, values), state.update(), *counts]
 
 
-@dataclass(slots=True)
-class _Asked:
-    """A user whose photo the listing sent for: where its answer is, and whether the round removed the user.
-
-    ``stage``: ``asked`` (no answer yet), ``sent`` (the answer's items are on their way to the engine,
-    a landing marker behind them), ``landed`` (the engine has them), ``gone`` (the user's removal is
-    staged, or the answer was "no such user").
-    """
-
-    stage: Literal["asked", "sent", "landed", "gone"] = "asked"
-    #: the round's last word about the user is ``@removed`` (set once the round is listed)
-    removed: bool = False
+#: Where a listed user stands in the round: ``listed`` (no photo sent for: skipped, unchanged, or listed
+#: ``@removed``), ``asked`` (the listing sent for its photo, no answer yet), ``sent`` (the answer's items
+#: are on their way to the engine, a landing marker behind them), ``landed`` (the engine has them),
+#: ``gone`` (the user's removal is staged, or the answer was "no such user"). Whether the round's last
+#: word about the user is ``@removed`` is ``Importer.removed`` and, once the round is listed,
+#: ``Importer.removal_due``.
+_Stage = Literal["listed", "asked", "sent", "landed", "gone"]
 
 
 class _Landing(Worker[str]):
