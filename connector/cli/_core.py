@@ -38,6 +38,7 @@ from connector.store import (
     Metaverse,
     Person,
     RunHistory,
+    RunRow,
     SqlStore,
     StoreMissingError,
     StoreVersionError,
@@ -358,6 +359,33 @@ def run(
     raise typer.Exit(exit_code_for_status(result.status))
 
 
+#: What history shows as the status of a run (or step) recorded ``in-progress`` whose process is provably
+#: gone: killed, or its end not recordable (the store went away); the next run records it as stopped-interrupted.
+ENDED_UNRECORDED = "ended-unrecorded"
+
+
+def _shown_status(status: str, gone: bool) -> str:
+    """The status history shows: ``ended-unrecorded`` for what is recorded ``in-progress`` of a run whose
+    process is gone (``connector.engine.ended_unrecorded``), else the recorded one."""
+    return ENDED_UNRECORDED if gone and status == "in-progress" else status
+
+
+def _run_doc(run: RunRow, gone: dict[int, RunRow]) -> dict[str, Any]:
+    """A run as ``history list`` and ``history show`` print it (keys of ``history list --json`` first)."""
+    from connector.engine import unrecorded_message
+
+    unrecorded = run.id in gone and run.status == "in-progress"
+    return {
+        "run_id": run.id,
+        "profile": run.profile,
+        "status": _shown_status(run.status, unrecorded),
+        "dry_run": bool(run.dry_run),
+        "started_at": run.started_at,
+        "seconds": run.seconds,
+        "message": unrecorded_message(run) if unrecorded else run.message,
+    }
+
+
 @handle_errors
 def history_list(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -365,21 +393,12 @@ def history_list(
     json_out: JsonOption = False,
 ) -> None:
     """Recent runs with their status."""
+    from connector.engine import ended_unrecorded
+
     store = _store(_config(config))
+    gone = ended_unrecorded(store)
     with store.read() as conn:
-        runs = RunHistory(conn).recent_runs(limit)
-    rows: list[dict[str, Any]] = [
-        {
-            "run_id": r.id,
-            "profile": r.profile,
-            "status": r.status,
-            "dry_run": bool(r.dry_run),
-            "started_at": r.started_at,
-            "seconds": r.seconds,
-            "message": r.message,
-        }
-        for r in runs
-    ]
+        rows = [_run_doc(r, gone) for r in RunHistory(conn).recent_runs(limit)]
     if json_out:
         print_json(rows)
         return
@@ -389,7 +408,8 @@ def history_list(
     for r in rows:
         started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
         seconds = "-" if r["seconds"] is None else str(r["seconds"])
-        table.add_row(str(r["run_id"]), r["profile"], r["status"], started, seconds)
+        status = f"{r['status']} (process gone)" if r["status"] == ENDED_UNRECORDED else r["status"]
+        table.add_row(str(r["run_id"]), r["profile"], status, started, seconds)
     console.print(table)
 
 
@@ -436,41 +456,43 @@ def history_show(
     json_out: JsonOption = False,
 ) -> None:
     """One run: its steps, counters and per-object errors."""
+    from connector.engine import ended_unrecorded
+
     store = _store(_config(config))
+    gone = ended_unrecorded(store)
     with store.read() as conn:
         history = RunHistory(conn)
         run_row = history.run(run_id)
         if run_row is None:
             raise fail(f"no run {run_id} in the store (see `mvsync history list`)", EXIT_CONFIG)
-        steps = history.steps(run_id)
-        doc: dict[str, Any] = {
-            "run_id": run_id,
-            "profile": run_row.profile,
-            "status": run_row.status,
-            "message": run_row.message,
-            "steps": [],
-        }
-        for s in steps:
+        run_doc = _run_doc(run_row, gone)
+        doc: dict[str, Any] = {key: run_doc[key] for key in ("run_id", "profile", "status", "message")}
+        doc["steps"] = []
+        for s in history.steps(run_id):
             errs = history.errors(s.id, errors)
-            total = history.error_count(s.id)
             found = people(conn, s.agent, (e.anchor for e in errs))
             doc["steps"].append(
                 {
                     "step_id": s.id,
                     "agent": s.agent,
                     "kind": s.kind,
-                    "status": s.status,
+                    "status": _shown_status(s.status, run_id in gone),
                     "message": s.message,
                     "seconds": s.seconds,
                     "counters": loads(s.counters, "run_step", s.id, "counters"),
-                    "error_count": total,
+                    "error_count": history.error_count(s.id),
                     "errors": [_error_doc(e, found.get(e.anchor or "")) for e in errs],
                 }
             )
     if json_out:
         print_json(doc)
         return
-    console.print(f"[bold]run {run_id}[/] {escape(doc['profile'])}: {doc['status']}")
+    _print_run(doc)
+
+
+def _print_run(doc: dict[str, Any]) -> None:
+    """``history show``'s text: the run, then each step with its counters and per-object errors."""
+    console.print(f"[bold]run {doc['run_id']}[/] {escape(doc['profile'])}: {doc['status']}")
     if doc["message"]:
         console.print(f"  {doc['message']}", highlight=False, markup=False)
     for s in doc["steps"]:

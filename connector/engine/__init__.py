@@ -1,6 +1,6 @@
 """The sync engine: import, synchronization and export steps over connector spaces and a metaverse."""
 
-from connector.engine._abandoned import abandoned_runs, process_gone
+from connector.engine._abandoned import abandoned_runs, ended_unrecorded, process_gone, unrecorded_message
 from connector.engine._agents import (
     export_scope,
     load_metaverse_schema,
@@ -38,6 +38,7 @@ __all__ = [
     "StepStopped",
     "StreamPager",
     "abandoned_runs",
+    "ended_unrecorded",
     "export_scope",
     "import_in_memory",
     "load_metaverse_schema",
@@ -48,4 +49,5 @@ __all__ = [
     "search_fields",
     "setting_paths",
     "threshold_report",
+    "unrecorded_message",
 ]

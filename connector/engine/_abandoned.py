@@ -35,7 +35,7 @@ import socket
 from collections.abc import Callable
 
 from connector.config import RunStepKind
-from connector.store import RunHistory, RunRow, StepRow
+from connector.store import RunHistory, RunRow, SqlStore, StepRow
 
 __all__ = [
     "ABANDONED_STATUS",
@@ -43,8 +43,10 @@ __all__ = [
     "abandoned_runs",
     "close_abandoned_runs",
     "close_abandoned_steps",
+    "ended_unrecorded",
     "process_gone",
     "run_lock",
+    "unrecorded_message",
 ]
 
 ABANDONED_STATUS = "stopped-interrupted"
@@ -110,6 +112,15 @@ def _close_step(history: RunHistory, step: StepRow, run: RunRow | None, by_run: 
     return done
 
 
+def unrecorded_message(run: RunRow) -> str:
+    """What history says of a run recorded ``in-progress`` whose process is gone, until the next run
+    records it (:func:`ended_unrecorded`)."""
+    return (
+        f"{_where(run)} ended without recording the end of the run (killed, crashed, the machine restarted, or "
+        f"the store unreachable when it ended); the next run records it as {ABANDONED_STATUS}"
+    )
+
+
 def _close_run(history: RunHistory, run: RunRow, by_run: int | None) -> bool:
     """Close ``run`` and any step of it still open."""
     open_steps = history.open_steps(run_id=run.id)
@@ -161,6 +172,26 @@ def abandoned_runs(
         return process_gone(run)
 
     return [run for run in history.open_runs() if run.id != but and gone(run)]
+
+
+def ended_unrecorded(store: SqlStore) -> dict[int, RunRow]:
+    """The runs recorded ``in-progress`` whose process is provably gone, by id, found without writing:
+    what ``mvsync history`` shows as ended without a recorded end, before the next run records it.
+
+    Why a second read: a run's lock found free proves its process gone only while its row still reads
+    ``in-progress`` after the lock was looked at, since a live run lets its lock go only once its end
+    is committed; a run that ended between the first read and the look is not in the second. The
+    locks are looked at with :meth:`~connector.store.LockManager.held`, which takes nothing that a
+    run could wait for and removes nothing a killed run left; a lock this account cannot look at
+    proves nothing, and the run stays ``in-progress``.
+    """
+    with store.read() as conn:
+        candidates = abandoned_runs(RunHistory(conn), lock_free=lambda name: store.locks.held(name) is False)
+    if not candidates:
+        return {}
+    with store.read() as conn:
+        still_open = {run.id for run in RunHistory(conn).open_runs()}
+    return {run.id: run for run in candidates if run.id in still_open}
 
 
 def close_abandoned_runs(

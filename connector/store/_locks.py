@@ -159,6 +159,35 @@ class LockManager:
         except LockHeldError:
             return False
 
+    def held(self, name: str) -> bool | None:
+        """Whether a process holds the lock ``name`` now (None: this process cannot tell), for readers.
+
+        Why not :meth:`free`: a read (``mvsync history list``) must leave the store and the lock
+        folder as it found them, and :meth:`free` removes the lock file and holder record a killed
+        run left (what ``doctor`` names it by). On PostgreSQL this reads ``pg_locks`` and takes
+        nothing. A lock file is taken and let go at once without removing it or its record (on
+        Windows the OS lock's own release deletes a lock file nobody holds, as every run's does); no
+        lock file means no holder, since a holder creates it before it holds it. A lock folder this
+        account cannot open the file in answers None.
+        """
+        if self._engine.dialect.name == "postgresql":
+            with self._faults(), self._engine.connect() as conn:
+                return _pg_holder_row(conn, _pg_key(name)) is not None
+        if self._lock_dir is None:  # in-memory store: single process by construction
+            return None
+        path = self._lock_path(self._lock_dir, name)
+        if not path.exists():
+            return False
+        lock = _file_lock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:  # (after Timeout, which is one) a folder or file this account cannot open
+            return None
+        lock.release()
+        return False
+
     def recorded(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         """Every lock file of this store whose name starts with ``prefix``, held now or not, with its
         holder's record ({} without one): a lock file stays after its holder was killed."""
@@ -179,17 +208,19 @@ class LockManager:
         return sorted({_describe(record) for record in records if (record.get("pid"), record.get("host")) != me})
 
     # -- SQLite: lock files --------------------------------------------------------------------
+    @staticmethod
+    def _lock_path(lock_dir: Path, name: str) -> Path:
+        """The lock file of the lock ``name`` (``agent:hr`` -> ``agent-hr.lock``)."""
+        return lock_dir / (name.replace(":", "-").replace("/", "_") + ".lock")
+
     @contextlib.contextmanager
     def _file_lock(self, name: str, wait_s: float, *, transient: bool, note: dict[str, str]) -> Iterator[None]:
         if self._lock_dir is None:  # in-memory store: single process by construction
             yield
             return
-        path = self._lock_dir / (name.replace(":", "-").replace("/", "_") + ".lock")
+        path = self._lock_path(self._lock_dir, name)
         holder_path = path.with_name(path.name + ".holder")
-        # thread_local=False: the lock belongs to the run, not to the thread that happened to take it;
-        # is_singleton=False: a second hold() in this process must be refused like another process.
-        # fallback_to_soft=False: a "soft" lock (a file that exists) would wedge every later run after a crash.
-        lock = FileLock(path, thread_local=False, is_singleton=False, fallback_to_soft=False)
+        lock = _file_lock(path)
         try:
             self._lock_dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -233,7 +264,7 @@ class LockManager:
         The session's ``application_name`` carries the holder (pid, host, start time) so a refused
         run can name it: other sessions see it in ``pg_stat_activity``.
         """
-        key = int.from_bytes(hashlib.sha256(f"mvsync:{name}".encode()).digest()[:8], "big", signed=True)
+        key = _pg_key(name)
         with self._faults(), self._engine.connect() as conn:
             deadline = time.monotonic() + wait_s
             said = False
@@ -263,6 +294,21 @@ class LockManager:
                     _pg_release(conn, key)
 
 
+def _file_lock(path: Path) -> FileLock:
+    """The OS lock on the lock file ``path``, as every lock of a SQLite store takes it.
+
+    thread_local=False: the lock belongs to the run, not to the thread that happened to take it;
+    is_singleton=False: a second hold() in this process must be refused like another process;
+    fallback_to_soft=False: a "soft" lock (a file that exists) would wedge every later run after a crash.
+    """
+    return FileLock(path, thread_local=False, is_singleton=False, fallback_to_soft=False)
+
+
+def _pg_key(name: str) -> int:
+    """The advisory lock key of the lock ``name`` (a signed 64-bit number from its SHA-256)."""
+    return int.from_bytes(hashlib.sha256(f"mvsync:{name}".encode()).digest()[:8], "big", signed=True)
+
+
 def _pg_release(conn: Connection, key: int) -> None:
     """Unlock, or, when the session already ended (the store restarted), let it go: its lock went with it.
 
@@ -280,6 +326,12 @@ def _pg_release(conn: Connection, key: int) -> None:
 
 def _pg_holder_of(conn: Connection, key: int) -> str:
     """Who holds the advisory lock ``key`` (another session), as :func:`_pg_holder` describes it."""
+    return _pg_holder(_pg_holder_row(conn, key))
+
+
+def _pg_holder_row(conn: Connection, key: int) -> Any:
+    """``(backend pid, application_name, client address)`` of the session holding the advisory lock
+    ``key``, or None when no session holds it: a read of ``pg_locks``, which takes no lock."""
     row = conn.execute(
         text(
             "SELECT a.pid, a.application_name, a.client_addr FROM pg_locks l "
@@ -292,7 +344,7 @@ def _pg_holder_of(conn: Connection, key: int) -> str:
         {"k": key},
     ).first()
     conn.rollback()
-    return _pg_holder(row)
+    return row
 
 
 def _pg_holder(row: Any) -> str:

@@ -1,0 +1,99 @@
+"""``mvsync history list`` / ``show`` as a scheduler and an engineer read them: the real CLI in a child
+process, on SQLite and PostgreSQL, with a run killed outright (kill -9) in its last step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.config import load_config
+from connector.store import RunHistory, SqlStore
+from tests.cli._configs import generated_pair, invoke
+from tests.harness.crash import CrashPoint, cli_env, mvsync_command, paused_cli, write_shim
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pauses and kills the run with SIGSTOP and SIGKILL")
+
+SYNC_TGT = """
+[run_profiles.sync-tgt]
+steps = [{ type = "full-sync", agent = "tgt" }]
+"""
+
+
+def _mvsync(*args: str) -> tuple[int, str, str]:
+    """The real CLI in a child process: exit code, stdout, stderr."""
+    done = subprocess.run([*mvsync_command(), *args], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _json(*args: str) -> Any:
+    code, out, err = _mvsync(*args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _recorded(config: Path, run_id: int) -> tuple[str, list[str]]:
+    """The status the store holds for ``run_id``, and the lock files with a holder's record (SQLite)."""
+    store = SqlStore(load_config(config).store_url(), create=False)
+    try:
+        with store.read() as conn:
+            run = RunHistory(conn).run(run_id)
+        assert run is not None
+        return run.status, [name for name, record in store.locks.recorded("") if record]
+    finally:
+        store.close()
+
+
+def _lock_released(config: Path, name: str) -> None:
+    """Wait (bounded) until a PostgreSQL store's lock ``name`` is free: a killed client's backend ends, and
+    lets its advisory locks go, once it reads the closed connection, a moment after the kill. (The OS
+    drops a SQLite store's file lock with the process; a look there would remove the killed run's files.)"""
+    store = SqlStore(load_config(config).store_url(), create=False)
+    try:
+        for _ in range(600):
+            if store.path is not None or store.locks.free(name):
+                return
+            time.sleep(0.05)  # between two looks at the lock: the condition is what ends the wait
+        raise AssertionError(f"{name} still held 30 s after its process was killed")
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def killed_run(tmp_path: Path, store_url: str) -> Iterator[tuple[Path, int]]:
+    """Run 1 a full cycle; run 2 seen ``in-progress`` while it is alive (stopped in its sync), then
+    killed with SIGKILL: ``(config, pid of run 2)``."""
+    config = tmp_path / "mvsync.toml"
+    text = generated_pair(3).replace("sqlite:///store.db", store_url) + SYNC_TGT
+    config.write_text(text, encoding="utf-8")
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    env = cli_env(write_shim(tmp_path / "shim"), CrashPoint("sync", "begin", 1), tmp_path / "r.json")
+    with paused_cli(["run", "sync-tgt", "-c", str(config)], env, timeout=120) as run_2:
+        alive = _json("history", "list", "-c", str(config))
+        assert [r["status"] for r in alive] == ["in-progress", "success"], alive  # stopped, not gone
+        run_2.kill()
+        run_2.wait()
+    _lock_released(config, "run:2")
+    yield config, run_2.pid
+
+
+def test_history_says_a_killed_run_ended_unrecorded_without_writing(killed_run: tuple[Path, int]) -> None:
+    config, pid = killed_run
+    listed = _json("history", "list", "-c", str(config))
+    assert [(r["run_id"], r["status"]) for r in listed] == [(2, "ended-unrecorded"), (1, "success")], listed
+    assert f"(pid {pid} on " in listed[0]["message"] and "records it as stopped-interrupted" in listed[0]["message"]
+    shown = _json("history", "show", "2", "-c", str(config))
+    assert shown["status"] == "ended-unrecorded" and shown["message"] == listed[0]["message"], shown
+    assert [s["status"] for s in shown["steps"]] == ["ended-unrecorded"], shown
+    code, out, err = _mvsync("history", "list", "-c", str(config))
+    assert code == 0 and "ended-unrecorded (process gone)" in out, (out, err)
+    # a read wrote nothing: the next run records it, and the killed run's lock file still names it
+    status, records = _recorded(config, 2)
+    assert status == "in-progress"
+    assert records == ([] if "postgresql" in config.read_text() else ["agent-tgt", "metaverse", "run-2"])
