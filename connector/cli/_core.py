@@ -47,6 +47,7 @@ from connector.store import (
     people,
     plain_value,
 )
+from connector.timestamps import local_time, utc_iso
 
 __all__ = ["register"]
 
@@ -364,6 +365,19 @@ def run(
 ENDED_UNRECORDED = "ended-unrecorded"
 
 
+def _run_times(started_at: float, ended_at: float | None, seconds: float | None) -> dict[str, Any]:
+    """A run's or step's times for ``--json``: ISO 8601 in UTC (``ended`` null while it runs, or when its
+    end was never recorded), its duration in seconds, and both ends in epoch seconds (``started_at``,
+    which ``history list --json`` always had, kept for the scripts that read it)."""
+    return {
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "started": utc_iso(started_at),
+        "ended": utc_iso(ended_at),
+        "seconds": seconds,
+    }
+
+
 def _shown_status(status: str, gone: bool) -> str:
     """The status history shows: ``ended-unrecorded`` for what is recorded ``in-progress`` of a run whose
     process is gone (``connector.engine.ended_unrecorded``), else the recorded one."""
@@ -380,8 +394,7 @@ def _run_doc(run: RunRow, gone: dict[int, RunRow]) -> dict[str, Any]:
         "profile": run.profile,
         "status": _shown_status(run.status, unrecorded),
         "dry_run": bool(run.dry_run),
-        "started_at": run.started_at,
-        "seconds": run.seconds,
+        **_run_times(run.started_at, run.ended_at, run.seconds),
         "message": unrecorded_message(run) if unrecorded else run.message,
     }
 
@@ -392,7 +405,7 @@ def history_list(
     limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many runs, newest first.")] = 20,
     json_out: JsonOption = False,
 ) -> None:
-    """Recent runs with their status."""
+    """Recent runs with their status (times in this machine's local time, with its UTC offset)."""
     from connector.engine import ended_unrecorded
 
     store = _store(_config(config))
@@ -403,13 +416,10 @@ def history_list(
         print_json(rows)
         return
     table = Table("run", "profile", "status", "started", "seconds")
-    import datetime as dt
-
     for r in rows:
-        started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
         seconds = "-" if r["seconds"] is None else str(r["seconds"])
         status = f"{r['status']} (process gone)" if r["status"] == ENDED_UNRECORDED else r["status"]
-        table.add_row(str(r["run_id"]), r["profile"], status, started, seconds)
+        table.add_row(str(r["run_id"]), r["profile"], status, local_time(r["started_at"]), seconds)
     console.print(table)
 
 
@@ -455,7 +465,7 @@ def history_show(
     errors: Annotated[int, typer.Option(help="Per-object errors to show per step.")] = 50,
     json_out: JsonOption = False,
 ) -> None:
-    """One run: its steps, counters and per-object errors."""
+    """One run: its steps, counters and per-object errors (times in local time, with the UTC offset)."""
     from connector.engine import ended_unrecorded
 
     store = _store(_config(config))
@@ -465,9 +475,7 @@ def history_show(
         run_row = history.run(run_id)
         if run_row is None:
             raise fail(f"no run {run_id} in the store (see `mvsync history list`)", EXIT_CONFIG)
-        run_doc = _run_doc(run_row, gone)
-        doc: dict[str, Any] = {key: run_doc[key] for key in ("run_id", "profile", "status", "message")}
-        doc["steps"] = []
+        doc: dict[str, Any] = {**_run_doc(run_row, gone), "steps": []}
         for s in history.steps(run_id):
             errs = history.errors(s.id, errors)
             found = people(conn, s.agent, (e.anchor for e in errs))
@@ -478,7 +486,7 @@ def history_show(
                     "kind": s.kind,
                     "status": _shown_status(s.status, run_id in gone),
                     "message": s.message,
-                    "seconds": s.seconds,
+                    **_run_times(s.started_at, s.ended_at, s.seconds),
                     "counters": loads(s.counters, "run_step", s.id, "counters"),
                     "error_count": history.error_count(s.id),
                     "errors": [_error_doc(e, found.get(e.anchor or "")) for e in errs],
@@ -490,14 +498,24 @@ def history_show(
     _print_run(doc)
 
 
+def _took(doc: dict[str, Any]) -> str:
+    """``started TIME, ended TIME (N s)`` of a run or step document, in local time with its offset."""
+    if doc["ended_at"] is not None:
+        ended = f"ended {local_time(doc['ended_at'])} ({doc['seconds']} s)"
+    else:
+        ended = "still running" if doc["status"] == "in-progress" else "its end not recorded"
+    return f"started {local_time(doc['started_at'])}, {ended}"
+
+
 def _print_run(doc: dict[str, Any]) -> None:
     """``history show``'s text: the run, then each step with its counters and per-object errors."""
     console.print(f"[bold]run {doc['run_id']}[/] {escape(doc['profile'])}: {doc['status']}")
+    console.print(f"  {_took(doc)}", highlight=False, markup=False)
     if doc["message"]:
         console.print(f"  {doc['message']}", highlight=False, markup=False)
     for s in doc["steps"]:
-        took = "" if s["seconds"] is None else f" in {s['seconds']} s"
-        console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']}{took}", highlight=False)
+        console.print(f"\n[bold]{s['agent']} {s['kind']}[/]: {s['status']}", highlight=False)
+        console.print(f"  {_took(s)}", highlight=False, markup=False)
         if s["message"]:
             console.print(f"  {s['message']}", highlight=False, markup=False)
         console.print("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["counters"].items()) if not isinstance(v, dict)))

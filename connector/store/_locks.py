@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from connector.files import atomic_write
 from connector.store._faults import LockHeldError, StoreError, first_line, store_faults
+from connector.timestamps import local_time
 
 __all__ = ["LockManager", "table_lock_holders"]
 
@@ -81,7 +82,7 @@ def _describe(info: dict[str, Any] | None) -> str:
     """Who holds a lock: the run its holder noted (the engine's ``run`` note), its pid, host and since when."""
     if not info:
         return "another mvsync process"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("since", 0))))
+    since = local_time(float(info.get("since", 0)))
     run = f"{info['run']}, " if isinstance(info.get("run"), str) else ""
     return f"{run}pid {info.get('pid')} on {info.get('host')} since {since}"
 
@@ -405,6 +406,6 @@ def table_lock_holders(engine: Engine, tables: list[str]) -> str | None:
 
 def _lock_holder(pid: int, user: str, app: str, addr: str | None, state: str, since: float, locks: str) -> str:
     """One session holding a lock on the store's tables, as :func:`table_lock_holders` names it."""
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(since)))
+    started = local_time(float(since))
     where = f", from {addr}" if addr else ""
     return f"pid {pid} (user {user}, application {app or '-'}{where}, {state} since {started}, {locks})"

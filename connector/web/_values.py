@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.store import BlobRef, decode_value
+from connector.timestamps import local_time
 
 __all__ = ["BinaryRef", "Shown", "binary_refs", "format_time", "show_value"]
 
@@ -56,7 +57,8 @@ def show_value(value: Any) -> Shown:
 
 
 def format_time(epoch: float | None) -> str:
-    """Local wall-clock time of an epoch timestamp, as operators read run history."""
+    """The console machine's local time of an epoch timestamp with its UTC offset, as ``mvsync history``
+    shows it: the browser reading it may be in another time zone, and an autumn hour repeats."""
     if epoch is None:
         return ""
-    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+    return local_time(epoch)

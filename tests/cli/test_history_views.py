@@ -3,7 +3,9 @@ process, on SQLite and PostgreSQL, with a run killed outright (kill -9) in its l
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
@@ -97,3 +99,70 @@ def test_history_says_a_killed_run_ended_unrecorded_without_writing(killed_run: 
     status, records = _recorded(config, 2)
     assert status == "in-progress"
     assert records == ([] if "postgresql" in config.read_text() else ["agent-tgt", "metaverse", "run-2"])
+
+
+#: A zone this machine is surely not in, with a half-hour offset (POSIX TZ: ``-`` means east of UTC).
+_TZ, _OFFSET = "<+0330>-3:30", dt.timedelta(hours=3, minutes=30)
+
+
+def _in_zone(*args: str) -> str:
+    """The real CLI's stdout with the local time zone ``_TZ`` (as a server abroad has it)."""
+    done = subprocess.run(
+        [*mvsync_command(), *args], capture_output=True, text=True, timeout=120, env={**os.environ, "TZ": _TZ}
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _local(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone(_OFFSET)).isoformat(sep=" ", timespec="seconds")
+
+
+def _utc(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def test_history_times_carry_their_offset_and_json_has_start_end_and_duration(tmp_path: Path) -> None:
+    config = tmp_path / "mvsync.toml"
+    config.write_text(generated_pair(2).replace("sqlite:///store.db", f"sqlite:///{tmp_path / 's.db'}"))
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    store = SqlStore(load_config(config).store_url(), create=False)
+    with store.read() as conn:
+        run = RunHistory(conn).run(1)
+        steps = RunHistory(conn).steps(1)
+    store.close()
+    assert run is not None and run.ended_at is not None
+
+    [listed] = json.loads(_in_zone("history", "list", "-c", str(config), "--json"))
+    old_keys = ["run_id", "profile", "status", "dry_run", "started_at", "seconds", "message"]
+    assert {k: listed[k] for k in old_keys} == {
+        "run_id": 1,
+        "profile": "cycle",
+        "status": "success",
+        "dry_run": False,
+        "started_at": run.started_at,
+        "seconds": run.seconds,
+        "message": None,
+    }, listed
+    assert (listed["started"], listed["ended"], listed["ended_at"]) == (
+        _utc(run.started_at),
+        _utc(run.ended_at),
+        run.ended_at,
+    ), listed
+    shown = json.loads(_in_zone("history", "show", "1", "-c", str(config), "--json"))
+    assert {k: shown[k] for k in [*old_keys, "started", "ended"]} == {
+        k: listed[k] for k in [*old_keys, "started", "ended"]
+    }
+    for step, row in zip(shown["steps"], steps, strict=True):
+        assert (step["started"], step["ended"], step["seconds"]) == (
+            _utc(row.started_at),
+            _utc(row.ended_at or 0),
+            row.seconds,
+        ), step
+        assert {"step_id", "agent", "kind", "status", "message", "counters", "error_count", "errors"} <= set(step)
+
+    table = _in_zone("history", "list", "-c", str(config))
+    assert _local(run.started_at) in table, table  # "2026-12-06 12:15:03+03:30": unambiguous anywhere
+    text = _in_zone("history", "show", "1", "-c", str(config))
+    assert f"started {_local(run.started_at)}, ended {_local(run.ended_at)} ({run.seconds} s)" in text, text
+    assert f"started {_local(steps[0].started_at)}, " in text, text
