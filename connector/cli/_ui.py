@@ -47,8 +47,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the read-only web console: operations, metaverse search, persons, pending exports, coverage.
 
-        Listens on 127.0.0.1 by default. On any other address set MVSYNC_UI_TOKEN (open the console
-        once with ?token=..., or send 'Authorization: Bearer ...') or MVSYNC_UI_USER and
+        Listens on 127.0.0.1 by default. On any other address set MVSYNC_UI_TOKEN (32 characters or
+        more; open the console once with ?token=..., or send 'Authorization: Bearer ...') or MVSYNC_UI_USER and
         MVSYNC_UI_PASSWORD (basic authentication). Off loopback, serve HTTPS (--tls-cert and --tls-key)
         or put an HTTPS reverse proxy in front (--forwarded-allow-ips): else the password, the token and
         every page cross the network in clear text.

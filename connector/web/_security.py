@@ -27,6 +27,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 __all__ = [
     "COOKIE_NAME",
     "CSP",
+    "MIN_TOKEN_CHARS",
     "AccessPolicy",
     "InsecureBindError",
     "apply_security_headers",
@@ -43,7 +44,22 @@ _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
 class InsecureBindError(Exception):
-    """Asked to listen beyond loopback without any way to authenticate people."""
+    """Asked to listen beyond loopback without any way to authenticate people, or with credentials
+    that cannot work or protect (a user name with a colon, a token short enough to guess)."""
+
+
+#: The shortest ``MVSYNC_UI_TOKEN`` accepted: 32 characters are 128 bits even as hex (``openssl rand -hex
+#: 16``), beyond guessing through the console; ``secrets.token_urlsafe(32)`` gives 43.
+MIN_TOKEN_CHARS = 32
+
+
+def _short_token(length: int) -> str:
+    """Why a token is refused, and how to make one (never the token itself: it is a secret)."""
+    return (
+        f"MVSYNC_UI_TOKEN is {length} characters long: at least {MIN_TOKEN_CHARS} are needed, or anyone who can "
+        "reach the console could guess it; generate one with "
+        '`python -c "import secrets; print(secrets.token_urlsafe(32))"` (or `openssl rand -hex 32`) and set it'
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -87,7 +103,10 @@ class AccessPolicy:
             msg += "nobody could sign in; choose a user name without one (any text, not an account of a directory)"
             raise InsecureBindError(msg)
         hosts = {"127.0.0.1", "::1", "localhost", bind_host.strip("[]").lower()}
-        return cls(values.get("MVSYNC_UI_TOKEN") or None, user, password, frozenset(hosts))
+        token = values.get("MVSYNC_UI_TOKEN") or None
+        if token is not None and len(token) < MIN_TOKEN_CHARS:
+            raise InsecureBindError(_short_token(len(token)))
+        return cls(token, user, password, frozenset(hosts))
 
     @property
     def authenticated(self) -> bool:

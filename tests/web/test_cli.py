@@ -19,6 +19,9 @@ from typer.testing import CliRunner
 from connector.cli._app import app
 from tests.web.conftest import PhotoWorld
 
+#: A console token as `secrets.token_urlsafe(32)` makes them (a short one is refused).
+TLS_TOKEN = "tok-tls-Xq3v9LcB2mT7rWz0pK5nJ8dF1sHgY4aE6uQ"
+
 CONFIG = """
 [store]
 url = "sqlite:///{db}"
@@ -61,7 +64,7 @@ def test_a_basic_auth_user_with_a_colon_is_refused_naming_it(
 
 def test_public_bind_with_a_token_starts(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: dict[str, Any] = {}
-    monkeypatch.setenv("MVSYNC_UI_TOKEN", "tok-123")
+    monkeypatch.setenv("MVSYNC_UI_TOKEN", "tok-123-" + "9f8e7d6c5b4a" * 3)
 
     def run(server: Any, sockets: list[socket.socket]) -> None:
         started.update(config=server.config, bound=[s.getsockname() for s in sockets])
@@ -121,6 +124,25 @@ def _console(config_file: Path, *args: str, token: str | None = None) -> subproc
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_a_token_too_short_to_resist_guessing_is_refused_at_start_up(config_file: Path) -> None:
+    # found in the history and doctor pass: MVSYNC_UI_TOKEN=tok-123 was accepted, and seven characters
+    # are guessed by anyone who can reach the console (the real CLI, as a service would start it)
+    proc = _console(config_file, "--host", "0.0.0.0", token="tok-123")
+    assert proc.stderr is not None
+    said = ""
+    try:
+        for line in proc.stderr:  # ends when it exits; a console that starts is the failure
+            said += line
+            assert "mvsync console on" not in said, said
+    finally:
+        proc.kill()
+    said = " ".join(said.split())
+    assert proc.wait(timeout=60) == 2, said
+    assert "MVSYNC_UI_TOKEN is 7 characters long: at least 32 are needed" in said, said
+    assert 'python -c "import secrets; print(secrets.token_urlsafe(32))"' in said, said
+    assert "tok-123" not in said and "Traceback" not in said and "mvsync console on" not in said, said
 
 
 def test_serves_on_loopback(config_file: Path) -> None:
@@ -209,7 +231,7 @@ def _tls_files(tmp_path: Path, *, key_of_another: bool = False) -> tuple[trustme
 
 def _token_exchange(conn: http.client.HTTPConnection, headers: dict[str, str] | None = None) -> str:
     """Open the console with ?token=...; the Set-Cookie it answers with."""
-    conn.request("GET", "/search?q=person&token=tok-tls", headers=headers or {})
+    conn.request("GET", f"/search?q=person&token={TLS_TOKEN}", headers=headers or {})
     response = conn.getresponse()
     response.read()
     assert response.status == 303, response.status
@@ -221,7 +243,7 @@ def test_serves_https_with_the_given_certificate_and_a_secure_sign_in_cookie(con
     the token, the password of basic authentication and every page crossed the network in clear
     text. --tls-cert and --tls-key serve HTTPS, and the sign-in cookie is then marked Secure."""
     ca, cert_file, key_file = _tls_files(tmp_path)
-    proc = _console(config_file, "--tls-cert", str(cert_file), "--tls-key", str(key_file), token="tok-tls")
+    proc = _console(config_file, "--tls-cert", str(cert_file), "--tls-key", str(key_file), token=TLS_TOKEN)
     try:
         port = _announced_port(proc, "https")
         context = ssl.create_default_context()
@@ -249,7 +271,7 @@ def test_a_trusted_https_proxy_in_front_makes_the_sign_in_cookie_secure(config_f
     without Secure. X-Forwarded-Proto is believed from the addresses --forwarded-allow-ips names, and
     only from them (any client could send the header)."""
     args = ["--forwarded-allow-ips", "127.0.0.1"] if trusted else []
-    proc = _console(config_file, *args, token="tok-tls")
+    proc = _console(config_file, *args, token=TLS_TOKEN)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", _announced_port(proc), timeout=60)
         cookie = _token_exchange(conn, {"X-Forwarded-Proto": "https"})

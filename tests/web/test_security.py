@@ -10,7 +10,7 @@ from connector.web import AccessPolicy, InsecureBindError, is_loopback
 from connector.web._security import COOKIE_NAME
 from tests.web.conftest import PhotoWorld, make_client
 
-TOKEN = "tok-9f8e7d6c5b4a"
+TOKEN = "tok-9f8e7d6c5b4a-" + "Xq3v9LcB2mT7rWz0pK5nJ8"  # 38 characters: long enough to start a console
 
 
 def test_loopback_addresses_are_recognized() -> None:
