@@ -9,7 +9,9 @@ expired certificate or an unreadable token cache before 3 a.m.
 Store checks (read-only, in bounded pages, so they run on a production-size store):
 
 * ``documents``: every stored JSON document (holograms, metaverse attributes, step counters ...)
-  reads as JSON: bytes changed inside a value pass the database's own page checks;
+  reads as JSON, and those mvsync writes as objects are objects whose dates and photo references
+  decode (what the console shows as a damaged row): bytes changed inside a value pass the
+  database's own page checks;
 * ``schema``: the store's schema version is the one this mvsync writes;
 * ``blobs``: every blob referenced by a hologram, pending import, pending or unconfirmed export, a
   metaverse object or the transform cache exists, with the size the reference records, and its
@@ -233,8 +235,8 @@ def _check_documents(store: SqlStore, audit: StoreAudit) -> Finding:
     """Every stored JSON document reads as JSON (damage inside a value passes the page checks)."""
     damaged_rows = audit.damaged_documents()
     if not damaged_rows:
-        return Finding("store", "documents", "ok", "every stored JSON document reads")
-    message = str(damaged(store.where, f"{len(damaged_rows)} stored JSON documents are not JSON"))
+        return Finding("store", "documents", "ok", "every stored JSON document reads as mvsync wrote it")
+    message = str(damaged(store.where, f"{len(damaged_rows)} stored JSON documents are not what mvsync wrote"))
     return _store_problem("documents", "error", message, damaged_rows)
 
 

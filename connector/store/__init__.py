@@ -39,7 +39,7 @@ from connector.store._faults import (
     damaged,
 )
 from connector.store._history import ClearedRuns, ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
-from connector.store._json import dumps, loads
+from connector.store._json import dumps, loads, loads_object
 from connector.store._locks import LockManager
 from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError, current_version
@@ -120,6 +120,7 @@ __all__ = [
     "import_failures",
     "is_blob_ref",
     "loads",
+    "loads_object",
     "normalize_values",
     "parse_blob_ref",
     "people",

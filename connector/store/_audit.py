@@ -8,14 +8,14 @@ read; ``doctor`` turns the findings into advice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, LargeBinary, and_, cast, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from connector.store._faults import DamagedDocumentError
-from connector.store._json import loads
+from connector.store._json import loads, loads_object
 from connector.store._migrations import current_version
 from connector.store._sql import SqlStore
 from connector.store._values import blob_refs
@@ -26,8 +26,10 @@ __all__ = ["DanglingLink", "DuplicateLink", "OrphanExport", "StoreAudit"]
 _PAGE = 2000
 #: How an encoded binary value's prefix appears inside stored JSON text.
 _BLOB_IN_JSON = "\\u0000b:"
-#: The JSON documents of each table by its key, as :meth:`StoreAudit.damaged_documents` reads them.
-_DOCUMENTS: list[tuple[Any, tuple[Any, ...], list[Any]]] = [
+#: The JSON documents of each table by its key, as :meth:`StoreAudit.damaged_documents` reads them, and
+#: how: ``loads_object`` for the documents mvsync writes as objects of encoded values (what the console
+#: reads them with), ``loads`` for a connector's own state and the transform cache (any JSON).
+_DOCUMENTS: list[tuple[Any, tuple[Any, ...], list[Any], Callable[[str | bytes, str, object, str], Any]]] = [
     (
         cs_object,
         (cs_object.c.id,),
@@ -41,13 +43,19 @@ _DOCUMENTS: list[tuple[Any, tuple[Any, ...], list[Any]]] = [
             cs_object.c.import_error,
             cs_object.c.sync_error,
         ],
+        loads_object,
     ),
-    (mv_object, (mv_object.c.id,), [mv_object.c.attributes, mv_object.c.contributions, mv_object.c.lineage]),
-    (run_step, (run_step.c.id,), [run_step.c.counters]),
+    (
+        mv_object,
+        (mv_object.c.id,),
+        [mv_object.c.attributes, mv_object.c.contributions, mv_object.c.lineage],
+        loads_object,
+    ),
+    (run_step, (run_step.c.id,), [run_step.c.counters], loads_object),
     # a connector's own state (ETags, checksums): named by (agent, key), as the store reads it
-    (agent_data, (agent_data.c.agent, agent_data.c.key), [agent_data.c.value]),
+    (agent_data, (agent_data.c.agent, agent_data.c.key), [agent_data.c.value], loads),
     # a cache (a run recomputes a damaged row), but damage in it is damage in the file all the same
-    (transform_cache, (transform_cache.c.transform, transform_cache.c.input), [transform_cache.c.output]),
+    (transform_cache, (transform_cache.c.transform, transform_cache.c.input), [transform_cache.c.output], loads),
 ]
 
 
@@ -140,14 +148,16 @@ class StoreAudit:
             last = tuple(rows[-1][: len(keys)])
 
     def damaged_documents(self) -> list[str]:
-        """Every row whose JSON document is not JSON, as ``cs_object row 7: its hologram ...``.
+        """Every row whose JSON document is damaged, as ``cs_object row 7: its hologram ...``: not JSON, or
+        JSON that is not what mvsync wrote (no longer an object, a date or photo reference that no
+        longer decodes), as the console finds a row damaged.
 
         Why every document is parsed: SQLite's page checks see a page's structure, not the text in a
         value, so bytes changed inside a document pass ``integrity_check`` and stop a run that reads
-        the row (the message sends the operator here, so this must find it)."""
+        the row, or the console shows it as damaged (both send the operator here, so this must find it)."""
         found: list[str] = []
         sqlite = self._conn.dialect.name == "sqlite"
-        for table, keys, columns in _DOCUMENTS:
+        for table, keys, columns, read_document in _DOCUMENTS:
             # SQLite keeps whatever bytes a damaged value holds; read as bytes, they fail as JSON here
             # (naming the row) instead of failing the read as text (naming only the column)
             read = [cast(c, LargeBinary).label(c.name) for c in columns] if sqlite else columns
@@ -158,7 +168,7 @@ class StoreAudit:
                         if text is None:
                             continue
                         try:
-                            loads(text, table.name, ident, column.name)
+                            read_document(text, table.name, ident, column.name)
                         except DamagedDocumentError as exc:
                             found.append(exc.detail)
         return found

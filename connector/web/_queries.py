@@ -23,9 +23,8 @@ from connector.store import (
     StepRow,
     StoreConnection,
     decode_value,
-    loads,
+    loads_object,
     people,
-    undecodable,
 )
 from connector.web._photos import PhotoInfo, photo_infos
 from connector.web._values import BinaryRef, Shown, binary_refs, format_time, show_value
@@ -203,26 +202,16 @@ def _readable(text: str | None, table: str, row: object, column: str, damage: li
 
     Why: one row whose bytes changed on the disk made its whole page a 500 (the operations history
     for one step's counters); the page shows the other rows, and this one as damaged with the hint
-    to run ``mvsync doctor``, which lists every damaged row. Damage may leave the text JSON: a changed
-    digit of a photo's reference, a changed date, or (rarer) no longer an object, every document the
-    console reads being one; those failed later, as the page's 500, and are damage here too.
+    to run ``mvsync doctor``, which lists every damaged row by the same check
+    (:func:`~connector.store.loads_object`: damage may leave the text JSON).
     """
     if not text:
         return None
     try:
-        document = loads(text, table, row, column)
+        return loads_object(text, table, row, column)
     except DamagedDocumentError as exc:
         damage.append(_noted(exc))
         return None
-    if not isinstance(document, dict):
-        problem = f"is not the JSON object mvsync wrote (it is a JSON {type(document).__name__})"
-    else:
-        kind = undecodable(document)
-        if kind is None:
-            return document
-        problem = f"holds a {kind} that is not one mvsync wrote"
-    damage.append(_noted(DamagedDocumentError(f"{table} row {row}: its {column} {problem}")))
-    return None
 
 
 def _noted(exc: DamagedDocumentError) -> str:

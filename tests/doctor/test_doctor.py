@@ -185,7 +185,8 @@ def test_certificate_checks(tmp_path: Path) -> None:
     assert "cannot read" in (_certificate_problems(tmp_path / "missing.pem") or "")
 
 
-def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
+def _cycled(tmp_path: Path, store_url: str) -> tuple[str, Path]:
+    """``(the real mvsync, a configuration)`` after a run of its cycle: three generated people with photos."""
     config = tmp_path / "mvsync.toml"
     config.write_text(
         textwrap.dedent(
@@ -206,6 +207,11 @@ def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
     )
     mvsync = str(Path(sys.executable).with_name("mvsync"))
     subprocess.run([mvsync, "run", "cycle", "-c", str(config), "--json"], check=True, capture_output=True, timeout=120)
+    return mvsync, config
+
+
+def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
+    mvsync, config = _cycled(tmp_path, store_url)
     ok = subprocess.run([mvsync, "doctor", "-c", str(config), "--json"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
@@ -317,3 +323,36 @@ def test_an_empty_photo_folder_is_a_warning_that_asks_whether_the_share_is_mount
     assert reachable() == ("warning", f"{photos} is readable but holds no photos: if it is a share, is it mounted?")
     (photos / "jdoe.jpg").write_bytes(b"a photo's bytes are not read here")
     assert reachable() == ("ok", f"{photos} is readable")
+
+
+def _damaged_but_json(conn: Connection) -> list[str]:
+    """Change bytes inside three documents so that each still reads as JSON but is not what mvsync wrote
+    (as the console finds them: connector/web/_queries.py ``_readable``); what doctor should name."""
+    from connector.store.tables import mv_object, run_step
+
+    mv_id, attributes = conn.execute(select(mv_object.c.id, mv_object.c.attributes).limit(1)).one()
+    dated = {**json.loads(attributes), "whenChanged": "\x00d:2026-13-45T99:00:00+00:00"}  # a date no longer a date
+    conn.execute(update(mv_object).where(mv_object.c.id == mv_id).values(attributes=json.dumps(dated)))
+    step_id = conn.execute(select(run_step.c.id).limit(1)).scalar_one()
+    conn.execute(update(run_step).where(run_step.c.id == step_id).values(counters="[17]"))  # a list, not an object
+    cs_id = conn.execute(select(cs_object.c.id).limit(1)).scalar_one()
+    conn.execute(update(cs_object).where(cs_object.c.id == cs_id).values(hologram='"bitrot"'))  # a string
+    return [f"cs_object row {cs_id}: its hologram", f"mv_object row {mv_id}: its attributes", f"run_step row {step_id}"]
+
+
+def test_documents_that_are_json_but_damaged_are_found_by_the_real_cli(tmp_path: Path, store_url: str) -> None:
+    mvsync, config = _cycled(tmp_path, store_url)
+    from connector.store import SqlStore
+
+    store = SqlStore(store_url)
+    with store.transaction() as conn:
+        named = _damaged_but_json(conn)
+    store.close()
+    done = subprocess.run([mvsync, "doctor", "-c", str(config), "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_PROBLEMS, done.stdout + done.stderr
+    [documents] = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "documents"]
+    assert documents["severity"] == "error" and documents["count"] == 3, documents
+    for row, example in zip(named, sorted(documents["examples"]), strict=True):
+        assert example.startswith(row), documents
+    assert "holds a date that is not one mvsync wrote" in " ".join(documents["examples"]), documents
+    assert "restore" in documents["message"] and "mvsync doctor" in documents["message"], documents
