@@ -297,6 +297,23 @@ def _threshold_or_damage(conn: StoreConnection, agent: str, threshold: Any) -> d
         return {"damaged": _noted(exc)}
 
 
+def _error_kinds(space: ConnectorSpace) -> Counter[tuple[str, str, str]]:
+    """Objects in error now per ``(agent, stage, error name)``: counted by the store, and the few error
+    documents it could not name from their text read one by one (a damaged one under ``DAMAGED_KIND``)."""
+    kinds: Counter[tuple[str, str, str]] = Counter()
+    unnamed: set[str] = set()
+    for agent, stage, name, count in space.error_names():
+        if name is None:
+            unnamed.add(stage)
+        else:
+            kinds[(agent, stage, name)] += count
+    for stage in sorted(unnamed):
+        for agent, cs_id, doc in space.unnamed_errors(stage):
+            read = _readable(doc, "cs_object", cs_id, f"{stage}_error", [])
+            kinds[(agent, stage, str(read.get("name", "?")) if read else DAMAGED_KIND)] += 1
+    return kinds
+
+
 class Console:
     """Read-only views over one store and its configuration."""
 
@@ -650,15 +667,8 @@ class Console:
         disconnected = space.counts_per_agent(only="disconnected")
         photos = space.counts_per_agent(only="with-photo")
         pending = self.pending_counts(conn)
-        error_rows = space.objects_in_error()
-        kinds: Counter[tuple[str, str, str]] = Counter()
-        in_error: Counter[str] = Counter()
-        for agent, sync_error, export_error, import_error, cs_id in error_rows:
-            in_error[agent] += 1
-            for stage, doc in (("sync", sync_error), ("export", export_error), ("import", import_error)):
-                if doc:
-                    read = _readable(doc, "cs_object", cs_id, f"{stage}_error", [])
-                    kinds[(agent, stage, str(read.get("name", "?")) if read else DAMAGED_KIND)] += 1
+        in_error = space.counts_per_agent(only="in-error")
+        kinds = _error_kinds(space)
         result = []
         for agent in sorted(set(self.config.agents) | set(totals), key=self.source_order):
             total = totals.get(agent, 0)
@@ -669,7 +679,7 @@ class Console:
                 total - disconnected.get(agent, 0),
                 photos.get(agent, 0),
                 pending.get(agent, 0),
-                in_error[agent],
+                in_error.get(agent, 0),
             )
             for attr in self.binary_export_attributes(agent):
                 cov.differing[attr] = space.export_writes_and_clears(agent, attr)
