@@ -360,11 +360,6 @@ def run(
     raise typer.Exit(exit_code_for_status(result.status))
 
 
-#: What history shows as the status of a run (or step) recorded ``in-progress`` whose process is provably
-#: gone: killed, or its end not recordable (the store went away); the next run records it as stopped-interrupted.
-ENDED_UNRECORDED = "ended-unrecorded"
-
-
 def _run_times(started_at: float, ended_at: float | None, seconds: float | None) -> dict[str, Any]:
     """A run's or step's times for ``--json``: ISO 8601 in UTC (``ended`` null while it runs, or when its
     end was never recorded), its duration in seconds, and both ends in epoch seconds (``started_at``,
@@ -378,21 +373,15 @@ def _run_times(started_at: float, ended_at: float | None, seconds: float | None)
     }
 
 
-def _shown_status(status: str, gone: bool) -> str:
-    """The status history shows: ``ended-unrecorded`` for what is recorded ``in-progress`` of a run whose
-    process is gone (``connector.engine.ended_unrecorded``), else the recorded one."""
-    return ENDED_UNRECORDED if gone and status == "in-progress" else status
-
-
 def _run_doc(run: RunRow, gone: dict[int, RunRow]) -> dict[str, Any]:
     """A run as ``history list`` and ``history show`` print it (keys of ``history list --json`` first)."""
-    from connector.engine import unrecorded_message
+    from connector.engine import shown_status, unrecorded_message
 
     unrecorded = run.id in gone and run.status == "in-progress"
     return {
         "run_id": run.id,
         "profile": run.profile,
-        "status": _shown_status(run.status, unrecorded),
+        "status": shown_status(run.status, unrecorded),
         "dry_run": bool(run.dry_run),
         **_run_times(run.started_at, run.ended_at, run.seconds),
         "message": unrecorded_message(run) if unrecorded else run.message,
@@ -406,7 +395,7 @@ def history_list(
     json_out: JsonOption = False,
 ) -> None:
     """Recent runs with their status (times in this machine's local time, with its UTC offset)."""
-    from connector.engine import ended_unrecorded
+    from connector.engine import ENDED_UNRECORDED, ended_unrecorded
 
     store = _store(_config(config))
     gone = ended_unrecorded(store)
@@ -466,7 +455,7 @@ def history_show(
     json_out: JsonOption = False,
 ) -> None:
     """One run: its steps, counters and per-object errors (times in local time, with the UTC offset)."""
-    from connector.engine import ended_unrecorded
+    from connector.engine import ended_unrecorded, shown_status
 
     store = _store(_config(config))
     gone = ended_unrecorded(store)
@@ -484,7 +473,7 @@ def history_show(
                     "step_id": s.id,
                     "agent": s.agent,
                     "kind": s.kind,
-                    "status": _shown_status(s.status, run_id in gone),
+                    "status": shown_status(s.status, run_id in gone),
                     "message": s.message,
                     **_run_times(s.started_at, s.ended_at, s.seconds),
                     "counters": loads(s.counters, "run_step", s.id, "counters"),

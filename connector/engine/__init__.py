@@ -1,6 +1,13 @@
 """The sync engine: import, synchronization and export steps over connector spaces and a metaverse."""
 
-from connector.engine._abandoned import abandoned_runs, ended_unrecorded, process_gone, unrecorded_message
+from connector.engine._abandoned import (
+    ENDED_UNRECORDED,
+    abandoned_runs,
+    ended_unrecorded,
+    process_gone,
+    shown_status,
+    unrecorded_message,
+)
 from connector.engine._agents import (
     export_scope,
     load_metaverse_schema,
@@ -24,6 +31,7 @@ from connector.engine._stream import MemoryState, Page, StreamPager, import_in_m
 from connector.engine._sync import search_fields
 
 __all__ = [
+    "ENDED_UNRECORDED",
     "SHOWN_ERRORS",
     "Engine",
     "Interrupted",
@@ -48,6 +56,7 @@ __all__ = [
     "recorded_run_id",
     "search_fields",
     "setting_paths",
+    "shown_status",
     "threshold_report",
     "unrecorded_message",
 ]

@@ -39,6 +39,7 @@ from connector.store import RunHistory, RunRow, SqlStore, StepRow
 
 __all__ = [
     "ABANDONED_STATUS",
+    "ENDED_UNRECORDED",
     "SYNC_KINDS",
     "abandoned_runs",
     "close_abandoned_runs",
@@ -46,10 +47,16 @@ __all__ = [
     "ended_unrecorded",
     "process_gone",
     "run_lock",
+    "shown_status",
     "unrecorded_message",
 ]
 
 ABANDONED_STATUS = "stopped-interrupted"
+
+#: What history shows (``mvsync history``, the console) as the status of a run, and of its open step,
+#: recorded ``in-progress`` whose process is provably gone (:func:`ended_unrecorded`), until the next
+#: run records it as ``ABANDONED_STATUS``. Never written to the store.
+ENDED_UNRECORDED = "ended-unrecorded"
 
 #: Seconds a process's start time may trail its run's recorded start and still be the run's own
 #: process (clock resolution of process start times): a later one reuses the pid.
@@ -110,6 +117,12 @@ def _close_step(history: RunHistory, step: StepRow, run: RunRow | None, by_run: 
             message,
         )
     return done
+
+
+def shown_status(status: str, gone: bool) -> str:
+    """The status history shows: ``ENDED_UNRECORDED`` for what is recorded ``in-progress`` of a run whose
+    process is gone (``gone``: its id is among :func:`ended_unrecorded`'s), else the recorded one."""
+    return ENDED_UNRECORDED if gone and status == "in-progress" else status
 
 
 def unrecorded_message(run: RunRow) -> str:

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connector.config import MvsyncConfig, RunStepKind
-from connector.engine import load_metaverse_schema, threshold_report
+from connector.engine import (
+    ENDED_UNRECORDED,
+    ended_unrecorded,
+    load_metaverse_schema,
+    shown_status,
+    threshold_report,
+    unrecorded_message,
+)
 from connector.registry import connector_name
 from connector.sdk import AttributeType
 from connector.store import (
@@ -65,6 +72,8 @@ def status_class(status: str) -> str:
         return "ok"
     if status == "in-progress":
         return "running"
+    if status == ENDED_UNRECORDED:  # its process is gone without recording its end
+        return "error"
     if status == "completed-warnings":
         return "warn"
     return "error" if status.startswith(("stopped-", "completed-")) else "warn"
@@ -259,7 +268,8 @@ def _counters(row: StepRow, damage: list[str]) -> list[tuple[str, Any]]:
     return flat
 
 
-def _step_view(row: StepRow, errors: int = 0) -> StepView:
+def _step_view(row: StepRow, errors: int = 0, *, gone: bool = False) -> StepView:
+    """A step as the console shows it (``gone``: its run's process is gone, see ``Console.runs``)."""
     damage: list[str] = []
     return StepView(
         row.id,
@@ -267,7 +277,7 @@ def _step_view(row: StepRow, errors: int = 0) -> StepView:
         row.seq,
         row.agent,
         row.kind,
-        row.status,
+        shown_status(row.status, gone),
         format_time(row.started_at),
         row.seconds,
         row.message,
@@ -357,6 +367,7 @@ class Console:
     ) -> tuple[list[RunView], int | None]:
         """A page of runs, newest first, with their steps; and the cursor of the next page."""
         history = RunHistory(conn)
+        gone = ended_unrecorded(self.store)  # as `mvsync history` says them
         rows = history.recent_runs(limit + 1, before=before)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -364,12 +375,12 @@ class Console:
             r.id: RunView(
                 r.id,
                 r.profile,
-                r.status,
+                shown_status(r.status, r.id in gone),
                 bool(r.dry_run),
                 format_time(r.started_at),
                 r.seconds,
                 r.host,
-                message=r.message,
+                message=unrecorded_message(r) if r.id in gone and r.status == "in-progress" else r.message,
             )
             for r in rows
         }
@@ -377,7 +388,7 @@ class Console:
             steps = history.steps_of(list(views))
             errors = history.error_counts([s.id for s in steps])
             for s in steps:
-                views[s.run_id].steps.append(_step_view(s, errors.get(s.id, 0)))
+                views[s.run_id].steps.append(_step_view(s, errors.get(s.id, 0), gone=s.run_id in gone))
         ordered = [views[r.id] for r in rows]
         return ordered, (rows[-1].id if more else None)
 
@@ -408,7 +419,7 @@ class Console:
             errors.append(
                 ErrorView(e.id, e.anchor, e.object_class, e.stage, e.error_name, e.severity, e.detail, display, mv_id)
             )
-        view = _step_view(row, sum(by_name.values()))
+        view = _step_view(row, sum(by_name.values()), gone=row.run_id in ended_unrecorded(self.store))
         return view, errors, by_name, (rows[-1].id if more else None)
 
     # -------------------------------------------------------------------------------- search
