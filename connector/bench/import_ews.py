@@ -163,6 +163,8 @@ def run(
         "delta_import_status": delta.status,
         "delta_recheck_all_s": round(delta_s, 2),
         "delta_not_modified": delta_metrics.get("unchanged", 0),
+        "delta_import_throttled": delta_metrics.get("throttled", 0),
+        "delta_import_limiter": delta_metrics.get("limiter", {}),
         "delta_checks_per_s": round(mailboxes / delta_s, 1) if delta_s else None,
         "import_errors": full_metrics.get("error", 0) + delta_metrics.get("error", 0),
         "emulator_peak_in_flight": stats.get("peak_in_flight"),
