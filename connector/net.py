@@ -13,12 +13,13 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 import requests
+import urllib3
 
 from connector.sdk import AuthenticationError, ConfigurationError
 
@@ -35,6 +36,8 @@ __all__ = [
     "https_url",
     "on_host",
     "reached_server",
+    "read_capped",
+    "read_within",
     "readable_ca_file",
     "service_at",
     "unanswered_outage",
@@ -317,6 +320,69 @@ def unanswered_outage(
     if not reached_server(exc):
         return SILENCE
     return recheck()
+
+
+def _arriving(resp: requests.Response) -> Iterator[bytes]:
+    """A streamed body as it arrives: each read gives what one receive brought (``read1``), so a
+    caller can keep a deadline however slowly the bytes come; urllib3's errors as requests' own.
+
+    Decoded (``Content-Encoding: gzip`` included) a bounded piece at a time: urllib3 2.6.0 and later
+    (CVE-2025-66471) never decodes more than a read asks for, so a gzip bomb cannot fill the memory
+    in one read (the floor in pyproject.toml).
+    """
+    try:
+        while chunk := resp.raw.read1(65536, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:  # (requests says ConnectionError, which names no timeout)
+        raise requests.exceptions.ReadTimeout(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+
+
+def read_within(resp: requests.Response, timeout_s: float, limit: int) -> bytes:
+    """A streamed answer's body (``stream=True``) as it arrives, until its end or until it is over
+    ``limit`` bytes decoded (then a piece more than ``limit``, the rest unread); requests' ReadTimeout
+    when it is not all there within ``timeout_s`` (the connection is closed then).
+
+    Why a deadline for the whole body: the timeout of a request bounds each read, and a proxy or a
+    dying link that trickles bytes would hold the step (and its lock) for days.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + timeout_s
+    for chunk in _arriving(resp):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+        if time.monotonic() > deadline:
+            resp.close()
+            raise requests.exceptions.ReadTimeout(f"{size:,} bytes of the answer in {timeout_s:g} s (timeout_s)")
+    return b"".join(chunks)
+
+
+def read_capped(resp: requests.Response, timeout_s: float, limit: int) -> bytes | None:
+    """A streamed answer's whole body, or None when it is over ``limit`` bytes decoded: then it is
+    left unread past the limit (not at all when its Content-Length says so) and its connection is
+    closed. As ``read_within`` otherwise.
+
+    Why: a body read whole (``resp.content``) is held in memory however large it is, and requests
+    decodes ``Content-Encoding: gzip`` completely, so an oversized answer or a gzip bomb from the
+    service or a proxy in between took as much memory as it decoded to, on every thread at once.
+    """
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:  # the headers already say it is too large
+        resp.close()
+        return None
+    body = read_within(resp, timeout_s, limit)
+    if len(body) > limit:
+        resp.close()
+        return None
+    return body
 
 
 def _is_loopback(url: str | bytes | None) -> bool:

@@ -31,13 +31,12 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urljoin
 
 import requests
-import urllib3
 
 from connector.agents.exchange_server._auth import refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
@@ -49,6 +48,8 @@ from connector.net import (
     fails_again,
     failure_kind,
     host_port,
+    read_capped,
+    read_within,
     unanswered_outage,
 )
 from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError
@@ -177,34 +178,12 @@ class _Oversized(Exception):
         self.content_type = content_type
 
 
-def _arriving(resp: requests.Response) -> Iterator[bytes]:
-    """A streamed body as it arrives: each read gives what one receive brought (``read1``), so a
-    caller can keep a deadline however slowly the bytes come; urllib3's errors as requests' own."""
-    try:
-        while chunk := resp.raw.read1(65536, decode_content=True):
-            yield chunk
-    except urllib3.exceptions.ProtocolError as exc:
-        raise requests.exceptions.ChunkedEncodingError(exc) from exc
-    except urllib3.exceptions.DecodeError as exc:
-        raise requests.exceptions.ContentDecodingError(exc) from exc
-    except urllib3.exceptions.ReadTimeoutError as exc:  # (requests says ConnectionError, which names no timeout)
-        raise requests.exceptions.ReadTimeout(exc) from exc
-    except urllib3.exceptions.SSLError as exc:
-        raise requests.exceptions.SSLError(exc) from exc
-
-
 def _read_body(resp: requests.Response, timeout_s: float) -> None:
     """Read a streamed answer's body (``resp.content`` then holds it), or raise ``_Oversized``
-    without reading on once it is over ``MAX_PHOTO_BYTES``. A cut-off body raises requests' error,
-    and so does one not all there within ``timeout_s``: the timeout of a request bounds each read,
-    and a proxy or a dying link that trickles bytes would hold the step (and its lock) for days."""
-    declared = resp.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_PHOTO_BYTES:  # the headers already say it is too large
-        resp.close()
-        raise _Oversized(_content_type(resp))
-    body = _read_within(resp, timeout_s, MAX_PHOTO_BYTES)
-    if len(body) > MAX_PHOTO_BYTES:
-        resp.close()
+    without reading on once it is over ``MAX_PHOTO_BYTES`` (``connector.net.read_capped``). A
+    cut-off body raises requests' error, and so does one not all there within ``timeout_s``."""
+    body = read_capped(resp, timeout_s, MAX_PHOTO_BYTES)
+    if body is None:
         raise _Oversized(_content_type(resp))
     resp._content = body  # where requests keeps a body it has read
 
@@ -214,7 +193,7 @@ def _read_head(resp: requests.Response, timeout_s: float) -> None:
     photo, within ``timeout_s``, keeping at most ``_ERROR_BODY_BYTES`` (all that a SOAP fault or
     throttling needs; the rest is not read, and the connection is closed): a body that trickles in,
     or has no end, would otherwise hold the step, or fill the memory."""
-    body = _read_within(resp, timeout_s, _ERROR_BODY_BYTES)
+    body = read_within(resp, timeout_s, _ERROR_BODY_BYTES)
     if len(body) > _ERROR_BODY_BYTES:
         resp.close()
         body = body[:_ERROR_BODY_BYTES]
@@ -223,23 +202,6 @@ def _read_head(resp: requests.Response, timeout_s: float) -> None:
 
 #: The most of a non-photo answer kept: EWS's SOAP faults are a few KB (``ews_fault`` looks at 8 KB).
 _ERROR_BODY_BYTES = 65536
-
-
-def _read_within(resp: requests.Response, timeout_s: float, limit: int) -> bytes:
-    """The body as it arrives, until its end or until it is over ``limit`` bytes; requests' ReadTimeout
-    when it is not there within ``timeout_s`` (the connection is closed then)."""
-    chunks: list[bytes] = []
-    size = 0
-    deadline = time.monotonic() + timeout_s
-    for chunk in _arriving(resp):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break
-        if time.monotonic() > deadline:
-            resp.close()
-            raise requests.exceptions.ReadTimeout(f"{size:,} bytes of the answer in {timeout_s:g} s (timeout_s)")
-    return b"".join(chunks)
 
 
 def _stopped() -> Fetched:
