@@ -68,7 +68,8 @@ Faults reuse the Graph emulator's profiles (``_faults``): "429" becomes ``ErrorS
 no 429), 503 is IIS's queue-full answer, and resets, truncated bodies and extra latency as there.
 A profile's ``path_pattern`` is searched in the request's path and query, so ``"email=m3%40"`` makes
 one mailbox's requests meet the fault while the others are answered (a backend, or a firewall rule,
-that resets one mailbox's answers).
+that resets one mailbox's answers). ``gzip_photo_bytes`` is the Graph emulator's only: here
+``set_answer`` sends any body, with a ``Content-Encoding`` header for a gzip bomb.
 """
 
 from __future__ import annotations

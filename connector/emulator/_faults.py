@@ -1,4 +1,5 @@
-"""Fault profiles: injected 429/503/504, extra latency, connection resets and truncated bodies.
+"""Fault profiles: injected 429/503/504, extra latency, connection resets, truncated bodies, and
+gzip-encoded oversized photos.
 
 A decision depends only on (seed, method, URL, how many times that URL was tried), never on the
 order in which concurrent requests arrive, so a run with the same seed sees the same faults and a
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_type_hints
@@ -17,7 +20,15 @@ from pydantic import ConfigDict, TypeAdapter
 
 from connector.emulator._checks import checked, json_object
 
-__all__ = ["PROFILES", "FaultDecision", "FaultInjector", "FaultProfile", "parse_faults"]
+__all__ = [
+    "PROFILES",
+    "FaultDecision",
+    "FaultInjector",
+    "FaultProfile",
+    "gzip_photo",
+    "gzip_with_base64_photo",
+    "parse_faults",
+]
 
 FaultKind = Literal["429", "503", "504", "reset", "truncate"]
 
@@ -41,8 +52,16 @@ class FaultProfile:
     #: items one by one ("/photo": Graph's front door works, the mailboxes' photo service fails;
     #: "/users/ID/photo": one mailbox fails). None: every request.
     path_pattern: str | None = None
+    #: Not a rate: every photo download (a ``GET .../$value``) that ``path_pattern`` finds (every one
+    #: without a pattern) answers 200 with ``Content-Encoding: gzip`` and this many bytes once decoded,
+    #: a JPEG's first bytes and then zeros, a thousandth of that on the wire: a gzip bomb, or any
+    #: oversized answer from Graph or a proxy in between. In a ``$batch`` the whole envelope is
+    #: gzip-encoded, the item's body being those bytes in base64. 0: off.
+    gzip_photo_bytes: int = 0
 
     def __post_init__(self) -> None:
+        if self.gzip_photo_bytes < 0:
+            raise ValueError(f"fault profile {self.name!r}: gzip_photo_bytes must be >= 0")
         total = self.rate_429 + self.rate_503 + self.rate_504 + self.rate_reset + self.rate_truncate
         rates = (self.rate_429, self.rate_503, self.rate_504, self.rate_reset, self.rate_truncate)
         if min(rates) < 0 or total > 1.0 or not 0.0 <= self.rate_latency <= 1.0:
@@ -106,6 +125,7 @@ _ALIASES = {
     "latency": "rate_latency",
     "latency_ms": "extra_latency_ms",
     "retry_after": "retry_after_s",
+    "gzip_photo": "gzip_photo_bytes",
 }
 
 
@@ -193,6 +213,14 @@ class FaultInjector:
         latency = p.extra_latency_ms / 1000.0 if self._uniform(key, "latency") < p.rate_latency else 0.0
         return FaultDecision(kind, latency)
 
+    def gzip_photo(self, method: str, url: str) -> int:
+        """The decoded size of the gzip-encoded photo ``method url`` answers (``gzip_photo_bytes``), 0
+        for the real photo. Not drawn: the same URL gets it every time."""
+        p = self.profile
+        if not p.gzip_photo_bytes or method != "GET" or not url.partition("?")[0].endswith("/$value"):
+            return 0
+        return p.gzip_photo_bytes if p.path_pattern is None or re.search(p.path_pattern, url) else 0
+
     def retry_after(self) -> str | None:
         value = self.profile.retry_after_s
         if value is None:
@@ -200,3 +228,41 @@ class FaultInjector:
         if self.profile.retry_after_decimal:
             return f"{value:.3f}"
         return str(max(1, round(value)))
+
+
+#: The photo a gzip fault sends starts as a JPEG does (SOI and a marker's first byte), then zeros.
+_JPEG_START = b"\xff\xd8\xff"
+_MB = 1 << 20
+
+
+def gzip_photo(decoded: int) -> bytes:
+    """The gzip body of a ``decoded``-byte photo: ``_JPEG_START`` and then zeros."""
+    return _gzip_repeated(_JPEG_START, bytes(_MB), decoded - len(_JPEG_START), b"")
+
+
+def gzip_with_base64_photo(before: bytes, decoded: int, after: bytes) -> bytes:
+    """The gzip body of ``before``, the base64 of ``gzip_photo``'s photo, and ``after`` (a ``$batch``
+    envelope around one such item): ``/9j/`` encodes ``_JPEG_START``, and each ``A`` six zero bits."""
+    zeros, odd = divmod(decoded - len(_JPEG_START), 3)
+    padded = (b"", b"AA==", b"AAA=")[odd]  # the last one or two zero bytes
+    return _gzip_repeated(before + b"/9j/", b"A" * _MB, zeros * 4, padded + after)
+
+
+def _gzip_repeated(head: bytes, unit: bytes, length: int, tail: bytes) -> bytes:
+    """The gzip of ``head``, ``length`` bytes of ``unit`` repeated, and ``tail``, made in milliseconds:
+    ``unit`` is compressed once up to a full flush (which makes its blocks stand alone, byte-aligned)
+    and the blocks repeated; a gzip of hundreds of MB would take seconds to compress."""
+    start, block = zlib.compressobj(9, zlib.DEFLATED, -15), zlib.compressobj(9, zlib.DEFLATED, -15)
+    whole, rest = divmod(length, len(unit))
+    parts = [start.compress(head) + start.flush(zlib.Z_FULL_FLUSH)]
+    repeated = block.compress(unit) + block.flush(zlib.Z_FULL_FLUSH)
+    parts += [repeated] * whole
+    end = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts.append(end.compress(unit[:rest] + tail) + end.flush())
+    crc = zlib.crc32(head)
+    for _ in range(whole):
+        crc = zlib.crc32(unit, crc)
+    crc = zlib.crc32(unit[:rest] + tail, crc)
+    size = len(head) + length + len(tail)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name, no time, unknown OS
+    return header + b"".join(parts) + struct.pack("<II", crc, size & 0xFFFFFFFF)

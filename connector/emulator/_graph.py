@@ -75,7 +75,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from connector.emulator._config import EmulatorConfig
-from connector.emulator._faults import FaultInjector
+from connector.emulator._faults import FaultInjector, gzip_photo, gzip_with_base64_photo
 from connector.emulator._http import Request, Response
 from connector.emulator._identity import AccessClaims, Identity, b64url, b64url_decode
 from connector.emulator._listing import Listing, ListingCache, SortKey
@@ -138,6 +138,8 @@ _NO_PHOTO = {
         "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown.",
     ),
 }
+#: The body of a ``$batch`` item that got the fault profile's gzip photo, before its size (``_batch_item``).
+_GZIP_PHOTO = "gzip-photo-of-bytes:"
 #: The names Graph answers ``users/delta`` under (see the module docstring).
 _DELTA_FORMS = frozenset({"delta", "delta()", "microsoft.graph.delta()"})
 _DELTA_ID_FILTER = re.compile(r"^\s*id\s+eq\s+'([^']*)'\s*((?:\s+or\s+id\s+eq\s+'[^']*'\s*)*)$", re.IGNORECASE)
@@ -849,6 +851,11 @@ class GraphService:
         if rest[-1] != "$value":
             body = {"@odata.context": self._photo_context(user, rest), **entry}
             return self._json(req, rid, 200, body, [("ETag", photo.http_etag)])
+        bomb = self.faults.gzip_photo(method, req.target)
+        if bomb:  # the fault profile's gzip_photo_bytes: the whole of it would not fit in the memory of a test
+            self.stats.faults["gzip_photo"] += 1
+            headers = [*self._headers(req, rid), ("Content-Type", "image/jpeg"), ("Content-Encoding", "gzip")]
+            return Response(200, gzip_photo(bomb), headers)
         size = None if entry is entries[-1] else int(entry["width"])
         data = await self._photo_bytes(user, photo, size)
         self.stats.count("photo_bytes", len(data))
@@ -970,7 +977,19 @@ class GraphService:
             done[item_id.lower()].set()
 
         await asyncio.gather(*(run(item) for item in items))
-        return self._json(req, rid, 200, {"responses": results})
+        envelope = self._json(req, rid, 200, {"responses": results})
+        return self._gzip_photo_envelope(envelope, results)
+
+    def _gzip_photo_envelope(self, envelope: Response, results: list[dict[str, Any]]) -> Response:
+        """The envelope gzip-encoded, its ``gzip_photo`` item's body the photo's base64, if an item
+        got the fault profile's gzip photo (``_batch_item`` left a marker there); else as it is."""
+        marked = [r for r in results if str(r.get("body", "")).startswith(_GZIP_PHOTO)]
+        if not marked:
+            return envelope
+        marker = str(marked[0]["body"])
+        before, _, after = envelope.body.partition(marker.encode())
+        body = gzip_with_base64_photo(before, int(marker.removeprefix(_GZIP_PHOTO)), after)
+        return Response(200, body, [*envelope.headers, ("Content-Encoding", "gzip")])
 
     @staticmethod
     def _validate_batch(items: list[dict[str, Any]]) -> None:
@@ -1056,7 +1075,10 @@ class GraphService:
             response = self._error(outer, rid, err)
         out_headers = {k: v for k, v in response.headers if k.lower() not in ("request-id", "client-request-id")}
         result: dict[str, Any] = {"id": item["id"], "status": response.status, "headers": out_headers}
-        if response.body:
+        bomb = self.faults.gzip_photo(inner.method, inner.target) if response.header("content-encoding") else 0
+        if bomb:  # the photo's base64 is written into the envelope as it is gzipped (_gzip_photo_envelope)
+            result["body"] = f"{_GZIP_PHOTO}{bomb}"
+        elif response.body:
             ctype = (response.header("content-type") or "").lower()
             if ctype.startswith("application/json"):
                 result["body"] = json.loads(response.body)

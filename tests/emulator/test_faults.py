@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -147,3 +149,30 @@ def test_a_path_pattern_confines_faults_to_matching_requests_and_batch_items(
     assert statuses["0"] == 504 and 504 not in (statuses["1"], statuses["2"])
     with pytest.raises(ValueError, match="path_pattern is no regular expression"):
         parse_faults({"504": 1.0, "path_pattern": "("})
+
+
+def test_a_gzip_photo_fault_sends_one_users_photo_gzip_encoded_and_oversized(
+    graph_emulator_factory: Callable[..., GraphEmulator],
+) -> None:
+    """``gzip_photo``: the user's photo download answers a gzip body that decodes to that many bytes (a
+    JPEG's start, then zeros), on its own and inside a ``$batch`` (the envelope gzip-encoded around the
+    photo's base64); the user's metadata and the other users are served as ever."""
+    emu = graph_emulator_factory(users=6, seed=3, photo_ratio=1.0)
+    api = make_api(emu)
+    ids = [u["id"] for u in emu.admin.users() if u["hasPhoto"]]
+    size = (1 << 20) + 2  # not a multiple of 3: the base64 ends with padding
+    emu.admin.set_faults({"gzip_photo": size, "path_pattern": f"/users/{ids[0]}/photo"})
+    alone = api.get(f"/users/{ids[0]}/photo/$value", stream=True)
+    wire = alone.raw.read(decode_content=False)
+    assert alone.headers["Content-Encoding"] == "gzip" and len(wire) < size // 100
+    photo = gzip.decompress(wire)
+    assert len(photo) == size and photo.startswith(b"\xff\xd8\xff") and not photo[3:].strip(b"\0")
+    urls = [f"/users/{ids[0]}/photo/$value", f"/users/{ids[0]}/photo", f"/users/{ids[1]}/photo/$value"]
+    resp = api.batch([{"id": str(i), "method": "GET", "url": url} for i, url in enumerate(urls)])
+    assert resp.headers["Content-Encoding"] == "gzip"
+    items = {r["id"]: r for r in resp.json()["responses"]}
+    assert base64.b64decode(items["0"]["body"], validate=True) == photo
+    assert items["1"]["body"]["@odata.mediaEtag"] and base64.b64decode(items["2"]["body"])[:2] == b"\xff\xd8"
+    assert emu.admin.stats()["faults"] == {"gzip_photo": 2}
+    with pytest.raises(ValueError, match="gzip_photo_bytes must be >= 0"):
+        parse_faults({"gzip_photo": -1})

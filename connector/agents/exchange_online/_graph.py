@@ -22,6 +22,11 @@ Two kinds of retry, on purpose:
   answered meanwhile and it found nobody there (refused, timed out), or when a request that had
   worked, asked again, fails too (after 5xx, or connections reset once made): the step then
   stops (``stopped-server-down``) instead of failing every user in turn.
+
+Every answer is read streamed and capped (``connector.net.read_capped``), never whole: a photo at
+``MAX_PHOTO_BYTES``, any other answer at ``MAX_JSON_BYTES``, a ``$batch`` envelope at what its
+items allow (``_envelope_cap``). An answer over its cap is left unread (see ``GraphResponse.oversized``
+and ``GraphClient.batch`` for what it then means).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from connector.net import (
     failure_kind,
     host_port,
     on_host,
+    read_capped,
     service_at,
     unanswered_outage,
 )
@@ -68,6 +74,8 @@ from connector.throttling import (
 )
 
 __all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_PHOTO_BYTES",
     "BatchItem",
     "GraphClient",
     "GraphResponse",
@@ -86,6 +94,17 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: Graph runs at most this many items of one ``$batch`` at a time against Outlook (photos).
 BATCH_PARALLELISM = 4
 
+
+#: The largest photo body read: Graph takes a photo "under 8 MB" (and 4 MB per request today: Learn,
+#: "Update profilePhoto") and serves its HD sizes, which this agent downloads, far smaller (tens of KB).
+MAX_PHOTO_BYTES = 8 * 1024 * 1024
+#: The largest JSON answer read on its own: a users/delta page of 999 users with the five properties
+#: selected is about 0.5 MB; photo metadata and error bodies are a few hundred bytes.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+#: The most one ``$batch`` item other than a photo adds to its envelope (metadata, an error: a few
+#: hundred bytes), and what each item adds besides its body (id, status, headers).
+_ITEM_JSON_BYTES = 64 * 1024
+_ITEM_OVERHEAD_BYTES = 4 * 1024
 
 #: Seconds between two warnings that Graph gives no answer: one outage meets every thread at once.
 UNANSWERED_WARNING_S = 30.0
@@ -116,6 +135,8 @@ class GraphResponse:
     headers: dict[str, str]
     body: bytes = b""
     json_body: Any = None
+    #: The cap the body went over (then left unread, ``body`` empty); 0 when it was read whole.
+    oversized: int = 0
 
     @property
     def ok(self) -> bool:
@@ -136,6 +157,8 @@ class GraphResponse:
         return parse_retry_after(self.headers.get("retry-after"))
 
     def describe(self) -> str:
+        if self.oversized:
+            return f"HTTP {self.status} with more than {self.oversized:,} bytes (the rest was not read)"
         code = self.error_code
         return f"HTTP {self.status}" + (f" {code}: {self.error_message}" if code else "")
 
@@ -254,6 +277,30 @@ def _batch_payload(items: Sequence[BatchItem]) -> dict[str, Any]:
             entry["body"] = base64.b64encode(item.body).decode("ascii")
         requests_.append(entry)
     return {"requests": requests_}
+
+
+def _is_photo_read(method: str, url: str) -> bool:
+    """Whether a request downloads a photo's bytes (``GET .../photo/$value``, ``.../photos/{size}/$value``)."""
+    return method == "GET" and url.partition("?")[0].endswith("$value")
+
+
+def _answer_cap(method: str, url: str) -> int:
+    """The most of an answer to one request that is read: a photo's, or any other's (JSON)."""
+    return MAX_PHOTO_BYTES if _is_photo_read(method, url) else MAX_JSON_BYTES
+
+
+def _envelope_cap(items: Sequence[BatchItem]) -> int:
+    """The most of a ``$batch`` answer that is read: what its items' answers can hold in JSON.
+
+    A photo's bytes come as base64 (4 characters for 3 bytes), so a photo read adds at most
+    ``MAX_PHOTO_BYTES`` in base64; any other item (metadata, an error) ``_ITEM_JSON_BYTES``; each its
+    id, status and headers. Twenty photo reads, Graph's most in one batch, allow about 224 MB;
+    twenty metadata probes, 1.4 MB. The bound is for the day something answers far more (a gzip bomb
+    from a proxy): the answers a healthy Graph sends are a small part of it.
+    """
+    photo = -(-MAX_PHOTO_BYTES // 3) * 4
+    items_cap = sum(photo if _is_photo_read(item.method, item.url) else _ITEM_JSON_BYTES for item in items)
+    return items_cap + (len(items) + 1) * _ITEM_OVERHEAD_BYTES
 
 
 def _item_response(raw: dict[str, Any]) -> GraphResponse:
@@ -396,10 +443,12 @@ class GraphClient:
         body: bytes | None,
         json_body: Any,
         weight: int,
-        envelope: bool,
+        envelope: int,
         tickets: list[Ticket],
         cancel: threading.Event,
     ) -> GraphResponse:
+        """One attempt. ``envelope``: for a ``$batch``, the most of its answer read (``_envelope_cap``);
+        0 for any other request, whose answer is read up to ``_answer_cap``."""
         try:
             full_url = self.url(url)
         except StopRunError:  # nothing was sent: a share the caller handed over goes back unused
@@ -416,9 +465,16 @@ class GraphClient:
             all_headers.update(headers or {})
             self.stats.add(http_requests=1)
             resp = self._session().request(
-                method, full_url, headers=all_headers, data=body, json=json_body, timeout=self.settings.timeout_s
+                method,
+                full_url,
+                headers=all_headers,
+                data=body,
+                json=json_body,
+                timeout=self.settings.timeout_s,
+                stream=True,
             )
-            content = resp.content  # reads the whole body: a truncated one raises here
+            cap = envelope or _answer_cap(method, full_url)
+            content = read_capped(resp, self.settings.timeout_s, cap)  # a truncated body raises here
         except requests.RequestException as exc:
             self.limiter.release(ticket, Signal.FAILED)
             self.stats.add(connection_errors=1)
@@ -429,10 +485,14 @@ class GraphClient:
             # for every later step (an authentication stop, a bug, Ctrl-C)
             self.limiter.release(ticket, Signal.FAILED)
             raise
+        if content is None:  # over its cap, left unread: what it means is the caller's (batch, read_response)
+            content = b""
+        else:
+            cap = 0
         self.stats.add(bytes_received=len(content))
         if not envelope:  # a batch's items are counted one by one, as Graph counts them
             metrics.graph_request(resp.status_code)
-        out = GraphResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, content)
+        out = GraphResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, content, oversized=cap)
         is_json = out.headers.get("content-type", "").startswith("application/json") and bool(content)
         if is_json or envelope:
             out.json_body = _json_or_none(content)
@@ -515,7 +575,7 @@ class GraphClient:
         body: bytes | None = None,
         json_body: Any = None,
         weight: int = 1,
-        envelope: bool = False,
+        envelope: int = 0,
         ticket: Ticket | None = None,
         cancel: threading.Event | None = None,
     ) -> GraphResponse:
@@ -581,7 +641,7 @@ class GraphClient:
 
         def ask() -> bool:
             try:
-                self._send_once("GET", self._canary, None, None, None, 1, False, [], cancel or self.closed)
+                self._send_once("GET", self._canary, None, None, None, 1, 0, [], cancel or self.closed)
             except ThrottledError:
                 return True  # push-back is Graph at work
             except RetryableError as exc:
@@ -629,11 +689,13 @@ class GraphClient:
             "$batch",
             json_body=_batch_payload(items),
             weight=min(len(items), BATCH_PARALLELISM),
-            envelope=True,
+            envelope=_envelope_cap(items),
             ticket=ticket,
             cancel=cancel,
         )
         self.stats.add(batch_requests=1)
+        if resp.oversized:
+            return self._one_by_one(items, resp, cancel)
         if not resp.ok or not isinstance(resp.json_body, dict):
             # the whole batch failed: every item shares its fate
             if resp.ok:
@@ -660,7 +722,7 @@ class GraphClient:
             else:
                 self.watch.progressed()
                 working += 1
-                if sent.method == "GET" and not sent.url.endswith("$value"):
+                if sent.method == "GET" and not _is_photo_read(sent.method, sent.url):
                     self._canary = sent.url  # worked now, and small: what confirmed_down asks again
             out.append(item)
         if working:
@@ -668,6 +730,23 @@ class GraphClient:
         if throttled:
             self.stats.add(throttled=throttled)
         return out
+
+    def _one_by_one(
+        self, items: Sequence[BatchItem], envelope: GraphResponse, cancel: threading.Event | None
+    ) -> list[GraphResponse]:
+        """The answers to the items of a ``$batch`` whose answer went over its cap, each asked on its own.
+
+        Why: the envelope holds up to twenty people's answers, and which of them is too large cannot be
+        told without reading it. Failing every item would give the others an error that is not theirs
+        (asked again only after photo_error_recheck_hours); taking it for an outage would stop the step
+        for one person; it is neither a photo nor "no photo". Asked on its own, each answer has its own
+        cap (``_answer_cap``), so only the person whose answer is too large gets an error
+        (``read_response``) and the others their photos, for one request per item, on that day only.
+        """
+        log.warning(
+            "Graph answered a $batch of %d requests with %s: each is asked on its own", len(items), envelope.describe()
+        )
+        return [self.request(i.method, i.url, headers=i.headers, body=i.body, cancel=cancel) for i in items]
 
     def item_retry(self, attempt: int, response: GraphResponse) -> float | None:
         """Seconds until a failed batch item may be resent, or None when it must not be retried.

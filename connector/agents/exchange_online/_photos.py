@@ -200,6 +200,22 @@ def on_premises_outcome(task: PhotoTask) -> PhotoOutcome:
     return PhotoOutcome(task, "none", etag=ON_PREMISES_ETAG)
 
 
+def _too_large(task: PhotoTask, resp: GraphResponse) -> PhotoOutcome:
+    """An answer over its cap (``GraphResponse.oversized``), left unread: the user's error, which keeps
+    what the connector space holds. A photo's is ``image-input-too-large``, as a photo folder's or
+    EWS's over the input limit; metadata that large is no answer of Graph's at all."""
+    from connector.imaging import InputTooLargeError
+
+    what = "photo" if task.kind == "get" else "photo metadata"
+    detail = (
+        f"the {what} of user {task.user_id} came as {resp.describe()}, more than Graph sends for a {what}; the "
+        "photo imported before is kept and the next import reads it again. If it recurs, check any proxy in front "
+        "of Graph"
+    )
+    error = InputTooLargeError.name if task.kind == "get" else "graph-malformed-response"
+    return PhotoOutcome(task, "error", error=error, detail=detail)
+
+
 def _download_missed(task: PhotoTask, resp: GraphResponse) -> PhotoTask | PhotoOutcome:
     """A download answered "no photo" although the metadata just said there is one.
 
@@ -224,6 +240,8 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
 
     Retryable statuses are the caller's business (it owns the retry budget); here they are final.
     """
+    if resp.oversized:
+        return _too_large(task, resp)
     if resp.status == 404 and resp.error_code == "Request_ResourceNotFound":
         return PhotoOutcome(task, "gone")
     if is_no_photo(resp):

@@ -1,0 +1,52 @@
+"""Answers larger than any Graph sends (an oversized photo, a gzip bomb from Graph or a proxy in between):
+read no further than a cap, and only the person whose answer it is fails."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from connector.agents.exchange_online._graph import MAX_PHOTO_BYTES
+
+from .conftest import full_import
+
+#: Decoded, the gzip-encoded photo the emulator sends: 256 MB (its base64 in a $batch, 341 MB), 0.3 MB on the wire.
+BOMB = 256 << 20
+
+
+def _photo_users(emu: Any) -> list[str]:
+    return sorted(u["id"] for u in emu.admin.users() if u.get("mail") and u["mailbox"] == "cloud" and u["hasPhoto"])
+
+
+def test_a_gzip_bomb_photo_is_the_users_error_and_the_read_stays_near_the_cap(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """One user's photo answer is gzip-encoded and decodes to 256 MB, inside the $batch envelope (base64)
+    and on its own. Before, the Graph client read every answer whole (``resp.content``, which decodes
+    gzip completely): the envelope's 341 MB were held, parsed and decoded. Now the envelope is read no
+    further than the cap its items allow, its items are asked one by one, and that user's own photo no
+    further than MAX_PHOTO_BYTES: the user's image-input-too-large naming the user and the cap, every
+    other photo imported, and the memory the import took stays near the caps."""
+    emu = make_emulator(users=8, photo_ratio=0.3)
+    with_photo = _photo_users(emu)
+    assert len(with_photo) >= 2
+    bomb = with_photo[0]
+    emu.admin.set_faults({"gzip_photo": BOMB, "path_pattern": f"/users/{bomb}/photo"})
+    tracemalloc.start()
+    try:
+        entries, _ = full_import(emu, tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    errors = {e.anchor: e.error for e in entries if e.error is not None}
+    assert list(errors) == [bomb], errors
+    error = errors[bomb]
+    assert error.name == "image-input-too-large", error
+    assert bomb in error.detail and f"more than {MAX_PHOTO_BYTES:,} bytes" in error.detail, error.detail
+    assert "photo imported before is kept" in error.detail
+    photos = {e.anchor for e in entries if e.error is None and e.attributes.get("EXOPhoto")}
+    assert photos == set(with_photo[1:])
+    assert emu.admin.stats()["faults"]["gzip_photo"] >= 2  # in the envelope, then asked on its own
+    # the envelope's cap (a couple of photos' base64) and the photo's, not the 341 MB of the bomb's base64
+    assert peak < 8 * MAX_PHOTO_BYTES, f"{peak:,} bytes at the peak"
