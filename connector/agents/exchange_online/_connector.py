@@ -259,6 +259,11 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             return str(delta_link)
 
     def _listing_error(self, resp: GraphResponse) -> StopRunError:
+        if resp.oversized:  # the listing cannot skip a page: no user's error, and no refusal either
+            return StopRunError(
+                f"Graph answered the user listing with {resp.describe()}, far more than a page of users (about "
+                "0.5 MB for 999); nothing was changed. Check any proxy in front of Graph, then run the step again"
+            )
         if resp.status == 410 or resp.error_code in _EXPIRED_DELTA_CODES:
             return SyncReset(self._resync_message(resp), resp.describe(), self.context.agent)
         if resp.status >= 500 or resp.status == 429:

@@ -7,7 +7,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from connector.agents.exchange_online import _graph as graph
 from connector.agents.exchange_online._graph import MAX_PHOTO_BYTES
+from connector.sdk import StopRunError
 
 from .conftest import full_import
 
@@ -50,3 +54,20 @@ def test_a_gzip_bomb_photo_is_the_users_error_and_the_read_stays_near_the_cap(
     assert emu.admin.stats()["faults"]["gzip_photo"] >= 2  # in the envelope, then asked on its own
     # the envelope's cap (a couple of photos' base64) and the photo's, not the 341 MB of the bomb's base64
     assert peak < 8 * MAX_PHOTO_BYTES, f"{peak:,} bytes at the peak"
+
+
+def test_a_users_page_over_the_cap_stops_the_step_saying_so_and_where_to_look(
+    make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A users/delta page larger than any Graph sends (the cap lowered to 1 KB here, so that a real page
+    is over it) is read no further: the listing cannot skip a page, so the step stops, naming the cap
+    and what to check, with nothing changed."""
+    monkeypatch.setattr(graph, "MAX_JSON_BYTES", 1024)
+    emu = make_emulator(users=20)
+    with pytest.raises(StopRunError) as caught:
+        full_import(emu, tmp_path)
+    assert str(caught.value) == (
+        "Graph answered the user listing with HTTP 200 with more than 1,024 bytes (the rest was not read), far "
+        "more than a page of users (about 0.5 MB for 999); nothing was changed. Check any proxy in front of "
+        "Graph, then run the step again"
+    )
