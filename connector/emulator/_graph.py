@@ -983,7 +983,7 @@ class GraphService:
     def _gzip_photo_envelope(self, envelope: Response, results: list[dict[str, Any]]) -> Response:
         """The envelope gzip-encoded, its ``gzip_photo`` item's body the photo's base64, if an item
         got the fault profile's gzip photo (``_batch_item`` left a marker there); else as it is."""
-        marked = [r for r in results if str(r.get("body", "")).startswith(_GZIP_PHOTO)]
+        marked = [r for r in results if isinstance(r.get("body"), str) and r["body"].startswith(_GZIP_PHOTO)]
         if not marked:
             return envelope
         marker = str(marked[0]["body"])
@@ -1070,12 +1070,12 @@ class GraphService:
                 body,
             )
             response = await self.execute(inner, rid, claims, in_batch=True)
+            bomb = self.faults.gzip_photo(inner.method, inner.target) if response.header("content-encoding") else 0
         except GraphError as err:
             self.stats.by_status[str(err.status)] += 1
-            response = self._error(outer, rid, err)
+            response, bomb = self._error(outer, rid, err), 0
         out_headers = {k: v for k, v in response.headers if k.lower() not in ("request-id", "client-request-id")}
         result: dict[str, Any] = {"id": item["id"], "status": response.status, "headers": out_headers}
-        bomb = self.faults.gzip_photo(inner.method, inner.target) if response.header("content-encoding") else 0
         if bomb:  # the photo's base64 is written into the envelope as it is gzipped (_gzip_photo_envelope)
             result["body"] = f"{_GZIP_PHOTO}{bomb}"
         elif response.body:
