@@ -12,12 +12,13 @@ password never reaches a log file, whatever logged it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import re
 import sys
 from typing import Any, TextIO
+
+from connector.timestamps import utc_iso
 
 __all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "logs_as_json", "mask_url", "redact", "setup_logging"]
 
@@ -99,7 +100,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(timespec="milliseconds"),
+            "ts": utc_iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
