@@ -44,6 +44,28 @@ Kerberos ticket (SPNEGO)               ``WWW-Authenticate: Negotiate <token>``, 
                                        per connection by default, WindowsAuthenticationSection reference)
 a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 4559 §5)
 (another service's, a stale key)
+``server_version="Exchange2010_SP1"``  an Exchange 2010 server, which has no GetUserPhoto (getuserphoto-
+                                       operation: "introduced in Exchange Server 2013"):
+- a SOAP request whose                 500 SOAP fault ``ErrorInvalidServerVersion``, "The specified server
+  ``RequestServerVersion`` it does     version is invalid." (ResponseCode reference: "an invalid request
+  not know (``Exchange2013``)          server version was specified"; its Version values are listed on the
+                                       RequestServerVersion page)
+- a SOAP ``GetUserPhoto`` under a      500 SOAP fault ``ErrorSchemaValidation`` (the element is not in its
+  version it knows                     schema; ASSUMPTION: the message text)
+- the REST ``GetUserPhoto``            404 (ASSUMPTION, undocumented: its ``/s/`` handler does not exist
+                                       there; the harmful case, as 404 means "no photo")
+every SOAP answer                      a ``ServerVersionInfo`` SOAP header (getuserphoto-operation's
+                                       example: 15.0.556.8 ``Exchange2013``; "Versioning EWS requests"'s
+                                       example for Exchange 2010 SP1: 14.0.478.0 ``Exchange2010_SP1``);
+                                       ASSUMPTION: faults carry it too
+``add_mailbox(.., server_version=      the mailbox sits on an Exchange 2010 server of a mixed organisation:
+"Exchange2010_SP1")``                  its REST and SOAP ``GetUserPhoto`` answer 500 SOAP fault
+                                       ``ErrorInvalidSchemaVersionForMailboxVersion`` (ResponseCode
+                                       reference: "a proxy request that was sent to another server is not
+                                       able to service the request due to a versioning mismatch"; the EWS
+                                       Managed API's text: "The mailbox that was requested doesn't support
+                                       the specified RequestServerVersion"). ASSUMPTION: that a 2013+
+                                       server proxies GetUserPhoto for such a mailbox at all
 ``set_answer(email, status, body)``    that answer to the mailbox's REST ``GetUserPhoto``, for what one
                                        mailbox (or what stands in front of EWS) may answer: a SOAP
                                        fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
@@ -98,7 +120,7 @@ from connector.emulator._photos import HD_SIZES, PhotoTemplates, image_dimension
 from connector.emulator._stats import Stats
 from connector.emulator._tls import server_tls
 
-__all__ = ["EWS_SIZE_CODES", "EwsConfig", "EwsEmulator", "error_response", "size_code", "soap_fault"]
+__all__ = ["EWS_SIZE_CODES", "SERVER_VERSIONS", "EwsConfig", "EwsEmulator", "error_response", "size_code", "soap_fault"]
 
 T = TypeVar("T")
 
@@ -110,6 +132,42 @@ _NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 _NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 _NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
 _NS_E = "http://schemas.microsoft.com/exchange/services/2006/errors"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerVersion:
+    """What one Exchange release says of itself (``ServerVersionInfo``) and which ``RequestServerVersion``
+    values it knows (the RequestServerVersion reference page lists them by release)."""
+
+    major: int
+    minor: int
+    major_build: int
+    minor_build: int
+    schema: str
+    knows: frozenset[str]
+
+    @property
+    def has_user_photos(self) -> bool:
+        """GetUserPhoto "was introduced in Exchange Server 2013" (version 15)."""
+        return self.major >= 15
+
+    def header(self) -> str:
+        """The ``ServerVersionInfo`` SOAP header of its answers."""
+        return (
+            f'<s:Header><h:ServerVersionInfo MajorVersion="{self.major}" MinorVersion="{self.minor}" '
+            f'MajorBuildNumber="{self.major_build}" MinorBuildNumber="{self.minor_build}" Version="{self.schema}" '
+            f'xmlns:h="{_NS_T}" xmlns="{_NS_T}"/></s:Header>'
+        )
+
+
+_VERSIONS_2010_SP1 = frozenset({"Exchange2007", "Exchange2007_SP1", "Exchange2010", "Exchange2010_SP1"})
+#: The documented examples of ServerVersionInfo (see the module docstring).
+SERVER_VERSIONS = {
+    "Exchange2010_SP1": ServerVersion(14, 0, 478, 0, "Exchange2010_SP1", _VERSIONS_2010_SP1),
+    "Exchange2013": ServerVersion(
+        15, 0, 556, 8, "Exchange2013", _VERSIONS_2010_SP1 | {"Exchange2010_SP2", "Exchange2013", "Exchange2013_SP1"}
+    ),
+}
 
 
 def size_code(pixels: int) -> str:
@@ -151,6 +209,8 @@ class EwsConfig:
     netbios_domain: str = "CONTOSO"
     password: str = field(default_factory=lambda: "Emu-" + secrets.token_urlsafe(12))
     unknown_mailbox: Literal["500", "404"] = "500"
+    #: The release EWS runs (``SERVER_VERSIONS``): "Exchange2010_SP1" has no GetUserPhoto.
+    server_version: Literal["Exchange2010_SP1", "Exchange2013"] = "Exchange2013"
     #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
     extended_protection: bool = False
     photo_templates: int = 24
@@ -169,6 +229,8 @@ class Mailbox:
     #: Original dimensions (width, height) of the HD photo.
     dims: tuple[int, int] | None = None
     variants: dict[int, bytes] = field(default_factory=dict)
+    #: The release of the server that holds it, in a mixed organisation (None: the one EWS runs).
+    server_version: str | None = None
 
     @property
     def has_photo(self) -> bool:
@@ -203,8 +265,9 @@ class _Budget:
         return max(1.0, (1.0 - self.tokens) / self.rate * 1000.0)
 
 
-def soap_fault(code: str, message: str, backoff_ms: float | None = None) -> bytes:
-    """The SOAP fault EWS sends for a throttled request (``MessageXml`` carries BackOffMilliseconds)."""
+def soap_fault(code: str, message: str, backoff_ms: float | None = None, header: str = "") -> bytes:
+    """The SOAP fault EWS sends (for a throttled request ``MessageXml`` carries BackOffMilliseconds;
+    ``header``: the SOAP header, such as ``ServerVersion.header()``)."""
     extra = ""
     if backoff_ms is not None:
         extra = (
@@ -212,7 +275,7 @@ def soap_fault(code: str, message: str, backoff_ms: float | None = None) -> byte
             "</t:MessageXml>"
         )
     return (
-        f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}"><s:Body><s:Fault>'
+        f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}">{header}<s:Body><s:Fault>'
         f'<faultcode xmlns:a="{_NS_T}">a:{code}</faultcode><faultstring xml:lang="en-US">{message}</faultstring>'
         f'<detail><e:ResponseCode xmlns:e="{_NS_E}">{code}</e:ResponseCode>'
         f'<e:Message xmlns:e="{_NS_E}">{message}</e:Message>{extra}</detail></s:Fault></s:Body></s:Envelope>'
@@ -246,6 +309,7 @@ class EwsService:
         self.budget = _Budget(config.budget_per_s, config.burst)
         self.latency_s = config.latency_ms / 1000.0
         self.max_concurrency = config.max_concurrency
+        self.version = SERVER_VERSIONS[config.server_version]
         self.in_flight = 0
         self.peak_in_flight = 0
         self.bearer_validator = bearer_validator
@@ -277,11 +341,15 @@ class EwsService:
             self.mailboxes[box.email] = box
 
     # -- admin (on the loop) ------------------------------------------------------------------
-    def add_mailbox(self, email: str, photo: bytes | None, thumbnail: bytes | None) -> Mailbox:
+    def add_mailbox(
+        self, email: str, photo: bytes | None, thumbnail: bytes | None, server_version: str | None = None
+    ) -> Mailbox:
         key = email.lower()
         if key in self.mailboxes:
             raise ValueError(f"mailbox {email!r} exists")
-        box = self.mailboxes[key] = Mailbox(email)
+        if server_version is not None and server_version not in SERVER_VERSIONS:
+            raise ValueError(f"server_version must be one of {', '.join(SERVER_VERSIONS)}")
+        box = self.mailboxes[key] = Mailbox(email, server_version=server_version)
         self.set_photo(box, photo)
         box.thumbnail = thumbnail
         return box
@@ -394,12 +462,16 @@ class EwsService:
         email, pixels = query.get("email", ""), _pixels(query.get("size", "HR648x648"))
         if pixels is None:
             return Response(400, b"Bad Request: unknown size code")
+        if not self.version.has_user_photos:  # ASSUMPTION (module docstring): no /s/ handler before 2013
+            return Response(404, b"Not Found")
         canned = self._canned(email.lower())
         if canned is not None:
             return Response(canned.status, canned.body, list(canned.headers))
         box = self.mailboxes.get(email.lower())
         if box is None:
             return Response(404 if self.config.unknown_mailbox == "404" else 500, b"")
+        if (elsewhere := self._on_older_server(box)) is not None:
+            return elsewhere
         self.stats.count("photo_requests")
         choice = self._choose(box, pixels)
         if choice is None:
@@ -427,6 +499,26 @@ class EwsService:
                 self.answers_left[key] = left - 1
         return canned
 
+    def _fault(self, status: int, code: str, message: str) -> Response:
+        """A SOAP fault with this server's ``ServerVersionInfo`` header."""
+        return Response(status, soap_fault(code, message, header=self.version.header()), list(_XML))
+
+    def _on_older_server(self, box: Mailbox) -> Response | None:
+        """The fault for a mailbox held by an Exchange server without GetUserPhoto (a mixed organisation)."""
+        if box.server_version is None or SERVER_VERSIONS[box.server_version].has_user_photos:
+            return None
+        message = "The mailbox that was requested doesn't support the specified RequestServerVersion."
+        return self._fault(500, "ErrorInvalidSchemaVersionForMailboxVersion", message)
+
+    def _unserved_version(self, root: ElementTree.Element) -> Response | None:
+        """The fault of a server that does not know the request's RequestServerVersion, or GetUserPhoto."""
+        asked = root.find(f".//{{{_NS_T}}}RequestServerVersion")
+        if asked is not None and asked.get("Version") not in self.version.knows:
+            return self._fault(500, "ErrorInvalidServerVersion", "The specified server version is invalid.")
+        if not self.version.has_user_photos and root.find(f".//{{{_NS_M}}}GetUserPhoto") is not None:
+            return self._fault(500, "ErrorSchemaValidation", "The request failed schema validation.")
+        return None
+
     async def _soap(self, req: Request) -> Response:
         """SOAP GetUserPhoto: ``HasChanged`` and ``PictureData`` instead of 304 and a body."""
         try:
@@ -434,11 +526,15 @@ class EwsService:
             email = root.findtext(f".//{{{_NS_M}}}GetUserPhoto/{{{_NS_M}}}Email") or ""
             code = root.findtext(f".//{{{_NS_M}}}GetUserPhoto/{{{_NS_M}}}SizeRequested") or ""
         except ElementTree.ParseError:
-            return Response(400, soap_fault("ErrorSchemaValidation", "The request failed schema validation."), _XML)
+            return self._fault(400, "ErrorSchemaValidation", "The request failed schema validation.")
+        if (unserved := self._unserved_version(root)) is not None:
+            return unserved
         pixels = _pixels(code)
         box = self.mailboxes.get(email.lower())
         if pixels is None or box is None:  # the operation page: "A 500 HTTP status code will be returned"
-            return Response(500, soap_fault("ErrorInvalidRequest", "The request is invalid."), list(_XML))
+            return self._fault(500, "ErrorInvalidRequest", "The request is invalid.")
+        if (elsewhere := self._on_older_server(box)) is not None:
+            return elsewhere
         self.stats.count("photo_requests")
         choice = self._choose(box, pixels)
         if choice is None:
@@ -447,7 +543,7 @@ class EwsService:
         changed = req.headers.get("if-none-match") != etag
         data = await self._bytes(box, choice) if changed else b""
         body = (
-            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}"><s:Body>'
+            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}">{self.version.header()}<s:Body>'
             f'<GetUserPhotoResponse ResponseClass="Success" xmlns="{_NS_M}"><ResponseCode>NoError</ResponseCode>'
             f"<HasChanged>{'true' if changed else 'false'}</HasChanged>"
             f"<PictureData>{base64.b64encode(data).decode()}</PictureData><ContentType>image/jpeg</ContentType>"
@@ -650,9 +746,17 @@ class EwsEmulator:
 
         return asyncio.run_coroutine_threadsafe(run(), loop).result(30)
 
-    def add_mailbox(self, email: str, *, photo: bytes | None = None, thumbnail: bytes | None = None) -> dict[str, Any]:
-        """An on-premises mailbox with an HD photo and/or an AD ``thumbnailPhoto`` (either may be None)."""
-        return self._call(lambda: self.service.add_mailbox(email, photo, thumbnail).admin())
+    def add_mailbox(
+        self,
+        email: str,
+        *,
+        photo: bytes | None = None,
+        thumbnail: bytes | None = None,
+        server_version: str | None = None,
+    ) -> dict[str, Any]:
+        """An on-premises mailbox with an HD photo and/or an AD ``thumbnailPhoto`` (either may be None);
+        ``server_version``: held by a server of that release (``SERVER_VERSIONS``) in a mixed organisation."""
+        return self._call(lambda: self.service.add_mailbox(email, photo, thumbnail, server_version).admin())
 
     def set_photo(self, email: str, photo: bytes | None) -> dict[str, Any]:
         """``Set-UserPhoto`` (or ``Remove-UserPhoto`` with None): the ETag changes."""

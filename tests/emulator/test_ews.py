@@ -22,6 +22,7 @@ from tests.imaging.images import encode, photo
 
 MAIL = "anna.smith@contoso.example"
 NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
+NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
 SOAP = """<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
   xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"
@@ -203,3 +204,55 @@ def test_extended_protection_needs_the_channel_binding() -> None:
         assert _get(bound, emu, MAIL).status_code == 200
         unbound = _session(emu, HttpNtlmAuth(info["username"], info["password"], send_cbt=False))
         assert _get(unbound, emu, MAIL).status_code == 401
+
+
+def _server_version(answer: requests.Response) -> dict[str, str]:
+    found = ElementTree.fromstring(answer.content).find(f".//{{{NS_T}}}ServerVersionInfo")
+    assert found is not None, answer.content
+    return dict(found.attrib)
+
+
+def test_every_soap_answer_says_which_server_version_answered(ews: EwsEmulator) -> None:
+    """The getuserphoto-operation page's example response carries ServerVersionInfo 15.0.556.8."""
+    ews.add_mailbox(MAIL, photo=photo(1))
+    answer = _soap(ews, SOAP.format(email=MAIL, size="HR48x48"))
+    assert answer.status_code == 200 and _server_version(answer)["MajorVersion"] == "15"
+    assert _server_version(answer)["Version"] == "Exchange2013"
+
+
+def test_an_exchange_2010_server_refuses_the_2013_schema_and_has_no_get_user_photo() -> None:
+    """Exchange 2010 has no GetUserPhoto (introduced in Exchange 2013): it does not know the
+    RequestServerVersion Exchange2013 (ErrorInvalidServerVersion), refuses GetUserPhoto under a version it
+    knows (ErrorSchemaValidation), and its REST form names nothing (404, an ASSUMPTION)."""
+    with EwsEmulator(EwsConfig(server_version="Exchange2010_SP1")) as emu:
+        emu.add_mailbox(MAIL, photo=photo(1))
+        refused = _soap(emu, SOAP.format(email=MAIL, size="HR48x48"))
+        assert refused.status_code == 500 and b"<e:ResponseCode" in refused.content
+        assert b">ErrorInvalidServerVersion<" in refused.content
+        assert b"The specified server version is invalid." in refused.content
+        assert _server_version(refused) == {
+            "MajorVersion": "14",
+            "MinorVersion": "0",
+            "MajorBuildNumber": "478",
+            "MinorBuildNumber": "0",
+            "Version": "Exchange2010_SP1",
+        }
+        older = SOAP.replace('Version="Exchange2013"', 'Version="Exchange2010_SP1"')
+        unknown = _soap(emu, older.format(email=MAIL, size="HR48x48"))
+        assert unknown.status_code == 500 and b">ErrorSchemaValidation<" in unknown.content
+        assert _get(_session(emu), emu, MAIL).status_code == 404
+
+
+def test_a_mailbox_on_an_exchange_2010_server_of_a_mixed_organisation(ews: EwsEmulator) -> None:
+    ews.add_mailbox(MAIL, photo=photo(1), server_version="Exchange2010_SP1")
+    ews.add_mailbox("new@contoso.example", photo=photo(2))
+    for answer in (_get(_session(ews), ews, MAIL), _soap(ews, SOAP.format(email=MAIL, size="HR48x48"))):
+        assert answer.status_code == 500 and b">ErrorInvalidSchemaVersionForMailboxVersion<" in answer.content
+    assert _get(_session(ews), ews, "new@contoso.example").status_code == 200
+    with pytest.raises(ValueError, match="server_version must be one of"):
+        ews.add_mailbox("x@contoso.example", server_version="Exchange2003")
+
+
+def _soap(emu: EwsEmulator, body: str) -> requests.Response:
+    headers = {"Content-Type": "text/xml; charset=utf-8"}
+    return _session(emu).post(emu.info["ews_url"], data=body.encode(), headers=headers, timeout=10)

@@ -40,6 +40,7 @@ import requests
 
 from connector.agents.exchange_server._auth import refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
+from connector.agents.exchange_server._versions import older_than_2013, probe
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
 from connector.net import (
     RECHECKED,
@@ -85,7 +86,7 @@ _DENIED_FAULTS = frozenset({"ErrorAccessDenied", "ErrorImpersonateUserDenied", "
 _MOVING_FAULT = "ErrorMailboxMoveInProgress"
 #: What asks ews_url whether it is EWS (``PhotoClient.check_endpoint``): a SOAP envelope with an empty
 #: body, which EWS refuses with a SOAP fault, and which a wrong path (or a site without EWS) answers 404.
-_PROBE = (
+_EMPTY_SOAP = (
     b'<?xml version="1.0" encoding="utf-8"?>'
     b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body/></soap:Envelope>'
 )
@@ -346,31 +347,50 @@ class PhotoClient:
         with self._lock:
             self.counters[name] += n
 
-    def check_endpoint(self) -> None:
-        """Stop before the first mailbox if ews_url does not lead to EWS. GetUserPhoto's 404 means
-        "no photo", so a URL that answers 404 to everything (a typo in the path, a site without EWS)
-        would read as every mailbox without a photo, and remove every photo. Anything but a 404 goes
-        on: the photo requests then say what else may be wrong, and whether it is the server."""
+    def check_endpoint(self, email: str) -> None:
+        """Stop before the first mailbox if ews_url does not lead to an EWS that has GetUserPhoto.
+
+        Two SOAP requests. An empty one, which EWS refuses with a SOAP fault (ErrorInvalidRequest), and
+        which a wrong path (or a site without EWS) answers 404: it would answer every photo request so,
+        which reads as "no photo" for every mailbox. Then the GetUserPhoto operation page's own request
+        for ``email`` (``_versions``), which a server older than Exchange 2013 refuses with
+        ``ErrorInvalidServerVersion`` (its 404 is that mailbox's "no photo", not the server's). Either
+        stops the step once, as a configuration error. Anything else goes on: the photo requests then
+        say what else may be wrong, and whether it is the server or one mailbox.
+        """
         s = self.settings
-        ticket = self.limiter.acquire(cancel=self.cancel)
-        self.count("requests")
-        try:
-            headers = {"Content-Type": "text/xml; charset=utf-8"}
-            resp = self.session.post(
-                s.ews_url, data=_PROBE, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
-            )
-        except requests.RequestException:
-            self.limiter.release(ticket, Signal.FAILED)
-            return
-        resp.close()  # the status says it; the body, unread, cannot hold the step (see _read_body)
-        self.limiter.release(ticket, Signal.OK)
-        if resp.status_code == 404:
+        resp = self._post(_EMPTY_SOAP)
+        if resp is not None and resp.status_code == 404:
             msg = (
                 f"{s.ews_url} is not EWS: it answered HTTP 404 to a SOAP request, and would answer every photo "
                 'request so, which reads as "no photo" for every mailbox; give the EWS endpoint, usually '
                 "https://<server>/EWS/Exchange.asmx (Get-WebServicesVirtualDirectory | fl InternalUrl)"
             )
             raise ConfigurationError(msg, key="ews_url")
+        resp = self._post(probe(email))
+        fault = ews_fault(resp) if resp is not None else None
+        if resp is not None and fault is not None:
+            said = older_than_2013(s.where, resp.content, fault.code, str(fault))
+            if said is not None:
+                raise ConfigurationError(said, key="ews_url")
+
+    def _post(self, body: bytes) -> requests.Response | None:
+        """One SOAP request of ``check_endpoint``, its answer read within the bounds of ``_read_head``
+        (a body that trickles in, or has no end, cannot hold the step); None when none came."""
+        s = self.settings
+        ticket = self.limiter.acquire(cancel=self.cancel)
+        self.count("requests")
+        try:
+            headers = {"Content-Type": "text/xml; charset=utf-8"}
+            resp = self.session.post(
+                s.ews_url, data=body, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
+            )
+            _read_head(resp, s.timeout_s)
+        except requests.RequestException:
+            self.limiter.release(ticket, Signal.FAILED)
+            return None
+        self.limiter.release(ticket, Signal.OK)
+        return resp
 
     def fetch(self, email: str, etag: str | None) -> Fetched:
         """The mailbox's photo at the configured size; ``etag`` makes it conditional."""

@@ -15,7 +15,8 @@ photo only when its window passed: ``photo_recheck_hours`` after the last check,
 2013's ``UserPhotoExpiration`` and ``UserPhotoErrorExpiration``, field-notes-2.md §1.5). EWS has no
 change feed for photos (§1.6), so a re-check is a conditional GET with the stored ETag: 304 costs no
 body. Every failure is a per-object import error; only authentication, an EWS closed to the account
-(403) or an outage stops the step.
+(403), an outage, or an ews_url that is no EWS or is older than Exchange 2013 (no GetUserPhoto,
+``_versions``; asked before the first mailbox) stops the step.
 
 The per-mailbox ETag and checksum live in the engine's store (import contract v2: ``StateUpdate``
 items, committed with the page that holds the mailbox's entry; ``UserState`` is shared with the
@@ -202,7 +203,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             listed = self.mailbox_list()
             if not listed:
                 return CheckResult(False, "the mailbox list is empty")
-            self.client.check_endpoint()
+            self.client.check_endpoint(listed[0])
             got = self.client.fetch(listed[0], None)
         except ConnectorError as exc:
             return CheckResult(False, str(exc))
@@ -258,7 +259,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         cuts = (now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600, now)
         due = [email for email in listed[done:] if run.full or (row := known.get(email)) is None or _due(row, *cuts)]
         if due:
-            self.client.check_endpoint()
+            self.client.check_endpoint(due[0])
         for index, email in enumerate(due, done):
             if run.full and index > done and index % max(1, run.page_size) == 0:
                 yield Checkpoint(_checkpoint(listed, index))

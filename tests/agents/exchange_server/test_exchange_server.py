@@ -39,12 +39,13 @@ from connector.agents.exchange_server import (
     ExchangeServerSettings,
     _client,
     _connector,
+    _versions,
 )
 from connector.agents.exchange_server._auth import refused, spn
 from connector.agents.exchange_server._client import MAX_PHOTO_BYTES, throttle_signal
 from connector.config import ConfigError, config_from_dict, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
-from connector.emulator._ews import EwsConfig, EwsEmulator, error_response, soap_fault
+from connector.emulator._ews import SERVER_VERSIONS, EwsConfig, EwsEmulator, error_response, soap_fault
 from connector.engine import Engine, import_in_memory, open_connector
 from connector.sdk import (
     AuthenticationError,
@@ -1567,3 +1568,60 @@ def test_a_checkpoint_holds_only_for_the_same_mailbox_list_up_to_it() -> None:
             _connector._resumed_past(point, changed)
     with pytest.raises(ResumeRefusedError, match="not one this agent wrote"):
         _connector._resumed_past('{"link": "https://graph"}', listed)
+
+
+def test_an_exchange_2010_server_stops_the_step_once_naming_its_version_and_keeps_every_photo(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Exchange 2010 has no GetUserPhoto (introduced in Exchange 2013). Pointed at one (here: ews_url now
+    leads to a 2010 server), the agent asked every mailbox in turn, and the REST form, which a 2010 server
+    does not serve, answered 404: "no photo" for each, so a full import took every photo out of the
+    connector space (the next export would clear thumbnailPhoto). Now the probe before the first mailbox
+    asks in SOAP with RequestServerVersion Exchange2013, as the GetUserPhoto operation page does; a 2010
+    server refuses that version (ErrorInvalidServerVersion), and the step stops once, as a configuration
+    error naming the server, its version from ServerVersionInfo and what to do, before any mailbox."""
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    config = _cli_config(ews, tmp_path)
+    assert invoke("run", "full", "-c", str(config))[0] == 0
+    ews.service.version = SERVER_VERSIONS["Exchange2010_SP1"]  # the same URL, now an Exchange 2010 server
+    ews.service.stats.reset()
+    code, out, err = invoke("run", "full", "-c", str(config), "--json")
+    failure = json.loads(out.strip().splitlines()[-1])
+    assert (code, failure["status"]) == (2, "stopped-configuration"), out + err
+    where = ews.info["ews_url"].split("/EWS")[0]
+    said = " ".join(failure["message"].split())
+    assert said.startswith(f"ews_url: EWS at {where} is Exchange 2010 (version 14.0.478.0, schema Exchange2010_SP1): ")
+    assert "it refused RequestServerVersion Exchange2013 (ErrorInvalidServerVersion: The specified server" in said
+    assert "GetUserPhoto needs Exchange 2013 or later" in said
+    assert "thumbnailPhoto" in said and ews.info["password"] not in out + err
+    assert ews.stats().get("photo_requests", 0) == 0  # no mailbox was asked
+    code, out, _ = invoke("cs", "search", "exs", "-c", str(config), "--json")
+    spaced = {doc["anchor"]: doc["pending_import_state"] for doc in json.loads(out)}
+    assert spaced[PHOTO]["EXSPhotoChecksum"] and set(spaced) == {PHOTO, PLAIN, THUMB}  # the photo is kept
+
+
+def test_what_the_version_probe_makes_of_each_answer() -> None:
+    """Pure logic of ``_versions.older_than_2013``: the fault alone is enough (a fault may carry no
+    ServerVersionInfo); a 2013+ server's per-mailbox version fault (a mixed organisation) is not the server."""
+    where = "EWS at https://mail.contoso.example"
+    bare = soap_fault("ErrorInvalidServerVersion", "The specified server version is invalid.")
+    said = _versions.older_than_2013(where, bare, "ErrorInvalidServerVersion", "ErrorInvalidServerVersion: x")
+    assert said is not None and said.startswith(f"{where} is older than Exchange 2013 (its answer names no version): ")
+    header = SERVER_VERSIONS["Exchange2013"].header()
+    mixed = soap_fault("ErrorInvalidSchemaVersionForMailboxVersion", "The mailbox ...", header=header)
+    assert _versions.older_than_2013(where, mixed, "ErrorInvalidSchemaVersionForMailboxVersion", "x") is None
+    assert _versions.older_than_2013(where, b"<not xml", None, "None") is None
+    old = SERVER_VERSIONS["Exchange2010_SP1"].header().encode()
+    assert "is Exchange 2010 (version 14.0.478.0, schema Exchange2010_SP1) (its ServerVersionInfo). " in (
+        _versions.older_than_2013(where, old, None, "None") or ""
+    )
+    assert b"<m:Email>a&amp;b@contoso.example</m:Email>" in _versions.probe("a&b@contoso.example")
+
+
+def test_doctor_says_an_exchange_2010_server_cannot_serve_photos(tmp_path: Path) -> None:
+    with EwsEmulator(EwsConfig(server_version="Exchange2010_SP1", extended_protection=True)) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        _listing(tmp_path, PHOTO)
+        result = _agent(emu, tmp_path).check()
+    assert not result.ok and "is Exchange 2010 (version 14.0.478.0" in result.detail
+    assert "GetUserPhoto needs Exchange 2013 or later" in result.detail
