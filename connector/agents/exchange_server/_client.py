@@ -16,13 +16,14 @@ BackOffMilliseconds, or 0; no Retry-After) is followed by the mailbox's own back
 Waiting out throttling never spends the failure attempts.
 
 Any other SOAP fault in a 5xx answer (or error in a 200 whose SOAP response message says
-``ResponseClass="Error"``) is EWS's word about one mailbox (``ErrorNonExistentMailbox``
-for one that moved to Exchange Online or was removed, ``ErrorMailboxMoveInProgress`` for one
-moving, ``ErrorAccessDenied``...): final for this run, named in the per-object error, and a sign
-that the server works. Only the faults of the server itself (``ErrorInternalServerTransientError``,
-``ErrorMailboxStoreUnavailable``...) are retried like a bare 5xx. A 200 counts as a photo only
-when its body is a picture of at most ``MAX_PHOTO_BYTES``: a proxy's HTML page or damaged bytes
-would otherwise replace the photo.
+``ResponseClass="Error"``) is EWS's word about one mailbox (``ErrorNonExistentMailbox`` for one that
+moved to Exchange Online or was removed, ``ErrorMailboxMoveInProgress`` for one moving,
+``ErrorInvalidSchemaVersionForMailboxVersion`` for one that an Exchange server older than 2013 holds
+in a mixed organisation, ``ErrorAccessDenied``...): final for this run, named in the per-object
+error, and a sign that the server works. Only the faults of the server itself
+(``ErrorInternalServerTransientError``, ``ErrorMailboxStoreUnavailable``...) are retried like a bare
+5xx. A 200 counts as a photo only when its body is a picture of at most ``MAX_PHOTO_BYTES``: a
+proxy's HTML page or damaged bytes would otherwise replace the photo.
 """
 
 from __future__ import annotations
@@ -81,9 +82,27 @@ _SERVER_FAULTS = frozenset(
 )
 _NOT_FOUND_FAULTS = frozenset({"ErrorNonExistentMailbox", "ErrorInvalidUser", "ErrorMailRecipientNotFound"})
 _DENIED_FAULTS = frozenset({"ErrorAccessDenied", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied"})
-#: "The mailbox is being moved to a different mailbox store or server" (EWS ResponseCode reference):
-#: about the mailbox, and passing, but not within a run (a move takes hours).
-_MOVING_FAULT = "ErrorMailboxMoveInProgress"
+#: Faults about one mailbox that pass, but not within a run, with an error of their own: its name, and
+#: what it says (the photo imported before is kept, and the mailbox asked again in the error window).
+_PASSING_FAULTS = {
+    # "The mailbox is being moved to a different mailbox store or server" (EWS ResponseCode reference):
+    # a move takes hours
+    "ErrorMailboxMoveInProgress": (
+        "mailbox-move-in-progress",
+        "EWS says the mailbox {email} is being moved ({fault}): the photo imported before is kept, and the "
+        "mailbox is asked again after photo_error_recheck_hours. If it is moving to Exchange Online, its photo "
+        "comes from the Exchange Online agent once the move completes: then refresh mailbox_file (or mailboxes)",
+    ),
+    # "a proxy request that was sent to another server is not able to service the request due to a
+    # versioning mismatch" (same reference): in a mixed organisation, a mailbox that a server older than
+    # Exchange 2013 holds, which has no GetUserPhoto, until the mailbox is moved
+    "ErrorInvalidSchemaVersionForMailboxVersion": (
+        "mailbox-on-old-exchange",
+        "the mailbox {email} is on an Exchange server older than 2013, which has no GetUserPhoto ({fault}); "
+        "until it is moved to Exchange 2013 or later (New-MoveRequest), its photo is the AD thumbnailPhoto. "
+        "Any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours",
+    ),
+}
 #: What asks ews_url whether it is EWS (``PhotoClient.check_endpoint``): a SOAP envelope with an empty
 #: body, which EWS refuses with a SOAP fault, and which a wrong path (or a site without EWS) answers 404.
 _EMPTY_SOAP = (
@@ -256,16 +275,6 @@ def _not_modified_unasked(email: str) -> Fetched:
         "or proxy in front of EWS: it should pass /EWS/ through uncached"
     )
     return Fetched("error", error="ews-error", detail=detail)
-
-
-def _being_moved(email: str, fault: EwsFault) -> Fetched:
-    """The error of a mailbox on the move: not asked again within the run, its photo kept meanwhile."""
-    detail = (
-        f"EWS says the mailbox {email} is being moved ({fault}): the photo imported before is kept, and the "
-        "mailbox is asked again after photo_error_recheck_hours. If it is moving to Exchange Online, its photo "
-        "comes from the Exchange Online agent once the move completes: then refresh mailbox_file (or mailboxes)"
-    )
-    return Fetched("error", error="mailbox-move-in-progress", detail=detail)
 
 
 def _oversized(email: str, big: _Oversized) -> Fetched:
@@ -641,6 +650,7 @@ class PhotoClient:
             detail = f"EWS refused {self._account} the photo of {email} ({fault}): "
             detail += "check the account's rights on this mailbox"
             return Fetched("error", error="permission-issue", detail=detail)
-        if fault.code == _MOVING_FAULT:
-            return _being_moved(email, fault)
+        if (passing := _PASSING_FAULTS.get(fault.code)) is not None:
+            error, said = passing
+            return Fetched("error", error=error, detail=said.format(email=email, fault=fault))
         return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: EWS answered {fault}")

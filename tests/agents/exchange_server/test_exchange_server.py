@@ -1625,3 +1625,28 @@ def test_doctor_says_an_exchange_2010_server_cannot_serve_photos(tmp_path: Path)
         result = _agent(emu, tmp_path).check()
     assert not result.ok and "is Exchange 2010 (version 14.0.478.0" in result.detail
     assert "GetUserPhoto needs Exchange 2013 or later" in result.detail
+
+
+def test_a_mailbox_on_an_exchange_2010_server_of_a_mixed_organisation_is_its_own_error_saying_why(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """In a mixed organisation EWS (2013+) cannot serve a mailbox still on an Exchange 2010 server
+    (ErrorInvalidSchemaVersionForMailboxVersion: "a proxy request that was sent to another server is not
+    able to service the request due to a versioning mismatch"). That is the one mailbox's condition,
+    asked once, its photo kept: before, it was a generic ews-error ("GetUserPhoto for ...: EWS answered
+    ...") that said neither what it means nor what to do; now it names the person, the server's release
+    and the way out. The other mailboxes, and the step, go on."""
+    old = ["old1@contoso.example", "old2@contoso.example"]
+    for email in old:
+        ews.add_mailbox(email, photo=photo(5), server_version="Exchange2010_SP1")
+    _listing(tmp_path, old[0], PHOTO, PLAIN, old[1])  # the probe asks the first: the step goes on all the same
+    agent = _agent(ews, tmp_path)
+    entries, _ = _imported(agent)
+    errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
+    assert {anchor: error.name for anchor, error in errors.items()} == dict.fromkeys(old, "mailbox-on-old-exchange")
+    for email in old:
+        detail = errors[email].detail
+        assert detail.startswith(f"the mailbox {email} is on an Exchange server older than 2013"), detail
+        assert "ErrorInvalidSchemaVersionForMailboxVersion" in detail and "thumbnailPhoto" in detail
+        assert "New-MoveRequest" in detail and "photo_error_recheck_hours" in detail
+    assert entries[PHOTO].attributes["EXSPhoto"] and agent.metrics["retries"] == 0
