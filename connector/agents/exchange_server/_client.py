@@ -82,6 +82,12 @@ _SERVER_FAULTS = frozenset(
 )
 _NOT_FOUND_FAULTS = frozenset({"ErrorNonExistentMailbox", "ErrorInvalidUser", "ErrorMailRecipientNotFound"})
 _DENIED_FAULTS = frozenset({"ErrorAccessDenied", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied"})
+#: What to check when EWS refuses the account itself (a bare 403, or every mailbox denied).
+_ACCOUNT_CHECKS = (
+    "check that EWS is enabled for it (Get-CASMailbox <account> | fl Ews*; Set-CASMailbox -EwsEnabled $true), "
+    "the organisation's EWS application access policy (Get-OrganizationConfig | fl Ews*)"
+)
+_NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
 #: Faults about one mailbox that pass, but not within a run, with an error of their own: its name, and
 #: what it says (the photo imported before is kept, and the mailbox asked again in the error window).
 _PASSING_FAULTS = {
@@ -173,9 +179,11 @@ def _worked_on(resp: requests.Response) -> bool:
     return throttle_signal(resp)[0] or _is_answer(resp, ews_fault(resp))
 
 
-def _not_forbidden(resp: requests.Response) -> bool:
-    """Whether an answer is anything but a 403: the account may use EWS."""
-    return resp.status_code != 403
+def _allowed(resp: requests.Response) -> bool:
+    """Whether an answer is anything but a refusal (a bare 403, or a SOAP fault of ``_DENIED_FAULTS``):
+    the account may read that mailbox's photo."""
+    fault = ews_fault(resp)
+    return resp.status_code != 403 and (fault is None or fault.code not in _DENIED_FAULTS)
 
 
 def throttle_signal(resp: requests.Response) -> tuple[bool, float | None]:
@@ -449,7 +457,7 @@ class PhotoClient:
                         return _stopped()
                     continue
                 fault = ews_fault(resp)
-                self._answered(ticket, email, _is_answer(resp, fault), allowed=resp.status_code != 403)
+                self._answered(ticket, email, _is_answer(resp, fault), allowed=_allowed(resp))
                 outcome = self._answer(email, resp, fault, conditional=bool(headers))
                 if outcome is not None:
                     return outcome
@@ -541,21 +549,38 @@ class PhotoClient:
 
     def _forbidden(self, email: str) -> Fetched:
         """A bare 403 (no SOAP fault, which is how EWS refuses one mailbox): the mailbox's error, unless
-        another mailbox is refused so too (one that had worked, else the one refused before), which
-        means EWS or IIS refuses the account itself: the step stops once, rather than fail every mailbox.
-        """
-        previous, self._refused = self._refused, email
-        evidence = self._fails_again(email, _not_forbidden, previous)
+        the account is refused everywhere (``_refused_everywhere``): the step stops once, rather than fail
+        every mailbox."""
+        evidence = self._refused_everywhere(email)
         if evidence is None:
             return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
-        s = self.settings
         raise AuthenticationError(
-            f"{s.where} refused {self._account} (HTTP 403 Forbidden for {email}, and {evidence}): EWS or "
-            "IIS refuses the account, not one mailbox; check that EWS is enabled for it (Get-CASMailbox <account> "
-            "| fl Ews*; Set-CASMailbox -EwsEnabled $true), the organisation's EWS application access policy "
-            "(Get-OrganizationConfig | fl Ews*) and the IP restrictions and SSL settings of the EWS virtual "
-            "directory in IIS; the mailboxes not fetched yet keep what they had"
+            f"{self.settings.where} refused {self._account} (HTTP 403 Forbidden for {email}, and {evidence}): EWS "
+            f"or IIS refuses the account, not one mailbox; {_ACCOUNT_CHECKS} and the IP restrictions and SSL "
+            f"settings of the EWS virtual directory in IIS; {_NOT_FETCHED}"
         )
+
+    def _denied(self, email: str, fault: EwsFault) -> Fetched:
+        """EWS's SOAP fault refusing the account a mailbox (ErrorAccessDenied: "the calling account does
+        not have the rights to perform the requested action", EWS ResponseCode reference): the mailbox's
+        error, unless the account is refused everywhere (``_refused_everywhere``): then the step stops once.
+        """
+        evidence = self._refused_everywhere(email)
+        if evidence is None:
+            detail = f"EWS refused {self._account} the photo of {email} ({fault}): check the account's rights on this "
+            return Fetched("error", error="permission-issue", detail=detail + "mailbox")
+        raise AuthenticationError(
+            f"{self.settings.where} refused {self._account} the photo of {email} ({fault}), and {evidence}: EWS "
+            f"refuses the account, not one mailbox; {_ACCOUNT_CHECKS} and, if the account impersonates, its "
+            "ApplicationImpersonation role (Get-ManagementRoleAssignment -Role ApplicationImpersonation); "
+            + _NOT_FETCHED
+        )
+
+    def _refused_everywhere(self, email: str) -> str | None:
+        """Why the account, not ``email``, is refused, if another mailbox is refused too: one that had
+        worked, else the one refused before (``_fails_again``); None when it is not."""
+        previous, self._refused = self._refused, email
+        return self._fails_again(email, _allowed, previous)
 
     @property
     def _account(self) -> str:
@@ -647,9 +672,7 @@ class PhotoClient:
             )
             return Fetched("error", error="mailbox-not-found", detail=detail)
         if fault.code in _DENIED_FAULTS:
-            detail = f"EWS refused {self._account} the photo of {email} ({fault}): "
-            detail += "check the account's rights on this mailbox"
-            return Fetched("error", error="permission-issue", detail=detail)
+            return self._denied(email, fault)
         if (passing := _PASSING_FAULTS.get(fault.code)) is not None:
             error, said = passing
             return Fetched("error", error=error, detail=said.format(email=email, fault=fault))

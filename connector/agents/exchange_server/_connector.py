@@ -15,8 +15,9 @@ photo only when its window passed: ``photo_recheck_hours`` after the last check,
 2013's ``UserPhotoExpiration`` and ``UserPhotoErrorExpiration``, field-notes-2.md §1.5). EWS has no
 change feed for photos (§1.6), so a re-check is a conditional GET with the stored ETag: 304 costs no
 body. Every failure is a per-object import error; only authentication, an EWS closed to the account
-(403), an outage, or an ews_url that is no EWS or is older than Exchange 2013 (no GetUserPhoto,
-``_versions``; asked before the first mailbox) stops the step.
+(a 403, or every mailbox denied: ``PhotoClient._refused_everywhere``), an outage, or an ews_url that
+is no EWS or is older than Exchange 2013 (no GetUserPhoto, ``_versions``; asked before the first
+mailbox) stops the step.
 
 The per-mailbox ETag and checksum live in the engine's store (import contract v2: ``StateUpdate``
 items, committed with the page that holds the mailbox's entry; ``UserState`` is shared with the

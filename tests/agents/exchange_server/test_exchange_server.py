@@ -885,18 +885,42 @@ def test_an_ews_closed_to_the_account_with_403_stops_the_step_once_naming_host_a
     assert caught.value.status == "stopped-authentication"
 
 
-def test_an_ews_that_refuses_every_mailbox_is_no_outage(ews: EwsEmulator, tmp_path: Path) -> None:
-    """An account that may read no mailbox gets ErrorAccessDenied for each: a per-object error that
-    says so, not "answered with HTTP 500 ... check IIS and the EWS application pool" (before)."""
-    emails = _many_mailboxes(ews, tmp_path, 6)
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("ErrorAccessDenied", "Access is denied. Check credentials and try again."),
+        ("ErrorImpersonateUserDenied", "The account does not have permission to impersonate the requested user."),
+    ],
+    ids=["access-denied", "impersonation-denied"],
+)
+def test_an_ews_that_refuses_every_mailbox_stops_the_step_once_naming_the_account(
+    ews: EwsEmulator, tmp_path: Path, fault: tuple[str, str]
+) -> None:
+    """ErrorAccessDenied ("the calling account does not have the rights to perform the requested action",
+    EWS ResponseCode reference) or ErrorImpersonateUserDenied for every mailbox is the account's condition,
+    not each mailbox's: before, each of 20 mailboxes became its own permission-issue (5,000 on a real site,
+    each deferred by its error window) and the step "completed with errors". Now, as for a bare 403, a
+    refusal that another mailbox meets too (one that had worked, else the one refused before) stops the
+    step once (stopped-authentication) naming the host, the account (never the password), EWS's words
+    and what to check. One mailbox refused while the others answer stays its own permission-issue."""
+    emails = _many_mailboxes(ews, tmp_path, 20)
+    refused = soap_fault(*fault)
+    ews.set_answer(emails[3], 500, refused)
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=4))
+    errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
+    assert {anchor: error.name for anchor, error in errors.items()} == {emails[3]: "permission-issue"}
+    assert f"{fault[0]}: {fault[1]}" in errors[emails[3]].detail and emails[3] in errors[emails[3]].detail
     for email in emails:
-        ews.set_answer(
-            email, 500, soap_fault("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
-        )
-    entries, _ = _imported(_agent(ews, tmp_path, concurrency=2))
-    assert {anchor: entry.error.name for anchor, entry in entries.items() if entry.error} == dict.fromkeys(
-        emails, "permission-issue"
-    )
+        ews.set_answer(email, 500, refused)
+    agent = _agent(ews, tmp_path, concurrency=4)
+    with pytest.raises(AuthenticationError) as caught:
+        _imported(agent)
+    where, account = ews.info["ews_url"].split("/")[2], ews.info["username"]
+    said = str(caught.value)
+    assert said.startswith(f"EWS at https://{where} refused {account} the photo of m"), said
+    assert f"({fault[0]}: {fault[1]}), and " in said and "not one mailbox" in said
+    assert "EwsEnabled" in said and "ApplicationImpersonation" in said and ews.info["password"] not in said
+    assert caught.value.status == "stopped-authentication"
 
 
 def test_a_fault_of_the_server_itself_is_retried_and_named_when_it_stops_the_step(
