@@ -66,6 +66,14 @@ every SOAP answer                      a ``ServerVersionInfo`` SOAP header (getu
                                        Managed API's text: "The mailbox that was requested doesn't support
                                        the specified RequestServerVersion"). ASSUMPTION: that a 2013+
                                        server proxies GetUserPhoto for such a mailbox at all
+``ews_enabled=False``                  every request, once authenticated: 403 with an empty body
+(``Set-OrganizationConfig -EwsEnabled  (how-to-control-access-to-ews-in-exchange: "Block the entire
+$false``, or the account's             organization from using EWS"; ASSUMPTION: the answer, which
+``Set-CASMailbox``)                    Microsoft does not document; reports of EWS blocked show 403)
+``ews_allow_list=("OWA/*", ..)``       ``-EwsApplicationAccessPolicy EnforceAllowList -EwsAllowList``:
+                                       a request whose ``User-Agent`` matches no entry ("applications
+                                       are identified by the user agent string", controlling-client-
+                                       application-access-to-ews-in-exchange) gets the same 403
 ``set_answer(email, status, body)``    that answer to the mailbox's REST ``GetUserPhoto``, for what one
                                        mailbox (or what stands in front of EWS) may answer: a SOAP
                                        fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
@@ -108,6 +116,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -210,6 +219,11 @@ class EwsConfig:
     password: str = field(default_factory=lambda: "Emu-" + secrets.token_urlsafe(12))
     unknown_mailbox: Literal["500", "404"] = "500"
     #: The release EWS runs (``SERVER_VERSIONS``): "Exchange2010_SP1" has no GetUserPhoto.
+    #: ``Set-OrganizationConfig -EwsEnabled``: False blocks every request (403).
+    ews_enabled: bool = True
+    #: ``-EwsApplicationAccessPolicy EnforceAllowList -EwsAllowList``: the user agents let through
+    #: (``*`` a wildcard, case ignored); None: no application access policy.
+    ews_allow_list: tuple[str, ...] | None = None
     server_version: Literal["Exchange2010_SP1", "Exchange2013"] = "Exchange2013"
     #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
     extended_protection: bool = False
@@ -412,10 +426,20 @@ class EwsService:
             self.stats.count("unauthorized")
             return denied
         mutual = req.conn.pop("negotiate_reply", None)
-        response = await self._admitted(req, path)
+        blocked = self._blocked(req)
+        response = blocked if blocked is not None else await self._admitted(req, path)
         if mutual is not None:  # the mutual-authentication token goes with the answer (RFC 4559 §5)
             response.headers.append(("WWW-Authenticate", f"Negotiate {mutual}"))
         return response
+
+    def _blocked(self, req: Request) -> Response | None:
+        """The 403 of EWS closed to the organisation, or to this application by its user agent."""
+        agent = req.headers.get("user-agent", "").lower()
+        allowed = self.config.ews_allow_list
+        if self.config.ews_enabled and (allowed is None or any(fnmatch(agent, a.lower()) for a in allowed)):
+            return None
+        self.stats.count("blocked")
+        return Response(403, b"")
 
     async def _admitted(self, req: Request, path: str) -> Response:
         if self.max_concurrency is not None and self.in_flight >= self.max_concurrency:

@@ -256,3 +256,17 @@ def test_a_mailbox_on_an_exchange_2010_server_of_a_mixed_organisation(ews: EwsEm
 def _soap(emu: EwsEmulator, body: str) -> requests.Response:
     headers = {"Content-Type": "text/xml; charset=utf-8"}
     return _session(emu).post(emu.info["ews_url"], data=body.encode(), headers=headers, timeout=10)
+
+
+def test_ews_closed_to_the_organisation_or_to_an_application_by_its_user_agent() -> None:
+    """EwsEnabled $false, and an EnforceAllowList application access policy, which identifies
+    applications by their user agent: 403 (an ASSUMPTION, see the module docstring)."""
+    with EwsEmulator(EwsConfig(ews_allow_list=("OWA/*", "mvsync/*"))) as emu:
+        emu.add_mailbox(MAIL, photo=photo(1))
+        http = _session(emu)
+        assert _get(http, emu, MAIL, headers={"User-Agent": "MVSync/1.0 (x)"}).status_code == 200
+        refused = _get(http, emu, MAIL)  # python-requests/2.x
+        assert (refused.status_code, refused.content) == (403, b"")
+        emu.config.ews_enabled = False
+        assert _get(http, emu, MAIL, headers={"User-Agent": "mvsync/1.0"}).status_code == 403
+        assert emu.stats()["blocked"] == 2

@@ -30,11 +30,18 @@ from urllib.parse import urlsplit
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
+from connector import __version__
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.net import entra_refusal, unreachable_authority, unusable_authority, verifying_session
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
-__all__ = ["kerberos_error", "make_auth", "make_session", "refusal", "refused", "spn"]
+__all__ = ["USER_AGENT", "kerberos_error", "make_auth", "make_session", "refusal", "refused", "spn"]
+
+#: Who the agent says it is. EWS identifies applications by their user agent ("Controlling client
+#: application access to EWS in Exchange"), so an EWS application access policy can let exactly this
+#: agent through (an EwsAllowList entry ``mvsync/*``); requests' own ``python-requests/2.x`` names
+#: every Python client, and changes with each upgrade.
+USER_AGENT = f"mvsync/{__version__} (exchange-server-photos)"
 
 
 def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.Session:
@@ -42,6 +49,7 @@ def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.S
     ``connector.net.verifying_session``), for one thread."""
     session = verifying_session(settings.ca_bundle, timeout_s=settings.timeout_s)
     session.auth = auth
+    session.headers["User-Agent"] = USER_AGENT
     return session
 
 

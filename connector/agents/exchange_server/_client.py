@@ -39,7 +39,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from connector.agents.exchange_server._auth import refusal
+from connector.agents.exchange_server._auth import USER_AGENT, refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.agents.exchange_server._versions import older_than_2013, probe
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
@@ -85,7 +85,8 @@ _DENIED_FAULTS = frozenset({"ErrorAccessDenied", "ErrorImpersonateUserDenied", "
 #: What to check when EWS refuses the account itself (a bare 403, or every mailbox denied).
 _ACCOUNT_CHECKS = (
     "check that EWS is enabled for it (Get-CASMailbox <account> | fl Ews*; Set-CASMailbox -EwsEnabled $true), "
-    "the organisation's EWS application access policy (Get-OrganizationConfig | fl Ews*)"
+    "the organisation's EWS application access policy (Get-OrganizationConfig | fl Ews*: with EnforceAllowList, "
+    f'EwsAllowList must let this agent\'s user agent through, "{USER_AGENT}": add mvsync/*)'
 )
 _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
 #: Faults about one mailbox that pass, but not within a run, with an error of their own: its name, and

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from connector import files
+from connector import __version__, files
 from connector.agents._mailbox_photo import LIMIT_KEY
 from connector.agents.exchange_server import (
     OBJECT_CLASS,
@@ -1674,3 +1674,38 @@ def test_a_mailbox_on_an_exchange_2010_server_of_a_mixed_organisation_is_its_own
         assert "ErrorInvalidSchemaVersionForMailboxVersion" in detail and "thumbnailPhoto" in detail
         assert "New-MoveRequest" in detail and "photo_error_recheck_hours" in detail
     assert entries[PHOTO].attributes["EXSPhoto"] and agent.metrics["retries"] == 0
+
+
+def test_an_ews_application_access_policy_lets_the_agent_through_by_its_user_agent(tmp_path: Path) -> None:
+    """EWS identifies applications by their user agent, and an organisation that enforces an allow list
+    (Set-OrganizationConfig -EwsApplicationAccessPolicy EnforceAllowList -EwsAllowList ...) lets through
+    only those it lists ("Controlling client application access to EWS in Exchange"). The agent sent
+    requests' own "python-requests/2.x", which names every Python client and changes with each upgrade:
+    an allow list of "mvsync/*" refused it (every mailbox 403; the step stopped-authentication) and its
+    message did not say which user agent to allow. Now it says "mvsync/<version> (exchange-server-photos)",
+    and a policy that leaves it out stops the step once, naming the user agent and the allow list."""
+    config = EwsConfig(extended_protection=True, ews_allow_list=("OWA/*", "mvsync/*"))
+    with EwsEmulator(config) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        _listing(tmp_path, PHOTO, PLAIN)
+        emu.add_mailbox(PLAIN)
+        entries, _ = _imported(_agent(emu, tmp_path))
+        assert entries[PHOTO].attributes["EXSPhoto"] and emu.stats().get("blocked", 0) == 0
+        emu.config.ews_allow_list = ("OWA/*",)  # the agent left out
+        with pytest.raises(AuthenticationError) as caught:
+            _imported(_agent(emu, tmp_path / "b", mailbox_file=tmp_path / "mailboxes.txt"))
+    said = str(caught.value)
+    assert "(HTTP 403 Forbidden for " in said and "EwsAllowList" in said
+    assert f'"mvsync/{__version__} (exchange-server-photos)"' in said and "mvsync/*" in said
+
+
+def test_ews_disabled_for_the_organisation_stops_the_step_once(tmp_path: Path) -> None:
+    """Set-OrganizationConfig -EwsEnabled $false: every request refused (403), one stop naming the host
+    and the account, and what to check (the emulator's ews_enabled=False)."""
+    with EwsEmulator(EwsConfig(extended_protection=True, ews_enabled=False)) as emu:
+        emails = _many_mailboxes(emu, tmp_path, 20)
+        with pytest.raises(AuthenticationError) as caught:
+            _imported(_agent(emu, tmp_path, concurrency=2))
+        asked = emu.stats()["blocked"]
+    assert "EwsEnabled" in str(caught.value) and emu.info["password"] not in str(caught.value)
+    assert asked < len(emails)  # the two probes and a few mailboxes, not one error per mailbox
