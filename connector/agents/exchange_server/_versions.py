@@ -61,7 +61,10 @@ def older_than_2013(where: str, body: bytes, fault_code: str | None, said: str) 
     text ``said``) comes from a server older than Exchange 2013; None when it does not."""
     version = _server_version(body)
     major = version.get("MajorVersion", "")
-    if fault_code != _UNKNOWN_VERSION and not (major.isdigit() and int(major) < 15):
+    if major.isdigit():
+        if int(major) >= 15:  # a server that names itself 2013 or later, whatever the fault
+            return None
+    elif fault_code != _UNKNOWN_VERSION:
         return None
     release = _release(version) if version else "older than Exchange 2013 (its answer names no version)"
     why = f": it refused RequestServerVersion Exchange2013 ({said})" if fault_code else " (its ServerVersionInfo)"

@@ -1634,6 +1634,7 @@ def test_what_the_version_probe_makes_of_each_answer() -> None:
     header = SERVER_VERSIONS["Exchange2013"].header()
     mixed = soap_fault("ErrorInvalidSchemaVersionForMailboxVersion", "The mailbox ...", header=header)
     assert _versions.older_than_2013(where, mixed, "ErrorInvalidSchemaVersionForMailboxVersion", "x") is None
+    assert _versions.older_than_2013(where, mixed, "ErrorInvalidServerVersion", "x") is None  # names itself 15
     assert _versions.older_than_2013(where, b"<not xml", None, "None") is None
     old = SERVER_VERSIONS["Exchange2010_SP1"].header().encode()
     assert "is Exchange 2010 (version 14.0.478.0, schema Exchange2010_SP1) (its ServerVersionInfo). " in (
