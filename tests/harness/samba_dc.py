@@ -79,6 +79,7 @@ __all__ = [
     "UserSpec",
     "connect",
     "create_users",
+    "dc_fqdn",
     "delete_subtree",
     "ensure_ou",
     "ensure_samba",
@@ -495,6 +496,12 @@ def _dc_of(settings: ADSettings) -> _DC:
         DEFAULT_HOSTNAME,
         settings.password,
     )
+
+
+def dc_fqdn(settings: ADSettings) -> str:
+    """The harness DC's DNS name (``dc1.<realm>``): what its certificate names, its SRV records would name,
+    and the host part of its ``ldap/<fqdn>`` SPN."""
+    return _dc_of(settings).fqdn
 
 
 def _samba_tool(dc: _DC, *args: str, database: bool = True) -> subprocess.CompletedProcess[str]:

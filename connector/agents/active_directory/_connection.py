@@ -11,12 +11,13 @@ Why each choice:
 * Failures are told apart, because the engine reacts differently: a refused password is an
   ``AuthenticationError``, a certificate that does not validate a ``StopRunError`` naming TLS
   (retrying cannot fix either), an unreachable server a ``ServerDownError`` after a few attempts.
-* Several DCs (``host``, then ``fallback_hosts``: MIM's preferred domain controllers) are tried in
-  that order when a connection is made, and the DC already in use first, so a step stays on one DC
-  while it answers. Only a DC out of reach (refused, timed out, reset, not resolved) is passed over;
-  a certificate that does not validate or a refused bind stops as before, since another DC would not
-  make the configuration right (and trying a refused password on every DC locks the account sooner).
-  Which DC answered, and why the ones before it were passed over, is kept for the run history.
+* Several DCs (``host``, then ``fallback_hosts``: MIM's preferred domain controllers; or with ``domain``
+  those DNS lists, ``_locator``) are tried in that order when a connection is made, and the DC already
+  in use first, so a step stays on one DC while it answers. Only a DC out of reach (refused, timed out,
+  reset, not resolved) is passed over; a certificate that does not validate or a refused bind stops as
+  before, since another DC would not make the configuration right (and trying a refused password on
+  every DC locks the account sooner). Which DC answered, and why the ones before it were passed over,
+  is kept for the run history.
 * A broken transport during an operation is repaired by reconnecting and repeating the operation.
   Everything the agent sends is idempotent (searches, modifies that *replace* values, and adds or
   deletes of values sent with AD's permissive-modify control), so a repeat after a lost answer is safe.
@@ -50,6 +51,7 @@ from ldap3.core.exceptions import (
 )
 
 from connector.agents.active_directory import _kerberos
+from connector.agents.active_directory._locator import DcLocator, DnsLookupFailed
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.net import certificate_out_of_date, readable_ca_file
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
@@ -255,13 +257,17 @@ class Link:
         logger: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
         prefer: str | None = None,
+        locator: DcLocator | None = None,
     ) -> None:
         self.settings = settings
         self.logger = logger
         self._conn: Connection | None = None
         self._clock = clock
-        #: The DC this link is connected to, or was last (the first it tries on its next connect).
-        self.host = prefer if prefer in settings.hosts else settings.hosts[0]
+        #: Which DCs there are: the configured ones, or those found in DNS (shared by the links of a step).
+        self.locator = locator or DcLocator(settings, logger)
+        #: The DC this link is connected to, or was last (the first it tries on its next connect); "" until
+        #: the DCs of ``domain`` are looked up at the first connect.
+        self.host = prefer or (settings.hosts or [""])[0]
         #: DCs passed over on the way to one that answered, with why (for the run history); empty: none.
         self.passed_over: dict[str, str] = {}
         #: When a Kerberos-bound connection must bind again (its ticket runs out); None: never.
@@ -271,13 +277,18 @@ class Link:
 
     # -- connecting -----------------------------------------------------------------------------
     def _server(self, host: str) -> Server:
+        """ldap3's server for the DC ``host``. When DNS gave its address (``dns_servers``), the connection goes
+        there and the certificate is still checked for ``host``, the name in the SRV record (and sent as SNI)."""
         s = self.settings
+        address = self.locator.address(host)
+        named = None if address == host else host
         tls = None
         if s.security != "plain":
             ca = None if s.ca_file is None else readable_ca_file(s.ca_file, "ca_file")
-            tls = Tls(validate=ssl.CERT_REQUIRED if s.tls_validate else ssl.CERT_NONE, ca_certs_file=ca)
+            validate = ssl.CERT_REQUIRED if s.tls_validate else ssl.CERT_NONE
+            tls = Tls(validate=validate, ca_certs_file=ca, valid_names=named and [named], sni=named)
         return Server(
-            host,
+            address,
             port=s.effective_port,
             use_ssl=s.security == "ldaps",
             tls=tls,
@@ -399,8 +410,9 @@ class Link:
             self.close()
         attempts = self.settings.reconnect_attempts + 1
         failures: dict[str, str] = {}
+        order = self._order()
         for attempt in range(attempts):
-            for host in self._order():
+            for host in order:
                 try:
                     self._conn = self._open_once(host)
                 except TRANSPORT_ERRORS as exc:
@@ -413,11 +425,15 @@ class Link:
         raise ServerDownError(self._unreachable(attempts, failures))
 
     def _order(self) -> list[str]:
-        """The DCs in the order a connect tries them: the one in use (or last used), then the rest as configured."""
-        return [self.host, *(h for h in self.settings.hosts if h != self.host)]
+        """The DCs in the order a connect tries them: the one in use (or last used), then the rest as configured
+        or found in DNS (``domain``: looked up at the first connect; errors there name the DNS name asked)."""
+        found = self.locator.controllers()
+        if self.host not in found:
+            self.host = found[0]
+        return [self.host, *(h for h in found if h != self.host)]
 
     def _reason(self, exc: BaseException, host: str) -> str:
-        if isinstance(exc, _Unreachable):
+        if isinstance(exc, (_Unreachable, DnsLookupFailed)):
             return str(exc)
         return describe_failure(exc, self._where(host), self.settings, host=host)
 
@@ -441,17 +457,19 @@ class Link:
             ((host, reason),) = failures.items()
             return f"cannot reach the domain controller at {self._where(host)} after {attempts} attempt(s): {reason}"
         tried = " ".join(f"[{n}] {reason}." for n, reason in enumerate(failures.values(), 1))
+        remedy = "or add a DC that does to fallback_hosts"
+        if self.locator.located:
+            remedy = "or that DNS lists the DCs that run"
         return (
-            f"cannot reach any of the {len(failures)} domain controllers (host, then fallback_hosts; "
-            f"{attempts} attempt(s) each): {tried} Check that they run and that this host reaches them, "
-            "or add a DC that does to fallback_hosts"
+            f"cannot reach any of the {len(failures)} domain controllers ({self.locator.source()}; "
+            f"{attempts} attempt(s) each): {tried} Check that they run and that this host reaches them, {remedy}"
         )
 
     def prefer(self, host: str) -> None:
         """Make ``host`` (one of the configured DCs) the first the next connect tries, closing a connection
         to another. Why: a delta's watermark belongs to the DC that issued it, and after a failover the
         step that follows must go back to that DC while it answers, not to the first of the list."""
-        if host == self.host or host not in self.settings.hosts:
+        if host == self.host or host not in self.locator.controllers():
             return
         self.logger.info("the delta import goes to %s, the DC its watermark comes from", self._where(host))
         self.close()

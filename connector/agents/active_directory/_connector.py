@@ -18,6 +18,7 @@ from connector.agents.active_directory._export import Exporter, ExportStats
 from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import equals_filter, normalize_dn
 from connector.agents.active_directory._ldif import LdifWriter
+from connector.agents.active_directory._locator import DcLocator
 from connector.agents.active_directory._permissions import account_label, container_of, dsacls_line, sample_gaps
 from connector.agents.active_directory._schema import OBJECT_CLASS, build_schema
 from connector.agents.active_directory._settings import ActiveDirectorySettings
@@ -59,6 +60,8 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         self._pool: LinkPool | None = None
         self._exporter: Exporter | None = None
         self._ldif: LdifWriter | None = None
+        #: The step's DCs (with ``domain``: found in DNS once, then used by every connection of the step).
+        self._locator = DcLocator(settings, context.logger)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def open(self) -> None:
@@ -70,16 +73,16 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 "agent %s binds to %s over plain LDAP (allow_plain_ldap = true): the password and all data "
                 "cross the network unencrypted; use security = 'ldaps' or 'starttls'",
                 self.context.agent,
-                s.host,
+                s.directory,
             )
         elif not s.tls_validate:
             log.warning(
                 "agent %s does not validate the certificate of %s (tls_validate = false): anyone on the path "
                 "can impersonate the domain controller",
                 self.context.agent,
-                s.host,
+                s.directory,
             )
-        self._link = Link(s, log)
+        self._link = Link(s, log, locator=self._locator)
         self._link.connect()
 
     def close(self) -> None:
@@ -158,7 +161,9 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
     def step_note(self) -> str | None:
         """Which DC served the step (and the ones passed over on the way): the run history keeps it, since
         a delta's watermark belongs to that DC and an operator asks which one answered."""
-        return None if self._link is None else f"served by {self._link.describe()}"
+        if self._link is None or not self._link.host:  # no DC yet: the DNS lookup of domain's DCs failed
+            return None
+        return f"served by {self._link.describe()}"
 
     # -- SDK methods ------------------------------------------------------------------------------
     def get_schema(self) -> Schema:
@@ -199,7 +204,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 if not created[0]:
                     created[0] = True
                     return first
-                return Link(s, self.context.logger, prefer=first.host)  # the DC the step is on
+                return Link(s, self.context.logger, prefer=first.host, locator=first.locator)  # the DC the step is on
 
             self._pool = LinkPool(factory, s.export_connections)
             if s.ldif_output is not None:

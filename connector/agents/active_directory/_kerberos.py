@@ -52,8 +52,9 @@ _DEFAULT_REBIND_S = 3600.0
 
 
 def target_host(settings: ActiveDirectorySettings, host: str | None = None) -> str:
-    """The host part of the SPN ``ldap/<host>`` of the DC ``host`` (default: the first configured)."""
-    return settings.kerberos_host or host or settings.host
+    """The host part of the SPN ``ldap/<host>`` of the DC ``host`` (default: the first configured; with
+    ``domain``, ``host`` is always given: the DC's name in its SRV record)."""
+    return settings.kerberos_host or host or settings.host or ""
 
 
 def check_keytab(path: Path) -> None:

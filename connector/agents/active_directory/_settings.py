@@ -8,6 +8,8 @@ extra attributes in an unknown shorthand.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 from pathlib import Path
 from typing import Literal
@@ -17,18 +19,45 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from connector.agents.active_directory._ldap import dn_within, normalize_dn, validate_filter
 from connector.sdk import ConnectorSettings, parse_psma_attribute
 
-__all__ = ["ActiveDirectorySettings"]
+__all__ = ["ActiveDirectorySettings", "parse_dns_server"]
+
+#: A DNS name of letters, digits and hyphens in dot-separated labels of up to 63 characters (RFC 1123).
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_DNS_NAME = re.compile(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})+")
 
 
 class ActiveDirectorySettings(ConnectorSettings):
     """How to reach the domain controllers, what to read, and how hard to write."""
 
-    host: str = Field(min_length=1, description="DC host name or address (the certificate must name it)")
+    host: str | None = Field(
+        None, min_length=1, description="DC host name or address (the certificate must name it); or give domain"
+    )
     fallback_hosts: list[str] = Field(
         default_factory=list,
         description="more DCs of the same domain, tried in this order when host cannot be reached (MIM's "
         "preferred domain controllers, host first); each certificate must name its DC",
     )
+    domain: str | None = Field(
+        None,
+        min_length=1,
+        description="instead of host and fallback_hosts: the AD domain's DNS name (contoso.com); its DCs are "
+        "found at each step in the DC locator's DNS SRV records _ldap._tcp.dc._msdcs.<domain>, tried in "
+        "RFC 2782 order (priority, then weight) on port (not the records' port 389: LDAPS is not in DNS); "
+        "each certificate must name its DC as the record does, and a Kerberos SPN is ldap/<that name>",
+    )
+    site: str | None = Field(
+        None,
+        min_length=1,
+        description="with domain: the AD site whose DCs are tried first (_ldap._tcp.<site>._sites.dc._msdcs."
+        "<domain>), then the domain's others",
+    )
+    dns_servers: list[str] = Field(
+        default_factory=list,
+        description="with domain: the DNS servers to ask ('10.0.0.10', '10.0.0.10:5353', '[fd00::a]:53'), "
+        "when this host's own DNS does not serve the AD zone; they are asked the DCs' addresses too. "
+        "Default: the system's resolver configuration",
+    )
+    dns_timeout: float = Field(5.0, gt=0, le=60, description="with domain: seconds to wait for each DNS lookup")
     port: int | None = Field(None, ge=1, le=65535, description="default: 636 for ldaps, 389 otherwise")
     security: Literal["ldaps", "starttls", "plain"] = "ldaps"
     allow_plain_ldap: bool = Field(
@@ -132,6 +161,33 @@ class ActiveDirectorySettings(ConnectorSettings):
             raise ValueError("an entry is empty: give each domain controller's host name")
         return value
 
+    @field_validator("domain")
+    @classmethod
+    def _domain_is_a_dns_name(cls, value: str | None) -> str | None:
+        """A name that cannot be one in DNS (a NetBIOS name with a backslash, a URL, an empty label) is refused
+        here, not as a lookup that fails at the first step."""
+        if value is not None and not _DNS_NAME.fullmatch(value.rstrip(".")):
+            msg = (
+                f"{value!r} is not a DNS domain name: give the AD domain's DNS name (contoso.com), "
+                "not its NetBIOS name or a DC's URL"
+            )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("site")
+    @classmethod
+    def _site_is_a_label(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_LABEL.fullmatch(value):
+            raise ValueError(f"{value!r} is not an AD site name (one DNS label, as Get-ADReplicationSite shows it)")
+        return value
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers_parse(cls, value: list[str]) -> list[str]:
+        for text in value:
+            parse_dns_server(text)  # raises, naming the entry
+        return value
+
     @field_validator("extra_attributes")
     @classmethod
     def _extras_parse(cls, value: list[str]) -> list[str]:
@@ -147,6 +203,26 @@ class ActiveDirectorySettings(ConnectorSettings):
                 "or set allow_plain_ldap = true if you really mean it"
             )
             raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _host_or_domain(self) -> ActiveDirectorySettings:
+        """Either the DCs are named (host, fallback_hosts) or found in DNS (domain), not both: a list that
+        mixes them has no order an operator could predict, and a named DC is what domain is there to avoid."""
+        if self.domain is None:
+            if self.host is None:
+                raise ValueError("give host (a DC's name) or domain (its DCs are then found in DNS)")
+            if self.site or self.dns_servers:
+                raise ValueError("site and dns_servers apply to domain only: remove them, or give domain for host")
+            return self
+        if self.host is not None or self.fallback_hosts:
+            msg = (
+                "domain finds the DCs in DNS and does not go with host or fallback_hosts: keep either domain "
+                "(and site) or the list of DCs"
+            )
+            raise ValueError(msg)
+        if self.kerberos_host:
+            raise ValueError("with domain, each DC's SPN is ldap/<its name in the SRV record>: remove kerberos_host")
         return self
 
     @model_validator(mode="after")
@@ -204,8 +280,14 @@ class ActiveDirectorySettings(ConnectorSettings):
 
     @property
     def hosts(self) -> list[str]:
-        """The domain controllers in the order they are tried: host, then fallback_hosts."""
-        return [self.host, *self.fallback_hosts]
+        """The configured domain controllers in the order they are tried: host, then fallback_hosts (none when
+        they are found in DNS: ``_locator``)."""
+        return [] if self.host is None else [self.host, *self.fallback_hosts]
+
+    @property
+    def directory(self) -> str:
+        """The DC or domain the agent talks to, as warnings name it before a connection is made."""
+        return self.host or f"the DCs of {self.domain}"
 
     @property
     def effective_port(self) -> int:
@@ -215,3 +297,26 @@ class ActiveDirectorySettings(ConnectorSettings):
     def write_rate(self) -> float | None:
         """The write cap in writes per second, or None when writes are not capped."""
         return self.max_writes_per_second or None
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """``address``, ``address:port`` or ``[IPv6]:port`` as (address, port); ValueError saying what is wrong."""
+    address, port = text.strip(), 53
+    if address.startswith("["):
+        address, _, rest = address[1:].partition("]")
+        port = _port(rest.removeprefix(":"), text) if rest else 53
+    elif address.count(":") == 1:
+        address, _, rest = address.partition(":")
+        port = _port(rest, text)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        msg = f"{text!r} is not an IP address (with an optional :port): give each DNS server's address"
+        raise ValueError(msg) from None
+    return address, port
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{whole!r}: the port after ':' must be a number from 1 to 65535")
+    return int(text)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,7 @@ from connector.engine import Engine
 from connector.sdk import ServerDownError
 from connector.store import AgentStateRepository, RunHistory
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
-from tests.agents.active_directory.test_ad_network_errors import import_config
-from tests.harness.crash import mvsync_command
+from tests.agents.active_directory.test_ad_network_errors import import_config, run_import_in_child
 from tests.harness.sockets import FaultyProxy, faulty_proxy, silent_server
 
 #: connect_timeout: what a hung DC costs (once per test), and what the real DC's handshake may take (a busy host).
@@ -148,17 +145,8 @@ def test_a_run_whose_dcs_are_all_out_of_reach_exits_4_naming_each(
     """``mvsync run`` in a child process, as a scheduler starts it: stopped-server-down, exit code 4."""
     dead, hung, port = dead_and_hung
     lines = f'fallback_hosts = ["{hung}"]\nconnect_timeout = {_NO_DC_S}\nreconnect_attempts = 0'
-    (tmp_path / "mvsync.toml").write_text(import_config(port, lines, host=dead))
-    env = {**os.environ, "MVSYNC_TEST_AD_PASSWORD": "not-the-point", "COLUMNS": "250"}
-    done = subprocess.run(
-        [*mvsync_command(), "run", "import", "-c", str(tmp_path / "mvsync.toml")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = " ".join((done.stdout + done.stderr).split())  # the table wraps long messages
-    assert done.returncode == 4, output
+    code, output = run_import_in_child(import_config(port, lines, host=dead), tmp_path)
+    assert code == 4, output
     assert "stopped-server-down" in output and "cannot reach any of the 2 domain controllers" in output, output
     assert f"{dead}:{port} (ldaps) refused the connection" in output, output
     assert f"timeout during the TLS handshake with {hung}:{port} (ldaps)" in output, output

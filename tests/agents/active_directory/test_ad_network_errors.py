@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.cli import app
 from connector.sdk import ConfigurationError, ServerDownError, StopRunError
+from tests.harness.crash import mvsync_command
 from tests.harness.sockets import faulty_proxy, handing_to, silent_server
 
 
@@ -117,16 +120,18 @@ def test_each_kind_of_failure_is_named(error: BaseException, kind: str) -> None:
     assert kind in described
 
 
-def import_config(port: int, settings: str, host: str = "127.0.0.1") -> str:
-    """A configuration whose profile "import" is a full import of agent ad at ``host``:``port``, plus
-    ``settings`` lines (the password comes from MVSYNC_TEST_AD_PASSWORD)."""
+def import_config(port: int, settings: str, host: str | None = "127.0.0.1") -> str:
+    """A configuration whose profile "import" is a full import of agent ad at ``host``:``port`` (no host:
+    ``settings`` say where the DCs are), plus ``settings`` lines (the password comes from
+    MVSYNC_TEST_AD_PASSWORD)."""
+    host_line = "" if host is None else f'host = "{host}"'
     return f"""
 [store]
 url = "sqlite:///store.db"
 [agents.ad]
 type = "active-directory"
 [agents.ad.settings]
-host = "{host}"
+{host_line}
 port = {port}
 bind_dn = "CN=svc,DC=example,DC=test"
 password = {{ env = "MVSYNC_TEST_AD_PASSWORD" }}
@@ -135,6 +140,21 @@ base_dns = ["DC=example,DC=test"]
 [run_profiles.import]
 steps = [{{ type = "full-import", agent = "ad" }}]
 """
+
+
+def run_import_in_child(config: str, tmp_path: Path) -> tuple[int, str]:
+    """``mvsync run import`` of ``config`` (written to ``tmp_path``) in a child process, as a scheduler starts
+    it: its exit code and its output on one line (the table wraps long messages)."""
+    (tmp_path / "mvsync.toml").write_text(config)
+    env = {**os.environ, "MVSYNC_TEST_AD_PASSWORD": "not-the-point", "COLUMNS": "250"}
+    done = subprocess.run(
+        [*mvsync_command(), "run", "import", "-c", str(tmp_path / "mvsync.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
 def _run_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, settings: str) -> Result:
