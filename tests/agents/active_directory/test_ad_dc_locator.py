@@ -33,9 +33,10 @@ from connector.sdk import ConfigurationError, ServerDownError
 from connector.store import RunHistory
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
 from tests.agents.active_directory.test_ad_failover import _loopback
+from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
 from tests.agents.active_directory.test_ad_network_errors import import_config, run_import_in_child
 from tests.harness.dns_server import DnsServer, dns_server
-from tests.harness.samba_dc import SambaUnavailable, dc_fqdn
+from tests.harness.samba_dc import KerberosAccount, SambaUnavailable, dc_fqdn
 
 DOMAIN = "corp.example.test"
 DOMAIN_SRV = f"_ldap._tcp.dc._msdcs.{DOMAIN}"
@@ -251,3 +252,23 @@ def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_na
     ), step.message
     assert recorded.message == step.message
     assert {kind for _, kind in server.asked} == {"SRV"}  # the addresses came along with the SRV records
+
+
+@pytest.mark.samba
+def test_a_kerberos_bind_to_a_dc_found_in_dns_asks_for_ldap_slash_its_srv_name(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount
+) -> None:
+    """No kerberos_host: the SPN is ``ldap/<SRV target>`` (the DC's DNS name, which it registers), not the
+    address DNS gave for it (the KDC knows no ``ldap/127.0.83.1``)."""
+    fqdn = samba_kerberos.spn_host
+    zone = {
+        (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, fqdn)],
+        (fqdn, "A"): [socket.gethostbyname(ad_env.ad.host)],
+    }
+    with dns_server(zone) as server:
+        where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+        connector = ad_env.connector(**kerberos_settings(samba_kerberos, kerberos_host=None), **where, open=False)
+        check = connector.check()
+    assert check.ok, check.detail
+    assert f"bound to domain controller {fqdn}:{ad_env.ad.ldaps_port} (ldaps)" in check.detail, check.detail
+    assert "(Kerberos)" in check.detail
