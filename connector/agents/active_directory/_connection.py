@@ -120,8 +120,7 @@ def describe_failure(
         or lowered == "invalid server address"  # ldap3: the lookup (which it swallows) found no address
     ):
         name = host or settings.host
-        key = "host" if name == settings.host else "fallback_hosts"
-        return f"DNS: cannot resolve {name} ({text}); check {key}"
+        return f"DNS: cannot resolve {name} ({text}); {_check_name(name, settings)}"
     if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
         return f"{where} refused the connection: nothing listens on port {settings.effective_port} (check host, port)"
     if isinstance(exc, (TimeoutError, socket.timeout, LDAPResponseTimeoutError)) or "timed out" in lowered:
@@ -137,7 +136,7 @@ def describe_failure(
             )
         return f"timeout during read from {where}: no answer within receive_timeout ({settings.receive_timeout} s)"
     if _is_certificate_failure(exc):
-        return _certificate_failure(text, where, settings)
+        return _certificate_failure(text, where, settings, host or settings.host or "")
     if tls_phase and isinstance(exc, ConnectionError):
         # a DC restarting or overloaded, or a firewall or load balancer cutting connections, resets
         # the handshake as well as a port without TLS does: worth the reconnect attempts, unlike a
@@ -156,7 +155,20 @@ def describe_failure(
 _VERIFY_REASON = re.compile(r"certificate verify failed: ([^(\"'\\]+)")
 
 
-def _certificate_failure(text: str, where: str, settings: ActiveDirectorySettings) -> str:
+def _listed_in(name: str | None, settings: ActiveDirectorySettings) -> str:
+    """The setting that lists the DC ``name``: host, or one of fallback_hosts."""
+    return "host" if name == settings.host else "fallback_hosts"
+
+
+def _check_name(name: str | None, settings: ActiveDirectorySettings) -> str:
+    """What to check for a DC's name that does not resolve: the setting that lists it, or, for a DC found in
+    DNS (``domain``), the address records its SRV record points to (no setting of this agent names it)."""
+    if settings.domain is not None:
+        return "check the DC's address records (A/AAAA) in DNS, where the SRV records of domain name it"
+    return f"check {_listed_in(name, settings)}"
+
+
+def _certificate_failure(text: str, where: str, settings: ActiveDirectorySettings, host: str) -> str:
     """What is wrong with the DC's certificate, and the setting or the fix for it.
 
     Why by reason: an expired certificate, one not valid yet and one from a CA the agent does not
@@ -165,10 +177,8 @@ def _certificate_failure(text: str, where: str, settings: ActiveDirectorySetting
     """
     names = _certificate_names(text)
     if names and "match" in text.lower():  # a valid certificate for other names: say which, not the whole dict
-        return (
-            f"certificate: the certificate of {where} names {', '.join(names)}, not {settings.host}: set host "
-            "to one of those names, or have the DC's certificate issued for that name too"
-        )
+        fix = _rename(host, settings)
+        return f"certificate: the certificate of {where} names {', '.join(names)}, not {host}: {fix}"
     found = _VERIFY_REASON.search(text)
     reason = found.group(1).strip() if found else text
     dates = certificate_out_of_date(text)
@@ -193,6 +203,15 @@ def _certificate_failure(text: str, where: str, settings: ActiveDirectorySetting
         f"certificate: TLS with {where} failed: {reason}. The server certificate must chain to "
         "ca_file (or the system trust store) and name the configured host"
     )
+
+
+def _rename(host: str, settings: ActiveDirectorySettings) -> str:
+    """The fix for a certificate that names the DC ``host`` otherwise: the setting that lists it, or for a DC
+    found in DNS its certificate (the SRV record gives the DC's own DNS name, which its certificate should name)."""
+    if settings.domain is not None:
+        return "have the DC's certificate issued for its name in DNS (the target of its SRV record)"
+    key = _listed_in(host, settings)
+    return f"set {key} to one of those names, or have the DC's certificate issued for that name too"
 
 
 #: AD's reasons for refusing a bind (the ``data`` code of its invalidCredentials message), with what to do.

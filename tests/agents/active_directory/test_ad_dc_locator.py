@@ -25,7 +25,7 @@ from pydantic import SecretStr, ValidationError
 
 from connector.agents.active_directory import ActiveDirectorySettings
 from connector.agents.active_directory import _kerberos as kerberos
-from connector.agents.active_directory._connection import Link
+from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._locator import DcLocator, SrvRecord, rfc2782_order
 from connector.config import config_from_dict
 from connector.engine import Engine
@@ -37,6 +37,7 @@ from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
 from tests.agents.active_directory.test_ad_network_errors import import_config, run_import_in_child
 from tests.harness.dns_server import DnsServer, dns_server
 from tests.harness.samba_dc import KerberosAccount, SambaUnavailable, dc_fqdn
+from tests.harness.sockets import faulty_proxy
 
 DOMAIN = "corp.example.test"
 DOMAIN_SRV = f"_ldap._tcp.dc._msdcs.{DOMAIN}"
@@ -272,3 +273,40 @@ def test_a_kerberos_bind_to_a_dc_found_in_dns_asks_for_ldap_slash_its_srv_name(
     assert check.ok, check.detail
     assert f"bound to domain controller {fqdn}:{ad_env.ad.ldaps_port} (ldaps)" in check.detail, check.detail
     assert "(Kerberos)" in check.detail
+
+
+@pytest.mark.samba
+@pytest.mark.parametrize("named", ["the DC's name", "another name"])
+def test_the_certificate_is_checked_for_the_srv_target_not_the_address(ad_env: ADTestEnv, named: str) -> None:
+    """The DC is reached through a relay on a loopback address its certificate does not name: with the SRV
+    target the DC's own DNS name the bind succeeds (checked for that name); with another name it stops,
+    naming the target and what the certificate names. Before, the message said "not None: set host"."""
+    fqdn = dc_fqdn(ad_env.ad) if named == "the DC's name" else f"impostor.{ad_env.ad.upn_suffix}"
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port), (_loopback(), 0)) as relay:
+        zone = {
+            (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, fqdn)],
+            (fqdn, "A"): [relay._server.getsockname()[0]],
+        }
+        with dns_server(zone) as server:
+            where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+            check = ad_env.connector(port=relay.port, open=False, **where).check()
+    if named == "the DC's name":
+        assert check.ok and f"bound to domain controller {fqdn}:{relay.port} (ldaps)" in check.detail, check.detail
+        return
+    assert not check.ok
+    assert check.detail.startswith(f"certificate: the certificate of {fqdn}:{relay.port} (ldaps) names "), check.detail
+    assert f", not {fqdn}: have the DC's certificate issued for its name in DNS" in check.detail, check.detail
+
+
+def test_a_dc_found_in_dns_that_the_system_cannot_resolve_points_at_dns_not_at_fallback_hosts() -> None:
+    """Pure logic: how a failed name lookup of a DC is told. Before: "check fallback_hosts" (or "check host"),
+    settings the configuration does not have when the DCs come from DNS."""
+    settings = ActiveDirectorySettings.model_validate(
+        {"domain": "contoso.com", "bind_dn": "CN=svc,DC=x", "password": "p", "base_dns": ["DC=x"]}
+    )
+    error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    text = describe_failure(error, "dc9.contoso.com:636 (ldaps)", settings, host="dc9.contoso.com")
+    assert text == (
+        "DNS: cannot resolve dc9.contoso.com ([Errno -2] Name or service not known); check the DC's address "
+        "records (A/AAAA) in DNS, where the SRV records of domain name it"
+    ), text

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ldap3.core.exceptions import LDAPCertificateError
 from pydantic import SecretStr
 
 from connector.agents.active_directory import ActiveDirectorySettings
-from connector.agents.active_directory._connection import Link
+from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._import import DcIdentity, Watermark
 from connector.config import config_from_dict
 from connector.engine import Engine
@@ -225,3 +226,17 @@ def test_a_watermark_written_before_it_named_its_dc_reads_and_never_carries_over
     mark = Watermark.loads(old)
     assert (mark.host, mark.dsa, mark.partition, mark.dirsync) == ("", "", "", b"cookie")
     assert not mark.carries_over(DcIdentity(_INV_B, 5000, _DSA_B, ()), _PARTITION)
+
+
+def test_a_fallback_dcs_certificate_for_other_names_names_that_dc_and_fallback_hosts() -> None:
+    """Pure logic: the text ldap3 raises for a certificate of other names, seen at the second DC of the list.
+    Before: "... names dc9.contoso.com, not dc1.contoso.com: set host ...", the first DC, which was not the one."""
+    settings = _settings(["dc1.contoso.com", "dc2.contoso.com"], 636)
+    error = LDAPCertificateError(
+        "certificate {'subjectAltName': (('DNS', 'dc9.contoso.com'),)} doesn't match any name in ['dc2.contoso.com']"
+    )
+    text = describe_failure(error, "dc2.contoso.com:636 (ldaps)", settings, host="dc2.contoso.com")
+    assert text == (
+        "certificate: the certificate of dc2.contoso.com:636 (ldaps) names dc9.contoso.com, not dc2.contoso.com: "
+        "set fallback_hosts to one of those names, or have the DC's certificate issued for that name too"
+    ), text
