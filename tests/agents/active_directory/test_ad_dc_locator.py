@@ -27,12 +27,9 @@ from connector.agents.active_directory import ActiveDirectorySettings
 from connector.agents.active_directory import _kerberos as kerberos
 from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._locator import DcLocator, SrvRecord, rfc2782_order
-from connector.config import config_from_dict
-from connector.engine import Engine
 from connector.sdk import ConfigurationError, ServerDownError
-from connector.store import RunHistory
-from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
-from tests.agents.active_directory.test_ad_failover import _loopback
+from tests.agents.active_directory.conftest import ADTestEnv
+from tests.agents.active_directory.test_ad_failover import _engine, _history_message, _loopback, full_then_delta
 from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
 from tests.agents.active_directory.test_ad_network_errors import import_config, run_import_in_child
 from tests.harness.dns_server import DnsServer, dns_server
@@ -52,7 +49,7 @@ def _settings(server: DnsServer, **overrides: Any) -> ActiveDirectorySettings:
     values: dict[str, Any] = {
         "domain": DOMAIN,
         "dns_servers": [server.address],
-        "dns_timeout": 1,
+        "dns_timeout": 10,  # a DNS server that answers does so well within it, however busy the machine
         "bind_dn": "CN=svc,DC=example,DC=test",
         "password": SecretStr("not-the-point"),
         "base_dns": ["DC=example,DC=test"],
@@ -176,7 +173,7 @@ def test_a_name_without_usable_srv_records_says_so(zone: dict[tuple[str, str], l
 
 def test_a_dns_server_that_never_answers_stops_the_connect_within_dns_timeout() -> None:
     with dns_server({}, silent=True) as server, pytest.raises(ServerDownError) as caught:
-        Link(_settings(server), logging.getLogger("test")).connect()
+        Link(_settings(server, dns_timeout=1), logging.getLogger("test")).connect()
     assert server.queried.is_set()
     assert str(caught.value).startswith(
         f"DNS lookup of the SRV records {DOMAIN_SRV} failed: no answer from DNS server {server.address} "
@@ -214,15 +211,22 @@ def test_a_run_whose_domain_has_no_dcs_in_dns_exits_2_naming_the_srv_name(tmp_pa
 
 
 # -- the real DC, found in DNS ----------------------------------------------------------------------
+@pytest.fixture
+def fqdn(ad_env: ADTestEnv) -> str:
+    """The Samba DC's DNS name: what its certificate names and its SRV records name (the harness's own DC)."""
+    try:
+        return dc_fqdn(ad_env.ad)
+    except SambaUnavailable:
+        pytest.skip("an external directory: its DC's DNS name is not known here")
+
+
 @pytest.mark.samba
-def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_names_it(ad_env: ADTestEnv) -> None:
+def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_names_it(
+    ad_env: ADTestEnv, fqdn: str
+) -> None:
     """SRV records: a dead DC at priority 0, the Samba DC at priority 10 (SRV port 389: the agent keeps its
     LDAPS port), their addresses sent along (as AD's DNS does). Before: ``domain`` was no setting, and
     ``host`` was required."""
-    try:
-        fqdn = dc_fqdn(ad_env.ad)
-    except SambaUnavailable:
-        pytest.skip("an external directory: its DC's DNS name is not known here")
     dead = "dc-dead.mvsync.test"
     zone = {
         (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, dead), _srv(10, 100, fqdn)],
@@ -230,18 +234,12 @@ def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_na
         (fqdn, "A"): [socket.gethostbyname(ad_env.ad.host)],
     }
     ad_env.add_users(ad_env.specs(2, photos=False))
-    photos = ad_env.tmp_path / "hr-photos"
-    photos.mkdir()
     with dns_server(zone, glue=True) as server:
-        ad = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address], "reconnect_attempts": 0}
-        config = photo_sync_config(ad_env, ad_env.ou, photos, ad)
-        config["run_profiles"] = {"Full": {"steps": [{"type": "full-import", "agent": "ad"}]}}
-        engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
+        where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+        engine = _engine(ad_env, **where, reconnect_attempts=0)
         try:
             run = engine.run_profile("Full")
-            assert run.run_id is not None
-            with engine.store.read() as conn:
-                (recorded,) = RunHistory(conn).steps(run.run_id)
+            recorded = _history_message(engine, run.run_id)
         finally:
             engine.close()
     step = run.steps[0]
@@ -251,7 +249,7 @@ def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_na
         f"served by domain controller {fqdn}:{port} (ldaps), after passing over {dead} ({dead}:{port} (ldaps) "
         "refused the connection"
     ), step.message
-    assert recorded.message == step.message
+    assert recorded == step.message
     assert {kind for _, kind in server.asked} == {"SRV"}  # the addresses came along with the SRV records
 
 
@@ -277,25 +275,28 @@ def test_a_kerberos_bind_to_a_dc_found_in_dns_asks_for_ldap_slash_its_srv_name(
 
 @pytest.mark.samba
 @pytest.mark.parametrize("named", ["the DC's name", "another name"])
-def test_the_certificate_is_checked_for_the_srv_target_not_the_address(ad_env: ADTestEnv, named: str) -> None:
+def test_the_certificate_is_checked_for_the_srv_target_not_the_address(
+    ad_env: ADTestEnv, fqdn: str, named: str
+) -> None:
     """The DC is reached through a relay on a loopback address its certificate does not name: with the SRV
     target the DC's own DNS name the bind succeeds (checked for that name); with another name it stops,
     naming the target and what the certificate names. Before, the message said "not None: set host"."""
-    fqdn = dc_fqdn(ad_env.ad) if named == "the DC's name" else f"impostor.{ad_env.ad.upn_suffix}"
+    target = fqdn if named == "the DC's name" else f"impostor.{ad_env.ad.upn_suffix}"
     with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port), (_loopback(), 0)) as relay:
         zone = {
-            (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, fqdn)],
-            (fqdn, "A"): [relay._server.getsockname()[0]],
+            (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, target)],
+            (target, "A"): [relay._server.getsockname()[0]],
         }
         with dns_server(zone) as server:
             where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
             check = ad_env.connector(port=relay.port, open=False, **where).check()
     if named == "the DC's name":
-        assert check.ok and f"bound to domain controller {fqdn}:{relay.port} (ldaps)" in check.detail, check.detail
+        assert check.ok and f"bound to domain controller {target}:{relay.port} (ldaps)" in check.detail, check.detail
         return
     assert not check.ok
-    assert check.detail.startswith(f"certificate: the certificate of {fqdn}:{relay.port} (ldaps) names "), check.detail
-    assert f", not {fqdn}: have the DC's certificate issued for its name in DNS" in check.detail, check.detail
+    expected = f"certificate: the certificate of {target}:{relay.port} (ldaps) names "
+    assert check.detail.startswith(expected), check.detail
+    assert f", not {target}: have the DC's certificate issued for its name in DNS" in check.detail, check.detail
 
 
 def test_a_dc_found_in_dns_that_the_system_cannot_resolve_points_at_dns_not_at_fallback_hosts() -> None:
@@ -310,3 +311,34 @@ def test_a_dc_found_in_dns_that_the_system_cannot_resolve_points_at_dns_not_at_f
         "DNS: cannot resolve dc9.contoso.com ([Errno -2] Name or service not known); check the DC's address "
         "records (A/AAAA) in DNS, where the SRV records of domain name it"
     ), text
+
+
+@pytest.mark.samba
+def test_a_delta_goes_back_to_the_dns_found_dc_its_watermark_came_from(ad_env: ADTestEnv, fqdn: str) -> None:
+    """Two DCs in DNS (relays to the Samba DC under two names its certificate holds): the first by priority
+    resets connections during the full import, which the second serves; the first is back for the delta,
+    which goes to the second all the same (a uSNChanged watermark means something only on its DC), though
+    DNS lists the first first. Every step reads the records again."""
+    other = "localhost"
+    upstream = (ad_env.ad.host, ad_env.ad.ldaps_port)
+    ad_env.add_users(ad_env.specs(2, photos=False))
+    with (
+        faulty_proxy(upstream, (_loopback(), 0)) as second,
+        faulty_proxy(upstream, (_loopback(), second.port)) as first,
+    ):
+        zone = {
+            (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, fqdn), _srv(10, 100, other)],
+            (fqdn, "A"): [first._server.getsockname()[0]],
+            (other, "A"): [second._server.getsockname()[0]],
+        }
+        with dns_server(zone, glue=True) as server:
+            where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+            engine = _engine(ad_env, **where, port=second.port, delta_method="usn", reconnect_attempts=0)
+            full, delta = full_then_delta(engine, first)
+    assert full.status == "success", full.steps[0].as_dict()
+    assert full.steps[0].message.startswith(f"served by domain controller {other}:{second.port} (ldaps), after "), (
+        full.steps[0].message
+    )
+    assert delta.status == "success", delta.steps[0].as_dict()
+    assert delta.steps[0].message == f"served by domain controller {other}:{second.port} (ldaps)"
+    assert server.asked.count((f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV")) == 2

@@ -28,7 +28,7 @@ from connector.agents.active_directory import ActiveDirectorySettings
 from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._import import DcIdentity, Watermark
 from connector.config import config_from_dict
-from connector.engine import Engine
+from connector.engine import Engine, RunResult
 from connector.sdk import ServerDownError
 from connector.store import AgentStateRepository, RunHistory
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
@@ -66,6 +66,18 @@ def _engine(ad_env: ADTestEnv, **settings: Any) -> Engine:
         "Delta": {"steps": [{"type": "delta-import", "agent": "ad"}]},
     }
     return Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
+
+
+def full_then_delta(engine: Engine, first: FaultyProxy) -> tuple[RunResult, RunResult]:
+    """Profile "Full" while the DC ``first`` resets connections, then "Delta" once it relays again; the
+    engine is closed after."""
+    try:
+        first.reset()
+        full = engine.run_profile("Full")
+        first.relay()
+        return full, engine.run_profile("Delta")
+    finally:
+        engine.close()
 
 
 def _history_message(engine: Engine, run_id: int | None) -> str | None:
@@ -184,13 +196,7 @@ def test_a_delta_goes_back_to_the_dc_its_watermark_came_from(
         tls_validate=False,
         delta_method="usn",
     )
-    try:
-        first.reset()
-        full = engine.run_profile("Full")
-        first.relay()
-        delta = engine.run_profile("Delta")
-    finally:
-        engine.close()
+    full, delta = full_then_delta(engine, first)
     assert full.status == "success", full.steps[0].as_dict()
     assert f"passing over {names[first]}" in full.steps[0].message
     assert delta.status == "success", delta.steps[0].as_dict()
