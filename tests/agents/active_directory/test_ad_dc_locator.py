@@ -27,8 +27,10 @@ from connector.agents.active_directory import ActiveDirectorySettings
 from connector.agents.active_directory import _kerberos as kerberos
 from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._locator import DcLocator, SrvRecord, rfc2782_order
+from connector.config import config_from_dict
+from connector.engine import Engine
 from connector.sdk import ConfigurationError, ServerDownError
-from tests.agents.active_directory.conftest import ADTestEnv
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_failover import _engine, _history_message, _loopback, full_then_delta
 from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
 from tests.agents.active_directory.test_ad_network_errors import import_config, run_import_in_child
@@ -342,3 +344,31 @@ def test_a_delta_goes_back_to_the_dns_found_dc_its_watermark_came_from(ad_env: A
     assert delta.status == "success", delta.steps[0].as_dict()
     assert delta.steps[0].message == f"served by domain controller {other}:{second.port} (ldaps)"
     assert server.asked.count((f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV")) == 2
+
+
+@pytest.mark.samba
+def test_an_export_writes_through_the_dns_found_dc(ad_env: ADTestEnv, fqdn: str) -> None:
+    """The export's pool of connections (export_connections) uses the step's list of DCs: photos written, the
+    step served by the DC from DNS, the records read once per step that connects (import, export)."""
+    srv = f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}"
+    zone = {(srv, "SRV"): [_srv(0, 100, fqdn)], (fqdn, "A"): [socket.gethostbyname(ad_env.ad.host)]}
+    names = list(ad_env.add_users(ad_env.specs(3, photos=False)))
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    for i, name in enumerate(names):
+        (photos / f"{name}.jpg").write_bytes(jpeg(800 + i))
+    with dns_server(zone) as server:
+        where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+        config = photo_sync_config(ad_env, ad_env.ou, photos, {**where, "export_connections": 3})
+        engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
+        try:
+            prepared = engine.run_profile("Prepare")
+            exported = engine.run_profile("Export")
+        finally:
+            engine.close()
+    assert prepared.status == "success", [s.as_dict() for s in prepared.steps]
+    step = exported.steps[0]
+    assert exported.status == "success" and step.counters.get("export_updates") == 3, step.as_dict()
+    assert step.message == f"served by domain controller {fqdn}:{ad_env.ad.ldaps_port} (ldaps)", step.message
+    assert [ad_env.read(name, "thumbnailPhoto") for name in names] == [[jpeg(800 + i)] for i in range(3)]
+    assert server.asked.count((srv, "SRV")) == 2
