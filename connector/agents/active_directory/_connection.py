@@ -122,7 +122,8 @@ def describe_failure(
         name = host or settings.host
         return f"DNS: cannot resolve {name} ({text}); {_check_name(name, settings)}"
     if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
-        return f"{where} refused the connection: nothing listens on port {settings.effective_port} (check host, port)"
+        check = "check port; the SRV records name this DC" if settings.domain else "check host, port"
+        return f"{where} refused the connection: nothing listens on port {settings.effective_port} ({check})"
     if isinstance(exc, (TimeoutError, socket.timeout, LDAPResponseTimeoutError)) or "timed out" in lowered:
         if tls_phase:
             return (

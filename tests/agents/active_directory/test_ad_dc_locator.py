@@ -197,7 +197,8 @@ def test_when_no_dc_found_answers_the_error_names_each_and_the_srv_name() -> Non
     assert message.startswith(
         f"cannot reach any of the 2 domain controllers (found in DNS: the SRV records {DOMAIN_SRV}; "
         f"1 attempt(s) each): [1] dc-gone.corp.example.test (from the SRV records) has no address (A or AAAA) "
-        f"at DNS server {server.address}. [2] dc-dead.corp.example.test:636 (ldaps) refused the connection"
+        f"at DNS server {server.address}. [2] dc-dead.corp.example.test:636 (ldaps) refused the connection: "
+        "nothing listens on port 636 (check port; the SRV records name this DC). "
     ), message
     assert message.endswith("or that DNS lists the DCs that run")
 
