@@ -1,9 +1,13 @@
 """Finding the domain controllers in DNS, as Windows' DC locator does, instead of naming them.
 
 Why: DCs are replaced and renamed, and a configuration with fixed DC names breaks when they go. Every DC
-registers DNS SRV records that say it offers LDAP for its domain (Microsoft, MS-ADTS 6.3.6.1 "DNS-Based
-Discovery", https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-adts/7fcdce70-5205-44d6-9c3a-260e616a2f04,
-and "How DNS Support for Active Directory Works"):
+registers DNS SRV records that say it offers LDAP for its domain, and Windows' DC locator (DsGetDcName)
+reads them, then the targets' A records. Microsoft documents the names a client asks (MS-ADTS 6.3.6.1
+"DNS-Based Discovery",
+https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-adts/7fcdce70-5205-44d6-9c3a-260e616a2f04)
+and the ones a DC registers, "Dc" and "DcAtSite" (MS-ADTS 6.3.1.10 "DNSRegistrationSettings",
+https://learn.microsoft.com/en-us/openspecs/windows_protocols/MS-ADTS/76bc11f0-8bc2-4d6c-a643-328f479aae1b;
+also "How DNS Support for Active Directory Works"):
 
 * ``_ldap._tcp.dc._msdcs.<DnsDomainName>``: the DCs of the domain;
 * ``_ldap._tcp.<SiteName>._sites.dc._msdcs.<DnsDomainName>``: those of one site (``site``).
@@ -14,8 +18,8 @@ within a priority, a weighted random choice), and the failover of ``_connection`
 walks ``host`` and ``fallback_hosts``.
 
 * **Port.** An SRV record's port is the LDAP port (389). The agent keeps ``port`` and ``security`` of
-  the settings (636 for LDAPS by default) and takes only the host name from the record: every DC of a
-  domain listens on both, and LDAPS is not registered in DNS.
+  the settings (636 for LDAPS by default) and takes only the host name from the record: a DC with a
+  certificate serves LDAPS (and StartTLS on 389) on the same host, and LDAPS has no SRV record.
 * **Names.** The SRV target is the DC's host name: its certificate must name it, and a Kerberos bind asks
   for ``ldap/<target>`` (the SPN every DC registers for its DNS name).
 * **Which DNS.** By default the system's resolver configuration (``/etc/resolv.conf``; on Windows the
