@@ -318,6 +318,7 @@ class Engine:
         risk = self.store.network_warning()
         if risk:
             log.warning("%s", risk)
+        self.store.refuse_read_only()
         self.store.wait_writable(wait_s, on_wait=log.warning)
         piling = None if dry_run else self.store.wal_warning()
         if piling:

@@ -38,6 +38,7 @@ __all__ = [
     "damaged",
     "database_busy",
     "first_line",
+    "read_only_server",
     "store_faults",
 ]
 
@@ -175,8 +176,8 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
     if sqlstate == "25006":  # PostgreSQL's read_only_sql_transaction
         return StoreReadOnlyError(
             f"the store {where} is read-only: the server refused a write ({first}); store.url "
-            "may point at a standby (a read replica) or at a database set default_transaction_read_only: point it "
-            "at the primary"
+            "may point at a standby (a read replica) or at a database set default_transaction_read_only "
+            f"(`mvsync doctor` says which): point it at the primary ({_FOLLOW_PRIMARY})"
         )
     if sqlstate == "42501":  # insufficient_privilege
         return _privilege_refused(where, first, exc.statement)
@@ -325,6 +326,44 @@ _SERVER_AWAY = (
     "the database system is",
     "is not currently accepting connections",
 )
+
+
+#: How ``store.url`` follows the primary through a failover: libpq's documented way (a list of hosts
+#: with ``target_session_attrs``), where a fixed host or a DNS name may come to name a standby.
+_FOLLOW_PRIMARY = (
+    "to follow a failover, name every server in store.url (?host=A:5432&host=B:5432) with "
+    "target_session_attrs=read-write: libpq then connects to whichever of them is the primary"
+)
+
+#: How to lift ``default_transaction_read_only`` where it was set (``pg_settings.source``; {role}, {database}).
+_READ_ONLY_RESET = {
+    "database": "ALTER DATABASE {database} RESET default_transaction_read_only",
+    "user": "ALTER ROLE {role} RESET default_transaction_read_only",
+    "database user": "ALTER ROLE {role} IN DATABASE {database} RESET default_transaction_read_only",
+    "configuration file": "default_transaction_read_only in postgresql.conf or by ALTER SYSTEM, then a reload",
+    "client": "-c default_transaction_read_only=on in store.url's options or in PGOPTIONS: remove it",
+}
+
+
+def read_only_server(where: str, server: str, *, standby: bool, source: str, role: str, database: str) -> str:
+    """Why no transaction can write the PostgreSQL store ``where``, as the ``server`` (host:port) that
+    answered said: a hot standby, or ``default_transaction_read_only`` on for ``role`` in ``database``,
+    with where it was set (``source``, from ``pg_settings``) and how to lift it.
+
+    Why both name the server: after a failover a DNS name, or a fixed host, can come to name the
+    replica, and the URL alone does not say which machine answered.
+    """
+    if standby:
+        return (
+            f"the store {where} is a hot standby, a read-only replica ({server} answered, and pg_is_in_recovery() "
+            f"is true there): no run, nor dry run, can write it; point store.url at the primary ({_FOLLOW_PRIMARY})"
+        )
+    lift = _READ_ONLY_RESET.get(source, "where it was set: " + source).format(role=role, database=database)
+    return (
+        f"the store {where} is set read-only: default_transaction_read_only is on for this role on {server} "
+        f"(set in: {source}), so every transaction refuses writes (a DBA's freeze): no run, nor dry run, can write "
+        f"it; once the freeze ends, lift it ({lift})"
+    )
 
 
 def _connection_refused(where: str, text: str) -> StoreError:

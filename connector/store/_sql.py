@@ -41,6 +41,7 @@ from connector.store._faults import (
     StoreUnreachableError,
     damaged,
     database_busy,
+    read_only_server,
     store_faults,
 )
 from connector.store._locks import LockManager, table_lock_holders
@@ -380,11 +381,11 @@ class SqlStore:
         """
         if self.dialect != "postgresql":
             return None
+        read_only = self.read_only_problem()
+        if read_only is not None:
+            return read_only
         tables = sorted(metadata.tables)
         with self.read() as conn:
-            standby, read_only = conn.execute(
-                text("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')")
-            ).one()
             denied = (
                 conn.execute(
                     text(
@@ -399,19 +400,48 @@ class SqlStore:
                 .all()
             )
             conn.rollback()
-        if standby:
-            return f"the store {self.where} is a standby (a read replica): runs cannot write it; use the primary"
-        if read_only == "on":
-            return (
-                f"the store {self.where} is set read-only (default_transaction_read_only = on for this database or "
-                "role): runs cannot write it"
-            )
         if denied:
             return (
                 f"this role may not write {', '.join(denied)} in the store {self.where}: grant it SELECT, INSERT, "
                 "UPDATE and DELETE on mvsync's tables"
             )
         return None
+
+    def read_only_problem(self) -> str | None:
+        """Why no transaction can write this PostgreSQL store, found without writing (see
+        :func:`read_only_server`); None when one can, and on SQLite."""
+        if self.dialect != "postgresql":
+            return None
+        with self.read() as conn:
+            standby, setting = conn.execute(
+                text("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')")
+            ).one()
+            if not standby and setting != "on":
+                conn.rollback()
+                return None
+            # pg_settings builds every setting's row (a temporary file under a small work_mem): only when needed
+            source, role, database = conn.execute(
+                text(
+                    "SELECT source, current_user, current_database() FROM pg_settings "
+                    "WHERE name = 'default_transaction_read_only'"
+                )
+            ).one()
+            info = getattr(conn.connection.driver_connection, "info", None)
+            server = f"{getattr(info, 'host', '?')}:{getattr(info, 'port', '?')}"
+            conn.rollback()
+        return read_only_server(self.where, server, standby=standby, source=source, role=role, database=database)
+
+    def refuse_read_only(self) -> None:
+        """Raise :class:`StoreReadOnlyError` before a run (a dry run too) where no transaction can write.
+
+        Why before: a standby named by ``store.url`` (a DNS name that follows a failover to the replica)
+        or a DBA's ``default_transaction_read_only`` read fine, and the run stopped at its first write with
+        "may point at a standby or at a database set read-only": which one, on which server, and how to
+        follow the primary went unsaid.
+        """
+        problem = self.read_only_problem()
+        if problem is not None:
+            raise StoreReadOnlyError(f"{problem}; this run wrote nothing")
 
     def connection_problem(self) -> str | None:
         """Why every run on this PostgreSQL store would stop short of connections; None when none would.

@@ -48,6 +48,7 @@ __all__ = [
     "find_bin_dir",
     "postgres_server",
     "start_postgres",
+    "start_standby",
 ]
 
 #: An existing server to use instead of starting one (``postgresql+psycopg://user:pw@host:port/db``).
@@ -196,11 +197,15 @@ class PostgresServer:
         self.data_dir = None
 
 
-def _run(cmd: list[str], run_as: str | None, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL tool, as ``run_as`` when given (we are root then)."""
+def _run(
+    cmd: list[str], run_as: str | None, *, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL tool, as ``run_as`` when given (we are root then), with ``env`` added to the
+    environment (runuser passes it on): a password there stays out of the command line and of errors."""
     if run_as is not None:
         cmd = ["runuser", "-u", run_as, "--", *cmd]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120, cwd="/")
+    environ = {**os.environ, **env} if env else None
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120, cwd="/", env=environ)
     if check and done.returncode != 0:
         msg = f"{' '.join(cmd)} failed: {(done.stderr or done.stdout)[-800:]}"
         raise PostgresUnavailable(msg)
@@ -298,37 +303,70 @@ def start_postgres(
         given = [f"listen_addresses={host}", f"unix_socket_directories={data_dir}", "max_connections=200"]
         if not durable:
             given += _FAST_SETTINGS
-        given += settings
-        for attempt in range(5):
-            server.port = _free_port(host)
-            options = " ".join(f"-c {s}" for s in [*given, f"port={server.port}"])
-            done = _run(
-                [
-                    str(bin_dir / "pg_ctl"),
-                    "start",
-                    "-D",
-                    str(cluster),
-                    "-l",
-                    str(data_dir / "server.log"),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    "60",
-                ],
-                run_as,
-                check=False,
-            )
-            if done.returncode == 0:
-                break
-            log = (data_dir / "server.log").read_text(errors="replace") if (data_dir / "server.log").exists() else ""
-            if "could not bind" not in log or attempt == 4:
-                msg = f"pg_ctl start failed: {(done.stderr or done.stdout).strip()[-400:]} {log[-800:]}"
-                raise PostgresUnavailable(msg)
+        _start_cluster(server, [*given, *settings])
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def _start_cluster(server: PostgresServer, given: list[str]) -> None:
+    """Start the cluster in ``server``'s data directory with the settings ``given``, on a free port (set in
+    ``server``), trying another port when the one found was taken meanwhile."""
+    assert server.data_dir is not None and server.bin_dir is not None
+    data_dir, log_file = server.data_dir, server.data_dir / "server.log"
+    for attempt in range(5):
+        server.port = _free_port(server.host)
+        options = " ".join(f"-c {s}" for s in [*given, f"port={server.port}"])
+        start = ["start", "-D", str(data_dir / "cluster"), "-l", str(log_file), "-o", options, "-w", "-t", "60"]
+        done = _run(
+            [str(server.bin_dir / "pg_ctl"), *start],
+            server.run_as,
+            check=False,
+        )
+        if done.returncode == 0:
+            return
+        log = log_file.read_text(errors="replace") if log_file.exists() else ""
+        if "could not bind" not in log or attempt == 4:
+            msg = f"pg_ctl start failed: {(done.stderr or done.stdout).strip()[-400:]} {log[-800:]}"
+            raise PostgresUnavailable(msg)
+
+
+def start_standby(primary: PostgresServer) -> PostgresServer:
+    """A hot standby of ``primary`` (a server :func:`start_postgres` started), streaming from it: what a read
+    replica is, or what a DNS name points at after a failover went the wrong way.
+
+    ``pg_basebackup -R`` copies the cluster and writes ``standby.signal`` with the connection to the
+    primary (``-c fast``: a checkpoint now, not one spread over minutes); the standby takes the primary's
+    settings, since a hot standby refuses to start with fewer connections than its primary allows.
+    """
+    if not primary.owned:
+        msg = "a standby needs the harness's own PostgreSQL (MVSYNC_TEST_POSTGRES_URL is set)"
+        raise PostgresUnavailable(msg)
+    assert primary.bin_dir is not None
+    data_dir = Path(tempfile.mkdtemp(prefix="mvsync-pg-standby-"))
+    standby = PostgresServer(
+        host=primary.host,
+        port=0,
+        user=primary.user,
+        password=primary.password,
+        data_dir=data_dir,
+        bin_dir=primary.bin_dir,
+        run_as=primary.run_as,
+    )
+    try:
+        if primary.run_as is not None:
+            owner = pwd.getpwnam(primary.run_as)
+            os.chown(data_dir, owner.pw_uid, owner.pw_gid)
+        backup = [str(primary.bin_dir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port)]
+        backup += ["-U", primary.user, "-D", str(data_dir / "cluster"), "-R", "-X", "stream", "-c", "fast"]
+        _run([*backup, "--no-sync"], primary.run_as, env={"PGPASSWORD": primary.password})
+        given = [f"listen_addresses={primary.host}", f"unix_socket_directories={data_dir}", "max_connections=200"]
+        _start_cluster(standby, [*given, *_FAST_SETTINGS])
+    except BaseException:
+        standby.stop()
+        raise
+    return standby
 
 
 @contextlib.contextmanager
