@@ -194,6 +194,9 @@ def classify(exc: DBAPIError, where: str, connect_timeout_s: float | None = None
             "pg_tblspc/OID is the tablespace of that oid in pg_tablespace) and run again: what was committed "
             "before is kept"
         )
+    if sqlstate in ("53200", "53400"):  # PostgreSQL's out_of_memory, configuration_limit_exceeded
+        hint = getattr(getattr(orig, "diag", None), "message_hint", None)
+        return StoreError(_server_limit(where, sqlstate, first + (f"; {hint}" if hint else "")))
     if sqlstate == "57014":  # PostgreSQL's query_canceled: a statement_timeout, or pg_cancel_backend
         return StoreError(
             f"the store {where} canceled a statement ({first}): a statement_timeout set for the role or the "
@@ -239,6 +242,23 @@ _RUN_SESSIONS = (
 )
 #: The number :data:`_RUN_SESSIONS` says ("four"): a connection limit below it stops every run (``mvsync doctor``).
 RUN_CONNECTIONS = 4
+
+#: What to do at a limit of the PostgreSQL server, by the setting its words name (the first found).
+_SERVER_LIMIT_ADVICE = (
+    (
+        "max_locks_per_transaction",
+        "its shared lock table is full: sessions hold locks on many tables at once (pg_locks shows which pids hold "
+        "the most; each of mvsync's holds a few): end the session that holds them, or raise "
+        "max_locks_per_transaction (postgresql.conf; it takes a server restart)",
+    ),
+    (
+        "temp_file_limit",
+        "a statement spilled more to temporary files than temp_file_limit allows (a sort, or a page or chunk of "
+        "rows, larger than work_mem): raise it for mvsync's role (ALTER ROLE NAME SET temp_file_limit = '1GB', or "
+        "-1 for none) or the role's work_mem (an import step with a smaller page_size spills less)",
+    ),
+)
+
 
 #: What to do about a PostgreSQL connection the server or libpq refused, by a phrase of libpq's (or the
 #: server's) message, which carries no SQLSTATE on a failed connection. The message says which host,
@@ -308,6 +328,7 @@ _CONNECTION_ADVICE: tuple[tuple[str, str], ...] = (
         "the database system is",
         "the server is starting, stopping or recovering: run again once it answers (pg_isready -h HOST -p PORT)",
     ),
+    _SERVER_LIMIT_ADVICE[0],  # a full lock table refuses a new session too ("FATAL: out of shared memory")
     (
         "is not currently accepting connections",
         "the database is closed to connections (ALTER DATABASE ... ALLOW_CONNECTIONS false, for maintenance): run "
@@ -325,6 +346,7 @@ _SERVER_AWAY = (
     "too many connections for",
     "the database system is",
     "is not currently accepting connections",
+    "max_locks_per_transaction",
 )
 
 
@@ -380,6 +402,26 @@ def _connection_refused(where: str, text: str) -> StoreError:
     away = any(phrase in reason for phrase in _SERVER_AWAY)
     fault = StoreUnreachableError if away else StoreError
     return fault(f"cannot use the store {where}: {reason}" + (f"; {advice}" if advice else ""))
+
+
+def _server_limit(where: str, sqlstate: str, said: str) -> str:
+    """A statement the PostgreSQL server ended at one of its limits: out of memory (53200, of which its
+    lock table is one) or a configured limit (53400), with the server's words and hint, and what to do.
+
+    Why a store fault: each was an unknown database error, a traceback at the store's creation and a
+    step blamed on the connector (stopped-connector-exception) later, with no word of the setting.
+    """
+    advice = next((hint for setting, hint in _SERVER_LIMIT_ADVICE if setting in said), None)
+    if advice is None and sqlstate == "53200":
+        advice = (
+            "the server is short of memory: check its memory against shared_buffers, work_mem and its other "
+            "sessions (its log says which allocation failed)"
+        )
+    return (
+        f"the store {where}: the database server refused a statement at one of its limits ({said}): "
+        f"{advice or 'raise the setting its words name (SHOW NAME; ALTER ROLE NAME SET NAME = ...)'}; what was "
+        "committed before is kept; run again once that is done"
+    )
 
 
 def _privilege_refused(where: str, first: str, statement: str | None) -> StoreError:

@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 from sqlalchemy import URL, create_engine, make_url, text
 
-from connector.store import SqlStore, StoreUnreachableError
+from connector.store import SqlStore, StoreError, StoreUnreachableError
+from connector.store._store_meta import write_meta
 from tests.cli._configs import generated_pair
 from tests.conftest import require_or_skip
 from tests.harness.crash import mvsync_command
 from tests.harness.postgres_server import PostgresServer, PostgresUnavailable, start_postgres
+from tests.store.test_postgres_bad_days import _as_dba
 
 pytestmark = pytest.mark.postgres
 
@@ -199,20 +201,27 @@ def test_a_role_whose_connection_limit_a_run_outgrows_is_told_the_limit_and_how_
     assert code == 0, (out, err)
 
 
-@pytest.fixture(scope="module")
-def small_server() -> Iterator[PostgresServer]:
-    """A server of its own with 4 connections, 1 of them kept for superusers (none other can be filled)."""
+@contextlib.contextmanager
+def _own_server(what: str, *settings: str) -> Iterator[PostgresServer]:
+    """A server of its own with ``settings`` for the ``with`` (skips where ``what`` cannot be had)."""
     try:
-        server = start_postgres(settings=("max_connections=4", "superuser_reserved_connections=1"))
+        server = start_postgres(settings=settings)
     except PostgresUnavailable as exc:
         require_or_skip(f"PostgreSQL unavailable: {exc}")
         raise
     try:
         if not server.owned:
-            require_or_skip("a full server needs the harness's own PostgreSQL (MVSYNC_TEST_POSTGRES_URL is set)")
+            require_or_skip(f"{what} needs the harness's own PostgreSQL (MVSYNC_TEST_POSTGRES_URL is set)")
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def small_server() -> Iterator[PostgresServer]:
+    """A server of its own with 4 connections, 1 of them kept for superusers (none other can be filled)."""
+    with _own_server("a full server", "max_connections=4", "superuser_reserved_connections=1") as server:
+        yield server
 
 
 @contextlib.contextmanager
@@ -380,3 +389,95 @@ def test_doctor_finds_a_connection_limit_below_what_a_run_holds(
     assert said in found.message and password not in found.message
     if severity == "error":
         assert "fewer than the four a run holds at once" in found.message and "CONNECTION LIMIT N" in found.message
+
+
+def test_a_temp_file_limit_a_page_outgrows_stops_the_run_naming_the_setting_and_the_next_run_resumes(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: a DBA's temp_file_limit for mvsync's role (here 64 kB, with the role's work_mem at its
+    64 kB floor so that a small store spills: a page's or a sync chunk's rows go in through one INSERT
+    ... FROM unnest, which spills past work_mem) ended the first synchronization chunk's INSERT with
+    SQLSTATE 53400, which the store did not know: the step stopped as stopped-connector-exception,
+    blaming the connector, with the INSERT statement in its message and nothing about the setting. It is
+    now a store fault (exit 4) naming the store, the server's words, temp_file_limit and what to change;
+    both imports committed before are kept, and once the limit is lifted the next run ends well."""
+    admin_url = make_url(postgres_db())
+    owner = f'ALTER DATABASE "{admin_url.database}" OWNER TO {{role}}'
+    small = ("ALTER ROLE {role} SET work_mem = '64kB'", "ALTER ROLE {role} SET temp_file_limit = '64kB'")
+    role, password = _role(admin_url, owner, *small)
+    url = admin_url.set(username=role, password=password)
+    config = _config(tmp_path, url, count=300, page_size=100)
+    code, out, err = _cli(config, "run", "cycle")
+    assert code == 4, (out, err)
+    masked = url.render_as_string(hide_password=True)
+    assert (
+        f"error: the store {masked}: the database server refused a statement at one of its limits (temporary file "
+        "size exceeds temp_file_limit (64kB)): a statement spilled more to temporary files than temp_file_limit"
+    ) in err
+    assert "ALTER ROLE NAME SET temp_file_limit = '1GB'" in err and "what was committed before is kept" in err
+    assert "Traceback" not in err and "INSERT" not in out + err and password not in out + err
+    steps = _steps(admin_url)
+    assert steps[:2] == [("src", "success", 300), ("tgt", "success", 300)]  # kept
+    assert [status for _, status, _ in steps[2:]] == ["stopped-store-error"]
+
+    _as_dba(admin_url.render_as_string(hide_password=False), f"ALTER ROLE {role} SET temp_file_limit = -1")
+    code, out, err = _cli(config, "run", "cycle")
+    assert code == 0, (out, err)
+
+
+@pytest.fixture
+def few_locks_server() -> Iterator[PostgresServer]:
+    """A server of its own whose shared lock table is the smallest PostgreSQL allows (10 locks for each of
+    10 connections), which one session can fill."""
+    with _own_server("a full lock table", "max_connections=10", "max_locks_per_transaction=10") as server:
+        yield server
+
+
+#: One statement that takes locks until the server's lock table is full ("out of shared memory"): advisory
+#: locks of the transaction, one lock table entry each, each in a block of its own, so that the one refused
+#: ends the loop and the rest stay held. (A tool that locks thousands of tables in one transaction, a
+#: pg_dump of a large schema or a migration, fills it alike.)
+_FILL_LOCK_TABLE = """
+DO $$ BEGIN
+  FOR i IN 1..100000 LOOP
+    BEGIN PERFORM pg_advisory_xact_lock(-1, i); EXCEPTION WHEN out_of_memory THEN EXIT; END;
+  END LOOP;
+END $$
+"""
+
+
+def test_a_full_lock_table_stops_the_run_naming_max_locks_per_transaction(
+    tmp_path: Path, few_locks_server: PostgresServer
+) -> None:
+    """Found: a server whose shared lock table another session had filled refused the next lock with
+    "out of shared memory" (HINT: You might need to increase max_locks_per_transaction): a write on a
+    session already open (SQLSTATE 53200) was an unknown database error (a traceback, exit 1, where it
+    met the store's creation), and a new session ("FATAL: out of shared memory" at the connection, what
+    `mvsync run` meets) had libpq's words alone. Both now name the store, the server's words, pg_locks
+    to find who holds the locks and max_locks_per_transaction (exit 4); once that session ends, the
+    next run ends well."""
+    url = make_url(few_locks_server.create_database())
+    store = SqlStore(url.render_as_string(hide_password=False))  # the store exists, and has a session open
+    holder = create_engine(url)
+    conn = holder.connect()
+    try:
+        conn.execute(text(_FILL_LOCK_TABLE))  # held until the transaction ends
+        with pytest.raises(StoreError) as refused, store.transaction() as open_session:
+            write_meta(open_session, "probe", "1")  # its transaction's id takes a lock table entry
+        code, out, err = _cli(_config(tmp_path, url), "run", "cycle")
+    finally:
+        conn.rollback()
+        conn.close()
+        holder.dispose()
+        store.close()
+    masked = url.render_as_string(hide_password=True)
+    assert str(refused.value).startswith(
+        f"the store {masked}: the database server refused a statement at one of its limits (out of shared memory; "
+        "You might need to increase max_locks_per_transaction.): its shared lock table is full"
+    )
+    assert code == 4, (out, err)
+    assert f"cannot use the store {masked}: connection failed: " in err and "FATAL:  out of shared memory" in err
+    assert "its shared lock table is full" in err and "pg_locks" in err
+    assert "Traceback" not in err and str(url.password) not in out + err
+    code, out, err = _cli(_config(tmp_path, url), "run", "cycle")
+    assert code == 0, (out, err)
