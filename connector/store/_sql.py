@@ -155,13 +155,21 @@ def _analyze_unless_busy(conn: Connection, table: str) -> bool:
 
     ANALYZE is the one statement of a run that waits for a (auto)vacuum of the table, and an
     anti-wraparound vacuum does not give way: a statistics refresh must not stop a run as busy.
+    It runs without a ``statement_timeout`` the DBA set: one shorter than that second (or than the
+    sample of a large table read from a cold disk) canceled it first, and the run stopped as a canceled
+    statement for a refresh that is only ever deferred. The lock timeout still bounds its wait.
     """
     try:
         with conn.begin_nested():
-            kept = conn.exec_driver_sql("SELECT current_setting('lock_timeout')").scalar()
+            kept = conn.exec_driver_sql(
+                "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+            ).one()
             conn.exec_driver_sql("SET LOCAL lock_timeout = 1000")
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             conn.exec_driver_sql(f"ANALYZE {table}")
-            conn.execute(text("SELECT set_config('lock_timeout', :kept, true)"), {"kept": kept})
+            # SET LOCAL outlives the savepoint: the rest of the page's transaction gets the session's back
+            restore = "SELECT set_config('lock_timeout', :lock, true), set_config('statement_timeout', :stmt, true)"
+            conn.execute(text(restore), {"lock": kept[0], "stmt": kept[1]})
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != "55P03":
             raise

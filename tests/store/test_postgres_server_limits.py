@@ -481,3 +481,32 @@ def test_a_full_lock_table_stops_the_run_naming_max_locks_per_transaction(
     assert "Traceback" not in err and str(url.password) not in out + err
     code, out, err = _cli(_config(tmp_path, url), "run", "cycle")
     assert code == 0, (out, err)
+
+
+def test_a_statement_timeout_below_the_statistics_refreshs_lock_wait_does_not_stop_the_run(
+    tmp_path: Path, postgres_db: Callable[[], str]
+) -> None:
+    """Found: the statistics refresh a run makes while cs_object grows (ANALYZE, after 1,000 new rows)
+    waits up to 1 s for its lock and gives way to an (auto)vacuum holding the table; where the DBA set a
+    statement_timeout below that (here 900 ms for the database), the timeout canceled the ANALYZE first
+    (SQLSTATE 57014, not the lock timeout's 55P03) and the import stopped with exit 4, "canceled a
+    statement ... statement timeout", for a refresh that is only ever deferred. The refresh now runs
+    without the statement timeout (its lock wait stays bounded by the 1 s), so the run ends well."""
+    url = make_url(postgres_db())
+    dba = url.render_as_string(hide_password=False)
+    SqlStore(dba).close()
+    _as_dba(dba, f"ALTER DATABASE \"{url.database}\" SET statement_timeout = '900ms'")
+    vacuum = create_engine(url)
+    conn = vacuum.connect()
+    try:
+        conn.execute(text("LOCK TABLE cs_object IN SHARE UPDATE EXCLUSIVE MODE"))  # what a vacuum holds
+        config = _config(tmp_path, url, count=1000, page_size=1000)  # one page: the refresh follows it
+        with config.open("a") as toml:
+            toml.write('[run_profiles.import-src]\nsteps = [{ type = "full-import", agent = "src" }]\n')
+        code, out, err = _cli(config, "run", "import-src")
+    finally:
+        conn.rollback()
+        conn.close()
+        vacuum.dispose()
+    assert code == 0, (out, err)
+    assert _one(url, "SELECT count(*) FROM cs_object") == 1000
