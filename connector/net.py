@@ -9,6 +9,7 @@ service took the connection and never answered. Each needs a different fix, so e
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 import threading
@@ -19,14 +20,17 @@ from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 import requests
+import truststore
 import urllib3
 
 from connector.sdk import AuthenticationError, ConfigurationError
 
 __all__ = [
+    "CA_BUNDLE_VARIABLES",
     "RECHECKED",
     "SILENCE",
     "AnswerClock",
+    "ca_bundle_key",
     "certificate_out_of_date",
     "describe_request_error",
     "entra_refusal",
@@ -87,7 +91,7 @@ def failure_kind(exc: requests.RequestException) -> str:
     """What kind of network failure ``exc`` is, and where the fix lies, in a few words."""
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
-        return _tls_failure(text)
+        return _tls_failure(text, getattr(exc, "untrusted", _UNTRUSTED_BUNDLE))
     if isinstance(exc, requests.exceptions.ProxyError):
         refused = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
         if refused is None:
@@ -168,10 +172,11 @@ _HANDSHAKE = (
 )
 
 
-def _tls_failure(text: str) -> str:
-    """What a failed TLS handshake says, and where the fix lies: ``ca_bundle`` only when the
-    certificate's issuer is not trusted; setting it again for a certificate issued for another
-    name, or one that expired, changes nothing."""
+def _tls_failure(text: str, untrusted: str) -> str:
+    """What a failed TLS handshake says, and where the fix lies: the trust store or ``ca_bundle``
+    (``untrusted``, the words of the session that failed: see ``_VerifyingAdapter``) only when the
+    certificate's issuer is not trusted; setting it again for a certificate issued for another name,
+    or one that expired, changes nothing."""
     mismatch = _MISMATCH.search(text)
     if mismatch is not None:
         return (
@@ -183,7 +188,7 @@ def _tls_failure(text: str) -> str:
         return _OUT_OF_DATE[dates]
     lowered = text.lower()
     if "certificate_verify_failed" in lowered or "certificate" in lowered:
-        return "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
+        return untrusted
     for clues, why in _HANDSHAKE:
         if any(clue in lowered for clue in clues):
             return f"TLS handshake failed: {why}"
@@ -396,14 +401,16 @@ def _is_loopback(url: str | bytes | None) -> bool:
 
 
 class _Session(requests.Session):
-    """Proxies from the environment, except for this machine's own loopback; a pinned CA bundle.
+    """Proxies from the environment, except for this machine's own loopback; the trust chosen when
+    the session was made (``verifying_session``) for every request.
 
-    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``Session.verify``
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``Session.verify`` on each request
     (psf/requests#3829); the usual cure, ``trust_env = False``, also drops the proxy settings
     (HTTPS_PROXY, NO_PROXY, and on Windows the Internet Options proxy), and a server that must go
-    through a TLS-inspecting proxy is exactly the one that needs both a proxy and a CA bundle. So
-    only ``verify`` is pinned. A loopback address never goes through a proxy (no proxy can reach
-    this machine's loopback): the emulator of ``mvsync demo`` works on a machine with HTTPS_PROXY set.
+    through a TLS-inspecting proxy is exactly the one that needs both a proxy and a trusted CA. So
+    only ``verify`` is pinned: ``verifying_session`` has already read those variables once. A
+    loopback address never goes through a proxy (no proxy can reach this machine's loopback): the
+    emulator of ``mvsync demo`` works on a machine with HTTPS_PROXY set.
     """
 
     def merge_environment_settings(
@@ -415,24 +422,57 @@ class _Session(requests.Session):
         cert: Any,
     ) -> Any:
         merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if isinstance(self.verify, str) and verify is None:  # a configured bundle, not given per request
+        if verify is None:  # not given per request: the session's own trust, whatever the environment says now
             merged["verify"] = self.verify
         if _is_loopback(url):
             merged["proxies"] = {}
         return merged
 
 
-class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    """Gives every request without a timeout of its own ``timeout_s``.
+class _VerifyingAdapter(requests.adapters.HTTPAdapter):
+    """Verifies with ``context`` (the operating system's trust store) unless a request names a CA
+    bundle, and gives every request without a timeout of its own ``timeout_s``.
 
-    requests waits forever by default, and a library handed a session (MSAL's ``http_client``)
-    sends without one: a sign-in endpoint that accepts the connection and never answers then held a
-    run, and its agent's lock, for good.
+    Why the context: requests verifies against certifi's bundle, which holds only public CAs. On
+    Windows Server behind a TLS-inspecting proxy, the proxy's CA is deployed to the Windows
+    certificate store by Group Policy, and every Graph and sign-in request failed with
+    CERTIFICATE_VERIFY_FAILED until the CA was exported to a PEM file for each agent. A
+    ``truststore.SSLContext`` verifies with the OS (Windows CryptoAPI, macOS Security framework,
+    OpenSSL's system paths on Linux, which honour SSL_CERT_FILE and SSL_CERT_DIR). It is made once
+    per session and shared by its connections, and mounted here rather than injected into ``ssl``
+    (``truststore.inject_into_ssl``), which would change every TLS client of the process. The
+    proxy managers get it too: requests hands them no context of its own, so a tunnelled request
+    would otherwise verify against OpenSSL's defaults, which on Windows are empty.
+
+    Why the timeout: requests waits forever by default, and a library handed a session (MSAL's
+    ``http_client``) sends without one: a sign-in endpoint that accepts the connection and never
+    answered then held a run, and its agent's lock, for good.
     """
 
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__()
+    def __init__(self, timeout_s: float | None, context: ssl.SSLContext | None, untrusted: str) -> None:
         self.timeout_s = timeout_s
+        self.context = context
+        #: ``failure_kind``'s words for a certificate whose issuer is not trusted: where to add the CA
+        #: depends on what verified (the OS store, or the CA file of a setting or variable)
+        self.untrusted = untrusted
+        super().__init__()  # (makes the pool manager, with ``context``)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        if self.context is not None:
+            pool_kwargs["ssl_context"] = self.context
+        super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        if self.context is not None:
+            proxy_kwargs.setdefault("ssl_context", self.context)  # the server's certificate, through the tunnel
+            proxy_kwargs.setdefault("proxy_ssl_context", self.context)  # an https:// proxy's own
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]  # (untyped in its stubs)
+        if verify is True and self.context is not None:  # requests named certifi's bundle: the OS store instead
+            conn.ca_certs = None
+            conn.ca_cert_dir = None
 
     def send(
         self,
@@ -444,25 +484,68 @@ class _TimeoutAdapter(requests.adapters.HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         chosen = self.timeout_s if timeout is None else timeout
-        return super().send(request, stream=stream, timeout=chosen, verify=verify, cert=cert, proxies=proxies)
+        try:
+            return super().send(request, stream=stream, timeout=chosen, verify=verify, cert=cert, proxies=proxies)
+        except requests.exceptions.SSLError as exc:
+            exc.untrusted = self.untrusted  # type: ignore[attr-defined]  # (read by failure_kind)
+            raise
 
 
-def verifying_session(ca_bundle: Path | None, *, timeout_s: float | None = None) -> requests.Session:
-    """A requests session verifying TLS against ``ca_bundle`` (the system's trust store when None).
+#: The environment variables requests reads for a CA bundle, in its order.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+#: ``failure_kind``'s words for an untrusted certificate when it cannot tell what verified.
+_UNTRUSTED_BUNDLE = "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
+
+
+def ca_bundle_key(agent: str) -> str:
+    """Where an agent's CA bundle is set, as a message names it (``agents.exo.settings.ca_bundle``);
+    ``ca_bundle`` when the agent's name is not known."""
+    return f"agents.{agent}.settings.ca_bundle" if agent else "ca_bundle"
+
+
+def verifying_session(
+    ca_bundle: Path | None, *, timeout_s: float | None = None, setting: str = "ca_bundle"
+) -> requests.Session:
+    """A requests session verifying TLS with the operating system's trust store, or against
+    ``ca_bundle`` alone when it is given.
+
+    Which trust: ``ca_bundle`` pins verification to that PEM file. Without it, REQUESTS_CA_BUNDLE
+    (or CURL_CA_BUNDLE), when set, pins it in the same way for the whole process, as requests
+    documents those variables (an installation that had set one keeps working). Without either, the
+    OS store (``_VerifyingAdapter``): Windows' certificate stores, where Group Policy deploys an
+    enterprise or TLS-inspecting proxy's CA, so nothing needs exporting. Verification is never off.
 
     Proxies still come from the environment (see ``_Session``). A bundle that is not a readable
-    file is a configuration error naming the key (``readable_ca_file``), not an ``OSError`` from
-    deep inside requests on the first request ("Could not find a suitable TLS CA certificate bundle").
-    ``timeout_s``: the timeout of every request that brings none (see ``_TimeoutAdapter``).
+    file is a configuration error naming the key or the variable (``readable_ca_file``), not an
+    ``OSError`` from deep inside requests on the first request ("Could not find a suitable TLS CA
+    certificate bundle"). ``timeout_s``: the timeout of every request that brings none. ``setting``:
+    where ``ca_bundle`` is set (``ca_bundle_key``), for the words of an untrusted certificate.
     """
     session = _Session()
     if ca_bundle is not None:
         session.verify = readable_ca_file(ca_bundle, "ca_bundle")
-    if timeout_s is not None:
-        adapter = _TimeoutAdapter(timeout_s)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+        adapter = _VerifyingAdapter(timeout_s, None, _UNTRUSTED_BUNDLE)
+    elif variable := next((name for name in CA_BUNDLE_VARIABLES if os.environ.get(name)), None):
+        session.verify = readable_ca_file(Path(os.environ[variable]), variable)
+        untrusted = f"TLS certificate not trusted (the CA file in {variable} does not hold the CA that issued it)"
+        adapter = _VerifyingAdapter(timeout_s, None, untrusted)
+    else:
+        untrusted = (
+            "TLS certificate not trusted by this machine's trust store (add the CA that issued it there: on "
+            "Windows to the computer's Trusted Root Certification Authorities, where Group Policy puts a "
+            "TLS-inspecting proxy's CA; on Linux to the system's CA certificates, or name it in SSL_CERT_FILE; "
+            f"or set {setting} to its PEM file)"
+        )
+        adapter = _VerifyingAdapter(timeout_s, _os_trust_context(), untrusted)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return session
+
+
+def _os_trust_context() -> ssl.SSLContext:
+    """A TLS client context that verifies certificates and host names with the operating system."""
+    context: ssl.SSLContext = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return context
 
 
 def readable_ca_file(path: Path, key: str) -> str:

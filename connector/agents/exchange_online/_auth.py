@@ -38,7 +38,13 @@ from connector.agents.exchange_online._tokencache import (
     ProcessTokenCache,
     load_key,
 )
-from connector.net import entra_refusal, unreachable_authority, unusable_authority, verifying_session
+from connector.net import (
+    ca_bundle_key,
+    entra_refusal,
+    unreachable_authority,
+    unusable_authority,
+    verifying_session,
+)
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError
 
 __all__ = ["AccessToken", "AuthStatus", "GraphAuth", "make_session"]
@@ -50,10 +56,11 @@ APP_SCOPES = ("https://graph.microsoft.com/.default",)
 _EXPIRY_SKEW_S = 60.0
 
 
-def make_session(settings: ExchangeOnlineSettings) -> requests.Session:
-    """A requests session that trusts ``ca_bundle`` and never waits longer than ``timeout_s`` for an
-    answer (see ``connector.net.verifying_session``): MSAL sends on it with no timeout of its own."""
-    return verifying_session(settings.ca_bundle, timeout_s=settings.timeout_s)
+def make_session(settings: ExchangeOnlineSettings, agent: str = "") -> requests.Session:
+    """A requests session that trusts the system's trust store, or ``ca_bundle`` alone, and never
+    waits longer than ``timeout_s`` for an answer (see ``connector.net.verifying_session``): MSAL
+    sends on it with no timeout of its own. ``agent``: its name, for where ``ca_bundle`` is set."""
+    return verifying_session(settings.ca_bundle, timeout_s=settings.timeout_s, setting=ca_bundle_key(agent))
 
 
 @dataclass(frozen=True, slots=True)

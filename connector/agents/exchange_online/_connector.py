@@ -146,7 +146,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _session(self) -> requests.Session:
-        return make_session(self.settings)
+        return make_session(self.settings, self.context.agent)
 
     @property
     def auth(self) -> GraphAuth:

@@ -32,7 +32,13 @@ from requests.auth import AuthBase, HTTPBasicAuth
 
 from connector import __version__
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.net import entra_refusal, unreachable_authority, unusable_authority, verifying_session
+from connector.net import (
+    ca_bundle_key,
+    entra_refusal,
+    unreachable_authority,
+    unusable_authority,
+    verifying_session,
+)
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError
 
 __all__ = ["USER_AGENT", "kerberos_error", "make_auth", "make_session", "refusal", "refused", "spn"]
@@ -44,16 +50,17 @@ __all__ = ["USER_AGENT", "kerberos_error", "make_auth", "make_session", "refusal
 USER_AGENT = f"mvsync/{__version__} (exchange-server-photos)"
 
 
-def make_session(settings: ExchangeServerSettings, auth: AuthBase) -> requests.Session:
-    """A session verifying TLS (against ``ca_bundle`` when given, see
-    ``connector.net.verifying_session``), for one thread."""
-    session = verifying_session(settings.ca_bundle, timeout_s=settings.timeout_s)
+def make_session(settings: ExchangeServerSettings, auth: AuthBase, agent: str = "") -> requests.Session:
+    """A session verifying TLS (with the system's trust store, or against ``ca_bundle`` alone when
+    given, see ``connector.net.verifying_session``), for one thread. ``agent``: its name, for where
+    ``ca_bundle`` is set."""
+    session = verifying_session(settings.ca_bundle, timeout_s=settings.timeout_s, setting=ca_bundle_key(agent))
     session.auth = auth
     session.headers["User-Agent"] = USER_AGENT
     return session
 
 
-def make_auth(settings: ExchangeServerSettings) -> AuthBase:
+def make_auth(settings: ExchangeServerSettings, agent: str = "") -> AuthBase:
     secret = settings.password.get_secret_value() if settings.password is not None else ""
     if settings.auth == "ntlm":
         from requests_ntlm import HttpNtlmAuth
@@ -63,7 +70,7 @@ def make_auth(settings: ExchangeServerSettings) -> AuthBase:
         return HTTPBasicAuth(settings.username or "", secret)
     if settings.auth == "negotiate":
         return _negotiate(settings)
-    return OAuthBearer(settings)
+    return OAuthBearer(settings, agent)
 
 
 def _negotiate(settings: ExchangeServerSettings) -> AuthBase:
@@ -274,8 +281,9 @@ _TOKEN_ADVICE = {
 class OAuthBearer(AuthBase):
     """``Authorization: Bearer`` with an app-only token from MSAL (cached in memory by MSAL)."""
 
-    def __init__(self, settings: ExchangeServerSettings) -> None:
+    def __init__(self, settings: ExchangeServerSettings, agent: str = "") -> None:
         self.settings = settings
+        self.agent = agent
         self._app: Any = None
         self._lock = threading.Lock()
 
@@ -313,13 +321,14 @@ class OAuthBearer(AuthBase):
         s = self.settings
         if self._app is None:
             assert s.client_secret is not None
+            http = verifying_session(s.ca_bundle, timeout_s=s.timeout_s, setting=ca_bundle_key(self.agent))
             try:
                 self._app = msal.ConfidentialClientApplication(
                     s.client_id,
                     client_credential=s.client_secret.get_secret_value(),
                     authority=authority,
                     instance_discovery=s.instance_discovery,
-                    http_client=verifying_session(s.ca_bundle, timeout_s=s.timeout_s),  # MSAL sets no timeout
+                    http_client=http,  # with timeout_s: MSAL sets no timeout
                 )
             except ValueError as exc:
                 raise unusable_authority(authority, exc, "authority" if s.authority else "tenant_id") from None

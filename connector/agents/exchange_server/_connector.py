@@ -180,10 +180,11 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             self._cancel.clear()
             # connection-based schemes keep per-handshake state: one auth object per thread's session;
             # an OAuth token is shared by all of them
-            shared = make_auth(self.settings) if self.settings.auth == "oauth" else None
+            agent = self.context.agent
+            shared = make_auth(self.settings, agent) if self.settings.auth == "oauth" else None
 
             def session() -> requests.Session:
-                return make_session(self.settings, shared or make_auth(self.settings))
+                return make_session(self.settings, shared or make_auth(self.settings, agent), agent)
 
             self._client = PhotoClient(self.settings, session, self.limiter, self._cancel)
         return self._client

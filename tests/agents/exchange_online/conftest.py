@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet
 from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, ExchangeOnlineSettings
 from connector.emulator import exo_agent_settings
 from connector.engine import Page, import_in_memory
-from connector.sdk import AttributeChange, ConnectorContext, CSEntryChange, ImportMode
+from connector.sdk import AttributeChange, AuthenticationError, ConnectorContext, CSEntryChange, ImportMode
 
 REAUTH = "mvsync auth login exo -c /etc/mvsync/mvsync.toml"
 
@@ -127,6 +127,17 @@ def imported(
         return run_import(conn, mode, **options)
     finally:
         conn.close()
+
+
+def authority_outage_at_open(conn: Any) -> str:
+    """The message of the stop that opening ``conn`` must end with: the authority's outage."""
+    try:
+        with pytest.raises(AuthenticationError) as caught:
+            conn.open()
+    finally:
+        conn.close()
+    assert caught.value.status == "stopped-server-down"
+    return str(caught.value)
 
 
 def full_import(emu: Any, data_dir: Path, **overrides: Any) -> tuple[list[CSEntryChange], str | None]:

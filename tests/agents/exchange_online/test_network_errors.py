@@ -21,7 +21,7 @@ from connector.agents.exchange_online._graph import UNANSWERED_WARNING_S
 from connector.agents.exchange_online._import import Importer, Watermark
 from connector.emulator import TEST_HOSTNAME
 from connector.engine import MemoryState, Page
-from connector.net import describe_request_error, verifying_session
+from connector.net import CA_BUNDLE_VARIABLES, describe_request_error, verifying_session
 from connector.sdk import (
     AuthenticationError,
     ConfigurationError,
@@ -34,7 +34,13 @@ from connector.sdk import (
     Stop,
     StopRunError,
 )
-from tests.agents.exchange_online.conftest import imported, make_connector, photo_changes, run_import
+from tests.agents.exchange_online.conftest import (
+    authority_outage_at_open,
+    imported,
+    make_connector,
+    photo_changes,
+    run_import,
+)
 from tests.harness.sockets import connect_proxy, silent_server
 
 
@@ -202,22 +208,11 @@ def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
     """A TLS-inspecting proxy, or a private cloud's CA missing from ca_bundle: the stop names the
     authority and says what to set, instead of "SSLError"."""
     emu = make_emulator(users=1)
-    message = _authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=Path(certifi.where())))  # public CAs
+    message = authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=Path(certifi.where())))  # public CAs
     assert message == (
         f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
         "(set ca_bundle to the CA that issued it)"
     )
-
-
-def _authority_outage_at_open(conn: Any) -> str:
-    """The message of the stop that opening ``conn`` must end with: the authority's outage."""
-    try:
-        with pytest.raises(AuthenticationError) as caught:
-            conn.open()
-    finally:
-        conn.close()
-    assert caught.value.status == "stopped-server-down"
-    return str(caught.value)
 
 
 @pytest.mark.timeout(60)  # it used to wait forever: MSAL sets no timeout on the session it is given
@@ -230,7 +225,7 @@ def test_an_authority_that_accepts_connections_and_never_answers_stops_within_th
     emu = make_emulator(users=1)
     with silent_server() as port:
         authority = f"https://127.0.0.1:{port}/{emu.info['tenant_id']}"
-        message = _authority_outage_at_open(make_connector(emu, tmp_path, authority=authority, timeout_s=0.3))
+        message = authority_outage_at_open(make_connector(emu, tmp_path, authority=authority, timeout_s=0.3))
     assert message == f"cannot reach the authority {authority}: connected, but no answer within the timeout"
 
 
@@ -379,7 +374,7 @@ def test_a_photo_export_to_one_broken_mailbox_fails_that_change_only(
 
 @pytest.mark.parametrize("where", ["missing", "folder"])
 def test_a_ca_bundle_that_is_no_file_is_a_configuration_error_naming_the_key(
-    make_emulator: Any, tmp_path: Path, cache_key: str, where: str
+    make_emulator: Any, tmp_path: Path, cache_key: str, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It used to be requests' OSError ("Could not find a suitable TLS CA certificate bundle, invalid
     path") out of the first request: a stopped-connector-exception with a traceback in the log. The
@@ -400,7 +395,9 @@ def test_a_ca_bundle_that_is_no_file_is_a_configuration_error_naming_the_key(
     )
     with pytest.raises(ConfigurationError, match=r"^ca_bundle: "):
         verifying_session(bundle)
-    assert verifying_session(None).verify is True  # the system's trust store
+    for variable in CA_BUNDLE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert verifying_session(None).verify is True  # the system's trust store (see test_trust.py)
 
 
 def _through_proxy(monkeypatch: pytest.MonkeyPatch, port: int) -> None:

@@ -65,6 +65,7 @@ from tests.agents.photo_folder.helpers import by_anchor
 from tests.cli._configs import invoke
 from tests.emulator.test_ews import _thumbnail
 from tests.harness.sockets import handing_to, silent_server, trickling_server
+from tests.harness.trust import other_ca, system_store
 from tests.imaging.images import photo
 
 PHOTO, PLAIN, THUMB = "photo@contoso.example", "plain@contoso.example", "thumb@contoso.example"
@@ -471,6 +472,27 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
     }[server]
     assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} (2 attempts over ")
     assert "the mailboxes not fetched yet keep what they had" in str(caught.value)
+
+
+def test_without_ca_bundle_ews_is_verified_with_the_systems_trust_store(
+    ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An internal CA in this machine's trust store (on Windows, where Group Policy deploys it) is
+    enough: requests verified against certifi's public CAs, so EWS needed ca_bundle. A store
+    without it stops the step naming the host, the store and both fixes, with the agent's key."""
+    store = system_store(tmp_path, monkeypatch)
+    store.write_bytes(Path(ews.info["ca_cert"]).read_bytes())
+    photos, _ = _imported(_agent(ews, tmp_path / "trusted", ca_bundle=None))
+    assert photos[PHOTO].attributes.get("EXSPhoto") and photos[PHOTO].error is None, photos[PHOTO]
+    monkeypatch.setenv("SSL_CERT_FILE", str(other_ca(tmp_path)))
+    fast = {"timeout_s": 5, "max_attempts": 1}
+    with pytest.raises(ServerDownError) as caught:
+        _imported(_agent(ews, tmp_path / "untrusted", ca_bundle=None, **fast))
+    where = ews.info["ews_url"].split("/EWS")[0]
+    assert str(caught.value).startswith(
+        f"EWS at {where} did not answer: TLS certificate not trusted by this machine's trust store (add the CA"
+    ), str(caught.value)
+    assert "or set agents.exs.settings.ca_bundle to its PEM file)" in str(caught.value)
 
 
 def _many_mailboxes(ews: EwsEmulator, tmp_path: Path, count: int) -> list[str]:

@@ -1,0 +1,168 @@
+"""Which CAs the HTTPS clients trust: the operating system's trust store by default, ``ca_bundle``
+alone when it is set, and the same through a proxy.
+
+Real TLS throughout: the emulator's certificate comes from a CA of its own (trustme), which no
+public bundle (certifi) holds. "The operating system's trust store" is OpenSSL's on Linux, which
+honours SSL_CERT_FILE and SSL_CERT_DIR: every test sets both, so none depends on this machine's CAs
+(tests.harness.trust: SSL_CERT_DIR names no folder, so the machine's hashed CA folder stays out).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from connector.emulator import TEST_HOSTNAME
+from connector.net import verifying_session
+from connector.sdk import ConfigurationError
+from tests.agents.exchange_online.conftest import authority_outage_at_open, imported, make_connector
+from tests.harness.sockets import connect_proxy
+from tests.harness.trust import other_ca, subprocess_env, system_store
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return system_store(tmp_path, monkeypatch)
+
+
+def _trust_the_emulator(emu: Any, store: Path) -> None:
+    """The emulator's CA in the test's system store, as Group Policy deploys a proxy's CA."""
+    store.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+
+
+def test_without_ca_bundle_the_agent_trusts_the_systems_store(
+    make_emulator: Any, tmp_path: Path, cache_key: str, store: Path
+) -> None:
+    """Sign-in (MSAL) and Graph both verify with the system's store. requests used certifi's bundle
+    instead: with the CA only in the system's store (a TLS-inspecting proxy's, deployed by Group
+    Policy), every request failed with CERTIFICATE_VERIFY_FAILED unless ca_bundle named a PEM copy."""
+    emu = make_emulator(users=12)
+    _trust_the_emulator(emu, store)
+    entries, watermark = imported(make_connector(emu, tmp_path, ca_bundle=None))
+    assert watermark is not None and len(entries) == 12
+    assert not [e for e in entries if e.error is not None]
+
+
+def test_ca_bundle_pins_verification_to_its_file_alone(
+    make_emulator: Any, tmp_path: Path, cache_key: str, store: Path
+) -> None:
+    """The system's store trusts the emulator, but ca_bundle names another CA: ca_bundle wins, and
+    the stop says to fix ca_bundle (not the system's store)."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    assert authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=other_ca(tmp_path))) == (
+        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
+        "(set ca_bundle to the CA that issued it)"
+    )
+
+
+def test_requests_ca_bundle_pins_like_ca_bundle_and_a_missing_one_is_named(
+    make_emulator: Any, tmp_path: Path, cache_key: str, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REQUESTS_CA_BUNDLE keeps the meaning requests gives it (an installation that set it keeps
+    working): the process's CA file, for agents without a ca_bundle of their own."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_ca(tmp_path)))
+    assert authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=None)).endswith(
+        "TLS certificate not trusted (the CA file in REQUESTS_CA_BUNDLE does not hold the CA that issued it)"
+    )
+    missing = tmp_path / "gone.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(missing))
+    with pytest.raises(ConfigurationError) as refused:
+        verifying_session(None)
+    assert str(refused.value) == (
+        f"REQUESTS_CA_BUNDLE: {missing} does not exist: give the PEM file of the CA that issued the server's "
+        "certificate"
+    )
+
+
+def test_through_a_connect_proxy_the_system_store_verifies_the_server(
+    make_emulator: Any, tmp_path: Path, cache_key: str, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY set, no ca_bundle: Graph's requests go through the proxy's tunnel, and the
+    server's certificate is verified with the system's store on the far side of it."""
+    emu = make_emulator(users=12)
+    _trust_the_emulator(emu, store)
+    port = urlsplit(emu.info["graph_url"]).port
+    with connect_proxy(hosts={TEST_HOSTNAME: "127.0.0.1"}) as (proxy_port, targets):
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_port}")
+        graph_url = f"https://{TEST_HOSTNAME}:{port}/v1.0"
+        entries, watermark = imported(make_connector(emu, tmp_path, ca_bundle=None, graph_url=graph_url))
+    assert watermark is not None and len(entries) == 12
+    assert not [e for e in entries if e.error is not None]
+    assert set(targets) == {f"{TEST_HOSTNAME}:{port}"}, targets
+
+
+def test_the_proxys_tunnels_verify_with_the_sessions_own_context(
+    make_emulator: Any, tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests hands a proxy manager no TLS context of its own: without the session's truststore
+    context, a tunnelled request would verify with OpenSSL's defaults (empty on Windows). The context
+    is the session's one, made once, not one per request."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    url = f"https://{TEST_HOSTNAME}:{urlsplit(emu.info['graph_url']).port}/v1.0/users"
+    with connect_proxy(hosts={TEST_HOSTNAME: "127.0.0.1"}) as (proxy_port, targets):
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_port}")
+        with verifying_session(None, timeout_s=30) as session:
+            answers = [session.get(url).status_code for _ in range(2)]  # no token: 401, once TLS worked
+            adapter = session.get_adapter(url)
+            managers = list(adapter.proxy_manager.values())
+    assert answers == [401, 401] and targets, (answers, targets)
+    context = adapter.context  # type: ignore[attr-defined]
+    assert context is not None and type(context).__module__.startswith("truststore")
+    assert managers and all(m.connection_pool_kw["ssl_context"] is context for m in managers)
+
+
+def _cli_config(emu: Any, tmp_path: Path) -> Path:
+    """An exo agent on the emulator with no ca_bundle."""
+    info = emu.info
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        f'data_dir = "{(tmp_path / "data").as_posix()}"\n[agents.exo]\ntype = "exchange-online-photos"\n'
+        f'[agents.exo.settings]\ntenant_id = "{info["tenant_id"]}"\nclient_id = "{info["client_id"]}"\n'
+        f'authority = "{info["authority"]}"\ngraph_url = "{info["graph_url"]}"\ninstance_discovery = false\n'
+        f'token_cache_key_file = "{(tmp_path / "cache.key").as_posix()}"\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "rt.txt").write_text(info["refresh_token"], encoding="utf-8")
+    return config
+
+
+def _sign_in(config: Path, trusted: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``mvsync auth login`` in a subprocess whose system store is ``trusted`` alone."""
+    env = {**subprocess_env(trusted, tmp_path), "COLUMNS": "250"}
+    args = ["auth", "login", "exo", "-c", str(config), "--refresh-token-file", str(tmp_path / "rt.txt")]
+    cli = [sys.executable, "-c", "from connector.cli import main; main()", *args]
+    return subprocess.run(cli, capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def test_mvsync_signs_in_with_the_ca_in_the_system_store_only(make_emulator: Any, tmp_path: Path, store: Path) -> None:
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    done = _sign_in(_cli_config(emu, tmp_path), store, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mvsync_names_the_host_and_the_fix_for_a_certificate_the_system_does_not_trust(
+    make_emulator: Any, tmp_path: Path, store: Path
+) -> None:
+    """No traceback and no bare "SSLError": the authority's host, that its certificate is not
+    trusted by this machine, and both fixes (the trust store, or the agent's ca_bundle), with exit
+    code 4 (a step stopped: the server cannot be used)."""
+    emu = make_emulator(users=1)
+    done = _sign_in(_cli_config(emu, tmp_path), other_ca(tmp_path), tmp_path)
+    said = done.stdout + done.stderr
+    assert done.returncode == 4, said
+    assert "Traceback" not in said
+    authority = emu.info["authority"]
+    assert f"cannot reach the authority {authority}: TLS certificate not trusted by this machine's trust store" in (
+        " ".join(said.split())
+    ), said
+    assert "Trusted Root Certification Authorities" in said and "agents.exo" in said, said
