@@ -3,8 +3,15 @@ for exports.
 
 Why each choice:
 
-* TLS validation is on unless switched off, against ``ca_file`` or the system trust store; ldap3
-  then also checks the host name against the certificate's names.
+* TLS validation is on unless switched off (``tls_validate = false``, warned about at every open),
+  against ``ca_file`` alone, or without it this machine's trust store; ldap3 then also checks the host
+  name against the certificate's names. ldap3 makes its own context (``ssl.create_default_context``,
+  so no ``truststore`` context can be handed to it), and that context's ``load_default_certs`` reads the
+  trust store: on Windows the ROOT and CA certificate stores (the computer's and the account's, Group
+  Policy's included), where AD CS and Group Policy put an enterprise CA on domain members; on Linux
+  OpenSSL's default paths, which SSL_CERT_FILE and SSL_CERT_DIR override. Unlike the HTTPS agents'
+  ``truststore`` (``connector.net.verifying_session``), it fetches no missing intermediate
+  certificate: a DC must send its chain, as AD's LDAPS does.
 * ``TCP_NODELAY`` is set on ldap3's socket before TLS starts. ldap3 leaves Nagle's algorithm on,
   so a request bigger than one TLS record (~16 KB; a 95 KB photo is several) waits ~40 ms for the
   server's delayed ACK: 20-60 writes/s instead of hundreds.
@@ -195,11 +202,7 @@ def _certificate_failure(text: str, where: str, settings: ActiveDirectorySetting
         )
     lowered = reason.lower()
     if "issuer" in lowered or "self-signed" in lowered or "self signed" in lowered:
-        trusted = "the system's trust store" if settings.ca_file is None else f"ca_file {settings.ca_file}"
-        return (
-            f"certificate: the certificate of {where} is not issued by a CA in {trusted} ({reason}): set ca_file "
-            "to the PEM file of the CA that issued the DC's certificate (your enterprise CA)"
-        )
+        return _untrusted(where, reason, settings)
     return (
         f"certificate: TLS with {where} failed: {reason}. The server certificate must chain to "
         "ca_file (or the system trust store) and name the configured host"
@@ -213,6 +216,23 @@ def _rename(host: str, settings: ActiveDirectorySettings) -> str:
         return "have the DC's certificate issued for its name in DNS (the target of its SRV record)"
     key = _listed_in(host, settings)
     return f"set {key} to one of those names, or have the DC's certificate issued for that name too"
+
+
+def _untrusted(where: str, reason: str, settings: ActiveDirectorySettings) -> str:
+    """A DC certificate whose CA is not trusted: by ``ca_file``, which needs that CA; or, without it, by
+    this machine's trust store, which can take the CA (on Windows, Group Policy and AD CS put an
+    enterprise CA there on domain members), or ``ca_file`` can name it."""
+    if settings.ca_file is not None:
+        return (
+            f"certificate: the certificate of {where} is not issued by a CA in ca_file {settings.ca_file} "
+            f"({reason}): set ca_file to the PEM file of the CA that issued the DC's certificate (your enterprise CA)"
+        )
+    return (
+        f"certificate: the certificate of {where} is not issued by a CA in this machine's trust store ({reason}): "
+        "add the CA that issued the DC's certificate to this machine's trust store (on Windows the computer's "
+        "Trusted Root Certification Authorities, where Group Policy puts an enterprise CA; on Linux the system's "
+        "CA certificates, or SSL_CERT_FILE), or set ca_file to its PEM file"
+    )
 
 
 #: AD's reasons for refusing a bind (the ``data`` code of its invalidCredentials message), with what to do.

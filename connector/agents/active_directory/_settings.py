@@ -64,7 +64,11 @@ class ActiveDirectorySettings(ConnectorSettings):
         False, description="permit security='plain' (the password then crosses the network in clear)"
     )
     tls_validate: bool = Field(True, description="verify the server certificate and host name")
-    ca_file: Path | None = Field(None, description="PEM CA bundle; default: the system's trust store")
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle, the only CAs trusted then; default: this machine's trust store (on Windows "
+        "the certificate stores, where Group Policy puts an enterprise CA)",
+    )
     auth: Literal["simple", "kerberos"] = Field(
         "simple", description="'simple': bind_dn + password; 'kerberos': a keytab or credential cache, no password"
     )

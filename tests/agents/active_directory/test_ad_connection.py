@@ -15,6 +15,7 @@ from connector.demo import dump_toml
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
 from tests.harness.sockets import faulty_proxy
+from tests.harness.trust import other_ca, system_store
 
 pytestmark = pytest.mark.samba
 
@@ -41,6 +42,30 @@ def test_a_certificate_from_another_ca_is_refused(ad_env: ADTestEnv) -> None:
         assert not isinstance(caught.value, ServerDownError)
         # the CA named as the matter, with the file the agent trusts (test_ad_network_errors: each reason)
         assert f"is not issued by a CA in ca_file {other} (" in str(caught.value), (security, str(caught.value))
+
+
+def test_without_ca_file_the_systems_trust_store_verifies_the_dc(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ca_file: the DC's CA in the system's trust store (OpenSSL's, which SSL_CERT_FILE names here;
+    on Windows the computer's certificate stores, where Group Policy and AD CS put an enterprise CA)
+    is enough to bind, over LDAPS and StartTLS. A store without it refuses the DC, and says both
+    fixes: the CA into this machine's trust store, or ca_file."""
+    if ad_env.ad.ca_cert is None:
+        pytest.skip("needs the harness's own DC, whose CA the test can put in the trust store")
+    store = system_store(ad_env.tmp_path, monkeypatch)
+    store.write_bytes(ad_env.ad.ca_cert.read_bytes())
+    for security, port in (("ldaps", ad_env.ad.ldaps_port), ("starttls", ad_env.ad.ldap_port)):
+        connector = ad_env.connector(security=security, port=port, ca_file=None)
+        assert connector._link is not None and connector._link.connect().bound, security
+        connector.close()
+    monkeypatch.setenv("SSL_CERT_FILE", str(other_ca(ad_env.tmp_path)))
+    with pytest.raises(StopRunError) as caught:
+        ad_env.connector(ca_file=None)
+    message = str(caught.value)
+    assert "is not issued by a CA in this machine's trust store (" in message, message
+    assert "add the CA that issued the DC's certificate to this machine's trust store" in message, message
+    assert "or set ca_file to its PEM file" in message, message
 
 
 def test_a_certificate_for_other_names_says_which_names_it_holds(ad_env: ADTestEnv) -> None:

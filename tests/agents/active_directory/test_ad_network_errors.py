@@ -220,7 +220,7 @@ _NOW = dt.datetime.now(dt.UTC)
         ("not-yet-valid", "is not valid yet: this machine's clock or the DC's is wrong"),
         (
             "unknown-ca",
-            "is not issued by a CA in the system's trust store (unable to get local issuer certificate): set ca_file",
+            "is not issued by a CA in this machine's trust store (unable to get local issuer certificate): add the CA",
         ),
         ("other-ca-file", "is not issued by a CA in ca_file "),
     ],
