@@ -91,7 +91,7 @@ def failure_kind(exc: requests.RequestException) -> str:
     """What kind of network failure ``exc`` is, and where the fix lies, in a few words."""
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
-        return _tls_failure(text, getattr(exc, "untrusted", _UNTRUSTED_BUNDLE))
+        return _tls_failure(text, getattr(exc, "untrusted", _UNTRUSTED_BUNDLE), _verification(exc))
     if isinstance(exc, requests.exceptions.ProxyError):
         refused = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
         if refused is None:
@@ -172,11 +172,44 @@ _HANDSHAKE = (
 )
 
 
-def _tls_failure(text: str, untrusted: str) -> str:
+#: Windows CryptoAPI's verdicts on a certificate (HRESULTs: truststore's ``verify_code`` on Windows)
+#: whose fix is no CA, and the words for them. Why by code: CryptoAPI's message names no host and is
+#: in the system's language, so the text tells nothing apart on a German Windows Server.
+_WINDOWS_VERDICTS = {
+    0x800B010F: (  # CERT_E_CN_NO_MATCH
+        "TLS certificate not issued for this host name (use a name it was issued for in the URL, or have the "
+        "certificate reissued with this one)"
+    ),
+    0x800B0101: (  # CERT_E_EXPIRED: expired, or not valid yet
+        "TLS certificate outside its validity period (renew it on the server if it expired, or check this "
+        "host's clock, and the server's)"
+    ),
+}
+
+
+def _verification(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure inside ``exc``: requests wraps urllib3's MaxRetryError,
+    whose reason wraps ssl's error (OpenSSL's, or truststore's from the operating system)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        linked = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
+        todo.extend(e for e in linked if isinstance(e, BaseException) and id(e) not in seen)
+    return None
+
+
+def _tls_failure(text: str, untrusted: str, verification: ssl.SSLCertVerificationError | None) -> str:
     """What a failed TLS handshake says, and where the fix lies: the trust store or ``ca_bundle``
     (``untrusted``, the words of the session that failed: see ``_VerifyingAdapter``) only when the
     certificate's issuer is not trusted; setting it again for a certificate issued for another name,
-    or one that expired, changes nothing."""
+    or one that expired, changes nothing. ``verification``: the verification's own error, if any."""
+    code = getattr(verification, "verify_code", None)
+    if code in _WINDOWS_VERDICTS:
+        return _WINDOWS_VERDICTS[code]
     mismatch = _MISMATCH.search(text)
     if mismatch is not None:
         return (
@@ -187,7 +220,7 @@ def _tls_failure(text: str, untrusted: str) -> str:
     if dates is not None:
         return _OUT_OF_DATE[dates]
     lowered = text.lower()
-    if "certificate_verify_failed" in lowered or "certificate" in lowered:
+    if verification is not None or "certificate_verify_failed" in lowered or "certificate" in lowered:
         return untrusted
     for clues, why in _HANDSHAKE:
         if any(clue in lowered for clue in clues):
