@@ -474,8 +474,8 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
     OpenSSL's system paths on Linux, which honour SSL_CERT_FILE and SSL_CERT_DIR). It is made once
     per session and shared by its connections, and mounted here rather than injected into ``ssl``
     (``truststore.inject_into_ssl``), which would change every TLS client of the process. The
-    proxy managers get it too: requests hands them no context of its own, so a tunnelled request
-    would otherwise verify against OpenSSL's defaults, which on Windows are empty.
+    proxy managers get it too: requests hands them no context, so a request through a proxy's
+    tunnel would otherwise verify with a context urllib3 makes for it, not with the OS's verifier.
 
     Why the timeout: requests waits forever by default, and a library handed a session (MSAL's
     ``http_client``) sends without one: a sign-in endpoint that accepts the connection and never

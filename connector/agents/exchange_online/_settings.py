@@ -34,7 +34,8 @@ class ExchangeOnlineSettings(ConnectorSettings):
     graph_url: str = GRAPH_DEFAULT
     #: MSAL instance discovery calls login.microsoftonline.com; switch off for private clouds/emulators.
     instance_discovery: bool = True
-    #: CA bundle to trust for the authority and Graph (a private CA, e.g. the emulator's).
+    #: CA bundle to trust for the authority and Graph, alone (a private CA, e.g. the emulator's);
+    #: without it, this machine's trust store (``connector.net.verifying_session``).
     ca_bundle: Path | None = None
 
     # -- how we authenticate -------------------------------------------------------------------

@@ -10,8 +10,8 @@ with one scheduled line. Once the engine can hand an agent the addresses it shou
 the AD agent's on-premises mailbox users can feed it instead.
 
 Secrets (the password, the OAuth client secret) are ``SecretStr``: the configuration loader accepts
-them only as ``{ env = ".." }`` / ``{ file = ".." }`` references. TLS is always verified (against
-``ca_bundle`` when given); Basic authentication is refused on anything but ``https://``.
+them only as ``{ env = ".." }`` / ``{ file = ".." }`` references. TLS is always verified (with this
+machine's trust store, or against ``ca_bundle`` alone when given); Basic authentication is refused on anything but ``https://``.
 """
 
 from __future__ import annotations
