@@ -37,6 +37,7 @@ __all__ = [
     "atomic_write",
     "bounded",
     "decode_text",
+    "fsync_dir",
     "make_private_dir",
     "network_location",
     "processes_with_open",
@@ -383,7 +384,7 @@ def atomic_write(
             os.unlink(tmp)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 #: Windows' answers to a rename over a file another program has open without ``FILE_SHARE_DELETE``:
@@ -458,7 +459,9 @@ def restrict_to_owner(path: Path) -> None:
         path.chmod(0o700 if path.is_dir() else 0o600)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` survive a power cut (POSIX; Windows cannot open a folder, and NTFS
+    journals the rename itself)."""
     if sys.platform == "win32":
         return
     dir_fd = os.open(directory, os.O_RDONLY)

@@ -11,7 +11,7 @@ Exit codes (documented in the README for schedulers):
 5     another mvsync process holds the agent or metaverse lock, or another process the store (see ``--wait``)
 6     ``mvsync doctor`` found a problem (the report names each check)
 130   ``mvsync run`` interrupted by Ctrl-C; 143 by SIGTERM, 129 by SIGHUP (128 + the signal's number);
-      any other command interrupted by Ctrl-C: 130 (``mvsync store backup`` also 143 and 129)
+      any other command interrupted by Ctrl-C: 130 (``mvsync store backup`` and ``restore`` also 143 and 129)
 ====  =====================================================================
 
 With ``--json`` a command that fails prints one failure object on stdout (:class:`CommandFailed`:

@@ -43,6 +43,7 @@ from connector.store._locks import LockManager
 from connector.store._metaverse import Metaverse, MetaverseRow, MvObject
 from connector.store._migrations import SCHEMA_VERSION, StoreVersionError, current_version
 from connector.store._people import Person, import_failures, people
+from connector.store._restore import CheckedBackup, Restored, check_backup, restore_store, sqlite_store_path
 from connector.store._sql import BUSY_TIMEOUT_S, ROW_ID_MAX, SqlStore, StoreConnection
 from connector.store._transform_cache import TransformCache
 from connector.store._values import (
@@ -71,6 +72,7 @@ __all__ = [
     "BatchUpdate",
     "BlobRef",
     "Blobs",
+    "CheckedBackup",
     "ClearedRuns",
     "ConnectorRow",
     "ConnectorSpace",
@@ -91,6 +93,7 @@ __all__ = [
     "OrphanExport",
     "PendingExportRow",
     "Person",
+    "Restored",
     "RunHistory",
     "RunRow",
     "SourceObject",
@@ -110,6 +113,7 @@ __all__ = [
     "blob_ref",
     "blob_refs",
     "bulk_insert",
+    "check_backup",
     "current_version",
     "damaged",
     "decode_value",
@@ -123,6 +127,8 @@ __all__ = [
     "parse_blob_ref",
     "people",
     "plain_value",
+    "restore_store",
+    "sqlite_store_path",
     "tables",
     "undecodable",
 ]

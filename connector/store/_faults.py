@@ -50,8 +50,9 @@ EXIT_STORE_LOCKED = 5
 
 #: Where to read about restoring a store (the README section's title).
 RESTORE_HINT = (
-    "restore it from a backup `mvsync store backup` wrote (README: Backup and restore: move the damaged file "
-    "aside, copy the backup in its place, run `mvsync doctor`), or move it aside to start afresh with a full cycle"
+    "restore it from a backup `mvsync store backup` wrote (README: Backup and restore: `mvsync store restore "
+    "BACKUP` keeps the damaged file beside it, then run `mvsync doctor`), or move it aside to start afresh with a "
+    "full cycle"
 )
 
 

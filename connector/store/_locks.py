@@ -40,7 +40,11 @@ from connector.files import atomic_write
 from connector.store._faults import LockHeldError, StoreError, first_line, store_faults
 from connector.timestamps import local_time
 
-__all__ = ["LockManager", "table_lock_holders"]
+__all__ = ["OPENING_LOCK", "LockManager", "table_lock_holders"]
+
+#: The lock a SQLite store is checked, created or upgraded under when a run opens it (``SqlStore``), and
+#: that ``mvsync store restore`` holds while it replaces the file: a run that starts then waits for it.
+OPENING_LOCK = "store-open"
 
 log = logging.getLogger("mvsync.store")
 
@@ -207,6 +211,17 @@ class LockManager:
         me = (os.getpid(), socket.gethostname())
         records = [record for _name, record in self.recorded("") if record]
         return sorted({_describe(record) for record in records if (record.get("pid"), record.get("host")) != me})
+
+    def live_holders(self, *, besides: str) -> list[str]:
+        """Who holds this store's locks now, other than the lock ``besides`` (this process's own): each
+        named as a refused run names its holder, with the lock; [] when none is held.
+
+        Why not :meth:`other_holders`: a record stays after its holder was killed, and a killed run holds
+        nothing; each lock here is tried (as :meth:`held` does, leaving its file and record as they are).
+        """
+        return [
+            f"{_describe(record)} ({name})" for name, record in self.recorded("") if name != besides and self.held(name)
+        ]
 
     # -- SQLite: lock files --------------------------------------------------------------------
     @staticmethod

@@ -44,12 +44,12 @@ from connector.store._faults import (
     read_only_server,
     store_faults,
 )
-from connector.store._locks import LockManager, table_lock_holders
+from connector.store._locks import OPENING_LOCK, LockManager, table_lock_holders
 from connector.store._migrations import SCHEMA_VERSION, current_version, migrate
 from connector.store._store_meta import read_meta, write_meta
 from connector.store.tables import blob, metadata
 
-__all__ = ["ROW_ID_MAX", "SqlStore", "StoreConnection", "StoreError"]
+__all__ = ["ROW_ID_MAX", "SqlStore", "StoreConnection", "StoreError", "parse_store_url"]
 
 #: The connection of one store transaction: what callers hand to the repositories. Callers use it
 #: as an opaque handle; only code inside ``connector.store`` runs statements on it.
@@ -268,17 +268,24 @@ def _lock_wait_ms(statement_timeout_ms: float) -> int:
     return busy
 
 
+def parse_store_url(url: str) -> URL:
+    """``store.url`` parsed, or a configuration error (exit 2) naming it without its password."""
+    try:
+        return make_url(url)
+    except ArgumentError:
+        msg = (
+            f"store.url {mask_url(url)!r} is not a database URL (e.g. sqlite:///mvsync.db or postgresql+psycopg://...)"
+        )
+        raise StoreError(msg, exit_code=EXIT_STORE_CONFIG) from None
+
+
 class SqlStore:
     """Owns the SQLAlchemy engine, schema migrations, transactions, blobs and run locks."""
 
     def __init__(self, url: str, *, migrate_schema: bool = True, create: bool = True, wal: bool = True) -> None:
         """Open the store at ``url``; ``create=False`` (read-only commands) refuses a missing one;
         ``wal=False`` (a dry run) leaves a SQLite file's journal mode as it is."""
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            msg = f"store.url {mask_url(url)!r} is not a database URL (e.g. sqlite:///mvsync.db or postgresql+psycopg://...)"
-            raise StoreError(msg, exit_code=EXIT_STORE_CONFIG) from None
+        parsed = parse_store_url(url)
         self.url = url
         self.dialect = parsed.get_backend_name()
         #: How messages name the store: the file for SQLite, the URL without password otherwise.
@@ -365,7 +372,7 @@ class SqlStore:
         with contextlib.ExitStack() as held:
             if self.path is not None and create:
                 with contextlib.suppress(StoreError):  # not LockHeldError: waited for, and still held
-                    held.enter_context(self.locks.hold("store-open", wait_s=BUSY_TIMEOUT_S))
+                    held.enter_context(self.locks.hold(OPENING_LOCK, wait_s=BUSY_TIMEOUT_S))
             yield
 
     def schema_version(self) -> int:
@@ -1247,10 +1254,11 @@ def _float_or_none(value: str | None) -> float | None:
         return None
 
 
-def _page_damage(conn: sqlite3.Connection) -> str | None:
-    """The first problem SQLite's ``quick_check`` finds in the database of ``conn`` (None: every page reads)."""
+def _page_damage(conn: sqlite3.Connection, check: str = "quick_check") -> str | None:
+    """The first problem SQLite's ``quick_check`` (or ``check``: ``integrity_check``, which also compares
+    the indexes with their tables) finds in the database of ``conn`` (None: every page reads)."""
     try:
-        found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+        found = [str(row[0]) for row in conn.execute(f"PRAGMA {check}(3)")]
     except sqlite3.DatabaseError as exc:  # too damaged to check at all
         found = [str(exc)]
     if found == ["ok"]:

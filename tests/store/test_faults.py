@@ -398,7 +398,8 @@ def test_store_backup_while_a_run_writes_and_doctor_passes_on_the_restored_copy(
     holder.execute("COMMIT")
     assert invoke("store", "backup", str(backup), "-c", str(config))[0] == 2  # never overwrites a backup
 
-    # README, Backup and restore: with no run going, copy the backup over the store, then doctor
+    # with no run going and no log left beside it, the backup in place of the store passes doctor
+    # (`mvsync store restore` does this with its checks: tests/store/test_restore.py)
     db = _store(config)
     for leftover in (db, db.with_name("store.db-wal"), db.with_name("store.db-shm")):
         leftover.unlink(missing_ok=True)

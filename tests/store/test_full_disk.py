@@ -104,3 +104,54 @@ def test_a_backup_onto_a_full_volume_says_how_much_room_it_needs_and_leaves_noth
         assert f"needs about {size_mb:.1f} MB (the store's size)" in err
         assert "free space there, or choose another volume" in err
         assert disk.sizes() == {}  # no partial copy, no -wal or -shm of one
+
+
+def _store_and_backup(tmp_path: Path, disk: TinyDisk) -> tuple[Path, Path]:
+    """A configuration whose store on the volume holds one run, and a backup of it beside the volume."""
+    config = _config(tmp_path, disk.folder, 3)
+    backup = tmp_path / "backup.db"
+    assert _mvsync(disk, "run", "cycle", "-c", str(config))[0] == 0
+    assert _mvsync(disk, "store", "backup", str(backup), "-c", str(config))[0] == 0
+    return config, backup
+
+
+def _restore(disk: TinyDisk, config: Path, backup: Path) -> tuple[int, str]:
+    return _mvsync(disk, "store", "restore", str(backup), "-c", str(config))
+
+
+def test_a_restore_onto_a_full_volume_says_how_much_room_it_needs_and_leaves_the_store_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """`mvsync store restore` writes its copy beside the store before it touches the store: on a volume
+    without room for it, it stops (exit 4) saying the volume is full and how much room the copy needs
+    (the backup's size), and the store, its folder and the volume are as they were."""
+    volume = tmp_path / "volume"
+    with tiny_disk(volume, size_kib=2048) as disk:
+        config, backup = _store_and_backup(tmp_path, disk)
+        disk.fill(leave_bytes=16 * 1024)
+        before = disk.sizes()
+        code, err = _restore(disk, config, backup)
+        assert code == 4 and "Traceback" not in err, err
+        assert f"cannot restore {backup} over {volume / 'store.db'}: the volume of {volume} is full" in err, err
+        size_mb = backup.stat().st_size / 1048576
+        assert f"needs about {size_mb:.1f} MB there (the backup's size)" in err
+        assert "the store was left as it was" in err
+        assert disk.sizes() == before  # no unfinished copy, the store and its files untouched
+        disk.free()
+        code, err = _restore(disk, config, backup)
+        assert code == 0, err
+
+
+def test_a_restore_into_a_folder_it_cannot_write_says_so_and_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    """The store's folder on a volume mounted read-only: exit 4 naming the lock folder beside the store (the
+    first thing a restore writes) and why, nothing changed."""
+    volume = tmp_path / "volume"
+    with tiny_disk(volume, size_kib=2048) as disk:
+        config, backup = _store_and_backup(tmp_path, disk)
+        before = disk.sizes()
+        assert disk.run("mount", "-o", "remount,ro", str(volume)).returncode == 0
+        code, err = _restore(disk, config, backup)
+        assert code == 4 and "Traceback" not in err, err
+        assert f"cannot take the run lock {volume / 'store.db.locks'}" in err and "(Read-only file system)" in err, err
+        assert "the store was left as it was" in err
+        assert disk.sizes() == before

@@ -1,0 +1,306 @@
+"""``mvsync store restore BACKUP`` through the real CLI in a subprocess, on real SQLite files.
+
+Before it existed, the README told operators to copy a backup over the store by hand, which left the
+old store's ``-wal``/``-shm`` beside the copy: SQLite folded that log into the restored file (silent
+damage), or mvsync refused it as another database's. The command checks the backup first, keeps the
+store it replaces (its log folded in) under a dated name, and refuses while anything has the store open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pty
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector.store import SCHEMA_VERSION
+from tests.cli._configs import generated_pair
+from tests.harness.crash import mvsync_command
+
+
+def _mvsync(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    """The real CLI (stdin not a terminal unless given one): exit code, stdout and stderr as text."""
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run(
+        [*mvsync_command(), *args], stdin=stdin, capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+
+
+def _runs(config: Path) -> list[int]:
+    """The ids of the runs ``mvsync history list`` shows."""
+    done = _mvsync("history", "list", "--json", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    return sorted(run["run_id"] for run in json.loads(done.stdout))
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Every file of ``folder`` (not the lock folder) with a hash of its bytes: what "left as it was" compares."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with one run backed up to ``backups/b1.db``, and a second run after it (made once: each
+    test restores into a copy of it)."""
+    path = tmp_path_factory.mktemp("template") / "mvsync.toml"
+    path.write_text(generated_pair(3))
+    assert _mvsync("run", "cycle", "-c", str(path)).returncode == 0
+    (path.parent / "backups").mkdir()
+    assert _mvsync("store", "backup", str(_backup(path)), "-c", str(path)).returncode == 0
+    assert _mvsync("run", "cycle", "-c", str(path)).returncode == 0
+    return path
+
+
+@pytest.fixture
+def config(template: Path, tmp_path: Path) -> Path:
+    """A copy of :func:`template`'s configuration, store and backup in ``tmp_path/store``."""
+    folder = tmp_path / "store"
+    shutil.copytree(template.parent, folder, ignore=shutil.ignore_patterns("*.locks"))
+    return folder / template.name
+
+
+def _ids(db: Path) -> list[int]:
+    """The run ids recorded in the store file ``db`` (read directly: a check, not the behaviour under test)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return [int(row[0]) for row in conn.execute("SELECT id FROM run_history ORDER BY id")]
+
+
+def _backup(config: Path) -> Path:
+    return config.parent / "backups" / "b1.db"
+
+
+def _store(config: Path) -> Path:
+    return config.parent / "store.db"
+
+
+def _restore(config: Path, backup: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return _mvsync("store", "restore", str(backup), "-c", str(config), *extra)
+
+
+def test_restore_puts_the_backup_in_place_and_keeps_the_store_it_replaced(config: Path) -> None:
+    """The next history list sees the backup's state (one run, not two), the next run goes on from it,
+    and the store it replaced is kept under a dated name that restores it back (undo)."""
+    store = _store(config)
+    assert _ids(store) == [1, 2]
+    done = _restore(config, _backup(config), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    previous = Path(report["previous"])
+    assert report["store"] == str(store) and report["backup"] == str(_backup(config))
+    assert report["schema_version"] == SCHEMA_VERSION and report["upgrade_needed"] is False
+    assert previous.parent == config.parent and previous.name.startswith("store.db.before-restore-20")
+    assert sorted(p.name for p in config.parent.iterdir() if p.name.startswith("store.db")) == sorted(
+        ["store.db", "store.db.locks", previous.name]
+    )  # no -wal, -shm or unfinished copy beside either
+    assert _runs(config) == [1]
+    assert _ids(previous) == [1, 2]
+    assert _mvsync("run", "cycle", "-c", str(config)).returncode == 0
+    done = _restore(config, previous)  # undo: the store from before the restore
+    assert done.returncode == 0, done.stderr
+    assert f"the store it replaced is kept as {config.parent}/store.db.before-restore-" in done.stdout
+    assert "check it with `mvsync doctor`" in done.stdout
+    assert _ids(store) == [1, 2]
+    assert len(list(config.parent.glob("store.db.before-restore-*"))) == 2  # a restore copies: the backup stays
+
+
+#: Write a row into the store at argv[1] and die without closing it (kill -9, a power loss): its
+#: write stays in the -wal beside the store, which the next opener of that file reads as part of it.
+_KILLED_WRITER = (
+    "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+    "c.execute('PRAGMA wal_autocheckpoint=0'); "
+    "c.execute(\"INSERT INTO store_meta (key, value) VALUES ('marker', 'in the -wal')\"); os._exit(0)"
+)
+
+
+def _marker(db: Path) -> list[tuple[str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT value FROM store_meta WHERE key = 'marker'").fetchall()
+
+
+def test_a_stale_wal_beside_the_store_goes_into_the_store_moved_aside_never_into_the_restored_one(
+    config: Path,
+) -> None:
+    """Copying a backup over a store whose -wal still held writes (a killed process's) made SQLite fold
+    those writes into the backup's file. The restore folds them into the store it moves aside."""
+    store = _store(config)
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(store)], check=True, timeout=60)
+    assert store.with_name("store.db-wal").stat().st_size > 0
+    done = _restore(config, _backup(config), "--json")
+    assert done.returncode == 0, done.stderr
+    previous = Path(json.loads(done.stdout)["previous"])
+    assert not store.with_name("store.db-wal").exists() and not store.with_name("store.db-shm").exists()
+    assert _runs(config) == [1]  # the real CLI opens it: no foreign log beside it
+    assert _marker(store) == []  # the restored store never saw the old log
+    assert _marker(previous) == [("in the -wal",)]  # the store moved aside keeps its last writes
+
+
+def test_restoring_over_a_missing_store_creates_it_and_moves_a_leftover_log_aside(config: Path, tmp_path: Path) -> None:
+    """A configuration whose store is gone (with only its -wal left) gets the backup; the log is moved
+    aside under the dated name, not read as part of the restored file."""
+    other = tmp_path / "other" / "mvsync.toml"
+    other.parent.mkdir()
+    other.write_text(generated_pair(3))
+    leftover = other.parent / "store.db-wal"
+    leftover.write_bytes(b"a log whose store is gone")
+    done = _restore(other, _backup(config), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["previous"] is None
+    [moved] = report["previous_side_files"]
+    assert Path(moved).read_bytes() == b"a log whose store is gone" and not leftover.exists()
+    assert _runs(other) == [1]
+    done = _restore(other, _backup(config))
+    assert done.returncode == 0 and "kept as" in done.stdout, done.stderr
+
+
+#: Hold one of the store's locks as a run does (the real LockManager) until stdin closes.
+_LOCK_HOLDER = (
+    "import sys; from connector.store import SqlStore; s = SqlStore('sqlite:///' + sys.argv[1]); "
+    "h = s.locks.hold('agent:src', note={'run': 'run 7'}); h.__enter__(); s.close(); "
+    "print('holding', flush=True); sys.stdin.read()"
+)
+#: Keep the store open as the console does (a WAL read connection kept in a pool) until stdin closes.
+_READER = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+    "c.execute('SELECT count(*) FROM run_history').fetchall(); print('holding', flush=True); sys.stdin.read()"
+)
+
+
+@pytest.fixture(params=["run-lock", "open-file"])
+def holder(request: pytest.FixtureRequest, config: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Another process that holds the store: one holding a run's lock, or one that has its file open."""
+    script = _LOCK_HOLDER if request.param == "run-lock" else _READER
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(_store(config))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    try:
+        yield request.param, proc
+    finally:
+        proc.communicate(timeout=60)
+
+
+def test_a_held_store_is_refused_naming_the_holder_and_left_as_it_was(
+    config: Path, holder: tuple[str, subprocess.Popen[str]]
+) -> None:
+    kind, proc = holder
+    before = _digest(config.parent)
+    done = _restore(config, _backup(config), "--json")
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"the store {_store(config)} is in use: " in done.stderr and "then restore again" in done.stderr
+    if kind == "run-lock":
+        assert f"run 7, pid {proc.pid} on " in done.stderr and "(agent-src)" in done.stderr
+    else:
+        assert f"(pid {proc.pid}, user " in done.stderr
+    assert json.loads(done.stdout)["status"] == "stopped-locked"
+    assert _digest(config.parent) == before  # no copy left, the store untouched
+
+
+def _damage(path: Path) -> None:
+    """Overwrite the page header of a table's root page (a bad sector): SQLite opens the file, its check fails."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        [(root,)] = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'run_history'").fetchall()
+        [(size,)] = conn.execute("PRAGMA page_size").fetchall()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * size : (root - 1) * size + 12] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+
+
+def _set_version(path: Path, version: int) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE store_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+
+def _foreign(path: Path) -> None:
+    """Another application's SQLite database in place of the file."""
+    path.unlink()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE other (x)")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (_damage, "it is damaged ("),
+        (
+            lambda p: _set_version(p, SCHEMA_VERSION + 1),
+            f"it has schema version {SCHEMA_VERSION + 1}, newer than this mvsync understands ({SCHEMA_VERSION})",
+        ),
+        (lambda p: p.write_bytes(b"not a database, a text file " * 200), "it is not a SQLite database"),
+        (lambda p: p.write_bytes(b""), "it is empty (0 bytes)"),
+        (_foreign, "it holds no mvsync store but another database's tables (other)"),
+    ],
+    ids=["damaged", "newer-schema", "not-sqlite", "empty", "foreign"],
+)
+def test_a_backup_that_cannot_be_restored_is_refused_naming_it_and_the_store_is_left_as_it_was(
+    config: Path, spoil: object, says: str
+) -> None:
+    bad = config.parent / "backups" / "bad.db"
+    bad.write_bytes(_backup(config).read_bytes())
+    assert callable(spoil)
+    spoil(bad)
+    before = _digest(config.parent)
+    done = _restore(config, bad, "--json")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot restore from {bad}: {says}" in done.stderr and "the store was left as it was" in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 2
+    assert _digest(config.parent) == before
+
+
+def test_the_store_itself_and_a_missing_file_are_refused(config: Path) -> None:
+    refused = ((_store(config), "it is the store itself"), (config.parent / "nope.db", "there is no such file"))
+    for path, says in refused:
+        done = _restore(config, path)
+        assert done.returncode == 2 and f"cannot restore from {path}: {says}" in done.stderr, done.stderr
+    assert _ids(_store(config)) == [1, 2]
+
+
+def test_an_older_backup_is_restored_and_upgraded_by_the_next_run(config: Path) -> None:
+    older = config.parent / "backups" / "older.db"
+    older.write_bytes(_backup(config).read_bytes())
+    _set_version(older, SCHEMA_VERSION - 1)
+    done = _restore(config, older)
+    assert done.returncode == 0, done.stderr
+    assert f"the backup has schema version {SCHEMA_VERSION - 1}: the next `mvsync run`" in done.stdout
+    assert _mvsync("history", "list", "-c", str(config)).returncode == 4  # read-only commands never upgrade
+    assert _mvsync("run", "cycle", "-c", str(config)).returncode == 0
+    assert _ids(_store(config)) == [1, 2]
+
+
+def test_a_postgresql_store_is_sent_to_pg_restore_without_its_password(tmp_path: Path) -> None:
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        generated_pair(1).replace("sqlite:///store.db", "postgresql+psycopg://mvsync:s3cret@127.0.0.1:1/mvsync")
+    )
+    backup = tmp_path / "b.db"
+    backup.write_bytes(b"")
+    done = _restore(config, backup)
+    assert done.returncode == 2, done.stderr
+    assert "restore it with pg_restore" in done.stderr and "s3cret" not in done.stderr + done.stdout
+
+
+def test_at_a_terminal_it_asks_first_and_a_no_changes_nothing(config: Path) -> None:
+    """A person at a terminal is asked (a scheduler, whose stdin is no terminal, never is: the other tests)."""
+    main, child = pty.openpty()
+    try:
+        os.write(main, b"n\n")
+        done = _restore(config, _backup(config))  # stdin closed: a scheduler's
+        asked = _mvsync("store", "restore", str(_backup(config)), "-c", str(config), stdin=child)
+    finally:
+        os.close(main)
+        os.close(child)
+    assert done.returncode == 0 and "Put " not in done.stderr
+    assert asked.returncode == 0, asked.stderr
+    assert f"Put {_backup(config)} in place of the store {_store(config)}?" in asked.stderr
+    assert "nothing was restored" in asked.stderr
