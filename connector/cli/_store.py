@@ -137,6 +137,8 @@ def restore(
     checked = check_backup(backup.expanduser().resolve(), store)
     if not yes and sys.stdin.isatty() and not _confirmed(checked.path, store):
         err_console.print("nothing was restored: the store was left as it was", highlight=False, soft_wrap=True)
+        if json_out:
+            print_json({"store": str(store), "backup": str(checked.path), "restored": False})
         return
     with stop_signals_interrupt():  # SIGTERM ends it as Ctrl-C does: through the cleanup of its copy
         done = restore_store(store, checked, now=time.time())
@@ -146,6 +148,7 @@ def restore(
             {
                 "store": str(store),
                 "backup": str(checked.path),
+                "restored": True,
                 "bytes": checked.size,
                 "schema_version": checked.schema_version,
                 "upgrade_needed": upgrade,

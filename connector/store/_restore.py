@@ -167,8 +167,8 @@ def _store_held(store: Path) -> Iterator[None]:
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(locks.hold(OPENING_LOCK, note={"restore": str(store)}))
-            except LockHeldError as exc:
-                raise _busy(store, str(exc)) from None
+            except LockHeldError:  # a run opening the store, or another restore
+                raise _busy(store, "; ".join(locks.live_holders(besides="")) or "another mvsync process") from None
             except StoreError as exc:  # a lock folder it cannot write (the store's folder read-only, say)
                 raise StoreError(f"{exc}; {_UNCHANGED}") from None
             holders = locks.live_holders(besides=OPENING_LOCK)
@@ -239,7 +239,8 @@ def _move_aside(store: Path, now: float) -> list[tuple[Path, Path]]:
     if store.exists() and _fold_log(store):
         with contextlib.suppress(OSError):  # the log's index, no data: SQLite makes it again
             store.with_name(store.name + "-shm").unlink(missing_ok=True)
-    elif opened := processes_with_open(_sqlite_files(store)):
+    # a store SQLite cannot read, or one not in WAL mode, proves nothing by the fold: ask the OS
+    if opened := processes_with_open(_sqlite_files(store)):
         raise _busy(store, f"processes of this machine have it open: {'; '.join(opened)}")
     aside = _aside_name(store, now)
     moved: list[tuple[Path, Path]] = []

@@ -96,6 +96,7 @@ def test_restore_puts_the_backup_in_place_and_keeps_the_store_it_replaced(config
     report = json.loads(done.stdout)
     previous = Path(report["previous"])
     assert report["store"] == str(store) and report["backup"] == str(_backup(config))
+    assert report["restored"] is True and report["bytes"] == _backup(config).stat().st_size
     assert report["schema_version"] == SCHEMA_VERSION and report["upgrade_needed"] is False
     assert previous.parent == config.parent and previous.name.startswith("store.db.before-restore-20")
     assert sorted(p.name for p in config.parent.iterdir() if p.name.startswith("store.db")) == sorted(
@@ -162,26 +163,35 @@ def test_restoring_over_a_missing_store_creates_it_and_moves_a_leftover_log_asid
     assert done.returncode == 0 and "kept as" in done.stdout, done.stderr
 
 
-#: Hold one of the store's locks as a run does (the real LockManager) until stdin closes.
+#: Hold the store's lock argv[2] as a run does (the real LockManager) until stdin closes.
 _LOCK_HOLDER = (
     "import sys; from connector.store import SqlStore; s = SqlStore('sqlite:///' + sys.argv[1]); "
-    "h = s.locks.hold('agent:src', note={'run': 'run 7'}); h.__enter__(); s.close(); "
+    "h = s.locks.hold(sys.argv[2], note={'run': 'run 7'}); h.__enter__(); s.close(); "
     "print('holding', flush=True); sys.stdin.read()"
 )
-#: Keep the store open as the console does (a WAL read connection kept in a pool) until stdin closes.
+#: Keep the store open as the console does (a read connection kept in a pool) until stdin closes.
 _READER = (
     "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
     "c.execute('SELECT count(*) FROM run_history').fetchall(); print('holding', flush=True); sys.stdin.read()"
 )
+#: Who holds the store, by kind: the script and its second argument.
+_HOLDERS = {
+    "run-lock": (_LOCK_HOLDER, "agent:src"),
+    "opening-lock": (_LOCK_HOLDER, "store-open"),  # a run opening the store, or another restore
+    "open-file": (_READER, ""),
+    "open-file-no-wal": (_READER, ""),  # a store left in rollback-journal mode (restored, never run since)
+}
 
 
-@pytest.fixture(params=["run-lock", "open-file"])
+@pytest.fixture(params=sorted(_HOLDERS))
 def holder(request: pytest.FixtureRequest, config: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """Another process that holds the store: one holding a run's lock, or one that has its file open."""
-    script = _LOCK_HOLDER if request.param == "run-lock" else _READER
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(_store(config))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    """Another process that holds the store: one holding one of its locks, or one that has its file open."""
+    script, arg = _HOLDERS[request.param]
+    if request.param == "open-file-no-wal":
+        with contextlib.closing(sqlite3.connect(_store(config))) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE")
+    command = [sys.executable, "-c", script, str(_store(config)), arg]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
     try:
         yield request.param, proc
@@ -198,8 +208,9 @@ def test_a_held_store_is_refused_naming_the_holder_and_left_as_it_was(
     assert done.returncode == 5, done.stderr
     assert "Traceback" not in done.stderr
     assert f"the store {_store(config)} is in use: " in done.stderr and "then restore again" in done.stderr
-    if kind == "run-lock":
-        assert f"run 7, pid {proc.pid} on " in done.stderr and "(agent-src)" in done.stderr
+    if kind.endswith("-lock"):
+        lock = "agent-src" if kind == "run-lock" else "store-open"
+        assert f"run 7, pid {proc.pid} on " in done.stderr and f"({lock})" in done.stderr
     else:
         assert f"(pid {proc.pid}, user " in done.stderr
     assert json.loads(done.stdout)["status"] == "stopped-locked"
