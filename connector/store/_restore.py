@@ -246,7 +246,10 @@ def _move_aside(store: Path, now: float) -> list[tuple[Path, Path]]:
     moved: list[tuple[Path, Path]] = []
     try:
         for part, target in zip(_sqlite_files(store), _sqlite_files(aside), strict=True):
-            if part.exists():
+            if part == store and store.exists():
+                _link_or_rename(store, target)
+                moved.append((part, target))
+            elif part.exists():
                 part.rename(target)
                 moved.append((part, target))
     except BaseException as exc:  # an error, or Ctrl-C / SIGTERM between two renames
@@ -295,7 +298,8 @@ def _aside_name(store: Path, now: float) -> Path:
 
 
 def _put_in_place(partial: Path, store: Path) -> None:
-    """Rename the restored copy to the store's name (one atomic rename, on Windows too), flushed."""
+    """Rename the restored copy to the store's name (one atomic rename, on Windows too), flushed: the
+    store's name holds the old store or the restored one at every moment."""
     try:
         os.replace(partial, store)
     except OSError as exc:
@@ -304,11 +308,28 @@ def _put_in_place(partial: Path, store: Path) -> None:
         fsync_dir(store.parent)
 
 
+def _link_or_rename(store: Path, aside: Path) -> None:
+    """Give the store its ``aside`` name as a second link, so that a store stays at its own name until the
+    restored copy replaces it; rename it where the file system has no hard links (FAT, some shares).
+
+    Why: with a rename, a restore killed outright (kill -9, a power loss) between it and the copy's
+    rename left no store at its name, and the next run created an empty one and started afresh.
+    """
+    try:
+        os.link(store, aside)
+    except OSError:
+        store.rename(aside)
+
+
 def _move_back(moved: list[tuple[Path, Path]]) -> None:
-    """Undo renames ``(from, to)`` of :func:`_move_aside`, as far as they can be undone."""
+    """Undo the moves ``(from, to)`` of :func:`_move_aside`, as far as they can be undone: a second link
+    whose first is still there is removed, a renamed file renamed back."""
     for part, target in reversed(moved):
         with contextlib.suppress(OSError):
-            target.rename(part)
+            if part.exists() and os.path.samefile(part, target):
+                target.unlink()
+            else:
+                target.rename(part)
 
 
 def _remove_files(database: Path) -> None:
