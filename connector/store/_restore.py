@@ -12,8 +12,11 @@ or moved with it) under a name that says when, and the copy takes its place with
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
+import stat
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -144,6 +147,7 @@ def restore_store(store: Path, backup: CheckedBackup, *, now: float) -> Restored
         _remove_files(partial)  # a killed restore's: this process holds the store, no restore writes it
         try:
             _copy(backup, partial, store)
+            _same_access(partial, store)
             moved = _move_aside(store, now)
             try:
                 _put_in_place(partial, store)
@@ -210,9 +214,29 @@ def _copy(backup: CheckedBackup, partial: Path, store: Path) -> None:
         raise StoreError(_copy_failed(backup, partial, store, exc)) from None
 
 
+def _same_access(partial: Path, store: Path) -> None:
+    """Give the restored copy the store's permissions, and on POSIX, when run as root, its owner.
+
+    Why: the copy is a new file, created with this process's umask and owner; a restore run with
+    ``sudo`` left a store that the service account could read but not write (every run stopped,
+    read-only), and one run under a wide umask left a store others could read (people's data).
+    """
+    try:
+        found = store.stat()
+    except OSError:  # no store before: the new file's defaults
+        return
+    try:
+        os.chmod(partial, stat.S_IMODE(found.st_mode))
+        if sys.platform != "win32" and os.geteuid() == 0:
+            os.chown(partial, found.st_uid, found.st_gid)
+    except OSError as exc:
+        msg = f"cannot give the restored copy {partial} the access of {store} ({exc.strerror}); {_UNCHANGED}"
+        raise StoreError(msg) from None
+
+
 def _copy_failed(backup: CheckedBackup, partial: Path, store: Path, exc: sqlite3.Error | OSError) -> str:
     """Why the restored copy could not be written beside the store, and what to do."""
-    full = getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or getattr(exc, "errno", None) == 28
+    full = getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or getattr(exc, "errno", None) == errno.ENOSPC
     if full:
         return (
             f"cannot restore {backup.path} over {store}: the volume of {store.parent} is full ({exc}); the restored "

@@ -315,3 +315,17 @@ def test_at_a_terminal_it_asks_first_and_a_no_changes_nothing(config: Path) -> N
     assert asked.returncode == 0, asked.stderr
     assert f"Put {_backup(config)} in place of the store {_store(config)}?" in asked.stderr
     assert "nothing was restored" in asked.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes and owners")
+def test_the_restored_store_keeps_the_permissions_and_owner_of_the_store_it_replaces(config: Path) -> None:
+    """Found: the restored copy was a new file with this process's umask and owner, so a restore run with
+    sudo left a store the service account could not write, and a wide umask one others could read."""
+    store = _store(config)
+    store.chmod(0o600)
+    owner = (4321, 4321) if os.geteuid() == 0 else (os.getuid(), os.getgid())  # another account where allowed
+    os.chown(store, *owner)
+    done = _mvsync("store", "restore", str(_backup(config)), "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    restored = store.stat()
+    assert (oct(restored.st_mode & 0o777), restored.st_uid, restored.st_gid) == (oct(0o600), *owner)
