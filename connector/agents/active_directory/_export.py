@@ -590,7 +590,7 @@ class Exporter:
         identifier = p.change.identifier
         if self._down.is_set():  # one unreachable verdict per batch, not one timeout per change
             if isinstance(self._stop, ServerDownError):
-                return ExportResult.retry(identifier, "cd-server-down", self._unreachable)
+                return ExportResult.retry(identifier, "cd-server-down", f"modify {p.dn}: not sent: {self._unreachable}")
             return None  # not tried: what stopped the step says why
         changes: dict[str, list[tuple[str, list[bytes | str]]]] = {}
         for verb, attribute, values in p.operations:
@@ -598,14 +598,20 @@ class Exporter:
         self.limiter.wait()
         if self._interrupted.is_set():  # after the pacing wait, which the interruption may have come in
             return None
+        sent: list[bool] = []
+
+        def write(conn: Connection) -> dict[str, Any]:
+            sent.append(True)
+            return _modify(conn, p.dn, changes)
+
         with self.pool.lease() as link:
             try:
                 # an interruption ends the reconnects: it waits for this write, not for a hung DC's timeouts
-                result: dict[str, Any] = link.run(lambda conn: _modify(conn, p.dn, changes), stop=self._interrupted)
+                result: dict[str, Any] = link.run(write, stop=self._interrupted)
             except ServerUnreachable as exc:
                 self._server_down(exc)
                 metrics.ldap_write("cd-server-down")
-                return ExportResult.retry(identifier, "cd-server-down", str(exc))
+                return ExportResult.retry(identifier, "cd-server-down", _lost_write(p.dn, exc, sent=bool(sent)))
             except StopRunError as exc:  # a reconnect refused (password changed, certificate): not written
                 self._stop_after_batch(exc)
                 return None
@@ -663,6 +669,22 @@ class Exporter:
             f"thumbnailPhoto is {size:,} bytes and {source} allows at most {limit:,}: give its export flow a "
             'transform that makes it smaller, transform = "thumbnail(size=96, max_bytes=10240)"'
         )
+
+
+def _lost_write(dn: str, exc: ServerUnreachable, *, sent: bool) -> str:
+    """What is known of a write the DC was lost during: not sent, or sent with no answer (unknown).
+
+    Why say which: a write whose answer never came may have been applied; calling it failed would send
+    the operator to look for a fault in the person. Either way it stays pending, and writing it again is
+    safe: a replace is idempotent, value adds and deletes go with permissive modify (``_modify``).
+    """
+    if not sent:
+        return f"modify {dn}: not sent: {exc}"
+    return (
+        f"modify {dn}: sent, and its answer never came: {exc}; whether the DC applied it is unknown (the next "
+        "import shows it). It stays pending and the next export writes it again, which is safe (a replace of "
+        "the same value changes nothing)"
+    )
 
 
 def _photo_size(operations: list[Operation]) -> int | None:

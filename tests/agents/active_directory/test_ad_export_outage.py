@@ -93,6 +93,11 @@ def test_a_dc_lost_mid_export_stops_the_step_and_the_next_export_writes_only_the
     assert step.counters.get("export_updates") == _WRITES_BEFORE_OUTAGE, step.counters  # writes made are recorded
     # only the batch that met the outage has per-object verdicts; the last batch was not tried (no timeouts)
     assert [e.error_name for e in step.errors] == ["cd-server-down"] * (2 * _BATCH - _WRITES_BEFORE_OUTAGE)
+    # the write under way when the DC was lost is unknown (sent, no answer), the batch's next one not sent
+    in_flight, not_sent = (e.detail for e in step.errors)
+    assert "sent, and its answer never came" in in_flight, in_flight
+    assert "whether the DC applied it is unknown" in in_flight, in_flight
+    assert "not sent: " in not_sent, not_sent
     assert pending_after_outage == _USERS - _WRITES_BEFORE_OUTAGE
     # the next export writes exactly the rest, nothing twice
     assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
