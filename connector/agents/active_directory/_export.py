@@ -28,7 +28,10 @@ it, so a refused batch has no partial effects:
    false`` turns the check off.
 4. **Write** with ``MODIFY_REPLACE`` (``[]`` clears, and is idempotent even when the attribute is
    absent) through a small pool of connections in threads, paced by the write-rate cap. Result
-   codes map to MIM error names; transport failures and busy/unavailable answers are ``RETRY``.
+   codes map to MIM error names. Transport failures are ``RETRY`` and, once the reconnects fail,
+   stop the step after the batch (a write sent whose answer never came says its outcome is unknown).
+   Busy, unavailable and timeLimitExceeded answers are the DC's state, not the person's: that
+   write is ``RETRY`` and the step stops after the batch, the batch's writes not started untried.
    An interruption (Ctrl-C, a stop signal) starts no more writes, waits for those under way and
    hands their results back with it (``carry_export_results``), so the engine records them.
 
@@ -589,7 +592,7 @@ class Exporter:
         """Write one object; None when it was not tried because a reconnect or an interruption stopped the step."""
         identifier = p.change.identifier
         if self._down.is_set():  # one unreachable verdict per batch, not one timeout per change
-            if isinstance(self._stop, ServerDownError):
+            if self._unreachable:
                 return ExportResult.retry(identifier, "cd-server-down", f"modify {p.dn}: not sent: {self._unreachable}")
             return None  # not tried: what stopped the step says why
         changes: dict[str, list[tuple[str, list[bytes | str]]]] = {}
@@ -622,7 +625,9 @@ class Exporter:
                     self.stats.writes += 1
                 return ExportResult.success(identifier)
             detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
-            if name == "permission-issue":
+            if status == ExportStatus.RETRY:  # the whole DC's state, not this person's: stop the step
+                self._dc_refused(link, p.dn, detail)
+            elif name == "permission-issue":
                 detail += f"; {self._refused_write(link, p)}"
             elif name == "constraint-violation" and (size := _photo_size(p.operations)) is not None:
                 detail += f"; {self._refused_photo(link, size)}"
@@ -633,6 +638,21 @@ class Exporter:
                     "deleted if it is gone)"
                 )
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
+
+    def _dc_refused(self, link: Any, dn: str, detail: str) -> None:
+        """Stop the step once this batch is recorded: the DC answered busy, unavailable or out of time.
+
+        Why: those answers describe the DC (overloaded, shutting down, its services not ready), not the
+        person written; going on turned every later pending person into an error of their own while the
+        DC kept refusing. The refused write stays pending (RETRY); the batch's writes not started are not
+        tried and stay pending without an error of their own.
+        """
+        msg = (
+            f"{link.describe()} answered the write of {dn} with {detail} (busy, unavailable or out of time: a "
+            "state of the DC, not of the person); the export stopped: the objects written before are recorded, "
+            "the rest stay pending for the next export (run it again later, or list another DC first)"
+        )
+        self._stop_after_batch(ServerDownError(msg))
 
     def _refused_write(self, link: Any, p: _Planned) -> str:
         """What to do about a write the DC refused for lack of rights: who may not write what, and the grant.

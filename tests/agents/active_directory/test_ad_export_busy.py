@@ -1,0 +1,118 @@
+"""A domain controller that answers an export's writes with a result code of the whole DC (busy,
+unavailable, timeLimitExceeded), through the engine, against the real (Samba) DC.
+
+Why the answer is made up in the test: the agent speaks LDAPS, so a proxy cannot rewrite the result
+code of a modify response without terminating TLS, and Samba cannot be made busy on request. The
+writes before the DC turns busy are real; the refusals replace ``_modify``'s answer (what ldap3
+hands back for such a response: its ``result``, ``description`` and ``message``).
+
+Found in a bad-day pass over the export: every write after the DC turned busy was refused in turn,
+the step went on through every batch and ended ``completed-export-errors`` with one
+``cd-server-busy`` error per pending person, when nothing about those people was wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.agents.active_directory import _export
+from connector.config import config_from_dict
+from connector.engine import Engine
+from connector.store import ConnectorSpace
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
+from tests.agents.active_directory.test_ad_export_cli import _pending as _cli_pending
+from tests.agents.active_directory.test_ad_export_cli import _people_with_photos, folder_to_ad
+from tests.cli._configs import invoke
+
+pytestmark = pytest.mark.samba
+
+#: Batches of 3 for 7 people: the DC turns busy after the 4th write, the first of the second batch.
+_USERS, _BATCH, _WRITES_BEFORE_BUSY = 7, 3, 4
+
+
+def _busy_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int, description: str) -> list[str]:
+    """Writes after the ``count``-th are refused with ``code`` and not applied; the DNs written are returned."""
+    original = _export._modify
+    written: list[str] = []
+
+    def modify_or_refuse(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+        if len(written) >= count:
+            return {"result": code, "description": description, "message": "00002024: SvcErr: DSID-0208, problem 5003"}
+        result = original(conn, dn, changes)
+        written.append(dn)
+        return result
+
+    monkeypatch.setattr(_export, "_modify", modify_or_refuse)
+    return written
+
+
+def _pending(engine: Engine) -> int:
+    with engine.store.read() as conn:
+        return ConnectorSpace(conn).count("ad", pending_export=True)
+
+
+@pytest.mark.parametrize(("code", "description"), [(51, "busy"), (52, "unavailable"), (3, "timeLimitExceeded")])
+def test_a_busy_dc_stops_the_export_step_once_and_the_next_export_writes_the_rest(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int, description: str
+) -> None:
+    people = ad_env.sub_ou("people")
+    names = sorted(ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people))
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    for i, name in enumerate(names):
+        (photos / f"{name}.jpg").write_bytes(jpeg(900 + i))
+    settings = {"export_connections": 1}
+    config = photo_sync_config(ad_env, people, photos, settings, export_step={"batch_size": _BATCH})
+    engine = Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))
+    try:
+        assert engine.run_profile("Prepare").status == "success"
+        _busy_after(monkeypatch, _WRITES_BEFORE_BUSY, code, description)
+        stopped = engine.run_profile("Export")
+        pending_after = _pending(engine)
+        monkeypatch.undo()
+        resumed = engine.run_profile("Export")
+        pending_final = _pending(engine)
+    finally:
+        engine.close()
+    assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
+    step = stopped.steps[0]
+    assert f"{ad_env.ad.host}:{ad_env.ad.ldaps_port}" in step.message, step.message
+    assert f"{code} {description}" in step.message, step.message
+    assert "the rest stay pending for the next export" in step.message, step.message
+    assert step.counters.get("export_updates") == _WRITES_BEFORE_BUSY, step.counters
+    # one verdict for the person whose write was refused, none for those not tried: a DC-wide answer
+    assert [e.error_name for e in step.errors] == ["cd-server-busy"], [e.as_dict() for e in step.errors]
+    assert pending_after == _USERS - _WRITES_BEFORE_BUSY
+    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
+    assert resumed.steps[0].counters.get("export_updates") == _USERS - _WRITES_BEFORE_BUSY
+    assert pending_final == 0
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(900 + i)], name
+
+
+def test_mvsync_run_of_an_export_against_a_busy_dc_exits_4_naming_the_dc(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operator sees (``mvsync run Export``): exit code 4, the DC, its answer and what happens next,
+    no traceback; the next run writes what is left."""
+    people, names, photos = _people_with_photos(ad_env, _USERS)
+    config = folder_to_ad(ad_env, people, photos, export_connections=1)
+    code, out, err = invoke("run", "Prepare", "-c", str(config))
+    assert code == 0, out + err
+    _busy_after(monkeypatch, _WRITES_BEFORE_BUSY, 51, "busy")
+    code, out, err = invoke("run", "Export", "-c", str(config))
+    assert code == 4, out + err
+    shown = " ".join((out + err).split())
+    assert "stopped-server-down" in shown and "Traceback" not in shown, shown
+    assert f"{ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) answered the write of" in shown, shown
+    assert "51 busy" in shown and "the rest stay pending for the next export" in shown, shown
+    assert _cli_pending(config) == _USERS - _WRITES_BEFORE_BUSY
+    monkeypatch.undo()
+    code, out, err = invoke("run", "Export", "-c", str(config))
+    assert code == 0, out + err
+    assert _cli_pending(config) == 0
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(700 + i)], name
