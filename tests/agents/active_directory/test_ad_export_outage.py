@@ -118,3 +118,35 @@ def _assert_stopped_naming_the_dc(stopped: Any, dc: FaultyProxy) -> None:
 def _usn(ad_env: ADTestEnv, dn: str) -> int:
     name, ou = dn.split(",", 1)
     return ad_env.usn(name.split("=", 1)[1], ou)
+
+
+def test_a_connection_reset_once_mid_export_is_made_again_and_the_export_goes_on(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DC (or a firewall) that resets the connection once, then answers again: the agent reconnects to it,
+    sends the next write again, and the step succeeds with nobody left pending or written twice."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people = ad_env.sub_ou("people")
+    names = sorted(ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people))
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir()
+    for i, name in enumerate(names):
+        (photos / f"{name}.jpg").write_bytes(jpeg(800 + i))
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        engine = Engine(config_from_dict(_config(ad_env, people, photos, dc.port), base_dir=ad_env.tmp_path))
+        try:
+            assert engine.run_profile("Prepare").status == "success"
+            accepted_before = dc.accepted
+            _outage_after_writes(monkeypatch, _WRITES_BEFORE_OUTAGE, dc.relay)  # resets, then relays again
+            run = engine.run_profile("Export")
+            pending = _pending(engine)
+        finally:
+            engine.close()
+    assert run.status == "success", [s.as_dict() for s in run.steps]
+    assert run.steps[0].counters.get("export_updates") == _USERS, run.steps[0].counters
+    assert not run.steps[0].errors
+    assert pending == 0
+    assert dc.accepted > accepted_before + 1  # the export's connection, and the one made again after the reset
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(800 + i)], name
