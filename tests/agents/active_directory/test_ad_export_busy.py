@@ -75,6 +75,7 @@ def test_a_busy_dc_stops_the_export_step_once_and_the_next_export_writes_the_res
         monkeypatch.undo()
         resumed = engine.run_profile("Export")
         pending_final = _pending(engine)
+        confirmed = engine.run_profile("Prepare")  # the next import confirms every write
     finally:
         engine.close()
     assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
@@ -89,6 +90,8 @@ def test_a_busy_dc_stops_the_export_step_once_and_the_next_export_writes_the_res
     assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
     assert resumed.steps[0].counters.get("export_updates") == _USERS - _WRITES_BEFORE_BUSY
     assert pending_final == 0
+    assert confirmed.status == "success", [s.as_dict() for s in confirmed.steps]
+    assert not [e for s in confirmed.steps for e in s.errors]  # no exported-change-not-reimported
     for i, name in enumerate(names):
         assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(900 + i)], name
 
