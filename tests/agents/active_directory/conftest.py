@@ -60,6 +60,17 @@ class ADTestEnv:
         self.guids.update(created)
         return created
 
+    def people_with_photos(self, count: int, seed: int = 700) -> tuple[str, list[str], Path]:
+        """An OU "people" of ``count`` users without a photo, and a folder "hr-photos" with a photo for each
+        (``jpeg(seed + i)`` for the i-th name in order)."""
+        people = self.sub_ou("people")
+        names = sorted(self.add_users(self.specs(count, photos=False), ou=people))
+        photos = self.tmp_path / "hr-photos"
+        photos.mkdir()
+        for i, name in enumerate(names):
+            (photos / f"{name}.jpg").write_bytes(jpeg(seed + i))
+        return people, names, photos
+
     def sub_ou(self, name: str) -> str:
         dn = f"OU={name},{self.ou}"
         ensure_ou(self.admin, dn)

@@ -21,10 +21,10 @@ import pytest
 from connector.agents.active_directory import _export
 from connector.config import config_from_dict
 from connector.engine import Engine
-from connector.store import ConnectorSpace
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_export_cli import _pending as _cli_pending
 from tests.agents.active_directory.test_ad_export_cli import _people_with_photos, folder_to_ad
+from tests.agents.active_directory.test_ad_export_outage import _pending
 from tests.cli._configs import invoke
 
 pytestmark = pytest.mark.samba
@@ -49,21 +49,11 @@ def _busy_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int, descript
     return written
 
 
-def _pending(engine: Engine) -> int:
-    with engine.store.read() as conn:
-        return ConnectorSpace(conn).count("ad", pending_export=True)
-
-
 @pytest.mark.parametrize(("code", "description"), [(51, "busy"), (52, "unavailable"), (3, "timeLimitExceeded")])
 def test_a_busy_dc_stops_the_export_step_once_and_the_next_export_writes_the_rest(
     ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int, description: str
 ) -> None:
-    people = ad_env.sub_ou("people")
-    names = sorted(ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people))
-    photos = ad_env.tmp_path / "hr-photos"
-    photos.mkdir()
-    for i, name in enumerate(names):
-        (photos / f"{name}.jpg").write_bytes(jpeg(900 + i))
+    people, names, photos = ad_env.people_with_photos(_USERS, seed=900)
     settings = {"export_connections": 1}
     config = photo_sync_config(ad_env, people, photos, settings, export_step={"batch_size": _BATCH})
     engine = Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from connector.agents.active_directory import _export
-from tests.agents.active_directory.conftest import ADTestEnv, jpeg
+from tests.agents.active_directory.conftest import ADTestEnv
 from tests.agents.active_directory.test_ad_export_outage import _outage_after_writes
 from tests.cli._configs import invoke
 from tests.harness.sockets import faulty_proxy
@@ -68,13 +68,7 @@ steps = [{{ type = "export", agent = "ad" }}]
 
 def _people_with_photos(ad_env: ADTestEnv, count: int) -> tuple[str, list[str], Path]:
     """An OU of ``count`` users without a photo, and a folder with a photo for each."""
-    people = ad_env.sub_ou("people")
-    names = sorted(ad_env.add_users(ad_env.specs(count, photos=False), ou=people))
-    photos = ad_env.tmp_path / "hr-photos"
-    photos.mkdir()
-    for i, name in enumerate(names):
-        (photos / f"{name}.jpg").write_bytes(jpeg(700 + i))
-    return people, names, photos
+    return ad_env.people_with_photos(count)
 
 
 def _pending(config: Path) -> int:

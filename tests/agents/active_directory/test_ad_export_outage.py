@@ -10,7 +10,8 @@ writes its batch had already made, so the next export wrote them again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,22 @@ def _outage_after_writes(monkeypatch: pytest.MonkeyPatch, count: int, outage: Ca
     return written
 
 
+@contextlib.contextmanager
+def _prepared_behind_relay(ad_env: ADTestEnv, seed: int) -> Iterator[tuple[Engine, FaultyProxy, str, list[str]]]:
+    """An engine whose AD agent reaches the real DC through a ``FaultyProxy``, with ``_USERS`` people (OU
+    "people", names in order) whose photos (``jpeg(seed + i)``) are staged for export ("Prepare" run)."""
+    if ad_env.ad.external or ad_env.ad.ca_cert is None:
+        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
+    people, names, photos = ad_env.people_with_photos(_USERS, seed=seed)
+    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
+        engine = Engine(config_from_dict(_config(ad_env, people, photos, dc.port), base_dir=ad_env.tmp_path))
+        try:
+            assert engine.run_profile("Prepare").status == "success"
+            yield engine, dc, people, names
+        finally:
+            engine.close()
+
+
 def _pending(engine: Engine) -> int:
     with engine.store.read() as conn:
         return ConnectorSpace(conn).count("ad", pending_export=True)
@@ -66,28 +83,15 @@ def _pending(engine: Engine) -> int:
 def test_a_dc_lost_mid_export_stops_the_step_and_the_next_export_writes_only_the_rest(
     ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, outage: str
 ) -> None:
-    if ad_env.ad.external or ad_env.ad.ca_cert is None:
-        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
-    people = ad_env.sub_ou("people")
-    names = sorted(ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people))
-    photos = ad_env.tmp_path / "hr-photos"
-    photos.mkdir()
-    for i, name in enumerate(names):
-        (photos / f"{name}.jpg").write_bytes(jpeg(700 + i))
-    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
-        engine = Engine(config_from_dict(_config(ad_env, people, photos, dc.port), base_dir=ad_env.tmp_path))
-        try:
-            assert engine.run_profile("Prepare").status == "success"
-            written = _outage_after_writes(monkeypatch, _WRITES_BEFORE_OUTAGE, getattr(dc, outage))
-            stopped = engine.run_profile("Export")
-            pending_after_outage = _pending(engine)
-            monkeypatch.undo()
-            dc.relay()
-            usn_between = {dn: _usn(ad_env, dn) for dn in written}
-            resumed = engine.run_profile("Export")
-            pending_final = _pending(engine)
-        finally:
-            engine.close()
+    with _prepared_behind_relay(ad_env, seed=700) as (engine, dc, people, names):
+        written = _outage_after_writes(monkeypatch, _WRITES_BEFORE_OUTAGE, getattr(dc, outage))
+        stopped = engine.run_profile("Export")
+        pending_after_outage = _pending(engine)
+        monkeypatch.undo()
+        dc.relay()
+        usn_between = {dn: _usn(ad_env, dn) for dn in written}
+        resumed = engine.run_profile("Export")
+        pending_final = _pending(engine)
     _assert_stopped_naming_the_dc(stopped, dc)
     step = stopped.steps[0]
     assert step.counters.get("export_updates") == _WRITES_BEFORE_OUTAGE, step.counters  # writes made are recorded
@@ -125,24 +129,11 @@ def test_a_connection_reset_once_mid_export_is_made_again_and_the_export_goes_on
 ) -> None:
     """A DC (or a firewall) that resets the connection once, then answers again: the agent reconnects to it,
     sends the next write again, and the step succeeds with nobody left pending or written twice."""
-    if ad_env.ad.external or ad_env.ad.ca_cert is None:
-        pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
-    people = ad_env.sub_ou("people")
-    names = sorted(ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people))
-    photos = ad_env.tmp_path / "hr-photos"
-    photos.mkdir()
-    for i, name in enumerate(names):
-        (photos / f"{name}.jpg").write_bytes(jpeg(800 + i))
-    with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
-        engine = Engine(config_from_dict(_config(ad_env, people, photos, dc.port), base_dir=ad_env.tmp_path))
-        try:
-            assert engine.run_profile("Prepare").status == "success"
-            accepted_before = dc.accepted
-            _outage_after_writes(monkeypatch, _WRITES_BEFORE_OUTAGE, dc.relay)  # resets, then relays again
-            run = engine.run_profile("Export")
-            pending = _pending(engine)
-        finally:
-            engine.close()
+    with _prepared_behind_relay(ad_env, seed=800) as (engine, dc, people, names):
+        accepted_before = dc.accepted
+        _outage_after_writes(monkeypatch, _WRITES_BEFORE_OUTAGE, dc.relay)  # resets, then relays again
+        run = engine.run_profile("Export")
+        pending = _pending(engine)
     assert run.status == "success", [s.as_dict() for s in run.steps]
     assert run.steps[0].counters.get("export_updates") == _USERS, run.steps[0].counters
     assert not run.steps[0].errors
