@@ -394,21 +394,34 @@ class PhotoClient:
 
     def _post(self, body: bytes) -> requests.Response | None:
         """One SOAP request of ``check_endpoint``, its answer read within the bounds of ``_read_head``
-        (a body that trickles in, or has no end, cannot hold the step); None when none came."""
+        (a body that trickles in, or has no end, cannot hold the step); None when none came, or only
+        push-back for ``max_throttled_retries`` answers (the photo requests then meet the server).
+
+        Push-back (ErrorServerBusy, 503, 429) is waited out as a photo request's is, pausing every
+        sender (``_pushed_back``): a check that took it as an answer sent the next requests straight
+        into the throttle, and left it out of the step's throttled count.
+        """
         s = self.settings
-        ticket = self.limiter.acquire(cancel=self.cancel)
-        self.count("requests")
-        try:
-            headers = {"Content-Type": "text/xml; charset=utf-8"}
-            resp = self.session.post(
-                s.ews_url, data=body, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
-            )
-            _read_head(resp, s.timeout_s)
-        except requests.RequestException:
-            self.limiter.release(ticket, Signal.FAILED)
-            return None
-        self.limiter.release(ticket, Signal.OK)
-        return resp
+        headers = {"Content-Type": "text/xml; charset=utf-8"}
+        for attempt in range(1, s.max_throttled_retries + 1):
+            ticket = self.limiter.acquire(cancel=self.cancel)
+            self.count("requests")
+            try:
+                resp = self.session.post(
+                    s.ews_url, data=body, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
+                )
+                _read_head(resp, s.timeout_s)
+            except requests.RequestException:
+                self.limiter.release(ticket, Signal.FAILED)
+                return None
+            is_throttled, wait = throttle_signal(resp)
+            if not is_throttled:
+                self.limiter.release(ticket, Signal.OK)
+                return resp
+            self._pushed_back(ticket, wait)
+            if not wait and self.cancel.wait(self._backoff(attempt)):
+                break
+        return None
 
     def fetch(self, email: str, etag: str | None) -> Fetched:
         """The mailbox's photo at the configured size; ``etag`` makes it conditional."""
