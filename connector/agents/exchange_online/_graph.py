@@ -25,8 +25,8 @@ Two kinds of retry, on purpose:
 
 Every answer is read streamed and capped (``connector.net.read_capped``), never whole: a photo at
 ``MAX_PHOTO_BYTES``, any other answer at ``MAX_JSON_BYTES``, a ``$batch`` envelope at what its
-items allow (``_envelope_cap``). An answer over its cap is left unread (see ``GraphResponse.oversized``
-and ``GraphClient.batch`` for what it then means).
+items allow and never past ``MAX_JSON_BYTES`` (``_envelope_cap``). An answer over its cap is left
+unread (see ``GraphResponse.oversized`` and ``GraphClient.batch`` for what it then means).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ BATCH_PARALLELISM = 4
 #: The largest photo body read: Graph takes a photo "under 8 MB" (and 4 MB per request today: Learn,
 #: "Update profilePhoto") and serves its HD sizes, which this agent downloads, far smaller (tens of KB).
 MAX_PHOTO_BYTES = 8 * 1024 * 1024
-#: The largest JSON answer read on its own: a users/delta page of 999 users with the five properties
-#: selected is about 0.5 MB; photo metadata and error bodies are a few hundred bytes.
+#: The largest JSON answer read, a ``$batch`` envelope included: a users/delta page of 999 users with
+#: the five properties selected is about 0.5 MB; photo metadata and error bodies are a few hundred bytes.
 MAX_JSON_BYTES = 16 * 1024 * 1024
 #: The most one ``$batch`` item other than a photo adds to its envelope (metadata, an error: a few
 #: hundred bytes), and what each item adds besides its body (id, status, headers).
@@ -290,17 +290,22 @@ def _answer_cap(method: str, url: str) -> int:
 
 
 def _envelope_cap(items: Sequence[BatchItem]) -> int:
-    """The most of a ``$batch`` answer that is read: what its items' answers can hold in JSON.
+    """The most of a ``$batch`` answer that is read: what its items' answers can hold in JSON, and
+    never more than any other JSON answer (``MAX_JSON_BYTES``).
 
     A photo's bytes come as base64 (4 characters for 3 bytes), so a photo read adds at most
     ``MAX_PHOTO_BYTES`` in base64; any other item (metadata, an error) ``_ITEM_JSON_BYTES``; each its
-    id, status and headers. Twenty photo reads, Graph's most in one batch, allow about 224 MB;
-    twenty metadata probes, 1.4 MB. The bound is for the day something answers far more (a gzip bomb
-    from a proxy): the answers a healthy Graph sends are a small part of it.
+    id, status and headers. Twenty metadata probes allow 1.4 MB.
+
+    Why ``MAX_JSON_BYTES`` above that: by its items alone, twenty photo reads (Graph's most in one
+    batch) would allow 224 MB, read and then joined on every thread that met such an answer at once
+    (gigabytes, for a gzip bomb from a proxy). The agent downloads HD sizes (648x648 at most): twenty
+    of them came to 0.7 MB with the emulator's photos, so a healthy envelope is far below 16 MB. One
+    over it loses nothing: each of its items is asked on its own, with its own cap (``_one_by_one``).
     """
     photo = -(-MAX_PHOTO_BYTES // 3) * 4
     items_cap = sum(photo if _is_photo_read(item.method, item.url) else _ITEM_JSON_BYTES for item in items)
-    return items_cap + (len(items) + 1) * _ITEM_OVERHEAD_BYTES
+    return min(items_cap + (len(items) + 1) * _ITEM_OVERHEAD_BYTES, MAX_JSON_BYTES)
 
 
 def _item_response(raw: dict[str, Any]) -> GraphResponse:
