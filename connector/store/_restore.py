@@ -31,7 +31,7 @@ from connector.logging import mask_url
 from connector.store._faults import EXIT_STORE_CONFIG, LockHeldError, StoreBusyError, StoreError
 from connector.store._locks import OPENING_LOCK, LockManager
 from connector.store._migrations import SCHEMA_VERSION, current_version
-from connector.store._sql import PARTIAL_SUFFIX, _page_damage, _sqlite_files, _tables_read_only, parse_store_url
+from connector.store._sql import PARTIAL_SUFFIX, page_damage, parse_store_url, sqlite_files, tables_read_only
 
 __all__ = ["CheckedBackup", "Restored", "check_backup", "restore_store", "sqlite_store_path"]
 
@@ -106,7 +106,7 @@ def check_backup(backup: Path, store: Path) -> CheckedBackup:
             "mvsync wrote it; upgrade mvsync here first",
         )
     if version == 0:
-        tables = _tables_read_only(backup)
+        tables = tables_read_only(backup)
         held = f" but another database's tables ({', '.join(tables[:5])})" if tables else ""
         raise _refused(backup, f"it holds no mvsync store{held}")
     return CheckedBackup(backup, version, size)
@@ -122,7 +122,7 @@ def _sound_version(backup: Path) -> int:
         with engine.connect() as conn:
             raw = conn.connection.dbapi_connection
             assert isinstance(raw, sqlite3.Connection)
-            damage = _page_damage(raw, "integrity_check")
+            damage = page_damage(raw, "integrity_check")
             if damage is not None and "not a database" in damage:
                 raise _refused(backup, f"it is not a SQLite database ({damage})")
             if damage is not None:
@@ -257,19 +257,19 @@ def _move_aside(store: Path, now: float) -> list[tuple[Path, Path]]:
     Its log is folded into it first (:func:`_fold_log`), so the file moved aside is the whole store; a
     log that cannot be folded (a damaged store) is moved with it, never left for the restored file.
     """
-    sides = [side for side in _sqlite_files(store)[1:] if side.exists()]
+    sides = [side for side in sqlite_files(store)[1:] if side.exists()]
     if not store.exists() and not sides:
         return []
     if store.exists() and _fold_log(store):
         with contextlib.suppress(OSError):  # the log's index, no data: SQLite makes it again
             store.with_name(store.name + "-shm").unlink(missing_ok=True)
     # a store SQLite cannot read, or one not in WAL mode, proves nothing by the fold: ask the OS
-    if opened := processes_with_open(_sqlite_files(store)):
+    if opened := processes_with_open(sqlite_files(store)):
         raise _busy(store, f"processes of this machine have it open: {'; '.join(opened)}")
     aside = _aside_name(store, now)
     moved: list[tuple[Path, Path]] = []
     try:
-        for part, target in zip(_sqlite_files(store), _sqlite_files(aside), strict=True):
+        for part, target in zip(sqlite_files(store), sqlite_files(aside), strict=True):
             if part == store and store.exists():
                 _link_or_rename(store, target)
                 moved.append((part, target))
@@ -300,7 +300,7 @@ def _fold_log(store: Path) -> bool:
             conn.close()
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-            opened = processes_with_open(_sqlite_files(store))
+            opened = processes_with_open(sqlite_files(store))
             who = f"processes of this machine have it open: {'; '.join(opened)}" if opened else "a process has it open"
             raise _busy(store, f"{who} ({exc})") from None
         return False
@@ -315,7 +315,7 @@ def _aside_name(store: Path, now: float) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     base = store.with_name(f"{store.name}.before-restore-{stamp}")
     aside, n = base, 1
-    while any(part.exists() for part in _sqlite_files(aside)):
+    while any(part.exists() for part in sqlite_files(aside)):
         n += 1
         aside = base.with_name(f"{base.name}-{n}")
     return aside
@@ -358,6 +358,6 @@ def _move_back(moved: list[tuple[Path, Path]]) -> None:
 
 def _remove_files(database: Path) -> None:
     """Remove ``database`` and SQLite's side files of it: the leftovers of a copy that never became the store."""
-    for leftover in _sqlite_files(database):
+    for leftover in sqlite_files(database):
         with contextlib.suppress(OSError):
             leftover.unlink(missing_ok=True)

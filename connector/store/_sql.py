@@ -49,7 +49,16 @@ from connector.store._migrations import SCHEMA_VERSION, current_version, migrate
 from connector.store._store_meta import read_meta, write_meta
 from connector.store.tables import blob, metadata
 
-__all__ = ["ROW_ID_MAX", "SqlStore", "StoreConnection", "StoreError", "parse_store_url"]
+__all__ = [
+    "ROW_ID_MAX",
+    "SqlStore",
+    "StoreConnection",
+    "StoreError",
+    "page_damage",
+    "parse_store_url",
+    "sqlite_files",
+    "tables_read_only",
+]
 
 #: The connection of one store transaction: what callers hand to the repositories. Callers use it
 #: as an opaque handle; only code inside ``connector.store`` runs statements on it.
@@ -355,7 +364,7 @@ class SqlStore:
         wal = self.path.with_name(self.path.name + "-wal")
         with contextlib.suppress(OSError):  # never hide why the store could not be created behind this
             if self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
-                for created in _sqlite_files(self.path):
+                for created in sqlite_files(self.path):
                     created.unlink(missing_ok=True)
 
     @contextlib.contextmanager
@@ -591,7 +600,7 @@ class SqlStore:
         if self.path is None:
             return None
         notes = []
-        opened = processes_with_open(_sqlite_files(self.path))
+        opened = processes_with_open(sqlite_files(self.path))
         if opened:
             notes.append(f"processes of this machine that have the store open: {'; '.join(opened)}")
         held = self.locks.other_holders()
@@ -629,7 +638,7 @@ class SqlStore:
             _busy, frames, folded = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if folded >= frames:
             return None
-        holders = processes_with_open(_sqlite_files(self.path))
+        holders = processes_with_open(sqlite_files(self.path))
         who = f"processes that have it open: {'; '.join(holders)}" if holders else "SQLite does not say which"
         return (
             f"the store's write-ahead log {wal} is {size / 1048576:.1f} MB and cannot be folded into the store: "
@@ -965,7 +974,7 @@ class SqlStore:
         except OSError as exc:
             raise StoreError(f"cannot write the backup {target}: {exc.strerror}") from None
         finally:
-            for leftover in _sqlite_files(partial):
+            for leftover in sqlite_files(partial):
                 with contextlib.suppress(OSError):  # never hide why the backup failed behind its cleanup
                     leftover.unlink(missing_ok=True)
         return target.stat().st_size
@@ -995,7 +1004,7 @@ class SqlStore:
         ``quick_check`` reads every page of the copy (not the indexes against their tables, which
         ``mvsync doctor``'s ``integrity_check`` adds), so a backup costs one more read of the store.
         """
-        detail = _page_damage(copy)
+        detail = page_damage(copy)
         if detail is None:
             return
         msg = (
@@ -1024,7 +1033,7 @@ class SqlStore:
                 return
             raw = conn.connection.dbapi_connection
             assert isinstance(raw, sqlite3.Connection)
-            detail = _page_damage(raw)
+            detail = page_damage(raw)
         if detail is not None:
             raise damaged(self.where, f"{detail}; found by SQLite's quick_check before the run wrote anything")
         if record:
@@ -1092,7 +1101,7 @@ def _refuse_foreign_database(path: Path) -> None:
     """
     wal = path.with_name(path.name + "-wal")
     logged = wal.is_file() and wal.stat().st_size > 0
-    tables = _tables_read_only(path)
+    tables = tables_read_only(path)
     if not tables or "store_meta" in tables:
         return
     beside = f"the {wal.name} beside it (SQLite reads it as part of the file)" if logged else "a -wal file"
@@ -1105,7 +1114,7 @@ def _refuse_foreign_database(path: Path) -> None:
     raise StoreError(msg, exit_code=EXIT_STORE_CONFIG)
 
 
-def _tables_read_only(path: Path) -> list[str]:
+def tables_read_only(path: Path) -> list[str]:
     """The names of the tables in the SQLite database at ``path``, read without writing it ([] if unreadable).
 
     (A read-only connection to a WAL database may leave empty ``-wal`` and ``-shm`` files it cannot
@@ -1177,7 +1186,7 @@ def _remove_partial(partial: Path) -> tuple[int, tuple[Path, OSError] | None] | 
     None when nothing is there; else the copy's size, and the first file that could not be removed
     with why (Windows: another process has it open), or None.
     """
-    stale = [f for f in _sqlite_files(partial) if f.exists()]
+    stale = [f for f in sqlite_files(partial) if f.exists()]
     if not stale:
         return None
     size = partial.stat().st_size if partial.exists() else 0
@@ -1216,7 +1225,7 @@ def _dead_partial_note(target: Path) -> tuple[Path, str, bool] | None:
     )
 
 
-def _sqlite_files(database: Path) -> list[Path]:
+def sqlite_files(database: Path) -> list[Path]:
     """``database`` and the side files SQLite may keep beside it (rollback journal, WAL, its index)."""
     return [database, *(database.with_name(database.name + side) for side in ("-journal", "-wal", "-shm"))]
 
@@ -1254,7 +1263,7 @@ def _float_or_none(value: str | None) -> float | None:
         return None
 
 
-def _page_damage(conn: sqlite3.Connection, check: str = "quick_check") -> str | None:
+def page_damage(conn: sqlite3.Connection, check: str = "quick_check") -> str | None:
     """The first problem SQLite's ``quick_check`` (or ``check``: ``integrity_check``, which also compares
     the indexes with their tables) finds in the database of ``conn`` (None: every page reads)."""
     try:
