@@ -427,6 +427,7 @@ def history_clear(
     import time
 
     store = _store(_config(config))
+    store.refuse_read_only("nothing was cleared")
     before = time.time() - older_than * 86_400
     cleared = ClearedRuns()
     while True:  # small transactions: runs go on meanwhile, and an interruption keeps what is done

@@ -392,6 +392,9 @@ class SqlStore:
 
     def upgrade(self, *, check_only: bool = False) -> tuple[int, int]:
         """Bring the schema to this mvsync's version (see ``migrate``): the versions before and after."""
+        if not check_only and self.schema_version() < SCHEMA_VERSION:
+            # (a current store needs no write: "nothing to do" is right on a standby too)
+            self.refuse_read_only("the schema was not upgraded")
         with self.faults(), self.engine.begin() as conn:
             before = migrate(conn, self.where, upgrade=not check_only)
         return before, SCHEMA_VERSION
@@ -455,17 +458,18 @@ class SqlStore:
             conn.rollback()
         return read_only_server(self.where, server, standby=standby, source=source, role=role, database=database)
 
-    def refuse_read_only(self) -> None:
-        """Raise :class:`StoreReadOnlyError` before a run (a dry run too) where no transaction can write.
+    def refuse_read_only(self, outcome: str = "this run wrote nothing") -> None:
+        """Raise :class:`StoreReadOnlyError` before a write (a run, a dry run too, ``history clear``, a
+        schema upgrade) where no transaction can write; ``outcome`` ends the message.
 
         Why before: a standby named by ``store.url`` (a DNS name that follows a failover to the replica)
-        or a DBA's ``default_transaction_read_only`` read fine, and the run stopped at its first write with
-        "may point at a standby or at a database set read-only": which one, on which server, and how to
-        follow the primary went unsaid.
+        or a DBA's ``default_transaction_read_only`` read fine, and the write stopped at its first
+        statement with "may point at a standby or at a database set read-only": which one, on which
+        server, and how to follow the primary went unsaid.
         """
         problem = self.read_only_problem()
         if problem is not None:
-            raise StoreReadOnlyError(f"{problem}; this run wrote nothing")
+            raise StoreReadOnlyError(f"{problem}; {outcome}")
 
     def connection_problem(self) -> str | None:
         """Why every run on this PostgreSQL store would stop short of connections; None when none would.

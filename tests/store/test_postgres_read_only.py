@@ -6,6 +6,7 @@ commands work; libpq's ``target_session_attrs=read-write`` over both servers, th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +139,56 @@ def test_a_primary_a_dba_froze_read_only_refuses_a_run_saying_where_to_lift_it(
     _as_dba(dba, lift)
     code, out, err = _cli(config, "run", "cycle")
     assert code == 0, (out, err)
+
+
+def _replayed(standby: URL, runs: int) -> None:
+    """Wait until the standby has replayed the primary's ``runs`` runs (streaming replication lags a little)."""
+    deadline = time.monotonic() + 60
+    while _runs(standby) < runs:
+        assert time.monotonic() < deadline, "the standby did not replay the primary's runs within 60 s"
+        time.sleep(0.1)
+
+
+def test_the_commands_that_write_refuse_a_hot_standby_before_writing(tmp_path: Path, replicated: Replicated) -> None:
+    """Found: `mvsync history clear` on a standby holding a run to clear stopped at its DELETE with the general "the
+    server refused a write ... may point at a standby or at a database set default_transaction_read_only",
+    not which, where, nor how to follow the primary. It now refuses before deleting, in the run's words
+    and saying nothing was cleared. `mvsync store upgrade` of a current store writes nothing, so it still
+    says "nothing to do" there; one that is behind refuses the same way (in process: a standby cannot be
+    made to hold an older schema than its primary)."""
+    (tmp_path / "primary").mkdir()
+    code, out, err = _cli(_config(tmp_path / "primary", replicated.primary), "run", "cycle")
+    assert code == 0, (out, err)  # so the standby holds a run that `history clear` would delete
+    before = _runs(replicated.primary)
+    _replayed(replicated.standby, before)
+    config = _config(tmp_path, replicated.standby)
+    code, out, err = _cli(config, "history", "clear", "--older-than", "0")
+    assert code == 4, (out, err)
+    assert "is a hot standby, a read-only replica" in err and "target_session_attrs=read-write" in err
+    assert err.rstrip().endswith("nothing was cleared"), err
+    assert "cannot execute DELETE" not in err and "Traceback" not in err
+    assert _runs(replicated.primary) == before
+
+    code, out, err = _cli(config, "store", "upgrade")
+    assert code == 0, (out, err)
+    assert "nothing to do" in out
+
+
+def test_a_store_upgrade_behind_on_a_read_only_server_refuses_before_writing(
+    replicated: Replicated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby whose store is behind this mvsync (an mvsync upgraded on the sync server before its
+    store): the upgrade refuses naming the standby and saying the schema was not upgraded, instead of
+    failing at the migration's first CREATE or ALTER."""
+    from connector.store import StoreReadOnlyError, _sql
+
+    store = SqlStore(replicated.standby.render_as_string(hide_password=False), create=False, migrate_schema=False)
+    try:
+        monkeypatch.setattr(_sql, "SCHEMA_VERSION", _sql.SCHEMA_VERSION + 1)  # this mvsync is one version newer
+        with pytest.raises(StoreReadOnlyError) as caught:
+            store.upgrade()
+    finally:
+        store.close()
+    message = str(caught.value)
+    assert "is a hot standby, a read-only replica" in message
+    assert message.endswith("the schema was not upgraded")
