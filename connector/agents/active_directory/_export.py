@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,6 +332,9 @@ class Exporter:
         self._photo_limit: tuple[int, str] | None = None
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
+        #: Writes a worker has started and not yet recorded (``_write_into``): what an interruption waits for.
+        self._writes_started = 0
+        self._writes_lock = threading.Lock()
         self._down = threading.Event()
         #: Ctrl-C or a stop signal came: no write starts after it.
         self._interrupted = threading.Event()
@@ -553,25 +556,41 @@ class Exporter:
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=max(1, self._threads), thread_name_prefix="ad-export")
-        futures: list[Future[ExportResult | None]] = []
+        futures: list[Future[None]] = []
         try:  # handing over too: the writes handed over before an interruption start at once
             for p in ready:
-                futures.append(self._executor.submit(self._write_one, p))
-            for p, future in zip(ready, futures, strict=True):
-                p.result = future.result()
+                futures.append(self._executor.submit(self._write_into, p))
+            for future in futures:
+                future.result()
         except KeyboardInterrupt:
-            self._finish_interrupted(ready[: len(futures)], futures)
+            self._finish_interrupted(futures)
             raise
 
-    def _finish_interrupted(self, ready: list[_Planned], futures: list[Future[ExportResult | None]]) -> None:
-        """After Ctrl-C or a stop signal: start no more writes, wait for those under way, keep their results.
+    def _write_into(self, p: _Planned) -> None:
+        """Write ``p`` and record its result on it, in the worker.
 
-        A second interruption while waiting stops the wait; the writes finished by then are still kept.
+        Why the worker records it, not this thread from the future: an interruption can come in after
+        ``submit`` handed a write over and before its future was kept, and that write (the DC took it)
+        was then left pending, to be written again by the next export.
+        """
+        with self._writes_lock:
+            self._writes_started += 1
+        try:
+            p.result = self._write_one(p)
+        finally:
+            with self._writes_lock:
+                self._writes_started -= 1
+
+    def _finish_interrupted(self, futures: list[Future[None]]) -> None:
+        """After Ctrl-C or a stop signal: start no more writes, wait for those under way; each records its result.
+
+        A second interruption while waiting stops the wait; the writes finished by then are still recorded.
         """
         self._interrupted.set()
         for future in futures:
             future.cancel()
-        running = sum(1 for future in futures if not future.done())
+        with self._writes_lock:
+            running = self._writes_started
         if running:
             self.log.warning(
                 "interrupted: waiting for %d LDAP write%s under way so that %s recorded; interrupt again to stop "
@@ -581,12 +600,9 @@ class Exporter:
                 "they are" if running != 1 else "it is",
                 "them" if running != 1 else "it",
             )
-        try:
-            wait(futures)
-        finally:
-            for p, future in zip(ready, futures, strict=True):
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    p.result = future.result()
+        executor, self._executor = self._executor, None
+        if executor is not None:  # every write handed over, kept in ``futures`` or not
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def _write_one(self, p: _Planned) -> ExportResult | None:
         """Write one object; None when it was not tried because a reconnect or an interruption stopped the step."""

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,38 @@ def test_sigterm_mid_export_records_the_photos_the_dc_took(
     in_ad = {name for name in names if ad_env.read(name, "thumbnailPhoto", people)}
     assert len(in_ad) == len(written) >= 3
     assert _pending(config) == len(names) - len(in_ad)  # what the DC took is recorded, the rest pending
+
+
+def test_an_interruption_just_after_a_write_was_handed_over_still_records_it(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the fresh-clone CI on a busy machine (test_sigterm_mid_export_records_the_photos_the_dc_took[3]:
+    5 photos in AD, 4 recorded): a signal that came in after ``submit`` handed a write to a worker and
+    before its future was kept left that write out of the wait; the DC took it and it stayed pending, to
+    be written again. Here the interruption comes exactly there, once the handed-over write is answered:
+    the worker records it itself now."""
+    people, names, photos = _people_with_photos(ad_env, 8)
+    config = folder_to_ad(ad_env, people, photos, export_connections=3)
+    code, out, err = invoke("run", "Prepare", "-c", str(config))
+    assert code == 0, out + err
+    handed: list[Future[Any]] = []
+
+    class InterruptedAfterTheThird(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future = super().submit(fn, *args, **kwargs)
+            handed.append(future)
+            if len(handed) == 3:
+                wait(handed)  # the DC has taken the three writes handed over
+                raise KeyboardInterrupt  # Ctrl-C before `submit`'s caller kept the third future
+            return future
+
+    monkeypatch.setattr(_export, "ThreadPoolExecutor", InterruptedAfterTheThird)
+    code, out, err = invoke("run", "Export", "-c", str(config))
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    in_ad = {name for name in names if ad_env.read(name, "thumbnailPhoto", people)}
+    assert len(in_ad) == 3, in_ad
+    assert _pending(config) == len(names) - 3  # the third write, handed over but not kept, is recorded too
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends a signal to a thread (pthread_kill)")
