@@ -57,7 +57,7 @@ from connector.net import (
 from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
-__all__ = ["MAX_PHOTO_BYTES", "EwsFault", "Fetched", "PhotoClient", "ews_fault", "throttle_signal"]
+__all__ = ["MAX_PHOTO_BYTES", "REFUSALS_TO_STOP", "EwsFault", "Fetched", "PhotoClient", "ews_fault", "throttle_signal"]
 
 #: At most 15 digits (31,000 years): a longer value is no wait named (and int() refuses 4,300 digits).
 _BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d{1,15})\s*<')
@@ -89,6 +89,16 @@ _ACCOUNT_CHECKS = (
     f'EwsAllowList must let this agent\'s user agent through, "{USER_AGENT}": add mvsync/*)'
 )
 _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
+#: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403),
+#: none read meanwhile, make the refusal the account's rather than each mailbox's (``_refused_everywhere``).
+#: Why 10: a mailbox can be refused on its own (its permissions restricted, outside the account's
+#: impersonation scope), and the first ones of a list may be such: two in a row stopped the step. If a
+#: share p of the list is refused on its own, ten in a row happen by chance with odds p**10 (1e-10 at 10 %,
+#: 1e-3 even at half the list), while an account refused everywhere stops after ten errors (and what was in
+#: flight), not one per mailbox of thousands. A stop loses nothing: every photo imported before is kept.
+REFUSALS_TO_STOP = 10
+#: Answers that show the account reading a mailbox: a photo, "unchanged", "no photo" (without a SOAP fault).
+_READ_STATUS = frozenset({200, 304, 404})
 #: Faults about one mailbox that pass, but not within a run, with an error of their own: its name, and
 #: what it says (the photo imported before is kept, and the mailbox asked again in the error window).
 _PASSING_FAULTS = {
@@ -320,8 +330,12 @@ class PhotoClient:
         #: The latest mailbox with a working answer, and the latest asked for: what a recheck asks
         self._worked: str | None = None
         self._asked: str | None = None
-        #: The latest mailbox refused with a bare 403: what a 403 of another one asks again.
-        self._refused: str | None = None
+        #: The distinct mailboxes refused since the last one read (``_refused_everywhere``), the latest
+        #: mailbox read in this step, one read in an earlier run, and how many this step asks (``plan``).
+        self._refusals: set[str] = set()
+        self._read: str | None = None
+        self._read_before: str | None = None
+        self._due: int | None = None
         self.watch = ThrottleWatch(
             settings.where,
             settings.max_throttled_wait_minutes,
@@ -364,6 +378,12 @@ class PhotoClient:
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counters[name] += n
+
+    def plan(self, due: int, read_before: str | None) -> None:
+        """What the step will ask: ``due`` mailboxes, and ``read_before``, one whose photo an earlier run read
+        (None if none): what judges refusals when fewer than ``REFUSALS_TO_STOP`` are due."""
+        with self._lock:
+            self._due, self._read_before = due, read_before
 
     def check_endpoint(self, email: str) -> None:
         """Stop before the first mailbox if ews_url does not lead to an EWS that has GetUserPhoto.
@@ -451,7 +471,7 @@ class PhotoClient:
             try:
                 resp = self._send(email, size, headers)
             except _Oversized as big:
-                self._answered(ticket, email, True)
+                self._answered(ticket, email, True, read=True)
                 return _oversized(email, big)
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
@@ -471,7 +491,8 @@ class PhotoClient:
                         return _stopped()
                     continue
                 fault = ews_fault(resp)
-                self._answered(ticket, email, _is_answer(resp, fault), allowed=_allowed(resp))
+                read = fault is None and resp.status_code in _READ_STATUS
+                self._answered(ticket, email, _is_answer(resp, fault), allowed=_allowed(resp), read=read)
                 outcome = self._answer(email, resp, fault, conditional=bool(headers))
                 if outcome is not None:
                     return outcome
@@ -531,9 +552,14 @@ class PhotoClient:
         )
         return Fetched("error", error="throttled", detail=detail)
 
-    def _answered(self, ticket: Ticket, email: str, worked: bool, *, allowed: bool = True) -> None:
+    def _answered(self, ticket: Ticket, email: str, worked: bool, *, allowed: bool = True, read: bool = False) -> None:
         """Release ``ticket``; ``worked``: EWS is at work (a plain 5xx is a failure, not a working answer);
-        ``allowed``: and it lets the account read mailboxes (not a 403), so ``email`` is one to ask again."""
+        ``allowed``: and it lets the account read mailboxes (not a 403), so ``email`` is one to ask again;
+        ``read``: the account read the mailbox (``_READ_STATUS``), which ends a run of refusals."""
+        if read:
+            with self._lock:
+                self._read = email
+                self._refusals.clear()
         if worked:
             self.answers.answered()
             self.watch.progressed()
@@ -591,10 +617,25 @@ class PhotoClient:
         )
 
     def _refused_everywhere(self, email: str) -> str | None:
-        """Why the account, not ``email``, is refused, if another mailbox is refused too: one that had
-        worked, else the one refused before (``_fails_again``); None when it is not."""
-        previous, self._refused = self._refused, email
-        return self._fails_again(email, _allowed, previous)
+        """Why the account, not ``email``, is refused; None while it may be the mailbox's own refusal.
+
+        Judged once ``REFUSALS_TO_STOP`` distinct mailboxes (or every mailbox due, when fewer are) were
+        refused with none read meanwhile: then a mailbox read before (in this step, else in an earlier
+        run) is asked again (``_fails_again``): refused too, it is the account; answered, the refusals are
+        the mailboxes' own, and the count starts again. With no mailbox ever read, it is the account.
+        Any mailbox read ends the run of refusals: refusals among reads are the mailboxes' own.
+        """
+        with self._lock:
+            self._refusals.add(email)
+            streak = len(self._refusals)
+            if streak < min(REFUSALS_TO_STOP, self._due or REFUSALS_TO_STOP):
+                return None
+            self._refusals.clear()
+            read = self._read or self._read_before
+        if read is None:
+            return f"the first {streak} mailboxes asked were refused too, none read"
+        said = f"{read}, whose photo was read before, was refused too when asked again"
+        return self._fails_again(email, _allowed, other=read, evidence=said)
 
     @property
     def _account(self) -> str:
@@ -604,20 +645,22 @@ class PhotoClient:
         self,
         email: str,
         worked: Callable[[requests.Response], bool],
-        fallback: str | None = None,
         *,
+        other: str | None = None,
+        evidence: str = RECHECKED,
         alone: str | None = None,
     ) -> str | None:
-        """Why the server (or the account) fails, if a mailbox that had a working answer (before any,
-        ``fallback``, else another mailbox asked for) fails too, as ``worked`` judges an answer;
-        None if it answers, ``alone`` if there is no other mailbox to ask.
+        """Why the server (or the account) fails, if a mailbox that had a working answer (``other``, else
+        the latest; before any, another mailbox asked for) fails too, as ``worked`` judges an answer
+        (``evidence`` says so); None if it answers, ``alone`` if there is no other mailbox to ask.
 
         A plain 5xx is an answer about one mailbox (a broken or moved one answers 500 every time),
         or a server, or load balancer, failing everything: ``connector.net.fails_again``.
         """
-        other, evidence = self._worked, RECHECKED
         if other is None:
-            candidate = self._asked if fallback is None else fallback
+            other = self._worked
+        if other is None:
+            candidate = self._asked
             other, evidence = (candidate if candidate != email else None), "another mailbox failed too"
         if other is None:
             return alone

@@ -15,7 +15,8 @@ photo only when its window passed: ``photo_recheck_hours`` after the last check,
 2013's ``UserPhotoExpiration`` and ``UserPhotoErrorExpiration``, field-notes-2.md §1.5). EWS has no
 change feed for photos (§1.6), so a re-check is a conditional GET with the stored ETag: 304 costs no
 body. Every failure is a per-object import error; only authentication, an EWS closed to the account
-(a 403, or every mailbox denied: ``PhotoClient._refused_everywhere``), an outage, or an ews_url that
+(a 403, or ``REFUSALS_TO_STOP`` mailboxes denied in a row, none read:
+``PhotoClient._refused_everywhere``), an outage, or an ews_url that
 is no EWS or is older than Exchange 2013 (no GetUserPhoto, ``_versions``; asked before the first
 mailbox) stops the step.
 
@@ -32,7 +33,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -261,6 +262,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         cuts = (now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600, now)
         due = [email for email in listed[done:] if run.full or (row := known.get(email)) is None or _due(row, *cuts)]
         if due:
+            self.client.plan(len(due), _read_before(listed, known))
             self.client.check_endpoint(due[0])
         for index, email in enumerate(due, done):
             if run.full and index > done and index % max(1, run.page_size) == 0:
@@ -332,6 +334,12 @@ def _add_addresses(out: dict[str, None], lines: Iterable[str], key: str, path: P
             )
             raise ConfigurationError(msg, key=key)
         out[written.lower()] = None
+
+
+def _read_before(listed: list[str], known: Mapping[str, UserState | None]) -> str | None:
+    """A listed mailbox whose last check read it (no error): what tells the account refused from a few
+    mailboxes refused on their own, when fewer than ``REFUSALS_TO_STOP`` are due (``PhotoClient.plan``)."""
+    return next((email for email in listed if (row := known.get(email)) and row.in_cs and row.error is None), None)
 
 
 def _prefix_digest(listed: list[str], count: int) -> str:

@@ -1750,3 +1750,65 @@ def test_ews_disabled_for_the_organisation_stops_the_step_once(tmp_path: Path) -
         asked = emu.stats()["blocked"]
     assert "EwsEnabled" in str(caught.value) and emu.info["password"] not in str(caught.value)
     assert asked < len(emails)  # the two probes and a few mailboxes, not one error per mailbox
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_the_first_mailboxes_refused_one_by_one_are_their_own_errors_not_the_account(
+    ews: EwsEmulator, tmp_path: Path, concurrency: int
+) -> None:
+    """The first two mailboxes of the list are refused on their own (one whose permissions were
+    restricted, ErrorAccessDenied; one outside the account's impersonation scope, ErrorImpersonateUserDenied),
+    the other 18 answer. Before, the second refusal asked the first again, which was refused too, and
+    the step stopped "refused everywhere" (stopped-authentication) with 18 readable mailboxes never
+    asked. Now two refusals and no read is not "every mailbox": each is its own permission-issue."""
+    emails = _many_mailboxes(ews, tmp_path, 20)
+    ews.set_answer(emails[0], 500, soap_fault("ErrorAccessDenied", "Access is denied. Check credentials."))
+    ews.set_answer(emails[1], 500, soap_fault("ErrorImpersonateUserDenied", "The account may not impersonate."))
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=concurrency))
+    errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
+    assert {anchor: error.name for anchor, error in errors.items()} == dict.fromkeys(emails[:2], "permission-issue")
+    assert all(entries[email].attributes["EXSPhoto"] for email in emails[2:])
+
+
+def test_an_account_refused_everywhere_stops_after_the_first_few_mailboxes_not_the_whole_list(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Every mailbox refuses the account (its ApplicationImpersonation role removed) on the first run:
+    the step stops (stopped-authentication) once the first REFUSALS_TO_STOP distinct mailboxes were
+    refused and none was read, having asked no more than those and what was in flight, not the whole
+    list; the message says how many were refused."""
+    emails = _many_mailboxes(ews, tmp_path, 60)
+    refused = soap_fault("ErrorImpersonateUserDenied", "The account does not have permission to impersonate.")
+    for email in emails:
+        ews.set_answer(email, 500, refused)
+    with pytest.raises(AuthenticationError) as caught:
+        _imported(_agent(ews, tmp_path, concurrency=4))
+    asked = sum(len(ews.canned_times(email)) for email in emails)
+    first = _client.REFUSALS_TO_STOP
+    assert first <= asked <= first + 4, asked  # at most the ones in flight besides
+    said = str(caught.value)
+    assert f"and the first {first} mailboxes asked were refused too, none read" in said, said
+    assert caught.value.status == "stopped-authentication"
+
+
+def test_a_few_mailboxes_due_and_refused_are_their_own_errors_when_one_read_before_still_answers(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """A delta import where only two mailboxes are due (they failed last time) and both are refused
+    on their own: before, the second refusal asked the first again and the step stopped "refused
+    everywhere", every hour. Now, with fewer mailboxes due than REFUSALS_TO_STOP, all refused, a mailbox
+    read in an earlier run is asked again; it answers, so each refusal is the mailbox's own error."""
+    a, b = "a@contoso.example", "b@contoso.example"
+    ews.add_mailbox(a, photo=photo(3))
+    ews.add_mailbox(b, photo=photo(4))
+    _listing(tmp_path, PHOTO, a, b)
+    for email in (a, b):
+        ews.set_answer(email, 500, soap_fault("ErrorInvalidSmtpAddress", "No mailbox associated."))
+    _, watermark = _imported(_agent(ews, tmp_path))
+    for email in (a, b):
+        ews.set_answer(email, 500, soap_fault("ErrorAccessDenied", "Access is denied."))
+    entries, _ = _imported(_agent(ews, tmp_path, photo_error_recheck_hours=0), watermark)
+    assert {anchor: entry.error.name for anchor, entry in entries.items() if entry.error} == dict.fromkeys(
+        (a, b), "permission-issue"
+    )
+    assert PHOTO not in entries  # not due: only asked again to judge the refusals
