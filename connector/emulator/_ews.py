@@ -58,6 +58,12 @@ every SOAP answer                      a ``ServerVersionInfo`` SOAP header (getu
                                        example: 15.0.556.8 ``Exchange2013``; "Versioning EWS requests"'s
                                        example for Exchange 2010 SP1: 14.0.478.0 ``Exchange2010_SP1``);
                                        ASSUMPTION: faults carry it too
+``pool=("Exchange2013",                a mixed pool of servers behind one EWS URL (a load balancer): each
+"Exchange2010_SP1")``                  request, once authenticated, is answered by the next server in turn,
+                                       as that server would. ASSUMPTION: Microsoft documents no such pool
+                                       (its coexistence guidance points the namespace at the newer
+                                       servers), nor how a balancer spreads requests; round robin per
+                                       request is the simplest spread, and the worst case for the checks
 ``add_mailbox(.., server_version=      the mailbox sits on an Exchange 2010 server of a mixed organisation:
 "Exchange2010_SP1")``                  its REST and SOAP ``GetUserPhoto`` answer 500 SOAP fault
                                        ``ErrorInvalidSchemaVersionForMailboxVersion`` (ResponseCode
@@ -225,6 +231,9 @@ class EwsConfig:
     #: (``*`` a wildcard, case ignored); None: no application access policy.
     ews_allow_list: tuple[str, ...] | None = None
     server_version: Literal["Exchange2010_SP1", "Exchange2013"] = "Exchange2013"
+    #: A load-balanced pool behind the one EWS URL: the release of each server, each request (once
+    #: authenticated) answered by the next in turn; empty: ``server_version`` alone (see the docstring).
+    pool: tuple[Literal["Exchange2010_SP1", "Exchange2013"], ...] = ()
     #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
     extended_protection: bool = False
     photo_templates: int = 24
@@ -324,6 +333,8 @@ class EwsService:
         self.latency_s = config.latency_ms / 1000.0
         self.max_concurrency = config.max_concurrency
         self.version = SERVER_VERSIONS[config.server_version]
+        self.pool = [SERVER_VERSIONS[name] for name in config.pool]
+        self._turn = 0
         self.in_flight = 0
         self.peak_in_flight = 0
         self.bearer_validator = bearer_validator
@@ -454,7 +465,17 @@ class EwsService:
         finally:
             self.in_flight -= 1
 
+    def _answering(self) -> ServerVersion:
+        """The release of the server that answers this request: the next of the pool in turn, if any."""
+        if not self.pool:
+            return self.version
+        version = self.pool[self._turn % len(self.pool)]
+        self._turn += 1
+        self.stats.count(f"answered_by_{version.schema}")
+        return version
+
     async def _serve(self, req: Request, path: str) -> Response:
+        version = self._answering()
         fault = self.faults.draw(req.method, req.target)
         delay = self.latency_s + fault.extra_latency_s
         if delay > 0:
@@ -470,23 +491,23 @@ class EwsService:
             self.stats.faults[fault.kind] += 1
             return Response(int(fault.kind), b"Service Unavailable")
         if path == SOAP_PATH:
-            response = await self._soap(req)
+            response = await self._soap(req, version)
         else:
-            response = await self._rest(req)
+            response = await self._rest(req, version)
         if fault.kind in ("reset", "truncate"):
             self.stats.faults[fault.kind] += 1
             response.fault = fault.kind
         self.stats.by_status[str(response.status)] += 1
         return response
 
-    async def _rest(self, req: Request) -> Response:
+    async def _rest(self, req: Request, version: ServerVersion) -> Response:
         if req.method != "GET":
             return Response(405, b"Method Not Allowed", [("Allow", "GET")])
         query = req.query
         email, pixels = query.get("email", ""), _pixels(query.get("size", "HR648x648"))
         if pixels is None:
             return Response(400, b"Bad Request: unknown size code")
-        if not self.version.has_user_photos:  # ASSUMPTION (module docstring): no /s/ handler before 2013
+        if not version.has_user_photos:  # ASSUMPTION (module docstring): no /s/ handler before 2013
             return Response(404, b"Not Found")
         canned = self._canned(email.lower())
         if canned is not None:
@@ -494,7 +515,7 @@ class EwsService:
         box = self.mailboxes.get(email.lower())
         if box is None:
             return Response(404 if self.config.unknown_mailbox == "404" else 500, b"")
-        if (elsewhere := self._on_older_server(box)) is not None:
+        if (elsewhere := self._on_older_server(box, version)) is not None:
             return elsewhere
         self.stats.count("photo_requests")
         choice = self._choose(box, pixels)
@@ -523,41 +544,41 @@ class EwsService:
                 self.answers_left[key] = left - 1
         return canned
 
-    def _fault(self, status: int, code: str, message: str) -> Response:
-        """A SOAP fault with this server's ``ServerVersionInfo`` header."""
-        return Response(status, soap_fault(code, message, header=self.version.header()), list(_XML))
+    def _fault(self, status: int, code: str, message: str, version: ServerVersion) -> Response:
+        """A SOAP fault with the answering server's ``ServerVersionInfo`` header."""
+        return Response(status, soap_fault(code, message, header=version.header()), list(_XML))
 
-    def _on_older_server(self, box: Mailbox) -> Response | None:
+    def _on_older_server(self, box: Mailbox, version: ServerVersion) -> Response | None:
         """The fault for a mailbox held by an Exchange server without GetUserPhoto (a mixed organisation)."""
         if box.server_version is None or SERVER_VERSIONS[box.server_version].has_user_photos:
             return None
         message = "The mailbox that was requested doesn't support the specified RequestServerVersion."
-        return self._fault(500, "ErrorInvalidSchemaVersionForMailboxVersion", message)
+        return self._fault(500, "ErrorInvalidSchemaVersionForMailboxVersion", message, version)
 
-    def _unserved_version(self, root: ElementTree.Element) -> Response | None:
+    def _unserved_version(self, root: ElementTree.Element, version: ServerVersion) -> Response | None:
         """The fault of a server that does not know the request's RequestServerVersion, or GetUserPhoto."""
         asked = root.find(f".//{{{_NS_T}}}RequestServerVersion")
-        if asked is not None and asked.get("Version") not in self.version.knows:
-            return self._fault(500, "ErrorInvalidServerVersion", "The specified server version is invalid.")
-        if not self.version.has_user_photos and root.find(f".//{{{_NS_M}}}GetUserPhoto") is not None:
-            return self._fault(500, "ErrorSchemaValidation", "The request failed schema validation.")
+        if asked is not None and asked.get("Version") not in version.knows:
+            return self._fault(500, "ErrorInvalidServerVersion", "The specified server version is invalid.", version)
+        if not version.has_user_photos and root.find(f".//{{{_NS_M}}}GetUserPhoto") is not None:
+            return self._fault(500, "ErrorSchemaValidation", "The request failed schema validation.", version)
         return None
 
-    async def _soap(self, req: Request) -> Response:
+    async def _soap(self, req: Request, version: ServerVersion) -> Response:
         """SOAP GetUserPhoto: ``HasChanged`` and ``PictureData`` instead of 304 and a body."""
         try:
             root = ElementTree.fromstring(req.body)
             email = root.findtext(f".//{{{_NS_M}}}GetUserPhoto/{{{_NS_M}}}Email") or ""
             code = root.findtext(f".//{{{_NS_M}}}GetUserPhoto/{{{_NS_M}}}SizeRequested") or ""
         except ElementTree.ParseError:
-            return self._fault(400, "ErrorSchemaValidation", "The request failed schema validation.")
-        if (unserved := self._unserved_version(root)) is not None:
+            return self._fault(400, "ErrorSchemaValidation", "The request failed schema validation.", version)
+        if (unserved := self._unserved_version(root, version)) is not None:
             return unserved
         pixels = _pixels(code)
         box = self.mailboxes.get(email.lower())
         if pixels is None or box is None:  # the operation page: "A 500 HTTP status code will be returned"
-            return self._fault(500, "ErrorInvalidRequest", "The request is invalid.")
-        if (elsewhere := self._on_older_server(box)) is not None:
+            return self._fault(500, "ErrorInvalidRequest", "The request is invalid.", version)
+        if (elsewhere := self._on_older_server(box, version)) is not None:
             return elsewhere
         self.stats.count("photo_requests")
         choice = self._choose(box, pixels)
@@ -567,7 +588,7 @@ class EwsService:
         changed = req.headers.get("if-none-match") != etag
         data = await self._bytes(box, choice) if changed else b""
         body = (
-            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}">{self.version.header()}<s:Body>'
+            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{_NS_SOAP}">{version.header()}<s:Body>'
             f'<GetUserPhotoResponse ResponseClass="Success" xmlns="{_NS_M}"><ResponseCode>NoError</ResponseCode>'
             f"<HasChanged>{'true' if changed else 'false'}</HasChanged>"
             f"<PictureData>{base64.b64encode(data).decode()}</PictureData><ContentType>image/jpeg</ContentType>"

@@ -270,3 +270,19 @@ def test_ews_closed_to_the_organisation_or_to_an_application_by_its_user_agent()
         emu.config.ews_enabled = False
         assert _get(http, emu, MAIL, headers={"User-Agent": "mvsync/1.0"}).status_code == 403
         assert emu.stats()["blocked"] == 2
+
+
+def test_a_mixed_pool_answers_each_request_as_the_next_server_in_turn() -> None:
+    """pool=(2013, 2010): behind one URL, requests alternate between an Exchange 2013 server (the photo,
+    ServerVersionInfo 15) and an Exchange 2010 one (ErrorInvalidServerVersion to the SOAP request, 404 to
+    the REST form), each answer as that server alone would give it (an ASSUMPTION, see the docstring)."""
+    with EwsEmulator(EwsConfig(pool=("Exchange2013", "Exchange2010_SP1"))) as emu:
+        emu.add_mailbox(MAIL, photo=photo(1))
+        http = _session(emu)
+        assert [_get(http, emu, MAIL).status_code for _ in range(4)] == [200, 404, 200, 404]
+        answers = [_soap(emu, SOAP.format(email=MAIL, size="HR48x48")) for _ in range(2)]
+        assert [answer.status_code for answer in answers] == [200, 500]
+        assert [_server_version(answer)["MajorVersion"] for answer in answers] == ["15", "14"]
+        assert b">ErrorInvalidServerVersion<" in answers[1].content
+        stats = emu.stats()
+    assert (stats["answered_by_Exchange2013"], stats["answered_by_Exchange2010_SP1"]) == (3, 3)

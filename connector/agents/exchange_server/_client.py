@@ -41,7 +41,7 @@ import requests
 
 from connector.agents.exchange_server._auth import USER_AGENT, refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
-from connector.agents.exchange_server._versions import older_than_2013, probe
+from connector.agents.exchange_server._versions import older_release, older_than_2013, probe
 from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
 from connector.net import (
     RECHECKED,
@@ -57,7 +57,16 @@ from connector.net import (
 from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError
 from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
-__all__ = ["MAX_PHOTO_BYTES", "REFUSALS_TO_STOP", "EwsFault", "Fetched", "PhotoClient", "ews_fault", "throttle_signal"]
+__all__ = [
+    "MAX_PHOTO_BYTES",
+    "REFUSALS_TO_STOP",
+    "VERSION_PROBES",
+    "EwsFault",
+    "Fetched",
+    "PhotoClient",
+    "ews_fault",
+    "throttle_signal",
+]
 
 #: At most 15 digits (31,000 years): a longer value is no wait named (and int() refuses 4,300 digits).
 _BACKOFF = re.compile(rb'Name="BackOffMilliseconds"[^>]*>\s*(\d{1,15})\s*<')
@@ -97,6 +106,16 @@ _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
 #: 1e-3 even at half the list), while an account refused everywhere stops after ten errors (and what was in
 #: flight), not one per mailbox of thousands. A stop loses nothing: every photo imported before is kept.
 REFUSALS_TO_STOP = 10
+#: How many times the version probe is asked, each on a new connection, before an answer from a server
+#: older than Exchange 2013 stops the step (``PhotoClient.check_endpoint``). Why more than once: behind a
+#: load balancer over a mixed pool (ASSUMPTION: Microsoft documents no such pool; its coexistence guidance
+#: points the namespace at the newer servers), one probe can land on an Exchange 2010 server while most
+#: requests would land on newer ones. If a share s of the servers is older, five probes all land there with
+#: odds s**5 (3 % at half, 0.1 % at a quarter); a server that is older through and through costs four more
+#: requests, once, in a step that stops anyway.
+VERSION_PROBES = 5
+#: A SOAP GetUserPhoto answer that carries a picture (base64 ``PictureData``).
+_PICTURE = re.compile(rb"<(?:[\w.-]+:)?PictureData\s*>\s*[A-Za-z0-9+/]")
 #: Answers that show the account reading a mailbox: a photo, "unchanged", "no photo" (without a SOAP fault).
 _READ_STATUS = frozenset({200, 304, 404})
 #: Faults about one mailbox that pass, but not within a run, with an error of their own: its name, and
@@ -175,6 +194,12 @@ def ews_fault(resp: requests.Response) -> EwsFault | None:
     text = _FAULT_TEXT.search(body)
     message = text[1].decode("utf-8", "replace").strip() if text else ""
     return EwsFault(code[1].decode("ascii"), message)
+
+
+def _says_no_photo(resp: requests.Response) -> bool:
+    """Whether a SOAP GetUserPhoto answer without a fault says "no photo": 404, or a 200 without
+    ``PictureData`` (see ``PhotoClient._confirmed_none``)."""
+    return resp.status_code == 404 or (resp.status_code == 200 and not _PICTURE.search(resp.content))
 
 
 def _is_answer(resp: requests.Response, fault: EwsFault | None) -> bool:
@@ -324,7 +349,16 @@ class PhotoClient:
         self.limiter = limiter
         self._own_cancel = cancel
         self.url = settings.ews_url + "/s/GetUserPhoto"
-        self.counters = {"requests": 0, "throttled": 0, "retries": 0, "backoff_ms_honoured": 0}
+        self.counters = {
+            "requests": 0,
+            "throttled": 0,
+            "retries": 0,
+            "backoff_ms_honoured": 0,
+            "older_server_answers": 0,
+        }
+        #: A server older than Exchange 2013 answered behind ews_url, which a newer one answers too (a
+        #: mixed pool): every "no photo" is then asked again (``_confirmed_none``).
+        self.mixed = False
         #: When any thread last had a working answer from EWS: tells an outage from one mailbox's trouble.
         self.answers = AnswerClock()
         #: The latest mailbox with a working answer, and the latest asked for: what a recheck asks
@@ -405,12 +439,21 @@ class PhotoClient:
                 "https://<server>/EWS/Exchange.asmx (Get-WebServicesVirtualDirectory | fl InternalUrl)"
             )
             raise ConfigurationError(msg, key="ews_url")
-        resp = self._post(probe(email))
-        fault = ews_fault(resp) if resp is not None else None
-        if resp is not None and fault is not None:
-            said = older_than_2013(s.where, resp.content, fault.code, str(fault))
-            if said is not None:
-                raise ConfigurationError(said, key="ews_url")
+        older = ""
+        for attempt in range(VERSION_PROBES):
+            if attempt:
+                self.session.close()  # a new connection, which a load balancer may send to another server
+            resp = self._post(probe(email))
+            fault = ews_fault(resp) if resp is not None else None
+            said = None
+            if resp is not None and fault is not None:
+                said = older_than_2013(s.where, resp.content, fault.code, str(fault))
+            if said is None:
+                self.mixed = bool(older)
+                return
+            older = said
+            self.count("older_server_answers")
+        raise ConfigurationError(f"{older} (the same answer to all {VERSION_PROBES} checks)", key="ews_url")
 
     def _post(self, body: bytes) -> requests.Response | None:
         """One SOAP request of ``check_endpoint``, its answer read within the bounds of ``_read_head``
@@ -443,9 +486,12 @@ class PhotoClient:
                 break
         return None
 
-    def fetch(self, email: str, etag: str | None) -> Fetched:
-        """The mailbox's photo at the configured size; ``etag`` makes it conditional."""
+    def fetch(self, email: str, etag: str | None, *, had_photo: bool = False) -> Fetched:
+        """The mailbox's photo at the configured size; ``etag`` makes it conditional; ``had_photo``: the
+        connector space holds a photo of it, which a "no photo" would remove (``_confirmed_none``)."""
         got = self._get(email, self.settings.photo_size, etag)
+        if got.kind == "none" and (had_photo or self.mixed):
+            return self._confirmed_none(email)
         if got.kind != "photo" or self.settings.accept_ad_thumbnail or got.data is None:
             return got
         if got.pixels > 96:  # AD thumbnails are 96x96 at most by convention
@@ -456,6 +502,38 @@ class PhotoClient:
         if small.kind == "photo" and small.data == got.data:
             return Fetched("none", etag=got.etag)
         return got
+
+    def _confirmed_none(self, email: str) -> Fetched:
+        """A 404 ("no photo") to the REST GetUserPhoto, asked again as the version probe asks (SOAP,
+        ``RequestServerVersion Exchange2013``): "no photo" only if a server that knows that version says
+        so too (404, or no ``PictureData``; ASSUMPTION: the operation page does not say how SOAP answers
+        for a mailbox without a photo, so both are taken). Else the mailbox's error, its photo kept.
+
+        Why: an Exchange 2010 server has no GetUserPhoto, and what its REST form answers is undocumented
+        (``_versions``); a 404 from one, behind a load balancer that also sends requests to newer servers,
+        would take the photo out of the connector space, and clear thumbnailPhoto at the next export.
+        Asked only when a photo would go, or once an older server was seen (``mixed``): one request more.
+        """
+        resp = self._post(probe(email))
+        fault = ews_fault(resp) if resp is not None else None
+        release = older_release(resp.content, fault.code if fault else None) if resp is not None else None
+        if resp is not None and fault is None and release is None and _says_no_photo(resp):
+            return Fetched("none")
+        then = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
+        if release is not None:
+            self.mixed = True
+            detail = (
+                f"GetUserPhoto for {email} answered 404 (no photo), and asked again it was answered by {release}, "
+                f"which has no GetUserPhoto, behind {self.settings.ews_url}: a load balancer sends requests to it as "
+                f"well as to newer servers; {then}. Take the servers older than Exchange 2013 out of that pool"
+            )
+            return Fetched("error", error="server-older-than-2013", detail=detail)
+        answer = "no answer" if resp is None else f"HTTP {resp.status_code}" + (f" ({fault})" if fault else "")
+        detail = (
+            f"GetUserPhoto for {email} answered 404 (no photo), but asked again in SOAP it answered {answer}, not "
+            f'"no photo"; {then}. If this recurs, check the servers behind {self.settings.ews_url}'
+        )
+        return Fetched("error", error="ews-error", detail=detail)
 
     def _get(self, email: str, size: str, etag: str | None) -> Fetched:
         s = self.settings

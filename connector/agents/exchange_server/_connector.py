@@ -127,9 +127,14 @@ class _PhotoWorker(Worker[_Task]):
     def run(self, tasks: list[Deferred[_Task]], cancel: threading.Event) -> list[list[ImportItem]]:
         client = self.connector.client
         client.follow(cancel)  # Ctrl-C stops a retry backoff or a throttling pause at once
-        results = [self._outcome(d.task, client.fetch(d.task.email, d.task.etag)) for d in tasks]
+        results = [self._outcome(d.task, self._fetch(client, d.task)) for d in tasks]
         results[0] += self.limit.update()  # a limit measured meanwhile: committed with the first task's items
         return results
+
+    @staticmethod
+    def _fetch(client: PhotoClient, task: _Task) -> Fetched:
+        had_photo = task.row is not None and task.row.in_cs and task.row.checksum is not None
+        return client.fetch(task.email, task.etag, had_photo=had_photo)
 
     def _outcome(self, task: _Task, got: Fetched) -> list[ImportItem]:
         email, row, now = task.email, task.row, time.time()
@@ -264,6 +269,14 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         if due:
             self.client.plan(len(due), _read_before(listed, known))
             self.client.check_endpoint(due[0])
+            if self.client.mixed:
+                self.context.logger.warning(
+                    "%s answered as a server older than Exchange 2013 to %d of its version checks, and as a newer "
+                    'one too: a load balancer sends requests to both; every "no photo" is asked again, and a photo '
+                    "request the older server answers is that mailbox's error, its photo kept",
+                    self.settings.where,
+                    self.client.counters["older_server_answers"],
+                )
         for index, email in enumerate(due, done):
             if run.full and index > done and index % max(1, run.page_size) == 0:
                 yield Checkpoint(_checkpoint(listed, index))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from xml.sax.saxutils import escape
 
-__all__ = ["older_than_2013", "probe"]
+__all__ = ["older_release", "older_than_2013", "probe"]
 
 _PROBE = (
     '<?xml version="1.0" encoding="utf-8"?>'
@@ -56,9 +56,9 @@ def _release(version: dict[str, str]) -> str:
     return f"{product} (version {'.'.join(parts)}{schema})"
 
 
-def older_than_2013(where: str, body: bytes, fault_code: str | None, said: str) -> str | None:
-    """What to tell the administrator when the probe's answer (``body``, its SOAP fault's code and
-    text ``said``) comes from a server older than Exchange 2013; None when it does not."""
+def older_release(body: bytes, fault_code: str | None) -> str | None:
+    """The release that answered the probe (``body``, its SOAP fault's code), when it is older than
+    Exchange 2013 ("Exchange 2010 (version 14.0.478.0, schema Exchange2010_SP1)"); None when it is not."""
     version = _server_version(body)
     major = version.get("MajorVersion", "")
     if major.isdigit():
@@ -66,7 +66,15 @@ def older_than_2013(where: str, body: bytes, fault_code: str | None, said: str) 
             return None
     elif fault_code != _UNKNOWN_VERSION:
         return None
-    release = _release(version) if version else "older than Exchange 2013 (its answer names no version)"
+    return _release(version) if version else "older than Exchange 2013 (its answer names no version)"
+
+
+def older_than_2013(where: str, body: bytes, fault_code: str | None, said: str) -> str | None:
+    """What to tell the administrator when the probe's answer (``body``, its SOAP fault's code and
+    text ``said``) comes from a server older than Exchange 2013; None when it does not."""
+    release = older_release(body, fault_code)
+    if release is None:
+        return None
     why = f": it refused RequestServerVersion Exchange2013 ({said})" if fault_code else " (its ServerVersionInfo)"
     return (
         f"{where} is {release}{why}. GetUserPhoto needs Exchange 2013 or later (it arrived with "

@@ -1812,3 +1812,62 @@ def test_a_few_mailboxes_due_and_refused_are_their_own_errors_when_one_read_befo
         (a, b), "permission-issue"
     )
     assert PHOTO not in entries  # not due: only asked again to judge the refusals
+
+
+def _kept_or_named(entries: dict[str, Any], expected: dict[str, bool]) -> list[str]:
+    """The mailboxes of ``entries`` that are errors, each naming its mailbox; every other one as
+    ``expected`` says (True: its photo imported; False: no photo). Returns the errors' mailboxes."""
+    errors = []
+    for anchor, entry in entries.items():
+        if entry.error is not None:
+            assert anchor in entry.error.detail and "kept" in entry.error.detail, entry.error
+            errors.append(anchor)
+        else:
+            assert bool(entry.attributes.get("EXSPhoto")) == expected[anchor], (anchor, entry.attributes)
+    return errors
+
+
+def test_a_version_check_that_lands_on_an_exchange_2010_server_of_a_mixed_pool_does_not_stop_the_step(
+    tmp_path: Path,
+) -> None:
+    """Behind one EWS URL, a load balancer spreads requests over an Exchange 2013 and an Exchange 2010
+    server (the emulator's pool, round robin: an ASSUMPTION). The version check's probe landed on the
+    2010 one, and the step stopped (stopped-configuration, "is Exchange 2010") though half its requests
+    would have worked. Now the probe is asked again on new connections (VERSION_PROBES in all), and
+    one answer from 2013 or later lets the step go on, counting the older answers; what the 2010
+    server then answers a photo request (404, an ASSUMPTION) takes no photo away."""
+    config = EwsConfig(extended_protection=True, pool=("Exchange2013", "Exchange2010_SP1"))
+    with EwsEmulator(config) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        emu.add_mailbox(PLAIN)
+        _listing(tmp_path, PHOTO, PLAIN)
+        agent = _agent(emu, tmp_path, concurrency=1)
+        entries, _ = _imported(agent)
+        assert emu.stats()["answered_by_Exchange2010_SP1"] >= 1
+    _kept_or_named(entries, {PHOTO: True, PLAIN: False})
+    assert agent.metrics["older_server_answers"] == 1
+
+
+def test_a_mixed_pool_that_answers_some_photo_requests_from_exchange_2010_keeps_their_photos(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The version check met the 2013 server of a mixed pool, then photo requests landed on the 2010 one,
+    whose REST GetUserPhoto answers 404 (an ASSUMPTION: undocumented). Before, 404 is "no photo": each
+    such mailbox's photo was taken out of the connector space (and thumbnailPhoto cleared at the next
+    export). Now a 404 for a mailbox that had a photo is asked again in SOAP with RequestServerVersion
+    Exchange2013: only a server that knows that version saying "no photo" removes it; an Exchange 2010
+    answer (or a photo found after all) is the mailbox's error naming the person, the photo kept, and
+    the mailbox asked again after photo_error_recheck_hours."""
+    emails = _many_mailboxes(ews, tmp_path, 12)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    ews.service.pool = [
+        SERVER_VERSIONS["Exchange2010_SP1"],
+        SERVER_VERSIONS["Exchange2013"],
+        SERVER_VERSIONS["Exchange2013"],
+    ]
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0, concurrency=1)
+    entries, _ = _imported(agent, watermark)
+    errors = _kept_or_named(entries, dict.fromkeys(emails, True))
+    assert errors, entries  # some photo requests met the 2010 server
+    assert all(entries[email].error.name in ("server-older-than-2013", "ews-error") for email in errors)
+    assert all(entry.error is not None for entry in entries.values())  # the rest unchanged (304): no entry
