@@ -60,10 +60,9 @@ every SOAP answer                      a ``ServerVersionInfo`` SOAP header (getu
                                        ASSUMPTION: faults carry it too
 ``pool=("Exchange2013",                a mixed pool of servers behind one EWS URL (a load balancer): each
 "Exchange2010_SP1")``                  request, once authenticated, is answered by the next server in turn,
-                                       as that server would. ASSUMPTION: Microsoft documents no such pool
-                                       (its coexistence guidance points the namespace at the newer
-                                       servers), nor how a balancer spreads requests; round robin per
-                                       request is the simplest spread, and the worst case for the checks
+                                       as that server would. ASSUMPTION: Microsoft documents no such pool,
+                                       nor how a balancer spreads requests; round robin per request is the
+                                       simplest spread
 ``add_mailbox(.., server_version=      the mailbox sits on an Exchange 2010 server of a mixed organisation:
 "Exchange2010_SP1")``                  its REST and SOAP ``GetUserPhoto`` answer 500 SOAP fault
                                        ``ErrorInvalidSchemaVersionForMailboxVersion`` (ResponseCode

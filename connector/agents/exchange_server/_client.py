@@ -108,8 +108,8 @@ _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
 REFUSALS_TO_STOP = 10
 #: How many times the version probe is asked, each on a new connection, before an answer from a server
 #: older than Exchange 2013 stops the step (``PhotoClient.check_endpoint``). Why more than once: behind a
-#: load balancer over a mixed pool (ASSUMPTION: Microsoft documents no such pool; its coexistence guidance
-#: points the namespace at the newer servers), one probe can land on an Exchange 2010 server while most
+#: load balancer over a mixed pool (ASSUMPTION: Microsoft documents no such pool, nor how a balancer
+#: spreads EWS requests over it), one probe can land on an Exchange 2010 server while most
 #: requests would land on newer ones. If a share s of the servers is older, five probes all land there with
 #: odds s**5 (3 % at half, 0.1 % at a quarter); a server that is older through and through costs four more
 #: requests, once, in a step that stops anyway.
@@ -359,6 +359,9 @@ class PhotoClient:
         #: A server older than Exchange 2013 answered behind ews_url, which a newer one answers too (a
         #: mixed pool): every "no photo" is then asked again (``_confirmed_none``).
         self.mixed = False
+        #: The mailbox whose check was left for later (``defer_check``): made before any "no photo" is trusted.
+        self._unchecked: str | None = None
+        self._check_lock = threading.Lock()
         #: When any thread last had a working answer from EWS: tells an outage from one mailbox's trouble.
         self.answers = AnswerClock()
         #: The latest mailbox with a working answer, and the latest asked for: what a recheck asks
@@ -418,6 +421,20 @@ class PhotoClient:
         (None if none): what judges refusals when fewer than ``REFUSALS_TO_STOP`` are due."""
         with self._lock:
             self._due, self._read_before = due, read_before
+
+    def defer_check(self, email: str) -> None:
+        """Leave ``check_endpoint`` (for ``email``) until a "no photo" would remove a photo (``_checked``):
+        an earlier step's check still holds (``endpoint_check_hours``), and only a "no photo" read from a
+        server that is no EWS, or older than Exchange 2013, would lose anything."""
+        self._unchecked = email
+
+    def _checked(self) -> None:
+        """Make the check ``defer_check`` left, once; a check that stops the step stops every thread that
+        asks (it stays to be made), so that no thread trusts a "no photo" meanwhile."""
+        with self._check_lock:
+            if self._unchecked is not None:
+                self.check_endpoint(self._unchecked)
+                self._unchecked = None
 
     def check_endpoint(self, email: str) -> None:
         """Stop before the first mailbox if ews_url does not lead to an EWS that has GetUserPhoto.
@@ -514,6 +531,7 @@ class PhotoClient:
         would take the photo out of the connector space, and clear thumbnailPhoto at the next export.
         Asked only when a photo would go, or once an older server was seen (``mixed``): one request more.
         """
+        self._checked()
         resp = self._post(probe(email))
         fault = ews_fault(resp) if resp is not None else None
         release = older_release(resp.content, fault.code if fault else None) if resp is not None else None

@@ -18,7 +18,8 @@ body. Every failure is a per-object import error; only authentication, an EWS cl
 (a 403, or ``REFUSALS_TO_STOP`` mailboxes denied in a row, none read:
 ``PhotoClient._refused_everywhere``), an outage, or an ews_url that
 is no EWS or is older than Exchange 2013 (no GetUserPhoto, ``_versions``; asked before the first
-mailbox) stops the step.
+mailbox, or, within ``endpoint_check_hours`` of a check that passed, before a "no photo" removes a
+photo) stops the step.
 
 The per-mailbox ETag and checksum live in the engine's store (import contract v2: ``StateUpdate``
 items, committed with the page that holds the mailbox's entry; ``UserState`` is shared with the
@@ -85,6 +86,10 @@ OBJECT_CLASS = "EXSMailbox"
 #: run waits for that (see ``ExchangeServerPhotosConnector._settled``).
 MAILBOX_FILE_QUIET_S = 2.0
 MAILBOX_FILE_WAIT_S = 60.0
+#: The agent state's key for the check before the first mailbox that passed (``endpoint_check_hours``).
+ENDPOINT_KEY = "~endpoint"
+#: The agent state's keys that are no mailbox.
+_OWN_KEYS = frozenset({LIMIT_KEY, ENDPOINT_KEY})
 #: Where versions before import contract v2 kept the per-mailbox state (named in the upgrade error).
 _OLD_STATE_FILE = "ews-photo-state.sqlite3"
 
@@ -255,7 +260,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             raise StopRunError("no usable delta state for this agent (no watermark); run a full import")
         if not run.full and _watermark_version(run.watermark) < 2:
             raise refused_v1_watermark(_OLD_STATE_FILE)
-        known = {key: UserState.load(key, value) for key, value in run.state.scan() if key != LIMIT_KEY}
+        known = {key: UserState.load(key, value) for key, value in run.state.scan() if key not in _OWN_KEYS}
         listed = self._settled(self.mailbox_list(), known, run.stopping)
         done = _resumed_past(run.resume_from, listed) if run.full else 0  # before the first yield
         limit = RunLimit(self.limiter, run, memory_hours=self.settings.limit_memory_hours)
@@ -266,9 +271,17 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         s = self.settings
         cuts = (now - s.photo_recheck_hours * 3600, now - s.photo_error_recheck_hours * 3600, now)
         due = [email for email in listed[done:] if run.full or (row := known.get(email)) is None or _due(row, *cuts)]
+        checked = self._endpoint_checked(run)
+        if checked is not None:  # written back: a full import forgets the keys it does not write
+            yield StateUpdate(ENDPOINT_KEY, checked)
         if due:
             self.client.plan(len(due), _read_before(listed, known))
-            self.client.check_endpoint(due[0])
+            if checked is not None:
+                self.client.defer_check(due[0])
+            else:
+                self.client.check_endpoint(due[0])
+                if s.endpoint_check_hours > 0:
+                    yield StateUpdate(ENDPOINT_KEY, {"ews_url": s.ews_url, "at": time.time()})
             if self.client.mixed:
                 self.context.logger.warning(
                     "%s answered as a server older than Exchange 2013 to %d of its version checks, and as a newer "
@@ -291,6 +304,15 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
                 yield StateUpdate(email, None)
                 yield Count("deletes")
         yield DeltaWatermark(json.dumps({"v": 2}))
+
+    def _endpoint_checked(self, run: ImportRun) -> dict[str, Any] | None:
+        """The check an earlier step made of this ews_url, if it still holds (``endpoint_check_hours``)."""
+        stored = run.state.get_many([ENDPOINT_KEY]).get(ENDPOINT_KEY)
+        if not isinstance(stored, dict) or stored.get("ews_url") != self.settings.ews_url:
+            return None
+        at = stored.get("at")
+        age = time.time() - at if isinstance(at, (int, float)) else -1.0
+        return stored if 0 <= age < self.settings.endpoint_check_hours * 3600 else None
 
     def _settled(self, listed: list[str], known: Collection[str], stopping: threading.Event) -> list[str]:
         """The mailbox list read again once its file has stopped changing, when it leaves out mailboxes

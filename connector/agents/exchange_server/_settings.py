@@ -102,6 +102,10 @@ class ExchangeServerSettings(ConnectorSettings):
     #: How long the in-flight limit a run measured is trusted by later runs (as the Exchange Online
     #: agent's: kept in the agent state, renewed only by a run that measures it again; 0 = never).
     limit_memory_hours: float = Field(24.0, ge=0)
+    #: How long the check before the first mailbox (ews_url is EWS, on Exchange 2013 or later), once
+    #: passed, holds for later steps (kept in the agent state; 0 = every step checks): within it a step
+    #: sends its photo requests alone. A "no photo" that would remove a photo still runs the check first.
+    endpoint_check_hours: float = Field(24.0, ge=0)
 
     # -- delta (as the Exchange Online agent; SharePoint 2013's UserPhotoExpiration and -ErrorExpiration)
     photo_recheck_hours: float = Field(24.0, ge=0)

@@ -1871,3 +1871,31 @@ def test_a_mixed_pool_that_answers_some_photo_requests_from_exchange_2010_keeps_
     assert errors, entries  # some photo requests met the 2010 server
     assert all(entries[email].error.name in ("server-older-than-2013", "ews-error") for email in errors)
     assert all(entry.error is not None for entry in entries.values())  # the rest unchanged (304): no entry
+
+
+def test_a_step_within_endpoint_check_hours_sends_no_request_but_the_photos(ews: EwsEmulator, tmp_path: Path) -> None:
+    """Every step asked ews_url two SOAP questions before the first mailbox (is it EWS; is it Exchange 2013
+    or later), two requests more than its photos. Now a check that passed is kept in the agent state for
+    endpoint_check_hours (24): a delta within it sends the photo requests alone (measured: 2 fewer than
+    the same delta with endpoint_check_hours = 0, which checks every step)."""
+    _, watermark = _imported(_agent(ews, tmp_path))  # checks, and keeps that it did
+    every = _agent(ews, tmp_path, photo_recheck_hours=0, endpoint_check_hours=0)
+    _imported(every, watermark)
+    cached = _agent(ews, tmp_path, photo_recheck_hours=0)
+    entries, _ = _imported(cached, watermark)
+    assert not entries  # all three unchanged (304)
+    assert (every.metrics["requests"], cached.metrics["requests"]) == (3 + 2, 3)
+
+
+def test_a_cached_check_is_made_again_before_a_no_photo_removes_a_photo(ews: EwsEmulator, tmp_path: Path) -> None:
+    """Within endpoint_check_hours the server behind ews_url became an Exchange 2010 one, whose REST form
+    answers 404 ("no photo"; an ASSUMPTION). The first "no photo" that would remove a photo runs the
+    skipped check first: the step stops (stopped-configuration, naming Exchange 2010) and keeps the photo."""
+    _listing(tmp_path, PHOTO)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    ews.service.version = SERVER_VERSIONS["Exchange2010_SP1"]
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0)
+    with pytest.raises(ConfigurationError) as caught:
+        _imported(agent, watermark)
+    assert "is Exchange 2010 (version 14.0.478.0" in str(caught.value)
+    assert _STATES[agent.context.data_dir][PHOTO]["checksum"]  # the photo is kept
