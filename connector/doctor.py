@@ -338,7 +338,7 @@ def _check_pending_exports(audit: StoreAudit) -> Finding:
 def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]:
     """Rules, connectors, TLS material, token caches and reachability of every agent."""
     from connector.demo import uses_stopped_emulator
-    from connector.engine import Engine, open_connector, setting_paths
+    from connector.engine import Engine, open_connector, setting_paths, trust_problem
 
     found: list[Finding] = []
     try:
@@ -360,7 +360,10 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
                 if problem
                 else Finding("config", check, "ok", f"{path} is valid")
             )
-        if connect:
+        trust = trust_problem(connector.settings)
+        if trust:  # every request would meet it first: the agent is not contacted
+            found.append(Finding("config", f"{where}.trust", "error", trust))
+        elif connect:
             offline = uses_stopped_emulator(config.base_dir, config.agents[name].settings)
             found.extend(_demo_aware(_connect_findings(connector, where), offline))
     return found

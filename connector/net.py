@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,11 +31,14 @@ __all__ = [
     "CA_BUNDLE_VARIABLES",
     "RECHECKED",
     "SILENCE",
+    "SSL_CERT_FILE",
     "AnswerClock",
     "ca_bundle_key",
     "certificate_out_of_date",
+    "check_trust_environment",
     "describe_request_error",
     "entra_refusal",
+    "environment_ca_file",
     "fails_again",
     "failure_kind",
     "host_port",
@@ -530,6 +534,10 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
 
 #: The environment variables requests reads for a CA bundle, in its order.
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+#: The variable naming OpenSSL's CA file, which truststore reads where the operating system's trust
+#: store is OpenSSL's (Linux and the BSDs; not Windows or macOS, whose trust store is the system's own).
+SSL_CERT_FILE = "SSL_CERT_FILE"
+_OPENSSL_STORE = sys.platform not in ("win32", "darwin")
 #: ``failure_kind``'s words for an untrusted certificate when it cannot tell what verified.
 _UNTRUSTED_BUNDLE = "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
 
@@ -538,6 +546,38 @@ def ca_bundle_key(agent: str) -> str:
     """Where an agent's CA bundle is set, as a message names it (``agents.exo.settings.ca_bundle``);
     ``ca_bundle`` when the agent's name is not known."""
     return f"agents.{agent}.settings.ca_bundle" if agent else "ca_bundle"
+
+
+def environment_ca_file(ca_bundle: Path | None = None) -> tuple[str, Path] | None:
+    """The environment variable naming the CA file an HTTPS session whose own setting is ``ca_bundle``
+    verifies with, and that file; None when the environment names none that it reads.
+
+    REQUESTS_CA_BUNDLE (then CURL_CA_BUNDLE) pins every session without a ``ca_bundle``, as requests
+    documents; without either, SSL_CERT_FILE where truststore reads OpenSSL's paths (on Windows and
+    macOS truststore asks the system's own store, which reads no variable).
+    """
+    if ca_bundle is not None:
+        return None
+    variable = next((name for name in CA_BUNDLE_VARIABLES if os.environ.get(name)), None)
+    if variable is None and _OPENSSL_STORE and os.environ.get(SSL_CERT_FILE):
+        variable = SSL_CERT_FILE
+    return None if variable is None else (variable, Path(os.environ[variable]))
+
+
+def check_trust_environment(ca_bundle: Path | None = None) -> None:
+    """A ``ConfigurationError`` naming the variable and the file when the CA file the environment
+    names for an HTTPS session (``environment_ca_file``) is not a readable PEM file.
+
+    Why one check, shared by ``verifying_session``, the run's checks before its first step, ``mvsync
+    doctor`` and ``mvsync auth``: a missing CA file is the operator's setting to fix (exit code 2), not
+    the server's outage; reported late, by whichever request met it first, it read as a stopped step
+    (exit 4). And OpenSSL ignores an SSL_CERT_FILE that names no file, and truststore then falls back to
+    the distribution's CA bundle: the machine's public CAs were trusted instead of the file the operator
+    chose, silently.
+    """
+    named = environment_ca_file(ca_bundle)
+    if named is not None:
+        readable_ca_file(named[1], named[0])
 
 
 def verifying_session(
@@ -553,17 +593,21 @@ def verifying_session(
     enterprise or TLS-inspecting proxy's CA, so nothing needs exporting. Verification is never off.
 
     Proxies still come from the environment (see ``_Session``). A bundle that is not a readable
-    file is a configuration error naming the key or the variable (``readable_ca_file``), not an
-    ``OSError`` from deep inside requests on the first request ("Could not find a suitable TLS CA
-    certificate bundle"). ``timeout_s``: the timeout of every request that brings none. ``setting``:
-    where ``ca_bundle`` is set (``ca_bundle_key``), for the words of an untrusted certificate.
+    file is a configuration error naming the key or the variable (``readable_ca_file``,
+    ``check_trust_environment``), not an ``OSError`` from deep inside requests on the first request
+    ("Could not find a suitable TLS CA certificate bundle"). ``timeout_s``: the timeout of every
+    request that brings none. ``setting``: where ``ca_bundle`` is set (``ca_bundle_key``), for the
+    words of an untrusted certificate.
     """
     session = _Session()
+    check_trust_environment(ca_bundle)
+    named = environment_ca_file(ca_bundle)
     if ca_bundle is not None:
         session.verify = readable_ca_file(ca_bundle, "ca_bundle")
         adapter = _VerifyingAdapter(timeout_s, None, _UNTRUSTED_BUNDLE)
-    elif variable := next((name for name in CA_BUNDLE_VARIABLES if os.environ.get(name)), None):
-        session.verify = readable_ca_file(Path(os.environ[variable]), variable)
+    elif named is not None and named[0] in CA_BUNDLE_VARIABLES:
+        variable, path = named
+        session.verify = str(path)
         untrusted = f"TLS certificate not trusted (the CA file in {variable} does not hold the CA that issued it)"
         adapter = _VerifyingAdapter(timeout_s, None, untrusted)
     else:
@@ -600,7 +644,8 @@ def readable_ca_file(path: Path, key: str) -> str:
         else:
             reason = f"cannot be read ({exc.strerror or exc})"
         raise ConfigurationError(
-            f"{path} {reason}: give the PEM file of the CA that issued the server's certificate", key=key
+            f"{path} {reason}: give the PEM file of the CA that issued the server's certificate{_or_unset(key)}",
+            key=key,
         ) from None
     _holds_pem_certificates(path, key)
     return str(path)
@@ -623,8 +668,15 @@ def _holds_pem_certificates(path: Path, key: str) -> None:
                 f"it looks DER-encoded: convert it (openssl x509 -inform der -in {path} -out ca.pem) or export "
                 'the CA again as "Base-64 encoded X.509 (.CER)"'
             )
-        msg = f"{path} holds no certificate in PEM form ({exc.reason or exc}): {hint}"
+        msg = f"{path} holds no certificate in PEM form ({exc.reason or exc}): {hint}{_or_unset(key)}"
         raise ConfigurationError(msg, key=key) from None
+
+
+def _or_unset(key: str) -> str:
+    """The other fix when ``key`` is an environment variable: unset it, and the machine's store verifies."""
+    if key in (*CA_BUNDLE_VARIABLES, SSL_CERT_FILE):
+        return f"; or unset {key} to verify with this machine's trust store"
+    return ""
 
 
 def _first_byte(path: Path) -> bytes:

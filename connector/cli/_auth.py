@@ -34,8 +34,8 @@ def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> Any:
     """The agent's ``GraphAuth`` (only agents that sign in have one); ``signing_in`` (`auth login`)
     creates the key file if need be, and lets the sign-in replace a cache that cannot be decrypted."""
     from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, generate_key_file
-    from connector.config import load_config
-    from connector.engine import open_connector
+    from connector.config import ConfigError, load_config
+    from connector.engine import open_connector, setting_paths, trust_problem
 
     cfg = load_config(config)
     connector = open_connector(cfg, agent)
@@ -49,6 +49,12 @@ def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> Any:
         if not os.environ.get(settings.token_cache_key_env):
             generate_key_file(key_file)
             err_console.print(f"created the token cache key file {key_file} (owner only): back it up")
+    # the checks a run makes before its first step: a CA file missing is the setting's fault (exit 2),
+    # not the authority's outage (exit 4), and is said before anything is sent
+    problems = [f"agents.{agent}.settings.{field}: {why}" for field, _, why in setting_paths(connector.settings) if why]
+    problems += filter(None, [trust_problem(connector.settings)])
+    if problems:
+        raise ConfigError("\n".join(problems))
     connector.context.make_data_dir()
     return connector.sign_in_auth() if signing_in else connector.auth
 
@@ -71,7 +77,7 @@ def login(
     timeout: Annotated[float, typer.Option("--timeout", help="Give up the device-code sign-in after seconds.")] = 900,
 ) -> None:
     """Sign AGENT in: the device-code flow, or import an existing refresh token."""
-    from connector.sdk import ConnectorError
+    from connector.sdk import ConfigurationError, ConnectorError
 
     auth = _agent_auth(config, agent, signing_in=True)
     try:
@@ -79,6 +85,8 @@ def login(
             who = auth.login_with_refresh_token(_read_refresh_token(refresh_token_file))
         else:
             who = auth.login_device_code(lambda message: err_console.print(message), timeout_s=timeout)
+    except ConfigurationError:
+        raise  # a setting to fix: exit 2 (handle_errors), not a stopped sign-in
     except ConnectorError as exc:
         raise fail(str(exc), EXIT_STOPPED) from None
     console.print(f"{agent}: signed in as {who}; token cache {auth.cache_path} (encrypted, owner only)")

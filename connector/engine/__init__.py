@@ -14,6 +14,7 @@ from connector.engine._agents import (
     open_connector,
     reauthorize_command,
     setting_paths,
+    trust_problem,
 )
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._engine import Engine
@@ -58,5 +59,6 @@ __all__ = [
     "setting_paths",
     "shown_status",
     "threshold_report",
+    "trust_problem",
     "unrecorded_message",
 ]

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from connector.config import ConfigError, MvsyncConfig, beside_config, format_validation_error, validate_settings
 from connector.files import TextDecodeError, read_text
+from connector.net import check_trust_environment
 from connector.registry import load_connector
 from connector.sdk import (
     Attribute,
@@ -28,7 +29,7 @@ from connector.sdk import (
     Schema,
 )
 
-__all__ = ["load_metaverse_schema", "open_connector", "reauthorize_command", "setting_paths"]
+__all__ = ["load_metaverse_schema", "open_connector", "reauthorize_command", "setting_paths", "trust_problem"]
 
 
 def reauthorize_command(config: MvsyncConfig, agent: str) -> str:
@@ -119,6 +120,23 @@ def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
             yield name, path, _input_problem(path)
         else:
             yield name, path, _path_problem(path)
+
+
+def trust_problem(settings: Any) -> str | None:
+    """What is wrong with the CA file the environment names for an HTTPS agent, or None: REQUESTS_CA_BUNDLE
+    and the like (``connector.net.check_trust_environment``), the message naming the variable and the file.
+
+    An HTTPS agent is one with a ``ca_bundle`` setting, the one ``connector.net.verifying_session``
+    takes: the variables apply to it only while that setting is unset (``setting_paths`` checks it
+    when set). Why here: a run checks it with the settings' paths, before its first step.
+    """
+    if "ca_bundle" not in type(settings).model_fields:
+        return None
+    try:
+        check_trust_environment(getattr(settings, "ca_bundle", None))
+    except ConfigurationError as exc:
+        return str(exc)
+    return None
 
 
 def _input_problem(path: Path) -> str | None:

@@ -29,7 +29,7 @@ from connector.config import (
     did_you_mean,
 )
 from connector.engine._abandoned import close_abandoned_runs, close_abandoned_steps, run_lock
-from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths
+from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths, trust_problem
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._export import run_export
 from connector.engine._import import run_import
@@ -294,8 +294,10 @@ class Engine:
             for field, _path, problem in setting_paths(connector.settings):
                 if problem:
                     problems.append(f"{where}: agents.{agent}.settings.{field}: {problem}")
+            if trust := trust_problem(connector.settings):  # (the environment's: said once for all its agents)
+                problems.append(trust)
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise ConfigError("\n".join(dict.fromkeys(problems)))
 
     def run_steps(
         self,

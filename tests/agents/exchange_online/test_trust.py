@@ -9,6 +9,7 @@ honours SSL_CERT_FILE and SSL_CERT_DIR: every test sets both, so none depends on
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def test_requests_ca_bundle_pins_like_ca_bundle_and_a_missing_one_is_named(
         verifying_session(None)
     assert str(refused.value) == (
         f"REQUESTS_CA_BUNDLE: {missing} does not exist: give the PEM file of the CA that issued the server's "
-        "certificate"
+        "certificate; or unset REQUESTS_CA_BUNDLE to verify with this machine's trust store"
     )
 
 
@@ -166,3 +167,67 @@ def test_mvsync_names_the_host_and_the_fix_for_a_certificate_the_system_does_not
         " ".join(said.split())
     ), said
     assert "Trusted Root Certification Authorities" in said and "agents.exo" in said, said
+
+
+def _mvsync(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, with ``env``."""
+    cli = [sys.executable, "-c", "from connector.cli import main; main()", *args]
+    return subprocess.run(cli, capture_output=True, text=True, timeout=120, env={**env, "COLUMNS": "250"}, check=False)
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_a_ca_variable_naming_a_missing_file_is_a_configuration_error_for_every_https_command(
+    make_emulator: Any, tmp_path: Path, store: Path, variable: str
+) -> None:
+    """A CA file the environment names and that is not there is the operator's setting to fix, not
+    the server's outage: ``auth login``, ``auth status``, ``run`` and ``doctor`` name the variable
+    and the file and say what to do, before anything is sent; exit 2 (doctor: its finding, exit 6).
+    Before, ``auth login`` said it and exited 4 (a step stopped); SSL_CERT_FILE naming no file was
+    ignored (truststore falls back to the distribution's CA bundle), so the machine's CAs were
+    trusted instead of the file the operator named."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    config = _cli_config(emu, tmp_path)
+    with config.open("a", encoding="utf-8") as toml:
+        toml.write('[run_profiles.full]\nsteps = [{ type = "full-import", agent = "exo" }]\n')
+    missing = tmp_path / "gone" / "ca.pem"
+    env = {**subprocess_env(store, tmp_path), variable: str(missing)}
+    refresh = ["--refresh-token-file", str(tmp_path / "rt.txt")]
+    said_for = {}
+    for args, code in (
+        (["auth", "login", "exo", "-c", str(config), *refresh], 2),
+        (["auth", "status", "exo", "-c", str(config)], 2),
+        (["run", "full", "-c", str(config)], 2),
+        (["doctor", "-c", str(config), "--no-store", "--json"], 6),
+    ):
+        done = _mvsync(args, env)
+        said = done.stdout + done.stderr
+        assert (done.returncode, "Traceback" in said) == (code, False), (args, said)
+        said_for[args[0] + args[1]] = " ".join(said.split())
+    wanted = f"{variable}: {missing} does not exist: give the PEM file of the CA that issued the server's certificate; "
+    wanted += f"or unset {variable} to verify with this machine's trust store"
+    assert all(wanted in said for said in said_for.values()), said_for
+    findings = json.loads(said_for["doctor-c"].split("\n")[0])["findings"]
+    assert [f["message"] for f in findings if f["check"] == "agents.exo.trust"] == [wanted], findings
+    assert emu.stats.snapshot()["requests"] == 0  # nothing was sent: neither the sign-in nor Graph
+
+
+def test_a_ca_bundle_setting_naming_a_missing_file_stops_auth_login_as_a_configuration_error(
+    make_emulator: Any, tmp_path: Path, store: Path
+) -> None:
+    """The agent's own ca_bundle, missing: ``auth login`` names the key and the file and exits 2, as
+    a run does before its first step. Before, it said ``ca_bundle: ...`` (no agent) and exited 4."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    config = _cli_config(emu, tmp_path)
+    missing = tmp_path / "gone" / "ca.pem"
+    with config.open("a", encoding="utf-8") as toml:
+        toml.write(f'ca_bundle = "{missing.as_posix()}"\n')
+    done = _mvsync(
+        ["auth", "login", "exo", "-c", str(config), "--refresh-token-file", str(tmp_path / "rt.txt")],
+        subprocess_env(store, tmp_path),
+    )
+    said = " ".join((done.stdout + done.stderr).split())
+    assert (done.returncode, "Traceback" in said) == (2, False), said
+    assert f"agents.exo.settings.ca_bundle: cannot read {missing}" in said, said
+    assert emu.stats.snapshot()["requests"] == 0
