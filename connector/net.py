@@ -471,49 +471,55 @@ class _Session(requests.Session):
 
 
 class _VerifyingAdapter(requests.adapters.HTTPAdapter):
-    """Verifies with ``context`` (the operating system's trust store) unless a request names a CA
-    bundle, and gives every request without a timeout of its own ``timeout_s``.
+    """Verifies with ``context``, made once with the session's trust (``verifies``: True for the
+    operating system's trust store, else the CA file's path), and gives every request without a
+    timeout of its own ``timeout_s``.
 
     Why the context: requests verifies against certifi's bundle, which holds only public CAs. On
     Windows Server behind a TLS-inspecting proxy, the proxy's CA is deployed to the Windows
     certificate store by Group Policy, and every Graph and sign-in request failed with
     CERTIFICATE_VERIFY_FAILED until the CA was exported to a PEM file for each agent. A
-    ``truststore.SSLContext`` verifies with the OS (Windows CryptoAPI, macOS Security framework,
-    OpenSSL's system paths on Linux, which honour SSL_CERT_FILE and SSL_CERT_DIR). It is made once
-    per session and shared by its connections, and mounted here rather than injected into ``ssl``
-    (``truststore.inject_into_ssl``), which would change every TLS client of the process. The
-    proxy managers get it too: requests hands them no context, so a request through a proxy's
-    tunnel would otherwise verify with a context urllib3 makes for it, not with the OS's verifier.
+    ``truststore.SSLContext`` verifies with the OS (Windows CryptoAPI, macOS Security framework);
+    on Linux OpenSSL's system paths, which honour SSL_CERT_FILE and SSL_CERT_DIR (``_os_trust_context``).
+    It is made once per session and shared by its connections, and mounted here rather than
+    injected into ``ssl`` (``truststore.inject_into_ssl``), which would change every TLS client of
+    the process. The proxy managers get it too: requests hands them no context, so a request
+    through a proxy's tunnel would otherwise verify with a context urllib3 makes for it, not with
+    the OS's verifier. A CA file (``ca_bundle``, REQUESTS_CA_BUNDLE) is loaded into a context of its
+    own once, too: given only its path, urllib3 makes a context and parses the file for every new
+    connection. So requests' per-connection CA path is cleared (``cert_verify``): urllib3 would load
+    it into the shared context again on every connection.
 
     Why the timeout: requests waits forever by default, and a library handed a session (MSAL's
     ``http_client``) sends without one: a sign-in endpoint that accepts the connection and never
     answered then held a run, and its agent's lock, for good.
     """
 
-    def __init__(self, timeout_s: float | None, context: ssl.SSLContext | None, untrusted: str) -> None:
+    def __init__(self, timeout_s: float | None, context: ssl.SSLContext, verifies: bool | str, untrusted: str) -> None:
         self.timeout_s = timeout_s
         self.context = context
+        self.verifies = verifies
         #: ``failure_kind``'s words for a certificate whose issuer is not trusted: where to add the CA
         #: depends on what verified (the OS store, or the CA file of a setting or variable)
         self.untrusted = untrusted
         super().__init__()  # (makes the pool manager, with ``context``)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        if self.context is not None:
-            pool_kwargs["ssl_context"] = self.context
+        pool_kwargs["ssl_context"] = self.context
         super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        if self.context is not None:
-            proxy_kwargs.setdefault("ssl_context", self.context)  # the server's certificate, through the tunnel
-            proxy_kwargs.setdefault("proxy_ssl_context", self.context)  # an https:// proxy's own
+        proxy_kwargs.setdefault("ssl_context", self.context)  # the server's certificate, through the tunnel
+        proxy_kwargs.setdefault("proxy_ssl_context", self.context)  # an https:// proxy's own
         return super().proxy_manager_for(proxy, **proxy_kwargs)
 
     def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        if verify != self.verifies:  # (_Session pins the session's own: only a caller's explicit verify=)
+            msg = f"this session verifies TLS with {self.verifies!r}, made when it was; a request cannot change it"
+            raise ValueError(msg)
         super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]  # (untyped in its stubs)
-        if verify is True and self.context is not None:  # requests named certifi's bundle: the OS store instead
-            conn.ca_certs = None
-            conn.ca_cert_dir = None
+        conn.ca_certs = None  # (certifi's bundle, or the file ``context`` holds already)
+        conn.ca_cert_dir = None
 
     def send(
         self,
@@ -604,12 +610,12 @@ def verifying_session(
     named = environment_ca_file(ca_bundle)
     if ca_bundle is not None:
         session.verify = readable_ca_file(ca_bundle, "ca_bundle")
-        adapter = _VerifyingAdapter(timeout_s, None, _UNTRUSTED_BUNDLE)
+        adapter = _VerifyingAdapter(timeout_s, _ca_file_context(session.verify), session.verify, _UNTRUSTED_BUNDLE)
     elif named is not None and named[0] in CA_BUNDLE_VARIABLES:
         variable, path = named
         session.verify = str(path)
         untrusted = f"TLS certificate not trusted (the CA file in {variable} does not hold the CA that issued it)"
-        adapter = _VerifyingAdapter(timeout_s, None, untrusted)
+        adapter = _VerifyingAdapter(timeout_s, _ca_file_context(session.verify), session.verify, untrusted)
     else:
         untrusted = (
             "TLS certificate not trusted by this machine's trust store (add the CA that issued it there: on "
@@ -617,15 +623,44 @@ def verifying_session(
             "TLS-inspecting proxy's CA; on Linux to the system's CA certificates, or name it in SSL_CERT_FILE; "
             f"or set {setting} to its PEM file)"
         )
-        adapter = _VerifyingAdapter(timeout_s, _os_trust_context(), untrusted)
+        adapter = _VerifyingAdapter(timeout_s, _os_trust_context(), True, untrusted)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
 
 
 def _os_trust_context() -> ssl.SSLContext:
-    """A TLS client context that verifies certificates and host names with the operating system."""
-    context: ssl.SSLContext = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    """A TLS client context that verifies certificates and host names with the operating system,
+    its CAs loaded once: every connection of the session (its pool and its proxy managers) shares it.
+
+    Why not a ``truststore.SSLContext`` everywhere: where the trust store is OpenSSL's (Linux),
+    truststore loads OpenSSL's default paths into its context again before every handshake, under
+    a lock held through the handshake, and then lets OpenSSL verify (its own check is a no-op
+    there). With SSL_CERT_FILE naming a distribution's bundle (145 CAs, 215 KiB) that was 55-90 ms
+    of parsing for every new connection, and the session's threads handshook one at a time. So
+    there the same configuration (truststore's own, which also finds the distribution's bundle
+    when OpenSSL's compiled-in paths hold none) is applied once, to a plain context; on Windows and
+    macOS truststore asks the system on each handshake, which is the point, and reads no file.
+    """
+    if _OPENSSL_STORE:
+        try:
+            from truststore._openssl import _configure_context  # ASSUMPTION: private in truststore 0.10
+        except ImportError:  # (a truststore that moved it: its own context, CAs loaded per connection)
+            pass
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # (verifies the chain and the host name)
+            with _configure_context(context):
+                pass
+            return context
+    context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return context
+
+
+def _ca_file_context(path: str) -> ssl.SSLContext:
+    """A TLS client context that verifies certificates and host names with the CAs of ``path`` alone
+    (a PEM file ``readable_ca_file`` accepted), loaded once."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=path)
     return context
 
 

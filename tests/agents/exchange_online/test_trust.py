@@ -10,6 +10,7 @@ honours SSL_CERT_FILE and SSL_CERT_DIR: every test sets both, so none depends on
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -117,8 +118,69 @@ def test_the_proxys_tunnels_verify_with_the_sessions_own_context(
             managers = list(adapter.proxy_manager.values())
     assert answers == [401, 401] and targets, (answers, targets)
     context = adapter.context  # type: ignore[attr-defined]
-    assert context is not None and type(context).__module__.startswith("truststore")
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
     assert managers and all(m.connection_pool_kw["ssl_context"] is context for m in managers)
+
+
+@pytest.mark.parametrize("trust", ["system store", "ca_bundle", "REQUESTS_CA_BUNDLE"])
+def test_new_connections_share_one_context_whose_cas_were_loaded_once(
+    make_emulator: Any, tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch, trust: str
+) -> None:
+    """Every new connection of a session, direct or through a proxy's tunnel, is made with the
+    session's one context, and no CA file is loaded again for it. truststore on Linux loaded OpenSSL's
+    default paths (SSL_CERT_FILE) into its context before every handshake, and urllib3, given a CA
+    file's path (ca_bundle, REQUESTS_CA_BUNDLE), made a context and parsed the file for each new
+    connection: 55-90 ms each with a distribution's bundle. Counted by wrapping ssl.SSLContext's
+    loading methods, not timed."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    loads: list[str] = []
+    wrapped: list[ssl.SSLContext] = []
+    for method in ("set_default_verify_paths", "load_verify_locations", "load_default_certs"):
+        original = getattr(ssl.SSLContext, method)
+
+        def counting(
+            self: ssl.SSLContext, *args: Any, _original: Any = original, _name: str = method, **kw: Any
+        ) -> Any:
+            loads.append(_name)
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(ssl.SSLContext, method, counting)
+    wrap_socket = ssl.SSLContext.wrap_socket
+
+    def wrapping(self: ssl.SSLContext, *args: Any, **kw: Any) -> Any:
+        wrapped.append(self)
+        return wrap_socket(self, *args, **kw)
+
+    monkeypatch.setattr(ssl.SSLContext, "wrap_socket", wrapping)
+    port = urlsplit(emu.info["graph_url"]).port
+    direct = f"https://127.0.0.1:{port}/v1.0/users"
+    tunnelled = f"https://{TEST_HOSTNAME}:{port}/v1.0/users"
+    if trust == "REQUESTS_CA_BUNDLE":
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(store))
+    with verifying_session(store if trust == "ca_bundle" else None, timeout_s=30) as session:
+        built = len(loads)
+        adapter = session.get_adapter(direct)
+        context = adapter.context  # type: ignore[attr-defined]
+        inner = getattr(context, "_ctx", context)  # (truststore's context wraps an ssl.SSLContext)
+        settings = (inner.verify_mode, inner.check_hostname, inner.cert_store_stats())
+        answers = []
+        for _ in range(4):
+            answers.append(session.get(direct).status_code)  # no token: 401, once TLS worked
+            adapter.poolmanager.clear()  # the next request makes a new connection
+        with connect_proxy(hosts={TEST_HOSTNAME: "127.0.0.1"}) as (proxy_port, targets):
+            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_port}")
+            for _ in range(2):
+                answers.append(session.get(tunnelled).status_code)
+                for manager in adapter.proxy_manager.values():
+                    manager.clear()
+    assert answers == [401] * 6 and len(targets) == 2, (answers, targets)
+    # when the session is made, the CA file is checked (readable_ca_file) and loaded into its context
+    # (the system store's: OpenSSL's, on Linux; nothing on Windows and macOS); never again after that
+    assert built <= 2 and loads[built:] == [], loads
+    assert len(wrapped) == 6 and all(c is inner for c in wrapped), wrapped  # 6 connections, one context
+    assert (inner.verify_mode, inner.check_hostname, inner.cert_store_stats()) == settings  # as it was made
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 
 def _cli_config(emu: Any, tmp_path: Path) -> Path:
