@@ -30,9 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from connector.bench._util import peak_rss_mb, server_info, stop_child
+from connector.net import verifying_session
 
 __all__ = ["run"]
 
@@ -54,9 +53,8 @@ def _emulator(**config: Any) -> Iterator[tuple[dict[str, Any], list[dict[str, An
     )
     try:
         info = server_info(proc, "the Graph emulator")
-        with requests.Session() as http:
-            http.verify, http.trust_env = info["ca_cert"], False
-            users = http.get(f"{info['admin_url']}/users", timeout=60).json()
+        with verifying_session(Path(info["ca_cert"]), timeout_s=60) as http:  # (TLS verified as the agents do)
+            users = http.get(f"{info['admin_url']}/users").json()
         yield info, users
     finally:
         stop_child(proc)

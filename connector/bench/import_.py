@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import requests
 from cryptography.fernet import Fernet
 
-from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, not_a_mailbox_user
+from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, ExchangeOnlineSettings, not_a_mailbox_user
 from connector.bench._util import peak_rss_mb, server_info, step_metrics
 from connector.config import ConfigError
 from connector.emulator import (
@@ -43,6 +43,7 @@ from connector.emulator import (
     parse_throttle,
 )
 from connector.engine import NullProgress
+from connector.net import verifying_session
 from connector.sdk import StopRunError
 from connector.throttling import forget_shared_limiters
 
@@ -161,11 +162,20 @@ def _start_emulator(
     return proc, server_info(proc, "the Graph emulator")
 
 
+#: The agent's timeout for a request (its settings' default), which the plain clients keep too.
+_AGENT_TIMEOUT_S: float = ExchangeOnlineSettings.model_fields["timeout_s"].default
+
+
 def _session(ca: str) -> requests.Session:
-    session = requests.Session()
-    session.verify = ca
-    session.trust_env = False
-    return session
+    """An HTTPS client of the emulator that verifies TLS as the agent does: ``verifying_session`` with
+    the agent's ``ca_bundle`` (the emulator's CA, as ``exo_agent_settings`` gives it) and its timeout.
+
+    Why not a plain requests session (``verify=ca``): the figures the agent is read against would not
+    include the same verification (urllib3 loads a CA path for every new connection; the agent's
+    session loads its CAs once into one context), and a plain session without a timeout could wait
+    forever on a wedged emulator.
+    """
+    return verifying_session(Path(ca), timeout_s=_AGENT_TIMEOUT_S)
 
 
 def _list_mailbox_users(info: dict[str, Any], session: requests.Session) -> tuple[dict[str, str], list[str]]:
