@@ -98,13 +98,7 @@ def failure_kind(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.exceptions.SSLError):
         return _tls_failure(text, getattr(exc, "untrusted", _UNTRUSTED_BUNDLE), _verification(exc))
     if isinstance(exc, requests.exceptions.ProxyError):
-        refused = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
-        if refused is None:
-            return "cannot reach the proxy (check HTTPS_PROXY, or the Internet Options proxy on Windows)"
-        status = refused.group(1).strip()
-        if status.startswith("407"):
-            return f"the proxy refused the tunnel ({status}): give it credentials or let this host through"
-        return f"the proxy refused the tunnel ({status}): ask its administrators to let this host through"
+        return _proxy_failure(text, getattr(exc, "proxy", None), getattr(exc, "proxy_credentials", False))
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "timed out while connecting (a firewall, or the host is down)"
     if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -123,6 +117,33 @@ def failure_kind(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError):
         return "the answer was cut off"
     return type(exc).__name__
+
+
+def _proxy_failure(text: str, proxy: str | None, credentials: bool) -> str:
+    """What a proxy's failure says, naming the proxy by ``host:port`` (``_VerifyingAdapter.send``
+    notes it; never its URL, which may hold a password), and where the fix lies.
+
+    A 407 is the proxy asking for credentials: with none in the proxy's URL, where to give them;
+    with some, that it refused them. requests sends a proxy URL's ``user:password@`` as HTTP Basic
+    authentication ("Proxies" in its documentation), and nothing else: a proxy that accepts only
+    Windows sign-in (Negotiate, NTLM) refuses them whatever they are.
+    """
+    where = f"the proxy at {proxy}" if proxy else "the proxy"
+    refused = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
+    if refused is None:
+        return f"cannot reach {where} (check HTTPS_PROXY, or the Internet Options proxy on Windows)"
+    status = refused.group(1).strip()
+    if not status.startswith("407"):
+        return f"{where} refused the tunnel ({status}): ask its administrators to let this host through"
+    if credentials:
+        return (
+            f"{where} refused the tunnel ({status}): it did not accept the user name and password of its URL in "
+            "HTTPS_PROXY (sent as Basic authentication): check them, or let this host through without credentials"
+        )
+    return (
+        f"{where} refused the tunnel ({status}): it wants credentials: give them in HTTPS_PROXY "
+        "(http://user:password@proxy:port, from a secret store), or let this host through"
+    )
 
 
 #: ``failure_kind``'s words for a connection the server accepted and then broke off
@@ -535,6 +556,13 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
             return super().send(request, stream=stream, timeout=chosen, verify=verify, cert=cert, proxies=proxies)
         except requests.exceptions.SSLError as exc:
             exc.untrusted = self.untrusted  # type: ignore[attr-defined]  # (read by failure_kind)
+            raise
+        except requests.exceptions.ProxyError as exc:  # which proxy, for failure_kind: its host, not its URL
+            proxy = requests.utils.select_proxy(request.url or "", dict(proxies or {}))
+            if proxy:
+                parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # (as requests reads one)
+                exc.proxy = host_port(parts.geturl())  # type: ignore[attr-defined]
+                exc.proxy_credentials = parts.username is not None  # type: ignore[attr-defined]
             raise
 
 

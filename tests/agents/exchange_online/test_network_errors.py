@@ -451,9 +451,10 @@ def test_a_proxy_that_refuses_the_tunnel_is_named_with_what_to_do(
         finally:
             conn.close()
     assert targets, "the request did not go to the proxy"
-    assert "did not answer: the proxy refused the tunnel (407 Proxy Authentication Required): give it" in str(
-        caught.value
-    )
+    assert (
+        f"did not answer: the proxy at 127.0.0.1:{port} refused the tunnel (407 Proxy Authentication Required): it "
+        "wants credentials: give them in HTTPS_PROXY"
+    ) in str(caught.value)
 
 
 def test_a_next_page_link_to_another_host_is_not_followed_with_the_token(

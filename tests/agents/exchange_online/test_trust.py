@@ -293,3 +293,30 @@ def test_a_ca_bundle_setting_naming_a_missing_file_stops_auth_login_as_a_configu
     assert (done.returncode, "Traceback" in said) == (2, False), said
     assert f"agents.exo.settings.ca_bundle: cannot read {missing}" in said, said
     assert emu.stats.snapshot()["requests"] == 0
+
+
+def test_a_proxy_wanting_credentials_is_named_by_its_host_and_never_by_its_password(
+    make_emulator: Any, tmp_path: Path, store: Path
+) -> None:
+    """HTTPS_PROXY with ``user:password@`` whose proxy answers CONNECT with 407: ``auth login`` stops
+    (exit 4) saying the proxy at its host and port refused the tunnel and wants credentials; the
+    password is in no output, and no traceback."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)
+    port = urlsplit(emu.info["graph_url"]).port
+    config = _cli_config(emu, tmp_path)
+    text = config.read_text(encoding="utf-8").replace("127.0.0.1", TEST_HOSTNAME)  # (not loopback: proxied)
+    config.write_text(text, encoding="utf-8")
+    password = "S3cret-Pr0xy-pw"
+    with connect_proxy(refuse="407 Proxy Authentication Required") as (proxy_port, targets):
+        env = {**subprocess_env(store, tmp_path), "HTTPS_PROXY": f"http://svc-mvsync:{password}@127.0.0.1:{proxy_port}"}
+        done = _mvsync(
+            ["auth", "login", "exo", "-c", str(config), "--refresh-token-file", str(tmp_path / "rt.txt")], env
+        )
+    said = done.stdout + done.stderr
+    assert (done.returncode, "Traceback" in said, password in said) == (4, False, False), said
+    assert targets and set(targets) == {f"{TEST_HOSTNAME}:{port}"}, targets
+    assert (
+        f"the proxy at 127.0.0.1:{proxy_port} refused the tunnel (407 Proxy Authentication Required): it did not "
+        "accept the user name and password of its URL in HTTPS_PROXY"
+    ) in " ".join(said.split()), said
