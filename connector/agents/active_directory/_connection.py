@@ -63,7 +63,17 @@ from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.net import certificate_out_of_date, readable_ca_file
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
 
-__all__ = ["TRANSPORT_ERRORS", "Link", "LinkPool", "ServerUnreachable", "describe_failure"]
+__all__ = [
+    "DC_STATE_CODES",
+    "TRANSPORT_ERRORS",
+    "DcRefused",
+    "Link",
+    "LinkPool",
+    "ServerUnreachable",
+    "dc_entries",
+    "describe_failure",
+    "result_detail",
+]
 
 T = TypeVar("T")
 
@@ -82,6 +92,42 @@ class _Unreachable(OSError):
 
 class ServerUnreachable(Exception):
     """The transport failed and reconnecting did not help (exports turn this into RETRY results)."""
+
+
+#: Result codes that describe the DC, not the request (RFC 4511 4.1.9 and appendix A: timeLimitExceeded,
+#: busy, unavailable; AD answers a DC overloaded, shutting down or not ready so, with a SvcErr problem
+#: 5001-5003): asking again later, or another DC, can succeed where the same request failed.
+DC_STATE_CODES = frozenset({3, 51, 52})
+
+
+def result_detail(result: dict[str, Any]) -> str:
+    """An LDAP result as the messages say it: code, description and the DC's text."""
+    return f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip(" :")
+
+
+class DcRefused(Exception):
+    """The DC answered a search with busy, unavailable or timeLimitExceeded (``DC_STATE_CODES``): its state.
+
+    Why an exception and not an empty answer: a search so answered has no entries, and an export
+    that took that for "no such object" or "no right to write" failed each person, or stopped asking for
+    a grant that exists, when the DC only asked to be asked again later. Not a transport error: the
+    connection works, so ``Link.run`` does not repeat the search at once.
+    """
+
+    def __init__(self, result: dict[str, Any], what: str) -> None:
+        #: Which search (for the message: "the search for ... under BASE"), and the DC's answer.
+        self.what = what
+        self.detail = result_detail(result)
+        super().__init__(f"{what}: {self.detail}")
+
+
+def dc_entries(conn: Connection, what: str) -> list[dict[str, Any]]:
+    """The entries of the last search on ``conn`` (``search_entries``), or ``DcRefused`` naming ``what`` when
+    the DC answered it with a result of its own state (``DC_STATE_CODES``)."""
+    result = conn.result or {}
+    if result.get("result") in DC_STATE_CODES:
+        raise DcRefused(result, what)
+    return search_entries(conn)
 
 
 def _is_certificate_failure(exc: BaseException) -> bool:

@@ -31,7 +31,8 @@ it, so a refused batch has no partial effects:
    codes map to MIM error names. Transport failures are ``RETRY`` and, once the reconnects fail,
    stop the step after the batch (a write sent whose answer never came says its outcome is unknown).
    Busy, unavailable and timeLimitExceeded answers are the DC's state, not the person's: that
-   write is ``RETRY`` and the step stops after the batch, the batch's writes not started untried.
+   write is ``RETRY`` and the step stops after the batch, the batch's writes not started untried;
+   the same answer to a search of stage 3 stops the step the same way before the batch writes.
    An interruption (Ctrl-C, a stop signal) starts no more writes, waits for those under way and
    hands their results back with it (``carry_export_results``), so the engine records them.
 
@@ -51,7 +52,15 @@ from typing import Any
 from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, SUBTREE, Connection
 
 from connector import metrics
-from connector.agents.active_directory._connection import LinkPool, ServerUnreachable, search_entries
+from connector.agents.active_directory._connection import (
+    DC_STATE_CODES,
+    DcRefused,
+    LinkPool,
+    ServerUnreachable,
+    dc_entries,
+    result_detail,
+    search_entries,
+)
 from connector.agents.active_directory._ldap import (
     dn_in_scope,
     encode_values,
@@ -97,8 +106,6 @@ Operation = tuple[str, str, list[bytes | str]]
 
 _LDAP_VERBS = {"replace": MODIFY_REPLACE, "add": MODIFY_ADD, "delete": MODIFY_DELETE}
 _RESOLVE_CHUNK = 200
-#: Answers that mean "try again later": timeLimitExceeded, busy, unavailable.
-_TRANSIENT = {3: "cd-server-busy", 51: "cd-server-busy", 52: "cd-server-busy"}
 _NAMED = {
     19: "constraint-violation",
     21: "constraint-violation",
@@ -111,8 +118,8 @@ def classify_result(code: int) -> tuple[ExportStatus, str]:
     """An LDAP result code as (status, MIM-style error name); code 0 is success."""
     if code == 0:
         return ExportStatus.SUCCESS, ""
-    if code in _TRANSIENT:
-        return ExportStatus.RETRY, _TRANSIENT[code]
+    if code in DC_STATE_CODES:  # "try again later": the DC's state (see _dc_state)
+        return ExportStatus.RETRY, "cd-server-busy"
     return ExportStatus.FAILED, _NAMED.get(code, "cd-error")
 
 
@@ -394,10 +401,14 @@ class Exporter:
         """
         planned, results = self._plan(changes)  # stages 1 and 2 for the whole batch first
         self.stats.noops += sum(1 for r in results.values() if r.status == ExportStatus.SUCCESS)
-        self._resolve(planned)  # stage 3
-        ready = [p for p in planned if p.result is None]
-        if self.check_rights and self.ldif is None and not self._prechecked:
-            self._check_rights(ready)  # raises (stops the step) before any write
+        try:
+            self._resolve(planned)  # stage 3
+            ready = [p for p in planned if p.result is None]
+            if self.check_rights and self.ldif is None and not self._prechecked:
+                self._check_rights(ready)  # raises (stops the step) before any write
+        except ServerDownError as exc:  # the DC answered a lookup busy: what planning decided is recorded
+            exc.results = _ordered(planned, results)
+            raise
         self._refuse_blocked(ready)
         ready = [p for p in ready if p.result is None]
         try:
@@ -450,6 +461,8 @@ class Exporter:
                             writable[anchor] = effective_of(entry)
                 missing = [a for a in anchors if a not in found]
                 elsewhere = {a: dn for a in missing for dn in self._locate(link, a)}
+            except DcRefused as exc:
+                raise _dc_state(link, exc.what, exc.detail) from None
             except ServerUnreachable as exc:
                 for group in valid.values():
                     for p in group:
@@ -474,7 +487,8 @@ class Exporter:
     @staticmethod
     def _locate(link: Any, anchor: str) -> list[str]:
         """Where an object not found under the base DNs is, if anywhere (for the error message)."""
-        return [e["dn"] for e in link.run(_searcher(f"<GUID={uuid.UUID(anchor)}>", "(objectClass=*)", BASE))]
+        base = f"<GUID={uuid.UUID(anchor)}>"
+        return [e["dn"] for e in link.run(_searcher(base, "(objectClass=*)", BASE, what=f"the search for {base}"))]
 
     def _check_rights(self, ready: list[_Planned]) -> None:
         """Stop the step (StopRunError) if the account may not write what ``ready`` needs in an OU; remember
@@ -482,6 +496,8 @@ class Exporter:
         with self.pool.lease() as link:
             try:
                 gaps = self._gaps(link, ready)
+            except DcRefused as exc:
+                raise _dc_state(link, exc.what, exc.detail) from None
             except ServerUnreachable as exc:
                 for p in ready:
                     p.result = ExportResult.retry(p.change.identifier, "cd-server-down", str(exc))
@@ -640,7 +656,7 @@ class Exporter:
                 with self._stats_lock:
                     self.stats.writes += 1
                 return ExportResult.success(identifier)
-            detail = f"{result.get('result')} {result.get('description', '')}: {result.get('message', '')}".strip()
+            detail = result_detail(result)
             if status == ExportStatus.RETRY:  # the whole DC's state, not this person's: stop the step
                 self._dc_refused(link, p.dn, detail)
             elif name == "permission-issue":
@@ -656,19 +672,10 @@ class Exporter:
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
 
     def _dc_refused(self, link: Any, dn: str, detail: str) -> None:
-        """Stop the step once this batch is recorded: the DC answered busy, unavailable or out of time.
-
-        Why: those answers describe the DC (overloaded, shutting down, its services not ready), not the
-        person written; going on turned every later pending person into an error of their own while the
-        DC kept refusing. The refused write stays pending (RETRY); the batch's writes not started are not
-        tried and stay pending without an error of their own.
-        """
-        msg = (
-            f"{link.describe()} answered the write of {dn} with {detail} (busy, unavailable or out of time: a "
-            "state of the DC, not of the person); the export stopped: the objects written before are recorded, "
-            "the rest stay pending for the next export (run it again later, or list another DC first)"
-        )
-        self._stop_after_batch(ServerDownError(msg))
+        """Stop the step once this batch is recorded: the DC answered a write busy, unavailable or out of time
+        (``_dc_state``). The refused write stays pending (RETRY); the batch's writes not started are not
+        tried and stay pending without an error of their own."""
+        self._stop_after_batch(_dc_state(link, f"the write of {dn}", detail))
 
     def _refused_write(self, link: Any, p: _Planned) -> str:
         """What to do about a write the DC refused for lack of rights: who may not write what, and the grant.
@@ -707,6 +714,22 @@ class Exporter:
         )
 
 
+def _dc_state(link: Any, what: str, detail: str) -> ServerDownError:
+    """The stop for a DC that answered ``what`` (a write, or a search the export makes before writing) busy,
+    unavailable or out of time (``DC_STATE_CODES``).
+
+    Why one stop: those answers describe the DC (overloaded, shutting down, its services not ready), not
+    the person; going on turned every later pending person into an error of their own while the DC kept
+    refusing, and a lookup so answered stopped the step as a connector error, with nothing to do about it.
+    """
+    msg = (
+        f"{link.describe()} answered {what} with {detail} (busy, unavailable or out of time: a state of the DC, "
+        "not of the person); the export stopped: the objects written before are recorded, the rest stay pending "
+        "for the next export (run it again later, or list another DC first)"
+    )
+    return ServerDownError(msg)
+
+
 def _lost_write(dn: str, exc: ServerUnreachable, *, sent: bool) -> str:
     """What is known of a write the DC was lost during: not sent, or sent with no answer (unknown).
 
@@ -736,11 +759,11 @@ def _schema_photo_limit(link: Any) -> tuple[int, str]:
     schema cannot be read (the limit is then named as the default, not as this DC's)."""
     default = (PHOTO_MAX_BYTES, "AD's schema (rangeUpper) by default")
     try:
-        root = link.run(_searcher("", "(objectClass=*)", BASE, ["schemaNamingContext"]))
+        root = link.run(_searcher("", "(objectClass=*)", BASE, ["schemaNamingContext"], what="the rootDSE"))
         schema = bytes(root[0]["raw_attributes"]["schemaNamingContext"][0]).decode()
-        search = _searcher(schema, f"(lDAPDisplayName={PHOTO})", SUBTREE, ["rangeUpper"])
+        search = _searcher(schema, f"(lDAPDisplayName={PHOTO})", SUBTREE, ["rangeUpper"], what="the schema")
         found = link.run(search)[0]["raw_attributes"].get("rangeUpper") or []
-    except (ServerUnreachable, StopRunError, LookupError, UnicodeDecodeError):
+    except (ServerUnreachable, StopRunError, DcRefused, LookupError, UnicodeDecodeError):
         return default
     text = bytes(found[0]).decode("ascii", "replace") if found else ""
     return (int(text), f"this DC's schema (rangeUpper of {PHOTO})") if text.isdigit() else default
@@ -777,6 +800,8 @@ def _found(link: Any, base: str, answer: tuple[dict[str, Any], list[dict[str, An
     code = result.get("result")
     if code in (0, None):
         return entries
+    if code in DC_STATE_CODES:  # the DC's state, not the base DN's: the same stop as a write so answered
+        raise DcRefused(result, f"the search for this batch's objects under {base!r}")
     host = link.host
     if code == 32:
         msg = (
@@ -784,7 +809,7 @@ def _found(link: Any, base: str, answer: tuple[dict[str, Any], list[dict[str, An
             "nothing of this batch was written"
         )
         raise ConfigurationError(msg, key="base_dns")
-    detail = f"{code} {result.get('description', '')}: {result.get('message', '')}".strip()
+    detail = result_detail(result)
     raise StopRunError(
         f"the search for this batch's objects under {base!r} on {host} failed ({detail}); nothing of this batch "
         "was written, it stays pending for the next export"
@@ -792,11 +817,13 @@ def _found(link: Any, base: str, answer: tuple[dict[str, Any], list[dict[str, An
 
 
 def _searcher(
-    base: str, search_filter: str, scope: str, attributes: Sequence[str] = (ANCHOR,)
+    base: str, search_filter: str, scope: str, attributes: Sequence[str] = (ANCHOR,), *, what: str
 ) -> Callable[[Connection], list[dict[str, Any]]]:
+    """A search whose entries are handed back, or ``DcRefused`` (naming ``what``) for a DC busy or unavailable."""
+
     def operation(conn: Connection) -> list[dict[str, Any]]:
         conn.search(base, search_filter, scope, attributes=list(attributes))
-        return search_entries(conn)
+        return dc_entries(conn, what)
 
     return operation
 

@@ -26,7 +26,7 @@ from typing import Any
 from ldap3 import BASE, LEVEL, SUBTREE, Connection
 from ldap3.utils.dn import parse_dn
 
-from connector.agents.active_directory._connection import Link, search_entries
+from connector.agents.active_directory._connection import Link, dc_entries, search_entries
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import StopRunError
 
@@ -77,7 +77,7 @@ def read_effective(link: Link, dn: str) -> frozenset[str]:
 
     def operation(conn: Connection) -> frozenset[str]:
         conn.search(dn, "(objectClass=*)", BASE, attributes=[EFFECTIVE])
-        entries = search_entries(conn)
+        entries = dc_entries(conn, f"the read of the rights on {dn}")
         return (effective_of(entries[0]) if entries else None) or frozenset()
 
     return link.run(operation)
@@ -100,7 +100,7 @@ def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
         conn.search(
             gap.container, f"(objectClass={object_class})", LEVEL, attributes=[EFFECTIVE], size_limit=_SIBLINGS_READ
         )
-        return search_entries(conn)
+        return dc_entries(conn, f"the read of the rights in {gap.container}")
 
     blocked = {dn.lower() for dn in gap.dns}
     wanted = gap.attribute.lower()

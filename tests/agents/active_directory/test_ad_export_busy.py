@@ -109,3 +109,65 @@ def test_mvsync_run_of_an_export_against_a_busy_dc_exits_4_naming_the_dc(
     assert _cli_pending(config) == 0
     for i, name in enumerate(names):
         assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(700 + i)], name
+
+
+def _lookup_busy_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int, description: str) -> list[str]:
+    """Once ``count`` writes are made, the search that looks a batch's objects up (by objectGUID, before
+    writing) is answered with ``code``; the writes stay real. The DNs written are returned."""
+    modify, searcher = _export._modify, _export._scoped_searcher
+    written: list[str] = []
+
+    def counted(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+        result = modify(conn, dn, changes)
+        written.append(dn)
+        return result
+
+    def busy_searcher(base: str, search_filter: str, attributes: Any) -> Any:
+        real = searcher(base, search_filter, attributes)
+
+        def operation(conn: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            if len(written) >= count:
+                return {"result": code, "description": description, "message": "00002024: SvcErr: problem 5003"}, []
+            return real(conn)
+
+        return operation
+
+    monkeypatch.setattr(_export, "_modify", counted)
+    monkeypatch.setattr(_export, "_scoped_searcher", busy_searcher)
+    return written
+
+
+@pytest.mark.parametrize(("code", "description"), [(51, "busy"), (52, "unavailable"), (3, "timeLimitExceeded")])
+def test_a_busy_answer_to_the_lookup_before_the_writes_stops_the_step_as_a_busy_write_does(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int, description: str
+) -> None:
+    """The search that finds a batch's objects (and their current DN) before writing them, answered busy,
+    unavailable or out of time: the same stop as a write so answered (``stopped-server-down``, exit 4,
+    naming the DC and the code), not ``stopped-connector-error``; nobody gets an error of their own."""
+    people, names, photos = ad_env.people_with_photos(_USERS, seed=950)
+    config = photo_sync_config(ad_env, people, photos, {"export_connections": 1}, export_step={"batch_size": _BATCH})
+    engine = Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))
+    try:
+        assert engine.run_profile("Prepare").status == "success"
+        written = _lookup_busy_after(monkeypatch, _BATCH, code, description)  # the second batch's lookup
+        stopped = engine.run_profile("Export")
+        pending_after = _pending(engine)
+        monkeypatch.undo()
+        resumed = engine.run_profile("Export")
+        pending_final = _pending(engine)
+    finally:
+        engine.close()
+    assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
+    step = stopped.steps[0]
+    assert f"domain controller {ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) answered" in step.message, step.message
+    assert f"{code} {description}" in step.message, step.message
+    assert f"the search for this batch's objects under {people!r}" in step.message, step.message
+    assert "the rest stay pending for the next export" in step.message, step.message
+    assert step.counters.get("export_updates") == _BATCH == len(written), step.counters
+    assert not step.errors, [e.as_dict() for e in step.errors]  # the DC's state, nobody's fault
+    assert pending_after == _USERS - _BATCH
+    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
+    assert resumed.steps[0].counters.get("export_updates") == _USERS - _BATCH
+    assert pending_final == 0
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(950 + i)], name
