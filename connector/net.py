@@ -33,6 +33,7 @@ __all__ = [
     "SILENCE",
     "SSL_CERT_FILE",
     "AnswerClock",
+    "RefusedEverywhere",
     "ca_bundle_key",
     "certificate_out_of_date",
     "check_trust_environment",
@@ -748,3 +749,41 @@ def _first_byte(path: Path) -> bytes:
             return file.read(1)
     except OSError:
         return b""
+
+
+class RefusedEverywhere:
+    """Tells a refusal of the account (or by the whole server) from objects refused one by one.
+
+    The rule: the first ``distinct`` different objects a step sends are all refused for the same reason
+    and nothing of the step worked: the refusal is about the account or the server, and the step should
+    stop once, naming it, rather than fail thousands of people with the same error. Once anything
+    worked, every refusal is that object's own (a right that reaches one object is there; what it does
+    not reach is a protected account, a deny entry, one object's state).
+
+    Why more than one: one object can be refused on its own (an administrator whose permissions
+    AdminSDHolder resets, a mailbox being moved), and it can be the first a step sends; a few distinct
+    ones in a row, with no success at all, is the account. Thread-safe: writers in threads share it.
+    """
+
+    def __init__(self, distinct: int) -> None:
+        self.distinct = distinct
+        self._worked = False
+        self._refused: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def worked(self) -> None:
+        """Something of the step succeeded: from now on every refusal is that object's own."""
+        with self._lock:
+            self._worked = True
+
+    def refused(self, who: str, reason: str) -> list[str] | None:
+        """Note that ``who`` was refused for ``reason``; the objects so refused when the rule says the
+        account (or server) is refused everywhere (exactly once per reason), else None."""
+        with self._lock:
+            if self._worked:
+                return None
+            seen = self._refused.setdefault(reason, [])
+            if who in seen or len(seen) >= self.distinct:
+                return None
+            seen.append(who)
+            return list(seen) if len(seen) == self.distinct else None

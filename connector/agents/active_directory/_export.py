@@ -71,6 +71,7 @@ from connector.agents.active_directory._ldap import (
 from connector.agents.active_directory._ldif import LdifWriter, modify_record
 from connector.agents.active_directory._permissions import (
     EFFECTIVE,
+    STATUS,
     Gap,
     blocked_object,
     container_of,
@@ -82,6 +83,7 @@ from connector.agents.active_directory._permissions import (
     writable_elsewhere,
 )
 from connector.agents.active_directory._schema import ANCHOR, PHOTO, PHOTO_MAX_BYTES
+from connector.net import RefusedEverywhere
 from connector.sdk import (
     Attribute,
     AttributeModificationType,
@@ -99,13 +101,33 @@ from connector.sdk import (
     carry_export_results,
 )
 
-__all__ = ["ExportStats", "Exporter", "Operation", "RateLimiter", "classify_result", "plan_change"]
+__all__ = [
+    "REFUSED_EVERYWHERE_AFTER",
+    "ExportStats",
+    "Exporter",
+    "Operation",
+    "RateLimiter",
+    "classify_result",
+    "plan_change",
+]
 
 #: (LDIF/LDAP verb, attribute, values). ``replace`` with no values clears the attribute.
 Operation = tuple[str, str, list[bytes | str]]
 
 _LDAP_VERBS = {"replace": MODIFY_REPLACE, "add": MODIFY_ADD, "delete": MODIFY_DELETE}
 _RESOLVE_CHUNK = 200
+#: Refusals RFC 4511 (4.1.9, appendix A) words as about the client or the server, not the value written:
+#: insufficientAccessRights ("the client does not have sufficient access rights"), unwillingToPerform
+#: ("the server is unwilling to perform the operation"), adminLimitExceeded ("an administrative limit
+#: has been exceeded"). Each is a person's error, unless the first writes of a step all get it
+#: (``RefusedEverywhere``): then it is the account's or the DC's, and the step stops once. constraintViolation
+#: and invalidAttributeSyntax are about the value written, noSuchObject about the object: always the person's.
+_EVERYWHERE_CODES = {50: "insufficientAccessRights", 53: "unwillingToPerform", 11: "adminLimitExceeded"}
+#: Distinct people refused in a row, with no write of the step succeeding, that make a refusal everywhere.
+#: Why 5: AD refuses a few people on their own (accounts AdminSDHolder protects, a deny entry), and one of
+#: them can come first; five different ones with not one success is the account (or the DC), and costs
+#: five errors, not one per pending person.
+REFUSED_EVERYWHERE_AFTER = 5
 _NAMED = {
     19: "constraint-violation",
     21: "constraint-violation",
@@ -354,6 +376,8 @@ class Exporter:
         #: What stops the step once the batch that met it is recorded (the DC went away, a rebind failed).
         self._stop: StopRunError | None = None
         self._unreachable = ""
+        #: Whether the DC refuses the account (or every write), not the people refused so far.
+        self._refusals = RefusedEverywhere(REFUSED_EVERYWHERE_AFTER)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -650,13 +674,15 @@ class Exporter:
             except StopRunError as exc:  # a reconnect refused (password changed, certificate): not written
                 self._stop_after_batch(exc)
                 return None
-            status, name = classify_result(int(result.get("result", 80)))
+            code = int(result.get("result", 80))
+            status, name = classify_result(code)
             metrics.ldap_write("success" if status == ExportStatus.SUCCESS else name)
             if status == ExportStatus.SUCCESS:
+                self._refusals.worked()
                 with self._stats_lock:
                     self.stats.writes += 1
                 return ExportResult.success(identifier)
-            detail = result_detail(result)
+            answer = detail = result_detail(result)
             if status == ExportStatus.RETRY:  # the whole DC's state, not this person's: stop the step
                 self._dc_refused(link, p.dn, detail)
             elif name == "permission-issue":
@@ -669,7 +695,45 @@ class Exporter:
                     "up again by objectGUID and writes it where it is now, if under base_dns (a full import marks it "
                     "deleted if it is gone)"
                 )
+            if code in _EVERYWHERE_CODES and (refused := self._refusals.refused(p.dn, str(code))) is not None:
+                self._stop_after_batch(self._refused_everywhere(link, p, code, answer, refused))
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
+
+    def _refused_everywhere(self, link: Any, p: _Planned, code: int, detail: str, dns: list[str]) -> StopRunError:
+        """The stop for a refusal the first writes of the step all got (``RefusedEverywhere``): the account
+        lacks a right (50: which, and the grant), or the DC will not write for anyone (53, 11)."""
+        shown = "; ".join(dns)
+        head = (
+            f"{link.describe()} refused the first {len(dns)} writes of this step ({shown}) with "
+            f"{_EVERYWHERE_CODES[code]} and not one succeeded (the last: {detail})"
+        )
+        tail = (
+            "the export stopped: the people refused have an error each and stay pending with the rest, for the "
+            "next export"
+        )
+        if code == 50:
+            with self._account_lock:
+                if self._account is None:
+                    self._account = self._account_label(link)
+                account = self._account
+            attributes = list(dict.fromkeys(op[1] for op in p.operations))
+            containers = list(dict.fromkeys(container_of(dn) for dn in dns))
+            grants = "; ".join(
+                dsacls_line(c, account, a, self.object_class.name) for c in containers for a in attributes
+            )
+            msg = (
+                f"{head}: {account} may not write {', '.join(attributes)}, whoever the person; grant it with: "
+                f"{grants}; {tail}"
+            )
+            return StopRunError(msg, status=STATUS)
+        why = (
+            "AD will not make this change for anyone: its text (the DSID and problem) says why, e.g. an attribute "
+            "the schema marks systemOnly"
+            if code == 53
+            else 'a limit of the DC\'s LDAP policy (ntdsutil "LDAP policies", e.g. MaxReceiveBuffer): raise it on '
+            "the DC, or list another DC first"
+        )
+        return StopRunError(f"{head}: an answer about the DC or the account, not the people ({why}); {tail}")
 
     def _dc_refused(self, link: Any, dn: str, detail: str) -> None:
         """Stop the step once this batch is recorded: the DC answered a write busy, unavailable or out of time

@@ -1,0 +1,154 @@
+"""A domain controller that refuses an export's writes with insufficientAccessRights (50), unwillingToPerform
+(53), adminLimitExceeded (11) or constraintViolation (19), through the engine, against the real (Samba) DC.
+
+Why the refusals are made up in the test (as in ``test_ad_export_busy``): the agent speaks LDAPS, so a proxy
+cannot rewrite a result code, and Samba cannot be made to answer 53 or 11 on request. The writes that are not
+refused are real; a refused one replaces ``_modify``'s answer with AD's own text for that code.
+
+Found in a bad-day pass over the export: a code that every write got (an account without the right to
+write thumbnailPhoto, with ``check_permissions = false``; a DC that refuses everyone) gave one identical
+error per pending person, thousands of them, and the step "completed", where one stop naming the account
+and the grant says it all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.agents.active_directory import _export
+from connector.config import config_from_dict
+from connector.engine import Engine
+from connector.net import RefusedEverywhere
+from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
+from tests.agents.active_directory.test_ad_export_outage import _pending
+
+pytestmark = pytest.mark.samba
+
+_USERS, _BATCH = 7, 3
+_K = _export.REFUSED_EVERYWHERE_AFTER
+#: AD's own text for each code (its SvcErr/SecErr/AtrErr form), description as ldap3 names it.
+_ANSWERS = {
+    50: ("insufficientAccessRights", "00002098: SecErr: DSID-03150F94, problem 4003 (INSUFF_ACCESS_RIGHTS), data 0"),
+    53: ("unwillingToPerform", "0000209A: SvcErr: DSID-031A1254, problem 5003 (WILL_NOT_PERFORM), data 0"),
+    11: ("adminLimitExceeded", "00002024: SvcErr: DSID-03080532, problem 5008 (ADMIN_LIMIT_EXCEEDED), data 0"),
+    19: ("constraintViolation", "0000200B: AtrErr: DSID-03152D2C, #1: 0: 0000200B: problem 1005 (CONSTRAINT_ATT_TYPE)"),
+}
+_ERROR_NAMES = {50: "permission-issue", 53: "cd-error", 11: "cd-error", 19: "constraint-violation"}
+
+
+def _refuse(monkeypatch: pytest.MonkeyPatch, code: int, refused: int | None) -> list[str]:
+    """The first ``refused`` writes (None: all) are answered ``code`` and not applied; the DNs refused."""
+    original = _export._modify
+    description, message = _ANSWERS[code]
+    seen: list[str] = []
+
+    def modify_or_refuse(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+        if refused is None or len(seen) < refused:
+            seen.append(dn)
+            return {"result": code, "description": description, "message": message}
+        return original(conn, dn, changes)
+
+    monkeypatch.setattr(_export, "_modify", modify_or_refuse)
+    return seen
+
+
+def _engine(ad_env: ADTestEnv, seed: int) -> tuple[Engine, str, list[str]]:
+    people, names, photos = ad_env.people_with_photos(_USERS, seed=seed)
+    # check_permissions = false: the rights check up front would otherwise stop a missing grant first
+    settings = {"export_connections": 1, "check_permissions": False}
+    config = photo_sync_config(ad_env, people, photos, settings, export_step={"batch_size": _BATCH})
+    engine = Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))
+    assert engine.run_profile("Prepare").status == "success"
+    return engine, people, names
+
+
+@pytest.mark.parametrize("code", [50, 53, 11])
+def test_a_refusal_every_write_gets_stops_the_step_once_naming_the_account_or_the_dc(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    engine, people, names = _engine(ad_env, seed=1000 + code)
+    try:
+        refused = _refuse(monkeypatch, code, None)
+        stopped = engine.run_profile("Export")
+        pending_after = _pending(engine)
+        monkeypatch.undo()
+        resumed = engine.run_profile("Export")
+        pending_final = _pending(engine)
+    finally:
+        engine.close()
+    expected = "stopped-permission-issue" if code == 50 else "stopped-connector-error"
+    assert stopped.status == expected, [s.as_dict() for s in stopped.steps]
+    step = stopped.steps[0]
+    message = step.message
+    assert f"domain controller {ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) refused the first {_K} writes" in message
+    assert _ANSWERS[code][0] in message and "not one succeeded" in message, message
+    assert "stay pending with the rest, for the next export" in message, message
+    if code == 50:  # the account and the grant, once
+        assert "may not write thumbnailPhoto, whoever the person; grant it with: dsacls" in message, message
+        assert f'dsacls "{people}" /I:S /G' in message and ":RPWP;thumbnailPhoto;user" in message, message
+    # the people refused before the rule could tell have their error each; nobody else was tried
+    assert len(refused) == _K
+    assert [e.error_name for e in step.errors] == [_ERROR_NAMES[code]] * _K, [e.as_dict() for e in step.errors]
+    assert not step.counters.get("export_updates"), step.counters
+    assert pending_after == _USERS
+    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
+    assert pending_final == 0
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(1000 + code + i)], name
+
+
+@pytest.mark.parametrize("code", [50, 53, 11, 19])
+def test_a_refusal_of_one_person_is_that_persons_error_and_the_export_goes_on(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """The first write of the step refused, the others accepted: one error naming that person, the rest
+    written, the step completes; the refused person stays pending."""
+    engine, _people, _names = _engine(ad_env, seed=1100 + code)
+    try:
+        refused = _refuse(monkeypatch, code, 1)
+        run = engine.run_profile("Export")
+        pending = _pending(engine)
+    finally:
+        engine.close()
+    assert run.status == "completed-export-errors", [s.as_dict() for s in run.steps]
+    step = run.steps[0]
+    assert [e.error_name for e in step.errors] == [_ERROR_NAMES[code]], [e.as_dict() for e in step.errors]
+    assert f"modify {refused[0]}: {code} {_ANSWERS[code][0]}" in step.errors[0].detail, step.errors[0].detail
+    assert step.counters.get("export_updates") == _USERS - 1, step.counters
+    assert pending == 1
+
+
+def test_a_constraint_violation_every_write_gets_stays_each_persons_error(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """constraintViolation is about the value written (RFC 4511: it "violates constraints placed on the
+    attribute"): every photo too large for the DC is each person's error, naming size and limit; no stop."""
+    engine, _people, _names = _engine(ad_env, seed=1200)
+    try:
+        _refuse(monkeypatch, 19, None)
+        run = engine.run_profile("Export")
+        pending = _pending(engine)
+    finally:
+        engine.close()
+    assert run.status == "completed-export-errors", [s.as_dict() for s in run.steps]
+    assert [e.error_name for e in run.steps[0].errors] == ["constraint-violation"] * _USERS
+    assert pending == _USERS
+
+
+def test_refused_everywhere_needs_distinct_refusals_and_no_success() -> None:
+    """The rule alone (pure logic): distinct objects per reason, exactly once, and never after a success."""
+    rule = RefusedEverywhere(3)
+    assert rule.refused("a", "50") is None
+    assert rule.refused("a", "50") is None  # the same object again is no new evidence
+    assert rule.refused("b", "53") is None  # another reason counts apart
+    assert rule.refused("b", "50") is None
+    assert rule.refused("c", "50") == ["a", "b", "c"]
+    assert rule.refused("d", "50") is None  # said once
+    worked = RefusedEverywhere(2)
+    assert worked.refused("a", "50") is None
+    worked.worked()
+    assert worked.refused("b", "50") is None  # a success makes every refusal the object's own
+    assert worked.refused("c", "50") is None
