@@ -356,6 +356,10 @@ class Link:
         self.host = prefer or (settings.hosts or [""])[0]
         #: DCs passed over on the way to one that answered, with why (for the run history); empty: none.
         self.passed_over: dict[str, str] = {}
+        #: DCs this link was connected to and lost in the middle of its work, with why (for the run history).
+        self.lost: dict[str, str] = {}
+        #: The DC of this link's last connection; None before the first.
+        self._served: str | None = None
         #: When a Kerberos-bound connection must bind again (its ticket runs out); None: never.
         self._rebind_at: float | None = None
         #: Successful binds so far (a rebind for a new ticket counts too); each is a new connection.
@@ -386,12 +390,20 @@ class Link:
         return f"{host or self.host}:{self.settings.effective_port} ({self.settings.security})"
 
     def describe(self) -> str:
-        """Which DC served this link (host:port), and the DCs passed over on the way, with why."""
-        served = self._where()
-        if not self.passed_over:
-            return f"domain controller {served}"
-        skipped = "; ".join(self.passed_over.values())
-        return f"domain controller {served}, after passing over {', '.join(self.passed_over)} ({skipped})"
+        """Which DC served this link (host:port), the DCs it served before and lost on the way, and the DCs
+        passed over, with why.
+
+        Why the lost ones apart: a DC that served the first writes of an export and then went away was
+        named as "passed over", as if it had written nothing, when the step's writes went to two DCs.
+        """
+        text = f"domain controller {self._where()}"
+        if self.lost:
+            lost = ", ".join(self._where(h) for h in self.lost)
+            text += f", which took over from {lost} (lost during the step: {'; '.join(self.lost.values())})"
+        skipped = {h: why for h, why in self.passed_over.items() if h not in self.lost}
+        if skipped:
+            text += f", after passing over {', '.join(skipped)} ({'; '.join(skipped.values())})"
+        return text
 
     def _credentials(self, host: str) -> dict[str, Any]:
         s = self.settings
@@ -526,6 +538,8 @@ class Link:
     def _reached(self, host: str, failures: dict[str, str]) -> None:
         """Note that ``host`` answered after the DCs in ``failures`` did not; a change of DC is logged."""
         passed = {h: why for h, why in failures.items() if h != host}
+        if host != self.host and self._served == self.host:  # it served this link before: lost, not passed over
+            self.lost[self.host] = failures.get(self.host, "it was not reached")
         if host != self.host:
             self.logger.warning(
                 "domain controller %s answers in place of %s: %s",
@@ -533,7 +547,7 @@ class Link:
                 self._where(),
                 failures.get(self.host, "it was not reached"),
             )
-        self.host = host
+        self.host = self._served = host
         if passed:
             self.passed_over = passed
 
