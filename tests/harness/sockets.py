@@ -147,7 +147,9 @@ class FaultyProxy:
     relays again, connections accepted meanwhile included (the server answers after all).
     ``reset()``: every open connection is reset (RST) and new ones are reset once the client has
     sent its first bytes, its TLS ClientHello (a DC restarting, a firewall cutting connections).
-    ``relay()`` relays again, resetting what was held. ``accepted`` counts connections accepted.
+    ``relay()`` relays again, resetting what was held. ``hang_open()``: the connections open now relay
+    nothing more, for good (what their client sends is dropped: a DC that took the request and never
+    answers), while new connections relay as before. ``accepted`` counts connections accepted.
     Without ``upstream`` it only resets or holds.
     """
 
@@ -165,6 +167,8 @@ class FaultyProxy:
         self.held = threading.Event()
         #: connections accepted while held, connected upstream by ``thaw()``
         self._waiting: list[socket.socket] = []
+        #: sockets (either end) of the connections ``hang_open()`` hung: what arrives there is dropped
+        self._hung: set[socket.socket] = set()
         self._thread = _accepting(self._server, self._stop, self._accepted)
 
     def hold(self) -> None:
@@ -180,6 +184,10 @@ class FaultyProxy:
             self._relaying.set()
         for client in waiting:
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def hang_open(self) -> None:
+        with self._lock:
+            self._hung.update(self._open)
 
     def reset(self) -> None:
         with self._lock:
@@ -229,6 +237,9 @@ class FaultyProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if src in self._hung or dst in self._hung:
+                    self.held.set()
+                    continue  # dropped: the other end waits for an answer that never comes
                 if not self._relaying.is_set():
                     self.held.set()
                 self._relaying.wait()  # held: the bytes go nowhere until thaw(), relay() or reset()

@@ -11,6 +11,7 @@ writes its batch had already made, so the next export wrote them again.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,56 @@ def test_a_connection_reset_once_mid_export_is_made_again_and_the_export_goes_on
     assert dc.accepted > accepted_before + 1  # the export's connection, and the one made again after the reset
     for i, name in enumerate(names):
         assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(800 + i)], name
+
+
+def test_a_write_the_dc_takes_and_never_answers_ends_within_its_bound_outcome_unknown(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DC that accepts connections, binds, takes a write and never answers it (the relay drops the write's
+    bytes, ``hang_open``; connections made after relay as before, so every reconnect binds and the write is
+    sent again, to hang again). The bound is ``receive_timeout`` per sending, ``reconnect_attempts`` + 1
+    sendings: the step stops after them with the write "sent, and its answer never came" (outcome unknown),
+    the photo not in the directory and still pending, and the next export writes it."""
+    settings = _config(ad_env, "", Path(), 0)["agents"]["ad"]["settings"]
+    receive_s, sendings = settings["receive_timeout"], settings["reconnect_attempts"] + 1
+    with _prepared_behind_relay(ad_env, seed=1400) as (engine, dc, people, names):
+        original = _export._modify
+        written: list[str] = []
+        hung: list[str] = []
+
+        def modify_or_hang(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+            if len(written) >= _WRITES_BEFORE_OUTAGE:
+                hung.append(dn)
+                dc.hang_open()  # this connection, bound and answering so far, drops what is sent now
+            result = original(conn, dn, changes)
+            written.append(dn)
+            return result
+
+        monkeypatch.setattr(_export, "_modify", modify_or_hang)
+        started = time.monotonic()
+        stopped = engine.run_profile("Export")
+        elapsed = time.monotonic() - started
+        pending_after = _pending(engine)
+        monkeypatch.undo()
+        unwritten = ad_env.read(hung[0].split(",", 1)[0].split("=", 1)[1], "thumbnailPhoto", people)
+        resumed = engine.run_profile("Export")
+        pending_final = _pending(engine)
+    _assert_stopped_naming_the_dc(stopped, dc)
+    step = stopped.steps[0]
+    assert f"no answer within receive_timeout ({receive_s} s)" in step.message, step.message
+    # bounded: the hung write was sent reconnect_attempts + 1 times, each waited receive_timeout, then no more
+    assert len(set(hung)) == 1 and len(hung) == sendings, hung
+    assert elapsed >= sendings * receive_s
+    assert elapsed < sendings * receive_s + 60, elapsed  # generous: a wait with no bound would hit pytest's timeout
+    in_flight, not_sent = (e.detail for e in step.errors)
+    assert in_flight.startswith(f"modify {hung[0]}: sent, and its answer never came"), in_flight
+    assert "whether the DC applied it is unknown" in in_flight, in_flight
+    assert "not sent: " in not_sent, not_sent
+    assert [e.error_name for e in step.errors] == ["cd-server-down"] * 2
+    assert step.counters.get("export_updates") == _WRITES_BEFORE_OUTAGE, step.counters
+    assert pending_after == _USERS - _WRITES_BEFORE_OUTAGE
+    assert unwritten == []  # the DC never had it: still pending, not lost
+    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
+    assert pending_final == 0
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(1400 + i)], name
