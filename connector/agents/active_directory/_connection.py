@@ -56,6 +56,7 @@ from ldap3.core.exceptions import (
     LDAPResponseTimeoutError,
     LDAPStartTLSError,
 )
+from ldap3.core.tls import check_hostname
 
 from connector.agents.active_directory import _kerberos
 from connector.agents.active_directory._locator import DcLocator, DnsLookupFailed
@@ -128,6 +129,27 @@ def dc_entries(conn: Connection, what: str) -> list[dict[str, Any]]:
     if result.get("result") in DC_STATE_CODES:
         raise DcRefused(result, what)
     return search_entries(conn)
+
+
+class _NamedTls(Tls):  # type: ignore[misc]  # ldap3 has no type hints
+    """ldap3's TLS for a DC reached at the address DNS gave for its name: the certificate must name the DC
+    (its SRV target, also sent as SNI), whatever the address.
+
+    Why: ldap3 accepts a certificate that names the address it connected to *or* one of its ``valid_names``,
+    so a certificate issued for the address alone, which any host at that address may hold, passed for the
+    DC named in DNS. RFC 6125 (6.4) checks the name the client asked for; here that is the SRV target, which
+    the DC registers (MS-ADTS 6.3.1.10) and its certificate names. The chain is still validated by ldap3's
+    context; the name is then checked with ldap3's own matcher, against the target alone.
+    """
+
+    def __init__(self, name: str, **options: Any) -> None:
+        super().__init__(valid_names=[name], sni=name, **options)
+        self.dc_name = name
+
+    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        super().wrap_socket(connection, do_handshake=do_handshake)
+        if do_handshake and self.validate != ssl.CERT_NONE:
+            check_hostname(connection.socket, self.dc_name, None)
 
 
 def _is_certificate_failure(exc: BaseException) -> bool:
@@ -376,7 +398,10 @@ class Link:
         if s.security != "plain":
             ca = None if s.ca_file is None else readable_ca_file(s.ca_file, "ca_file")
             validate = ssl.CERT_REQUIRED if s.tls_validate else ssl.CERT_NONE
-            tls = Tls(validate=validate, ca_certs_file=ca, valid_names=named and [named], sni=named)
+            if named is None:
+                tls = Tls(validate=validate, ca_certs_file=ca)
+            else:
+                tls = _NamedTls(named, validate=validate, ca_certs_file=ca)
         return Server(
             address,
             port=s.effective_port,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from pydantic import SecretStr, ValidationError
 
 from connector.agents.active_directory import ActiveDirectorySettings
@@ -29,11 +30,11 @@ from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._locator import DcLocator, SrvRecord, rfc2782_order
 from connector.config import config_from_dict
 from connector.engine import Engine
-from connector.sdk import ConfigurationError, ServerDownError
+from connector.sdk import ConfigurationError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_failover import _engine, _history_message, _loopback, full_then_delta
 from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
-from tests.agents.active_directory.test_ad_network_errors import import_config, run_import_in_child
+from tests.agents.active_directory.test_ad_network_errors import _tls_dc, import_config, run_import_in_child
 from tests.harness.dns_server import DnsServer, dns_server
 from tests.harness.samba_dc import KerberosAccount, SambaUnavailable, dc_fqdn
 from tests.harness.sockets import faulty_proxy
@@ -373,3 +374,34 @@ def test_an_export_writes_through_the_dns_found_dc(ad_env: ADTestEnv, fqdn: str)
     assert step.message == f"served by domain controller {fqdn}:{ad_env.ad.ldaps_port} (ldaps)", step.message
     assert [ad_env.read(name, "thumbnailPhoto") for name in names] == [[jpeg(800 + i)] for i in range(3)]
     assert server.asked.count((srv, "SRV")) == 2
+
+
+@pytest.mark.parametrize("issued_for", ["the address only", "the SRV target"])
+def test_a_dc_found_in_dns_must_have_a_certificate_for_its_srv_name_not_for_its_address(
+    issued_for: str, tmp_path: Path
+) -> None:
+    """DNS gives the DC ``dc1`` at 127.0.0.1; the agent connects to that address and checks the certificate
+    for the name. Before: ldap3 accepted a certificate that named the address OR the name (``valid_names``
+    adds to the address, RFC 6125 6.4 wants the name asked for), so a certificate issued for 127.0.0.1 alone,
+    which any host at that address may hold, passed for dc1. Now only the SRV target counts: a certificate
+    for the address alone stops at the handshake, naming what it names; one for the target passes (the
+    stand-in closes after the handshake, which is then a lost connection, not a certificate error)."""
+    target = f"dc1.{DOMAIN}"
+    ca = trustme.CA()
+    certificate = ca.issue_cert("127.0.0.1" if issued_for == "the address only" else target)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    zone = {(DOMAIN_SRV, "SRV"): [_srv(0, 100, target)], (target, "A"): ["127.0.0.1"]}
+    with _tls_dc(certificate) as port, dns_server(zone) as server:
+        link = Link(_settings(server, port=port, ca_file=ca_file, connect_timeout=5), logging.getLogger("test"))
+        with pytest.raises(StopRunError) as caught:
+            link.connect()
+    message = str(caught.value)
+    if issued_for == "the SRV target":
+        assert isinstance(caught.value, ServerDownError) and "certificate" not in message, message
+        return
+    assert not isinstance(caught.value, ServerDownError), message  # another attempt cannot fix it
+    assert message.startswith(
+        f"certificate: the certificate of {target}:{port} (ldaps) names 127.0.0.1, not {target}: have the DC's "
+        "certificate issued for its name in DNS"
+    ), message
