@@ -14,11 +14,12 @@ the step went on through every batch and ended ``completed-export-errors`` with 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from connector.agents.active_directory import _export
+from connector.agents.active_directory import _export, _permissions
 from connector.config import config_from_dict
 from connector.engine import Engine
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
@@ -171,3 +172,37 @@ def test_a_busy_answer_to_the_lookup_before_the_writes_stops_the_step_as_a_busy_
     assert pending_final == 0
     for i, name in enumerate(names):
         assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(950 + i)], name
+
+
+def test_a_busy_answer_to_the_rights_read_before_the_writes_stops_the_step_as_a_busy_write_does(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rights check reads allowedAttributesEffective of an object by itself when the lookup's answer
+    lacks it (a DC that computes it for BASE searches only); that read answered busy stops the step the
+    same way, writing nothing. Before, a busy answer read as "no right at all": the step stopped with
+    stopped-permission-issue, advising a dsacls grant that exists."""
+    people, _names, photos = ad_env.people_with_photos(_USERS, seed=980)
+    config = photo_sync_config(ad_env, people, photos, {"export_connections": 1}, export_step={"batch_size": _BATCH})
+    engine = Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))
+    try:
+        assert engine.run_profile("Prepare").status == "success"
+        real = _permissions.dc_entries
+
+        def busy(conn: Any, what: str) -> list[dict[str, Any]]:
+            answer = SimpleNamespace(
+                result={"result": 51, "description": "busy", "message": "problem 5001"}, response=[]
+            )
+            return real(answer, what)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(_export, "effective_of", lambda _entry: None)  # the lookup's answer lacks the rights
+        monkeypatch.setattr(_permissions, "dc_entries", busy)
+        stopped = engine.run_profile("Export")
+        pending = _pending(engine)
+    finally:
+        engine.close()
+    assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
+    step = stopped.steps[0]
+    assert f"(ldaps) answered the read of the rights on CN={ad_env.tag}" in step.message, step.message
+    assert "with 51 busy: problem 5001" in step.message, step.message
+    assert not step.errors and not step.counters.get("export_updates"), step.as_dict()
+    assert pending == _USERS
