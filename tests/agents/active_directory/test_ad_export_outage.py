@@ -31,7 +31,7 @@ pytestmark = pytest.mark.samba
 _USERS, _BATCH, _WRITES_BEFORE_OUTAGE = 7, 3, 4
 
 
-def _config(ad_env: ADTestEnv, people: str, photos: Path, port: int) -> dict[str, Any]:
+def _config(ad_env: ADTestEnv, people: str, photos: Path, port: int, **overrides: Any) -> dict[str, Any]:
     relayed = {
         "host": "localhost",  # a name the DC's certificate holds; the relay listens there
         "port": port,
@@ -39,6 +39,7 @@ def _config(ad_env: ADTestEnv, people: str, photos: Path, port: int) -> dict[str
         "connect_timeout": 1,
         "receive_timeout": 2,
         "reconnect_attempts": 1,
+        **overrides,
     }
     return photo_sync_config(ad_env, people, photos, relayed, export_step={"batch_size": _BATCH})
 
@@ -60,14 +61,18 @@ def _outage_after_writes(monkeypatch: pytest.MonkeyPatch, count: int, outage: Ca
 
 
 @contextlib.contextmanager
-def _prepared_behind_relay(ad_env: ADTestEnv, seed: int) -> Iterator[tuple[Engine, FaultyProxy, str, list[str]]]:
+def _prepared_behind_relay(
+    ad_env: ADTestEnv, seed: int, **overrides: Any
+) -> Iterator[tuple[Engine, FaultyProxy, str, list[str]]]:
     """An engine whose AD agent reaches the real DC through a ``FaultyProxy``, with ``_USERS`` people (OU
-    "people", names in order) whose photos (``jpeg(seed + i)``) are staged for export ("Prepare" run)."""
+    "people", names in order) whose photos (``jpeg(seed + i)``) are staged for export ("Prepare" run);
+    ``overrides`` replace settings of ``_config``."""
     if ad_env.ad.external or ad_env.ad.ca_cert is None:
         pytest.skip("the relay needs the harness's own DC, whose certificate names localhost")
     people, names, photos = ad_env.people_with_photos(_USERS, seed=seed)
     with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
-        engine = Engine(config_from_dict(_config(ad_env, people, photos, dc.port), base_dir=ad_env.tmp_path))
+        config = _config(ad_env, people, photos, dc.port, **overrides)
+        engine = Engine(config_from_dict(config, base_dir=ad_env.tmp_path))
         try:
             assert engine.run_profile("Prepare").status == "success"
             yield engine, dc, people, names
@@ -152,9 +157,11 @@ def test_a_write_the_dc_takes_and_never_answers_ends_within_its_bound_outcome_un
     sent again, to hang again). The bound is ``receive_timeout`` per sending, ``reconnect_attempts`` + 1
     sendings: the step stops after them with the write "sent, and its answer never came" (outcome unknown),
     the photo not in the directory and still pending, and the next export writes it."""
-    settings = _config(ad_env, "", Path(), 0)["agents"]["ad"]["settings"]
+    # every reconnect must reach the DC and bind (through the relay) within these, however busy the machine
+    timeouts = {"connect_timeout": 5, "receive_timeout": 4}
+    settings = _config(ad_env, "", Path(), 0, **timeouts)["agents"]["ad"]["settings"]
     receive_s, sendings = settings["receive_timeout"], settings["reconnect_attempts"] + 1
-    with _prepared_behind_relay(ad_env, seed=1400) as (engine, dc, people, names):
+    with _prepared_behind_relay(ad_env, seed=1400, **timeouts) as (engine, dc, people, names):
         original = _export._modify
         written: list[str] = []
         hung: list[str] = []
