@@ -23,7 +23,10 @@ from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.net import RefusedEverywhere
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
+from tests.agents.active_directory.test_ad_export_cli import _pending as _cli_pending
+from tests.agents.active_directory.test_ad_export_cli import folder_to_ad
 from tests.agents.active_directory.test_ad_export_outage import _pending
+from tests.cli._configs import invoke
 
 pytestmark = pytest.mark.samba
 
@@ -152,3 +155,22 @@ def test_refused_everywhere_needs_distinct_refusals_and_no_success() -> None:
     worked.worked()
     assert worked.refused("b", "50") is None  # a success makes every refusal the object's own
     assert worked.refused("c", "50") is None
+
+
+def test_mvsync_run_against_an_account_refused_every_write_exits_4_naming_the_account_and_the_grant(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operator sees (``mvsync run Export``): exit code 4, stopped-permission-issue, the account and
+    the dsacls grant once, no traceback."""
+    people, _names, photos = ad_env.people_with_photos(_USERS, seed=1500)
+    config = folder_to_ad(ad_env, people, photos, export_connections=1, check_permissions=False)
+    code, out, err = invoke("run", "Prepare", "-c", str(config))
+    assert code == 0, out + err
+    _refuse(monkeypatch, 50, None)
+    code, out, err = invoke("run", "Export", "-c", str(config))
+    shown = " ".join((out + err).split())
+    assert code == 4, shown
+    assert "stopped-permission-issue" in shown and "Traceback" not in shown, shown
+    assert f"refused the first {_K} writes of this step" in shown, shown
+    assert "may not write thumbnailPhoto, whoever the person; grant it with: dsacls" in shown, shown
+    assert _cli_pending(config) == _USERS
