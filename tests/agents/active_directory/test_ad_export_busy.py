@@ -206,3 +206,39 @@ def test_a_busy_answer_to_the_rights_read_before_the_writes_stops_the_step_as_a_
     assert "with 51 busy: problem 5001" in step.message, step.message
     assert not step.errors and not step.counters.get("export_updates"), step.as_dict()
     assert pending == _USERS
+
+
+def test_a_busy_answer_to_the_search_for_an_object_moved_out_of_scope_stops_the_step(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object not found under base_dns is looked for by its GUID (to tell "moved out of scope" from
+    "deleted"); that search answered busy stops the step as a busy write does. Before, the empty answer
+    read as "no object with objectGUID ... exists (deleted since the last import?)": a cd-missing-object
+    error for a person who exists."""
+    people, names, photos = ad_env.people_with_photos(_USERS, seed=990)
+    config = photo_sync_config(ad_env, people, photos, {"export_connections": 1}, export_step={"batch_size": _BATCH})
+    engine = Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))
+    try:
+        assert engine.run_profile("Prepare").status == "success"
+        elsewhere = ad_env.sub_ou("elsewhere")
+        assert ad_env.admin.modify_dn(f"CN={names[0]},{people}", f"CN={names[0]}", new_superior=elsewhere)
+        real = _export.dc_entries
+
+        def busy_for_guid(conn: Any, what: str) -> list[dict[str, Any]]:
+            if what.startswith("the search for <GUID="):
+                answer = SimpleNamespace(
+                    result={"result": 52, "description": "unavailable", "message": ""}, response=[]
+                )
+                return real(answer, what)  # type: ignore[arg-type]
+            return real(conn, what)
+
+        monkeypatch.setattr(_export, "dc_entries", busy_for_guid)
+        stopped = engine.run_profile("Export")
+        pending = _pending(engine)
+    finally:
+        engine.close()
+    assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
+    step = stopped.steps[0]
+    assert "(ldaps) answered the search for <GUID=" in step.message and "with 52 unavailable" in step.message
+    assert not step.errors, [e.as_dict() for e in step.errors]  # no cd-missing-object for someone who exists
+    assert pending == _USERS
