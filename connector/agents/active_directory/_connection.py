@@ -680,6 +680,11 @@ class LinkPool:
     def __len__(self) -> int:
         return len(self._created)
 
+    def links(self) -> list[Link]:
+        """The links made so far, in the order they were made (the first is the step's own)."""
+        with self._lock:
+            return list(self._created)
+
 
 def search_entries(conn: Connection) -> list[dict[str, Any]]:
     """The entries (not referrals) of the last search on ``conn``."""

@@ -163,7 +163,13 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         a delta's watermark belongs to that DC and an operator asks which one answered."""
         if self._link is None or not self._link.host:  # no DC yet: the DNS lookup of domain's DCs failed
             return None
-        return f"served by {self._link.describe()}"
+        note = f"served by {self._link.describe()}"
+        # an export's other connections fail over on their own: name those that ended elsewhere or lost a DC
+        others = [] if self._pool is None else self._pool.links()[1:]
+        for number, link in enumerate(others, 2):
+            if link.host and (link.host != self._link.host or link.lost):
+                note += f"; export connection {number}: {link.describe()}"
+        return note
 
     # -- SDK methods ------------------------------------------------------------------------------
     def get_schema(self) -> Schema:
