@@ -450,7 +450,7 @@ def run_doctor(config: MvsyncConfig, *, store: bool = True, connect: bool = True
         report.add(finding)
     if store:
         try:
-            opened = SqlStore(config.store_url(), migrate_schema=False, create=False)
+            opened = SqlStore(config.store_url(), migrate_schema=False, create=False, reader="mvsync doctor")
         except StoreMissingError as exc:  # not created here: the first run creates it
             report.add(Finding("store", "open", "warning", str(exc)))
             return report

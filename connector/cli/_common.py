@@ -118,6 +118,15 @@ def exit_code_for_status(status: str) -> int:
     return EXIT_INTERNAL
 
 
+def command_path() -> str:
+    """The command being run as typed (``mvsync history list``), without its arguments (a person's name,
+    a path): how a read-only command names itself to ``mvsync store restore``."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    return context.command_path if context is not None else "a read-only mvsync command"
+
+
 def print_json(obj: Any) -> None:
     """One JSON document on stdout (no rich markup, no wrapping)."""
     sys.stdout.write(json.dumps(obj, default=str, sort_keys=False) + "\n")

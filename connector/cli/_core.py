@@ -18,6 +18,7 @@ from connector.cli._common import (
     EXIT_CONFIG,
     ConfigOption,
     JsonOption,
+    command_path,
     console,
     err_console,
     exit_code_for_status,
@@ -93,7 +94,11 @@ def _config(path: Path) -> MvsyncConfig:
 def _store(config: MvsyncConfig) -> SqlStore:
     """The store for a read-only command: it never creates one where none is (a typo in store.url
     must not look like an empty history)."""
-    return SqlStore(config.store_url(), create=False)
+    return SqlStore(config.store_url(), create=False, reader=command_path())
+
+
+#: How a dry run names itself to ``mvsync store restore`` (it holds the store open read-only).
+_DRY_RUN = "a dry run (mvsync run --dry-run)"
 
 
 def _dry_run_store(config: MvsyncConfig) -> SqlStore:
@@ -110,7 +115,7 @@ def _dry_run_store(config: MvsyncConfig) -> SqlStore:
     """
     url = config.store_url()
     try:
-        store = SqlStore(url, create=False, migrate_schema=False, wal=False)
+        store = SqlStore(url, create=False, migrate_schema=False, wal=False, reader=_DRY_RUN)
     except StoreMissingError as exc:
         return _empty_preview(str(exc))
     try:
@@ -121,7 +126,7 @@ def _dry_run_store(config: MvsyncConfig) -> SqlStore:
         return _empty_preview(f"{store.where} holds no mvsync store yet (a database without mvsync's tables)")
     if found < SCHEMA_VERSION:
         raise _older_store(config, store.where, found)
-    return SqlStore(url, create=False, wal=False)  # this version's schema; a newer one is refused here
+    return SqlStore(url, create=False, wal=False, reader=_DRY_RUN)  # this version's schema; a newer one is refused here
 
 
 def _empty_preview(why: str) -> SqlStore:

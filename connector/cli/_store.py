@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
         from connector.store import SqlStore
 
         # whatever the schema's version: a backup before an upgrade is the very time to take one
-        store = SqlStore(load_config(config).store_url(), create=False, migrate_schema=False)
+        store = SqlStore(
+            load_config(config).store_url(), create=False, migrate_schema=False, reader="mvsync store backup"
+        )
         replaced: list[str] = []
         removed: list[str] = []
 
@@ -99,7 +101,9 @@ def register(app: typer.Typer) -> None:
         from connector.config import load_config
         from connector.store import SqlStore
 
-        store = SqlStore(load_config(config).store_url(), create=False, migrate_schema=False)
+        store = SqlStore(
+            load_config(config).store_url(), create=False, migrate_schema=False, reader="mvsync store upgrade"
+        )
         try:
             before, after = store.upgrade()
         finally:

@@ -127,15 +127,16 @@ def _open_store(url: str) -> SqlStore:
     A store it could never use (a wrong password, a missing database) still stops it.
     """
     from connector.store import SqlStore, StoreUnreachableError
+    from connector.web import CONSOLE_READER
 
     try:
-        return SqlStore(url, create=False)
+        return SqlStore(url, create=False, reader=CONSOLE_READER)
     except StoreUnreachableError as exc:
         err_console.print(
             f"warning: {escape(str(exc))}; the console starts, and its pages say so until the store answers",
             highlight=False,
         )
-        return SqlStore(url, create=False, migrate_schema=False)
+        return SqlStore(url, create=False, migrate_schema=False, reader=CONSOLE_READER)
 
 
 def _tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -40,11 +41,14 @@ from connector.files import atomic_write
 from connector.store._faults import LockHeldError, StoreError, first_line, store_faults
 from connector.timestamps import local_time
 
-__all__ = ["OPENING_LOCK", "LockManager", "table_lock_holders"]
+__all__ = ["OPENING_LOCK", "READER_LOCK_PREFIX", "LockManager", "table_lock_holders"]
 
 #: The lock a SQLite store is checked, created or upgraded under when a run opens it (``SqlStore``), and
 #: that ``mvsync store restore`` holds while it replaces the file: a run that starts then waits for it.
 OPENING_LOCK = "store-open"
+#: The names of the locks that processes holding a SQLite store open read-only hold (``reader-PID-TOKEN``):
+#: see :meth:`LockManager.register_reader`.
+READER_LOCK_PREFIX = "reader-"
 
 log = logging.getLogger("mvsync.store")
 
@@ -222,6 +226,31 @@ class LockManager:
         return [
             f"{_describe(record)} ({name})" for name, record in self.recorded("") if name != besides and self.held(name)
         ]
+
+    def register_reader(self, who: str, *, wait_s: float) -> contextlib.ExitStack:
+        """Register this process as a reader of the SQLite store until the returned stack is closed: a lock
+        of its own (``reader-PID-TOKEN``, noted as ``who``), taken while it holds the opening lock (waiting
+        up to ``wait_s`` for it). Nothing is held for PostgreSQL or a store in memory.
+
+        Why: read-only commands (``history``, ``cs``, ``mv``, ``doctor``, the console) opened the store
+        without a word to ``mvsync store restore``, which could then swap the file under one that opened
+        it after the restore's checks (on Linux it read the replaced store for as long as it ran; on
+        Windows the rename fails on the open file). The restore holds the opening lock from before its
+        checks to after its rename and refuses while any other lock of the store is held, so a reader
+        registered under that lock is either seen by the restore (refused, naming ``who``) or waits
+        for it and opens the restored file. The OS drops the lock with a killed reader; its files are
+        removed by the next registration. Raises ``LockHeldError`` (the opening lock stayed held) or
+        ``StoreError`` (a lock folder this account cannot use).
+        """
+        registration = contextlib.ExitStack()
+        if self._lock_dir is None or self._engine.dialect.name == "postgresql":
+            return registration
+        name = f"{READER_LOCK_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        with self.hold(OPENING_LOCK, wait_s=wait_s):
+            for dead, _record in self.recorded(READER_LOCK_PREFIX):
+                self.free(dead)  # a killed reader's files (a live reader's lock is held: left as it is)
+            registration.enter_context(self.hold(name, transient=True, note={"run": who}))
+        return registration
 
     # -- SQLite: lock files --------------------------------------------------------------------
     @staticmethod

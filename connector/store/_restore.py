@@ -327,9 +327,32 @@ def _put_in_place(partial: Path, store: Path) -> None:
     try:
         os.replace(partial, store)
     except OSError as exc:
+        if _sharing_violation(exc):
+            opened = processes_with_open(sqlite_files(store))
+            who = (
+                f": {'; '.join(opened)}"
+                if opened
+                else " (Windows does not say which: a console, a sqlite3 shell, a backup agent or antivirus)"
+            )
+            msg = (
+                f"cannot put the restored copy in place of {store}: another process has it open ({exc.strerror}){who}; "
+                f"stop it, then restore again; {_UNCHANGED}"
+            )
+            raise StoreBusyError(msg) from None
         raise StoreError(f"cannot put the restored copy in place of {store} ({exc.strerror}); {_UNCHANGED}") from None
     with contextlib.suppress(OSError):  # the rename is done; a folder that cannot be flushed changes nothing
         fsync_dir(store.parent)
+
+
+#: The Windows errors of a rename onto a file another process has open: ERROR_ACCESS_DENIED (5) and
+#: ERROR_SHARING_VIOLATION (32) (MoveFileEx needs the target openable for delete; a process that opened
+#: it without FILE_SHARE_DELETE, as SQLite and most programs do, stops that). Python raises both as PermissionError.
+_WINDOWS_IN_USE = (5, 32)
+
+
+def _sharing_violation(exc: OSError) -> bool:
+    """Whether ``exc`` from a rename onto the store says that another process has the store open (Windows)."""
+    return isinstance(exc, PermissionError) and getattr(exc, "winerror", None) in _WINDOWS_IN_USE
 
 
 def _link_or_rename(store: Path, aside: Path) -> None:

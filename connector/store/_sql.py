@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -291,8 +292,17 @@ def parse_store_url(url: str) -> URL:
 class SqlStore:
     """Owns the SQLAlchemy engine, schema migrations, transactions, blobs and run locks."""
 
-    def __init__(self, url: str, *, migrate_schema: bool = True, create: bool = True, wal: bool = True) -> None:
-        """Open the store at ``url``; ``create=False`` (read-only commands) refuses a missing one;
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate_schema: bool = True,
+        create: bool = True,
+        wal: bool = True,
+        reader: str = "a read-only mvsync command",
+    ) -> None:
+        """Open the store at ``url``; ``create=False`` (read-only commands) refuses a missing one, and
+        registers this process as a reader of a SQLite store, named ``reader`` (see :meth:`_register_reader`);
         ``wal=False`` (a dry run) leaves a SQLite file's journal mode as it is."""
         parsed = parse_store_url(url)
         self.url = url
@@ -336,17 +346,23 @@ class SqlStore:
         self._tx_lock = threading.RLock()
         self._inserted: dict[str, int] = {}
         self._counted: dict[str, int] = {}
-        with self._opening(create=create):
-            creating = self.path is not None and create and not self.path.exists()
-            try:
-                if self.path is not None and create:
-                    _check_sqlite_file(self.path, create=create)
-                if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
-                    self.upgrade(check_only=not create)
-            except StoreError:
-                if creating:
-                    self._remove_unwritten_file()
-                raise
+        #: This process's registration as a reader of the SQLite store (held until :meth:`close`).
+        self._registration = contextlib.ExitStack() if create else self._register_reader(reader)
+        try:
+            with self._opening(create=create):
+                creating = self.path is not None and create and not self.path.exists()
+                try:
+                    if self.path is not None and create:
+                        _check_sqlite_file(self.path, create=create)
+                    if migrate_schema:  # a read-only command's (create=False) checks the version, never upgrades
+                        self.upgrade(check_only=not create)
+                except StoreError:
+                    if creating:
+                        self._remove_unwritten_file()
+                    raise
+        except BaseException:
+            self.close()
+            raise
         #: The OS's identity of the SQLite file this store opened (see :meth:`check_same_file`).
         self._file_id = _file_identity(self.path) if self.path is not None else None
 
@@ -366,6 +382,29 @@ class SqlStore:
             if self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
                 for created in sqlite_files(self.path):
                     created.unlink(missing_ok=True)
+
+    def _register_reader(self, reader: str) -> contextlib.ExitStack:
+        """Register this read-only opener of a SQLite store with the store's locks, before its first
+        connection, so that ``mvsync store restore`` refuses while it has the store open, naming ``reader``,
+        and one that opens it during a restore waits for the restore (see ``LockManager.register_reader``).
+
+        The registration is let go by :meth:`close`, or when this store is collected or the process ends
+        (read-only commands leave their store to the end of the process). A lock folder this account
+        cannot use registers nothing: the restore still asks SQLite and the OS who has the file open.
+        """
+        try:
+            registration = self.locks.register_reader(reader, wait_s=BUSY_TIMEOUT_S)
+        except LockHeldError:
+            who = "; ".join(self.locks.live_holders(besides="")) or "another mvsync process"
+            msg = (
+                f"the store {self.where} has been held for more than {BUSY_TIMEOUT_S:g} s by {who}, which is "
+                f"restoring, creating or upgrading it: {reader} reads it once that is over; try again then"
+            )
+            raise StoreBusyError(msg) from None
+        except StoreError:
+            return contextlib.ExitStack()
+        weakref.finalize(self, _let_go, registration)
+        return registration
 
     @contextlib.contextmanager
     def _opening(self, *, create: bool) -> Iterator[None]:
@@ -1059,11 +1098,22 @@ class SqlStore:
             conn.commit()
 
     def close(self) -> None:
+        """Close the store's connections, then let go of its registration as a reader (if any): once a
+        restore finds no reader registered, no connection of this process has the file open."""
         self.engine.dispose()
+        self._registration.close()
 
     @staticmethod
     def now() -> float:
         return time.time()
+
+
+def _let_go(registration: contextlib.ExitStack) -> None:
+    """Let go of a reader's registration whose store was never closed, at collection or at the end of the
+    process: its files are removed first; a lock the OS already dropped with its file (at the end of the
+    process) is no error to print then."""
+    with contextlib.suppress(OSError):
+        registration.close()
 
 
 def _check_sqlite_file(path: Path, *, create: bool) -> None:

@@ -5,12 +5,13 @@ search, a person's attributes with lineage and photos per source, pending export
 photos, and coverage. Nothing in here writes to the store.
 """
 
-from connector.web._app import create_app
+from connector.web._app import CONSOLE_READER, create_app
 from connector.web._deadline import page_deadline
 from connector.web._security import AccessPolicy, InsecureBindError, is_loopback
 from connector.web._serve import BackgroundConsole, bind_console_socket, quiet_when_stopped, serve_in_background
 
 __all__ = [
+    "CONSOLE_READER",
     "AccessPolicy",
     "BackgroundConsole",
     "InsecureBindError",

@@ -299,6 +299,10 @@ class _Pages:
         return Response(status_code=204)
 
 
+#: How the console names itself to ``mvsync store restore`` (which refuses while it has the store open).
+CONSOLE_READER = "the console (mvsync ui)"
+
+
 def create_app(
     config: MvsyncConfig,
     *,
@@ -309,7 +313,9 @@ def create_app(
     """The console for ``config``'s store. ``policy`` defaults to loopback-only without credentials;
     a page waits at most ``page_deadline_s`` for the store (default :func:`page_deadline`), then it
     is a 503 page."""
-    store = store or SqlStore(config.store_url(), create=False)  # a read-only console never creates a store
+    store = store or SqlStore(
+        config.store_url(), create=False, reader=CONSOLE_READER
+    )  # a read-only console never creates a store
     deadline = page_deadline(store) if page_deadline_s is None else page_deadline_s
     pages = _Pages(config, store)
     app = FastAPI(title="mvsync", docs_url=None, redoc_url=None, openapi_url=None)

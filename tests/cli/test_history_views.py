@@ -47,7 +47,10 @@ def _recorded(config: Path, run_id: int) -> tuple[str, list[str]]:
         with store.read() as conn:
             run = RunHistory(conn).run(run_id)
         assert run is not None
-        return run.status, [name for name, record in store.locks.recorded("") if record]
+        # not this reader's own registration (a reader-* lock, see LockManager.register_reader)
+        return run.status, [
+            name for name, record in store.locks.recorded("") if record and record.get("pid") != os.getpid()
+        ]
     finally:
         store.close()
 

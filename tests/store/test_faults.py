@@ -614,8 +614,8 @@ def test_a_transient_lock_file_is_removed_before_its_lock_is_released(
         seen.append(Path(self.lock_file).exists())
         return release(self, *args, **kwargs)
 
-    monkeypatch.setattr(filelock.FileLock, "release", spied)
     store = _sql.SqlStore(f"sqlite:///{_store(config)}", create=False)
+    monkeypatch.setattr(filelock.FileLock, "release", spied)  # after the opening lock of its registration as a reader
     try:
         with store.locks.hold("backup-0123456789abcdef", transient=True):
             held = config.parent / "store.db.locks" / "backup-0123456789abcdef.lock"

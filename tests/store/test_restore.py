@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from connector.store import SCHEMA_VERSION
-from tests.cli._configs import generated_pair
+from tests.cli._configs import generated_pair, invoke
 from tests.harness.crash import mvsync_command
 
 
@@ -329,3 +329,118 @@ def test_the_restored_store_keeps_the_permissions_and_owner_of_the_store_it_repl
     assert done.returncode == 0, done.stderr
     restored = store.stat()
     assert (oct(restored.st_mode & 0o777), restored.st_uid, restored.st_gid) == (oct(0o600), *owner)
+
+
+#: Open the store as a read-only command does (``mvsync history``, the console: ``SqlStore(create=False)``),
+#: say which runs it sees, and keep it open until stdin closes; then say which runs it sees now. The lock
+#: manager's notices (a wait for the opening lock) are printed on stdout too, in order.
+_READ_ONLY_COMMAND = """
+import logging, sys
+logging.basicConfig(stream=sys.stdout, format="%(message)s", level=logging.WARNING)
+from connector.store import SqlStore
+store = SqlStore("sqlite:///" + sys.argv[1], create=False, reader="the console (mvsync ui)")
+def runs():
+    with store.read() as conn:
+        return [row[0] for row in conn.exec_driver_sql("SELECT id FROM run_history ORDER BY id")]
+print("opened", runs(), flush=True)
+sys.stdin.read()
+print("reads", runs(), flush=True)
+store.close()
+"""
+
+
+def _read_only_command(store: Path) -> subprocess.Popen[str]:
+    command = [sys.executable, "-c", _READ_ONLY_COMMAND, str(store)]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_read_only_command_opening_the_store_during_a_restore_waits_for_it_and_reads_the_restored_store(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: read-only commands (``history``, ``cs``, ``mv``, ``doctor``, the console) opened the store
+    without telling a restore, so one that opened it after the restore's checks and before its rename
+    read the store being replaced (on Linux: the old file, for as long as it ran; on Windows the rename
+    fails on the open file). Here a read-only command starts at that very moment (the hook): it must
+    wait for the restore (it says so) and then read the restored store, never the one replaced."""
+    from connector.store import _restore as restore_module
+    from connector.store import check_backup, restore_store
+
+    started: list[subprocess.Popen[str]] = []
+    first_words: list[str] = []
+    put_in_place = restore_module._put_in_place
+
+    def start_a_reader_first(partial: Path, store: Path) -> None:
+        reader = _read_only_command(store)
+        started.append(reader)
+        assert reader.stdout is not None
+        first_words.append(reader.stdout.readline().strip())  # it waits on the lock, or it has opened
+        put_in_place(partial, store)
+
+    monkeypatch.setattr(restore_module, "_put_in_place", start_a_reader_first)
+    store = _store(config)
+    try:
+        restore_store(store, check_backup(_backup(config), store), now=0.0)
+        [reader] = started
+        out, _ = reader.communicate(timeout=120)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert first_words[0].startswith("store-open is locked by pid "), first_words  # not "opened [1, 2]"
+    assert "waiting up to 30 s" in first_words[0]
+    assert out.split("\n")[:2] == ["opened [1]", "reads [1]"], out
+    assert _ids(store) == [1]
+
+
+def test_a_read_only_command_that_has_the_store_open_is_named_when_a_restore_is_refused(config: Path) -> None:
+    """A console (or any read-only command) that has the store open holds a registration that a restore
+    finds with the lock machinery (on Windows as on Linux, whether or not SQLite or the OS would tell),
+    and names as it names a run: exit 5, the store as it was."""
+    reader = _read_only_command(_store(config))
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "opened [1, 2]"
+        before = _digest(config.parent)
+        done = _restore(config, _backup(config), "--json")
+        after = _digest(config.parent)
+    finally:
+        reader.communicate(timeout=60)
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"the store {_store(config)} is in use: the console (mvsync ui), pid {reader.pid} on " in done.stderr
+    assert json.loads(done.stdout)["status"] == "stopped-locked"
+    assert after == before
+    assert not list((config.parent / "store.db.locks").glob("reader-*"))  # its registration went with it
+
+
+def test_a_windows_sharing_violation_on_the_final_rename_is_exit_5_naming_the_store_and_puts_it_back(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Windows ``os.replace`` onto a file another process has open fails with a sharing violation
+    (``ERROR_SHARING_VIOLATION``, 32, raised as PermissionError: MoveFileEx documents that a file open
+    without FILE_SHARE_DELETE cannot be replaced). Injected here: the restore says who to stop and
+    ends with exit 5 (stopped-locked), no traceback, and the store is back at its name as it was."""
+    from connector.store import _restore as restore_module
+
+    store = _store(config)
+    real_replace = os.replace
+
+    def refuse_the_store(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst) == store:
+            violation = PermissionError(
+                13, "The process cannot access the file because it is being used by another process", str(dst)
+            )
+            violation.winerror = 32  # type: ignore[attr-defined]  # what Windows sets; absent on POSIX
+            raise violation
+        real_replace(src, dst)
+
+    monkeypatch.setattr(restore_module.os, "replace", refuse_the_store)
+    before = _digest(config.parent)
+    code, out, err = invoke("store", "restore", str(_backup(config)), "--json", "-c", str(config))
+    assert code == 5, err
+    assert "Traceback" not in err
+    assert f"cannot put the restored copy in place of {store}: another process has it open" in err
+    assert "the store was left as it was" in err
+    assert json.loads(out)["status"] == "stopped-locked"
+    assert sorted(_digest(config.parent)) == sorted(before)  # no copy, no second name left beside it
+    assert _ids(store) == [1, 2]  # the store as it was (its log folded in: the fold came before the rename)
