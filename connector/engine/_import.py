@@ -668,7 +668,29 @@ def _pages(ctx: StepContext, connector: Connector[Any], source: _Source) -> Iter
 def _commit_page(
     ctx: StepContext, applier: _PageApplier, page: Page, number: int, resume: _Checkpoint | None, full: bool
 ) -> None:
-    """One page in one transaction: its entries, the agent state that goes with them, the checkpoint."""
+    """One page in one transaction: its entries, the agent state that goes with them, the checkpoint.
+
+    What the page counted while it was applied (adds, updates, errors, entries seen) goes with it when
+    its transaction is rolled back (Ctrl-C or a stop signal in the middle of it, a store error): the
+    step then stops, and history must show what the store kept. Before, an interrupted import recorded
+    the rolled-back page's adds (1,499 for the 999 objects two committed pages held). Only this thread
+    counts while a page is applied, so the counts from before are the step's whole count.
+    """
+    counted, seen = ctx.result.counters.copy(), applier.entries_seen
+    try:
+        _write_page(ctx, applier, page, number, resume, full)
+    except BaseException:
+        ctx.result.counters.clear()
+        ctx.result.counters.update(counted)
+        applier.entries_seen = seen
+        raise
+    _page_counters(ctx.result.counters, page, number)  # once the page is in
+
+
+def _write_page(
+    ctx: StepContext, applier: _PageApplier, page: Page, number: int, resume: _Checkpoint | None, full: bool
+) -> None:
+    """The transaction of :func:`_commit_page`."""
     with ctx.store.transaction() as conn:
         if resume is not None and number == 1:
             _adopt(conn, ctx, resume)
@@ -689,7 +711,6 @@ def _commit_page(
         # end (kill -9, a reboot) leaves these in history instead of nothing
         done_counters = _page_counters(ctx.result.counters.copy(), page, number)
         RunHistory(conn).note_progress(ctx.step_id, json.dumps(dict(done_counters), default=str))
-    _page_counters(ctx.result.counters, page, number)  # once the page is in
 
 
 def _page_counters(counters: Counter[str], page: Page, number: int) -> Counter[str]:
