@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from connector.store import SqlStore
@@ -122,3 +123,44 @@ def test_a_dry_run_neither_resumes_nor_discards(world: World, tmp_path: Path) ->
     assert world.ad["requests"][0] == 0
     assert _cs(world)["checkpoint"] == saved
     _ = directory  # the module's directories are what the connector reads
+
+
+def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside page 3's transaction (after its entries and errors were written, before its commit):
+    the page is rolled back, so the step's recorded figures are those of pages 1 and 2 alone. Found: the
+    rolled-back page's adds and its import error stayed in the step's recorded counters (adds 13 and
+    import_errors 2 where the store kept 9 objects and 1 error), since they were counted while the page
+    was applied."""
+    import json
+
+    from connector.store import RunHistory
+
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 25)
+    world.ad["errors"] = {"u03": ("bad-photo", "page 1's"), "u12": ("bad-photo", "page 3's")}
+    note_progress = RunHistory.note_progress
+
+    def interrupted_at_page_3(self: RunHistory, step_id: int, counters: str) -> None:
+        note_progress(self, step_id, counters)
+        if json.loads(counters)["pages"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunHistory, "note_progress", interrupted_at_page_3)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_profile("ad-full")
+    monkeypatch.undo()
+    assert set(_cs(world)["objects"]) == {f"u{i:02d}" for i in range(10)} - {"u03"}  # pages 1 and 2
+    store = SqlStore(world.config.store_url())
+    try:
+        with store.read() as conn:
+            history = RunHistory(conn)
+            [step] = history.steps(1)
+            errors = history.errors(step.id, 100)
+    finally:
+        store.close()
+    counters = json.loads(step.counters)
+    assert step.status == "stopped-interrupted"
+    assert (counters["pages"], counters["adds"], counters["import_errors"]) == (2, 9, 1), counters
+    assert [e.anchor for e in errors] == ["u03"]
