@@ -143,9 +143,18 @@ class LockManager:
 
     @contextlib.contextmanager
     def hold(
-        self, name: str, *, wait_s: float = 0.0, transient: bool = False, note: dict[str, str] | None = None
+        self,
+        name: str,
+        *,
+        wait_s: float = 0.0,
+        transient: bool = False,
+        note: dict[str, str] | None = None,
+        wait_option: str = "--wait",
     ) -> Iterator[None]:
         """Hold the lock ``name`` for the ``with`` (waiting up to ``wait_s`` for it), or raise ``LockHeldError``.
+
+        ``wait_option``: the option that set ``wait_s``, named in the line that says a wait began ("" for
+        a wait no option sets, such as a read-only command's for a restore).
 
         ``note``: fields added to the record of who holds it (a lock file's ``.holder``), read back by
         :meth:`recorded`. ``transient``: a lock file and its record are removed when it is released, for
@@ -153,10 +162,10 @@ class LockManager:
         piled up for good otherwise); see :func:`_remove_while_held` for why that is safe.
         """
         if self._engine.dialect.name == "postgresql":
-            with self._pg_lock(name, wait_s):
+            with self._pg_lock(name, wait_s, wait_option):
                 yield
         else:
-            with self._file_lock(name, wait_s, transient=transient, note=note or {}):
+            with self._file_lock(name, wait_s, transient=transient, note=note or {}, wait_option=wait_option):
                 yield
 
     def free(self, name: str) -> bool:
@@ -246,7 +255,7 @@ class LockManager:
         if self._lock_dir is None or self._engine.dialect.name == "postgresql":
             return registration
         name = f"{READER_LOCK_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        with self.hold(OPENING_LOCK, wait_s=wait_s):
+        with self.hold(OPENING_LOCK, wait_s=wait_s, wait_option=""):
             for dead, _record in self.recorded(READER_LOCK_PREFIX):
                 self.free(dead)  # a killed reader's files (a live reader's lock is held: left as it is)
             registration.enter_context(self.hold(name, transient=True, note={"run": who}))
@@ -259,7 +268,9 @@ class LockManager:
         return lock_dir / (name.replace(":", "-").replace("/", "_") + ".lock")
 
     @contextlib.contextmanager
-    def _file_lock(self, name: str, wait_s: float, *, transient: bool, note: dict[str, str]) -> Iterator[None]:
+    def _file_lock(
+        self, name: str, wait_s: float, *, transient: bool, note: dict[str, str], wait_option: str
+    ) -> Iterator[None]:
         if self._lock_dir is None:  # in-memory store: single process by construction
             yield
             return
@@ -273,7 +284,7 @@ class LockManager:
             except Timeout:
                 if wait_s <= 0:
                     raise
-                _say_waiting(name, _describe(_read_record(holder_path)), wait_s)
+                _say_waiting(name, _describe(_read_record(holder_path)), wait_s, wait_option)
                 lock.acquire(timeout=wait_s, poll_interval=0.2)
         except Timeout:
             message = _refusal(name, _describe(_read_record(holder_path)))
@@ -302,7 +313,7 @@ class LockManager:
 
     # -- PostgreSQL: advisory locks ---------------------------------------------------------------
     @contextlib.contextmanager
-    def _pg_lock(self, name: str, wait_s: float) -> Iterator[None]:
+    def _pg_lock(self, name: str, wait_s: float, wait_option: str) -> Iterator[None]:
         """A session advisory lock on a connection held for the ``with``.
 
         The server releases it when the session ends, including when the holding process is killed.
@@ -317,7 +328,7 @@ class LockManager:
                 if time.monotonic() >= deadline:
                     raise LockHeldError(_refusal(name, _pg_holder_of(conn, key)))
                 if not said:
-                    _say_waiting(name, _pg_holder_of(conn, key), wait_s)
+                    _say_waiting(name, _pg_holder_of(conn, key), wait_s, wait_option)
                     said = True
                 conn.rollback()
                 time.sleep(0.2)
@@ -403,10 +414,10 @@ def _pg_holder(row: Any) -> str:
     return f"PostgreSQL backend pid {pid}" + (f" from {addr}" if addr else "")
 
 
-def _say_waiting(name: str, who: str, wait_s: float) -> None:
-    """Say once that a run waits for a lock (``--wait``), and for whom: a scheduled run that took five
-    minutes must say why in its log, not only when the wait ran out."""
-    log.warning("%s is locked by %s; waiting up to %g s for it (--wait)", name, who, wait_s)
+def _say_waiting(name: str, who: str, wait_s: float, option: str) -> None:
+    """Say once that a run waits for a lock (``--wait``, the ``option``), and for whom: a scheduled run that
+    took five minutes must say why in its log, not only when the wait ran out."""
+    log.warning("%s is locked by %s; waiting up to %g s for it%s", name, who, wait_s, f" ({option})" if option else "")
 
 
 def _refusal(name: str, who: str) -> str:

@@ -649,9 +649,9 @@ class SqlStore:
         held = self.locks.other_holders()
         if held:
             notes.append(
-                f"mvsync runs on record as holding this store's locks: {'; '.join(held)} (one suspended or hung in "
-                "the middle of a write holds the database too: let it go on or end it; a record left by a process "
-                "that was killed holds nothing)"
+                f"mvsync processes on record as holding this store's locks (runs, and readers such as the console): "
+                f"{'; '.join(held)} (a run suspended or hung in the middle of a write holds the database too: let it "
+                "go on or end it; a record left by a process that was killed holds nothing)"
             )
         return "; ".join(notes) or None
 

@@ -389,6 +389,7 @@ def test_a_read_only_command_opening_the_store_during_a_restore_waits_for_it_and
                 proc.wait()
     assert first_words[0].startswith("store-open is locked by pid "), first_words  # not "opened [1, 2]"
     assert "waiting up to 30 s" in first_words[0]
+    assert "--wait" not in first_words[0]  # a run's option: a read-only command has none to raise
     assert out.split("\n")[:2] == ["opened [1]", "reads [1]"], out
     assert _ids(store) == [1]
 
