@@ -25,7 +25,7 @@ from connector.engine import Engine
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_export_cli import _pending as _cli_pending
 from tests.agents.active_directory.test_ad_export_cli import _people_with_photos, folder_to_ad
-from tests.agents.active_directory.test_ad_export_outage import _pending
+from tests.agents.active_directory.test_ad_export_outage import _pending, export_then_again
 from tests.cli._configs import invoke
 
 pytestmark = pytest.mark.samba
@@ -61,26 +61,22 @@ def test_a_busy_dc_stops_the_export_step_once_and_the_next_export_writes_the_res
     try:
         assert engine.run_profile("Prepare").status == "success"
         _busy_after(monkeypatch, _WRITES_BEFORE_BUSY, code, description)
-        stopped = engine.run_profile("Export")
-        pending_after = _pending(engine)
-        monkeypatch.undo()
-        resumed = engine.run_profile("Export")
-        pending_final = _pending(engine)
+        again = export_then_again(engine, monkeypatch)
         confirmed = engine.run_profile("Prepare")  # the next import confirms every write
     finally:
         engine.close()
-    assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
-    step = stopped.steps[0]
+    assert again.stopped.status == "stopped-server-down", [s.as_dict() for s in again.stopped.steps]
+    step = again.stopped.steps[0]
     assert f"{ad_env.ad.host}:{ad_env.ad.ldaps_port}" in step.message, step.message
     assert f"{code} {description}" in step.message, step.message
     assert "the rest stay pending for the next export" in step.message, step.message
     assert step.counters.get("export_updates") == _WRITES_BEFORE_BUSY, step.counters
     # one verdict for the person whose write was refused, none for those not tried: a DC-wide answer
     assert [e.error_name for e in step.errors] == ["cd-server-busy"], [e.as_dict() for e in step.errors]
-    assert pending_after == _USERS - _WRITES_BEFORE_BUSY
-    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
-    assert resumed.steps[0].counters.get("export_updates") == _USERS - _WRITES_BEFORE_BUSY
-    assert pending_final == 0
+    assert again.pending_after == _USERS - _WRITES_BEFORE_BUSY
+    assert again.resumed.status == "success", [s.as_dict() for s in again.resumed.steps]
+    assert again.resumed.steps[0].counters.get("export_updates") == _USERS - _WRITES_BEFORE_BUSY
+    assert again.pending_final == 0
     assert confirmed.status == "success", [s.as_dict() for s in confirmed.steps]
     assert not [e for s in confirmed.steps for e in s.errors]  # no exported-change-not-reimported
     for i, name in enumerate(names):
@@ -151,25 +147,21 @@ def test_a_busy_answer_to_the_lookup_before_the_writes_stops_the_step_as_a_busy_
     try:
         assert engine.run_profile("Prepare").status == "success"
         written = _lookup_busy_after(monkeypatch, _BATCH, code, description)  # the second batch's lookup
-        stopped = engine.run_profile("Export")
-        pending_after = _pending(engine)
-        monkeypatch.undo()
-        resumed = engine.run_profile("Export")
-        pending_final = _pending(engine)
+        again = export_then_again(engine, monkeypatch)
     finally:
         engine.close()
-    assert stopped.status == "stopped-server-down", [s.as_dict() for s in stopped.steps]
-    step = stopped.steps[0]
+    assert again.stopped.status == "stopped-server-down", [s.as_dict() for s in again.stopped.steps]
+    step = again.stopped.steps[0]
     assert f"domain controller {ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) answered" in step.message, step.message
     assert f"{code} {description}" in step.message, step.message
     assert f"the search for this batch's objects under {people!r}" in step.message, step.message
     assert "the rest stay pending for the next export" in step.message, step.message
     assert step.counters.get("export_updates") == _BATCH == len(written), step.counters
     assert not step.errors, [e.as_dict() for e in step.errors]  # the DC's state, nobody's fault
-    assert pending_after == _USERS - _BATCH
-    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
-    assert resumed.steps[0].counters.get("export_updates") == _USERS - _BATCH
-    assert pending_final == 0
+    assert again.pending_after == _USERS - _BATCH
+    assert again.resumed.status == "success", [s.as_dict() for s in again.resumed.steps]
+    assert again.resumed.steps[0].counters.get("export_updates") == _USERS - _BATCH
+    assert again.pending_final == 0
     for i, name in enumerate(names):
         assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(950 + i)], name
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 from connector.agents.active_directory import _export
 from connector.config import config_from_dict
-from connector.engine import Engine
+from connector.engine import Engine, RunResult
 from connector.store import ConnectorSpace
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.harness.sockets import FaultyProxy, faulty_proxy
@@ -83,6 +84,26 @@ def _prepared_behind_relay(
 def _pending(engine: Engine) -> int:
     with engine.store.read() as conn:
         return ConnectorSpace(conn).count("ad", pending_export=True)
+
+
+@dataclass
+class ExportAgain:
+    """An export the DC's bad answer stopped, and the export after it once the answer is gone, with the
+    exports still pending after each."""
+
+    stopped: RunResult
+    pending_after: int
+    resumed: RunResult
+    pending_final: int
+
+
+def export_then_again(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> ExportAgain:
+    """``Export`` with what ``monkeypatch`` set up (the DC's bad answer), then ``Export`` again without it."""
+    stopped = engine.run_profile("Export")
+    pending_after = _pending(engine)
+    monkeypatch.undo()
+    resumed = engine.run_profile("Export")
+    return ExportAgain(stopped, pending_after, resumed, _pending(engine))
 
 
 @pytest.mark.parametrize("outage", ["hold", "reset"])

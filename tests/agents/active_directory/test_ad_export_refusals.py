@@ -25,7 +25,7 @@ from connector.net import RefusedEverywhere
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_export_cli import _pending as _cli_pending
 from tests.agents.active_directory.test_ad_export_cli import folder_to_ad
-from tests.agents.active_directory.test_ad_export_outage import _pending
+from tests.agents.active_directory.test_ad_export_outage import _pending, export_then_again
 from tests.cli._configs import invoke
 
 pytestmark = pytest.mark.samba
@@ -75,16 +75,12 @@ def test_a_refusal_every_write_gets_stops_the_step_once_naming_the_account_or_th
     engine, people, names = _engine(ad_env, seed=1000 + code)
     try:
         refused = _refuse(monkeypatch, code, None)
-        stopped = engine.run_profile("Export")
-        pending_after = _pending(engine)
-        monkeypatch.undo()
-        resumed = engine.run_profile("Export")
-        pending_final = _pending(engine)
+        again = export_then_again(engine, monkeypatch)
     finally:
         engine.close()
     expected = "stopped-permission-issue" if code == 50 else "stopped-connector-error"
-    assert stopped.status == expected, [s.as_dict() for s in stopped.steps]
-    step = stopped.steps[0]
+    assert again.stopped.status == expected, [s.as_dict() for s in again.stopped.steps]
+    step = again.stopped.steps[0]
     message = step.message
     assert f"domain controller {ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) refused the first {_K} writes" in message
     assert _ANSWERS[code][0] in message and "not one succeeded" in message, message
@@ -96,9 +92,9 @@ def test_a_refusal_every_write_gets_stops_the_step_once_naming_the_account_or_th
     assert len(refused) == _K
     assert [e.error_name for e in step.errors] == [_ERROR_NAMES[code]] * _K, [e.as_dict() for e in step.errors]
     assert not step.counters.get("export_updates"), step.counters
-    assert pending_after == _USERS
-    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
-    assert pending_final == 0
+    assert again.pending_after == _USERS
+    assert again.resumed.status == "success", [s.as_dict() for s in again.resumed.steps]
+    assert again.pending_final == 0
     for i, name in enumerate(names):
         assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(1000 + code + i)], name
 
