@@ -77,6 +77,7 @@ __all__ = [
     "SambaUnavailable",
     "ServicePrincipal",
     "UserSpec",
+    "client_site",
     "connect",
     "create_users",
     "dc_fqdn",
@@ -646,6 +647,25 @@ def _schema_guid(settings: ADSettings, attribute: str) -> str:
         return str(uuid.UUID(bytes_le=conn.response[0]["raw_attributes"]["schemaIDGUID"][0]))
     finally:
         conn.unbind()
+
+
+@contextlib.contextmanager
+def client_site(settings: ADSettings, site: str, subnet: str = "127.0.0.0/8") -> Iterator[str]:
+    """An AD site ``site`` holding the subnet ``subnet`` (by default every loopback address, so every test
+    client), for the block: the DC then names ``site`` as the client's site (ClientSiteName) in its answers
+    to LDAP pings, while it stays in Default-First-Site-Name itself. Both are removed after the block (other
+    tests share the DC), as an administrator would do with ``New-ADReplicationSite`` and
+    ``New-ADReplicationSubnet`` (``samba-tool sites create``, ``samba-tool sites subnet create`` here)."""
+    dc = _dc_of(settings)
+    _require(_samba_tool(dc, "sites", "create", site), f"samba-tool sites create {site}")
+    try:
+        _require(_samba_tool(dc, "sites", "subnet", "create", subnet, site), f"samba-tool sites subnet create {subnet}")
+        try:
+            yield site
+        finally:
+            _require(_samba_tool(dc, "sites", "subnet", "remove", subnet), f"samba-tool sites subnet remove {subnet}")
+    finally:
+        _require(_samba_tool(dc, "sites", "remove", site), f"samba-tool sites remove {site}")
 
 
 def kdc_running(settings: ADSettings) -> bool:

@@ -60,6 +60,7 @@ from ldap3.core.tls import check_hostname
 
 from connector.agents.active_directory import _kerberos
 from connector.agents.active_directory._locator import DcLocator, DnsLookupFailed
+from connector.agents.active_directory._netlogon import NetlogonError, ldap_ping
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.net import certificate_out_of_date, readable_ca_file
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
@@ -415,13 +416,16 @@ class Link:
         return f"{host or self.host}:{self.settings.effective_port} ({self.settings.security})"
 
     def describe(self) -> str:
-        """Which DC served this link (host:port), the DCs it served before and lost on the way, and the DCs
-        passed over, with why.
+        """Which DC served this link (host:port) and, when the LDAP ping chose it, its site; the DCs it
+        served before and lost on the way; and the DCs passed over, with why.
 
         Why the lost ones apart: a DC that served the first writes of an export and then went away was
         named as "passed over", as if it had written nothing, when the step's writes went to two DCs.
         """
         text = f"domain controller {self._where()}"
+        site = self.locator.site_of(self.host)
+        if site:
+            text += f" of site {site} (this host's site, found by LDAP ping)"
         if self.lost:
             lost = ", ".join(self._where(h) for h in self.lost)
             text += f", which took over from {lost} (lost during the step: {'; '.join(self.lost.values())})"
@@ -542,10 +546,32 @@ class Link:
                     failures[host] = self._reason(exc, host)
                     continue
                 self._reached(host, failures)
+                if self.locator.wants_site:
+                    return self._to_client_site(host)
                 return self._conn
             if attempt + 1 < attempts:
                 time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
         raise ServerDownError(self._unreachable(attempts, failures))
+
+    def _to_client_site(self, host: str) -> Connection:
+        """Ask ``host``, just bound, this host's site (the LDAP ping, ``_netlogon``) over the same connection;
+        when the locator puts another site's DCs first, move to one of them (DsGetDcName's choice), the DC
+        that answered staying in the list behind them. A ping that fails never stops the step."""
+        assert self._conn is not None
+        try:
+            answer = ldap_ping(self._conn, str(self.settings.domain))
+        except NetlogonError as exc:
+            self.locator.site_unknown(host, str(exc))
+            return self._conn
+        except (*TRANSPORT_ERRORS, LDAPException) as exc:  # the connection broke, or timed out, meanwhile
+            self.locator.site_unknown(host, self._reason(exc, host))
+            self.close()
+            return self.connect()
+        if not self.locator.use_client_site(host, answer):
+            return self._conn
+        self.close()
+        self.host = self.locator.controllers()[0]
+        return self.connect()
 
     def _order(self) -> list[str]:
         """The DCs in the order a connect tries them: the one in use (or last used), then the rest as configured

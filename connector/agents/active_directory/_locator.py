@@ -45,6 +45,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from connector.agents.active_directory._netlogon import NetlogonResponse
 from connector.agents.active_directory._settings import ActiveDirectorySettings, parse_dns_server
 from connector.sdk import ConfigurationError, ServerDownError
 
@@ -64,6 +65,10 @@ class SrvRecord:
     target: str
     priority: int
     weight: int
+
+
+class _NoRecords(Exception):
+    """A DNS name without usable SRV records; the message says why (NXDOMAIN, no SRV, target ".")."""
 
 
 class DnsLookupFailed(OSError):
@@ -105,6 +110,11 @@ class DcLocator:
         self._found: list[str] | None = None
         self._glue: dict[str, str] = {}
         self._resolver: dns.resolver.Resolver | None = None
+        #: Whether the step's LDAP ping was made (or is not to be: ``site`` set, or no ``domain``).
+        self._pinged = not self.located or settings.site is not None
+        #: The client's site the LDAP ping named, once its DCs lead the list; None: not (yet) found.
+        self.found_site: str | None = None
+        self._site_dcs: set[str] = set()
 
     @property
     def located(self) -> bool:
@@ -123,7 +133,71 @@ class DcLocator:
         """Where the list of DCs comes from, as messages say it."""
         if not self.located:
             return "host, then fallback_hosts"
-        return f"found in DNS: the SRV records {', '.join(self._names())}"
+        found = f" (site {self.found_site}: found by LDAP ping)" if self.found_site else ""
+        return f"found in DNS: the SRV records {', '.join(self._names())}{found}"
+
+    # -- the client's site (LDAP ping) ------------------------------------------------------------
+    @property
+    def wants_site(self) -> bool:
+        """Whether the step still has to ask a DC this host's site: ``domain`` without ``site``, not asked yet.
+        Once per step (the locator is the step's), not per connection: every connection then uses one list."""
+        return not self._pinged
+
+    def site_of(self, host: str) -> str | None:
+        """The site the LDAP ping found, when ``host`` is one of its DCs (in its SRV records); else None."""
+        return self.found_site if host.lower() in self._site_dcs else None
+
+    def site_unknown(self, host: str, why: str) -> None:
+        """The LDAP ping to ``host`` failed: the step goes on with the domain's DCs, as before (INFO, not a
+        warning: a DC may simply not answer pings over LDAP)."""
+        self._pinged = True
+        self.logger.info("LDAP ping to %s gave no site (%s): using the domain's DCs as DNS lists them", host, why)
+
+    def use_client_site(self, host: str, answer: NetlogonResponse) -> bool:
+        """Put the DCs of the client's site (``answer``'s ClientSiteName, from the DC ``host``) first, as
+        DsGetDcName does, when it differs from the DC's site and DNS lists DCs for it; True when ``host`` is
+        not one of them (the connection should move to a DC of the site).
+
+        Falls back to the domain's list (INFO) when the DC knows no site for this host (no subnet object holds
+        its address) or the site has no SRV records (DsGetDcName too then takes any DC of the domain)."""
+        self._pinged = True
+        client, dc_site = answer.client_site_name, answer.dc_site_name
+        if not client:
+            self.logger.info(
+                "LDAP ping to %s: the DC knows no site for this host (ClientSiteName empty: no subnet object holds "
+                "its address); using the domain's DCs as DNS lists them",
+                host,
+            )
+            return False
+        if client.lower() == dc_site.lower():
+            self.logger.info("LDAP ping to %s: this host is in site %s, as the DC is: staying on it", host, client)
+            return False
+        name = self._site_srv(client)
+        try:
+            site_dcs = self._srv_targets(name)
+        except (_NoRecords, ServerDownError) as exc:
+            self.logger.info(
+                "LDAP ping to %s: this host is in site %s (the DC is in %s), but %s has no usable DCs (%s); "
+                "using the domain's DCs as DNS lists them",
+                host,
+                client,
+                dc_site or "no site",
+                name,
+                exc,
+            )
+            return False
+        self.found_site = client
+        self._site_dcs = seen = {h.lower() for h in site_dcs}
+        self._found = site_dcs + [h for h in self.controllers() if h.lower() not in seen]
+        self.logger.info(
+            "LDAP ping to %s: this host is in site %s (the DC is in %s): the site's DCs come first (%s): %s",
+            host,
+            client,
+            dc_site or "no site",
+            name,
+            ", ".join(self._found),
+        )
+        return host.lower() not in seen
 
     def address(self, host: str) -> str:
         """Where to connect to reach ``host``: the name itself (the system resolves it), or with
@@ -146,12 +220,17 @@ class DcLocator:
 
     # -- looking up ---------------------------------------------------------------------------
     def _names(self) -> list[str]:
-        """The SRV names asked, in order: the site's (when ``site`` is set), then the domain's."""
+        """The SRV names asked, in order: the site's (``site``, or the one the LDAP ping found), then the domain's."""
         domain = str(self.settings.domain).rstrip(".")
         names = [f"_ldap._tcp.dc._msdcs.{domain}"]
-        if self.settings.site:
-            names.insert(0, f"_ldap._tcp.{self.settings.site}._sites.dc._msdcs.{domain}")
+        site = self.settings.site or self.found_site
+        if site:
+            names.insert(0, self._site_srv(site))
         return names
+
+    def _site_srv(self, site: str) -> str:
+        """The SRV name of a site's DCs ("DcAtSite", MS-ADTS 6.3.1.10)."""
+        return f"_ldap._tcp.{site}._sites.dc._msdcs.{str(self.settings.domain).rstrip('.')}"
 
     def _lookup(self) -> list[str]:
         """The DCs of the site (if any), then the domain's others; errors name what was asked and how it failed."""
@@ -178,11 +257,19 @@ class DcLocator:
         """The host names of ``name``'s SRV records in RFC 2782 order: ConfigurationError (naming the setting
         ``key``) when there are none, ServerDownError when DNS does not answer."""
         try:
+            return self._srv_targets(name)
+        except _NoRecords as none:
+            raise self._none(name, key, str(none)) from None
+
+    def _srv_targets(self, name: str) -> list[str]:
+        """The host names of ``name``'s SRV records in RFC 2782 order: _NoRecords (saying why) when there are
+        none, ServerDownError when DNS does not answer."""
+        try:
             answer = self._get_resolver().resolve(name, "SRV", search=False)
         except dns.resolver.NXDOMAIN:
-            raise self._none(name, key, "the name does not exist (NXDOMAIN)") from None
+            raise _NoRecords("the name does not exist (NXDOMAIN)") from None
         except dns.resolver.NoAnswer:
-            raise self._none(name, key, "the name exists but has no SRV records") from None
+            raise _NoRecords("the name exists but has no SRV records") from None
         except dns.exception.DNSException as exc:
             msg = f"DNS lookup of the SRV records {name} failed: {self._why(exc)}"
             raise ServerDownError(msg) from None
@@ -193,7 +280,7 @@ class DcLocator:
             if r.target != dns.name.root  # "." : the service is decidedly not available there (RFC 2782)
         ]
         if not records:
-            raise self._none(name, key, "its only record says no DC offers LDAP (target '.')")
+            raise _NoRecords("its only record says no DC offers LDAP (target '.')")
         return [r.target for r in rfc2782_order(records, self._rng)]
 
     def _none(self, name: str, key: str, why: str) -> ConfigurationError:

@@ -1,0 +1,153 @@
+"""The LDAP ping: asking a DC which AD site this host is in, as Windows' DC locator does.
+
+Why: with ``domain`` and no ``site``, the DNS list ``_ldap._tcp.dc._msdcs.<domain>`` holds every DC of the
+domain, in any site: a sync server in Paris may bind to a DC in Sydney. Windows' DC locator (DsGetDcName)
+asks a DC an *LDAP ping* first (MS-ADTS 6.3.3,
+https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-adts/895a7744-aff3-4f64-bcfa-f8c05915d2e9):
+a base search of the rootDSE with the filter ``(&(DnsDomain=<domain>)(NtVer=<flags>))`` for the ``Netlogon``
+attribute, which MS-ADTS allows over LDAP on TCP as well as over CLDAP. The DC answers with a
+NETLOGON_SAM_LOGON_RESPONSE_EX (MS-ADTS 6.3.1.9,
+https://learn.microsoft.com/en-us/openspecs/windows_protocols/MS-ADTS/8401a33f-34a8-40ca-bf03-c3484b66265f)
+naming its own site (DcSiteName) and the client's (ClientSiteName, from the subnet objects that hold the
+client's address). The agent sends the ping over the connection it has just made and bound (no CLDAP/UDP
+code of its own); :func:`parse_netlogon` reads the answer and is pure.
+
+Layout of the answer (little-endian integers): Opcode (2 bytes), Sbz (2), Flags (4), DomainGuid (16,
+MS-DTYP GUID), then DnsForestName, DnsDomainName, DnsHostName, NetbiosDomainName, NetbiosComputerName,
+UserName, DcSiteName and ClientSiteName, each UTF-8 and compressed as DNS names are (RFC 1035 4.1.4: labels,
+or a pointer to an earlier name; offsets count from the start of the answer; MS-ADTS 6.3.7), then fields
+this agent does not need (DcSockAddr when asked for, NextClosestSiteName, NtVersion, LmNtToken, Lm20Token).
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ldap3 import BASE, Connection
+
+__all__ = ["NTVER_5EX", "NetlogonError", "NetlogonResponse", "ldap_ping", "parse_netlogon", "ping_filter"]
+
+#: NETLOGON_NT_VERSION_5 | NETLOGON_NT_VERSION_5EX (MS-ADTS 6.3.1.1): ask for NETLOGON_SAM_LOGON_RESPONSE_EX,
+#: which carries the site names (the example of MS-ADTS 6.3.3 sends the same).
+NTVER_5EX = 0x00000006
+
+#: Opcodes whose structure is NETLOGON_SAM_LOGON_RESPONSE_EX (MS-ADTS 6.3.1.3 and 6.3.1.9):
+#: LOGON_SAM_LOGON_RESPONSE_EX, LOGON_SAM_PAUSE_RESPONSE_EX, LOGON_SAM_USER_UNKNOWN_EX.
+_EX_OPCODES = {23: "LOGON_SAM_LOGON_RESPONSE_EX", 24: "LOGON_SAM_PAUSE_RESPONSE_EX", 25: "LOGON_SAM_USER_UNKNOWN_EX"}
+_HEAD = struct.Struct("<HHI16s")
+_NAMES = (
+    "dns_forest_name",
+    "dns_domain_name",
+    "dns_host_name",
+    "netbios_domain_name",
+    "netbios_computer_name",
+    "user_name",
+    "dc_site_name",
+    "client_site_name",
+)
+
+
+class NetlogonError(ValueError):
+    """An answer that is not a NETLOGON_SAM_LOGON_RESPONSE_EX as MS-ADTS 6.3.1.9 lays it out."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetlogonResponse:
+    """The fields of a NETLOGON_SAM_LOGON_RESPONSE_EX up to ClientSiteName ("" where the DC sent none)."""
+
+    opcode: int
+    flags: int
+    domain_guid: uuid.UUID
+    dns_forest_name: str
+    dns_domain_name: str
+    dns_host_name: str
+    netbios_domain_name: str
+    netbios_computer_name: str
+    user_name: str
+    dc_site_name: str
+    client_site_name: str
+
+
+def ping_filter(domain: str, ntver: int = NTVER_5EX) -> str:
+    """The LDAP ping's filter: the domain's DNS name, and NtVer as 4 little-endian bytes, escaped (RFC 4515)."""
+    escaped = "".join(f"\\{b:02x}" for b in struct.pack("<I", ntver))
+    name = "".join(f"\\{ord(c):02x}" if c in "*()\\\0" else c for c in domain.rstrip("."))
+    return f"(&(DnsDomain={name})(NtVer={escaped}))"
+
+
+def ldap_ping(conn: Connection, domain: str) -> NetlogonResponse:
+    """Send the LDAP ping over ``conn`` (open, bound or not) and read the answer.
+
+    Raises NetlogonError when the DC answers without a Netlogon value (a directory that is not AD, or a DC
+    that does not answer LDAP pings over TCP) or with one this parser cannot read; ldap3's transport errors
+    pass through (the caller decides what a broken connection means).
+    """
+    conn.search("", ping_filter(domain), BASE, attributes=["Netlogon"])
+    entries = [e for e in (conn.response or []) if e.get("type") == "searchResEntry"]
+    values: list[Any] = next(
+        (v for e in entries for k, v in (e.get("raw_attributes") or {}).items() if k.lower() == "netlogon"), []
+    )
+    if not values:
+        result = conn.result or {}  # ldap3's search is false when no entry came: the result says more
+        why = f"result {result.get('result')} {result.get('description', '')}".strip()
+        raise NetlogonError(
+            f"no Netlogon value in its answer ({why}): the DC does not host domain {domain} (MS-ADTS 6.3.3.3), or "
+            "does not answer LDAP pings over TCP"
+        )
+    return parse_netlogon(bytes(values[0]))
+
+
+def parse_netlogon(data: bytes) -> NetlogonResponse:
+    """The NETLOGON_SAM_LOGON_RESPONSE_EX in ``data`` (MS-ADTS 6.3.1.9); NetlogonError if it is not one."""
+    if len(data) < _HEAD.size:
+        raise NetlogonError(f"{len(data)} bytes: shorter than the {_HEAD.size}-byte head of the structure")
+    opcode, _sbz, flags, guid = _HEAD.unpack_from(data)
+    if opcode not in _EX_OPCODES:
+        raise NetlogonError(f"opcode {opcode} is not NETLOGON_SAM_LOGON_RESPONSE_EX's (23, 24 or 25)")
+    offset = _HEAD.size
+    names: list[str] = []
+    for field in _NAMES:
+        try:
+            name, offset = _read_name(data, offset)
+        except NetlogonError as exc:
+            raise NetlogonError(f"{field}: {exc}") from None
+        names.append(name)
+    return NetlogonResponse(opcode, flags, uuid.UUID(bytes_le=guid), *names)
+
+
+def _read_name(data: bytes, offset: int) -> tuple[str, int]:
+    """The name at ``offset`` (RFC 1035 4.1.4 labels, possibly ending in a pointer) and the offset after it."""
+    labels: list[str] = []
+    end: int | None = None
+    seen: set[int] = set()
+    while True:
+        if offset >= len(data):
+            raise NetlogonError(f"the name runs past the end of the {len(data)} bytes")
+        length = data[offset]
+        if length == 0:
+            end = offset + 1 if end is None else end
+            break
+        if length & 0xC0 == 0xC0:
+            if offset + 1 >= len(data):
+                raise NetlogonError("a compression pointer is cut off")
+            target = ((length & 0x3F) << 8) | data[offset + 1]
+            if target in seen or target >= len(data):
+                raise NetlogonError(f"a compression pointer to offset {target} loops or points outside the answer")
+            seen.add(target)
+            end = offset + 2 if end is None else end
+            offset = target
+            continue
+        if length & 0xC0:
+            raise NetlogonError(f"label length byte 0x{length:02x} is neither a length nor a pointer")
+        label = data[offset + 1 : offset + 1 + length]
+        if len(label) < length:
+            raise NetlogonError(f"a {length}-byte label runs past the end of the answer")
+        try:
+            labels.append(label.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise NetlogonError(f"a label is not UTF-8: {label!r}") from None
+        offset += 1 + length
+    return ".".join(labels), end

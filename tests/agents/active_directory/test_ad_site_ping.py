@@ -1,0 +1,303 @@
+"""This host's AD site, found by LDAP ping, as Windows' DC locator finds it (``domain`` without ``site``).
+
+Why: the domain-wide SRV records list every DC of the domain, in any site; a sync server in Paris bound to
+a DC in Sydney. DsGetDcName asks a DC an LDAP ping (MS-ADTS 6.3.3) whose answer, a
+NETLOGON_SAM_LOGON_RESPONSE_EX (MS-ADTS 6.3.1.9), names the client's site (ClientSiteName, from the subnet
+objects), then uses that site's SRV records. Before, the agent never asked: it stayed on whichever DC of the
+domain's list answered first.
+
+The answer's parser is tested against bytes built per the spec here (with and without name compression)
+and against the session's Samba DC's real answer; the locator's choices against a real DNS server on
+loopback; the whole path against the Samba DC with a site and a subnet holding 127.0.0.0/8 made for the
+test (``tests.harness.samba_dc.client_site``), the DNS server publishing the site's SRV record for the DC
+under another name (a relay), as ``test_ad_dc_locator`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connector.agents.active_directory import ActiveDirectorySettings
+from connector.agents.active_directory._connection import Link
+from connector.agents.active_directory._locator import DcLocator
+from connector.agents.active_directory._netlogon import NetlogonError, ldap_ping, parse_netlogon, ping_filter
+from tests.agents.active_directory.conftest import ADTestEnv
+from tests.agents.active_directory.test_ad_dc_locator import DOMAIN, DOMAIN_SRV, _settings, _srv
+from tests.agents.active_directory.test_ad_failover import _engine, _history_message, _loopback
+from tests.harness.dns_server import dns_server
+from tests.harness.samba_dc import SambaUnavailable, client_site, dc_fqdn
+from tests.harness.sockets import faulty_proxy
+
+GUID = uuid.UUID("59ffd9c9-add4-4bf2-adff-57d262ecd325")
+#: The Samba DC's answer to ``ping_filter("mvsync.test")`` over LDAPS (Samba 4.17, captured from the session's
+#: DC with no subnet defined): opcode 23, names compressed with pointers, ClientSiteName a pointer to DcSiteName.
+SAMBA_ANSWER = (
+    b"\x17\x00\x00\x00\xbd\x11\x00\x00\xc9\xd9\xffY\xd4\xad\xf2K\xad\xffW\xd2b\xec\xd3%\x06mvsync\x04test\x00"
+    b"\xc0\x18\x03dc1\xc0\x18\x06MVSYNC\x00\x03DC1\x00\x00\x17Default-First-Site-Name\x00\xc0;\x05\x00\x00\x00"
+    b"\xff\xff\xff\xff"
+)
+FIELDS = (
+    "dns_forest_name",
+    "dns_domain_name",
+    "dns_host_name",
+    "netbios_domain_name",
+    "netbios_computer_name",
+    "user_name",
+    "dc_site_name",
+    "client_site_name",
+)
+
+
+def _encode(names: list[str], *, compress: bool, start: int) -> bytes:
+    """``names`` one after the other as RFC 1035 4.1.4 names: labels, and with ``compress`` a pointer to a
+    suffix written before (offsets from the start of the structure, which the names begin ``start`` into)."""
+    out = bytearray()
+    written: dict[str, int] = {}
+    for name in names:
+        labels = name.split(".") if name else []
+        for i in range(len(labels) + 1):
+            suffix = ".".join(labels[i:])
+            if compress and suffix and suffix in written:
+                out += struct.pack(">H", 0xC000 | written[suffix])
+                break
+            if i == len(labels):
+                out += b"\x00"
+                break
+            if compress:
+                written.setdefault(suffix, start + len(out))
+            label = labels[i].encode()
+            out += bytes([len(label)]) + label
+    return bytes(out)
+
+
+def netlogon_bytes(values: dict[str, str], *, opcode: int = 23, flags: int = 0x3FD, compress: bool = True) -> bytes:
+    """A NETLOGON_SAM_LOGON_RESPONSE_EX laid out per MS-ADTS 6.3.1.9, NtVersion 5, the tokens 0xFFFF."""
+    head = struct.pack("<HHI", opcode, 0, flags) + GUID.bytes_le
+    names = _encode([values.get(f, "") for f in FIELDS], compress=compress, start=len(head))
+    return head + names + struct.pack("<IHH", 5, 0xFFFF, 0xFFFF)
+
+
+PARIS = {
+    "dns_forest_name": "contoso.com",
+    "dns_domain_name": "emea.contoso.com",
+    "dns_host_name": "dc-syd1.emea.contoso.com",
+    "netbios_domain_name": "EMEA",
+    "netbios_computer_name": "DC-SYD1",
+    "dc_site_name": "Sydney",
+    "client_site_name": "Paris",
+}
+
+
+# -- the answer's parser (pure) ---------------------------------------------------------------------
+@pytest.mark.parametrize("compress", [True, False])
+def test_the_answer_gives_both_sites_and_the_dcs_names(compress: bool) -> None:
+    answer = parse_netlogon(netlogon_bytes(PARIS, compress=compress))
+    assert (answer.opcode, answer.flags, answer.domain_guid) == (23, 0x3FD, GUID)
+    assert {f: getattr(answer, f) for f in FIELDS} == {**PARIS, "user_name": ""}
+
+
+def test_samba_s_real_answer_parses() -> None:
+    answer = parse_netlogon(SAMBA_ANSWER)
+    assert answer.dns_host_name == "dc1.mvsync.test" and answer.netbios_computer_name == "DC1"
+    assert answer.dc_site_name == answer.client_site_name == "Default-First-Site-Name"
+    assert answer.domain_guid == GUID
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\x17\x00\x00\x00", "4 bytes: shorter than the 24-byte head"),
+        (netlogon_bytes(PARIS, opcode=19), "opcode 19 is not NETLOGON_SAM_LOGON_RESPONSE_EX's"),
+        (netlogon_bytes(PARIS)[:30], "dns_forest_name: a 7-byte label runs past the end"),
+        (netlogon_bytes(PARIS)[:24] + b"\xc0\x18", "dns_forest_name: a compression pointer to offset 24 loops"),
+        (netlogon_bytes(PARIS)[:24] + b"\xc0\xff", "points outside the answer"),
+        (netlogon_bytes(PARIS)[:24] + b"\x80abc", "label length byte 0x80 is neither a length nor a pointer"),
+        (netlogon_bytes(PARIS)[:24] + b"\x02\xff\xfe\x00", "a label is not UTF-8"),
+        (netlogon_bytes({})[:-14], "the name runs past the end of the"),
+    ],
+)
+def test_an_answer_that_is_not_the_structure_is_refused_naming_what(data: bytes, expected: str) -> None:
+    with pytest.raises(NetlogonError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        parse_netlogon(data)
+
+
+def test_the_filter_carries_ntver_as_four_little_endian_bytes() -> None:
+    """NtVer 6 (V5 | V5EX: the answer with the site names), as MS-ADTS 6.3.3's example sends it."""
+    assert ping_filter("contoso.com.") == r"(&(DnsDomain=contoso.com)(NtVer=\06\00\00\00))"
+
+
+# -- the locator's choice (a real DNS server on loopback, no DC) -------------------------------------
+SITE_SRV = f"_ldap._tcp.Paris._sites.dc._msdcs.{DOMAIN}"
+SYD, PAR = "dc-syd1.corp.example.test", "dc-par1.corp.example.test"
+
+
+def _answer(client: str, dc: str = "Sydney") -> Any:
+    return parse_netlogon(netlogon_bytes({**PARIS, "client_site_name": client, "dc_site_name": dc}))
+
+
+def test_the_client_s_site_dcs_come_first_and_the_dc_in_use_stays_behind_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    zone = {(DOMAIN_SRV, "SRV"): [_srv(0, 100, SYD), _srv(5, 100, PAR)], (SITE_SRV.lower(), "SRV"): [_srv(0, 100, PAR)]}
+    with dns_server(zone) as server, caplog.at_level(logging.INFO):
+        locator = DcLocator(_settings(server), logging.getLogger("test"))
+        assert locator.wants_site and locator.controllers() == [SYD, PAR]
+        assert locator.use_client_site(SYD, _answer("Paris")) is True
+    assert locator.controllers() == [PAR, SYD] and not locator.wants_site
+    assert locator.site_of(PAR) == "Paris" and locator.site_of(SYD) is None
+    assert server.asked == [(DOMAIN_SRV, "SRV"), (SITE_SRV.lower(), "SRV")]
+    assert (
+        locator.source() == f"found in DNS: the SRV records {SITE_SRV}, {DOMAIN_SRV} (site Paris: found by LDAP ping)"
+    )
+    assert f"LDAP ping to {SYD}: this host is in site Paris (the DC is in Sydney): the site's DCs come first" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    ("client", "expected"),
+    [
+        ("", "the DC knows no site for this host (ClientSiteName empty"),
+        ("sydney", "this host is in site sydney, as the DC is: staying on it"),
+        ("Paris", f"but {SITE_SRV} has no usable DCs (the name does not exist (NXDOMAIN))"),
+    ],
+)
+def test_without_another_site_with_dcs_the_domain_s_list_stays(
+    client: str, expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No site for this host, the DC's own site (names are case-insensitive), a site without SRV records
+    (DsGetDcName then takes any DC of the domain too): the list does not change, said at INFO."""
+    zone = {(DOMAIN_SRV, "SRV"): [_srv(0, 100, SYD), _srv(5, 100, PAR)]}
+    with dns_server(zone) as server, caplog.at_level(logging.INFO):
+        locator = DcLocator(_settings(server), logging.getLogger("test"))
+        locator.controllers()
+        assert locator.use_client_site(SYD, _answer(client)) is False
+    assert locator.controllers() == [SYD, PAR] and locator.site_of(SYD) is None and not locator.wants_site
+    assert expected in caplog.text
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.INFO]
+    if client != "Paris":
+        assert (SITE_SRV.lower(), "SRV") not in server.asked
+
+
+def test_site_set_means_no_ldap_ping() -> None:
+    with dns_server({}) as server:
+        assert not DcLocator(_settings(server, site="Paris"), logging.getLogger("test")).wants_site
+    named = {"host": "dc1.contoso.com", "bind_dn": "CN=svc,DC=x", "password": "p", "base_dns": ["DC=x"]}
+    assert not DcLocator(ActiveDirectorySettings.model_validate(named), logging.getLogger("test")).wants_site
+
+
+# -- the real DC ---------------------------------------------------------------------------------------
+@pytest.fixture
+def fqdn(ad_env: ADTestEnv) -> str:
+    try:
+        return dc_fqdn(ad_env.ad)
+    except SambaUnavailable:
+        pytest.skip("an external directory: its sites and DNS name are not ours to change")
+
+
+@pytest.fixture
+def site(ad_env: ADTestEnv, fqdn: str) -> Iterator[str]:
+    """A site of the test's own whose subnet holds 127.0.0.0/8 (this host as the DC sees it), removed after."""
+    with client_site(ad_env.ad, f"Paris-{ad_env.tag}") as name:
+        yield name
+
+
+@pytest.mark.samba
+def test_the_dc_names_the_site_of_this_host_s_subnet_in_its_answer(ad_env: ADTestEnv, fqdn: str, site: str) -> None:
+    """The LDAP ping over the agent's own LDAPS connection, after its bind: Samba answers it over TCP."""
+    link = Link(ad_env.settings(), logging.getLogger("test"))
+    try:
+        answer = ldap_ping(link.connect(), ad_env.ad.upn_suffix)
+    finally:
+        link.close()
+    assert (answer.client_site_name, answer.dc_site_name) == (site, "Default-First-Site-Name")
+    assert answer.dns_host_name == fqdn and answer.dns_domain_name == ad_env.ad.upn_suffix
+
+
+@pytest.mark.samba
+def test_a_step_moves_to_a_dc_of_this_host_s_site(ad_env: ADTestEnv, fqdn: str, site: str) -> None:
+    """The domain's SRV records name the DC (through one relay), the site's name it as ``localhost`` (another
+    relay, on the same port): the step binds to the first, pings it, and is served by the site's DC; the run
+    history says which site and how it was found."""
+    upstream = (ad_env.ad.host, ad_env.ad.ldaps_port)
+    ad_env.add_users(ad_env.specs(2, photos=False))
+    site_srv = f"_ldap._tcp.{site}._sites.dc._msdcs.{ad_env.ad.upn_suffix}"
+    with faulty_proxy(upstream, (_loopback(), 0)) as near, faulty_proxy(upstream, (_loopback(), near.port)) as far:
+        zone = {
+            (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, fqdn)],
+            (site_srv.lower(), "SRV"): [_srv(0, 100, "localhost")],
+            (fqdn, "A"): [far._server.getsockname()[0]],
+            ("localhost", "A"): [near._server.getsockname()[0]],
+        }
+        with dns_server(zone, glue=True) as server:
+            where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+            engine = _engine(ad_env, **where, port=near.port, reconnect_attempts=0)
+            try:
+                run = engine.run_profile("Full")
+                recorded = _history_message(engine, run.run_id)
+            finally:
+                engine.close()
+    step = run.steps[0]
+    assert step.status == "success" and step.counters.get("adds") == 2, step.as_dict()
+    assert step.message == (
+        f"served by domain controller localhost:{near.port} (ldaps) of site {site} (this host's site, found by "
+        "LDAP ping)"
+    ), step.message
+    assert recorded == step.message
+    assert (site_srv.lower(), "SRV") in server.asked
+
+
+@pytest.mark.samba
+def test_a_site_without_dcs_in_dns_keeps_the_domain_s_dc(
+    ad_env: ADTestEnv, fqdn: str, site: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    zone = {
+        (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, fqdn)],
+        (fqdn, "A"): [socket.gethostbyname(ad_env.ad.host)],
+    }
+    with dns_server(zone) as server, caplog.at_level(logging.INFO):
+        where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+        check = ad_env.connector(open=False, logger=logging.getLogger("test.site"), **where).check()
+    assert check.ok and f"bound to domain controller {fqdn}:{ad_env.ad.ldaps_port} (ldaps) as " in check.detail
+    assert f"this host is in site {site} (the DC is in Default-First-Site-Name), but " in caplog.text
+    assert "has no usable DCs (the name does not exist (NXDOMAIN)); using the domain's DCs" in caplog.text
+
+
+@pytest.mark.samba
+def test_site_set_overrides_the_ping(ad_env: ADTestEnv, fqdn: str, site: str) -> None:
+    """``site`` names the site: no ping, its DCs first though the DC would name another site for this host."""
+    domain = ad_env.ad.upn_suffix
+    zone = {
+        (f"_ldap._tcp.dc._msdcs.{domain}", "SRV"): [_srv(0, 100, fqdn)],
+        (f"_ldap._tcp.default-first-site-name._sites.dc._msdcs.{domain}", "SRV"): [_srv(0, 100, fqdn)],
+        (f"_ldap._tcp.{site.lower()}._sites.dc._msdcs.{domain}", "SRV"): [_srv(0, 100, "localhost")],
+        (fqdn, "A"): [socket.gethostbyname(ad_env.ad.host)],
+    }
+    with dns_server(zone, glue=True) as server:
+        where = {"host": None, "domain": domain, "site": "Default-First-Site-Name", "dns_servers": [server.address]}
+        check = ad_env.connector(open=False, **where).check()
+    assert check.ok and f"bound to domain controller {fqdn}:{ad_env.ad.ldaps_port} (ldaps) as " in check.detail
+    assert all(site.lower() not in name for name, _ in server.asked), server.asked
+
+
+@pytest.mark.samba
+def test_a_dc_that_gives_no_netlogon_answer_does_not_stop_the_step(
+    ad_env: ADTestEnv, fqdn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DC asked for a domain it does not host answers the ping without a Netlogon value (MS-ADTS 6.3.3.3),
+    as one that does not answer pings over TCP would: INFO, and the step goes on with the domain's DCs."""
+    zone = {(DOMAIN_SRV, "SRV"): [_srv(0, 100, fqdn)], (fqdn, "A"): [socket.gethostbyname(ad_env.ad.host)]}
+    with dns_server(zone) as server, caplog.at_level(logging.INFO):
+        where = {"host": None, "domain": DOMAIN, "dns_servers": [server.address]}
+        check = ad_env.connector(open=False, logger=logging.getLogger("test.site"), **where).check()
+    assert check.ok and f"bound to domain controller {fqdn}:{ad_env.ad.ldaps_port} (ldaps) as " in check.detail
+    expected = f"LDAP ping to {fqdn} gave no site (no Netlogon value in its answer (result 0 success): the DC does not"
+    assert f"{expected} host domain {DOMAIN} (MS-ADTS 6.3.3.3)" in caplog.text
+    assert "Traceback" not in caplog.text
