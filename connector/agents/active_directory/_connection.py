@@ -24,7 +24,8 @@ Why each choice:
   reset, not resolved) is passed over; a certificate that does not validate or a refused bind stops as
   before, since another DC would not make the configuration right (and trying a refused password on
   every DC locks the account sooner). Which DC answered, and why the ones before it were passed over,
-  is kept for the run history.
+  is kept for the run history. With ``domain`` and no ``site``, the first connection of a step asks its DC
+  this host's site (LDAP ping, ``_netlogon``) and moves to a DC of that site when the locator finds one.
 * A broken transport during an operation is repaired by reconnecting and repeating the operation.
   Everything the agent sends is idempotent (searches, modifies that *replace* values, and adds or
   deletes of values sent with AD's permissive-modify control), so a repeat after a lost answer is safe.

@@ -27,6 +27,10 @@ walks ``host`` and ``fallback_hosts``.
   servers (a sync server whose DNS is not the AD DNS); they are then also asked the DCs' addresses (or
   sent them along with the SRV records), the connection goes to that address, and the certificate is
   checked for the DC's name (ldap3 also accepts one that names the address itself).
+* **Which site.** Without ``site``, the first DC that binds is asked this host's site by LDAP ping
+  (``_netlogon``, over the connection the step makes anyway); a site other than the DC's, with SRV
+  records, puts its DCs first (:meth:`DcLocator.use_client_site`), as DsGetDcName does. Once per step:
+  the locator is the step's, and every connection of the step then uses one list.
 * **Bounded.** Each lookup waits ``dns_timeout`` seconds at most; a DNS server that never answers stops
   the step with a message naming it and the name asked, not a hang.
 """

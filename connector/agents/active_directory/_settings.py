@@ -49,7 +49,8 @@ class ActiveDirectorySettings(ConnectorSettings):
         None,
         min_length=1,
         description="with domain: the AD site whose DCs are tried first (_ldap._tcp.<site>._sites.dc._msdcs."
-        "<domain>), then the domain's others",
+        "<domain>), then the domain's others; default: the site the first DC names for this host in its "
+        "answer to an LDAP ping, as Windows' DC locator asks",
     )
     dns_servers: list[str] = Field(
         default_factory=list,
