@@ -565,7 +565,8 @@ class Link:
             self.locator.site_unknown(host, str(exc))
             return self._conn
         except (*TRANSPORT_ERRORS, LDAPException) as exc:  # the connection broke, or timed out, meanwhile
-            self.locator.site_unknown(host, self._reason(exc, host))
+            broke = f"the connection to {self._where(host)} broke or timed out during it ({type(exc).__name__})"
+            self.locator.site_unknown(host, broke)
             self.close()
             return self.connect()
         if not self.locator.use_client_site(host, answer):

@@ -301,3 +301,37 @@ def test_a_dc_that_gives_no_netlogon_answer_does_not_stop_the_step(
     expected = f"LDAP ping to {fqdn} gave no site (no Netlogon value in its answer (result 0 success): the DC does not"
     assert f"{expected} host domain {DOMAIN} (MS-ADTS 6.3.3.3)" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.samba
+def test_a_connection_that_breaks_during_the_ping_does_not_stop_the_step(
+    ad_env: ADTestEnv, fqdn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first DC resets every connection right after the bind (its relay is told to at that moment, so the
+    ping meets a real reset): INFO naming the DC, and the step goes on at the next DC of the domain's list."""
+    upstream = (ad_env.ad.host, ad_env.ad.ldaps_port)
+    with faulty_proxy(upstream, (_loopback(), 0)) as good, faulty_proxy(upstream, (_loopback(), good.port)) as bad:
+        original = Link._bind
+
+        def bind_then_cut(link: Link, conn: Any, host: str) -> bool:
+            bound = original(link, conn, host)
+            if host == "localhost":
+                bad.reset()
+            return bound
+
+        monkeypatch.setattr(Link, "_bind", bind_then_cut)
+        zone = {
+            (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, "localhost"), _srv(10, 100, fqdn)],
+            ("localhost", "A"): [bad._server.getsockname()[0]],
+            (fqdn, "A"): [good._server.getsockname()[0]],
+        }
+        with dns_server(zone, glue=True) as server, caplog.at_level(logging.INFO):
+            where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+            connector = ad_env.connector(
+                open=False, port=good.port, reconnect_attempts=0, logger=logging.getLogger("test.site"), **where
+            )
+            check = connector.check()
+    assert check.ok, check.detail
+    assert f"bound to domain controller {fqdn}:{good.port} (ldaps), after passing over localhost " in check.detail
+    broke = f"LDAP ping to localhost gave no site (the connection to localhost:{good.port} (ldaps) broke or timed out"
+    assert f"{broke} during it (" in caplog.text
