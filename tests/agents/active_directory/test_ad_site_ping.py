@@ -15,6 +15,7 @@ under another name (a relay), as ``test_ad_dc_locator`` does.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import struct
@@ -27,7 +28,13 @@ import pytest
 from connector.agents.active_directory import ActiveDirectorySettings
 from connector.agents.active_directory._connection import Link
 from connector.agents.active_directory._locator import DcLocator
-from connector.agents.active_directory._netlogon import NetlogonError, ldap_ping, parse_netlogon, ping_filter
+from connector.agents.active_directory._netlogon import (
+    NetlogonError,
+    NetlogonResponse,
+    ldap_ping,
+    parse_netlogon,
+    ping_filter,
+)
 from tests.agents.active_directory.conftest import ADTestEnv
 from tests.agents.active_directory.test_ad_dc_locator import DOMAIN, DOMAIN_SRV, _settings, _srv
 from tests.agents.active_directory.test_ad_failover import _engine, _history_message, _loopback
@@ -138,8 +145,9 @@ SITE_SRV = f"_ldap._tcp.Paris._sites.dc._msdcs.{DOMAIN}"
 SYD, PAR = "dc-syd1.corp.example.test", "dc-par1.corp.example.test"
 
 
-def _answer(client: str, dc: str = "Sydney") -> Any:
-    return parse_netlogon(netlogon_bytes({**PARIS, "client_site_name": client, "dc_site_name": dc}))
+def _answer(client: str, dc: str = "Sydney") -> NetlogonResponse:
+    """An answer from a DC of site ``dc`` naming ``client`` (set after parsing: it may be no DNS name at all)."""
+    return dataclasses.replace(parse_netlogon(netlogon_bytes({**PARIS, "dc_site_name": dc})), client_site_name=client)
 
 
 def test_the_client_s_site_dcs_come_first_and_the_dc_in_use_stays_behind_them(
@@ -167,13 +175,15 @@ def test_the_client_s_site_dcs_come_first_and_the_dc_in_use_stays_behind_them(
         ("", "the DC knows no site for this host (ClientSiteName empty"),
         ("sydney", "this host is in site sydney, as the DC is: staying on it"),
         ("Paris", f"but {SITE_SRV} has no usable DCs (the name does not exist (NXDOMAIN))"),
+        ("Paris..Nord", "has no usable DCs (DNS lookup of the SRV records _ldap._tcp.Paris..Nord"),
     ],
 )
 def test_without_another_site_with_dcs_the_domain_s_list_stays(
     client: str, expected: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No site for this host, the DC's own site (names are case-insensitive), a site without SRV records
-    (DsGetDcName then takes any DC of the domain too): the list does not change, said at INFO."""
+    (DsGetDcName then takes any DC of the domain too), a site name DNS cannot ask (AD allows site names that are
+    not DNS labels, with a warning): the list does not change, said at INFO."""
     zone = {(DOMAIN_SRV, "SRV"): [_srv(0, 100, SYD), _srv(5, 100, PAR)]}
     with dns_server(zone) as server, caplog.at_level(logging.INFO):
         locator = DcLocator(_settings(server), logging.getLogger("test"))
