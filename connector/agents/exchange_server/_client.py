@@ -28,6 +28,8 @@ proxy's HTML page or damaged bytes would otherwise replace the photo.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import random
 import re
 import threading
@@ -42,7 +44,7 @@ import requests
 from connector.agents.exchange_server._auth import USER_AGENT, refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.agents.exchange_server._versions import older_release, older_than_2013, probe
-from connector.imaging import DEFAULT_MAX_INPUT_BYTES, ImageError, InputTooLargeError, verify
+from connector.imaging import DEFAULT_MAX_INPUT_BYTES, CorruptImageError, ImageError, InputTooLargeError, verify
 from connector.net import (
     RECHECKED,
     SILENCE,
@@ -116,6 +118,8 @@ REFUSALS_TO_STOP = 10
 VERSION_PROBES = 5
 #: A SOAP GetUserPhoto answer that carries a picture (base64 ``PictureData``).
 _PICTURE = re.compile(rb"<(?:[\w.-]+:)?PictureData\s*>\s*[A-Za-z0-9+/]")
+#: The picture's base64 text (getuserphoto-operation: ``PictureData``, "the user's photo", base64Binary).
+_PICTURE_DATA = re.compile(rb"<(?:[\w.-]+:)?PictureData\s*>([^<]*)<")
 #: Answers that show the account reading a mailbox: a photo, "unchanged", "no photo" (without a SOAP fault).
 _READ_STATUS = frozenset({200, 304, 404})
 #: Faults about one mailbox that pass, but not within a run, with an error of their own: its name, and
@@ -148,6 +152,9 @@ _EMPTY_SOAP = (
 #: The largest photo body read: Exchange's HD photos are at most 648x648 (tens of KB); anything near
 #: this is not a photo, and reading it whole on every thread would exhaust memory.
 MAX_PHOTO_BYTES = DEFAULT_MAX_INPUT_BYTES
+#: The largest SOAP GetUserPhoto answer read when it may carry a photo: ``MAX_PHOTO_BYTES`` in base64
+#: (4 characters for 3 bytes) and its envelope.
+_SOAP_PHOTO_BYTES = (MAX_PHOTO_BYTES + 2) // 3 * 4 + 65536
 
 
 @dataclass(slots=True)
@@ -242,11 +249,11 @@ class _Oversized(Exception):
         self.content_type = content_type
 
 
-def _read_body(resp: requests.Response, timeout_s: float) -> None:
+def _read_body(resp: requests.Response, timeout_s: float, limit: int = MAX_PHOTO_BYTES) -> None:
     """Read a streamed answer's body (``resp.content`` then holds it), or raise ``_Oversized``
-    without reading on once it is over ``MAX_PHOTO_BYTES`` (``connector.net.read_capped``). A
-    cut-off body raises requests' error, and so does one not all there within ``timeout_s``."""
-    body = read_capped(resp, timeout_s, MAX_PHOTO_BYTES)
+    without reading on once it is over ``limit`` (``connector.net.read_capped``). A cut-off body
+    raises requests' error, and so does one not all there within ``timeout_s``."""
+    body = read_capped(resp, timeout_s, limit)
     if body is None:
         raise _Oversized(_content_type(resp))
     resp._content = body  # where requests keeps a body it has read
@@ -289,11 +296,31 @@ def _no_picture(email: str, what: str, exc: ImageError) -> Fetched:
 
 def _photo(email: str, resp: requests.Response) -> Fetched:
     """A 200's body as the mailbox's photo, if it is one (a proxy's page or damaged bytes are not)."""
+    what = f"{len(resp.content):,} bytes of {_content_type(resp)}"
+    return _picture(email, resp.content, what, resp.headers.get("ETag"))
+
+
+def _picture(email: str, data: bytes, what: str, etag: str | None) -> Fetched:
+    """``data`` as the mailbox's photo, if ``imaging.verify`` finds a whole picture within its limits
+    (``MAX_PHOTO_BYTES``); else the mailbox's error naming ``what`` came, its photo kept."""
     try:
-        info = verify(resp.content)
+        info = verify(data)
     except ImageError as exc:
-        return _no_picture(email, f"{len(resp.content):,} bytes of {_content_type(resp)}", exc)
-    return Fetched("photo", data=resp.content, etag=resp.headers.get("ETag"), pixels=max(info.width, info.height))
+        return _no_picture(email, what, exc)
+    return Fetched("photo", data=data, etag=etag, pixels=max(info.width, info.height))
+
+
+def _soap_photo(email: str, resp: requests.Response) -> Fetched:
+    """A SOAP GetUserPhoto answer's base64 ``PictureData`` as the mailbox's photo, validated as a REST
+    answer's body is (``_picture``), with the answer's ETag header when it has one."""
+    found = _PICTURE_DATA.search(resp.content)
+    text = b"".join(found[1].split()) if found else b""
+    what = f"the base64 PictureData of a SOAP answer ({len(text):,} characters)"
+    try:
+        data = base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        return _no_picture(email, what, CorruptImageError(f"it is not base64: {exc}"))
+    return _picture(email, data, what, resp.headers.get("ETag"))
 
 
 def _redirected(email: str, resp: requests.Response) -> Fetched:
@@ -472,10 +499,11 @@ class PhotoClient:
             self.count("older_server_answers")
         raise ConfigurationError(f"{older} (the same answer to all {VERSION_PROBES} checks)", key="ews_url")
 
-    def _post(self, body: bytes) -> requests.Response | None:
+    def _post(self, body: bytes, *, limit: int | None = None) -> requests.Response | None:
         """One SOAP request of ``check_endpoint``, its answer read within the bounds of ``_read_head``
         (a body that trickles in, or has no end, cannot hold the step); None when none came, or only
         push-back for ``max_throttled_retries`` answers (the photo requests then meet the server).
+        ``limit``: the answer may carry a photo, read whole up to that many bytes, else ``_Oversized``.
 
         Push-back (ErrorServerBusy, 503, 429) is waited out as a photo request's is, pausing every
         sender (``_pushed_back``): a check that took it as an answer sent the next requests straight
@@ -490,7 +518,13 @@ class PhotoClient:
                 resp = self.session.post(
                     s.ews_url, data=body, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
                 )
-                _read_head(resp, s.timeout_s)
+                if limit is not None and resp.status_code == 200:
+                    _read_body(resp, s.timeout_s, limit)
+                else:
+                    _read_head(resp, s.timeout_s)
+            except _Oversized:  # an answer all the same
+                self.limiter.release(ticket, Signal.OK)
+                raise
             except requests.RequestException:
                 self.limiter.release(ticket, Signal.FAILED)
                 return None
@@ -508,7 +542,12 @@ class PhotoClient:
         connector space holds a photo of it, which a "no photo" would remove (``_confirmed_none``)."""
         got = self._get(email, self.settings.photo_size, etag)
         if got.kind == "none" and (had_photo or self.mixed):
-            return self._confirmed_none(email)
+            got = self._confirmed_none(email)
+        return self._unless_thumbnail(email, got)
+
+    def _unless_thumbnail(self, email: str, got: Fetched) -> Fetched:
+        """``got``, or "no photo" when the photo is the AD thumbnail Exchange serves for a mailbox without
+        one (unless ``accept_ad_thumbnail``): whether it came from the REST form or the SOAP re-ask."""
         if got.kind != "photo" or self.settings.accept_ad_thumbnail or got.data is None:
             return got
         if got.pixels > 96:  # AD thumbnails are 96x96 at most by convention
@@ -524,7 +563,10 @@ class PhotoClient:
         """A 404 ("no photo") to the REST GetUserPhoto, asked again as the version probe asks (SOAP,
         ``RequestServerVersion Exchange2013``): "no photo" only if a server that knows that version says
         so too (404, or no ``PictureData``; ASSUMPTION: the operation page does not say how SOAP answers
-        for a mailbox without a photo, so both are taken). Else the mailbox's error, its photo kept.
+        for a mailbox without a photo, so both are taken). A picture in that answer (``PictureData``) is
+        the photo, asked at ``photo_size`` and validated as the REST form's (``_soap_photo``; the caller
+        then applies the AD thumbnail rule): a valid GetUserPhoto answer from a 2013+ server, where the 404
+        came from an older one. Else the mailbox's error, its photo kept.
 
         Why: an Exchange 2010 server has no GetUserPhoto, and what its REST form answers is undocumented
         (``_versions``); a 404 from one, behind a load balancer that also sends requests to newer servers,
@@ -532,11 +574,20 @@ class PhotoClient:
         Asked only when a photo would go, or once an older server was seen (``mixed``): one request more.
         """
         self._checked()
-        resp = self._post(probe(email))
+        try:
+            resp = self._post(probe(email, self.settings.photo_size), limit=_SOAP_PHOTO_BYTES)
+        except _Oversized as big:
+            return _oversized(email, big)
         fault = ews_fault(resp) if resp is not None else None
         release = older_release(resp.content, fault.code if fault else None) if resp is not None else None
-        if resp is not None and fault is None and release is None and _says_no_photo(resp):
-            return Fetched("none")
+        if resp is not None and fault is None and release is None:
+            if resp.status_code == 200 and _PICTURE.search(resp.content):
+                # a 2013+ server's GetUserPhoto answer with the picture: the 404 came from one without
+                # GetUserPhoto (or the photo arrived meanwhile); every later 404 is confirmed too
+                self.mixed = True
+                return _soap_photo(email, resp)
+            if _says_no_photo(resp):
+                return Fetched("none")
         then = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
         if release is not None:
             self.mixed = True

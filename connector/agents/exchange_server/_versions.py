@@ -24,7 +24,7 @@ _PROBE = (
     'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" '
     'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">'
     '<soap:Header><t:RequestServerVersion Version="Exchange2013"/></soap:Header>'
-    "<soap:Body><m:GetUserPhoto><m:Email>{email}</m:Email><m:SizeRequested>HR48x48</m:SizeRequested>"
+    "<soap:Body><m:GetUserPhoto><m:Email>{email}</m:Email><m:SizeRequested>{size}</m:SizeRequested>"
     "</m:GetUserPhoto></soap:Body></soap:Envelope>"
 )
 _SERVER_VERSION = re.compile(rb"<(?:[\w.-]+:)?ServerVersionInfo\b([^>]{0,2000})>")
@@ -34,9 +34,10 @@ _PRODUCTS = {8: "Exchange 2007", 14: "Exchange 2010"}
 _UNKNOWN_VERSION = "ErrorInvalidServerVersion"
 
 
-def probe(email: str) -> bytes:
-    """The GetUserPhoto operation page's SOAP request for ``email``'s smallest picture."""
-    return _PROBE.format(email=escape(email)).encode()
+def probe(email: str, size: str = "HR48x48") -> bytes:
+    """The GetUserPhoto operation page's SOAP request for ``email``'s picture at ``size`` (the smallest
+    unless told: the check wants the server's answer, not a photo)."""
+    return _PROBE.format(email=escape(email), size=escape(size)).encode()
 
 
 def _server_version(body: bytes) -> dict[str, str]:

@@ -1856,8 +1856,8 @@ def test_a_mixed_pool_that_answers_some_photo_requests_from_exchange_2010_keeps_
     such mailbox's photo was taken out of the connector space (and thumbnailPhoto cleared at the next
     export). Now a 404 for a mailbox that had a photo is asked again in SOAP with RequestServerVersion
     Exchange2013: only a server that knows that version saying "no photo" removes it; an Exchange 2010
-    answer (or a photo found after all) is the mailbox's error naming the person, the photo kept, and
-    the mailbox asked again after photo_error_recheck_hours."""
+    answer is the mailbox's error naming the person, the photo kept, and the mailbox asked again after
+    photo_error_recheck_hours (a photo found after all is taken: the test of the SOAP re-ask below)."""
     emails = _many_mailboxes(ews, tmp_path, 12)
     _, watermark = _imported(_agent(ews, tmp_path))
     ews.service.pool = [
@@ -1899,3 +1899,74 @@ def test_a_cached_check_is_made_again_before_a_no_photo_removes_a_photo(ews: Ews
         _imported(agent, watermark)
     assert "is Exchange 2010 (version 14.0.478.0" in str(caught.value)
     assert _STATES[agent.context.data_dir][PHOTO]["checksum"]  # the photo is kept
+
+
+def _alternating(ews: EwsEmulator, *servers: str) -> None:
+    """From the next request on, the servers of a mixed pool answer in this order, in turn (round robin)."""
+    ews.service.pool = [SERVER_VERSIONS[name] for name in servers]
+    ews.service._turn = 0
+
+
+def test_a_photo_the_soap_re_ask_finds_after_a_404_from_exchange_2010_is_imported(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """A mixed pool (Exchange 2010, Exchange 2013 in turn; an ASSUMPTION): each mailbox's REST GetUserPhoto
+    lands on 2010, which answers 404, and the SOAP re-ask of that 404 lands on 2013, which sends the
+    picture. Before, that answer made each mailbox an ews-error for the run ("asked again in SOAP it
+    answered HTTP 200"), so a changed photo waited photo_error_recheck_hours. Now the SOAP answer is a
+    GetUserPhoto answer like the REST one: its PictureData is taken, validated as a REST photo is, with
+    the SOAP answer's ETag; an unchanged one stages nothing."""
+    emails = _many_mailboxes(ews, tmp_path, 3)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    before = dict(_STATES[tmp_path / "data"])
+    changed = photo(99, size=120)
+    ews.set_photo(emails[0], changed)  # Set-UserPhoto meanwhile: a new picture, a new ETag
+    # the check (an empty SOAP request, then the probe) meets 2010 then 2013; then each REST request 2010
+    _alternating(ews, "Exchange2010_SP1", "Exchange2013")
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0, endpoint_check_hours=0, concurrency=1)
+    entries, _ = _imported(agent, watermark)
+    assert {anchor: entry.error for anchor, entry in entries.items() if entry.error} == {}
+    assert set(entries) == {emails[0]}  # the other two: the same picture, nothing staged
+    served = ews.service.mailboxes[emails[0]].variants[120]  # what Exchange 2013 sends at HR648x648
+    assert entries[emails[0]].attributes["EXSPhoto"] == served
+    state = _STATES[tmp_path / "data"]
+    etag = ews.service.etag(ews.service.mailboxes[emails[0]], ("photo", 120))
+    assert state[emails[0]]["etag"] == etag  # the SOAP answer's ETag
+    assert [state[e]["checksum"] for e in emails[1:]] == [before[e]["checksum"] for e in emails[1:]]
+    assert ews.stats()["answered_by_Exchange2010_SP1"] == 1 + len(emails)  # the empty check, each REST request
+
+
+@pytest.mark.parametrize("accept_ad_thumbnail", [False, True])
+def test_the_ad_thumbnail_the_soap_re_ask_finds_follows_the_thumbnail_rule(
+    ews: EwsEmulator, tmp_path: Path, accept_ad_thumbnail: bool
+) -> None:
+    """The mailbox's photo was removed (Remove-UserPhoto); Exchange then serves its AD thumbnailPhoto at
+    every size. Its REST request met a server without GetUserPhoto (404, once) and the SOAP re-ask found the
+    thumbnail: that is "no photo" unless accept_ad_thumbnail, as when the REST form sends it (the same
+    bytes at HR48x48), not the mailbox's error as before."""
+    email = "both@contoso.example"
+    ews.add_mailbox(email, photo=photo(7), thumbnail=_thumbnail())
+    _listing(tmp_path, email)
+    settings: dict[str, Any] = {"accept_ad_thumbnail": accept_ad_thumbnail}
+    _, watermark = _imported(_agent(ews, tmp_path, **settings))
+    ews.set_photo(email, None)
+    ews.set_answer(email, 404, times=1)
+    entries, _ = _imported(_agent(ews, tmp_path, photo_recheck_hours=0, **settings), watermark)
+    assert entries[email].error is None, entries[email].error
+    assert entries[email].attributes.get("EXSPhoto") == (_thumbnail() if accept_ad_thumbnail else None)
+
+
+def test_a_picture_the_soap_re_ask_finds_that_is_no_picture_is_the_mailboxs_error(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """PictureData that is no picture (damaged bytes) is checked as a REST body is: the mailbox's error
+    naming it and what came, the photo imported before kept."""
+    _listing(tmp_path, PHOTO)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    ews.service.mailboxes[PHOTO].variants = dict.fromkeys((48, 64, 96, 120, 240, 360, 432, 504, 648), b"\xff\xd8junk")
+    ews.set_answer(PHOTO, 404, times=1)
+    entries, _ = _imported(_agent(ews, tmp_path, photo_recheck_hours=0), watermark)
+    error = entries[PHOTO].error
+    assert error is not None and error.name != "ews-error", error
+    assert PHOTO in error.detail and "base64 PictureData of a SOAP answer" in error.detail and "kept" in error.detail
+    assert _STATES[tmp_path / "data"][PHOTO]["checksum"]
