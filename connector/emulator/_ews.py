@@ -53,7 +53,11 @@ a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 
 - a SOAP ``GetUserPhoto`` under a      500 SOAP fault ``ErrorSchemaValidation`` (the element is not in its
   version it knows                     schema; ASSUMPTION: the message text)
 - the REST ``GetUserPhoto``            404 (ASSUMPTION, undocumented: its ``/s/`` handler does not exist
-                                       there; the harmful case, as 404 means "no photo")
+                                       there; the harmful case, as 404 means "no photo");
+                                       ``older_rest="ErrorInvalidServerVersion"``: 500 SOAP fault
+                                       ``ErrorInvalidServerVersion`` with its ServerVersionInfo instead
+                                       (ASSUMPTION, undocumented too: the fault it gives a SOAP request of
+                                       a version it does not know)
 every SOAP answer                      a ``ServerVersionInfo`` SOAP header (getuserphoto-operation's
                                        example: 15.0.556.8 ``Exchange2013``; "Versioning EWS requests"'s
                                        example for Exchange 2010 SP1: 14.0.478.0 ``Exchange2010_SP1``);
@@ -233,6 +237,8 @@ class EwsConfig:
     #: A load-balanced pool behind the one EWS URL: the release of each server, each request (once
     #: authenticated) answered by the next in turn; empty: ``server_version`` alone (see the docstring).
     pool: tuple[Literal["Exchange2010_SP1", "Exchange2013"], ...] = ()
+    #: What a server older than 2013 answers the REST GetUserPhoto (both ASSUMPTIONS, see the docstring).
+    older_rest: Literal["404", "ErrorInvalidServerVersion"] = "404"
     #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
     extended_protection: bool = False
     photo_templates: int = 24
@@ -317,6 +323,8 @@ def error_response(code: str, message: str) -> bytes:
 
 
 _XML = [("Content-Type", "text/xml; charset=utf-8")]
+#: What a server says to a RequestServerVersion it does not know (ResponseCode reference's wording).
+_INVALID_VERSION = "The specified server version is invalid."
 
 
 class EwsService:
@@ -507,6 +515,8 @@ class EwsService:
         if pixels is None:
             return Response(400, b"Bad Request: unknown size code")
         if not version.has_user_photos:  # ASSUMPTION (module docstring): no /s/ handler before 2013
+            if self.config.older_rest == "ErrorInvalidServerVersion":
+                return self._fault(500, "ErrorInvalidServerVersion", _INVALID_VERSION, version)
             return Response(404, b"Not Found")
         canned = self._canned(email.lower())
         if canned is not None:
@@ -558,7 +568,7 @@ class EwsService:
         """The fault of a server that does not know the request's RequestServerVersion, or GetUserPhoto."""
         asked = root.find(f".//{{{_NS_T}}}RequestServerVersion")
         if asked is not None and asked.get("Version") not in version.knows:
-            return self._fault(500, "ErrorInvalidServerVersion", "The specified server version is invalid.", version)
+            return self._fault(500, "ErrorInvalidServerVersion", _INVALID_VERSION, version)
         if not version.has_user_photos and root.find(f".//{{{_NS_M}}}GetUserPhoto") is not None:
             return self._fault(500, "ErrorSchemaValidation", "The request failed schema validation.", version)
         return None

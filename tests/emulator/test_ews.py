@@ -286,3 +286,16 @@ def test_a_mixed_pool_answers_each_request_as_the_next_server_in_turn() -> None:
         assert b">ErrorInvalidServerVersion<" in answers[1].content
         stats = emu.stats()
     assert (stats["answered_by_Exchange2013"], stats["answered_by_Exchange2010_SP1"]) == (3, 3)
+
+
+def test_an_older_server_can_answer_the_rest_form_with_errorinvalidserverversion() -> None:
+    """older_rest="ErrorInvalidServerVersion" (an ASSUMPTION, see the docstring): the 2010 server of a pool
+    answers the REST GetUserPhoto with that SOAP fault and its ServerVersionInfo rather than 404."""
+    config = EwsConfig(pool=("Exchange2013", "Exchange2010_SP1"), older_rest="ErrorInvalidServerVersion")
+    with EwsEmulator(config) as emu:
+        emu.add_mailbox(MAIL, photo=photo(1))
+        http = _session(emu)
+        answers = [_get(http, emu, MAIL) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 500]
+    assert b">ErrorInvalidServerVersion<" in answers[1].content
+    assert _server_version(answers[1])["MajorVersion"] == "14"

@@ -22,8 +22,11 @@ moved to Exchange Online or was removed, ``ErrorMailboxMoveInProgress`` for one 
 in a mixed organisation, ``ErrorAccessDenied``...): final for this run, named in the per-object
 error, and a sign that the server works. Only the faults of the server itself
 (``ErrorInternalServerTransientError``, ``ErrorMailboxStoreUnavailable``...) are retried like a bare
-5xx. A 200 counts as a photo only when its body is a picture of at most ``MAX_PHOTO_BYTES``: a
-proxy's HTML page or damaged bytes would otherwise replace the photo.
+5xx. A fault from a server older than Exchange 2013 (``ErrorInvalidServerVersion``, or its
+``ServerVersionInfo``) is about the server, not the mailbox: asked again on a new connection when the
+pool is mixed (``PhotoClient._older_answered``). A 200 counts as a photo only when its body is a
+picture of at most ``MAX_PHOTO_BYTES``: a proxy's HTML page or damaged bytes would otherwise replace
+the photo.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ _ACCOUNT_CHECKS = (
     f'EwsAllowList must let this agent\'s user agent through, "{USER_AGENT}": add mvsync/*)'
 )
 _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
+_KEPT = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
 #: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403),
 #: none read meanwhile, make the refusal the account's rather than each mailbox's (``_refused_everywhere``).
 #: Why 10: a mailbox can be refused on its own (its permissions restricted, outside the account's
@@ -386,6 +390,9 @@ class PhotoClient:
         #: A server older than Exchange 2013 answered behind ews_url, which a newer one answers too (a
         #: mixed pool): every "no photo" is then asked again (``_confirmed_none``).
         self.mixed = False
+        #: The check met a server of Exchange 2013 or later behind ews_url in this step: an older one that
+        #: answers later makes the pool ``mixed``.
+        self._newer = False
         #: The mailbox whose check was left for later (``defer_check``): made before any "no photo" is trusted.
         self._unchecked: str | None = None
         self._check_lock = threading.Lock()
@@ -493,7 +500,7 @@ class PhotoClient:
             if resp is not None and fault is not None:
                 said = older_than_2013(s.where, resp.content, fault.code, str(fault))
             if said is None:
-                self.mixed = bool(older)
+                self.mixed, self._newer = bool(older), resp is not None
                 return
             older = said
             self.count("older_server_answers")
@@ -588,26 +595,55 @@ class PhotoClient:
                 return _soap_photo(email, resp)
             if _says_no_photo(resp):
                 return Fetched("none")
-        then = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
         if release is not None:
             self.mixed = True
-            detail = (
-                f"GetUserPhoto for {email} answered 404 (no photo), and asked again it was answered by {release}, "
-                f"which has no GetUserPhoto, behind {self.settings.ews_url}: a load balancer sends requests to it as "
-                f"well as to newer servers; {then}. Take the servers older than Exchange 2013 out of that pool"
-            )
-            return Fetched("error", error="server-older-than-2013", detail=detail)
+            return self._older_server(email, f"answered 404 (no photo), and asked again it was answered by {release}")
         answer = "no answer" if resp is None else f"HTTP {resp.status_code}" + (f" ({fault})" if fault else "")
         detail = (
             f"GetUserPhoto for {email} answered 404 (no photo), but asked again in SOAP it answered {answer}, not "
-            f'"no photo"; {then}. If this recurs, check the servers behind {self.settings.ews_url}'
+            f'"no photo"; {_KEPT}. If this recurs, check the servers behind {self.settings.ews_url}'
         )
         return Fetched("error", error="ews-error", detail=detail)
+
+    def _older_server(self, email: str, how: str) -> Fetched:
+        """The mailbox's error when a server older than Exchange 2013 answered for it (``how``: what it
+        was asked and who answered), its photo kept: the same for a 404 and for a SOAP fault."""
+        where = (
+            "a load balancer sends requests to it as well as to newer servers"
+            if self.mixed
+            else "the check before the first mailbox could not tell which releases its servers run"
+        )
+        detail = (
+            f"GetUserPhoto for {email} {how}, which has no GetUserPhoto, behind {self.settings.ews_url}: {where}; "
+            f"{_KEPT}. Take the servers older than Exchange 2013 out of that pool"
+        )
+        return Fetched("error", error="server-older-than-2013", detail=detail)
+
+    def _older_answered(self, email: str, release: str, fault: EwsFault, times: int) -> Fetched | None:
+        """A REST GetUserPhoto answered by ``release``, older than Exchange 2013, with ``fault`` (such as
+        ``ErrorInvalidServerVersion``; what it answers there is undocumented, ``_versions``), the ``times``-th
+        time for this mailbox: None to ask again on a new connection, else the mailbox's error.
+
+        A check left for later is made first (a server replaced by an older one stops the step there,
+        ``_checked``). Once the check met a newer server in this step, the pool is mixed and a new
+        connection may land on a newer server: asked up to ``VERSION_PROBES`` times in all (all older by
+        chance: odds s**5 for a share s of older servers), then the mailbox's error, asked again after
+        photo_error_recheck_hours, as for a 404 an older server answered (``_confirmed_none``).
+        """
+        self.count("older_server_answers")
+        self._checked()
+        if self._newer:
+            self.mixed = True
+        if self.mixed and times < VERSION_PROBES:
+            self.count("retries")
+            return None
+        tries = f", {times} times on new connections" if times > 1 else ""
+        return self._older_server(email, f"was answered by {release} ({fault}){tries}")
 
     def _get(self, email: str, size: str, etag: str | None) -> Fetched:
         s = self.settings
         headers = {"If-None-Match": etag} if etag else {}
-        failures = throttled = 0
+        failures = throttled = older = 0
         last = ""
         unanswered: requests.RequestException | None = None
         started = time.monotonic()
@@ -640,6 +676,12 @@ class PhotoClient:
                 fault = ews_fault(resp)
                 read = fault is None and resp.status_code in _READ_STATUS
                 self._answered(ticket, email, _is_answer(resp, fault), allowed=_allowed(resp), read=read)
+                if fault is not None and (release := older_release(resp.content, fault.code)) is not None:
+                    older += 1
+                    if (outcome := self._older_answered(email, release, fault, older)) is not None:
+                        return outcome
+                    self.session.close()  # a new connection, which a load balancer may send to a newer server
+                    continue
                 outcome = self._answer(email, resp, fault, conditional=bool(headers))
                 if outcome is not None:
                     return outcome

@@ -285,8 +285,9 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             if self.client.mixed:
                 self.context.logger.warning(
                     "%s answered as a server older than Exchange 2013 to %d of its version checks, and as a newer "
-                    'one too: a load balancer sends requests to both; every "no photo" is asked again, and a photo '
-                    "request the older server answers is that mailbox's error, its photo kept",
+                    'one too: a load balancer sends requests to both; every "no photo" is asked again in SOAP, a photo '
+                    "request the older server refuses is asked again on a new connection, and one it keeps answering "
+                    "is that mailbox's error, its photo kept",
                     self.settings.where,
                     self.client.counters["older_server_answers"],
                 )

@@ -1970,3 +1970,70 @@ def test_a_picture_the_soap_re_ask_finds_that_is_no_picture_is_the_mailboxs_erro
     assert error is not None and error.name != "ews-error", error
     assert PHOTO in error.detail and "base64 PictureData of a SOAP answer" in error.detail and "kept" in error.detail
     assert _STATES[tmp_path / "data"][PHOTO]["checksum"]
+
+
+_OLDER_FAULT = "ErrorInvalidServerVersion"
+
+
+def test_a_mixed_pool_whose_exchange_2010_faults_the_rest_form_is_asked_again_on_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    """A mixed pool (2013, 2010 in turn; an ASSUMPTION) whose Exchange 2010 server answers the REST
+    GetUserPhoto with the SOAP fault ErrorInvalidServerVersion (the emulator's older_rest option; an
+    ASSUMPTION too: undocumented) rather than 404. Before, each mailbox it answered was a generic
+    ews-error ("EWS answered ErrorInvalidServerVersion"), not asked again in the run. Now, the check having
+    met the 2013 server, the request is asked again on a new connection, which lands on 2013: every photo."""
+    config = EwsConfig(
+        extended_protection=True, pool=("Exchange2013", "Exchange2010_SP1"), older_rest="ErrorInvalidServerVersion"
+    )
+    with EwsEmulator(config) as emu:
+        emails = _many_mailboxes(emu, tmp_path, 4)
+        agent = _agent(emu, tmp_path, concurrency=1)
+        entries, _ = _imported(agent)
+        faulted = emu.stats()["answered_by_Exchange2010_SP1"]
+    assert {anchor: entry.error for anchor, entry in entries.items() if entry.error} == {}
+    assert all(entries[email].attributes["EXSPhoto"] for email in emails)
+    # the check's probe met 2010 once; then each mailbox's first request, asked again once
+    assert (faulted, agent.metrics["older_server_answers"]) == (1 + len(emails), 1 + len(emails))
+
+
+def test_a_mailbox_whose_requests_exchange_2010_faults_every_time_is_its_own_error_its_photo_kept(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The check met Exchange 2013, but one mailbox's REST requests are answered by an Exchange 2010 server
+    every time (ErrorInvalidServerVersion with its ServerVersionInfo; a balancer's affinity, say): asked
+    VERSION_PROBES times in all on new connections, then the mailbox's server-older-than-2013 error naming
+    the person, the release and what to do, its photo kept, asked again after photo_error_recheck_hours;
+    the other mailboxes read as usual."""
+    _listing(tmp_path, PHOTO, THUMB)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    header = SERVER_VERSIONS["Exchange2010_SP1"].header()
+    ews.set_answer(PHOTO, 500, soap_fault(_OLDER_FAULT, "The specified server version is invalid.", header=header))
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0, endpoint_check_hours=0)
+    entries, _ = _imported(agent, watermark)
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "server-older-than-2013", error
+    detail = " ".join(error.detail.split())
+    assert detail.startswith(f"GetUserPhoto for {PHOTO} was answered by Exchange 2010 (version 14.0.478.0"), detail
+    assert f"({_OLDER_FAULT}: The specified server version is invalid.), 5 times on new connections" in detail
+    assert "kept" in detail and "photo_error_recheck_hours" in detail and "out of that pool" in detail
+    assert len(ews.canned_times(PHOTO)) == _client.VERSION_PROBES
+    assert _STATES[agent.context.data_dir][PHOTO]["checksum"]  # the photo is kept
+    assert set(entries) == {PHOTO}  # THUMB read as usual: the same "no photo" as before, nothing staged
+
+
+def test_a_cached_check_is_made_again_when_exchange_2010_faults_a_photo_request(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Within endpoint_check_hours the server behind ews_url became an Exchange 2010 one that answers the
+    REST form with ErrorInvalidServerVersion: the check left for later is made then, and the step stops
+    (stopped-configuration, naming Exchange 2010), the photo kept, rather than each mailbox an error."""
+    _listing(tmp_path, PHOTO)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    ews.service.version = SERVER_VERSIONS["Exchange2010_SP1"]
+    ews.service.config.older_rest = "ErrorInvalidServerVersion"
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0)
+    with pytest.raises(ConfigurationError) as caught:
+        _imported(agent, watermark)
+    assert "is Exchange 2010 (version 14.0.478.0" in str(caught.value)
+    assert _STATES[agent.context.data_dir][PHOTO]["checksum"]
