@@ -500,7 +500,10 @@ class PhotoClient:
             if resp is not None and fault is not None:
                 said = older_than_2013(s.where, resp.content, fault.code, str(fault))
             if said is None:
-                self.mixed, self._newer = bool(older), resp is not None
+                # EWS itself answered (a GetUserPhoto answer, or a fault naming no older release), not a
+                # gateway's 5xx or silence: a server of 2013 or later is behind ews_url
+                self.mixed = bool(older)
+                self._newer = resp is not None and (fault is not None or resp.status_code < 500)
                 return
             older = said
             self.count("older_server_answers")
@@ -611,7 +614,8 @@ class PhotoClient:
         where = (
             "a load balancer sends requests to it as well as to newer servers"
             if self.mixed
-            else "the check before the first mailbox could not tell which releases its servers run"
+            else "if a load balancer sends requests to it as well as to newer ones, the check before the first "
+            "mailbox could not tell (it had no answer from EWS)"
         )
         detail = (
             f"GetUserPhoto for {email} {how}, which has no GetUserPhoto, behind {self.settings.ews_url}: {where}; "

@@ -2037,3 +2037,24 @@ def test_a_cached_check_is_made_again_when_exchange_2010_faults_a_photo_request(
         _imported(agent, watermark)
     assert "is Exchange 2010 (version 14.0.478.0" in str(caught.value)
     assert _STATES[agent.context.data_dir][PHOTO]["checksum"]
+
+
+def test_an_exchange_2010_fault_when_the_check_met_no_newer_server_is_the_mailboxs_error_at_once(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The check had no answer from EWS (a gateway's 504 to both SOAP requests: inconclusive, so the step
+    goes on), and a photo request is answered by Exchange 2010 (ErrorInvalidServerVersion): nothing shows a
+    newer server behind ews_url, so no pool to try again on: the mailbox's server-older-than-2013 error at
+    once (asked once), its photo kept, saying the check could not tell."""
+    _listing(tmp_path, PHOTO)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    header = SERVER_VERSIONS["Exchange2010_SP1"].header()
+    ews.set_answer(PHOTO, 500, soap_fault(_OLDER_FAULT, "The specified server version is invalid.", header=header))
+    ews.set_faults({"504": 1.0, "retry_after": None, "path_pattern": r"\.asmx$"})  # the SOAP requests only
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0, endpoint_check_hours=0)
+    entries, _ = _imported(agent, watermark)
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "server-older-than-2013", error
+    assert "the check before the first mailbox could not tell" in error.detail and "kept" in error.detail
+    assert len(ews.canned_times(PHOTO)) == 1 and agent.metrics["retries"] == 0
+    assert _STATES[agent.context.data_dir][PHOTO]["checksum"]
