@@ -641,7 +641,7 @@ class PhotoClient:
         if self.mixed and times < VERSION_PROBES:
             self.count("retries")
             return None
-        tries = f", {times} times on new connections" if times > 1 else ""
+        tries = f", to all {times} requests (each after the first on a new connection)" if times > 1 else ""
         return self._older_server(email, f"was answered by {release} ({fault}){tries}")
 
     def _get(self, email: str, size: str, etag: str | None) -> Fetched:
