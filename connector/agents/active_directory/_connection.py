@@ -223,8 +223,10 @@ def describe_failure(
             f"connection to {where} reset during the TLS handshake ({text}): a DC restarting or overloaded, "
             f"a firewall or load balancer cutting the connection, or a port that does not speak {settings.security}"
         )
-    if tls_phase or isinstance(exc, ssl.SSLError):
+    if tls_phase:
         return f"TLS handshake with {where} failed: {text} (does the port speak {settings.security}?)"
+    if isinstance(exc, ssl.SSLError):  # after the handshake: the session broke off, as a reset would
+        return f"connection to {where} lost: its TLS session was cut off ({text})"
     return f"connection to {where} lost: {text}"
 
 

@@ -109,6 +109,11 @@ def test_a_host_that_does_not_resolve_is_named_as_a_dns_failure() -> None:
         (ssl.SSLCertVerificationError("certificate verify failed: unable to get local issuer"), "certificate:"),
         (ssl.SSLError("socket ssl wrapping error: [SSL: WRONG_VERSION_NUMBER] wrong version number"), "does the port"),
         (ConnectionResetError(104, "Connection reset by peer"), "connection to 127.0.0.1:636 (ldaps) lost"),
+        # an established TLS session cut off (a DC or a load balancer closing it mid-read): no handshake failed
+        (
+            ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"),
+            "connection to 127.0.0.1:636 (ldaps) lost: its TLS session was cut off (EOF occurred",
+        ),
         (
             ConnectionResetError(104, "socket ssl wrapping error: [Errno 104] Connection reset by peer"),
             "connection to 127.0.0.1:636 (ldaps) reset during the TLS handshake",
