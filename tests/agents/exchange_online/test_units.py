@@ -287,3 +287,50 @@ def test_the_photo_worker_shares_the_last_tasks_among_the_batches_the_limit_runs
     worker = PhotoWorker(importer)  # type: ignore[arg-type]
     assert worker.batch_size == 20
     assert worker.take_size(waiting) == size
+
+
+def test_a_batch_decodes_each_binary_body_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs' ``$batch`` (one JPEG in base64 beside a 429): its JPEG is decoded once, by ``batch``.
+
+    Before, the check for push-back in the envelope (``_worst_item_pushback``) built every item as an
+    answer first, so each photo of a ``$batch`` was decoded twice: 2 calls here, now 1, and the throttled
+    item still tells the limiter (``throttled`` counted, Retry-After read)."""
+    import base64
+
+    decoded: list[int] = []
+    real = base64.b64decode
+
+    def counting(data: Any, *args: Any, **kwargs: Any) -> bytes:
+        decoded.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(base64, "b64decode", counting)
+    items = [BatchItem("GET", f"/users/{u}/photo") for u in "abc"]
+    items.append(BatchItem("GET", "/users/d/photos/240x240/$value"))
+    client = _client()
+    with _vcr().use_cassette("graph_photo_batch.yaml"):
+        out = client.batch(items)
+    assert out[3].body.startswith(b"\xff\xd8")
+    assert len(decoded) == 1
+    assert out[2].status == 429 and client.stats.throttled == 1
+
+
+def test_the_worst_push_back_of_a_batch_is_read_without_the_other_items_bodies() -> None:
+    """``_worst_item_pushback`` as before the single decode: the item with the longest Retry-After
+    (the first of equals), the share of pushed-back items among the listed dicts; a 503 without
+    Retry-After, a status that is none and a photo are not push-back."""
+    from connector.agents.exchange_online._graph import _worst_item_pushback
+
+    photo = {"id": "0", "status": 200, "headers": {"Content-Type": "image/jpeg"}, "body": "/9j/4AAQ"}
+    slow = {"id": "1", "status": 429, "headers": {"Retry-After": "5"}, "body": {"error": {"code": "TooManyRequests"}}}
+    same = {"id": "2", "status": 503, "headers": {"retry-after": "5"}, "body": {"error": {"code": "Later"}}}
+    quick = {"id": "3", "status": 429, "headers": {"Retry-After": "1"}}
+    failed = {"id": "4", "status": 503, "headers": {}}
+    odd = {"id": "5", "status": "soon", "headers": {"Retry-After": "9"}}
+    worst, share = _worst_item_pushback({"responses": [photo, slow, same, quick, failed, odd, "x"]})
+    assert worst is not None and worst.status == 429 and worst.retry_after == 5.0
+    assert worst.error_code == "TooManyRequests"
+    assert share == pytest.approx(3 / 6)
+    assert _worst_item_pushback({"responses": [photo, failed, odd]}) == (None, 0.0)
+    assert _worst_item_pushback({"responses": "x"}) == (None, 0.0)
+    assert _worst_item_pushback(None) == (None, 0.0)
