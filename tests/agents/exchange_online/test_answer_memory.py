@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
+import urllib3
 
 from connector.net import read_capped
 
@@ -43,3 +46,82 @@ def test_an_answer_is_held_about_once_while_it_is_read(make_emulator: Any, tmp_p
     assert resp.status_code == 200
     assert body is not None and len(body) > 1 << 20, len(body or b"")
     assert peak < 1.5 * len(body), f"{peak:,} bytes at the peak for an answer of {len(body):,}"
+
+
+def test_a_batch_of_photos_is_held_about_twice_at_most(tmp_path: Path, cache_key: str) -> None:
+    """Twenty photo downloads in one ``$batch`` through ``GraphClient.batch``, over HTTPS from the
+    emulator in its own process (in this one, its own work would be traced too). The envelope's bytes
+    are dropped once they are text, before it is parsed, and each item's base64 once it is decoded:
+    the peak is the text and its parse, 2.02 times the envelope (measured). Before, ``json.loads`` of
+    the bytes held the bytes, their text and the parse at once: 3.02 times, on every worker thread
+    reading a batch."""
+    from types import SimpleNamespace
+
+    from connector.agents.exchange_online._graph import BatchItem
+    from connector.bench.import_ import _list_mailbox_users, _session, _start_emulator
+
+    proc, info = _start_emulator(60, 1.0, 0.0, 7)
+    try:
+        with _session(info["ca_cert"]) as session:
+            _, users = _list_mailbox_users(info, session)
+        connector = make_connector(SimpleNamespace(info=info), tmp_path)
+        connector.open()
+        try:
+            client = connector.graph
+            client.batch([BatchItem("GET", "users?$top=1")])  # the connection and the token, before measuring
+            before = client.stats.bytes_received
+            tracemalloc.start()
+            try:
+                answers = client.batch([BatchItem("GET", f"/users/{user}/photo/$value") for user in users[:20]])
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            envelope = client.stats.bytes_received - before
+        finally:
+            connector.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    photos = sum(len(a.body) for a in answers if a.status == 200)
+    assert photos > 512 << 10, [a.status for a in answers]
+    assert peak < 2.4 * envelope, f"{peak:,} bytes at the peak for an envelope of {envelope:,} ({photos:,} in photos)"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html", b"<html>a proxy's page</html>"),
+        ("application/json", b'["not", "an envelope"]'),
+        ("application/json", b'\xef\xbb\xbf["a BOM", "no envelope"]'),
+        ("application/octet-stream", b"\xff\xfe\x00 not text"),
+    ],
+)
+def test_a_batch_answered_with_no_envelope_gives_its_items_the_answer_as_it_came(
+    content_type: str, body: bytes
+) -> None:
+    """A 200 to a ``$batch`` that is no envelope (a proxy's page, other JSON, undecodable bytes): every
+    item gets that answer, its bytes as they came, as before the envelope's bytes were dropped before
+    parsing. A stub transport (pure logic: what ``_send_once`` makes of a body)."""
+    from connector.agents.exchange_online._graph import BatchItem, GraphClient
+    from tests.agents.exchange_online.test_units import SETTINGS, _StubAuth
+
+    class _Canned(requests.adapters.BaseAdapter):
+        def send(self, request: Any, **kwargs: Any) -> requests.Response:
+            resp = requests.Response()
+            resp.status_code = 200
+            resp.headers["Content-Type"] = content_type
+            resp.raw = urllib3.HTTPResponse(io.BytesIO(body), preload_content=False)
+            resp.request = request
+            return resp
+
+        def close(self) -> None:
+            pass
+
+    def session() -> requests.Session:
+        s = requests.Session()
+        s.mount("https://", _Canned())
+        return s
+
+    client = GraphClient(SETTINGS, _StubAuth(), session_factory=session)  # type: ignore[arg-type]
+    out = client.batch([BatchItem("GET", "/users/a/photo/$value"), BatchItem("GET", "/users/b/photo")])
+    assert [(o.status, o.body) for o in out] == [(200, body), (200, body)]
