@@ -118,13 +118,31 @@ def exit_code_for_status(status: str) -> int:
     return EXIT_INTERNAL
 
 
+#: The command words of the command line being run (``["history", "list"]``), set by ``JsonFailureGroup``.
+_invoked: list[str] = []
+
+
 def command_path() -> str:
     """The command being run as typed (``mvsync history list``), without its arguments (a person's name,
-    a path): how a read-only command names itself to ``mvsync store restore``."""
-    import click
+    a path): how a read-only command names itself to ``mvsync store restore``.
 
-    context = click.get_current_context(silent=True)
-    return context.command_path if context is not None else "a read-only mvsync command"
+    Why not click's current context: typer runs its own copy of click (since 0.26), whose context
+    stack a ``click`` import does not see, and the base install has no ``click`` at all."""
+    return f"mvsync {' '.join(_invoked)}" if _invoked else "a read-only mvsync command"
+
+
+def _command_words(group: Any, args: list[str]) -> list[str]:
+    """The (sub)command names among ``args``, down to the first command that is no group: ``history list``
+    of ``--log-level INFO history list -c mvsync.toml``; its own arguments are never read."""
+    words: list[str] = []
+    for arg in args:
+        commands = getattr(group, "commands", None)
+        if not isinstance(commands, dict):
+            break  # a command, not a group: what follows is its options and arguments
+        if arg in commands:
+            words.append(arg)
+            group = commands[arg]
+    return words
 
 
 def print_json(obj: Any) -> None:
@@ -288,6 +306,7 @@ class JsonFailureGroup(TyperGroup):
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         wants_json = "--json" in args
+        _invoked[:] = _command_words(self, args)
         try:
             ctx = super().make_context(info_name, args, parent, **extra)
         except typer.TyperException as exc:  # an error in the root's own options

@@ -122,3 +122,26 @@ def test_a_dry_run_before_the_first_run_creates_no_store(config: Path, tmp_path:
     assert json.loads(result.stdout.splitlines()[-1])["steps"][2]["counters"]["projections"] == 30
     assert "no store" in result.stderr and "nothing is created" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mvsync.toml"]
+
+
+def test_a_read_only_command_names_itself_to_the_store_as_typed(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name a read-only command registers under (what `mvsync store restore` says holds the store):
+    its command words, not its options or arguments. Found by the fresh-clone CI: the name came from
+    click's current context, and the base install has no click (every read-only command ended in a
+    traceback there), while typer's own copy of click keeps a context stack that click does not see."""
+    from connector.cli import _core
+
+    named: list[object] = []
+    real = _core.SqlStore
+
+    def recording(*args: object, **kwargs: object) -> object:
+        named.append(kwargs.get("reader"))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    assert runner.invoke(app, ["run", "cycle", "-c", str(config)]).exit_code == 0
+    monkeypatch.setattr(_core, "SqlStore", recording)
+    result = runner.invoke(app, ["--log-level", "INFO", "history", "list", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["mv", "search", "history", "-c", str(config)])  # an argument named like a group
+    assert result.exit_code == 0, result.output
+    assert named == ["mvsync history list", "mvsync mv search"]
