@@ -20,7 +20,7 @@ import pytest
 from connector.config import load_config
 from connector.store import SqlStore
 from tests.cli._configs import invoke
-from tests.harness.crash import mvsync_command
+from tests.harness.crash import default_sigint, mvsync_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,12 +133,6 @@ def test_each_documented_exit_code(config: Path, case: Case) -> None:
         assert set(doc) == {"status", "exit_code", "message", "run_id"} and doc["exit_code"] == code
 
 
-def _default_sigint() -> None:
-    """A test session started in the background (nohup, a CI shell's ``&``) hands its children
-    SIGINT ignored, and Python then installs no Ctrl-C handler: give the child the default back."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["130", "143", "129"]
@@ -155,7 +149,7 @@ def test_a_run_a_signal_ends_exits_128_plus_its_number(config: Path, signum: sig
         text=True,
         cwd=config.parent,
         env=_env(),
-        preexec_fn=_default_sigint,  # runs in the child before exec, when it has no threads
+        preexec_fn=default_sigint,
     ) as proc:
         try:
             _await_file(ready, proc)

@@ -290,15 +290,29 @@ def _await_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         time.sleep(0.02)
 
 
+def default_sigint() -> None:
+    """A ``preexec_fn`` for a child that is to take Ctrl-C (SIGINT) as a terminal's user would.
+
+    Why: a test session started in the background (nohup, a CI shell's ``&``) hands its children SIGINT
+    ignored, as POSIX has background jobs, and Python then installs no Ctrl-C handler: the child ran on
+    through the SIGINT a test sent it. Runs in the child before exec, when it has no threads."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def paused_cli(
-    args: Sequence[str], env: dict[str, str], *, timeout: float = 300.0
+    args: Sequence[str], env: dict[str, str], *, timeout: float = 300.0, sigint: bool = False
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``mvsync ARGS`` child, stopped at the crash point its ``env`` (:func:`cli_env`) plans;
     the caller signals it (SIGCONT lets a ``resume`` child go on) and reads its output. A child still
-    running when the block ends is killed."""
+    running when the block ends is killed. ``sigint``: the child takes SIGINT (:func:`default_sigint`)."""
     proc = subprocess.Popen(
-        [*mvsync_command(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [*mvsync_command(), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=default_sigint if sigint else None,
     )
     try:
         assert _await_child(proc, timeout=timeout), f"mvsync {' '.join(args)} ended before its planned stop"

@@ -43,12 +43,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashLab]:
         yield CrashLab(tmp_path_factory.mktemp("ctrl-c"), emulator)
 
 
-def _default_sigint() -> None:
-    """A test session started in the background hands its children SIGINT ignored, and Python then
-    installs no Ctrl-C handler: give the child the default back (runs before exec, no threads yet)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _history(config: Path, run_id: int) -> dict[str, Any]:
     command = [*mvsync_command(), "history", "show", str(run_id), "-c", str(config), "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
@@ -82,7 +76,7 @@ def test_ctrl_c_in_a_page_write_rolls_that_page_back_keeps_the_others_and_the_ne
     workdir.mkdir(parents=True)
     args = ["run", PROFILE, "--agent", "exo", "-c", str(config), "--json"]
     env = cli_env(lab.shim, IN_PAGE_3, workdir / "report.json", resume=True)
-    with paused_cli(args, env) as proc:
+    with paused_cli(args, env, sigint=True) as proc:
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C, delivered as it goes on: inside page 3's transaction
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
