@@ -29,7 +29,7 @@ from connector.agents.active_directory import _kerberos as kerberos
 from connector.agents.active_directory._connection import Link, describe_failure
 from connector.agents.active_directory._locator import DcLocator, SrvRecord, rfc2782_order
 from connector.config import config_from_dict
-from connector.engine import Engine
+from connector.engine import Engine, RunResult
 from connector.sdk import ConfigurationError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_failover import _engine, _history_message, _loopback, full_then_delta
@@ -224,6 +224,21 @@ def fqdn(ad_env: ADTestEnv) -> str:
         pytest.skip("an external directory: its DC's DNS name is not known here")
 
 
+def full_import_found_in_dns(
+    ad_env: ADTestEnv, zone: dict[Any, Any], **settings: Any
+) -> tuple[RunResult, str, list[tuple[str, str]]]:
+    """The "Full" profile with ``domain`` set and the DCs found through a loopback DNS server serving ``zone``
+    (``settings`` add to the agent's): the run, the message its history recorded, and what DNS was asked."""
+    with dns_server(zone, glue=True) as server:
+        where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+        engine = _engine(ad_env, **where, **settings)
+        try:
+            run = engine.run_profile("Full")
+            return run, _history_message(engine, run.run_id), list(server.asked)
+        finally:
+            engine.close()
+
+
 @pytest.mark.samba
 def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_names_it(
     ad_env: ADTestEnv, fqdn: str
@@ -238,14 +253,7 @@ def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_na
         (fqdn, "A"): [socket.gethostbyname(ad_env.ad.host)],
     }
     ad_env.add_users(ad_env.specs(2, photos=False))
-    with dns_server(zone, glue=True) as server:
-        where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
-        engine = _engine(ad_env, **where, reconnect_attempts=0)
-        try:
-            run = engine.run_profile("Full")
-            recorded = _history_message(engine, run.run_id)
-        finally:
-            engine.close()
+    run, recorded, asked = full_import_found_in_dns(ad_env, zone, reconnect_attempts=0)
     step = run.steps[0]
     assert step.status == "success" and step.counters.get("adds") == 2, step.as_dict()
     port = ad_env.ad.ldaps_port
@@ -254,7 +262,7 @@ def test_a_full_import_finds_the_dc_in_dns_passes_over_a_dead_one_and_history_na
         "refused the connection"
     ), step.message
     assert recorded == step.message
-    assert {kind for _, kind in server.asked} == {"SRV"}  # the addresses came along with the SRV records
+    assert {kind for _, kind in asked} == {"SRV"}  # the addresses came along with the SRV records
 
 
 @pytest.mark.samba

@@ -36,8 +36,14 @@ from connector.agents.active_directory._netlogon import (
     ping_filter,
 )
 from tests.agents.active_directory.conftest import ADTestEnv
-from tests.agents.active_directory.test_ad_dc_locator import DOMAIN, DOMAIN_SRV, _settings, _srv
-from tests.agents.active_directory.test_ad_failover import _engine, _history_message, _loopback
+from tests.agents.active_directory.test_ad_dc_locator import (
+    DOMAIN,
+    DOMAIN_SRV,
+    _settings,
+    _srv,
+    full_import_found_in_dns,
+)
+from tests.agents.active_directory.test_ad_failover import _loopback
 from tests.harness.dns_server import dns_server
 from tests.harness.samba_dc import SambaUnavailable, client_site, dc_fqdn
 from tests.harness.sockets import faulty_proxy
@@ -246,14 +252,7 @@ def test_a_step_moves_to_a_dc_of_this_host_s_site(ad_env: ADTestEnv, fqdn: str, 
             (fqdn, "A"): [far._server.getsockname()[0]],
             ("localhost", "A"): [near._server.getsockname()[0]],
         }
-        with dns_server(zone, glue=True) as server:
-            where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
-            engine = _engine(ad_env, **where, port=near.port, reconnect_attempts=0)
-            try:
-                run = engine.run_profile("Full")
-                recorded = _history_message(engine, run.run_id)
-            finally:
-                engine.close()
+        run, recorded, asked = full_import_found_in_dns(ad_env, zone, port=near.port, reconnect_attempts=0)
     step = run.steps[0]
     assert step.status == "success" and step.counters.get("adds") == 2, step.as_dict()
     assert step.message == (
@@ -261,7 +260,7 @@ def test_a_step_moves_to_a_dc_of_this_host_s_site(ad_env: ADTestEnv, fqdn: str, 
         "LDAP ping)"
     ), step.message
     assert recorded == step.message
-    assert (site_srv.lower(), "SRV") in server.asked
+    assert (site_srv.lower(), "SRV") in asked
 
 
 @pytest.mark.samba
