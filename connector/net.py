@@ -45,6 +45,7 @@ __all__ = [
     "host_port",
     "https_url",
     "on_host",
+    "openssl_ca_file",
     "reached_server",
     "read_capped",
     "read_within",
@@ -594,9 +595,18 @@ def environment_ca_file(ca_bundle: Path | None = None) -> tuple[str, Path] | Non
     if ca_bundle is not None:
         return None
     variable = next((name for name in CA_BUNDLE_VARIABLES if os.environ.get(name)), None)
-    if variable is None and _OPENSSL_STORE and os.environ.get(SSL_CERT_FILE):
-        variable = SSL_CERT_FILE
-    return None if variable is None else (variable, Path(os.environ[variable]))
+    if variable is not None:
+        return variable, Path(os.environ[variable])
+    openssl = openssl_ca_file()
+    return None if openssl is None else (SSL_CERT_FILE, openssl)
+
+
+def openssl_ca_file() -> Path | None:
+    """The CA file SSL_CERT_FILE names where the trust store is OpenSSL's (Linux; not Windows or macOS,
+    whose stores read no variable), else None: what OpenSSL's default paths load, for HTTPS (truststore)
+    and LDAPS (ldap3's default context) alike."""
+    named = os.environ.get(SSL_CERT_FILE)
+    return Path(named) if _OPENSSL_STORE and named else None
 
 
 def check_trust_environment(ca_bundle: Path | None = None) -> None:

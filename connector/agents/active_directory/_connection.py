@@ -63,7 +63,7 @@ from connector.agents.active_directory import _kerberos
 from connector.agents.active_directory._locator import DcLocator, DnsLookupFailed
 from connector.agents.active_directory._netlogon import NetlogonError, ldap_ping
 from connector.agents.active_directory._settings import ActiveDirectorySettings
-from connector.net import certificate_out_of_date, readable_ca_file
+from connector.net import SSL_CERT_FILE, certificate_out_of_date, openssl_ca_file, readable_ca_file
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
 
 __all__ = [
@@ -401,6 +401,10 @@ class Link:
         tls = None
         if s.security != "plain":
             ca = None if s.ca_file is None else readable_ca_file(s.ca_file, "ca_file")
+            if ca is None and s.tls_validate and (system_file := openssl_ca_file()) is not None:
+                # OpenSSL's default paths read it (the machine's store): a missing file left no CA at all,
+                # and every DC's certificate read as untrusted, sending the operator to ca_file
+                readable_ca_file(system_file, SSL_CERT_FILE)
             validate = ssl.CERT_REQUIRED if s.tls_validate else ssl.CERT_NONE
             if named is None:
                 tls = Tls(validate=validate, ca_certs_file=ca)

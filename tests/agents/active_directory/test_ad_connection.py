@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 
 import pytest
 import trustme
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from connector.agents.active_directory._connection import Link
 from connector.cli import app
 from connector.demo import dump_toml
-from connector.sdk import AuthenticationError, ServerDownError, StopRunError
+from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, photo_sync_config
 from tests.harness.sockets import faulty_proxy
 from tests.harness.trust import other_ca, system_store
@@ -66,6 +67,24 @@ def test_without_ca_file_the_systems_trust_store_verifies_the_dc(
     assert "is not issued by a CA in this machine's trust store (" in message, message
     assert "add the CA that issued the DC's certificate to this machine's trust store" in message, message
     assert "or set ca_file to its PEM file" in message, message
+
+
+def test_an_ssl_cert_file_that_is_not_there_is_a_configuration_error_naming_it(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ca_file, and SSL_CERT_FILE (the trust store OpenSSL reads on Linux) naming a file that is not
+    there: OpenSSL loaded no CA at all, so the DC's certificate read as not issued by a trusted CA, and the
+    message sent the operator to ca_file. Now a configuration error naming the variable and the file,
+    before connecting, as the HTTPS agents say it (connector.net.check_trust_environment)."""
+    if sys.platform in ("win32", "darwin"):
+        pytest.skip("SSL_CERT_FILE is OpenSSL's trust store on Linux only")
+    missing = ad_env.tmp_path / "no-such-bundle.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
+    with pytest.raises(ConfigurationError) as caught:
+        ad_env.connector(ca_file=None)
+    message = str(caught.value)
+    assert str(missing) in message and "SSL_CERT_FILE" in message, message
+    assert "unset SSL_CERT_FILE to verify with this machine's trust store" in message, message
 
 
 def test_a_certificate_for_other_names_says_which_names_it_holds(ad_env: ADTestEnv) -> None:
