@@ -581,16 +581,31 @@ class PhotoClient:
         Why: an Exchange 2010 server has no GetUserPhoto, and what its REST form answers is undocumented
         (``_versions``); a 404 from one, behind a load balancer that also sends requests to newer servers,
         would take the photo out of the connector space, and clear thumbnailPhoto at the next export.
-        Asked only when a photo would go, or once an older server was seen (``mixed``): one request more.
+        Asked only when a photo would go, or once an older server was seen (``mixed``): one request more,
+        or up to ``VERSION_PROBES`` on new connections while an older server answers it (a mixed pool).
         """
         self._checked()
-        try:
-            resp = self._post(probe(email, self.settings.photo_size), limit=_SOAP_PHOTO_BYTES)
-        except _Oversized as big:
-            return _oversized(email, big)
-        fault = ews_fault(resp) if resp is not None else None
-        release = older_release(resp.content, fault.code if fault else None) if resp is not None else None
-        if resp is not None and fault is None and release is None:
+        for attempt in range(VERSION_PROBES):  # each after the first on a new connection, as _get's
+            if attempt:
+                self.count("retries")
+                self.session.close()  # which a load balancer may send to a newer server
+            try:
+                resp = self._post(probe(email, self.settings.photo_size), limit=_SOAP_PHOTO_BYTES)
+            except _Oversized as big:
+                return _oversized(email, big)
+            fault = ews_fault(resp) if resp is not None else None
+            release = older_release(resp.content, fault.code if fault else None) if resp is not None else None
+            if release is None:
+                break
+            self.mixed = True
+            self.count("older_server_answers")
+        else:
+            how = (
+                f"answered 404 (no photo), and asked again in SOAP, {VERSION_PROBES} times (each after the first "
+                f"on a new connection), it was answered by {release} every time"
+            )
+            return self._older_server(email, how)
+        if resp is not None and fault is None:
             if resp.status_code == 200 and _PICTURE.search(resp.content):
                 # a 2013+ server's GetUserPhoto answer with the picture: the 404 came from one without
                 # GetUserPhoto (or the photo arrived meanwhile); every later 404 is confirmed too
@@ -598,9 +613,6 @@ class PhotoClient:
                 return _soap_photo(email, resp)
             if _says_no_photo(resp):
                 return Fetched("none")
-        if release is not None:
-            self.mixed = True
-            return self._older_server(email, f"answered 404 (no photo), and asked again it was answered by {release}")
         answer = "no answer" if resp is None else f"HTTP {resp.status_code}" + (f" ({fault})" if fault else "")
         detail = (
             f"GetUserPhoto for {email} answered 404 (no photo), but asked again in SOAP it answered {answer}, not "

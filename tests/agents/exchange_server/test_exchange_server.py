@@ -1855,9 +1855,10 @@ def test_a_mixed_pool_that_answers_some_photo_requests_from_exchange_2010_keeps_
     whose REST GetUserPhoto answers 404 (an ASSUMPTION: undocumented). Before, 404 is "no photo": each
     such mailbox's photo was taken out of the connector space (and thumbnailPhoto cleared at the next
     export). Now a 404 for a mailbox that had a photo is asked again in SOAP with RequestServerVersion
-    Exchange2013: only a server that knows that version saying "no photo" removes it; an Exchange 2010
-    answer is the mailbox's error naming the person, the photo kept, and the mailbox asked again after
-    photo_error_recheck_hours (a photo found after all is taken: the test of the SOAP re-ask below)."""
+    Exchange2013, on a new connection while the 2010 server answers it: only a server that knows that
+    version saying "no photo" removes it, and a picture in its answer is the photo (here every re-ask
+    reaches a 2013 server within the pool's turn, so nobody gets an error; an answer from 2010 every time:
+    the next test)."""
     emails = _many_mailboxes(ews, tmp_path, 12)
     _, watermark = _imported(_agent(ews, tmp_path))
     ews.service.pool = [
@@ -1867,10 +1868,32 @@ def test_a_mixed_pool_that_answers_some_photo_requests_from_exchange_2010_keeps_
     ]
     agent = _agent(ews, tmp_path, photo_recheck_hours=0, concurrency=1)
     entries, _ = _imported(agent, watermark)
-    errors = _kept_or_named(entries, dict.fromkeys(emails, True))
-    assert errors, entries  # some photo requests met the 2010 server
-    assert all(entries[email].error.name in ("server-older-than-2013", "ews-error") for email in errors)
-    assert all(entry.error is not None for entry in entries.values())  # the rest unchanged (304): no entry
+    assert ews.service.stats.counters["answered_by_Exchange2010_SP1"] > 0  # some requests met the 2010 server
+    assert not _kept_or_named(entries, dict.fromkeys(emails, True)), entries  # and every photo was kept
+    for email in emails:
+        assert _STATES[agent.context.data_dir][email]["checksum"], email
+
+
+def test_a_404_whose_soap_re_ask_meets_exchange_2010_every_time_is_the_mailboxs_error_its_photo_kept(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The REST request and every SOAP re-ask of its 404 land on the pool's 2010 server (a balancer's
+    affinity, say): asked VERSION_PROBES times in all on new connections, then the mailbox's
+    server-older-than-2013 error naming the person, its photo kept. Before, the first re-ask that met 2010
+    was the error at once, where the next connection might have reached a newer server."""
+    _listing(tmp_path, PHOTO)
+    _, watermark = _imported(_agent(ews, tmp_path))
+    newer, older = SERVER_VERSIONS["Exchange2013"], SERVER_VERSIONS["Exchange2010_SP1"]
+    ews.service.pool = [newer, newer, *[older] * (1 + _client.VERSION_PROBES), newer]  # the checks, then 2010
+    agent = _agent(ews, tmp_path, photo_recheck_hours=0, concurrency=1, endpoint_check_hours=0)
+    entries, _ = _imported(agent, watermark)
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "server-older-than-2013", entries
+    detail = " ".join(error.detail.split())
+    assert f"GetUserPhoto for {PHOTO} answered 404 (no photo), and asked again in SOAP, 5 times" in detail, detail
+    assert "kept" in detail and "out of that pool" in detail, detail
+    assert ews.service.stats.counters["answered_by_Exchange2010_SP1"] == 1 + _client.VERSION_PROBES
+    assert _STATES[agent.context.data_dir][PHOTO]["checksum"]  # the photo is kept
 
 
 def test_a_step_within_endpoint_check_hours_sends_no_request_but_the_photos(ews: EwsEmulator, tmp_path: Path) -> None:
