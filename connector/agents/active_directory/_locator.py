@@ -26,7 +26,7 @@ walks ``host`` and ``fallback_hosts``.
   network settings), the DCs' addresses then coming from the system too. ``dns_servers`` names other
   servers (a sync server whose DNS is not the AD DNS); they are then also asked the DCs' addresses (or
   sent them along with the SRV records), the connection goes to that address, and the certificate is
-  checked for the DC's name (ldap3 also accepts one that names the address itself).
+  checked for the DC's name alone (``_NamedTls``: one that names only the address does not pass).
 * **Which site.** Without ``site``, the first DC that binds is asked this host's site by LDAP ping
   (``_netlogon``, over the connection the step makes anyway); a site other than the DC's, with SRV
   records, puts its DCs first (:meth:`DcLocator.use_client_site`), as DsGetDcName does. Once per step:
