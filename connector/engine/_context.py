@@ -68,6 +68,20 @@ class StepContext:
             self.result.errors.append(err)
         self._pending_errors.append(err)
 
+    def errors_mark(self) -> tuple[int, int, int, int]:
+        """Where the record of errors stands now, for :meth:`forget_errors_since`."""
+        result = self.result
+        return result.error_count, result.warning_count, len(result.errors), len(self._pending_errors)
+
+    def forget_errors_since(self, mark: tuple[int, int, int, int]) -> None:
+        """Forget the errors recorded since ``mark``: their unit of work was rolled back (Ctrl-C in the
+        middle of a page), so the store holds none of them, and the step's count, its log line and its
+        metrics must not either."""
+        errors, warnings, kept, pending = mark
+        self.result.error_count, self.result.warning_count = errors, warnings
+        del self.result.errors[kept:]
+        del self._pending_errors[pending:]
+
     def flush_errors(self, conn: StoreConnection) -> None:
         """Write recorded errors in the caller's transaction, then enforce the error limit."""
         if self._pending_errors:

@@ -670,19 +670,20 @@ def _commit_page(
 ) -> None:
     """One page in one transaction: its entries, the agent state that goes with them, the checkpoint.
 
-    What the page counted while it was applied (adds, updates, errors, entries seen) goes with it when
+    What the page counted while it was applied (adds, updates, errors and their count, entries seen) goes with it when
     its transaction is rolled back (Ctrl-C or a stop signal in the middle of it, a store error): the
     step then stops, and history must show what the store kept. Before, an interrupted import recorded
     the rolled-back page's adds (1,499 for the 999 objects two committed pages held). Only this thread
     counts while a page is applied, so the counts from before are the step's whole count.
     """
-    counted, seen = ctx.result.counters.copy(), applier.entries_seen
+    counted, seen, errors = ctx.result.counters.copy(), applier.entries_seen, ctx.errors_mark()
     try:
         _write_page(ctx, applier, page, number, resume, full)
     except BaseException:
         ctx.result.counters.clear()
         ctx.result.counters.update(counted)
         applier.entries_seen = seen
+        ctx.forget_errors_since(errors)
         raise
     _page_counters(ctx.result.counters, page, number)  # once the page is in
 

@@ -7,6 +7,7 @@ crash would, after some pages were committed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def test_a_dry_run_neither_resumes_nor_discards(world: World, tmp_path: Path) ->
 
 
 def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Ctrl-C inside page 3's transaction (after its entries and errors were written, before its commit):
     the page is rolled back, so the step's recorded figures are those of pages 1 and 2 alone. Found: the
@@ -148,7 +149,7 @@ def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(RunHistory, "note_progress", interrupted_at_page_3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.INFO, logger="mvsync.engine"):
         engine.run_profile("ad-full")
     monkeypatch.undo()
     assert set(_cs(world)["objects"]) == {f"u{i:02d}" for i in range(10)} - {"u03"}  # pages 1 and 2
@@ -164,3 +165,5 @@ def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
     assert step.status == "stopped-interrupted"
     assert (counters["pages"], counters["adds"], counters["import_errors"]) == (2, 9, 1), counters
     assert [e.anchor for e in errors] == ["u03"]
+    # the step's line (and its metrics) count the errors the store kept, not page 3's too
+    assert "full-import: stopped-interrupted in " in caplog.text and "s (1 errors)" in caplog.text, caplog.text
