@@ -64,7 +64,7 @@ from typing import Any, TypeVar
 from ldap3 import BASE, SUBTREE, Connection
 from ldap3.protocol.microsoft import dir_sync_control, show_deleted_control
 
-from connector.agents.active_directory._connection import Link, ServerUnreachable, search_entries
+from connector.agents.active_directory._connection import DcRefused, Link, ServerUnreachable, dc_entries
 from connector.agents.active_directory._ldap import (
     and_filter,
     decode_values,
@@ -483,8 +483,8 @@ class Importer:
         Why one connection: read through two operations, a reconnect between them could pair one DC's
         highest USN with another's invocationId."""
         conn.search("", "(objectClass=*)", BASE, attributes=_ROOT_DSE)
+        root = dc_entries(conn, "the read of its rootDSE")
         self._raise_for(conn.result, "")
-        root = search_entries(conn)
         if not root:
             raise StopRunError(f"{self.link.host} returned no rootDSE; is it an Active Directory DC?")
         attrs = root[0]["raw_attributes"]
@@ -495,8 +495,8 @@ class Importer:
             msg = f"{self.link.host} does not publish dsServiceName/highestCommittedUSN: not an AD DC?"
             raise StopRunError(msg) from None
         conn.search(service, "(objectClass=*)", BASE, attributes=["invocationId"])
+        ntds = dc_entries(conn, f"the read of {service}")
         self._raise_for(conn.result, service)
-        ntds = search_entries(conn)
         if not ntds or not ntds[0]["raw_attributes"].get("invocationId"):
             raise StopRunError(f"cannot read the invocationId of {service}")
         return DcIdentity(
@@ -672,12 +672,29 @@ class Importer:
 
         try:
             return self.link.run(on_the_same_dc)
+        except DcRefused as exc:
+            raise self._dc_state(exc) from None
         except ServerUnreachable as exc:
             msg = (
                 f"{exc}. The import stopped there: no object it did not read is marked deleted and the "
                 "delta-import watermark stays where it was; check the DC and run the import again"
             )
             raise ServerDownError(msg) from None
+
+    def _dc_state(self, exc: DcRefused) -> ServerDownError:
+        """The stop for a search the DC answered busy, unavailable or out of time (``DC_STATE_CODES``).
+
+        Why: such an answer has no entries. Read as an empty answer, or as a paged-search cookie refused, a
+        full import could stage a delete for everyone it did not read, a delta save a watermark past changes it
+        never read; DirSync so answered was taken for a permission withdrawn. It is the DC's state: stop once
+        (``stopped-server-down``, exit 4), as the export does (``_export._dc_state``).
+        """
+        msg = (
+            f"{self.link.describe()} answered {exc.what} with {exc.detail} (busy, unavailable or out of time: a "
+            "state of the DC). The import stopped there: no object it did not read is marked deleted and the "
+            "delta-import watermark stays where it was; run the import again later, or list another DC first"
+        )
+        return ServerDownError(msg)
 
     def _page_size(self, request: ImportRequest) -> int:
         return max(1, min(request.page_size, self.settings.page_size))
@@ -715,7 +732,7 @@ class Importer:
                 paged_cookie=None if stale else cookie,
                 controls=controls,
             )
-            return conn.result, search_entries(conn), stale
+            return conn.result, dc_entries(conn, f"the paged search under {base!r}"), stale
 
         result, entries, stale = self._run(operation)
         if stale:
@@ -751,7 +768,7 @@ class Importer:
     ) -> list[dict[str, Any]]:
         def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             conn.search(base, search_filter, scope, attributes=attributes)
-            return conn.result, search_entries(conn)
+            return conn.result, dc_entries(conn, f"the search under {base!r}")
 
         result, entries = self._run(operation)
         self._raise_for(result, base)
@@ -783,7 +800,7 @@ class Importer:
                 attributes=attributes,
                 controls=[control, show_deleted_control(criticality=False)],
             )
-            return conn.result, search_entries(conn)
+            return conn.result, dc_entries(conn, f"the DirSync search under {root!r}")
 
         return self._run(operation)
 

@@ -1,0 +1,125 @@
+"""A domain controller that answers an import's searches with a result code of the whole DC (busy,
+unavailable, timeLimitExceeded), through the engine, against the real (Samba) DC.
+
+Why the answer is made up in the test (as in test_ad_export_busy): the agent speaks LDAPS, so a relay cannot
+rewrite a search's result code, and Samba cannot be made busy on request. The searches before the DC turns
+busy are real; after, ldap3's answer is replaced by what it hands back for such a response (``result``,
+``description``, ``message`` and no entries).
+
+Found in a bad-day pass over the import: a busy answer to a full import's second page was taken for a
+paged-search cookie the DC refused (the search started again), then stopped the step as
+``stopped-connector-error`` ("search under ... failed: 51 busy") instead of ``stopped-server-down``; a
+DirSync delta so answered told the operator the account's permission was withdrawn and to run a full import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ldap3 import MODIFY_REPLACE, Connection
+
+from connector.config import config_from_dict
+from connector.engine import Engine
+from tests.agents.active_directory.conftest import ADTestEnv, after_first_page, photo_sync_config
+from tests.agents.active_directory.test_ad_import_outage import _pending_imports
+
+pytestmark = pytest.mark.samba
+
+_USERS, _PAGE = 6, 2
+_CODES = [(51, "busy"), (52, "unavailable"), (3, "timeLimitExceeded")]
+
+
+def _busy_from_now(monkeypatch: pytest.MonkeyPatch, code: int, description: str) -> None:
+    """Every LDAP search from now on is answered with ``code`` and no entries (the DC is not asked)."""
+
+    def busy(self: Connection, *_args: Any, **_kwargs: Any) -> bool:
+        self.result = {"result": code, "description": description, "message": "00002024: SvcErr: problem 5003"}
+        self.response = []
+        return False
+
+    monkeypatch.setattr(Connection, "search", busy)
+
+
+def _engine(ad_env: ADTestEnv, people: str) -> Engine:
+    photos = ad_env.tmp_path / "hr-photos"
+    photos.mkdir(exist_ok=True)
+    config = photo_sync_config(ad_env, people, photos, {"page_size": _PAGE})
+    profiles = config["run_profiles"]
+    profiles["Import"] = {"steps": [{"type": "full-import", "agent": "ad", "page_size": _PAGE}]}
+    profiles["Delta"] = {"steps": [{"type": "delta-import", "agent": "ad", "page_size": _PAGE}]}
+    return Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))
+
+
+def _assert_stopped_naming(step: Any, ad_env: ADTestEnv, what: str, code: int, description: str) -> None:
+    assert step.status == "stopped-server-down", step.as_dict()
+    assert f"domain controller {ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) answered {what}" in step.message
+    assert f"with {code} {description}" in step.message, step.message
+    assert "no object it did not read is marked deleted" in step.message, step.message
+
+
+@pytest.mark.parametrize(("code", "description"), _CODES)
+def test_a_busy_answer_mid_full_import_stops_the_step_as_server_down_and_deletes_nobody(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int, description: str
+) -> None:
+    people = ad_env.sub_ou("people")
+    ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    engine = _engine(ad_env, people)
+    try:
+        first = engine.run_profile("Import")
+        pending_before = _pending_imports(engine)
+        after_first_page(monkeypatch, lambda: _busy_from_now(monkeypatch, code, description))
+        stopped = engine.run_profile("Import")
+        pending_after = _pending_imports(engine)
+        monkeypatch.undo()
+        again = engine.run_profile("Import")
+    finally:
+        engine.close()
+    assert first.status == "success" and first.steps[0].counters.get("adds") == _USERS, first.steps[0].as_dict()
+    step = stopped.steps[0]
+    assert stopped.status == "stopped-server-down", step.as_dict()
+    _assert_stopped_naming(step, ad_env, f"the paged search under {people!r}", code, description)
+    assert not step.errors, [e.as_dict() for e in step.errors]
+    assert pending_after == pending_before  # no delete staged for the people the import did not reach
+    assert again.status == "success", [s.as_dict() for s in again.steps]
+    assert _pending_imports(engine) == pending_before
+
+
+@pytest.mark.parametrize(("code", "description"), _CODES)
+def test_a_busy_answer_to_a_delta_import_keeps_its_watermark(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int, description: str
+) -> None:
+    """The delta's first search after its DC checks answered busy: the step stops as server down, and the
+    next delta (the DC answering again) still reads the change made before, so the watermark stayed."""
+    people = ad_env.sub_ou("people")
+    names = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    engine = _engine(ad_env, people)
+    try:
+        assert engine.run_profile("Import").status == "success"
+        changed = next(iter(names))
+        ad_env.admin.modify(f"CN={changed},{people}", {"displayName": [(MODIFY_REPLACE, ["Changed Name"])]})
+        real = Connection.search
+
+        def busy_after_checks(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+            # the DC's identity, the base DN and schema checks go through; the read of the changes is busy
+            # (DirSync's filter is "(objectClass=user)", a uSNChanged delta's names uSNChanged)
+            if self is ad_env.admin or not ("uSNChanged" in search_filter or search_filter == "(objectClass=user)"):
+                return real(self, base, search_filter, *args, **kwargs)
+            self.result = {"result": code, "description": description, "message": "problem 5001"}
+            self.response = []
+            return False
+
+        monkeypatch.setattr(Connection, "search", busy_after_checks)
+        stopped = engine.run_profile("Delta")
+        monkeypatch.undo()
+        again = engine.run_profile("Delta")
+    finally:
+        engine.close()
+    step = stopped.steps[0]
+    assert stopped.status == "stopped-server-down", step.as_dict()
+    assert "search under" in step.message and f"with {code} {description}" in step.message, step.message
+    assert "the delta-import watermark stays where it was" in step.message, step.message
+    assert again.status == "success", [s.as_dict() for s in again.steps]
+    counters = again.steps[0].counters
+    assert counters.get("adds", 0) + counters.get("updates", 0) == 1, again.steps[0].as_dict()  # the change read
