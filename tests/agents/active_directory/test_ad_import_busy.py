@@ -20,10 +20,13 @@ from typing import Any
 import pytest
 from ldap3 import MODIFY_REPLACE, Connection
 
+from connector.agents.active_directory import _import
 from connector.config import config_from_dict
 from connector.engine import Engine
 from tests.agents.active_directory.conftest import ADTestEnv, after_first_page, photo_sync_config
+from tests.agents.active_directory.test_ad_export_cli import folder_to_ad
 from tests.agents.active_directory.test_ad_import_outage import _pending_imports
+from tests.cli._configs import invoke
 
 pytestmark = pytest.mark.samba
 
@@ -123,3 +126,53 @@ def test_a_busy_answer_to_a_delta_import_keeps_its_watermark(
     assert again.status == "success", [s.as_dict() for s in again.steps]
     counters = again.steps[0].counters
     assert counters.get("adds", 0) + counters.get("updates", 0) == 1, again.steps[0].as_dict()  # the change read
+
+
+def test_a_busy_answer_to_the_dirsync_round_of_a_full_import_is_not_read_as_dirsync_refused(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full import first asks DirSync for a cookie for "now". Before, a busy answer there was read as
+    "DirSync is not permitted for this account": the import went on, and its watermark fell back to
+    uSNChanged for every delta until the next full import. Now the step stops as server down."""
+    people = ad_env.sub_ou("people")
+    ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    real = Connection.search
+
+    def busy_dirsync(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+        if self is ad_env.admin or search_filter != _import._NOTHING:
+            return real(self, base, search_filter, *args, **kwargs)
+        self.result = {"result": 51, "description": "busy", "message": "problem 5001"}
+        self.response = []
+        return False
+
+    engine = _engine(ad_env, people)
+    try:
+        monkeypatch.setattr(Connection, "search", busy_dirsync)
+        stopped = engine.run_profile("Import")
+        monkeypatch.undo()
+        pending = _pending_imports(engine)
+    finally:
+        engine.close()
+    step = stopped.steps[0]
+    assert stopped.status == "stopped-server-down", step.as_dict()
+    assert "answered the DirSync search under" in step.message and "with 51 busy" in step.message, step.message
+    assert not step.counters.get("adds") and pending == 0, step.as_dict()
+
+
+def test_mvsync_run_of_an_import_against_a_busy_dc_exits_4_naming_the_dc(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operator sees (``mvsync run Prepare``): exit code 4, the DC, the search and its answer, no
+    traceback; the next run, the DC answering again, succeeds."""
+    people, _names, photos = ad_env.people_with_photos(_USERS)
+    config = folder_to_ad(ad_env, people, photos, page_size=_PAGE)
+    after_first_page(monkeypatch, lambda: _busy_from_now(monkeypatch, 51, "busy"))
+    code, out, err = invoke("run", "Prepare", "-c", str(config))
+    shown = " ".join((out + err).split())
+    assert code == 4, shown
+    assert "stopped-server-down" in shown and "Traceback" not in shown, shown
+    assert f"{ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) answered the paged search under" in shown, shown
+    assert "51 busy" in shown and "no object it did not read is marked deleted" in shown, shown
+    monkeypatch.undo()
+    code, out, err = invoke("run", "Prepare", "-c", str(config))
+    assert code == 0, out + err
