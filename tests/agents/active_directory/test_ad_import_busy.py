@@ -14,6 +14,7 @@ DirSync delta so answered told the operator the account's permission was withdra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,10 @@ def _busy_from_now(monkeypatch: pytest.MonkeyPatch, code: int, description: str)
     monkeypatch.setattr(Connection, "search", busy)
 
 
-def _engine(ad_env: ADTestEnv, people: str) -> Engine:
+def _engine(ad_env: ADTestEnv, people: str, **settings: Any) -> Engine:
     photos = ad_env.tmp_path / "hr-photos"
     photos.mkdir(exist_ok=True)
-    config = photo_sync_config(ad_env, people, photos, {"page_size": _PAGE})
+    config = photo_sync_config(ad_env, people, photos, {"page_size": _PAGE, **settings})
     profiles = config["run_profiles"]
     profiles["Import"] = {"steps": [{"type": "full-import", "agent": "ad", "page_size": _PAGE}]}
     profiles["Delta"] = {"steps": [{"type": "delta-import", "agent": "ad", "page_size": _PAGE}]}
@@ -89,43 +90,79 @@ def test_a_busy_answer_mid_full_import_stops_the_step_as_server_down_and_deletes
     assert _pending_imports(engine) == pending_before
 
 
-@pytest.mark.parametrize(("code", "description"), _CODES)
+def _changes(search_filter: str, kwargs: dict[str, Any]) -> bool:
+    """DirSync's read of the changes (its filter is "(objectClass=user)"), or a uSNChanged delta's first search."""
+    return search_filter == "(objectClass=user)" or ("uSNChanged" in search_filter and not kwargs.get("controls"))
+
+
+def _reread(search_filter: str, _kwargs: dict[str, Any]) -> bool:
+    """A DirSync delta's read of the changed objects again, by objectGUID under the base DNs."""
+    return "objectGUID" in search_filter
+
+
+def _tombstones(search_filter: str, kwargs: dict[str, Any]) -> bool:
+    """A uSNChanged delta's search of the changed users at the naming-context root (show-deleted control)."""
+    return "uSNChanged" in search_filter and bool(kwargs.get("controls"))
+
+
+#: (delta_method, which search turns busy, what the message names, code, description)
+_DELTA_CASES = [
+    *[("auto", _changes, "the DirSync search under", code, text) for code, text in _CODES],
+    ("auto", _reread, "the search under", 51, "busy"),
+    ("usn", _changes, "the paged search under 'OU=people", 51, "busy"),
+    ("usn", _tombstones, "the paged search under 'DC=", 52, "unavailable"),
+]
+
+
+@pytest.mark.parametrize(("method", "which", "what", "code", "description"), _DELTA_CASES)
 def test_a_busy_answer_to_a_delta_import_keeps_its_watermark(
-    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int, description: str
+    ad_env: ADTestEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    which: Callable[[str, dict[str, Any]], bool],
+    what: str,
+    code: int,
+    description: str,
 ) -> None:
-    """The delta's first search after its DC checks answered busy: the step stops as server down, and the
-    next delta (the DC answering again) still reads the change made before, so the watermark stayed."""
+    """A delta's read of the changes answered busy (DirSync's, its read again by objectGUID, a uSNChanged
+    delta's search in scope or its search for tombstones): the step stops as server down, stages no delete,
+    and the next delta (the DC answering again) still reads the change made before: the watermark stayed."""
     people = ad_env.sub_ou("people")
     names = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
-    engine = _engine(ad_env, people)
+    engine = _engine(ad_env, people, delta_method=method)
     try:
         assert engine.run_profile("Import").status == "success"
+        pending_before = _pending_imports(engine)
         changed = next(iter(names))
         ad_env.admin.modify(f"CN={changed},{people}", {"displayName": [(MODIFY_REPLACE, ["Changed Name"])]})
         real = Connection.search
 
-        def busy_after_checks(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
-            # the DC's identity, the base DN and schema checks go through; the read of the changes is busy
-            # (DirSync's filter is "(objectClass=user)", a uSNChanged delta's names uSNChanged)
-            if self is ad_env.admin or not ("uSNChanged" in search_filter or search_filter == "(objectClass=user)"):
+        def busy(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+            schema = "attributeSchema" in search_filter  # the schema check names every attribute read
+            if self is ad_env.admin or schema or not which(search_filter, kwargs):
                 return real(self, base, search_filter, *args, **kwargs)
             self.result = {"result": code, "description": description, "message": "problem 5001"}
             self.response = []
             return False
 
-        monkeypatch.setattr(Connection, "search", busy_after_checks)
+        monkeypatch.setattr(Connection, "search", busy)
         stopped = engine.run_profile("Delta")
         monkeypatch.undo()
+        pending_after = _pending_imports(engine)
         again = engine.run_profile("Delta")
     finally:
         engine.close()
     step = stopped.steps[0]
-    assert stopped.status == "stopped-server-down", step.as_dict()
-    assert "search under" in step.message and f"with {code} {description}" in step.message, step.message
+    _assert_stopped_naming(step, ad_env, what, code, description)
     assert "the delta-import watermark stays where it was" in step.message, step.message
+    assert pending_after == pending_before, step.as_dict()  # no delete staged
     assert again.status == "success", [s.as_dict() for s in again.steps]
+    # the change is read again (staged as an update, or unchanged when the stopped step had read it before
+    # its tombstone search was refused): a watermark moved past it would have read nothing
     counters = again.steps[0].counters
-    assert counters.get("adds", 0) + counters.get("updates", 0) == 1, again.steps[0].as_dict()  # the change read
+    read = sum(counters.get(name, 0) for name in ("adds", "updates", "unchanged"))
+    assert read == 1, again.steps[0].as_dict()
+    assert not counters.get("deletes"), again.steps[0].as_dict()
 
 
 def test_a_busy_answer_to_the_dirsync_round_of_a_full_import_is_not_read_as_dirsync_refused(
