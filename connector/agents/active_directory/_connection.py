@@ -124,6 +124,17 @@ class DcRefused(Exception):
         super().__init__(f"{what}: {self.detail}")
 
 
+def dc_state_stop(link: Any, what: str, detail: str, outcome: str) -> ServerDownError:
+    """The stop for a DC that answered ``what`` busy, unavailable or out of time (``DC_STATE_CODES``), for the
+    import and the export alike: those answers describe the DC (overloaded, shutting down, its services
+    not ready), not the objects, so the step stops once instead of failing each; ``outcome`` says what the
+    step kept and what to do."""
+    return ServerDownError(
+        f"{link.describe()} answered {what} with {detail} (busy, unavailable or out of time: a state of the DC, "
+        f"not of the objects); {outcome}"
+    )
+
+
 def dc_entries(conn: Connection, what: str) -> list[dict[str, Any]]:
     """The entries of the last search on ``conn`` (``search_entries``), or ``DcRefused`` naming ``what`` when
     the DC answered it with a result of its own state (``DC_STATE_CODES``)."""

@@ -58,6 +58,7 @@ from connector.agents.active_directory._connection import (
     LinkPool,
     ServerUnreachable,
     dc_entries,
+    dc_state_stop,
     result_detail,
     search_entries,
 )
@@ -780,18 +781,16 @@ class Exporter:
 
 def _dc_state(link: Any, what: str, detail: str) -> ServerDownError:
     """The stop for a DC that answered ``what`` (a write, or a search the export makes before writing) busy,
-    unavailable or out of time (``DC_STATE_CODES``).
+    unavailable or out of time (``dc_state_stop``).
 
-    Why one stop: those answers describe the DC (overloaded, shutting down, its services not ready), not
-    the person; going on turned every later pending person into an error of their own while the DC kept
+    Why one stop: going on turned every later pending person into an error of their own while the DC kept
     refusing, and a lookup so answered stopped the step as a connector error, with nothing to do about it.
     """
-    msg = (
-        f"{link.describe()} answered {what} with {detail} (busy, unavailable or out of time: a state of the DC, "
-        "not of the person); the export stopped: the objects written before are recorded, the rest stay pending "
-        "for the next export (run it again later, or list another DC first)"
+    outcome = (
+        "the export stopped: the objects written before are recorded, the rest stay pending for the next export "
+        "(run it again later, or list another DC first)"
     )
-    return ServerDownError(msg)
+    return dc_state_stop(link, what, detail, outcome)
 
 
 def _lost_write(dn: str, exc: ServerUnreachable, *, sent: bool) -> str:

@@ -64,7 +64,13 @@ from typing import Any, TypeVar
 from ldap3 import BASE, SUBTREE, Connection
 from ldap3.protocol.microsoft import dir_sync_control, show_deleted_control
 
-from connector.agents.active_directory._connection import DcRefused, Link, ServerUnreachable, dc_entries
+from connector.agents.active_directory._connection import (
+    DcRefused,
+    Link,
+    ServerUnreachable,
+    dc_entries,
+    dc_state_stop,
+)
 from connector.agents.active_directory._ldap import (
     and_filter,
     decode_values,
@@ -689,12 +695,11 @@ class Importer:
         never read; DirSync so answered was taken for a permission withdrawn. It is the DC's state: stop once
         (``stopped-server-down``, exit 4), as the export does (``_export._dc_state``).
         """
-        msg = (
-            f"{self.link.describe()} answered {exc.what} with {exc.detail} (busy, unavailable or out of time: a "
-            "state of the DC). The import stopped there: no object it did not read is marked deleted and the "
-            "delta-import watermark stays where it was; run the import again later, or list another DC first"
+        outcome = (
+            "the import stopped there: no object it did not read is marked deleted and the delta-import watermark "
+            "stays where it was; run the import again later, or list another DC first"
         )
-        return ServerDownError(msg)
+        return dc_state_stop(self.link, exc.what, exc.detail, outcome)
 
     def _page_size(self, request: ImportRequest) -> int:
         return max(1, min(request.page_size, self.settings.page_size))
