@@ -34,13 +34,14 @@ pytestmark = pytest.mark.samba
 _USERS, _BATCH, _WRITES_BEFORE_BUSY = 7, 3, 4
 
 
-def _busy_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int, description: str) -> list[str]:
-    """Writes after the ``count``-th are refused with ``code`` and not applied; the DNs written are returned."""
+def _busy_after(monkeypatch: pytest.MonkeyPatch, count: int | None, code: int, description: str) -> list[str]:
+    """Writes after the ``count``-th (None: none) are refused with ``code`` and not applied; the DNs written
+    are returned."""
     original = _export._modify
     written: list[str] = []
 
     def modify_or_refuse(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
-        if len(written) >= count:
+        if count is not None and len(written) >= count:
             return {"result": code, "description": description, "message": "00002024: SvcErr: DSID-0208, problem 5003"}
         result = original(conn, dn, changes)
         written.append(dn)
@@ -111,13 +112,8 @@ def test_mvsync_run_of_an_export_against_a_busy_dc_exits_4_naming_the_dc(
 def _lookup_busy_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int, description: str) -> list[str]:
     """Once ``count`` writes are made, the search that looks a batch's objects up (by objectGUID, before
     writing) is answered with ``code``; the writes stay real. The DNs written are returned."""
-    modify, searcher = _export._modify, _export._scoped_searcher
-    written: list[str] = []
-
-    def counted(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
-        result = modify(conn, dn, changes)
-        written.append(dn)
-        return result
+    searcher = _export._scoped_searcher
+    written = _busy_after(monkeypatch, None, code, description)  # the writes stay real, and are counted
 
     def busy_searcher(base: str, search_filter: str, attributes: Any) -> Any:
         real = searcher(base, search_filter, attributes)
@@ -129,7 +125,6 @@ def _lookup_busy_after(monkeypatch: pytest.MonkeyPatch, count: int, code: int, d
 
         return operation
 
-    monkeypatch.setattr(_export, "_modify", counted)
     monkeypatch.setattr(_export, "_scoped_searcher", busy_searcher)
     return written
 
