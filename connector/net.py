@@ -764,36 +764,75 @@ def _first_byte(path: Path) -> bytes:
 class RefusedEverywhere:
     """Tells a refusal of the account (or by the whole server) from objects refused one by one.
 
-    The rule: the first ``distinct`` different objects a step sends are all refused for the same reason
-    and nothing of the step worked: the refusal is about the account or the server, and the step should
-    stop once, naming it, rather than fail thousands of people with the same error. Once anything
-    worked, every refusal is that object's own (a right that reaches one object is there; what it does
-    not reach is a protected account, a deny entry, one object's state).
+    The question every agent asks of a refusal: is it the object's own, or the account's (the server's)?
+    An account refused everywhere should stop the step once, naming the account and what to grant,
+    rather than fail thousands of people with the same error; a few objects refused on their own (an
+    administrator whose permissions AdminSDHolder resets, a mailbox outside an impersonation scope) must
+    never stop a step, even when they come first or together.
 
-    Why more than one: one object can be refused on its own (an administrator whose permissions
-    AdminSDHolder resets, a mailbox being moved), and it can be the first a step sends; a few distinct
-    ones in a row, with no success at all, is the account. Thread-safe: writers in threads share it.
+    The rule: a *streak* is the distinct objects refused for one reason since the last success of the
+    step (any success ends every streak: refusals among successes are the objects' own). When a streak
+    reaches ``distinct`` objects (or every object due, when fewer are: ``plan``), ``refused`` hands it
+    back, once, and starts it again; the caller then confirms (a harmless question whose answer only the
+    account's condition explains: EWS asks again a mailbox read before; AD reads whether the account may
+    still write anyone in those people's OU) and stops the step if the confirmation says so. An answer
+    that clears the account leaves the streak's objects their own errors, and the count starts again.
+
+    Why "in a row since the last success" and not "the first few of the step": rights can be removed in
+    the middle of a step (an administrator takes a grant away, a role assignment is removed), and once
+    one object had worked every later refusal was taken for the object's own: one error per person left.
+
+    Thread-safe: the agents' writers and readers in threads share one.
     """
 
     def __init__(self, distinct: int) -> None:
+        if distinct < 1:
+            raise ValueError(f"distinct must be at least 1, not {distinct}")
         self.distinct = distinct
-        self._worked = False
-        self._refused: dict[str, list[str]] = {}
+        self._due: int | None = None
+        self._before: str | None = None
+        self._latest: str | None = None
+        self._streaks: dict[str, dict[str, None]] = {}
         self._lock = threading.Lock()
 
-    def worked(self) -> None:
-        """Something of the step succeeded: from now on every refusal is that object's own."""
+    def plan(self, due: int, *, worked_before: str | None = None) -> None:
+        """What the step will ask: ``due`` objects (when fewer than ``distinct``, a streak of all of them
+        is judged), and ``worked_before``, an object that worked in an earlier step (what a confirmation
+        asks before anything of this step worked; None if none)."""
         with self._lock:
-            self._worked = True
+            self._due, self._before = due, worked_before
+
+    def worked(self, who: str) -> None:
+        """``who`` worked: every streak ends, and ``who`` is what a confirmation asks again."""
+        with self._lock:
+            self._latest = who
+            self._streaks.clear()
+
+    @property
+    def worked_last(self) -> str | None:
+        """The latest object that worked in this step, else the one of an earlier step (``plan``), else None."""
+        with self._lock:
+            return self._latest or self._before
+
+    @property
+    def threshold(self) -> int:
+        """How many distinct objects refused in a row are judged: ``distinct``, or every object due when fewer."""
+        with self._lock:
+            return self._threshold()
+
+    def _threshold(self) -> int:
+        return min(self.distinct, self._due) if self._due else self.distinct
 
     def refused(self, who: str, reason: str) -> list[str] | None:
-        """Note that ``who`` was refused for ``reason``; the objects so refused when the rule says the
-        account (or server) is refused everywhere (exactly once per reason), else None."""
+        """Note that ``who`` was refused for ``reason``: the streak's objects, in the order refused, when it
+        reaches the threshold (the caller confirms; the count starts again), else None. The same object
+        refused again in a streak is no new evidence."""
         with self._lock:
-            if self._worked:
+            streak = self._streaks.setdefault(reason, {})
+            if who in streak:
                 return None
-            seen = self._refused.setdefault(reason, [])
-            if who in seen or len(seen) >= self.distinct:
+            streak[who] = None
+            if len(streak) < self._threshold():
                 return None
-            seen.append(who)
-            return list(seen) if len(seen) == self.distinct else None
+            del self._streaks[reason]
+            return list(streak)

@@ -120,14 +120,20 @@ _RESOLVE_CHUNK = 200
 #: Refusals RFC 4511 (4.1.9, appendix A) words as about the client or the server, not the value written:
 #: insufficientAccessRights ("the client does not have sufficient access rights"), unwillingToPerform
 #: ("the server is unwilling to perform the operation"), adminLimitExceeded ("an administrative limit
-#: has been exceeded"). Each is a person's error, unless the first writes of a step all get it
-#: (``RefusedEverywhere``): then it is the account's or the DC's, and the step stops once. constraintViolation
-#: and invalidAttributeSyntax are about the value written, noSuchObject about the object: always the person's.
+#: has been exceeded"). Each is a person's error, unless ``REFUSED_EVERYWHERE_AFTER`` people in a row get it
+#: (``connector.net.RefusedEverywhere``) and, for 50, the account may write no one else in their OU either
+#: (``Exporter._grant_missing``): then it is the account's or the DC's, and the step stops once.
+#: constraintViolation and invalidAttributeSyntax are about the value written, noSuchObject about the
+#: object: always the person's.
 _EVERYWHERE_CODES = {50: "insufficientAccessRights", 53: "unwillingToPerform", 11: "adminLimitExceeded"}
-#: Distinct people refused in a row, with no write of the step succeeding, that make a refusal everywhere.
-#: Why 5: AD refuses a few people on their own (accounts AdminSDHolder protects, a deny entry), and one of
-#: them can come first; five different ones with not one success is the account (or the DC), and costs
-#: five errors, not one per pending person.
+#: Distinct people refused in a row with the same code, none written meanwhile, that are judged as a
+#: refusal of the account (or the DC) rather than of each person (``RefusedEverywhere``).
+#: Why 5: AD refuses a few people on their own (accounts AdminSDHolder protects, a deny entry), and they
+#: can come together (an OU of administrators). If a share p of the people is refused on its own, five
+#: in a row happen by chance with odds p**5 (1e-5 at 10 %, 3 % even at half), and for 50 such a streak
+#: costs one read (the confirmation), never a stop while the OU's grant reaches others; 53 and 11, which
+#: AD answers about the request rather than the person (and no read can confirm), stop on the streak alone.
+#: An account refused everywhere costs five errors, not one per pending person.
 REFUSED_EVERYWHERE_AFTER = 5
 _NAMED = {
     19: "constraint-violation",
@@ -679,7 +685,7 @@ class Exporter:
             status, name = classify_result(code)
             metrics.ldap_write("success" if status == ExportStatus.SUCCESS else name)
             if status == ExportStatus.SUCCESS:
-                self._refusals.worked()
+                self._refusals.worked(p.dn)
                 with self._stats_lock:
                     self.stats.writes += 1
                 return ExportResult.success(identifier)
@@ -696,35 +702,89 @@ class Exporter:
                     "up again by objectGUID and writes it where it is now, if under base_dns (a full import marks it "
                     "deleted if it is gone)"
                 )
-            if code in _EVERYWHERE_CODES and (refused := self._refusals.refused(p.dn, str(code))) is not None:
-                self._stop_after_batch(self._refused_everywhere(link, p, code, answer, refused))
+            if code in _EVERYWHERE_CODES and (streak := self._refusals.refused(p.dn, str(code))) is not None:
+                self._judge_streak(link, p, code, answer, streak)
         return ExportResult(identifier, status, name, f"modify {p.dn}: {detail}")
 
-    def _refused_everywhere(self, link: Any, p: _Planned, code: int, detail: str, dns: list[str]) -> StopRunError:
-        """The stop for a refusal the first writes of the step all got (``RefusedEverywhere``): the account
-        lacks a right (50: which, and the grant), or the DC will not write for anyone (53, 11)."""
+    def _judge_streak(self, link: Any, p: _Planned, code: int, answer: str, streak: list[str]) -> None:
+        """Stop the step after the batch if ``streak`` (people refused ``code`` in a row) is the account's or
+        the DC's refusal; else each refusal stays that person's error and the count starts again.
+
+        The confirmation for 50 (``_grant_missing``) is a read, never a write: writing a person again would
+        change the directory (a new USN, replication) to learn what a read tells. 53 and 11 have none.
+        """
+        missing: list[tuple[str, str]] = []
+        if code == 50:
+            try:
+                missing = self._grant_missing(link, p, streak)
+            except DcRefused as exc:
+                self._stop_after_batch(_dc_state(link, exc.what, exc.detail))
+                return
+            except ServerUnreachable as exc:
+                self._server_down(exc)
+                return
+            except StopRunError as exc:
+                self._stop_after_batch(exc)
+                return
+            if not missing:  # the OU's grant still reaches others: these people are refused on their own
+                return
+        self._stop_after_batch(self._refused_everywhere(link, code, answer, streak, missing))
+
+    def _grant_missing(self, link: Any, p: _Planned, streak: list[str]) -> list[tuple[str, str]]:
+        """(container, attribute) pairs of ``streak``'s OUs where the account may write the attribute on no
+        one else either: the grant is gone (or never was), which is the account's condition, not the people's.
+
+        Why this read: ``allowedAttributesEffective`` is what the DC computes, for the bound account, from
+        each object's security descriptor, inherited and deny ACEs included (MS-ADTS 3.1.1.4.5.7: the
+        attributes for which the object's nTSecurityDescriptor grants the requester
+        RIGHT_DS_WRITE_PROPERTY); the up-front rights check reads it too
+        (``writable_elsewhere``, the same judgement: a grant that reaches others there exists, and what it
+        does not reach is a protected account or a deny entry). A person refused while the grant reaches
+        their neighbours is refused on their own; with no neighbour writable, the OU's grant is missing.
+        """
+        attributes = list(dict.fromkeys(op[1] for op in p.operations))
+        containers: dict[str, list[str]] = {}
+        for dn in streak:
+            containers.setdefault(container_of(dn), []).append(dn)
+        return [
+            (container, attribute)
+            for container, dns in containers.items()
+            for attribute in attributes
+            if not writable_elsewhere(link, Gap(attribute, container, dns), self.object_class.name)
+        ]
+
+    def _refused_everywhere(
+        self, link: Any, code: int, detail: str, dns: list[str], missing: list[tuple[str, str]]
+    ) -> StopRunError:
+        """The stop for a refusal ``REFUSED_EVERYWHERE_AFTER`` people got in a row (``_judge_streak``): the
+        account lacks a right (50: ``missing``, what and where, and the grant), or the DC will not write for
+        anyone (53, 11)."""
         shown = "; ".join(dns)
-        head = (
-            f"{link.describe()} refused the first {len(dns)} writes of this step ({shown}) with "
-            f"{_EVERYWHERE_CODES[code]} and not one succeeded (the last: {detail})"
-        )
+        if self._refusals.worked_last is None:
+            head = (
+                f"{link.describe()} refused the first {len(dns)} writes of this step ({shown}) with "
+                f"{_EVERYWHERE_CODES[code]} and not one succeeded (the last: {detail})"
+            )
+        else:
+            head = (
+                f"{link.describe()} refused {len(dns)} writes in a row ({shown}) with {_EVERYWHERE_CODES[code]} "
+                f"after writes of this step had succeeded, none since (the last: {detail})"
+            )
         tail = (
-            "the export stopped: the people refused have an error each and stay pending with the rest, for the "
-            "next export"
+            "the export stopped: the people written before are recorded; those refused have an error each and "
+            "stay pending with the rest, for the next export"
         )
         if code == 50:
             with self._account_lock:
                 if self._account is None:
                     self._account = self._account_label(link)
                 account = self._account
-            attributes = list(dict.fromkeys(op[1] for op in p.operations))
-            containers = list(dict.fromkeys(container_of(dn) for dn in dns))
-            grants = "; ".join(
-                dsacls_line(c, account, a, self.object_class.name) for c in containers for a in attributes
-            )
+            attributes = ", ".join(dict.fromkeys(attribute for _container, attribute in missing))
+            where = ", ".join(dict.fromkeys(container for container, _attribute in missing))
+            grants = "; ".join(dsacls_line(c, account, a, self.object_class.name) for c, a in missing)
             msg = (
-                f"{head}: {account} may not write {', '.join(attributes)}, whoever the person; grant it with: "
-                f"{grants}; {tail}"
+                f"{head}: {account} may not write {attributes}, whoever the person (allowedAttributesEffective "
+                f"shows it on no one else in {where} either); grant it with: {grants}; {tail}"
             )
             return StopRunError(msg, status=STATUS)
         why = (

@@ -52,6 +52,7 @@ from connector.net import (
     RECHECKED,
     SILENCE,
     AnswerClock,
+    RefusedEverywhere,
     fails_again,
     failure_kind,
     host_port,
@@ -105,12 +106,15 @@ _ACCOUNT_CHECKS = (
 _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
 _KEPT = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
 #: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403),
-#: none read meanwhile, make the refusal the account's rather than each mailbox's (``_refused_everywhere``).
+#: none read meanwhile, are judged as the account refused rather than each mailbox (``_refused_everywhere``,
+#: the rule of ``connector.net.RefusedEverywhere``), by asking again a mailbox read before.
 #: Why 10: a mailbox can be refused on its own (its permissions restricted, outside the account's
 #: impersonation scope), and the first ones of a list may be such: two in a row stopped the step. If a
 #: share p of the list is refused on its own, ten in a row happen by chance with odds p**10 (1e-10 at 10 %,
-#: 1e-3 even at half the list), while an account refused everywhere stops after ten errors (and what was in
-#: flight), not one per mailbox of thousands. A stop loses nothing: every photo imported before is kept.
+#: 1e-3 even at half the list), and then cost one request more (the confirmation), not a stop; an account
+#: refused everywhere stops after ten errors (and what was in flight), not one per mailbox of thousands.
+#: Why "in a row" and not "the first ten of the step": rights removed in the middle of a run (a role
+#: assignment taken away) are caught as well. A stop loses nothing: every photo imported before is kept.
 REFUSALS_TO_STOP = 10
 #: How many times the version probe is asked, each on a new connection, before an answer from a server
 #: older than Exchange 2013 stops the step (``PhotoClient.check_endpoint``). Why more than once: behind a
@@ -401,12 +405,8 @@ class PhotoClient:
         #: The latest mailbox with a working answer, and the latest asked for: what a recheck asks
         self._worked: str | None = None
         self._asked: str | None = None
-        #: The distinct mailboxes refused since the last one read (``_refused_everywhere``), the latest
-        #: mailbox read in this step, one read in an earlier run, and how many this step asks (``plan``).
-        self._refusals: set[str] = set()
-        self._read: str | None = None
-        self._read_before: str | None = None
-        self._due: int | None = None
+        #: The mailboxes refused since the last one read, and the mailbox read last (``_refused_everywhere``).
+        self._refusals = RefusedEverywhere(REFUSALS_TO_STOP)
         self.watch = ThrottleWatch(
             settings.where,
             settings.max_throttled_wait_minutes,
@@ -453,8 +453,7 @@ class PhotoClient:
     def plan(self, due: int, read_before: str | None) -> None:
         """What the step will ask: ``due`` mailboxes, and ``read_before``, one whose photo an earlier run read
         (None if none): what judges refusals when fewer than ``REFUSALS_TO_STOP`` are due."""
-        with self._lock:
-            self._due, self._read_before = due, read_before
+        self._refusals.plan(due, worked_before=read_before)
 
     def defer_check(self, email: str) -> None:
         """Leave ``check_endpoint`` (for ``email``) until a "no photo" would remove a photo (``_checked``):
@@ -762,9 +761,7 @@ class PhotoClient:
         ``allowed``: and it lets the account read mailboxes (not a 403), so ``email`` is one to ask again;
         ``read``: the account read the mailbox (``_READ_STATUS``), which ends a run of refusals."""
         if read:
-            with self._lock:
-                self._read = email
-                self._refusals.clear()
+            self._refusals.worked(email)
         if worked:
             self.answers.answered()
             self.watch.progressed()
@@ -824,21 +821,20 @@ class PhotoClient:
     def _refused_everywhere(self, email: str) -> str | None:
         """Why the account, not ``email``, is refused; None while it may be the mailbox's own refusal.
 
-        Judged once ``REFUSALS_TO_STOP`` distinct mailboxes (or every mailbox due, when fewer are) were
-        refused with none read meanwhile: then a mailbox read before (in this step, else in an earlier
-        run) is asked again (``_fails_again``): refused too, it is the account; answered, the refusals are
-        the mailboxes' own, and the count starts again. With no mailbox ever read, it is the account.
-        Any mailbox read ends the run of refusals: refusals among reads are the mailboxes' own.
+        The streak is the framework's (``connector.net.RefusedEverywhere``): ``REFUSALS_TO_STOP`` distinct
+        mailboxes (or every mailbox due, when fewer are) refused with none read meanwhile. A bare 403 and
+        each denying fault count as one reason: what is asked of each is the same (may the account read
+        this mailbox?), and the confirmation settles it whatever the code. The confirmation is this
+        agent's: a mailbox read before (in this step, else in an earlier run) is asked again
+        (``_fails_again``): refused too, it is the account; answered, the refusals are the mailboxes'
+        own, and the count starts again. With no mailbox ever read, it is the account.
         """
-        with self._lock:
-            self._refusals.add(email)
-            streak = len(self._refusals)
-            if streak < min(REFUSALS_TO_STOP, self._due or REFUSALS_TO_STOP):
-                return None
-            self._refusals.clear()
-            read = self._read or self._read_before
+        streak = self._refusals.refused(email, "denied")
+        if streak is None:
+            return None
+        read = self._refusals.worked_last
         if read is None:
-            return f"the first {streak} mailboxes asked were refused too, none read"
+            return f"the first {len(streak)} mailboxes asked were refused too, none read"
         said = f"{read}, whose photo was read before, was refused too when asked again"
         return self._fails_again(email, _allowed, other=read, evidence=said)
 

@@ -36,7 +36,9 @@ def folder_to_ad(ad_env: ADTestEnv, people: str, photos: Path, **settings: Any) 
         **({"ca_file": str(ad_env.ad.ca_cert)} if ad_env.ad.ca_cert else {}),
         **settings,
     }
-    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in ad.items())
+    # a setting given as None is left out (a keytab's settings have no bind_dn and no password)
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in ad.items() if value is not None)
+    password = "" if "password" in settings else f"password = {{ file = {json.dumps(str(secret))} }}\n"
     path = ad_env.tmp_path / "mvsync.toml"
     path.write_text(
         f"""
@@ -48,8 +50,7 @@ projection = [{{ object_class = "user", metaverse_type = "person" }}]
 import_flow = [{{ object_class = "user", cs = "sAMAccountName", mv = "accountName" }}]
 export_flow = [{{ object_class = "user", mv = "photo", cs = "thumbnailPhoto" }}]
 [agents.ad.settings]
-password = {{ file = {json.dumps(str(secret))} }}
-{lines}
+{password}{lines}
 [agents.hr]
 type = "photo-folder"
 settings = {{ path = {json.dumps(str(photos))} }}

@@ -1,9 +1,12 @@
 """A domain controller that refuses an export's writes with insufficientAccessRights (50), unwillingToPerform
 (53), adminLimitExceeded (11) or constraintViolation (19), through the engine, against the real (Samba) DC.
 
-Why the refusals are made up in the test (as in ``test_ad_export_busy``): the agent speaks LDAPS, so a proxy
+Why most refusals are made up in the test (as in ``test_ad_export_busy``): the agent speaks LDAPS, so a proxy
 cannot rewrite a result code, and Samba cannot be made to answer 53 or 11 on request. The writes that are not
-refused are real; a refused one replaces ``_modify``'s answer with AD's own text for that code.
+refused are real; a refused one replaces ``_modify``'s answer with AD's own text for that code. A refusal of
+the account (50 for everyone) is real: a service account without the grant, or whose grant is withdrawn in
+the middle of the step, since the agent confirms it by reading the account's rights
+(``allowedAttributesEffective``), which a made-up answer would contradict.
 
 Found in a bad-day pass over the export: a code that every write got (an account without the right to
 write thumbnailPhoto, with ``check_permissions = false``; a DC that refuses everyone) gave one identical
@@ -21,12 +24,13 @@ import pytest
 from connector.agents.active_directory import _export
 from connector.config import config_from_dict
 from connector.engine import Engine
-from connector.net import RefusedEverywhere
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.agents.active_directory.test_ad_export_cli import _pending as _cli_pending
 from tests.agents.active_directory.test_ad_export_cli import folder_to_ad
 from tests.agents.active_directory.test_ad_export_outage import _pending, export_then_again
+from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
 from tests.cli._configs import invoke
+from tests.harness.samba_dc import KerberosAccount, grant_write
 
 pytestmark = pytest.mark.samba
 
@@ -58,36 +62,43 @@ def _refuse(monkeypatch: pytest.MonkeyPatch, code: int, refused: int | None) -> 
     return seen
 
 
-def _engine(ad_env: ADTestEnv, seed: int) -> tuple[Engine, str, list[str]]:
-    people, names, photos = ad_env.people_with_photos(_USERS, seed=seed)
+def _engine(
+    ad_env: ADTestEnv, seed: int, account: KerberosAccount | None = None, users: int = _USERS, **overrides: Any
+) -> tuple[Engine, str, list[str]]:
+    """The photo solution, prepared; ``account``: bound as that service account (no grant) instead of the
+    administrator."""
+    people, names, photos = ad_env.people_with_photos(users, seed=seed)
     # check_permissions = false: the rights check up front would otherwise stop a missing grant first
-    settings = {"export_connections": 1, "check_permissions": False}
+    settings: dict[str, Any] = {"export_connections": 1, "check_permissions": False, **overrides}
+    if account is not None:
+        settings.update(kerberos_settings(account))
     config = photo_sync_config(ad_env, people, photos, settings, export_step={"batch_size": _BATCH})
+    for key in ("bind_dn", "password"):
+        if config["agents"]["ad"]["settings"][key] is None:
+            del config["agents"]["ad"]["settings"][key]
     engine = Engine(config_from_dict(config, base_dir=Path(ad_env.tmp_path)))
     assert engine.run_profile("Prepare").status == "success"
     return engine, people, names
 
 
-@pytest.mark.parametrize("code", [50, 53, 11])
-def test_a_refusal_every_write_gets_stops_the_step_once_naming_the_account_or_the_dc(
+@pytest.mark.parametrize("code", [53, 11])
+def test_a_refusal_every_write_gets_stops_the_step_once_naming_the_dc(
     ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
+    """53 and 11 (AD's words about the request, not the person; no read can confirm them): the first 5
+    people refused in a row stop the step."""
     engine, people, names = _engine(ad_env, seed=1000 + code)
     try:
         refused = _refuse(monkeypatch, code, None)
         again = export_then_again(engine, monkeypatch)
     finally:
         engine.close()
-    expected = "stopped-permission-issue" if code == 50 else "stopped-connector-error"
-    assert again.stopped.status == expected, [s.as_dict() for s in again.stopped.steps]
+    assert again.stopped.status == "stopped-connector-error", [s.as_dict() for s in again.stopped.steps]
     step = again.stopped.steps[0]
     message = step.message
     assert f"domain controller {ad_env.ad.host}:{ad_env.ad.ldaps_port} (ldaps) refused the first {_K} writes" in message
     assert _ANSWERS[code][0] in message and "not one succeeded" in message, message
     assert "stay pending with the rest, for the next export" in message, message
-    if code == 50:  # the account and the grant, once
-        assert "may not write thumbnailPhoto, whoever the person; grant it with: dsacls" in message, message
-        assert f'dsacls "{people}" /I:S /G' in message and ":RPWP;thumbnailPhoto;user" in message, message
     # the people refused before the rule could tell have their error each; nobody else was tried
     assert len(refused) == _K
     assert [e.error_name for e in step.errors] == [_ERROR_NAMES[code]] * _K, [e.as_dict() for e in step.errors]
@@ -137,36 +148,71 @@ def test_a_constraint_violation_every_write_gets_stays_each_persons_error(
     assert pending == _USERS
 
 
-def test_refused_everywhere_needs_distinct_refusals_and_no_success() -> None:
-    """The rule alone (pure logic): distinct objects per reason, exactly once, and never after a success."""
-    rule = RefusedEverywhere(3)
-    assert rule.refused("a", "50") is None
-    assert rule.refused("a", "50") is None  # the same object again is no new evidence
-    assert rule.refused("b", "53") is None  # another reason counts apart
-    assert rule.refused("b", "50") is None
-    assert rule.refused("c", "50") == ["a", "b", "c"]
-    assert rule.refused("d", "50") is None  # said once
-    worked = RefusedEverywhere(2)
-    assert worked.refused("a", "50") is None
-    worked.worked()
-    assert worked.refused("b", "50") is None  # a success makes every refusal the object's own
-    assert worked.refused("c", "50") is None
+def test_an_account_without_the_grant_stops_the_step_once_naming_it_and_the_grant(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount
+) -> None:
+    """A service account that may not write thumbnailPhoto anywhere (no grant; check_permissions = false, so
+    the DC's refusals are what tells): the first 5 people refused, the account may write no one else in
+    their OU either (allowedAttributesEffective), so the step stops once, naming the account and the
+    dsacls grant. Once granted, the next export writes everyone."""
+    engine, people, names = _engine(ad_env, 1050, samba_kerberos)
+    try:
+        stopped = engine.run_profile("Export")
+        pending_after = _pending(engine)
+        grant_write(ad_env.ad, samba_kerberos, people, "thumbnailPhoto")
+        resumed = engine.run_profile("Export")
+        pending_final = _pending(engine)
+    finally:
+        engine.close()
+    assert stopped.status == "stopped-permission-issue", [s.as_dict() for s in stopped.steps]
+    step = stopped.steps[0]
+    message = step.message
+    assert f"(ldaps) refused the first {_K} writes of this step" in message and "not one succeeded" in message
+    assert "MVSYNC\\svc-mvsync may not write thumbnailPhoto, whoever the person" in message, message
+    assert f"shows it on no one else in {people} either" in message, message
+    assert f'grant it with: dsacls "{people}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"' in message
+    assert [e.error_name for e in step.errors] == ["permission-issue"] * _K, [e.as_dict() for e in step.errors]
+    assert not step.counters.get("export_updates") and pending_after == _USERS, step.counters
+    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
+    assert pending_final == 0
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(1050 + i)], name
+
+
+def test_people_refused_in_a_row_while_the_grant_reaches_others_are_their_own_errors(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five people in a row refused 50 (protected accounts, say) while the account may write the others of
+    their OU (the administrator here): the confirmation finds the grant, so each is that person's error, and
+    everyone else is written; the step completes."""
+    engine, _people, _names = _engine(ad_env, seed=1060)
+    try:
+        refused = _refuse(monkeypatch, 50, _K)
+        run = engine.run_profile("Export")
+        pending = _pending(engine)
+    finally:
+        engine.close()
+    assert run.status == "completed-export-errors", [s.as_dict() for s in run.steps]
+    step = run.steps[0]
+    assert [e.error_name for e in step.errors] == ["permission-issue"] * _K, [e.as_dict() for e in step.errors]
+    assert len(refused) == _K and step.counters.get("export_updates") == _USERS - _K, step.counters
+    assert pending == _K
 
 
 def test_mvsync_run_against_an_account_refused_every_write_exits_4_naming_the_account_and_the_grant(
-    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount
 ) -> None:
     """What the operator sees (``mvsync run Export``): exit code 4, stopped-permission-issue, the account and
     the dsacls grant once, no traceback."""
     people, _names, photos = ad_env.people_with_photos(_USERS, seed=1500)
-    config = folder_to_ad(ad_env, people, photos, export_connections=1, check_permissions=False)
+    settings = kerberos_settings(samba_kerberos, export_connections=1, check_permissions=False)
+    config = folder_to_ad(ad_env, people, photos, **settings)
     code, out, err = invoke("run", "Prepare", "-c", str(config))
     assert code == 0, out + err
-    _refuse(monkeypatch, 50, None)
     code, out, err = invoke("run", "Export", "-c", str(config))
     shown = " ".join((out + err).split())
     assert code == 4, shown
     assert "stopped-permission-issue" in shown and "Traceback" not in shown, shown
     assert f"refused the first {_K} writes of this step" in shown, shown
-    assert "may not write thumbnailPhoto, whoever the person; grant it with: dsacls" in shown, shown
+    assert "may not write thumbnailPhoto, whoever the person" in shown and "grant it with: dsacls" in shown, shown
     assert _cli_pending(config) == _USERS
