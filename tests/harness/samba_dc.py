@@ -635,6 +635,19 @@ def deny_write(settings: ADSettings, account: KerberosAccount, object_dn: str, a
     _require(done, f"samba-tool dsacl set {sddl}")
 
 
+def withdraw_write(settings: ADSettings, account: KerberosAccount, ou_dn: str, attribute: str) -> None:
+    """Take "write ``attribute`` of user objects below ``ou_dn``" away from ``account`` (what ``grant_write``
+    gave): an inherit-only deny ACE on the OU, which Samba propagates to the users below.
+
+    Why a deny rather than the grant removed: this samba-tool has no ``dsacl delete``; ``dsacl set`` puts
+    the new ACE first, and a deny that comes before an allow for the same right wins (the DACL is read in
+    order: "How DACLs Control Access to an Object", Microsoft Learn), so the account may write no one there.
+    """
+    sddl = f"(OD;CIIO;WP;{_schema_guid(settings, attribute)};{USER_CLASS_GUID};{account.sid})"
+    done = _samba_tool(_dc_of(settings), "dsacl", "set", f"--objectdn={ou_dn}", f"--sddl={sddl}")
+    _require(done, f"samba-tool dsacl set {sddl}")
+
+
 def _schema_guid(settings: ADSettings, attribute: str) -> str:
     """The schemaIDGUID of ``attribute``, as SDDL object ACEs name it."""
     conn = connect(settings)

@@ -30,7 +30,7 @@ from tests.agents.active_directory.test_ad_export_cli import folder_to_ad
 from tests.agents.active_directory.test_ad_export_outage import _pending, export_then_again
 from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
 from tests.cli._configs import invoke
-from tests.harness.samba_dc import KerberosAccount, grant_write
+from tests.harness.samba_dc import KerberosAccount, grant_write, withdraw_write
 
 pytestmark = pytest.mark.samba
 
@@ -216,3 +216,57 @@ def test_mvsync_run_against_an_account_refused_every_write_exits_4_naming_the_ac
     assert f"refused the first {_K} writes of this step" in shown, shown
     assert "may not write thumbnailPhoto, whoever the person" in shown and "grant it with: dsacls" in shown, shown
     assert _cli_pending(config) == _USERS
+
+
+def _withdraw_after_writes(
+    monkeypatch: pytest.MonkeyPatch, ad_env: ADTestEnv, account: KerberosAccount, people: str, writes: int
+) -> list[str]:
+    """Withdraw ``account``'s grant on ``people`` (``withdraw_write``) once the DC has taken ``writes`` writes,
+    before the next is sent; the DNs written are listed. With one export connection the order is fixed."""
+    original = _export._modify
+    written: list[str] = []
+
+    def modify_then_withdraw(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = original(conn, dn, changes)
+        if result.get("result") == 0:
+            written.append(dn)
+            if len(written) == writes:
+                withdraw_write(ad_env.ad, account, people, "thumbnailPhoto")
+        return result
+
+    monkeypatch.setattr(_export, "_modify", modify_then_withdraw)
+    return written
+
+
+def test_rights_withdrawn_in_the_middle_of_an_export_stop_the_step_once_naming_the_account_and_the_grant(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, samba_kerberos: KerberosAccount
+) -> None:
+    """Found in the "one refused-everywhere rule" pass: the export judged only the first writes of a step, so
+    an account whose grant an administrator withdrew after its first writes got one permission-issue per
+    person left (thousands), and the step "completed with errors". Now 5 people refused in a row, none
+    written since, and the account may write no one else in their OU (allowedAttributesEffective, read once
+    to confirm): the step stops once, naming the account and the dsacls grant. The writes made are recorded,
+    everyone else stays pending, nothing is lost. Real refusals: the grant is withdrawn on the DC."""
+    users, before = 10, 3
+    engine, people, names = _engine(ad_env, 1070, samba_kerberos, users=users, check_permissions=True)
+    grant_write(ad_env.ad, samba_kerberos, people, "thumbnailPhoto")
+    try:
+        written = _withdraw_after_writes(monkeypatch, ad_env, samba_kerberos, people, before)
+        run = engine.run_profile("Export")
+        pending = _pending(engine)
+    finally:
+        engine.close()
+    assert run.status == "stopped-permission-issue", [s.as_dict() for s in run.steps]
+    step = run.steps[0]
+    message = step.message
+    assert f"(ldaps) refused {_K} writes in a row (" in message, message
+    assert "with insufficientAccessRights after writes of this step had succeeded, none since" in message, message
+    assert "MVSYNC\\svc-mvsync may not write thumbnailPhoto, whoever the person" in message, message
+    assert f'grant it with: dsacls "{people}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"' in message
+    assert "the people written before are recorded" in message, message
+    # one error per person refused before the rule could tell, not one per person left
+    assert [e.error_name for e in step.errors] == ["permission-issue"] * _K, [e.as_dict() for e in step.errors]
+    assert step.counters.get("export_updates") == before and len(written) == before, step.counters
+    assert pending == users - before  # the refused and the untried stay pending
+    on_dc = {f"CN={name},{people}": ad_env.read(name, "thumbnailPhoto", people) for name in names}
+    assert {dn for dn, photo in on_dc.items() if photo} == set(written)
