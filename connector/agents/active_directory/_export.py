@@ -385,6 +385,8 @@ class Exporter:
         self._unreachable = ""
         #: Whether the DC refuses the account (or every write), not the people refused so far.
         self._refusals = RefusedEverywhere(REFUSED_EVERYWHERE_AFTER)
+        #: Streaks judged so far (``_judge_streak``): only the step's first is "the first writes of this step".
+        self._streaks_judged = 0
 
     def close(self) -> None:
         if self._executor is not None:
@@ -713,6 +715,9 @@ class Exporter:
         The confirmation for 50 (``_grant_missing``) is a read, never a write: writing a person again would
         change the directory (a new USN, replication) to learn what a read tells. 53 and 11 have none.
         """
+        with self._stats_lock:
+            self._streaks_judged += 1
+            first = self._streaks_judged == 1
         missing: list[tuple[str, str]] = []
         if code == 50:
             try:
@@ -728,7 +733,7 @@ class Exporter:
                 return
             if not missing:  # the OU's grant still reaches others: these people are refused on their own
                 return
-        self._stop_after_batch(self._refused_everywhere(link, code, answer, streak, missing))
+        self._stop_after_batch(self._refused_everywhere(link, code, answer, streak, missing, first=first))
 
     def _grant_missing(self, link: Any, p: _Planned, streak: list[str]) -> list[tuple[str, str]]:
         """(container, attribute) pairs of ``streak``'s OUs where the account may write the attribute on no
@@ -754,16 +759,17 @@ class Exporter:
         ]
 
     def _refused_everywhere(
-        self, link: Any, code: int, detail: str, dns: list[str], missing: list[tuple[str, str]]
+        self, link: Any, code: int, detail: str, dns: list[str], missing: list[tuple[str, str]], *, first: bool
     ) -> StopRunError:
         """The stop for a refusal ``REFUSED_EVERYWHERE_AFTER`` people got in a row (``_judge_streak``): the
         account lacks a right (50: ``missing``, what and where, and the grant), or the DC will not write for
         anyone (53, 11)."""
         shown = "; ".join(dns)
         if self._refusals.worked_last is None:
+            which = f"the first {len(dns)} writes of this step" if first else f"{len(dns)} more writes in a row"
             head = (
-                f"{link.describe()} refused the first {len(dns)} writes of this step ({shown}) with "
-                f"{_EVERYWHERE_CODES[code]} and not one succeeded (the last: {detail})"
+                f"{link.describe()} refused {which} ({shown}) with {_EVERYWHERE_CODES[code]} and not one "
+                f"succeeded (the last: {detail})"
             )
         else:
             head = (

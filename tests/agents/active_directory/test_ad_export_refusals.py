@@ -270,3 +270,42 @@ def test_rights_withdrawn_in_the_middle_of_an_export_stop_the_step_once_naming_t
     assert pending == users - before  # the refused and the untried stay pending
     on_dc = {f"CN={name},{people}": ad_env.read(name, "thumbnailPhoto", people) for name in names}
     assert {dn for dn, photo in on_dc.items() if photo} == set(written)
+
+
+def test_a_streak_the_grant_explains_counts_again_and_a_later_one_without_it_stops_the_step(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, samba_kerberos: KerberosAccount
+) -> None:
+    """The first 5 writes refused (made up: people the grant does not reach) while the account may write
+    their neighbours: the confirmation finds the grant, each is that person's error and the count starts
+    again. Then the grant is withdrawn on the DC: the next 5 are refused for real, the confirmation finds no
+    one writable, and the step stops once, saying these were 5 more in a row, none of the step written."""
+    users = 2 * _K
+    engine, people, _names = _engine(ad_env, 1080, samba_kerberos, users=users)
+    grant_write(ad_env.ad, samba_kerberos, people, "thumbnailPhoto")
+    original = _export._modify
+    description, message = _ANSWERS[50]
+    calls: list[str] = []
+
+    def refuse_then_withdraw(conn: Any, dn: str, changes: Any) -> dict[str, Any]:
+        calls.append(dn)
+        if len(calls) <= _K:
+            return {"result": 50, "description": description, "message": message}
+        if len(calls) == _K + 1:  # the first streak was judged with the 5th answer: withdraw before the 6th
+            withdraw_write(ad_env.ad, samba_kerberos, people, "thumbnailPhoto")
+        result: dict[str, Any] = original(conn, dn, changes)
+        return result
+
+    monkeypatch.setattr(_export, "_modify", refuse_then_withdraw)
+    try:
+        run = engine.run_profile("Export")
+        pending = _pending(engine)
+    finally:
+        engine.close()
+    assert run.status == "stopped-permission-issue", [s.as_dict() for s in run.steps]
+    step = run.steps[0]
+    assert f"(ldaps) refused {_K} more writes in a row ({'; '.join(calls[_K:])}) with insufficientAccessRights" in (
+        step.message
+    ), step.message
+    assert f'grant it with: dsacls "{people}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"' in step.message
+    assert [e.error_name for e in step.errors] == ["permission-issue"] * users, [e.as_dict() for e in step.errors]
+    assert len(calls) == users and not step.counters.get("export_updates") and pending == users
