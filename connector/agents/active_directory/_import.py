@@ -70,6 +70,7 @@ from connector.agents.active_directory._connection import (
     ServerUnreachable,
     dc_entries,
     dc_state_stop,
+    result_detail,
 )
 from connector.agents.active_directory._ldap import (
     and_filter,
@@ -119,6 +120,16 @@ _ROOT_DSE = ["highestCommittedUSN", "dsServiceName", "namingContexts", "schemaNa
 #: Paged searches one import step may start again from their first page (see ``Importer._paged``) before
 #: it stops: past that the DC keeps discarding them, or the connection keeps being replaced.
 _RESTARTS_MAX = 10
+#: Answers to a page sent with a cookie that mean the DC no longer holds the search's result set: the search
+#: starts again from its first page (``Importer._paged``). RFC 2696 (3) leaves the code to the server ("the
+#: appropriate error"), and Microsoft ("How LDAP server cookies are handled") says only that an error is returned
+#: and the client must restart from the first page. Measured on Samba 4.17: 53 unwillingToPerform for a cookie it
+#: does not hold (discarded, or another connection's), 12 unavailableCriticalExtension for one sent with another
+#: request; AD is reported to answer the same ("problem 5003 (WILL_NOT_PERFORM)", "Error processing control").
+#: ASSUMPTION: AD uses no other code for a discarded result set (MaxResultSetSize, MaxResultSetsPerConn). A later
+#: page is the first page's request but for the cookie, so these two can only be about it; any other answer
+#: (a right withdrawn, the base DN deleted or renamed, a limit) is not, and gets the first page's (``_raise_for``).
+_COOKIE_GONE = frozenset({12, 53})
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,20 @@ class Watermark:
         except (ValueError, KeyError, TypeError, AttributeError):
             msg = "the saved delta-import watermark is not one this agent wrote; run a full import"
             raise StopRunError(msg) from None
+
+
+#: What to do about an answer to an import search that is neither success nor a code with an answer of its own
+#: (``Importer._raise_for``), by LDAP result code (RFC 4511 appendix A); ``{account}`` and ``{base}`` are filled in.
+_REMEDIES = {
+    1: "The DC could not carry out the search (AD answers so to a connection whose bind it no "
+    "longer holds); the DC's text says why, its Directory Service event log more",
+    4: "The search returned more than the DC's limit for one page (LDAP policy MaxPageSize, 1000 "
+    "by default): set page_size at or below it",
+    11: "The search went past a limit of the DC's LDAP policy (MaxResultSetSize, "
+    "MaxResultSetsPerConn, MaxQueryDuration): lower page_size or ask the DC's administrators about the policy",
+    50: "The account {account} may not read under {base}: grant it read access (List "
+    "Contents, Read Property) there, or check base_dns",
+}
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -723,7 +748,10 @@ class Importer:
         reset or stopped answering) or a Kerberos rebind before the ticket runs out, the cookie means
         nothing, and a cookie the DC discarded is refused: both stopped the import (Samba: "53
         unwillingToPerform"). The search then starts again from its first page, as AD documents for a
-        paged search that failed, and the callers leave out what this step already returned.
+        paged search that failed, and the callers leave out what this step already returned. Only for the
+        answers that mean the cookie is gone (``_COOKIE_GONE``): any other answer to a later page gets the one it
+        gets on the first (``_raise_for``), since starting again would only meet it again, up to
+        ``_RESTARTS_MAX`` times, and then be blamed on discarded result sets.
         """
 
         def operation(conn: Connection) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
@@ -742,7 +770,7 @@ class Importer:
         result, entries, stale = self._run(operation)
         if stale:
             self._restarted(base, "the connection its cookie belonged to was replaced")
-        elif cookie is not None and result.get("result") != 0:
+        elif cookie is not None and result.get("result") in _COOKIE_GONE:
             self._restarted(base, f"the DC refused its cookie: {result.get('result')} {result.get('description')}")
             return self._paged(base, search_filter, size, None, None, attributes=attributes, controls=controls)
         self._raise_for(result, base)
@@ -824,8 +852,11 @@ class Importer:
                 "domain controllers"
             )
             raise ConfigurationError(msg, key="base_dns")
+        remedy = _REMEDIES.get(int(code or 0), "The DC's text says why; check the DC (its Directory Service event log)")
         raise StopRunError(
-            f"search under {base!r} failed: {code} {result.get('description')} {result.get('message', '')}"
+            f"{self.link.describe()} answered the search under {base!r} with {result_detail(result)}; the import "
+            f"stopped there: no object it did not read is marked deleted and the delta-import watermark stays where "
+            f"it was. {remedy.format(account=self.settings.account, base=base)}, then run the import again"
         )
 
     # -- entries ------------------------------------------------------------------------------------
