@@ -47,6 +47,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ldap3 import NONE, SIMPLE, Connection, Server, Tls
@@ -72,6 +73,7 @@ __all__ = [
     "DcRefused",
     "Link",
     "LinkPool",
+    "Outcome",
     "ServerUnreachable",
     "dc_entries",
     "describe_failure",
@@ -124,14 +126,32 @@ class DcRefused(Exception):
         super().__init__(f"{what}: {self.detail}")
 
 
-def dc_state_stop(link: Any, what: str, detail: str, outcome: str) -> ServerDownError:
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a step (or a check) that stopped on a DC's answer kept, and what to run again: the words the stops
+    of the import, the export and ``mvsync doctor`` share (``dc_state_stop``, ``Importer._raise_for``).
+
+    Why: the importer's searches serve ``mvsync doctor``'s checks too, and their stop told the operator of a
+    doctor run that "the import stopped there ... the delta-import watermark stays where it was"."""
+
+    #: What the stop left as it was ("the import stopped there: ..."), lower case, no final stop.
+    kept: str
+    #: What to run again ("the import", "mvsync doctor").
+    again: str
+
+    def later(self) -> str:
+        """The outcome of a stop for the DC's state: asking again later, or another DC, can succeed."""
+        return f"{self.kept}; run {self.again} again later, or list another DC first"
+
+
+def dc_state_stop(link: Any, what: str, detail: str, outcome: Outcome) -> ServerDownError:
     """The stop for a DC that answered ``what`` busy, unavailable or out of time (``DC_STATE_CODES``), for the
-    import and the export alike: those answers describe the DC (overloaded, shutting down, its services
-    not ready), not the objects, so the step stops once instead of failing each; ``outcome`` says what the
-    step kept and what to do."""
+    import, the export and doctor's checks alike: those answers describe the DC (overloaded, shutting down, its
+    services not ready), not the objects, so the step stops once instead of failing each; ``outcome`` says what
+    was kept and what to run again."""
     return ServerDownError(
         f"{link.describe()} answered {what} with {detail} (busy, unavailable or out of time: a state of the DC, "
-        f"not of the objects); {outcome}"
+        f"not of the objects); {outcome.later()}"
     )
 
 

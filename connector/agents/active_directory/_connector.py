@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from connector.agents.active_directory._connection import Link, LinkPool, ServerUnreachable
+from connector.agents.active_directory._connection import (
+    DcRefused,
+    Link,
+    LinkPool,
+    Outcome,
+    ServerUnreachable,
+    dc_state_stop,
+)
 from connector.agents.active_directory._export import Exporter, ExportStats
 from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import equals_filter, normalize_dn
@@ -36,6 +43,10 @@ from connector.sdk import (
 )
 
 __all__ = ["ActiveDirectoryConnector"]
+
+#: What a check of ``mvsync doctor`` that stopped on a DC's answer says (``dc_state_stop``, ``Importer._raise_for``):
+#: doctor imports and exports nothing, so there is no watermark or pending change to speak of.
+_DOCTOR = Outcome("mvsync doctor could not make this check", "mvsync doctor")
 
 
 class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
@@ -120,7 +131,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         link = Link(self.settings, self.context.logger)
         try:
             link.connect()  # a DC out of reach is said as such, not as an import that stopped
-            importer = Importer(self.settings, link, self._schema, self.context)
+            importer = Importer(self.settings, link, self._schema, self.context, outcome=_DOCTOR)
             dc = importer.identity()
             importer.check_bases()
             importer.check_attributes(dc)
@@ -146,6 +157,8 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         try:
             samples = sample_gaps(link, s.base_dns, equals_filter(s.filter, s.filter_equals), wanted)
             label = account_label(link, s, _domain_root(s.base_dns[0]))
+        except DcRefused as exc:  # busy, unavailable or out of time: the DC's state, said as for the other checks
+            return [("write-permissions", "error", str(dc_state_stop(link, exc.what, exc.detail, _DOCTOR)))]
         except (ConnectorError, ServerUnreachable) as exc:
             return [("write-permissions", "error", str(exc))]
         finally:

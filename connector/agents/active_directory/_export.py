@@ -56,6 +56,7 @@ from connector.agents.active_directory._connection import (
     DC_STATE_CODES,
     DcRefused,
     LinkPool,
+    Outcome,
     ServerUnreachable,
     dc_entries,
     dc_state_stop,
@@ -845,6 +846,13 @@ class Exporter:
         )
 
 
+#: What an export that stopped on a DC's answer kept (``dc_state_stop``).
+_STOPPED = Outcome(
+    "the export stopped: the objects written before are recorded, the rest stay pending for the next export",
+    "the export",
+)
+
+
 def _dc_state(link: Any, what: str, detail: str) -> ServerDownError:
     """The stop for a DC that answered ``what`` (a write, or a search the export makes before writing) busy,
     unavailable or out of time (``dc_state_stop``).
@@ -852,11 +860,7 @@ def _dc_state(link: Any, what: str, detail: str) -> ServerDownError:
     Why one stop: going on turned every later pending person into an error of their own while the DC kept
     refusing, and a lookup so answered stopped the step as a connector error, with nothing to do about it.
     """
-    outcome = (
-        "the export stopped: the objects written before are recorded, the rest stay pending for the next export "
-        "(run it again later, or list another DC first)"
-    )
-    return dc_state_stop(link, what, detail, outcome)
+    return dc_state_stop(link, what, detail, _STOPPED)
 
 
 def _lost_write(dn: str, exc: ServerUnreachable, *, sent: bool) -> str:

@@ -67,6 +67,7 @@ from ldap3.protocol.microsoft import dir_sync_control, show_deleted_control
 from connector.agents.active_directory._connection import (
     DcRefused,
     Link,
+    Outcome,
     ServerUnreachable,
     dc_entries,
     dc_state_stop,
@@ -102,7 +103,7 @@ from connector.sdk import (
     parse_psma_attribute,
 )
 
-__all__ = ["DcIdentity", "Importer", "Watermark"]
+__all__ = ["IMPORT_STOPPED", "DcIdentity", "Importer", "Watermark"]
 
 T = TypeVar("T")
 
@@ -130,6 +131,12 @@ _RESTARTS_MAX = 10
 #: page is the first page's request but for the cookie, so these two can only be about it; any other answer
 #: (a right withdrawn, the base DN deleted or renamed, a limit) is not, and gets the first page's (``_raise_for``).
 _COOKIE_GONE = frozenset({12, 53})
+#: What an import that stopped on a DC's answer kept (``dc_state_stop``, ``Importer._raise_for``).
+IMPORT_STOPPED = Outcome(
+    "the import stopped there: no object it did not read is marked deleted and the delta-import watermark stays "
+    "where it was",
+    "the import",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +255,19 @@ class Importer:
     """Serves ``import_page`` for one run step; keeps per-step state (the delta's seen anchors)."""
 
     def __init__(
-        self, settings: ActiveDirectorySettings, link: Link, schema: Schema, context: ConnectorContext
+        self,
+        settings: ActiveDirectorySettings,
+        link: Link,
+        schema: Schema,
+        context: ConnectorContext,
+        outcome: Outcome = IMPORT_STOPPED,
     ) -> None:
         self.settings = settings
         self.link = link
         self.context = context
+        #: What a stop says was kept and what to run again: the import's, or ``mvsync doctor``'s when its checks
+        #: use this importer's reads (``ActiveDirectoryConnector.check``).
+        self.outcome = outcome
         object_class = schema.object_classes[0]
         self._attributes: dict[str, Attribute] = {a.name.lower(): a for a in object_class.attributes}
         self._requested = [a.name for a in object_class.attributes if a.importable]
@@ -706,10 +721,7 @@ class Importer:
         except DcRefused as exc:
             raise self._dc_state(exc) from None
         except ServerUnreachable as exc:
-            msg = (
-                f"{exc}. The import stopped there: no object it did not read is marked deleted and the "
-                "delta-import watermark stays where it was; check the DC and run the import again"
-            )
+            msg = f"{exc}; {self.outcome.kept}; check the DC and run {self.outcome.again} again"
             raise ServerDownError(msg) from None
 
     def _dc_state(self, exc: DcRefused) -> ServerDownError:
@@ -720,11 +732,7 @@ class Importer:
         never read; DirSync so answered was taken for a permission withdrawn. It is the DC's state: stop once
         (``stopped-server-down``, exit 4), as the export does (``_export._dc_state``).
         """
-        outcome = (
-            "the import stopped there: no object it did not read is marked deleted and the delta-import watermark "
-            "stays where it was; run the import again later, or list another DC first"
-        )
-        return dc_state_stop(self.link, exc.what, exc.detail, outcome)
+        return dc_state_stop(self.link, exc.what, exc.detail, self.outcome)
 
     def _page_size(self, request: ImportRequest) -> int:
         return max(1, min(request.page_size, self.settings.page_size))
@@ -854,9 +862,9 @@ class Importer:
             raise ConfigurationError(msg, key="base_dns")
         remedy = _REMEDIES.get(int(code or 0), "The DC's text says why; check the DC (its Directory Service event log)")
         raise StopRunError(
-            f"{self.link.describe()} answered the search under {base!r} with {result_detail(result)}; the import "
-            f"stopped there: no object it did not read is marked deleted and the delta-import watermark stays where "
-            f"it was. {remedy.format(account=self.settings.account, base=base)}, then run the import again"
+            f"{self.link.describe()} answered the search under {base!r} with {result_detail(result)}; "
+            f"{self.outcome.kept}. {remedy.format(account=self.settings.account, base=base)}, then run "
+            f"{self.outcome.again} again"
         )
 
     # -- entries ------------------------------------------------------------------------------------

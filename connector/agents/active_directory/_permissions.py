@@ -254,6 +254,7 @@ def sample_gaps(
 def _sampler(base: str, search_filter: str) -> Callable[[Connection], list[dict[str, Any]]]:
     def operation(conn: Connection) -> list[dict[str, Any]]:
         conn.search(base, search_filter, SUBTREE, attributes=[EFFECTIVE], size_limit=1)
-        return search_entries(conn)
+        # not search_entries: a busy answer has no entries, and read as an empty OU it said "no user to check"
+        return dc_entries(conn, f"the search for a sample user under {base!r}")
 
     return operation
