@@ -597,13 +597,12 @@ class Link:
         that answered staying in the list behind them. A ping that fails never stops the step."""
         assert self._conn is not None
         try:
-            answer = ldap_ping(self._conn, str(self.settings.domain))
+            answer = ldap_ping(self._conn, str(self.settings.domain), self.settings.ping_timeout)
         except NetlogonError as exc:
             self.locator.site_unknown(host, str(exc))
             return self._conn
-        except (*TRANSPORT_ERRORS, LDAPException) as exc:  # the connection broke, or timed out, meanwhile
-            broke = f"the connection to {self._where(host)} broke or timed out during it ({type(exc).__name__})"
-            self.locator.site_unknown(host, broke)
+        except (*TRANSPORT_ERRORS, LDAPException) as exc:  # the connection broke, or the DC did not answer in time
+            self.locator.site_unknown(host, self._ping_failure(exc, host))
             self.close()
             return self.connect()
         if not self.locator.use_client_site(host, answer):
@@ -611,6 +610,15 @@ class Link:
         self.close()
         self.host = self.locator.controllers()[0]
         return self.connect()
+
+    def _ping_failure(self, exc: BaseException, host: str) -> str:
+        """Why the LDAP ping to ``host`` got no answer: ``ping_timeout`` ran out, or the connection broke."""
+        if isinstance(exc, (TimeoutError, socket.timeout, LDAPResponseTimeoutError)):
+            return (
+                f"{self._where(host)} did not answer it within ping_timeout ({self.settings.ping_timeout:g} s): "
+                "the ping only orders the DCs"
+            )
+        return f"the connection to {self._where(host)} broke or timed out during it ({type(exc).__name__})"
 
     def _order(self) -> list[str]:
         """The DCs in the order a connect tries them: the one in use (or last used), then the rest as configured

@@ -21,6 +21,7 @@ this agent does not need (DcSockAddr when asked for, NextClosestSiteName, NtVers
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import uuid
 from dataclasses import dataclass
@@ -78,14 +79,33 @@ def ping_filter(domain: str, ntver: int = NTVER_5EX) -> str:
     return f"(&(DnsDomain={name})(NtVer={escaped}))"
 
 
-def ldap_ping(conn: Connection, domain: str) -> NetlogonResponse:
-    """Send the LDAP ping over ``conn`` (open, bound or not) and read the answer.
+def ldap_ping(conn: Connection, domain: str, timeout: float | None = None) -> NetlogonResponse:
+    """Send the LDAP ping over ``conn`` (open, bound or not) and read the answer, waiting ``timeout`` seconds at
+    most for it (None: the connection's own receive timeout), the connection's timeout restored after.
+
+    Why a timeout of its own: the ping only orders the DCs, and a DC that took it and never answered held the
+    step for the whole receive_timeout (60 s by default) before it fell back to the domain's list. Windows'
+    locator does not wait on one DC either: it pings the DCs DNS names and takes the first to answer (Microsoft,
+    "How domain controllers are located in Windows", KB 247811,
+    https://learn.microsoft.com/en-us/troubleshoot/windows-server/active-directory/how-domain-controllers-are-located).
+    The default of ``ping_timeout`` (2 s) is ours (ASSUMPTION: Microsoft documents no figure for a ping over TCP):
+    a DC answers the ping from memory, in milliseconds when it is well.
 
     Raises NetlogonError when the DC answers without a Netlogon value (a directory that is not AD, or a DC
     that does not answer LDAP pings over TCP) or with one this parser cannot read; ldap3's transport errors
-    pass through (the caller decides what a broken connection means).
+    pass through (the caller decides what a broken connection means; a ``TimeoutError`` past ``timeout``, after
+    which ldap3 has closed the connection).
     """
-    conn.search("", ping_filter(domain), BASE, attributes=["Netlogon"])
+    sock = conn.socket
+    before = sock.gettimeout() if sock is not None else None
+    if timeout is not None and sock is not None:
+        sock.settimeout(timeout)
+    try:
+        conn.search("", ping_filter(domain), BASE, attributes=["Netlogon"])
+    finally:
+        if timeout is not None and sock is not None:
+            with contextlib.suppress(OSError):  # closed by ldap3 after a failed read: nothing to restore
+                sock.settimeout(before)
     entries = [e for e in (conn.response or []) if e.get("type") == "searchResEntry"]
     values: list[Any] = next(
         (v for e in entries for k, v in (e.get("raw_attributes") or {}).items() if k.lower() == "netlogon"), []

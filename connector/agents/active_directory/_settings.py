@@ -59,6 +59,14 @@ class ActiveDirectorySettings(ConnectorSettings):
         "Default: the system's resolver configuration",
     )
     dns_timeout: float = Field(5.0, gt=0, le=60, description="with domain: seconds to wait for each DNS lookup")
+    ping_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="with domain and no site: seconds to wait for the DC's answer to the LDAP ping that asks this "
+        "host's site; past it the domain's DCs are used as DNS lists them (the ping only orders the DCs, and a DC "
+        "answers it from memory: one that takes longer is hung or overloaded)",
+    )
     port: int | None = Field(None, ge=1, le=65535, description="default: 636 for ldaps, 389 otherwise")
     security: Literal["ldaps", "starttls", "plain"] = "ldaps"
     allow_plain_ldap: bool = Field(

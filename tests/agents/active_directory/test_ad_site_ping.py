@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from ldap3 import Connection
 
 from connector.agents.active_directory import ActiveDirectorySettings
 from connector.agents.active_directory._connection import Link
@@ -346,3 +347,75 @@ def test_a_connection_that_breaks_during_the_ping_does_not_stop_the_step(
     assert took_over in check.detail, check.detail
     broke = f"LDAP ping to localhost gave no site (the connection to localhost:{good.port} (ldaps) broke or timed out"
     assert f"{broke} during it (" in caplog.text
+
+
+@pytest.mark.samba
+def test_a_dc_that_never_answers_the_ping_costs_ping_timeout_not_receive_timeout(
+    ad_env: ADTestEnv, fqdn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first DC takes the ping and never answers it (its relay drops what the open connection sends from the
+    bind on: ``hang_open``). Before, the ping waited receive_timeout (here 300 s) like any search; it only orders
+    the DCs, so now it waits ping_timeout, INFO says so, and the step goes on with the domain's list (the same DC,
+    on a new connection, which answers)."""
+    upstream = (ad_env.ad.host, ad_env.ad.ldaps_port)
+    with faulty_proxy(upstream, (_loopback(), 0)) as dc:
+        original = Link._bind
+
+        def bind_then_hang(link: Link, conn: Any, host: str) -> bool:
+            bound = original(link, conn, host)
+            if link.binds == 0:  # the step's first connection: the one the ping goes over
+                dc.hang_open()
+            return bound
+
+        monkeypatch.setattr(Link, "_bind", bind_then_hang)
+        waits = _ping_waits(monkeypatch)
+        zone = {
+            (f"_ldap._tcp.dc._msdcs.{ad_env.ad.upn_suffix}", "SRV"): [_srv(0, 100, "localhost")],
+            ("localhost", "A"): [dc._server.getsockname()[0]],
+        }
+        with dns_server(zone, glue=True) as server, caplog.at_level(logging.INFO):
+            where = {"host": None, "domain": ad_env.ad.upn_suffix, "dns_servers": [server.address]}
+            connector = ad_env.connector(
+                open=False,
+                port=dc.port,
+                receive_timeout=300,
+                ping_timeout=0.5,
+                reconnect_attempts=0,
+                logger=logging.getLogger("test.site"),
+                **where,
+            )
+            check = connector.check()
+    assert check.ok, check.detail
+    assert f"bound to domain controller localhost:{dc.port} (ldaps) as " in check.detail, check.detail
+    waited = f"LDAP ping to localhost gave no site (localhost:{dc.port} (ldaps) did not answer it within ping_timeout"
+    assert f"{waited} (0.5 s): the ping only orders the DCs)" in caplog.text, caplog.text
+    assert waits == [0.5]  # what the ping waited for: ping_timeout, not receive_timeout (300 s: before, it did)
+    assert dc.accepted == 2  # the hung connection, then the one the step used
+
+
+def _ping_waits(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
+    """The socket timeout each LDAP ping is sent with (the time its answer is waited for), in order."""
+    real = Connection.search
+    waits: list[float | None] = []
+
+    def search(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+        if search_filter.startswith("(&(DnsDomain="):
+            waits.append(self.socket.gettimeout())
+        return real(self, base, search_filter, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "search", search)
+    return waits
+
+
+@pytest.mark.samba
+def test_the_ping_leaves_the_connection_s_receive_timeout_as_it_was(ad_env: ADTestEnv, fqdn: str) -> None:
+    """The ping's own, shorter timeout is for the ping alone: the searches after it wait receive_timeout."""
+    settings = ad_env.settings(receive_timeout=45)
+    link = Link(settings, logging.getLogger("test"))
+    try:
+        conn = link.connect()
+        answer = ldap_ping(conn, ad_env.ad.upn_suffix, timeout=0.5)
+        assert conn.socket.gettimeout() == 45
+    finally:
+        link.close()
+    assert answer.dns_host_name == fqdn
