@@ -463,7 +463,7 @@ class Link:
         text = f"domain controller {self._where()}"
         site = self.locator.site_of(self.host)
         if site:
-            text += f" of site {site} (this host's site, found by LDAP ping)"
+            text += f" of site {site} ({self.locator.site_note()})"
         if self.lost:
             lost = ", ".join(self._where(h) for h in self.lost)
             text += f", which took over from {lost} (lost during the step: {'; '.join(self.lost.values())})"

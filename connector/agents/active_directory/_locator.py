@@ -29,8 +29,9 @@ walks ``host`` and ``fallback_hosts``.
   checked for the DC's name alone (``_NamedTls``: one that names only the address does not pass).
 * **Which site.** Without ``site``, the first DC that binds is asked this host's site by LDAP ping
   (``_netlogon``, over the connection the step makes anyway); a site other than the DC's, with SRV
-  records, puts its DCs first (:meth:`DcLocator.use_client_site`), as DsGetDcName does. Once per step:
-  the locator is the step's, and every connection of the step then uses one list.
+  records, puts its DCs first (:meth:`DcLocator.use_client_site`), as DsGetDcName does; a client site without
+  SRV records gives way to the next closest site the same answer names (NextClosestSiteName), if it has. Once
+  per step: the locator is the step's, and every connection of the step then uses one list.
 * **Bounded.** Each lookup waits ``dns_timeout`` seconds at most; a DNS server that never answers stops
   the step with a message naming it and the name asked, not a hang.
 """
@@ -116,8 +117,10 @@ class DcLocator:
         self._resolver: dns.resolver.Resolver | None = None
         #: Whether the step's LDAP ping was made (or is not to be: ``site`` set, or no ``domain``).
         self._pinged = not self.located or settings.site is not None
-        #: The client's site the LDAP ping named, once its DCs lead the list; None: not (yet) found.
+        #: The site the LDAP ping named whose DCs lead the list (the client's, or the next closest to it); None: none.
         self.found_site: str | None = None
+        #: The client's site when ``found_site`` is the next closest to it (it has no DCs in DNS); None otherwise.
+        self._client_site: str | None = None
         self._site_dcs: set[str] = set()
 
     @property
@@ -137,7 +140,13 @@ class DcLocator:
         """Where the list of DCs comes from, as messages say it."""
         if not self.located:
             return "host, then fallback_hosts"
-        found = f" (site {self.found_site}: found by LDAP ping)" if self.found_site else ""
+        found = ""
+        if self.found_site and self._client_site:
+            found = (
+                f" (site {self.found_site}: next closest to this host's site {self._client_site}, found by LDAP ping)"
+            )
+        elif self.found_site:
+            found = f" (site {self.found_site}: found by LDAP ping)"
         return f"found in DNS: the SRV records {', '.join(self._names())}{found}"
 
     # -- the client's site (LDAP ping) ------------------------------------------------------------
@@ -151,6 +160,15 @@ class DcLocator:
         """The site the LDAP ping found, when ``host`` is one of its DCs (in its SRV records); else None."""
         return self.found_site if host.lower() in self._site_dcs else None
 
+    def site_note(self) -> str:
+        """How the site of ``site_of`` was found, as the run history says it."""
+        if self._client_site:
+            return (
+                f"the next closest site to this host's site {self._client_site}, which has no DCs in DNS; found by "
+                "LDAP ping"
+            )
+        return "this host's site, found by LDAP ping"
+
     def site_unknown(self, host: str, why: str) -> None:
         """The LDAP ping to ``host`` failed: the step goes on with the domain's DCs, as before (INFO, not a
         warning: a DC may simply not answer pings over LDAP)."""
@@ -162,8 +180,10 @@ class DcLocator:
         DsGetDcName does, when it differs from the DC's site and DNS lists DCs for it; True when ``host`` is
         not one of them (the connection should move to a DC of the site).
 
-        Falls back to the domain's list (INFO) when the DC knows no site for this host (no subnet object holds
-        its address) or the site has no SRV records (DsGetDcName too then takes any DC of the domain)."""
+        When the client's site has no SRV records, the next closest site the DC named (NextClosestSiteName,
+        ``_use_next_closest``) comes first instead, if DNS lists DCs for it. Falls back to the domain's list (INFO)
+        when the DC knows no site for this host (no subnet object holds its address), or neither site has SRV
+        records (DsGetDcName too then takes any DC of the domain)."""
         self._pinged = True
         client, dc_site = answer.client_site_name, answer.dc_site_name
         if not client:
@@ -177,30 +197,55 @@ class DcLocator:
             self.logger.info("LDAP ping to %s: this host is in site %s, as the DC is: staying on it", host, client)
             return False
         name = self._site_srv(client)
+        head = f"LDAP ping to {host}: this host is in site {client} (the DC is in {dc_site or 'no site'})"
+        try:
+            site_dcs = self._srv_targets(name)
+        except _NoRecords as exc:
+            return self._use_next_closest(host, answer, f"{head}, but {name} has no usable DCs ({exc})")
+        except ServerDownError as exc:
+            self.logger.info(
+                "%s, but %s has no usable DCs (%s); using the domain's DCs as DNS lists them", head, name, exc
+            )
+            return False
+        return self._lead_with(host, client, site_dcs, f"{head}: the site's DCs come first ({name})")
+
+    def _use_next_closest(self, host: str, answer: NetlogonResponse, head: str) -> bool:
+        """The client's site has no DCs in DNS: put those of the next closest site the DC named first (MS-ADTS
+        6.3.1.9 NextClosestSiteName: of the sites with DCs, the one with the cheapest site links from the client's),
+        as Windows' locator does with its "Try Next Closest Site" policy; the domain's others stay behind them.
+
+        Why: the domain-wide list holds DCs of every site, so a host in a site without DCs reached one at random
+        (Sydney from Paris) when the DC had named a site next door."""
+        client, dc_site, nearest = answer.client_site_name, answer.dc_site_name, answer.next_closest_site_name
+        if not nearest or nearest.lower() == client.lower():
+            self.logger.info("%s; using the domain's DCs as DNS lists them", head)
+            return False
+        if nearest.lower() == dc_site.lower():
+            self.logger.info("%s; its next closest site is %s, the DC's own: staying on it", head, nearest)
+            return False
+        name = self._site_srv(nearest)
         try:
             site_dcs = self._srv_targets(name)
         except (_NoRecords, ServerDownError) as exc:
             self.logger.info(
-                "LDAP ping to %s: this host is in site %s (the DC is in %s), but %s has no usable DCs (%s); "
-                "using the domain's DCs as DNS lists them",
-                host,
-                client,
-                dc_site or "no site",
+                "%s, nor does its next closest site's %s (%s); using the domain's DCs as DNS lists them",
+                head,
                 name,
                 exc,
             )
             return False
-        self.found_site = client
+        self._client_site = client
+        return self._lead_with(
+            host, nearest, site_dcs, f"{head}: the DCs of its next closest site {nearest} come first ({name})"
+        )
+
+    def _lead_with(self, host: str, site: str, site_dcs: list[str], said: str) -> bool:
+        """Put ``site``'s DCs (``site_dcs``) before the domain's others, saying so (``said``); whether ``host`` is
+        not one of them (the connection should move)."""
+        self.found_site = site
         self._site_dcs = seen = {h.lower() for h in site_dcs}
         self._found = site_dcs + [h for h in self.controllers() if h.lower() not in seen]
-        self.logger.info(
-            "LDAP ping to %s: this host is in site %s (the DC is in %s): the site's DCs come first (%s): %s",
-            host,
-            client,
-            dc_site or "no site",
-            name,
-            ", ".join(self._found),
-        )
+        self.logger.info("%s: %s", said, ", ".join(self._found))
         return host.lower() not in seen
 
     def address(self, host: str) -> str:

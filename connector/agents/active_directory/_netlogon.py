@@ -15,8 +15,17 @@ code of its own); :func:`parse_netlogon` reads the answer and is pure.
 Layout of the answer (little-endian integers): Opcode (2 bytes), Sbz (2), Flags (4), DomainGuid (16,
 MS-DTYP GUID), then DnsForestName, DnsDomainName, DnsHostName, NetbiosDomainName, NetbiosComputerName,
 UserName, DcSiteName and ClientSiteName, each UTF-8 and compressed as DNS names are (RFC 1035 4.1.4: labels,
-or a pointer to an earlier name; offsets count from the start of the answer; MS-ADTS 6.3.7), then fields
-this agent does not need (DcSockAddr when asked for, NextClosestSiteName, NtVersion, LmNtToken, Lm20Token).
+or a pointer to an earlier name; offsets count from the start of the answer; MS-ADTS 6.3.7), then
+DcSockAddrSize and DcSockAddr (only with NETLOGON_NT_VERSION_5EX_WITH_IP, which the agent does not ask),
+NextClosestSiteName (a name; only when asked with NETLOGON_NT_VERSION_WITH_CLOSEST_SITE), and the fixed footer:
+NtVersion (4 bytes, the flags of the answer), LmNtToken and Lm20Token (2 each).
+
+**NextClosestSiteName.** The agent asks for it (NtVer 0x16: V5, V5EX, WITH_CLOSEST_SITE, MS-ADTS 6.3.1.1): the
+site with the lowest site-link cost from the client's site among those with DCs, which Windows' locator tries
+when the client's own site has none ("Try Next Closest Site" policy). A DC that does not fill it leaves it out
+altogether: Samba 4.17 answers NtVer 0x16 exactly as 0x06 (measured), so the field is read only when bytes are
+left between ClientSiteName (and DcSockAddr, when the answer's NtVersion says it is there) and the footer, as
+Wireshark and Scapy dissect the structure.
 """
 
 from __future__ import annotations
@@ -29,16 +38,24 @@ from typing import Any
 
 from ldap3 import BASE, Connection
 
-__all__ = ["NTVER_5EX", "NetlogonError", "NetlogonResponse", "ldap_ping", "parse_netlogon", "ping_filter"]
+__all__ = ["NTVER", "NTVER_5EX", "NetlogonError", "NetlogonResponse", "ldap_ping", "parse_netlogon", "ping_filter"]
 
 #: NETLOGON_NT_VERSION_5 | NETLOGON_NT_VERSION_5EX (MS-ADTS 6.3.1.1): ask for NETLOGON_SAM_LOGON_RESPONSE_EX,
 #: which carries the site names (the example of MS-ADTS 6.3.3 sends the same).
 NTVER_5EX = 0x00000006
+#: NETLOGON_NT_VERSION_5EX_WITH_IP: the answer carries DcSockAddrSize and DcSockAddr.
+_WITH_IP = 0x00000008
+#: NETLOGON_NT_VERSION_WITH_CLOSEST_SITE: the answer carries NextClosestSiteName.
+_WITH_CLOSEST_SITE = 0x00000010
+#: What the agent's ping asks: the structure with the site names, and the next closest site.
+NTVER = NTVER_5EX | _WITH_CLOSEST_SITE
 
 #: Opcodes whose structure is NETLOGON_SAM_LOGON_RESPONSE_EX (MS-ADTS 6.3.1.3 and 6.3.1.9):
 #: LOGON_SAM_LOGON_RESPONSE_EX, LOGON_SAM_PAUSE_RESPONSE_EX, LOGON_SAM_USER_UNKNOWN_EX.
 _EX_OPCODES = {23: "LOGON_SAM_LOGON_RESPONSE_EX", 24: "LOGON_SAM_PAUSE_RESPONSE_EX", 25: "LOGON_SAM_USER_UNKNOWN_EX"}
 _HEAD = struct.Struct("<HHI16s")
+#: NtVersion, LmNtToken, Lm20Token: the fixed end of the structure.
+_FOOTER = struct.Struct("<IHH")
 _NAMES = (
     "dns_forest_name",
     "dns_domain_name",
@@ -57,7 +74,8 @@ class NetlogonError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class NetlogonResponse:
-    """The fields of a NETLOGON_SAM_LOGON_RESPONSE_EX up to ClientSiteName ("" where the DC sent none)."""
+    """The fields of a NETLOGON_SAM_LOGON_RESPONSE_EX up to ClientSiteName, and NextClosestSiteName ("" where the
+    DC sent none)."""
 
     opcode: int
     flags: int
@@ -70,9 +88,10 @@ class NetlogonResponse:
     user_name: str
     dc_site_name: str
     client_site_name: str
+    next_closest_site_name: str = ""
 
 
-def ping_filter(domain: str, ntver: int = NTVER_5EX) -> str:
+def ping_filter(domain: str, ntver: int = NTVER) -> str:
     """The LDAP ping's filter: the domain's DNS name, and NtVer as 4 little-endian bytes, escaped (RFC 4515)."""
     escaped = "".join(f"\\{b:02x}" for b in struct.pack("<I", ntver))
     name = "".join(f"\\{ord(c):02x}" if c in "*()\\\0" else c for c in domain.rstrip("."))
@@ -135,7 +154,43 @@ def parse_netlogon(data: bytes) -> NetlogonResponse:
         except NetlogonError as exc:
             raise NetlogonError(f"{field}: {exc}") from None
         names.append(name)
-    return NetlogonResponse(opcode, flags, uuid.UUID(bytes_le=guid), *names)
+    forest, domain, host, netbios_domain, netbios_computer, user, dc_site, client_site = names
+    return NetlogonResponse(
+        opcode,
+        flags,
+        uuid.UUID(bytes_le=guid),
+        forest,
+        domain,
+        host,
+        netbios_domain,
+        netbios_computer,
+        user,
+        dc_site,
+        client_site,
+        _next_closest_site(data, offset),
+    )
+
+
+def _next_closest_site(data: bytes, offset: int) -> str:
+    """NextClosestSiteName, read at ``offset`` (just after ClientSiteName), or "" when the DC left it out.
+
+    Present when bytes are left before the footer once DcSockAddr (when the footer's NtVersion says the answer
+    carries it) is passed over; an answer without a footer at all is read as before (nothing after the names)."""
+    footer = len(data) - _FOOTER.size
+    if footer <= offset:
+        return ""
+    nt_version, _lm_nt, _lm20 = _FOOTER.unpack_from(data, footer)
+    if nt_version & _WITH_IP:  # DcSockAddrSize (1 byte), then that many bytes of DcSockAddr
+        offset += 1 + data[offset]
+    if offset == footer:
+        return ""
+    try:
+        name, end = _read_name(data[:footer], offset)
+    except NetlogonError as exc:
+        raise NetlogonError(f"next_closest_site_name: {exc}") from None
+    if end != footer:
+        raise NetlogonError(f"next_closest_site_name: {footer - end} bytes left between it and NtVersion")
+    return name
 
 
 def _read_name(data: bytes, offset: int) -> tuple[str, int]:

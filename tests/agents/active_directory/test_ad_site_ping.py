@@ -30,6 +30,7 @@ from connector.agents.active_directory import ActiveDirectorySettings
 from connector.agents.active_directory._connection import Link
 from connector.agents.active_directory._locator import DcLocator
 from connector.agents.active_directory._netlogon import (
+    NTVER_5EX,
     NetlogonError,
     NetlogonResponse,
     ldap_ping,
@@ -56,6 +57,13 @@ SAMBA_ANSWER = (
     b"\x17\x00\x00\x00\xbd\x11\x00\x00\xc9\xd9\xffY\xd4\xad\xf2K\xad\xffW\xd2b\xec\xd3%\x06mvsync\x04test\x00"
     b"\xc0\x18\x03dc1\xc0\x18\x06MVSYNC\x00\x03DC1\x00\x00\x17Default-First-Site-Name\x00\xc0;\x05\x00\x00\x00"
     b"\xff\xff\xff\xff"
+)
+#: The same DC's answer to NtVer 0x1E (V5, V5EX, 5EX_WITH_IP, WITH_CLOSEST_SITE): DcSockAddrSize 16 and DcSockAddr
+#: (127.0.83.1) follow ClientSiteName, the answer's NtVersion is 0x0D; no NextClosestSiteName although asked (its
+#: answer to NtVer 0x16, the agent's, is byte for byte SAMBA_ANSWER: Samba 4.17 does not fill the field).
+SAMBA_ANSWER_WITH_IP = (
+    SAMBA_ANSWER[:-8]
+    + b"\x10\x02\x00\x00\x00\x7f\x00S\x01\x00\x00\x00\x00\x00\x00\x00\x00\r\x00\x00\x00\xff\xff\xff\xff"
 )
 FIELDS = (
     "dns_forest_name",
@@ -91,11 +99,29 @@ def _encode(names: list[str], *, compress: bool, start: int) -> bytes:
     return bytes(out)
 
 
-def netlogon_bytes(values: dict[str, str], *, opcode: int = 23, flags: int = 0x3FD, compress: bool = True) -> bytes:
-    """A NETLOGON_SAM_LOGON_RESPONSE_EX laid out per MS-ADTS 6.3.1.9, NtVersion 5, the tokens 0xFFFF."""
+def netlogon_bytes(
+    values: dict[str, str],
+    *,
+    opcode: int = 23,
+    flags: int = 0x3FD,
+    compress: bool = True,
+    next_closest: str | None = None,
+    with_ip: bool = False,
+) -> bytes:
+    """A NETLOGON_SAM_LOGON_RESPONSE_EX laid out per MS-ADTS 6.3.1.9, the tokens 0xFFFF; with ``with_ip``
+    DcSockAddrSize and DcSockAddr (10.0.0.1) after ClientSiteName, with ``next_closest`` NextClosestSiteName (after
+    DcSockAddr: uncompressed; without it, compressed like the others), NtVersion saying which (5, 0x0D, 0x15, 0x1D)."""
     head = struct.pack("<HHI", opcode, 0, flags) + GUID.bytes_le
-    names = _encode([values.get(f, "") for f in FIELDS], compress=compress, start=len(head))
-    return head + names + struct.pack("<IHH", 5, 0xFFFF, 0xFFFF)
+    names = [values.get(f, "") for f in FIELDS]
+    if next_closest is not None and not with_ip:
+        names.append(next_closest)
+    body = _encode(names, compress=compress, start=len(head))
+    if with_ip:
+        body += bytes([16]) + struct.pack("<HH", 2, 0) + bytes([10, 0, 0, 1]) + bytes(8)
+        if next_closest is not None:
+            body += _encode([next_closest], compress=False, start=0)
+    nt_version = 5 | (0x10 if next_closest is not None else 0) | (0x08 if with_ip else 0)
+    return head + body + struct.pack("<IHH", nt_version, 0xFFFF, 0xFFFF)
 
 
 PARIS = {
@@ -117,11 +143,30 @@ def test_the_answer_gives_both_sites_and_the_dcs_names(compress: bool) -> None:
     assert {f: getattr(answer, f) for f in FIELDS} == {**PARIS, "user_name": ""}
 
 
-def test_samba_s_real_answer_parses() -> None:
-    answer = parse_netlogon(SAMBA_ANSWER)
+@pytest.mark.parametrize("data", [SAMBA_ANSWER, SAMBA_ANSWER_WITH_IP], ids=["ntver-16", "ntver-1e"])
+def test_samba_s_real_answer_parses(data: bytes) -> None:
+    answer = parse_netlogon(data)
     assert answer.dns_host_name == "dc1.mvsync.test" and answer.netbios_computer_name == "DC1"
     assert answer.dc_site_name == answer.client_site_name == "Default-First-Site-Name"
     assert answer.domain_guid == GUID
+    assert answer.next_closest_site_name == ""  # Samba 4.17 leaves it out, though asked
+
+
+@pytest.mark.parametrize(
+    ("compress", "with_ip", "nearest"),
+    [(True, False, "Lyon"), (False, False, "Lyon"), (True, True, "Lyon"), (True, False, "Sydney"), (True, False, "")],
+    ids=["compressed", "labels", "after-dcsockaddr", "pointer-to-dcsitename", "empty"],
+)
+def test_the_answer_gives_the_next_closest_site_when_the_dc_sends_it(
+    compress: bool, with_ip: bool, nearest: str
+) -> None:
+    """NextClosestSiteName (MS-ADTS 6.3.1.9) after ClientSiteName, or after DcSockAddr when the answer carries it;
+    "Sydney" is the DC's site, so compressed it is a pointer to DcSiteName; a DC with no next closest site sends
+    an empty name. Built per the spec: Samba does not fill it (the real-DC path is untested)."""
+    answer = parse_netlogon(netlogon_bytes(PARIS, compress=compress, with_ip=with_ip, next_closest=nearest))
+    assert answer.next_closest_site_name == nearest
+    assert {f: getattr(answer, f) for f in FIELDS} == {**PARIS, "user_name": ""}
+    assert parse_netlogon(netlogon_bytes(PARIS, with_ip=with_ip)).next_closest_site_name == ""
 
 
 @pytest.mark.parametrize(
@@ -135,6 +180,14 @@ def test_samba_s_real_answer_parses() -> None:
         (netlogon_bytes(PARIS)[:24] + b"\x80abc", "label length byte 0x80 is neither a length nor a pointer"),
         (netlogon_bytes(PARIS)[:24] + b"\x02\xff\xfe\x00", "a label is not UTF-8"),
         (netlogon_bytes({})[:-14], "the name runs past the end of the"),
+        (
+            netlogon_bytes(PARIS, next_closest="Lyon")[:-8] + b"\x00" + netlogon_bytes(PARIS)[-8:],
+            "next_closest_site_name: 1 bytes left between it and NtVersion",
+        ),
+        (
+            netlogon_bytes(PARIS)[:-8] + b"\x09Lyo" + netlogon_bytes(PARIS)[-8:],
+            "next_closest_site_name: a 9-byte label",
+        ),
     ],
 )
 def test_an_answer_that_is_not_the_structure_is_refused_naming_what(data: bytes, expected: str) -> None:
@@ -143,8 +196,10 @@ def test_an_answer_that_is_not_the_structure_is_refused_naming_what(data: bytes,
 
 
 def test_the_filter_carries_ntver_as_four_little_endian_bytes() -> None:
-    """NtVer 6 (V5 | V5EX: the answer with the site names), as MS-ADTS 6.3.3's example sends it."""
-    assert ping_filter("contoso.com.") == r"(&(DnsDomain=contoso.com)(NtVer=\06\00\00\00))"
+    """NtVer 0x16: V5 | V5EX (the answer with the site names, as MS-ADTS 6.3.3's example asks) and WITH_CLOSEST_SITE
+    (NextClosestSiteName too)."""
+    assert ping_filter("contoso.com.") == r"(&(DnsDomain=contoso.com)(NtVer=\16\00\00\00))"
+    assert ping_filter("contoso.com", NTVER_5EX) == r"(&(DnsDomain=contoso.com)(NtVer=\06\00\00\00))"
 
 
 # -- the locator's choice (a real DNS server on loopback, no DC) -------------------------------------
@@ -152,9 +207,11 @@ SITE_SRV = f"_ldap._tcp.Paris._sites.dc._msdcs.{DOMAIN}"
 SYD, PAR = "dc-syd1.corp.example.test", "dc-par1.corp.example.test"
 
 
-def _answer(client: str, dc: str = "Sydney") -> NetlogonResponse:
-    """An answer from a DC of site ``dc`` naming ``client`` (set after parsing: it may be no DNS name at all)."""
-    return dataclasses.replace(parse_netlogon(netlogon_bytes({**PARIS, "dc_site_name": dc})), client_site_name=client)
+def _answer(client: str, dc: str = "Sydney", nearest: str | None = None) -> NetlogonResponse:
+    """An answer from a DC of site ``dc`` naming ``client`` (set after parsing: it may be no DNS name at all), and
+    ``nearest`` as the next closest site."""
+    data = netlogon_bytes({**PARIS, "dc_site_name": dc}, next_closest=nearest)
+    return dataclasses.replace(parse_netlogon(data), client_site_name=client)
 
 
 def test_the_client_s_site_dcs_come_first_and_the_dc_in_use_stays_behind_them(
@@ -203,6 +260,62 @@ def test_without_another_site_with_dcs_the_domain_s_list_stays(
         assert (SITE_SRV.lower(), "SRV") not in server.asked
 
 
+LYON_SRV = f"_ldap._tcp.Lyon._sites.dc._msdcs.{DOMAIN}"
+LYO = "dc-lyo1.corp.example.test"
+
+
+def test_a_site_without_dcs_gives_way_to_its_next_closest_site(caplog: pytest.LogCaptureFixture) -> None:
+    """Paris has no DCs in DNS; the DC names Lyon as its next closest site, which has: Lyon's DCs come first (the
+    domain's others behind them), the step moves there, and the history says how the site was found. Before, the
+    field was neither asked nor read: the domain's list, DCs of every site, stayed."""
+    zone = {
+        (DOMAIN_SRV, "SRV"): [_srv(0, 100, SYD), _srv(5, 100, PAR), _srv(9, 100, LYO)],
+        (LYON_SRV.lower(), "SRV"): [_srv(0, 100, LYO)],
+    }
+    with dns_server(zone) as server, caplog.at_level(logging.INFO):
+        settings = _settings(server)
+        locator = DcLocator(settings, logging.getLogger("test"))
+        locator.controllers()
+        assert locator.use_client_site(SYD, _answer("Paris", nearest="Lyon")) is True
+        link = Link(settings, logging.getLogger("test"), locator=locator)
+        link.host = LYO
+        described = link.describe()
+    assert locator.controllers() == [LYO, SYD, PAR] and locator.site_of(LYO) == "Lyon"
+    assert server.asked == [(DOMAIN_SRV, "SRV"), (SITE_SRV.lower(), "SRV"), (LYON_SRV.lower(), "SRV")]
+    assert locator.source().endswith("(site Lyon: next closest to this host's site Paris, found by LDAP ping)")
+    assert described == (
+        f"domain controller {LYO}:636 (ldaps) of site Lyon (the next closest site to this host's site Paris, which "
+        "has no DCs in DNS; found by LDAP ping)"
+    )
+    assert (
+        f"LDAP ping to {SYD}: this host is in site Paris (the DC is in Sydney), but {SITE_SRV} has no usable DCs (the "
+        f"name does not exist (NXDOMAIN)): the DCs of its next closest site Lyon come first ({LYON_SRV}): {LYO}, "
+    ) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("nearest", "expected"),
+    [
+        ("Sydney", "its next closest site is Sydney, the DC's own: staying on it"),
+        ("Lyon", f"nor does its next closest site's {LYON_SRV} (the name does not exist (NXDOMAIN)); using the domain"),
+        ("", "has no usable DCs (the name does not exist (NXDOMAIN)); using the domain's DCs"),
+    ],
+)
+def test_a_next_closest_site_that_changes_nothing_leaves_the_domain_s_list(
+    nearest: str, expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The next closest site is the DC's own (it stays), has no DCs in DNS either, or is not named: the list does
+    not change, said at INFO."""
+    zone = {(DOMAIN_SRV, "SRV"): [_srv(0, 100, SYD), _srv(5, 100, PAR)]}
+    with dns_server(zone) as server, caplog.at_level(logging.INFO):
+        locator = DcLocator(_settings(server), logging.getLogger("test"))
+        locator.controllers()
+        assert locator.use_client_site(SYD, _answer("Paris", nearest=nearest)) is False
+    assert locator.controllers() == [SYD, PAR] and locator.site_of(SYD) is None
+    assert expected in caplog.text
+    assert ((LYON_SRV.lower(), "SRV") in server.asked) == (nearest == "Lyon")
+
+
 def test_site_set_means_no_ldap_ping() -> None:
     with dns_server({}) as server:
         assert not DcLocator(_settings(server, site="Paris"), logging.getLogger("test")).wants_site
@@ -236,6 +349,7 @@ def test_the_dc_names_the_site_of_this_host_s_subnet_in_its_answer(ad_env: ADTes
         link.close()
     assert (answer.client_site_name, answer.dc_site_name) == (site, "Default-First-Site-Name")
     assert answer.dns_host_name == fqdn and answer.dns_domain_name == ad_env.ad.upn_suffix
+    assert answer.next_closest_site_name == ""  # asked (NtVer 0x16); Samba 4.17 does not fill it
 
 
 @pytest.mark.samba
