@@ -4,6 +4,7 @@ real (Samba) DC over LDAPS and a SQLite store: what a bad day does to the record
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -82,12 +83,28 @@ def _pending(config: Path) -> int:
 
 def _signal_after_writes(monkeypatch: pytest.MonkeyPatch, count: int, signum: int) -> list[str]:
     """Send ``signum`` to the main thread (where `mvsync run` waits) once the ``count``-th LDAP modify has
-    been answered; the DNs written are listed."""
+    been answered, and keep that write under way until the export has said it waits for it; the DNs written
+    are listed.
+
+    Why keep it: the main thread handles the signal when it next runs; on a busy machine the worker had returned
+    by then (and with several connections the others too), no write was under way, and the export rightly said
+    nothing of waiting: the test failed under load. The bound (30 s) only matters when the export never says it.
+    """
+    said = threading.Event()
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("interrupted: waiting for "):
+                said.set()
+
+    logger = logging.getLogger("mvsync.agent.ad")  # the agent's logger in the engine
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, Said(logging.WARNING)])  # undone with the test
 
     def send() -> None:
         ident = threading.main_thread().ident
         assert ident is not None
         signal.pthread_kill(ident, signum)
+        said.wait(30)
 
     return _outage_after_writes(monkeypatch, count, send)
 
