@@ -14,6 +14,14 @@ So memory stays bounded by ``max_ahead`` objects whatever the directory's size. 
 waits for more than ``page_size`` buffered items, and ``max_ahead`` is at least twice that, so the
 source can always make progress.
 
+Bytes, too: ``max_bytes_ahead`` (``MAX_BYTES_AHEAD``) bounds the binary values (photos) of the entries
+handed to the engine's thread and not yet committed. Objects alone do not bound them: a photo is tens
+of KB or up to 8 MB (Graph's limit), so ``max_ahead`` objects may hold 30 MB or 8 GB. Once that much is
+held, a worker starts no new call and the source yields no new item, and the page being built is
+committed as it is (smaller than ``page_size``); what was held then is released and the work goes on.
+One call's answers, or one item, may take it over the bound once: nothing waits for a page that
+cannot fill.
+
 Checkpoints: each item the source yields gets an *origin* number, in order, which the results of
 its deferred work inherit. A ``Checkpoint`` yielded at origin ``n`` is valid once no work of an
 origin below ``n`` is still running: everything yielded before it is then in the page being
@@ -53,7 +61,37 @@ from connector.sdk import (
     Worker,
 )
 
-__all__ = ["Job", "MemoryState", "Page", "StreamPager", "WorkQueue", "close_pages", "import_in_memory"]
+__all__ = [
+    "MAX_BYTES_AHEAD",
+    "Job",
+    "MemoryState",
+    "Page",
+    "StreamPager",
+    "WorkQueue",
+    "binary_size",
+    "close_pages",
+    "import_in_memory",
+]
+
+#: Binary bytes (photos) of entries handed to the engine's thread and not yet committed, at most (once
+#: over it, no new work starts until a page is committed). 64 MB: four times what a 500-entry page of
+#: people with HD photos at the sizes Graph serves holds (tens of KB each; 13 MB measured with
+#: ``mvsync bench import``), so a page of such photos never ends early, while a directory of large
+#: photos (Graph takes up to 8 MB: Learn, "Update profilePhoto") holds 64 MB, not ``max_ahead`` of them.
+MAX_BYTES_AHEAD = 64 * 1024 * 1024
+
+
+def binary_size(item: ImportItem) -> int:
+    """The bytes of an entry's binary values (a whole object's or its attribute changes'); 0 for other items."""
+    if not isinstance(item, CSEntryChange):
+        return 0
+    size = 0
+    for value in item.attributes.values():
+        for one in value if isinstance(value, list) else (value,):
+            size += len(one) if isinstance(one, bytes) else 0
+    for change in item.changes:
+        size += sum(len(one) for one in change.values if isinstance(one, bytes))
+    return size
 
 
 @dataclass(slots=True)
@@ -167,6 +205,47 @@ class WorkQueue:
             self._cond.notify_all()
 
 
+class _ByteBudget:
+    """The binary bytes handed to the engine's thread and not yet committed (``MAX_BYTES_AHEAD``).
+
+    Producers (worker threads, the source) ``add`` what they hand over and, before they start more work,
+    ``wait`` while the total is at ``limit`` or over; the engine's thread ``release``s a page's bytes
+    once it is committed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.held = 0
+        #: The most ever held (for tests and figures): at most ``limit`` plus one call's answers per producer.
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @property
+    def over(self) -> bool:
+        return self.held >= self.limit
+
+    def add(self, size: int) -> None:
+        if size:
+            with self._cond:
+                self.held += size
+                self.peak = max(self.peak, self.held)
+
+    def release(self, size: int) -> None:
+        if size:
+            with self._cond:
+                self.held -= size
+                self._cond.notify_all()
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Block while the bytes held are at the limit; False once the step stops."""
+        with self._cond:
+            while self.held >= self.limit:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.5)
+        return not stop.is_set()
+
+
 class _Fatal:
     __slots__ = ("error",)
 
@@ -185,7 +264,13 @@ class StreamPager:
     """Runs one ``import_changes`` stream; ``pages()`` yields what to commit, in order."""
 
     def __init__(
-        self, stream: Iterator[ImportItem], *, page_size: int, max_ahead: int, stop: threading.Event | None = None
+        self,
+        stream: Iterator[ImportItem],
+        *,
+        page_size: int,
+        max_ahead: int,
+        stop: threading.Event | None = None,
+        max_bytes_ahead: int = MAX_BYTES_AHEAD,
     ) -> None:
         self.page_size = max(1, page_size)
         self.counters: Counter[str] = Counter()
@@ -194,6 +279,9 @@ class StreamPager:
         # twice as many permits as a full page holds objects: a page never waits for items that the
         # source cannot yield for lack of permits, and half of them stay free for work in flight
         self._ahead = threading.Semaphore(max(max_ahead, 2 * self.page_size))
+        #: binary bytes handed to this thread and not yet committed; ``_page_bytes``: those in the page being built
+        self.bytes_ahead = _ByteBudget(max_bytes_ahead)
+        self._page_bytes = 0
         #: Set when the step stops; the connector's ``ImportRun.stopping`` (``stop``), so it can wait on it.
         self._stop = stop if stop is not None else threading.Event()
         self._threads: list[threading.Thread] = []
@@ -219,11 +307,14 @@ class StreamPager:
         """Send the stream's items to the engine's thread, one permit per origin (back-pressure)."""
         try:
             for origin, items in enumerate(_origins(self._stream)):
+                if not self.bytes_ahead.wait(self._stop):
+                    raise _Stopped
                 while not self._ahead.acquire(timeout=0.5):
                     if self._stop.is_set():
                         raise _Stopped
                 if self._stop.is_set():
                     raise _Stopped
+                self.bytes_ahead.add(sum(binary_size(item) for item in items))
                 self._results.put((origin, items))
         except _Stopped:
             close = getattr(self._stream, "close", None)
@@ -236,7 +327,7 @@ class StreamPager:
         self._results.put(_END)
 
     def _work(self, worker: Worker[Any], jobs_queue: WorkQueue) -> None:
-        while not self._stop.is_set():
+        while self.bytes_ahead.wait(self._stop):
             try:
                 jobs = jobs_queue.take(max(1, worker.batch_size))
             except BaseException as exc:  # the worker's take_size failed: stop the step, do not hang it
@@ -267,6 +358,7 @@ class StreamPager:
             self._stop.set()  # no thread starts another task, not even this one
         elif self._stop.is_set():
             return False  # a call that ended while the step stops: its answers may be the stop's echo (cancelled)
+        self.bytes_ahead.add(sum(binary_size(item) for items in results for item in items))
         self._results.put(("done", finished))
         return True
 
@@ -288,6 +380,7 @@ class StreamPager:
         if isinstance(item, CSEntryChange):
             page.entries.append(item)
             self._in_page[origin] += 1
+            self._page_bytes += binary_size(item)
         elif isinstance(item, StateUpdate):
             page.state[item.key] = item.value
             self._in_page[origin] += 1
@@ -323,12 +416,17 @@ class StreamPager:
         return isinstance(item, StateUpdate) and page.weight >= 2 * self.page_size
 
     def _filled(self, page: Page) -> bool:
-        """``page_size`` entries, or items of ``page_size`` objects (state updates without entries).
+        """``page_size`` entries, or items of ``page_size`` objects (state updates without entries), or
+        ``max_bytes_ahead`` of binary values (the work waits for this page's commit: see the module).
 
         Counting objects, not items, keeps at least half the permits free for the work in flight
         while a page fills, so the workers never run dry waiting for a commit.
         """
-        return len(page.entries) >= self.page_size or len(self._in_page) >= self.page_size
+        return (
+            len(page.entries) >= self.page_size
+            or len(self._in_page) >= self.page_size
+            or self._page_bytes >= self.bytes_ahead.limit
+        )
 
     def _take(self, origin: int, ran: Deferred[Any], items: list[ImportItem], page: Page) -> None:
         """A finished task's items; what does not fit waits for the next page, its origin still open
@@ -405,6 +503,8 @@ class StreamPager:
                 page.counters, self.counters = self.counters, Counter()
                 yield page
                 committed, self._in_page = self._in_page, Counter()
+                self.bytes_ahead.release(self._page_bytes)
+                self._page_bytes = 0
                 for origin in committed:
                     self._settle(origin)
                 if page.last:
