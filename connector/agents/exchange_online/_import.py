@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
@@ -652,7 +653,15 @@ class PhotoWorker(Worker[PhotoTask]):
             responses = [failed for _ in send]
         results: list[list[ImportItem]] = []
         down = False  # an item met Graph down: the step stops
-        for deferred, resp in zip(send, responses, strict=True):
+        # each answer let go once judged: its photo is then held once (in the entry), not twice (the
+        # answer's bytes beside the entry's) until the whole batch is judged
+        if len(responses) != len(send):
+            msg = f"Graph client returned {len(responses)} answers for {len(send)} requests"
+            raise RuntimeError(msg)
+        answers = deque(responses)
+        del responses
+        for deferred in send:
+            resp = answers.popleft()
             if down and _failed(resp):
                 results.append([deferred])  # not judged: the step stops, the next run asks again
                 continue
