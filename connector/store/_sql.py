@@ -131,6 +131,20 @@ _HIDE_PARAMETERS = True
 _WRITER = "mvsync_writer"
 
 
+#: SQLite's page cache per connection, in KiB (``PRAGMA cache_size`` takes a negative number as KiB).
+#: Why 16 MB and not more: the cache keeps every page a transaction touched, and an import's pages are
+#: mostly photos written once and never read again through it, so a larger cache only held more of them.
+#: At 64 MB (this store's earlier setting) the 50,000-user ``bench import`` peaked at 262-273 MB in about
+#: half its runs, SQLite's memory reaching 76 MB in the import's first seconds, and glibc kept that heap
+#: for the rest of the process; at 16 MB it peaked at 221-223 MB (3 runs each, its full import as fast:
+#: 32.4-32.9 s against 32.9-33.4), and ``bench sync --objects 100000`` (200,000 connector-space objects,
+#: lookups by anchor and join) ran as fast (38,600-40,000 objects/s against 36,400-41,000) with a 151 MB
+#: peak instead of 204. What a bigger store reads repeatedly is its indexes'
+#: interior pages, a small share of them; the rest comes from the operating system's file cache, one copy
+#: away (SQLite, "PRAGMA cache_size"; its default is 2 MB).
+SQLITE_CACHE_KIB = 16 * 1024
+
+
 def _busy_ms() -> int:
     """``BUSY_TIMEOUT_S`` in the milliseconds both databases take (read when asked: tests shorten it)."""
     return int(BUSY_TIMEOUT_S * 1000)
@@ -151,7 +165,7 @@ def _sqlite_setup(engine: Engine, *, wal: bool) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={_busy_ms()}")
         cur.execute(f"PRAGMA journal_size_limit={int(WAL_LIMIT_BYTES)}")
-        cur.execute("PRAGMA cache_size=-65536")
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
 
