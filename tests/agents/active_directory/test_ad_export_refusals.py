@@ -81,6 +81,15 @@ def _engine(
     return engine, people, names
 
 
+def _assert_stopped_for_the_grant(step: Any, people: str, errors: int = _K) -> None:
+    """``step`` stopped once for the service account's missing grant in ``people``: the message names the
+    account, the attribute and the dsacls line, and each person refused before the stop has an error."""
+    assert "MVSYNC\\svc-mvsync may not write thumbnailPhoto, whoever the person" in step.message, step.message
+    grant = f'grant it with: dsacls "{people}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"'
+    assert grant in step.message, step.message
+    assert [e.error_name for e in step.errors] == ["permission-issue"] * errors, [e.as_dict() for e in step.errors]
+
+
 @pytest.mark.parametrize("code", [53, 11])
 def test_a_refusal_every_write_gets_stops_the_step_once_naming_the_dc(
     ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch, code: int
@@ -168,10 +177,8 @@ def test_an_account_without_the_grant_stops_the_step_once_naming_it_and_the_gran
     step = stopped.steps[0]
     message = step.message
     assert f"(ldaps) refused the first {_K} writes of this step" in message and "not one succeeded" in message
-    assert "MVSYNC\\svc-mvsync may not write thumbnailPhoto, whoever the person" in message, message
     assert f"shows it on no one else in {people} either" in message, message
-    assert f'grant it with: dsacls "{people}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"' in message
-    assert [e.error_name for e in step.errors] == ["permission-issue"] * _K, [e.as_dict() for e in step.errors]
+    _assert_stopped_for_the_grant(step, people)
     assert not step.counters.get("export_updates") and pending_after == _USERS, step.counters
     assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
     assert pending_final == 0
@@ -261,11 +268,9 @@ def test_rights_withdrawn_in_the_middle_of_an_export_stop_the_step_once_naming_t
     message = step.message
     assert f"(ldaps) refused {_K} writes in a row (" in message, message
     assert "with insufficientAccessRights after writes of this step had succeeded, none since" in message, message
-    assert "MVSYNC\\svc-mvsync may not write thumbnailPhoto, whoever the person" in message, message
-    assert f'grant it with: dsacls "{people}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"' in message
     assert "the people written before are recorded" in message, message
     # one error per person refused before the rule could tell, not one per person left
-    assert [e.error_name for e in step.errors] == ["permission-issue"] * _K, [e.as_dict() for e in step.errors]
+    _assert_stopped_for_the_grant(step, people)
     assert step.counters.get("export_updates") == before and len(written) == before, step.counters
     assert pending == users - before  # the refused and the untried stay pending
     on_dc = {f"CN={name},{people}": ad_env.read(name, "thumbnailPhoto", people) for name in names}
@@ -306,6 +311,5 @@ def test_a_streak_the_grant_explains_counts_again_and_a_later_one_without_it_sto
     assert f"(ldaps) refused {_K} more writes in a row ({'; '.join(calls[_K:])}) with insufficientAccessRights" in (
         step.message
     ), step.message
-    assert f'grant it with: dsacls "{people}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"' in step.message
-    assert [e.error_name for e in step.errors] == ["permission-issue"] * users, [e.as_dict() for e in step.errors]
+    _assert_stopped_for_the_grant(step, people, users)
     assert len(calls) == users and not step.counters.get("export_updates") and pending == users
