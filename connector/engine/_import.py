@@ -680,12 +680,36 @@ def _commit_page(
     try:
         _write_page(ctx, applier, page, number, resume, full)
     except BaseException:
+        if _page_kept(ctx, number):
+            _page_counters(ctx.result.counters, page, number)  # committed after all: its counts stand
+            raise
         ctx.result.counters.clear()
         ctx.result.counters.update(counted)
         applier.entries_seen = seen
         ctx.forget_errors_since(errors)
         raise
     _page_counters(ctx.result.counters, page, number)  # once the page is in
+
+
+def _page_kept(ctx: StepContext, number: int) -> bool:
+    """Whether page ``number``'s transaction committed although writing it raised.
+
+    Why ask: Ctrl-C that arrives while the store runs the COMMIT (in the database driver, where Python
+    handles no signal) surfaces in the first Python code after it, with the page already in. Taken for a
+    rollback, the step's recorded figures left out a page the store kept (999 adds where it held 1,499,
+    and a resume "after page 2" where the checkpoint said 3). The store knows: the step's progress note
+    is written in the page's own transaction, with the page's number (``_write_page``). A dry run commits
+    nothing; a store that cannot be read now counts as not kept (as before), and the error that stopped
+    the page is still the one raised.
+    """
+    if ctx.dry_run:
+        return False
+    try:
+        with ctx.store.read() as conn:
+            step = RunHistory(conn).step(ctx.step_id)
+        return step is not None and json.loads(step.counters or "{}").get("pages") == number
+    except Exception:  # (the page's own error is the one to raise; this only decides its counts)
+        return False
 
 
 def _write_page(

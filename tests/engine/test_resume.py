@@ -167,3 +167,55 @@ def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
     assert [e.anchor for e in errors] == ["u03"]
     # the step's line (and its metrics) count the errors the store kept, not page 3's too
     assert "full-import: stopped-interrupted in " in caplog.text and "s (1 errors)" in caplog.text, caplog.text
+
+
+def test_ctrl_c_that_surfaces_just_after_a_pages_commit_keeps_that_pages_counts(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C that arrives while the store runs page 3's COMMIT surfaces in the first Python code after it:
+    the page is in the store, so the step's recorded figures include it. Found by the fresh-clone CI under
+    load (test_ctrl_c's child): the store held 1,499 objects and history said 2 pages and 999 adds, because
+    the interruption was taken for a rollback. Here KeyboardInterrupt is raised as page 3's transaction ends,
+    after its commit."""
+    import contextlib
+    import json
+    from collections.abc import Iterator
+
+    from connector.store import RunHistory
+
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 25)
+    world.ad["errors"] = {"u03": ("bad-photo", "page 1's"), "u12": ("bad-photo", "page 3's")}
+    note_progress, transaction = RunHistory.note_progress, SqlStore.transaction
+    noted: list[int] = []
+
+    def noting(self: RunHistory, step_id: int, counters: str) -> None:
+        note_progress(self, step_id, counters)
+        noted.append(json.loads(counters)["pages"])
+
+    @contextlib.contextmanager
+    def interrupted_after_page_3(self: SqlStore, **kwargs: Any) -> Iterator[Any]:
+        with transaction(self, **kwargs) as conn:
+            yield conn
+        if noted[-1:] == [3]:
+            noted.append(0)  # once
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunHistory, "note_progress", noting)
+    monkeypatch.setattr(SqlStore, "transaction", interrupted_after_page_3)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_profile("ad-full")
+    monkeypatch.undo()
+    assert set(_cs(world)["objects"]) == {f"u{i:02d}" for i in range(15)} - {"u03", "u12"}  # pages 1 to 3
+    store = SqlStore(world.config.store_url())
+    try:
+        with store.read() as conn:
+            history = RunHistory(conn)
+            [step] = history.steps(1)
+            errors = history.errors(step.id, 100)
+    finally:
+        store.close()
+    counters = json.loads(step.counters)
+    assert step.status == "stopped-interrupted"
+    assert (counters["pages"], counters["adds"], counters["import_errors"]) == (3, 13, 2), counters
+    assert [e.anchor for e in errors] == ["u03", "u12"]
