@@ -126,6 +126,23 @@ def test_a_dry_run_neither_resumes_nor_discards(world: World, tmp_path: Path) ->
     _ = directory  # the module's directories are what the connector reads
 
 
+def _interrupted_step(world: World) -> tuple[str, dict[str, Any], list[str | None]]:
+    """The first run's step as history recorded it: its status, its counters and the anchors of its errors."""
+    import json
+
+    from connector.store import RunHistory
+
+    store = SqlStore(world.config.store_url())
+    try:
+        with store.read() as conn:
+            history = RunHistory(conn)
+            [step] = history.steps(1)
+            errors = history.errors(step.id, 100)
+    finally:
+        store.close()
+    return step.status, json.loads(step.counters), [e.anchor for e in errors]
+
+
 def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -153,18 +170,10 @@ def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
         engine.run_profile("ad-full")
     monkeypatch.undo()
     assert set(_cs(world)["objects"]) == {f"u{i:02d}" for i in range(10)} - {"u03"}  # pages 1 and 2
-    store = SqlStore(world.config.store_url())
-    try:
-        with store.read() as conn:
-            history = RunHistory(conn)
-            [step] = history.steps(1)
-            errors = history.errors(step.id, 100)
-    finally:
-        store.close()
-    counters = json.loads(step.counters)
-    assert step.status == "stopped-interrupted"
+    status, counters, errors = _interrupted_step(world)
+    assert status == "stopped-interrupted"
     assert (counters["pages"], counters["adds"], counters["import_errors"]) == (2, 9, 1), counters
-    assert [e.anchor for e in errors] == ["u03"]
+    assert errors == ["u03"]
     # the step's line (and its metrics) count the errors the store kept, not page 3's too
     assert "full-import: stopped-interrupted in " in caplog.text and "s (1 errors)" in caplog.text, caplog.text
 
@@ -207,15 +216,7 @@ def test_ctrl_c_that_surfaces_just_after_a_pages_commit_keeps_that_pages_counts(
         engine.run_profile("ad-full")
     monkeypatch.undo()
     assert set(_cs(world)["objects"]) == {f"u{i:02d}" for i in range(15)} - {"u03", "u12"}  # pages 1 to 3
-    store = SqlStore(world.config.store_url())
-    try:
-        with store.read() as conn:
-            history = RunHistory(conn)
-            [step] = history.steps(1)
-            errors = history.errors(step.id, 100)
-    finally:
-        store.close()
-    counters = json.loads(step.counters)
-    assert step.status == "stopped-interrupted"
+    status, counters, errors = _interrupted_step(world)
+    assert status == "stopped-interrupted"
     assert (counters["pages"], counters["adds"], counters["import_errors"]) == (3, 13, 2), counters
-    assert [e.anchor for e in errors] == ["u03", "u12"]
+    assert errors == ["u03", "u12"]
