@@ -1,7 +1,8 @@
 """Ctrl-C (SIGINT) to the real ``mvsync run`` while it writes the store in a full Exchange Online import.
 
 What must hold (README: "How an interrupted run ends in history", "A full import resumes", exit codes):
-the page being written is rolled back whole, the pages committed before it are kept, the store is
+the page being written is rolled back whole (or, when the SIGINT is handled only after its COMMIT ran,
+kept whole and counted), the pages committed before it are kept, history says what the store kept, the store is
 sound (SQLite's ``integrity_check``), the run and its step are recorded ``stopped-interrupted``, the
 exit code is 130 with one failure object on stdout, and the next run resumes after the last committed
 page. The interrupt comes at a counted event, not after a delay: the child freezes itself (SIGSTOP)
@@ -92,11 +93,17 @@ def test_ctrl_c_in_a_page_write_rolls_that_page_back_keeps_the_others_and_the_ne
     assert doc["status"] == "stopped-interrupted" and step["status"] == "stopped-interrupted", doc
     assert doc["message"] == "interrupted (Ctrl-C)" and "Ctrl-C" in step["message"], doc
     assert step["seconds"] is not None  # it recorded its own end
-    assert step["counters"]["pages"] == 2, step["counters"]
-    # page 3 rolled back whole: the connector space holds what pages 1 and 2 added, nothing of page 3
+    # Page 3 is rolled back whole or, when the SIGINT is handled only once its COMMIT has run, committed
+    # whole; either way history says exactly what the store kept, and the next run resumes after it. Which
+    # of the two is not the test's to choose: the child's threads are frozen and resumed together, and under
+    # load the COMMIT can run before the Python handler does (seen in CI). The engine's handling of each
+    # side is pinned in process by tests/engine/test_resume.py (the rolled-back page, and the interruption
+    # that surfaces just after a commit).
+    pages = step["counters"]["pages"]
     verdict, kept = _exo_objects(_store_file(config))
     assert verdict == "ok"
-    assert kept == step["counters"]["adds"] and 900 < kept <= 1000, (kept, step["counters"])
+    assert pages in (2, 3) and kept == step["counters"]["adds"], (kept, step["counters"])
+    assert 500 * (pages - 1) < kept <= 500 * pages, (kept, step["counters"])  # whole pages of 500, no part
 
     again = lab.run(scenario, PROFILE)
     assert again.returncode == 0, again.stderr
@@ -105,7 +112,7 @@ def test_ctrl_c_in_a_page_write_rolls_that_page_back_keeps_the_others_and_the_ne
     resumed_step = _exo_step(resumed)
     assert resumed_step["status"] == "success"
     assert resumed_step["message"].startswith(f"resumed the full import interrupted in step {step['step_id']} ")
-    assert resumed_step["counters"]["resumed_after_page"] == 2
+    assert resumed_step["counters"]["resumed_after_page"] == pages
     assert resumed_step["counters"]["resumed_entries"] == kept
     mailboxes = sum(1 for u in lab.users if u.get("mailbox") in ("cloud", "on-premises"))
     verdict, everyone = _exo_objects(_store_file(config))
