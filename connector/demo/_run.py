@@ -222,8 +222,9 @@ def work_done(result: RunResult) -> int:
 
 
 def step_summary(step: StepResult) -> dict[str, Any]:
-    """One step for the report: what it was, how it ended, its non-zero counters and time."""
-    counters = {k: v for k, v in sorted(step.counters.items()) if v and k != "pages"}
+    """One step for the report: what it was, how it ended, its non-zero counters (not the numbers of its units
+    of work: pages, chunks, batches) and time."""
+    counters = {k: v for k, v in sorted(step.counters.items()) if v and k not in ("pages", "chunks", "batches")}
     return {
         "agent": step.agent,
         "step": step.kind,

@@ -56,7 +56,6 @@ from connector.store import (
     AgentStateRepository,
     ConnectorSpace,
     ImportRow,
-    RunHistory,
     StoreConnection,
     dumps,
     encode_value,
@@ -670,53 +669,13 @@ def _commit_page(
 ) -> None:
     """One page in one transaction: its entries, the agent state that goes with them, the checkpoint.
 
-    What the page counted while it was applied (adds, updates, errors and their count, entries seen) goes with it when
-    its transaction is rolled back (Ctrl-C or a stop signal in the middle of it, a store error): the
-    step then stops, and history must show what the store kept. Before, an interrupted import recorded
-    the rolled-back page's adds (1,499 for the 999 objects two committed pages held). Only this thread
-    counts while a page is applied, so the counts from before are the step's whole count.
+    What the page counted while it was applied (adds, updates, errors and their count) goes with it when its
+    transaction is rolled back (Ctrl-C or a stop signal in the middle of it, a store error), and stands when
+    it committed after all (Ctrl-C during the COMMIT): see ``StepContext.unit_of_work``. Before, an
+    interrupted import recorded the rolled-back page's adds (1,499 for the 999 objects two committed pages
+    held). The step stops either way, so the entries it saw (``entries_seen``) are not used again.
     """
-    counted, seen, errors = ctx.result.counters.copy(), applier.entries_seen, ctx.errors_mark()
-    try:
-        _write_page(ctx, applier, page, number, resume, full)
-    except BaseException:
-        if _page_kept(ctx, number):
-            _page_counters(ctx.result.counters, page, number)  # committed after all: its counts stand
-            raise
-        ctx.result.counters.clear()
-        ctx.result.counters.update(counted)
-        applier.entries_seen = seen
-        ctx.forget_errors_since(errors)
-        raise
-    _page_counters(ctx.result.counters, page, number)  # once the page is in
-
-
-def _page_kept(ctx: StepContext, number: int) -> bool:
-    """Whether page ``number``'s transaction committed although writing it raised.
-
-    Why ask: Ctrl-C that arrives while the store runs the COMMIT (in the database driver, where Python
-    handles no signal) surfaces in the first Python code after it, with the page already in. Taken for a
-    rollback, the step's recorded figures left out a page the store kept (999 adds where it held 1,499,
-    and a resume "after page 2" where the checkpoint said 3). The store knows: the step's progress note
-    is written in the page's own transaction, with the page's number (``_write_page``). A dry run commits
-    nothing; a store that cannot be read now counts as not kept (as before), and the error that stopped
-    the page is still the one raised.
-    """
-    if ctx.dry_run:
-        return False
-    try:
-        with ctx.store.read() as conn:
-            step = RunHistory(conn).step(ctx.step_id)
-        return step is not None and json.loads(step.counters or "{}").get("pages") == number
-    except Exception:  # (the page's own error is the one to raise; this only decides its counts)
-        return False
-
-
-def _write_page(
-    ctx: StepContext, applier: _PageApplier, page: Page, number: int, resume: _Checkpoint | None, full: bool
-) -> None:
-    """The transaction of :func:`_commit_page`."""
-    with ctx.store.transaction() as conn:
+    with ctx.unit_of_work("pages", number) as conn:
         if resume is not None and number == 1:
             _adopt(conn, ctx, resume)
         applier.apply(conn, page.entries)
@@ -732,10 +691,9 @@ def _write_page(
                 resume.steps if resume else (),
             )
             repo.save(conn, import_checkpoint=done.dumps())
-        # what the step got done, kept with the work itself: a process killed before the step's
-        # end (kill -9, a reboot) leaves these in history instead of nothing
-        done_counters = _page_counters(ctx.result.counters.copy(), page, number)
-        RunHistory(conn).note_progress(ctx.step_id, json.dumps(dict(done_counters), default=str))
+        # counted with the page: noted with it in history (a process killed before the step's end, by
+        # kill -9 or a reboot, leaves them there instead of nothing)
+        _page_counters(ctx.result.counters, page, number)
 
 
 def _page_counters(counters: Counter[str], page: Page, number: int) -> Counter[str]:

@@ -13,7 +13,10 @@ since the agent's last synchronization, so that a delta joins what a full sync w
    object seen), evaluate export flows (through transforms) against the hologram and the exports
    still awaiting confirmation, and stage the difference as the pending export.
 
-Work is done in chunks, one transaction each, with everything the chunk needs loaded in bulk.
+Work is done in chunks, one transaction each, with everything the chunk needs loaded in bulk. What a
+chunk counts (joins, projections, staged exports, errors) is the step's only once its transaction is in:
+a chunk that Ctrl-C rolls back takes its counts with it (``StepContext.unit_of_work``), so history says
+what the store kept, and the counter ``chunks`` says how many chunks it kept.
 """
 
 from __future__ import annotations
@@ -720,10 +723,10 @@ class _Sync:
             )
         ctx.progress.start(f"{ctx.agent}: {'full' if self.full else 'delta'} synchronization", total)
         with _chunked_gc() as chunk_done:
-            for rows in self._chunks():
-                with ctx.store.transaction() as conn:
+            for number, rows in enumerate(self._chunks(), 1):
+                # the chunk's counts and errors go with it: see StepContext.unit_of_work
+                with ctx.unit_of_work("chunks", number) as conn:
                     self._chunk(conn, rows)
-                    ctx.flush_errors(conn)
                 chunk_done()
                 ctx.progress.advance(len(rows))
                 ctx.check_error_limit()

@@ -174,3 +174,21 @@ def thumbnails_to_ad(world: World, users: int) -> None:
     add_users(world, users)
     for i in range(users):
         world.exo["objects"][f"exo-{i:03d}"]["photo"] = photo(i, 200)
+
+
+def recorded_step(world: World, run_id: int) -> tuple[str, dict[str, Any], list[str | None]]:
+    """The only step of run ``run_id`` as history recorded it: its status, its counters and the anchors of
+    its errors (what an interrupted step says it did, to hold against what the store kept)."""
+    import json
+
+    from connector.store import RunHistory, SqlStore
+
+    store = SqlStore(world.config.store_url())
+    try:
+        with store.read() as conn:
+            history = RunHistory(conn)
+            [step] = history.steps(run_id)
+            errors = history.errors(step.id, 100)
+    finally:
+        store.close()
+    return step.status, json.loads(step.counters), [e.anchor for e in errors]

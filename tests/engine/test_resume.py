@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
-from tests.engine.conftest import World, numbered_ad_users, with_profiles
+from tests.engine.conftest import World, numbered_ad_users, recorded_step, with_profiles
 from tests.engine.memory import directory
 
 PROFILES = {
@@ -126,23 +126,6 @@ def test_a_dry_run_neither_resumes_nor_discards(world: World, tmp_path: Path) ->
     _ = directory  # the module's directories are what the connector reads
 
 
-def _interrupted_step(world: World) -> tuple[str, dict[str, Any], list[str | None]]:
-    """The first run's step as history recorded it: its status, its counters and the anchors of its errors."""
-    import json
-
-    from connector.store import RunHistory
-
-    store = SqlStore(world.config.store_url())
-    try:
-        with store.read() as conn:
-            history = RunHistory(conn)
-            [step] = history.steps(1)
-            errors = history.errors(step.id, 100)
-    finally:
-        store.close()
-    return step.status, json.loads(step.counters), [e.anchor for e in errors]
-
-
 def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -170,7 +153,7 @@ def test_a_page_rolled_back_by_ctrl_c_takes_its_counts_and_errors_with_it(
         engine.run_profile("ad-full")
     monkeypatch.undo()
     assert set(_cs(world)["objects"]) == {f"u{i:02d}" for i in range(10)} - {"u03"}  # pages 1 and 2
-    status, counters, errors = _interrupted_step(world)
+    status, counters, errors = recorded_step(world, 1)
     assert status == "stopped-interrupted"
     assert (counters["pages"], counters["adds"], counters["import_errors"]) == (2, 9, 1), counters
     assert errors == ["u03"]
@@ -216,7 +199,7 @@ def test_ctrl_c_that_surfaces_just_after_a_pages_commit_keeps_that_pages_counts(
         engine.run_profile("ad-full")
     monkeypatch.undo()
     assert set(_cs(world)["objects"]) == {f"u{i:02d}" for i in range(15)} - {"u03", "u12"}  # pages 1 to 3
-    status, counters, errors = _interrupted_step(world)
+    status, counters, errors = recorded_step(world, 1)
     assert status == "stopped-interrupted"
     assert (counters["pages"], counters["adds"], counters["import_errors"]) == (3, 13, 2), counters
     assert errors == ["u03", "u12"]
