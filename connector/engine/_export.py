@@ -346,71 +346,83 @@ def _record_before_stop(
 def _apply_results(
     ctx: StepContext, rows: list[PendingExportRow], changes: list[CSEntryChange], results: list[ExportResult]
 ) -> None:
-    counters = ctx.result.counters
-    by_id = _results_by_identifier(ctx, changes, results)
-    answers = [by_id.get(change.identifier) or _no_result(change) for change in changes]
-    sources = _sources(ctx, [row for row, r in zip(rows, answers, strict=True) if r.status != ExportStatus.SUCCESS])
-    now = time.time()
-    updates: list[dict[str, Any]] = []
-    for row, change, result in zip(rows, changes, answers, strict=True):
-        for outcome in photo_outcomes(change, result, row.hologram, row.id):
-            metrics.photo(outcome)
-        unconfirmed = _loads(row.unconfirmed, "cs_object", row.id, "unconfirmed") if row.unconfirmed else {}
-        if result.status == ExportStatus.SUCCESS:
-            if row.export_type == "delete":
-                unconfirmed = {DELETE_MARK: True}
-            else:
-                unconfirmed.update(
-                    _loads(row.export_changes, "cs_object", row.id, "export_changes") if row.export_changes else {}
-                )
-            counters[f"export_{change.modification.value}s"] += 1
-            updates.append(
-                {
-                    "_id": row.id,
-                    "export_type": None,
-                    "export_changes": None,
-                    "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
-                    "export_error": None,
-                    "anchor": result.anchor or row.anchor,
-                    "updated_at": now,
-                }
-            )
-        else:
-            counters["export_errors" if result.status == ExportStatus.FAILED else "export_retryable"] += 1
-            previous = _loads(row.export_error, "cs_object", row.id, "export_error") if row.export_error else {}
-            detail = _with_source(result.error_detail, sources.get(row.id))
-            error = {
-                "name": result.error_name or "cd-error",
-                "detail": detail,
-                "status": result.status.value,
-                "attempts": int(previous.get("attempts", 0)) + 1,
-            }
-            ctx.error(
-                ObjectError(
-                    "export",
-                    str(error["name"]),
-                    detail or "(no detail)",
-                    anchor=row.anchor,
-                    object_class=row.object_class,
-                    cs_id=row.id,
-                )
-            )
-            updates.append(
-                {
-                    "_id": row.id,
-                    "export_type": row.export_type,
-                    "export_changes": row.export_changes,
-                    "unconfirmed": row.unconfirmed,
-                    "export_error": _dumps(error),
-                    "anchor": row.anchor,
-                    "updated_at": now,
-                }
-            )
-    with ctx.store.transaction() as conn:
+    """Record a batch's results, and count them, in one unit of work (``StepContext.unit_of_work``).
+
+    Why one unit: the connector already wrote the batch, and Ctrl-C may still roll its record back (before
+    the COMMIT) or land after it. Rolled back, the exports stay pending and the next export sends them again
+    (a replace of the same values, which the shipped agents' exports are), so history must not count them
+    as exported: it did (13 exports and 2 errors where the store recorded 9 and 1). Committed, it counts
+    them. The counter ``batches`` numbers the batches recorded.
+    """
+    with ctx.unit_of_work("batches", ctx.result.counters["batches"] + 1) as conn:
+        by_id = _results_by_identifier(ctx, changes, results)
+        answers = [by_id.get(change.identifier) or _no_result(change) for change in changes]
+        failed = [row for row, r in zip(rows, answers, strict=True) if r.status != ExportStatus.SUCCESS]
+        sources = export_sources(conn, ctx.config, ctx.agent, failed) if failed else {}
+        updates = [
+            _result_update(ctx, row, change, result, sources.get(row.id))
+            for row, change, result in zip(rows, changes, answers, strict=True)
+        ]
         space = ConnectorSpace(conn)
         _keep_restaged_exports(space, rows, updates)
         space.record_exports(updates)
-        ctx.flush_errors(conn)
+
+
+def _result_update(
+    ctx: StepContext, row: PendingExportRow, change: CSEntryChange, result: ExportResult, source: str | None
+) -> dict[str, Any]:
+    """The connector-space update that records ``result`` on ``row`` (counted, and a failure recorded as
+    the person's error); ``source``: where a failed value came from."""
+    counters = ctx.result.counters
+    for outcome in photo_outcomes(change, result, row.hologram, row.id):
+        metrics.photo(outcome)
+    now = time.time()
+    if result.status == ExportStatus.SUCCESS:
+        unconfirmed = _loads(row.unconfirmed, "cs_object", row.id, "unconfirmed") if row.unconfirmed else {}
+        if row.export_type == "delete":
+            unconfirmed = {DELETE_MARK: True}
+        else:
+            unconfirmed.update(
+                _loads(row.export_changes, "cs_object", row.id, "export_changes") if row.export_changes else {}
+            )
+        counters[f"export_{change.modification.value}s"] += 1
+        return {
+            "_id": row.id,
+            "export_type": None,
+            "export_changes": None,
+            "unconfirmed": _dumps(unconfirmed) if unconfirmed else None,
+            "export_error": None,
+            "anchor": result.anchor or row.anchor,
+            "updated_at": now,
+        }
+    counters["export_errors" if result.status == ExportStatus.FAILED else "export_retryable"] += 1
+    previous = _loads(row.export_error, "cs_object", row.id, "export_error") if row.export_error else {}
+    detail = _with_source(result.error_detail, source)
+    error = {
+        "name": result.error_name or "cd-error",
+        "detail": detail,
+        "status": result.status.value,
+        "attempts": int(previous.get("attempts", 0)) + 1,
+    }
+    ctx.error(
+        ObjectError(
+            "export",
+            str(error["name"]),
+            detail or "(no detail)",
+            anchor=row.anchor,
+            object_class=row.object_class,
+            cs_id=row.id,
+        )
+    )
+    return {
+        "_id": row.id,
+        "export_type": row.export_type,
+        "export_changes": row.export_changes,
+        "unconfirmed": row.unconfirmed,
+        "export_error": _dumps(error),
+        "anchor": row.anchor,
+        "updated_at": now,
+    }
 
 
 def _no_result(change: CSEntryChange) -> ExportResult:
@@ -418,15 +430,6 @@ def _no_result(change: CSEntryChange) -> ExportResult:
     return ExportResult.retry(
         change.identifier, "cd-error", "the connector returned no result for this change; it stays pending"
     )
-
-
-def _sources(ctx: StepContext, failed: list[PendingExportRow]) -> dict[int, str]:
-    """Where the values of the ``failed`` exports came from (``connector.engine._provenance``), read
-    only when a batch has failures: a clean batch costs no read."""
-    if not failed:
-        return {}
-    with ctx.store.read() as conn:
-        return export_sources(conn, ctx.config, ctx.agent, failed)
 
 
 def _with_source(detail: str | None, source: str | None) -> str | None:
