@@ -11,6 +11,7 @@ chosen unit ends, just before its COMMIT (rolled back) or just after it (committ
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -88,11 +89,16 @@ def _interrupted(monkeypatch: pytest.MonkeyPatch, marker: tuple[type, str], nth:
 
 
 def _joined_mailboxes(world: World) -> dict[str, int]:
-    """The mailboxes joined to a metaverse object that exists, and its id."""
+    """The mailboxes joined to a metaverse object that exists, and its id; checks that the metaverse objects
+    holding a photo (which only a mailbox brings) are exactly theirs, each joined by one mailbox."""
     with world.engine.store.read() as conn:
-        mv_ids = set(conn.execute(select(mv_object.c.id)).scalars())
+        mv_rows = conn.execute(select(mv_object.c.id, mv_object.c.attributes)).all()
         rows = conn.execute(select(cs_object.c.anchor, cs_object.c.mv_id).where(cs_object.c.agent == "exo")).all()
-    return {r.anchor: r.mv_id for r in rows if r.mv_id is not None and r.mv_id in mv_ids}
+    mv_ids = {r.id for r in mv_rows}
+    joined = {r.anchor: r.mv_id for r in rows if r.mv_id is not None and r.mv_id in mv_ids}
+    with_photo = {r.id for r in mv_rows if "photo" in json.loads(r.attributes)}
+    assert with_photo == set(joined.values()) and len(with_photo) == len(joined), (with_photo, joined)
+    return joined
 
 
 def _ad_rows(world: World) -> dict[str, Any]:
