@@ -635,6 +635,18 @@ def deny_write(settings: ADSettings, account: KerberosAccount, object_dn: str, a
     _require(done, f"samba-tool dsacl set {sddl}")
 
 
+def allow_write(settings: ADSettings, account: KerberosAccount, object_dn: str, attribute: str) -> None:
+    """Let ``account`` write ``attribute`` on the object ``object_dn`` itself (an explicit allow ACE on it).
+
+    What ``dsacls OBJECT /G "DOMAIN\\account:WP;attribute"`` grants. An explicit ACE comes before the
+    inherited ones in the DACL's order ("Order of ACEs in a DACL", Microsoft Learn), so it holds whatever the
+    object's OU grants or denies.
+    """
+    sddl = f"(OA;;WP;{_schema_guid(settings, attribute)};;{account.sid})"
+    done = _samba_tool(_dc_of(settings), "dsacl", "set", f"--objectdn={object_dn}", f"--sddl={sddl}")
+    _require(done, f"samba-tool dsacl set {sddl}")
+
+
 def withdraw_write(settings: ADSettings, account: KerberosAccount, ou_dn: str, attribute: str) -> None:
     """Take "write ``attribute`` of user objects below ``ou_dn``" away from ``account`` (what ``grant_write``
     gave): an inherit-only deny ACE on the OU, which Samba propagates to the users below.

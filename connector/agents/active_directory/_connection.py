@@ -77,6 +77,7 @@ __all__ = [
     "ServerUnreachable",
     "dc_entries",
     "describe_failure",
+    "paged_cookie",
     "result_detail",
 ]
 
@@ -757,6 +758,17 @@ class LinkPool:
         """The links made so far, in the order they were made (the first is the step's own)."""
         with self._lock:
             return list(self._created)
+
+
+#: The simple paged results control (RFC 2696; AD: LDAP_PAGED_RESULT_OID_STRING).
+PAGED_OID = "1.2.840.113556.1.4.319"
+
+
+def paged_cookie(result: dict[str, Any]) -> bytes | None:
+    """The cookie a paged search's answer (``conn.result``) hands back for its next page; None when it is done."""
+    value = result.get("controls", {}).get(PAGED_OID, {}).get("value", {})
+    cookie: bytes | None = value.get("cookie") or None
+    return cookie
 
 
 def search_entries(conn: Connection) -> list[dict[str, Any]]:

@@ -71,6 +71,7 @@ from connector.agents.active_directory._connection import (
     ServerUnreachable,
     dc_entries,
     dc_state_stop,
+    paged_cookie,
     result_detail,
 )
 from connector.agents.active_directory._ldap import (
@@ -107,7 +108,6 @@ __all__ = ["IMPORT_STOPPED", "DcIdentity", "Importer", "Watermark"]
 
 T = TypeVar("T")
 
-_PAGED_OID = "1.2.840.113556.1.4.319"
 _DIRSYNC_OID = "1.2.840.113556.1.4.841"
 _DIRSYNC_MAX_BYTES = 1 << 20
 #: Matches nothing: a DirSync round with it yields a cookie for "now" without reading the domain.
@@ -782,8 +782,7 @@ class Importer:
             self._restarted(base, f"the DC refused its cookie: {result.get('result')} {result.get('description')}")
             return self._paged(base, search_filter, size, None, None, attributes=attributes, controls=controls)
         self._raise_for(result, base)
-        value = result.get("controls", {}).get(_PAGED_OID, {}).get("value", {})
-        return entries, value.get("cookie") or None, self.link.connection_number
+        return entries, paged_cookie(result), self.link.connection_number
 
     def _restarted(self, base: str, why: str) -> None:
         """Count a paged search that starts again from its first page; stop the step past ``_RESTARTS_MAX``."""

@@ -26,12 +26,19 @@ from typing import Any
 from ldap3 import BASE, LEVEL, SUBTREE, Connection
 from ldap3.utils.dn import parse_dn
 
-from connector.agents.active_directory._connection import Link, dc_entries, search_entries
+from connector.agents.active_directory._connection import (
+    Link,
+    dc_entries,
+    paged_cookie,
+    result_detail,
+    search_entries,
+)
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import StopRunError
 
 __all__ = [
     "EFFECTIVE",
+    "SIBLINGS_MAX",
     "STATUS",
     "Gap",
     "account_label",
@@ -83,8 +90,15 @@ def read_effective(link: Link, dn: str) -> frozenset[str]:
     return link.run(operation)
 
 
-#: Other objects of a container ``writable_elsewhere`` looks at (enough to tell a grant that exists).
-_SIBLINGS_READ = 20
+#: Objects of a container one page of ``writable_elsewhere``'s search asks for.
+_SIBLINGS_PAGE = 100
+#: Most objects of a container ``writable_elsewhere`` reads (README, "Rights are checked before the first
+#: write"): past them, with none writable, it takes the grant for missing. Why a bound: this is the bad path of
+#: an OU of possibly tens of thousands, and each object read costs the DC the rights computation.
+SIBLINGS_MAX = 1000
+#: Most pages of that search. Why: RFC 2696 promises no full pages (ASSUMPTION: a DC may answer one with fewer
+#: objects than asked, none included, and a cookie); this bounds the round trips however short they are.
+_SIBLINGS_PAGES = 2 * SIBLINGS_MAX // _SIBLINGS_PAGE
 
 
 def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
@@ -94,20 +108,56 @@ def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
     the people an OU grant does not reach (the retry of yesterday's per-object errors, one photo changed)
     has none of their neighbours, and a grant that exists looked missing: the step stopped, advising a
     grant that is there. One one-level search of the container, on this bad path only, tells them apart.
+
+    Why paged, up to ``SIBLINGS_MAX`` objects, stopping after the first page that holds a writable one: the
+    first objects the DC answers can all be ones the grant does not reach (the blocked people themselves,
+    protected accounts, deny entries), and reading only the first 20 took an existing grant for missing. The
+    count is of the writable objects of the last page read. A search the DC answers busy, unavailable or out of
+    time is ``DcRefused`` (``dc_entries``), and one that ends in any other error before a writable object is
+    found a ``StopRunError``: either way an unfinished read is never taken for "no grant".
     """
-
-    def operation(conn: Connection) -> list[dict[str, Any]]:
-        conn.search(
-            gap.container, f"(objectClass={object_class})", LEVEL, attributes=[EFFECTIVE], size_limit=_SIBLINGS_READ
-        )
-        return dc_entries(conn, f"the read of the rights in {gap.container}")
-
     blocked = {dn.lower() for dn in gap.dns}
     wanted = gap.attribute.lower()
-    return sum(
-        1
-        for entry in link.run(operation)
-        if entry["dn"].lower() not in blocked and wanted in (effective_of(entry) or frozenset())
+    search_filter = f"(objectClass={object_class})"
+    what = f"the read of the rights in {gap.container}"
+
+    def writable(entry: Mapping[str, Any]) -> bool:
+        return entry["dn"].lower() not in blocked and wanted in (effective_of(entry) or frozenset())
+
+    def operation(conn: Connection) -> int:
+        read, found, cookie = 0, 0, None
+        for _page in range(_SIBLINGS_PAGES):
+            size = min(_SIBLINGS_PAGE, SIBLINGS_MAX - read)
+            conn.search(
+                gap.container, search_filter, LEVEL, attributes=[EFFECTIVE], paged_size=size, paged_cookie=cookie
+            )
+            entries = dc_entries(conn, what)
+            result = dict(conn.result or {})
+            read += len(entries)
+            found = sum(1 for entry in entries if writable(entry))
+            cookie = paged_cookie(result)
+            if not found and result.get("result") not in (0, None):
+                raise _unfinished(link, gap, what, result, read)
+            if found or not cookie or read >= SIBLINGS_MAX:
+                break
+        if cookie:  # RFC 2696 (3): a page size of 0 with the cookie abandons the search (the DC frees its result set)
+            conn.search(gap.container, search_filter, LEVEL, attributes=["1.1"], paged_size=0, paged_cookie=cookie)
+        return found
+
+    return link.run(operation)
+
+
+def _unfinished(link: Link, gap: Gap, what: str, result: dict[str, Any], read: int) -> StopRunError:
+    """The stop for a read of ``gap``'s neighbours that the DC ended with an error before one writable was found.
+
+    Why not 0: with part of the container unread, "no grant" is a guess, and the advice to grant it again sent
+    the operator to a grant that may be there. A later page refused (53, 12) means the DC discarded the search's
+    result set (see ``_import._COOKIE_GONE``); asking again later reads it whole."""
+    return StopRunError(
+        f"{link.describe()} ended {what} after {read} object(s) with {result_detail(result)}, before an object "
+        f"{gap.attribute} may be written on was found: whether the grant on {gap.container} exists is unknown; "
+        "nothing was written for these people, they stay pending: run the export again later, or list another DC "
+        "first"
     )
 
 
