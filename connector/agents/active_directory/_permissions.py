@@ -31,7 +31,6 @@ from connector.agents.active_directory._connection import (
     dc_entries,
     paged_cookie,
     result_detail,
-    search_entries,
 )
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import StopRunError
@@ -185,7 +184,13 @@ def find_gaps(needs: Iterable[tuple[str, Iterable[str], frozenset[str]]]) -> lis
 
 
 def account_label(link: Link, settings: ActiveDirectorySettings, domain_root: str) -> str:
-    """``DOMAIN\\sAMAccountName`` of the bound account, as ``dsacls`` takes it (best effort)."""
+    """``DOMAIN\\sAMAccountName`` of the bound account, as ``dsacls`` takes it (best effort).
+
+    Why best effort: the label only decorates a refusal (or a doctor finding) already decided; a DC that answers
+    its searches busy, unavailable or not at all must not turn that verdict into another stop. Such an answer is
+    not "no such account" either: the account is then named as configured (``settings.account``), and a warning
+    says why the messages do not name it ``DOMAIN\\name``.
+    """
     if settings.auth == "simple" and settings.bind_dn and "\\" in settings.bind_dn:
         return settings.bind_dn
     if settings.auth == "simple" and settings.bind_dn and "=" in settings.bind_dn:
@@ -198,7 +203,7 @@ def account_label(link: Link, settings: ActiveDirectorySettings, domain_root: st
 
     def operation(conn: Connection) -> str | None:
         conn.search(*search, attributes=["sAMAccountName"], size_limit=1)
-        entries = search_entries(conn)
+        entries = dc_entries(conn, "the search for the bound account's sAMAccountName")
         if not entries:
             return None
         name = entries[0]["raw_attributes"].get("sAMAccountName", [b""])[0]
@@ -208,12 +213,19 @@ def account_label(link: Link, settings: ActiveDirectorySettings, domain_root: st
             SUBTREE,
             attributes=["nETBIOSName"],
         )
-        netbios = next((e["raw_attributes"]["nETBIOSName"][0] for e in search_entries(conn)), b"")
+        found = dc_entries(conn, "the search for the domain's NetBIOS name")
+        netbios = next((e["raw_attributes"]["nETBIOSName"][0] for e in found), b"")
         return f"{bytes(netbios).decode()}\\{bytes(name).decode()}" if netbios and name else None
 
     try:
         return link.run(operation) or settings.account
-    except Exception:  # the label only decorates a refusal; never let it hide the refusal itself
+    except Exception as exc:  # the label only decorates a refusal; never let it hide the refusal itself
+        link.logger.warning(
+            "the messages name the bound account as %s, not DOMAIN\\name: %s (%s)",
+            settings.account,
+            exc,
+            type(exc).__name__,
+        )
         return settings.account
 
 

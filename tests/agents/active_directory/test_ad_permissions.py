@@ -3,10 +3,12 @@ before anything is written, and names the account, attribute, OU and the ``dsacl
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ldap3 import Connection
 
 from connector.config import config_from_dict
 from connector.engine import Engine, StepResult
@@ -219,3 +221,38 @@ def test_account_without_any_right_is_read_object_by_object_and_named_by_its_dn(
     assert f'dsacls "{ad_env.ou}" /I:S /G "MVSYNC\\{weak}:RPWP;thumbnailPhoto;user"' in str(caught.value)
     for name in guids:
         assert ad_env.read(name, "thumbnailPhoto") == []
+
+
+@pytest.mark.parametrize("search", ["account", "netbios-name"])
+def test_a_busy_answer_to_the_account_name_s_search_leaves_the_refusal_whole(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, monkeypatch: pytest.MonkeyPatch, caplog: Any, search: str
+) -> None:
+    """The refusal's ``DOMAIN\\name`` comes from two searches (the account's sAMAccountName, the domain's NetBIOS
+    name) made after the rights were read. Either answered busy (51) stops nothing of its own: the refusal stands
+    (stopped-permission-issue, the OU, the attribute, the grant), naming the account as configured (its
+    principal), and a warning says why it is not ``DOMAIN\\name``; a busy answer is not taken for "no such account"
+    in silence."""
+    people, other, _good, bad = _two_ous(ad_env, samba_kerberos)
+    real = Connection.search
+    marker = "(sAMAccountName=" if search == "account" else "(nETBIOSName=*)"
+
+    def busy_for_the_label(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+        if marker not in search_filter:
+            return real(self, base, search_filter, *args, **kwargs)
+        self.response = []
+        self.result = {"result": 51, "description": "busy", "message": "problem 5001", "type": "searchResDone"}
+        return False
+
+    monkeypatch.setattr(Connection, "search", busy_for_the_label)
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people, other]))
+    with caplog.at_level(logging.WARNING, logger="mvsync.agent.ad"), pytest.raises(StopRunError) as caught:
+        connector.export(
+            [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(bad.values())]
+        )
+    assert caught.value.status == "stopped-permission-issue", str(caught.value)
+    account = samba_kerberos.principal
+    assert f"{account} may not write thumbnailPhoto on 2 object(s) in {other}" in str(caught.value), str(caught.value)
+    assert f'grant it with: dsacls "{other}" /I:S /G "{account}:RPWP;thumbnailPhoto;user"' in str(caught.value)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("51 busy: problem 5001" in w and f"as {account}" in w for w in warnings), warnings
+    assert connector.export_stats.writes == 0
