@@ -210,19 +210,22 @@ def test_a_busy_answer_to_a_later_page_stops_the_export_as_the_dc_s_state_not_as
 
 
 def test_a_later_page_the_dc_refuses_is_not_taken_for_a_missing_grant(
-    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, link: Link, monkeypatch: pytest.MonkeyPatch
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A later page sent with a cookie the DC does not hold (as after it discarded the result set under load):
-    the DC's own refusal (Samba: 53 unwillingToPerform) stops the check naming the OU and the DC, instead of
-    0 writable neighbours and the advice to grant what may be granted."""
+    the DC's own refusal (Samba: 53 unwillingToPerform) stops the export naming the OU and the DC, with nothing
+    written, instead of 0 writable neighbours and the advice to grant what may be granted."""
     people = _people(ad_env, samba_kerberos, one_writable=False)
     monkeypatch.setattr(_permissions, "_SIBLINGS_PAGE", 4)
     real = _permissions.paged_cookie
     monkeypatch.setattr(_permissions, "paged_cookie", lambda result: real(result) and b"discarded")
-    gap = Gap(_PHOTO, people.ou, people.others()[:1])
+    connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people.ou]))
+    dn = people.others()[0]
     with pytest.raises(StopRunError) as caught:
-        writable_elsewhere(link, gap, "user")
+        connector.export([update(people.guids[dn], AttributeChange.replace(_PHOTO, jpeg(1)))])
     message = str(caught.value)
+    assert caught.value.status == "stopped-connector-error", message
     assert f"ended the read of the rights in {people.ou} after 4 object(s) with 53 " in message, message
     assert f"whether the grant on {people.ou} exists is unknown" in message, message
-    assert f"{ad_env.ad.host}:{ad_env.ad.ldaps_port}" in message, message
+    assert f"{ad_env.ad.host}:{ad_env.ad.ldaps_port}" in message and "dsacls" not in message, message
+    assert connector.export_stats.writes == 0 and ad_env.read(dn.split(",")[0][3:], _PHOTO, people.ou) == []
