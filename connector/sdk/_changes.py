@@ -37,13 +37,18 @@ class HashedBytes(bytes):
 
     A connector that already hashed a photo (to compare it, or to stage its checksum attribute)
     hands the bytes over in this form; the store addresses blobs by that very hash.
+
+    Making one copies ``data``: CPython gives a subclass of ``bytes`` a buffer of its own, never
+    another object's. So a connector wraps a photo where its bytes are first whole, hashes it here
+    (``sha256`` left out), and lets the plain bytes go at once: otherwise each photo is held twice,
+    on every worker thread, until they go. The engine and the store keep this object itself, no copy.
     """
 
     sha256: str
 
     def __new__(cls, data: bytes, sha256: str | None = None) -> HashedBytes:
         made = super().__new__(cls, data)
-        made.sha256 = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
+        made.sha256 = sha256 if sha256 is not None else hashlib.sha256(made).hexdigest()
         return made
 
     def __reduce__(self) -> tuple[Any, ...]:

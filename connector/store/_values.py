@@ -71,7 +71,9 @@ def _encode_one(value: Any, put_blob: Callable[[str, bytes], None]) -> Any:
     if isinstance(value, bool | int):
         return value
     if isinstance(value, bytes | bytearray | memoryview):
-        data = bytes(value)
+        # bytes as they are, a subclass too: ``bytes(value)`` of a HashedBytes copies it, and the page's
+        # blobs then held every photo a second time beside its entry until the page was written
+        data = value if isinstance(value, bytes) else bytes(value)
         # a value that carries its hash (connector.sdk.HashedBytes) is not hashed again
         known = getattr(value, "sha256", None)
         sha = known if isinstance(known, str) else hashlib.sha256(data).hexdigest()
