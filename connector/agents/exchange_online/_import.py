@@ -51,7 +51,6 @@ from connector.sdk import (
     CSEntryChange,
     Deferred,
     DeltaWatermark,
-    HashedBytes,
     ImportItem,
     ImportRun,
     ResumeRefusedError,
@@ -536,8 +535,8 @@ class Importer:
             counts.append(Count("mailbox_on_premises"))
         values: dict[str, Any] = {"id": user_id, **attrs, **location}
         if photo and outcome.data is not None and checksum is not None:
-            data = HashedBytes(outcome.data, checksum)  # hashed once, in PhotoOutcome
-            values.update(photo_values("EXO", data, checksum, outcome.etag, verified or now))
+            # staged as it came (HashedBytes, hashed once, in _photos._taken): a copy would hold it twice
+            values.update(photo_values("EXO", outcome.data, checksum, outcome.etag, verified or now))
             if outcome.content_type is not None:
                 values[PHOTO_CONTENT_TYPE] = outcome.content_type
         return [CSEntryChange.add(OBJECT_CLASS, user_id, values), state.update(), *counts]

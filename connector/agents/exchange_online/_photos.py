@@ -20,13 +20,13 @@ gone (deleted since the listing), which is not "no photo" and must not clear a p
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from connector.agents.exchange_online._graph import RETRYABLE_STATUS, BatchItem, GraphResponse
 from connector.agents.exchange_online._hybrid import MAILBOX_NOT_FOUND_CODES, ON_PREMISES_ETAG, mailbox_on_premises
 from connector.agents.exchange_online._settings import HD_PHOTO_SIZES
+from connector.sdk import HashedBytes
 
 __all__ = [
     "NO_MAILBOX_CODE",
@@ -74,7 +74,8 @@ class PhotoTask:
 class PhotoOutcome:
     task: PhotoTask
     kind: OutcomeKind
-    data: bytes | None = None
+    #: the photo, hashed once, as it is staged (see ``_taken``)
+    data: HashedBytes | None = None
     etag: str | None = None
     error: str = ""
     detail: str = ""
@@ -84,7 +85,7 @@ class PhotoOutcome:
 
     def __post_init__(self) -> None:
         if self.data is not None and not self.checksum:
-            self.checksum = hashlib.sha256(self.data).hexdigest()
+            self.checksum = self.data.sha256
 
 
 def normalize_etag(value: object) -> str | None:
@@ -156,6 +157,18 @@ def _no_picture(resp: GraphResponse) -> str:
     except ImageError as exc:
         return exc.detail
     return ""
+
+
+def _taken(resp: GraphResponse) -> HashedBytes:
+    """The answer's photo as it is staged (``HashedBytes``, hashed here once), taken out of the answer.
+
+    Why taken, not shared: wrapping copies the bytes (see ``HashedBytes``), and the answer outlives
+    this call (the worker's loop holds it while the user's entry is made, and until the next answer).
+    With its body left empty the plain bytes go as soon as they are copied: each photo is held once.
+    """
+    data = HashedBytes(resp.body)
+    resp.body = b""
+    return data
 
 
 def _format_of(data: bytes) -> str | None:
@@ -275,7 +288,8 @@ def read_response(task: PhotoTask, resp: GraphResponse, configured_size: str) ->
         # The version is the metadata's mediaEtag, the value the next probe compares against. The bytes'
         # ETag header is another value altogether in Graph (W/"<64 hex>", new on every upload; see
         # connector/emulator/_graph.py), so falling back to it would never match and force a download.
-        return PhotoOutcome(task, "photo", data=resp.body, etag=task.etag, content_type=_format_of(resp.body))
+        content_type = _format_of(resp.body)
+        return PhotoOutcome(task, "photo", data=_taken(resp), etag=task.etag, content_type=content_type)
     detail = (
         f"the photo download answered HTTP 200 with {len(resp.body):,} bytes of "
         f"{resp.headers.get('content-type') or 'no content type'} that are no usable picture ({problem}); any "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -118,12 +119,15 @@ def test_batch_items_from_the_docs() -> None:
     placeholder = read_response(PhotoTask("d", "get", "240x240", "BA09D118"), binary, "648x648")
     assert isinstance(placeholder, PhotoOutcome) and placeholder.kind == "error"
     assert placeholder.error == "graph-malformed-response"
-    binary.body = _tiny_jpeg()
+    binary.body = photo = _tiny_jpeg()
     got = read_response(PhotoTask("d", "get", "240x240", "BA09D118"), binary, "648x648")
     assert isinstance(got, PhotoOutcome) and got.kind == "photo"
-    assert got.data == binary.body and got.etag == "BA09D118"
+    assert got.data == photo and got.etag == "BA09D118"
+    assert got.data is not None and got.checksum == got.data.sha256 == hashlib.sha256(photo).hexdigest()
+    assert binary.body == b""  # taken out of the answer: the photo is held once (_photos._taken)
     # the bytes' ETag header (W/"f7ff...", 64 hex) is not a mediaEtag: never taken as the version
     assert binary.headers["etag"].startswith('W/"f7ff')
+    binary.body = photo
     unversioned = read_response(PhotoTask("d", "get", "240x240"), binary, "648x648")
     assert isinstance(unversioned, PhotoOutcome) and unversioned.kind == "photo" and unversioned.etag is None
 
