@@ -94,6 +94,15 @@ def binary_size(item: ImportItem) -> int:
     return size
 
 
+#: An item and its ``binary_size``, measured once, where it is handed to the engine's thread: the same
+#: number is added to the byte budget there and counted into the page it joins (and released with it).
+_Sized = tuple[ImportItem, int]
+
+
+def _sized(items: list[ImportItem]) -> list[_Sized]:
+    return [(item, binary_size(item)) for item in items]
+
+
 @dataclass(slots=True)
 class Page:
     """What the engine commits in one transaction."""
@@ -289,7 +298,7 @@ class StreamPager:
         self._running: Counter[int] = Counter()  # origin -> deferred tasks not yet finished
         self._in_page: Counter[int] = Counter()  # origin -> items buffered in the page being built
         #: Items of finished tasks that did not fit in the page being built (their origin stays running).
-        self._carry: list[tuple[int, Deferred[Any], list[ImportItem]]] = []
+        self._carry: list[tuple[int, Deferred[Any], list[_Sized]]] = []
         self._checkpoints: deque[tuple[int, str]] = deque()
         self._valid_checkpoint: str | None = None
         self._watermark: str | None = None
@@ -314,8 +323,9 @@ class StreamPager:
                         raise _Stopped
                 if self._stop.is_set():
                     raise _Stopped
-                self.bytes_ahead.add(sum(binary_size(item) for item in items))
-                self._results.put((origin, items))
+                sized = _sized(items)
+                self.bytes_ahead.add(sum(size for _, size in sized))
+                self._results.put((origin, sized))
         except _Stopped:
             close = getattr(self._stream, "close", None)
             if close is not None:
@@ -353,12 +363,12 @@ class StreamPager:
             msg = f"{type(worker).__name__}.run returned {len(results)} results for {len(jobs)} tasks"
             self._results.put(_Fatal(RuntimeError(msg)))
             return False
-        finished = [(job.origin, job.deferred, items) for job, items in zip(jobs, results, strict=True)]
         if any(isinstance(item, Stop) for items in results if isinstance(items, list) for item in items):
             self._stop.set()  # no thread starts another task, not even this one
         elif self._stop.is_set():
             return False  # a call that ended while the step stops: its answers may be the stop's echo (cancelled)
-        self.bytes_ahead.add(sum(binary_size(item) for items in results for item in items))
+        finished = [(job.origin, job.deferred, _sized(items)) for job, items in zip(jobs, results, strict=True)]
+        self.bytes_ahead.add(sum(size for _, _, sized in finished for _, size in sized))
         self._results.put(("done", finished))
         return True
 
@@ -375,12 +385,13 @@ class StreamPager:
         jobs.put(Job(deferred, origin), front=front)
 
     # -- the engine's thread ----------------------------------------------------------------------
-    def _handle(self, origin: int, item: ImportItem, page: Page, ran: Deferred[Any] | None = None) -> None:
-        """One item of ``origin`` (``ran``: the task whose result it is, if any)."""
+    def _handle(self, origin: int, sized: _Sized, page: Page, ran: Deferred[Any] | None = None) -> None:
+        """One item of ``origin`` and its binary size (``ran``: the task whose result it is, if any)."""
+        item, size = sized
         if isinstance(item, CSEntryChange):
             page.entries.append(item)
             self._in_page[origin] += 1
-            self._page_bytes += binary_size(item)
+            self._page_bytes += size
         elif isinstance(item, StateUpdate):
             page.state[item.key] = item.value
             self._in_page[origin] += 1
@@ -428,18 +439,19 @@ class StreamPager:
             or self._page_bytes >= self.bytes_ahead.limit
         )
 
-    def _take(self, origin: int, ran: Deferred[Any], items: list[ImportItem], page: Page) -> None:
+    def _take(self, origin: int, ran: Deferred[Any], items: list[_Sized], page: Page) -> None:
         """A finished task's items; what does not fit waits for the next page, its origin still open
         (so no checkpoint after it counts as committed before they are). The state updates after an
         entry that fits go with it, over the page's limit if need be: an entry committed without its
         state would be fetched and staged again by a run resumed in between."""
         entered = False
-        for i, item in enumerate(items):
+        for i, sized in enumerate(items):
+            item = sized[0]
             if self._full(page, item) and not (entered and isinstance(item, StateUpdate)):
                 self._carry.append((origin, ran, items[i:]))
                 return
             entered = entered or isinstance(item, CSEntryChange)
-            self._handle(origin, item, page, ran)
+            self._handle(origin, sized, page, ran)
         self._running[origin] -= 1
         self._settle(origin)
 
@@ -464,8 +476,8 @@ class StreamPager:
                 self._take(origin, ran, items, page)
         else:
             origin, items = message
-            for item in items:
-                self._handle(origin, item, page)
+            for sized in items:
+                self._handle(origin, sized, page)
             self._settle(origin)
 
     def _checkpoint(self) -> str | None:
@@ -519,8 +531,8 @@ class StreamPager:
         """
         carried, self._carry = self._carry, []
         for origin, ran, items in carried:
-            for item in items:
-                self._handle(origin, item, page, ran)
+            for sized in items:
+                self._handle(origin, sized, page, ran)
             self._running[origin] -= 1
         page.checkpoint = self._checkpoint()
         page.counters, self.counters = self.counters, Counter()

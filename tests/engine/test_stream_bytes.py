@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
+import pytest
+
+from connector.engine import _stream
 from connector.engine._stream import StreamPager, binary_size
 from connector.sdk import AttributeChange, CSEntryChange, Deferred, ImportItem, StateUpdate, Worker
 
@@ -101,3 +105,44 @@ def test_binary_size_counts_the_bytes_of_whole_objects_and_of_attribute_changes(
     whole = CSEntryChange.add("thing", "a", {"photo": b"12345", "many": [b"12", "text"], "n": 3})
     change = CSEntryChange.update("thing", "a", [AttributeChange.add("photo", b"123", "x")])
     assert (binary_size(whole), binary_size(change), binary_size(StateUpdate("a", b"1234"))) == (7, 3, 0)
+
+
+class _ThreePhotos(Worker[str]):
+    """Answers each task with three entries holding a photo: more than a page of two holds."""
+
+    def run(self, tasks: list[Deferred[str]], cancel: threading.Event) -> list[list[ImportItem]]:
+        return [
+            [CSEntryChange.add("thing", f"{t.task}{n}", {"id": f"{t.task}{n}", "photo": bytes(PHOTO)}) for n in "abc"]
+            for t in tasks
+        ]
+
+
+def test_each_entry_is_measured_once_whether_it_fits_its_page_or_waits_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An entry's binary size is measured where it is handed to the engine's thread and travels with it:
+    the same number is added to the byte budget and counted into the page it joins, also when it waits
+    for the next page. Before, the page measured every entry again (each photo's values walked twice).
+    Entries from the source and from a worker whose every task answers three entries, pages of two
+    (so a task's third entry always waits for the next page): every entry measured once, all released."""
+    measured: Counter[str] = Counter()
+
+    def counted(item: ImportItem) -> int:
+        if isinstance(item, CSEntryChange):
+            measured[item.anchor] += 1
+        return binary_size(item)
+
+    monkeypatch.setattr(_stream, "binary_size", counted)
+    worker = _ThreePhotos()
+
+    def stream() -> Iterator[ImportItem]:
+        for i in range(6):
+            yield CSEntryChange.add("thing", f"s{i}", {"id": f"s{i}", "photo": bytes(PHOTO)})
+            yield Deferred(worker, f"t{i}")
+
+    pager = StreamPager(stream(), page_size=2, max_ahead=4, max_bytes_ahead=LIMIT)
+    pages = list(pager.pages())
+    anchors = sorted(e.anchor for page in pages for e in page.entries)
+    assert anchors == sorted([f"s{i}" for i in range(6)] + [f"t{i}{n}" for i in range(6) for n in "abc"])
+    assert measured == Counter(anchors), "an entry measured more than once (or never)"
+    assert pages[-1].last and pager.bytes_ahead.held == 0
