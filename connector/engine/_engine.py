@@ -32,6 +32,7 @@ from connector.engine._abandoned import close_abandoned_runs, close_abandoned_st
 from connector.engine._agents import load_metaverse_schema, open_connector, setting_paths, trust_problem
 from connector.engine._context import NullProgress, Progress, StepContext
 from connector.engine._export import run_export
+from connector.engine._heap import return_freed_heap
 from connector.engine._import import run_import
 from connector.engine._results import (
     RunResult,
@@ -410,6 +411,7 @@ class Engine:
             for seq, step in enumerate(steps, 1):
                 step_result = self._run_step(result, seq, step, progress, emit, wait_s)
                 result.steps.append(step_result)
+                return_freed_heap()  # what the step freed, not kept at its size for the next (see _heap)
                 if step_result.status.startswith("stopped-"):
                     break
         except BaseException as exc:
