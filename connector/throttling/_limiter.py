@@ -26,13 +26,12 @@ happened; BBR's delivery rate for telling a limit from noise):
   thread a whole Retry-After pause. After slow start's overshoot (up to twice the wall) the limit
   restarts at the census: that cut was a guess made before anything was measured, and regrowth from
   it only walks back up to the same wall, a round trip at a time (a ``$batch``'s is five of
-  Graph's): seconds below the wall in a run that may take ten. A census can overstate (a partly
-  refused ``$batch`` counts as many units as it ran items, up to its weight, though it may have held
-  them for part of the time only, and one in its last rounds runs fewer items than it weighs); then
-  the next push-back comes at once (the cut's trial is void once the census replaced the cut), the
-  pause that regrowth would have met a few round trips later, and its census restarts the limit too
-  if it reads above that push-back's cut (once: the second measurement is as good as the first, and
-  regrowth from the cut would take seconds).
+  Graph's): seconds below the wall in a run that may take ten. A census can overstate (a ``$batch``
+  refused for a few items counts most of its weight as carried, and one in its last rounds runs
+  fewer items than it weighs); then the next push-back comes at once (the cut's trial is void once
+  the census replaced the cut), the pause that regrowth would have met a few round trips later, and
+  its census restarts the limit too if it reads above that push-back's cut (once: the second
+  measurement is as good as the first, and regrowth from the cut would take seconds).
   Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
   known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
   ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
@@ -182,12 +181,9 @@ class _Census:
     #: The decrease was the first after a slow-start census restarted the limit: that census may have
     #: overstated the wall, and this one measures it again.
     recheck: bool = False
-    #: Units accepted: whole requests, plus what partly refused ``$batch``es held (``_carried``).
+    #: Units accepted: whole requests, plus the accepted share of partly refused ``$batch``es.
     accepted: float = 0.0
-    #: Units pushed back (a ``$batch``'s refused share of its weight): the census met a wall.
     refused: float = 0.0
-    #: Units answered (accepted or pushed back): the census is complete when they reach ``expected``.
-    answered: float = 0.0
 
 
 @dataclass(slots=True)
@@ -358,21 +354,11 @@ class AdaptiveLimiter:
             self.stats.in_flight = self._in_flight
             return Ticket(granted, self._epoch, self._in_flight, now)
 
-    def release(
-        self,
-        ticket: Ticket,
-        signal: Signal,
-        *,
-        retry_after: float | None = None,
-        share: float = 1.0,
-        items: int | None = None,
-    ) -> None:
+    def release(self, ticket: Ticket, signal: Signal, *, retry_after: float | None = None, share: float = 1.0) -> None:
         """Hand the units back and learn from the answer.
 
         ``share`` is the part of a THROTTLED request's weight that was pushed back (a ``$batch`` with
-        3 of 20 items throttled pushed back 3/20 of its weight; the rest was delivered). ``items`` is
-        how many requests it carried (a ``$batch``'s items; by default its weight): what it ran
-        tells the census how many units it held at the service (``_carried``).
+        3 of 20 items throttled pushed back 3/20 of its weight; the rest was delivered).
         """
         with self._cond:
             now = self._clock()
@@ -385,7 +371,7 @@ class AdaptiveLimiter:
             elif signal is Signal.THROTTLED:
                 self._on_pushback(ticket, now, retry_after, share)
             self._releasing = 0
-            self._count_census(ticket, signal, share, now, items)
+            self._count_census(ticket, signal, share, now)
             self._publish()
             self._cond.notify_all()
 
@@ -583,7 +569,7 @@ class AdaptiveLimiter:
         """
         return max(ticket.level, self._in_flight + ticket.weight)
 
-    def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float, items: int | None) -> None:
+    def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
         """Count an answer to a request sent before the last decrease; when all are in, place the wall.
 
         The units the service accepted out of what was in flight when it pushed back are what it
@@ -596,13 +582,11 @@ class AdaptiveLimiter:
         if signal is Signal.OK:
             census.accepted += ticket.weight
         elif signal is Signal.THROTTLED:
-            census.accepted += _carried(ticket.weight, items, share)
+            census.accepted += ticket.weight * (1.0 - share)
             census.refused += ticket.weight * share
-        if signal is Signal.FAILED:
-            census.expected -= ticket.weight
         else:
-            census.answered += ticket.weight
-        if census.answered < census.expected:
+            census.expected -= ticket.weight
+        if census.accepted + census.refused < census.expected:
             return
         self._census = None
         if census.epoch != self._epoch - 1 or now < self._endemic_until or census.accepted < 1.0:
@@ -652,17 +636,3 @@ class AdaptiveLimiter:
         self.stats.peak_limit = max(self.stats.peak_limit, self.limit)
         for listener in self._listeners:
             listener(self)
-
-
-def _carried(weight: int, items: int | None, share: float) -> float:
-    """The units a partly refused request held at the service: its weight, or the items it ran if fewer.
-
-    Why not its accepted share of its weight: a ``$batch`` runs its items a few at a time and runs the
-    next one as soon as one is refused, so against a full service most of its items are refused in a
-    row while the few that got in hold their places until they finish. Twenty items with five accepted
-    held four places (a share would say one). Counted by share, a census against a cap of 7 read 4,
-    and the import ran at 4 until a probe was due. A request that ran fewer items than it weighs held
-    only those.
-    """
-    ran = (items if items is not None else weight) * (1.0 - share)
-    return min(float(weight), ran)

@@ -533,30 +533,3 @@ def test_slow_start_lowers_its_cut_to_a_census_below_it() -> None:
         limiter.release(ticket, Signal.THROTTLED, retry_after=1.0)
     limiter.release(tickets[0], Signal.OK)  # the one that got the four slots
     assert (limiter.limit, limiter.wall()) == (4, 4)
-
-
-@pytest.mark.parametrize(
-    ("items", "refused", "wall"),
-    [(20, 17 / 20, 7), (None, 17 / 20, 4), (3, 1 / 3, 6)],
-    ids=["batch-of-20", "items-not-said", "ran-fewer-than-its-weight"],
-)
-def test_a_partly_refused_batch_counts_the_places_its_accepted_items_held(
-    items: int | None, refused: float, wall: int
-) -> None:
-    """A cap of 7 against a slow start of 32 in batches of 20 that Graph runs four at a time.
-
-    One batch got four places and kept them; another got three, and its fourth runner met the full
-    service and was refused for each of its other seventeen items, one after another, while the three
-    ran. Counted by refused share (3/20 of a weight of 4) that batch held 0.6 of a unit and the census
-    read 4, so the import ran at 4 of 7 until a probe was due (seconds to minutes). Counted by what
-    it ran (``items``), the census reads the 7. A caller that does not say ``items`` gets the share
-    rule, and a batch that ran fewer items than it weighs (two of three) held only those.
-    """
-    clock = FakeClock()
-    limiter = AdaptiveLimiter("cap-7", ceiling=64, initial=32, clock=clock)
-    tickets = [limiter.acquire(4) for _ in range(8)]
-    for ticket in tickets[2:]:  # six batches refused outright
-        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, items=20)
-    limiter.release(tickets[1], Signal.THROTTLED, retry_after=1.0, share=refused, items=items)
-    limiter.release(tickets[0], Signal.OK)  # the batch that got four places
-    assert (limiter.limit, limiter.wall()) == (wall, wall)
