@@ -48,7 +48,9 @@ happened; BBR's delivery rate for telling a limit from noise):
   limit stays one unit below it until a probe is due: no sooner than ``probe_min_s``, 40 round
   trips, and 30 times the pause the last push-back cost (a refused probe stops every thread for a
   Retry-After, so this keeps probing near 3 % of the run). A probe that is pushed back doubles the
-  time to the next one (up to ``probe_max_s``); a probe that holds for a full window means the
+  time to the next one (up to ``probe_max_s``), and the wall goes to the highest level its requests
+  were answered at, if above the old one (against a cap of 7 a census had read 4; the probe carried
+  5, 6 and 7, was refused at 8, and went back to 4); a probe that holds for a full window means the
   service's limit rose (or the model changed), and the memory is dropped. Against a stable limit
   the number of push-backs grows with the logarithm of the run's length, not with it.
 * **Was it about us?** Not every 429 is caused by this client's load: a tenant budget spent by
@@ -255,6 +257,8 @@ class AdaptiveLimiter:
         self._probe_at = 0.0
         self._probe_started: float | None = None
         self._probe_units = 0
+        #: Units a probe's requests were answered for, by the level they were sent at (``_probe_carried``).
+        self._probe_levels: dict[int, int] = {}
         self._paused_until = 0.0
         self._consecutive_pushbacks = 0
         #: Smoothed round trip of answered requests (RFC 6298's SRTT), for the probe interval.
@@ -419,8 +423,10 @@ class AdaptiveLimiter:
             elif self._probe_started is None:
                 self._probe_started = now
                 self._probe_units = 0
+                self._probe_levels = {}
             elif ticket.level >= self._bad_level:
                 self._probe_units += ticket.weight
+                self._probe_levels[ticket.level] = self._probe_levels.get(ticket.level, 0) + ticket.weight
                 if self._probe_units >= max(self.min_window, 4 * self._bad_level):
                     # several windows' worth sent at or above the old push-back level and answered: the
                     # ceiling rose (one lucky answer proves little: requests finish at different times)
@@ -537,11 +543,19 @@ class AdaptiveLimiter:
             None if known_edge else _Census(self._epoch, in_flight, slow_start=self._slow_start, recheck=recheck)
         )
         self._epoch += 1
+        carried = min(self._probe_carried(), met - 1) if self._probe_started is not None else 0
         if self._probe_started is not None:
             self.stats.probes_failed += 1
             self._probe_interval = min(self.probe_max_s, self._probe_interval * 2.0)
         self._probe_started = None
-        if known_edge:
+        if known_edge and carried >= (self._bad_level or 0):
+            # a probe refused only above levels it was answered at: the wall is where it carried, not
+            # where it was remembered (a census that read partly refused $batches low, a cap that rose)
+            self._bad_level = carried + 1
+            self._wall_measured = True
+            self.measurements += 1
+            self._limit = max(float(self.floor), min(self._limit, float(carried)))
+        elif known_edge:
             # a probe at (or just past) the remembered ceiling: it still holds, so go back just below
             # it; the pause drains the overload, and a multiplicative cut would only lose throughput
             self._limit = max(float(self.floor), min(self._limit, float(self._bad_level or 1) - 1.0))
@@ -568,6 +582,17 @@ class AdaptiveLimiter:
         (Answers come back in any order, so that is more than the level it was sent at, or less.)
         """
         return max(ticket.level, self._in_flight + ticket.weight)
+
+    def _probe_carried(self) -> int:
+        """The highest level the probe was answered at for a round trip's worth (that many units sent at
+        it or above), 0 for none: one lucky answer proves little (a ``$batch`` in its last round runs
+        fewer items than it weighs, so a request sent on top of it looks a unit over the wall)."""
+        answered = 0
+        for level in sorted(self._probe_levels, reverse=True):
+            answered += self._probe_levels[level]
+            if answered >= level:
+                return level
+        return 0
 
     def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
         """Count an answer to a request sent before the last decrease; when all are in, place the wall.

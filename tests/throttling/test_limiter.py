@@ -533,3 +533,21 @@ def test_slow_start_lowers_its_cut_to_a_census_below_it() -> None:
         limiter.release(ticket, Signal.THROTTLED, retry_after=1.0)
     limiter.release(tickets[0], Signal.OK)  # the one that got the four slots
     assert (limiter.limit, limiter.wall()) == (4, 4)
+
+
+def test_a_refused_probe_keeps_the_levels_it_carried_as_the_wall() -> None:
+    """A wall remembered low (a census that read partly refused $batches as 4 against a cap of 7).
+
+    The probe was answered at 5, 6 and 7 and refused at 8. Before, the refusal "confirmed" the old wall
+    and the limit went back to 4 until the next probe, which met the same fate (the import ran at 4 of
+    7 for the whole run). Now the wall is the highest level answered for a round trip's worth (as many
+    units as the level, sent at it or above): 6 here (6 and 8 units at 5 and 6, only 3 at 7), not a
+    level one lucky answer reached.
+    """
+    clock = FakeClock()
+    limiter = _limiter(clock, ceiling=64)
+    assert limiter.recall(4)
+    figures = simulate(limiter, clock, Concurrency(lambda _now: 7), seconds=60.0, latency=0.1)
+    assert limiter.stats.probes_failed == 2  # at 10.5 s and 40.7 s
+    assert (limiter.limit, limiter.wall()) == (6, 6)
+    assert figures.limits[-1][1] == 6
