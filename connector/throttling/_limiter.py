@@ -49,10 +49,11 @@ happened; BBR's delivery rate for telling a limit from noise):
   trips, and 30 times the pause the last push-back cost (a refused probe stops every thread for a
   Retry-After, so this keeps probing near 3 % of the run). A probe that is pushed back doubles the
   time to the next one (up to ``probe_max_s``), and the wall goes to the highest level its requests
-  were answered at, if above the old one (against a cap of 7 a census had read 4; the probe carried
-  5, 6 and 7, was refused at 8, and went back to 4); a probe that holds for a full window means the
-  service's limit rose (or the model changed), and the memory is dropped. Against a stable limit
-  the number of push-backs grows with the logarithm of the run's length, not with it.
+  were answered at for a round trip's worth, if above the old one (against a cap of 7 a census had
+  read 4; the probe was answered at 5, 6 and 7 and refused at 8, and the limit went back to 4 for
+  the rest of the run); a probe that holds for a full window means the service's limit rose (or
+  the model changed), and the memory is dropped. Against a stable limit the number of push-backs
+  grows with the logarithm of the run's length, not with it.
 * **Was it about us?** Not every 429 is caused by this client's load: a tenant budget spent by
   other apps, or noise, throttles a share of requests whatever we do, and a client that shrank and
   stopped for each of those would crawl without helping anybody. The answer is in the delivery
