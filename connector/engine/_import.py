@@ -696,11 +696,10 @@ def _commit_page(
         _page_counters(ctx.result.counters, page, number)
 
 
-def _page_counters(counters: Counter[str], page: Page, number: int) -> Counter[str]:
+def _page_counters(counters: Counter[str], page: Page, number: int) -> None:
     for name, value in page.counters.items():
         counters[f"connector.{name}"] += value
     counters["pages"] = number
-    return counters
 
 
 def _import_pages(

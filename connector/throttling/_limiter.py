@@ -257,7 +257,6 @@ class AdaptiveLimiter:
         self._probe_interval = probe_min_s
         self._probe_at = 0.0
         self._probe_started: float | None = None
-        self._probe_units = 0
         #: Units a probe's requests were answered for, by the level they were sent at (``_probe_carried``).
         self._probe_levels: dict[int, int] = {}
         self._paused_until = 0.0
@@ -423,12 +422,10 @@ class AdaptiveLimiter:
                 cap = min(cap, float(self._bad_level - 1))
             elif self._probe_started is None:
                 self._probe_started = now
-                self._probe_units = 0
                 self._probe_levels = {}
             elif ticket.level >= self._bad_level:
-                self._probe_units += ticket.weight
                 self._probe_levels[ticket.level] = self._probe_levels.get(ticket.level, 0) + ticket.weight
-                if self._probe_units >= max(self.min_window, 4 * self._bad_level):
+                if sum(self._probe_levels.values()) >= max(self.min_window, 4 * self._bad_level):
                     # several windows' worth sent at or above the old push-back level and answered: the
                     # ceiling rose (one lucky answer proves little: requests finish at different times)
                     self._bad_level = None
