@@ -14,7 +14,8 @@ probed (``photo_recheck_hours = 0``, the worst case: with the default 24 h windo
 after a full import probes nobody); the share of Graph requests (batch items counted one by one)
 that were throttled; this process's peak RSS; and, for comparison, a plain sequential client doing
 what the classic PowerShell MA did (list the users, then GET each photo one by one), time-boxed
-and extrapolated.
+and extrapolated. With ``one_pause_bound``, the most a cold run could reach: the warm run paused
+once, the way a first push-back pauses it (``_one_pause_after_first_wave``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import requests
 from cryptography.fernet import Fernet
 
-from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, ExchangeOnlineSettings, not_a_mailbox_user
+from connector.agents.exchange_online import (
+    BATCH_PARALLELISM,
+    ExchangeOnlinePhotosConnector,
+    ExchangeOnlineSettings,
+    not_a_mailbox_user,
+)
 from connector.bench._util import peak_rss_mb, server_info, step_metrics
 from connector.config import ConfigError
 from connector.emulator import (
@@ -45,7 +53,7 @@ from connector.emulator import (
 from connector.engine import NullProgress
 from connector.net import verifying_session
 from connector.sdk import StopRunError
-from connector.throttling import forget_shared_limiters
+from connector.throttling import AdaptiveLimiter, forget_shared_limiters
 
 __all__ = ["BenchConnector", "run"]
 
@@ -54,6 +62,13 @@ class BenchConnector(ExchangeOnlinePhotosConnector):
     """The real connector, keeping each step's Graph figures where the benchmark can read them."""
 
     last_metrics: ClassVar[dict[str, Any]] = {}
+    #: Called with the Graph client's limiter when a step opens the agent (the one-pause bound's hook).
+    on_open: ClassVar[Callable[[AdaptiveLimiter], None] | None] = None
+
+    def open(self) -> None:
+        super().open()
+        if BenchConnector.on_open is not None:
+            BenchConnector.on_open(self.graph.limiter)
 
     def close(self) -> None:
         BenchConnector.last_metrics = self.metrics
@@ -269,6 +284,67 @@ def _one_request_bound(info: dict[str, Any], lanes: int) -> dict[str, Any]:
     }
 
 
+#: How long the one-pause bound waits for its step's first wave (a tenant too small to fill the limit has none).
+_WAVE_WAIT_S = 60.0
+
+
+@contextmanager
+def _one_pause_after_first_wave(seconds: float) -> Iterator[dict[str, Any]]:
+    """While the block runs, one client-wide pause of ``seconds`` as soon as a step's sends fill its limit.
+
+    Why this is a bound: a client that has never met the service's wall must send past it once to
+    find it (nothing answered below a cap says where the cap is), and the push-back that answers
+    pauses every thread of the client for its Retry-After (#14's rule). Started at the wall itself,
+    as the warm run is (no slow start, no census to misread), and paused at once, before any answer
+    could arrive, such a run pays the least a first push-back can cost: the share it reaches is the
+    most a cold run of any client that honours that rule can reach. The yielded dict says whether the
+    pause was made, and at which limit.
+    """
+    done = threading.Event()
+    seen: dict[str, Any] = {"paused": False, "limit": None}
+
+    def arm(limiter: AdaptiveLimiter) -> None:
+        def watch() -> None:
+            deadline = time.monotonic() + _WAVE_WAIT_S
+            while not done.is_set() and time.monotonic() < deadline:
+                # the first wave: no room left for a whole $batch (the listing's one request is no wave)
+                if limiter.in_flight > 1 and limiter.limit - limiter.in_flight < BATCH_PARALLELISM:
+                    limiter.pause(seconds)
+                    seen.update(paused=True, limit=limiter.limit)
+                    return
+                done.wait(0.001)
+
+        if not seen["paused"]:
+            threading.Thread(target=watch, name="one-pause-bound", daemon=True).start()
+
+    BenchConnector.on_open = arm
+    try:
+        yield seen
+    finally:
+        BenchConnector.on_open = None
+        done.set()
+
+
+def _one_pause_bound(engine: Any, full_limiter: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The warm run again (a new process's limiter at the wall the first run measured), with the pause the
+    first run's push-back cost made right after its first wave (see ``_one_pause_after_first_wave``):
+    its figures, and its step's metrics for the share."""
+    pauses = int(full_limiter.get("pauses", 0))
+    if not pauses:
+        return {"one_pause_bound_pause_s": None}, {}  # the first run met no wall: no pause to bound
+    pause_s = float(full_limiter.get("pause_seconds", 0.0)) / pauses
+    forget_shared_limiters()
+    with _one_pause_after_first_wave(pause_s) as seen:
+        result, seconds, metrics = _timed(engine, "full")
+    return {
+        "one_pause_bound_status": result.status,
+        "one_pause_bound_s": round(seconds, 2),
+        "one_pause_bound_pause_s": round(pause_s, 3),
+        "one_pause_bound_paused_at_limit": seen["limit"],
+        "one_pause_bound_limit_recalled": bool(metrics.get("limit_recalled")),
+    }, metrics
+
+
 def _timed(engine: Any, profile: str) -> tuple[Any, float, dict[str, Any]]:
     """Run ``profile``: its result, seconds, and the step's Graph figures and counters."""
     t0 = time.monotonic()
@@ -301,6 +377,7 @@ def run(
     naive_seconds: float = 20.0,
     throttle: str = "default",
     interrupt_after_pages: int = 0,
+    one_pause_bound: bool = False,
 ) -> dict[str, Any]:
     from connector.engine import Engine
 
@@ -322,6 +399,9 @@ def run(
                 # a scheduled run: a new process (no limiter learned in it) on the same store
                 forget_shared_limiters()
                 warm, warm_s, warm_metrics = _timed(engine, "full")
+                bound, bound_metrics = (
+                    _one_pause_bound(engine, full_metrics.get("limiter", {})) if one_pause_bound else ({}, {})
+                )
             finally:
                 engine.close()
         rss = peak_rss_mb()
@@ -330,7 +410,7 @@ def run(
         naive = _naive(info, naive_seconds)
         # 12 batches of 4 items in flight: 48 requests, just inside the default model's 50 (the bound
         # sends no retries, so it is measured only where it is not throttled)
-        bound = _one_request_bound(info, lanes=12) if throttle == "default" else {}
+        lanes_bound = _one_request_bound(info, lanes=12) if throttle == "default" else {}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -343,6 +423,14 @@ def run(
     ceiling_items_per_s = ceiling_requests_per_s(info["throttle"], latency_ms / 1000.0)
     ceiling_photos, share = _share(full_metrics, full_s, ceiling_items_per_s)
     _, warm_share = _share(warm_metrics, warm_s, ceiling_items_per_s)
+    if bound_metrics:
+        _, bound["one_pause_bound_share_of_model_ceiling"] = _share(
+            bound_metrics, bound["one_pause_bound_s"], ceiling_items_per_s
+        )
+        bound["one_pause_bound_note"] = (
+            "the warm run again, paused once for the first run's Retry-After as soon as its first wave filled "
+            "the limit: the most a cold run can reach if it must meet the wall once and pause the whole client"
+        )
     return {
         "users": users,
         "photo_ratio": photo_ratio,
@@ -395,6 +483,7 @@ def run(
         "naive_note": f"sequential GET /photo/$value per user after the listing (naive_listing_s), time-boxed to "
         f"{naive_seconds:g} s; rate extrapolated",
         **bound,
+        **lanes_bound,
         "one_request_bound_note": "batched GET /photo/$value, one request per user, same lanes, no store: "
         "unbounded originals and no sized fallback, so not a correct client; the fastest any client can go",
     }

@@ -135,13 +135,29 @@ def import_command(
             help="Also measure a full import interrupted after N committed pages and the run that resumes it.",
         ),
     ] = 0,
+    one_pause_bound: Annotated[
+        bool,
+        typer.Option(
+            "--one-pause-bound",
+            help="Also measure the warm run with one client-wide Retry-After pause after its first wave: "
+            "the most a cold run that must meet the wall once can reach.",
+        ),
+    ] = False,
     json_out: OneJsonOption = False,
 ) -> None:
     """Full and no-change delta photo import against the Graph emulator, plus a naive baseline."""
     from connector.bench import import_
 
     result = import_.run(
-        users, photo_ratio, latency_ms, seed, page_size, naive_seconds, throttle, interrupt_after_pages
+        users,
+        photo_ratio,
+        latency_ms,
+        seed,
+        page_size,
+        naive_seconds,
+        throttle,
+        interrupt_after_pages,
+        one_pause_bound,
     )
     _report(result, json_out)
 

@@ -435,3 +435,27 @@ def test_bench_emulator_refuses_a_size_graph_does_not_serve() -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --size: Graph serves 48x48, 64x64, 96x96,")
     assert "not '100x100'" in result.stderr
+
+
+def test_bench_import_one_pause_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--one-pause-bound``: the warm run again, paused once for the first run's Retry-After after its first wave.
+
+    A cap of 2 requests in flight makes the first run's push-back certain: the emulator runs a $batch's
+    items four at a time, and admits or refuses each before any of them waits its latency.
+    """
+    from connector.bench.import_ import run
+
+    _restore_env_after(monkeypatch, "MVSYNC_TOKEN_CACHE_KEY", "MVSYNC_BENCH_EXO_RT")
+    result = run(users=40, latency_ms=20, naive_seconds=0.001, throttle='{"app_concurrency": 2}', one_pause_bound=True)
+    assert result["limiter"]["pauses"] >= 1
+    assert result["one_pause_bound_status"] == "success"
+    assert result["one_pause_bound_limit_recalled"] is True
+    assert result["one_pause_bound_paused_at_limit"] == result["warm_limiter"]["limit"] >= 2
+    assert result["one_pause_bound_pause_s"] == pytest.approx(
+        result["limiter"]["pause_seconds"] / result["limiter"]["pauses"], abs=0.001
+    )
+    # the pause was taken: the bound run lasted at least that long, and its share is measured like the others'
+    assert result["one_pause_bound_s"] >= result["one_pause_bound_pause_s"]
+    assert result["one_pause_bound_share_of_model_ceiling"] > 0
+    # without the option, no bound is measured
+    assert "one_pause_bound_s" not in run(users=20, latency_ms=0, naive_seconds=0.001)

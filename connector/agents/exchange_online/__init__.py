@@ -6,11 +6,13 @@ Registered under the ``mvsync.connectors`` entry point. See ``_connector`` for t
 
 from connector.agents.exchange_online._auth import GraphAuth
 from connector.agents.exchange_online._connector import OBJECT_CLASS, SCHEMA, ExchangeOnlinePhotosConnector
+from connector.agents.exchange_online._graph import BATCH_PARALLELISM
 from connector.agents.exchange_online._import import not_a_mailbox_user
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
 from connector.agents.exchange_online._tokencache import generate_key_file
 
 __all__ = [
+    "BATCH_PARALLELISM",
     "OBJECT_CLASS",
     "SCHEMA",
     "ExchangeOnlinePhotosConnector",
