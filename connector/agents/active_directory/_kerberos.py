@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -41,10 +42,25 @@ from typing import Any
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, StopRunError
 
-__all__ = ["bind_arguments", "check_keytab", "explain", "rebind_after", "signing_required", "target_host"]
+__all__ = [
+    "bind_arguments",
+    "bound_principal",
+    "ccache_principal",
+    "check_keytab",
+    "explain",
+    "keytab_principal",
+    "rebind_after",
+    "signing_required",
+    "target_host",
+]
 
 #: First bytes of a keytab file (format version 0x0502; 0x0501 is the obsolete one).
 _KEYTAB_MAGIC = (b"\x05\x02", b"\x05\x01")
+#: First byte of a FILE credential cache; the second is its format version, 1 to 4.
+_CCACHE_MAGIC = 5
+#: The most of a keytab or credential cache read for its principal (both are kilobytes; the principal is
+#: near the start of either).
+_READ_LIMIT = 1 << 20
 #: Rebind at least this long before the ticket expires (and at 80 % of its lifetime at the latest).
 _RENEW_MARGIN_S = 300.0
 #: How long to keep a Kerberos-bound connection when the ticket lifetime cannot be read (SSPI).
@@ -74,6 +90,140 @@ def check_keytab(path: Path) -> None:
     if head not in _KEYTAB_MAGIC:
         msg = f"{path} is not a keytab (it lacks the 0x0502 header): export the keytab again"
         raise ConfigurationError(msg, key="keytab")
+
+
+class _Truncated(Exception):
+    """The file ended (or its lengths pointed) before the field being read."""
+
+
+class _Fields:
+    """Integers and length-prefixed byte strings read in order from a keytab or credential cache.
+
+    ``order`` is the :mod:`struct` byte order: big-endian for keytab version 2 and ccache versions 3 and 4,
+    the native order of the writing host for the obsolete versions (MIT's format documents say so)."""
+
+    def __init__(self, data: bytes, order: str) -> None:
+        self._data, self._at, self._order = data, 0, order
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self._at + size > len(self._data):
+            raise _Truncated
+        self._at += size
+        return self._data[self._at - size : self._at]
+
+    def int(self, fmt: str) -> int:
+        value: int = struct.unpack(self._order + fmt, self.take(struct.calcsize(fmt)))[0]
+        return value
+
+
+def _unparse(realm: bytes, components: list[bytes]) -> str | None:
+    """``comp1/comp2@REALM`` as MIT's krb5_unparse_name writes it (a ``/``, ``@`` or ``\\`` inside a part
+    escaped); None for a principal without components or not in UTF-8."""
+    if not components:
+        return None
+    try:
+        parts = [c.decode() for c in components]
+        domain = realm.decode()
+    except UnicodeDecodeError:
+        return None
+    escape = str.maketrans({"\\": "\\\\", "/": "\\/", "@": "\\@"})
+    return "/".join(p.translate(escape) for p in parts) + "@" + domain.translate(escape)
+
+
+def _file_head(path: Path) -> bytes | None:
+    """The first bytes of ``path`` (at most ``_READ_LIMIT``); None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(_READ_LIMIT)
+    except (OSError, ValueError):  # ValueError: a path with a NUL byte
+        return None
+
+
+def keytab_principal(path: Path) -> str | None:
+    """The principal of the keytab's first entry; None when the file cannot be read or parsed.
+
+    Why the first: with a client keytab and no principal, MIT krb5 acquires tickets for the first entry's
+    principal (as ``kinit -k -i`` does; the README's "the keytab's first principal by default"; the unit tests
+    compare this reading with the principal MIT's own trace names). Format: https://web.mit.edu/kerberos/krb5-devel/doc/formats/
+    keytab_file_format.html: the version (``_KEYTAB_MAGIC``), then records, each a signed 32-bit length (negative:
+    a hole of that many bytes, 0: the end) and the entry: count of components (16 bits, the realm counted too in
+    version 1), the realm, the components (each a 16-bit length and its bytes).
+    """
+    data = _file_head(path)
+    if data is None or data[:2] not in _KEYTAB_MAGIC:
+        return None
+    obsolete = data[:2] == _KEYTAB_MAGIC[1]
+    fields = _Fields(data[2:], "=" if obsolete else ">")
+    try:
+        size = fields.int("i")
+        while size < 0:  # a hole left by a removed entry
+            fields.take(-size)
+            size = fields.int("i")
+        if size == 0:
+            return None  # no entry at all
+        entry = _Fields(fields.take(size), "=" if obsolete else ">")
+        count = entry.int("H") - (1 if obsolete else 0)
+        realm = entry.take(entry.int("H"))
+        components = [entry.take(entry.int("H")) for _ in range(count)]
+    except (_Truncated, struct.error):
+        return None
+    return _unparse(realm, components)
+
+
+def ccache_principal(name: str) -> str | None:
+    """The default principal of a FILE credential cache (``FILE:<path>`` or a plain path); None for another
+    cache type (KEYRING:, KCM:, MEMORY:, DIR:, API:: no file to read) or a file that cannot be read or parsed.
+
+    Format: https://web.mit.edu/kerberos/krb5-devel/doc/formats/ccache_file_format.html: 5 and the version
+    (1 to 4; 1 and 2 in the host's byte order), a header in version 4 only (its 16-bit length first), then the
+    default principal: name type (32 bits, not in version 1), count of components (32 bits, the realm counted
+    too in version 1), the realm and the components (each a 32-bit length and its bytes).
+    """
+    kind, colon, rest = name.partition(":")
+    if not colon:
+        path = name
+    elif kind == "FILE":
+        path = rest
+    elif len(kind) == 1 and kind.isalpha():
+        path = name  # a drive letter, as MIT takes it on Windows
+    else:
+        return None
+    data = _file_head(Path(path))
+    if data is None or len(data) < 2 or data[0] != _CCACHE_MAGIC or data[1] not in (1, 2, 3, 4):
+        return None
+    version = data[1]
+    fields = _Fields(data[2:], "=" if version < 3 else ">")
+    try:
+        if version == 4:
+            fields.take(fields.int("H"))
+        if version != 1:
+            fields.int("I")  # name type
+        count = fields.int("I") - (1 if version == 1 else 0)
+        realm = fields.take(fields.int("I"))
+        components = [fields.take(fields.int("I")) for _ in range(count)]
+    except (_Truncated, struct.error):
+        return None
+    return _unparse(realm, components)
+
+
+def bound_principal(settings: ActiveDirectorySettings) -> str | None:
+    """Whom a Kerberos bind authenticates as: ``principal``; without it the default principal of the
+    credential cache file when ``ccache`` names one that holds it, else the keytab's first principal (None:
+    unknown, e.g. a KEYRING: cache, a keytab that cannot be parsed, or SSPI's identity on Windows).
+
+    Why the cache first: MIT krb5 asked for initiator credentials without a name takes the cache's default
+    principal when the cache has one, and falls back to the client keytab only for a missing cache. (ASSUMPTION
+    beyond MIT's documents, which do not spell out the order: it is what MIT 1.20 does, and the unit tests
+    check it against MIT's trace.)
+    """
+    if settings.auth != "kerberos":
+        return None
+    if settings.principal:
+        return settings.principal
+    from_cache = ccache_principal(settings.ccache) if settings.ccache else None
+    if from_cache is not None or settings.keytab is None:
+        return from_cache
+    return keytab_principal(settings.keytab)
 
 
 def _uid() -> str:

@@ -32,6 +32,7 @@ from connector.agents.active_directory._connection import (
     paged_cookie,
     result_detail,
 )
+from connector.agents.active_directory._kerberos import bound_principal
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import StopRunError
 
@@ -42,6 +43,7 @@ __all__ = [
     "Gap",
     "account_label",
     "blocked_object",
+    "configured_account",
     "container_of",
     "dsacls_line",
     "effective_of",
@@ -188,18 +190,20 @@ def account_label(link: Link, settings: ActiveDirectorySettings, domain_root: st
 
     Why best effort: the label only decorates a refusal (or a doctor finding) already decided; a DC that answers
     its searches busy, unavailable or not at all must not turn that verdict into another stop. Such an answer is
-    not "no such account" either: the account is then named as configured (``settings.account``), and a warning
-    says why the messages do not name it ``DOMAIN\\name``.
+    not "no such account" either: the account is then named as configured (:func:`configured_account`), and a
+    warning says why the messages do not name it ``DOMAIN\\name``.
     """
     if settings.auth == "simple" and settings.bind_dn and "\\" in settings.bind_dn:
         return settings.bind_dn
+    named = configured_account(settings)
     if settings.auth == "simple" and settings.bind_dn and "=" in settings.bind_dn:
         search = (settings.bind_dn, "(objectClass=*)", BASE)
-    elif settings.principal or (settings.bind_dn and "@" in settings.bind_dn):
-        user = (settings.principal or settings.bind_dn or "").split("@", 1)[0]
-        search = (domain_root, f"(sAMAccountName={_escape(user)})", SUBTREE)
+    elif principal := settings.principal or (settings.bind_dn if settings.bind_dn and "@" in settings.bind_dn else ""):
+        search = _by_account_name(domain_root, principal)
+    elif named != settings.account:  # user@REALM read from the keytab or the credential cache
+        search = _by_account_name(domain_root, named)
     else:
-        return settings.account
+        return named
 
     def operation(conn: Connection) -> str | None:
         conn.search(*search, attributes=["sAMAccountName"], size_limit=1)
@@ -218,15 +222,47 @@ def account_label(link: Link, settings: ActiveDirectorySettings, domain_root: st
         return f"{bytes(netbios).decode()}\\{bytes(name).decode()}" if netbios and name else None
 
     try:
-        return link.run(operation) or settings.account
+        return link.run(operation) or named
     except Exception as exc:  # the label only decorates a refusal; never let it hide the refusal itself
         link.logger.warning(
             "the messages name the bound account as %s, not DOMAIN\\name: %s (%s)",
-            settings.account,
+            named,
             exc,
             type(exc).__name__,
         )
+        return named
+
+
+def _by_account_name(domain_root: str, principal: str) -> tuple[str, str, str]:
+    """The search for the account whose sAMAccountName is the principal's (or UPN's) name part."""
+    return (domain_root, f"(sAMAccountName={_escape(principal.split('@', 1)[0])})", SUBTREE)
+
+
+def configured_account(settings: ActiveDirectorySettings) -> str:
+    """The bound account as the settings (and the keytab or credential cache they name) tell it, for when the
+    directory does not: a Kerberos bind without ``principal`` is named by the principal read from the credential
+    cache or keytab (:func:`~._kerberos.bound_principal`) when that is a user's, ``user@REALM``; else
+    ``settings.account``.
+
+    Why only a user's: ``dsacls /G`` takes a user as ``DOMAIN\\name`` or ``name@domain`` (see ``dsacls /?``;
+    https://learn.microsoft.com/previous-versions/windows/it-pro/windows-server-2012-r2-and-2012/cc771151(v=ws.11)),
+    and ``svc@CONTOSO.COM`` is that second form. A service principal (``host/app.contoso.com@CONTOSO.COM``,
+    several components) is not: it names an SPN of some account, which dsacls cannot resolve, so the text
+    keeps saying where the identity comes from ("the principal of keytab ..."). Before, a keytab without
+    ``principal`` always gave that text, and the grant line it went into failed at a Windows prompt.
+    """
+    if settings.auth != "kerberos" or settings.principal:
         return settings.account
+    principal = bound_principal(settings)
+    if principal is None or not _is_user_principal(principal):
+        return settings.account
+    return principal
+
+
+def _is_user_principal(principal: str) -> bool:
+    """One component and a realm (``svc@CONTOSO.COM``), no escaped separator: a user's principal."""
+    name, at, realm = principal.rpartition("@")
+    return bool(at and name and realm) and "/" not in name and "\\" not in name
 
 
 def _escape(value: str) -> str:

@@ -19,6 +19,7 @@ from ldap3 import BASE
 from connector.agents.active_directory import ActiveDirectorySettings, build_schema
 from connector.agents.active_directory._connection import Link
 from connector.agents.active_directory._import import Importer
+from connector.agents.active_directory._kerberos import ccache_principal
 from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.sdk import (
@@ -321,6 +322,8 @@ def test_existing_credential_cache_without_a_keytab(
     )
     name = next(iter(guids))
     assert effective_attributes(connector._require_link(), f"CN={name},{people}") == {"thumbnailPhoto"}
+    # the cache kinit wrote names its principal, read from the file (for the dsacls advice's account)
+    assert ccache_principal(cache) == samba_kerberos.principal
     empty = f"FILE:{tmp_path / 'empty-cc'}"
     error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, keytab=None, principal=None, ccache=empty))
     assert isinstance(error, AuthenticationError)

@@ -223,6 +223,20 @@ def test_account_without_any_right_is_read_object_by_object_and_named_by_its_dn(
         assert ad_env.read(name, "thumbnailPhoto") == []
 
 
+def _busy_for(monkeypatch: pytest.MonkeyPatch, marker: str) -> None:
+    """The DC answers busy (51) to every search whose filter has ``marker``; the others run as they would."""
+    real = Connection.search
+
+    def busy_for_the_label(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+        if marker not in search_filter:
+            return real(self, base, search_filter, *args, **kwargs)
+        self.response = []
+        self.result = {"result": 51, "description": "busy", "message": "problem 5001", "type": "searchResDone"}
+        return False
+
+    monkeypatch.setattr(Connection, "search", busy_for_the_label)
+
+
 @pytest.mark.parametrize("search", ["account", "netbios-name"])
 def test_a_busy_answer_to_the_account_name_s_search_leaves_the_refusal_whole(
     ad_env: ADTestEnv, samba_kerberos: KerberosAccount, monkeypatch: pytest.MonkeyPatch, caplog: Any, search: str
@@ -233,17 +247,7 @@ def test_a_busy_answer_to_the_account_name_s_search_leaves_the_refusal_whole(
     principal), and a warning says why it is not ``DOMAIN\\name``; a busy answer is not taken for "no such account"
     in silence."""
     people, other, _good, bad = _two_ous(ad_env, samba_kerberos)
-    real = Connection.search
-    marker = "(sAMAccountName=" if search == "account" else "(nETBIOSName=*)"
-
-    def busy_for_the_label(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
-        if marker not in search_filter:
-            return real(self, base, search_filter, *args, **kwargs)
-        self.response = []
-        self.result = {"result": 51, "description": "busy", "message": "problem 5001", "type": "searchResDone"}
-        return False
-
-    monkeypatch.setattr(Connection, "search", busy_for_the_label)
+    _busy_for(monkeypatch, "(sAMAccountName=" if search == "account" else "(nETBIOSName=*)")
     connector = ad_env.connector(**kerberos_settings(samba_kerberos, base_dns=[people, other]))
     with caplog.at_level(logging.WARNING, logger="mvsync.agent.ad"), pytest.raises(StopRunError) as caught:
         connector.export(
@@ -256,3 +260,35 @@ def test_a_busy_answer_to_the_account_name_s_search_leaves_the_refusal_whole(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("51 busy: problem 5001" in w and f"as {account}" in w for w in warnings), warnings
     assert connector.export_stats.writes == 0
+
+
+def test_a_keytab_without_principal_is_named_by_the_keytab_s_principal_in_the_grant(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A keytab and no ``principal`` setting (MIT binds as the keytab's first principal). Before, the refusal
+    named the account "the principal of keytab <path>", also inside the dsacls grant, which dsacls cannot take.
+    Now the keytab's own principal is read: the account is found by it (``DOMAIN\\name``), and when the DC cannot
+    say (busy), the grant names ``user@REALM``, a form dsacls takes."""
+    people, other, _good, bad = _two_ous(ad_env, samba_kerberos)
+    settings = kerberos_settings(samba_kerberos, principal=None, base_dns=[people, other])
+    changes = [update(g, AttributeChange.replace("thumbnailPhoto", jpeg(i))) for i, g in enumerate(bad.values())]
+    with pytest.raises(StopRunError) as found:
+        ad_env.connector(**settings).export(changes)
+    assert f'grant it with: dsacls "{other}" /I:S /G "MVSYNC\\svc-mvsync:RPWP;thumbnailPhoto;user"' in str(
+        found.value
+    ), str(found.value)
+
+    _busy_for(monkeypatch, "(sAMAccountName=")
+    connector = ad_env.connector(**settings)
+    with caplog.at_level(logging.WARNING, logger="mvsync.agent.ad"), pytest.raises(StopRunError) as caught:
+        connector.export(changes)
+    account = samba_kerberos.principal
+    assert account == f"svc-mvsync@{account.split('@')[1]}" and "keytab" not in str(caught.value)
+    assert caught.value.status == "stopped-permission-issue", str(caught.value)
+    assert f"{account} may not write thumbnailPhoto on 2 object(s) in {other}" in str(caught.value), str(caught.value)
+    assert f'grant it with: dsacls "{other}" /I:S /G "{account}:RPWP;thumbnailPhoto;user"' in str(caught.value)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("51 busy: problem 5001" in w and f"as {account}" in w for w in warnings), warnings
+    assert connector.export_stats.writes == 0
+    for name in bad:
+        assert ad_env.read(name, "thumbnailPhoto", other) == []
