@@ -143,11 +143,13 @@ def keytab_principal(path: Path) -> str | None:
     """The principal of the keytab's first entry; None when the file cannot be read or parsed.
 
     Why the first: with a client keytab and no principal, MIT krb5 acquires tickets for the first entry's
-    principal (as ``kinit -k -i`` does; the README's "the keytab's first principal by default"; the unit tests
-    compare this reading with the principal MIT's own trace names). Format: https://web.mit.edu/kerberos/krb5-devel/doc/formats/
-    keytab_file_format.html: the version (``_KEYTAB_MAGIC``), then records, each a signed 32-bit length (negative:
-    a hole of that many bytes, 0: the end) and the entry: count of components (16 bits, the realm counted too in
-    version 1), the realm, the components (each a 16-bit length and its bytes).
+    principal (as ``kinit -k -i`` does; the unit tests compare this reading with the principal MIT's own
+    trace names).
+
+    Format: https://web.mit.edu/kerberos/krb5-devel/doc/formats/keytab_file_format.html: the version
+    (``_KEYTAB_MAGIC``), then records, each a signed 32-bit length (negative: a hole of that many bytes, 0: the
+    end) and the entry: count of components (16 bits, the realm counted too in version 1), the realm, the
+    components (each a 16-bit length and its bytes).
     """
     data = _file_head(path)
     if data is None or data[:2] not in _KEYTAB_MAGIC:
@@ -172,23 +174,28 @@ def keytab_principal(path: Path) -> str | None:
 
 def ccache_principal(name: str) -> str | None:
     """The default principal of a FILE credential cache (``FILE:<path>`` or a plain path); None for another
-    cache type (KEYRING:, KCM:, MEMORY:, DIR:, API:: no file to read) or a file that cannot be read or parsed.
+    cache type (KEYRING:, KCM:, MEMORY:, DIR:, API:: no file to read) or a file that cannot be read or parsed."""
+    path = _cache_file(name)
+    return None if path is None else _default_principal(path)
+
+
+def _cache_file(name: str) -> Path | None:
+    """The file a credential cache name points at (``FILE:<path>``, a plain path); None for other types."""
+    kind, colon, rest = name.partition(":")
+    if not colon or (len(kind) == 1 and kind.isalpha()):  # a plain path (C:\... on Windows, as MIT takes it)
+        return Path(name)
+    return Path(rest) if kind == "FILE" else None
+
+
+def _default_principal(path: Path) -> str | None:
+    """The default principal in the credential cache file ``path`` (None: unreadable or not such a file).
 
     Format: https://web.mit.edu/kerberos/krb5-devel/doc/formats/ccache_file_format.html: 5 and the version
     (1 to 4; 1 and 2 in the host's byte order), a header in version 4 only (its 16-bit length first), then the
     default principal: name type (32 bits, not in version 1), count of components (32 bits, the realm counted
     too in version 1), the realm and the components (each a 32-bit length and its bytes).
     """
-    kind, colon, rest = name.partition(":")
-    if not colon:
-        path = name
-    elif kind == "FILE":
-        path = rest
-    elif len(kind) == 1 and kind.isalpha():
-        path = name  # a drive letter, as MIT takes it on Windows
-    else:
-        return None
-    data = _file_head(Path(path))
+    data = _file_head(path)
     if data is None or len(data) < 2 or data[0] != _CCACHE_MAGIC or data[1] not in (1, 2, 3, 4):
         return None
     version = data[1]
@@ -208,22 +215,26 @@ def ccache_principal(name: str) -> str | None:
 
 def bound_principal(settings: ActiveDirectorySettings) -> str | None:
     """Whom a Kerberos bind authenticates as: ``principal``; without it the default principal of the
-    credential cache file when ``ccache`` names one that holds it, else the keytab's first principal (None:
-    unknown, e.g. a KEYRING: cache, a keytab that cannot be parsed, or SSPI's identity on Windows).
+    credential cache file ``ccache`` when that file exists, else the keytab's first principal. None when that
+    cannot be known here: a cache file that cannot be parsed, a KEYRING:, KCM: or DIR: cache (it may hold
+    anyone's tickets), a keytab that cannot be parsed, or SSPI's identity on Windows.
 
     Why the cache first: MIT krb5 asked for initiator credentials without a name takes the cache's default
-    principal when the cache has one, and falls back to the client keytab only for a missing cache. (ASSUMPTION
-    beyond MIT's documents, which do not spell out the order: it is what MIT 1.20 does, and the unit tests
-    check it against MIT's trace.)
+    principal when the cache has one, and falls back to the client keytab for a missing (or MEMORY:) cache.
+    (ASSUMPTION beyond MIT's documents, which do not spell out the order: it is what MIT 1.20 does, and the
+    unit tests check it against MIT's trace.)
     """
     if settings.auth != "kerberos":
         return None
     if settings.principal:
         return settings.principal
-    from_cache = ccache_principal(settings.ccache) if settings.ccache else None
-    if from_cache is not None or settings.keytab is None:
-        return from_cache
-    return keytab_principal(settings.keytab)
+    if settings.ccache:
+        path = _cache_file(settings.ccache)
+        if path is not None and os.path.exists(path):
+            return _default_principal(path)
+        if path is None and not settings.ccache.startswith("MEMORY:"):
+            return None
+    return keytab_principal(settings.keytab) if settings.keytab is not None else None
 
 
 def _uid() -> str:

@@ -220,3 +220,14 @@ def test_the_principal_read_is_the_one_mit_krb5_binds_as(tmp_path: Path) -> None
     missing = f"FILE:{tmp_path / 'not-yet'}"
     assert _mit_choice(tmp_path, keytab, missing) == "svc-mvsync@CONTOSO.COM"
     assert bound_principal(_settings(keytab=str(keytab), ccache=missing)) == "svc-mvsync@CONTOSO.COM"
+
+
+def test_a_cache_that_cannot_be_read_here_leaves_the_principal_unknown(tmp_path: Path) -> None:
+    """MIT would take the cache's principal before the keytab's; when that cache is a kernel keyring or KCM, or
+    a file that does not parse, the keytab's first principal would be a guess, and a wrong name in a grant is
+    worse than none."""
+    keytab = _written(tmp_path / "svc.keytab", _keytab(USER))
+    for cache in ("KEYRING:persistent:1000", "KCM:1000", f"FILE:{_written(tmp_path / 'damaged', b'not a cache')}"):
+        settings = _settings(keytab=str(keytab), ccache=cache)
+        assert bound_principal(settings) is None, cache
+        assert configured_account(settings) == f"the principal of keytab {keytab}", cache
