@@ -152,8 +152,9 @@ def _unfinished(link: Link, gap: Gap, what: str, result: dict[str, Any], read: i
     """The stop for a read of ``gap``'s neighbours that the DC ended with an error before one writable was found.
 
     Why not 0: with part of the container unread, "no grant" is a guess, and the advice to grant it again sent
-    the operator to a grant that may be there. A later page refused (53, 12) means the DC discarded the search's
-    result set (see ``_import._COOKIE_GONE``); asking again later reads it whole."""
+    the operator to a grant that may be there. A later page refused with 53, 12 or AD's "Error processing control"
+    means the DC discarded the search's result set (see ``_import._COOKIE_GONE``); asking again later reads it
+    whole."""
     return StopRunError(
         f"{link.describe()} ended {what} after {read} object(s) with {result_detail(result)}, before an object "
         f"{gap.attribute} may be written on was found: whether the grant on {gap.container} exists is unknown; "

@@ -40,10 +40,15 @@ _NOT_THE_COOKIE = [
 ]
 
 #: What the real DC answers to a cookie it no longer holds (Samba 4.17, measured: another connection's cookie or
-#: one it does not know: 53; a cookie sent with another request: 12), with AD's text for each.
+#: one it does not know: 53; a cookie sent with another request: 12), with AD's text for each; and the answer
+#: Microsoft documents for AD without naming its code ("How LDAP server cookies are handled", "Handling Deleted
+#: Cookies": "00000057: LdapErr: DSID-xxxxxxxx, comment: Error processing control, data 0, v1db1"), here with
+#: protocolError (2), the code AD's rejection of a DirSync cookie carries with the same comment ("Polling for Changes
+#: Using the DirSync Control": "A protocol error occurred"). Samba never answers it: made up in process, as above.
 _COOKIE_GONE = [
     (53, "unwillingToPerform", "00002024: SvcErr: DSID-03100786, problem 5003 (WILL_NOT_PERFORM), data 0"),
     (12, "unavailableCriticalExtension", "00000057: LdapErr: DSID-0C090A71, comment: Error processing control"),
+    (2, "protocolError", "00000057: LdapErr: DSID-0C090753, comment: Error processing control, data 0, v1db1"),
 ]
 
 
@@ -155,7 +160,8 @@ def test_a_cookie_the_dc_no_longer_holds_starts_the_search_again(
     engine = _engine(ad_env, people)
     try:
         with caplog.at_level(logging.INFO, logger=_AGENT_LOGGER):
-            _answer_paged(monkeypatch, ad_env.admin, second_page_once, {"result": code, "description": description})
+            answer = {"result": code, "description": description, "message": text}
+            _answer_paged(monkeypatch, ad_env.admin, second_page_once, answer)
             run = engine.run_profile("Import")
             monkeypatch.undo()
     finally:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from connector.agents.active_directory import ActiveDirectorySettings, Watermark, classify_result
 from connector.agents.active_directory._connection import ServerUnreachable
 from connector.agents.active_directory._export import Exporter, RateLimiter, plan_change
-from connector.agents.active_directory._import import Importer
+from connector.agents.active_directory._import import Importer, _cookie_gone
 from connector.agents.active_directory._ldap import (
     decode_values,
     dn_in_scope,
@@ -412,3 +412,24 @@ def test_a_base_dn_of_another_domain_says_to_give_that_domain_its_own_agent() ->
         f"the search to {CHILD_REFERRAL} (another domain of the forest); give that domain its own agent with host "
         "set to one of its domain controllers"
     )
+
+
+@pytest.mark.parametrize(
+    ("result", "gone"),
+    [
+        ({"result": 53, "description": "unwillingToPerform", "message": ""}, True),
+        ({"result": 12, "description": "unavailableCriticalExtension", "message": ""}, True),
+        # AD's documented text for a discarded result set ("How LDAP server cookies are handled"), any error code
+        ({"result": 2, "message": "00000057: LdapErr: DSID-0C090753, comment: Error processing control, data 0"}, True),
+        (
+            {"result": 1, "message": "000004DC: LdapErr: DSID-0C090A5C, comment: a successful bind must be completed"},
+            False,
+        ),
+        ({"result": 2, "message": "protocol error"}, False),
+        ({"result": 0, "message": "Error processing control"}, False),
+        ({"result": 50, "message": None}, False),
+    ],
+)
+def test_which_answers_to_a_later_page_mean_the_cookie_is_gone(result: dict[str, Any], gone: bool) -> None:
+    """Pure: the codes measured on Samba (53, 12), and AD's documented comment whatever the code; nothing else."""
+    assert _cookie_gone(result) is gone
