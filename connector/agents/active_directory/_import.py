@@ -243,11 +243,22 @@ class Watermark:
 
 #: What to do about an answer to an import search that is neither success nor a code with an answer of its own
 #: (``Importer._raise_for``), by LDAP result code (RFC 4511 appendix A); ``{account}`` and ``{base}`` are filled in.
+#:
+#: 4 (sizeLimitExceeded): not ``page_size``. MS-ADTS 3.1.1.3.4.1.1 (LDAP_PAGED_RESULT_OID_STRING,
+#: https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-adts/1b4a637c-c682-4b5e-9397-fe9142a38887): "DCs
+#: limit the number of objects that can be returned in a single search operation to the value specified by the
+#: MaxPageSize policy"; the paged control splits a search "into multiple searches, each of which returns no more
+#: objects than this limit", so a page_size above MaxPageSize gets shorter pages, which the paged searches follow by
+#: their cookie. Only an unpaged search (the re-read, ``_REREAD_CHUNK`` objects at a time) can meet it, and AD then
+#: answers the first objects ("Retrieving Large Results Sets": without paging, "a maximum of the first 1000
+#: records"); the import keeps none of them (``_raise_for`` stops), so the partial answer is never taken for all.
 _REMEDIES = {
     1: "The DC could not carry out the search (AD answers so to a connection whose bind it no "
     "longer holds); the DC's text says why, its Directory Service event log more",
-    4: "The search returned more than the DC's limit for one page (LDAP policy MaxPageSize, 1000 "
-    "by default): set page_size at or below it",
+    4: "The DC cut the search short at its LDAP policy MaxPageSize (1000 by default), which caps a search that is "
+    f"not paged (the agent re-reads up to {_REREAD_CHUNK} objects at a time so; its paged searches get pages of at "
+    "most MaxPageSize whatever page_size is); the agent took none of the objects answered: ask the DC's "
+    f"administrators to set MaxPageSize to {_REREAD_CHUNK} or more",
     11: "The search went past a limit of the DC's LDAP policy (MaxResultSetSize, "
     "MaxResultSetsPerConn, MaxQueryDuration): lower page_size or ask the DC's administrators about the policy",
     50: "The account {account} may not read under {base}: grant it read access (List "

@@ -81,7 +81,13 @@ def _people(ad_env: ADTestEnv, account: KerberosAccount, *, one_writable: bool) 
 def _as_ad_limits_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """Searches with a sizeLimit get at most that many entries and sizeLimitExceeded (4), as from AD.
 
-    ASSUMPTION: which entries AD keeps is the first it would answer without the limit (Samba's order here).
+    RFC 4511 4.5.1.4: the sizeLimit "restricts the maximum number of entries to be returned as a result of the
+    Search"; A.2: sizeLimitExceeded "Indicates that the size limit specified by the client was exceeded before the
+    operation could be completed" (the entries sent before it stand). ASSUMPTION: which entries AD keeps is the first
+    it would answer without the limit (Samba's order here). Searched: MS-ADTS 3.1.1.3.4.1.1 and 3.1.1.3.4.6, "Search
+    Size and Page Size", "Retrieving Large Results Sets", RFC 4511; Microsoft says "the first" only for its own
+    MaxPageSize cap ("Retrieving Large Results Sets": without paging, "a maximum of the first 1000 records"), nothing
+    for a client's sizeLimit. The agent's own size-limited searches (a sample user, the bound account) take any one.
     """
     real = Connection.search
 

@@ -414,6 +414,37 @@ def test_a_base_dn_of_another_domain_says_to_give_that_domain_its_own_agent() ->
     )
 
 
+class _CappedLink:
+    """A DC whose LDAP policy MaxPageSize is below the re-read's 100 objects: an unpaged search gets the first
+    MaxPageSize objects and sizeLimitExceeded (4), as AD answers one ("Retrieving Large Results Sets": searches
+    "performed without paging are limited to returning a maximum of the first 1000 records", MaxPageSize's default).
+    A stand-in: Samba applies no MaxPageSize."""
+
+    host = "dc.example.test"
+
+    def run(self, operation: Any) -> Any:
+        return {"result": 4, "description": "sizeLimitExceeded", "message": ""}, []
+
+    def describe(self) -> str:
+        return f"domain controller {self.host}:636 (ldaps)"
+
+
+def test_an_unpaged_search_cut_by_maxpagesize_names_the_policy_not_page_size() -> None:
+    """Before: "set page_size at or below it", which cannot help: page_size only sizes the paged searches, which
+    AD cuts into pages of at most MaxPageSize objects without an error (MS-ADTS 3.1.1.3.4.1.1). Now the stop names
+    the unpaged search and the policy, and says the import took nothing from the partial answer."""
+    context = ConnectorContext(agent="ad", data_dir=Path("unused"))
+    importer = Importer(  # type: ignore[arg-type]
+        ActiveDirectorySettings.model_validate(BASE_SETTINGS), _CappedLink(), build_schema([]), context
+    )
+    with pytest.raises(StopRunError) as caught:
+        importer.read_by_anchor([GUID])
+    message = str(caught.value)
+    assert "4 sizeLimitExceeded" in message and "MaxPageSize" in message, message
+    assert "set page_size" not in message and "set MaxPageSize to 100 or more" in message, message
+    assert "MS-ADTS 3.1.1.3.4.1.1" not in message  # the citation belongs in the code, not in the operator's message
+
+
 @pytest.mark.parametrize(
     ("result", "gone"),
     [
