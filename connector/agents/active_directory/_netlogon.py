@@ -20,12 +20,36 @@ DcSockAddrSize and DcSockAddr (only with NETLOGON_NT_VERSION_5EX_WITH_IP, which 
 NextClosestSiteName (a name; only when asked with NETLOGON_NT_VERSION_WITH_CLOSEST_SITE), and the fixed footer:
 NtVersion (4 bytes, the flags of the answer), LmNtToken and Lm20Token (2 each).
 
-**NextClosestSiteName.** The agent asks for it (NtVer 0x16: V5, V5EX, WITH_CLOSEST_SITE, MS-ADTS 6.3.1.1): the
-site with the lowest site-link cost from the client's site among those with DCs, which Windows' locator tries
-when the client's own site has none ("Try Next Closest Site" policy). A DC that does not fill it leaves it out
-altogether: Samba 4.17 answers NtVer 0x16 exactly as 0x06 (measured), so the field is read only when bytes are
-left between ClientSiteName (and DcSockAddr, when the answer's NtVersion says it is there) and the footer, as
-Wireshark and Scapy dissect the structure.
+What Microsoft documents, and what the agent takes from it:
+
+* MS-ADTS 6.3.3 ("LDAP Ping"): "An LDAP rootDSE search (section 3.1.1.3.2) that retrieves the rootDSE attribute
+  netlogon (section 3.1.1.3.2.14) triggers the following processing on the server", with no transport named: the
+  agent's search over its LDAPS (TCP) connection is one; Windows itself sends it over UDP (CLDAP).
+* MS-ADTS 6.3.1.1 (NETLOGON_NT_VERSION,
+  https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-adts/8e6a9efa-6312-44e2-af12-06ad73afbfa5): V5EX
+  (0x4) "instructs the server to respond to LDAP ping and mailslot ping using the NETLOGON_SAM_LOGON_RESPONSE_EX
+  structure"; V5EP (0x8) "Instructs the server to respond to mailslot ping using the NETLOGON_SAM_LOGON_RESPONSE_EX
+  structure and also to return the IP address of the server in the response" (the agent does not ask it; Samba
+  answers an LDAP ping that asks it with DcSockAddr, measured, so the parser passes over it when NtVersion says so);
+  VCS (0x10, NETLOGON_NT_VERSION_WITH_CLOSEST_SITE) "Indicates that the client is querying for the closest site".
+* MS-ADTS 6.3.1.2 (DS_FLAG,
+  https://learn.microsoft.com/en-us/openspecs/windows_protocols/MS-ADTS/f55d3f53-351d-4407-940e-f53eb6154af0):
+  "DS_CLOSEST_FLAG, 0x00000080: The server is in the same site as the client. This is a hint to the client that it
+  is well-connected to the server in terms of speed." The locator compares ClientSiteName with DcSiteName
+  instead, which says the same when both are given (Samba's answer to a client in its own site carries the flag:
+  SAMBA_ANSWER in the tests) and also names the site to prefer when they differ; ``NetlogonResponse.flags`` keeps
+  it.
+* MS-ADTS 6.3.1.9 draws NextClosestSiteName after DcSockAddrSize and DcSockAddr (16 bytes) and before NtVersion,
+  LmNtToken and Lm20Token.
+
+**NextClosestSiteName.** The agent asks for it (NtVer 0x16: V5, V5EX, WITH_CLOSEST_SITE): the site with the lowest
+site-link cost from the client's site among those with DCs, which Windows' locator tries when the client's own
+site has none ("Try Next Closest Site" policy). A DC that does not fill it leaves it out altogether: Samba 4.17
+answers NtVer 0x16 exactly as 0x06 (measured), so the field is read only when bytes are left between
+ClientSiteName (and DcSockAddr, when the answer's NtVersion says it is there) and the footer, as Wireshark and
+Scapy dissect the structure. ASSUMPTION: a Windows DC that has no next closest site to name leaves the field out
+as Samba does, or sends it empty; both read as "". Searched: MS-ADTS 6.3.1.1, 6.3.1.2, 6.3.1.9, 6.3.3 (the excerpts
+available here give the layout, not when the field is left out).
 """
 
 from __future__ import annotations
@@ -107,8 +131,11 @@ def ldap_ping(conn: Connection, domain: str, timeout: float | None = None) -> Ne
     locator does not wait on one DC either: it pings the DCs DNS names and takes the first to answer (Microsoft,
     "How domain controllers are located in Windows", KB 247811,
     https://learn.microsoft.com/en-us/troubleshoot/windows-server/active-directory/how-domain-controllers-are-located).
-    The default of ``ping_timeout`` (2 s) is ours (ASSUMPTION: Microsoft documents no figure for a ping over TCP):
-    a DC answers the ping from memory, in milliseconds when it is well.
+    The default of ``ping_timeout`` (2 s) is ours (ASSUMPTION: Microsoft documents no figure for a ping over TCP;
+    the figures it gives are for its UDP pings, which it sends to the next DC meanwhile: "After each ping, the client
+    will wait 1/10th second for a response" in the Windows 2000 DNS white paper's locator algorithm, 0.4 s for each of
+    the first five DCs in "Domain Controller Locator: an overview", Microsoft's archived TechNet blog): a DC answers
+    the ping from memory, in milliseconds when it is well, and over TCP the connection is already made.
 
     Raises NetlogonError when the DC answers without a Netlogon value (a directory that is not AD, or a DC
     that does not answer LDAP pings over TCP) or with one this parser cannot read; ldap3's transport errors

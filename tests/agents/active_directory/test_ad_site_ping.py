@@ -150,6 +150,8 @@ def test_samba_s_real_answer_parses(data: bytes) -> None:
     assert answer.dc_site_name == answer.client_site_name == "Default-First-Site-Name"
     assert answer.domain_guid == GUID
     assert answer.next_closest_site_name == ""  # Samba 4.17 leaves it out, though asked
+    # a client in the DC's own site: DS_CLOSEST_FLAG (0x80, MS-ADTS 6.3.1.2 "in the same site as the client") is set
+    assert answer.flags & 0x80
 
 
 @pytest.mark.parametrize(
