@@ -514,13 +514,7 @@ class Importer:
         watched = list(dict.fromkeys([*self._requested, "isDeleted", "name", *filter_attributes(self._filter)]))
         result, entries = self._dirsync(root, _DIRSYNC_FILTER, watched, _unb64(token["c"]), bool(token["os"]))
         if result["result"] != 0:
-            msg = (
-                f"DirSync failed: {result['result']} {result['description']} (was the account's permission "
-                f"withdrawn?). Run a full import of agent {self.context.agent!r}; "
-                "it falls back to uSNChanged "
-                "when DirSync is not permitted"
-            )
-            raise StopRunError(msg)
+            raise self._dirsync_refused(root, result)
         page: list[CSEntryChange] = []
         changed: list[str] = []
         for raw in entries:
@@ -538,6 +532,25 @@ class Importer:
             return ImportPage(page, more_to_import=True, page_token=json.dumps(token))
         watermark = self._watermark(int(token["hi"]), cookie, bool(token["os"])).dumps()
         return ImportPage(page, more_to_import=False, watermark=watermark)
+
+    def _dirsync_refused(self, root: str, result: dict[str, Any]) -> StopRunError:
+        """The stop for a DirSync delta search the DC refused (not busy: ``dc_entries`` took those), with its text.
+
+        Why both causes and the DC's text: Microsoft documents that a DC may reject a DirSync cookie ("Polling for
+        Changes Using the DirSync Control",
+        https://learn.microsoft.com/en-us/windows/win32/ad/polling-for-changes-using-the-dirsync-control: "It is also
+        possible the other DC rejects the cookie returned from the original DC", with "0000203D: LdapErr: ...,
+        comment: Error processing control" and "A protocol error occurred"; "The client application should handle
+        this case and retry with a full sync"), and a withdrawn right is refused too. The message said only "was
+        the account's permission withdrawn?", without the DC's text that tells the two apart. A full import fixes
+        either: it takes a new cookie, or falls back to uSNChanged when DirSync is not permitted."""
+        return StopRunError(
+            f"{self.link.describe()} refused the DirSync search under {root!r} with {result_detail(result)}: the DC "
+            "rejected the DirSync cookie (Microsoft documents this for a cookie from another DC or an older Windows "
+            "version), or the account may no longer use DirSync ('Replicating Directory Changes' withdrawn); "
+            f"{self.outcome.kept}. Run a full import of agent {self.context.agent!r}: it takes a new cookie, or "
+            "falls back to uSNChanged when DirSync is not permitted"
+        )
 
     def read_by_anchor(self, anchors: Sequence[str]) -> list[CSEntryChange]:
         """Current state of the given objects: REPLACE when in scope and matching, else DELETE."""
