@@ -294,11 +294,12 @@ def _one_pause_after_first_wave(seconds: float) -> Iterator[dict[str, Any]]:
 
     Why this is a bound: a client that has never met the service's wall must send past it once to
     find it (nothing answered below a cap says where the cap is), and the push-back that answers
-    pauses every thread of the client for its Retry-After (#14's rule). Started at the wall itself,
-    as the warm run is (no slow start, no census to misread), and paused at once, before any answer
-    could arrive, such a run pays the least a first push-back can cost: the share it reaches is the
-    most a cold run of any client that honours that rule can reach. The yielded dict says whether the
-    pause was made, and at which limit.
+    pauses every thread of the client for its Retry-After (#14's rule). Started at the wall the first
+    run measured, as the warm run is (no slow start), and paused at once, before any answer could
+    arrive, such a run pays the least a first push-back can cost: the share it reaches is the most a
+    cold run of any client that honours that rule can reach, given that wall (a first run whose census
+    read the wall low passes that reading on, and the bound is low by as much). The yielded dict says
+    whether the pause was made, and at which limit.
     """
     done = threading.Event()
     seen: dict[str, Any] = {"paused": False, "limit": None}
