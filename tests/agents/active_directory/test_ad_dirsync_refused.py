@@ -14,18 +14,13 @@ replaced for the DirSync read of the changes only), as in test_ad_import_busy; e
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from ldap3 import MODIFY_REPLACE, Connection
 
 from tests.agents.active_directory.conftest import ADTestEnv
-from tests.agents.active_directory.test_ad_import_busy import _engine
-from tests.agents.active_directory.test_ad_import_outage import _pending_imports
+from tests.agents.active_directory.test_ad_import_busy import _changes, delta_answered
 
 pytestmark = pytest.mark.samba
 
-_USERS = 3
 #: The answer Microsoft documents for a DirSync cookie a DC rejects (the DSID varies by build).
 _REJECTED = {
     "result": 2,
@@ -40,30 +35,7 @@ def test_a_rejected_dirsync_cookie_names_the_dc_s_text_and_the_full_import(
     """The step stops naming the DC, its answer with its text, both causes (a rejected cookie, as Microsoft
     documents, or a withdrawn right) and the full import that fixes either; no delete is staged and the next delta
     (the DC answering again) still reads the change: the watermark stayed."""
-    people = ad_env.sub_ou("people")
-    names = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
-    engine = _engine(ad_env, people, delta_method="dirsync")
-    try:
-        assert engine.run_profile("Import").status == "success"
-        pending_before = _pending_imports(engine)
-        changed = next(iter(names))
-        ad_env.admin.modify(f"CN={changed},{people}", {"displayName": [(MODIFY_REPLACE, ["Changed Name"])]})
-        real = Connection.search
-
-        def rejected(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
-            if self is ad_env.admin or search_filter != "(objectClass=user)":  # the DirSync read of the changes
-                return real(self, base, search_filter, *args, **kwargs)
-            self.result = {**_REJECTED, "dn": "", "referrals": None, "type": "searchResDone"}
-            self.response = []
-            return False
-
-        monkeypatch.setattr(Connection, "search", rejected)
-        stopped = engine.run_profile("Delta")
-        monkeypatch.undo()
-        pending_after = _pending_imports(engine)
-        again = engine.run_profile("Delta")
-    finally:
-        engine.close()
+    stopped, pending_before, pending_after, again = delta_answered(ad_env, monkeypatch, "dirsync", _changes, _REJECTED)
     step = stopped.steps[0]
     message = step.message
     assert step.status == "stopped-connector-error", step.as_dict()

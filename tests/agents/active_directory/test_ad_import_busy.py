@@ -105,6 +105,46 @@ def _tombstones(search_filter: str, kwargs: dict[str, Any]) -> bool:
     return "uSNChanged" in search_filter and bool(kwargs.get("controls"))
 
 
+def delta_answered(
+    ad_env: ADTestEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    which: Callable[[str, dict[str, Any]], bool],
+    answer: dict[str, Any],
+) -> tuple[Any, Any, Any, Any]:
+    """A full import, a change to one user, then a delta import whose search ``which`` picks is answered
+    ``answer`` (no entries; every other search is real), then the next delta with the DC answering again.
+
+    Returns the stopped delta's result, the pending imports before and after it, and the next delta's result.
+    """
+    people = ad_env.sub_ou("people")
+    names = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
+    engine = _engine(ad_env, people, delta_method=method)
+    try:
+        assert engine.run_profile("Import").status == "success"
+        pending_before = _pending_imports(engine)
+        changed = next(iter(names))
+        ad_env.admin.modify(f"CN={changed},{people}", {"displayName": [(MODIFY_REPLACE, ["Changed Name"])]})
+        real = Connection.search
+
+        def answered(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
+            schema = "attributeSchema" in search_filter  # the schema check names every attribute read
+            if self is ad_env.admin or schema or not which(search_filter, kwargs):
+                return real(self, base, search_filter, *args, **kwargs)
+            self.result = {**answer, "dn": "", "referrals": None, "type": "searchResDone"}
+            self.response = []
+            return False
+
+        monkeypatch.setattr(Connection, "search", answered)
+        stopped = engine.run_profile("Delta")
+        monkeypatch.undo()
+        pending_after = _pending_imports(engine)
+        again = engine.run_profile("Delta")
+    finally:
+        engine.close()
+    return stopped, pending_before, pending_after, again
+
+
 #: (delta_method, which search turns busy, what the message names, code, description)
 _DELTA_CASES = [
     *[("auto", _changes, "the DirSync search under", code, text) for code, text in _CODES],
@@ -127,31 +167,8 @@ def test_a_busy_answer_to_a_delta_import_keeps_its_watermark(
     """A delta's read of the changes answered busy (DirSync's, its read again by objectGUID, a uSNChanged
     delta's search in scope or its search for tombstones): the step stops as server down, stages no delete,
     and the next delta (the DC answering again) still reads the change made before: the watermark stayed."""
-    people = ad_env.sub_ou("people")
-    names = ad_env.add_users(ad_env.specs(_USERS, photos=False), ou=people)
-    engine = _engine(ad_env, people, delta_method=method)
-    try:
-        assert engine.run_profile("Import").status == "success"
-        pending_before = _pending_imports(engine)
-        changed = next(iter(names))
-        ad_env.admin.modify(f"CN={changed},{people}", {"displayName": [(MODIFY_REPLACE, ["Changed Name"])]})
-        real = Connection.search
-
-        def busy(self: Connection, base: str, search_filter: str, *args: Any, **kwargs: Any) -> Any:
-            schema = "attributeSchema" in search_filter  # the schema check names every attribute read
-            if self is ad_env.admin or schema or not which(search_filter, kwargs):
-                return real(self, base, search_filter, *args, **kwargs)
-            self.result = {"result": code, "description": description, "message": "problem 5001"}
-            self.response = []
-            return False
-
-        monkeypatch.setattr(Connection, "search", busy)
-        stopped = engine.run_profile("Delta")
-        monkeypatch.undo()
-        pending_after = _pending_imports(engine)
-        again = engine.run_profile("Delta")
-    finally:
-        engine.close()
+    answer = {"result": code, "description": description, "message": "problem 5001"}
+    stopped, pending_before, pending_after, again = delta_answered(ad_env, monkeypatch, method, which, answer)
     step = stopped.steps[0]
     _assert_stopped_naming(step, ad_env, what, code, description)
     assert "the delta-import watermark stays where it was" in step.message, step.message
