@@ -68,6 +68,7 @@ from connector.net import SSL_CERT_FILE, certificate_out_of_date, openssl_ca_fil
 from connector.sdk import AuthenticationError, ServerDownError, StopRunError
 
 __all__ = [
+    "COOKIE_GONE",
     "DC_STATE_CODES",
     "TRANSPORT_ERRORS",
     "DcRefused",
@@ -75,6 +76,7 @@ __all__ = [
     "LinkPool",
     "Outcome",
     "ServerUnreachable",
+    "cookie_gone",
     "dc_entries",
     "describe_failure",
     "paged_cookie",
@@ -104,6 +106,39 @@ class ServerUnreachable(Exception):
 #: busy, unavailable; AD answers a DC overloaded, shutting down or not ready so, with a SvcErr problem
 #: 5001-5003): asking again later, or another DC, can succeed where the same request failed.
 DC_STATE_CODES = frozenset({3, 51, 52})
+
+
+#: Answers to a page sent with a cookie that mean the DC no longer holds the search's result set: the search
+#: starts again from its first page (``cookie_gone``, for ``_import.Importer._paged`` and
+#: ``_permissions.writable_elsewhere``). RFC 2696 (3) leaves the code to the server: "If, for any reason, the server
+#: cannot resume a paged search operation for a client, then it SHOULD return the appropriate error in a
+#: searchResultDone entry". Microsoft, "How LDAP server cookies are handled" (https://learn.microsoft.com/en-us/windows-server/identity/ad-ds/manage/how-ldap-server-cookies-are-handled):
+#: "If the server cannot find related cookie information from the server cache due to any reason, the search is
+#: discontinued and error is returned to the client"; result sets are discarded oldest first past MaxResultSetSize
+#: (262,144 bytes) or MaxResultSetsPerConn (10), and a client that sends a discarded one gets an error "similar to:
+#: 00000057: LdapErr: DSID-xxxxxxxx, comment: Error processing control, data 0, v1db1"; "Retrying the search will
+#: result in restarting the search from the first page". The page gives that text, not the LDAP result code. Measured
+#: on Samba 4.17: 53 unwillingToPerform for a cookie it does not hold (discarded, or another connection's), 12
+#: unavailableCriticalExtension for one sent with another request; AD answers 12 with that text to a paged search
+#: (reported on Microsoft Q&A 761199, not documented), and Microsoft documents the same comment with protocolError for
+#: a DirSync cookie a DC rejects ("Polling for Changes Using the DirSync Control": "A protocol error occurred").
+#: So the documented text counts whatever the code (``_CONTROL_ERROR``). ASSUMPTION (searched: MS-ADTS 3.1.1.3.4.1.1
+#: and 3.1.1.3.4.6, RFC 2696, the page above; none names a code): AD answers a discarded result set with one of
+#: these codes or with that text. A later page is the first page's request but for the cookie, so these can only be
+#: about it; any other answer (a right withdrawn, the base DN deleted or renamed, a limit) is not, and gets the first
+#: page's (``_import.Importer._raise_for``).
+COOKIE_GONE = frozenset({12, 53})
+#: The comment of AD's answer to a paged-search cookie it no longer holds (see ``COOKIE_GONE``), lower case.
+_CONTROL_ERROR = "error processing control"
+
+
+def cookie_gone(result: dict[str, Any]) -> bool:
+    """Whether ``result``, the answer to a page sent with a cookie, says the DC no longer holds the search's result
+    set (``COOKIE_GONE``): one of its codes, or AD's documented "Error processing control" with any error code."""
+    code = result.get("result")
+    if code in COOKIE_GONE:
+        return True
+    return code not in (0, None) and _CONTROL_ERROR in str(result.get("message") or "").lower()
 
 
 def result_detail(result: dict[str, Any]) -> str:

@@ -69,6 +69,7 @@ from connector.agents.active_directory._connection import (
     Link,
     Outcome,
     ServerUnreachable,
+    cookie_gone,
     dc_entries,
     dc_state_stop,
     paged_cookie,
@@ -121,28 +122,6 @@ _ROOT_DSE = ["highestCommittedUSN", "dsServiceName", "namingContexts", "schemaNa
 #: Paged searches one import step may start again from their first page (see ``Importer._paged``) before
 #: it stops: past that the DC keeps discarding them, or the connection keeps being replaced.
 _RESTARTS_MAX = 10
-#: Answers to a page sent with a cookie that mean the DC no longer holds the search's result set: the search
-#: starts again from its first page (``Importer._paged``, ``_cookie_gone``). RFC 2696 (3) leaves the code to the
-#: server: "If, for any reason, the server cannot resume a paged search operation for a client, then it SHOULD return
-#: the appropriate error in a searchResultDone entry". Microsoft, "How LDAP
-#: server cookies are handled" (https://learn.microsoft.com/en-us/windows-server/identity/ad-ds/manage/how-ldap-server-cookies-are-handled):
-#: "If the server cannot find related cookie information from the server cache due to any reason, the search is
-#: discontinued and error is returned to the client"; result sets are discarded oldest first past MaxResultSetSize
-#: (262,144 bytes) or MaxResultSetsPerConn (10), and a client that sends a discarded one gets an error "similar to:
-#: 00000057: LdapErr: DSID-xxxxxxxx, comment: Error processing control, data 0, v1db1"; "Retrying the search will
-#: result in restarting the search from the first page". The page gives that text, not the LDAP result code. Measured
-#: on Samba 4.17: 53 unwillingToPerform for a cookie it does not hold (discarded, or another connection's), 12
-#: unavailableCriticalExtension for one sent with another request; AD answers 12 with that text to a paged search
-#: (reported on Microsoft Q&A 761199, not documented), and Microsoft documents the same comment with protocolError for
-#: a DirSync cookie a DC rejects ("Polling for Changes Using the DirSync Control": "A protocol error occurred").
-#: So the documented text counts whatever the code (``_CONTROL_ERROR``). ASSUMPTION (searched: MS-ADTS 3.1.1.3.4.1.1
-#: and 3.1.1.3.4.6, RFC 2696, the page above; none names a code): AD answers a discarded result set with one of
-#: these codes or with that text. A later page is the first page's request but for the cookie, so these can only be
-#: about it; any other answer (a right withdrawn, the base DN deleted or renamed, a limit) is not, and gets the first
-#: page's (``_raise_for``).
-_COOKIE_GONE = frozenset({12, 53})
-#: The comment of AD's answer to a paged-search cookie it no longer holds (see ``_COOKIE_GONE``), lower case.
-_CONTROL_ERROR = "error processing control"
 #: What an import that stopped on a DC's answer kept (``dc_state_stop``, ``Importer._raise_for``).
 IMPORT_STOPPED = Outcome(
     "the import stopped there: no object it did not read is marked deleted and the delta-import watermark stays "
@@ -264,15 +243,6 @@ _REMEDIES = {
     50: "The account {account} may not read under {base}: grant it read access (List "
     "Contents, Read Property) there, or check base_dns",
 }
-
-
-def _cookie_gone(result: dict[str, Any]) -> bool:
-    """Whether ``result``, the answer to a page sent with a cookie, says the DC no longer holds the search's result
-    set (``_COOKIE_GONE``): one of its codes, or AD's documented "Error processing control" with any error code."""
-    code = result.get("result")
-    if code in _COOKIE_GONE:
-        return True
-    return code not in (0, None) and _CONTROL_ERROR in str(result.get("message") or "").lower()
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -802,7 +772,7 @@ class Importer:
         nothing, and a cookie the DC discarded is refused: both stopped the import (Samba: "53
         unwillingToPerform"; AD: "Error processing control"). The search then starts again from its first page,
         as AD documents for a paged search that failed, and the callers leave out what this step already
-        returned. Only for the answers that mean the cookie is gone (``_cookie_gone``): any other answer to a
+        returned. Only for the answers that mean the cookie is gone (``cookie_gone``): any other answer to a
         later page gets the one it gets on the first (``_raise_for``), since starting again would only meet it
         again, up to ``_RESTARTS_MAX`` times, and then be blamed on discarded result sets.
         """
@@ -823,7 +793,7 @@ class Importer:
         result, entries, stale = self._run(operation)
         if stale:
             self._restarted(base, "the connection its cookie belonged to was replaced")
-        elif cookie is not None and _cookie_gone(result):
+        elif cookie is not None and cookie_gone(result):
             self._restarted(base, f"the DC refused its cookie: {result.get('result')} {result.get('description')}")
             return self._paged(base, search_filter, size, None, None, attributes=attributes, controls=controls)
         self._raise_for(result, base)

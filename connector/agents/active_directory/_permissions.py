@@ -28,6 +28,7 @@ from ldap3.utils.dn import parse_dn
 
 from connector.agents.active_directory._connection import (
     Link,
+    cookie_gone,
     dc_entries,
     paged_cookie,
     result_detail,
@@ -100,6 +101,10 @@ SIBLINGS_MAX = 1000
 #: Most pages of that search. Why: RFC 2696 promises no full pages (ASSUMPTION: a DC may answer one with fewer
 #: objects than asked, none included, and a cookie); this bounds the round trips however short they are.
 _SIBLINGS_PAGES = 2 * SIBLINGS_MAX // _SIBLINGS_PAGE
+#: Most times that search starts again from its first page after a later page's cookie is gone (``cookie_gone``).
+#: Why a few and not the import's 10 a step: it is one search of one container; a DC that discards its result set
+#: that often within it is overloaded now, and the export is better asked again later (``_unfinished``).
+_SIBLINGS_RESTARTS = 3
 
 
 def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
@@ -116,6 +121,14 @@ def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
     count is of the writable objects of the last page read. A search the DC answers busy, unavailable or out of
     time is ``DcRefused`` (``dc_entries``), and one that ends in any other error before a writable object is
     found a ``StopRunError``: either way an unfinished read is never taken for "no grant".
+
+    Why a later page whose cookie is gone (``cookie_gone``) starts the search again from its first page: the DC
+    discarded the result set (AD does so under load, oldest first), and Microsoft documents that retrying
+    "will result in restarting the search from the first page" ("How LDAP server cookies are handled",
+    https://learn.microsoft.com/en-us/windows-server/identity/ad-ds/manage/how-ldap-server-cookies-are-handled); it
+    stopped the export with "run the export again later", where the import starts again. The objects read before
+    the restart count toward ``SIBLINGS_MAX`` (what it bounds is the DC's work, a rights computation per object
+    answered), so restarts cannot read on forever; past ``_SIBLINGS_RESTARTS`` the export stops as before.
     """
     blocked = {dn.lower() for dn in gap.dns}
     wanted = gap.attribute.lower()
@@ -126,20 +139,27 @@ def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
         return entry["dn"].lower() not in blocked and wanted in (effective_of(entry) or frozenset())
 
     def operation(conn: Connection) -> int:
-        read, found, cookie = 0, 0, None
+        read, found, cookie, restarts = 0, 0, None, 0
         for _page in range(_SIBLINGS_PAGES):
-            size = min(_SIBLINGS_PAGE, SIBLINGS_MAX - read)
-            conn.search(
-                gap.container, search_filter, LEVEL, attributes=[EFFECTIVE], paged_size=size, paged_cookie=cookie
-            )
+            sent, size = cookie, min(_SIBLINGS_PAGE, SIBLINGS_MAX - read)
+            conn.search(gap.container, search_filter, LEVEL, attributes=[EFFECTIVE], paged_size=size, paged_cookie=sent)
             entries = dc_entries(conn, what)
             result = dict(conn.result or {})
             read += len(entries)
             found = sum(1 for entry in entries if writable(entry))
             cookie = paged_cookie(result)
-            if not found and result.get("result") not in (0, None):
-                raise _unfinished(link, gap, what, result, read)
-            if found or not cookie or read >= SIBLINGS_MAX:
+            again = not found and sent is not None and cookie_gone(result) and restarts < _SIBLINGS_RESTARTS
+            if again:
+                restarts, cookie = restarts + 1, None
+                link.logger.info(
+                    "%s starts again from its first page on %s (the DC refused its cookie: %s)",
+                    what,
+                    link.describe(),
+                    result_detail(result),
+                )
+            elif not found and result.get("result") not in (0, None):
+                raise _unfinished(link, gap, what, result, read, restarts)
+            if found or not (cookie or again) or read >= SIBLINGS_MAX:
                 break
         if cookie:  # RFC 2696 (3): a page size of 0 with the cookie abandons the search (the DC frees its result set)
             conn.search(gap.container, search_filter, LEVEL, attributes=["1.1"], paged_size=0, paged_cookie=cookie)
@@ -148,15 +168,19 @@ def writable_elsewhere(link: Link, gap: Gap, object_class: str) -> int:
     return link.run(operation)
 
 
-def _unfinished(link: Link, gap: Gap, what: str, result: dict[str, Any], read: int) -> StopRunError:
+def _unfinished(link: Link, gap: Gap, what: str, result: dict[str, Any], read: int, restarts: int) -> StopRunError:
     """The stop for a read of ``gap``'s neighbours that the DC ended with an error before one writable was found.
 
     Why not 0: with part of the container unread, "no grant" is a guess, and the advice to grant it again sent
     the operator to a grant that may be there. A later page refused with 53, 12 or AD's "Error processing control"
-    means the DC discarded the search's result set (see ``_import._COOKIE_GONE``); asking again later reads it
+    means the DC discarded the search's result set (``cookie_gone``): the read started again from its first page,
+    and ends here only when the DC kept discarding it past ``_SIBLINGS_RESTARTS``; asking again later reads it
     whole."""
+    again = (
+        f" (started again from its first page {restarts} time(s): the DC discarded its result set)" if restarts else ""
+    )
     return StopRunError(
-        f"{link.describe()} ended {what} after {read} object(s) with {result_detail(result)}, before an object "
+        f"{link.describe()} ended {what} after {read} object(s){again} with {result_detail(result)}, before an object "
         f"{gap.attribute} may be written on was found: whether the grant on {gap.container} exists is unknown; "
         "nothing was written for these people, they stay pending: run the export again later, or list another DC "
         "first"

@@ -14,6 +14,12 @@ number of objects to be returned by the search": "Size Limit with IDirectorySear
 How the OU is built without relying on the DC's answer order: none of its users may be written by the
 account but one, and that one is the last the DC answers (read before the test, and checked to come after the
 first 20). The tests that need no writable object at all (the bound, a refused later page) have none.
+
+A later page answered "cookie gone" (the DC discarded the search's result set, as AD does under load: Microsoft,
+"How LDAP server cookies are handled": "Retrying the search will result in restarting the search from the first
+page") stopped the export with "run the export again later", where the import starts its search again. Samba's
+own answer (53) is had by sending it a cookie it does not hold; AD's (12, or "Error processing control" with any
+code), which Samba never gives, is made up in process as in test_ad_import_later_page.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from connector.agents.active_directory._permissions import Gap, writable_elsewhe
 from connector.sdk import AttributeChange, ExportStatus, ServerDownError, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_export import update
+from tests.agents.active_directory.test_ad_import_later_page import _COOKIE_GONE
 from tests.agents.active_directory.test_ad_kerberos import kerberos_settings
 from tests.harness.samba_dc import KerberosAccount, allow_write
 
@@ -218,9 +225,10 @@ def test_a_busy_answer_to_a_later_page_stops_the_export_as_the_dc_s_state_not_as
 def test_a_later_page_the_dc_refuses_is_not_taken_for_a_missing_grant(
     ad_env: ADTestEnv, samba_kerberos: KerberosAccount, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A later page sent with a cookie the DC does not hold (as after it discarded the result set under load):
-    the DC's own refusal (Samba: 53 unwillingToPerform) stops the export naming the OU and the DC, with nothing
-    written, instead of 0 writable neighbours and the advice to grant what may be granted."""
+    """Every later page sent with a cookie the DC does not hold (as when it keeps discarding the result set under
+    load): the read starts again from its first page 3 times (4 objects each), then the DC's own refusal (Samba:
+    53 unwillingToPerform) stops the export naming the OU and the DC, with nothing written, instead of 0
+    writable neighbours and the advice to grant what may be granted."""
     people = _people(ad_env, samba_kerberos, one_writable=False)
     monkeypatch.setattr(_permissions, "_SIBLINGS_PAGE", 4)
     real = _permissions.paged_cookie
@@ -231,7 +239,69 @@ def test_a_later_page_the_dc_refuses_is_not_taken_for_a_missing_grant(
         connector.export([update(people.guids[dn], AttributeChange.replace(_PHOTO, jpeg(1)))])
     message = str(caught.value)
     assert caught.value.status == "stopped-connector-error", message
-    assert f"ended the read of the rights in {people.ou} after 4 object(s) with 53 " in message, message
+    again = "started again from its first page 3 time(s): the DC discarded its result set"
+    assert f"ended the read of the rights in {people.ou} after 16 object(s) ({again}) with 53 " in message, message
     assert f"whether the grant on {people.ou} exists is unknown" in message, message
     assert f"{ad_env.ad.host}:{ad_env.ad.ldaps_port}" in message and "dsacls" not in message, message
     assert connector.export_stats.writes == 0 and ad_env.read(dn.split(",")[0][3:], _PHOTO, people.ou) == []
+
+
+def _refuse_later_pages(monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any] | None, times: int) -> list[int]:
+    """The first ``times`` pages sent with a cookie are refused: by the real DC (``answer`` None), sent a cookie it
+    does not hold instead, or with ``answer`` made up in process and no entries. Returns the list counting them."""
+    real = Connection.search
+    refused: list[int] = []
+
+    def search(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("paged_cookie") is None or len(refused) >= times:
+            return real(self, *args, **kwargs)
+        refused.append(1)
+        if answer is None:
+            return real(self, *args, **{**kwargs, "paged_cookie": b"discarded"})
+        self.result = {**answer, "dn": "", "referrals": None, "type": "searchResDone"}
+        self.response = []
+        return False
+
+    monkeypatch.setattr(Connection, "search", search)
+    return refused
+
+
+_GONE = [None, *({"result": c, "description": d, "message": m} for c, d, m in _COOKIE_GONE if c != 53)]
+
+
+@pytest.mark.parametrize("answer", _GONE, ids=["samba-53", "12", "error-processing-control"])
+def test_a_later_page_whose_cookie_is_gone_starts_the_read_again_from_the_first_page(
+    ad_env: ADTestEnv,
+    samba_kerberos: KerberosAccount,
+    link: Link,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    answer: dict[str, Any] | None,
+) -> None:
+    """The second page refused once as a discarded result set: the read starts again from its first page and
+    finds the writable neighbour on the last. Before: the export stopped, "run the export again later"."""
+    people = _people(ad_env, samba_kerberos, one_writable=True)
+    assert people.writable is not None
+    pages = _pages(monkeypatch, 4)
+    refused = _refuse_later_pages(monkeypatch, answer, 1)
+    gap = Gap(_PHOTO, people.ou, people.others()[:1])
+    with caplog.at_level(logging.INFO, logger="mvsync.agent.ad"):
+        assert writable_elsewhere(link, gap, "user") == 1
+    assert refused == [1]
+    assert pages[1] == [] and pages[2] == pages[0] and len(pages[0]) == 4, pages
+    _read_up_to_the_page_holding(pages[2:], people.writable)
+    code = 53 if answer is None else answer["result"]
+    assert f"the read of the rights in {people.ou} starts again from its first page" in caplog.text, caplog.text
+    assert f"the DC refused its cookie: {code} " in caplog.text, caplog.text
+
+
+def test_what_a_restarted_read_read_before_counts_toward_its_bound(
+    ad_env: ADTestEnv, samba_kerberos: KerberosAccount, link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SIBLINGS_MAX`` 10, pages of 4, the second refused once: 4, (refused), 4, 2, then 0 writable."""
+    people = _people(ad_env, samba_kerberos, one_writable=False)
+    monkeypatch.setattr(_permissions, "SIBLINGS_MAX", 10)
+    pages = _pages(monkeypatch, 4)
+    _refuse_later_pages(monkeypatch, None, 1)
+    assert writable_elsewhere(link, Gap(_PHOTO, people.ou, people.others()[:1]), "user") == 0
+    assert [len(page) for page in pages] == [4, 0, 4, 2], pages

@@ -16,9 +16,9 @@ import pytest
 from pydantic import ValidationError
 
 from connector.agents.active_directory import ActiveDirectorySettings, Watermark, classify_result
-from connector.agents.active_directory._connection import ServerUnreachable
+from connector.agents.active_directory._connection import ServerUnreachable, cookie_gone
 from connector.agents.active_directory._export import Exporter, RateLimiter, plan_change
-from connector.agents.active_directory._import import Importer, _cookie_gone
+from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import (
     decode_values,
     dn_in_scope,
@@ -463,4 +463,4 @@ def test_an_unpaged_search_cut_by_maxpagesize_names_the_policy_not_page_size() -
 )
 def test_which_answers_to_a_later_page_mean_the_cookie_is_gone(result: dict[str, Any], gone: bool) -> None:
     """Pure: the codes measured on Samba (53, 12), and AD's documented comment whatever the code; nothing else."""
-    assert _cookie_gone(result) is gone
+    assert cookie_gone(result) is gone
