@@ -215,16 +215,17 @@ def _default_principal(path: Path) -> str | None:
 
 def bound_principal(settings: ActiveDirectorySettings) -> str | None:
     """Whom a Kerberos bind authenticates as: ``principal``; without it the default principal of the
-    credential cache file ``ccache`` when that file exists, else the keytab's first principal. None when that
-    cannot be known here: a cache file that cannot be parsed, a KEYRING:, KCM: or DIR: cache (it may hold
-    anyone's tickets), a keytab that cannot be parsed, or SSPI's identity on Windows.
+    credential cache file ``ccache`` when that file exists, else the keytab's first principal; with neither
+    keytab nor ``ccache``, the default principal of the cache file KRB5CCNAME names. None when that cannot be
+    known here: a cache file that cannot be parsed, a KEYRING:, KCM: or DIR: cache (it may hold anyone's
+    tickets), a keytab that cannot be parsed, KRB5CCNAME unset, or SSPI's identity on Windows.
 
     Why the cache first: MIT krb5 asked for initiator credentials without a name takes the cache's default
     principal when the cache has one, and falls back to the client keytab for a missing (or MEMORY:) cache.
     (ASSUMPTION beyond MIT's documents, which do not spell out the order: it is what MIT 1.20 does, and the
     unit tests check it against MIT's trace.)
     """
-    if settings.auth != "kerberos":
+    if settings.auth != "kerberos" or sys.platform == "win32":  # SSPI: the process's account, named by no file
         return None
     if settings.principal:
         return settings.principal
@@ -234,7 +235,22 @@ def bound_principal(settings: ActiveDirectorySettings) -> str | None:
             return _default_principal(path)
         if path is None and not settings.ccache.startswith("MEMORY:"):
             return None
-    return keytab_principal(settings.keytab) if settings.keytab is not None else None
+    if settings.keytab is not None:
+        return keytab_principal(settings.keytab)
+    return None if settings.ccache else _environment_principal()  # a ccache setting is the cache, KRB5CCNAME not
+
+
+def _environment_principal() -> str | None:
+    """The default principal of the cache KRB5CCNAME names (``FILE:<path>`` or a plain path), for a bind with
+    neither keytab nor ``ccache`` (``_store`` is then empty, and GSSAPI takes MIT's default cache).
+
+    Why KRB5CCNAME and nothing else: MIT names the default cache by KRB5CCNAME first, then krb5.conf's
+    ``default_ccache_name``, then a built-in default such as ``FILE:/tmp/krb5cc_<uid>``
+    (https://web.mit.edu/kerberos/krb5-latest/doc/basic/ccache_def.html). The last two depend on the
+    configuration, the build and the uid; a guessed cache could name someone else, and a wrong name in a grant
+    is worse than none, so without KRB5CCNAME the principal stays unknown."""
+    name = os.environ.get("KRB5CCNAME")
+    return ccache_principal(name) if name else None
 
 
 def _uid() -> str:

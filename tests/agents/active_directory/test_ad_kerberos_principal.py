@@ -231,3 +231,73 @@ def test_a_cache_that_cannot_be_read_here_leaves_the_principal_unknown(tmp_path:
         settings = _settings(keytab=str(keytab), ccache=cache)
         assert bound_principal(settings) is None, cache
         assert configured_account(settings) == f"the principal of keytab {keytab}", cache
+
+
+def test_without_keytab_or_ccache_the_cache_krb5ccname_names_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No keytab, no ``ccache``: MIT krb5 binds with the cache KRB5CCNAME names, so the dsacls advice names its
+    default principal. Before: "the Kerberos identity of this process", which ``dsacls /G`` cannot take."""
+    cache = _written(tmp_path / "krb5cc", _ccache(USER))
+    for name in (f"FILE:{cache}", str(cache)):
+        monkeypatch.setenv("KRB5CCNAME", name)
+        assert bound_principal(_settings()) == "svc-mvsync@CONTOSO.COM", name
+        account = configured_account(_settings())
+        assert account == "svc-mvsync@CONTOSO.COM", name
+        line = dsacls_line("OU=Staff,DC=contoso,DC=com", account, "thumbnailPhoto", "user")
+        assert '/G "svc-mvsync@CONTOSO.COM:RPWP;thumbnailPhoto;user"' in line, line
+    # a keytab (tickets in the agent's own MEMORY: cache) or a ccache setting decides instead of KRB5CCNAME
+    keytab = _written(tmp_path / "svc.keytab", _keytab(("other", "CONTOSO.COM")))
+    assert bound_principal(_settings(keytab=str(keytab))) == "other@CONTOSO.COM"
+    named = _written(tmp_path / "named", _ccache(("named", "CONTOSO.COM")))
+    assert bound_principal(_settings(ccache=f"FILE:{named}")) == "named@CONTOSO.COM"
+    # a ccache setting that names no readable file yet (k5start has not filled it) is still the bind's cache
+    for ccache in (f"FILE:{tmp_path / 'not-yet'}", "MEMORY:mvsync"):
+        assert bound_principal(_settings(ccache=ccache)) is None, ccache
+
+
+def test_krb5ccname_unset_or_unreadable_keeps_the_process_wording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset: MIT's default cache depends on krb5.conf's default_ccache_name and the uid, not guessed here. A
+    cache that is no file (KEYRING:, KCM:, DIR:), a file not there or damaged, or a service principal: as before."""
+    process = "the Kerberos identity of this process"
+    monkeypatch.delenv("KRB5CCNAME", raising=False)
+    assert bound_principal(_settings()) is None and configured_account(_settings()) == process
+    service = _written(tmp_path / "service", _ccache(SERVICE))
+    damaged = _written(tmp_path / "damaged", b"not a cache")
+    for name in (
+        "KEYRING:persistent:1000",
+        "KCM:1000",
+        f"DIR:{tmp_path}",
+        f"FILE:{tmp_path / 'missing'}",
+        str(damaged),
+    ):
+        monkeypatch.setenv("KRB5CCNAME", name)
+        assert bound_principal(_settings()) is None, name
+        assert configured_account(_settings()) == process, name
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{service}")
+    assert bound_principal(_settings()) == "host/app.contoso.com@CONTOSO.COM"
+    assert configured_account(_settings()) == process  # an SPN, which dsacls cannot resolve
+
+
+def test_on_windows_the_process_identity_is_not_read_from_krb5ccname(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSPI binds as the account the process runs as; KRB5CCNAME (perhaps left by MIT's Windows tools) is not it."""
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{_written(tmp_path / 'krb5cc', _ccache(USER))}")
+    settings = _settings()
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert bound_principal(settings) is None
+    assert configured_account(settings) == "the Kerberos identity of this process"
+
+
+def test_mit_krb5_reads_the_cache_krb5ccname_names(tmp_path: Path) -> None:
+    """MIT's own default cache (``klist`` with no ``-c``, as GSSAPI without a ``ccache`` store) is the one
+    KRB5CCNAME names: the cache ``bound_principal`` reads."""
+    klist = _needs("klist")
+    cache = _written(tmp_path / "krb5cc", _ccache(USER))
+    env = {**os.environ, "KRB5CCNAME": f"FILE:{cache}"}
+    shown = subprocess.run([klist], capture_output=True, text=True, timeout=60, env=env)
+    assert f"Ticket cache: FILE:{cache}" in shown.stdout, shown.stdout + shown.stderr
+    assert "Default principal: svc-mvsync@CONTOSO.COM" in shown.stdout, shown.stdout + shown.stderr
