@@ -115,6 +115,14 @@ class _Fields:
         value: int = struct.unpack(self._order + fmt, self.take(struct.calcsize(fmt)))[0]
         return value
 
+    def principal(self, size: str, realm_counted: bool) -> str | None:
+        """A principal as both formats write it: the count of components (``size``, the :mod:`struct` code of
+        every count and length: 16 bits in a keytab, 32 in a ccache; the realm counted too when
+        ``realm_counted``, the obsolete versions), the realm, then each component, each with its length first."""
+        count = self.int(size) - (1 if realm_counted else 0)
+        realm = self.take(self.int(size))
+        return _unparse(realm, [self.take(self.int(size)) for _ in range(count)])
+
 
 def _unparse(realm: bytes, components: list[bytes]) -> str | None:
     """``comp1/comp2@REALM`` as MIT's krb5_unparse_name writes it (a ``/``, ``@`` or ``\\`` inside a part
@@ -163,13 +171,9 @@ def keytab_principal(path: Path) -> str | None:
             size = fields.int("i")
         if size == 0:
             return None  # no entry at all
-        entry = _Fields(fields.take(size), "=" if obsolete else ">")
-        count = entry.int("H") - (1 if obsolete else 0)
-        realm = entry.take(entry.int("H"))
-        components = [entry.take(entry.int("H")) for _ in range(count)]
+        return _Fields(fields.take(size), "=" if obsolete else ">").principal("H", realm_counted=obsolete)
     except (_Truncated, struct.error):
         return None
-    return _unparse(realm, components)
 
 
 def ccache_principal(name: str) -> str | None:
@@ -205,12 +209,9 @@ def _default_principal(path: Path) -> str | None:
             fields.take(fields.int("H"))
         if version != 1:
             fields.int("I")  # name type
-        count = fields.int("I") - (1 if version == 1 else 0)
-        realm = fields.take(fields.int("I"))
-        components = [fields.take(fields.int("I")) for _ in range(count)]
+        return fields.principal("I", realm_counted=version == 1)
     except (_Truncated, struct.error):
         return None
-    return _unparse(realm, components)
 
 
 def bound_principal(settings: ActiveDirectorySettings) -> str | None:
