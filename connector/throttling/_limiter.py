@@ -8,10 +8,7 @@ path's capacity (RFC 5681 for slow start and AIMD; RFC 8312 for remembering wher
 happened; BBR's delivery rate for telling a limit from noise):
 
 * **Slow start.** The limit starts small and grows by one unit per unit answered (it doubles per
-  round trip) until the first push-back (HTTP 429, or 503 with Retry-After). Its first wave is sent
-  blind: until an answer to a request sent with the limit in use comes back, :attr:`untested` asks
-  callers for requests cheap to lose and quick to answer (the Graph import's ``$batch``es carry one
-  round of items then: against a cap of 4, a batch of twenty over it had all twenty refused).
+  round trip) until the first push-back (HTTP 429, or 503 with Retry-After).
 * **Multiplicative decrease and a client-wide pause, once per window.** A push-back multiplies the
   limit by ``backoff`` (0.7, as CUBIC) and stops *new* sends from every thread of the client until
   its ``Retry-After`` has passed (Graph keeps counting requests it throttles, so sending into a
@@ -253,8 +250,6 @@ class AdaptiveLimiter:
         self._in_flight = 0
         self._epoch = 0
         self._slow_start = True
-        #: An answer came back for a request sent while the limit was in use (or the service pushed back).
-        self._tested = False
         #: In-flight level of the last decrease, and when growing past it may be tried again.
         self._bad_level: int | None = None
         #: ``_bad_level`` is a census's measure (or recalled), not the guess made at a decrease.
@@ -295,19 +290,6 @@ class AdaptiveLimiter:
     @property
     def in_flight(self) -> int:
         return self._in_flight
-
-    @property
-    def untested(self) -> bool:
-        """Nothing yet says what the service carries: in slow start, with no answer so far to a request sent
-        while the limit was in use (an answer at a level far below it, such as a listing's first page, says
-        nothing about the limit), and no push-back.
-
-        Why callers ask: the first wave is sent blind, so it is best made of requests that are cheap to lose
-        and quick to answer. A ``$batch`` of one round answers in one of the service's round trips (slow start
-        learns once per answer), and one refused for being over a cap loses its own few items, where a batch
-        of twenty runs its next item as soon as one is refused and loses all of them.
-        """
-        return self._slow_start and not self._tested
 
     def paused_for(self) -> float:
         """Seconds until new sends may start again (0 when not paused)."""
@@ -428,7 +410,6 @@ class AdaptiveLimiter:
         self._tally(ticket, now, None, 0.0)
         if held or ticket.level * 2 < self._limit:
             return  # pushed back in this window, or the limit was not in use: no reason to grow
-        self._tested = True
         # slow start: one unit per unit answered (doubling per round trip); then about one per round trip,
         # or, below a remembered ceiling, half the way back to it per round trip (BIC's binary search)
         per_rtt = 1.0

@@ -551,33 +551,3 @@ def test_a_refused_probe_keeps_the_levels_it_carried_as_the_wall() -> None:
     assert limiter.stats.probes_failed == 2  # at 10.5 s and 40.7 s
     assert (limiter.limit, limiter.wall()) == (6, 6)
     assert figures.limits[-1][1] == 6
-
-
-def test_untested_until_an_answer_at_a_level_that_used_the_limit() -> None:
-    """``untested``: slow start's first wave is sent blind (a caller makes its batches one round then).
-
-    An answer to a request sent far below the limit (a listing's first page, alone in flight) says nothing
-    about the limit; an answer to one sent with half the limit or more in flight does, and so does a
-    push-back. A limiter that starts at a remembered wall is not in slow start at all.
-    """
-    clock = FakeClock()
-    limiter = AdaptiveLimiter("first-wave", ceiling=64, initial=32, clock=clock)
-    assert limiter.untested
-    listing = limiter.acquire(1)
-    clock.now += 0.1
-    limiter.release(listing, Signal.OK)
-    assert limiter.untested and limiter.limit == 32  # alone in flight: neither tested nor grown
-    wave = [limiter.acquire(4) for _ in range(8)]
-    clock.now += 0.1
-    limiter.release(wave[0], Signal.OK)  # sent at level 4 of 32: still blind
-    assert limiter.untested
-    limiter.release(wave[-1], Signal.OK)  # sent at level 32: the limit was in use
-    assert not limiter.untested and limiter.limit == 36
-
-    pushed = AdaptiveLimiter("first-wave-refused", ceiling=64, initial=32, clock=clock)
-    ticket = pushed.acquire(4)
-    pushed.release(ticket, Signal.THROTTLED, retry_after=1.0)
-    assert not pushed.untested
-
-    recalled = AdaptiveLimiter("warm", ceiling=64, initial=32, clock=clock)
-    assert recalled.recall(50) and not recalled.untested

@@ -644,8 +644,6 @@ class PhotoWorker(Worker[PhotoTask]):
         wanted = min(len(tasks), BATCH_PARALLELISM)
         ticket = client.limiter.acquire(wanted, at_least=1, cancel=cancel)
         send = tasks if ticket.weight >= wanted else tasks[: ticket.weight]
-        if client.limiter.untested:
-            send = send[:BATCH_PARALLELISM]  # slow start's blind first wave: one round a batch (``untested``)
         later: list[list[ImportItem]] = [[task] for task in tasks[len(send) :]]  # no room: queued again
         try:
             responses = client.batch([task_request(d.task) for d in send], ticket=ticket, cancel=cancel)

@@ -150,9 +150,6 @@ def _judged(tmp_path: Path, kept: list[Any] | None = None) -> tuple[list[int], i
         try:
             importer = Importer(connector, ImportRun(mode=ImportMode.FULL, state=MemoryState({})))
             client = connector.graph
-            # a limiter past slow start's blind first wave (which sends one round a batch: ``untested``), so
-            # the twenty go in one batch
-            client.limiter.recall(client.limiter.ceiling)
             real_batch = client.batch
 
             def answered(*args: Any, **kwargs: Any) -> Any:

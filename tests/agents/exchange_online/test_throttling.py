@@ -51,38 +51,6 @@ def test_every_named_model_imports_everybody_and_fails_nobody_for_throttling(
         assert series == limiter["limit"]
 
 
-def test_slow_start_s_blind_first_wave_sends_batches_of_one_round(
-    tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Until an answer says what Graph carries (``AdaptiveLimiter.untested``), a photo ``$batch`` holds one
-    round of items (four); full batches follow.
-
-    Why: the first wave is sent blind, at half the ceiling. Against a cap of 4 per app, each batch of
-    twenty over the cap had every one of its items refused (the emulator, like a service that runs a batch's
-    next item as soon as one is refused, cascades), so a cold run's first wave cost about 140 refused items
-    and the census of what Graph carried read low (a cap of 7 read as 4). One round a batch loses at most
-    its own four, answers in one Graph round trip, and counts exactly.
-    """
-    from connector.agents.exchange_online._graph import BATCH_PARALLELISM, GraphClient
-
-    sent: list[tuple[int, bool]] = []
-    real = GraphClient.batch
-
-    def batch(self: GraphClient, items: list[Any], **kwargs: Any) -> Any:
-        sent.append((len(items), self.limiter.untested))  # untested only ever turns false
-        return real(self, items, **kwargs)
-
-    monkeypatch.setattr(GraphClient, "batch", batch)
-    with GraphEmulator(EmulatorConfig(users=120, seed=5, latency_ms=20, **parse_throttle("outlook-per-app"))) as emu:
-        conn = make_connector(emu, tmp_path, retry_budget=0)
-        entries, _ = imported(conn, page_size=40)
-    assert {e.anchor for e in entries} == _mailbox_ids(emu)
-    assert {e.error.name for e in entries if e.error is not None} == set()
-    blind = [size for size, untested in sent if untested]
-    assert blind and max(blind) <= BATCH_PARALLELISM, sent
-    assert max(size for size, _ in sent) > BATCH_PARALLELISM, sent  # full batches once Graph has answered
-
-
 def test_a_fractional_retry_after_pauses_everybody_for_a_round_trip_at_least(tmp_path: Path, cache_key: str) -> None:
     """A rate limit whose 429 names when the next token comes ("Retry-After: 0.004", the fractional form
     an older Graph page shows): client-wide pauses that short had every thread re-send its share of the
