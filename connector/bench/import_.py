@@ -53,7 +53,7 @@ from connector.emulator import (
 from connector.engine import NullProgress
 from connector.net import verifying_session
 from connector.sdk import StopRunError
-from connector.throttling import AdaptiveLimiter, forget_shared_limiters
+from connector.throttling import AdaptiveLimiter, Ticket, forget_shared_limiters
 
 __all__ = ["BenchConnector", "run"]
 
@@ -284,10 +284,6 @@ def _one_request_bound(info: dict[str, Any], lanes: int) -> dict[str, Any]:
     }
 
 
-#: How long the one-pause bound waits for its step's first wave (a tenant too small to fill the limit has none).
-_WAVE_WAIT_S = 60.0
-
-
 @contextmanager
 def _one_pause_after_first_wave(seconds: float) -> Iterator[dict[str, Any]]:
     """While the block runs, one client-wide pause of ``seconds`` as soon as a step's sends fill its limit.
@@ -300,30 +296,39 @@ def _one_pause_after_first_wave(seconds: float) -> Iterator[dict[str, Any]]:
     cold run of any client that honours that rule can reach, given that wall (a first run whose census
     read the wall low passes that reading on, and the bound is low by as much). The yielded dict says
     whether the pause was made, and at which limit.
+
+    The pause is made by the thread whose ``acquire`` fills the limit, right after it is granted (no
+    watcher thread that a busy machine could schedule too late): filled means no room left for a whole
+    ``$batch``, with two units in flight at least (the listing's one request alone is no wave), or the one
+    unit of a limit of 1.
     """
-    done = threading.Event()
+    lock = threading.Lock()
     seen: dict[str, Any] = {"paused": False, "limit": None}
+    armed: list[AdaptiveLimiter] = []
 
     def arm(limiter: AdaptiveLimiter) -> None:
-        def watch() -> None:
-            deadline = time.monotonic() + _WAVE_WAIT_S
-            while not done.is_set() and time.monotonic() < deadline:
-                # the first wave: no room left for a whole $batch (the listing's one request is no wave)
-                if limiter.in_flight > 1 and limiter.limit - limiter.in_flight < BATCH_PARALLELISM:
-                    limiter.pause(seconds)
-                    seen.update(paused=True, limit=limiter.limit)
-                    return
-                done.wait(0.001)
+        real = limiter.acquire
 
-        if not seen["paused"]:
-            threading.Thread(target=watch, name="one-pause-bound", daemon=True).start()
+        def acquire(weight: int = 1, *, at_least: int | None = None, cancel: threading.Event | None = None) -> Ticket:
+            ticket = real(weight, at_least=at_least, cancel=cancel)
+            limit, in_flight = limiter.limit, limiter.in_flight
+            if in_flight >= min(limit, 2) and limit - in_flight < BATCH_PARALLELISM:
+                with lock:
+                    if not seen["paused"]:
+                        limiter.pause(seconds)
+                        seen.update(paused=True, limit=limit)
+            return ticket
+
+        limiter.acquire = acquire  # type: ignore[method-assign]  # this limiter only, for this block
+        armed.append(limiter)
 
     BenchConnector.on_open = arm
     try:
         yield seen
     finally:
         BenchConnector.on_open = None
-        done.set()
+        for limiter in armed:
+            vars(limiter).pop("acquire", None)
 
 
 def _one_pause_bound(engine: Any, full_limiter: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

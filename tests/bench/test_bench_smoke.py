@@ -450,7 +450,8 @@ def test_bench_import_one_pause_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result["limiter"]["pauses"] >= 1
     assert result["one_pause_bound_status"] == "success"
     assert result["one_pause_bound_limit_recalled"] is True
-    assert result["one_pause_bound_paused_at_limit"] == result["warm_limiter"]["limit"] >= 2
+    # paused at the limit it started at: the wall the first run measured (its census may read the cap of 2 as 1)
+    assert result["one_pause_bound_paused_at_limit"] == result["warm_limiter"]["limit"] >= 1
     assert result["one_pause_bound_pause_s"] == pytest.approx(
         result["limiter"]["pause_seconds"] / result["limiter"]["pauses"], abs=0.001
     )
@@ -459,3 +460,30 @@ def test_bench_import_one_pause_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result["one_pause_bound_share_of_model_ceiling"] > 0
     # without the option, no bound is measured
     assert "one_pause_bound_s" not in run(users=20, latency_ms=0, naive_seconds=0.001)
+
+
+@pytest.mark.parametrize("wall", [1, 2, 50])
+def test_the_one_pause_bound_pauses_when_the_first_wave_fills_the_limit(wall: int) -> None:
+    """The pause comes from the ``acquire`` that fills the limit (no room for a whole $batch, two units in
+    flight at least: a listing's one request is no wave), or the one unit of a limit of 1; once only."""
+    from connector.bench.import_ import BenchConnector, _one_pause_after_first_wave
+    from connector.throttling import AdaptiveLimiter, Signal
+
+    limiter = AdaptiveLimiter("bound", ceiling=64)
+    assert limiter.recall(wall)
+    with _one_pause_after_first_wave(1.0) as seen:
+        assert BenchConnector.on_open is not None
+        BenchConnector.on_open(limiter)
+        if wall > 1:
+            limiter.release(limiter.acquire(1), Signal.OK)  # the listing's page, alone: no wave
+            assert limiter.paused_for() == 0 and not seen["paused"]
+        tickets = []
+        for _ in range(wall):  # a wave of $batches (weight 4, or what is left of the limit)
+            tickets.append(limiter.acquire(4, at_least=1))
+            if limiter.paused_for() > 0:
+                break
+        assert seen == {"paused": True, "limit": wall}
+        assert limiter.in_flight == sum(t.weight for t in tickets) > wall - 4
+        assert 0 < limiter.paused_for() <= 1.0
+    assert BenchConnector.on_open is None and "acquire" not in vars(limiter)
+    assert limiter.stats.pauses == 1
