@@ -232,7 +232,7 @@ def bound_principal(settings: ActiveDirectorySettings) -> str | None:
         return settings.principal
     if settings.ccache:
         path = _cache_file(settings.ccache)
-        if path is not None and os.path.exists(path):
+        if path is not None and path.exists():
             return _default_principal(path)
         if path is None and not settings.ccache.startswith("MEMORY:"):
             return None
