@@ -26,12 +26,16 @@ happened; BBR's delivery rate for telling a limit from noise):
   thread a whole Retry-After pause. After slow start's overshoot (up to twice the wall) the limit
   restarts at the census: that cut was a guess made before anything was measured, and regrowth from
   it only walks back up to the same wall, a round trip at a time (a ``$batch``'s is five of
-  Graph's): seconds below the wall in a run that may take ten. A census can overstate (a ``$batch``
-  refused for a few items counts most of its weight as carried, and one in its last rounds runs
-  fewer items than it weighs); then the next push-back comes at once (the cut's trial is void once
-  the census replaced the cut), the pause that regrowth would have met a few round trips later, and
-  its census restarts the limit too if it reads above that push-back's cut (once: the second
-  measurement is as good as the first, and regrowth from the cut would take seconds).
+  Graph's): seconds below the wall in a run that may take ten. A partly refused ``$batch`` counts
+  the places its accepted items held when the refusals look like a cap's (few requests refused, each
+  missing a place), its accepted share when they look like a dry token bucket's (nearly every request
+  refused after running several); see ``_Census.carried``. A census can overstate (places counted
+  for a batch that held them for part of the time only, and one in its last rounds runs fewer items
+  than it weighs); then
+  the next push-back comes at once (the cut's trial is void once the census replaced the cut), the
+  pause that regrowth would have met a few round trips later, and its census restarts the limit too
+  if it reads above that push-back's cut (once: the second measurement is as good as the first, and
+  regrowth from the cut would take seconds).
   Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
   known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
   ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
@@ -186,7 +190,33 @@ class _Census:
     recheck: bool = False
     #: Units accepted: whole requests, plus the accepted share of partly refused ``$batch``es.
     accepted: float = 0.0
+    #: Units held: whole requests, plus the places partly refused ``$batch``es held (``_carried``).
+    held: float = 0.0
+    #: Requests with any item pushed back.
+    refusing: int = 0
+    #: Units pushed back (a ``$batch``'s refused share of its weight): the census met a wall.
     refused: float = 0.0
+    #: Units answered (accepted or pushed back): the census is complete when they reach ``expected``.
+    answered: float = 0.0
+
+    def carried(self) -> float:
+        """What the service carried of the load: the places held, if the refusals look like a cap's.
+
+        Against a cap on requests in flight, a partly refused ``$batch`` is one whose runners found the
+        service full: those that got in held their places until they finished, while the others were
+        refused item after item (a batch runs its next item as soon as one is refused). Its accepted
+        share of its weight then undercounts (three of twenty accepted is 0.6 of a unit for three
+        places), and the census reads the wall low for the rest of the run. Counting places is right
+        only for a cap, though: when a rate's token bucket runs dry, every request in flight has items
+        refused from then on, each after running a few, and counting those as places reads the load
+        pushed back as the wall (rate-150's census read its whole overshoot and every later window was
+        throttled). The two tell themselves apart: each request a cap refused had a runner without a
+        place, so the requests with refusals are at most the load less the places held; a dry bucket
+        refuses nearly every request in flight while the places still add up to nearly the load.
+        """
+        if self.refusing <= self.expected - self.held:
+            return self.held
+        return self.accepted
 
 
 @dataclass(slots=True)
@@ -358,11 +388,21 @@ class AdaptiveLimiter:
             self.stats.in_flight = self._in_flight
             return Ticket(granted, self._epoch, self._in_flight, now)
 
-    def release(self, ticket: Ticket, signal: Signal, *, retry_after: float | None = None, share: float = 1.0) -> None:
+    def release(
+        self,
+        ticket: Ticket,
+        signal: Signal,
+        *,
+        retry_after: float | None = None,
+        share: float = 1.0,
+        items: int | None = None,
+    ) -> None:
         """Hand the units back and learn from the answer.
 
         ``share`` is the part of a THROTTLED request's weight that was pushed back (a ``$batch`` with
-        3 of 20 items throttled pushed back 3/20 of its weight; the rest was delivered).
+        3 of 20 items throttled pushed back 3/20 of its weight; the rest was delivered). ``items`` is
+        how many requests it carried (a ``$batch``'s items; by default its weight): what it ran
+        tells the census how many units it held at the service (``_carried``).
         """
         with self._cond:
             now = self._clock()
@@ -375,7 +415,7 @@ class AdaptiveLimiter:
             elif signal is Signal.THROTTLED:
                 self._on_pushback(ticket, now, retry_after, share)
             self._releasing = 0
-            self._count_census(ticket, signal, share, now)
+            self._count_census(ticket, signal, share, now, items)
             self._publish()
             self._cond.notify_all()
 
@@ -592,7 +632,7 @@ class AdaptiveLimiter:
                 return level
         return 0
 
-    def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float) -> None:
+    def _count_census(self, ticket: Ticket, signal: Signal, share: float, now: float, items: int | None) -> None:
         """Count an answer to a request sent before the last decrease; when all are in, place the wall.
 
         The units the service accepted out of what was in flight when it pushed back are what it
@@ -604,17 +644,23 @@ class AdaptiveLimiter:
             return
         if signal is Signal.OK:
             census.accepted += ticket.weight
+            census.held += ticket.weight
         elif signal is Signal.THROTTLED:
             census.accepted += ticket.weight * (1.0 - share)
+            census.held += _carried(ticket.weight, items, share)
             census.refused += ticket.weight * share
-        else:
+            census.refusing += 1
+        if signal is Signal.FAILED:
             census.expected -= ticket.weight
-        if census.accepted + census.refused < census.expected:
+        else:
+            census.answered += ticket.weight
+        if census.answered < census.expected:
             return
         self._census = None
-        if census.epoch != self._epoch - 1 or now < self._endemic_until or census.accepted < 1.0:
+        accepted = census.carried()
+        if census.epoch != self._epoch - 1 or now < self._endemic_until or accepted < 1.0:
             return
-        carried = max(self.floor, min(int(census.accepted), self.ceiling))
+        carried = max(self.floor, min(int(accepted), self.ceiling))
         if census.refused > 0 and (census.slow_start or (census.recheck and carried > int(self._limit))):
             # slow start's overshoot (up to twice the wall): the cut was a guess, the census is a
             # measurement, so the limit restarts there, higher or lower (an overstated census meets
@@ -659,3 +705,17 @@ class AdaptiveLimiter:
         self.stats.peak_limit = max(self.stats.peak_limit, self.limit)
         for listener in self._listeners:
             listener(self)
+
+
+def _carried(weight: int, items: int | None, share: float) -> float:
+    """The units a partly refused request held at the service: its weight, or the items it ran if fewer.
+
+    Why not its accepted share of its weight: a ``$batch`` runs its items a few at a time and runs the
+    next one as soon as one is refused, so against a full service most of its items are refused in a
+    row while the few that got in hold their places until they finish. Twenty items with five accepted
+    held four places (a share would say one). Counted by share, a census against a cap of 7 read 4,
+    and the import ran at 4 until a probe was due. A request that ran fewer items than it weighs held
+    only those.
+    """
+    ran = (items if items is not None else weight) * (1.0 - share)
+    return min(float(weight), ran)

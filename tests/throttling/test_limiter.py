@@ -551,3 +551,67 @@ def test_a_refused_probe_keeps_the_levels_it_carried_as_the_wall() -> None:
     assert limiter.stats.probes_failed == 2  # at 10.5 s and 40.7 s
     assert (limiter.limit, limiter.wall()) == (6, 6)
     assert figures.limits[-1][1] == 6
+
+
+@pytest.mark.parametrize(
+    ("items", "refused", "wall"),
+    [(20, 17 / 20, 7), (None, 17 / 20, 4), (3, 1 / 3, 6)],
+    ids=["batch-of-20", "items-not-said", "ran-fewer-than-its-weight"],
+)
+def test_a_partly_refused_batch_counts_the_places_its_accepted_items_held(
+    items: int | None, refused: float, wall: int
+) -> None:
+    """A cap of 7 against a slow start of 32 in batches of 20 that Graph runs four at a time.
+
+    One batch got four places and kept them; another got three, and its fourth runner met the full
+    service and was refused for each of its other seventeen items, one after another, while the three
+    ran. Counted by refused share (3/20 of a weight of 4) that batch held 0.6 of a unit and the census
+    read 4, so the import ran at 4 of 7 until a probe was due (seconds to minutes). Counted by what
+    it ran (``items``), the census reads the 7. A caller that does not say ``items`` gets the share
+    rule, and a batch that ran fewer items than it weighs (two of three) held only those.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("cap-7", ceiling=64, initial=32, clock=clock)
+    tickets = [limiter.acquire(4) for _ in range(8)]
+    for ticket in tickets[2:]:  # six batches refused outright
+        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, items=20)
+    limiter.release(tickets[1], Signal.THROTTLED, retry_after=1.0, share=refused, items=items)
+    limiter.release(tickets[0], Signal.OK)  # the batch that got four places
+    assert (limiter.limit, limiter.wall()) == (wall, wall)
+
+
+def test_a_dry_token_bucket_s_refusals_are_counted_by_share_not_by_places() -> None:
+    """Slow start at 32 in batches of 20 meets a token bucket as it runs dry (rate-150's burst).
+
+    From then on every batch in flight has items refused, each after running several: by places, the
+    eight batches held 32 of 32 units and the census would read the whole load pushed back as the
+    wall, which every later window then met (rate-150 throttled 5.8-6.6 % so). Eight requests with
+    refusals cannot fit in the load's 0 unheld places, so these refusals are a rate's, and the census
+    counts the accepted share instead: 8 x 4 x 6/20 = 9.6 units, and slow start restarts there.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("rate", ceiling=64, initial=32, clock=clock)
+    tickets = [limiter.acquire(4) for _ in range(8)]
+    clock.now = 0.5
+    for ticket in tickets:
+        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, share=14 / 20, items=20)
+    assert (limiter.limit, limiter.wall()) == (9, 9)  # by places: (32, 32)
+
+
+def test_a_cap_s_refusals_in_the_few_requests_over_it_are_counted_by_places() -> None:
+    """Slow start's overshoot to 52 against a cap of 50 (the ``default`` model), in batches of 20.
+
+    Twelve batches held their 48 places; the thirteenth got two runners in, and its other two were
+    refused for item after item (18 of 20 refused). By share the census read 48.4 and the limit sat at
+    48 for the run, two units (4 %) under the cap; one request with refusals fits in the 2 unheld places
+    of 52, so they are a cap's, and the census counts places: 50.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("cap", ceiling=64, initial=52, clock=clock)
+    tickets = [limiter.acquire(4) for _ in range(13)]
+    clock.now = 0.1
+    limiter.release(tickets[-1], Signal.THROTTLED, retry_after=1.0, share=18 / 20, items=20)
+    clock.now = 0.5
+    for ticket in tickets[:-1]:
+        limiter.release(ticket, Signal.OK)
+    assert (limiter.limit, limiter.wall()) == (50, 50)

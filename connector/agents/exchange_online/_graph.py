@@ -431,10 +431,12 @@ class GraphClient:
         )
         raise StopRunError(msg)
 
-    def _learn(self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None, share: float) -> None:
-        """Tell the limiter what an answer says about Graph's capacity."""
+    def _learn(
+        self, ticket: Ticket, resp: GraphResponse, pushback: GraphResponse | None, share: float, items: int | None
+    ) -> None:
+        """Tell the limiter what an answer says about Graph's capacity (``items``: a ``$batch``'s)."""
         if pushback is not None:
-            self.limiter.release(ticket, Signal.THROTTLED, retry_after=pushback.retry_after, share=share)
+            self.limiter.release(ticket, Signal.THROTTLED, retry_after=pushback.retry_after, share=share, items=items)
             return
         self.limiter.release(ticket, Signal.OK if resp.status < 500 else Signal.FAILED)
         if resp.status < 500:
@@ -520,11 +522,12 @@ class GraphClient:
             self.stats.add(connection_errors=1)
             raise RetryableError("truncated JSON body from Graph")
         pushback, share = (out, 1.0) if is_pushback(out.status, out.retry_after) else (None, 0.0)
+        items: int | None = None  # a $batch's, when it was answered item by item
         if envelope and pushback is None and out.ok:
-            pushback, share = _worst_item_pushback(out.json_body)
+            pushback, share, items = _worst_item_pushback(out.json_body)
         if pushback is not None or (out.status < 500 and not (envelope and out.ok)):
             self.answers.answered()  # a $batch that went through: its items tell (batch())
-        self._learn(ticket, out, pushback, share)
+        self._learn(ticket, out, pushback, share, items)
         if out.status == 401:
             self.stats.add(token_refreshes_on_401=1)
             self.auth.invalidate(token)
@@ -811,8 +814,9 @@ def _json_text(content: bytes) -> tuple[str | None, str]:
         return None, encoding
 
 
-def _worst_item_pushback(envelope: Any) -> tuple[GraphResponse | None, float]:
-    """The batch item pushing back hardest (longest Retry-After), and the share of items pushed back.
+def _worst_item_pushback(envelope: Any) -> tuple[GraphResponse | None, float, int]:
+    """The batch item pushing back hardest (longest Retry-After), the share of items pushed back, and
+    how many items the envelope answered.
 
     Why only the pushed-back items are built as answers: the others' bodies are photos in base64,
     which ``batch`` decodes once for its caller; decoding them here too held every photo of the
@@ -822,9 +826,9 @@ def _worst_item_pushback(envelope: Any) -> tuple[GraphResponse | None, float]:
     raws = [raw for raw in listed if isinstance(raw, dict)] if isinstance(listed, list) else []
     pushed = [raw for raw in raws if _pushes_back(raw)]
     if not pushed:
-        return None, 0.0
+        return None, 0.0, len(raws)
     worst = max((_item_response(raw) for raw in pushed), key=lambda item: item.retry_after or 0.0)
-    return worst, len(pushed) / len(raws)
+    return worst, len(pushed) / len(raws), len(raws)
 
 
 def _pushes_back(raw: dict[str, Any]) -> bool:

@@ -321,8 +321,9 @@ def test_a_batch_decodes_each_binary_body_once(monkeypatch: pytest.MonkeyPatch) 
 
 def test_the_worst_push_back_of_a_batch_is_read_without_the_other_items_bodies() -> None:
     """``_worst_item_pushback`` as before the single decode: the item with the longest Retry-After
-    (the first of equals), the share of pushed-back items among the listed dicts; a 503 without
-    Retry-After, a status that is none and a photo are not push-back."""
+    (the first of equals), the share of pushed-back items among the listed dicts and their number
+    (what the batch ran tells the limiter's census); a 503 without Retry-After, a status that is none
+    and a photo are not push-back."""
     from connector.agents.exchange_online._graph import _worst_item_pushback
 
     photo = {"id": "0", "status": 200, "headers": {"Content-Type": "image/jpeg"}, "body": "/9j/4AAQ"}
@@ -331,10 +332,10 @@ def test_the_worst_push_back_of_a_batch_is_read_without_the_other_items_bodies()
     quick = {"id": "3", "status": 429, "headers": {"Retry-After": "1"}}
     failed = {"id": "4", "status": 503, "headers": {}}
     odd = {"id": "5", "status": "soon", "headers": {"Retry-After": "9"}}
-    worst, share = _worst_item_pushback({"responses": [photo, slow, same, quick, failed, odd, "x"]})
+    worst, share, items = _worst_item_pushback({"responses": [photo, slow, same, quick, failed, odd, "x"]})
     assert worst is not None and worst.status == 429 and worst.retry_after == 5.0
     assert worst.error_code == "TooManyRequests"
-    assert share == pytest.approx(3 / 6)
-    assert _worst_item_pushback({"responses": [photo, failed, odd]}) == (None, 0.0)
-    assert _worst_item_pushback({"responses": "x"}) == (None, 0.0)
-    assert _worst_item_pushback(None) == (None, 0.0)
+    assert (share, items) == (pytest.approx(3 / 6), 6)
+    assert _worst_item_pushback({"responses": [photo, failed, odd]}) == (None, 0.0, 3)
+    assert _worst_item_pushback({"responses": "x"}) == (None, 0.0, 0)
+    assert _worst_item_pushback(None) == (None, 0.0, 0)
