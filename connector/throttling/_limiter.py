@@ -31,11 +31,10 @@ happened; BBR's delivery rate for telling a limit from noise):
   missing a place), its accepted share when they look like a dry token bucket's (nearly every request
   refused after running several); see ``_Census.carried``. A census can overstate (places counted
   for a batch that held them for part of the time only, and one in its last rounds runs fewer items
-  than it weighs); then
-  the next push-back comes at once (the cut's trial is void once the census replaced the cut), the
-  pause that regrowth would have met a few round trips later, and its census restarts the limit too
-  if it reads above that push-back's cut (once: the second measurement is as good as the first, and
-  regrowth from the cut would take seconds).
+  than it weighs); then the next push-back comes at once (the cut's trial is void once the census
+  replaced the cut), the pause that regrowth would have met a few round trips later, and its census
+  restarts the limit too if it reads above that push-back's cut (once: the second measurement is as
+  good as the first, and regrowth from the cut would take seconds).
   Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
   known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
   ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
