@@ -198,6 +198,22 @@ class _Census:
     #: Units answered (accepted or pushed back): the census is complete when they reach ``expected``.
     answered: float = 0.0
 
+    def count(self, weight: int, signal: Signal, share: float, items: int | None) -> bool:
+        """Count one answer (``share`` and ``items`` as ``release`` takes them); True once all are in."""
+        if signal is Signal.OK:
+            self.accepted += weight
+            self.held += weight
+        elif signal is Signal.THROTTLED:
+            self.accepted += weight * (1.0 - share)
+            self.held += _carried(weight, items, share)
+            self.refused += weight * share
+            self.refusing += 1
+        if signal is Signal.FAILED:
+            self.expected -= weight  # said nothing about capacity: out of the census
+        else:
+            self.answered += weight
+        return self.answered >= self.expected
+
     def carried(self) -> float:
         """What the service carried of the load: the places held, if the refusals look like a cap's.
 
@@ -641,19 +657,7 @@ class AdaptiveLimiter:
         census = self._census
         if census is None or ticket.epoch > census.epoch:
             return
-        if signal is Signal.OK:
-            census.accepted += ticket.weight
-            census.held += ticket.weight
-        elif signal is Signal.THROTTLED:
-            census.accepted += ticket.weight * (1.0 - share)
-            census.held += _carried(ticket.weight, items, share)
-            census.refused += ticket.weight * share
-            census.refusing += 1
-        if signal is Signal.FAILED:
-            census.expected -= ticket.weight
-        else:
-            census.answered += ticket.weight
-        if census.answered < census.expected:
+        if not census.count(ticket.weight, signal, share, items):
             return
         self._census = None
         accepted = census.carried()
