@@ -57,6 +57,7 @@ __all__ = [
     "ENV_PLAN",
     "ENV_REPORT",
     "ENV_RESUME",
+    "ENV_SIGNALS_ELSEWHERE",
     "KINDS",
     "PHASES",
     "CliRun",
@@ -78,6 +79,10 @@ __all__ = [
 ENV_PLAN = "MVSYNC_CRASH_PLAN"
 ENV_REPORT = "MVSYNC_CRASH_REPORT"
 ENV_RESUME = "MVSYNC_CRASH_RESUME"
+#: Set: the stopped thread blocks the stop signals first, so one sent during the stop lands on another thread.
+ENV_SIGNALS_ELSEWHERE = "MVSYNC_CRASH_SIGNALS_ELSEWHERE"
+#: The signals ``mvsync run`` stops on (Ctrl-C, and those connector.cli treats as Ctrl-C) that exist here.
+_STOP_SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
 PHASES = ("import", "sync", "export")
 KINDS = ("begin", "commit", "http", "ldap-write")
 
@@ -134,12 +139,21 @@ class _Hooks:
 
     def _stop_here(self, key: str, *, late: bool) -> None:
         self.report.write_text(json.dumps({"fired": key, "n": self.counts[key], "late": late, "pid": os.getpid()}))
+        if os.environ.get(ENV_SIGNALS_ELSEWHERE):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         # Freeze every thread now; the parent's SIGKILL follows. (The lock stays held: nothing
         # in this process may run on past the point.) A pause (ENV_RESUME) goes on at SIGCONT.
         os.kill(os.getpid(), signal.SIGSTOP)
         if os.environ.get(ENV_RESUME):
             return
-        time.sleep(3600)  # not reached unless someone sends SIGCONT
+        # Reached only when someone sends SIGCONT: wait for the SIGKILL, or for the Python handler of a
+        # signal sent during the stop (SIGTERM) to raise here. In short sleeps: the kernel gives that
+        # signal to whichever thread takes it first when they go on, and one taken by another thread does
+        # not interrupt a sleep in this one; CPython runs the handler in the main thread only when it next
+        # runs bytecode. One sleep of an hour could hang the SIGTERM test (once in CI) when this thread lost that race.
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def write_counts(self) -> None:
         self.report.write_text(json.dumps({"counts": dict(self.counts), "entries": self.last_entry}))
@@ -324,24 +338,34 @@ def paused_cli(
 
 
 def cli_env(
-    shim: Path, plan: CrashPoint | str | None, report: Path, env: dict[str, str] | None = None, *, resume: bool = False
+    shim: Path,
+    plan: CrashPoint | str | None,
+    report: Path,
+    env: dict[str, str] | None = None,
+    *,
+    resume: bool = False,
+    signals_elsewhere: bool = False,
 ) -> dict[str, str]:
     """The environment of an ``mvsync`` child that stops itself at ``plan`` (SIGSTOP), ``report`` saying where.
 
     ``resume``: the stop is a pause, and the child goes on once the parent sends SIGCONT (to change
     something under it, such as the clock); otherwise it waits for the parent's SIGKILL.
+    ``signals_elsewhere``: a stop signal (SIGINT, SIGTERM, SIGHUP) sent while it is stopped lands on
+    another of its threads, not the one that stopped (which blocks them), as the kernel may choose.
     """
     child_env = dict(env if env is not None else os.environ)
     # the shim imports tests.harness.crash, so the source checkout goes on the path too
     paths = (str(shim), str(_SOURCE_ROOT), child_env.get("PYTHONPATH", ""))
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    for name in (ENV_PLAN, ENV_RESUME):
+    for name in (ENV_PLAN, ENV_RESUME, ENV_SIGNALS_ELSEWHERE):
         child_env.pop(name, None)
     if plan is not None:
         child_env[ENV_PLAN] = plan.spec() if isinstance(plan, CrashPoint) else plan
         child_env[ENV_REPORT] = str(report)
     if resume:
         child_env[ENV_RESUME] = "1"
+    if signals_elsewhere:
+        child_env[ENV_SIGNALS_ELSEWHERE] = "1"
     return child_env
 
 

@@ -109,11 +109,16 @@ def test_kill_9_mid_full_import_is_closed_in_history_and_resumed(lab: CrashLab) 
     )
 
 
-def test_sigterm_mid_full_import_stops_cleanly_and_the_next_run_resumes(lab: CrashLab) -> None:
-    scenario = lab.prepare("sigterm")
+@pytest.mark.parametrize("lands_on", ["the-engine-thread", "another-thread"])
+def test_sigterm_mid_full_import_stops_cleanly_and_the_next_run_resumes(lab: CrashLab, lands_on: str) -> None:
+    """``another-thread``: a signal sent to a stopped process goes, when it goes on, to whichever of its
+    threads the kernel picks (here a photo worker or the listing's thread, as the stopped engine thread
+    blocks it); CPython runs the handler only in the main thread, so that thread must notice it by itself."""
+    scenario = lab.prepare(f"sigterm-{lands_on}")
     workdir = scenario.root / "runs"
     workdir.mkdir(parents=True)
-    with paused_cli(_args(scenario), cli_env(lab.shim, BEFORE_PAGE_3, workdir / "report.json")) as proc:
+    env = cli_env(lab.shim, BEFORE_PAGE_3, workdir / "report.json", signals_elsewhere=lands_on == "another-thread")
+    with paused_cli(_args(scenario), env) as proc:
         os.kill(proc.pid, signal.SIGTERM)  # delivered when it goes on (before its third page)
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
