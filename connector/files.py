@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any, TypeVar
 
+from connector.sdk import wait_event
+
 __all__ = [
     "TEXT_ENCODINGS",
     "CallTimedOut",
@@ -90,7 +92,7 @@ def bounded(call: Callable[[], _T], timeout_s: float, name: str) -> _T:
             done.set()
 
     threading.Thread(target=run, name=name, daemon=True).start()
-    if not done.wait(timeout_s):
+    if not wait_event(done, timeout_s):
         raise CallTimedOut(name)
     ok, value = outcome[0]
     if not ok:
@@ -132,7 +134,7 @@ def read_text(path: Path) -> str:
 
 
 def _wait(seconds: float, stopping: threading.Event) -> bool:
-    return stopping.wait(seconds)
+    return wait_event(stopping, seconds)
 
 
 #: How :func:`wait_until_unchanged` waits: True when ``stopping`` was set meanwhile (a name tests can

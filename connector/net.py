@@ -25,7 +25,7 @@ import requests
 import truststore
 import urllib3
 
-from connector.sdk import AuthenticationError, ConfigurationError
+from connector.sdk import AuthenticationError, ConfigurationError, wait_event
 
 __all__ = [
     "CA_BUNDLE_VARIABLES",
@@ -359,7 +359,7 @@ def fails_again(ask: Callable[[], bool], stopping: threading.Event, wait_s: floa
     while another answers. Asking again something that worked tells the two apart.
     """
     for attempt in (1, 2):
-        if stopping.is_set() or (attempt > 1 and stopping.wait(wait_s)):
+        if stopping.is_set() or (attempt > 1 and wait_event(stopping, wait_s)):
             return False  # the step stops anyway: blame nobody, send nothing more
         if ask():
             return False

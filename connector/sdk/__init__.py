@@ -55,6 +55,7 @@ from connector.sdk._stream import (
     Worker,
 )
 from connector.sdk._transforms import TransformError, TransformFactory, TransformFunction
+from connector.sdk._waits import wait_all, wait_event, wait_until
 
 __all__ = [
     "MUST_EXIST",
@@ -108,4 +109,7 @@ __all__ = [
     "parse_psma_attribute",
     "parse_psma_schema",
     "person_display",
+    "wait_all",
+    "wait_event",
+    "wait_until",
 ]

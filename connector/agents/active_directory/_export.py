@@ -101,6 +101,8 @@ from connector.sdk import (
     Value,
     Values,
     carry_export_results,
+    wait_all,
+    wait_until,
 )
 
 __all__ = [
@@ -371,7 +373,8 @@ class Exporter:
         self._executor: ThreadPoolExecutor | None = None
         #: Writes a worker has started and not yet recorded (``_write_into``): what an interruption waits for.
         self._writes_started = 0
-        self._writes_lock = threading.Lock()
+        #: Guards ``_writes_started``; notified when it falls to 0 (an interruption's wait ends).
+        self._writes_lock = threading.Condition()
         self._down = threading.Event()
         #: Ctrl-C or a stop signal came: no write starts after it.
         self._interrupted = threading.Event()
@@ -610,6 +613,7 @@ class Exporter:
         try:  # handing over too: the writes handed over before an interruption start at once
             for p in ready:
                 futures.append(self._executor.submit(self._write_into, p))
+            wait_all(futures)  # not ``future.result()``: on Windows that wait ignores Ctrl-C (``wait_all``)
             for future in futures:
                 future.result()
         except KeyboardInterrupt:
@@ -630,6 +634,8 @@ class Exporter:
         finally:
             with self._writes_lock:
                 self._writes_started -= 1
+                if not self._writes_started:
+                    self._writes_lock.notify_all()
 
     def _finish_interrupted(self, futures: list[Future[None]]) -> None:
         """After Ctrl-C or a stop signal: start no more writes, wait for those under way; each records its result.
@@ -651,8 +657,16 @@ class Exporter:
                 "them" if running != 1 else "it",
             )
         executor, self._executor = self._executor, None
-        if executor is not None:  # every write handed over, kept in ``futures`` or not
-            executor.shutdown(wait=True, cancel_futures=True)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)  # the writes not started never start
+        # every write under way, kept in ``futures`` or not (one handed over as the interruption came in);
+        # a worker that takes one after this returns before writing (``_interrupted``). Polled, not
+        # ``shutdown(wait=True)``: on Windows a thread join ignores the second Ctrl-C (``wait_until``)
+        wait_until(self._no_write_running)
+
+    def _no_write_running(self, seconds: float) -> bool:
+        with self._writes_lock:
+            return self._writes_lock.wait_for(lambda: not self._writes_started, seconds)
 
     def _write_one(self, p: _Planned) -> ExportResult | None:
         """Write one object; None when it was not tried because a reconnect or an interruption stopped the step."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
@@ -80,6 +80,8 @@ from connector.sdk import (
     ServerDownError,
     StopRunError,
     carry_export_results,
+    wait_all,
+    wait_until,
 )
 
 __all__ = ["OBJECT_CLASS", "ExchangeOnlinePhotosConnector"]
@@ -340,23 +342,29 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             guard_photo_export(self.graph, self.settings, self.context.agent, self.context.logger)
         workers = max(1, min(8, self.settings.concurrency))
         batch = _ExportBatch()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exo-export") as pool:
-            futures = [pool.submit(self._export_in_batch, change, batch) for change in changes]
-            try:
-                answered = [future.result() for future in futures]
-            except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal, in the thread that waits here
-                self._say_finishing(futures)
-                carry_export_results(exc, _finish_interrupted(batch, futures))
-                raise
-        results = [result for result in answered if result is not None]
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exo-export")
+        futures: list[Future[None]] = []
+        try:  # handing over too: an interruption can come in while a worker thread starts
+            for index, change in enumerate(changes):
+                futures.append(pool.submit(self._export_in_batch, index, change, batch))
+            wait_all(futures)  # not ``future.result()``: on Windows that wait ignores Ctrl-C (``wait_all``)
+            for future in futures:
+                future.result()  # a worker's unexpected error, raised here
+        except KeyboardInterrupt as exc:  # Ctrl-C or a stop signal, in the thread that waits here
+            self._say_finishing(batch)
+            carry_export_results(exc, _finish_interrupted(batch))
+            raise
+        finally:  # every change is answered, or the interruption's wait is over (or was itself interrupted)
+            pool.shutdown(wait=False, cancel_futures=True)
+        results = batch.answered()
         if batch.stop is not None:
             batch.stop.results = results  # the photos written before the stop: the engine records them
             raise batch.stop
         return results
 
-    def _say_finishing(self, futures: list[Future[ExportResult | None]]) -> None:
+    def _say_finishing(self, batch: _ExportBatch) -> None:
         """Why an interrupted export does not end at once: the writes under way are waited for."""
-        running = sum(1 for future in futures if future.running())
+        running = batch.running
         if running:
             self.context.logger.warning(
                 "interrupted: waiting for %d photo write%s under way (at most %.0f s) so that %s recorded; "
@@ -368,7 +376,25 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                 "them" if running != 1 else "it",
             )
 
-    def _export_in_batch(self, change: CSEntryChange, batch: _ExportBatch) -> ExportResult | None:
+    def _export_in_batch(self, index: int, change: CSEntryChange, batch: _ExportBatch) -> None:
+        """The ``index``-th change's result (``_export_change``), recorded in ``batch`` by the worker.
+
+        Why the worker records it, not the waiting thread from the future: an interruption can come
+        in after ``submit`` handed a change over and before its future was kept (while the worker
+        thread starts), and that change's PUT was then neither waited for nor recorded.
+        """
+        with batch.lock:
+            batch.running += 1
+        try:
+            result = self._export_change(change, batch)
+            with batch.lock:
+                batch.results[index] = result
+        finally:
+            with batch.lock:
+                batch.running -= 1
+                batch.lock.notify_all()
+
+    def _export_change(self, change: CSEntryChange, batch: _ExportBatch) -> ExportResult | None:
         """``_export_one``, unless the batch already met Graph down (a retry: the change stays pending)
         or a stop of the step (None: not tried, so not written twice nor counted as an error).
 
@@ -430,7 +456,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
 @dataclass(slots=True)
 class _ExportBatch:
-    """What the workers of one export batch learned that concerns every change of it."""
+    """What the workers of one export batch learned that concerns every change of it, and its results."""
 
     #: Graph's outage, once a request has met it (``ServerDownError``'s text)
     down: str | None = None
@@ -438,22 +464,36 @@ class _ExportBatch:
     stop: StopRunError | None = None
     #: set on Ctrl-C or a stop signal: no change is started, requests under way give up their retries
     interrupted: threading.Event = field(default_factory=threading.Event)
+    #: each change's result by its place in the batch (None: not tried), as its worker recorded it
+    results: dict[int, ExportResult | None] = field(default_factory=dict)
+    #: changes a worker has started and not yet recorded: what an interruption waits for
+    running: int = 0
+    #: guards ``results`` and ``running``; notified when ``running`` changes
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def answered(self) -> list[ExportResult]:
+        """The results recorded so far, in the batch's order (changes not tried left out)."""
+        with self.lock:
+            return [r for _, r in sorted(self.results.items(), key=lambda item: item[0]) if r is not None]
+
+    def idle(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` until no change is under way; whether none is."""
+        with self.lock:
+            return self.lock.wait_for(lambda: not self.running, seconds)
 
 
-def _finish_interrupted(batch: _ExportBatch, futures: list[Future[ExportResult | None]]) -> list[ExportResult]:
+def _finish_interrupted(batch: _ExportBatch) -> list[ExportResult]:
     """After an interruption: start no more changes, let those under way end, and return their results.
 
     Why wait for them: a PUT already sent may have been applied by Graph; returned with the
     interruption, its result is recorded instead of the change being written again next export.
     Each request is bounded (``timeout_s``, and its retries end at once), so the wait is too. A
-    retry is left out: cut short by the interruption, the change stays pending as it was, no error.
+    worker that takes a change after this returns without sending it (``interrupted``). A retry is
+    left out: cut short by the interruption, the change stays pending as it was, no error.
     """
     batch.interrupted.set()
-    for future in futures:
-        future.cancel()
-    wait(futures)
-    done = [f.result() for f in futures if not f.cancelled() and f.exception() is None]
-    return [result for result in done if result is not None and result.status != ExportStatus.RETRY]
+    wait_until(batch.idle)
+    return [result for result in batch.answered() if result.status != ExportStatus.RETRY]
 
 
 _UNTOUCHED = object()

@@ -62,7 +62,7 @@ from connector.net import (
     service_at,
     unanswered_outage,
 )
-from connector.sdk import ServerDownError, StopRunError
+from connector.sdk import ServerDownError, StopRunError, wait_event
 from connector.throttling import (
     AdaptiveLimiter,
     Signal,
@@ -616,7 +616,7 @@ class GraphClient:
         stopping = cancel if cancel is not None else self.closed
 
         def sleep(seconds: float) -> None:  # a step that stops does not sit out a backoff of up to backoff_max_s
-            stopping.wait(seconds)
+            wait_event(stopping, seconds)
 
         retrying = tenacity.Retrying(
             stop=lambda state: stopping.is_set() or self._stop(state),

@@ -60,7 +60,7 @@ from connector.net import (
     read_within,
     unanswered_outage,
 )
-from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError
+from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError, wait_event
 from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = [
@@ -542,7 +542,7 @@ class PhotoClient:
                 self.limiter.release(ticket, Signal.OK)
                 return resp
             self._pushed_back(ticket, wait)
-            if not wait and self.cancel.wait(self._backoff(attempt)):
+            if not wait and wait_event(self.cancel, self._backoff(attempt)):
                 break
         return None
 
@@ -685,7 +685,7 @@ class PhotoClient:
                     # no wait named (ErrorExceededConnectionCount, BackOffMilliseconds 0, a bare 503): the
                     # limiter pauses once for push-back, not again while it judges that decrease, so the
                     # mailbox waits its own back-off rather than ask again at once, every few milliseconds
-                    if not wait and self.cancel.wait(self._backoff(throttled)):
+                    if not wait and wait_event(self.cancel, self._backoff(throttled)):
                         return _stopped()
                     continue
                 fault = ews_fault(resp)
@@ -705,7 +705,7 @@ class PhotoClient:
             if failures >= s.max_attempts:
                 return self._gave_up(email, last, unanswered, started, failures)
             self.count("retries")
-            if self.cancel.wait(self._backoff(failures)):
+            if wait_event(self.cancel, self._backoff(failures)):
                 return _stopped()
 
     def _backoff(self, attempt: int) -> float:

@@ -755,3 +755,47 @@ def test_a_synchronization_reset_during_a_full_import_lists_the_round_again(
         assert after.status == "success", after.steps[0].message
     finally:
         engine.close()
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_ctrl_c_on_windows_stops_a_photo_export_while_a_put_hangs(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no signal that cuts a lock wait short: Ctrl-C is seen only when the main thread next
+    runs Python code (CPython bpo-29971). The export waited for its first PUT with ``future.result()``, so a
+    Ctrl-C while that PUT hung was not seen until it ended, and meanwhile the other workers kept starting
+    changes. ``_thread.interrupt_main`` raises the interruption that same way, on Linux too. Now the wait
+    wakes every ``POLL_S`` (``connector.sdk.wait_all``): the interruption is seen while the PUT still hangs,
+    which is what ends it (its retries and waits end on the batch's ``interrupted`` event), and no change
+    starts after it."""
+    import _thread
+    import signal
+
+    from connector.agents.exchange_online._connector import ExchangeOnlinePhotosConnector
+    from connector.sdk import ExportResult, export_results
+
+    started: list[str] = []
+    told: list[bool] = []
+
+    def hung_put(self: Any, change: CSEntryChange, cancel: Any) -> ExportResult:
+        started.append(change.identifier)
+        if len(started) == 1:
+            _thread.interrupt_main()  # Ctrl-C, the Windows way: no signal interrupts the main thread's wait
+        told.append(cancel.wait(60))  # a server that stopped answering: only the interruption ends the wait
+        return ExportResult.success(change.identifier)
+
+    emu = make_emulator(users=30)
+    changes = photo_changes(emu, 12)
+    conn = make_connector(emu, tmp_path, concurrency=2)  # two export workers
+    conn.open()
+    monkeypatch.setattr(ExchangeOnlinePhotosConnector, "_export_one", hung_put)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            conn.export(changes)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        conn.close()
+    assert told and all(told), told  # each hung PUT learnt of the interruption while it hung
+    assert 1 <= len(started) <= 2, started  # the changes under way; none started after the Ctrl-C
+    assert {r.identifier for r in export_results(caught.value)} == set(started)  # their results go with it

@@ -1,0 +1,69 @@
+"""``connector.sdk``'s waits: what they return, and that Ctrl-C ends them the way it comes on Windows."""
+
+from __future__ import annotations
+
+import _thread
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+
+from connector.sdk import wait_all, wait_event, wait_until
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python's own SIGINT handler (a background job, as CI runs the suite, ignores SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_wait_all_says_whether_every_future_is_done() -> None:
+    release = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        quick = pool.submit(lambda: 1)
+        held = pool.submit(release.wait)
+        assert wait_all([quick]) is True
+        assert wait_all([quick, held], timeout=0.05) is False  # not done in time: says so, raises nothing
+        release.set()
+        assert wait_all([quick, held], timeout=30) is True
+    assert wait_all([]) is True
+
+
+def test_wait_event_and_wait_until_keep_their_time_out() -> None:
+    event = threading.Event()
+    assert wait_event(event, 0.0) is False
+    assert wait_event(event, 0.05) is False
+    event.set()
+    assert wait_event(event) is True
+    calls: list[float] = []
+
+    def never(seconds: float) -> bool:
+        calls.append(seconds)
+        return False
+
+    assert wait_until(never, 0.0) is False
+    assert calls == [0.0]  # asked once, for no time at all
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
+@pytest.mark.parametrize("waiting_for", ["a-future", "an-event"])
+def test_ctrl_c_the_windows_way_ends_the_wait(waiting_for: str) -> None:
+    """On Windows no signal cuts a lock wait short (CPython bpo-29971): Ctrl-C is raised only when the main
+    thread next runs Python code, so ``future.result()`` or ``event.wait()`` sat until their thing happened.
+    ``_thread.interrupt_main`` raises the interruption that same way, on Linux too. The waits here wake to
+    let Python raise it while the thing waited for is still pending (it never happens in this test)."""
+    never = threading.Event()
+    future: Future[None] = Future()  # never finished
+    with pytest.raises(KeyboardInterrupt):  # (the timer inside: its interruption may land before the wait)
+        threading.Timer(0.05, _thread.interrupt_main).start()
+        if waiting_for == "a-future":
+            wait_all([future])
+        else:
+            wait_event(never)
+    assert not future.done() and not never.is_set()
