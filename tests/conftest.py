@@ -8,6 +8,8 @@ tests/run.sh under CI), so CI can never go green by skipping the real-server tes
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 
 # Imported while the suite is collected, not at its end: hypothesis's pytest plugin imports it for its
 # summary if no test did, and pytest then rewrites its modules (ast.parse) while the last tests' garbage
@@ -36,3 +38,15 @@ def _fresh_shared_limiters() -> None:
     from connector.throttling import forget_shared_limiters
 
     forget_shared_limiters()
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python's own SIGINT handler for the test, so that Ctrl-C raises ``KeyboardInterrupt``: a background
+    job (as CI runs the suite) inherits SIGINT ignored, and then neither ``signal.raise_signal(SIGINT)`` nor
+    ``_thread.interrupt_main()`` does anything."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

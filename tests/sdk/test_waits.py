@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import _thread
-import signal
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
 from connector.sdk import wait_all, wait_event, wait_until
-
-
-@pytest.fixture
-def ctrl_c_raises() -> Iterator[None]:
-    """Python's own SIGINT handler (a background job, as CI runs the suite, ignores SIGINT)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def test_wait_all_says_whether_every_future_is_done() -> None:
