@@ -2,10 +2,10 @@
 
 Why: Ctrl-C, Ctrl-Break and a stop signal raise ``KeyboardInterrupt`` in the main thread, and only
 when that thread next runs Python code. On Linux a signal also cuts a blocking wait short, so any
-wait notices it at once. On Windows a wait on a lock does not wake for it: ``Event.wait``,
-``Future.result`` and ``concurrent.futures.wait`` without a time-out, or with a long one, sit until
-the thing waited for happens (CPython issue bpo-29971, "threading.Lock.acquire() not interruptible
-on Windows"). A run waiting for an LDAP write or a Graph PUT to a hung server then ignored Ctrl-C
+wait notices it at once. On Windows, before Python 3.14, a wait on a lock does not wake for it:
+``Event.wait``, ``Future.result`` and ``concurrent.futures.wait`` without a time-out, or with a long
+one, sit until the thing waited for happens (CPython bpo-29971, "threading.Lock.acquire() not
+interruptible on Windows"; Python 3.14 wakes a lock wait for Ctrl-C, gh-125541). A run waiting for an LDAP write or a Graph PUT to a hung server then ignored Ctrl-C
 until that request timed out, and a scheduler's stop signal with it.
 
 These waits wake every :data:`POLL_S` seconds, so Python raises the interruption within that time.

@@ -42,7 +42,7 @@ def test_wait_event_and_wait_until_keep_their_time_out() -> None:
 @pytest.mark.usefixtures("ctrl_c_raises")
 @pytest.mark.parametrize("waiting_for", ["a-future", "an-event"])
 def test_ctrl_c_the_windows_way_ends_the_wait(waiting_for: str) -> None:
-    """On Windows no signal cuts a lock wait short (CPython bpo-29971): Ctrl-C is raised only when the main
+    """On Windows before Python 3.14 nothing cuts a lock wait short (CPython bpo-29971, gh-125541): Ctrl-C is raised only when the main
     thread next runs Python code, so ``future.result()`` or ``event.wait()`` sat until their thing happened.
     ``_thread.interrupt_main`` raises the interruption that same way, on Linux too. The waits here wake to
     let Python raise it while the thing waited for is still pending (it never happens in this test)."""
