@@ -5,8 +5,9 @@ when that thread next runs Python code. On Linux a signal also cuts a blocking w
 wait notices it at once. On Windows, before Python 3.14, a wait on a lock does not wake for it:
 ``Event.wait``, ``Future.result`` and ``concurrent.futures.wait`` without a time-out, or with a long
 one, sit until the thing waited for happens (CPython bpo-29971, "threading.Lock.acquire() not
-interruptible on Windows"; Python 3.14 wakes a lock wait for Ctrl-C, gh-125541). A run waiting for an LDAP write or a Graph PUT to a hung server then ignored Ctrl-C
-until that request timed out, and a scheduler's stop signal with it.
+interruptible on Windows"; Python 3.14 wakes a lock wait for Ctrl-C, gh-125541). A run waiting for
+an LDAP write or a Graph PUT to a hung server then ignored Ctrl-C until that request timed out, and
+a scheduler's stop signal with it.
 
 These waits wake every :data:`POLL_S` seconds, so Python raises the interruption within that time.
 Connector code that waits for its own threads in the main thread uses them instead of the

@@ -42,10 +42,10 @@ def test_wait_event_and_wait_until_keep_their_time_out() -> None:
 @pytest.mark.usefixtures("ctrl_c_raises")
 @pytest.mark.parametrize("waiting_for", ["a-future", "an-event"])
 def test_ctrl_c_the_windows_way_ends_the_wait(waiting_for: str) -> None:
-    """On Windows before Python 3.14 nothing cuts a lock wait short (CPython bpo-29971, gh-125541): Ctrl-C is raised only when the main
-    thread next runs Python code, so ``future.result()`` or ``event.wait()`` sat until their thing happened.
-    ``_thread.interrupt_main`` raises the interruption that same way, on Linux too. The waits here wake to
-    let Python raise it while the thing waited for is still pending (it never happens in this test)."""
+    """On Windows before Python 3.14 nothing cuts a lock wait short (CPython bpo-29971, gh-125541): Ctrl-C is raised
+    only when the main thread next runs Python code, so ``future.result()`` or ``event.wait()`` sat until their
+    thing happened. ``_thread.interrupt_main`` raises the interruption that same way, on Linux too. The waits here
+    wake to let Python raise it while the thing waited for is still pending (it never happens in this test)."""
     never = threading.Event()
     future: Future[None] = Future()  # never finished
     with pytest.raises(KeyboardInterrupt):  # (the timer inside: its interruption may land before the wait)

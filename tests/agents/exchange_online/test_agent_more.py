@@ -761,13 +761,12 @@ def test_a_synchronization_reset_during_a_full_import_lists_the_round_again(
 def test_ctrl_c_on_windows_stops_a_photo_export_while_a_put_hangs(
     make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On Windows before Python 3.14 nothing cuts a lock wait short: Ctrl-C is seen only when the main thread
-    next runs Python code (CPython bpo-29971, gh-125541). The export waited for its first PUT with ``future.result()``, so a
-    Ctrl-C while that PUT hung was not seen until it ended, and meanwhile the other workers kept starting
-    changes. ``_thread.interrupt_main`` raises the interruption that same way, on Linux too. Now the wait
-    wakes every ``POLL_S`` (``connector.sdk.wait_all``): the interruption is seen while the PUT still hangs,
-    which is what ends it (its retries and waits end on the batch's ``interrupted`` event), and no change
-    starts after it."""
+    """On Windows before Python 3.14 nothing cuts a lock wait short: Ctrl-C is seen only when the main thread next runs
+    Python code (CPython bpo-29971, gh-125541). The export waited for its first PUT with ``future.result()``, so a
+    Ctrl-C while that PUT hung was not seen until it ended, and meanwhile the other workers kept starting changes.
+    ``_thread.interrupt_main`` raises the interruption that same way, on Linux too. Now the wait wakes every
+    ``POLL_S`` (``connector.sdk.wait_all``): the interruption is seen while the PUT still hangs, which is what ends
+    it (its retries and waits end on the batch's ``interrupted`` event), and no change starts after it."""
     import _thread
 
     from connector.agents.exchange_online._connector import ExchangeOnlinePhotosConnector
