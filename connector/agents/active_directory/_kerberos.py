@@ -480,10 +480,22 @@ def explain(exc: BaseException, settings: ActiveDirectorySettings, host: str | N
         else:
             msg = (
                 f"no Kerberos ticket for {who} ({detail}): set keytab, or keep the credential cache "
-                f"{settings.ccache or '(KRB5CCNAME)'} filled (kinit -k, k5start)"
+                f"{_cache_named(settings)} filled (kinit -k, k5start)"
             )
         return AuthenticationError(msg)
     return StopRunError(f"Kerberos bind as {who} to {spn} failed: {detail}")
+
+
+def _cache_named(settings: ActiveDirectorySettings) -> str:
+    """The credential cache a bind without a keytab used, as an operator finds it: the ``ccache`` setting,
+    else the cache KRB5CCNAME names, by its value. Why the value: the service account's environment is not
+    the operator's shell, and "(KRB5CCNAME)" left them to guess which file a scheduled run read."""
+    if settings.ccache:
+        return settings.ccache
+    name = os.environ.get("KRB5CCNAME")
+    if name:
+        return f"{name} (KRB5CCNAME)"
+    return "that KRB5CCNAME names (not set for this run: krb5's default cache, which `klist` shows)"
 
 
 def _detail(text: str) -> str:
@@ -511,7 +523,7 @@ def _expired(detail: str, settings: ActiveDirectorySettings) -> AuthenticationEr
     else:
         whose = f" of {settings.principal}" if settings.principal else ""
         msg = (
-            f"the Kerberos ticket{whose} in the credential cache {settings.ccache or '(KRB5CCNAME)'} has expired "
+            f"the Kerberos ticket{whose} in the credential cache {_cache_named(settings)} has expired "
             f"({detail}): renew it as the service account (kinit -k, scheduled) or keep it fresh with k5start or "
             "SSSD; or set keytab, and the agent gets its own tickets"
         )

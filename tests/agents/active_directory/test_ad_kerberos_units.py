@@ -63,6 +63,32 @@ def test_a_minor_status_that_says_nothing_gives_way_to_the_major_one() -> None:
 
 
 @pytest.mark.parametrize(
+    ("krb5ccname", "named"),
+    [
+        ("FILE:/var/lib/mvsync/krb5cc_svc", "FILE:/var/lib/mvsync/krb5cc_svc (KRB5CCNAME)"),
+        (None, "that KRB5CCNAME names (not set for this run: krb5's default cache, which `klist` shows)"),
+    ],
+)
+def test_a_bind_from_the_cache_krb5ccname_names_says_which_cache(
+    monkeypatch: pytest.MonkeyPatch, krb5ccname: str | None, named: str
+) -> None:
+    """Found by an AD pass: with neither keytab nor ``ccache``, an empty or expired cache was named
+    "(KRB5CCNAME)", and the service account's environment, not the operator's shell, says which file that is.
+    The message now names the cache by KRB5CCNAME's value, or says that it is unset."""
+    if krb5ccname is None:
+        monkeypatch.delenv("KRB5CCNAME", raising=False)
+    else:
+        monkeypatch.setenv("KRB5CCNAME", krb5ccname)
+    settings = _settings(keytab=None, principal=None)
+    failure = "Major (458752): No credentials were supplied, Minor (2529639053): No credentials cache found"
+    empty = kerberos.explain(RuntimeError(failure), settings)
+    assert isinstance(empty, AuthenticationError)
+    assert str(empty).endswith(f"keep the credential cache {named} filled (kinit -k, k5start)"), str(empty)
+    expired = kerberos.explain(RuntimeError("Major (720896): The referenced credential has expired"), settings)
+    assert str(expired).startswith(f"the Kerberos ticket in the credential cache {named} has expired ("), str(expired)
+
+
+@pytest.mark.parametrize(
     ("lifetime", "after"), [(36000.0, 28800.0), (1200.0, 900.0), (600.0, 300.0), (100.0, 50.0), (None, 3600.0)]
 )
 def test_rebind_before_the_ticket_expires(
