@@ -55,7 +55,7 @@ from connector.sdk._stream import (
     Worker,
 )
 from connector.sdk._transforms import TransformError, TransformFactory, TransformFunction
-from connector.sdk._waits import wait_all, wait_event, wait_until
+from connector.sdk._waits import Underway, wait_all, wait_event, wait_until
 
 __all__ = [
     "MUST_EXIST",
@@ -100,6 +100,7 @@ __all__ = [
     "TransformError",
     "TransformFactory",
     "TransformFunction",
+    "Underway",
     "Value",
     "Values",
     "Worker",

@@ -16,14 +16,15 @@ Connector code that waits for its own threads in the main thread uses them inste
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import wait as _wait_futures
 from typing import Any
 
-__all__ = ["POLL_S", "wait_all", "wait_event", "wait_until"]
+__all__ = ["POLL_S", "Underway", "wait_all", "wait_event", "wait_until"]
 
 #: The longest a wait goes without giving Python a chance to raise an interruption.
 POLL_S = 0.25
@@ -60,3 +61,40 @@ def wait_all(futures: Iterable[Future[Any]], timeout: float | None = None) -> bo
         return not pending
 
     return wait_until(ready, timeout)
+
+
+class Underway:
+    """Work that threads have started and not yet recorded: what an interruption waits for.
+
+    Why a count, not the futures: an interruption can come in after ``submit`` handed work to a
+    thread that is starting and before its future was kept; that work would then be neither waited
+    for nor recorded. A worker counts itself in :meth:`one`, and the interrupted thread waits with
+    ``wait_until(underway.idle)`` (a worker that starts after the count fell to 0 checks the
+    interruption before doing anything).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        """Count the calling thread's work as under way for the ``with`` block."""
+        with self._cond:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._count -= 1
+                if not self._count:
+                    self._cond.notify_all()
+
+    def idle(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` until nothing is under way; whether nothing is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._count, seconds)

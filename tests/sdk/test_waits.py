@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from connector.sdk import wait_all, wait_event, wait_until
+from connector.sdk import Underway, wait_all, wait_event, wait_until
 
 
 def test_wait_all_says_whether_every_future_is_done() -> None:
@@ -37,6 +37,25 @@ def test_wait_event_and_wait_until_keep_their_time_out() -> None:
 
     assert wait_until(never, 0.0) is False
     assert calls == [0.0]  # asked once, for no time at all
+
+
+def test_underway_counts_the_work_in_its_blocks_and_says_when_none_is_left() -> None:
+    underway = Underway()
+    assert underway.count == 0 and underway.idle(0.0)
+    inside, leave = threading.Event(), threading.Event()
+
+    def work() -> None:
+        with underway.one():
+            inside.set()
+            leave.wait(30)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert inside.wait(30)
+    assert underway.count == 1 and not underway.idle(0.05)
+    leave.set()
+    assert wait_until(underway.idle, 30) and underway.count == 0
+    worker.join(30)
 
 
 @pytest.mark.usefixtures("ctrl_c_raises")

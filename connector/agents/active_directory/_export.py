@@ -98,6 +98,7 @@ from connector.sdk import (
     ScopeViolationError,
     ServerDownError,
     StopRunError,
+    Underway,
     Value,
     Values,
     carry_export_results,
@@ -372,9 +373,7 @@ class Exporter:
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         #: Writes a worker has started and not yet recorded (``_write_into``): what an interruption waits for.
-        self._writes_started = 0
-        #: Guards ``_writes_started``; notified when it falls to 0 (an interruption's wait ends).
-        self._writes_lock = threading.Condition()
+        self._writes = Underway()
         self._down = threading.Event()
         #: Ctrl-C or a stop signal came: no write starts after it.
         self._interrupted = threading.Event()
@@ -627,15 +626,8 @@ class Exporter:
         ``submit`` handed a write over and before its future was kept, and that write (the DC took it)
         was then left pending, to be written again by the next export.
         """
-        with self._writes_lock:
-            self._writes_started += 1
-        try:
+        with self._writes.one():
             p.result = self._write_one(p)
-        finally:
-            with self._writes_lock:
-                self._writes_started -= 1
-                if not self._writes_started:
-                    self._writes_lock.notify_all()
 
     def _finish_interrupted(self, futures: list[Future[None]]) -> None:
         """After Ctrl-C or a stop signal: start no more writes, wait for those under way; each records its result.
@@ -645,8 +637,7 @@ class Exporter:
         self._interrupted.set()
         for future in futures:
             future.cancel()
-        with self._writes_lock:
-            running = self._writes_started
+        running = self._writes.count
         if running:
             self.log.warning(
                 "interrupted: waiting for %d LDAP write%s under way so that %s recorded; interrupt again to stop "
@@ -662,11 +653,7 @@ class Exporter:
         # every write under way, kept in ``futures`` or not (one handed over as the interruption came in);
         # a worker that takes one after this returns before writing (``_interrupted``). Polled, not
         # ``shutdown(wait=True)``: on Windows a thread join ignores the second Ctrl-C (``wait_until``)
-        wait_until(self._no_write_running)
-
-    def _no_write_running(self, seconds: float) -> bool:
-        with self._writes_lock:
-            return self._writes_lock.wait_for(lambda: not self._writes_started, seconds)
+        wait_until(self._writes.idle)
 
     def _write_one(self, p: _Planned) -> ExportResult | None:
         """Write one object; None when it was not tried because a reconnect or an interruption stopped the step."""

@@ -79,6 +79,7 @@ from connector.sdk import (
     ScopeViolationError,
     ServerDownError,
     StopRunError,
+    Underway,
     carry_export_results,
     wait_all,
     wait_until,
@@ -364,7 +365,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
 
     def _say_finishing(self, batch: _ExportBatch) -> None:
         """Why an interrupted export does not end at once: the writes under way are waited for."""
-        running = batch.running
+        running = batch.underway.count
         if running:
             self.context.logger.warning(
                 "interrupted: waiting for %d photo write%s under way (at most %.0f s) so that %s recorded; "
@@ -383,16 +384,10 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         in after ``submit`` handed a change over and before its future was kept (while the worker
         thread starts), and that change's PUT was then neither waited for nor recorded.
         """
-        with batch.lock:
-            batch.running += 1
-        try:
+        with batch.underway.one():
             result = self._export_change(change, batch)
             with batch.lock:
                 batch.results[index] = result
-        finally:
-            with batch.lock:
-                batch.running -= 1
-                batch.lock.notify_all()
 
     def _export_change(self, change: CSEntryChange, batch: _ExportBatch) -> ExportResult | None:
         """``_export_one``, unless the batch already met Graph down (a retry: the change stays pending)
@@ -467,19 +462,14 @@ class _ExportBatch:
     #: each change's result by its place in the batch (None: not tried), as its worker recorded it
     results: dict[int, ExportResult | None] = field(default_factory=dict)
     #: changes a worker has started and not yet recorded: what an interruption waits for
-    running: int = 0
-    #: guards ``results`` and ``running``; notified when ``running`` changes
-    lock: threading.Condition = field(default_factory=threading.Condition)
+    underway: Underway = field(default_factory=Underway)
+    #: guards ``results``
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answered(self) -> list[ExportResult]:
         """The results recorded so far, in the batch's order (changes not tried left out)."""
         with self.lock:
             return [r for _, r in sorted(self.results.items(), key=lambda item: item[0]) if r is not None]
-
-    def idle(self, seconds: float) -> bool:
-        """Wait at most ``seconds`` until no change is under way; whether none is."""
-        with self.lock:
-            return self.lock.wait_for(lambda: not self.running, seconds)
 
 
 def _finish_interrupted(batch: _ExportBatch) -> list[ExportResult]:
@@ -492,7 +482,7 @@ def _finish_interrupted(batch: _ExportBatch) -> list[ExportResult]:
     left out: cut short by the interruption, the change stays pending as it was, no error.
     """
     batch.interrupted.set()
-    wait_until(batch.idle)
+    wait_until(batch.underway.idle)
     return [result for result in batch.answered() if result.status != ExportStatus.RETRY]
 
 
