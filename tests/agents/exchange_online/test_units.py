@@ -293,6 +293,67 @@ def test_the_photo_worker_shares_the_last_tasks_among_the_batches_the_limit_runs
     assert worker.take_size(waiting) == size
 
 
+def test_a_full_batch_whose_turn_comes_after_the_stream_ended_is_sized_for_what_is_left() -> None:
+    """A thread that took a full batch while users were still being listed, then waited for the limiter
+    until the listing had ended, sends what the tasks left now call for and hands the rest back.
+
+    Why: more threads wait so than the limit has batches, each holding twenty tasks. Sent whole at the end
+    of a run, twenty items run five of Graph's rounds after the rest of the limit has finished (a
+    no-change delta of 2,000 users ended 4 % later). A batch taken after the end is sent as taken.
+    """
+    import threading
+    from types import SimpleNamespace
+
+    from connector.agents.exchange_online._graph import GraphResponse
+    from connector.agents.exchange_online._import import PhotoWorker
+    from connector.agents.exchange_online._photos import PhotoTask
+    from connector.sdk import Deferred
+    from connector.throttling import AdaptiveLimiter, Signal
+
+    limiter = AdaptiveLimiter("test", ceiling=64, initial=48)
+    waiting_for_room = threading.Event()
+
+    class _Limiter:
+        """The real limiter; says when a thread has asked it for room."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(limiter, name)
+
+        def acquire(self, *args: Any, **kwargs: Any) -> Any:
+            waiting_for_room.set()
+            return limiter.acquire(*args, **kwargs)
+
+    sent: list[int] = []
+
+    def batch(items: list[Any], **_: Any) -> list[GraphResponse]:
+        sent.append(len(items))
+        return [GraphResponse(404, {}, b"", {"error": {"code": "ImageNotFound"}}) for _ in items]
+
+    graph = SimpleNamespace(limiter=_Limiter(), batch=batch)
+    importer = SimpleNamespace(
+        settings=SETTINGS,
+        connector=SimpleNamespace(graph=graph),
+        outcome=lambda outcome: [],
+        limit=SimpleNamespace(update=list),
+    )
+    worker = PhotoWorker(importer)  # type: ignore[arg-type]
+    tasks = [Deferred(worker, PhotoTask(f"user-{n}")) for n in range(20)]
+    held = limiter.acquire(48)  # the limit is in use: the next batch waits for room
+    results: list[list[Any]] = []
+    runner = threading.Thread(target=lambda: results.extend(worker.run(tasks, threading.Event())))
+    runner.start()
+    assert waiting_for_room.wait(10)
+    assert worker.take_size(6) == 4  # the listing ended: six tasks wait, one round's worth for each batch
+    limiter.release(held, Signal.OK)
+    runner.join(10)
+    assert sent == [4]  # 6 waiting and its own 20: one round of the limit
+    assert results[4:] == [[task] for task in tasks[4:]]  # handed back unsent, in order
+
+    after = [Deferred(worker, PhotoTask(f"late-{n}")) for n in range(8)]
+    worker.run(after, threading.Event())
+    assert sent == [4, 8]  # taken after the end: sized by take_size then, sent as taken
+
+
 def test_a_batch_decodes_each_binary_body_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The docs' ``$batch`` (one JPEG in base64 beside a 429): its JPEG is decoded once, by ``batch``.
 
