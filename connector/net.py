@@ -464,9 +464,25 @@ def _is_loopback(url: str | bytes | None) -> bool:
         return False
 
 
+class _AsSent(requests.auth.AuthBase):
+    """Leaves a request as its caller made it: the session's auth while it has no other (``_Session``)."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
 class _Session(requests.Session):
     """Proxies from the environment, except for this machine's own loopback; the trust chosen when
-    the session was made (``verifying_session``) for every request.
+    the session was made (``verifying_session``) for every request; never a netrc file's credentials.
+
+    Why no netrc: requests reads ``~/.netrc`` (``~/_netrc`` on Windows, or the file NETRC names) for
+    every request that has no ``auth``, and a matching entry, or a ``default`` one, replaces the
+    request's own Authorization header with Basic credentials. The sign-in's client secret (MSAL sends
+    it to the authority in its body) was then refused ("invalid_client ... Invalid client secret") and
+    the netrc password went to Microsoft's sign-in; a Graph request lost its bearer token. A sync server's
+    account may keep a netrc for curl or git. mvsync takes credentials from its settings, the
+    environment and the OS store only, so the session's auth is one that changes nothing (a caller may
+    set its own: the EWS client's NTLM or Negotiate), and a redirect gets no netrc entry either.
 
     requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``Session.verify`` on each request
     (psf/requests#3829); the usual cure, ``trust_env = False``, also drops the proxy settings
@@ -476,6 +492,16 @@ class _Session(requests.Session):
     loopback address never goes through a proxy (no proxy can reach this machine's loopback): the
     emulator of ``mvsync demo`` works on a machine with HTTPS_PROXY set.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.auth = _AsSent()
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        """requests' own, without its netrc lookup: a redirect to another host drops the Authorization header."""
+        strip = self.should_strip_auth(response.request.url, prepared_request.url)  # type: ignore[no-untyped-call]
+        if "Authorization" in prepared_request.headers and strip:
+            del prepared_request.headers["Authorization"]
 
     def merge_environment_settings(
         self,
