@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 # Imported while the suite is collected, not at its end: hypothesis's pytest plugin imports it for its
 # summary if no test did, and pytest then rewrites its modules (ast.parse) while the last tests' garbage
@@ -50,3 +51,13 @@ def ctrl_c_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def netrc_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A netrc (named by NETRC, as requests reads it) whose ``default`` entry matches every host, as a sync
+    server's account may keep one for curl or git: its credentials must never reach a request."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login leaked-user password leaked-secret\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))

@@ -5,22 +5,12 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from connector.net import verifying_session
 
 LEAKED = "Basic bGVha2VkLXVzZXI6bGVha2VkLXNlY3JldA=="  # leaked-user:leaked-secret
-
-
-@pytest.fixture
-def netrc_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A netrc whose ``default`` entry matches every host, as a sync server's account may keep for curl."""
-    netrc = tmp_path / "netrc"
-    netrc.write_text("default login leaked-user password leaked-secret\n", encoding="utf-8")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
 
 
 @pytest.fixture

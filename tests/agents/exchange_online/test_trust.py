@@ -50,17 +50,14 @@ def test_without_ca_bundle_the_agent_trusts_the_systems_store(
     assert not [e for e in entries if e.error is not None]
 
 
+@pytest.mark.usefixtures("netrc_everywhere")
 def test_a_netrc_with_a_default_entry_changes_neither_the_sign_in_nor_graphs_requests(
-    make_emulator: Any, tmp_path: Path, cache_key: str, monkeypatch: pytest.MonkeyPatch
+    make_emulator: Any, tmp_path: Path, cache_key: str
 ) -> None:
     """A sync server's account keeps a netrc for curl or git, with a ``default`` entry. requests put its
     Basic credentials over every request's own: the sign-in stopped as "invalid_client ... Invalid client
     secret" (the authority read the netrc's instead of MSAL's) and sent the netrc password to Microsoft.
     The import now signs in and reads every user (tests/net/test_netrc.py checks the headers sent)."""
-    netrc = tmp_path / "netrc"
-    netrc.write_text("default login leaked-user password leaked-secret\n", encoding="utf-8")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
     emu = make_emulator(users=12)
     entries, watermark = imported(make_connector(emu, tmp_path))
     assert watermark is not None and len(entries) == 12
