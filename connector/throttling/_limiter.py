@@ -17,8 +17,8 @@ happened; BBR's delivery rate for telling a limit from noise):
   that decrease went into the same overload, so their push-backs neither decrease nor pause again
   (the ``epoch`` on each ticket says which window a request belongs to); each of them just waits
   its own Retry-After (the caller re-sends it).
-* **A census, not a guess, of where the wall is.** Everything in flight when the service pushed
-  back met the same overload, so what became of those requests measures the service: the units it
+* **A census, not a guess, of where the wall is.** Everything in flight when the service pushed back
+  met the same overload, so what became of those requests measures the service: the units it
   accepted of that load are what it carries at once (against a cap on requests in flight, exactly
   the cap; against a rate, about the rate times the round trip). When the last of them is answered,
   the remembered ceiling is set one unit above that count (never above the load pushed back).
@@ -27,22 +27,23 @@ happened; BBR's delivery rate for telling a limit from noise):
   restarts at the census: that cut was a guess made before anything was measured, and regrowth from
   it only walks back up to the same wall, a round trip at a time (a ``$batch``'s is five of
   Graph's): seconds below the wall in a run that may take ten. A partly refused ``$batch`` counts
-  the places its accepted items held when the refusals look like a cap's (few requests refused, each
-  missing a place), its accepted share when they look like a dry token bucket's (nearly every request
-  refused after running several); see ``_Census.carried``. A census can overstate (places counted
-  for a batch that held them for part of the time only, and one in its last rounds runs fewer items
-  than it weighs); then the next push-back comes at once (the cut's trial is void once the census
-  replaced the cut), the pause that regrowth would have met a few round trips later, and its census
-  restarts the limit too if it reads above that push-back's cut (once: the second measurement is as
-  good as the first, and regrowth from the cut would take seconds).
-  Later decreases keep their multiplicative cut and regrow to the wall, because only a cut of
-  known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
+  the places its accepted items held when the refusals look like a cap's (few requests refused, most
+  of them missing a place), its accepted share when they look like a dry token bucket's (nearly
+  every request refused, most after filling their places); see ``_Census.carried``. A census can
+  overstate (places counted for a batch that held them for part of the time only, and one in its
+  last rounds runs fewer items than it weighs); then the next push-back comes at once (the cut's
+  trial is void once the census replaced the cut), the pause that regrowth would have met a few
+  round trips later, and its census restarts the limit too if it reads above that push-back's cut
+  (once: the second measurement is as good as the first, and regrowth from the cut would take
+  seconds). Later decreases keep their multiplicative cut and regrow to the wall, because only a cut
+  of known size lets the delivery rate after it tell endemic push-back from a limit (below), and a
   ``$batch`` holds its units for its whole round trip while running fewer items in its last rounds,
-  so a census taken at full load can overstate the cap. A census below the cut (a rate whose burst hid it)
-  brings the wall down to the cut and restarts the limit at the census, but no lower than one more
-  cut: a ``$batch`` runs its next item as soon as one is refused, so a small overload can show as
-  many refused items, and regrowth climbs back to the cut within a few round trips. Nothing accepted
-  (a whole window refused) says nothing, and a refused probe confirms its wall rather than measuring it.
+  so a census taken at full load can overstate the cap. A census below the cut (a rate whose burst
+  hid it) brings the wall down to the cut and restarts the limit at the census, but no lower than
+  one more cut: a ``$batch`` runs its next item as soon as one is refused, so a small overload can
+  show as many refused items, and regrowth climbs back to the cut within a few round trips. Nothing
+  accepted (a whole window refused) says nothing, and a refused probe confirms its wall rather than
+  measuring it.
 * **Additive increase.** Afterwards the limit grows by about one unit per round trip (``weight /
   limit`` per unit answered), and only while the limit is in use (Netflix's AIMDLimit rule: at
   least half of it in flight when the request was sent), so an idle client does not talk itself
@@ -193,6 +194,8 @@ class _Census:
     held: float = 0.0
     #: Requests with any item pushed back.
     refusing: int = 0
+    #: Of those, the ones whose accepted items filled every place they weighed (``carried``).
+    refusing_placed: int = 0
     #: Units pushed back (a ``$batch``'s refused share of its weight): the census met a wall.
     refused: float = 0.0
     #: Units answered (accepted or pushed back): the census is complete when they reach ``expected``.
@@ -205,9 +208,12 @@ class _Census:
             self.held += weight
         elif signal is Signal.THROTTLED:
             self.accepted += weight * (1.0 - share)
-            self.held += _carried(weight, items, share)
+            places = _carried(weight, items, share)
+            self.held += places
             self.refused += weight * share
             self.refusing += 1
+            if places >= weight - 1e-9:
+                self.refusing_placed += 1
         if signal is Signal.FAILED:
             self.expected -= weight  # said nothing about capacity: out of the census
         else:
@@ -228,8 +234,18 @@ class _Census:
         throttled). The two tell themselves apart: each request a cap refused had a runner without a
         place, so the requests with refusals are at most the load less the places held; a dry bucket
         refuses nearly every request in flight while the places still add up to nearly the load.
+
+        That count alone sits on its boundary when a bucket runs dry just as slow start grows: the
+        newest batches, refused outright, leave as many places unheld as there are refusing requests
+        (traced at rate-150 with a first wave of 48 units: 13 requests refusing against 14 places
+        unheld, read as a cap of 50 where 150 requests/s sustain 15 units, and five walls on the way
+        down). What tells them apart then is which requests were refused. Against
+        a cap, a refusal means no room: the request had a runner without a place, so its accepted items
+        fall short of its weight. A request that filled every place it weighed and was refused later met
+        the service out of tokens, not of room (a cap refuses such a one only when a place changed hands
+        between two of its items). So most refusing requests must be short of their places for a cap.
         """
-        if self.refusing <= self.expected - self.held:
+        if self.refusing <= self.expected - self.held and 2 * self.refusing_placed <= self.refusing:
             return self.held
         return self.accepted
 

@@ -615,3 +615,30 @@ def test_a_cap_s_refusals_in_the_few_requests_over_it_are_counted_by_places() ->
     for ticket in tickets[:-1]:
         limiter.release(ticket, Signal.OK)
     assert (limiter.limit, limiter.wall()) == (50, 50)
+
+
+def test_a_bucket_that_runs_dry_as_slow_start_grows_is_told_from_a_cap_by_which_requests_it_refused() -> None:
+    """A token bucket runs dry just as slow start grows to 64 in batches of 20 (traced at ``rate-150`` with
+    a first wave of 48 units).
+
+    The newest batches were refused outright, so 14 of the 64 places were never held and 13 requests had
+    refusals: the count that tells a cap's refusals from a dry bucket's (``refusing <= expected - held``)
+    read a cap, and the census placed the wall at the 49 places held where the bucket sustains 15. Nine of
+    the thirteen, though, had filled every place they weighed before items were refused (4 to 9 of 20
+    accepted): the service was out of tokens, not of room, which a cap would show on a few requests at
+    most. So the census counts the accepted share: slow start restarts at 22.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("bucket-at-growth", ceiling=64, initial=64, clock=clock)
+    tickets = [limiter.acquire(4) for _ in range(16)]
+    clock.now = 0.1
+    for ticket in tickets[13:]:  # the newest three, refused outright: no place held
+        limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, items=20)
+    clock.now = 0.5
+    limiter.release(tickets[12], Signal.THROTTLED, retry_after=1.0, share=19 / 20, items=20)  # one place
+    for refused in (16, 16, 16, 16, 12, 15, 12, 11):  # filled their four places, then out of tokens
+        limiter.release(tickets.pop(0), Signal.THROTTLED, retry_after=1.0, share=refused / 20, items=20)
+    limiter.release(tickets.pop(0), Signal.THROTTLED, retry_after=1.0, share=8 / 12, items=12)
+    for ticket in tickets[:3]:
+        limiter.release(ticket, Signal.OK)
+    assert (limiter.limit, limiter.wall()) == (22, 22)  # by places: (49, 49)
