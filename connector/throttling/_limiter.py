@@ -235,15 +235,15 @@ class _Census:
         place, so the requests with refusals are at most the load less the places held; a dry bucket
         refuses nearly every request in flight while the places still add up to nearly the load.
 
-        That count alone sits on its boundary when a bucket runs dry just as slow start grows: the
-        newest batches, refused outright, leave as many places unheld as there are refusing requests
-        (traced at rate-150 with a first wave of 48 units: 13 requests refusing against 14 places
-        unheld, read as a cap of 50 where 150 requests/s sustain 15 units, and five walls on the way
-        down). What tells them apart then is which requests were refused. Against
-        a cap, a refusal means no room: the request had a runner without a place, so its accepted items
-        fall short of its weight. A request that filled every place it weighed and was refused later met
-        the service out of tokens, not of room (a cap refuses such a one only when a place changed hands
-        between two of its items). So most refusing requests must be short of their places for a cap.
+        That count alone sits on its boundary when a bucket runs dry just as slow start grows: the newest
+        batches, refused outright, leave as many places unheld as there are refusing requests (traced at
+        rate-150 with a first wave of 48 units: 13 requests refusing against 14 places unheld, read as a cap
+        of 50 where 150 requests/s sustain 15 units, and five walls on the way down). What tells them apart
+        then is which requests were refused. Against a cap, a refusal means no room: the request had a
+        runner without a place, so its accepted items fall short of its weight. A request that filled every
+        place it weighed and was refused later met the service out of tokens, not of room (a cap refuses
+        such a one only when a place changed hands between two of its items). So most refusing requests must
+        be short of their places for a cap.
         """
         if self.refusing <= self.expected - self.held and 2 * self.refusing_placed <= self.refusing:
             return self.held
