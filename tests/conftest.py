@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 # Imported while the suite is collected, not at its end: hypothesis's pytest plugin imports it for its
 # summary if no test did, and pytest then rewrites its modules (ast.parse) while the last tests' garbage
@@ -31,6 +32,75 @@ def require_or_skip(reason: str) -> None:
     if servers_required():
         pytest.fail(f"required server unavailable (MVSYNC_REQUIRE_SERVERS=1): {reason}")
     pytest.skip(reason)
+
+
+#: The fixtures of each real server: what ``--dist loadgroup`` keeps on one worker (with the Active Directory
+#: tests, which start DCs of their own; see ``pytest_collection_modifyitems``).
+_SERVER_GROUPS = {
+    "samba": {"samba_ad", "samba_kerberos"},
+    "postgres": {"postgres_server", "postgres_url", "postgres_db"},
+    "browser": {"chromium"},
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker inherits ``COLUMNS=80`` from xdist (the controller's terminal is not its own):
+    the CLI then folds its output at 80 columns, where off a terminal it writes lines whole, as the tests
+    that read it expect (``fit_consoles``). A worker runs them as a single session would."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.pop("COLUMNS", None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Generator[None, None, None]:
+    """Under pytest-xdist (tests/run.sh runs two workers), the tests of one real server run on one worker.
+
+    Why: each worker is a session of its own, so a server's session fixture would start once per worker
+    that needs it (provisioning a DC takes seconds; two PostgreSQL servers, twice the memory), and a test
+    that stops or restarts a DC would wait for the other worker's session to let go of it. The Active
+    Directory tests also share loopback addresses and ports (a stand-in DC on 127.0.0.1 at the DC's LDAPS
+    port) and the DC's sites, so they all run on the DC's worker, one after another, as in a single session.
+    One worker per server keeps each started once; everything else is spread over both.
+
+    A wrapper, so the marks are there before pytest-xdist's own hook turns them into groups (its suffix on
+    each node id, ``...@samba``); ``pytest_xdist_node_collection_finished`` checks that it did.
+    """
+    if config.pluginmanager.hasplugin("xdist"):
+        _group_server_tests(items)
+    return (yield)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Stops a run whose groups did not take: with pytest 9.2, pytest-xdist 3.8 silently stopped grouping
+    (pytest-xdist#1386), and the Active Directory tests then fail on two workers in ways that look like bugs
+    of their own. Seen from the controller, whose only view of a worker's tests is their ids."""
+    if getattr(node.config.option, "dist", "no") != "loadgroup":
+        return
+    if any(i.startswith("tests/agents/active_directory/") and "@" not in i for i in ids):
+        pytest.exit(
+            "pytest-xdist's --dist loadgroup did not group the real servers' tests (pytest-xdist#1386): install "
+            "the test extra's pytest (pip install -e '.[test]'), or run in one process: "
+            "MVSYNC_TEST_WORKERS=0 bash tests/run.sh",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+def _group_server_tests(items: list[pytest.Item]) -> None:
+    """Marks each test of a real server with that server's ``xdist_group``."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("store_url") == "postgresql":
+            names.add("postgres_db")  # ``store_url`` asks for it only for its postgresql run
+        for group, fixtures in _SERVER_GROUPS.items():
+            if (
+                names & fixtures
+                or item.get_closest_marker(group)
+                or (group == "samba" and "active_directory" in item.path.parts)
+            ):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@
 #     and browser tests; the harness starts the servers itself, on loopback, in temporary directories);
 #   * a virtualenv in .venv with mvsync and its test, postgres, web, face, kerberos and emulator extras
 #     (gssapi builds from source against libkrb5-dev);
-#   * ruff, import-linter (the layering contracts), mypy and pytest.
+#   * ruff, import-linter (the layering contracts), mypy and pytest (two workers: MVSYNC_TEST_WORKERS).
 # Extra arguments go to pytest, e.g.  bash tests/run.sh -k engine -x
 # With CI=true (or MVSYNC_REQUIRE_SERVERS=1) a test that would skip for lack of Samba, PostgreSQL or
 # Chromium fails instead.
@@ -52,7 +52,14 @@ echo "== mypy --platform win32 (no POSIX-only call in what the package runs on W
 .venv/bin/mypy --platform win32
 echo "== pytest" >&2
 set +e
-.venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist); the tests of each real server stay on one of them (tests/conftest.py).
+# MVSYNC_TEST_WORKERS=0 runs everything in this process, as before.
+workers=${MVSYNC_TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then
+  .venv/bin/python -m pytest "$@"
+else
+  .venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"
+fi
 rc=$?
 set -e
 # pytest's 5 means "no tests collected": a selection that ran nothing is not a failure of the suite.
