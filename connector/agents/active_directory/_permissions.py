@@ -223,10 +223,8 @@ def account_label(link: Link, settings: ActiveDirectorySettings, domain_root: st
     named = configured_account(settings)
     if settings.auth == "simple" and settings.bind_dn and "=" in settings.bind_dn:
         search = (settings.bind_dn, "(objectClass=*)", BASE)
-    elif principal := settings.principal or (settings.bind_dn if settings.bind_dn and "@" in settings.bind_dn else ""):
-        search = _by_account_name(domain_root, principal)
-    elif named != settings.account:  # user@REALM read from the keytab or the credential cache
-        search = _by_account_name(domain_root, named)
+    elif principal := _configured_principal(settings) or bound_principal(settings):
+        search = _by_principal(domain_root, principal)
     else:
         return named
 
@@ -258,9 +256,25 @@ def account_label(link: Link, settings: ActiveDirectorySettings, domain_root: st
         return named
 
 
-def _by_account_name(domain_root: str, principal: str) -> tuple[str, str, str]:
-    """The search for the account whose sAMAccountName is the principal's (or UPN's) name part."""
-    return (domain_root, f"(sAMAccountName={_escape(principal.split('@', 1)[0])})", SUBTREE)
+def _configured_principal(settings: ActiveDirectorySettings) -> str:
+    """The ``principal`` setting, or a bind DN written as ``user@domain``; "" when neither names one (the
+    principal is then the keytab's or the credential cache's, ``bound_principal``)."""
+    return settings.principal or (settings.bind_dn if settings.bind_dn and "@" in settings.bind_dn else "")
+
+
+def _by_principal(domain_root: str, principal: str) -> tuple[str, str, str]:
+    """The search for the account a principal names: a user's (``svc@REALM``, or a UPN) by the sAMAccountName
+    of its name part; a service principal's (``host/sync01.contoso.com@REALM``) by the SPN on its account.
+
+    Why the SPN: a sync server's own keytab (``host/<fqdn>``, from joining the domain) or a service account's
+    binds as a service principal, which AD's KDC finds by ``servicePrincipalName``; searched as a
+    sAMAccountName it matched nothing, and the ``dsacls`` advice named the SPN, which dsacls cannot resolve
+    (``configured_account``). Found, the account is ``DOMAIN\\SYNC01$`` (a computer) or ``DOMAIN\\svc``.
+    """
+    name = principal.rpartition("@")[0] if "@" in principal else principal
+    if "/" in name:
+        return (domain_root, f"(servicePrincipalName={_escape(name)})", SUBTREE)
+    return (domain_root, f"(sAMAccountName={_escape(name)})", SUBTREE)
 
 
 def configured_account(settings: ActiveDirectorySettings) -> str:

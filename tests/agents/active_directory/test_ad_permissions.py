@@ -10,13 +10,18 @@ from typing import Any
 import pytest
 from ldap3 import Connection
 
+from connector.agents.active_directory import ActiveDirectorySettings
+from connector.agents.active_directory._connection import Link
+from connector.agents.active_directory._kerberos import keytab_principal
+from connector.agents.active_directory._permissions import account_label
 from connector.config import config_from_dict
 from connector.engine import Engine, StepResult
 from connector.sdk import AttributeChange, ExportStatus, StopRunError
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg
 from tests.agents.active_directory.test_ad_export import update
 from tests.agents.active_directory.test_ad_kerberos import _engine_config, kerberos_settings
-from tests.harness.samba_dc import KerberosAccount, deny_write, grant_write
+from tests.conftest import require_or_skip
+from tests.harness.samba_dc import KerberosAccount, SambaUnavailable, deny_write, grant_write, service_principal
 
 pytestmark = pytest.mark.samba
 
@@ -292,3 +297,28 @@ def test_a_keytab_without_principal_is_named_by_the_keytab_s_principal_in_the_gr
     assert connector.export_stats.writes == 0
     for name in bad:
         assert ad_env.read(name, "thumbnailPhoto", other) == []
+
+
+def test_a_service_principal_is_named_by_the_account_that_holds_its_spn(ad_env: ADTestEnv) -> None:
+    """A bind as a service principal: a sync server's keytab for ``host/<fqdn>`` (from joining the domain), or
+    ``principal = "HTTP/...@REALM"``. The grant names the account that holds the SPN, ``DOMAIN\\name``, which
+    dsacls resolves. Before, the account was searched for by a sAMAccountName of "HTTP/sync01.mvsync.test",
+    found nothing, and the grant named the SPN itself (or "the principal of keytab <path>"), which dsacls cannot
+    take. The names are read from the session's DC over a simple bind; the Kerberos settings only name the
+    identity (the keytab is the one ``setspn``/``ktpass`` would give the service: read, not bound with)."""
+    try:
+        spn = service_principal(ad_env.ad, "sync01.mvsync.test", account="svc-sync01")
+    except SambaUnavailable as exc:
+        require_or_skip(f"cannot register an SPN on the harness's DC: {exc}")
+    principal = keytab_principal(spn.keytab)
+    assert principal is not None and principal.startswith(f"{spn.spn}@"), principal
+    domain_root = ad_env.ad.base_dn
+    link = Link(ad_env.settings(), logging.getLogger("test"))
+    try:
+        for identity in ({"principal": principal}, {"keytab": str(spn.keytab)}):
+            named = ActiveDirectorySettings.model_validate(
+                {"host": ad_env.ad.host, "base_dns": [ad_env.ou], "auth": "kerberos", **identity}
+            )
+            assert account_label(link, named, domain_root) == "MVSYNC\\svc-sync01", identity
+    finally:
+        link.close()
