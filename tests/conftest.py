@@ -72,18 +72,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
-    """Stops a run whose groups did not take: with pytest 9.2, pytest-xdist 3.8 silently stopped grouping
-    (pytest-xdist#1386), and the Active Directory tests then fail on two workers in ways that look like bugs
-    of their own. Seen from the controller, whose only view of a worker's tests is their ids."""
-    if getattr(node.config.option, "dist", "no") != "loadgroup":
+    """Stops a run on several workers that would spread the Active Directory tests over them: they then fail
+    in ways that look like bugs of their own (a port already taken, a site subnet that exists). That is any
+    ``--dist`` but loadgroup (``pytest -n 2`` alone is ``load``), and loadgroup whose groups did not take:
+    with pytest 9.2, pytest-xdist 3.8 silently stopped grouping (pytest-xdist#1386). Seen from the
+    controller, whose only view of a worker's tests is their ids."""
+    directory = [i for i in ids if i.startswith("tests/agents/active_directory/")]
+    if not directory:
         return
-    if any(i.startswith("tests/agents/active_directory/") and "@" not in i for i in ids):
-        pytest.exit(
+    dist = getattr(node.config.option, "dist", "no")
+    if dist != "loadgroup":
+        why = f"--dist {dist} would run the Active Directory tests on several workers at once: add --dist loadgroup"
+    elif any("@" not in i for i in directory):
+        why = (
             "pytest-xdist's --dist loadgroup did not group the real servers' tests (pytest-xdist#1386): install "
-            "the test extra's pytest (pip install -e '.[test]'), or run in one process: "
-            "MVSYNC_TEST_WORKERS=0 bash tests/run.sh",
-            returncode=pytest.ExitCode.USAGE_ERROR,
+            "the test extra's pytest, below 9.2 (pip install -e '.[test]')"
         )
+    else:
+        return
+    pytest.exit(
+        f"{why} (as bash tests/run.sh does), or run in one process (-n 0; MVSYNC_TEST_WORKERS=0 bash tests/run.sh)",
+        returncode=pytest.ExitCode.USAGE_ERROR,
+    )
 
 
 def _group_server_tests(items: list[pytest.Item]) -> None:
