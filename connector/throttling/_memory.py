@@ -35,15 +35,23 @@ class LimitMemory:
     ``wall`` is the lower of the census and the limit the run reached under it: a census counts
     units, and a ``$batch`` holds its units for its whole round trip while running fewer items in its
     last rounds, so the census can overstate the service's cap; starting a later run above the cap
-    would make its first push-back a pause at full load.
+    would make its first push-back a pause at full load. ``rate_bound``: the wall was a rate
+    (``AdaptiveLimiter.rate_bound``), so a later run sends short batches from its first request on,
+    instead of learning it again from a batch cascade (a memory written before it was kept reads False).
     """
 
     limiter: str
     wall: int
     measured_at: float
+    rate_bound: bool = False
 
     def dumps(self) -> dict[str, Any]:
-        return {"limiter": self.limiter, "wall": self.wall, "measured_at": self.measured_at}
+        return {
+            "limiter": self.limiter,
+            "wall": self.wall,
+            "measured_at": self.measured_at,
+            "rate_bound": self.rate_bound,
+        }
 
     @classmethod
     def loads(cls, value: Any) -> LimitMemory | None:
@@ -53,7 +61,7 @@ class LimitMemory:
         limiter, wall, at = value.get("limiter"), value.get("wall"), value.get("measured_at")
         if not isinstance(limiter, str) or not isinstance(wall, int) or not isinstance(at, int | float):
             return None
-        return cls(limiter, wall, float(at)) if wall >= 1 else None
+        return cls(limiter, wall, float(at), value.get("rate_bound") is True) if wall >= 1 else None
 
     @classmethod
     def of(cls, limiter: AdaptiveLimiter, measured_at: float | None = None) -> LimitMemory | None:
@@ -61,7 +69,8 @@ class LimitMemory:
         wall = limiter.wall()
         if wall is None:
             return None
-        return cls(limiter.name, min(wall, limiter.limit), time.time() if measured_at is None else measured_at)
+        at = time.time() if measured_at is None else measured_at
+        return cls(limiter.name, min(wall, limiter.limit), at, limiter.rate_bound)
 
     def fresh(self, max_age_s: float) -> bool:
         """Measured no longer than ``max_age_s`` ago (and not in the future: a clock set back)."""
@@ -71,7 +80,7 @@ class LimitMemory:
         """Start ``limiter`` at this wall if it is its own, fresh enough, and the limiter learned nothing yet."""
         if self.limiter != limiter.name or not self.fresh(max_age_s):
             return False
-        return limiter.recall(self.wall)
+        return limiter.recall(self.wall, rate_bound=self.rate_bound)
 
 
 _UNSAVED = object()

@@ -578,6 +578,7 @@ def test_a_partly_refused_batch_counts_the_places_its_accepted_items_held(
     limiter.release(tickets[1], Signal.THROTTLED, retry_after=1.0, share=refused, items=items)
     limiter.release(tickets[0], Signal.OK)  # the batch that got four places
     assert (limiter.limit, limiter.wall()) == (wall, wall)
+    assert not limiter.rate_bound  # a cap: batches stay long
 
 
 def test_a_dry_token_bucket_s_refusals_are_counted_by_share_not_by_places() -> None:
@@ -596,6 +597,7 @@ def test_a_dry_token_bucket_s_refusals_are_counted_by_share_not_by_places() -> N
     for ticket in tickets:
         limiter.release(ticket, Signal.THROTTLED, retry_after=1.0, share=14 / 20, items=20)
     assert (limiter.limit, limiter.wall()) == (9, 9)  # by places: (32, 32)
+    assert limiter.rate_bound  # a rate: callers send one round per batch from now on
 
 
 def test_a_cap_s_refusals_in_the_few_requests_over_it_are_counted_by_places() -> None:
@@ -615,6 +617,7 @@ def test_a_cap_s_refusals_in_the_few_requests_over_it_are_counted_by_places() ->
     for ticket in tickets[:-1]:
         limiter.release(ticket, Signal.OK)
     assert (limiter.limit, limiter.wall()) == (50, 50)
+    assert not limiter.rate_bound
 
 
 def test_a_bucket_that_runs_dry_as_slow_start_grows_is_told_from_a_cap_by_which_requests_it_refused() -> None:
@@ -642,3 +645,32 @@ def test_a_bucket_that_runs_dry_as_slow_start_grows_is_told_from_a_cap_by_which_
     for ticket in tickets[:3]:
         limiter.release(ticket, Signal.OK)
     assert (limiter.limit, limiter.wall()) == (22, 22)  # by places: (49, 49)
+    assert limiter.rate_bound
+
+
+def test_once_a_census_reads_a_rate_the_limiter_stays_rate_bound_and_a_recall_says_so() -> None:
+    """A later census that reads like a cap's does not make batches long again, and a warm start can say.
+
+    Traced at 150 requests/s with 20 ms round trips: a probe's second census read a cap (the bucket
+    still held a few tokens), the batches went back to twenty items, and the next dry spell refused
+    553 items in one second.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("rate", ceiling=64, initial=32, clock=clock)
+    tickets = [limiter.acquire(4) for _ in range(8)]
+    clock.now = 0.5
+    for ticket in tickets:  # a dry bucket: every batch had items refused after filling its places
+        limiter.release(ticket, Signal.THROTTLED, retry_after=0.01, share=14 / 20, items=20)
+    assert limiter.rate_bound
+    clock.now = 30.0
+    tickets = [limiter.acquire(1) for _ in range(limiter.limit)]
+    limiter.release(tickets.pop(), Signal.THROTTLED, retry_after=0.01)  # one runner without a place
+    for ticket in tickets:
+        limiter.release(ticket, Signal.OK)
+    assert limiter.stats.decreases == 2
+    assert limiter.rate_bound
+
+    warm = AdaptiveLimiter("rate", ceiling=64, clock=clock)
+    assert warm.recall(9, rate_bound=True) and warm.rate_bound
+    cold = AdaptiveLimiter("cap", ceiling=64, clock=clock)
+    assert cold.recall(9) and not cold.rate_bound

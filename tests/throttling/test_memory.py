@@ -99,3 +99,23 @@ def test_a_run_whose_recalled_wall_is_pushed_back_forgets_it_until_it_measures_a
     changed, value = keeper.changed()  # the census measured 19: kept is the level reached under it
     memory = LimitMemory.loads(value)
     assert changed and memory is not None and memory.wall == min(19, limiter.limit)
+
+
+def test_a_wall_found_to_be_a_rate_is_kept_as_one_and_an_older_memory_reads_as_a_cap() -> None:
+    """A warm run against a rate sends short batches from its first request (``rate_bound``), instead of
+    learning it again from a twenty-item batch cascade; a memory written before the flag was kept has none."""
+    clock = FakeClock()
+    limiter = _cold(clock)
+    tickets = [limiter.acquire(4) for _ in range(8)]
+    clock.now = 0.5
+    for ticket in tickets:  # a dry bucket's census
+        limiter.release(ticket, Signal.THROTTLED, retry_after=0.01, share=14 / 20, items=20)
+    memory = LimitMemory.of(limiter)
+    assert memory is not None and memory.rate_bound
+    kept = LimitMemory.loads(memory.dumps())
+    assert kept == memory
+    warm = _cold(FakeClock())
+    assert kept.recall(warm, max_age_s=3600) and warm.rate_bound
+    older = {key: value for key, value in memory.dumps().items() if key != "rate_bound"}
+    loaded = LimitMemory.loads(older)
+    assert loaded is not None and not loaded.rate_bound

@@ -651,6 +651,10 @@ class PhotoWorker(Worker[PhotoTask]):
         taken_early = self._waiting is None  # begun while the stream still ran: a full batch (``take_size``)
         ticket = client.limiter.acquire(wanted, at_least=1, cancel=cancel)
         send = tasks if ticket.weight >= wanted else tasks[: ticket.weight]
+        if client.limiter.rate_bound:
+            # against a rate, one round per batch: a bucket run dry refuses every item still queued in
+            # a batch, so twenty items on four units would cost twenty refusals, not four
+            send = send[: ticket.weight]
         if taken_early and self._waiting is not None:
             # The stream ended while this thread waited for the limiter (a few threads more than the
             # limit's batches wait so, each holding a full batch): sent whole, its twenty items ran five
