@@ -21,6 +21,7 @@ mvsync's figures only, not the Python process collectors that mean nothing for a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -152,6 +153,8 @@ PHOTOS = Counter(
 )
 
 _textfile: Path | None = None
+#: The status each agent and kind last ended with in this process (its ``LAST_STEP_END`` series).
+_last_status: dict[tuple[str, str], str] = {}
 _http_ports: tuple[int, int] | None = None  # (asked for, bound): 0 asks for any free port
 
 
@@ -164,6 +167,11 @@ def step(agent: str, kind: str, status: str, seconds: float, counters: dict[str,
             STEP_OBJECTS.labels(agent, kind, name).inc(value)
     if errors:
         STEP_ERRORS.labels(agent, kind).inc(errors)
+    previous = _last_status.get((agent, kind))
+    if previous is not None and previous != status:
+        with contextlib.suppress(KeyError):  # (prometheus-client before 0.21 raises for a series gone)
+            LAST_STEP_END.remove(agent, kind, previous)  # one series per agent and kind: see ``_LATEST_BY``
+    _last_status[agent, kind] = status
     LAST_STEP_END.labels(agent, kind, status).set_to_current_time()
 
 
@@ -398,13 +406,36 @@ def _carried_family(
     if _bucket_layout(current) not in (set(), _bucket_layout(ours)):
         ours = {}  # the buckets changed (an upgrade): adding them up would make no histogram
     counted = family.type in ("counter", "histogram")
+    samples: dict[_SampleKey, float] = {}
     for key, now in current.items():
         before = ours.pop(key, None)
         since = now - written.get(key, 0.0) if counted and not key[0].endswith("_created") else now
-        carried.add_sample(key[0], dict(key[1]), since if before is None else _combined(counted, key[0], since, before))
-    for key, before in ours.items():  # series this process did not touch
-        carried.add_sample(key[0], dict(key[1]), before)
+        samples[key] = since if before is None else _combined(counted, key[0], since, before)
+    samples.update(ours)  # series this process did not touch
+    for key, value in _latest(family.name, samples).items():
+        carried.add_sample(key[0], dict(key[1]), value)
     return carried
+
+
+#: Gauges that hold a time, one series per identity (these labels); their other labels say how that last
+#: time went (a step's status). Carried over as they were, a step that ended ``stopped-authentication`` once
+#: kept that series, with its old time, beside every later ``success``, and an alert on
+#: ``time() - mvsync_step_last_end_timestamp_seconds`` fired for ever.
+_LATEST_BY = {"mvsync_step_last_end_timestamp_seconds": ("agent", "kind")}
+
+
+def _latest(name: str, samples: dict[_SampleKey, float]) -> dict[_SampleKey, float]:
+    """``samples``, keeping only the latest of each identity for a family in ``_LATEST_BY``."""
+    identity = _LATEST_BY.get(name)
+    if identity is None:
+        return samples
+    newest: dict[tuple[str, ...], _SampleKey] = {}
+    for key, value in samples.items():
+        labels = dict(key[1])
+        who = tuple(labels.get(label, "") for label in identity)
+        if who not in newest or value > samples[newest[who]]:
+            newest[who] = key
+    return {key: samples[key] for key in newest.values()}
 
 
 #: The sample names a family of each type writes (text format 0.0.4), after its own name.

@@ -488,3 +488,35 @@ def test_a_run_locked_out_before_its_first_step_is_counted_as_refused(tmp_path: 
         assert value("mvsync_runs_refused_total", profile="full-import", status="stopped-locked") == refused + 1
     finally:
         world.close()
+
+
+def test_a_step_s_last_end_keeps_one_series_per_agent_and_kind_whatever_its_status(tmp_path: Path) -> None:
+    """Found by QA: the textfile carried a step's last end over with its ``status`` label, so a step that
+    ended ``stopped-authentication`` once kept that series and its old time beside every later
+    ``success``, and ``time() - mvsync_step_last_end_timestamp_seconds > X`` (the README's "alert when a
+    schedule stops running") fired for ever. The file's own stale pair, from before, is cleaned up too."""
+    prom = tmp_path / "ends.prom"
+    name = "mvsync_step_last_end_timestamp_seconds"
+    prom.write_text(
+        f"# TYPE {name} gauge\n"
+        f'{name}{{agent="qa",kind="full-import",status="stopped-interrupted"}} 100.0\n'
+        f'{name}{{agent="qa",kind="full-import",status="stopped-authentication"}} 200.0\n'
+        f'{name}{{agent="qa",kind="delta-import",status="stopped-authentication"}} 300.0\n'
+        f'{name}{{agent="qa",kind="delta-import",status="success"}} 250.0\n'
+    )
+    metrics.step("qa", "full-import", "stopped-authentication", 1.0, {}, 0)
+    metrics.write_textfile(prom)
+    ends = {
+        labels: at for (sample, labels), at in _samples(prom).items() if sample == name and ("agent", "qa") in labels
+    }
+    full = (("agent", "qa"), ("kind", "full-import"))
+    delta = (("agent", "qa"), ("kind", "delta-import"))
+    assert set(ends) == {(*full, ("status", "stopped-authentication")), (*delta, ("status", "stopped-authentication"))}
+    assert ends[(*full, ("status", "stopped-authentication"))] > 300  # this run's end, not the file's 200
+    assert ends[(*delta, ("status", "stopped-authentication"))] == 300  # the newer of the file's two
+
+    metrics.step("qa", "full-import", "success", 1.0, {}, 0)  # the next run of the same process succeeds
+    metrics.write_textfile(prom)
+    ends = {labels: at for (sample, labels), at in _samples(prom).items() if sample == name and full[0] in labels}
+    assert [labels for labels in ends if ("kind", "full-import") in labels] == [(*full, ("status", "success"))]
+    assert value(name, agent="qa", kind="full-import", status="stopped-authentication") == 0  # gone in-process too
