@@ -12,8 +12,9 @@ page, in the same transaction, so a full import stopped by a crash, Ctrl-C, a re
 ``stopped-throttled`` starts its next run from its last committed page instead of from scratch.
 The objects the interrupted step already saw are adopted by the new step at its end (their
 ``seen_step`` moves to it), so the deletion rule judges the whole listing, not only its second half.
-The next import step of the agent consumes the checkpoint: a full import resumes from it, a delta
-import discards it (the delta's own changes would otherwise confuse that rule).
+The next full import of the agent resumes from the checkpoint; a delta import discards it with its
+first page that changes objects (the delta's own changes would otherwise confuse that rule), and
+leaves it when it changes nothing.
 
 What the step met is kept in the connector space, not in memory: each object it stages carries its
 ``seen_step``, which both the deletion rule and the duplicate check (an anchor met twice) read. So a
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from connector.engine._agents import rule_problems
 from connector.engine._context import StepContext
 from connector.engine._renderings import rendering
 from connector.engine._results import ObjectError, StepStopped
@@ -826,6 +828,9 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
         msg = f"agent {ctx.agent!r} does not support full import (its capabilities say so); use a delta-import step"
         raise StepStopped("stopped-configuration", msg)
     schema = connector.get_schema()
+    problems = rule_problems(ctx.config, ctx.agent, schema)
+    if problems:
+        raise StepStopped("stopped-configuration", "\n".join(problems))
     with ctx.store.transaction() as conn:
         AgentStateRepository(ctx.agent).save(conn, schema_json=schema.model_dump_json(), updated_at=time.time())
         watermark = None if full else load_watermark(conn, ctx.agent)
