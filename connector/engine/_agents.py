@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connector.config import ConfigError, MvsyncConfig, beside_config, format_validation_error, validate_settings
+from connector.config import (
+    ConfigError,
+    MvsyncConfig,
+    beside_config,
+    did_you_mean,
+    format_validation_error,
+    validate_settings,
+)
 from connector.files import TextDecodeError, read_text
 from connector.net import check_trust_environment
 from connector.registry import load_connector
@@ -29,7 +36,14 @@ from connector.sdk import (
     Schema,
 )
 
-__all__ = ["load_metaverse_schema", "open_connector", "reauthorize_command", "setting_paths", "trust_problem"]
+__all__ = [
+    "load_metaverse_schema",
+    "open_connector",
+    "reauthorize_command",
+    "rule_problems",
+    "setting_paths",
+    "trust_problem",
+]
 
 
 def reauthorize_command(config: MvsyncConfig, agent: str) -> str:
@@ -156,6 +170,48 @@ def _path_problem(path: Path) -> str | None:
     if ancestor is not None and not ancestor.is_dir():
         return f"{path} cannot be created: {ancestor} is a file, not a folder"
     return None
+
+
+def rule_problems(config: MvsyncConfig, agent: str, schema: Schema) -> list[str]:
+    """The sync rules of ``agent`` that name an object class or an imported attribute its connector's
+    ``schema`` does not have, each as ``file: key: what is wrong`` with the name it most resembles.
+
+    Why at the import step, not when the configuration loads: only the connector knows its schema
+    (Active Directory's can depend on its settings), and the import step asks for it anyway. Before,
+    a flow from ``EXOFoto`` (for ``EXOPhoto``) or a projection of ``EXOUsers`` was accepted, every
+    step succeeded, and no photo ever reached the metaverse (found by QA). Object classes match
+    without regard to case, as the engine matches them; an attribute an import flow or a join reads
+    must be one of its class's (case aside: a connector names its attributes in its own spelling).
+    Export flows' attributes are the target's to judge: the agent's export refuses what it cannot write.
+    """
+    cfg = config.agents[agent]
+    where = f"{config.path}: agents.{agent}" if config.path else f"agents.{agent}"
+    classes = {c.name.casefold(): c for c in schema.object_classes}
+    known = [c.name for c in schema.object_classes]
+    problems: list[str] = []
+    rules: list[tuple[str, str, tuple[str, ...]]] = [
+        (f"projection[{i}]", rule.object_class, ()) for i, rule in enumerate(cfg.projection)
+    ]
+    rules += [(f"join[{i}]", rule.object_class, tuple(c.cs for c in rule.match)) for i, rule in enumerate(cfg.join)]
+    rules += [(f"import_flow[{i}]", flow.object_class, (flow.cs,)) for i, flow in enumerate(cfg.import_flow)]
+    rules += [(f"export_flow[{i}]", flow.object_class, ()) for i, flow in enumerate(cfg.export_flow)]
+    for key, object_class, attributes in rules:
+        found = classes.get(object_class.casefold())
+        if found is None:
+            hint = did_you_mean(object_class, known) or f" (it has {', '.join(known)})"
+            problems.append(f"{where}.{key}.object_class: the {agent} agent has no object class {object_class!r}{hint}")
+            continue
+        names = [a.name for a in found.attributes]
+        folded = {name.casefold() for name in names}
+        for attribute in attributes:
+            if attribute.casefold() not in folded:
+                field = "cs" if key.startswith("import_flow") else "match.cs"
+                hint = did_you_mean(attribute, names) or f"; `mvsync schema {agent}` lists them"
+                problems.append(
+                    f"{where}.{key}.{field}: object class {found.name!r} of the {agent} agent has no attribute "
+                    f"{attribute!r}{hint}"
+                )
+    return problems
 
 
 def export_scope(config: MvsyncConfig, agent: str) -> dict[str, frozenset[str]]:

@@ -12,8 +12,9 @@ page, in the same transaction, so a full import stopped by a crash, Ctrl-C, a re
 ``stopped-throttled`` starts its next run from its last committed page instead of from scratch.
 The objects the interrupted step already saw are adopted by the new step at its end (their
 ``seen_step`` moves to it), so the deletion rule judges the whole listing, not only its second half.
-The next import step of the agent consumes the checkpoint: a full import resumes from it, a delta
-import discards it (the delta's own changes would otherwise confuse that rule).
+The next full import of the agent resumes from the checkpoint; a delta import discards it with its
+first page that changes objects (the delta's own changes would otherwise confuse that rule), and
+leaves it when it changes nothing.
 
 What the step met is kept in the connector space, not in memory: each object it stages carries its
 ``seen_step``, which both the deletion rule and the duplicate check (an anchor met twice) read. So a
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from connector.engine._agents import rule_problems
 from connector.engine._context import StepContext
 from connector.engine._renderings import rendering
 from connector.engine._results import ObjectError, StepStopped
@@ -531,21 +533,44 @@ class _Checkpoint:
 
 
 def _take_checkpoint(conn: StoreConnection, ctx: StepContext, full: bool) -> _Checkpoint | None:
-    """The checkpoint a full import resumes from; a delta import (or a dry run) leaves none behind."""
+    """The checkpoint a full import resumes from. A delta import leaves it until it changes objects
+    (``_drop_interrupted``); a dry run neither resumes nor discards anything."""
     repo = AgentStateRepository(ctx.agent)
     found = _Checkpoint.loads(repo.checkpoint(conn))
-    if found is None or ctx.dry_run:
-        return None  # a dry run neither resumes nor discards anything
-    if not full or not ctx.step.resume_interrupted:
+    if found is None or ctx.dry_run or not full:
+        return None
+    if not ctx.step.resume_interrupted:
         log.warning(
-            "%s: the full import interrupted in step %d is not resumed (%s); the next full import starts over",
+            "%s: the full import interrupted in step %d is not resumed (resume_interrupted = false); it starts over",
             ctx.agent,
             found.step_id,
-            "a delta import ran" if not full else "resume_interrupted = false",
         )
         repo.save(conn, import_checkpoint=None)
         return None
     return found
+
+
+def _drop_interrupted(conn: StoreConnection, ctx: StepContext) -> None:
+    """A delta import is changing objects: an interrupted full import can no longer be resumed.
+
+    Why: a full import marks deleted, at its end, whatever its listing did not see, and a resumed one
+    lists only what comes after its checkpoint; an object a delta import added before that point would
+    be marked deleted. Why not as soon as the delta import starts: one that stops before it changes
+    anything (Graph unreachable, no delta state yet to read) leaves the checkpoint as good as it was,
+    and dropping it then threw away every page committed (found by QA: all 37 listed again after a
+    delta import that had found Graph down). Said in the step's message, so history shows it.
+    """
+    repo = AgentStateRepository(ctx.agent)
+    found = _Checkpoint.loads(repo.checkpoint(conn))
+    if found is None:
+        return
+    repo.save(conn, import_checkpoint=None)
+    note = (
+        f"the full import interrupted in step {found.step_id} will start over: this delta import changed "
+        "objects it may have listed already"
+    )
+    log.warning("%s: %s", ctx.agent, note)
+    ctx.result.message = f"{ctx.result.message}; {note}" if ctx.result.message else note
 
 
 def _adopt(conn: StoreConnection, ctx: StepContext, resumed: _Checkpoint) -> None:
@@ -678,6 +703,8 @@ def _commit_page(
     with ctx.unit_of_work("pages", number) as conn:
         if resume is not None and number == 1:
             _adopt(conn, ctx, resume)
+        if not full and page.entries and not ctx.dry_run:
+            _drop_interrupted(conn, ctx)
         applier.apply(conn, page.entries)
         repo = AgentStateRepository(ctx.agent)
         if page.state:
@@ -801,6 +828,9 @@ def run_import(ctx: StepContext, connector: Connector[Any], full: bool) -> None:
         msg = f"agent {ctx.agent!r} does not support full import (its capabilities say so); use a delta-import step"
         raise StepStopped("stopped-configuration", msg)
     schema = connector.get_schema()
+    problems = rule_problems(ctx.config, ctx.agent, schema)
+    if problems:
+        raise StepStopped("stopped-configuration", "\n".join(problems))
     with ctx.store.transaction() as conn:
         AgentStateRepository(ctx.agent).save(conn, schema_json=schema.model_dump_json(), updated_at=time.time())
         watermark = None if full else load_watermark(conn, ctx.agent)

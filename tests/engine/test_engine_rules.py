@@ -793,3 +793,37 @@ def test_a_join_matches_a_name_written_in_either_unicode_normalization_form(worl
     hr_step = result.steps[2]
     assert [e.error_name for e in hr_step.errors] == ["ambiguous-join"], result.as_dict()
     assert cs_row(world, "hr", "hr-1").mv_id is None
+
+
+def test_a_rule_naming_what_the_connector_s_schema_lacks_stops_the_import_naming_the_key(world: World) -> None:
+    """Found by QA: an import flow from ``EXOFoto`` (for ``EXOPhoto``) or a projection of ``EXOUsers`` was
+    accepted; every step succeeded and no photo ever reached the metaverse. The import step, which asks
+    the connector for its schema, now stops ``stopped-configuration`` naming each key and the name it
+    resembles; an agent whose rules are right imports as before. Case is no typo: the engine matches
+    object classes without regard to it, and an attribute in another case is left to the connector."""
+
+    def misspelt(data: dict[str, Any]) -> None:
+        data["agents"]["exo"]["import_flow"][0]["cs"] = "phto"
+        data["agents"]["exo"]["join"][1]["match"][0]["cs"] = "mial"
+        data["agents"]["ad"]["projection"][0]["object_class"] = "usr"
+        data["agents"]["hr"]["import_flow"][0]["object_class"] = "USER"
+        data["agents"]["hr"]["import_flow"][0]["cs"] = "Photo"
+        for agent in ("ad", "exo", "hr"):
+            data["run_profiles"][f"{agent}-full"] = {"steps": [{"type": "full-import", "agent": agent}]}
+
+    reconfigure(world, misspelt)
+    add_users(world, 3)
+    assert world.run("hr-full").status == "success"
+    exo, ad = world.run("exo-full").steps[0], world.run("ad-full").steps[0]
+    assert exo.status == ad.status == "stopped-configuration"
+    assert exo.message is not None and ad.message is not None
+    assert exo.message.splitlines() == [
+        "agents.exo.join[1].match.cs: object class 'user' of the exo agent has no attribute 'mial': did you mean "
+        "'mail'?",
+        "agents.exo.import_flow[0].cs: object class 'user' of the exo agent has no attribute 'phto': did you mean "
+        "'photo'?",
+    ]
+    assert (
+        ad.message
+        == "agents.ad.projection[0].object_class: the ad agent has no object class 'usr': did you mean 'user'?"
+    )

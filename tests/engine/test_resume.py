@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from connector.sdk import StopRunError
 from connector.store import SqlStore
 from connector.store.tables import agent_state, cs_object
 from tests.engine.conftest import World, numbered_ad_users, recorded_step, with_profiles
@@ -75,17 +76,62 @@ def test_an_interrupted_full_import_resumes_and_judges_deletions_over_the_whole_
     assert cs["checkpoint"] is None  # finished: nothing left to resume
 
 
-def test_a_delta_import_in_between_discards_the_checkpoint(world: World, tmp_path: Path) -> None:
+def _recorded_message(world: World, run_id: int) -> str | None:
+    """The message history keeps for the only step of run ``run_id``."""
+    from connector.store import RunHistory
+
+    store = SqlStore(world.config.store_url())
+    try:
+        with store.read() as conn:
+            [step] = RunHistory(conn).steps(run_id)
+    finally:
+        store.close()
+    return step.message
+
+
+def test_a_delta_import_that_changes_objects_discards_the_checkpoint_and_says_so(world: World, tmp_path: Path) -> None:
+    """A resumed full import lists only what follows its checkpoint, so an object the delta import added
+    before it would be marked deleted at the end: the next full import starts over, and history says why."""
     engine = with_profiles(world, tmp_path, PROFILES)
     numbered_ad_users(world, 20)
     world.ad["stop_after_page"] = 1
     assert engine.run_profile("ad-full").status == "stopped-throttled"
-    assert engine.run_profile("ad-delta").steps[0].status != "in-progress"
+    world.ad["changes"].append(("u005a", {"displayName": "New Hire"}))
+    delta = engine.run_profile("ad-delta")
+    assert delta.status == "success"
+    assert "the full import interrupted in step" in (delta.steps[0].message or "")
+    assert "will start over" in (_recorded_message(world, delta.run_id) or "")
     assert _cs(world)["checkpoint"] is None
     world.ad["requests"].clear()
     again = engine.run_profile("ad-full")
     assert again.status == "success" and world.ad["requests"][0] == 0
     assert "resumed_from_step" not in again.steps[0].counters
+
+
+@pytest.mark.parametrize("delta", ["changes-nothing", "stops-before-a-page"])
+def test_a_delta_import_that_changes_nothing_keeps_the_checkpoint(world: World, tmp_path: Path, delta: str) -> None:
+    """Found by QA: a scheduled delta import that found Graph unreachable (or had no delta state yet to
+    read) dropped the interrupted full import's checkpoint before it read anything, and the next full
+    import listed all 37 pages again. Only a delta import that changes objects makes resuming unsafe."""
+    engine = with_profiles(world, tmp_path, PROFILES)
+    numbered_ad_users(world, 20)
+    world.ad["stop_after_page"] = 2
+    assert engine.run_profile("ad-full").status == "stopped-throttled"
+    saved = _cs(world)["checkpoint"]
+    if delta == "stops-before-a-page":
+
+        def unreachable(page_number: int) -> None:
+            raise StopRunError("Graph did not answer", status="stopped-server-down")
+
+        world.ad["during_import"] = unreachable
+    ran = engine.run_profile("ad-delta")
+    world.ad.pop("during_import", None)
+    assert ran.status == ("success" if delta == "changes-nothing" else "stopped-server-down")
+    assert _cs(world)["checkpoint"] == saved
+    world.ad["requests"].clear()
+    resumed = engine.run_profile("ad-full")
+    assert resumed.status == "success" and world.ad["requests"][0] == 10
+    assert resumed.steps[0].counters["resumed_after_page"] == 2
 
 
 def test_a_refused_checkpoint_starts_over_and_says_so(world: World, tmp_path: Path) -> None:
