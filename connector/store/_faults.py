@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -40,6 +41,7 @@ __all__ = [
     "database_busy",
     "empty_store",
     "first_line",
+    "folder_write_advice",
     "read_only_server",
     "store_faults",
 ]
@@ -110,6 +112,17 @@ def empty_store(where: str) -> StoreMissingError:
     return StoreMissingError(
         f"the store {where} is empty: it holds no mvsync tables yet (a new database, or a first run that stopped "
         "before it created them); the first `mvsync run` creates them, or store.url points elsewhere: check it"
+    )
+
+
+def folder_write_advice(folder: Path) -> str:
+    """What to do about a folder a copy of the store (a backup, a restored store) cannot be written into.
+
+    Why one sentence for both: SQLite says only "unable to open database file", which names neither the
+    folder nor its permissions; ``store backup`` said just that where ``store restore`` named the folder.
+    """
+    return (
+        f"the account that runs mvsync must be able to write the folder {folder}, on a file system mounted read-write"
     )
 
 

@@ -34,6 +34,7 @@ from connector.store._faults import (
     LockHeldError,
     StoreBusyError,
     StoreError,
+    folder_write_advice,
 )
 from connector.store._locks import OPENING_LOCK, LockManager
 from connector.store._migrations import SCHEMA_VERSION, current_version
@@ -252,10 +253,7 @@ def _copy_failed(backup: CheckedBackup, partial: Path, store: Path, exc: sqlite3
             f"again; {_UNCHANGED}"
         )
     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return (
-        f"cannot write the restored copy {partial} ({why}): the account that runs mvsync must be able to write "
-        f"the folder {store.parent}, on a file system mounted read-write; {_UNCHANGED}"
-    )
+    return f"cannot write the restored copy {partial} ({why}): {folder_write_advice(store.parent)}; {_UNCHANGED}"
 
 
 def _move_aside(store: Path, now: float) -> list[tuple[Path, Path]]:

@@ -42,6 +42,7 @@ from connector.store._faults import (
     StoreUnreachableError,
     damaged,
     database_busy,
+    folder_write_advice,
     read_only_server,
     store_faults,
 )
@@ -1043,7 +1044,15 @@ class SqlStore:
         Why: SQLite says "database or disk is full", which names neither the volume nor the room the
         copy needs; the store's size is that room (the copy holds every page of it)."""
         if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
-            return f"cannot write the backup {target}: {exc}"
+            folder = target.parent
+            if os.access(folder, os.W_OK):
+                return f"cannot write the backup {target}: {exc}"
+            mount = read_only_mount(folder)
+            why = f"its folder is on a file system mounted read-only ({mount})" if mount else "permission denied"
+            return (
+                f"cannot write the backup {target}: {why} ({exc}): {folder_write_advice(folder)}, or choose another "
+                "folder; nothing was written"
+            )
         assert self.path is not None
         try:
             needed = f"about {self.path.stat().st_size / 1048576:.1f} MB (the store's size)"

@@ -438,6 +438,27 @@ def test_a_backup_into_a_folder_that_is_not_there_says_so_and_exits_2(config: Pa
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_a_backup_into_a_folder_this_account_cannot_write_names_the_folder_and_what_to_do(
+    config: Path, tmp_path: Path
+) -> None:
+    """Found: `store backup` into a folder the account may not write said only "cannot write the backup
+    PATH: unable to open database file" (SQLite's words); it now says permission is denied and what the
+    folder needs, as `store restore` does. (chattr +i: root's permissions alone do not stop root.)"""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], check=False).returncode:
+        pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
+    try:
+        code, _, err = invoke("store", "backup", str(folder / "bk.db"), "-c", str(config))
+        left = list(folder.iterdir())
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert code == 4 and "Traceback" not in err, err
+    assert f"cannot write the backup {folder / 'bk.db'}: permission denied" in err, err
+    assert f"must be able to write the folder {folder}" in err and "nothing was written" in err, err
+    assert left == []
+
+
 def _opened_by(pid: int, path: Path, timeout: float = 120.0) -> bool:
     """Whether process ``pid`` opens ``path`` within ``timeout`` (Linux: its /proc/PID/fd links)."""
     deadline = time.monotonic() + timeout
