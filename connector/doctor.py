@@ -12,7 +12,8 @@ Store checks (read-only, in bounded pages, so they run on a production-size stor
   reads as JSON, and those mvsync writes as objects are objects whose dates and photo references
   decode (what the console shows as a damaged row): bytes changed inside a value pass the
   database's own page checks;
-* ``schema``: the store's schema version is the one this mvsync writes;
+* ``schema``: the store's schema version is the one this mvsync writes (a store without mvsync's
+  tables, such as a new PostgreSQL database, is a warning like a missing one: the first run creates them);
 * ``blobs``: every blob referenced by a hologram, pending import, pending or unconfirmed export, a
   metaverse object or the transform cache exists, with the size the reference records, and its
   bytes hash to its name;
@@ -44,6 +45,7 @@ from connector.config import ConfigError, MvsyncConfig
 from connector.sdk import ConfigurationError
 from connector.store import (
     SCHEMA_VERSION,
+    DamagedDocumentError,
     LockManager,
     RunHistory,
     SqlStore,
@@ -53,6 +55,7 @@ from connector.store import (
     StoreMissingError,
     StoreVersionError,
     damaged,
+    empty_store,
 )
 
 __all__ = ["EXIT_PROBLEMS", "Finding", "Report", "check_config", "check_store", "run_doctor"]
@@ -151,6 +154,8 @@ def check_store(store: SqlStore) -> list[Finding]:
     found: list[Finding] = []
     with store.read() as conn:
         audit = StoreAudit(store, conn)
+        if not audit.holds_tables():  # a new database: every check would read tables that are not there yet
+            return [Finding("store", "schema", "warning", str(empty_store(store.where)))]
         damage = audit.integrity_problems()
         if damage:
             found.append(
@@ -169,7 +174,7 @@ def check_store(store: SqlStore) -> list[Finding]:
         found.append(documents)
         if documents.severity == "error":
             return found  # the other checks would stop at the damaged documents
-        schema = _check_schema(store, audit.schema_version())
+        schema = _check_schema(store, audit)
         found.append(schema)
         if schema.severity == "error":
             return found  # the other checks assume the current tables
@@ -240,9 +245,14 @@ def _check_documents(store: SqlStore, audit: StoreAudit) -> Finding:
     return _store_problem("documents", "error", message, damaged_rows)
 
 
-def _check_schema(store: SqlStore, version: int) -> Finding:
+def _check_schema(store: SqlStore, audit: StoreAudit) -> Finding:
+    """The schema version is this mvsync's; a version that is no number mvsync writes is damage."""
+    try:
+        version = audit.schema_version()
+    except DamagedDocumentError as exc:
+        return Finding("store", "schema", "error", str(exc.at(store.where)))
     if version == 0:
-        return Finding("store", "schema", "error", f"the store {store.where} holds no mvsync tables")
+        return Finding("store", "schema", "error", f"the store {store.where} holds mvsync tables but no schema version")
     if version == SCHEMA_VERSION:
         return Finding("store", "schema", "ok", f"schema version {version} is current")
     advice = (

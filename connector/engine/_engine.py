@@ -426,7 +426,7 @@ class Engine:
             result.end()
             result.status = aborted or (run_status(result.steps) if result.steps else "success")
             self._record(
-                f"the end of run {result.run_id}",
+                _end_of("run", result.run_id, dry_run=dry_run),
                 aborted is not None,
                 lambda conn: RunHistory(conn).finish_run(result.run_id, result.status, result.ended_at, message),
             )
@@ -506,7 +506,7 @@ class Engine:
                     counters["deletion_threshold"] = report
                 final = result.status if result.status != "in-progress" else "stopped-interrupted"
                 self._record(
-                    f"the end of step {result.step_id}",
+                    _end_of("step", result.step_id, dry_run=run.dry_run, seq=seq),
                     failing,
                     lambda conn: RunHistory(conn).finish_step(
                         result.step_id,
@@ -542,3 +542,15 @@ class Engine:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _end_of(record: str, row_id: int | None, *, dry_run: bool, seq: int | None = None) -> str:
+    """How the log names the end of a run or step (``record``) that could not be written to history.
+
+    Why not its id in a dry run: the dry run's history rows are rolled back with everything else, so
+    "the end of run 5 not recorded" named a run that never was in history (and ``--json`` says
+    ``run_id: null``); a dry run's step is named by its place in the run instead.
+    """
+    if not dry_run:
+        return f"the end of {record} {row_id}"
+    return "the end of the dry run" if seq is None else f"the end of the dry run's step {seq}"

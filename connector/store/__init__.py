@@ -36,6 +36,7 @@ from connector.store._faults import (
     StoreReadOnlyError,
     StoreUnreachableError,
     damaged,
+    empty_store,
 )
 from connector.store._history import ClearedRuns, ErrorRecord, ErrorRow, RunHistory, RunRow, StepRow
 from connector.store._json import dumps, loads, loads_object
@@ -118,6 +119,7 @@ __all__ = [
     "damaged",
     "decode_value",
     "dumps",
+    "empty_store",
     "encode_value",
     "import_failures",
     "is_blob_ref",

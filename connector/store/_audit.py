@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from connector.store._faults import DamagedDocumentError
 from connector.store._json import loads, loads_object
-from connector.store._migrations import current_version
+from connector.store._migrations import current_version, holds_tables
 from connector.store._sql import SqlStore
 from connector.store._values import blob_refs
 from connector.store.tables import agent_data, blob, cs_object, metadata, mv_object, run_step, transform_cache
@@ -132,6 +132,10 @@ class StoreAudit:
     def schema_version(self) -> int:
         """The store's schema version (0: no mvsync tables)."""
         return current_version(self._conn)
+
+    def holds_tables(self) -> bool:
+        """Whether the store holds any of mvsync's tables (False: empty, the first run creates them)."""
+        return holds_tables(self._conn)
 
     def _pages(self, columns: list[Any], key: Any, *more_keys: Any) -> Iterator[list[Any]]:
         """Rows of ``(key, *more_keys, *columns)`` in key order, a bounded page at a time (keyset paging)."""

@@ -9,8 +9,9 @@ remedy, with the documented exit code it ends with:
   antivirus, a ``BEGIN EXCLUSIVE``); it is a :class:`LockHeldError` so the engine records the run
   as ``stopped-locked``;
 * :class:`StoreReadOnlyError` and :class:`StoreCorruptError` (4, a stop): the run cannot go on;
-* :class:`StoreMissingError` (2): a read-only command pointed at a store that does not exist (it
-  never creates one: a typo in ``store.url`` must not look like an empty history).
+* :class:`StoreMissingError` (2): a read-only command pointed at a store that does not exist, or
+  holds no mvsync tables yet (it never creates one: a typo in ``store.url`` must not look like an
+  empty history).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -37,7 +39,9 @@ __all__ = [
     "StoreUnreachableError",
     "damaged",
     "database_busy",
+    "empty_store",
     "first_line",
+    "folder_write_advice",
     "read_only_server",
     "store_faults",
 ]
@@ -100,6 +104,28 @@ def damaged(where: str, detail: str) -> StoreCorruptError:
     return StoreCorruptError(f"the store {where} is damaged ({detail}): {RESTORE_HINT}; `mvsync doctor` checks it")
 
 
+def empty_store(where: str) -> StoreMissingError:
+    """The one answer to a store that holds no mvsync tables: a new PostgreSQL database (what README:
+    Production store on PostgreSQL has the operator create), or a SQLite file whose first run stopped
+    before it created them. Like a missing store (exit 2 for a read-only command; a warning in
+    ``mvsync doctor``): nothing is lost, the first run creates the tables."""
+    return StoreMissingError(
+        f"the store {where} is empty: it holds no mvsync tables yet (a new database, or a first run that stopped "
+        "before it created them); the first `mvsync run` creates them, or store.url points elsewhere: check it"
+    )
+
+
+def folder_write_advice(folder: Path) -> str:
+    """What to do about a folder a copy of the store (a backup, a restored store) cannot be written into.
+
+    Why one sentence for both: SQLite says only "unable to open database file", which names neither the
+    folder nor its permissions; ``store backup`` said just that where ``store restore`` named the folder.
+    """
+    return (
+        f"the account that runs mvsync must be able to write the folder {folder}, on a file system mounted read-write"
+    )
+
+
 def database_busy(where: str, detail: str) -> StoreBusyError:
     """The one answer to a SQLite store whose database another process holds (``detail``: SQLite's
     words, or how long the run waited): who that may be, and what to do."""
@@ -115,7 +141,8 @@ class DamagedDocumentError(StoreCorruptError):
     Why a store fault: SQLite checks a page's structure, not the text in it, so damage inside a
     value passes ``quick_check`` and reached the engine as a ``JSONDecodeError`` (a step stopped as a
     connector's exception). The decoder names the table, row and column; the store that read the row
-    adds its file or URL (:meth:`at`), so the message is :func:`damaged`'s.
+    adds its file or URL (:meth:`at`), so the message is :func:`damaged`'s. The same holds for any stored
+    value read before the store can name itself (``store_meta``'s schema version: see ``current_version``).
     """
 
     def __init__(self, detail: str, where: str | None = None) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from connector.store._faults import EXIT_STORE_CONFIG, StoreBusyError, StoreError, first_line
+from connector.store._faults import DamagedDocumentError, StoreBusyError, StoreError, empty_store, first_line
 from connector.store._store_meta import write_meta
 from connector.store.tables import agent_data, metadata, run_history, store_meta
 
@@ -22,6 +22,8 @@ __all__ = [
     "RUN_LOCKS_FROM_KEY",
     "SCHEMA_VERSION",
     "StoreVersionError",
+    "current_version",
+    "holds_tables",
     "migrate",
     "photo_predicate",
 ]
@@ -129,10 +131,31 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def current_version(conn: Connection) -> int:
+    """The store's schema version (0: no version in it, see :func:`holds_tables`).
+
+    A value that is no version mvsync writes (bytes changed on the disk, a hand edit) is damage
+    (:class:`DamagedDocumentError`, which the store names itself in): every command, ``mvsync doctor``
+    and ``mvsync store restore`` of such a backup too, read it first and ended in a ``ValueError``.
+    """
     if not conn.dialect.has_table(conn, "store_meta"):
         return 0
     value = conn.execute(select(store_meta.c.value).where(store_meta.c.key == "schema_version")).scalar()
-    return int(value) if value is not None else 0
+    if value is None:
+        return 0
+    text = str(value)
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        shown = repr(text[:40]) + ("…" if len(text) > 40 else "")
+        raise DamagedDocumentError(f"store_meta's schema_version is {shown}, not a version number mvsync writes")
+    return int(text)
+
+
+def holds_tables(conn: Connection) -> bool:
+    """Whether the database holds any of mvsync's tables (False: an empty store, which the first run creates).
+
+    Why not the schema version alone: on an empty PostgreSQL database every read of a table fails
+    ("relation ... does not exist"), and ``mvsync doctor`` reported those as damage.
+    """
+    return any(conn.dialect.has_table(conn, name) for name in metadata.tables)
 
 
 #: The PostgreSQL advisory lock key migrations are serialized on (the first 8 bytes of
@@ -192,8 +215,7 @@ def migrate(conn: Connection, where: str = "the store", *, upgrade: bool = True)
         raise StoreVersionError(msg)
     if found < SCHEMA_VERSION and not upgrade:
         if found == 0:
-            msg = f"{where} holds no mvsync store (no schema version in it): check store.url in the configuration"
-            raise StoreVersionError(msg, exit_code=EXIT_STORE_CONFIG)
+            raise empty_store(where)
         msg = (
             f"the store {where} has schema version {found}, older than this mvsync's ({SCHEMA_VERSION}), and this "
             "command only reads it: upgrade the store with `mvsync store upgrade` (or the next `mvsync run`), once "

@@ -28,7 +28,14 @@ from sqlalchemy.pool import StaticPool
 
 from connector.files import fsync_dir, processes_with_open
 from connector.logging import mask_url
-from connector.store._faults import EXIT_STORE_CONFIG, LockHeldError, StoreBusyError, StoreError
+from connector.store._faults import (
+    EXIT_STORE_CONFIG,
+    DamagedDocumentError,
+    LockHeldError,
+    StoreBusyError,
+    StoreError,
+    folder_write_advice,
+)
 from connector.store._locks import OPENING_LOCK, LockManager
 from connector.store._migrations import SCHEMA_VERSION, current_version
 from connector.store._sql import PARTIAL_SUFFIX, page_damage, parse_store_url, sqlite_files, tables_read_only
@@ -128,6 +135,8 @@ def _sound_version(backup: Path) -> int:
             if damage is not None:
                 raise _refused(backup, f"it is damaged ({damage}, found by SQLite's integrity_check): choose another")
             return current_version(conn)
+    except DamagedDocumentError as exc:  # integrity_check passed: the bytes of the value changed
+        raise _refused(backup, f"it is damaged ({exc.detail}): choose another") from None
     except (DBAPIError, sqlite3.Error) as exc:
         reason = getattr(exc, "orig", None) or exc
         raise _refused(backup, f"it cannot be read as a SQLite database ({reason})") from None
@@ -244,10 +253,7 @@ def _copy_failed(backup: CheckedBackup, partial: Path, store: Path, exc: sqlite3
             f"again; {_UNCHANGED}"
         )
     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return (
-        f"cannot write the restored copy {partial} ({why}): the account that runs mvsync must be able to write "
-        f"the folder {store.parent}, on a file system mounted read-write; {_UNCHANGED}"
-    )
+    return f"cannot write the restored copy {partial} ({why}): {folder_write_advice(store.parent)}; {_UNCHANGED}"
 
 
 def _move_aside(store: Path, now: float) -> list[tuple[Path, Path]]:

@@ -42,6 +42,7 @@ from connector.store._faults import (
     StoreUnreachableError,
     damaged,
     database_busy,
+    folder_write_advice,
     read_only_server,
     store_faults,
 )
@@ -383,17 +384,18 @@ class SqlStore:
     def _remove_unwritten_file(self) -> None:
         """Remove the SQLite file this store created and could write nothing into (its first open failed).
 
-        Why: SQLite creates the file on the first connection, empty; a first run on a full disk (or one
-        its schema could not be written for another reason) left that 0-byte file behind, and once
-        space was freed every run refused it as a truncated store to restore from a backup, a store
-        that never held anything. Only a file still empty with no log beside it goes (a schema that
-        reached the ``-wal`` but not the file is kept: it is the store). Called under the opening lock.
+        Why: SQLite creates the file on the first connection, empty, and switching it to WAL writes its
+        first page (4096 bytes, no table); a first run on a full disk (or one whose schema could not be
+        written for another reason) left that file behind, although the README says it leaves none: once
+        space was freed, a 0-byte one was refused as a truncated store, and ``mvsync doctor`` met a file
+        without tables. Only a file that holds no table with no log beside it goes (a schema that reached
+        the ``-wal`` but not the file is kept: it is the store). Called under the opening lock.
         """
         assert self.path is not None
         self.engine.dispose()  # SQLite's own handles first (Windows cannot remove an open file)
         wal = self.path.with_name(self.path.name + "-wal")
         with contextlib.suppress(OSError):  # never hide why the store could not be created behind this
-            if self.path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+            if not (wal.exists() and wal.stat().st_size > 0) and _holds_no_schema(self.path):
                 for created in sqlite_files(self.path):
                     created.unlink(missing_ok=True)
 
@@ -1042,7 +1044,15 @@ class SqlStore:
         Why: SQLite says "database or disk is full", which names neither the volume nor the room the
         copy needs; the store's size is that room (the copy holds every page of it)."""
         if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
-            return f"cannot write the backup {target}: {exc}"
+            folder = target.parent
+            if os.access(folder, os.W_OK):
+                return f"cannot write the backup {target}: {exc}"
+            mount = read_only_mount(folder)
+            why = f"its folder is on a file system mounted read-only ({mount})" if mount else "permission denied"
+            return (
+                f"cannot write the backup {target}: {why} ({exc}): {folder_write_advice(folder)}, or choose another "
+                "folder; nothing was written"
+            )
         assert self.path is not None
         try:
             needed = f"about {self.path.stat().st_size / 1048576:.1f} MB (the store's size)"
@@ -1154,6 +1164,26 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
         msg = f"the store {path} is empty (0 bytes): it was truncated (a full disk, a failed copy); {RESTORE_HINT}"
         raise StoreCorruptError(msg)
     _refuse_foreign_database(path)
+
+
+def _holds_no_schema(path: Path) -> bool:
+    """Whether the SQLite file at ``path`` (read alone: the caller has made sure no ``-wal`` holds more) is
+    empty or defines nothing: no table, index or view. False when it cannot be read (kept, to be safe).
+
+    Read ``immutable``: without the ``-shm`` file, which a full disk may not let SQLite make.
+    """
+    if path.stat().st_size == 0:
+        return True
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    except (sqlite3.Error, ValueError):
+        return False
+    try:
+        return bool(conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,))
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def _refuse_foreign_database(path: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -112,6 +114,10 @@ def _damaged_transform_cache(conn: Connection) -> None:
     )
 
 
+def _damaged_schema_version(conn: Connection) -> None:
+    conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value="abc"))
+
+
 def _newer_schema(conn: Connection) -> None:
     conn.execute(update(store_meta).where(store_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
 
@@ -129,6 +135,7 @@ def _newer_schema(conn: Connection) -> None:
         (_damaged_agent_state, "documents"),
         (_damaged_transform_cache, "documents"),
         (_newer_schema, "schema"),
+        (_damaged_schema_version, "schema"),
     ],
 )
 def test_corruption_is_found(healthy: World, corrupt: Callable[[Connection], None], check: str) -> None:
@@ -187,6 +194,13 @@ def test_certificate_checks(tmp_path: Path) -> None:
 
 def _cycled(tmp_path: Path, store_url: str) -> tuple[str, Path]:
     """``(the real mvsync, a configuration)`` after a run of its cycle: three generated people with photos."""
+    mvsync, config = _configured(tmp_path, store_url)
+    subprocess.run([mvsync, "run", "cycle", "-c", str(config), "--json"], check=True, capture_output=True, timeout=120)
+    return mvsync, config
+
+
+def _configured(tmp_path: Path, store_url: str) -> tuple[str, Path]:
+    """``(the real mvsync, a configuration)`` of three generated people with photos, before any run."""
     config = tmp_path / "mvsync.toml"
     config.write_text(
         textwrap.dedent(
@@ -205,9 +219,7 @@ def _cycled(tmp_path: Path, store_url: str) -> tuple[str, Path]:
             """
         )
     )
-    mvsync = str(Path(sys.executable).with_name("mvsync"))
-    subprocess.run([mvsync, "run", "cycle", "-c", str(config), "--json"], check=True, capture_output=True, timeout=120)
-    return mvsync, config
+    return str(Path(sys.executable).with_name("mvsync")), config
 
 
 def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
@@ -224,6 +236,33 @@ def test_cli_exit_codes_and_json(tmp_path: Path, store_url: str) -> None:
     bad = subprocess.run([mvsync, "doctor", "-c", str(config)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == EXIT_PROBLEMS, bad.stdout + bad.stderr
     assert "blobs-missing" in bad.stdout and "problems found" in bad.stdout
+
+
+def test_an_empty_store_is_a_warning_that_the_first_run_creates_it(tmp_path: Path, store_url: str) -> None:
+    """Found: on a new, empty PostgreSQL database (what README: Production store on PostgreSQL has the
+    operator create) doctor reported a damaged store (exit 6) from ten "relation ... does not exist"
+    errors, with a SQLite restore's advice; on a SQLite file without tables (a first run that stopped on
+    a full disk after SQLite wrote its first page) it ended in a traceback (exit 1). Such a store is now
+    a warning like a missing one, and `history list` says it is empty and that the first run creates it."""
+    if store_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # the 4096 bytes such a run left, no table in them
+    mvsync, config = _configured(tmp_path, store_url)
+    done = subprocess.run(
+        [mvsync, "doctor", "--no-connect", "--json", "-c", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    store = [f for f in json.loads(done.stdout)["findings"] if f["area"] == "store" and f["severity"] != "ok"]
+    assert [(f["check"], f["severity"]) for f in store] == [("schema", "warning")], store
+    assert "is empty: it holds no mvsync tables yet" in store[0]["message"]
+    assert "the first `mvsync run` creates them" in store[0]["message"]
+    assert "restore" not in store[0]["message"]
+    listed = subprocess.run([mvsync, "history", "list", "-c", str(config)], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr, listed.stderr
+    assert "is empty: it holds no mvsync tables yet" in listed.stderr and "no schema version" not in listed.stderr
+    subprocess.run([mvsync, "run", "cycle", "-c", str(config)], check=True, capture_output=True, timeout=120)
+    done = subprocess.run([mvsync, "doctor", "--no-connect", "-c", str(config)], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout
 
 
 class _ExpiredCacheAuth:

@@ -438,6 +438,27 @@ def test_a_backup_into_a_folder_that_is_not_there_says_so_and_exits_2(config: Pa
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_a_backup_into_a_folder_this_account_cannot_write_names_the_folder_and_what_to_do(
+    config: Path, tmp_path: Path
+) -> None:
+    """Found: `store backup` into a folder the account may not write said only "cannot write the backup
+    PATH: unable to open database file" (SQLite's words); it now says permission is denied and what the
+    folder needs, as `store restore` does. (chattr +i: root's permissions alone do not stop root.)"""
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], check=False).returncode:
+        pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
+    try:
+        code, _, err = invoke("store", "backup", str(folder / "bk.db"), "-c", str(config))
+        left = list(folder.iterdir())
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert code == 4 and "Traceback" not in err, err
+    assert f"cannot write the backup {folder / 'bk.db'}: permission denied" in err, err
+    assert f"must be able to write the folder {folder}" in err and "nothing was written" in err, err
+    assert left == []
+
+
 def _opened_by(pid: int, path: Path, timeout: float = 120.0) -> bool:
     """Whether process ``pid`` opens ``path`` within ``timeout`` (Linux: its /proc/PID/fd links)."""
     deadline = time.monotonic() + timeout
@@ -853,6 +874,36 @@ def test_a_store_a_newer_mvsync_wrote_is_refused_with_exit_4_not_a_traceback(con
         assert code == 4 and "Traceback" not in err
         assert f"the store {db} has schema version {_sql.SCHEMA_VERSION + 1}, newer than this mvsync" in err
         assert json.loads(out)["status"] == "stopped-store-error"
+
+
+def test_a_schema_version_whose_bytes_changed_is_a_damaged_store_for_every_command(
+    config: Path, tmp_path: Path
+) -> None:
+    """Found: one changed byte in store_meta's schema_version ('abc') ended every command, doctor and a
+    restore of a copy of such a store too, in "ValueError: invalid literal for int()" (exit 1). It is
+    damage like a changed byte in any stored value: a run and history stop as a damaged store (exit 4,
+    stopped-store-corrupt), doctor reports it (exit 6), and a restore refuses such a backup (exit 2)."""
+    db = _store(config)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE store_meta SET value = 'abc' WHERE key = 'schema_version'")
+    damage = f"the store {db} is damaged (store_meta's schema_version is 'abc', not a version number mvsync writes)"
+    for args in (["run", "cycle"], ["history", "list"]):
+        code, out, err = invoke(*args, "-c", str(config), "--json")
+        assert code == 4 and "Traceback" not in err and damage in err and "`mvsync doctor`" in err, (args, err)
+        assert json.loads(out)["status"] == "stopped-store-corrupt"
+    code, out, _ = invoke("doctor", "--no-connect", "--json", "-c", str(config))
+    errors = {f["check"]: f["message"] for f in json.loads(out)["findings"] if f["severity"] == "error"}
+    assert code == 6 and list(errors) == ["schema"] and damage in errors["schema"], errors
+    _checkpoint(db)
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(db, copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mvsync.toml").write_text(generated_pair(5))
+    code, _, err = invoke("store", "restore", str(copy), "--yes", "-c", str(elsewhere / "mvsync.toml"))
+    assert code == 2 and "Traceback" not in err, err
+    assert f"cannot restore from {copy}: it is damaged (store_meta's schema_version is 'abc'" in err
+    assert not (elsewhere / "store.db").exists()
 
 
 def test_a_read_only_command_never_upgrades_an_older_store_and_store_upgrade_does(config: Path, tmp_path: Path) -> None:
