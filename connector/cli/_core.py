@@ -291,7 +291,11 @@ def run(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Compute everything, write nothing; print would-be changes as JSON lines."),
+        typer.Option(
+            "--dry-run",
+            help="Compute everything, write nothing; print would-be changes as JSON lines "
+            "(with --json: in the result's dry_run_changes).",
+        ),
     ] = False,
     wait: Annotated[
         float,
@@ -311,8 +315,15 @@ def run(
     engine = Engine(cfg, store=_dry_run_store(cfg) if dry_run else None)
     progress = None if json_out or dry_run or not sys.stderr.isatty() else RichProgress(err_console)
 
+    #: With --json the would-be changes go into the one result document (``dry_run_changes``), not
+    #: ahead of it as lines of their own: a script reads one document from ``--json`` (README).
+    changes: list[dict[str, Any]] = []
+
     def emit(change: dict[str, Any]) -> None:
-        print_json({"dry_run": True, **change})
+        if json_out:
+            changes.append(change)
+        else:
+            print_json({"dry_run": True, **change})
 
     overrides = {"allow_empty_full_import": True} if allow_empty_import else None
     try:
@@ -333,7 +344,7 @@ def run(
             progress.close()
         engine.close()
     if json_out:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), "dry_run_changes": changes} if dry_run else result.as_dict())
     else:
         out = err_console if dry_run else console
         table = Table(
