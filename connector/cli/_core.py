@@ -763,17 +763,34 @@ def mv_show(
     console.print(ctable)
 
 
+def _export_format(output_format: str | None, json_out: bool) -> str:
+    """The format ``pending-exports`` prints in: ``--format`` checked first, whatever ``--json`` says.
+
+    Why: ``--json`` used to win before the check, so ``--format xml --json`` printed ``[]`` (exit 0)
+    and ``--format csv --json`` quietly printed JSON; a script must hear about the mistake (exit 2).
+    ``--json`` is ``--format json``: with any other ``--format`` the two conflict.
+    """
+    if output_format is not None and output_format not in ("json", "csv", "table"):
+        raise fail(f"--format must be json, csv or table, not {escape(repr(output_format))}", EXIT_CONFIG)
+    if json_out and output_format not in (None, "json"):
+        raise fail(
+            f"--json and --format {escape(output_format)} conflict: --json is --format json; give one of them",
+            EXIT_CONFIG,
+        )
+    return "json" if json_out else output_format or "table"
+
+
 @handle_errors
 def pending_exports(
     agent: Annotated[str, typer.Argument()],
     config: ConfigOption = DEFAULT_CONFIG,
-    output_format: Annotated[str, typer.Option("--format", help="json (one list), csv, or table.")] = "table",
+    output_format: Annotated[
+        str | None, typer.Option("--format", help="json (one list), csv, or table (the default).", show_default=False)
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """What the next export of AGENT will do (mvsync's csexport), with OMODT/AMODT columns."""
-    fmt = "json" if json_out else output_format
-    if fmt not in ("json", "csv", "table"):
-        raise fail("--format must be json, csv or table", EXIT_CONFIG)
+    fmt = _export_format(output_format, json_out)
     cfg = _config(config)
     _known_agent(cfg, agent)
     store = _store(cfg)
