@@ -185,13 +185,12 @@ def _error_line(e: dict[str, Any]) -> str:
 
 def _demo_hint(config: MvsyncConfig, result: Any) -> None:
     """After ``mvsync demo`` its emulator is gone: say so when that is why a step could not connect."""
-    from connector.demo import EMULATOR_DOWN, uses_stopped_emulator
+    from connector.demo import emulator_down_hint
 
     for step in result.steps:
-        if step.status == "stopped-server-down" and uses_stopped_emulator(
-            config.base_dir, config.agents[step.agent].settings
-        ):
-            err_console.print(f"hint: {EMULATOR_DOWN}", highlight=False, markup=False)
+        hint = emulator_down_hint(config.base_dir, config.agents[step.agent].settings, step.status)
+        if hint is not None:
+            err_console.print(f"hint: {hint}", highlight=False, markup=False)
             return
 
 
