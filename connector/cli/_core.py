@@ -403,10 +403,21 @@ def _run_doc(run: RunRow, gone: dict[int, RunRow]) -> dict[str, Any]:
     }
 
 
+def _row_id_bound(value: int) -> int:
+    """Refuse a run id or ``--limit`` beyond the largest row id the store can hold (SQLite overflows).
+
+    Why a callback rather than ``max=ROW_ID_MAX``: the bound is the store's, no choice of the user's,
+    and as a range every ``--help`` showed it as ``[1<=x<=9223372036854775807]``; now only ``x>=1``.
+    """
+    if value > ROW_ID_MAX:
+        raise typer.BadParameter(f"{value} is more than the store can hold (at most {ROW_ID_MAX})")
+    return value
+
+
 @handle_errors
 def history_list(
     config: ConfigOption = DEFAULT_CONFIG,
-    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many runs, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, callback=_row_id_bound, help="How many runs, newest first.")] = 20,
     json_out: JsonOption = False,
 ) -> None:
     """Recent runs with their status (times in this machine's local time, with its UTC offset)."""
@@ -465,7 +476,7 @@ def history_clear(
 
 @handle_errors
 def history_show(
-    run_id: Annotated[int, typer.Argument(min=1, max=ROW_ID_MAX, help="Run id from `mvsync history list`.")],
+    run_id: Annotated[int, typer.Argument(min=1, callback=_row_id_bound, help="Run id from `mvsync history list`.")],
     config: ConfigOption = DEFAULT_CONFIG,
     errors: Annotated[int, typer.Option(help="Per-object errors to show per step.")] = 50,
     json_out: JsonOption = False,
@@ -581,7 +592,7 @@ def cs_search(
     pending_export: Annotated[bool, typer.Option(help="Only objects with a pending export.")] = False,
     disconnectors: Annotated[bool, typer.Option(help="Only objects joined to no metaverse object.")] = False,
     errors: Annotated[bool, typer.Option(help="Only objects with an export or sync error.")] = False,
-    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many objects at most.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, callback=_row_id_bound, help="How many objects at most.")] = 50,
     json_out: JsonOption = False,
 ) -> None:
     """Search an agent's connector space (MIM's CS search scopes)."""
@@ -676,7 +687,7 @@ def cs_show(
 def mv_search(
     text: Annotated[str, typer.Argument(help="Part of a name, mail, UPN or account name.")] = "",
     config: ConfigOption = DEFAULT_CONFIG,
-    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many persons at most.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, callback=_row_id_bound, help="How many persons at most.")] = 50,
     json_out: JsonOption = False,
 ) -> None:
     """Find persons by name, mail, UPN or account name."""
