@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from enum import StrEnum
 from pathlib import Path
@@ -116,8 +117,31 @@ def _write_metrics_textfile() -> None:
             err_console.print(f"error: {message}", markup=False)
 
 
+def _unwrapped(help_text: str) -> str:
+    """``help_text`` with each paragraph on one line (a paragraph click marks ``\\b`` kept as written).
+
+    Why: typer (0.29) keeps the single line breaks of a docstring's later paragraphs, so the source's
+    wrapping at 120 columns showed in ``--help`` as stray breaks ("... or MVSYNC_UI_USER and" /
+    "MVSYNC_UI_PASSWORD ...") once rich wrapped the lines again to the terminal's width.
+    """
+    paragraphs = inspect.cleandoc(help_text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
+
+
+def _unwrap_help(typer_app: typer.Typer) -> None:
+    """Give every command of ``typer_app`` (and of its sub-apps) its docstring unwrapped as its help."""
+    for command in typer_app.registered_commands:
+        text = command.help or (command.callback.__doc__ if command.callback else None)
+        if text:
+            command.help = _unwrapped(text)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_help(group.typer_instance)
+
+
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"connector.cli.{_name}").register(app)
+_unwrap_help(app)
 
 
 def main() -> None:

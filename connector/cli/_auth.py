@@ -10,9 +10,10 @@ token lands in the agent's encrypted token cache; it is never printed. The exact
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from connector.cli._common import (
     DEFAULT_CONFIG,
@@ -27,12 +28,16 @@ from connector.cli._common import (
     print_json,
 )
 
+if TYPE_CHECKING:
+    from connector.config import MvsyncConfig
+
 auth_app = typer.Typer(help="Sign agents in (delegated refresh tokens) and check their tokens.", no_args_is_help=True)
 
 
-def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> Any:
-    """The agent's ``GraphAuth`` (only agents that sign in have one); ``signing_in`` (`auth login`)
-    creates the key file if need be, and lets the sign-in replace a cache that cannot be decrypted."""
+def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> tuple[MvsyncConfig, Any]:
+    """The configuration and the agent's ``GraphAuth`` (only agents that sign in have one);
+    ``signing_in`` (`auth login`) creates the key file if need be, and lets the sign-in replace a
+    cache that cannot be decrypted."""
     from connector.agents.exchange_online import ExchangeOnlinePhotosConnector, generate_key_file
     from connector.config import ConfigError, load_config
     from connector.engine import open_connector, setting_paths, trust_problem
@@ -56,7 +61,7 @@ def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> Any:
     if problems:
         raise ConfigError("\n".join(problems))
     connector.context.make_data_dir()
-    return connector.sign_in_auth() if signing_in else connector.auth
+    return cfg, connector.sign_in_auth() if signing_in else connector.auth
 
 
 @auth_app.command("login")
@@ -79,7 +84,7 @@ def login(
     """Sign AGENT in: the device-code flow, or import an existing refresh token."""
     from connector.sdk import ConfigurationError, ConnectorError
 
-    auth = _agent_auth(config, agent, signing_in=True)
+    _, auth = _agent_auth(config, agent, signing_in=True)
     try:
         if refresh_token_file is not None:
             who = auth.login_with_refresh_token(_read_refresh_token(refresh_token_file))
@@ -99,8 +104,13 @@ def status(
     config: ConfigOption = DEFAULT_CONFIG,
     json_out: JsonOption = False,
 ) -> None:
-    """Whether AGENT's token cache exists and yields an access token (refreshing it if needed)."""
-    auth = _agent_auth(config, agent, signing_in=False)
+    """Whether AGENT's token cache exists and yields an access token (refreshing it if needed).
+
+    Exit code: 0 ok, 4 no token (the authority refused the sign-in or cannot be reached), 2 a setting.
+    """
+    from connector.demo import emulator_down_hint
+
+    cfg, auth = _agent_auth(config, agent, signing_in=False)
     result = auth.status()
     data = {
         "agent": agent,
@@ -113,12 +123,17 @@ def status(
         "detail": result.detail,
     }
     if json_out:
-        print_json(data)
+        if result.token_ok:
+            print_json(data)
     else:
         for key, value in data.items():
             console.print(f"{key}: {value}", highlight=False)
     if not result.token_ok:
-        raise typer.Exit(EXIT_STOPPED)
+        # a failure like any other (README: JSON on failure): the error line, and with --json the
+        # failure object's keys beside the report's, the demo's hint as `run` and doctor give it
+        hint = emulator_down_hint(cfg.base_dir, cfg.agents[agent].settings, result.status)
+        message = f"{hint} ({result.detail})" if hint else result.detail
+        raise fail(escape(message), EXIT_STOPPED, status=result.status, extra=data)
 
 
 def register(app: typer.Typer) -> None:

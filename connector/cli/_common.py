@@ -7,7 +7,8 @@ Exit codes (documented in the README for schedulers):
 1     unexpected internal error (a bug: please report it with the traceback)
 2     usage or configuration error (the message names the key and the file)
 3     the run completed with per-object errors (``completed-*-errors``)
-4     a step stopped (``stopped-*``: threshold, error limit, authentication, server down ...)
+4     a step stopped (``stopped-*``: threshold, error limit, authentication, server down ...);
+      ``mvsync auth status`` without a token
 5     another mvsync process holds the agent or metaverse lock, or another process the store (see ``--wait``)
 6     ``mvsync doctor`` found a problem (the report names each check)
 130   ``mvsync run`` interrupted by Ctrl-C; 143 by SIGTERM, 129 by SIGHUP (128 + the signal's number);
@@ -163,9 +164,13 @@ class CommandFailed(typer.Exit):
     :func:`handle_errors` finds each failure, whoever raised it, in one place to print it as JSON.
     """
 
-    def __init__(self, message: str, code: int, status: str, run_id: int | None = None) -> None:
+    def __init__(
+        self, message: str, code: int, status: str, run_id: int | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(code)
         self.message, self.status, self.run_id = message, status, run_id
+        #: The command's own result keys, printed with the failure's (``mvsync auth status``'s report).
+        self.extra = dict(extra or {})
         #: Printed on stdout already (by :func:`handle_errors`): :class:`JsonFailureGroup` does not repeat it.
         self.printed = False
 
@@ -177,8 +182,10 @@ class CommandFailed(typer.Exit):
 
     def as_dict(self) -> dict[str, Any]:
         """The failure object (README: Exit codes). Its message is redacted as a JSON log record's
-        is: stdout goes to the same log files, and an exception's text may quote a credential."""
+        is: stdout goes to the same log files, and an exception's text may quote a credential.
+        ``extra`` keys come first; the documented keys are always the failure's own."""
         return {
+            **self.extra,
             "status": self.status,
             "exit_code": self.exit_code,
             "message": redact(self.message),
@@ -187,19 +194,27 @@ class CommandFailed(typer.Exit):
 
 
 def fail(
-    message: str, code: int = EXIT_CONFIG, *, status: str | None = None, cause: BaseException | None = None
+    message: str,
+    code: int = EXIT_CONFIG,
+    *,
+    status: str | None = None,
+    cause: BaseException | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> CommandFailed:
     """Say ``message`` (rich markup) on stderr and return the failure to raise.
 
     ``status`` defaults to the exit code's; ``cause`` is the exception that ended the command: the
-    engine names on it the run that history recorded (``run_id`` in the failure object).
+    engine names on it the run that history recorded (``run_id`` in the failure object). ``extra``:
+    what the command reports besides, kept in its ``--json`` failure object (a check's findings).
     """
     run_id = None
     if cause is not None:
         from connector.engine import recorded_run_id
 
         run_id = recorded_run_id(cause)
-    failure = CommandFailed(Text.from_markup(message).plain, code, status or _FAILURE_STATUS.get(code, "error"), run_id)
+    failure = CommandFailed(
+        Text.from_markup(message).plain, code, status or _FAILURE_STATUS.get(code, "error"), run_id, extra
+    )
     if logs_as_json():  # --log-format json: stderr holds only JSON lines, this one too
         log.error("%s", failure.message, extra={"status": failure.status, "exit_code": code, "run_id": run_id})
     else:

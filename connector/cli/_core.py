@@ -185,13 +185,12 @@ def _error_line(e: dict[str, Any]) -> str:
 
 def _demo_hint(config: MvsyncConfig, result: Any) -> None:
     """After ``mvsync demo`` its emulator is gone: say so when that is why a step could not connect."""
-    from connector.demo import EMULATOR_DOWN, uses_stopped_emulator
+    from connector.demo import emulator_down_hint
 
     for step in result.steps:
-        if step.status == "stopped-server-down" and uses_stopped_emulator(
-            config.base_dir, config.agents[step.agent].settings
-        ):
-            err_console.print(f"hint: {EMULATOR_DOWN}", highlight=False, markup=False)
+        hint = emulator_down_hint(config.base_dir, config.agents[step.agent].settings, step.status)
+        if hint is not None:
+            err_console.print(f"hint: {hint}", highlight=False, markup=False)
             return
 
 
@@ -291,7 +290,11 @@ def run(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Compute everything, write nothing; print would-be changes as JSON lines."),
+        typer.Option(
+            "--dry-run",
+            help="Compute everything, write nothing; print would-be changes as JSON lines "
+            "(with --json: in the result's dry_run_changes).",
+        ),
     ] = False,
     wait: Annotated[
         float,
@@ -311,8 +314,15 @@ def run(
     engine = Engine(cfg, store=_dry_run_store(cfg) if dry_run else None)
     progress = None if json_out or dry_run or not sys.stderr.isatty() else RichProgress(err_console)
 
+    #: With --json the would-be changes go into the one result document (``dry_run_changes``), not
+    #: ahead of it as lines of their own: a script reads one document from ``--json`` (README).
+    changes: list[dict[str, Any]] = []
+
     def emit(change: dict[str, Any]) -> None:
-        print_json({"dry_run": True, **change})
+        if json_out:
+            changes.append(change)
+        else:
+            print_json({"dry_run": True, **change})
 
     overrides = {"allow_empty_full_import": True} if allow_empty_import else None
     try:
@@ -333,7 +343,7 @@ def run(
             progress.close()
         engine.close()
     if json_out:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), "dry_run_changes": changes} if dry_run else result.as_dict())
     else:
         out = err_console if dry_run else console
         table = Table(
@@ -393,10 +403,21 @@ def _run_doc(run: RunRow, gone: dict[int, RunRow]) -> dict[str, Any]:
     }
 
 
+def _row_id_bound(value: int) -> int:
+    """Refuse a run id or ``--limit`` beyond the largest row id the store can hold (SQLite overflows).
+
+    Why a callback rather than ``max=ROW_ID_MAX``: the bound is the store's, no choice of the user's,
+    and as a range every ``--help`` showed it as ``[1<=x<=9223372036854775807]``; now only ``x>=1``.
+    """
+    if value > ROW_ID_MAX:
+        raise typer.BadParameter(f"{value} is more than the store can hold (at most {ROW_ID_MAX})")
+    return value
+
+
 @handle_errors
 def history_list(
     config: ConfigOption = DEFAULT_CONFIG,
-    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many runs, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, callback=_row_id_bound, help="How many runs, newest first.")] = 20,
     json_out: JsonOption = False,
 ) -> None:
     """Recent runs with their status (times in this machine's local time, with its UTC offset)."""
@@ -455,7 +476,7 @@ def history_clear(
 
 @handle_errors
 def history_show(
-    run_id: Annotated[int, typer.Argument(min=1, max=ROW_ID_MAX, help="Run id from `mvsync history list`.")],
+    run_id: Annotated[int, typer.Argument(min=1, callback=_row_id_bound, help="Run id from `mvsync history list`.")],
     config: ConfigOption = DEFAULT_CONFIG,
     errors: Annotated[int, typer.Option(help="Per-object errors to show per step.")] = 50,
     json_out: JsonOption = False,
@@ -571,7 +592,7 @@ def cs_search(
     pending_export: Annotated[bool, typer.Option(help="Only objects with a pending export.")] = False,
     disconnectors: Annotated[bool, typer.Option(help="Only objects joined to no metaverse object.")] = False,
     errors: Annotated[bool, typer.Option(help="Only objects with an export or sync error.")] = False,
-    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many objects at most.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, callback=_row_id_bound, help="How many objects at most.")] = 50,
     json_out: JsonOption = False,
 ) -> None:
     """Search an agent's connector space (MIM's CS search scopes)."""
@@ -666,7 +687,7 @@ def cs_show(
 def mv_search(
     text: Annotated[str, typer.Argument(help="Part of a name, mail, UPN or account name.")] = "",
     config: ConfigOption = DEFAULT_CONFIG,
-    limit: Annotated[int, typer.Option(min=1, max=ROW_ID_MAX, help="How many persons at most.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, callback=_row_id_bound, help="How many persons at most.")] = 50,
     json_out: JsonOption = False,
 ) -> None:
     """Find persons by name, mail, UPN or account name."""
@@ -752,17 +773,34 @@ def mv_show(
     console.print(ctable)
 
 
+def _export_format(output_format: str | None, json_out: bool) -> str:
+    """The format ``pending-exports`` prints in: ``--format`` checked first, whatever ``--json`` says.
+
+    Why: ``--json`` used to win before the check, so ``--format xml --json`` printed ``[]`` (exit 0)
+    and ``--format csv --json`` quietly printed JSON; a script must hear about the mistake (exit 2).
+    ``--json`` is ``--format json``: with any other ``--format`` the two conflict.
+    """
+    if output_format is not None and output_format not in ("json", "csv", "table"):
+        raise fail(f"--format must be json, csv or table, not {escape(repr(output_format))}", EXIT_CONFIG)
+    if json_out and output_format not in (None, "json"):
+        raise fail(
+            f"--json and --format {escape(output_format)} conflict: --json is --format json; give one of them",
+            EXIT_CONFIG,
+        )
+    return "json" if json_out else output_format or "table"
+
+
 @handle_errors
 def pending_exports(
     agent: Annotated[str, typer.Argument()],
     config: ConfigOption = DEFAULT_CONFIG,
-    output_format: Annotated[str, typer.Option("--format", help="json (one list), csv, or table.")] = "table",
+    output_format: Annotated[
+        str | None, typer.Option("--format", help="json (one list), csv, or table (the default).", show_default=False)
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """What the next export of AGENT will do (mvsync's csexport), with OMODT/AMODT columns."""
-    fmt = "json" if json_out else output_format
-    if fmt not in ("json", "csv", "table"):
-        raise fail("--format must be json, csv or table", EXIT_CONFIG)
+    fmt = _export_format(output_format, json_out)
     cfg = _config(config)
     _known_agent(cfg, agent)
     store = _store(cfg)

@@ -1,8 +1,9 @@
 """``mvsync photo convert``: bulk-convert photo files to AD thumbnails or Exchange photos.
 
 Like the classic photo editors: files or folders in, ``<name> <size>x<size>.jpg`` out, one result
-line per file. A bad file is reported and skipped; the others are still written, and the exit code
-(3, completed with errors) tells a script that something needs a look.
+line per file (with ``--json`` one list of them: a script reads one document). A bad file is
+reported and skipped; the others are still written, and the exit code (3, completed with errors)
+tells a script that something needs a look.
 """
 
 from __future__ import annotations
@@ -119,14 +120,17 @@ def convert_command(
     files = list(_expand(inputs, recursive))
     results = convert_files(files, out, spec, json_out=json_out)
     failed = sum(not r.ok for r in results)
-    if not json_out:
+    if json_out:  # one document, also when there was nothing to convert: []
+        print_json([r.as_json() for r in results])
+    else:
         style = "red" if failed else "green"
         console.print(f"[{style}]{len(results) - failed} converted, {failed} failed[/]", highlight=False)
     raise typer.Exit(EXIT_COMPLETED_ERRORS if failed else EXIT_SUCCESS)
 
 
 def convert_files(files: list[Path], out: Path, spec: PhotoSpec, *, json_out: bool = False) -> list[FileResult]:
-    """Convert each file, printing its result line as it completes; returns all results."""
+    """Convert each file, printing its result line as it completes (not with ``json_out``: the caller
+    prints them all as one document); returns all results."""
     results: list[FileResult] = []
     written: dict[Path, Path] = {}
     progress = Progress(
@@ -143,9 +147,7 @@ def convert_files(files: list[Path], out: Path, spec: PhotoSpec, *, json_out: bo
         for path in files:
             result = convert_file(path, out, spec, written)
             results.append(result)
-            if json_out:
-                print_json(result.as_json())
-            else:
+            if not json_out:
                 progress.console.print(_line(result), highlight=False, soft_wrap=True)
             progress.advance(task)
     return results

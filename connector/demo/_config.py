@@ -24,6 +24,7 @@ __all__ = [
     "AD_SNAPSHOT_TYPE",
     "derive_config",
     "dump_toml",
+    "emulator_down_hint",
     "emulator_exo_settings",
     "load_sample",
     "load_sample_document",
@@ -82,6 +83,15 @@ def uses_stopped_emulator(base_dir: Path, settings: Mapping[str, Any]) -> bool:
         return False
     url = str(settings.get("graph_url") or settings.get("ews_url") or "")
     return url.startswith(("https://127.0.0.1:", "https://localhost:", "https://[::1]:"))
+
+
+def emulator_down_hint(base_dir: Path, settings: Mapping[str, Any], status: str) -> str | None:
+    """:data:`EMULATOR_DOWN` when an agent could not reach its server (``stopped-server-down``) because
+    it is the demo's stopped emulator, else None: what ``mvsync run`` and ``mvsync auth status`` add to
+    their message, so that the demo's user is told what to do rather than shown a refused connection."""
+    if status == "stopped-server-down" and uses_stopped_emulator(base_dir, settings):
+        return EMULATOR_DOWN
+    return None
 
 
 def keep_ca(ca_bundle: str, secrets: Path, name: str) -> str:

@@ -70,11 +70,36 @@ Say = Callable[[str], None]
 
 
 def prepare_dir(root: Path) -> Path:
-    """Make ``root`` an empty demo folder: created, or emptied when an earlier demo made it."""
+    """Make ``root`` an empty demo folder: created, or emptied when an earlier demo made it.
+
+    A folder that cannot be made or emptied (a file where a parent folder should be, no permission,
+    a read-only or virtual file system) is a ``ConfigError`` naming the path and what to do: the user
+    chose it with ``--data-dir``, so it is a usage problem (exit code 2), never a traceback.
+    """
     root = root.expanduser().resolve()
+    try:
+        return _make_empty_dir(root)
+    except OSError as exc:
+        raise ConfigError(_cannot_make(root, exc)) from None
+
+
+def _cannot_make(root: Path, exc: OSError) -> str:
+    """Why ``root`` could not be made, naming the path at fault: the first ancestor that is a file, or
+    the path the system refused (``exc.filename``)."""
+    blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        why = f"{blocker} is not a folder"
+    else:  # the system's reason, and the path it names when that is not root (a folder it had to empty)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
+        why = f"{exc.strerror or exc}{where}"
+    return f"cannot make the demo folder {root}: {why}; create the folder or choose another --data-dir"
+
+
+def _make_empty_dir(root: Path) -> Path:
+    """:func:`prepare_dir`'s work; its ``OSError`` is the caller's to explain."""
     if root.exists():
         if not root.is_dir():
-            raise ConfigError(f"{root}: exists and is not a folder")
+            raise ConfigError(f"{root}: exists and is not a folder; choose another --data-dir")
         if any(root.iterdir()):
             if not (root / MARKER).exists():
                 msg = f"{root}: exists, is not empty and was not made by `mvsync demo`; choose another --data-dir"

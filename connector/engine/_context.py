@@ -48,7 +48,7 @@ class StepContext:
     result: StepResult
     step_id: int
     progress: Progress = field(default_factory=NullProgress)
-    #: Dry runs send every would-be change here (the CLI prints JSON lines).
+    #: Dry runs send every would-be change here (the CLI prints JSON lines; with --json, its result lists them).
     emit: Callable[[dict[str, Any]], None] | None = None
     _pending_errors: list[ObjectError] = field(default_factory=list)
 

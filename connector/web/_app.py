@@ -175,7 +175,10 @@ class _Pages:
     def operations(self, request: Request, before: Cursor = None) -> HTMLResponse:
         with self.store.read() as conn:
             runs, next_before = self.console.runs(conn, before)
-        return self.page(request, "operations.html", runs=runs, next_before=next_before)
+            # a page past the oldest run (an old link, a hand-edited ?before=) is not an empty history:
+            # it says "No older runs" and links to the newest, not "No runs yet" over a store that has them
+            past_oldest = before is not None and not runs and bool(self.console.runs(conn, None, limit=1)[0])
+        return self.page(request, "operations.html", runs=runs, next_before=next_before, past_oldest=past_oldest)
 
     def run(self, request: Request, run_id: RowId) -> HTMLResponse:
         with self.store.read() as conn:

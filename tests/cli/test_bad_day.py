@@ -390,9 +390,9 @@ def test_run_json_names_the_people_of_its_per_object_errors(config: Path, mem: d
     first = step["object_errors"][0]
     assert first["anchor"] == "id-00" and first["display"] == "Person 0 (p0@contoso.test)"
     assert first["error_name"] == "mailbox-not-found" and first["detail"] == "EWS has no mailbox for id-00"
-    assert json.loads(invoke("run", "mem-cycle", "-c", str(config), "--json", "--dry-run")[1].splitlines()[-1])[
-        "steps"
-    ][0]["object_errors"][0]["display"] == ("Person 0 (p0@contoso.test)")
+    assert json.loads(invoke("run", "mem-cycle", "-c", str(config), "--json", "--dry-run")[1])["steps"][0][
+        "object_errors"
+    ][0]["display"] == ("Person 0 (p0@contoso.test)")
 
 
 def test_export_errors_name_the_person_from_the_connector_space(tmp_path: Path) -> None:
@@ -452,7 +452,7 @@ def test_empty_json_lists_print_brackets(config: Path) -> None:
 def test_dry_run_ids_are_absent_not_invented(config: Path) -> None:
     assert invoke("run", "cycle", "-c", str(config))[0] == 0
     code, out, _ = invoke("run", "cycle", "-c", str(config), "--dry-run", "--json")
-    doc = json.loads(out.splitlines()[-1])
+    doc = json.loads(out)
     assert code == 0 and doc["dry_run"] is True
     assert doc["run_id"] is None and all(s["step_id"] is None for s in doc["steps"])
     code, out, _ = invoke("history", "list", "-c", str(config), "--json")

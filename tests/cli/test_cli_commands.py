@@ -152,6 +152,22 @@ def test_pending_exports_json_and_csv(config: Path) -> None:
     assert invoke("pending-exports", "tgt", "-c", str(config), "--format", "xml")[0] == 2
 
 
+def test_pending_exports_checks_format_also_with_json(config: Path) -> None:
+    """--format is checked before --json is honoured: --format xml --json printed ``[]`` (exit 0), and
+    --format csv --json quietly printed JSON. Both are usage errors now, with the failure object."""
+    assert invoke("run", "cycle", "-c", str(config))[0] == 0
+    code, out = invoke("pending-exports", "tgt", "-c", str(config), "--format", "xml", "--json")
+    doc = json.loads(out)
+    assert code == 2 and doc["status"] == "stopped-configuration" and doc["exit_code"] == 2
+    assert doc["message"] == "--format must be json, csv or table, not 'xml'"
+    code, out = invoke("pending-exports", "tgt", "-c", str(config), "--format", "csv", "--json")
+    doc = json.loads(out)
+    assert code == 2 and doc["exit_code"] == 2 and "--json and --format csv conflict" in doc["message"]
+    json_only = invoke("pending-exports", "tgt", "-c", str(config), "--json")
+    assert json_only[0] == 0 and json_only == invoke("pending-exports", "tgt", "-c", str(config), "--format", "json")
+    assert json_only == invoke("pending-exports", "tgt", "-c", str(config), "--format", "json", "--json")
+
+
 def test_history_list_and_show_as_tables(config: Path) -> None:
     code, out = invoke("run", "cycle", "-c", str(config), "--json")
     assert code == 0

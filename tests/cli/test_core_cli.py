@@ -61,6 +61,21 @@ def test_dry_run_prints_json_lines_and_writes_nothing(config: Path) -> None:
     assert out.splitlines()[0].startswith("anchor,dn,omodt,attribute,amodt") and len(out.splitlines()) == 31
 
 
+def test_dry_run_json_is_one_document_with_the_changes_in_it(config: Path) -> None:
+    """``--json`` prints one document (README: Output for scripts): the would-be changes are the result's
+    ``dry_run_changes``, no longer JSON lines printed ahead of it."""
+    invoke("run", "cycle", "-c", str(config))
+    _, lines = invoke("run", "export", "-c", str(config), "--dry-run")
+    code, out = invoke("run", "export", "-c", str(config), "--dry-run", "--json")
+    doc = json.loads(out)  # the whole of stdout: one document
+    assert code == 0 and doc["dry_run"] is True and doc["run_id"] is None and doc["status"] == "success"
+    changes = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+    assert len(doc["dry_run_changes"]) == 30
+    assert doc["dry_run_changes"] == [{k: v for k, v in c.items() if k != "dry_run"} for c in changes]
+    code, out = invoke("run", "cycle", "-c", str(config), "--json")
+    assert code == 0 and "dry_run_changes" not in json.loads(out)  # a real run's result is as before
+
+
 def test_exit_codes_for_stopped_and_config_errors(config: Path, tmp_path: Path) -> None:
     invoke("run", "cycle", "-c", str(config))
     # the source suddenly returns nothing: the full import refuses to mark 30 objects deleted
@@ -119,7 +134,7 @@ def test_a_dry_run_before_the_first_run_creates_no_store(config: Path, tmp_path:
     empty store in memory and says so, and the configured store stays absent."""
     result = CliRunner().invoke(app, ["run", "cycle", "-c", str(config), "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout.splitlines()[-1])["steps"][2]["counters"]["projections"] == 30
+    assert json.loads(result.stdout)["steps"][2]["counters"]["projections"] == 30
     assert "no store" in result.stderr and "nothing is created" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mvsync.toml"]
 

@@ -202,6 +202,7 @@ def test_a_bug_prints_its_failure_with_secrets_redacted(config: Path, monkeypatc
     [
         (["run", "cycle", "--json", "--bogus"], "No such option: --bogus"),  # the command's own options
         (["history", "list", "--json", "--limit", "many"], "Invalid value for '--limit'"),  # a value's type
+        (["history", "list", "--json", "--limit", "0"], "Invalid value for '--limit'"),  # out of range (README)
         (["nosuch", "--json"], "No such command 'nosuch'"),  # the command itself
         (["--log-level", "LOUD", "history", "list", "--json"], "--log-level"),  # the root's own check
     ],

@@ -27,13 +27,13 @@ def _folder(tmp_path: Path, count: int) -> Path:
     return folder
 
 
-def test_converts_a_folder_and_reports_json_lines(tmp_path: Path) -> None:
+def test_converts_a_folder_and_reports_one_json_list(tmp_path: Path) -> None:
     folder = _folder(tmp_path, 3)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "out"
     result = runner.invoke(_app.app, ["photo", "convert", str(folder), "--out", str(out), "--json"])
     assert result.exit_code == 3, result.output
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = json.loads(result.stdout)  # one document: the list of per-file results
     assert len(lines) == 5  # every file of the folder has a result
     by_name = {Path(line["input"]).name: line for line in lines}
     assert by_name["notes.txt"]["status"] == "error" and by_name["notes.txt"]["error"] == "not-an-image"
@@ -64,8 +64,16 @@ def test_missing_input_and_name_collisions_are_per_file_errors(tmp_path: Path) -
     args = ["photo", "convert", str(tmp_path / "a.jpg"), str(tmp_path / "a.png"), str(tmp_path / "gone.jpg")]
     result = runner.invoke(_app.app, [*args, "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 3
-    errors = [json.loads(line).get("error") for line in result.stdout.splitlines()]
+    errors = [line.get("error") for line in json.loads(result.stdout)]
     assert errors == [None, "duplicate-output", "not-a-file"]
+
+
+def test_nothing_to_convert_is_an_empty_json_list(tmp_path: Path) -> None:
+    """--json prints one document also when a folder holds no file: ``[]``, not nothing."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(_app.app, ["photo", "convert", str(empty), "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0 and result.stdout == "[]\n"
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
@@ -95,7 +103,8 @@ def test_the_default_byte_budget_follows_the_size(tmp_path: Path) -> None:
     assert Image.open(written).size == (648, 648) and 10_240 < written.stat().st_size <= 102_400
     small = runner.invoke(_app.app, ["photo", "convert", str(source), "--out", str(tmp_path / "ad"), "--json"])
     assert small.exit_code == 0, small.output
-    assert json.loads(small.stdout)["bytes"] <= 10_240
+    [converted] = json.loads(small.stdout)
+    assert converted["bytes"] <= 10_240
 
 
 def _webp(seed: int) -> bytes:
@@ -117,7 +126,7 @@ def test_a_folder_of_mixed_formats_gives_every_file_a_result(tmp_path: Path) -> 
     out = tmp_path / "out"
     result = runner.invoke(_app.app, ["photo", "convert", str(folder), "--out", str(out), "--json"])
     assert result.exit_code == 3, result.output
-    by_name = {Path(d["input"]).name: d for d in map(json.loads, result.stdout.splitlines())}
+    by_name = {Path(d["input"]).name: d for d in json.loads(result.stdout)}
     assert sorted(by_name) == ["ada.webp", "alan.JPG", "grace.psd", "index.txt", "linus.heic"]
     assert by_name["ada.webp"]["status"] == "ok" and by_name["alan.JPG"]["status"] == "ok"
     assert by_name["grace.psd"]["error"] == "unsupported-image-format"

@@ -36,6 +36,37 @@ def test_operations_lists_runs_with_statuses_and_steps(client: Any, photo_world:
     assert "ad export (1 errors)" in page.text
 
 
+def test_a_page_past_the_oldest_run_says_no_older_runs_not_no_runs_yet(
+    client: Any, photo_world: PhotoWorld, tmp_path: Path
+) -> None:
+    """Found by QA: ``/?before=1`` over a store with runs said "No runs yet. Run a profile ...". A page
+    past the oldest run now says "No older runs" and links to the newest; an empty store still says
+    "No runs yet", whatever the page."""
+    from fastapi.testclient import TestClient
+
+    from connector.bench.ui import bench_config
+    from connector.config import config_from_dict
+    from connector.store import SqlStore
+    from connector.web import create_app
+    from tests.web.conftest import LOOPBACK
+
+    with photo_world.engine.store.read() as conn:
+        oldest = min(r.id for r in conn.execute(select(run_history.c.id)))
+    page = client.get(f"/?before={oldest}")
+    assert page.status_code == 200 and "No older runs" in page.text and '<a href="/">Newest runs</a>' in page.text
+    assert "No runs yet" not in page.text
+
+    data = bench_config(f"sqlite:///{tmp_path / 'store.db'}", tmp_path)
+    store = SqlStore(config_from_dict(data, base_dir=tmp_path).store_url())
+    try:
+        with TestClient(create_app(config_from_dict(data, base_dir=tmp_path), store=store), base_url=LOOPBACK) as empty:
+            for url in ("/", "/?before=1"):
+                shown = empty.get(url).text
+                assert "No runs yet" in shown and "No older runs" not in shown, url
+    finally:
+        store.close()
+
+
 def test_run_and_step_pages_show_counters_and_per_object_errors(client: Any, photo_world: PhotoWorld) -> None:
     with photo_world.engine.store.read() as conn:
         export_step = conn.execute(select(run_step).where(run_step.c.kind == "export")).first()

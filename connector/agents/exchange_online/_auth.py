@@ -81,6 +81,9 @@ class AuthStatus:
     accounts: tuple[str, ...]
     token_ok: bool
     detail: str
+    #: The status a run's step would stop with for the same failure (``stopped-server-down`` for an
+    #: authority out of reach, ``stopped-authentication`` for a refused sign-in); ``success`` when ok.
+    status: str = "success"
 
 
 #: OAuth's error for a busy authority, "Retry the request" (Learn, v2-oauth2-auth-code-flow, "Error codes
@@ -359,7 +362,8 @@ class GraphAuth:
             self.token()
             return AuthStatus(self.settings.auth_mode, cache, exists, accounts, True, "ok")
         except ConnectorError as exc:
-            return AuthStatus(self.settings.auth_mode, cache, exists, (), False, str(exc))
+            status = str(getattr(exc, "status", "stopped-authentication"))
+            return AuthStatus(self.settings.auth_mode, cache, exists, (), False, str(exc), status)
 
 
 def _without_token_page(record: logging.LogRecord) -> bool:

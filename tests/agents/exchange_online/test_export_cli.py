@@ -83,7 +83,7 @@ def test_a_revoked_sign_in_is_found_before_the_first_write_not_behind_a_cached_t
 
     code, out, err = invoke("auth", "status", "exo", "-c", str(config), "--json")
     status = json.loads(out)
-    assert (code, status["ok"]) == (4, False), out + err
+    assert (code, status["ok"], status["status"], status["exit_code"]) == (4, False, "stopped-authentication", 4)
     assert "AADSTS50173" in status["detail"] and f"mvsync auth login exo -c {config}" in status["detail"]
 
     code, out, err = invoke("doctor", "-c", str(config), "--json")

@@ -138,3 +138,41 @@ def test_a_token_cache_that_cannot_be_decrypted_is_replaced_by_the_sign_in_its_m
     assert f"the token cache {cache} cannot be decrypted" in err and "the new sign-in replaces it" in err
     code, out, err = invoke("run", "stage", "-c", str(config))
     assert code == 0, out + err
+
+
+#: The keys of the failure object (README: JSON on failure).
+_FAILURE_KEYS = {"status", "exit_code", "message", "run_id"}
+
+
+@pytest.mark.usefixtures("cache_key")
+@pytest.mark.parametrize("demo_folder", [False, True], ids=["site", "demo-folder"])
+def test_auth_status_without_a_token_is_a_failure_object_with_its_report(
+    make_emulator: Any, tmp_path: Path, demo_folder: bool
+) -> None:
+    """Found by QA: `mvsync auth status --json` without a token printed its report only (no ``status``,
+    ``exit_code``, ``message``: README's JSON on failure), exit 4 documented nowhere, and in a folder
+    `mvsync demo` made, only "cannot reach the authority", where `run` and doctor say what to do. Now
+    the report carries the failure object's keys, and the demo's hint is the one `run` gives."""
+    emu = make_emulator(users=5)
+    ca_bundle = tmp_path / "ca.pem"  # the emulator removes its own when it stops
+    ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1, ca_bundle=str(ca_bundle))
+    if demo_folder:
+        from connector.demo._config import MARKER
+
+        (tmp_path / MARKER).write_text("made by `mvsync demo`")
+    assert invoke("auth", "status", "exo", "-c", str(config))[0] == 0  # the cache holds the sign-in
+    emu.stop()
+
+    code, out, err = invoke("auth", "status", "exo", "-c", str(config), "--json")
+    [line] = out.splitlines()
+    doc = json.loads(line)
+    assert code == 4 and _FAILURE_KEYS | {"agent", "ok", "detail", "token_cache"} <= set(doc), out + err
+    assert (doc["status"], doc["exit_code"], doc["run_id"], doc["ok"]) == ("stopped-server-down", 4, None, False)
+    assert doc["detail"].startswith("cannot reach the authority") and doc["detail"] in doc["message"]
+    hint = "the demo's emulator is not running; run `mvsync demo` again"
+    assert doc["message"].startswith(hint) is demo_folder, doc["message"]
+    assert f"error: {doc['message']}" in err
+
+    code, out, err = invoke("run", "stage", "-c", str(config))  # the same hint as `run`'s, from one place
+    assert code == 4 and (f"hint: {hint}" in err) is demo_folder, out + err
