@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from connector.engine import Engine
+from connector.metrics import REGISTRY
 from tests.cli._configs import MEM_AGENT, generated_pair, invoke, with_directory
 from tests.harness.crash import mvsync_command
 from tests.imaging.images import photo
@@ -45,6 +46,10 @@ def test_a_configuration_error_is_recorded_before_any_step_runs_and_exits_2(tmp_
         )
     )
     prom = tmp_path / "mvsync.prom"
+    # the CLI runs in this process, whose metrics other tests counted into too (a refused "cycle" of
+    # tests/cli/test_json_failures.py, when the two share a worker): the file holds this process's total
+    refused = {"profile": "cycle", "status": "stopped-configuration"}
+    before = REGISTRY.get_sample_value("mvsync_runs_refused_total", refused) or 0.0
     code, _, err = invoke("--metrics-textfile", str(prom), "run", "cycle", "-c", str(config))
     assert code == 2
     printed = err.removeprefix("error: ").strip()
@@ -57,7 +62,7 @@ def test_a_configuration_error_is_recorded_before_any_step_runs_and_exits_2(tmp_
     shown = json.loads(out)
     assert shown["steps"] == [] and shown["message"] == printed  # no step ran, not even src's import
     metrics = prom.read_text()
-    assert 'mvsync_runs_refused_total{profile="cycle",status="stopped-configuration"} 1.0' in metrics
+    assert f'mvsync_runs_refused_total{{profile="cycle",status="stopped-configuration"}} {before + 1}' in metrics
     # (the registry is the process's: other tests' agents may have series of their own)
     assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="src"' in line]
     assert not [line for line in metrics.splitlines() if "stopped-interrupted" in line and 'agent="tgt"' in line]
