@@ -9,6 +9,7 @@ The pager's own promises (bounded memory, checkpoints that wait for earlier work
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -428,3 +429,35 @@ def test_a_stop_item_keeps_the_other_answers_of_its_batch_and_starts_no_more_wor
     # checkpoint does not pass the first of them
     assert committed[-1].checkpoint == "2" and not committed[-1].last
     assert worker.ran == [["hold"], ["before", "down", "more", "unsent"]]
+
+
+def test_a_stop_that_waits_for_work_under_way_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by QA: with Graph hung, Ctrl-C came back after ten silent seconds (the step waits for the
+    requests under way). Past ``STOP_NOTICE_S`` the wait is said, with how to stop at once; a stop whose
+    threads end in time says nothing."""
+    from connector.engine import _stream
+
+    monkeypatch.setattr(_stream, "STOP_NOTICE_S", 0.01)
+    monkeypatch.setattr(_stream, "STOP_WAIT_S", 0.2)
+    worker = _Sized(2)
+    pager = StreamPager(iter(()), page_size=10, max_ahead=50)
+    pager._dispatch(0, Deferred(worker, "hung"))
+    assert worker.entered.wait(10)  # in its run, held at the gate: a request that does not come back
+    with caplog.at_level(logging.WARNING, logger="mvsync.engine"):
+        pager.stop()
+    assert "the step is stopping: waiting up to" in caplog.text
+    assert "for the requests under way to end (Ctrl-C stops at once)" in caplog.text
+    worker.gate.set()
+
+    caplog.clear()
+    monkeypatch.setattr(_stream, "STOP_NOTICE_S", 5.0)  # a thread with nothing under way ends well within it
+    ended = StreamPager(iter(()), page_size=10, max_ahead=50)
+    quick = _Sized(2)
+    quick.gate.set()
+    ended._dispatch(0, Deferred(quick, "done"))
+    assert quick.entered.wait(10)
+    with caplog.at_level(logging.WARNING, logger="mvsync.engine"):
+        ended.stop()
+    assert "stopping" not in caplog.text
