@@ -140,15 +140,22 @@ def _outage(
 
 def doctor_checks(graph: Any, settings: ExchangeOnlineSettings, writes_photos: bool) -> list[tuple[str, str, str]]:
     """``mvsync doctor``: the policy, and whether it conflicts with this agent's export flows."""
+    if not writes_photos or settings.on_premises_photo_policy == "ignore":
+        # only an export step that writes photos reads the policy: an import-only agent was told to grant
+        # PeopleSettings.Read.All, a permission it never uses (found by QA)
+        why = (
+            "no export flow of this agent writes photos" if not writes_photos else "on_premises_photo_policy = 'ignore'"
+        )
+        return [("photo-policy", "ok", f"not read: {why}, so the agent needs no PeopleSettings.Read.All")]
     policy = read_policy(graph, settings)
-    if policy.outage is not None and writes_photos and settings.on_premises_photo_policy == "refuse":
+    if policy.outage is not None and settings.on_premises_photo_policy == "refuse":
         detail = "export steps stop until it can be read (on_premises_photo_policy = 'refuse')"
         return [("photo-policy", "warning", f"{policy.describe()}; {detail}")]
     if policy.source is None:
         return [("photo-policy", "warning", policy.describe())]
-    if policy.on_premises and writes_photos and settings.on_premises_photo_policy == "refuse":
+    if policy.on_premises and settings.on_premises_photo_policy == "refuse":
         detail = "an export flow writes photos here, so export steps will stop (on_premises_photo_policy = 'refuse')"
         return [("photo-policy", "error", f"{policy.describe()}; {detail}")]
-    if policy.on_premises and writes_photos:
+    if policy.on_premises:
         return [("photo-policy", "warning", f"{policy.describe()}; an export flow writes photos here anyway")]
     return [("photo-policy", "ok", policy.describe())]

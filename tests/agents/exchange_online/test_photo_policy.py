@@ -122,6 +122,32 @@ def test_policy_unreadable_without_people_settings_permission(
     assert "grant the app PeopleSettings.Read.All" in checks[0][2]
 
 
+@pytest.mark.parametrize("setup", ["import-only", "policy-ignored"])
+def test_an_agent_that_never_reads_the_policy_is_not_told_to_grant_its_permission(
+    make_emulator: Any, tmp_path: Path, setup: str
+) -> None:
+    """Found by QA: an import-only agent (no export flow writes photos), or one set to ignore the policy,
+    was told "grant the app PeopleSettings.Read.All", a permission it never uses."""
+    from dataclasses import replace
+
+    emu = make_emulator(users=6)
+    if setup == "import-only":
+        conn = make_connector(emu, tmp_path)
+        conn.context = replace(conn.context, export_attributes={})
+    else:
+        conn = make_connector(emu, tmp_path, on_premises_photo_policy="ignore")
+    conn.open()
+    try:
+        before = emu.admin.stats()["graph_requests"]
+        [(name, severity, message)] = conn.doctor_checks()
+        asked = emu.admin.stats()["graph_requests"] - before
+    finally:
+        conn.close()
+    assert (name, severity) == ("photo-policy", "ok")
+    assert message.startswith("not read: ") and "needs no PeopleSettings.Read.All" in message
+    assert asked == 0  # the policy is not even read
+
+
 @pytest.mark.parametrize(
     ("source", "severity", "text"),
     [
