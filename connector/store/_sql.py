@@ -623,7 +623,16 @@ class SqlStore:
                 f"and this account may not write the folder {folder}: give it write access to that folder, or run "
                 "mvsync as the account that runs the sync"
             )
-        side = next((p for p in self.unwritable() if p not in (self.path, folder)), None)
+        unwritable = self.unwritable()
+        if self.path in unwritable:
+            # the file itself first: SQLite gives the -wal and -shm it creates beside a store the store's own
+            # permissions, so a read-only store left them read-only too, and the note blamed those (QA)
+            return (
+                f"this account cannot write the store file {self.path} itself: give it write access to that file "
+                f"(chown or chmod; lsattr shows chattr +i), and to {self.path.name}-wal and {self.path.name}-shm "
+                "beside it if they are there (SQLite makes them with the store's permissions)"
+            )
+        side = next((p for p in unwritable if p != folder), None)
         if side is None:
             return None
         return f"this account cannot write {side}: {_side_file_advice(side)}"

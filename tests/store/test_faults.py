@@ -1104,3 +1104,24 @@ def test_a_unit_of_work_is_not_stopped_by_a_write_another_process_committed_afte
         other.close()
         store.close()
     assert {"unit", "other"} <= keys
+
+
+def test_a_store_file_this_account_cannot_write_is_named_before_the_files_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by QA (as an account without write access to a store of mode 0444): the run stopped saying
+    "this account cannot write mvsync.db-wal: another account's process left it ...", but the run had just
+    made that file itself, with the store's own permissions, as SQLite does; the store file, the cause,
+    went unnamed. (A unit test of the note: tests run as root, whom file modes do not stop.)"""
+    from connector.store import SqlStore, StoreReadOnlyError
+
+    db = tmp_path / "mvsync.db"
+    store = SqlStore(f"sqlite:///{db}")
+    try:
+        wal = db.with_name(db.name + "-wal")
+        monkeypatch.setattr(SqlStore, "unwritable", lambda self: [db, wal])
+        note = store._folder_note(StoreReadOnlyError(f"the store {db} is read-only"))
+    finally:
+        store.close()
+    assert note is not None and note.startswith(f"this account cannot write the store file {db} itself")
+    assert "another account's process" not in note
