@@ -201,6 +201,20 @@ WINDOWS_PATH_HINT = (
 )
 
 
+def _toml_hint(error: str) -> str | None:
+    """What a TOML parse error most likely means, where tomllib's words do not say it.
+
+    A Windows path in double quotes: ``"C:\\temp\\x"`` is "Unescaped '\\'", ``"C:\\Users"`` is "Invalid hex
+    value" (``\\U`` starts an escape). A quote left open: "Illegal character '\\n'", which the Windows path
+    hint was given for before, as its text holds a backslash (found by QA).
+    """
+    if error.startswith("Illegal character '\\n'"):
+        return "a quoted value is not closed before the end of its line: add the closing quote"
+    if "escape" in error.lower() or error.startswith(("Unescaped '\\'", "Invalid hex value")):
+        return WINDOWS_PATH_HINT
+    return None
+
+
 def refuse_escaped_path(value: Any, where: str) -> None:
     """A path that holds a tab or a line break was a Windows path in double quotes (``"C:\\temp\\new"``).
 
@@ -254,10 +268,8 @@ def load_config(path: Path | str) -> MvsyncConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        msg = f"{file}: not valid TOML: {exc}"
-        if "escape" in str(exc).lower() or "\\" in str(exc):  # "Unescaped '\' in a string": a Windows path
-            msg += f" ({WINDOWS_PATH_HINT})"
-        raise ConfigError(msg) from None
+        hint = _toml_hint(str(exc))
+        raise ConfigError(f"{file}: not valid TOML: {exc}" + (f" ({hint})" if hint else "")) from None
     return config_from_dict(data, file=file)
 
 

@@ -380,3 +380,23 @@ def test_a_sqlite_store_on_a_network_mount_is_a_warning_in_doctor_and_in_each_ru
 def test_a_windows_store_on_a_unc_share_is_recognised(given: str, resolved: str, expected: str | None) -> None:
     # (a drive letter is asked of GetDriveTypeW on Windows itself; this covers the paths alone)
     assert _windows_network_drive(PureWindowsPath(given), PureWindowsPath(resolved)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('[agents.hr]\ntype = "photo-folder\n', "a quoted value is not closed before the end of its line"),
+        ('[agents.hr]\nsettings = { path = "C:\\Users\\hr" }\n', "single quotes"),
+    ],
+    ids=["quote-left-open", "backslash-U"],
+)
+def test_a_toml_error_gets_the_hint_for_what_it_is(tmp_path: Path, text: str, said: str) -> None:
+    """Found by QA: a quote left open ("Illegal character '\\n'") was told about Windows paths, as tomllib's
+    text held a backslash; and ``"C:\\Users"`` ("Invalid hex value": ``\\U`` starts an escape) got no hint."""
+    path = tmp_path / "mvsync.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid TOML: ") and said in message
+    assert ("single quotes" in message) == (said == "single quotes")
