@@ -630,8 +630,8 @@ def test_a_ca_bundle_that_holds_no_pem_certificate_is_a_configuration_error_nami
     with pytest.raises(ConfigurationError) as caught:
         _imported(_agent(ews, tmp_path, ca_bundle=bundle))
     said = str(caught.value)
-    assert caught.value.key == "ca_bundle", said
-    assert said.startswith(f"ca_bundle: {bundle} holds no certificate in PEM form"), said
+    assert caught.value.key == "agents.exs.settings.ca_bundle", said  # (the agent's setting, as a run's checks say)
+    assert said.startswith(f"agents.exs.settings.ca_bundle: {bundle} holds no certificate in PEM form"), said
     if form == "der":
         assert "DER" in said and "openssl x509 -inform der" in said, said
 
