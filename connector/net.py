@@ -51,6 +51,7 @@ __all__ = [
     "read_within",
     "readable_ca_file",
     "service_at",
+    "setting_key",
     "unanswered_outage",
     "unreachable_authority",
     "unusable_authority",
@@ -632,10 +633,15 @@ def _ca_file_gone(path: Path, key: str) -> ConfigurationError:
     )
 
 
+def setting_key(agent: str, name: str) -> str:
+    """Where an agent's setting ``name`` is set, as a message names it (``agents.exo.settings.authority``),
+    as the checks before a run do; ``name`` alone when the agent's name is not known."""
+    return f"agents.{agent}.settings.{name}" if agent else name
+
+
 def ca_bundle_key(agent: str) -> str:
-    """Where an agent's CA bundle is set, as a message names it (``agents.exo.settings.ca_bundle``);
-    ``ca_bundle`` when the agent's name is not known."""
-    return f"agents.{agent}.settings.ca_bundle" if agent else "ca_bundle"
+    """Where an agent's CA bundle is set, as a message names it (``agents.exo.settings.ca_bundle``)."""
+    return setting_key(agent, "ca_bundle")
 
 
 def environment_ca_file(ca_bundle: Path | None = None) -> tuple[str, Path] | None:

@@ -171,6 +171,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             context.reauthorize_command,
             session_factory=self._session,
             signing_in=signing_in,
+            agent=context.agent,
         )
 
     @property
