@@ -710,7 +710,12 @@ def verifying_session(
     if ca_bundle is not None:
         session.verify = readable_ca_file(ca_bundle, setting)
         context = _ca_file_context(session.verify)
-        adapter = _VerifyingAdapter(timeout_s, context, session.verify, _UNTRUSTED_BUNDLE, setting)
+        # the file that was set and does not hold the issuer (a server that got a new CA): "set ca_bundle"
+        # read as if it were not set
+        untrusted = (
+            f"TLS certificate not trusted ({ca_bundle}, which {setting} names, does not hold the CA that issued it)"
+        )
+        adapter = _VerifyingAdapter(timeout_s, context, session.verify, untrusted, setting)
     elif named is not None and named[0] in CA_BUNDLE_VARIABLES:
         variable, path = named
         session.verify = str(path)

@@ -209,9 +209,9 @@ def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
     authority and says what to set, instead of "SSLError"."""
     emu = make_emulator(users=1)
     message = authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=Path(certifi.where())))  # public CAs
-    assert message == (
-        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
-        "(set ca_bundle to the CA that issued it)"
+    assert message == (  # the file set, which does not hold the issuer (QA: "set ca_bundle" while it was set)
+        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted ({certifi.where()}, "
+        "which agents.exo.settings.ca_bundle names, does not hold the CA that issued it)"
     )
 
 
@@ -564,3 +564,25 @@ def test_a_ca_bundle_gone_before_a_token_refresh_is_a_configuration_error_too(
     finally:
         conn.close()
     assert str(caught.value) == _ca_gone_message(ca_bundle)
+
+
+def test_a_graph_url_with_no_graph_api_names_the_url_and_the_setting(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """QA: ``graph_url = "https://HOST:PORT/beta2"`` stopped a full import with "Graph refused the user
+    listing: HTTP 404" alone. A 404 for the first page of the listing is the setting's to fix: the step
+    stops as stopped-configuration naming the URL asked and agents.exo.settings.graph_url."""
+    emu = make_emulator(users=5)
+    graph_url = emu.info["graph_url"].rsplit("/", 1)[0] + "/beta2"
+    conn = make_connector(emu, tmp_path, graph_url=graph_url)
+    conn.open()
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            run_import(conn, ImportMode.FULL, page_size=10)
+    finally:
+        conn.close()
+    message = str(caught.value)
+    assert message.startswith(
+        f"agents.exo.settings.graph_url: Graph answered the user listing at {graph_url}/users/delta with HTTP 404"
+    ), message
+    assert f"there is no Graph API at {graph_url}; check it" in message, message

@@ -486,7 +486,10 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
     kind = {
         "hung": "connected, but no answer within the timeout",
         "refused": "connection refused (nothing listens there)",
-        "untrusted": "TLS certificate not trusted (set ca_bundle to the CA that issued it)",
+        "untrusted": (
+            f"TLS certificate not trusted ({tmp_path / 'other-ca.pem'}, which agents.exs.settings.ca_bundle names, "
+            "does not hold the CA that issued it)"
+        ),
     }[server]
     assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} (2 attempts over ")
     assert "the mailboxes not fetched yet keep what they had" in str(caught.value)
