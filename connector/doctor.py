@@ -363,7 +363,7 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
         except (ConfigError, ConfigurationError) as exc:
             found.append(Finding("config", f"{where}.connector", "error", str(exc)))
             continue
-        for field_name, path, problem in setting_paths(connector.settings):
+        for field_name, path, problem in setting_paths(connector.settings, name):
             check = f"{where}.settings.{field_name}"
             found.append(
                 Finding("config", check, "error", problem)

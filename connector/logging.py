@@ -24,23 +24,51 @@ __all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "logs_as_json", "mask
 
 REDACTED = "***"
 
+#: Keys whose values are credentials. ``device_code``: the OAuth device flow's secret half, which
+#: MSAL's ``token_cache`` DEBUG event logs (as ``code`` too, for ADFS): anyone holding it while a
+#: sign-in is pending gets that sign-in's tokens. Its ``user_code`` is not here: `mvsync auth login`
+#: shows it to the user on purpose (the device flow's prompt), and it redeems nothing without the
+#: device code.
 _SECRET_KEYS = (
     r"password|passwd|pwd|secret|client_secret|access_token|refresh_token|id_token|token|api_key|apikey"
-    r"|authorization|private_key|bindpw|credentials?"
+    r"|authorization|private_key|bindpw|credentials?|device_code"
 )
+#: ``key=value``, ``key: value``, ``"key": "value"`` (JSON), ``key='value'``
+_KEY_VALUE = re.compile(rf"""(?i)(["']?\b(?:{_SECRET_KEYS})\b["']?\s*[:=]\s*)(["']?)([^"'\s,;&}}]+)\2""")
+#: ``code``'s value when it is a credential (OAuth's authorization code, MSAL's copy of the device
+#: code): long, with a digit. Why not any ``code``: Graph's and Entra's error codes
+#: (``"code": "ResourceNotFound"``) are what an operator reads a failure by.
+_CODE_VALUE = re.compile(r"""(?i)(["']?\bcode\b["']?\s*[:=]\s*)(["']?)((?=[^"'\s,;&}]*\d)[^"'\s,;&}]{32,})\2""")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer <token> / Basic <b64>
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + REDACTED),
-    # key=value, key: value, "key": "value" (JSON), key='value'
-    (
-        re.compile(rf"""(?i)(["']?\b(?:{_SECRET_KEYS})\b["']?\s*[:=]\s*)(["']?)([^"'\s,;&}}]+)\2"""),
-        r"\1\2" + REDACTED + r"\2",
-    ),
+    (_CODE_VALUE, r"\1\2" + REDACTED + r"\2"),
     # JSON Web Tokens anywhere (three base64url parts, the first starting with '{"' = 'eyJ')
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"), REDACTED),
-    # Microsoft refresh tokens and similar opaque tokens ("0.A..." / "M.R3_..." prefixes, long)
-    (re.compile(r"\b(?:0\.A[A-Za-z0-9_\-]{40,}|M\.[A-Z0-9]{2,}_[A-Za-z0-9!*_\-.$]{40,})[A-Za-z0-9_\-.!*$]*"), REDACTED),
+    # Microsoft refresh tokens and similar opaque tokens ("0.A..." / "1.A..." / "M.R3_..." prefixes, long)
+    (
+        re.compile(r"\b(?:[01]\.A[A-Za-z0-9_\-]{40,}|M\.[A-Z0-9]{2,}_[A-Za-z0-9!*_\-.$]{40,})[A-Za-z0-9_\-.!*$]*"),
+        REDACTED,
+    ),
 )
+
+
+def _mask_value(found: re.Match[str]) -> str:
+    """A secret key's value masked, unless the key is a setting named in prose: ``agents.exo.settings.
+    refresh_token: secrets may only be given as ...`` (a dotted path, a colon, a space: how every
+    message about a setting names it) is about the setting, and masking "secrets" garbled the message
+    (``--json``, ``--log-format json``) while hiding nothing. Quoted keys and ``=`` are still masked."""
+    prefix, quote, _ = found.groups()
+    start = found.start()
+    if (
+        not quote
+        and start > 0
+        and found.string[start - 1] == "."
+        and prefix.rstrip().endswith(":")
+        and prefix[-1:].isspace()
+    ):
+        return found.group()
+    return f"{prefix}{quote}{REDACTED}{quote}"
 
 
 #: A URL in free text: a scheme and ``://``, up to white space.
@@ -69,6 +97,7 @@ def mask_url(url: str) -> str:
 def redact(text: str) -> str:
     """``text`` with anything that looks like a credential replaced by ``***``."""
     text = _URL.sub(lambda found: mask_url(found.group()), text)
+    text = _KEY_VALUE.sub(_mask_value, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

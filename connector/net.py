@@ -51,6 +51,7 @@ __all__ = [
     "read_within",
     "readable_ca_file",
     "service_at",
+    "setting_key",
     "unanswered_outage",
     "unreachable_authority",
     "unusable_authority",
@@ -544,10 +545,19 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
     answered then held a run, and its agent's lock, for good.
     """
 
-    def __init__(self, timeout_s: float | None, context: ssl.SSLContext, verifies: bool | str, untrusted: str) -> None:
+    def __init__(
+        self,
+        timeout_s: float | None,
+        context: ssl.SSLContext,
+        verifies: bool | str,
+        untrusted: str,
+        setting: str = "ca_bundle",
+    ) -> None:
         self.timeout_s = timeout_s
         self.context = context
         self.verifies = verifies
+        #: where ``verifies`` (a CA file) is set: the agent's setting or the environment variable
+        self.setting = setting
         #: ``failure_kind``'s words for a certificate whose issuer is not trusted: where to add the CA
         #: depends on what verified (the OS store, or the CA file of a setting or variable)
         self.untrusted = untrusted
@@ -566,6 +576,8 @@ class _VerifyingAdapter(requests.adapters.HTTPAdapter):
         if verify != self.verifies:  # (_Session pins the session's own: only a caller's explicit verify=)
             msg = f"this session verifies TLS with {self.verifies!r}, made when it was; a request cannot change it"
             raise ValueError(msg)
+        if isinstance(verify, str) and not os.path.exists(verify):
+            raise _ca_file_gone(Path(verify), self.setting)
         super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]  # (untyped in its stubs)
         conn.ca_certs = None  # (certifi's bundle, or the file ``context`` holds already)
         conn.ca_cert_dir = None
@@ -604,10 +616,32 @@ _OPENSSL_STORE = sys.platform not in ("win32", "darwin")
 _UNTRUSTED_BUNDLE = "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
 
 
+def _ca_file_gone(path: Path, key: str) -> ConfigurationError:
+    """The CA file the session was made with is gone (moved, deleted, its folder removed) while a
+    step runs: the ``ConfigurationError`` naming ``key`` and the file, and saying to put it back.
+
+    Why a stop, although the session loaded its CAs when it was made: requests looks for the file
+    again before every request and raised a bare ``OSError`` ("Could not find a suitable TLS CA
+    certificate bundle"), a traceback and stopped-connector-exception; and a session made later in
+    the step (a new worker thread's, the sign-in's) could not load it at all. The setting is the
+    operator's to fix (exit 2); what the step committed is kept, so the next run carries on.
+    """
+    return ConfigurationError(
+        f"{path} does not exist now (it did when the step began): put the CA file back there, or set "
+        f"{key} to where it is now, and run again; what the step committed is kept{_or_unset(key)}",
+        key=key,
+    )
+
+
+def setting_key(agent: str, name: str) -> str:
+    """Where an agent's setting ``name`` is set, as a message names it (``agents.exo.settings.authority``),
+    as the checks before a run do; ``name`` alone when the agent's name is not known."""
+    return f"agents.{agent}.settings.{name}" if agent else name
+
+
 def ca_bundle_key(agent: str) -> str:
-    """Where an agent's CA bundle is set, as a message names it (``agents.exo.settings.ca_bundle``);
-    ``ca_bundle`` when the agent's name is not known."""
-    return f"agents.{agent}.settings.ca_bundle" if agent else "ca_bundle"
+    """Where an agent's CA bundle is set, as a message names it (``agents.exo.settings.ca_bundle``)."""
+    return setting_key(agent, "ca_bundle")
 
 
 def environment_ca_file(ca_bundle: Path | None = None) -> tuple[str, Path] | None:
@@ -667,20 +701,26 @@ def verifying_session(
     file is a configuration error naming the key or the variable (``readable_ca_file``,
     ``check_trust_environment``), not an ``OSError`` from deep inside requests on the first request
     ("Could not find a suitable TLS CA certificate bundle"). ``timeout_s``: the timeout of every
-    request that brings none. ``setting``: where ``ca_bundle`` is set (``ca_bundle_key``), for the
-    words of an untrusted certificate.
+    request that brings none. ``setting``: where ``ca_bundle`` is set (``ca_bundle_key``), named by
+    the words of an untrusted certificate and of a CA file that is missing or goes missing mid-step.
     """
     session = _Session()
     check_trust_environment(ca_bundle)
     named = environment_ca_file(ca_bundle)
     if ca_bundle is not None:
-        session.verify = readable_ca_file(ca_bundle, "ca_bundle")
-        adapter = _VerifyingAdapter(timeout_s, _ca_file_context(session.verify), session.verify, _UNTRUSTED_BUNDLE)
+        session.verify = readable_ca_file(ca_bundle, setting)
+        context = _ca_file_context(session.verify)
+        # the file that was set and does not hold the issuer (a server that got a new CA): "set ca_bundle"
+        # read as if it were not set
+        untrusted = (
+            f"TLS certificate not trusted ({ca_bundle}, which {setting} names, does not hold the CA that issued it)"
+        )
+        adapter = _VerifyingAdapter(timeout_s, context, session.verify, untrusted, setting)
     elif named is not None and named[0] in CA_BUNDLE_VARIABLES:
         variable, path = named
         session.verify = str(path)
         untrusted = f"TLS certificate not trusted (the CA file in {variable} does not hold the CA that issued it)"
-        adapter = _VerifyingAdapter(timeout_s, _ca_file_context(session.verify), session.verify, untrusted)
+        adapter = _VerifyingAdapter(timeout_s, _ca_file_context(session.verify), session.verify, untrusted, variable)
     else:
         untrusted = (
             "TLS certificate not trusted by this machine's trust store (add the CA that issued it there: on "

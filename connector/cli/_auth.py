@@ -56,7 +56,9 @@ def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> tuple[MvsyncCo
             err_console.print(f"created the token cache key file {key_file} (owner only): back it up")
     # the checks a run makes before its first step: a CA file missing is the setting's fault (exit 2),
     # not the authority's outage (exit 4), and is said before anything is sent
-    problems = [f"agents.{agent}.settings.{field}: {why}" for field, _, why in setting_paths(connector.settings) if why]
+    problems = [
+        f"agents.{agent}.settings.{field}: {why}" for field, _, why in setting_paths(connector.settings, agent) if why
+    ]
     problems += filter(None, [trust_problem(connector.settings)])
     if problems:
         raise ConfigError("\n".join(problems))

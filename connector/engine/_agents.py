@@ -112,14 +112,15 @@ def _certificate_problem(path: Path) -> str | None:
     return None
 
 
-def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
+def setting_paths(settings: Any, agent: str = "") -> Iterator[tuple[str, Path, str | None]]:
     """Every path an agent's settings name: (field, path, what is wrong with it or None).
 
     Why: a run checks these before its first step (and ``mvsync doctor`` reports them), so a
     missing CA file or folder stops the run before any step has run instead of halfway through.
     Certificates (``*ca*``, ``*cert*``) must parse and be current; key files must exist; a path marked
     ``MUST_EXIST`` (an input: a photo folder) must exist and be readable; any other path must be
-    readable, or creatable if it does not exist yet (an output).
+    readable, or creatable if it does not exist yet (an output). ``agent``: its name, for the command
+    that makes a missing key file (``_key_problem``).
     """
     for name, info in type(settings).model_fields.items():
         path = getattr(settings, name, None)
@@ -129,7 +130,7 @@ def setting_paths(settings: Any) -> Iterator[tuple[str, Path, str | None]]:
         if "ca" in lowered.split("_") or "cert" in lowered:
             yield name, path, _certificate_problem(path)
         elif "key" in lowered:
-            yield name, path, None if path.is_file() else f"{path} is not readable"
+            yield name, path, _key_problem(path, info.json_schema_extra, agent)
         elif isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("must_exist"):
             yield name, path, _input_problem(path)
         else:
@@ -151,6 +152,20 @@ def trust_problem(settings: Any) -> str | None:
     except ConfigurationError as exc:
         return str(exc)
     return None
+
+
+def _key_problem(path: Path, extra: Any, agent: str) -> str | None:
+    """A key file must be a file. Why the words: a missing one read "is not readable", as if its
+    permissions were wrong, before the first sign-in that makes it; a setting marked ``made_by`` (a
+    command, ``{agent}`` in it the agent's name) says to run that command."""
+    if path.is_file():
+        return None
+    if path.exists():
+        return f"{path} is not a file"
+    made_by = extra.get("made_by") if isinstance(extra, dict) else None
+    if isinstance(made_by, str):
+        return f"{path} does not exist: run `{made_by.format(agent=agent or '<agent>')}`, which creates it"
+    return f"{path} does not exist"
 
 
 def _input_problem(path: Path) -> str | None:

@@ -292,7 +292,7 @@ class Engine:
             except (ConfigError, ConfigurationError) as exc:
                 problems.append(str(exc))
                 continue
-            for field, _path, problem in setting_paths(connector.settings):
+            for field, _path, problem in setting_paths(connector.settings, agent):
                 if problem:
                     problems.append(f"{where}: agents.{agent}.settings.{field}: {problem}")
             if trust := trust_problem(connector.settings):  # (the environment's: said once for all its agents)

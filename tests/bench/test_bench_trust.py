@@ -38,7 +38,9 @@ def test_the_classic_client_refuses_a_certificate_its_ca_did_not_issue(
     untrusted = {**emulator.info, "ca_cert": str(other)}
     with pytest.raises(requests.exceptions.SSLError) as refused:
         import_._naive(untrusted, seconds=1)
-    assert failure_kind(refused.value) == "TLS certificate not trusted (set ca_bundle to the CA that issued it)"
+    assert failure_kind(refused.value) == (
+        f"TLS certificate not trusted ({other}, which ca_bundle names, does not hold the CA that issued it)"
+    )
     trusted = import_._naive(emulator.info, seconds=1)
     assert trusted["naive_users_looked_up"] > 0, trusted
 

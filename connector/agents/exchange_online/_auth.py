@@ -36,11 +36,13 @@ from connector.agents.exchange_online._tokencache import (
     CACHE_FILE_NAME,
     EncryptedTokenCache,
     ProcessTokenCache,
+    key_setting,
     load_key,
 )
 from connector.net import (
     ca_bundle_key,
     entra_refusal,
+    setting_key,
     unreachable_authority,
     unusable_authority,
     verifying_session,
@@ -105,16 +107,23 @@ class GraphAuth:
         *,
         session_factory: Callable[[], requests.Session] | None = None,
         signing_in: bool = False,
+        agent: str = "",
     ) -> None:
-        """``signing_in``: for `mvsync auth login`, which replaces a token cache it cannot decrypt."""
+        """``signing_in``: for `mvsync auth login`, which replaces a token cache it cannot decrypt.
+        ``agent``: its name, so that a setting found wrong during a step is named where it is set
+        (``agents.exo.settings.client_certificate``), as the checks before a run name it."""
         self.settings = settings
+        self.agent = agent
         self.reauthorize_command = reauthorize_command or "mvsync auth login <agent>"
         self.cache_path = data_dir / CACHE_FILE_NAME
         self.token_cache: EncryptedTokenCache | ProcessTokenCache
         if settings.auth_mode == "delegated":  # the refresh token must outlive the process
-            key = load_key(settings.token_cache_key_env, settings.token_cache_key_file)
+            key = load_key(settings.token_cache_key_env, settings.token_cache_key_file, prefix=self._key(""))
             remedy = f"sign in again, which replaces it: {self.reauthorize_command}"
-            self.token_cache = EncryptedTokenCache(self.cache_path, key, remedy=remedy, replacing=signing_in)
+            used = self._key(key_setting(settings.token_cache_key_env, settings.token_cache_key_file))
+            self.token_cache = EncryptedTokenCache(
+                self.cache_path, key, remedy=remedy, replacing=signing_in, key_setting=used
+            )
         else:
             self.token_cache = ProcessTokenCache()
         self._session_factory = session_factory or (lambda: make_session(settings))
@@ -123,6 +132,10 @@ class GraphAuth:
         self._app: msal.ClientApplication | None = None
         self._last_answer = "nothing"
         self.refresh_count = 0
+
+    def _key(self, name: str) -> str:
+        """Where the agent's setting ``name`` is set, as messages name it (``setting_key``)."""
+        return setting_key(self.agent, name)
 
     # -- the MSAL application -------------------------------------------------------------------
     @property
@@ -134,7 +147,7 @@ class GraphAuth:
         if s.client_secret is not None:
             return s.client_secret.get_secret_value()
         if s.client_certificate is not None:
-            return _certificate_credential(s.client_certificate, s.client_certificate_password)
+            return _certificate_credential(s.client_certificate, s.client_certificate_password, self._key(""))
         return None
 
     def app(self) -> msal.ClientApplication:
@@ -159,7 +172,7 @@ class GraphAuth:
                 else:
                     self._app = msal.ConfidentialClientApplication(s.client_id, client_credential=credential, **common)
             except ValueError as exc:  # bad authority URL, failed OIDC discovery
-                raise unusable_authority(s.resolved_authority, exc) from None
+                raise unusable_authority(s.resolved_authority, exc, self._key("authority")) from None
             except requests.RequestException as exc:
                 raise self._unreachable(exc) from None
             except MsalServiceError:  # its discovery document answered 5xx
@@ -314,7 +327,7 @@ class GraphAuth:
         """Import an existing refresh token: redeem it once and keep the (rotated) result."""
         if not self.delegated:
             msg = "auth_mode is 'app': there is nothing to sign in (client credentials are used)"
-            raise ConfigurationError(msg, key="auth_mode")
+            raise ConfigurationError(msg, key=self._key("auth_mode"))
         app = self.app()
         return self._sign_in(
             lambda: app.acquire_token_by_refresh_token(refresh_token.strip(), scopes=self.scopes),
@@ -326,7 +339,7 @@ class GraphAuth:
         app = self.app()
         if not isinstance(app, msal.PublicClientApplication):
             msg = "the device-code flow needs a public client (no client_secret); use --refresh-token-file"
-            raise ConfigurationError(msg, key="client_secret")
+            raise ConfigurationError(msg, key=self._key("client_secret"))
         with self._asking_authority(_SIGN_IN_LATER):
             flow = app.initiate_device_flow(scopes=self.scopes)
         if "user_code" not in flow:
@@ -377,18 +390,19 @@ def _username(result: dict[str, Any]) -> str:
     return str(claims.get("preferred_username") or claims.get("oid") or "signed in")
 
 
-def _certificate_credential(path: Path, password: Any) -> dict[str, str]:
-    """MSAL's certificate credential from one PEM holding the key and the certificate."""
+def _certificate_credential(path: Path, password: Any, prefix: str = "") -> dict[str, str]:
+    """MSAL's certificate credential from one PEM holding the key and the certificate. ``prefix``:
+    where the agent's settings are (``agents.exo.settings.``), for the keys messages name."""
     try:
         pem = path.read_bytes()
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}", key="client_certificate") from None
-    key = _private_key(pem, path, password.get_secret_value().encode() if password is not None else None)
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}", key=f"{prefix}client_certificate") from None
+    key = _private_key(pem, path, password.get_secret_value().encode() if password is not None else None, prefix)
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         msg = f"{path} holds no PEM certificate: put the app's certificate in that file, next to its private key"
-        raise ConfigurationError(msg, key="client_certificate") from None
+        raise ConfigurationError(msg, key=f"{prefix}client_certificate") from None
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
@@ -399,7 +413,7 @@ def _certificate_credential(path: Path, password: Any) -> dict[str, str]:
     }
 
 
-def _private_key(pem: bytes, path: Path, password: bytes | None) -> Any:
+def _private_key(pem: bytes, path: Path, password: bytes | None, prefix: str = "") -> Any:
     """The private key in ``pem``; each way it can be unusable is named with its fix.
 
     Why not one message: "must hold a PEM private key and certificate (TypeError)" was all an admin
@@ -408,7 +422,7 @@ def _private_key(pem: bytes, path: Path, password: bytes | None) -> Any:
     """
     if b"PRIVATE KEY-----" not in pem:
         msg = f"{path} holds no PEM private key: put the certificate's private key in that file, next to it"
-        raise ConfigurationError(msg, key="client_certificate")
+        raise ConfigurationError(msg, key=f"{prefix}client_certificate")
     try:
         return serialization.load_pem_private_key(pem, password=password)
     except TypeError:  # the password and the key disagree on whether it is encrypted
@@ -419,12 +433,12 @@ def _private_key(pem: bytes, path: Path, password: bytes | None) -> Any:
             )
         else:
             msg = f"the private key in {path} is not encrypted: remove client_certificate_password"
-        raise ConfigurationError(msg, key="client_certificate_password") from None
+        raise ConfigurationError(msg, key=f"{prefix}client_certificate_password") from None
     except ValueError:
         if password is not None and _encrypted(pem):
             msg = f"client_certificate_password does not decrypt the private key in {path}"
-            raise ConfigurationError(msg, key="client_certificate_password") from None
-        raise ConfigurationError(f"{path}: the private key cannot be read", key="client_certificate") from None
+            raise ConfigurationError(msg, key=f"{prefix}client_certificate_password") from None
+        raise ConfigurationError(f"{path}: the private key cannot be read", key=f"{prefix}client_certificate") from None
 
 
 def _encrypted(pem: bytes) -> bool:

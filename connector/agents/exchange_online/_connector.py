@@ -56,7 +56,7 @@ from connector.agents.exchange_online._photo_policy import doctor_checks as phot
 from connector.agents.exchange_online._photo_policy import guard_photo_export
 from connector.agents.exchange_online._photos import NO_MAILBOX_CODE, is_no_photo
 from connector.agents.exchange_online._settings import ExchangeOnlineSettings
-from connector.net import on_host
+from connector.net import on_host, setting_key
 from connector.sdk import (
     Attribute,
     AttributeAccess,
@@ -64,6 +64,7 @@ from connector.sdk import (
     AttributeType,
     Capabilities,
     CheckResult,
+    ConfigurationError,
     Connector,
     ConnectorContext,
     ConnectorError,
@@ -171,6 +172,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             context.reauthorize_command,
             session_factory=self._session,
             signing_in=signing_in,
+            agent=context.agent,
         )
 
     @property
@@ -233,7 +235,7 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
             if not resp.ok or not isinstance(resp.json_body, dict):
                 if resumed and first and resp.status in (400, 404, 410):
                     raise ResumeRefusedError(f"Graph no longer accepts the saved users/delta page ({resp.describe()})")
-                raise self._listing_error(resp)
+                raise self._listing_error(resp, url if first and not resumed else None)
             first = False
             listed = Listed(url)
             latest: dict[str, dict[str, Any]] = {}  # a replay within the page: its last entry is the user's state
@@ -261,7 +263,17 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
                 raise StopRunError("users/delta ended without @odata.deltaLink")
             return str(delta_link)
 
-    def _listing_error(self, resp: GraphResponse) -> StopRunError:
+    def _listing_error(self, resp: GraphResponse, sent: str | None = None) -> StopRunError | ConfigurationError:
+        """What the step stops with when the user listing failed. ``sent``: the first page's URL (under
+        ``graph_url``), when this was it: a 404 there means no Graph API at ``graph_url`` (a mistyped
+        version, ``/beta2``), which only the setting fixes; "HTTP 404" alone did not say where to look."""
+        if resp.status == 404 and sent is not None:
+            where = self.graph.url(sent).split("?")[0]
+            return ConfigurationError(
+                f"Graph answered the user listing at {where} with {resp.describe()}: there is no Graph API at "
+                f"{self.settings.graph_url}; check it (Microsoft Graph's is https://graph.microsoft.com/v1.0)",
+                key=setting_key(self.context.agent, "graph_url"),
+            )
         if resp.oversized:  # the listing cannot skip a page: no user's error, and no refusal either
             return StopRunError(
                 f"Graph answered the user listing with {resp.describe()}, far more than a page of users (about "

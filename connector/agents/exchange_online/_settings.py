@@ -59,7 +59,7 @@ class ExchangeOnlineSettings(ConnectorSettings):
     #: Environment variable holding the Fernet key that encrypts the token cache at rest.
     token_cache_key_env: str = "MVSYNC_TOKEN_CACHE_KEY"
     #: Or a file holding that key (created with mode 0600 by ``mvsync auth login`` when missing).
-    token_cache_key_file: Path | None = None
+    token_cache_key_file: Path | None = Field(None, json_schema_extra={"made_by": "mvsync auth login {agent}"})
 
     # -- what we fetch -------------------------------------------------------------------------
     #: The HD size downloaded. A photo whose original is smaller comes at the largest HD size it has

@@ -24,7 +24,14 @@ from connector.files import OwnerOnlyError, atomic_write, write_private_file
 from connector.sdk import ConfigurationError, StopRunError
 from connector.secrets import SecretFileError, read_secret_file, seal, seal_text, unseal
 
-__all__ = ["CACHE_FILE_NAME", "EncryptedTokenCache", "ProcessTokenCache", "generate_key_file", "load_key"]
+__all__ = [
+    "CACHE_FILE_NAME",
+    "EncryptedTokenCache",
+    "ProcessTokenCache",
+    "generate_key_file",
+    "key_setting",
+    "load_key",
+]
 
 CACHE_FILE_NAME = "token-cache.bin"
 
@@ -38,12 +45,22 @@ _KEY_HELP = (
 )
 
 
-def load_key(env_name: str, key_file: Path | None) -> bytes:
-    """The Fernet key: the environment variable wins, then the key file. Never logged."""
+def key_setting(env_name: str, key_file: Path | None) -> str:
+    """The setting the Fernet key comes from: ``token_cache_key_env`` when its variable is set (it
+    wins), else ``token_cache_key_file`` when given. Why: a message about the key or the cache it
+    decrypts names the setting in use; "token_cache_key_env" was named for a key file's key."""
+    if key_file is not None and not os.environ.get(env_name, "").strip():
+        return "token_cache_key_file"
+    return "token_cache_key_env"
+
+
+def load_key(env_name: str, key_file: Path | None, *, prefix: str = "") -> bytes:
+    """The Fernet key: the environment variable wins, then the key file. Never logged. ``prefix``:
+    where the agent's settings are (``agents.exo.settings.``), for the keys messages name."""
     raw = os.environ.get(env_name, "").strip()
-    source, key = f"the environment variable {env_name}", "token_cache_key_env"
-    if not raw and key_file is not None:
-        source, key = f"the key file {key_file}", "token_cache_key_file"
+    source, key = f"the environment variable {env_name}", f"{prefix}token_cache_key_env"
+    if key_setting(env_name, key_file) == "token_cache_key_file" and key_file is not None:
+        source, key = f"the key file {key_file}", f"{prefix}token_cache_key_file"
         if not key_file.exists():
             msg = f"token cache key file {key_file} does not exist (`mvsync auth login` creates it)"
             raise ConfigurationError(msg, key=key)
@@ -53,7 +70,7 @@ def load_key(env_name: str, key_file: Path | None) -> bytes:
             raise ConfigurationError(str(exc).removeprefix(f"{key}: "), key=key) from None
     if not raw:
         msg = f"no token cache key: set the environment variable {env_name} or token_cache_key_file ({_KEY_HELP})"
-        raise ConfigurationError(msg, key="token_cache_key_env")
+        raise ConfigurationError(msg, key=f"{prefix}token_cache_key_env")
     try:
         Fernet(raw.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
@@ -78,10 +95,20 @@ class EncryptedTokenCache:
     called after every MSAL call so the rotated token reaches the disk before it is used again.
     """
 
-    def __init__(self, path: Path, key: bytes, *, remedy: str = _REMEDY, replacing: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        *,
+        remedy: str = _REMEDY,
+        replacing: bool = False,
+        key_setting: str = "token_cache_key_env",
+    ) -> None:
         """``remedy``: what a message about a cache that cannot be decrypted says to do (the sign-in
-        command); ``replacing``: a new sign-in is under way, so such a cache is set aside (see ``_unusable``)."""
+        command); ``replacing``: a new sign-in is under way, so such a cache is set aside (see ``_unusable``);
+        ``key_setting``: the setting the key came from (``key_setting``), which that message names."""
         self.path = path
+        self._key_setting = key_setting
         self._fernet = Fernet(key)
         self._lock = threading.Lock()
         self._remedy = remedy
@@ -118,7 +145,7 @@ class EncryptedTokenCache:
         writes nothing.
         """
         if not self._replacing:
-            raise ConfigurationError(f"the token cache {self.path} {why}; {self._remedy}", key="token_cache_key_env")
+            raise ConfigurationError(f"the token cache {self.path} {why}; {self._remedy}", key=self._key_setting)
         log.warning("the token cache %s %s: the new sign-in replaces it", self.path, why)
         self.cache = msal.SerializableTokenCache()
 

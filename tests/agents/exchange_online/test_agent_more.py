@@ -190,8 +190,25 @@ def test_a_client_certificate_password_that_does_not_fit_the_key_is_named(
             conn.open()
     finally:
         conn.close()
-    assert str(caught.value) == "client_certificate_password: " + problem.format(pem=pem)
+    assert str(caught.value) == "agents.exo.settings.client_certificate_password: " + problem.format(pem=pem)
     assert password is None or password not in str(caught.value)
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_a_client_certificate_without_its_key_names_the_agents_setting(make_emulator: Any, tmp_path: Path) -> None:
+    """QA: found during the step, it said "client_certificate: ... holds no PEM private key", not where the
+    setting is (agents.exo.settings.client_certificate), as the checks before a run name a setting."""
+    emu = make_emulator(users=1)
+    pem = _app_certificate_pem(emu, tmp_path)
+    text = pem.read_bytes()
+    pem.write_bytes(text[: text.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")])
+    conn = make_connector(emu, tmp_path / "data", auth_mode="app", client_certificate=pem, refresh_token=None)
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            conn.open()
+    finally:
+        conn.close()
+    assert str(caught.value).startswith(f"agents.exo.settings.client_certificate: {pem} holds no PEM private key")
 
 
 @pytest.mark.usefixtures("cache_key")

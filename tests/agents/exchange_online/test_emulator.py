@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -403,6 +404,37 @@ def test_device_code_sign_in(make_emulator: Any, tmp_path: Path) -> None:
     assert shown and "@" in who
     conn.open()  # the cache now holds the account: no seed token needed
     conn.close()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_device_code_sign_in_logs_no_device_code_at_debug(
+    make_emulator: Any, tmp_path: Path, log_format: str
+) -> None:
+    """QA: ``mvsync --log-level DEBUG auth login`` logged MSAL's token_cache event with the device
+    code in clear (as ``device_code`` and ``code``): redeemable for the tokens while a sign-in is
+    pending. The user code stays in the prompt: the user types it, and it redeems nothing alone."""
+    import subprocess
+    import sys
+
+    emu = make_emulator(users=1)  # the emulator approves device codes at once ("DAQABAAEAAAD...")
+    info = emu.info
+    cfg = tmp_path / "mvsync.toml"
+    cfg.write_text(
+        f'data_dir = "{(tmp_path / "data").as_posix()}"\n[agents.exo]\ntype = "exchange-online-photos"\n'
+        f'[agents.exo.settings]\ntenant_id = "{info["tenant_id"]}"\nclient_id = "{info["client_id"]}"\n'
+        f'authority = "{info["authority"]}"\ngraph_url = "{info["graph_url"]}"\ninstance_discovery = false\n'
+        f'ca_bundle = "{Path(info["ca_cert"]).as_posix()}"\n'
+        f'token_cache_key_file = "{(tmp_path / "cache.key").as_posix()}"\n',
+        encoding="utf-8",
+    )
+    args = ["--log-level", "DEBUG", "--log-format", log_format, "auth", "login", "exo", "-c", str(cfg)]
+    cli = [sys.executable, "-c", "from connector.cli import main; main()", *args]
+    env = {k: v for k, v in os.environ.items() if k != "MVSYNC_TOKEN_CACHE_KEY"}  # (the key file's, made here)
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False, env=env)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert "device_code" in said and "DAQABAAEAAAD" not in said, said  # the event was logged, masked
+    assert re.search(r"and enter the code [A-Z0-9]{9} to authenticate", " ".join(said.split())), said  # the prompt
 
 
 def test_a_slow_store_bounds_what_the_agent_holds(make_emulator: Any, tmp_path: Path) -> None:

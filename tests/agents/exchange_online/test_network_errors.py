@@ -209,9 +209,9 @@ def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
     authority and says what to set, instead of "SSLError"."""
     emu = make_emulator(users=1)
     message = authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=Path(certifi.where())))  # public CAs
-    assert message == (
-        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
-        "(set ca_bundle to the CA that issued it)"
+    assert message == (  # the file set, which does not hold the issuer (QA: "set ca_bundle" while it was set)
+        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted ({certifi.where()}, "
+        "which agents.exo.settings.ca_bundle names, does not hold the CA that issued it)"
     )
 
 
@@ -390,8 +390,9 @@ def test_a_ca_bundle_that_is_no_file_is_a_configuration_error_naming_the_key(
     finally:
         conn.close()
     reason = "is a folder, not a PEM file" if where == "folder" else "does not exist"
-    assert str(caught.value) == (
-        f"ca_bundle: {bundle} {reason}: give the PEM file of the CA that issued the server's certificate"
+    assert str(caught.value) == (  # (the agent's setting, as the checks before a run name it)
+        f"agents.exo.settings.ca_bundle: {bundle} {reason}: give the PEM file of the CA that issued the server's "
+        "certificate"
     )
     with pytest.raises(ConfigurationError, match=r"^ca_bundle: "):
         verifying_session(bundle)
@@ -499,3 +500,89 @@ def test_uploads_of_one_mailbox_reset_mid_request_fail_that_change_only_not_the_
     assert "connection reset by the server" in first.error_detail, first.error_detail
     assert [r.status for r in rest] == [ExportStatus.SUCCESS] * 4, rest
     assert all(emu.admin.get_photo(change.anchor) is not None for change in changes[1:])
+
+
+def _ca_copy(emu: Any, tmp_path: Path) -> Path:
+    """A copy of the emulator's CA for ``ca_bundle``, for a test to take away."""
+    ca_bundle = tmp_path / "q" / "ca.pem"
+    ca_bundle.parent.mkdir()
+    ca_bundle.write_bytes(Path(emu.info["ca_cert"]).read_bytes())
+    return ca_bundle
+
+
+def _ca_gone_message(ca_bundle: Path) -> str:
+    return (
+        f"agents.exo.settings.ca_bundle: {ca_bundle} does not exist now (it did when the step began): put the CA "
+        "file back there, or set agents.exo.settings.ca_bundle to where it is now, and run again; what the step "
+        "committed is kept"
+    )
+
+
+def test_a_ca_bundle_gone_mid_import_stops_the_step_as_a_configuration_error(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """QA: ``mv ca.pem ca.old`` during a full import (or the emulator stopping, which removes its CA
+    folder). requests looks for the file before every request: its ``OSError`` ("Could not find a
+    suitable TLS CA certificate bundle, invalid path") left the step as a traceback and
+    stopped-connector-exception. Now the setting and the file are named (stopped-configuration, exit 2),
+    and the page committed before is kept, with no per-user error."""
+    emu = make_emulator(users=60, photo_ratio=1.0)
+    ca_bundle = _ca_copy(emu, tmp_path)
+    conn = make_connector(emu, tmp_path, ca_bundle=ca_bundle)
+    pages: list[Page] = []
+
+    def remove_after_the_first_page(number: int, page: Page) -> None:
+        pages.append(page)
+        if number == 1:
+            ca_bundle.rename(ca_bundle.with_name("ca.old"))
+
+    conn.open()
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            run_import(conn, ImportMode.FULL, page_size=20, on_page=remove_after_the_first_page)
+    finally:
+        conn.close()
+    assert str(caught.value) == _ca_gone_message(ca_bundle)
+    assert caught.value.key == "agents.exo.settings.ca_bundle"
+    assert len(pages) == 1 and pages[0].entries and not [e for e in pages[0].entries if e.error is not None]
+
+
+def test_a_ca_bundle_gone_before_a_token_refresh_is_a_configuration_error_too(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """The sign-in (MSAL) sends on the same kind of session: the refresh after Graph's 401 meets the
+    missing file and stops with the same words, not requests' OSError out of MSAL."""
+    emu = make_emulator(users=1)
+    ca_bundle = _ca_copy(emu, tmp_path)
+    conn = make_connector(emu, tmp_path, ca_bundle=ca_bundle)
+    conn.open()
+    try:
+        conn.auth.invalidate(conn.auth.token())
+        ca_bundle.unlink()
+        with pytest.raises(ConfigurationError) as caught:
+            conn.auth.token()
+    finally:
+        conn.close()
+    assert str(caught.value) == _ca_gone_message(ca_bundle)
+
+
+def test_a_graph_url_with_no_graph_api_names_the_url_and_the_setting(
+    make_emulator: Any, tmp_path: Path, cache_key: str
+) -> None:
+    """QA: ``graph_url = "https://HOST:PORT/beta2"`` stopped a full import with "Graph refused the user
+    listing: HTTP 404" alone. A 404 for the first page of the listing is the setting's to fix: the step
+    stops as stopped-configuration naming the URL asked and agents.exo.settings.graph_url."""
+    emu = make_emulator(users=5)
+    graph_url = emu.info["graph_url"].rsplit("/", 1)[0] + "/beta2"
+    conn = make_connector(emu, tmp_path, graph_url=graph_url)
+    conn.open()
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            run_import(conn, ImportMode.FULL, page_size=10)
+    finally:
+        conn.close()
+    message = str(caught.value)
+    assert message.startswith(
+        f"agents.exo.settings.graph_url: Graph answered the user listing at {graph_url}/users/delta with HTTP 404"
+    ), message
+    assert f"there is no Graph API at {graph_url}; check it" in message, message

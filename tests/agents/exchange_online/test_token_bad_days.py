@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from connector.emulator._http import Response
 from tests.agents.exchange_online.conftest import at_photo_upload, folder_to_exchange_online
@@ -176,3 +177,54 @@ def test_auth_status_without_a_token_is_a_failure_object_with_its_report(
 
     code, out, err = invoke("run", "stage", "-c", str(config))  # the same hint as `run`'s, from one place
     assert code == 4 and (f"hint: {hint}" in err) is demo_folder, out + err
+
+
+def test_step_time_configuration_errors_name_the_agents_setting_in_use(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: messages found during a step named the wrong setting, or a bare one. A key file that does not
+    exist before the first sign-in said "is not readable"; a cache the key file's key cannot decrypt
+    said "token_cache_key_env:" (the variable is not set: the key file is in use); an authority of
+    another tenant said "authority:", not where it is set, as the checks before a run do."""
+    monkeypatch.delenv("MVSYNC_TOKEN_CACHE_KEY", raising=False)
+    emu = make_emulator(users=10)
+    key_file = tmp_path / "cache.key"
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1, token_cache_key_file=str(key_file))
+
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in out + err, out + err
+    assert (
+        f"agents.exo.settings.token_cache_key_file: {key_file} does not exist: run `mvsync auth login exo`, "
+        "which creates it"
+    ) in said, said
+
+    assert invoke("auth", "status", "exo", "-c", str(config))[0] == 2  # (it says the same)
+    assert (
+        invoke(
+            "auth",
+            "login",
+            "exo",
+            "-c",
+            str(config),
+            "--refresh-token-file",
+            str(tmp_path / "secrets" / "refresh-token"),
+        )[0]
+        == 0
+    )
+    key_file.chmod(0o600)
+    key_file.write_text(Fernet.generate_key().decode() + "\n", encoding="utf-8")  # another key
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    cache = tmp_path / "data" / "exo" / "token-cache.bin"
+    assert code == 2 and "Traceback" not in out + err, out + err
+    assert f"agents.exo.settings.token_cache_key_file: the token cache {cache} cannot be decrypted" in err, err
+
+
+@pytest.mark.usefixtures("cache_key")
+def test_an_authority_of_another_tenant_names_the_agents_authority_setting(make_emulator: Any, tmp_path: Path) -> None:
+    emu = make_emulator(users=10)
+    authority = emu.info["authority"].rsplit("/", 1)[0] + "/00000000-0000-0000-0000-00000000dead"
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1, authority=authority)
+    code, out, err = invoke("run", "stage", "-c", str(config))
+    assert code == 2 and "Traceback" not in out + err, out + err
+    assert f"agents.exo.settings.authority: cannot use authority {authority}: " in " ".join(err.split()), err

@@ -71,9 +71,10 @@ def test_ca_bundle_pins_verification_to_its_file_alone(
     the stop says to fix ca_bundle (not the system's store)."""
     emu = make_emulator(users=1)
     _trust_the_emulator(emu, store)
-    assert authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=other_ca(tmp_path))) == (
-        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted "
-        "(set ca_bundle to the CA that issued it)"
+    other = other_ca(tmp_path)
+    assert authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=other)) == (
+        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted ({other}, which "
+        "agents.exo.settings.ca_bundle names, does not hold the CA that issued it)"
     )
 
 

@@ -486,7 +486,10 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
     kind = {
         "hung": "connected, but no answer within the timeout",
         "refused": "connection refused (nothing listens there)",
-        "untrusted": "TLS certificate not trusted (set ca_bundle to the CA that issued it)",
+        "untrusted": (
+            f"TLS certificate not trusted ({tmp_path / 'other-ca.pem'}, which agents.exs.settings.ca_bundle names, "
+            "does not hold the CA that issued it)"
+        ),
     }[server]
     assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} (2 attempts over ")
     assert "the mailboxes not fetched yet keep what they had" in str(caught.value)
@@ -630,8 +633,8 @@ def test_a_ca_bundle_that_holds_no_pem_certificate_is_a_configuration_error_nami
     with pytest.raises(ConfigurationError) as caught:
         _imported(_agent(ews, tmp_path, ca_bundle=bundle))
     said = str(caught.value)
-    assert caught.value.key == "ca_bundle", said
-    assert said.startswith(f"ca_bundle: {bundle} holds no certificate in PEM form"), said
+    assert caught.value.key == "agents.exs.settings.ca_bundle", said  # (the agent's setting, as a run's checks say)
+    assert said.startswith(f"agents.exs.settings.ca_bundle: {bundle} holds no certificate in PEM form"), said
     if form == "der":
         assert "DER" in said and "openssl x509 -inform der" in said, said
 
