@@ -293,6 +293,27 @@ def test_the_photo_worker_shares_the_last_tasks_among_the_batches_the_limit_runs
     assert worker.take_size(waiting) == size
 
 
+def _photo_worker(limiter: Any, sent: list[int]) -> Any:
+    """A ``PhotoWorker`` on ``limiter`` whose ``$batch``es are answered "no photo" and counted into ``sent``."""
+    from types import SimpleNamespace
+
+    from connector.agents.exchange_online._graph import GraphResponse
+    from connector.agents.exchange_online._import import PhotoWorker
+
+    def batch(items: list[Any], **_: Any) -> list[GraphResponse]:
+        sent.append(len(items))
+        return [GraphResponse(404, {}, b"", {"error": {"code": "ImageNotFound"}}) for _ in items]
+
+    graph = SimpleNamespace(limiter=limiter, batch=batch)
+    importer = SimpleNamespace(
+        settings=SETTINGS,
+        connector=SimpleNamespace(graph=graph),
+        outcome=lambda outcome: [],
+        limit=SimpleNamespace(update=list),
+    )
+    return PhotoWorker(importer)  # type: ignore[arg-type]
+
+
 def test_a_full_batch_whose_turn_comes_after_the_stream_ended_is_sized_for_what_is_left() -> None:
     """A thread that took a full batch while users were still being listed, then waited for the limiter
     until the listing had ended, sends what the tasks left now call for and hands the rest back.
@@ -302,10 +323,7 @@ def test_a_full_batch_whose_turn_comes_after_the_stream_ended_is_sized_for_what_
     no-change delta of 2,000 users ended 4 % later). A batch taken after the end is sent as taken.
     """
     import threading
-    from types import SimpleNamespace
 
-    from connector.agents.exchange_online._graph import GraphResponse
-    from connector.agents.exchange_online._import import PhotoWorker
     from connector.agents.exchange_online._photos import PhotoTask
     from connector.sdk import Deferred
     from connector.throttling import AdaptiveLimiter, Signal
@@ -324,19 +342,7 @@ def test_a_full_batch_whose_turn_comes_after_the_stream_ended_is_sized_for_what_
             return limiter.acquire(*args, **kwargs)
 
     sent: list[int] = []
-
-    def batch(items: list[Any], **_: Any) -> list[GraphResponse]:
-        sent.append(len(items))
-        return [GraphResponse(404, {}, b"", {"error": {"code": "ImageNotFound"}}) for _ in items]
-
-    graph = SimpleNamespace(limiter=_Limiter(), batch=batch)
-    importer = SimpleNamespace(
-        settings=SETTINGS,
-        connector=SimpleNamespace(graph=graph),
-        outcome=lambda outcome: [],
-        limit=SimpleNamespace(update=list),
-    )
-    worker = PhotoWorker(importer)  # type: ignore[arg-type]
+    worker = _photo_worker(_Limiter(), sent)
     tasks = [Deferred(worker, PhotoTask(f"user-{n}")) for n in range(20)]
     held = limiter.acquire(48)  # the limit is in use: the next batch waits for room
     results: list[list[Any]] = []
@@ -362,31 +368,16 @@ def test_against_a_rate_a_batch_runs_one_round_and_hands_the_rest_back() -> None
     with 20 ms round trips). The sixteen left are handed back unsent, first in line.
     """
     import threading
-    from types import SimpleNamespace
 
-    from connector.agents.exchange_online._graph import GraphResponse
-    from connector.agents.exchange_online._import import PhotoWorker
     from connector.agents.exchange_online._photos import PhotoTask
     from connector.sdk import Deferred
     from connector.throttling import AdaptiveLimiter
 
     sent: list[int] = []
-
-    def batch(items: list[Any], **_: Any) -> list[GraphResponse]:
-        sent.append(len(items))
-        return [GraphResponse(404, {}, b"", {"error": {"code": "ImageNotFound"}}) for _ in items]
-
     for rate_bound, expected in ((True, [4]), (False, [20])):
         limiter = AdaptiveLimiter("test", ceiling=64)
         limiter.recall(12, rate_bound=rate_bound)
-        graph = SimpleNamespace(limiter=limiter, batch=batch)
-        importer = SimpleNamespace(
-            settings=SETTINGS,
-            connector=SimpleNamespace(graph=graph),
-            outcome=lambda outcome: [],
-            limit=SimpleNamespace(update=list),
-        )
-        worker = PhotoWorker(importer)  # type: ignore[arg-type]
+        worker = _photo_worker(limiter, sent)
         tasks = [Deferred(worker, PhotoTask(f"user-{n}")) for n in range(20)]
         sent.clear()
         results = worker.run(tasks, threading.Event())
