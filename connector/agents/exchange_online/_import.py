@@ -651,9 +651,12 @@ class PhotoWorker(Worker[PhotoTask]):
         taken_early = self._waiting is None  # begun while the stream still ran: a full batch (``take_size``)
         ticket = client.limiter.acquire(wanted, at_least=1, cancel=cancel)
         send = tasks if ticket.weight >= wanted else tasks[: ticket.weight]
-        if client.limiter.rate_bound:
+        if client.limiter.rate_bound and client.limiter.limit < client.limiter.ceiling:
             # against a rate, one round per batch: a bucket run dry refuses every item still queued in
-            # a batch, so twenty items on four units would cost twenty refusals, not four
+            # a batch, so twenty items on four units would cost twenty refusals, not four. (Not once the
+            # limit is back at the ceiling: the client's own bound binds then, not the rate, and one-round
+            # batches only cost five times the requests: the default model's 2,000 requests/s, met once at
+            # 0 ms, made the 50,000-user import take 87 s instead of 38.)
             send = send[: ticket.weight]
         if taken_early and self._waiting is not None:
             # The stream ended while this thread waited for the limiter (a few threads more than the
