@@ -10,8 +10,9 @@ round trips), and the single-request simulation cannot show it.
 
 The client side follows ``PhotoWorker.run``: a fixed number of threads, each taking twenty tasks,
 asking the limiter for four units with ``at_least=1``, sending as many items as it was granted units
-when that is fewer than four, and one round (as many items as units) once ``rate_bound`` holds when
-``short_batches_on_a_rate`` is set; refused items wait their Retry-After and go again.
+when that is fewer than four, and one round (as many items as units) once ``rate_bound`` holds and the
+limit is below the ceiling, when ``short_batches_on_a_rate`` is set; refused items wait their Retry-After
+and go again.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def simulate_batches(
                 due += 1
             ticket = limiter.acquire(LANES, at_least=1)
             items = BATCH if ticket.weight == LANES else ticket.weight
-            if short_batches_on_a_rate and limiter.rate_bound:
+            if short_batches_on_a_rate and limiter.rate_bound and limiter.limit < limiter.ceiling:
                 items = ticket.weight
             for _ in range(max(0, due - items)):  # taken but not sent: first in line again
                 heapq.heappush(retries, clock.now)
