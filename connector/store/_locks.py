@@ -426,8 +426,9 @@ def _refusal(name: str, who: str) -> str:
 
 def table_lock_holders(engine: Engine, tables: list[str]) -> str | None:
     """Who holds locks on ``tables`` of a PostgreSQL store in a transaction begun a ``lock_timeout`` (the
-    store's sessions') or more ago: what a run stopped by that timeout says (None: nobody found, or the
-    query failed).
+    store's sessions') or more ago, or since a time this role may not see (another role's session, a
+    DBA's ``VACUUM FULL``, without ``pg_read_all_stats``): what a run stopped by that timeout says (None:
+    nobody found, or the query failed).
 
     Why: once the run's wait is over, ``pg_blocking_pids()`` of its pid names nobody, and the operator
     is left to search ``pg_stat_activity``. A session whose transaction is older than the wait held
@@ -441,9 +442,9 @@ def table_lock_holders(engine: Engine, tables: list[str]) -> str | None:
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation "
         "WHERE l.granted AND l.locktype = 'relation' AND c.relname = ANY(:tables) AND a.pid <> pg_backend_pid() "
         "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-        "AND a.xact_start <= now() - current_setting('lock_timeout')::interval "
+        "AND (a.xact_start IS NULL OR a.xact_start <= now() - current_setting('lock_timeout')::interval) "
         "GROUP BY a.pid, a.usename, a.application_name, a.client_addr, a.state, a.xact_start "
-        "ORDER BY a.xact_start LIMIT 3"
+        "ORDER BY a.xact_start NULLS LAST LIMIT 3"
     )
     try:
         with engine.connect() as conn:
@@ -459,8 +460,17 @@ def table_lock_holders(engine: Engine, tables: list[str]) -> str | None:
     )
 
 
-def _lock_holder(pid: int, user: str, app: str, addr: str | None, state: str, since: float, locks: str) -> str:
-    """One session holding a lock on the store's tables, as :func:`table_lock_holders` names it."""
-    started = local_time(float(since))
+def _lock_holder(
+    pid: int, user: str, app: str | None, addr: str | None, state: str | None, since: float | None, locks: str
+) -> str:
+    """One session holding a lock on the store's tables, as :func:`table_lock_holders` names it.
+
+    Another role's session shows no state, address or start to a role without ``pg_read_all_stats``
+    (PostgreSQL hides them): it is named all the same, with what to grant to see the rest.
+    """
     where = f", from {addr}" if addr else ""
+    if state is None or since is None:
+        hidden = "its state is hidden from this role: GRANT pg_read_all_stats TO it to see more"
+        return f"pid {pid} (user {user}, application {app or '-'}{where}, {locks}; {hidden})"
+    started = local_time(float(since))
     return f"pid {pid} (user {user}, application {app or '-'}{where}, {state} since {started}, {locks})"

@@ -252,6 +252,44 @@ def _assert_blocked_by_a_forgotten_transaction(world: World) -> None:
     assert world.run("ad-full").status == "success"  # the next run goes on once the transaction ended
 
 
+def test_a_lock_another_role_holds_is_named_to_a_store_role_that_may_not_see_its_state(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found (QA): mvsync's own role, as the README has a DBA make it (no superuser, no
+    pg_read_all_stats), sees no ``xact_start`` of another role's session, so a DBA's ``VACUUM FULL``
+    (ACCESS EXCLUSIVE, here held by the superuser in a transaction) was filtered out and the run said
+    nothing of who held the lock. It is now named, with what to grant to see the rest."""
+    monkeypatch.setattr(sql_store, "BUSY_TIMEOUT_S", 1.0)  # read by each new session: 30 s in real runs
+    assert world.run("ad-full").status == "success"  # the tables exist, made by the DBA's role
+    url = make_url(world.config.store_url())
+    role, password = f"store_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    dba = create_engine(url, isolation_level="AUTOCOMMIT")
+    with dba.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    store_url = url.set(username=role, password=password).render_as_string(hide_password=False)
+    engine = Engine(make_config(tmp_path, world.prefix, store_url, run_profiles=PROFILES))
+    holder = create_engine(url, connect_args={"application_name": "vacuum-by-hand"}).connect()
+    try:
+        holder.execute(text("LOCK TABLE cs_object IN ACCESS EXCLUSIVE MODE"))  # what VACUUM FULL takes
+        pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with pytest.raises(StoreBusyError) as caught:
+            engine.run_profile("ad-full")
+    finally:
+        holder.rollback()
+        holder.close()
+        engine.close()
+        with dba.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        dba.dispose()
+    message = str(caught.value)
+    assert f"held by pid {pid} (user {url.username}, application vacuum-by-hand, " in message, message
+    assert "AccessExclusiveLock on cs_object" in message and "GRANT pg_read_all_stats TO it" in message
+    assert password not in message and "\n" not in message
+
+
 def test_a_lock_wait_under_a_shorter_statement_timeout_stops_as_busy_naming_who_holds_it(world: World) -> None:
     """Found: where the DBA set a statement_timeout for mvsync's role or database (here 2 s) below the
     lock timeout (30 s), a run blocked by a forgotten transaction's row lock was canceled by the
