@@ -262,6 +262,20 @@ _SESSION_ENDED_PHRASES = (
     "consuming input failed",
 )
 
+#: What to do when store.url's host and port answer, but not as PostgreSQL does (an HTTP or SSH server there).
+_NOT_POSTGRESQL = (
+    "the service at that host and port is not PostgreSQL (its first answer is none PostgreSQL sends: a web, SSH "
+    "or other server listens there): correct the host or port in store.url (PostgreSQL's is 5432 unless set "
+    "otherwise) and check it with pg_isready -h HOST -p PORT"
+)
+
+#: How libpq says that the first answer to its connection request was not PostgreSQL's.
+_NOT_POSTGRESQL_PHRASES = (
+    "received invalid response to SSL negotiation",
+    "received invalid response to GSSAPI negotiation",
+    "expected authentication request from server",
+)
+
 #: How many sessions a run holds, for the advice on a connection limit: one for each of its locks, which
 #: lives as long as its session (see ``_locks``), and one for its units of work.
 _RUN_SESSIONS = (
@@ -293,6 +307,7 @@ _SERVER_LIMIT_ADVICE = (
 #: port, user and database (the store's URL, password masked); this says what to change. A phrase not
 #: here (another language, another cause) keeps libpq's message alone.
 _CONNECTION_ADVICE: tuple[tuple[str, str], ...] = (
+    *((phrase, _NOT_POSTGRESQL) for phrase in _NOT_POSTGRESQL_PHRASES),
     *((phrase, _SESSION_ENDED) for phrase in _SESSION_ENDED_PHRASES),
     (
         "password authentication failed",

@@ -31,7 +31,7 @@ from connector.store import _faults, _sql
 from tests.cli._configs import generated_pair
 from tests.engine.conftest import World, add_users
 from tests.harness.crash import mvsync_child, mvsync_command
-from tests.harness.sockets import silent_server
+from tests.harness.sockets import handing_to, silent_server
 
 runner = CliRunner()
 
@@ -805,6 +805,32 @@ def test_a_postgresql_host_that_never_answers_stops_within_the_urls_connect_time
             assert f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync" in said
             assert "no answer within 2 s" in said and "pg_isready" in said and "connect_timeout=SECONDS" in said
             assert "pw-never-shown" not in out + err and "Traceback" not in out + err
+
+
+def _web_server(conn: socket.socket) -> None:
+    """What an HTTP server answers a request it cannot read (libpq's first packet)."""
+    conn.recv(1024)
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def _ssh_server(conn: socket.socket) -> None:
+    """What an SSH server sends first, before reading anything."""
+    conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+    conn.recv(1024)
+
+
+@pytest.mark.parametrize("service", [_web_server, _ssh_server], ids=["web", "ssh"])
+def test_a_postgresql_url_whose_port_is_another_service_says_so(tmp_path: Path, service: Any) -> None:
+    """Found (QA): store.url with the port of a web or SSH server gave libpq's words alone ("received
+    invalid response to SSL negotiation: H"), or, for SSH, that the server ended the session in a restart
+    or failover: a wrong port sent the operator looking at a healthy PostgreSQL."""
+    with handing_to(service) as port:
+        url = f"postgresql+psycopg://mvsync:pw-never-shown@127.0.0.1:{port}/mvsync?connect_timeout=10"
+        code, out, err = invoke("history", "list", "-c", str(_postgresql_config(tmp_path, url)))
+    assert code == 4, (out, err)
+    assert f"cannot use the store postgresql+psycopg://mvsync:***@127.0.0.1:{port}/mvsync" in err
+    assert "the service at that host and port is not PostgreSQL" in err and "correct the host or port" in err
+    assert "failover" not in err and "pw-never-shown" not in err and "Traceback" not in err
 
 
 def test_a_postgresql_connection_attempt_is_bounded_without_a_connect_timeout_in_the_url(
