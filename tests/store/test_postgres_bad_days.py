@@ -11,6 +11,7 @@ connector's page hook), on a real server:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import URL, create_engine, make_url, text
 
 import connector.store._sql as sql_store
 from connector.engine import Engine
@@ -262,28 +263,18 @@ def test_a_lock_another_role_holds_is_named_to_a_store_role_that_may_not_see_its
     monkeypatch.setattr(sql_store, "BUSY_TIMEOUT_S", 1.0)  # read by each new session: 30 s in real runs
     assert world.run("ad-full").status == "success"  # the tables exist, made by the DBA's role
     url = make_url(world.config.store_url())
-    role, password = f"store_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    dba = create_engine(url, isolation_level="AUTOCOMMIT")
-    with dba.connect() as conn:
-        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
-        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
-        conn.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
-    store_url = url.set(username=role, password=password).render_as_string(hide_password=False)
-    engine = Engine(make_config(tmp_path, world.prefix, store_url, run_profiles=PROFILES))
-    holder = create_engine(url, connect_args={"application_name": "vacuum-by-hand"}).connect()
-    try:
-        holder.execute(text("LOCK TABLE cs_object IN ACCESS EXCLUSIVE MODE"))  # what VACUUM FULL takes
-        pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        with pytest.raises(StoreBusyError) as caught:
-            engine.run_profile("ad-full")
-    finally:
-        holder.rollback()
-        holder.close()
-        engine.close()
-        with dba.connect() as conn:
-            conn.execute(text(f"DROP OWNED BY {role}"))
-            conn.execute(text(f"DROP ROLE {role}"))
-        dba.dispose()
+    with _role(url, "SELECT, INSERT, UPDATE, DELETE", "USAGE") as (store_url, password):
+        engine = Engine(make_config(tmp_path, world.prefix, store_url, run_profiles=PROFILES))
+        holder = create_engine(url, connect_args={"application_name": "vacuum-by-hand"}).connect()
+        try:
+            holder.execute(text("LOCK TABLE cs_object IN ACCESS EXCLUSIVE MODE"))  # what VACUUM FULL takes
+            pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with pytest.raises(StoreBusyError) as caught:
+                engine.run_profile("ad-full")
+        finally:
+            holder.rollback()
+            holder.close()
+            engine.close()
     message = str(caught.value)
     assert f"held by pid {pid} (user {url.username}, application vacuum-by-hand, " in message, message
     assert "AccessExclusiveLock on cs_object" in message and "GRANT pg_read_all_stats TO it" in message
@@ -350,15 +341,29 @@ def test_a_read_only_database_is_found_by_doctor_and_stops_a_run_with_what_to_do
         dba.dispose()
 
 
-def test_a_role_without_write_grants_is_found_by_doctor_and_named_by_the_run(world: World, tmp_path: Path) -> None:
-    url = make_url(world.config.store_url())
-    role, password = f"reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+@contextlib.contextmanager
+def _role(url: URL, table_grants: str, sequence_grants: str | None = None) -> Iterator[tuple[str, str]]:
+    """A new login role (no superuser, no pg_read_all_stats: as the README has a DBA make mvsync's) with
+    ``table_grants`` on the tables there are: its store URL and password; dropped at the end."""
+    role, password = f"store_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     dba = create_engine(url, isolation_level="AUTOCOMMIT")
     with dba.connect() as conn:
         conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
-        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT {table_grants} ON ALL TABLES IN SCHEMA public TO {role}"))
+        if sequence_grants:
+            conn.execute(text(f"GRANT {sequence_grants} ON ALL SEQUENCES IN SCHEMA public TO {role}"))
     try:
-        reader = url.set(username=role, password=password).render_as_string(hide_password=False)
+        yield url.set(username=role, password=password).render_as_string(hide_password=False), password
+    finally:
+        with dba.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        dba.dispose()
+
+
+def test_a_role_without_write_grants_is_found_by_doctor_and_named_by_the_run(world: World, tmp_path: Path) -> None:
+    url = make_url(world.config.store_url())
+    with _role(url, "SELECT") as (reader, password):
         config = make_config(tmp_path, world.prefix, reader, run_profiles=PROFILES)
         found = _writable(config)
         assert found.severity == "error" and "this role may not write agent_data, agent_state, blob" in found.message
@@ -369,15 +374,11 @@ def test_a_role_without_write_grants_is_found_by_doctor_and_named_by_the_run(wor
                 engine.run_profile("ad-full")
         finally:
             engine.close()
-        with dba.connect() as conn:  # the grants the README gives make it a working role
+        role = make_url(reader).username
+        with create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:  # the README's grants: a working role
             conn.execute(text(f"GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
             conn.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
         assert _writable(config).severity == "ok"
-    finally:
-        with dba.connect() as conn:
-            conn.execute(text(f"DROP OWNED BY {role}"))
-            conn.execute(text(f"DROP ROLE {role}"))
-        dba.dispose()
 
 
 def _keepalives(store: SqlStore) -> dict[str, str]:
