@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.net import https_url
+from connector.net import authority_tenant_conflict, https_url
 from connector.sdk import ConnectorSettings
 
 __all__ = ["HD_PHOTO_SIZES", "ExchangeOnlineSettings"]
@@ -132,6 +132,12 @@ class ExchangeOnlineSettings(ConnectorSettings):
         if self.client_secret is not None and self.client_certificate is not None:
             msg = "give client_secret or client_certificate, not both"
             raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _one_tenant(self) -> ExchangeOnlineSettings:
+        if conflict := authority_tenant_conflict(self.authority, self.tenant_id):
+            raise ValueError(conflict)
         return self
 
     @property

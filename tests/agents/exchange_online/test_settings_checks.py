@@ -1,0 +1,105 @@
+"""The Exchange Online agent's settings as the CLI checks them before it contacts anything: a tenant_id the
+authority contradicts, the schema without the agent's secrets, the token cache key's sources, doctor in app mode."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from connector.agents.exchange_server import ExchangeServerSettings
+from connector.demo import dump_toml
+from connector.net import authority_tenant_conflict
+from tests.cli._configs import invoke
+
+TENANT_A = "0b7c3d4e-1111-4222-8333-944455566677"
+TENANT_B = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+def _write(root: Path, settings: dict[str, Any], **agents: dict[str, Any]) -> Path:
+    """``root/mvsync.toml`` with the agent ``exo`` of ``settings`` (and ``agents``), and a profile ``imp``."""
+    config = {
+        "data_dir": "data",
+        "store": {"url": "sqlite:///store.db"},
+        "metaverse": {"schema": "person"},
+        "agents": {"exo": {"type": "exchange-online-photos", "settings": settings}, **agents},
+        "run_profiles": {"imp": {"steps": [{"type": "full-import", "agent": "exo"}]}},
+    }
+    path = root / "mvsync.toml"
+    path.write_text(dump_toml(config), encoding="utf-8")
+    return path
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (a request there would fail: connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("authority", "tenant_id", "contradicts"),
+    [
+        (f"https://login.microsoftonline.com/{TENANT_A}", TENANT_B, True),
+        (f"https://login.microsoftonline.com/{TENANT_A}/v2.0", TENANT_B, True),
+        (f"https://login.microsoftonline.us/{TENANT_A}", TENANT_B, True),  # US Government
+        (f"https://login.chinacloudapi.cn/{TENANT_A}", TENANT_B, True),  # operated by 21Vianet
+        (f"https://login.microsoftonline.com/{TENANT_A}", TENANT_A.upper(), False),
+        (f"https://login.microsoftonline.us/{TENANT_A}", TENANT_A, False),
+        ("https://login.microsoftonline.com/common", TENANT_B, False),
+        ("https://login.microsoftonline.com/organizations", TENANT_B, False),
+        ("https://login.microsoftonline.com/consumers", TENANT_B, False),
+        ("https://login.microsoftonline.com/contoso.onmicrosoft.com", TENANT_B, False),  # a domain: which tenant?
+        (f"https://login.microsoftonline.com/{TENANT_A}", "contoso.com", False),
+        ("https://login.microsoftonline.com/contoso.com", "contoso.onmicrosoft.com", False),  # maybe one tenant
+        ("https://contoso.b2clogin.com/tfp/contoso.onmicrosoft.com/B2C_1_signin", TENANT_B, False),
+        ("https://adfs.contoso.com/adfs", TENANT_B, False),
+        (f"https://{TENANT_A}.ciamlogin.com", TENANT_B, False),  # the tenant in the host name: not read
+        ("https://login.microsoftonline.com", TENANT_B, False),
+    ],
+)
+def test_only_two_different_tenant_ids_are_a_contradiction(authority: str, tenant_id: str, contradicts: bool) -> None:
+    said = authority_tenant_conflict(authority, tenant_id)
+    assert (said is not None) == contradicts, said
+    if said is not None:
+        assert f"tenant_id {tenant_id}" in said and f"authority {authority}" in said and TENANT_A in said
+
+
+def test_a_tenant_id_the_authority_contradicts_is_a_configuration_error_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by QA: authority naming tenant A and tenant_id tenant B were accepted; the token came from A
+    while the agent named itself by B. Now every command refuses the settings (exit 2) naming both keys
+    and both values, before it sends anything: the authority here is a closed port, which a request
+    would have met as an outage (exit 4)."""
+    monkeypatch.delenv("MVSYNC_TOKEN_CACHE_KEY", raising=False)
+    authority = f"https://127.0.0.1:{_closed_port()}/{TENANT_A}"
+    settings = {"tenant_id": TENANT_B, "client_id": "app", "authority": authority, "instance_discovery": False}
+    config = _write(tmp_path, {**settings, "auth_mode": "app", "client_secret": {"env": "EXO_SECRET"}})
+    for command in (["auth", "status", "exo"], ["run", "imp"]):
+        code, out, err = invoke(*command, "-c", str(config), env={"EXO_SECRET": "not-the-point"})
+        said = " ".join(err.split())
+        assert code == 2, out + err
+        assert f"agents.exo.settings: tenant_id {TENANT_B} and authority {authority} name different tenants" in said
+        assert f"(the authority's is {TENANT_A})" in said and "cannot reach" not in said
+        assert "Traceback" not in out + err and "not-the-point" not in out + err
+
+
+def test_the_exchange_server_agent_refuses_the_same_contradiction() -> None:
+    """Its hybrid modern authentication (auth = "oauth") takes tenant_id and authority the same way."""
+    settings = {
+        "ews_url": "https://mail.contoso.com/EWS/Exchange.asmx",
+        "auth": "oauth",
+        "tenant_id": TENANT_B,
+        "client_id": "app",
+        "client_secret": "not-the-point",
+        "mailboxes": ["a@contoso.com"],
+    }
+    ExchangeServerSettings.model_validate({**settings, "authority": f"https://login.microsoftonline.com/{TENANT_B}"})
+    with pytest.raises(ValidationError, match=f"tenant_id {TENANT_B} and authority .* name different tenants"):
+        ExchangeServerSettings.model_validate(
+            {**settings, "authority": f"https://login.microsoftonline.com/{TENANT_A}"}
+        )
