@@ -3,6 +3,7 @@ authority contradicts, the schema without the agent's secrets, the token cache k
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,50 @@ def test_the_exchange_server_agent_refuses_the_same_contradiction() -> None:
         ExchangeServerSettings.model_validate(
             {**settings, "authority": f"https://login.microsoftonline.com/{TENANT_A}"}
         )
+
+
+def _attributes(out: str) -> dict[str, dict[str, Any]]:
+    """The attributes of the one object class in ``mvsync schema --json``'s output, by name."""
+    [object_class] = json.loads(out)["object_classes"]
+    return {attribute["name"]: attribute for attribute in object_class["attributes"]}
+
+
+def test_the_schema_prints_without_the_settings_it_does_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by QA: `mvsync schema exo` resolved every setting of the agent first (the tenant's variables,
+    the client secret's file), none of which its schema reads, and stopped with exit 2 where they were not
+    in place (a workstation writing the rules). Now it reads what the schema depends on alone: nothing for
+    exo, extra_attributes for ad, which is named when it cannot be resolved or parsed."""
+    for name in ("MVSYNC_EXO_TENANT_ID", "MVSYNC_EXO_CLIENT_ID", "MVSYNC_TOKEN_CACHE_KEY", "MVSYNC_AD_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    exo = {
+        "tenant_id": {"env": "MVSYNC_EXO_TENANT_ID"},
+        "client_id": {"env": "MVSYNC_EXO_CLIENT_ID"},
+        "auth_mode": "app",
+        "client_secret": {"file": "secrets/exo-secret"},  # not there
+        "token_cache_key_file": "secrets/cache.key",  # not there either
+    }
+    ad: dict[str, Any] = {
+        "host": "dc1.contoso.com",
+        "bind_dn": "CONTOSO\\svc-mvsync",
+        "password": {"env": "MVSYNC_AD_PASSWORD"},
+        "base_dns": ["OU=People,DC=contoso,DC=com"],
+        "extra_attributes": ["employeeID", "proxyAddresses|string[]"],
+    }
+    config = _write(tmp_path, exo, ad={"type": "active-directory", "settings": ad})
+    code, out, err = invoke("schema", "exo", "-c", str(config), "--json")
+    assert code == 0, out + err
+    assert {"id", "mail", "EXOPhoto"} <= set(_attributes(out))
+    code, out, err = invoke("schema", "ad", "-c", str(config), "--json")
+    assert code == 0, out + err
+    shown = _attributes(out)
+    assert "employeeID" in shown and shown["proxyAddresses"]["multivalued"]
+
+    for extra, named in (
+        ({"env": "AD_EXTRA_UNSET"}, "extra_attributes: environment variable AD_EXTRA_UNSET is not set"),
+        (["bad name|string"], "extra_attributes.name: String should match pattern"),
+    ):
+        config = _write(tmp_path, exo, ad={"type": "active-directory", "settings": {**ad, "extra_attributes": extra}})
+        code, out, err = invoke("schema", "ad", "-c", str(config))
+        assert code == 2 and f"{config}: agents.ad.settings.{named}" in " ".join(err.split()), out + err
