@@ -370,6 +370,8 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
                 if problem
                 else Finding("config", check, "ok", f"{path} is valid")
             )
+        for field_name, why in connector.settings.unused_settings().items():
+            found.append(Finding("config", f"{where}.settings.{field_name}", "ok", f"not used: {why}"))
         trust = trust_problem(connector.settings)
         if trust:  # every request would meet it first: the agent is not contacted
             found.append(Finding("config", f"{where}.trust", "error", trust))

@@ -149,9 +149,10 @@ def setting_paths(settings: Any, agent: str = "") -> Iterator[tuple[str, Path, s
     readable, or creatable if it does not exist yet (an output). ``agent``: its name, for the command
     that makes a missing key file (``_key_problem``).
     """
+    unused = settings.unused_settings()  # a file nothing reads is neither checked nor required
     for name, info in type(settings).model_fields.items():
         path = getattr(settings, name, None)
-        if not isinstance(path, Path):
+        if not isinstance(path, Path) or name in unused:
             continue
         lowered = name.lower()
         if "ca" in lowered.split("_") or "cert" in lowered:

@@ -51,6 +51,14 @@ class ConnectorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def unused_settings(self) -> dict[str, str]:
+        """The settings given that this configuration does not read, each with why (a key file when the
+        key comes from elsewhere). Why: the checks before a run and ``mvsync doctor`` check the files
+        settings name (``connector.engine.setting_paths``), and a file nothing reads must not stop a run
+        or be reported missing with the command that makes it. None, unless a connector says so.
+        """
+        return {}
+
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from connector.agents.exchange_server import ExchangeServerSettings
-from connector.demo import dump_toml
+from connector.demo import dump_toml, write_secret
+from connector.emulator import exo_agent_settings
 from connector.net import authority_tenant_conflict
 from tests.cli._configs import invoke
 
@@ -151,3 +153,43 @@ def test_the_schema_prints_without_the_settings_it_does_not_read(
         config = _write(tmp_path, exo, ad={"type": "active-directory", "settings": {**ad, "extra_attributes": extra}})
         code, out, err = invoke("schema", "ad", "-c", str(config))
         assert code == 2 and f"{config}: agents.ad.settings.{named}" in " ".join(err.split()), out + err
+
+
+def _emulated(emu: Any, root: Path, **settings: Any) -> Path:
+    """``root/mvsync.toml``: the agent ``exo`` on the emulator, its refresh token in an owner-only file."""
+    token = write_secret(root / "secrets" / "refresh-token", emu.info["refresh_token"])
+    return _write(root, exo_agent_settings(emu.info, refresh_token={"file": str(token)}, **settings))
+
+
+def _doctor(config: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """``mvsync doctor``'s exit code and its findings about the configuration, by check."""
+    code, out, err = invoke("doctor", "-c", str(config), "--json")
+    assert "Traceback" not in out + err, out + err
+    return code, {f["check"]: f for f in json.loads(out)["findings"] if f["area"] == "config"}
+
+
+def test_the_token_cache_key_in_the_environment_wins_over_a_key_file_that_is_not_there(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by QA: with MVSYNC_TOKEN_CACHE_KEY set, a run was refused before its first step because the
+    configured token_cache_key_file did not exist, though the key in use is the variable's (it wins).
+    Now a file that is not read is not required; doctor says why; without the variable it still is."""
+    emu = make_emulator(users=5)
+    config = _emulated(emu, tmp_path, token_cache_key_file="secrets/cache.key")
+    monkeypatch.setenv("MVSYNC_TOKEN_CACHE_KEY", Fernet.generate_key().decode())
+    code, out, err = invoke("run", "imp", "-c", str(config))
+    assert code == 0, out + err
+    assert not (tmp_path / "secrets" / "cache.key").exists()
+    code, findings = _doctor(config)
+    key_file = findings["agents.exo.settings.token_cache_key_file"]
+    assert key_file["severity"] == "ok", key_file
+    assert key_file["message"] == (
+        "not used: the environment variable MVSYNC_TOKEN_CACHE_KEY (token_cache_key_env) is set: its key is used"
+    )
+    assert findings["agents.exo.token-cache"]["severity"] == "ok" and code == 0, findings
+
+    monkeypatch.delenv("MVSYNC_TOKEN_CACHE_KEY")
+    code, out, err = invoke("run", "imp", "-c", str(config))
+    said = " ".join(err.split())
+    assert code == 2 and "agents.exo.settings.token_cache_key_file: " in said, out + err
+    assert "cache.key does not exist: run `mvsync auth login exo`, which creates it" in said
