@@ -193,3 +193,34 @@ def test_the_token_cache_key_in_the_environment_wins_over_a_key_file_that_is_not
     said = " ".join(err.split())
     assert code == 2 and "agents.exo.settings.token_cache_key_file: " in said, out + err
     assert "cache.key does not exist: run `mvsync auth login exo`, which creates it" in said
+
+
+def test_doctor_says_the_token_cache_check_does_not_apply_in_app_mode(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by QA: in app mode (client credentials, no token cache) doctor's token-cache check failed
+    with the credential's refusal, as if a cache were at fault, and a token_cache_key_file left in the
+    settings was an error saying to run `mvsync auth login`, which refuses app mode (after creating that
+    key file for nothing). Now the check says it does not apply, the credential's refusal is reachable's
+    alone, the key file is not used, and auth login says there is nothing to sign in before it writes."""
+    monkeypatch.delenv("MVSYNC_TOKEN_CACHE_KEY", raising=False)
+    emu = make_emulator(users=5)
+    wrong = write_secret(tmp_path / "secrets" / "exo-secret", "not-the-secret")
+    config = _emulated(
+        emu, tmp_path, auth_mode="app", client_secret={"file": str(wrong)}, token_cache_key_file="secrets/cache.key"
+    )
+    code, findings = _doctor(config)
+    assert code == 6
+    assert [check for check, f in findings.items() if f["severity"] != "ok"] == ["agents.exo.reachable"]
+    assert "AADSTS7000215" in findings["agents.exo.reachable"]["message"]
+    assert findings["agents.exo.token-cache"]["message"] == (
+        "does not apply: auth_mode is 'app': no token cache is kept (each process gets its token with the credential)"
+    )
+    assert findings["agents.exo.settings.token_cache_key_file"]["message"] == (
+        "not used: auth_mode is 'app': no token cache is kept, so no key is read"
+    )
+
+    code, out, err = invoke("auth", "login", "exo", "-c", str(config))
+    said = " ".join(err.split())
+    assert code == 2 and "agents.exo.settings.auth_mode: auth_mode is 'app': there is nothing to sign in" in said, out
+    assert not (tmp_path / "secrets" / "cache.key").exists()
