@@ -28,7 +28,8 @@ Store checks (read-only, in bounded pages, so they run on a production-size stor
 
 Configuration checks: the rules validate; each agent's connector instantiates with its settings;
 certificate files named by settings (``*ca_file*``, ``*cert*``) are readable, parse, and have not
-expired; the agent's token cache (where it has one) is readable; and ``connector.check()``
+expired; the agent's token cache (where it has one: not in app mode, whose check says it does not apply)
+is readable; and ``connector.check()``
 reaches the directory (skipped with ``connect=False``).
 
 Exit codes (``mvsync doctor``): 0 nothing wrong (warnings allowed), :data:`EXIT_PROBLEMS` (6)
@@ -370,6 +371,8 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
                 if problem
                 else Finding("config", check, "ok", f"{path} is valid")
             )
+        for field_name, why in connector.settings.unused_settings().items():
+            found.append(Finding("config", f"{where}.settings.{field_name}", "ok", f"not used: {why}"))
         trust = trust_problem(connector.settings)
         if trust:  # every request would meet it first: the agent is not contacted
             found.append(Finding("config", f"{where}.trust", "error", trust))
@@ -380,23 +383,8 @@ def check_config(config: MvsyncConfig, *, connect: bool = True) -> list[Finding]
 
 
 def _connect_findings(connector: Any, where: str) -> list[Finding]:
-    """The token cache (where the agent has one: ``.auth.status()``) and ``connector.check()``."""
-    found: list[Finding] = []
-    try:  # the agent's sign-in, built on first use: its token cache may be unreadable
-        status = getattr(getattr(connector, "auth", None), "status", None)
-    except Exception as exc:
-        found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
-        status = None
-    if callable(status):
-        try:
-            st = status()
-            ok = bool(getattr(st, "token_ok", getattr(st, "ok", False)))
-            detail = str(getattr(st, "detail", ""))
-            found.append(
-                Finding("config", f"{where}.token-cache", "ok" if ok else "error", detail or "token cache readable")
-            )
-        except Exception as exc:
-            found.append(Finding("config", f"{where}.token-cache", "error", f"{type(exc).__name__}: {exc}"))
+    """The token cache (``_token_cache``) and ``connector.check()``."""
+    found: list[Finding] = [] if (cache := _token_cache(connector, f"{where}.token-cache")) is None else [cache]
     try:
         result = connector.check()
         severity: Severity = ("warning" if result.warning else "ok") if result.ok else "error"
@@ -411,6 +399,28 @@ def _connect_findings(connector: Any, where: str) -> list[Finding]:
         except Exception:  # closing a connector that never opened must not hide the verdict
             pass
     return found
+
+
+def _token_cache(connector: Any, check: str) -> Finding | None:
+    """The agent's token cache, where it has one (``.auth.status()``); None for an agent that signs in to
+    nothing. An agent in a mode without one (``.auth.without_cache``: app-only credentials) is said not to
+    apply: its credential is ``reachable``'s to check, and was reported here too, as a cache's failure."""
+    try:  # the agent's sign-in, built on first use: its token cache may be unreadable
+        auth = getattr(connector, "auth", None)
+    except Exception as exc:
+        return Finding("config", check, "error", f"{type(exc).__name__}: {exc}")
+    without = getattr(auth, "without_cache", None)
+    if isinstance(without, str):
+        return Finding("config", check, "ok", f"does not apply: {without}")
+    status = getattr(auth, "status", None)
+    if not callable(status):
+        return None
+    try:
+        st = status()
+    except Exception as exc:
+        return Finding("config", check, "error", f"{type(exc).__name__}: {exc}")
+    ok = bool(getattr(st, "token_ok", getattr(st, "ok", False)))
+    return Finding("config", check, "ok" if ok else "error", str(getattr(st, "detail", "")) or "token cache readable")
 
 
 def _demo_aware(findings: list[Finding], offline: bool) -> list[Finding]:

@@ -34,6 +34,7 @@ __all__ = [
     "SSL_CERT_FILE",
     "AnswerClock",
     "RefusedEverywhere",
+    "authority_tenant_conflict",
     "ca_bundle_key",
     "certificate_out_of_date",
     "check_trust_environment",
@@ -272,6 +273,35 @@ def unusable_authority(authority: str, exc: ValueError, key: str = "authority") 
     when its app is made, which for an agent is inside the first request to the service: left alone,
     a traceback and stopped-connector-exception, with nothing said of the setting to fix."""
     return ConfigurationError(f"cannot use authority {authority}: {exc}", key=key)
+
+
+#: A tenant id as Entra ID writes it (a GUID), the only form two spellings of one tenant cannot differ in.
+_TENANT_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def authority_tenant_conflict(authority: str | None, tenant_id: str | None) -> str | None:
+    """Why ``authority`` and ``tenant_id`` name two different tenants, or None when they may name one
+    (or either is not set).
+
+    Why: the token then comes from the authority's tenant while the agent names itself by tenant_id (the
+    limiter it shares with its other runs), and whichever of the two is wrong, nothing said so. Only two
+    tenant ids (GUIDs) that differ are a contradiction: the tenant segment of an Entra authority is the
+    URL's first path segment, in the public and the sovereign clouds alike (login.microsoftonline.us,
+    login.chinacloudapi.cn); ``common``, ``organizations`` and ``consumers`` name no tenant; a domain name
+    may be any of a tenant's verified domains, which only Entra ID knows; a B2C (``/tfp/..``) or AD FS
+    (``/adfs``) authority says its tenant elsewhere or not at all. A settings validator raises the text.
+    """
+    if not authority or not tenant_id:
+        return None
+    segment = urlsplit(authority).path.strip("/").split("/")[0]
+    tenant = tenant_id.strip()
+    if not (_TENANT_GUID.fullmatch(segment) and _TENANT_GUID.fullmatch(tenant)) or segment.lower() == tenant.lower():
+        return None
+    return (
+        f"tenant_id {tenant} and authority {authority} name different tenants (the authority's is {segment}): "
+        "both must name the tenant whose mailboxes are synchronized; correct the one that is wrong (without "
+        "authority, the default is https://login.microsoftonline.com/<tenant_id>)"
+    )
 
 
 def entra_refusal(result: Mapping[str, Any]) -> str:

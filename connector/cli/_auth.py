@@ -48,12 +48,10 @@ def _agent_auth(config: Path, agent: str, *, signing_in: bool) -> tuple[MvsyncCo
         raise fail(f"agent {agent!r} (type {cfg.agents[agent].type}) does not sign in to anything", EXIT_CONFIG)
     settings = connector.settings
     key_file = settings.token_cache_key_file
-    if signing_in and key_file is not None and not key_file.exists():
-        import os
-
-        if not os.environ.get(settings.token_cache_key_env):
-            generate_key_file(key_file)
-            err_console.print(f"created the token cache key file {key_file} (owner only): back it up")
+    key_file_used = "token_cache_key_file" not in settings.unused_settings()
+    if signing_in and key_file is not None and not key_file.exists() and key_file_used:
+        generate_key_file(key_file)
+        err_console.print(f"created the token cache key file {key_file} (owner only): back it up")
     # the checks a run makes before its first step: a CA file missing is the setting's fault (exit 2),
     # not the authority's outage (exit 4), and is said before anything is sent
     problems = [

@@ -250,10 +250,9 @@ def schema(
     json_out: JsonOption = False,
 ) -> None:
     """Show an agent's connector schema (object classes, anchors, attributes)."""
-    from connector.engine import open_connector
+    from connector.engine import agent_schema
 
-    conn = open_connector(_config(config), agent)
-    result = conn.get_schema()
+    result = agent_schema(_config(config), agent)
     if json_out:
         print_json(result.model_dump(mode="json"))
         return

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError, create_model
 
 from connector.config._hints import did_you_mean, toml_key
 from connector.config._models import MvsyncConfig, beside_config
@@ -229,9 +229,20 @@ def refuse_escaped_path(value: Any, where: str) -> None:
 
 
 def validate_settings(
-    model: type[BaseModel], raw: dict[str, Any], *, key: str, file: Path | None, base_dir: Path
+    model: type[BaseModel],
+    raw: dict[str, Any],
+    *,
+    key: str,
+    file: Path | None,
+    base_dir: Path,
+    only: tuple[str, ...] | None = None,
 ) -> BaseModel:
-    """Validate an agent's raw settings against its connector's settings model."""
+    """Validate an agent's raw settings against its connector's settings model; ``only``: just these
+    settings, the others neither read nor resolved (``_part_of``), for ``mvsync schema``."""
+    if only is not None:
+        model = _part_of(model, only)
+        known = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
+        raw = {name: value for name, value in raw.items() if name in known}
     for name in secret_fields(model):
         if name in raw and not _is_ref(raw[name]) and raw[name] is not None:
             msg = (
@@ -250,6 +261,14 @@ def validate_settings(
         return model.model_validate(resolved)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, file=file, prefix=key, model=model)) from None
+
+
+def _part_of(model: type[BaseModel], names: tuple[str, ...]) -> type[BaseModel]:
+    """``model`` with only the fields ``names``, each with its type, default and constraints, and the
+    validators its type carries (``Annotated``); not the model's own validators, which may read the
+    fields left out."""
+    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in model.model_fields.items() if n in names}
+    return create_model(f"{model.__name__}Part", __config__=model.model_config, **fields)
 
 
 def load_config(path: Path | str) -> MvsyncConfig:

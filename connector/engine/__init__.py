@@ -9,6 +9,7 @@ from connector.engine._abandoned import (
     unrecorded_message,
 )
 from connector.engine._agents import (
+    agent_schema,
     export_scope,
     load_metaverse_schema,
     open_connector,
@@ -47,6 +48,7 @@ __all__ = [
     "StepStopped",
     "StreamPager",
     "abandoned_runs",
+    "agent_schema",
     "ended_unrecorded",
     "export_scope",
     "import_in_memory",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from connector.config import (
     ConfigError,
@@ -37,6 +37,7 @@ from connector.sdk import (
 )
 
 __all__ = [
+    "agent_schema",
     "load_metaverse_schema",
     "open_connector",
     "reauthorize_command",
@@ -60,22 +61,8 @@ def open_connector(
     export_attributes: dict[str, frozenset[str]] | None = None,
 ) -> Connector[Any]:
     """Instantiate the connector of ``agent`` with validated settings (not yet opened)."""
-    if agent not in config.agents:
-        known = ", ".join(sorted(config.agents)) or "none"
-        msg = f"unknown agent {agent!r} (configured agents: {known})"
-        raise ConfigError(msg)
-    agent_cfg = config.agents[agent]
-    try:
-        cls = load_connector(agent_cfg.type)
-    except ConfigurationError as exc:
-        raise ConfigError(f"{config.path or 'config'}: agents.{agent}.type: {exc}") from None
-    settings = validate_settings(
-        cls.settings_model,
-        dict(agent_cfg.settings),
-        key=f"agents.{agent}.settings",
-        file=config.path,
-        base_dir=config.base_dir,
-    )
+    cls = _connector_class(config, agent)
+    settings = _settings(config, agent, cls)
     assert isinstance(settings, ConnectorSettings)
     if export_attributes is None:
         export_attributes = export_scope(config, agent)
@@ -90,6 +77,46 @@ def open_connector(
         reauthorize_command=reauthorize_command(config, agent),
     )
     return cls(settings, context)
+
+
+def agent_schema(config: MvsyncConfig, agent: str) -> Schema:
+    """The connector schema of ``agent`` (``mvsync schema``), from the settings it depends on alone
+    when its connector declares them (``Connector.schema_settings``).
+
+    Why: printing a schema is what one does before writing the rules, often on a workstation without
+    the agent's secrets; it asked for every setting (the client secret's file, the variables of the
+    tenant), none of which any schema reads. A setting the schema does need is named, as for a run.
+    """
+    cls = _connector_class(config, agent)
+    if cls.schema_settings is None:
+        return open_connector(config, agent).get_schema()
+    return cls.schema_for(dict(_settings(config, agent, cls, only=cls.schema_settings)))
+
+
+def _connector_class(config: MvsyncConfig, agent: str) -> type[Connector[Any]]:
+    """The connector class of a configured ``agent``; an unknown agent or type is a ``ConfigError``."""
+    if agent not in config.agents:
+        known = ", ".join(sorted(config.agents)) or "none"
+        msg = f"unknown agent {agent!r} (configured agents: {known})"
+        raise ConfigError(msg)
+    try:
+        return load_connector(config.agents[agent].type)
+    except ConfigurationError as exc:
+        raise ConfigError(f"{config.path or 'config'}: agents.{agent}.type: {exc}") from None
+
+
+def _settings(
+    config: MvsyncConfig, agent: str, cls: type[Connector[Any]], only: tuple[str, ...] | None = None
+) -> BaseModel:
+    """``agent``'s settings validated against its connector's model (``only``: just those settings)."""
+    return validate_settings(
+        cls.settings_model,
+        dict(config.agents[agent].settings),
+        key=f"agents.{agent}.settings",
+        file=config.path,
+        base_dir=config.base_dir,
+        only=only,
+    )
 
 
 def _certificate_problem(path: Path) -> str | None:
@@ -122,9 +149,10 @@ def setting_paths(settings: Any, agent: str = "") -> Iterator[tuple[str, Path, s
     readable, or creatable if it does not exist yet (an output). ``agent``: its name, for the command
     that makes a missing key file (``_key_problem``).
     """
+    unused = settings.unused_settings()  # a file nothing reads is neither checked nor required
     for name, info in type(settings).model_fields.items():
         path = getattr(settings, name, None)
-        if not isinstance(path, Path):
+        if not isinstance(path, Path) or name in unused:
             continue
         lowered = name.lower()
         if "ca" in lowered.split("_") or "cert" in lowered:

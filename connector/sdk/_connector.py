@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -50,6 +50,14 @@ class ConnectorSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def unused_settings(self) -> dict[str, str]:
+        """The settings given that this configuration does not read, each with why (a key file when the
+        key comes from elsewhere). Why: the checks before a run and ``mvsync doctor`` check the files
+        settings name (``connector.engine.setting_paths``), and a file nothing reads must not stop a run
+        or be reported missing with the command that makes it. None, unless a connector says so.
+        """
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +141,10 @@ class Connector(abc.ABC, Generic[SettingsT]):
     settings_model: ClassVar[type[ConnectorSettings]] = ConnectorSettings
     capabilities: ClassVar[Capabilities] = Capabilities()
     description: ClassVar[str] = ""
+    #: The settings ``get_schema`` depends on, when not all of them: ``mvsync schema`` then validates
+    #: only these and asks ``schema_for``, so that printing a schema needs none of the others (secrets,
+    #: files, servers). None: the connector is built from all its settings first, as for a run.
+    schema_settings: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, settings: SettingsT, context: ConnectorContext) -> None:
         self.settings = settings
@@ -160,6 +172,14 @@ class Connector(abc.ABC, Generic[SettingsT]):
     @abc.abstractmethod
     def get_schema(self) -> Schema:
         """The object classes and attributes this connector handles."""
+
+    @classmethod
+    def schema_for(cls, settings: Mapping[str, Any]) -> Schema:
+        """The schema from ``settings``: the values of ``schema_settings`` given, validated by their fields'
+        types alone (a check the schema relies on belongs in the type, ``Annotated[.., AfterValidator(..)]``,
+        not in a ``field_validator`` of the model). Only for a connector that declares ``schema_settings``."""
+        msg = f"{cls.__name__} declares schema_settings but not schema_for"
+        raise NotImplementedError(msg)
 
     def import_changes(self, run: ImportRun) -> Iterator[ImportItem]:
         """Import contract v2: yield changes and the rest (see ``connector.sdk._stream``).

@@ -9,9 +9,9 @@ export and LDIF; this class only wires them to the SDK's lifecycle (``open`` →
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from connector.agents.active_directory._connection import (
     DcRefused,
@@ -185,6 +185,13 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         return note
 
     # -- SDK methods ------------------------------------------------------------------------------
+    #: Its schema is the standard attributes and ``extra_attributes``: ``mvsync schema`` reads no other setting.
+    schema_settings: ClassVar[tuple[str, ...] | None] = ("extra_attributes",)
+
+    @classmethod
+    def schema_for(cls, settings: Mapping[str, Any]) -> Schema:
+        return build_schema(settings.get("extra_attributes", ()))
+
     def get_schema(self) -> Schema:
         return self._schema
 

@@ -12,9 +12,9 @@ import ipaddress
 import re
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from connector.agents.active_directory._ldap import dn_within, normalize_dn, validate_filter
 from connector.sdk import ConnectorSettings, parse_psma_attribute
@@ -24,6 +24,17 @@ __all__ = ["ActiveDirectorySettings", "parse_dns_server"]
 #: A DNS name of letters, digits and hyphens in dot-separated labels of up to 63 characters (RFC 1123).
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _DNS_NAME = re.compile(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})+")
+
+
+def _psma_parse(value: list[str]) -> list[str]:
+    """Each entry parses as a PSMA attribute (``parse_psma_attribute`` raises on a malformed name). In the
+    field's type, so that ``mvsync schema``, which validates this setting alone, checks it too."""
+    for spec in value:
+        parse_psma_attribute(spec)
+    return value
+
+
+_PsmaAttributes = Annotated[list[str], AfterValidator(_psma_parse)]
 
 
 class ActiveDirectorySettings(ConnectorSettings):
@@ -112,7 +123,7 @@ class ActiveDirectorySettings(ConnectorSettings):
         default_factory=dict,
         description="attribute = literal value pairs ANDed to the filter (values are escaped for you)",
     )
-    extra_attributes: list[str] = Field(
+    extra_attributes: _PsmaAttributes = Field(
         default_factory=list,
         description="more attributes, PSMA style: 'name', 'name|binary', 'name|string[]'",
     )
@@ -199,13 +210,6 @@ class ActiveDirectorySettings(ConnectorSettings):
     def _dns_servers_parse(cls, value: list[str]) -> list[str]:
         for text in value:
             parse_dns_server(text)  # raises, naming the entry
-        return value
-
-    @field_validator("extra_attributes")
-    @classmethod
-    def _extras_parse(cls, value: list[str]) -> list[str]:
-        for spec in value:
-            parse_psma_attribute(spec)  # raises on a malformed name
         return value
 
     @model_validator(mode="after")

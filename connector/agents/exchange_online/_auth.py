@@ -142,6 +142,21 @@ class GraphAuth:
     def delegated(self) -> bool:
         return self.settings.auth_mode == "delegated"
 
+    @property
+    def without_cache(self) -> str | None:
+        """Why this agent keeps no token cache (app mode: ``ProcessTokenCache``), or None. Why: ``mvsync
+        doctor`` checks a token cache where there is one, and in app mode its check would only repeat the
+        credential's (under the name of a cache that does not exist), which ``reachable`` checks."""
+        if self.delegated:
+            return None
+        return "auth_mode is 'app': no token cache is kept (each process gets its token with the credential)"
+
+    def _must_sign_in(self) -> None:
+        """A sign-in (`mvsync auth login`) is for delegated mode; in app mode the credential is all there is."""
+        if not self.delegated:
+            msg = "auth_mode is 'app': there is nothing to sign in (client credentials are used)"
+            raise ConfigurationError(msg, key=self._key("auth_mode"))
+
     def _credential(self) -> Any:
         s = self.settings
         if s.client_secret is not None:
@@ -325,9 +340,7 @@ class GraphAuth:
     # -- sign-in (``mvsync auth login``) --------------------------------------------------------
     def login_with_refresh_token(self, refresh_token: str) -> str:
         """Import an existing refresh token: redeem it once and keep the (rotated) result."""
-        if not self.delegated:
-            msg = "auth_mode is 'app': there is nothing to sign in (client credentials are used)"
-            raise ConfigurationError(msg, key=self._key("auth_mode"))
+        self._must_sign_in()
         app = self.app()
         return self._sign_in(
             lambda: app.acquire_token_by_refresh_token(refresh_token.strip(), scopes=self.scopes),
@@ -336,6 +349,7 @@ class GraphAuth:
 
     def login_device_code(self, prompt: Callable[[str], None], *, timeout_s: float | None = None) -> str:
         """Run the device-code flow; ``prompt`` shows the user the code and URL."""
+        self._must_sign_in()
         app = self.app()
         if not isinstance(app, msal.PublicClientApplication):
             msg = "the device-code flow needs a public client (no client_secret); use --refresh-token-file"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -203,6 +203,13 @@ class ExchangeOnlinePhotosConnector(Connector[ExchangeOnlineSettings]):
         """``mvsync doctor``: the tenant's photo policy against this agent's export flows."""
         writes = "EXOPhoto" in self.context.export_attributes.get(OBJECT_CLASS, frozenset())
         return photo_policy_checks(self.graph, self.settings, writes)
+
+    #: Its schema is the same for every configuration: ``mvsync schema`` reads no setting.
+    schema_settings: ClassVar[tuple[str, ...] | None] = ()
+
+    @classmethod
+    def schema_for(cls, settings: Mapping[str, Any]) -> Schema:
+        return SCHEMA
 
     def get_schema(self) -> Schema:
         return SCHEMA

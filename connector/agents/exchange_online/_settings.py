@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.net import https_url
+from connector.agents.exchange_online._tokencache import key_setting
+from connector.net import authority_tenant_conflict, https_url
 from connector.sdk import ConnectorSettings
 
 __all__ = ["HD_PHOTO_SIZES", "ExchangeOnlineSettings"]
@@ -58,7 +59,8 @@ class ExchangeOnlineSettings(ConnectorSettings):
     username: str | None = None
     #: Environment variable holding the Fernet key that encrypts the token cache at rest.
     token_cache_key_env: str = "MVSYNC_TOKEN_CACHE_KEY"
-    #: Or a file holding that key (created with mode 0600 by ``mvsync auth login`` when missing).
+    #: Or a file holding that key (created with mode 0600 by ``mvsync auth login`` when missing), used
+    #: while that variable is not set: a variable set wins (``unused_settings``).
     token_cache_key_file: Path | None = Field(None, json_schema_extra={"made_by": "mvsync auth login {agent}"})
 
     # -- what we fetch -------------------------------------------------------------------------
@@ -133,6 +135,24 @@ class ExchangeOnlineSettings(ConnectorSettings):
             msg = "give client_secret or client_certificate, not both"
             raise ValueError(msg)
         return self
+
+    @model_validator(mode="after")
+    def _one_tenant(self) -> ExchangeOnlineSettings:
+        if conflict := authority_tenant_conflict(self.authority, self.tenant_id):
+            raise ValueError(conflict)
+        return self
+
+    def unused_settings(self) -> dict[str, str]:
+        """``token_cache_key_file`` when its key is not read: app mode keeps no token cache, and the
+        variable ``token_cache_key_env`` names wins over the file when it is set (``key_setting``)."""
+        if self.token_cache_key_file is None:
+            return {}
+        if self.auth_mode == "app":
+            return {"token_cache_key_file": "auth_mode is 'app': no token cache is kept, so no key is read"}
+        if key_setting(self.token_cache_key_env, self.token_cache_key_file) == "token_cache_key_env":
+            why = f"the environment variable {self.token_cache_key_env} (token_cache_key_env) is set: its key is used"
+            return {"token_cache_key_file": why}
+        return {}
 
     @property
     def resolved_authority(self) -> str:

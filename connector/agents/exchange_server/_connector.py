@@ -223,6 +223,13 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
         ok = got.kind != "error"
         return CheckResult(ok, f"EWS answered for {listed[0]}: {got.kind}" + (f" ({got.detail})" if not ok else ""))
 
+    #: Its schema is the same for every configuration: ``mvsync schema`` reads no setting.
+    schema_settings: ClassVar[tuple[str, ...] | None] = ()
+
+    @classmethod
+    def schema_for(cls, settings: Mapping[str, Any]) -> Schema:
+        return SCHEMA
+
     def get_schema(self) -> Schema:
         return SCHEMA
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.net import https_url
+from connector.net import authority_tenant_conflict, https_url
 from connector.sdk import MUST_EXIST, ConnectorSettings
 
 __all__ = ["EWS_DEFAULT_MAX_CONCURRENCY", "EWS_SIZE_CODES", "ExchangeServerSettings"]
@@ -160,6 +160,12 @@ class ExchangeServerSettings(ConnectorSettings):
         if not self.mailboxes and self.mailbox_file is None:
             msg = "give mailboxes or mailbox_file: the on-premises mailboxes whose photos to read"
             raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _one_tenant(self) -> ExchangeServerSettings:
+        if conflict := authority_tenant_conflict(self.authority, self.tenant_id):
+            raise ValueError(conflict)
         return self
 
     @property

@@ -13,10 +13,10 @@ import errno
 import hashlib
 import os
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from connector.agents.photo_folder._names import BackupNames
 from connector.agents.photo_folder._scan import (
@@ -143,6 +143,13 @@ class PhotoFolderConnector(Connector[PhotoFolderSettings]):
     settings_model: ClassVar[type[PhotoFolderSettings]] = PhotoFolderSettings
     capabilities: ClassVar[Capabilities] = Capabilities(full_import=True, delta_import=True, export=True)
     description: ClassVar[str] = "A folder of photo files named after accounts (bulk import, backup export)."
+
+    #: Its schema is the same for every configuration: ``mvsync schema`` reads no setting.
+    schema_settings: ClassVar[tuple[str, ...] | None] = ()
+
+    @classmethod
+    def schema_for(cls, settings: Mapping[str, Any]) -> Schema:
+        return _SCHEMA
 
     def get_schema(self) -> Schema:
         return _SCHEMA

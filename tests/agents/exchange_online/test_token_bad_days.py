@@ -223,8 +223,10 @@ def test_step_time_configuration_errors_name_the_agents_setting_in_use(
 @pytest.mark.usefixtures("cache_key")
 def test_an_authority_of_another_tenant_names_the_agents_authority_setting(make_emulator: Any, tmp_path: Path) -> None:
     emu = make_emulator(users=10)
-    authority = emu.info["authority"].rsplit("/", 1)[0] + "/00000000-0000-0000-0000-00000000dead"
-    config, _ = folder_to_exchange_online(emu, tmp_path, 1, authority=authority)
+    unknown = "00000000-0000-0000-0000-00000000dead"  # a tenant the authority does not know (AADSTS90002)
+    authority = emu.info["authority"].rsplit("/", 1)[0] + f"/{unknown}"
+    # tenant_id agrees with it: another tenant id there is refused before the authority is asked (test_settings_checks)
+    config, _ = folder_to_exchange_online(emu, tmp_path, 1, authority=authority, tenant_id=unknown)
     code, out, err = invoke("run", "stage", "-c", str(config))
     assert code == 2 and "Traceback" not in out + err, out + err
     assert f"agents.exo.settings.authority: cannot use authority {authority}: " in " ".join(err.split()), err
