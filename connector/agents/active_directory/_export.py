@@ -383,8 +383,9 @@ class Exporter:
         #: Objects (by anchor) the container's grant does not reach, found by the rights check: each is
         #: a per-object ``permission-issue`` (its detail here), not written; the others are.
         self._blocked: dict[str, str] = {}
-        #: What stops the step once the batch that met it is recorded (the DC went away, a rebind failed).
-        self._stop: StopRunError | None = None
+        #: What stops the step once the batch that met it is recorded (the DC went away, a rebind failed, a
+        #: reconnect found a setting's file gone: ``ConfigurationError``).
+        self._stop: StopRunError | ConfigurationError | None = None
         self._unreachable = ""
         #: Whether the DC refuses the account (or every write), not the people refused so far.
         self._refusals = RefusedEverywhere(REFUSED_EVERYWHERE_AFTER)
@@ -456,7 +457,7 @@ class Exporter:
         self.stats.count(ordered)
         self.stats.paced_s = self.limiter.waited_s
         if self._stop is not None:
-            self._stop.results = ordered
+            carry_export_results(self._stop, ordered)
             raise self._stop
         return ordered
 
@@ -575,7 +576,7 @@ class Exporter:
         msg = f"{exc}; the objects written before are recorded, the rest stay pending for the next export"
         self._stop_after_batch(ServerDownError(msg))
 
-    def _stop_after_batch(self, error: StopRunError) -> None:
+    def _stop_after_batch(self, error: StopRunError | ConfigurationError) -> None:
         """Remember the first error that stops the step, and keep the batch's other threads from writing."""
         with self._stats_lock:
             if self._stop is None:
@@ -682,7 +683,8 @@ class Exporter:
                 self._server_down(exc)
                 metrics.ldap_write("cd-server-down")
                 return ExportResult.retry(identifier, "cd-server-down", _lost_write(p.dn, exc, sent=bool(sent)))
-            except StopRunError as exc:  # a reconnect refused (password changed, certificate): not written
+            except (StopRunError, ConfigurationError) as exc:  # a reconnect refused (password changed, certificate,
+                # ca_file or keytab gone): not written; the batch's writes made before are recorded with the stop
                 self._stop_after_batch(exc)
                 return None
             code = int(result.get("result", 80))
@@ -730,7 +732,7 @@ class Exporter:
             except ServerUnreachable as exc:
                 self._server_down(exc)
                 return
-            except StopRunError as exc:
+            except (StopRunError, ConfigurationError) as exc:
                 self._stop_after_batch(exc)
                 return
             if not missing:  # the OU's grant still reaches others: these people are refused on their own
