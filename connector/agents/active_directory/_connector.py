@@ -244,6 +244,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 log=self.context.logger,
                 check_rights=s.check_permissions,
                 account_label=lambda link: account_label(link, s, _domain_root(s.base_dns[0])),
+                scope_filter=equals_filter(s.filter, s.filter_equals),
             )
         return self._exporter
 

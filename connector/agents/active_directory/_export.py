@@ -17,8 +17,9 @@ it, so a refused batch has no partial effects:
    request is wrong, not the object: the whole batch is refused with ``ScopeViolationError``.
    Creating or deleting objects is never done by this agent (per-object ``cd-error``).
 3. **Scope guard, objects**: the anchors (objectGUIDs) are looked up under the base DNs, in
-   batches, which also yields each object's current DN (it may have been renamed since the last
-   import). An object that exists elsewhere is refused (``scope-violation``); one that does not
+   batches with the agent's filter, which also yields each object's current DN (it may have been renamed
+   since the last import). An object that exists elsewhere, or under a base DN no longer matching the
+   filter, is refused (``scope-violation``); one that does not
    exist is ``cd-missing-object``. The same search reads ``allowedAttributesEffective``: if the
    account may not write an attribute in an OU, the step stops here, before any write
    (``stopped-permission-issue``, naming the account, attribute, OU and the ``dsacls`` grant; see
@@ -64,6 +65,7 @@ from connector.agents.active_directory._connection import (
     search_entries,
 )
 from connector.agents.active_directory._ldap import (
+    and_filter,
     dn_in_scope,
     encode_values,
     guid_bytes,
@@ -352,12 +354,16 @@ class Exporter:
         log: Any,
         check_rights: bool = False,
         account_label: Callable[[Any], str] | None = None,
+        scope_filter: str = "",
     ) -> None:
         self.pool = pool
         self.object_class = object_class
         self.allowed = frozenset(a.lower() for a in allowed)
         self.bases = list(bases)
         self.normalized_bases = list(normalized_bases)
+        #: The agent's filter (with filter_equals): an object under a base DN that no longer matches it is out
+        #: of scope too, as the import takes it (``_out_of_scope``).
+        self.scope_filter = scope_filter
         self.limiter = RateLimiter(write_rate)
         self.ldif = ldif
         self.dry_run = dry_run
@@ -463,6 +469,17 @@ class Exporter:
 
     # -- stage 3 ------------------------------------------------------------------------------------
     def _out_of_scope(self, change: CSEntryChange, dn: str) -> ExportResult:
+        """The error of an object outside the agent's scope: not under a base DN, or under one and no longer
+        matching the filter (the import would take it for gone; a write would reach a user the filter leaves
+        out, an administrator or a disabled account)."""
+        if dn_in_scope(dn, self.normalized_bases):
+            return ExportResult.failed(
+                change.identifier,
+                "scope-violation",
+                f"refusing to modify {dn}: it no longer matches the agent's filter {self.scope_filter} (changed since "
+                "the last import?); an import of this agent takes it out of scope (change filter or filter_equals "
+                "if it should be written)",
+            )
         return ExportResult.failed(
             change.identifier,
             "scope-violation",
@@ -490,7 +507,7 @@ class Exporter:
         with self.pool.lease() as link:
             try:
                 for start in range(0, len(anchors), _RESOLVE_CHUNK):
-                    search_filter = guid_filter(anchors[start : start + _RESOLVE_CHUNK])
+                    search_filter = and_filter(self.scope_filter, guid_filter(anchors[start : start + _RESOLVE_CHUNK]))
                     for base in self.bases:
                         for entry in _found(link, base, link.run(_scoped_searcher(base, search_filter, attributes))):
                             anchor = guid_text(entry["raw_attributes"][ANCHOR][0])
