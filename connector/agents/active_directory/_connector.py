@@ -73,6 +73,9 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         self._ldif: LdifWriter | None = None
         #: The step's DCs (with ``domain``: found in DNS once, then used by every connection of the step).
         self._locator = DcLocator(settings, context.logger)
+        #: ``check`` could not bind (no DC answered, a refused password, a certificate): ``doctor_checks``
+        #: then reads no rights, which would only wait for the same timeouts and say the same again.
+        self._unbound = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def open(self) -> None:
@@ -130,7 +133,11 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
     def check(self) -> CheckResult:
         link = Link(self.settings, self.context.logger)
         try:
-            link.connect()  # a DC out of reach is said as such, not as an import that stopped
+            try:
+                link.connect()  # a DC out of reach is said as such, not as an import that stopped
+            except ConnectorError:
+                self._unbound = True
+                raise
             importer = Importer(self.settings, link, self._schema, self.context, outcome=_DOCTOR)
             dc = importer.identity()
             importer.check_bases()
@@ -153,6 +160,8 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         wanted = sorted(self._export_attributes())
         if not wanted:
             return [("write-permissions", "ok", "no export flow writes to this agent")]
+        if self._unbound:
+            return [("write-permissions", "error", "not checked: no bind to a DC (the reachable check says why)")]
         link = Link(s, self.context.logger)
         try:
             samples = sample_gaps(link, s.base_dns, equals_filter(s.filter, s.filter_equals), wanted)

@@ -92,6 +92,21 @@ def test_a_dc_lost_mid_full_import_stops_the_step_as_server_down_and_deletes_nob
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
+def test_doctor_s_rights_check_after_a_dc_out_of_reach_makes_no_connection_of_its_own(ad_env: ADTestEnv) -> None:
+    """Found in the QA pass: against a hung DC, ``mvsync doctor`` waited for the reachability check's timeouts
+    (43 s with the defaults), then the write-rights check waited for the same again and said the same; now the
+    rights check says it was not made, and tries nothing."""
+    with faulty_proxy() as dc:  # no upstream: every connection is reset
+        connector = ad_env.connector(
+            host="localhost", port=dc.port, connect_timeout=1, reconnect_attempts=0, open=False
+        )
+        assert not connector.check().ok
+        tried = dc.accepted
+        findings = connector.doctor_checks()
+        assert dc.accepted == tried
+    assert findings == [("write-permissions", "error", "not checked: no bind to a DC (the reachable check says why)")]
+
+
 def test_doctor_names_a_dc_out_of_reach_without_a_class_name(ad_env: ADTestEnv) -> None:
     with faulty_proxy() as dc:  # no upstream: every connection is reset
         connector = ad_env.connector(
