@@ -115,6 +115,7 @@ __all__ = [
     "Operation",
     "RateLimiter",
     "classify_result",
+    "computed",
     "plan_change",
 ]
 
@@ -259,7 +260,7 @@ def plan_change(
         if name.lower() not in allowed:
             _refuse(change, name, allowed)
         if attribute is not None and not attribute.exportable:
-            raise ScopeViolationError(f"refusing to export {name!r}: the directory computes it (import-only)")
+            raise ScopeViolationError(f"refusing to export {attribute.name!r}: {computed(attribute.name)}")
         failure = _check_values(identifier, attribute, name, values)
         if failure is not None:
             return failure
@@ -277,6 +278,15 @@ def _refuse(change: CSEntryChange, name: str, allowed: frozenset[str]) -> None:
         f"(attributes export flows name: {named}); nothing in this batch was written"
     )
     raise ScopeViolationError(msg)
+
+
+def computed(name: str) -> str:
+    """Why an export flow to ``name``, an attribute the directory computes, can write nothing, and what to do
+    (the export's refusal and ``mvsync doctor`` say it alike: doctor advised a dsacls grant for it)."""
+    return (
+        f"the directory computes {name} (import-only), and no right makes it writable; remove the export flow "
+        f"that names it (`mvsync schema` lists what can be written)"
+    )
 
 
 def _check_values(identifier: str, attribute: Attribute | None, name: str, values: list[Value]) -> ExportResult | None:

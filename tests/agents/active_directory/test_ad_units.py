@@ -323,8 +323,9 @@ def test_plan_refuses_oversize_photos_and_multiple_values() -> None:
 def test_plan_scope_guard_and_unsupported_operations() -> None:
     with pytest.raises(ScopeViolationError, match="displayName"):
         plan_change(_update(AttributeChange.replace("displayName", "x")), USER, ALLOWED)
-    with pytest.raises(ScopeViolationError, match="import-only"):
+    with pytest.raises(ScopeViolationError, match="import-only") as computed:
         plan_change(_update(AttributeChange.replace("uSNChanged", 1)), USER, ALLOWED | {"usnchanged"})
+    assert "remove the export flow that names it" in str(computed.value)  # what to do, not only what is wrong
     for change in (CSEntryChange.delete("user", GUID), CSEntryChange.add("user", GUID, {"mail": "a"})):
         result = plan_change(change, USER, ALLOWED)
         assert not isinstance(result, list) and result.error_name == "cd-error"
