@@ -24,6 +24,7 @@ from connector.engine._results import ObjectError, StepStopped
 from connector.sdk import (
     AttributeChange,
     AttributeModificationType,
+    ConfigurationError,
     Connector,
     CSEntryChange,
     ExportResult,
@@ -311,7 +312,9 @@ def run_export(ctx: StepContext, connector: Connector[Any] | None) -> dict[str, 
             continue
         try:
             results = connector.export(changes)
-        except (StopRunError, KeyboardInterrupt) as exc:  # a stop, Ctrl-C, a stop signal: keep what was written
+        except (StopRunError, ConfigurationError, KeyboardInterrupt) as exc:
+            # a stop, a setting found wrong part-way (a CA file or keytab gone at a reconnect), Ctrl-C or a
+            # stop signal: keep what was written
             _record_before_stop(ctx, rows, changes, export_results(exc))
             raise
         _apply_results(ctx, rows, changes, results)

@@ -759,10 +759,16 @@ def _default_directory(host: str) -> Path:
 
 
 def _dc(directory: Path | None, host: str | None, password: str | None, allow_plain_ldap: bool) -> _DC:
-    host = host or os.environ.get("MVSYNC_SAMBA_HOST") or DEFAULT_HOST
+    """The DC at ``host`` (default: MVSYNC_SAMBA_HOST's) from ``directory`` (default: MVSYNC_SAMBA_DIR for the DC
+    of MVSYNC_SAMBA_HOST, else one per address). Why MVSYNC_SAMBA_DIR only for that DC: a second DC at an address
+    of its own (test_ad_other_dc) was given the session DC's directory, so it was that DC, said to listen where
+    nothing did."""
+    session_host = os.environ.get("MVSYNC_SAMBA_HOST") or DEFAULT_HOST
+    host = host or session_host
     if not host.startswith("127."):
         raise SambaUnavailable(f"the test DC binds loopback addresses only (127.x.y.z), not {host!r}")
-    directory = Path(directory or os.environ.get("MVSYNC_SAMBA_DIR") or _default_directory(host)).resolve()
+    session_directory = os.environ.get("MVSYNC_SAMBA_DIR") if host == session_host else None
+    directory = Path(directory or session_directory or _default_directory(host)).resolve()
     if str(directory) in ("/", "/tmp", "/usr", "/etc", "/var", "/root", "/home"):
         raise SambaUnavailable(f"refusing to use {directory} as the DC directory")
     return _DC(

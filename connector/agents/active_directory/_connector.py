@@ -21,7 +21,7 @@ from connector.agents.active_directory._connection import (
     ServerUnreachable,
     dc_state_stop,
 )
-from connector.agents.active_directory._export import Exporter, ExportStats
+from connector.agents.active_directory._export import Exporter, ExportStats, computed
 from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import equals_filter, normalize_dn
 from connector.agents.active_directory._ldif import LdifWriter
@@ -47,6 +47,8 @@ __all__ = ["ActiveDirectoryConnector"]
 #: What a check of ``mvsync doctor`` that stopped on a DC's answer says (``dc_state_stop``, ``Importer._raise_for``):
 #: doctor imports and exports nothing, so there is no watermark or pending change to speak of.
 _DOCTOR = Outcome("mvsync doctor could not make this check", "mvsync doctor")
+#: The write-rights check after a reachability check that could not bind: it tries nothing (the same timeouts).
+_NOT_BOUND = "not checked: no bind to a DC (the reachable check says why)"
 
 
 class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
@@ -73,6 +75,9 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         self._ldif: LdifWriter | None = None
         #: The step's DCs (with ``domain``: found in DNS once, then used by every connection of the step).
         self._locator = DcLocator(settings, context.logger)
+        #: ``check`` could not bind (no DC answered, a refused password, a certificate): ``doctor_checks``
+        #: then reads no rights, which would only wait for the same timeouts and say the same again.
+        self._unbound = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def open(self) -> None:
@@ -130,7 +135,11 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
     def check(self) -> CheckResult:
         link = Link(self.settings, self.context.logger)
         try:
-            link.connect()  # a DC out of reach is said as such, not as an import that stopped
+            try:
+                link.connect()  # a DC out of reach is said as such, not as an import that stopped
+            except ConnectorError:
+                self._unbound = True
+                raise
             importer = Importer(self.settings, link, self._schema, self.context, outcome=_DOCTOR)
             dc = importer.identity()
             importer.check_bases()
@@ -148,11 +157,19 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         )
 
     def doctor_checks(self) -> list[tuple[str, str, str]]:
-        """``mvsync doctor``: may the account write what the export flows write, on a sample user per base DN?"""
-        s = self.settings
-        wanted = sorted(self._export_attributes())
+        """``mvsync doctor``: may the account write what the export flows write, on a sample user per base DN?
+        An attribute the directory computes is said to be one, not given a grant that could not help."""
+        computed_flows, wanted = self._export_attributes_by_kind()
+        findings = [("write-permissions", "error", computed(name)) for name in computed_flows]
         if not wanted:
-            return [("write-permissions", "ok", "no export flow writes to this agent")]
+            return findings or [("write-permissions", "ok", "no export flow writes to this agent")]
+        if self._unbound:
+            return [*findings, ("write-permissions", "error", _NOT_BOUND)]
+        return findings + self._rights_findings(wanted)
+
+    def _rights_findings(self, wanted: list[str]) -> list[tuple[str, str, str]]:
+        """The write-rights verdicts for ``wanted`` on a sample user per base DN (``doctor_checks``)."""
+        s = self.settings
         link = Link(s, self.context.logger)
         try:
             samples = sample_gaps(link, s.base_dns, equals_filter(s.filter, s.filter_equals), wanted)
@@ -164,6 +181,17 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         finally:
             link.close()
         return [_permission_finding(base, dn, missing, wanted, label) for base, (dn, missing) in samples.items()]
+
+    def _export_attributes_by_kind(self) -> tuple[list[str], list[str]]:
+        """The attributes export flows write, as (those the directory computes, the others), each sorted."""
+        object_class = self._schema.object_class(OBJECT_CLASS)
+        assert object_class is not None
+        exportable = {a.name.lower(): a.exportable for a in object_class.attributes}
+        computed_flows: list[str] = []
+        writable: list[str] = []
+        for name in sorted(self._export_attributes()):
+            (writable if exportable.get(name.lower(), True) else computed_flows).append(name)
+        return computed_flows, writable
 
     def _export_attributes(self) -> frozenset[str]:
         return next(
@@ -251,6 +279,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 log=self.context.logger,
                 check_rights=s.check_permissions,
                 account_label=lambda link: account_label(link, s, _domain_root(s.base_dns[0])),
+                scope_filter=equals_filter(s.filter, s.filter_equals),
             )
         return self._exporter
 

@@ -17,8 +17,9 @@ it, so a refused batch has no partial effects:
    request is wrong, not the object: the whole batch is refused with ``ScopeViolationError``.
    Creating or deleting objects is never done by this agent (per-object ``cd-error``).
 3. **Scope guard, objects**: the anchors (objectGUIDs) are looked up under the base DNs, in
-   batches, which also yields each object's current DN (it may have been renamed since the last
-   import). An object that exists elsewhere is refused (``scope-violation``); one that does not
+   batches with the agent's filter, which also yields each object's current DN (it may have been renamed
+   since the last import). An object that exists elsewhere, or under a base DN no longer matching the
+   filter, is refused (``scope-violation``); one that does not
    exist is ``cd-missing-object``. The same search reads ``allowedAttributesEffective``: if the
    account may not write an attribute in an OU, the step stops here, before any write
    (``stopped-permission-issue``, naming the account, attribute, OU and the ``dsacls`` grant; see
@@ -64,6 +65,7 @@ from connector.agents.active_directory._connection import (
     search_entries,
 )
 from connector.agents.active_directory._ldap import (
+    and_filter,
     dn_in_scope,
     encode_values,
     guid_bytes,
@@ -113,6 +115,7 @@ __all__ = [
     "Operation",
     "RateLimiter",
     "classify_result",
+    "computed",
     "plan_change",
 ]
 
@@ -257,7 +260,7 @@ def plan_change(
         if name.lower() not in allowed:
             _refuse(change, name, allowed)
         if attribute is not None and not attribute.exportable:
-            raise ScopeViolationError(f"refusing to export {name!r}: the directory computes it (import-only)")
+            raise ScopeViolationError(f"refusing to export {attribute.name!r}: {computed(attribute.name)}")
         failure = _check_values(identifier, attribute, name, values)
         if failure is not None:
             return failure
@@ -275,6 +278,15 @@ def _refuse(change: CSEntryChange, name: str, allowed: frozenset[str]) -> None:
         f"(attributes export flows name: {named}); nothing in this batch was written"
     )
     raise ScopeViolationError(msg)
+
+
+def computed(name: str) -> str:
+    """Why an export flow to ``name``, an attribute the directory computes, can write nothing, and what to do
+    (the export's refusal and ``mvsync doctor`` say it alike: doctor advised a dsacls grant for it)."""
+    return (
+        f"the directory computes {name} (import-only), and no right makes it writable; remove the export flow "
+        f"that names it (`mvsync schema` lists what can be written)"
+    )
 
 
 def _check_values(identifier: str, attribute: Attribute | None, name: str, values: list[Value]) -> ExportResult | None:
@@ -352,12 +364,16 @@ class Exporter:
         log: Any,
         check_rights: bool = False,
         account_label: Callable[[Any], str] | None = None,
+        scope_filter: str = "",
     ) -> None:
         self.pool = pool
         self.object_class = object_class
         self.allowed = frozenset(a.lower() for a in allowed)
         self.bases = list(bases)
         self.normalized_bases = list(normalized_bases)
+        #: The agent's filter (with filter_equals): an object under a base DN that no longer matches it is out
+        #: of scope too, as the import takes it (``_out_of_scope``).
+        self.scope_filter = scope_filter
         self.limiter = RateLimiter(write_rate)
         self.ldif = ldif
         self.dry_run = dry_run
@@ -383,8 +399,9 @@ class Exporter:
         #: Objects (by anchor) the container's grant does not reach, found by the rights check: each is
         #: a per-object ``permission-issue`` (its detail here), not written; the others are.
         self._blocked: dict[str, str] = {}
-        #: What stops the step once the batch that met it is recorded (the DC went away, a rebind failed).
-        self._stop: StopRunError | None = None
+        #: What stops the step once the batch that met it is recorded (the DC went away, a rebind failed, a
+        #: reconnect found a setting's file gone: ``ConfigurationError``).
+        self._stop: StopRunError | ConfigurationError | None = None
         self._unreachable = ""
         #: Whether the DC refuses the account (or every write), not the people refused so far.
         self._refusals = RefusedEverywhere(REFUSED_EVERYWHERE_AFTER)
@@ -456,12 +473,23 @@ class Exporter:
         self.stats.count(ordered)
         self.stats.paced_s = self.limiter.waited_s
         if self._stop is not None:
-            self._stop.results = ordered
+            carry_export_results(self._stop, ordered)
             raise self._stop
         return ordered
 
     # -- stage 3 ------------------------------------------------------------------------------------
     def _out_of_scope(self, change: CSEntryChange, dn: str) -> ExportResult:
+        """The error of an object outside the agent's scope: not under a base DN, or under one and no longer
+        matching the filter (the import would take it for gone; a write would reach a user the filter leaves
+        out, an administrator or a disabled account)."""
+        if dn_in_scope(dn, self.normalized_bases):
+            return ExportResult.failed(
+                change.identifier,
+                "scope-violation",
+                f"refusing to modify {dn}: it no longer matches the agent's filter {self.scope_filter} (changed since "
+                "the last import?); an import of this agent takes it out of scope (change filter or filter_equals "
+                "if it should be written)",
+            )
         return ExportResult.failed(
             change.identifier,
             "scope-violation",
@@ -489,7 +517,7 @@ class Exporter:
         with self.pool.lease() as link:
             try:
                 for start in range(0, len(anchors), _RESOLVE_CHUNK):
-                    search_filter = guid_filter(anchors[start : start + _RESOLVE_CHUNK])
+                    search_filter = and_filter(self.scope_filter, guid_filter(anchors[start : start + _RESOLVE_CHUNK]))
                     for base in self.bases:
                         for entry in _found(link, base, link.run(_scoped_searcher(base, search_filter, attributes))):
                             anchor = guid_text(entry["raw_attributes"][ANCHOR][0])
@@ -575,7 +603,7 @@ class Exporter:
         msg = f"{exc}; the objects written before are recorded, the rest stay pending for the next export"
         self._stop_after_batch(ServerDownError(msg))
 
-    def _stop_after_batch(self, error: StopRunError) -> None:
+    def _stop_after_batch(self, error: StopRunError | ConfigurationError) -> None:
         """Remember the first error that stops the step, and keep the batch's other threads from writing."""
         with self._stats_lock:
             if self._stop is None:
@@ -682,7 +710,8 @@ class Exporter:
                 self._server_down(exc)
                 metrics.ldap_write("cd-server-down")
                 return ExportResult.retry(identifier, "cd-server-down", _lost_write(p.dn, exc, sent=bool(sent)))
-            except StopRunError as exc:  # a reconnect refused (password changed, certificate): not written
+            except (StopRunError, ConfigurationError) as exc:  # a reconnect refused (password changed, certificate,
+                # ca_file or keytab gone): not written; the batch's writes made before are recorded with the stop
                 self._stop_after_batch(exc)
                 return None
             code = int(result.get("result", 80))
@@ -730,7 +759,7 @@ class Exporter:
             except ServerUnreachable as exc:
                 self._server_down(exc)
                 return
-            except StopRunError as exc:
+            except (StopRunError, ConfigurationError) as exc:
                 self._stop_after_batch(exc)
                 return
             if not missing:  # the OU's grant still reaches others: these people are refused on their own

@@ -58,7 +58,7 @@ import base64
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ldap3 import BASE, SUBTREE, Connection
@@ -280,6 +280,8 @@ class Importer:
         #: Anchors this step has returned (a paged search that starts again returns them again).
         self._seen: set[str] = set()
         self._restarts = 0
+        #: Entries the DC sent in the last paged search's page (before those already returned are left out).
+        self._read = 0
         #: The DC this step started on (None: no step under way), the step's kind, and the connection
         #: (``Link.connection_number``) on which it was last seen to answer (see ``_verify_dc``).
         self._pinned: DcIdentity | None = None
@@ -293,9 +295,20 @@ class Importer:
 
     # -- entry point ------------------------------------------------------------------------------
     def page(self, request: ImportRequest) -> ImportPage:
-        if request.mode == ImportMode.FULL:
-            return self._full(request)
-        return self._delta(request)
+        """The next page with something in it: pages whose entries this step already returned are read past.
+
+        Why: a paged search that started again from its first page (``_paged``) reads again what the step
+        returned, and the USN delta's second search meets the changed users its first one returned; such a
+        page, handed to the engine empty, came back with the token it was asked with when the DC's cookie
+        names the search rather than a position in it (Samba's does: RFC 2696 makes the cookie opaque), and
+        the engine stopped the step as a paging loop. A page the DC itself sent empty is handed on as it is.
+        """
+        while True:
+            self._read = 0
+            page = self._full(request) if request.mode == ImportMode.FULL else self._delta(request)
+            if page.entries or not page.more_to_import or not self._read:
+                return page
+            request = replace(request, page_token=page.page_token)
 
     # -- full ---------------------------------------------------------------------------------------
     def _full(self, request: ImportRequest) -> ImportPage:
@@ -797,6 +810,7 @@ class Importer:
             self._restarted(base, f"the DC refused its cookie: {result.get('result')} {result.get('description')}")
             return self._paged(base, search_filter, size, None, None, attributes=attributes, controls=controls)
         self._raise_for(result, base)
+        self._read = len(entries)
         return entries, paged_cookie(result), self.link.connection_number
 
     def _restarted(self, base: str, why: str) -> None:

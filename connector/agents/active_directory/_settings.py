@@ -178,12 +178,17 @@ class ActiveDirectorySettings(ConnectorSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _host_is_a_name(cls, value: str | None) -> str | None:
+        return None if value is None else _dc_name(value)
+
     @field_validator("fallback_hosts")
     @classmethod
     def _fallbacks_named(cls, value: list[str]) -> list[str]:
         if any(not name.strip() for name in value):
             raise ValueError("an entry is empty: give each domain controller's host name")
-        return value
+        return [_dc_name(name) for name in value]
 
     @field_validator("domain")
     @classmethod
@@ -314,6 +319,27 @@ class ActiveDirectorySettings(ConnectorSettings):
     def write_rate(self) -> float | None:
         """The write cap in writes per second, or None when writes are not capped."""
         return self.max_writes_per_second or None
+
+
+def _dc_name(text: str) -> str:
+    """``text`` if it is a DC's host name or address alone; else a ValueError saying what to give instead.
+
+    Why: ldap3 reads ``ldap://dc1`` as "plain LDAP to dc1" whatever ``security`` says, so such a host sent
+    the bind password unencrypted with ``security = 'ldaps'`` and ``allow_plain_ldap`` unset; and
+    ``dc1:389`` replaced ``port`` (TLS spoken to the plain-LDAP port, failing as a DC out of reach).
+    """
+    try:
+        ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+        return text  # an IPv6 address has colons of its own
+    except ValueError:
+        pass
+    if "://" in text or "/" in text or ":" in text or not text.strip() or text != text.strip():
+        msg = (
+            f"{text!r} is not a host name: give the DC's name or address alone (dc1.contoso.com); security "
+            "chooses LDAPS or StartTLS (plain LDAP needs allow_plain_ldap), and port the port"
+        )
+        raise ValueError(msg)
+    return text
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:

@@ -203,6 +203,31 @@ def test_scope_guard_objects_outside_the_base_dns_are_refused(ad_env: ADTestEnv)
     assert ad_env.read(f"{ad_env.tag}in", "thumbnailPhoto", ou=inside) == [jpeg(11)]
 
 
+def test_scope_guard_people_who_no_longer_match_the_filter_are_refused(ad_env: ADTestEnv) -> None:
+    """Found in the QA pass: the objects were looked up by objectGUID under the base DNs without the agent's
+    filter, so a person who left it since the last import (filter_equals on department, here; an account
+    made an administrator, disabled) was written all the same, while the next import takes them for gone."""
+    guids = ad_env.add_users(ad_env.specs(2, photos=False))
+    staying, leaving = sorted(guids)
+    for name in (staying, leaving):
+        ad_env.admin.modify(f"CN={name},{ad_env.ou}", {"department": [(MODIFY_REPLACE, ["Sales"])]})
+    connector = ad_env.connector(filter_equals={"department": "Sales"})
+    ad_env.admin.modify(f"CN={leaving},{ad_env.ou}", {"department": [(MODIFY_REPLACE, ["Retired"])]})
+    results = connector.export(
+        [
+            update(guids[n], AttributeChange.replace("thumbnailPhoto", jpeg(30 + i)), identifier=n)
+            for i, n in enumerate((staying, leaving))
+        ]
+    )
+    by_id = {r.identifier: r for r in results}
+    assert by_id[staying].status == ExportStatus.SUCCESS
+    assert (by_id[leaving].status, by_id[leaving].error_name) == (ExportStatus.FAILED, "scope-violation")
+    assert "no longer matches the agent's filter" in by_id[leaving].error_detail, by_id[leaving].error_detail
+    assert "(department=Sales)" in by_id[leaving].error_detail and "filter_equals" in by_id[leaving].error_detail
+    assert ad_env.read(leaving, "thumbnailPhoto") == []
+    assert ad_env.read(staying, "thumbnailPhoto") == [jpeg(30)]
+
+
 def test_a_base_dn_written_with_another_escaping_still_holds_its_people(ad_env: ADTestEnv) -> None:
     """Found in a bad-day pass: a base DN is compared with the DNs the DC returns, and the comparison took
     the escaping as written. ``OU=R\\2BD`` and ``OU=R\\+D`` are the same DN (RFC 4514: a character may be

@@ -22,6 +22,7 @@ import pytest
 from connector.agents.active_directory import _export
 from connector.config import config_from_dict
 from connector.engine import Engine, RunResult
+from connector.sdk import ConfigurationError
 from connector.store import ConnectorSpace
 from tests.agents.active_directory.conftest import ADTestEnv, jpeg, photo_sync_config
 from tests.harness.sockets import FaultyProxy, faulty_proxy
@@ -223,3 +224,42 @@ def test_a_write_the_dc_takes_and_never_answers_ends_within_its_bound_outcome_un
     assert pending_final == 0
     for i, name in enumerate(names):
         assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(1400 + i)], name
+
+
+def test_a_ca_file_gone_at_a_reconnect_mid_export_stops_the_step_and_keeps_the_writes_made(
+    ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in the QA pass: the CA file removed (a certificate rollout replacing it) and the connection
+    reset mid-export: the reconnect's ``ConfigurationError`` (ca_file) left the export without the batch's
+    results, so the write the DC had taken in that batch stayed pending, unrecorded, to be written again.
+    Now the step stops ``stopped-configuration`` naming ca_file, with that write recorded."""
+    if ad_env.ad.ca_cert is None:
+        pytest.skip("the harness's own DC has a CA file to take away")
+    ca = ad_env.tmp_path / "ca.pem"
+    ca.write_bytes(ad_env.ad.ca_cert.read_bytes())
+
+    def ca_gone_and_reset(dc: FaultyProxy) -> Callable[[], None]:
+        def outage() -> None:
+            ca.rename(ca.with_suffix(".gone"))
+            dc.relay()  # resets the open connection: the next write reconnects
+
+        return outage
+
+    with _prepared_behind_relay(ad_env, seed=1500, ca_file=str(ca)) as (engine, dc, people, names):
+        written = _outage_after_writes(monkeypatch, _WRITES_BEFORE_OUTAGE, ca_gone_and_reset(dc))
+        with pytest.raises(ConfigurationError) as stopped:  # the run is recorded, the CLI exits 2 with its message
+            engine.run_profile("Export")
+        pending_after = _pending(engine)
+        monkeypatch.undo()
+        ca.with_suffix(".gone").rename(ca)
+        usn_between = {dn: _usn(ad_env, dn) for dn in written}
+        resumed = engine.run_profile("Export")
+        pending_final = _pending(engine)
+    assert str(stopped.value).startswith(f"ca_file: {ca} does not exist"), str(stopped.value)
+    assert pending_after == _USERS - _WRITES_BEFORE_OUTAGE  # the writes made, the batch's last too, are recorded
+    assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
+    assert resumed.steps[0].counters.get("export_updates") == _USERS - _WRITES_BEFORE_OUTAGE
+    assert pending_final == 0
+    assert {dn: _usn(ad_env, dn) for dn in written} == usn_between  # nobody written twice
+    for i, name in enumerate(names):
+        assert ad_env.read(name, "thumbnailPhoto", people) == [jpeg(1500 + i)], name

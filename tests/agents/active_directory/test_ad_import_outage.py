@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from ldap3 import MODIFY_REPLACE
 
+from connector.agents.active_directory._import import Importer
 from connector.config import config_from_dict
 from connector.engine import Engine
 from connector.sdk import ImportMode, ObjectModificationType, StopRunError
@@ -89,6 +90,21 @@ def test_a_dc_lost_mid_full_import_stops_the_step_as_server_down_and_deletes_nob
     assert "no object it did not read is marked deleted" in step.message, step.message
     assert pending_after == pending_before  # no delete staged for the people the import did not reach
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_doctor_s_rights_check_after_a_dc_out_of_reach_makes_no_connection_of_its_own(ad_env: ADTestEnv) -> None:
+    """Found in the QA pass: against a hung DC, ``mvsync doctor`` waited for the reachability check's timeouts
+    (43 s with the defaults), then the write-rights check waited for the same again and said the same; now the
+    rights check says it was not made, and tries nothing."""
+    with faulty_proxy() as dc:  # no upstream: every connection is reset
+        connector = ad_env.connector(
+            host="localhost", port=dc.port, connect_timeout=1, reconnect_attempts=0, open=False
+        )
+        assert not connector.check().ok
+        tried = dc.accepted
+        findings = connector.doctor_checks()
+        assert dc.accepted == tried
+    assert findings == [("write-permissions", "error", "not checked: no bind to a DC (the reachable check says why)")]
 
 
 def test_doctor_names_a_dc_out_of_reach_without_a_class_name(ad_env: ADTestEnv) -> None:
@@ -172,11 +188,21 @@ def test_a_paged_search_whose_result_set_the_dc_discarded_starts_again(
 def test_a_paged_search_that_never_gets_past_a_page_stops_the_step_instead_of_starting_again_for_ever(
     ad_env: ADTestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A connection reset after every page: the search starts again each time and would never end."""
+    """A connection reset after every page the DC sends: the search starts again each time and would never end.
+
+    (After every page the connector hands on, the import gets past each: the connector reads past the pages
+    it returned before the reset, test_ad_import_pages.py.)"""
     people, _ = _people_behind_a_relay(ad_env)
     with faulty_proxy((ad_env.ad.host, ad_env.ad.ldaps_port)) as dc:
         connector = ad_env.connector(host="localhost", port=dc.port, base_dns=[people], page_size=_PAGE)
-        after_first_page(monkeypatch, dc.relay, every_page=True)
+        paged = Importer._paged
+
+        def reset_after_the_page(self: Importer, *args: Any, **kwargs: Any) -> Any:
+            answer = paged(self, *args, **kwargs)
+            dc.relay()
+            return answer
+
+        monkeypatch.setattr(Importer, "_paged", reset_after_the_page)
         with pytest.raises(StopRunError) as caught:
             run_import(connector, ImportMode.FULL, page_size=_PAGE)
     assert str(caught.value).startswith(

@@ -210,6 +210,21 @@ def test_doctor_checks_a_sample_object_per_base_dn(
     assert not report.ok and report.exit_code == 6
 
 
+def test_doctor_says_an_export_flow_to_an_attribute_the_directory_computes_cannot_write_not_to_grant_it(
+    ad_env: ADTestEnv,
+) -> None:
+    """Found in the QA pass: an export flow to whenChanged (import-only) passed every check before the export,
+    which stopped the step; doctor advised a dsacls grant for it, which cannot help. The flow to
+    thumbnailPhoto is still checked."""
+    ad_env.add_users(ad_env.specs(1, photos=False))
+    connector = ad_env.connector(export_attributes=("thumbnailPhoto", "whenChanged"), open=False)
+    assert connector.check().ok
+    (computed, severity_computed), (sample, severity_sample) = [(m, s) for _, s, m in connector.doctor_checks()]
+    assert severity_computed == "error" and computed.startswith("the directory computes whenChanged (import-only)")
+    assert "remove the export flow that names it" in computed and "dsacls" not in computed, computed
+    assert severity_sample == "ok" and "may write thumbnailPhoto on" in sample and "whenChanged" not in sample, sample
+
+
 def test_account_without_any_right_is_read_object_by_object_and_named_by_its_dn(ad_env: ADTestEnv) -> None:
     from tests.agents.active_directory.test_ad_engine import low_privilege_account
 

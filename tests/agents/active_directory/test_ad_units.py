@@ -98,6 +98,30 @@ def test_plain_ldap_needs_explicit_opt_in() -> None:
     assert ok.effective_port == 389
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("host", "ldap://dc1.example.test"),
+        ("host", "ldaps://dc1.example.test"),
+        ("host", "dc1.example.test:389"),
+        ("host", "dc1.example.test/"),
+        ("host", " dc1.example.test"),
+        ("fallback_hosts", ["dc2.example.test", "ldap://dc3.example.test"]),
+    ],
+)
+def test_a_dc_given_as_a_url_or_with_a_port_is_refused(key: str, value: Any) -> None:
+    """Found in the QA pass: ldap3 reads ``ldap://dc1`` as plain LDAP whatever ``security`` says, so the
+    bind password crossed the network unencrypted with ``security = 'ldaps'`` and no ``allow_plain_ldap``
+    (Samba refused the bind as strongerAuthRequired; a DC that takes simple binds on 389 accepted it)."""
+    with pytest.raises(ValidationError, match="is not a host name: give the DC's name or address alone"):
+        ActiveDirectorySettings.model_validate({**BASE_SETTINGS, key: value})
+
+
+@pytest.mark.parametrize("host", ["dc1.example.test", "dc1", "10.0.0.10", "fd00::a", "[fd00::a]"])
+def test_a_dc_name_or_address_is_taken(host: str) -> None:
+    assert ActiveDirectorySettings.model_validate({**BASE_SETTINGS, "host": host}).host == host
+
+
 def test_settings_reject_overlapping_bases_and_bad_filters_and_hide_the_password() -> None:
     with pytest.raises(ValidationError, match="inside"):
         ActiveDirectorySettings.model_validate(
@@ -299,8 +323,9 @@ def test_plan_refuses_oversize_photos_and_multiple_values() -> None:
 def test_plan_scope_guard_and_unsupported_operations() -> None:
     with pytest.raises(ScopeViolationError, match="displayName"):
         plan_change(_update(AttributeChange.replace("displayName", "x")), USER, ALLOWED)
-    with pytest.raises(ScopeViolationError, match="import-only"):
+    with pytest.raises(ScopeViolationError, match="import-only") as computed:
         plan_change(_update(AttributeChange.replace("uSNChanged", 1)), USER, ALLOWED | {"usnchanged"})
+    assert "remove the export flow that names it" in str(computed.value)  # what to do, not only what is wrong
     for change in (CSEntryChange.delete("user", GUID), CSEntryChange.add("user", GUID, {"mail": "a"})):
         result = plan_change(change, USER, ALLOWED)
         assert not isinstance(result, list) and result.error_name == "cd-error"

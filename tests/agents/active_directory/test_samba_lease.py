@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_or_skip
-from tests.harness.samba_dc import ADSettings, _dc, samba_lease, stop_samba
+from tests.harness.samba_dc import ADSettings, _dc, _default_directory, samba_lease, stop_samba
 
 #: A loopback address of its own: neither the session's DC (samba_ad) nor the restart benchmark's (.9).
 _HOST = "127.0.83.8"
@@ -100,3 +100,14 @@ def test_a_dc_whose_starter_was_killed_is_stopped_by_its_last_user(samba_ad: ADS
         starter.kill()
         starter.wait(timeout=30)
         stop_samba(host=_HOST)
+
+
+def test_mvsync_samba_dir_is_the_directory_of_the_session_s_dc_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in the AD QA pass: with MVSYNC_SAMBA_DIR set (as for a DC started by hand), the second DC of
+    test_ad_other_dc, at an address of its own, got that directory too: it was the session's DC, said to
+    listen at an address where nothing did, and each of its tests failed with "Connection refused"."""
+    monkeypatch.setenv("MVSYNC_SAMBA_HOST", "127.0.83.21")
+    monkeypatch.setenv("MVSYNC_SAMBA_DIR", "/tmp/mvsync-samba-by-hand")
+    assert _dc(None, None, None, False).directory == Path("/tmp/mvsync-samba-by-hand").resolve()
+    assert _dc(None, "127.0.83.21", None, False).directory == Path("/tmp/mvsync-samba-by-hand").resolve()
+    assert _dc(None, _HOST, None, False).directory == _default_directory(_HOST).resolve()
