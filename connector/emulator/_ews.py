@@ -36,7 +36,9 @@ NTLM without channel binding while     401 (``extended_protection=True``: the EW
 Extended Protection is required        Extended Protection; RFC 5929 ``tls-server-end-point`` binding)
 no or wrong credentials                401 with ``WWW-Authenticate: NTLM`` / ``Negotiate`` / ``Basic``
                                        (authentication-and-ews-in-exchange: NTLM on-premises, Basic no
-                                       longer recommended; OAuth in hybrid modern authentication)
+                                       longer recommended; OAuth in hybrid modern authentication); each
+                                       NTLM AUTHENTICATE or Basic password refused counts in ``stats()``
+                                       ``failed_logons``, as the DC counts toward the account's lockout
 ``Authorization: Negotiate`` with a    accepted with the keytab of ``HTTP/<host>``; the answer carries
 Kerberos ticket (SPNEGO)               ``WWW-Authenticate: Negotiate <token>``, the mutual-authentication
                                        token (RFC 4559 §5); the connection then stays authenticated (IIS
@@ -628,7 +630,10 @@ class EwsService:
         if scheme not in self.config.auth and not (scheme == "negotiate" and "ntlm" in self.config.auth):
             return self._challenge()
         if scheme == "basic":
-            return None if self._basic_ok(token) else self._challenge()
+            if self._basic_ok(token):
+                return None
+            self.stats.count("failed_logons")
+            return self._challenge()
         if scheme == "bearer":
             ok = self.bearer_validator is not None and self.bearer_validator(token.strip())
             return None if ok else self._challenge('Bearer error="invalid_token"')
@@ -675,6 +680,7 @@ class EwsService:
         import spnego
 
         label = "Negotiate" if scheme == "negotiate" else "NTLM"
+        raw = b""
         try:
             raw = base64.b64decode(token)
             context = req.conn.get("ntlm")
@@ -683,6 +689,8 @@ class EwsService:
             assert isinstance(context, spnego.ContextProxy)
             answer = context.step(raw)
         except Exception:  # pyspnego raises several types for a wrong password or a garbled token
+            if raw[8:12] == b"\x03\x00\x00\x00":  # an AUTHENTICATE refused
+                self.stats.count("failed_logons")  # what the DC counts toward the account's lockout
             req.conn.pop("ntlm", None)
             return self._challenge()
         if not context.complete:

@@ -240,8 +240,11 @@ def refused(settings: ExchangeServerSettings, challenge: str | None = None) -> A
             "EWS virtual directory (hybrid modern authentication)"
         )
     return AuthenticationError(
-        f"{s.where} refused {s.username} (HTTP 401, auth = '{s.auth}'); "
-        "check the account, its password reference and the EWS virtual directory's authentication methods"
+        f"{s.where} refused {s.username} (HTTP 401, auth = '{s.auth}'); check the account (a wrong or expired "
+        "password, or the account locked out or disabled: Get-ADUser <account> -Properties "
+        "LockedOut,Enabled,PasswordExpired), its password reference and the EWS virtual directory's "
+        "authentication methods. Each step sends a refused password once (one failed logon toward the domain's "
+        "lockout threshold), then stops"
     )
 
 

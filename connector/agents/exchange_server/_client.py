@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import random
 import re
 import threading
@@ -60,13 +61,14 @@ from connector.net import (
     read_within,
     unanswered_outage,
 )
-from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError, wait_event
-from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
+from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, wait_event
+from connector.throttling import AdaptiveLimiter, Cancelled, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = [
     "MAX_PHOTO_BYTES",
     "REFUSALS_TO_STOP",
     "VERSION_PROBES",
+    "CredentialGate",
     "EwsFault",
     "Fetched",
     "PhotoClient",
@@ -361,6 +363,69 @@ def _oversized(email: str, big: _Oversized) -> Fetched:
     return _no_picture(email, big.content_type, exc)
 
 
+def _past_authentication(resp: requests.Response) -> bool:
+    """Whether EWS itself answered, so the request's credentials were accepted: a photo, "unchanged",
+    "no photo" (``_READ_STATUS``) or an EWS SOAP fault; not what IIS, or what stands in front of it, may
+    answer before authenticating (a 403 of its IP restrictions, push-back, a redirect, a gateway's 5xx)."""
+    return resp.status_code in _READ_STATUS or ews_fault(resp) is not None
+
+
+class CredentialGate:
+    """Sends a step's requests so that wrong credentials cost one failed logon, not one per thread.
+
+    Every request answered 401 after carrying a wrong (or expired) password is a failed logon at the
+    domain controller (NTLM and Basic alike), and AD locks the account out at its lockout threshold
+    (10 in Microsoft's security baseline, 5 or fewer in CIS's benchmark): then the account fails
+    everywhere it is used, this agent included, until an administrator unlocks it. The check's two
+    requests and the first photo requests, each on its own thread's connection, made 6 failed logons
+    in one step (4 within ``endpoint_check_hours``, 3 for ``mvsync doctor``), so one run could lock the
+    service account. So until an answer shows the credentials accepted (``_past_authentication``),
+    requests go one at a time; once one is refused, none is sent again and every sender stops the step
+    with the same error. Thread-safe; one per step (``PhotoClient``).
+    """
+
+    def __init__(
+        self, settings: ExchangeServerSettings, limiter: AdaptiveLimiter, cancel: Callable[[], threading.Event]
+    ) -> None:
+        self._settings = settings
+        self._limiter = limiter
+        self._cancel = cancel
+        self._turn = threading.Lock()
+        self._accepted = False
+        self._refused: ConnectorError | None = None
+
+    def send(self, ticket: Ticket, send: Callable[[], requests.Response]) -> requests.Response:
+        """``send()``'s answer (the caller holds ``ticket``, released here when the step stops); raises
+        the refusal of the credentials (``refusal``) instead of a 401, and instead of sending after one."""
+        try:
+            if self._accepted:
+                return self._sent(send)
+            while not self._turn.acquire(timeout=0.5):  # one at a time, until the credentials are accepted
+                if self._cancel().is_set():
+                    raise Cancelled
+            try:
+                return self._sent(send)
+            finally:
+                self._turn.release()
+        except (ConnectorError, Cancelled):
+            self._limiter.release(ticket, Signal.OK)
+            raise
+
+    def _sent(self, send: Callable[[], requests.Response]) -> requests.Response:
+        if self._refused is not None:
+            raise copy.copy(self._refused)
+        try:
+            resp = send()
+        except AuthenticationError as exc:  # the authentication's own refusal (``_auth``)
+            self._refused = exc
+            raise
+        if resp.status_code == 401:
+            self._refused = refusal(self._settings, resp.headers.get("WWW-Authenticate"))
+            raise copy.copy(self._refused)
+        self._accepted = self._accepted or _past_authentication(resp)
+        return resp
+
+
 class PhotoClient:
     """Fetches photos for one agent step; thread-safe.
 
@@ -407,6 +472,8 @@ class PhotoClient:
         self._asked: str | None = None
         #: The mailboxes refused since the last one read, and the mailbox read last (``_refused_everywhere``).
         self._refusals = RefusedEverywhere(REFUSALS_TO_STOP)
+        #: Every request goes through it: wrong credentials cost one failed logon, not one per thread.
+        self.gate = CredentialGate(settings, limiter, lambda: self.cancel)
         self.watch = ThrottleWatch(
             settings.where,
             settings.max_throttled_wait_minutes,
@@ -523,7 +590,8 @@ class PhotoClient:
         for attempt in range(1, s.max_throttled_retries + 1):
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
-            try:
+
+            def post() -> requests.Response:
                 resp = self.session.post(
                     s.ews_url, data=body, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
                 )
@@ -531,6 +599,10 @@ class PhotoClient:
                     _read_body(resp, s.timeout_s, limit)
                 else:
                     _read_head(resp, s.timeout_s)
+                return resp
+
+            try:
+                resp = self.gate.send(ticket, post)
             except _Oversized:  # an answer all the same
                 self.limiter.release(ticket, Signal.OK)
                 raise
@@ -667,7 +739,7 @@ class PhotoClient:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
             try:
-                resp = self._send(email, size, headers)
+                resp = self._send(ticket, email, size, headers)
             except _Oversized as big:
                 self._answered(ticket, email, True, read=True)
                 return _oversized(email, big)
@@ -714,8 +786,8 @@ class PhotoClient:
         s = self.settings
         return min(s.backoff_max_s, s.backoff_initial_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
-    def _send(self, email: str, size: str, headers: dict[str, str] | None = None) -> requests.Response:
-        """One GetUserPhoto request (the caller holds a limiter ticket for it).
+    def _send(self, ticket: Ticket, email: str, size: str, headers: dict[str, str] | None = None) -> requests.Response:
+        """One GetUserPhoto request, for which the caller holds ``ticket``, through the credential gate.
 
         Streamed, so that a photo's body is read with a bound (``_read_body``), here, where a cut-off
         answer is a failure to retry; reading it also frees the connection for the next request
@@ -723,15 +795,19 @@ class PhotoClient:
         """
         params = {"email": email, "size": size}
         timeout = self.settings.timeout_s
-        # never followed: credentials would go with it, and its server's 401 would stop the step (_answer)
-        resp = self.session.get(
-            self.url, params=params, headers=headers or {}, timeout=timeout, stream=True, allow_redirects=False
-        )
-        if resp.status_code == 200:
-            _read_body(resp, timeout)
-        else:
-            _read_head(resp, timeout)
-        return resp
+
+        def get() -> requests.Response:
+            # never followed: credentials would go with it, and its server's 401 would stop the step
+            resp = self.session.get(
+                self.url, params=params, headers=headers or {}, timeout=timeout, stream=True, allow_redirects=False
+            )
+            if resp.status_code == 200:
+                _read_body(resp, timeout)
+            else:
+                _read_head(resp, timeout)
+            return resp
+
+        return self.gate.send(ticket, get)
 
     def _pushed_back(self, ticket: Ticket, wait: float | None) -> None:
         """ErrorServerBusy, 503 or 429: pause every sender for the wait asked for (BackOffMilliseconds,
@@ -870,7 +946,7 @@ class PhotoClient:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
             try:
-                resp = self._send(other, "HR48x48")
+                resp = self._send(ticket, other, "HR48x48")
             except _Oversized:  # an answer all the same
                 self.limiter.release(ticket, Signal.OK)
                 return True
@@ -911,8 +987,6 @@ class PhotoClient:
             return Fetched("unchanged", etag=etag) if conditional else _not_modified_unasked(email)
         if status == 404:
             return Fetched("none")
-        if status == 401:
-            raise refusal(self.settings, resp.headers.get("WWW-Authenticate"))
         if status == 403:
             return self._forbidden(email)
         if 300 <= status < 400:

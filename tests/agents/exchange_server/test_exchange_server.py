@@ -1275,6 +1275,38 @@ def _cli_config(ews: EwsEmulator, tmp_path: Path) -> Path:
     return config
 
 
+def test_a_wrong_password_costs_one_failed_logon_per_step_not_one_per_thread(tmp_path: Path) -> None:
+    """Found in a bad-day pass: every request answered 401 after carrying a wrong password is a failed
+    logon at the DC, which locks the account out at its threshold (10 in Microsoft's baseline, 5 or fewer
+    in CIS's). One run made 6 (the check's two, then the first photo request of each thread), 4 within
+    endpoint_check_hours, and `mvsync doctor` 3: a doctor and a run could lock the service account out of
+    Exchange and everything else it serves. Until an answer shows the credentials accepted, requests now
+    go one at a time, and none after a 401: one failed logon per step, and per doctor."""
+    emails = [f"u{i:02}@contoso.example" for i in range(40)]
+    with EwsEmulator(EwsConfig(extended_protection=True)) as emu:
+        for email in emails:
+            emu.add_mailbox(email, photo=photo(1) if email < "u03" else None)
+
+        def failed_logons(*args: str, config: Path, code: int) -> int:
+            before = emu.stats().get("failed_logons", 0)
+            got, out, err = invoke(*args, "-c", str(config))
+            assert got == code and "Traceback" not in err, out + err
+            assert f"refused {emu.info['username']} (HTTP 401" in out + err and "locked out" in out + err, out + err
+            return int(emu.stats().get("failed_logons", 0)) - before
+
+        for folder in ("new", "known"):
+            _listing(tmp_path / folder, *emails)
+            _cli_config(emu, tmp_path / folder)
+        known = tmp_path / "known" / "mvsync.toml"
+        assert invoke("run", "full", "-c", str(known))[0] == 0  # its check is remembered: photo requests first
+        for folder in ("new", "known"):
+            (tmp_path / folder / "pw").write_text("not-" + emu.info["password"], encoding="utf-8")
+        config = tmp_path / "new" / "mvsync.toml"
+        assert failed_logons("run", "full", "--json", config=config, code=4) == 1
+        assert failed_logons("run", "full", "--json", config=known, code=4) == 1
+        assert failed_logons("doctor", config=config, code=6) == 1
+
+
 def test_an_agent_folder_that_cannot_be_made_is_named_not_a_traceback(ews: EwsEmulator, tmp_path: Path) -> None:
     """A file where the agent's folder goes (data/exs) ended the step in a FileExistsError traceback
     (stopped-connector-exception); it is a configuration error naming the folder, as for exo."""
