@@ -46,6 +46,8 @@ Kerberos ticket (SPNEGO)               ``WWW-Authenticate: Negotiate <token>``, 
                                        per connection by default, WindowsAuthenticationSection reference)
 a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 4559 §5)
 (another service's, a stale key)
+NTLM inside Negotiate, with           401 with the challenge again and no NTLM challenge: the Negotiate of
+``ntlm_in_negotiate=False``            a virtual directory that takes Kerberos only (ASSUMPTION: the answer)
 ``server_version="Exchange2010_SP1"``  an Exchange 2010 server, which has no GetUserPhoto (getuserphoto-
                                        operation: "introduced in Exchange Server 2013"):
 - a SOAP request whose                 500 SOAP fault ``ErrorInvalidServerVersion``, "The specified server
@@ -223,6 +225,10 @@ class EwsConfig:
     faults: FaultSpec = None
     #: Authentication schemes the EWS virtual directory offers, in the order of its WWW-Authenticate.
     auth: tuple[Literal["negotiate", "ntlm", "basic", "bearer"], ...] = ("ntlm", "basic")
+    #: False: the Negotiate offered takes Kerberos only (IIS's providers ``Negotiate:Kerberos``, or NTLM
+    #: refused by the domain's "Network security: Restrict NTLM" policy): NTLM inside it gets the bare
+    #: challenge again, with no NTLM challenge (ASSUMPTION: the answer, which Microsoft does not document).
+    ntlm_in_negotiate: bool = True
     #: Keytab with the keys of EWS's ``HTTP/<host>`` service principal (needed with "negotiate").
     kerberos_keytab: Path | None = None
     username: str = "svc-mvsync"
@@ -628,6 +634,8 @@ class EwsService:
         if scheme == "negotiate" and "negotiate" in self.config.auth and not _is_ntlm(token):
             return self._kerberos(req, token.strip())
         if scheme not in self.config.auth and not (scheme == "negotiate" and "ntlm" in self.config.auth):
+            return self._challenge()
+        if scheme == "negotiate" and not self.config.ntlm_in_negotiate:  # Kerberos only: NTLM inside is refused
             return self._challenge()
         if scheme == "basic":
             if self._basic_ok(token):

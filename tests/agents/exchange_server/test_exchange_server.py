@@ -1448,6 +1448,26 @@ def test_an_authentication_method_ews_does_not_offer_is_named_not_taken_for_a_wr
     assert "password reference" not in said and emu.info["password"] not in out + err
 
 
+def test_an_ews_that_takes_kerberos_only_says_to_use_negotiate_not_a_traceback(tmp_path: Path) -> None:
+    """Found in a bad-day pass: with auth = "ntlm" against an EWS virtual directory whose Windows
+    authentication takes Kerberos only (the Negotiate provider without NTLM, or NTLM refused by the
+    domain's policy), requests-ntlm's NTLM inside Negotiate got no challenge back and it raised
+    PermissionError: a traceback, stopped-connector-exception, "Access denied: Server did not respond with
+    NTLM challenge token". It is a stop naming the server and the setting that works."""
+    unread = tmp_path / "no.keytab"  # no Kerberos ticket comes: its keys are never read
+    with EwsEmulator(EwsConfig(auth=("negotiate",), ntlm_in_negotiate=False, kerberos_keytab=unread)) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        _listing(tmp_path, PHOTO)
+        code, out, err = invoke("run", "full", "-c", str(_cli_config(emu, tmp_path)), "--json")
+        logons = emu.stats().get("failed_logons", 0)
+    step = json.loads(out)["steps"][0]
+    assert (code, step["status"]) == (4, "stopped-authentication") and "Traceback" not in err, out + err
+    said = step["message"]
+    assert said.startswith(f"EWS at {emu.info['ews_url'].split('/EWS')[0]} did not answer the NTLM negotiation "), said
+    assert "it offers Negotiate" in said and "takes Kerberos only" in said and "Set auth = 'negotiate'" in said, said
+    assert logons == 0 and emu.info["password"] not in out + err
+
+
 @pytest.mark.parametrize(
     ("auth", "challenge", "said"),
     [
