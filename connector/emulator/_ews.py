@@ -87,6 +87,12 @@ $false``, or the account's             organization from using EWS"; ASSUMPTION:
                                        a request whose ``User-Agent`` matches no entry ("applications
                                        are identified by the user agent string", controlling-client-
                                        application-access-to-ews-in-exchange) gets the same 403
+``/owa/`` (Outlook on the web with      302 to ``/owa/auth/logon.aspx?replaceCurrent=1&url=..``, which
+forms-based authentication, its        answers 200 with its HTML sign-in page (ASSUMPTION: the page and the
+default since Exchange 2013)           redirect's query)
+``http_redirect="https://../owa"``     every ``/EWS/`` request 302 to it, before authentication: IIS's HTTP
+                                       Redirect set on the Default Web Site to shorten the OWA URL, and
+                                       inherited by the EWS virtual directory (a known misconfiguration)
 ``set_answer(email, status, body)``    that answer to the mailbox's REST ``GetUserPhoto``, for what one
                                        mailbox (or what stands in front of EWS) may answer: a SOAP
                                        fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
@@ -247,6 +253,9 @@ class EwsConfig:
     pool: tuple[Literal["Exchange2010_SP1", "Exchange2013"], ...] = ()
     #: What a server older than 2013 answers the REST GetUserPhoto (both ASSUMPTIONS, see the docstring).
     older_rest: Literal["404", "ErrorInvalidServerVersion"] = "404"
+    #: IIS's HTTP Redirect of the Default Web Site (to Outlook on the web), inherited by the EWS virtual
+    #: directory: every /EWS/ request answered 302 to it, before authentication; None: no redirect.
+    http_redirect: str | None = None
     #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
     extended_protection: bool = False
     photo_templates: int = 24
@@ -445,6 +454,10 @@ class EwsService:
     async def handle(self, req: Request) -> Response:
         self.stats.count("requests")
         path = req.path.lower().rstrip("/")
+        if self.config.http_redirect is not None and path.startswith("/ews"):
+            return Response(302, b"", [("Location", self.config.http_redirect)])
+        if path == "/owa" or path.startswith("/owa/"):
+            return _owa(path)
         if path not in (PHOTO_PATH, SOAP_PATH):
             return Response(404, b"Not Found")
         denied = self._authenticate(req)
@@ -706,6 +719,20 @@ class EwsService:
         req.conn["user"] = context.client_principal or "?"
         req.conn.pop("ntlm", None)
         return None
+
+
+_OWA_SIGN_IN = (
+    b'<!DOCTYPE html><html><head><title>Outlook</title></head><body><form action="/owa/auth.owa" method="POST">'
+    b'<input name="username"><input name="password" type="password"></form></body></html>'
+)
+
+
+def _owa(path: str) -> Response:
+    """Outlook on the web with forms-based authentication: its sign-in page, where every other /owa/
+    request is sent (see the docstring)."""
+    if path == "/owa/auth/logon.aspx":
+        return Response(200, _OWA_SIGN_IN, [("Content-Type", "text/html; charset=utf-8")])
+    return Response(302, b"", [("Location", "/owa/auth/logon.aspx?replaceCurrent=1&url=%2fowa%2f")])
 
 
 def _is_ntlm(token: str) -> bool:

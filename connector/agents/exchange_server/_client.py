@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -363,6 +363,37 @@ def _oversized(email: str, big: _Oversized) -> Fetched:
     return _no_picture(email, big.content_type, exc)
 
 
+def _not_ews(resp: requests.Response) -> str | None:
+    """Why the answer to ``check_endpoint``'s SOAP request shows that no EWS answered it; None when it may be EWS.
+
+    A 404 would be every photo request's answer too, "no photo" for every mailbox. A redirect or a web
+    page (a 2xx that is not XML) is what Outlook on the web's sign-in answers (ews_url naming /owa/), or a
+    reverse proxy's pre-authentication, or IIS's HTTP Redirect of the Default Web Site inherited by the
+    EWS virtual directory: every photo request would be the mailbox's error, thousands of one
+    misconfiguration, where one stop says what to fix. EWS answers a SOAP request with XML, if only a fault.
+    """
+    status = resp.status_code
+    if status == 404:
+        return (
+            "it answered HTTP 404 to a SOAP request, and would answer every photo request so, which reads as "
+            '"no photo" for every mailbox'
+        )
+    if 300 <= status < 400:
+        target = urljoin(resp.url, resp.headers.get("Location") or "")
+        return (
+            f"it answered a SOAP request with HTTP {status}, a redirect to {host_port(target)}{urlsplit(target).path} "
+            "(Outlook on the web's sign-in, a reverse proxy's, or IIS's HTTP Redirect of the web site, which the EWS "
+            'virtual directory must not inherit: appcmd set config "Default Web Site/EWS" /section:httpRedirect '
+            "/enabled:false)"
+        )
+    if 200 <= status < 300 and "xml" not in _content_type(resp).lower():
+        return (
+            f"it answered a SOAP request with HTTP {status} and {_content_type(resp)}, a web page rather than EWS's "
+            "XML (a sign-in page of Outlook on the web or of a reverse proxy?)"
+        )
+    return None
+
+
 def _past_authentication(resp: requests.Response) -> bool:
     """Whether EWS itself answered, so the request's credentials were accepted: a photo, "unchanged",
     "no photo" (``_READ_STATUS``) or an EWS SOAP fault; not what IIS, or what stands in front of it, may
@@ -549,11 +580,10 @@ class PhotoClient:
         """
         s = self.settings
         resp = self._post(_EMPTY_SOAP)
-        if resp is not None and resp.status_code == 404:
+        if resp is not None and (said := _not_ews(resp)) is not None:
             msg = (
-                f"{s.ews_url} is not EWS: it answered HTTP 404 to a SOAP request, and would answer every photo "
-                'request so, which reads as "no photo" for every mailbox; give the EWS endpoint, usually '
-                "https://<server>/EWS/Exchange.asmx (Get-WebServicesVirtualDirectory | fl InternalUrl)"
+                f"{s.ews_url} is not EWS: {said}; give the EWS endpoint, usually https://<server>/EWS/Exchange.asmx "
+                "(Get-WebServicesVirtualDirectory | fl InternalUrl)"
             )
             raise ConfigurationError(msg, key="ews_url")
         older = ""
@@ -981,6 +1011,10 @@ class PhotoClient:
         status, etag = resp.status_code, resp.headers.get("ETag")
         if fault is not None:  # a 5xx's, or a 200's whose SOAP says Error: a retry when it is the server's
             return self._refused_mailbox(email, fault) if fault.about_mailbox else None
+        if status in (200, 301, 302, 303, 307, 308) and "image" not in _content_type(resp):
+            # a web page or a redirect: the check left for later (``defer_check``) tells an ews_url that now
+            # leads to a sign-in page (stopping the step) from one mailbox's answer
+            self._checked()
         if status == 200:
             return _photo(email, resp)
         if status == 304:

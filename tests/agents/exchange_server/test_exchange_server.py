@@ -1360,6 +1360,60 @@ def test_an_ews_url_that_is_not_ews_stops_before_any_mailbox_reads_as_without_ph
     assert not result.ok and "is not EWS" in result.detail
 
 
+@pytest.mark.parametrize(
+    ("path", "redirect", "said"),
+    [
+        ("/owa/", None, "it answered a SOAP request with HTTP 302, a redirect to 127.0.0.1:{port}/owa/auth/logon.aspx"),
+        (
+            "/owa/auth/logon.aspx",
+            None,
+            "it answered a SOAP request with HTTP 200 and text/html; charset=utf-8, a web page",
+        ),
+        ("/EWS/Exchange.asmx", "https://mail.contoso.example/owa", "a redirect to mail.contoso.example:443/owa"),
+    ],
+)
+def test_an_ews_url_that_leads_to_a_sign_in_page_stops_once_before_any_mailbox(
+    tmp_path: Path, path: str, redirect: str | None, said: str
+) -> None:
+    """Found in a bad-day pass: ews_url naming Outlook on the web (its sign-in redirect, or the sign-in
+    page itself, a 200 of HTML), or EWS behind IIS's HTTP Redirect of the Default Web Site (set to shorten
+    the OWA URL, inherited by the EWS virtual directory), passed the check before the first mailbox (it
+    stopped only on a 404): the import went on and failed every mailbox with the same error (23 of 23
+    "not-an-image" or "a redirect ... not followed", completed-discovery-errors, exit 3), thousands in a
+    real organisation. The check now stops the step once (stopped-configuration, exit 2), naming the URL
+    and where it led, and no mailbox is asked."""
+    with EwsEmulator(EwsConfig(extended_protection=True, http_redirect=redirect)) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        _listing(tmp_path, PHOTO, PLAIN)
+        url = emu.info["ews_url"].replace("/EWS/Exchange.asmx", path)
+        config = _cli_config(emu, tmp_path)
+        config.write_text(config.read_text(encoding="utf-8").replace(emu.info["ews_url"], url), encoding="utf-8")
+        code, out, err = invoke("run", "full", "-c", str(config), "--json")
+        photo_requests = emu.stats().get("photo_requests", 0)
+    failure = json.loads(out)
+    assert (code, failure["status"]) == (2, "stopped-configuration"), out + err
+    message = failure["message"]
+    assert f"ews_url: {url.rstrip('/')} is not EWS: " in message, message
+    assert said.format(port=emu.info["port"]) in message and "/EWS/Exchange.asmx" in message, message
+    assert photo_requests == 0
+
+
+def test_a_redirect_set_after_the_check_was_remembered_stops_the_step_at_the_first_mailbox(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Within endpoint_check_hours the step sends its photo requests alone; an HTTP Redirect added to the
+    web site since (inherited by EWS) failed every mailbox with "a redirect ... not followed". The first
+    redirect or web page makes the check left for later, which stops the step once."""
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    config = _cli_config(ews, tmp_path)
+    assert invoke("run", "full", "-c", str(config))[0] == 0
+    ews.service.config.http_redirect = "https://mail.contoso.example/owa"
+    code, out, err = invoke("run", "full", "-c", str(config), "--json")
+    failure = json.loads(out)
+    assert (code, failure["status"]) == (2, "stopped-configuration"), out + err
+    assert "is not EWS: it answered a SOAP request with HTTP 302, a redirect to mail.contoso" in failure["message"]
+
+
 class _Writer:
     """Stands in for the clock while a mailbox list is written: each wait of the agent's is a moment in
     which the task writing the list runs one more of its ``steps`` (no real time passes, so the test
