@@ -5,8 +5,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import datetime
+import io
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
@@ -47,6 +49,7 @@ from connector.config import ConfigError, config_from_dict, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
 from connector.emulator._ews import SERVER_VERSIONS, EwsConfig, EwsEmulator, error_response, soap_fault
 from connector.engine import Engine, import_in_memory, open_connector
+from connector.logging import setup_logging
 from connector.sdk import (
     AuthenticationError,
     ConfigurationError,
@@ -763,6 +766,20 @@ def test_throttle_signals_from_ews_answers() -> None:
     assert throttle_signal(_answer(503, b"", **{"Retry-After": "3"})) == (True, 3.0)
     assert throttle_signal(_answer(500, b"")) == (False, None)  # an unknown address: a failure, not push-back
     assert throttle_signal(_answer(200, b"\xff\xd8", **{"Content-Type": "image/jpeg"})) == (False, None)
+
+
+def test_a_debug_log_holds_no_ntlm_message(ews: EwsEmulator, tmp_path: Path) -> None:
+    """Found in a bad-day pass: `mvsync --log-level DEBUG run` logged each NTLM handshake whole (pyspnego's
+    "NTLM step input/output", 68 records in a run of 23 mailboxes): the server's challenge with the
+    account's response, which can be cracked offline for its password (NetNTLMv2)."""
+    out = io.StringIO()
+    handler = setup_logging("DEBUG", stream=out)
+    try:
+        _imported(_agent(ews, tmp_path))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "DEBUG urllib3" in out.getvalue()  # the library's own DEBUG records are there
+    assert "TlRMTVNTUA" not in out.getvalue() and ews.info["password"] not in out.getvalue()
 
 
 def test_the_password_is_accepted_only_as_a_reference(ews: EwsEmulator, tmp_path: Path) -> None:
