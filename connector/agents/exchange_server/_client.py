@@ -394,13 +394,6 @@ def _not_ews(resp: requests.Response) -> str | None:
     return None
 
 
-def _past_authentication(resp: requests.Response) -> bool:
-    """Whether EWS itself answered, so the request's credentials were accepted: a photo, "unchanged",
-    "no photo" (``_READ_STATUS``) or an EWS SOAP fault; not what IIS, or what stands in front of it, may
-    answer before authenticating (a 403 of its IP restrictions, push-back, a redirect, a gateway's 5xx)."""
-    return resp.status_code in _READ_STATUS or ews_fault(resp) is not None
-
-
 class CredentialGate:
     """Sends a step's requests so that wrong credentials cost one failed logon, not one per thread.
 
@@ -410,9 +403,16 @@ class CredentialGate:
     everywhere it is used, this agent included, until an administrator unlocks it. The check's two
     requests and the first photo requests, each on its own thread's connection, made 6 failed logons
     in one step (4 within ``endpoint_check_hours``, 3 for ``mvsync doctor``), so one run could lock the
-    service account. So until an answer shows the credentials accepted (``_past_authentication``),
-    requests go one at a time; once one is refused, none is sent again and every sender stops the step
-    with the same error. Thread-safe; one per step (``PhotoClient``).
+    service account. So until the step's first request has ended otherwise than with a 401, requests
+    go one at a time; once one is refused, none is sent again and every sender stops the step with the
+    same error. Thread-safe; one per step (``PhotoClient``).
+
+    Why the first request that ends at all, and not the first that shows the credentials accepted: a
+    server that does not answer, or answers before authenticating (IIS's 503 of a stopped application
+    pool, its 403 of an IP restriction), checks no credentials, and holding every thread behind it one
+    request at a time made a silent EWS take twice as long to be named down (36 s instead of 16 with
+    timeout_s = 2). Failed logons can then come only from requests already under way when such a server
+    starts refusing the password, which the first refusal ends.
     """
 
     def __init__(
@@ -422,16 +422,16 @@ class CredentialGate:
         self._limiter = limiter
         self._cancel = cancel
         self._turn = threading.Lock()
-        self._accepted = False
+        self._open = False
         self._refused: ConnectorError | None = None
 
     def send(self, ticket: Ticket, send: Callable[[], requests.Response]) -> requests.Response:
         """``send()``'s answer (the caller holds ``ticket``, released here when the step stops); raises
         the refusal of the credentials (``refusal``) instead of a 401, and instead of sending after one."""
         try:
-            if self._accepted:
+            if self._open:
                 return self._sent(send)
-            while not self._turn.acquire(timeout=0.5):  # one at a time, until the credentials are accepted
+            while not self._turn.acquire(timeout=0.5):  # one at a time, until the first has ended
                 if self._cancel().is_set():
                     raise Cancelled
             try:
@@ -450,10 +450,13 @@ class CredentialGate:
         except AuthenticationError as exc:  # the authentication's own refusal (``_auth``)
             self._refused = exc
             raise
+        except Exception:  # no answer (or one too large to read): no credentials were refused
+            self._open = True
+            raise
         if resp.status_code == 401:
             self._refused = refusal(self._settings, resp.headers.get("WWW-Authenticate"))
             raise copy.copy(self._refused)
-        self._accepted = self._accepted or _past_authentication(resp)
+        self._open = True
         return resp
 
 
