@@ -87,6 +87,8 @@ $false``, or the account's             organization from using EWS"; ASSUMPTION:
                                        a request whose ``User-Agent`` matches no entry ("applications
                                        are identified by the user agent string", controlling-client-
                                        application-access-to-ews-in-exchange) gets the same 403
+``/EWS/Services.wsdl``                  the WSDL (``text/xml``) to a GET, 405 to a POST: a static file, which
+                                       IIS's StaticFile handler serves (ASSUMPTION: the WSDL's content)
 ``/owa/`` (Outlook on the web with      302 to ``/owa/auth/logon.aspx?replaceCurrent=1&url=..``, which
 forms-based authentication, its        answers 200 with its HTML sign-in page (ASSUMPTION: the page and the
 default since Exchange 2013)           redirect's query)
@@ -156,6 +158,8 @@ T = TypeVar("T")
 EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in HD_SIZES)
 PHOTO_PATH = "/ews/exchange.asmx/s/getuserphoto"
 SOAP_PATH = "/ews/exchange.asmx"
+WSDL_PATH = "/ews/services.wsdl"
+_WSDL = b'<?xml version="1.0" encoding="utf-8"?><wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/"/>'
 _NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 _NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 _NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -458,6 +462,10 @@ class EwsService:
             return Response(302, b"", [("Location", self.config.http_redirect)])
         if path == "/owa" or path.startswith("/owa/"):
             return _owa(path)
+        if path == WSDL_PATH:  # IIS's static file handler: the WSDL to a GET, 405 to anything else
+            if req.method in ("GET", "HEAD"):
+                return Response(200, _WSDL, [("Content-Type", "text/xml")])
+            return Response(405, b"405 - HTTP verb used to access this page is not allowed.", [("Allow", "GET, HEAD")])
         if path not in (PHOTO_PATH, SOAP_PATH):
             return Response(404, b"Not Found")
         denied = self._authenticate(req)

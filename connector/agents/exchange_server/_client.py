@@ -366,7 +366,9 @@ def _oversized(email: str, big: _Oversized) -> Fetched:
 def _not_ews(resp: requests.Response) -> str | None:
     """Why the answer to ``check_endpoint``'s SOAP request shows that no EWS answered it; None when it may be EWS.
 
-    A 404 would be every photo request's answer too, "no photo" for every mailbox. A redirect or a web
+    A 404 would be every photo request's answer too, "no photo" for every mailbox; so would another 4xx
+    that is not EWS's XML (ews_url naming /EWS/Services.wsdl, a static file: 405 to the POST, 404 to every
+    photo request below it), a refusal aside (401, 403, 407) or push-back (408, 429). A redirect or a web
     page (a 2xx that is not XML) is what Outlook on the web's sign-in answers (ews_url naming /owa/), or a
     reverse proxy's pre-authentication, or IIS's HTTP Redirect of the Default Web Site inherited by the
     EWS virtual directory: every photo request would be the mailbox's error, thousands of one
@@ -386,7 +388,13 @@ def _not_ews(resp: requests.Response) -> str | None:
             'virtual directory must not inherit: appcmd set config "Default Web Site/EWS" /section:httpRedirect '
             "/enabled:false)"
         )
-    if 200 <= status < 300 and "xml" not in _content_type(resp).lower():
+    xml = "xml" in _content_type(resp).lower()
+    if 400 <= status < 500 and status not in (401, 403, 407, 408, 429) and not xml:
+        return (
+            f"it answered HTTP {status} ({_content_type(resp)}) to a SOAP request, which EWS answers in XML (a "
+            "file such as /EWS/Services.wsdl, or another web site?), and would answer the photo requests so"
+        )
+    if 200 <= status < 300 and not xml:
         return (
             f"it answered a SOAP request with HTTP {status} and {_content_type(resp)}, a web page rather than EWS's "
             "XML (a sign-in page of Outlook on the web or of a reverse proxy?)"

@@ -1387,6 +1387,8 @@ def test_an_ews_url_that_is_not_ews_stops_before_any_mailbox_reads_as_without_ph
             "it answered a SOAP request with HTTP 200 and text/html; charset=utf-8, a web page",
         ),
         ("/EWS/Exchange.asmx", "https://mail.contoso.example/owa", "a redirect to mail.contoso.example:443/owa"),
+        # the WSDL's URL: 405 to the POST, and 404 ("no photo") to every photo request below it
+        ("/EWS/Services.wsdl", None, "it answered HTTP 405 (no Content-Type) to a SOAP request, which EWS answers in"),
     ],
 )
 def test_an_ews_url_that_leads_to_a_sign_in_page_stops_once_before_any_mailbox(
@@ -1397,8 +1399,10 @@ def test_an_ews_url_that_leads_to_a_sign_in_page_stops_once_before_any_mailbox(
     the OWA URL, inherited by the EWS virtual directory), passed the check before the first mailbox (it
     stopped only on a 404): the import went on and failed every mailbox with the same error (23 of 23
     "not-an-image" or "a redirect ... not followed", completed-discovery-errors, exit 3), thousands in a
-    real organisation. The check now stops the step once (stopped-configuration, exit 2), naming the URL
-    and where it led, and no mailbox is asked."""
+    real organisation. Worse, ews_url naming the WSDL (/EWS/Services.wsdl) passed it with a 405, and every
+    photo request's 404 read as "no photo": a first import succeeded with no photo at all. The check now
+    stops the step once (stopped-configuration, exit 2), naming the URL and where it led, and no mailbox
+    is asked."""
     with EwsEmulator(EwsConfig(extended_protection=True, http_redirect=redirect)) as emu:
         emu.add_mailbox(PHOTO, photo=photo(1))
         _listing(tmp_path, PHOTO, PLAIN)
