@@ -89,6 +89,9 @@ $false``, or the account's             organization from using EWS"; ASSUMPTION:
                                        application-access-to-ews-in-exchange) gets the same 403
 ``/EWS/Services.wsdl``                  the WSDL (``text/xml``) to a GET, 405 to a POST: a static file, which
                                        IIS's StaticFile handler serves (ASSUMPTION: the WSDL's content)
+``POST /autodiscover/autodiscover.xml`` 200 with POX Autodiscover's error 600, "Invalid Request" (MS-OXDSCLI
+                                       ErrorCode: "The XML request was improperly formatted"), to any
+                                       request that is not its own (ASSUMPTION: the status, 200)
 ``/owa/`` (Outlook on the web with      302 to ``/owa/auth/logon.aspx?replaceCurrent=1&url=..``, which
 forms-based authentication, its        answers 200 with its HTML sign-in page (ASSUMPTION: the page and the
 default since Exchange 2013)           redirect's query)
@@ -159,6 +162,12 @@ EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in HD_SIZES)
 PHOTO_PATH = "/ews/exchange.asmx/s/getuserphoto"
 SOAP_PATH = "/ews/exchange.asmx"
 WSDL_PATH = "/ews/services.wsdl"
+AUTODISCOVER_PATH = "/autodiscover/autodiscover.xml"
+_AUTODISCOVER_INVALID = (
+    b'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/'
+    b'responseschema/2006"><Response><Error Time="12:00:00.0000000" Id="1"><ErrorCode>600</ErrorCode>'
+    b"<Message>Invalid Request</Message><DebugData /></Error></Response></Autodiscover>"
+)
 _WSDL = b'<?xml version="1.0" encoding="utf-8"?><wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/"/>'
 _NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 _NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -462,6 +471,8 @@ class EwsService:
             return Response(302, b"", [("Location", self.config.http_redirect)])
         if path == "/owa" or path.startswith("/owa/"):
             return _owa(path)
+        if path == AUTODISCOVER_PATH:  # POX Autodiscover: what is not its request is error 600, in a 200
+            return Response(200, _AUTODISCOVER_INVALID, [("Content-Type", "text/xml; charset=utf-8")])
         if path == WSDL_PATH:  # IIS's static file handler: the WSDL to a GET, 405 to anything else
             if req.method in ("GET", "HEAD"):
                 return Response(200, _WSDL, [("Content-Type", "text/xml")])

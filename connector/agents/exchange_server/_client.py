@@ -126,6 +126,10 @@ REFUSALS_TO_STOP = 10
 #: odds s**5 (3 % at half, 0.1 % at a quarter); a server that is older through and through costs four more
 #: requests, once, in a step that stops anyway.
 VERSION_PROBES = 5
+#: A SOAP envelope, as EWS answers every SOAP request (a response or a fault).
+_ENVELOPE = re.compile(rb"<(?:[\w.-]+:)?Envelope\b")
+#: A SOAP GetUserPhoto answer (``GetUserPhotoResponse``, with or without a picture).
+_PHOTO_RESPONSE = re.compile(rb"<(?:[\w.-]+:)?GetUserPhotoResponse\b")
 #: A SOAP GetUserPhoto answer that carries a picture (base64 ``PictureData``).
 _PICTURE = re.compile(rb"<(?:[\w.-]+:)?PictureData\s*>\s*[A-Za-z0-9+/]")
 #: The picture's base64 text (getuserphoto-operation: ``PictureData``, "the user's photo", base64Binary).
@@ -214,9 +218,12 @@ def ews_fault(resp: requests.Response) -> EwsFault | None:
 
 
 def _says_no_photo(resp: requests.Response) -> bool:
-    """Whether a SOAP GetUserPhoto answer without a fault says "no photo": 404, or a 200 without
-    ``PictureData`` (see ``PhotoClient._confirmed_none``)."""
-    return resp.status_code == 404 or (resp.status_code == 200 and not _PICTURE.search(resp.content))
+    """Whether a SOAP GetUserPhoto answer without a fault says "no photo": 404, or a 200 that is a
+    ``GetUserPhotoResponse`` without ``PictureData`` (see ``PhotoClient._confirmed_none``); any other 200
+    (Autodiscover's XML, a web page) says nothing of the photo, which "no photo" would remove."""
+    if resp.status_code != 200:
+        return resp.status_code == 404
+    return bool(_PHOTO_RESPONSE.search(resp.content)) and not _PICTURE.search(resp.content)
 
 
 def _is_answer(resp: requests.Response, fault: EwsFault | None) -> bool:
@@ -393,6 +400,11 @@ def _not_ews(resp: requests.Response) -> str | None:
         return (
             f"it answered HTTP {status} ({_content_type(resp)}) to a SOAP request, which EWS answers in XML (a "
             "file such as /EWS/Services.wsdl, or another web site?), and would answer the photo requests so"
+        )
+    if 200 <= status < 300 and xml and not _ENVELOPE.search(resp.content[:8192]):
+        return (
+            f"it answered a SOAP request with HTTP {status} and XML that is no SOAP envelope (Autodiscover's "
+            'answer, /autodiscover/autodiscover.xml?), and would answer the photo requests with 404, "no photo"'
         )
     if 200 <= status < 300 and not xml:
         return (

@@ -1389,6 +1389,8 @@ def test_an_ews_url_that_is_not_ews_stops_before_any_mailbox_reads_as_without_ph
         ("/EWS/Exchange.asmx", "https://mail.contoso.example/owa", "a redirect to mail.contoso.example:443/owa"),
         # the WSDL's URL: 405 to the POST, and 404 ("no photo") to every photo request below it
         ("/EWS/Services.wsdl", None, "it answered HTTP 405 (no Content-Type) to a SOAP request, which EWS answers in"),
+        # Autodiscover's POX endpoint: its error 600 in a 200 of XML, which passed the check too
+        ("/autodiscover/autodiscover.xml", None, "with HTTP 200 and XML that is no SOAP envelope (Autodiscover's"),
     ],
 )
 def test_an_ews_url_that_leads_to_a_sign_in_page_stops_once_before_any_mailbox(
@@ -1417,6 +1419,24 @@ def test_an_ews_url_that_leads_to_a_sign_in_page_stops_once_before_any_mailbox(
     assert f"ews_url: {url.rstrip('/')} is not EWS: " in message, message
     assert said.format(port=emu.info["port"]) in message and "/EWS/Exchange.asmx" in message, message
     assert photo_requests == 0
+
+
+def test_only_a_getuserphoto_answer_without_a_picture_confirms_no_photo() -> None:
+    """The SOAP re-ask confirms a 404 before a photo is removed; a 200 without PictureData counted as
+    "no photo" whatever it was, so Autodiscover's XML (ews_url naming it) or a proxy's page removed the
+    photo, and the next export cleared thumbnailPhoto."""
+
+    def answer(status: int, body: bytes) -> requests.Response:
+        resp = requests.Response()
+        resp.status_code, resp._content = status, body
+        return resp
+
+    autodiscover = b'<?xml version="1.0"?><Autodiscover><Response><Error><ErrorCode>600</ErrorCode></Error></Response>'
+    no_picture = b'<s:Envelope><s:Body><m:GetUserPhotoResponse ResponseClass="Success"><m:HasChanged>false'
+    picture = no_picture + b"</m:HasChanged><m:PictureData>/9j/4AAQ</m:PictureData>"
+    assert _client._says_no_photo(answer(404, b"")) and _client._says_no_photo(answer(200, no_picture))
+    for status, body in ((200, autodiscover), (200, b"<html>sign in</html>"), (200, picture), (500, no_picture)):
+        assert not _client._says_no_photo(answer(status, body)), body
 
 
 def test_a_redirect_set_after_the_check_was_remembered_stops_the_step_at_the_first_mailbox(
