@@ -435,6 +435,10 @@ def test_settings_are_checked(ews: EwsEmulator, tmp_path: Path) -> None:
         _settings(ews, tmp_path, mailbox_file=None)
     assert _settings(ews, tmp_path, ews_url="https://mail.contoso.example/").ews_url.endswith("/EWS/Exchange.asmx")
     assert _settings(ews, tmp_path, photo_size="hr96x96").photo_size == "HR96x96"
+    # QA: "Input should be 'ntlm', 'negotiate', 'basic' or 'oauth'" did not say which one Kerberos is
+    with pytest.raises(ValidationError, match="Kerberos is auth = 'negotiate'"):
+        _settings(ews, tmp_path, auth="kerberos")
+    assert _settings(ews, tmp_path, auth="NTLM").auth == "ntlm"
     with pytest.raises(ValidationError, match="apply to auth 'negotiate' only"):
         _settings(ews, tmp_path, kerberos_host="mail.contoso.example")
     negotiate = _settings(ews, tmp_path, auth="negotiate", username=None, password=None)
