@@ -924,7 +924,12 @@ class PhotoClient:
         every mailbox."""
         evidence = self._refused_everywhere(email)
         if evidence is None:
-            return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
+            detail = (
+                f"EWS refused {self._account} the photo of {email} (HTTP 403 Forbidden, no SOAP fault); {_KEPT}. "
+                "Check the account's rights on this mailbox (if it impersonates, the scope of its "
+                "ApplicationImpersonation role: Get-ManagementRoleAssignment -Role ApplicationImpersonation)"
+            )
+            return Fetched("error", error="permission-issue", detail=detail)
         raise AuthenticationError(
             f"{self.settings.where} refused {self._account} (HTTP 403 Forbidden for {email}, and {evidence}): EWS "
             f"or IIS refuses the account, not one mailbox; {_ACCOUNT_CHECKS} and the IP restrictions and SSL "

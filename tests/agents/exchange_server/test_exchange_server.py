@@ -1924,6 +1924,20 @@ def test_the_first_mailboxes_refused_one_by_one_are_their_own_errors_not_the_acc
     assert all(entries[email].attributes["EXSPhoto"] for email in emails[2:])
 
 
+def test_a_mailbox_refused_with_a_bare_403_names_the_account_and_what_to_check(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Found in a bad-day pass: a mailbox EWS refused with a bare 403 was "EWS refused to read the photo
+    of X": neither the account nor what to check, nor that its photo is kept."""
+    emails = _many_mailboxes(ews, tmp_path, 4)
+    ews.set_answer(emails[1], 403, b"")
+    entries, _ = _imported(_agent(ews, tmp_path))
+    error = entries[emails[1]].error
+    assert error is not None and error.name == "permission-issue"
+    assert error.detail.startswith(f"EWS refused {ews.info['username']} the photo of {emails[1]} (HTTP 403"), error
+    assert "any photo imported before is kept" in error.detail and "ApplicationImpersonation" in error.detail
+
+
 def test_an_account_refused_everywhere_stops_after_the_first_few_mailboxes_not_the_whole_list(
     ews: EwsEmulator, tmp_path: Path
 ) -> None:
