@@ -373,9 +373,10 @@ def _oversized(email: str, big: _Oversized) -> Fetched:
 def _not_ews(resp: requests.Response) -> str | None:
     """Why the answer to ``check_endpoint``'s SOAP request shows that no EWS answered it; None when it may be EWS.
 
-    A 404 would be every photo request's answer too, "no photo" for every mailbox; so would another 4xx
+    A 404 would be every photo request's answer too, "no photo" for every mailbox; so would a 405 or 410
     that is not EWS's XML (ews_url naming /EWS/Services.wsdl, a static file: 405 to the POST, 404 to every
-    photo request below it), a refusal aside (401, 403, 407) or push-back (408, 429). A redirect or a web
+    photo request below it). Not any 4xx: IIS's 400 to a Kerberos ticket too large for its header limits
+    (MaxFieldLength) is the account's trouble, which the photo requests name. A redirect or a web
     page (a 2xx that is not XML) is what Outlook on the web's sign-in answers (ews_url naming /owa/), or a
     reverse proxy's pre-authentication, or IIS's HTTP Redirect of the Default Web Site inherited by the
     EWS virtual directory: every photo request would be the mailbox's error, thousands of one
@@ -396,7 +397,7 @@ def _not_ews(resp: requests.Response) -> str | None:
             "/enabled:false)"
         )
     xml = "xml" in _content_type(resp).lower()
-    if 400 <= status < 500 and status not in (401, 403, 407, 408, 429) and not xml:
+    if status in (405, 410) and not xml:
         return (
             f"it answered HTTP {status} ({_content_type(resp)}) to a SOAP request, which EWS answers in XML (a "
             "file such as /EWS/Services.wsdl, or another web site?), and would answer the photo requests so"
