@@ -450,18 +450,23 @@ class CredentialGate:
         """``send()``'s answer (the caller holds ``ticket``, released here when the step stops); raises
         the refusal of the credentials (``refusal``) instead of a 401, and instead of sending after one."""
         try:
-            if self._open:
-                return self._sent(send)
-            while not self._turn.acquire(timeout=0.5):  # one at a time, until the first has ended
-                if self._cancel().is_set():
-                    raise Cancelled
-            try:
-                return self._sent(send)
-            finally:
-                self._turn.release()
+            if not self._open:
+                self._wait_turn()
+                try:
+                    if not self._open:  # still the first: alone (the others waited for it; now they go at once)
+                        return self._sent(send)
+                finally:
+                    self._turn.release()
+            return self._sent(send)
         except (ConnectorError, Cancelled):
             self._limiter.release(ticket, Signal.OK)
             raise
+
+    def _wait_turn(self) -> None:
+        """Take the turn (one request at a time until the first has ended), or raise ``Cancelled``."""
+        while not self._turn.acquire(timeout=0.5):
+            if self._cancel().is_set():
+                raise Cancelled
 
     def _sent(self, send: Callable[[], requests.Response]) -> requests.Response:
         if self._refused is not None:
