@@ -273,11 +273,19 @@ def refused(settings: ExchangeServerSettings, challenge: str | None = None) -> A
         )
     return AuthenticationError(
         f"{s.where} refused {s.username} (HTTP 401, auth = '{s.auth}'); check the account (a wrong or expired "
-        "password, or the account locked out or disabled: Get-ADUser <account> -Properties "
+        f"password, or the account locked out or disabled: Get-ADUser {_ad_identity(s.username or '')} -Properties "
         "LockedOut,Enabled,PasswordExpired), its password reference and the EWS virtual directory's "
         "authentication methods. Each step sends a refused password once (one failed logon toward the domain's "
         "lockout threshold), then stops"
     )
+
+
+def _ad_identity(username: str) -> str:
+    """How Get-ADUser finds ``username``: ``svc`` for ``DOMAIN\\svc``; a filter for ``svc@domain`` (a UPN's
+    first part need not be the account's sAMAccountName)."""
+    if "@" in username:
+        return f"-Filter \"UserPrincipalName -eq '{username}'\""
+    return username.rpartition("\\")[2]
 
 
 def _unoffered(settings: ExchangeServerSettings, challenge: str | None) -> AuthenticationError | None:
