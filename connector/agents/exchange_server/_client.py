@@ -48,7 +48,14 @@ import requests
 from connector.agents.exchange_server._auth import USER_AGENT, refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.agents.exchange_server._versions import older_release, older_than_2013, probe
-from connector.imaging import DEFAULT_MAX_INPUT_BYTES, CorruptImageError, ImageError, InputTooLargeError, verify
+from connector.imaging import (
+    DEFAULT_MAX_INPUT_BYTES,
+    CorruptImageError,
+    ImageError,
+    InputTooLargeError,
+    NotAnImageError,
+    verify,
+)
 from connector.net import (
     RECHECKED,
     SILENCE,
@@ -312,9 +319,17 @@ def _no_picture(email: str, what: str, exc: ImageError) -> Fetched:
 
 
 def _photo(email: str, resp: requests.Response) -> Fetched:
-    """A 200's body as the mailbox's photo, if it is one (a proxy's page or damaged bytes are not)."""
-    what = f"{len(resp.content):,} bytes of {_content_type(resp)}"
-    return _picture(email, resp.content, what, resp.headers.get("ETag"))
+    """A 200's body as the mailbox's photo, if it is one (a proxy's page or damaged bytes are not).
+
+    A body whose Content-Type names no image is named so, not by what ``imaging`` says of a file
+    (an XML answer was "SVG/XML files are not supported; convert the photo to JPEG or PNG", which no
+    administrator can do about an answer of EWS or of what stands in front of it)."""
+    kind = _content_type(resp)
+    what = f"{len(resp.content):,} bytes of {kind}"
+    got = _picture(email, resp.content, what, resp.headers.get("ETag"))
+    if got.kind == "error" and not kind.lower().startswith("image/"):
+        return _no_picture(email, what, NotAnImageError(f"its Content-Type, {kind}, names no image"))
+    return got
 
 
 def _picture(email: str, data: bytes, what: str, etag: str | None) -> Fetched:

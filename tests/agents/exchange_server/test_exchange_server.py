@@ -1027,6 +1027,21 @@ def test_an_answer_that_is_no_picture_is_the_mailboxs_error_and_keeps_its_photo(
     assert "any photo imported before is kept" in photo_error.detail and "proxy or load balancer" in photo_error.detail
 
 
+def test_an_xml_answer_to_the_photo_request_is_named_by_its_content_type_not_as_a_file_to_convert(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Found in a bad-day pass: a 200 of XML to the REST GetUserPhoto (a SOAP answer cut short) was
+    "unsupported-image-format ... (SVG/XML files are not supported; convert the photo to JPEG or PNG)":
+    advice about a file, which no administrator can follow about an answer of EWS."""
+    cut = b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:GetUs'
+    ews.set_answer(PHOTO, 200, cut, content_type="text/xml; charset=utf-8")
+    _listing(tmp_path, PHOTO)
+    entries, _ = _imported(_agent(ews, tmp_path))
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "not-an-image", error
+    assert "its Content-Type, text/xml; charset=utf-8, names no image" in error.detail and "convert" not in error.detail
+
+
 def _gzip_bomb(decoded_bytes: int) -> bytes:
     """A gzip body of ``decoded_bytes`` zero bytes after a JPEG's first bytes: about a thousandth of it on the wire."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
