@@ -39,9 +39,15 @@ _KEY_VALUE = re.compile(rf"""(?i)(["']?\b(?:{_SECRET_KEYS})\b["']?\s*[:=]\s*)(["
 #: code): long, with a digit. Why not any ``code``: Graph's and Entra's error codes
 #: (``"code": "ResourceNotFound"``) are what an operator reads a failure by.
 _CODE_VALUE = re.compile(r"""(?i)(["']?\bcode\b["']?\s*[:=]\s*)(["']?)((?=[^"'\s,;&}]*\d)[^"'\s,;&}]{32,})\2""")
+#: An HTTP authentication scheme and its credentials (``Authorization: Basic <b64>``, requests-gssapi's
+#: DEBUG "Authorization header: Negotiate <Kerberos ticket>"), masked before ``_KEY_VALUE``, which masked
+#: only the scheme's name and left the credentials. A token has an upper-case letter, a digit, or one of
+#: ``+/=`` (base64), so that a message's "offers Basic authentication" or "the Negotiate provider." stays.
+_SCHEME_TOKEN = re.compile(r"\b(?i:(bearer|basic|negotiate|ntlm|kerberos))\s+(?=[\w\-.~+/]*[A-Z0-9+/=])[\w\-.~+/]+=*")
+#: An NTLM message in base64 ("NTLMSSP\0..."), wherever it is (pyspnego's DEBUG "NTLM step output: ...").
+#: A challenge with its response can be cracked offline for the password (NetNTLMv2).
+_NTLM_MESSAGE = re.compile(r"TlRMTVNTUA[A-Za-z0-9+/]*=*")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Authorization: Bearer <token> / Basic <b64>
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + REDACTED),
     (_CODE_VALUE, r"\1\2" + REDACTED + r"\2"),
     # JSON Web Tokens anywhere (three base64url parts, the first starting with '{"' = 'eyJ')
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"), REDACTED),
@@ -97,6 +103,8 @@ def mask_url(url: str) -> str:
 def redact(text: str) -> str:
     """``text`` with anything that looks like a credential replaced by ``***``."""
     text = _URL.sub(lambda found: mask_url(found.group()), text)
+    text = _SCHEME_TOKEN.sub(r"\1 " + REDACTED, text)
+    text = _NTLM_MESSAGE.sub(REDACTED, text)
     text = _KEY_VALUE.sub(_mask_value, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
@@ -184,7 +192,15 @@ def setup_logging(
         raise ValueError(msg)
     logging.getLogger("mvsync").setLevel(numeric)
     root.setLevel(min(numeric, logging.WARNING))
+    for name in _TOKEN_LOGGERS:  # their DEBUG records are the authentication's tokens, whole
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
     return handler
+
+
+#: Libraries whose DEBUG records dump authentication tokens: pyspnego's NTLM and GSSAPI messages ("NTLM
+#: step output: ..."; a challenge with its response is crackable offline), requests-gssapi's Authorization
+#: header (a Kerberos service ticket). ``redact`` masks those it recognises; these say nothing else.
+_TOKEN_LOGGERS = ("spnego", "requests_gssapi")
 
 
 def logs_as_json() -> bool:

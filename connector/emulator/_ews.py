@@ -36,7 +36,9 @@ NTLM without channel binding while     401 (``extended_protection=True``: the EW
 Extended Protection is required        Extended Protection; RFC 5929 ``tls-server-end-point`` binding)
 no or wrong credentials                401 with ``WWW-Authenticate: NTLM`` / ``Negotiate`` / ``Basic``
                                        (authentication-and-ews-in-exchange: NTLM on-premises, Basic no
-                                       longer recommended; OAuth in hybrid modern authentication)
+                                       longer recommended; OAuth in hybrid modern authentication); each
+                                       NTLM AUTHENTICATE or Basic password refused counts in ``stats()``
+                                       ``failed_logons``, as the DC counts toward the account's lockout
 ``Authorization: Negotiate`` with a    accepted with the keytab of ``HTTP/<host>``; the answer carries
 Kerberos ticket (SPNEGO)               ``WWW-Authenticate: Negotiate <token>``, the mutual-authentication
                                        token (RFC 4559 §5); the connection then stays authenticated (IIS
@@ -44,6 +46,8 @@ Kerberos ticket (SPNEGO)               ``WWW-Authenticate: Negotiate <token>``, 
                                        per connection by default, WindowsAuthenticationSection reference)
 a ticket the keytab cannot read        401 ``WWW-Authenticate: Negotiate`` (RFC 4559 §5)
 (another service's, a stale key)
+NTLM inside Negotiate, with           401 with the challenge again and no NTLM challenge: the Negotiate of
+``ntlm_in_negotiate=False``            a virtual directory that takes Kerberos only (ASSUMPTION: the answer)
 ``server_version="Exchange2010_SP1"``  an Exchange 2010 server, which has no GetUserPhoto (getuserphoto-
                                        operation: "introduced in Exchange Server 2013"):
 - a SOAP request whose                 500 SOAP fault ``ErrorInvalidServerVersion``, "The specified server
@@ -83,6 +87,17 @@ $false``, or the account's             organization from using EWS"; ASSUMPTION:
                                        a request whose ``User-Agent`` matches no entry ("applications
                                        are identified by the user agent string", controlling-client-
                                        application-access-to-ews-in-exchange) gets the same 403
+``/EWS/Services.wsdl``                  the WSDL (``text/xml``) to a GET, 405 to a POST: a static file, which
+                                       IIS's StaticFile handler serves (ASSUMPTION: the WSDL's content)
+``POST /autodiscover/autodiscover.xml`` 200 with POX Autodiscover's error 600, "Invalid Request" (MS-OXDSCLI
+                                       ErrorCode: "The XML request was improperly formatted"), to any
+                                       request that is not its own (ASSUMPTION: the status, 200)
+``/owa/`` (Outlook on the web with      302 to ``/owa/auth/logon.aspx?replaceCurrent=1&url=..``, which
+forms-based authentication, its        answers 200 with its HTML sign-in page (ASSUMPTION: the page and the
+default since Exchange 2013)           redirect's query)
+``http_redirect="https://../owa"``     every ``/EWS/`` request 302 to it, before authentication: IIS's HTTP
+                                       Redirect set on the Default Web Site to shorten the OWA URL, and
+                                       inherited by the EWS virtual directory (a known misconfiguration)
 ``set_answer(email, status, body)``    that answer to the mailbox's REST ``GetUserPhoto``, for what one
                                        mailbox (or what stands in front of EWS) may answer: a SOAP
                                        fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
@@ -146,6 +161,14 @@ T = TypeVar("T")
 EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in HD_SIZES)
 PHOTO_PATH = "/ews/exchange.asmx/s/getuserphoto"
 SOAP_PATH = "/ews/exchange.asmx"
+WSDL_PATH = "/ews/services.wsdl"
+AUTODISCOVER_PATH = "/autodiscover/autodiscover.xml"
+_AUTODISCOVER_INVALID = (
+    b'<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/'
+    b'responseschema/2006"><Response><Error Time="12:00:00.0000000" Id="1"><ErrorCode>600</ErrorCode>'
+    b"<Message>Invalid Request</Message><DebugData /></Error></Response></Autodiscover>"
+)
+_WSDL = b'<?xml version="1.0" encoding="utf-8"?><wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/"/>'
 _NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 _NS_M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 _NS_T = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -221,6 +244,10 @@ class EwsConfig:
     faults: FaultSpec = None
     #: Authentication schemes the EWS virtual directory offers, in the order of its WWW-Authenticate.
     auth: tuple[Literal["negotiate", "ntlm", "basic", "bearer"], ...] = ("ntlm", "basic")
+    #: False: the Negotiate offered takes Kerberos only (IIS's providers ``Negotiate:Kerberos``, or NTLM
+    #: refused by the domain's "Network security: Restrict NTLM" policy): NTLM inside it gets the bare
+    #: challenge again, with no NTLM challenge (ASSUMPTION: the answer, which Microsoft does not document).
+    ntlm_in_negotiate: bool = True
     #: Keytab with the keys of EWS's ``HTTP/<host>`` service principal (needed with "negotiate").
     kerberos_keytab: Path | None = None
     username: str = "svc-mvsync"
@@ -239,6 +266,9 @@ class EwsConfig:
     pool: tuple[Literal["Exchange2010_SP1", "Exchange2013"], ...] = ()
     #: What a server older than 2013 answers the REST GetUserPhoto (both ASSUMPTIONS, see the docstring).
     older_rest: Literal["404", "ErrorInvalidServerVersion"] = "404"
+    #: IIS's HTTP Redirect of the Default Web Site (to Outlook on the web), inherited by the EWS virtual
+    #: directory: every /EWS/ request answered 302 to it, before authentication; None: no redirect.
+    http_redirect: str | None = None
     #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
     extended_protection: bool = False
     photo_templates: int = 24
@@ -437,6 +467,16 @@ class EwsService:
     async def handle(self, req: Request) -> Response:
         self.stats.count("requests")
         path = req.path.lower().rstrip("/")
+        if self.config.http_redirect is not None and path.startswith("/ews"):
+            return Response(302, b"", [("Location", self.config.http_redirect)])
+        if path == "/owa" or path.startswith("/owa/"):
+            return _owa(path)
+        if path == AUTODISCOVER_PATH:  # POX Autodiscover: what is not its request is error 600, in a 200
+            return Response(200, _AUTODISCOVER_INVALID, [("Content-Type", "text/xml; charset=utf-8")])
+        if path == WSDL_PATH:  # IIS's static file handler: the WSDL to a GET, 405 to anything else
+            if req.method in ("GET", "HEAD"):
+                return Response(200, _WSDL, [("Content-Type", "text/xml")])
+            return Response(405, b"405 - HTTP verb used to access this page is not allowed.", [("Allow", "GET, HEAD")])
         if path not in (PHOTO_PATH, SOAP_PATH):
             return Response(404, b"Not Found")
         denied = self._authenticate(req)
@@ -627,8 +667,13 @@ class EwsService:
             return self._kerberos(req, token.strip())
         if scheme not in self.config.auth and not (scheme == "negotiate" and "ntlm" in self.config.auth):
             return self._challenge()
+        if scheme == "negotiate" and not self.config.ntlm_in_negotiate:  # Kerberos only: NTLM inside is refused
+            return self._challenge()
         if scheme == "basic":
-            return None if self._basic_ok(token) else self._challenge()
+            if self._basic_ok(token):
+                return None
+            self.stats.count("failed_logons")
+            return self._challenge()
         if scheme == "bearer":
             ok = self.bearer_validator is not None and self.bearer_validator(token.strip())
             return None if ok else self._challenge('Bearer error="invalid_token"')
@@ -675,6 +720,7 @@ class EwsService:
         import spnego
 
         label = "Negotiate" if scheme == "negotiate" else "NTLM"
+        raw = b""
         try:
             raw = base64.b64decode(token)
             context = req.conn.get("ntlm")
@@ -683,6 +729,8 @@ class EwsService:
             assert isinstance(context, spnego.ContextProxy)
             answer = context.step(raw)
         except Exception:  # pyspnego raises several types for a wrong password or a garbled token
+            if raw[8:12] == b"\x03\x00\x00\x00":  # an AUTHENTICATE refused
+                self.stats.count("failed_logons")  # what the DC counts toward the account's lockout
             req.conn.pop("ntlm", None)
             return self._challenge()
         if not context.complete:
@@ -690,6 +738,20 @@ class EwsService:
         req.conn["user"] = context.client_principal or "?"
         req.conn.pop("ntlm", None)
         return None
+
+
+_OWA_SIGN_IN = (
+    b'<!DOCTYPE html><html><head><title>Outlook</title></head><body><form action="/owa/auth.owa" method="POST">'
+    b'<input name="username"><input name="password" type="password"></form></body></html>'
+)
+
+
+def _owa(path: str) -> Response:
+    """Outlook on the web with forms-based authentication: its sign-in page, where every other /owa/
+    request is sent (see the docstring)."""
+    if path == "/owa/auth/logon.aspx":
+        return Response(200, _OWA_SIGN_IN, [("Content-Type", "text/html; charset=utf-8")])
+    return Response(302, b"", [("Location", "/owa/auth/logon.aspx?replaceCurrent=1&url=%2fowa%2f")])
 
 
 def _is_ntlm(token: str) -> bool:

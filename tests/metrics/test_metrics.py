@@ -187,6 +187,12 @@ SECRETS = [
     ('"device_code": "DAQABAAEAAAD2S9JJxyzxyzxyz0123456789abcdef",', "DAQABAAEAAAD"),
     ('"code": "DAQABAAEAAAD2S9JJxyzxyzxyz0123456789abcdef",', "DAQABAAEAAAD"),
     ("device_code=DAQABAAEAAAD2S9JJ&client_id=x", "DAQABAAEAAAD"),
+    # QA: "Authorization: Basic <b64>" lost the scheme's name to the key rule and kept the credentials
+    ("Authorization: Basic ab+CdXNlcjpwYXNzd29yZA==", "dXNlcjpw"),
+    # requests-gssapi's and pyspnego's DEBUG records: a Kerberos ticket, NTLM messages (crackable offline)
+    ("authenticate_user(): Authorization header: Negotiate YIIGhgYJKoZIhvcSAQICAQBuggZ1MIIG", "YIIGhgYJ"),
+    ("NTLM step output: TlRMTVNTUAADAAAAGAAYAFgAAACmAKYAcAAAAA4ADgAWAQAA", "TlRMTVNTUAAD"),
+    ("WWW-Authenticate: NTLM TlRMTVNTUAACAAAABAAEADgAAAA1goriVo8QzBIafpMA", "TlRMTVNTUAAC"),
 ]
 
 
@@ -238,6 +244,9 @@ def test_redact_leaves_ordinary_text_alone() -> None:
         '{"error": {"code": "ResourceNotFound", "message": "no photo"}}',
         '"code": "ErrorCannotUseFolderIdForItemId"',
         '"user_code": "BXFQ7KP3M"',
+        # authentication schemes named in prose (the "Basic ***" of a refusal's log line, before)
+        "EWS at https://mail does not offer Basic authentication (auth = 'basic'): it offers Negotiate, NTLM",
+        "its Windows authentication takes Kerberos only (the Negotiate provider without NTLM, or NTLM refused).",
     ],
 )
 def test_redact_masks_values_not_setting_names_or_error_codes(text: str) -> None:
@@ -264,6 +273,21 @@ def test_json_logs_carry_fields_and_never_secrets() -> None:
         assert secret not in out.getvalue()
     assert "RuntimeError" in lines[1]["exc"]
     assert lines[2]["url"].startswith("postgresql://mv:")
+
+
+def test_debug_logs_leave_out_the_authentication_libraries_token_dumps() -> None:
+    """QA: at --log-level DEBUG pyspnego logged every NTLM message whole ("NTLM step output: TlRM..."),
+    the server's challenge and the client's response with it, which can be cracked offline for the
+    password, and requests-gssapi the Authorization header (a Kerberos service ticket)."""
+    out = io.StringIO()
+    handler = setup_logging("debug", stream=out)
+    try:
+        logging.getLogger("spnego._ntlm").debug("NTLM step output: %s", "AAAA" * 8)
+        logging.getLogger("requests_gssapi.gssapi_").debug("Authorization header: %s", "Negotiate abcd")
+        logging.getLogger("spnego._ntlm").info("kept")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "AAAA" not in out.getvalue() and "abcd" not in out.getvalue() and "kept" in out.getvalue()
 
 
 def test_setup_logging_twice_keeps_one_handler() -> None:

@@ -63,14 +63,46 @@ def make_session(settings: ExchangeServerSettings, auth: AuthBase, agent: str = 
 def make_auth(settings: ExchangeServerSettings, agent: str = "") -> AuthBase:
     secret = settings.password.get_secret_value() if settings.password is not None else ""
     if settings.auth == "ntlm":
-        from requests_ntlm import HttpNtlmAuth
-
-        return HttpNtlmAuth(settings.username, secret)  # type: ignore[no-any-return]
+        return _checked_ntlm()(settings, secret)  # type: ignore[no-any-return]
     if settings.auth == "basic":
         return HTTPBasicAuth(settings.username or "", secret)
     if settings.auth == "negotiate":
         return _negotiate(settings)
     return OAuthBearer(settings, agent)
+
+
+@functools.cache
+def _checked_ntlm() -> Any:
+    """requests-ntlm's ``HttpNtlmAuth``, made to say what an NTLM negotiation answered without a challenge means.
+
+    requests-ntlm answers a 401 that offers Negotiate with NTLM inside it. Where the EWS virtual directory
+    takes Kerberos only (IIS's providers ``Negotiate:Kerberos``, or NTLM refused by the domain's "Network
+    security: Restrict NTLM" policy), that gets no NTLM challenge back, and requests-ntlm raised
+    PermissionError ("Server did not respond with NTLM challenge token"), or KeyError when the answer had
+    no WWW-Authenticate at all: a traceback and ``stopped-connector-exception`` that did not say to use
+    Kerberos. No password was sent: only the negotiation's first message.
+    """
+    from requests_ntlm import HttpNtlmAuth
+
+    class CheckedNtlmAuth(HttpNtlmAuth):  # type: ignore[misc]
+        def __init__(self, settings: ExchangeServerSettings, secret: str) -> None:
+            super().__init__(settings.username, secret)
+            self.where = settings.where
+
+        def retry_using_http_NTLM_auth(self, field: str, header: str, response: requests.Response, *args: Any) -> Any:
+            try:
+                return super().retry_using_http_NTLM_auth(field, header, response, *args)
+            except (PermissionError, KeyError):
+                offered = response.headers.get(field) or "nothing"
+                raise AuthenticationError(
+                    f"{self.where} did not answer the NTLM negotiation with a challenge (auth = 'ntlm'; it offers "
+                    f"{offered}): most likely its Windows authentication takes Kerberos only (the Negotiate "
+                    "provider without NTLM, or NTLM refused by the domain's policy, Network security: Restrict "
+                    "NTLM). Set auth = 'negotiate' (Kerberos, with a ticket of the service account: see the README's "
+                    "Exchange Server section), or allow NTLM for the EWS virtual directory"
+                ) from None
+
+    return CheckedNtlmAuth
 
 
 def _negotiate(settings: ExchangeServerSettings) -> AuthBase:
@@ -240,9 +272,20 @@ def refused(settings: ExchangeServerSettings, challenge: str | None = None) -> A
             "EWS virtual directory (hybrid modern authentication)"
         )
     return AuthenticationError(
-        f"{s.where} refused {s.username} (HTTP 401, auth = '{s.auth}'); "
-        "check the account, its password reference and the EWS virtual directory's authentication methods"
+        f"{s.where} refused {s.username} (HTTP 401, auth = '{s.auth}'); check the account (a wrong or expired "
+        f"password, or the account locked out or disabled: Get-ADUser {_ad_identity(s.username or '')} -Properties "
+        "LockedOut,Enabled,PasswordExpired), its password reference and the EWS virtual directory's "
+        "authentication methods. Each step sends a refused password once (one failed logon toward the domain's "
+        "lockout threshold), then stops"
     )
+
+
+def _ad_identity(username: str) -> str:
+    """How Get-ADUser finds ``username``: ``svc`` for ``DOMAIN\\svc``; a filter for ``svc@domain`` (a UPN's
+    first part need not be the account's sAMAccountName)."""
+    if "@" in username:
+        return f"-Filter \"UserPrincipalName -eq '{username}'\""
+    return username.rpartition("\\")[2]
 
 
 def _unoffered(settings: ExchangeServerSettings, challenge: str | None) -> AuthenticationError | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import random
 import re
 import threading
@@ -40,14 +41,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from connector.agents.exchange_server._auth import USER_AGENT, refusal
 from connector.agents.exchange_server._settings import ExchangeServerSettings
 from connector.agents.exchange_server._versions import older_release, older_than_2013, probe
-from connector.imaging import DEFAULT_MAX_INPUT_BYTES, CorruptImageError, ImageError, InputTooLargeError, verify
+from connector.imaging import (
+    DEFAULT_MAX_INPUT_BYTES,
+    CorruptImageError,
+    ImageError,
+    InputTooLargeError,
+    NotAnImageError,
+    verify,
+)
 from connector.net import (
     RECHECKED,
     SILENCE,
@@ -60,13 +68,14 @@ from connector.net import (
     read_within,
     unanswered_outage,
 )
-from connector.sdk import AuthenticationError, ConfigurationError, ServerDownError, wait_event
-from connector.throttling import AdaptiveLimiter, Signal, ThrottleWatch, Ticket, parse_retry_after
+from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, wait_event
+from connector.throttling import AdaptiveLimiter, Cancelled, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = [
     "MAX_PHOTO_BYTES",
     "REFUSALS_TO_STOP",
     "VERSION_PROBES",
+    "CredentialGate",
     "EwsFault",
     "Fetched",
     "PhotoClient",
@@ -124,6 +133,10 @@ REFUSALS_TO_STOP = 10
 #: odds s**5 (3 % at half, 0.1 % at a quarter); a server that is older through and through costs four more
 #: requests, once, in a step that stops anyway.
 VERSION_PROBES = 5
+#: A SOAP envelope, as EWS answers every SOAP request (a response or a fault).
+_ENVELOPE = re.compile(rb"<(?:[\w.-]+:)?Envelope\b")
+#: A SOAP GetUserPhoto answer (``GetUserPhotoResponse``, with or without a picture).
+_PHOTO_RESPONSE = re.compile(rb"<(?:[\w.-]+:)?GetUserPhotoResponse\b")
 #: A SOAP GetUserPhoto answer that carries a picture (base64 ``PictureData``).
 _PICTURE = re.compile(rb"<(?:[\w.-]+:)?PictureData\s*>\s*[A-Za-z0-9+/]")
 #: The picture's base64 text (getuserphoto-operation: ``PictureData``, "the user's photo", base64Binary).
@@ -212,9 +225,12 @@ def ews_fault(resp: requests.Response) -> EwsFault | None:
 
 
 def _says_no_photo(resp: requests.Response) -> bool:
-    """Whether a SOAP GetUserPhoto answer without a fault says "no photo": 404, or a 200 without
-    ``PictureData`` (see ``PhotoClient._confirmed_none``)."""
-    return resp.status_code == 404 or (resp.status_code == 200 and not _PICTURE.search(resp.content))
+    """Whether a SOAP GetUserPhoto answer without a fault says "no photo": 404, or a 200 that is a
+    ``GetUserPhotoResponse`` without ``PictureData`` (see ``PhotoClient._confirmed_none``); any other 200
+    (Autodiscover's XML, a web page) says nothing of the photo, which "no photo" would remove."""
+    if resp.status_code != 200:
+        return resp.status_code == 404
+    return bool(_PHOTO_RESPONSE.search(resp.content)) and not _PICTURE.search(resp.content)
 
 
 def _is_answer(resp: requests.Response, fault: EwsFault | None) -> bool:
@@ -303,9 +319,17 @@ def _no_picture(email: str, what: str, exc: ImageError) -> Fetched:
 
 
 def _photo(email: str, resp: requests.Response) -> Fetched:
-    """A 200's body as the mailbox's photo, if it is one (a proxy's page or damaged bytes are not)."""
-    what = f"{len(resp.content):,} bytes of {_content_type(resp)}"
-    return _picture(email, resp.content, what, resp.headers.get("ETag"))
+    """A 200's body as the mailbox's photo, if it is one (a proxy's page or damaged bytes are not).
+
+    A body whose Content-Type names no image is named so, not by what ``imaging`` says of a file
+    (an XML answer was "SVG/XML files are not supported; convert the photo to JPEG or PNG", which no
+    administrator can do about an answer of EWS or of what stands in front of it)."""
+    kind = _content_type(resp)
+    what = f"{len(resp.content):,} bytes of {kind}"
+    got = _picture(email, resp.content, what, resp.headers.get("ETag"))
+    if got.kind == "error" and not kind.lower().startswith("image/"):
+        return _no_picture(email, what, NotAnImageError(f"its Content-Type, {kind}, names no image"))
+    return got
 
 
 def _picture(email: str, data: bytes, what: str, etag: str | None) -> Fetched:
@@ -361,6 +385,122 @@ def _oversized(email: str, big: _Oversized) -> Fetched:
     return _no_picture(email, big.content_type, exc)
 
 
+def _not_ews(resp: requests.Response) -> str | None:
+    """Why the answer to ``check_endpoint``'s SOAP request shows that no EWS answered it; None when it may be EWS.
+
+    A 404 would be every photo request's answer too, "no photo" for every mailbox; so would a 405 or 410
+    that is not EWS's XML (ews_url naming /EWS/Services.wsdl, a static file: 405 to the POST, 404 to every
+    photo request below it). Not any 4xx: IIS's 400 to a Kerberos ticket too large for its header limits
+    (MaxFieldLength) is the account's trouble, which the photo requests name. A redirect or a web
+    page (a 2xx that is not XML) is what Outlook on the web's sign-in answers (ews_url naming /owa/), or a
+    reverse proxy's pre-authentication, or IIS's HTTP Redirect of the Default Web Site inherited by the
+    EWS virtual directory: every photo request would be the mailbox's error, thousands of one
+    misconfiguration, where one stop says what to fix. EWS answers a SOAP request with XML, if only a fault.
+    """
+    status = resp.status_code
+    if status == 404:
+        return (
+            "it answered HTTP 404 to a SOAP request, and would answer every photo request so, which reads as "
+            '"no photo" for every mailbox'
+        )
+    if 300 <= status < 400:
+        target = urljoin(resp.url, resp.headers.get("Location") or "")
+        return (
+            f"it answered a SOAP request with HTTP {status}, a redirect to {host_port(target)}{urlsplit(target).path} "
+            "(Outlook on the web's sign-in, a reverse proxy's, or IIS's HTTP Redirect of the web site, which the EWS "
+            'virtual directory must not inherit: appcmd set config "Default Web Site/EWS" /section:httpRedirect '
+            "/enabled:false)"
+        )
+    xml = "xml" in _content_type(resp).lower()
+    if status in (405, 410) and not xml:
+        return (
+            f"it answered HTTP {status} ({_content_type(resp)}) to a SOAP request, which EWS answers in XML (a "
+            "file such as /EWS/Services.wsdl, or another web site?), and would answer the photo requests so"
+        )
+    if 200 <= status < 300 and xml and not _ENVELOPE.search(resp.content[:8192]):
+        return (
+            f"it answered a SOAP request with HTTP {status} and XML that is no SOAP envelope (Autodiscover's "
+            'answer, /autodiscover/autodiscover.xml?), and would answer the photo requests with 404, "no photo"'
+        )
+    if 200 <= status < 300 and not xml:
+        return (
+            f"it answered a SOAP request with HTTP {status} and {_content_type(resp)}, a web page rather than EWS's "
+            "XML (a sign-in page of Outlook on the web or of a reverse proxy?)"
+        )
+    return None
+
+
+class CredentialGate:
+    """Sends a step's requests so that wrong credentials cost one failed logon, not one per thread.
+
+    Every request answered 401 after carrying a wrong (or expired) password is a failed logon at the
+    domain controller (NTLM and Basic alike), and AD locks the account out at its lockout threshold
+    (10 in Microsoft's security baseline, 5 or fewer in CIS's benchmark): then the account fails
+    everywhere it is used, this agent included, until an administrator unlocks it. The check's two
+    requests and the first photo requests, each on its own thread's connection, made 6 failed logons
+    in one step (4 within ``endpoint_check_hours``, 3 for ``mvsync doctor``), so one run could lock the
+    service account. So until the step's first request has ended otherwise than with a 401, requests
+    go one at a time; once one is refused, none is sent again and every sender stops the step with the
+    same error. Thread-safe; one per step (``PhotoClient``).
+
+    Why the first request that ends at all, and not the first that shows the credentials accepted: a
+    server that does not answer, or answers before authenticating (IIS's 503 of a stopped application
+    pool, its 403 of an IP restriction), checks no credentials, and holding every thread behind it one
+    request at a time made a silent EWS take twice as long to be named down (36 s instead of 16 with
+    timeout_s = 2). Failed logons can then come only from requests already under way when such a server
+    starts refusing the password, which the first refusal ends.
+    """
+
+    def __init__(
+        self, settings: ExchangeServerSettings, limiter: AdaptiveLimiter, cancel: Callable[[], threading.Event]
+    ) -> None:
+        self._settings = settings
+        self._limiter = limiter
+        self._cancel = cancel
+        self._turn = threading.Lock()
+        self._open = False
+        self._refused: ConnectorError | None = None
+
+    def send(self, ticket: Ticket, send: Callable[[], requests.Response]) -> requests.Response:
+        """``send()``'s answer (the caller holds ``ticket``, released here when the step stops); raises
+        the refusal of the credentials (``refusal``) instead of a 401, and instead of sending after one."""
+        try:
+            if not self._open:
+                self._wait_turn()
+                try:
+                    if not self._open:  # still the first: alone (the others waited for it; now they go at once)
+                        return self._sent(send)
+                finally:
+                    self._turn.release()
+            return self._sent(send)
+        except (ConnectorError, Cancelled):
+            self._limiter.release(ticket, Signal.OK)
+            raise
+
+    def _wait_turn(self) -> None:
+        """Take the turn (one request at a time until the first has ended), or raise ``Cancelled``."""
+        while not self._turn.acquire(timeout=0.5):
+            if self._cancel().is_set():
+                raise Cancelled
+
+    def _sent(self, send: Callable[[], requests.Response]) -> requests.Response:
+        if self._refused is not None:
+            raise copy.copy(self._refused)
+        try:
+            resp = send()
+        except AuthenticationError as exc:  # the authentication's own refusal (``_auth``)
+            self._refused = exc
+            raise
+        except Exception:  # no answer (or one too large to read): no credentials were refused
+            self._open = True
+            raise
+        if resp.status_code == 401:
+            self._refused = refusal(self._settings, resp.headers.get("WWW-Authenticate"))
+            raise copy.copy(self._refused)
+        self._open = True
+        return resp
+
+
 class PhotoClient:
     """Fetches photos for one agent step; thread-safe.
 
@@ -407,6 +547,8 @@ class PhotoClient:
         self._asked: str | None = None
         #: The mailboxes refused since the last one read, and the mailbox read last (``_refused_everywhere``).
         self._refusals = RefusedEverywhere(REFUSALS_TO_STOP)
+        #: Every request goes through it: wrong credentials cost one failed logon, not one per thread.
+        self.gate = CredentialGate(settings, limiter, lambda: self.cancel)
         self.watch = ThrottleWatch(
             settings.where,
             settings.max_throttled_wait_minutes,
@@ -482,11 +624,10 @@ class PhotoClient:
         """
         s = self.settings
         resp = self._post(_EMPTY_SOAP)
-        if resp is not None and resp.status_code == 404:
+        if resp is not None and (said := _not_ews(resp)) is not None:
             msg = (
-                f"{s.ews_url} is not EWS: it answered HTTP 404 to a SOAP request, and would answer every photo "
-                'request so, which reads as "no photo" for every mailbox; give the EWS endpoint, usually '
-                "https://<server>/EWS/Exchange.asmx (Get-WebServicesVirtualDirectory | fl InternalUrl)"
+                f"{s.ews_url} is not EWS: {said}; give the EWS endpoint, usually https://<server>/EWS/Exchange.asmx "
+                "(Get-WebServicesVirtualDirectory | fl InternalUrl)"
             )
             raise ConfigurationError(msg, key="ews_url")
         older = ""
@@ -523,7 +664,8 @@ class PhotoClient:
         for attempt in range(1, s.max_throttled_retries + 1):
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
-            try:
+
+            def post() -> requests.Response:
                 resp = self.session.post(
                     s.ews_url, data=body, headers=headers, timeout=s.timeout_s, allow_redirects=False, stream=True
                 )
@@ -531,6 +673,10 @@ class PhotoClient:
                     _read_body(resp, s.timeout_s, limit)
                 else:
                     _read_head(resp, s.timeout_s)
+                return resp
+
+            try:
+                resp = self.gate.send(ticket, post)
             except _Oversized:  # an answer all the same
                 self.limiter.release(ticket, Signal.OK)
                 raise
@@ -667,7 +813,7 @@ class PhotoClient:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
             try:
-                resp = self._send(email, size, headers)
+                resp = self._send(ticket, email, size, headers)
             except _Oversized as big:
                 self._answered(ticket, email, True, read=True)
                 return _oversized(email, big)
@@ -714,8 +860,8 @@ class PhotoClient:
         s = self.settings
         return min(s.backoff_max_s, s.backoff_initial_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
-    def _send(self, email: str, size: str, headers: dict[str, str] | None = None) -> requests.Response:
-        """One GetUserPhoto request (the caller holds a limiter ticket for it).
+    def _send(self, ticket: Ticket, email: str, size: str, headers: dict[str, str] | None = None) -> requests.Response:
+        """One GetUserPhoto request, for which the caller holds ``ticket``, through the credential gate.
 
         Streamed, so that a photo's body is read with a bound (``_read_body``), here, where a cut-off
         answer is a failure to retry; reading it also frees the connection for the next request
@@ -723,15 +869,19 @@ class PhotoClient:
         """
         params = {"email": email, "size": size}
         timeout = self.settings.timeout_s
-        # never followed: credentials would go with it, and its server's 401 would stop the step (_answer)
-        resp = self.session.get(
-            self.url, params=params, headers=headers or {}, timeout=timeout, stream=True, allow_redirects=False
-        )
-        if resp.status_code == 200:
-            _read_body(resp, timeout)
-        else:
-            _read_head(resp, timeout)
-        return resp
+
+        def get() -> requests.Response:
+            # never followed: credentials would go with it, and its server's 401 would stop the step
+            resp = self.session.get(
+                self.url, params=params, headers=headers or {}, timeout=timeout, stream=True, allow_redirects=False
+            )
+            if resp.status_code == 200:
+                _read_body(resp, timeout)
+            else:
+                _read_head(resp, timeout)
+            return resp
+
+        return self.gate.send(ticket, get)
 
     def _pushed_back(self, ticket: Ticket, wait: float | None) -> None:
         """ErrorServerBusy, 503 or 429: pause every sender for the wait asked for (BackOffMilliseconds,
@@ -795,7 +945,12 @@ class PhotoClient:
         every mailbox."""
         evidence = self._refused_everywhere(email)
         if evidence is None:
-            return Fetched("error", error="permission-issue", detail=f"EWS refused to read the photo of {email}")
+            detail = (
+                f"EWS refused {self._account} the photo of {email} (HTTP 403 Forbidden, no SOAP fault); {_KEPT}. "
+                "Check the account's rights on this mailbox (if it impersonates, the scope of its "
+                "ApplicationImpersonation role: Get-ManagementRoleAssignment -Role ApplicationImpersonation)"
+            )
+            return Fetched("error", error="permission-issue", detail=detail)
         raise AuthenticationError(
             f"{self.settings.where} refused {self._account} (HTTP 403 Forbidden for {email}, and {evidence}): EWS "
             f"or IIS refuses the account, not one mailbox; {_ACCOUNT_CHECKS} and the IP restrictions and SSL "
@@ -870,7 +1025,7 @@ class PhotoClient:
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
             try:
-                resp = self._send(other, "HR48x48")
+                resp = self._send(ticket, other, "HR48x48")
             except _Oversized:  # an answer all the same
                 self.limiter.release(ticket, Signal.OK)
                 return True
@@ -905,14 +1060,16 @@ class PhotoClient:
         status, etag = resp.status_code, resp.headers.get("ETag")
         if fault is not None:  # a 5xx's, or a 200's whose SOAP says Error: a retry when it is the server's
             return self._refused_mailbox(email, fault) if fault.about_mailbox else None
+        if status in (200, 301, 302, 303, 307, 308) and "image" not in _content_type(resp):
+            # a web page or a redirect: the check left for later (``defer_check``) tells an ews_url that now
+            # leads to a sign-in page (stopping the step) from one mailbox's answer
+            self._checked()
         if status == 200:
             return _photo(email, resp)
         if status == 304:
             return Fetched("unchanged", etag=etag) if conditional else _not_modified_unasked(email)
         if status == 404:
             return Fetched("none")
-        if status == 401:
-            raise refusal(self.settings, resp.headers.get("WWW-Authenticate"))
         if status == 403:
             return self._forbidden(email)
         if 300 <= status < 400:

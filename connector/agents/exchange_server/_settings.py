@@ -31,6 +31,19 @@ _TLS_WHY = "EWS credentials never travel unencrypted"
 
 #: SizeRequested codes (Exchange 2013+; field-notes-2.md §1.1).
 EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in (48, 64, 96, 120, 240, 360, 432, 504, 648))
+_AUTH_METHODS = ("ntlm", "negotiate", "basic", "oauth")
+_KERBEROS = "Kerberos is auth = 'negotiate' (SPNEGO, the Negotiate that IIS offers)"
+#: Other names of the methods, and what to write instead.
+_AUTH_NAMES = {
+    "kerberos": _KERBEROS,
+    "gssapi": _KERBEROS,
+    "spnego": _KERBEROS,
+    "sspi": _KERBEROS,
+    "windows": "Windows authentication is auth = 'negotiate' (Kerberos) or 'ntlm'",
+    "integrated": "Windows authentication is auth = 'negotiate' (Kerberos) or 'ntlm'",
+    "modern": "hybrid modern authentication is auth = 'oauth'",
+    "bearer": "hybrid modern authentication is auth = 'oauth'",
+}
 #: EWSMaxConcurrency's default since Exchange 2013 (field-notes-2.md §1.8).
 EWS_DEFAULT_MAX_CONCURRENCY = 27
 
@@ -110,6 +123,19 @@ class ExchangeServerSettings(ConnectorSettings):
     # -- delta (as the Exchange Online agent; SharePoint 2013's UserPhotoExpiration and -ErrorExpiration)
     photo_recheck_hours: float = Field(24.0, ge=0)
     photo_error_recheck_hours: float = Field(1.0, ge=0)
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth(cls, value: object) -> object:
+        """``auth`` in any case, and the names an administrator knows the methods by (Kerberos, Windows
+        authentication, modern authentication) answered with the value that means them: "Input should be
+        'ntlm', 'negotiate', 'basic' or 'oauth'" did not say that Kerberos is 'negotiate'."""
+        if not isinstance(value, str):
+            return value
+        said = value.strip().lower()
+        if (meant := _AUTH_NAMES.get(said)) is not None:
+            raise ValueError(f"'{value}' is not one of 'ntlm', 'negotiate', 'basic', 'oauth': {meant}")
+        return said if said in _AUTH_METHODS else value
 
     @field_validator("ews_url")
     @classmethod

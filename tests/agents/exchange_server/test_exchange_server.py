@@ -5,8 +5,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import datetime
+import io
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
@@ -47,6 +49,7 @@ from connector.config import ConfigError, config_from_dict, load_config
 from connector.emulator import EmulatorConfig, GraphEmulator
 from connector.emulator._ews import SERVER_VERSIONS, EwsConfig, EwsEmulator, error_response, soap_fault
 from connector.engine import Engine, import_in_memory, open_connector
+from connector.logging import setup_logging
 from connector.sdk import (
     AuthenticationError,
     ConfigurationError,
@@ -60,7 +63,7 @@ from connector.sdk import (
 )
 from connector.store import SqlStore
 from connector.store.tables import cs_object
-from connector.throttling import LimitMemory, ThrottledTooLongError, forget_shared_limiters
+from connector.throttling import AdaptiveLimiter, LimitMemory, ThrottledTooLongError, forget_shared_limiters
 from tests.agents.photo_folder.helpers import by_anchor
 from tests.cli._configs import invoke
 from tests.emulator.test_ews import _thumbnail
@@ -432,6 +435,10 @@ def test_settings_are_checked(ews: EwsEmulator, tmp_path: Path) -> None:
         _settings(ews, tmp_path, mailbox_file=None)
     assert _settings(ews, tmp_path, ews_url="https://mail.contoso.example/").ews_url.endswith("/EWS/Exchange.asmx")
     assert _settings(ews, tmp_path, photo_size="hr96x96").photo_size == "HR96x96"
+    # QA: "Input should be 'ntlm', 'negotiate', 'basic' or 'oauth'" did not say which one Kerberos is
+    with pytest.raises(ValidationError, match="Kerberos is auth = 'negotiate'"):
+        _settings(ews, tmp_path, auth="kerberos")
+    assert _settings(ews, tmp_path, auth="NTLM").auth == "ntlm"
     with pytest.raises(ValidationError, match="apply to auth 'negotiate' only"):
         _settings(ews, tmp_path, kerberos_host="mail.contoso.example")
     negotiate = _settings(ews, tmp_path, auth="negotiate", username=None, password=None)
@@ -765,6 +772,20 @@ def test_throttle_signals_from_ews_answers() -> None:
     assert throttle_signal(_answer(200, b"\xff\xd8", **{"Content-Type": "image/jpeg"})) == (False, None)
 
 
+def test_a_debug_log_holds_no_ntlm_message(ews: EwsEmulator, tmp_path: Path) -> None:
+    """Found in a bad-day pass: `mvsync --log-level DEBUG run` logged each NTLM handshake whole (pyspnego's
+    "NTLM step input/output", 68 records in a run of 23 mailboxes): the server's challenge with the
+    account's response, which can be cracked offline for its password (NetNTLMv2)."""
+    out = io.StringIO()
+    handler = setup_logging("DEBUG", stream=out)
+    try:
+        _imported(_agent(ews, tmp_path))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "DEBUG urllib3" in out.getvalue()  # the library's own DEBUG records are there
+    assert "TlRMTVNTUA" not in out.getvalue() and ews.info["password"] not in out.getvalue()
+
+
 def test_the_password_is_accepted_only_as_a_reference(ews: EwsEmulator, tmp_path: Path) -> None:
     info = ews.info
     config = tmp_path / "mvsync.toml"
@@ -1004,6 +1025,21 @@ def test_an_answer_that_is_no_picture_is_the_mailboxs_error_and_keeps_its_photo(
     assert photo_error is not None
     assert f"GetUserPhoto for {PHOTO} answered HTTP 200 with {len(html)} bytes of text/html" in photo_error.detail
     assert "any photo imported before is kept" in photo_error.detail and "proxy or load balancer" in photo_error.detail
+
+
+def test_an_xml_answer_to_the_photo_request_is_named_by_its_content_type_not_as_a_file_to_convert(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Found in a bad-day pass: a 200 of XML to the REST GetUserPhoto (a SOAP answer cut short) was
+    "unsupported-image-format ... (SVG/XML files are not supported; convert the photo to JPEG or PNG)":
+    advice about a file, which no administrator can follow about an answer of EWS."""
+    cut = b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:GetUs'
+    ews.set_answer(PHOTO, 200, cut, content_type="text/xml; charset=utf-8")
+    _listing(tmp_path, PHOTO)
+    entries, _ = _imported(_agent(ews, tmp_path))
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "not-an-image", error
+    assert "its Content-Type, text/xml; charset=utf-8, names no image" in error.detail and "convert" not in error.detail
 
 
 def _gzip_bomb(decoded_bytes: int) -> bytes:
@@ -1275,6 +1311,39 @@ def _cli_config(ews: EwsEmulator, tmp_path: Path) -> Path:
     return config
 
 
+def test_a_wrong_password_costs_one_failed_logon_per_step_not_one_per_thread(tmp_path: Path) -> None:
+    """Found in a bad-day pass: every request answered 401 after carrying a wrong password is a failed
+    logon at the DC, which locks the account out at its threshold (10 in Microsoft's baseline, 5 or fewer
+    in CIS's). One run made 6 (the check's two, then the first photo request of each thread), 4 within
+    endpoint_check_hours, and `mvsync doctor` 3: a doctor and a run could lock the service account out of
+    Exchange and everything else it serves. Until an answer shows the credentials accepted, requests now
+    go one at a time, and none after a 401: one failed logon per step, and per doctor."""
+    emails = [f"u{i:02}@contoso.example" for i in range(40)]
+    with EwsEmulator(EwsConfig(extended_protection=True)) as emu:
+        for email in emails:
+            emu.add_mailbox(email, photo=photo(1) if email < "u03" else None)
+
+        def failed_logons(*args: str, config: Path, code: int) -> int:
+            before = emu.stats().get("failed_logons", 0)
+            got, out, err = invoke(*args, "-c", str(config))
+            assert got == code and "Traceback" not in err, out + err
+            assert f"refused {emu.info['username']} (HTTP 401" in out + err and "locked out" in out + err, out + err
+            assert args[0] != "run" or "Get-ADUser svc-mvsync -Properties LockedOut" in out, out  # (doctor wraps)
+            return int(emu.stats().get("failed_logons", 0)) - before
+
+        for folder in ("new", "known"):
+            _listing(tmp_path / folder, *emails)
+            _cli_config(emu, tmp_path / folder)
+        known = tmp_path / "known" / "mvsync.toml"
+        assert invoke("run", "full", "-c", str(known))[0] == 0  # its check is remembered: photo requests first
+        for folder in ("new", "known"):
+            (tmp_path / folder / "pw").write_text("not-" + emu.info["password"], encoding="utf-8")
+        config = tmp_path / "new" / "mvsync.toml"
+        assert failed_logons("run", "full", "--json", config=config, code=4) == 1
+        assert failed_logons("run", "full", "--json", config=known, code=4) == 1
+        assert failed_logons("doctor", config=config, code=6) == 1
+
+
 def test_an_agent_folder_that_cannot_be_made_is_named_not_a_traceback(ews: EwsEmulator, tmp_path: Path) -> None:
     """A file where the agent's folder goes (data/exs) ended the step in a FileExistsError traceback
     (stopped-connector-exception); it is a configuration error naming the folder, as for exo."""
@@ -1326,6 +1395,84 @@ def test_an_ews_url_that_is_not_ews_stops_before_any_mailbox_reads_as_without_ph
     with _agent(ews, tmp_path, ews_url=typo) as agent:
         result = agent.check()  # mvsync doctor
     assert not result.ok and "is not EWS" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("path", "redirect", "said"),
+    [
+        ("/owa/", None, "it answered a SOAP request with HTTP 302, a redirect to 127.0.0.1:{port}/owa/auth/logon.aspx"),
+        (
+            "/owa/auth/logon.aspx",
+            None,
+            "it answered a SOAP request with HTTP 200 and text/html; charset=utf-8, a web page",
+        ),
+        ("/EWS/Exchange.asmx", "https://mail.contoso.example/owa", "a redirect to mail.contoso.example:443/owa"),
+        # the WSDL's URL: 405 to the POST, and 404 ("no photo") to every photo request below it
+        ("/EWS/Services.wsdl", None, "it answered HTTP 405 (no Content-Type) to a SOAP request, which EWS answers in"),
+        # Autodiscover's POX endpoint: its error 600 in a 200 of XML, which passed the check too
+        ("/autodiscover/autodiscover.xml", None, "with HTTP 200 and XML that is no SOAP envelope (Autodiscover's"),
+    ],
+)
+def test_an_ews_url_that_leads_to_a_sign_in_page_stops_once_before_any_mailbox(
+    tmp_path: Path, path: str, redirect: str | None, said: str
+) -> None:
+    """Found in a bad-day pass: ews_url naming Outlook on the web (its sign-in redirect, or the sign-in
+    page itself, a 200 of HTML), or EWS behind IIS's HTTP Redirect of the Default Web Site (set to shorten
+    the OWA URL, inherited by the EWS virtual directory), passed the check before the first mailbox (it
+    stopped only on a 404): the import went on and failed every mailbox with the same error (23 of 23
+    "not-an-image" or "a redirect ... not followed", completed-discovery-errors, exit 3), thousands in a
+    real organisation. Worse, ews_url naming the WSDL (/EWS/Services.wsdl) passed it with a 405, and every
+    photo request's 404 read as "no photo": a first import succeeded with no photo at all. The check now
+    stops the step once (stopped-configuration, exit 2), naming the URL and where it led, and no mailbox
+    is asked."""
+    with EwsEmulator(EwsConfig(extended_protection=True, http_redirect=redirect)) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        _listing(tmp_path, PHOTO, PLAIN)
+        url = emu.info["ews_url"].replace("/EWS/Exchange.asmx", path)
+        config = _cli_config(emu, tmp_path)
+        config.write_text(config.read_text(encoding="utf-8").replace(emu.info["ews_url"], url), encoding="utf-8")
+        code, out, err = invoke("run", "full", "-c", str(config), "--json")
+        photo_requests = emu.stats().get("photo_requests", 0)
+    failure = json.loads(out)
+    assert (code, failure["status"]) == (2, "stopped-configuration"), out + err
+    message = failure["message"]
+    assert f"ews_url: {url.rstrip('/')} is not EWS: " in message, message
+    assert said.format(port=emu.info["port"]) in message and "/EWS/Exchange.asmx" in message, message
+    assert photo_requests == 0
+
+
+def test_only_a_getuserphoto_answer_without_a_picture_confirms_no_photo() -> None:
+    """The SOAP re-ask confirms a 404 before a photo is removed; a 200 without PictureData counted as
+    "no photo" whatever it was, so Autodiscover's XML (ews_url naming it) or a proxy's page removed the
+    photo, and the next export cleared thumbnailPhoto."""
+
+    def answer(status: int, body: bytes) -> requests.Response:
+        resp = requests.Response()
+        resp.status_code, resp._content = status, body
+        return resp
+
+    autodiscover = b'<?xml version="1.0"?><Autodiscover><Response><Error><ErrorCode>600</ErrorCode></Error></Response>'
+    no_picture = b'<s:Envelope><s:Body><m:GetUserPhotoResponse ResponseClass="Success"><m:HasChanged>false'
+    picture = no_picture + b"</m:HasChanged><m:PictureData>/9j/4AAQ</m:PictureData>"
+    assert _client._says_no_photo(answer(404, b"")) and _client._says_no_photo(answer(200, no_picture))
+    for status, body in ((200, autodiscover), (200, b"<html>sign in</html>"), (200, picture), (500, no_picture)):
+        assert not _client._says_no_photo(answer(status, body)), body
+
+
+def test_a_redirect_set_after_the_check_was_remembered_stops_the_step_at_the_first_mailbox(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Within endpoint_check_hours the step sends its photo requests alone; an HTTP Redirect added to the
+    web site since (inherited by EWS) failed every mailbox with "a redirect ... not followed". The first
+    redirect or web page makes the check left for later, which stops the step once."""
+    _listing(tmp_path, PHOTO, PLAIN, THUMB)
+    config = _cli_config(ews, tmp_path)
+    assert invoke("run", "full", "-c", str(config))[0] == 0
+    ews.service.config.http_redirect = "https://mail.contoso.example/owa"
+    code, out, err = invoke("run", "full", "-c", str(config), "--json")
+    failure = json.loads(out)
+    assert (code, failure["status"]) == (2, "stopped-configuration"), out + err
+    assert "is not EWS: it answered a SOAP request with HTTP 302, a redirect to mail.contoso" in failure["message"]
 
 
 class _Writer:
@@ -1414,6 +1561,57 @@ def test_an_authentication_method_ews_does_not_offer_is_named_not_taken_for_a_wr
     assert "it offers NTLM (WWW-Authenticate)" in said, said
     assert "Set auth = 'ntlm', or enable Basic authentication on the EWS virtual directory" in said, said
     assert "password reference" not in said and emu.info["password"] not in out + err
+
+
+def test_once_the_first_request_has_ended_the_others_that_waited_for_it_go_at_once(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The credential gate holds the step's requests behind its first; those that waited for it then went
+    one at a time all the same, each holding the turn for its whole request (a delta of 300 mailboxes at
+    50 ms took 1.85 s instead of 1.45). Here two that waited must be under way together."""
+    settings = _settings(ews, tmp_path)
+    limiter = AdaptiveLimiter("ews-gate-test", ceiling=4)
+    gate = _client.CredentialGate(settings, limiter, threading.Event)
+    first_sent, release_first = threading.Event(), threading.Event()
+    together = threading.Barrier(2, timeout=30)
+
+    def answer(wait: Callable[[], object]) -> requests.Response:
+        wait()
+        resp = requests.Response()
+        resp.status_code = 200
+        return resp
+
+    def first() -> requests.Response:
+        first_sent.set()
+        return answer(lambda: release_first.wait(30))
+
+    with ThreadPoolExecutor(3) as pool:
+        head = pool.submit(gate.send, limiter.acquire(), first)
+        assert first_sent.wait(30)
+        waiting = [pool.submit(gate.send, limiter.acquire(), lambda: answer(together.wait)) for _ in range(2)]
+        release_first.set()
+        assert head.result().status_code == 200
+        assert [f.result().status_code for f in waiting] == [200, 200]  # a BrokenBarrierError if one at a time
+
+
+def test_an_ews_that_takes_kerberos_only_says_to_use_negotiate_not_a_traceback(tmp_path: Path) -> None:
+    """Found in a bad-day pass: with auth = "ntlm" against an EWS virtual directory whose Windows
+    authentication takes Kerberos only (the Negotiate provider without NTLM, or NTLM refused by the
+    domain's policy), requests-ntlm's NTLM inside Negotiate got no challenge back and it raised
+    PermissionError: a traceback, stopped-connector-exception, "Access denied: Server did not respond with
+    NTLM challenge token". It is a stop naming the server and the setting that works."""
+    unread = tmp_path / "no.keytab"  # no Kerberos ticket comes: its keys are never read
+    with EwsEmulator(EwsConfig(auth=("negotiate",), ntlm_in_negotiate=False, kerberos_keytab=unread)) as emu:
+        emu.add_mailbox(PHOTO, photo=photo(1))
+        _listing(tmp_path, PHOTO)
+        code, out, err = invoke("run", "full", "-c", str(_cli_config(emu, tmp_path)), "--json")
+        logons = emu.stats().get("failed_logons", 0)
+    step = json.loads(out)["steps"][0]
+    assert (code, step["status"]) == (4, "stopped-authentication") and "Traceback" not in err, out + err
+    said = step["message"]
+    assert said.startswith(f"EWS at {emu.info['ews_url'].split('/EWS')[0]} did not answer the NTLM negotiation "), said
+    assert "it offers Negotiate" in said and "takes Kerberos only" in said and "Set auth = 'negotiate'" in said, said
+    assert logons == 0 and emu.info["password"] not in out + err
 
 
 @pytest.mark.parametrize(
@@ -1771,6 +1969,20 @@ def test_the_first_mailboxes_refused_one_by_one_are_their_own_errors_not_the_acc
     errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
     assert {anchor: error.name for anchor, error in errors.items()} == dict.fromkeys(emails[:2], "permission-issue")
     assert all(entries[email].attributes["EXSPhoto"] for email in emails[2:])
+
+
+def test_a_mailbox_refused_with_a_bare_403_names_the_account_and_what_to_check(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Found in a bad-day pass: a mailbox EWS refused with a bare 403 was "EWS refused to read the photo
+    of X": neither the account nor what to check, nor that its photo is kept."""
+    emails = _many_mailboxes(ews, tmp_path, 4)
+    ews.set_answer(emails[1], 403, b"")
+    entries, _ = _imported(_agent(ews, tmp_path))
+    error = entries[emails[1]].error
+    assert error is not None and error.name == "permission-issue"
+    assert error.detail.startswith(f"EWS refused {ews.info['username']} the photo of {emails[1]} (HTTP 403"), error
+    assert "any photo imported before is kept" in error.detail and "ApplicationImpersonation" in error.detail
 
 
 def test_an_account_refused_everywhere_stops_after_the_first_few_mailboxes_not_the_whole_list(
