@@ -45,6 +45,7 @@ from connector.engine._results import (
 )
 from connector.engine._sync import run_sync
 from connector.engine.transforms import TransformRunner
+from connector.net import setting_key
 from connector.registry import load_connector
 from connector.sdk import ConfigurationError, Connector, Schema, StopRunError
 from connector.store import LockHeldError, RunHistory, SqlStore, StoreConnection, StoreError
@@ -90,20 +91,32 @@ def _run_connector_step(config: MvsyncConfig, ctx: StepContext, step: RunStepCon
     export's deletion-threshold report, if any. A dry-run export needs no connector (nothing is sent)."""
     needs_connector = not (step.type == RunStepKind.EXPORT and ctx.dry_run)
     connector = open_connector(config, step.agent, dry_run=ctx.dry_run) if needs_connector else None
-    if connector is not None:
-        connector.open()
     try:
-        report = None
-        if step.type == RunStepKind.EXPORT:
-            report = run_export(ctx, connector)
-        else:
-            assert connector is not None
-            run_import(ctx, connector, step.type == RunStepKind.FULL_IMPORT)
-        _note(ctx.result, connector)
-        return report
-    finally:
         if connector is not None:
-            connector.close()
+            connector.open()
+        try:
+            report = None
+            if step.type == RunStepKind.EXPORT:
+                report = run_export(ctx, connector)
+            else:
+                assert connector is not None
+                run_import(ctx, connector, step.type == RunStepKind.FULL_IMPORT)
+            _note(ctx.result, connector)
+            return report
+        finally:
+            if connector is not None:
+                connector.close()
+    except ConfigurationError as exc:
+        raise _in_config(exc, config, step.agent) from None
+
+
+def _in_config(exc: ConfigurationError, config: MvsyncConfig, agent: str) -> ConfigurationError:
+    """``exc`` naming its setting as the configuration file has it (``agents.ad.settings.ca_file``), and
+    the file. Why: a connector names a setting it finds wrong during a step as its settings model spells
+    it; "ca_file: ... does not exist" left the operator of several agents to guess which agent's."""
+    if not exc.key or exc.key.startswith("agents."):
+        return exc
+    return exc.located(setting_key(agent, exc.key), exc.file or (str(config.path) if config.path else None))
 
 
 def _note(result: StepResult, connector: Connector[Any] | None) -> None:

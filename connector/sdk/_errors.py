@@ -3,7 +3,9 @@
 The tree, most general first::
 
     ConnectorError                      any failure a connector reports on purpose
-    ├── ConfigurationError              settings are wrong; names the key (and the file when known)
+    ├── ConfigurationError              settings are wrong; names the key (and the file when known): the
+    │                                   setting's own name, which the engine names as the configuration
+    │                                   file has it (agents.NAME.settings.KEY) when raised during a step
     ├── StopRunError                    the whole step must stop; carries a MIM-style status
     │   ├── AuthenticationError         -> stopped-authentication (names the command that re-authorizes)
     │   ├── ServerDownError             -> stopped-server-down
@@ -18,6 +20,7 @@ deep in a connector that find it easier to raise, and the engine converts it per
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -46,16 +49,25 @@ class ConfigurationError(ConnectorError):
     """A setting is missing or wrong. The message names the key, and the file when known."""
 
     def __init__(self, message: str, *, key: str | None = None, file: str | None = None) -> None:
-        where = ""
-        if key and file:
-            where = f"{file}: {key}: "
-        elif key:
-            where = f"{key}: "
-        elif file:
-            where = f"{file}: "
-        super().__init__(f"{where}{message}")
+        super().__init__(_located(message, key, file))
+        self.detail = message
         self.key = key
         self.file = file
+
+    def located(self, key: str, file: str | None) -> ConfigurationError:
+        """This error naming ``key`` and ``file`` instead (what else it carries kept: an export's
+        ``results``). Why: a connector names its setting as its settings model has it (``ca_file``);
+        the engine knows where that is in the configuration (``agents.ad.settings.ca_file`` in which file)."""
+        moved = copy.copy(self)
+        moved.args = (_located(self.detail, key, file),)
+        moved.key, moved.file = key, file
+        return moved
+
+
+def _located(message: str, key: str | None, file: str | None) -> str:
+    """``FILE: KEY: message``, with what is known of the two."""
+    where = ": ".join(part for part in (file, key) if part)
+    return f"{where}: {message}" if where else message
 
 
 class StopRunError(ConnectorError):

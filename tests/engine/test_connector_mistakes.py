@@ -213,3 +213,38 @@ def test_deprovision_delete_on_an_agent_that_cannot_delete_is_refused_before_any
     [problem] = str(refused.value).splitlines()  # the memory agent deletes objects: it may
     assert 'agents.ad.deprovision = "delete", but the active-directory agent does not delete objects' in problem
     assert 'set deprovision = "disconnect"' in problem
+
+
+def test_a_setting_a_connector_finds_wrong_during_a_step_is_named_as_the_configuration_has_it(
+    tmp_path: Path,
+) -> None:
+    """Found (QA of the Exchange Server and AD agents): a connector names a setting as its settings model
+    spells it ("ca_file: /etc/ssl/dc-ca.pem does not exist", the CA file gone at a reconnect), so a
+    configuration of several agents left the operator to guess whose. The engine now names it
+    ``agents.NAME.settings.KEY``, in the message history records and in the error the CLI prints
+    (exit 2), keeping what else the error carries (an export's results)."""
+    from connector.sdk import ConfigurationError
+    from connector.store import RunHistory
+    from tests.engine.conftest import World
+
+    world = World(tmp_path)
+    try:
+        for i in range(3):
+            world.ad["objects"][f"u{i}"] = {"accountName": f"u{i}", "displayName": f"User {i}"}
+
+        def ca_file_gone(page: int) -> None:
+            gone = ConfigurationError("/etc/ssl/dc-ca.pem does not exist: restore it", key="ca_file")
+            gone.results = ["kept"]  # type: ignore[attr-defined]
+            raise gone
+
+        world.ad["during_import"] = ca_file_gone
+        with pytest.raises(ConfigurationError) as caught:
+            world.run("full-import")
+        assert str(caught.value) == "agents.ad.settings.ca_file: /etc/ssl/dc-ca.pem does not exist: restore it"
+        assert caught.value.key == "agents.ad.settings.ca_file" and caught.value.results == ["kept"]  # type: ignore[attr-defined]
+        with world.engine.store.read() as conn:
+            history = RunHistory(conn)
+            step = history.steps_of([history.recent_runs(1)[0].id])[0]
+        assert step.status == "stopped-configuration" and step.message == str(caught.value)
+    finally:
+        world.close()
