@@ -652,13 +652,20 @@ def _refuse_paging_loop(returned: str | None, asked: str | None, empty: int) -> 
         return
     if returned is not None and returned == asked:
         msg = f"connector returned the same page token {asked!r} twice with no entries (paging loop)"
-        raise StepStopped("stopped-connector-error", msg)
+        raise StepStopped("stopped-connector-error", f"{msg}; {_CONNECTOR_DEFECT}")
     if returned is None and empty >= EMPTY_PAGES_MAX:
         msg = (
             f"connector returned {empty} empty pages in a row with more to import and no page token (paging loop): "
             "its import_page must set more_to_import=False at the end, or return a page token that moves"
         )
-        raise StepStopped("stopped-connector-error", msg)
+        raise StepStopped("stopped-connector-error", f"{msg}; {_CONNECTOR_DEFECT}")
+
+
+#: What an operator does about a paging loop: the import would never end, whatever is tried at the source.
+_CONNECTOR_DEFECT = (
+    "a defect of the agent's connector, stopped so that the import does not run for ever: the pages committed "
+    "before are kept; report it to the connector's author with this message"
+)
 
 
 def _streamed(ctx: StepContext, connector: Connector[Any], source: _Source) -> Iterator[Page]:

@@ -113,6 +113,7 @@ def test_the_same_page_token_twice_with_nothing_stops_as_before(tmp_path: Path) 
     step = run(tmp_path, "same-token")
     assert step.status == "stopped-connector-error"
     assert "returned the same page token 'page-2' twice with no entries (paging loop)" in step.message
+    assert "the pages committed before are kept; report it to the connector's author" in step.message
 
 
 @pytest.mark.parametrize(
