@@ -475,7 +475,8 @@ def explain(exc: BaseException, settings: ActiveDirectorySettings, host: str | N
         if settings.keytab is not None:
             msg = (
                 f"keytab {settings.keytab} has no usable key for {who} ({detail}): `klist -k {settings.keytab}` "
-                "lists its principals; set principal to one of them, or export the keytab again"
+                f"lists its principals; set principal to one of them{_realm_case(settings.principal)}, or export "
+                "the keytab again"
             )
         else:
             msg = (
@@ -484,6 +485,15 @@ def explain(exc: BaseException, settings: ActiveDirectorySettings, host: str | N
             )
         return AuthenticationError(msg)
     return StopRunError(f"Kerberos bind as {who} to {spn} failed: {detail}")
+
+
+def _realm_case(principal: str | None) -> str:
+    """A hint for a principal whose realm is not in capitals: Kerberos realms are case-sensitive, and an AD
+    realm is the domain's DNS name in capitals, so ``svc@corp.example`` finds no key of ``svc@CORP.EXAMPLE``."""
+    user, at, realm = (principal or "").rpartition("@")
+    if not at or realm == realm.upper():
+        return ""
+    return f" (realms are case-sensitive: an AD realm is in capitals, {user}@{realm.upper()})"
 
 
 def _cache_named(settings: ActiveDirectorySettings) -> str:

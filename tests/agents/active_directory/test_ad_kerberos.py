@@ -224,6 +224,13 @@ def test_keytab_missing_unusable_or_without_the_principal(
         f"`klist -k {samba_kerberos.keytab}` lists its principals; set principal to one of them, "
         "or export the keytab again"
     )
+    # the keytab's own principal with its realm in lower case (QA: the advice gave no word of the case)
+    user, realm = samba_kerberos.principal.rsplit("@", 1)
+    error = _bind_error(ad_env, **kerberos_settings(samba_kerberos, principal=f"{user}@{realm.lower()}"))
+    assert isinstance(error, AuthenticationError)
+    assert f"set principal to one of them (realms are case-sensitive: an AD realm is in capitals, {user}@{realm})" in (
+        str(error)
+    )
 
 
 def test_kdc_unreachable(
