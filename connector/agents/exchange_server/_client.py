@@ -547,6 +547,8 @@ class PhotoClient:
         self._asked: str | None = None
         #: The mailboxes refused since the last one read, and the mailbox read last (``_refused_everywhere``).
         self._refusals = RefusedEverywhere(REFUSALS_TO_STOP)
+        #: Why the last request of ``check_endpoint`` got no answer (a timeout, a reset...), or None.
+        self.unanswered: requests.RequestException | None = None
         #: Every request goes through it: wrong credentials cost one failed logon, not one per thread.
         self.gate = CredentialGate(settings, limiter, lambda: self.cancel)
         self.watch = ThrottleWatch(
@@ -611,7 +613,7 @@ class PhotoClient:
                 self.check_endpoint(self._unchecked)
                 self._unchecked = None
 
-    def check_endpoint(self, email: str) -> None:
+    def check_endpoint(self, email: str, *, answer_needed: bool = False) -> None:
         """Stop before the first mailbox if ews_url does not lead to an EWS that has GetUserPhoto.
 
         Two SOAP requests. An empty one, which EWS refuses with a SOAP fault (ErrorInvalidRequest), and
@@ -621,9 +623,20 @@ class PhotoClient:
         ``ErrorInvalidServerVersion`` (its 404 is that mailbox's "no photo", not the server's). Either
         stops the step once, as a configuration error. Anything else goes on: the photo requests then
         say what else may be wrong, and whether it is the server or one mailbox.
+
+        ``answer_needed`` (``mvsync doctor``): no answer to the first request is the verdict, at once. Why:
+        the probe and a photo request would each wait ``timeout_s`` again (and retry), so doctor took five
+        timeouts, five minutes with the default 60 s, to say that a hung EWS did not answer (found by QA).
         """
         s = self.settings
+        self.unanswered = None
         resp = self._post(_EMPTY_SOAP)
+        if resp is None and answer_needed and self.unanswered is not None:
+            msg = (
+                f"EWS at {s.origin} did not answer: {failure_kind(self.unanswered)} (timeout_s = {s.timeout_s:g} s); "
+                "check the server (IIS and the EWS application pool), the network and the certificate"
+            )
+            raise ServerDownError(msg)
         if resp is not None and (said := _not_ews(resp)) is not None:
             msg = (
                 f"{s.ews_url} is not EWS: {said}; give the EWS endpoint, usually https://<server>/EWS/Exchange.asmx "
@@ -680,8 +693,9 @@ class PhotoClient:
             except _Oversized:  # an answer all the same
                 self.limiter.release(ticket, Signal.OK)
                 raise
-            except requests.RequestException:
+            except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
+                self.unanswered = exc
                 return None
             is_throttled, wait = throttle_signal(resp)
             if not is_throttled:

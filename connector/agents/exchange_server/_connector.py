@@ -216,7 +216,7 @@ class ExchangeServerPhotosConnector(Connector[ExchangeServerSettings]):
             listed = self.mailbox_list()
             if not listed:
                 return CheckResult(False, "the mailbox list is empty")
-            self.client.check_endpoint(listed[0])
+            self.client.check_endpoint(listed[0], answer_needed=True)
             got = self.client.fetch(listed[0], None)
         except ConnectorError as exc:
             return CheckResult(False, str(exc))

@@ -502,6 +502,22 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
     assert "the mailboxes not fetched yet keep what they had" in str(caught.value)
 
 
+def test_doctor_names_a_hung_ews_after_one_timeout(ews: EwsEmulator, tmp_path: Path) -> None:
+    """Found (QA): ``mvsync doctor`` against an EWS that takes connections and never answers waited for
+    five timeouts (the check's two requests, then a photo request's three attempts): five minutes with
+    the default ``timeout_s`` of 60 s. The first request's silence is now its verdict."""
+    with silent_server() as hung:
+        agent = _agent(ews, tmp_path, ews_url=f"https://127.0.0.1:{hung}/EWS/Exchange.asmx", timeout_s=0.5)
+        with agent:
+            result = agent.check()
+            sent = agent.metrics["requests"]
+    assert not result.ok and sent == 1, (sent, result)
+    assert result.detail == (
+        f"EWS at https://127.0.0.1:{hung} did not answer: connected, but no answer within the timeout "
+        "(timeout_s = 0.5 s); check the server (IIS and the EWS application pool), the network and the certificate"
+    )
+
+
 def test_without_ca_bundle_ews_is_verified_with_the_systems_trust_store(
     ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1668,9 +1684,10 @@ def test_a_bad_line_of_the_mailbox_list_is_named_where_it_is(ews: EwsEmulator, t
     code, _out, err = invoke("run", "full", "-c", str(config))
     said = err.strip().splitlines()[-1]
     assert code == 2, err
-    assert said.startswith(f"error: mailbox_file: 'PrimarySmtpAddress' is not an SMTP address ({listing}, line 1)"), (
-        said
-    )
+    assert said.startswith(
+        f"error: {config}: agents.exs.settings.mailbox_file: 'PrimarySmtpAddress' is not an SMTP address ({listing}, "
+        "line 1)"
+    ), said
     assert "one address a line" in said and "% PrimarySmtpAddress" in said, said
 
     listing.write_text(f"{PHOTO}\n", encoding="utf-8")
@@ -1680,7 +1697,10 @@ def test_a_bad_line_of_the_mailbox_list_is_named_where_it_is(ews: EwsEmulator, t
     code, _out, err = invoke("run", "full", "-c", str(config))
     said = err.strip().splitlines()[-1]
     assert code == 2, err
-    assert said.startswith("error: mailboxes: 'Thumb at contoso' is not an SMTP address (mailboxes, entry 2)"), said
+    assert said.startswith(
+        f"error: {config}: agents.exs.settings.mailboxes: 'Thumb at contoso' is not an SMTP address "
+        "(mailboxes, entry 2)"
+    ), said
 
 
 @pytest.mark.parametrize("status", ["500 Internal Server Error", "502 Bad Gateway", "403 Forbidden"])
@@ -1855,7 +1875,10 @@ def test_an_exchange_2010_server_stops_the_step_once_naming_its_version_and_keep
     assert (code, failure["status"]) == (2, "stopped-configuration"), out + err
     where = ews.info["ews_url"].split("/EWS")[0]
     said = " ".join(failure["message"].split())
-    assert said.startswith(f"ews_url: EWS at {where} is Exchange 2010 (version 14.0.478.0, schema Exchange2010_SP1): ")
+    assert said.startswith(  # the setting as the configuration file has it (the engine names it so)
+        f"{config}: agents.exs.settings.ews_url: EWS at {where} is Exchange 2010 (version 14.0.478.0, schema "
+        "Exchange2010_SP1): "
+    )
     assert "it refused RequestServerVersion Exchange2013 (ErrorInvalidServerVersion: The specified server" in said
     assert "GetUserPhoto needs Exchange 2013 or later" in said
     assert "thumbnailPhoto" in said and ews.info["password"] not in out + err
