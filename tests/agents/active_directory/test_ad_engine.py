@@ -254,7 +254,8 @@ def test_an_ldif_file_that_cannot_be_written_is_named_not_a_traceback(ad_env: AD
             with pytest.raises(ConfigurationError) as caught:
                 engine.run_profile("Export")
             message = str(caught.value)
-            assert message.startswith(f"ldif_output: cannot open the LDIF change file {ldif} ("), message
+            opening = f"agents.ad.settings.ldif_output: cannot open the LDIF change file {ldif} ("
+            assert message.startswith(opening), message
         else:
             stopped = engine.run_profile("Export")
             assert stopped.status == "stopped-connector-error", [s.as_dict() for s in stopped.steps]

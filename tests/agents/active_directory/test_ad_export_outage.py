@@ -255,7 +255,7 @@ def test_a_ca_file_gone_at_a_reconnect_mid_export_stops_the_step_and_keeps_the_w
         usn_between = {dn: _usn(ad_env, dn) for dn in written}
         resumed = engine.run_profile("Export")
         pending_final = _pending(engine)
-    assert str(stopped.value).startswith(f"ca_file: {ca} does not exist"), str(stopped.value)
+    assert str(stopped.value).startswith(f"agents.ad.settings.ca_file: {ca} does not exist"), str(stopped.value)
     assert pending_after == _USERS - _WRITES_BEFORE_OUTAGE  # the writes made, the batch's last too, are recorded
     assert resumed.status == "success", [s.as_dict() for s in resumed.steps]
     assert resumed.steps[0].counters.get("export_updates") == _USERS - _WRITES_BEFORE_OUTAGE
