@@ -16,7 +16,9 @@ happened; BBR's delivery rate for telling a limit from noise):
   trip, since a fractional Retry-After names when *one* request may go). Requests sent before
   that decrease went into the same overload, so their push-backs neither decrease nor pause again
   (the ``epoch`` on each ticket says which window a request belongs to); each of them just waits
-  its own Retry-After (the caller re-sends it).
+  its own Retry-After (the caller re-sends it). A push-back met alone (one unit in flight, the least
+  load there is) while the limit allows more pauses every thread but cuts nothing: no smaller load
+  answers it, so it says nothing about where this client's wall is.
 * **A census, not a guess, of where the wall is.** Everything in flight when the service pushed back
   met the same overload, so what became of those requests measures the service: the units it
   accepted of that load are what it carries at once (against a cap on requests in flight, exactly
@@ -535,7 +537,10 @@ class AdaptiveLimiter:
         self._window.hold = True
         met = self._load(ticket)
         if ticket.epoch == self._epoch and now >= self._endemic_until and self._trial is None:
-            self._decrease(ticket, now, retry_after, met=met)
+            if met <= self.floor < self._limit:
+                self._pause_alone(now, retry_after)
+            else:
+                self._decrease(ticket, now, retry_after, met=met)
         else:
             # answered by a decrease already (whose trial window will judge what follows), or endemic
             self.stats.isolated += 1
@@ -612,16 +617,7 @@ class AdaptiveLimiter:
         Unless ``trial`` is False, the decrease is on probation until a window after the pause shows
         what it cost (``_judge_trial``); meanwhile further push-backs only wait their own turn.
         """
-        self._consecutive_pushbacks += 1
-        if retry_after is None:
-            retry_after = self.pause_initial_s * 2.0 ** min(self._consecutive_pushbacks - 1, 8)
-            retry_after *= random.uniform(0.5, 1.0)
-        else:
-            # A Retry-After shorter than a round trip (a rate limit's "the next token in 3 ms") says when
-            # *one* request may go, not every thread's: paused for less, the client re-sent its whole
-            # limit into the same empty bucket each few milliseconds, a third of its requests refused
-            retry_after = max(retry_after, self._rtt())
-        self._pause_locked(now, retry_after)
+        self._pause_locked(now, self._pause_seconds(retry_after))
         load = self._load(ticket)
         known_edge = self._bad_level is not None and met >= self._bad_level
         if trial:
@@ -670,6 +666,33 @@ class AdaptiveLimiter:
         self._probe_at = now + max(self._probe_interval, self.probe_rtts * self._rtt(), self.probe_pauses * pause)
         self._slow_start = False
         self.stats.decreases += 1
+
+    def _pause_alone(self, now: float, retry_after: float | None) -> None:
+        """A push-back met alone (the least load this client can send) while the limit allows more.
+
+        Why no cut: no smaller load exists to answer it, so it says nothing about where this client's
+        wall is. It is what push-back that is not about this client's load looks like when it meets
+        the first request of a run (the listing's first page, before any other request: a tenant
+        whose budget another app is spending). Cut there, slow start's limit of 32 went to the floor
+        in one step, with a wall at 2, and the trial that tells endemic push-back from a wall had no
+        delivery rate from before to compare with, so it was never undone: the run sent one request
+        at a time. The Retry-After still stops every thread, once for what was sent so far (a new
+        window); slow start and the limit stay, and the first wave that meets a wall measures it.
+        """
+        self._pause_locked(now, self._pause_seconds(retry_after))
+        self._epoch += 1
+        self.stats.isolated += 1
+
+    def _pause_seconds(self, retry_after: float | None) -> float:
+        """How long a push-back stops every thread: its Retry-After, or an exponential backoff without one."""
+        self._consecutive_pushbacks += 1
+        if retry_after is None:
+            seconds = self.pause_initial_s * 2.0 ** min(self._consecutive_pushbacks - 1, 8)
+            return seconds * random.uniform(0.5, 1.0)
+        # A Retry-After shorter than a round trip (a rate limit's "the next token in 3 ms") says when
+        # *one* request may go, not every thread's: paused for less, the client re-sent its whole
+        # limit into the same empty bucket each few milliseconds, a third of its requests refused
+        return max(retry_after, self._rtt())
 
     def _load(self, ticket: Ticket) -> int:
         """The load ``ticket`` (being answered now) was pushed back for: what was in flight with it.

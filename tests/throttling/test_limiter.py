@@ -310,6 +310,26 @@ def test_throttling_that_is_not_about_our_load_does_not_collapse_the_limit() -> 
     assert figures.answered / 200 >= 0.7 * 64 / 0.1, limiter.stats
 
 
+def test_a_push_back_met_alone_pauses_everybody_but_cuts_nothing() -> None:
+    """The run's first request (the listing's first page), alone, refused: a tenant whose budget another app
+    spends. No smaller load exists to answer it, so it says nothing about this client's wall.
+
+    It cut slow start's 32 to the floor with a wall at 2, and the trial had no delivery rate from before to
+    undo it by: against the emulator's storm faults the full import sent one request at a time, its first
+    page committed after 66 s. Here, with 10 % of requests refused whatever the load, the limit stayed at 1.
+    """
+    clock = FakeClock()
+    limiter = AdaptiveLimiter("alone", ceiling=64, initial=32, clock=clock)
+    first = limiter.acquire()
+    clock.now += 0.1
+    limiter.release(first, Signal.THROTTLED, retry_after=2.0)
+    assert limiter.paused_for() == pytest.approx(2.0)  # the Retry-After still holds every thread
+    assert (limiter.limit, limiter.wall(), limiter.stats.decreases) == (32, None, 0)
+    figures = simulate(limiter, clock, Noise(0.10), seconds=200, latency=0.1)
+    assert limiter.limit >= 32, limiter.stats
+    assert figures.answered / 200 >= 0.7 * 64 / 0.1, limiter.stats
+
+
 @pytest.mark.parametrize("wall", [Concurrency(lambda t: 12), Rate(150.0)], ids=["cap-12", "rate-150"])
 def test_endemic_push_back_does_not_wave_through_a_wall_the_limit_grows_into(wall: Concurrency | Rate) -> None:
     """10 % of requests throttled whatever we do, and a real limit too: the client stays near the wall.
