@@ -421,7 +421,10 @@ class _PageApplier:
         if pending_type is None or (pending_type == row.pending_type and pending == row.pending):
             counters["unchanged"] += 1  # the same, or already staged by an earlier import
         else:
-            counters[{"add": "adds", "update": "updates", "delete": "deletes"}[pending_type]] += 1
+            # MIM's staging counters: "Adds" are objects the anchor did not find in the connector space; one
+            # found there that the change alters is an update, even a staged add never synchronized, whose
+            # pending import stays an add
+            counters["deletes" if pending_type == "delete" else "updates"] += 1
             changed = sorted(
                 k
                 for k in set(new_state or {}) | set(hologram or {})

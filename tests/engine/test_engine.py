@@ -196,6 +196,32 @@ def test_delta_import_attribute_level_changes(world: World) -> None:
     assert "photo" not in names["user000"]  # exo disconnected, its contribution withdrawn
 
 
+def test_a_delta_import_after_a_stage_only_import_counts_a_changed_staged_add_as_an_update(world: World) -> None:
+    """MIM's staging counters say what the import found in the connector space, not what the object's
+    pending import is: "Adds" are objects the anchor did not find there (a new connector space object),
+    "Updates" objects it found whose attributes the change alters. A user staged by a full import (stage
+    only), never synchronized, keeps its pending import Add when a delta import changes it, and that
+    import counted it among its adds, as if the user were new to the connector space."""
+    from connector.sdk import AttributeChange
+
+    add_users(world, 3)
+    staged = world.run("full-import")
+    assert staged.steps[1].counters["adds"] == 3
+    world.exo["changes"].append(
+        CSEntryChange.update("user", "exo-001", [AttributeChange.replace("displayName", "Renamed")])
+    )
+    world.exo["changes"].append(("exo-002", {**world.exo["objects"]["exo-002"], "displayName": "Whole"}))  # PSMA's Add
+    world.exo["changes"].append(("exo-009", {"accountName": "user009@example.test", "displayName": "New"}))
+    counters = world.run("delta-import").steps[1].counters
+    assert (counters.get("adds"), counters.get("updates")) == (1, 2), counters
+    assert {a: cs_row(world, "exo", a).pending_type for a in ("exo-001", "exo-002", "exo-009")} == dict.fromkeys(
+        ("exo-001", "exo-002", "exo-009"), "add"
+    )  # never synchronized: still pending adds
+    world.run("full-sync")
+    names = {m["attributes"].get("accountName"): m["attributes"] for m in mv_rows(world)}
+    assert names["user001"]["displayName"] == "Renamed" and names["user002"]["displayName"] == "Whole"
+
+
 def test_delta_sync_touches_only_pending_objects(world: World) -> None:
     add_users(world, 50)
     world.cycle()
