@@ -748,13 +748,14 @@ def verifying_session(
         # the file that was set and does not hold the issuer (a server that got a new CA): "set ca_bundle"
         # read as if it were not set
         untrusted = (
-            f"TLS certificate not trusted ({ca_bundle}, which {setting} names, does not hold the CA that issued it)"
+            f"TLS certificate not trusted ({ca_bundle}, which {setting} names, does not hold the CA that issued it: "
+            f"add that CA to the file, or set {setting} to a PEM file that holds it)"
         )
         adapter = _VerifyingAdapter(timeout_s, context, session.verify, untrusted, setting)
     elif named is not None and named[0] in CA_BUNDLE_VARIABLES:
         variable, path = named
         session.verify = str(path)
-        untrusted = f"TLS certificate not trusted (the CA file in {variable} does not hold the CA that issued it)"
+        untrusted = _untrusted_by_variable(variable, path, setting)
         adapter = _VerifyingAdapter(timeout_s, _ca_file_context(session.verify), session.verify, untrusted, variable)
     else:
         untrusted = (
@@ -767,6 +768,22 @@ def verifying_session(
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def _untrusted_by_variable(variable: str, path: Path, setting: str) -> str:
+    """``failure_kind``'s words for a certificate the CA file of REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE)
+    does not trust: that file, the variable that named it, and the three fixes.
+
+    Why so many words: the variable is set outside mvsync (a service account's profile, a machine-wide
+    setting left for another tool), so nothing in mvsync's configuration says that it, not this machine's
+    trust store, verified; "the CA file in REQUESTS_CA_BUNDLE" named neither the file nor the agent's
+    ``ca_bundle``, which wins over the variable and is the fix that touches no other program.
+    """
+    return (
+        f"TLS certificate not trusted ({path}, which {variable} names in mvsync's environment and which verifies "
+        f"every HTTPS agent without a ca_bundle, does not hold the CA that issued it: set {setting} to the PEM "
+        f"file of that CA, add the CA to {path}, or unset {variable} to verify with this machine's trust store)"
+    )
 
 
 def _os_trust_context() -> ssl.SSLContext:

@@ -39,7 +39,8 @@ def test_the_classic_client_refuses_a_certificate_its_ca_did_not_issue(
     with pytest.raises(requests.exceptions.SSLError) as refused:
         import_._naive(untrusted, seconds=1)
     assert failure_kind(refused.value) == (
-        f"TLS certificate not trusted ({other}, which ca_bundle names, does not hold the CA that issued it)"
+        f"TLS certificate not trusted ({other}, which ca_bundle names, does not hold the CA that issued it: add "
+        "that CA to the file, or set ca_bundle to a PEM file that holds it)"
     )
     trusted = import_._naive(emulator.info, seconds=1)
     assert trusted["naive_users_looked_up"] > 0, trusted

@@ -613,6 +613,24 @@ class PhotoClient:
                 self.check_endpoint(self._unchecked)
                 self._unchecked = None
 
+    def _unanswered_probe(self, exc: requests.RequestException) -> str:
+        """Doctor's verdict on an EWS that did not answer its first request: how, and what to check.
+
+        Why not the same tail for all: a TLS failure named for what it is (a certificate not trusted, or
+        issued for another name; no TLS on the port) already says its fix (a CA setting or variable, the
+        certificate, the URL), where "timeout_s" and "check IIS and the EWS application pool" sent the
+        operator to a server that was never at fault.
+        """
+        s = self.settings
+        kind = failure_kind(exc)
+        failure = f"EWS at {s.origin} did not answer: {kind}"
+        if isinstance(exc, requests.exceptions.SSLError) and kind != "TLS handshake failed":  # (words of its own)
+            return failure
+        return (
+            f"{failure} (timeout_s = {s.timeout_s:g} s); check the server (IIS and the EWS application pool), "
+            "the network and the certificate"
+        )
+
     def check_endpoint(self, email: str, *, answer_needed: bool = False) -> None:
         """Stop before the first mailbox if ews_url does not lead to an EWS that has GetUserPhoto.
 
@@ -632,11 +650,7 @@ class PhotoClient:
         self.unanswered = None
         resp = self._post(_EMPTY_SOAP)
         if resp is None and answer_needed and self.unanswered is not None:
-            msg = (
-                f"EWS at {s.origin} did not answer: {failure_kind(self.unanswered)} (timeout_s = {s.timeout_s:g} s); "
-                "check the server (IIS and the EWS application pool), the network and the certificate"
-            )
-            raise ServerDownError(msg)
+            raise ServerDownError(self._unanswered_probe(self.unanswered))
         if resp is not None and (said := _not_ews(resp)) is not None:
             msg = (
                 f"{s.ews_url} is not EWS: {said}; give the EWS endpoint, usually https://<server>/EWS/Exchange.asmx "

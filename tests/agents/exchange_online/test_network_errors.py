@@ -219,7 +219,8 @@ def test_an_authority_whose_certificate_is_not_trusted_is_named_with_the_fix(
     message = authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=Path(certifi.where())))  # public CAs
     assert message == (  # the file set, which does not hold the issuer (QA: "set ca_bundle" while it was set)
         f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted ({certifi.where()}, "
-        "which agents.exo.settings.ca_bundle names, does not hold the CA that issued it)"
+        "which agents.exo.settings.ca_bundle names, does not hold the CA that issued it: add that CA to the file, "
+        "or set agents.exo.settings.ca_bundle to a PEM file that holds it)"
     )
 
 

@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from connector.emulator import TEST_HOSTNAME
+from connector.demo import dump_toml, write_secret
+from connector.emulator import TEST_HOSTNAME, exo_agent_settings
 from connector.net import verifying_session
 from connector.sdk import ConfigurationError
 from tests.agents.exchange_online.conftest import authority_outage_at_open, imported, make_connector
+from tests.cli._configs import invoke
 from tests.harness.sockets import connect_proxy
 from tests.harness.trust import other_ca, subprocess_env, system_store
 
@@ -74,7 +76,8 @@ def test_ca_bundle_pins_verification_to_its_file_alone(
     other = other_ca(tmp_path)
     assert authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=other)) == (
         f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted ({other}, which "
-        "agents.exo.settings.ca_bundle names, does not hold the CA that issued it)"
+        "agents.exo.settings.ca_bundle names, does not hold the CA that issued it: add that CA to the file, or set "
+        "agents.exo.settings.ca_bundle to a PEM file that holds it)"
     )
 
 
@@ -85,9 +88,10 @@ def test_requests_ca_bundle_pins_like_ca_bundle_and_a_missing_one_is_named(
     working): the process's CA file, for agents without a ca_bundle of their own."""
     emu = make_emulator(users=1)
     _trust_the_emulator(emu, store)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_ca(tmp_path)))
-    assert authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=None)).endswith(
-        "TLS certificate not trusted (the CA file in REQUESTS_CA_BUNDLE does not hold the CA that issued it)"
+    other = other_ca(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+    assert f"TLS certificate not trusted ({other}, which REQUESTS_CA_BUNDLE names " in authority_outage_at_open(
+        make_connector(emu, tmp_path, ca_bundle=None)
     )
     missing = tmp_path / "gone.pem"
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(missing))
@@ -97,6 +101,37 @@ def test_requests_ca_bundle_pins_like_ca_bundle_and_a_missing_one_is_named(
         f"REQUESTS_CA_BUNDLE: {missing} does not exist: give the PEM file of the CA that issued the server's "
         "certificate; or unset REQUESTS_CA_BUNDLE to verify with this machine's trust store"
     )
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_certificate_the_variables_ca_file_does_not_trust_is_named_with_the_file_and_the_fixes(
+    make_emulator: Any, tmp_path: Path, cache_key: str, store: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """Found by QA: with REQUESTS_CA_BUNDLE set (a service account's profile, set for another tool), an
+    untrusted certificate said "the CA file in REQUESTS_CA_BUNDLE does not hold the CA that issued it":
+    neither the file, nor the agent's ca_bundle (which wins over the variable), nor unsetting it. The
+    stop and ``mvsync doctor`` now name the file, the variable, the agent's setting and each fix."""
+    emu = make_emulator(users=1)
+    _trust_the_emulator(emu, store)  # this machine's store trusts it: the variable's file alone refuses it
+    other = other_ca(tmp_path)
+    monkeypatch.setenv(variable, str(other))
+    untrusted = (
+        f"cannot reach the authority {emu.info['authority']}: TLS certificate not trusted ({other}, which {variable} "
+        "names in mvsync's environment and which verifies every HTTPS agent without a ca_bundle, does not hold the "
+        f"CA that issued it: set agents.exo.settings.ca_bundle to the PEM file of that CA, add the CA to {other}, "
+        f"or unset {variable} to verify with this machine's trust store)"
+    )
+    assert authority_outage_at_open(make_connector(emu, tmp_path, ca_bundle=None)) == untrusted
+    settings = exo_agent_settings(emu.info, refresh_token={"file": str(write_secret(tmp_path / "rt", "seed"))})
+    del settings["ca_bundle"]
+    config = tmp_path / "mvsync.toml"
+    config.write_text(
+        dump_toml({"data_dir": "data", "agents": {"exo": {"type": "exchange-online-photos", "settings": settings}}}),
+        encoding="utf-8",
+    )
+    code, out, err = invoke("doctor", "-c", str(config), "--no-store", "--json")
+    findings = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert (code, findings["agents.exo.reachable"]["message"]) == (6, untrusted), out + err
 
 
 def test_through_a_connect_proxy_the_system_store_verifies_the_server(

@@ -495,7 +495,8 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
         "refused": "connection refused (nothing listens there)",
         "untrusted": (
             f"TLS certificate not trusted ({tmp_path / 'other-ca.pem'}, which agents.exs.settings.ca_bundle names, "
-            "does not hold the CA that issued it)"
+            "does not hold the CA that issued it: add that CA to the file, or set agents.exs.settings.ca_bundle to a "
+            "PEM file that holds it)"
         ),
     }[server]
     assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} (2 attempts over ")
@@ -537,6 +538,31 @@ def test_without_ca_bundle_ews_is_verified_with_the_systems_trust_store(
         f"EWS at {where} did not answer: TLS certificate not trusted by this machine's trust store (add the CA"
     ), str(caught.value)
     assert "or set agents.exs.settings.ca_bundle to its PEM file)" in str(caught.value)
+
+
+def test_a_certificate_requests_ca_bundle_does_not_trust_is_named_with_the_file_and_the_fixes(
+    ews: EwsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by QA: with REQUESTS_CA_BUNDLE set and no ca_bundle, an untrusted certificate said "the CA
+    file in REQUESTS_CA_BUNDLE does not hold the CA that issued it": neither the file, nor the agent's
+    ca_bundle (which wins over the variable), nor unsetting it. The stop and doctor's check now say all
+    three; doctor no longer adds the timeout, nor sends the operator to IIS, for a certificate's fault."""
+    system_store(tmp_path, monkeypatch).write_bytes(Path(ews.info["ca_cert"]).read_bytes())  # it would trust EWS
+    other = other_ca(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+    where = ews.info["ews_url"].split("/EWS")[0]
+    untrusted = (
+        f"EWS at {where} did not answer: TLS certificate not trusted ({other}, which REQUESTS_CA_BUNDLE names in "
+        "mvsync's environment and which verifies every HTTPS agent without a ca_bundle, does not hold the CA that "
+        f"issued it: set agents.exs.settings.ca_bundle to the PEM file of that CA, add the CA to {other}, or unset "
+        "REQUESTS_CA_BUNDLE to verify with this machine's trust store)"
+    )
+    with pytest.raises(ServerDownError) as caught:
+        _imported(_agent(ews, tmp_path, ca_bundle=None, timeout_s=5, max_attempts=1))
+    assert str(caught.value).startswith(f"{untrusted} (1 attempts over "), str(caught.value)
+    with _agent(ews, tmp_path / "doctor", ca_bundle=None, timeout_s=5) as agent:
+        result = agent.check()  # mvsync doctor's agents.exs.reachable
+    assert (result.ok, result.detail) == (False, untrusted)
 
 
 def _many_mailboxes(ews: EwsEmulator, tmp_path: Path, count: int) -> list[str]:
