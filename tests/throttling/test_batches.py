@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import random
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -36,7 +37,8 @@ class Service:
     """A cap on items in flight, a token bucket (``burst_s`` seconds of ``rate``), or both.
 
     A refused item is answered at once: 1 s Retry-After for a cap (Outlook's), the time to the next
-    token for a bucket (``decimal``) or that rounded up to whole seconds.
+    token for a bucket (``decimal``) or that rounded up to whole seconds. ``noise``: the share of items
+    refused whatever the load (a tenant budget another app spends), with ``noise_retry_after``.
     """
 
     latency: float
@@ -44,15 +46,20 @@ class Service:
     rate: float | None = None
     burst_s: float = 1.0
     decimal: bool = True
+    noise: float = 0.0
+    noise_retry_after: float = 2.0
     in_flight: int = 0
     tokens: float = field(init=False)
     stamp: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
 
     def __post_init__(self) -> None:
         self.tokens = (self.rate or 0.0) * self.burst_s
 
     def admit(self, now: float) -> float | None:
         """None when the item runs (for ``latency``), else its Retry-After."""
+        if self.noise and self.rng.random() < self.noise:
+            return self.noise_retry_after
         if self.rate is not None:
             self.tokens = min(self.rate * self.burst_s, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
@@ -201,3 +208,22 @@ def test_against_a_cap_batches_stay_twenty_items_long(cap: int) -> None:
     assert not limiter.rate_bound, limiter.stats
     assert figures.answered / 100.0 >= 0.8 * cap / 0.1, (figures, limiter.stats)
     assert figures.refused_share <= 0.05, (figures, limiter.stats)
+
+
+def test_push_back_that_is_not_about_our_load_costs_little() -> None:
+    """10 % of items refused whatever the load, on top of a cap of 50: the client stays near the cap."""
+    limiter, figures = _run(Service(latency=0.1, cap=50, noise=0.10, noise_retry_after=1.0))
+    assert figures.answered / 100.0 >= 0.8 * 0.9 * 50 / 0.1, (figures, limiter.stats)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect, not fixed: push-back of a third or more of all items whatever the load (the "
+    "emulator's storm faults) drives the limit to the floor on any wall: a window pushed back that much "
+    "is never judged endemic (endemic_max_share), and at the floor a cut takes nothing, so the trial "
+    "keeps reading 'over a limit' (measured: 0.02 of what the noise leaves at a cap of 50, 0.07 at 12, the limit at 1)",
+)
+@pytest.mark.parametrize("cap", [12, 50])
+def test_heavy_push_back_that_is_not_about_our_load_does_not_collapse_the_limit(cap: int) -> None:
+    limiter, figures = _run(Service(latency=0.1, cap=cap, noise=0.35, noise_retry_after=2.0))
+    assert figures.answered / 100.0 >= 0.5 * 0.65 * cap / 0.1, (figures, limiter.stats)
