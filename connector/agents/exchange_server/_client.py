@@ -113,6 +113,8 @@ _ACCOUNT_CHECKS = (
     f'EwsAllowList must let this agent\'s user agent through, "{USER_AGENT}": add mvsync/*)'
 )
 _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
+_CHECK = "check the server (IIS and the EWS application pool), the network and the certificate"
+_SLOW = "; if EWS is only slow to answer, raise timeout_s"
 _KEPT = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
 #: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403),
 #: none read meanwhile, are judged as the account refused rather than each mailbox (``_refused_everywhere``,
@@ -299,6 +301,16 @@ def _read_head(resp: requests.Response, timeout_s: float) -> None:
 _ERROR_BODY_BYTES = 65536
 
 
+def _slow(exc: requests.RequestException, timeout_s: float) -> str:
+    """What a mailbox's error adds when its requests timed out while EWS answered others: it is slow."""
+    if not isinstance(exc, requests.Timeout):
+        return ""
+    return (
+        f" (timeout_s = {timeout_s:g} s), while EWS answered other requests: this mailbox is slow to answer; "
+        f"{_KEPT}. If it recurs, check its mailbox database, or raise timeout_s"
+    )
+
+
 def _stopped() -> Fetched:
     """A mailbox whose wait to be asked again was cut short by the step's stop."""
     return Fetched("error", error="ews-error", detail="the step stopped")
@@ -430,6 +442,15 @@ def _not_ews(resp: requests.Response) -> str | None:
     return None
 
 
+def _take(lock: threading.Lock, cancel: threading.Event) -> bool:
+    """Acquire ``lock``, waiting as long as it takes unless ``cancel`` is set meanwhile (then False):
+    a holder may wait ``timeout_s`` for a server, and Ctrl-C must not wait for it."""
+    while not lock.acquire(timeout=0.5):
+        if cancel.is_set():
+            return False
+    return True
+
+
 class CredentialGate:
     """Sends a step's requests so that wrong credentials cost one failed logon, not one per thread.
 
@@ -449,6 +470,9 @@ class CredentialGate:
     request at a time made a silent EWS take twice as long to be named down (36 s instead of 16 with
     timeout_s = 2). Failed logons can then come only from requests already under way when such a server
     starts refusing the password, which the first refusal ends.
+
+    The step can also be stopped for a reason the gate does not see (EWS silent: ``PhotoClient._unless_hung``):
+    ``stop`` makes every later sender raise that error instead of sending, as after a refusal.
     """
 
     def __init__(
@@ -459,7 +483,17 @@ class CredentialGate:
         self._cancel = cancel
         self._turn = threading.Lock()
         self._open = False
-        self._refused: ConnectorError | None = None
+        #: Why nothing more is sent (the credentials refused, or ``stop``), raised to every sender.
+        self._stopped: ConnectorError | None = None
+
+    @property
+    def stopped(self) -> ConnectorError | None:
+        """Why the step sends nothing more, or None."""
+        return self._stopped
+
+    def stop(self, error: ConnectorError) -> None:
+        """Send nothing more: every sender raises ``error`` (a copy) instead."""
+        self._stopped = error
 
     def send(self, ticket: Ticket, send: Callable[[], requests.Response]) -> requests.Response:
         """``send()``'s answer (the caller holds ``ticket``, released here when the step stops); raises
@@ -479,24 +513,23 @@ class CredentialGate:
 
     def _wait_turn(self) -> None:
         """Take the turn (one request at a time until the first has ended), or raise ``Cancelled``."""
-        while not self._turn.acquire(timeout=0.5):
-            if self._cancel().is_set():
-                raise Cancelled
+        if not _take(self._turn, self._cancel()):
+            raise Cancelled
 
     def _sent(self, send: Callable[[], requests.Response]) -> requests.Response:
-        if self._refused is not None:
-            raise copy.copy(self._refused)
+        if self._stopped is not None:
+            raise copy.copy(self._stopped)
         try:
             resp = send()
         except AuthenticationError as exc:  # the authentication's own refusal (``_auth``)
-            self._refused = exc
+            self._stopped = exc
             raise
         except Exception:  # no answer (or one too large to read): no credentials were refused
             self._open = True
             raise
         if resp.status_code == 401:
-            self._refused = refusal(self._settings, resp.headers.get("WWW-Authenticate"))
-            raise copy.copy(self._refused)
+            self._stopped = refusal(self._settings, resp.headers.get("WWW-Authenticate"))
+            raise copy.copy(self._stopped)
         self._open = True
         return resp
 
@@ -547,8 +580,8 @@ class PhotoClient:
         self._asked: str | None = None
         #: The mailboxes refused since the last one read, and the mailbox read last (``_refused_everywhere``).
         self._refusals = RefusedEverywhere(REFUSALS_TO_STOP)
-        #: Why the last request of ``check_endpoint`` got no answer (a timeout, a reset...), or None.
-        self.unanswered: requests.RequestException | None = None
+        #: Held while one thread asks whether a silent EWS is hung (``_unless_hung``); the others wait for it.
+        self._judging = threading.Lock()
         #: Every request goes through it: wrong credentials cost one failed logon, not one per thread.
         self.gate = CredentialGate(settings, limiter, lambda: self.cancel)
         self.watch = ThrottleWatch(
@@ -570,6 +603,12 @@ class PhotoClient:
         """
         step: threading.Event | None = getattr(self._local, "cancel", None)
         return step if step is not None else self._own_cancel
+
+    @property
+    def unanswered(self) -> requests.RequestException | None:
+        """Why this thread's last SOAP request (``_post``) got no answer (a timeout, a reset...), or None."""
+        exc: requests.RequestException | None = getattr(self._local, "unanswered", None)
+        return exc
 
     def follow(self, cancel: threading.Event) -> None:
         """Make ``cancel`` (the step's stop, from ``Worker.run``) stop this thread's waits."""
@@ -627,16 +666,18 @@ class PhotoClient:
         ``answer_needed`` (``mvsync doctor``): no answer to the first request is the verdict, at once. Why:
         the probe and a photo request would each wait ``timeout_s`` again (and retry), so doctor took five
         timeouts, five minutes with the default 60 s, to say that a hung EWS did not answer (found by QA).
+        A step stops so too when that request timed out with nothing answered since (``_hung``): EWS answers
+        it at once, whatever the mailboxes.
         """
         s = self.settings
-        self.unanswered = None
+        sent = time.monotonic()
         resp = self._post(_EMPTY_SOAP)
-        if resp is None and answer_needed and self.unanswered is not None:
-            msg = (
-                f"EWS at {s.origin} did not answer: {failure_kind(self.unanswered)} (timeout_s = {s.timeout_s:g} s); "
-                "check the server (IIS and the EWS application pool), the network and the certificate"
-            )
-            raise ServerDownError(msg)
+        if resp is None and (unanswered := self.unanswered) is not None:
+            if answer_needed:
+                msg = f"{s.where} did not answer: {failure_kind(unanswered)} (timeout_s = {s.timeout_s:g} s); {_CHECK}"
+                raise ServerDownError(msg)
+            if self._silent(unanswered, sent):
+                raise self._hung(unanswered, sent, 1)
         if resp is not None and (said := _not_ews(resp)) is not None:
             msg = (
                 f"{s.ews_url} is not EWS: {said}; give the EWS endpoint, usually https://<server>/EWS/Exchange.asmx "
@@ -674,6 +715,7 @@ class PhotoClient:
         """
         s = self.settings
         headers = {"Content-Type": "text/xml; charset=utf-8"}
+        self._local.unanswered = None
         for attempt in range(1, s.max_throttled_retries + 1):
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
@@ -695,7 +737,7 @@ class PhotoClient:
                 raise
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
-                self.unanswered = exc
+                self._local.unanswered = exc
                 return None
             is_throttled, wait = throttle_signal(resp)
             if not is_throttled:
@@ -824,8 +866,10 @@ class PhotoClient:
         started = time.monotonic()
         self._asked = email
         while True:
+            self._may_send()
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
+            sent = time.monotonic()
             try:
                 resp = self._send(ticket, email, size, headers)
             except _Oversized as big:
@@ -834,6 +878,7 @@ class PhotoClient:
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
                 unanswered, last = exc, f"{s.where}: {failure_kind(exc)}"
+                self._unless_hung(exc, sent, started, failures + 1)
             else:
                 unanswered = None
                 is_throttled, wait = throttle_signal(resp)
@@ -945,7 +990,8 @@ class PhotoClient:
             )
             if evidence is not None:
                 raise self._down(f"did not answer: {failure_kind(unanswered)}", started, attempts, evidence)
-            return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}")
+            slow = _slow(unanswered, self.settings.timeout_s)
+            return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{slow}")
         if (evidence := self._fails_again(email, _worked_on)) is not None:
             raise self._down(f"answered with {last}", started, attempts, evidence)
         hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if last == "HTTP 500" else ""
@@ -1052,19 +1098,68 @@ class PhotoClient:
 
         return evidence if fails_again(ask, self.cancel, self.settings.backoff_initial_s) else None
 
-    def _down(self, failure: str, started: float, attempts: int, evidence: str = SILENCE) -> ServerDownError:
+    def _down(
+        self, failure: str, started: float, attempts: int, evidence: str = SILENCE, *, then: str = ""
+    ) -> ServerDownError:
         """EWS is down (or unreachable, or its certificate untrusted), which is no fault of the mailbox."""
-        return ServerDownError(
-            self.answers.not_answering(
-                self.settings.where,
-                failure,
-                attempts,
-                started,
-                "the mailboxes not fetched yet keep what they had; check the server (IIS and the EWS "
-                "application pool), the network and the certificate",
-                evidence,
-            )
+        said = self.answers.not_answering(
+            self.settings.where, failure, attempts, started, f"{_NOT_FETCHED}; {_CHECK}{then}", evidence
         )
+        return ServerDownError(said)
+
+    def _silent(self, exc: requests.RequestException, sent: float) -> bool:
+        """Whether a request sent at ``sent`` timed out (``exc``) with no request answered since: EWS said
+        nothing at all for ``timeout_s``. A refused or reset connection is not silence: it is quick, and
+        the retries and ``_gave_up`` judge it."""
+        return isinstance(exc, requests.Timeout) and self.answers.silent_since(sent)
+
+    def _may_send(self) -> None:
+        """Wait, before a mailbox's request, while another thread asks whether EWS is hung (``_unless_hung``),
+        and raise the step's stop if there is one (``CredentialGate.stopped``): nothing more is sent to a
+        server that may not answer until it is known, nor counted as sent after the stop."""
+        if self._judging.locked() and _take(self._judging, self.cancel):
+            self._judging.release()
+        if (stopped := self.gate.stopped) is not None:
+            raise copy.copy(stopped)
+
+    def _unless_hung(self, exc: requests.RequestException, sent: float, started: float, attempts: int) -> None:
+        """Stop the step (``_hung``) when ``exc``, the ``attempts``-th failure of a mailbox asked since
+        ``started``, is a timeout with nothing answered since ``sent``, and an empty SOAP request (which
+        EWS answers at once with a fault, whatever the mailboxes) gets no answer within ``timeout_s``
+        either. One thread asks it; the others wait for its answer, and any answer (a 5xx too) goes on
+        as before: the retries, then ``_gave_up``, judge the mailbox.
+
+        Why: every request to an EWS that takes connections and never answers waits ``timeout_s``: the
+        check's two requests and each mailbox's ``max_attempts`` took 8 minutes and more at the default
+        60 s to stop (QA find). Why not stop at the first silent timeout: a mailbox can be slow on a
+        server that works (its database busy, mounting), with no other request under way to show it.
+        """
+        if not self._silent(exc, sent) or not _take(self._judging, self.cancel):
+            return
+        try:
+            if (stopped := self.gate.stopped) is not None:
+                raise copy.copy(stopped)
+            if not self._silent(exc, sent):  # the question was asked meanwhile, and answered
+                return
+            resp = self._post(_EMPTY_SOAP)
+            if resp is not None and _worked_on(resp):
+                self.answers.answered()
+            elif resp is None and (unanswered := self.unanswered) is not None and self._silent(unanswered, sent):
+                raise self._hung(exc, started, attempts)
+        finally:
+            self._judging.release()
+
+    def _hung(self, exc: requests.RequestException, started: float, attempts: int) -> ServerDownError:
+        """The stop for an EWS that said nothing for ``timeout_s``, not even to a request it answers at once
+        (``_silent``); no request is sent after it (``CredentialGate.stop``)."""
+        t = self.settings.timeout_s
+        evidence = (
+            f"no request had an answer within timeout_s = {t:g} s or since, not even an empty SOAP request, "
+            "which EWS answers at once"
+        )
+        error = self._down(f"did not answer: {failure_kind(exc)}", started, attempts, evidence, then=_SLOW)
+        self.gate.stop(error)
+        return error
 
     def _answer(
         self, email: str, resp: requests.Response, fault: EwsFault | None, *, conditional: bool

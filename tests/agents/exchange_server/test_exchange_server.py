@@ -498,7 +498,8 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
             "does not hold the CA that issued it)"
         ),
     }[server]
-    assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} (2 attempts over ")
+    attempts = 1 if server == "hung" else 2  # a timeout with nothing answered is not asked again
+    assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} ({attempts} attempts over ")
     assert "the mailboxes not fetched yet keep what they had" in str(caught.value)
 
 
@@ -516,6 +517,65 @@ def test_doctor_names_a_hung_ews_after_one_timeout(ews: EwsEmulator, tmp_path: P
         f"EWS at https://127.0.0.1:{hung} did not answer: connected, but no answer within the timeout "
         "(timeout_s = 0.5 s); check the server (IIS and the EWS application pool), the network and the certificate"
     )
+
+
+#: A hung EWS: every request, once authenticated, waits a minute before its answer (a wedged application
+#: pool; the client gives up at its timeout_s long before).
+_HUNG = {"latency": 1.0, "latency_ms": 60_000}
+
+
+@pytest.mark.parametrize(("check", "concurrency"), [("made", 1), ("left-for-later", 1), ("left-for-later", 4)])
+def test_a_hung_ews_stops_the_import_after_its_first_silent_requests(
+    ews: EwsEmulator, tmp_path: Path, check: str, concurrency: int
+) -> None:
+    """Found (QA): an import against an EWS that takes connections and never answers waited for the
+    check's two requests and a mailbox's three attempts, each ``timeout_s`` (8 minutes and more at the
+    default 60 s), before it stopped. Now a timeout with nothing answered since is followed by one
+    request that EWS answers at once (the check's empty SOAP request; it is that request when the check
+    is made): silent too, the step stops and sends nothing more. Counted in requests, not seconds."""
+    where = ews.info["ews_url"].split("/EWS")[0]
+    settings = {"concurrency": concurrency, "timeout_s": 0.3, "max_attempts": 3}
+    _many_mailboxes(ews, tmp_path, 12)
+    if check == "left-for-later":  # a run within endpoint_check_hours of a check that passed
+        _imported(_agent(ews, tmp_path, **settings))
+    ews.set_faults(_HUNG)
+    agent = _agent(ews, tmp_path, **settings)
+    with pytest.raises(ServerDownError) as caught:
+        _imported(agent)
+    sent = agent.metrics["requests"]
+    # the check's request alone; else a photo request and the check's, and what the other threads had under way
+    assert sent == 1 if check == "made" else 2 <= sent <= concurrency + 1, sent
+    assert str(caught.value).startswith(
+        f"EWS at {where} did not answer: connected, but no answer within the timeout (1 attempts over "
+    )
+    assert str(caught.value).endswith(
+        "and no request had an answer within timeout_s = 0.3 s or since, not even an empty SOAP request, which EWS "
+        "answers at once); the mailboxes not fetched yet keep what they had; check the server (IIS and the EWS "
+        "application pool), the network and the certificate; if EWS is only slow to answer, raise timeout_s"
+    )
+
+
+def test_one_slow_mailbox_of_a_working_ews_is_its_own_error_not_a_stop(ews: EwsEmulator, tmp_path: Path) -> None:
+    """The other side of the rule above: a mailbox whose every request times out, asked alone (one at a
+    time, and the last of the list), was taken for EWS down (``stopped-server-down``) after its attempts,
+    as nothing else had an answer meanwhile. The empty SOAP request is answered: the mailbox is slow, not
+    EWS; it is that mailbox's error, and the step goes on."""
+    slow = "slow@contoso.example"
+    ews.add_mailbox(slow, photo=photo(2))
+    _listing(tmp_path, PHOTO, slow)
+    ews.set_faults({**_HUNG, "path_pattern": "email=slow"})  # its photo requests only
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=1, timeout_s=0.3, max_attempts=2))
+    assert entries[PHOTO].attributes.get("EXSPhoto") and entries[PHOTO].error is None
+    error = entries[slow].error
+    assert error is not None and error.name == "ews-error", entries[slow]
+    assert (
+        error.detail.startswith(f"GetUserPhoto for {slow}: EWS at ")
+        and (
+            "connected, but no answer within the timeout (timeout_s = 0.3 s), while EWS answered other requests: this "
+            "mailbox is slow to answer; any photo imported before is kept"
+        )
+        in error.detail
+    ), error.detail
 
 
 def test_without_ca_bundle_ews_is_verified_with_the_systems_trust_store(
