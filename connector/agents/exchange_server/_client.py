@@ -68,7 +68,14 @@ from connector.net import (
     read_within,
     unanswered_outage,
 )
-from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, wait_event
+from connector.sdk import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectorError,
+    ServerDownError,
+    StopRunError,
+    wait_event,
+)
 from connector.throttling import AdaptiveLimiter, Cancelled, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = [
@@ -116,9 +123,10 @@ _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
 _CHECK = "check the server (IIS and the EWS application pool), the network and the certificate"
 _SLOW = "; if EWS is only slow to answer, raise timeout_s"
 _KEPT = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
-#: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403),
-#: none read meanwhile, are judged as the account refused rather than each mailbox (``_refused_everywhere``,
-#: the rule of ``connector.net.RefusedEverywhere``), by asking again a mailbox read before.
+#: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403;
+#: or the same other status, such as a 400, ``_refused_request``), none read meanwhile, are judged as the
+#: account (or every request) refused rather than each mailbox (``_refused_everywhere``, the rule of
+#: ``connector.net.RefusedEverywhere``), by asking again a mailbox read before.
 #: Why 10: a mailbox can be refused on its own (its permissions restricted, outside the account's
 #: impersonation scope), and the first ones of a list may be such: two in a row stopped the step. If a
 #: share p of the list is refused on its own, ten in a row happen by chance with odds p**10 (1e-10 at 10 %,
@@ -308,6 +316,27 @@ def _slow(exc: requests.RequestException, timeout_s: float) -> str:
     return (
         f" (timeout_s = {timeout_s:g} s), while EWS answered other requests: this mailbox is slow to answer; "
         f"{_KEPT}. If it recurs, check its mailbox database, or raise timeout_s"
+    )
+
+
+#: The statuses IIS (HTTP.sys) answers to a request over its limits (MaxFieldLength, MaxRequestBytes),
+#: as a proxy does; with Kerberos, to the ticket of an account in many groups (KB 2020943).
+_TOO_LARGE = frozenset({400, 413, 414, 431})
+
+
+def _refused_hint(status: int) -> str:
+    """What a status EWS gives for no one mailbox likely means, and what to do (``_refused_request``)."""
+    if status in _TOO_LARGE:
+        return (
+            'IIS answers so to a request whose headers are over its limits: with auth = "negotiate", the service '
+            "account's Kerberos ticket, when the account is in many groups (take it out of the groups it does not "
+            "need, or raise MaxFieldLength and MaxRequestBytes under HKLM\\SYSTEM\\CurrentControlSet\\Services\\"
+            "HTTP\\Parameters on the Exchange servers, Microsoft KB 2020943); otherwise a proxy or load balancer in "
+            "front of EWS refuses the request: check its rules for /EWS/"
+        )
+    return (
+        "EWS does not answer a photo request so: a proxy or load balancer in front of it, or the request "
+        "filtering of the EWS virtual directory in IIS, refuses it: check their rules for /EWS/"
     )
 
 
@@ -1033,25 +1062,53 @@ class PhotoClient:
             + _NOT_FETCHED
         )
 
-    def _refused_everywhere(self, email: str) -> str | None:
-        """Why the account, not ``email``, is refused; None while it may be the mailbox's own refusal.
+    def _refused_everywhere(
+        self,
+        email: str,
+        reason: str = "denied",
+        allowed: Callable[[requests.Response], bool] = _allowed,
+        what: str = "refused",
+    ) -> str | None:
+        """Why the account (or every request), not ``email``, is refused; None while it may be the mailbox's own.
 
         The streak is the framework's (``connector.net.RefusedEverywhere``): ``REFUSALS_TO_STOP`` distinct
-        mailboxes (or every mailbox due, when fewer are) refused with none read meanwhile. A bare 403 and
-        each denying fault count as one reason: what is asked of each is the same (may the account read
-        this mailbox?), and the confirmation settles it whatever the code. The confirmation is this
-        agent's: a mailbox read before (in this step, else in an earlier run) is asked again
-        (``_fails_again``): refused too, it is the account; answered, the refusals are the mailboxes'
-        own, and the count starts again. With no mailbox ever read, it is the account.
+        mailboxes (or every mailbox due, when fewer are) refused for ``reason`` with none read meanwhile.
+        A bare 403 and each denying fault count as one reason: what is asked of each is the same (may the
+        account read this mailbox?), and the confirmation settles it whatever the code; any other status
+        is a reason of its own (``_refused_request``). The confirmation is this agent's: a mailbox read
+        before (in this step, else in an earlier run) is asked again (``_fails_again``), its answer judged
+        by ``allowed``: refused too (``what``), it is the account; answered, the refusals are the
+        mailboxes' own, and the count starts again. With no mailbox ever read, it is the account.
         """
-        streak = self._refusals.refused(email, "denied")
+        streak = self._refusals.refused(email, reason)
         if streak is None:
             return None
         read = self._refusals.worked_last
         if read is None:
-            return f"the first {len(streak)} mailboxes asked were refused too, none read"
-        said = f"{read}, whose photo was read before, was refused too when asked again"
-        return self._fails_again(email, _allowed, other=read, evidence=said)
+            return f"the first {len(streak)} mailboxes asked were {what} too, none read"
+        said = f"{read}, whose photo was read before, was {what} too when asked again"
+        return self._fails_again(email, allowed, other=read, evidence=said)
+
+    def _refused_request(self, email: str, resp: requests.Response) -> Fetched:
+        """Any other answer (a 4xx but 401, 403, 404 and 429; a 2xx but 200), which EWS gives for no one
+        mailbox: the mailbox's error, unless the very same status came for ``REFUSALS_TO_STOP`` mailboxes
+        in a row, none read, and a mailbox read before gets it too (``_refused_everywhere``): then the
+        step stops once, with what the status likely means (``_refused_hint``), rather than fail every
+        mailbox with it (IIS's 400 to a Kerberos ticket too large for its limits: thousands of errors).
+        """
+        status, where = resp.status_code, self.settings.where
+        said = f"HTTP {status}" + (f" ({resp.reason})" if resp.reason else "")
+        evidence = self._refused_everywhere(
+            email, f"HTTP {status}", lambda again: again.status_code != status, f"answered {said}"
+        )
+        if evidence is None:
+            hint = _refused_hint(status)
+            detail = f"GetUserPhoto for {email}: {said} from {where}; {_KEPT}. If every mailbox gets it: {hint}"
+            return Fetched("error", error="ews-error", detail=detail)
+        raise StopRunError(
+            f"{where} answered {said} to GetUserPhoto for {email}, and {evidence}: it refuses this agent's requests, "
+            f"not one mailbox. {_refused_hint(status)}; {_NOT_FETCHED}"
+        )
 
     @property
     def _account(self) -> str:
@@ -1185,7 +1242,7 @@ class PhotoClient:
             return _redirected(email, resp)
         if status >= 500:
             return None
-        return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: HTTP {status}")
+        return self._refused_request(email, resp)
 
     def _refused_mailbox(self, email: str, fault: EwsFault) -> Fetched:
         """EWS's SOAP fault about one mailbox, as its per-object error: what EWS said and what to do."""

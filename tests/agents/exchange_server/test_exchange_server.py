@@ -1025,6 +1025,49 @@ def test_an_ews_closed_to_the_account_with_403_stops_the_step_once_naming_host_a
     assert caught.value.status == "stopped-authentication"
 
 
+def test_an_ews_that_answers_400_to_every_request_stops_the_step_once_saying_what_it_means(tmp_path: Path) -> None:
+    """Found (QA): IIS answers 400 "Request Too Long" to every request whose headers are over HTTP.sys's
+    MaxFieldLength (the Kerberos ticket of an account in many groups), and the step gave each mailbox its
+    own ews-error ("HTTP 400"), N of them. The very same status for the first REFUSALS_TO_STOP mailboxes,
+    none read, now stops the step once (stopped-connector-error, exit 4), saying what it likely means and
+    what to do, having asked no more than those and what was in flight."""
+    with EwsEmulator(EwsConfig(extended_protection=True, max_field_length=300)) as ews:  # NTLM's 3rd leg is over
+        emails = _many_mailboxes(ews, tmp_path, 30)
+        with pytest.raises(StopRunError) as caught:
+            _imported(_agent(ews, tmp_path, concurrency=4))
+        refused = ews.stats()["request_too_long"]
+        where = ews.info["ews_url"].split("/EWS")[0]
+    first = _client.REFUSALS_TO_STOP
+    assert first <= refused <= 2 + first + 4 + 2, refused  # the check's two, then at most those in flight besides
+    said = str(caught.value)
+    assert said.startswith(f"EWS at {where} answered HTTP 400 (Bad Request) to GetUserPhoto for m"), said
+    assert f", and the first {first} mailboxes asked were answered HTTP 400 (Bad Request) too, none read: " in said
+    assert "it refuses this agent's requests, not one mailbox. IIS answers so to a request whose headers" in said
+    assert "MaxFieldLength and MaxRequestBytes" in said and said.endswith(
+        "the mailboxes not fetched yet keep what they had"
+    )
+    assert caught.value.status == "stopped-connector-error" and not any(email in said for email in emails[first + 6 :])
+
+
+def test_mailboxes_answered_400_while_one_read_before_still_answers_are_their_own_errors(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The other side: ten mailboxes in a row answered 400 (each of them, by a proxy's rule, say), while
+    the mailbox read just before still answers when asked again: each is its own ews-error, saying what
+    the status would mean if every mailbox got it, and the others are imported."""
+    emails = _many_mailboxes(ews, tmp_path, 12)
+    page = b"<html><body><h1>Bad Request</h1></body></html>"
+    for email in emails[1:11]:
+        ews.set_answer(email, 400, page, content_type="text/html")
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=1))
+    errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
+    assert {anchor: error.name for anchor, error in errors.items()} == dict.fromkeys(emails[1:11], "ews-error")
+    detail = errors[emails[5]].detail
+    assert detail.startswith(f"GetUserPhoto for {emails[5]}: HTTP 400 (Bad Request) from EWS at https://"), detail
+    assert "any photo imported before is kept" in detail and "If every mailbox gets it: IIS answers so" in detail
+    assert entries[emails[11]].attributes["EXSPhoto"] and entries[emails[0]].attributes["EXSPhoto"]
+
+
 @pytest.mark.parametrize(
     "fault",
     [
