@@ -54,6 +54,7 @@ from connector.imaging import (
     ImageError,
     InputTooLargeError,
     NotAnImageError,
+    TruncatedImageError,
     verify,
 )
 from connector.net import (
@@ -350,13 +351,24 @@ def _content_type(resp: requests.Response) -> str:
 
 
 def _no_picture(email: str, what: str, exc: ImageError) -> Fetched:
-    """The error of a 200 whose body is no picture: the mailbox keeps the photo it had."""
-    detail = (
-        f"GetUserPhoto for {email} answered HTTP 200 with {what} that is no usable picture ({exc.detail}); "
-        "any photo imported before is kept. If it is a web page, a proxy or load balancer in front of EWS "
-        "answered instead of Exchange: check its rules for /EWS/"
-    )
-    return Fetched("error", error=exc.name, detail=detail)
+    """The error of a 200 whose body is no picture: the mailbox keeps the photo it had.
+
+    A picture cut short is the photo Exchange holds, which is set again (imaging's advice is about a
+    file copied: "copy or save the photo again"); anything else may be what stands in front of EWS."""
+    if isinstance(exc, TruncatedImageError):
+        said = exc.advised(
+            f"EWS returned the photo cut short, as Exchange holds it: ask the person to upload it again (Outlook "
+            f"on the web, Teams), or set it again (Set-UserPhoto -Identity {email} -PictureData ...)"
+        ).detail
+        then = ""
+    else:
+        said = exc.detail
+        then = (
+            " If it is a web page, a proxy or load balancer in front of EWS answered instead of Exchange: check its "
+            "rules for /EWS/"
+        )
+    detail = f"GetUserPhoto for {email} answered HTTP 200 with {what} that is no usable picture ({said}); "
+    return Fetched("error", error=exc.name, detail=f"{detail}any photo imported before is kept.{then}")
 
 
 def _photo(email: str, resp: requests.Response) -> Fetched:

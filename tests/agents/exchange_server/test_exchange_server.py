@@ -1146,6 +1146,28 @@ def test_an_answer_that_is_no_picture_is_the_mailboxs_error_and_keeps_its_photo(
     assert "any photo imported before is kept" in photo_error.detail and "proxy or load balancer" in photo_error.detail
 
 
+def test_a_photo_ews_returns_cut_short_says_to_set_it_again_not_to_copy_a_file(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Found (QA): a JPEG that EWS returned cut short (whole as HTTP goes: the photo Exchange holds) was
+    the mailbox's error with imaging's advice for a file, "a copy cut short, or still under way? Copy or
+    save the photo again", which nobody can do about a server's answer. It now says what fits: the person
+    uploads it again, or an administrator sets it again, naming the mailbox."""
+    whole = photo(1)
+    ews.set_answer(PHOTO, 200, whole[: len(whole) // 2], content_type="image/jpeg")
+    _listing(tmp_path, PHOTO)
+    entries, _ = _imported(_agent(ews, tmp_path))
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "truncated-image", entries[PHOTO]
+    assert "the image data ends early (" in error.detail and "Copy or save" not in error.detail, error.detail
+    assert (
+        "EWS returned the photo cut short, as Exchange holds it: ask the person to upload it again (Outlook on the "
+        f"web, Teams), or set it again (Set-UserPhoto -Identity {PHOTO} -PictureData ...)); any photo imported "
+        "before is kept."
+    ) in error.detail, error.detail
+    assert error.detail.endswith("any photo imported before is kept.")  # no proxy page to suspect
+
+
 def test_an_xml_answer_to_the_photo_request_is_named_by_its_content_type_not_as_a_file_to_convert(
     ews: EwsEmulator, tmp_path: Path
 ) -> None:
