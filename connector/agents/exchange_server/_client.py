@@ -715,8 +715,11 @@ class PhotoClient:
         resp = self._post(_EMPTY_SOAP)
         if resp is None and (unanswered := self.unanswered) is not None:
             if answer_needed:
-                msg = f"{s.where} did not answer: {failure_kind(unanswered)} (timeout_s = {s.timeout_s:g} s); {_CHECK}"
-                raise ServerDownError(msg)
+                slow = _SLOW if isinstance(unanswered, requests.Timeout) else ""
+                kind = failure_kind(unanswered)
+                raise ServerDownError(
+                    f"{s.where} did not answer: {kind} (timeout_s = {s.timeout_s:g} s); {_CHECK}{slow}"
+                )
             if self._silent(unanswered, sent):
                 raise self._hung(unanswered, sent, 1)
         if resp is not None and (said := _not_ews(resp)) is not None:

@@ -515,7 +515,8 @@ def test_doctor_names_a_hung_ews_after_one_timeout(ews: EwsEmulator, tmp_path: P
     assert not result.ok and sent == 1, (sent, result)
     assert result.detail == (
         f"EWS at https://127.0.0.1:{hung} did not answer: connected, but no answer within the timeout "
-        "(timeout_s = 0.5 s); check the server (IIS and the EWS application pool), the network and the certificate"
+        "(timeout_s = 0.5 s); check the server (IIS and the EWS application pool), the network and the certificate; "
+        "if EWS is only slow to answer, raise timeout_s"
     )
 
 
