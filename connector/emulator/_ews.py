@@ -98,6 +98,11 @@ default since Exchange 2013)           redirect's query)
 ``http_redirect="https://../owa"``     every ``/EWS/`` request 302 to it, before authentication: IIS's HTTP
                                        Redirect set on the Default Web Site to shorten the OWA URL, and
                                        inherited by the EWS virtual directory (a known misconfiguration)
+``max_field_length=N``                 HTTP.sys's ``MaxFieldLength`` (HKLM\\...\\HTTP\\Parameters, 16,384 bytes
+                                       by default): a request with a longer header line gets HTTP.sys's
+                                       400 "Bad Request - Request Too Long" page, before authentication:
+                                       what the Kerberos ticket of an account in many groups meets (KB
+                                       2020943). ASSUMPTION: the page's exact bytes
 ``set_answer(email, status, body)``    that answer to the mailbox's REST ``GetUserPhoto``, for what one
                                        mailbox (or what stands in front of EWS) may answer: a SOAP
                                        fault (``soap_fault("ErrorNonExistentMailbox", ..)``), a
@@ -156,6 +161,15 @@ from connector.emulator._tls import server_tls
 __all__ = ["EWS_SIZE_CODES", "SERVER_VERSIONS", "EwsConfig", "EwsEmulator", "error_response", "size_code", "soap_fault"]
 
 T = TypeVar("T")
+
+#: HTTP.sys's answer to a request whose headers are over its limits (``MaxFieldLength``, ``MaxRequestBytes``).
+_REQUEST_TOO_LONG = (
+    b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN""http://www.w3.org/TR/html4/strict.dtd">\r\n'
+    b"<HTML><HEAD><TITLE>Bad Request</TITLE>\r\n"
+    b'<META HTTP-EQUIV="Content-Type" Content="text/html; charset=us-ascii"></HEAD>\r\n'
+    b"<BODY><h2>Bad Request - Request Too Long</h2>\r\n"
+    b"<hr><p>HTTP Error 400. The size of the request headers is too long.</p>\r\n</BODY></HTML>\r\n"
+)
 
 #: The SizeRequested codes (sizerequested reference page: "introduced in Exchange Server 2013").
 EWS_SIZE_CODES = tuple(f"HR{s}x{s}" for s in HD_SIZES)
@@ -271,6 +285,9 @@ class EwsConfig:
     http_redirect: str | None = None
     #: Require NTLM's channel binding to the TLS certificate (IIS Extended Protection "Require").
     extended_protection: bool = False
+    #: HTTP.sys's ``MaxFieldLength``: a request with a longer header line (a Kerberos ticket of an account
+    #: in many groups) is answered 400 "Request Too Long" before IIS sees it; None: no limit.
+    max_field_length: int | None = None
     photo_templates: int = 24
     port: int = 0
 
@@ -479,6 +496,9 @@ class EwsService:
             return Response(405, b"405 - HTTP verb used to access this page is not allowed.", [("Allow", "GET, HEAD")])
         if path not in (PHOTO_PATH, SOAP_PATH):
             return Response(404, b"Not Found")
+        if self._too_long(req):
+            self.stats.count("request_too_long")
+            return Response(400, _REQUEST_TOO_LONG, [("Content-Type", "text/html; charset=us-ascii")])
         denied = self._authenticate(req)
         if denied is not None:
             self.stats.count("unauthorized")
@@ -489,6 +509,11 @@ class EwsService:
         if mutual is not None:  # the mutual-authentication token goes with the answer (RFC 4559 §5)
             response.headers.append(("WWW-Authenticate", f"Negotiate {mutual}"))
         return response
+
+    def _too_long(self, req: Request) -> bool:
+        """Whether a header line (``Name: value``) is over HTTP.sys's ``MaxFieldLength``."""
+        limit = self.config.max_field_length
+        return limit is not None and any(len(name) + 2 + len(value) > limit for name, value in req.headers.items())
 
     def _blocked(self, req: Request) -> Response | None:
         """The 403 of EWS closed to the organisation, or to this application by its user agent."""

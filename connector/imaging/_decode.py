@@ -62,8 +62,6 @@ _UNSUPPORTED_MAGIC = (
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
     (b"gimp xcf", "GIMP XCF"),
 )
-#: What to do about a photo whose data ends early: most often a copy that failed, or that has not finished.
-_COPY_AGAIN = "a copy cut short, or still under way? Copy or save the photo again"
 #: JPEG's end-of-image marker, and what :func:`_check_scan_complete` puts before it: bytes with no
 #: 0xFF (no marker), which a scan that ended early decodes as its missing data.
 _JPEG_EOI = b"\xff\xd9"
@@ -199,7 +197,7 @@ def _unidentified(data: bytes) -> ImageError:
         return UnsupportedImageError("SVG/XML files are not supported; convert the photo to JPEG or PNG")
     known = sniff_format(head)
     if known is not None:
-        return TruncatedImageError(f"the file starts like a {known.label} but is truncated or corrupt: {_COPY_AGAIN}")
+        return TruncatedImageError(f"the file starts like a {known.label} but is truncated or corrupt")
     return NotAnImageError(f"the data is not a recognised image ({ACCEPTED_FORMATS_TEXT})")
 
 
@@ -221,7 +219,7 @@ def _guard(notes: list[str]) -> Iterator[None]:
         except (OSError, EOFError) as exc:
             text = str(exc)
             if "truncat" in text.lower() or isinstance(exc, EOFError):
-                raise TruncatedImageError(f"the image data ends early ({text}): {_COPY_AGAIN}") from None
+                raise TruncatedImageError(f"the image data ends early ({text})") from None
             raise CorruptImageError(f"the decoder rejected the image ({text})") from None
         except MemoryError:
             raise TooManyPixelsError("not enough memory to decode the image") from None
@@ -266,8 +264,7 @@ def _check_scan_complete(raw: bytes, im: Image.Image, reduction: int) -> None:
     scale = 1 if progressive else reduction
     pixels = im.tobytes() if scale == reduction else _jpeg_pixels(raw, scale)
     if _jpeg_pixels(raw[: -len(_JPEG_EOI)] + _SCAN_PROBE + _JPEG_EOI, scale) != pixels:
-        msg = f"the image data ends early (its JPEG data stops before the end of the image): {_COPY_AGAIN}"
-        raise TruncatedImageError(msg)
+        raise TruncatedImageError("the image data ends early (its JPEG data stops before the end of the image)")
 
 
 def _ends_in_gray(im: Image.Image) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "COPY_AGAIN",
     "CorruptImageError",
     "EmptyImageError",
     "ImageDoesNotFitError",
@@ -58,8 +59,32 @@ class UnsupportedImageError(ImageError):
     name = "unsupported-image-format"
 
 
+#: What to do about a photo file whose data ends early: most often a copy that failed, or that has not finished.
+COPY_AGAIN = "a copy cut short, or still under way? Copy or save the photo again"
+
+
 class TruncatedImageError(ImageError):
+    """A supported format whose data ends early: ``finding`` says how, ``advice`` what to do.
+
+    Why apart: what to do depends on where the bytes came from, which only the caller knows. For a file
+    (a photo folder, ``mvsync photo``) it is the copy (``COPY_AGAIN``, the default); for a server's
+    answer it is the photo the server stores, which the person, or an administrator, sets again: the
+    caller gives that advice (``advised``), and the image checks stay here, once.
+    """
+
     name = "truncated-image"
+
+    def __init__(self, finding: str, advice: str = COPY_AGAIN) -> None:
+        super().__init__(f"{finding}: {advice}")
+        self.finding = finding
+        self.advice = advice
+
+    def __reduce__(self) -> tuple[type[TruncatedImageError], tuple[str, str]]:
+        return type(self), (self.finding, self.advice)  # pickled whole, not as its message
+
+    def advised(self, advice: str) -> TruncatedImageError:
+        """The same finding with ``advice`` (what the caller knows to do about it) instead."""
+        return TruncatedImageError(self.finding, advice)
 
 
 class CorruptImageError(ImageError):

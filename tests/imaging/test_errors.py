@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import time
 
 import pytest
@@ -104,6 +105,19 @@ def test_a_truncated_photo_says_what_to_do(data: bytes) -> None:
     with pytest.raises(TruncatedImageError) as caught:
         verify(data)
     assert caught.value.detail.endswith(": a copy cut short, or still under way? Copy or save the photo again")
+
+
+def test_a_caller_that_knows_where_a_truncated_photo_came_from_gives_its_own_advice() -> None:
+    """The advice about a photo cut short is for a file ("copy or save it again"); a server's answer is
+    the photo the server holds, which is set again. The caller gives that advice (``advised``); the
+    finding, the error's name and the checks stay imaging's."""
+    with pytest.raises(TruncatedImageError) as caught:
+        verify(_truncated("JPEG"))
+    told = caught.value.advised("ask the person to upload it again")
+    assert told.name == "truncated-image" and told.finding == caught.value.finding
+    assert told.detail == f"{caught.value.finding}: ask the person to upload it again"
+    assert "Copy or save" not in told.detail and "Copy or save" not in told.finding
+    assert pickle.loads(pickle.dumps(told)).detail == told.detail  # kept whole across processes
 
 
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])

@@ -148,15 +148,24 @@ def _no_picture(resp: GraphResponse) -> str:
     which also refuses a body far larger than any photo Graph serves. Imported here, not at the
     top: the image library is only needed once a photo arrives.
     """
-    from connector.imaging import ImageError, verify
+    from connector.imaging import ImageError, TruncatedImageError, verify
 
     if not resp.body:
         return "an empty body"
     try:
         verify(resp.body)
+    except TruncatedImageError as exc:  # the photo Exchange Online holds, not a file copied ("copy it again")
+        return exc.advised(_SET_AGAIN).detail
     except ImageError as exc:
         return exc.detail
     return ""
+
+
+#: What to do about a photo Graph returns cut short: it is the one Exchange Online holds.
+_SET_AGAIN = (
+    "Graph returned the photo cut short, as Exchange Online holds it: ask the person to upload it again (Outlook, "
+    "Teams), or set it again (Set-UserPhoto, or Graph's PUT /users/{id}/photo/$value)"
+)
 
 
 def _taken(resp: GraphResponse) -> HashedBytes:

@@ -54,6 +54,7 @@ from connector.imaging import (
     ImageError,
     InputTooLargeError,
     NotAnImageError,
+    TruncatedImageError,
     verify,
 )
 from connector.net import (
@@ -68,7 +69,14 @@ from connector.net import (
     read_within,
     unanswered_outage,
 )
-from connector.sdk import AuthenticationError, ConfigurationError, ConnectorError, ServerDownError, wait_event
+from connector.sdk import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectorError,
+    ServerDownError,
+    StopRunError,
+    wait_event,
+)
 from connector.throttling import AdaptiveLimiter, Cancelled, Signal, ThrottleWatch, Ticket, parse_retry_after
 
 __all__ = [
@@ -113,10 +121,13 @@ _ACCOUNT_CHECKS = (
     f'EwsAllowList must let this agent\'s user agent through, "{USER_AGENT}": add mvsync/*)'
 )
 _NOT_FETCHED = "the mailboxes not fetched yet keep what they had"
+_CHECK = "check the server (IIS and the EWS application pool), the network and the certificate"
+_SLOW = "; if EWS is only slow to answer, raise timeout_s"
 _KEPT = "any photo imported before is kept, and the mailbox is asked again after photo_error_recheck_hours"
-#: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403),
-#: none read meanwhile, are judged as the account refused rather than each mailbox (``_refused_everywhere``,
-#: the rule of ``connector.net.RefusedEverywhere``), by asking again a mailbox read before.
+#: How many distinct mailboxes refused in a row (ErrorAccessDenied, ErrorImpersonateUserDenied, a bare 403;
+#: or the same other status, such as a 400, ``_refused_request``), none read meanwhile, are judged as the
+#: account (or every request) refused rather than each mailbox (``_refused_everywhere``, the rule of
+#: ``connector.net.RefusedEverywhere``), by asking again a mailbox read before.
 #: Why 10: a mailbox can be refused on its own (its permissions restricted, outside the account's
 #: impersonation scope), and the first ones of a list may be such: two in a row stopped the step. If a
 #: share p of the list is refused on its own, ten in a row happen by chance with odds p**10 (1e-10 at 10 %,
@@ -299,6 +310,37 @@ def _read_head(resp: requests.Response, timeout_s: float) -> None:
 _ERROR_BODY_BYTES = 65536
 
 
+def _slow(exc: requests.RequestException, timeout_s: float) -> str:
+    """What a mailbox's error adds when its requests timed out while EWS answered others: it is slow."""
+    if not isinstance(exc, requests.Timeout):
+        return ""
+    return (
+        f" (timeout_s = {timeout_s:g} s), while EWS answered other requests: this mailbox is slow to answer; "
+        f"{_KEPT}. If it recurs, check its mailbox database, or raise timeout_s"
+    )
+
+
+#: The statuses IIS (HTTP.sys) answers to a request over its limits (MaxFieldLength, MaxRequestBytes),
+#: as a proxy does; with Kerberos, to the ticket of an account in many groups (KB 2020943).
+_TOO_LARGE = frozenset({400, 413, 414, 431})
+
+
+def _refused_hint(status: int) -> str:
+    """What a status EWS gives for no one mailbox likely means, and what to do (``_refused_request``)."""
+    if status in _TOO_LARGE:
+        return (
+            'IIS answers so to a request whose headers are over its limits: with auth = "negotiate", the service '
+            "account's Kerberos ticket, when the account is in many groups (take it out of the groups it does not "
+            "need, or raise MaxFieldLength and MaxRequestBytes under HKLM\\SYSTEM\\CurrentControlSet\\Services\\"
+            "HTTP\\Parameters on the Exchange servers, Microsoft KB 2020943); otherwise a proxy or load balancer in "
+            "front of EWS refuses the request: check its rules for /EWS/"
+        )
+    return (
+        "EWS does not answer a photo request so: a proxy or load balancer in front of it, or the request "
+        "filtering of the EWS virtual directory in IIS, refuses it: check their rules for /EWS/"
+    )
+
+
 def _stopped() -> Fetched:
     """A mailbox whose wait to be asked again was cut short by the step's stop."""
     return Fetched("error", error="ews-error", detail="the step stopped")
@@ -309,13 +351,24 @@ def _content_type(resp: requests.Response) -> str:
 
 
 def _no_picture(email: str, what: str, exc: ImageError) -> Fetched:
-    """The error of a 200 whose body is no picture: the mailbox keeps the photo it had."""
-    detail = (
-        f"GetUserPhoto for {email} answered HTTP 200 with {what} that is no usable picture ({exc.detail}); "
-        "any photo imported before is kept. If it is a web page, a proxy or load balancer in front of EWS "
-        "answered instead of Exchange: check its rules for /EWS/"
-    )
-    return Fetched("error", error=exc.name, detail=detail)
+    """The error of a 200 whose body is no picture: the mailbox keeps the photo it had.
+
+    A picture cut short is the photo Exchange holds, which is set again (imaging's advice is about a
+    file copied: "copy or save the photo again"); anything else may be what stands in front of EWS."""
+    if isinstance(exc, TruncatedImageError):
+        said = exc.advised(
+            f"EWS returned the photo cut short, as Exchange holds it: ask the person to upload it again (Outlook "
+            f"on the web, Teams), or set it again (Set-UserPhoto -Identity {email} -PictureData ...)"
+        ).detail
+        then = ""
+    else:
+        said = exc.detail
+        then = (
+            " If it is a web page, a proxy or load balancer in front of EWS answered instead of Exchange: check its "
+            "rules for /EWS/"
+        )
+    detail = f"GetUserPhoto for {email} answered HTTP 200 with {what} that is no usable picture ({said}); "
+    return Fetched("error", error=exc.name, detail=f"{detail}any photo imported before is kept.{then}")
 
 
 def _photo(email: str, resp: requests.Response) -> Fetched:
@@ -430,6 +483,15 @@ def _not_ews(resp: requests.Response) -> str | None:
     return None
 
 
+def _take(lock: threading.Lock, cancel: threading.Event) -> bool:
+    """Acquire ``lock``, waiting as long as it takes unless ``cancel`` is set meanwhile (then False):
+    a holder may wait ``timeout_s`` for a server, and Ctrl-C must not wait for it."""
+    while not lock.acquire(timeout=0.5):
+        if cancel.is_set():
+            return False
+    return True
+
+
 class CredentialGate:
     """Sends a step's requests so that wrong credentials cost one failed logon, not one per thread.
 
@@ -449,6 +511,9 @@ class CredentialGate:
     request at a time made a silent EWS take twice as long to be named down (36 s instead of 16 with
     timeout_s = 2). Failed logons can then come only from requests already under way when such a server
     starts refusing the password, which the first refusal ends.
+
+    The step can also be stopped for a reason the gate does not see (EWS silent: ``PhotoClient._unless_hung``):
+    ``stop`` makes every later sender raise that error instead of sending, as after a refusal.
     """
 
     def __init__(
@@ -459,7 +524,17 @@ class CredentialGate:
         self._cancel = cancel
         self._turn = threading.Lock()
         self._open = False
-        self._refused: ConnectorError | None = None
+        #: Why nothing more is sent (the credentials refused, or ``stop``), raised to every sender.
+        self._stopped: ConnectorError | None = None
+
+    @property
+    def stopped(self) -> ConnectorError | None:
+        """Why the step sends nothing more, or None."""
+        return self._stopped
+
+    def stop(self, error: ConnectorError) -> None:
+        """Send nothing more: every sender raises ``error`` (a copy) instead."""
+        self._stopped = error
 
     def send(self, ticket: Ticket, send: Callable[[], requests.Response]) -> requests.Response:
         """``send()``'s answer (the caller holds ``ticket``, released here when the step stops); raises
@@ -479,24 +554,23 @@ class CredentialGate:
 
     def _wait_turn(self) -> None:
         """Take the turn (one request at a time until the first has ended), or raise ``Cancelled``."""
-        while not self._turn.acquire(timeout=0.5):
-            if self._cancel().is_set():
-                raise Cancelled
+        if not _take(self._turn, self._cancel()):
+            raise Cancelled
 
     def _sent(self, send: Callable[[], requests.Response]) -> requests.Response:
-        if self._refused is not None:
-            raise copy.copy(self._refused)
+        if self._stopped is not None:
+            raise copy.copy(self._stopped)
         try:
             resp = send()
         except AuthenticationError as exc:  # the authentication's own refusal (``_auth``)
-            self._refused = exc
+            self._stopped = exc
             raise
         except Exception:  # no answer (or one too large to read): no credentials were refused
             self._open = True
             raise
         if resp.status_code == 401:
-            self._refused = refusal(self._settings, resp.headers.get("WWW-Authenticate"))
-            raise copy.copy(self._refused)
+            self._stopped = refusal(self._settings, resp.headers.get("WWW-Authenticate"))
+            raise copy.copy(self._stopped)
         self._open = True
         return resp
 
@@ -547,8 +621,8 @@ class PhotoClient:
         self._asked: str | None = None
         #: The mailboxes refused since the last one read, and the mailbox read last (``_refused_everywhere``).
         self._refusals = RefusedEverywhere(REFUSALS_TO_STOP)
-        #: Why the last request of ``check_endpoint`` got no answer (a timeout, a reset...), or None.
-        self.unanswered: requests.RequestException | None = None
+        #: Held while one thread asks whether a silent EWS is hung (``_unless_hung``); the others wait for it.
+        self._judging = threading.Lock()
         #: Every request goes through it: wrong credentials cost one failed logon, not one per thread.
         self.gate = CredentialGate(settings, limiter, lambda: self.cancel)
         self.watch = ThrottleWatch(
@@ -570,6 +644,12 @@ class PhotoClient:
         """
         step: threading.Event | None = getattr(self._local, "cancel", None)
         return step if step is not None else self._own_cancel
+
+    @property
+    def unanswered(self) -> requests.RequestException | None:
+        """Why this thread's last SOAP request (``_post``) got no answer (a timeout, a reset...), or None."""
+        exc: requests.RequestException | None = getattr(self._local, "unanswered", None)
+        return exc
 
     def follow(self, cancel: threading.Event) -> None:
         """Make ``cancel`` (the step's stop, from ``Worker.run``) stop this thread's waits."""
@@ -623,13 +703,11 @@ class PhotoClient:
         """
         s = self.settings
         kind = failure_kind(exc)
-        failure = f"EWS at {s.origin} did not answer: {kind}"
+        failure = f"{s.where} did not answer: {kind}"
         if isinstance(exc, requests.exceptions.SSLError) and kind != "TLS handshake failed":  # (words of its own)
             return failure
-        return (
-            f"{failure} (timeout_s = {s.timeout_s:g} s); check the server (IIS and the EWS application pool), "
-            "the network and the certificate"
-        )
+        slow = _SLOW if isinstance(exc, requests.Timeout) else ""
+        return f"{failure} (timeout_s = {s.timeout_s:g} s); {_CHECK}{slow}"
 
     def check_endpoint(self, email: str, *, answer_needed: bool = False) -> None:
         """Stop before the first mailbox if ews_url does not lead to an EWS that has GetUserPhoto.
@@ -645,12 +723,17 @@ class PhotoClient:
         ``answer_needed`` (``mvsync doctor``): no answer to the first request is the verdict, at once. Why:
         the probe and a photo request would each wait ``timeout_s`` again (and retry), so doctor took five
         timeouts, five minutes with the default 60 s, to say that a hung EWS did not answer (found by QA).
+        A step stops so too when that request timed out with nothing answered since (``_hung``): EWS answers
+        it at once, whatever the mailboxes.
         """
         s = self.settings
-        self.unanswered = None
+        sent = time.monotonic()
         resp = self._post(_EMPTY_SOAP)
-        if resp is None and answer_needed and self.unanswered is not None:
-            raise ServerDownError(self._unanswered_probe(self.unanswered))
+        if resp is None and (unanswered := self.unanswered) is not None:
+            if answer_needed:
+                raise ServerDownError(self._unanswered_probe(unanswered))
+            if self._silent(unanswered, sent):
+                raise self._hung(unanswered, sent, 1)
         if resp is not None and (said := _not_ews(resp)) is not None:
             msg = (
                 f"{s.ews_url} is not EWS: {said}; give the EWS endpoint, usually https://<server>/EWS/Exchange.asmx "
@@ -688,6 +771,7 @@ class PhotoClient:
         """
         s = self.settings
         headers = {"Content-Type": "text/xml; charset=utf-8"}
+        self._local.unanswered = None
         for attempt in range(1, s.max_throttled_retries + 1):
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
@@ -709,7 +793,7 @@ class PhotoClient:
                 raise
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
-                self.unanswered = exc
+                self._local.unanswered = exc
                 return None
             is_throttled, wait = throttle_signal(resp)
             if not is_throttled:
@@ -838,8 +922,10 @@ class PhotoClient:
         started = time.monotonic()
         self._asked = email
         while True:
+            self._may_send()
             ticket = self.limiter.acquire(cancel=self.cancel)
             self.count("requests")
+            sent = time.monotonic()
             try:
                 resp = self._send(ticket, email, size, headers)
             except _Oversized as big:
@@ -848,6 +934,7 @@ class PhotoClient:
             except requests.RequestException as exc:
                 self.limiter.release(ticket, Signal.FAILED)
                 unanswered, last = exc, f"{s.where}: {failure_kind(exc)}"
+                self._unless_hung(exc, sent, started, failures + 1)
             else:
                 unanswered = None
                 is_throttled, wait = throttle_signal(resp)
@@ -959,7 +1046,8 @@ class PhotoClient:
             )
             if evidence is not None:
                 raise self._down(f"did not answer: {failure_kind(unanswered)}", started, attempts, evidence)
-            return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}")
+            slow = _slow(unanswered, self.settings.timeout_s)
+            return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: {last}{slow}")
         if (evidence := self._fails_again(email, _worked_on)) is not None:
             raise self._down(f"answered with {last}", started, attempts, evidence)
         hint = "; is it an on-premises mailbox (not moved to Exchange Online)?" if last == "HTTP 500" else ""
@@ -1001,25 +1089,53 @@ class PhotoClient:
             + _NOT_FETCHED
         )
 
-    def _refused_everywhere(self, email: str) -> str | None:
-        """Why the account, not ``email``, is refused; None while it may be the mailbox's own refusal.
+    def _refused_everywhere(
+        self,
+        email: str,
+        reason: str = "denied",
+        allowed: Callable[[requests.Response], bool] = _allowed,
+        what: str = "refused",
+    ) -> str | None:
+        """Why the account (or every request), not ``email``, is refused; None while it may be the mailbox's own.
 
         The streak is the framework's (``connector.net.RefusedEverywhere``): ``REFUSALS_TO_STOP`` distinct
-        mailboxes (or every mailbox due, when fewer are) refused with none read meanwhile. A bare 403 and
-        each denying fault count as one reason: what is asked of each is the same (may the account read
-        this mailbox?), and the confirmation settles it whatever the code. The confirmation is this
-        agent's: a mailbox read before (in this step, else in an earlier run) is asked again
-        (``_fails_again``): refused too, it is the account; answered, the refusals are the mailboxes'
-        own, and the count starts again. With no mailbox ever read, it is the account.
+        mailboxes (or every mailbox due, when fewer are) refused for ``reason`` with none read meanwhile.
+        A bare 403 and each denying fault count as one reason: what is asked of each is the same (may the
+        account read this mailbox?), and the confirmation settles it whatever the code; any other status
+        is a reason of its own (``_refused_request``). The confirmation is this agent's: a mailbox read
+        before (in this step, else in an earlier run) is asked again (``_fails_again``), its answer judged
+        by ``allowed``: refused too (``what``), it is the account; answered, the refusals are the
+        mailboxes' own, and the count starts again. With no mailbox ever read, it is the account.
         """
-        streak = self._refusals.refused(email, "denied")
+        streak = self._refusals.refused(email, reason)
         if streak is None:
             return None
         read = self._refusals.worked_last
         if read is None:
-            return f"the first {len(streak)} mailboxes asked were refused too, none read"
-        said = f"{read}, whose photo was read before, was refused too when asked again"
-        return self._fails_again(email, _allowed, other=read, evidence=said)
+            return f"the first {len(streak)} mailboxes asked were {what} too, none read"
+        said = f"{read}, whose photo was read before, was {what} too when asked again"
+        return self._fails_again(email, allowed, other=read, evidence=said)
+
+    def _refused_request(self, email: str, resp: requests.Response) -> Fetched:
+        """Any other answer (a 4xx but 401, 403, 404 and 429; a 2xx but 200), which EWS gives for no one
+        mailbox: the mailbox's error, unless the very same status came for ``REFUSALS_TO_STOP`` mailboxes
+        in a row, none read, and a mailbox read before gets it too (``_refused_everywhere``): then the
+        step stops once, with what the status likely means (``_refused_hint``), rather than fail every
+        mailbox with it (IIS's 400 to a Kerberos ticket too large for its limits: thousands of errors).
+        """
+        status, where = resp.status_code, self.settings.where
+        said = f"HTTP {status}" + (f" ({resp.reason})" if resp.reason else "")
+        evidence = self._refused_everywhere(
+            email, f"HTTP {status}", lambda again: again.status_code != status, f"answered {said}"
+        )
+        if evidence is None:
+            hint = _refused_hint(status)
+            detail = f"GetUserPhoto for {email}: {said} from {where}; {_KEPT}. If every mailbox gets it: {hint}"
+            return Fetched("error", error="ews-error", detail=detail)
+        raise StopRunError(
+            f"{where} answered {said} to GetUserPhoto for {email}, and {evidence}: it refuses this agent's requests, "
+            f"not one mailbox. {_refused_hint(status)}; {_NOT_FETCHED}"
+        )
 
     @property
     def _account(self) -> str:
@@ -1066,19 +1182,68 @@ class PhotoClient:
 
         return evidence if fails_again(ask, self.cancel, self.settings.backoff_initial_s) else None
 
-    def _down(self, failure: str, started: float, attempts: int, evidence: str = SILENCE) -> ServerDownError:
+    def _down(
+        self, failure: str, started: float, attempts: int, evidence: str = SILENCE, *, then: str = ""
+    ) -> ServerDownError:
         """EWS is down (or unreachable, or its certificate untrusted), which is no fault of the mailbox."""
-        return ServerDownError(
-            self.answers.not_answering(
-                self.settings.where,
-                failure,
-                attempts,
-                started,
-                "the mailboxes not fetched yet keep what they had; check the server (IIS and the EWS "
-                "application pool), the network and the certificate",
-                evidence,
-            )
+        said = self.answers.not_answering(
+            self.settings.where, failure, attempts, started, f"{_NOT_FETCHED}; {_CHECK}{then}", evidence
         )
+        return ServerDownError(said)
+
+    def _silent(self, exc: requests.RequestException, sent: float) -> bool:
+        """Whether a request sent at ``sent`` timed out (``exc``) with no request answered since: EWS said
+        nothing at all for ``timeout_s``. A refused or reset connection is not silence: it is quick, and
+        the retries and ``_gave_up`` judge it."""
+        return isinstance(exc, requests.Timeout) and self.answers.silent_since(sent)
+
+    def _may_send(self) -> None:
+        """Wait, before a mailbox's request, while another thread asks whether EWS is hung (``_unless_hung``),
+        and raise the step's stop if there is one (``CredentialGate.stopped``): nothing more is sent to a
+        server that may not answer until it is known, nor counted as sent after the stop."""
+        if self._judging.locked() and _take(self._judging, self.cancel):
+            self._judging.release()
+        if (stopped := self.gate.stopped) is not None:
+            raise copy.copy(stopped)
+
+    def _unless_hung(self, exc: requests.RequestException, sent: float, started: float, attempts: int) -> None:
+        """Stop the step (``_hung``) when ``exc``, the ``attempts``-th failure of a mailbox asked since
+        ``started``, is a timeout with nothing answered since ``sent``, and an empty SOAP request (which
+        EWS answers at once with a fault, whatever the mailboxes) gets no answer within ``timeout_s``
+        either. One thread asks it; the others wait for its answer, and any answer (a 5xx too) goes on
+        as before: the retries, then ``_gave_up``, judge the mailbox.
+
+        Why: every request to an EWS that takes connections and never answers waits ``timeout_s``: the
+        check's two requests and each mailbox's ``max_attempts`` took 8 minutes and more at the default
+        60 s to stop (QA find). Why not stop at the first silent timeout: a mailbox can be slow on a
+        server that works (its database busy, mounting), with no other request under way to show it.
+        """
+        if not self._silent(exc, sent) or not _take(self._judging, self.cancel):
+            return
+        try:
+            if (stopped := self.gate.stopped) is not None:
+                raise copy.copy(stopped)
+            if not self._silent(exc, sent):  # the question was asked meanwhile, and answered
+                return
+            resp = self._post(_EMPTY_SOAP)
+            if resp is not None and _worked_on(resp):
+                self.answers.answered()
+            elif resp is None and (unanswered := self.unanswered) is not None and self._silent(unanswered, sent):
+                raise self._hung(exc, started, attempts)
+        finally:
+            self._judging.release()
+
+    def _hung(self, exc: requests.RequestException, started: float, attempts: int) -> ServerDownError:
+        """The stop for an EWS that said nothing for ``timeout_s``, not even to a request it answers at once
+        (``_silent``); no request is sent after it (``CredentialGate.stop``)."""
+        t = self.settings.timeout_s
+        evidence = (
+            f"no request had an answer within timeout_s = {t:g} s or since, not even an empty SOAP request, "
+            "which EWS answers at once"
+        )
+        error = self._down(f"did not answer: {failure_kind(exc)}", started, attempts, evidence, then=_SLOW)
+        self.gate.stop(error)
+        return error
 
     def _answer(
         self, email: str, resp: requests.Response, fault: EwsFault | None, *, conditional: bool
@@ -1104,7 +1269,7 @@ class PhotoClient:
             return _redirected(email, resp)
         if status >= 500:
             return None
-        return Fetched("error", error="ews-error", detail=f"GetUserPhoto for {email}: HTTP {status}")
+        return self._refused_request(email, resp)
 
     def _refused_mailbox(self, email: str, fault: EwsFault) -> Fetched:
         """EWS's SOAP fault about one mailbox, as its per-object error: what EWS said and what to do."""

@@ -16,7 +16,8 @@ photo only when its window passed: ``photo_recheck_hours`` after the last check,
 change feed for photos (§1.6), so a re-check is a conditional GET with the stored ETag: 304 costs no
 body. Every failure is a per-object import error; only authentication, an EWS closed to the account
 (a 403, or ``REFUSALS_TO_STOP`` mailboxes denied in a row, none read:
-``PhotoClient._refused_everywhere``), an outage, or an ews_url that
+``PhotoClient._refused_everywhere``), every request refused with the same other status (a 400 from IIS to
+a Kerberos ticket too large: ``PhotoClient._refused_request``), an outage, or an ews_url that
 is no EWS or is older than Exchange 2013 (no GetUserPhoto, ``_versions``; asked before the first
 mailbox, or, within ``endpoint_check_hours`` of a check that passed, before a "no photo" removes a
 photo) stops the step.

@@ -499,7 +499,8 @@ def test_an_ews_that_does_not_answer_stops_the_step_and_fails_no_mailbox(
             "PEM file that holds it)"
         ),
     }[server]
-    assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} (2 attempts over ")
+    attempts = 1 if server == "hung" else 2  # a timeout with nothing answered is not asked again
+    assert str(caught.value).startswith(f"EWS at {where} did not answer: {kind} ({attempts} attempts over ")
     assert "the mailboxes not fetched yet keep what they had" in str(caught.value)
 
 
@@ -515,8 +516,68 @@ def test_doctor_names_a_hung_ews_after_one_timeout(ews: EwsEmulator, tmp_path: P
     assert not result.ok and sent == 1, (sent, result)
     assert result.detail == (
         f"EWS at https://127.0.0.1:{hung} did not answer: connected, but no answer within the timeout "
-        "(timeout_s = 0.5 s); check the server (IIS and the EWS application pool), the network and the certificate"
+        "(timeout_s = 0.5 s); check the server (IIS and the EWS application pool), the network and the certificate; "
+        "if EWS is only slow to answer, raise timeout_s"
     )
+
+
+#: A hung EWS: every request, once authenticated, waits a minute before its answer (a wedged application
+#: pool; the client gives up at its timeout_s long before).
+_HUNG = {"latency": 1.0, "latency_ms": 60_000}
+
+
+@pytest.mark.parametrize(("check", "concurrency"), [("made", 1), ("left-for-later", 1), ("left-for-later", 4)])
+def test_a_hung_ews_stops_the_import_after_its_first_silent_requests(
+    ews: EwsEmulator, tmp_path: Path, check: str, concurrency: int
+) -> None:
+    """Found (QA): an import against an EWS that takes connections and never answers waited for the
+    check's two requests and a mailbox's three attempts, each ``timeout_s`` (8 minutes and more at the
+    default 60 s), before it stopped. Now a timeout with nothing answered since is followed by one
+    request that EWS answers at once (the check's empty SOAP request; it is that request when the check
+    is made): silent too, the step stops and sends nothing more. Counted in requests, not seconds."""
+    where = ews.info["ews_url"].split("/EWS")[0]
+    settings = {"concurrency": concurrency, "timeout_s": 0.3, "max_attempts": 3}
+    _many_mailboxes(ews, tmp_path, 12)
+    if check == "left-for-later":  # a run within endpoint_check_hours of a check that passed
+        _imported(_agent(ews, tmp_path, **settings))
+    ews.set_faults(_HUNG)
+    agent = _agent(ews, tmp_path, **settings)
+    with pytest.raises(ServerDownError) as caught:
+        _imported(agent)
+    sent = agent.metrics["requests"]
+    # the check's request alone; else a photo request and the check's, and what the other threads had under way
+    assert sent == 1 if check == "made" else 2 <= sent <= concurrency + 1, sent
+    assert str(caught.value).startswith(
+        f"EWS at {where} did not answer: connected, but no answer within the timeout (1 attempts over "
+    )
+    assert str(caught.value).endswith(
+        "and no request had an answer within timeout_s = 0.3 s or since, not even an empty SOAP request, which EWS "
+        "answers at once); the mailboxes not fetched yet keep what they had; check the server (IIS and the EWS "
+        "application pool), the network and the certificate; if EWS is only slow to answer, raise timeout_s"
+    )
+
+
+def test_one_slow_mailbox_of_a_working_ews_is_its_own_error_not_a_stop(ews: EwsEmulator, tmp_path: Path) -> None:
+    """The other side of the rule above: a mailbox whose every request times out, asked alone (one at a
+    time, and the last of the list), was taken for EWS down (``stopped-server-down``) after its attempts,
+    as nothing else had an answer meanwhile. The empty SOAP request is answered: the mailbox is slow, not
+    EWS; it is that mailbox's error, and the step goes on."""
+    slow = "slow@contoso.example"
+    ews.add_mailbox(slow, photo=photo(2))
+    _listing(tmp_path, PHOTO, slow)
+    ews.set_faults({**_HUNG, "path_pattern": "email=slow"})  # its photo requests only
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=1, timeout_s=0.3, max_attempts=2))
+    assert entries[PHOTO].attributes.get("EXSPhoto") and entries[PHOTO].error is None
+    error = entries[slow].error
+    assert error is not None and error.name == "ews-error", entries[slow]
+    assert (
+        error.detail.startswith(f"GetUserPhoto for {slow}: EWS at ")
+        and (
+            "connected, but no answer within the timeout (timeout_s = 0.3 s), while EWS answered other requests: this "
+            "mailbox is slow to answer; any photo imported before is kept"
+        )
+        in error.detail
+    ), error.detail
 
 
 def test_without_ca_bundle_ews_is_verified_with_the_systems_trust_store(
@@ -991,6 +1052,49 @@ def test_an_ews_closed_to_the_account_with_403_stops_the_step_once_naming_host_a
     assert caught.value.status == "stopped-authentication"
 
 
+def test_an_ews_that_answers_400_to_every_request_stops_the_step_once_saying_what_it_means(tmp_path: Path) -> None:
+    """Found (QA): IIS answers 400 "Request Too Long" to every request whose headers are over HTTP.sys's
+    MaxFieldLength (the Kerberos ticket of an account in many groups), and the step gave each mailbox its
+    own ews-error ("HTTP 400"), N of them. The very same status for the first REFUSALS_TO_STOP mailboxes,
+    none read, now stops the step once (stopped-connector-error, exit 4), saying what it likely means and
+    what to do, having asked no more than those and what was in flight."""
+    with EwsEmulator(EwsConfig(extended_protection=True, max_field_length=300)) as ews:  # NTLM's 3rd leg is over
+        emails = _many_mailboxes(ews, tmp_path, 30)
+        with pytest.raises(StopRunError) as caught:
+            _imported(_agent(ews, tmp_path, concurrency=4))
+        refused = ews.stats()["request_too_long"]
+        where = ews.info["ews_url"].split("/EWS")[0]
+    first = _client.REFUSALS_TO_STOP
+    assert first <= refused <= 2 + first + 4 + 2, refused  # the check's two, then at most those in flight besides
+    said = str(caught.value)
+    assert said.startswith(f"EWS at {where} answered HTTP 400 (Bad Request) to GetUserPhoto for m"), said
+    assert f", and the first {first} mailboxes asked were answered HTTP 400 (Bad Request) too, none read: " in said
+    assert "it refuses this agent's requests, not one mailbox. IIS answers so to a request whose headers" in said
+    assert "MaxFieldLength and MaxRequestBytes" in said and said.endswith(
+        "the mailboxes not fetched yet keep what they had"
+    )
+    assert caught.value.status == "stopped-connector-error" and not any(email in said for email in emails[first + 6 :])
+
+
+def test_mailboxes_answered_400_while_one_read_before_still_answers_are_their_own_errors(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """The other side: ten mailboxes in a row answered 400 (each of them, by a proxy's rule, say), while
+    the mailbox read just before still answers when asked again: each is its own ews-error, saying what
+    the status would mean if every mailbox got it, and the others are imported."""
+    emails = _many_mailboxes(ews, tmp_path, 12)
+    page = b"<html><body><h1>Bad Request</h1></body></html>"
+    for email in emails[1:11]:
+        ews.set_answer(email, 400, page, content_type="text/html")
+    entries, _ = _imported(_agent(ews, tmp_path, concurrency=1))
+    errors = {anchor: entry.error for anchor, entry in entries.items() if entry.error is not None}
+    assert {anchor: error.name for anchor, error in errors.items()} == dict.fromkeys(emails[1:11], "ews-error")
+    detail = errors[emails[5]].detail
+    assert detail.startswith(f"GetUserPhoto for {emails[5]}: HTTP 400 (Bad Request) from EWS at https://"), detail
+    assert "any photo imported before is kept" in detail and "If every mailbox gets it: IIS answers so" in detail
+    assert entries[emails[11]].attributes["EXSPhoto"] and entries[emails[0]].attributes["EXSPhoto"]
+
+
 @pytest.mark.parametrize(
     "fault",
     [
@@ -1067,6 +1171,28 @@ def test_an_answer_that_is_no_picture_is_the_mailboxs_error_and_keeps_its_photo(
     assert photo_error is not None
     assert f"GetUserPhoto for {PHOTO} answered HTTP 200 with {len(html)} bytes of text/html" in photo_error.detail
     assert "any photo imported before is kept" in photo_error.detail and "proxy or load balancer" in photo_error.detail
+
+
+def test_a_photo_ews_returns_cut_short_says_to_set_it_again_not_to_copy_a_file(
+    ews: EwsEmulator, tmp_path: Path
+) -> None:
+    """Found (QA): a JPEG that EWS returned cut short (whole as HTTP goes: the photo Exchange holds) was
+    the mailbox's error with imaging's advice for a file, "a copy cut short, or still under way? Copy or
+    save the photo again", which nobody can do about a server's answer. It now says what fits: the person
+    uploads it again, or an administrator sets it again, naming the mailbox."""
+    whole = photo(1)
+    ews.set_answer(PHOTO, 200, whole[: len(whole) // 2], content_type="image/jpeg")
+    _listing(tmp_path, PHOTO)
+    entries, _ = _imported(_agent(ews, tmp_path))
+    error = entries[PHOTO].error
+    assert error is not None and error.name == "truncated-image", entries[PHOTO]
+    assert "the image data ends early (" in error.detail and "Copy or save" not in error.detail, error.detail
+    assert (
+        "EWS returned the photo cut short, as Exchange holds it: ask the person to upload it again (Outlook on the "
+        f"web, Teams), or set it again (Set-UserPhoto -Identity {PHOTO} -PictureData ...)); any photo imported "
+        "before is kept."
+    ) in error.detail, error.detail
+    assert error.detail.endswith("any photo imported before is kept.")  # no proxy page to suspect
 
 
 def test_an_xml_answer_to_the_photo_request_is_named_by_its_content_type_not_as_a_file_to_convert(
