@@ -87,6 +87,7 @@ from connector.agents.active_directory._permissions import (
     writable_elsewhere,
 )
 from connector.agents.active_directory._schema import ANCHOR, PHOTO, PHOTO_MAX_BYTES
+from connector.imaging import sniff_format
 from connector.net import RefusedEverywhere
 from connector.sdk import (
     Attribute,
@@ -305,7 +306,19 @@ def _check_values(identifier: str, attribute: Attribute | None, name: str, value
                     'its export flow a transform that makes it smaller, transform = "thumbnail(size=96, '
                     'max_bytes=10240)"',
                 )
+            if isinstance(value, bytes) and value and sniff_format(value[:16]) is None:
+                return ExportResult.failed(identifier, "not-an-image", _NOT_AN_IMAGE.format(size=size))
     return None
+
+
+#: A thumbnailPhoto value that is no image: AD stores any bytes, and Outlook, Teams and the address book
+#: would show none (found by QA: only a flow from the wrong metaverse attribute sends such bytes, since
+#: imports refuse photos that are no image, and they were written all the same). Empty is a removal.
+_NOT_AN_IMAGE = (
+    "thumbnailPhoto would be {size:,} bytes that are no image (not sent): the export flow to thumbnailPhoto "
+    "should carry a photo; `mvsync mv show` shows the metaverse attribute it reads, and "
+    'transform = "thumbnail(size=96, max_bytes=10240)" makes a JPEG of any photo'
+)
 
 
 def _operation(

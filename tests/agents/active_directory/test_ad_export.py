@@ -102,7 +102,7 @@ def test_photo_size_limit_is_enforced_before_sending(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(2))
     names = list(guids)
     connector = ad_env.connector()
-    exact = b"\xff\xd8" + b"\x00" * (102_400 - 4) + b"\xff\xd9"
+    exact = b"\xff\xd8\xff" + b"\x00" * (102_400 - 5) + b"\xff\xd9"
     results = connector.export(
         [
             update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", exact + b"!"), identifier="big"),
@@ -130,7 +130,7 @@ def test_a_photo_the_dc_refuses_is_that_persons_error_naming_size_and_limit(
     monkeypatch.setattr(_export, "PHOTO_MAX_BYTES", 1_000_000)
     guids = ad_env.add_users(ad_env.specs(2))
     names = list(guids)
-    big = b"\xff\xd8" + b"\x00" * 150_000 + b"\xff\xd9"
+    big = b"\xff\xd8\xff" + b"\x00" * 150_000 + b"\xff\xd9"
     results = ad_env.connector().export(
         [
             update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", big), identifier="big"),

@@ -282,7 +282,7 @@ def _update(*changes: AttributeChange, previous: dict[str, Any] | None = None) -
 def test_plan_writes_a_replacement_as_the_engine_staged_it() -> None:
     """The engine stages an export only for a value that differs from what it expects the directory to
     hold (hologram, or an unconfirmed write); the agent does not check again against the hologram."""
-    photo = b"\xff\xd8photo"
+    photo = b"\xff\xd8\xffphoto"
     # hologram A, unconfirmed B (written, not yet imported), staged A again: A must be written
     assert plan_change(
         _update(AttributeChange.replace("thumbnailPhoto", photo), previous={"thumbnailPhoto": photo}),
@@ -306,6 +306,19 @@ def test_plan_writes_a_replacement_as_the_engine_staged_it() -> None:
     assert ops == [("add", "proxyAddresses", ["smtp:b"])]
 
 
+def test_plan_refuses_a_thumbnail_photo_that_is_no_image() -> None:
+    """Found (QA): bytes that are no image (a flow from the wrong metaverse attribute, an ETag or a hash)
+    were written to thumbnailPhoto, which AD takes and no client shows. Now that person's error; an empty
+    value (a removal) and any image format AD's documentation allows still go."""
+    wrong = plan_change(_update(AttributeChange.replace("thumbnailPhoto", b'"etag-5f1c"')), USER, ALLOWED)
+    assert not isinstance(wrong, list)
+    assert (wrong.status, wrong.error_name) == (ExportStatus.FAILED, "not-an-image")
+    assert "thumbnailPhoto would be 11 bytes that are no image (not sent)" in (wrong.error_detail or "")
+    for fine in (b"", b"GIF89a" + bytes(10), b"\x89PNG\r\n\x1a\n" + bytes(10)):
+        planned = plan_change(_update(AttributeChange.replace("thumbnailPhoto", fine)), USER, ALLOWED)
+        assert isinstance(planned, list), (fine, planned)
+
+
 def test_plan_refuses_oversize_photos_and_multiple_values() -> None:
     big = _update(AttributeChange.replace("thumbnailPhoto", b"x" * 102_401))
     result = plan_change(big, USER, ALLOWED)
@@ -315,7 +328,10 @@ def test_plan_refuses_oversize_photos_and_multiple_values() -> None:
         "constraint-violation",
         "7",
     )
-    assert plan_change(_update(AttributeChange.replace("thumbnailPhoto", b"x" * 102_400)), USER, ALLOWED)
+    fits = plan_change(
+        _update(AttributeChange.replace("thumbnailPhoto", b"\xff\xd8\xff" + b"x" * 102_397)), USER, ALLOWED
+    )
+    assert isinstance(fits, list), fits
     two = plan_change(_update(AttributeChange.replace("mail", "a", "b")), USER, ALLOWED)
     assert not isinstance(two, list) and two.error_name == "constraint-violation"
 
