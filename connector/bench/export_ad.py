@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,21 @@ def _check_run(profile: str, result: Any) -> None:
         return
     step = next((s for s in result.steps if not str(s.status).startswith("success")), None)
     why = f": {step.kind} of {step.agent} ended {step.status}: {step.message or '(no message)'}" if step else ""
-    msg = f"the benchmark's engine run {profile!r} ended {result.status}{why}"
+    msg = f"the benchmark's engine run {profile!r} ended {result.status}{why}{_object_errors(step)}"
     raise BenchmarkStopped(msg, str(result.status))
+
+
+def _object_errors(step: Any) -> str:
+    """The per-object errors a step recorded, by name, and the first one's detail: a step's message says
+    where it ran, not what went wrong ("served by domain controller ..."), and the detail says what to do."""
+    if step is None or not step.errors:
+        return ""
+    counts = Counter(e.error_name for e in step.errors)
+    names = ", ".join(f"{count} {name}" for name, count in counts.most_common())
+    kept = len(step.errors)
+    of = f" (of the first {kept} of {step.error_count} errors)" if step.error_count > kept else ""
+    first = step.errors[0]
+    return f"; errors: {names}{of}; the first, {first.display or first.anchor}: {first.error_name}: {first.detail}"
 
 
 class CountingActiveDirectoryConnector(ActiveDirectoryConnector):
