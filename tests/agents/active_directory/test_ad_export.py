@@ -522,3 +522,16 @@ def test_ldif_mode_writes_a_file_that_ldapmodify_applies(ad_env: ADTestEnv) -> N
     assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(300)]
     assert ad_env.read(names[1], "thumbnailPhoto") == []
     assert ad_env.read(names[2], "displayName") == [" Jürgen Ünicode ".encode()]
+
+
+def test_an_export_flow_to_an_attribute_the_dc_has_and_the_agents_schema_does_not_name_still_writes(
+    ad_env: ADTestEnv,
+) -> None:
+    """The check of export flows against the DC's schema (a misspelt cs stops the step) refuses no attribute
+    the DC has: a flow to one that ``extra_attributes`` does not name (department) is written, as before."""
+    guids = ad_env.add_users(ad_env.specs(1, photos=False))
+    (name,) = guids
+    connector = ad_env.connector(export_attributes=("department",))
+    (result,) = connector.export([update(guids[name], AttributeChange.replace("department", "Sales"))])
+    assert result.status == ExportStatus.SUCCESS, result
+    assert ad_env.read(name, "department") == [b"Sales"]

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import datetime as _dt
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from connector.agents.active_directory._ldap import (
     validate_filter,
 )
 from connector.agents.active_directory._ldif import LdifWriter, ldif_line, modify_record
-from connector.agents.active_directory._schema import build_schema
+from connector.agents.active_directory._schema import build_schema, unknown_attributes
 from connector.sdk import (
     AttributeChange,
     AttributeType,
@@ -505,3 +506,22 @@ def test_an_unpaged_search_cut_by_maxpagesize_names_the_policy_not_page_size() -
 def test_which_answers_to_a_later_page_mean_the_cookie_is_gone(result: dict[str, Any], gone: bool) -> None:
     """Pure: the codes measured on Samba (53, 12), and AD's documented comment whatever the code; nothing else."""
     assert cookie_gone(result) is gone
+
+
+def test_unknown_attributes_are_those_the_schema_search_does_not_find() -> None:
+    """What an export flow names is checked against the DC's schema (a misspelt cs stops the export): options
+    (``;binary``) aside, an OID names itself, a name no attribute can have (``my_attr``) is none without being
+    searched for, and a schema that answers nothing at all (not readable) gives no verdict."""
+    asked: list[str] = []
+    schema = {name.lower(): name for name in ("objectGUID", "thumbnailPhoto", "userCertificate")}
+
+    def search(base: str, search_filter: str, attributes: list[str]) -> list[dict[str, Any]]:
+        asked.append(search_filter)
+        names = [schema.get(n.lower()) for n in re.findall(r"\(lDAPDisplayName=([^)]*)\)", search_filter)]
+        return [{"raw_attributes": {"lDAPDisplayName": [n.encode()]}} for n in names if n]
+
+    wanted = ["thumbnailphoto", "userCertificate;binary", "thumbnailPhotoo", "1.2.840.113556.1.4.7000", "my_attr"]
+    assert unknown_attributes(search, "CN=Schema", wanted) == ["thumbnailPhotoo", "my_attr"]
+    assert "my_attr" not in asked[0] and "(lDAPDisplayName=objectGUID)" in asked[0]
+    assert unknown_attributes(lambda *_: [], "CN=Schema", wanted) is None  # the schema could not be read
+    assert unknown_attributes(search, "", wanted) is None  # no schema partition known
