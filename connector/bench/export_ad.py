@@ -23,10 +23,10 @@ It prints one JSON object. Targets: ``writes_per_s`` >= 300 and >= 70% of the ra
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +64,21 @@ def _check_run(profile: str, result: Any) -> None:
         return
     step = next((s for s in result.steps if not str(s.status).startswith("success")), None)
     why = f": {step.kind} of {step.agent} ended {step.status}: {step.message or '(no message)'}" if step else ""
-    msg = f"the benchmark's engine run {profile!r} ended {result.status}{why}"
+    msg = f"the benchmark's engine run {profile!r} ended {result.status}{why}{_object_errors(step)}"
     raise BenchmarkStopped(msg, str(result.status))
+
+
+def _object_errors(step: Any) -> str:
+    """The per-object errors a step recorded, by name, and the first one's detail: a step's message says
+    where it ran, not what went wrong ("served by domain controller ..."), and the detail says what to do."""
+    if step is None or not step.errors:
+        return ""
+    counts = Counter(e.error_name for e in step.errors)
+    names = ", ".join(f"{count} {name}" for name, count in counts.most_common())
+    kept = len(step.errors)
+    of = f" (of the first {kept} of {step.error_count} errors)" if step.error_count > kept else ""
+    first = step.errors[0]
+    return f"; errors: {names}{of}; the first, {first.display or first.anchor}: {first.error_name}: {first.detail}"
 
 
 class CountingActiveDirectoryConnector(ActiveDirectoryConnector):
@@ -78,9 +91,8 @@ class CountingActiveDirectoryConnector(ActiveDirectoryConnector):
 
 
 def _photo(n: int, size: int, revision: int = 0) -> bytes:
-    """Deterministic photo bytes (the same recipe as the synthetic ``generated`` agent)."""
-    block = hashlib.sha256(f"1:{n}:{revision}".encode()).digest()
-    return (block * (size // len(block) + 1))[:size]
+    """Person ``n``'s photo as the synthetic ``generated`` agent of ``_engine`` makes it (seed 1): a JPEG."""
+    return generated.photo(1, n, revision, size)
 
 
 def _account(names: SharedNames, n: int) -> str:
@@ -307,7 +319,7 @@ def run(
         "auth": auth,
         "check_permissions": check_permissions,
         "users": users,
-        "photo_bytes": photo_bytes,
+        "photo_bytes": len(_photo(0, photo_bytes)),  # a JPEG: at least about 200 bytes
         "directory": "external (AD_*)" if ad.external else f"samba on {ad.host}",
         "writes_per_s": round(writes_per_s, 1),
         "raw_ldap3_writes_per_s": round(raw, 1),

@@ -10,7 +10,10 @@ the same data, and ``revision`` changes a chosen fraction of objects to simulate
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
+import struct
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -30,7 +33,7 @@ from connector.sdk import (
     Schema,
 )
 
-__all__ = ["NAME", "REFERENCE", "GeneratedConnector", "GeneratedSettings", "register"]
+__all__ = ["NAME", "REFERENCE", "GeneratedConnector", "GeneratedSettings", "photo", "register"]
 
 #: The agent ``type`` the benchmarks' configurations use once ``register`` ran.
 NAME = "generated"
@@ -42,7 +45,7 @@ class GeneratedSettings(ConnectorSettings):
     count: int = Field(1000, ge=0, le=10_000_000)
     seed: int = 1
     object_class: str = "person"
-    #: Bytes of the synthetic ``photo`` value (0: no photo attribute).
+    #: Bytes of the synthetic ``photo`` value, a JPEG of at least about 200 bytes (see ``photo``; 0: no photo).
     photo_bytes: int = Field(64, ge=0, le=1_000_000)
     #: Objects whose number is divisible by ``change_every`` get values marked with ``revision``.
     revision: int = 0
@@ -87,10 +90,8 @@ class GeneratedConnector(Connector[GeneratedSettings]):
             "employeeID": str(100000 + n),
         }
         if s.photo_bytes:
-            block = hashlib.sha256(f"{s.seed}:{n}:{rev}".encode()).digest()
-            photo = (block * (s.photo_bytes // len(block) + 1))[: s.photo_bytes]
-            attrs["photo"] = photo
-            attrs["photoChecksum"] = hashlib.sha256(photo).hexdigest()
+            attrs["photo"] = photo(s.seed, n, rev, s.photo_bytes)
+            attrs["photoChecksum"] = hashlib.sha256(attrs["photo"]).hexdigest()
         return CSEntryChange.add(s.object_class, account, attrs)
 
     def import_page(self, request: ImportRequest) -> ImportPage:
@@ -102,6 +103,41 @@ class GeneratedConnector(Connector[GeneratedSettings]):
     def export(self, changes: Any) -> list[ExportResult]:
         self.exported += len(changes)
         return [ExportResult.success(c.identifier) for c in changes]
+
+
+#: The most bytes one JPEG segment carries: its two-byte length counts itself.
+_SEGMENT_BODY_MAX = 65_533
+
+
+def photo(seed: int, n: int, revision: int, size: int) -> bytes:
+    """Person ``n``'s photo: a real JPEG, since agents check that a photo is an image (the AD agent refuses
+    to write one that is none), of ``size`` bytes (at least about 200, the smallest this makes).
+
+    Rendering each person's image would cost more than the step a benchmark times, so everybody shares one
+    small image, and comment segments (which decoders skip) carry bytes of ``seed``, ``n`` and ``revision``:
+    every person's photo and every revision of it differ, and the comments fill the photo to ``size``.
+    """
+    image = _small_jpeg(seed)
+    block = hashlib.sha256(f"{seed}:{n}:{revision}".encode()).digest()
+    room = max(size - len(image), len(block) + 4)
+    count = -(-room // (_SEGMENT_BODY_MAX + 4))
+    body = room - 4 * count
+    lengths = [body // count + (i < body % count) for i in range(count)]
+    comments = b"".join(b"\xff\xfe" + struct.pack(">H", k + 2) + (block * (k // len(block) + 1))[:k] for k in lengths)
+    # after the JFIF header (APP0), which the standard puts first
+    at = 4 + int.from_bytes(image[4:6], "big") if image[2:4] == b"\xff\xe0" else 2
+    return image[:at] + comments + image[at:]
+
+
+@functools.cache
+def _small_jpeg(seed: int) -> bytes:
+    """An 8x8 JPEG of one grey that ``seed`` picks, the smallest image Pillow writes (about 160 bytes): the
+    benchmarks' small photos stay small (the sync benchmark asks for 64 bytes)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (8, 8), 64 + seed % 128).save(out, "JPEG", optimize=True)
+    return out.getvalue()
 
 
 def register() -> None:

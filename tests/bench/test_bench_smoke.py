@@ -323,6 +323,43 @@ def test_bench_export_ad_small(samba_ad: ADSettings, driver: str, monkeypatch: p
     assert isinstance(result["targets_met"], bool)
 
 
+def test_the_generated_agents_photos_are_jpegs_of_the_size_asked() -> None:
+    """Found (CI): the synthetic agent's photos were hash bytes, no image, and the AD agent refuses to write
+    such a photo (not-an-image), so the AD benchmark wrote none. Now each is a JPEG that decodes, of the size
+    asked (the smallest is about 200 bytes), and differs per person and per revision, as before."""
+    from connector.bench.generated import photo
+    from connector.imaging import sniff_format, verify
+
+    for size in (300, 5000, 70_000, PHOTO_MAX_BYTES):
+        data = photo(1, 7, 0, size)
+        assert (len(data), sniff_format(data[:16]) is not None) == (size, True)
+        assert verify(data).format == "JPEG"
+    assert 0 < len(photo(1, 7, 0, 1)) <= 256
+    assert len({photo(1, 7, 0, 500), photo(1, 8, 0, 500), photo(1, 7, 1, 500), photo(2, 7, 0, 500)}) == 4
+    assert photo(1, 7, 0, 500) == photo(1, 7, 0, 500)
+
+
+@pytest.mark.samba
+def test_bench_export_ad_whose_photos_are_refused_names_the_errors(
+    samba_ad: ADSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: an export that ended completed-export-errors stopped the benchmark with "export of ad ended
+    completed-export-errors: served by domain controller ...", which says where but not what went wrong. Now
+    the message counts the errors by name and gives the first one's detail, which says what to do."""
+    from connector.bench import generated
+    from tests.cli._configs import invoke
+
+    _restore_env_after(monkeypatch, "MVSYNC_BENCH_AD_PASSWORD")
+    monkeypatch.setattr(generated, "photo", lambda seed, n, revision, size: b'"etag-%05d-%d"' % (n, revision))
+    code, out, err = invoke("bench", "export-ad", "--users", "3", "--photo-bytes", "500", "--batch", "2")
+    assert code == 3, out + err
+    message = " ".join(err.split())
+    assert "Traceback" not in out + err
+    assert "the benchmark's engine run 'export' ended completed-export-errors: export of ad ended" in message, message
+    assert "; errors: 3 not-an-image; the first, " in message, message
+    assert ": not-an-image: thumbnailPhoto would be 14 bytes that are no image (not sent)" in message, message
+
+
 @pytest.mark.parametrize("option", [("--users", "0"), ("--photo-bytes", str(PHOTO_MAX_BYTES + 1)), ("--batch", "0")])
 def test_bench_export_ad_refuses_options_that_measure_nothing(option: tuple[str, str]) -> None:
     """Found in a bad-day pass: ``--users 0`` (ZeroDivisionError), ``--photo-bytes`` over AD's 102,400

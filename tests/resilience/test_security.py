@@ -22,6 +22,7 @@ from connector.engine._agents import open_connector
 from connector.sdk import CSEntryChange, ScopeViolationError
 from tests.harness.crash import CrashLab, lab_emulator_config, lab_tag, run_cli
 from tests.harness.samba_dc import ADSettings, UserSpec, connect, create_users, delete_subtree, ensure_ou
+from tests.imaging.images import photo as jpeg
 
 
 def _secrets_found(text: str | bytes, secrets: dict[str, str]) -> list[str]:
@@ -191,7 +192,7 @@ def test_exports_outside_the_base_dns_or_flows_are_refused(samba_ad: ADSettings,
         connector = open_connector(config, "ad")
         connector.open()
         try:
-            photo = b"\xff\xd8fake"
+            photo = jpeg(size=96)  # a value the agent would write anywhere in scope
             elsewhere = CSEntryChange.update(
                 "user", guids[f"{tag}-out"], [_replace("thumbnailPhoto", photo)], dn=f"CN={tag}-out,{inside}"
             )

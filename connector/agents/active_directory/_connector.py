@@ -21,7 +21,13 @@ from connector.agents.active_directory._connection import (
     ServerUnreachable,
     dc_state_stop,
 )
-from connector.agents.active_directory._export import Exporter, ExportStats, computed
+from connector.agents.active_directory._export import (
+    Exporter,
+    ExportStats,
+    computed,
+    not_in_schema,
+    unknown_flow_attributes,
+)
 from connector.agents.active_directory._import import Importer
 from connector.agents.active_directory._ldap import equals_filter, normalize_dn
 from connector.agents.active_directory._ldif import LdifWriter
@@ -168,10 +174,16 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
         return findings + self._rights_findings(wanted)
 
     def _rights_findings(self, wanted: list[str]) -> list[tuple[str, str, str]]:
-        """The write-rights verdicts for ``wanted`` on a sample user per base DN (``doctor_checks``)."""
+        """The write-rights verdicts for ``wanted`` on a sample user per base DN (``doctor_checks``); an attribute
+        the DC's schema lacks is said to be none, not given a grant that could not help."""
         s = self.settings
         link = Link(s, self.context.logger)
         try:
+            unknown = unknown_flow_attributes(link, wanted)
+            findings = [("write-permissions", "error", not_in_schema(unknown, link.host))] if unknown else []
+            wanted = [name for name in wanted if name not in unknown]
+            if not wanted:
+                return findings
             samples = sample_gaps(link, s.base_dns, equals_filter(s.filter, s.filter_equals), wanted)
             label = account_label(link, s, _domain_root(s.base_dns[0]))
         except DcRefused as exc:  # busy, unavailable or out of time: the DC's state, said as for the other checks
@@ -180,7 +192,9 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
             return [("write-permissions", "error", str(exc))]
         finally:
             link.close()
-        return [_permission_finding(base, dn, missing, wanted, label) for base, (dn, missing) in samples.items()]
+        return findings + [
+            _permission_finding(base, dn, missing, wanted, label) for base, (dn, missing) in samples.items()
+        ]
 
     def _export_attributes_by_kind(self) -> tuple[list[str], list[str]]:
         """The attributes export flows write, as (those the directory computes, the others), each sorted."""
@@ -280,6 +294,7 @@ class ActiveDirectoryConnector(Connector[ActiveDirectorySettings]):
                 check_rights=s.check_permissions,
                 account_label=lambda link: account_label(link, s, _domain_root(s.base_dns[0])),
                 scope_filter=equals_filter(s.filter, s.filter_equals),
+                flow_key=f"agents.{self.context.agent}.export_flow" if self.context.agent else "export_flow",
             )
         return self._exporter
 

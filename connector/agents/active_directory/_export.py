@@ -15,7 +15,10 @@ it, so a refused batch has no partial effects:
 2. **Scope guard, attributes**: an attribute that no export flow names
    (``context.export_attributes[object_class]``), or one AD computes (import-only), means the
    request is wrong, not the object: the whole batch is refused with ``ScopeViolationError``.
-   Creating or deleting objects is never done by this agent (per-object ``cd-error``).
+   Creating or deleting objects is never done by this agent (per-object ``cd-error``). Once a step,
+   before stage 3's first search, the attributes export flows name are looked up in the DC's schema: one
+   it lacks (a misspelt ``cs``) stops the step with a ``ConfigurationError`` naming it
+   (``unknown_flow_attributes``).
 3. **Scope guard, objects**: the anchors (objectGUIDs) are looked up under the base DNs, in
    batches with the agent's filter, which also yields each object's current DN (it may have been renamed
    since the last import). An object that exists elsewhere, or under a base DN no longer matching the
@@ -86,7 +89,8 @@ from connector.agents.active_directory._permissions import (
     refusal,
     writable_elsewhere,
 )
-from connector.agents.active_directory._schema import ANCHOR, PHOTO, PHOTO_MAX_BYTES
+from connector.agents.active_directory._schema import ANCHOR, PHOTO, PHOTO_MAX_BYTES, Search, unknown_attributes
+from connector.imaging import sniff_format
 from connector.net import RefusedEverywhere
 from connector.sdk import (
     Attribute,
@@ -116,7 +120,9 @@ __all__ = [
     "RateLimiter",
     "classify_result",
     "computed",
+    "not_in_schema",
     "plan_change",
+    "unknown_flow_attributes",
 ]
 
 #: (LDIF/LDAP verb, attribute, values). ``replace`` with no values clears the attribute.
@@ -305,7 +311,19 @@ def _check_values(identifier: str, attribute: Attribute | None, name: str, value
                     'its export flow a transform that makes it smaller, transform = "thumbnail(size=96, '
                     'max_bytes=10240)"',
                 )
+            if isinstance(value, bytes) and value and sniff_format(value[:16]) is None:
+                return ExportResult.failed(identifier, "not-an-image", _NOT_AN_IMAGE.format(size=size))
     return None
+
+
+#: A thumbnailPhoto value that is no image: AD stores any bytes, and Outlook, Teams and the address book
+#: would show none (found by QA: only a flow from the wrong metaverse attribute sends such bytes, since
+#: imports refuse photos that are no image, and they were written all the same). Empty is a removal.
+_NOT_AN_IMAGE = (
+    "thumbnailPhoto would be {size:,} bytes that are no image (not sent): the export flow to thumbnailPhoto "
+    "should carry a photo; `mvsync mv show` shows the metaverse attribute it reads, and "
+    'transform = "thumbnail(size=96, max_bytes=10240)" makes a JPEG of any photo'
+)
 
 
 def _operation(
@@ -365,10 +383,16 @@ class Exporter:
         check_rights: bool = False,
         account_label: Callable[[Any], str] | None = None,
         scope_filter: str = "",
+        flow_key: str = "export_flow",
     ) -> None:
         self.pool = pool
         self.object_class = object_class
         self.allowed = frozenset(a.lower() for a in allowed)
+        #: Where the export flows are in the configuration (``agents.ad.export_flow``), and the names they write
+        #: as they spell them: an attribute the DC's schema lacks is said once, there (``_check_flows``).
+        self.flow_key = flow_key
+        self._flow_names = sorted(allowed)
+        self._flows_checked = False
         self.bases = list(bases)
         self.normalized_bases = list(normalized_bases)
         #: The agent's filter (with filter_equals): an object under a base DN that no longer matches it is out
@@ -412,6 +436,19 @@ class Exporter:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def _check_flows(self, link: Any) -> None:
+        """Once a step, before its first write (the rights check's and stage 3's search come after): the
+        ``ConfigurationError`` naming the export flows' key and each attribute they write that the DC's schema
+        lacks (a misspelt ``cs``), if any (``unknown_flow_attributes``). On stage 3's link, so a DC out of reach
+        costs the step one wait for it, not two."""
+        if self._flows_checked:
+            return
+        unknown = unknown_flow_attributes(link, self._flow_names)
+        self._flows_checked = True
+        if unknown:
+            msg = f"{not_in_schema(unknown, link.host)}; the export stopped before any write"
+            raise ConfigurationError(msg, key=self.flow_key)
 
     def _plan(self, changes: Sequence[CSEntryChange]) -> tuple[list[_Planned], dict[int, ExportResult]]:
         """Stages 1 and 2 for a whole batch: what to write per object, or its result already."""
@@ -516,6 +553,7 @@ class Exporter:
         attributes = [ANCHOR, EFFECTIVE] if self.check_rights else [ANCHOR]
         with self.pool.lease() as link:
             try:
+                self._check_flows(link)
                 for start in range(0, len(anchors), _RESOLVE_CHUNK):
                     search_filter = and_filter(self.scope_filter, guid_filter(anchors[start : start + _RESOLVE_CHUNK]))
                     for base in self.bases:
@@ -922,14 +960,49 @@ def _schema_photo_limit(link: Any) -> tuple[int, str]:
     schema cannot be read (the limit is then named as the default, not as this DC's)."""
     default = (PHOTO_MAX_BYTES, "AD's schema (rangeUpper) by default")
     try:
-        root = link.run(_searcher("", "(objectClass=*)", BASE, ["schemaNamingContext"], what="the rootDSE"))
-        schema = bytes(root[0]["raw_attributes"]["schemaNamingContext"][0]).decode()
-        search = _searcher(schema, f"(lDAPDisplayName={PHOTO})", SUBTREE, ["rangeUpper"], what="the schema")
-        found = link.run(search)[0]["raw_attributes"].get("rangeUpper") or []
+        entries = _schema_search(link)(_schema_context(link), f"(lDAPDisplayName={PHOTO})", ["rangeUpper"])
+        found = entries[0]["raw_attributes"].get("rangeUpper") or []
     except (ServerUnreachable, StopRunError, DcRefused, LookupError, UnicodeDecodeError):
         return default
     text = bytes(found[0]).decode("ascii", "replace") if found else ""
     return (int(text), f"this DC's schema (rangeUpper of {PHOTO})") if text.isdigit() else default
+
+
+def unknown_flow_attributes(link: Any, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` (what export flows write) that the DC's schema lacks; none when it cannot tell.
+
+    Why: a DC refuses every write of an attribute it does not know (noSuchAttribute), so a flow to a misspelt
+    ``cs`` was each person's ``cd-error``, and with the rights check a stop that gave a dsacls grant for it,
+    which cannot help (found by QA). When the schema cannot be read there is no verdict; a DC out of reach
+    or busy raises as any search does (``ServerUnreachable``, ``DcRefused``).
+    """
+    try:
+        return unknown_attributes(_schema_search(link), _schema_context(link), names) or []
+    except (LookupError, UnicodeDecodeError):  # a rootDSE without the schema's DN, or not text
+        return []
+
+
+def not_in_schema(names: Sequence[str], host: str) -> str:
+    """What an export flow to ``names``, no attributes of the directory on ``host``, is told (the export's stop
+    and ``mvsync doctor`` alike)."""
+    return (
+        f"{', '.join(names)}: not an attribute of the directory on {host} (its schema has no such lDAPDisplayName), "
+        "so it would refuse every write of it; correct the cs of the export flow that names it (`mvsync schema` "
+        "lists the agent's attributes)"
+    )
+
+
+def _schema_context(link: Any) -> str:
+    """The DN of the DC's schema partition, from its rootDSE (LookupError if it names none)."""
+    root = link.run(_searcher("", "(objectClass=*)", BASE, ["schemaNamingContext"], what="the rootDSE"))
+    return bytes(root[0]["raw_attributes"]["schemaNamingContext"][0]).decode()
+
+
+def _schema_search(link: Any) -> Search:
+    """A subtree search of the schema partition over ``link`` (``unknown_attributes``)."""
+    return lambda base, search_filter, attributes: link.run(
+        _searcher(base, search_filter, SUBTREE, attributes, what="the schema")
+    )
 
 
 def _ordered(planned: list[_Planned], results: dict[int, ExportResult]) -> list[ExportResult]:

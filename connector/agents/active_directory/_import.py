@@ -80,14 +80,13 @@ from connector.agents.active_directory._ldap import (
     decode_values,
     dn_in_scope,
     dn_within,
-    equality_filter,
     equals_filter,
     filter_attributes,
     guid_filter,
     guid_text,
     normalize_dn,
 )
-from connector.agents.active_directory._schema import ANCHOR, OBJECT_CLASS
+from connector.agents.active_directory._schema import ANCHOR, OBJECT_CLASS, unknown_attributes
 from connector.agents.active_directory._settings import ActiveDirectorySettings
 from connector.sdk import (
     Attribute,
@@ -635,15 +634,13 @@ class Importer:
         ``extra_attributes`` entry came back empty for every user, silently, and a flow of it emptied
         that metaverse attribute for everyone. One search of the schema partition, by lDAPDisplayName.
         """
-        wanted = [n for n in dict.fromkeys([*self._requested, *filter_attributes(self._filter)]) if not n[0].isdigit()]
-        if not dc.schema_context or not wanted:
-            return
-        names = "".join(equality_filter("lDAPDisplayName", n) for n in wanted)
-        found = self._search(dc.schema_context, f"(&(objectClass=attributeSchema)(|{names}))", ["lDAPDisplayName"])
-        known = {bytes(v).decode().lower() for e in found for v in e["raw_attributes"].get("lDAPDisplayName", [])}
-        unknown = [n for n in wanted if n.lower() not in known]
-        if not known:  # the account may not read the schema (objectGUID is always there): no verdict
-            self.context.logger.info("cannot read the schema partition of %s: attribute names not checked", dc.service)
+        wanted = [*self._requested, *filter_attributes(self._filter)]
+        unknown = unknown_attributes(self._search, dc.schema_context, wanted)
+        if unknown is None:
+            if dc.schema_context:
+                self.context.logger.info(
+                    "cannot read the schema partition of %s: attribute names not checked", dc.service
+                )
             return
         if unknown:
             key = self._origin(unknown[0])

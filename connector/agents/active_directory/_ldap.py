@@ -118,9 +118,14 @@ def filter_attributes(search_filter: str) -> list[str]:
     return list(dict.fromkeys(m.group(1) for m in _FILTER_ATTRIBUTE.finditer(search_filter)))
 
 
+def is_attribute_name(name: str) -> bool:
+    """Whether ``name`` is an LDAP attribute name (a descriptor or an OID), so a filter may name it."""
+    return bool(_ATTRIBUTE_NAME.match(name))
+
+
 def equality_filter(attribute: str, value: str | bytes) -> str:
     """``(attribute=value)`` with the value escaped, so it is always taken literally."""
-    if not _ATTRIBUTE_NAME.match(attribute):
+    if not is_attribute_name(attribute):
         msg = f"not an LDAP attribute name: {attribute!r}"
         raise ValueError(msg)
     escaped = escape_bytes(value) if isinstance(value, bytes) else escape_filter_chars(value)

@@ -102,7 +102,7 @@ def test_photo_size_limit_is_enforced_before_sending(ad_env: ADTestEnv) -> None:
     guids = ad_env.add_users(ad_env.specs(2))
     names = list(guids)
     connector = ad_env.connector()
-    exact = b"\xff\xd8" + b"\x00" * (102_400 - 4) + b"\xff\xd9"
+    exact = b"\xff\xd8\xff" + b"\x00" * (102_400 - 5) + b"\xff\xd9"
     results = connector.export(
         [
             update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", exact + b"!"), identifier="big"),
@@ -130,7 +130,7 @@ def test_a_photo_the_dc_refuses_is_that_persons_error_naming_size_and_limit(
     monkeypatch.setattr(_export, "PHOTO_MAX_BYTES", 1_000_000)
     guids = ad_env.add_users(ad_env.specs(2))
     names = list(guids)
-    big = b"\xff\xd8" + b"\x00" * 150_000 + b"\xff\xd9"
+    big = b"\xff\xd8\xff" + b"\x00" * 150_000 + b"\xff\xd9"
     results = ad_env.connector().export(
         [
             update(guids[names[0]], AttributeChange.replace("thumbnailPhoto", big), identifier="big"),
@@ -522,3 +522,16 @@ def test_ldif_mode_writes_a_file_that_ldapmodify_applies(ad_env: ADTestEnv) -> N
     assert ad_env.read(names[0], "thumbnailPhoto") == [jpeg(300)]
     assert ad_env.read(names[1], "thumbnailPhoto") == []
     assert ad_env.read(names[2], "displayName") == [" Jürgen Ünicode ".encode()]
+
+
+def test_an_export_flow_to_an_attribute_the_dc_has_and_the_agents_schema_does_not_name_still_writes(
+    ad_env: ADTestEnv,
+) -> None:
+    """The check of export flows against the DC's schema (a misspelt cs stops the step) refuses no attribute
+    the DC has: a flow to one that ``extra_attributes`` does not name (department) is written, as before."""
+    guids = ad_env.add_users(ad_env.specs(1, photos=False))
+    (name,) = guids
+    connector = ad_env.connector(export_attributes=("department",))
+    (result,) = connector.export([update(guids[name], AttributeChange.replace("department", "Sales"))])
+    assert result.status == ExportStatus.SUCCESS, result
+    assert ad_env.read(name, "department") == [b"Sales"]

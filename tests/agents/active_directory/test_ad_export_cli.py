@@ -234,3 +234,30 @@ def test_a_base_dn_renamed_on_the_dc_stops_the_export_naming_it_not_every_person
     assert "base_dns" in message and "Traceback" not in err
     assert _pending(config) == len(names)  # nothing was written, nothing recorded as failed
     assert [ad_env.read(name, "thumbnailPhoto", renamed) for name in names] == [[]] * len(names)
+
+
+@pytest.mark.parametrize("check_permissions", [True, False])
+def test_an_export_flow_to_an_attribute_the_dcs_schema_lacks_stops_the_export_once_naming_the_flow(
+    ad_env: ADTestEnv, check_permissions: bool
+) -> None:
+    """Found (QA): an export flow to an attribute the DC does not know (a misspelt cs) was sent, and the DC
+    refused each write (noSuchAttribute), one cd-error per person, exit 3; with the rights check the step
+    stopped instead with a dsacls grant for the attribute, which cannot help. Now the export reads the DC's
+    schema (as the import does for what it reads) and stops before any write with a configuration error
+    naming the export flows' key and the attribute (exit 2)."""
+    people, names, photos = _people_with_photos(ad_env, 2)
+    config = folder_to_ad(ad_env, people, photos, check_permissions=check_permissions)
+    config.write_text(config.read_text().replace('cs = "thumbnailPhoto" }', 'cs = "thumbnailPhotoo" }'))
+    code, out, err = invoke("run", "Prepare", "-c", str(config))
+    assert code == 0, out + err
+    usns = [ad_env.usn(name, people) for name in names]
+    code, out, err = invoke("run", "Export", "-c", str(config), "--json")
+    assert code == 2, out + err
+    failure = json.loads(out.strip().splitlines()[-1])
+    assert failure["status"] == "stopped-configuration", failure
+    message = " ".join(err.split())
+    assert (
+        f"agents.ad.export_flow: thumbnailPhotoo: not an attribute of the directory on {ad_env.ad.host}" in message
+    ), message
+    assert "dsacls" not in message and "Traceback" not in err, message
+    assert [ad_env.usn(name, people) for name in names] == usns  # nothing written

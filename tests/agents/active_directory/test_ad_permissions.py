@@ -225,6 +225,22 @@ def test_doctor_says_an_export_flow_to_an_attribute_the_directory_computes_canno
     assert severity_sample == "ok" and "may write thumbnailPhoto on" in sample and "whenChanged" not in sample, sample
 
 
+def test_doctor_says_an_export_flow_to_an_attribute_the_dcs_schema_lacks_is_none_not_to_grant_it(
+    ad_env: ADTestEnv,
+) -> None:
+    """Found (QA): doctor advised a dsacls grant for an export flow to a misspelt attribute (thumbnailPhotoo),
+    which cannot help: the DC refuses every write of an attribute its schema lacks. Now doctor names it as
+    none, as the export's stop does; the flow to thumbnailPhoto is still checked."""
+    ad_env.add_users(ad_env.specs(1, photos=False))
+    connector = ad_env.connector(export_attributes=("thumbnailPhoto", "thumbnailPhotoo"), open=False)
+    assert connector.check().ok
+    (unknown, severity_unknown), (sample, severity_sample) = [(m, s) for _, s, m in connector.doctor_checks()]
+    assert severity_unknown == "error", unknown
+    assert unknown.startswith(f"thumbnailPhotoo: not an attribute of the directory on {ad_env.ad.host}"), unknown
+    assert "correct the cs of the export flow" in unknown and "dsacls" not in unknown, unknown
+    assert severity_sample == "ok" and "may write thumbnailPhoto on" in sample and "Photoo" not in sample, sample
+
+
 def test_account_without_any_right_is_read_object_by_object_and_named_by_its_dn(ad_env: ADTestEnv) -> None:
     from tests.agents.active_directory.test_ad_engine import low_privilege_account
 

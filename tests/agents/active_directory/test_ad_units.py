@@ -6,6 +6,7 @@ import base64
 import contextlib
 import datetime as _dt
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from connector.agents.active_directory._ldap import (
     validate_filter,
 )
 from connector.agents.active_directory._ldif import LdifWriter, ldif_line, modify_record
-from connector.agents.active_directory._schema import build_schema
+from connector.agents.active_directory._schema import build_schema, unknown_attributes
 from connector.sdk import (
     AttributeChange,
     AttributeType,
@@ -282,7 +283,7 @@ def _update(*changes: AttributeChange, previous: dict[str, Any] | None = None) -
 def test_plan_writes_a_replacement_as_the_engine_staged_it() -> None:
     """The engine stages an export only for a value that differs from what it expects the directory to
     hold (hologram, or an unconfirmed write); the agent does not check again against the hologram."""
-    photo = b"\xff\xd8photo"
+    photo = b"\xff\xd8\xffphoto"
     # hologram A, unconfirmed B (written, not yet imported), staged A again: A must be written
     assert plan_change(
         _update(AttributeChange.replace("thumbnailPhoto", photo), previous={"thumbnailPhoto": photo}),
@@ -306,6 +307,19 @@ def test_plan_writes_a_replacement_as_the_engine_staged_it() -> None:
     assert ops == [("add", "proxyAddresses", ["smtp:b"])]
 
 
+def test_plan_refuses_a_thumbnail_photo_that_is_no_image() -> None:
+    """Found (QA): bytes that are no image (a flow from the wrong metaverse attribute, an ETag or a hash)
+    were written to thumbnailPhoto, which AD takes and no client shows. Now that person's error; an empty
+    value (a removal) and any image format AD's documentation allows still go."""
+    wrong = plan_change(_update(AttributeChange.replace("thumbnailPhoto", b'"etag-5f1c"')), USER, ALLOWED)
+    assert not isinstance(wrong, list)
+    assert (wrong.status, wrong.error_name) == (ExportStatus.FAILED, "not-an-image")
+    assert "thumbnailPhoto would be 11 bytes that are no image (not sent)" in (wrong.error_detail or "")
+    for fine in (b"", b"GIF89a" + bytes(10), b"\x89PNG\r\n\x1a\n" + bytes(10)):
+        planned = plan_change(_update(AttributeChange.replace("thumbnailPhoto", fine)), USER, ALLOWED)
+        assert isinstance(planned, list), (fine, planned)
+
+
 def test_plan_refuses_oversize_photos_and_multiple_values() -> None:
     big = _update(AttributeChange.replace("thumbnailPhoto", b"x" * 102_401))
     result = plan_change(big, USER, ALLOWED)
@@ -315,7 +329,10 @@ def test_plan_refuses_oversize_photos_and_multiple_values() -> None:
         "constraint-violation",
         "7",
     )
-    assert plan_change(_update(AttributeChange.replace("thumbnailPhoto", b"x" * 102_400)), USER, ALLOWED)
+    fits = plan_change(
+        _update(AttributeChange.replace("thumbnailPhoto", b"\xff\xd8\xff" + b"x" * 102_397)), USER, ALLOWED
+    )
+    assert isinstance(fits, list), fits
     two = plan_change(_update(AttributeChange.replace("mail", "a", "b")), USER, ALLOWED)
     assert not isinstance(two, list) and two.error_name == "constraint-violation"
 
@@ -489,3 +506,22 @@ def test_an_unpaged_search_cut_by_maxpagesize_names_the_policy_not_page_size() -
 def test_which_answers_to_a_later_page_mean_the_cookie_is_gone(result: dict[str, Any], gone: bool) -> None:
     """Pure: the codes measured on Samba (53, 12), and AD's documented comment whatever the code; nothing else."""
     assert cookie_gone(result) is gone
+
+
+def test_unknown_attributes_are_those_the_schema_search_does_not_find() -> None:
+    """What an export flow names is checked against the DC's schema (a misspelt cs stops the export): options
+    (``;binary``) aside, an OID names itself, a name no attribute can have (``my_attr``) is none without being
+    searched for, and a schema that answers nothing at all (not readable) gives no verdict."""
+    asked: list[str] = []
+    schema = {name.lower(): name for name in ("objectGUID", "thumbnailPhoto", "userCertificate")}
+
+    def search(base: str, search_filter: str, attributes: list[str]) -> list[dict[str, Any]]:
+        asked.append(search_filter)
+        names = [schema.get(n.lower()) for n in re.findall(r"\(lDAPDisplayName=([^)]*)\)", search_filter)]
+        return [{"raw_attributes": {"lDAPDisplayName": [n.encode()]}} for n in names if n]
+
+    wanted = ["thumbnailphoto", "userCertificate;binary", "thumbnailPhotoo", "1.2.840.113556.1.4.7000", "my_attr"]
+    assert unknown_attributes(search, "CN=Schema", wanted) == ["thumbnailPhotoo", "my_attr"]
+    assert "my_attr" not in asked[0] and "(lDAPDisplayName=objectGUID)" in asked[0]
+    assert unknown_attributes(lambda *_: [], "CN=Schema", wanted) is None  # the schema could not be read
+    assert unknown_attributes(search, "", wanted) is None  # no schema partition known
