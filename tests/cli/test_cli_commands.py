@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from connector.bench import generated
 from connector.cli import app
 from tests.cli._configs import generated_pair, with_directory
 
@@ -52,9 +53,8 @@ def line_with(out: str, text: str) -> str:
 
 
 def expected_checksum(n: int) -> str:
-    """What tgt's export flow computes for person n: sha256 of the generated src photo (16 bytes, seed 1)."""
-    photo = hashlib.sha256(f"1:{n}:0".encode()).digest()[:16]
-    return hashlib.sha256(photo).hexdigest()
+    """What tgt's export flow computes for person n: sha256 of the generated src photo (16 bytes asked, seed 1)."""
+    return hashlib.sha256(generated.photo(1, n, 0, 16)).hexdigest()
 
 
 def test_connectors_list_table_and_json() -> None:
